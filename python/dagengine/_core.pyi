@@ -1,0 +1,112 @@
+"""Type stubs for the native module ``dagengine._core`` (built from rust/dagengine-py).
+
+This is the private bridge: only ``dagengine.workflow`` and ``dagengine.engine`` use it.
+Errors raised here are instances of the classes in ``dagengine.exceptions`` (the Rust side
+imports that module and maps each Rust error variant to its own class).
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, final
+
+__version__: str
+
+#: Signature of the Python trampoline the core calls for every ``python`` node:
+#: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``.
+#: It runs on a core worker thread with the GIL held; an exception fails the node.
+Invoke = Callable[[Any, str, str, int, Mapping[str, Any], dict[str, Any], CancelToken], Any]
+
+@final
+class CancelToken:
+    """Live cancellation flag of one node attempt (``ctx.cancelled`` reads it)."""
+
+    @property
+    def is_set(self) -> bool: ...
+
+@final
+class DagRef:
+    """A graph under construction or validated; nodes are addressed by string id."""
+
+    def __init__(self) -> None: ...
+    def add_node(
+        self,
+        node_id: str,
+        deps: Sequence[str],
+        kind: str,
+        payload: Any = None,
+        *,
+        retries: int = 0,
+        backoff_initial: float = 1.0,
+        backoff_factor: float = 2.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+        lua_max_instructions: int | None = None,
+        lua_max_memory: int | None = None,
+    ) -> None:
+        """Add one node. ``kind`` is ``"noop"``, ``"lua"`` (payload: source str) or
+        ``"python"`` (payload: any object handed back to ``invoke``).
+
+        Raises ``DuplicateNodeError`` at once for a repeated id; dependency errors are
+        reported by :meth:`preprocess`. A Lua syntax error raises ``LuaSyntaxError``.
+        """
+
+    def add_nodes_csr(self, ids: Sequence[str], offsets: Sequence[int], parents: Sequence[int]) -> None:
+        """Bulk-add no-op nodes: node ``i``'s parents are ``parents[offsets[i]:offsets[i+1]]``
+        (indices into ``ids``, counted from the first node of this call);
+        ``len(offsets) == len(ids) + 1``."""
+
+    def preprocess(self) -> None:
+        """Validate (duplicate ids, self-dependency, unknown dependency, cycle) and compute the
+        topological order. Raises a ``ValidationError`` subclass naming the problem."""
+
+    def __len__(self) -> int: ...
+    @property
+    def edge_count(self) -> int: ...
+    def node_ids(self) -> list[str]: ...
+    def topological_order(self) -> list[str]: ...
+    def levels(self) -> list[list[str]]: ...
+    def roots(self) -> list[str]: ...
+    def leaves(self) -> list[str]: ...
+    def start(
+        self,
+        inputs: Mapping[str, Any],
+        run_id: str,
+        invoke: Invoke,
+        *,
+        max_parallel: int | None = None,
+        fail_fast: bool = False,
+        timeout: float | None = None,
+        completed: Mapping[str, Mapping[str, Any]] | None = None,
+        events: bool = True,
+    ) -> RunRef:
+        """Start a run on the core's runtime and return at once (preprocesses if needed).
+        ``completed`` holds outputs of nodes already done (a resumed run skips them)."""
+
+@final
+class RunRef:
+    """A running (or finished) run. Waiting methods release the GIL."""
+
+    @property
+    def run_id(self) -> str: ...
+    def done(self) -> bool: ...
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True once the run has finished."""
+
+    def next_events(self, timeout: float) -> list[tuple[int, str, str | None, int, float, Any]]:
+        """Wait up to ``timeout`` seconds for events; return every pending event as
+        ``(seq, kind, node_id, attempt, unix_time, detail)``. An empty list means none came in
+        time (check :meth:`done`). ``kind`` is one of ``run_started``, ``node_started``,
+        ``node_succeeded``, ``node_failed``, ``node_retrying``, ``node_skipped``,
+        ``node_cancelled``, ``node_log``, ``run_finished``; ``detail`` is ``None`` or a dict
+        (``error`` for failures, ``delay`` for retries, ``message`` for logs, ``status`` for
+        ``run_finished``)."""
+
+    def cancel(self) -> None: ...
+    def result(self) -> dict[str, Any]:
+        """The finished run as a dict: ``run_id``, ``status`` (``succeeded`` | ``failed`` |
+        ``cancelled``), ``error`` (``None`` or ``{"type", "message", "node_id"}``),
+        ``duration`` (seconds), ``nodes``: ``{id: {"status", "output", "error", "attempts",
+        "started_at", "finished_at"}}`` where ``error`` is ``None`` or ``{"type", "message",
+        "traceback"}``. Raises ``RuntimeError`` if the run has not finished."""
+
+def lua_check(source: str, chunk_name: str = "lua") -> None:
+    """Compile ``source`` in text mode; raise ``LuaSyntaxError`` (with ``line``) if invalid."""

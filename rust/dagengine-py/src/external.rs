@@ -1,0 +1,137 @@
+//! Python nodes: the run driver calls [`PyExternal::execute`] on a blocking-pool thread,
+//! which attaches to the interpreter only for the call into the `invoke` trampoline
+//! (defined in `dagengine.workflow`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use dagengine_server::{ExternalCall, ExternalExecutor, NodeFailure, Plan};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pythonize::{depythonize, pythonize};
+use serde_json::{Map, Value};
+
+/// Live cancellation flag of one node attempt (`ctx.cancelled` reads it).
+#[pyclass(module = "dagengine._core", frozen)]
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+}
+
+#[pymethods]
+impl CancelToken {
+    #[getter]
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+/// Calls Python for the `python` nodes of one run.
+pub struct PyExternal {
+    invoke: Py<PyAny>,
+    payloads: Arc<Vec<Option<Py<PyAny>>>>,
+    /// The run's inputs, converted once per run (a read-only mapping).
+    inputs: Py<PyAny>,
+    run_id: String,
+}
+
+impl PyExternal {
+    pub fn new(
+        invoke: Py<PyAny>,
+        payloads: Arc<Vec<Option<Py<PyAny>>>>,
+        inputs: Py<PyAny>,
+        run_id: String,
+    ) -> Self {
+        Self {
+            invoke,
+            payloads,
+            inputs,
+            run_id,
+        }
+    }
+}
+
+fn failure_from(py: Python<'_>, err: &PyErr) -> NodeFailure {
+    let kind = err
+        .get_type(py)
+        .name()
+        .map_or_else(|_| "Exception".to_owned(), |n| n.to_string());
+    let message = err
+        .value(py)
+        .str()
+        .map_or_else(|_| "<unprintable exception>".to_owned(), |s| s.to_string());
+    let traceback = py
+        .import("traceback")
+        .and_then(|tb| tb.getattr("format_exception")?.call1((err.value(py),)))
+        .and_then(|lines| lines.extract::<Vec<String>>())
+        .ok()
+        .map(|lines| lines.concat());
+    NodeFailure {
+        kind,
+        message,
+        traceback,
+        retryable: true,
+    }
+}
+
+impl ExternalExecutor for PyExternal {
+    fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
+        let node_id = plan.dag().id(call.node);
+        let Some(Some(payload)) = self.payloads.get(call.node as usize) else {
+            return Err(NodeFailure {
+                kind: "DagEngineError".to_owned(),
+                message: format!("node '{node_id}' has no Python callable"),
+                traceback: None,
+                retryable: false,
+            });
+        };
+        Python::attach(|py| {
+            let invoke_call = || -> PyResult<Bound<'_, PyAny>> {
+                let results = PyDict::new(py);
+                for (p, v) in &call.results {
+                    results.set_item(plan.dag().id(*p), pythonize(py, v.as_ref())?)?;
+                }
+                let token = Bound::new(
+                    py,
+                    CancelToken {
+                        flag: call.cancel.clone(),
+                    },
+                )?;
+                let args = PyTuple::new(
+                    py,
+                    [
+                        payload.bind(py).clone(),
+                        node_id.into_pyobject(py)?.into_any(),
+                        self.run_id.as_str().into_pyobject(py)?.into_any(),
+                        call.attempt.into_pyobject(py)?.into_any(),
+                        self.inputs.bind(py).clone(),
+                        results.into_any(),
+                        token.into_any(),
+                    ],
+                )?;
+                self.invoke.bind(py).call1(args)
+            };
+            let returned = invoke_call().map_err(|e| failure_from(py, &e))?;
+            if returned.is_none() {
+                return Ok(Map::new());
+            }
+            let bad_return = |what: String| NodeFailure {
+                kind: "TypeError".to_owned(),
+                message: format!("node '{node_id}' returned {what}; expected a dict or None"),
+                traceback: None,
+                retryable: false,
+            };
+            if !returned.is_instance_of::<PyDict>() {
+                let ty = returned
+                    .get_type()
+                    .name()
+                    .map_or_else(|_| "an object".to_owned(), |n| format!("a {n}"));
+                return Err(bad_return(ty));
+            }
+            match depythonize::<Value>(&returned) {
+                Ok(Value::Object(map)) => Ok(map),
+                Ok(_) => Err(bad_return("a non-object".to_owned())),
+                Err(e) => Err(bad_return(format!("a dict that is not JSON-like ({e})"))),
+            }
+        })
+    }
+}

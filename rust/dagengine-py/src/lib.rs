@@ -1,0 +1,465 @@
+//! `dagengine._core`: the only crate that touches Python.
+//!
+//! Thin `*Ref` classes over the core crates. Values cross the boundary once: run inputs
+//! and node outputs are converted to `serde_json::Value` on the way in and back to Python
+//! objects only when a Python node or the caller needs them.
+
+mod errors;
+mod external;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dagengine_core::{Backoff, Dag, NodePolicy, RunOptions};
+use dagengine_lua::{LuaLimits, LuaScript};
+use dagengine_server::{
+    start_run, EventDetail, NodeKind, NodeSpec, Plan, RunConfig, RunEvent, RunHandle,
+};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+use pythonize::{depythonize, pythonize};
+use serde_json::Value;
+
+use crate::external::{CancelToken, PyExternal};
+
+fn duration(field: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| PyValueError::new_err(format!("{field} must be a non-negative number of seconds, got {secs}")))
+}
+
+/// A graph under construction or validated, with how to execute each node.
+#[pyclass(module = "dagengine._core")]
+pub struct DagRef {
+    dag: Dag,
+    specs: Vec<NodeSpec>,
+    payloads: Vec<Option<Py<PyAny>>>,
+    /// Built on the first run after a change; shared by all runs until the next change.
+    plan: Option<(Arc<Plan>, Arc<Vec<Option<Py<PyAny>>>>)>,
+}
+
+impl DagRef {
+    fn changed(&mut self) {
+        self.plan = None;
+    }
+
+    /// Bulk-added nodes are default no-ops and get no spec entry (a million-node graph
+    /// needs none); pad the specs before a node with its own spec is appended.
+    fn pad_specs(&mut self) {
+        let n = self.dag.len();
+        let spec = NodeSpec {
+            kind: NodeKind::Noop,
+            policy: NodePolicy::default(),
+        };
+        self.specs.resize(n, spec);
+        self.payloads.resize_with(n, || None);
+    }
+
+    fn preprocess_inner(&mut self, py: Python<'_>) -> PyResult<()> {
+        let dag = &mut self.dag;
+        py.detach(|| dag.preprocess())
+            .map_err(|e| errors::graph_error(py, &e))
+    }
+
+    fn ids(&self, idx: &[u32]) -> Vec<String> {
+        idx.iter().map(|&i| self.dag.id(i).to_owned()).collect()
+    }
+}
+
+#[pymethods]
+impl DagRef {
+    #[new]
+    fn new() -> Self {
+        Self {
+            dag: Dag::new(),
+            specs: Vec::new(),
+            payloads: Vec::new(),
+            plan: None,
+        }
+    }
+
+    #[pyo3(signature = (
+        node_id, deps, kind, payload=None, *, retries=0, backoff_initial=1.0,
+        backoff_factor=2.0, backoff_max=60.0, timeout=None, lua_max_instructions=None,
+        lua_max_memory=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_node(
+        &mut self,
+        py: Python<'_>,
+        node_id: &str,
+        deps: Vec<String>,
+        kind: &str,
+        payload: Option<Bound<'_, PyAny>>,
+        retries: u32,
+        backoff_initial: f64,
+        backoff_factor: f64,
+        backoff_max: f64,
+        timeout: Option<f64>,
+        lua_max_instructions: Option<u64>,
+        lua_max_memory: Option<usize>,
+    ) -> PyResult<()> {
+        if !(backoff_factor.is_finite() && backoff_factor >= 1.0) {
+            return Err(PyValueError::new_err(format!(
+                "node '{node_id}': retry_backoff.factor must be a number >= 1, got {backoff_factor}"
+            )));
+        }
+        let policy = NodePolicy {
+            retries,
+            backoff: Backoff {
+                initial: duration("retry_backoff.initial", backoff_initial)?,
+                factor: backoff_factor,
+                max: duration("retry_backoff.max", backoff_max)?,
+            },
+            timeout: timeout.map(|t| duration("timeout", t)).transpose()?,
+        };
+        let (kind, payload) = match kind {
+            "noop" => (NodeKind::Noop, None),
+            "lua" => {
+                let source: String = payload
+                    .as_ref()
+                    .ok_or_else(|| PyTypeError::new_err("a lua node needs its source as payload"))?
+                    .extract()?;
+                let script = LuaScript::new(source);
+                script
+                    .check(node_id)
+                    .map_err(|e| errors::lua_error(py, &e, Some(node_id)))?;
+                let defaults = LuaLimits::default();
+                let limits = LuaLimits {
+                    max_instructions: lua_max_instructions.or(defaults.max_instructions),
+                    max_memory: lua_max_memory.or(defaults.max_memory),
+                    timeout: defaults.timeout,
+                };
+                (NodeKind::Lua { script, limits }, None)
+            }
+            "python" => {
+                let payload = payload
+                    .ok_or_else(|| PyTypeError::new_err("a python node needs a payload"))?;
+                (NodeKind::External, Some(payload.unbind()))
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "node '{node_id}': unknown executor kind '{other}' (expected noop, lua or python)"
+                )))
+            }
+        };
+        self.pad_specs();
+        self.dag
+            .add_node(node_id, deps.iter().map(String::as_str))
+            .map_err(|e| errors::graph_error(py, &e))?;
+        self.specs.push(NodeSpec { kind, policy });
+        self.payloads.push(payload);
+        self.changed();
+        Ok(())
+    }
+
+    fn add_nodes_csr(
+        &mut self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyList>,
+        offsets: Vec<u32>,
+        parents: Vec<u32>,
+    ) -> PyResult<()> {
+        let names: Vec<Bound<'_, PyString>> = ids
+            .iter()
+            .map(|o| o.cast_into::<PyString>().map_err(PyErr::from))
+            .collect::<PyResult<_>>()?;
+        let strs: Vec<&str> = names.iter().map(|s| s.to_str()).collect::<PyResult<_>>()?;
+        self.dag
+            .add_nodes_csr(strs.iter().copied(), &offsets, &parents)
+            .map_err(|e| errors::graph_error(py, &e))?;
+        self.changed();
+        Ok(())
+    }
+
+    fn preprocess(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.preprocess_inner(py)
+    }
+
+    fn __len__(&self) -> usize {
+        self.dag.len()
+    }
+
+    #[getter]
+    fn edge_count(&self) -> usize {
+        self.dag.edge_count()
+    }
+
+    fn node_ids(&self) -> Vec<String> {
+        self.dag.ids().map(str::to_owned).collect()
+    }
+
+    fn topological_order(&mut self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.preprocess_inner(py)?;
+        Ok(self.ids(self.dag.topological_order()))
+    }
+
+    fn levels(&mut self, py: Python<'_>) -> PyResult<Vec<Vec<String>>> {
+        self.preprocess_inner(py)?;
+        Ok(self.dag.levels().iter().map(|l| self.ids(l)).collect())
+    }
+
+    fn roots(&mut self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.preprocess_inner(py)?;
+        Ok(self.ids(&self.dag.roots()))
+    }
+
+    fn leaves(&mut self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.preprocess_inner(py)?;
+        Ok(self.ids(&self.dag.leaves()))
+    }
+
+    #[pyo3(signature = (
+        inputs, run_id, invoke, *, max_parallel=None, fail_fast=false, timeout=None,
+        completed=None, events=true
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        py: Python<'_>,
+        inputs: &Bound<'_, PyAny>,
+        run_id: String,
+        invoke: Py<PyAny>,
+        max_parallel: Option<usize>,
+        fail_fast: bool,
+        timeout: Option<f64>,
+        completed: Option<&Bound<'_, PyDict>>,
+        events: bool,
+    ) -> PyResult<RunRef> {
+        if max_parallel == Some(0) {
+            return Err(PyValueError::new_err("max_parallel must be at least 1"));
+        }
+        let inputs_value: Value = depythonize(inputs)
+            .map_err(|e| PyTypeError::new_err(format!("inputs are not JSON-like: {e}")))?;
+        if !inputs_value.is_object() {
+            return Err(PyTypeError::new_err(format!(
+                "inputs must be a dict, got {}",
+                inputs.get_type().name()?
+            )));
+        }
+        self.preprocess_inner(py)?;
+        if self.plan.is_none() {
+            if !self.specs.is_empty() {
+                self.pad_specs();
+            }
+            let specs = self.specs.clone();
+            let plan = Plan::new(self.dag.clone(), specs).map_err(PyRuntimeError::new_err)?;
+            let payloads = self.payloads.iter().map(|p| p.as_ref().map(|o| o.clone_ref(py))).collect();
+            self.plan = Some((Arc::new(plan), Arc::new(payloads)));
+        }
+        let (plan, payloads) = self.plan.clone().expect("just built");
+        let mut done = Vec::new();
+        if let Some(completed) = completed {
+            for (k, v) in completed.iter() {
+                let id: String = k.extract()?;
+                let idx = self.dag.index_of(&id).ok_or_else(|| {
+                    PyValueError::new_err(format!("completed names unknown node '{id}'"))
+                })?;
+                let out: Value = depythonize(&v).map_err(|e| {
+                    PyTypeError::new_err(format!("completed output of node '{id}' is not JSON-like: {e}"))
+                })?;
+                if !out.is_object() {
+                    return Err(PyTypeError::new_err(format!(
+                        "completed output of node '{id}' must be a dict"
+                    )));
+                }
+                done.push((idx, out));
+            }
+        }
+        let inputs_py = py
+            .import("types")?
+            .getattr("MappingProxyType")?
+            .call1((pythonize(py, &inputs_value)?,))?
+            .unbind();
+        let config = RunConfig {
+            run_id: run_id.clone(),
+            inputs: Arc::new(inputs_value),
+            options: RunOptions {
+                max_parallel,
+                fail_fast,
+            },
+            timeout: timeout.map(|t| duration("timeout", t)).transpose()?,
+            completed: done,
+            events,
+        };
+        let external = PyExternal::new(invoke, payloads, inputs_py, run_id);
+        let handle = start_run(plan.clone(), config, Some(Arc::new(external)))
+            .map_err(|e| errors::runtime_error(py, &e))?;
+        Ok(RunRef { handle, plan })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for p in self.payloads.iter().flatten() {
+            visit.call(p)?;
+        }
+        if let Some((_, payloads)) = &self.plan {
+            for p in payloads.iter().flatten() {
+                visit.call(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.payloads.iter_mut().for_each(|p| *p = None);
+        self.plan = None;
+    }
+}
+
+/// A started run. Waiting methods release the GIL.
+#[pyclass(module = "dagengine._core", frozen)]
+pub struct RunRef {
+    handle: RunHandle,
+    plan: Arc<Plan>,
+}
+
+fn secs(timeout: f64) -> Duration {
+    Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::from_secs(86_400))
+}
+
+fn failure_dict<'py>(
+    py: Python<'py>,
+    f: &dagengine_server::NodeFailure,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("type", &f.kind)?;
+    d.set_item("message", &f.message)?;
+    d.set_item("traceback", &f.traceback)?;
+    Ok(d)
+}
+
+impl RunRef {
+    fn event_tuple<'py>(&self, py: Python<'py>, e: &RunEvent) -> PyResult<Bound<'py, PyTuple>> {
+        let node = e.node.map(|n| self.plan.dag().id(n));
+        let detail: Py<PyAny> = match &e.detail {
+            EventDetail::None => py.None(),
+            EventDetail::Error(f) => {
+                let d = PyDict::new(py);
+                d.set_item("error", failure_dict(py, f)?)?;
+                d.into_any().unbind()
+            }
+            EventDetail::Retry { delay, error } => {
+                let d = PyDict::new(py);
+                d.set_item("delay", delay.as_secs_f64())?;
+                match error {
+                    Some(f) => d.set_item("error", failure_dict(py, f)?)?,
+                    None => d.set_item("error", py.None())?,
+                }
+                d.into_any().unbind()
+            }
+            EventDetail::Log(line) => {
+                let d = PyDict::new(py);
+                d.set_item("message", line)?;
+                d.into_any().unbind()
+            }
+            EventDetail::Finished(status) => {
+                let d = PyDict::new(py);
+                d.set_item("status", status.as_str())?;
+                d.into_any().unbind()
+            }
+        };
+        PyTuple::new(
+            py,
+            [
+                e.seq.into_pyobject(py)?.into_any(),
+                e.kind.as_str().into_pyobject(py)?.into_any(),
+                node.into_pyobject(py)?.into_any(),
+                e.attempt.into_pyobject(py)?.into_any(),
+                e.time.into_pyobject(py)?.into_any(),
+                detail.into_bound(py),
+            ],
+        )
+    }
+}
+
+#[pymethods]
+impl RunRef {
+    #[getter]
+    fn run_id(&self) -> &str {
+        self.handle.run_id()
+    }
+
+    fn done(&self) -> bool {
+        self.handle.is_done()
+    }
+
+    fn wait(&self, py: Python<'_>, timeout: f64) -> bool {
+        let h = &self.handle;
+        py.detach(|| h.wait(secs(timeout)))
+    }
+
+    fn next_events<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyList>> {
+        let h = &self.handle;
+        let events = py.detach(|| h.next_events(secs(timeout)));
+        let list = PyList::empty(py);
+        for e in &events {
+            list.append(self.event_tuple(py, e)?)?;
+        }
+        Ok(list)
+    }
+
+    fn cancel(&self) {
+        self.handle.cancel();
+    }
+
+    fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let outcome = self
+            .handle
+            .outcome()
+            .ok_or_else(|| PyRuntimeError::new_err("the run has not finished"))?;
+        let d = PyDict::new(py);
+        d.set_item("run_id", &outcome.run_id)?;
+        d.set_item("status", outcome.status.as_str())?;
+        match &outcome.error {
+            Some(e) => {
+                let err = PyDict::new(py);
+                err.set_item("type", &e.kind)?;
+                err.set_item("message", &e.message)?;
+                err.set_item("node_id", &e.node_id)?;
+                d.set_item("error", err)?;
+            }
+            None => d.set_item("error", py.None())?,
+        }
+        d.set_item("duration", outcome.duration.as_secs_f64())?;
+        let nodes = PyDict::new(py);
+        let dag = self.plan.dag();
+        for (i, rec) in outcome.nodes.iter().enumerate() {
+            let n = PyDict::new(py);
+            n.set_item("status", rec.status.as_str())?;
+            match &rec.output {
+                Some(v) => n.set_item("output", pythonize(py, v.as_ref())?)?,
+                None => n.set_item("output", py.None())?,
+            }
+            match &rec.error {
+                Some(f) => n.set_item("error", failure_dict(py, f)?)?,
+                None => n.set_item("error", py.None())?,
+            }
+            n.set_item("attempts", rec.attempts)?;
+            n.set_item("started_at", rec.started_at)?;
+            n.set_item("finished_at", rec.finished_at)?;
+            nodes.set_item(dag.id(i as u32), n)?;
+        }
+        d.set_item("nodes", nodes)?;
+        Ok(d)
+    }
+}
+
+/// Compile `source` in text mode; raise `LuaSyntaxError` (with `line`) if it is invalid.
+#[pyfunction]
+#[pyo3(signature = (source, chunk_name = "lua"))]
+fn lua_check(py: Python<'_>, source: &str, chunk_name: &str) -> PyResult<()> {
+    LuaScript::new(source)
+        .check(chunk_name)
+        .map_err(|e| errors::lua_error(py, &e, None))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<DagRef>()?;
+    m.add_class::<RunRef>()?;
+    m.add_class::<CancelToken>()?;
+    m.add_function(wrap_pyfunction!(lua_check, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! `dagengine-server`: the process-wide tokio runtime and the run driver that steps the
+//! core's scheduler, executes nodes (no-op and Lua in Rust, anything else through an
+//! [`runner::ExternalExecutor`]) and records outcomes and events. The engine's gRPC
+//! service is served from the same runtime.
+
+pub mod runner;
+pub mod runtime;
+
+pub use runner::{
+    start_run, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure, NodeKind,
+    NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunHandle, RunOutcome,
+};
+pub use runtime::{runtime, RuntimeError};

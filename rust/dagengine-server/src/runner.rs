@@ -1,0 +1,995 @@
+//! The run driver: steps a [`Scheduler`] and turns its instructions into work.
+//!
+//! Each run is driven by one loop on a thread of the runtime's blocking pool. The loop
+//! is CPU work (state-machine steps, bookkeeping), so it must not sit on an async worker
+//! that also serves gRPC; and owning a thread lets it run work inline:
+//!
+//! * no-op nodes complete inside the loop, with no hand-off at all;
+//! * of the Lua nodes that become ready together, all but one go to the blocking pool and
+//!   the last runs inline (work-first), so a chain of Lua nodes never changes threads.
+//!   Inline Lua cannot stall the run: the interpreter's hook enforces the node timeout,
+//!   the run deadline and cancellation;
+//! * external (Python) nodes always go to the pool: they may block or ignore their
+//!   cancellation flag, and the loop must stay free to time them out.
+//!
+//! Completions come back over a channel; retry delays and node deadlines live in a timer
+//! heap the loop waits on. Events are buffered and published in batches.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dagengine_core::{
+    Dag, Event, Instruction, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus, Scheduler,
+    StopReason,
+};
+use dagengine_lua::{LuaError, LuaLimits, LuaScript, NodeInfo};
+use serde_json::{Map, Value};
+
+use crate::runtime::{runtime, RuntimeError};
+
+/// How a node is executed.
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// Succeeds at once with an empty output (tests, benchmarks, joins).
+    Noop,
+    /// A sandboxed Lua script.
+    Lua {
+        script: LuaScript,
+        limits: LuaLimits,
+    },
+    /// Anything the host provides through [`ExternalExecutor`] (Python callables).
+    External,
+}
+
+/// One node of a [`Plan`].
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub kind: NodeKind,
+    pub policy: NodePolicy,
+}
+
+/// A validated graph with how to execute each node; shared by every run of it.
+#[derive(Debug)]
+pub struct Plan {
+    dag: Dag,
+    kinds: Vec<NodeKind>,
+    policies: Vec<NodePolicy>,
+}
+
+impl Plan {
+    /// Build a plan. `dag` must be preprocessed; `nodes` has one entry per node, or is
+    /// empty (every node a no-op with the default policy).
+    pub fn new(dag: Dag, nodes: Vec<NodeSpec>) -> Result<Self, String> {
+        if !dag.is_preprocessed() {
+            return Err("the graph must be preprocessed before it is planned".to_owned());
+        }
+        if nodes.is_empty() {
+            return Ok(Self {
+                kinds: vec![NodeKind::Noop; dag.len()],
+                policies: vec![NodePolicy::default()],
+                dag,
+            });
+        }
+        if nodes.len() != dag.len() {
+            return Err(format!(
+                "{} node specs for a graph of {} nodes",
+                nodes.len(),
+                dag.len()
+            ));
+        }
+        let (kinds, policies) = nodes.into_iter().map(|n| (n.kind, n.policy)).unzip();
+        Ok(Self {
+            dag,
+            kinds,
+            policies,
+        })
+    }
+
+    /// The graph.
+    pub fn dag(&self) -> &Dag {
+        &self.dag
+    }
+}
+
+/// Why a node attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// Error class name (`LuaRuntimeError`, `NodeTimeout`, `ValueError`, ...).
+    pub kind: String,
+    pub message: String,
+    pub traceback: Option<String>,
+    /// False when another attempt cannot help (cancelled, limits, bad return value).
+    pub retryable: bool,
+}
+
+impl NodeFailure {
+    fn new(kind: &str, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            message: message.into(),
+            traceback: None,
+            retryable,
+        }
+    }
+}
+
+/// One call into the host for an external node.
+#[derive(Debug)]
+pub struct ExternalCall {
+    pub node: NodeIdx,
+    pub attempt: u32,
+    /// Each parent's id and output.
+    pub results: Vec<(NodeIdx, Arc<Value>)>,
+    /// Set when the attempt should stop (cancel, timeout, fail-fast).
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Executes external nodes; called on a blocking-pool thread.
+pub trait ExternalExecutor: Send + Sync {
+    /// Run one attempt; the output must be a JSON object.
+    fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure>;
+}
+
+/// Parameters of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunConfig {
+    pub run_id: String,
+    /// The run's inputs (a JSON object).
+    pub inputs: Arc<Value>,
+    pub options: RunOptions,
+    pub timeout: Option<Duration>,
+    /// Outputs of nodes that already succeeded (a resumed run does not run them again).
+    pub completed: Vec<(NodeIdx, Value)>,
+    /// Record events for [`RunHandle::next_events`].
+    pub events: bool,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    RunStarted,
+    NodeStarted,
+    NodeSucceeded,
+    NodeFailed,
+    NodeRetrying,
+    NodeSkipped,
+    NodeCancelled,
+    NodeLog,
+    RunFinished,
+}
+
+impl EventKind {
+    /// Snake-case name used on the wire and in Python.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RunStarted => "run_started",
+            Self::NodeStarted => "node_started",
+            Self::NodeSucceeded => "node_succeeded",
+            Self::NodeFailed => "node_failed",
+            Self::NodeRetrying => "node_retrying",
+            Self::NodeSkipped => "node_skipped",
+            Self::NodeCancelled => "node_cancelled",
+            Self::NodeLog => "node_log",
+            Self::RunFinished => "run_finished",
+        }
+    }
+}
+
+/// Extra data of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventDetail {
+    None,
+    Error(NodeFailure),
+    Retry {
+        delay: Duration,
+        error: Option<NodeFailure>,
+    },
+    Log(String),
+    Finished(RunStatus),
+}
+
+/// Something that happened during a run, numbered from 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEvent {
+    pub seq: u64,
+    pub kind: EventKind,
+    pub node: Option<NodeIdx>,
+    pub attempt: u32,
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    pub detail: EventDetail,
+}
+
+/// The final record of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub status: NodeState,
+    pub output: Option<Arc<Value>>,
+    pub error: Option<NodeFailure>,
+    pub attempts: u32,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+}
+
+/// Why the run as a whole did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunError {
+    pub kind: String,
+    pub message: String,
+    pub node_id: Option<String>,
+}
+
+/// A finished run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub error: Option<RunError>,
+    pub duration: Duration,
+    pub nodes: Vec<NodeRecord>,
+}
+
+enum Msg {
+    Done {
+        node: NodeIdx,
+        attempt: u32,
+        result: Result<ExecOk, NodeFailure>,
+    },
+    Cancel,
+}
+
+struct ExecOk {
+    output: Map<String, Value>,
+    logs: Vec<String>,
+}
+
+#[derive(Default)]
+struct Published {
+    events: VecDeque<RunEvent>,
+    outcome: Option<Arc<RunOutcome>>,
+}
+
+struct Shared {
+    run_id: String,
+    cancel: AtomicBool,
+    published: Mutex<Published>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Published> {
+        // A panic while holding this lock leaves plain data behind; keep serving it.
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A started run: wait for it, read its events, cancel it. Cheap to clone.
+#[derive(Clone)]
+pub struct RunHandle {
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+}
+
+impl std::fmt::Debug for RunHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle")
+            .field("run_id", &self.shared.run_id)
+            .field("done", &self.is_done())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunHandle {
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// Ask the run to stop: pending nodes are cancelled, running ones interrupted.
+    pub fn cancel(&self) {
+        self.shared.cancel.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Msg::Cancel);
+    }
+
+    /// Whether the run has finished.
+    pub fn is_done(&self) -> bool {
+        self.shared.lock().outcome.is_some()
+    }
+
+    /// Wait up to `timeout` for the run to finish; true if it has.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let guard = self.shared.lock();
+        let (guard, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(guard, timeout, |p| p.outcome.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.outcome.is_some()
+    }
+
+    /// Wait up to `timeout` for events (or the end of the run); take all pending events.
+    pub fn next_events(&self, timeout: Duration) -> Vec<RunEvent> {
+        let guard = self.shared.lock();
+        let (mut guard, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(guard, timeout, |p| {
+                p.events.is_empty() && p.outcome.is_none()
+            })
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.events.drain(..).collect()
+    }
+
+    /// The outcome, once the run has finished.
+    pub fn outcome(&self) -> Option<Arc<RunOutcome>> {
+        self.shared.lock().outcome.clone()
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn empty_output() -> Arc<Value> {
+    static EMPTY: OnceLock<Arc<Value>> = OnceLock::new();
+    EMPTY
+        .get_or_init(|| Arc::new(Value::Object(Map::new())))
+        .clone()
+}
+
+/// Start a run of `plan` on the process runtime and return at once.
+pub fn start_run(
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+) -> Result<RunHandle, RuntimeError> {
+    let rt = runtime()?;
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        run_id: config.run_id.clone(),
+        cancel: AtomicBool::new(false),
+        published: Mutex::new(Published::default()),
+        changed: Condvar::new(),
+    });
+    let handle = RunHandle {
+        shared: shared.clone(),
+        tx: tx.clone(),
+    };
+    rt.spawn_blocking(move || {
+        let driver = Driver::new(plan, config, external, shared, tx);
+        driver.run(&rx);
+    });
+    Ok(handle)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Retry { node: NodeIdx, attempt: u32 },
+    NodeDeadline { node: NodeIdx, attempt: u32 },
+}
+
+struct Driver {
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+    records: Vec<NodeRecord>,
+    tokens: Vec<Option<Arc<AtomicBool>>>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    deadline: Option<Instant>,
+    started: Instant,
+    seq: u64,
+    buffered: Vec<RunEvent>,
+    /// The failure that decided the run (first final node failure).
+    first_failure: Option<NodeIdx>,
+}
+
+const PUBLISH_BATCH: usize = 512;
+
+impl Driver {
+    fn new(
+        plan: Arc<Plan>,
+        config: RunConfig,
+        external: Option<Arc<dyn ExternalExecutor>>,
+        shared: Arc<Shared>,
+        tx: Sender<Msg>,
+    ) -> Self {
+        let n = plan.dag.len();
+        let started = Instant::now();
+        let record = NodeRecord {
+            status: NodeState::Pending,
+            output: None,
+            error: None,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+        };
+        Self {
+            deadline: config.timeout.map(|t| started + t),
+            plan,
+            config,
+            external,
+            shared,
+            tx,
+            records: vec![record; n],
+            tokens: vec![None; n],
+            timers: BinaryHeap::new(),
+            started,
+            seq: 0,
+            buffered: Vec::new(),
+            first_failure: None,
+        }
+    }
+
+    fn emit(&mut self, kind: EventKind, node: Option<NodeIdx>, attempt: u32, detail: EventDetail) {
+        if !self.config.events {
+            return;
+        }
+        self.seq += 1;
+        self.buffered.push(RunEvent {
+            seq: self.seq,
+            kind,
+            node,
+            attempt,
+            time: unix_now(),
+            detail,
+        });
+        if self.buffered.len() >= PUBLISH_BATCH {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        if self.buffered.is_empty() {
+            return;
+        }
+        self.shared.lock().events.extend(self.buffered.drain(..));
+        self.shared.changed.notify_all();
+    }
+
+    fn run(mut self, rx: &Receiver<Msg>) {
+        let plan = self.plan.clone();
+        let mut sched = Scheduler::new(&plan.dag, &plan.policies, self.config.options);
+        for (node, output) in std::mem::take(&mut self.config.completed) {
+            if (node as usize) < self.records.len() {
+                self.records[node as usize].output = Some(Arc::new(output));
+                sched.mark_completed(node);
+            }
+        }
+        self.emit(EventKind::RunStarted, None, 0, EventDetail::None);
+        let mut out = Vec::new();
+        let mut todo = Vec::new();
+        let mut inline: Vec<(NodeIdx, u32)> = Vec::new();
+        sched.start(&mut out);
+        let status = loop {
+            if let Some(status) = self.apply(&mut sched, &mut out, &mut todo, &mut inline) {
+                break status;
+            }
+            // Work-first: hand all but one ready Lua node to the pool, run the last here.
+            if let Some((node, attempt)) = inline.pop() {
+                for (n, a) in inline.drain(..) {
+                    self.dispatch_lua(n, a);
+                }
+                self.publish();
+                let result = self.run_lua_inline(node, attempt);
+                self.fire_timers(&mut sched, &mut out);
+                self.finish_attempt(&mut sched, &mut out, node, attempt, result);
+                continue;
+            }
+            if !out.is_empty() {
+                continue;
+            }
+            // Nothing runnable here: take what came back, or wait for it.
+            self.fire_timers(&mut sched, &mut out);
+            if !out.is_empty() {
+                continue;
+            }
+            self.publish();
+            let msg = match self.next_wakeup() {
+                Some(at) => {
+                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Ok(msg) => Some(msg),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => unreachable!("driver holds a sender"),
+                    }
+                }
+                None => Some(rx.recv().expect("driver holds a sender")),
+            };
+            match msg {
+                Some(msg) => self.on_msg(&mut sched, &mut out, msg),
+                None => self.fire_timers(&mut sched, &mut out),
+            }
+            while let Ok(msg) = rx.try_recv() {
+                self.on_msg(&mut sched, &mut out, msg);
+            }
+        };
+        self.finish(&sched, status);
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (timer, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_msg(&mut self, sched: &mut Scheduler<'_>, out: &mut Vec<Instruction>, msg: Msg) {
+        match msg {
+            Msg::Done {
+                node,
+                attempt,
+                result,
+            } => self.finish_attempt(sched, out, node, attempt, result),
+            Msg::Cancel => sched.handle(Event::Stop(StopReason::Cancelled), out),
+        }
+    }
+
+    fn fire_timers(&mut self, sched: &mut Scheduler<'_>, out: &mut Vec<Instruction>) {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| d <= now) && sched.stop_reason().is_none() {
+            self.deadline = None;
+            sched.handle(Event::Stop(StopReason::TimedOut), out);
+        }
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Retry { node, attempt } => sched.handle(Event::RetryDue { node, attempt }, out),
+                Timer::NodeDeadline { node, attempt } => {
+                    if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
+                        let timeout = self.plan.policies[self.policy_index(node)].timeout;
+                        let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+                        let failure = NodeFailure::new(
+                            "NodeTimeout",
+                            format!(
+                                "node '{}' timed out after {secs}s",
+                                self.plan.dag.id(node)
+                            ),
+                            true,
+                        );
+                        self.finish_attempt(sched, out, node, attempt, Err(failure));
+                    }
+                }
+            }
+        }
+    }
+
+    fn policy_index(&self, node: NodeIdx) -> usize {
+        if self.plan.policies.len() == 1 {
+            0
+        } else {
+            node as usize
+        }
+    }
+
+    /// Record the end of an attempt (if it is still the current one) and tell the scheduler.
+    fn finish_attempt(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+        result: Result<ExecOk, NodeFailure>,
+    ) {
+        if sched.state(node) != NodeState::Running || sched.attempts(node) != attempt {
+            return;
+        }
+        // A cancel request may overtake its own message (the flag is set first): honour it
+        // before this result, so an attempt it interrupted counts as cancelled, not failed.
+        if self.shared.cancel.load(Ordering::SeqCst) && sched.stop_reason().is_none() {
+            sched.handle(Event::Stop(StopReason::Cancelled), out);
+            if sched.state(node) != NodeState::Running {
+                return;
+            }
+        }
+        if let Some(t) = self.tokens[node as usize].take() {
+            t.store(true, Ordering::Relaxed);
+        }
+        let now = unix_now();
+        let rec = &mut self.records[node as usize];
+        rec.finished_at = Some(now);
+        match result {
+            Ok(ok) => {
+                for line in ok.logs {
+                    self.emit(EventKind::NodeLog, Some(node), attempt, EventDetail::Log(line));
+                }
+                let rec = &mut self.records[node as usize];
+                rec.output = Some(if ok.output.is_empty() {
+                    empty_output()
+                } else {
+                    Arc::new(Value::Object(ok.output))
+                });
+                rec.error = None;
+                sched.handle(Event::NodeSucceeded { node, attempt }, out);
+                if sched.state(node) == NodeState::Succeeded {
+                    self.emit(EventKind::NodeSucceeded, Some(node), attempt, EventDetail::None);
+                }
+            }
+            Err(failure) => {
+                let retryable = failure.retryable;
+                rec.error = Some(failure);
+                sched.handle(
+                    Event::NodeFailed {
+                        node,
+                        attempt,
+                        retryable,
+                    },
+                    out,
+                );
+                if sched.state(node) == NodeState::Failed {
+                    self.first_failure.get_or_insert(node);
+                    let detail = EventDetail::Error(
+                        self.records[node as usize].error.clone().expect("just set"),
+                    );
+                    self.emit(EventKind::NodeFailed, Some(node), attempt, detail);
+                }
+            }
+        }
+    }
+
+    /// Carry out the scheduler's instructions. Returns the run status once it finished.
+    fn apply(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        todo: &mut Vec<Instruction>,
+        inline: &mut Vec<(NodeIdx, u32)>,
+    ) -> Option<RunStatus> {
+        while !out.is_empty() {
+            std::mem::swap(out, todo);
+            for ins in todo.drain(..) {
+                match ins {
+                    Instruction::Execute { node, attempt } => {
+                        let rec = &mut self.records[node as usize];
+                        rec.attempts = attempt;
+                        if rec.started_at.is_none() {
+                            rec.started_at = Some(unix_now());
+                        }
+                        self.emit(EventKind::NodeStarted, Some(node), attempt, EventDetail::None);
+                        match &self.plan.kinds[node as usize] {
+                            NodeKind::Noop => {
+                                let ok = ExecOk {
+                                    output: Map::new(),
+                                    logs: Vec::new(),
+                                };
+                                self.finish_attempt(sched, out, node, attempt, Ok(ok));
+                            }
+                            NodeKind::Lua { .. } => inline.push((node, attempt)),
+                            NodeKind::External => self.dispatch_external(node, attempt),
+                        }
+                    }
+                    Instruction::ScheduleRetry {
+                        node,
+                        attempt,
+                        delay,
+                    } => {
+                        self.timers
+                            .push(Reverse((Instant::now() + delay, Timer::Retry { node, attempt })));
+                        let error = self.records[node as usize].error.clone();
+                        self.emit(
+                            EventKind::NodeRetrying,
+                            Some(node),
+                            attempt - 1,
+                            EventDetail::Retry { delay, error },
+                        );
+                    }
+                    Instruction::Abort { node } => {
+                        if let Some(t) = &self.tokens[node as usize] {
+                            t.store(true, Ordering::SeqCst);
+                        }
+                        let attempt = self.records[node as usize].attempts;
+                        let abandon = match self.plan.kinds[node as usize] {
+                            // Picked to run inline but not started: it never runs.
+                            NodeKind::Lua { .. } => {
+                                let before = inline.len();
+                                inline.retain(|&(n, _)| n != node);
+                                inline.len() != before
+                            }
+                            // Python cannot be interrupted; the run does not wait for it
+                            // (its thread finishes in the background, its result ignored).
+                            NodeKind::External => true,
+                            NodeKind::Noop => false,
+                        };
+                        if abandon {
+                            let failure = NodeFailure::new(
+                                "RunCancelled",
+                                format!("node '{}' was cancelled", self.plan.dag.id(node)),
+                                false,
+                            );
+                            self.finish_attempt(sched, out, node, attempt, Err(failure));
+                        }
+                    }
+                    Instruction::Skipped { node } => {
+                        self.emit(EventKind::NodeSkipped, Some(node), 0, EventDetail::None);
+                    }
+                    Instruction::Cancelled { node } => {
+                        let attempt = self.records[node as usize].attempts;
+                        self.emit(EventKind::NodeCancelled, Some(node), attempt, EventDetail::None);
+                    }
+                    Instruction::Finish { status } => return Some(status),
+                }
+            }
+        }
+        None
+    }
+
+    fn results_of(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
+        self.plan
+            .dag
+            .parents(node)
+            .iter()
+            .map(|&p| {
+                let out = self.records[p as usize]
+                    .output
+                    .clone()
+                    .unwrap_or_else(empty_output);
+                (p, out)
+            })
+            .collect()
+    }
+
+    fn new_token(&mut self, node: NodeIdx) -> Arc<AtomicBool> {
+        let t = Arc::new(AtomicBool::new(self.shared.cancel.load(Ordering::SeqCst)));
+        self.tokens[node as usize] = Some(t.clone());
+        t
+    }
+
+    fn dispatch_external(&mut self, node: NodeIdx, attempt: u32) {
+        let cancel = self.new_token(node);
+        let call = ExternalCall {
+            node,
+            attempt,
+            results: self.results_of(node),
+            cancel,
+        };
+        if let Some(timeout) = self.plan.policies[self.policy_index(node)].timeout {
+            self.timers.push(Reverse((
+                Instant::now() + timeout,
+                Timer::NodeDeadline { node, attempt },
+            )));
+        }
+        let tx = self.tx.clone();
+        let Some(external) = self.external.clone() else {
+            let failure = NodeFailure::new(
+                "DagEngineError",
+                format!(
+                    "node '{}' needs an external executor and this run has none",
+                    self.plan.dag.id(node)
+                ),
+                false,
+            );
+            let _ = tx.send(Msg::Done {
+                node,
+                attempt,
+                result: Err(failure),
+            });
+            return;
+        };
+        let plan = self.plan.clone();
+        let job = move || {
+            let result = external.execute(&plan, call).map(|output| ExecOk {
+                output,
+                logs: Vec::new(),
+            });
+            let _ = tx.send(Msg::Done {
+                node,
+                attempt,
+                result,
+            });
+        };
+        self.spawn(job, node, attempt);
+    }
+
+    fn spawn(&self, job: impl FnOnce() + Send + 'static, node: NodeIdx, attempt: u32) {
+        match runtime() {
+            Ok(rt) => {
+                rt.spawn_blocking(job);
+            }
+            Err(e) => {
+                let _ = self.tx.send(Msg::Done {
+                    node,
+                    attempt,
+                    result: Err(NodeFailure::new("DagEngineError", e.to_string(), false)),
+                });
+            }
+        }
+    }
+
+    fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {
+        let cancel = self.new_token(node);
+        let job_input = self.lua_job(node, attempt);
+        let tx = self.tx.clone();
+        let plan = self.plan.clone();
+        let job = move || {
+            let result = job_input.execute(&plan, &cancel);
+            let _ = tx.send(Msg::Done {
+                node,
+                attempt,
+                result,
+            });
+        };
+        self.spawn(job, node, attempt);
+    }
+
+    fn run_lua_inline(&mut self, node: NodeIdx, attempt: u32) -> Result<ExecOk, NodeFailure> {
+        let job = self.lua_job(node, attempt);
+        // Inline, the run-level flag is the one that can change while we are busy here.
+        let shared = self.shared.clone();
+        job.execute(&self.plan, &shared.cancel)
+    }
+
+    fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
+        let policy = &self.plan.policies[self.policy_index(node)];
+        LuaJob {
+            node,
+            attempt,
+            run_id: self.config.run_id.clone(),
+            inputs: self.config.inputs.clone(),
+            results: self.results_of(node),
+            node_timeout: policy.timeout,
+            deadline: self.deadline,
+        }
+    }
+
+    fn finish(mut self, sched: &Scheduler<'_>, status: RunStatus) {
+        let n = self.plan.dag.len();
+        for i in 0..n {
+            let state = sched.state(i as NodeIdx);
+            let rec = &mut self.records[i];
+            rec.status = state;
+            if state != NodeState::Succeeded {
+                rec.output = None;
+            }
+        }
+        let error = match (status, sched.stop_reason()) {
+            (RunStatus::Succeeded, _) => None,
+            (_, Some(StopReason::TimedOut)) => Some(RunError {
+                kind: "RunTimeout".to_owned(),
+                message: format!(
+                    "run timed out after {}s",
+                    self.config.timeout.map_or(0.0, |t| t.as_secs_f64())
+                ),
+                node_id: None,
+            }),
+            (RunStatus::Failed, _) => self.first_failure.map(|node| {
+                let failure = self.records[node as usize]
+                    .error
+                    .clone()
+                    .expect("a failed node has an error");
+                RunError {
+                    message: format!(
+                        "node '{}' failed: {}",
+                        self.plan.dag.id(node),
+                        failure.message
+                    ),
+                    kind: failure.kind,
+                    node_id: Some(self.plan.dag.id(node).to_owned()),
+                }
+            }),
+            (RunStatus::Cancelled, _) => Some(RunError {
+                kind: "RunCancelled".to_owned(),
+                message: "run cancelled".to_owned(),
+                node_id: None,
+            }),
+        };
+        self.emit(
+            EventKind::RunFinished,
+            None,
+            0,
+            EventDetail::Finished(status),
+        );
+        let outcome = RunOutcome {
+            run_id: self.config.run_id.clone(),
+            status,
+            error,
+            duration: self.started.elapsed(),
+            nodes: std::mem::take(&mut self.records),
+        };
+        let mut published = self.shared.lock();
+        published.events.extend(self.buffered.drain(..));
+        published.outcome = Some(Arc::new(outcome));
+        drop(published);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// Everything a Lua attempt needs, owned, so it can move to a pool thread.
+struct LuaJob {
+    node: NodeIdx,
+    attempt: u32,
+    run_id: String,
+    inputs: Arc<Value>,
+    results: Vec<(NodeIdx, Arc<Value>)>,
+    node_timeout: Option<Duration>,
+    deadline: Option<Instant>,
+}
+
+impl LuaJob {
+    fn execute(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ExecOk, NodeFailure> {
+        let NodeKind::Lua { script, limits } = &plan.kinds[self.node as usize] else {
+            unreachable!("only Lua nodes become Lua jobs");
+        };
+        let node_id = plan.dag.id(self.node);
+        // The tightest of: the script's wall-time limit, the node timeout, the run deadline.
+        let mut limits = limits.clone();
+        let mut node_timeout_binds = false;
+        if let Some(t) = self.node_timeout {
+            if limits.timeout.is_none_or(|l| t < l) {
+                limits.timeout = Some(t);
+                node_timeout_binds = true;
+            }
+        }
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if limits.timeout.is_none_or(|l| left < l) {
+                limits.timeout = Some(left);
+                node_timeout_binds = false;
+            }
+        }
+        let results: Vec<(&str, &Value)> = self
+            .results
+            .iter()
+            .map(|(p, v)| (plan.dag.id(*p), v.as_ref()))
+            .collect();
+        let info = NodeInfo {
+            node_id,
+            run_id: &self.run_id,
+            attempt: self.attempt,
+        };
+        match dagengine_lua::execute(script, &self.inputs, &results, &info, &limits, Some(cancel)) {
+            Ok(out) => Ok(ExecOk {
+                output: out.output,
+                logs: out.logs,
+            }),
+            Err(LuaError::Timeout { limit }) if node_timeout_binds => Err(NodeFailure::new(
+                "NodeTimeout",
+                format!("node '{node_id}' timed out after {}s", limit.as_secs_f64()),
+                true,
+            )),
+            Err(e) => Err(lua_failure(node_id, &e)),
+        }
+    }
+}
+
+/// The Python exception class (in `dagengine.exceptions`) of a Lua error.
+pub fn lua_class(e: &LuaError) -> &'static str {
+    match e {
+        LuaError::Syntax { .. } => "LuaSyntaxError",
+        LuaError::Runtime { .. } => "LuaRuntimeError",
+        LuaError::InstructionLimit { .. } => "LuaInstructionLimit",
+        LuaError::MemoryLimit { .. } => "LuaMemoryLimit",
+        LuaError::Timeout { .. } => "LuaTimeout",
+        LuaError::Cancelled => "RunCancelled",
+        LuaError::BadReturn { .. } => "LuaBadReturn",
+        LuaError::Conversion { .. } => "LuaConversionError",
+    }
+}
+
+/// Map a Lua error to a node failure; the class name is the Python exception's.
+fn lua_failure(node_id: &str, e: &LuaError) -> NodeFailure {
+    let retryable = matches!(e, LuaError::Runtime { .. } | LuaError::Timeout { .. });
+    let mut f = NodeFailure::new(lua_class(e), format!("node '{node_id}': {e}"), retryable);
+    if let LuaError::Runtime {
+        traceback: Some(tb),
+        ..
+    } = e
+    {
+        f.traceback = Some(tb.clone());
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+use dagengine_core::Backoff;
+
+fn dag(edges: &[(&str, &[&str])]) -> Dag {
+    let mut d = Dag::new();
+    for (id, deps) in edges {
+        d.add_node(id, deps.iter().copied()).unwrap();
+    }
+    d.preprocess().unwrap();
+    d
+}
+
+fn lua(src: &str) -> NodeKind {
+    NodeKind::Lua { script: LuaScript::new(src), limits: LuaLimits::default() }
+}
+
+fn spec(kind: NodeKind) -> NodeSpec {
+    NodeSpec { kind, policy: NodePolicy::default() }
+}
+
+fn run(plan: Plan, cfg: RunConfig, ext: Option<Arc<dyn ExternalExecutor>>) -> (Arc<RunOutcome>, Vec<RunEvent>) {
+    let h = start_run(Arc::new(plan), RunConfig { events: true, ..cfg }, ext).unwrap();
+    assert!(h.wait(Duration::from_secs(30)), "run did not finish");
+    let events = h.next_events(Duration::ZERO);
+    (h.outcome().unwrap(), events)
+}
+
+/// Calls a Rust closure per external node.
+struct Closure<F>(F);
+impl<F> ExternalExecutor for Closure<F>
+where
+    F: Fn(&Plan, ExternalCall) -> Result<Map<String, Value>, NodeFailure> + Send + Sync,
+{
+    fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
+        (self.0)(plan, call)
+    }
+}
+
+#[test]
+fn lua_pipeline_passes_results_and_inputs() {
+    let d = dag(&[("extract", &[]), ("transform", &["extract"])]);
+    let plan = Plan::new(
+        d,
+        vec![
+            spec(lua("return {rows = {1, 2, 3}}")),
+            spec(lua(
+                "local s = 0 for _, v in ipairs(results.extract.rows) do s = s + v end \
+                 return {total = s * inputs.factor, node = ctx.node_id}",
+            )),
+        ],
+    )
+    .unwrap();
+    let inputs = Arc::new(serde_json::json!({"factor": 3}));
+    let (o, events) = run(plan, RunConfig { run_id: "r1".into(), inputs, ..Default::default() }, None);
+    assert_eq!(o.status, RunStatus::Succeeded);
+    let out = o.nodes[1].output.as_ref().unwrap();
+    assert_eq!(**out, serde_json::json!({"total": 18, "node": "transform"}));
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.first(), Some(&EventKind::RunStarted));
+    assert_eq!(kinds.last(), Some(&EventKind::RunFinished));
+    assert!(events.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+}
+
+#[test]
+fn failure_skips_descendants_and_reports_first_failure() {
+    let d = dag(&[("bad", &[]), ("child", &["bad"]), ("free", &[])]);
+    let plan = Plan::new(
+        d,
+        vec![spec(lua("error('boom')")), spec(NodeKind::Noop), spec(lua("return {ok = true}"))],
+    )
+    .unwrap();
+    let (o, _) = run(plan, RunConfig::default(), None);
+    assert_eq!(o.status, RunStatus::Failed);
+    assert_eq!(o.nodes[0].status, NodeState::Failed);
+    assert_eq!(o.nodes[1].status, NodeState::Skipped);
+    assert_eq!(o.nodes[2].status, NodeState::Succeeded);
+    let err = o.error.as_ref().unwrap();
+    assert_eq!(err.node_id.as_deref(), Some("bad"));
+    assert!(err.message.contains("boom"), "{}", err.message);
+}
+
+#[test]
+fn external_nodes_retry_with_backoff_then_succeed() {
+    let d = dag(&[("flaky", &[])]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let ext = Closure(move |_: &Plan, call: ExternalCall| {
+        c.fetch_add(1, Ordering::SeqCst);
+        if call.attempt < 3 {
+            Err(NodeFailure::new("ValueError", "not yet", true))
+        } else {
+            let mut m = Map::new();
+            m.insert("attempt".into(), call.attempt.into());
+            Ok(m)
+        }
+    });
+    let policy = NodePolicy {
+        retries: 3,
+        backoff: Backoff { initial: Duration::from_millis(5), factor: 2.0, max: Duration::from_secs(1) },
+        timeout: None,
+    };
+    let plan = Plan::new(d, vec![NodeSpec { kind: NodeKind::External, policy }]).unwrap();
+    let (o, events) = run(plan, RunConfig::default(), Some(Arc::new(ext)));
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(o.nodes[0].attempts, 3);
+    let retries = events.iter().filter(|e| e.kind == EventKind::NodeRetrying).count();
+    assert_eq!(retries, 2);
+}
+
+#[test]
+fn external_node_timeout_fails_the_node_without_waiting_for_it() {
+    let d = dag(&[("slow", &[])]);
+    let ext = Closure(|_: &Plan, call: ExternalCall| {
+        while !call.cancel.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Err(NodeFailure::new("Cancelled", "saw the flag", false))
+    });
+    let policy = NodePolicy { timeout: Some(Duration::from_millis(50)), ..NodePolicy::default() };
+    let plan = Plan::new(d, vec![NodeSpec { kind: NodeKind::External, policy }]).unwrap();
+    let (o, _) = run(plan, RunConfig::default(), Some(Arc::new(ext)));
+    assert_eq!(o.status, RunStatus::Failed);
+    let err = o.nodes[0].error.as_ref().unwrap();
+    assert_eq!(err.kind, "NodeTimeout");
+}
+
+#[test]
+fn lua_node_timeout_interrupts_an_endless_loop() {
+    let d = dag(&[("spin", &[])]);
+    let policy = NodePolicy { timeout: Some(Duration::from_millis(100)), ..NodePolicy::default() };
+    let plan = Plan::new(d, vec![NodeSpec { kind: lua("while true do end"), policy }]).unwrap();
+    let t = Instant::now();
+    let (o, _) = run(plan, RunConfig::default(), None);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(o.nodes[0].error.as_ref().unwrap().kind, "NodeTimeout");
+}
+
+#[test]
+fn run_timeout_stops_the_run() {
+    let d = dag(&[("spin", &[]), ("after", &["spin"])]);
+    let plan = Plan::new(d, vec![spec(lua("while true do end")), spec(NodeKind::Noop)]).unwrap();
+    let cfg = RunConfig { timeout: Some(Duration::from_millis(100)), ..Default::default() };
+    let (o, _) = run(plan, cfg, None);
+    assert_eq!(o.status, RunStatus::Failed);
+    assert_eq!(o.error.as_ref().unwrap().kind, "RunTimeout");
+    assert_eq!(o.nodes[0].status, NodeState::Cancelled);
+    assert_eq!(o.nodes[1].status, NodeState::Cancelled);
+}
+
+#[test]
+fn cancel_interrupts_running_lua_and_cancels_pending() {
+    let d = dag(&[("spin", &[]), ("after", &["spin"])]);
+    let plan = Plan::new(d, vec![spec(lua("while true do end")), spec(NodeKind::Noop)]).unwrap();
+    let h = start_run(Arc::new(plan), RunConfig { events: true, ..Default::default() }, None).unwrap();
+    // Wait until the node has started, then cancel.
+    let mut started = false;
+    while !started {
+        started = h.next_events(Duration::from_secs(5)).iter().any(|e| e.kind == EventKind::NodeStarted);
+    }
+    h.cancel();
+    assert!(h.wait(Duration::from_secs(5)));
+    let o = h.outcome().unwrap();
+    assert_eq!(o.status, RunStatus::Cancelled);
+    assert_eq!(o.nodes[0].status, NodeState::Cancelled);
+    assert_eq!(o.nodes[1].status, NodeState::Cancelled);
+}
+
+#[test]
+fn completed_nodes_are_not_run_again_and_feed_their_children() {
+    let d = dag(&[("a", &[]), ("b", &["a"])]);
+    let plan = Plan::new(d, vec![spec(lua("error('must not run')")), spec(lua("return {v = results.a.v + 1}"))])
+        .unwrap();
+    let cfg = RunConfig { completed: vec![(0, serde_json::json!({"v": 41}))], ..Default::default() };
+    let (o, _) = run(plan, cfg, None);
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(**o.nodes[1].output.as_ref().unwrap(), serde_json::json!({"v": 42}));
+}
+
+#[test]
+fn ten_thousand_noop_chain() {
+    let mut d = Dag::new();
+    let ids: Vec<String> = (0..10_000).map(|i| format!("n{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let deps: Vec<&str> = if i == 0 { vec![] } else { vec![ids[i - 1].as_str()] };
+        d.add_node(id, deps).unwrap();
+    }
+    d.preprocess().unwrap();
+    let plan = Plan::new(d, Vec::new()).unwrap();
+    let (o, events) = run(plan, RunConfig::default(), None);
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert!(o.nodes.iter().all(|r| r.status == NodeState::Succeeded));
+    assert_eq!(events.len(), 2 + 2 * 10_000);
+}
+
+#[test]
+fn parallel_lua_nodes_all_run() {
+    let mut d = Dag::new();
+    d.add_node("root", []).unwrap();
+    for i in 0..200 {
+        d.add_node(&format!("w{i}"), ["root"]).unwrap();
+    }
+    let deps: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
+    d.add_node("join", deps.iter().map(String::as_str)).unwrap();
+    d.preprocess().unwrap();
+    let mut nodes = vec![spec(NodeKind::Noop)];
+    nodes.extend((0..200).map(|_| spec(lua("return {x = ctx.node_id}"))));
+    nodes.push(spec(lua("local n = 0 for _ in pairs(results) do n = n + 1 end return {n = n}")));
+    let plan = Plan::new(d, nodes).unwrap();
+    let (o, _) = run(plan, RunConfig::default(), None);
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(**o.nodes[201].output.as_ref().unwrap(), serde_json::json!({"n": 200}));
+}
