@@ -1,0 +1,714 @@
+//! The pooled per-thread Lua state: sandbox construction, compiled-chunk
+//! cache, the limit hook and one execution.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mlua::{
+    AnyUserData, ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table,
+    Value as LuaValue, VmState,
+};
+use serde_json::Value;
+
+use crate::convert::{json_to_lua, lua_type_name, ConvFail, ToJson};
+use crate::{LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
+
+/// The hook runs every this many VM instructions: the granularity of the
+/// instruction budget, the deadline and the cancel flag.
+const HOOK_INTERVAL: u32 = 1000;
+
+/// Compiled chunks kept per state before the cache is flushed.
+const CACHE_CAP: usize = 1024;
+
+/// Prepended (without a newline, so line numbers are unchanged) to every
+/// script: the runner passes the per-run environment as the chunk's first
+/// vararg. Re-pointing the chunk's `_ENV` upvalue instead
+/// (`Function::set_environment`) costs a chunk load per call on Lua 5.4.
+const ENV_PREFIX: &str = "local _ENV = ...; ";
+
+/// Lua's `LUA_IDSIZE` minus the NUL: longest chunk id shown in messages.
+const LUA_IDSIZE: usize = 59;
+
+thread_local! {
+    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+    static COMPILED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Number of chunks compiled on the calling thread so far (cache misses).
+pub(crate) fn compiled_chunks() -> u64 {
+    COMPILED.with(Cell::get)
+}
+
+/// Drops the calling thread's Lua state (it is recreated on next use).
+pub(crate) fn reset_thread_state() {
+    ENGINE.with(|e| {
+        if let Ok(mut slot) = e.try_borrow_mut() {
+            *slot = None;
+        }
+    });
+}
+
+/// Runs `f` with this thread's engine, creating it lazily and replacing it if
+/// a previous execution left it poisoned (internal error or panic).
+pub(crate) fn with_engine<R>(
+    f: impl FnOnce(&mut Engine) -> Result<R, LuaError>,
+) -> Result<R, LuaError> {
+    ENGINE.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            // Re-entrant use (cannot happen through this crate's API): use a
+            // private state rather than panic.
+            return f(&mut Engine::new()?);
+        };
+        if slot.as_ref().is_some_and(|e| e.busy || e.poisoned.get()) {
+            *slot = None;
+        }
+        if slot.is_none() {
+            *slot = Some(Engine::new()?);
+        }
+        let engine = slot.as_mut().expect("engine was just created");
+        engine.busy = true;
+        let result = f(engine);
+        engine.busy = false;
+        if engine.poisoned.get() {
+            *slot = None;
+        }
+        result
+    })
+}
+
+/// Which limit stopped the script.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Trip {
+    Instructions,
+    Timeout,
+    Cancelled,
+    Memory,
+}
+
+impl Trip {
+    fn lua_error(self) -> mlua::Error {
+        mlua::Error::runtime(match self {
+            Trip::Instructions => "instruction limit exceeded",
+            Trip::Timeout => "wall-time limit exceeded",
+            Trip::Cancelled => "execution cancelled",
+            Trip::Memory => "memory limit exceeded",
+        })
+    }
+}
+
+/// Per-execution state shared with the hook and host functions.
+struct RunState {
+    active: Cell<bool>,
+    instructions: Cell<u64>,
+    max_instructions: Cell<u64>,
+    deadline: Cell<Option<Instant>>,
+    cancel: RefCell<Option<AnyUserData>>,
+    memory_limited: Cell<bool>,
+    tripped: Cell<Option<Trip>>,
+    logs: RefCell<Vec<String>>,
+    log_bytes: Cell<usize>,
+    log_limit: Cell<usize>,
+}
+
+impl RunState {
+    fn new() -> Self {
+        RunState {
+            active: Cell::new(false),
+            instructions: Cell::new(0),
+            max_instructions: Cell::new(u64::MAX),
+            deadline: Cell::new(None),
+            cancel: RefCell::new(None),
+            memory_limited: Cell::new(false),
+            tripped: Cell::new(None),
+            logs: RefCell::new(Vec::new()),
+            log_bytes: Cell::new(0),
+            log_limit: Cell::new(usize::MAX),
+        }
+    }
+
+    fn trip(&self, t: Trip) -> mlua::Result<VmState> {
+        self.tripped.set(Some(t));
+        Err(t.lua_error())
+    }
+
+    fn on_hook(&self) -> mlua::Result<VmState> {
+        if !self.active.get() {
+            return Ok(VmState::Continue);
+        }
+        // Once tripped, keep failing so code that swallowed the error anyway
+        // (an error handler, a `__close`) cannot keep running.
+        if let Some(t) = self.tripped.get() {
+            return Err(t.lua_error());
+        }
+        let n = self.instructions.get() + u64::from(HOOK_INTERVAL);
+        self.instructions.set(n);
+        if n > self.max_instructions.get() {
+            return self.trip(Trip::Instructions);
+        }
+        if let Some(deadline) = self.deadline.get() {
+            if Instant::now() >= deadline {
+                return self.trip(Trip::Timeout);
+            }
+        }
+        let cancelled = match &*self.cancel.borrow() {
+            Some(ud) => ud
+                .borrow_scoped::<AtomicBool, _>(|c| c.load(Ordering::Relaxed))
+                .unwrap_or(false),
+            None => false,
+        };
+        if cancelled {
+            return self.trip(Trip::Cancelled);
+        }
+        Ok(VmState::Continue)
+    }
+
+    /// Whether an error caught by `pcall`/`xpcall`/`coroutine.resume` must be
+    /// re-raised because it is a limit error.
+    fn must_abort(&self, err: &LuaValue) -> bool {
+        if self.tripped.get().is_some() {
+            return true;
+        }
+        let oom = match err {
+            LuaValue::Error(e) => is_memory_error(e),
+            LuaValue::String(s) => &*s.as_bytes() == b"not enough memory",
+            _ => false,
+        };
+        if oom && self.memory_limited.get() {
+            self.tripped.set(Some(Trip::Memory));
+            return true;
+        }
+        false
+    }
+
+    fn log(&self, line: &mlua::String) -> mlua::Result<()> {
+        let line = line.to_string_lossy();
+        // Logs live on the Rust heap, outside Lua's allocator; charge them
+        // against the memory limit so `log` cannot be used to exhaust memory.
+        let total = self.log_bytes.get().saturating_add(line.len());
+        if total > self.log_limit.get() {
+            self.tripped.set(Some(Trip::Memory));
+            return Err(Trip::Memory.lua_error());
+        }
+        self.log_bytes.set(total);
+        self.logs.borrow_mut().push(line);
+        Ok(())
+    }
+}
+
+fn is_memory_error(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            is_memory_error(cause)
+        }
+        _ => false,
+    }
+}
+
+/// Hasher for keys that already are hashes.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct CacheEntry {
+    source: Arc<str>,
+    name: Box<str>,
+    func: Function,
+}
+
+/// One sandboxed Lua state with its compiled-chunk cache.
+pub(crate) struct Engine {
+    lua: Lua,
+    run: Rc<RunState>,
+    runner: Function,
+    array_mt: Table,
+    /// Environment of compiled chunks before the prefix rebinds `_ENV`; empty
+    /// so the chunk never holds the real globals.
+    chunk_env: Table,
+    cache: HashMap<u64, Vec<CacheEntry>, BuildHasherDefault<IdHasher>>,
+    cache_len: usize,
+    busy: bool,
+    /// Set on unexpected mlua failures; `with_engine` then drops the state.
+    poisoned: Cell<bool>,
+}
+
+fn internal(e: &mlua::Error) -> LuaError {
+    LuaError::Runtime {
+        message: format!("internal Lua error: {e}"),
+        traceback: None,
+    }
+}
+
+impl Engine {
+    fn new() -> Result<Self, LuaError> {
+        Self::build().map_err(|e| internal(&e))
+    }
+
+    fn build() -> mlua::Result<Self> {
+        let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE;
+        let lua = Lua::new_with(libs, LuaOptions::default())?;
+        let run = Rc::new(RunState::new());
+
+        let array_mt = lua.create_table()?;
+        // Protected so scripts cannot reach (and poison) the shared marker.
+        array_mt.raw_set("__metatable", "json.array")?;
+        let array_ptr = array_mt.to_pointer() as usize;
+
+        let host = lua.create_table()?;
+        let r = Rc::clone(&run);
+        host.raw_set(
+            "check_abort",
+            lua.create_function(move |_, v: LuaValue| Ok(r.must_abort(&v)))?,
+        )?;
+        let r = Rc::clone(&run);
+        host.raw_set(
+            "sink",
+            lua.create_function(move |_, s: mlua::String| r.log(&s))?,
+        )?;
+        host.raw_set(
+            "json_encode",
+            lua.create_function(move |lua, v: LuaValue| {
+                json_encode(lua, array_ptr as *const c_void, &v)
+            })?,
+        )?;
+        let mt = array_mt.clone();
+        host.raw_set(
+            "json_decode",
+            lua.create_function(move |lua, v: LuaValue| json_decode(lua, &mt, &v))?,
+        )?;
+        host.raw_set("array_mt", &array_mt)?;
+        host.raw_set("null", LuaValue::NULL)?;
+
+        let runner: Function = lua
+            .load(include_str!("prelude.lua"))
+            .set_name("=dagengine-prelude")
+            .set_mode(ChunkMode::Text)
+            .call((lua.globals(), host))?;
+
+        let r = Rc::clone(&run);
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_INTERVAL),
+            move |_, _| r.on_hook(),
+        )?;
+
+        let chunk_env = lua.create_table()?;
+        Ok(Engine {
+            lua,
+            run,
+            runner,
+            array_mt,
+            chunk_env,
+            cache: HashMap::default(),
+            cache_len: 0,
+            busy: false,
+            poisoned: Cell::new(false),
+        })
+    }
+
+    /// Compiles `source` as a text chunk named `name`.
+    fn compile(&self, source: &str, name: &str) -> Result<Function, LuaError> {
+        if source.as_bytes().first() == Some(&0x1b) {
+            return Err(LuaError::Syntax {
+                line: None,
+                message: "binary chunks are not allowed".into(),
+            });
+        }
+        let mut text = String::with_capacity(ENV_PREFIX.len() + source.len());
+        text.push_str(ENV_PREFIX);
+        text.push_str(source);
+        COMPILED.with(|c| c.set(c.get() + 1));
+        let name = name.replace('\0', "?");
+        self.lua
+            .load(text)
+            .set_name(format!("={name}"))
+            .set_mode(ChunkMode::Text)
+            .set_environment(self.chunk_env.clone())
+            .into_function()
+            .map_err(|e| match e {
+                mlua::Error::SyntaxError { message, .. } => syntax_error(&message, &name),
+                other => internal(&other),
+            })
+    }
+
+    /// The compiled function for `script` under chunk name `name`, from the
+    /// cache when possible.
+    pub(crate) fn function(
+        &mut self,
+        script: &LuaScript,
+        name: &str,
+    ) -> Result<Function, LuaError> {
+        if let Some(entries) = self.cache.get(&script.hash) {
+            for e in entries {
+                if &*e.name == name
+                    && (Arc::ptr_eq(&e.source, &script.source) || *e.source == *script.source)
+                {
+                    return Ok(e.func.clone());
+                }
+            }
+        }
+        let func = self.compile(&script.source, name)?;
+        if self.cache_len >= CACHE_CAP {
+            // Scripts are few in practice; a full flush is simpler than LRU
+            // and bounds the memory held by stale chunks.
+            self.cache.clear();
+            self.cache_len = 0;
+        }
+        self.cache.entry(script.hash).or_default().push(CacheEntry {
+            source: Arc::clone(&script.source),
+            name: name.into(),
+            func: func.clone(),
+        });
+        self.cache_len += 1;
+        Ok(func)
+    }
+
+    pub(crate) fn execute(
+        &mut self,
+        script: &LuaScript,
+        inputs: &Value,
+        results: &[(&str, &Value)],
+        info: &NodeInfo<'_>,
+        limits: &LuaLimits,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<LuaOutput, LuaError> {
+        let func = self.function(script, info.node_id)?;
+
+        // Inputs are converted before the memory limit is armed: they come
+        // from the host, and mlua skips its protected-call path without one.
+        let inputs_lua = json_to_lua(&self.lua, &self.array_mt, inputs)
+            .map_err(|e| self.conv_failure(e, "inputs"))?;
+        let results_lua = self
+            .lua
+            .create_table_with_capacity(0, results.len())
+            .map_err(|e| self.fail(&e))?;
+        for (id, v) in results {
+            let v = json_to_lua(&self.lua, &self.array_mt, v)
+                .map_err(|e| self.conv_failure(e, &format!("results[{id:?}]")))?;
+            results_lua.raw_set(*id, v).map_err(|e| self.fail(&e))?;
+        }
+
+        let run = &self.run;
+        run.instructions.set(0);
+        run.max_instructions
+            .set(limits.max_instructions.unwrap_or(u64::MAX));
+        run.deadline.set(limits.timeout.map(|t| Instant::now() + t));
+        run.tripped.set(None);
+        run.log_bytes.set(0);
+        run.log_limit.set(limits.max_memory.unwrap_or(usize::MAX));
+        run.memory_limited.set(limits.max_memory.is_some());
+        if let Some(max) = limits.max_memory {
+            let limit = self.lua.used_memory().saturating_add(max).max(1);
+            self.lua
+                .set_memory_limit(limit)
+                .map_err(|e| self.fail(&e))?;
+        }
+        run.active.set(true);
+
+        let args = (
+            &func,
+            inputs_lua,
+            results_lua,
+            info.node_id,
+            info.run_id,
+            info.attempt,
+        );
+        let outcome = match cancel {
+            None => self.runner.call::<LuaValue>(args),
+            Some(flag) => self
+                .lua
+                .scope(|scope| {
+                    // The hook is 'static; a scoped userdata is how it gets to
+                    // read the caller's borrowed flag without unsafe code.
+                    let ud = scope.create_any_userdata_ref(flag)?;
+                    *run.cancel.borrow_mut() = Some(ud);
+                    let r = self.runner.call::<LuaValue>(args);
+                    run.cancel.borrow_mut().take();
+                    Ok(r)
+                })
+                .and_then(|r| r),
+        };
+
+        run.active.set(false);
+        if limits.max_memory.is_some() {
+            self.lua.set_memory_limit(0).map_err(|e| self.fail(&e))?;
+        }
+        let logs = std::mem::take(&mut *run.logs.borrow_mut());
+        let tripped = run.tripped.take();
+
+        match outcome {
+            Ok(value) => {
+                if let Some(t) = tripped {
+                    // The script caught the limit error and still returned.
+                    return Err(self.limit_error(t, limits));
+                }
+                let output = self.output(&value)?;
+                Ok(LuaOutput { output, logs })
+            }
+            Err(e) => Err(self.runtime_failure(&e, tripped, limits)),
+        }
+    }
+
+    fn output(&self, value: &LuaValue) -> Result<serde_json::Map<String, Value>, LuaError> {
+        let table = match value {
+            LuaValue::Nil => return Ok(serde_json::Map::new()),
+            LuaValue::Table(t) => t,
+            other => {
+                return Err(LuaError::BadReturn {
+                    message: format!(
+                        "node returned a {}; expected a table or nothing",
+                        lua_type_name(other)
+                    ),
+                })
+            }
+        };
+        match ToJson::new(self.array_mt.to_pointer()).table(table) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(LuaError::BadReturn {
+                message: "node returned an array; expected a table with string keys or nothing"
+                    .into(),
+            }),
+            Err(e) => Err(self.conv_failure(e, "result")),
+        }
+    }
+
+    fn limit_error(&self, t: Trip, limits: &LuaLimits) -> LuaError {
+        match t {
+            Trip::Instructions => LuaError::InstructionLimit {
+                limit: limits.max_instructions.unwrap_or(u64::MAX),
+            },
+            Trip::Timeout => LuaError::Timeout {
+                limit: limits.timeout.unwrap_or_default(),
+            },
+            Trip::Cancelled => LuaError::Cancelled,
+            Trip::Memory => {
+                self.collect_garbage();
+                LuaError::MemoryLimit {
+                    limit: limits.max_memory.unwrap_or(usize::MAX),
+                }
+            }
+        }
+    }
+
+    fn collect_garbage(&self) {
+        // A memory bomb leaves its garbage behind; free it now so the next
+        // run starts from the normal footprint.
+        let _ = self.lua.gc_collect();
+    }
+
+    fn runtime_failure(
+        &mut self,
+        e: &mlua::Error,
+        tripped: Option<Trip>,
+        limits: &LuaLimits,
+    ) -> LuaError {
+        if let Some(t) = tripped {
+            return self.limit_error(t, limits);
+        }
+        if is_memory_error(e) {
+            self.collect_garbage();
+            return match limits.max_memory {
+                Some(limit) => LuaError::MemoryLimit { limit },
+                None => LuaError::Runtime {
+                    message: "not enough memory".into(),
+                    traceback: None,
+                },
+            };
+        }
+        runtime_error(e).unwrap_or_else(|| self.fail(e))
+    }
+
+    fn conv_failure(&self, e: ConvFail, root: &str) -> LuaError {
+        match e {
+            ConvFail::Conv(c) => LuaError::Conversion {
+                path: c.path(root),
+                message: c.message,
+            },
+            ConvFail::Lua(e) => self.fail(&e),
+        }
+    }
+
+    /// An unexpected mlua failure: report it and rebuild the state next time.
+    fn fail(&self, e: &mlua::Error) -> LuaError {
+        self.poisoned.set(true);
+        internal(e)
+    }
+}
+
+/// Maps errors raised by Lua code (or by host functions it called) to
+/// [`LuaError::Runtime`]; `None` for mlua-internal failures.
+fn runtime_error(e: &mlua::Error) -> Option<LuaError> {
+    match e {
+        mlua::Error::RuntimeError(msg) => Some(split_traceback(msg)),
+        mlua::Error::CallbackError { traceback, cause } => {
+            let mut inner: &mlua::Error = cause;
+            while let mlua::Error::CallbackError { cause, .. }
+            | mlua::Error::WithContext { cause, .. } = inner
+            {
+                inner = cause;
+            }
+            let message = match inner {
+                mlua::Error::RuntimeError(m) => m.clone(),
+                other => other.to_string(),
+            };
+            Some(LuaError::Runtime {
+                message,
+                traceback: Some(traceback.clone()),
+            })
+        }
+        mlua::Error::BadArgument { .. } | mlua::Error::FromLuaConversionError { .. } => {
+            Some(LuaError::Runtime {
+                message: e.to_string(),
+                traceback: None,
+            })
+        }
+        mlua::Error::WithContext { cause, .. } => runtime_error(cause),
+        _ => None,
+    }
+}
+
+fn split_traceback(msg: &str) -> LuaError {
+    match msg.find("\nstack traceback:") {
+        Some(i) => LuaError::Runtime {
+            message: msg[..i].to_owned(),
+            traceback: Some(msg[i + 1..].to_owned()),
+        },
+        None => LuaError::Runtime {
+            message: msg.to_owned(),
+            traceback: None,
+        },
+    }
+}
+
+/// Parses Lua's `chunkid:line: message` syntax error format.
+fn syntax_error(message: &str, name: &str) -> LuaError {
+    let mut id_len = name.len().min(LUA_IDSIZE);
+    while !name.is_char_boundary(id_len) {
+        id_len -= 1;
+    }
+    let rest = message.strip_prefix(&name[..id_len]).unwrap_or(message);
+    if let Some(after) = rest.strip_prefix(':') {
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(':') {
+            if let Ok(line) = after[..digits].parse::<u32>() {
+                let text = after[digits + 1..].trim_start().to_owned();
+                return LuaError::Syntax {
+                    line: Some(line),
+                    message: text,
+                };
+            }
+        }
+    }
+    LuaError::Syntax {
+        line: None,
+        message: message.to_owned(),
+    }
+}
+
+fn json_encode(lua: &Lua, array_mt: *const c_void, v: &LuaValue) -> mlua::Result<(bool, LuaValue)> {
+    match ToJson::new(array_mt).value(v) {
+        Ok(json) => {
+            let text = serde_json::to_string(&json).map_err(mlua::Error::external)?;
+            Ok((true, LuaValue::String(lua.create_string(text)?)))
+        }
+        Err(ConvFail::Conv(c)) => {
+            let msg = format!(
+                "json.encode: cannot convert {}: {}",
+                c.path("value"),
+                c.message
+            );
+            Ok((false, LuaValue::String(lua.create_string(msg)?)))
+        }
+        Err(ConvFail::Lua(e)) => Err(e),
+    }
+}
+
+fn json_decode(lua: &Lua, array_mt: &Table, v: &LuaValue) -> mlua::Result<(bool, LuaValue)> {
+    let err = |msg: String| -> mlua::Result<(bool, LuaValue)> {
+        Ok((false, LuaValue::String(lua.create_string(msg)?)))
+    };
+    let LuaValue::String(s) = v else {
+        return err(format!(
+            "json.decode: expected a string, got {}",
+            lua_type_name(v)
+        ));
+    };
+    let parsed: Value = match serde_json::from_slice(&s.as_bytes()) {
+        Ok(p) => p,
+        Err(e) => return err(format!("json.decode: {e}")),
+    };
+    match json_to_lua(lua, array_mt, &parsed) {
+        Ok(lv) => Ok((true, lv)),
+        Err(ConvFail::Conv(c)) => err(format!("json.decode: {} at {}", c.message, c.path("value"))),
+        Err(ConvFail::Lua(e)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_syntax_error_lines() {
+        assert_eq!(
+            syntax_error("node:3: unexpected symbol near '='", "node"),
+            LuaError::Syntax {
+                line: Some(3),
+                message: "unexpected symbol near '='".into()
+            }
+        );
+        // Names containing the pattern themselves are stripped first.
+        assert_eq!(
+            syntax_error("a:1:b:7: '=' expected", "a:1:b"),
+            LuaError::Syntax {
+                line: Some(7),
+                message: "'=' expected".into()
+            }
+        );
+        let long = "x".repeat(80);
+        let msg = format!("{}:2: oops", &long[..LUA_IDSIZE]);
+        assert_eq!(
+            syntax_error(&msg, &long),
+            LuaError::Syntax {
+                line: Some(2),
+                message: "oops".into()
+            }
+        );
+        assert_eq!(
+            syntax_error("weird", "node"),
+            LuaError::Syntax {
+                line: None,
+                message: "weird".into()
+            }
+        );
+    }
+
+    #[test]
+    fn splits_tracebacks() {
+        assert_eq!(
+            split_traceback("node:1: x\nstack traceback:\n\t[C]: in ?"),
+            LuaError::Runtime {
+                message: "node:1: x".into(),
+                traceback: Some("stack traceback:\n\t[C]: in ?".into())
+            }
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! Sandboxed Lua 5.4 executor for dagengine workflow nodes.
+//!
+//! A node's script runs with [`execute`] on a Lua state pooled per OS thread.
+//! Compiled chunks are cached per state (keyed by content hash, with the
+//! source compared on lookup), so running the same script again only pays
+//! for converting its inputs and outputs.
+//!
+//! # What a script sees
+//!
+//! * `inputs` — the run inputs (converted from JSON, see below);
+//! * `results` — a table mapping each parent node id to that parent's output;
+//! * `ctx` — `{ node_id = ..., run_id = ..., attempt = ... }`;
+//! * the `string`, `table`, `math`, `utf8` and `coroutine` libraries
+//!   (read-only: `string.upper = nil` raises an error, so no run can tamper
+//!   with what the next run sees; `string.dump` does not exist);
+//! * base functions `assert`, `error`, `ipairs`, `next`, `pairs`, `pcall`,
+//!   `xpcall`, `select`, `tonumber`, `tostring`, `type`, `rawequal`, `rawget`,
+//!   `rawset`, `rawlen`, `setmetatable`, `getmetatable`, `unpack`
+//!   (= `table.unpack`) and `_VERSION`;
+//! * `json.encode(v)`, `json.decode(s)`, `json.null`, `json.array([t])`;
+//! * `log(...)`: arguments are `tostring`ed, joined with tabs and appended to
+//!   [`LuaOutput::logs`]; `print` is an alias;
+//! * `load(chunk [, name [, mode [, env]]])`: text chunks only (`mode` is
+//!   ignored and binary chunks are refused); `env` defaults to the running
+//!   script's own environment.
+//!
+//! Absent: `os`, `io`, `require`, `package`, `debug`, `dofile`, `loadfile`,
+//! `collectgarbage`, `_G`. `setmetatable` refuses metatables with `__gc` (a
+//! finalizer would run at an arbitrary later time, outside this run's limits).
+//!
+//! Each execution gets a fresh `_ENV` table whose `__index` is the shared
+//! read-only table of the above, so global assignments never leak into later
+//! runs. The environment is installed by compiling every script behind a
+//! `local _ENV = ...;` prefix on its first line (line numbers are unchanged);
+//! as a consequence the chunk's top-level `...` is that environment.
+//!
+//! The script's return value becomes the node output: a table converts to the
+//! output object, `nil` (or no value) is an empty output, anything else is
+//! [`LuaError::BadReturn`].
+//!
+//! # JSON mapping
+//!
+//! JSON to Lua:
+//!
+//! | JSON | Lua |
+//! |------|-----|
+//! | object | table with string keys |
+//! | array | table `1..n` carrying the shared array marker metatable (so `[]` round-trips) |
+//! | `null` | `json.null` (a light userdata; note that it is truthy) |
+//! | integer (fits `i64`) | integer |
+//! | other number | float |
+//! | string / bool | string / boolean |
+//!
+//! Lua to JSON:
+//!
+//! * a table with the array marker (from inputs or `json.array`) is an
+//!   array; holes become `null`;
+//! * a table whose keys are exactly `1..n` (n >= 1) is an array;
+//! * an empty table without the marker is the object `{}`;
+//! * any other table is an object: string keys as-is, integer keys as their
+//!   decimal string; keys are sorted (Lua's iteration order is not stable
+//!   across states); float, boolean and other keys are a conversion error;
+//! * integer -> integer, float -> float (NaN and infinities are an error),
+//!   `nil`/`json.null` -> `null`;
+//! * strings must be valid UTF-8;
+//! * functions, userdata and threads are an error;
+//! * nesting deeper than 128 levels, or a cycle, is an error.
+//!
+//! Conversion errors name the path of the offending value, e.g.
+//! `result.items[2].callback` (Lua indexes, so arrays start at `[1]`).
+//!
+//! # Limits
+//!
+//! A count hook fires every 1000 VM instructions; it charges the instruction
+//! budget and checks the deadline and the cancel flag, so all three are
+//! enforced at that granularity. Memory is limited through Lua's allocator:
+//! the script may allocate [`LuaLimits::max_memory`] bytes beyond the state's
+//! footprint at the start of the run (log lines count against the same
+//! budget). Limit errors cannot be caught by the script: `pcall`, `xpcall` and
+//! `coroutine.resume` re-raise them. The hook is also active in coroutines.
+//!
+//! Time spent inside a single C library call (e.g. a pathological
+//! `string.find` pattern over a long string) is not interruptible; the
+//! timeout and cancel flag take effect when it returns.
+//!
+//! After any error, including limit errors, the thread's state stays usable;
+//! after a memory limit error a full garbage collection runs before the
+//! next execution. States are rebuilt after unexpected internal errors.
+
+mod convert;
+mod engine;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// Resource limits for one execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LuaLimits {
+    /// Maximum VM instructions (enforced in steps of 1000); `None` = unlimited.
+    pub max_instructions: Option<u64>,
+    /// Maximum bytes allocated by the script (see the crate docs).
+    pub max_memory: Option<usize>,
+    /// Wall-clock limit for the script's execution.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for LuaLimits {
+    /// 100 million instructions, 64 MiB of memory, no wall-time limit.
+    fn default() -> Self {
+        LuaLimits {
+            max_instructions: Some(100_000_000),
+            max_memory: Some(64 * 1024 * 1024),
+            timeout: None,
+        }
+    }
+}
+
+impl LuaLimits {
+    /// No limits at all; for trusted scripts and tests.
+    pub const UNLIMITED: LuaLimits = LuaLimits {
+        max_instructions: None,
+        max_memory: None,
+        timeout: None,
+    };
+}
+
+/// A Lua script's source, shared cheaply and hashed once for the compile cache.
+#[derive(Clone)]
+pub struct LuaScript {
+    source: Arc<str>,
+    hash: u64,
+}
+
+impl LuaScript {
+    /// Wraps `source`; nothing is compiled until [`LuaScript::check`] or [`execute`].
+    pub fn new(source: impl Into<Arc<str>>) -> Self {
+        let source = source.into();
+        let mut h = DefaultHasher::new();
+        source.hash(&mut h);
+        LuaScript {
+            hash: h.finish(),
+            source,
+        }
+    }
+
+    /// The script's source text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The content hash used as compile-cache key.
+    pub fn content_hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Compiles the script as a text chunk named `chunk_name` on this thread's
+    /// pooled state (the result is cached, so a later [`execute`] with
+    /// `node_id == chunk_name` does not compile again).
+    ///
+    /// Returns [`LuaError::Syntax`] for syntax errors and binary chunks.
+    pub fn check(&self, chunk_name: &str) -> Result<(), LuaError> {
+        engine::with_engine(|e| e.function(self, chunk_name).map(drop))
+    }
+}
+
+impl std::fmt::Debug for LuaScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LuaScript")
+            .field("hash", &format_args!("{:016x}", self.hash))
+            .field("len", &self.source.len())
+            .finish()
+    }
+}
+
+impl PartialEq for LuaScript {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.source == other.source
+    }
+}
+
+impl Eq for LuaScript {}
+
+/// Identity of the node being executed, exposed to the script as `ctx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeInfo<'a> {
+    /// The node's id; also the chunk name in error messages.
+    pub node_id: &'a str,
+    /// The workflow run's id.
+    pub run_id: &'a str,
+    /// Attempt number of this execution.
+    pub attempt: u32,
+}
+
+/// Result of a successful execution.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LuaOutput {
+    /// The table returned by the script (empty if it returned nothing).
+    pub output: Map<String, Value>,
+    /// Lines written with `log`/`print`, in order.
+    pub logs: Vec<String>,
+}
+
+/// Why an execution failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum LuaError {
+    /// The script does not compile (or is a binary chunk).
+    #[error("syntax error{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Syntax {
+        /// Line of the error, when Lua reported one.
+        line: Option<u32>,
+        /// Lua's message without the chunk name and line prefix.
+        message: String,
+    },
+    /// `error(...)` or a runtime error; the message carries Lua's
+    /// `chunk:line:` prefix.
+    #[error("{message}")]
+    Runtime {
+        /// The error message.
+        message: String,
+        /// Lua stack traceback, when available.
+        traceback: Option<String>,
+    },
+    /// The instruction budget ran out.
+    #[error("exceeded the instruction limit of {limit}")]
+    InstructionLimit {
+        /// The configured budget.
+        limit: u64,
+    },
+    /// The script allocated more than allowed.
+    #[error("exceeded the memory limit of {limit} bytes")]
+    MemoryLimit {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The wall-time limit passed.
+    #[error("exceeded the wall-time limit of {limit:?}")]
+    Timeout {
+        /// The configured limit.
+        limit: Duration,
+    },
+    /// The cancel flag was raised.
+    #[error("execution was cancelled")]
+    Cancelled,
+    /// The script returned something other than a table or nothing.
+    #[error("{message}")]
+    BadReturn {
+        /// Says what was returned.
+        message: String,
+    },
+    /// A value cannot be converted between Lua and JSON.
+    #[error("cannot convert the value at {path}: {message}")]
+    Conversion {
+        /// Where the value is, e.g. `result.items[2].callback`.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl LuaError {
+    /// Stable name of the error class, used to pick the Python exception.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LuaError::Syntax { .. } => "LuaSyntaxError",
+            LuaError::Runtime { .. } => "LuaError",
+            LuaError::InstructionLimit { .. } => "LuaInstructionLimit",
+            LuaError::MemoryLimit { .. } => "LuaMemoryLimit",
+            LuaError::Timeout { .. } => "LuaTimeout",
+            LuaError::Cancelled => "Cancelled",
+            LuaError::BadReturn { .. } => "LuaBadReturn",
+            LuaError::Conversion { .. } => "LuaConversionError",
+        }
+    }
+}
+
+/// Runs `script` for one node on this thread's pooled Lua state.
+///
+/// `inputs` becomes the global `inputs`, `results` the global `results`
+/// (parent id -> output), `info` the global `ctx`. Raising `cancel` stops the
+/// script at the next hook check with [`LuaError::Cancelled`].
+pub fn execute(
+    script: &LuaScript,
+    inputs: &Value,
+    results: &[(&str, &Value)],
+    info: &NodeInfo<'_>,
+    limits: &LuaLimits,
+    cancel: Option<&AtomicBool>,
+) -> Result<LuaOutput, LuaError> {
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(LuaError::Cancelled);
+    }
+    engine::with_engine(|e| e.execute(script, inputs, results, info, limits, cancel))
+}
+
+/// Number of chunks compiled on the calling thread so far (compile-cache
+/// misses, including [`LuaScript::check`]); for tests and metrics.
+pub fn compiled_chunks() -> u64 {
+    engine::compiled_chunks()
+}
+
+/// Drops the calling thread's pooled Lua state and its compile cache; the
+/// next execution on this thread builds a fresh one.
+pub fn reset_thread_state() {
+    engine::reset_thread_state();
+}

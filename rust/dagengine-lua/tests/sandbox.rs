@@ -1,0 +1,695 @@
+//! Behavioural tests of the sandboxed executor.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dagengine_lua::{
+    compiled_chunks, execute, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo,
+};
+use serde_json::{json, Map, Value};
+
+const INFO: NodeInfo<'static> = NodeInfo {
+    node_id: "node",
+    run_id: "run-1",
+    attempt: 1,
+};
+
+fn run_with(src: &str, inputs: &Value, limits: &LuaLimits) -> Result<LuaOutput, LuaError> {
+    execute(&LuaScript::new(src), inputs, &[], &INFO, limits, None)
+}
+
+fn run(src: &str) -> Result<LuaOutput, LuaError> {
+    run_with(src, &json!({}), &LuaLimits::default())
+}
+
+fn out(src: &str) -> Value {
+    Value::Object(run(src).unwrap_or_else(|e| panic!("{src}: {e:?}")).output)
+}
+
+fn assert_next_run_works() {
+    assert_eq!(out("return { ok = true }"), json!({ "ok": true }));
+}
+
+#[test]
+fn forbidden_globals_are_absent() {
+    for name in [
+        "os",
+        "io",
+        "require",
+        "package",
+        "debug",
+        "dofile",
+        "loadfile",
+        "collectgarbage",
+        "_G",
+    ] {
+        assert_eq!(
+            out(&format!("return {{ t = type({name}) }}")),
+            json!({ "t": "nil" }),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        out("return { t = type(string.dump) }"),
+        json!({ "t": "nil" })
+    );
+    assert_eq!(out("return { t = type(('').dump) }"), json!({ "t": "nil" }));
+}
+
+#[test]
+fn allowed_libs_are_present() {
+    let v = out(r"
+        return {
+          s = string.upper('ab'), m = math.max(1, 5), t = table.concat({1, 2}, ','),
+          u = utf8.char(72, 105), v = _VERSION, sel = select('#', 1, 2, 3),
+          n = tonumber('12'), ts = tostring(3), ty = type({}), u2 = unpack({7, 8}),
+          method = ('x'):rep(3), co = coroutine.wrap(function() coroutine.yield(4) end)(),
+          ok = pcall(error, 'x') == false, x = select(2, xpcall(function() return 9 end, print)),
+          raw = rawlen({1, 2}) + rawget({5}, 1), eq = rawequal(1, 1),
+        }");
+    assert_eq!(
+        v,
+        json!({"s": "AB", "m": 5, "t": "1,2", "u": "Hi", "v": "Lua 5.4", "sel": 3, "n": 12, "ts": "3",
+               "ty": "table", "u2": 7, "method": "xxx", "co": 4, "ok": true, "x": 9, "raw": 7, "eq": true})
+    );
+}
+
+#[test]
+fn binary_chunks_are_refused() {
+    // `load` only accepts text.
+    let v = out(r#"local f, err = load("\27Lua\84\0garbage") return { f = type(f), err = err }"#);
+    assert_eq!(v["f"], "nil");
+    assert!(v["err"].as_str().unwrap().contains("binary chunk"), "{v}");
+    // A script that is itself a binary chunk is refused at compile time.
+    let err = LuaScript::new("\x1bLuaT\0garbage")
+        .check("bin")
+        .unwrap_err();
+    assert!(matches!(err, LuaError::Syntax { .. }), "{err:?}");
+    // Text load works and sees the script's environment by default.
+    assert_eq!(
+        out("x = 41 local f = assert(load('return x + 1')) return { y = f(), io = load('return io')() == nil }"),
+        json!({ "y": 42, "io": true })
+    );
+}
+
+#[test]
+fn globals_do_not_leak_between_runs() {
+    assert_eq!(
+        out("leak = 1 return { before = leak }"),
+        json!({ "before": 1 })
+    );
+    assert_eq!(
+        out("return { after = leak == nil }"),
+        json!({ "after": true })
+    );
+    // Also not through rawset on _ENV.
+    out("rawset(_ENV, 'leak2', 2) return {}");
+    assert_eq!(
+        out("return { after = leak2 == nil }"),
+        json!({ "after": true })
+    );
+}
+
+#[test]
+fn shared_libraries_cannot_be_tampered_with() {
+    let attacks = [
+        "string.upper = nil",
+        "rawset(string, 'upper', nil)",
+        "rawset(string, 'lower', function() return 'pwned' end)",
+        "getmetatable('').__index.upper = nil",
+        "setmetatable(string, nil)",
+        "table.insert(math, 1)",
+        "json.null = 1",
+        "getmetatable(_ENV).__index.print = nil",
+        "local mt = getmetatable(json.array()) mt.__index = function() return 'pwned' end",
+        "for k in pairs(string) do string[k] = nil end",
+        "math.pi = 3",
+        "coroutine.resume = nil",
+        "local _, s = pairs(string) rawset(s, 'upper', nil)",
+    ];
+    for attack in attacks {
+        // Whether or not the attack raises, the next run must see intact libs.
+        let _ = run(attack);
+        assert_eq!(
+            out("return { u = string.upper('a'), l = ('A'):lower(), p = math.pi > 3.14, r = type(coroutine.resume),
+                   pr = type(print), n = json.null ~= nil, a = json.array()[1] }"),
+            json!({ "u": "A", "l": "a", "p": true, "r": "function", "pr": "function", "n": true }),
+            "after {attack}"
+        );
+    }
+    let err = run("string.upper = nil").unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+}
+
+#[test]
+fn gc_metamethods_are_refused() {
+    let err = run("setmetatable({}, { __gc = function() end })").unwrap_err();
+    assert!(err.to_string().contains("__gc"), "{err}");
+}
+
+#[test]
+fn syntax_error_reports_the_line() {
+    let err = LuaScript::new("local a = 1\nlocal b = 2\nlocal = 3\n")
+        .check("chk")
+        .unwrap_err();
+    match &err {
+        LuaError::Syntax { line, message } => {
+            assert_eq!(*line, Some(3));
+            assert!(message.contains("near"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string().starts_with("syntax error at line 3: "),
+        "{err}"
+    );
+    assert_eq!(err.kind(), "LuaSyntaxError");
+    assert!(LuaScript::new("return {}").check("ok").is_ok());
+    // execute reports the same error.
+    let err = run("\n\nreturn {").unwrap_err();
+    assert!(
+        matches!(err, LuaError::Syntax { line: Some(3), .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn runtime_error_includes_the_line() {
+    let err = run("local x = 1\n\nerror('boom')").unwrap_err();
+    match &err {
+        LuaError::Runtime { message, traceback } => {
+            assert_eq!(message, "node:3: boom");
+            assert!(
+                traceback
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("stack traceback"),
+                "{traceback:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.kind(), "LuaError");
+    let err = run("local t = nil\nreturn t.x").unwrap_err();
+    assert!(
+        err.to_string().starts_with("node:2: attempt to index"),
+        "{err}"
+    );
+    // Errors from host functions carry the caller's line too.
+    let err = run("\njson.decode('{')").unwrap_err();
+    assert!(err.to_string().starts_with("node:2: json.decode:"), "{err}");
+}
+
+#[test]
+fn bad_return_names_the_type() {
+    for (src, ty) in [
+        ("return 'x'", "string"),
+        ("return 1", "number"),
+        ("return true", "boolean"),
+        ("return print", "function"),
+    ] {
+        let err = run(src).unwrap_err();
+        assert_eq!(
+            err,
+            LuaError::BadReturn {
+                message: format!("node returned a {ty}; expected a table or nothing")
+            }
+        );
+        assert_eq!(err.kind(), "LuaBadReturn");
+    }
+    assert!(matches!(
+        run("return {1, 2}").unwrap_err(),
+        LuaError::BadReturn { .. }
+    ));
+    assert_eq!(out(""), json!({}));
+    assert_eq!(out("return nil"), json!({}));
+    assert_eq!(out("return {}"), json!({}));
+}
+
+#[test]
+fn inputs_results_and_ctx_are_visible() {
+    let inputs = json!({ "xs": [1, 2, 3] });
+    let parent = json!({ "v": 10 });
+    let info = NodeInfo {
+        node_id: "sum",
+        run_id: "r9",
+        attempt: 2,
+    };
+    let script = LuaScript::new(
+        "local s = 0 for _, x in ipairs(inputs.xs) do s = s + x end
+         return { s = s + results.parent.v, id = ctx.node_id, run = ctx.run_id, attempt = ctx.attempt }",
+    );
+    let o = execute(
+        &script,
+        &inputs,
+        &[("parent", &parent)],
+        &info,
+        &LuaLimits::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        Value::Object(o.output),
+        json!({ "s": 16, "id": "sum", "run": "r9", "attempt": 2 })
+    );
+}
+
+#[test]
+fn json_values_round_trip() {
+    let value = json!({
+        "int": 1, "neg": -7, "float": 1.5, "whole_float": 2.0, "big": 9_007_199_254_740_993_i64,
+        "s": "héllo", "t": true, "f": false, "null": null,
+        "empty_array": [], "empty_object": {},
+        "nested": { "list": [1, [2, 3], { "a": [] }, null, "x"], "deep": { "deeper": { "k": "v" } } },
+        "1": "numeric-looking key"
+    });
+    let o = run_with("return inputs", &value, &LuaLimits::default()).unwrap();
+    assert_eq!(Value::Object(o.output), value);
+    // Through json.encode/decode inside Lua as well.
+    let o = run_with(
+        "return json.decode(json.encode(inputs))",
+        &value,
+        &LuaLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(Value::Object(o.output), value);
+}
+
+#[test]
+fn lua_tables_convert_to_json() {
+    assert_eq!(
+        out("return { seq = {1, 2, 3}, obj = { [1] = 'a', [3] = 'c' }, empty = {}, arr = json.array(),
+                      mixed = { 1, 2, x = 3 }, holes = json.array({ [1] = 1, [3] = 3 }), n = json.null,
+                      int = 3, float = 3.0, neg0 = 0.5 }"),
+        json!({
+            "seq": [1, 2, 3], "obj": { "1": "a", "3": "c" }, "empty": {}, "arr": [],
+            "mixed": { "1": 1, "2": 2, "x": 3 }, "holes": [1, null, 3], "n": null,
+            "int": 3, "float": 3.0, "neg0": 0.5
+        })
+    );
+    // Keys come out sorted.
+    let v = out("return { b = 1, a = 2, c = 3 }");
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    // json.null is distinct from nil in inputs.
+    assert_eq!(
+        run_with(
+            "return { isnull = inputs.x == json.null, present = inputs.x ~= nil }",
+            &json!({ "x": null }),
+            &LuaLimits::default()
+        )
+        .unwrap()
+        .output,
+        json!({ "isnull": true, "present": true })
+            .as_object()
+            .unwrap()
+            .clone()
+    );
+}
+
+fn conversion_error(src: &str) -> (String, String) {
+    match run(src).unwrap_err() {
+        LuaError::Conversion { path, message } => (path, message),
+        other => panic!("{src}: {other:?}"),
+    }
+}
+
+#[test]
+fn conversion_errors_name_the_path() {
+    let (path, msg) = conversion_error("return { callback = print }");
+    assert_eq!(path, "result.callback");
+    assert!(msg.contains("function"), "{msg}");
+    let (path, _) = conversion_error("return { out = { items = { 1, { f = function() end } } } }");
+    assert_eq!(path, "result.out.items[2].f");
+    let (path, msg) = conversion_error("return { x = 0/0 }");
+    assert_eq!(path, "result.x");
+    assert!(msg.contains("NaN"), "{msg}");
+    let (path, _) = conversion_error("return { x = math.huge }");
+    assert_eq!(path, "result.x");
+    let (_, msg) = conversion_error("return { [1.5] = 1 }");
+    assert!(msg.contains("1.5"), "{msg}");
+    let (_, msg) = conversion_error("return { [true] = 1 }");
+    assert!(msg.contains("true"), "{msg}");
+    let (path, msg) = conversion_error(r#"return { s = "\255" }"#);
+    assert_eq!(path, "result.s");
+    assert!(msg.contains("UTF-8"), "{msg}");
+    let (_, msg) = conversion_error("local t = {} t.self = t return t");
+    assert!(msg.contains("cycle"), "{msg}");
+    let (_, msg) = conversion_error(
+        "local t = {} local c = t for i = 1, 200 do c.n = {} c = c.n end return t",
+    );
+    assert!(msg.contains("deeper"), "{msg}");
+    let (path, _) = conversion_error("return { co = coroutine.create(print) }");
+    assert_eq!(path, "result.co");
+    assert_eq!(
+        run("return { x = print }").unwrap_err().kind(),
+        "LuaConversionError"
+    );
+    // json.encode reports the same way, as a runtime error at the call site.
+    let err = run("return { s = json.encode({ a = { f = print } }) }").unwrap_err();
+    assert!(err.to_string().contains("value.a.f"), "{err}");
+}
+
+#[test]
+fn deep_inputs_are_refused() {
+    let mut v = json!(1);
+    for _ in 0..200 {
+        v = json!({ "n": v });
+    }
+    let err = run_with("return {}", &json!({ "deep": v }), &LuaLimits::default()).unwrap_err();
+    assert!(
+        matches!(&err, LuaError::Conversion { path, .. } if path.starts_with("inputs.deep.n.n")),
+        "{err:?}"
+    );
+    assert_next_run_works();
+}
+
+#[test]
+fn log_and_print_are_captured() {
+    let o = run("log('a', 1, nil, true) print('b') log() log(2.5) return {}").unwrap();
+    assert_eq!(o.logs, ["a\t1\tnil\ttrue", "b", "", "2.5"]);
+    // Logs of the previous run do not carry over.
+    assert!(run("return {}").unwrap().logs.is_empty());
+}
+
+#[test]
+fn json_encode_and_decode() {
+    let v = out(r#"
+        local d = json.decode('{"a": [1, 2.5, "x", null, {}], "b": []}')
+        return {
+          n = #d.a, second = d.a[2], isnull = d.a[4] == json.null,
+          back = json.encode(d.b), obj = json.encode({ k = 'v' }), arr = json.encode({ 1, 2 }),
+          empty = json.encode({}), s = json.encode('q"'), num = json.encode(3),
+          bad = select(2, pcall(json.decode, 'nope')):match('json.decode') ~= nil,
+        }"#);
+    assert_eq!(
+        v,
+        json!({ "n": 5, "second": 2.5, "isnull": true, "back": "[]", "obj": "{\"k\":\"v\"}",
+                "arr": "[1,2]", "empty": "{}", "s": "\"q\\\"\"", "num": "3", "bad": true })
+    );
+}
+
+#[test]
+fn instruction_limit() {
+    let limits = LuaLimits {
+        max_instructions: Some(100_000),
+        ..LuaLimits::default()
+    };
+    let err = run_with("while true do end", &json!({}), &limits).unwrap_err();
+    assert_eq!(err, LuaError::InstructionLimit { limit: 100_000 });
+    assert_eq!(err.kind(), "LuaInstructionLimit");
+    assert_eq!(err.to_string(), "exceeded the instruction limit of 100000");
+    assert_next_run_works();
+    // A script within budget is fine.
+    assert!(run_with(
+        "local s = 0 for i = 1, 1000 do s = s + i end return {s = s}",
+        &json!({}),
+        &limits
+    )
+    .is_ok());
+}
+
+#[test]
+fn limits_cannot_be_caught() {
+    let limits = LuaLimits {
+        max_instructions: Some(100_000),
+        ..LuaLimits::default()
+    };
+    for src in [
+        "while true do pcall(function() while true do end end) end",
+        "while true do xpcall(function() while true do end end, function(e) return e end) end",
+        "local ok = pcall(function() while true do end end) return { ok = ok }",
+        "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+        "coroutine.wrap(function() while true do end end)()",
+        "local co = coroutine.create(function() while true do end end) local ok = coroutine.resume(co) return {}",
+    ] {
+        let err = run_with(src, &json!({}), &limits).unwrap_err();
+        assert_eq!(err, LuaError::InstructionLimit { limit: 100_000 }, "{src}");
+        assert_next_run_works();
+    }
+}
+
+#[test]
+fn timeout_fires_within_twice_the_limit() {
+    let limits = LuaLimits {
+        max_instructions: None,
+        timeout: Some(Duration::from_millis(200)),
+        ..LuaLimits::default()
+    };
+    let start = Instant::now();
+    let err = run_with("while true do end", &json!({}), &limits).unwrap_err();
+    let elapsed = start.elapsed();
+    assert_eq!(
+        err,
+        LuaError::Timeout {
+            limit: Duration::from_millis(200)
+        }
+    );
+    assert_eq!(err.kind(), "LuaTimeout");
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(400),
+        "{elapsed:?}"
+    );
+    assert_next_run_works();
+}
+
+#[test]
+fn memory_bomb_hits_the_limit() {
+    let limits = LuaLimits {
+        max_memory: Some(16 * 1024 * 1024),
+        ..LuaLimits::default()
+    };
+    let start = Instant::now();
+    let err = run_with(
+        "local t = {} while true do t[#t+1] = string.rep('x', 1024) end",
+        &json!({}),
+        &limits,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        LuaError::MemoryLimit {
+            limit: 16 * 1024 * 1024
+        }
+    );
+    assert_eq!(err.kind(), "LuaMemoryLimit");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_next_run_works();
+    // One huge allocation, and one caught by pcall, behave the same.
+    for src in [
+        "local s = string.rep('x', 100 * 1024 * 1024) return {}",
+        "local ok = pcall(string.rep, 'x', 100 * 1024 * 1024) return { ok = ok }",
+        "local t = {} while true do pcall(function() t[#t+1] = string.rep('x', 1024) end) end",
+    ] {
+        let err = run_with(src, &json!({}), &limits).unwrap_err();
+        assert_eq!(
+            err,
+            LuaError::MemoryLimit {
+                limit: 16 * 1024 * 1024
+            },
+            "{src}"
+        );
+        assert_next_run_works();
+    }
+    // The limit is per run: many runs of a moderate allocation all succeed.
+    for _ in 0..5 {
+        run_with(
+            "local s = string.rep('x', 8 * 1024 * 1024) return { n = #s }",
+            &json!({}),
+            &limits,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn log_flood_hits_the_memory_limit() {
+    let limits = LuaLimits {
+        max_memory: Some(1024 * 1024),
+        ..LuaLimits::default()
+    };
+    let err = run_with(
+        "local s = string.rep('x', 1000) while true do log(s) end",
+        &json!({}),
+        &limits,
+    )
+    .unwrap_err();
+    assert_eq!(err, LuaError::MemoryLimit { limit: 1024 * 1024 });
+    assert_next_run_works();
+}
+
+#[test]
+fn cancel_flag() {
+    let flag = Arc::new(AtomicBool::new(false));
+    let setter = Arc::clone(&flag);
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        setter.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let limits = LuaLimits {
+        max_instructions: None,
+        ..LuaLimits::default()
+    };
+    let start = Instant::now();
+    let err = execute(
+        &LuaScript::new("while true do end"),
+        &json!({}),
+        &[],
+        &INFO,
+        &limits,
+        Some(&flag),
+    )
+    .unwrap_err();
+    t.join().unwrap();
+    assert_eq!(err, LuaError::Cancelled);
+    assert_eq!(err.kind(), "Cancelled");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    // Already-raised flag: nothing runs.
+    assert_eq!(
+        execute(
+            &LuaScript::new("return {}"),
+            &json!({}),
+            &[],
+            &INFO,
+            &limits,
+            Some(&flag)
+        ),
+        Err(LuaError::Cancelled)
+    );
+    // Unraised flag: runs normally, next run fine.
+    let idle = AtomicBool::new(false);
+    let o = execute(
+        &LuaScript::new("return { a = 1 }"),
+        &json!({}),
+        &[],
+        &INFO,
+        &limits,
+        Some(&idle),
+    )
+    .unwrap();
+    assert_eq!(o.output.get("a"), Some(&json!(1)));
+    assert_next_run_works();
+}
+
+#[test]
+fn compiled_once_per_source() {
+    let src = format!("return {{ v = {} }}", line!());
+    let before = compiled_chunks();
+    for i in 0..10 {
+        // A new LuaScript (new Arc) with the same text still hits the cache.
+        let o = execute(
+            &LuaScript::new(src.clone()),
+            &json!({ "i": i }),
+            &[],
+            &INFO,
+            &LuaLimits::default(),
+            None,
+        )
+        .unwrap();
+        assert!(o.output.contains_key("v"));
+    }
+    assert_eq!(compiled_chunks() - before, 1);
+    // Different source compiles again.
+    out(&format!("return {{ w = {} }}", line!()));
+    assert_eq!(compiled_chunks() - before, 2);
+    // check() followed by execute with the same chunk name: one compile.
+    let s = LuaScript::new(format!("return {{ z = {} }}", line!()));
+    s.check("node").unwrap();
+    execute(&s, &json!({}), &[], &INFO, &LuaLimits::default(), None).unwrap();
+    assert_eq!(compiled_chunks() - before, 3);
+}
+
+#[test]
+fn works_on_many_threads() {
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let o = run_with(
+                    "g = (g or 0) + inputs.i return { i = inputs.i, g = g }",
+                    &json!({ "i": i }),
+                    &LuaLimits::default(),
+                )
+                .unwrap();
+                o.output
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let mut expected = Map::new();
+        expected.insert("i".into(), json!(i));
+        expected.insert("g".into(), json!(i));
+        assert_eq!(h.join().unwrap(), expected);
+    }
+}
+
+#[test]
+fn unlimited_limits_work() {
+    let o = run_with(
+        "local s = 0 for i = 1, 10 do s = s + i end return { s = s }",
+        &json!({}),
+        &LuaLimits::UNLIMITED,
+    )
+    .unwrap();
+    assert_eq!(o.output.get("s"), Some(&json!(55)));
+}
+
+#[test]
+fn stack_overflow_is_a_runtime_error_and_recovers() {
+    let src = "local function f() return f() + 1 end return { x = f() }";
+    let err = run_with(src, &json!({}), &LuaLimits::UNLIMITED).unwrap_err();
+    assert!(
+        matches!(&err, LuaError::Runtime { message, .. } if message.contains("stack overflow")),
+        "{err:?}"
+    );
+    assert_next_run_works();
+    // Under the default 64 MiB limit the deep Lua stack runs out of memory first.
+    let err = run(src).unwrap_err();
+    assert!(
+        matches!(err, LuaError::MemoryLimit { .. } | LuaError::Runtime { .. }),
+        "{err:?}"
+    );
+    assert_next_run_works();
+}
+
+#[test]
+fn non_string_errors_and_long_chunk_names() {
+    let err = run("error({ code = 1 })").unwrap_err();
+    assert_eq!(err.kind(), "LuaError");
+    let long = "n".repeat(80);
+    let info = NodeInfo {
+        node_id: &long,
+        run_id: "r",
+        attempt: 1,
+    };
+    let err = execute(
+        &LuaScript::new("\n\nlocal = 1"),
+        &json!({}),
+        &[],
+        &info,
+        &LuaLimits::default(),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, LuaError::Syntax { line: Some(3), .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn same_source_different_nodes_report_their_own_name() {
+    let script = LuaScript::new("error('bad')");
+    for id in ["first", "second"] {
+        let info = NodeInfo {
+            node_id: id,
+            run_id: "r",
+            attempt: 1,
+        };
+        let err =
+            execute(&script, &json!({}), &[], &info, &LuaLimits::default(), None).unwrap_err();
+        assert_eq!(err.to_string(), format!("{id}:1: bad"));
+    }
+}
