@@ -136,9 +136,8 @@ impl Dag {
                 node_id: id.to_owned(),
             });
         }
-        let end = u32::try_from(self.names.len() + id.len()).map_err(|_| {
-            GraphError::InvalidInput("node ids exceed 4 GiB in total".to_owned())
-        })?;
+        let end = u32::try_from(self.names.len() + id.len())
+            .map_err(|_| GraphError::InvalidInput("node ids exceed 4 GiB in total".to_owned()))?;
         self.names.push_str(id);
         self.name_ends.push(end);
         let hasher = &self.hasher;
@@ -173,13 +172,12 @@ impl Dag {
         let idx = self.push_name(id)?;
         self.order = None;
         for dep in deps {
-            let r = match self.index_of(dep) {
-                Some(p) => p,
-                None => {
-                    let k = self.pending.len() as u32;
-                    self.pending.push(dep.into());
-                    PENDING | k
-                }
+            let r = if let Some(p) = self.index_of(dep) {
+                p
+            } else {
+                let k = self.pending.len() as u32;
+                self.pending.push(dep.into());
+                PENDING | k
             };
             self.parent_refs.push(r);
         }
@@ -256,10 +254,18 @@ impl Dag {
                 entry.remove();
             }
         }
-        let names_end = if base == 0 { 0 } else { self.name_ends[base - 1] };
+        let names_end = if base == 0 {
+            0
+        } else {
+            self.name_ends[base - 1]
+        };
         self.names.truncate(names_end as usize);
         self.name_ends.truncate(base);
-        let refs_end = if base == 0 { 0 } else { self.parent_ends[base - 1] };
+        let refs_end = if base == 0 {
+            0
+        } else {
+            self.parent_ends[base - 1]
+        };
         self.parent_refs.truncate(refs_end as usize);
         self.parent_ends.truncate(base);
     }
@@ -301,7 +307,14 @@ impl Dag {
     /// Nodes grouped by level; each level's nodes can run in parallel.
     pub fn levels(&self) -> Vec<Vec<NodeIdx>> {
         let o = self.order();
-        let mut levels = vec![Vec::new(); if self.is_empty() { 0 } else { o.depth as usize + 1 }];
+        let mut levels = vec![
+            Vec::new();
+            if self.is_empty() {
+                0
+            } else {
+                o.depth as usize + 1
+            }
+        ];
         for &n in &o.topo {
             levels[o.level[n as usize] as usize].push(n);
         }
@@ -337,9 +350,9 @@ impl Dag {
         let n = self.len();
         let mut indegree: Vec<u32> = vec![0; n];
         let mut child_ends: Vec<u32> = vec![0; n];
-        for i in 0..n {
+        for (i, deg) in indegree.iter_mut().enumerate() {
             let parents = self.parents(i as u32);
-            indegree[i] = parents.len() as u32;
+            *deg = parents.len() as u32;
             for &p in parents {
                 child_ends[p as usize] += 1;
             }

@@ -108,7 +108,7 @@ impl Default for Backoff {
         Self {
             initial: Duration::from_secs(1),
             factor: 2.0,
-            max: Duration::from_secs(60),
+            max: Duration::from_mins(1),
         }
     }
 }
@@ -397,18 +397,13 @@ impl<'a> Scheduler<'a> {
         if self.stopped.is_some() {
             return;
         }
-        while self
-            .options
-            .max_parallel
-            .is_none_or(|m| self.running < m)
-        {
+        while self.options.max_parallel.is_none_or(|m| self.running < m) {
             let Some(node) = self.ready.pop_front() else {
                 break;
             };
             match self.state[node as usize] {
-                // A retry that waited for a slot.
-                NodeState::Retrying => self.execute(node, out),
-                NodeState::Pending => self.execute(node, out),
+                // Pending, or a retry that waited for a slot.
+                NodeState::Pending | NodeState::Retrying => self.execute(node, out),
                 _ => {}
             }
         }
@@ -448,10 +443,10 @@ impl<'a> Scheduler<'a> {
             return;
         }
         let status = match self.stopped {
+            // A failure decides the run even when fail_fast cancelled the rest.
             Some(StopReason::TimedOut) => RunStatus::Failed,
-            Some(StopReason::Cancelled) if self.failed => RunStatus::Failed,
+            _ if self.failed => RunStatus::Failed,
             Some(StopReason::Cancelled) => RunStatus::Cancelled,
-            None if self.failed => RunStatus::Failed,
             None => {
                 debug_assert_eq!(self.unfinished, 0, "nothing running yet nodes unfinished");
                 RunStatus::Succeeded

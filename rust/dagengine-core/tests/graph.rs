@@ -26,18 +26,29 @@ fn topological_order_levels_roots_leaves() {
     assert!(pos("extract") < pos("t1") && pos("extract") < pos("t2"));
     assert!(pos("t1") < pos("load") && pos("t2") < pos("load"));
     let levels: Vec<Vec<String>> = d.levels().iter().map(|l| ids(&d, l)).collect();
-    assert_eq!(levels, vec![vec!["extract"], vec!["t1", "t2"], vec!["load"]]);
+    assert_eq!(
+        levels,
+        vec![vec!["extract"], vec!["t1", "t2"], vec!["load"]]
+    );
     assert_eq!(ids(&d, &d.roots()), vec!["extract"]);
     assert_eq!(ids(&d, &d.leaves()), vec!["load"]);
     assert_eq!(d.edge_count(), 4);
-    assert_eq!(ids(&d, d.children(d.index_of("extract").unwrap())), vec!["t1", "t2"]);
+    assert_eq!(
+        ids(&d, d.children(d.index_of("extract").unwrap())),
+        vec!["t1", "t2"]
+    );
 }
 
 #[test]
 fn duplicate_id_is_refused_and_graph_unchanged() {
     let mut d = dag(&[("a", &[])]);
     let err = d.add_node("a", []).unwrap_err();
-    assert_eq!(err, GraphError::DuplicateNode { node_id: "a".into() });
+    assert_eq!(
+        err,
+        GraphError::DuplicateNode {
+            node_id: "a".into()
+        }
+    );
     assert_eq!(err.to_string(), "duplicate node id 'a'");
     assert_eq!(d.len(), 1);
 }
@@ -56,7 +67,10 @@ fn unknown_dependency_names_node_and_missing_id() {
     let err = d.preprocess().unwrap_err();
     assert_eq!(
         err,
-        GraphError::UnknownDependency { node_id: "b".into(), dependency: "ghost".into() }
+        GraphError::UnknownDependency {
+            node_id: "b".into(),
+            dependency: "ghost".into()
+        }
     );
     assert_eq!(err.to_string(), "node 'b' depends on unknown node 'ghost'");
 }
@@ -65,14 +79,21 @@ fn unknown_dependency_names_node_and_missing_id() {
 fn cycle_error_carries_the_path_in_execution_order() {
     // a -> b -> c -> a (b depends on a, c on b, a on c), plus an innocent d.
     let mut d = dag(&[("d", &[]), ("a", &["c", "d"]), ("b", &["a"]), ("c", &["b"])]);
-    let GraphError::Cycle { path } = d.preprocess().unwrap_err() else { panic!() };
+    let GraphError::Cycle { path } = d.preprocess().unwrap_err() else {
+        panic!()
+    };
     assert_eq!(path.first(), path.last());
     assert_eq!(path.len(), 4);
     // Each step must be a real edge: path[k+1] depends on path[k].
     for w in path.windows(2) {
         let child = d.index_of(&w[1]).unwrap();
         let parent = d.index_of(&w[0]).unwrap();
-        assert!(d.parents(child).contains(&parent), "{} -> {} is not an edge", w[0], w[1]);
+        assert!(
+            d.parents(child).contains(&parent),
+            "{} -> {} is not an edge",
+            w[0],
+            w[1]
+        );
     }
     let msg = GraphError::Cycle { path: path.clone() }.to_string();
     assert!(msg.starts_with("dependency cycle: "), "{msg}");
@@ -83,7 +104,9 @@ fn cycle_error_carries_the_path_in_execution_order() {
 fn two_node_cycle() {
     let mut d = dag(&[("x", &["y"]), ("y", &["x"])]);
     let err = d.preprocess().unwrap_err();
-    let GraphError::Cycle { path } = err else { panic!() };
+    let GraphError::Cycle { path } = err else {
+        panic!()
+    };
     assert_eq!(path.len(), 3);
 }
 
@@ -102,7 +125,8 @@ fn csr_bulk_add_matches_named_add() {
     let mut d = Dag::new();
     d.add_node("root", []).unwrap();
     // batch: n0, n1 <- n0, n2 <- n0,n1
-    d.add_nodes_csr(["n0", "n1", "n2"], &[0, 0, 1, 3], &[0, 0, 1]).unwrap();
+    d.add_nodes_csr(["n0", "n1", "n2"], &[0, 0, 1, 3], &[0, 0, 1])
+        .unwrap();
     d.preprocess().unwrap();
     assert_eq!(d.len(), 4);
     assert_eq!(ids(&d, d.parents(3)), vec!["n0", "n1"]);
@@ -122,9 +146,19 @@ fn csr_bulk_add_rejects_bad_shapes_and_rolls_back() {
         Err(GraphError::InvalidInput(_))
     ));
     let err = d.add_nodes_csr(["a", "keep"], &[0, 0, 0], &[]).unwrap_err();
-    assert_eq!(err, GraphError::DuplicateNode { node_id: "keep".into() });
+    assert_eq!(
+        err,
+        GraphError::DuplicateNode {
+            node_id: "keep".into()
+        }
+    );
     let err = d.add_nodes_csr(["a", "b"], &[0, 0, 1], &[1]).unwrap_err();
-    assert_eq!(err, GraphError::SelfDependency { node_id: "b".into() });
+    assert_eq!(
+        err,
+        GraphError::SelfDependency {
+            node_id: "b".into()
+        }
+    );
     assert_eq!(d.len(), 1);
     assert_eq!(d.index_of("a"), None);
     d.add_node("a", ["keep"]).unwrap();

@@ -34,7 +34,11 @@ fn finish(out: &[Instruction]) -> Option<RunStatus> {
 
 const ONE: &[NodePolicy] = &[NodePolicy {
     retries: 0,
-    backoff: Backoff { initial: Duration::from_millis(10), factor: 2.0, max: Duration::from_millis(35) },
+    backoff: Backoff {
+        initial: Duration::from_millis(10),
+        factor: 2.0,
+        max: Duration::from_millis(35),
+    },
     timeout: None,
 }];
 
@@ -46,15 +50,39 @@ fn diamond_runs_in_dependency_order() {
     s.start(&mut out);
     assert_eq!(executes(&out), vec![(0, 1)]);
     out.clear();
-    s.handle(Event::NodeSucceeded { node: 0, attempt: 1 }, &mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 0,
+            attempt: 1,
+        },
+        &mut out,
+    );
     assert_eq!(executes(&out), vec![(1, 1), (2, 1)]);
     out.clear();
-    s.handle(Event::NodeSucceeded { node: 2, attempt: 1 }, &mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 2,
+            attempt: 1,
+        },
+        &mut out,
+    );
     assert!(out.is_empty());
-    s.handle(Event::NodeSucceeded { node: 1, attempt: 1 }, &mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 1,
+            attempt: 1,
+        },
+        &mut out,
+    );
     assert_eq!(executes(&out), vec![(3, 1)]);
     out.clear();
-    s.handle(Event::NodeSucceeded { node: 3, attempt: 1 }, &mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 3,
+            attempt: 1,
+        },
+        &mut out,
+    );
     assert_eq!(finish(&out), Some(RunStatus::Succeeded));
     assert!(s.is_finished());
 }
@@ -62,21 +90,46 @@ fn diamond_runs_in_dependency_order() {
 #[test]
 fn failure_skips_descendants_and_independent_branch_continues() {
     // a -> b -> c ; x -> y (independent)
-    let d = build(&[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("x", &[]), ("y", &["x"])]);
+    let d = build(&[
+        ("a", &[]),
+        ("b", &["a"]),
+        ("c", &["b"]),
+        ("x", &[]),
+        ("y", &["x"]),
+    ]);
     let mut s = Scheduler::new(&d, ONE, RunOptions::default());
     let mut out = Vec::new();
     s.start(&mut out);
     assert_eq!(executes(&out), vec![(0, 1), (3, 1)]);
     out.clear();
-    s.handle(Event::NodeFailed { node: 0, attempt: 1, retryable: true }, &mut out);
+    s.handle(
+        Event::NodeFailed {
+            node: 0,
+            attempt: 1,
+            retryable: true,
+        },
+        &mut out,
+    );
     assert!(out.contains(&Instruction::Skipped { node: 1 }));
     assert!(out.contains(&Instruction::Skipped { node: 2 }));
     assert_eq!(finish(&out), None);
     out.clear();
-    s.handle(Event::NodeSucceeded { node: 3, attempt: 1 }, &mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 3,
+            attempt: 1,
+        },
+        &mut out,
+    );
     assert_eq!(executes(&out), vec![(4, 1)]);
     out.clear();
-    s.handle(Event::NodeSucceeded { node: 4, attempt: 1 }, &mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 4,
+            attempt: 1,
+        },
+        &mut out,
+    );
     assert_eq!(finish(&out), Some(RunStatus::Failed));
     assert_eq!(s.state(1), NodeState::Skipped);
     assert_eq!(s.state(4), NodeState::Succeeded);
@@ -85,17 +138,34 @@ fn failure_skips_descendants_and_independent_branch_continues() {
 #[test]
 fn fail_fast_cancels_pending_and_aborts_running() {
     let d = build(&[("a", &[]), ("b", &[]), ("c", &["b"])]);
-    let opts = RunOptions { fail_fast: true, ..RunOptions::default() };
+    let opts = RunOptions {
+        fail_fast: true,
+        ..RunOptions::default()
+    };
     let mut s = Scheduler::new(&d, ONE, opts);
     let mut out = Vec::new();
     s.start(&mut out);
     out.clear();
-    s.handle(Event::NodeFailed { node: 0, attempt: 1, retryable: true }, &mut out);
+    s.handle(
+        Event::NodeFailed {
+            node: 0,
+            attempt: 1,
+            retryable: true,
+        },
+        &mut out,
+    );
     assert!(out.contains(&Instruction::Abort { node: 1 }));
     assert!(out.contains(&Instruction::Cancelled { node: 2 }));
     assert_eq!(finish(&out), None, "waits for the aborted node to report");
     out.clear();
-    s.handle(Event::NodeFailed { node: 1, attempt: 1, retryable: false }, &mut out);
+    s.handle(
+        Event::NodeFailed {
+            node: 1,
+            attempt: 1,
+            retryable: false,
+        },
+        &mut out,
+    );
     assert_eq!(s.state(1), NodeState::Cancelled);
     assert_eq!(finish(&out), Some(RunStatus::Failed));
 }
@@ -103,24 +173,50 @@ fn fail_fast_cancels_pending_and_aborts_running() {
 #[test]
 fn retries_with_exponential_backoff_then_fail() {
     let d = build(&[("a", &[])]);
-    let pol = [NodePolicy { retries: 3, ..ONE[0] }];
+    let pol = [NodePolicy {
+        retries: 3,
+        ..ONE[0]
+    }];
     let mut s = Scheduler::new(&d, &pol, RunOptions::default());
     let mut out = Vec::new();
     s.start(&mut out);
     let mut delays = Vec::new();
     for attempt in 1..=4 {
         out.clear();
-        s.handle(Event::NodeFailed { node: 0, attempt, retryable: true }, &mut out);
+        s.handle(
+            Event::NodeFailed {
+                node: 0,
+                attempt,
+                retryable: true,
+            },
+            &mut out,
+        );
         match out.as_slice() {
-            [Instruction::ScheduleRetry { node: 0, attempt: next, delay }] => {
+            [Instruction::ScheduleRetry {
+                node: 0,
+                attempt: next,
+                delay,
+            }] => {
                 assert_eq!(*next, attempt + 1);
                 assert_eq!(s.state(0), NodeState::Retrying);
                 delays.push(*delay);
                 out.clear();
                 // A stale timer for another attempt is ignored.
-                s.handle(Event::RetryDue { node: 0, attempt: attempt + 7 }, &mut out);
+                s.handle(
+                    Event::RetryDue {
+                        node: 0,
+                        attempt: attempt + 7,
+                    },
+                    &mut out,
+                );
                 assert!(out.is_empty());
-                s.handle(Event::RetryDue { node: 0, attempt: attempt + 1 }, &mut out);
+                s.handle(
+                    Event::RetryDue {
+                        node: 0,
+                        attempt: attempt + 1,
+                    },
+                    &mut out,
+                );
                 assert_eq!(executes(&out), vec![(0, attempt + 1)]);
             }
             other => {
@@ -129,36 +225,81 @@ fn retries_with_exponential_backoff_then_fail() {
             }
         }
     }
-    assert_eq!(delays, vec![Duration::from_millis(10), Duration::from_millis(20), Duration::from_millis(35)]);
+    assert_eq!(
+        delays,
+        vec![
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+            Duration::from_millis(35)
+        ]
+    );
     assert_eq!(s.attempts(0), 4);
 }
 
 #[test]
 fn non_retryable_failure_fails_at_once() {
     let d = build(&[("a", &[])]);
-    let pol = [NodePolicy { retries: 3, ..ONE[0] }];
+    let pol = [NodePolicy {
+        retries: 3,
+        ..ONE[0]
+    }];
     let mut s = Scheduler::new(&d, &pol, RunOptions::default());
     let mut out = Vec::new();
     s.start(&mut out);
     out.clear();
-    s.handle(Event::NodeFailed { node: 0, attempt: 1, retryable: false }, &mut out);
+    s.handle(
+        Event::NodeFailed {
+            node: 0,
+            attempt: 1,
+            retryable: false,
+        },
+        &mut out,
+    );
     assert_eq!(finish(&out), Some(RunStatus::Failed));
 }
 
 #[test]
 fn late_result_of_an_old_attempt_is_ignored() {
     let d = build(&[("a", &[])]);
-    let pol = [NodePolicy { retries: 1, ..ONE[0] }];
+    let pol = [NodePolicy {
+        retries: 1,
+        ..ONE[0]
+    }];
     let mut s = Scheduler::new(&d, &pol, RunOptions::default());
     let mut out = Vec::new();
     s.start(&mut out);
-    s.handle(Event::NodeFailed { node: 0, attempt: 1, retryable: true }, &mut out);
-    s.handle(Event::RetryDue { node: 0, attempt: 2 }, &mut out);
+    s.handle(
+        Event::NodeFailed {
+            node: 0,
+            attempt: 1,
+            retryable: true,
+        },
+        &mut out,
+    );
+    s.handle(
+        Event::RetryDue {
+            node: 0,
+            attempt: 2,
+        },
+        &mut out,
+    );
     out.clear();
-    s.handle(Event::NodeSucceeded { node: 0, attempt: 1 }, &mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 0,
+            attempt: 1,
+        },
+        &mut out,
+    );
     assert!(out.is_empty());
     assert_eq!(s.state(0), NodeState::Running);
-    s.handle(Event::NodeSucceeded { node: 0, attempt: 2 }, &mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 0,
+            attempt: 2,
+        },
+        &mut out,
+    );
     assert_eq!(finish(&out), Some(RunStatus::Succeeded));
 }
 
@@ -169,7 +310,10 @@ fn max_parallel_is_respected() {
         d.add_node(&format!("n{i}"), []).unwrap();
     }
     d.preprocess().unwrap();
-    let opts = RunOptions { max_parallel: Some(3), ..RunOptions::default() };
+    let opts = RunOptions {
+        max_parallel: Some(3),
+        ..RunOptions::default()
+    };
     let mut s = Scheduler::new(&d, ONE, opts);
     let mut out = Vec::new();
     s.start(&mut out);
@@ -178,7 +322,13 @@ fn max_parallel_is_respected() {
     let mut done = 0;
     while let Some(n) = queue.pop_front() {
         out.clear();
-        s.handle(Event::NodeSucceeded { node: n, attempt: 1 }, &mut out);
+        s.handle(
+            Event::NodeSucceeded {
+                node: n,
+                attempt: 1,
+            },
+            &mut out,
+        );
         done += 1;
         queue.extend(executes(&out).into_iter().map(|(n, _)| n));
         assert!(s.running() <= 3);
@@ -194,16 +344,32 @@ fn stop_cancels_and_reports_cancelled_or_timed_out() {
         (StopReason::TimedOut, RunStatus::Failed),
     ] {
         let d = build(&[("a", &[]), ("b", &["a"])]);
-        let pol = [NodePolicy { retries: 2, ..ONE[0] }];
+        let pol = [NodePolicy {
+            retries: 2,
+            ..ONE[0]
+        }];
         let mut s = Scheduler::new(&d, &pol, RunOptions::default());
         let mut out = Vec::new();
         s.start(&mut out);
         out.clear();
         s.handle(Event::Stop(reason), &mut out);
-        assert_eq!(out, vec![Instruction::Abort { node: 0 }, Instruction::Cancelled { node: 1 }]);
+        assert_eq!(
+            out,
+            vec![
+                Instruction::Abort { node: 0 },
+                Instruction::Cancelled { node: 1 }
+            ]
+        );
         out.clear();
         // The aborted node reports a failure: no retry, it counts as cancelled.
-        s.handle(Event::NodeFailed { node: 0, attempt: 1, retryable: true }, &mut out);
+        s.handle(
+            Event::NodeFailed {
+                node: 0,
+                attempt: 1,
+                retryable: true,
+            },
+            &mut out,
+        );
         assert_eq!(s.state(0), NodeState::Cancelled);
         assert_eq!(finish(&out), Some(status));
         assert_eq!(s.stop_reason(), Some(reason));
@@ -224,7 +390,12 @@ fn resumed_run_skips_completed_nodes() {
     s2.mark_completed(0);
     out.clear();
     s2.start(&mut out);
-    assert_eq!(out, vec![Instruction::Finish { status: RunStatus::Succeeded }]);
+    assert_eq!(
+        out,
+        vec![Instruction::Finish {
+            status: RunStatus::Succeeded
+        }]
+    );
 }
 
 /// Drive the state machine through every row of the transition table and check each was
@@ -240,21 +411,35 @@ fn every_transition_is_exercised() {
             }
         }
     };
-    let snapshot = |s: &Scheduler<'_>, n: usize| (0..n as u32).map(|i| s.state(i)).collect::<Vec<_>>();
+    let snapshot =
+        |s: &Scheduler<'_>, n: usize| (0..n as u32).map(|i| s.state(i)).collect::<Vec<_>>();
     let mut out = Vec::new();
 
     // Pending->Running->Retrying->Running->Succeeded; Pending->Succeeded (completed).
     let d = build(&[("a", &[]), ("done", &[])]);
-    let pol = [NodePolicy { retries: 1, ..ONE[0] }];
+    let pol = [NodePolicy {
+        retries: 1,
+        ..ONE[0]
+    }];
     let mut s = Scheduler::new(&d, &pol, RunOptions::default());
     let b = snapshot(&s, 2);
     s.mark_completed(1);
     s.start(&mut out);
     observe(&b, &s);
     for e in [
-        Event::NodeFailed { node: 0, attempt: 1, retryable: true },
-        Event::RetryDue { node: 0, attempt: 2 },
-        Event::NodeSucceeded { node: 0, attempt: 2 },
+        Event::NodeFailed {
+            node: 0,
+            attempt: 1,
+            retryable: true,
+        },
+        Event::RetryDue {
+            node: 0,
+            attempt: 2,
+        },
+        Event::NodeSucceeded {
+            node: 0,
+            attempt: 2,
+        },
     ] {
         let b = snapshot(&s, 2);
         s.handle(e, &mut out);
@@ -263,15 +448,36 @@ fn every_transition_is_exercised() {
 
     // Running->Failed, Pending->Skipped, Running->Cancelled, Retrying->Cancelled,
     // Pending->Cancelled.
-    let d = build(&[("f", &[]), ("skip", &["f"]), ("r", &[]), ("run", &[]), ("p", &["run"])]);
-    let pol = [NodePolicy { retries: 1, ..ONE[0] }];
+    let d = build(&[
+        ("f", &[]),
+        ("skip", &["f"]),
+        ("r", &[]),
+        ("run", &[]),
+        ("p", &["run"]),
+    ]);
+    let pol = [NodePolicy {
+        retries: 1,
+        ..ONE[0]
+    }];
     let mut s = Scheduler::new(&d, &pol, RunOptions::default());
     s.start(&mut out);
     for e in [
-        Event::NodeFailed { node: 0, attempt: 1, retryable: false },
-        Event::NodeFailed { node: 2, attempt: 1, retryable: true },
+        Event::NodeFailed {
+            node: 0,
+            attempt: 1,
+            retryable: false,
+        },
+        Event::NodeFailed {
+            node: 2,
+            attempt: 1,
+            retryable: true,
+        },
         Event::Stop(StopReason::Cancelled),
-        Event::NodeFailed { node: 3, attempt: 1, retryable: true },
+        Event::NodeFailed {
+            node: 3,
+            attempt: 1,
+            retryable: true,
+        },
     ] {
         let b = snapshot(&s, 5);
         s.handle(e, &mut out);
@@ -287,7 +493,11 @@ fn random_dag() -> impl Strategy<Value = (Vec<Vec<u32>>, Vec<bool>, u64)> {
         let deps = (0..n)
             .map(|i| proptest::collection::vec(0..(i.max(1) as u32), 0..=(i.min(3))))
             .collect::<Vec<_>>();
-        (deps, proptest::collection::vec(proptest::bool::weighted(0.1), n), any::<u64>())
+        (
+            deps,
+            proptest::collection::vec(proptest::bool::weighted(0.1), n),
+            any::<u64>(),
+        )
     })
 }
 

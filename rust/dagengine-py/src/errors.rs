@@ -28,19 +28,28 @@ pub fn raise(py: Python<'_>, class: &str, message: &str, attrs: &[(&str, Py<PyAn
 }
 
 fn s(py: Python<'_>, v: &str) -> Py<PyAny> {
-    v.into_pyobject(py).expect("str conversion").into_any().unbind()
+    v.into_pyobject(py)
+        .expect("str conversion")
+        .into_any()
+        .unbind()
 }
 
 /// `GraphError` -> `CycleError`, `UnknownDependencyError`, ...
 pub fn graph_error(py: Python<'_>, e: &GraphError) -> PyErr {
     let msg = e.to_string();
     match e {
-        GraphError::DuplicateNode { node_id } => {
-            raise(py, "DuplicateNodeError", &msg, &[("node_id", s(py, node_id))])
-        }
-        GraphError::SelfDependency { node_id } => {
-            raise(py, "SelfDependencyError", &msg, &[("node_id", s(py, node_id))])
-        }
+        GraphError::DuplicateNode { node_id } => raise(
+            py,
+            "DuplicateNodeError",
+            &msg,
+            &[("node_id", s(py, node_id))],
+        ),
+        GraphError::SelfDependency { node_id } => raise(
+            py,
+            "SelfDependencyError",
+            &msg,
+            &[("node_id", s(py, node_id))],
+        ),
         GraphError::UnknownDependency {
             node_id,
             dependency,
@@ -48,7 +57,10 @@ pub fn graph_error(py: Python<'_>, e: &GraphError) -> PyErr {
             py,
             "UnknownDependencyError",
             &msg,
-            &[("node_id", s(py, node_id)), ("dependency", s(py, dependency))],
+            &[
+                ("node_id", s(py, node_id)),
+                ("dependency", s(py, dependency)),
+            ],
         ),
         GraphError::Cycle { path } => {
             let cycle = path

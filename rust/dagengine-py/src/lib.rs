@@ -25,9 +25,15 @@ use serde_json::Value;
 use crate::external::{CancelToken, PyExternal};
 
 fn duration(field: &str, secs: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| PyValueError::new_err(format!("{field} must be a non-negative number of seconds, got {secs}")))
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{field} must be a non-negative number of seconds, got {secs}"
+        ))
+    })
 }
+
+/// The Python object of each node (`None` for nodes executed in Rust), shared by runs.
+type Payloads = Arc<Vec<Option<Py<PyAny>>>>;
 
 /// A graph under construction or validated, with how to execute each node.
 #[pyclass(module = "dagengine._core")]
@@ -36,7 +42,7 @@ pub struct DagRef {
     specs: Vec<NodeSpec>,
     payloads: Vec<Option<Py<PyAny>>>,
     /// Built on the first run after a change; shared by all runs until the next change.
-    plan: Option<(Arc<Plan>, Arc<Vec<Option<Py<PyAny>>>>)>,
+    plan: Option<(Arc<Plan>, Payloads)>,
 }
 
 impl DagRef {
@@ -67,6 +73,9 @@ impl DagRef {
     }
 }
 
+// pyo3 extracts arguments into owned values (`Vec<String>`), and `__traverse__` must take
+// its visitor by value: clippy's by-reference advice cannot apply here.
+#[allow(clippy::needless_pass_by_value)]
 #[pymethods]
 impl DagRef {
     #[new]
@@ -134,14 +143,14 @@ impl DagRef {
                 (NodeKind::Lua { script, limits }, None)
             }
             "python" => {
-                let payload = payload
-                    .ok_or_else(|| PyTypeError::new_err("a python node needs a payload"))?;
+                let payload =
+                    payload.ok_or_else(|| PyTypeError::new_err("a python node needs a payload"))?;
                 (NodeKind::External, Some(payload.unbind()))
             }
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "node '{node_id}': unknown executor kind '{other}' (expected noop, lua or python)"
-                )))
+                "node '{node_id}': unknown executor kind '{other}' (expected noop, lua or python)"
+            )))
             }
         };
         self.pad_specs();
@@ -245,7 +254,11 @@ impl DagRef {
             }
             let specs = self.specs.clone();
             let plan = Plan::new(self.dag.clone(), specs).map_err(PyRuntimeError::new_err)?;
-            let payloads = self.payloads.iter().map(|p| p.as_ref().map(|o| o.clone_ref(py))).collect();
+            let payloads = self
+                .payloads
+                .iter()
+                .map(|p| p.as_ref().map(|o| o.clone_ref(py)))
+                .collect();
             self.plan = Some((Arc::new(plan), Arc::new(payloads)));
         }
         let (plan, payloads) = self.plan.clone().expect("just built");
@@ -257,7 +270,9 @@ impl DagRef {
                     PyValueError::new_err(format!("completed names unknown node '{id}'"))
                 })?;
                 let out: Value = depythonize(&v).map_err(|e| {
-                    PyTypeError::new_err(format!("completed output of node '{id}' is not JSON-like: {e}"))
+                    PyTypeError::new_err(format!(
+                        "completed output of node '{id}' is not JSON-like: {e}"
+                    ))
                 })?;
                 if !out.is_object() {
                     return Err(PyTypeError::new_err(format!(
@@ -315,7 +330,7 @@ pub struct RunRef {
 }
 
 fn secs(timeout: f64) -> Duration {
-    Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::from_secs(86_400))
+    Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::from_hours(24))
 }
 
 fn failure_dict<'py>(

@@ -495,13 +495,11 @@ impl Driver {
             }
             self.publish();
             let msg = match self.next_wakeup() {
-                Some(at) => {
-                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                        Ok(msg) => Some(msg),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => unreachable!("driver holds a sender"),
-                    }
-                }
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(msg) => Some(msg),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => unreachable!("driver holds a sender"),
+                },
                 None => Some(rx.recv().expect("driver holds a sender")),
             };
             match msg {
@@ -546,17 +544,16 @@ impl Driver {
             }
             self.timers.pop();
             match timer {
-                Timer::Retry { node, attempt } => sched.handle(Event::RetryDue { node, attempt }, out),
+                Timer::Retry { node, attempt } => {
+                    sched.handle(Event::RetryDue { node, attempt }, out);
+                }
                 Timer::NodeDeadline { node, attempt } => {
                     if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
                         let timeout = self.plan.policies[self.policy_index(node)].timeout;
                         let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
                         let failure = NodeFailure::new(
                             "NodeTimeout",
-                            format!(
-                                "node '{}' timed out after {secs}s",
-                                self.plan.dag.id(node)
-                            ),
+                            format!("node '{}' timed out after {secs}s", self.plan.dag.id(node)),
                             true,
                         );
                         self.finish_attempt(sched, out, node, attempt, Err(failure));
@@ -603,7 +600,12 @@ impl Driver {
         match result {
             Ok(ok) => {
                 for line in ok.logs {
-                    self.emit(EventKind::NodeLog, Some(node), attempt, EventDetail::Log(line));
+                    self.emit(
+                        EventKind::NodeLog,
+                        Some(node),
+                        attempt,
+                        EventDetail::Log(line),
+                    );
                 }
                 let rec = &mut self.records[node as usize];
                 rec.output = Some(if ok.output.is_empty() {
@@ -614,7 +616,12 @@ impl Driver {
                 rec.error = None;
                 sched.handle(Event::NodeSucceeded { node, attempt }, out);
                 if sched.state(node) == NodeState::Succeeded {
-                    self.emit(EventKind::NodeSucceeded, Some(node), attempt, EventDetail::None);
+                    self.emit(
+                        EventKind::NodeSucceeded,
+                        Some(node),
+                        attempt,
+                        EventDetail::None,
+                    );
                 }
             }
             Err(failure) => {
@@ -657,7 +664,12 @@ impl Driver {
                         if rec.started_at.is_none() {
                             rec.started_at = Some(unix_now());
                         }
-                        self.emit(EventKind::NodeStarted, Some(node), attempt, EventDetail::None);
+                        self.emit(
+                            EventKind::NodeStarted,
+                            Some(node),
+                            attempt,
+                            EventDetail::None,
+                        );
                         match &self.plan.kinds[node as usize] {
                             NodeKind::Noop => {
                                 let ok = ExecOk {
@@ -675,8 +687,10 @@ impl Driver {
                         attempt,
                         delay,
                     } => {
-                        self.timers
-                            .push(Reverse((Instant::now() + delay, Timer::Retry { node, attempt })));
+                        self.timers.push(Reverse((
+                            Instant::now() + delay,
+                            Timer::Retry { node, attempt },
+                        )));
                         let error = self.records[node as usize].error.clone();
                         self.emit(
                             EventKind::NodeRetrying,
@@ -716,7 +730,12 @@ impl Driver {
                     }
                     Instruction::Cancelled { node } => {
                         let attempt = self.records[node as usize].attempts;
-                        self.emit(EventKind::NodeCancelled, Some(node), attempt, EventDetail::None);
+                        self.emit(
+                            EventKind::NodeCancelled,
+                            Some(node),
+                            attempt,
+                            EventDetail::None,
+                        );
                     }
                     Instruction::Finish { status } => return Some(status),
                 }
@@ -923,7 +942,7 @@ impl LuaJob {
         };
         let node_id = plan.dag.id(self.node);
         // The tightest of: the script's wall-time limit, the node timeout, the run deadline.
-        let mut limits = limits.clone();
+        let mut limits = *limits;
         let mut node_timeout_binds = false;
         if let Some(t) = self.node_timeout {
             if limits.timeout.is_none_or(|l| t < l) {

@@ -13,15 +13,33 @@ fn dag(edges: &[(&str, &[&str])]) -> Dag {
 }
 
 fn lua(src: &str) -> NodeKind {
-    NodeKind::Lua { script: LuaScript::new(src), limits: LuaLimits::default() }
+    NodeKind::Lua {
+        script: LuaScript::new(src),
+        limits: LuaLimits::default(),
+    }
 }
 
 fn spec(kind: NodeKind) -> NodeSpec {
-    NodeSpec { kind, policy: NodePolicy::default() }
+    NodeSpec {
+        kind,
+        policy: NodePolicy::default(),
+    }
 }
 
-fn run(plan: Plan, cfg: RunConfig, ext: Option<Arc<dyn ExternalExecutor>>) -> (Arc<RunOutcome>, Vec<RunEvent>) {
-    let h = start_run(Arc::new(plan), RunConfig { events: true, ..cfg }, ext).unwrap();
+fn run(
+    plan: Plan,
+    cfg: RunConfig,
+    ext: Option<Arc<dyn ExternalExecutor>>,
+) -> (Arc<RunOutcome>, Vec<RunEvent>) {
+    let h = start_run(
+        Arc::new(plan),
+        RunConfig {
+            events: true,
+            ..cfg
+        },
+        ext,
+    )
+    .unwrap();
     assert!(h.wait(Duration::from_secs(30)), "run did not finish");
     let events = h.next_events(Duration::ZERO);
     (h.outcome().unwrap(), events)
@@ -53,7 +71,15 @@ fn lua_pipeline_passes_results_and_inputs() {
     )
     .unwrap();
     let inputs = Arc::new(serde_json::json!({"factor": 3}));
-    let (o, events) = run(plan, RunConfig { run_id: "r1".into(), inputs, ..Default::default() }, None);
+    let (o, events) = run(
+        plan,
+        RunConfig {
+            run_id: "r1".into(),
+            inputs,
+            ..Default::default()
+        },
+        None,
+    );
     assert_eq!(o.status, RunStatus::Succeeded);
     let out = o.nodes[1].output.as_ref().unwrap();
     assert_eq!(**out, serde_json::json!({"total": 18, "node": "transform"}));
@@ -68,7 +94,11 @@ fn failure_skips_descendants_and_reports_first_failure() {
     let d = dag(&[("bad", &[]), ("child", &["bad"]), ("free", &[])]);
     let plan = Plan::new(
         d,
-        vec![spec(lua("error('boom')")), spec(NodeKind::Noop), spec(lua("return {ok = true}"))],
+        vec![
+            spec(lua("error('boom')")),
+            spec(NodeKind::Noop),
+            spec(lua("return {ok = true}")),
+        ],
     )
     .unwrap();
     let (o, _) = run(plan, RunConfig::default(), None);
@@ -98,15 +128,29 @@ fn external_nodes_retry_with_backoff_then_succeed() {
     });
     let policy = NodePolicy {
         retries: 3,
-        backoff: Backoff { initial: Duration::from_millis(5), factor: 2.0, max: Duration::from_secs(1) },
+        backoff: Backoff {
+            initial: Duration::from_millis(5),
+            factor: 2.0,
+            max: Duration::from_secs(1),
+        },
         timeout: None,
     };
-    let plan = Plan::new(d, vec![NodeSpec { kind: NodeKind::External, policy }]).unwrap();
+    let plan = Plan::new(
+        d,
+        vec![NodeSpec {
+            kind: NodeKind::External,
+            policy,
+        }],
+    )
+    .unwrap();
     let (o, events) = run(plan, RunConfig::default(), Some(Arc::new(ext)));
     assert_eq!(o.status, RunStatus::Succeeded);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(o.nodes[0].attempts, 3);
-    let retries = events.iter().filter(|e| e.kind == EventKind::NodeRetrying).count();
+    let retries = events
+        .iter()
+        .filter(|e| e.kind == EventKind::NodeRetrying)
+        .count();
     assert_eq!(retries, 2);
 }
 
@@ -119,8 +163,18 @@ fn external_node_timeout_fails_the_node_without_waiting_for_it() {
         }
         Err(NodeFailure::new("Cancelled", "saw the flag", false))
     });
-    let policy = NodePolicy { timeout: Some(Duration::from_millis(50)), ..NodePolicy::default() };
-    let plan = Plan::new(d, vec![NodeSpec { kind: NodeKind::External, policy }]).unwrap();
+    let policy = NodePolicy {
+        timeout: Some(Duration::from_millis(50)),
+        ..NodePolicy::default()
+    };
+    let plan = Plan::new(
+        d,
+        vec![NodeSpec {
+            kind: NodeKind::External,
+            policy,
+        }],
+    )
+    .unwrap();
     let (o, _) = run(plan, RunConfig::default(), Some(Arc::new(ext)));
     assert_eq!(o.status, RunStatus::Failed);
     let err = o.nodes[0].error.as_ref().unwrap();
@@ -130,8 +184,18 @@ fn external_node_timeout_fails_the_node_without_waiting_for_it() {
 #[test]
 fn lua_node_timeout_interrupts_an_endless_loop() {
     let d = dag(&[("spin", &[])]);
-    let policy = NodePolicy { timeout: Some(Duration::from_millis(100)), ..NodePolicy::default() };
-    let plan = Plan::new(d, vec![NodeSpec { kind: lua("while true do end"), policy }]).unwrap();
+    let policy = NodePolicy {
+        timeout: Some(Duration::from_millis(100)),
+        ..NodePolicy::default()
+    };
+    let plan = Plan::new(
+        d,
+        vec![NodeSpec {
+            kind: lua("while true do end"),
+            policy,
+        }],
+    )
+    .unwrap();
     let t = Instant::now();
     let (o, _) = run(plan, RunConfig::default(), None);
     assert!(t.elapsed() < Duration::from_secs(5));
@@ -141,8 +205,15 @@ fn lua_node_timeout_interrupts_an_endless_loop() {
 #[test]
 fn run_timeout_stops_the_run() {
     let d = dag(&[("spin", &[]), ("after", &["spin"])]);
-    let plan = Plan::new(d, vec![spec(lua("while true do end")), spec(NodeKind::Noop)]).unwrap();
-    let cfg = RunConfig { timeout: Some(Duration::from_millis(100)), ..Default::default() };
+    let plan = Plan::new(
+        d,
+        vec![spec(lua("while true do end")), spec(NodeKind::Noop)],
+    )
+    .unwrap();
+    let cfg = RunConfig {
+        timeout: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
     let (o, _) = run(plan, cfg, None);
     assert_eq!(o.status, RunStatus::Failed);
     assert_eq!(o.error.as_ref().unwrap().kind, "RunTimeout");
@@ -153,12 +224,27 @@ fn run_timeout_stops_the_run() {
 #[test]
 fn cancel_interrupts_running_lua_and_cancels_pending() {
     let d = dag(&[("spin", &[]), ("after", &["spin"])]);
-    let plan = Plan::new(d, vec![spec(lua("while true do end")), spec(NodeKind::Noop)]).unwrap();
-    let h = start_run(Arc::new(plan), RunConfig { events: true, ..Default::default() }, None).unwrap();
+    let plan = Plan::new(
+        d,
+        vec![spec(lua("while true do end")), spec(NodeKind::Noop)],
+    )
+    .unwrap();
+    let h = start_run(
+        Arc::new(plan),
+        RunConfig {
+            events: true,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
     // Wait until the node has started, then cancel.
     let mut started = false;
     while !started {
-        started = h.next_events(Duration::from_secs(5)).iter().any(|e| e.kind == EventKind::NodeStarted);
+        started = h
+            .next_events(Duration::from_secs(5))
+            .iter()
+            .any(|e| e.kind == EventKind::NodeStarted);
     }
     h.cancel();
     assert!(h.wait(Duration::from_secs(5)));
@@ -171,12 +257,24 @@ fn cancel_interrupts_running_lua_and_cancels_pending() {
 #[test]
 fn completed_nodes_are_not_run_again_and_feed_their_children() {
     let d = dag(&[("a", &[]), ("b", &["a"])]);
-    let plan = Plan::new(d, vec![spec(lua("error('must not run')")), spec(lua("return {v = results.a.v + 1}"))])
-        .unwrap();
-    let cfg = RunConfig { completed: vec![(0, serde_json::json!({"v": 41}))], ..Default::default() };
+    let plan = Plan::new(
+        d,
+        vec![
+            spec(lua("error('must not run')")),
+            spec(lua("return {v = results.a.v + 1}")),
+        ],
+    )
+    .unwrap();
+    let cfg = RunConfig {
+        completed: vec![(0, serde_json::json!({"v": 41}))],
+        ..Default::default()
+    };
     let (o, _) = run(plan, cfg, None);
     assert_eq!(o.status, RunStatus::Succeeded);
-    assert_eq!(**o.nodes[1].output.as_ref().unwrap(), serde_json::json!({"v": 42}));
+    assert_eq!(
+        **o.nodes[1].output.as_ref().unwrap(),
+        serde_json::json!({"v": 42})
+    );
 }
 
 #[test]
@@ -184,7 +282,11 @@ fn ten_thousand_noop_chain() {
     let mut d = Dag::new();
     let ids: Vec<String> = (0..10_000).map(|i| format!("n{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        let deps: Vec<&str> = if i == 0 { vec![] } else { vec![ids[i - 1].as_str()] };
+        let deps: Vec<&str> = if i == 0 {
+            vec![]
+        } else {
+            vec![ids[i - 1].as_str()]
+        };
         d.add_node(id, deps).unwrap();
     }
     d.preprocess().unwrap();
@@ -207,9 +309,14 @@ fn parallel_lua_nodes_all_run() {
     d.preprocess().unwrap();
     let mut nodes = vec![spec(NodeKind::Noop)];
     nodes.extend((0..200).map(|_| spec(lua("return {x = ctx.node_id}"))));
-    nodes.push(spec(lua("local n = 0 for _ in pairs(results) do n = n + 1 end return {n = n}")));
+    nodes.push(spec(lua(
+        "local n = 0 for _ in pairs(results) do n = n + 1 end return {n = n}",
+    )));
     let plan = Plan::new(d, nodes).unwrap();
     let (o, _) = run(plan, RunConfig::default(), None);
     assert_eq!(o.status, RunStatus::Succeeded);
-    assert_eq!(**o.nodes[201].output.as_ref().unwrap(), serde_json::json!({"n": 200}));
+    assert_eq!(
+        **o.nodes[201].output.as_ref().unwrap(),
+        serde_json::json!({"n": 200})
+    );
 }
