@@ -108,5 +108,5 @@ class RunRef:
         "started_at", "finished_at"}}`` where ``error`` is ``None`` or ``{"type", "message",
         "traceback"}``. Raises ``RuntimeError`` if the run has not finished."""
 
-def lua_check(source: str, chunk_name: str = "lua") -> None:
+def lua_check(source: str, chunk_name: str | None = None) -> None:
     """Compile ``source`` in text mode; raise ``LuaSyntaxError`` (with ``line``) if invalid."""

@@ -231,9 +231,12 @@ impl Hasher for IdHasher {
 
 struct CacheEntry {
     source: Arc<str>,
-    name: Box<str>,
     func: Function,
 }
+
+/// Chunk name every script is compiled under, so one compiled function serves every node
+/// that runs the same source; runtime messages get the node id in its place.
+pub(crate) const CHUNK: &str = "dagengine-script";
 
 /// One sandboxed Lua state with its compiled-chunk cache.
 pub(crate) struct Engine {
@@ -349,23 +352,16 @@ impl Engine {
             })
     }
 
-    /// The compiled function for `script` under chunk name `name`, from the
-    /// cache when possible.
-    pub(crate) fn function(
-        &mut self,
-        script: &LuaScript,
-        name: &str,
-    ) -> Result<Function, LuaError> {
+    /// The compiled function for `script`, from the cache when possible.
+    pub(crate) fn function(&mut self, script: &LuaScript) -> Result<Function, LuaError> {
         if let Some(entries) = self.cache.get(&script.hash) {
             for e in entries {
-                if &*e.name == name
-                    && (Arc::ptr_eq(&e.source, &script.source) || *e.source == *script.source)
-                {
+                if Arc::ptr_eq(&e.source, &script.source) || *e.source == *script.source {
                     return Ok(e.func.clone());
                 }
             }
         }
-        let func = self.compile(&script.source, name)?;
+        let func = self.compile(&script.source, CHUNK)?;
         if self.cache_len >= CACHE_CAP {
             // Scripts are few in practice; a full flush is simpler than LRU
             // and bounds the memory held by stale chunks.
@@ -374,7 +370,6 @@ impl Engine {
         }
         self.cache.entry(script.hash).or_default().push(CacheEntry {
             source: Arc::clone(&script.source),
-            name: name.into(),
             func: func.clone(),
         });
         self.cache_len += 1;
@@ -390,7 +385,7 @@ impl Engine {
         limits: &LuaLimits,
         cancel: Option<&AtomicBool>,
     ) -> Result<LuaOutput, LuaError> {
-        let func = self.function(script, info.node_id)?;
+        let func = self.function(script)?;
 
         // Inputs are converted before the memory limit is armed: they come
         // from the host, and mlua skips its protected-call path without one.
@@ -463,7 +458,10 @@ impl Engine {
                 let output = self.output(&value)?;
                 Ok(LuaOutput { output, logs })
             }
-            Err(e) => Err(self.runtime_failure(&e, tripped, limits)),
+            Err(e) => Err(name_node(
+                self.runtime_failure(&e, tripped, limits),
+                info.node_id,
+            )),
         }
     }
 
@@ -595,6 +593,26 @@ fn split_traceback(msg: &str) -> LuaError {
             message: msg.to_owned(),
             traceback: None,
         },
+    }
+}
+
+/// Put the node id where Lua wrote the shared chunk name (`dagengine-script:3: boom`
+/// becomes `transform:3: boom`), in the message and the traceback.
+fn name_node(e: LuaError, node_id: &str) -> LuaError {
+    let prefix = format!("{CHUNK}:");
+    let rename = |s: String| {
+        if s.contains(&prefix) {
+            s.replace(&prefix, &format!("{node_id}:"))
+        } else {
+            s
+        }
+    };
+    match e {
+        LuaError::Runtime { message, traceback } => LuaError::Runtime {
+            message: rename(message),
+            traceback: traceback.map(rename),
+        },
+        other => other,
     }
 }
 

@@ -157,13 +157,12 @@ impl LuaScript {
         self.hash
     }
 
-    /// Compiles the script as a text chunk named `chunk_name` on this thread's
-    /// pooled state (the result is cached, so a later [`execute`] with
-    /// `node_id == chunk_name` does not compile again).
+    /// Compiles the script as a text chunk on this thread's pooled state (the result is
+    /// cached, so a later [`execute`] of the same source does not compile again).
     ///
-    /// Returns [`LuaError::Syntax`] for syntax errors and binary chunks.
-    pub fn check(&self, chunk_name: &str) -> Result<(), LuaError> {
-        engine::with_engine(|e| e.function(self, chunk_name).map(drop))
+    /// Returns [`LuaError::Syntax`] (with the line) for syntax errors and binary chunks.
+    pub fn check(&self) -> Result<(), LuaError> {
+        engine::with_engine(|e| e.function(self).map(drop))
     }
 }
 
@@ -187,7 +186,7 @@ impl Eq for LuaScript {}
 /// Identity of the node being executed, exposed to the script as `ctx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeInfo<'a> {
-    /// The node's id; also the chunk name in error messages.
+    /// The node's id; runtime error messages name it in place of the chunk.
     pub node_id: &'a str,
     /// The workflow run's id.
     pub run_id: &'a str,

@@ -82,9 +82,7 @@ fn binary_chunks_are_refused() {
     assert_eq!(v["f"], "nil");
     assert!(v["err"].as_str().unwrap().contains("binary chunk"), "{v}");
     // A script that is itself a binary chunk is refused at compile time.
-    let err = LuaScript::new("\x1bLuaT\0garbage")
-        .check("bin")
-        .unwrap_err();
+    let err = LuaScript::new("\x1bLuaT\0garbage").check().unwrap_err();
     assert!(matches!(err, LuaError::Syntax { .. }), "{err:?}");
     // Text load works and sees the script's environment by default.
     assert_eq!(
@@ -151,7 +149,7 @@ fn gc_metamethods_are_refused() {
 #[test]
 fn syntax_error_reports_the_line() {
     let err = LuaScript::new("local a = 1\nlocal b = 2\nlocal = 3\n")
-        .check("chk")
+        .check()
         .unwrap_err();
     match &err {
         LuaError::Syntax { line, message } => {
@@ -165,7 +163,7 @@ fn syntax_error_reports_the_line() {
         "{err}"
     );
     assert_eq!(err.kind(), "LuaSyntaxError");
-    assert!(LuaScript::new("return {}").check("ok").is_ok());
+    assert!(LuaScript::new("return {}").check().is_ok());
     // execute reports the same error.
     let err = run("\n\nreturn {").unwrap_err();
     assert!(
@@ -595,9 +593,9 @@ fn compiled_once_per_source() {
     // Different source compiles again.
     out(&format!("return {{ w = {} }}", line!()));
     assert_eq!(compiled_chunks() - before, 2);
-    // check() followed by execute with the same chunk name: one compile.
+    // check() followed by execute of the same source: one compile.
     let s = LuaScript::new(format!("return {{ z = {} }}", line!()));
-    s.check("node").unwrap();
+    s.check().unwrap();
     execute(&s, &json!({}), &[], &INFO, &LuaLimits::default(), None).unwrap();
     assert_eq!(compiled_chunks() - before, 3);
 }

@@ -5,7 +5,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dagengine_server::{ExternalCall, ExternalExecutor, NodeFailure, Plan};
+use std::sync::OnceLock;
+
+use std::time::Duration;
+
+use dagengine_server::{
+    Context, ExternalCall, ExternalExecutor, Growth, Hooks, NodeFailure, Plan, WorkerPool,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pythonize::{depythonize, pythonize};
@@ -50,6 +56,39 @@ impl PyExternal {
     }
 }
 
+/// Threads for Python nodes: enough for I/O-bound nodes to overlap, grown only while
+/// nodes wait; `DAGENGINE_PYTHON_THREADS` overrides it.
+const DEFAULT_PYTHON_THREADS: usize = 32;
+/// Python nodes one worker runs per entry into the interpreter.
+const PYTHON_BATCH: usize = 64;
+
+fn python_pool() -> &'static WorkerPool {
+    static POOL: OnceLock<WorkerPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::env::var("DAGENGINE_PYTHON_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_PYTHON_THREADS);
+        // Register each worker with the interpreter once for its life (detached while it
+        // waits), so taking the GIL later is a cheap restore, not a new thread state; hold
+        // the GIL for a whole batch, so each node's own `Python::attach` is a no-op.
+        let thread: Context =
+            Arc::new(|life: &mut (dyn FnMut() + Send)| Python::attach(|py| py.detach(&mut *life)));
+        let batch: Context = Arc::new(|turn: &mut (dyn FnMut() + Send)| Python::attach(|_| turn()));
+        let hooks = Hooks {
+            thread: Some(thread),
+            batch: Some(batch),
+        };
+        WorkerPool::new(
+            "dagengine-py",
+            threads,
+            PYTHON_BATCH,
+            Growth::WhenStalled(Duration::from_millis(1)),
+            hooks,
+        )
+    })
+}
+
 fn failure_from(py: Python<'_>, err: &PyErr) -> NodeFailure {
     let kind = err
         .get_type(py)
@@ -74,6 +113,10 @@ fn failure_from(py: Python<'_>, err: &PyErr) -> NodeFailure {
 }
 
 impl ExternalExecutor for PyExternal {
+    fn pool(&self) -> WorkerPool {
+        python_pool().clone()
+    }
+
     fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
         let node_id = plan.dag().id(call.node);
         let Some(Some(payload)) = self.payloads.get(call.node as usize) else {

@@ -132,7 +132,7 @@ impl DagRef {
                     .extract()?;
                 let script = LuaScript::new(source);
                 script
-                    .check(node_id)
+                    .check()
                     .map_err(|e| errors::lua_error(py, &e, Some(node_id)))?;
                 let defaults = LuaLimits::default();
                 let limits = LuaLimits {
@@ -460,13 +460,14 @@ impl RunRef {
     }
 }
 
-/// Compile `source` in text mode; raise `LuaSyntaxError` (with `line`) if it is invalid.
+/// Compile `source` in text mode; raise `LuaSyntaxError` (with `line`, and the node id
+/// `chunk_name` when given) if it is invalid.
 #[pyfunction]
-#[pyo3(signature = (source, chunk_name = "lua"))]
-fn lua_check(py: Python<'_>, source: &str, chunk_name: &str) -> PyResult<()> {
+#[pyo3(signature = (source, chunk_name = None))]
+fn lua_check(py: Python<'_>, source: &str, chunk_name: Option<&str>) -> PyResult<()> {
     LuaScript::new(source)
-        .check(chunk_name)
-        .map_err(|e| errors::lua_error(py, &e, None))
+        .check()
+        .map_err(|e| errors::lua_error(py, &e, chunk_name))
 }
 
 #[pymodule]

@@ -3,9 +3,11 @@
 //! [`runner::ExternalExecutor`]) and records outcomes and events. The engine's gRPC
 //! service is served from the same runtime.
 
+pub mod pool;
 pub mod runner;
 pub mod runtime;
 
+pub use pool::{Context, Growth, Hooks, Job, WorkerPool};
 pub use runner::{
     start_run, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure, NodeKind,
     NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunHandle, RunOutcome,

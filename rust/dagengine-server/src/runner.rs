@@ -29,6 +29,7 @@ use dagengine_core::{
 use dagengine_lua::{LuaError, LuaLimits, LuaScript, NodeInfo};
 use serde_json::{Map, Value};
 
+use crate::pool::{Growth, Hooks, WorkerPool};
 use crate::runtime::{runtime, RuntimeError};
 
 /// How a node is executed.
@@ -128,10 +129,55 @@ pub struct ExternalCall {
     pub cancel: Arc<AtomicBool>,
 }
 
-/// Executes external nodes; called on a blocking-pool thread.
+/// Executes external nodes; called on a thread of [`ExternalExecutor::pool`].
 pub trait ExternalExecutor: Send + Sync {
     /// Run one attempt; the output must be a JSON object.
     fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure>;
+
+    /// The pool external nodes run on (the Python bridge brings one that enters the
+    /// interpreter once per batch).
+    fn pool(&self) -> WorkerPool {
+        static POOL: OnceLock<WorkerPool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            WorkerPool::new(
+                "dagengine-ext",
+                64,
+                1,
+                Growth::WhenStalled(Duration::from_millis(1)),
+                Hooks::default(),
+            )
+        })
+        .clone()
+    }
+}
+
+/// The pool Lua nodes run on when they do not run inline: Lua is pure CPU work, so one
+/// thread per core.
+fn lua_pool() -> &'static WorkerPool {
+    static POOL: OnceLock<WorkerPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        WorkerPool::new("dagengine-lua", cores, 64, Growth::Eager, Hooks::default())
+    })
+}
+
+/// Run a node's work, turning a panic into a node failure so the run still hears back.
+fn contained<T>(
+    node_id: &str,
+    f: impl FnOnce() -> Result<T, NodeFailure>,
+) -> Result<T, NodeFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(NodeFailure::new(
+            "DagEngineError",
+            format!("node '{node_id}': internal error: {what}"),
+            false,
+        ))
+    })
 }
 
 /// Parameters of one run.
@@ -395,6 +441,9 @@ struct Driver {
 
 const PUBLISH_BATCH: usize = 512;
 
+/// How long the driver polls for a completion before it sleeps on the channel.
+const SPIN: Duration = Duration::from_micros(50);
+
 impl Driver {
     fn new(
         plan: Arc<Plan>,
@@ -494,6 +543,21 @@ impl Driver {
                 continue;
             }
             self.publish();
+            // Work in flight usually answers within microseconds (a chain hands each node
+            // to a pool thread and back): poll briefly before paying for a sleep and wake.
+            let spin_until = Instant::now() + SPIN;
+            let mut polled = None;
+            while sched.running() > 0 && Instant::now() < spin_until {
+                if let Ok(msg) = rx.try_recv() {
+                    polled = Some(msg);
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            if let Some(msg) = polled {
+                self.on_msg(&mut sched, &mut out, msg);
+                continue;
+            }
             let msg = match self.next_wakeup() {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(msg) => Some(msg),
@@ -797,33 +861,20 @@ impl Driver {
             return;
         };
         let plan = self.plan.clone();
-        let job = move || {
-            let result = external.execute(&plan, call).map(|output| ExecOk {
-                output,
-                logs: Vec::new(),
-            });
+        let pool = external.pool();
+        pool.submit(Box::new(move || {
+            let node_id = plan.dag.id(node);
+            let result =
+                contained(node_id, || external.execute(&plan, call)).map(|output| ExecOk {
+                    output,
+                    logs: Vec::new(),
+                });
             let _ = tx.send(Msg::Done {
                 node,
                 attempt,
                 result,
             });
-        };
-        self.spawn(job, node, attempt);
-    }
-
-    fn spawn(&self, job: impl FnOnce() + Send + 'static, node: NodeIdx, attempt: u32) {
-        match runtime() {
-            Ok(rt) => {
-                rt.spawn_blocking(job);
-            }
-            Err(e) => {
-                let _ = self.tx.send(Msg::Done {
-                    node,
-                    attempt,
-                    result: Err(NodeFailure::new("DagEngineError", e.to_string(), false)),
-                });
-            }
-        }
+        }));
     }
 
     fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {
@@ -831,22 +882,23 @@ impl Driver {
         let job_input = self.lua_job(node, attempt);
         let tx = self.tx.clone();
         let plan = self.plan.clone();
-        let job = move || {
-            let result = job_input.execute(&plan, &cancel);
+        lua_pool().submit(Box::new(move || {
+            let result = contained(plan.dag.id(node), || job_input.execute(&plan, &cancel));
             let _ = tx.send(Msg::Done {
                 node,
                 attempt,
                 result,
             });
-        };
-        self.spawn(job, node, attempt);
+        }));
     }
 
     fn run_lua_inline(&mut self, node: NodeIdx, attempt: u32) -> Result<ExecOk, NodeFailure> {
         let job = self.lua_job(node, attempt);
         // Inline, the run-level flag is the one that can change while we are busy here.
         let shared = self.shared.clone();
-        job.execute(&self.plan, &shared.cancel)
+        contained(self.plan.dag.id(node), || {
+            job.execute(&self.plan, &shared.cancel)
+        })
     }
 
     fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
