@@ -5,15 +5,19 @@ Errors raised here are instances of the classes in ``dagengine.exceptions`` (the
 imports that module and maps each Rust error variant to its own class).
 """
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias, final
+
+__all__ = ["CancelToken", "DagRef", "NodeRecords", "RunRef", "__version__", "lua_check"]
 
 __version__: str
 
 #: Signature of the Python trampoline the core calls for every ``python`` node:
 #: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``.
 #: It runs on a core worker thread with the GIL held; an exception fails the node.
-Invoke = Callable[[Any, str, str, int, Mapping[str, Any], dict[str, Any], CancelToken], Any]
+Invoke: TypeAlias = Callable[
+    [Any, str, str, int, Mapping[str, Any], dict[str, Any], CancelToken], Any
+]
 
 @final
 class CancelToken:
@@ -49,7 +53,7 @@ class DagRef:
         reported by :meth:`preprocess`. A Lua syntax error raises ``LuaSyntaxError``.
         """
 
-    def add_nodes_csr(self, ids: Sequence[str], offsets: Sequence[int], parents: Sequence[int]) -> None:
+    def add_nodes_csr(self, ids: list[str], offsets: Sequence[int], parents: Sequence[int]) -> None:
         """Bulk-add no-op nodes: node ``i``'s parents are ``parents[offsets[i]:offsets[i+1]]``
         (indices into ``ids``, counted from the first node of this call);
         ``len(offsets) == len(ids) + 1``."""
@@ -104,9 +108,22 @@ class RunRef:
     def result(self) -> dict[str, Any]:
         """The finished run as a dict: ``run_id``, ``status`` (``succeeded`` | ``failed`` |
         ``cancelled``), ``error`` (``None`` or ``{"type", "message", "node_id"}``),
-        ``duration`` (seconds), ``nodes``: ``{id: {"status", "output", "error", "attempts",
-        "started_at", "finished_at"}}`` where ``error`` is ``None`` or ``{"type", "message",
-        "traceback"}``. Raises ``RuntimeError`` if the run has not finished."""
+        ``duration`` (seconds), ``outputs`` (``{id: output}`` of the succeeded nodes) and
+        ``nodes``, a :class:`NodeRecords` mapping. Raises ``RuntimeError`` if the run has not
+        finished."""
+
+@final
+class NodeRecords:
+    """Read-only mapping of node id to ``{"status", "output", "error", "attempts",
+    "started_at", "finished_at"}`` (``error``: ``None`` or ``{"type", "message",
+    "traceback"}``), each built on access."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: str, /) -> dict[str, Any]: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def keys(self) -> list[str]: ...
+    def items(self) -> list[tuple[str, dict[str, Any]]]: ...
 
 def lua_check(source: str, chunk_name: str | None = None) -> None:
     """Compile ``source`` in text mode; raise ``LuaSyntaxError`` (with ``line``) if invalid."""

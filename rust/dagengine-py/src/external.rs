@@ -56,6 +56,18 @@ impl PyExternal {
     }
 }
 
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Registered with `atexit` by the module: from here on no worker enters the interpreter.
+#[pyfunction]
+pub fn mark_exiting() {
+    EXITING.store(true, Ordering::SeqCst);
+}
+
+fn exiting() -> bool {
+    EXITING.load(Ordering::SeqCst)
+}
+
 /// Threads for Python nodes: enough for I/O-bound nodes to overlap, grown only while
 /// nodes wait; `DAGENGINE_PYTHON_THREADS` overrides it.
 const DEFAULT_PYTHON_THREADS: usize = 32;
@@ -72,9 +84,20 @@ fn python_pool() -> &'static WorkerPool {
         // Register each worker with the interpreter once for its life (detached while it
         // waits), so taking the GIL later is a cheap restore, not a new thread state; hold
         // the GIL for a whole batch, so each node's own `Python::attach` is a no-op.
-        let thread: Context =
-            Arc::new(|life: &mut (dyn FnMut() + Send)| Python::attach(|py| py.detach(&mut *life)));
-        let batch: Context = Arc::new(|turn: &mut (dyn FnMut() + Send)| Python::attach(|_| turn()));
+        let thread: Context = Arc::new(|life: &mut (dyn FnMut() + Send)| {
+            if exiting() {
+                life();
+            } else {
+                Python::attach(|py| py.detach(&mut *life));
+            }
+        });
+        let batch: Context = Arc::new(|turn: &mut (dyn FnMut() + Send)| {
+            if exiting() {
+                turn();
+            } else {
+                Python::attach(|_| turn());
+            }
+        });
         let hooks = Hooks {
             thread: Some(thread),
             batch: Some(batch),
@@ -127,6 +150,14 @@ impl ExternalExecutor for PyExternal {
                 retryable: false,
             });
         };
+        if exiting() {
+            return Err(NodeFailure {
+                kind: "DagEngineError".to_owned(),
+                message: format!("node '{node_id}' not run: the Python interpreter is exiting"),
+                traceback: None,
+                retryable: false,
+            });
+        }
         Python::attach(|py| {
             let invoke_call = || -> PyResult<Bound<'_, PyAny>> {
                 let results = PyDict::new(py);

@@ -15,7 +15,7 @@ use dagengine_lua::{LuaLimits, LuaScript};
 use dagengine_server::{
     start_run, EventDetail, NodeKind, NodeSpec, Plan, RunConfig, RunEvent, RunHandle,
 };
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -437,26 +437,93 @@ impl RunRef {
             None => d.set_item("error", py.None())?,
         }
         d.set_item("duration", outcome.duration.as_secs_f64())?;
-        let nodes = PyDict::new(py);
+        let outputs = PyDict::new(py);
         let dag = self.plan.dag();
         for (i, rec) in outcome.nodes.iter().enumerate() {
-            let n = PyDict::new(py);
-            n.set_item("status", rec.status.as_str())?;
-            match &rec.output {
-                Some(v) => n.set_item("output", pythonize(py, v.as_ref())?)?,
-                None => n.set_item("output", py.None())?,
+            if let Some(v) = &rec.output {
+                outputs.set_item(dag.id(i as u32), pythonize(py, v.as_ref())?)?;
             }
-            match &rec.error {
-                Some(f) => n.set_item("error", failure_dict(py, f)?)?,
-                None => n.set_item("error", py.None())?,
-            }
-            n.set_item("attempts", rec.attempts)?;
-            n.set_item("started_at", rec.started_at)?;
-            n.set_item("finished_at", rec.finished_at)?;
-            nodes.set_item(dag.id(i as u32), n)?;
         }
-        d.set_item("nodes", nodes)?;
+        d.set_item("outputs", outputs)?;
+        let nodes = NodeRecords {
+            outcome,
+            plan: self.plan.clone(),
+        };
+        d.set_item("nodes", Bound::new(py, nodes)?)?;
         Ok(d)
+    }
+}
+
+/// The per-node records of a finished run, as a read-only mapping of node id to a dict
+/// (`status`, `output`, `error`, `attempts`, `started_at`, `finished_at`) built on access:
+/// most callers read a few nodes of a large run, and building every record up front would
+/// cost more than the run itself.
+#[pyclass(module = "dagengine._core", frozen, mapping)]
+pub struct NodeRecords {
+    outcome: Arc<dagengine_server::RunOutcome>,
+    plan: Arc<Plan>,
+}
+
+impl NodeRecords {
+    fn record<'py>(&self, py: Python<'py>, idx: u32) -> PyResult<Bound<'py, PyDict>> {
+        let rec = &self.outcome.nodes[idx as usize];
+        let n = PyDict::new(py);
+        n.set_item("status", rec.status.as_str())?;
+        match &rec.output {
+            Some(v) => n.set_item("output", pythonize(py, v.as_ref())?)?,
+            None => n.set_item("output", py.None())?,
+        }
+        match &rec.error {
+            Some(f) => n.set_item("error", failure_dict(py, f)?)?,
+            None => n.set_item("error", py.None())?,
+        }
+        n.set_item("attempts", rec.attempts)?;
+        n.set_item("started_at", rec.started_at)?;
+        n.set_item("finished_at", rec.finished_at)?;
+        Ok(n)
+    }
+
+    fn index(&self, node_id: &str) -> PyResult<u32> {
+        self.plan
+            .dag()
+            .index_of(node_id)
+            .ok_or_else(|| PyKeyError::new_err(node_id.to_owned()))
+    }
+}
+
+#[pymethods]
+impl NodeRecords {
+    fn __len__(&self) -> usize {
+        self.outcome.nodes.len()
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, node_id: &str) -> PyResult<Bound<'py, PyDict>> {
+        let idx = self.index(node_id)?;
+        self.record(py, idx)
+    }
+
+    fn __contains__(&self, node_id: &Bound<'_, PyAny>) -> bool {
+        node_id
+            .extract::<&str>()
+            .is_ok_and(|id| self.plan.dag().index_of(id).is_some())
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.keys(py).into_any().try_iter().map(Bound::into_any)
+    }
+
+    /// Node ids in index order.
+    fn keys<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
+        PyList::new(py, self.plan.dag().ids()).expect("list of str")
+    }
+
+    /// `(node id, record)` pairs in index order (builds every record).
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for (i, id) in self.plan.dag().ids().enumerate() {
+            list.append((id, self.record(py, i as u32)?))?;
+        }
+        Ok(list)
     }
 }
 
@@ -476,6 +543,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DagRef>()?;
     m.add_class::<RunRef>()?;
     m.add_class::<CancelToken>()?;
+    m.add_class::<NodeRecords>()?;
     m.add_function(wrap_pyfunction!(lua_check, m)?)?;
+    // After this runs, worker threads stop entering the interpreter: a thread that takes
+    // the GIL while Python finalizes is terminated with pthread_exit, which aborts the
+    // process when it unwinds through Rust frames.
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (wrap_pyfunction!(external::mark_exiting, m)?,))?;
     Ok(())
 }

@@ -76,6 +76,8 @@ struct Inner {
     stalled: Condvar,
     /// Mirror of `queue.len()`, read without the lock by spinning workers.
     queued: AtomicUsize,
+    /// Workers polling `queued` before they sleep: they need no wake-up.
+    spinning: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -88,6 +90,8 @@ struct State {
     /// When a worker last took a job from the queue.
     last_take: Option<Instant>,
     watcher: bool,
+    /// The watcher sleeps until jobs queue up (rather than checking on a timer).
+    watcher_parked: bool,
 }
 
 impl Inner {
@@ -113,6 +117,7 @@ impl WorkerPool {
                 work: Condvar::new(),
                 stalled: Condvar::new(),
                 queued: AtomicUsize::new(0),
+                spinning: AtomicUsize::new(0),
             }),
         }
     }
@@ -131,6 +136,9 @@ impl WorkerPool {
     }
 
     fn wake_or_grow(inner: &Arc<Inner>, st: &mut State) {
+        if inner.spinning.load(Ordering::Acquire) > 0 {
+            return;
+        }
         if st.idle > 0 {
             inner.work.notify_one();
             return;
@@ -138,7 +146,9 @@ impl WorkerPool {
         match inner.growth {
             Growth::WhenStalled(_) if st.threads > 0 => {
                 if st.watcher {
-                    inner.stalled.notify_one();
+                    if st.watcher_parked {
+                        inner.stalled.notify_one();
+                    }
                 } else {
                     let watcher = inner.clone();
                     let spawned = std::thread::Builder::new()
@@ -185,10 +195,13 @@ fn watch(inner: &Arc<Inner>) {
     let mut st = inner.lock();
     loop {
         st = if st.queue.is_empty() {
-            inner
+            st.watcher_parked = true;
+            let mut st = inner
                 .stalled
                 .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.watcher_parked = false;
+            st
         } else {
             inner
                 .stalled
@@ -220,9 +233,11 @@ fn worker_loop(inner: &Arc<Inner>) {
         // Poll briefly before sleeping: the next job of a chain is usually microseconds
         // away, and a condvar sleep/wake costs more than that.
         let spin_until = Instant::now() + SPIN;
+        inner.spinning.fetch_add(1, Ordering::AcqRel);
         while inner.queued.load(Ordering::Acquire) == 0 && Instant::now() < spin_until {
             std::thread::yield_now();
         }
+        inner.spinning.fetch_sub(1, Ordering::AcqRel);
         let first = {
             let mut st = inner.lock();
             loop {

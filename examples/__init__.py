@@ -1,0 +1,1 @@
+"""Example workflows and the Python tasks they import (``python: examples.tasks:...``)."""

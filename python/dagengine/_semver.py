@@ -1,0 +1,203 @@
+"""Semantic versions (semver.org 2.0) and npm-style version ranges.
+
+Used to validate ``version:`` and ``workflow: child@range`` in specs; the orchestrator's
+registry resolves sub-workflow references with :meth:`VersionRange.matches`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+__all__ = ["Version", "VersionRange"]
+
+_NUM = r"0|[1-9]\d*"
+_PRE_ID = r"(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
+_VERSION = re.compile(
+    rf"(?P<major>{_NUM})\.(?P<minor>{_NUM})\.(?P<patch>{_NUM})"
+    rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?"
+    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+)
+# A version in a range may be partial ("1", "1.4") or use x/* wildcards ("1.x").
+_PARTIAL = re.compile(
+    rf"(?P<major>{_NUM}|[xX*])(?:\.(?P<minor>{_NUM}|[xX*])(?:\.(?P<patch>{_NUM}|[xX*])"
+    rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?)?)?"
+)
+_COMPARATOR = re.compile(r"(?P<op>\^|~|>=|<=|>|<|=)?\s*(?P<ver>\S+)")
+
+
+@functools.total_ordering
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A semantic version; ordering follows semver precedence (build metadata ignored)."""
+
+    major: int
+    minor: int
+    patch: int
+    prerelease: tuple[str, ...] = ()
+    build: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        """Parse ``MAJOR.MINOR.PATCH[-pre][+build]``; ``ValueError`` naming the text if not."""
+        match = _VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(
+                f"invalid version {text!r}: expected semver MAJOR.MINOR.PATCH[-pre][+build], "
+                "e.g. '1.2.0'"
+            )
+        pre = match.group("pre")
+        return cls(
+            int(match.group("major")),
+            int(match.group("minor")),
+            int(match.group("patch")),
+            tuple(pre.split(".")) if pre else (),
+            match.group("build") or "",
+        )
+
+    def _key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
+        # A release sorts after its pre-releases; numeric identifiers sort before alphanumeric.
+        pre = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.prerelease)
+        return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
+        return self._key() < other._key()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        text = f"{self.major}.{self.minor}.{self.patch}"
+        if self.prerelease:
+            text += "-" + ".".join(self.prerelease)
+        if self.build:
+            text += "+" + self.build
+        return text
+
+
+# A comparator is (op, version) with op in <, <=, >, >=, =.
+_Comparator = tuple[str, Version]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRange:
+    """An npm-style range: ``*``, ``1.2.3``, ``1.4`` (= 1.4.x), ``^1.4``, ``~1.4.2``,
+    ``>=1.2,<2`` (comma or space means AND), ``^1 || ^2`` (OR). ``text`` keeps the original.
+
+    As in npm, a pre-release version only matches a comparator set that names a pre-release
+    of the same ``major.minor.patch``.
+    """
+
+    text: str
+    alternatives: tuple[tuple[_Comparator, ...], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> VersionRange:
+        """Parse a range; ``ValueError`` naming the range and the bad part if invalid."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"invalid version range {text!r}: empty")
+        alternatives = []
+        for alt in text.split("||"):
+            parts = [p for p in re.split(r"[,\s]+", alt.strip()) if p]
+            # Join "op version" written with a space (">= 1.2") back into one comparator.
+            joined: list[str] = []
+            for part in parts:
+                if joined and joined[-1] in ("^", "~", ">=", "<=", ">", "<", "="):
+                    joined[-1] += part
+                else:
+                    joined.append(part)
+            if not joined:
+                raise ValueError(f"invalid version range {text!r}: empty alternative")
+            comparators: list[_Comparator] = []
+            for part in joined:
+                comparators.extend(_parse_comparator(part, text))
+            alternatives.append(tuple(comparators))
+        return cls(text.strip(), tuple(alternatives))
+
+    def matches(self, version: Version | str) -> bool:
+        """True if ``version`` satisfies the range."""
+        ver = Version.parse(version) if isinstance(version, str) else version
+        return any(_satisfies(ver, comps) for comps in self.alternatives)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _satisfies(ver: Version, comps: tuple[_Comparator, ...]) -> bool:
+    for op, bound in comps:
+        if op == "<" and not ver < bound:
+            return False
+        if op == "<=" and not ver <= bound:
+            return False
+        if op == ">" and not ver > bound:
+            return False
+        if op == ">=" and not ver >= bound:
+            return False
+        if op == "=" and ver != bound:
+            return False
+    if ver.prerelease:
+        same = (ver.major, ver.minor, ver.patch)
+        return any(b.prerelease and (b.major, b.minor, b.patch) == same for _, b in comps)
+    return True
+
+
+def _parse_comparator(part: str, whole: str) -> list[_Comparator]:
+    match = _COMPARATOR.fullmatch(part)
+    partial = _PARTIAL.fullmatch(match.group("ver")) if match else None
+    if match is None or partial is None:
+        raise ValueError(
+            f"invalid version range {whole!r}: cannot parse {part!r} "
+            "(expected e.g. '^1.4', '~1.4.2', '>=1.2,<2', '1.2.3' or '*')"
+        )
+    op = match.group("op") or "="
+    raw = [partial.group("major"), partial.group("minor"), partial.group("patch")]
+    nums: list[int] = []
+    for piece in raw:
+        if piece is None or piece in ("x", "X", "*"):
+            break
+        nums.append(int(piece))
+    pre_text = partial.group("pre")
+    pre = tuple(pre_text.split(".")) if pre_text else ()
+    if len(nums) == 0:
+        if op in ("=", ">=", "^", "~", "<="):
+            return []  # "*", ">=*": anything
+        raise ValueError(f"invalid version range {whole!r}: {part!r} matches nothing")
+    major = nums[0]
+    minor = nums[1] if len(nums) > 1 else 0
+    patch = nums[2] if len(nums) > 2 else 0
+    low = Version(major, minor, patch, pre)
+    exact = len(nums) == 3
+
+    def upper(level: int) -> Version:
+        # The first version past the given precision: level 0 bumps major, 1 minor, 2 patch.
+        if level == 0:
+            return Version(major + 1, 0, 0, ("0",))
+        if level == 1:
+            return Version(major, minor + 1, 0, ("0",))
+        return Version(major, minor, patch + 1, ("0",))
+
+    if op == "^":
+        # Caret: compatible within the left-most non-zero component.
+        if major != 0 or len(nums) == 1:
+            return [(">=", low), ("<", upper(0))]
+        if minor != 0 or len(nums) == 2:
+            return [(">=", low), ("<", upper(1))]
+        return [(">=", low), ("<", upper(2))]
+    if op == "~":
+        return [(">=", low), ("<", upper(1 if len(nums) >= 2 else 0))]
+    if op == "=":
+        return [("=", low)] if exact else [(">=", low), ("<", upper(len(nums) - 1))]
+    if op == ">":
+        return [(">", low)] if exact else [(">=", upper(len(nums) - 1))]
+    if op == "<=":
+        return [("<=", low)] if exact else [("<", upper(len(nums) - 1))]
+    # "<" and ">=" mean the same whether the version is partial or not.
+    return [(op, low)]

@@ -1,0 +1,443 @@
+"""The ``dagengine`` command line: ``run``, ``validate`` and ``graph`` a workflow spec.
+
+Exit codes: 0 success, 1 the run failed or was cancelled, 2 bad input (invalid spec, missing
+file, bad arguments) — reported as one line on stderr, ``dagengine: error: <message>``, never a
+traceback. Subcommands are entries of :data:`COMMANDS`, so more (``engine``, ``serve``,
+``submit``) plug in without touching :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from dagengine._units import parse_duration
+from dagengine.exceptions import DagEngineError
+from dagengine.results import NodeEvent, NodeStatus, RunResult, RunStatus
+from dagengine.spec import load_workflow
+from dagengine.workflow import DAG, LocalRun
+
+__all__ = ["COMMANDS", "Command", "main"]
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+_PROG = "dagengine"
+
+
+class BadInput(Exception):
+    """A user error found by the CLI itself (bad ``--input``, unreadable ``@file``)."""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports usage errors as one line (argparse prints the whole usage block) by raising
+    instead of exiting, so :func:`main` returns the exit code rather than calling exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``configure`` adds its arguments, ``handler`` runs it and returns the exit
+    code."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+# --- argument types -----------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        # A bare number on the command line means seconds, as in specs.
+        value: object = float(text)
+    except ValueError:
+        value = text
+    try:
+        seconds = parse_duration(value)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    return seconds
+
+
+def parse_input_value(text: str) -> Any:
+    """A ``--input`` value: JSON when it parses as JSON (``3``, ``true``, ``[1, 2]``), else the
+    string itself (``hello``)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any]:
+    """Build the run's inputs: ``--inputs-json`` (JSON object, or ``@file``) first, then each
+    ``--input NAME=VALUE`` on top."""
+    inputs: dict[str, Any] = {}
+    if inputs_json is not None:
+        text = inputs_json
+        if text.startswith("@"):
+            try:
+                text = Path(text[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise BadInput(f"--inputs-json {inputs_json}: {exc.strerror or exc}") from None
+        try:
+            loaded = json.loads(text)
+        except ValueError as exc:
+            raise BadInput(f"--inputs-json: invalid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise BadInput(f"--inputs-json: expected a JSON object, got {type(loaded).__name__}")
+        inputs.update(loaded)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise BadInput(f"bad --input {pair!r}: expected NAME=VALUE")
+        inputs[name.strip()] = parse_input_value(value)
+    return inputs
+
+
+# --- output -------------------------------------------------------------------------------------
+
+_STATUS_STYLE = {
+    "pending": "dim",
+    "running": "yellow",
+    "retrying": "magenta",
+    "succeeded": "green",
+    "failed": "bold red",
+    "skipped": "dim",
+    "cancelled": "bright_black",
+}
+
+_EVENT_STATUS = {
+    "node_started": NodeStatus.RUNNING,
+    "node_succeeded": NodeStatus.SUCCEEDED,
+    "node_failed": NodeStatus.FAILED,
+    "node_retrying": NodeStatus.RETRYING,
+    "node_skipped": NodeStatus.SKIPPED,
+    "node_cancelled": NodeStatus.CANCELLED,
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Progress:
+    """Node states while a run goes on: a live table on a terminal, one line per event
+    otherwise (logs, CI)."""
+
+    def __init__(self, dag: DAG, out: TextIO) -> None:
+        from rich.console import Console
+
+        self.console = Console(file=out, highlight=False)
+        self.states: dict[str, tuple[NodeStatus, int]] = {
+            node_id: (NodeStatus.PENDING, 0) for node_id in dag.nodes
+        }
+        self.started = time.monotonic()
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(box=None, show_header=False, pad_edge=False)
+        table.add_column("node")
+        table.add_column("status")
+        table.add_column("attempt", justify="right")
+        for node_id, (status, attempt) in self.states.items():
+            style = _STATUS_STYLE[status.value]
+            table.add_row(node_id, f"[{style}]{status.value}[/]", str(attempt) if attempt else "")
+        elapsed = time.monotonic() - self.started
+        table.caption = f"{elapsed:.1f}s"
+        return table
+
+    def apply(self, event: NodeEvent) -> None:
+        status = _EVENT_STATUS.get(event.kind)
+        if status is not None and event.node_id is not None:
+            self.states[event.node_id] = (status, event.attempt)
+
+    def line(self, event: NodeEvent) -> str:
+        elapsed = time.monotonic() - self.started
+        text = f"{elapsed:8.3f}s {event.kind:<15}"
+        if event.node_id is not None:
+            text += f" {event.node_id}"
+        if event.attempt > 1:
+            text += f" (attempt {event.attempt})"
+        detail = event.detail or {}
+        if event.error is not None:
+            text += f": {_one_line(str(event.error))}"
+        if "delay" in detail:
+            text += f", retrying in {detail['delay']:.3g}s"
+        if "message" in detail:
+            text += f": {_one_line(str(detail['message']))}"
+        if "status" in detail:
+            text += f": {detail['status']}"
+        return text
+
+    def follow(self, handle: LocalRun) -> None:
+        if not self.console.is_terminal:
+            for event in handle.events():
+                self.apply(event)
+                self.console.print(self.line(event), markup=False)
+            return
+        from rich.live import Live
+
+        # Transient: the result table printed next replaces the live view.
+        with Live(
+            self.render(), console=self.console, refresh_per_second=10, transient=True
+        ) as live:
+            for event in handle.events():
+                self.apply(event)
+                if event.kind == "node_log":
+                    live.console.print(self.line(event), markup=False)
+                live.update(self.render())
+
+
+def _print_result(result: RunResult, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, highlight=False)
+    table = Table(title=f"run {result.run_id}", title_justify="left")
+    table.add_column("node")
+    table.add_column("status")
+    table.add_column("attempts", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("output / error", overflow="fold")
+    for node_id, node in result.node_results.items():
+        style = _STATUS_STYLE[node.status.value]
+        duration = node.duration
+        if node.error is not None:
+            detail = f"[red]{_escape(_one_line(str(node.error)))}[/]"
+        elif node.status is NodeStatus.SUCCEEDED:
+            detail = _escape(_short(node.output if node.output is not None else {}))
+        else:
+            detail = ""
+        table.add_row(
+            _escape(node_id),
+            f"[{style}]{node.status.value}[/]",
+            str(node.attempts),
+            f"{duration:.3f}s" if duration is not None else "",
+            detail,
+        )
+    console.print(table)
+    style = _STATUS_STYLE[result.status.value]
+    console.print(f"[{style}]{result.status.value}[/] in {result.duration:.3f}s")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _error(message: str) -> None:
+    print(f"{_PROG}: error: {_one_line(message)}", file=sys.stderr)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _load(path: str) -> DAG:
+    return load_workflow(path)
+
+
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="workflow spec (.yaml, .yml or .json)")
+    parser.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a run input; VALUE is parsed as JSON when it is valid JSON, else taken as a string",
+    )
+    parser.add_argument(
+        "--inputs-json",
+        metavar="JSON|@FILE",
+        help="run inputs as a JSON object, or @path to a JSON file (--input overrides)",
+    )
+    parser.add_argument("--json", action="store_true", help="print only the result as JSON")
+    parser.add_argument(
+        "--max-parallel", type=_positive_int, metavar="N", help="run at most N nodes at once"
+    )
+    parser.add_argument(
+        "--fail-fast", action="store_true", help="cancel the rest of the run at the first failure"
+    )
+    parser.add_argument(
+        "--timeout", type=_duration, metavar="DUR", help="run timeout: 30, 500ms, 10s, 1m30s, 2h"
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    inputs = parse_inputs(args.input, args.inputs_json)
+    dag = _load(args.file)
+    handle = dag.start(
+        inputs,
+        max_parallel=args.max_parallel,
+        fail_fast=True if args.fail_fast else None,
+        timeout=args.timeout,
+        events=not args.json,
+    )
+    try:
+        if args.json:
+            result = handle.wait()
+        else:
+            _Progress(dag, sys.stdout).follow(handle)
+            result = handle.wait()
+    except KeyboardInterrupt:
+        handle.cancel()
+        result = handle.wait()
+        print(f"{_PROG}: interrupted: run {result.run_id} cancelled", file=sys.stderr)
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=2, ensure_ascii=False, default=str)
+        sys.stdout.write("\n")
+    else:
+        _print_result(result, sys.stdout)
+        if result.status is not RunStatus.SUCCEEDED:
+            reason = str(result.error) if result.error is not None else result.status.value
+            node_id = result.error.node_id if result.error is not None else None
+            where = f" at node {node_id!r}" if node_id else ""
+            print(
+                f"{_PROG}: run {result.status.value}{where}: {_one_line(reason)}",
+                file=sys.stderr,
+            )
+    return EXIT_OK if result.ok else EXIT_RUN_FAILED
+
+
+def _configure_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="workflow spec (.yaml, .yml or .json)")
+
+
+def _summary(dag: DAG) -> str:
+    version = dag.version or "(unversioned)"
+    return (
+        f"{dag.id} {version}: {len(dag)} nodes, {dag.edge_count} edges, {len(dag.levels())} levels"
+    )
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    dag = _load(args.file)
+    print(f"ok: {_summary(dag)}")
+    return EXIT_OK
+
+
+def _configure_graph(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="workflow spec (.yaml, .yml or .json)")
+    parser.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of levels")
+
+
+def _dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(dag: DAG) -> str:
+    """The graph in Graphviz DOT: one node per DAG node labelled with its executor kind, one
+    edge per dependency (parent -> child)."""
+    lines = [f"digraph {_dot_id(dag.id or 'workflow')} {{", "  rankdir=LR;"]
+    for node in dag.nodes.values():
+        label = f"{node.id}\\n{node.kind}"
+        escaped = label.replace('"', '\\"')
+        lines.append(f'  {_dot_id(node.id)} [label="{escaped}"];')
+    for node in dag.nodes.values():
+        for dep in node.deps:
+            lines.append(f"  {_dot_id(dep)} -> {_dot_id(node.id)};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    dag = _load(args.file)
+    if args.dot:
+        print(to_dot(dag))
+        return EXIT_OK
+    print(_summary(dag))
+    for depth, level in enumerate(dag.levels()):
+        print(f"level {depth}: {', '.join(level)}")
+    return EXIT_OK
+
+
+#: The subcommands, by name. Later components add ``engine``, ``serve`` and ``submit`` here.
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command("run", "run a workflow and show its progress and result", _configure_run, _cmd_run),
+        Command("validate", "check a workflow spec", _configure_validate, _cmd_validate),
+        Command("graph", "show a workflow's levels, or DOT", _configure_graph, _cmd_graph),
+    )
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every command of :data:`COMMANDS`."""
+    from dagengine import __version__
+
+    parser = _Parser(prog=_PROG, description="Run and inspect dagengine workflows.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS.values():
+        child = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(child)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    # Specs name Python code by import path relative to where the command runs
+    # (`python: mypkg.tasks:fn`), as `python -m` would.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return COMMANDS[args.command].handler(args)
+    except (DagEngineError, BadInput) as exc:
+        _error(str(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_RUN_FAILED
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

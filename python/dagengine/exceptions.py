@@ -1,0 +1,299 @@
+"""The exception hierarchy of dagengine, rooted at :class:`DagEngineError`.
+
+Every class is constructed as ``Class(message, **attrs)``: the message is positional and every
+structured attribute is keyword-only and optional (``None`` by default). The native core relies
+on that form to raise these classes by name, and :func:`error_from_info` relies on it to turn a
+recorded node error back into an exception.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dagengine.results import ErrorInfo, RunResult
+
+__all__ = [
+    "ERROR_TYPES",
+    "CycleError",
+    "DagEngineError",
+    "DuplicateNodeError",
+    "EngineRuntimeError",
+    "ImportPathError",
+    "LuaBadReturn",
+    "LuaConversionError",
+    "LuaError",
+    "LuaInstructionLimit",
+    "LuaMemoryLimit",
+    "LuaRuntimeError",
+    "LuaSyntaxError",
+    "LuaTimeout",
+    "NodeError",
+    "NodeTimeout",
+    "RunCancelled",
+    "RunFailed",
+    "RunTimeout",
+    "SelfDependencyError",
+    "SpecError",
+    "SubWorkflowError",
+    "UnknownDependencyError",
+    "ValidationError",
+    "error_from_info",
+]
+
+
+class DagEngineError(Exception):
+    """Base class of every error dagengine raises on purpose."""
+
+    def __init__(self, message: str = "", /) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- validation: the workflow is wrong, nothing has run -------------------------------------
+
+
+class ValidationError(DagEngineError, ValueError):
+    """The workflow definition is invalid; raised before anything runs."""
+
+
+class CycleError(ValidationError):
+    """The graph has a cycle. ``cycle`` is its path, first id repeated last
+    (``["a", "b", "c", "a"]`` for ``a -> b -> c -> a``)."""
+
+    def __init__(self, message: str = "", /, *, cycle: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.cycle = cycle
+
+
+class UnknownDependencyError(ValidationError):
+    """Node ``node_id`` depends on ``dependency``, which is not a node of the graph."""
+
+    def __init__(
+        self, message: str = "", /, *, node_id: str | None = None, dependency: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.dependency = dependency
+
+
+class DuplicateNodeError(ValidationError):
+    """Two nodes share the id ``node_id``."""
+
+    def __init__(self, message: str = "", /, *, node_id: str | None = None) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+
+
+class SelfDependencyError(ValidationError):
+    """Node ``node_id`` lists itself as a dependency."""
+
+    def __init__(self, message: str = "", /, *, node_id: str | None = None) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+
+
+class SpecError(ValidationError):
+    """A field of a workflow spec (or of a ``Node``/``DAG`` argument) is invalid.
+
+    ``path`` locates the field, e.g. ``nodes[2].timeout``; ``None`` for the whole document.
+    """
+
+    def __init__(self, message: str = "", /, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ImportPathError(ValidationError):
+    """The ``python:`` import path ``path`` of node ``node_id`` does not resolve."""
+
+    def __init__(
+        self, message: str = "", /, *, node_id: str | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.path = path
+
+
+# --- Lua --------------------------------------------------------------------------------------
+
+
+class LuaError(DagEngineError):
+    """A Lua script failed. ``node_id`` and ``line`` are set when known."""
+
+    def __init__(
+        self, message: str = "", /, *, node_id: str | None = None, line: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.line = line
+
+
+class LuaSyntaxError(LuaError, ValidationError):
+    """A Lua script does not compile; reported when the workflow is loaded."""
+
+
+class LuaRuntimeError(LuaError):
+    """A Lua script raised an error while running."""
+
+
+class LuaInstructionLimit(LuaError):
+    """A Lua script executed more instructions than its limit allows."""
+
+
+class LuaMemoryLimit(LuaError):
+    """A Lua script allocated more memory than its limit allows."""
+
+
+class LuaTimeout(LuaError):
+    """A Lua script ran past its node's wall-clock timeout."""
+
+
+class LuaBadReturn(LuaError):
+    """A Lua script returned something other than a table or nothing."""
+
+
+class LuaConversionError(LuaError):
+    """A value could not be converted between Lua and the engine's JSON-like values."""
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+class NodeError(DagEngineError):
+    """A node failed: ``error_type`` is the original exception's class name (``"ValueError"``,
+    ``"LuaTimeout"``), ``traceback`` its formatted traceback when there is one."""
+
+    def __init__(
+        self,
+        message: str = "",
+        /,
+        *,
+        node_id: str | None = None,
+        error_type: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.error_type = error_type
+        self.traceback = traceback
+
+
+class NodeTimeout(NodeError):
+    """A node ran past its ``timeout`` (seconds)."""
+
+    def __init__(
+        self,
+        message: str = "",
+        /,
+        *,
+        node_id: str | None = None,
+        error_type: str | None = None,
+        traceback: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(message, node_id=node_id, error_type=error_type, traceback=traceback)
+        self.timeout = timeout
+
+
+class SubWorkflowError(DagEngineError):
+    """A sub-workflow node could not run its child workflow (e.g. no orchestrator to resolve
+    the reference); ``node_id`` is the node, ``reference`` is ``child@range``."""
+
+    def __init__(
+        self, message: str = "", /, *, node_id: str | None = None, reference: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.reference = reference
+
+
+class RunFailed(DagEngineError):
+    """A run ended ``failed``; ``result`` is its :class:`~dagengine.RunResult`."""
+
+    def __init__(self, message: str = "", /, *, result: RunResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class RunTimeout(RunFailed):
+    """A run ran past its ``timeout``: the rest was cancelled and the run ended ``failed``."""
+
+
+class RunCancelled(DagEngineError):
+    """A run was cancelled; ``result`` is its :class:`~dagengine.RunResult`."""
+
+    def __init__(self, message: str = "", /, *, result: RunResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class EngineRuntimeError(DagEngineError):
+    """The engine's runtime cannot run here: it failed to start, or the process was forked
+    after it started (start engine processes with ``subprocess``/spawn instead)."""
+
+
+#: Every exception class above, by class name, so a recorded node error
+#: (``{"type": "LuaTimeout", ...}``) can be turned back into an exception.
+ERROR_TYPES: dict[str, type[DagEngineError]] = {
+    cls.__name__: cls
+    for cls in (
+        DagEngineError,
+        ValidationError,
+        CycleError,
+        UnknownDependencyError,
+        DuplicateNodeError,
+        SelfDependencyError,
+        SpecError,
+        ImportPathError,
+        LuaError,
+        LuaSyntaxError,
+        LuaRuntimeError,
+        LuaInstructionLimit,
+        LuaMemoryLimit,
+        LuaTimeout,
+        LuaBadReturn,
+        LuaConversionError,
+        NodeError,
+        NodeTimeout,
+        SubWorkflowError,
+        RunFailed,
+        RunTimeout,
+        RunCancelled,
+        EngineRuntimeError,
+    )
+}
+
+
+# Classes (besides NodeError) whose constructor takes ``node_id``.
+_HAS_NODE_ID = (
+    LuaError,
+    SubWorkflowError,
+    DuplicateNodeError,
+    SelfDependencyError,
+    UnknownDependencyError,
+    ImportPathError,
+)
+
+
+def error_from_info(info: ErrorInfo, *, node_id: str | None = None) -> DagEngineError:
+    """Turn a recorded error into an exception instance.
+
+    A dagengine type (``LuaTimeout``, ``NodeTimeout``...) becomes its own class; anything else
+    (a user function's ``ValueError``) becomes a :class:`NodeError` whose ``error_type`` keeps
+    the original name, since the original class may not be importable here.
+    """
+    node = node_id if node_id is not None else info.node_id
+    cls = ERROR_TYPES.get(info.type)
+    kwargs: dict[str, Any] = {}
+    if cls is not None and issubclass(cls, NodeError):
+        kwargs = {"node_id": node, "error_type": info.type, "traceback": info.traceback}
+    elif cls is not None and issubclass(cls, _HAS_NODE_ID):
+        kwargs = {"node_id": node}
+    elif cls is None:
+        cls = NodeError
+        kwargs = {"node_id": node, "error_type": info.type, "traceback": info.traceback}
+    return cls(info.message, **kwargs)

@@ -1,0 +1,281 @@
+"""What a run produces: per-node results, the run result, and the events emitted meanwhile.
+
+These are plain frozen dataclasses built from the dicts and tuples the native core returns
+(``RunRef.result()`` and ``RunRef.next_events()``), so they can be pickled, compared and turned
+into JSON with :meth:`RunResult.to_dict`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagengine.exceptions import RunCancelled, RunFailed, RunTimeout
+
+__all__ = ["ErrorInfo", "NodeEvent", "NodeResult", "NodeStatus", "RunResult", "RunStatus"]
+
+
+class NodeStatus(str, enum.Enum):
+    """State of one node in a run."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def finished(self) -> bool:
+        """True for the states a node does not leave."""
+        return self in _FINISHED_NODE_STATES
+
+
+_FINISHED_NODE_STATES = frozenset(
+    {NodeStatus.SUCCEEDED, NodeStatus.FAILED, NodeStatus.SKIPPED, NodeStatus.CANCELLED}
+)
+
+
+class RunStatus(str, enum.Enum):
+    """How a finished run ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A recorded error: the exception's class name, its message and, for Python nodes, the
+    formatted traceback. ``node_id`` is set on a run's error (which node caused it)."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    node_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorInfo:
+        """Build from the core's ``{"type", "message", "traceback"?, "node_id"?}`` dict."""
+        return cls(
+            type=str(data.get("type", "Error")),
+            message=str(data.get("message", "")),
+            traceback=data.get("traceback"),
+            node_id=data.get("node_id"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``traceback`` and ``node_id`` only when set."""
+        out: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.traceback is not None:
+            out["traceback"] = self.traceback
+        if self.node_id is not None:
+            out["node_id"] = self.node_id
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResult:
+    """The outcome of one node: ``output`` is set when it succeeded, ``error`` when it failed
+    (or was cancelled with a reason); times are unix timestamps, ``None`` if it never ran."""
+
+    node_id: str
+    status: NodeStatus
+    output: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from first start to finish, or ``None`` if the node never ran."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @classmethod
+    def from_dict(cls, node_id: str, data: Mapping[str, Any]) -> NodeResult:
+        """Build from one entry of the core's ``nodes`` dict."""
+        error = data.get("error")
+        return cls(
+            node_id=node_id,
+            status=NodeStatus(data["status"]),
+            output=data.get("output"),
+            error=ErrorInfo.from_dict(error) if error is not None else None,
+            attempts=int(data.get("attempts", 0)),
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict in the core's shape (without ``node_id``, which is the key)."""
+        return {
+            "status": self.status.value,
+            "output": self.output,
+            "error": self.error.to_dict() if self.error is not None else None,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The result of a finished run.
+
+    ``outputs`` maps each succeeded node's id to its output; ``node_results`` has every node.
+    ``error`` says why a run failed or was cancelled (``node_id`` names the node at fault, when
+    one is). ``duration`` is in seconds.
+    """
+
+    run_id: str
+    status: RunStatus
+    outputs: dict[str, Any] = field(default_factory=dict)
+    node_results: Mapping[str, NodeResult] = field(default_factory=dict)
+    error: ErrorInfo | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the run succeeded."""
+        return self.status is RunStatus.SUCCEEDED
+
+    def raise_for_status(self) -> RunResult:
+        """Raise :class:`RunFailed` (:class:`RunTimeout` when the run timed out) or
+        :class:`RunCancelled` unless the run succeeded; return ``self`` so it chains
+        (``dag.run(...).raise_for_status().outputs``)."""
+        if self.status is RunStatus.SUCCEEDED:
+            return self
+        reason = f": {self.error}" if self.error is not None else ""
+        where = f" (node {self.error.node_id!r})" if self.error and self.error.node_id else ""
+        if self.status is RunStatus.CANCELLED:
+            raise RunCancelled(f"run {self.run_id} was cancelled{where}{reason}", result=self)
+        if self.error is not None and self.error.type == "RunTimeout":
+            raise RunTimeout(f"run {self.run_id} timed out{reason}", result=self)
+        raise RunFailed(f"run {self.run_id} failed{where}{reason}", result=self)
+
+    def nodes_with_status(self, status: NodeStatus | str) -> list[str]:
+        """Ids of the nodes that ended in ``status``, in the core's node order."""
+        wanted = NodeStatus(status)
+        return [nid for nid, res in self.node_results.items() if res.status is wanted]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
+        """Build from ``RunRef.result()`` (or from :meth:`to_dict`'s output)."""
+        raw: Mapping[str, Mapping[str, Any]] = data.get("nodes", {})
+        if "outputs" in data:
+            outputs = dict(data["outputs"])
+        else:
+            outputs = {
+                nid: entry["output"] if entry.get("output") is not None else {}
+                for nid, entry in raw.items()
+                if entry["status"] == "succeeded"
+            }
+        error = data.get("error")
+        return cls(
+            run_id=str(data["run_id"]),
+            status=RunStatus(data["status"]),
+            outputs=outputs,
+            node_results=_LazyNodeResults(raw),
+            error=ErrorInfo.from_dict(error) if error is not None else None,
+            duration=float(data.get("duration", 0.0)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``run_id``, ``status``, ``error``, ``duration``, ``outputs`` and
+        ``nodes`` (id -> node result dict). :meth:`from_dict` reads it back."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status.value,
+            "error": self.error.to_dict() if self.error is not None else None,
+            "duration": self.duration,
+            "outputs": dict(self.outputs),
+            "nodes": {nid: res.to_dict() for nid, res in self.node_results.items()},
+        }
+
+
+class _LazyNodeResults(Mapping[str, NodeResult]):
+    """Node results built on first access: a run of 10,000 nodes is usually read for a few
+    outputs, and building every :class:`NodeResult` up front would cost more than the run."""
+
+    __slots__ = ("_built", "_raw")
+
+    def __init__(self, raw: Mapping[str, Mapping[str, Any]]) -> None:
+        self._raw = raw
+        self._built: dict[str, NodeResult] = {}
+
+    def __getitem__(self, node_id: str) -> NodeResult:
+        built = self._built.get(node_id)
+        if built is None:
+            built = NodeResult.from_dict(node_id, self._raw[node_id])
+            self._built[node_id] = built
+        return built
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle as a plain dict of results: the raw core dict is an implementation detail.
+        return (dict, (dict(self.items()),))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    """Something that happened during a run, in order of ``seq``.
+
+    ``kind`` is one of ``run_started``, ``node_started``, ``node_succeeded``, ``node_failed``,
+    ``node_retrying``, ``node_skipped``, ``node_cancelled``, ``node_log``, ``run_finished``;
+    ``node_id`` is ``None`` for run events; ``time`` is a unix timestamp; ``detail`` is ``None``
+    or a dict (``error`` for failures, ``delay`` for retries, ``message`` for logs, ``status``
+    for ``run_finished``).
+    """
+
+    seq: int
+    kind: str
+    node_id: str | None
+    attempt: int
+    time: float
+    detail: dict[str, Any] | None = None
+
+    @classmethod
+    def from_tuple(cls, raw: tuple[int, str, str | None, int, float, Any]) -> NodeEvent:
+        """Build from one tuple of ``RunRef.next_events()``."""
+        seq, kind, node_id, attempt, time, detail = raw
+        return cls(seq, kind, node_id, attempt, time, detail)
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        """The error carried by a ``node_failed`` / ``node_retrying`` event, if any."""
+        if self.detail is None or not isinstance(self.detail.get("error"), Mapping):
+            return None
+        return ErrorInfo.from_dict(self.detail["error"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the event."""
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "node_id": self.node_id,
+            "attempt": self.attempt,
+            "time": self.time,
+            "detail": self.detail,
+        }

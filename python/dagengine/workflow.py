@@ -1,0 +1,967 @@
+"""The workflow model: :class:`DAG`, :class:`Node`, the executors, and running a DAG locally.
+
+This module is the only user of the native core for local runs (``dagengine._core``): a
+:class:`DAG` keeps one ``_core.DagRef``, rebuilt lazily after nodes change, and a run is a
+``_core.RunRef`` wrapped in :class:`LocalRun`. Python nodes run on the core's worker threads
+through :func:`_invoke`, the trampoline that builds a :class:`NodeContext` and calls the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import math
+import threading
+import time
+import uuid
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+
+from dagengine import _core
+from dagengine._semver import Version, VersionRange
+from dagengine._units import parse_duration
+from dagengine.exceptions import DuplicateNodeError, LuaSyntaxError, SpecError, SubWorkflowError
+from dagengine.results import NodeEvent, RunResult
+
+if TYPE_CHECKING:
+    from dagengine._core import CancelToken
+
+__all__ = [
+    "DAG",
+    "Executor",
+    "LocalRun",
+    "LuaExecutor",
+    "Node",
+    "NodeContext",
+    "NodeOutput",
+    "NoopExecutor",
+    "PythonExecutor",
+    "RetryBackoff",
+    "SubWorkflow",
+    "SubWorkflowRunner",
+]
+
+#: What a node returns: a dict of JSON-like values, or ``None`` (meaning ``{}``).
+NodeOutput: TypeAlias = "dict[str, Any] | None"
+
+#: Called by a sub-workflow node to run its child workflow and return the child's output.
+#: The orchestrator passes one to :meth:`DAG.run`; without it such nodes fail.
+SubWorkflowRunner: TypeAlias = "Callable[[SubWorkflow, NodeContext], dict[str, Any]]"
+
+# How long one wait on the core lasts before Python gets a chance to handle signals (Ctrl-C)
+# or deliver events; short enough to feel instant, long enough to cost nothing.
+_POLL_SECONDS = 0.05
+
+
+# --- node context -----------------------------------------------------------------------------
+
+
+class NodeContext:
+    """What a Python node receives: ``fn(ctx)``.
+
+    ``inputs`` are the run's inputs (read-only), ``results`` maps each parent's id to that
+    parent's output, ``node_id``/``run_id``/``attempt`` (1 for the first try) identify the call,
+    and :attr:`cancelled` turns true when the run is cancelled or the node times out, so
+    long-running code can stop early.
+    """
+
+    __slots__ = ("_cancel", "attempt", "inputs", "node_id", "results", "run_id")
+
+    def __init__(
+        self,
+        inputs: Mapping[str, Any],
+        results: dict[str, Any],
+        node_id: str,
+        run_id: str,
+        attempt: int,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        # A view, not a copy: nodes must not change the run's inputs, and copying them for
+        # every node call would cost O(inputs) per node.
+        self.inputs: Mapping[str, Any] = (
+            inputs if type(inputs) is MappingProxyType else MappingProxyType(inputs)
+        )
+        self.results = results
+        self.node_id = node_id
+        self.run_id = run_id
+        self.attempt = attempt
+        self._cancel = cancel
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run is cancelled or this attempt timed out (read live)."""
+        return self._cancel is not None and self._cancel.is_set
+
+    def __repr__(self) -> str:
+        return (
+            f"NodeContext(node_id={self.node_id!r}, run_id={self.run_id!r}, attempt={self.attempt})"
+        )
+
+
+# --- executors --------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """A custom executor: any object with ``execute(ctx)``.
+
+    ``execute`` receives a :class:`NodeContext` and returns a dict of JSON-like values, ``None``,
+    or an awaitable of either (``async def execute``). Raising an exception fails the node; its
+    type, message and traceback are recorded. Pass the object as a node's executor::
+
+        class Double:
+            def execute(self, ctx):
+                return {"value": ctx.results["source"]["value"] * 2}
+
+        dag.add_node(Node("double", ["source"], Double()))
+    """
+
+    def execute(self, ctx: NodeContext) -> NodeOutput | Awaitable[NodeOutput]:
+        """Run the node."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBackoff:
+    """Delay before retry ``n`` (1-based) is ``min(initial * factor ** (n - 1), max)`` seconds."""
+
+    initial: float = 1.0
+    factor: float = 2.0
+    max: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("initial", "factor", "max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(
+                    f"retry_backoff.{name} must be a number, got {type(value).__name__}"
+                )
+            if not math.isfinite(value) or value < 0:
+                raise SpecError(
+                    f"retry_backoff.{name} must be a finite number >= 0, got {value!r}",
+                    path=f"retry_backoff.{name}",
+                )
+            object.__setattr__(self, name, float(value))
+        if self.factor < 1:
+            raise SpecError(
+                f"retry_backoff.factor must be >= 1, got {self.factor!r}",
+                path="retry_backoff.factor",
+            )
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
+        return min(self.initial * self.factor ** max(retry - 1, 0), self.max)
+
+
+@dataclass(frozen=True, slots=True)
+class NoopExecutor:
+    """Does nothing and returns ``{}``; runs entirely in the core (tests, benchmarks)."""
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class LuaExecutor:
+    """Runs a Lua 5.4 script in the core's sandbox.
+
+    The script sees globals ``inputs``, ``results`` and ``ctx`` (``node_id``, ``run_id``,
+    ``attempt``) and returns a table or nothing. ``max_instructions`` and ``max_memory`` (bytes)
+    bound the script; ``None`` uses the core's defaults.
+    """
+
+    code: str
+    max_instructions: int | None = None
+    max_memory: int | None = None
+
+    def __init__(
+        self, code: str, *, max_instructions: int | None = None, max_memory: int | None = None
+    ) -> None:
+        if not isinstance(code, str):
+            raise TypeError(f"LuaExecutor code must be a str, got {type(code).__name__}")
+        for name, value in (("max_instructions", max_instructions), ("max_memory", max_memory)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value <= 0:
+                raise SpecError(f"{name} must be positive, got {value}", path=f"limits.{name}")
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "max_instructions", max_instructions)
+        object.__setattr__(self, "max_memory", max_memory)
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class PythonExecutor:
+    """Calls ``fn(ctx)`` with a :class:`NodeContext`; ``fn`` may be ``async def``.
+
+    ``fn`` returns a dict of JSON-like values or ``None``; an exception fails the node with its
+    type, message and traceback. ``import_path`` (``"module:qualname"``) is what
+    :meth:`DAG.to_spec` writes for this node; by default it is derived from ``fn``, which works
+    for module-level functions but not for lambdas or closures.
+    """
+
+    fn: Callable[[NodeContext], Any]
+    import_path: str | None = None
+
+    def __init__(self, fn: Callable[[NodeContext], Any], *, import_path: str | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"PythonExecutor needs a callable, got {type(fn).__name__}")
+        if import_path is not None and not isinstance(import_path, str):
+            raise TypeError(f"import_path must be a str, got {type(import_path).__name__}")
+        object.__setattr__(self, "fn", fn)
+        object.__setattr__(self, "import_path", import_path)
+
+
+@dataclass(frozen=True, slots=True)
+class SubWorkflow:
+    """Runs another registered workflow as one node: ``SubWorkflow("reporting", "^1.4")``.
+
+    The child's inputs are this node's inputs and results; its output is the child's outputs.
+    The reference is resolved by the orchestrator at run start; a plain :meth:`DAG.run` without
+    an orchestrator fails such a node with a :class:`~dagengine.SubWorkflowError`.
+    """
+
+    workflow_id: str
+    version_range: str = "*"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workflow_id, str) or not self.workflow_id:
+            raise TypeError("SubWorkflow workflow_id must be a non-empty str")
+        if "@" in self.workflow_id:
+            raise SpecError(
+                f"SubWorkflow workflow_id {self.workflow_id!r} contains '@'; pass the range "
+                "separately: SubWorkflow('child', '^1.4')",
+                path="workflow",
+            )
+        try:
+            VersionRange.parse(self.version_range)
+        except ValueError as exc:
+            raise SpecError(str(exc), path="workflow") from None
+
+    @property
+    def reference(self) -> str:
+        """``child@range``, or just ``child`` for any version."""
+        if self.version_range.strip() == "*":
+            return self.workflow_id
+        return f"{self.workflow_id}@{self.version_range}"
+
+
+#: What a node's ``executor`` may be.
+AnyExecutor: TypeAlias = "NoopExecutor | LuaExecutor | PythonExecutor | SubWorkflow | Executor"
+
+
+# --- nodes ------------------------------------------------------------------------------------
+
+
+def _check_timeout(value: object, field: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value, what=field)
+    except ValueError as exc:
+        raise SpecError(str(exc), path=field) from None
+    if seconds <= 0:
+        raise SpecError(f"{field} must be positive, got {value!r}", path=field)
+    return seconds
+
+
+def _check_positive_int(value: object, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise SpecError(f"{field} must be positive, got {value}", path=field)
+    return value
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Node:
+    """One step of a workflow: ``Node("load", ["transform"], PythonExecutor(save))``.
+
+    ``deps`` are the ids of the nodes whose outputs this node needs (its parents). A failing
+    node is tried ``retries`` more times, waiting as ``retry_backoff`` says; ``timeout`` (seconds
+    or a duration string like ``"10s"``) bounds each attempt.
+    """
+
+    id: str
+    deps: tuple[str, ...] = ()
+    executor: AnyExecutor = NoopExecutor()
+    retries: int = 0
+    retry_backoff: RetryBackoff = RetryBackoff()
+    timeout: float | None = None
+
+    def __init__(
+        self,
+        id: str,
+        deps: Iterable[str] = (),
+        executor: AnyExecutor | None = None,
+        *,
+        retries: int = 0,
+        retry_backoff: RetryBackoff | None = None,
+        timeout: float | str | None = None,
+    ) -> None:
+        if not isinstance(id, str):
+            raise TypeError(f"Node id must be a str, got {type(id).__name__}")
+        if not id:
+            raise SpecError("Node id must not be empty", path="id")
+        if isinstance(deps, (str, bytes)) or not isinstance(deps, Iterable):
+            # A bare string would silently become a list of one-character ids.
+            raise TypeError(
+                f"node {id!r}: deps must be a list of node ids, got {type(deps).__name__}"
+            )
+        dep_tuple = tuple(deps)
+        seen: set[str] = set()
+        for dep in dep_tuple:
+            if not isinstance(dep, str):
+                raise TypeError(f"node {id!r}: deps must be strs, got {type(dep).__name__}")
+            if dep in seen:
+                raise SpecError(f"node {id!r}: deps lists {dep!r} twice", path="deps")
+            seen.add(dep)
+        if executor is None:
+            executor = NoopExecutor()
+        elif not isinstance(
+            executor, (NoopExecutor, LuaExecutor, PythonExecutor, SubWorkflow)
+        ) and not callable(getattr(executor, "execute", None)):
+            hint = " (wrap a function in PythonExecutor(fn))" if callable(executor) else ""
+            raise TypeError(
+                f"node {id!r}: executor must be LuaExecutor, PythonExecutor, NoopExecutor, "
+                f"SubWorkflow or an object with execute(ctx), got {type(executor).__name__}{hint}"
+            )
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise TypeError(f"node {id!r}: retries must be an int, got {type(retries).__name__}")
+        if retries < 0:
+            raise SpecError(f"node {id!r}: retries must be >= 0, got {retries}", path="retries")
+        if retry_backoff is None:
+            retry_backoff = RetryBackoff()
+        elif not isinstance(retry_backoff, RetryBackoff):
+            raise TypeError(
+                f"node {id!r}: retry_backoff must be a RetryBackoff, "
+                f"got {type(retry_backoff).__name__}"
+            )
+        try:
+            checked_timeout = _check_timeout(timeout, "timeout")
+        except (SpecError, TypeError) as exc:
+            raise type(exc)(f"node {id!r}: {exc}", **_spec_kwargs(exc)) from None
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "deps", dep_tuple)
+        object.__setattr__(self, "executor", executor)
+        object.__setattr__(self, "retries", retries)
+        object.__setattr__(self, "retry_backoff", retry_backoff)
+        object.__setattr__(self, "timeout", checked_timeout)
+
+    @property
+    def kind(self) -> str:
+        """``noop``, ``lua``, ``python``, ``workflow`` or ``custom``."""
+        executor = self.executor
+        if isinstance(executor, NoopExecutor):
+            return "noop"
+        if isinstance(executor, LuaExecutor):
+            return "lua"
+        if isinstance(executor, PythonExecutor):
+            return "python"
+        if isinstance(executor, SubWorkflow):
+            return "workflow"
+        return "custom"
+
+
+def _spec_kwargs(exc: Exception) -> dict[str, Any]:
+    return {"path": exc.path} if isinstance(exc, SpecError) else {}
+
+
+# --- the invoke trampoline --------------------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    return type(value).__name__
+
+
+def _check_output(node_id: str, out: object) -> NodeOutput:
+    if out is None:
+        return None
+    if type(out) is dict or isinstance(out, dict):
+        for key in out:
+            if type(key) is not str:
+                raise TypeError(
+                    f"node {node_id} returned a dict with a {_describe(key)} key {key!r}; "
+                    "output keys must be str"
+                )
+        return out
+    raise TypeError(f"node {node_id} returned {_describe(out)}; expected a dict or None")
+
+
+async def _drive(awaitable: Awaitable[Any], cancel: CancelToken | None) -> Any:
+    """Await ``awaitable``, cancelling it when the node's cancel token is set (run cancelled or
+    node timed out), so an ``async def`` node stops instead of running on unobserved."""
+    task = asyncio.ensure_future(awaitable)
+    while not task.done():
+        await asyncio.wait({task}, timeout=_POLL_SECONDS)
+        if cancel is not None and cancel.is_set and not task.done():
+            task.cancel()
+    return task.result()
+
+
+def _run_subworkflow(
+    sub: SubWorkflow, ctx: NodeContext, runner: SubWorkflowRunner | None
+) -> NodeOutput:
+    if runner is None:
+        raise SubWorkflowError(
+            f"sub-workflow node {ctx.node_id} needs an orchestrator to resolve {sub.reference}",
+            node_id=ctx.node_id,
+            reference=sub.reference,
+        )
+    return runner(sub, ctx)
+
+
+class _InFlight:
+    """Counts Python node calls in progress on core worker threads.
+
+    A run can end (timeout, cancellation) while an abandoned attempt is still inside Python;
+    if the interpreter finalizes under it, the process aborts. At exit we give such attempts a
+    bounded grace period to notice ``ctx.cancelled`` and return.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition(threading.Lock())
+
+    def enter(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout)
+
+
+_IN_FLIGHT = _InFlight()
+# Longer than any sane reaction to ctx.cancelled, short enough not to hang an exiting process.
+atexit.register(_IN_FLIGHT.wait_idle, 5.0)
+
+
+def _make_invoke(
+    loop: asyncio.AbstractEventLoop | None, runner: SubWorkflowRunner | None
+) -> _core.Invoke:
+    """The trampoline the core calls for every ``python`` node of one run.
+
+    ``loop`` is the caller's event loop for :meth:`DAG.run_async` (coroutines run there, so
+    async nodes share the caller's loop and its resources); ``None`` runs each coroutine with
+    ``asyncio.run`` on the worker thread.
+    """
+
+    def invoke(
+        fn: Any,
+        node_id: str,
+        run_id: str,
+        attempt: int,
+        inputs: Mapping[str, Any],
+        results: dict[str, Any],
+        cancel: CancelToken,
+    ) -> NodeOutput:
+        _IN_FLIGHT.enter()
+        try:
+            ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel)
+            out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
+            if out is None or type(out) is dict:
+                return _check_output(node_id, out)
+            if inspect.isawaitable(out):
+                if loop is None:
+                    out = asyncio.run(_drive(out, cancel))
+                else:
+                    future = asyncio.run_coroutine_threadsafe(_drive(out, cancel), loop)
+                    out = future.result()
+            return _check_output(node_id, out)
+        finally:
+            _IN_FLIGHT.leave()
+
+    return invoke
+
+
+def _payload(executor: Any) -> Any:
+    """The object the trampoline receives for a ``python`` node: a callable taking the context,
+    or the :class:`SubWorkflow` itself (recognised by the trampoline)."""
+    if isinstance(executor, PythonExecutor):
+        return executor.fn
+    if isinstance(executor, SubWorkflow):
+        return executor
+    return executor.execute
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+class LocalRun:
+    """A run started by :meth:`DAG.start`, executing in this process.
+
+    Iterate :meth:`events` (or ``async for event in run``) to follow it, :meth:`wait` /
+    :meth:`wait_async` for its :class:`~dagengine.RunResult`, :meth:`cancel` to stop it.
+    Events are buffered by the core, so they are never lost, however late you read them;
+    each event is delivered once, to whichever reader takes it first.
+    """
+
+    def __init__(self, ref: _core.RunRef) -> None:
+        self._ref = ref
+        self._result: RunResult | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._ref.run_id
+
+    @property
+    def done(self) -> bool:
+        """True once the run has finished."""
+        return self._ref.done()
+
+    def cancel(self) -> None:
+        """Ask the run to stop: pending nodes are cancelled, running ones see
+        ``ctx.cancelled`` (Lua is interrupted). Returns at once; :meth:`wait` for the end."""
+        self._ref.cancel()
+
+    def poll_events(self, timeout: float = 0.0) -> list[NodeEvent]:
+        """Wait up to ``timeout`` seconds for events and return every pending one."""
+        return [NodeEvent.from_tuple(raw) for raw in self._ref.next_events(timeout)]
+
+    def events(self) -> Iterator[NodeEvent]:
+        """Yield events as they happen until the run has finished and every event is out."""
+        while True:
+            # Read done() before draining: events are queued before the run is marked done,
+            # so an empty batch after a true done() means nothing more can come.
+            finished = self._ref.done()
+            batch = self._ref.next_events(0.0 if finished else _POLL_SECONDS)
+            for raw in batch:
+                yield NodeEvent.from_tuple(raw)
+            if finished and not batch:
+                return
+
+    async def _aevents(self) -> AsyncIterator[NodeEvent]:
+        loop = asyncio.get_running_loop()
+        while True:
+            finished = self._ref.done()
+            if finished:
+                batch = self._ref.next_events(0.0)
+            else:
+                # The wait releases the GIL in the core; run it off the loop so the loop (and
+                # any async nodes of this run scheduled on it) keeps going.
+                batch = await loop.run_in_executor(None, self._ref.next_events, 0.1)
+            for raw in batch:
+                yield NodeEvent.from_tuple(raw)
+            if finished and not batch:
+                return
+
+    def __aiter__(self) -> AsyncIterator[NodeEvent]:
+        return self._aevents()
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Block until the run finishes and return its result.
+
+        Raises ``TimeoutError`` if ``timeout`` seconds pass first (the run keeps going). On
+        Ctrl-C the run is cancelled, waited for, and ``KeyboardInterrupt`` re-raised.
+        """
+        if self._result is not None:
+            return self._result
+        deadline = None if timeout is None else _now() + timeout
+        try:
+            while True:
+                slice_ = _POLL_SECONDS
+                if deadline is not None:
+                    slice_ = min(slice_, max(deadline - _now(), 0.0))
+                if self._ref.wait(slice_):
+                    break
+                if deadline is not None and _now() >= deadline:
+                    raise TimeoutError(f"run {self.run_id} still running after {timeout}s")
+        except KeyboardInterrupt:
+            self._cancel_and_wait()
+            raise
+        return self.result()
+
+    async def wait_async(self) -> RunResult:
+        """Await the run's end and return its result; cancelling the awaiting task cancels the
+        run (and waits for it to stop)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not await loop.run_in_executor(None, self._ref.wait, 0.1):
+                pass
+        except asyncio.CancelledError:
+            self._ref.cancel()
+            # Wait off the loop: async nodes of this run may need the loop to wind down.
+            while not await asyncio.shield(loop.run_in_executor(None, self._ref.wait, 0.1)):
+                pass
+            raise
+        return self.result()
+
+    def result(self) -> RunResult:
+        """The result of the finished run (``RuntimeError`` if it is still running)."""
+        if self._result is None:
+            self._result = RunResult.from_dict(self._ref.result())
+        return self._result
+
+    def _cancel_and_wait(self) -> None:
+        self._ref.cancel()
+        while not self._ref.wait(_POLL_SECONDS):
+            pass
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "running"
+        return f"<LocalRun {self.run_id} {state}>"
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+# --- the DAG ----------------------------------------------------------------------------------
+
+
+class DAG:
+    """A workflow: nodes and their dependencies, plus run defaults.
+
+    ``id`` and ``version`` (semver) name the workflow when it is registered or written as a
+    spec; ``max_parallel`` bounds concurrently running nodes, ``fail_fast`` cancels the rest of
+    a run at the first failure, ``timeout`` (seconds or ``"10m"``) bounds a whole run. Every run
+    setting can be overridden per run.
+    """
+
+    def __init__(
+        self,
+        id: str | None = None,
+        version: str | None = None,
+        *,
+        description: str | None = None,
+        max_parallel: int | None = None,
+        fail_fast: bool = False,
+        timeout: float | str | None = None,
+    ) -> None:
+        if id is not None and not isinstance(id, str):
+            raise TypeError(f"DAG id must be a str, got {type(id).__name__}")
+        if version is not None:
+            if not isinstance(version, str):
+                raise TypeError(f"DAG version must be a str, got {type(version).__name__}")
+            try:
+                Version.parse(version)
+            except ValueError as exc:
+                raise SpecError(str(exc), path="version") from None
+        if description is not None and not isinstance(description, str):
+            raise TypeError(f"DAG description must be a str, got {type(description).__name__}")
+        if not isinstance(fail_fast, bool):
+            raise TypeError(f"fail_fast must be a bool, got {type(fail_fast).__name__}")
+        self.id = id
+        self.version = version
+        self.description = description
+        self.max_parallel = _check_positive_int(max_parallel, "max_parallel")
+        self.fail_fast = fail_fast
+        self.timeout = _check_timeout(timeout, "timeout")
+        self._nodes: dict[str, Node] = {}
+        self._ref: _core.DagRef | None = None
+        self._validated = False
+
+    # -- building --
+
+    @property
+    def nodes(self) -> Mapping[str, Node]:
+        """The nodes by id, in insertion order (read-only view)."""
+        return MappingProxyType(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._nodes
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes.values())
+
+    @property
+    def edge_count(self) -> int:
+        """Number of dependency edges."""
+        return sum(len(node.deps) for node in self._nodes.values())
+
+    def add_node(self, node: Node) -> Node:
+        """Add ``node`` and return it. A repeated id raises :class:`DuplicateNodeError` at once;
+        a Lua syntax error raises :class:`LuaSyntaxError` at once; dependency problems are
+        reported by :meth:`preprocess` (so nodes may be added in any order)."""
+        if not isinstance(node, Node):
+            raise TypeError(f"add_node expects a Node, got {type(node).__name__}")
+        if node.id in self._nodes:
+            raise DuplicateNodeError(f"duplicate node id {node.id!r}", node_id=node.id)
+        if isinstance(node.executor, LuaExecutor):
+            _lua_check(node.id, node.executor.code)
+        self._nodes[node.id] = node
+        self._ref = None
+        self._validated = False
+        return node
+
+    def add_nodes(self, nodes: Iterable[Node]) -> list[Node]:
+        """Add several nodes (see :meth:`add_node`); returns them as a list."""
+        return [self.add_node(node) for node in nodes]
+
+    def _native(self) -> _core.DagRef:
+        """The native graph, rebuilt after nodes changed."""
+        if self._ref is None:
+            ref = _core.DagRef()
+            for node in self._nodes.values():
+                _add_native(ref, node)
+            self._ref = ref
+            self._validated = False
+        return self._ref
+
+    # -- validation and structure --
+
+    def preprocess(self) -> DAG:
+        """Validate the graph (unknown dependencies, self-dependencies, cycles — the error
+        names the problem; a :class:`CycleError` carries the cycle path) and compute its order.
+        Returns ``self``. Runs do this automatically; call it to fail early."""
+        if not self._validated:
+            self._native().preprocess()
+            self._validated = True
+        return self
+
+    def topological_order(self) -> list[str]:
+        """Node ids, every node after all of its parents."""
+        return self.preprocess()._native().topological_order()
+
+    def levels(self) -> list[list[str]]:
+        """Node ids grouped by depth: level 0 are the roots, level n depends on level n-1."""
+        return self.preprocess()._native().levels()
+
+    def roots(self) -> list[str]:
+        """Nodes without dependencies."""
+        return self.preprocess()._native().roots()
+
+    def leaves(self) -> list[str]:
+        """Nodes no other node depends on."""
+        return self.preprocess()._native().leaves()
+
+    # -- running --
+
+    def start(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+        timeout: float | str | None = None,
+        completed: Mapping[str, Mapping[str, Any]] | None = None,
+        subworkflow_runner: SubWorkflowRunner | None = None,
+        events: bool = True,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> LocalRun:
+        """Start a run in the background and return its :class:`LocalRun` handle at once.
+
+        ``inputs`` are the run's inputs (a mapping with str keys); ``completed`` maps ids of
+        nodes already done to their outputs (they are not run again — used to resume).
+        ``events=False`` skips recording events (slightly cheaper when nobody reads them).
+        ``async def`` nodes run with ``asyncio.run`` on the worker thread.
+        """
+        native_inputs = _check_inputs(inputs)
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        elif not isinstance(run_id, str) or not run_id:
+            raise TypeError("run_id must be a non-empty str")
+        if completed is not None:
+            completed = _check_completed(completed, self._nodes)
+        self.preprocess()
+        ref = self._native().start(
+            native_inputs,
+            run_id,
+            _make_invoke(_loop, subworkflow_runner),
+            max_parallel=_check_positive_int(max_parallel, "max_parallel") or self.max_parallel,
+            fail_fast=self.fail_fast if fail_fast is None else bool(fail_fast),
+            timeout=self.timeout if timeout is None else _check_timeout(timeout, "timeout"),
+            completed=completed,
+            events=events,
+        )
+        return LocalRun(ref)
+
+    def run(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+        timeout: float | str | None = None,
+        on_event: Callable[[NodeEvent], object] | None = None,
+        completed: Mapping[str, Mapping[str, Any]] | None = None,
+        subworkflow_runner: SubWorkflowRunner | None = None,
+    ) -> RunResult:
+        """Run the workflow to the end and return its :class:`~dagengine.RunResult`.
+
+        A failing node does not raise: look at ``result.status`` or call
+        ``result.raise_for_status()``. ``on_event`` is called on this thread with every
+        :class:`~dagengine.NodeEvent` while the run goes on. Validation errors raise before
+        anything runs. On Ctrl-C the run is cancelled, waited for, and the interrupt re-raised.
+        """
+        handle = self.start(
+            inputs,
+            run_id=run_id,
+            max_parallel=max_parallel,
+            fail_fast=fail_fast,
+            timeout=timeout,
+            completed=completed,
+            subworkflow_runner=subworkflow_runner,
+            events=on_event is not None,
+        )
+        if on_event is None:
+            return handle.wait()
+        try:
+            for event in handle.events():
+                on_event(event)
+        except BaseException:
+            # A failing callback or Ctrl-C must not leave the run going on in the background.
+            handle._cancel_and_wait()
+            raise
+        return handle.wait()
+
+    async def run_async(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+        timeout: float | str | None = None,
+        on_event: Callable[[NodeEvent], object] | None = None,
+        completed: Mapping[str, Mapping[str, Any]] | None = None,
+        subworkflow_runner: SubWorkflowRunner | None = None,
+    ) -> RunResult:
+        """Like :meth:`run`, awaitable. ``async def`` nodes run on the caller's event loop;
+        cancelling the awaiting task cancels the run."""
+        loop = asyncio.get_running_loop()
+        handle = self.start(
+            inputs,
+            run_id=run_id,
+            max_parallel=max_parallel,
+            fail_fast=fail_fast,
+            timeout=timeout,
+            completed=completed,
+            subworkflow_runner=subworkflow_runner,
+            events=on_event is not None,
+            _loop=loop,
+        )
+        if on_event is not None:
+            try:
+                async for event in handle:
+                    on_event(event)
+            except BaseException:
+                handle.cancel()
+                await asyncio.shield(handle.wait_async())
+                raise
+        return await handle.wait_async()
+
+    def start_async(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> LocalRun:
+        """Like :meth:`start`, for code running in an event loop: ``async def`` nodes run on
+        the running loop. Follow it with ``async for event in run`` and
+        ``await run.wait_async()``."""
+        return self.start(inputs, _loop=asyncio.get_running_loop(), **options)
+
+    # -- specs --
+
+    def to_spec(self) -> dict[str, Any]:
+        """The workflow as a spec dict in canonical form (see :mod:`dagengine.spec`).
+
+        Raises :class:`SpecError` for what a spec cannot express (a Python node whose function
+        has no import path, such as a lambda or closure: those only work in-process).
+        """
+        from dagengine.spec import dag_to_spec
+
+        return dag_to_spec(self)
+
+    @classmethod
+    def from_spec(cls, data: Mapping[str, Any]) -> DAG:
+        """Build (and validate) a DAG from a spec dict; see :func:`dagengine.parse_workflow`."""
+        from dagengine.spec import parse_workflow
+
+        return parse_workflow(data)
+
+    def __repr__(self) -> str:
+        name = self.id or "<anonymous>"
+        version = f"@{self.version}" if self.version else ""
+        return f"<DAG {name}{version}: {len(self._nodes)} nodes>"
+
+
+def _lua_check(node_id: str, code: str) -> None:
+    try:
+        _core.lua_check(code, node_id)
+    except LuaSyntaxError as exc:
+        # One message shape whatever the core says: which node, that it is Lua, the line.
+        detail = exc.message.removeprefix(f"node {node_id!r}: ")
+        if not detail.lower().startswith("lua"):
+            detail = f"Lua {detail}" if detail.startswith("syntax error") else f"Lua: {detail}"
+        raise LuaSyntaxError(
+            f"node {node_id!r}: {detail}", line=exc.line, node_id=node_id
+        ) from None
+
+
+def _add_native(ref: _core.DagRef, node: Node) -> None:
+    executor = node.executor
+    common: dict[str, Any] = {
+        "retries": node.retries,
+        "backoff_initial": node.retry_backoff.initial,
+        "backoff_factor": node.retry_backoff.factor,
+        "backoff_max": node.retry_backoff.max,
+        "timeout": node.timeout,
+    }
+    if isinstance(executor, NoopExecutor):
+        ref.add_node(node.id, node.deps, "noop", None, **common)
+    elif isinstance(executor, LuaExecutor):
+        ref.add_node(
+            node.id,
+            node.deps,
+            "lua",
+            executor.code,
+            lua_max_instructions=executor.max_instructions,
+            lua_max_memory=executor.max_memory,
+            **common,
+        )
+    else:
+        ref.add_node(node.id, node.deps, "python", _payload(executor), **common)
+
+
+def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs must be a mapping, got {type(inputs).__name__}")
+    for key in inputs:
+        if not isinstance(key, str):
+            raise TypeError(f"input names must be str, got {type(key).__name__} {key!r}")
+    return dict(inputs)
+
+
+def _check_completed(
+    completed: Mapping[str, Mapping[str, Any]], nodes: Mapping[str, Node]
+) -> dict[str, Mapping[str, Any]]:
+    if not isinstance(completed, Mapping):
+        raise TypeError(f"completed must be a mapping, got {type(completed).__name__}")
+    for node_id, output in completed.items():
+        if node_id not in nodes:
+            raise SpecError(
+                f"completed names {node_id!r}, which is not a node of this DAG",
+                path="completed",
+            )
+        if not isinstance(output, Mapping):
+            raise TypeError(
+                f"completed[{node_id!r}] must be the node's output dict, "
+                f"got {type(output).__name__}"
+            )
+    return dict(completed)

@@ -1,0 +1,25 @@
+"""Shared fixtures. Tests import helper modules (``node_funcs``) from this directory, and the
+CLI tests run from the repository root so ``examples.tasks`` resolves as it does for users."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
+
+# Helper modules live next to the tests; specs name them by import path ("node_funcs:double").
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+@pytest.fixture
+def in_repo_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run the test from the repository root with it on sys.path, as the README does."""
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    return REPO_ROOT

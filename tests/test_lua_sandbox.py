@@ -1,0 +1,205 @@
+"""The Lua sandbox seen through the Python API: globals, forbidden libraries, limits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+from dagengine import (
+    DAG,
+    ErrorInfo,
+    LuaExecutor,
+    Node,
+    NodeEvent,
+    NodeStatus,
+    RunStatus,
+)
+
+PATIENCE = 10.0
+
+
+def run_lua(
+    code: str, inputs: dict[str, Any] | None = None, **node_kw: Any
+) -> tuple[Any, ErrorInfo | None]:
+    limits = {k: node_kw.pop(k) for k in ("max_instructions", "max_memory") if k in node_kw}
+    dag = DAG("lua")
+    dag.add_node(Node("s", [], LuaExecutor(code, **limits), **node_kw))
+    result = dag.run(inputs)
+    node = result.node_results["s"]
+    return node.output, node.error
+
+
+def test_globals_inputs_results_ctx() -> None:
+    dag = DAG("lua")
+    dag.add_node(Node("a", [], LuaExecutor("return {rows = {1, 2, 3}}")))
+    dag.add_node(
+        Node(
+            "b",
+            ["a"],
+            LuaExecutor(
+                """
+                local s = 0
+                for _, v in ipairs(results.a.rows) do s = s + v end
+                return {total = s * inputs.factor, node = ctx.node_id, run = ctx.run_id,
+                        attempt = ctx.attempt}
+                """
+            ),
+        )
+    )
+    result = dag.run({"factor": 3}, run_id="r1")
+    assert result.ok, result.error
+    assert result.outputs["b"] == {"total": 18, "node": "b", "run": "r1", "attempt": 1}
+
+
+def test_returning_nothing_is_an_empty_output() -> None:
+    assert run_lua("local x = 1") == ({}, None)
+
+
+@pytest.mark.parametrize("name", ["os", "io", "require", "package", "debug", "dofile", "loadfile"])
+def test_forbidden_library_is_absent(name: str) -> None:
+    output, error = run_lua(f"return {{kind = type({name})}}")
+    assert error is None
+    assert output == {"kind": "nil"}
+
+
+@pytest.mark.parametrize("name", ["string", "table", "math", "utf8", "json"])
+def test_safe_library_is_present(name: str) -> None:
+    assert run_lua(f"return {{kind = type({name})}}") == ({"kind": "table"}, None)
+
+
+def test_binary_chunks_are_refused() -> None:
+    output, error = run_lua(
+        'local f, err = load("\\27Lua\\84\\0") return {loaded = f ~= nil, err = err}'
+    )
+    assert error is None
+    assert output["loaded"] is False
+    assert "binary" in output["err"]
+    assert run_lua("return {dump = type(string.dump)}")[0] == {"dump": "nil"}
+
+
+def test_json_helper_and_log() -> None:
+    events: list[NodeEvent] = []
+    dag = DAG("lua")
+    dag.add_node(
+        Node(
+            "s",
+            [],
+            LuaExecutor(
+                'log("hello", 42) return {enc = json.encode({a = 1}), dec = json.decode("[1,2]")}'
+            ),
+        )
+    )
+    result = dag.run(on_event=events.append)
+    assert result.outputs["s"] == {"enc": '{"a":1}', "dec": [1, 2]}
+    logs = [e for e in events if e.kind == "node_log"]
+    assert logs
+    assert logs[0].node_id == "s"
+    assert logs[0].detail is not None
+    assert "hello" in str(logs[0].detail["message"])
+
+
+def test_globals_do_not_leak_between_runs() -> None:
+    assert run_lua("leaked_global = 1 return {}") == ({}, None)
+    assert run_lua("return {kind = type(leaked_global)}") == ({"kind": "nil"}, None)
+
+
+@pytest.mark.parametrize(
+    ("code", "error_type"),
+    [
+        ('error("boom")', "LuaRuntimeError"),
+        ("return 5", "LuaBadReturn"),
+        ("return {1, 2, 3}", "LuaBadReturn"),
+    ],
+)
+def test_script_errors_fail_the_node(code: str, error_type: str) -> None:
+    output, error = run_lua(code)
+    assert output is None
+    assert error is not None
+    assert error.type == error_type
+
+
+def test_endless_loop_hits_the_instruction_limit_and_the_next_run_works() -> None:
+    _output, error = run_lua("while true do end", max_instructions=200_000)
+    assert error is not None
+    assert error.type == "LuaInstructionLimit"
+    assert "200000" in error.message
+    assert run_lua("return {ok = true}") == ({"ok": True}, None)
+
+
+def test_endless_loop_hits_the_timeout_within_twice_the_limit() -> None:
+    limit = 0.3
+    dag = DAG("lua")
+    # An instruction budget far beyond what runs in the time limit: the clock must stop it.
+    endless = LuaExecutor("while true do end", max_instructions=10**15)
+    dag.add_node(Node("s", [], endless, timeout=limit))
+    t0 = time.monotonic()
+    result = dag.run()
+    elapsed = time.monotonic() - t0
+    node = result.node_results["s"]
+    assert node.status is NodeStatus.FAILED
+    assert node.error is not None
+    assert node.error.type in ("LuaTimeout", "NodeTimeout")
+    assert node.duration is not None
+    assert node.duration < 2 * limit
+    assert elapsed < 2 * limit + 0.5  # the run itself ends promptly too
+    assert run_lua("return {ok = true}") == ({"ok": True}, None)
+
+
+def test_cancellation_interrupts_running_lua() -> None:
+    dag = DAG("lua")
+    dag.add_node(Node("s", [], LuaExecutor("while true do end", max_instructions=10**15)))
+    handle = dag.start()
+    for event in handle.events():
+        if event.kind == "node_started":
+            handle.cancel()
+    result = handle.wait(timeout=PATIENCE)
+    assert result.status is RunStatus.CANCELLED
+    assert result.node_results["s"].status is NodeStatus.CANCELLED
+
+
+def test_memory_bomb_fails_within_twice_the_limit_and_the_next_run_works() -> None:
+    # A fresh process, so its peak RSS measures this script and nothing else.
+    limit = 64 * 1024 * 1024
+    script = textwrap.dedent(
+        f"""
+        import json, resource
+        from dagengine import DAG, LuaExecutor, Node
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        bomb = DAG("bomb")
+        bomb.add_node(Node("s", [], LuaExecutor(
+            'local t = {{}} local i = 0 '
+            'while true do i = i + 1 t[i] = string.rep("x", 4096) .. i end',
+            max_memory={limit})))
+        result = bomb.run()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ok = DAG("ok")
+        ok.add_node(Node("s", [], LuaExecutor("return {{fine = true}}")))
+        again = ok.run()
+        error = result.node_results["s"].error
+        print(json.dumps({{"type": error.type if error else None, "grew_kib": after - before,
+                           "next": again.outputs.get("s")}}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["type"] == "LuaMemoryLimit"
+    assert report["grew_kib"] * 1024 < 2 * limit
+    assert report["next"] == {"fine": True}
+
+
+def test_memory_limit_in_process_and_next_run() -> None:
+    _output, error = run_lua(
+        'local t = {} local i = 0 while true do i = i + 1 t[i] = string.rep("y", 1024) .. i end',
+        max_memory=2 * 1024 * 1024,
+    )
+    assert error is not None
+    assert error.type == "LuaMemoryLimit"
+    assert run_lua("return {ok = true}") == ({"ok": True}, None)
