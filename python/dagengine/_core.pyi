@@ -5,10 +5,19 @@ Errors raised here are instances of the classes in ``dagengine.exceptions`` (the
 imports that module and maps each Rust error variant to its own class).
 """
 
+from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, final
 
-__all__ = ["CancelToken", "DagRef", "NodeRecords", "RunRef", "__version__", "lua_check"]
+__all__ = [
+    "CancelToken",
+    "DagRef",
+    "NodeRecords",
+    "Outputs",
+    "RunRef",
+    "__version__",
+    "lua_check",
+]
 
 __version__: str
 
@@ -67,6 +76,9 @@ class DagRef:
     def edge_count(self) -> int: ...
     def node_ids(self) -> list[str]: ...
     def topological_order(self) -> list[str]: ...
+    def topological_order_indices(self) -> array[int]:
+        """The order as node indices (insertion order) in a compact ``array('I')``."""
+
     def levels(self) -> list[list[str]]: ...
     def roots(self) -> list[str]: ...
     def leaves(self) -> list[str]: ...
@@ -108,9 +120,19 @@ class RunRef:
     def result(self) -> dict[str, Any]:
         """The finished run as a dict: ``run_id``, ``status`` (``succeeded`` | ``failed`` |
         ``cancelled``), ``error`` (``None`` or ``{"type", "message", "node_id"}``),
-        ``duration`` (seconds), ``outputs`` (``{id: output}`` of the succeeded nodes) and
-        ``nodes``, a :class:`NodeRecords` mapping. Raises ``RuntimeError`` if the run has not
-        finished."""
+        ``duration`` (seconds), ``outputs`` (an :class:`Outputs` mapping of the succeeded
+        nodes) and ``nodes`` (a :class:`NodeRecords` mapping of every node). Raises
+        ``RuntimeError`` if the run has not finished."""
+
+@final
+class Outputs:
+    """Read-only mapping of each succeeded node's id to its output, converted on access."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: str, /) -> dict[str, Any]: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def keys(self) -> list[str]: ...
 
 @final
 class NodeRecords:

@@ -8,11 +8,13 @@ into JSON with :meth:`RunResult.to_dict`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from dagengine.exceptions import RunCancelled, RunFailed, RunTimeout
+
+_V = TypeVar("_V")
 
 __all__ = ["ErrorInfo", "NodeEvent", "NodeResult", "NodeStatus", "RunResult", "RunStatus"]
 
@@ -143,7 +145,7 @@ class RunResult:
 
     run_id: str
     status: RunStatus
-    outputs: dict[str, Any] = field(default_factory=dict)
+    outputs: Mapping[str, Any] = field(default_factory=dict)
     node_results: Mapping[str, NodeResult] = field(default_factory=dict)
     error: ErrorInfo | None = None
     duration: float = 0.0
@@ -176,8 +178,9 @@ class RunResult:
     def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
         """Build from ``RunRef.result()`` (or from :meth:`to_dict`'s output)."""
         raw: Mapping[str, Mapping[str, Any]] = data.get("nodes", {})
+        outputs: Mapping[str, Any]
         if "outputs" in data:
-            outputs = dict(data["outputs"])
+            outputs = _Lazy(data["outputs"], _same)
         else:
             outputs = {
                 nid: entry["output"] if entry.get("output") is not None else {}
@@ -189,7 +192,7 @@ class RunResult:
             run_id=str(data["run_id"]),
             status=RunStatus(data["status"]),
             outputs=outputs,
-            node_results=_LazyNodeResults(raw),
+            node_results=_Lazy(raw, NodeResult.from_dict),
             error=ErrorInfo.from_dict(error) if error is not None else None,
             duration=float(data.get("duration", 0.0)),
         )
@@ -207,22 +210,31 @@ class RunResult:
         }
 
 
-class _LazyNodeResults(Mapping[str, NodeResult]):
-    """Node results built on first access: a run of 10,000 nodes is usually read for a few
-    outputs, and building every :class:`NodeResult` up front would cost more than the run."""
+def _same(_key: str, value: Any) -> Any:
+    return value
 
-    __slots__ = ("_built", "_raw")
 
-    def __init__(self, raw: Mapping[str, Mapping[str, Any]]) -> None:
+class _Lazy(Mapping[str, _V]):
+    """A mapping whose values are built from the core's lazy mappings on first access and
+    kept: a run of 10,000 nodes is usually read for a few outputs or results, and converting
+    every one up front would cost more than the run."""
+
+    __slots__ = ("_built", "_convert", "_raw")
+
+    def __init__(self, raw: Mapping[str, Any], convert: Callable[[str, Any], _V]) -> None:
         self._raw = raw
-        self._built: dict[str, NodeResult] = {}
+        self._convert = convert
+        self._built: dict[str, _V] = {}
 
-    def __getitem__(self, node_id: str) -> NodeResult:
-        built = self._built.get(node_id)
-        if built is None:
-            built = NodeResult.from_dict(node_id, self._raw[node_id])
-            self._built[node_id] = built
-        return built
+    def __getitem__(self, key: str) -> _V:
+        try:
+            return self._built[key]
+        except KeyError:
+            value = self._built[key] = self._convert(key, self._raw[key])
+            return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)
@@ -234,7 +246,7 @@ class _LazyNodeResults(Mapping[str, NodeResult]):
         return repr(dict(self.items()))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickle as a plain dict of results: the raw core dict is an implementation detail.
+        # Pickle as a plain dict: the core's mappings are an implementation detail.
         return (dict, (dict(self.items()),))
 
 

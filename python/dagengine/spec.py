@@ -55,6 +55,7 @@ from dagengine._semver import Version, VersionRange
 from dagengine._units import format_duration, format_size, parse_duration, parse_size
 from dagengine.exceptions import DuplicateNodeError, ImportPathError, SpecError
 from dagengine.workflow import (
+    _DEFAULT_BACKOFF,
     DAG,
     LuaExecutor,
     Node,
@@ -81,7 +82,6 @@ _BACKOFF_KEYS = ("initial", "factor", "max")
 _LIMIT_KEYS = ("instructions", "memory")
 _WORKFLOW_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
-_DEFAULT_BACKOFF = RetryBackoff()
 _SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 

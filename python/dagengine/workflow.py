@@ -163,6 +163,11 @@ class RetryBackoff:
         return min(self.initial * self.factor ** max(retry - 1, 0), self.max)
 
 
+# Frozen, so one instance serves every node that keeps the default (validating a new one per
+# node was most of the cost of building a large DAG).
+_DEFAULT_BACKOFF = RetryBackoff()
+
+
 @dataclass(frozen=True, slots=True)
 class NoopExecutor:
     """Does nothing and returns ``{}``; runs entirely in the core (tests, benchmarks)."""
@@ -296,7 +301,7 @@ class Node:
     deps: tuple[str, ...] = ()
     executor: AnyExecutor = NoopExecutor()
     retries: int = 0
-    retry_backoff: RetryBackoff = RetryBackoff()
+    retry_backoff: RetryBackoff = _DEFAULT_BACKOFF
     timeout: float | None = None
 
     def __init__(
@@ -341,7 +346,7 @@ class Node:
         if retries < 0:
             raise SpecError(f"node {id!r}: retries must be >= 0, got {retries}", path="retries")
         if retry_backoff is None:
-            retry_backoff = RetryBackoff()
+            retry_backoff = _DEFAULT_BACKOFF
         elif not isinstance(retry_backoff, RetryBackoff):
             raise TypeError(
                 f"node {id!r}: retry_backoff must be a RetryBackoff, "

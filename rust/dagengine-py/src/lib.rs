@@ -17,7 +17,7 @@ use dagengine_server::{
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use pythonize::{depythonize, pythonize};
 use serde_json::Value;
@@ -202,6 +202,21 @@ impl DagRef {
     fn topological_order(&mut self, py: Python<'_>) -> PyResult<Vec<String>> {
         self.preprocess_inner(py)?;
         Ok(self.ids(self.dag.topological_order()))
+    }
+
+    /// The topological order as node indices (insertion order), in a compact
+    /// `array.array('I')`: 4 bytes per node instead of a `str` object each.
+    fn topological_order_indices<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.preprocess_inner(py)?;
+        let bytes: Vec<u8> = self
+            .dag
+            .topological_order()
+            .iter()
+            .flat_map(|i| i.to_ne_bytes())
+            .collect();
+        let array = py.import("array")?.getattr("array")?.call1(("I",))?;
+        array.call_method1("frombytes", (PyBytes::new(py, &bytes),))?;
+        Ok(array)
     }
 
     fn levels(&mut self, py: Python<'_>) -> PyResult<Vec<Vec<String>>> {
@@ -437,20 +452,67 @@ impl RunRef {
             None => d.set_item("error", py.None())?,
         }
         d.set_item("duration", outcome.duration.as_secs_f64())?;
-        let outputs = PyDict::new(py);
-        let dag = self.plan.dag();
-        for (i, rec) in outcome.nodes.iter().enumerate() {
-            if let Some(v) = &rec.output {
-                outputs.set_item(dag.id(i as u32), pythonize(py, v.as_ref())?)?;
-            }
-        }
-        d.set_item("outputs", outputs)?;
+        let outputs = Outputs {
+            succeeded: (0..outcome.nodes.len() as u32)
+                .filter(|&i| outcome.nodes[i as usize].output.is_some())
+                .collect(),
+            outcome: outcome.clone(),
+            plan: self.plan.clone(),
+        };
+        d.set_item("outputs", Bound::new(py, outputs)?)?;
         let nodes = NodeRecords {
             outcome,
             plan: self.plan.clone(),
         };
         d.set_item("nodes", Bound::new(py, nodes)?)?;
         Ok(d)
+    }
+}
+
+/// The outputs of a finished run's succeeded nodes, as a read-only mapping of node id to
+/// output, each converted to Python on access (a 10,000-node run is usually read for a few
+/// outputs; converting them all would cost more than the run).
+#[pyclass(module = "dagengine._core", frozen, mapping)]
+pub struct Outputs {
+    succeeded: Vec<u32>,
+    outcome: Arc<dagengine_server::RunOutcome>,
+    plan: Arc<Plan>,
+}
+
+impl Outputs {
+    fn output(&self, node_id: &str) -> Option<&Arc<Value>> {
+        let idx = self.plan.dag().index_of(node_id)?;
+        self.outcome.nodes[idx as usize].output.as_ref()
+    }
+}
+
+#[pymethods]
+impl Outputs {
+    fn __len__(&self) -> usize {
+        self.succeeded.len()
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, node_id: &str) -> PyResult<Bound<'py, PyAny>> {
+        let value = self
+            .output(node_id)
+            .ok_or_else(|| PyKeyError::new_err(node_id.to_owned()))?;
+        Ok(pythonize(py, value.as_ref())?)
+    }
+
+    fn __contains__(&self, node_id: &Bound<'_, PyAny>) -> bool {
+        node_id
+            .extract::<&str>()
+            .is_ok_and(|id| self.output(id).is_some())
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.keys(py).into_any().try_iter().map(Bound::into_any)
+    }
+
+    /// Ids of the succeeded nodes, in index order.
+    fn keys<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
+        let dag = self.plan.dag();
+        PyList::new(py, self.succeeded.iter().map(|&i| dag.id(i))).expect("list of str")
     }
 }
 
@@ -544,6 +606,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RunRef>()?;
     m.add_class::<CancelToken>()?;
     m.add_class::<NodeRecords>()?;
+    m.add_class::<Outputs>()?;
     m.add_function(wrap_pyfunction!(lua_check, m)?)?;
     // After this runs, worker threads stop entering the interpreter: a thread that takes
     // the GIL while Python finalizes is terminated with pthread_exit, which aborts the

@@ -425,6 +425,8 @@ enum Timer {
 struct Driver {
     plan: Arc<Plan>,
     config: RunConfig,
+    /// Shared with every Lua job instead of a `String` copy per node.
+    run_id: Arc<str>,
     external: Option<Arc<dyn ExternalExecutor>>,
     shared: Arc<Shared>,
     tx: Sender<Msg>,
@@ -464,6 +466,7 @@ impl Driver {
         };
         Self {
             deadline: config.timeout.map(|t| started + t),
+            run_id: config.run_id.as_str().into(),
             plan,
             config,
             external,
@@ -906,7 +909,7 @@ impl Driver {
         LuaJob {
             node,
             attempt,
-            run_id: self.config.run_id.clone(),
+            run_id: self.run_id.clone(),
             inputs: self.config.inputs.clone(),
             results: self.results_of(node),
             node_timeout: policy.timeout,
@@ -980,7 +983,7 @@ impl Driver {
 struct LuaJob {
     node: NodeIdx,
     attempt: u32,
-    run_id: String,
+    run_id: Arc<str>,
     inputs: Arc<Value>,
     results: Vec<(NodeIdx, Arc<Value>)>,
     node_timeout: Option<Duration>,
