@@ -13,7 +13,8 @@ its peak memory is its own. Inside the worker:
 
 Timed calls:
 
-* dagengine: ``_core.DagRef()`` + ``add_nodes_csr(ids, offsets, parents)`` + ``preprocess()``
+* dagengine: ``_core.DagRef()`` + ``add_nodes_csr(ids, offsets, parents)`` (string ids, CSR
+  parents as ``array('I')``) + ``preprocess()``
   + ``topological_order_indices()`` (node indices in a compact ``array('I')``, the
   counterpart of rustworkx's ``NodeIndices``; ``topological_order()`` would add a 1M-element
   list of id strings, about 110 B/node);
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,8 +86,9 @@ class Marks:
 
 
 def prep_dagengine(n: int, offsets: list[int], parents: list[int]) -> tuple[Any, ...]:
-    """String ids plus the CSR lists, as ``add_nodes_csr`` takes them."""
-    return ([f"n{i}" for i in range(n)], offsets, parents)
+    """String ids plus the CSR arrays (``array('I')``, which ``add_nodes_csr`` copies in
+    bulk), as the bulk API takes them."""
+    return ([f"n{i}" for i in range(n)], array("I", offsets), array("I", parents))
 
 
 def run_dagengine(data: tuple[Any, ...], marks: Marks) -> int:

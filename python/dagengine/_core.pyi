@@ -65,7 +65,7 @@ class DagRef:
     def add_nodes_csr(self, ids: list[str], offsets: Sequence[int], parents: Sequence[int]) -> None:
         """Bulk-add no-op nodes: node ``i``'s parents are ``parents[offsets[i]:offsets[i+1]]``
         (indices into ``ids``, counted from the first node of this call);
-        ``len(offsets) == len(ids) + 1``."""
+        ``len(offsets) == len(ids) + 1``. ``array('I')`` arguments are copied in bulk."""
 
     def preprocess(self) -> None:
         """Validate (duplicate ids, self-dependency, unknown dependency, cycle) and compute the

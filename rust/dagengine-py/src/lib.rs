@@ -167,9 +167,11 @@ impl DagRef {
         &mut self,
         py: Python<'_>,
         ids: &Bound<'_, PyList>,
-        offsets: Vec<u32>,
-        parents: Vec<u32>,
+        offsets: &Bound<'_, PyAny>,
+        parents: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        let offsets = u32_vec(offsets, "offsets")?;
+        let parents = u32_vec(parents, "parents")?;
         let names: Vec<Bound<'_, PyString>> = ids
             .iter()
             .map(|o| o.cast_into::<PyString>().map_err(PyErr::from))
@@ -342,6 +344,29 @@ impl DagRef {
 pub struct RunRef {
     handle: RunHandle,
     plan: Arc<Plan>,
+}
+
+/// A sequence of non-negative ints as `Vec<u32>`; an `array.array` of 4-byte unsigned ints
+/// is copied in bulk (one `tobytes()`), anything else is converted item by item.
+fn u32_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u32>> {
+    let array_type = obj.py().import("array")?.getattr("array")?;
+    if obj.is_instance(&array_type)? {
+        let code: String = obj.getattr("typecode")?.extract()?;
+        let size: usize = obj.getattr("itemsize")?.extract()?;
+        if matches!(code.as_str(), "I" | "L") && size == 4 {
+            let raw = obj.call_method0("tobytes")?;
+            let bytes = raw.cast::<PyBytes>()?.as_bytes();
+            return Ok(bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                .collect());
+        }
+    }
+    obj.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a sequence of ints in 0..2**32 or an array('I')"
+        ))
+    })
 }
 
 fn secs(timeout: f64) -> Duration {
