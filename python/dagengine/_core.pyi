@@ -12,6 +12,7 @@ from typing import Any, TypeAlias, final
 __all__ = [
     "CancelToken",
     "DagRef",
+    "EngineServerRef",
     "NodeRecords",
     "Outputs",
     "RunRef",
@@ -149,3 +150,56 @@ class NodeRecords:
 
 def lua_check(source: str, chunk_name: str | None = None) -> None:
     """Compile ``source`` in text mode; raise ``LuaSyntaxError`` (with ``line``) if invalid."""
+
+#: Resolves a host node reference for the engine server: ``resolve(kind, reference)`` with
+#: ``kind`` ``"python"`` (reference ``"pkg.module:function"``; return the callable) or
+#: ``"workflow"`` (reference ``"child@range"``; return the payload the ``invoke`` trampoline
+#: understands, a ``SubWorkflow``). Raise ``ImportPathError`` (or any exception) to refuse:
+#: the request then fails with ``INVALID_ARGUMENT`` naming the node and the reference.
+Resolve: TypeAlias = Callable[[str, str], Any]
+
+@final
+class EngineServerRef:
+    """The engine's gRPC server (``dagengine.v1.EngineService`` + ``grpc.health.v1``),
+    served by tonic on the core's runtime. Binds and starts serving in the constructor.
+
+    ``tls_cert``/``tls_key`` (PEM) turn on TLS; ``tls_client_ca`` (PEM) also requires client
+    certificates signed by that CA (mutual TLS). ``max_message_bytes`` bounds decoded and
+    encoded messages. Raises ``EngineStartError`` if the address cannot be bound or the TLS
+    material is invalid.
+    """
+
+    def __new__(
+        cls,
+        engine_id: str,
+        invoke: Invoke,
+        resolve: Resolve,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        capacity: int = 10,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        tls_client_ca: bytes | None = None,
+        max_message_bytes: int = 16777216,
+    ) -> EngineServerRef: ...
+    @property
+    def engine_id(self) -> str: ...
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+
+    def info(self) -> dict[str, Any]:
+        """``engine_id``, ``version``, ``capacity``, ``active_runs``, ``uptime_seconds``,
+        ``draining``, ``active_run_ids``."""
+
+    def drain(self, grace: float) -> int:
+        """Refuse new runs (``UNAVAILABLE``; health ``NOT_SERVING``), wait up to ``grace``
+        seconds for active runs, cancel the rest and wait for them to report. Returns how many
+        runs were cancelled. Releases the GIL."""
+
+    def stop(self) -> None:
+        """Stop serving (cancelling any active run) and release the port. Idempotent."""
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the server to stop; True once it has."""

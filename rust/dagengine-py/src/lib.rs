@@ -4,6 +4,7 @@
 //! and node outputs are converted to `serde_json::Value` on the way in and back to Python
 //! objects only when a Python node or the caller needs them.
 
+mod engine;
 mod errors;
 mod external;
 
@@ -314,6 +315,7 @@ impl DagRef {
             timeout: timeout.map(|t| duration("timeout", t)).transpose()?,
             completed: done,
             events,
+            event_outputs: false,
         };
         let external = PyExternal::new(invoke, payloads, inputs_py, run_id);
         let handle = start_run(plan.clone(), config, Some(Arc::new(external)))
@@ -369,8 +371,11 @@ fn u32_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u32>> {
     })
 }
 
+/// Seconds from Python as a `Duration`: negatives and NaN are zero, anything beyond a year
+/// (infinity too) is a year — "wait forever" without overflowing a deadline.
 fn secs(timeout: f64) -> Duration {
-    Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::from_hours(24))
+    const YEAR: Duration = Duration::from_hours(24 * 365);
+    Duration::try_from_secs_f64(timeout.max(0.0)).map_or(YEAR, |d| d.min(YEAR))
 }
 
 fn failure_dict<'py>(
@@ -406,6 +411,11 @@ impl RunRef {
             EventDetail::Log(line) => {
                 let d = PyDict::new(py);
                 d.set_item("message", line)?;
+                d.into_any().unbind()
+            }
+            EventDetail::Output(v) => {
+                let d = PyDict::new(py);
+                d.set_item("output", pythonize(py, v.as_ref())?)?;
                 d.into_any().unbind()
             }
             EventDetail::Finished(status) => {
@@ -632,6 +642,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CancelToken>()?;
     m.add_class::<NodeRecords>()?;
     m.add_class::<Outputs>()?;
+    m.add_class::<engine::EngineServerRef>()?;
     m.add_function(wrap_pyfunction!(lua_check, m)?)?;
     // After this runs, worker threads stop entering the interpreter: a thread that takes
     // the GIL while Python finalizes is terminated with pthread_exit, which aborts the

@@ -192,6 +192,9 @@ pub struct RunConfig {
     pub completed: Vec<(NodeIdx, Value)>,
     /// Record events for [`RunHandle::next_events`].
     pub events: bool,
+    /// Attach each node's output to its `NodeSucceeded` event (the engine streams them so
+    /// the orchestrator can store completed outputs as they happen).
+    pub event_outputs: bool,
 }
 
 /// What an event is about.
@@ -235,6 +238,8 @@ pub enum EventDetail {
         error: Option<NodeFailure>,
     },
     Log(String),
+    /// A succeeded node's output (only with [`RunConfig::event_outputs`]).
+    Output(Arc<Value>),
     Finished(RunStatus),
 }
 
@@ -304,6 +309,8 @@ struct Shared {
     cancel: AtomicBool,
     published: Mutex<Published>,
     changed: Condvar,
+    /// The same wake-up as `changed`, for async waiters (the gRPC event stream).
+    changed_async: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -372,6 +379,26 @@ impl RunHandle {
         guard.events.drain(..).collect()
     }
 
+    /// Wait (asynchronously) for events or the end of the run; take all pending events.
+    /// Returns them with the outcome once the run has finished and every event is out.
+    pub async fn next_events_async(&self) -> (Vec<RunEvent>, Option<Arc<RunOutcome>>) {
+        loop {
+            let notified = self.shared.changed_async.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a publish between the look and the await is not
+            // missed.
+            notified.as_mut().enable();
+            {
+                let mut p = self.shared.lock();
+                if !p.events.is_empty() || p.outcome.is_some() {
+                    let events: Vec<RunEvent> = p.events.drain(..).collect();
+                    return (events, p.outcome.clone());
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// The outcome, once the run has finished.
     pub fn outcome(&self) -> Option<Arc<RunOutcome>> {
         self.shared.lock().outcome.clone()
@@ -404,6 +431,7 @@ pub fn start_run(
         cancel: AtomicBool::new(false),
         published: Mutex::new(Published::default()),
         changed: Condvar::new(),
+        changed_async: tokio::sync::Notify::new(),
     });
     let handle = RunHandle {
         shared: shared.clone(),
@@ -506,6 +534,7 @@ impl Driver {
         }
         self.shared.lock().events.extend(self.buffered.drain(..));
         self.shared.changed.notify_all();
+        self.shared.changed_async.notify_waiters();
     }
 
     fn run(mut self, rx: &Receiver<Msg>) {
@@ -683,12 +712,11 @@ impl Driver {
                 rec.error = None;
                 sched.handle(Event::NodeSucceeded { node, attempt }, out);
                 if sched.state(node) == NodeState::Succeeded {
-                    self.emit(
-                        EventKind::NodeSucceeded,
-                        Some(node),
-                        attempt,
-                        EventDetail::None,
-                    );
+                    let detail = match &self.records[node as usize].output {
+                        Some(out) if self.config.event_outputs => EventDetail::Output(out.clone()),
+                        _ => EventDetail::None,
+                    };
+                    self.emit(EventKind::NodeSucceeded, Some(node), attempt, detail);
                 }
             }
             Err(failure) => {
@@ -976,6 +1004,7 @@ impl Driver {
         published.outcome = Some(Arc::new(outcome));
         drop(published);
         self.shared.changed.notify_all();
+        self.shared.changed_async.notify_waiters();
     }
 }
 

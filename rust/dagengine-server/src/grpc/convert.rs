@@ -1,0 +1,476 @@
+//! Wire messages <-> the core's types. Every refusal names the field it is about
+//! (`workflow.nodes[2].timeout_seconds: ...`), because it goes back to the caller as the
+//! message of an `INVALID_ARGUMENT` status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dagengine_core::{Backoff, Dag, GraphError, NodeIdx, NodePolicy, NodeState, RunStatus};
+use dagengine_lua::{LuaLimits, LuaScript};
+use serde_json::{Map, Value};
+
+use super::pb;
+use crate::runner::{
+    EventDetail, EventKind, NodeFailure, NodeKind, NodeSpec, Plan, RunError, RunEvent, RunOutcome,
+};
+
+/// A request field that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidField {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidField {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// What a host node (run by the embedding process, not by the core) refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRef {
+    /// A Python callable, `package.module:function`.
+    Python(String),
+    /// A sub-workflow, `child@range` (or `child` for any version).
+    Workflow(String),
+}
+
+/// A node the host must resolve before the run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNode {
+    pub node: NodeIdx,
+    pub reference: HostRef,
+}
+
+fn seconds(field: &str, v: f64) -> Result<Duration, InvalidField> {
+    if v.is_finite() && v >= 0.0 {
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| InvalidField::new(field, format!("{v} is out of range")))
+    } else {
+        Err(InvalidField::new(
+            field,
+            format!("must be a finite number of seconds >= 0, got {v}"),
+        ))
+    }
+}
+
+fn policy(i: usize, node: &pb::NodeSpec) -> Result<NodePolicy, InvalidField> {
+    let mut policy = NodePolicy::default();
+    if let Some(r) = &node.retry {
+        let f = |name: &str| format!("workflow.nodes[{i}].retry.{name}");
+        policy.retries = r.retries;
+        // Zero means "not set" on the wire: keep the defaults then.
+        if r.backoff_initial_seconds != 0.0 {
+            policy.backoff.initial =
+                seconds(&f("backoff_initial_seconds"), r.backoff_initial_seconds)?;
+        }
+        if r.backoff_factor != 0.0 {
+            if !(r.backoff_factor.is_finite() && r.backoff_factor >= 1.0) {
+                return Err(InvalidField::new(
+                    f("backoff_factor"),
+                    format!("must be a number >= 1, got {}", r.backoff_factor),
+                ));
+            }
+            policy.backoff.factor = r.backoff_factor;
+        }
+        if r.backoff_max_seconds != 0.0 {
+            policy.backoff.max = seconds(&f("backoff_max_seconds"), r.backoff_max_seconds)?;
+        }
+    } else {
+        policy.backoff = Backoff::default();
+    }
+    if let Some(t) = node.timeout_seconds {
+        let field = format!("workflow.nodes[{i}].timeout_seconds");
+        let d = seconds(&field, t)?;
+        if d.is_zero() {
+            return Err(InvalidField::new(field, "must be positive"));
+        }
+        policy.timeout = Some(d);
+    }
+    Ok(policy)
+}
+
+fn executor(i: usize, node: &pb::NodeSpec) -> Result<(NodeKind, Option<HostRef>), InvalidField> {
+    use pb::node_spec::Executor;
+    let field = |name: &str| format!("workflow.nodes[{i}].{name}");
+    match &node.executor {
+        None => Err(InvalidField::new(
+            field("executor"),
+            format!(
+                "node '{}' has no executor (set one of lua, python, workflow, noop)",
+                node.id
+            ),
+        )),
+        Some(Executor::Noop(_)) => Ok((NodeKind::Noop, None)),
+        Some(Executor::Lua(lua)) => {
+            let script = LuaScript::new(lua.code.as_str());
+            script.check().map_err(|e| {
+                InvalidField::new(field("lua.code"), format!("node '{}': {e}", node.id))
+            })?;
+            let defaults = LuaLimits::default();
+            let max_memory =
+                match lua.max_memory_bytes {
+                    Some(m) => Some(usize::try_from(m).map_err(|_| {
+                        InvalidField::new(field("lua.max_memory_bytes"), "too large")
+                    })?),
+                    None => defaults.max_memory,
+                };
+            let limits = LuaLimits {
+                max_instructions: lua.max_instructions.or(defaults.max_instructions),
+                max_memory,
+                timeout: defaults.timeout,
+            };
+            Ok((NodeKind::Lua { script, limits }, None))
+        }
+        Some(Executor::Python(py)) => {
+            let path = py.import_path.trim();
+            let shape_ok = path
+                .split_once(':')
+                .is_some_and(|(m, f)| !m.is_empty() && !f.is_empty());
+            if !shape_ok {
+                return Err(InvalidField::new(
+                    field("python.import_path"),
+                    format!(
+                        "node '{}': '{path}' is not an import path like 'package.module:function'",
+                        node.id
+                    ),
+                ));
+            }
+            Ok((NodeKind::External, Some(HostRef::Python(path.to_owned()))))
+        }
+        Some(Executor::Workflow(w)) => {
+            if w.workflow_id.trim().is_empty() {
+                return Err(InvalidField::new(
+                    field("workflow.workflow_id"),
+                    format!("node '{}': must not be empty", node.id),
+                ));
+            }
+            let range = w.version_range.trim();
+            let reference = if range.is_empty() || range == "*" {
+                w.workflow_id.clone()
+            } else {
+                format!("{}@{range}", w.workflow_id)
+            };
+            Ok((NodeKind::External, Some(HostRef::Workflow(reference))))
+        }
+    }
+}
+
+/// Validate a workflow spec and build its plan, plus the nodes the host must resolve.
+pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), InvalidField> {
+    if spec.nodes.is_empty() {
+        return Err(InvalidField::new(
+            "workflow.nodes",
+            "a workflow needs at least one node",
+        ));
+    }
+    let mut dag = Dag::with_capacity(spec.nodes.len(), spec.nodes.len() * 2);
+    let mut specs = Vec::with_capacity(spec.nodes.len());
+    let mut host = Vec::new();
+    for (i, node) in spec.nodes.iter().enumerate() {
+        if node.id.is_empty() {
+            return Err(InvalidField::new(
+                format!("workflow.nodes[{i}].id"),
+                "must not be empty",
+            ));
+        }
+        let policy = policy(i, node)?;
+        let (kind, reference) = executor(i, node)?;
+        let idx = dag
+            .add_node(&node.id, node.deps.iter().map(String::as_str))
+            .map_err(|e| {
+                let field = match e {
+                    GraphError::SelfDependency { .. } => format!("workflow.nodes[{i}].deps"),
+                    _ => format!("workflow.nodes[{i}].id"),
+                };
+                InvalidField::new(field, e.to_string())
+            })?;
+        if let Some(reference) = reference {
+            host.push(HostNode {
+                node: idx,
+                reference,
+            });
+        }
+        specs.push(NodeSpec { kind, policy });
+    }
+    dag.preprocess().map_err(|e| {
+        let field = match &e {
+            GraphError::UnknownDependency { node_id, .. } => spec
+                .nodes
+                .iter()
+                .position(|n| &n.id == node_id)
+                .map_or_else(
+                    || "workflow.nodes".to_owned(),
+                    |i| format!("workflow.nodes[{i}].deps"),
+                ),
+            _ => "workflow.nodes".to_owned(),
+        };
+        InvalidField::new(field, e.to_string())
+    })?;
+    let plan = Plan::new(dag, specs).map_err(|e| InvalidField::new("workflow", e))?;
+    Ok((plan, host))
+}
+
+/// Parse a JSON object sent as bytes.
+pub fn json_object(field: &str, bytes: &[u8]) -> Result<Value, InvalidField> {
+    if bytes.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| InvalidField::new(field, format!("not valid JSON: {e}")))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(InvalidField::new(field, "must be a JSON object"))
+    }
+}
+
+fn to_json(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn error_info(f: &NodeFailure) -> pb::ErrorInfo {
+    pb::ErrorInfo {
+        r#type: f.kind.clone(),
+        message: f.message.clone(),
+        traceback: f.traceback.clone().unwrap_or_default(),
+        node_id: String::new(),
+    }
+}
+
+fn run_error_info(e: &RunError) -> pb::ErrorInfo {
+    pb::ErrorInfo {
+        r#type: e.kind.clone(),
+        message: e.message.clone(),
+        traceback: String::new(),
+        node_id: e.node_id.clone().unwrap_or_default(),
+    }
+}
+
+fn event_kind(k: EventKind) -> pb::EventKind {
+    match k {
+        EventKind::RunStarted => pb::EventKind::RunStarted,
+        EventKind::NodeStarted => pb::EventKind::NodeStarted,
+        EventKind::NodeSucceeded => pb::EventKind::NodeSucceeded,
+        EventKind::NodeFailed => pb::EventKind::NodeFailed,
+        EventKind::NodeRetrying => pb::EventKind::NodeRetrying,
+        EventKind::NodeSkipped => pb::EventKind::NodeSkipped,
+        EventKind::NodeCancelled => pb::EventKind::NodeCancelled,
+        EventKind::NodeLog => pb::EventKind::NodeLog,
+        EventKind::RunFinished => pb::EventKind::RunFinished,
+    }
+}
+
+pub fn run_status(s: RunStatus) -> pb::RunStatus {
+    match s {
+        RunStatus::Succeeded => pb::RunStatus::Succeeded,
+        RunStatus::Failed => pb::RunStatus::Failed,
+        RunStatus::Cancelled => pb::RunStatus::Cancelled,
+    }
+}
+
+fn node_status(s: NodeState) -> pb::NodeStatus {
+    match s {
+        NodeState::Pending => pb::NodeStatus::NodePending,
+        NodeState::Running => pb::NodeStatus::NodeRunning,
+        NodeState::Retrying => pb::NodeStatus::NodeRetryingStatus,
+        NodeState::Succeeded => pb::NodeStatus::NodeSucceededStatus,
+        NodeState::Failed => pb::NodeStatus::NodeFailedStatus,
+        NodeState::Skipped => pb::NodeStatus::NodeSkippedStatus,
+        NodeState::Cancelled => pb::NodeStatus::NodeCancelledStatus,
+    }
+}
+
+/// Identity of a run on the wire.
+#[derive(Debug, Clone)]
+pub struct RunTag {
+    pub run_id: Arc<str>,
+    pub attempt: u64,
+    pub engine_id: Arc<str>,
+}
+
+/// A core event as a wire event.
+pub fn event(tag: &RunTag, plan: &Plan, e: &RunEvent) -> pb::RunEvent {
+    let mut ev = pb::RunEvent {
+        run_id: tag.run_id.to_string(),
+        attempt: tag.attempt,
+        seq: e.seq,
+        engine_id: tag.engine_id.to_string(),
+        kind: event_kind(e.kind) as i32,
+        time_unix: e.time,
+        node_id: e
+            .node
+            .map(|n| plan.dag().id(n).to_owned())
+            .unwrap_or_default(),
+        node_attempt: e.attempt,
+        ..Default::default()
+    };
+    match &e.detail {
+        EventDetail::None | EventDetail::Finished(_) => {}
+        EventDetail::Error(f) => ev.error = Some(error_info(f)),
+        EventDetail::Retry { delay, error } => {
+            ev.retry_delay_seconds = delay.as_secs_f64();
+            ev.error = error.as_ref().map(error_info);
+        }
+        EventDetail::Log(line) => ev.message.clone_from(line),
+        EventDetail::Output(v) => ev.output_json = to_json(v),
+    }
+    ev
+}
+
+/// A finished run as a wire result.
+pub fn result(tag: &RunTag, plan: &Plan, o: &RunOutcome) -> pb::RunResult {
+    pb::RunResult {
+        run_id: tag.run_id.to_string(),
+        attempt: tag.attempt,
+        status: run_status(o.status) as i32,
+        error: o.error.as_ref().map(run_error_info),
+        duration_seconds: o.duration.as_secs_f64(),
+        nodes: o
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| pb::NodeResult {
+                node_id: plan.dag().id(i as NodeIdx).to_owned(),
+                status: node_status(r.status) as i32,
+                output_json: r.output.as_deref().map(to_json).unwrap_or_default(),
+                error: r.error.as_ref().map(error_info),
+                attempts: r.attempts,
+                started_at: r.started_at.unwrap_or_default(),
+                finished_at: r.finished_at.unwrap_or_default(),
+            })
+            .collect(),
+        engine_id: tag.engine_id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lua(id: &str, deps: &[&str], code: &str) -> pb::NodeSpec {
+        pb::NodeSpec {
+            id: id.into(),
+            deps: deps.iter().map(|s| (*s).to_owned()).collect(),
+            executor: Some(pb::node_spec::Executor::Lua(pb::LuaExecutor {
+                code: code.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn spec(nodes: Vec<pb::NodeSpec>) -> pb::WorkflowSpec {
+        pb::WorkflowSpec {
+            id: "w".into(),
+            nodes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(pb::WorkflowSpec, &str, &str)> = vec![
+            (spec(vec![]), "workflow.nodes", "at least one node"),
+            (
+                spec(vec![lua("a", &["ghost"], "return {}")]),
+                "workflow.nodes[0].deps",
+                "unknown node 'ghost'",
+            ),
+            (
+                spec(vec![
+                    lua("a", &["b"], "return {}"),
+                    lua("b", &["a"], "return {}"),
+                ]),
+                "workflow.nodes",
+                "dependency cycle",
+            ),
+            (
+                spec(vec![lua("a", &[], "return {")]),
+                "workflow.nodes[0].lua.code",
+                "syntax error at line 1",
+            ),
+            (
+                spec(vec![lua("a", &[], "return {}"), lua("a", &[], "return {}")]),
+                "workflow.nodes[1].id",
+                "duplicate node id 'a'",
+            ),
+            (
+                spec(vec![pb::NodeSpec {
+                    id: "x".into(),
+                    ..Default::default()
+                }]),
+                "workflow.nodes[0].executor",
+                "no executor",
+            ),
+        ];
+        for (s, field, needle) in cases {
+            let err = plan_from_spec(&s).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.message.contains(needle), "{err}");
+        }
+        let mut bad = lua("a", &[], "return {}");
+        bad.timeout_seconds = Some(-1.0);
+        let err = plan_from_spec(&spec(vec![bad])).unwrap_err();
+        assert_eq!(err.field, "workflow.nodes[0].timeout_seconds");
+        let mut py = lua("p", &[], "");
+        py.executor = Some(pb::node_spec::Executor::Python(pb::PythonExecutor {
+            import_path: "nocolon".into(),
+        }));
+        assert_eq!(
+            plan_from_spec(&spec(vec![py])).unwrap_err().field,
+            "workflow.nodes[0].python.import_path"
+        );
+    }
+
+    #[test]
+    fn host_nodes_are_listed() {
+        let mut py = lua("p", &[], "");
+        py.executor = Some(pb::node_spec::Executor::Python(pb::PythonExecutor {
+            import_path: "m.t:f".into(),
+        }));
+        let mut wf = lua("w", &["p"], "");
+        wf.executor = Some(pb::node_spec::Executor::Workflow(pb::SubWorkflowExecutor {
+            workflow_id: "child".into(),
+            version_range: "^1.2".into(),
+        }));
+        let (plan, host) = plan_from_spec(&spec(vec![py, wf])).unwrap();
+        assert_eq!(plan.dag().len(), 2);
+        assert_eq!(
+            host,
+            vec![
+                HostNode {
+                    node: 0,
+                    reference: HostRef::Python("m.t:f".into())
+                },
+                HostNode {
+                    node: 1,
+                    reference: HostRef::Workflow("child@^1.2".into())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn json_objects_only() {
+        assert!(json_object("inputs_json", b"").unwrap().is_object());
+        assert_eq!(
+            json_object("inputs_json", b"[1]").unwrap_err().message,
+            "must be a JSON object"
+        );
+        assert!(json_object("inputs_json", b"{")
+            .unwrap_err()
+            .message
+            .starts_with("not valid JSON"));
+    }
+}

@@ -1,0 +1,664 @@
+//! The engine's gRPC server: `dagengine.v1.EngineService` and `grpc.health.v1.Health`,
+//! served by tonic on the process runtime.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dagengine_core::RunOptions;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use super::convert::{self, HostNode, InvalidField, RunTag};
+use super::pb;
+use super::pb::engine_service_server::{EngineService, EngineServiceServer};
+use crate::runner::{start_run, EventKind, ExternalExecutor, Plan, RunConfig, RunHandle};
+use crate::runtime::runtime;
+
+/// TLS material (PEM). With `client_ca`, clients must present a certificate it signed.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
+/// How an engine serves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub engine_id: String,
+    pub version: String,
+    pub host: String,
+    pub port: u16,
+    /// Runs at once; one more gets `RESOURCE_EXHAUSTED`.
+    pub capacity: u32,
+    pub tls: Option<TlsConfig>,
+    /// Largest message decoded or encoded.
+    pub max_message_bytes: usize,
+}
+
+/// Lineage and inputs of a run, for the host preparing its nodes.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub run_id: String,
+    pub inputs: Arc<Value>,
+    pub parent_run_id: String,
+    pub parent_node_id: String,
+    pub depth: u32,
+}
+
+/// A host node the embedding process cannot resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    pub node: u32,
+    pub message: String,
+}
+
+/// The embedding process: resolves the run's Python and sub-workflow nodes and returns the
+/// executor that runs them. Called on a blocking thread before the run starts.
+pub trait HostNodes: Send + Sync {
+    fn prepare(
+        &self,
+        plan: &Plan,
+        nodes: &[HostNode],
+        run: &RunContext,
+    ) -> Result<Arc<dyn ExternalExecutor>, HostError>;
+}
+
+/// The engine cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("invalid TLS configuration: {0}")]
+    Tls(String),
+    #[error("invalid address {0:?}")]
+    Address(String),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+}
+
+#[derive(Default)]
+struct Active {
+    runs: HashMap<String, RunHandle>,
+    /// Slots taken by requests still being prepared.
+    reserved: usize,
+    /// Runs cancelled by a drain (reported as `EngineDraining`, not as a user cancel).
+    drained: HashSet<String>,
+}
+
+struct Engine {
+    config: EngineConfig,
+    started: Instant,
+    active: Mutex<Active>,
+    /// Signalled whenever a run leaves `active`.
+    left: Condvar,
+    draining: AtomicBool,
+    watch: broadcast::Sender<pb::RunEvent>,
+    host: Arc<dyn HostNodes>,
+    health: HealthReporter,
+}
+
+impl Engine {
+    fn active(&self) -> MutexGuard<'_, Active> {
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn info(&self) -> pb::EngineInfo {
+        let active = self.active();
+        let mut ids: Vec<String> = active.runs.keys().cloned().collect();
+        ids.sort();
+        pb::EngineInfo {
+            engine_id: self.config.engine_id.clone(),
+            version: self.config.version.clone(),
+            capacity: self.config.capacity,
+            active_runs: (active.runs.len() + active.reserved) as u32,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            draining: self.draining.load(Ordering::SeqCst),
+            active_run_ids: ids,
+        }
+    }
+
+    fn release(&self, run_id: Option<&str>, reserved: bool) {
+        let mut active = self.active();
+        if reserved {
+            active.reserved -= 1;
+        }
+        if let Some(id) = run_id {
+            active.runs.remove(id);
+        }
+        drop(active);
+        self.left.notify_all();
+    }
+}
+
+/// A slot reserved under the capacity, given back on drop unless it became a run.
+struct Reservation<'a> {
+    engine: &'a Engine,
+    held: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.engine.release(None, true);
+        }
+    }
+}
+
+fn invalid(e: &InvalidField) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[derive(Clone)]
+struct Service {
+    engine: Arc<Engine>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+
+/// Events buffered per Run stream before the engine stops reading the run (the client is
+/// slow): the run goes on, its events wait in the core.
+const STREAM_BUFFER: usize = 256;
+
+impl Service {
+    fn reserve(&self, run_id: &str) -> Result<Reservation<'_>, Status> {
+        let engine = &*self.engine;
+        if engine.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(format!(
+                "engine {} is draining and accepts no new runs",
+                engine.config.engine_id
+            )));
+        }
+        let mut active = engine.active();
+        if active.runs.contains_key(run_id) {
+            return Err(Status::already_exists(format!(
+                "run {run_id} is already active on engine {}",
+                engine.config.engine_id
+            )));
+        }
+        let busy = active.runs.len() + active.reserved;
+        if busy >= engine.config.capacity as usize {
+            return Err(Status::resource_exhausted(format!(
+                "engine {} is at capacity ({busy} of {} runs active); retry later or on another engine",
+                engine.config.engine_id, engine.config.capacity
+            )));
+        }
+        active.reserved += 1;
+        Ok(Reservation { engine, held: true })
+    }
+
+    /// Validate the request and start its run (on a blocking thread: preparing Python
+    /// nodes takes the GIL).
+    fn start(engine: &Arc<Engine>, req: &pb::RunRequest) -> Result<(Arc<Plan>, RunHandle), Status> {
+        let spec = req
+            .workflow
+            .as_ref()
+            .ok_or_else(|| invalid(&InvalidField::new("workflow", "missing")))?;
+        let (plan, host_nodes) = convert::plan_from_spec(spec).map_err(|e| invalid(&e))?;
+        let inputs =
+            convert::json_object("inputs_json", &req.inputs_json).map_err(|e| invalid(&e))?;
+        let mut completed = Vec::new();
+        for (id, bytes) in &req.completed_json {
+            let field = format!("completed_json[{id:?}]");
+            let idx = plan.dag().index_of(id).ok_or_else(|| {
+                invalid(&InvalidField::new(
+                    &field,
+                    format!("'{id}' is not a node of the workflow"),
+                ))
+            })?;
+            completed.push((
+                idx,
+                convert::json_object(&field, bytes).map_err(|e| invalid(&e))?,
+            ));
+        }
+        let mut timeout = spec
+            .timeout_seconds
+            .map(|t| {
+                Duration::try_from_secs_f64(t).map_err(|_| {
+                    invalid(&InvalidField::new(
+                        "workflow.timeout_seconds",
+                        "must be a finite number >= 0",
+                    ))
+                })
+            })
+            .transpose()?;
+        if req.deadline_unix > 0.0 {
+            let left = Duration::from_secs_f64((req.deadline_unix - unix_now()).max(0.0));
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        let max_parallel = req.max_parallel.or(spec.max_parallel);
+        if max_parallel == Some(0) {
+            return Err(invalid(&InvalidField::new(
+                "max_parallel",
+                "must be at least 1",
+            )));
+        }
+        let inputs = Arc::new(inputs);
+        let plan = Arc::new(plan);
+        let external = if host_nodes.is_empty() {
+            None
+        } else {
+            let run = RunContext {
+                run_id: req.run_id.clone(),
+                inputs: inputs.clone(),
+                parent_run_id: req.parent_run_id.clone(),
+                parent_node_id: req.parent_node_id.clone(),
+                depth: req.depth,
+            };
+            let ext = engine.host.prepare(&plan, &host_nodes, &run).map_err(|e| {
+                let i = e.node as usize;
+                let kind = match &host_nodes
+                    .iter()
+                    .find(|h| h.node == e.node)
+                    .map(|h| &h.reference)
+                {
+                    Some(convert::HostRef::Workflow(_)) => "workflow",
+                    _ => "python.import_path",
+                };
+                invalid(&InvalidField::new(
+                    format!("workflow.nodes[{i}].{kind}"),
+                    format!("node '{}': {}", plan.dag().id(e.node), e.message),
+                ))
+            })?;
+            Some(ext)
+        };
+        let config = RunConfig {
+            run_id: req.run_id.clone(),
+            inputs,
+            options: RunOptions {
+                max_parallel: max_parallel.map(|m| m as usize),
+                fail_fast: req.fail_fast.unwrap_or(spec.fail_fast),
+            },
+            timeout,
+            completed,
+            events: true,
+            event_outputs: true,
+        };
+        let handle = start_run(plan.clone(), config, external)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok((plan, handle))
+    }
+
+    /// Forward a run's events to its stream and to watchers until the run ends; the last
+    /// event carries the result. A client that goes away cancels its run.
+    async fn forward(
+        engine: Arc<Engine>,
+        tag: RunTag,
+        plan: Arc<Plan>,
+        handle: RunHandle,
+        tx: mpsc::Sender<Result<pb::RunEvent, Status>>,
+    ) {
+        let mut client_gone = false;
+        loop {
+            let (events, outcome) = handle.next_events_async().await;
+            for e in &events {
+                let mut ev = convert::event(&tag, &plan, e);
+                if e.kind == EventKind::RunFinished {
+                    if let Some(o) = &outcome {
+                        let mut result = convert::result(&tag, &plan, o);
+                        if engine.active().drained.contains(&*tag.run_id) {
+                            result.error = Some(pb::ErrorInfo {
+                                r#type: "EngineDraining".into(),
+                                message: format!(
+                                    "engine {} was drained before run {} finished",
+                                    tag.engine_id, tag.run_id
+                                ),
+                                ..Default::default()
+                            });
+                        }
+                        ev.result = Some(result);
+                    }
+                }
+                if engine.watch.receiver_count() > 0 {
+                    let _ = engine.watch.send(ev.clone());
+                }
+                if !client_gone && tx.send(Ok(ev)).await.is_err() {
+                    // The caller is gone: nobody will see this run's result.
+                    client_gone = true;
+                    handle.cancel();
+                }
+            }
+            if outcome.is_some() {
+                break;
+            }
+        }
+        engine.active().drained.remove(&*tag.run_id);
+        engine.release(Some(&tag.run_id), false);
+    }
+}
+
+#[tonic::async_trait]
+impl EngineService for Service {
+    type RunStream = EventStream;
+    type WatchStream = EventStream;
+
+    async fn run(
+        &self,
+        request: Request<pb::RunRequest>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let req = request.into_inner();
+        if req.run_id.is_empty() {
+            return Err(invalid(&InvalidField::new("run_id", "must not be empty")));
+        }
+        let mut reservation = self.reserve(&req.run_id)?;
+        let engine = self.engine.clone();
+        let req = Arc::new(req);
+        let r = req.clone();
+        let (plan, handle) = tokio::task::spawn_blocking(move || Self::start(&engine, &r))
+            .await
+            .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
+        {
+            let mut active = self.engine.active();
+            active.reserved -= 1;
+            active.runs.insert(req.run_id.clone(), handle.clone());
+        }
+        reservation.held = false;
+        let tag = RunTag {
+            run_id: req.run_id.as_str().into(),
+            attempt: req.attempt,
+            engine_id: self.engine.config.engine_id.as_str().into(),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(Self::forward(self.engine.clone(), tag, plan, handle, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelResponse>, Status> {
+        let run_id = request.into_inner().run_id;
+        let handle = self.engine.active().runs.get(&run_id).cloned();
+        if let Some(h) = &handle {
+            h.cancel();
+        }
+        Ok(Response::new(pb::CancelResponse {
+            found: handle.is_some(),
+        }))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::EngineInfo>, Status> {
+        Ok(Response::new(self.engine.info()))
+    }
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let rx = self.engine.watch.subscribe();
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|item| match item {
+            Ok(ev) => Ok(ev),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Ok(pb::RunEvent {
+                    missed: n,
+                    ..Default::default()
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Watch events buffered for slow watchers before they start missing some.
+const WATCH_BUFFER: usize = 4096;
+
+/// A running engine server. Dropping it stops the server.
+pub struct EngineServer {
+    engine: Arc<Engine>,
+    port: u16,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    abort: tokio::task::AbortHandle,
+    stopped: Arc<(Mutex<bool>, Condvar)>,
+}
+
+/// How long `stop` lets open connections finish before it closes them.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+impl std::fmt::Debug for EngineServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineServer")
+            .field("engine_id", &self.engine.config.engine_id)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+const SERVICE_NAME: &str = "dagengine.v1.EngineService";
+
+impl EngineServer {
+    /// Bind and start serving.
+    pub fn start(config: EngineConfig, host: Arc<dyn HostNodes>) -> Result<Self, StartError> {
+        let rt = runtime()?;
+        let addr: SocketAddr =
+            format!("{}:{}", config.host, config.port)
+                .parse()
+                .or_else(|_| {
+                    use std::net::ToSocketAddrs;
+                    (config.host.as_str(), config.port)
+                        .to_socket_addrs()
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .ok_or_else(|| {
+                            StartError::Address(format!("{}:{}", config.host, config.port))
+                        })
+                })?;
+        let mut builder = Server::builder()
+            .tcp_nodelay(true)
+            // A peer that stops answering pings is dropped, so a partitioned orchestrator
+            // does not keep runs attached to a half-open connection.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        if let Some(tls) = &config.tls {
+            let mut tls_config =
+                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+            }
+            builder = builder
+                .tls_config(tls_config)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+        }
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let (watch, _) = broadcast::channel(WATCH_BUFFER);
+        let max = config.max_message_bytes;
+        let engine = Arc::new(Engine {
+            config,
+            started: Instant::now(),
+            active: Mutex::new(Active::default()),
+            left: Condvar::new(),
+            draining: AtomicBool::new(false),
+            watch,
+            host,
+            health,
+        });
+        let service = EngineServiceServer::new(Service {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        let incoming = {
+            let _guard = rt.enter();
+            TcpIncoming::bind(addr)
+                .map_err(|source| StartError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?
+                .with_nodelay(Some(true))
+        };
+        let port = incoming
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?
+            .port();
+        let reporter = engine.health.clone();
+        rt.block_on(async move {
+            reporter
+                .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+                .await;
+            reporter
+                .set_service_status("", ServingStatus::Serving)
+                .await;
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let stopped = Arc::new((Mutex::new(false), Condvar::new()));
+        let done = stopped.clone();
+        let router = builder.add_service(health_service).add_service(service);
+        let serving = rt.spawn(async move {
+            let _ = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        let abort = serving.abort_handle();
+        rt.spawn(async move {
+            // Ends when the server finishes its graceful shutdown, or is aborted by `stop`.
+            let _ = serving.await;
+            let (lock, cv) = &*done;
+            *lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+            cv.notify_all();
+        });
+        Ok(Self {
+            engine,
+            port,
+            shutdown: Mutex::new(Some(tx)),
+            abort,
+            stopped,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The engine's id.
+    pub fn engine_id(&self) -> &str {
+        &self.engine.config.engine_id
+    }
+
+    /// Who the engine is and how busy.
+    pub fn info(&self) -> pb::EngineInfo {
+        self.engine.info()
+    }
+
+    /// Refuse new runs, wait up to `grace` for active ones, cancel the rest and wait for them
+    /// to end. Returns how many runs were cancelled. Blocks.
+    pub fn drain(&self, grace: Duration) -> usize {
+        let engine = &self.engine;
+        if !engine.draining.swap(true, Ordering::SeqCst) {
+            if let Ok(rt) = runtime() {
+                let reporter = engine.health.clone();
+                rt.block_on(async move {
+                    reporter
+                        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                        .await;
+                    reporter
+                        .set_service_status("", ServingStatus::NotServing)
+                        .await;
+                });
+            }
+        }
+        let deadline = Instant::now().checked_add(grace);
+        let mut active = engine.active();
+        while !(active.runs.is_empty() && active.reserved == 0) {
+            let left = deadline.map_or(Duration::from_hours(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                break;
+            }
+            active = engine
+                .left
+                .wait_timeout(active, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        let ids: Vec<String> = active.runs.keys().cloned().collect();
+        for id in &ids {
+            active.drained.insert(id.clone());
+            active.runs[id].cancel();
+        }
+        // Cancelled runs end within the Lua hook interval; Python attempts are abandoned.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !active.runs.is_empty() && Instant::now() < until {
+            active = engine
+                .left
+                .wait_timeout(active, Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        ids.len()
+    }
+
+    /// Stop serving: cancel active runs and close the listener. Idempotent.
+    pub fn stop(&self) {
+        let handles: Vec<RunHandle> = self.engine.active().runs.values().cloned().collect();
+        for h in handles {
+            h.cancel();
+        }
+        let tx = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(());
+            // Graceful shutdown waits for clients to hang up; idle clients may never do.
+            let abort = self.abort.clone();
+            if let Ok(rt) = runtime() {
+                rt.spawn(async move {
+                    tokio::time::sleep(STOP_GRACE).await;
+                    abort.abort();
+                });
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for the server to have stopped.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let (lock, cv) = &*self.stopped;
+        let guard = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (guard, _) = cv
+            .wait_timeout_while(guard, timeout, |stopped| !*stopped)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard
+    }
+}
+
+impl Drop for EngineServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,308 @@
+//! The engine's gRPC server over a real socket, driven by the generated tonic client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dagengine_server::grpc::pb::engine_service_client::EngineServiceClient;
+use dagengine_server::grpc::pb::{self, node_spec::Executor};
+use dagengine_server::grpc::{
+    EngineConfig, EngineServer, HostError, HostNode, HostNodes, HostRef, RunContext,
+};
+use dagengine_server::{ExternalCall, ExternalExecutor, NodeFailure, Plan};
+use serde_json::{json, Map, Value};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// Host nodes for the tests: `tests:echo` returns its inputs, anything else is unknown.
+struct TestHost;
+
+struct Echo(Arc<Value>);
+
+impl ExternalExecutor for Echo {
+    fn execute(
+        &self,
+        _plan: &Plan,
+        _call: ExternalCall,
+    ) -> Result<Map<String, Value>, NodeFailure> {
+        Ok(self.0.as_object().cloned().unwrap_or_default())
+    }
+}
+
+impl HostNodes for TestHost {
+    fn prepare(
+        &self,
+        _plan: &Plan,
+        nodes: &[HostNode],
+        run: &RunContext,
+    ) -> Result<Arc<dyn ExternalExecutor>, HostError> {
+        for n in nodes {
+            if n.reference != HostRef::Python("tests:echo".into()) {
+                return Err(HostError {
+                    node: n.node,
+                    message: "ImportPathError: no such callable".into(),
+                });
+            }
+        }
+        Ok(Arc::new(Echo(run.inputs.clone())))
+    }
+}
+
+fn server(capacity: u32) -> EngineServer {
+    EngineServer::start(
+        EngineConfig {
+            engine_id: "test-engine".into(),
+            version: "0".into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            capacity,
+            tls: None,
+            max_message_bytes: 1 << 20,
+        },
+        Arc::new(TestHost),
+    )
+    .unwrap()
+}
+
+fn node(id: &str, deps: &[&str], executor: Executor) -> pb::NodeSpec {
+    pb::NodeSpec {
+        id: id.into(),
+        deps: deps.iter().map(|d| (*d).to_owned()).collect(),
+        executor: Some(executor),
+        ..Default::default()
+    }
+}
+
+fn lua(code: &str) -> Executor {
+    Executor::Lua(pb::LuaExecutor {
+        code: code.into(),
+        ..Default::default()
+    })
+}
+
+fn request(run_id: &str, nodes: Vec<pb::NodeSpec>, inputs: &Value) -> pb::RunRequest {
+    pb::RunRequest {
+        run_id: run_id.into(),
+        attempt: 1,
+        workflow: Some(pb::WorkflowSpec {
+            id: "w".into(),
+            nodes,
+            ..Default::default()
+        }),
+        inputs_json: serde_json::to_vec(inputs).unwrap(),
+        ..Default::default()
+    }
+}
+
+fn client_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(port: u16) -> EngineServiceClient<tonic::transport::Channel> {
+    EngineServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
+
+async fn collect(
+    client: &mut EngineServiceClient<tonic::transport::Channel>,
+    req: pb::RunRequest,
+) -> Result<Vec<pb::RunEvent>, tonic::Status> {
+    let mut stream = client.run(req).await?.into_inner();
+    let mut events = Vec::new();
+    while let Some(ev) = stream.next().await {
+        events.push(ev?);
+    }
+    Ok(events)
+}
+
+#[test]
+fn runs_a_workflow_and_streams_events_then_the_result() {
+    let srv = server(4);
+    client_rt().block_on(async {
+        let mut c = connect(srv.port()).await;
+        let nodes = vec![
+            node("a", &[], lua("return {x = inputs.n * 2}")),
+            node(
+                "b",
+                &["a"],
+                Executor::Python(pb::PythonExecutor {
+                    import_path: "tests:echo".into(),
+                }),
+            ),
+            node("c", &["a"], Executor::Noop(pb::NoopExecutor {})),
+        ];
+        let events = collect(&mut c, request("r1", nodes, &json!({"n": 21})))
+            .await
+            .unwrap();
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        let last = events.last().unwrap();
+        assert_eq!(last.kind, pb::EventKind::RunFinished as i32);
+        let result = last.result.as_ref().unwrap();
+        assert_eq!(result.status, pb::RunStatus::Succeeded as i32);
+        assert_eq!(result.engine_id, "test-engine");
+        let a = result.nodes.iter().find(|n| n.node_id == "a").unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&a.output_json).unwrap(),
+            json!({"x": 42})
+        );
+        let b = result.nodes.iter().find(|n| n.node_id == "b").unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&b.output_json).unwrap(),
+            json!({"n": 21})
+        );
+        // Succeeded events carry outputs, for the orchestrator to store.
+        let ev_a = events
+            .iter()
+            .find(|e| e.kind == pb::EventKind::NodeSucceeded as i32 && e.node_id == "a")
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&ev_a.output_json).unwrap(),
+            json!({"x": 42})
+        );
+        let info = c.info(pb::InfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.active_runs, 0);
+        assert_eq!(info.capacity, 4);
+    });
+}
+
+#[test]
+fn bad_requests_name_the_field_and_the_engine_keeps_serving() {
+    let srv = server(4);
+    client_rt().block_on(async {
+        let mut c = connect(srv.port()).await;
+        let cases = vec![
+            (
+                request(
+                    "x1",
+                    vec![node("a", &["ghost"], lua("return {}"))],
+                    &json!({}),
+                ),
+                "workflow.nodes[0].deps",
+            ),
+            (
+                request("x2", vec![node("a", &[], lua("return {"))], &json!({})),
+                "workflow.nodes[0].lua.code",
+            ),
+            (
+                request(
+                    "x3",
+                    vec![node(
+                        "a",
+                        &[],
+                        Executor::Python(pb::PythonExecutor {
+                            import_path: "nope:f".into(),
+                        }),
+                    )],
+                    &json!({}),
+                ),
+                "workflow.nodes[0].python.import_path",
+            ),
+            (
+                request("x4", vec![node("a", &[], lua("return {}"))], &json!([1])),
+                "inputs_json",
+            ),
+            (
+                request("", vec![node("a", &[], lua("return {}"))], &json!({})),
+                "run_id",
+            ),
+        ];
+        for (req, field) in cases {
+            let err = collect(&mut c, req).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(
+                err.message().starts_with(field),
+                "{} should name {field}",
+                err.message()
+            );
+        }
+        let ok = collect(
+            &mut c,
+            request("ok", vec![node("a", &[], lua("return {}"))], &json!({})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            ok.last().unwrap().result.as_ref().unwrap().status,
+            pb::RunStatus::Succeeded as i32
+        );
+    });
+}
+
+#[test]
+fn capacity_cancel_and_drain() {
+    let srv = server(1);
+    let port = srv.port();
+    let rt = client_rt();
+    let mut c = rt.block_on(connect(port));
+    let spin = || {
+        request(
+            "spin",
+            vec![
+                node("s", &[], lua("while true do end")),
+                node("t", &["s"], lua("return {}")),
+            ],
+            &json!({}),
+        )
+    };
+    let mut stream = rt.block_on(c.run(spin())).unwrap().into_inner();
+    // Wait until the node runs.
+    rt.block_on(async {
+        loop {
+            let ev = stream.next().await.unwrap().unwrap();
+            if ev.kind == pb::EventKind::NodeStarted as i32 {
+                break;
+            }
+        }
+    });
+    let busy = rt
+        .block_on(collect(
+            &mut c,
+            request("second", vec![node("a", &[], lua("return {}"))], &json!({})),
+        ))
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::ResourceExhausted);
+    assert!(busy.message().contains("capacity"), "{}", busy.message());
+    let found = rt
+        .block_on(c.cancel(pb::CancelRequest {
+            run_id: "spin".into(),
+        }))
+        .unwrap()
+        .into_inner()
+        .found;
+    assert!(found);
+    let result = rt.block_on(async {
+        let mut last = None;
+        while let Some(ev) = stream.next().await {
+            last = Some(ev.unwrap());
+        }
+        last.unwrap().result.unwrap()
+    });
+    assert_eq!(result.status, pb::RunStatus::Cancelled as i32);
+    // Drain: a spinning run is cancelled after the grace and reported as drained.
+    let mut stream = rt.block_on(c.run(spin())).unwrap().into_inner();
+    let cancelled = std::thread::scope(|s| {
+        let d = s.spawn(|| srv.drain(Duration::from_millis(200)));
+        d.join().unwrap()
+    });
+    assert_eq!(cancelled, 1);
+    let result = rt.block_on(async {
+        let mut last = None;
+        while let Some(ev) = stream.next().await {
+            last = Some(ev.unwrap());
+        }
+        last.unwrap().result.unwrap()
+    });
+    assert_eq!(result.error.unwrap().r#type, "EngineDraining");
+    let refused = rt
+        .block_on(collect(
+            &mut c,
+            request("late", vec![node("a", &[], lua("return {}"))], &json!({})),
+        ))
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    srv.stop();
+    assert!(srv.wait_stopped(Duration::from_secs(10)));
+}
