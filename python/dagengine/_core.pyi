@@ -94,9 +94,11 @@ class DagRef:
         timeout: float | None = None,
         completed: Mapping[str, Mapping[str, Any]] | None = None,
         events: bool = True,
+        event_outputs: bool = False,
     ) -> RunRef:
         """Start a run on the core's runtime and return at once (preprocesses if needed).
-        ``completed`` holds outputs of nodes already done (a resumed run skips them)."""
+        ``completed`` holds outputs of nodes already done (a resumed run skips them);
+        ``event_outputs`` puts each node's output in its ``node_succeeded`` event detail."""
 
 @final
 class RunRef:

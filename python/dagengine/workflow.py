@@ -764,13 +764,16 @@ class DAG:
         completed: Mapping[str, Mapping[str, Any]] | None = None,
         subworkflow_runner: SubWorkflowRunner | None = None,
         events: bool = True,
+        event_outputs: bool = False,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> LocalRun:
         """Start a run in the background and return its :class:`LocalRun` handle at once.
 
         ``inputs`` are the run's inputs (a mapping with str keys); ``completed`` maps ids of
         nodes already done to their outputs (they are not run again — used to resume).
-        ``events=False`` skips recording events (slightly cheaper when nobody reads them).
+        ``events=False`` skips recording events (slightly cheaper when nobody reads them);
+        ``event_outputs=True`` puts each node's output in its ``node_succeeded`` event (as
+        ``event.detail["output"]``), for callers that persist outputs as they come.
         ``async def`` nodes run with ``asyncio.run`` on the worker thread.
         """
         native_inputs = _check_inputs(inputs)
@@ -790,6 +793,7 @@ class DAG:
             timeout=self.timeout if timeout is None else _check_timeout(timeout, "timeout"),
             completed=completed,
             events=events,
+            event_outputs=event_outputs,
         )
         return LocalRun(ref)
 

@@ -239,7 +239,7 @@ impl DagRef {
 
     #[pyo3(signature = (
         inputs, run_id, invoke, *, max_parallel=None, fail_fast=false, timeout=None,
-        completed=None, events=true
+        completed=None, events=true, event_outputs=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -253,6 +253,7 @@ impl DagRef {
         timeout: Option<f64>,
         completed: Option<&Bound<'_, PyDict>>,
         events: bool,
+        event_outputs: bool,
     ) -> PyResult<RunRef> {
         if max_parallel == Some(0) {
             return Err(PyValueError::new_err("max_parallel must be at least 1"));
@@ -315,7 +316,7 @@ impl DagRef {
             timeout: timeout.map(|t| duration("timeout", t)).transpose()?,
             completed: done,
             events,
-            event_outputs: false,
+            event_outputs,
         };
         let external = PyExternal::new(invoke, payloads, inputs_py, run_id);
         let handle = start_run(plan.clone(), config, Some(Arc::new(external)))
