@@ -11,11 +11,16 @@ PY := $(VENV)/bin/python
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-PY_DEPS := "maturin>=1.7,<2" "PyYAML>=6" "rich>=13" "pytest>=8" "pytest-timeout>=2.3" \
-	"hypothesis>=6.100" "ruff>=0.6" "mypy>=1.11" types-PyYAML
+# grpcio-tools is pinned: `make proto-check` regenerates the committed stubs and must produce
+# byte-identical files (and the protobuf runtime must be at least the generator's version).
+GRPC_TOOLS := grpcio-tools==1.85.1
+PY_DEPS := "maturin>=1.7,<2" "PyYAML>=6" "rich>=13" "grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" \
+	"protobuf>=7.35.1,<8" "$(GRPC_TOOLS)" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
+	"cryptography>=42" "ruff>=0.6" "mypy>=1.11" types-PyYAML types-grpcio types-protobuf \
+	types-grpcio-health-checking
 BENCH_DEPS := "dask>=2024.1" "networkx>=3" "rustworkx>=0.15" "lupa>=2"
 
-.PHONY: demo build test test-rust test-python lint bench clean
+.PHONY: demo build test test-rust test-python lint bench clean proto proto-check
 
 $(VENV)/.deps: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +42,21 @@ test-python: build
 
 test: test-rust test-python
 
-lint: build
+# The Python gRPC stubs (python/dagengine/v1/) are generated from protos/ and committed.
+PROTO_SRC := protos/dagengine/v1/engine.proto
+PROTOC = $(PY) -m grpc_tools.protoc -I protos --python_out=$(1) --grpc_python_out=$(1) --pyi_out=$(1) $(PROTO_SRC)
+
+proto: $(VENV)/.deps
+	$(call PROTOC,python)
+
+# Fails when the committed stubs are stale (regenerate with `make proto`).
+proto-check: $(VENV)/.deps
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(call PROTOC,$$tmp); \
+	diff -r -x __init__.py -x __pycache__ "$$tmp/dagengine/v1" python/dagengine/v1 \
+		|| { echo "proto-check: python/dagengine/v1 is stale; run 'make proto'" >&2; exit 1; }
+
+lint: proto-check build
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	ruff check python tests benches

@@ -1,4 +1,5 @@
-"""The ``dagengine`` command line: ``run``, ``validate`` and ``graph`` a workflow spec.
+"""The ``dagengine`` command line: ``run``, ``validate`` and ``graph`` a workflow spec, and
+``engine`` to serve runs over gRPC.
 
 Exit codes: 0 success, 1 the run failed or was cancelled, 2 bad input (invalid spec, missing
 file, bad arguments) — reported as one line on stderr, ``dagengine: error: <message>``, never a
@@ -387,13 +388,144 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: The subcommands, by name. Later components add ``engine``, ``serve`` and ``submit`` here.
+# --- engine ------------------------------------------------------------------------------------
+
+# The original system's environment variables (flags override them).
+_ENGINE_ENV = {"engine_id": "ENGINE_ID", "port": "PORT", "capacity": "CAPACITY"}
+_TLS_ENV = {
+    "tls_cert": "DAGENGINE_TLS_CERT",
+    "tls_key": "DAGENGINE_TLS_KEY",
+    "tls_client_ca": "DAGENGINE_TLS_CLIENT_CA",
+}
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _configure_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    parser.add_argument(
+        "--port", type=_port, help="port to listen on; 0 picks a free one (env PORT, 50051)"
+    )
+    parser.add_argument(
+        "--capacity",
+        type=_positive_int,
+        metavar="N",
+        help="runs at once; more are refused with RESOURCE_EXHAUSTED (env CAPACITY, 10)",
+    )
+    parser.add_argument(
+        "--engine-id", metavar="ID", help="this engine's id (env ENGINE_ID, the host name)"
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE at start (repeatable, or comma-separated); python nodes resolve "
+        "their import paths on demand anyway",
+    )
+    parser.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM server certificate chain: serve TLS"
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="PEM CA bundle: require client certificates it signed (mutual TLS)",
+    )
+    parser.add_argument(
+        "--max-message-mb",
+        type=_positive_number,
+        default=16.0,
+        metavar="N",
+        help="largest gRPC message either way, in MiB (default: 16)",
+    )
+    parser.add_argument(
+        "--drain-grace",
+        type=_duration,
+        default=25.0,
+        metavar="DUR",
+        help="on SIGTERM, how long running runs get to finish before they are cancelled "
+        "(default: 25s, under Kubernetes' 30s termination grace)",
+    )
+
+
+def _env_value(name: str, parse: Callable[[str], Any]) -> Any:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return None
+    try:
+        return parse(text.strip())
+    except argparse.ArgumentTypeError as exc:
+        raise BadInput(f"environment variable {name}: {exc}") from None
+
+
+def _read_file(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInput(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
+    from dagengine.engine import serve_engine
+
+    port = args.port if args.port is not None else _env_value("PORT", _port)
+    capacity = args.capacity if args.capacity is not None else _env_value("CAPACITY", _positive_int)
+    engine_id = args.engine_id or os.environ.get("ENGINE_ID", "").strip() or None
+    tls = {
+        key: getattr(args, key) or os.environ.get(env, "").strip() or None
+        for key, env in _TLS_ENV.items()
+    }
+    if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+        raise BadInput("--tls-cert and --tls-key go together")
+    if tls["tls_client_ca"] is not None and tls["tls_cert"] is None:
+        raise BadInput("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    imports = [name.strip() for item in args.imports for name in item.split(",") if name.strip()]
+    return serve_engine(
+        engine_id,
+        args.host,
+        50051 if port is None else port,
+        10 if capacity is None else capacity,
+        imports,
+        tls_cert=_read_file(tls["tls_cert"], "--tls-cert"),
+        tls_key=_read_file(tls["tls_key"], "--tls-key"),
+        tls_client_ca=_read_file(tls["tls_client_ca"], "--tls-client-ca"),
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        drain_grace=args.drain_grace,
+    )
+
+
+#: The subcommands, by name. Later components add ``serve`` and ``submit`` here.
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
         Command("run", "run a workflow and show its progress and result", _configure_run, _cmd_run),
         Command("validate", "check a workflow spec", _configure_validate, _cmd_validate),
         Command("graph", "show a workflow's levels, or DOT", _configure_graph, _cmd_graph),
+        Command(
+            "engine", "serve runs over gRPC (an engine process)", _configure_engine, _cmd_engine
+        ),
     )
 }
 

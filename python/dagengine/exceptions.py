@@ -18,8 +18,13 @@ __all__ = [
     "CycleError",
     "DagEngineError",
     "DuplicateNodeError",
+    "EngineBusy",
+    "EngineError",
     "EngineRuntimeError",
+    "EngineStartError",
+    "EngineUnavailable",
     "ImportPathError",
+    "InvalidRequest",
     "LuaBadReturn",
     "LuaConversionError",
     "LuaError",
@@ -28,6 +33,7 @@ __all__ = [
     "LuaRuntimeError",
     "LuaSyntaxError",
     "LuaTimeout",
+    "MessageTooLarge",
     "NodeError",
     "NodeTimeout",
     "RunCancelled",
@@ -236,6 +242,44 @@ class EngineRuntimeError(DagEngineError):
     after it started (start engine processes with ``subprocess``/spawn instead)."""
 
 
+# --- engines (gRPC) ---------------------------------------------------------------------------
+
+
+class EngineStartError(DagEngineError):
+    """An engine server could not start: its address cannot be bound, or its TLS material
+    (certificate, key, client CA) is invalid."""
+
+
+class EngineError(DagEngineError):
+    """A call to an engine failed. ``code`` is the gRPC status code name (``"UNAVAILABLE"``)
+    when there is one, ``address`` the engine's address."""
+
+    def __init__(
+        self, message: str = "", /, *, code: str | None = None, address: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.address = address
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached, refused the connection or the TLS handshake, is draining,
+    or went away in the middle of a run (its stream ended without the run's result)."""
+
+
+class EngineBusy(EngineError):
+    """The engine is at capacity and refused the run; try another engine or later."""
+
+
+class InvalidRequest(EngineError, ValueError):
+    """The engine refused the request as invalid (bad spec, unknown import path, Lua syntax
+    error, inputs not a JSON object); the message names the field or node."""
+
+
+class MessageTooLarge(EngineError):
+    """A request or response exceeded the gRPC message size limit of the client or engine."""
+
+
 #: Every exception class above, by class name, so a recorded node error
 #: (``{"type": "LuaTimeout", ...}``) can be turned back into an exception.
 ERROR_TYPES: dict[str, type[DagEngineError]] = {
@@ -264,6 +308,12 @@ ERROR_TYPES: dict[str, type[DagEngineError]] = {
         RunTimeout,
         RunCancelled,
         EngineRuntimeError,
+        EngineStartError,
+        EngineError,
+        EngineUnavailable,
+        EngineBusy,
+        InvalidRequest,
+        MessageTooLarge,
     )
 }
 

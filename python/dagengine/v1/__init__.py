@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf modules for ``dagengine.v1`` (``make proto``; do not edit)."""
