@@ -312,7 +312,21 @@ impl Service {
     ) {
         let mut client_gone = false;
         loop {
-            let (events, outcome) = handle.next_events_async().await;
+            let (events, outcome) = if client_gone {
+                handle.next_events_async().await
+            } else {
+                tokio::select! {
+                    next = handle.next_events_async() => next,
+                    // The caller hung up (or its connection failed keepalive) while the run
+                    // was quiet: nobody will see the result, so stop the run now rather than
+                    // at its next event.
+                    () = tx.closed() => {
+                        client_gone = true;
+                        handle.cancel();
+                        continue;
+                    }
+                }
+            };
             for e in &events {
                 let mut ev = convert::event(&tag, &plan, e);
                 if e.kind == EventKind::RunFinished {
