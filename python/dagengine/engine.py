@@ -72,6 +72,7 @@ from dagengine.workflow import (
     SubWorkflow,
     SubWorkflowRunner,
     _make_invoke,
+    subworkflow_inputs,
 )
 
 __all__ = [
@@ -1269,7 +1270,7 @@ class OrchestratorSubWorkflowRunner:
         )
 
     def __call__(self, sub: SubWorkflow, ctx: NodeContext) -> dict[str, Any]:
-        inputs = {**ctx.inputs, **ctx.results}
+        inputs = subworkflow_inputs(ctx)
         request = pb.SubWorkflowRequest(
             parent_run_id=ctx.run_id,
             parent_node_id=ctx.node_id,

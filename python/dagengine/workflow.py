@@ -259,6 +259,12 @@ class SubWorkflow:
         return f"{self.workflow_id}@{self.version_range}"
 
 
+def subworkflow_inputs(ctx: NodeContext) -> dict[str, Any]:
+    """The inputs a sub-workflow node gives its child: the parent run's inputs, with each of
+    the node's dependencies' outputs added under that dependency's id."""
+    return {**ctx.inputs, **ctx.results}
+
+
 #: What a node's ``executor`` may be.
 AnyExecutor: TypeAlias = "NoopExecutor | LuaExecutor | PythonExecutor | SubWorkflow | Executor"
 
