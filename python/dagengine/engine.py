@@ -419,8 +419,10 @@ def build_run_request(
     parent_run_id: str = "",
     parent_node_id: str = "",
     depth: int = 0,
+    result_only: bool = False,
 ) -> pb.RunRequest:
-    """The ``RunRequest`` message :meth:`EngineClient.run` sends (see there)."""
+    """The ``RunRequest`` message :meth:`EngineClient.run` sends (see there).
+    ``result_only`` asks the engine to stream nothing but the final result event."""
     if run_id is None:
         run_id = uuid.uuid4().hex
     elif not isinstance(run_id, str) or not run_id:
@@ -436,6 +438,7 @@ def build_run_request(
         parent_run_id=parent_run_id,
         parent_node_id=parent_node_id,
         depth=depth,
+        result_only=result_only,
     )
     if completed:
         if not isinstance(completed, Mapping):
@@ -907,15 +910,19 @@ class EngineClient:
         :class:`MessageTooLarge` or :class:`EngineError`. On Ctrl-C the run is cancelled on the
         engine (best effort) and ``KeyboardInterrupt`` re-raised.
         """
-        stream = self.stream(
-            workflow,
-            inputs,
-            run_id=run_id,
-            attempt=attempt,
-            completed=completed,
-            deadline=deadline,
-            max_parallel=max_parallel,
-            fail_fast=fail_fast,
+        # run() only returns the result: have the engine send nothing else.
+        stream = self.stream_request(
+            build_run_request(
+                workflow,
+                inputs,
+                run_id=run_id,
+                attempt=attempt,
+                completed=completed,
+                deadline=deadline,
+                max_parallel=max_parallel,
+                fail_fast=fail_fast,
+                result_only=True,
+            )
         )
         with stream:
             try:
@@ -1166,15 +1173,19 @@ class AsyncEngineClient:
     ) -> RunResult:
         """Run ``workflow`` on the engine (see :meth:`EngineClient.run`). Cancelling the
         awaiting task cancels the run on the engine (best effort)."""
-        stream = self.stream(
-            workflow,
-            inputs,
-            run_id=run_id,
-            attempt=attempt,
-            completed=completed,
-            deadline=deadline,
-            max_parallel=max_parallel,
-            fail_fast=fail_fast,
+        # run() only returns the result: have the engine send nothing else.
+        stream = self.stream_request(
+            build_run_request(
+                workflow,
+                inputs,
+                run_id=run_id,
+                attempt=attempt,
+                completed=completed,
+                deadline=deadline,
+                max_parallel=max_parallel,
+                fail_fast=fail_fast,
+                result_only=True,
+            )
         )
         async with stream:
             try:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61gengine/v1/engine.proto\x12\x0c\x64\x61gengine.v1\"\xc3\x01\n\x0cWorkflowSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12%\n\x05nodes\x18\x03 \x03(\x0b\x32\x16.dagengine.v1.NodeSpec\x12\x19\n\x0cmax_parallel\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tfail_fast\x18\x05 \x01(\x08\x12\x1c\n\x0ftimeout_seconds\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\x0f\n\r_max_parallelB\x12\n\x10_timeout_seconds\"\xc9\x02\n\x08NodeSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x65ps\x18\x02 \x03(\t\x12(\n\x03lua\x18\x03 \x01(\x0b\x32\x19.dagengine.v1.LuaExecutorH\x00\x12.\n\x06python\x18\x04 \x01(\x0b\x32\x1c.dagengine.v1.PythonExecutorH\x00\x12\x35\n\x08workflow\x18\x05 \x01(\x0b\x32!.dagengine.v1.SubWorkflowExecutorH\x00\x12*\n\x04noop\x18\x06 \x01(\x0b\x32\x1a.dagengine.v1.NoopExecutorH\x00\x12(\n\x05retry\x18\x07 \x01(\x0b\x32\x19.dagengine.v1.RetryPolicy\x12\x1c\n\x0ftimeout_seconds\x18\x08 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08\x65xecutorB\x12\n\x10_timeout_seconds\"\x83\x01\n\x0bLuaExecutor\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x1d\n\x10max_instructions\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1d\n\x10max_memory_bytes\x18\x03 \x01(\x04H\x01\x88\x01\x01\x42\x13\n\x11_max_instructionsB\x13\n\x11_max_memory_bytes\"%\n\x0ePythonExecutor\x12\x13\n\x0bimport_path\x18\x01 \x01(\t\"A\n\x13SubWorkflowExecutor\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x15\n\rversion_range\x18\x02 \x01(\t\"\x0e\n\x0cNoopExecutor\"t\n\x0bRetryPolicy\x12\x0f\n\x07retries\x18\x01 \x01(\r\x12\x1f\n\x17\x62\x61\x63koff_initial_seconds\x18\x02 \x01(\x01\x12\x16\n\x0e\x62\x61\x63koff_factor\x18\x03 \x01(\x01\x12\x1b\n\x13\x62\x61\x63koff_max_seconds\x18\x04 \x01(\x01\"\x92\x03\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x04\x12,\n\x08workflow\x18\x03 \x01(\x0b\x32\x1a.dagengine.v1.WorkflowSpec\x12\x13\n\x0binputs_json\x18\x04 \x01(\x0c\x12\x43\n\x0e\x63ompleted_json\x18\x05 \x03(\x0b\x32+.dagengine.v1.RunRequest.CompletedJsonEntry\x12\x15\n\rdeadline_unix\x18\x06 \x01(\x01\x12\x19\n\x0cmax_parallel\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x16\n\tfail_fast\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\rparent_run_id\x18\t \x01(\t\x12\x16\n\x0eparent_node_id\x18\n \x01(\t\x12\r\n\x05\x64\x65pth\x18\x0b \x01(\r\x1a\x34\n\x12\x43ompletedJsonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x0f\n\r_max_parallelB\x0c\n\n_fail_fast\"N\n\tErrorInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\xd0\x02\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tengine_id\x18\x04 \x01(\t\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.dagengine.v1.EventKind\x12\x11\n\ttime_unix\x18\x06 \x01(\x01\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x14\n\x0cnode_attempt\x18\x08 \x01(\r\x12&\n\x05\x65rror\x18\t \x01(\x0b\x32\x17.dagengine.v1.ErrorInfo\x12\x1b\n\x13retry_delay_seconds\x18\n \x01(\x01\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x13\n\x0boutput_json\x18\x0c \x01(\x0c\x12\'\n\x06result\x18\r \x01(\x0b\x32\x17.dagengine.v1.RunResult\x12\x0e\n\x06missed\x18\x0e \x01(\x04\"\xbf\x01\n\nNodeResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.dagengine.v1.NodeStatus\x12\x13\n\x0boutput_json\x18\x03 \x01(\x0c\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.dagengine.v1.ErrorInfo\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\"\xd3\x01\n\tRunResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x04\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.dagengine.v1.RunStatus\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.dagengine.v1.ErrorInfo\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\'\n\x05nodes\x18\x06 \x03(\x0b\x32\x18.dagengine.v1.NodeResult\x12\x11\n\tengine_id\x18\x07 \x01(\t\"\x1f\n\rCancelRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\x99\x01\n\nEngineInfo\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x13\n\x0b\x61\x63tive_runs\x18\x04 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x16\n\x0e\x61\x63tive_run_ids\x18\x07 \x03(\t\"\x0e\n\x0cWatchRequest\"^\n\x15RegisterEngineRequest\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\"N\n\x16RegisterEngineResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"\x93\x01\n\x12SubWorkflowRequest\x12\x15\n\rparent_run_id\x18\x01 \x01(\t\x12\x16\n\x0eparent_node_id\x18\x02 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\x15\n\rversion_range\x18\x04 \x01(\t\x12\x13\n\x0binputs_json\x18\x05 \x01(\x0c\x12\r\n\x05\x64\x65pth\x18\x06 \x01(\r\"\xa6\x01\n\x13SubWorkflowResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.dagengine.v1.RunStatus\x12\x14\n\x0coutputs_json\x18\x03 \x01(\x0c\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.dagengine.v1.ErrorInfo\x12\x18\n\x10resolved_version\x18\x05 \x01(\t*\xc8\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRUN_STARTED\x10\x01\x12\x10\n\x0cNODE_STARTED\x10\x02\x12\x12\n\x0eNODE_SUCCEEDED\x10\x03\x12\x0f\n\x0bNODE_FAILED\x10\x04\x12\x11\n\rNODE_RETRYING\x10\x05\x12\x10\n\x0cNODE_SKIPPED\x10\x06\x12\x12\n\x0eNODE_CANCELLED\x10\x07\x12\x0c\n\x08NODE_LOG\x10\x08\x12\x10\n\x0cRUN_FINISHED\x10\t*Q\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSUCCEEDED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\r\n\tCANCELLED\x10\x03*\xce\x01\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x10\n\x0cNODE_PENDING\x10\x01\x12\x10\n\x0cNODE_RUNNING\x10\x02\x12\x18\n\x14NODE_RETRYING_STATUS\x10\x03\x12\x19\n\x15NODE_SUCCEEDED_STATUS\x10\x04\x12\x16\n\x12NODE_FAILED_STATUS\x10\x05\x12\x17\n\x13NODE_SKIPPED_STATUS\x10\x06\x12\x19\n\x15NODE_CANCELLED_STATUS\x10\x07\x32\x8b\x02\n\rEngineService\x12\x39\n\x03Run\x12\x18.dagengine.v1.RunRequest\x1a\x16.dagengine.v1.RunEvent0\x01\x12\x43\n\x06\x43\x61ncel\x12\x1b.dagengine.v1.CancelRequest\x1a\x1c.dagengine.v1.CancelResponse\x12;\n\x04Info\x12\x19.dagengine.v1.InfoRequest\x1a\x18.dagengine.v1.EngineInfo\x12=\n\x05Watch\x12\x1a.dagengine.v1.WatchRequest\x1a\x16.dagengine.v1.RunEvent0\x01\x32\xc9\x01\n\x13OrchestratorService\x12[\n\x0eRegisterEngine\x12#.dagengine.v1.RegisterEngineRequest\x1a$.dagengine.v1.RegisterEngineResponse\x12U\n\x0eRunSubWorkflow\x12 .dagengine.v1.SubWorkflowRequest\x1a!.dagengine.v1.SubWorkflowResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61gengine/v1/engine.proto\x12\x0c\x64\x61gengine.v1\"\xc3\x01\n\x0cWorkflowSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12%\n\x05nodes\x18\x03 \x03(\x0b\x32\x16.dagengine.v1.NodeSpec\x12\x19\n\x0cmax_parallel\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tfail_fast\x18\x05 \x01(\x08\x12\x1c\n\x0ftimeout_seconds\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\x0f\n\r_max_parallelB\x12\n\x10_timeout_seconds\"\xc9\x02\n\x08NodeSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x65ps\x18\x02 \x03(\t\x12(\n\x03lua\x18\x03 \x01(\x0b\x32\x19.dagengine.v1.LuaExecutorH\x00\x12.\n\x06python\x18\x04 \x01(\x0b\x32\x1c.dagengine.v1.PythonExecutorH\x00\x12\x35\n\x08workflow\x18\x05 \x01(\x0b\x32!.dagengine.v1.SubWorkflowExecutorH\x00\x12*\n\x04noop\x18\x06 \x01(\x0b\x32\x1a.dagengine.v1.NoopExecutorH\x00\x12(\n\x05retry\x18\x07 \x01(\x0b\x32\x19.dagengine.v1.RetryPolicy\x12\x1c\n\x0ftimeout_seconds\x18\x08 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08\x65xecutorB\x12\n\x10_timeout_seconds\"\x83\x01\n\x0bLuaExecutor\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x1d\n\x10max_instructions\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1d\n\x10max_memory_bytes\x18\x03 \x01(\x04H\x01\x88\x01\x01\x42\x13\n\x11_max_instructionsB\x13\n\x11_max_memory_bytes\"%\n\x0ePythonExecutor\x12\x13\n\x0bimport_path\x18\x01 \x01(\t\"A\n\x13SubWorkflowExecutor\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x15\n\rversion_range\x18\x02 \x01(\t\"\x0e\n\x0cNoopExecutor\"t\n\x0bRetryPolicy\x12\x0f\n\x07retries\x18\x01 \x01(\r\x12\x1f\n\x17\x62\x61\x63koff_initial_seconds\x18\x02 \x01(\x01\x12\x16\n\x0e\x62\x61\x63koff_factor\x18\x03 \x01(\x01\x12\x1b\n\x13\x62\x61\x63koff_max_seconds\x18\x04 \x01(\x01\"\xa7\x03\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x04\x12,\n\x08workflow\x18\x03 \x01(\x0b\x32\x1a.dagengine.v1.WorkflowSpec\x12\x13\n\x0binputs_json\x18\x04 \x01(\x0c\x12\x43\n\x0e\x63ompleted_json\x18\x05 \x03(\x0b\x32+.dagengine.v1.RunRequest.CompletedJsonEntry\x12\x15\n\rdeadline_unix\x18\x06 \x01(\x01\x12\x19\n\x0cmax_parallel\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x16\n\tfail_fast\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\rparent_run_id\x18\t \x01(\t\x12\x16\n\x0eparent_node_id\x18\n \x01(\t\x12\r\n\x05\x64\x65pth\x18\x0b \x01(\r\x12\x13\n\x0bresult_only\x18\x0c \x01(\x08\x1a\x34\n\x12\x43ompletedJsonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x0f\n\r_max_parallelB\x0c\n\n_fail_fast\"N\n\tErrorInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\xd0\x02\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tengine_id\x18\x04 \x01(\t\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.dagengine.v1.EventKind\x12\x11\n\ttime_unix\x18\x06 \x01(\x01\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x14\n\x0cnode_attempt\x18\x08 \x01(\r\x12&\n\x05\x65rror\x18\t \x01(\x0b\x32\x17.dagengine.v1.ErrorInfo\x12\x1b\n\x13retry_delay_seconds\x18\n \x01(\x01\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x13\n\x0boutput_json\x18\x0c \x01(\x0c\x12\'\n\x06result\x18\r \x01(\x0b\x32\x17.dagengine.v1.RunResult\x12\x0e\n\x06missed\x18\x0e \x01(\x04\"\xbf\x01\n\nNodeResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.dagengine.v1.NodeStatus\x12\x13\n\x0boutput_json\x18\x03 \x01(\x0c\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.dagengine.v1.ErrorInfo\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\"\xd3\x01\n\tRunResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x04\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.dagengine.v1.RunStatus\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.dagengine.v1.ErrorInfo\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\'\n\x05nodes\x18\x06 \x03(\x0b\x32\x18.dagengine.v1.NodeResult\x12\x11\n\tengine_id\x18\x07 \x01(\t\"\x1f\n\rCancelRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\x99\x01\n\nEngineInfo\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x13\n\x0b\x61\x63tive_runs\x18\x04 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x16\n\x0e\x61\x63tive_run_ids\x18\x07 \x03(\t\"\x0e\n\x0cWatchRequest\"^\n\x15RegisterEngineRequest\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\"N\n\x16RegisterEngineResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"\x93\x01\n\x12SubWorkflowRequest\x12\x15\n\rparent_run_id\x18\x01 \x01(\t\x12\x16\n\x0eparent_node_id\x18\x02 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\x15\n\rversion_range\x18\x04 \x01(\t\x12\x13\n\x0binputs_json\x18\x05 \x01(\x0c\x12\r\n\x05\x64\x65pth\x18\x06 \x01(\r\"\xa6\x01\n\x13SubWorkflowResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.dagengine.v1.RunStatus\x12\x14\n\x0coutputs_json\x18\x03 \x01(\x0c\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.dagengine.v1.ErrorInfo\x12\x18\n\x10resolved_version\x18\x05 \x01(\t*\xc8\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRUN_STARTED\x10\x01\x12\x10\n\x0cNODE_STARTED\x10\x02\x12\x12\n\x0eNODE_SUCCEEDED\x10\x03\x12\x0f\n\x0bNODE_FAILED\x10\x04\x12\x11\n\rNODE_RETRYING\x10\x05\x12\x10\n\x0cNODE_SKIPPED\x10\x06\x12\x12\n\x0eNODE_CANCELLED\x10\x07\x12\x0c\n\x08NODE_LOG\x10\x08\x12\x10\n\x0cRUN_FINISHED\x10\t*Q\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSUCCEEDED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\r\n\tCANCELLED\x10\x03*\xce\x01\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x10\n\x0cNODE_PENDING\x10\x01\x12\x10\n\x0cNODE_RUNNING\x10\x02\x12\x18\n\x14NODE_RETRYING_STATUS\x10\x03\x12\x19\n\x15NODE_SUCCEEDED_STATUS\x10\x04\x12\x16\n\x12NODE_FAILED_STATUS\x10\x05\x12\x17\n\x13NODE_SKIPPED_STATUS\x10\x06\x12\x19\n\x15NODE_CANCELLED_STATUS\x10\x07\x32\x8b\x02\n\rEngineService\x12\x39\n\x03Run\x12\x18.dagengine.v1.RunRequest\x1a\x16.dagengine.v1.RunEvent0\x01\x12\x43\n\x06\x43\x61ncel\x12\x1b.dagengine.v1.CancelRequest\x1a\x1c.dagengine.v1.CancelResponse\x12;\n\x04Info\x12\x19.dagengine.v1.InfoRequest\x1a\x18.dagengine.v1.EngineInfo\x12=\n\x05Watch\x12\x1a.dagengine.v1.WatchRequest\x1a\x16.dagengine.v1.RunEvent0\x01\x32\xc9\x01\n\x13OrchestratorService\x12[\n\x0eRegisterEngine\x12#.dagengine.v1.RegisterEngineRequest\x1a$.dagengine.v1.RegisterEngineResponse\x12U\n\x0eRunSubWorkflow\x12 .dagengine.v1.SubWorkflowRequest\x1a!.dagengine.v1.SubWorkflowResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNREQUEST_COMPLETEDJSONENTRY']._loaded_options = None
   _globals['_RUNREQUEST_COMPLETEDJSONENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=2928
-  _globals['_EVENTKIND']._serialized_end=3128
-  _globals['_RUNSTATUS']._serialized_start=3130
-  _globals['_RUNSTATUS']._serialized_end=3211
-  _globals['_NODESTATUS']._serialized_start=3214
-  _globals['_NODESTATUS']._serialized_end=3420
+  _globals['_EVENTKIND']._serialized_start=2949
+  _globals['_EVENTKIND']._serialized_end=3149
+  _globals['_RUNSTATUS']._serialized_start=3151
+  _globals['_RUNSTATUS']._serialized_end=3232
+  _globals['_NODESTATUS']._serialized_start=3235
+  _globals['_NODESTATUS']._serialized_end=3441
   _globals['_WORKFLOWSPEC']._serialized_start=44
   _globals['_WORKFLOWSPEC']._serialized_end=239
   _globals['_NODESPEC']._serialized_start=242
@@ -54,37 +54,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRYPOLICY']._serialized_start=829
   _globals['_RETRYPOLICY']._serialized_end=945
   _globals['_RUNREQUEST']._serialized_start=948
-  _globals['_RUNREQUEST']._serialized_end=1350
-  _globals['_RUNREQUEST_COMPLETEDJSONENTRY']._serialized_start=1267
-  _globals['_RUNREQUEST_COMPLETEDJSONENTRY']._serialized_end=1319
-  _globals['_ERRORINFO']._serialized_start=1352
-  _globals['_ERRORINFO']._serialized_end=1430
-  _globals['_RUNEVENT']._serialized_start=1433
-  _globals['_RUNEVENT']._serialized_end=1769
-  _globals['_NODERESULT']._serialized_start=1772
-  _globals['_NODERESULT']._serialized_end=1963
-  _globals['_RUNRESULT']._serialized_start=1966
-  _globals['_RUNRESULT']._serialized_end=2177
-  _globals['_CANCELREQUEST']._serialized_start=2179
-  _globals['_CANCELREQUEST']._serialized_end=2210
-  _globals['_CANCELRESPONSE']._serialized_start=2212
-  _globals['_CANCELRESPONSE']._serialized_end=2243
-  _globals['_INFOREQUEST']._serialized_start=2245
-  _globals['_INFOREQUEST']._serialized_end=2258
-  _globals['_ENGINEINFO']._serialized_start=2261
-  _globals['_ENGINEINFO']._serialized_end=2414
-  _globals['_WATCHREQUEST']._serialized_start=2416
-  _globals['_WATCHREQUEST']._serialized_end=2430
-  _globals['_REGISTERENGINEREQUEST']._serialized_start=2432
-  _globals['_REGISTERENGINEREQUEST']._serialized_end=2526
-  _globals['_REGISTERENGINERESPONSE']._serialized_start=2528
-  _globals['_REGISTERENGINERESPONSE']._serialized_end=2606
-  _globals['_SUBWORKFLOWREQUEST']._serialized_start=2609
-  _globals['_SUBWORKFLOWREQUEST']._serialized_end=2756
-  _globals['_SUBWORKFLOWRESPONSE']._serialized_start=2759
-  _globals['_SUBWORKFLOWRESPONSE']._serialized_end=2925
-  _globals['_ENGINESERVICE']._serialized_start=3423
-  _globals['_ENGINESERVICE']._serialized_end=3690
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=3693
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=3894
+  _globals['_RUNREQUEST']._serialized_end=1371
+  _globals['_RUNREQUEST_COMPLETEDJSONENTRY']._serialized_start=1288
+  _globals['_RUNREQUEST_COMPLETEDJSONENTRY']._serialized_end=1340
+  _globals['_ERRORINFO']._serialized_start=1373
+  _globals['_ERRORINFO']._serialized_end=1451
+  _globals['_RUNEVENT']._serialized_start=1454
+  _globals['_RUNEVENT']._serialized_end=1790
+  _globals['_NODERESULT']._serialized_start=1793
+  _globals['_NODERESULT']._serialized_end=1984
+  _globals['_RUNRESULT']._serialized_start=1987
+  _globals['_RUNRESULT']._serialized_end=2198
+  _globals['_CANCELREQUEST']._serialized_start=2200
+  _globals['_CANCELREQUEST']._serialized_end=2231
+  _globals['_CANCELRESPONSE']._serialized_start=2233
+  _globals['_CANCELRESPONSE']._serialized_end=2264
+  _globals['_INFOREQUEST']._serialized_start=2266
+  _globals['_INFOREQUEST']._serialized_end=2279
+  _globals['_ENGINEINFO']._serialized_start=2282
+  _globals['_ENGINEINFO']._serialized_end=2435
+  _globals['_WATCHREQUEST']._serialized_start=2437
+  _globals['_WATCHREQUEST']._serialized_end=2451
+  _globals['_REGISTERENGINEREQUEST']._serialized_start=2453
+  _globals['_REGISTERENGINEREQUEST']._serialized_end=2547
+  _globals['_REGISTERENGINERESPONSE']._serialized_start=2549
+  _globals['_REGISTERENGINERESPONSE']._serialized_end=2627
+  _globals['_SUBWORKFLOWREQUEST']._serialized_start=2630
+  _globals['_SUBWORKFLOWREQUEST']._serialized_end=2777
+  _globals['_SUBWORKFLOWRESPONSE']._serialized_start=2780
+  _globals['_SUBWORKFLOWRESPONSE']._serialized_end=2946
+  _globals['_ENGINESERVICE']._serialized_start=3444
+  _globals['_ENGINESERVICE']._serialized_end=3711
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=3714
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=3915
 # @@protoc_insertion_point(module_scope)

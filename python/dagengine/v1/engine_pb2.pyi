@@ -137,7 +137,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, retries: _Optional[int] = ..., backoff_initial_seconds: _Optional[float] = ..., backoff_factor: _Optional[float] = ..., backoff_max_seconds: _Optional[float] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("run_id", "attempt", "workflow", "inputs_json", "completed_json", "deadline_unix", "max_parallel", "fail_fast", "parent_run_id", "parent_node_id", "depth")
+    __slots__ = ("run_id", "attempt", "workflow", "inputs_json", "completed_json", "deadline_unix", "max_parallel", "fail_fast", "parent_run_id", "parent_node_id", "depth", "result_only")
     class CompletedJsonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class RunRequest(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ONLY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     workflow: WorkflowSpec
@@ -167,7 +168,8 @@ class RunRequest(_message.Message):
     parent_run_id: str
     parent_node_id: str
     depth: int
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[_Union[WorkflowSpec, _Mapping]] = ..., inputs_json: _Optional[bytes] = ..., completed_json: _Optional[_Mapping[str, bytes]] = ..., deadline_unix: _Optional[float] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
+    result_only: bool
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[_Union[WorkflowSpec, _Mapping]] = ..., inputs_json: _Optional[bytes] = ..., completed_json: _Optional[_Mapping[str, bytes]] = ..., deadline_unix: _Optional[float] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ..., depth: _Optional[int] = ..., result_only: _Optional[bool] = ...) -> None: ...
 
 class ErrorInfo(_message.Message):
     __slots__ = ("type", "message", "traceback", "node_id")

@@ -110,9 +110,42 @@ struct Engine {
     watch: broadcast::Sender<pb::RunEvent>,
     host: Arc<dyn HostNodes>,
     health: HealthReporter,
+    /// Validated plans by the encoded spec they came from: an orchestrator sends the same
+    /// workflow again and again, and validating it (Lua compiles included) every time would
+    /// cost more than running it.
+    plans: Mutex<HashMap<Vec<u8>, CachedPlan>>,
 }
 
+type CachedPlan = (Arc<Plan>, Arc<[HostNode]>);
+
+/// Plans kept before the cache is flushed (workflows in use at once are far fewer).
+const PLAN_CACHE: usize = 256;
+
 impl Engine {
+    fn plan(&self, spec: &pb::WorkflowSpec) -> Result<CachedPlan, InvalidField> {
+        use prost::Message;
+        let key = spec.encode_to_vec();
+        let mut plans = self
+            .plans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = plans.get(&key) {
+            return Ok(found.clone());
+        }
+        drop(plans);
+        let (plan, host) = convert::plan_from_spec(spec)?;
+        let entry: CachedPlan = (Arc::new(plan), host.into());
+        plans = self
+            .plans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if plans.len() >= PLAN_CACHE {
+            plans.clear();
+        }
+        plans.insert(key, entry.clone());
+        Ok(entry)
+    }
+
     fn active(&self) -> MutexGuard<'_, Active> {
         self.active
             .lock()
@@ -216,7 +249,7 @@ impl Service {
             .workflow
             .as_ref()
             .ok_or_else(|| invalid(&InvalidField::new("workflow", "missing")))?;
-        let (plan, host_nodes) = convert::plan_from_spec(spec).map_err(|e| invalid(&e))?;
+        let (plan, host_nodes) = engine.plan(spec).map_err(|e| invalid(&e))?;
         let inputs =
             convert::json_object("inputs_json", &req.inputs_json).map_err(|e| invalid(&e))?;
         let mut completed = Vec::new();
@@ -256,7 +289,6 @@ impl Service {
             )));
         }
         let inputs = Arc::new(inputs);
-        let plan = Arc::new(plan);
         let external = if host_nodes.is_empty() {
             None
         } else {
@@ -309,6 +341,7 @@ impl Service {
         plan: Arc<Plan>,
         handle: RunHandle,
         tx: mpsc::Sender<Result<pb::RunEvent, Status>>,
+        result_only: bool,
     ) {
         let mut client_gone = false;
         loop {
@@ -348,6 +381,9 @@ impl Service {
                 if engine.watch.receiver_count() > 0 {
                     let _ = engine.watch.send(ev.clone());
                 }
+                if result_only && e.kind != EventKind::RunFinished {
+                    continue;
+                }
                 if !client_gone && tx.send(Ok(ev)).await.is_err() {
                     // The caller is gone: nobody will see this run's result.
                     client_gone = true;
@@ -380,9 +416,23 @@ impl EngineService for Service {
         let engine = self.engine.clone();
         let req = Arc::new(req);
         let r = req.clone();
-        let (plan, handle) = tokio::task::spawn_blocking(move || Self::start(&engine, &r))
-            .await
-            .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
+        // Preparing Python nodes takes the GIL, which must not happen on an async worker;
+        // a workflow of Lua and no-op nodes (its plan usually cached) is started right here.
+        let needs_host = req.workflow.as_ref().is_some_and(|w| {
+            w.nodes.iter().any(|n| {
+                matches!(
+                    n.executor,
+                    Some(pb::node_spec::Executor::Python(_) | pb::node_spec::Executor::Workflow(_))
+                )
+            })
+        });
+        let (plan, handle) = if needs_host {
+            tokio::task::spawn_blocking(move || Self::start(&engine, &r))
+                .await
+                .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??
+        } else {
+            Self::start(&engine, &r)?
+        };
         {
             let mut active = self.engine.active();
             active.reserved -= 1;
@@ -395,7 +445,14 @@ impl EngineService for Service {
             engine_id: self.engine.config.engine_id.as_str().into(),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(Self::forward(self.engine.clone(), tag, plan, handle, tx));
+        tokio::spawn(Self::forward(
+            self.engine.clone(),
+            tag,
+            plan,
+            handle,
+            tx,
+            req.result_only,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -509,6 +566,7 @@ impl EngineServer {
             watch,
             host,
             health,
+            plans: Mutex::new(HashMap::new()),
         });
         let service = EngineServiceServer::new(Service {
             engine: engine.clone(),

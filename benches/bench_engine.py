@@ -1,0 +1,261 @@
+"""Engine service benchmark: end-to-end runs of a 3-node Lua workflow through one engine
+process from the Python client, beside a plain grpcio unary echo on the same machine in the
+same run (the transport's own ceiling).
+
+    python benches/bench_engine.py [--runs N] [--quick]
+
+Measured in one pass per row (latency percentiles over every call of the row):
+
+* runs/s and p50/p99 latency with 1 and with 32 runs in flight (threads, one shared client),
+  for ``EngineClient.run`` (the engine streams only the result) and ``EngineClient.stream``
+  (every event of the run, as an orchestrator reads them);
+* the same for the echo (a grpcio server in its own process echoing a payload the size of a
+  RunRequest; a grpcio client in this process);
+* the engine's own CPU per run: the engine process's user+system CPU time (``/proc/PID/stat``)
+  over the measured ``run()`` calls, divided by the runs — everything the engine process
+  spends, Rust and Python, so an upper bound of the Rust side's cost;
+* the engine's idle RSS after start-up.
+
+Targets (issue 3), printed as met / not met: 32 in flight ≥ 60% of the echo's calls/s; p50
+with 1 in flight ≤ 2x the echo's p50; engine CPU per run ≤ 50 µs; idle RSS ≤ 60 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from dagengine import DAG, LuaExecutor, Node
+from dagengine.engine import EngineClient, build_run_request
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+ECHO_SERVER = r"""
+import sys
+from concurrent import futures
+import grpc
+
+def echo(request, context):
+    return request
+
+handler = grpc.method_handlers_generic_handler(
+    "bench.Echo",
+    {"Echo": grpc.unary_unary_rpc_method_handler(echo, lambda b: b, lambda b: b)},
+)
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+server.wait_for_termination()
+"""
+
+
+def workflow() -> DAG:
+    """The 3-node Lua workflow: extract -> transform -> load."""
+    dag = DAG("bench-3", "1.0.0")
+    dag.add_node(Node("extract", [], LuaExecutor("return {rows = {1, 2, 3, 4, 5}}")))
+    dag.add_node(
+        Node(
+            "transform",
+            ["extract"],
+            LuaExecutor(
+                "local s = 0 for _, v in ipairs(results.extract.rows) do s = s + v end "
+                "return {total = s * inputs.factor}"
+            ),
+        )
+    )
+    dag.add_node(
+        Node("load", ["transform"], LuaExecutor("return {saved = results.transform.total}"))
+    )
+    return dag
+
+
+@dataclass
+class Load:
+    """Calls made at a given concurrency."""
+
+    name: str
+    in_flight: int
+    calls: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def per_second(self) -> float:
+        return self.calls / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def drive(name: str, call: Callable[[], object], in_flight: int, total: int) -> Load:
+    """Make ``total`` calls with ``in_flight`` threads, timing each."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def worker() -> None:
+        local: list[float] = []
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    break
+            t0 = time.perf_counter()
+            call()
+            local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(in_flight) as pool:
+        for f in [pool.submit(worker) for _ in range(in_flight)]:
+            f.result()
+    return Load(name, in_flight, total, time.perf_counter() - start, latencies)
+
+
+def start_process(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(pattern, line)
+    if match is None:
+        proc.kill()
+        raise SystemExit(f"could not start {args!r}: {line!r}")
+    return proc, match.group(1)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=4000, help="calls per measurement")
+    parser.add_argument("--quick", action="store_true", help="fewer calls (500)")
+    args = parser.parse_args(argv)
+    total = 500 if args.quick else args.runs
+
+    engine, port = start_process(
+        [
+            sys.executable,
+            "-m",
+            "dagengine",
+            "engine",
+            "--port",
+            "0",
+            "--capacity",
+            "64",
+            "--engine-id",
+            "bench",
+        ],
+        r"listening on \S+:(\d+)",
+    )
+    echo, echo_port = start_process([sys.executable, "-c", ECHO_SERVER], r"(\d+)")
+    try:
+        time.sleep(0.5)  # let start-up allocation settle before reading idle RSS
+        idle_rss = rss_mib(engine.pid)
+        client = EngineClient(f"127.0.0.1:{port}")
+        request = build_run_request(workflow(), {"factor": 3})
+        payload = request.SerializeToString()
+        channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}")
+        echo_rpc = channel.unary_unary("/bench.Echo/Echo", lambda b: b, lambda b: b)
+        run_counter = iter(range(10**9))
+
+        def run_once() -> object:
+            """``EngineClient.run``: the engine streams only the result."""
+            result = client.run(request.workflow, {"factor": 3}, run_id=f"r{next(run_counter)}")
+            if result.status.value != "succeeded":
+                raise SystemExit(f"benchmark run failed: {result.error}")
+            return result
+
+        def stream_once() -> object:
+            """``EngineClient.stream``: every event, as an orchestrator reads them."""
+            req = build_run_request(request.workflow, {"factor": 3}, run_id=f"s{next(run_counter)}")
+            result = client.stream_request(req).wait()
+            if result.status.value != "succeeded":
+                raise SystemExit(f"benchmark run failed: {result.error}")
+            return result
+
+        def echo_once() -> object:
+            return echo_rpc(payload)
+
+        for _ in range(200):  # warm-up: connections, compiled chunks, pools
+            run_once()
+            stream_once()
+            echo_once()
+        loads: list[Load] = []
+        cpu_runs = 0
+        cpu_used = 0.0
+        for in_flight in (1, 32):
+            loads.append(drive("echo", echo_once, in_flight, total))
+            before = cpu_seconds(engine.pid)
+            loads.append(drive("run", run_once, in_flight, total))
+            cpu_used += cpu_seconds(engine.pid) - before
+            cpu_runs += total
+            loads.append(drive("stream", stream_once, in_flight, total))
+        client.close()
+        channel.close()
+    finally:
+        for proc in (engine, echo):
+            proc.terminate()
+        for proc in (engine, echo):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    print(
+        f"engine service benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cores, "
+        f"{total} calls per row, RunRequest {len(payload)} bytes"
+    )
+    print(f"{'':8} {'in flight':>9} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for load in loads:
+        print(
+            f"{load.name:8} {load.in_flight:>9} {load.per_second:>10,.0f} "
+            f"{load.pct(0.5) * 1e3:>8.3f} {load.pct(0.99) * 1e3:>8.3f}"
+        )
+    by = {(ld.name, ld.in_flight): ld for ld in loads}
+    ratio32 = by[("run", 32)].per_second / by[("echo", 32)].per_second
+    p50_ratio = by[("run", 1)].pct(0.5) / by[("echo", 1)].pct(0.5)
+    cpu_us = cpu_used / cpu_runs * 1e6
+    targets = [
+        ("run(), 32 in flight: runs/s ≥ 60% of echo calls/s", f"{ratio32:.0%}", ratio32 >= 0.6),
+        ("run(), 1 in flight: p50 ≤ 2x echo p50", f"{p50_ratio:.2f}x", p50_ratio <= 2.0),
+        ("engine process CPU per run() ≤ 50 µs", f"{cpu_us:.0f} µs", cpu_us <= 50),
+        ("engine idle RSS ≤ 60 MB", f"{idle_rss:.1f} MiB", idle_rss <= 60),
+    ]
+    print("\ntargets (issue 3), measured in this run")
+    for label, value, ok in targets:
+        print(f"  {label:48} {value:>10}  {'met' if ok else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
