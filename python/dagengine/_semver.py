@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ["Version", "VersionRange"]
 
-_NUM = r"0|[1-9]\d*"
-_PRE_ID = r"(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
+# Digits are ASCII only: Python's default (Unicode) ``\d`` and int() would read
+# "1.\u0661.0" (an Arabic-Indic one) as 1.1.0.
+_NUM = r"0|[1-9][0-9]*"
+_PRE_ID = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
 _VERSION = re.compile(
     rf"(?P<major>{_NUM})\.(?P<minor>{_NUM})\.(?P<patch>{_NUM})"
     rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?"
-    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?",
+    re.ASCII,
 )
 # A version in a range may be partial ("1", "1.4") or use x/* wildcards ("1.x").
 _PARTIAL = re.compile(
     rf"(?P<major>{_NUM}|[xX*])(?:\.(?P<minor>{_NUM}|[xX*])(?:\.(?P<patch>{_NUM}|[xX*])"
-    rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?)?)?"
+    rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?)?)?",
+    re.ASCII,
 )
 _COMPARATOR = re.compile(r"(?P<op>\^|~|>=|<=|>|<|=)?\s*(?P<ver>\S+)")
+# npm's hyphen range "1.2.3 - 2.3.4" (spaces around the hyphen are required).
+_HYPHEN = re.compile(r"(?P<low>\S+)\s+-\s+(?P<high>\S+)")
 
 
 @functools.total_ordering
@@ -55,6 +62,11 @@ class Version:
             tuple(pre.split(".")) if pre else (),
             match.group("build") or "",
         )
+
+    @property
+    def is_prerelease(self) -> bool:
+        """True for versions like ``1.0.0-rc.1``."""
+        return bool(self.prerelease)
 
     def _key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
         # A release sorts after its pre-releases; numeric identifiers sort before alphanumeric.
@@ -90,7 +102,8 @@ _Comparator = tuple[str, Version]
 @dataclass(frozen=True, slots=True)
 class VersionRange:
     """An npm-style range: ``*``, ``1.2.3``, ``1.4`` (= 1.4.x), ``^1.4``, ``~1.4.2``,
-    ``>=1.2,<2`` (comma or space means AND), ``^1 || ^2`` (OR). ``text`` keeps the original.
+    ``>=1.2,<2`` (comma or space means AND), ``1.2 - 1.4`` (inclusive hyphen range),
+    ``^1 || ^2`` (OR). ``text`` keeps the original.
 
     As in npm, a pre-release version only matches a comparator set that names a pre-release
     of the same ``major.minor.patch``.
@@ -106,6 +119,10 @@ class VersionRange:
             raise ValueError(f"invalid version range {text!r}: empty")
         alternatives = []
         for alt in text.split("||"):
+            hyphen = _HYPHEN.fullmatch(alt.strip())
+            if hyphen is not None:
+                alternatives.append(_parse_hyphen(hyphen["low"], hyphen["high"], text))
+                continue
             parts = [p for p in re.split(r"[,\s]+", alt.strip()) if p]
             # Join "op version" written with a space (">= 1.2") back into one comparator.
             joined: list[str] = []
@@ -127,8 +144,18 @@ class VersionRange:
         ver = Version.parse(version) if isinstance(version, str) else version
         return any(_satisfies(ver, comps) for comps in self.alternatives)
 
+    def best(self, versions: Iterable[Version]) -> Version | None:
+        """The highest of ``versions`` that satisfies the range, or ``None``."""
+        return max((v for v in versions if self.matches(v)), default=None)
+
     def __str__(self) -> str:
         return self.text
+
+
+def _parse_hyphen(low_text: str, high_text: str, whole: str) -> tuple[_Comparator, ...]:
+    # "A - B" is ">=A <=B", where a partial B means "below the next version past B"
+    # (1.2 - 1.4 is >=1.2.0 <1.5.0-0), exactly what ">=A" and "<=B" already mean here.
+    return (*_parse_comparator(">=" + low_text, whole), *_parse_comparator("<=" + high_text, whole))
 
 
 def _satisfies(ver: Version, comps: tuple[_Comparator, ...]) -> bool:
@@ -196,8 +223,16 @@ def _parse_comparator(part: str, whole: str) -> list[_Comparator]:
     if op == "=":
         return [("=", low)] if exact else [(">=", low), ("<", upper(len(nums) - 1))]
     if op == ">":
-        return [(">", low)] if exact else [(">=", upper(len(nums) - 1))]
+        if exact:
+            return [(">", low)]
+        # ">1.2" is ">=1.3.0" -- a real release, not the synthetic "1.3.0-0" used for upper
+        # bounds: as a lower bound that pre-release would let 1.3.0-alpha match (npm does not).
+        bumped = upper(len(nums) - 1)
+        return [(">=", Version(bumped.major, bumped.minor, bumped.patch))]
     if op == "<=":
         return [("<=", low)] if exact else [("<", upper(len(nums) - 1))]
-    # "<" and ">=" mean the same whether the version is partial or not.
+    if op == "<" and not exact:
+        # "<2" is "<2.0.0-0", as in npm: no 2.0.0 pre-release is below 2, even when another
+        # comparator of the set names a 2.0.0 pre-release.
+        return [("<", Version(major, minor, patch, ("0",)))]
     return [(op, low)]

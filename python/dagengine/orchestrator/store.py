@@ -1,0 +1,685 @@
+"""The orchestrator's durable state in SQLite: workflow versions, runs, node outputs, events
+and trigger state.
+
+One connection, guarded by a lock, serves every thread of the orchestrator: SQLite serialises
+writers anyway, and one connection means one page cache and no ``database is locked`` between
+our own threads. The database runs in WAL mode with ``synchronous=NORMAL``: readers never
+block the writer, and a commit is durable against a crash of the process (not of the machine,
+where the last transactions may roll back -- the usual trade for a WAL database). Other
+processes (a restarted orchestrator, the CLI) may open the same file; ``busy_timeout`` makes
+them wait for each other instead of failing.
+
+Runs are fenced by their attempt number: every dispatch of a run to an engine starts a new
+attempt (:meth:`Store.claim_attempt`), and node outputs and the final result are only accepted
+from the current attempt, so a late answer from an engine that was given up on changes nothing.
+
+The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` lists the steps and a
+store is brought up to date when it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, TypeAlias
+
+from dagengine.exceptions import RunNotFound, StoreError
+
+__all__ = [
+    "FINISHED_STATUSES",
+    "MIGRATIONS",
+    "RUN_STATUSES",
+    "SEVERITIES",
+    "EventRecord",
+    "RunRecord",
+    "RunStatus",
+    "Severity",
+    "Store",
+    "WorkflowVersionRecord",
+]
+
+RunStatus: TypeAlias = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Severity: TypeAlias = Literal["info", "warning", "error", "critical"]
+
+RUN_STATUSES: Final = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATUSES: Final = ("succeeded", "failed", "cancelled")
+#: Event severities, least severe first; ``min_severity`` filters by this order.
+SEVERITIES: Final[tuple[Severity, ...]] = ("info", "warning", "error", "critical")
+_SEVERITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+#: Schema migrations; ``PRAGMA user_version`` is the number applied. Append, never edit.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE workflow_versions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            workflow_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            spec TEXT,
+            metadata TEXT NOT NULL,
+            dependencies TEXT NOT NULL,
+            registered_at REAL NOT NULL,
+            UNIQUE (workflow_id, version)
+        )""",
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+            inputs TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            engine_id TEXT,
+            key TEXT,
+            parent_run_id TEXT REFERENCES runs (run_id),
+            parent_node_id TEXT,
+            depth INTEGER NOT NULL DEFAULT 0,
+            resolved_versions TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            error TEXT,
+            result TEXT
+        )""",
+        "CREATE INDEX runs_by_created ON runs (created_at)",
+        "CREATE INDEX runs_by_workflow ON runs (workflow_id, created_at)",
+        "CREATE INDEX runs_by_status ON runs (status, created_at)",
+        "CREATE INDEX runs_by_parent ON runs (parent_run_id)",
+        """CREATE TABLE node_outputs (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            node_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            output TEXT NOT NULL,
+            PRIMARY KEY (run_id, node_id)
+        )""",
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            time REAL NOT NULL,
+            type TEXT NOT NULL,
+            severity INTEGER NOT NULL,
+            workflow_id TEXT,
+            run_id TEXT,
+            node_id TEXT,
+            engine_id TEXT,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_by_run ON events (run_id, seq)",
+        "CREATE INDEX events_by_workflow ON events (workflow_id, seq)",
+        """CREATE TABLE trigger_state (
+            trigger_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
+)
+
+# How long another process's write transaction may hold us up before SQLite gives up.
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowVersionRecord:
+    """A registered workflow version as stored. ``spec`` is ``None`` for a DAG that has no
+    portable spec (Python closures): it is listed after a restart but must be registered again
+    to run. ``dependencies`` are the ``(workflow_id, version_range)`` of its sub-workflow
+    nodes."""
+
+    workflow_id: str
+    version: str
+    spec: dict[str, Any] | None
+    metadata: dict[str, Any]
+    dependencies: tuple[tuple[str, str], ...]
+    registered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run of a workflow version. ``attempt`` counts dispatches to engines (0 = never
+    dispatched); ``resolved_versions`` maps each sub-workflow reference (``child@^1``) to the
+    version chosen at run start; times are Unix seconds."""
+
+    run_id: str
+    workflow_id: str
+    version: str
+    status: RunStatus = "queued"
+    inputs: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+    engine_id: str | None = None
+    key: str | None = None
+    parent_run_id: str | None = None
+    parent_node_id: str | None = None
+    depth: int = 0
+    resolved_versions: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+
+    @staticmethod
+    def new_id() -> str:
+        """A fresh run id (random UUID, hex)."""
+        return uuid.uuid4().hex
+
+    @property
+    def finished(self) -> bool:
+        """True once the run succeeded, failed or was cancelled."""
+        return self.status in FINISHED_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A stored event; ``seq`` increases with every event and is never reused."""
+
+    seq: int
+    time: float
+    type: str
+    severity: Severity
+    workflow_id: str | None
+    run_id: str | None
+    node_id: str | None
+    engine_id: str | None
+    data: dict[str, Any]
+
+
+_RUN_COLUMNS = (
+    "run_id",
+    "workflow_id",
+    "version",
+    "status",
+    "inputs",
+    "attempt",
+    "engine_id",
+    "key",
+    "parent_run_id",
+    "parent_node_id",
+    "depth",
+    "resolved_versions",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "result",
+)
+_RUN_JSON = frozenset({"inputs", "resolved_versions", "error", "result"})
+_RUN_SELECT = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
+
+
+def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
+    values = {
+        name: _loads(value) if name in _RUN_JSON else value
+        for name, value in zip(_RUN_COLUMNS, row, strict=True)
+    }
+    return RunRecord(**values)
+
+
+def _check_status(status: str, allowed: Iterable[str] = RUN_STATUSES) -> None:
+    allowed = tuple(allowed)
+    if status not in allowed:
+        raise ValueError(f"invalid run status {status!r}: expected one of {', '.join(allowed)}")
+
+
+def _severity_rank(severity: str) -> int:
+    try:
+        return _SEVERITY_RANK[severity]
+    except KeyError:
+        raise ValueError(
+            f"invalid severity {severity!r}: expected one of {', '.join(SEVERITIES)}"
+        ) from None
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+class Store:
+    """Durable orchestrator state in one SQLite database (a file path, or ``":memory:"``).
+
+    Thread-safe. Use :meth:`transaction` to group several writes into one commit (atomic and
+    cheaper); every method also works on its own.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = ":memory:") -> None:
+        text = os.fspath(path)
+        if text != ":memory:":
+            resolved = Path(text).expanduser()
+            try:
+                resolved.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the directory of store {text!r}: {exc}") from exc
+            text = str(resolved)
+        self.path = text
+        self._lock = threading.RLock()
+        self._depth = 0  # nesting of transaction(); only the outermost commits
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the
+            # write lock up front, so a transaction never fails half-way on a lock upgrade).
+            self._db = sqlite3.connect(
+                text, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {text!r}: {exc}") from exc
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"cannot open store {text!r}: {exc}") from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- plumbing --
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            # Read inside the write transaction: two processes opening a new file at once
+            # must not both apply the same migration.
+            current = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"store {self.path!r} has schema version {current}, newer than this "
+                    f"dagengine understands ({len(MIGRATIONS)}); upgrade dagengine"
+                )
+            for number in range(current, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number]:
+                    self._db.execute(statement)
+            if current != len(MIGRATIONS):
+                self._db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database (``PRAGMA user_version``)."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    @property
+    def journal_mode(self) -> str:
+        """SQLite's journal mode: ``wal`` for a file, ``memory`` for ``:memory:``."""
+        with self._lock:
+            return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one atomic commit; nests (only the outermost commits). Other
+        threads wait until it ends."""
+        with self._lock:
+            if self._depth == 0:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    def close(self) -> None:
+        """Close the database; the store cannot be used afterwards."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {self.path!r}>"
+
+    # -- workflow versions --
+
+    def save_workflow_version(
+        self,
+        workflow_id: str,
+        version: str,
+        spec: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+        dependencies: Iterable[tuple[str, str]],
+    ) -> None:
+        """Record a registered version. Saving an existing ``(workflow_id, version)`` again
+        replaces its spec, metadata and dependencies but keeps its place in the order."""
+        deps = [[child, rng] for child, rng in dependencies]
+        with self.transaction():
+            self._db.execute(
+                """INSERT INTO workflow_versions
+                       (workflow_id, version, spec, metadata, dependencies, registered_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (workflow_id, version) DO UPDATE SET
+                       spec = excluded.spec, metadata = excluded.metadata,
+                       dependencies = excluded.dependencies""",
+                (
+                    workflow_id,
+                    version,
+                    None if spec is None else _dumps(dict(spec)),
+                    _dumps(dict(metadata or {})),
+                    _dumps(deps),
+                    time.time(),
+                ),
+            )
+
+    def workflow_versions(self) -> list[WorkflowVersionRecord]:
+        """Every recorded version, in registration order."""
+        rows = self._query(
+            "SELECT workflow_id, version, spec, metadata, dependencies, registered_at "
+            "FROM workflow_versions ORDER BY seq"
+        )
+        return [
+            WorkflowVersionRecord(
+                workflow_id,
+                version,
+                _loads(spec),
+                _loads(metadata),
+                tuple((child, rng) for child, rng in _loads(deps)),
+                registered_at,
+            )
+            for workflow_id, version, spec, metadata, deps, registered_at in rows
+        ]
+
+    # -- runs --
+
+    def create_run(self, record: RunRecord) -> None:
+        """Insert a new run; ``StoreError`` if its id is taken."""
+        _check_status(record.status)
+        values = [
+            _dumps(getattr(record, name))
+            if name in _RUN_JSON and getattr(record, name) is not None
+            else getattr(record, name)
+            for name in _RUN_COLUMNS
+        ]
+        placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
+        try:
+            with self.transaction():
+                self._db.execute(
+                    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders})",
+                    values,
+                )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"cannot create run {record.run_id!r}: {exc}") from exc
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set fields of a run (any :class:`RunRecord` field but ``run_id``), unfenced: for
+        bookkeeping such as ``resolved_versions``. Use :meth:`claim_attempt`,
+        :meth:`finish_run` and :meth:`release_run` for state changes that can race with an
+        engine. ``RunNotFound`` if there is no such run."""
+        if not fields:
+            return
+        unknown = sorted(set(fields) - set(_RUN_COLUMNS[1:]))
+        if unknown:
+            raise ValueError(f"update_run: unknown run field(s) {', '.join(unknown)}")
+        if "status" in fields:
+            _check_status(fields["status"])
+        names = list(fields)
+        values = [
+            _dumps(fields[n]) if n in _RUN_JSON and fields[n] is not None else fields[n]
+            for n in names
+        ]
+        with self.transaction():
+            cursor = self._db.execute(
+                f"UPDATE runs SET {', '.join(f'{n} = ?' for n in names)} WHERE run_id = ?",
+                [*values, run_id],
+            )
+            if cursor.rowcount == 0:
+                raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """The run, or ``None`` if there is none with that id."""
+        rows = self._query(f"{_RUN_SELECT} WHERE run_id = ?", (run_id,))
+        return _run_from_row(rows[0]) if rows else None
+
+    def list_runs(
+        self,
+        workflow_id: str | None = None,
+        status: str | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Runs matching every filter given, newest first."""
+        where: list[str] = []
+        params: list[Any] = []
+        if workflow_id is not None:
+            where.append("workflow_id = ?")
+            params.append(workflow_id)
+        if status is not None:
+            _check_status(status)
+            where.append("status = ?")
+            params.append(status)
+        if parent_run_id is not None:
+            where.append("parent_run_id = ?")
+            params.append(parent_run_id)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"{_RUN_SELECT}{clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [_run_from_row(row) for row in rows]
+
+    def unfinished_runs(self) -> list[RunRecord]:
+        """Runs that are queued or running, oldest first: what a restarted orchestrator
+        resumes."""
+        rows = self._query(
+            f"{_RUN_SELECT} WHERE status IN ('queued', 'running') ORDER BY created_at, rowid"
+        )
+        return [_run_from_row(row) for row in rows]
+
+    def claim_attempt(self, run_id: str, engine_id: str) -> int:
+        """Start a new attempt of an unfinished run on ``engine_id``: the attempt number goes
+        up by one, the status becomes ``running``. Returns the new attempt number; outputs and
+        results of earlier attempts are refused from now on.
+
+        ``RunNotFound`` for an unknown run, ``StoreError`` for a finished one.
+        """
+        with self.transaction():
+            row = self._db.execute(
+                """UPDATE runs SET attempt = attempt + 1, status = 'running', engine_id = ?,
+                       started_at = COALESCE(started_at, ?)
+                   WHERE run_id = ? AND status IN ('queued', 'running')
+                   RETURNING attempt""",
+                (engine_id, time.time(), run_id),
+            ).fetchone()
+            if row is None:
+                self._raise_not_unfinished(run_id, "start a new attempt of")
+            return int(row[0])
+
+    def _raise_not_unfinished(self, run_id: str, action: str) -> None:
+        found = self._db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if found is None:
+            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+        raise StoreError(f"cannot {action} run {run_id!r}: it is already {found[0]}")
+
+    def release_run(self, run_id: str, attempt: int) -> bool:
+        """Put a running run back in the queue (its engine went away), if ``attempt`` is
+        still its current attempt; returns whether it was released."""
+        with self.transaction():
+            cursor = self._db.execute(
+                """UPDATE runs SET status = 'queued', engine_id = NULL
+                   WHERE run_id = ? AND attempt = ? AND status = 'running'""",
+                (run_id, attempt),
+            )
+            return cursor.rowcount == 1
+
+    def finish_run(
+        self,
+        run_id: str,
+        attempt: int | None,
+        status: str,
+        result: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record the end of a run, if it is unfinished and ``attempt`` is its current attempt
+        (``None``: whatever the attempt, for a cancellation decided by the orchestrator).
+        Returns whether it was recorded; a late result from an old attempt returns ``False``
+        and changes nothing."""
+        _check_status(status, FINISHED_STATUSES)
+        sql = """UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ?
+                 WHERE run_id = ? AND status IN ('queued', 'running')"""
+        params: list[Any] = [
+            status,
+            None if result is None else _dumps(dict(result)),
+            None if error is None else _dumps(dict(error)),
+            time.time(),
+            run_id,
+        ]
+        if attempt is not None:
+            sql += " AND attempt = ?"
+            params.append(attempt)
+        with self.transaction():
+            return self._db.execute(sql, params).rowcount == 1
+
+    # -- node outputs --
+
+    def save_node_output(
+        self, run_id: str, node_id: str, attempt: int, output: Mapping[str, Any]
+    ) -> bool:
+        """Record a completed node's output if ``attempt`` is the run's current attempt and
+        the run is running; returns whether it was stored. One statement, so the check and the
+        write cannot be separated by a new claim."""
+        with self.transaction():
+            cursor = self._db.execute(
+                """INSERT INTO node_outputs (run_id, node_id, attempt, output)
+                   SELECT ?, ?, ?, ? WHERE EXISTS (
+                       SELECT 1 FROM runs
+                       WHERE run_id = ? AND attempt = ? AND status = 'running')
+                   ON CONFLICT (run_id, node_id) DO UPDATE SET
+                       attempt = excluded.attempt, output = excluded.output""",
+                (run_id, node_id, attempt, _dumps(dict(output)), run_id, attempt),
+            )
+            return cursor.rowcount == 1
+
+    def node_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The stored output of each completed node of the run, in completion order."""
+        rows = self._query(
+            "SELECT node_id, output FROM node_outputs WHERE run_id = ? ORDER BY rowid", (run_id,)
+        )
+        return {node_id: _loads(output) for node_id, output in rows}
+
+    # -- events --
+
+    def append_event(
+        self,
+        time: float | None,
+        type: str,
+        severity: str = "info",
+        workflow_id: str | None = None,
+        run_id: str | None = None,
+        node_id: str | None = None,
+        engine_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Store an event (``time`` ``None`` = now); returns its sequence number, increasing
+        and never reused, also across restarts. ``severity`` is one of :data:`SEVERITIES`."""
+        rank = _severity_rank(severity)
+        when = _now() if time is None else time
+        with self.transaction():
+            cursor = self._db.execute(
+                """INSERT INTO events
+                       (time, type, severity, workflow_id, run_id, node_id, engine_id, data)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    when,
+                    type,
+                    rank,
+                    workflow_id,
+                    run_id,
+                    node_id,
+                    engine_id,
+                    _dumps(dict(data or {})),
+                ),
+            )
+            seq = cursor.lastrowid
+        assert seq is not None
+        return seq
+
+    def events(
+        self,
+        after: int = 0,
+        workflow_id: str | None = None,
+        run_id: str | None = None,
+        types: Iterable[str] | None = None,
+        min_severity: str | None = None,
+        limit: int = 1000,
+    ) -> list[EventRecord]:
+        """Events with ``seq > after`` that match every filter given, oldest first."""
+        where = ["seq > ?"]
+        params: list[Any] = [after]
+        if workflow_id is not None:
+            where.append("workflow_id = ?")
+            params.append(workflow_id)
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if types is not None:
+            wanted = list(types)
+            if not wanted:
+                return []
+            where.append(f"type IN ({', '.join('?' for _ in wanted)})")
+            params.extend(wanted)
+        if min_severity is not None:
+            where.append("severity >= ?")
+            params.append(_severity_rank(min_severity))
+        rows = self._query(
+            "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data "
+            f"FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, _loads(data))
+            for seq, when, kind, rank, wf, run, node, engine, data in rows
+        ]
+
+    def last_event_seq(self) -> int:
+        """The sequence number of the newest event (0 if there is none)."""
+        rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM events")
+        return int(rows[0][0])
+
+    # -- trigger state --
+
+    def get_trigger_state(self, trigger_id: str) -> dict[str, Any] | None:
+        """The state last saved for a trigger, or ``None``."""
+        rows = self._query("SELECT state FROM trigger_state WHERE trigger_id = ?", (trigger_id,))
+        return _loads(rows[0][0]) if rows else None
+
+    def set_trigger_state(self, trigger_id: str, state: Mapping[str, Any]) -> None:
+        """Save (replace) a trigger's state."""
+        with self.transaction():
+            self._db.execute(
+                """INSERT INTO trigger_state (trigger_id, state, updated_at) VALUES (?, ?, ?)
+                   ON CONFLICT (trigger_id) DO UPDATE SET
+                       state = excluded.state, updated_at = excluded.updated_at""",
+                (trigger_id, _dumps(dict(state)), _now()),
+            )
+
+
+def _now() -> float:
+    # A module function, since append_event's ``time`` parameter shadows the module there.
+    return time.time()

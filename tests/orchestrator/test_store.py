@@ -1,0 +1,406 @@
+"""The SQLite store: records, fencing by attempt, events, trigger state, persistence across
+close/reopen and processes, concurrency, WAL and migrations. Real files in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagengine.exceptions import RunNotFound, StoreError
+from dagengine.orchestrator.store import MIGRATIONS, RunRecord, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "state.db") as opened:
+        yield opened
+
+
+def _run(run_id: str, created_at: float = 1000.0, **kw: object) -> RunRecord:
+    return RunRecord(run_id, "wf", "1.0.0", created_at=created_at, **kw)  # type: ignore[arg-type]
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+
+def test_file_store_is_wal_with_pragmas(tmp_path: Path) -> None:
+    store = Store(tmp_path / "sub" / "dir" / "state.db")  # parent directories are created
+    assert (tmp_path / "sub" / "dir" / "state.db-wal").exists()
+    assert store.journal_mode == "wal"
+    assert store.schema_version == len(MIGRATIONS)
+    pragmas = {
+        name: store._query(f"PRAGMA {name}")[0][0]
+        for name in ("synchronous", "foreign_keys", "busy_timeout")
+    }
+    assert pragmas["synchronous"] == 1  # NORMAL
+    assert pragmas["foreign_keys"] == 1
+    assert pragmas["busy_timeout"] > 0
+    store.close()
+
+
+def test_memory_store_works() -> None:
+    with Store(":memory:") as store:
+        store.create_run(_run("r"))
+        assert store.get_run("r") is not None
+        assert store.journal_mode == "memory"
+
+
+def test_migrations_are_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Store(path).close()
+    for _ in range(3):
+        with Store(path) as store:
+            assert store.schema_version == len(MIGRATIONS)
+            tables = {row[0] for row in store._query("SELECT name FROM sqlite_master")}
+            assert {"runs", "events", "node_outputs", "workflow_versions"} <= tables
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer than this dagengine"):
+        Store(path)
+
+
+def test_garbage_file_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store(path)
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def test_run_round_trip(store: Store) -> None:
+    record = RunRecord(
+        "r1",
+        "wf",
+        "1.2.0",
+        inputs={"x": [1, 2, {"y": None}]},
+        key="k",
+        depth=0,
+        resolved_versions={"child@^1": "1.4.0"},
+        created_at=5.0,
+    )
+    store.create_run(record)
+    assert store.get_run("r1") == record
+    assert store.get_run("nope") is None
+    with pytest.raises(StoreError, match="r1"):
+        store.create_run(record)
+
+
+def test_child_runs_reference_their_parent(store: Store) -> None:
+    store.create_run(_run("parent"))
+    store.create_run(_run("child", parent_run_id="parent", parent_node_id="n", depth=1))
+    assert [r.run_id for r in store.list_runs(parent_run_id="parent")] == ["child"]
+    with pytest.raises(StoreError):  # foreign keys are on
+        store.create_run(_run("orphan", parent_run_id="ghost"))
+
+
+def test_update_run(store: Store) -> None:
+    store.create_run(_run("r"))
+    store.update_run("r", resolved_versions={"c": "2.0.0"}, key="other")
+    rec = store.get_run("r")
+    assert rec is not None
+    assert rec.resolved_versions == {"c": "2.0.0"}
+    assert rec.key == "other"
+    with pytest.raises(ValueError, match="bogus"):
+        store.update_run("r", bogus=1)
+    with pytest.raises(ValueError, match="invalid run status"):
+        store.update_run("r", status="exploded")
+    with pytest.raises(RunNotFound):
+        store.update_run("ghost", key="x")
+
+
+def test_list_runs_filters_and_order(store: Store) -> None:
+    for i in range(5):
+        store.create_run(_run(f"r{i}", created_at=100.0 + i))
+    store.create_run(RunRecord("other", "wf2", "1.0.0", created_at=100.0))
+    store.claim_attempt("r1", "e")
+    assert [r.run_id for r in store.list_runs(workflow_id="wf")] == ["r4", "r3", "r2", "r1", "r0"]
+    assert [r.run_id for r in store.list_runs(status="running")] == ["r1"]
+    assert [r.run_id for r in store.list_runs(workflow_id="wf", limit=2, offset=1)] == ["r3", "r2"]
+    assert len(store.list_runs()) == 6
+    # Same created_at: later insertion counts as newer.
+    assert [r.run_id for r in store.list_runs(limit=6)][-2:] == ["other", "r0"]
+    assert [r.run_id for r in store.unfinished_runs()] == ["r0", "other", "r1", "r2", "r3", "r4"]
+    store.finish_run("r0", 0, "cancelled")
+    assert "r0" not in [r.run_id for r in store.unfinished_runs()]
+
+
+def test_claim_attempt(store: Store) -> None:
+    store.create_run(_run("r"))
+    assert store.claim_attempt("r", "e1") == 1
+    first = store.get_run("r")
+    assert first is not None
+    assert (first.status, first.engine_id, first.attempt) == ("running", "e1", 1)
+    assert first.started_at is not None
+    assert store.claim_attempt("r", "e2") == 2
+    second = store.get_run("r")
+    assert second is not None
+    assert (second.engine_id, second.started_at) == ("e2", first.started_at)
+    assert store.finish_run("r", 2, "succeeded", {"out": 1})
+    with pytest.raises(StoreError, match="already succeeded"):
+        store.claim_attempt("r", "e3")
+    with pytest.raises(RunNotFound):
+        store.claim_attempt("ghost", "e3")
+
+
+def test_node_outputs_are_fenced_by_attempt(store: Store) -> None:
+    store.create_run(_run("r"))
+    assert not store.save_node_output("r", "a", 0, {"v": 0})  # queued: nothing runs yet
+    assert store.claim_attempt("r", "e1") == 1
+    assert store.save_node_output("r", "a", 1, {"v": 1})
+    assert store.claim_attempt("r", "e2") == 2  # e1 presumed dead
+    assert not store.save_node_output("r", "b", 1, {"late": True})  # e1's late output
+    assert store.save_node_output("r", "b", 2, {"v": 2})
+    assert store.node_outputs("r") == {"a": {"v": 1}, "b": {"v": 2}}
+    assert not store.save_node_output("ghost", "a", 1, {})
+
+
+def test_finish_run_is_fenced(store: Store) -> None:
+    store.create_run(_run("r"))
+    store.claim_attempt("r", "e1")
+    store.claim_attempt("r", "e2")
+    assert not store.finish_run("r", 1, "failed", None, {"message": "stale"})
+    rec = store.get_run("r")
+    assert rec is not None
+    assert (rec.status, rec.error, rec.finished_at) == ("running", None, None)
+    assert store.finish_run("r", 2, "succeeded", {"outputs": {"a": 1}})
+    assert not store.finish_run("r", 2, "failed", None, {"message": "twice"})
+    done = store.get_run("r")
+    assert done is not None
+    assert done.status == "succeeded"
+    assert done.result == {"outputs": {"a": 1}}
+    assert done.finished
+    assert done.finished_at is not None
+    with pytest.raises(ValueError, match="invalid run status"):
+        store.finish_run("r", 2, "running")
+
+
+def test_cancel_whatever_the_attempt_and_release(store: Store) -> None:
+    store.create_run(_run("q"))
+    assert store.finish_run("q", None, "cancelled")  # never dispatched
+    store.create_run(_run("r"))
+    store.claim_attempt("r", "e1")
+    assert not store.release_run("r", 0)
+    assert store.release_run("r", 1)
+    rec = store.get_run("r")
+    assert rec is not None
+    assert (rec.status, rec.engine_id, rec.attempt) == ("queued", None, 1)
+    assert not store.save_node_output("r", "a", 1, {})  # released: the old attempt is over
+    assert store.claim_attempt("r", "e2") == 2
+
+
+# --- workflows, events, triggers ---------------------------------------------------------------
+
+
+def test_workflow_versions_in_registration_order(store: Store) -> None:
+    store.save_workflow_version("b", "1.0.0", {"id": "b"}, None, [])
+    store.save_workflow_version("a", "2.0.0", None, {"team": "x"}, [("b", "^1")])
+    store.save_workflow_version("b", "1.0.0", {"id": "b", "v": 2}, {"m": 1}, [])  # replaces
+    records = store.workflow_versions()
+    assert [(r.workflow_id, r.version) for r in records] == [("b", "1.0.0"), ("a", "2.0.0")]
+    assert records[0].spec == {"id": "b", "v": 2}
+    assert records[0].metadata == {"m": 1}
+    assert records[1].spec is None
+    assert records[1].dependencies == (("b", "^1"),)
+
+
+def test_events_filters_and_monotonic_seq(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with Store(path) as store:
+        seqs = [
+            store.append_event(1.0, "run.queued", "info", "wf", "r1"),
+            store.append_event(2.0, "node.failed", "error", "wf", "r1", "n", "e1", {"x": 1}),
+            store.append_event(None, "engine.unhealthy", "warning", engine_id="e1"),
+            store.append_event(4.0, "run.failed", "critical", "wf2", "r2"),
+        ]
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == 4
+        assert [e.seq for e in store.events()] == seqs
+        assert [e.seq for e in store.events(after=seqs[1])] == seqs[2:]
+        assert [e.type for e in store.events(run_id="r1")] == ["run.queued", "node.failed"]
+        assert [e.run_id for e in store.events(workflow_id="wf2")] == ["r2"]
+        assert [e.type for e in store.events(types=["run.failed", "run.queued"])] == [
+            "run.queued",
+            "run.failed",
+        ]
+        assert store.events(types=[]) == []
+        assert [e.severity for e in store.events(min_severity="warning")] == [
+            "error",
+            "warning",
+            "critical",
+        ]
+        assert [e.seq for e in store.events(limit=2)] == seqs[:2]
+        failed = store.events(types=["node.failed"])[0]
+        assert (failed.node_id, failed.engine_id, failed.data, failed.time) == (
+            "n",
+            "e1",
+            {"x": 1},
+            2.0,
+        )
+        with pytest.raises(ValueError, match="invalid severity"):
+            store.append_event(None, "x", "fatal")
+        with pytest.raises(ValueError, match="invalid severity"):
+            store.events(min_severity="loud")
+        assert store.last_event_seq() == seqs[-1]
+    # AUTOINCREMENT: sequence numbers survive a restart and are never reused, even for the
+    # newest event being gone.
+    with Store(path) as store:
+        store._db.execute(f"DELETE FROM events WHERE seq = {seqs[-1]}")
+        assert store.append_event(None, "run.queued") == seqs[-1] + 1
+
+
+def test_trigger_state(store: Store) -> None:
+    assert store.get_trigger_state("cron-1") is None
+    store.set_trigger_state("cron-1", {"last_fire": "2024-01-01T00:00:00Z"})
+    store.set_trigger_state("cron-1", {"last_fire": "2024-01-02T00:00:00Z", "n": 2})
+    assert store.get_trigger_state("cron-1") == {"last_fire": "2024-01-02T00:00:00Z", "n": 2}
+
+
+def test_transaction_is_atomic(store: Store) -> None:
+    def fail_half_way() -> None:
+        with store.transaction():
+            store.create_run(_run("a"))
+            store.append_event(None, "run.queued", run_id="a")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fail_half_way()
+    assert store.get_run("a") is None
+    assert store.events() == []
+    with store.transaction():
+        store.create_run(_run("a"))
+        with store.transaction():  # nested: committed with the outer one
+            store.claim_attempt("a", "e")
+    rec = store.get_run("a")
+    assert rec is not None
+    assert rec.attempt == 1
+
+
+# --- persistence and concurrency ---------------------------------------------------------------
+
+
+def _fill(store: Store) -> None:
+    store.save_workflow_version("wf", "1.0.0", {"id": "wf"}, {"owner": "me"}, [])
+    store.create_run(_run("done", inputs={"n": 1}))
+    store.claim_attempt("done", "e1")
+    store.save_node_output("done", "a", 1, {"value": 42})
+    store.finish_run("done", 1, "succeeded", {"outputs": {"a": {"value": 42}}})
+    store.create_run(_run("pending", created_at=2000.0))
+    store.append_event(None, "run.completed", run_id="done")
+    store.set_trigger_state("t", {"k": "v"})
+
+
+def test_persistence_across_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with Store(path) as store:
+        _fill(store)
+    with Store(path) as store:
+        done = store.get_run("done")
+        assert done is not None
+        assert done.status == "succeeded"
+        assert store.node_outputs("done") == {"a": {"value": 42}}
+        assert [r.run_id for r in store.unfinished_runs()] == ["pending"]
+        assert store.workflow_versions()[0].metadata == {"owner": "me"}
+        assert store.get_trigger_state("t") == {"k": "v"}
+        assert [e.type for e in store.events()] == ["run.completed"]
+
+
+_READER = """
+import json, sys
+from dagengine.orchestrator.store import Store
+store = Store(sys.argv[1])
+done = store.get_run("done")
+print(json.dumps({
+    "status": done.status,
+    "outputs": store.node_outputs("done"),
+    "unfinished": [r.run_id for r in store.unfinished_runs()],
+    "events": [e.type for e in store.events()],
+    "trigger": store.get_trigger_state("t"),
+}))
+store.append_event(None, "from.child")
+"""
+
+
+def test_another_process_reads_what_we_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = Store(path)
+    _fill(store)  # committed, store still open: the reader sees it through the WAL
+    out = subprocess.run(
+        [sys.executable, "-c", _READER, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    seen = json.loads(out.stdout)
+    assert seen == {
+        "status": "succeeded",
+        "outputs": {"a": {"value": 42}},
+        "unfinished": ["pending"],
+        "events": ["run.completed"],
+        "trigger": {"k": "v"},
+    }
+    # ... and we see what it wrote, with the next sequence number.
+    assert [e.type for e in store.events()] == ["run.completed", "from.child"]
+    store.close()
+
+
+def test_concurrent_writers_from_threads(store: Store) -> None:
+    threads, per_thread = 8, 50
+    for t in range(threads):
+        store.create_run(_run(f"r{t}"))
+        store.claim_attempt(f"r{t}", "e")
+    errors: list[BaseException] = []
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def work(t: int) -> None:
+        try:
+            for i in range(per_thread):
+                seq = store.append_event(None, "node.succeeded", run_id=f"r{t}", data={"i": i})
+                assert store.save_node_output(f"r{t}", f"n{i}", 1, {"i": i})
+                with lock:
+                    seqs.append(seq)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert len(set(seqs)) == threads * per_thread
+    for t in range(threads):
+        assert len(store.node_outputs(f"r{t}")) == per_thread
+
+
+def test_claims_race_to_distinct_attempts(store: Store) -> None:
+    store.create_run(_run("r"))
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def claim(i: int) -> None:
+        attempt = store.claim_attempt("r", f"e{i}")
+        with lock:
+            got.append(attempt)
+
+    workers = [threading.Thread(target=claim, args=(i,)) for i in range(10)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(got) == list(range(1, 11))
