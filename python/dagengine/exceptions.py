@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERROR_TYPES",
+    "ConfigError",
     "CycleError",
     "DagEngineError",
+    "DependentsConflict",
+    "DiscoveryError",
     "DuplicateNodeError",
     "EngineBusy",
     "EngineError",
@@ -34,16 +37,23 @@ __all__ = [
     "LuaSyntaxError",
     "LuaTimeout",
     "MessageTooLarge",
+    "NoMatchingVersion",
     "NodeError",
     "NodeTimeout",
+    "QueueFull",
     "RunCancelled",
     "RunFailed",
+    "RunNotFound",
     "RunTimeout",
     "SelfDependencyError",
     "SpecError",
+    "StoreError",
     "SubWorkflowError",
     "UnknownDependencyError",
     "ValidationError",
+    "VersionConflict",
+    "VersionNotFound",
+    "WorkflowNotFound",
     "error_from_info",
 ]
 
@@ -280,41 +290,142 @@ class MessageTooLarge(EngineError):
     """A request or response exceeded the gRPC message size limit of the client or engine."""
 
 
-#: Every exception class above, by class name, so a recorded node error
+# --- orchestrator ----------------------------------------------------------------------------
+
+
+class DiscoveryError(DagEngineError):
+    """Engine discovery cannot work as configured: e.g. the Kubernetes client configuration
+    cannot be loaded, or a self-registration is invalid. ``engine_id`` is set when one engine
+    is at fault."""
+
+    def __init__(self, message: str = "", /, *, engine_id: str | None = None) -> None:
+        super().__init__(message)
+        self.engine_id = engine_id
+
+
+class ConfigError(DagEngineError, ValueError):
+    """An environment variable (or configuration value) is invalid: ``variable`` names it and
+    ``value`` is what was given."""
+
+    def __init__(
+        self, message: str = "", /, *, variable: str | None = None, value: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.variable = variable
+        self.value = value
+
+
+class StoreError(DagEngineError):
+    """The orchestrator's store cannot be opened or used (unreadable file, a schema written by
+    a newer dagengine, a run in a state that does not allow the operation)."""
+
+
+class RunNotFound(DagEngineError, LookupError):
+    """No run has the id ``run_id``."""
+
+    def __init__(self, message: str = "", /, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class WorkflowNotFound(DagEngineError, LookupError):
+    """No workflow is registered under ``workflow_id``."""
+
+    def __init__(self, message: str = "", /, *, workflow_id: str | None = None) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
+class VersionNotFound(DagEngineError, LookupError):
+    """Workflow ``workflow_id`` has no version ``version``; ``available`` lists its versions."""
+
+    def __init__(
+        self,
+        message: str = "",
+        /,
+        *,
+        workflow_id: str | None = None,
+        version: str | None = None,
+        available: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.version = version
+        self.available = available
+
+
+class NoMatchingVersion(DagEngineError, LookupError):
+    """No version of ``workflow_id`` satisfies ``version_range``; ``available`` lists the
+    versions there are."""
+
+    def __init__(
+        self,
+        message: str = "",
+        /,
+        *,
+        workflow_id: str | None = None,
+        version_range: str | None = None,
+        available: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.version_range = version_range
+        self.available = available
+
+
+class VersionConflict(DagEngineError):
+    """A registration was refused: ``version`` of ``workflow_id`` is not newer than ``latest``,
+    the latest version of its major line (or that version exists with another definition)."""
+
+    def __init__(
+        self,
+        message: str = "",
+        /,
+        *,
+        workflow_id: str | None = None,
+        version: str | None = None,
+        latest: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.version = version
+        self.latest = latest
+
+
+class DependentsConflict(VersionConflict):
+    """A new major version was refused because workflows that depend on this one (through
+    sub-workflow nodes) use a range it would leave. ``dependents`` lists them as
+    ``(workflow_id, version, version_range)``."""
+
+    def __init__(
+        self,
+        message: str = "",
+        /,
+        *,
+        workflow_id: str | None = None,
+        version: str | None = None,
+        latest: str | None = None,
+        dependents: list[tuple[str, str, str]] | None = None,
+    ) -> None:
+        super().__init__(message, workflow_id=workflow_id, version=version, latest=latest)
+        self.dependents = dependents
+
+
+class QueueFull(DagEngineError):
+    """Every engine is at capacity and the queue of runs waiting for one holds ``limit`` runs
+    already (``DAGENGINE_QUEUE_LIMIT``)."""
+
+    def __init__(self, message: str = "", /, *, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+#: Every exception class of this module, by class name, so a recorded error
 #: (``{"type": "LuaTimeout", ...}``) can be turned back into an exception.
 ERROR_TYPES: dict[str, type[DagEngineError]] = {
     cls.__name__: cls
-    for cls in (
-        DagEngineError,
-        ValidationError,
-        CycleError,
-        UnknownDependencyError,
-        DuplicateNodeError,
-        SelfDependencyError,
-        SpecError,
-        ImportPathError,
-        LuaError,
-        LuaSyntaxError,
-        LuaRuntimeError,
-        LuaInstructionLimit,
-        LuaMemoryLimit,
-        LuaTimeout,
-        LuaBadReturn,
-        LuaConversionError,
-        NodeError,
-        NodeTimeout,
-        SubWorkflowError,
-        RunFailed,
-        RunTimeout,
-        RunCancelled,
-        EngineRuntimeError,
-        EngineStartError,
-        EngineError,
-        EngineUnavailable,
-        EngineBusy,
-        InvalidRequest,
-        MessageTooLarge,
-    )
+    for cls in list(globals().values())
+    if isinstance(cls, type) and issubclass(cls, DagEngineError)
 }
 
 

@@ -1,0 +1,673 @@
+"""Typed orchestrator events and the bus that persists and fans them out.
+
+Every event is first appended to the store, which gives it its sequence number (``seq``,
+strictly increasing), then handed to the live subscribers. A subscriber's cursor is therefore
+a store position: whatever a subscriber did not receive live can be read back from the store.
+
+Event types and their default severities (``publish`` may override the severity):
+
+==================== ======== ==========================================================
+type                 severity why
+==================== ======== ==========================================================
+``run.queued``       info     normal life of a run
+``run.started``      info
+``run.completed``    info
+``run.failed``       error    a run ended without its result
+``run.cancelled``    warning  someone stopped it; not a fault of the system
+``run.redispatched`` warning  an engine was lost under the run; it goes on elsewhere
+``node.started``     info
+``node.succeeded``   info
+``node.failed``      error    a node failed for good
+``node.retrying``    warning  a node failed but will be retried
+``node.skipped``     info     consequence of another node's failure, reported there
+``node.cancelled``   info     consequence of a cancellation, reported on the run
+``node.log``         info     a node's log line
+``engine.joined``    info
+``engine.left``      warning  capacity went away
+``engine.unhealthy`` warning  evicted; its runs are re-dispatched
+``engine.recovered`` info
+``trigger.fired``    info
+==================== ======== ==========================================================
+
+``critical`` is never a default: it is for the orchestrator to raise explicitly (e.g. no
+engine left at all).
+
+The bus never blocks a publisher on a subscriber: each :class:`Subscription` has a bounded
+buffer; an event that does not fit is dropped for that subscriber and counted in
+:attr:`Subscription.missed`, and the subscription later reads the dropped events back from the
+store, so what it delivers is always gap-free and in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time as _time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+__all__ = [
+    "DEFAULT_SEVERITY",
+    "SEVERITY_ORDER",
+    "Event",
+    "EventBus",
+    "EventFilter",
+    "EventStore",
+    "EventType",
+    "Severity",
+    "Subscription",
+]
+
+_log = logging.getLogger(__name__)
+
+
+class Severity(str, Enum):
+    """How bad an event is; ordered ``info < warning < error < critical``."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """0 for ``info`` up to 3 for ``critical``."""
+        return SEVERITY_ORDER[self.value]
+
+
+#: Severity name -> rank, for comparisons on plain strings read back from the store.
+SEVERITY_ORDER: dict[str, int] = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+
+
+class EventType(str, Enum):
+    """Every event type the orchestrator publishes (the value is the wire/store name)."""
+
+    RUN_QUEUED = "run.queued"
+    RUN_STARTED = "run.started"
+    RUN_COMPLETED = "run.completed"
+    RUN_FAILED = "run.failed"
+    RUN_CANCELLED = "run.cancelled"
+    RUN_REDISPATCHED = "run.redispatched"
+    NODE_STARTED = "node.started"
+    NODE_SUCCEEDED = "node.succeeded"
+    NODE_FAILED = "node.failed"
+    NODE_RETRYING = "node.retrying"
+    NODE_SKIPPED = "node.skipped"
+    NODE_CANCELLED = "node.cancelled"
+    NODE_LOG = "node.log"
+    ENGINE_JOINED = "engine.joined"
+    ENGINE_LEFT = "engine.left"
+    ENGINE_UNHEALTHY = "engine.unhealthy"
+    ENGINE_RECOVERED = "engine.recovered"
+    TRIGGER_FIRED = "trigger.fired"
+
+
+#: The severity an event type gets unless ``publish`` names another (see the module doc).
+DEFAULT_SEVERITY: dict[EventType, Severity] = {
+    EventType.RUN_QUEUED: Severity.INFO,
+    EventType.RUN_STARTED: Severity.INFO,
+    EventType.RUN_COMPLETED: Severity.INFO,
+    EventType.RUN_FAILED: Severity.ERROR,
+    EventType.RUN_CANCELLED: Severity.WARNING,
+    EventType.RUN_REDISPATCHED: Severity.WARNING,
+    EventType.NODE_STARTED: Severity.INFO,
+    EventType.NODE_SUCCEEDED: Severity.INFO,
+    EventType.NODE_FAILED: Severity.ERROR,
+    EventType.NODE_RETRYING: Severity.WARNING,
+    EventType.NODE_SKIPPED: Severity.INFO,
+    EventType.NODE_CANCELLED: Severity.INFO,
+    EventType.NODE_LOG: Severity.INFO,
+    EventType.ENGINE_JOINED: Severity.INFO,
+    EventType.ENGINE_LEFT: Severity.WARNING,
+    EventType.ENGINE_UNHEALTHY: Severity.WARNING,
+    EventType.ENGINE_RECOVERED: Severity.INFO,
+    EventType.TRIGGER_FIRED: Severity.INFO,
+}
+
+
+def _severity(value: Severity | str) -> Severity:
+    try:
+        return Severity(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown severity {value!r}; expected one of {', '.join(SEVERITY_ORDER)}"
+        ) from None
+
+
+def _event_type(value: EventType | str) -> EventType:
+    try:
+        return EventType(value)
+    except ValueError:
+        raise ValueError(f"unknown event type {value!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One orchestrator event. ``seq`` is its position in the store (strictly increasing);
+    ``time`` a unix timestamp; ``type`` and ``severity`` are the plain string values of
+    :class:`EventType` / :class:`Severity` (so events read back from an older store still
+    load); ``data`` is a JSON-ready dict, to be treated as read-only."""
+
+    seq: int
+    time: float
+    type: str
+    severity: str
+    workflow_id: str | None = None
+    run_id: str | None = None
+    node_id: str | None = None
+    engine_id: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: Any) -> Event:
+        """Build from a store record (anything with the same attribute names; ``data`` may
+        be a dict or its JSON text)."""
+        data = record.data
+        if isinstance(data, str | bytes):
+            data = json.loads(data) if data else {}
+        return cls(
+            seq=int(record.seq),
+            time=float(record.time),
+            type=str(record.type),
+            severity=str(record.severity),
+            workflow_id=record.workflow_id,
+            run_id=record.run_id,
+            node_id=record.node_id,
+            engine_id=record.engine_id,
+            data=dict(data) if data is not None else {},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the event."""
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "type": self.type,
+            "severity": self.severity,
+            "workflow_id": self.workflow_id,
+            "run_id": self.run_id,
+            "node_id": self.node_id,
+            "engine_id": self.engine_id,
+            "data": dict(self.data),
+        }
+
+
+class EventStore(Protocol):
+    """What the bus needs of the store (:class:`dagengine.orchestrator.store.Store`). When
+    the store also has ``transaction()`` (a context manager) and ``last_event_seq()``, the bus
+    uses them (lock order, and the sequence of a store with history)."""
+
+    def append_event(
+        self,
+        time: float,
+        type: str,
+        severity: str,
+        workflow_id: str | None,
+        run_id: str | None,
+        node_id: str | None,
+        engine_id: str | None,
+        data: Mapping[str, Any] | None,
+    ) -> int: ...
+
+    def events(
+        self,
+        after: int = 0,
+        workflow_id: str | None = None,
+        run_id: str | None = None,
+        types: Sequence[str] | None = None,
+        min_severity: str | None = None,
+        limit: int = 1000,
+    ) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a subscription wants. ``None`` fields match everything; ``types`` holds
+    exact type names (``"node.*"`` patterns are expanded by :meth:`create`)."""
+
+    workflow_id: str | None = None
+    run_id: str | None = None
+    types: frozenset[str] | None = None
+    min_severity: Severity | None = None
+
+    @classmethod
+    def create(
+        cls,
+        workflow_id: str | None = None,
+        run_id: str | None = None,
+        types: Iterable[EventType | str] | EventType | str | None = None,
+        min_severity: Severity | str | None = None,
+    ) -> EventFilter:
+        """Validate and normalise the arguments of ``subscribe``. ``types`` takes type names,
+        :class:`EventType` members, or ``"prefix.*"`` patterns (``"engine.*"``)."""
+        names: frozenset[str] | None = None
+        if types is not None:
+            if isinstance(types, str):  # one name; a str is also an Iterable[str]
+                types = [types]
+            wanted: set[str] = set()
+            for item in types:
+                text = item.value if isinstance(item, EventType) else str(item)
+                if text.endswith(".*"):
+                    prefix = text[:-1]
+                    matched = {t.value for t in EventType if t.value.startswith(prefix)}
+                    if not matched:
+                        raise ValueError(f"event type pattern {text!r} matches no event type")
+                    wanted |= matched
+                else:
+                    wanted.add(_event_type(text).value)
+            names = frozenset(wanted)
+        severity = None if min_severity is None else _severity(min_severity)
+        return cls(workflow_id, run_id, names, severity)
+
+    def matches(self, event: Event) -> bool:
+        """Whether ``event`` passes this filter."""
+        if self.workflow_id is not None and event.workflow_id != self.workflow_id:
+            return False
+        if self.run_id is not None and event.run_id != self.run_id:
+            return False
+        if self.types is not None and event.type not in self.types:
+            return False
+        return self.min_severity is None or (
+            SEVERITY_ORDER.get(event.severity, 0) >= self.min_severity.rank
+        )
+
+    def query(self, after: int, limit: int, store: EventStore) -> list[Event]:
+        """Events of ``store`` after ``after`` that pass the filter, oldest first."""
+        records = store.events(
+            after=after,
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            types=None if self.types is None else sorted(self.types),
+            min_severity=None if self.min_severity is None else self.min_severity.value,
+            limit=limit,
+        )
+        # The store filters already; checking again keeps us correct against a store that
+        # filters more loosely (e.g. ignores a filter it does not index).
+        return [ev for ev in map(Event.from_record, records) if self.matches(ev)]
+
+
+# How many events one store read fetches during replay and catch-up.
+_PAGE = 500
+
+_STORE = object()  # _take(): "read the next page from the store first"
+
+
+class Subscription(Iterator[Event], AsyncIterator[Event]):
+    """A stream of events for one subscriber, in ``seq`` order, without gaps or duplicates.
+
+    Iterate it (``for ev in sub``, blocking) or ``async for ev in sub`` (never blocks the
+    loop), or poll with :meth:`get`. Made by :meth:`EventBus.subscribe` /
+    :meth:`dagengine.orchestrator.monitor.Monitor.subscribe`.
+
+    - When ``after`` was given, the events after that cursor are first read from the store,
+      then the subscription continues live.
+    - Live events go into a buffer of ``buffer`` events. When it is full, events are dropped
+      for this subscriber (never waited for) and counted in :attr:`missed`; from then on, live
+      events are dropped until the subscriber has drained the buffer, at which point the
+      subscription reads the dropped events back from the store and then goes live again.
+      So a slow subscriber sees every event, late; :attr:`missed` says how many came late.
+    - :attr:`cursor` is the ``seq`` of the last event delivered (``None`` before the first
+      one for a live-only subscription): subscribing again with ``after=sub.cursor`` resumes
+      exactly after it.
+
+    Close it (or use ``with``) to stop; iteration then ends.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        filter: EventFilter,
+        *,
+        after: int | None = None,
+        buffer: int = 1000,
+    ) -> None:
+        if buffer < 1:
+            raise ValueError("buffer must be at least 1")
+        if after is not None and after < 0:
+            raise ValueError("after must be a sequence number >= 0")
+        self.filter = filter
+        self._bus = bus
+        self._capacity = buffer
+        self._cond = threading.Condition()
+        self._live: deque[Event] = deque()
+        self._page: deque[Event] = deque()  # events read from the store, delivered first
+        self._cursor = after
+        self._missed = 0
+        # While True, live events are dropped (a gap was opened); cleared when the buffer is
+        # drained and the subscription turns to the store to fill the gap.
+        self._lagging = False
+        self._gap_after = 0  # used only if a gap opens before anything was delivered
+        self._from_store = after is not None  # the next events come from the store
+        self._store_busy = False  # one store read at a time
+        self._closed = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def missed(self) -> int:
+        """How many events were dropped from this subscriber's live buffer because it fell
+        behind (they are read back from the store; see the class doc)."""
+        with self._cond:
+            return self._missed
+
+    @property
+    def cursor(self) -> int | None:
+        """``seq`` of the last event delivered (the resume point for ``after=``)."""
+        with self._cond:
+            return self._cursor
+
+    @property
+    def lagging(self) -> bool:
+        """Whether the subscription is behind the live stream: events were dropped and not
+        read back yet, or the replay from ``after`` is not finished."""
+        with self._cond:
+            return self._lagging or self._from_store
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (by the subscriber or by the bus)."""
+        with self._cond:
+            return self._closed
+
+    # --- the publisher side (called by the bus under its lock; must never block) ----------
+
+    def _offer(self, event: Event) -> None:
+        if not self.filter.matches(event):
+            return
+        with self._cond:
+            if self._closed:
+                return
+            if self._lagging:
+                # Keep what is delivered a prefix of the stream: nothing after a gap goes
+                # into the buffer until the gap has been filled from the store.
+                self._missed += 1
+                return
+            if len(self._live) >= self._capacity:
+                self._lagging = True
+                self._missed += 1
+                self._gap_after = event.seq - 1
+                return
+            self._live.append(event)
+            self._cond.notify()
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:
+            _wake(loop, fut)
+
+    # --- the subscriber side ---------------------------------------------------------------
+
+    def _take(self) -> Event | object | None:
+        """Under the lock: the next event, ``_STORE`` if the store must be read first, or
+        ``None`` if nothing is available now."""
+        if self._page:
+            event = self._page.popleft()
+            self._cursor = event.seq
+            return event
+        if self._from_store:
+            # One store read at a time; another reader waits for its page.
+            return None if self._store_busy else _STORE
+        while self._live:
+            event = self._live.popleft()
+            if self._cursor is not None and event.seq <= self._cursor:
+                continue  # already delivered from the store
+            self._cursor = event.seq
+            return event
+        if self._lagging:
+            # The buffer is drained: fill the gap from the store. Live events are accepted
+            # again from now on, and the ones the store also returns are skipped above, so
+            # the switch back to live has neither a gap nor a duplicate.
+            self._lagging = False
+            self._from_store = True
+            return _STORE
+        return None
+
+    def _fetch(self) -> None:
+        """Read the next page from the store into ``_page`` (outside the lock: store I/O)."""
+        with self._cond:
+            if self._store_busy or not self._from_store:
+                return
+            self._store_busy = True
+            start = self._cursor if self._cursor is not None else self._gap_after
+        page: list[Event] | None = None
+        try:
+            page = self.filter.query(start, _PAGE, self._bus.store)
+        finally:
+            # On a store error ``page`` stays None: the subscription stays on the store (the
+            # error goes to the reader, who may retry) instead of skipping the gap.
+            with self._cond:
+                self._store_busy = False
+                if page is not None:
+                    self._page.extend(page)
+                    # A short page means the store has nothing more right now. Everything
+                    # published since the live buffer (re)opened is in the buffer, so going
+                    # live now leaves no gap (duplicates are skipped by seq).
+                    if len(page) < _PAGE:
+                        self._from_store = False
+                self._cond.notify_all()
+                waiters, self._waiters = self._waiters, []
+            for loop, fut in waiters:
+                _wake(loop, fut)
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """The next event, waiting up to ``timeout`` seconds (``None``: until one comes);
+        ``None`` when the timeout passes or the subscription is closed."""
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if self._closed:
+                    return None
+                item = self._take()
+                if item is None:
+                    remaining = None if deadline is None else deadline - _time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    self._cond.wait(remaining)
+                    continue
+            if item is _STORE:
+                self._fetch()
+                continue
+            assert isinstance(item, Event)
+            return item
+
+    def replay_missed(self) -> list[Event]:
+        """Every event this subscription has not delivered yet, up to the last one published
+        when called, in order: the ones still buffered and the ones it dropped (read back
+        from the store). Afterwards the subscription continues live after them."""
+        # Bounded by the head at call time, so a steady stream of new events cannot keep
+        # this loop going (0: nothing published through this bus; then stop when dry).
+        head = self._bus.last_seq
+        out: list[Event] = []
+        while True:
+            with self._cond:
+                if self._closed:
+                    return out
+                if head and self._cursor is not None and self._cursor >= head:
+                    return out
+                item = self._take()
+            if item is None:
+                return out
+            if item is _STORE:
+                self._fetch()
+                continue
+            assert isinstance(item, Event)
+            out.append(item)
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> Event:
+        event = self.get()
+        if event is None:
+            raise StopIteration
+        return event
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                if self._closed:
+                    raise StopAsyncIteration
+                item = self._take()
+                if item is None:
+                    # Register before releasing the lock, so an event offered right after
+                    # cannot slip between the check and the wait.
+                    fut: asyncio.Future[None] = loop.create_future()
+                    self._waiters.append((loop, fut))
+            if item is None:
+                await fut
+                continue
+            if item is _STORE:
+                await asyncio.to_thread(self._fetch)  # store I/O off the event loop
+                continue
+            assert isinstance(item, Event)
+            return item
+
+    def close(self) -> None:
+        """Stop the subscription: iteration ends and the bus forgets it."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._live.clear()
+            self._page.clear()
+            self._cond.notify_all()
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:
+            _wake(loop, fut)
+        self._bus._remove(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Subscription cursor={self._cursor} missed={self._missed}>"
+
+
+def _set_result(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
+    # RuntimeError: that loop is closed, and its waiter is gone with it.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_set_result, fut)
+
+
+class EventBus:
+    """Persists events in ``store`` and fans them out to live subscriptions.
+
+    Thread-safe. :meth:`publish` holds one lock across the store append and the fan-out so
+    subscribers receive events in ``seq`` order; the fan-out itself only appends to bounded
+    buffers, so a slow subscriber never slows a publisher down.
+    """
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._subs: tuple[Subscription, ...] = ()
+        # A store with history (a restarted orchestrator) continues its sequence.
+        last = getattr(store, "last_event_seq", None)
+        self._last_seq = int(last()) if callable(last) else 0
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int:
+        """``seq`` of the last event published through this bus (0 before the first)."""
+        with self._lock:
+            return self._last_seq
+
+    def publish(
+        self,
+        type: EventType | str,
+        *,
+        severity: Severity | str | None = None,
+        workflow_id: str | None = None,
+        run_id: str | None = None,
+        node_id: str | None = None,
+        engine_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        time: float | None = None,
+    ) -> Event:
+        """Record an event and deliver it to the subscribers; returns it with its ``seq``.
+        ``severity`` defaults to the type's (:data:`DEFAULT_SEVERITY`); ``time`` to now.
+
+        May be called inside a store transaction, but not one that may roll back: the event
+        is delivered before the transaction commits."""
+        kind = _event_type(type)
+        level = DEFAULT_SEVERITY[kind] if severity is None else _severity(severity)
+        when = _time.time() if time is None else float(time)
+        payload = dict(data) if data is not None else {}
+        # Take the store's transaction lock before ours: a thread already inside a store
+        # transaction that publishes takes them in that order too, so the two can't deadlock.
+        transaction = getattr(self.store, "transaction", None)
+        outer = transaction() if callable(transaction) else contextlib.nullcontext()
+        with outer, self._lock:
+            seq = self.store.append_event(
+                when,
+                kind.value,
+                level.value,
+                workflow_id,
+                run_id,
+                node_id,
+                engine_id,
+                payload,
+            )
+            event = Event(
+                int(seq), when, kind.value, level.value, workflow_id, run_id, node_id,
+                engine_id, payload,
+            )  # fmt: skip
+            self._last_seq = event.seq
+            for sub in self._subs:
+                try:
+                    sub._offer(event)
+                except Exception:  # a broken subscriber must not break publishing
+                    _log.exception("event subscriber failed; event %d not delivered", seq)
+        return event
+
+    def subscribe(
+        self,
+        filter: EventFilter | None = None,
+        *,
+        after: int | None = None,
+        buffer: int = 1000,
+    ) -> Subscription:
+        """A new :class:`Subscription`. It is registered for live events *before* it reads
+        anything from the store, so replay and live overlap instead of leaving a gap."""
+        sub = Subscription(self, filter or EventFilter(), after=after, buffer=buffer)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the event bus is closed")
+            self._subs = (*self._subs, sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs = tuple(s for s in self._subs if s is not sub)
+
+    def close(self) -> None:
+        """Close every subscription; later :meth:`subscribe` calls fail (publishing still
+        records events, so nothing is lost while the orchestrator shuts down)."""
+        with self._lock:
+            self._closed = True
+            subs = self._subs
+        for sub in subs:
+            sub.close()
