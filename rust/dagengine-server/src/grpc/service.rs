@@ -216,7 +216,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Sen
 const STREAM_BUFFER: usize = 256;
 
 impl Service {
-    fn reserve(&self, run_id: &str) -> Result<Reservation<'_>, Status> {
+    fn reserve(&self, run_id: &str, depth: u32) -> Result<Reservation<'_>, Status> {
         let engine = &*self.engine;
         if engine.draining.load(Ordering::SeqCst) {
             return Err(Status::unavailable(format!(
@@ -232,7 +232,10 @@ impl Service {
             )));
         }
         let busy = active.runs.len() + active.reserved;
-        if busy >= engine.config.capacity as usize {
+        // Sub-workflow runs (depth > 0) are admitted beyond capacity: their parents hold
+        // slots while they wait for them, so refusing children could deadlock a full
+        // cluster. The orchestrator's depth limit bounds how far this goes.
+        if depth == 0 && busy >= engine.config.capacity as usize {
             return Err(Status::resource_exhausted(format!(
                 "engine {} is at capacity ({busy} of {} runs active); retry later or on another engine",
                 engine.config.engine_id, engine.config.capacity
@@ -412,7 +415,7 @@ impl EngineService for Service {
         if req.run_id.is_empty() {
             return Err(invalid(&InvalidField::new("run_id", "must not be empty")));
         }
-        let mut reservation = self.reserve(&req.run_id)?;
+        let mut reservation = self.reserve(&req.run_id, req.depth)?;
         let engine = self.engine.clone();
         let req = Arc::new(req);
         let r = req.clone();

@@ -1,0 +1,252 @@
+"""Where a dispatched run executes: an in-process :class:`Engine` or a remote engine reached
+over gRPC. Both present the same small interface to the orchestrator (:class:`Backend`), so
+dispatch, failover and bookkeeping do not care which one runs a run.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dagengine.engine import EngineClient, TLSConfig, build_run_request
+from dagengine.exceptions import DagEngineError, EngineError, EngineUnavailable
+from dagengine.results import NodeEvent, RunResult
+from dagengine.v1 import engine_pb2 as pb
+from dagengine.workflow import DAG, LocalRun, SubWorkflowRunner
+
+__all__ = ["Backend", "Engine", "Job", "LocalBackend", "RemoteBackend"]
+
+
+@dataclass
+class Job:
+    """One attempt of a run, as handed to a backend."""
+
+    run_id: str
+    attempt: int
+    workflow_id: str
+    version: str
+    dag: DAG
+    #: The wire form (``None`` for a DAG only in-process engines can run).
+    spec: pb.WorkflowSpec | None
+    inputs: Mapping[str, Any]
+    completed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    depth: int = 0
+    parent_run_id: str = ""
+    parent_node_id: str = ""
+    deadline: float | None = None
+
+
+class Backend(Protocol):
+    """Runs jobs somewhere. ``execute`` blocks until the run ends and returns its result,
+    calling ``on_event`` with every event on the way (``node_succeeded`` events carry the
+    node's output in ``detail["output"]``). It raises :class:`EngineUnavailable` when the
+    engine is lost mid-run (the orchestrator then re-dispatches the run elsewhere)."""
+
+    engine_id: str
+    capacity: int
+
+    def execute(
+        self,
+        job: Job,
+        on_event: Callable[[NodeEvent], None],
+        subworkflows: SubWorkflowRunner,
+    ) -> RunResult: ...
+
+    def cancel(self, run_id: str) -> None: ...
+
+    def abandon(self, run_id: str) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class Engine:
+    """An engine inside this process: runs workflows on the core's runtime, no network.
+
+    ``orch.register_engine("engine-1", Engine(capacity=8))``; an :class:`Orchestrator`
+    created without engines gets one of these as ``local``.
+    """
+
+    def __init__(self, capacity: int = 10) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        self.capacity = capacity
+
+    def __repr__(self) -> str:
+        return f"Engine(capacity={self.capacity})"
+
+
+class LocalBackend:
+    """Runs jobs on an in-process :class:`Engine`."""
+
+    def __init__(self, engine_id: str, engine: Engine) -> None:
+        self.engine_id = engine_id
+        self.capacity = engine.capacity
+        self._runs: dict[str, LocalRun] = {}
+        self._lock = threading.Lock()
+
+    def execute(
+        self,
+        job: Job,
+        on_event: Callable[[NodeEvent], None],
+        subworkflows: SubWorkflowRunner,
+    ) -> RunResult:
+        timeout = None
+        if job.deadline is not None:
+            timeout = max(job.deadline - time.time(), 0.001)
+        run = job.dag.start(
+            job.inputs,
+            run_id=job.run_id,
+            completed=job.completed or None,
+            subworkflow_runner=subworkflows,
+            timeout=timeout,
+            events=True,
+            event_outputs=True,
+        )
+        with self._lock:
+            self._runs[job.run_id] = run
+        try:
+            for event in run.events():
+                on_event(event)
+            return run.wait()
+        finally:
+            with self._lock:
+                self._runs.pop(job.run_id, None)
+
+    def cancel(self, run_id: str) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is not None:
+            run.cancel()
+
+    def abandon(self, run_id: str) -> None:
+        # An in-process engine cannot be lost without losing the orchestrator with it.
+        self.cancel(run_id)
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.cancel()
+
+
+class RemoteBackend:
+    """Runs jobs on an engine process over gRPC (``EngineService.Run``)."""
+
+    def __init__(
+        self,
+        engine_id: str,
+        address: str,
+        capacity: int,
+        *,
+        tls: TLSConfig | None = None,
+        health_timeout: float = 2.0,
+    ) -> None:
+        self.engine_id = engine_id
+        self.address = address
+        self.capacity = capacity
+        self._client = EngineClient(address, tls=tls, timeout=health_timeout)
+        self._streams: dict[str, Any] = {}
+        self._abandoned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def execute(
+        self,
+        job: Job,
+        on_event: Callable[[NodeEvent], None],
+        subworkflows: SubWorkflowRunner,
+    ) -> RunResult:
+        # Sub-workflow nodes on a remote engine call the orchestrator's RunSubWorkflow
+        # themselves; the runner argument only serves in-process engines.
+        del subworkflows
+        if job.spec is None:
+            raise DagEngineError(
+                f"{job.workflow_id}@{job.version} has no portable spec (Python closures); "
+                "only in-process engines can run it"
+            )
+        request = build_run_request(
+            job.spec,
+            job.inputs,
+            run_id=job.run_id,
+            attempt=job.attempt,
+            completed=job.completed or None,
+            deadline=job.deadline,
+            parent_run_id=job.parent_run_id,
+            parent_node_id=job.parent_node_id,
+            depth=job.depth,
+        )
+        stream = self._client.stream_request(request)
+        with self._lock:
+            self._streams[job.run_id] = stream
+        try:
+            with stream:
+                for item in stream:
+                    if isinstance(item, RunResult):
+                        return item
+                    on_event(item)
+            raise EngineUnavailable(
+                f"engine {self.engine_id} ({self.address}) ended run {job.run_id} without a result"
+            )
+        except EngineError as exc:
+            with self._lock:
+                abandoned = job.run_id in self._abandoned
+            if abandoned and not isinstance(exc, EngineUnavailable):
+                # We hung up on it (the engine failed its health checks).
+                raise EngineUnavailable(
+                    f"engine {self.engine_id} ({self.address}) stopped answering during run "
+                    f"{job.run_id}"
+                ) from None
+            raise
+        finally:
+            with self._lock:
+                self._streams.pop(job.run_id, None)
+                self._abandoned.discard(job.run_id)
+
+    def cancel(self, run_id: str) -> None:
+        try:
+            self._client.cancel(run_id)
+        except EngineUnavailable:
+            # Gone anyway: its stream breaks and the run is settled then.
+            self.abandon(run_id)
+
+    def abandon(self, run_id: str) -> None:
+        """Stop listening to a run (the engine is presumed dead): its stream ends at once
+        with :class:`EngineUnavailable`, and anything it sends later is ignored."""
+        with self._lock:
+            stream = self._streams.get(run_id)
+            if stream is not None:
+                self._abandoned.add(run_id)
+        if stream is not None:
+            stream.close()
+
+    def abandon_all(self) -> list[str]:
+        """Abandon every run on this engine; returns their ids."""
+        with self._lock:
+            streams = dict(self._streams)
+            self._abandoned.update(streams)
+        for stream in streams.values():
+            stream.close()
+        return list(streams)
+
+    def healthy(self) -> bool:
+        try:
+            return self._client.health() == "SERVING"
+        except Exception:  # any failure to answer is "not healthy"
+            return False
+
+    def close(self) -> None:
+        self.abandon_all()
+        self._client.close()
+
+
+def default_engine_id() -> str:
+    """The original system's default engine id: the host name."""
+    return socket.gethostname()

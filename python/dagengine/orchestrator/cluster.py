@@ -1,0 +1,294 @@
+"""The distributed side of an orchestrator: its gRPC service (``OrchestratorService``), engine
+discovery, and health checks, wired to an :class:`~dagengine.orchestrator.Orchestrator`.
+
+* Discovery (static list, self-registration, or Kubernetes) reports the engines there are;
+  the cluster registers new ones with the orchestrator and removes the ones that left.
+* The health checker asks every engine for its ``grpc.health.v1`` status every
+  ``ENGINE_HEALTH_CHECK_INTERVAL`` seconds; an engine that fails is evicted (its runs are
+  re-dispatched) and admitted again when it recovers.
+* ``RegisterEngine`` feeds self-registration; ``RunSubWorkflow`` runs a child workflow for a
+  sub-workflow node running on a remote engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from dagengine.exceptions import DagEngineError, DiscoveryError
+from dagengine.orchestrator.discovery import (
+    Discovery,
+    EngineEndpoint,
+    HealthChecker,
+    HealthReport,
+    KubernetesDiscovery,
+    SelfRegistration,
+    StaticDiscovery,
+    grpc_health_check,
+)
+from dagengine.results import RunStatus
+from dagengine.v1 import engine_pb2 as pb
+
+if TYPE_CHECKING:
+    from dagengine.orchestrator.orchestrator import Orchestrator
+
+__all__ = ["Cluster", "OrchestratorServicer"]
+
+log = logging.getLogger("dagengine.orchestrator")
+
+_STATUS = {
+    RunStatus.SUCCEEDED: pb.SUCCEEDED,
+    RunStatus.FAILED: pb.FAILED,
+    RunStatus.CANCELLED: pb.CANCELLED,
+}
+
+
+class OrchestratorServicer:
+    """``dagengine.v1.OrchestratorService``: engine self-registration and sub-workflows."""
+
+    def __init__(self, orchestrator: Orchestrator, registration: SelfRegistration | None) -> None:
+        self._orch = orchestrator
+        self._registration = registration
+
+    def RegisterEngine(
+        self, request: pb.RegisterEngineRequest, context: grpc.ServicerContext
+    ) -> pb.RegisterEngineResponse:
+        if self._registration is None:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this orchestrator does not use self-registration (DISCOVERY)",
+            )
+        try:
+            reg = self._registration.register(
+                request.engine_id, request.address, request.capacity, request.version
+            )
+        except DiscoveryError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.RegisterEngineResponse(
+            accepted=reg.accepted, heartbeat_interval_seconds=reg.heartbeat_interval
+        )
+
+    def RunSubWorkflow(
+        self, request: pb.SubWorkflowRequest, context: grpc.ServicerContext
+    ) -> pb.SubWorkflowResponse:
+        try:
+            inputs = json.loads(request.inputs_json or b"{}")
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"inputs_json: not valid JSON: {exc}")
+        if not isinstance(inputs, dict):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "inputs_json: must be a JSON object")
+        coordinator = self._orch.get_subworkflow_coordinator()
+        try:
+            result = coordinator.run_child(
+                request.workflow_id,
+                request.version_range or "*",
+                inputs,
+                parent_run_id=request.parent_run_id,
+                parent_node_id=request.parent_node_id,
+                # The engine hangs up when the parent node is cancelled: cancel the child.
+                cancelled=lambda: not context.is_active(),
+            )
+        except DagEngineError as exc:
+            return pb.SubWorkflowResponse(
+                status=pb.FAILED,
+                error=pb.ErrorInfo(
+                    type=type(exc).__name__, message=str(exc), node_id=request.parent_node_id
+                ),
+            )
+        response = pb.SubWorkflowResponse(
+            run_id=result.run_id,
+            status=_STATUS[result.status],
+            outputs_json=json.dumps(dict(result.outputs)).encode(),
+        )
+        child = self._orch.store.get_run(result.run_id)
+        if child is not None:
+            response.resolved_version = child.version
+        if result.error is not None:
+            response.error.CopyFrom(
+                pb.ErrorInfo(
+                    type=result.error.type,
+                    message=result.error.message,
+                    node_id=result.error.node_id or "",
+                )
+            )
+        return response
+
+
+_DRAINING = "engine is draining"
+
+
+class _EngineDraining(Exception):
+    """The engine answers, but ``NOT_SERVING``: it is draining, not dead."""
+
+
+def _engine_health_check(timeout: float) -> Callable[[EngineEndpoint], bool]:
+    """``grpc.health.v1`` check that tells a draining engine (answers ``NOT_SERVING``) from
+    a dead one: the draining engine's runs are left to finish."""
+    return grpc_health_check(client_factory=_StatusClient.factory(timeout), timeout=timeout)
+
+
+class _StatusClient:
+    """Health client whose NOT_SERVING answer raises :class:`_EngineDraining` (so the
+    checker's report says why)."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        from dagengine.engine import EngineClient
+
+        self._client = EngineClient(address, timeout=timeout)
+
+    @classmethod
+    def factory(cls, timeout: float) -> Callable[[str], _StatusClient]:
+        return lambda address: cls(address, timeout)
+
+    def health(self) -> str:
+        status = self._client.health()
+        if status == "NOT_SERVING":
+            raise _EngineDraining(_DRAINING)
+        return status
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _handlers(servicer: OrchestratorServicer) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        "dagengine.v1.OrchestratorService",
+        {
+            "RegisterEngine": grpc.unary_unary_rpc_method_handler(
+                servicer.RegisterEngine,
+                request_deserializer=pb.RegisterEngineRequest.FromString,
+                response_serializer=pb.RegisterEngineResponse.SerializeToString,
+            ),
+            "RunSubWorkflow": grpc.unary_unary_rpc_method_handler(
+                servicer.RunSubWorkflow,
+                request_deserializer=pb.SubWorkflowRequest.FromString,
+                response_serializer=pb.SubWorkflowResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+class Cluster:
+    """Discovery, health checks and the gRPC server of a distributed orchestrator.
+
+    ``discovery`` is ``"static"``, ``"self-registration"``, ``"kubernetes"`` or ``"none"``
+    (default: the orchestrator's config). ``grpc_port`` 0 picks a free port (see
+    :attr:`port`); ``None`` serves no gRPC at all.
+    """
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        *,
+        discovery: str | None = None,
+        grpc_host: str = "0.0.0.0",
+        grpc_port: int | None = None,
+        kubernetes_api: Any = None,
+    ) -> None:
+        self._orch = orchestrator
+        config = orchestrator.config
+        kind = discovery or config.discovery
+        self.registration: SelfRegistration | None = None
+        self.discovery: Discovery | None
+        if kind == "static":
+            self.discovery = StaticDiscovery(
+                list(config.engines), interval=config.engine_discovery_interval
+            )
+        elif kind == "self-registration":
+            self.registration = SelfRegistration(
+                heartbeat_timeout=3 * config.engine_health_check_interval
+            )
+            self.discovery = self.registration
+        elif kind == "kubernetes":
+            self.discovery = KubernetesDiscovery(
+                config.k8s_namespace,
+                config.k8s_label_selector,
+                in_cluster=config.in_cluster_config,
+                api=kubernetes_api,
+            )
+        elif kind == "none":
+            self.discovery = None
+        else:
+            raise DagEngineError(f"unknown discovery {kind!r}")
+        self.health = HealthChecker(
+            config.engine_health_check_interval,
+            _engine_health_check(timeout=min(2.0, config.engine_health_check_interval / 2)),
+            self._on_unhealthy,
+            self._on_recovered,
+        )
+        self._known: dict[str, EngineEndpoint] = {}
+        self._lock = threading.Lock()
+        self._server: grpc.Server | None = None
+        self.port: int | None = None
+        port = config.grpc_port if grpc_port is None else grpc_port
+        if port is not None:
+            self._server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="orchestrator-grpc"),
+                options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            )
+            self._server.add_generic_rpc_handlers(
+                (_handlers(OrchestratorServicer(orchestrator, self.registration)),)
+            )
+            self.port = self._server.add_insecure_port(f"{grpc_host}:{port}")
+            if self.port == 0:
+                raise DagEngineError(f"cannot listen on {grpc_host}:{port} for OrchestratorService")
+
+    def start(self) -> Cluster:
+        """Start serving, discovering and checking engines."""
+        if self._server is not None:
+            self._server.start()
+        if self.discovery is not None:
+            self.discovery.start(self._on_change)
+        self.health.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop everything started by :meth:`start`."""
+        if self.discovery is not None:
+            self.discovery.stop()
+        self.health.stop()
+        if self._server is not None:
+            self._server.stop(grace=1.0).wait(5)
+
+    def _on_change(self, endpoints: Sequence[EngineEndpoint]) -> None:
+        current = {e.engine_id: e for e in endpoints}
+        with self._lock:
+            gone = [eid for eid in self._known if eid not in current]
+            changed = [
+                e
+                for e in current.values()
+                if self._known.get(e.engine_id) is None
+                or self._known[e.engine_id].address != e.address
+                or self._known[e.engine_id].capacity != e.capacity
+            ]
+            self._known = current
+        self.health.set_endpoints(list(current.values()))
+        for engine_id in gone:
+            self._orch.unregister_engine(engine_id)
+        for endpoint in changed:
+            try:
+                self._orch.register_engine(
+                    endpoint.engine_id, endpoint.address, capacity=endpoint.capacity
+                )
+            except DagEngineError:
+                log.exception(
+                    "cannot register engine %s at %s", endpoint.engine_id, endpoint.address
+                )
+
+    def _on_unhealthy(self, endpoint: EngineEndpoint, report: HealthReport) -> None:
+        reason = report.error or "health check failed"
+        self._orch.mark_unhealthy(
+            endpoint.engine_id,
+            reason=reason,
+            data=report.to_dict(),
+            draining=_DRAINING in reason,
+        )
+
+    def _on_recovered(self, endpoint: EngineEndpoint, report: HealthReport) -> None:
+        self._orch.mark_healthy(endpoint.engine_id, data=report.to_dict())

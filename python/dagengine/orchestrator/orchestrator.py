@@ -1,0 +1,967 @@
+"""The orchestrator: decides where and what runs, and never loses a run.
+
+Life of a run::
+
+    execute_workflow ─► store: queued ─► queue ─► dispatcher ─► store: claim attempt n
+        ─► worker thread: backend.execute(job) ─► events ─► store: node outputs (fenced by n)
+        ─► result ─► store: finish (fenced by n) ─► waiters, monitor
+
+* The **store** (SQLite) is the source of truth: every run, its resolved versions, each
+  completed node's output and every event. A restarted orchestrator re-queues what was
+  queued or running and resumes it with the outputs already stored.
+* **Fencing**: each dispatch claims a new attempt number; outputs and results carry it, and
+  the store ignores anything from an older attempt (a partitioned engine that comes back).
+* **Failover**: a run whose engine is lost (stream broken, health checks failing, drained)
+  goes back to the front of the queue with its completed outputs and runs on another engine.
+* **Capacity**: engines at capacity are not chosen; when all are full runs wait in a bounded
+  FIFO queue (:class:`~dagengine.exceptions.QueueFull` past the bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dagengine.engine import TLSConfig, workflow_to_proto
+from dagengine.exceptions import (
+    DagEngineError,
+    EngineUnavailable,
+    RunNotFound,
+    SubWorkflowError,
+)
+from dagengine.orchestrator.backends import Backend, Engine, Job, LocalBackend, RemoteBackend
+from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, make_balancer
+from dagengine.orchestrator.config import Config
+from dagengine.orchestrator.events import EventBus
+from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
+from dagengine.orchestrator.store import RunRecord, Store
+from dagengine.results import NodeEvent, RunResult, RunStatus
+from dagengine.v1 import engine_pb2 as pb
+from dagengine.workflow import DAG, NodeContext, SubWorkflow, subworkflow_inputs
+
+if TYPE_CHECKING:
+    from dagengine.orchestrator.cluster import Cluster
+
+__all__ = ["Orchestrator", "RunHandle", "RunInfo", "SubWorkflowCoordinator"]
+
+log = logging.getLogger("dagengine.orchestrator")
+
+_FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+# How the core prefixes a run's error with the failing node ("node 'x' failed: ...").
+_NODE_FAILED = re.compile(r"^node '[^']*' failed: ")
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the orchestrator knows of a run (from its store)."""
+
+    run_id: str
+    workflow_id: str
+    version: str
+    status: str
+    attempt: int
+    engine_id: str | None
+    parent_run_id: str | None
+    parent_node_id: str | None
+    depth: int
+    resolved_versions: Mapping[str, str]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: Mapping[str, Any] | None
+    result: RunResult | None
+
+    @classmethod
+    def from_record(cls, rec: RunRecord) -> RunInfo:
+        return cls(
+            run_id=rec.run_id,
+            workflow_id=rec.workflow_id,
+            version=rec.version,
+            status=rec.status,
+            attempt=rec.attempt,
+            engine_id=rec.engine_id,
+            parent_run_id=rec.parent_run_id or None,
+            parent_node_id=rec.parent_node_id or None,
+            depth=rec.depth,
+            resolved_versions=dict(rec.resolved_versions),
+            created_at=rec.created_at,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+            error=rec.error,
+            result=RunResult.from_dict(rec.result) if rec.result else None,
+        )
+
+
+class RunHandle:
+    """A run submitted with ``wait=False``: :meth:`result` waits for it, :meth:`cancel`
+    stops it, :attr:`status` says where it is."""
+
+    def __init__(
+        self, orchestrator: Orchestrator, run_id: str, future: concurrent.futures.Future[RunResult]
+    ) -> None:
+        self._orch = orchestrator
+        self.run_id = run_id
+        self._future = future
+
+    @property
+    def status(self) -> str:
+        """``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
+        return self._orch.get_run(self.run_id).status
+
+    @property
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> RunResult:
+        """Wait for the run to end (``TimeoutError`` after ``timeout`` seconds)."""
+        return self._future.result(timeout)
+
+    async def result_async(self) -> RunResult:
+        """Await the run's end."""
+        return await asyncio.wrap_future(self._future)
+
+    def cancel(self) -> bool:
+        """Cancel the run (and its sub-workflows); False if it had already finished."""
+        return self._orch.cancel_run(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id} {'done' if self.done else 'pending'}>"
+
+
+@dataclass
+class _EngineSlot:
+    backend: Backend
+    active: int = 0
+    healthy: bool = True
+    runs: set[str] = field(default_factory=set)
+
+    @property
+    def engine_id(self) -> str:
+        return self.backend.engine_id
+
+
+@dataclass
+class _Run:
+    """In-memory state of a run this orchestrator is responsible for."""
+
+    run_id: str
+    version: WorkflowVersion
+    inputs: dict[str, Any]
+    key: str
+    future: concurrent.futures.Future[RunResult]
+    depth: int = 0
+    parent_run_id: str = ""
+    parent_node_id: str = ""
+    deadline: float | None = None
+    cancel_requested: bool = False
+    engine_id: str | None = None
+    attempt: int = 0
+
+
+class SubWorkflowCoordinator:
+    """Runs sub-workflows for their parents and keeps their lineage.
+
+    ``status(execution_id)`` is a run's status; ``children(parent_execution_id)`` lists the
+    runs a run started as sub-workflows.
+    """
+
+    def __init__(self, orchestrator: Orchestrator, max_depth: int) -> None:
+        self._orch = orchestrator
+        self.max_depth = max_depth
+
+    def status(self, execution_id: str) -> str:
+        """The status of run ``execution_id``."""
+        return self._orch.get_run(execution_id).status
+
+    def children(self, parent_execution_id: str) -> list[RunInfo]:
+        """Runs started as sub-workflows by run ``parent_execution_id``, oldest first."""
+        records = self._orch.store.list_runs(parent_run_id=parent_execution_id, limit=10_000)
+        return sorted((RunInfo.from_record(r) for r in records), key=lambda r: r.created_at)
+
+    def lineage(self, run_id: str) -> list[str]:
+        """``workflow@version`` of the run and its ancestors, outermost first."""
+        chain: list[str] = []
+        current: str | None = run_id
+        while current:
+            rec = self._orch.store.get_run(current)
+            if rec is None:
+                break
+            chain.append(f"{rec.workflow_id}@{rec.version}")
+            current = rec.parent_run_id or None
+        return list(reversed(chain))
+
+    def run_child(
+        self,
+        workflow_id: str,
+        version_range: str,
+        inputs: Mapping[str, Any],
+        *,
+        parent_run_id: str,
+        parent_node_id: str,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> RunResult:
+        """Run a child workflow for a parent node and wait for it. The child's depth is its
+        parent's plus one; past ``max_depth`` it is refused with :class:`SubWorkflowError`
+        naming the chain. If the parent node is cancelled meanwhile, so is the child."""
+        parent = self._orch.store.get_run(parent_run_id)
+        depth = (parent.depth if parent is not None else 0) + 1
+        if depth > self.max_depth:
+            chain = " -> ".join([*self.lineage(parent_run_id), f"{workflow_id}@{version_range}"])
+            raise SubWorkflowError(
+                f"sub-workflow depth limit {self.max_depth} exceeded: {chain}",
+                node_id=parent_node_id,
+                reference=f"{workflow_id}@{version_range}",
+            )
+        version = self._orch.registry.resolve(workflow_id, version_range)
+        handle = self._orch._submit(
+            version,
+            dict(inputs),
+            parent_run_id=parent_run_id,
+            parent_node_id=parent_node_id,
+            depth=depth,
+        )
+        while True:
+            try:
+                return handle.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                if cancelled():
+                    self._orch.cancel_run(handle.run_id)
+                    return handle.result()
+
+    def runner_for_local(
+        self, parent_run_id: str
+    ) -> Callable[[SubWorkflow, NodeContext], dict[str, Any]]:
+        """The sub-workflow runner handed to in-process engines for one parent run."""
+
+        def run(sub: SubWorkflow, ctx: NodeContext) -> dict[str, Any]:
+            result = self.run_child(
+                sub.workflow_id,
+                sub.version_range,
+                subworkflow_inputs(ctx),
+                parent_run_id=ctx.run_id or parent_run_id,
+                parent_node_id=ctx.node_id,
+                cancelled=lambda: ctx.cancelled,
+            )
+            return child_output(sub, result)
+
+        return run
+
+
+def child_output(sub: SubWorkflow, result: RunResult) -> dict[str, Any]:
+    """The parent node's output: the child's outputs (node id -> output); a child that did
+    not succeed fails the node with its error."""
+    if result.status is not RunStatus.SUCCEEDED:
+        error = result.error
+        if error is not None and error.type == "SubWorkflowError":
+            # A failure deeper down (a depth limit, a grandchild's failure): pass its own
+            # message up instead of wrapping it once per level.
+            raise SubWorkflowError(_NODE_FAILED.sub("", error.message), reference=sub.reference)
+        reason = f": {error}" if error is not None else ""
+        raise SubWorkflowError(
+            f"sub-workflow {sub.reference} (run {result.run_id}) {result.status.value}{reason}",
+            reference=sub.reference,
+        )
+    return {node_id: output for node_id, output in result.outputs.items()}
+
+
+class Orchestrator:
+    """Registry, dispatch, failover and bookkeeping of workflow runs.
+
+    ``Orchestrator()`` is the embedded default: an in-process engine (``local``) and a SQLite
+    store at the default path (``store=":memory:"`` keeps nothing). Register more engines with
+    :meth:`register_engine`; :meth:`from_config` builds a distributed orchestrator (remote
+    engines found by discovery).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store | str | None = None,
+        config: Config | None = None,
+        embedded_engine: bool = True,
+        tls: TLSConfig | None = None,
+    ) -> None:
+        self.config = config if config is not None else Config.from_env({})
+        if isinstance(store, Store):
+            self.store = store
+            self._owns_store = False
+        else:
+            self.store = Store(store if store is not None else self.config.store_path)
+            self._owns_store = True
+        self._tls = tls
+        self.registry = WorkflowRegistry(self.store)
+        self.events = EventBus(self.store)
+        self.balancer: LoadBalancer = make_balancer(self.config.load_balancer_type)
+        self._queue: RunQueue[str] = RunQueue(self.config.queue_limit)
+        self._front: collections.deque[str] = collections.deque()
+        self._engines: dict[str, _EngineSlot] = {}
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.RLock()
+        self._wakeup = threading.Condition(self._lock)
+        self._stopping = False
+        self._coordinator = SubWorkflowCoordinator(self, self.config.max_subworkflow_depth)
+        self._specs: dict[tuple[str, str], pb.WorkflowSpec] = {}
+        #: The distributed side (discovery, health checks, gRPC), set by :meth:`from_config`.
+        self.cluster: Cluster | None = None
+        if embedded_engine:
+            self.register_engine("local", Engine())
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="dagengine-dispatch", daemon=True
+        )
+        self._dispatcher.start()
+        self._recover()
+
+    # -- configuration --------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: Config, *, grpc_port: int | None = None, **kwargs: Any
+    ) -> Orchestrator:
+        """A distributed orchestrator: store, balancer and limits from ``config`` (see
+        :meth:`Config.from_env`); engines come from its discovery (static ``ENGINES``,
+        self-registration over ``OrchestratorService``, or Kubernetes), are health-checked
+        every ``ENGINE_HEALTH_CHECK_INTERVAL`` seconds, and ``OrchestratorService`` is served
+        on ``GRPC_PORT`` (``grpc_port`` overrides it; 0 picks a free port)."""
+        from dagengine.orchestrator.cluster import Cluster
+
+        kwargs.setdefault("embedded_engine", config.discovery == "none")
+        if config.tls_enabled and "tls" not in kwargs:
+            kwargs["tls"] = TLSConfig(
+                ca_cert=Path(config.tls_ca) if config.tls_ca else None,
+                client_cert=Path(config.tls_cert) if config.tls_cert else None,
+                client_key=Path(config.tls_key) if config.tls_key else None,
+            )
+        orch = cls(config=config, **kwargs)
+        try:
+            orch.cluster = Cluster(orch, grpc_port=grpc_port).start()
+        except BaseException:
+            orch.stop()
+            raise
+        return orch
+
+    # -- engines --------------------------------------------------------------------------
+
+    def register_engine(
+        self, engine_id: str, engine: Engine | str, *, capacity: int | None = None
+    ) -> None:
+        """Add an engine: an in-process :class:`Engine`, or the ``host:port`` of an engine
+        process (``capacity`` defaults to what the engine reports). Registering an id again
+        replaces its address/capacity (an engine that restarted)."""
+        if isinstance(engine, Engine):
+            backend: Backend = LocalBackend(engine_id, engine)
+        elif isinstance(engine, str):
+            if capacity is None:
+                from dagengine.engine import EngineClient
+
+                with EngineClient(engine, tls=self._tls, timeout=5.0) as client:
+                    capacity = client.info().capacity
+            backend = RemoteBackend(engine_id, engine, capacity, tls=self._tls)
+        else:
+            raise TypeError(
+                f"engine must be an Engine or a 'host:port' str, got {type(engine).__name__}"
+            )
+        with self._lock:
+            old = self._engines.get(engine_id)
+            if (
+                old is not None
+                and isinstance(old.backend, RemoteBackend)
+                and isinstance(backend, RemoteBackend)
+                and old.backend.address == backend.address
+            ):
+                old.backend.capacity = backend.capacity
+                backend.close()
+                old.healthy = True
+            else:
+                slot = _EngineSlot(backend)
+                if old is not None:
+                    slot.active, slot.runs = old.active, old.runs
+                self._engines[engine_id] = slot
+                self.balancer.add(engine_id)
+            self._wakeup.notify_all()
+        self.events.publish(
+            "engine.joined", engine_id=engine_id, data={"capacity": backend.capacity}
+        )
+
+    def unregister_engine(self, engine_id: str) -> None:
+        """Remove an engine; its runs are re-dispatched."""
+        with self._lock:
+            slot = self._engines.pop(engine_id, None)
+            if slot is None:
+                return
+            self.balancer.remove(engine_id)
+        self._lose(slot, reason="removed")
+        self.events.publish("engine.left", engine_id=engine_id)
+
+    def mark_unhealthy(
+        self,
+        engine_id: str,
+        reason: str = "health check failed",
+        data: Mapping[str, Any] | None = None,
+        *,
+        draining: bool = False,
+    ) -> None:
+        """Stop sending runs to an engine and re-dispatch the runs it has — unless it is
+        ``draining``: it finishes its runs (or reports them drained, and they are
+        re-dispatched then), it just takes no new ones."""
+        with self._lock:
+            slot = self._engines.get(engine_id)
+            if slot is None or not slot.healthy:
+                return
+            slot.healthy = False
+        self.events.publish(
+            "engine.unhealthy",
+            engine_id=engine_id,
+            data={"reason": reason, "draining": draining, **(data or {})},
+        )
+        if not draining:
+            self._lose(slot, reason=reason)
+
+    def mark_healthy(self, engine_id: str, data: Mapping[str, Any] | None = None) -> None:
+        """Send runs to an engine again."""
+        with self._lock:
+            slot = self._engines.get(engine_id)
+            if slot is None or slot.healthy:
+                return
+            slot.healthy = True
+            self._wakeup.notify_all()
+        self.events.publish("engine.recovered", engine_id=engine_id, data=dict(data or {}))
+
+    def engines(self) -> dict[str, EngineLoad]:
+        """Each engine's capacity and active runs (healthy engines only)."""
+        with self._lock:
+            return {
+                eid: EngineLoad(eid, slot.backend.capacity, slot.active)
+                for eid, slot in self._engines.items()
+                if slot.healthy
+            }
+
+    def engine_address(self, engine_id: str) -> str | None:
+        """The ``host:port`` of a registered remote engine (``None`` for unknown or in-process
+        engines); :meth:`Monitor.attach_to_engine` follows it."""
+        with self._lock:
+            slot = self._engines.get(engine_id)
+        if slot is not None and isinstance(slot.backend, RemoteBackend):
+            return slot.backend.address
+        return None
+
+    def workflow_of_run(self, run_id: str) -> str | None:
+        """The workflow id of a run, or ``None`` for an unknown run."""
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is not None:
+            return run.version.workflow_id
+        rec = self.store.get_run(run_id)
+        return rec.workflow_id if rec is not None else None
+
+    def _lose(self, slot: _EngineSlot, *, reason: str) -> None:
+        # Hang up on the engine's runs: each worker then sees EngineUnavailable and
+        # re-dispatches its run.
+        with self._lock:
+            run_ids = list(slot.runs)
+        for run_id in run_ids:
+            slot.backend.abandon(run_id)
+        if run_ids:
+            log.warning(
+                "engine %s lost (%s); re-dispatching %d runs", slot.engine_id, reason, len(run_ids)
+            )
+
+    # -- workflows ------------------------------------------------------------------------
+
+    def register_workflow(
+        self,
+        workflow_id: str,
+        version: str,
+        builder: DAG | Mapping[str, Any] | Callable[[], DAG | Mapping[str, Any]],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> WorkflowVersion:
+        """Register ``workflow_id`` at ``version`` (semver). ``builder`` is a DAG, a spec dict,
+        or a callable returning one (called once, here). See :class:`WorkflowRegistry` for the
+        versioning rules."""
+        return self.registry.register(workflow_id, version, builder, metadata)
+
+    def list_workflows(self) -> list[Any]:
+        """Registered workflows with their versions."""
+        return self.registry.list_workflows()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def execute_workflow(
+        self,
+        workflow_id: str,
+        inputs: Mapping[str, Any] | None = None,
+        version: str | None = None,
+        wait: bool = True,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> RunResult | RunHandle:
+        """Run a workflow: its ``version``, or the latest. With ``wait`` (default) block
+        until it ends and return its :class:`RunResult`; else return a :class:`RunHandle` at
+        once. ``key`` is the load-balancing key (default: the workflow id); ``timeout``
+        bounds the run. Raises :class:`QueueFull` when too many runs wait for an engine."""
+        wv = self.registry.get(workflow_id, version)
+        handle = self._submit(wv, dict(inputs or {}), key=key, timeout=timeout)
+        if not wait:
+            return handle
+        try:
+            return handle.result()
+        except KeyboardInterrupt:
+            self.cancel_run(handle.run_id)
+            raise
+
+    async def execute_workflow_async(
+        self,
+        workflow_id: str,
+        inputs: Mapping[str, Any] | None = None,
+        version: str | None = None,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Like :meth:`execute_workflow`, awaitable."""
+        wv = self.registry.get(workflow_id, version)
+        handle = self._submit(wv, dict(inputs or {}), key=key, timeout=timeout)
+        return await handle.result_async()
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """A run's record (:class:`RunNotFound` if there is none)."""
+        rec = self.store.get_run(run_id)
+        if rec is None:
+            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+        return RunInfo.from_record(rec)
+
+    def list_runs(
+        self,
+        workflow_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunInfo]:
+        """Runs, newest first."""
+        return [
+            RunInfo.from_record(r)
+            for r in self.store.list_runs(
+                workflow_id=workflow_id, status=status, limit=limit, offset=offset
+            )
+        ]
+
+    def cancel_run(self, run_id: str) -> bool:
+        """Cancel a run and its sub-workflows. False if it had already finished."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return False
+            run.cancel_requested = True
+            engine_id = run.engine_id
+            queued = engine_id is None
+            if queued:
+                self._queue.remove(run_id)
+                if run_id in self._front:
+                    self._front.remove(run_id)
+        for child in self._coordinator.children(run_id):
+            if child.status not in _FINISHED:
+                self.cancel_run(child.run_id)
+        if queued:
+            self._settle_cancelled_in_queue(run)
+        else:
+            slot = self._engines.get(engine_id or "")
+            if slot is not None:
+                slot.backend.cancel(run_id)
+        return True
+
+    def get_subworkflow_coordinator(self) -> SubWorkflowCoordinator:
+        """The coordinator of sub-workflow runs."""
+        return self._coordinator
+
+    def stop(self) -> None:
+        """Stop dispatching, abandon running work (it stays in the store as running and is
+        resumed by the next orchestrator on the same store), close engines and the store."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._wakeup.notify_all()
+            slots = list(self._engines.values())
+        if self.cluster is not None:
+            self.cluster.stop()
+        self._dispatcher.join(timeout=5)
+        for slot in slots:
+            slot.backend.close()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals: submission ------------------------------------------------------------
+
+    def _resolve_children(self, wv: WorkflowVersion) -> dict[str, str]:
+        """Resolve the workflow's sub-workflow ranges now (recorded on the run)."""
+        resolved: dict[str, str] = {}
+        for child_id, version_range in wv.dependencies:
+            ref = f"{child_id}@{version_range}"
+            resolved[ref] = str(self.registry.resolve(child_id, version_range).version)
+        return resolved
+
+    def _spec(self, wv: WorkflowVersion) -> pb.WorkflowSpec | None:
+        """The wire form of a workflow version; ``None`` when it has none (a DAG with Python
+        closures, which only in-process engines can run)."""
+        if wv.spec is None:
+            return None
+        key = (wv.workflow_id, str(wv.version))
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = workflow_to_proto(wv.spec)
+        return spec
+
+    def _submit(
+        self,
+        wv: WorkflowVersion,
+        inputs: dict[str, Any],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        parent_run_id: str = "",
+        parent_node_id: str = "",
+        depth: int = 0,
+        run_id: str | None = None,
+    ) -> RunHandle:
+        if self._stopping:
+            raise DagEngineError("the orchestrator is stopped")
+        if wv.dag is None:
+            raise DagEngineError(
+                f"{wv} cannot run: {wv.problem or 'its DAG is unavailable'}; register it again"
+            )
+        run_id = run_id or uuid.uuid4().hex
+        resolved = self._resolve_children(wv)
+        now = time.time()
+        run = _Run(
+            run_id=run_id,
+            version=wv,
+            inputs=inputs,
+            key=key or wv.workflow_id,
+            future=concurrent.futures.Future(),
+            depth=depth,
+            parent_run_id=parent_run_id,
+            parent_node_id=parent_node_id,
+            deadline=now + timeout if timeout is not None else None,
+        )
+        record = RunRecord(
+            run_id=run_id,
+            workflow_id=wv.workflow_id,
+            version=str(wv.version),
+            status="queued",
+            inputs=inputs,
+            attempt=0,
+            engine_id=None,
+            key=run.key,
+            parent_run_id=parent_run_id or None,
+            parent_node_id=parent_node_id or None,
+            depth=depth,
+            resolved_versions=resolved,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            error=None,
+            result=None,
+        )
+        with self._lock:
+            self._queue.put(run_id)  # raises QueueFull before anything is recorded
+            self.store.create_run(record)
+            self._runs[run_id] = run
+            self._wakeup.notify_all()
+        self.events.publish(
+            "run.queued",
+            workflow_id=wv.workflow_id,
+            run_id=run_id,
+            data={"version": str(wv.version)},
+        )
+        return RunHandle(self, run_id, run.future)
+
+    def _recover(self) -> None:
+        """Re-queue the runs a previous orchestrator left queued or running."""
+        for rec in self.store.unfinished_runs():
+            try:
+                wv = self.registry.get(rec.workflow_id, rec.version)
+                if wv.dag is None:
+                    raise DagEngineError(wv.problem or f"{wv} is not runnable")
+            except DagEngineError as exc:
+                self.store.finish_run(
+                    rec.run_id,
+                    rec.attempt,
+                    "failed",
+                    None,
+                    {"type": type(exc).__name__, "message": f"cannot resume: {exc}"},
+                )
+                continue
+            run = _Run(
+                run_id=rec.run_id,
+                version=wv,
+                inputs=dict(rec.inputs),
+                key=rec.key or rec.workflow_id,
+                future=concurrent.futures.Future(),
+                depth=rec.depth,
+                parent_run_id=rec.parent_run_id or "",
+                parent_node_id=rec.parent_node_id or "",
+                attempt=rec.attempt,
+            )
+            with self._lock:
+                self._runs[rec.run_id] = run
+                self._front.append(rec.run_id)
+                self._wakeup.notify_all()
+            self.events.publish(
+                "run.redispatched",
+                workflow_id=rec.workflow_id,
+                run_id=rec.run_id,
+                data={"reason": "orchestrator restarted", "previous_attempt": rec.attempt},
+            )
+
+    # -- internals: dispatch --------------------------------------------------------------
+
+    def _next_run_id(self) -> str | None:
+        if self._front:
+            return self._front[0]
+        return self._queue.peek()
+
+    def _choose(self, run: _Run) -> _EngineSlot | None:
+        # A workflow without a portable spec (Python closures) runs in-process only.
+        local_only = run.version.spec is None
+
+        # A sub-workflow run is admitted beyond capacity: its parent holds a slot while it
+        # waits, and a cluster full of waiting parents would otherwise deadlock. The depth
+        # limit bounds the overflow; engines admit such runs too (RunRequest.depth > 0).
+        def capacity(slot: _EngineSlot) -> int:
+            return slot.backend.capacity if run.depth == 0 else slot.active + 1
+
+        loads = {
+            eid: EngineLoad(eid, capacity(slot), slot.active)
+            for eid, slot in self._engines.items()
+            if slot.healthy and (not local_only or isinstance(slot.backend, LocalBackend))
+        }
+        engine_id = self.balancer.choose(run.key, loads)
+        return self._engines.get(engine_id) if engine_id is not None else None
+
+    def _next_dispatch(self) -> tuple[_Run, _EngineSlot] | None:
+        """The run at the head of the queue and the engine to run it on, both reserved;
+        ``None`` once stopping. Waits while nothing is queued or every engine is full.
+        Called with the lock held."""
+        while not self._stopping:
+            run_id = self._next_run_id()
+            run = self._runs.get(run_id) if run_id is not None else None
+            if run_id is not None and run is None:
+                # Settled while queued (cancelled): drop it.
+                self._pop(run_id)
+                continue
+            slot = self._choose(run) if run is not None else None
+            if run is not None and slot is not None:
+                self._pop(run.run_id)
+                slot.active += 1
+                slot.runs.add(run.run_id)
+                run.engine_id = slot.engine_id
+                return run, slot
+            self._wakeup.wait(timeout=1.0)
+        return None
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._lock:
+                chosen = self._next_dispatch()
+            if chosen is None:
+                return
+            run, slot = chosen
+            attempt = self.store.claim_attempt(run.run_id, slot.engine_id)
+            run.attempt = attempt
+            self.events.publish(
+                "run.started",
+                workflow_id=run.version.workflow_id,
+                run_id=run.run_id,
+                engine_id=slot.engine_id,
+                data={"attempt": attempt},
+            )
+            threading.Thread(
+                target=self._work,
+                args=(run, slot, attempt),
+                name=f"dagengine-run-{run.run_id[:8]}",
+                daemon=True,
+            ).start()
+
+    def _pop(self, run_id: str) -> None:
+        if self._front and self._front[0] == run_id:
+            self._front.popleft()
+        else:
+            self._queue.remove(run_id)
+
+    # -- internals: running ---------------------------------------------------------------
+
+    def _work(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
+        wv = run.version
+        if wv.dag is None:  # checked at submission and recovery; kept for the type checker
+            with self._lock:
+                slot.active -= 1
+                slot.runs.discard(run.run_id)
+                self._wakeup.notify_all()
+            self._settle(
+                run, attempt, self._failed_result(run, DagEngineError(f"{wv} cannot run")), None
+            )
+            return
+        job = Job(
+            run_id=run.run_id,
+            attempt=attempt,
+            workflow_id=wv.workflow_id,
+            version=str(wv.version),
+            dag=wv.dag,
+            spec=self._spec(wv),
+            inputs=run.inputs,
+            completed=self.store.node_outputs(run.run_id),
+            depth=run.depth,
+            parent_run_id=run.parent_run_id,
+            parent_node_id=run.parent_node_id,
+            deadline=run.deadline,
+        )
+
+        def on_event(event: NodeEvent) -> None:
+            self._on_event(run, slot, attempt, event)
+
+        result: RunResult | None = None
+        lost: str | None = None
+        try:
+            result = slot.backend.execute(
+                job, on_event, self._coordinator.runner_for_local(run.run_id)
+            )
+            if (
+                result.error is not None
+                and result.error.type == "EngineDraining"
+                and not run.cancel_requested
+            ):
+                lost = f"engine {slot.engine_id} drained"
+        except EngineUnavailable as exc:
+            lost = str(exc)
+        except DagEngineError as exc:
+            result = self._failed_result(run, exc)
+        except Exception as exc:  # a run must always settle
+            log.exception("run %s on %s failed unexpectedly", run.run_id, slot.engine_id)
+            result = self._failed_result(run, exc)
+        finally:
+            with self._lock:
+                slot.active -= 1
+                slot.runs.discard(run.run_id)
+                run.engine_id = None
+                self._wakeup.notify_all()
+        if lost is not None:
+            self._redispatch(run, slot, attempt, lost)
+            return
+        assert result is not None
+        self._settle(run, attempt, result, slot.engine_id)
+
+    def _on_event(self, run: _Run, slot: _EngineSlot, attempt: int, event: NodeEvent) -> None:
+        kind = event.kind
+        if kind == "node_succeeded" and event.node_id is not None:
+            output = (event.detail or {}).get("output", {})
+            self.store.save_node_output(run.run_id, event.node_id, attempt, output)
+        if kind in (
+            "node_started",
+            "node_succeeded",
+            "node_failed",
+            "node_retrying",
+            "node_skipped",
+        ):
+            data: dict[str, Any] = {"attempt": attempt, "node_attempt": event.attempt}
+            err = event.error
+            if err is not None:
+                data["error"] = err.to_dict()
+            self.events.publish(
+                "node." + kind.removeprefix("node_"),
+                workflow_id=run.version.workflow_id,
+                run_id=run.run_id,
+                node_id=event.node_id,
+                engine_id=slot.engine_id,
+                data=data,
+            )
+
+    def _redispatch(self, run: _Run, slot: _EngineSlot, attempt: int, reason: str) -> None:
+        if isinstance(slot.backend, RemoteBackend) and "drained" not in reason:
+            # The engine is presumed dead until a health check says otherwise.
+            with self._lock:
+                if slot.healthy:
+                    slot.healthy = False
+                    unhealthy = True
+                else:
+                    unhealthy = False
+            if unhealthy:
+                self.events.publish(
+                    "engine.unhealthy", engine_id=slot.engine_id, data={"reason": reason}
+                )
+                self._lose(slot, reason=reason)
+        if run.cancel_requested:
+            self._settle(run, attempt, self._cancelled_result(run), slot.engine_id)
+            return
+        self.events.publish(
+            "run.redispatched",
+            workflow_id=run.version.workflow_id,
+            run_id=run.run_id,
+            engine_id=slot.engine_id,
+            data={"reason": reason, "previous_attempt": attempt},
+        )
+        with self._lock:
+            self._front.append(run.run_id)
+            self._wakeup.notify_all()
+
+    def _settle(self, run: _Run, attempt: int, result: RunResult, engine_id: str | None) -> None:
+        error = result.error.to_dict() if result.error is not None else None
+        stored = self.store.finish_run(
+            run.run_id, attempt, result.status.value, result.to_dict(), error
+        )
+        if not stored:
+            # A newer attempt owns the run: this result is stale.
+            return
+        with self._lock:
+            self._runs.pop(run.run_id, None)
+        self.events.publish(
+            {"succeeded": "run.completed", "failed": "run.failed", "cancelled": "run.cancelled"}[
+                result.status.value
+            ],
+            workflow_id=run.version.workflow_id,
+            run_id=run.run_id,
+            engine_id=engine_id,
+            data={
+                "attempt": attempt,
+                "duration": result.duration,
+                **({"error": error} if error else {}),
+            },
+        )
+        if not run.future.done():
+            run.future.set_result(result)
+
+    def _settle_cancelled_in_queue(self, run: _Run) -> None:
+        self._settle(run, run.attempt, self._cancelled_result(run), None)
+
+    def _cancelled_result(self, run: _Run) -> RunResult:
+        from dagengine.results import ErrorInfo
+
+        return RunResult(
+            run_id=run.run_id,
+            status=RunStatus.CANCELLED,
+            error=ErrorInfo(type="RunCancelled", message="run cancelled"),
+        )
+
+    def _failed_result(self, run: _Run, exc: BaseException) -> RunResult:
+        from dagengine.results import ErrorInfo
+
+        return RunResult(
+            run_id=run.run_id,
+            status=RunStatus.FAILED,
+            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
+        )
