@@ -14,18 +14,14 @@ import ipaddress
 import json
 import os
 import queue
-import re
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import dagengine
 import engine_tasks
@@ -52,89 +48,14 @@ from dagengine import (
 from dagengine.cli import main as cli_main
 from dagengine.engine import RunStream
 from dagengine.v1 import engine_pb2 as pb
+from processes import EngineProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
 TESTS_DIR = Path(__file__).resolve().parent
-START_TIMEOUT = 30.0
 # A Lua node that runs until it is interrupted (the default instruction budget would stop
 # it after ~10^8 instructions).
 SPIN = {"lua": "while true do end", "limits": {"instructions": 10**15}}
-_LISTENING = re.compile(r"^dagengine engine (\S+) listening on (\S+):(\d+)")
-
-
-# --- engine processes -------------------------------------------------------------------------
-
-
-class EngineProcess:
-    """``python -m dagengine engine --host 127.0.0.1 --port 0 ARGS...`` in a subprocess."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self._stderr: IO[str] = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-        full_env = {**os.environ, **(env or {})}
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p
-        )
-        if env is None or "ORCHESTRATOR_ADDRESS" not in env:
-            full_env.pop("ORCHESTRATOR_ADDRESS", None)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dagengine",
-                "engine",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=full_env,
-            cwd=TESTS_DIR,
-        )
-        try:
-            self.engine_id, host, port = self._read_listening_line()
-        except BaseException:
-            self.kill()
-            raise
-        self.address = f"{host}:{port}"
-
-    def _read_listening_line(self) -> tuple[str, str, str]:
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = self.proc.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=START_TIMEOUT)
-        except queue.Empty:
-            pytest.fail(f"engine did not start in {START_TIMEOUT}s; stderr: {self.stderr()}")
-        match = _LISTENING.match(line)
-        if match is None:
-            self.proc.wait(timeout=10)
-            pytest.fail(f"unexpected engine output {line!r}; stderr: {self.stderr()}")
-        return match.group(1), match.group(2), match.group(3)
-
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
 
 
 @pytest.fixture
@@ -167,15 +88,6 @@ def shared_engine() -> Iterator[EngineProcess]:
 def client(shared_engine: EngineProcess) -> Iterator[EngineClient]:
     with EngineClient(shared_engine.address, timeout=30) as c:
         yield c
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def until_started(stream: RunStream, node_id: str) -> list[NodeEvent]:
