@@ -32,7 +32,13 @@ class EngineProcess:
         self._stderr: IO[str] = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         full_env = {**os.environ, **(env or {})}
         full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p
+            p
+            for p in (
+                str(TESTS_DIR),
+                (env or {}).get("PYTHONPATH", ""),
+                os.environ.get("PYTHONPATH", ""),
+            )
+            if p
         )
         if env is None or "ORCHESTRATOR_ADDRESS" not in env:
             full_env.pop("ORCHESTRATOR_ADDRESS", None)

@@ -504,13 +504,16 @@ class Orchestrator:
         *,
         key: str | None = None,
         timeout: float | None = None,
+        run_id: str | None = None,
     ) -> RunResult | RunHandle:
         """Run a workflow: its ``version``, or the latest. With ``wait`` (default) block
         until it ends and return its :class:`RunResult`; else return a :class:`RunHandle` at
         once. ``key`` is the load-balancing key (default: the workflow id); ``timeout``
-        bounds the run. Raises :class:`QueueFull` when too many runs wait for an engine."""
+        bounds the run; ``run_id`` names the run (default: a fresh id; an id the store
+        already has is refused). Raises :class:`QueueFull` when too many runs wait for an
+        engine."""
         wv = self.registry.get(workflow_id, version)
-        handle = self._submit(wv, dict(inputs or {}), key=key, timeout=timeout)
+        handle = self._submit(wv, dict(inputs or {}), key=key, timeout=timeout, run_id=run_id)
         if not wait:
             return handle
         try:
@@ -645,7 +648,10 @@ class Orchestrator:
             raise DagEngineError(
                 f"{wv} cannot run: {wv.problem or 'its DAG is unavailable'}; register it again"
             )
-        run_id = run_id or uuid.uuid4().hex
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        elif not run_id or self.store.get_run(run_id) is not None:
+            raise DagEngineError(f"run id {run_id!r} is empty or already taken")
         resolved = self._resolve_children(wv)
         now = time.time()
         run = _Run(
