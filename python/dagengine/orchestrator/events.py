@@ -609,19 +609,18 @@ class EventBus:
     ) -> Event:
         """Record an event and deliver it to the subscribers; returns it with its ``seq``.
         ``severity`` defaults to the type's (:data:`DEFAULT_SEVERITY`); ``time`` to now.
-
-        May be called inside a store transaction, but not one that may roll back: the event
-        is delivered before the transaction commits."""
+        With a :class:`~dagengine.orchestrator.store.Store` the event is committed with the
+        next group (within milliseconds; at once when events are read)."""
         kind = _event_type(type)
         level = DEFAULT_SEVERITY[kind] if severity is None else _severity(severity)
         when = _time.time() if time is None else float(time)
         payload = dict(data) if data is not None else {}
-        # Take the store's transaction lock before ours: a thread already inside a store
-        # transaction that publishes takes them in that order too, so the two can't deadlock.
-        transaction = getattr(self.store, "transaction", None)
-        outer = transaction() if callable(transaction) else contextlib.nullcontext()
-        with outer, self._lock:
-            seq = self.store.append_event(
+        # Group commit: the store assigns the sequence number now and writes the event with
+        # the next burst (its readers commit pending events first), so publishing costs no
+        # transaction. The bus lock orders sequence numbers and delivery alike.
+        append = getattr(self.store, "append_event_later", None) or self.store.append_event
+        with self._lock:
+            seq = append(
                 when,
                 kind.value,
                 level.value,

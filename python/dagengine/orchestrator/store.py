@@ -20,6 +20,7 @@ store is brought up to date when it is opened.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 
 from dagengine.exceptions import RunNotFound, StoreError
+
+_log = logging.getLogger("dagengine.orchestrator.store")
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -122,6 +125,25 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 
 # How long another process's write transaction may hold us up before SQLite gives up.
 _BUSY_TIMEOUT_MS = 10_000
+
+#: How long the group-commit writer waits for more writes to join a pending one. Events and
+#: node outputs reach the file within about this long (or at once when something reads them).
+GROUP_COMMIT_SECONDS: Final = 0.002
+#: Pending rows past which a writer commits the group itself instead of leaving it to the
+#: background writer: memory stays bounded when writes outpace the disk.
+MAX_PENDING: Final = 2000
+
+_INSERT_EVENT = """INSERT INTO events
+    (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+# Stores a node's output only if the attempt is the run's current one and the run is running
+# (fencing): one statement, so the check and the write cannot be separated by a new claim.
+_INSERT_OUTPUT = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
+    SELECT ?, ?, ?, ? WHERE EXISTS (
+        SELECT 1 FROM runs WHERE run_id = ? AND attempt = ? AND status = 'running')
+    ON CONFLICT (run_id, node_id) DO UPDATE SET
+        attempt = excluded.attempt, output = excluded.output"""
 
 
 def _dumps(value: Any) -> str:
@@ -268,6 +290,12 @@ class Store:
         self.path = text
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction(); only the outermost commits
+        # Group commit of events and node outputs (see append_event_later). Lock order:
+        # self._lock (the database) before self._pending_cv, never the other way round.
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._pending_cv = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
+        self._closing = False
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the
             # write lock up front, so a transaction never fails half-way on a lock upgrade).
@@ -282,6 +310,9 @@ class Store:
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+            self._next_seq = (
+                int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]) + 1
+            )
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreError(f"cannot open store {text!r}: {exc}") from exc
@@ -343,9 +374,70 @@ class Store:
             return self._db.execute(sql, tuple(params)).fetchall()
 
     def close(self) -> None:
-        """Close the database; the store cannot be used afterwards."""
+        """Write what is pending and close the database; the store cannot be used
+        afterwards."""
+        with self._pending_cv:
+            self._closing = True
+            self._pending_cv.notify_all()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout=10)
         with self._lock:
+            self._flush_locked()
             self._db.close()
+
+    # -- group commit --
+
+    def _later(self, kind: str, row: tuple[Any, ...]) -> None:
+        with self._pending_cv:
+            backlog = self._enqueue_locked(kind, row)
+        if backlog >= MAX_PENDING:
+            self.flush()  # backpressure: a writer faster than the disk waits for it
+
+    def _enqueue_locked(self, kind: str, row: tuple[Any, ...]) -> int:
+        """Queue a row for the next group; returns how many rows are pending."""
+        if self._closing:
+            raise StoreError(f"store {self.path!r} is closed")
+        self._pending.append((kind, row))
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_behind, name="dagengine-store-writer", daemon=True
+            )
+            self._writer.start()
+        self._pending_cv.notify()
+        return len(self._pending)
+
+    def _write_behind(self) -> None:
+        # Wait for the first pending write, give the next ones a moment to join it, and
+        # commit them all in one transaction: one commit per burst instead of one per row.
+        while True:
+            with self._pending_cv:
+                while not self._pending and not self._closing:
+                    self._pending_cv.wait()
+                if self._closing:
+                    return
+            time.sleep(GROUP_COMMIT_SECONDS)
+            try:
+                self.flush()
+            except Exception:
+                _log.exception("writing events and node outputs to %s failed", self.path)
+
+    def flush(self) -> None:
+        """Commit the pending events and node outputs now (readers of them call this)."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        with self._pending_cv:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        with self.transaction():
+            for kind, row in pending:
+                if kind == "event":
+                    self._db.execute(_INSERT_EVENT, row)
+                else:
+                    self._db.execute(_INSERT_OUTPUT, row)
 
     def __enter__(self) -> Store:
         return self
@@ -499,6 +591,7 @@ class Store:
 
         ``RunNotFound`` for an unknown run, ``StoreError`` for a finished one.
         """
+        self.flush()  # pending outputs of the current attempt go in first
         with self.transaction():
             row = self._db.execute(
                 """UPDATE runs SET attempt = attempt + 1, status = 'running', engine_id = ?,
@@ -520,6 +613,7 @@ class Store:
     def release_run(self, run_id: str, attempt: int) -> bool:
         """Put a running run back in the queue (its engine went away), if ``attempt`` is
         still its current attempt; returns whether it was released."""
+        self.flush()  # pending outputs of the current attempt go in first
         with self.transaction():
             cursor = self._db.execute(
                 """UPDATE runs SET status = 'queued', engine_id = NULL
@@ -540,6 +634,7 @@ class Store:
         (``None``: whatever the attempt, for a cancellation decided by the orchestrator).
         Returns whether it was recorded; a late result from an old attempt returns ``False``
         and changes nothing."""
+        self.flush()  # pending outputs of the current attempt go in first
         _check_status(status, FINISHED_STATUSES)
         sql = """UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ?
                  WHERE run_id = ? AND status IN ('queued', 'running')"""
@@ -564,26 +659,49 @@ class Store:
         """Record a completed node's output if ``attempt`` is the run's current attempt and
         the run is running; returns whether it was stored. One statement, so the check and the
         write cannot be separated by a new claim."""
-        with self.transaction():
-            cursor = self._db.execute(
-                """INSERT INTO node_outputs (run_id, node_id, attempt, output)
-                   SELECT ?, ?, ?, ? WHERE EXISTS (
-                       SELECT 1 FROM runs
-                       WHERE run_id = ? AND attempt = ? AND status = 'running')
-                   ON CONFLICT (run_id, node_id) DO UPDATE SET
-                       attempt = excluded.attempt, output = excluded.output""",
-                (run_id, node_id, attempt, _dumps(dict(output)), run_id, attempt),
-            )
-            return cursor.rowcount == 1
+        with self._lock:
+            self._flush_locked()
+            with self.transaction():
+                cursor = self._db.execute(
+                    _INSERT_OUTPUT,
+                    (run_id, node_id, attempt, _dumps(dict(output)), run_id, attempt),
+                )
+                return cursor.rowcount == 1
+
+    def save_node_output_later(
+        self, run_id: str, node_id: str, attempt: int, output: Mapping[str, Any]
+    ) -> None:
+        """Like :meth:`save_node_output`, committed with the next group (within a few
+        milliseconds, or at once when something reads outputs, claims an attempt or finishes
+        the run); the attempt check happens at commit time."""
+        self._later("output", (run_id, node_id, attempt, _dumps(dict(output)), run_id, attempt))
 
     def node_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The stored output of each completed node of the run, in completion order."""
+        self.flush()
         rows = self._query(
             "SELECT node_id, output FROM node_outputs WHERE run_id = ? ORDER BY rowid", (run_id,)
         )
         return {node_id: _loads(output) for node_id, output in rows}
 
     # -- events --
+
+    def _event_row(
+        self,
+        time: float | None,
+        type: str,
+        severity: str,
+        workflow_id: str | None,
+        run_id: str | None,
+        node_id: str | None,
+        engine_id: str | None,
+        data: Mapping[str, Any] | None,
+    ) -> list[Any]:
+        """The row of an event, with its ``seq`` slot (0) still to fill."""
+        rank = _severity_rank(severity)
+        when = _now() if time is None else time
+        payload = _dumps(dict(data or {}))
+        return [0, when, type, rank, workflow_id, run_id, node_id, engine_id, payload]
 
     def append_event(
         self,
@@ -598,26 +716,39 @@ class Store:
     ) -> int:
         """Store an event (``time`` ``None`` = now); returns its sequence number, increasing
         and never reused, also across restarts. ``severity`` is one of :data:`SEVERITIES`."""
-        rank = _severity_rank(severity)
-        when = _now() if time is None else time
-        with self.transaction():
-            cursor = self._db.execute(
-                """INSERT INTO events
-                       (time, type, severity, workflow_id, run_id, node_id, engine_id, data)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    when,
-                    type,
-                    rank,
-                    workflow_id,
-                    run_id,
-                    node_id,
-                    engine_id,
-                    _dumps(dict(data or {})),
-                ),
-            )
-            seq = cursor.lastrowid
-        assert seq is not None
+        row = self._event_row(time, type, severity, workflow_id, run_id, node_id, engine_id, data)
+        with self._lock:
+            self._flush_locked()
+            with self._pending_cv:
+                row[0] = seq = self._next_seq
+                self._next_seq += 1
+            with self.transaction():
+                self._db.execute(_INSERT_EVENT, row)
+        return seq
+
+    def append_event_later(
+        self,
+        time: float | None,
+        type: str,
+        severity: str = "info",
+        workflow_id: str | None = None,
+        run_id: str | None = None,
+        node_id: str | None = None,
+        engine_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Like :meth:`append_event`, committed with the next group (group commit: one
+        transaction for a burst of events instead of one each). The sequence number is
+        assigned now; :meth:`events` commits pending events before it reads."""
+        row = self._event_row(time, type, severity, workflow_id, run_id, node_id, engine_id, data)
+        # Number and queue in one step: a reader that saw this number (last_event_seq) and
+        # then commits the pending group must find the event in it.
+        with self._pending_cv:
+            row[0] = seq = self._next_seq
+            self._next_seq += 1
+            backlog = self._enqueue_locked("event", tuple(row))
+        if backlog >= MAX_PENDING:
+            self.flush()  # backpressure: a writer faster than the disk waits for it
         return seq
 
     def events(
@@ -630,6 +761,7 @@ class Store:
         limit: int = 1000,
     ) -> list[EventRecord]:
         """Events with ``seq > after`` that match every filter given, oldest first."""
+        self.flush()
         where = ["seq > ?"]
         params: list[Any] = [after]
         if workflow_id is not None:
@@ -659,8 +791,8 @@ class Store:
 
     def last_event_seq(self) -> int:
         """The sequence number of the newest event (0 if there is none)."""
-        rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM events")
-        return int(rows[0][0])
+        with self._pending_cv:
+            return self._next_seq - 1
 
     # -- trigger state --
 
