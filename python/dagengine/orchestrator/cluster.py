@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from dagengine.engine import REFUSAL_REASON_KEY
 from dagengine.exceptions import DagEngineError, DiscoveryError
 from dagengine.orchestrator.discovery import (
     Discovery,
@@ -70,6 +72,11 @@ class OrchestratorServicer:
             )
         except DiscoveryError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not reg.accepted and reg.reason:
+            # The response has no field for it: the engine logs it from the trailers.
+            # (Metadata values are printable ASCII.)
+            reason = "".join(c if " " <= c <= "~" else "?" for c in reg.reason)
+            context.set_trailing_metadata(((REFUSAL_REASON_KEY, reason),))
         return pb.RegisterEngineResponse(
             accepted=reg.accepted, heartbeat_interval_seconds=reg.heartbeat_interval
         )
@@ -218,7 +225,9 @@ class Cluster:
             raise DagEngineError(f"unknown discovery {kind!r}")
         self.health = HealthChecker(
             config.engine_health_check_interval,
-            _engine_health_check(timeout=min(2.0, config.engine_health_check_interval / 2)),
+            self._readmitting(
+                _engine_health_check(timeout=min(2.0, config.engine_health_check_interval / 2))
+            ),
             self._on_unhealthy,
             self._on_recovered,
         )
@@ -280,6 +289,23 @@ class Cluster:
                 log.exception(
                     "cannot register engine %s at %s", endpoint.engine_id, endpoint.address
                 )
+
+    def _readmitting(
+        self, check: Callable[[EngineEndpoint], bool]
+    ) -> Callable[[EngineEndpoint], bool]:
+        """``check``, which also re-admits an engine the orchestrator itself found
+        unhealthy (a Run stream broke) when the check passes: the checker reports only its
+        own transitions, and it may never have seen this engine fail (it restarted between
+        two checks, or the stream broke for a reason of its own)."""
+
+        def checked(endpoint: EngineEndpoint) -> bool:
+            started = time.monotonic()
+            ok = check(endpoint)
+            if ok and self.health.is_healthy(endpoint.engine_id):
+                self._orch.mark_healthy(endpoint.engine_id, checked_at=started)
+            return ok
+
+        return checked
 
     def _on_unhealthy(self, endpoint: EngineEndpoint, report: HealthReport) -> None:
         reason = report.error or "health check failed"

@@ -143,6 +143,8 @@ class _EngineSlot:
     backend: Backend
     active: int = 0
     healthy: bool = True
+    #: ``time.monotonic()`` when it was last found unhealthy.
+    unhealthy_at: float = 0.0
     runs: set[str] = field(default_factory=set)
 
     @property
@@ -222,21 +224,47 @@ class SubWorkflowCoordinator:
                 node_id=parent_node_id,
                 reference=f"{workflow_id}@{version_range}",
             )
-        version = self._orch.registry.resolve(workflow_id, version_range)
-        handle = self._orch._submit(
-            version,
-            dict(inputs),
-            parent_run_id=parent_run_id,
-            parent_node_id=parent_node_id,
-            depth=depth,
-        )
+        # The node may be running again (its run was resumed or re-dispatched) while the
+        # child it started before still runs, or has succeeded: wait for that one rather
+        # than running the child twice.
+        handle = self._existing_child(parent_run_id, parent_node_id)
+        if handle is None:
+            version = self._orch.registry.resolve(workflow_id, version_range)
+            handle = self._orch._submit(
+                version,
+                dict(inputs),
+                parent_run_id=parent_run_id,
+                parent_node_id=parent_node_id,
+                depth=depth,
+            )
         while True:
             try:
                 return handle.result(timeout=0.05)
             except concurrent.futures.TimeoutError:
                 if cancelled():
+                    if self._orch._stopping:
+                        # The orchestrator is stopping, not the parent being cancelled: the
+                        # child stays in the store and is resumed with its parent.
+                        raise DagEngineError("the orchestrator is stopping") from None
                     self._orch.cancel_run(handle.run_id)
                     return handle.result()
+
+    def _existing_child(self, parent_run_id: str, parent_node_id: str) -> RunHandle | None:
+        """A handle on the child a parent node started already, if it succeeded or is still
+        unfinished here."""
+        for rec in self._orch.store.list_runs(parent_run_id=parent_run_id, limit=10_000):
+            if rec.parent_node_id != parent_node_id:
+                continue
+            if rec.status == "succeeded" and rec.result:
+                future: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
+                future.set_result(RunResult.from_dict(rec.result))
+                return RunHandle(self._orch, rec.run_id, future)
+            if rec.status in ("queued", "running"):
+                with self._orch._lock:
+                    run = self._orch._runs.get(rec.run_id)
+                if run is not None:
+                    return RunHandle(self._orch, rec.run_id, run.future)
+        return None
 
     def runner_for_local(
         self, parent_run_id: str
@@ -311,6 +339,7 @@ class Orchestrator:
         self._stopping = False
         self._coordinator = SubWorkflowCoordinator(self, self.config.max_subworkflow_depth)
         self._specs: dict[tuple[str, str], pb.WorkflowSpec] = {}
+        self._workers: set[threading.Thread] = set()
         #: The distributed side (discovery, health checks, gRPC), set by :meth:`from_config`.
         self.cluster: Cluster | None = None
         if embedded_engine:
@@ -370,6 +399,7 @@ class Orchestrator:
             raise TypeError(
                 f"engine must be an Engine or a 'host:port' str, got {type(engine).__name__}"
             )
+        replaced: _EngineSlot | None = None
         with self._lock:
             old = self._engines.get(engine_id)
             if (
@@ -382,12 +412,16 @@ class Orchestrator:
                 backend.close()
                 old.healthy = True
             else:
-                slot = _EngineSlot(backend)
-                if old is not None:
-                    slot.active, slot.runs = old.active, old.runs
-                self._engines[engine_id] = slot
+                # A fresh slot: the old one's runs keep their own slot (their workers
+                # release it), so its counts must not be carried over.
+                self._engines[engine_id] = _EngineSlot(backend)
                 self.balancer.add(engine_id)
+                replaced = old
             self._wakeup.notify_all()
+        if replaced is not None and isinstance(replaced.backend, RemoteBackend):
+            # The engine moved (a new process): the runs on the old address are lost.
+            self._lose(replaced, reason=f"re-registered at {engine}")
+            replaced.backend.close()
         self.events.publish(
             "engine.joined", engine_id=engine_id, data={"capacity": backend.capacity}
         )
@@ -418,6 +452,7 @@ class Orchestrator:
             if slot is None or not slot.healthy:
                 return
             slot.healthy = False
+            slot.unhealthy_at = time.monotonic()
         self.events.publish(
             "engine.unhealthy",
             engine_id=engine_id,
@@ -426,11 +461,21 @@ class Orchestrator:
         if not draining:
             self._lose(slot, reason=reason)
 
-    def mark_healthy(self, engine_id: str, data: Mapping[str, Any] | None = None) -> None:
-        """Send runs to an engine again."""
+    def mark_healthy(
+        self,
+        engine_id: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        checked_at: float | None = None,
+    ) -> None:
+        """Send runs to an engine again. ``checked_at`` (``time.monotonic()``) is when the
+        check that found it healthy started: a check older than the engine's last failure
+        says nothing."""
         with self._lock:
             slot = self._engines.get(engine_id)
             if slot is None or slot.healthy:
+                return
+            if checked_at is not None and checked_at < slot.unhealthy_at:
                 return
             slot.healthy = True
             self._wakeup.notify_all()
@@ -571,15 +616,17 @@ class Orchestrator:
                 self._queue.remove(run_id)
                 if run_id in self._front:
                     self._front.remove(run_id)
-        for child in self._coordinator.children(run_id):
-            if child.status not in _FINISHED:
-                self.cancel_run(child.run_id)
+        # The run first, then its children: a child cancelled first would end its parent's
+        # node with a failure (and the parent as failed) before the parent hears of the cancel.
         if queued:
             self._settle_cancelled_in_queue(run)
         else:
             slot = self._engines.get(engine_id or "")
             if slot is not None:
                 slot.backend.cancel(run_id)
+        for child in self._coordinator.children(run_id):
+            if child.status not in _FINISHED:
+                self.cancel_run(child.run_id)
         return True
 
     def get_subworkflow_coordinator(self) -> SubWorkflowCoordinator:
@@ -600,6 +647,23 @@ class Orchestrator:
         self._dispatcher.join(timeout=5)
         for slot in slots:
             slot.backend.close()
+        # Workers see their runs end (cancelled or abandoned by close) and leave them in the
+        # store as they are; wait for them before the store closes under them.
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.join(timeout=10)
+        with self._lock:
+            pending = list(self._runs.values())
+            self._runs.clear()
+        for run in pending:
+            if not run.future.done():
+                run.future.set_exception(
+                    DagEngineError(
+                        f"the orchestrator stopped before run {run.run_id} finished; the "
+                        "next orchestrator on the same store resumes it"
+                    )
+                )
         if self._owns_store:
             self.store.close()
 
@@ -698,7 +762,10 @@ class Orchestrator:
         return RunHandle(self, run_id, run.future)
 
     def _recover(self) -> None:
-        """Re-queue the runs a previous orchestrator left queued or running."""
+        """Re-queue the runs a previous orchestrator left queued or running. All are known
+        (in ``_runs``) before any is dispatched, so a resumed parent finds its resumed
+        children instead of starting them again."""
+        recovered: list[tuple[_Run, RunRecord]] = []
         for rec in self.store.unfinished_runs():
             try:
                 wv = self.registry.get(rec.workflow_id, rec.version)
@@ -724,16 +791,19 @@ class Orchestrator:
                 parent_node_id=rec.parent_node_id or "",
                 attempt=rec.attempt,
             )
-            with self._lock:
-                self._runs[rec.run_id] = run
-                self._front.append(rec.run_id)
-                self._wakeup.notify_all()
+            recovered.append((run, rec))
+        for _, rec in recovered:
             self.events.publish(
                 "run.redispatched",
                 workflow_id=rec.workflow_id,
                 run_id=rec.run_id,
                 data={"reason": "orchestrator restarted", "previous_attempt": rec.attempt},
             )
+        with self._lock:
+            for run, _ in recovered:
+                self._runs[run.run_id] = run
+            self._front.extend(run.run_id for run, _ in recovered)
+            self._wakeup.notify_all()
 
     # -- internals: dispatch --------------------------------------------------------------
 
@@ -788,7 +858,16 @@ class Orchestrator:
             if chosen is None:
                 return
             run, slot = chosen
-            attempt = self.store.claim_attempt(run.run_id, slot.engine_id)
+            try:
+                attempt = self.store.claim_attempt(run.run_id, slot.engine_id)
+            except DagEngineError as exc:
+                # Finished meanwhile (or gone from the store): nothing to run. The
+                # dispatcher must survive it.
+                log.warning("run %s not dispatched: %s", run.run_id, exc)
+                self._release(run, slot)
+                with self._lock:
+                    self._runs.pop(run.run_id, None)
+                continue
             run.attempt = attempt
             self.events.publish(
                 "run.started",
@@ -797,12 +876,15 @@ class Orchestrator:
                 engine_id=slot.engine_id,
                 data={"attempt": attempt},
             )
-            threading.Thread(
+            worker = threading.Thread(
                 target=self._work,
                 args=(run, slot, attempt),
                 name=f"dagengine-run-{run.run_id[:8]}",
                 daemon=True,
-            ).start()
+            )
+            with self._lock:
+                self._workers.add(worker)
+            worker.start()
 
     def _pop(self, run_id: str) -> None:
         if self._front and self._front[0] == run_id:
@@ -813,15 +895,33 @@ class Orchestrator:
     # -- internals: running ---------------------------------------------------------------
 
     def _work(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
+        try:
+            self._work_attempt(run, slot, attempt)
+        finally:
+            with self._lock:
+                self._workers.discard(threading.current_thread())
+
+    def _release(self, run: _Run, slot: _EngineSlot) -> None:
+        with self._lock:
+            slot.active -= 1
+            slot.runs.discard(run.run_id)
+            run.engine_id = None
+            self._wakeup.notify_all()
+
+    def _work_attempt(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
         wv = run.version
         if wv.dag is None:  # checked at submission and recovery; kept for the type checker
-            with self._lock:
-                slot.active -= 1
-                slot.runs.discard(run.run_id)
-                self._wakeup.notify_all()
+            self._release(run, slot)
             self._settle(
                 run, attempt, self._failed_result(run, DagEngineError(f"{wv} cannot run")), None
             )
+            return
+        if run.cancel_requested or self._stopping:
+            # Cancelled (or the orchestrator stopped) between its dispatch and now: the
+            # engine never heard of it, so its cancel went nowhere.
+            self._release(run, slot)
+            if run.cancel_requested:
+                self._settle(run, attempt, self._cancelled_result(run), None)
             return
         job = Job(
             run_id=run.run_id,
@@ -861,11 +961,15 @@ class Orchestrator:
             log.exception("run %s on %s failed unexpectedly", run.run_id, slot.engine_id)
             result = self._failed_result(run, exc)
         finally:
-            with self._lock:
-                slot.active -= 1
-                slot.runs.discard(run.run_id)
-                run.engine_id = None
-                self._wakeup.notify_all()
+            self._release(run, slot)
+        ended_by_stop = lost is not None or (
+            result is not None and result.status is not RunStatus.SUCCEEDED
+        )
+        if self._stopping and not run.cancel_requested and ended_by_stop:
+            # Ended by stop() (closed engines: cancelled, or failed on the way, like a
+            # sub-workflow node whose wait was cut): it stays running in the store, with the
+            # outputs of its completed nodes, for the next orchestrator to resume.
+            return
         if lost is not None:
             self._redispatch(run, slot, attempt, lost)
             return
@@ -876,7 +980,7 @@ class Orchestrator:
         kind = event.kind
         if kind == "node_succeeded" and event.node_id is not None:
             output = (event.detail or {}).get("output", {})
-            self.store.save_node_output(run.run_id, event.node_id, attempt, output)
+            self.store.save_node_output_later(run.run_id, event.node_id, attempt, output)
         if kind in (
             "node_started",
             "node_succeeded",
@@ -898,11 +1002,14 @@ class Orchestrator:
             )
 
     def _redispatch(self, run: _Run, slot: _EngineSlot, attempt: int, reason: str) -> None:
-        if isinstance(slot.backend, RemoteBackend) and "drained" not in reason:
+        with self._lock:
+            current = self._engines.get(slot.engine_id) is slot
+        if current and isinstance(slot.backend, RemoteBackend) and "drained" not in reason:
             # The engine is presumed dead until a health check says otherwise.
             with self._lock:
                 if slot.healthy:
                     slot.healthy = False
+                    slot.unhealthy_at = time.monotonic()
                     unhealthy = True
                 else:
                     unhealthy = False

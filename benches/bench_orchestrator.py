@@ -1,0 +1,234 @@
+"""Orchestrator benchmark: a 3-node Lua workflow through the orchestrator with 3 local engine
+processes, 64 runs in flight, beside the same load sent straight to one engine's client, in
+one run; then the time from an engine's death to its runs being re-dispatched.
+
+    python benches/bench_orchestrator.py [--runs N] [--quick]
+
+* ``direct``: 64 threads calling ``EngineClient.run`` on one engine (capacity 64).
+* ``orchestrator``: 64 threads calling ``Orchestrator.execute_workflow`` (wait=True) on an
+  orchestrator with a SQLite store (WAL, a temp file) and three engines (capacity 64 each,
+  consistent hashing on a per-run key); every run, node output and event is persisted.
+* failover: engines health-checked every ``--health-interval`` seconds; one engine is frozen
+  with SIGSTOP (its sockets stay open, so only the health check can notice) while runs are in
+  flight; reported: time from the freeze to the first ``run.redispatched`` event, against the
+  target of 2 x the interval. (A SIGKILLed engine is noticed at once, by its broken streams;
+  ``tests/orchestrator/test_failover.py`` prints that figure.)
+
+Targets (issue 4), printed as met / not met: orchestrator runs/s ≥ 50% of direct; p50 added
+≤ 1 ms; re-dispatch ≤ 2 x health interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagengine import DAG, LuaExecutor, Node
+from dagengine.engine import EngineClient
+from dagengine.orchestrator import Config, Monitor, Orchestrator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def workflow() -> DAG:
+    """extract -> transform -> load, all Lua."""
+    dag = DAG("bench-3", "1.0.0")
+    dag.add_node(Node("extract", [], LuaExecutor("return {rows = {1, 2, 3, 4, 5}}")))
+    dag.add_node(
+        Node(
+            "transform",
+            ["extract"],
+            LuaExecutor(
+                "local s = 0 for _, v in ipairs(results.extract.rows) do s = s + v end "
+                "return {total = s * inputs.factor}"
+            ),
+        )
+    )
+    dag.add_node(
+        Node("load", ["transform"], LuaExecutor("return {saved = results.transform.total}"))
+    )
+    return dag
+
+
+@dataclass
+class Load:
+    name: str
+    calls: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def per_second(self) -> float:
+        return self.calls / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def drive(name: str, call: Callable[[int], object], in_flight: int, total: int) -> Load:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def worker() -> None:
+        local: list[float] = []
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            t0 = time.perf_counter()
+            call(i)
+            local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(in_flight) as pool:
+        for f in [pool.submit(worker) for _ in range(in_flight)]:
+            f.result()
+    return Load(name, total, time.perf_counter() - start, latencies)
+
+
+def start_engine(engine_id: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dagengine",
+            "engine",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--capacity",
+            "64",
+            "--engine-id",
+            engine_id,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    match = re.search(r"listening on (\S+)", proc.stdout.readline())
+    if match is None:
+        proc.kill()
+        raise SystemExit(f"engine {engine_id} did not start")
+    return proc, match.group(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3000, help="runs per measurement")
+    parser.add_argument("--quick", action="store_true", help="fewer runs (600)")
+    parser.add_argument("--health-interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    total = 600 if args.quick else args.runs
+    in_flight = 64
+    spec = workflow().to_spec()
+    engines = [start_engine(f"engine-{i}") for i in range(3)]
+    tmp = tempfile.TemporaryDirectory()
+    orch = None
+    try:
+        direct = EngineClient(engines[0][1])
+        for i in range(200):
+            direct.run(spec, {"factor": 3}, run_id=f"warm-{i}")
+        direct_load = drive(
+            "direct (1 engine)",
+            lambda i: direct.run(spec, {"factor": 3}, run_id=f"d-{i}"),
+            in_flight,
+            total,
+        )
+        direct.close()
+
+        config = Config(
+            store_path=str(Path(tmp.name) / "store.db"),
+            discovery="static",
+            engines=tuple(addr for _, addr in engines),
+            engine_health_check_interval=args.health_interval,
+        )
+        orch = Orchestrator.from_config(config, grpc_port=None)
+        deadline = time.monotonic() + 30
+        while len(orch.engines()) < 3:
+            if time.monotonic() > deadline:
+                raise SystemExit("static discovery did not find the 3 engines")
+            time.sleep(0.05)
+        orch.register_workflow("bench-3", "1.0.0", spec)
+        for i in range(200):
+            orch.execute_workflow("bench-3", {"factor": 3}, key=f"w{i}")
+        orch_load = drive(
+            "orchestrator (3 engines)",
+            lambda i: orch.execute_workflow("bench-3", {"factor": 3}, key=f"k{i}"),  # type: ignore[union-attr]
+            in_flight,
+            total,
+        )
+
+        # Failover: freeze one engine with runs in flight; only the health check can tell.
+        monitor = Monitor(orch)
+        sub = monitor.subscribe(types=["run.redispatched"], after=orch.store.last_event_seq())
+        handles = [
+            orch.execute_workflow("bench-3", {"factor": 3}, key=f"f{i}", wait=False)
+            for i in range(300)
+        ]
+        victim_proc = engines[2][0]
+        victim_proc.send_signal(signal.SIGSTOP)
+        frozen_at = time.time()
+        first = sub.get(timeout=10 * args.health_interval + 10)
+        detect = (first.time - frozen_at) if first is not None else float("inf")
+        for h in handles:
+            h.result(timeout=120)
+        victim_proc.send_signal(signal.SIGCONT)
+        sub.close()
+        monitor.close()
+    finally:
+        if orch is not None:
+            orch.stop()
+        for proc, _ in engines:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
+        tmp.cleanup()
+
+    print(
+        f"orchestrator benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cores, "
+        f"{total} runs per row, {in_flight} in flight"
+    )
+    print(f"{'':26} {'runs/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for load in (direct_load, orch_load):
+        print(
+            f"{load.name:26} {load.per_second:>8,.0f} {load.pct(0.5) * 1e3:>8.2f} "
+            f"{load.pct(0.99) * 1e3:>8.2f}"
+        )
+    ratio = orch_load.per_second / direct_load.per_second
+    added = (orch_load.pct(0.5) - direct_load.pct(0.5)) * 1e3
+    targets = [
+        ("runs/s through the orchestrator ≥ 50% of direct", f"{ratio:.0%}", ratio >= 0.5),
+        ("p50 added by the orchestrator ≤ 1 ms", f"{added:+.2f} ms", added <= 1.0),
+        (
+            f"frozen engine → re-dispatch ≤ 2 x {args.health_interval:g}s",
+            f"{detect:.2f} s",
+            detect <= 2 * args.health_interval,
+        ),
+    ]
+    print("\ntargets (issue 4), measured in this run")
+    for label, value, ok in targets:
+        print(f"  {label:52} {value:>10}  {'met' if ok else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
