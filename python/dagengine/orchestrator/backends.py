@@ -5,20 +5,26 @@ dispatch, failover and bookkeeping do not care which one runs a run.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from dagengine.engine import EngineClient, TLSConfig, build_run_request
+from dagengine.engine import AsyncEngineClient, AsyncRunStream, TLSConfig, build_run_request
 from dagengine.exceptions import DagEngineError, EngineError, EngineUnavailable
 from dagengine.results import NodeEvent, RunResult
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG, LocalRun, SubWorkflowRunner
 
-__all__ = ["Backend", "Engine", "Job", "LocalBackend", "RemoteBackend"]
+__all__ = ["Backend", "Engine", "Job", "LocalBackend", "LoopThread", "RemoteBackend"]
+
+log = logging.getLogger("dagengine.orchestrator")
+T = TypeVar("T")
 
 
 @dataclass
@@ -138,23 +144,89 @@ class LocalBackend:
             run.cancel()
 
 
+class LoopThread:
+    """One asyncio event loop on a daemon thread, shared by an orchestrator's remote engines:
+    every remote run is a coroutine here, so following hundreds of Run streams costs one
+    thread, not one each (with a thread per run, the GIL changed hands on every event)."""
+
+    def __init__(self, name: str = "dagengine-remote") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+
+    def _ensure(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self.loop.run_forever, name=self._name, daemon=True
+                )
+                self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop; its future is tracked until it is done."""
+        self._ensure()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def call(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` on the loop thread (grpc.aio objects live there)."""
+        self._ensure()
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for its result (never from the loop itself)."""
+        return self.submit(coro).result(timeout)
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the scheduled coroutines to finish."""
+        with self._lock:
+            pending = list(self._pending)
+        concurrent.futures.wait(pending, timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop the loop and its thread."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            thread.join(timeout=10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
 class RemoteBackend:
-    """Runs jobs on an engine process over gRPC (``EngineService.Run``)."""
+    """Runs jobs on an engine process over gRPC (``EngineService.Run``), as coroutines on a
+    shared :class:`LoopThread`."""
 
     def __init__(
         self,
         engine_id: str,
         address: str,
         capacity: int,
+        loop: LoopThread,
         *,
         tls: TLSConfig | None = None,
-        health_timeout: float = 2.0,
+        timeout: float = 5.0,
     ) -> None:
         self.engine_id = engine_id
         self.address = address
         self.capacity = capacity
-        self._client = EngineClient(address, tls=tls, timeout=health_timeout)
-        self._streams: dict[str, Any] = {}
+        self._loop = loop
+
+        async def make() -> AsyncEngineClient:
+            return AsyncEngineClient(address, tls=tls, timeout=timeout)
+
+        self._client = loop.run(make(), timeout=30)
+        self._streams: dict[str, AsyncRunStream] = {}
         self._abandoned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -167,6 +239,10 @@ class RemoteBackend:
         # Sub-workflow nodes on a remote engine call the orchestrator's RunSubWorkflow
         # themselves; the runner argument only serves in-process engines.
         del subworkflows
+        return self._loop.run(self.execute_async(job, on_event))
+
+    async def execute_async(self, job: Job, on_event: Callable[[NodeEvent], None]) -> RunResult:
+        """Run ``job`` and return its result (see :class:`Backend`); on the loop thread."""
         if job.spec is None:
             raise DagEngineError(
                 f"{job.workflow_id}@{job.version} has no portable spec (Python closures); "
@@ -187,14 +263,24 @@ class RemoteBackend:
         with self._lock:
             self._streams[job.run_id] = stream
         try:
-            with stream:
-                for item in stream:
+            async with stream:
+                async for item in stream:
                     if isinstance(item, RunResult):
                         return item
                     on_event(item)
             raise EngineUnavailable(
                 f"engine {self.engine_id} ({self.address}) ended run {job.run_id} without a result"
             )
+        except asyncio.CancelledError:
+            # grpc.aio ends a call we cancelled (abandon) with CancelledError, not RpcError.
+            with self._lock:
+                abandoned = job.run_id in self._abandoned
+            if not abandoned:
+                raise
+            raise EngineUnavailable(
+                f"engine {self.engine_id} ({self.address}) stopped answering during run "
+                f"{job.run_id}"
+            ) from None
         except EngineError as exc:
             with self._lock:
                 abandoned = job.run_id in self._abandoned
@@ -211,11 +297,16 @@ class RemoteBackend:
                 self._abandoned.discard(job.run_id)
 
     def cancel(self, run_id: str) -> None:
-        try:
-            self._client.cancel(run_id)
-        except EngineUnavailable:
-            # Gone anyway: its stream breaks and the run is settled then.
-            self.abandon(run_id)
+        async def cancel() -> None:
+            try:
+                await self._client.cancel(run_id)
+            except EngineUnavailable:
+                # Gone anyway: its stream breaks and the run is settled then.
+                self.abandon(run_id)
+            except EngineError:
+                log.warning("cancelling run %s on %s failed", run_id, self.engine_id, exc_info=True)
+
+        self._loop.submit(cancel())
 
     def abandon(self, run_id: str) -> None:
         """Stop listening to a run (the engine is presumed dead): its stream ends at once
@@ -225,7 +316,7 @@ class RemoteBackend:
             if stream is not None:
                 self._abandoned.add(run_id)
         if stream is not None:
-            stream.close()
+            self._loop.call(stream.close)
 
     def abandon_all(self) -> list[str]:
         """Abandon every run on this engine; returns their ids."""
@@ -233,18 +324,24 @@ class RemoteBackend:
             streams = dict(self._streams)
             self._abandoned.update(streams)
         for stream in streams.values():
-            stream.close()
+            self._loop.call(stream.close)
         return list(streams)
 
     def healthy(self) -> bool:
+        async def check() -> bool:
+            return await self._client.health() == "SERVING"
+
         try:
-            return self._client.health() == "SERVING"
+            return self._loop.run(check(), timeout=10)
         except Exception:  # any failure to answer is "not healthy"
             return False
 
     def close(self) -> None:
         self.abandon_all()
-        self._client.close()
+        try:
+            self._loop.run(self._client.close(), timeout=10)
+        except Exception:
+            log.warning("closing the client of engine %s failed", self.engine_id, exc_info=True)
 
 
 def default_engine_id() -> str:

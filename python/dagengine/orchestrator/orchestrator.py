@@ -39,7 +39,14 @@ from dagengine.exceptions import (
     RunNotFound,
     SubWorkflowError,
 )
-from dagengine.orchestrator.backends import Backend, Engine, Job, LocalBackend, RemoteBackend
+from dagengine.orchestrator.backends import (
+    Backend,
+    Engine,
+    Job,
+    LocalBackend,
+    LoopThread,
+    RemoteBackend,
+)
 from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, make_balancer
 from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.events import EventBus
@@ -339,7 +346,13 @@ class Orchestrator:
         self._stopping = False
         self._coordinator = SubWorkflowCoordinator(self, self.config.max_subworkflow_depth)
         self._specs: dict[tuple[str, str], pb.WorkflowSpec] = {}
-        self._workers: set[threading.Thread] = set()
+        # In-process runs block a thread for their duration (a parent waiting for its
+        # sub-workflow too), so the pool is sized for waiting, not for CPUs; threads are
+        # started only as needed. Remote runs are coroutines on one loop thread.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1024, thread_name_prefix="dagengine-run"
+        )
+        self._loop = LoopThread()
         #: The distributed side (discovery, health checks, gRPC), set by :meth:`from_config`.
         self.cluster: Cluster | None = None
         if embedded_engine:
@@ -394,7 +407,7 @@ class Orchestrator:
 
                 with EngineClient(engine, tls=self._tls, timeout=5.0) as client:
                     capacity = client.info().capacity
-            backend = RemoteBackend(engine_id, engine, capacity, tls=self._tls)
+            backend = RemoteBackend(engine_id, engine, capacity, self._loop, tls=self._tls)
         else:
             raise TypeError(
                 f"engine must be an Engine or a 'host:port' str, got {type(engine).__name__}"
@@ -649,10 +662,9 @@ class Orchestrator:
             slot.backend.close()
         # Workers see their runs end (cancelled or abandoned by close) and leave them in the
         # store as they are; wait for them before the store closes under them.
-        with self._lock:
-            workers = list(self._workers)
-        for worker in workers:
-            worker.join(timeout=10)
+        self._pool.shutdown(wait=True)
+        self._loop.drain(timeout=10)
+        self._loop.stop()
         with self._lock:
             pending = list(self._runs.values())
             self._runs.clear()
@@ -876,15 +888,12 @@ class Orchestrator:
                 engine_id=slot.engine_id,
                 data={"attempt": attempt},
             )
-            worker = threading.Thread(
-                target=self._work,
-                args=(run, slot, attempt),
-                name=f"dagengine-run-{run.run_id[:8]}",
-                daemon=True,
-            )
-            with self._lock:
-                self._workers.add(worker)
-            worker.start()
+            if isinstance(slot.backend, RemoteBackend):
+                # Remote runs are coroutines on one event loop (grpc.aio): a thread per run
+                # made the GIL change hands on every streamed event.
+                self._loop.submit(self._work_async(run, slot, attempt))
+            else:
+                self._pool.submit(self._work, run, slot, attempt)
 
     def _pop(self, run_id: str) -> None:
         if self._front and self._front[0] == run_id:
@@ -895,11 +904,36 @@ class Orchestrator:
     # -- internals: running ---------------------------------------------------------------
 
     def _work(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
+        """Run one attempt on an in-process engine (a pool thread)."""
+        job = self._prepare(run, slot, attempt)
+        if job is None:
+            return
         try:
-            self._work_attempt(run, slot, attempt)
-        finally:
-            with self._lock:
-                self._workers.discard(threading.current_thread())
+            result = slot.backend.execute(
+                job,
+                lambda event: self._on_event(run, slot, attempt, event),
+                self._coordinator.runner_for_local(run.run_id),
+            )
+        except BaseException as exc:
+            self._conclude(run, slot, attempt, None, exc)
+        else:
+            self._conclude(run, slot, attempt, result, None)
+
+    async def _work_async(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
+        """Run one attempt on a remote engine (a coroutine on the orchestrator's loop)."""
+        backend = slot.backend
+        assert isinstance(backend, RemoteBackend)
+        job = self._prepare(run, slot, attempt)
+        if job is None:
+            return
+        try:
+            result = await backend.execute_async(
+                job, lambda event: self._on_event(run, slot, attempt, event)
+            )
+        except BaseException as exc:
+            self._conclude(run, slot, attempt, None, exc)
+        else:
+            self._conclude(run, slot, attempt, result, None)
 
     def _release(self, run: _Run, slot: _EngineSlot) -> None:
         with self._lock:
@@ -908,22 +942,23 @@ class Orchestrator:
             run.engine_id = None
             self._wakeup.notify_all()
 
-    def _work_attempt(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
+    def _prepare(self, run: _Run, slot: _EngineSlot, attempt: int) -> Job | None:
+        """The job of this attempt, or ``None`` when there is nothing to run (settled here)."""
         wv = run.version
         if wv.dag is None:  # checked at submission and recovery; kept for the type checker
             self._release(run, slot)
             self._settle(
                 run, attempt, self._failed_result(run, DagEngineError(f"{wv} cannot run")), None
             )
-            return
+            return None
         if run.cancel_requested or self._stopping:
             # Cancelled (or the orchestrator stopped) between its dispatch and now: the
             # engine never heard of it, so its cancel went nowhere.
             self._release(run, slot)
             if run.cancel_requested:
                 self._settle(run, attempt, self._cancelled_result(run), None)
-            return
-        job = Job(
+            return None
+        return Job(
             run_id=run.run_id,
             attempt=attempt,
             workflow_id=wv.workflow_id,
@@ -931,37 +966,40 @@ class Orchestrator:
             dag=wv.dag,
             spec=self._spec(wv),
             inputs=run.inputs,
-            completed=self.store.node_outputs(run.run_id),
+            # Outputs are only ever stored for a running attempt: a first attempt has none.
+            completed=self.store.node_outputs(run.run_id) if attempt > 1 else {},
             depth=run.depth,
             parent_run_id=run.parent_run_id,
             parent_node_id=run.parent_node_id,
             deadline=run.deadline,
         )
 
-        def on_event(event: NodeEvent) -> None:
-            self._on_event(run, slot, attempt, event)
-
-        result: RunResult | None = None
+    def _conclude(
+        self,
+        run: _Run,
+        slot: _EngineSlot,
+        attempt: int,
+        result: RunResult | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Settle an attempt from what its backend returned or raised."""
         lost: str | None = None
-        try:
-            result = slot.backend.execute(
-                job, on_event, self._coordinator.runner_for_local(run.run_id)
-            )
+        if exc is None:
+            assert result is not None
             if (
                 result.error is not None
                 and result.error.type == "EngineDraining"
                 and not run.cancel_requested
             ):
                 lost = f"engine {slot.engine_id} drained"
-        except EngineUnavailable as exc:
+        elif isinstance(exc, EngineUnavailable):
             lost = str(exc)
-        except DagEngineError as exc:
+        elif isinstance(exc, DagEngineError):
             result = self._failed_result(run, exc)
-        except Exception as exc:  # a run must always settle
-            log.exception("run %s on %s failed unexpectedly", run.run_id, slot.engine_id)
+        else:  # a run must always settle
+            log.error("run %s on %s failed unexpectedly", run.run_id, slot.engine_id, exc_info=exc)
             result = self._failed_result(run, exc)
-        finally:
-            self._release(run, slot)
+        self._release(run, slot)
         ended_by_stop = lost is not None or (
             result is not None and result.status is not RunStatus.SUCCEEDED
         )
@@ -1033,30 +1071,38 @@ class Orchestrator:
             self._wakeup.notify_all()
 
     def _settle(self, run: _Run, attempt: int, result: RunResult, engine_id: str | None) -> None:
+        """Record a run's end (fenced by ``attempt``) and then tell its waiters. The record is
+        committed with the store's next group, so settling never waits for the disk on the
+        caller's thread (the event loop of remote runs)."""
         error = result.error.to_dict() if result.error is not None else None
-        stored = self.store.finish_run(
-            run.run_id, attempt, result.status.value, result.to_dict(), error
+
+        def recorded(stored: bool) -> None:
+            if not stored:
+                # A newer attempt owns the run: this result is stale.
+                return
+            with self._lock:
+                self._runs.pop(run.run_id, None)
+            self.events.publish(
+                {
+                    "succeeded": "run.completed",
+                    "failed": "run.failed",
+                    "cancelled": "run.cancelled",
+                }[result.status.value],
+                workflow_id=run.version.workflow_id,
+                run_id=run.run_id,
+                engine_id=engine_id,
+                data={
+                    "attempt": attempt,
+                    "duration": result.duration,
+                    **({"error": error} if error else {}),
+                },
+            )
+            if not run.future.done():
+                run.future.set_result(result)
+
+        self.store.finish_run_later(
+            run.run_id, attempt, result.status.value, result.to_dict(), error, recorded
         )
-        if not stored:
-            # A newer attempt owns the run: this result is stale.
-            return
-        with self._lock:
-            self._runs.pop(run.run_id, None)
-        self.events.publish(
-            {"succeeded": "run.completed", "failed": "run.failed", "cancelled": "run.cancelled"}[
-                result.status.value
-            ],
-            workflow_id=run.version.workflow_id,
-            run_id=run.run_id,
-            engine_id=engine_id,
-            data={
-                "attempt": attempt,
-                "duration": result.duration,
-                **({"error": error} if error else {}),
-            },
-        )
-        if not run.future.done():
-            run.future.set_result(result)
 
     def _settle_cancelled_in_queue(self, run: _Run) -> None:
         self._settle(run, run.attempt, self._cancelled_result(run), None)

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +293,8 @@ class Store:
         # Group commit of events and node outputs (see append_event_later). Lock order:
         # self._lock (the database) before self._pending_cv, never the other way round.
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        # Committed run ends whose callbacks are still to run (see _run_ready).
+        self._ready: list[tuple[Callable[[bool], None], bool]] = []
         self._pending_cv = threading.Condition(threading.Lock())
         self._writer: threading.Thread | None = None
         self._closing = False
@@ -385,6 +387,7 @@ class Store:
         with self._lock:
             self._flush_locked()
             self._db.close()
+        self._run_ready()
 
     # -- group commit --
 
@@ -423,21 +426,40 @@ class Store:
                 _log.exception("writing events and node outputs to %s failed", self.path)
 
     def flush(self) -> None:
-        """Commit the pending events and node outputs now (readers of them call this)."""
+        """Commit the pending events, node outputs and run ends now (readers call this)."""
         with self._lock:
             self._flush_locked()
+        self._run_ready()
+
+    def _run_ready(self) -> None:
+        """Tell the waiters of committed run ends (never under the database lock: a callback
+        may take locks of its own that are held elsewhere while calling the store)."""
+        with self._pending_cv:
+            ready, self._ready = self._ready, []
+        for done, recorded in ready:
+            try:
+                done(recorded)
+            except Exception:
+                _log.exception("a run-finished callback failed")
 
     def _flush_locked(self) -> None:
         with self._pending_cv:
             pending, self._pending = self._pending, []
         if not pending:
             return
+        finished: list[tuple[Callable[[bool], None], bool]] = []
         with self.transaction():
             for kind, row in pending:
                 if kind == "event":
                     self._db.execute(_INSERT_EVENT, row)
-                else:
+                elif kind == "output":
                     self._db.execute(_INSERT_OUTPUT, row)
+                else:
+                    sql, params, done = row
+                    finished.append((done, self._db.execute(sql, params).rowcount == 1))
+        if finished:
+            with self._pending_cv:
+                self._ready.extend(finished)
 
     def __enter__(self) -> Store:
         return self
@@ -622,19 +644,14 @@ class Store:
             )
             return cursor.rowcount == 1
 
-    def finish_run(
-        self,
+    @staticmethod
+    def _finish_row(
         run_id: str,
         attempt: int | None,
         status: str,
-        result: Mapping[str, Any] | None = None,
-        error: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """Record the end of a run, if it is unfinished and ``attempt`` is its current attempt
-        (``None``: whatever the attempt, for a cancellation decided by the orchestrator).
-        Returns whether it was recorded; a late result from an old attempt returns ``False``
-        and changes nothing."""
-        self.flush()  # pending outputs of the current attempt go in first
+        result: Mapping[str, Any] | None,
+        error: Mapping[str, Any] | None,
+    ) -> tuple[str, list[Any]]:
         _check_status(status, FINISHED_STATUSES)
         sql = """UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ?
                  WHERE run_id = ? AND status IN ('queued', 'running')"""
@@ -648,8 +665,39 @@ class Store:
         if attempt is not None:
             sql += " AND attempt = ?"
             params.append(attempt)
+        return sql, params
+
+    def finish_run(
+        self,
+        run_id: str,
+        attempt: int | None,
+        status: str,
+        result: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record the end of a run, if it is unfinished and ``attempt`` is its current attempt
+        (``None``: whatever the attempt, for a cancellation decided by the orchestrator).
+        Returns whether it was recorded; a late result from an old attempt returns ``False``
+        and changes nothing."""
+        self.flush()  # pending outputs of the current attempt go in first
+        sql, params = self._finish_row(run_id, attempt, status, result, error)
         with self.transaction():
             return self._db.execute(sql, params).rowcount == 1
+
+    def finish_run_later(
+        self,
+        run_id: str,
+        attempt: int | None,
+        status: str,
+        result: Mapping[str, Any] | None,
+        error: Mapping[str, Any] | None,
+        done: Callable[[bool], None],
+    ) -> None:
+        """Like :meth:`finish_run`, committed with the next group (after the outputs queued
+        before it); ``done(recorded)`` is called once it is committed, outside the store's
+        lock, on the thread that committed it."""
+        sql, params = self._finish_row(run_id, attempt, status, result, error)
+        self._later("finish", (sql, tuple(params), done))
 
     # -- node outputs --
 
@@ -666,7 +714,9 @@ class Store:
                     _INSERT_OUTPUT,
                     (run_id, node_id, attempt, _dumps(dict(output)), run_id, attempt),
                 )
-                return cursor.rowcount == 1
+                stored = cursor.rowcount == 1
+        self._run_ready()
+        return stored
 
     def save_node_output_later(
         self, run_id: str, node_id: str, attempt: int, output: Mapping[str, Any]
@@ -724,6 +774,7 @@ class Store:
                 self._next_seq += 1
             with self.transaction():
                 self._db.execute(_INSERT_EVENT, row)
+        self._run_ready()
         return seq
 
     def append_event_later(
