@@ -27,15 +27,11 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from dagengine import DAG, LuaExecutor, Node
+from bench_service import Load, drive, workflow
 from dagengine.engine import EngineClient, build_run_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,70 +56,6 @@ server.start()
 print(port, flush=True)
 server.wait_for_termination()
 """
-
-
-def workflow() -> DAG:
-    """The 3-node Lua workflow: extract -> transform -> load."""
-    dag = DAG("bench-3", "1.0.0")
-    dag.add_node(Node("extract", [], LuaExecutor("return {rows = {1, 2, 3, 4, 5}}")))
-    dag.add_node(
-        Node(
-            "transform",
-            ["extract"],
-            LuaExecutor(
-                "local s = 0 for _, v in ipairs(results.extract.rows) do s = s + v end "
-                "return {total = s * inputs.factor}"
-            ),
-        )
-    )
-    dag.add_node(
-        Node("load", ["transform"], LuaExecutor("return {saved = results.transform.total}"))
-    )
-    return dag
-
-
-@dataclass
-class Load:
-    """Calls made at a given concurrency."""
-
-    name: str
-    in_flight: int
-    calls: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def per_second(self) -> float:
-        return self.calls / self.seconds
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def drive(name: str, call: Callable[[], object], in_flight: int, total: int) -> Load:
-    """Make ``total`` calls with ``in_flight`` threads, timing each."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(total))
-
-    def worker() -> None:
-        local: list[float] = []
-        while True:
-            with lock:
-                if next(counter, None) is None:
-                    break
-            t0 = time.perf_counter()
-            call()
-            local.append(time.perf_counter() - t0)
-        with lock:
-            latencies.extend(local)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(in_flight) as pool:
-        for f in [pool.submit(worker) for _ in range(in_flight)]:
-            f.result()
-    return Load(name, in_flight, total, time.perf_counter() - start, latencies)
 
 
 def start_process(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], str]:
@@ -188,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         echo_rpc = channel.unary_unary("/bench.Echo/Echo", lambda b: b, lambda b: b)
         run_counter = iter(range(10**9))
 
-        def run_once() -> object:
+        def run_once(_: int = 0) -> object:
             """``EngineClient.run``: the engine streams only the result."""
             result = client.run(request.workflow, {"factor": 3}, run_id=f"r{next(run_counter)}")
             if result.status.value != "succeeded":
                 raise SystemExit(f"benchmark run failed: {result.error}")
             return result
 
-        def stream_once() -> object:
+        def stream_once(_: int = 0) -> object:
             """``EngineClient.stream``: every event, as an orchestrator reads them."""
             req = build_run_request(request.workflow, {"factor": 3}, run_id=f"s{next(run_counter)}")
             result = client.stream_request(req).wait()
@@ -203,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"benchmark run failed: {result.error}")
             return result
 
-        def echo_once() -> object:
+        def echo_once(_: int = 0) -> object:
             return echo_rpc(payload)
 
         for _ in range(200):  # warm-up: connections, compiled chunks, pools

@@ -27,79 +27,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from dagengine import DAG, LuaExecutor, Node
+from bench_service import drive, workflow
 from dagengine.engine import EngineClient
 from dagengine.orchestrator import Config, Monitor, Orchestrator
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def workflow() -> DAG:
-    """extract -> transform -> load, all Lua."""
-    dag = DAG("bench-3", "1.0.0")
-    dag.add_node(Node("extract", [], LuaExecutor("return {rows = {1, 2, 3, 4, 5}}")))
-    dag.add_node(
-        Node(
-            "transform",
-            ["extract"],
-            LuaExecutor(
-                "local s = 0 for _, v in ipairs(results.extract.rows) do s = s + v end "
-                "return {total = s * inputs.factor}"
-            ),
-        )
-    )
-    dag.add_node(
-        Node("load", ["transform"], LuaExecutor("return {saved = results.transform.total}"))
-    )
-    return dag
-
-
-@dataclass
-class Load:
-    name: str
-    calls: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def per_second(self) -> float:
-        return self.calls / self.seconds
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def drive(name: str, call: Callable[[int], object], in_flight: int, total: int) -> Load:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(total))
-
-    def worker() -> None:
-        local: list[float] = []
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                break
-            t0 = time.perf_counter()
-            call(i)
-            local.append(time.perf_counter() - t0)
-        with lock:
-            latencies.extend(local)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(in_flight) as pool:
-        for f in [pool.submit(worker) for _ in range(in_flight)]:
-            f.result()
-    return Load(name, total, time.perf_counter() - start, latencies)
 
 
 def start_engine(engine_id: str) -> tuple[subprocess.Popen[str], str]:
