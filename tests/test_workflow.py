@@ -15,6 +15,7 @@ from dagengine import (
     DAG,
     DuplicateNodeError,
     LocalRun,
+    LuaExecutor,
     Node,
     NodeContext,
     NodeEvent,
@@ -706,3 +707,32 @@ def test_sync_event_iterator_ends_with_the_run() -> None:
     assert kinds[0] == "run_started"
     assert kinds[-1] == "run_finished"
     assert handle.wait().ok
+
+
+def test_runs_of_one_dag_can_start_from_many_threads_at_once() -> None:
+    """The native graph is shared by every run of a DAG: concurrent starts (an orchestrator's
+    workers) must neither collide on it nor fail, including the very first ones."""
+    dag = DAG()
+    dag.add_node(Node("a", [], LuaExecutor("return {x = 1}")))
+    dag.add_node(Node("b", ["a"], LuaExecutor("return {y = results.a.x + 1}")))
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(50):
+            try:
+                result = dag.start({}).wait(timeout=30)
+                ok = result.status is RunStatus.SUCCEEDED and result.outputs["b"] == {"y": 2}
+                problem = None if ok else str(result.error)
+            except Exception as exc:
+                problem = repr(exc)
+            if problem is not None:
+                with lock:
+                    failures.append(problem)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert failures == []

@@ -679,6 +679,9 @@ class DAG:
         self._nodes: dict[str, Node] = {}
         self._ref: _core.DagRef | None = None
         self._validated = False
+        # The native graph is shared by every run of this DAG; building, validating and
+        # starting it are serialised, so runs may be started from many threads at once.
+        self._native_lock = threading.RLock()
 
     # -- building --
 
@@ -722,13 +725,14 @@ class DAG:
 
     def _native(self) -> _core.DagRef:
         """The native graph, rebuilt after nodes changed."""
-        if self._ref is None:
-            ref = _core.DagRef()
-            for node in self._nodes.values():
-                _add_native(ref, node)
-            self._ref = ref
-            self._validated = False
-        return self._ref
+        with self._native_lock:
+            if self._ref is None:
+                ref = _core.DagRef()
+                for node in self._nodes.values():
+                    _add_native(ref, node)
+                self._ref = ref
+                self._validated = False
+            return self._ref
 
     # -- validation and structure --
 
@@ -736,9 +740,10 @@ class DAG:
         """Validate the graph (unknown dependencies, self-dependencies, cycles — the error
         names the problem; a :class:`CycleError` carries the cycle path) and compute its order.
         Returns ``self``. Runs do this automatically; call it to fail early."""
-        if not self._validated:
-            self._native().preprocess()
-            self._validated = True
+        with self._native_lock:
+            if not self._validated:
+                self._native().preprocess()
+                self._validated = True
         return self
 
     def topological_order(self) -> list[str]:
@@ -790,17 +795,21 @@ class DAG:
         if completed is not None:
             completed = _check_completed(completed, self._nodes)
         self.preprocess()
-        ref = self._native().start(
-            native_inputs,
-            run_id,
-            _make_invoke(_loop, subworkflow_runner),
-            max_parallel=_check_positive_int(max_parallel, "max_parallel") or self.max_parallel,
-            fail_fast=self.fail_fast if fail_fast is None else bool(fail_fast),
-            timeout=self.timeout if timeout is None else _check_timeout(timeout, "timeout"),
-            completed=completed,
-            events=events,
-            event_outputs=event_outputs,
-        )
+        invoke = _make_invoke(_loop, subworkflow_runner)
+        max_parallel = _check_positive_int(max_parallel, "max_parallel") or self.max_parallel
+        run_timeout = self.timeout if timeout is None else _check_timeout(timeout, "timeout")
+        with self._native_lock:
+            ref = self._native().start(
+                native_inputs,
+                run_id,
+                invoke,
+                max_parallel=max_parallel,
+                fail_fast=self.fail_fast if fail_fast is None else bool(fail_fast),
+                timeout=run_timeout,
+                completed=completed,
+                events=events,
+                event_outputs=event_outputs,
+            )
         return LocalRun(ref)
 
     def run(

@@ -64,6 +64,11 @@ impl DagRef {
     }
 
     fn preprocess_inner(&mut self, py: Python<'_>) -> PyResult<()> {
+        // Already validated: return without releasing the GIL, which would let another thread
+        // try to borrow this object while we hold it mutably.
+        if self.dag.is_preprocessed() {
+            return Ok(());
+        }
         let dag = &mut self.dag;
         py.detach(|| dag.preprocess())
             .map_err(|e| errors::graph_error(py, &e))
