@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -86,7 +86,9 @@ __all__ = [
     "EngineInfo",
     "EventStream",
     "RunStream",
+    "SelfRegistrar",
     "TLSConfig",
+    "advertise_address",
     "build_run_request",
     "encode_inputs",
     "event_from_proto",
@@ -1331,6 +1333,185 @@ def subworkflow_runner_from_env(env: Mapping[str, str] | None = None) -> SubWork
     return OrchestratorSubWorkflowRunner(address)
 
 
+def split_address(text: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) into host and port; raises ``ValueError``
+    when it is not one."""
+    raw = text.strip()
+    host, sep, port_text = raw.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # a bare IPv6 address needs brackets to carry a port
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() else -1
+    if not sep or not host or not 0 < port < 65536 or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r} is not host:port (e.g. engine-1:50051 or [::1]:50051)")
+    return host, port
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+
+
+def advertise_address(host: str, port: int, orchestrator: str | None = None) -> str:
+    """The ``host:port`` an engine listening on ``host``:``port`` tells the orchestrator to
+    dial: ``host`` itself when it is a concrete address; for a wildcard (``0.0.0.0``, ``::``)
+    the local IP address the route to ``orchestrator`` leaves from (no packet is sent), else
+    the IP address of this machine's host name, else the host name."""
+    if host not in _WILDCARD_HOSTS:
+        return _join_host_port(host.strip("[]"), port)
+    if orchestrator:
+        with contextlib.suppress(OSError, ValueError):
+            target_host, target_port = split_address(orchestrator)
+            family = socket.AF_INET6 if ":" in target_host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target_host, target_port))
+                local = str(probe.getsockname()[0])
+            if local not in _WILDCARD_HOSTS:
+                return _join_host_port(local, port)
+    name = socket.gethostname()
+    try:
+        return _join_host_port(socket.gethostbyname(name), port)
+    except OSError:
+        return _join_host_port(name, port)
+
+
+#: Trailing metadata key carrying why ``RegisterEngine`` answered ``accepted=false``.
+REFUSAL_REASON_KEY = "dagengine-refusal-reason"
+
+
+class SelfRegistrar:
+    """Keeps an engine registered with an orchestrator (``OrchestratorService.
+    RegisterEngine``): registers at :meth:`start`, then again every
+    ``heartbeat_interval_seconds`` the orchestrator answers with. While the orchestrator is
+    unreachable it retries with exponential backoff (``backoff_initial`` doubling up to
+    ``backoff_max`` seconds); a refusal is logged with the orchestrator's reason and retried
+    at the heartbeat interval. Problems are logged once per change of state (``log`` gets
+    one line each), not once per attempt. :meth:`stop` ends it (the engine is draining)."""
+
+    def __init__(
+        self,
+        orchestrator: str,
+        engine_id: str,
+        address: str,
+        capacity: int,
+        version: str = "",
+        *,
+        tls: TLSConfig | None = None,
+        log: Callable[[str], None] | None = None,
+        call_timeout: float = 5.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.request = pb.RegisterEngineRequest(
+            engine_id=engine_id, address=address, capacity=capacity, version=version
+        )
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._call_timeout = call_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        options = _channel_options(tls, 4 * MiB, DEFAULT_KEEPALIVE_SECONDS)
+        self._channel = (
+            grpc.insecure_channel(orchestrator, options=options)
+            if tls is None
+            else grpc.secure_channel(orchestrator, tls.credentials(), options=options)
+        )
+        self._rpc = self._channel.unary_unary(
+            "/dagengine.v1.OrchestratorService/RegisterEngine",
+            request_serializer=pb.RegisterEngineRequest.SerializeToString,
+            response_deserializer=pb.RegisterEngineResponse.FromString,
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = ""  # the last state logged
+        self._delay = 0.0  # the current retry backoff
+        #: Accepted registrations so far (heartbeats included).
+        self.registrations = 0
+        #: Whether the last attempt was accepted.
+        self.registered = False
+
+    def start(self) -> SelfRegistrar:
+        """Register now (in the background) and keep heartbeating."""
+        if self._thread is not None:
+            raise RuntimeError("self-registration already started")
+        self._thread = threading.Thread(
+            target=self._run, name="dagengine-self-registration", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop heartbeating (the orchestrator drops the engine when its registration
+        expires, or sooner when its health checks see it draining or gone)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._channel.close()
+
+    def _note(self, state: str, line: str) -> None:
+        if state != self._state:
+            self._state = state
+            self._log(line)
+
+    def register_once(self) -> float:
+        """One ``RegisterEngine`` call; returns the seconds to wait before the next one."""
+        who = f"engine {self.request.engine_id} ({self.request.address})"
+        try:
+            reply, call = self._rpc.with_call(self.request, timeout=self._call_timeout)
+        except grpc.RpcError as err:
+            self.registered = False
+            code = _rpc_code(err)
+            name = code.name if code is not None else "UNKNOWN"
+            self._delay = (
+                min(self._delay * 2, self._backoff_max) if self._delay else self._backoff_initial
+            )
+            self._note(
+                f"error:{name}:{_rpc_details(err)}",
+                f"dagengine {who}: cannot register with orchestrator {self.orchestrator} "
+                f"({name}: {_rpc_details(err)}); retrying with backoff up to "
+                f"{self._backoff_max:g}s",
+            )
+            return self._delay
+        self._delay = 0.0
+        interval = reply.heartbeat_interval_seconds
+        if not interval > 0 or interval != interval:
+            interval = 10.0
+        interval = min(max(interval, 0.05), 3600.0)
+        if not reply.accepted:
+            self.registered = False
+            reason = ""
+            for key, value in call.trailing_metadata() or ():
+                if key == REFUSAL_REASON_KEY:
+                    reason = value if isinstance(value, str) else value.decode()
+            self._note(
+                f"refused:{reason}",
+                f"dagengine {who}: orchestrator {self.orchestrator} refused the registration: "
+                f"{reason or 'no reason given'}; retrying every {interval:g}s",
+            )
+            return interval
+        self.registered = True
+        self.registrations += 1
+        self._note(
+            "registered",
+            f"dagengine {who}: registered with orchestrator {self.orchestrator} "
+            f"(heartbeat every {interval:g}s)",
+        )
+        return interval
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self.register_once()
+            except Exception as exc:  # never let the heartbeat thread die
+                self._note(f"bug:{exc}", f"dagengine: self-registration failed: {exc!r}")
+                wait = self._backoff_max
+            if self._stop.wait(wait):
+                return
+
+
 class _Resolver:
     """``resolve(kind, reference)`` for the core: python import paths and sub-workflow
     references, each resolved once per engine (a class is instantiated once)."""
@@ -1384,6 +1565,9 @@ def serve_engine(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     drain_grace: float = 25.0,
     subworkflow_runner: SubWorkflowRunner | None = None,
+    orchestrator_address: str | None = None,
+    self_register: bool = False,
+    advertise: str | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
 ) -> int:
@@ -1395,7 +1579,12 @@ def serve_engine(
     (``UNAVAILABLE``, health ``NOT_SERVING``), running ones get ``drain_grace`` seconds to
     finish, the rest are cancelled; then the server stops. Python nodes resolve their
     ``module:function`` import paths in this process; sub-workflow nodes go through
-    ``subworkflow_runner`` (default: :func:`subworkflow_runner_from_env`).
+    ``subworkflow_runner`` (default: ``RunSubWorkflow`` on the orchestrator at
+    ``orchestrator_address``, else :func:`subworkflow_runner_from_env`).
+
+    With ``self_register`` the engine registers with that orchestrator right after it
+    starts, as ``advertise`` (``host:port``; default: see :func:`advertise_address`), and
+    keeps heartbeating (:class:`SelfRegistrar`) until it drains.
 
     Must run on the main thread (it installs signal handlers). Raises
     :class:`EngineStartError` if a module does not import or the server cannot start.
@@ -1403,8 +1592,26 @@ def serve_engine(
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
     engine_id = engine_id or os.environ.get("ENGINE_ID") or socket.gethostname()
+    if orchestrator_address is None:
+        orchestrator_address = os.environ.get("ORCHESTRATOR_ADDRESS", "").strip() or None
+    if self_register and orchestrator_address is None:
+        raise EngineStartError(
+            "self-registration needs the orchestrator's address (--orchestrator HOST:PORT or "
+            "ORCHESTRATOR_ADDRESS)"
+        )
+    for what, value in (("orchestrator", orchestrator_address), ("advertise", advertise)):
+        if value is not None:
+            try:
+                split_address(value)
+            except ValueError as exc:
+                raise EngineStartError(f"{what} address: {exc}") from None
     _import_modules(imports)
-    runner = subworkflow_runner if subworkflow_runner is not None else subworkflow_runner_from_env()
+    if subworkflow_runner is not None:
+        runner = subworkflow_runner
+    elif orchestrator_address is not None:
+        runner = OrchestratorSubWorkflowRunner(orchestrator_address)
+    else:
+        runner = _no_orchestrator
     server = _core.EngineServerRef(
         engine_id,
         _make_invoke(None, runner),
@@ -1425,15 +1632,29 @@ def serve_engine(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    registrar: SelfRegistrar | None = None
     try:
         print(f"dagengine engine {engine_id} listening on {host}:{server.port}", file=out)
         out.flush()
+        if self_register and orchestrator_address is not None:
+            from dagengine import __version__
+
+            registrar = SelfRegistrar(
+                orchestrator_address,
+                engine_id,
+                advertise or advertise_address(host, server.port, orchestrator_address),
+                capacity,
+                __version__,
+                log=lambda line: print(line, file=err, flush=True),
+            ).start()
         # The wait releases the GIL in the core and returns often enough for the signal
         # handler (which only runs on this thread, between calls) to be seen promptly.
         while not stop.is_set():
             if server.wait_stopped(0.2):
                 print(f"dagengine engine {engine_id}: server stopped", file=err)
                 return 1
+        if registrar is not None:
+            registrar.stop()
         print(
             f"dagengine engine {engine_id}: {received[0]}: draining "
             f"(refusing new runs, {drain_grace:g}s grace for running ones)",
@@ -1451,6 +1672,8 @@ def serve_engine(
         )
         return 0
     finally:
+        if registrar is not None:
+            registrar.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.stop()
