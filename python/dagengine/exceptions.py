@@ -49,6 +49,7 @@ __all__ = [
     "SpecError",
     "StoreError",
     "SubWorkflowError",
+    "TriggerError",
     "UnknownDependencyError",
     "ValidationError",
     "VersionConflict",
@@ -418,6 +419,16 @@ class QueueFull(DagEngineError):
     def __init__(self, message: str = "", /, *, limit: int | None = None) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class TriggerError(DagEngineError, ValueError):
+    """A trigger cannot be built or started: a bad cron expression or time zone, an HTTP
+    path that clashes with another, a port already taken, a trigger started twice.
+    ``trigger_id`` names it."""
+
+    def __init__(self, message: str = "", /, *, trigger_id: str | None = None) -> None:
+        super().__init__(message)
+        self.trigger_id = trigger_id
 
 
 #: Every exception class of this module, by class name, so a recorded error

@@ -1,0 +1,770 @@
+"""The HTTP front door: one Starlette app for every HTTP trigger and the REST API.
+
+Routes (the OpenAPI document at ``GET /openapi.json`` describes each; see
+:mod:`dagengine.api.openapi`):
+
+=================================== ===========================================================
+``POST <trigger path>``             fire an HTTP trigger: 200 result (sync) / 202 run id (async)
+``GET /workflows``                  registered workflows
+``POST /workflows``                 register a version from a spec (JSON ``{"spec": ...}`` or
+                                    raw YAML with a YAML content type)
+``GET /workflows/{id}``             one workflow's versions
+``POST /workflows/{id}/runs``       start a run (``{"inputs", "version", "wait", "timeout"}``)
+``GET /runs``                       runs, newest first (``workflow_id``, ``status``, ``limit``,
+                                    ``offset``)
+``GET /runs/{id}``                  a run with its node states
+``POST /runs/{id}/cancel``          cancel a run
+``GET /runs/{id}/events``           the run's events as server-sent events
+``GET /healthz``, ``GET /metrics``  liveness, Prometheus metrics
+=================================== ===========================================================
+
+Errors are JSON ``{"error": message, "type": class}``: 400 bad body, 401 authentication, 404
+unknown workflow/run/path, 405 wrong method, 409 version conflict, 413 body too large, 429
+queue full (with ``Retry-After``), 503 shutting down. Anything unexpected is a 500 with
+``{"error": "internal error", "id": ...}`` — the traceback goes to the log under that id,
+never to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, Final
+
+import yaml
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dagengine.api.metrics import CONTENT_TYPE, Metrics
+from dagengine.api.openapi import openapi_document
+from dagengine.exceptions import (
+    DagEngineError,
+    NoMatchingVersion,
+    QueueFull,
+    RunNotFound,
+    SpecError,
+    TriggerError,
+    ValidationError,
+    VersionConflict,
+    VersionNotFound,
+    WorkflowNotFound,
+)
+from dagengine.orchestrator.store import RUN_STATUSES
+from dagengine.triggers.base import publish_trigger_event, trigger_inputs
+from dagengine.triggers.http import DEFAULT_MAX_BODY_BYTES, HTTPTrigger
+
+__all__ = ["Api", "ApiError", "create_app", "run_to_dict"]
+
+log = logging.getLogger("dagengine.api")
+
+_TERMINAL_EVENTS: Final = frozenset({"run.completed", "run.failed", "run.cancelled"})
+_FINISHED: Final = frozenset({"succeeded", "failed", "cancelled"})
+_YAML_TYPES: Final = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+#: Seconds between SSE keep-alive comments (proxies close idle connections).
+SSE_KEEPALIVE: Final = 15.0
+#: Seconds ``POST /runs/{id}/cancel`` waits for the cancelled run to settle before answering.
+CANCEL_WAIT: Final = 2.0
+_ALL_METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class ApiError(Exception):
+    """A client error with its HTTP status (rendered as ``{"error": message}``)."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _error_response(
+    status: int, message: str, kind: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if kind is not None:
+        body["type"] = kind
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def _from_domain(exc: DagEngineError) -> ApiError:
+    """The HTTP status of a dagengine error raised while serving a request."""
+    if isinstance(exc, QueueFull):
+        return ApiError(429, str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, RunNotFound | WorkflowNotFound | VersionNotFound | NoMatchingVersion):
+        return ApiError(404, str(exc))
+    if isinstance(exc, VersionConflict):
+        return ApiError(409, str(exc))
+    if isinstance(exc, ValidationError | TriggerError):
+        return ApiError(400, str(exc))
+    if "stopped" in str(exc):
+        return ApiError(503, str(exc), headers={"Retry-After": "5"})
+    return ApiError(409, str(exc))
+
+
+# -- request bodies ------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 past ``limit`` bytes: by ``Content-Length`` before
+    reading, and by counting while reading (a chunked body has no length)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ApiError(400, "invalid Content-Length")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(body: bytes, what: str = "request body") -> dict[str, Any]:
+    """``body`` as a JSON object, or a 400 saying what is wrong with it."""
+    if not body.strip():
+        raise ApiError(400, f"empty {what}: expected a JSON object")
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ApiError(400, f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"{what} must be a JSON object, got {_json_type(data)}")
+    return data
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _field(data: Mapping[str, Any], name: str, types: tuple[type, ...], expected: str) -> Any:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise ApiError(400, f"{name!r} must be {expected}, got {_json_type(value)}")
+    return value
+
+
+# -- representations -----------------------------------------------------------------------
+
+
+def run_to_dict(
+    info: Any, *, detail: bool = True, completed: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A run as the API shows it. ``detail`` adds ``outputs`` and ``nodes`` (node id ->
+    status, attempts, times, output, error) from its result — or, while it runs, the nodes
+    completed so far (``completed``: node id -> output)."""
+    out: dict[str, Any] = {
+        "run_id": info.run_id,
+        "workflow_id": info.workflow_id,
+        "version": info.version,
+        "status": info.status,
+        "attempt": info.attempt,
+        "engine_id": info.engine_id,
+        "parent_run_id": info.parent_run_id,
+        "created_at": info.created_at,
+        "started_at": info.started_at,
+        "finished_at": info.finished_at,
+        "error": dict(info.error) if info.error is not None else None,
+    }
+    if not detail:
+        return out
+    out["resolved_versions"] = dict(info.resolved_versions)
+    result = info.result
+    if result is not None:
+        data = result.to_dict()
+        out["duration"] = data["duration"]
+        out["outputs"] = data["outputs"]
+        out["nodes"] = data["nodes"]
+    else:
+        out["duration"] = None
+        out["outputs"] = dict(completed or {})
+        out["nodes"] = {
+            node_id: {"status": "succeeded", "output": output}
+            for node_id, output in (completed or {}).items()
+        }
+    return out
+
+
+def _sse(event: Any) -> bytes:
+    data = json.dumps(event.to_dict(), separators=(",", ":"), default=str)
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+class Api:
+    """The state behind the routes: the orchestrator, HTTP triggers by path, limits, metrics.
+    Reached as ``app.state.api``."""
+
+    def __init__(
+        self,
+        orchestrator: Any,
+        *,
+        triggers: Iterable[HTTPTrigger] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        api_token: str | None = None,
+        allow_python_specs: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.orch = orchestrator
+        self.max_body_bytes = max_body_bytes
+        self.api_token = api_token
+        self.allow_python_specs = allow_python_specs
+        self.metrics = metrics
+        self.triggers: dict[str, HTTPTrigger] = {}
+        self._monitor: Any = None
+        for trigger in triggers:
+            self.add_trigger(trigger)
+
+    def add_trigger(self, trigger: HTTPTrigger) -> None:
+        """Serve ``trigger`` at its path (:class:`TriggerError` if the path is taken)."""
+        other = self.triggers.get(trigger.path)
+        if other is not None and other is not trigger:
+            raise TriggerError(
+                f"http trigger {trigger.id!r}: path {trigger.path} is already used by trigger "
+                f"{other.id!r}",
+                trigger_id=trigger.id,
+            )
+        self.triggers[trigger.path] = trigger
+
+    def remove_trigger(self, trigger: HTTPTrigger) -> None:
+        if self.triggers.get(trigger.path) is trigger:
+            del self.triggers[trigger.path]
+
+    @property
+    def monitor(self) -> Any:
+        if self._monitor is None:
+            from dagengine.orchestrator.monitor import Monitor
+
+            self._monitor = Monitor(self.orch)
+        return self._monitor
+
+    def close(self) -> None:
+        """Stop the metrics subscriber and the monitor's subscriptions."""
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._monitor is not None:
+            self._monitor.close()
+
+    def check_token(self, request: Request) -> None:
+        if self.api_token is None:
+            return
+        import hmac
+
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self.api_token.encode()
+        ):
+            raise ApiError(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+
+def _api(request: Request) -> Api:
+    api: Api = request.app.state.api
+    return api
+
+
+async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an orchestrator method off the event loop (it writes to SQLite), turning its
+    domain errors into HTTP errors."""
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except DagEngineError as exc:
+        raise _from_domain(exc) from None
+
+
+# -- triggers ------------------------------------------------------------------------------
+
+
+async def _fire(request: Request, api: Api, trigger: HTTPTrigger) -> Response:
+    if not trigger.is_active:
+        raise ApiError(404, f"trigger {trigger.id!r} is not active")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    if trigger.auth_before_body and not trigger.authorized(headers, b""):
+        raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    body = await read_body(request, trigger.max_body_bytes)
+    if not trigger.auth_before_body and not trigger.authorized(headers, body):
+        raise ApiError(401, "missing or wrong X-Signature (sha256=<hex HMAC of the body>)")
+    data = parse_json_object(body)
+    given = data.get("inputs", {})
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ApiError(400, f"'inputs' must be a JSON object, got {_json_type(given)}")
+    now = time.time()
+    inputs = trigger_inputs({**trigger.inputs, **given}, trigger.type, trigger.id, now)
+    started = time.perf_counter_ns()
+    executor = trigger.executor or api.orch
+    try:
+        handle = await run_in_threadpool(
+            executor.execute_workflow,
+            trigger.workflow_id,
+            inputs,
+            version=trigger.version,
+            wait=False,
+        )
+    except DagEngineError as exc:
+        publish_trigger_event(
+            executor, trigger, trigger.workflow_id, outcome="error", scheduled=now,
+            error=f"{type(exc).__name__}: {exc}",
+        )  # fmt: skip
+        raise _from_domain(exc) from None
+    run_id = str(getattr(handle, "run_id", ""))
+    publish_trigger_event(
+        executor, trigger, trigger.workflow_id, outcome="fired", scheduled=now, run_id=run_id
+    )
+    accepted = {
+        "trigger_id": trigger.id,
+        "workflow_id": trigger.workflow_id,
+        "run_id": run_id,
+        "status": "queued",
+    }
+    location = {"Location": f"/runs/{run_id}"}
+    if trigger.mode == "async":
+        return JSONResponse(accepted, status_code=202, headers=location)
+    try:
+        result = await asyncio.wait_for(_result(handle), trigger.sync_timeout)
+    except TimeoutError:
+        return JSONResponse({**accepted, "status": "running"}, status_code=202, headers=location)
+    error = result.error
+    return JSONResponse(
+        {
+            "trigger_id": trigger.id,
+            "workflow_id": trigger.workflow_id,
+            "run_id": run_id,
+            "status": result.status.value,
+            "success": result.ok,
+            "duration_ns": time.perf_counter_ns() - started,
+            "outputs": dict(result.outputs),
+            "error": str(error) if error is not None else None,
+        }
+    )
+
+
+async def _result(handle: Any) -> Any:
+    waiter = getattr(handle, "result_async", None)
+    if waiter is not None:
+        return await waiter()
+    return await run_in_threadpool(handle.result)
+
+
+async def _fallback(request: Request) -> Response:
+    """Every path the REST routes do not take: an HTTP trigger, or 404/405."""
+    api = _api(request)
+    path = request.url.path.rstrip("/") or "/"
+    trigger = api.triggers.get(path)
+    if trigger is not None:
+        if request.method != "POST":
+            raise ApiError(405, "method not allowed", headers={"Allow": "POST"})
+        return await _fire(request, api, trigger)
+    allowed: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.endpoint is not _fallback:
+            match, _ = route.matches({**request.scope, "method": "__none__"})
+            if match is Match.PARTIAL and route.methods:
+                allowed |= route.methods
+    if allowed:
+        raise ApiError(405, "method not allowed", headers={"Allow": ", ".join(sorted(allowed))})
+    raise ApiError(404, f"no route {request.url.path}")
+
+
+# -- REST ----------------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    orch = _api(request).orch
+    engines = orch.engines() if hasattr(orch, "engines") else {}
+    return JSONResponse({"status": "ok", "engines": len(engines)})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    api = _api(request)
+    if api.metrics is None:
+        raise ApiError(404, "metrics are disabled")
+    body = await run_in_threadpool(api.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    api = _api(request)
+    triggers = [t for t in api.triggers.values() if t.is_active]
+    return JSONResponse(openapi_document(triggers, token=api.api_token is not None))
+
+
+async def list_workflows(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    infos = await _call(api.orch.list_workflows)
+    return JSONResponse(
+        {
+            "workflows": [
+                {
+                    "id": info.workflow_id,
+                    "versions": list(info.versions),
+                    "latest": info.latest,
+                    "metadata": dict(info.metadata),
+                }
+                for info in infos
+            ]
+        }
+    )
+
+
+async def get_workflow(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    workflow_id = request.path_params["workflow_id"]
+    versions = await _call(api.orch.registry.versions, workflow_id)
+    return JSONResponse(
+        {
+            "id": workflow_id,
+            "latest": str(versions[-1].version),
+            "versions": [
+                {
+                    "version": str(wv.version),
+                    "registered_at": wv.registered_at,
+                    "runnable": wv.runnable,
+                    "problem": wv.problem,
+                    "metadata": dict(wv.metadata),
+                    "dependencies": [
+                        {"workflow_id": dep, "version_range": rng} for dep, rng in wv.dependencies
+                    ],
+                    "spec": wv.spec,
+                }
+                for wv in versions
+            ],
+        }
+    )
+
+
+def _spec_from_body(request: Request, body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    metadata: Any = {}
+    if content_type in _YAML_TYPES:
+        from dagengine.spec import _UniqueKeyLoader
+
+        try:
+            spec = yaml.load(body.decode("utf-8"), Loader=_UniqueKeyLoader)
+        except (yaml.YAMLError, SpecError, UnicodeDecodeError, RecursionError) as exc:
+            raise ApiError(400, f"invalid YAML: {exc}") from None
+        if not isinstance(spec, dict):
+            raise ApiError(400, f"the YAML body must be a mapping, got {_json_type(spec)}")
+    else:
+        data = parse_json_object(body)
+        spec = data.get("spec")
+        if not isinstance(spec, dict):
+            raise ApiError(
+                400, 'expected {"spec": {...}} (or a YAML body with a YAML content type)'
+            )
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise ApiError(400, "'metadata' must be a JSON object")
+    return spec, metadata
+
+
+async def register_workflow(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    body = await read_body(request, api.max_body_bytes)
+    spec, metadata = _spec_from_body(request, body)
+    workflow_id, version = spec.get("id"), spec.get("version")
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ApiError(400, "the spec needs an 'id' (a string)")
+    if not isinstance(version, str) or not version:
+        raise ApiError(400, "the spec needs a 'version' (a semver string like '1.0.0')")
+    nodes = spec.get("nodes")
+    if not api.allow_python_specs and isinstance(nodes, list):
+        for node in nodes:
+            if isinstance(node, dict) and "python" in node:
+                # Registering imports the named module in this process: only specs from the
+                # workflows folder (or a server started with allow_python_specs) may do that.
+                raise ApiError(
+                    403,
+                    f"node {node.get('id')!r}: python nodes cannot be registered over the API "
+                    "(allow_python_specs is off); use lua, noop or workflow nodes",
+                )
+    try:
+        wv = await run_in_threadpool(
+            api.orch.register_workflow, workflow_id, version, spec, metadata
+        )
+    except DagEngineError as exc:
+        raise _from_domain(exc) from None
+    except (TypeError, ValueError) as exc:  # a spec shape the parser did not anticipate
+        raise ApiError(400, f"invalid spec: {exc}") from None
+    return JSONResponse(
+        {"id": wv.workflow_id, "version": str(wv.version)},
+        status_code=201,
+        headers={"Location": f"/workflows/{wv.workflow_id}"},
+    )
+
+
+async def start_run(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    workflow_id = request.path_params["workflow_id"]
+    body = await read_body(request, api.max_body_bytes)
+    data = parse_json_object(body) if body.strip() else {}
+    inputs = _field(data, "inputs", (dict,), "an object") or {}
+    version = _field(data, "version", (str,), "a string")
+    wait = _field(data, "wait", (bool,), "a boolean") or False
+    timeout = _field(data, "timeout", (int, float), "a number of seconds")
+    if timeout is not None and not 0 < timeout < 1e9:
+        raise ApiError(400, "'timeout' must be a positive number of seconds")
+    key = _field(data, "key", (str,), "a string")
+    handle = await _call(
+        api.orch.execute_workflow,
+        workflow_id,
+        inputs,
+        version=version,
+        wait=False,
+        key=key,
+        timeout=float(timeout) if timeout is not None else None,
+    )
+    if not wait:
+        info = await _call(api.orch.get_run, handle.run_id)
+        return JSONResponse(
+            run_to_dict(info, detail=False),
+            status_code=202,
+            headers={"Location": f"/runs/{handle.run_id}"},
+        )
+    await _result(handle)
+    info = await _call(api.orch.get_run, handle.run_id)
+    return JSONResponse(run_to_dict(info))
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query parameter {name!r} must be between {low} and {high}")
+    return value
+
+
+async def list_runs(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    status = request.query_params.get("status")
+    if status is not None and status not in RUN_STATUSES:
+        raise ApiError(400, f"status must be one of {', '.join(RUN_STATUSES)}")
+    workflow_id = request.query_params.get("workflow_id")
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    offset = _int_param(request, "offset", 0, 0, 2**62)
+    runs = await _call(
+        api.orch.list_runs, workflow_id=workflow_id, status=status, limit=limit, offset=offset
+    )
+    return JSONResponse(
+        {
+            "runs": [run_to_dict(info, detail=False) for info in runs],
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + len(runs) if len(runs) == limit else None,
+        }
+    )
+
+
+async def get_run(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    run_id = request.path_params["run_id"]
+    info = await _call(api.orch.get_run, run_id)
+    completed = None
+    if info.result is None:
+        completed = await _call(api.orch.store.node_outputs, run_id)
+    body = run_to_dict(info, completed=completed)
+    record = await _call(api.orch.store.get_run, run_id)
+    body["inputs"] = dict(record.inputs) if record is not None else {}
+    return JSONResponse(body)
+
+
+async def cancel_run(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    run_id = request.path_params["run_id"]
+    await _call(api.orch.get_run, run_id)  # 404 for an unknown run
+    cancelled = await _call(api.orch.cancel_run, run_id)
+    info = await _call(api.orch.get_run, run_id)
+    # Cancelling settles the run asynchronously (an engine stops it; the store commits in
+    # groups): give it a moment so the answer usually shows the final status.
+    deadline = time.monotonic() + CANCEL_WAIT
+    while cancelled and info.status not in _FINISHED and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        info = await _call(api.orch.get_run, run_id)
+    return JSONResponse({"run_id": run_id, "cancelled": bool(cancelled), "status": info.status})
+
+
+async def run_events(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    run_id = request.path_params["run_id"]
+    info = await _call(api.orch.get_run, run_id)
+    cursor = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    if not cursor.strip().isdigit():
+        raise ApiError(400, "Last-Event-ID / after must be an event sequence number")
+    sub = api.monitor.subscribe(run_id=run_id, after=int(cursor))
+    finished_at_start = info.status in _FINISHED
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                # A run that had already ended only replays what the store has; a live one is
+                # followed until its terminal event, with keep-alive comments meanwhile.
+                wait = 0.5 if finished_at_start else SSE_KEEPALIVE
+                try:
+                    event = await asyncio.wait_for(sub.__anext__(), wait)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if finished_at_start:
+                        return
+                    status = (await _call(api.orch.get_run, run_id)).status
+                    if status in _FINISHED and not sub.lagging:
+                        return
+                    yield b": keep-alive\n\n"
+                    continue
+                yield _sse(event)
+                if event.type in _TERMINAL_EVENTS:
+                    return
+        finally:
+            sub.close()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(exc.status, exc.message, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+class _CatchAll:
+    """The last line: an exception no handler took becomes a 500 JSON with an id; the
+    traceback is logged under that id. (Starlette's own error middleware would re-raise into
+    the server, which logs it again and, in debug, may show it.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception(
+                "internal error %s on %s %s", error_id, scope.get("method"), scope.get("path")
+            )
+            if started:
+                raise  # the response is half sent: only the server can end it
+            response = JSONResponse({"error": "internal error", "id": error_id}, status_code=500)
+            await response(scope, receive, send)
+
+
+def create_app(
+    orchestrator: Any,
+    *,
+    triggers: Iterable[HTTPTrigger] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_token: str | None = None,
+    allow_python_specs: bool = False,
+    metrics: bool | Metrics = True,
+) -> Starlette:
+    """The ASGI app over ``orchestrator``: the REST API and ``triggers`` (HTTP triggers fire
+    only while active: start them with the orchestrator as executor). ``api_token`` requires
+    ``Authorization: Bearer <token>`` on the REST routes (``/healthz``, ``/metrics`` and
+    ``/openapi.json`` stay open); ``allow_python_specs`` lets ``POST /workflows`` register
+    specs with ``python:`` nodes (which import modules in this process). ``metrics=True``
+    follows the orchestrator's events for ``/metrics``."""
+    collector: Metrics | None
+    if metrics is True:
+        collector = Metrics().attach(orchestrator) if hasattr(orchestrator, "events") else None
+    elif metrics is False:
+        collector = None
+    else:
+        collector = metrics
+    api = Api(
+        orchestrator,
+        triggers=triggers,
+        max_body_bytes=max_body_bytes,
+        api_token=api_token,
+        allow_python_specs=allow_python_specs,
+        metrics=collector,
+    )
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/workflows", list_workflows, methods=["GET"]),
+        Route("/workflows", register_workflow, methods=["POST"]),
+        Route("/workflows/{workflow_id}", get_workflow, methods=["GET"]),
+        Route("/workflows/{workflow_id}/runs", start_run, methods=["POST"]),
+        Route("/runs", list_runs, methods=["GET"]),
+        Route("/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+        Route("/runs/{run_id}/events", run_events, methods=["GET"]),
+        Route("/{path:path}", _fallback, methods=_ALL_METHODS),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    app.state.api = api
+    app.add_middleware(_CatchAll)
+    return app

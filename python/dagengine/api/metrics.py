@@ -1,0 +1,198 @@
+"""Prometheus metrics fed from the orchestrator's event bus.
+
+One subscriber thread reads every event (the bus never blocks on it: a slow reader catches up
+from the store) and updates a private :class:`prometheus_client.CollectorRegistry`, so two
+orchestrators in one process (tests) never share counters.
+
+==================================== ========= ==============================================
+metric                               type      from
+==================================== ========= ==============================================
+``dagengine_runs_total{status}``     counter   run.queued/started/completed/failed/cancelled
+``dagengine_node_duration_seconds``  histogram node.started -> node.succeeded/failed
+``dagengine_schedule_to_start_seconds`` histogram run.queued -> first run.started
+``dagengine_queue_depth``            gauge     runs queued or re-dispatched, not started
+``dagengine_engines{state}``         gauge     engine.joined/left/unhealthy/recovered
+``dagengine_trigger_fires_total``    counter   trigger.fired, by trigger and outcome
+==================================== ========= ==============================================
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from dagengine.orchestrator.events import Event
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+log = logging.getLogger("dagengine.api")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_RUN_STATUS = {
+    "run.queued": "queued",
+    "run.started": "running",
+    "run.completed": "succeeded",
+    "run.failed": "failed",
+    "run.cancelled": "cancelled",
+}
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                    10, 30, 60)  # fmt: skip
+# Bound the per-run/per-node bookkeeping: events whose partner never comes (a run abandoned
+# by a stopped orchestrator) must not grow the maps forever.
+_MAX_TRACKED = 100_000
+
+
+class Metrics:
+    """Metrics of one orchestrator. :meth:`attach` starts following its event bus;
+    :meth:`render` gives the Prometheus text."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.runs = Counter(
+            "dagengine_runs", "Runs that reached each status.", ["status"], registry=self.registry
+        )
+        self.node_duration = Histogram(
+            "dagengine_node_duration_seconds",
+            "Node execution time, started to succeeded/failed (per attempt).",
+            ["status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.schedule_to_start = Histogram(
+            "dagengine_schedule_to_start_seconds",
+            "Time from a run being queued to its first start on an engine.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "dagengine_queue_depth", "Runs waiting for an engine.", registry=self.registry
+        )
+        self.engines = Gauge(
+            "dagengine_engines", "Engines by state.", ["state"], registry=self.registry
+        )
+        self.trigger_fires = Counter(
+            "dagengine_trigger_fires",
+            "Trigger fires by outcome (fired, skipped, error).",
+            ["trigger_id", "outcome"],
+            registry=self.registry,
+        )
+        for state in ("healthy", "unhealthy"):
+            self.engines.labels(state)
+        self._lock = threading.Lock()
+        self._queued_at: dict[str, float] = {}
+        self._waiting: set[str] = set()
+        self._node_started: dict[tuple[str, str], float] = {}
+        self._engine_state: dict[str, str] = {}
+        self._sub: Any = None
+        self._thread: threading.Thread | None = None
+
+    # -- feeding --------------------------------------------------------------------------
+
+    def attach(self, orchestrator: Any) -> Metrics:
+        """Follow ``orchestrator.events`` from now on, after seeding the gauges from its
+        current state (engines, unfinished runs)."""
+        self._sub = orchestrator.events.subscribe(buffer=10_000)
+        with self._lock:
+            for engine_id in orchestrator.engines():
+                self._engine_state[engine_id] = "healthy"
+            store = getattr(orchestrator, "store", None)
+            if store is not None:
+                # Only runs still queued: the subscription above already sees the start
+                # of each of them (runs that started before it are no longer queued).
+                for rec in store.unfinished_runs():
+                    if rec.status == "queued":
+                        self._waiting.add(rec.run_id)
+            self._update_gauges()
+        self._thread = threading.Thread(target=self._follow, name="dagengine-metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def _follow(self) -> None:
+        sub = self._sub
+        assert sub is not None
+        while True:
+            try:
+                event = sub.get()
+            except Exception:  # a store read failed: keep going, the next one may work
+                log.exception("metrics: reading events failed")
+                continue
+            if event is None:
+                return
+            try:
+                self.observe(event)
+            except Exception:
+                log.exception("metrics: event %s not counted", event.seq)
+
+    def observe(self, event: Event) -> None:
+        """Account for one event."""
+        kind = event.type
+        with self._lock:
+            status = _RUN_STATUS.get(kind)
+            run_id = event.run_id or ""
+            if status is not None:
+                self.runs.labels(status).inc()
+            if kind == "run.queued":
+                self._remember(self._queued_at, run_id, event.time)
+                self._waiting.add(run_id)
+            elif kind == "run.redispatched":
+                self._waiting.add(run_id)
+            elif kind == "run.started":
+                self._waiting.discard(run_id)
+                queued = self._queued_at.pop(run_id, None)
+                if queued is not None:
+                    self.schedule_to_start.observe(max(0.0, event.time - queued))
+            elif kind in ("run.completed", "run.failed", "run.cancelled"):
+                self._waiting.discard(run_id)
+                self._queued_at.pop(run_id, None)
+            elif kind == "node.started":
+                self._remember(self._node_started, (run_id, event.node_id or ""), event.time)
+            elif kind in ("node.succeeded", "node.failed"):
+                started = self._node_started.pop((run_id, event.node_id or ""), None)
+                if started is not None:
+                    outcome = "succeeded" if kind == "node.succeeded" else "failed"
+                    self.node_duration.labels(outcome).observe(max(0.0, event.time - started))
+            elif kind in ("node.retrying", "node.skipped", "node.cancelled"):
+                self._node_started.pop((run_id, event.node_id or ""), None)
+            elif kind in ("engine.joined", "engine.recovered"):
+                self._engine_state[event.engine_id or ""] = "healthy"
+            elif kind == "engine.unhealthy":
+                self._engine_state[event.engine_id or ""] = "unhealthy"
+            elif kind == "engine.left":
+                self._engine_state.pop(event.engine_id or "", None)
+            elif kind == "trigger.fired":
+                data = event.data
+                self.trigger_fires.labels(
+                    str(data.get("trigger_id", "")), str(data.get("outcome", ""))
+                ).inc()
+            self._update_gauges()
+
+    @staticmethod
+    def _remember(table: dict[Any, float], key: Any, value: float) -> None:
+        if len(table) >= _MAX_TRACKED:
+            table.pop(next(iter(table)))  # the oldest entry (dicts keep insertion order)
+        table[key] = value
+
+    def _update_gauges(self) -> None:
+        self.queue_depth.set(len(self._waiting))
+        states = list(self._engine_state.values())
+        for state in ("healthy", "unhealthy"):
+            self.engines.labels(state).set(states.count(state))
+
+    # -- output ---------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """Stop following events."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            sub.close()
+        if self._thread is not None:
+            self._thread.join(2.0)

@@ -1,0 +1,504 @@
+"""The OpenAPI 3.1 document of :mod:`dagengine.api.app`, written next to the routes.
+
+It is a plain dict so what it says is reviewable line by line against the handlers; the API
+tests fuzz the app from this document (schemathesis) and check every response against it, so
+a route that answers something undocumented fails the tests. Active HTTP triggers are added
+as operations of their own paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dagengine.triggers.http import HTTPTrigger
+
+__all__ = ["openapi_document"]
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {_JSON: {"schema": _ref("Error")}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _ok(description: str, schema: str | dict[str, Any]) -> dict[str, Any]:
+    body = _ref(schema) if isinstance(schema, str) else schema
+    return {"description": description, "content": {_JSON: {"schema": body}}}
+
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string"},
+            "type": {"type": "string"},
+            "id": {"type": "string"},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "engines"],
+        "properties": {"status": {"type": "string"}, "engines": {"type": "integer"}},
+    },
+    "WorkflowSummary": {
+        "type": "object",
+        "required": ["id", "versions", "latest", "metadata"],
+        "properties": {
+            "id": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "latest": {"type": "string"},
+            "metadata": {"type": "object"},
+        },
+    },
+    "WorkflowList": {
+        "type": "object",
+        "required": ["workflows"],
+        "properties": {"workflows": {"type": "array", "items": _ref("WorkflowSummary")}},
+    },
+    "Workflow": {
+        "type": "object",
+        "required": ["id", "latest", "versions"],
+        "properties": {
+            "id": {"type": "string"},
+            "latest": {"type": "string"},
+            "versions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["version", "runnable", "metadata", "dependencies"],
+                    "properties": {
+                        "version": {"type": "string"},
+                        "registered_at": {"type": "number"},
+                        "runnable": {"type": "boolean"},
+                        "problem": _NULLABLE_STR,
+                        "metadata": {"type": "object"},
+                        "dependencies": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "workflow_id": {"type": "string"},
+                                    "version_range": {"type": "string"},
+                                },
+                            },
+                        },
+                        "spec": {"type": ["object", "null"]},
+                    },
+                },
+            },
+        },
+    },
+    "RegisterRequest": {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "description": "a workflow spec (the YAML/JSON format)",
+                "required": ["id", "version", "nodes"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "version": {"type": "string"},
+                    "nodes": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "metadata": {"type": "object"},
+        },
+    },
+    "Registered": {
+        "type": "object",
+        "required": ["id", "version"],
+        "properties": {"id": {"type": "string"}, "version": {"type": "string"}},
+    },
+    "RunRequest": {
+        "type": "object",
+        "properties": {
+            "inputs": {"type": "object"},
+            "version": {"type": "string", "description": "exact version; default latest"},
+            "wait": {"type": "boolean", "description": "answer 200 with the result when done"},
+            "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e9},
+            "key": {"type": "string", "description": "load-balancing key"},
+        },
+    },
+    "RunSummary": {
+        "type": "object",
+        "required": ["run_id", "workflow_id", "version", "status", "attempt", "created_at"],
+        "properties": {
+            "run_id": {"type": "string"},
+            "workflow_id": {"type": "string"},
+            "version": {"type": "string"},
+            "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+            "attempt": {"type": "integer"},
+            "engine_id": _NULLABLE_STR,
+            "parent_run_id": _NULLABLE_STR,
+            "created_at": {"type": "number"},
+            "started_at": _NULLABLE_NUM,
+            "finished_at": _NULLABLE_NUM,
+            "error": {"type": ["object", "null"]},
+        },
+    },
+    "Run": {
+        "allOf": [
+            _ref("RunSummary"),
+            {
+                "type": "object",
+                "required": ["outputs", "nodes", "resolved_versions"],
+                "properties": {
+                    "duration": _NULLABLE_NUM,
+                    "inputs": {"type": "object", "description": "GET /runs/{run_id} only"},
+                    "resolved_versions": {"type": "object"},
+                    "outputs": {"type": "object"},
+                    "nodes": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {
+                                "status": {"type": "string"},
+                                "attempts": {"type": "integer"},
+                                "output": {"type": ["object", "null"]},
+                                "error": {"type": ["object", "null"]},
+                                "started_at": _NULLABLE_NUM,
+                                "finished_at": _NULLABLE_NUM,
+                            },
+                        },
+                    },
+                },
+            },
+        ]
+    },
+    "RunList": {
+        "type": "object",
+        "required": ["runs", "limit", "offset", "next_offset"],
+        "properties": {
+            "runs": {"type": "array", "items": _ref("RunSummary")},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "next_offset": {"type": ["integer", "null"]},
+        },
+    },
+    "Cancelled": {
+        "type": "object",
+        "required": ["run_id", "cancelled", "status"],
+        "properties": {
+            "run_id": {"type": "string"},
+            "cancelled": {"type": "boolean"},
+            "status": {"type": "string"},
+        },
+    },
+    "TriggerRequest": {
+        "type": "object",
+        "properties": {"inputs": {"type": "object"}},
+    },
+    "TriggerAccepted": {
+        "type": "object",
+        "required": ["trigger_id", "workflow_id", "run_id", "status"],
+        "properties": {
+            "trigger_id": {"type": "string"},
+            "workflow_id": {"type": "string"},
+            "run_id": {"type": "string"},
+            "status": {"type": "string"},
+        },
+    },
+    "TriggerResult": {
+        "type": "object",
+        "required": [
+            "trigger_id",
+            "workflow_id",
+            "run_id",
+            "status",
+            "success",
+            "duration_ns",
+            "outputs",
+            "error",
+        ],
+        "properties": {
+            "trigger_id": {"type": "string"},
+            "workflow_id": {"type": "string"},
+            "run_id": {"type": "string"},
+            "status": {"type": "string"},
+            "success": {"type": "boolean"},
+            "duration_ns": {"type": "integer"},
+            "outputs": {"type": "object"},
+            "error": _NULLABLE_STR,
+        },
+    },
+}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_document(
+    triggers: Iterable[HTTPTrigger] = (), *, token: bool = False
+) -> dict[str, Any]:
+    """The document for an app serving ``triggers``; ``token``: the REST routes need a
+    bearer token (declared as a security requirement, with 401 responses)."""
+    bad = _error("bad request: the body or a parameter is invalid")
+    not_found = _error("no such workflow, version or run")
+    too_large = _error("the body is over the configured limit")
+    queue_full = _error("the run queue is full; retry after Retry-After seconds", _RETRY_AFTER)
+    stopping = _error("the orchestrator is shutting down", _RETRY_AFTER)
+    conflict = _error("conflict: a version rule refuses it, or the workflow cannot run")
+    secured: dict[str, Any] = {}
+    unauthorized: dict[str, Any] = {}
+    if token:
+        secured = {"security": [{"bearer": []}]}
+        unauthorized = {"401": _error("missing or wrong bearer token")}
+    json_body = {"content": {_JSON: {"schema": _ref("RunRequest")}}}
+
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "liveness",
+                "responses": {"200": _ok("alive", "Health")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "404": _error("metrics are disabled"),
+                },
+            }
+        },
+        "/workflows": {
+            "get": {
+                "operationId": "listWorkflows",
+                "summary": "registered workflows",
+                **secured,
+                "responses": {"200": _ok("workflows", "WorkflowList"), **unauthorized},
+            },
+            "post": {
+                "operationId": "registerWorkflow",
+                "summary": "register a workflow version from a spec",
+                **secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {"schema": _ref("RegisterRequest")},
+                        "application/yaml": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {
+                    "201": _ok("registered (or already registered identically)", "Registered"),
+                    "400": bad,
+                    **unauthorized,
+                    "403": _error("python nodes are not accepted over the API"),
+                    "404": not_found,
+                    "409": conflict,
+                    "413": too_large,
+                    "503": stopping,
+                },
+            },
+        },
+        "/workflows/{workflow_id}": {
+            "get": {
+                "operationId": "getWorkflow",
+                "summary": "a workflow and its versions",
+                **secured,
+                "parameters": [_path_param("workflow_id")],
+                "responses": {
+                    "200": _ok("the workflow", "Workflow"),
+                    **unauthorized,
+                    "404": not_found,
+                },
+            }
+        },
+        "/workflows/{workflow_id}/runs": {
+            "post": {
+                "operationId": "startRun",
+                "summary": "start a run",
+                **secured,
+                "parameters": [_path_param("workflow_id")],
+                "requestBody": json_body,
+                "responses": {
+                    "200": _ok("the finished run (wait=true)", "Run"),
+                    "202": _ok("the run is queued (wait=false)", "RunSummary"),
+                    "400": bad,
+                    **unauthorized,
+                    "404": not_found,
+                    "409": conflict,
+                    "413": too_large,
+                    "429": queue_full,
+                    "503": stopping,
+                },
+            }
+        },
+        "/runs": {
+            "get": {
+                "operationId": "listRuns",
+                "summary": "runs, newest first",
+                **secured,
+                "parameters": [
+                    {"name": "workflow_id", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {
+                            "enum": ["queued", "running", "succeeded", "failed", "cancelled"]
+                        },
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                    },
+                ],
+                "responses": {"200": _ok("a page of runs", "RunList"), "400": bad, **unauthorized},
+            }
+        },
+        "/runs/{run_id}": {
+            "get": {
+                "operationId": "getRun",
+                "summary": "a run with its node states",
+                **secured,
+                "parameters": [_path_param("run_id")],
+                "responses": {"200": _ok("the run", "Run"), **unauthorized, "404": not_found},
+            }
+        },
+        "/runs/{run_id}/cancel": {
+            "post": {
+                "operationId": "cancelRun",
+                "summary": "cancel a run (and its sub-workflows)",
+                **secured,
+                "parameters": [_path_param("run_id")],
+                "responses": {
+                    "200": _ok("cancelled is false if the run had already finished", "Cancelled"),
+                    **unauthorized,
+                    "404": not_found,
+                },
+            }
+        },
+        "/runs/{run_id}/events": {
+            "get": {
+                "operationId": "runEvents",
+                "summary": "the run's events as server-sent events, ending with the run",
+                **secured,
+                "parameters": [
+                    _path_param("run_id"),
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "description": "resume after this event sequence number",
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "description": "same as Last-Event-ID",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "id: <seq>, event: <type>, data: <event JSON>",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "400": bad,
+                    **unauthorized,
+                    "404": not_found,
+                },
+            }
+        },
+    }
+    for trigger in triggers:
+        auth: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        if trigger.auth == "bearer":
+            auth = {"security": [{"bearer": []}]}
+            extra["401"] = _error("missing or wrong bearer token")
+        elif trigger.auth == "hmac":
+            auth = {
+                "parameters": [
+                    {
+                        "name": "X-Signature",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "sha256=<hex HMAC-SHA256 of the body>",
+                    }
+                ]
+            }
+            extra["401"] = _error("missing or wrong signature")
+        paths[trigger.path] = {
+            "post": {
+                "operationId": f"trigger_{trigger.id}",
+                "summary": (
+                    f"HTTP trigger {trigger.id}: runs {trigger.workflow_id} ({trigger.mode})"
+                ),
+                **auth,
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": _ref("TriggerRequest")}},
+                },
+                "responses": {
+                    "200": _ok("the run finished (sync mode)", "TriggerResult"),
+                    "202": _ok(
+                        "the run is queued (async mode, or sync past its timeout)",
+                        "TriggerAccepted",
+                    ),
+                    "400": bad,
+                    **extra,
+                    "404": _error("the trigger's workflow or version is not registered"),
+                    "409": conflict,
+                    "413": too_large,
+                    "429": queue_full,
+                    "503": stopping,
+                },
+            }
+        }
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "dagengine",
+            "version": _version(),
+            "description": "Workflows, runs, HTTP triggers and metrics of a dagengine server.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+    return doc
+
+
+def _version() -> str:
+    from dagengine import __version__
+
+    return str(__version__)
