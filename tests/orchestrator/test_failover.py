@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from dagengine import Orchestrator, RunStatus
+from dagengine import EngineClient, Orchestrator, RunStatus
 from dagengine.orchestrator import Monitor
 from failover_tasks import SPEC
 from processes import EngineProcess, wait_for
@@ -39,13 +39,13 @@ def ledger(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def engines(ledger: Path) -> Iterator[Callable[[int], list[EngineProcess]]]:
+def engines(ledger: Path) -> Iterator[Callable[..., list[EngineProcess]]]:
     started: list[EngineProcess] = []
 
-    def start(count: int, capacity: int = 8) -> list[EngineProcess]:
+    def start(count: int, capacity: int = 8, node_seconds: float = 0.02) -> list[EngineProcess]:
         env = {
             "DAGENGINE_TEST_LEDGER": str(ledger),
-            "DAGENGINE_TEST_NODE_SECONDS": "0.02",
+            "DAGENGINE_TEST_NODE_SECONDS": str(node_seconds),
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
         for i in range(count):
@@ -208,3 +208,35 @@ def test_orchestrator_killed_and_restarted_during_100_runs(
         f"restart, all succeeded; {len(recorded)} recorded node outputs not re-run; "
         f"{sum(1 for n in counts.values() if n > 1)} node executions repeated"
     )
+
+
+def test_an_engine_full_of_runs_we_do_not_count_delays_a_run_instead_of_failing_it(
+    tmp_path: Path, engines: Callable[..., list[EngineProcess]]
+) -> None:
+    """An engine can be full with runs the orchestrator does not count (the stale attempts of
+    an engine that was cut off and registered again): its EngineBusy puts the run back in the
+    queue until the engine has room, and the run succeeds."""
+    (engine,) = engines(1, capacity=1, node_seconds=1.0)
+    slow = {
+        "id": "slow",
+        "version": "1.0.0",
+        "nodes": [{"id": "a", "python": "failover_tasks:record"}],
+    }
+    with EngineClient(engine.address) as client:
+        stream = client.stream(slow, {}, run_id="outside")
+        assert next(stream).kind == "run_started"  # the engine's one slot is taken
+        orch = Orchestrator(store=str(tmp_path / "store.db"), embedded_engine=False)
+        try:
+            orch.register_engine(engine.engine_id, engine.address)
+            orch.register_workflow(
+                "quick",
+                "1.0.0",
+                {"id": "quick", "version": "1.0.0", "nodes": [{"id": "q", "noop": True}]},
+            )
+            handle = orch.execute_workflow("quick", {}, wait=False)
+            assert stream.wait().status is RunStatus.SUCCEEDED
+            result = handle.result(timeout=30)
+            assert result.status is RunStatus.SUCCEEDED, result.error
+            assert orch.get_run(result.run_id).attempt >= 2  # refused once, then run
+        finally:
+            orch.stop()

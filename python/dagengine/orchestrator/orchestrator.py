@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from dagengine.engine import TLSConfig, workflow_to_proto
 from dagengine.exceptions import (
     DagEngineError,
+    EngineBusy,
     EngineUnavailable,
     RunNotFound,
     SubWorkflowError,
@@ -64,6 +65,8 @@ __all__ = ["Orchestrator", "RunHandle", "RunInfo", "SubWorkflowCoordinator"]
 log = logging.getLogger("dagengine.orchestrator")
 
 _FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+# How long an engine that refused a run as full is passed over before it is tried again.
+_BUSY_BACKOFF = 0.2
 # How the core prefixes a run's error with the failing node ("node 'x' failed: ...").
 _NODE_FAILED = re.compile(r"^node '[^']*' failed: ")
 
@@ -153,6 +156,9 @@ class _EngineSlot:
     #: ``time.monotonic()`` when it was last found unhealthy.
     unhealthy_at: float = 0.0
     runs: set[str] = field(default_factory=set)
+    #: The engine refused a run as full although we counted room (runs we no longer track,
+    #: e.g. from before it re-registered): treated as full until then (``time.monotonic()``).
+    full_until: float = 0.0
 
     @property
     def engine_id(self) -> str:
@@ -831,8 +837,12 @@ class Orchestrator:
         # A sub-workflow run is admitted beyond capacity: its parent holds a slot while it
         # waits, and a cluster full of waiting parents would otherwise deadlock. The depth
         # limit bounds the overflow; engines admit such runs too (RunRequest.depth > 0).
+        now = time.monotonic()
+
         def capacity(slot: _EngineSlot) -> int:
-            return slot.backend.capacity if run.depth == 0 else slot.active + 1
+            if run.depth > 0:
+                return slot.active + 1
+            return slot.active if slot.full_until > now else slot.backend.capacity
 
         loads = {
             eid: EngineLoad(eid, capacity(slot), slot.active)
@@ -860,7 +870,8 @@ class Orchestrator:
                 slot.runs.add(run.run_id)
                 run.engine_id = slot.engine_id
                 return run, slot
-            self._wakeup.wait(timeout=1.0)
+            # Also wakes up to retry an engine that said it was full (see _BUSY_BACKOFF).
+            self._wakeup.wait(timeout=_BUSY_BACKOFF)
         return None
 
     def _dispatch_loop(self) -> None:
@@ -992,6 +1003,20 @@ class Orchestrator:
                 and not run.cancel_requested
             ):
                 lost = f"engine {slot.engine_id} drained"
+        elif isinstance(exc, EngineBusy):
+            # Full with runs we do not count (they predate its re-registration, or are being
+            # cancelled): not a failure of the run. Back to the front of the queue, and the
+            # engine counts as full for a moment.
+            with self._lock:
+                slot.full_until = time.monotonic() + _BUSY_BACKOFF
+            self._release(run, slot)
+            if run.cancel_requested:
+                self._settle(run, attempt, self._cancelled_result(run), None)
+            else:
+                with self._lock:
+                    self._front.appendleft(run.run_id)
+                    self._wakeup.notify_all()
+            return
         elif isinstance(exc, EngineUnavailable):
             lost = str(exc)
         elif isinstance(exc, DagEngineError):
