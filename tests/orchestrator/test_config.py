@@ -174,3 +174,9 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.grpc_port = 1  # type: ignore[misc]
+
+
+def test_tls_server_name_for_engines_dialled_by_ip() -> None:
+    config = Config.from_env({"DAGENGINE_TLS_SERVER_NAME": "workflow-engines"})
+    assert config.tls_server_name == "workflow-engines"
+    assert Config.from_env({}).tls_server_name is None

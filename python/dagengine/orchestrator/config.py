@@ -79,6 +79,9 @@ class Config:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: The name engine certificates are checked against (``DAGENGINE_TLS_SERVER_NAME``):
+    #: engines are dialled by pod IP, so their certificates name a service, not an address.
+    tls_server_name: str | None = None
 
     @property
     def tls_enabled(self) -> bool:
@@ -135,6 +138,7 @@ class Config:
             tls_ca=env.path("DAGENGINE_TLS_CA"),
             tls_cert=tls_cert,
             tls_key=tls_key,
+            tls_server_name=env.raw("DAGENGINE_TLS_SERVER_NAME"),
         )
 
 

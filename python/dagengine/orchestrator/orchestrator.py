@@ -388,6 +388,7 @@ class Orchestrator:
                 ca_cert=Path(config.tls_ca) if config.tls_ca else None,
                 client_cert=Path(config.tls_cert) if config.tls_cert else None,
                 client_key=Path(config.tls_key) if config.tls_key else None,
+                server_name=config.tls_server_name,
             )
         orch = cls(config=config, **kwargs)
         try:
