@@ -40,7 +40,7 @@ class BadInput(Exception):
 
 
 class _UsageError(Exception):
-    pass
+    """A bad command line (argparse's complaint), reported as one line with exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
