@@ -321,7 +321,10 @@ def fake_engine() -> Iterator[tuple[str, FakeEngine]]:
     fake = FakeEngine()
     handlers = {
         "Run": grpc.unary_stream_rpc_method_handler(
-            fake.run, pb.RunRequest.FromString, pb.RunEvent.SerializeToString
+            # One event per message: a batch may be that small.
+            fake.run,
+            pb.RunRequest.FromString,
+            lambda ev: pb.RunEvents(events=[ev]).SerializeToString(),
         ),
         "Cancel": grpc.unary_unary_rpc_method_handler(
             fake.cancel, pb.CancelRequest.FromString, pb.CancelResponse.SerializeToString

@@ -29,6 +29,7 @@ A failed *run* is not an exception: it is a :class:`~dagengine.RunResult` with s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -710,6 +711,7 @@ class RunStream(Iterator["NodeEvent | RunResult"]):
         self.result: RunResult | None = None
         self._client = client
         self._pending: RunResult | None = None
+        self._batch: collections.deque[pb.RunEvent] = collections.deque()
         self._done = False
         self._call = client._run_rpc(
             request, timeout=_grpc_timeout(request.deadline_unix), wait_for_ready=False
@@ -726,14 +728,17 @@ class RunStream(Iterator["NodeEvent | RunResult"]):
             return result
         if self._done:
             raise StopIteration
-        try:
-            msg = next(self._call)
-        except StopIteration:
-            self._done = True
-            raise _stream_ended(self._client.address, self.run_id) from None
-        except grpc.RpcError as err:
-            self._done = True
-            raise _map_error(err, self._client.address, f"run {self.run_id}") from None
+        # Events come in batches (one message per burst); hand them out one at a time.
+        while not self._batch:
+            try:
+                self._batch.extend(next(self._call).events)
+            except StopIteration:
+                self._done = True
+                raise _stream_ended(self._client.address, self.run_id) from None
+            except grpc.RpcError as err:
+                self._done = True
+                raise _map_error(err, self._client.address, f"run {self.run_id}") from None
+        msg = self._batch.popleft()
         if msg.HasField("result"):
             self._pending = result_from_proto(msg.result)
         return event_from_proto(msg)
@@ -833,7 +838,7 @@ class EngineClient:
         self._run_rpc = self._channel.unary_stream(
             _SERVICE + "Run",
             request_serializer=pb.RunRequest.SerializeToString,
-            response_deserializer=pb.RunEvent.FromString,
+            response_deserializer=pb.RunEvents.FromString,
         )
         self._watch_rpc = self._channel.unary_stream(
             _SERVICE + "Watch",
@@ -997,9 +1002,10 @@ class AsyncRunStream:
         self.result: RunResult | None = None
         self._client = client
         self._pending: RunResult | None = None
+        self._batch: collections.deque[pb.RunEvent] = collections.deque()
         self._done = False
         self._call = client._run_rpc(request, timeout=_grpc_timeout(request.deadline_unix))
-        self._iter: AsyncIterator[pb.RunEvent] = self._call.__aiter__()
+        self._iter: AsyncIterator[pb.RunEvents] = self._call.__aiter__()
 
     def __aiter__(self) -> AsyncRunStream:
         return self
@@ -1012,14 +1018,16 @@ class AsyncRunStream:
             return result
         if self._done:
             raise StopAsyncIteration
-        try:
-            msg = await self._iter.__anext__()
-        except StopAsyncIteration:
-            self._done = True
-            raise _stream_ended(self._client.address, self.run_id) from None
-        except grpc.RpcError as err:
-            self._done = True
-            raise _map_error(err, self._client.address, f"run {self.run_id}") from None
+        while not self._batch:  # events come in batches, one message per burst
+            try:
+                self._batch.extend((await self._iter.__anext__()).events)
+            except StopAsyncIteration:
+                self._done = True
+                raise _stream_ended(self._client.address, self.run_id) from None
+            except grpc.RpcError as err:
+                self._done = True
+                raise _map_error(err, self._client.address, f"run {self.run_id}") from None
+        msg = self._batch.popleft()
         if msg.HasField("result"):
             self._pending = result_from_proto(msg.result)
         return event_from_proto(msg)
@@ -1108,7 +1116,7 @@ class AsyncEngineClient:
         self._run_rpc = self._channel.unary_stream(
             _SERVICE + "Run",
             request_serializer=pb.RunRequest.SerializeToString,
-            response_deserializer=pb.RunEvent.FromString,
+            response_deserializer=pb.RunEvents.FromString,
         )
         self._watch_rpc = self._channel.unary_stream(
             _SERVICE + "Watch",

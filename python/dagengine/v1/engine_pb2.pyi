@@ -215,6 +215,12 @@ class RunEvent(_message.Message):
     missed: int
     def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ...) -> None: ...
 
+class RunEvents(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[RunEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ...) -> None: ...
+
 class NodeResult(_message.Message):
     __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -38,7 +38,7 @@ class EngineServiceStub:
         self.Run = channel.unary_stream(
                 '/dagengine.v1.EngineService/Run',
                 request_serializer=dagengine_dot_v1_dot_engine__pb2.RunRequest.SerializeToString,
-                response_deserializer=dagengine_dot_v1_dot_engine__pb2.RunEvent.FromString,
+                response_deserializer=dagengine_dot_v1_dot_engine__pb2.RunEvents.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/dagengine.v1.EngineService/Cancel',
@@ -62,8 +62,9 @@ class EngineServiceServicer:
     """
 
     def Run(self, request, context):
-        """Run a workflow. The stream carries the run's events and ends with exactly one event
-        whose `result` is set; a stream that ends without one means the engine is gone.
+        """Run a workflow. The stream carries the run's events, in order, and ends with exactly one
+        event whose `result` is set; a stream that ends without one means the engine is gone.
+        Events that happen together travel in one message (RunEvents), one message per burst.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,7 +98,7 @@ def add_EngineServiceServicer_to_server(servicer, server):
             'Run': grpc.unary_stream_rpc_method_handler(
                     servicer.Run,
                     request_deserializer=dagengine_dot_v1_dot_engine__pb2.RunRequest.FromString,
-                    response_serializer=dagengine_dot_v1_dot_engine__pb2.RunEvent.SerializeToString,
+                    response_serializer=dagengine_dot_v1_dot_engine__pb2.RunEvents.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -142,7 +143,7 @@ class EngineService:
             target,
             '/dagengine.v1.EngineService/Run',
             dagengine_dot_v1_dot_engine__pb2.RunRequest.SerializeToString,
-            dagengine_dot_v1_dot_engine__pb2.RunEvent.FromString,
+            dagengine_dot_v1_dot_engine__pb2.RunEvents.FromString,
             options,
             channel_credentials,
             insecure,

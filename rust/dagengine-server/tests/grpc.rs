@@ -112,8 +112,8 @@ async fn collect(
 ) -> Result<Vec<pb::RunEvent>, tonic::Status> {
     let mut stream = client.run(req).await?.into_inner();
     let mut events = Vec::new();
-    while let Some(ev) = stream.next().await {
-        events.push(ev?);
+    while let Some(batch) = stream.next().await {
+        events.extend(batch?.events);
     }
     Ok(events)
 }
@@ -251,8 +251,12 @@ fn capacity_cancel_and_drain() {
     // Wait until the node runs.
     rt.block_on(async {
         loop {
-            let ev = stream.next().await.unwrap().unwrap();
-            if ev.kind == pb::EventKind::NodeStarted as i32 {
+            let batch = stream.next().await.unwrap().unwrap();
+            if batch
+                .events
+                .iter()
+                .any(|ev| ev.kind == pb::EventKind::NodeStarted as i32)
+            {
                 break;
             }
         }
@@ -275,8 +279,8 @@ fn capacity_cancel_and_drain() {
     assert!(found);
     let result = rt.block_on(async {
         let mut last = None;
-        while let Some(ev) = stream.next().await {
-            last = Some(ev.unwrap());
+        while let Some(batch) = stream.next().await {
+            last = batch.unwrap().events.pop().or(last);
         }
         last.unwrap().result.unwrap()
     });
@@ -290,8 +294,8 @@ fn capacity_cancel_and_drain() {
     assert_eq!(cancelled, 1);
     let result = rt.block_on(async {
         let mut last = None;
-        while let Some(ev) = stream.next().await {
-            last = Some(ev.unwrap());
+        while let Some(batch) = stream.next().await {
+            last = batch.unwrap().events.pop().or(last);
         }
         last.unwrap().result.unwrap()
     });

@@ -210,6 +210,7 @@ struct Service {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvents, Status>> + Send>>;
 
 /// Events buffered per Run stream before the engine stops reading the run (the client is
 /// slow): the run goes on, its events wait in the core.
@@ -343,7 +344,7 @@ impl Service {
         tag: RunTag,
         plan: Arc<Plan>,
         handle: RunHandle,
-        tx: mpsc::Sender<Result<pb::RunEvent, Status>>,
+        tx: mpsc::Sender<Result<pb::RunEvents, Status>>,
         result_only: bool,
     ) {
         let mut client_gone = false;
@@ -363,6 +364,9 @@ impl Service {
                     }
                 }
             };
+            // Everything that happened since the last message goes out as one message: a
+            // 3-node run is one or two messages instead of eight.
+            let mut batch = Vec::with_capacity(events.len());
             for e in &events {
                 let mut ev = convert::event(&tag, &plan, e);
                 if e.kind == EventKind::RunFinished {
@@ -387,11 +391,15 @@ impl Service {
                 if result_only && e.kind != EventKind::RunFinished {
                     continue;
                 }
-                if !client_gone && tx.send(Ok(ev)).await.is_err() {
-                    // The caller is gone: nobody will see this run's result.
-                    client_gone = true;
-                    handle.cancel();
-                }
+                batch.push(ev);
+            }
+            if !client_gone
+                && !batch.is_empty()
+                && tx.send(Ok(pb::RunEvents { events: batch })).await.is_err()
+            {
+                // The caller is gone: nobody will see this run's result.
+                client_gone = true;
+                handle.cancel();
             }
             if outcome.is_some() {
                 break;
@@ -404,7 +412,7 @@ impl Service {
 
 #[tonic::async_trait]
 impl EngineService for Service {
-    type RunStream = EventStream;
+    type RunStream = BatchStream;
     type WatchStream = EventStream;
 
     async fn run(
