@@ -696,6 +696,38 @@ def _grpc_timeout(deadline_unix: float) -> float | None:
     return max(deadline_unix - time.time(), 0.0) + _DEADLINE_SLACK_SECONDS
 
 
+def _engine_rpcs(channel: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """The callables of ``EngineService`` (Run, Watch, Cancel, Info) and of the standard health
+    check on a channel — a grpcio or a grpc.aio one: both bind methods the same way."""
+    return (
+        channel.unary_stream(
+            _SERVICE + "Run",
+            request_serializer=pb.RunRequest.SerializeToString,
+            response_deserializer=pb.RunEvents.FromString,
+        ),
+        channel.unary_stream(
+            _SERVICE + "Watch",
+            request_serializer=pb.WatchRequest.SerializeToString,
+            response_deserializer=pb.RunEvent.FromString,
+        ),
+        channel.unary_unary(
+            _SERVICE + "Cancel",
+            request_serializer=pb.CancelRequest.SerializeToString,
+            response_deserializer=pb.CancelResponse.FromString,
+        ),
+        channel.unary_unary(
+            _SERVICE + "Info",
+            request_serializer=pb.InfoRequest.SerializeToString,
+            response_deserializer=pb.EngineInfo.FromString,
+        ),
+        channel.unary_unary(
+            _HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        ),
+    )
+
+
 class RunStream(Iterator["NodeEvent | RunResult"]):
     """A run in progress on an engine (:meth:`EngineClient.stream`).
 
@@ -835,31 +867,13 @@ class EngineClient:
             self._channel = grpc.insecure_channel(address, options=options)
         else:
             self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
-        self._run_rpc = self._channel.unary_stream(
-            _SERVICE + "Run",
-            request_serializer=pb.RunRequest.SerializeToString,
-            response_deserializer=pb.RunEvents.FromString,
-        )
-        self._watch_rpc = self._channel.unary_stream(
-            _SERVICE + "Watch",
-            request_serializer=pb.WatchRequest.SerializeToString,
-            response_deserializer=pb.RunEvent.FromString,
-        )
-        self._cancel_rpc = self._channel.unary_unary(
-            _SERVICE + "Cancel",
-            request_serializer=pb.CancelRequest.SerializeToString,
-            response_deserializer=pb.CancelResponse.FromString,
-        )
-        self._info_rpc = self._channel.unary_unary(
-            _SERVICE + "Info",
-            request_serializer=pb.InfoRequest.SerializeToString,
-            response_deserializer=pb.EngineInfo.FromString,
-        )
-        self._health_rpc = self._channel.unary_unary(
-            _HEALTH_CHECK,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
+        (
+            self._run_rpc,
+            self._watch_rpc,
+            self._cancel_rpc,
+            self._info_rpc,
+            self._health_rpc,
+        ) = _engine_rpcs(self._channel)
 
     def stream(
         self,
@@ -947,7 +961,7 @@ class EngineClient:
             reply = self._cancel_rpc(pb.CancelRequest(run_id=run_id), timeout=self.timeout)
         except grpc.RpcError as err:
             raise _map_error(err, self.address, f"cancel {run_id}") from None
-        return reply.found
+        return bool(reply.found)
 
     def info(self) -> EngineInfo:
         """The engine's id, version, capacity, active runs, uptime and draining flag."""
@@ -1113,31 +1127,13 @@ class AsyncEngineClient:
             self._channel = grpc.aio.insecure_channel(address, options=options)
         else:
             self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
-        self._run_rpc = self._channel.unary_stream(
-            _SERVICE + "Run",
-            request_serializer=pb.RunRequest.SerializeToString,
-            response_deserializer=pb.RunEvents.FromString,
-        )
-        self._watch_rpc = self._channel.unary_stream(
-            _SERVICE + "Watch",
-            request_serializer=pb.WatchRequest.SerializeToString,
-            response_deserializer=pb.RunEvent.FromString,
-        )
-        self._cancel_rpc = self._channel.unary_unary(
-            _SERVICE + "Cancel",
-            request_serializer=pb.CancelRequest.SerializeToString,
-            response_deserializer=pb.CancelResponse.FromString,
-        )
-        self._info_rpc = self._channel.unary_unary(
-            _SERVICE + "Info",
-            request_serializer=pb.InfoRequest.SerializeToString,
-            response_deserializer=pb.EngineInfo.FromString,
-        )
-        self._health_rpc = self._channel.unary_unary(
-            _HEALTH_CHECK,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
+        (
+            self._run_rpc,
+            self._watch_rpc,
+            self._cancel_rpc,
+            self._info_rpc,
+            self._health_rpc,
+        ) = _engine_rpcs(self._channel)
 
     def stream(
         self,
@@ -1211,7 +1207,7 @@ class AsyncEngineClient:
             reply = await self._cancel_rpc(pb.CancelRequest(run_id=run_id), timeout=self.timeout)
         except grpc.RpcError as err:
             raise _map_error(err, self.address, f"cancel {run_id}") from None
-        return reply.found
+        return bool(reply.found)
 
     async def info(self) -> EngineInfo:
         """See :meth:`EngineClient.info`."""
