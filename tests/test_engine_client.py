@@ -46,6 +46,7 @@ from dagengine.engine import (
     encode_inputs,
     event_from_proto,
     result_from_proto,
+    result_json_from_proto,
     workflow_to_proto,
 )
 from dagengine.v1 import engine_pb2 as pb
@@ -205,6 +206,25 @@ def test_results_convert_like_local_ones() -> None:
     assert RunResult.from_dict(result.to_dict()) == result_from_proto(_result_proto())
     with pytest.raises(EngineError, match="unknown status"):
         result_from_proto(pb.RunResult(run_id="x"))
+
+
+def test_result_json_is_the_results_dict_without_decoding_outputs() -> None:
+    # The orchestrator records remote results from this text: it must read back exactly as
+    # the decoded result's dict, for failures, skipped nodes, odd ids and unicode alike.
+    msg = _result_proto()
+    msg.nodes.append(
+        pb.NodeResult(
+            node_id='q"uote\\ü',
+            status=pb.NODE_SUCCEEDED_STATUS,
+            output_json='{"s": "ü\\n", "n": [1, 2.5, null]}'.encode(),
+            attempts=1,
+            started_at=1.25,
+            finished_at=2.0,
+        )
+    )
+    assert json.loads(result_json_from_proto(msg)) == result_from_proto(msg).to_dict()
+    ok = pb.RunResult(run_id="r2", status=pb.SUCCEEDED, duration_seconds=0.001)
+    assert json.loads(result_json_from_proto(ok)) == result_from_proto(ok).to_dict()
 
 
 def test_events_convert_like_local_ones() -> None:

@@ -487,7 +487,8 @@ _NODE_STATUS: dict[int, NodeStatus] = {
 }
 
 
-def _error_info(msg: pb.ErrorInfo) -> ErrorInfo:
+def error_info_from_proto(msg: pb.ErrorInfo) -> ErrorInfo:
+    """A wire ``ErrorInfo`` as an :class:`~dagengine.ErrorInfo`."""
     return ErrorInfo(
         type=msg.type or "Error",
         message=msg.message,
@@ -567,7 +568,7 @@ def result_from_proto(msg: pb.RunResult) -> RunResult:
             node_id=node_id,
             status=_NODE_STATUS.get(node.status, NodeStatus.PENDING),
             output=_decode_object(node.output_json, what) if node.output_json else None,
-            error=_error_info(node.error) if node.HasField("error") else None,
+            error=error_info_from_proto(node.error) if node.HasField("error") else None,
             attempts=node.attempts,
             started_at=node.started_at or None,
             finished_at=node.finished_at or None,
@@ -587,8 +588,41 @@ def result_from_proto(msg: pb.RunResult) -> RunResult:
         status=_run_status(msg.status),
         outputs=_LazyMapping(succeeded, output),
         node_results=node_results,
-        error=_error_info(msg.error) if msg.HasField("error") else None,
+        error=error_info_from_proto(msg.error) if msg.HasField("error") else None,
         duration=msg.duration_seconds,
+    )
+
+
+_json_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _error_json(msg: pb.ErrorInfo) -> str:
+    return _json_text(error_info_from_proto(msg).to_dict())
+
+
+def result_json_from_proto(msg: pb.RunResult) -> str:
+    """The JSON text of ``result_from_proto(msg).to_dict()``, built without decoding the node
+    outputs: they are spliced in as the engine sent them (JSON objects, encoded by the core).
+    The orchestrator records every run's result this way."""
+    outputs: list[str] = []
+    nodes: list[str] = []
+    for node in msg.nodes:
+        key = _json_text(node.node_id)
+        raw = node.output_json.decode() if node.output_json else None
+        status = _NODE_STATUS.get(node.status, NodeStatus.PENDING)
+        if node.status == pb.NODE_SUCCEEDED_STATUS:
+            outputs.append(f"{key}:{raw or '{}'}")
+        error = _error_json(node.error) if node.HasField("error") else "null"
+        nodes.append(
+            f'{key}:{{"status":"{status.value}","output":{raw or "null"},"error":{error},'
+            f'"attempts":{node.attempts},"started_at":{_json_text(node.started_at or None)},'
+            f'"finished_at":{_json_text(node.finished_at or None)}}}'
+        )
+    error = _error_json(msg.error) if msg.HasField("error") else "null"
+    return (
+        f'{{"run_id":{_json_text(msg.run_id)},"status":"{_run_status(msg.status).value}",'
+        f'"error":{error},"duration":{_json_text(msg.duration_seconds)},'
+        f'"outputs":{{{",".join(outputs)}}},"nodes":{{{",".join(nodes)}}}}}'
     )
 
 
@@ -1046,6 +1080,27 @@ class AsyncRunStream:
             self._pending = result_from_proto(msg.result)
         return event_from_proto(msg)
 
+    async def batches(self) -> AsyncIterator[Sequence[pb.RunEvent]]:
+        """The run's events as they come off the wire: one sequence of ``RunEvent`` messages
+        per burst, the last of which carries the result (``HasField("result")``). For callers
+        that keep their own records (the orchestrator) and would only re-encode what
+        :meth:`__anext__` decodes. Do not mix with ``async for``."""
+        while not self._done:
+            try:
+                msg = await self._iter.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                raise _stream_ended(self._client.address, self.run_id) from None
+            except grpc.RpcError as err:
+                self._done = True
+                raise _map_error(err, self._client.address, f"run {self.run_id}") from None
+            events = msg.events
+            for event in events:
+                if event.HasField("result"):
+                    self.result = result_from_proto(event.result)
+                    self._finish()
+            yield events
+
     async def wait(self) -> RunResult:
         """Read the rest of the stream and return the run's result."""
         async for _ in self:
@@ -1318,7 +1373,7 @@ class OrchestratorSubWorkflowRunner:
             ) from None
         if reply.status != pb.SUCCEEDED:
             status = _RUN_STATUS.get(reply.status, RunStatus.FAILED).value
-            reason = f": {_error_info(reply.error)}" if reply.HasField("error") else ""
+            reason = f": {error_info_from_proto(reply.error)}" if reply.HasField("error") else ""
             raise SubWorkflowError(
                 f"sub-workflow {sub.reference} (run {reply.run_id}) {status}{reason}",
                 node_id=ctx.node_id,

@@ -97,6 +97,34 @@ def test_a_new_bus_on_an_old_store_continues_its_sequence() -> None:
         store.close()
 
 
+def test_publish_batch_numbers_types_and_delivers_in_order(bus: EventBus) -> None:
+    sub = bus.subscribe()
+    before = bus.publish("run.started", run_id="r1")
+    bus.publish_batch(
+        [
+            ("node.started", "a", {"attempt": 1}),
+            (EventType.NODE_FAILED, "a", {"attempt": 1, "error": {"type": "E"}}),
+            ("node.skipped", "b", {"attempt": 1}),
+        ],
+        workflow_id="wf",
+        run_id="r1",
+        engine_id="e1",
+    )
+    live = drain(sub)
+    assert [(e.type, e.severity, e.node_id) for e in live[1:]] == [
+        ("node.started", "info", "a"),
+        ("node.failed", "error", "a"),
+        ("node.skipped", "info", "b"),
+    ]
+    assert seqs(live) == list(range(before.seq, before.seq + 4))
+    assert live[-1].seq == bus.last_seq
+    assert {(e.workflow_id, e.engine_id) for e in live[1:]} == {("wf", "e1")}
+    assert [Event.from_record(r) for r in bus.store.events()] == live
+    with pytest.raises(ValueError, match="unknown event type"):
+        bus.publish_batch([("node.exploded", "a", {})])
+    sub.close()
+
+
 def test_publishing_never_waits_for_a_store_transaction() -> None:
     """Thread A holds a store transaction and publishes inside it; thread B publishes
     meanwhile. Events are committed in groups by the store's writer, so B must not wait for

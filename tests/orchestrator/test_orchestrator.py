@@ -8,6 +8,7 @@ stops), and tests wait on conditions with generous bounds.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -96,6 +97,28 @@ def lua(source: str, **node: Any) -> dict[str, Any]:
 
 
 # --- registration and runs ----------------------------------------------------------------------
+
+
+def test_a_run_handed_back_is_already_in_the_store_file(
+    make_orch: Callable[..., Orchestrator], tmp_path: Path
+) -> None:
+    # Runs are written with the store's group commit; one whose handle is returned (wait=False,
+    # the HTTP API's submit) must be on disk before the caller hears of it.
+    path = tmp_path / "state.db"
+    o = make_orch(store=str(path))
+    o.register_workflow("w", "1.0.0", lua("return {v = 1}"))
+    for _ in range(20):
+        h = handle(o.execute_workflow("w", wait=False))
+        other = sqlite3.connect(path)
+        try:
+            row = other.execute("SELECT workflow_id FROM runs WHERE run_id = ?", (h.run_id,))
+            assert row.fetchone() == ("w",)
+        finally:
+            other.close()
+        assert h.result(timeout=WAIT).ok
+    taken = handle(o.execute_workflow("w", wait=False)).run_id
+    with pytest.raises(DagEngineError, match="already taken"):
+        o.execute_workflow("w", run_id=taken)
 
 
 def test_register_a_dag_a_spec_and_a_builder_called_once(orch: Orchestrator) -> None:

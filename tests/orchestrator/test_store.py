@@ -156,6 +156,47 @@ def test_claim_attempt(store: Store) -> None:
         store.claim_attempt("ghost", "e3")
 
 
+def test_runs_and_claims_queued_for_the_group_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    try:
+        store.create_run_later(_run("r"))
+        store.claim_attempt_later("r", "e1", 1)
+        store.save_node_output_json_later("r", "a", 1, '{"v":1}')
+        store.claim_attempt_later("r", "e2", 2)  # e1 presumed dead
+        store.save_node_output_json_later("r", "b", 1, '{"late":true}')  # fenced out
+        store.claim_attempt_later("r", "e0", 1)  # never back to an older attempt
+        # Readers commit what is pending first, in the order it was queued.
+        rec = store.get_run("r")
+        assert rec is not None
+        assert (rec.status, rec.engine_id, rec.attempt) == ("running", "e2", 2)
+        assert store.node_outputs("r") == {"a": {"v": 1}}
+        done: list[bool] = []
+        store.finish_run_later("r", 2, "succeeded", '{"outputs":{"a":{"v":1}}}', None, done.append)
+        store.claim_attempt_later("r", "e3", 3)  # finished: no claim takes it back
+        store.flush()
+        assert done == [True]
+        rec = store.get_run("r")
+        assert rec is not None
+        assert (rec.status, rec.attempt, rec.result) == (
+            "succeeded",
+            2,
+            {"outputs": {"a": {"v": 1}}},
+        )
+        # A taken id queued again changes nothing and does not fail the group.
+        store.create_run_later(_run("r", created_at=5.0))
+        store.create_run_later(_run("s"))
+        assert [r.run_id for r in store.list_runs()] == ["s", "r"]
+        with pytest.raises(StoreError, match="cannot create run"):
+            store.create_run(_run("s"))
+    finally:
+        store.close()
+    # Everything queued reached the file.
+    with Store(tmp_path / "state.db") as reopened:
+        rec = reopened.get_run("r")
+        assert rec is not None
+        assert rec.status == "succeeded"
+
+
 def test_node_outputs_are_fenced_by_attempt(store: Store) -> None:
     store.create_run(_run("r"))
     assert not store.save_node_output("r", "a", 0, {"v": 0})  # queued: nothing runs yet

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -241,8 +241,16 @@ class RemoteBackend:
         del subworkflows
         return self._loop.run(self.execute_async(job, on_event))
 
-    async def execute_async(self, job: Job, on_event: Callable[[NodeEvent], None]) -> RunResult:
-        """Run ``job`` and return its result (see :class:`Backend`); on the loop thread."""
+    async def execute_async(
+        self,
+        job: Job,
+        on_event: Callable[[NodeEvent], None] | None = None,
+        *,
+        on_wire: Callable[[Sequence[pb.RunEvent]], None] | None = None,
+    ) -> RunResult:
+        """Run ``job`` and return its result (see :class:`Backend`); on the loop thread.
+        Events go to ``on_event`` decoded, or to ``on_wire`` as the engine's ``RunEvent``
+        messages, one call per burst (the last burst carries the result too)."""
         if job.spec is None:
             raise DagEngineError(
                 f"{job.workflow_id}@{job.version} has no portable spec (Python closures); "
@@ -264,10 +272,17 @@ class RemoteBackend:
             self._streams[job.run_id] = stream
         try:
             async with stream:
-                async for item in stream:
-                    if isinstance(item, RunResult):
-                        return item
-                    on_event(item)
+                if on_wire is not None:
+                    async for batch in stream.batches():
+                        on_wire(batch)
+                        if stream.result is not None:
+                            return stream.result
+                else:
+                    async for item in stream:
+                        if isinstance(item, RunResult):
+                            return item
+                        if on_event is not None:
+                            on_event(item)
             raise EngineUnavailable(
                 f"engine {self.engine_id} ({self.address}) ended run {job.run_id} without a result"
             )

@@ -147,6 +147,13 @@ def _event_type(value: EventType | str) -> EventType:
         raise ValueError(f"unknown event type {value!r}") from None
 
 
+#: type name -> (type name, default severity name): ``publish`` is on every run's hot path, and
+#: enum construction and ``.value`` lookups cost more than the rest of it.
+_TYPE_DEFAULTS: dict[str, tuple[str, str]] = {
+    kind.value: (kind.value, level.value) for kind, level in DEFAULT_SEVERITY.items()
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One orchestrator event. ``seq`` is its position in the store (strictly increasing);
@@ -611,8 +618,12 @@ class EventBus:
         ``severity`` defaults to the type's (:data:`DEFAULT_SEVERITY`); ``time`` to now.
         With a :class:`~dagengine.orchestrator.store.Store` the event is committed with the
         next group (within milliseconds; at once when events are read)."""
-        kind = _event_type(type)
-        level = DEFAULT_SEVERITY[kind] if severity is None else _severity(severity)
+        known = _TYPE_DEFAULTS.get(type)  # EventType members hash and compare as their value
+        if known is None:
+            known = _TYPE_DEFAULTS[_event_type(type).value]
+        kind, level = known
+        if severity is not None:
+            level = _severity(severity).value
         when = _time.time() if time is None else float(time)
         payload = dict(data) if data is not None else {}
         # Group commit: the store assigns the sequence number now and writes the event with
@@ -620,27 +631,46 @@ class EventBus:
         # transaction. The bus lock orders sequence numbers and delivery alike.
         append = getattr(self.store, "append_event_later", None) or self.store.append_event
         with self._lock:
-            seq = append(
-                when,
-                kind.value,
-                level.value,
-                workflow_id,
-                run_id,
-                node_id,
-                engine_id,
-                payload,
-            )
+            seq = append(when, kind, level, workflow_id, run_id, node_id, engine_id, payload)
             event = Event(
-                int(seq), when, kind.value, level.value, workflow_id, run_id, node_id,
-                engine_id, payload,
-            )  # fmt: skip
-            self._last_seq = event.seq
-            for sub in self._subs:
-                try:
-                    sub._offer(event)
-                except Exception:  # a broken subscriber must not break publishing
-                    _log.exception("event subscriber failed; event %d not delivered", seq)
+                int(seq), when, kind, level, workflow_id, run_id, node_id, engine_id, payload
+            )
+            self._deliver_locked(event)
         return event
+
+    def publish_batch(
+        self,
+        items: Iterable[tuple[EventType | str, str | None, dict[str, Any]]],
+        *,
+        workflow_id: str | None = None,
+        run_id: str | None = None,
+        engine_id: str | None = None,
+    ) -> None:
+        """Publish several events of one run, in order, with their types' default
+        severities: ``(type, node_id, data)`` each (``data`` is kept, not copied). One lock
+        round for the lot: an engine reports a run's node events in bursts."""
+        when = _time.time()
+        append = getattr(self.store, "append_event_later", None) or self.store.append_event
+        with self._lock:
+            for type_, node_id, data in items:
+                known = _TYPE_DEFAULTS.get(type_)
+                if known is None:
+                    known = _TYPE_DEFAULTS[_event_type(type_).value]
+                kind, level = known
+                seq = append(when, kind, level, workflow_id, run_id, node_id, engine_id, data)
+                self._deliver_locked(
+                    Event(
+                        int(seq), when, kind, level, workflow_id, run_id, node_id, engine_id, data
+                    )
+                )
+
+    def _deliver_locked(self, event: Event) -> None:
+        self._last_seq = event.seq
+        for sub in self._subs:
+            try:
+                sub._offer(event)
+            except Exception:  # a broken subscriber must not break publishing
+                _log.exception("event subscriber failed; event %d not delivered", event.seq)
 
     def subscribe(
         self,

@@ -27,12 +27,17 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagengine.engine import TLSConfig, workflow_to_proto
+from dagengine.engine import (
+    TLSConfig,
+    error_info_from_proto,
+    result_json_from_proto,
+    workflow_to_proto,
+)
 from dagengine.exceptions import (
     DagEngineError,
     EngineBusy,
@@ -67,6 +72,15 @@ log = logging.getLogger("dagengine.orchestrator")
 _FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 # How long an engine that refused a run as full is passed over before it is tried again.
 _BUSY_BACKOFF = 0.2
+
+# The engine's node events the orchestrator publishes, by wire kind (as _on_event does).
+_WIRE_EVENT_TYPES: dict[int, str] = {
+    pb.NODE_STARTED: "node.started",
+    pb.NODE_SUCCEEDED: "node.succeeded",
+    pb.NODE_FAILED: "node.failed",
+    pb.NODE_RETRYING: "node.retrying",
+    pb.NODE_SKIPPED: "node.skipped",
+}
 # How the core prefixes a run's error with the failing node ("node 'x' failed: ...").
 _NODE_FAILED = re.compile(r"^node '[^']*' failed: ")
 
@@ -578,7 +592,9 @@ class Orchestrator:
         already has is refused). Raises :class:`QueueFull` when too many runs wait for an
         engine."""
         wv = self.registry.get(workflow_id, version)
-        handle = self._submit(wv, dict(inputs or {}), key=key, timeout=timeout, run_id=run_id)
+        handle = self._submit(
+            wv, dict(inputs or {}), key=key, timeout=timeout, run_id=run_id, durable=not wait
+        )
         if not wait:
             return handle
         try:
@@ -598,7 +614,7 @@ class Orchestrator:
     ) -> RunResult:
         """Like :meth:`execute_workflow`, awaitable."""
         wv = self.registry.get(workflow_id, version)
-        handle = self._submit(wv, dict(inputs or {}), key=key, timeout=timeout)
+        handle = self._submit(wv, dict(inputs or {}), key=key, timeout=timeout, durable=False)
         return await handle.result_async()
 
     def get_run(self, run_id: str) -> RunInfo:
@@ -724,7 +740,11 @@ class Orchestrator:
         parent_node_id: str = "",
         depth: int = 0,
         run_id: str | None = None,
+        durable: bool = True,
     ) -> RunHandle:
+        """Queue a run. With ``durable`` (the default) it is committed to the store before
+        this returns; without, it is committed with the next group, which is enough for a
+        caller that waits for the run's end (that end is only reported once committed)."""
         if self._stopping:
             raise DagEngineError("the orchestrator is stopped")
         if wv.dag is None:
@@ -768,8 +788,13 @@ class Orchestrator:
             result=None,
         )
         with self._lock:
+            if run_id in self._runs:
+                raise DagEngineError(f"run id {run_id!r} is empty or already taken")
             self._queue.put(run_id)  # raises QueueFull before anything is recorded
-            self.store.create_run(record)
+            # Group commit: the run is written with the next burst, ahead of its claim, its
+            # outputs and its end (all queued after it), so a run that was never written
+            # never ran. A caller that gets a handle back (durable) waits for the commit.
+            self.store.create_run_later(record)
             self._runs[run_id] = run
             self._wakeup.notify_all()
         self.events.publish(
@@ -778,6 +803,8 @@ class Orchestrator:
             run_id=run_id,
             data={"version": str(wv.version)},
         )
+        if durable:
+            self.store.flush()
         return RunHandle(self, run_id, run.future)
 
     def _recover(self) -> None:
@@ -882,17 +909,11 @@ class Orchestrator:
             if chosen is None:
                 return
             run, slot = chosen
-            try:
-                attempt = self.store.claim_attempt(run.run_id, slot.engine_id)
-            except DagEngineError as exc:
-                # Finished meanwhile (or gone from the store): nothing to run. The
-                # dispatcher must survive it.
-                log.warning("run %s not dispatched: %s", run.run_id, exc)
-                self._release(run, slot)
-                with self._lock:
-                    self._runs.pop(run.run_id, None)
-                continue
-            run.attempt = attempt
+            # This orchestrator owns the store and numbers the attempts: the claim is
+            # committed with the next group, ahead of the attempt's outputs and end, which
+            # are fenced on it.
+            attempt = run.attempt = run.attempt + 1
+            self.store.claim_attempt_later(run.run_id, slot.engine_id, attempt)
             self.events.publish(
                 "run.started",
                 workflow_id=run.version.workflow_id,
@@ -938,14 +959,20 @@ class Orchestrator:
         job = self._prepare(run, slot, attempt)
         if job is None:
             return
+        # The engine's messages are recorded as they came (outputs and the result stay the
+        # JSON the engine sent): decoding them only to encode them again cost more than the
+        # rest of a run's bookkeeping.
+        result_json: list[str] = []
         try:
             result = await backend.execute_async(
-                job, lambda event: self._on_event(run, slot, attempt, event)
+                job, on_wire=lambda batch: self._on_wire(run, slot, attempt, batch, result_json)
             )
         except BaseException as exc:
             self._conclude(run, slot, attempt, None, exc)
         else:
-            self._conclude(run, slot, attempt, result, None)
+            self._conclude(
+                run, slot, attempt, result, None, result_json[0] if result_json else None
+            )
 
     def _release(self, run: _Run, slot: _EngineSlot) -> None:
         with self._lock:
@@ -993,8 +1020,10 @@ class Orchestrator:
         attempt: int,
         result: RunResult | None,
         exc: BaseException | None,
+        result_json: str | None = None,
     ) -> None:
-        """Settle an attempt from what its backend returned or raised."""
+        """Settle an attempt from what its backend returned or raised (``result_json``: the
+        result already encoded, when the backend had it so)."""
         lost: str | None = None
         if exc is None:
             assert result is not None
@@ -1038,7 +1067,41 @@ class Orchestrator:
             self._redispatch(run, slot, attempt, lost)
             return
         assert result is not None
-        self._settle(run, attempt, result, slot.engine_id)
+        self._settle(run, attempt, result, slot.engine_id, result_json if exc is None else None)
+
+    def _on_wire(
+        self,
+        run: _Run,
+        slot: _EngineSlot,
+        attempt: int,
+        batch: Sequence[pb.RunEvent],
+        result_json: list[str],
+    ) -> None:
+        """Record a burst of a remote run's events: outputs of succeeded nodes (as the JSON
+        the engine sent), node events on the bus, and the result's JSON into ``result_json``.
+        The same records as :meth:`_on_event` makes from decoded events."""
+        published: list[tuple[str, str | None, dict[str, Any]]] = []
+        for msg in batch:
+            kind = msg.kind
+            if kind == pb.NODE_SUCCEEDED:
+                self.store.save_node_output_json_later(
+                    run.run_id, msg.node_id, attempt, msg.output_json.decode() or "{}"
+                )
+            event_type = _WIRE_EVENT_TYPES.get(kind)
+            if event_type is not None:
+                data: dict[str, Any] = {"attempt": attempt, "node_attempt": msg.node_attempt}
+                if msg.HasField("error"):
+                    data["error"] = error_info_from_proto(msg.error).to_dict()
+                published.append((event_type, msg.node_id or None, data))
+            if msg.HasField("result"):
+                result_json.append(result_json_from_proto(msg.result))
+        if published:
+            self.events.publish_batch(
+                published,
+                workflow_id=run.version.workflow_id,
+                run_id=run.run_id,
+                engine_id=slot.engine_id,
+            )
 
     def _on_event(self, run: _Run, slot: _EngineSlot, attempt: int, event: NodeEvent) -> None:
         kind = event.kind
@@ -1096,10 +1159,18 @@ class Orchestrator:
             self._front.append(run.run_id)
             self._wakeup.notify_all()
 
-    def _settle(self, run: _Run, attempt: int, result: RunResult, engine_id: str | None) -> None:
+    def _settle(
+        self,
+        run: _Run,
+        attempt: int,
+        result: RunResult,
+        engine_id: str | None,
+        result_json: str | None = None,
+    ) -> None:
         """Record a run's end (fenced by ``attempt``) and then tell its waiters. The record is
         committed with the store's next group, so settling never waits for the disk on the
-        caller's thread (the event loop of remote runs)."""
+        caller's thread (the event loop of remote runs). ``result_json``: ``result`` already
+        encoded."""
         error = result.error.to_dict() if result.error is not None else None
 
         def recorded(stored: bool) -> None:
@@ -1127,7 +1198,12 @@ class Orchestrator:
                 run.future.set_result(result)
 
         self.store.finish_run_later(
-            run.run_id, attempt, result.status.value, result.to_dict(), error, recorded
+            run.run_id,
+            attempt,
+            result.status.value,
+            result_json if result_json is not None else result.to_dict(),
+            error,
+            recorded,
         )
 
     def _settle_cancelled_in_queue(self, run: _Run) -> None:

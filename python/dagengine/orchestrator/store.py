@@ -146,8 +146,10 @@ _INSERT_OUTPUT = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
         attempt = excluded.attempt, output = excluded.output"""
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+#: One encoder for every write: ``json.dumps`` with options builds a new encoder per call.
+_dumps: Final[Callable[[Any], str]] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False
+).encode
 
 
 def _loads(text: str | None) -> Any:
@@ -243,6 +245,17 @@ _RUN_COLUMNS = (
 )
 _RUN_JSON = frozenset({"inputs", "resolved_versions", "error", "result"})
 _RUN_SELECT = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
+_INSERT_RUN = (
+    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})"
+)
+# In a group commit a failing statement would roll back the whole group: a taken id is
+# skipped instead (callers check for it before they queue the run).
+_INSERT_RUN_IF_NEW = f"{_INSERT_RUN} ON CONFLICT (run_id) DO NOTHING"
+# A claim decided by the orchestrator (which numbers attempts itself), fenced like
+# claim_attempt: never on a finished run, never back to an older attempt.
+_CLAIM = """UPDATE runs SET attempt = ?, status = 'running', engine_id = ?,
+        started_at = COALESCE(started_at, ?)
+    WHERE run_id = ? AND status IN ('queued', 'running') AND attempt < ?"""
 
 
 def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
@@ -251,6 +264,15 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         for name, value in zip(_RUN_COLUMNS, row, strict=True)
     }
     return RunRecord(**values)
+
+
+def _run_values(record: RunRecord) -> list[Any]:
+    """The column values of a run record, JSON fields encoded."""
+    values: list[Any] = []
+    for name in _RUN_COLUMNS:
+        value = getattr(record, name)
+        values.append(_dumps(value) if name in _RUN_JSON and value is not None else value)
+    return values
 
 
 def _check_status(status: str, allowed: Iterable[str] = RUN_STATUSES) -> None:
@@ -454,6 +476,8 @@ class Store:
                     self._db.execute(_INSERT_EVENT, row)
                 elif kind == "output":
                     self._db.execute(_INSERT_OUTPUT, row)
+                elif kind == "sql":
+                    self._db.execute(*row)
                 else:
                     sql, params, done = row
                     finished.append((done, self._db.execute(sql, params).rowcount == 1))
@@ -524,21 +548,19 @@ class Store:
     def create_run(self, record: RunRecord) -> None:
         """Insert a new run; ``StoreError`` if its id is taken."""
         _check_status(record.status)
-        values = [
-            _dumps(getattr(record, name))
-            if name in _RUN_JSON and getattr(record, name) is not None
-            else getattr(record, name)
-            for name in _RUN_COLUMNS
-        ]
-        placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
+        self.flush()  # a run created "later" with the same id goes in first
         try:
             with self.transaction():
-                self._db.execute(
-                    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders})",
-                    values,
-                )
+                self._db.execute(_INSERT_RUN, _run_values(record))
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"cannot create run {record.run_id!r}: {exc}") from exc
+
+    def create_run_later(self, record: RunRecord) -> None:
+        """Like :meth:`create_run`, committed with the next group (before anything queued
+        after it, such as the run's claim). An id the store already has is left as it was:
+        check for it first (:meth:`get_run` commits pending writes before it reads)."""
+        _check_status(record.status)
+        self._later("sql", (_INSERT_RUN_IF_NEW, tuple(_run_values(record))))
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set fields of a run (any :class:`RunRecord` field but ``run_id``), unfenced: for
@@ -567,6 +589,7 @@ class Store:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run, or ``None`` if there is none with that id."""
+        self.flush()
         rows = self._query(f"{_RUN_SELECT} WHERE run_id = ?", (run_id,))
         return _run_from_row(rows[0]) if rows else None
 
@@ -579,6 +602,7 @@ class Store:
         offset: int = 0,
     ) -> list[RunRecord]:
         """Runs matching every filter given, newest first."""
+        self.flush()
         where: list[str] = []
         params: list[Any] = []
         if workflow_id is not None:
@@ -601,6 +625,7 @@ class Store:
     def unfinished_runs(self) -> list[RunRecord]:
         """Runs that are queued or running, oldest first: what a restarted orchestrator
         resumes."""
+        self.flush()
         rows = self._query(
             f"{_RUN_SELECT} WHERE status IN ('queued', 'running') ORDER BY created_at, rowid"
         )
@@ -626,6 +651,13 @@ class Store:
                 self._raise_not_unfinished(run_id, "start a new attempt of")
             return int(row[0])
 
+    def claim_attempt_later(self, run_id: str, engine_id: str, attempt: int) -> None:
+        """Like :meth:`claim_attempt` with the attempt number decided by the caller (the
+        orchestrator that owns this store and knows each run's last attempt), committed with
+        the next group: after the run's creation and outputs queued before it, before the
+        outputs and the end of the new attempt, which are fenced on it."""
+        self._later("sql", (_CLAIM, (attempt, engine_id, time.time(), run_id, attempt)))
+
     def _raise_not_unfinished(self, run_id: str, action: str) -> None:
         found = self._db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if found is None:
@@ -649,7 +681,7 @@ class Store:
         run_id: str,
         attempt: int | None,
         status: str,
-        result: Mapping[str, Any] | None,
+        result: Mapping[str, Any] | str | None,
         error: Mapping[str, Any] | None,
     ) -> tuple[str, list[Any]]:
         _check_status(status, FINISHED_STATUSES)
@@ -657,7 +689,7 @@ class Store:
                  WHERE run_id = ? AND status IN ('queued', 'running')"""
         params: list[Any] = [
             status,
-            None if result is None else _dumps(dict(result)),
+            None if result is None else result if isinstance(result, str) else _dumps(dict(result)),
             None if error is None else _dumps(dict(error)),
             time.time(),
             run_id,
@@ -689,13 +721,14 @@ class Store:
         run_id: str,
         attempt: int | None,
         status: str,
-        result: Mapping[str, Any] | None,
+        result: Mapping[str, Any] | str | None,
         error: Mapping[str, Any] | None,
         done: Callable[[bool], None],
     ) -> None:
         """Like :meth:`finish_run`, committed with the next group (after the outputs queued
         before it); ``done(recorded)`` is called once it is committed, outside the store's
-        lock, on the thread that committed it."""
+        lock, on the thread that committed it. ``result`` may be given already encoded (the
+        JSON text of a :meth:`~dagengine.RunResult.to_dict`)."""
         sql, params = self._finish_row(run_id, attempt, status, result, error)
         self._later("finish", (sql, tuple(params), done))
 
@@ -725,6 +758,13 @@ class Store:
         milliseconds, or at once when something reads outputs, claims an attempt or finishes
         the run); the attempt check happens at commit time."""
         self._later("output", (run_id, node_id, attempt, _dumps(dict(output)), run_id, attempt))
+
+    def save_node_output_json_later(
+        self, run_id: str, node_id: str, attempt: int, output_json: str
+    ) -> None:
+        """:meth:`save_node_output_later` for an output that is already JSON text (a JSON
+        object, as an engine sends it): stored as it is, without decoding it first."""
+        self._later("output", (run_id, node_id, attempt, output_json, run_id, attempt))
 
     def node_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The stored output of each completed node of the run, in completion order."""
