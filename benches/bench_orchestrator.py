@@ -9,8 +9,8 @@ one run; then the time from an engine's death to its runs being re-dispatched.
   orchestrator with a SQLite store (WAL, a temp file) and three engines (capacity 64 each,
   consistent hashing on a per-run key); every run, node output and event is persisted.
 * failover: engines health-checked every ``--health-interval`` seconds; one engine is frozen
-  with SIGSTOP (its sockets stay open, so only the health check can notice) while runs are in
-  flight; reported: time from the freeze to the first ``run.redispatched`` event, against the
+  with SIGSTOP (its sockets stay open, so only the health check can notice) while it has runs
+  in flight; reported: time from the freeze to the first ``run.redispatched`` event, against the
   target of 2 x the interval. (A SIGKILLed engine is noticed at once, by its broken streams;
   ``tests/orchestrator/test_failover.py`` prints that figure.)
 
@@ -27,12 +27,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from bench_service import drive, workflow
 from dagengine.engine import EngineClient
-from dagengine.orchestrator import Config, Monitor, Orchestrator
+from dagengine.orchestrator import Config, Monitor, Orchestrator, RunHandle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,15 +116,25 @@ def main(argv: list[str] | None = None) -> int:
         # Failover: freeze one engine with runs in flight; only the health check can tell.
         monitor = Monitor(orch)
         sub = monitor.subscribe(types=["run.redispatched"], after=orch.store.last_event_seq())
-        handles = [
-            orch.execute_workflow("bench-3", {"factor": 3}, key=f"f{i}", wait=False)
-            for i in range(300)
-        ]
+        # Runs keep coming while the victim freezes, so it has some in flight then.
+        handles: list[RunHandle] = []
+
+        def submit() -> None:
+            for i in range(3000):
+                handle = orch.execute_workflow("bench-3", {"factor": 3}, key=f"f{i}", wait=False)  # type: ignore[union-attr]
+                assert isinstance(handle, RunHandle)
+                handles.append(handle)
+
+        submitter = threading.Thread(target=submit)
+        submitter.start()
+        while len(handles) < 300 or orch.engines()["engine-2"].active == 0:
+            time.sleep(0.0005)
         victim_proc = engines[2][0]
         victim_proc.send_signal(signal.SIGSTOP)
         frozen_at = time.time()
         first = sub.get(timeout=10 * args.health_interval + 10)
         detect = (first.time - frozen_at) if first is not None else float("inf")
+        submitter.join()
         for h in handles:
             h.result(timeout=120)
         victim_proc.send_signal(signal.SIGCONT)

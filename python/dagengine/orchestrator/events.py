@@ -650,19 +650,21 @@ class EventBus:
         severities: ``(type, node_id, data)`` each (``data`` is kept, not copied). One lock
         round for the lot: an engine reports a run's node events in bursts."""
         when = _time.time()
-        append = getattr(self.store, "append_event_later", None) or self.store.append_event
+        events = []
+        for type_, node_id, data in items:
+            known = _TYPE_DEFAULTS.get(type_)
+            if known is None:
+                known = _TYPE_DEFAULTS[_event_type(type_).value]
+            events.append((when, *known, workflow_id, run_id, node_id, engine_id, data))
+        append_many = getattr(self.store, "append_events_later", None)
         with self._lock:
-            for type_, node_id, data in items:
-                known = _TYPE_DEFAULTS.get(type_)
-                if known is None:
-                    known = _TYPE_DEFAULTS[_event_type(type_).value]
-                kind, level = known
-                seq = append(when, kind, level, workflow_id, run_id, node_id, engine_id, data)
-                self._deliver_locked(
-                    Event(
-                        int(seq), when, kind, level, workflow_id, run_id, node_id, engine_id, data
-                    )
-                )
+            if append_many is not None:
+                first = int(append_many(events))
+                seqs: Iterable[int] = range(first, first + len(events))
+            else:
+                seqs = [int(self.store.append_event(*event)) for event in events]
+            for seq, event in zip(seqs, events, strict=True):
+                self._deliver_locked(Event(seq, *event))
 
     def _deliver_locked(self, event: Event) -> None:
         self._last_seq = event.seq

@@ -423,14 +423,16 @@ class Store:
         """Queue a row for the next group; returns how many rows are pending."""
         if self._closing:
             raise StoreError(f"store {self.path!r} is closed")
-        self._pending.append((kind, row))
-        if self._writer is None:
-            self._writer = threading.Thread(
-                target=self._write_behind, name="dagengine-store-writer", daemon=True
-            )
-            self._writer.start()
-        self._pending_cv.notify()
-        return len(self._pending)
+        pending = self._pending
+        pending.append((kind, row))
+        if len(pending) == 1:  # the writer only ever waits for an empty queue to fill
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_behind, name="dagengine-store-writer", daemon=True
+                )
+                self._writer.start()
+            self._pending_cv.notify()
+        return len(pending)
 
     def _write_behind(self) -> None:
         # Wait for the first pending write, give the next ones a moment to join it, and
@@ -841,6 +843,29 @@ class Store:
         if backlog >= MAX_PENDING:
             self.flush()  # backpressure: a writer faster than the disk waits for it
         return seq
+
+    def append_events_later(
+        self,
+        events: Iterable[
+            tuple[float, str, str, str | None, str | None, str | None, str | None, Any]
+        ],
+    ) -> int:
+        """:meth:`append_event_later` for several events (``(time, type, severity,
+        workflow_id, run_id, node_id, engine_id, data)`` each) in one step; returns the
+        sequence number of the first (they are consecutive)."""
+        encoded = [
+            (when, kind, _severity_rank(level), wf, run, node, engine, _dumps(data))
+            for when, kind, level, wf, run, node, engine, data in events
+        ]
+        with self._pending_cv:
+            first = self._next_seq
+            for offset, row in enumerate(encoded):
+                self._enqueue_locked("event", (first + offset, *row))
+            self._next_seq = first + len(encoded)
+            backlog = len(self._pending)
+        if backlog >= MAX_PENDING:
+            self.flush()
+        return first
 
     def events(
         self,
