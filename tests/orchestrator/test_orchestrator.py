@@ -289,6 +289,22 @@ def test_queue_full_past_the_limit_and_fifo_when_engines_are_full(
     assert handle(orch.execute_workflow("gated", {"tag": "r5"}, wait=False)).result(WAIT).ok
 
 
+def test_queue_limit_zero_starts_runs_that_need_not_wait_and_refuses_the_rest(
+    make_orch: Callable[..., Orchestrator],
+) -> None:
+    orch = make_orch(config=Config(queue_limit=0, store_path=":memory:"), embedded_engine=False)
+    orch.register_engine("only", Engine(capacity=1))
+    gate = Gate()
+    orch.register_workflow("gated", "1.0.0", gate.dag())
+    first = handle(orch.execute_workflow("gated", {"tag": "r0"}, wait=False))
+    wait_for(lambda: gate.started == ["r0"], "the run to start at once")
+    with pytest.raises(QueueFull, match=r"DAGENGINE_QUEUE_LIMIT=0"):
+        orch.execute_workflow("gated", {"tag": "r1"}, wait=False)
+    gate.release.set()
+    assert first.result(timeout=WAIT).ok
+    assert handle(orch.execute_workflow("gated", {"tag": "r2"}, wait=False)).result(WAIT).ok
+
+
 @pytest.mark.parametrize("balancer", ["consistent-hash", "round-robin", "least-loaded"])
 def test_runs_spread_over_two_engines_within_capacity(
     make_orch: Callable[..., Orchestrator], balancer: str

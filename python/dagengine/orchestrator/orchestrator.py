@@ -790,19 +790,30 @@ class Orchestrator:
         with self._lock:
             if run_id in self._runs:
                 raise DagEngineError(f"run id {run_id!r} is empty or already taken")
-            self._queue.put(run_id)  # raises QueueFull before anything is recorded
+            # Nothing waiting and an engine with room: the run starts from here, without
+            # waking the dispatcher (a thread hand-off per run); else it joins the queue.
+            slot = None
+            if not self._front and not self._queue and not self._stopping:
+                slot = self._choose(run)
+            if slot is None:
+                self._queue.put(run_id)  # raises QueueFull before anything is recorded
             # Group commit: the run is written with the next burst, ahead of its claim, its
             # outputs and its end (all queued after it), so a run that was never written
             # never ran. A caller that gets a handle back (durable) waits for the commit.
             self.store.create_run_later(record)
             self._runs[run_id] = run
-            self._wakeup.notify_all()
+            if slot is not None:
+                self._reserve(run, slot)
+            else:
+                self._wakeup.notify_all()
         self.events.publish(
             "run.queued",
             workflow_id=wv.workflow_id,
             run_id=run_id,
             data={"version": str(wv.version)},
         )
+        if slot is not None:
+            self._start(run, slot)
         if durable:
             self.store.flush()
         return RunHandle(self, run_id, run.future)
@@ -894,13 +905,17 @@ class Orchestrator:
             slot = self._choose(run) if run is not None else None
             if run is not None and slot is not None:
                 self._pop(run.run_id)
-                slot.active += 1
-                slot.runs.add(run.run_id)
-                run.engine_id = slot.engine_id
+                self._reserve(run, slot)
                 return run, slot
             # Also wakes up to retry an engine that said it was full (see _BUSY_BACKOFF).
             self._wakeup.wait(timeout=_BUSY_BACKOFF)
         return None
+
+    def _reserve(self, run: _Run, slot: _EngineSlot) -> None:
+        """Count the run on the engine it goes to. Called with the lock held."""
+        slot.active += 1
+        slot.runs.add(run.run_id)
+        run.engine_id = slot.engine_id
 
     def _dispatch_loop(self) -> None:
         while True:
@@ -908,25 +923,28 @@ class Orchestrator:
                 chosen = self._next_dispatch()
             if chosen is None:
                 return
-            run, slot = chosen
-            # This orchestrator owns the store and numbers the attempts: the claim is
-            # committed with the next group, ahead of the attempt's outputs and end, which
-            # are fenced on it.
-            attempt = run.attempt = run.attempt + 1
-            self.store.claim_attempt_later(run.run_id, slot.engine_id, attempt)
-            self.events.publish(
-                "run.started",
-                workflow_id=run.version.workflow_id,
-                run_id=run.run_id,
-                engine_id=slot.engine_id,
-                data={"attempt": attempt},
-            )
-            if isinstance(slot.backend, RemoteBackend):
-                # Remote runs are coroutines on one event loop (grpc.aio): a thread per run
-                # made the GIL change hands on every streamed event.
-                self._loop.submit(self._work_async(run, slot, attempt))
-            else:
-                self._pool.submit(self._work, run, slot, attempt)
+            self._start(*chosen)
+
+    def _start(self, run: _Run, slot: _EngineSlot) -> None:
+        """Start the next attempt of a run on the engine reserved for it."""
+        # This orchestrator owns the store and numbers the attempts: the claim is
+        # committed with the next group, ahead of the attempt's outputs and end, which
+        # are fenced on it.
+        attempt = run.attempt = run.attempt + 1
+        self.store.claim_attempt_later(run.run_id, slot.engine_id, attempt)
+        self.events.publish(
+            "run.started",
+            workflow_id=run.version.workflow_id,
+            run_id=run.run_id,
+            engine_id=slot.engine_id,
+            data={"attempt": attempt},
+        )
+        if isinstance(slot.backend, RemoteBackend):
+            # Remote runs are coroutines on one event loop (grpc.aio): a thread per run
+            # made the GIL change hands on every streamed event.
+            self._loop.spawn(self._work_async(run, slot, attempt))
+        else:
+            self._pool.submit(self._work, run, slot, attempt)
 
     def _pop(self, run_id: str) -> None:
         if self._front and self._front[0] == run_id:
