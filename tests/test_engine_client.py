@@ -222,6 +222,7 @@ def test_result_json_is_the_results_dict_without_decoding_outputs() -> None:
             finished_at=2.0,
         )
     )
+    msg.nodes.append(pb.NodeResult(node_id="tab\tid", status=pb.NODE_CANCELLED_STATUS))
     assert json.loads(result_json_from_proto(msg)) == result_from_proto(msg).to_dict()
     ok = pb.RunResult(run_id="r2", status=pb.SUCCEEDED, duration_seconds=0.001)
     assert json.loads(result_json_from_proto(ok)) == result_from_proto(ok).to_dict()

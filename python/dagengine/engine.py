@@ -32,6 +32,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -600,6 +601,24 @@ def _error_json(msg: pb.ErrorInfo) -> str:
     return _json_text(error_info_from_proto(msg).to_dict())
 
 
+def _json_str(text: str) -> str:
+    # Most ids need no escaping: skip the encoder for them (ensure_ascii is off, so only
+    # quotes, backslashes and control characters would change).
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return _json_text(text)
+
+
+def _json_float(value: float) -> str:
+    # JSON's float text is Python's repr; not-a-number and infinities go to the encoder.
+    return repr(value) if math.isfinite(value) else _json_text(value)
+
+
+def _json_time(value: float) -> str:
+    # The result's shape: an unset time (0 on the wire) is null.
+    return _json_float(value) if value else "null"
+
+
 def result_json_from_proto(msg: pb.RunResult) -> str:
     """The JSON text of ``result_from_proto(msg).to_dict()``, built without decoding the node
     outputs: they are spliced in as the engine sent them (JSON objects, encoded by the core).
@@ -607,7 +626,7 @@ def result_json_from_proto(msg: pb.RunResult) -> str:
     outputs: list[str] = []
     nodes: list[str] = []
     for node in msg.nodes:
-        key = _json_text(node.node_id)
+        key = _json_str(node.node_id)
         raw = node.output_json.decode() if node.output_json else None
         status = _NODE_STATUS.get(node.status, NodeStatus.PENDING)
         if node.status == pb.NODE_SUCCEEDED_STATUS:
@@ -615,13 +634,13 @@ def result_json_from_proto(msg: pb.RunResult) -> str:
         error = _error_json(node.error) if node.HasField("error") else "null"
         nodes.append(
             f'{key}:{{"status":"{status.value}","output":{raw or "null"},"error":{error},'
-            f'"attempts":{node.attempts},"started_at":{_json_text(node.started_at or None)},'
-            f'"finished_at":{_json_text(node.finished_at or None)}}}'
+            f'"attempts":{node.attempts},"started_at":{_json_time(node.started_at)},'
+            f'"finished_at":{_json_time(node.finished_at)}}}'
         )
     error = _error_json(msg.error) if msg.HasField("error") else "null"
     return (
-        f'{{"run_id":{_json_text(msg.run_id)},"status":"{_run_status(msg.status).value}",'
-        f'"error":{error},"duration":{_json_text(msg.duration_seconds)},'
+        f'{{"run_id":{_json_str(msg.run_id)},"status":"{_run_status(msg.status).value}",'
+        f'"error":{error},"duration":{_json_float(msg.duration_seconds)},'
         f'"outputs":{{{",".join(outputs)}}},"nodes":{{{",".join(nodes)}}}}}'
     )
 

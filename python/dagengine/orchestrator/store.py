@@ -472,10 +472,11 @@ class Store:
         if not pending:
             return
         finished: list[tuple[Callable[[bool], None], bool]] = []
+        events: list[tuple[Any, ...]] = []
         with self.transaction():
             for kind, row in pending:
                 if kind == "event":
-                    self._db.execute(_INSERT_EVENT, row)
+                    events.append(row)  # no other table depends on them: one batch below
                 elif kind == "output":
                     self._db.execute(_INSERT_OUTPUT, row)
                 elif kind == "sql":
@@ -483,6 +484,8 @@ class Store:
                 else:
                     sql, params, done = row
                     finished.append((done, self._db.execute(sql, params).rowcount == 1))
+            if events:
+                self._db.executemany(_INSERT_EVENT, events)
         if finished:
             with self._pending_cv:
                 self._ready.extend(finished)
