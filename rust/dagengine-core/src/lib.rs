@@ -9,5 +9,5 @@ pub use error::GraphError;
 pub use graph::{Dag, NodeIdx};
 pub use scheduler::{
     Backoff, Event, Instruction, NodePolicy, NodeState, RunOptions, RunStatus, Scheduler,
-    StopReason, TRANSITIONS,
+    StopReason, SuspendedScheduler, TRANSITIONS,
 };

@@ -183,6 +183,23 @@ pub enum Instruction {
     Finish { status: RunStatus },
 }
 
+/// A [`Scheduler`]'s state without its borrows ([`Scheduler::suspend`]): owned, so a run
+/// can move between threads.
+#[derive(Debug)]
+pub struct SuspendedScheduler {
+    options: RunOptions,
+    state: Vec<NodeState>,
+    waiting_on: Vec<u32>,
+    attempts: Vec<u32>,
+    ready: VecDeque<NodeIdx>,
+    running: usize,
+    retrying: usize,
+    unfinished: usize,
+    failed: bool,
+    stopped: Option<StopReason>,
+    finished: bool,
+}
+
 /// The state machine of one run.
 #[derive(Debug)]
 pub struct Scheduler<'a> {
@@ -229,6 +246,54 @@ impl<'a> Scheduler<'a> {
             failed: false,
             stopped: None,
             finished: false,
+        }
+    }
+
+    /// Detach the run's state from the graph and policies it borrows, to carry the run to
+    /// another thread (whose owner holds the same graph); [`Scheduler::resume`] goes on
+    /// from exactly here.
+    #[must_use]
+    pub fn suspend(self) -> SuspendedScheduler {
+        SuspendedScheduler {
+            options: self.options,
+            state: self.state,
+            waiting_on: self.waiting_on,
+            attempts: self.attempts,
+            ready: self.ready,
+            running: self.running,
+            retrying: self.retrying,
+            unfinished: self.unfinished,
+            failed: self.failed,
+            stopped: self.stopped,
+            finished: self.finished,
+        }
+    }
+
+    /// Go on with a suspended run over the same graph and policies.
+    ///
+    /// # Panics
+    /// If the graph has a different number of nodes than the one the run was suspended
+    /// on, or `policies` has the wrong length.
+    pub fn resume(dag: &'a Dag, policies: &'a [NodePolicy], s: SuspendedScheduler) -> Self {
+        assert_eq!(dag.len(), s.state.len(), "resumed on a different graph");
+        assert!(
+            policies.len() == dag.len() || policies.len() == 1,
+            "one policy per node, or one for all"
+        );
+        Self {
+            dag,
+            policies,
+            options: s.options,
+            state: s.state,
+            waiting_on: s.waiting_on,
+            attempts: s.attempts,
+            ready: s.ready,
+            running: s.running,
+            retrying: s.retrying,
+            unfinished: s.unfinished,
+            failed: s.failed,
+            stopped: s.stopped,
+            finished: s.finished,
         }
     }
 

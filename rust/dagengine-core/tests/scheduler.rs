@@ -88,6 +88,58 @@ fn diamond_runs_in_dependency_order() {
 }
 
 #[test]
+fn a_suspended_run_resumes_exactly_where_it_was_on_another_thread() {
+    let d = build(&[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])]);
+    let mut s = Scheduler::new(&d, ONE, RunOptions::default());
+    let mut out = Vec::new();
+    s.start(&mut out);
+    s.handle(
+        Event::NodeSucceeded {
+            node: 0,
+            attempt: 1,
+        },
+        &mut out,
+    );
+    assert_eq!(executes(&out), vec![(0, 1), (1, 1), (2, 1)]);
+    let saved = s.suspend();
+    let d = std::sync::Arc::new(d);
+    let shared = d.clone();
+    let (states, status) = std::thread::spawn(move || {
+        let mut s = Scheduler::resume(&shared, ONE, saved);
+        assert_eq!(
+            (s.running(), s.state(1), s.attempts(2)),
+            (2, NodeState::Running, 1)
+        );
+        let mut out = Vec::new();
+        for node in [1, 2] {
+            s.handle(Event::NodeSucceeded { node, attempt: 1 }, &mut out);
+        }
+        assert_eq!(executes(&out), vec![(3, 1)]);
+        s.handle(
+            Event::NodeSucceeded {
+                node: 3,
+                attempt: 1,
+            },
+            &mut out,
+        );
+        ((0..4).map(|n| s.state(n)).collect::<Vec<_>>(), finish(&out))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(states, vec![NodeState::Succeeded; 4]);
+    assert_eq!(status, Some(RunStatus::Succeeded));
+}
+
+#[test]
+#[should_panic(expected = "resumed on a different graph")]
+fn resuming_on_another_graph_is_refused() {
+    let d = build(&[("a", &[]), ("b", &["a"])]);
+    let saved = Scheduler::new(&d, ONE, RunOptions::default()).suspend();
+    let other = build(&[("a", &[])]);
+    let _ = Scheduler::resume(&other, ONE, saved);
+}
+
+#[test]
 fn failure_skips_descendants_and_independent_branch_continues() {
     // a -> b -> c ; x -> y (independent)
     let d = build(&[

@@ -2,7 +2,7 @@
 //!
 //! Each run is driven by one loop on a thread of the runtime's blocking pool. The loop
 //! is CPU work (state-machine steps, bookkeeping), so it must not sit on an async worker
-//! that also serves gRPC; and owning a thread lets it run work inline:
+//! that also serves gRPC for long; and owning a thread lets it run work inline:
 //!
 //! * no-op nodes complete inside the loop, with no hand-off at all;
 //! * of the Lua nodes that become ready together, all but one go to the blocking pool and
@@ -14,6 +14,12 @@
 //!
 //! Completions come back over a channel; retry delays and node deadlines live in a timer
 //! heap the loop waits on. Events are buffered and published in batches.
+//!
+//! A run can also start on its caller's thread ([`start_run_inline`], the gRPC service's
+//! path for workflows without Python nodes): the loop runs there under a time budget and
+//! moves to the blocking pool (scheduler suspended, state carried over) once the budget is
+//! spent or it would have to wait. Most small runs end within the budget, sparing the
+//! thread hand-offs that cost more than the run itself.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -425,6 +431,51 @@ pub fn start_run(
     external: Option<Arc<dyn ExternalExecutor>>,
 ) -> Result<RunHandle, RuntimeError> {
     let rt = runtime()?;
+    let (handle, driver, rx) = new_run(plan, config, external);
+    rt.spawn_blocking(move || driver.run(&rx));
+    Ok(handle)
+}
+
+/// Start a run on the caller's thread: it is driven here until it ends, until `budget` is
+/// spent, or until it would have to wait for work on other threads; then it goes on on the
+/// blocking pool. For callers on an async worker: a short run of Lua and no-op nodes ends
+/// before this returns, with no thread hand-off at all (the gRPC service's common case), and
+/// a long one holds the caller for about `budget` at most. A Lua node still running when the
+/// budget runs out is interrupted and runs again on the pool: scripts have no side effects
+/// (the sandbox has no I/O), so nothing can tell, and its events are only sent once.
+pub fn start_run_inline(
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+    budget: Duration,
+) -> Result<RunHandle, RuntimeError> {
+    let rt = runtime()?;
+    let (handle, mut driver, rx) = new_run(plan, config, external);
+    let plan = driver.plan.clone();
+    let mut sched = Scheduler::new(&plan.dag, &plan.policies, driver.config.options);
+    let mut work = Work::default();
+    driver.begin(&mut sched, &mut work);
+    if let Some(status) = driver.drive(&mut sched, &mut work, &rx, Some(Instant::now() + budget)) {
+        driver.finish(&sched, status);
+        return Ok(handle);
+    }
+    let saved = sched.suspend();
+    rt.spawn_blocking(move || {
+        let plan = driver.plan.clone();
+        let mut sched = Scheduler::resume(&plan.dag, &plan.policies, saved);
+        let status = driver
+            .drive(&mut sched, &mut work, &rx, None)
+            .expect("without a budget the loop runs to the end");
+        driver.finish(&sched, status);
+    });
+    Ok(handle)
+}
+
+fn new_run(
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+) -> (RunHandle, Driver, Receiver<Msg>) {
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         run_id: config.run_id.clone(),
@@ -437,11 +488,7 @@ pub fn start_run(
         shared: shared.clone(),
         tx: tx.clone(),
     };
-    rt.spawn_blocking(move || {
-        let driver = Driver::new(plan, config, external, shared, tx);
-        driver.run(&rx);
-    });
-    Ok(handle)
+    (handle, Driver::new(plan, config, external, shared, tx), rx)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -467,6 +514,15 @@ struct Driver {
     buffered: Vec<RunEvent>,
     /// The failure that decided the run (first final node failure).
     first_failure: Option<NodeIdx>,
+}
+
+/// The driver loop's working state besides the scheduler: instructions to carry out and
+/// Lua attempts picked to run on the loop's thread. Owned, so it moves with the run.
+#[derive(Default)]
+struct Work {
+    out: Vec<Instruction>,
+    todo: Vec<Instruction>,
+    inline: Vec<(NodeIdx, u32)>,
 }
 
 const PUBLISH_BATCH: usize = 512;
@@ -540,6 +596,15 @@ impl Driver {
     fn run(mut self, rx: &Receiver<Msg>) {
         let plan = self.plan.clone();
         let mut sched = Scheduler::new(&plan.dag, &plan.policies, self.config.options);
+        let mut work = Work::default();
+        self.begin(&mut sched, &mut work);
+        let status = self
+            .drive(&mut sched, &mut work, rx, None)
+            .expect("without a budget the loop runs to the end");
+        self.finish(&sched, status);
+    }
+
+    fn begin(&mut self, sched: &mut Scheduler<'_>, work: &mut Work) {
         for (node, output) in std::mem::take(&mut self.config.completed) {
             if (node as usize) < self.records.len() {
                 self.records[node as usize].output = Some(Arc::new(output));
@@ -547,13 +612,28 @@ impl Driver {
             }
         }
         self.emit(EventKind::RunStarted, None, 0, EventDetail::None);
-        let mut out = Vec::new();
-        let mut todo = Vec::new();
-        let mut inline: Vec<(NodeIdx, u32)> = Vec::new();
-        sched.start(&mut out);
-        let status = loop {
-            if let Some(status) = self.apply(&mut sched, &mut out, &mut todo, &mut inline) {
-                break status;
+        sched.start(&mut work.out);
+    }
+
+    /// Step the run until it ends (its status). With a `budget` (driven inline on a
+    /// caller's thread) it also stops, returning `None`, once the budget is spent or when
+    /// it would have to wait for work elsewhere; `work` then holds where it stopped, for
+    /// the loop to go on from on another thread.
+    fn drive(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        work: &mut Work,
+        rx: &Receiver<Msg>,
+        budget: Option<Instant>,
+    ) -> Option<RunStatus> {
+        let Work { out, todo, inline } = work;
+        loop {
+            if let Some(status) = self.apply(sched, out, todo, inline, budget) {
+                return Some(status);
+            }
+            if budget.is_some_and(|b| Instant::now() >= b) {
+                self.publish();
+                return None; // a long chain of quick nodes: the rest elsewhere
             }
             // Work-first: hand all but one ready Lua node to the pool, run the last here.
             if let Some((node, attempt)) = inline.pop() {
@@ -561,18 +641,31 @@ impl Driver {
                     self.dispatch_lua(n, a);
                 }
                 self.publish();
-                let result = self.run_lua_inline(node, attempt);
-                self.fire_timers(&mut sched, &mut out);
-                self.finish_attempt(&mut sched, &mut out, node, attempt, result);
+                let Some(result) = self.run_lua_inline(node, attempt, budget) else {
+                    // Out of budget: the attempt runs again wherever the loop goes on.
+                    inline.push((node, attempt));
+                    self.publish();
+                    return None;
+                };
+                self.fire_timers(sched, out);
+                self.finish_attempt(sched, out, node, attempt, result);
                 continue;
             }
             if !out.is_empty() {
                 continue;
             }
             // Nothing runnable here: take what came back, or wait for it.
-            self.fire_timers(&mut sched, &mut out);
+            self.fire_timers(sched, out);
             if !out.is_empty() {
                 continue;
+            }
+            if budget.is_some() {
+                if let Ok(msg) = rx.try_recv() {
+                    self.on_msg(sched, out, msg);
+                    continue;
+                }
+                self.publish();
+                return None; // waiting is for a thread of our own, not the caller's
             }
             self.publish();
             // Work in flight usually answers within microseconds (a chain hands each node
@@ -587,7 +680,7 @@ impl Driver {
                 std::thread::yield_now();
             }
             if let Some(msg) = polled {
-                self.on_msg(&mut sched, &mut out, msg);
+                self.on_msg(sched, out, msg);
                 continue;
             }
             let msg = match self.next_wakeup() {
@@ -599,14 +692,13 @@ impl Driver {
                 None => Some(rx.recv().expect("driver holds a sender")),
             };
             match msg {
-                Some(msg) => self.on_msg(&mut sched, &mut out, msg),
-                None => self.fire_timers(&mut sched, &mut out),
+                Some(msg) => self.on_msg(sched, out, msg),
+                None => self.fire_timers(sched, out),
             }
             while let Ok(msg) = rx.try_recv() {
-                self.on_msg(&mut sched, &mut out, msg);
+                self.on_msg(sched, out, msg);
             }
-        };
-        self.finish(&sched, status);
+        }
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -742,16 +834,30 @@ impl Driver {
     }
 
     /// Carry out the scheduler's instructions. Returns the run status once it finished.
+    /// With a `budget`, stops once it is spent and leaves what is left in `out` (no-op
+    /// nodes complete in here: a long chain or a wide fan-out of them is many waves).
     fn apply(
         &mut self,
         sched: &mut Scheduler<'_>,
         out: &mut Vec<Instruction>,
         todo: &mut Vec<Instruction>,
         inline: &mut Vec<(NodeIdx, u32)>,
+        budget: Option<Instant>,
     ) -> Option<RunStatus> {
         while !out.is_empty() {
             std::mem::swap(out, todo);
-            for ins in todo.drain(..) {
+            let mut done = 0;
+            while done < todo.len() {
+                if budget.is_some() && done % 64 == 0 && budget.is_some_and(|b| Instant::now() >= b)
+                {
+                    // Spent: the rest of this wave goes first, before what it produced.
+                    let rest: Vec<Instruction> = todo.drain(done..).collect();
+                    todo.clear();
+                    out.splice(0..0, rest);
+                    return None;
+                }
+                let ins = todo[done];
+                done += 1;
                 match ins {
                     Instruction::Execute { node, attempt } => {
                         let rec = &mut self.records[node as usize];
@@ -832,9 +938,13 @@ impl Driver {
                             EventDetail::None,
                         );
                     }
-                    Instruction::Finish { status } => return Some(status),
+                    Instruction::Finish { status } => {
+                        todo.clear();
+                        return Some(status);
+                    }
                 }
             }
+            todo.clear();
         }
         None
     }
@@ -923,13 +1033,27 @@ impl Driver {
         }));
     }
 
-    fn run_lua_inline(&mut self, node: NodeIdx, attempt: u32) -> Result<ExecOk, NodeFailure> {
-        let job = self.lua_job(node, attempt);
+    /// Run a Lua attempt on this thread; `None` if `budget` ran out first (before it
+    /// started, or by interrupting it: it has no effects, so it can simply run again).
+    fn run_lua_inline(
+        &mut self,
+        node: NodeIdx,
+        attempt: u32,
+        budget: Option<Instant>,
+    ) -> Option<Result<ExecOk, NodeFailure>> {
+        if budget.is_some_and(|b| Instant::now() >= b) {
+            return None;
+        }
+        let mut job = self.lua_job(node, attempt);
+        job.budget = budget;
         // Inline, the run-level flag is the one that can change while we are busy here.
         let shared = self.shared.clone();
-        contained(self.plan.dag.id(node), || {
+        match contained(self.plan.dag.id(node), || {
             job.execute(&self.plan, &shared.cancel)
-        })
+        }) {
+            Err(f) if f.kind == PREEMPTED => None,
+            result => Some(result),
+        }
     }
 
     fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
@@ -942,6 +1066,7 @@ impl Driver {
             results: self.results_of(node),
             node_timeout: policy.timeout,
             deadline: self.deadline,
+            budget: None,
         }
     }
 
@@ -1017,7 +1142,13 @@ struct LuaJob {
     results: Vec<(NodeIdx, Arc<Value>)>,
     node_timeout: Option<Duration>,
     deadline: Option<Instant>,
+    /// Inline on a caller's thread: when to give the thread back ([`start_run_inline`]).
+    budget: Option<Instant>,
 }
+
+/// The failure kind of a Lua attempt interrupted because its inline budget ran out; never
+/// reported: the attempt runs again.
+const PREEMPTED: &str = "dagengine.Preempted";
 
 impl LuaJob {
     fn execute(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ExecOk, NodeFailure> {
@@ -1041,6 +1172,15 @@ impl LuaJob {
                 node_timeout_binds = false;
             }
         }
+        let mut budget_binds = false;
+        if let Some(b) = self.budget {
+            let left = b.saturating_duration_since(Instant::now());
+            if limits.timeout.is_none_or(|l| left < l) {
+                limits.timeout = Some(left);
+                node_timeout_binds = false;
+                budget_binds = true;
+            }
+        }
         let results: Vec<(&str, &Value)> = self
             .results
             .iter()
@@ -1056,6 +1196,9 @@ impl LuaJob {
                 output: out.output,
                 logs: out.logs,
             }),
+            Err(LuaError::Timeout { .. }) if budget_binds => {
+                Err(NodeFailure::new(PREEMPTED, "inline budget spent", true))
+            }
             Err(LuaError::Timeout { limit }) if node_timeout_binds => Err(NodeFailure::new(
                 "NodeTimeout",
                 format!("node '{node_id}' timed out after {}s", limit.as_secs_f64()),

@@ -22,7 +22,9 @@ use tonic_health::ServingStatus;
 use super::convert::{self, HostNode, InvalidField, RunTag};
 use super::pb;
 use super::pb::engine_service_server::{EngineService, EngineServiceServer};
-use crate::runner::{start_run, EventKind, ExternalExecutor, Plan, RunConfig, RunHandle};
+use crate::runner::{
+    start_run, start_run_inline, EventKind, ExternalExecutor, Plan, RunConfig, RunHandle,
+};
 use crate::runtime::runtime;
 
 /// TLS material (PEM). With `client_ca`, clients must present a certificate it signed.
@@ -216,6 +218,12 @@ type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvents, Status>> + Se
 /// slow): the run goes on, its events wait in the core.
 const STREAM_BUFFER: usize = 256;
 
+/// How long a run of Lua and no-op nodes may hold the async worker that received it before
+/// it moves to a thread of its own. A 3-node Lua run takes ~15 µs: it ends here, and its
+/// result goes out without any thread hand-off; longer runs cost the worker this much once.
+/// (tokio's guidance is 10-100 µs between yields.)
+const INLINE_BUDGET: Duration = Duration::from_micros(100);
+
 impl Service {
     fn reserve(&self, run_id: &str, depth: u32) -> Result<Reservation<'_>, Status> {
         let engine = &*self.engine;
@@ -247,8 +255,12 @@ impl Service {
     }
 
     /// Validate the request and start its run (on a blocking thread: preparing Python
-    /// nodes takes the GIL).
-    fn start(engine: &Arc<Engine>, req: &pb::RunRequest) -> Result<(Arc<Plan>, RunHandle), Status> {
+    /// nodes takes the GIL). `inline`: start it on this thread ([`INLINE_BUDGET`]).
+    fn start(
+        engine: &Arc<Engine>,
+        req: &pb::RunRequest,
+        inline: bool,
+    ) -> Result<(Arc<Plan>, RunHandle), Status> {
         let spec = req
             .workflow
             .as_ref()
@@ -332,8 +344,12 @@ impl Service {
             events: true,
             event_outputs: true,
         };
-        let handle = start_run(plan.clone(), config, external)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let handle = if inline {
+            start_run_inline(plan.clone(), config, external, INLINE_BUDGET)
+        } else {
+            start_run(plan.clone(), config, external)
+        }
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok((plan, handle))
     }
 
@@ -438,11 +454,11 @@ impl EngineService for Service {
             })
         });
         let (plan, handle) = if needs_host {
-            tokio::task::spawn_blocking(move || Self::start(&engine, &r))
+            tokio::task::spawn_blocking(move || Self::start(&engine, &r, false))
                 .await
                 .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??
         } else {
-            Self::start(&engine, &r)?
+            Self::start(&engine, &r, true)?
         };
         {
             let mut active = self.engine.active();
@@ -456,6 +472,12 @@ impl EngineService for Service {
             engine_id: self.engine.config.engine_id.as_str().into(),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        if handle.is_done() {
+            // Ended within its inline budget: its one message is ready now, so no task
+            // (and no wake-up of one) is needed to forward it.
+            Self::forward(self.engine.clone(), tag, plan, handle, tx, req.result_only).await;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         tokio::spawn(Self::forward(
             self.engine.clone(),
             tag,

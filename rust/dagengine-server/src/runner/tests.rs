@@ -320,3 +320,142 @@ fn parallel_lua_nodes_all_run() {
         serde_json::json!({"n": 200})
     );
 }
+
+// --- runs started on the caller's thread ------------------------------------------------------
+
+fn start_inline(plan: Plan, budget: Duration) -> RunHandle {
+    let cfg = RunConfig {
+        events: true,
+        inputs: Arc::new(serde_json::json!({"factor": 3})),
+        ..Default::default()
+    };
+    start_run_inline(Arc::new(plan), cfg, None, budget).unwrap()
+}
+
+fn node_events(events: &[RunEvent], node: NodeIdx) -> Vec<EventKind> {
+    events
+        .iter()
+        .filter(|e| e.node == Some(node))
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[test]
+fn a_short_run_ends_on_the_callers_thread() {
+    let d = dag(&[("a", &[]), ("b", &["a"]), ("c", &["b"])]);
+    let plan = Plan::new(
+        d,
+        vec![
+            spec(lua("return {v = inputs.factor}")),
+            spec(lua("return {v = results.a.v + 1}")),
+            spec(NodeKind::Noop),
+        ],
+    )
+    .unwrap();
+    // A budget no 3-node run can spend: it must have ended before the call returned.
+    let h = start_inline(plan, Duration::from_mins(1));
+    assert!(h.is_done());
+    let o = h.outcome().unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(
+        **o.nodes[1].output.as_ref().unwrap(),
+        serde_json::json!({"v": 4})
+    );
+    let events = h.next_events(Duration::ZERO);
+    assert!(events.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+}
+
+#[test]
+fn a_lua_node_past_the_budget_moves_to_the_pool_and_runs_once_as_far_as_anyone_sees() {
+    // The first node spins far longer than the budget: it is interrupted on the caller's
+    // thread and run again on the pool, where it finishes; its events say it ran once.
+    let d = dag(&[("spin", &[]), ("after", &["spin"])]);
+    let plan = Plan::new(
+        d,
+        vec![
+            spec(lua(
+                "local n = 0 for i = 1, 3000000 do n = n + i end log('sum', n) \
+                 return {n = n, attempt = ctx.attempt}",
+            )),
+            spec(lua("return {seen = results.spin.n}")),
+        ],
+    )
+    .unwrap();
+    let h = start_inline(plan, Duration::from_micros(50));
+    assert!(!h.is_done(), "3 million iterations cannot end within 50 µs");
+    assert!(h.wait(Duration::from_secs(30)), "run did not finish");
+    let o = h.outcome().unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded);
+    let sum: u64 = (1..=3_000_000u64).sum();
+    assert_eq!(
+        **o.nodes[0].output.as_ref().unwrap(),
+        serde_json::json!({"n": sum, "attempt": 1})
+    );
+    assert_eq!(o.nodes[0].attempts, 1);
+    assert_eq!(
+        **o.nodes[1].output.as_ref().unwrap(),
+        serde_json::json!({"seen": sum})
+    );
+    let events = h.next_events(Duration::ZERO);
+    assert_eq!(
+        node_events(&events, 0),
+        vec![
+            EventKind::NodeStarted,
+            EventKind::NodeLog,
+            EventKind::NodeSucceeded
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+}
+
+#[test]
+fn a_long_chain_of_quick_nodes_goes_on_elsewhere_and_ends() {
+    let mut d = Dag::new();
+    let ids: Vec<String> = (0..20_000).map(|i| format!("n{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let deps: Vec<&str> = if i == 0 {
+            vec![]
+        } else {
+            vec![ids[i - 1].as_str()]
+        };
+        d.add_node(id, deps).unwrap();
+    }
+    d.preprocess().unwrap();
+    let h = start_inline(Plan::new(d, Vec::new()).unwrap(), Duration::ZERO);
+    assert!(
+        !h.is_done(),
+        "a zero budget leaves everything but the start to the pool"
+    );
+    assert!(h.wait(Duration::from_secs(30)));
+    let o = h.outcome().unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded);
+    let mut events = h.next_events(Duration::ZERO);
+    while events.last().map(|e| e.kind) != Some(EventKind::RunFinished) {
+        events.extend(h.next_events(Duration::from_secs(1)));
+    }
+    assert_eq!(events.len(), 2 + 2 * 20_000);
+}
+
+#[test]
+fn an_inline_start_waits_for_pool_work_on_its_own_thread() {
+    // Two ready Lua nodes: one goes to the pool, one runs here; the join waits for both,
+    // which is not for the caller's thread to do.
+    let d = dag(&[("a", &[]), ("b", &[]), ("join", &["a", "b"])]);
+    let plan = Plan::new(
+        d,
+        vec![
+            spec(lua("return {v = 1}")),
+            spec(lua("return {v = 2}")),
+            spec(lua("return {v = results.a.v + results.b.v}")),
+        ],
+    )
+    .unwrap();
+    let h = start_inline(plan, Duration::from_mins(1));
+    assert!(h.wait(Duration::from_secs(30)));
+    let o = h.outcome().unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(
+        **o.nodes[2].output.as_ref().unwrap(),
+        serde_json::json!({"v": 3})
+    );
+}
