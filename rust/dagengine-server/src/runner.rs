@@ -23,7 +23,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -315,11 +315,38 @@ struct Shared {
     cancel: AtomicBool,
     published: Mutex<Published>,
     changed: Condvar,
+    /// Threads waiting on `changed` (counted under `published`'s lock): a `notify_all` is a
+    /// syscall even with nobody to wake, and the gRPC path never waits there.
+    sync_waiters: AtomicUsize,
     /// The same wake-up as `changed`, for async waiters (the gRPC event stream).
     changed_async: tokio::sync::Notify,
 }
 
 impl Shared {
+    /// Wake the waiters of `changed` and `changed_async`; call after releasing the lock.
+    fn notify(&self) {
+        if self.sync_waiters.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_all();
+        }
+        self.changed_async.notify_waiters();
+    }
+
+    /// Wait on `changed` while `blocked` holds, up to `timeout`.
+    fn wait_while<'a>(
+        &'a self,
+        guard: MutexGuard<'a, Published>,
+        timeout: Duration,
+        blocked: impl FnMut(&mut Published) -> bool,
+    ) -> MutexGuard<'a, Published> {
+        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, blocked)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
     fn lock(&self) -> MutexGuard<'_, Published> {
         // A panic while holding this lock leaves plain data behind; keep serving it.
         self.published
@@ -364,24 +391,18 @@ impl RunHandle {
     /// Wait up to `timeout` for the run to finish; true if it has.
     pub fn wait(&self, timeout: Duration) -> bool {
         let guard = self.shared.lock();
-        let (guard, _) = self
+        let guard = self
             .shared
-            .changed
-            .wait_timeout_while(guard, timeout, |p| p.outcome.is_none())
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .wait_while(guard, timeout, |p| p.outcome.is_none());
         guard.outcome.is_some()
     }
 
     /// Wait up to `timeout` for events (or the end of the run); take all pending events.
     pub fn next_events(&self, timeout: Duration) -> Vec<RunEvent> {
         let guard = self.shared.lock();
-        let (mut guard, _) = self
-            .shared
-            .changed
-            .wait_timeout_while(guard, timeout, |p| {
-                p.events.is_empty() && p.outcome.is_none()
-            })
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.shared.wait_while(guard, timeout, |p| {
+            p.events.is_empty() && p.outcome.is_none()
+        });
         guard.events.drain(..).collect()
     }
 
@@ -449,7 +470,12 @@ pub fn start_run_inline(
     external: Option<Arc<dyn ExternalExecutor>>,
     budget: Duration,
 ) -> Result<RunHandle, RuntimeError> {
-    let rt = runtime()?;
+    // On a runtime thread already (the gRPC service): its handle is a thread-local read,
+    // where `runtime()` checks the process id (a syscall) against fork().
+    let rt = match tokio::runtime::Handle::try_current() {
+        Ok(rt) => rt,
+        Err(_) => runtime()?.handle().clone(),
+    };
     let (handle, mut driver, rx) = new_run(plan, config, external);
     let plan = driver.plan.clone();
     let mut sched = Scheduler::new(&plan.dag, &plan.policies, driver.config.options);
@@ -482,6 +508,7 @@ fn new_run(
         cancel: AtomicBool::new(false),
         published: Mutex::new(Published::default()),
         changed: Condvar::new(),
+        sync_waiters: AtomicUsize::new(0),
         changed_async: tokio::sync::Notify::new(),
     });
     let handle = RunHandle {
@@ -589,8 +616,7 @@ impl Driver {
             return;
         }
         self.shared.lock().events.extend(self.buffered.drain(..));
-        self.shared.changed.notify_all();
-        self.shared.changed_async.notify_waiters();
+        self.shared.notify();
     }
 
     fn run(mut self, rx: &Receiver<Msg>) {
@@ -1128,8 +1154,7 @@ impl Driver {
         published.events.extend(self.buffered.drain(..));
         published.outcome = Some(Arc::new(outcome));
         drop(published);
-        self.shared.changed.notify_all();
-        self.shared.changed_async.notify_waiters();
+        self.shared.notify();
     }
 }
 

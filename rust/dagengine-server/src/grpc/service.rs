@@ -178,7 +178,11 @@ impl Engine {
             active.runs.remove(id);
         }
         drop(active);
-        self.left.notify_all();
+        // Only a drain waits on `left` (and sets `draining` before it looks): waking nobody
+        // would still cost a syscall per run.
+        if self.draining.load(Ordering::SeqCst) {
+            self.left.notify_all();
+        }
     }
 }
 
@@ -383,7 +387,11 @@ impl Service {
             // Everything that happened since the last message goes out as one message: a
             // 3-node run is one or two messages instead of eight.
             let mut batch = Vec::with_capacity(events.len());
+            let watched = engine.watch.receiver_count() > 0;
             for e in &events {
+                if result_only && !watched && e.kind != EventKind::RunFinished {
+                    continue; // nobody to see it: not even converted
+                }
                 let mut ev = convert::event(&tag, &plan, e);
                 if e.kind == EventKind::RunFinished {
                     if let Some(o) = &outcome {
@@ -401,7 +409,7 @@ impl Service {
                         ev.result = Some(result);
                     }
                 }
-                if engine.watch.receiver_count() > 0 {
+                if watched {
                     let _ = engine.watch.send(ev.clone());
                 }
                 if result_only && e.kind != EventKind::RunFinished {
