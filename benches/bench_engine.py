@@ -145,13 +145,20 @@ def main(argv: list[str] | None = None) -> int:
         loads: list[Load] = []
         cpu_runs = 0
         cpu_used = 0.0
+        cpu_by_row: dict[int, float] = {}
         for in_flight in (1, 32):
             loads.append(drive("echo", echo_once, in_flight, total))
             before = cpu_seconds(engine.pid)
             loads.append(drive("run", run_once, in_flight, total))
-            cpu_used += cpu_seconds(engine.pid) - before
+            used = cpu_seconds(engine.pid) - before
+            cpu_by_row[in_flight] = used / total * 1e6
+            cpu_used += used
             cpu_runs += total
             loads.append(drive("stream", stream_once, in_flight, total))
+        # The floor: an RPC that does no work at all (Info), same client, 32 in flight.
+        before = cpu_seconds(engine.pid)
+        drive("info", lambda _: client.info(), 32, total)
+        info_cpu_us = (cpu_seconds(engine.pid) - before) / total * 1e6
         client.close()
         channel.close()
     finally:
@@ -183,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         ("engine process CPU per run() ≤ 50 µs", f"{cpu_us:.0f} µs", cpu_us <= 50),
         ("engine idle RSS ≤ 60 MB", f"{idle_rss:.1f} MiB", idle_rss <= 60),
     ]
+    print(
+        f"\nengine CPU per run(): {cpu_by_row[1]:.0f} µs at 1 in flight, {cpu_by_row[32]:.0f} µs "
+        f"at 32; per Info() call (an RPC that does nothing; the transport's floor in the "
+        f"engine process): {info_cpu_us:.0f} µs"
+    )
     print("\ntargets (issue 3), measured in this run")
     for label, value, ok in targets:
         print(f"  {label:48} {value:>10}  {'met' if ok else 'NOT MET'}")
