@@ -110,9 +110,11 @@ class ConsistentHash:
             raise ValueError(f"load_factor must be >= 1, got {load_factor}")
         self.vnodes = vnodes
         self.load_factor = load_factor
-        # Exact arithmetic for the bound: 1.1 * 100 / 10 is 11.000000000000002 in floats,
-        # which would round the bound up to 12.
-        self._factor = Fraction(repr(load_factor))
+        # Exact integer arithmetic for the bound: 1.1 * 100 / 10 is 11.000000000000002 in
+        # floats, which would round the bound up to 12; as 11/10 it is exact, without a
+        # Fraction object on every placement.
+        factor = Fraction(repr(load_factor))
+        self._factor_num, self._factor_den = factor.numerator, factor.denominator
         self._lock = threading.Lock()
         self._engines: dict[str, int] = {}  # engine -> number of its points
         self._ring: list[tuple[int, str]] = []  # (position, engine), sorted
@@ -179,8 +181,11 @@ class ConsistentHash:
             members = [loads[e] for e in self._engines if e in loads]
         if not members:
             return 0
-        limit = self._factor * (sum(m.active for m in members) + 1) / len(members)
-        return -(-limit.numerator // limit.denominator)  # ceil without floats
+        return self._bound(members)
+
+    def _bound(self, members: list[EngineLoad]) -> int:
+        total = sum(m.active for m in members) + 1
+        return -(-(self._factor_num * total) // (self._factor_den * len(members)))  # ceil
 
     def choose(self, key: str, loads: Mapping[str, EngineLoad]) -> str | None:
         """The first engine clockwise from ``key`` under the load bound and with room."""
@@ -188,8 +193,7 @@ class ConsistentHash:
             members = [loads[e] for e in self._engines if e in loads]
             if not any(m.has_room for m in members):
                 return None
-            limit = self._factor * (sum(m.active for m in members) + 1) / len(members)
-            bound = -(-limit.numerator // limit.denominator)
+            bound = self._bound(members)
             fallback: str | None = None
             for engine in self._walk(key):
                 load = loads.get(engine)
