@@ -156,6 +156,7 @@ class LoopThread:
         self._lock = threading.Lock()
         self._pending: set[concurrent.futures.Future[Any]] = set()
         self._tasks: set[asyncio.Task[object]] = set()  # spawned; only used on the loop
+        self._spawning: list[Coroutine[Any, Any, object]] = []  # on their way to the loop
 
     def _ensure(self) -> None:
         with self._lock:
@@ -176,14 +177,23 @@ class LoopThread:
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         """Start ``coro`` as a task on the loop, from any thread, without a future to wait
-        on (:meth:`drain` still waits for it): cheaper than :meth:`submit` on a hot path."""
+        on (:meth:`drain` still waits for it): cheaper than :meth:`submit` on a hot path.
+        Spawns that come while one is on its way to the loop go with it: one wake-up of
+        the loop thread per burst, not per run."""
         self._ensure()
-        self.loop.call_soon_threadsafe(self._spawn, coro)
+        with self._lock:
+            self._spawning.append(coro)
+            if len(self._spawning) > 1:
+                return
+        self.loop.call_soon_threadsafe(self._spawn_all)
 
-    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn_all(self) -> None:
+        with self._lock:
+            coros, self._spawning = self._spawning, []
+        for coro in coros:
+            task = self.loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _done(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
