@@ -768,25 +768,6 @@ class Orchestrator:
             parent_node_id=parent_node_id,
             deadline=now + timeout if timeout is not None else None,
         )
-        record = RunRecord(
-            run_id=run_id,
-            workflow_id=wv.workflow_id,
-            version=str(wv.version),
-            status="queued",
-            inputs=inputs,
-            attempt=0,
-            engine_id=None,
-            key=run.key,
-            parent_run_id=parent_run_id or None,
-            parent_node_id=parent_node_id or None,
-            depth=depth,
-            resolved_versions=resolved,
-            created_at=now,
-            started_at=None,
-            finished_at=None,
-            error=None,
-            result=None,
-        )
         with self._lock:
             if run_id in self._runs:
                 raise DagEngineError(f"run id {run_id!r} is empty or already taken")
@@ -797,6 +778,26 @@ class Orchestrator:
                 slot = self._choose(run)
             if slot is None:
                 self._queue.put(run_id)  # raises QueueFull before anything is recorded
+            record = RunRecord(
+                run_id=run_id,
+                workflow_id=wv.workflow_id,
+                version=str(wv.version),
+                status="queued" if slot is None else "running",
+                inputs=inputs,
+                # Started at once: created as claimed by its first attempt (no claim to write).
+                attempt=0 if slot is None else 1,
+                engine_id=None if slot is None else slot.engine_id,
+                key=run.key,
+                parent_run_id=parent_run_id or None,
+                parent_node_id=parent_node_id or None,
+                depth=depth,
+                resolved_versions=resolved,
+                created_at=now,
+                started_at=None if slot is None else now,
+                finished_at=None,
+                error=None,
+                result=None,
+            )
             # Group commit: the run is written with the next burst, ahead of its claim, its
             # outputs and its end (all queued after it), so a run that was never written
             # never ran. A caller that gets a handle back (durable) waits for the commit.
@@ -813,7 +814,7 @@ class Orchestrator:
             data={"version": str(wv.version)},
         )
         if slot is not None:
-            self._start(run, slot)
+            self._start(run, slot, claimed=True)
         if durable:
             self.store.flush()
         return RunHandle(self, run_id, run.future)
@@ -925,13 +926,15 @@ class Orchestrator:
                 return
             self._start(*chosen)
 
-    def _start(self, run: _Run, slot: _EngineSlot) -> None:
-        """Start the next attempt of a run on the engine reserved for it."""
+    def _start(self, run: _Run, slot: _EngineSlot, *, claimed: bool = False) -> None:
+        """Start the next attempt of a run on the engine reserved for it (``claimed``: the
+        run was recorded as running this attempt already)."""
         # This orchestrator owns the store and numbers the attempts: the claim is
         # committed with the next group, ahead of the attempt's outputs and end, which
         # are fenced on it.
         attempt = run.attempt = run.attempt + 1
-        self.store.claim_attempt_later(run.run_id, slot.engine_id, attempt)
+        if not claimed:
+            self.store.claim_attempt_later(run.run_id, slot.engine_id, attempt)
         self.events.publish(
             "run.started",
             workflow_id=run.version.workflow_id,

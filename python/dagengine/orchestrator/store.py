@@ -144,9 +144,35 @@ _INSERT_OUTPUT = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
 
 
 #: One encoder for every write: ``json.dumps`` with options builds a new encoder per call.
-_dumps: Final[Callable[[Any], str]] = json.JSONEncoder(
+_encode: Final[Callable[[Any], str]] = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False
 ).encode
+
+
+def _not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder behind ``_encode``, made once: ``encode`` builds one per call, which costs more
+# than encoding a node event's few fields. Without a circular-reference check (its state
+# would be shared between threads): a cycle ends in RecursionError, and ``_dumps`` then lets
+# ``_encode`` report it properly.
+_c_encode = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _not_serializable, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)
+
+
+def _dumps(value: Any) -> str:
+    if _c_encode is None:
+        return _encode(value)
+    try:
+        return "".join(_c_encode(value, 0))
+    except RecursionError:
+        return _encode(value)  # raises "Circular reference detected" (or encodes deep data)
 
 
 def _loads(text: str | None) -> Any:
