@@ -7,13 +7,13 @@
 mod engine;
 mod errors;
 
+mod external;
+
 /// The engine's hot path allocates small blocks from many threads (tokio workers, Lua pool
 /// threads, run drivers): glibc's malloc spent a tenth of an engine's CPU per run in its own
 /// locking and consolidation. Only Rust allocations go through this; Python keeps its own.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-mod external;
 
 use std::sync::Arc;
 use std::time::Duration;

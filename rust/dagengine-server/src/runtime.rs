@@ -31,7 +31,7 @@ pub fn runtime() -> Result<&'static Runtime, RuntimeError> {
             // Run drivers live on blocking threads. tokio retires idle ones after 10 s, and a
             // run that then needs a new thread pays for its start and its allocator heap
             // (measured: no-op DAG runs ~60% slower per node after a 12 s pause).
-            .thread_keep_alive(std::time::Duration::from_secs(300))
+            .thread_keep_alive(std::time::Duration::from_mins(5))
             .enable_all()
             .build()
             .map(|rt| (std::process::id(), rt))
