@@ -185,7 +185,14 @@ class LoopThread:
             self._spawning.append(coro)
             if len(self._spawning) > 1:
                 return
-        self.loop.call_soon_threadsafe(self._spawn_all)
+        try:
+            self.loop.call_soon_threadsafe(self._spawn_all)
+        except RuntimeError:  # the loop is closed: nothing will run them
+            with self._lock:
+                dropped, self._spawning = self._spawning, []
+            for c in dropped:
+                c.close()
+            raise
 
     def _spawn_all(self) -> None:
         with self._lock:
