@@ -1086,18 +1086,23 @@ class AsyncRunStream:
         if self._done:
             raise StopAsyncIteration
         while not self._batch:  # events come in batches, one message per burst
-            try:
-                self._batch.extend((await self._iter.__anext__()).events)
-            except StopAsyncIteration:
-                self._done = True
-                raise _stream_ended(self._client.address, self.run_id) from None
-            except grpc.RpcError as err:
-                self._done = True
-                raise _map_error(err, self._client.address, f"run {self.run_id}") from None
+            self._batch.extend((await self._next_message()).events)
         msg = self._batch.popleft()
         if msg.HasField("result"):
             self._pending = result_from_proto(msg.result)
         return event_from_proto(msg)
+
+    async def _next_message(self) -> pb.RunEvents:
+        """The next message of the stream; a stream that ends (or fails) before the result
+        is an engine gone (or the error it sent)."""
+        try:
+            return await self._iter.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            raise _stream_ended(self._client.address, self.run_id) from None
+        except grpc.RpcError as err:
+            self._done = True
+            raise _map_error(err, self._client.address, f"run {self.run_id}") from None
 
     async def batches(self) -> AsyncIterator[Sequence[pb.RunEvent]]:
         """The run's events as they come off the wire: one sequence of ``RunEvent`` messages
@@ -1105,15 +1110,7 @@ class AsyncRunStream:
         that keep their own records (the orchestrator) and would only re-encode what
         :meth:`__anext__` decodes. Do not mix with ``async for``."""
         while not self._done:
-            try:
-                msg = await self._iter.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-                raise _stream_ended(self._client.address, self.run_id) from None
-            except grpc.RpcError as err:
-                self._done = True
-                raise _map_error(err, self._client.address, f"run {self.run_id}") from None
-            events = msg.events
+            events = (await self._next_message()).events
             for event in events:
                 if event.HasField("result"):
                     self.result = result_from_proto(event.result)

@@ -183,8 +183,8 @@ pub enum Instruction {
     Finish { status: RunStatus },
 }
 
-/// A [`Scheduler`]'s state without its borrows ([`Scheduler::suspend`]): owned, so a run
-/// can move between threads.
+/// A run's scheduling state without the graph and policies it refers to: what a [`Scheduler`]
+/// owns, and what [`Scheduler::suspend`] hands out so a run can move between threads.
 #[derive(Debug)]
 pub struct SuspendedScheduler {
     options: RunOptions,
@@ -205,17 +205,7 @@ pub struct SuspendedScheduler {
 pub struct Scheduler<'a> {
     dag: &'a Dag,
     policies: &'a [NodePolicy],
-    options: RunOptions,
-    state: Vec<NodeState>,
-    waiting_on: Vec<u32>,
-    attempts: Vec<u32>,
-    ready: VecDeque<NodeIdx>,
-    running: usize,
-    retrying: usize,
-    unfinished: usize,
-    failed: bool,
-    stopped: Option<StopReason>,
-    finished: bool,
+    run: SuspendedScheduler,
 }
 
 impl<'a> Scheduler<'a> {
@@ -235,17 +225,19 @@ impl<'a> Scheduler<'a> {
         Self {
             dag,
             policies,
-            options,
-            state: vec![NodeState::Pending; n],
-            waiting_on,
-            attempts: vec![0; n],
-            ready: VecDeque::new(),
-            running: 0,
-            retrying: 0,
-            unfinished: n,
-            failed: false,
-            stopped: None,
-            finished: false,
+            run: SuspendedScheduler {
+                options,
+                state: vec![NodeState::Pending; n],
+                waiting_on,
+                attempts: vec![0; n],
+                ready: VecDeque::new(),
+                running: 0,
+                retrying: 0,
+                unfinished: n,
+                failed: false,
+                stopped: None,
+                finished: false,
+            },
         }
     }
 
@@ -254,19 +246,7 @@ impl<'a> Scheduler<'a> {
     /// from exactly here.
     #[must_use]
     pub fn suspend(self) -> SuspendedScheduler {
-        SuspendedScheduler {
-            options: self.options,
-            state: self.state,
-            waiting_on: self.waiting_on,
-            attempts: self.attempts,
-            ready: self.ready,
-            running: self.running,
-            retrying: self.retrying,
-            unfinished: self.unfinished,
-            failed: self.failed,
-            stopped: self.stopped,
-            finished: self.finished,
-        }
+        self.run
     }
 
     /// Go on with a suspended run over the same graph and policies.
@@ -274,27 +254,13 @@ impl<'a> Scheduler<'a> {
     /// # Panics
     /// If the graph has a different number of nodes than the one the run was suspended
     /// on, or `policies` has the wrong length.
-    pub fn resume(dag: &'a Dag, policies: &'a [NodePolicy], s: SuspendedScheduler) -> Self {
-        assert_eq!(dag.len(), s.state.len(), "resumed on a different graph");
+    pub fn resume(dag: &'a Dag, policies: &'a [NodePolicy], run: SuspendedScheduler) -> Self {
+        assert_eq!(dag.len(), run.state.len(), "resumed on a different graph");
         assert!(
             policies.len() == dag.len() || policies.len() == 1,
             "one policy per node, or one for all"
         );
-        Self {
-            dag,
-            policies,
-            options: s.options,
-            state: s.state,
-            waiting_on: s.waiting_on,
-            attempts: s.attempts,
-            ready: s.ready,
-            running: s.running,
-            retrying: s.retrying,
-            unfinished: s.unfinished,
-            failed: s.failed,
-            stopped: s.stopped,
-            finished: s.finished,
-        }
+        Self { dag, policies, run }
     }
 
     fn policy(&self, node: NodeIdx) -> &NodePolicy {
@@ -307,40 +273,40 @@ impl<'a> Scheduler<'a> {
 
     /// The current state of a node.
     pub fn state(&self, node: NodeIdx) -> NodeState {
-        self.state[node as usize]
+        self.run.state[node as usize]
     }
 
     /// Attempts started so far for a node.
     pub fn attempts(&self, node: NodeIdx) -> u32 {
-        self.attempts[node as usize]
+        self.run.attempts[node as usize]
     }
 
     /// Whether [`Instruction::Finish`] has been emitted.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        self.run.finished
     }
 
     /// Nodes currently running.
     pub fn running(&self) -> usize {
-        self.running
+        self.run.running
     }
 
     fn set(&mut self, node: NodeIdx, to: NodeState) {
-        let from = self.state[node as usize];
+        let from = self.run.state[node as usize];
         debug_assert!(
             TRANSITIONS.contains(&(from, to)),
             "illegal transition {from:?} -> {to:?} of node {node}"
         );
-        self.state[node as usize] = to;
+        self.run.state[node as usize] = to;
         match from {
-            NodeState::Running => self.running -= 1,
-            NodeState::Retrying => self.retrying -= 1,
+            NodeState::Running => self.run.running -= 1,
+            NodeState::Retrying => self.run.retrying -= 1,
             _ => {}
         }
         match to {
-            NodeState::Running => self.running += 1,
-            NodeState::Retrying => self.retrying += 1,
-            s if s.is_terminal() => self.unfinished -= 1,
+            NodeState::Running => self.run.running += 1,
+            NodeState::Retrying => self.run.retrying += 1,
+            s if s.is_terminal() => self.run.unfinished -= 1,
             _ => {}
         }
     }
@@ -348,10 +314,10 @@ impl<'a> Scheduler<'a> {
     /// Mark nodes whose outputs are already known (a resumed run) as succeeded.
     /// Call before [`Scheduler::start`].
     pub fn mark_completed(&mut self, node: NodeIdx) {
-        if self.state[node as usize] == NodeState::Pending {
+        if self.run.state[node as usize] == NodeState::Pending {
             self.set(node, NodeState::Succeeded);
             for &c in self.dag.children(node) {
-                self.waiting_on[c as usize] -= 1;
+                self.run.waiting_on[c as usize] -= 1;
             }
         }
     }
@@ -360,8 +326,10 @@ impl<'a> Scheduler<'a> {
     /// fully completed graph).
     pub fn start(&mut self, out: &mut Vec<Instruction>) {
         for &n in self.dag.topological_order() {
-            if self.state[n as usize] == NodeState::Pending && self.waiting_on[n as usize] == 0 {
-                self.ready.push_back(n);
+            if self.run.state[n as usize] == NodeState::Pending
+                && self.run.waiting_on[n as usize] == 0
+            {
+                self.run.ready.push_back(n);
             }
         }
         self.dispatch(out);
@@ -373,7 +341,7 @@ impl<'a> Scheduler<'a> {
     /// Events about an attempt that is no longer current (a late result after a timeout
     /// was already reported, a retry timer for a cancelled node) are ignored.
     pub fn handle(&mut self, event: Event, out: &mut Vec<Instruction>) {
-        if self.finished {
+        if self.run.finished {
             return;
         }
         match event {
@@ -381,17 +349,17 @@ impl<'a> Scheduler<'a> {
                 if !self.is_current(node, attempt) {
                     return;
                 }
-                if self.stopped.is_some() {
+                if self.run.stopped.is_some() {
                     // Finished after it was told to stop: the run no longer waits for it,
                     // but its output is real, so keep it.
                     self.set(node, NodeState::Succeeded);
                 } else {
                     self.set(node, NodeState::Succeeded);
                     for &c in self.dag.children(node) {
-                        let w = &mut self.waiting_on[c as usize];
+                        let w = &mut self.run.waiting_on[c as usize];
                         *w -= 1;
-                        if *w == 0 && self.state[c as usize] == NodeState::Pending {
-                            self.ready.push_back(c);
+                        if *w == 0 && self.run.state[c as usize] == NodeState::Pending {
+                            self.run.ready.push_back(c);
                         }
                     }
                 }
@@ -404,7 +372,7 @@ impl<'a> Scheduler<'a> {
                 if !self.is_current(node, attempt) {
                     return;
                 }
-                if self.stopped.is_some() {
+                if self.run.stopped.is_some() {
                     self.set(node, NodeState::Cancelled);
                     out.push(Instruction::Cancelled { node });
                 } else if retryable && attempt <= self.policy(node).retries {
@@ -417,22 +385,27 @@ impl<'a> Scheduler<'a> {
                     });
                 } else {
                     self.set(node, NodeState::Failed);
-                    self.failed = true;
+                    self.run.failed = true;
                     self.skip_descendants(node, out);
-                    if self.options.fail_fast {
+                    if self.run.options.fail_fast {
                         self.stop(StopReason::Cancelled, out);
                     }
                 }
             }
             Event::RetryDue { node, attempt } => {
-                if self.state[node as usize] != NodeState::Retrying
-                    || self.attempts[node as usize] + 1 != attempt
+                if self.run.state[node as usize] != NodeState::Retrying
+                    || self.run.attempts[node as usize] + 1 != attempt
                 {
                     return;
                 }
-                if self.options.max_parallel.is_some_and(|m| self.running >= m) {
+                if self
+                    .run
+                    .options
+                    .max_parallel
+                    .is_some_and(|m| self.run.running >= m)
+                {
                     // Keep its place: it goes out before nodes that became ready later.
-                    self.ready.push_front(node);
+                    self.run.ready.push_front(node);
                 } else {
                     self.execute(node, out);
                 }
@@ -444,29 +417,34 @@ impl<'a> Scheduler<'a> {
     }
 
     fn is_current(&self, node: NodeIdx, attempt: u32) -> bool {
-        (node as usize) < self.state.len()
-            && self.state[node as usize] == NodeState::Running
-            && self.attempts[node as usize] == attempt
+        (node as usize) < self.run.state.len()
+            && self.run.state[node as usize] == NodeState::Running
+            && self.run.attempts[node as usize] == attempt
     }
 
     fn execute(&mut self, node: NodeIdx, out: &mut Vec<Instruction>) {
-        self.attempts[node as usize] += 1;
+        self.run.attempts[node as usize] += 1;
         self.set(node, NodeState::Running);
         out.push(Instruction::Execute {
             node,
-            attempt: self.attempts[node as usize],
+            attempt: self.run.attempts[node as usize],
         });
     }
 
     fn dispatch(&mut self, out: &mut Vec<Instruction>) {
-        if self.stopped.is_some() {
+        if self.run.stopped.is_some() {
             return;
         }
-        while self.options.max_parallel.is_none_or(|m| self.running < m) {
-            let Some(node) = self.ready.pop_front() else {
+        while self
+            .run
+            .options
+            .max_parallel
+            .is_none_or(|m| self.run.running < m)
+        {
+            let Some(node) = self.run.ready.pop_front() else {
                 break;
             };
-            match self.state[node as usize] {
+            match self.run.state[node as usize] {
                 // Pending, or a retry that waited for a slot.
                 NodeState::Pending | NodeState::Retrying => self.execute(node, out),
                 _ => {}
@@ -477,7 +455,7 @@ impl<'a> Scheduler<'a> {
     fn skip_descendants(&mut self, node: NodeIdx, out: &mut Vec<Instruction>) {
         let mut stack: Vec<NodeIdx> = self.dag.children(node).to_vec();
         while let Some(c) = stack.pop() {
-            if self.state[c as usize] == NodeState::Pending {
+            if self.run.state[c as usize] == NodeState::Pending {
                 self.set(c, NodeState::Skipped);
                 out.push(Instruction::Skipped { node: c });
                 stack.extend_from_slice(self.dag.children(c));
@@ -486,13 +464,13 @@ impl<'a> Scheduler<'a> {
     }
 
     fn stop(&mut self, reason: StopReason, out: &mut Vec<Instruction>) {
-        if self.stopped.is_some() {
+        if self.run.stopped.is_some() {
             return;
         }
-        self.stopped = Some(reason);
-        self.ready.clear();
+        self.run.stopped = Some(reason);
+        self.run.ready.clear();
         for &n in self.dag.topological_order() {
-            match self.state[n as usize] {
+            match self.run.state[n as usize] {
                 NodeState::Pending | NodeState::Retrying => {
                     self.set(n, NodeState::Cancelled);
                     out.push(Instruction::Cancelled { node: n });
@@ -504,25 +482,32 @@ impl<'a> Scheduler<'a> {
     }
 
     fn maybe_finish(&mut self, out: &mut Vec<Instruction>) {
-        if self.finished || self.running > 0 || self.retrying > 0 || !self.ready.is_empty() {
+        if self.run.finished
+            || self.run.running > 0
+            || self.run.retrying > 0
+            || !self.run.ready.is_empty()
+        {
             return;
         }
-        let status = match self.stopped {
+        let status = match self.run.stopped {
             // A failure decides the run even when fail_fast cancelled the rest.
             Some(StopReason::TimedOut) => RunStatus::Failed,
-            _ if self.failed => RunStatus::Failed,
+            _ if self.run.failed => RunStatus::Failed,
             Some(StopReason::Cancelled) => RunStatus::Cancelled,
             None => {
-                debug_assert_eq!(self.unfinished, 0, "nothing running yet nodes unfinished");
+                debug_assert_eq!(
+                    self.run.unfinished, 0,
+                    "nothing running yet nodes unfinished"
+                );
                 RunStatus::Succeeded
             }
         };
-        self.finished = true;
+        self.run.finished = true;
         out.push(Instruction::Finish { status });
     }
 
     /// Why the run stopped early, if it did.
     pub fn stop_reason(&self) -> Option<StopReason> {
-        self.stopped
+        self.run.stopped
     }
 }

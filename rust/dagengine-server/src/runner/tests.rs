@@ -277,10 +277,10 @@ fn completed_nodes_are_not_run_again_and_feed_their_children() {
     );
 }
 
-#[test]
-fn ten_thousand_noop_chain() {
+/// A chain of `n` no-op nodes `n0 -> n1 -> ...`.
+fn noop_chain(n: usize) -> Plan {
     let mut d = Dag::new();
-    let ids: Vec<String> = (0..10_000).map(|i| format!("n{i}")).collect();
+    let ids: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         let deps: Vec<&str> = if i == 0 {
             vec![]
@@ -290,7 +290,12 @@ fn ten_thousand_noop_chain() {
         d.add_node(id, deps).unwrap();
     }
     d.preprocess().unwrap();
-    let plan = Plan::new(d, Vec::new()).unwrap();
+    Plan::new(d, Vec::new()).unwrap()
+}
+
+#[test]
+fn ten_thousand_noop_chain() {
+    let plan = noop_chain(10_000);
     let (o, events) = run(plan, RunConfig::default(), None);
     assert_eq!(o.status, RunStatus::Succeeded);
     assert!(o.nodes.iter().all(|r| r.status == NodeState::Succeeded));
@@ -410,18 +415,7 @@ fn a_lua_node_past_the_budget_moves_to_the_pool_and_runs_once_as_far_as_anyone_s
 
 #[test]
 fn a_long_chain_of_quick_nodes_goes_on_elsewhere_and_ends() {
-    let mut d = Dag::new();
-    let ids: Vec<String> = (0..20_000).map(|i| format!("n{i}")).collect();
-    for (i, id) in ids.iter().enumerate() {
-        let deps: Vec<&str> = if i == 0 {
-            vec![]
-        } else {
-            vec![ids[i - 1].as_str()]
-        };
-        d.add_node(id, deps).unwrap();
-    }
-    d.preprocess().unwrap();
-    let h = start_inline(Plan::new(d, Vec::new()).unwrap(), Duration::ZERO);
+    let h = start_inline(noop_chain(20_000), Duration::ZERO);
     assert!(
         !h.is_done(),
         "a zero budget leaves everything but the start to the pool"
