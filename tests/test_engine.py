@@ -46,7 +46,7 @@ from dagengine import (
     TLSConfig,
 )
 from dagengine.cli import main as cli_main
-from dagengine.engine import RunStream
+from dagengine.engine import RunStream, SessionRun, build_run_request
 from dagengine.v1 import engine_pb2 as pb
 from processes import EngineProcess, wait_for
 
@@ -445,6 +445,114 @@ def test_async_client(shared_engine: EngineProcess) -> None:
             assert cancelled.status is RunStatus.CANCELLED
             with pytest.raises(InvalidRequest):
                 await aclient.run({"id": "x", "nodes": [{"id": "a", "lua": "return {"}]})
+
+    asyncio.run(main())
+
+
+def _request(spec: dict[str, Any], inputs: dict[str, Any] | None = None) -> pb.RunRequest:
+    return build_run_request(spec, inputs or {}, run_id=uuid.uuid4().hex)
+
+
+async def _session_result(run: SessionRun) -> tuple[list[pb.RunEvent], RunResult]:
+    events: list[pb.RunEvent] = []
+    async for batch in run.batches():
+        events.extend(batch)
+    assert run.result is not None
+    return events, run.result
+
+
+def test_session_runs_many_interleaved_runs_and_refuses_bad_ones(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine("--capacity", "2", "--engine-id", "sess")
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            # A spinning run holds one slot while short runs come and go beside it.
+            spin = await session.start(_request(spin_spec()))
+            shorts = [await session.start(_request(GOOD, {"x": i})) for i in range(30)]
+            outs = []
+            for run in shorts:
+                events, result = await _session_result(run)
+                assert {e.run_id for e in events} == {run.run_id}
+                assert result.ok, result.error
+                outs.append(result.outputs["a"]["v"])
+            assert outs == [i + 1 for i in range(30)]
+            # Refusals come back per run, as the errors Run raises; the session goes on.
+            bad = await session.start(
+                _request({"id": "x", "nodes": [{"id": "a", "lua": "return {"}]})
+            )
+            with pytest.raises(InvalidRequest, match=r"workflow\.nodes"):
+                await _session_result(bad)
+            second = await session.start(_request(spin_spec()))
+            async for batch in second.batches():  # holds the engine's other slot
+                if any(e.kind == pb.NODE_STARTED for e in batch):
+                    break
+            busy = await session.start(_request(GOOD, {"x": 1}))
+            with pytest.raises(EngineBusy, match="capacity"):
+                await _session_result(busy)
+            # Cancel through the session: the run ends cancelled.
+            await session.cancel(spin.run_id)
+            _, cancelled = await _session_result(spin)
+            assert cancelled.status is RunStatus.CANCELLED
+            await session.cancel(second.run_id)
+            _, cancelled = await _session_result(second)
+            assert cancelled.status is RunStatus.CANCELLED
+            assert not session.broken
+            session.close()
+            with pytest.raises(EngineUnavailable):
+                await session.start(_request(GOOD, {"x": 1}))
+            # The engine is fine and free again.
+            result = await aclient.run(GOOD, {"x": 5})
+            assert result.outputs["a"] == {"v": 6}
+
+    asyncio.run(main())
+
+
+def test_closing_a_session_cancels_its_runs_on_the_engine(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine("--engine-id", "sess")
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            run = await session.start(_request(spin_spec()))
+            async for batch in run.batches():
+                if any(e.kind == pb.NODE_STARTED for e in batch):
+                    break
+            assert (await aclient.info()).active_run_ids == (run.run_id,)
+            session.close()
+            with pytest.raises(EngineUnavailable):
+                await _session_result(run)
+            deadline = time.monotonic() + 10
+            while (await aclient.info()).active_runs and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert (await aclient.info()).active_runs == 0  # the engine stopped the spin
+
+    asyncio.run(main())
+
+
+def test_a_killed_engine_fails_every_run_of_its_session(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine()
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            runs = [await session.start(_request(spin_spec())) for _ in range(3)]
+            async for batch in runs[-1].batches():
+                if any(e.kind == pb.NODE_STARTED for e in batch):
+                    break
+            engine.signal(signal.SIGKILL)
+            for run in runs:
+                with pytest.raises(EngineUnavailable):
+                    await asyncio.wait_for(_session_result(run), timeout=10)
+            assert session.broken
+            with pytest.raises(EngineUnavailable):
+                await session.start(_request(GOOD))
 
     asyncio.run(main())
 

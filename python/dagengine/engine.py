@@ -81,6 +81,7 @@ __all__ = [
     "DEFAULT_KEEPALIVE_SECONDS",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "AsyncEngineClient",
+    "AsyncEngineSession",
     "AsyncEventStream",
     "AsyncRunStream",
     "EngineClient",
@@ -89,6 +90,7 @@ __all__ = [
     "EventStream",
     "RunStream",
     "SelfRegistrar",
+    "SessionRun",
     "TLSConfig",
     "advertise_address",
     "build_run_request",
@@ -675,8 +677,13 @@ def _rpc_details(err: grpc.RpcError) -> str:
 
 def _map_error(err: grpc.RpcError, address: str, what: str) -> EngineError:
     """The :class:`EngineError` subclass for a failed gRPC call."""
-    code = _rpc_code(err)
-    details = _rpc_details(err)
+    return _status_error(_rpc_code(err), _rpc_details(err), address, what)
+
+
+def _status_error(
+    code: grpc.StatusCode | None, details: str, address: str, what: str
+) -> EngineError:
+    """The :class:`EngineError` subclass for a gRPC status (of a call, or of a refusal)."""
     name = code.name if code is not None else None
     prefix = f"engine {address}: {what}: "
     if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE) and (
@@ -1143,6 +1150,157 @@ class AsyncRunStream:
         self.close()
 
 
+_STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
+
+
+class SessionRun:
+    """One run of an :class:`AsyncEngineSession`: :meth:`batches` yields its events as they
+    come off the wire (the last batch carries the result, then set as :attr:`result`)."""
+
+    def __init__(self, session: AsyncEngineSession, run_id: str) -> None:
+        self.run_id = run_id
+        self.result: RunResult | None = None
+        self._session = session
+        self._pending: collections.deque[pb.SessionEvents] = collections.deque()
+        self._error: EngineError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _deliver(self, msg: pb.SessionEvents) -> None:
+        self._pending.append(msg)
+        self._wake()
+
+    def _fail(self, error: EngineError) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def batches(self) -> AsyncIterator[Sequence[pb.RunEvent]]:
+        """The run's events, one sequence per message, until the one with the result.
+        Raises the engine's refusal (:class:`EngineBusy`, :class:`InvalidRequest`, ...) or
+        :class:`EngineUnavailable` when the session breaks first."""
+        while self.result is None:
+            while not self._pending:
+                if self._error is not None:
+                    raise self._error
+                self._waiter = asyncio.get_running_loop().create_future()
+                await self._waiter
+            msg = self._pending.popleft()
+            if msg.HasField("refused"):
+                self._session._forget(self.run_id)
+                code = _STATUS_BY_CODE.get(msg.refused.code)
+                raise _status_error(
+                    code, msg.refused.message, self._session.address, f"run {self.run_id}"
+                )
+            for event in msg.events:
+                if event.HasField("result"):
+                    self.result = result_from_proto(event.result)
+                    self._session._forget(self.run_id)
+            yield msg.events
+
+    def close(self) -> None:
+        """Stop listening to the run (the engine is presumed gone): :meth:`batches` raises
+        :class:`EngineUnavailable`. The run itself is not cancelled (see ``Cancel``)."""
+        self._session._forget(self.run_id)
+        self._fail(
+            EngineUnavailable(
+                f"engine {self._session.address}: run {self.run_id}: no longer listened to",
+                address=self._session.address,
+            )
+        )
+
+
+class AsyncEngineSession:
+    """Many runs over one ``Session`` stream of an engine: no gRPC call per run, which is
+    most of what a run costs its caller (the orchestrator's path to its engines). Open it
+    with :meth:`AsyncEngineClient.session`, inside the loop that uses it. Once the stream
+    breaks every run still on it fails with :class:`EngineUnavailable`, and so does every
+    later :meth:`start` (open another session)."""
+
+    def __init__(self, client: AsyncEngineClient) -> None:
+        self.address = client.address
+        self._client = client
+        self._call = client._session_rpc()
+        self._runs: dict[str, SessionRun] = {}
+        self._writing = asyncio.Lock()  # grpc.aio allows one write at a time
+        self._broken: EngineError | None = None
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def broken(self) -> bool:
+        """Whether the stream has ended (nothing more can run on it)."""
+        return self._broken is not None
+
+    async def start(self, request: pb.RunRequest) -> SessionRun:
+        """Send a run; its events come through the returned :class:`SessionRun`."""
+        if self._broken is not None:
+            raise self._broken
+        _check_size(request, self._client.max_message_bytes, self.address)
+        if request.run_id in self._runs:
+            raise InvalidRequest(
+                f"engine {self.address}: run {request.run_id} is already on this session",
+                address=self.address,
+            )
+        run = self._runs[request.run_id] = SessionRun(self, request.run_id)
+        try:
+            async with self._writing:
+                await self._call.write(pb.SessionRequest(run=request))
+        except (grpc.RpcError, asyncio.InvalidStateError) as err:
+            self._forget(request.run_id)
+            error = (
+                _map_error(err, self.address, "session")
+                if isinstance(err, grpc.RpcError)
+                else EngineUnavailable(f"engine {self.address}: the session has ended")
+            )
+            self._break(error)
+            raise error from None
+        return run
+
+    async def cancel(self, run_id: str) -> None:
+        """Ask the engine to cancel a run of this session (no answer: see ``Cancel``)."""
+        if self._broken is None:
+            async with self._writing:
+                await self._call.write(pb.SessionRequest(cancel=pb.CancelRequest(run_id=run_id)))
+
+    def close(self) -> None:
+        """End the session: the engine cancels the runs still on it; they fail here with
+        :class:`EngineUnavailable`."""
+        self._break(EngineUnavailable(f"engine {self.address}: the session was closed"))
+        self._call.cancel()
+
+    def _forget(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def _break(self, error: EngineError) -> None:
+        if self._broken is None:
+            self._broken = error
+        runs, self._runs = self._runs, {}
+        for run in runs.values():
+            run._fail(error)
+
+    async def _read(self) -> None:
+        error: EngineError
+        try:
+            async for msg in self._call:
+                run = self._runs.get(msg.run_id)
+                if run is not None:
+                    run._deliver(msg)
+            error = EngineUnavailable(
+                f"engine {self.address}: the session ended", address=self.address
+            )
+        except grpc.RpcError as err:
+            error = _map_error(err, self.address, "session")
+            if not isinstance(error, EngineUnavailable):
+                error = EngineUnavailable(str(error), code=error.code, address=self.address)
+        except asyncio.CancelledError:
+            error = EngineUnavailable(f"engine {self.address}: the session was closed")
+        self._break(error)
+
+
 class AsyncEventStream:
     """The asyncio form of :class:`EventStream`."""
 
@@ -1205,6 +1363,16 @@ class AsyncEngineClient:
             self._info_rpc,
             self._health_rpc,
         ) = _engine_rpcs(self._channel)
+        self._session_rpc = self._channel.stream_stream(
+            _SERVICE + "Session",
+            request_serializer=pb.SessionRequest.SerializeToString,
+            response_deserializer=pb.SessionEvents.FromString,
+        )
+
+    def session(self) -> AsyncEngineSession:
+        """A new :class:`AsyncEngineSession`: many runs over one stream (call it inside
+        the running loop)."""
+        return AsyncEngineSession(self)
 
     def stream(
         self,

@@ -15,7 +15,14 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from dagengine.engine import AsyncEngineClient, AsyncRunStream, TLSConfig, build_run_request
+from dagengine.engine import (
+    AsyncEngineClient,
+    AsyncEngineSession,
+    AsyncRunStream,
+    SessionRun,
+    TLSConfig,
+    build_run_request,
+)
 from dagengine.exceptions import DagEngineError, EngineError, EngineUnavailable
 from dagengine.results import NodeEvent, RunResult
 from dagengine.v1 import engine_pb2 as pb
@@ -266,7 +273,10 @@ class RemoteBackend:
             return AsyncEngineClient(address, tls=tls, timeout=timeout)
 
         self._client = loop.run(make(), timeout=30)
-        self._streams: dict[str, AsyncRunStream] = {}
+        # Runs whose events are recorded as sent (``on_wire``) share one Session stream: no
+        # gRPC call per run. Opened on first use, again after it breaks; loop thread only.
+        self._session: AsyncEngineSession | None = None
+        self._streams: dict[str, AsyncRunStream | SessionRun] = {}
         self._abandoned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -307,17 +317,24 @@ class RemoteBackend:
             parent_node_id=job.parent_node_id,
             depth=job.depth,
         )
-        stream = self._client.stream_request(request)
+        stream: AsyncRunStream | SessionRun
+        if on_wire is not None:
+            if self._session is None or self._session.broken:
+                self._session = self._client.session()
+            stream = await self._session.start(request)
+        else:
+            stream = self._client.stream_request(request)
         with self._lock:
             self._streams[job.run_id] = stream
         try:
-            async with stream:
-                if on_wire is not None:
-                    async for batch in stream.batches():
-                        on_wire(batch)
-                        if stream.result is not None:
-                            return stream.result
-                else:
+            if isinstance(stream, SessionRun):
+                assert on_wire is not None
+                async for batch in stream.batches():
+                    on_wire(batch)
+                    if stream.result is not None:
+                        return stream.result
+            else:
+                async with stream:
                     async for item in stream:
                         if isinstance(item, RunResult):
                             return item
@@ -336,10 +353,10 @@ class RemoteBackend:
                 f"engine {self.engine_id} ({self.address}) stopped answering during run "
                 f"{job.run_id}"
             ) from None
-        except EngineError as exc:
+        except EngineError:
             with self._lock:
                 abandoned = job.run_id in self._abandoned
-            if abandoned and not isinstance(exc, EngineUnavailable):
+            if abandoned:
                 # We hung up on it (the engine failed its health checks).
                 raise EngineUnavailable(
                     f"engine {self.engine_id} ({self.address}) stopped answering during run "
@@ -374,13 +391,20 @@ class RemoteBackend:
             self._loop.call(stream.close)
 
     def abandon_all(self) -> list[str]:
-        """Abandon every run on this engine; returns their ids."""
+        """Abandon every run on this engine; returns their ids. The session goes too: runs
+        after a recovery open a new one."""
         with self._lock:
             streams = dict(self._streams)
             self._abandoned.update(streams)
         for stream in streams.values():
             self._loop.call(stream.close)
+        self._loop.call(self._close_session)
         return list(streams)
+
+    def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     def healthy(self) -> bool:
         async def check() -> bool:

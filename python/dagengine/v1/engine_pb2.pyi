@@ -221,6 +221,32 @@ class RunEvents(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ...) -> None: ...
 
+class SessionRequest(_message.Message):
+    __slots__ = ("run", "cancel")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    run: RunRequest
+    cancel: CancelRequest
+    def __init__(self, run: _Optional[_Union[RunRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ...) -> None: ...
+
+class SessionEvents(_message.Message):
+    __slots__ = ("run_id", "events", "refused")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    events: _containers.RepeatedCompositeFieldContainer[RunEvent]
+    refused: Refusal
+    def __init__(self, run_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class NodeResult(_message.Message):
     __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

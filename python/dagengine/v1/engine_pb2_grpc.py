@@ -40,6 +40,11 @@ class EngineServiceStub:
                 request_serializer=dagengine_dot_v1_dot_engine__pb2.RunRequest.SerializeToString,
                 response_deserializer=dagengine_dot_v1_dot_engine__pb2.RunEvents.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/dagengine.v1.EngineService/Session',
+                request_serializer=dagengine_dot_v1_dot_engine__pb2.SessionRequest.SerializeToString,
+                response_deserializer=dagengine_dot_v1_dot_engine__pb2.SessionEvents.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/dagengine.v1.EngineService/Cancel',
                 request_serializer=dagengine_dot_v1_dot_engine__pb2.CancelRequest.SerializeToString,
@@ -65,6 +70,17 @@ class EngineServiceServicer:
         """Run a workflow. The stream carries the run's events, in order, and ends with exactly one
         event whose `result` is set; a stream that ends without one means the engine is gone.
         Events that happen together travel in one message (RunEvents), one message per burst.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """Many runs over one stream, without a call per run (the orchestrator's path). Each
+        request starts a run (as Run) or cancels one; each reply is one run's events, as Run
+        would send them, or that run's refusal. The stream ending or breaking ends every run
+        still active on it, like a Run caller hanging up; runs go on after the client only
+        half-closes, and the replies end when the last of them has.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +115,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=dagengine_dot_v1_dot_engine__pb2.RunRequest.FromString,
                     response_serializer=dagengine_dot_v1_dot_engine__pb2.RunEvents.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=dagengine_dot_v1_dot_engine__pb2.SessionRequest.FromString,
+                    response_serializer=dagengine_dot_v1_dot_engine__pb2.SessionEvents.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -144,6 +165,33 @@ class EngineService:
             '/dagengine.v1.EngineService/Run',
             dagengine_dot_v1_dot_engine__pb2.RunRequest.SerializeToString,
             dagengine_dot_v1_dot_engine__pb2.RunEvents.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dagengine.v1.EngineService/Session',
+            dagengine_dot_v1_dot_engine__pb2.SessionRequest.SerializeToString,
+            dagengine_dot_v1_dot_engine__pb2.SessionEvents.FromString,
             options,
             channel_credentials,
             insecure,

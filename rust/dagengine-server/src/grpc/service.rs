@@ -217,6 +217,19 @@ struct Service {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvents, Status>> + Send>>;
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvents, Status>> + Send>>;
+
+fn run_events(_: &RunTag, events: Vec<pb::RunEvent>) -> pb::RunEvents {
+    pb::RunEvents { events }
+}
+
+fn session_events(tag: &RunTag, events: Vec<pb::RunEvent>) -> pb::SessionEvents {
+    pb::SessionEvents {
+        run_id: tag.run_id.to_string(),
+        events,
+        refused: None,
+    }
+}
 
 /// Events buffered per Run stream before the engine stops reading the run (the client is
 /// slow): the run goes on, its events wait in the core.
@@ -357,15 +370,78 @@ impl Service {
         Ok((plan, handle))
     }
 
+    /// Admit and start a run, and have its events sent to `tx` (as `wrap` makes them into
+    /// messages): the work of `Run`, and of each run of a `Session`.
+    async fn launch<T: Send + 'static>(
+        &self,
+        req: pb::RunRequest,
+        tx: mpsc::Sender<Result<T, Status>>,
+        wrap: fn(&RunTag, Vec<pb::RunEvent>) -> T,
+    ) -> Result<(), Status> {
+        if req.run_id.is_empty() {
+            return Err(invalid(&InvalidField::new("run_id", "must not be empty")));
+        }
+        let mut reservation = self.reserve(&req.run_id, req.depth)?;
+        let engine = self.engine.clone();
+        let req = Arc::new(req);
+        let r = req.clone();
+        // Preparing Python nodes takes the GIL, which must not happen on an async worker;
+        // a workflow of Lua and no-op nodes (its plan usually cached) is started right here.
+        let needs_host = req.workflow.as_ref().is_some_and(|w| {
+            w.nodes.iter().any(|n| {
+                matches!(
+                    n.executor,
+                    Some(pb::node_spec::Executor::Python(_) | pb::node_spec::Executor::Workflow(_))
+                )
+            })
+        });
+        let (plan, handle) = if needs_host {
+            tokio::task::spawn_blocking(move || Self::start(&engine, &r, false))
+                .await
+                .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??
+        } else {
+            Self::start(&engine, &r, true)?
+        };
+        {
+            let mut active = self.engine.active();
+            active.reserved -= 1;
+            active.runs.insert(req.run_id.clone(), handle.clone());
+        }
+        reservation.held = false;
+        let tag = RunTag {
+            run_id: req.run_id.as_str().into(),
+            attempt: req.attempt,
+            engine_id: self.engine.config.engine_id.as_str().into(),
+        };
+        if handle.is_done() {
+            // Ended within its inline budget: its one message is ready now, so no task
+            // (and no wake-up of one) is needed to forward it.
+            let engine = self.engine.clone();
+            Self::forward(engine, tag, plan, handle, tx, req.result_only, wrap).await;
+            return Ok(());
+        }
+        tokio::spawn(Self::forward(
+            self.engine.clone(),
+            tag,
+            plan,
+            handle,
+            tx,
+            req.result_only,
+            wrap,
+        ));
+        Ok(())
+    }
+
     /// Forward a run's events to its stream and to watchers until the run ends; the last
     /// event carries the result. A client that goes away cancels its run.
-    async fn forward(
+    async fn forward<T: Send + 'static>(
         engine: Arc<Engine>,
         tag: RunTag,
         plan: Arc<Plan>,
         handle: RunHandle,
-        tx: mpsc::Sender<Result<pb::RunEvents, Status>>,
+        tx: mpsc::Sender<Result<T, Status>>,
         result_only: bool,
+        wrap: fn(&RunTag, Vec<pb::RunEvent>) -> T,
     ) {
         let mut client_gone = false;
         loop {
@@ -417,10 +493,7 @@ impl Service {
                 }
                 batch.push(ev);
             }
-            if !client_gone
-                && !batch.is_empty()
-                && tx.send(Ok(pb::RunEvents { events: batch })).await.is_err()
-            {
+            if !client_gone && !batch.is_empty() && tx.send(Ok(wrap(&tag, batch))).await.is_err() {
                 // The caller is gone: nobody will see this run's result.
                 client_gone = true;
                 handle.cancel();
@@ -443,57 +516,60 @@ impl EngineService for Service {
         &self,
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let req = request.into_inner();
-        if req.run_id.is_empty() {
-            return Err(invalid(&InvalidField::new("run_id", "must not be empty")));
-        }
-        let mut reservation = self.reserve(&req.run_id, req.depth)?;
-        let engine = self.engine.clone();
-        let req = Arc::new(req);
-        let r = req.clone();
-        // Preparing Python nodes takes the GIL, which must not happen on an async worker;
-        // a workflow of Lua and no-op nodes (its plan usually cached) is started right here.
-        let needs_host = req.workflow.as_ref().is_some_and(|w| {
-            w.nodes.iter().any(|n| {
-                matches!(
-                    n.executor,
-                    Some(pb::node_spec::Executor::Python(_) | pb::node_spec::Executor::Workflow(_))
-                )
-            })
-        });
-        let (plan, handle) = if needs_host {
-            tokio::task::spawn_blocking(move || Self::start(&engine, &r, false))
-                .await
-                .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??
-        } else {
-            Self::start(&engine, &r, true)?
-        };
-        {
-            let mut active = self.engine.active();
-            active.reserved -= 1;
-            active.runs.insert(req.run_id.clone(), handle.clone());
-        }
-        reservation.held = false;
-        let tag = RunTag {
-            run_id: req.run_id.as_str().into(),
-            attempt: req.attempt,
-            engine_id: self.engine.config.engine_id.as_str().into(),
-        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        if handle.is_done() {
-            // Ended within its inline budget: its one message is ready now, so no task
-            // (and no wake-up of one) is needed to forward it.
-            Self::forward(self.engine.clone(), tag, plan, handle, tx, req.result_only).await;
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
-        }
-        tokio::spawn(Self::forward(
-            self.engine.clone(),
-            tag,
-            plan,
-            handle,
-            tx,
-            req.result_only,
-        ));
+        self.launch(request.into_inner(), tx, run_events).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    // The client stopped reading replies: its runs are cancelled by their
+                    // forwarders; stop taking new ones.
+                    () = tx.closed() => break,
+                };
+                let Ok(Some(req)) = next else {
+                    // Half-closed (runs go on) or broken (the replies are gone too, and the
+                    // forwarders cancel the runs).
+                    break;
+                };
+                match req.kind {
+                    Some(pb::session_request::Kind::Run(run)) => {
+                        let run_id = run.run_id.clone();
+                        if let Err(status) = svc.launch(run, tx.clone(), session_events).await {
+                            let refused = pb::SessionEvents {
+                                run_id,
+                                events: Vec::new(),
+                                refused: Some(pb::Refusal {
+                                    code: status.code() as i32,
+                                    message: status.message().to_owned(),
+                                }),
+                            };
+                            if tx.send(Ok(refused)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(pb::session_request::Kind::Cancel(c)) => {
+                        let handle = svc.engine.active().runs.get(&c.run_id).cloned();
+                        if let Some(h) = handle {
+                            h.cancel();
+                        }
+                    }
+                    None => {}
+                }
+            }
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
