@@ -461,19 +461,19 @@ async def _session_result(run: SessionRun) -> tuple[list[pb.RunEvent], RunResult
     return events, run.result
 
 
-def test_session_runs_many_interleaved_runs_and_refuses_bad_ones(
+def test_session_runs_many_runs_beside_a_long_one_and_refuses_bad_ones(
     start_engine: Callable[..., EngineProcess],
 ) -> None:
-    engine = start_engine("--capacity", "2", "--engine-id", "sess")
+    engine = start_engine("--capacity", "4", "--engine-id", "sess")
 
     async def main() -> None:
         async with AsyncEngineClient(engine.address, timeout=30) as aclient:
             session = aclient.session()
             # A spinning run holds one slot while short runs come and go beside it.
             spin = await session.start(_request(spin_spec()))
-            shorts = [await session.start(_request(GOOD, {"x": i})) for i in range(30)]
             outs = []
-            for run in shorts:
+            for i in range(30):
+                run = await session.start(_request(GOOD, {"x": i}))
                 events, result = await _session_result(run)
                 assert {e.run_id for e in events} == {run.run_id}
                 assert result.ok, result.error
@@ -485,27 +485,41 @@ def test_session_runs_many_interleaved_runs_and_refuses_bad_ones(
             )
             with pytest.raises(InvalidRequest, match=r"workflow\.nodes"):
                 await _session_result(bad)
-            second = await session.start(_request(spin_spec()))
-            async for batch in second.batches():  # holds the engine's other slot
-                if any(e.kind == pb.NODE_STARTED for e in batch):
-                    break
-            busy = await session.start(_request(GOOD, {"x": 1}))
-            with pytest.raises(EngineBusy, match="capacity"):
-                await _session_result(busy)
             # Cancel through the session: the run ends cancelled.
             await session.cancel(spin.run_id)
             _, cancelled = await _session_result(spin)
-            assert cancelled.status is RunStatus.CANCELLED
-            await session.cancel(second.run_id)
-            _, cancelled = await _session_result(second)
             assert cancelled.status is RunStatus.CANCELLED
             assert not session.broken
             session.close()
             with pytest.raises(EngineUnavailable):
                 await session.start(_request(GOOD, {"x": 1}))
-            # The engine is fine and free again.
+            # The engine is fine.
             result = await aclient.run(GOOD, {"x": 5})
             assert result.outputs["a"] == {"v": 6}
+
+    asyncio.run(main())
+
+
+def test_a_session_run_past_capacity_is_refused_as_busy(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine("--capacity", "1", "--engine-id", "tiny")
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            spin = await session.start(_request(spin_spec()))
+            async for batch in spin.batches():
+                if any(e.kind == pb.NODE_STARTED for e in batch):
+                    break
+            busy = await session.start(_request(GOOD, {"x": 1}))
+            with pytest.raises(EngineBusy, match="capacity") as info:
+                await _session_result(busy)
+            assert info.value.code == "RESOURCE_EXHAUSTED"
+            await session.cancel(spin.run_id)
+            _, cancelled = await _session_result(spin)
+            assert cancelled.status is RunStatus.CANCELLED
+            session.close()
 
     asyncio.run(main())
 

@@ -219,6 +219,19 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Sen
 type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvents, Status>> + Send>>;
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvents, Status>> + Send>>;
 
+/// Whether a run has Python or sub-workflow nodes: the embedding process prepares them,
+/// holding the GIL, so not on an async worker.
+fn needs_host(req: &pb::RunRequest) -> bool {
+    req.workflow.as_ref().is_some_and(|w| {
+        w.nodes.iter().any(|n| {
+            matches!(
+                n.executor,
+                Some(pb::node_spec::Executor::Python(_) | pb::node_spec::Executor::Workflow(_))
+            )
+        })
+    })
+}
+
 fn run_events(_: &RunTag, events: Vec<pb::RunEvent>) -> pb::RunEvents {
     pb::RunEvents { events }
 }
@@ -387,15 +400,7 @@ impl Service {
         let r = req.clone();
         // Preparing Python nodes takes the GIL, which must not happen on an async worker;
         // a workflow of Lua and no-op nodes (its plan usually cached) is started right here.
-        let needs_host = req.workflow.as_ref().is_some_and(|w| {
-            w.nodes.iter().any(|n| {
-                matches!(
-                    n.executor,
-                    Some(pb::node_spec::Executor::Python(_) | pb::node_spec::Executor::Workflow(_))
-                )
-            })
-        });
-        let (plan, handle) = if needs_host {
+        let (plan, handle) = if needs_host(&req) {
             tokio::task::spawn_blocking(move || Self::start(&engine, &r, false))
                 .await
                 .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??
@@ -430,6 +435,28 @@ impl Service {
             wrap,
         ));
         Ok(())
+    }
+
+    /// Start a run of a session, or send its refusal; false once the session's replies
+    /// are gone.
+    async fn launch_in_session(
+        &self,
+        run: pb::RunRequest,
+        tx: &mpsc::Sender<Result<pb::SessionEvents, Status>>,
+    ) -> bool {
+        let run_id = run.run_id.clone();
+        let Err(status) = self.launch(run, tx.clone(), session_events).await else {
+            return true;
+        };
+        let refused = pb::SessionEvents {
+            run_id,
+            events: Vec::new(),
+            refused: Some(pb::Refusal {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            }),
+        };
+        tx.send(Ok(refused)).await.is_ok()
     }
 
     /// Forward a run's events to its stream and to watchers until the run ends; the last
@@ -545,19 +572,13 @@ impl EngineService for Service {
                 };
                 match req.kind {
                     Some(pb::session_request::Kind::Run(run)) => {
-                        let run_id = run.run_id.clone();
-                        if let Err(status) = svc.launch(run, tx.clone(), session_events).await {
-                            let refused = pb::SessionEvents {
-                                run_id,
-                                events: Vec::new(),
-                                refused: Some(pb::Refusal {
-                                    code: status.code() as i32,
-                                    message: status.message().to_owned(),
-                                }),
-                            };
-                            if tx.send(Ok(refused)).await.is_err() {
-                                break;
-                            }
+                        if needs_host(&run) {
+                            // Preparing Python nodes waits for the GIL: not in the way of
+                            // the runs behind it.
+                            let (svc, tx) = (svc.clone(), tx.clone());
+                            tokio::spawn(async move { svc.launch_in_session(run, &tx).await });
+                        } else if !svc.launch_in_session(run, &tx).await {
+                            break;
                         }
                     }
                     Some(pb::session_request::Kind::Cancel(c)) => {
