@@ -520,17 +520,22 @@ impl Service {
                 }
                 batch.push(ev);
             }
+            let last = outcome.is_some();
+            if last {
+                // The slot is free before the result leaves: a caller that starts its next
+                // run as soon as it has this one's result must not find the engine full.
+                engine.active().drained.remove(&*tag.run_id);
+                engine.release(Some(&tag.run_id), false);
+            }
             if !client_gone && !batch.is_empty() && tx.send(Ok(wrap(&tag, batch))).await.is_err() {
                 // The caller is gone: nobody will see this run's result.
                 client_gone = true;
                 handle.cancel();
             }
-            if outcome.is_some() {
+            if last {
                 break;
             }
         }
-        engine.active().drained.remove(&*tag.run_id);
-        engine.release(Some(&tag.run_id), false);
     }
 }
 
