@@ -524,6 +524,31 @@ def test_a_session_run_past_capacity_is_refused_as_busy(
     asyncio.run(main())
 
 
+def test_a_run_caller_that_hangs_up_cancels_its_run(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    # run() is one unary call (RunToEnd): cancelling it is the only cancel the engine hears.
+    engine = start_engine("--engine-id", "hangup")
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            task = asyncio.create_task(aclient.run(spin_spec()))
+            deadline = time.monotonic() + 10
+            while not (await aclient.info()).active_runs and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert (await aclient.info()).active_runs == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            deadline = time.monotonic() + 10
+            while (await aclient.info()).active_runs and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert (await aclient.info()).active_runs == 0
+            assert (await aclient.run(GOOD, {"x": 1})).ok
+
+    asyncio.run(main())
+
+
 def test_closing_a_session_cancels_its_runs_on_the_engine(
     start_engine: Callable[..., EngineProcess],
 ) -> None:

@@ -320,7 +320,22 @@ class FakeEngine:
                 )
             ],
         )
+        if behaviour == "big-result":  # the inputs twice over: a result bigger than its request
+            result.nodes.append(
+                pb.NodeResult(node_id="b", status=node_status, output_json=request.inputs_json)
+            )
         yield _event(request, 4, pb.RUN_FINISHED, result=result)
+
+    def run_to_end(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunResult:
+        # What the engine does: the run's result, as one reply.
+        if request.workflow.id == "no-result":
+            # The one way a real engine answers without a result: it is gone.
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the run ended without its result")
+        for event in self.run(request, context):
+            if event.HasField("result"):
+                return event.result
+        context.abort(grpc.StatusCode.INTERNAL, "the run ended without a result")
+        raise AssertionError("unreachable")
 
     def cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:
         self.cancelled.set()
@@ -346,6 +361,9 @@ def fake_engine() -> Iterator[tuple[str, FakeEngine]]:
             fake.run,
             pb.RunRequest.FromString,
             lambda ev: pb.RunEvents(events=[ev]).SerializeToString(),
+        ),
+        "RunToEnd": grpc.unary_unary_rpc_method_handler(
+            fake.run_to_end, pb.RunRequest.FromString, pb.RunResult.SerializeToString
         ),
         "Cancel": grpc.unary_unary_rpc_method_handler(
             fake.cancel, pb.CancelRequest.FromString, pb.CancelResponse.SerializeToString
@@ -422,6 +440,14 @@ def test_call_failures_map_to_engine_errors(
     assert info.value.address == fake_engine[0]
 
 
+def test_a_stream_that_ends_without_its_result_is_unavailable(
+    fake_engine: tuple[str, FakeEngine],
+) -> None:
+    with EngineClient(fake_engine[0]) as client, pytest.raises(EngineUnavailable) as info:
+        client.stream(_spec("no-result")).wait()
+    assert "without its result" in str(info.value)
+
+
 def test_requests_over_the_client_limit_are_refused_before_sending(
     fake_engine: tuple[str, FakeEngine],
 ) -> None:
@@ -430,7 +456,7 @@ def test_requests_over_the_client_limit_are_refused_before_sending(
             client.run(_spec("ok"), {"blob": "x" * 2000})
         # The receiving side is limited too: a result over the limit is refused by grpc.
         with pytest.raises(MessageTooLarge):
-            client.run(_spec("ok"), b'{"blob": "' + b"x" * 900 + b'"}')
+            client.run(_spec("big-result"), b'{"blob": "' + b"x" * 800 + b'"}')
 
 
 def test_the_engine_side_limit_is_reported_as_too_large(

@@ -756,7 +756,7 @@ def _grpc_timeout(deadline_unix: float) -> float | None:
     return max(deadline_unix - time.time(), 0.0) + _DEADLINE_SLACK_SECONDS
 
 
-def _engine_rpcs(channel: Any) -> tuple[Any, Any, Any, Any, Any]:
+def _engine_rpcs(channel: Any) -> tuple[Any, Any, Any, Any, Any, Any]:
     """The callables of ``EngineService`` (Run, Watch, Cancel, Info) and of the standard health
     check on a channel — a grpcio or a grpc.aio one: both bind methods the same way."""
     return (
@@ -784,6 +784,11 @@ def _engine_rpcs(channel: Any) -> tuple[Any, Any, Any, Any, Any]:
             _HEALTH_CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        ),
+        channel.unary_unary(
+            _SERVICE + "RunToEnd",
+            request_serializer=pb.RunRequest.SerializeToString,
+            response_deserializer=pb.RunResult.FromString,
         ),
     )
 
@@ -933,6 +938,7 @@ class EngineClient:
             self._cancel_rpc,
             self._info_rpc,
             self._health_rpc,
+            self._run_to_end_rpc,
         ) = _engine_rpcs(self._channel)
 
     def stream(
@@ -991,27 +997,28 @@ class EngineClient:
         :class:`MessageTooLarge` or :class:`EngineError`. On Ctrl-C the run is cancelled on the
         engine (best effort) and ``KeyboardInterrupt`` re-raised.
         """
-        # run() only returns the result: have the engine send nothing else.
-        stream = self.stream_request(
-            build_run_request(
-                workflow,
-                inputs,
-                run_id=run_id,
-                attempt=attempt,
-                completed=completed,
-                deadline=deadline,
-                max_parallel=max_parallel,
-                fail_fast=fail_fast,
-                result_only=True,
-            )
+        # run() only wants the result: one unary call (RunToEnd), no stream of events.
+        request = build_run_request(
+            workflow,
+            inputs,
+            run_id=run_id,
+            attempt=attempt,
+            completed=completed,
+            deadline=deadline,
+            max_parallel=max_parallel,
+            fail_fast=fail_fast,
+            result_only=True,
         )
-        with stream:
-            try:
-                return stream.wait()
-            except KeyboardInterrupt:
-                with contextlib.suppress(grpc.RpcError):
-                    self._cancel_rpc(pb.CancelRequest(run_id=stream.run_id), timeout=2.0)
-                raise
+        _check_size(request, self.max_message_bytes, self.address)
+        call = self._run_to_end_rpc.future(request, timeout=_grpc_timeout(request.deadline_unix))
+        try:
+            reply = call.result()
+        except KeyboardInterrupt:
+            call.cancel()  # the engine cancels a run whose caller hung up
+            raise
+        except grpc.RpcError as err:
+            raise _map_error(err, self.address, f"run {request.run_id}") from None
+        return result_from_proto(reply)
 
     def cancel(self, run_id: str) -> bool:
         """Cancel run ``run_id`` on the engine: pending nodes are cancelled, running Lua is
@@ -1362,6 +1369,7 @@ class AsyncEngineClient:
             self._cancel_rpc,
             self._info_rpc,
             self._health_rpc,
+            self._run_to_end_rpc,
         ) = _engine_rpcs(self._channel)
         self._session_rpc = self._channel.stream_stream(
             _SERVICE + "Session",
@@ -1418,27 +1426,27 @@ class AsyncEngineClient:
     ) -> RunResult:
         """Run ``workflow`` on the engine (see :meth:`EngineClient.run`). Cancelling the
         awaiting task cancels the run on the engine (best effort)."""
-        # run() only returns the result: have the engine send nothing else.
-        stream = self.stream_request(
-            build_run_request(
-                workflow,
-                inputs,
-                run_id=run_id,
-                attempt=attempt,
-                completed=completed,
-                deadline=deadline,
-                max_parallel=max_parallel,
-                fail_fast=fail_fast,
-                result_only=True,
-            )
+        # run() only wants the result: one unary call (RunToEnd), no stream of events.
+        request = build_run_request(
+            workflow,
+            inputs,
+            run_id=run_id,
+            attempt=attempt,
+            completed=completed,
+            deadline=deadline,
+            max_parallel=max_parallel,
+            fail_fast=fail_fast,
+            result_only=True,
         )
-        async with stream:
-            try:
-                return await stream.wait()
-            except asyncio.CancelledError:
-                with contextlib.suppress(grpc.RpcError):
-                    await self._cancel_rpc(pb.CancelRequest(run_id=stream.run_id), timeout=2.0)
-                raise
+        _check_size(request, self.max_message_bytes, self.address)
+        try:
+            # Cancelling this task cancels the call, and the engine the run.
+            reply = await self._run_to_end_rpc(
+                request, timeout=_grpc_timeout(request.deadline_unix)
+            )
+        except grpc.RpcError as err:
+            raise _map_error(err, self.address, f"run {request.run_id}") from None
+        return result_from_proto(reply)
 
     async def cancel(self, run_id: str) -> bool:
         """See :meth:`EngineClient.cancel`."""

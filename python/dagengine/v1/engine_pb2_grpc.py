@@ -40,6 +40,11 @@ class EngineServiceStub:
                 request_serializer=dagengine_dot_v1_dot_engine__pb2.RunRequest.SerializeToString,
                 response_deserializer=dagengine_dot_v1_dot_engine__pb2.RunEvents.FromString,
                 _registered_method=True)
+        self.RunToEnd = channel.unary_unary(
+                '/dagengine.v1.EngineService/RunToEnd',
+                request_serializer=dagengine_dot_v1_dot_engine__pb2.RunRequest.SerializeToString,
+                response_deserializer=dagengine_dot_v1_dot_engine__pb2.RunResult.FromString,
+                _registered_method=True)
         self.Session = channel.stream_stream(
                 '/dagengine.v1.EngineService/Session',
                 request_serializer=dagengine_dot_v1_dot_engine__pb2.SessionRequest.SerializeToString,
@@ -70,6 +75,15 @@ class EngineServiceServicer:
         """Run a workflow. The stream carries the run's events, in order, and ends with exactly one
         event whose `result` is set; a stream that ends without one means the engine is gone.
         Events that happen together travel in one message (RunEvents), one message per burst.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunToEnd(self, request, context):
+        """Run a workflow and answer only its result: Run with `result_only`, as one unary call
+        (cheaper for a caller that only wants the result). The call failing (UNAVAILABLE) means
+        the engine is gone; a caller that hangs up cancels the run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +129,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=dagengine_dot_v1_dot_engine__pb2.RunRequest.FromString,
                     response_serializer=dagengine_dot_v1_dot_engine__pb2.RunEvents.SerializeToString,
+            ),
+            'RunToEnd': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunToEnd,
+                    request_deserializer=dagengine_dot_v1_dot_engine__pb2.RunRequest.FromString,
+                    response_serializer=dagengine_dot_v1_dot_engine__pb2.RunResult.SerializeToString,
             ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
@@ -165,6 +184,33 @@ class EngineService:
             '/dagengine.v1.EngineService/Run',
             dagengine_dot_v1_dot_engine__pb2.RunRequest.SerializeToString,
             dagengine_dot_v1_dot_engine__pb2.RunEvents.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunToEnd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagengine.v1.EngineService/RunToEnd',
+            dagengine_dot_v1_dot_engine__pb2.RunRequest.SerializeToString,
+            dagengine_dot_v1_dot_engine__pb2.RunResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -553,6 +553,24 @@ impl EngineService for Service {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn run_to_end(
+        &self,
+        request: Request<pb::RunRequest>,
+    ) -> Result<Response<pb::RunResult>, Status> {
+        let mut req = request.into_inner();
+        req.result_only = true;
+        // Dropped with this call's future when the caller hangs up: the run's forwarder
+        // sees it and cancels the run.
+        let (tx, mut rx) = mpsc::channel(1);
+        self.launch(req, tx, run_events).await?;
+        while let Some(msg) = rx.recv().await {
+            if let Some(result) = msg?.events.into_iter().find_map(|e| e.result) {
+                return Ok(Response::new(result));
+            }
+        }
+        Err(Status::internal("the run ended without a result"))
+    }
+
     type SessionStream = SessionStream;
 
     async fn session(
