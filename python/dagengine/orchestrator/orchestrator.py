@@ -26,7 +26,6 @@ import logging
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -752,7 +751,7 @@ class Orchestrator:
                 f"{wv} cannot run: {wv.problem or 'its DAG is unavailable'}; register it again"
             )
         if run_id is None:
-            run_id = uuid.uuid4().hex
+            run_id = RunRecord.new_id()
         elif not run_id or self.store.get_run(run_id) is not None:
             raise DagEngineError(f"run id {run_id!r} is empty or already taken")
         resolved = self._resolve_children(wv)

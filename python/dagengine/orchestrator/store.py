@@ -25,7 +25,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -223,8 +222,12 @@ class RunRecord:
 
     @staticmethod
     def new_id() -> str:
-        """A fresh run id (random UUID, hex)."""
-        return uuid.uuid4().hex
+        """A fresh run id: 32 hex digits, the first 12 the creation time in milliseconds
+        and the rest random (80 bits), like a UUIDv7. Ids made later sort later, so the
+        indexes keyed by run id (runs, node outputs, events by run) grow at their end: with
+        random ids each insert landed on a random page of them, which made recording an
+        event three times as expensive."""
+        return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
     @property
     def finished(self) -> bool:
