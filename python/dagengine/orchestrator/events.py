@@ -663,6 +663,9 @@ class EventBus:
                 seqs: Iterable[int] = range(first, first + len(events))
             else:
                 seqs = [int(self.store.append_event(*event)) for event in events]
+            if not self._subs:  # nobody listens: no Event objects to build
+                self._last_seq = max(seqs, default=self._last_seq)
+                return
             for seq, event in zip(seqs, events, strict=True):
                 self._deliver_locked(Event(seq, *event))
 

@@ -887,10 +887,17 @@ class Store:
             (when, kind, _severity_rank(level), wf, run, node, engine, _dumps(data))
             for when, kind, level, wf, run, node, engine, data in events
         ]
+        if not encoded:
+            with self._pending_cv:
+                return self._next_seq
         with self._pending_cv:
             first = self._next_seq
-            for offset, row in enumerate(encoded):
-                self._enqueue_locked("event", (first + offset, *row))
+            # The first through the usual path (it starts or wakes the writer), the rest
+            # straight onto the queue.
+            self._enqueue_locked("event", (first, *encoded[0]))
+            self._pending.extend(
+                ("event", (first + offset, *row)) for offset, row in enumerate(encoded[1:], 1)
+            )
             self._next_seq = first + len(encoded)
             backlog = len(self._pending)
         if backlog >= MAX_PENDING:
