@@ -806,11 +806,12 @@ class Orchestrator:
                 self._reserve(run, slot)
             else:
                 self._wakeup.notify_all()
-        self.events.publish(
-            "run.queued",
+        # A run's own events go through publish_batch: without subscribers it builds no
+        # Event object (publish returns one).
+        self.events.publish_batch(
+            [("run.queued", None, {"version": str(wv.version)})],
             workflow_id=wv.workflow_id,
             run_id=run_id,
-            data={"version": str(wv.version)},
         )
         if slot is not None:
             self._start(run, slot, claimed=True)
@@ -934,12 +935,11 @@ class Orchestrator:
         attempt = run.attempt = run.attempt + 1
         if not claimed:
             self.store.claim_attempt_later(run.run_id, slot.engine_id, attempt)
-        self.events.publish(
-            "run.started",
+        self.events.publish_batch(
+            [("run.started", None, {"attempt": attempt})],
             workflow_id=run.version.workflow_id,
             run_id=run.run_id,
             engine_id=slot.engine_id,
-            data={"attempt": attempt},
         )
         if isinstance(slot.backend, RemoteBackend):
             # Remote runs are coroutines on one event loop (grpc.aio): a thread per run
@@ -1199,20 +1199,21 @@ class Orchestrator:
                 return
             with self._lock:
                 self._runs.pop(run.run_id, None)
-            self.events.publish(
-                {
-                    "succeeded": "run.completed",
-                    "failed": "run.failed",
-                    "cancelled": "run.cancelled",
-                }[result.status.value],
+            ended = {
+                "succeeded": "run.completed",
+                "failed": "run.failed",
+                "cancelled": "run.cancelled",
+            }[result.status.value]
+            data = {
+                "attempt": attempt,
+                "duration": result.duration,
+                **({"error": error} if error else {}),
+            }
+            self.events.publish_batch(
+                [(ended, None, data)],
                 workflow_id=run.version.workflow_id,
                 run_id=run.run_id,
                 engine_id=engine_id,
-                data={
-                    "attempt": attempt,
-                    "duration": result.duration,
-                    **({"error": error} if error else {}),
-                },
             )
             if not run.future.done():
                 run.future.set_result(result)
