@@ -802,17 +802,18 @@ class Orchestrator:
             # never ran. A caller that gets a handle back (durable) waits for the commit.
             self.store.create_run_later(record)
             self._runs[run_id] = run
+            # Before the dispatcher can see the run, so run.queued precedes run.started. A
+            # run's own events go through publish_batch: without subscribers it builds no
+            # Event object (publish returns one).
+            self.events.publish_batch(
+                [("run.queued", None, {"version": str(wv.version)})],
+                workflow_id=wv.workflow_id,
+                run_id=run_id,
+            )
             if slot is not None:
                 self._reserve(run, slot)
             else:
                 self._wakeup.notify_all()
-        # A run's own events go through publish_batch: without subscribers it builds no
-        # Event object (publish returns one).
-        self.events.publish_batch(
-            [("run.queued", None, {"version": str(wv.version)})],
-            workflow_id=wv.workflow_id,
-            run_id=run_id,
-        )
         if slot is not None:
             self._start(run, slot, claimed=True)
         if durable:
