@@ -7,7 +7,7 @@
 use std::ffi::c_void;
 use std::fmt::Write as _;
 
-use mlua::{IntoLua, Lua, Table, Value as LuaValue};
+use mlua::{Either, Lua, Table, Value as LuaValue};
 use serde_json::{Map, Number, Value};
 
 /// Deepest nesting accepted in either direction. Bounds Rust recursion and
@@ -136,49 +136,55 @@ fn container_to_lua(
     if depth >= MAX_DEPTH {
         return fail(format!("nesting is deeper than {MAX_DEPTH} levels"));
     }
+    // Each value is pushed straight onto the stack while the new table stays there
+    // (`create_*_from`): setting them one by one pushed the table again for every value.
+    // Nested containers are converted first, so their errors still name their path.
     match v {
         Value::Array(items) => {
-            let t = lua.create_table_with_capacity(items.len(), 0)?;
-            t.set_metatable(Some(array_mt.clone()))?;
+            let mut values = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let idx = i as i64 + 1;
-                set_json(lua, array_mt, &t, idx, item, depth)
-                    .map_err(|e| e.at(|| Segment::Index(idx)))?;
+                values.push(
+                    element(lua, array_mt, item, depth)
+                        .map_err(|e| e.at(|| Segment::Index(i as i64 + 1)))?,
+                );
             }
+            let t = lua.create_sequence_from(values)?;
+            t.set_metatable(Some(array_mt.clone()))?;
             Ok(t)
         }
         Value::Object(map) => {
-            let t = lua.create_table_with_capacity(0, map.len())?;
+            let mut entries = Vec::with_capacity(map.len());
             for (k, item) in map {
-                set_json(lua, array_mt, &t, k.as_str(), item, depth)
+                let value = element(lua, array_mt, item, depth)
                     .map_err(|e| e.at(|| Segment::Key(k.clone())))?;
+                entries.push((k.as_str(), value));
             }
-            Ok(t)
+            Ok(lua.create_table_from(entries)?)
         }
         _ => unreachable!("container_to_lua called with a scalar"),
     }
 }
 
-/// `t[key] = v`, pushing scalars straight onto the Lua stack (no intermediate
-/// registry reference for strings).
-fn set_json<K: IntoLua>(
+/// A JSON value ready to be pushed: strings as `&str` (pushed without a registry
+/// reference), containers converted.
+fn element<'v>(
     lua: &Lua,
     array_mt: &Table,
-    t: &Table,
-    key: K,
-    v: &Value,
+    v: &'v Value,
     depth: usize,
-) -> Result<(), ConvFail> {
-    match v {
-        Value::Null => t.raw_set(key, LuaValue::NULL)?,
-        Value::Bool(b) => t.raw_set(key, *b)?,
-        Value::Number(n) => t.raw_set(key, number_to_lua(n))?,
-        Value::String(s) => t.raw_set(key, s.as_str())?,
-        Value::Array(_) | Value::Object(_) => {
-            t.raw_set(key, container_to_lua(lua, array_mt, v, depth + 1)?)?;
-        }
-    }
-    Ok(())
+) -> Result<Either<LuaValue, &'v str>, ConvFail> {
+    Ok(match v {
+        Value::Null => Either::Left(LuaValue::NULL),
+        Value::Bool(b) => Either::Left(LuaValue::Boolean(*b)),
+        Value::Number(n) => Either::Left(number_to_lua(n)),
+        Value::String(s) => Either::Right(s.as_str()),
+        Value::Array(_) | Value::Object(_) => Either::Left(LuaValue::Table(container_to_lua(
+            lua,
+            array_mt,
+            v,
+            depth + 1,
+        )?)),
+    })
 }
 
 // ---------------------------------------------------------------- Lua -> JSON
