@@ -453,6 +453,20 @@ def _request(spec: dict[str, Any], inputs: dict[str, Any] | None = None) -> pb.R
     return build_run_request(spec, inputs or {}, run_id=uuid.uuid4().hex)
 
 
+async def _until_node_started(run: SessionRun) -> None:
+    async for batch in run.batches():
+        if any(e.kind == pb.NODE_STARTED for e in batch):
+            return
+    pytest.fail(f"run {run.run_id} ended before a node started")
+
+
+async def _until_active_runs(client: AsyncEngineClient, wanted: int) -> None:
+    deadline = time.monotonic() + 10
+    while (await client.info()).active_runs != wanted and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert (await client.info()).active_runs == wanted
+
+
 async def _session_result(run: SessionRun) -> tuple[list[pb.RunEvent], RunResult]:
     events: list[pb.RunEvent] = []
     async for batch in run.batches():
@@ -509,9 +523,7 @@ def test_a_session_run_past_capacity_is_refused_as_busy(
         async with AsyncEngineClient(engine.address, timeout=30) as aclient:
             session = aclient.session()
             spin = await session.start(_request(spin_spec()))
-            async for batch in spin.batches():
-                if any(e.kind == pb.NODE_STARTED for e in batch):
-                    break
+            await _until_node_started(spin)
             busy = await session.start(_request(GOOD, {"x": 1}))
             with pytest.raises(EngineBusy, match="capacity") as info:
                 await _session_result(busy)
@@ -533,17 +545,11 @@ def test_a_run_caller_that_hangs_up_cancels_its_run(
     async def main() -> None:
         async with AsyncEngineClient(engine.address, timeout=30) as aclient:
             task = asyncio.create_task(aclient.run(spin_spec()))
-            deadline = time.monotonic() + 10
-            while not (await aclient.info()).active_runs and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert (await aclient.info()).active_runs == 1
+            await _until_active_runs(aclient, 1)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            deadline = time.monotonic() + 10
-            while (await aclient.info()).active_runs and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert (await aclient.info()).active_runs == 0
+            await _until_active_runs(aclient, 0)
             assert (await aclient.run(GOOD, {"x": 1})).ok
 
     asyncio.run(main())
@@ -558,17 +564,12 @@ def test_closing_a_session_cancels_its_runs_on_the_engine(
         async with AsyncEngineClient(engine.address, timeout=30) as aclient:
             session = aclient.session()
             run = await session.start(_request(spin_spec()))
-            async for batch in run.batches():
-                if any(e.kind == pb.NODE_STARTED for e in batch):
-                    break
+            await _until_node_started(run)
             assert (await aclient.info()).active_run_ids == (run.run_id,)
             session.close()
             with pytest.raises(EngineUnavailable):
                 await _session_result(run)
-            deadline = time.monotonic() + 10
-            while (await aclient.info()).active_runs and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert (await aclient.info()).active_runs == 0  # the engine stopped the spin
+            await _until_active_runs(aclient, 0)  # the engine stopped the spin
 
     asyncio.run(main())
 
@@ -582,9 +583,7 @@ def test_a_killed_engine_fails_every_run_of_its_session(
         async with AsyncEngineClient(engine.address, timeout=30) as aclient:
             session = aclient.session()
             runs = [await session.start(_request(spin_spec())) for _ in range(3)]
-            async for batch in runs[-1].batches():
-                if any(e.kind == pb.NODE_STARTED for e in batch):
-                    break
+            await _until_node_started(runs[-1])
             engine.signal(signal.SIGKILL)
             for run in runs:
                 with pytest.raises(EngineUnavailable):

@@ -1118,19 +1118,6 @@ class AsyncRunStream:
             self._done = True
             raise _map_error(err, self._client.address, f"run {self.run_id}") from None
 
-    async def batches(self) -> AsyncIterator[Sequence[pb.RunEvent]]:
-        """The run's events as they come off the wire: one sequence of ``RunEvent`` messages
-        per burst, the last of which carries the result (``HasField("result")``). For callers
-        that keep their own records (the orchestrator) and would only re-encode what
-        :meth:`__anext__` decodes. Do not mix with ``async for``."""
-        while not self._done:
-            events = (await self._next_message()).events
-            for event in events:
-                if event.HasField("result"):
-                    self.result = result_from_proto(event.result)
-                    self._finish()
-            yield events
-
     async def wait(self) -> RunResult:
         """Read the rest of the stream and return the run's result."""
         async for _ in self:
