@@ -1,13 +1,28 @@
-//! Hand-written JSON <-> Lua conversion.
+//! Hand-written JSON <-> Lua conversion (see the crate docs for the mapping itself).
 //!
-//! Written against mlua's raw table API instead of going through serde so a
-//! node's inputs and outputs are converted without intermediate strings or
-//! per-value registry churn; see the crate docs for the mapping itself.
+//! This is the per-node hot path (every input, every parent result, every output), so it
+//! is written against Lua's C API, inside one protected call per conversion
+//! ([`Lua::exec_raw`]): mlua's safe API keeps every value it hands out in a reference
+//! slot, which cost more than the conversion itself.
+//!
+//! # Safety
+//!
+//! The `unsafe` here is confined to this module. Every function taking a `lua_State`
+//! runs inside `exec_raw`'s protected call on the state mlua owns, so a Lua error (only
+//! memory errors can happen: nothing here calls metamethods) unwinds to that call. The
+//! frames it unwinds through own nothing with a destructor while a Lua function that
+//! can fail runs: they hold borrows and iterators only; owned values (`Vec`, `String`,
+//! `serde_json::Value`) are built by the reading direction, whose Lua calls
+//! (`lua_next`, `lua_to*`, `lua_getmetatable`) do not allocate and cannot fail on the
+//! values they are given. Stack space is reserved with `lua_checkstack` before every
+//! container; `exec_raw` restores the stack height afterwards, also on errors.
+#![allow(unsafe_code)]
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::fmt::Write as _;
+use std::ptr;
 
-use mlua::{Either, Lua, Table, Value as LuaValue};
+use mlua::{ffi, Lua, Table, Value as LuaValue};
 use serde_json::{Map, Number, Value};
 
 /// Deepest nesting accepted in either direction. Bounds Rust recursion and
@@ -34,6 +49,11 @@ impl ConvError {
             segments: Vec::new(),
             message: message.into(),
         }
+    }
+
+    fn at(mut self, seg: Segment) -> Self {
+        self.segments.push(seg);
+        self
     }
 
     /// Renders the path below `root`, e.g. `result.items[2].callback`.
@@ -78,20 +98,8 @@ impl From<mlua::Error> for ConvFail {
     }
 }
 
-impl ConvFail {
-    fn at(self, seg: impl FnOnce() -> Segment) -> Self {
-        match self {
-            ConvFail::Conv(mut e) => {
-                e.segments.push(seg());
-                ConvFail::Conv(e)
-            }
-            other @ ConvFail::Lua(_) => other,
-        }
-    }
-}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, ConvFail> {
-    Err(ConvFail::Conv(ConvError::new(message)))
+fn fail<T>(message: impl Into<String>) -> Result<T, ConvError> {
+    Err(ConvError::new(message))
 }
 
 // ---------------------------------------------------------------- JSON -> Lua
@@ -99,101 +107,120 @@ fn fail<T>(message: impl Into<String>) -> Result<T, ConvFail> {
 /// Converts a JSON value into a Lua value. Arrays get `array_mt` so that they
 /// (including empty ones) convert back to arrays.
 pub(crate) fn json_to_lua(lua: &Lua, array_mt: &Table, v: &Value) -> Result<LuaValue, ConvFail> {
-    json_to_lua_at(lua, array_mt, v, 0)
-}
-
-fn json_to_lua_at(
-    lua: &Lua,
-    array_mt: &Table,
-    v: &Value,
-    depth: usize,
-) -> Result<LuaValue, ConvFail> {
-    Ok(match v {
-        Value::Null => LuaValue::NULL,
-        Value::Bool(b) => LuaValue::Boolean(*b),
-        Value::Number(n) => number_to_lua(n),
-        Value::String(s) => LuaValue::String(lua.create_string(s)?),
-        Value::Array(_) | Value::Object(_) => {
-            LuaValue::Table(container_to_lua(lua, array_mt, v, depth)?)
-        }
-    })
-}
-
-fn number_to_lua(n: &Number) -> LuaValue {
-    match n.as_i64() {
-        Some(i) => LuaValue::Integer(i),
-        // u64 above i64::MAX (and floats) become Lua floats.
-        None => LuaValue::Number(n.as_f64().unwrap_or(f64::NAN)),
+    let mut failed = None;
+    // SAFETY: see the module docs; the marker table is argument 1 of the protected call.
+    let value = unsafe {
+        lua.exec_raw::<LuaValue>(array_mt, |l| {
+            if let Err(e) = push_json(l, 1, v, 0) {
+                failed = Some(e);
+                ffi::lua_settop(l, 0);
+                return;
+            }
+            ffi::lua_remove(l, 1);
+        })
+    }?;
+    match failed {
+        Some(e) => Err(ConvFail::Conv(e)),
+        None => Ok(value),
     }
 }
 
-fn container_to_lua(
+/// The `inputs` and `results` globals of one execution, converted in one protected call.
+/// A conversion error comes with the root its path starts from.
+pub(crate) fn args_to_lua(
     lua: &Lua,
     array_mt: &Table,
+    inputs: &Value,
+    results: &[(&str, &Value)],
+) -> Result<(LuaValue, LuaValue), (ConvFail, String)> {
+    let mut failed = None;
+    // SAFETY: see the module docs; the marker table is argument 1 of the protected call.
+    let values = unsafe {
+        lua.exec_raw::<(LuaValue, LuaValue)>(array_mt, |l| {
+            if let Err(e) = push_json(l, 1, inputs, 0) {
+                failed = Some((e, "inputs".to_owned()));
+                ffi::lua_settop(l, 0);
+                return;
+            }
+            ffi::lua_createtable(l, 0, results.len().min(c_int::MAX as usize) as c_int);
+            for (id, v) in results {
+                push_str(l, id);
+                if let Err(e) = push_json(l, 1, v, 0) {
+                    failed = Some((e, format!("results[{id:?}]")));
+                    ffi::lua_settop(l, 0);
+                    return;
+                }
+                ffi::lua_rawset(l, -3);
+            }
+            ffi::lua_remove(l, 1);
+        })
+    };
+    match (values, failed) {
+        (Err(e), _) => Err((ConvFail::Lua(e), "inputs".to_owned())),
+        (Ok(_), Some((e, root))) => Err((ConvFail::Conv(e), root)),
+        (Ok(values), None) => Ok(values),
+    }
+}
+
+unsafe fn push_str(l: *mut ffi::lua_State, s: &str) {
+    ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
+}
+
+/// Pushes `v`; containers are built with their final sizes and filled with raw sets.
+/// On a conversion error the stack is left as it is (the caller resets it).
+unsafe fn push_json(
+    l: *mut ffi::lua_State,
+    array_mt: c_int,
     v: &Value,
     depth: usize,
-) -> Result<Table, ConvFail> {
+) -> Result<(), ConvError> {
+    match v {
+        Value::Null => ffi::lua_pushlightuserdata(l, ptr::null_mut()),
+        Value::Bool(b) => ffi::lua_pushboolean(l, c_int::from(*b)),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => ffi::lua_pushinteger(l, i),
+            // u64 above i64::MAX (and floats) become Lua floats.
+            None => ffi::lua_pushnumber(l, n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => push_str(l, s),
+        Value::Array(items) => {
+            enter(l, depth)?;
+            ffi::lua_createtable(l, items.len().min(c_int::MAX as usize) as c_int, 0);
+            for (i, item) in items.iter().enumerate() {
+                let i = i as i64 + 1;
+                push_json(l, array_mt, item, depth + 1).map_err(|e| e.at(Segment::Index(i)))?;
+                ffi::lua_rawseti(l, -2, i);
+            }
+            ffi::lua_pushvalue(l, array_mt);
+            ffi::lua_setmetatable(l, -2);
+        }
+        Value::Object(map) => {
+            enter(l, depth)?;
+            ffi::lua_createtable(l, 0, map.len().min(c_int::MAX as usize) as c_int);
+            for (k, item) in map {
+                push_str(l, k);
+                push_json(l, array_mt, item, depth + 1)
+                    .map_err(|e| e.at(Segment::Key(k.clone())))?;
+                ffi::lua_rawset(l, -3);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the nesting depth and reserves the stack slots a container needs (itself, a
+/// key, a value).
+unsafe fn enter(l: *mut ffi::lua_State, depth: usize) -> Result<(), ConvError> {
     if depth >= MAX_DEPTH {
         return fail(format!("nesting is deeper than {MAX_DEPTH} levels"));
     }
-    // Each value is pushed straight onto the stack while the new table stays there
-    // (`create_*_from`): setting them one by one pushed the table again for every value.
-    // Nested containers are converted first, so their errors still name their path.
-    match v {
-        Value::Array(items) => {
-            let mut values = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                values.push(
-                    element(lua, array_mt, item, depth)
-                        .map_err(|e| e.at(|| Segment::Index(i as i64 + 1)))?,
-                );
-            }
-            let t = lua.create_sequence_from(values)?;
-            t.set_metatable(Some(array_mt.clone()))?;
-            Ok(t)
-        }
-        Value::Object(map) => {
-            let mut entries = Vec::with_capacity(map.len());
-            for (k, item) in map {
-                let value = element(lua, array_mt, item, depth)
-                    .map_err(|e| e.at(|| Segment::Key(k.clone())))?;
-                entries.push((k.as_str(), value));
-            }
-            Ok(lua.create_table_from(entries)?)
-        }
-        _ => unreachable!("container_to_lua called with a scalar"),
+    if ffi::lua_checkstack(l, 4) == 0 {
+        return fail("the Lua stack is full");
     }
-}
-
-/// A JSON value ready to be pushed: strings as `&str` (pushed without a registry
-/// reference), containers converted.
-fn element<'v>(
-    lua: &Lua,
-    array_mt: &Table,
-    v: &'v Value,
-    depth: usize,
-) -> Result<Either<LuaValue, &'v str>, ConvFail> {
-    Ok(match v {
-        Value::Null => Either::Left(LuaValue::NULL),
-        Value::Bool(b) => Either::Left(LuaValue::Boolean(*b)),
-        Value::Number(n) => Either::Left(number_to_lua(n)),
-        Value::String(s) => Either::Right(s.as_str()),
-        Value::Array(_) | Value::Object(_) => Either::Left(LuaValue::Table(container_to_lua(
-            lua,
-            array_mt,
-            v,
-            depth + 1,
-        )?)),
-    })
+    Ok(())
 }
 
 // ---------------------------------------------------------------- Lua -> JSON
-
-/// Lua -> JSON converter; holds the traversal stack used for cycle detection.
-pub(crate) struct ToJson {
-    array_mt: *const c_void,
-    stack: Vec<*const c_void>,
-}
 
 /// Lua's name for the type of `v`, as a script author would know it.
 pub(crate) fn lua_type_name(v: &LuaValue) -> &'static str {
@@ -210,164 +237,244 @@ pub(crate) fn lua_type_name(v: &LuaValue) -> &'static str {
     }
 }
 
-impl ToJson {
-    /// `array_mt` is the pointer of the array marker metatable.
-    pub(crate) fn new(array_mt: *const c_void) -> Self {
-        ToJson {
-            array_mt,
-            stack: Vec::new(),
+/// Converts `v` to JSON. Tables give `Value::Array` or `Value::Object`.
+pub(crate) fn lua_to_json(lua: &Lua, array_mt: &Table, v: &LuaValue) -> Result<Value, ConvFail> {
+    let mut out = None;
+    let marker = array_mt.to_pointer();
+    // SAFETY: see the module docs; `v` is argument 1 of the protected call.
+    unsafe {
+        lua.exec_raw::<()>(v, |l| {
+            let mut conv = ToJson {
+                array_mt: marker,
+                stack: Vec::new(),
+            };
+            out = Some(conv.value(l, 1));
+        })
+    }?;
+    match out {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(ConvFail::Conv(e)),
+        None => unreachable!("exec_raw ran the conversion"),
+    }
+}
+
+/// A table key as read from Lua: what JSON can use, or the reason it cannot.
+enum Key {
+    Int(i64),
+    Str(String),
+}
+
+impl Key {
+    fn segment(&self) -> Segment {
+        match self {
+            Key::Int(i) => Segment::Index(*i),
+            Key::Str(s) => Segment::Key(s.clone()),
         }
     }
+}
 
-    pub(crate) fn value(&mut self, v: &LuaValue) -> Result<Value, ConvFail> {
-        Ok(match v {
-            LuaValue::Nil => Value::Null,
-            LuaValue::LightUserData(p) if p.0.is_null() => Value::Null,
-            LuaValue::Boolean(b) => Value::Bool(*b),
-            LuaValue::Integer(i) => Value::Number((*i).into()),
-            LuaValue::Number(f) => match Number::from_f64(*f) {
-                Some(n) => Value::Number(n),
-                None => return fail(format!("{f} cannot be represented in JSON")),
-            },
-            LuaValue::String(s) => match s.to_str() {
+/// Lua -> JSON converter; holds the traversal stack used for cycle detection.
+struct ToJson {
+    array_mt: *const c_void,
+    stack: Vec<*const c_void>,
+}
+
+impl ToJson {
+    unsafe fn value(&mut self, l: *mut ffi::lua_State, idx: c_int) -> Result<Value, ConvError> {
+        Ok(match ffi::lua_type(l, idx) {
+            ffi::LUA_TNIL => Value::Null,
+            ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(l, idx).is_null() => Value::Null,
+            ffi::LUA_TBOOLEAN => Value::Bool(ffi::lua_toboolean(l, idx) != 0),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(l, idx) != 0 => {
+                Value::Number(ffi::lua_tointegerx(l, idx, ptr::null_mut()).into())
+            }
+            ffi::LUA_TNUMBER => {
+                let f = ffi::lua_tonumberx(l, idx, ptr::null_mut());
+                match Number::from_f64(f) {
+                    Some(n) => Value::Number(n),
+                    None => return fail(format!("{f} cannot be represented in JSON")),
+                }
+            }
+            ffi::LUA_TSTRING => match std::str::from_utf8(string_bytes(l, idx)) {
                 Ok(s) => Value::String(s.to_owned()),
                 Err(_) => return fail("string is not valid UTF-8"),
             },
-            LuaValue::Table(t) => self.table(t)?,
-            other => {
-                return fail(format!(
-                    "a {} cannot be converted to JSON",
-                    lua_type_name(other)
-                ))
+            ffi::LUA_TTABLE => self.table(l, ffi::lua_absindex(l, idx))?,
+            t => {
+                let name = match t {
+                    ffi::LUA_TFUNCTION => "function",
+                    ffi::LUA_TTHREAD => "thread",
+                    _ => "userdata",
+                };
+                return fail(format!("a {name} cannot be converted to JSON"));
             }
         })
     }
 
-    /// Converts a table; `Ok(Value::Array)` or `Ok(Value::Object)`.
-    pub(crate) fn table(&mut self, t: &Table) -> Result<Value, ConvFail> {
-        let ptr = t.to_pointer();
+    /// The table at absolute index `idx`; `Value::Array` or `Value::Object`.
+    unsafe fn table(&mut self, l: *mut ffi::lua_State, idx: c_int) -> Result<Value, ConvError> {
+        let ptr = ffi::lua_topointer(l, idx);
         if self.stack.contains(&ptr) {
             return fail("table contains a reference cycle");
         }
         if self.stack.len() >= MAX_DEPTH {
             return fail(format!("nesting is deeper than {MAX_DEPTH} levels"));
         }
-        let marked = t
-            .metatable()
-            .is_some_and(|mt| mt.to_pointer() == self.array_mt);
-        let mut entries: Vec<(LuaValue, LuaValue)> = Vec::new();
-        t.for_each::<LuaValue, LuaValue>(|k, v| {
-            entries.push((k, v));
-            Ok(())
-        })?;
-        self.stack.push(ptr);
-        let result = if marked {
-            self.marked_array(&entries)
-        } else if is_sequence(&entries) {
-            self.sequence(&entries)
-        } else {
-            self.object(entries)
+        if ffi::lua_checkstack(l, 4) == 0 {
+            return fail("the Lua stack is full");
+        }
+        let marked = ffi::lua_getmetatable(l, idx) != 0 && {
+            let m = ffi::lua_topointer(l, -1) == self.array_mt;
+            ffi::lua_pop(l, 1);
+            m
         };
+        self.stack.push(ptr);
+        let entries = self.entries(l, idx, marked);
         self.stack.pop();
-        result
-    }
-
-    fn sequence(&mut self, entries: &[(LuaValue, LuaValue)]) -> Result<Value, ConvFail> {
-        let mut out = vec![Value::Null; entries.len()];
-        for (k, v) in entries {
-            let LuaValue::Integer(i) = *k else {
-                unreachable!("checked by is_sequence")
-            };
-            out[(i - 1) as usize] = self.value(v).map_err(|e| e.at(|| Segment::Index(i)))?;
+        let entries = entries?;
+        if marked {
+            marked_array(entries)
+        } else if is_sequence(&entries) {
+            Ok(sequence(entries))
+        } else {
+            object(entries)
         }
-        Ok(Value::Array(out))
     }
 
-    fn marked_array(&mut self, entries: &[(LuaValue, LuaValue)]) -> Result<Value, ConvFail> {
-        let mut len = 0i64;
-        for (k, _) in entries {
-            match *k {
-                LuaValue::Integer(i) if i >= 1 => len = len.max(i),
-                ref other => {
-                    return fail(format!(
-                        "json.array table has a non-positive-integer key ({})",
-                        key_display(other)
-                    ))
+    /// Every key/value pair, values converted. Keys no JSON shape can take fail here.
+    unsafe fn entries(
+        &mut self,
+        l: *mut ffi::lua_State,
+        idx: c_int,
+        marked: bool,
+    ) -> Result<Vec<(Key, Value)>, ConvError> {
+        let mut out = Vec::new();
+        ffi::lua_pushnil(l);
+        while ffi::lua_next(l, idx) != 0 {
+            // Key at -2, value at -1. Only string keys are read as strings: `lua_tolstring`
+            // on a number key would change it under `lua_next`.
+            let key = match ffi::lua_type(l, -2) {
+                ffi::LUA_TNUMBER if ffi::lua_isinteger(l, -2) != 0 => {
+                    let i = ffi::lua_tointegerx(l, -2, ptr::null_mut());
+                    if marked && i < 1 {
+                        return fail(non_positive(&i.to_string()));
+                    }
+                    Key::Int(i)
                 }
-            }
-        }
-        // Holes become null; refuse absurdly sparse arrays instead of
-        // allocating millions of nulls.
-        if len as usize > entries.len().saturating_mul(2) + 1024 {
-            return fail(format!(
-                "json.array table is too sparse (index {len} with {} elements)",
-                entries.len()
-            ));
-        }
-        let mut out = vec![Value::Null; len as usize];
-        for (k, v) in entries {
-            let LuaValue::Integer(i) = *k else {
-                unreachable!("checked above")
-            };
-            out[(i - 1) as usize] = self.value(v).map_err(|e| e.at(|| Segment::Index(i)))?;
-        }
-        Ok(Value::Array(out))
-    }
-
-    fn object(&mut self, entries: Vec<(LuaValue, LuaValue)>) -> Result<Value, ConvFail> {
-        let mut keyed: Vec<(String, LuaValue)> = Vec::with_capacity(entries.len());
-        for (k, v) in entries {
-            let key = match &k {
-                LuaValue::String(s) => match s.to_str() {
-                    Ok(s) => s.to_owned(),
+                ffi::LUA_TSTRING if !marked => match std::str::from_utf8(string_bytes(l, -2)) {
+                    Ok(s) => Key::Str(s.to_owned()),
                     Err(_) => return fail("table key is not valid UTF-8"),
                 },
-                LuaValue::Integer(i) => i.to_string(),
-                other => {
-                    return fail(format!(
-                        "table key {} cannot be a JSON object key",
-                        key_display(other)
-                    ))
+                _ => {
+                    let shown = key_display(l, -2);
+                    return fail(if marked {
+                        non_positive(&shown)
+                    } else {
+                        format!("table key {shown} cannot be a JSON object key")
+                    });
                 }
             };
-            keyed.push((key, v));
+            let value = self.value(l, -1).map_err(|e| e.at(key.segment()))?;
+            ffi::lua_pop(l, 1);
+            out.push((key, value));
         }
-        // Lua's hash order differs between states (randomised string seeds);
-        // sorting keeps outputs deterministic.
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = keyed.windows(2).find(|w| w[0].0 == w[1].0) {
-            return fail(format!(
-                "key {:?} appears both as an integer and as a string",
-                w[0].0
-            ));
+        Ok(out)
+    }
+}
+
+fn non_positive(shown: &str) -> String {
+    format!("json.array table has a non-positive-integer key ({shown})")
+}
+
+unsafe fn string_bytes<'a>(l: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
+    let mut len = 0usize;
+    let p = ffi::lua_tolstring(l, idx, &raw mut len);
+    std::slice::from_raw_parts(p.cast::<u8>(), len)
+}
+
+/// A key for an error message (the key is at `idx` and is not an integer).
+unsafe fn key_display(l: *mut ffi::lua_State, idx: c_int) -> String {
+    match ffi::lua_type(l, idx) {
+        ffi::LUA_TNUMBER => format!("{}", ffi::lua_tonumberx(l, idx, ptr::null_mut())),
+        ffi::LUA_TBOOLEAN => (ffi::lua_toboolean(l, idx) != 0).to_string(),
+        ffi::LUA_TSTRING => format!("{:?}", String::from_utf8_lossy(string_bytes(l, idx))),
+        ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(l, idx).is_null() => {
+            "of type json.null".to_owned()
         }
-        let mut map = Map::with_capacity(keyed.len());
-        for (k, v) in keyed {
-            let jv = self
-                .value(&v)
-                .map_err(|e| e.at(|| Segment::Key(k.clone())))?;
-            map.insert(k, jv);
+        t => {
+            let name = match t {
+                ffi::LUA_TTABLE => "table",
+                ffi::LUA_TFUNCTION => "function",
+                ffi::LUA_TTHREAD => "thread",
+                _ => "userdata",
+            };
+            format!("of type {name}")
         }
-        Ok(Value::Object(map))
     }
 }
 
 /// Keys are exactly `1..=n` for some n >= 1 (keys are unique, so it is enough
 /// that every key is an integer within range).
-fn is_sequence(entries: &[(LuaValue, LuaValue)]) -> bool {
+fn is_sequence(entries: &[(Key, Value)]) -> bool {
     let n = entries.len() as i64;
     n >= 1
         && entries
             .iter()
-            .all(|(k, _)| matches!(*k, LuaValue::Integer(i) if (1..=n).contains(&i)))
+            .all(|(k, _)| matches!(*k, Key::Int(i) if (1..=n).contains(&i)))
 }
 
-fn key_display(k: &LuaValue) -> String {
-    match k {
-        LuaValue::Number(f) => format!("{f}"),
-        LuaValue::Boolean(b) => b.to_string(),
-        LuaValue::Integer(i) => i.to_string(),
-        LuaValue::String(s) => format!("{:?}", s.to_string_lossy()),
-        other => format!("of type {}", lua_type_name(other)),
+fn sequence(entries: Vec<(Key, Value)>) -> Value {
+    let mut out = vec![Value::Null; entries.len()];
+    for (k, v) in entries {
+        let Key::Int(i) = k else {
+            unreachable!("checked by is_sequence")
+        };
+        out[(i - 1) as usize] = v;
     }
+    Value::Array(out)
+}
+
+fn marked_array(entries: Vec<(Key, Value)>) -> Result<Value, ConvError> {
+    let mut len = 0i64;
+    for (k, _) in &entries {
+        if let Key::Int(i) = *k {
+            len = len.max(i);
+        }
+    }
+    // Holes become null; refuse absurdly sparse arrays instead of
+    // allocating millions of nulls.
+    if len as usize > entries.len().saturating_mul(2) + 1024 {
+        return fail(format!(
+            "json.array table is too sparse (index {len} with {} elements)",
+            entries.len()
+        ));
+    }
+    let mut out = vec![Value::Null; len as usize];
+    for (k, v) in entries {
+        let Key::Int(i) = k else {
+            unreachable!("marked tables only have positive integer keys")
+        };
+        out[(i - 1) as usize] = v;
+    }
+    Ok(Value::Array(out))
+}
+
+fn object(entries: Vec<(Key, Value)>) -> Result<Value, ConvError> {
+    let mut keyed: Vec<(String, Value)> = entries
+        .into_iter()
+        .map(|(k, v)| match k {
+            Key::Int(i) => (i.to_string(), v),
+            Key::Str(s) => (s, v),
+        })
+        .collect();
+    // Lua's hash order differs between states (randomised string seeds);
+    // sorting keeps outputs deterministic.
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = keyed.windows(2).find(|w| w[0].0 == w[1].0) {
+        return fail(format!(
+            "key {:?} appears both as an integer and as a string",
+            w[0].0
+        ));
+    }
+    Ok(Value::Object(keyed.into_iter().collect::<Map<_, _>>()))
 }

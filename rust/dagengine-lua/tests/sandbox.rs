@@ -366,6 +366,69 @@ fn deep_inputs_are_refused() {
 }
 
 #[test]
+fn table_shapes_json_cannot_take_are_refused() {
+    let (_, msg) = conversion_error("return { t = { [1] = 'a', ['1'] = 'b' } }");
+    assert!(msg.contains("appears both"), "{msg}");
+    let (path, msg) = conversion_error("return { a = json.array({ [0] = 1 }) }");
+    assert_eq!(path, "result.a");
+    assert!(msg.contains("non-positive-integer key (0)"), "{msg}");
+    let (_, msg) = conversion_error("return { a = json.array({ x = 1 }) }");
+    assert!(msg.contains(r#"non-positive-integer key ("x")"#), "{msg}");
+    let (_, msg) = conversion_error("return { a = json.array({ [100000] = 1 }) }");
+    assert!(msg.contains("too sparse"), "{msg}");
+    // A value's path through integer keys reads as Lua indexes it.
+    let (path, _) = conversion_error("return { list = { 1, 2, print } }");
+    assert_eq!(path, "result.list[3]");
+    assert_next_run_works();
+}
+
+#[test]
+fn parent_results_and_deep_arrays_convert() {
+    let parent = json!({ "rows": [[1, [2, [3, [4]]]], { "k": null }] });
+    let o = execute(
+        &LuaScript::new("return { back = results.up, n = #results.up.rows }"),
+        &json!({}),
+        &[("up", &parent)],
+        &INFO,
+        &LuaLimits::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(Value::Object(o.output), json!({ "back": parent, "n": 2 }));
+    // 120 nested arrays: within the depth limit, and the stack grows as needed.
+    let mut deep = json!([]);
+    for _ in 0..120 {
+        deep = json!([deep]);
+    }
+    let o = run_with(
+        "return { d = inputs.d }",
+        &json!({ "d": deep }),
+        &LuaLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(o.output["d"], deep);
+    // A parent result that cannot convert names its root.
+    let mut too_deep = json!(1);
+    for _ in 0..200 {
+        too_deep = json!([too_deep]);
+    }
+    let err = execute(
+        &LuaScript::new("return {}"),
+        &json!({}),
+        &[("up", &too_deep)],
+        &INFO,
+        &LuaLimits::default(),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, LuaError::Conversion { path, .. } if path.starts_with(r#"results["up"][1][1]"#)),
+        "{err:?}"
+    );
+    assert_next_run_works();
+}
+
+#[test]
 fn log_and_print_are_captured() {
     let o = run("log('a', 1, nil, true) print('b') log() log(2.5) return {}").unwrap();
     assert_eq!(o.logs, ["a\t1\tnil\ttrue", "b", "", "2.5"]);
