@@ -41,6 +41,9 @@ pub(crate) struct ConvError {
     /// Innermost segment first.
     segments: Vec<Segment>,
     pub(crate) message: String,
+    /// The Lua stack could not grow (out of memory): not a fault of the value, and raised
+    /// as the memory error it is.
+    no_stack: bool,
 }
 
 impl ConvError {
@@ -48,6 +51,23 @@ impl ConvError {
         ConvError {
             segments: Vec::new(),
             message: message.into(),
+            no_stack: false,
+        }
+    }
+
+    fn no_stack() -> Self {
+        ConvError {
+            no_stack: true,
+            ..ConvError::new("not enough memory for the Lua stack")
+        }
+    }
+
+    /// As the failure of a conversion: a memory error if the stack could not grow.
+    fn into_fail(self) -> ConvFail {
+        if self.no_stack {
+            ConvFail::Lua(mlua::Error::MemoryError(self.message))
+        } else {
+            ConvFail::Conv(self)
         }
     }
 
@@ -120,7 +140,7 @@ pub(crate) fn json_to_lua(lua: &Lua, array_mt: &Table, v: &Value) -> Result<LuaV
         })
     }?;
     match failed {
-        Some(e) => Err(ConvFail::Conv(e)),
+        Some(e) => Err(e.into_fail()),
         None => Ok(value),
     }
 }
@@ -157,7 +177,7 @@ pub(crate) fn args_to_lua(
     };
     match (values, failed) {
         (Err(e), _) => Err((ConvFail::Lua(e), "inputs".to_owned())),
-        (Ok(_), Some((e, root))) => Err((ConvFail::Conv(e), root)),
+        (Ok(_), Some((e, root))) => Err((e.into_fail(), root)),
         (Ok(values), None) => Ok(values),
     }
 }
@@ -215,7 +235,7 @@ unsafe fn enter(l: *mut ffi::lua_State, depth: usize) -> Result<(), ConvError> {
         return fail(format!("nesting is deeper than {MAX_DEPTH} levels"));
     }
     if ffi::lua_checkstack(l, 4) == 0 {
-        return fail("the Lua stack is full");
+        return Err(ConvError::no_stack());
     }
     Ok(())
 }
@@ -238,7 +258,11 @@ pub(crate) fn lua_type_name(v: &LuaValue) -> &'static str {
 }
 
 /// Converts `v` to JSON. Tables give `Value::Array` or `Value::Object`.
-pub(crate) fn lua_to_json(lua: &Lua, array_mt: &Table, v: &LuaValue) -> Result<Value, ConvFail> {
+pub(crate) fn lua_to_json(
+    lua: &Lua,
+    array_mt: &Table,
+    v: impl mlua::IntoLuaMulti,
+) -> Result<Value, ConvFail> {
     let mut out = None;
     let marker = array_mt.to_pointer();
     // SAFETY: see the module docs; `v` is argument 1 of the protected call.
@@ -247,13 +271,14 @@ pub(crate) fn lua_to_json(lua: &Lua, array_mt: &Table, v: &LuaValue) -> Result<V
             let mut conv = ToJson {
                 array_mt: marker,
                 stack: Vec::new(),
+                careful: false,
             };
             out = Some(conv.value(l, 1));
         })
     }?;
     match out {
         Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(ConvFail::Conv(e)),
+        Some(Err(e)) => Err(e.into_fail()),
         None => unreachable!("exec_raw ran the conversion"),
     }
 }
@@ -277,6 +302,9 @@ impl Key {
 struct ToJson {
     array_mt: *const c_void,
     stack: Vec<*const c_void>,
+    /// A fault was found: tables are walked in a fixed order to name the same fault
+    /// every time (see [`ToJson::first_error`]).
+    careful: bool,
 }
 
 impl ToJson {
@@ -321,24 +349,106 @@ impl ToJson {
             return fail(format!("nesting is deeper than {MAX_DEPTH} levels"));
         }
         if ffi::lua_checkstack(l, 4) == 0 {
-            return fail("the Lua stack is full");
+            return Err(ConvError::no_stack());
         }
         let marked = ffi::lua_getmetatable(l, idx) != 0 && {
             let m = ffi::lua_topointer(l, -1) == self.array_mt;
             ffi::lua_pop(l, 1);
             m
         };
+        let top = ffi::lua_gettop(l);
         self.stack.push(ptr);
-        let entries = self.entries(l, idx, marked);
-        self.stack.pop();
-        let entries = entries?;
-        if marked {
-            marked_array(entries)
-        } else if is_sequence(&entries) {
-            Ok(sequence(entries))
+        let result = if self.careful {
+            // Looking for the fault only: what converts is not kept.
+            self.first_error(l, idx, marked)
+                .map_or(Ok(Value::Null), Err)
         } else {
-            object(entries)
+            match self.entries(l, idx, marked) {
+                Ok(entries) if marked => marked_array(entries),
+                Ok(entries) if is_sequence(&entries) => Ok(sequence(entries)),
+                Ok(entries) => object(entries),
+                Err(e) if e.no_stack => Err(e),
+                Err(e) => {
+                    // From here on (this conversion fails anyway) every table is walked
+                    // in order, each once per level above it.
+                    self.careful = true;
+                    Err(self.first_error(l, idx, marked).unwrap_or(e))
+                }
+            }
+        };
+        self.stack.pop();
+        ffi::lua_settop(l, top);
+        result
+    }
+
+    /// The fault of a table that failed to convert, looked for again in a fixed order.
+    /// The fast path meets keys and values in Lua's traversal order, which depends on the
+    /// state's string hash seed: with several faults it could name a different one from
+    /// one run to the next. Here keys come first, then the checks of the table's shape,
+    /// then the values in the order of the output. Only ever runs on a failure.
+    unsafe fn first_error(
+        &mut self,
+        l: *mut ffi::lua_State,
+        idx: c_int,
+        marked: bool,
+    ) -> Option<ConvError> {
+        let mut keys = Vec::new();
+        let mut bad: Option<ConvError> = None;
+        ffi::lua_pushnil(l);
+        while ffi::lua_next(l, idx) != 0 {
+            ffi::lua_pop(l, 1);
+            match read_key(l, -1, marked) {
+                Ok(k) => keys.push((k, Value::Null)),
+                Err(e) => {
+                    if bad.as_ref().is_none_or(|b| e.message < b.message) {
+                        bad = Some(e);
+                    }
+                }
+            }
         }
+        if bad.is_some() {
+            return bad;
+        }
+        // The shape checks, and the output's order.
+        let order: Vec<Key> = if marked || is_sequence(&keys) {
+            if marked {
+                let len = keys.iter().map(|(k, _)| int_key(k)).max().unwrap_or(0);
+                if let Err(e) = check_sparse(len, keys.len()) {
+                    return Some(e);
+                }
+            }
+            let mut ints: Vec<Key> = keys.into_iter().map(|(k, _)| k).collect();
+            ints.sort_by_key(int_key);
+            ints
+        } else {
+            let mut named: Vec<(String, Key)> = keys
+                .into_iter()
+                .map(|(k, _)| match k {
+                    Key::Int(i) => (i.to_string(), Key::Int(i)),
+                    Key::Str(s) => (s.clone(), Key::Str(s)),
+                })
+                .collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some(w) = named.windows(2).find(|w| w[0].0 == w[1].0) {
+                return Some(ConvError::new(duplicate(&w[0].0)));
+            }
+            named.into_iter().map(|(_, k)| k).collect()
+        };
+        for k in order {
+            match &k {
+                Key::Int(i) => ffi::lua_rawgeti(l, idx, *i),
+                Key::Str(s) => {
+                    push_str(l, s);
+                    ffi::lua_rawget(l, idx)
+                }
+            };
+            let r = self.value(l, -1);
+            ffi::lua_pop(l, 1);
+            if let Err(e) = r {
+                return Some(e.at(k.segment()));
+            }
+        }
+        None
     }
 
     /// Every key/value pair, values converted. Keys no JSON shape can take fail here.
@@ -351,35 +461,64 @@ impl ToJson {
         let mut out = Vec::new();
         ffi::lua_pushnil(l);
         while ffi::lua_next(l, idx) != 0 {
-            // Key at -2, value at -1. Only string keys are read as strings: `lua_tolstring`
-            // on a number key would change it under `lua_next`.
-            let key = match ffi::lua_type(l, -2) {
-                ffi::LUA_TNUMBER if ffi::lua_isinteger(l, -2) != 0 => {
-                    let i = ffi::lua_tointegerx(l, -2, ptr::null_mut());
-                    if marked && i < 1 {
-                        return fail(non_positive(&i.to_string()));
-                    }
-                    Key::Int(i)
-                }
-                ffi::LUA_TSTRING if !marked => match std::str::from_utf8(string_bytes(l, -2)) {
-                    Ok(s) => Key::Str(s.to_owned()),
-                    Err(_) => return fail("table key is not valid UTF-8"),
-                },
-                _ => {
-                    let shown = key_display(l, -2);
-                    return fail(if marked {
-                        non_positive(&shown)
-                    } else {
-                        format!("table key {shown} cannot be a JSON object key")
-                    });
-                }
-            };
+            // Key at -2, value at -1.
+            let key = read_key(l, -2, marked)?;
             let value = self.value(l, -1).map_err(|e| e.at(key.segment()))?;
             ffi::lua_pop(l, 1);
             out.push((key, value));
         }
         Ok(out)
     }
+}
+
+/// The key at `idx` (during a traversal), as JSON can use it given whether the table is
+/// a marked array. Only string keys are read as strings: `lua_tolstring` on a number key
+/// would change it under `lua_next`.
+unsafe fn read_key(l: *mut ffi::lua_State, idx: c_int, marked: bool) -> Result<Key, ConvError> {
+    match ffi::lua_type(l, idx) {
+        ffi::LUA_TNUMBER if ffi::lua_isinteger(l, idx) != 0 => {
+            let i = ffi::lua_tointegerx(l, idx, ptr::null_mut());
+            if marked && i < 1 {
+                return fail(non_positive(&i.to_string()));
+            }
+            Ok(Key::Int(i))
+        }
+        ffi::LUA_TSTRING if !marked => match std::str::from_utf8(string_bytes(l, idx)) {
+            Ok(s) => Ok(Key::Str(s.to_owned())),
+            Err(_) => fail("table key is not valid UTF-8"),
+        },
+        _ => {
+            let shown = key_display(l, idx);
+            fail(if marked {
+                non_positive(&shown)
+            } else {
+                format!("table key {shown} cannot be a JSON object key")
+            })
+        }
+    }
+}
+
+/// Holes become null; absurdly sparse arrays are refused instead of allocating millions
+/// of nulls.
+fn check_sparse(len: i64, elements: usize) -> Result<(), ConvError> {
+    if len as usize > elements.saturating_mul(2) + 1024 {
+        return fail(format!(
+            "json.array table is too sparse (index {len} with {elements} elements)"
+        ));
+    }
+    Ok(())
+}
+
+/// Where an integer key sorts (string keys, which ordered keys never hold, last).
+fn int_key(k: &Key) -> i64 {
+    match k {
+        Key::Int(i) => *i,
+        Key::Str(_) => i64::MAX,
+    }
+}
+
+fn duplicate(key: &str) -> String {
+    format!("key {key:?} appears both as an integer and as a string")
 }
 
 fn non_positive(shown: &str) -> String {
@@ -441,14 +580,7 @@ fn marked_array(entries: Vec<(Key, Value)>) -> Result<Value, ConvError> {
             len = len.max(i);
         }
     }
-    // Holes become null; refuse absurdly sparse arrays instead of
-    // allocating millions of nulls.
-    if len as usize > entries.len().saturating_mul(2) + 1024 {
-        return fail(format!(
-            "json.array table is too sparse (index {len} with {} elements)",
-            entries.len()
-        ));
-    }
+    check_sparse(len, entries.len())?;
     let mut out = vec![Value::Null; len as usize];
     for (k, v) in entries {
         let Key::Int(i) = k else {
@@ -471,10 +603,7 @@ fn object(entries: Vec<(Key, Value)>) -> Result<Value, ConvError> {
     // sorting keeps outputs deterministic.
     keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = keyed.windows(2).find(|w| w[0].0 == w[1].0) {
-        return fail(format!(
-            "key {:?} appears both as an integer and as a string",
-            w[0].0
-        ));
+        return fail(duplicate(&w[0].0));
     }
     Ok(Value::Object(keyed.into_iter().collect::<Map<_, _>>()))
 }

@@ -483,7 +483,7 @@ impl Engine {
                 })
             }
         };
-        match lua_to_json(&self.lua, &self.array_mt, &LuaValue::Table(table.clone())) {
+        match lua_to_json(&self.lua, &self.array_mt, table) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(_) => Err(LuaError::BadReturn {
                 message: "node returned an array; expected a table with string keys or nothing"

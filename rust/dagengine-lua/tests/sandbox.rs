@@ -383,6 +383,28 @@ fn table_shapes_json_cannot_take_are_refused() {
 }
 
 #[test]
+fn with_several_faults_the_same_one_is_named_every_time() {
+    // Lua's traversal order depends on each state's string hash seed; the reported fault
+    // must not: values in the output's order (sorted keys, ascending indexes), after the
+    // keys and the table's shape.
+    let src = "local t = {} for i = 1, 40 do t['k' .. i] = print end \
+               return { t = t, list = { 1, print, print } }";
+    for _ in 0..20 {
+        dagengine_lua::reset_thread_state(); // a new state: a new hash seed
+        let (path, _) = conversion_error(src);
+        assert_eq!(path, "result.list[2]");
+        let (path, _) =
+            conversion_error("local t = {} for i = 1, 40 do t['k' .. i] = print end return t");
+        assert_eq!(path, "result.k1");
+    }
+    let (_, msg) = conversion_error("return { [1] = print, ['1'] = 2, x = print }");
+    assert!(msg.contains("appears both"), "{msg}");
+    let (_, msg) = conversion_error("return { a = json.array({ [5000] = print }) }");
+    assert!(msg.contains("too sparse"), "{msg}");
+    assert_next_run_works();
+}
+
+#[test]
 fn parent_results_and_deep_arrays_convert() {
     let parent = json!({ "rows": [[1, [2, [3, [4]]]], { "k": null }] });
     let o = execute(
