@@ -595,6 +595,50 @@ def test_a_killed_engine_fails_every_run_of_its_session(
     asyncio.run(main())
 
 
+class _WriteFailsInternally:
+    """Fault injection around a real session call: its writes fail the way grpcio fails them
+    when the engine vanishes mid-stream and the write races the connection's teardown
+    (``INTERNAL: Internal error from Core``; seen in CI when an engine was killed)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def write(self, _request: object) -> None:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="Internal error from Core",
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+def test_a_session_whose_stream_fails_internally_reports_the_engine_gone(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    """Any status on the session's own stream means the engine is to be treated as gone
+    (an orchestrator then re-dispatches the runs), not that the run failed."""
+    engine = start_engine()
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            first = await session.start(_request(GOOD, {"x": 1}))
+            _, result = await asyncio.wait_for(_session_result(first), timeout=10)
+            assert result.ok
+            session._call = _WriteFailsInternally(session._call)
+            with pytest.raises(EngineUnavailable) as info:
+                await session.start(_request(GOOD))
+            assert "Internal error from Core" in str(info.value)
+            assert session.broken
+            with pytest.raises(EngineUnavailable):
+                await session.start(_request(GOOD))
+
+    asyncio.run(main())
+
+
 # --- engines of their own ---------------------------------------------------------------------
 
 

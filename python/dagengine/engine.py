@@ -703,6 +703,18 @@ def _status_error(
     return EngineError(f"{prefix}{name or 'error'}: {details}", code=name, address=address)
 
 
+def _session_broke(err: grpc.RpcError, address: str) -> EngineUnavailable:
+    """The error of every run on a session whose stream failed, reading or writing. The
+    engine refuses runs in band, so a status on the stream itself is the transport's:
+    whatever its code (grpcio reports a peer that vanished mid-stream as ``UNAVAILABLE``
+    or, racing the connection's teardown, ``INTERNAL: Internal error from Core``), the
+    runs' fate is unknown and the engine is to be treated as gone."""
+    error = _map_error(err, address, "session")
+    if isinstance(error, EngineUnavailable):
+        return error
+    return EngineUnavailable(str(error), code=error.code, address=address)
+
+
 def _stream_ended(address: str, run_id: str) -> EngineUnavailable:
     return EngineUnavailable(
         f"engine {address}: the stream of run {run_id} ended without its result "
@@ -1246,7 +1258,7 @@ class AsyncEngineSession:
         except (grpc.RpcError, asyncio.InvalidStateError) as err:
             self._forget(request.run_id)
             error = (
-                _map_error(err, self.address, "session")
+                _session_broke(err, self.address)
                 if isinstance(err, grpc.RpcError)
                 else EngineUnavailable(f"engine {self.address}: the session has ended")
             )
@@ -1287,9 +1299,7 @@ class AsyncEngineSession:
                 f"engine {self.address}: the session ended", address=self.address
             )
         except grpc.RpcError as err:
-            error = _map_error(err, self.address, "session")
-            if not isinstance(error, EngineUnavailable):
-                error = EngineUnavailable(str(error), code=error.code, address=self.address)
+            error = _session_broke(err, self.address)
         except asyncio.CancelledError:
             error = EngineUnavailable(f"engine {self.address}: the session was closed")
         self._break(error)
