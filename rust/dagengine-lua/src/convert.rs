@@ -283,7 +283,8 @@ pub(crate) fn lua_to_json(
     }
 }
 
-/// A table key as read from Lua: what JSON can use, or the reason it cannot.
+/// A table key as read from Lua that JSON can use.
+#[derive(Clone)]
 enum Key {
     Int(i64),
     Str(String),
@@ -328,14 +329,7 @@ impl ToJson {
                 Err(_) => return fail("string is not valid UTF-8"),
             },
             ffi::LUA_TTABLE => self.table(l, ffi::lua_absindex(l, idx))?,
-            t => {
-                let name = match t {
-                    ffi::LUA_TFUNCTION => "function",
-                    ffi::LUA_TTHREAD => "thread",
-                    _ => "userdata",
-                };
-                return fail(format!("a {name} cannot be converted to JSON"));
-            }
+            t => return fail(format!("a {} cannot be converted to JSON", type_name(t))),
         })
     }
 
@@ -398,7 +392,7 @@ impl ToJson {
         while ffi::lua_next(l, idx) != 0 {
             ffi::lua_pop(l, 1);
             match read_key(l, -1, marked) {
-                Ok(k) => keys.push((k, Value::Null)),
+                Ok(k) => keys.push((k, ())),
                 Err(e) => {
                     if bad.as_ref().is_none_or(|b| e.message < b.message) {
                         bad = Some(e);
@@ -412,27 +406,21 @@ impl ToJson {
         // The shape checks, and the output's order.
         let order: Vec<Key> = if marked || is_sequence(&keys) {
             if marked {
-                let len = keys.iter().map(|(k, _)| int_key(k)).max().unwrap_or(0);
-                if let Err(e) = check_sparse(len, keys.len()) {
+                if let Err(e) = check_sparse(max_index(&keys), keys.len()) {
                     return Some(e);
                 }
             }
-            let mut ints: Vec<Key> = keys.into_iter().map(|(k, _)| k).collect();
+            let mut ints: Vec<Key> = keys.into_iter().map(|(k, ())| k).collect();
             ints.sort_by_key(int_key);
             ints
         } else {
-            let mut named: Vec<(String, Key)> = keys
-                .into_iter()
-                .map(|(k, _)| match k {
-                    Key::Int(i) => (i.to_string(), Key::Int(i)),
-                    Key::Str(s) => (s.clone(), Key::Str(s)),
-                })
-                .collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            if let Some(w) = named.windows(2).find(|w| w[0].0 == w[1].0) {
-                return Some(ConvError::new(duplicate(&w[0].0)));
+            // The same names and order as `object` gives the output; an integer key is
+            // still fetched as the integer it is.
+            let keyed = keys.into_iter().map(|(k, ())| (k.clone(), k)).collect();
+            match named(keyed) {
+                Ok(keyed) => keyed.into_iter().map(|(_, k)| k).collect(),
+                Err(e) => return Some(e),
             }
-            named.into_iter().map(|(_, k)| k).collect()
         };
         for k in order {
             match &k {
@@ -540,21 +528,23 @@ unsafe fn key_display(l: *mut ffi::lua_State, idx: c_int) -> String {
         ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(l, idx).is_null() => {
             "of type json.null".to_owned()
         }
-        t => {
-            let name = match t {
-                ffi::LUA_TTABLE => "table",
-                ffi::LUA_TFUNCTION => "function",
-                ffi::LUA_TTHREAD => "thread",
-                _ => "userdata",
-            };
-            format!("of type {name}")
-        }
+        t => format!("of type {}", type_name(t)),
+    }
+}
+
+/// The name of a Lua type without a JSON counterpart (for messages).
+fn type_name(t: c_int) -> &'static str {
+    match t {
+        ffi::LUA_TTABLE => "table",
+        ffi::LUA_TFUNCTION => "function",
+        ffi::LUA_TTHREAD => "thread",
+        _ => "userdata",
     }
 }
 
 /// Keys are exactly `1..=n` for some n >= 1 (keys are unique, so it is enough
 /// that every key is an integer within range).
-fn is_sequence(entries: &[(Key, Value)]) -> bool {
+fn is_sequence<T>(entries: &[(Key, T)]) -> bool {
     let n = entries.len() as i64;
     n >= 1
         && entries
@@ -574,12 +564,7 @@ fn sequence(entries: Vec<(Key, Value)>) -> Value {
 }
 
 fn marked_array(entries: Vec<(Key, Value)>) -> Result<Value, ConvError> {
-    let mut len = 0i64;
-    for (k, _) in &entries {
-        if let Key::Int(i) = *k {
-            len = len.max(i);
-        }
-    }
+    let len = max_index(&entries);
     check_sparse(len, entries.len())?;
     let mut out = vec![Value::Null; len as usize];
     for (k, v) in entries {
@@ -592,18 +577,30 @@ fn marked_array(entries: Vec<(Key, Value)>) -> Result<Value, ConvError> {
 }
 
 fn object(entries: Vec<(Key, Value)>) -> Result<Value, ConvError> {
-    let mut keyed: Vec<(String, Value)> = entries
+    Ok(Value::Object(
+        named(entries)?.into_iter().collect::<Map<_, _>>(),
+    ))
+}
+
+/// An object's entries by their JSON names (integer keys as decimal strings), sorted:
+/// Lua's hash order differs between states (randomised string seeds), sorting keeps
+/// outputs deterministic. Two keys with one name are an error.
+fn named<T>(entries: Vec<(Key, T)>) -> Result<Vec<(String, T)>, ConvError> {
+    let mut keyed: Vec<(String, T)> = entries
         .into_iter()
         .map(|(k, v)| match k {
             Key::Int(i) => (i.to_string(), v),
             Key::Str(s) => (s, v),
         })
         .collect();
-    // Lua's hash order differs between states (randomised string seeds);
-    // sorting keeps outputs deterministic.
     keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = keyed.windows(2).find(|w| w[0].0 == w[1].0) {
         return fail(duplicate(&w[0].0));
     }
-    Ok(Value::Object(keyed.into_iter().collect::<Map<_, _>>()))
+    Ok(keyed)
+}
+
+/// The highest integer key (0 for none).
+fn max_index<T>(entries: &[(Key, T)]) -> i64 {
+    entries.iter().map(|(k, _)| int_key(k)).max().unwrap_or(0)
 }
