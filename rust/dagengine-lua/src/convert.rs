@@ -8,10 +8,11 @@
 //! # Safety
 //!
 //! The `unsafe` here is confined to this module. Every function taking a `lua_State`
-//! runs inside `exec_raw`'s protected call on the state mlua owns, so a Lua error (only
-//! memory errors can happen: nothing here calls metamethods) unwinds to that call. The
-//! frames it unwinds through own nothing with a destructor while a Lua function that
-//! can fail runs: they hold borrows and iterators only; owned values (`Vec`, `String`,
+//! runs inside `exec_raw`'s protected call on the state mlua owns, so a Lua error unwinds
+//! to that call. The conversions themselves raise memory errors only (nothing here calls
+//! metamethods); [`invoke`] also calls the script, whose errors of any kind take the same
+//! way out. The frames an error unwinds through own nothing with a destructor while a Lua
+//! function that can fail runs: they hold borrows and iterators only; owned values (`Vec`, `String`,
 //! `serde_json::Value`) are built by the reading direction, whose Lua calls
 //! (`lua_next`, `lua_to*`, `lua_getmetatable`) do not allocate and cannot fail on the
 //! values they are given. Stack space is reserved with `lua_checkstack` before every
@@ -22,7 +23,7 @@ use std::ffi::{c_int, c_void};
 use std::fmt::Write as _;
 use std::ptr;
 
-use mlua::{ffi, Lua, Table, Value as LuaValue};
+use mlua::{ffi, Function, Lua, Table, Value as LuaValue};
 use serde_json::{Map, Number, Value};
 
 /// Deepest nesting accepted in either direction. Bounds Rust recursion and
@@ -145,25 +146,67 @@ pub(crate) fn json_to_lua(lua: &Lua, array_mt: &Table, v: &Value) -> Result<LuaV
     }
 }
 
-/// The `inputs` and `results` globals of one execution, converted in one protected call.
-/// A conversion error comes with the root its path starts from.
-pub(crate) fn args_to_lua(
+/// What one execution passes to the runner besides the script.
+pub(crate) struct Call<'a> {
+    pub(crate) inputs: &'a Value,
+    pub(crate) results: &'a [(&'a str, &'a Value)],
+    pub(crate) node_id: &'a str,
+    pub(crate) run_id: &'a str,
+    pub(crate) attempt: u32,
+}
+
+/// What the runner returned: a table, already converted (or the fault that kept it from
+/// converting), or any other value as it is.
+pub(crate) enum Returned {
+    Json(Result<Value, ConvFail>),
+    Lua(LuaValue),
+}
+
+/// How an [`invoke`] failed.
+pub(crate) enum InvokeFail {
+    /// Converting the arguments failed (nothing ran); with the root the path starts from.
+    Args(ConvFail, String),
+    /// `arm` refused: nothing ran.
+    NotArmed,
+    /// The call failed: an error raised by the script, a host function or a limit.
+    Call(mlua::Error),
+}
+
+/// One execution in one protected call: the arguments are converted (`inputs`, `results`,
+/// and the node and run ids, which through mlua would take a protected call each), then
+/// `arm` runs (the memory limit is armed after the host's values are in) and, if it agrees,
+/// `runner(func, inputs, results, node_id, run_id, attempt)` is called, and a table it
+/// returns is converted to JSON. The call is unprotected inside `exec_raw`'s protected call,
+/// so its errors reach mlua's own message handler and error conversion exactly as
+/// `Function::call`'s would.
+pub(crate) fn invoke(
     lua: &Lua,
     array_mt: &Table,
-    inputs: &Value,
-    results: &[(&str, &Value)],
-) -> Result<(LuaValue, LuaValue), (ConvFail, String)> {
+    runner: &Function,
+    func: &Function,
+    call: &Call<'_>,
+    arm: impl FnOnce() -> bool,
+) -> Result<Returned, InvokeFail> {
     let mut failed = None;
-    // SAFETY: see the module docs; the marker table is argument 1 of the protected call.
-    let values = unsafe {
-        lua.exec_raw::<(LuaValue, LuaValue)>(array_mt, |l| {
-            if let Err(e) = push_json(l, 1, inputs, 0) {
+    let mut armed = true;
+    let mut called = false;
+    let mut converted = None;
+    let marker = array_mt.to_pointer();
+    // SAFETY: see the module docs. Arguments 1..=3 of the protected call are the marker
+    // table, the runner and the script. When `lua_callk` runs, this frame owns nothing with a
+    // destructor (`failed` is `None`, `arm` has been consumed), so an error raised by the
+    // script may unwind through it.
+    let value = unsafe {
+        lua.exec_raw::<LuaValue>((array_mt, runner, func), |l| {
+            ffi::lua_pushvalue(l, 2);
+            ffi::lua_pushvalue(l, 3);
+            if let Err(e) = push_json(l, 1, call.inputs, 0) {
                 failed = Some((e, "inputs".to_owned()));
                 ffi::lua_settop(l, 0);
                 return;
             }
-            ffi::lua_createtable(l, 0, results.len().min(c_int::MAX as usize) as c_int);
-            for (id, v) in results {
+            ffi::lua_createtable(l, 0, call.results.len().min(c_int::MAX as usize) as c_int);
+            for (id, v) in call.results {
                 push_str(l, id);
                 if let Err(e) = push_json(l, 1, v, 0) {
                     failed = Some((e, format!("results[{id:?}]")));
@@ -172,13 +215,40 @@ pub(crate) fn args_to_lua(
                 }
                 ffi::lua_rawset(l, -3);
             }
-            ffi::lua_remove(l, 1);
+            push_str(l, call.node_id);
+            push_str(l, call.run_id);
+            ffi::lua_pushinteger(l, i64::from(call.attempt));
+            if !arm() {
+                armed = false;
+                ffi::lua_settop(l, 0);
+                return;
+            }
+            called = true;
+            ffi::lua_callk(l, 6, 1, 0, None);
+            // Nothing below can raise a Lua error: reading a table does not allocate.
+            if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
+                let mut conv = ToJson {
+                    array_mt: marker,
+                    stack: Vec::new(),
+                    careful: false,
+                };
+                converted = Some(conv.value(l, ffi::lua_gettop(l)));
+                ffi::lua_settop(l, 0);
+            } else {
+                ffi::lua_replace(l, 1);
+                ffi::lua_settop(l, 1);
+            }
         })
     };
-    match (values, failed) {
-        (Err(e), _) => Err((ConvFail::Lua(e), "inputs".to_owned())),
-        (Ok(_), Some((e, root))) => Err((e.into_fail(), root)),
-        (Ok(values), None) => Ok(values),
+    match (value, failed) {
+        (Err(e), _) if called => Err(InvokeFail::Call(e)),
+        (Err(e), _) => Err(InvokeFail::Args(ConvFail::Lua(e), "inputs".to_owned())),
+        (Ok(_), Some((e, root))) => Err(InvokeFail::Args(e.into_fail(), root)),
+        (Ok(_), None) if !armed => Err(InvokeFail::NotArmed),
+        (Ok(value), None) => Ok(match converted {
+            Some(json) => Returned::Json(json.map_err(ConvError::into_fail)),
+            None => Returned::Lua(value),
+        }),
     }
 }
 

@@ -14,7 +14,9 @@ use mlua::{
 };
 use serde_json::Value;
 
-use crate::convert::{args_to_lua, json_to_lua, lua_to_json, lua_type_name, ConvFail};
+use crate::convert::{
+    invoke, json_to_lua, lua_to_json, lua_type_name, Call, ConvFail, InvokeFail, Returned,
+};
 use crate::{LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
 
 /// The hook runs every this many VM instructions: the granularity of the
@@ -413,11 +415,6 @@ impl Engine {
     ) -> Result<LuaOutput, LuaError> {
         let func = self.function(script)?;
 
-        // Inputs are converted before the memory limit is armed: they come
-        // from the host.
-        let (inputs_lua, results_lua) = args_to_lua(&self.lua, &self.array_mt, inputs, results)
-            .map_err(|(e, root)| self.conv_failure(e, &root))?;
-
         let run = &self.run;
         run.instructions.set(0);
         run.max_instructions
@@ -427,30 +424,47 @@ impl Engine {
         run.log_bytes.set(0);
         run.log_limit.set(limits.max_memory.unwrap_or(usize::MAX));
         run.memory_limited.set(limits.max_memory.is_some());
-        if let Some(max) = limits.max_memory {
-            let limit = self.lua.used_memory().saturating_add(max).max(1);
-            self.lua
-                .set_memory_limit(limit)
-                .map_err(|e| self.fail(&e))?;
-        }
         run.active.set(true);
 
-        let args = (
-            &func,
-            inputs_lua,
-            results_lua,
-            info.node_id,
-            info.run_id,
-            info.attempt,
-        );
+        let call = Call {
+            inputs,
+            results,
+            node_id: info.node_id,
+            run_id: info.run_id,
+            attempt: info.attempt,
+        };
+        let lua = &self.lua;
+        // Inputs are converted before the memory limit is armed: they come from the host.
+        let mut armed = Ok(());
+        let arm = || {
+            if let Some(max) = limits.max_memory {
+                let limit = lua.used_memory().saturating_add(max).max(1);
+                armed = lua.set_memory_limit(limit).map(drop);
+            }
+            armed.is_ok()
+        };
         let guard = CancelGuard::new(run, cancel);
-        let outcome = self.runner.call::<LuaValue>(args);
+        let outcome = invoke(lua, &self.array_mt, &self.runner, &func, &call, arm);
         drop(guard);
 
         run.active.set(false);
         if limits.max_memory.is_some() {
             self.lua.set_memory_limit(0).map_err(|e| self.fail(&e))?;
         }
+        let outcome = match outcome {
+            Err(InvokeFail::Args(e, root)) => {
+                run.logs.borrow_mut().clear();
+                return Err(self.conv_failure(e, &root));
+            }
+            Err(InvokeFail::NotArmed) => {
+                let e = armed
+                    .err()
+                    .unwrap_or(mlua::Error::MemoryControlNotAvailable);
+                return Err(self.fail(&e));
+            }
+            Err(InvokeFail::Call(e)) => Err(e),
+            Ok(value) => Ok(value),
+        };
         let logs = std::mem::take(&mut *run.logs.borrow_mut());
         let tripped = run.tripped.take();
 
@@ -460,7 +474,7 @@ impl Engine {
                     // The script caught the limit error and still returned.
                     return Err(self.limit_error(t, limits));
                 }
-                let output = self.output(&value)?;
+                let output = self.output(value)?;
                 Ok(LuaOutput { output, logs })
             }
             Err(e) => Err(name_node(
@@ -470,26 +484,21 @@ impl Engine {
         }
     }
 
-    fn output(&self, value: &LuaValue) -> Result<serde_json::Map<String, Value>, LuaError> {
-        let table = match value {
-            LuaValue::Nil => return Ok(serde_json::Map::new()),
-            LuaValue::Table(t) => t,
-            other => {
-                return Err(LuaError::BadReturn {
-                    message: format!(
-                        "node returned a {}; expected a table or nothing",
-                        lua_type_name(other)
-                    ),
-                })
-            }
-        };
-        match lua_to_json(&self.lua, &self.array_mt, table) {
-            Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err(LuaError::BadReturn {
+    fn output(&self, returned: Returned) -> Result<serde_json::Map<String, Value>, LuaError> {
+        match returned {
+            Returned::Lua(LuaValue::Nil) => Ok(serde_json::Map::new()),
+            Returned::Lua(other) => Err(LuaError::BadReturn {
+                message: format!(
+                    "node returned a {}; expected a table or nothing",
+                    lua_type_name(&other)
+                ),
+            }),
+            Returned::Json(Ok(Value::Object(map))) => Ok(map),
+            Returned::Json(Ok(_)) => Err(LuaError::BadReturn {
                 message: "node returned an array; expected a table with string keys or nothing"
                     .into(),
             }),
-            Err(e) => Err(self.conv_failure(e, "result")),
+            Returned::Json(Err(e)) => Err(self.conv_failure(e, "result")),
         }
     }
 

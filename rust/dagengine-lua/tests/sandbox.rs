@@ -540,6 +540,36 @@ fn timeout_fires_within_twice_the_limit() {
 }
 
 #[test]
+fn inputs_larger_than_the_memory_limit_still_reach_the_script() {
+    // The limit is armed once the host's values are converted: it bounds what the script
+    // allocates, not what it is given.
+    let limits = LuaLimits {
+        max_memory: Some(256 * 1024),
+        ..LuaLimits::default()
+    };
+    let values: Vec<u64> = (0..100_000).collect();
+    let got = run_with(
+        "return { n = #inputs.values, last = inputs.values[#inputs.values] }",
+        &json!({ "values": values }),
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(
+        Value::Object(got.output),
+        json!({ "n": 100_000, "last": 99_999 })
+    );
+    // ... while the script's own allocations still hit it.
+    let err = run_with(
+        "local t = {} for i = 1, 1e6 do t[i] = i end",
+        &json!({}),
+        &limits,
+    )
+    .unwrap_err();
+    assert_eq!(err, LuaError::MemoryLimit { limit: 256 * 1024 });
+    assert_next_run_works();
+}
+
+#[test]
 fn memory_bomb_hits_the_limit() {
     let limits = LuaLimits {
         max_memory: Some(16 * 1024 * 1024),
