@@ -130,6 +130,11 @@ impl WorkerPool {
         Self::wake_or_grow(&self.inner, &mut st);
     }
 
+    /// The most threads this pool runs.
+    pub fn max_threads(&self) -> usize {
+        self.inner.max_threads
+    }
+
     /// Threads started so far.
     pub fn threads(&self) -> usize {
         self.inner.lock().threads

@@ -5,10 +5,12 @@
 //! that also serves gRPC for long; and owning a thread lets it run work inline:
 //!
 //! * no-op nodes complete inside the loop, with no hand-off at all;
-//! * of the Lua nodes that become ready together, all but one go to the blocking pool and
-//!   the last runs inline (work-first), so a chain of Lua nodes never changes threads.
-//!   Inline Lua cannot stall the run: the interpreter's hook enforces the node timeout,
-//!   the run deadline and cancellation;
+//! * of the Lua nodes that become ready together, all but one wait in the run's backlog
+//!   and the last runs inline (work-first), so a chain of Lua nodes never changes threads.
+//!   The Lua pool drains the backlog with at most one job per pool thread, and the loop
+//!   takes the next waiting node itself whenever it would otherwise wait, so a wide
+//!   fan-out keeps every core on Lua. Inline Lua cannot stall the run: the interpreter's
+//!   hook enforces the node timeout, the run deadline and cancellation;
 //! * external (Python) nodes always go to the pool: they may block or ignore their
 //!   cancellation flag, and the loop must stay free to time them out.
 //!
@@ -541,6 +543,54 @@ struct Driver {
     buffered: Vec<RunEvent>,
     /// The failure that decided the run (first final node failure).
     first_failure: Option<NodeIdx>,
+    /// This run's Lua attempts handed to the pool and not yet picked up there.
+    backlog: Backlog,
+}
+
+/// A Lua attempt handed to the pool, waiting for a thread.
+struct Queued {
+    node: NodeIdx,
+    attempt: u32,
+    job: LuaJob,
+    cancel: Arc<AtomicBool>,
+}
+
+/// A run's Lua attempts waiting for a thread. Pool threads drain it: at most one pool job
+/// per pool thread takes attempts from the front until none is left (a fan-out of ten
+/// thousand nodes is a few pool jobs, not ten thousand); the driver takes from the front
+/// too when it would otherwise wait, so its thread runs Lua rather than polling for results.
+type Backlog = Arc<Mutex<Waiting>>;
+
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<Queued>,
+    /// Pool jobs draining `queue`, queued or running.
+    drainers: usize,
+}
+
+/// A pool job: run the run's waiting Lua attempts until none is left.
+fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
+    loop {
+        let q = {
+            let mut waiting = lock(backlog);
+            let Some(q) = waiting.queue.pop_front() else {
+                waiting.drainers -= 1;
+                return;
+            };
+            q
+        };
+        let result = contained(plan.dag.id(q.node), || q.job.execute(plan, &q.cancel));
+        let _ = tx.send(Msg::Done {
+            node: q.node,
+            attempt: q.attempt,
+            result,
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one is still consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The driver loop's working state besides the scheduler: instructions to carry out and
@@ -590,6 +640,7 @@ impl Driver {
             seq: 0,
             buffered: Vec::new(),
             first_failure: None,
+            backlog: Arc::default(),
         }
     }
 
@@ -694,6 +745,19 @@ impl Driver {
                 return None; // waiting is for a thread of our own, not the caller's
             }
             self.publish();
+            if let Ok(msg) = rx.try_recv() {
+                self.on_msg(sched, out, msg);
+                continue;
+            }
+            // This run's Lua attempts still waiting for a pool thread (a wide fan-out): run
+            // the next one here rather than wait for a thread to get to it.
+            let queued = lock(&self.backlog).queue.pop_front();
+            if let Some(q) = queued {
+                let (node, attempt, result) = self.run_queued(&q);
+                self.fire_timers(sched, out);
+                self.finish_attempt(sched, out, node, attempt, result);
+                continue;
+            }
             // Work in flight usually answers within microseconds (a chain hands each node
             // to a pool thread and back): poll briefly before paying for a sleep and wake.
             let spin_until = Instant::now() + SPIN;
@@ -1046,17 +1110,38 @@ impl Driver {
 
     fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {
         let cancel = self.new_token(node);
-        let job_input = self.lua_job(node, attempt);
-        let tx = self.tx.clone();
-        let plan = self.plan.clone();
-        lua_pool().submit(Box::new(move || {
-            let result = contained(plan.dag.id(node), || job_input.execute(&plan, &cancel));
-            let _ = tx.send(Msg::Done {
+        let job = self.lua_job(node, attempt);
+        let pool = lua_pool();
+        {
+            let mut waiting = lock(&self.backlog);
+            waiting.queue.push_back(Queued {
                 node,
                 attempt,
-                result,
+                job,
+                cancel,
             });
-        }));
+            if waiting.drainers >= pool.max_threads() {
+                return;
+            }
+            waiting.drainers += 1;
+        }
+        let backlog = self.backlog.clone();
+        let tx = self.tx.clone();
+        let plan = self.plan.clone();
+        pool.submit(Box::new(move || drain(&backlog, &plan, &tx)));
+    }
+
+    /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
+    /// inline: the run-level flag is the one that can change while the driver is busy here
+    /// (unless the attempt's own token is already set: then it is the one that counts).
+    fn run_queued(&self, q: &Queued) -> (NodeIdx, u32, Result<ExecOk, NodeFailure>) {
+        let flag = if q.cancel.load(Ordering::Relaxed) {
+            &*q.cancel
+        } else {
+            &self.shared.cancel
+        };
+        let result = contained(self.plan.dag.id(q.node), || q.job.execute(&self.plan, flag));
+        (q.node, q.attempt, result)
     }
 
     /// Run a Lua attempt on this thread; `None` if `budget` ran out first (before it

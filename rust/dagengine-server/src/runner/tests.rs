@@ -326,6 +326,95 @@ fn parallel_lua_nodes_all_run() {
     );
 }
 
+#[test]
+fn cancel_reaches_fan_out_nodes_run_by_the_driver_and_by_the_pool() {
+    // More endless nodes than pool threads: some run on the pool; the driver runs the quick
+    // node it keeps for itself, then takes the next waiting endless one; the rest wait. A
+    // cancel must stop all of them.
+    let width = lua_pool().max_threads() + 3;
+    let mut d = Dag::new();
+    d.add_node("root", []).unwrap();
+    for i in 0..width {
+        d.add_node(&format!("spin{i}"), ["root"]).unwrap();
+    }
+    d.preprocess().unwrap();
+    let mut nodes = vec![spec(NodeKind::Noop)];
+    nodes.extend((0..width).map(|i| {
+        // The last ready node is the one the driver keeps (work-first).
+        let src = if i + 1 == width {
+            "return {}"
+        } else {
+            "while true do end"
+        };
+        spec(NodeKind::Lua {
+            script: LuaScript::new(src),
+            limits: LuaLimits::UNLIMITED,
+        })
+    }));
+    let plan = Plan::new(d, nodes).unwrap();
+    let h = start_run(
+        Arc::new(plan),
+        RunConfig {
+            events: true,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut quick_done = false;
+    while !quick_done {
+        assert!(Instant::now() < deadline, "the fan-out did not start");
+        quick_done = h
+            .next_events(Duration::from_millis(100))
+            .iter()
+            .any(|e| e.kind == EventKind::NodeSucceeded && e.node == Some(width as NodeIdx));
+    }
+    // Let the driver take a waiting endless node.
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    h.cancel();
+    assert!(
+        h.wait(Duration::from_secs(5)),
+        "cancel did not stop the run"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    let o = h.outcome().unwrap();
+    assert_eq!(o.status, RunStatus::Cancelled);
+    assert_eq!(o.nodes[width].status, NodeState::Succeeded);
+    for rec in &o.nodes[1..width] {
+        assert_eq!(rec.status, NodeState::Cancelled);
+    }
+}
+
+#[test]
+fn a_wide_lua_fan_out_runs_every_node_once() {
+    let width = 5_000;
+    let mut d = Dag::new();
+    d.add_node("root", []).unwrap();
+    for i in 0..width {
+        d.add_node(&format!("w{i}"), ["root"]).unwrap();
+    }
+    d.preprocess().unwrap();
+    let mut nodes = vec![spec(NodeKind::Noop)];
+    nodes.extend((0..width).map(|_| spec(lua("return {id = ctx.node_id}"))));
+    let plan = Plan::new(d, nodes).unwrap();
+    let (o, events) = run(plan, RunConfig::default(), None);
+    assert_eq!(o.status, RunStatus::Succeeded);
+    for (i, rec) in o.nodes[1..].iter().enumerate() {
+        assert_eq!(rec.attempts, 1);
+        assert_eq!(
+            **rec.output.as_ref().unwrap(),
+            serde_json::json!({ "id": format!("w{i}") })
+        );
+    }
+    let started = events
+        .iter()
+        .filter(|e| e.kind == EventKind::NodeStarted)
+        .count();
+    assert_eq!(started, width + 1);
+}
+
 // --- runs started on the caller's thread ------------------------------------------------------
 
 fn start_inline(plan: Plan, budget: Duration) -> RunHandle {
