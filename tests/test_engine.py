@@ -614,6 +614,9 @@ class _WriteFailsInternally:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
 
+    def __aiter__(self) -> Any:  # the session's reader iterates the call (no __getattr__)
+        return self._call.__aiter__()
+
 
 def test_a_session_whose_stream_fails_internally_reports_the_engine_gone(
     start_engine: Callable[..., EngineProcess],
@@ -635,6 +638,104 @@ def test_a_session_whose_stream_fails_internally_reports_the_engine_gone(
             assert session.broken
             with pytest.raises(EngineUnavailable):
                 await session.start(_request(GOOD))
+
+    asyncio.run(main())
+
+
+class _CountingWrites:
+    """A real session call, counting its writes and the runs in them (and, if ``stall`` is
+    set, holding each write until it is released: the in-flight write that lets starts queue
+    up behind it)."""
+
+    def __init__(self, call: Any, stall: asyncio.Event | None = None) -> None:
+        self._call = call
+        self._stall = stall
+        self.writes: list[int] = []
+
+    async def write(self, request: pb.SessionRequest) -> None:
+        kind = request.WhichOneof("kind")
+        self.writes.append(len(request.runs.runs) if kind == "runs" else 1)
+        if self._stall is not None:
+            await self._stall.wait()
+        await self._call.write(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __aiter__(self) -> Any:  # the session's reader iterates the call (no __getattr__)
+        return self._call.__aiter__()
+
+
+def test_runs_started_together_on_a_session_go_out_in_fewer_writes_and_all_finish(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine("--capacity", "64")
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            counting = session._call = _CountingWrites(session._call)
+            runs = await asyncio.gather(
+                *(session.start(_request(GOOD, {"x": i})) for i in range(40))
+            )
+            results = await asyncio.gather(*(_session_result(run) for run in runs))
+            assert [r.outputs["a"]["v"] for _, r in results] == [i + 1 for i in range(40)]
+            assert sum(counting.writes) == 40
+            assert len(counting.writes) < 40, counting.writes
+            assert max(counting.writes) > 1
+            session.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_batched_write_fails_every_run_it_carried(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine()
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            session._call = _WriteFailsInternally(session._call)
+            outcomes = await asyncio.gather(
+                *(session.start(_request(GOOD, {"x": i})) for i in range(10)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, EngineUnavailable) for o in outcomes), outcomes
+            assert session.broken
+
+    asyncio.run(main())
+
+
+def test_a_start_cancelled_while_queued_never_reaches_the_engine(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine()
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            stall = asyncio.Event()
+            counting = session._call = _CountingWrites(session._call, stall)
+            first = asyncio.create_task(session.start(_request(GOOD, {"x": 1})))
+            while not counting.writes:  # the first write is in flight (held)
+                await asyncio.sleep(0.01)
+            dropped_request = _request(GOOD, {"x": 2})
+            dropped = asyncio.create_task(session.start(dropped_request))
+            kept = asyncio.create_task(session.start(_request(GOOD, {"x": 3})))
+            await asyncio.sleep(0.05)  # both queued behind the held write
+            dropped.cancel()
+            stall.set()
+            with pytest.raises(asyncio.CancelledError):
+                await dropped
+            for task, v in ((first, 2), (kept, 4)):
+                _, result = await _session_result(await task)
+                assert result.outputs["a"] == {"v": v}
+            # Two writes of one run each: the first, then the one kept; the dropped run was
+            # never sent and the session forgot it.
+            assert counting.writes == [1, 1]
+            assert dropped_request.run_id not in session._runs
+            session.close()
 
     asyncio.run(main())
 

@@ -1233,6 +1233,10 @@ class AsyncEngineSession:
         self._call = client._session_rpc()
         self._runs: dict[str, SessionRun] = {}
         self._writing = asyncio.Lock()  # grpc.aio allows one write at a time
+        # Runs started while a write is in flight go out together in the next one: a write
+        # costs its caller far more than the bytes in it.
+        self._queued: list[pb.RunRequest] = []
+        self._batches = 0  # batches written (or being written) so far
         self._broken: EngineError | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
@@ -1252,9 +1256,18 @@ class AsyncEngineSession:
                 address=self.address,
             )
         run = self._runs[request.run_id] = SessionRun(self, request.run_id)
+        self._queued.append(request)
+        batch = self._batches + 1  # the write this request goes out in
         try:
             async with self._writing:
-                await self._call.write(pb.SessionRequest(run=request))
+                if self._batches < batch:  # nobody has sent it along with theirs yet
+                    queued, self._queued = self._queued, []
+                    self._batches += 1
+                    await self._call.write(
+                        pb.SessionRequest(run=queued[0])
+                        if len(queued) == 1
+                        else pb.SessionRequest(runs=pb.RunBatch(runs=queued))
+                    )
         except (grpc.RpcError, asyncio.InvalidStateError) as err:
             self._forget(request.run_id)
             error = (
@@ -1264,7 +1277,22 @@ class AsyncEngineSession:
             )
             self._break(error)
             raise error from None
+        except asyncio.CancelledError:
+            # Still waiting to go out: it never will. (Once taken into a write, it is the
+            # engine's, like a run whose own write was cancelled midway.)
+            self._unqueue(request)
+            raise
+        if self._broken is not None and request.run_id not in self._runs:
+            # The write that carried it (someone else's) failed and broke the session.
+            raise self._broken
         return run
+
+    def _unqueue(self, request: pb.RunRequest) -> None:
+        for i, queued in enumerate(self._queued):
+            if queued is request:
+                del self._queued[i]
+                self._forget(request.run_id)
+                return
 
     async def cancel(self, run_id: str) -> None:
         """Ask the engine to cancel a run of this session (no answer: see ``Cancel``)."""

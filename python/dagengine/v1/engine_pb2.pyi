@@ -222,12 +222,20 @@ class RunEvents(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("run", "cancel")
+    __slots__ = ("run", "cancel", "runs")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
     run: RunRequest
     cancel: CancelRequest
-    def __init__(self, run: _Optional[_Union[RunRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ...) -> None: ...
+    runs: RunBatch
+    def __init__(self, run: _Optional[_Union[RunRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ..., runs: _Optional[_Union[RunBatch, _Mapping]] = ...) -> None: ...
+
+class RunBatch(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunRequest]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunRequest, _Mapping]]] = ...) -> None: ...
 
 class SessionEvents(_message.Message):
     __slots__ = ("run_id", "events", "refused")

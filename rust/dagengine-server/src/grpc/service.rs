@@ -437,6 +437,23 @@ impl Service {
         Ok(())
     }
 
+    /// One run sent on a session: started (or refused) here, or, if it has Python nodes,
+    /// on a task of its own, since preparing those waits for the GIL and must not hold up
+    /// the runs behind it. False once the session's replies are gone.
+    async fn session_run(
+        &self,
+        run: pb::RunRequest,
+        tx: &mpsc::Sender<Result<pb::SessionEvents, Status>>,
+    ) -> bool {
+        if needs_host(&run) {
+            let (svc, tx) = (self.clone(), tx.clone());
+            tokio::spawn(async move { svc.launch_in_session(run, &tx).await });
+            true
+        } else {
+            self.launch_in_session(run, tx).await
+        }
+    }
+
     /// Start a run of a session, or send its refusal; false once the session's replies
     /// are gone.
     async fn launch_in_session(
@@ -593,24 +610,27 @@ impl EngineService for Service {
                     // forwarders cancel the runs).
                     break;
                 };
-                match req.kind {
-                    Some(pb::session_request::Kind::Run(run)) => {
-                        if needs_host(&run) {
-                            // Preparing Python nodes waits for the GIL: not in the way of
-                            // the runs behind it.
-                            let (svc, tx) = (svc.clone(), tx.clone());
-                            tokio::spawn(async move { svc.launch_in_session(run, &tx).await });
-                        } else if !svc.launch_in_session(run, &tx).await {
-                            break;
-                        }
-                    }
+                let runs = match req.kind {
+                    Some(pb::session_request::Kind::Run(run)) => vec![run],
+                    Some(pb::session_request::Kind::Runs(batch)) => batch.runs,
                     Some(pb::session_request::Kind::Cancel(c)) => {
                         let handle = svc.engine.active().runs.get(&c.run_id).cloned();
                         if let Some(h) = handle {
                             h.cancel();
                         }
+                        continue;
                     }
-                    None => {}
+                    None => continue,
+                };
+                let mut open = true;
+                for run in runs {
+                    open = svc.session_run(run, &tx).await;
+                    if !open {
+                        break;
+                    }
+                }
+                if !open {
+                    break;
                 }
             }
         });
