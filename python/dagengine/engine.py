@@ -1319,10 +1319,11 @@ class AsyncEngineSession:
     async def _read(self) -> None:
         error: EngineError
         try:
-            async for msg in self._call:
-                run = self._runs.get(msg.run_id)
-                if run is not None:
-                    run._deliver(msg)
+            async for replies in self._call:
+                for msg in replies.runs:
+                    run = self._runs.get(msg.run_id)
+                    if run is not None:
+                        run._deliver(msg)
             error = EngineUnavailable(
                 f"engine {self.address}: the session ended", address=self.address
             )
@@ -1399,7 +1400,7 @@ class AsyncEngineClient:
         self._session_rpc = self._channel.stream_stream(
             _SERVICE + "Session",
             request_serializer=pb.SessionRequest.SerializeToString,
-            response_deserializer=pb.SessionEvents.FromString,
+            response_deserializer=pb.SessionReplies.FromString,
         )
 
     def session(self) -> AsyncEngineSession:

@@ -247,6 +247,12 @@ class SessionEvents(_message.Message):
     refused: Refusal
     def __init__(self, run_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
 
+class SessionReplies(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[SessionEvents]
+    def __init__(self, runs: _Optional[_Iterable[_Union[SessionEvents, _Mapping]]] = ...) -> None: ...
+
 class Refusal(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]

@@ -48,7 +48,7 @@ class EngineServiceStub:
         self.Session = channel.stream_stream(
                 '/dagengine.v1.EngineService/Session',
                 request_serializer=dagengine_dot_v1_dot_engine__pb2.SessionRequest.SerializeToString,
-                response_deserializer=dagengine_dot_v1_dot_engine__pb2.SessionEvents.FromString,
+                response_deserializer=dagengine_dot_v1_dot_engine__pb2.SessionReplies.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/dagengine.v1.EngineService/Cancel',
@@ -91,10 +91,11 @@ class EngineServiceServicer:
 
     def Session(self, request_iterator, context):
         """Many runs over one stream, without a call per run (the orchestrator's path). Each
-        request starts a run (as Run) or cancels one; each reply is one run's events, as Run
-        would send them, or that run's refusal. The stream ending or breaking ends every run
-        still active on it, like a Run caller hanging up; runs go on after the client only
-        half-closes, and the replies end when the last of them has.
+        request starts a run (as Run), several runs, or cancels one; each reply carries, for one
+        or more runs, the events Run would have sent (or the run's refusal), one SessionEvents
+        per run, in order. The stream ending or breaking ends every run still active on it,
+        like a Run caller hanging up; runs go on after the client only half-closes, and the
+        replies end when the last of them has.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,7 +139,7 @@ def add_EngineServiceServicer_to_server(servicer, server):
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
                     request_deserializer=dagengine_dot_v1_dot_engine__pb2.SessionRequest.FromString,
-                    response_serializer=dagengine_dot_v1_dot_engine__pb2.SessionEvents.SerializeToString,
+                    response_serializer=dagengine_dot_v1_dot_engine__pb2.SessionReplies.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -237,7 +238,7 @@ class EngineService:
             target,
             '/dagengine.v1.EngineService/Session',
             dagengine_dot_v1_dot_engine__pb2.SessionRequest.SerializeToString,
-            dagengine_dot_v1_dot_engine__pb2.SessionEvents.FromString,
+            dagengine_dot_v1_dot_engine__pb2.SessionReplies.FromString,
             options,
             channel_credentials,
             insecure,

@@ -217,7 +217,50 @@ struct Service {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvents, Status>> + Send>>;
-type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvents, Status>> + Send>>;
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReplies, Status>> + Send>>;
+
+/// Most replies of a session that leave as one message.
+const SESSION_COALESCE: usize = 64;
+
+/// A session's replies as they leave: whatever is ready when the stream is polled goes out
+/// as one message (a client reading many runs' results pays per message, not per byte).
+struct Coalesced {
+    rx: mpsc::Receiver<Result<pb::SessionEvents, Status>>,
+    held: std::collections::VecDeque<Result<pb::SessionEvents, Status>>,
+}
+
+impl Stream for Coalesced {
+    type Item = Result<pb::SessionReplies, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.held.is_empty() {
+            let mut ready = Vec::new();
+            match this.rx.poll_recv_many(cx, &mut ready, SESSION_COALESCE) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(0) => return Poll::Ready(None),
+                Poll::Ready(_) => this.held.extend(ready),
+            }
+        }
+        let mut runs = Vec::new();
+        while let Some(Ok(_)) = this.held.front() {
+            if let Some(Ok(events)) = this.held.pop_front() {
+                runs.push(events);
+            }
+        }
+        if runs.is_empty() {
+            // An error is next: it goes out on its own, after the replies before it.
+            if let Some(Err(status)) = this.held.pop_front() {
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        Poll::Ready(Some(Ok(pb::SessionReplies { runs })))
+    }
+}
 
 /// Whether a run has Python or sub-workflow nodes: the embedding process prepares them,
 /// holding the GIL, so not on an async worker.
@@ -634,7 +677,10 @@ impl EngineService for Service {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(Coalesced {
+            rx,
+            held: std::collections::VecDeque::new(),
+        })))
     }
 
     async fn cancel(
@@ -913,5 +959,49 @@ impl EngineServer {
 impl Drop for EngineServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(run_id: &str) -> pb::SessionEvents {
+        pb::SessionEvents {
+            run_id: run_id.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn ids(replies: &pb::SessionReplies) -> Vec<&str> {
+        replies.runs.iter().map(|r| r.run_id.as_str()).collect()
+    }
+
+    #[test]
+    fn session_replies_ready_together_leave_as_one_message_in_order() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = mpsc::channel(16);
+            let mut out = Coalesced {
+                rx,
+                held: std::collections::VecDeque::new(),
+            };
+            for id in ["a", "b", "c"] {
+                tx.send(Ok(reply(id))).await.unwrap();
+            }
+            assert_eq!(ids(&out.next().await.unwrap().unwrap()), ["a", "b", "c"]);
+            // An error goes out on its own, after the replies before it and before those
+            // after it.
+            tx.send(Ok(reply("d"))).await.unwrap();
+            tx.send(Err(Status::internal("boom"))).await.unwrap();
+            tx.send(Ok(reply("e"))).await.unwrap();
+            assert_eq!(ids(&out.next().await.unwrap().unwrap()), ["d"]);
+            assert_eq!(out.next().await.unwrap().unwrap_err().message(), "boom");
+            assert_eq!(ids(&out.next().await.unwrap().unwrap()), ["e"]);
+            drop(tx);
+            assert!(out.next().await.is_none());
+        });
     }
 }
