@@ -26,6 +26,19 @@ fn spec(kind: NodeKind) -> NodeSpec {
     }
 }
 
+/// Start `plan` on the pool with events on.
+fn start_with_events(plan: Plan) -> RunHandle {
+    start_run(
+        Arc::new(plan),
+        RunConfig {
+            events: true,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap()
+}
+
 fn run(
     plan: Plan,
     cfg: RunConfig,
@@ -229,15 +242,7 @@ fn cancel_interrupts_running_lua_and_cancels_pending() {
         vec![spec(lua("while true do end")), spec(NodeKind::Noop)],
     )
     .unwrap();
-    let h = start_run(
-        Arc::new(plan),
-        RunConfig {
-            events: true,
-            ..Default::default()
-        },
-        None,
-    )
-    .unwrap();
+    let h = start_with_events(plan);
     // Wait until the node has started, then cancel.
     let mut started = false;
     while !started {
@@ -352,15 +357,7 @@ fn cancel_reaches_fan_out_nodes_run_by_the_driver_and_by_the_pool() {
         })
     }));
     let plan = Plan::new(d, nodes).unwrap();
-    let h = start_run(
-        Arc::new(plan),
-        RunConfig {
-            events: true,
-            ..Default::default()
-        },
-        None,
-    )
-    .unwrap();
+    let h = start_with_events(plan);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut quick_done = false;
     while !quick_done {
