@@ -175,8 +175,8 @@ pub(crate) enum InvokeFail {
 /// One execution in one protected call: the arguments are converted (`inputs`, `results`,
 /// and the node and run ids, which through mlua would take a protected call each), then
 /// `arm` runs (the memory limit is armed after the host's values are in) and, if it agrees,
-/// `runner(func, inputs, results, node_id, run_id, attempt)` is called, and a table it
-/// returns is converted to JSON. The call is unprotected inside `exec_raw`'s protected call,
+/// `runner(func, inputs, results, node_id, run_id, attempt)` is called; if it returns,
+/// `disarm` runs and a table it returned is converted to JSON. The call is unprotected inside `exec_raw`'s protected call,
 /// so its errors reach mlua's own message handler and error conversion exactly as
 /// `Function::call`'s would.
 pub(crate) fn invoke(
@@ -186,6 +186,7 @@ pub(crate) fn invoke(
     func: &Function,
     call: &Call<'_>,
     arm: impl FnOnce() -> bool,
+    disarm: impl FnOnce(),
 ) -> Result<Returned, InvokeFail> {
     let mut failed = None;
     let mut armed = true;
@@ -225,7 +226,11 @@ pub(crate) fn invoke(
             }
             called = true;
             ffi::lua_callk(l, 6, 1, 0, None);
-            // Nothing below can raise a Lua error: reading a table does not allocate.
+            // The script is done: its memory limit must not apply to reading its result
+            // (naming a fault pushes string keys again; the stack may have to grow). Past
+            // this point nothing raises a Lua error short of the process running out of
+            // memory, where Rust's own allocations abort it anyway.
+            disarm();
             if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
                 let mut conv = ToJson {
                     array_mt: marker,

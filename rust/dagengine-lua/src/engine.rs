@@ -443,14 +443,22 @@ impl Engine {
             }
             armed.is_ok()
         };
+        let mut disarmed = Ok(());
+        let disarm = || {
+            if limits.max_memory.is_some() {
+                disarmed = lua.set_memory_limit(0).map(drop);
+            }
+        };
         let guard = CancelGuard::new(run, cancel);
-        let outcome = invoke(lua, &self.array_mt, &self.runner, &func, &call, arm);
+        let outcome = invoke(lua, &self.array_mt, &self.runner, &func, &call, arm, disarm);
         drop(guard);
 
         run.active.set(false);
         if limits.max_memory.is_some() {
+            // Already off if the script returned; not if it raised.
             self.lua.set_memory_limit(0).map_err(|e| self.fail(&e))?;
         }
+        disarmed.map_err(|e| self.fail(&e))?;
         let outcome = match outcome {
             Err(InvokeFail::Args(e, root)) => {
                 run.logs.borrow_mut().clear();
