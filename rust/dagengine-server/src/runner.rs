@@ -553,7 +553,14 @@ struct Queued {
     attempt: u32,
     job: LuaJob,
     cancel: Arc<AtomicBool>,
+    /// The driver may take it: false once the driver gave it back unfinished (it is long;
+    /// a pool thread runs it).
+    stealable: bool,
 }
+
+/// How long the driver runs a node it took from the backlog before it gives it back: it
+/// must return to the run's results, timers and cancellations.
+const STEAL_BUDGET: Duration = Duration::from_millis(1);
 
 /// A run's Lua attempts waiting for a thread. Pool threads drain it: at most one pool job
 /// per pool thread takes attempts from the front until none is left (a fan-out of ten
@@ -751,11 +758,21 @@ impl Driver {
             }
             // This run's Lua attempts still waiting for a pool thread (a wide fan-out): run
             // the next one here rather than wait for a thread to get to it.
-            let queued = lock(&self.backlog).queue.pop_front();
-            if let Some(q) = queued {
-                let (node, attempt, result) = self.run_queued(&q);
-                self.fire_timers(sched, out);
-                self.finish_attempt(sched, out, node, attempt, result);
+            let queued = {
+                let mut waiting = lock(&self.backlog);
+                match waiting.queue.front() {
+                    Some(q) if q.stealable => waiting.queue.pop_front(),
+                    _ => None,
+                }
+            };
+            if let Some(mut q) = queued {
+                match self.run_queued(&mut q) {
+                    Some(result) => {
+                        self.fire_timers(sched, out);
+                        self.finish_attempt(sched, out, q.node, q.attempt, result);
+                    }
+                    None => self.give_back(q),
+                }
                 continue;
             }
             // Work in flight usually answers within microseconds (a chain hands each node
@@ -1119,6 +1136,7 @@ impl Driver {
                 attempt,
                 job,
                 cancel,
+                stealable: true,
             });
             if waiting.drainers >= pool.max_threads() {
                 return;
@@ -1133,15 +1151,38 @@ impl Driver {
 
     /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
     /// inline: the run-level flag is the one that can change while the driver is busy here
-    /// (unless the attempt's own token is already set: then it is the one that counts).
-    fn run_queued(&self, q: &Queued) -> (NodeIdx, u32, Result<ExecOk, NodeFailure>) {
+    /// (unless the attempt's own token is already set: then it is the one that counts). It
+    /// gets [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has no effects: it
+    /// can simply run again, on a pool thread).
+    fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
         let flag = if q.cancel.load(Ordering::Relaxed) {
             &*q.cancel
         } else {
             &self.shared.cancel
         };
+        q.job.budget = Some(Instant::now() + STEAL_BUDGET);
         let result = contained(self.plan.dag.id(q.node), || q.job.execute(&self.plan, flag));
-        (q.node, q.attempt, result)
+        q.job.budget = None;
+        match result {
+            Err(f) if f.kind == PREEMPTED => None,
+            result => Some(result),
+        }
+    }
+
+    /// Put an attempt the driver took back at the front of the backlog, for a pool thread.
+    fn give_back(&self, mut q: Queued) {
+        q.stealable = false;
+        let pool = lua_pool();
+        {
+            let mut waiting = lock(&self.backlog);
+            waiting.queue.push_front(q);
+            if waiting.drainers >= pool.max_threads() {
+                return;
+            }
+            waiting.drainers += 1;
+        }
+        let (backlog, tx, plan) = (self.backlog.clone(), self.tx.clone(), self.plan.clone());
+        pool.submit(Box::new(move || drain(&backlog, &plan, &tx)));
     }
 
     /// Run a Lua attempt on this thread; `None` if `budget` ran out first (before it

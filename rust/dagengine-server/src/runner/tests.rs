@@ -385,6 +385,37 @@ fn cancel_reaches_fan_out_nodes_run_by_the_driver_and_by_the_pool() {
 }
 
 #[test]
+fn a_long_node_the_driver_took_is_given_back_and_runs_once() {
+    // Longer than the driver's budget for a node it takes from the backlog: it is
+    // interrupted, given back and run by a pool thread; nobody sees it twice.
+    let width = lua_pool().max_threads() + 4;
+    let mut d = Dag::new();
+    d.add_node("root", []).unwrap();
+    for i in 0..width {
+        d.add_node(&format!("w{i}"), ["root"]).unwrap();
+    }
+    d.preprocess().unwrap();
+    let mut nodes = vec![spec(NodeKind::Noop)];
+    nodes.extend((0..width).map(|_| spec(lua("for _ = 1, 3e6 do end return {id = ctx.node_id}"))));
+    let plan = Plan::new(d, nodes).unwrap();
+    let (o, events) = run(plan, RunConfig::default(), None);
+    assert_eq!(o.status, RunStatus::Succeeded);
+    for (i, rec) in o.nodes[1..].iter().enumerate() {
+        assert_eq!(rec.attempts, 1);
+        assert_eq!(
+            **rec.output.as_ref().unwrap(),
+            serde_json::json!({ "id": format!("w{i}") })
+        );
+    }
+    for node in 1..=width {
+        assert_eq!(
+            node_events(&events, node as NodeIdx),
+            [EventKind::NodeStarted, EventKind::NodeSucceeded]
+        );
+    }
+}
+
+#[test]
 fn a_wide_lua_fan_out_runs_every_node_once() {
     let width = 5_000;
     let mut d = Dag::new();
