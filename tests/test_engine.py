@@ -740,6 +740,52 @@ def test_a_start_cancelled_while_queued_never_reaches_the_engine(
     asyncio.run(main())
 
 
+def test_a_start_cancelled_mid_write_leaves_the_others_runs_going_and_cancels_its_own(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine()
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            stall = asyncio.Event()
+            counting = session._call = _CountingWrites(session._call, stall)
+            spin = asyncio.create_task(session.start(_request(spin_spec())))
+            while not counting.writes:  # its write is in flight (held)
+                await asyncio.sleep(0.01)
+            others = [
+                asyncio.create_task(session.start(_request(GOOD, {"x": i}))) for i in range(3)
+            ]
+            await asyncio.sleep(0.05)  # queued behind the held write
+            spin.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await spin
+            stall.set()
+            for i, task in enumerate(others):
+                _, result = await asyncio.wait_for(_session_result(await task), timeout=10)
+                assert result.outputs["a"] == {"v": i + 1}
+            assert not session.broken
+            # The spin went out before its caller gave up: it is cancelled on the engine.
+            await _until_active_runs(aclient, 0)
+            assert counting.writes[:2] == [1, 3]
+            session.close()
+
+    asyncio.run(main())
+
+
+def test_queued_session_starts_are_grouped_under_the_message_size_limit() -> None:
+    from dagengine.engine import _BATCH_OVERHEAD, _batches
+
+    runs = [(pb.RunRequest(run_id=str(i)), 40) for i in range(5)]
+    per_run = 40 + _BATCH_OVERHEAD
+    groups = list(_batches(runs, limit=2 * per_run))
+    assert [[r.run_id for r in g] for g in groups] == [["0", "1"], ["2", "3"], ["4"]]
+    # A run as large as the limit goes alone; nothing is dropped or reordered.
+    big = [(pb.RunRequest(run_id="a"), 10), (pb.RunRequest(run_id="b"), 100)]
+    groups = list(_batches(big, limit=100))
+    assert [[r.run_id for r in g] for g in groups] == [["a"], ["b"]]
+
+
 # --- engines of their own ---------------------------------------------------------------------
 
 

@@ -752,14 +752,41 @@ def _channel_options(
     return options
 
 
-def _check_size(request: pb.RunRequest, limit: int, address: str) -> None:
-    size = request.ByteSize()
+def _check_size(request: pb.RunRequest, limit: int, address: str) -> int:
+    """The request's size in bytes; ``MessageTooLarge`` if over ``limit``."""
+    size: int = request.ByteSize()
     if size > limit:
         raise MessageTooLarge(
             f"engine {address}: run {request.run_id}: the request is {size} bytes, over the "
             f"client's max_message_bytes of {limit} (inputs are {len(request.inputs_json)} bytes)",
             address=address,
         )
+    return size
+
+
+#: Bytes a run adds to a ``RunBatch`` or ``SessionRequest`` besides its own: a field tag and
+#: a length of up to 5 bytes, twice (the batch in the request, the run in the batch).
+_BATCH_OVERHEAD = 12
+
+
+def _batches(queued: list[tuple[pb.RunRequest, int]], limit: int) -> Iterator[list[pb.RunRequest]]:
+    """``queued`` runs in order, grouped into messages of at most ``limit`` bytes (a run
+    alone is never split off further: its own size was checked against the limit)."""
+    chunk: list[pb.RunRequest] = []
+    total = 0
+    for request, size in queued:
+        if chunk and total + size + _BATCH_OVERHEAD > limit:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(request)
+        total += size + _BATCH_OVERHEAD
+    if chunk:
+        yield chunk
+
+
+def _ignore_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _grpc_timeout(deadline_unix: float) -> float | None:
@@ -1235,7 +1262,7 @@ class AsyncEngineSession:
         self._writing = asyncio.Lock()  # grpc.aio allows one write at a time
         # Runs started while a write is in flight go out together in the next one: a write
         # costs its caller far more than the bytes in it.
-        self._queued: list[pb.RunRequest] = []
+        self._queued: list[tuple[pb.RunRequest, int]] = []  # with their sizes
         self._batches = 0  # batches written (or being written) so far
         self._broken: EngineError | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -1246,30 +1273,56 @@ class AsyncEngineSession:
         return self._broken is not None
 
     async def start(self, request: pb.RunRequest) -> SessionRun:
-        """Send a run; its events come through the returned :class:`SessionRun`."""
+        """Send a run; its events come through the returned :class:`SessionRun`. If the
+        caller is cancelled here, the run is cancelled too (taken out of the batch it was
+        waiting in, or cancelled on the engine once sent)."""
         if self._broken is not None:
             raise self._broken
-        _check_size(request, self._client.max_message_bytes, self.address)
+        size = _check_size(request, self._client.max_message_bytes, self.address)
         if request.run_id in self._runs:
             raise InvalidRequest(
                 f"engine {self.address}: run {request.run_id} is already on this session",
                 address=self.address,
             )
         run = self._runs[request.run_id] = SessionRun(self, request.run_id)
-        self._queued.append(request)
+        self._queued.append((request, size))
         batch = self._batches + 1  # the write this request goes out in
         try:
-            async with self._writing:
-                if self._batches < batch:  # nobody has sent it along with theirs yet
-                    queued, self._queued = self._queued, []
-                    self._batches += 1
-                    await self._call.write(
-                        pb.SessionRequest(run=queued[0])
-                        if len(queued) == 1
-                        else pb.SessionRequest(runs=pb.RunBatch(runs=queued))
-                    )
+            await self._writing.acquire()
+        except asyncio.CancelledError:
+            self._abandon(request)
+            raise
+        if self._batches >= batch:  # it went out with an earlier caller's write
+            self._writing.release()
+        else:
+            queued, self._queued = self._queued, []
+            self._batches += 1
+            # The write is a task of its own: if this caller is cancelled, the others'
+            # runs in it still go out (cancelling a grpc.aio write cancels the whole call),
+            # and the lock is released when it ends.
+            write = asyncio.ensure_future(self._write_runs(queued))
+            write.add_done_callback(self._written)
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                self._abandon(request)
+                raise
+        if self._broken is not None and request.run_id not in self._runs:
+            # The write that carried it (someone else's) failed and broke the session.
+            raise self._broken
+        return run
+
+    async def _write_runs(self, queued: list[tuple[pb.RunRequest, int]]) -> None:
+        """Send queued runs, as few messages as the size limit allows; a failed write
+        breaks the session (every run on it fails)."""
+        try:
+            for chunk in _batches(queued, self._client.max_message_bytes):
+                await self._call.write(
+                    pb.SessionRequest(run=chunk[0])
+                    if len(chunk) == 1
+                    else pb.SessionRequest(runs=pb.RunBatch(runs=chunk))
+                )
         except (grpc.RpcError, asyncio.InvalidStateError) as err:
-            self._forget(request.run_id)
             error = (
                 _session_broke(err, self.address)
                 if isinstance(err, grpc.RpcError)
@@ -1277,28 +1330,36 @@ class AsyncEngineSession:
             )
             self._break(error)
             raise error from None
-        except asyncio.CancelledError:
-            # Still waiting to go out: it never will. (Once taken into a write, it is the
-            # engine's, like a run whose own write was cancelled midway.)
-            self._unqueue(request)
-            raise
-        if self._broken is not None and request.run_id not in self._runs:
-            # The write that carried it (someone else's) failed and broke the session.
-            raise self._broken
-        return run
 
-    def _unqueue(self, request: pb.RunRequest) -> None:
-        for i, queued in enumerate(self._queued):
+    def _written(self, write: asyncio.Future[None]) -> None:
+        self._writing.release()
+        if not write.cancelled():
+            write.exception()  # retrieved: a caller that was cancelled meanwhile never will
+
+    def _abandon(self, request: pb.RunRequest) -> None:
+        """The caller of ``start`` gave up: take the run out of the queue, or, if it went
+        out already, cancel it on the engine. Either way this session forgets it."""
+        for i, (queued, _) in enumerate(self._queued):
             if queued is request:
                 del self._queued[i]
                 self._forget(request.run_id)
                 return
+        self._forget(request.run_id)
+        if self._broken is None:
+            task = asyncio.ensure_future(self.cancel(request.run_id))
+            task.add_done_callback(_ignore_outcome)
 
     async def cancel(self, run_id: str) -> None:
-        """Ask the engine to cancel a run of this session (no answer: see ``Cancel``)."""
-        if self._broken is None:
-            async with self._writing:
-                await self._call.write(pb.SessionRequest(cancel=pb.CancelRequest(run_id=run_id)))
+        """Ask the engine to cancel a run of this session (no answer: see ``Cancel``). It
+        goes out after every start sent before it."""
+        if self._broken is not None:
+            return
+        await self._writing.acquire()
+        write = asyncio.ensure_future(
+            self._call.write(pb.SessionRequest(cancel=pb.CancelRequest(run_id=run_id)))
+        )
+        write.add_done_callback(self._written)
+        await asyncio.shield(write)
 
     def close(self) -> None:
         """End the session: the engine cancels the runs still on it; they fail here with

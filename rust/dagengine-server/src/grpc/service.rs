@@ -222,6 +222,10 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReplies, Status
 /// Most replies of a session that leave as one message.
 const SESSION_COALESCE: usize = 64;
 
+/// Most bytes of replies coalesced into one message (a reply larger than this still goes
+/// out, alone): well under the 4 MiB a gRPC client accepts by default.
+const SESSION_COALESCE_BYTES: usize = 1 << 20;
+
 /// A session's replies as they leave: whatever is ready when the stream is polled goes out
 /// as one message (a client reading many runs' results pays per message, not per byte).
 struct Coalesced {
@@ -247,7 +251,13 @@ impl Stream for Coalesced {
             }
         }
         let mut runs = Vec::new();
-        while let Some(Ok(_)) = this.held.front() {
+        let mut bytes = 0;
+        while let Some(Ok(next)) = this.held.front() {
+            let size = prost::Message::encoded_len(next) + 8; // + its tag and length
+            if !runs.is_empty() && bytes + size > SESSION_COALESCE_BYTES {
+                break; // the rest go out in the next message
+            }
+            bytes += size;
             if let Some(Ok(events)) = this.held.pop_front() {
                 runs.push(events);
             }
@@ -1000,6 +1010,21 @@ mod tests {
             assert_eq!(ids(&out.next().await.unwrap().unwrap()), ["d"]);
             assert_eq!(out.next().await.unwrap().unwrap_err().message(), "boom");
             assert_eq!(ids(&out.next().await.unwrap().unwrap()), ["e"]);
+            // Big replies are not piled into one message past the byte bound.
+            let big = |id: &str| pb::SessionEvents {
+                run_id: id.to_owned(),
+                events: vec![pb::RunEvent {
+                    message: "x".repeat(SESSION_COALESCE_BYTES / 2),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            for id in ["f", "g", "h"] {
+                tx.send(Ok(big(id))).await.unwrap();
+            }
+            assert_eq!(ids(&out.next().await.unwrap().unwrap()), ["f"]);
+            assert_eq!(ids(&out.next().await.unwrap().unwrap()), ["g"]);
+            assert_eq!(ids(&out.next().await.unwrap().unwrap()), ["h"]);
             drop(tx);
             assert!(out.next().await.is_none());
         });
