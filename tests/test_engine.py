@@ -786,6 +786,47 @@ def test_queued_session_starts_are_grouped_under_the_message_size_limit() -> Non
     assert [[r.run_id for r in g] for g in groups] == [["a"], ["b"]]
 
 
+def test_a_session_with_an_engine_of_another_protocol_fails_instead_of_hanging() -> None:
+    """Stand-in for an engine of an older dagengine (session protocol 1): a grpcio server
+    whose Session sends its headers at once, as tonic does, without a protocol, then takes
+    requests and never answers."""
+
+    async def main() -> None:
+        async def session(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.send_initial_metadata(())
+            async for _ in requests:
+                pass
+            if False:  # an async generator that yields nothing
+                yield b""
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "dagengine.v1.EngineService",
+                    {"Session": grpc.stream_stream_rpc_method_handler(session)},
+                ),
+            )
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with AsyncEngineClient(f"127.0.0.1:{port}", timeout=30) as aclient:
+                session_ = aclient.session()
+
+                async def start_and_wait() -> None:
+                    run = await session_.start(_request(GOOD))
+                    await asyncio.wait_for(_session_result(run), timeout=10)
+
+                with pytest.raises(EngineUnavailable, match="session protocol 1"):
+                    await start_and_wait()
+                assert session_.broken
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+
+
 # --- engines of their own ---------------------------------------------------------------------
 
 

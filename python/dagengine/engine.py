@@ -764,6 +764,11 @@ def _check_size(request: pb.RunRequest, limit: int, address: str) -> int:
     return size
 
 
+#: The session protocol this client speaks, as the engine states it in the ``Session``
+#: call's initial metadata (2: batched starts, coalesced replies).
+_SESSION_PROTOCOL_HEADER = "dagengine-session-protocol"
+_SESSION_PROTOCOL = "2"
+
 #: Bytes a run adds to a ``RunBatch`` or ``SessionRequest`` besides its own: a field tag and
 #: a length of up to 5 bytes, twice (the batch in the request, the run in the batch).
 _BATCH_OVERHEAD = 12
@@ -1380,6 +1385,22 @@ class AsyncEngineSession:
     async def _read(self) -> None:
         error: EngineError
         try:
+            metadata = await self._call.initial_metadata()
+            value = dict(metadata or ()).get(_SESSION_PROTOCOL_HEADER)
+            spoken = value.decode() if isinstance(value, bytes) else value
+            if spoken != _SESSION_PROTOCOL and not self._call.done():  # (done: it failed)
+                # An engine of another dagengine version: it would not understand batched
+                # starts, or we its replies. Fail the runs now rather than wait for them.
+                self._break(
+                    EngineUnavailable(
+                        f"engine {self.address} speaks session protocol {spoken or '1'}, "
+                        f"this client {_SESSION_PROTOCOL}: run the same dagengine version on "
+                        "engines and orchestrator",
+                        address=self.address,
+                    )
+                )
+                self._call.cancel()
+                return
             async for replies in self._call:
                 for msg in replies.runs:
                     run = self._runs.get(msg.run_id)

@@ -380,8 +380,14 @@ class RemoteBackend:
 
     def cancel(self, run_id: str) -> None:
         async def cancel() -> None:
+            session = self._session
             try:
-                await self._client.cancel(run_id)
+                if session is not None and not session.broken:
+                    # On the stream its start went out on: it cannot overtake the start (a
+                    # Cancel call could, and the engine would drop it as unknown).
+                    await session.cancel(run_id)
+                else:
+                    await self._client.cancel(run_id)
             except EngineUnavailable:
                 # Gone anyway: its stream breaks and the run is settled then.
                 self.abandon(run_id)

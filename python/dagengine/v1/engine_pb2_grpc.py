@@ -95,7 +95,10 @@ class EngineServiceServicer:
         or more runs, the events Run would have sent (or the run's refusal), one SessionEvents
         per run, in order. The stream ending or breaking ends every run still active on it,
         like a Run caller hanging up; runs go on after the client only half-closes, and the
-        replies end when the last of them has.
+        replies end when the last of them has. The engine states the session protocol it
+        speaks in the call's initial metadata, `dagengine-session-protocol: 2` (batched starts,
+        coalesced replies); a client that finds another one (or none: an older engine) fails
+        the session's runs instead of waiting for replies that will not come.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -219,6 +219,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Sen
 type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvents, Status>> + Send>>;
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReplies, Status>> + Send>>;
 
+/// The session protocol: 2 = runs may come batched (`SessionRequest.runs`) and replies
+/// leave coalesced (`SessionReplies`).
+const SESSION_PROTOCOL_HEADER: &str = "dagengine-session-protocol";
+const SESSION_PROTOCOL: &str = "2";
+
 /// Most replies of a session that leave as one message.
 const SESSION_COALESCE: usize = 64;
 
@@ -687,10 +692,17 @@ impl EngineService for Service {
                 }
             }
         });
-        Ok(Response::new(Box::pin(Coalesced {
+        let mut response = Response::new(Box::pin(Coalesced {
             rx,
             held: std::collections::VecDeque::new(),
-        })))
+        }) as SessionStream);
+        // Which session protocol this engine speaks: a client that needs another one
+        // says so instead of waiting for replies that will not come.
+        response.metadata_mut().insert(
+            SESSION_PROTOCOL_HEADER,
+            tonic::metadata::MetadataValue::from_static(SESSION_PROTOCOL),
+        );
+        Ok(response)
     }
 
     async fn cancel(
