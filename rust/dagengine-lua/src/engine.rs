@@ -443,10 +443,10 @@ impl Engine {
             }
             armed.is_ok()
         };
-        let mut disarmed = Ok(());
+        let mut disarmed = None;
         let disarm = || {
             if limits.max_memory.is_some() {
-                disarmed = lua.set_memory_limit(0).map(drop);
+                disarmed = Some(lua.set_memory_limit(0).map(drop));
             }
         };
         let guard = CancelGuard::new(run, cancel);
@@ -454,11 +454,14 @@ impl Engine {
         drop(guard);
 
         run.active.set(false);
-        if limits.max_memory.is_some() {
-            // Already off if the script returned; not if it raised.
-            self.lua.set_memory_limit(0).map_err(|e| self.fail(&e))?;
+        match disarmed {
+            Some(done) => done.map_err(|e| self.fail(&e))?,
+            // The script raised (or never ran): the limit is still on.
+            None if limits.max_memory.is_some() => {
+                self.lua.set_memory_limit(0).map_err(|e| self.fail(&e))?;
+            }
+            None => {}
         }
-        disarmed.map_err(|e| self.fail(&e))?;
         let outcome = match outcome {
             Err(InvokeFail::Args(e, root)) => {
                 run.logs.borrow_mut().clear();
