@@ -575,6 +575,16 @@ struct Waiting {
     drainers: usize,
 }
 
+/// The failure of a waiting attempt whose run stopped (or that was aborted) before it
+/// started: it does not run at all.
+fn never_started(plan: &Plan, node: NodeIdx) -> NodeFailure {
+    NodeFailure::new(
+        "RunCancelled",
+        format!("node '{}' was cancelled", plan.dag.id(node)),
+        false,
+    )
+}
+
 /// A pool job: run the run's waiting Lua attempts until none is left.
 fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
     loop {
@@ -586,7 +596,11 @@ fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
             };
             q
         };
-        let result = contained(plan.dag.id(q.node), || q.job.execute(plan, &q.cancel));
+        let result = if q.cancel.load(Ordering::Relaxed) {
+            Err(never_started(plan, q.node))
+        } else {
+            contained(plan.dag.id(q.node), || q.job.execute(plan, &q.cancel))
+        };
         let _ = tx.send(Msg::Done {
             node: q.node,
             attempt: q.attempt,
@@ -1025,11 +1039,7 @@ impl Driver {
                             NodeKind::Noop => false,
                         };
                         if abandon {
-                            let failure = NodeFailure::new(
-                                "RunCancelled",
-                                format!("node '{}' was cancelled", self.plan.dag.id(node)),
-                                false,
-                            );
+                            let failure = never_started(&self.plan, node);
                             self.finish_attempt(sched, out, node, attempt, Err(failure));
                         }
                     }
@@ -1151,15 +1161,14 @@ impl Driver {
 
     /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
     /// inline: the run-level flag is the one that can change while the driver is busy here
-    /// (unless the attempt's own token is already set: then it is the one that counts). It
-    /// gets [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has no effects: it
+    /// (if the attempt's own token is already set, it does not run at all). It gets
+    /// [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has no effects: it
     /// can simply run again, on a pool thread).
     fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
-        let flag = if q.cancel.load(Ordering::Relaxed) {
-            &*q.cancel
-        } else {
-            &self.shared.cancel
-        };
+        if q.cancel.load(Ordering::Relaxed) {
+            return Some(Err(never_started(&self.plan, q.node)));
+        }
+        let flag = &self.shared.cancel;
         q.job.budget = Some(Instant::now() + STEAL_BUDGET);
         let result = contained(self.plan.dag.id(q.node), || q.job.execute(&self.plan, flag));
         q.job.budget = None;

@@ -416,6 +416,50 @@ fn a_long_node_the_driver_took_is_given_back_and_runs_once() {
 }
 
 #[test]
+fn waiting_lua_nodes_of_a_stopped_run_end_cancelled() {
+    // fail_fast: the first node to run fails at once (the one the driver keeps for itself
+    // or the first in the backlog: both fail); of the others, only those a pool thread had
+    // already started may finish; the rest end cancelled (and are not run at all).
+    let width = 300;
+    let mut d = Dag::new();
+    d.add_node("root", []).unwrap();
+    for i in 0..width {
+        d.add_node(&format!("w{i}"), ["root"]).unwrap();
+    }
+    d.preprocess().unwrap();
+    let mut nodes = vec![spec(NodeKind::Noop)];
+    nodes.extend((0..width).map(|i| {
+        spec(lua(if i == 0 || i + 1 == width {
+            "error('boom')"
+        } else {
+            "return {}"
+        }))
+    }));
+    let plan = Plan::new(d, nodes).unwrap();
+    let cfg = RunConfig {
+        options: RunOptions {
+            fail_fast: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (o, _) = run(plan, cfg, None);
+    assert_eq!(o.status, RunStatus::Failed);
+    let count = |s: NodeState| o.nodes.iter().filter(|r| r.status == s).count();
+    assert!((1..=2).contains(&count(NodeState::Failed)));
+    assert!(
+        count(NodeState::Cancelled) > width / 2,
+        "succeeded {}, cancelled {}",
+        count(NodeState::Succeeded),
+        count(NodeState::Cancelled)
+    );
+    assert_eq!(
+        count(NodeState::Failed) + count(NodeState::Succeeded) + count(NodeState::Cancelled),
+        width + 1
+    );
+}
+
+#[test]
 fn a_wide_lua_fan_out_runs_every_node_once() {
     let width = 5_000;
     let mut d = Dag::new();
