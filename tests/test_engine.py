@@ -827,6 +827,26 @@ def test_a_session_with_an_engine_of_another_protocol_fails_instead_of_hanging()
     asyncio.run(main())
 
 
+def test_a_cancel_sent_while_a_python_run_is_being_prepared_still_cancels_it(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    """Runs with Python nodes are prepared off the session's intake (the import takes a
+    second here) and registered after; a cancel right behind the start must not be lost."""
+    engine = start_engine()
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            spec = {"id": "slow", "nodes": [{"id": "hold", "python": "slow_import_tasks:hold"}]}
+            run = await session.start(_request(spec))
+            await session.cancel(run.run_id)
+            _, result = await asyncio.wait_for(_session_result(run), timeout=15)
+            assert result.status is RunStatus.CANCELLED
+            session.close()
+
+    asyncio.run(main())
+
+
 # --- engines of their own ---------------------------------------------------------------------
 
 

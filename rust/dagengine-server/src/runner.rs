@@ -609,7 +609,7 @@ fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Nothing panics while holding these locks; a poisoned one is still consistent.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

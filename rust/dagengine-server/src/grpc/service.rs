@@ -23,7 +23,7 @@ use super::convert::{self, HostNode, InvalidField, RunTag};
 use super::pb;
 use super::pb::engine_service_server::{EngineService, EngineServiceServer};
 use crate::runner::{
-    start_run, start_run_inline, EventKind, ExternalExecutor, Plan, RunConfig, RunHandle,
+    lock, start_run, start_run_inline, EventKind, ExternalExecutor, Plan, RunConfig, RunHandle,
 };
 use crate::runtime::runtime;
 
@@ -223,6 +223,9 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReplies, Status
 /// leave coalesced (`SessionReplies`).
 const SESSION_PROTOCOL_HEADER: &str = "dagengine-session-protocol";
 const SESSION_PROTOCOL: &str = "2";
+
+/// A session's runs still being prepared, by id, and whether a cancel came for them.
+type Launching = Arc<Mutex<HashMap<String, bool>>>;
 
 /// Most replies of a session that leave as one message.
 const SESSION_COALESCE: usize = 64;
@@ -502,10 +505,23 @@ impl Service {
         &self,
         run: pb::RunRequest,
         tx: &mpsc::Sender<Result<pb::SessionEvents, Status>>,
+        launching: &Launching,
     ) -> bool {
         if needs_host(&run) {
-            let (svc, tx) = (self.clone(), tx.clone());
-            tokio::spawn(async move { svc.launch_in_session(run, &tx).await });
+            let (svc, tx, launching) = (self.clone(), tx.clone(), launching.clone());
+            let run_id = run.run_id.clone();
+            lock(&launching).insert(run_id.clone(), false);
+            tokio::spawn(async move {
+                svc.launch_in_session(run, &tx).await;
+                // Registered now (or refused): a cancel that came while it was being
+                // prepared found nothing to cancel and was kept.
+                if lock(&launching).remove(&run_id) == Some(true) {
+                    let handle = svc.engine.active().runs.get(&run_id).cloned();
+                    if let Some(h) = handle {
+                        h.cancel();
+                    }
+                }
+            });
             true
         } else {
             self.launch_in_session(run, tx).await
@@ -655,6 +671,9 @@ impl EngineService for Service {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let svc = self.clone();
+        // Runs being prepared on tasks of their own (Python nodes), not yet registered: a
+        // cancel that comes meanwhile is kept here and applied once they are.
+        let launching = Launching::default();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -673,8 +692,13 @@ impl EngineService for Service {
                     Some(pb::session_request::Kind::Runs(batch)) => batch.runs,
                     Some(pb::session_request::Kind::Cancel(c)) => {
                         let handle = svc.engine.active().runs.get(&c.run_id).cloned();
-                        if let Some(h) = handle {
-                            h.cancel();
+                        match handle {
+                            Some(h) => h.cancel(),
+                            None => {
+                                if let Some(cancelled) = lock(&launching).get_mut(&c.run_id) {
+                                    *cancelled = true;
+                                }
+                            }
                         }
                         continue;
                     }
@@ -682,7 +706,7 @@ impl EngineService for Service {
                 };
                 let mut open = true;
                 for run in runs {
-                    open = svc.session_run(run, &tx).await;
+                    open = svc.session_run(run, &tx, &launching).await;
                     if !open {
                         break;
                     }
