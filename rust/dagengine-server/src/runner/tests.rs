@@ -331,32 +331,49 @@ fn parallel_lua_nodes_all_run() {
     );
 }
 
+/// A no-op root and `width` nodes under it, node `i + 1` of kind `kind(i)`.
+fn fan_out(width: usize, kind: impl Fn(usize) -> NodeKind) -> Plan {
+    let mut d = Dag::new();
+    d.add_node("root", []).unwrap();
+    for i in 0..width {
+        d.add_node(&format!("w{i}"), ["root"]).unwrap();
+    }
+    d.preprocess().unwrap();
+    let mut nodes = vec![spec(NodeKind::Noop)];
+    nodes.extend((0..width).map(|i| spec(kind(i))));
+    Plan::new(d, nodes).unwrap()
+}
+
+/// Every node under the root ran once and returned `{id = ctx.node_id}`.
+fn assert_each_ran_once_with_its_id(o: &RunOutcome) {
+    assert_eq!(o.status, RunStatus::Succeeded);
+    for (i, rec) in o.nodes[1..].iter().enumerate() {
+        assert_eq!(rec.attempts, 1);
+        assert_eq!(
+            **rec.output.as_ref().unwrap(),
+            serde_json::json!({ "id": format!("w{i}") })
+        );
+    }
+}
+
 #[test]
 fn cancel_reaches_fan_out_nodes_run_by_the_driver_and_by_the_pool() {
     // More endless nodes than pool threads: some run on the pool; the driver runs the quick
     // node it keeps for itself, then takes the next waiting endless one; the rest wait. A
     // cancel must stop all of them.
     let width = lua_pool().max_threads() + 3;
-    let mut d = Dag::new();
-    d.add_node("root", []).unwrap();
-    for i in 0..width {
-        d.add_node(&format!("spin{i}"), ["root"]).unwrap();
-    }
-    d.preprocess().unwrap();
-    let mut nodes = vec![spec(NodeKind::Noop)];
-    nodes.extend((0..width).map(|i| {
+    let plan = fan_out(width, |i| {
         // The last ready node is the one the driver keeps (work-first).
         let src = if i + 1 == width {
             "return {}"
         } else {
             "while true do end"
         };
-        spec(NodeKind::Lua {
+        NodeKind::Lua {
             script: LuaScript::new(src),
             limits: LuaLimits::UNLIMITED,
-        })
-    }));
-    let plan = Plan::new(d, nodes).unwrap();
+        }
+    });
     let h = start_with_events(plan);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut quick_done = false;
@@ -389,24 +406,11 @@ fn a_long_node_the_driver_took_is_given_back_and_runs_once() {
     // Longer than the driver's budget for a node it takes from the backlog: it is
     // interrupted, given back and run by a pool thread; nobody sees it twice.
     let width = lua_pool().max_threads() + 4;
-    let mut d = Dag::new();
-    d.add_node("root", []).unwrap();
-    for i in 0..width {
-        d.add_node(&format!("w{i}"), ["root"]).unwrap();
-    }
-    d.preprocess().unwrap();
-    let mut nodes = vec![spec(NodeKind::Noop)];
-    nodes.extend((0..width).map(|_| spec(lua("for _ = 1, 3e6 do end return {id = ctx.node_id}"))));
-    let plan = Plan::new(d, nodes).unwrap();
+    let plan = fan_out(width, |_| {
+        lua("for _ = 1, 3e6 do end return {id = ctx.node_id}")
+    });
     let (o, events) = run(plan, RunConfig::default(), None);
-    assert_eq!(o.status, RunStatus::Succeeded);
-    for (i, rec) in o.nodes[1..].iter().enumerate() {
-        assert_eq!(rec.attempts, 1);
-        assert_eq!(
-            **rec.output.as_ref().unwrap(),
-            serde_json::json!({ "id": format!("w{i}") })
-        );
-    }
+    assert_each_ran_once_with_its_id(&o);
     for node in 1..=width {
         assert_eq!(
             node_events(&events, node as NodeIdx),
@@ -421,21 +425,13 @@ fn waiting_lua_nodes_of_a_stopped_run_end_cancelled() {
     // or the first in the backlog: both fail); of the others, only those a pool thread had
     // already started may finish; the rest end cancelled (and are not run at all).
     let width = 300;
-    let mut d = Dag::new();
-    d.add_node("root", []).unwrap();
-    for i in 0..width {
-        d.add_node(&format!("w{i}"), ["root"]).unwrap();
-    }
-    d.preprocess().unwrap();
-    let mut nodes = vec![spec(NodeKind::Noop)];
-    nodes.extend((0..width).map(|i| {
-        spec(lua(if i == 0 || i + 1 == width {
+    let plan = fan_out(width, |i| {
+        lua(if i == 0 || i + 1 == width {
             "error('boom')"
         } else {
             "return {}"
-        }))
-    }));
-    let plan = Plan::new(d, nodes).unwrap();
+        })
+    });
     let cfg = RunConfig {
         options: RunOptions {
             fail_fast: true,
@@ -462,24 +458,9 @@ fn waiting_lua_nodes_of_a_stopped_run_end_cancelled() {
 #[test]
 fn a_wide_lua_fan_out_runs_every_node_once() {
     let width = 5_000;
-    let mut d = Dag::new();
-    d.add_node("root", []).unwrap();
-    for i in 0..width {
-        d.add_node(&format!("w{i}"), ["root"]).unwrap();
-    }
-    d.preprocess().unwrap();
-    let mut nodes = vec![spec(NodeKind::Noop)];
-    nodes.extend((0..width).map(|_| spec(lua("return {id = ctx.node_id}"))));
-    let plan = Plan::new(d, nodes).unwrap();
+    let plan = fan_out(width, |_| lua("return {id = ctx.node_id}"));
     let (o, events) = run(plan, RunConfig::default(), None);
-    assert_eq!(o.status, RunStatus::Succeeded);
-    for (i, rec) in o.nodes[1..].iter().enumerate() {
-        assert_eq!(rec.attempts, 1);
-        assert_eq!(
-            **rec.output.as_ref().unwrap(),
-            serde_json::json!({ "id": format!("w{i}") })
-        );
-    }
+    assert_each_ran_once_with_its_id(&o);
     let started = events
         .iter()
         .filter(|e| e.kind == EventKind::NodeStarted)
