@@ -547,10 +547,9 @@ struct Driver {
     backlog: Backlog,
 }
 
-/// A Lua attempt handed to the pool, waiting for a thread.
+/// A Lua attempt handed to the pool, waiting for a thread (its node and attempt are the
+/// job's).
 struct Queued {
-    node: NodeIdx,
-    attempt: u32,
     job: LuaJob,
     cancel: Arc<AtomicBool>,
     /// The driver may take it: false once the driver gave it back unfinished (it is long;
@@ -596,14 +595,15 @@ fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
             };
             q
         };
+        let (node, attempt) = (q.job.node, q.job.attempt);
         let result = if q.cancel.load(Ordering::Relaxed) {
-            Err(never_started(plan, q.node))
+            Err(never_started(plan, node))
         } else {
-            contained(plan.dag.id(q.node), || q.job.execute(plan, &q.cancel))
+            contained(plan.dag.id(node), || q.job.execute(plan, &q.cancel))
         };
         let _ = tx.send(Msg::Done {
-            node: q.node,
-            attempt: q.attempt,
+            node,
+            attempt,
             result,
         });
     }
@@ -780,12 +780,13 @@ impl Driver {
                 }
             };
             if let Some(mut q) = queued {
-                match self.run_queued(&mut q) {
-                    Some(result) => {
-                        self.fire_timers(sched, out);
-                        self.finish_attempt(sched, out, q.node, q.attempt, result);
-                    }
-                    None => self.give_back(q),
+                if let Some(result) = self.run_queued(&mut q) {
+                    self.fire_timers(sched, out);
+                    self.finish_attempt(sched, out, q.job.node, q.job.attempt, result);
+                } else {
+                    // Long: a pool thread runs it from the start.
+                    q.stealable = false;
+                    self.enqueue(q, true);
                 }
                 continue;
             }
@@ -1138,53 +1139,25 @@ impl Driver {
     fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {
         let cancel = self.new_token(node);
         let job = self.lua_job(node, attempt);
+        let q = Queued {
+            job,
+            cancel,
+            stealable: true,
+        };
+        self.enqueue(q, false);
+    }
+
+    /// Put an attempt in the backlog (at the front: one the driver gives back), and start a
+    /// pool job to drain it unless one per pool thread is at it already.
+    fn enqueue(&self, q: Queued, front: bool) {
         let pool = lua_pool();
         {
             let mut waiting = lock(&self.backlog);
-            waiting.queue.push_back(Queued {
-                node,
-                attempt,
-                job,
-                cancel,
-                stealable: true,
-            });
-            if waiting.drainers >= pool.max_threads() {
-                return;
+            if front {
+                waiting.queue.push_front(q);
+            } else {
+                waiting.queue.push_back(q);
             }
-            waiting.drainers += 1;
-        }
-        let backlog = self.backlog.clone();
-        let tx = self.tx.clone();
-        let plan = self.plan.clone();
-        pool.submit(Box::new(move || drain(&backlog, &plan, &tx)));
-    }
-
-    /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
-    /// inline: the run-level flag is the one that can change while the driver is busy here
-    /// (if the attempt's own token is already set, it does not run at all). It gets
-    /// [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has no effects: it
-    /// can simply run again, on a pool thread).
-    fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
-        if q.cancel.load(Ordering::Relaxed) {
-            return Some(Err(never_started(&self.plan, q.node)));
-        }
-        let flag = &self.shared.cancel;
-        q.job.budget = Some(Instant::now() + STEAL_BUDGET);
-        let result = contained(self.plan.dag.id(q.node), || q.job.execute(&self.plan, flag));
-        q.job.budget = None;
-        match result {
-            Err(f) if f.kind == PREEMPTED => None,
-            result => Some(result),
-        }
-    }
-
-    /// Put an attempt the driver took back at the front of the backlog, for a pool thread.
-    fn give_back(&self, mut q: Queued) {
-        q.stealable = false;
-        let pool = lua_pool();
-        {
-            let mut waiting = lock(&self.backlog);
-            waiting.queue.push_front(q);
             if waiting.drainers >= pool.max_threads() {
                 return;
             }
@@ -1192,6 +1165,32 @@ impl Driver {
         }
         let (backlog, tx, plan) = (self.backlog.clone(), self.tx.clone(), self.plan.clone());
         pool.submit(Box::new(move || drain(&backlog, &plan, &tx)));
+    }
+
+    /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
+    /// inline ([`Driver::run_here`]; if the attempt's own token is already set, it does not
+    /// run at all). It gets [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has
+    /// no effects: it can simply run again, on a pool thread).
+    fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
+        if q.cancel.load(Ordering::Relaxed) {
+            return Some(Err(never_started(&self.plan, q.job.node)));
+        }
+        q.job.budget = Some(Instant::now() + STEAL_BUDGET);
+        let result = self.run_here(&q.job);
+        q.job.budget = None;
+        result
+    }
+
+    /// Execute a Lua attempt on the driver's thread under its budget: the run-level cancel
+    /// flag is the one that can change while the driver is busy here. `None` if the budget
+    /// ran out first.
+    fn run_here(&self, job: &LuaJob) -> Option<Result<ExecOk, NodeFailure>> {
+        match contained(self.plan.dag.id(job.node), || {
+            job.execute(&self.plan, &self.shared.cancel)
+        }) {
+            Err(f) if f.kind == PREEMPTED => None,
+            result => Some(result),
+        }
     }
 
     /// Run a Lua attempt on this thread; `None` if `budget` ran out first (before it
@@ -1207,14 +1206,7 @@ impl Driver {
         }
         let mut job = self.lua_job(node, attempt);
         job.budget = budget;
-        // Inline, the run-level flag is the one that can change while we are busy here.
-        let shared = self.shared.clone();
-        match contained(self.plan.dag.id(node), || {
-            job.execute(&self.plan, &shared.cancel)
-        }) {
-            Err(f) if f.kind == PREEMPTED => None,
-            result => Some(result),
-        }
+        self.run_here(&job)
     }
 
     fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
