@@ -148,6 +148,15 @@ impl Engine {
         Ok(entry)
     }
 
+    /// Cancel the run `run_id` if it is active here; whether it was.
+    fn cancel_run(&self, run_id: &str) -> bool {
+        let handle = self.active().runs.get(run_id).cloned();
+        if let Some(h) = &handle {
+            h.cancel();
+        }
+        handle.is_some()
+    }
+
     fn active(&self) -> MutexGuard<'_, Active> {
         self.active
             .lock()
@@ -516,10 +525,7 @@ impl Service {
                 // Registered now (or refused): a cancel that came while it was being
                 // prepared found nothing to cancel and was kept.
                 if lock(&launching).remove(&run_id) == Some(true) {
-                    let handle = svc.engine.active().runs.get(&run_id).cloned();
-                    if let Some(h) = handle {
-                        h.cancel();
-                    }
+                    svc.engine.cancel_run(&run_id);
                 }
             });
             true
@@ -691,13 +697,9 @@ impl EngineService for Service {
                     Some(pb::session_request::Kind::Run(run)) => vec![run],
                     Some(pb::session_request::Kind::Runs(batch)) => batch.runs,
                     Some(pb::session_request::Kind::Cancel(c)) => {
-                        let handle = svc.engine.active().runs.get(&c.run_id).cloned();
-                        match handle {
-                            Some(h) => h.cancel(),
-                            None => {
-                                if let Some(cancelled) = lock(&launching).get_mut(&c.run_id) {
-                                    *cancelled = true;
-                                }
+                        if !svc.engine.cancel_run(&c.run_id) {
+                            if let Some(cancelled) = lock(&launching).get_mut(&c.run_id) {
+                                *cancelled = true;
                             }
                         }
                         continue;
@@ -734,12 +736,8 @@ impl EngineService for Service {
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let run_id = request.into_inner().run_id;
-        let handle = self.engine.active().runs.get(&run_id).cloned();
-        if let Some(h) = &handle {
-            h.cancel();
-        }
         Ok(Response::new(pb::CancelResponse {
-            found: handle.is_some(),
+            found: self.engine.cancel_run(&run_id),
         }))
     }
 
