@@ -232,12 +232,7 @@ pub(crate) fn invoke(
             // memory, where Rust's own allocations abort it anyway.
             disarm();
             if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
-                let mut conv = ToJson {
-                    array_mt: marker,
-                    stack: Vec::new(),
-                    careful: false,
-                };
-                converted = Some(conv.value(l, ffi::lua_gettop(l)));
+                converted = Some(ToJson::new(marker).value(l, ffi::lua_gettop(l)));
                 ffi::lua_settop(l, 0);
             } else {
                 ffi::lua_replace(l, 1);
@@ -343,12 +338,7 @@ pub(crate) fn lua_to_json(
     // SAFETY: see the module docs; `v` is argument 1 of the protected call.
     unsafe {
         lua.exec_raw::<()>(v, |l| {
-            let mut conv = ToJson {
-                array_mt: marker,
-                stack: Vec::new(),
-                careful: false,
-            };
-            out = Some(conv.value(l, 1));
+            out = Some(ToJson::new(marker).value(l, 1));
         })
     }?;
     match out {
@@ -384,6 +374,14 @@ struct ToJson {
 }
 
 impl ToJson {
+    fn new(array_mt: *const c_void) -> Self {
+        ToJson {
+            array_mt,
+            stack: Vec::new(),
+            careful: false,
+        }
+    }
+
     unsafe fn value(&mut self, l: *mut ffi::lua_State, idx: c_int) -> Result<Value, ConvError> {
         Ok(match ffi::lua_type(l, idx) {
             ffi::LUA_TNIL => Value::Null,

@@ -462,36 +462,28 @@ impl Engine {
             }
             None => {}
         }
-        let outcome = match outcome {
-            Err(InvokeFail::Args(e, root)) => {
-                run.logs.borrow_mut().clear();
-                return Err(self.conv_failure(e, &root));
-            }
+        let logs = std::mem::take(&mut *run.logs.borrow_mut());
+        let tripped = run.tripped.take();
+        match outcome {
+            Err(InvokeFail::Args(e, root)) => Err(self.conv_failure(e, &root)),
             Err(InvokeFail::NotArmed) => {
                 let e = armed
                     .err()
                     .unwrap_or(mlua::Error::MemoryControlNotAvailable);
-                return Err(self.fail(&e));
+                Err(self.fail(&e))
             }
-            Err(InvokeFail::Call(e)) => Err(e),
-            Ok(value) => Ok(value),
-        };
-        let logs = std::mem::take(&mut *run.logs.borrow_mut());
-        let tripped = run.tripped.take();
-
-        match outcome {
-            Ok(value) => {
-                if let Some(t) = tripped {
-                    // The script caught the limit error and still returned.
-                    return Err(self.limit_error(t, limits));
-                }
-                let output = self.output(value)?;
-                Ok(LuaOutput { output, logs })
-            }
-            Err(e) => Err(name_node(
+            Err(InvokeFail::Call(e)) => Err(name_node(
                 self.runtime_failure(&e, tripped, limits),
                 info.node_id,
             )),
+            Ok(value) => match tripped {
+                // The script caught the limit error and still returned.
+                Some(t) => Err(self.limit_error(t, limits)),
+                None => Ok(LuaOutput {
+                    output: self.output(value)?,
+                    logs,
+                }),
+            },
         }
     }
 
