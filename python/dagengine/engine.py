@@ -1338,8 +1338,7 @@ class AsyncEngineSession:
 
     def _written(self, write: asyncio.Future[None]) -> None:
         self._writing.release()
-        if not write.cancelled():
-            write.exception()  # retrieved: a caller that was cancelled meanwhile never will
+        _ignore_outcome(write)  # a caller that was cancelled meanwhile never retrieves it
 
     def _abandon(self, request: pb.RunRequest) -> None:
         """The caller of ``start`` gave up: take the run out of the queue, or, if it went
