@@ -51,11 +51,24 @@ class Load:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def drive(name: str, call: Callable[[int], object], in_flight: int, total: int) -> Load:
-    """Make ``total`` calls (``call(i)``) with ``in_flight`` threads, timing each."""
+def drive(
+    name: str,
+    call: Callable[[int], object],
+    in_flight: int,
+    total: int,
+    *,
+    rate: float | None = None,
+) -> Load:
+    """Make ``total`` calls (``call(i)``) with ``in_flight`` threads, timing each.
+
+    Closed loop by default: each thread makes its next call as soon as its last one is
+    answered. With ``rate`` (calls per second), open loop: call ``i`` is due at
+    ``i / rate`` seconds and its latency is counted from then, so time spent waiting for a
+    free thread (all ``in_flight`` busy) is counted too."""
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(total))
+    start = time.perf_counter()
 
     def worker() -> None:
         local: list[float] = []
@@ -64,13 +77,18 @@ def drive(name: str, call: Callable[[int], object], in_flight: int, total: int) 
                 i = next(counter, None)
             if i is None:
                 break
-            t0 = time.perf_counter()
+            if rate is None:
+                t0 = time.perf_counter()
+            else:
+                t0 = start + i / rate
+                early = t0 - time.perf_counter()
+                if early > 0:
+                    time.sleep(early)
             call(i)
             local.append(time.perf_counter() - t0)
         with lock:
             latencies.extend(local)
 
-    start = time.perf_counter()
     with ThreadPoolExecutor(in_flight) as pool:
         for f in [pool.submit(worker) for _ in range(in_flight)]:
             f.result()

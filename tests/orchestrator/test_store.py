@@ -8,11 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dagengine.exceptions import RunNotFound, StoreError
+from dagengine.orchestrator import store as store_module
 from dagengine.orchestrator.store import MIGRATIONS, RunRecord, Store
 
 
@@ -195,6 +197,53 @@ def test_runs_and_claims_queued_for_the_group_commit(tmp_path: Path) -> None:
         rec = reopened.get_run("r")
         assert rec is not None
         assert rec.status == "succeeded"
+
+
+def _committed(path: Path, sql: str) -> int:
+    """A count read by another connection: what is committed, not what is pending."""
+    with sqlite3.connect(path) as other:
+        return int(other.execute(sql).fetchone()[0])
+
+
+def test_run_end_commits_at_once_with_what_was_queued_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 60.0)
+    path = tmp_path / "state.db"
+    store = Store(path)
+    try:
+        store.create_run_later(_run("r", status="running", attempt=1))
+        store.save_node_output_json_later("r", "a", 1, '{"v":1}')
+        store.append_event_later(None, "node.succeeded", run_id="r", node_id="a")
+        # Nobody waits for these: they wait for company (up to the delay, 60 s here).
+        time.sleep(0.3)
+        assert _committed(path, "SELECT COUNT(*) FROM runs") == 0
+        # A run's end is waited for: committed now, with everything queued before it.
+        ended = threading.Event()
+        store.finish_run_later("r", 1, "succeeded", "{}", None, lambda stored: ended.set())
+        assert ended.wait(5)
+        assert _committed(path, "SELECT COUNT(*) FROM runs WHERE status = 'succeeded'") == 1
+        assert _committed(path, "SELECT COUNT(*) FROM node_outputs") == 1
+        assert _committed(path, "SELECT COUNT(*) FROM events") == 1
+    finally:
+        store.close()
+
+
+def test_writes_nobody_waits_for_are_committed_after_the_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 0.2)
+    path = tmp_path / "state.db"
+    store = Store(path)
+    try:
+        queued = time.monotonic()
+        store.append_event_later(None, "run.queued", run_id="r")
+        while _committed(path, "SELECT COUNT(*) FROM events") == 0:
+            assert time.monotonic() - queued < 5, "the event was never committed"
+            time.sleep(0.01)
+        assert time.monotonic() - queued >= 0.15  # it waited for company
+    finally:
+        store.close()
 
 
 def test_node_outputs_are_fenced_by_attempt(store: Store) -> None:

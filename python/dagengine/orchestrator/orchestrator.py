@@ -1000,7 +1000,8 @@ class Orchestrator:
             slot.active -= 1
             slot.runs.discard(run.run_id)
             run.engine_id = None
-            self._wakeup.notify_all()
+            if self._front or self._queue:  # the dispatcher only waits for room when runs wait
+                self._wakeup.notify_all()
 
     def _prepare(self, run: _Run, slot: _EngineSlot, attempt: int) -> Job | None:
         """The job of this attempt, or ``None`` when there is nothing to run (settled here)."""
