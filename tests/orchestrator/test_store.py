@@ -173,9 +173,18 @@ def test_runs_and_claims_queued_for_the_group_commit(tmp_path: Path) -> None:
         assert (rec.status, rec.engine_id, rec.attempt) == ("running", "e2", 2)
         assert store.node_outputs("r") == {"a": {"v": 1}}
         done: list[bool] = []
-        store.finish_run_later("r", 2, "succeeded", '{"outputs":{"a":{"v":1}}}', None, done.append)
+        told = threading.Event()
+        store.finish_run_later(
+            "r",
+            2,
+            "succeeded",
+            '{"outputs":{"a":{"v":1}}}',
+            None,
+            lambda stored: (done.append(stored), told.set()),
+        )
         store.claim_attempt_later("r", "e3", 3)  # finished: no claim takes it back
         store.flush()
+        assert told.wait(5)
         assert done == [True]
         rec = store.get_run("r")
         assert rec is not None
@@ -205,7 +214,7 @@ def _committed(path: Path, sql: str) -> int:
         return int(other.execute(sql).fetchone()[0])
 
 
-def test_run_end_commits_at_once_with_what_was_queued_before(
+def test_run_end_commits_at_once_with_the_writes_it_is_fenced_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 60.0)
@@ -218,13 +227,78 @@ def test_run_end_commits_at_once_with_what_was_queued_before(
         # Nobody waits for these: they wait for company (up to the delay, 60 s here).
         time.sleep(0.3)
         assert _committed(path, "SELECT COUNT(*) FROM runs") == 0
-        # A run's end is waited for: committed now, with everything queued before it.
+        # A run's end is waited for: committed now, with every write its rows are fenced on
+        # (its creation, its outputs). Events are not fenced on anything: they keep waiting.
         ended = threading.Event()
         store.finish_run_later("r", 1, "succeeded", "{}", None, lambda stored: ended.set())
         assert ended.wait(5)
         assert _committed(path, "SELECT COUNT(*) FROM runs WHERE status = 'succeeded'") == 1
         assert _committed(path, "SELECT COUNT(*) FROM node_outputs") == 1
+        assert _committed(path, "SELECT COUNT(*) FROM events") == 0
+        # A reader of this store commits them first.
+        assert [e.type for e in store.events()] == ["node.succeeded"]
         assert _committed(path, "SELECT COUNT(*) FROM events") == 1
+    finally:
+        store.close()
+
+
+def test_events_are_committed_when_due_while_run_ends_keep_coming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 0.2)
+    path = tmp_path / "state.db"
+    store = Store(path)
+    try:
+        queued = time.monotonic()
+        store.append_event_later(None, "run.queued", run_id="r0")
+        ends: list[int] = []
+        committed: list[int] = []
+        stopped = threading.Event()
+
+        def next_end(_stored: bool = True) -> None:
+            # Each run end's callback queues the next one: the writer always finds a run end
+            # waiting when it looks.
+            if time.monotonic() - queued > 1:
+                # (Counted here, before the writer is idle and commits the event anyway.)
+                committed.append(_committed(path, "SELECT COUNT(*) FROM events"))
+                stopped.set()
+                return
+            ends.append(len(ends) + 1)
+            store.create_run_later(_run(f"r{len(ends)}", status="running", attempt=1))
+            store.finish_run_later(f"r{len(ends)}", 1, "succeeded", "{}", None, next_end)
+
+        next_end()
+        assert stopped.wait(10)
+        assert len(ends) > 10
+        assert committed == [1]
+    finally:
+        store.close()
+
+
+def test_run_end_callbacks_run_on_the_writer_not_on_a_thread_that_commits(
+    tmp_path: Path,
+) -> None:
+    # A thread that holds a lock of its own while it writes (the event bus does) and commits
+    # the group (backpressure, or a reader) must not run a run end's callback: the callback
+    # takes locks too (the orchestrator's, the bus's), and running it there deadlocked.
+    store = Store(tmp_path / "state.db")
+    try:
+        store.create_run_later(_run("r", status="running", attempt=1))
+        threads: list[str] = []
+        told = threading.Event()
+        with store._lock:  # the writer cannot commit meanwhile: this thread will
+            store.finish_run_later(
+                "r",
+                1,
+                "succeeded",
+                "{}",
+                None,
+                lambda stored: (threads.append(threading.current_thread().name), told.set()),
+            )
+            store.flush()
+            assert store.get_run("r").status == "succeeded"  # type: ignore[union-attr]
+        assert told.wait(5)
+        assert threads == ["dagengine-store-writer"]
     finally:
         store.close()
 
