@@ -38,12 +38,35 @@ def test_file_store_is_wal_with_pragmas(tmp_path: Path) -> None:
     assert store.schema_version == len(MIGRATIONS)
     pragmas = {
         name: store._query(f"PRAGMA {name}")[0][0]
-        for name in ("synchronous", "foreign_keys", "busy_timeout")
+        for name in ("synchronous", "foreign_keys", "busy_timeout", "wal_autocheckpoint")
     }
     assert pragmas["synchronous"] == 1  # NORMAL
+    assert pragmas["wal_autocheckpoint"] == 0  # the store's own thread checkpoints
     assert pragmas["foreign_keys"] == 1
     assert pragmas["busy_timeout"] > 0
     store.close()
+
+
+def test_the_log_is_checkpointed_and_stays_bounded_under_steady_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 8)
+    monkeypatch.setattr(store_module, "CHECKPOINT_CATCH_UP_FRAMES", 200)
+    path = tmp_path / "state.db"
+    wal = tmp_path / "state.db-wal"
+    with Store(path) as store:
+        first = path.stat().st_size
+        largest = 0
+        for i in range(2000):  # back to back: ~4 KiB of inputs (a page or more) each
+            store.create_run(_run(f"r{i}", inputs={"blob": "x" * 4000}))
+            largest = max(largest, wal.stat().st_size)
+        # The checkpointer copied the log into the database file...
+        deadline = time.monotonic() + 5
+        while path.stat().st_size < first + (4 << 20):
+            assert time.monotonic() < deadline, "the log was never checkpointed"
+            time.sleep(0.01)
+        # ... and the log started over instead of growing with every commit (~8 MiB in all).
+        assert largest < 4 << 20, f"the log grew to {largest} bytes"
 
 
 def test_memory_store_works() -> None:
