@@ -65,8 +65,28 @@ def test_the_log_is_checkpointed_and_stays_bounded_under_steady_commits(
         while path.stat().st_size < first + (4 << 20):
             assert time.monotonic() < deadline, "the log was never checkpointed"
             time.sleep(0.01)
-        # ... and the log started over instead of growing with every commit (~8 MiB in all).
-        assert largest < 4 << 20, f"the log grew to {largest} bytes"
+        # ... and the log started over instead of growing with every commit (to ~70 MiB
+        # without the writer's catch-up; a few MiB with it, depending on when the
+        # checkpointer gets to run).
+        assert largest < 16 << 20, f"the log grew to {largest} bytes"
+
+
+def test_a_run_end_wakes_the_writer_while_the_checkpointer_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpointer once waited on the writer's condition: the wake-up of a run's end
+    # could go to it, and the run's end then waited for the lazy timer (a run in a hundred
+    # took 20 ms at 1,000 runs/s). This checks run ends are committed at once while the
+    # checkpointer is busy and idle; it did not catch that race reliably.
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 60.0)
+    with Store(tmp_path / "state.db") as store:
+        for i in range(20):
+            store.create_run(_run(f"r{i}", status="running", attempt=1))  # a checkpoint each
+            time.sleep(0.01)  # the checkpointer is back to waiting
+            told = threading.Event()
+            store.finish_run_later(f"r{i}", 1, "succeeded", "{}", None, lambda _: told.set())
+            assert told.wait(5), f"run end {i} was not committed"
 
 
 def test_memory_store_works() -> None:

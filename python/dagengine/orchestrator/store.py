@@ -386,7 +386,10 @@ class Store:
         # A run end is pending (commit now), and when the oldest pending write was queued.
         self._urgent = False
         self._since = 0.0
-        # The checkpoints of a file store's log (see CHECKPOINT_EVERY), under _pending_cv.
+        # The checkpoints of a file store's log (see CHECKPOINT_EVERY). A condition of their
+        # own: the writer must be the only thread waiting on _pending_cv, or a notify meant
+        # for it can wake the checkpointer instead (a run's end then waited for the timer).
+        self._checkpoint_cv = threading.Condition(threading.Lock())
         self._commits = 0
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_wanted = False
@@ -475,7 +478,7 @@ class Store:
         """Count a commit; every CHECKPOINT_EVERY of a file store's, wake the checkpointer."""
         if self.path == ":memory:":
             return
-        with self._pending_cv:
+        with self._checkpoint_cv:
             self._commits += 1
             if self._commits % CHECKPOINT_EVERY:
                 return
@@ -485,7 +488,7 @@ class Store:
                 )
                 self._checkpointer.start()
             self._checkpoint_wanted = True
-            self._pending_cv.notify_all()
+            self._checkpoint_cv.notify()
 
     def _checkpoints(self) -> None:
         """Copy the log into the database file when asked (the checkpointer thread), on a
@@ -497,9 +500,9 @@ class Store:
             return
         try:
             while True:
-                with self._pending_cv:
+                with self._checkpoint_cv:
                     while not self._checkpoint_wanted and not self._closing:
-                        self._pending_cv.wait()
+                        self._checkpoint_cv.wait()
                     if self._closing:
                         return
                     self._checkpoint_wanted = False
@@ -522,6 +525,8 @@ class Store:
         with self._pending_cv:
             self._closing = True
             self._pending_cv.notify_all()
+        with self._checkpoint_cv:
+            self._checkpoint_cv.notify_all()
         for thread in (self._writer, self._checkpointer):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=10)
