@@ -85,7 +85,9 @@ def test_a_run_end_wakes_the_writer_while_the_checkpointer_waits(
             store.create_run(_run(f"r{i}", status="running", attempt=1))  # a checkpoint each
             time.sleep(0.01)  # the checkpointer is back to waiting
             told = threading.Event()
-            store.finish_run_later(f"r{i}", 1, "succeeded", "{}", None, lambda _: told.set())
+            store.finish_run_later(
+                f"r{i}", 1, "succeeded", "{}", None, lambda _, told=told: told.set()
+            )
             assert told.wait(5), f"run end {i} was not committed"
 
 
