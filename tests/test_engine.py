@@ -740,6 +740,34 @@ def test_a_start_cancelled_while_queued_never_reaches_the_engine(
     asyncio.run(main())
 
 
+def test_a_start_cancelled_before_its_write_hands_the_queue_to_the_next_writer(
+    start_engine: Callable[..., EngineProcess],
+) -> None:
+    engine = start_engine()
+
+    async def main() -> None:
+        async with AsyncEngineClient(engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            counting = session._call = _CountingWrites(session._call)
+            dropped_request = _request(GOOD, {"x": 1})
+            dropped = asyncio.create_task(session.start(dropped_request))
+            kept = asyncio.create_task(session.start(_request(GOOD, {"x": 2})))
+            # One turn of the loop: `dropped` holds the write lock and waits for the other
+            # starts of this turn to queue up behind it; `kept` has queued.
+            await asyncio.sleep(0)
+            dropped.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await dropped
+            kept_run = await asyncio.wait_for(kept, timeout=10)  # (hung: the lock was kept)
+            _, result = await asyncio.wait_for(_session_result(kept_run), timeout=10)
+            assert result.outputs["a"] == {"v": 3}
+            assert counting.writes == [1]  # only the kept run went out
+            assert dropped_request.run_id not in session._runs
+            session.close()
+
+    asyncio.run(main())
+
+
 def test_a_start_cancelled_mid_write_leaves_the_others_runs_going_and_cancels_its_own(
     start_engine: Callable[..., EngineProcess],
 ) -> None:

@@ -1300,6 +1300,14 @@ class AsyncEngineSession:
         if self._batches >= batch:  # it went out with an earlier caller's write
             self._writing.release()
         else:
+            try:
+                # The runs started in this turn of the loop come along (1,550 -> 1,250
+                # writes for 6,200 runs at 64 in flight over three engines).
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                self._writing.release()  # the next writer takes the queue, or nobody needs to
+                self._abandon(request)
+                raise
             queued, self._queued = self._queued, []
             self._batches += 1
             # The write is a task of its own: if this caller is cancelled, the others'
