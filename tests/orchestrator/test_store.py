@@ -365,6 +365,21 @@ def test_writes_nobody_waits_for_are_committed_after_the_delay(
         store.close()
 
 
+def test_outputs_queued_together_are_each_fenced_on_their_own_run(store: Store) -> None:
+    store.create_run(_run("a", status="running", attempt=2))
+    store.create_run(_run("b", status="running", attempt=1))
+    store.create_run(_run("c", status="succeeded", attempt=1))
+    # One group, one statement: each row is checked against its own run.
+    store.save_node_output_json_later("a", "x", 2, '{"v":1}')
+    store.save_node_output_json_later("a", "y", 1, '{"stale":true}')  # an older attempt
+    store.save_node_output_json_later("b", "x", 1, '{"v":2}')
+    store.save_node_output_json_later("c", "x", 1, '{"late":true}')  # run already ended
+    store.save_node_output_json_later("b", "x", 1, '{"v":3}')  # again: the later one wins
+    assert store.node_outputs("a") == {"x": {"v": 1}}
+    assert store.node_outputs("b") == {"x": {"v": 3}}
+    assert store.node_outputs("c") == {}
+
+
 def test_node_outputs_are_fenced_by_attempt(store: Store) -> None:
     store.create_run(_run("r"))
     assert not store.save_node_output("r", "a", 0, {"v": 0})  # queued: nothing runs yet

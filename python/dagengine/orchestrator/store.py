@@ -170,6 +170,22 @@ def _insert_events(rows: int) -> str:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _insert_outputs(rows: int) -> str:
+    """:data:`_INSERT_OUTPUT` for ``rows`` outputs in one statement (``run_id, node_id,
+    attempt, output`` each), each fenced on its own run like the single one."""
+    values = ", ".join(["(?, ?, ?, ?)"] * rows)
+    return f"""INSERT INTO node_outputs (run_id, node_id, attempt, output)
+    SELECT column1, column2, column3, column4 FROM (VALUES {values}) AS v
+    WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = v.column1 AND attempt = v.column3
+        AND status = 'running')
+    ON CONFLICT (run_id, node_id) DO UPDATE SET
+        attempt = excluded.attempt, output = excluded.output"""
+
+
+#: Outputs written by one INSERT statement (a run's nodes' outputs come together).
+_OUTPUTS_PER_INSERT: Final = 256
+
 # Stores a node's output only if the attempt is the run's current one and the run is running
 # (fencing): one statement, so the check and the write cannot be separated by a new claim.
 _INSERT_OUTPUT = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
@@ -634,17 +650,31 @@ class Store:
             return
         finished: list[tuple[Callable[[bool], None], bool]] = []
         events: list[tuple[Any, ...]] = []
+        outputs: list[Any] = []  # consecutive outputs' values, written as one statement
+
+        def write_outputs() -> None:
+            self._db.execute(_insert_outputs(len(outputs) // 4), outputs)
+            outputs.clear()
+
         with self.transaction():
             for kind, row in pending:
                 if kind == "event":
                     events.append(row)  # no other table depends on them: one batch below
-                elif kind == "output":
-                    self._db.execute(_INSERT_OUTPUT, row)
-                elif kind == "sql":
+                    continue
+                if kind == "output":
+                    outputs.extend(row[:4])
+                    if len(outputs) >= 4 * _OUTPUTS_PER_INSERT:
+                        write_outputs()
+                    continue
+                if outputs:  # before anything queued after them (their run's end)
+                    write_outputs()
+                if kind == "sql":
                     self._db.execute(*row)
                 else:
                     sql, params, done = row
                     finished.append((done, self._db.execute(sql, params).rowcount == 1))
+            if outputs:
+                write_outputs()
             for start in range(0, len(events), _EVENTS_PER_INSERT):
                 chunk = events[start : start + _EVENTS_PER_INSERT]
                 self._db.execute(_insert_events(len(chunk)), [v for row in chunk for v in row])
