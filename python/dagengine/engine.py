@@ -1304,7 +1304,7 @@ class AsyncEngineSession:
                 # The runs started in this turn of the loop come along (1,550 -> 1,250
                 # writes for 6,200 runs at 64 in flight over three engines).
                 await asyncio.sleep(0)
-            except asyncio.CancelledError:
+            except BaseException:  # cancelled, in practice
                 self._writing.release()  # the next writer takes the queue, or nobody needs to
                 self._abandon(request)
                 raise

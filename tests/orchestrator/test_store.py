@@ -91,6 +91,73 @@ def test_a_run_end_wakes_the_writer_while_the_checkpointer_waits(
             assert told.wait(5), f"run end {i} was not committed"
 
 
+def test_a_group_that_fails_to_commit_is_tried_again_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_MS", 100)
+    path = tmp_path / "state.db"
+    with Store(path) as store:
+        other = sqlite3.connect(path, isolation_level=None)  # another process, in effect
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock past the busy timeout
+        told: list[bool] = []
+        ended = threading.Event()
+        store.create_run_later(_run("r", status="running", attempt=1))
+        store.finish_run_later(
+            "r", 1, "succeeded", "{}", None, lambda stored: (told.append(stored), ended.set())
+        )
+        time.sleep(0.5)  # the writer's first tries fail
+        assert not ended.is_set()
+        other.execute("COMMIT")
+        other.close()
+        assert ended.wait(5)
+        assert told == [True]
+        rec = store.get_run("r")
+        assert rec is not None
+        assert rec.status == "succeeded"
+
+
+def test_a_failure_after_the_commit_does_not_lose_the_run_ends_callbacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(tmp_path / "state.db") as store:
+
+        def checkpointing_fails() -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(store, "_committed", checkpointing_fails)
+        ended = threading.Event()
+        store.create_run_later(_run("r", status="running", attempt=1))
+        store.finish_run_later("r", 1, "succeeded", "{}", None, lambda _: ended.set())
+        assert ended.wait(5)
+
+
+def test_without_its_checkpointer_the_store_falls_back_to_sqlites_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(tmp_path / "state.db") as store:
+        assert store._query("PRAGMA wal_autocheckpoint")[0][0] == 0
+        monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 1)
+
+        def no_more_files(*args: object, **kwargs: object) -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        monkeypatch.setattr(store_module.sqlite3, "connect", no_more_files)
+        store.create_run(_run("r"))  # a commit: the checkpointer starts, and cannot open
+        deadline = time.monotonic() + 5
+        while store._query("PRAGMA wal_autocheckpoint")[0][0] != 1000:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+
+def test_closing_starts_no_checkpointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "state.db")
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 60.0)
+    store.append_event_later(None, "run.queued", run_id="r")  # committed by close()
+    store.close()
+    assert not [t for t in threading.enumerate() if t.name == "dagengine-store-checkpoint"]
+
+
 def test_memory_store_works() -> None:
     with Store(":memory:") as store:
         store.create_run(_run("r"))

@@ -1211,14 +1211,16 @@ class Orchestrator:
                 "duration": result.duration,
                 **({"error": error} if error else {}),
             }
-            self.events.publish_batch(
-                [(ended, None, data)],
-                workflow_id=run.version.workflow_id,
-                run_id=run.run_id,
-                engine_id=engine_id,
-            )
-            if not run.future.done():
-                run.future.set_result(result)
+            try:
+                self.events.publish_batch(
+                    [(ended, None, data)],
+                    workflow_id=run.version.workflow_id,
+                    run_id=run.run_id,
+                    engine_id=engine_id,
+                )
+            finally:  # (its waiters are told even if the event could not be)
+                if not run.future.done():
+                    run.future.set_result(result)
 
         self.store.finish_run_later(
             run.run_id,

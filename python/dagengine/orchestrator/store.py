@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
+from urllib.parse import quote
 
 from dagengine.exceptions import RunNotFound, StoreError
 
@@ -485,10 +486,14 @@ class Store:
             self._depth -= 1
             if self._depth == 0:
                 self._db.execute("COMMIT")
-                if self._catch_up:
-                    self._catch_up = False
-                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self._committed()
+                # Committed: nothing after this may fail the transaction.
+                try:
+                    if self._catch_up:
+                        self._catch_up = False
+                        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self._committed()
+                except Exception:
+                    _log.exception("checkpointing %s after a commit failed", self.path)
 
     def _committed(self) -> None:
         """Count a commit; every CHECKPOINT_EVERY of a file store's, wake the checkpointer."""
@@ -496,23 +501,31 @@ class Store:
             return
         with self._checkpoint_cv:
             self._commits += 1
-            if self._commits % CHECKPOINT_EVERY:
+            if self._commits % CHECKPOINT_EVERY or self._closing:
                 return
             if self._checkpointer is None:
-                self._checkpointer = threading.Thread(
+                checkpointer = threading.Thread(
                     target=self._checkpoints, name="dagengine-store-checkpoint", daemon=True
                 )
-                self._checkpointer.start()
+                checkpointer.start()
+                self._checkpointer = checkpointer
             self._checkpoint_wanted = True
             self._checkpoint_cv.notify()
 
     def _checkpoints(self) -> None:
         """Copy the log into the database file when asked (the checkpointer thread), on a
-        connection of its own: a PASSIVE checkpoint takes no lock a commit needs."""
+        connection of its own: a PASSIVE checkpoint takes no lock a commit needs. If this
+        thread cannot do its job, SQLite's automatic checkpoints come back."""
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                f"file:{quote(self.path)}?mode=rw",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         except sqlite3.Error:
             _log.exception("cannot open %s to checkpoint it", self.path)
+            self._automatic_checkpoints()
             return
         try:
             while True:
@@ -523,13 +536,24 @@ class Store:
                         return
                     self._checkpoint_wanted = False
                 try:
+                    # (``frames`` is the log as it was when the checkpoint began: the
+                    # commits made meanwhile are not in it, and they keep the log from
+                    # starting over even when every frame counted here was copied.)
                     _busy, frames, _done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if frames > CHECKPOINT_CATCH_UP_FRAMES:
                         self._catch_up = True  # (read by the next commit)
                 except sqlite3.Error:
                     _log.exception("checkpointing %s failed", self.path)
+        except BaseException:
+            self._automatic_checkpoints()
+            raise
         finally:
             db.close()
+
+    def _automatic_checkpoints(self) -> None:
+        with self._lock:
+            if not self._closing:
+                self._db.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -572,12 +596,13 @@ class Store:
             self._writer.start()
         pending = self._pending
         pending.append((kind, row))
+        if len(pending) == 1:
+            self._since = time.monotonic()
         if kind == "finish":
             if not self._urgent:
                 self._urgent = True
                 self._pending_cv.notify()
         elif len(pending) == 1:
-            self._since = time.monotonic()
             self._pending_cv.notify()
         return len(pending)
 
@@ -590,6 +615,7 @@ class Store:
         # left out of a run end's commit until they are due: nothing is fenced on them, and
         # a run's end then cost about 15% less to commit. This thread also runs every run
         # end's callback.
+        failures = 0
         while True:
             with self._pending_cv:
                 commit = events = False
@@ -612,8 +638,14 @@ class Store:
                 if commit:
                     with self._lock:
                         self._flush_locked(with_events=events)
+                failures = 0
             except Exception:
-                _log.exception("writing events and node outputs to %s failed", self.path)
+                # The group is back in the queue (see _flush_locked): try again, later.
+                failures += 1
+                _log.exception(
+                    "writing to %s failed (%d in a row); trying again", self.path, failures
+                )
+                time.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
             self._run_ready()
 
     def flush(self) -> None:
@@ -656,6 +688,30 @@ class Store:
             self._db.execute(_insert_outputs(len(outputs) // 4), outputs)
             outputs.clear()
 
+        try:
+            self._commit_group(pending, finished, events, outputs, write_outputs)
+        except BaseException:
+            # Nothing of it was committed: back to the head of the queue, in order (a busy
+            # database, a full disk: the writer tries again; the runs' waiters keep waiting).
+            with self._pending_cv:
+                self._pending[:0] = pending
+                self._since = min(self._since, time.monotonic())
+                if any(kind == "finish" for kind, _ in pending):
+                    self._urgent = True
+            raise
+        if finished:
+            with self._pending_cv:
+                self._ready.extend(finished)
+                self._pending_cv.notify()  # the writer runs the callbacks
+
+    def _commit_group(
+        self,
+        pending: list[tuple[str, tuple[Any, ...]]],
+        finished: list[tuple[Callable[[bool], None], bool]],
+        events: list[tuple[Any, ...]],
+        outputs: list[Any],
+        write_outputs: Callable[[], None],
+    ) -> None:
         with self.transaction():
             for kind, row in pending:
                 if kind == "event":
@@ -678,10 +734,6 @@ class Store:
             for start in range(0, len(events), _EVENTS_PER_INSERT):
                 chunk = events[start : start + _EVENTS_PER_INSERT]
                 self._db.execute(_insert_events(len(chunk)), [v for row in chunk for v in row])
-        if finished:
-            with self._pending_cv:
-                self._ready.extend(finished)
-                self._pending_cv.notify()  # the writer runs the callbacks
 
     def __enter__(self) -> Store:
         return self
