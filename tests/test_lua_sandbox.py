@@ -123,6 +123,15 @@ def test_script_errors_fail_the_node(code: str, error_type: str) -> None:
     assert error.type == error_type
 
 
+def test_a_lua_error_carries_the_scripts_frames_only() -> None:
+    _, error = run_lua("local function f()\n  error('boom')\nend\nf()\nreturn {}")
+    assert error is not None
+    assert error.message == "node 's': s:2: boom"
+    assert error.traceback == (
+        "stack traceback:\n\t[C]: in function 'error'\n\ts:2: in local 'f'\n\ts:4: in main chunk"
+    )
+
+
 def test_endless_loop_hits_the_instruction_limit_and_the_next_run_works() -> None:
     _output, error = run_lua("while true do end", max_instructions=200_000)
     assert error is not None

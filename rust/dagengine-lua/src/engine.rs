@@ -613,8 +613,33 @@ fn split_traceback(msg: &str) -> LuaError {
     }
 }
 
+/// The frames of a traceback that are the user's: without the anonymous C frames of the
+/// protected call and of the traceback handler (`[C]: in ?`) and without the prelude that
+/// calls the script, whose own frame then reads `in main chunk` (Lua names it after the
+/// prelude's variable: `in local 'fn'`).
+fn user_frames(traceback: &str) -> String {
+    let mut frames: Vec<String> = Vec::new();
+    for line in traceback.lines() {
+        let frame = line.trim_start();
+        if frame == "[C]: in ?" {
+            continue;
+        }
+        if frame.starts_with("dagengine-prelude:") {
+            if let Some(script) = frames.last_mut() {
+                if let Some(at) = script.strip_suffix(" in local 'fn'") {
+                    *script = format!("{at} in main chunk");
+                }
+            }
+            continue;
+        }
+        frames.push(line.to_owned());
+    }
+    frames.join("\n")
+}
+
 /// Put the node id where Lua wrote the shared chunk name (`dagengine-script:3: boom`
-/// becomes `transform:3: boom`), in the message and the traceback.
+/// becomes `transform:3: boom`), in the message and the traceback, and keep only the
+/// traceback's user frames.
 fn name_node(e: LuaError, node_id: &str) -> LuaError {
     let prefix = format!("{CHUNK}:");
     let rename = |s: String| {
@@ -627,7 +652,7 @@ fn name_node(e: LuaError, node_id: &str) -> LuaError {
     match e {
         LuaError::Runtime { message, traceback } => LuaError::Runtime {
             message: rename(message),
-            traceback: traceback.map(rename),
+            traceback: traceback.map(|tb| rename(user_frames(&tb))),
         },
         other => other,
     }
@@ -733,6 +758,18 @@ mod tests {
                 line: None,
                 message: "weird".into()
             }
+        );
+    }
+
+    #[test]
+    fn tracebacks_keep_the_users_frames() {
+        let lua = "stack traceback:\n\t[C]: in ?\n\t[C]: in function 'error'\n\t\
+                   dagengine-script:1: in local 'f'\n\tdagengine-script:2: in local 'fn'\n\t\
+                   dagengine-prelude:146: in function <dagengine-prelude:139>\n\t[C]: in ?";
+        assert_eq!(
+            user_frames(lua),
+            "stack traceback:\n\t[C]: in function 'error'\n\tdagengine-script:1: in local 'f'\n\t\
+             dagengine-script:2: in main chunk"
         );
     }
 
