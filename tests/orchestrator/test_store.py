@@ -271,8 +271,7 @@ def test_claim_attempt(store: Store) -> None:
 
 
 def test_runs_and_claims_queued_for_the_group_commit(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state.db")
-    try:
+    with Store(tmp_path / "state.db") as store:
         store.create_run_later(_run("r"))
         store.claim_attempt_later("r", "e1", 1)
         store.save_node_output_json_later("r", "a", 1, '{"v":1}')
@@ -311,8 +310,6 @@ def test_runs_and_claims_queued_for_the_group_commit(tmp_path: Path) -> None:
         assert [r.run_id for r in store.list_runs()] == ["s", "r"]
         with pytest.raises(StoreError, match="cannot create run"):
             store.create_run(_run("s"))
-    finally:
-        store.close()
     # Everything queued reached the file.
     with Store(tmp_path / "state.db") as reopened:
         rec = reopened.get_run("r")
@@ -331,8 +328,7 @@ def test_run_end_commits_at_once_with_the_writes_it_is_fenced_on(
 ) -> None:
     monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 60.0)
     path = tmp_path / "state.db"
-    store = Store(path)
-    try:
+    with Store(path) as store:
         store.create_run_later(_run("r", status="running", attempt=1))
         store.save_node_output_json_later("r", "a", 1, '{"v":1}')
         store.append_event_later(None, "node.succeeded", run_id="r", node_id="a")
@@ -350,8 +346,6 @@ def test_run_end_commits_at_once_with_the_writes_it_is_fenced_on(
         # A reader of this store commits them first.
         assert [e.type for e in store.events()] == ["node.succeeded"]
         assert _committed(path, "SELECT COUNT(*) FROM events") == 1
-    finally:
-        store.close()
 
 
 def test_events_are_committed_when_due_while_run_ends_keep_coming(
@@ -359,8 +353,7 @@ def test_events_are_committed_when_due_while_run_ends_keep_coming(
 ) -> None:
     monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 0.2)
     path = tmp_path / "state.db"
-    store = Store(path)
-    try:
+    with Store(path) as store:
         queued = time.monotonic()
         store.append_event_later(None, "run.queued", run_id="r0")
         ends: list[int] = []
@@ -383,8 +376,6 @@ def test_events_are_committed_when_due_while_run_ends_keep_coming(
         assert stopped.wait(10)
         assert len(ends) > 10
         assert committed == [1]
-    finally:
-        store.close()
 
 
 def test_run_end_callbacks_run_on_the_writer_not_on_a_thread_that_commits(
@@ -393,8 +384,7 @@ def test_run_end_callbacks_run_on_the_writer_not_on_a_thread_that_commits(
     # A thread that holds a lock of its own while it writes (the event bus does) and commits
     # the group (backpressure, or a reader) must not run a run end's callback: the callback
     # takes locks too (the orchestrator's, the bus's), and running it there deadlocked.
-    store = Store(tmp_path / "state.db")
-    try:
+    with Store(tmp_path / "state.db") as store:
         store.create_run_later(_run("r", status="running", attempt=1))
         threads: list[str] = []
         told = threading.Event()
@@ -411,8 +401,6 @@ def test_run_end_callbacks_run_on_the_writer_not_on_a_thread_that_commits(
             assert store.get_run("r").status == "succeeded"  # type: ignore[union-attr]
         assert told.wait(5)
         assert threads == ["dagengine-store-writer"]
-    finally:
-        store.close()
 
 
 def test_writes_nobody_waits_for_are_committed_after_the_delay(
@@ -420,16 +408,13 @@ def test_writes_nobody_waits_for_are_committed_after_the_delay(
 ) -> None:
     monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 0.2)
     path = tmp_path / "state.db"
-    store = Store(path)
-    try:
+    with Store(path) as store:
         queued = time.monotonic()
         store.append_event_later(None, "run.queued", run_id="r")
         while _committed(path, "SELECT COUNT(*) FROM events") == 0:
             assert time.monotonic() - queued < 5, "the event was never committed"
             time.sleep(0.01)
         assert time.monotonic() - queued >= 0.15  # it waited for company
-    finally:
-        store.close()
 
 
 def test_outputs_queued_together_are_each_fenced_on_their_own_run(store: Store) -> None:
