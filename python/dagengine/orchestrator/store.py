@@ -680,16 +680,8 @@ class Store:
                     self._pending = kept
         if not pending:
             return
-        finished: list[tuple[Callable[[bool], None], bool]] = []
-        events: list[tuple[Any, ...]] = []
-        outputs: list[Any] = []  # consecutive outputs' values, written as one statement
-
-        def write_outputs() -> None:
-            self._db.execute(_insert_outputs(len(outputs) // 4), outputs)
-            outputs.clear()
-
         try:
-            self._commit_group(pending, finished, events, outputs, write_outputs)
+            finished = self._commit_group(pending)
         except BaseException:
             # Nothing of it was committed: back to the head of the queue, in order (a busy
             # database, a full disk: the writer tries again; the runs' waiters keep waiting).
@@ -705,13 +697,19 @@ class Store:
                 self._pending_cv.notify()  # the writer runs the callbacks
 
     def _commit_group(
-        self,
-        pending: list[tuple[str, tuple[Any, ...]]],
-        finished: list[tuple[Callable[[bool], None], bool]],
-        events: list[tuple[Any, ...]],
-        outputs: list[Any],
-        write_outputs: Callable[[], None],
-    ) -> None:
+        self, pending: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[tuple[Callable[[bool], None], bool]]:
+        """Write a group in one transaction, in the order it was queued (consecutive node
+        outputs as one statement, events last); returns each run end's callback with whether
+        its end was recorded."""
+        finished: list[tuple[Callable[[bool], None], bool]] = []
+        events: list[tuple[Any, ...]] = []
+        outputs: list[Any] = []  # consecutive outputs' values, written as one statement
+
+        def write_outputs() -> None:
+            self._db.execute(_insert_outputs(len(outputs) // 4), outputs)
+            outputs.clear()
+
         with self.transaction():
             for kind, row in pending:
                 if kind == "event":
@@ -734,6 +732,7 @@ class Store:
             for start in range(0, len(events), _EVENTS_PER_INSERT):
                 chunk = events[start : start + _EVENTS_PER_INSERT]
                 self._db.execute(_insert_events(len(chunk)), [v for row in chunk for v in row])
+        return finished
 
     def __enter__(self) -> Store:
         return self
