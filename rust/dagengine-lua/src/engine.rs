@@ -267,6 +267,8 @@ struct CacheEntry {
 /// Chunk name every script is compiled under, so one compiled function serves every node
 /// that runs the same source; runtime messages get the node id in its place.
 pub(crate) const CHUNK: &str = "dagengine-script";
+/// The chunk name of the prelude that calls every script (what its traceback frames start with).
+const PRELUDE: &str = "dagengine-prelude";
 
 /// One sandboxed Lua state with its compiled-chunk cache.
 pub(crate) struct Engine {
@@ -331,7 +333,7 @@ impl Engine {
 
         let runner: Function = lua
             .load(include_str!("prelude.lua"))
-            .set_name("=dagengine-prelude")
+            .set_name(format!("={PRELUDE}"))
             .set_mode(ChunkMode::Text)
             .call((lua.globals(), host))?;
 
@@ -624,7 +626,10 @@ fn user_frames(traceback: &str) -> String {
         if frame == "[C]: in ?" {
             continue;
         }
-        if frame.starts_with("dagengine-prelude:") {
+        if frame
+            .strip_prefix(PRELUDE)
+            .is_some_and(|at| at.starts_with(':'))
+        {
             if let Some(script) = frames.last_mut() {
                 if let Some(at) = script.strip_suffix(" in local 'fn'") {
                     *script = format!("{at} in main chunk");
