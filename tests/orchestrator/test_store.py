@@ -432,6 +432,76 @@ def test_outputs_queued_together_are_each_fenced_on_their_own_run(store: Store) 
     assert store.node_outputs("c") == {}
 
 
+def test_run_ends_queued_together_are_each_fenced_and_told_in_order(store: Store) -> None:
+    store.create_run(_run("a", status="running", attempt=2))
+    store.create_run(_run("b", status="running", attempt=1))
+    store.create_run(_run("c", status="succeeded", attempt=1))
+    store.create_run(_run("d"))  # queued
+    told: list[tuple[str, bool]] = []
+    all_told = threading.Event()
+
+    def finish(run_id: str, attempt: int | None, status: str = "succeeded") -> None:
+        def done(stored: bool) -> None:
+            told.append((run_id, stored))
+            if len(told) == 7:
+                all_told.set()
+
+        store.finish_run_later(run_id, attempt, status, f'{{"by":"{run_id}{attempt}"}}', None, done)
+
+    with store._lock:  # the writer cannot commit meanwhile: one group
+        store.create_run_later(_run("e", status="running", attempt=1))
+        finish("a", 1)  # an older attempt: refused (and "a" has another end queued)
+        finish("b", 1)
+        finish("c", 1)  # already ended
+        finish("d", None, "cancelled")  # whatever the attempt
+        finish("ghost", 1)
+        finish("e", 1)  # created in the same group
+        finish("a", 2)
+        store.flush()
+    assert all_told.wait(5)
+    assert told == [
+        ("a", False),
+        ("b", True),
+        ("c", False),
+        ("d", True),
+        ("ghost", False),
+        ("e", True),
+        ("a", True),
+    ]
+    ended = {r.run_id: (r.status, r.result) for r in store.list_runs()}
+    assert ended == {
+        "a": ("succeeded", {"by": "a2"}),
+        "b": ("succeeded", {"by": "b1"}),
+        "c": ("succeeded", None),
+        "d": ("cancelled", {"by": "dNone"}),
+        "e": ("succeeded", {"by": "e1"}),
+    }
+
+
+def test_a_group_of_many_runs_is_a_few_statements(store: Store) -> None:
+    # Each statement lets go of the GIL: per-run statements cost the orchestrator a
+    # context switch each under load (see Store._commit_group).
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    ended = threading.Semaphore(0)
+    with store._lock:
+        for i in range(50):
+            run_id = f"r{i:02}"
+            store.create_run_later(_run(run_id, status="running", attempt=1))
+            store.save_node_output_json_later(run_id, "a", 1, '{"v":1}')
+            store.append_event_later(None, "node.succeeded", run_id=run_id, node_id="a")
+            store.finish_run_later(run_id, 1, "succeeded", "{}", None, lambda _: ended.release())
+        store.flush()
+    store._db.set_trace_callback(None)
+    for _ in range(50):
+        assert ended.acquire(timeout=5)
+    # BEGIN, the runs, their outputs, which ends are recorded, the ends, the events, COMMIT.
+    assert len(statements) == 7, statements
+    assert len(store.list_runs(status="succeeded", limit=100)) == 50
+    assert len(store.events(limit=100)) == 50
+    assert store.node_outputs("r49") == {"a": {"v": 1}}
+
+
 def test_node_outputs_are_fenced_by_attempt(store: Store) -> None:
     store.create_run(_run("r"))
     assert not store.save_node_output("r", "a", 0, {"v": 0})  # queued: nothing runs yet
