@@ -46,7 +46,13 @@ from dagengine import (
     TLSConfig,
 )
 from dagengine.cli import main as cli_main
-from dagengine.engine import RunStream, SessionRun, build_run_request
+from dagengine.engine import (
+    RunStream,
+    SessionRun,
+    build_run_request,
+    result_from_proto,
+    result_json_from_proto,
+)
 from dagengine.v1 import engine_pb2 as pb
 from processes import EngineProcess, wait_for
 
@@ -473,6 +479,41 @@ async def _session_result(run: SessionRun) -> tuple[list[pb.RunEvent], RunResult
         events.extend(batch)
     assert run.result is not None
     return events, run.result
+
+
+def test_the_engine_sends_the_results_json_when_asked(shared_engine: EngineProcess) -> None:
+    # The orchestrator stores this text as the run's result: it must read back exactly as
+    # the result's dict, for outputs, failures with tracebacks, skipped nodes alike.
+    spec = {
+        "id": "mixed",
+        "nodes": [
+            {"id": "a", "lua": 'return {v = inputs.x + 1, s = "\\u{fc}\\n", n = {1, 2.5}}'},
+            {"id": "b", "lua": 'error("boom")'},
+            {"id": "c", "deps": ["b"], "noop": True},
+            {"id": "d", "noop": True},
+        ],
+    }
+
+    async def result(**kw: Any) -> pb.RunResult:
+        async with AsyncEngineClient(shared_engine.address, timeout=30) as aclient:
+            session = aclient.session()
+            request = build_run_request(spec, {"x": 1}, run_id=uuid.uuid4().hex, **kw)
+            run = await session.start(request)
+            events, _ = await _session_result(run)
+            session.close()
+        (last,) = [e for e in events if e.HasField("result")]
+        return last.result
+
+    sent = asyncio.run(result(result_json=True))
+    decoded = result_from_proto(sent)
+    assert decoded.status is RunStatus.FAILED
+    assert json.loads(sent.result_json) == decoded.to_dict()
+    assert decoded.to_dict()["nodes"]["b"]["error"]["traceback"]
+    # Without it, the text is built here, and is the same.
+    assert json.loads(result_json_from_proto(sent)) == decoded.to_dict()
+    plain = asyncio.run(result())
+    assert plain.result_json == b""
+    assert json.loads(result_json_from_proto(plain)) == result_from_proto(plain).to_dict()
 
 
 def test_session_runs_many_runs_beside_a_long_one_and_refuses_bad_ones(

@@ -426,9 +426,12 @@ def build_run_request(
     parent_node_id: str = "",
     depth: int = 0,
     result_only: bool = False,
+    result_json: bool = False,
 ) -> pb.RunRequest:
     """The ``RunRequest`` message :meth:`EngineClient.run` sends (see there).
-    ``result_only`` asks the engine to stream nothing but the final result event."""
+    ``result_only`` asks the engine to stream nothing but the final result event;
+    ``result_json`` to send the result also as JSON text (``RunResult.result_json``, the
+    text :func:`result_json_from_proto` would build)."""
     if run_id is None:
         run_id = uuid.uuid4().hex
     elif not isinstance(run_id, str) or not run_id:
@@ -445,6 +448,7 @@ def build_run_request(
         parent_node_id=parent_node_id,
         depth=depth,
         result_only=result_only,
+        result_json=result_json,
     )
     if completed:
         if not isinstance(completed, Mapping):
@@ -624,7 +628,10 @@ def _json_time(value: float) -> str:
 def result_json_from_proto(msg: pb.RunResult) -> str:
     """The JSON text of ``result_from_proto(msg).to_dict()``, built without decoding the node
     outputs: they are spliced in as the engine sent them (JSON objects, encoded by the core).
-    The orchestrator records every run's result this way."""
+    The orchestrator records every run's result this way. When the engine sent that text
+    itself (the request's ``result_json``), it is used as it is."""
+    if msg.result_json:
+        return msg.result_json.decode()
     outputs: list[str] = []
     nodes: list[str] = []
     for node in msg.nodes:

@@ -326,6 +326,9 @@ class RemoteBackend:
             parent_run_id=job.parent_run_id,
             parent_node_id=job.parent_node_id,
             depth=job.depth,
+            # Recorded as it comes (on_wire): the engine builds the result's JSON text,
+            # in Rust and off this process's GIL.
+            result_json=on_wire is not None,
         )
         stream: AsyncRunStream | SessionRun
         if on_wire is not None:

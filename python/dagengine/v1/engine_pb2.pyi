@@ -137,7 +137,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, retries: _Optional[int] = ..., backoff_initial_seconds: _Optional[float] = ..., backoff_factor: _Optional[float] = ..., backoff_max_seconds: _Optional[float] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("run_id", "attempt", "workflow", "inputs_json", "completed_json", "deadline_unix", "max_parallel", "fail_fast", "parent_run_id", "parent_node_id", "depth", "result_only")
+    __slots__ = ("run_id", "attempt", "workflow", "inputs_json", "completed_json", "deadline_unix", "max_parallel", "fail_fast", "parent_run_id", "parent_node_id", "depth", "result_only", "result_json")
     class CompletedJsonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class RunRequest(_message.Message):
     PARENT_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     RESULT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     workflow: WorkflowSpec
@@ -169,7 +170,8 @@ class RunRequest(_message.Message):
     parent_node_id: str
     depth: int
     result_only: bool
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[_Union[WorkflowSpec, _Mapping]] = ..., inputs_json: _Optional[bytes] = ..., completed_json: _Optional[_Mapping[str, bytes]] = ..., deadline_unix: _Optional[float] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ..., depth: _Optional[int] = ..., result_only: _Optional[bool] = ...) -> None: ...
+    result_json: bool
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[_Union[WorkflowSpec, _Mapping]] = ..., inputs_json: _Optional[bytes] = ..., completed_json: _Optional[_Mapping[str, bytes]] = ..., deadline_unix: _Optional[float] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ..., depth: _Optional[int] = ..., result_only: _Optional[bool] = ..., result_json: _Optional[bool] = ...) -> None: ...
 
 class ErrorInfo(_message.Message):
     __slots__ = ("type", "message", "traceback", "node_id")
@@ -280,7 +282,7 @@ class NodeResult(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., output_json: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., attempts: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
 
 class RunResult(_message.Message):
-    __slots__ = ("run_id", "attempt", "status", "error", "duration_seconds", "nodes", "engine_id")
+    __slots__ = ("run_id", "attempt", "status", "error", "duration_seconds", "nodes", "engine_id", "result_json")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +290,7 @@ class RunResult(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     status: RunStatus
@@ -295,7 +298,8 @@ class RunResult(_message.Message):
     duration_seconds: float
     nodes: _containers.RepeatedCompositeFieldContainer[NodeResult]
     engine_id: str
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., duration_seconds: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeResult, _Mapping]]] = ..., engine_id: _Optional[str] = ...) -> None: ...
+    result_json: bytes
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., duration_seconds: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeResult, _Mapping]]] = ..., engine_id: _Optional[str] = ..., result_json: _Optional[bytes] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -351,7 +351,137 @@ pub fn result(tag: &RunTag, plan: &Plan, o: &RunOutcome) -> pb::RunResult {
             })
             .collect(),
         engine_id: tag.engine_id.to_string(),
+        result_json: Vec::new(),
     }
+}
+
+/// A string as JSON text.
+fn push_json_str(out: &mut String, s: &str) {
+    // Serialising a &str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+/// A float as JSON text (`null` if it is not finite, which times and durations never are).
+fn push_json_f64(out: &mut String, v: f64) {
+    if v.is_finite() {
+        out.push_str(&serde_json::to_string(&v).unwrap_or_default());
+    } else {
+        out.push_str("null");
+    }
+}
+
+/// An error as the JSON of Python's `ErrorInfo.to_dict()`: `traceback` and `node_id` only
+/// when set, an empty type read as `Error`.
+fn push_error_json(out: &mut String, e: Option<&pb::ErrorInfo>) {
+    let Some(e) = e else {
+        out.push_str("null");
+        return;
+    };
+    out.push_str("{\"type\":");
+    push_json_str(
+        out,
+        if e.r#type.is_empty() {
+            "Error"
+        } else {
+            &e.r#type
+        },
+    );
+    out.push_str(",\"message\":");
+    push_json_str(out, &e.message);
+    if !e.traceback.is_empty() {
+        out.push_str(",\"traceback\":");
+        push_json_str(out, &e.traceback);
+    }
+    if !e.node_id.is_empty() {
+        out.push_str(",\"node_id\":");
+        push_json_str(out, &e.node_id);
+    }
+    out.push('}');
+}
+
+fn node_status_name(status: i32) -> &'static str {
+    match pb::NodeStatus::try_from(status).unwrap_or(pb::NodeStatus::Unspecified) {
+        pb::NodeStatus::Unspecified | pb::NodeStatus::NodePending => "pending",
+        pb::NodeStatus::NodeRunning => "running",
+        pb::NodeStatus::NodeRetryingStatus => "retrying",
+        pb::NodeStatus::NodeSucceededStatus => "succeeded",
+        pb::NodeStatus::NodeFailedStatus => "failed",
+        pb::NodeStatus::NodeSkippedStatus => "skipped",
+        pb::NodeStatus::NodeCancelledStatus => "cancelled",
+    }
+}
+
+/// A node's output as JSON text, if it has one. Outputs are JSON objects encoded by
+/// `to_json`: UTF-8 by construction.
+fn raw_output(n: &pb::NodeResult) -> Option<&str> {
+    if n.output_json.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(&n.output_json).ok()
+}
+
+/// A wire result as the JSON text of Python's `RunResult.to_dict()` (`run_id`, `status`,
+/// `error`, `duration`, `outputs`: the succeeded nodes', `nodes`), the node outputs spliced
+/// in as they are: what `result_json_from_proto` builds on the Python side, for callers that
+/// store the result as it is.
+pub fn result_json(r: &pb::RunResult) -> Vec<u8> {
+    let status = match pb::RunStatus::try_from(r.status) {
+        Ok(pb::RunStatus::Succeeded) => "succeeded",
+        Ok(pb::RunStatus::Failed) => "failed",
+        Ok(pb::RunStatus::Cancelled) => "cancelled",
+        // Not a finished run's status: no JSON (the caller's own conversion reports it).
+        _ => return Vec::new(),
+    };
+    let mut out = String::with_capacity(256 + r.nodes.len() * 160);
+    out.push_str("{\"run_id\":");
+    push_json_str(&mut out, &r.run_id);
+    out.push_str(",\"status\":\"");
+    out.push_str(status);
+    out.push_str("\",\"error\":");
+    push_error_json(&mut out, r.error.as_ref());
+    out.push_str(",\"duration\":");
+    push_json_f64(&mut out, r.duration_seconds);
+    out.push_str(",\"outputs\":{");
+    let succeeded = pb::NodeStatus::NodeSucceededStatus as i32;
+    let mut first = true;
+    for n in r.nodes.iter().filter(|n| n.status == succeeded) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_json_str(&mut out, &n.node_id);
+        out.push(':');
+        out.push_str(raw_output(n).unwrap_or("{}"));
+    }
+    out.push_str("},\"nodes\":{");
+    for (i, n) in r.nodes.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, &n.node_id);
+        out.push_str(":{\"status\":\"");
+        out.push_str(node_status_name(n.status));
+        out.push_str("\",\"output\":");
+        out.push_str(raw_output(n).unwrap_or("null"));
+        out.push_str(",\"error\":");
+        push_error_json(&mut out, n.error.as_ref());
+        out.push_str(",\"attempts\":");
+        out.push_str(&n.attempts.to_string());
+        for (key, time) in [("started_at", n.started_at), ("finished_at", n.finished_at)] {
+            out.push_str(",\"");
+            out.push_str(key);
+            out.push_str("\":");
+            // An unset time (0 on the wire) is null, as in the Python result.
+            if time == 0.0 {
+                out.push_str("null");
+            } else {
+                push_json_f64(&mut out, time);
+            }
+        }
+        out.push('}');
+    }
+    out.push_str("}}");
+    out.into_bytes()
 }
 
 #[cfg(test)]
@@ -376,6 +506,88 @@ mod tests {
             nodes,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn result_json_has_the_python_results_shape() {
+        let r = pb::RunResult {
+            run_id: "r1".into(),
+            status: pb::RunStatus::Failed as i32,
+            error: Some(pb::ErrorInfo {
+                r#type: "NodeFailed".into(),
+                message: "node b failed".into(),
+                node_id: "b".into(),
+                ..Default::default()
+            }),
+            duration_seconds: 0.5,
+            nodes: vec![
+                pb::NodeResult {
+                    node_id: "a\"ü".into(),
+                    status: pb::NodeStatus::NodeSucceededStatus as i32,
+                    output_json: br#"{"v":[1,2.5,null],"s":"\u00fc"}"#.to_vec(),
+                    attempts: 1,
+                    started_at: 10.25,
+                    finished_at: 10.75,
+                    ..Default::default()
+                },
+                pb::NodeResult {
+                    node_id: "b".into(),
+                    status: pb::NodeStatus::NodeFailedStatus as i32,
+                    error: Some(pb::ErrorInfo {
+                        r#type: "LuaRuntimeError".into(),
+                        message: "boom\n".into(),
+                        traceback: "tb".into(),
+                        ..Default::default()
+                    }),
+                    attempts: 3,
+                    started_at: 11.0,
+                    finished_at: 11.5,
+                    ..Default::default()
+                },
+                pb::NodeResult {
+                    node_id: "c".into(),
+                    status: pb::NodeStatus::NodeSkippedStatus as i32,
+                    ..Default::default()
+                },
+                pb::NodeResult {
+                    node_id: "d".into(),
+                    status: pb::NodeStatus::NodeSucceededStatus as i32,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let got: Value = serde_json::from_slice(&result_json(&r)).unwrap();
+        let node = |status: &str, output: Value, error: Value, attempts: u32, times: Value| {
+            serde_json::json!({
+                "status": status, "output": output, "error": error, "attempts": attempts,
+                "started_at": times[0], "finished_at": times[1],
+            })
+        };
+        let unset = serde_json::json!([null, null]);
+        let want = serde_json::json!({
+            "run_id": "r1",
+            "status": "failed",
+            "error": {"type": "NodeFailed", "message": "node b failed", "node_id": "b"},
+            "duration": 0.5,
+            "outputs": {"a\"ü": {"v": [1, 2.5, null], "s": "ü"}, "d": {}},
+            "nodes": {
+                "a\"ü": node("succeeded", serde_json::json!({"v": [1, 2.5, null], "s": "ü"}),
+                    Value::Null, 1, serde_json::json!([10.25, 10.75])),
+                "b": node("failed", Value::Null, serde_json::json!(
+                    {"type": "LuaRuntimeError", "message": "boom\n", "traceback": "tb"}),
+                    3, serde_json::json!([11.0, 11.5])),
+                "c": node("skipped", Value::Null, Value::Null, 0, unset.clone()),
+                "d": node("succeeded", Value::Null, Value::Null, 0, unset),
+            },
+        });
+        assert_eq!(got, want);
+        // Not a finished run: nothing (the caller converts, and reports, it itself).
+        let unfinished = pb::RunResult {
+            run_id: "x".into(),
+            ..Default::default()
+        };
+        assert!(result_json(&unfinished).is_empty());
     }
 
     #[test]

@@ -289,6 +289,22 @@ impl Stream for Coalesced {
     }
 }
 
+/// What a run's caller asked to be sent (see `RunRequest.result_only` and `result_json`).
+#[derive(Debug, Clone, Copy)]
+struct Forwarding {
+    result_only: bool,
+    result_json: bool,
+}
+
+impl Forwarding {
+    fn of(req: &pb::RunRequest) -> Self {
+        Self {
+            result_only: req.result_only,
+            result_json: req.result_json,
+        }
+    }
+}
+
 /// Whether a run has Python or sub-workflow nodes: the embedding process prepares them,
 /// holding the GIL, so not on an async worker.
 fn needs_host(req: &pb::RunRequest) -> bool {
@@ -492,7 +508,7 @@ impl Service {
             // Ended within its inline budget: its one message is ready now, so no task
             // (and no wake-up of one) is needed to forward it.
             let engine = self.engine.clone();
-            Self::forward(engine, tag, plan, handle, tx, req.result_only, wrap).await;
+            Self::forward(engine, tag, plan, handle, tx, Forwarding::of(&req), wrap).await;
             return Ok(());
         }
         tokio::spawn(Self::forward(
@@ -501,7 +517,7 @@ impl Service {
             plan,
             handle,
             tx,
-            req.result_only,
+            Forwarding::of(&req),
             wrap,
         ));
         Ok(())
@@ -564,7 +580,10 @@ impl Service {
         plan: Arc<Plan>,
         handle: RunHandle,
         tx: mpsc::Sender<Result<T, Status>>,
-        result_only: bool,
+        Forwarding {
+            result_only,
+            result_json,
+        }: Forwarding,
         wrap: fn(&RunTag, Vec<pb::RunEvent>) -> T,
     ) {
         let mut client_gone = false;
@@ -605,6 +624,9 @@ impl Service {
                                 ),
                                 ..Default::default()
                             });
+                        }
+                        if result_json {
+                            result.result_json = convert::result_json(&result);
                         }
                         ev.result = Some(result);
                     }
