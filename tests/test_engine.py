@@ -494,10 +494,10 @@ def test_the_engine_sends_the_results_json_when_asked(shared_engine: EngineProce
         ],
     }
 
-    async def result(**kw: Any) -> pb.RunResult:
+    async def result(workflow: dict[str, Any] = spec, **kw: Any) -> pb.RunResult:
         async with AsyncEngineClient(shared_engine.address, timeout=30) as aclient:
             session = aclient.session()
-            request = build_run_request(spec, {"x": 1}, run_id=uuid.uuid4().hex, **kw)
+            request = build_run_request(workflow, {"x": 1}, run_id=uuid.uuid4().hex, **kw)
             run = await session.start(request)
             events, _ = await _session_result(run)
             session.close()
@@ -514,6 +514,11 @@ def test_the_engine_sends_the_results_json_when_asked(shared_engine: EngineProce
     plain = asyncio.run(result())
     assert plain.result_json == b""
     assert json.loads(result_json_from_proto(plain)) == result_from_proto(plain).to_dict()
+    # A large result is left to the caller: the text would carry its outputs twice.
+    big_spec = {"id": "big", "nodes": [{"id": "a", "lua": 'return {s = string.rep("x", 100000)}'}]}
+    big = asyncio.run(result(big_spec, result_json=True))
+    assert big.result_json == b""
+    assert json.loads(result_json_from_proto(big))["outputs"]["a"]["s"] == "x" * 100000
 
 
 def test_session_runs_many_runs_beside_a_long_one_and_refuses_bad_ones(

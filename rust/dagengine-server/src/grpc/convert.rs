@@ -355,6 +355,19 @@ pub fn result(tag: &RunTag, plan: &Plan, o: &RunOutcome) -> pb::RunResult {
     }
 }
 
+/// Results (encoded) past which `add_result_json` leaves the JSON out: it would carry the
+/// outputs a second time, and a reply over the message size limit breaks the whole session.
+/// A large result is not where a run's fixed cost is; the caller builds the JSON itself.
+pub const RESULT_JSON_MAX_BYTES: usize = 64 << 10;
+
+/// Fill `result_json` (see [`result_json`]) unless the result is over
+/// [`RESULT_JSON_MAX_BYTES`].
+pub fn add_result_json(result: &mut pb::RunResult) {
+    if prost::Message::encoded_len(result) <= RESULT_JSON_MAX_BYTES {
+        result.result_json = result_json(result);
+    }
+}
+
 /// A string as JSON text.
 fn push_json_str(out: &mut String, s: &str) {
     // Serialising a &str cannot fail.
@@ -399,15 +412,16 @@ fn push_error_json(out: &mut String, e: Option<&pb::ErrorInfo>) {
     out.push('}');
 }
 
-fn node_status_name(status: i32) -> &'static str {
+/// A wire node status as the core's state (`node_status` the other way; unset: pending).
+fn node_state_of(status: i32) -> NodeState {
     match pb::NodeStatus::try_from(status).unwrap_or(pb::NodeStatus::Unspecified) {
-        pb::NodeStatus::Unspecified | pb::NodeStatus::NodePending => "pending",
-        pb::NodeStatus::NodeRunning => "running",
-        pb::NodeStatus::NodeRetryingStatus => "retrying",
-        pb::NodeStatus::NodeSucceededStatus => "succeeded",
-        pb::NodeStatus::NodeFailedStatus => "failed",
-        pb::NodeStatus::NodeSkippedStatus => "skipped",
-        pb::NodeStatus::NodeCancelledStatus => "cancelled",
+        pb::NodeStatus::Unspecified | pb::NodeStatus::NodePending => NodeState::Pending,
+        pb::NodeStatus::NodeRunning => NodeState::Running,
+        pb::NodeStatus::NodeRetryingStatus => NodeState::Retrying,
+        pb::NodeStatus::NodeSucceededStatus => NodeState::Succeeded,
+        pb::NodeStatus::NodeFailedStatus => NodeState::Failed,
+        pb::NodeStatus::NodeSkippedStatus => NodeState::Skipped,
+        pb::NodeStatus::NodeCancelledStatus => NodeState::Cancelled,
     }
 }
 
@@ -426,9 +440,9 @@ fn raw_output(n: &pb::NodeResult) -> Option<&str> {
 /// store the result as it is.
 pub fn result_json(r: &pb::RunResult) -> Vec<u8> {
     let status = match pb::RunStatus::try_from(r.status) {
-        Ok(pb::RunStatus::Succeeded) => "succeeded",
-        Ok(pb::RunStatus::Failed) => "failed",
-        Ok(pb::RunStatus::Cancelled) => "cancelled",
+        Ok(pb::RunStatus::Succeeded) => RunStatus::Succeeded,
+        Ok(pb::RunStatus::Failed) => RunStatus::Failed,
+        Ok(pb::RunStatus::Cancelled) => RunStatus::Cancelled,
         // Not a finished run's status: no JSON (the caller's own conversion reports it).
         _ => return Vec::new(),
     };
@@ -436,7 +450,7 @@ pub fn result_json(r: &pb::RunResult) -> Vec<u8> {
     out.push_str("{\"run_id\":");
     push_json_str(&mut out, &r.run_id);
     out.push_str(",\"status\":\"");
-    out.push_str(status);
+    out.push_str(status.as_str());
     out.push_str("\",\"error\":");
     push_error_json(&mut out, r.error.as_ref());
     out.push_str(",\"duration\":");
@@ -460,7 +474,7 @@ pub fn result_json(r: &pb::RunResult) -> Vec<u8> {
         }
         push_json_str(&mut out, &n.node_id);
         out.push_str(":{\"status\":\"");
-        out.push_str(node_status_name(n.status));
+        out.push_str(node_state_of(n.status).as_str());
         out.push_str("\",\"output\":");
         out.push_str(raw_output(n).unwrap_or("null"));
         out.push_str(",\"error\":");
@@ -588,6 +602,15 @@ mod tests {
             ..Default::default()
         };
         assert!(result_json(&unfinished).is_empty());
+        // Added to a small result; left out of a large one (the caller builds it).
+        let mut small = r.clone();
+        add_result_json(&mut small);
+        assert_eq!(small.result_json, result_json(&r));
+        let mut large = r;
+        large.nodes[0].output_json =
+            format!(r#"{{"s":"{}"}}"#, "x".repeat(RESULT_JSON_MAX_BYTES)).into_bytes();
+        add_result_json(&mut large);
+        assert!(large.result_json.is_empty());
     }
 
     #[test]

@@ -626,7 +626,7 @@ impl Service {
                             });
                         }
                         if result_json {
-                            result.result_json = convert::result_json(&result);
+                            convert::add_result_json(&mut result);
                         }
                         ev.result = Some(result);
                     }
