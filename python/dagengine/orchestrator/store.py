@@ -176,23 +176,32 @@ def _padded(count: int) -> int:
     return 1 << max(0, count - 1).bit_length()
 
 
-def _flat_padded(rows: list[tuple[Any, ...]], width: int) -> list[Any]:
-    """The values of ``rows`` (``width`` each) in one list, padded with NULLs to
-    :func:`_padded` rows."""
+def _values(rows: int, width: int) -> str:
+    """The placeholders of a ``VALUES`` list of ``rows`` rows of ``width`` values."""
+    row = f"({', '.join('?' * width)})"
+    return ", ".join([row] * rows)
+
+
+def _multi_row(
+    statement: Callable[[int], str], rows: list[tuple[Any, ...]]
+) -> tuple[str, list[Any]]:
+    """``statement`` (a multi-row statement for a number of rows) for ``rows`` (of one
+    width), and its parameters: the rows' values, padded with NULLs to :func:`_padded`
+    rows."""
+    padded = _padded(len(rows))
     values = [v for row in rows for v in row]
-    values.extend([None] * ((_padded(len(rows)) - len(rows)) * width))
-    return values
+    values.extend([None] * ((padded - len(rows)) * len(rows[0])))
+    return statement(padded), values
 
 
 @functools.lru_cache(maxsize=16)
 def _insert_events(rows: int) -> str:
     """An INSERT of ``rows`` events (9 values each; SQLite allows 32,766 per statement;
     rows of NULLs are skipped: see :func:`_padded`)."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     return (
         "INSERT INTO events (seq, time, type, severity, workflow_id, run_id, node_id, "
         "engine_id, data) SELECT column1, column2, column3, column4, column5, column6, "
-        f"column7, column8, column9 FROM (VALUES {values}) WHERE column1 IS NOT NULL"
+        f"column7, column8, column9 FROM (VALUES {_values(rows, 9)}) WHERE column1 IS NOT NULL"
     )
 
 
@@ -201,9 +210,8 @@ def _insert_outputs(rows: int) -> str:
     """:data:`_INSERT_OUTPUT` for ``rows`` outputs in one statement (``run_id, node_id,
     attempt, output`` each), each fenced on its own run like the single one (rows of
     NULLs match no run: see :func:`_padded`)."""
-    values = ", ".join(["(?, ?, ?, ?)"] * rows)
     return f"""INSERT INTO node_outputs (run_id, node_id, attempt, output)
-    SELECT column1, column2, column3, column4 FROM (VALUES {values}) AS v
+    SELECT column1, column2, column3, column4 FROM (VALUES {_values(rows, 4)}) AS v
     WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = v.column1 AND attempt = v.column3
         AND status = 'running')
     ON CONFLICT (run_id, node_id) DO UPDATE SET
@@ -367,10 +375,9 @@ def _insert_runs(rows: int) -> str:
     see :func:`_padded`). In a group commit a failing statement would roll back the whole
     group: a taken id is skipped instead (callers check for it before they queue the
     run)."""
-    values = ", ".join([f"({', '.join('?' for _ in _RUN_COLUMNS)})"] * rows)
     columns = ", ".join(f"column{i}" for i in range(1, len(_RUN_COLUMNS) + 1))
     return f"""INSERT INTO runs ({", ".join(_RUN_COLUMNS)})
-    SELECT {columns} FROM (VALUES {values}) WHERE column1 IS NOT NULL
+    SELECT {columns} FROM (VALUES {_values(rows, len(_RUN_COLUMNS))}) WHERE column1 IS NOT NULL
     ON CONFLICT (run_id) DO NOTHING"""
 
 
@@ -382,8 +389,7 @@ _RUNS_PER_STATEMENT: Final = 256
 def _finishable_runs(rows: int) -> str:
     """The ids (a JSON array) of the runs that a :func:`_finish_runs` of the same values
     ends: one row, so one step of the statement (each step lets go of the GIL)."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
-    return f"""SELECT json_group_array(v.column1) FROM (VALUES {values}) AS v
+    return f"""SELECT json_group_array(v.column1) FROM (VALUES {_values(rows, 6)}) AS v
     JOIN runs ON runs.run_id = v.column1
     WHERE runs.status IN ('queued', 'running')
         AND (v.column6 IS NULL OR runs.attempt = v.column6)"""
@@ -394,10 +400,9 @@ def _finish_runs(rows: int) -> str:
     """The end of ``rows`` runs in one statement, each fenced like :meth:`Store.finish_run`
     (``run_id, status, result, error, finished_at, attempt`` each; ``attempt`` NULL:
     any). No run may appear twice: only one of its rows would be used."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
     return f"""UPDATE runs SET status = v.column2, result = v.column3, error = v.column4,
         finished_at = v.column5
-    FROM (VALUES {values}) AS v
+    FROM (VALUES {_values(rows, 6)}) AS v
     WHERE runs.run_id = v.column1 AND runs.status IN ('queued', 'running')
         AND (v.column6 IS NULL OR runs.attempt = v.column6)"""
 
@@ -857,14 +862,12 @@ class Store:
 
         def write_outputs() -> None:
             for chunk in _chunks(outputs, _OUTPUTS_PER_INSERT):
-                self._db.execute(_insert_outputs(_padded(len(chunk))), _flat_padded(chunk, 4))
+                self._db.execute(*_multi_row(_insert_outputs, chunk))
             outputs.clear()
 
         with self.transaction():
             for chunk in _chunks(creates, _RUNS_PER_STATEMENT):
-                self._db.execute(
-                    _insert_runs(_padded(len(chunk))), _flat_padded(chunk, len(_RUN_COLUMNS))
-                )
+                self._db.execute(*_multi_row(_insert_runs, chunk))
             for index, (kind, row) in enumerate(pending):
                 if kind == "create":
                     continue
@@ -886,17 +889,15 @@ class Store:
             if outputs:
                 write_outputs()
             for chunk in _chunks(deferred, _RUNS_PER_STATEMENT):
-                values = _flat_padded([row[:-1] for _, row in chunk], 6)
-                rows = _padded(len(chunk))
-                ended = set(
-                    json.loads(self._db.execute(_finishable_runs(rows), values).fetchone()[0])
-                )
+                finish, values = _multi_row(_finish_runs, [row[:-1] for _, row in chunk])
+                finishable = _finishable_runs(_padded(len(chunk)))
+                ended = set(json.loads(self._db.execute(finishable, values).fetchone()[0]))
                 if ended:
-                    self._db.execute(_finish_runs(rows), values)
+                    self._db.execute(finish, values)
                 for entry, row in chunk:
                     entry[1] = row[0] in ended
             for chunk in _chunks(events, _EVENTS_PER_INSERT):
-                self._db.execute(_insert_events(_padded(len(chunk))), _flat_padded(chunk, 9))
+                self._db.execute(*_multi_row(_insert_events, chunk))
         return [(done, recorded) for done, recorded in finished]
 
     def __enter__(self) -> Store:
