@@ -12,8 +12,8 @@
 //! to that call. The conversions themselves raise memory errors only (nothing here calls
 //! metamethods); [`invoke`] also calls the script, whose errors of any kind take the same
 //! way out. The frames an error unwinds through own nothing with a destructor while a Lua
-//! function that can fail runs: they hold borrows and iterators only; owned values (`Vec`, `String`,
-//! `serde_json::Value`) are built by the reading direction, whose Lua calls
+//! function that can fail runs: they hold borrows and iterators only; owned values (`Vec`,
+//! `String`, `serde_json::Value`) are built by the reading direction, whose Lua calls
 //! (`lua_next`, `lua_to*`, `lua_getmetatable`) do not allocate and cannot fail on the
 //! values they are given. Stack space is reserved with `lua_checkstack` before every
 //! container; `exec_raw` restores the stack height afterwards, also on errors.
@@ -176,9 +176,9 @@ pub(crate) enum InvokeFail {
 /// and the node and run ids, which through mlua would take a protected call each), then
 /// `arm` runs (the memory limit is armed after the host's values are in) and, if it agrees,
 /// `runner(func, inputs, results, node_id, run_id, attempt)` is called; if it returns,
-/// `disarm` runs and a table it returned is converted to JSON. The call is unprotected inside `exec_raw`'s protected call,
-/// so its errors reach mlua's own message handler and error conversion exactly as
-/// `Function::call`'s would.
+/// `disarm` runs and a table it returned is converted to JSON. The call is unprotected
+/// inside `exec_raw`'s protected call, so its errors reach mlua's own message handler and
+/// error conversion exactly as `Function::call`'s would.
 pub(crate) fn invoke(
     lua: &Lua,
     array_mt: &Table,
