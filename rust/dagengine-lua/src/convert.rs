@@ -172,40 +172,61 @@ pub(crate) enum InvokeFail {
     Call(mlua::Error),
 }
 
-/// One execution in one protected call: the arguments are converted (`inputs`, `results`,
-/// and the node and run ids, which through mlua would take a protected call each), then
-/// `arm` runs (the memory limit is armed after the host's values are in) and, if it agrees,
-/// `runner(func, inputs, results, node_id, run_id, attempt)` is called; if it returns,
+/// The two tables a script's globals live in, kept for the life of the state: a node's
+/// environment (`_ENV`, whose metatable reaches the shared read-only globals) and its
+/// `ctx`. Reusing them saves two tables (four allocations, and their collection) per run.
+pub(crate) struct Scope<'a> {
+    pub(crate) env: &'a Table,
+    pub(crate) ctx: &'a Table,
+}
+
+/// Keys a reused table may have held before it is replaced by a fresh one: emptying a
+/// table keeps its size, and every later run would walk the empty slots.
+pub(crate) const REUSE_MAX_KEYS: usize = 32;
+
+/// One execution in one protected call. The scope's tables are emptied first: nothing a
+/// previous run assigned survives (no value of one run is reachable from the next but
+/// these two tables, the environment's metatable cannot be changed by scripts, and
+/// `ctx`'s is cleared). Then the arguments are converted and set (`inputs`, `results`,
+/// `ctx` with the node and run ids, which through mlua would take a protected call each),
+/// `arm` runs (the memory limit is armed after the host's values are in) and, if it
+/// agrees, the script is called with the environment as its argument; if it returns,
 /// `disarm` runs and a table it returned is converted to JSON. The call is unprotected
-/// inside `exec_raw`'s protected call, so its errors reach mlua's own message handler and
-/// error conversion exactly as `Function::call`'s would.
+/// inside `exec_raw`'s protected call, so its errors reach mlua's own message handler
+/// and error conversion exactly as `Function::call`'s would. `outgrown` is set when a
+/// scope table held more than [`REUSE_MAX_KEYS`] keys.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn invoke(
     lua: &Lua,
     array_mt: &Table,
-    runner: &Function,
     func: &Function,
+    scope: &Scope<'_>,
     call: &Call<'_>,
     arm: impl FnOnce() -> bool,
     disarm: impl FnOnce(),
+    outgrown: &mut bool,
 ) -> Result<Returned, InvokeFail> {
     let mut failed = None;
     let mut armed = true;
     let mut called = false;
     let mut converted = None;
     let marker = array_mt.to_pointer();
-    // SAFETY: see the module docs. Arguments 1..=3 of the protected call are the marker
-    // table, the runner and the script. When `lua_callk` runs, this frame owns nothing with a
-    // destructor (`failed` is `None`, `arm` has been consumed), so an error raised by the
-    // script may unwind through it.
+    // SAFETY: see the module docs. Arguments 1..=4 of the protected call are the marker
+    // table, the script, the environment and `ctx`. When `lua_callk` runs, this frame owns
+    // nothing with a destructor (`failed` is `None`, `arm` has been consumed), so an error
+    // raised by the script may unwind through it.
     let value = unsafe {
-        lua.exec_raw::<LuaValue>((array_mt, runner, func), |l| {
-            ffi::lua_pushvalue(l, 2);
-            ffi::lua_pushvalue(l, 3);
+        lua.exec_raw::<LuaValue>((array_mt, func, scope.env, scope.ctx), |l| {
+            let keys = clear(l, 3).max(clear(l, 4));
+            *outgrown = keys > REUSE_MAX_KEYS;
+            ffi::lua_pushnil(l);
+            ffi::lua_setmetatable(l, 4);
             if let Err(e) = push_json(l, 1, call.inputs, 0) {
                 failed = Some((e, "inputs".to_owned()));
                 ffi::lua_settop(l, 0);
                 return;
             }
+            ffi::lua_setfield(l, 3, c"inputs".as_ptr());
             ffi::lua_createtable(l, 0, call.results.len().min(c_int::MAX as usize) as c_int);
             for (id, v) in call.results {
                 push_str(l, id);
@@ -216,16 +237,24 @@ pub(crate) fn invoke(
                 }
                 ffi::lua_rawset(l, -3);
             }
+            ffi::lua_setfield(l, 3, c"results".as_ptr());
             push_str(l, call.node_id);
+            ffi::lua_setfield(l, 4, c"node_id".as_ptr());
             push_str(l, call.run_id);
+            ffi::lua_setfield(l, 4, c"run_id".as_ptr());
             ffi::lua_pushinteger(l, i64::from(call.attempt));
+            ffi::lua_setfield(l, 4, c"attempt".as_ptr());
+            ffi::lua_pushvalue(l, 4);
+            ffi::lua_setfield(l, 3, c"ctx".as_ptr());
             if !arm() {
                 armed = false;
                 ffi::lua_settop(l, 0);
                 return;
             }
             called = true;
-            ffi::lua_callk(l, 6, 1, 0, None);
+            ffi::lua_pushvalue(l, 2);
+            ffi::lua_pushvalue(l, 3);
+            ffi::lua_callk(l, 1, 1, 0, None);
             // The script is done: its memory limit must not apply to reading its result
             // (naming a fault pushes string keys again; the stack may have to grow). Past
             // this point nothing raises a Lua error short of the process running out of
@@ -250,6 +279,22 @@ pub(crate) fn invoke(
             None => Returned::Lua(value),
         }),
     }
+}
+
+/// Removes every key of the table at absolute index `idx` (clearing fields during a
+/// traversal is allowed, and setting an existing key to nil allocates nothing); returns
+/// how many there were.
+unsafe fn clear(l: *mut ffi::lua_State, idx: c_int) -> usize {
+    let mut n = 0;
+    ffi::lua_pushnil(l);
+    while ffi::lua_next(l, idx) != 0 {
+        ffi::lua_pop(l, 1);
+        ffi::lua_pushvalue(l, -1);
+        ffi::lua_pushnil(l);
+        ffi::lua_rawset(l, idx);
+        n += 1;
+    }
+    n
 }
 
 unsafe fn push_str(l: *mut ffi::lua_State, s: &str) {

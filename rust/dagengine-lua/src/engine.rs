@@ -15,7 +15,7 @@ use mlua::{
 use serde_json::Value;
 
 use crate::convert::{
-    invoke, json_to_lua, lua_to_json, lua_type_name, Call, ConvFail, InvokeFail, Returned,
+    invoke, json_to_lua, lua_to_json, lua_type_name, Call, ConvFail, InvokeFail, Returned, Scope,
 };
 use crate::{LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
 
@@ -267,15 +267,21 @@ struct CacheEntry {
 /// Chunk name every script is compiled under, so one compiled function serves every node
 /// that runs the same source; runtime messages get the node id in its place.
 pub(crate) const CHUNK: &str = "dagengine-script";
-/// The chunk name of the prelude that calls every script (what its traceback frames start with).
+/// The chunk name of the sandbox's prelude (the frames of its wrappers, `pcall` and the like).
 const PRELUDE: &str = "dagengine-prelude";
 
 /// One sandboxed Lua state with its compiled-chunk cache.
 pub(crate) struct Engine {
     lua: Lua,
     run: Rc<RunState>,
-    runner: Function,
     array_mt: Table,
+    /// Metatable of node environments: `__index` is the shared read-only globals.
+    env_mt: Table,
+    /// The environment and `ctx` tables every run reuses (see [`Scope`]).
+    env: Table,
+    ctx: Table,
+    /// `current[1]` is `env`: the default environment of the sandbox's `load`.
+    current: Table,
     /// Environment of compiled chunks before the prefix rebinds `_ENV`; empty
     /// so the chunk never holds the real globals.
     chunk_env: Table,
@@ -291,6 +297,14 @@ fn internal(e: &mlua::Error) -> LuaError {
         message: format!("internal Lua error: {e}"),
         traceback: None,
     }
+}
+
+/// A node environment (with the sandbox's metatable), made the default env of `load`.
+fn new_env(lua: &Lua, env_mt: &Table, current: &Table) -> mlua::Result<Table> {
+    let env = lua.create_table()?;
+    env.set_metatable(Some(env_mt.clone()))?;
+    current.raw_set(1, &env)?;
+    Ok(env)
 }
 
 impl Engine {
@@ -330,8 +344,10 @@ impl Engine {
         )?;
         host.raw_set("array_mt", &array_mt)?;
         host.raw_set("null", LuaValue::NULL)?;
+        let current = lua.create_table()?;
+        host.raw_set("current", &current)?;
 
-        let runner: Function = lua
+        let env_mt: Table = lua
             .load(include_str!("prelude.lua"))
             .set_name(format!("={PRELUDE}"))
             .set_mode(ChunkMode::Text)
@@ -344,11 +360,16 @@ impl Engine {
         )?;
 
         let chunk_env = lua.create_table()?;
+        let env = new_env(&lua, &env_mt, &current)?;
+        let ctx = lua.create_table()?;
         Ok(Engine {
             lua,
             run,
-            runner,
             array_mt,
+            env_mt,
+            env,
+            ctx,
+            current,
             chunk_env,
             cache: HashMap::default(),
             cache_len: 0,
@@ -451,8 +472,22 @@ impl Engine {
                 disarmed = Some(lua.set_memory_limit(0).map(drop));
             }
         };
+        let scope = Scope {
+            env: &self.env,
+            ctx: &self.ctx,
+        };
+        let mut outgrown = false;
         let guard = CancelGuard::new(run, cancel);
-        let outcome = invoke(lua, &self.array_mt, &self.runner, &func, &call, arm, disarm);
+        let outcome = invoke(
+            lua,
+            &self.array_mt,
+            &func,
+            &scope,
+            &call,
+            arm,
+            disarm,
+            &mut outgrown,
+        );
         drop(guard);
 
         run.active.set(false);
@@ -466,6 +501,9 @@ impl Engine {
         }
         let logs = std::mem::take(&mut *run.logs.borrow_mut());
         let tripped = run.tripped.take();
+        if outgrown {
+            self.renew_scope().map_err(|e| self.fail(&e))?;
+        }
         match outcome {
             Err(InvokeFail::Args(e, root)) => Err(self.conv_failure(e, &root)),
             Err(InvokeFail::NotArmed) => {
@@ -487,6 +525,13 @@ impl Engine {
                 }),
             },
         }
+    }
+
+    /// Fresh environment and `ctx` tables, for when a script left too many keys in them.
+    fn renew_scope(&mut self) -> mlua::Result<()> {
+        self.env = new_env(&self.lua, &self.env_mt, &self.current)?;
+        self.ctx = self.lua.create_table()?;
+        Ok(())
     }
 
     fn output(&self, returned: Returned) -> Result<serde_json::Map<String, Value>, LuaError> {
@@ -616,30 +661,20 @@ fn split_traceback(msg: &str) -> LuaError {
 }
 
 /// The frames of a traceback that are the user's: without the anonymous C frames of the
-/// protected call and of the traceback handler (`[C]: in ?`) and without the prelude that
-/// calls the script, whose own frame then reads `in main chunk` (Lua names it after the
-/// prelude's variable: `in local 'fn'`).
+/// protected call and of the traceback handler (`[C]: in ?`) and without the sandbox's
+/// own wrappers (a limit error re-raised by its `pcall`, say).
 fn user_frames(traceback: &str) -> String {
-    let mut frames: Vec<String> = Vec::new();
-    for line in traceback.lines() {
-        let frame = line.trim_start();
-        if frame == "[C]: in ?" {
-            continue;
-        }
-        if frame
-            .strip_prefix(PRELUDE)
-            .is_some_and(|at| at.starts_with(':'))
-        {
-            if let Some(script) = frames.last_mut() {
-                if let Some(at) = script.strip_suffix(" in local 'fn'") {
-                    *script = format!("{at} in main chunk");
-                }
-            }
-            continue;
-        }
-        frames.push(line.to_owned());
-    }
-    frames.join("\n")
+    traceback
+        .lines()
+        .filter(|line| {
+            let frame = line.trim_start();
+            frame != "[C]: in ?"
+                && !frame
+                    .strip_prefix(PRELUDE)
+                    .is_some_and(|at| at.starts_with(':'))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Put the node id where Lua wrote the shared chunk name (`dagengine-script:3: boom`
@@ -769,8 +804,10 @@ mod tests {
     #[test]
     fn tracebacks_keep_the_users_frames() {
         let lua = "stack traceback:\n\t[C]: in ?\n\t[C]: in function 'error'\n\t\
-                   dagengine-script:1: in local 'f'\n\tdagengine-script:2: in local 'fn'\n\t\
-                   dagengine-prelude:146: in function <dagengine-prelude:139>\n\t[C]: in ?";
+                   dagengine-prelude:52: in upvalue 'pass'\n\t\
+                   dagengine-prelude:56: in function 'pcall'\n\t\
+                   dagengine-script:1: in local 'f'\n\tdagengine-script:2: in main chunk\n\t\
+                   [C]: in ?";
         assert_eq!(
             user_frames(lua),
             "stack traceback:\n\t[C]: in function 'error'\n\tdagengine-script:1: in local 'f'\n\t\

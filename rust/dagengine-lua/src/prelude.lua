@@ -1,5 +1,5 @@
 -- Builds the sandbox. Runs once per Lua state, with the full (unsandboxed)
--- globals still in reach, and returns the function that runs one node.
+-- globals still in reach, and returns the metatable of a node's environment.
 -- Everything captured here as a local is unreachable from scripts, which only
 -- ever see the frozen proxies and wrappers stored in `safe`.
 local G, host = ...
@@ -14,6 +14,9 @@ local raw_resume = coroutine.resume
 local check_abort, sink = host.check_abort, host.sink
 local raw_encode, raw_decode = host.json_encode, host.json_decode
 local ARRAY_MT, NULL = host.array_mt, host.null
+-- `current[1]` is the environment of the running node (set from Rust); the default env
+-- of `load`.
+local current = host.current
 
 -- `string.dump` would hand out bytecode; remove it from the real table because
 -- string values reach it through the string metatable, not through the proxy.
@@ -101,11 +104,8 @@ local co = {}
 for k, v in next, coroutine do co[k] = v end
 co.resume = function(c, ...) return pass(raw_resume(c, ...)) end
 
--- Environment of the running node; the default env of `load`.
-local current_env
-
 local function load(chunk, name, _mode, env)
-  if env == nil then env = current_env end
+  if env == nil then env = current[1] end
   -- Text only: binary chunks bypass the verifier and can crash the VM.
   return raw_load(chunk, name, "t", env)
 end
@@ -127,21 +127,8 @@ for _, name in next, { "dofile", "loadfile", "load", "collectgarbage", "print", 
   G[name] = nil
 end
 
-local ENV_MT = { __index = safe, __metatable = false }
-
-local function finish(...)
-  current_env = nil
-  return ...
-end
-
--- Called from Rust for every execution: a fresh _ENV per run keeps global
--- assignments from leaking into the next run of any script.
-return function(fn, inputs, results, node_id, run_id, attempt)
-  local env = raw_setmetatable({
-    inputs = inputs,
-    results = results,
-    ctx = { node_id = node_id, run_id = run_id, attempt = attempt },
-  }, ENV_MT)
-  current_env = env
-  return finish(fn(env))
-end
+-- Every node runs with an environment table carrying this metatable: its own
+-- globals (`inputs`, `results`, `ctx` and whatever it assigns) over the shared
+-- read-only `safe`. Rust empties and refills the table before each run, so
+-- nothing one run assigns is seen by the next.
+return { __index = safe, __metatable = false }

@@ -109,6 +109,43 @@ fn globals_do_not_leak_between_runs() {
     );
 }
 
+/// The environment and `ctx` tables are reused from run to run: each run must still start
+/// with exactly `inputs`, `results` and `ctx`, whatever the run before did to them.
+#[test]
+fn every_run_starts_with_a_clean_environment_and_ctx() {
+    let clean = "local n = 0 for _ in pairs(_ENV) do n = n + 1 end \
+                 local c = 0 for _ in pairs(ctx) do c = c + 1 end \
+                 return { globals = n, ctx_keys = c, node = ctx.node_id, run = ctx.run_id, \
+                          attempt = ctx.attempt, mt = getmetatable(ctx) == nil, \
+                          inputs = type(inputs), results = type(results) }";
+    let expected = json!({
+        "globals": 3, "ctx_keys": 3, "node": "node", "run": "run-1", "attempt": 1,
+        "mt": true, "inputs": "table", "results": "table",
+    });
+    assert_eq!(out(clean), expected);
+    for dirty in [
+        // Overwrite and remove what the host set.
+        "inputs = 1 results = nil ctx = 'x' return {}",
+        // Change ctx in place, and its metatable.
+        "ctx.node_id = 'other' ctx.extra = 1 ctx.attempt = nil \
+         setmetatable(ctx, { __index = function() return 'planted' end }) return {}",
+        // Many globals: the tables are replaced rather than emptied every later run.
+        "for i = 1, 500 do _ENV['g' .. i] = i; ctx['k' .. i] = i end return {}",
+        // Through `load`, whose default environment is the running node's.
+        "load('planted = true')() return {}",
+        // A run that fails after changing things.
+        "leaked = 1 ctx.extra = 2 error('boom')",
+    ] {
+        let _ = run(dirty);
+        assert_eq!(out(clean), expected, "after {dirty:?}");
+    }
+    // `load` still sees the current environment after the tables were replaced.
+    assert_eq!(
+        out("x = 5 return { x = load('return x')(), node = load('return ctx.node_id')() }"),
+        json!({ "x": 5, "node": "node" })
+    );
+}
+
 #[test]
 fn shared_libraries_cannot_be_tampered_with() {
     let attacks = [
