@@ -19,6 +19,7 @@
 //! container; `exec_raw` restores the stack height afterwards, also on errors.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 use std::fmt::Write as _;
 use std::ptr;
@@ -418,11 +419,33 @@ struct ToJson {
     careful: bool,
 }
 
+thread_local! {
+    /// The traversal stack of the last conversion on this thread, kept for its capacity:
+    /// most outputs are one small table, and allocating the stack was a fifth of the
+    /// conversion.
+    static SPARE_STACK: Cell<Vec<*const c_void>> = const { Cell::new(Vec::new()) };
+}
+
+/// What walking an unmarked table gave: a map when every key was a string (the common
+/// object), else every entry as read.
+enum Walk {
+    Object(Map<String, Value>),
+    Mixed(Vec<(Key, Value)>),
+}
+
+impl Drop for ToJson {
+    fn drop(&mut self) {
+        let mut stack = std::mem::take(&mut self.stack);
+        stack.clear();
+        SPARE_STACK.set(stack);
+    }
+}
+
 impl ToJson {
     fn new(array_mt: *const c_void) -> Self {
         ToJson {
             array_mt,
-            stack: Vec::new(),
+            stack: SPARE_STACK.take(),
             careful: false,
         }
     }
@@ -475,10 +498,16 @@ impl ToJson {
             self.first_error(l, idx, marked)
                 .map_or(Ok(Value::Null), Err)
         } else {
-            match self.entries(l, idx, marked) {
-                Ok(entries) if marked => marked_array(entries),
-                Ok(entries) if is_sequence(&entries) => Ok(sequence(entries)),
-                Ok(entries) => object(entries),
+            let walked = if marked {
+                self.entries(l, idx, true).map(Walk::Mixed)
+            } else {
+                self.walk(l, idx)
+            };
+            match walked {
+                Ok(Walk::Object(map)) => Ok(sorted(map)),
+                Ok(Walk::Mixed(entries)) if marked => marked_array(entries),
+                Ok(Walk::Mixed(entries)) if is_sequence(&entries) => Ok(sequence(entries)),
+                Ok(Walk::Mixed(entries)) => object(entries),
                 Err(e) if e.no_stack => Err(e),
                 Err(e) => {
                     // From here on (this conversion fails anyway) every table is walked
@@ -564,17 +593,74 @@ impl ToJson {
         idx: c_int,
         marked: bool,
     ) -> Result<Vec<(Key, Value)>, ConvError> {
-        let mut out = Vec::new();
         ffi::lua_pushnil(l);
+        self.entries_after(l, idx, marked, Vec::new())
+    }
+
+    /// The rest of a traversal whose current key is on top of the stack, added to `out`.
+    unsafe fn entries_after(
+        &mut self,
+        l: *mut ffi::lua_State,
+        idx: c_int,
+        marked: bool,
+        mut out: Vec<(Key, Value)>,
+    ) -> Result<Vec<(Key, Value)>, ConvError> {
         while ffi::lua_next(l, idx) != 0 {
-            // Key at -2, value at -1.
-            let key = read_key(l, -2, marked)?;
-            let value = self.value(l, -1).map_err(|e| e.at(key.segment()))?;
-            ffi::lua_pop(l, 1);
-            out.push((key, value));
+            out.push(self.pair(l, marked)?);
         }
         Ok(out)
     }
+
+    /// The pair `lua_next` pushed (key at -2, value at -1), converted; pops the value.
+    unsafe fn pair(
+        &mut self,
+        l: *mut ffi::lua_State,
+        marked: bool,
+    ) -> Result<(Key, Value), ConvError> {
+        let key = read_key(l, -2, marked)?;
+        let value = self.value(l, -1).map_err(|e| e.at(key.segment()))?;
+        ffi::lua_pop(l, 1);
+        Ok((key, value))
+    }
+
+    /// An unmarked table: string keys go straight into a map (no list of entries to
+    /// rename, sort and copy); at the first other key the walk goes on as [`entries`]
+    /// with what was read so far.
+    ///
+    /// [`entries`]: ToJson::entries
+    unsafe fn walk(&mut self, l: *mut ffi::lua_State, idx: c_int) -> Result<Walk, ConvError> {
+        let mut map = Map::new();
+        ffi::lua_pushnil(l);
+        while ffi::lua_next(l, idx) != 0 {
+            if ffi::lua_type(l, -2) != ffi::LUA_TSTRING {
+                let mut out: Vec<(Key, Value)> =
+                    map.into_iter().map(|(k, v)| (Key::Str(k), v)).collect();
+                out.push(self.pair(l, false)?);
+                return self.entries_after(l, idx, false, out).map(Walk::Mixed);
+            }
+            let (key, value) = self.pair(l, false)?;
+            let Key::Str(name) = key else {
+                unreachable!("the key is a string")
+            };
+            // Lua's keys are unique: nothing is replaced.
+            map.insert(name, value);
+        }
+        Ok(Walk::Object(map))
+    }
+}
+
+/// An object with its keys in order (see [`named`]).
+fn sorted(mut map: Map<String, Value>) -> Value {
+    let mut keys = map.keys();
+    let mut prev = keys.next();
+    for key in keys {
+        if prev.is_some_and(|p| p > key) {
+            map.sort_keys();
+            break;
+        }
+        prev = Some(key);
+    }
+    Value::Object(map)
 }
 
 /// The key at `idx` (during a traversal), as JSON can use it given whether the table is

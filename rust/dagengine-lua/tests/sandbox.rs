@@ -329,6 +329,21 @@ fn lua_tables_convert_to_json() {
         v.as_object().unwrap().keys().collect::<Vec<_>>(),
         ["a", "b", "c"]
     );
+    // Integer keys met after string keys (the hash part's order) still join the object,
+    // sorted by their names among the others.
+    let v =
+        out("local t = {} for i = 1, 20 do t['k' .. i] = i end t[100] = 'x' t[-3] = 'y' return t");
+    let mut names: Vec<String> = (1..=20).map(|i| format!("k{i}")).collect();
+    names.extend(["100".to_owned(), "-3".to_owned()]);
+    names.sort();
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        names.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (v["k7"].clone(), v["100"].clone(), v["-3"].clone()),
+        (json!(7), json!("x"), json!("y"))
+    );
     // json.null is distinct from nil in inputs.
     assert_eq!(
         run_with(
