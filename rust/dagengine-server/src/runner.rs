@@ -666,6 +666,20 @@ impl Driver {
     }
 
     fn emit(&mut self, kind: EventKind, node: Option<NodeIdx>, attempt: u32, detail: EventDetail) {
+        if self.config.events {
+            self.emit_at(unix_now(), kind, node, attempt, detail);
+        }
+    }
+
+    /// [`Driver::emit`] with the time already read (the node record's own timestamp).
+    fn emit_at(
+        &mut self,
+        time: f64,
+        kind: EventKind,
+        node: Option<NodeIdx>,
+        attempt: u32,
+        detail: EventDetail,
+    ) {
         if !self.config.events {
             return;
         }
@@ -675,7 +689,7 @@ impl Driver {
             kind,
             node,
             attempt,
-            time: unix_now(),
+            time,
             detail,
         });
         if self.buffered.len() >= PUBLISH_BATCH {
@@ -843,6 +857,9 @@ impl Driver {
     }
 
     fn fire_timers(&mut self, sched: &mut Scheduler<'_>, out: &mut Vec<Instruction>) {
+        if self.deadline.is_none() && self.timers.is_empty() {
+            return; // nothing to fire: no clock read (a chain calls this once per node)
+        }
         let now = Instant::now();
         if self.deadline.is_some_and(|d| d <= now) && sched.stop_reason().is_none() {
             self.deadline = None;
@@ -930,7 +947,7 @@ impl Driver {
                         Some(out) if self.config.event_outputs => EventDetail::Output(out.clone()),
                         _ => EventDetail::None,
                     };
-                    self.emit(EventKind::NodeSucceeded, Some(node), attempt, detail);
+                    self.emit_at(now, EventKind::NodeSucceeded, Some(node), attempt, detail);
                 }
             }
             Err(failure) => {
@@ -949,7 +966,7 @@ impl Driver {
                     let detail = EventDetail::Error(
                         self.records[node as usize].error.clone().expect("just set"),
                     );
-                    self.emit(EventKind::NodeFailed, Some(node), attempt, detail);
+                    self.emit_at(now, EventKind::NodeFailed, Some(node), attempt, detail);
                 }
             }
         }
@@ -982,12 +999,12 @@ impl Driver {
                 done += 1;
                 match ins {
                     Instruction::Execute { node, attempt } => {
+                        let now = unix_now();
                         let rec = &mut self.records[node as usize];
                         rec.attempts = attempt;
-                        if rec.started_at.is_none() {
-                            rec.started_at = Some(unix_now());
-                        }
-                        self.emit(
+                        rec.started_at.get_or_insert(now);
+                        self.emit_at(
+                            now,
                             EventKind::NodeStarted,
                             Some(node),
                             attempt,
