@@ -27,6 +27,8 @@ use std::ptr;
 use mlua::{ffi, Function, Lua, Table, Value as LuaValue};
 use serde_json::{Map, Number, Value};
 
+use crate::Names;
+
 /// Deepest nesting accepted in either direction. Bounds Rust recursion and
 /// doubles as a backstop against cycles.
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -149,6 +151,8 @@ pub(crate) fn json_to_lua(lua: &Lua, array_mt: &Table, v: &Value) -> Result<LuaV
 
 /// What one execution passes to the runner besides the script.
 pub(crate) struct Call<'a> {
+    /// The globals the script can read; the others are not set.
+    pub(crate) names: Names,
     pub(crate) inputs: &'a Value,
     pub(crate) results: &'a [(&'a str, &'a Value)],
     pub(crate) node_id: &'a str,
@@ -218,35 +222,46 @@ pub(crate) fn invoke(
     // raised by the script may unwind through it.
     let value = unsafe {
         lua.exec_raw::<LuaValue>((array_mt, func, scope.env, scope.ctx), |l| {
-            let keys = clear(l, 3).max(clear(l, 4));
-            *outgrown = keys > REUSE_MAX_KEYS;
-            ffi::lua_pushnil(l);
-            ffi::lua_setmetatable(l, 4);
-            if let Err(e) = push_json(l, 1, call.inputs, 0) {
-                failed = Some((e, "inputs".to_owned()));
-                ffi::lua_settop(l, 0);
-                return;
+            let names = call.names;
+            let mut keys = clear(l, 3);
+            if names.ctx {
+                keys = keys.max(clear(l, 4));
+                ffi::lua_pushnil(l);
+                ffi::lua_setmetatable(l, 4);
             }
-            ffi::lua_setfield(l, 3, c"inputs".as_ptr());
-            ffi::lua_createtable(l, 0, call.results.len().min(c_int::MAX as usize) as c_int);
-            for (id, v) in call.results {
-                push_str(l, id);
-                if let Err(e) = push_json(l, 1, v, 0) {
-                    failed = Some((e, format!("results[{id:?}]")));
+            *outgrown = keys > REUSE_MAX_KEYS;
+            if names.inputs {
+                if let Err(e) = push_json(l, 1, call.inputs, 0) {
+                    failed = Some((e, "inputs".to_owned()));
                     ffi::lua_settop(l, 0);
                     return;
                 }
-                ffi::lua_rawset(l, -3);
+                ffi::lua_setfield(l, 3, c"inputs".as_ptr());
             }
-            ffi::lua_setfield(l, 3, c"results".as_ptr());
-            push_str(l, call.node_id);
-            ffi::lua_setfield(l, 4, c"node_id".as_ptr());
-            push_str(l, call.run_id);
-            ffi::lua_setfield(l, 4, c"run_id".as_ptr());
-            ffi::lua_pushinteger(l, i64::from(call.attempt));
-            ffi::lua_setfield(l, 4, c"attempt".as_ptr());
-            ffi::lua_pushvalue(l, 4);
-            ffi::lua_setfield(l, 3, c"ctx".as_ptr());
+            if names.results {
+                let n = call.results.len().min(c_int::MAX as usize) as c_int;
+                ffi::lua_createtable(l, 0, n);
+                for (id, v) in call.results {
+                    push_str(l, id);
+                    if let Err(e) = push_json(l, 1, v, 0) {
+                        failed = Some((e, format!("results[{id:?}]")));
+                        ffi::lua_settop(l, 0);
+                        return;
+                    }
+                    ffi::lua_rawset(l, -3);
+                }
+                ffi::lua_setfield(l, 3, c"results".as_ptr());
+            }
+            if names.ctx {
+                push_str(l, call.node_id);
+                ffi::lua_setfield(l, 4, c"node_id".as_ptr());
+                push_str(l, call.run_id);
+                ffi::lua_setfield(l, 4, c"run_id".as_ptr());
+                ffi::lua_pushinteger(l, i64::from(call.attempt));
+                ffi::lua_setfield(l, 4, c"attempt".as_ptr());
+                ffi::lua_pushvalue(l, 4);
+                ffi::lua_setfield(l, 3, c"ctx".as_ptr());
+            }
             if !arm() {
                 armed = false;
                 ffi::lua_settop(l, 0);

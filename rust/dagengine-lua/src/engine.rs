@@ -450,6 +450,7 @@ impl Engine {
         run.active.set(true);
 
         let call = Call {
+            names: script.names,
             inputs,
             results,
             node_id: info.node_id,

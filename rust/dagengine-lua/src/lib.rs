@@ -134,6 +134,35 @@ impl LuaLimits {
 pub struct LuaScript {
     source: Arc<str>,
     hash: u64,
+    names: Names,
+}
+
+/// Which of the globals the host sets (`inputs`, `results`, `ctx`) a script can read.
+///
+/// A script reads a global through a name written in its source, unless it can reach its
+/// environment table itself: through `_ENV`, through the chunk's `...` (which is the
+/// environment) or through `load` (whose chunks run in that environment and whose source can
+/// be built at run time). A script that has none of those, and whose source does not
+/// contain a global's name anywhere (not even in a comment or a string), cannot read that
+/// global, so the host does not convert and set it: a script that only sums its inputs
+/// does not pay for its parents' results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Names {
+    pub(crate) inputs: bool,
+    pub(crate) results: bool,
+    pub(crate) ctx: bool,
+}
+
+impl Names {
+    fn of(source: &str) -> Names {
+        let reaches_env = ["_ENV", "...", "load"].iter().any(|t| source.contains(t));
+        let named = |name: &str| reaches_env || source.contains(name);
+        Names {
+            inputs: named("inputs"),
+            results: named("results"),
+            ctx: named("ctx"),
+        }
+    }
 }
 
 impl LuaScript {
@@ -144,6 +173,7 @@ impl LuaScript {
         source.hash(&mut h);
         LuaScript {
             hash: h.finish(),
+            names: Names::of(&source),
             source,
         }
     }
@@ -151,6 +181,12 @@ impl LuaScript {
     /// The script's source text.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the script can read `results` (see the crate docs): when it cannot, the
+    /// caller need not gather the parents' outputs.
+    pub fn reads_results(&self) -> bool {
+        self.names.results
     }
 
     /// The content hash used as compile-cache key.

@@ -146,6 +146,68 @@ fn every_run_starts_with_a_clean_environment_and_ctx() {
     );
 }
 
+/// `inputs`, `results` and `ctx` are set only for scripts that can read them: those that
+/// name them, or that can reach their environment (`_ENV`, the chunk's `...`, `load`).
+#[test]
+fn host_globals_are_set_for_the_scripts_that_can_read_them() {
+    // A value that cannot convert shows whether the host converted it at all.
+    let mut too_deep = json!(1);
+    for _ in 0..200 {
+        too_deep = json!([too_deep]);
+    }
+    let inputs = json!({ "deep": too_deep });
+    let results = [("up", &too_deep)];
+    let exec = |src: &str| {
+        execute(
+            &LuaScript::new(src),
+            &inputs,
+            &results,
+            &INFO,
+            &LuaLimits::default(),
+            None,
+        )
+    };
+    // Named nowhere: neither is converted, and the script runs.
+    assert_eq!(
+        Value::Object(exec("return { x = 1 }").unwrap().output),
+        json!({ "x": 1 })
+    );
+    // Named, even only in a comment: converted (and refused here).
+    for src in ["return { x = #inputs }", "-- inputs\nreturn {}"] {
+        let err = exec(src).unwrap_err();
+        assert!(
+            matches!(&err, LuaError::Conversion { path, .. } if path.starts_with("inputs.deep")),
+            "{src}: {err:?}"
+        );
+    }
+    let err = exec("return { x = results }").unwrap_err();
+    assert!(
+        matches!(&err, LuaError::Conversion { path, .. } if path.starts_with(r#"results["up"]"#)),
+        "{err:?}"
+    );
+    // Every way to the environment without writing the names sees all three.
+    let all = json!({ "inputs": "table", "results": "table", "ctx": "table" });
+    for src in [
+        "local e = _ENV local r = {} for _, k in ipairs({'inp'..'uts', 'res'..'ults', 'c'..'tx'}) \
+         do r[k] = type(e[k]) end return r",
+        "local e = ... local r = {} for _, k in ipairs({'inp'..'uts', 'res'..'ults', 'c'..'tx'}) \
+         do r[k] = type(e[k]) end return r",
+        "local r = {} for _, k in ipairs({'inp'..'uts', 'res'..'ults', 'c'..'tx'}) \
+         do r[k] = load('return type(' .. k .. ')')() end return r",
+    ] {
+        let out = execute(
+            &LuaScript::new(src),
+            &json!({}),
+            &[("up", &json!({}))],
+            &INFO,
+            &LuaLimits::default(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{src}: {e:?}"));
+        assert_eq!(Value::Object(out.output), all, "{src}");
+    }
+}
+
 #[test]
 fn shared_libraries_cannot_be_tampered_with() {
     let attacks = [
@@ -409,7 +471,12 @@ fn deep_inputs_are_refused() {
     for _ in 0..200 {
         v = json!({ "n": v });
     }
-    let err = run_with("return {}", &json!({ "deep": v }), &LuaLimits::default()).unwrap_err();
+    let err = run_with(
+        "return { seen = inputs ~= nil }",
+        &json!({ "deep": v }),
+        &LuaLimits::default(),
+    )
+    .unwrap_err();
     assert!(
         matches!(&err, LuaError::Conversion { path, .. } if path.starts_with("inputs.deep.n.n")),
         "{err:?}"
@@ -487,7 +554,7 @@ fn parent_results_and_deep_arrays_convert() {
         too_deep = json!([too_deep]);
     }
     let err = execute(
-        &LuaScript::new("return {}"),
+        &LuaScript::new("return { seen = results ~= nil }"),
         &json!({}),
         &[("up", &too_deep)],
         &INFO,

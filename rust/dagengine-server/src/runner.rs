@@ -1228,12 +1228,20 @@ impl Driver {
 
     fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
         let policy = &self.plan.policies[self.policy_index(node)];
+        let reads_results = matches!(
+            &self.plan.kinds[node as usize],
+            NodeKind::Lua { script, .. } if script.reads_results()
+        );
         LuaJob {
             node,
             attempt,
             run_id: self.run_id.clone(),
             inputs: self.config.inputs.clone(),
-            results: self.results_of(node),
+            results: if reads_results {
+                self.results_of(node)
+            } else {
+                Vec::new()
+            },
             node_timeout: policy.timeout,
             deadline: self.deadline,
             budget: None,
