@@ -292,6 +292,38 @@ pub struct RunOutcome {
     pub nodes: Vec<NodeRecord>,
 }
 
+/// Runs with at least this many nodes free their records on the reaper thread.
+const REAP_MIN_NODES: usize = 1024;
+
+impl Drop for RunOutcome {
+    /// A large run's records are freed on a background thread: a few allocations per
+    /// node (outputs, errors), about 0.1 µs per node, which the thread that lets go of a
+    /// result (a caller reading the next result, a gRPC worker) need not wait for.
+    fn drop(&mut self) {
+        if self.nodes.len() >= REAP_MIN_NODES {
+            reap(std::mem::take(&mut self.nodes));
+        }
+    }
+}
+
+/// Hands `records` to the reaper thread (started on first use) to drop; drops them here if
+/// that thread cannot be started.
+fn reap(records: Vec<NodeRecord>) {
+    static REAPER: OnceLock<Option<Sender<Vec<NodeRecord>>>> = OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Vec<NodeRecord>>();
+        std::thread::Builder::new()
+            .name("dagengine-reaper".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = reaper {
+        // A send fails only if the thread is gone; the records come back and drop here.
+        let _ = tx.send(records);
+    }
+}
+
 enum Msg {
     Done {
         node: NodeIdx,
@@ -540,6 +572,10 @@ struct Driver {
     deadline: Option<Instant>,
     started: Instant,
     seq: u64,
+    /// When the last attempt ended, until the instructions that followed are carried out:
+    /// the first node that end made ready starts at that same time (one clock read fewer
+    /// per node of a chain).
+    ended_at: Option<f64>,
     buffered: Vec<RunEvent>,
     /// The failure that decided the run (first final node failure).
     first_failure: Option<NodeIdx>,
@@ -659,6 +695,7 @@ impl Driver {
             timers: BinaryHeap::new(),
             started,
             seq: 0,
+            ended_at: None,
             buffered: Vec::new(),
             first_failure: None,
             backlog: Arc::default(),
@@ -922,6 +959,7 @@ impl Driver {
             t.store(true, Ordering::Relaxed);
         }
         let now = unix_now();
+        self.ended_at = Some(now);
         let rec = &mut self.records[node as usize];
         rec.finished_at = Some(now);
         match result {
@@ -983,6 +1021,19 @@ impl Driver {
         inline: &mut Vec<(NodeIdx, u32)>,
         budget: Option<Instant>,
     ) -> Option<RunStatus> {
+        let status = self.apply_waves(sched, out, todo, inline, budget);
+        self.ended_at = None; // the loop may wait next: a later start reads the clock
+        status
+    }
+
+    fn apply_waves(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        todo: &mut Vec<Instruction>,
+        inline: &mut Vec<(NodeIdx, u32)>,
+        budget: Option<Instant>,
+    ) -> Option<RunStatus> {
         while !out.is_empty() {
             std::mem::swap(out, todo);
             let mut done = 0;
@@ -999,7 +1050,7 @@ impl Driver {
                 done += 1;
                 match ins {
                     Instruction::Execute { node, attempt } => {
-                        let now = unix_now();
+                        let now = self.ended_at.take().unwrap_or_else(unix_now);
                         let rec = &mut self.records[node as usize];
                         rec.attempts = attempt;
                         rec.started_at.get_or_insert(now);
@@ -1193,7 +1244,7 @@ impl Driver {
             return Some(Err(never_started(&self.plan, q.job.node)));
         }
         q.job.budget = Some(Instant::now() + STEAL_BUDGET);
-        let result = self.run_here(&q.job);
+        let result = self.run_here(&q.job.call());
         q.job.budget = None;
         result
     }
@@ -1201,9 +1252,9 @@ impl Driver {
     /// Execute a Lua attempt on the driver's thread under its budget: the run-level cancel
     /// flag is the one that can change while the driver is busy here. `None` if the budget
     /// ran out first.
-    fn run_here(&self, job: &LuaJob) -> Option<Result<ExecOk, NodeFailure>> {
-        match contained(self.plan.dag.id(job.node), || {
-            job.execute(&self.plan, &self.shared.cancel)
+    fn run_here(&self, call: &LuaCall<'_>) -> Option<Result<ExecOk, NodeFailure>> {
+        match contained(self.plan.dag.id(call.node), || {
+            call.execute(&self.plan, &self.shared.cancel)
         }) {
             Err(f) if f.kind == PREEMPTED => None,
             result => Some(result),
@@ -1221,27 +1272,36 @@ impl Driver {
         if budget.is_some_and(|b| Instant::now() >= b) {
             return None;
         }
-        let mut job = self.lua_job(node, attempt);
-        job.budget = budget;
-        self.run_here(&job)
+        let results = self.lua_results(node);
+        let policy = &self.plan.policies[self.policy_index(node)];
+        self.run_here(&LuaCall {
+            node,
+            attempt,
+            run_id: &self.run_id,
+            inputs: &self.config.inputs,
+            results: &results,
+            node_timeout: policy.timeout,
+            deadline: self.deadline,
+            budget,
+        })
+    }
+
+    /// The parents' outputs, if the node's script can read them.
+    fn lua_results(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
+        match &self.plan.kinds[node as usize] {
+            NodeKind::Lua { script, .. } if script.reads_results() => self.results_of(node),
+            _ => Vec::new(),
+        }
     }
 
     fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
         let policy = &self.plan.policies[self.policy_index(node)];
-        let reads_results = matches!(
-            &self.plan.kinds[node as usize],
-            NodeKind::Lua { script, .. } if script.reads_results()
-        );
         LuaJob {
             node,
             attempt,
             run_id: self.run_id.clone(),
             inputs: self.config.inputs.clone(),
-            results: if reads_results {
-                self.results_of(node)
-            } else {
-                Vec::new()
-            },
+            results: self.lua_results(node),
             node_timeout: policy.timeout,
             deadline: self.deadline,
             budget: None,
@@ -1329,6 +1389,38 @@ const PREEMPTED: &str = "dagengine.Preempted";
 
 impl LuaJob {
     fn execute(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ExecOk, NodeFailure> {
+        self.call().execute(plan, cancel)
+    }
+
+    fn call(&self) -> LuaCall<'_> {
+        LuaCall {
+            node: self.node,
+            attempt: self.attempt,
+            run_id: &self.run_id,
+            inputs: &self.inputs,
+            results: &self.results,
+            node_timeout: self.node_timeout,
+            deadline: self.deadline,
+            budget: self.budget,
+        }
+    }
+}
+
+/// A Lua attempt with what it needs borrowed: from a [`LuaJob`] on a pool thread, or from
+/// the driver itself when it runs the attempt inline (no reference counts to touch).
+struct LuaCall<'a> {
+    node: NodeIdx,
+    attempt: u32,
+    run_id: &'a str,
+    inputs: &'a Value,
+    results: &'a [(NodeIdx, Arc<Value>)],
+    node_timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    budget: Option<Instant>,
+}
+
+impl LuaCall<'_> {
+    fn execute(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ExecOk, NodeFailure> {
         let NodeKind::Lua { script, limits } = &plan.kinds[self.node as usize] else {
             unreachable!("only Lua nodes become Lua jobs");
         };
@@ -1365,10 +1457,10 @@ impl LuaJob {
             .collect();
         let info = NodeInfo {
             node_id,
-            run_id: &self.run_id,
+            run_id: self.run_id,
             attempt: self.attempt,
         };
-        match dagengine_lua::execute(script, &self.inputs, &results, &info, &limits, Some(cancel)) {
+        match dagengine_lua::execute(script, self.inputs, &results, &info, &limits, Some(cancel)) {
             Ok(out) => Ok(ExecOk {
                 output: out.output,
                 logs: out.logs,

@@ -595,3 +595,49 @@ fn an_inline_start_waits_for_pool_work_on_its_own_thread() {
         serde_json::json!({"v": 3})
     );
 }
+
+/// A run's records are freed when its outcome goes: a small run's on the spot, a large
+/// run's on the reaper thread (soon after, and never leaked).
+#[test]
+fn finished_runs_free_their_records() {
+    fn outcome(n: usize) -> (RunOutcome, Vec<std::sync::Weak<Value>>) {
+        let outputs: Vec<Arc<Value>> = (0..n)
+            .map(|i| Arc::new(serde_json::json!({ "i": i })))
+            .collect();
+        let weak = outputs.iter().map(Arc::downgrade).collect();
+        let nodes = outputs
+            .into_iter()
+            .map(|output| NodeRecord {
+                status: NodeState::Succeeded,
+                output: Some(output),
+                error: None,
+                attempts: 1,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect();
+        let o = RunOutcome {
+            run_id: "r".into(),
+            status: RunStatus::Succeeded,
+            error: None,
+            duration: Duration::ZERO,
+            nodes,
+        };
+        (o, weak)
+    }
+    let (small, weak) = outcome(REAP_MIN_NODES - 1);
+    drop(small);
+    assert!(weak.iter().all(|w| w.upgrade().is_none()));
+    for _ in 0..3 {
+        let (large, weak) = outcome(REAP_MIN_NODES * 2);
+        drop(large);
+        let until = Instant::now() + Duration::from_secs(10);
+        while weak.iter().any(|w| w.strong_count() > 0) {
+            assert!(
+                Instant::now() < until,
+                "the reaper did not free the records"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
