@@ -10,6 +10,10 @@
 //! * `inputs` — the run inputs (converted from JSON, see below);
 //! * `results` — a table mapping each parent node id to that parent's output;
 //! * `ctx` — `{ node_id = ..., run_id = ..., attempt = ... }`;
+//!
+//!   (each of these three is converted and set only if the script can read it:
+//!   if its source names it, or reaches its environment through `_ENV`, `...`
+//!   or `load`; see `Names`)
 //! * the `string`, `table`, `math`, `utf8` and `coroutine` libraries
 //!   (read-only: `string.upper = nil` raises an error, so no run can tamper
 //!   with what the next run sees; `string.dump` does not exist);
@@ -208,6 +212,7 @@ impl std::fmt::Debug for LuaScript {
         f.debug_struct("LuaScript")
             .field("hash", &format_args!("{:016x}", self.hash))
             .field("len", &self.source.len())
+            .field("names", &self.names)
             .finish()
     }
 }
