@@ -777,7 +777,9 @@ impl Driver {
     ) -> Option<RunStatus> {
         let Work { out, todo, inline } = work;
         loop {
-            if let Some(status) = self.apply(sched, out, todo, inline, budget) {
+            let applied = self.apply(sched, out, todo, inline, budget);
+            self.ended_at = None; // the loop may wait next: a later start reads the clock
+            if let Some(status) = applied {
                 return Some(status);
             }
             if budget.is_some_and(|b| Instant::now() >= b) {
@@ -1014,19 +1016,6 @@ impl Driver {
     /// With a `budget`, stops once it is spent and leaves what is left in `out` (no-op
     /// nodes complete in here: a long chain or a wide fan-out of them is many waves).
     fn apply(
-        &mut self,
-        sched: &mut Scheduler<'_>,
-        out: &mut Vec<Instruction>,
-        todo: &mut Vec<Instruction>,
-        inline: &mut Vec<(NodeIdx, u32)>,
-        budget: Option<Instant>,
-    ) -> Option<RunStatus> {
-        let status = self.apply_waves(sched, out, todo, inline, budget);
-        self.ended_at = None; // the loop may wait next: a later start reads the clock
-        status
-    }
-
-    fn apply_waves(
         &mut self,
         sched: &mut Scheduler<'_>,
         out: &mut Vec<Instruction>,
