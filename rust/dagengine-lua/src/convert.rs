@@ -276,13 +276,28 @@ pub(crate) fn invoke(
             // this point nothing raises a Lua error short of the process running out of
             // memory, where Rust's own allocations abort it anyway.
             disarm();
+            // The scope is emptied again once the result is read (the result may be one of
+            // its tables), so nothing of this run stays alive until the next one.
+            let scope_keys = |l| {
+                let env = clear(l, 3);
+                if names.ctx {
+                    ffi::lua_pushnil(l);
+                    ffi::lua_setmetatable(l, 4);
+                    env.max(clear(l, 4))
+                } else {
+                    env
+                }
+            };
             if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
                 converted = Some(ToJson::new(marker).value(l, ffi::lua_gettop(l)));
+                keys = keys.max(scope_keys(l));
                 ffi::lua_settop(l, 0);
             } else {
+                keys = keys.max(scope_keys(l));
                 ffi::lua_replace(l, 1);
                 ffi::lua_settop(l, 1);
             }
+            *outgrown = keys > REUSE_MAX_KEYS;
         })
     };
     match (value, failed) {
@@ -295,6 +310,24 @@ pub(crate) fn invoke(
             None => Returned::Lua(value),
         }),
     }
+}
+
+/// Empties the scope's tables (and removes `ctx`'s metatable) after a run that did not
+/// return normally, so that what it left there does not stay alive until the next run;
+/// returns how many keys the fuller table held.
+pub(crate) fn release(lua: &Lua, scope: &Scope<'_>) -> mlua::Result<usize> {
+    let mut keys = 0;
+    // SAFETY: see the module docs; the tables are arguments 1 and 2 of the protected call,
+    // and nothing here allocates or raises.
+    unsafe {
+        lua.exec_raw::<()>((scope.env, scope.ctx), |l| {
+            ffi::lua_pushnil(l);
+            ffi::lua_setmetatable(l, 2);
+            keys = clear(l, 1).max(clear(l, 2));
+            ffi::lua_settop(l, 0);
+        })
+    }?;
+    Ok(keys)
 }
 
 /// Removes every key of the table at absolute index `idx` (clearing fields during a

@@ -15,7 +15,8 @@ use mlua::{
 use serde_json::Value;
 
 use crate::convert::{
-    invoke, json_to_lua, lua_to_json, lua_type_name, Call, ConvFail, InvokeFail, Returned, Scope,
+    invoke, json_to_lua, lua_to_json, lua_type_name, release, Call, ConvFail, InvokeFail, Returned,
+    Scope, REUSE_MAX_KEYS,
 };
 use crate::{LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
 
@@ -502,6 +503,12 @@ impl Engine {
         }
         let logs = std::mem::take(&mut *run.logs.borrow_mut());
         let tripped = run.tripped.take();
+        if outcome.is_err() {
+            // Before any collection after a limit error: what the run left in its scope
+            // must be garbage by then.
+            let keys = release(&self.lua, &scope).map_err(|e| self.fail(&e))?;
+            outgrown |= keys > REUSE_MAX_KEYS;
+        }
         if outgrown {
             self.renew_scope().map_err(|e| self.fail(&e))?;
         }

@@ -32,10 +32,12 @@
 //! `collectgarbage`, `_G`. `setmetatable` refuses metatables with `__gc` (a
 //! finalizer would run at an arbitrary later time, outside this run's limits).
 //!
-//! Each execution starts with an `_ENV` table holding exactly `inputs`,
-//! `results` and `ctx`, whose `__index` is the shared read-only table of the
-//! above, so global assignments never leak into later runs (the state reuses
-//! one environment and one `ctx` table, emptied before every run). The environment is installed by compiling every script behind a
+//! Each execution starts with an `_ENV` table holding only `inputs`,
+//! `results` and `ctx` (those of them the script can read), whose `__index`
+//! is the shared read-only table of the above, so global assignments never
+//! leak into later runs. The state reuses one environment and one `ctx`
+//! table: both are emptied (and `ctx`'s metatable removed) after every run,
+//! and again before the next run sets them. The environment is installed by compiling every script behind a
 //! `local _ENV = ...;` prefix on its first line (line numbers are unchanged);
 //! as a consequence the chunk's top-level `...` is that environment.
 //!
