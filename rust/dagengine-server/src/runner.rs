@@ -26,7 +26,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -295,6 +295,9 @@ pub struct RunOutcome {
 /// Runs with at least this many nodes free their records on the reaper thread.
 const REAP_MIN_NODES: usize = 1024;
 
+/// Outcomes waiting for the reaper before the next one is freed where it is dropped.
+const REAP_QUEUE: usize = 64;
+
 impl Drop for RunOutcome {
     /// A large run's records are freed on a background thread: a few allocations per
     /// node (outputs, errors), about 0.1 µs per node, which the thread that lets go of a
@@ -306,21 +309,24 @@ impl Drop for RunOutcome {
     }
 }
 
-/// Hands `records` to the reaper thread (started on first use) to drop; drops them here if
-/// that thread cannot be started.
+/// Hands `records` to the reaper thread (started on first use) to drop. They drop here
+/// instead when that thread cannot be started, when it is behind (the queue is bounded)
+/// and in a forked child, where the parent's thread does not exist.
 fn reap(records: Vec<NodeRecord>) {
-    static REAPER: OnceLock<Option<Sender<Vec<NodeRecord>>>> = OnceLock::new();
+    static REAPER: OnceLock<Option<(u32, SyncSender<Vec<NodeRecord>>)>> = OnceLock::new();
     let reaper = REAPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Vec<NodeRecord>>();
+        let (tx, rx) = mpsc::sync_channel::<Vec<NodeRecord>>(REAP_QUEUE);
         std::thread::Builder::new()
             .name("dagengine-reaper".into())
             .spawn(move || rx.into_iter().for_each(drop))
             .ok()
-            .map(|_| tx)
+            .map(|_| (std::process::id(), tx))
     });
-    if let Some(tx) = reaper {
-        // A send fails only if the thread is gone; the records come back and drop here.
-        let _ = tx.send(records);
+    if let Some((pid, tx)) = reaper {
+        if *pid == std::process::id() {
+            // On failure (full, or the thread is gone) the records come back and drop here.
+            let _ = tx.try_send(records);
+        }
     }
 }
 
@@ -572,9 +578,10 @@ struct Driver {
     deadline: Option<Instant>,
     started: Instant,
     seq: u64,
-    /// When the last attempt ended, until the instructions that followed are carried out:
-    /// the first node that end made ready starts at that same time (one clock read fewer
-    /// per node of a chain).
+    /// When the last attempt ended, until the instructions that followed it are carried
+    /// out (cleared before the loop can wait): the next node started in that step (in a
+    /// chain, the one that end made ready) takes that time as its start, one clock read
+    /// fewer per node.
     ended_at: Option<f64>,
     buffered: Vec<RunEvent>,
     /// The failure that decided the run (first final node failure).
@@ -810,6 +817,9 @@ impl Driver {
             if !out.is_empty() {
                 continue;
             }
+            // From here the loop may wait or give the run back: a start after that reads
+            // the clock (an end that `fire_timers` recorded made nothing ready).
+            self.ended_at = None;
             if budget.is_some() {
                 if let Ok(msg) = rx.try_recv() {
                     self.on_msg(sched, out, msg);
@@ -967,7 +977,9 @@ impl Driver {
         match result {
             Ok(ok) => {
                 for line in ok.logs {
-                    self.emit(
+                    // At the end's time, like the events after it: times never go back.
+                    self.emit_at(
+                        now,
                         EventKind::NodeLog,
                         Some(node),
                         attempt,
@@ -1396,7 +1408,8 @@ impl LuaJob {
 }
 
 /// A Lua attempt with what it needs borrowed: from a [`LuaJob`] on a pool thread, or from
-/// the driver itself when it runs the attempt inline (no reference counts to touch).
+/// the driver itself when it runs the attempt inline (the run's id and inputs are not
+/// cloned for it).
 struct LuaCall<'a> {
     node: NodeIdx,
     attempt: u32,

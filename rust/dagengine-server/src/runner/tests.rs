@@ -641,3 +641,60 @@ fn finished_runs_free_their_records() {
         }
     }
 }
+
+/// Event times never go back in sequence order, and a retried attempt's start is when it
+/// started, not the time of some earlier end (here another node times out, making nothing
+/// ready, while the retry waits out its backoff).
+#[test]
+fn event_times_follow_sequence_order_across_timeouts_and_retries() {
+    let d = dag(&[("slow", &[]), ("flaky", &[])]);
+    let ext = Closure(|plan: &Plan, call: ExternalCall| {
+        if plan.dag.id(call.node) == "slow" {
+            while !call.cancel.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return Err(NodeFailure::new("Cancelled", "saw the flag", false));
+        }
+        if call.attempt < 2 {
+            return Err(NodeFailure::new("ValueError", "not yet", true));
+        }
+        Ok(Map::new())
+    });
+    let slow = NodePolicy {
+        timeout: Some(Duration::from_millis(20)),
+        ..NodePolicy::default()
+    };
+    let flaky = NodePolicy {
+        retries: 1,
+        backoff: Backoff {
+            initial: Duration::from_millis(150),
+            factor: 1.0,
+            max: Duration::from_secs(1),
+        },
+        timeout: None,
+    };
+    let specs = [slow, flaky].map(|policy| NodeSpec {
+        kind: NodeKind::External,
+        policy,
+    });
+    let plan = Plan::new(d, specs.to_vec()).unwrap();
+    let (o, events) = run(plan, RunConfig::default(), Some(Arc::new(ext)));
+    assert_eq!(o.status, RunStatus::Failed);
+    assert_eq!(o.nodes[0].error.as_ref().unwrap().kind, "NodeTimeout");
+    assert_eq!(o.nodes[1].status, NodeState::Succeeded);
+    assert!(
+        events.windows(2).all(|w| w[0].time <= w[1].time),
+        "event times go back: {events:?}"
+    );
+    let flaky_starts: Vec<f64> = events
+        .iter()
+        .filter(|e| e.node == Some(1) && e.kind == EventKind::NodeStarted)
+        .map(|e| e.time)
+        .collect();
+    assert_eq!(flaky_starts.len(), 2);
+    assert!(
+        flaky_starts[1] - flaky_starts[0] >= 0.14,
+        "the retry started {:.3}s after the first attempt, before its 150 ms backoff",
+        flaky_starts[1] - flaky_starts[0]
+    );
+}
