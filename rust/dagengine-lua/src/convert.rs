@@ -198,8 +198,9 @@ pub(crate) const REUSE_MAX_KEYS: usize = 32;
 /// agrees, the script is called with the environment as its argument; if it returns,
 /// `disarm` runs and a table it returned is converted to JSON. The call is unprotected
 /// inside `exec_raw`'s protected call, so its errors reach mlua's own message handler
-/// and error conversion exactly as `Function::call`'s would. `outgrown` is set when a
-/// scope table held more than [`REUSE_MAX_KEYS`] keys.
+/// and error conversion exactly as `Function::call`'s would. After a run that returned,
+/// `outgrown` says whether a scope table held more than [`REUSE_MAX_KEYS`] keys (after
+/// any other, [`release`] says it).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn invoke(
     lua: &Lua,
@@ -223,13 +224,8 @@ pub(crate) fn invoke(
     let value = unsafe {
         lua.exec_raw::<LuaValue>((array_mt, func, scope.env, scope.ctx), |l| {
             let names = call.names;
-            let mut keys = clear(l, 3);
-            if names.ctx {
-                keys = keys.max(clear(l, 4));
-                ffi::lua_pushnil(l);
-                ffi::lua_setmetatable(l, 4);
-            }
-            *outgrown = keys > REUSE_MAX_KEYS;
+            let ctx = names.ctx.then_some(4);
+            let mut keys = empty_scope(l, 3, ctx);
             if names.inputs {
                 if let Err(e) = push_json(l, 1, call.inputs, 0) {
                     failed = Some((e, "inputs".to_owned()));
@@ -277,23 +273,14 @@ pub(crate) fn invoke(
             // memory, where Rust's own allocations abort it anyway.
             disarm();
             // The scope is emptied again once the result is read (the result may be one of
-            // its tables), so nothing of this run stays alive until the next one.
-            let scope_keys = |l| {
-                let env = clear(l, 3);
-                if names.ctx {
-                    ffi::lua_pushnil(l);
-                    ffi::lua_setmetatable(l, 4);
-                    env.max(clear(l, 4))
-                } else {
-                    env
-                }
-            };
+            // its tables), so nothing of this run stays alive until the next one. (A run
+            // that does not get here is emptied by `release`.)
             if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
                 converted = Some(ToJson::new(marker).value(l, ffi::lua_gettop(l)));
-                keys = keys.max(scope_keys(l));
+                keys = keys.max(empty_scope(l, 3, ctx));
                 ffi::lua_settop(l, 0);
             } else {
-                keys = keys.max(scope_keys(l));
+                keys = keys.max(empty_scope(l, 3, ctx));
                 ffi::lua_replace(l, 1);
                 ffi::lua_settop(l, 1);
             }
@@ -321,13 +308,25 @@ pub(crate) fn release(lua: &Lua, scope: &Scope<'_>) -> mlua::Result<usize> {
     // and nothing here allocates or raises.
     unsafe {
         lua.exec_raw::<()>((scope.env, scope.ctx), |l| {
-            ffi::lua_pushnil(l);
-            ffi::lua_setmetatable(l, 2);
-            keys = clear(l, 1).max(clear(l, 2));
+            keys = empty_scope(l, 1, Some(2));
             ffi::lua_settop(l, 0);
         })
     }?;
     Ok(keys)
+}
+
+/// Empties the environment at absolute index `env` and, if given, the `ctx` table at `ctx`
+/// (removing its metatable too); returns how many keys the fuller of them held.
+unsafe fn empty_scope(l: *mut ffi::lua_State, env: c_int, ctx: Option<c_int>) -> usize {
+    let keys = clear(l, env);
+    match ctx {
+        Some(ctx) => {
+            ffi::lua_pushnil(l);
+            ffi::lua_setmetatable(l, ctx);
+            keys.max(clear(l, ctx))
+        }
+        None => keys,
+    }
 }
 
 /// Removes every key of the table at absolute index `idx` (clearing fields during a

@@ -37,9 +37,10 @@
 //! is the shared read-only table of the above, so global assignments never
 //! leak into later runs. The state reuses one environment and one `ctx`
 //! table: both are emptied (and `ctx`'s metatable removed) after every run,
-//! and again before the next run sets them. The environment is installed by compiling every script behind a
-//! `local _ENV = ...;` prefix on its first line (line numbers are unchanged);
-//! as a consequence the chunk's top-level `...` is that environment.
+//! and again before the next run sets them. The environment is installed by
+//! compiling every script behind a `local _ENV = ...;` prefix on its first
+//! line (line numbers are unchanged); as a consequence the chunk's top-level
+//! `...` is that environment.
 //!
 //! The script's return value becomes the node output: a table converts to the
 //! output object, `nil` (or no value) is an empty output, anything else is
