@@ -140,11 +140,17 @@ def test_endless_loop_hits_the_instruction_limit_and_the_next_run_works() -> Non
     assert run_lua("return {ok = true}") == ({"ok": True}, None)
 
 
-def test_endless_loop_hits_the_timeout_within_twice_the_limit() -> None:
+# With an instruction budget far beyond what runs in the time limit the script has the
+# limit hook from its start; with none, the watchdog sets it once the script runs long.
+BUDGETS = [pytest.param(10**15, id="budget"), pytest.param(None, id="no-budget")]
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_endless_loop_hits_the_timeout_within_twice_the_limit(budget: int | None) -> None:
     limit = 0.3
     dag = DAG("lua")
-    # An instruction budget far beyond what runs in the time limit: the clock must stop it.
-    endless = LuaExecutor("while true do end", max_instructions=10**15)
+    # The clock must stop it.
+    endless = LuaExecutor("while true do end", max_instructions=budget)
     dag.add_node(Node("s", [], endless, timeout=limit))
     t0 = time.monotonic()
     result = dag.run()
@@ -159,9 +165,10 @@ def test_endless_loop_hits_the_timeout_within_twice_the_limit() -> None:
     assert run_lua("return {ok = true}") == ({"ok": True}, None)
 
 
-def test_cancellation_interrupts_running_lua() -> None:
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_cancellation_interrupts_running_lua(budget: int | None) -> None:
     dag = DAG("lua")
-    dag.add_node(Node("s", [], LuaExecutor("while true do end", max_instructions=10**15)))
+    dag.add_node(Node("s", [], LuaExecutor("while true do end", max_instructions=budget)))
     handle = dag.start()
     for event in handle.events():
         if event.kind == "node_started":

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mlua::{
-    ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LuaValue, VmState,
+    ffi, ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LuaValue,
+    VmState,
 };
 use serde_json::Value;
 
@@ -18,11 +19,12 @@ use crate::convert::{
     invoke, json_to_lua, lua_to_json, lua_type_name, release, Call, ConvFail, InvokeFail, Returned,
     Scope, REUSE_MAX_KEYS,
 };
+use crate::watchdog::{self, EAGER_WITHIN, HOOK_COUNT};
 use crate::{LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
 
 /// The hook runs every this many VM instructions: the granularity of the
 /// instruction budget, the deadline and the cancel flag.
-const HOOK_INTERVAL: u32 = 1000;
+pub(crate) const HOOK_INTERVAL: u32 = 1000;
 
 /// Compiled chunks kept per state before the cache is flushed.
 const CACHE_CAP: usize = 1024;
@@ -142,6 +144,10 @@ struct RunState {
     logs: RefCell<Vec<String>>,
     log_bytes: Cell<usize>,
     log_limit: Cell<usize>,
+    /// The state scripts run on and mlua's hook procedure (which calls
+    /// [`RunState::on_hook`]); the hook is set on the state only while a script runs.
+    main: Cell<*mut ffi::lua_State>,
+    hook: Cell<Option<ffi::lua_Hook>>,
 }
 
 impl RunState {
@@ -157,6 +163,39 @@ impl RunState {
             logs: RefCell::new(Vec::new()),
             log_bytes: Cell::new(0),
             log_limit: Cell::new(usize::MAX),
+            main: Cell::new(std::ptr::null_mut()),
+            hook: Cell::new(None),
+        }
+    }
+
+    /// Sets the hook on the main state now if it is not set (the watchdog would set it
+    /// late). Coroutines copy their creator's hook when created, never later, so the
+    /// sandbox's `coroutine.create` and `coroutine.wrap` call this first.
+    #[allow(unsafe_code)]
+    fn arm_hook(&self) {
+        let main = self.main.get();
+        if let (false, Some(hook)) = (main.is_null(), self.hook.get()) {
+            // SAFETY: `main` is this engine's live main state, on this thread; setting a
+            // hook is allowed at any point.
+            unsafe {
+                if ffi::lua_gethookmask(main) == 0 {
+                    ffi::lua_sethook(main, Some(hook), ffi::LUA_MASKCOUNT, HOOK_COUNT);
+                }
+            }
+        }
+    }
+
+    /// Takes the hook off the main state (between scripts it has none).
+    #[allow(unsafe_code)]
+    fn disarm_hook(&self) {
+        let main = self.main.get();
+        if !main.is_null() {
+            // SAFETY: as in `arm_hook`.
+            unsafe {
+                if ffi::lua_gethookmask(main) != 0 {
+                    ffi::lua_sethook(main, None, 0, 0);
+                }
+            }
         }
     }
 
@@ -345,6 +384,14 @@ impl Engine {
         )?;
         host.raw_set("array_mt", &array_mt)?;
         host.raw_set("null", LuaValue::NULL)?;
+        let r = Rc::clone(&run);
+        host.raw_set(
+            "arm_hook",
+            lua.create_function(move |_, ()| {
+                r.arm_hook();
+                Ok(())
+            })?,
+        )?;
         let current = lua.create_table()?;
         host.raw_set("current", &current)?;
 
@@ -359,6 +406,21 @@ impl Engine {
             HookTriggers::new().every_nth_instruction(HOOK_INTERVAL),
             move |_, _| r.on_hook(),
         )?;
+        // Keep mlua's hook procedure (it finds `on_hook` in the state's extra data) but take
+        // it off the state: each execution sets it again, at its start or late.
+        let (mut main, mut hook) = (std::ptr::null_mut(), None);
+        #[allow(unsafe_code)]
+        // SAFETY: reads and clears the hook of the state `exec_raw` runs on, the main state
+        // every execution runs on too.
+        unsafe {
+            lua.exec_raw::<()>((), |l| {
+                main = l;
+                hook = ffi::lua_gethook(l);
+                ffi::lua_sethook(l, None, 0, 0);
+            })?;
+        }
+        run.main.set(main);
+        run.hook.set(hook);
 
         let chunk_env = lua.create_table()?;
         let env = new_env(&lua, &env_mt, &current)?;
@@ -480,6 +542,18 @@ impl Engine {
         };
         let mut outgrown = false;
         let guard = CancelGuard::new(run, cancel);
+        // The hook at once where it must count every instruction or the deadline is near;
+        // otherwise only if the script runs long (see `watchdog`).
+        let late =
+            limits.max_instructions.is_none() && limits.timeout.is_none_or(|t| t >= EAGER_WITHIN);
+        let watched = if late {
+            watchdog::enter(run.main.get(), run.hook.get())
+        } else {
+            None
+        };
+        if watched.is_none() {
+            run.arm_hook();
+        }
         let outcome = invoke(
             lua,
             &self.array_mt,
@@ -490,6 +564,8 @@ impl Engine {
             disarm,
             &mut outgrown,
         );
+        drop(watched);
+        run.disarm_hook();
         drop(guard);
 
         run.active.set(false);
@@ -773,6 +849,56 @@ fn json_decode(lua: &Lua, array_mt: &Table, v: &LuaValue) -> mlua::Result<(bool,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hook on this thread's main state (0: none).
+    #[allow(unsafe_code)]
+    fn hook_mask() -> std::os::raw::c_int {
+        // SAFETY: the engine's main state, alive and on this thread.
+        with_engine(|e| Ok(unsafe { ffi::lua_gethookmask(e.run.main.get()) })).unwrap()
+    }
+
+    #[test]
+    fn the_hook_goes_with_the_run_that_set_it() {
+        let info = NodeInfo {
+            node_id: "n",
+            run_id: "r",
+            attempt: 1,
+        };
+        let run = |src: &str, limits: LuaLimits| {
+            crate::execute(
+                &LuaScript::new(src),
+                &Value::Null,
+                &[],
+                &info,
+                &limits,
+                None,
+            )
+        };
+        assert!(run("return {}", LuaLimits::default()).is_ok());
+        assert_eq!(hook_mask(), 0);
+        // Set late by the watchdog.
+        let timed = LuaLimits {
+            timeout: Some(std::time::Duration::from_millis(50)),
+            ..LuaLimits::default()
+        };
+        assert!(matches!(
+            run("while true do end", timed),
+            Err(LuaError::Timeout { .. })
+        ));
+        assert_eq!(hook_mask(), 0);
+        // Set at the start.
+        let counted = LuaLimits {
+            max_instructions: Some(10_000),
+            ..LuaLimits::default()
+        };
+        assert!(run("return {}", counted).is_ok());
+        assert_eq!(hook_mask(), 0);
+        assert!(matches!(
+            run("while true do end", counted),
+            Err(LuaError::InstructionLimit { .. })
+        ));
+        assert_eq!(hook_mask(), 0);
+    }
 
     #[test]
     fn parses_syntax_error_lines() {

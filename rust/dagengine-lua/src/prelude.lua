@@ -103,6 +103,11 @@ local json = {
 local co = {}
 for k, v in next, coroutine do co[k] = v end
 co.resume = function(c, ...) return pass(raw_resume(c, ...)) end
+-- A coroutine copies its creator's limit hook when it is created, and a script's hook may
+-- be set only once it has run for a while: set it now (the hook goes with the run).
+local arm_hook, raw_create, raw_wrap = host.arm_hook, coroutine.create, coroutine.wrap
+co.create = function(f) arm_hook() return raw_create(f) end
+co.wrap = function(f) arm_hook() return raw_wrap(f) end
 
 local function load(chunk, name, _mode, env)
   if env == nil then env = current[1] end

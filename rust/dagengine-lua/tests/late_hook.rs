@@ -1,0 +1,117 @@
+//! Scripts without an instruction limit start with no hook; the watchdog sets it on those
+//! that run long. These are the ways such a script must still stop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dagengine_lua::{
+    execute, late_hooks, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo, DEFAULT_TIMEOUT,
+};
+use serde_json::json;
+
+const INFO: NodeInfo<'static> = NodeInfo {
+    node_id: "node",
+    run_id: "run-1",
+    attempt: 1,
+};
+
+const LIMIT: Duration = Duration::from_millis(100);
+
+fn timed() -> LuaLimits {
+    LuaLimits {
+        max_instructions: None,
+        timeout: Some(LIMIT),
+        ..LuaLimits::default()
+    }
+}
+
+/// Runs `src` on a thread of its own and waits at most 10 s, so a script that is never
+/// stopped fails the test instead of hanging it.
+fn run_bounded(
+    src: &str,
+    limits: LuaLimits,
+    cancel: Option<Arc<AtomicBool>>,
+) -> (Result<LuaOutput, LuaError>, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let src = src.to_owned();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let r = execute(
+            &LuaScript::new(src.as_str()),
+            &json!({}),
+            &[],
+            &INFO,
+            &limits,
+            cancel.as_deref(),
+        );
+        let _ = tx.send((r, start.elapsed()));
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the script was never stopped")
+}
+
+#[test]
+fn the_default_limit_is_a_wall_time_limit() {
+    let limits = LuaLimits::default();
+    assert_eq!(limits.max_instructions, None);
+    assert_eq!(limits.timeout, Some(DEFAULT_TIMEOUT));
+}
+
+#[test]
+fn endless_loops_stop_at_their_deadline_in_every_form() {
+    for src in [
+        "while true do end",
+        "local i = 0 while true do i = i + 1 end",
+        "local function f() return f() end f()",
+        "while true do pcall(function() while true do end end) end",
+        "local ok = pcall(function() while true do end end) return { ok = ok }",
+        // Coroutines copy the hook when created: the sandbox sets it before creating one.
+        "coroutine.wrap(function() while true do end end)()",
+        "local co = coroutine.create(function() while true do end end) coroutine.resume(co)",
+        "coroutine.wrap(function() coroutine.wrap(function() while true do end end)() end)()",
+        "local co = coroutine.create(function() coroutine.yield() while true do end end) \
+         coroutine.resume(co) coroutine.resume(co)",
+    ] {
+        let before = late_hooks();
+        let (r, elapsed) = run_bounded(src, timed(), None);
+        assert_eq!(r.unwrap_err(), LuaError::Timeout { limit: LIMIT }, "{src}");
+        assert!(
+            elapsed >= LIMIT && elapsed < 2 * LIMIT,
+            "{src}: {elapsed:?}"
+        );
+        if !src.contains("coroutine") {
+            assert!(
+                late_hooks() > before,
+                "{src}: the watchdog never set the hook"
+            );
+        }
+    }
+}
+
+#[test]
+fn cancel_stops_a_script_with_no_limits_at_all() {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        flag.store(true, Ordering::Relaxed);
+    });
+    let (r, elapsed) = run_bounded("while true do end", LuaLimits::UNLIMITED, Some(cancel));
+    assert_eq!(r.unwrap_err(), LuaError::Cancelled);
+    assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
+}
+
+#[test]
+fn an_instruction_limit_still_counts_from_the_first_instruction() {
+    // 1,000 loop turns are a few thousand instructions, done long before any watchdog look:
+    // only a hook set at the start can count them.
+    let limits = LuaLimits {
+        max_instructions: Some(1_000),
+        ..LuaLimits::default()
+    };
+    let src = "local s = 0 for i = 1, 1000 do s = s + i end return { s = s }";
+    let (r, _) = run_bounded(src, limits, None);
+    assert_eq!(r.unwrap_err(), LuaError::InstructionLimit { limit: 1_000 });
+}
