@@ -3,6 +3,7 @@
 //! [`runner::ExternalExecutor`]) and records outcomes and events. The engine's gRPC
 //! service is served from the same runtime.
 
+mod drivers;
 pub mod grpc;
 pub mod pool;
 pub mod runner;

@@ -1,6 +1,6 @@
 //! The run driver: steps a [`Scheduler`] and turns its instructions into work.
 //!
-//! Each run is driven by one loop on a thread of the runtime's blocking pool. The loop
+//! Each run is driven by one loop on a driver thread (see [`crate::drivers`]). The loop
 //! is CPU work (state-machine steps, bookkeeping), so it must not sit on an async worker
 //! that also serves gRPC for long; and owning a thread lets it run work inline:
 //!
@@ -19,7 +19,7 @@
 //!
 //! A run can also start on its caller's thread ([`start_run_inline`], the gRPC service's
 //! path for workflows without Python nodes): the loop runs there under a time budget and
-//! moves to the blocking pool (scheduler suspended, state carried over) once the budget is
+//! moves to a driver thread (scheduler suspended, state carried over) once the budget is
 //! spent or it would have to wait. Most small runs end within the budget, sparing the
 //! thread hand-offs that cost more than the run itself.
 
@@ -37,6 +37,7 @@ use dagengine_core::{
 use dagengine_lua::{LuaError, LuaLimits, LuaScript, NodeInfo};
 use serde_json::{Map, Value};
 
+use crate::drivers;
 use crate::pool::{Growth, Hooks, WorkerPool};
 use crate::runtime::{runtime, RuntimeError};
 
@@ -491,9 +492,10 @@ pub fn start_run(
     config: RunConfig,
     external: Option<Arc<dyn ExternalExecutor>>,
 ) -> Result<RunHandle, RuntimeError> {
-    let rt = runtime()?;
+    // Not on the runtime's threads, but its check against use after fork() applies.
+    runtime()?;
     let (handle, driver, rx) = new_run(plan, config, external);
-    rt.spawn_blocking(move || driver.run(&rx));
+    drivers::spawn(Box::new(move || driver.run(&rx)));
     Ok(handle)
 }
 
@@ -512,10 +514,9 @@ pub fn start_run_inline(
 ) -> Result<RunHandle, RuntimeError> {
     // On a runtime thread already (the gRPC service): its handle is a thread-local read,
     // where `runtime()` checks the process id (a syscall) against fork().
-    let rt = match tokio::runtime::Handle::try_current() {
-        Ok(rt) => rt,
-        Err(_) => runtime()?.handle().clone(),
-    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        runtime()?;
+    }
     let (handle, mut driver, rx) = new_run(plan, config, external);
     let plan = driver.plan.clone();
     let mut sched = Scheduler::new(&plan.dag, &plan.policies, driver.config.options);
@@ -526,14 +527,14 @@ pub fn start_run_inline(
         return Ok(handle);
     }
     let saved = sched.suspend();
-    rt.spawn_blocking(move || {
+    drivers::spawn(Box::new(move || {
         let plan = driver.plan.clone();
         let mut sched = Scheduler::resume(&plan.dag, &plan.policies, saved);
         let status = driver
             .drive(&mut sched, &mut work, &rx, None)
             .expect("without a budget the loop runs to the end");
         driver.finish(&sched, status);
-    });
+    }));
     Ok(handle)
 }
 

@@ -28,9 +28,10 @@ pub fn runtime() -> Result<&'static Runtime, RuntimeError> {
     let entry = RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .thread_name("dagengine")
-            // Run drivers live on blocking threads. tokio retires idle ones after 10 s, and a
-            // run that then needs a new thread pays for its start and its allocator heap
-            // (measured: no-op DAG runs ~60% slower per node after a 12 s pause).
+            // Blocking threads run host (Python) work. tokio retires idle ones after 10 s,
+            // and work that then needs a new thread pays for its start and its allocator
+            // heap (measured: no-op DAG runs ~60% slower per node after a 12 s pause, when
+            // run drivers lived here).
             .thread_keep_alive(std::time::Duration::from_mins(5))
             .enable_all()
             .build()
