@@ -179,7 +179,9 @@ class LuaExecutor:
 
     The script sees globals ``inputs``, ``results`` and ``ctx`` (``node_id``, ``run_id``,
     ``attempt``) and returns a table or nothing. ``max_instructions`` and ``max_memory`` (bytes)
-    bound the script; ``None`` uses the core's defaults.
+    bound the script; ``None`` uses the core's defaults: no instruction limit and 64 MiB. An
+    instruction limit is counted exactly, from the first instruction, at about a tenth of a
+    short script's time. The wall-time limit is the node's ``timeout``, or 10 s without one.
     """
 
     code: str

@@ -1428,31 +1428,16 @@ impl LuaCall<'_> {
             unreachable!("only Lua nodes become Lua jobs");
         };
         let node_id = plan.dag.id(self.node);
-        // The tightest of: the script's wall-time limit, the node timeout, the run deadline.
         let mut limits = *limits;
-        let mut node_timeout_binds = false;
-        if let Some(t) = self.node_timeout {
-            if limits.timeout.is_none_or(|l| t < l) {
-                limits.timeout = Some(t);
-                node_timeout_binds = true;
-            }
-        }
-        if let Some(d) = self.deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            if limits.timeout.is_none_or(|l| left < l) {
-                limits.timeout = Some(left);
-                node_timeout_binds = false;
-            }
-        }
-        let mut budget_binds = false;
-        if let Some(b) = self.budget {
-            let left = b.saturating_duration_since(Instant::now());
-            if limits.timeout.is_none_or(|l| left < l) {
-                limits.timeout = Some(left);
-                node_timeout_binds = false;
-                budget_binds = true;
-            }
-        }
+        let (timeout, binds) = wall_limit(
+            limits.timeout,
+            self.node_timeout,
+            self.deadline
+                .map(|d| d.saturating_duration_since(Instant::now())),
+            self.budget
+                .map(|b| b.saturating_duration_since(Instant::now())),
+        );
+        limits.timeout = timeout;
         let results: Vec<(&str, &Value)> = self
             .results
             .iter()
@@ -1468,10 +1453,10 @@ impl LuaCall<'_> {
                 output: out.output,
                 logs: out.logs,
             }),
-            Err(LuaError::Timeout { .. }) if budget_binds => {
+            Err(LuaError::Timeout { .. }) if binds == WallLimit::Budget => {
                 Err(NodeFailure::new(PREEMPTED, "inline budget spent", true))
             }
-            Err(LuaError::Timeout { limit }) if node_timeout_binds => Err(NodeFailure::new(
+            Err(LuaError::Timeout { limit }) if binds == WallLimit::Node => Err(NodeFailure::new(
                 "NodeTimeout",
                 format!("node '{node_id}' timed out after {}s", limit.as_secs_f64()),
                 true,
@@ -1479,6 +1464,42 @@ impl LuaCall<'_> {
             Err(e) => Err(lua_failure(node_id, &e)),
         }
     }
+}
+
+/// Which limit a Lua attempt's wall-time limit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WallLimit {
+    Script,
+    Node,
+    Deadline,
+    Budget,
+}
+
+/// A Lua attempt's wall-time limit: the node's timeout if it has one, else the script's
+/// own (by default [`dagengine_lua::DEFAULT_TIMEOUT`]; a node timeout replaces it, so a
+/// node may run longer), unless what is left of the run's deadline or of the inline budget
+/// is shorter.
+fn wall_limit(
+    script: Option<Duration>,
+    node: Option<Duration>,
+    deadline_left: Option<Duration>,
+    budget_left: Option<Duration>,
+) -> (Option<Duration>, WallLimit) {
+    let mut limit = match node {
+        Some(t) => (Some(t), WallLimit::Node),
+        None => (script, WallLimit::Script),
+    };
+    for (left, binds) in [
+        (deadline_left, WallLimit::Deadline),
+        (budget_left, WallLimit::Budget),
+    ] {
+        if let Some(left) = left {
+            if limit.0.is_none_or(|l| left < l) {
+                limit = (Some(left), binds);
+            }
+        }
+    }
+    limit
 }
 
 /// The Python exception class (in `dagengine.exceptions`) of a Lua error.

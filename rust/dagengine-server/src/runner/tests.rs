@@ -700,3 +700,39 @@ fn event_times_follow_sequence_order_across_timeouts_and_retries() {
         flaky_starts[1] - flaky_starts[0]
     );
 }
+
+#[test]
+fn a_node_timeout_replaces_the_scripts_default_wall_time_limit() {
+    let s = |n: u64| Some(Duration::from_secs(n));
+    let default = Some(dagengine_lua::DEFAULT_TIMEOUT);
+    // Longer than the default: the node may run that long.
+    assert_eq!(
+        wall_limit(default, s(60), None, None),
+        (s(60), WallLimit::Node)
+    );
+    assert_eq!(
+        wall_limit(default, s(2), None, None),
+        (s(2), WallLimit::Node)
+    );
+    assert_eq!(
+        wall_limit(default, None, None, None),
+        (default, WallLimit::Script)
+    );
+    assert_eq!(
+        wall_limit(None, None, None, None),
+        (None, WallLimit::Script)
+    );
+    // What is left of the run's deadline or of the inline budget, when shorter.
+    assert_eq!(
+        wall_limit(default, s(60), s(5), None),
+        (s(5), WallLimit::Deadline)
+    );
+    assert_eq!(
+        wall_limit(default, s(60), s(5), s(1)),
+        (s(1), WallLimit::Budget)
+    );
+    assert_eq!(
+        wall_limit(default, s(3), s(5), s(9)),
+        (s(3), WallLimit::Node)
+    );
+}
