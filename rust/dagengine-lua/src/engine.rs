@@ -185,6 +185,27 @@ impl RunState {
         }
     }
 
+    /// Sets the hook for a run with these limits: at once where it must count every
+    /// instruction or the deadline is near; only if the script runs long where there is a
+    /// deadline or a cancel flag to check (the returned guard; see `watchdog`); not at all
+    /// where there is nothing to enforce.
+    fn start_hook(&self, limits: &LuaLimits, cancellable: bool) -> Option<watchdog::Entered> {
+        let eager =
+            limits.max_instructions.is_some() || limits.timeout.is_some_and(|t| t < EAGER_WITHIN);
+        if !eager && limits.timeout.is_none() && !cancellable {
+            return None;
+        }
+        let watched = if eager {
+            None
+        } else {
+            watchdog::enter(self.main.get(), self.hook.get())
+        };
+        if watched.is_none() {
+            self.arm_hook();
+        }
+        watched
+    }
+
     /// Takes the hook off the main state (between scripts it has none).
     #[allow(unsafe_code)]
     fn disarm_hook(&self) {
@@ -542,18 +563,7 @@ impl Engine {
         };
         let mut outgrown = false;
         let guard = CancelGuard::new(run, cancel);
-        // The hook at once where it must count every instruction or the deadline is near;
-        // otherwise only if the script runs long (see `watchdog`).
-        let late =
-            limits.max_instructions.is_none() && limits.timeout.is_none_or(|t| t >= EAGER_WITHIN);
-        let watched = if late {
-            watchdog::enter(run.main.get(), run.hook.get())
-        } else {
-            None
-        };
-        if watched.is_none() {
-            run.arm_hook();
-        }
+        let watched = run.start_hook(limits, cancel.is_some());
         let outcome = invoke(
             lua,
             &self.array_mt,

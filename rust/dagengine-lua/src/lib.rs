@@ -90,7 +90,8 @@
 //! * any other run starts without it. A watchdog thread looks at the running
 //!   scripts every millisecond and has the hook set (by a signal handled on the
 //!   script's own thread) on a script it finds running twice in a row, so the
-//!   deadline and the cancel flag take effect at most about 2 ms late. Scripts
+//!   deadline and the cancel flag take effect about 2 ms late (when the
+//!   watchdog thread gets a core in time). Scripts
 //!   that use coroutines get the hook when they create one (a coroutine copies
 //!   its creator's hook then, never later).
 //!

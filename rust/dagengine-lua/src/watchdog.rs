@@ -3,36 +3,45 @@
 //! Lua 5.4 counts instructions with a hook, and once any count hook is set the VM stops at
 //! *every* instruction to decrement the counter (`luaG_traceexec`) and at every return
 //! (`rethook`): about a tenth of a short node's time. A script with an instruction limit
-//! needs that from its first instruction. One with only a wall-time limit, a cancel flag or
-//! nothing at all needs it only once it has run for a while, and most node scripts are done
-//! in microseconds. So such a script starts with no hook at all:
+//! needs that from its first instruction. One with only a wall-time limit or a cancel flag
+//! needs it only once it has run for a while, and most node scripts are done in
+//! microseconds. So such a script starts with no hook at all:
 //!
-//! * [`enter`] marks the calling thread as running a script (two stores, no syscall);
-//! * the watchdog thread looks at every marked thread each millisecond ([`TICK`]). A
-//!   thread it finds in the same script on two looks in a row is sent [`Watchdog::signal`];
-//! * the signal's handler runs on that thread, between two of its instructions, and sets
-//!   the count hook on the state it is running, as the standalone `lua` does on Ctrl-C
-//!   (`lua_sethook` is made to be called from a signal handler). From then on the hook
-//!   checks the deadline and the cancel flag every 1,000 instructions, as it does for a
-//!   run that had it from the start.
+//! * [`enter`] marks the calling thread's slot as running a script (a few stores, no
+//!   syscall);
+//! * the watchdog thread looks at the slots each millisecond ([`TICK`]). A thread it finds
+//!   in the same script on two looks in a row is sent the watchdog's signal, queued with
+//!   the slot's index (`pthread_sigqueue`);
+//! * the handler runs on that thread, between two of its instructions, and sets the count
+//!   hook on the state the slot names, as the standalone `lua` does on Ctrl-C (`lua_sethook`
+//!   is made to be called from a signal handler). From then on the hook checks the deadline
+//!   and the cancel flag every 1,000 instructions, as for a run that had it from the start.
 //!
-//! A script is thus stopped at most about two ticks (plus 1,000 instructions) later than
-//! with the hook from the start. A deadline closer than [`EAGER_WITHIN`] gets the hook at
-//! once. Coroutines inherit their creator's hook when created, not later: the sandbox's
-//! `coroutine.create`/`wrap` set the hook first (see `RunState::arm_hook`), so only the
-//! scripts that use coroutines pay for it.
+//! The handler touches no thread-local (in a library `dlopen`ed by Python, the first read
+//! of one on a thread may allocate) and nothing but the slot, in a static array: it reads
+//! the index from the signal, checks that the signal was queued by this process for this
+//! very thread, and says it ran. A thread registers its slot before its first late script
+//! and unblocks the signal then.
 //!
-//! The watchdog parks after a second with no script running and [`enter`] wakes it. In a
-//! forked child (the thread does not exist there), or where no real-time signal is free,
-//! [`enter`] returns `None` and every script gets the hook at once.
+//! A script is thus stopped about two ticks (plus 1,000 instructions) later than with the
+//! hook from the start, if the watchdog thread gets a core in time. A deadline closer than
+//! [`EAGER_WITHIN`] gets the hook at once. Coroutines copy their creator's hook when
+//! created, not later: the sandbox's `coroutine.create`/`wrap` set the hook first (see
+//! `RunState::arm_hook`), so only the scripts that use coroutines pay for it.
+//!
+//! Late hooks are off, and every script that needs the hook gets it at its start, in a
+//! forked child (the thread does not exist there), when no real-time signal is free, when
+//! `DAGENGINE_LUA_SIGNAL=off`, when more than [`MAX_SLOTS`] threads run scripts, and for
+//! good once a signal went unanswered or another handler took the signal over. The signal
+//! is the highest free real-time signal, or the one `DAGENGINE_LUA_SIGNAL` names.
 
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
-use std::os::raw::c_int;
+use std::cell::Cell;
+use std::os::raw::{c_int, c_void};
 use std::ptr;
-use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -54,180 +63,282 @@ pub(crate) const EAGER_WITHIN: Duration = Duration::from_millis(20);
 /// Looks with no script running before the watchdog parks (about a second).
 const IDLE_TICKS: u32 = 1000;
 
+/// Looks after a signal within which its handler must have run (the thread may not get a
+/// core at once on a busy machine).
+const ACK_TICKS: u32 = 1000;
+
+/// Threads that can run late-hooked scripts at once.
+pub(crate) const MAX_SLOTS: usize = 1024;
+
 /// One thread that runs scripts.
 struct Slot {
+    /// Taken by a live thread.
+    taken: AtomicBool,
+    /// The thread's `pthread_t`.
+    thread: AtomicUsize,
     /// Odd while a script runs on the thread; bumped by [`enter`] and by [`Entered`]'s drop.
     generation: AtomicU64,
-    thread: libc::pthread_t,
-    /// The watchdog's own: the generation seen on its last look and the last one signalled.
+    /// The state running the script (null between scripts) and the hook to set on it.
+    state: AtomicPtr<ffi::lua_State>,
+    hook: AtomicPtr<()>,
+    /// The generation the handler last ran for.
+    acked: AtomicU64,
+    /// The watchdog's own: the generation seen on its last look, the last one signalled
+    /// and the looks since.
     seen: AtomicU64,
     signalled: AtomicU64,
+    waited: AtomicU64,
 }
 
-struct Shared {
-    /// The real-time signal whose handler is [`on_signal`].
-    signal: c_int,
-    slots: Mutex<Vec<Arc<Slot>>>,
-    parked: AtomicBool,
-    signals: AtomicU64,
+impl Slot {
+    const fn new() -> Self {
+        Slot {
+            taken: AtomicBool::new(false),
+            thread: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            state: AtomicPtr::new(ptr::null_mut()),
+            hook: AtomicPtr::new(ptr::null_mut()),
+            acked: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            signalled: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+        }
+    }
 }
 
-/// The process's watchdog thread and the signal it sends.
+static SLOTS: [Slot; MAX_SLOTS] = [const { Slot::new() }; MAX_SLOTS];
+
+/// Slots below this index have been taken at some point: the watchdog looks at those.
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+/// Held to take or give back a slot and while the watchdog signals, so that it never
+/// signals a thread that has exited.
+static REGISTRY: Mutex<()> = Mutex::new(());
+
+/// Late hooks are off for good (see the module docs).
+static OFF: AtomicBool = AtomicBool::new(false);
+
+/// Set in a child process by `fork`: the watchdog thread is not there.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+static SIGNALS: AtomicU64 = AtomicU64::new(0);
+
+/// The process's watchdog thread and its signal.
 struct Watchdog {
-    shared: Arc<Shared>,
-    thread: Thread,
+    signal: c_int,
+    parked: AtomicBool,
+    thread: OnceLock<Thread>,
 }
 
 static WATCHDOG: OnceLock<Option<Watchdog>> = OnceLock::new();
 
 thread_local! {
-    /// The state running a script on this thread (null between scripts) and the hook to
-    /// set on it: what the signal handler reads. Atomics, because a handler may interrupt
-    /// any write in this thread.
-    static TARGET: AtomicPtr<ffi::lua_State> = const { AtomicPtr::new(ptr::null_mut()) };
-    static TARGET_HOOK: AtomicPtr<()> = const { AtomicPtr::new(ptr::null_mut()) };
-    /// This thread's slot, registered on its first script and removed when it exits.
-    static SLOT: RefCell<Option<Registered>> = const { RefCell::new(None) };
+    /// This thread's slot (an index into [`SLOTS`]), given back when the thread exits.
+    static SLOT: Cell<Option<Registered>> = const { Cell::new(None) };
 }
 
-/// Removes a thread's slot when the thread exits. The watchdog signals only while it holds
-/// the slot list's lock, so it never signals a thread that has gone.
-struct Registered(Arc<Slot>, Arc<Shared>);
+#[derive(Clone, Copy)]
+struct Registered(usize);
 
-impl Drop for Registered {
+fn registry() -> MutexGuard<'static, ()> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Gives the thread's slot back when the thread exits.
+struct Release(usize);
+
+impl Drop for Release {
     fn drop(&mut self) {
-        let mut slots = lock(&self.1.slots);
-        slots.retain(|s| !Arc::ptr_eq(s, &self.0));
+        // A forked child may have inherited the registry locked: keep the slot there.
+        if FORKED.load(Ordering::Relaxed) {
+            return;
+        }
+        let _registry = registry();
+        SLOTS[self.0].taken.store(false, Ordering::SeqCst);
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+thread_local! {
+    static RELEASE: Cell<Option<Release>> = const { Cell::new(None) };
 }
 
 /// Signals sent so far (scripts that ran long enough to get the hook late); for tests.
 pub(crate) fn signals_sent() -> u64 {
-    watchdog().map_or(0, |w| w.shared.signals.load(Ordering::Relaxed))
+    SIGNALS.load(Ordering::Relaxed)
 }
-
-/// Set in a child process by `fork` (see [`start`]): the watchdog thread is not there.
-static FORKED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn after_fork_in_child() {
     FORKED.store(true, Ordering::Relaxed);
 }
 
 fn watchdog() -> Option<&'static Watchdog> {
-    if FORKED.load(Ordering::Relaxed) {
+    if FORKED.load(Ordering::Relaxed) || OFF.load(Ordering::Relaxed) {
         return None;
     }
     WATCHDOG.get_or_init(start).as_ref()
 }
 
+/// This thread's slot, taken on first use.
+fn slot(w: &Watchdog) -> Option<usize> {
+    if let Some(Registered(i)) = SLOT.get() {
+        return Some(i);
+    }
+    let i = {
+        let _registry = registry();
+        let i = SLOTS.iter().position(|s| !s.taken.load(Ordering::SeqCst))?;
+        let s = &SLOTS[i];
+        // SAFETY: `pthread_self` has no preconditions.
+        s.thread
+            .store(unsafe { libc::pthread_self() } as usize, Ordering::SeqCst);
+        s.state.store(ptr::null_mut(), Ordering::SeqCst);
+        s.taken.store(true, Ordering::SeqCst);
+        HIGH.fetch_max(i + 1, Ordering::SeqCst);
+        i
+    };
+    // The signal may have been blocked by whoever made this thread.
+    // SAFETY: plain libc calls on a local signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, w.signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, ptr::null_mut());
+    }
+    SLOT.set(Some(Registered(i)));
+    RELEASE.set(Some(Release(i)));
+    Some(i)
+}
+
 /// A script is running on this thread until the returned guard drops: the watchdog will
 /// have `hook` set on `state` (every [`HOOK_INTERVAL`] instructions) if it runs for long.
-/// `None` when there is no watchdog ([`available`]); the caller sets the hook itself then.
+/// `None` when late hooks are off (see the module docs): the caller sets the hook itself.
 pub(crate) fn enter(state: *mut ffi::lua_State, hook: Option<ffi::lua_Hook>) -> Option<Entered> {
     let hook = hook?;
     let w = watchdog()?;
-    let slot = SLOT.with(|s| {
-        let mut s = s.borrow_mut();
-        let registered = s.get_or_insert_with(|| {
-            let slot = Arc::new(Slot {
-                generation: AtomicU64::new(0),
-                // SAFETY: `pthread_self` has no preconditions.
-                thread: unsafe { libc::pthread_self() },
-                seen: AtomicU64::new(0),
-                signalled: AtomicU64::new(0),
-            });
-            lock(&w.shared.slots).push(Arc::clone(&slot));
-            Registered(slot, Arc::clone(&w.shared))
-        });
-        Arc::as_ptr(&registered.0)
-    });
-    TARGET_HOOK.with(|h| h.store(hook as *mut (), Ordering::Relaxed));
-    TARGET.with(|t| t.store(state, Ordering::Relaxed));
+    ensure_thread(w);
+    let i = slot(w)?;
+    let s = &SLOTS[i];
+    s.hook.store(hook as *mut (), Ordering::Relaxed);
+    s.state.store(state, Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
-    // SAFETY: this thread's `SLOT` keeps the slot alive until the thread exits.
-    let generation = unsafe { &(*slot).generation };
-    let g = generation.load(Ordering::Relaxed);
-    generation.store(g | 1, Ordering::SeqCst);
-    if w.shared.parked.load(Ordering::SeqCst) && w.shared.parked.swap(false, Ordering::SeqCst) {
-        w.thread.unpark();
+    let g = s.generation.load(Ordering::Relaxed);
+    s.generation.store(g | 1, Ordering::SeqCst);
+    if w.parked.load(Ordering::SeqCst) && w.parked.swap(false, Ordering::SeqCst) {
+        if let Some(t) = w.thread.get() {
+            t.unpark();
+        }
     }
-    Some(Entered { slot })
+    Some(Entered { slot: i })
 }
 
 /// The script on this thread is done (see [`enter`]).
 pub(crate) struct Entered {
-    /// This thread's slot (it outlives the guard, which cannot leave the thread).
-    slot: *const Slot,
+    slot: usize,
 }
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        // Clear the target before the generation: a signal from here on finds no state.
-        TARGET.with(|t| t.store(ptr::null_mut(), Ordering::Relaxed));
+        let s = &SLOTS[self.slot];
+        // Clear the state before the generation: a signal from here on finds none.
+        s.state.store(ptr::null_mut(), Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
-        // SAFETY: see `Entered::slot`.
-        let generation = unsafe { &(*self.slot).generation };
-        let g = generation.load(Ordering::Relaxed);
-        generation.store(g + 1, Ordering::Release);
+        let g = s.generation.load(Ordering::Relaxed);
+        s.generation.store(g + 1, Ordering::Release);
     }
 }
 
-/// The signal handler: set the hook on the state running on this thread, if any.
-extern "C" fn on_signal(_: c_int) {
-    let state = TARGET.with(|t| t.load(Ordering::Relaxed));
-    if state.is_null() {
-        return;
-    }
-    let hook = TARGET_HOOK.with(|h| h.load(Ordering::Relaxed));
-    if hook.is_null() {
-        return;
-    }
-    // SAFETY: `hook` was stored from a `lua_Hook` by `enter`. `state` is the state running a
-    // script on this very thread (cleared before the script's guard goes), and
-    // `lua_sethook` may be called from a signal handler interrupting that state: it only
-    // stores the hook fields and marks the running Lua frames to call it.
+/// The signal handler: set the hook on the state running a script on this thread, if the
+/// signal is the watchdog's for this thread.
+extern "C" fn on_signal(_: c_int, info: *mut libc::siginfo_t, _: *mut c_void) {
+    // SAFETY: the kernel passes a valid `siginfo_t` to an `SA_SIGINFO` handler; `getpid`
+    // and `pthread_self` are safe in a handler. The slot is in a static array.
     unsafe {
-        let hook: ffi::lua_Hook = std::mem::transmute::<*mut (), ffi::lua_Hook>(hook);
+        let Some(info) = info.as_ref() else { return };
+        if info.si_code != libc::SI_QUEUE || info.si_pid() != libc::getpid() {
+            return;
+        }
+        let i = info.si_value().sival_ptr as usize;
+        let Some(s) = SLOTS.get(i) else { return };
+        if s.thread.load(Ordering::Relaxed) != libc::pthread_self() as usize {
+            return;
+        }
+        let state = s.state.load(Ordering::Relaxed);
+        let hook = s.hook.load(Ordering::Relaxed);
+        s.acked
+            .store(s.generation.load(Ordering::Relaxed), Ordering::Relaxed);
+        if state.is_null() || hook.is_null() {
+            return;
+        }
+        // `state` is running a script on this very thread (it is cleared before the
+        // script's guard goes), and `hook` was stored from a `lua_Hook`. `lua_sethook` may
+        // interrupt that state: it only stores the hook fields and marks the running Lua
+        // frames to call it.
+        let hook = std::mem::transmute::<*mut (), ffi::lua_Hook>(hook);
         if ffi::lua_gethookmask(state) == 0 {
             ffi::lua_sethook(state, Some(hook), ffi::LUA_MASKCOUNT, HOOK_COUNT);
         }
     }
 }
 
-/// Installs the handler on a free real-time signal and starts the thread.
+/// Installs the handler and starts the thread.
 fn start() -> Option<Watchdog> {
-    let signal = install_handler()?;
-    let shared = Arc::new(Shared {
-        signal,
-        slots: Mutex::new(Vec::new()),
-        parked: AtomicBool::new(false),
-        signals: AtomicU64::new(0),
-    });
-    let s = Arc::clone(&shared);
-    let handle = std::thread::Builder::new()
-        .name("dagengine-lua-watchdog".into())
-        .spawn(move || watch(&s))
-        .ok()?;
+    // Before any thread exists: a fork from here on marks the child.
     // SAFETY: registers a handler that only stores to an atomic.
     if unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) } != 0 {
         return None;
     }
-    Some(Watchdog {
-        shared,
-        thread: handle.thread().clone(),
-    })
+    let signal = install_handler()?;
+    let w = Watchdog {
+        signal,
+        parked: AtomicBool::new(false),
+        thread: OnceLock::new(),
+    };
+    Some(w)
 }
 
-/// The first real-time signal with no handler yet (glibc keeps the ones below
-/// `SIGRTMIN` for itself), with [`on_signal`] installed on it.
+/// The watchdog thread, started by the first late script.
+fn ensure_thread(w: &'static Watchdog) {
+    w.thread.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("dagengine-lua-watchdog".into())
+            .spawn(move || watch(w))
+            .map_or_else(
+                |_| {
+                    OFF.store(true, Ordering::SeqCst);
+                    std::thread::current()
+                },
+                |h| h.thread().clone(),
+            )
+    });
+}
+
+/// `DAGENGINE_LUA_SIGNAL`: `off`, a signal number, or unset (pick one).
+enum Choice {
+    Off,
+    Number(c_int),
+    Any,
+}
+
+fn choice() -> Choice {
+    match std::env::var("DAGENGINE_LUA_SIGNAL") {
+        Ok(v) if v.eq_ignore_ascii_case("off") || v == "0" => Choice::Off,
+        Ok(v) => v.trim().parse().map_or(Choice::Off, Choice::Number),
+        Err(_) => Choice::Any,
+    }
+}
+
+/// [`on_signal`] on the chosen signal: the named one, or the highest real-time signal
+/// with no handler (low ones are where code with fixed numbers tends to live).
 fn install_handler() -> Option<c_int> {
+    let candidates: Vec<c_int> = match choice() {
+        Choice::Off => return None,
+        Choice::Number(n) => vec![n],
+        Choice::Any => (libc::SIGRTMIN()..=libc::SIGRTMAX()).rev().collect(),
+    };
     // SAFETY: plain libc calls on zeroed, then filled, `sigaction` structs.
     unsafe {
-        for signal in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+        for signal in candidates {
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, ptr::null(), &raw mut old) != 0
                 || old.sa_sigaction != libc::SIG_DFL
@@ -235,8 +346,10 @@ fn install_handler() -> Option<c_int> {
                 continue;
             }
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
+            action.sa_sigaction = on_signal
+                as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)
+                as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
             libc::sigemptyset(&raw mut action.sa_mask);
             if libc::sigaction(signal, &raw const action, ptr::null_mut()) == 0 {
                 return Some(signal);
@@ -246,41 +359,86 @@ fn install_handler() -> Option<c_int> {
     None
 }
 
+/// Whether [`on_signal`] is still the handler of `signal`.
+fn still_ours(signal: c_int) -> bool {
+    // SAFETY: reads the current action into a zeroed struct.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, ptr::null(), &raw mut old) == 0
+            && old.sa_sigaction
+                == on_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)
+                    as libc::sighandler_t
+    }
+}
+
+/// Turns late hooks off for good, saying why once.
+fn give_up(why: &str) {
+    if !OFF.swap(true, Ordering::SeqCst) {
+        eprintln!("dagengine: Lua limit hooks are now set at each script's start: {why}");
+    }
+}
+
 /// The watchdog thread's loop.
-fn watch(shared: &Shared) {
+fn watch(w: &Watchdog) {
     let mut idle = 0u32;
     loop {
         std::thread::sleep(TICK);
         let mut running = false;
         {
-            let slots = lock(&shared.slots);
-            for slot in slots.iter() {
-                let g = slot.generation.load(Ordering::SeqCst);
+            let _registry = registry();
+            let high = HIGH.load(Ordering::SeqCst);
+            for (i, s) in SLOTS[..high].iter().enumerate() {
+                if !s.taken.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let g = s.generation.load(Ordering::SeqCst);
                 if g & 1 == 0 {
                     continue;
                 }
                 running = true;
-                if slot.seen.swap(g, Ordering::Relaxed) == g
-                    && slot.signalled.swap(g, Ordering::Relaxed) != g
-                {
-                    // SAFETY: the slot's thread is alive: it removes its slot (under this
-                    // lock) before it exits.
-                    unsafe { libc::pthread_kill(slot.thread, shared.signal) };
-                    shared.signals.fetch_add(1, Ordering::Relaxed);
+                if s.seen.swap(g, Ordering::Relaxed) != g {
+                    continue;
                 }
+                if s.signalled.load(Ordering::Relaxed) == g {
+                    // Signalled: its handler must have run by now.
+                    let waited = s.waited.fetch_add(1, Ordering::Relaxed) + 1;
+                    if waited > u64::from(ACK_TICKS) && s.acked.load(Ordering::Relaxed) != g {
+                        give_up("a script's thread did not answer the watchdog's signal");
+                    }
+                    continue;
+                }
+                if !still_ours(w.signal) {
+                    give_up("another handler took over the watchdog's signal");
+                    continue;
+                }
+                s.signalled.store(g, Ordering::Relaxed);
+                s.waited.store(0, Ordering::Relaxed);
+                let value = libc::sigval {
+                    sival_ptr: i as *mut c_void,
+                };
+                // SAFETY: the slot's thread is alive: it gives its slot back (under the
+                // registry lock, held here) before it exits.
+                unsafe {
+                    libc::pthread_sigqueue(
+                        s.thread.load(Ordering::SeqCst) as libc::pthread_t,
+                        w.signal,
+                        value,
+                    );
+                }
+                SIGNALS.fetch_add(1, Ordering::Relaxed);
             }
         }
         idle = if running { 0 } else { idle + 1 };
         if idle >= IDLE_TICKS {
-            shared.parked.store(true, Ordering::SeqCst);
+            w.parked.store(true, Ordering::SeqCst);
             // A script that started before `parked` was set did not see it: look again.
-            let busy = lock(&shared.slots)
-                .iter()
-                .any(|s| s.generation.load(Ordering::SeqCst) & 1 == 1);
+            let busy = SLOTS[..HIGH.load(Ordering::SeqCst)].iter().any(|s| {
+                s.taken.load(Ordering::SeqCst) && s.generation.load(Ordering::SeqCst) & 1 == 1
+            });
             if busy {
-                shared.parked.store(false, Ordering::SeqCst);
+                w.parked.store(false, Ordering::SeqCst);
             } else {
-                while shared.parked.load(Ordering::SeqCst) {
+                while w.parked.load(Ordering::SeqCst) {
                     std::thread::park();
                 }
             }
@@ -295,15 +453,21 @@ mod tests {
 
     unsafe extern "C-unwind" fn hook(_: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {}
 
-    fn raise() {
-        let signal = watchdog().expect("a watchdog").shared.signal;
-        // SAFETY: sends the watchdog's signal to this thread; the handler runs before
-        // `raise` returns.
-        assert_eq!(unsafe { libc::raise(signal) }, 0);
+    /// Queues the watchdog's signal for this thread's slot, as the watchdog does.
+    fn queue(slot: usize) {
+        let signal = watchdog().expect("a watchdog").signal;
+        let value = libc::sigval {
+            sival_ptr: slot as *mut c_void,
+        };
+        // SAFETY: queues a signal to this thread; its handler runs before the call returns.
+        assert_eq!(
+            unsafe { libc::pthread_sigqueue(libc::pthread_self(), signal, value) },
+            0
+        );
     }
 
     #[test]
-    fn the_signal_sets_the_hook_only_on_a_state_running_a_script() {
+    fn the_signal_sets_the_hook_only_on_a_state_running_a_script_on_its_thread() {
         let lua = mlua::Lua::new();
         let mut l = ptr::null_mut();
         // SAFETY: only reads the state pointer.
@@ -311,15 +475,18 @@ mod tests {
         // SAFETY: `l` is `lua`'s main state, alive and used on this thread only.
         let mask = || unsafe { ffi::lua_gethookmask(l) };
 
-        raise();
-        assert_eq!(
-            mask(),
-            0,
-            "no script runs: the signal must not touch any state"
-        );
+        let entered = enter(l, Some(hook)).expect("late hooks are on");
+        let mine = entered.slot;
+        // Another slot's index: not this thread's, nothing happens.
+        queue((mine + 1) % MAX_SLOTS);
+        queue(MAX_SLOTS + 7);
+        assert_eq!(mask(), 0);
+        // A plain `raise` (not queued with a slot) is ignored too.
+        // SAFETY: sends the signal to this thread.
+        unsafe { libc::raise(watchdog().unwrap().signal) };
+        assert_eq!(mask(), 0);
 
-        let entered = enter(l, Some(hook)).expect("a watchdog");
-        raise();
+        queue(mine);
         assert_eq!(mask(), ffi::LUA_MASKCOUNT);
         // SAFETY: as above.
         unsafe {
@@ -332,7 +499,7 @@ mod tests {
         }
 
         drop(entered);
-        raise();
+        queue(mine);
         assert_eq!(
             mask(),
             0,

@@ -91,6 +91,37 @@ fn endless_loops_stop_at_their_deadline_in_every_form() {
 }
 
 #[test]
+#[allow(unsafe_code)]
+fn a_thread_that_blocks_signals_still_has_its_script_stopped() {
+    // Threads inherit their creator's signal mask: an embedding application may block
+    // every signal on the threads that end up running scripts.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: blocks every signal on this thread only.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&raw mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const all, std::ptr::null_mut());
+        }
+        let start = Instant::now();
+        let r = execute(
+            &LuaScript::new("while true do end"),
+            &json!({}),
+            &[],
+            &INFO,
+            &timed(),
+            None,
+        );
+        let _ = tx.send((r, start.elapsed()));
+    });
+    let (r, elapsed) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the script was never stopped");
+    assert_eq!(r.unwrap_err(), LuaError::Timeout { limit: LIMIT });
+    assert!(elapsed < 2 * LIMIT, "{elapsed:?}");
+}
+
+#[test]
 fn cancel_stops_a_script_with_no_limits_at_all() {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
