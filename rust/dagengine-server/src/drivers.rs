@@ -8,8 +8,11 @@
 //!
 //! Here idle threads wait on a stack, each with a mailbox. A run is handed to the one on
 //! top (the most recently used), or to a new thread when none is idle. A thread idle for
-//! [`KEEP_ALIVE`] leaves.
+//! [`KEEP_ALIVE`] leaves, and so does one that finds [`MAX_IDLE`] threads idle already.
+//! Past [`MAX_THREADS`] runs driven at once, runs go to tokio's blocking pool, which queues
+//! them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -19,6 +22,12 @@ use crate::runner::lock;
 /// How long an idle driver thread waits for a run before it exits. Long, because a new
 /// thread pays for its start and its first Lua state.
 const KEEP_ALIVE: Duration = Duration::from_mins(5);
+
+/// Idle threads kept for the next runs.
+const MAX_IDLE: usize = 32;
+
+/// Driver threads at most; tokio's blocking pool takes the runs beyond.
+const MAX_THREADS: usize = 512;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -32,36 +41,50 @@ struct Mailbox {
 pub(crate) struct Drivers {
     /// Idle threads, the most recently idle last.
     idle: Mutex<Vec<Arc<Mailbox>>>,
+    /// Threads alive, idle or not.
+    threads: AtomicUsize,
+    max_threads: usize,
+    max_idle: usize,
 }
 
 /// The process's driver threads.
-pub(crate) static DRIVERS: Drivers = Drivers::new();
+pub(crate) static DRIVERS: Drivers = Drivers::new(MAX_THREADS, MAX_IDLE);
 
-/// Runs `job` on an idle driver thread, or on a new one; on the runtime's blocking pool if
-/// no thread can be started.
+/// Runs `job` on an idle driver thread, or on a new one; on the runtime's blocking pool
+/// past [`MAX_THREADS`] or if no thread can be started.
 pub(crate) fn spawn(job: Job) {
     if let Err(job) = DRIVERS.spawn(job) {
         if let Ok(rt) = crate::runtime::runtime() {
             rt.spawn_blocking(job);
+        } else {
+            // Callers checked the runtime before starting a run; this cannot happen.
+            eprintln!("dagengine: a run could not be started: no runtime");
         }
     }
 }
 
 impl Drivers {
-    pub(crate) const fn new() -> Self {
+    pub(crate) const fn new(max_threads: usize, max_idle: usize) -> Self {
         Drivers {
             idle: Mutex::new(Vec::new()),
+            threads: AtomicUsize::new(0),
+            max_threads,
+            max_idle,
         }
     }
 
-    /// Runs `job` on the most recently idle thread, or on a new one; gives it back if no
-    /// thread can be started.
+    /// Runs `job` on the most recently idle thread, or on a new one; gives it back past
+    /// [`MAX_THREADS`] or if no thread can be started.
     pub(crate) fn spawn(&'static self, job: Job) -> Result<(), Job> {
         let idle = lock(&self.idle).pop();
         if let Some(mailbox) = idle {
             *lock(&mailbox.job) = Some(job);
             mailbox.thread.unpark();
             return Ok(());
+        }
+        if self.threads.fetch_add(1, Ordering::SeqCst) >= self.max_threads {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            return Err(job);
         }
         // The new thread takes the job from here, so that it is not lost with the closure
         // when the thread cannot be started.
@@ -74,14 +97,24 @@ impl Drivers {
                     self.serve(job);
                 }
             });
-        match started {
-            Ok(_) => Ok(()),
-            Err(_) => Err(lock(&handoff).take().expect("the thread never started")),
+        if started.is_ok() {
+            return Ok(());
         }
+        self.threads.fetch_sub(1, Ordering::SeqCst);
+        let job = lock(&handoff).take().expect("the thread never started");
+        Err(job)
     }
 
     /// A driver thread: run `first`, then whatever is handed to it while it is idle.
     fn serve(&self, first: Job) {
+        /// Counts the thread out however it ends (a job that panics ends it too).
+        struct Alive<'a>(&'a AtomicUsize);
+        impl Drop for Alive<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _alive = Alive(&self.threads);
         let me = Arc::new(Mailbox {
             job: Mutex::new(None),
             thread: std::thread::current(),
@@ -89,7 +122,13 @@ impl Drivers {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             job();
-            lock(&self.idle).push(Arc::clone(&me));
+            {
+                let mut idle = lock(&self.idle);
+                if idle.len() >= self.max_idle {
+                    return;
+                }
+                idle.push(Arc::clone(&me));
+            }
             next = self.wait(&me);
         }
     }
@@ -132,7 +171,7 @@ mod tests {
     #[test]
     fn the_next_run_goes_to_the_thread_that_went_idle_last() {
         // Its own set, so that other tests' runs cannot take its threads.
-        let drivers: &'static Drivers = Box::leak(Box::new(Drivers::new()));
+        let drivers: &'static Drivers = Box::leak(Box::new(Drivers::new(8, 8)));
         // Three jobs at once: three threads.
         let (tx, rx) = mpsc::channel();
         let gate = Arc::new(std::sync::Barrier::new(4));
@@ -156,5 +195,30 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
             assert_eq!(thread_of_next_job(drivers), first);
         }
+    }
+
+    #[test]
+    fn threads_are_capped_and_so_are_idle_ones() {
+        let drivers: &'static Drivers = Box::leak(Box::new(Drivers::new(2, 1)));
+        let gate = Arc::new(std::sync::Barrier::new(3));
+        for _ in 0..2 {
+            let gate = Arc::clone(&gate);
+            assert!(drivers
+                .spawn(Box::new(move || {
+                    gate.wait();
+                }))
+                .is_ok());
+        }
+        // Both threads are busy: a third run is given back (for the blocking pool).
+        assert!(drivers.spawn(Box::new(|| ())).is_err());
+        gate.wait();
+        // Of the two threads now done, one stays idle and the other leaves.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while drivers.threads.load(Ordering::SeqCst) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(drivers.threads.load(Ordering::SeqCst), 1);
+        assert_eq!(lock(&drivers.idle).len(), 1);
+        assert_eq!(thread_of_next_job(drivers), thread_of_next_job(drivers));
     }
 }
