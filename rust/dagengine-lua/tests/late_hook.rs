@@ -34,9 +34,20 @@ fn run_bounded(
     limits: LuaLimits,
     cancel: Option<Arc<AtomicBool>>,
 ) -> (Result<LuaOutput, LuaError>, Duration) {
+    run_bounded_after(|| (), src, limits, cancel)
+}
+
+/// [`run_bounded`], with `setup` run first on the script's thread.
+fn run_bounded_after(
+    setup: impl FnOnce() + Send + 'static,
+    src: &str,
+    limits: LuaLimits,
+    cancel: Option<Arc<AtomicBool>>,
+) -> (Result<LuaOutput, LuaError>, Duration) {
     let (tx, rx) = mpsc::channel();
     let src = src.to_owned();
     std::thread::spawn(move || {
+        setup();
         let start = Instant::now();
         let r = execute(
             &LuaScript::new(src.as_str()),
@@ -95,28 +106,15 @@ fn endless_loops_stop_at_their_deadline_in_every_form() {
 fn a_thread_that_blocks_signals_still_has_its_script_stopped() {
     // Threads inherit their creator's signal mask: an embedding application may block
     // every signal on the threads that end up running scripts.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let block_all = || {
         // SAFETY: blocks every signal on this thread only.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&raw mut all);
             libc::pthread_sigmask(libc::SIG_BLOCK, &raw const all, std::ptr::null_mut());
         }
-        let start = Instant::now();
-        let r = execute(
-            &LuaScript::new("while true do end"),
-            &json!({}),
-            &[],
-            &INFO,
-            &timed(),
-            None,
-        );
-        let _ = tx.send((r, start.elapsed()));
-    });
-    let (r, elapsed) = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the script was never stopped");
+    };
+    let (r, elapsed) = run_bounded_after(block_all, "while true do end", timed(), None);
     assert_eq!(r.unwrap_err(), LuaError::Timeout { limit: LIMIT });
     assert!(elapsed < 2 * LIMIT, "{elapsed:?}");
 }
