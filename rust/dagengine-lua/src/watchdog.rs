@@ -37,7 +37,7 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::os::raw::{c_int, c_void};
 use std::ptr;
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -132,14 +132,6 @@ struct Watchdog {
 
 static WATCHDOG: OnceLock<Option<Watchdog>> = OnceLock::new();
 
-thread_local! {
-    /// This thread's slot (an index into [`SLOTS`]), given back when the thread exits.
-    static SLOT: Cell<Option<Registered>> = const { Cell::new(None) };
-}
-
-#[derive(Clone, Copy)]
-struct Registered(usize);
-
 fn registry() -> MutexGuard<'static, ()> {
     REGISTRY
         .lock()
@@ -161,7 +153,8 @@ impl Drop for Release {
 }
 
 thread_local! {
-    static RELEASE: Cell<Option<Release>> = const { Cell::new(None) };
+    /// This thread's slot (an index into [`SLOTS`]), given back when the thread exits.
+    static SLOT: RefCell<Option<Release>> = const { RefCell::new(None) };
 }
 
 /// Signals sent so far (scripts that ran long enough to get the hook late); for tests.
@@ -182,7 +175,7 @@ fn watchdog() -> Option<&'static Watchdog> {
 
 /// This thread's slot, taken on first use.
 fn slot(w: &Watchdog) -> Option<usize> {
-    if let Some(Registered(i)) = SLOT.get() {
+    if let Some(i) = SLOT.with_borrow(|s| s.as_ref().map(|r| r.0)) {
         return Some(i);
     }
     let i = {
@@ -205,8 +198,7 @@ fn slot(w: &Watchdog) -> Option<usize> {
         libc::sigaddset(&raw mut set, w.signal);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, ptr::null_mut());
     }
-    SLOT.set(Some(Registered(i)));
-    RELEASE.set(Some(Release(i)));
+    SLOT.set(Some(Release(i)));
     Some(i)
 }
 
