@@ -168,6 +168,15 @@ mod tests {
         rx.recv().unwrap()
     }
 
+    /// Waits (up to 5 s) until `n` threads are idle.
+    fn wait_idle(drivers: &'static Drivers, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&drivers.idle).len() != n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(lock(&drivers.idle).len(), n);
+    }
+
     #[test]
     fn the_next_run_goes_to_the_thread_that_went_idle_last() {
         // Its own set, so that other tests' runs cannot take its threads.
@@ -185,14 +194,12 @@ mod tests {
         }
         gate.wait();
         let ids: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
-        // Let all three get back on the stack.
-        std::thread::sleep(Duration::from_millis(50));
+        wait_idle(drivers, 3);
         // Back-to-back jobs then all go to one thread, one of those three.
-        assert_eq!(lock(&drivers.idle).len(), 3);
         let first = thread_of_next_job(drivers);
         assert!(ids.contains(&first));
         for _ in 0..20 {
-            std::thread::sleep(Duration::from_millis(1));
+            wait_idle(drivers, 3);
             assert_eq!(thread_of_next_job(drivers), first);
         }
     }
@@ -218,7 +225,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(drivers.threads.load(Ordering::SeqCst), 1);
-        assert_eq!(lock(&drivers.idle).len(), 1);
-        assert_eq!(thread_of_next_job(drivers), thread_of_next_job(drivers));
+        wait_idle(drivers, 1);
+        let kept = thread_of_next_job(drivers);
+        wait_idle(drivers, 1);
+        assert_eq!(thread_of_next_job(drivers), kept);
     }
 }
