@@ -91,13 +91,16 @@
 //!   scripts every millisecond and has the hook set (by a signal handled on the
 //!   script's own thread) on a script it finds running twice in a row, so the
 //!   deadline and the cancel flag take effect about 2 ms late (when the
-//!   watchdog thread gets a core in time). Scripts
-//!   that use coroutines get the hook when they create one (a coroutine copies
-//!   its creator's hook then, never later).
+//!   watchdog thread gets a core in time). Scripts that use coroutines get the
+//!   hook when they create one (a coroutine copies its creator's hook then,
+//!   never later);
+//! * a run with no deadline, no cancel flag and no instruction limit has no
+//!   hook at all.
 //!
 //! The default limits ([`LuaLimits::default`]) are 64 MiB of memory and
 //! [`DEFAULT_TIMEOUT`] of wall time, with no instruction limit. Memory is
-//! limited through Lua's allocator: the script may allocate [`LuaLimits::max_memory`] bytes beyond the state's
+//! limited through Lua's allocator: the script may allocate
+//! [`LuaLimits::max_memory`] bytes beyond the state's
 //! footprint at the start of the run (log lines count against the same
 //! budget). Limit errors cannot be caught by the script: `pcall`, `xpcall` and
 //! `coroutine.resume` re-raise them. The hook is also active in coroutines.

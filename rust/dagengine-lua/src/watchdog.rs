@@ -338,9 +338,7 @@ fn install_handler() -> Option<c_int> {
                 continue;
             }
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal
-                as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)
-                as libc::sighandler_t;
+            action.sa_sigaction = handler();
             action.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
             libc::sigemptyset(&raw mut action.sa_mask);
             if libc::sigaction(signal, &raw const action, ptr::null_mut()) == 0 {
@@ -356,11 +354,13 @@ fn still_ours(signal: c_int) -> bool {
     // SAFETY: reads the current action into a zeroed struct.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(signal, ptr::null(), &raw mut old) == 0
-            && old.sa_sigaction
-                == on_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)
-                    as libc::sighandler_t
+        libc::sigaction(signal, ptr::null(), &raw mut old) == 0 && old.sa_sigaction == handler()
     }
+}
+
+/// [`on_signal`] as `sigaction` holds it.
+fn handler() -> libc::sighandler_t {
+    on_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as libc::sighandler_t
 }
 
 /// Turns late hooks off for good, saying why once.

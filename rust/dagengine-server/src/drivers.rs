@@ -168,12 +168,17 @@ mod tests {
         rx.recv().unwrap()
     }
 
-    /// Waits (up to 5 s) until `n` threads are idle.
-    fn wait_idle(drivers: &'static Drivers, n: usize) {
+    /// Waits (up to 5 s) until `done` holds.
+    fn wait_until(done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while lock(&drivers.idle).len() != n && Instant::now() < deadline {
+        while !done() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Waits (up to 5 s) until `n` threads are idle.
+    fn wait_idle(drivers: &'static Drivers, n: usize) {
+        wait_until(|| lock(&drivers.idle).len() == n);
         assert_eq!(lock(&drivers.idle).len(), n);
     }
 
@@ -220,10 +225,7 @@ mod tests {
         assert!(drivers.spawn(Box::new(|| ())).is_err());
         gate.wait();
         // Of the two threads now done, one stays idle and the other leaves.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while drivers.threads.load(Ordering::SeqCst) > 1 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(|| drivers.threads.load(Ordering::SeqCst) <= 1);
         assert_eq!(drivers.threads.load(Ordering::SeqCst), 1);
         wait_idle(drivers, 1);
         let kept = thread_of_next_job(drivers);

@@ -500,7 +500,7 @@ pub fn start_run(
 }
 
 /// Start a run on the caller's thread: it is driven here until it ends, until `budget` is
-/// spent, or until it would have to wait for work on other threads; then it goes on on the
+/// spent, or until it would have to wait for work on other threads; then it goes on on a
 /// driver thread. For callers on an async worker: a short run of Lua and no-op nodes ends
 /// before this returns, with no thread hand-off at all (the gRPC service's common case), and
 /// a long one holds the caller for about `budget` at most. A Lua node still running when the
