@@ -13,6 +13,7 @@ __all__ = [
     "CancelToken",
     "DagRef",
     "EngineServerRef",
+    "EngineSession",
     "NodeRecords",
     "Outputs",
     "RunRef",
@@ -205,3 +206,51 @@ class EngineServerRef:
 
     def wait_stopped(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the server to stop; True once it has."""
+
+@final
+class EngineSession:
+    """One ``Session`` stream to the engine at ``address`` (``host:port``), driven by tonic
+    on the core's runtime: the orchestrator's path to a remote engine. It connects in the
+    background; a failure to connect ends it like any later break.
+
+    ``on_replies(messages)`` gets encoded ``SessionReplies`` messages as they came off the
+    wire; ``on_end(code, message)`` is called once when the session is over (``code``: the
+    gRPC status code, ``1`` CANCELLED after :meth:`close`; the message does not name the
+    engine). Both are called on one ``dagengine-replies`` thread shared by every session of
+    the process, every ``on_replies`` of a session before its ``on_end``; an exception they
+    raise is reported as unraisable. ``tls`` turns on TLS, verified with ``ca_cert`` (PEM;
+    ``None``: the platform's roots), with ``client_cert``/``client_key`` for mutual TLS and
+    ``server_name`` to check instead of the address's host. ``keepalive`` is the seconds
+    between HTTP/2 pings (no answer within as long again breaks the session). Raises
+    ``EngineUnavailable`` for an address or TLS material it cannot use.
+    """
+
+    def __new__(
+        cls,
+        address: str,
+        on_replies: Callable[[list[bytes]], None],
+        on_end: Callable[[int, str], None],
+        *,
+        max_message_bytes: int,
+        keepalive: float,
+        tls: bool = False,
+        ca_cert: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        server_name: str | None = None,
+    ) -> EngineSession: ...
+    def start(self, request: bytes) -> bool:
+        """Send a run (an encoded ``RunRequest``); it goes out with the runs started before
+        the next write. ``False`` once the session has ended (the run was not sent)."""
+
+    def cancel(self, run_id: str) -> bool:
+        """Ask the engine to cancel a run of this session (after every start sent before);
+        ``False`` once the session has ended."""
+
+    def close(self) -> None:
+        """End the session: the engine cancels the runs still on it. ``on_end`` is called
+        (CANCELLED) if it was not yet."""
+
+    @property
+    def ended(self) -> bool:
+        """Whether the session has ended."""

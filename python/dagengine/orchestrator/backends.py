@@ -15,15 +15,29 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from dagengine._core import EngineSession
 from dagengine.engine import (
+    _STATUS_BY_CODE,
+    DEFAULT_KEEPALIVE_SECONDS,
+    DEFAULT_MAX_MESSAGE_BYTES,
     AsyncEngineClient,
-    AsyncEngineSession,
     AsyncRunStream,
-    SessionRun,
+    PemSource,
     TLSConfig,
+    _read_pem,
+    _status_error,
     build_run_request,
+    encoded_workflow_field,
+    result_from_proto,
+    run_request_without_workflow,
 )
-from dagengine.exceptions import DagEngineError, EngineError, EngineUnavailable
+from dagengine.exceptions import (
+    DagEngineError,
+    EngineError,
+    EngineUnavailable,
+    InvalidRequest,
+    MessageTooLarge,
+)
 from dagengine.results import NodeEvent, RunResult
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG, LocalRun, SubWorkflowRunner
@@ -260,8 +274,21 @@ class LoopThread:
             self.loop.close()
 
 
+@dataclass(slots=True)
+class _Launched:
+    """A run started on a remote engine's session: where its events and its end go."""
+
+    session: object  # the token of the session it went out on
+    on_wire: Callable[[Sequence[pb.RunEvent]], None]
+    on_end: Callable[[RunResult | None, BaseException | None], None]
+
+
 class RemoteBackend:
-    """Runs jobs on an engine process over gRPC (``EngineService.Run``), as coroutines on a
+    """Runs jobs on an engine process over gRPC. The orchestrator's runs (:meth:`launch`)
+    share one ``Session`` stream per engine, driven from the Rust core
+    (:class:`dagengine._core.EngineSession`): starting a run is a push onto a channel, and
+    the replies of every engine reach Python on one thread, a burst at a time. Other
+    calls (health, info, cancel without a session, :meth:`execute`) are coroutines on a
     shared :class:`LoopThread`."""
 
     def __init__(
@@ -273,22 +300,207 @@ class RemoteBackend:
         *,
         tls: TLSConfig | None = None,
         timeout: float = 5.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
     ) -> None:
         self.engine_id = engine_id
         self.address = address
         self.capacity = capacity
         self._loop = loop
+        self._tls = tls
+        self._max_message_bytes = max_message_bytes
+        self._keepalive = keepalive
 
         async def make() -> AsyncEngineClient:
-            return AsyncEngineClient(address, tls=tls, timeout=timeout)
+            return AsyncEngineClient(
+                address,
+                tls=tls,
+                timeout=timeout,
+                max_message_bytes=max_message_bytes,
+                keepalive=keepalive,
+            )
 
         self._client = loop.run(make(), timeout=30)
-        # Runs whose events are recorded as sent (``on_wire``) share one Session stream: no
-        # gRPC call per run. Opened on first use, again after it breaks; loop thread only.
-        self._session: AsyncEngineSession | None = None
-        self._streams: dict[str, AsyncRunStream | SessionRun] = {}
-        self._abandoned: set[str] = set()
         self._lock = threading.Lock()
+        # The session launched runs go out on (a token names it to its runs): opened on
+        # first use, again once it has ended.
+        self._session: tuple[object, EngineSession] | None = None
+        self._launched: dict[str, _Launched] = {}
+        # Each workflow's spec, encoded once as a RunRequest field.
+        self._specs: dict[tuple[str, str], tuple[pb.WorkflowSpec, bytes]] = {}
+        # Runs of :meth:`execute` (a Run call each, on the loop).
+        self._streams: dict[str, AsyncRunStream] = {}
+        self._abandoned: set[str] = set()
+
+    # -- the orchestrator's runs: one session ------------------------------------------------
+
+    def launch(
+        self,
+        job: Job,
+        on_wire: Callable[[Sequence[pb.RunEvent]], None],
+        on_end: Callable[[RunResult | None, BaseException | None], None],
+    ) -> None:
+        """Start ``job`` and return at once. ``on_wire`` gets the run's events as the
+        engine's ``RunEvent`` messages, one call per burst (the last carries the result);
+        then ``on_end`` is called exactly once: with the result, or with the error the run
+        ended with (:class:`EngineUnavailable` when the engine was lost or abandoned, the
+        engine's refusal such as :class:`EngineBusy`). Both are called on the replies
+        thread, or on the caller's if the run fails here. Raises what the request cannot
+        be built for (``MessageTooLarge``, inputs that are not JSON), before anything is
+        sent."""
+        if job.spec is None:
+            raise DagEngineError(
+                f"{job.workflow_id}@{job.version} has no portable spec (Python closures); "
+                "only in-process engines can run it"
+            )
+        request = self._encode(job)
+        with self._lock:
+            if job.run_id in self._launched:
+                raise InvalidRequest(
+                    f"engine {self.address}: run {job.run_id} is already running here",
+                    address=self.address,
+                )
+            token, session = self._session_locked()
+            self._launched[job.run_id] = launched = _Launched(token, on_wire, on_end)
+        # A session that ended meanwhile may have had its end handled before this run was
+        # recorded: the run is failed here then (once: whoever takes it out).
+        if not session.start(request) and self._take(job.run_id, launched):
+            on_end(
+                None,
+                EngineUnavailable(
+                    f"engine {self.address}: the session ended before run {job.run_id} went out",
+                    address=self.address,
+                ),
+            )
+
+    def _encode(self, job: Job) -> bytes:
+        assert job.spec is not None
+        key = (job.workflow_id, job.version)
+        cached = self._specs.get(key)
+        if cached is None or cached[0] is not job.spec:
+            cached = self._specs[key] = (job.spec, encoded_workflow_field(job.spec))
+        head = run_request_without_workflow(
+            job.inputs,
+            run_id=job.run_id,
+            attempt=job.attempt,
+            completed=job.completed or None,
+            deadline=job.deadline,
+            parent_run_id=job.parent_run_id,
+            parent_node_id=job.parent_node_id,
+            depth=job.depth,
+            # Recorded as it comes: the engine builds the result's JSON text, in Rust and
+            # off this process's GIL.
+            result_json=True,
+        )
+        size = head.ByteSize() + len(cached[1])
+        if size > self._max_message_bytes:
+            raise MessageTooLarge(
+                f"engine {self.address}: run {job.run_id}: the request is {size} bytes, over "
+                f"the client's max_message_bytes of {self._max_message_bytes} (inputs are "
+                f"{len(head.inputs_json)} bytes)",
+                address=self.address,
+            )
+        return head.SerializeToString() + cached[1]
+
+    def _session_locked(self) -> tuple[object, EngineSession]:
+        """The open session, or a new one. Called with the lock held."""
+        if self._session is not None and not self._session[1].ended:
+            return self._session
+        token = object()
+
+        def ended(code: int, message: str) -> None:
+            self._ended(token, code, message)
+
+        tls = self._tls
+
+        def pem(source: PemSource | None, what: str) -> bytes | None:
+            return None if source is None else _read_pem(source, what)
+
+        session = EngineSession(
+            self.address,
+            self._replies,
+            ended,
+            max_message_bytes=self._max_message_bytes,
+            keepalive=self._keepalive,
+            tls=tls is not None,
+            ca_cert=None if tls is None else pem(tls.ca_cert, "ca_cert"),
+            client_cert=None if tls is None else pem(tls.client_cert, "client_cert"),
+            client_key=None if tls is None else pem(tls.client_key, "client_key"),
+            server_name=None if tls is None else tls.server_name,
+        )
+        self._session = (token, session)
+        return self._session
+
+    def _take(self, run_id: str, launched: _Launched | None = None) -> _Launched | None:
+        """Take a run out of the launched ones (``launched``: only if it is that one)."""
+        with self._lock:
+            current = self._launched.get(run_id)
+            if current is None or (launched is not None and current is not launched):
+                return None
+            del self._launched[run_id]
+            return current
+
+    def _replies(self, messages: list[bytes]) -> None:
+        """``SessionReplies`` messages of this engine's session (the replies thread)."""
+        for raw in messages:
+            for msg in pb.SessionReplies.FromString(raw).runs:
+                launched = self._launched.get(msg.run_id)
+                if launched is None:  # abandoned, or of an earlier session
+                    continue
+                try:
+                    self._reply(msg, launched)
+                except Exception:  # one run's trouble must not cost the others theirs
+                    log.exception("run %s on %s: reply not handled", msg.run_id, self.engine_id)
+
+    def _reply(self, msg: pb.SessionEvents, launched: _Launched) -> None:
+        run_id = msg.run_id
+        if msg.HasField("refused"):
+            if self._take(run_id, launched):
+                launched.on_end(
+                    None,
+                    _status_error(
+                        _STATUS_BY_CODE.get(msg.refused.code),
+                        msg.refused.message,
+                        self.address,
+                        f"run {run_id}",
+                    ),
+                )
+            return
+        try:
+            launched.on_wire(msg.events)
+            result = None
+            for event in msg.events:
+                if event.HasField("result"):
+                    result = result_from_proto(event.result)
+        except BaseException as exc:
+            if self._take(run_id, launched):
+                launched.on_end(None, exc)
+            return
+        if result is not None and self._take(run_id, launched):
+            launched.on_end(result, None)
+
+    def _ended(self, token: object, code: int, message: str) -> None:
+        """A session ended (the replies thread): every run still on it is lost."""
+        with self._lock:
+            if self._session is not None and self._session[0] is token:
+                self._session = None
+            lost = [(rid, run) for rid, run in self._launched.items() if run.session is token]
+            for rid, _ in lost:
+                del self._launched[rid]
+        if not lost:
+            return
+        error = _status_error(_STATUS_BY_CODE.get(code), message, self.address, "session")
+        if not isinstance(error, EngineUnavailable):
+            # The engine refuses runs in band: a status on the stream itself is the
+            # transport's, and the runs' fate is unknown.
+            error = EngineUnavailable(str(error), code=error.code, address=self.address)
+        for rid, run in lost:
+            try:
+                run.on_end(None, error)
+            except Exception:
+                log.exception("run %s on %s: its end not handled", rid, self.engine_id)
+
+    # -- a run per call (the Backend interface) -------------------------------------------------
 
     def execute(
         self,
@@ -305,12 +517,9 @@ class RemoteBackend:
         self,
         job: Job,
         on_event: Callable[[NodeEvent], None] | None = None,
-        *,
-        on_wire: Callable[[Sequence[pb.RunEvent]], None] | None = None,
     ) -> RunResult:
-        """Run ``job`` and return its result (see :class:`Backend`); on the loop thread.
-        Events go to ``on_event`` decoded, or to ``on_wire`` as the engine's ``RunEvent``
-        messages, one call per burst (the last burst carries the result too)."""
+        """Run ``job`` over a ``Run`` call of its own and return its result (see
+        :class:`Backend`); on the loop thread. Events go to ``on_event``, decoded."""
         if job.spec is None:
             raise DagEngineError(
                 f"{job.workflow_id}@{job.version} has no portable spec (Python closures); "
@@ -326,33 +535,17 @@ class RemoteBackend:
             parent_run_id=job.parent_run_id,
             parent_node_id=job.parent_node_id,
             depth=job.depth,
-            # Recorded as it comes (on_wire): the engine builds the result's JSON text,
-            # in Rust and off this process's GIL.
-            result_json=on_wire is not None,
         )
-        stream: AsyncRunStream | SessionRun
-        if on_wire is not None:
-            if self._session is None or self._session.broken:
-                self._session = self._client.session()
-            stream = await self._session.start(request)
-        else:
-            stream = self._client.stream_request(request)
+        stream = self._client.stream_request(request)
         with self._lock:
             self._streams[job.run_id] = stream
         try:
-            if isinstance(stream, SessionRun):
-                assert on_wire is not None
-                async for batch in stream.batches():
-                    on_wire(batch)
-                    if stream.result is not None:
-                        return stream.result
-            else:
-                async with stream:
-                    async for item in stream:
-                        if isinstance(item, RunResult):
-                            return item
-                        if on_event is not None:
-                            on_event(item)
+            async with stream:
+                async for item in stream:
+                    if isinstance(item, RunResult):
+                        return item
+                    if on_event is not None:
+                        on_event(item)
             raise EngineUnavailable(
                 f"engine {self.engine_id} ({self.address}) ended run {job.run_id} without a result"
             )
@@ -362,35 +555,42 @@ class RemoteBackend:
                 abandoned = job.run_id in self._abandoned
             if not abandoned:
                 raise
-            raise EngineUnavailable(
-                f"engine {self.engine_id} ({self.address}) stopped answering during run "
-                f"{job.run_id}"
-            ) from None
+            raise self._stopped_answering(job.run_id) from None
         except EngineError:
             with self._lock:
                 abandoned = job.run_id in self._abandoned
             if abandoned:
                 # We hung up on it (the engine failed its health checks).
-                raise EngineUnavailable(
-                    f"engine {self.engine_id} ({self.address}) stopped answering during run "
-                    f"{job.run_id}"
-                ) from None
+                raise self._stopped_answering(job.run_id) from None
             raise
         finally:
             with self._lock:
                 self._streams.pop(job.run_id, None)
                 self._abandoned.discard(job.run_id)
 
+    def _stopped_answering(self, run_id: str) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"engine {self.engine_id} ({self.address}) stopped answering during run {run_id}",
+            address=self.address,
+        )
+
     def cancel(self, run_id: str) -> None:
-        async def cancel() -> None:
+        with self._lock:
+            launched = self._launched.get(run_id)
             session = self._session
+        if (
+            launched is not None
+            and session is not None
+            and session[0] is launched.session
+            and session[1].cancel(run_id)
+        ):
+            # On the stream its start went out on: it cannot overtake the start (a Cancel
+            # call could, and the engine would drop it as unknown).
+            return
+
+        async def cancel() -> None:
             try:
-                if session is not None and not session.broken:
-                    # On the stream its start went out on: it cannot overtake the start (a
-                    # Cancel call could, and the engine would drop it as unknown).
-                    await session.cancel(run_id)
-                else:
-                    await self._client.cancel(run_id)
+                await self._client.cancel(run_id)
             except EngineUnavailable:
                 # Gone anyway: its stream breaks and the run is settled then.
                 self.abandon(run_id)
@@ -400,8 +600,12 @@ class RemoteBackend:
         self._loop.submit(cancel())
 
     def abandon(self, run_id: str) -> None:
-        """Stop listening to a run (the engine is presumed dead): its stream ends at once
-        with :class:`EngineUnavailable`, and anything it sends later is ignored."""
+        """Stop listening to a run (the engine is presumed dead): it ends at once with
+        :class:`EngineUnavailable`, and anything the engine sends of it later is ignored."""
+        launched = self._take(run_id)
+        if launched is not None:
+            launched.on_end(None, self._stopped_answering(run_id))
+            return
         with self._lock:
             stream = self._streams.get(run_id)
             if stream is not None:
@@ -413,17 +617,20 @@ class RemoteBackend:
         """Abandon every run on this engine; returns their ids. The session goes too: runs
         after a recovery open a new one."""
         with self._lock:
+            launched, self._launched = self._launched, {}
+            session, self._session = self._session, None
             streams = dict(self._streams)
             self._abandoned.update(streams)
+        if session is not None:
+            session[1].close()
+        for run_id, run in launched.items():
+            try:
+                run.on_end(None, self._stopped_answering(run_id))
+            except Exception:
+                log.exception("run %s on %s: its end not handled", run_id, self.engine_id)
         for stream in streams.values():
             self._loop.call(stream.close)
-        self._loop.call(self._close_session)
-        return list(streams)
-
-    def _close_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            session.close()
+        return [*launched, *streams]
 
     def healthy(self) -> bool:
         async def check() -> bool:

@@ -943,9 +943,9 @@ class Orchestrator:
             engine_id=slot.engine_id,
         )
         if isinstance(slot.backend, RemoteBackend):
-            # Remote runs are coroutines on one event loop (grpc.aio): a thread per run
-            # made the GIL change hands on every streamed event.
-            self._loop.spawn(self._work_async(run, slot, attempt))
+            # Sent from this thread: a remote run needs no thread of its own, and its
+            # replies come on the core's replies thread.
+            self._launch(run, slot, attempt)
         else:
             self._pool.submit(self._work, run, slot, attempt)
 
@@ -973,8 +973,8 @@ class Orchestrator:
         else:
             self._conclude(run, slot, attempt, result, None)
 
-    async def _work_async(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
-        """Run one attempt on a remote engine (a coroutine on the orchestrator's loop)."""
+    def _launch(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
+        """Start one attempt on a remote engine; it is concluded from the replies thread."""
         backend = slot.backend
         assert isinstance(backend, RemoteBackend)
         job = self._prepare(run, slot, attempt)
@@ -984,16 +984,19 @@ class Orchestrator:
         # JSON the engine sent): decoding them only to encode them again cost more than the
         # rest of a run's bookkeeping.
         result_json: list[str] = []
+
+        def on_end(result: RunResult | None, exc: BaseException | None) -> None:
+            encoded = result_json[0] if result_json and exc is None else None
+            self._conclude(run, slot, attempt, result, exc, encoded)
+
         try:
-            result = await backend.execute_async(
-                job, on_wire=lambda batch: self._on_wire(run, slot, attempt, batch, result_json)
+            backend.launch(
+                job,
+                lambda batch: self._on_wire(run, slot, attempt, batch, result_json),
+                on_end,
             )
         except BaseException as exc:
             self._conclude(run, slot, attempt, None, exc)
-        else:
-            self._conclude(
-                run, slot, attempt, result, None, result_json[0] if result_json else None
-            )
 
     def _release(self, run: _Run, slot: _EngineSlot) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ mod engine;
 mod errors;
 
 mod external;
+mod session;
 
 /// The engine's hot path allocates small blocks from many threads (tokio workers, Lua pool
 /// threads, run drivers): glibc's malloc spent a tenth of an engine's CPU per run in its own
@@ -656,6 +657,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NodeRecords>()?;
     m.add_class::<Outputs>()?;
     m.add_class::<engine::EngineServerRef>()?;
+    m.add_class::<session::EngineSession>()?;
     m.add_function(wrap_pyfunction!(lua_check, m)?)?;
     // After this runs, worker threads stop entering the interpreter: a thread that takes
     // the GIL while Python finalizes is terminated with pthread_exit, which aborts the

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod service;
+pub mod session_client;
 
 /// Code generated from `protos/dagengine/v1/engine.proto`.
 #[allow(
@@ -20,3 +21,4 @@ pub use convert::{HostNode, HostRef, InvalidField};
 pub use service::{
     EngineConfig, EngineServer, HostError, HostNodes, RunContext, StartError, TlsConfig,
 };
+pub use session_client::{ClientTls, SessionClient, SessionError, SessionOptions, SessionSink};
