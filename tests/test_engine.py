@@ -52,6 +52,7 @@ from dagengine.engine import (
     build_run_request,
     result_from_proto,
     result_json_from_proto,
+    workflow_to_proto,
 )
 from dagengine.v1 import engine_pb2 as pb
 from processes import EngineProcess, wait_for
@@ -1188,3 +1189,58 @@ def test_mutual_tls_refuses_clients_without_a_valid_certificate(
             with pytest.raises(dagengine.EngineError) as info:
                 refused.info()
             assert isinstance(info.value, EngineUnavailable), info.value
+
+
+def test_the_orchestrator_session_speaks_mutual_tls(
+    start_engine: Callable[..., EngineProcess], certs: Certs
+) -> None:
+    """The orchestrator's path (a Rust-driven Session, :class:`RemoteBackend`) with the same
+    TLS material as the client: a CA file, a client certificate, a name override."""
+    from dagengine.orchestrator.backends import Job, LoopThread, RemoteBackend
+
+    engine = start_engine(
+        "--tls-cert",
+        certs.files["server_cert"],
+        "--tls-key",
+        certs.files["server_key"],
+        "--tls-client-ca",
+        certs.files["ca"],
+    )
+    port = engine.address.rsplit(":", 1)[1]
+    spec = {**GOOD, "version": "1.0.0"}
+    loop = LoopThread("test-tls")
+    try:
+        outcomes: queue.Queue[tuple[RunResult | None, BaseException | None]] = queue.Queue()
+        cases = [
+            (engine.address, TLSConfig(certs.files["ca"], certs.client_cert, certs.client_key)),
+            (
+                f"localhost:{port}",
+                TLSConfig(certs.ca, certs.client_cert, certs.client_key, server_name="localhost"),
+            ),
+            (engine.address, TLSConfig(certs.ca)),  # no client certificate: refused
+            (engine.address, TLSConfig(certs.other_ca, certs.client_cert, certs.client_key)),
+            (engine.address, None),  # plaintext to a TLS engine
+        ]
+        for address, tls in cases:
+            backend = RemoteBackend("e", address, 4, loop, tls=tls)
+            job = Job(
+                run_id=uuid.uuid4().hex,
+                attempt=1,
+                workflow_id="good",
+                version="1.0.0",
+                dag=DAG.from_spec(spec),
+                spec=workflow_to_proto(spec),
+                inputs={"x": 1},
+            )
+            backend.launch(job, lambda batch: None, lambda r, e: outcomes.put((r, e)))
+            outcomes_seen = outcomes.get(timeout=30)
+            backend.close()
+            result, exc = outcomes_seen
+            if tls is not None and tls.client_cert is not None and tls.ca_cert != certs.other_ca:
+                assert exc is None, exc
+                assert result is not None
+                assert result.outputs["a"] == {"v": 2}
+            else:
+                assert isinstance(exc, EngineUnavailable), (address, tls, exc)
+    finally:
+        loop.stop()

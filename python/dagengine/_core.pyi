@@ -216,7 +216,7 @@ class EngineSession:
     ``on_replies(messages)`` gets encoded ``SessionReplies`` messages as they came off the
     wire; ``on_end(code, message)`` is called once when the session is over (``code``: the
     gRPC status code, ``1`` CANCELLED after :meth:`close`; the message does not name the
-    engine). Both are called on one ``dagengine-replies`` thread shared by every session of
+    engine). Both are called on one ``dagengine-io`` thread shared by every session of
     the process, every ``on_replies`` of a session before its ``on_end``; an exception they
     raise is reported as unraisable. ``tls`` turns on TLS, verified with ``ca_cert`` (PEM;
     ``None``: the platform's roots), with ``client_cert``/``client_key`` for mutual TLS and

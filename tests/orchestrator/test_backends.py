@@ -1,61 +1,272 @@
-"""The loop thread that runs remote attempts: spawns from many threads, drain, shutdown."""
+"""Backends: the loop thread for remote calls other than runs, and a remote engine's runs
+launched over its Rust-driven session (real engine processes)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
-from dagengine.orchestrator.backends import LoopThread
+from dagengine.engine import build_run_request, workflow_to_proto
+from dagengine.exceptions import EngineBusy, EngineUnavailable, MessageTooLarge
+from dagengine.orchestrator.backends import Job, LoopThread, RemoteBackend
+from dagengine.results import RunResult, RunStatus
+from dagengine.v1 import engine_pb2 as pb
+from dagengine.workflow import DAG
+from processes import EngineProcess, wait_for
+
+GOOD = {
+    "id": "good",
+    "version": "1.0.0",
+    "nodes": [
+        {"id": "a", "lua": "return {v = inputs.x + 1}"},
+        {"id": "b", "deps": ["a"], "lua": "return {w = results.a.v * 2}"},
+    ],
+}
+SPIN = {"id": "spin", "version": "1.0.0", "nodes": [{"id": "s", "lua": "while true do end"}]}
 
 
-def test_spawns_from_many_threads_all_run_and_drain_waits_for_them() -> None:
-    loop = LoopThread("test-loop")
-    done: list[int] = []
-    lock = threading.Lock()
-    release = asyncio.Event()
-
-    async def job(i: int) -> None:
-        await release.wait()
-        with lock:
-            done.append(i)
-
-    def spawner(base: int) -> None:
-        for i in range(base, base + 250):
-            loop.spawn(job(i))
-
-    threads = [threading.Thread(target=spawner, args=(k * 250,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    loop.call(release.set)
-    loop.drain(timeout=10)
-    try:
-        assert sorted(done) == list(range(1000))  # every spawn ran, none twice
-    finally:
-        loop.stop()
-
-
-def test_drain_returns_at_its_timeout_when_a_task_never_ends() -> None:
+def test_drain_returns_at_its_timeout_when_a_coroutine_never_ends() -> None:
     loop = LoopThread("test-loop")
     never = asyncio.Event()
-    loop.spawn(never.wait())
-    loop.drain(timeout=0.2)  # must return although the task is still waiting
+    loop.submit(never.wait())
+    loop.drain(timeout=0.2)  # must return although the coroutine is still waiting
     loop.call(never.set)
     loop.drain(timeout=5)
+    assert loop.run(asyncio.sleep(0, result=7), timeout=5) == 7
     loop.stop()
 
 
-def test_spawning_on_a_stopped_loop_fails_and_leaves_nothing_behind() -> None:
-    loop = LoopThread("test-loop")
-    loop.run(asyncio.sleep(0), timeout=5)
-    loop.stop()
+def job(spec: dict[str, Any], inputs: dict[str, Any], **kwargs: Any) -> Job:
+    return Job(
+        run_id=kwargs.pop("run_id", uuid.uuid4().hex),
+        attempt=kwargs.pop("attempt", 1),
+        workflow_id=spec["id"],
+        version=spec["version"],
+        dag=DAG.from_spec(spec),
+        spec=workflow_to_proto(spec),
+        inputs=inputs,
+        **kwargs,
+    )
 
-    async def job() -> None:
-        raise AssertionError("must not run")
 
-    coro = job()
-    with pytest.raises(RuntimeError):
-        loop.spawn(coro)
-    assert coro.cr_frame is None  # closed: no "never awaited" warning later
+class Ends:
+    """What a launched run reported: its bursts and its one end."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bursts: dict[str, list[list[pb.RunEvent]]] = {}
+        self.ends: dict[str, list[tuple[RunResult | None, BaseException | None]]] = {}
+
+    def launch(self, backend: RemoteBackend, j: Job) -> None:
+        def on_wire(batch: Sequence[pb.RunEvent]) -> None:
+            with self.lock:
+                self.bursts.setdefault(j.run_id, []).append(list(batch))
+
+        def on_end(result: RunResult | None, exc: BaseException | None) -> None:
+            with self.lock:
+                self.ends.setdefault(j.run_id, []).append((result, exc))
+
+        backend.launch(j, on_wire, on_end)
+
+    def ended(self, run_id: str) -> bool:
+        with self.lock:
+            return run_id in self.ends
+
+    def end(self, run_id: str) -> tuple[RunResult | None, BaseException | None]:
+        with self.lock:
+            (only,) = self.ends[run_id]  # exactly one end
+            return only
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    lt = LoopThread("test-remote")
+    try:
+        yield lt
+    finally:
+        lt.stop()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EngineProcess]:
+    proc = EngineProcess("--engine-id", "backend-engine", "--capacity", "64")
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+def test_launched_runs_end_once_each_with_their_results(
+    engine: EngineProcess, loop: LoopThread
+) -> None:
+    backend = RemoteBackend("e", engine.address, 64, loop)
+    ends = Ends()
+    jobs = [job(GOOD, {"x": i}) for i in range(100)]
+    for j in jobs:
+        ends.launch(backend, j)
+    wait_for(lambda: all(ends.ended(j.run_id) for j in jobs), "100 ends")
+    for i, j in enumerate(jobs):
+        result, exc = ends.end(j.run_id)
+        assert exc is None
+        assert result is not None
+        assert result.status is RunStatus.SUCCEEDED
+        assert result.outputs["b"] == {"w": (i + 1) * 2}
+        events = [e for burst in ends.bursts[j.run_id] for e in burst]
+        succeeded = [e.node_id for e in events if e.kind == pb.NODE_SUCCEEDED]
+        assert sorted(succeeded) == ["a", "b"]
+        # The result is in the last burst, and comes as JSON text too (result_json).
+        assert events[-1].HasField("result")
+        assert events[-1].result.result_json
+    backend.close()
+
+
+def test_a_request_is_the_one_build_run_request_makes(
+    engine: EngineProcess, loop: LoopThread
+) -> None:
+    backend = RemoteBackend("e", engine.address, 64, loop)
+    j = job(GOOD, {"x": 1}, completed={"a": {"v": 2}}, deadline=2e9, depth=1, parent_run_id="p")
+    encoded = backend._encode(j)
+    assert j.spec is not None
+    expected = build_run_request(
+        j.spec,
+        j.inputs,
+        run_id=j.run_id,
+        completed=j.completed,
+        deadline=j.deadline,
+        depth=1,
+        parent_run_id="p",
+        result_json=True,
+    )
+    assert pb.RunRequest.FromString(encoded) == expected
+    # The spec is encoded once per workflow version.
+    assert backend._encode(job(GOOD, {"x": 2}, run_id="other")) != encoded
+    assert len(backend._specs) == 1
+    backend.close()
+
+
+def test_a_request_over_the_size_limit_is_refused_before_anything_goes_out(
+    engine: EngineProcess, loop: LoopThread
+) -> None:
+    backend = RemoteBackend("e", engine.address, 64, loop, max_message_bytes=4096)
+    ends = Ends()
+    j = job(GOOD, {"x": 1, "pad": "x" * 5000})
+    with pytest.raises(MessageTooLarge, match="over the client's max_message_bytes of 4096"):
+        ends.launch(backend, j)
+    assert not ends.ended(j.run_id)
+    small = job(GOOD, {"x": 1})
+    ends.launch(backend, small)  # the session was not harmed
+    wait_for(lambda: ends.ended(small.run_id), "the small run's end")
+    assert ends.end(small.run_id)[1] is None
+    backend.close()
+
+
+def test_a_run_the_engine_refuses_ends_with_its_refusal(loop: LoopThread) -> None:
+    engine = EngineProcess("--engine-id", "tiny", "--capacity", "1")
+    try:
+        backend = RemoteBackend("tiny", engine.address, 1, loop)
+        ends = Ends()
+        spin = job(SPIN, {})
+        ends.launch(backend, spin)
+        wait_for(
+            lambda: any(
+                e.kind == pb.NODE_STARTED for b in ends.bursts.get(spin.run_id, []) for e in b
+            ),
+            "the spin to start",
+        )
+        extra = job(GOOD, {"x": 1})
+        ends.launch(backend, extra)
+        wait_for(lambda: ends.ended(extra.run_id), "the refusal")
+        result, exc = ends.end(extra.run_id)
+        assert result is None
+        assert isinstance(exc, EngineBusy)
+        backend.cancel(spin.run_id)  # over the session
+        wait_for(lambda: ends.ended(spin.run_id), "the cancelled spin's end")
+        result, exc = ends.end(spin.run_id)
+        assert exc is None
+        assert result is not None
+        assert result.status is RunStatus.CANCELLED
+        backend.close()
+    finally:
+        engine.kill()
+
+
+def test_an_abandoned_run_ends_at_once_and_what_comes_later_is_ignored(
+    engine: EngineProcess, loop: LoopThread
+) -> None:
+    backend = RemoteBackend("e", engine.address, 64, loop)
+    ends = Ends()
+    spin = job(SPIN, {})
+    ends.launch(backend, spin)
+    backend.abandon(spin.run_id)
+    result, exc = ends.end(spin.run_id)  # ended on the caller's thread, before returning
+    assert result is None
+    assert isinstance(exc, EngineUnavailable)
+    assert "stopped answering" in str(exc)
+    backend.cancel(spin.run_id)  # no longer on the session: a Cancel call
+    wait_for(lambda: spin.run_id not in _active(backend), "the spin to be cancelled")
+    good = job(GOOD, {"x": 3})
+    ends.launch(backend, good)
+    wait_for(lambda: ends.ended(good.run_id), "the next run's end")
+    assert len(ends.ends[spin.run_id]) == 1  # the spin's own end never came through
+    backend.close()
+
+
+def test_abandon_all_ends_every_run_and_the_next_run_opens_a_new_session(
+    engine: EngineProcess, loop: LoopThread
+) -> None:
+    backend = RemoteBackend("e", engine.address, 64, loop)
+    ends = Ends()
+    spins = [job(SPIN, {}) for _ in range(3)]
+    for j in spins:
+        ends.launch(backend, j)
+    first = backend._session
+    assert sorted(backend.abandon_all()) == sorted(j.run_id for j in spins)
+    for j in spins:
+        _result, exc = ends.end(j.run_id)
+        assert isinstance(exc, EngineUnavailable)
+    # Closing the session cancelled the spins on the engine.
+    wait_for(lambda: not _active(backend), "the spins to be cancelled")
+    good = job(GOOD, {"x": 4})
+    ends.launch(backend, good)
+    assert backend._session is not None
+    assert backend._session is not first
+    wait_for(lambda: ends.ended(good.run_id), "the run on the new session")
+    assert ends.end(good.run_id)[1] is None
+    backend.close()
+
+
+def test_a_lost_engine_ends_its_runs_unavailable(loop: LoopThread) -> None:
+    engine = EngineProcess("--engine-id", "doomed")
+    try:
+        backend = RemoteBackend("doomed", engine.address, 10, loop)
+        ends = Ends()
+        spins = [job(SPIN, {}) for _ in range(2)]
+        for j in spins:
+            ends.launch(backend, j)
+        wait_for(lambda: all(j.run_id in ends.bursts for j in spins), "the spins to start")
+        engine.kill()
+        wait_for(lambda: all(ends.ended(j.run_id) for j in spins), "the runs' ends")
+        for j in spins:
+            result, exc = ends.end(j.run_id)
+            assert result is None
+            assert isinstance(exc, EngineUnavailable)
+            assert "session" in str(exc)
+        # A run after the loss fails too (nothing listens at the address any more).
+        late = job(GOOD, {"x": 1})
+        ends.launch(backend, late)
+        wait_for(lambda: ends.ended(late.run_id), "the late run's end")
+        assert isinstance(ends.end(late.run_id)[1], EngineUnavailable)
+        backend.close()
+    finally:
+        engine.kill()
+
+
+def _active(backend: RemoteBackend) -> tuple[str, ...]:
+    async def info() -> tuple[str, ...]:
+        return (await backend._client.info()).active_run_ids
+
+    return backend._loop.run(info(), timeout=10)

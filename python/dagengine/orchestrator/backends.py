@@ -166,8 +166,7 @@ class LocalBackend:
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop where it is installed (a dependency except on Windows): it runs the
-    remote runs' coroutines with ~15% less CPU per run than asyncio's own; else asyncio's."""
+    """uvloop's loop where it is installed (a dependency except on Windows), else asyncio's."""
     try:
         import uvloop
     except ImportError:
@@ -176,9 +175,9 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class LoopThread:
-    """One asyncio event loop on a daemon thread, shared by an orchestrator's remote engines:
-    every remote run is a coroutine here, so following hundreds of Run streams costs one
-    thread, not one each (with a thread per run, the GIL changed hands on every event)."""
+    """One asyncio event loop on a daemon thread, shared by an orchestrator's remote engines
+    for their calls other than runs (health checks, info, cancels without a session, and
+    :meth:`RemoteBackend.execute`): grpc.aio objects live on it."""
 
     def __init__(self, name: str = "dagengine-remote") -> None:
         self.loop = _new_event_loop()
@@ -186,8 +185,6 @@ class LoopThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending: set[concurrent.futures.Future[Any]] = set()
-        self._tasks: set[asyncio.Task[object]] = set()  # spawned; only used on the loop
-        self._spawning: list[Coroutine[Any, Any, object]] = []  # on their way to the loop
 
     def _ensure(self) -> None:
         with self._lock:
@@ -206,33 +203,6 @@ class LoopThread:
         future.add_done_callback(self._done)
         return future
 
-    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        """Start ``coro`` as a task on the loop, from any thread, without a future to wait
-        on (:meth:`drain` still waits for it): cheaper than :meth:`submit` on a hot path.
-        Spawns that come while one is on its way to the loop go with it: one wake-up of
-        the loop thread per burst, not per run."""
-        self._ensure()
-        with self._lock:
-            self._spawning.append(coro)
-            if len(self._spawning) > 1:
-                return
-        try:
-            self.loop.call_soon_threadsafe(self._spawn_all)
-        except RuntimeError:  # the loop is closed: nothing will run them
-            with self._lock:
-                dropped, self._spawning = self._spawning, []
-            for c in dropped:
-                c.close()
-            raise
-
-    def _spawn_all(self) -> None:
-        with self._lock:
-            coros, self._spawning = self._spawning, []
-        for coro in coros:
-            task = self.loop.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
     def _done(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._pending.discard(future)
@@ -247,20 +217,9 @@ class LoopThread:
         return self.submit(coro).result(timeout)
 
     def drain(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the scheduled coroutines to finish."""
-        deadline = time.monotonic() + timeout
-
-        async def spawned() -> None:
-            # Tasks are only touched on the loop; a spawn scheduled before this call has
-            # created its task by the time this runs.
-            if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
-
+        """Wait up to ``timeout`` seconds for the submitted coroutines to finish."""
         with self._lock:
             pending = list(self._pending)
-            running = self._thread is not None
-        if running and self.loop.is_running():
-            pending.append(asyncio.run_coroutine_threadsafe(spawned(), self.loop))
         concurrent.futures.wait(pending, timeout=timeout)
 
     def stop(self) -> None:

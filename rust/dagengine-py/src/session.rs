@@ -1,7 +1,7 @@
 //! `EngineSession`: an engine's `Session` stream driven from Rust (see
 //! `dagengine_server::grpc::session_client`), for the orchestrator's remote engines.
 //!
-//! Every session of the process lives on one thread, `dagengine-sessions`, which runs a
+//! Every session of the process lives on one thread, `dagengine-io`, which runs a
 //! current-thread tokio runtime: the sessions' connections, their reads and writes, and
 //! the hand-over of replies to Python. After each round of I/O, whatever every session has
 //! received is handed over under one attach to the interpreter; while Python handles it,
@@ -89,7 +89,7 @@ fn start_sessions(py: Python<'_>) -> PyResult<Arc<Sessions>> {
     py.import("atexit")?.call_method1("register", (at_exit,))?;
     let thread_shared = Arc::clone(&shared);
     std::thread::Builder::new()
-        .name("dagengine-sessions".into())
+        .name("dagengine-io".into())
         .spawn(move || {
             // The thread keeps its Python thread state for good (attached once, then
             // detached): each hand-over only takes the GIL back.
@@ -101,7 +101,7 @@ fn start_sessions(py: Python<'_>) -> PyResult<Arc<Sessions>> {
             errors::raise(
                 py,
                 "EngineRuntimeError",
-                &format!("could not start the dagengine-sessions thread: {e}"),
+                &format!("could not start the dagengine-io thread: {e}"),
                 &[],
             )
         })?;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use dagengine_server::grpc::pb::engine_service_client::EngineServiceClient;
 use dagengine_server::grpc::pb::{self, node_spec::Executor};
 use dagengine_server::grpc::{
-    EngineConfig, EngineServer, HostError, HostNode, HostNodes, HostRef, RunContext,
+    EngineConfig, EngineServer, HostError, HostNode, HostNodes, HostRef, RunContext, SessionClient,
+    SessionOptions, SessionSink,
 };
 use dagengine_server::{ExternalCall, ExternalExecutor, NodeFailure, Plan};
 use serde_json::{json, Map, Value};
@@ -309,4 +310,108 @@ fn capacity_cancel_and_drain() {
     assert_eq!(refused.code(), Code::Unavailable);
     srv.stop();
     assert!(srv.wait_stopped(Duration::from_secs(10)));
+}
+
+/// What a `SessionClient` handed over: the decoded replies, and how it ended.
+#[derive(Default)]
+struct Collected {
+    replies: std::sync::Mutex<Vec<pb::SessionEvents>>,
+    end: std::sync::Mutex<Option<(Code, String)>>,
+}
+
+impl SessionSink for Collected {
+    fn replies(&self, message: tonic::codegen::Bytes) {
+        let decoded = <pb::SessionReplies as prost::Message>::decode(message).unwrap();
+        assert!(self.end.lock().unwrap().is_none(), "a reply after the end");
+        self.replies.lock().unwrap().extend(decoded.runs);
+    }
+
+    fn ended(&self, code: Code, message: String) {
+        let mut end = self.end.lock().unwrap();
+        assert!(end.is_none(), "ended twice");
+        *end = Some((code, message));
+    }
+}
+
+impl Collected {
+    fn results(&self) -> std::collections::HashMap<String, pb::RunResult> {
+        self.replies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.events.iter().map(move |e| (r.run_id.clone(), e)))
+            .filter_map(|(id, e)| e.result.clone().map(|res| (id, res)))
+            .collect()
+    }
+
+    fn wait(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn session_options(port: u16) -> SessionOptions {
+    SessionOptions {
+        address: format!("127.0.0.1:{port}"),
+        tls: None,
+        max_message_bytes: 1 << 20,
+        keepalive: Duration::from_secs(10),
+    }
+}
+
+#[test]
+fn a_session_client_runs_many_runs_and_reports_its_end_once() {
+    let srv = server(64);
+    let sink = Arc::new(Collected::default());
+    let runtime = dagengine_server::runtime().unwrap();
+    let session =
+        SessionClient::open(session_options(srv.port()), sink.clone(), runtime.handle()).unwrap();
+    for i in 0..50 {
+        let req = request(
+            &format!("r{i}"),
+            vec![node("a", &[], lua("return {x = inputs.n * 2}"))],
+            &json!({"n": i}),
+        );
+        assert!(session.start(prost::Message::encode_to_vec(&req).into()));
+    }
+    sink.wait("50 results", |s| s.results().len() == 50);
+    for (run_id, result) in sink.results() {
+        let n: i64 = run_id[1..].parse().unwrap();
+        assert_eq!(result.status, pb::RunStatus::Succeeded as i32);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&result.nodes[0].output_json).unwrap(),
+            json!({"x": n * 2})
+        );
+    }
+    assert!(!session.ended());
+    session.close();
+    assert!(session.ended());
+    assert_eq!(
+        sink.end.lock().unwrap().clone(),
+        Some((Code::Cancelled, "the session was closed".to_owned()))
+    );
+    assert!(!session.start(vec![].into()));
+    session.close(); // once only: the sink would panic on a second end
+}
+
+#[test]
+fn a_session_client_reports_a_refused_connection() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let runtime = dagengine_server::runtime().unwrap();
+    let sink = Arc::new(Collected::default());
+    let _nothing =
+        SessionClient::open(session_options(port), sink.clone(), runtime.handle()).unwrap();
+    sink.wait("the end", |s| s.end.lock().unwrap().is_some());
+    let (code, message) = sink.end.lock().unwrap().clone().unwrap();
+    assert_eq!(code, Code::Unavailable);
+    assert!(message.contains("cannot connect"), "{message}");
 }
