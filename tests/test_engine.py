@@ -1167,10 +1167,9 @@ def test_tls(start_engine: Callable[..., EngineProcess], certs: Certs) -> None:
         untrusting.info()
 
 
-def test_mutual_tls_refuses_clients_without_a_valid_certificate(
-    start_engine: Callable[..., EngineProcess], certs: Certs
-) -> None:
-    engine = start_engine(
+def mutual_tls_engine(start_engine: Callable[..., EngineProcess], certs: Certs) -> EngineProcess:
+    """An engine that requires client certificates signed by the test CA."""
+    return start_engine(
         "--tls-cert",
         certs.files["server_cert"],
         "--tls-key",
@@ -1178,6 +1177,12 @@ def test_mutual_tls_refuses_clients_without_a_valid_certificate(
         "--tls-client-ca",
         certs.files["ca"],
     )
+
+
+def test_mutual_tls_refuses_clients_without_a_valid_certificate(
+    start_engine: Callable[..., EngineProcess], certs: Certs
+) -> None:
+    engine = mutual_tls_engine(start_engine, certs)
     valid = TLSConfig(certs.ca, client_cert=certs.client_cert, client_key=certs.client_key)
     with EngineClient(engine.address, tls=valid, timeout=30) as client:
         assert_serving(client)
@@ -1198,14 +1203,7 @@ def test_the_orchestrator_session_speaks_mutual_tls(
     TLS material as the client: a CA file, a client certificate, a name override."""
     from dagengine.orchestrator.backends import Job, LoopThread, RemoteBackend
 
-    engine = start_engine(
-        "--tls-cert",
-        certs.files["server_cert"],
-        "--tls-key",
-        certs.files["server_key"],
-        "--tls-client-ca",
-        certs.files["ca"],
-    )
+    engine = mutual_tls_engine(start_engine, certs)
     port = engine.address.rsplit(":", 1)[1]
     spec = {**GOOD, "version": "1.0.0"}
     loop = LoopThread("test-tls")

@@ -103,6 +103,20 @@ def request(spec: dict[str, Any], inputs: dict[str, Any] | None = None) -> tuple
     return run_id, build_run_request(spec, inputs or {}, run_id=run_id).SerializeToString()
 
 
+def unavailable_end(port: int) -> str:
+    """Start a run on a session to ``port`` on this host; the session must end UNAVAILABLE.
+    Returns the end's message."""
+    replies = Replies()
+    session = open_session(f"127.0.0.1:{port}", replies)
+    session.start(request(GOOD)[1])
+    assert replies.ended.wait(10)
+    assert replies.end is not None
+    code, message = replies.end
+    assert code == UNAVAILABLE
+    assert session.ended
+    return message
+
+
 @pytest.fixture(scope="module")
 def engine() -> Iterator[EngineProcess]:
     proc = EngineProcess("--engine-id", "session-engine", "--capacity", "64")
@@ -145,15 +159,7 @@ def test_a_session_to_a_closed_port_ends_unavailable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once it is closed
-    replies = Replies()
-    session = open_session(f"127.0.0.1:{port}", replies)
-    session.start(request(GOOD)[1])
-    assert replies.ended.wait(10)
-    assert replies.end is not None
-    code, message = replies.end
-    assert code == UNAVAILABLE
-    assert "cannot connect" in message
-    assert session.ended
+    assert "cannot connect" in unavailable_end(port)
 
 
 def test_an_address_that_is_no_address_is_refused_at_once() -> None:
@@ -278,14 +284,7 @@ def test_an_engine_of_another_protocol_ends_the_session_saying_so() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        replies = Replies()
-        session = open_session(f"127.0.0.1:{port}", replies)
-        session.start(request(GOOD)[1])
-        assert replies.ended.wait(10)
-        assert replies.end is not None
-        code, message = replies.end
-        assert code == UNAVAILABLE
-        assert "speaks session protocol 1, this client 2" in message
+        assert "speaks session protocol 1, this client 2" in unavailable_end(port)
     finally:
         server.stop(None)
 

@@ -98,7 +98,6 @@ __all__ = [
     "encoded_workflow_field",
     "event_from_proto",
     "result_from_proto",
-    "run_request_without_workflow",
     "serve_engine",
     "subworkflow_runner_from_env",
     "workflow_to_proto",
@@ -415,7 +414,7 @@ def _deadline_unix(deadline: float | None) -> float:
 
 
 def build_run_request(
-    workflow: Workflow,
+    workflow: Workflow | None,
     inputs: Inputs = None,
     *,
     run_id: str | None = None,
@@ -433,43 +432,10 @@ def build_run_request(
     """The ``RunRequest`` message :meth:`EngineClient.run` sends (see there).
     ``result_only`` asks the engine to stream nothing but the final result event;
     ``result_json`` to send the result also as JSON text (``RunResult.result_json``, the
-    text :func:`result_json_from_proto` would build)."""
-    request = run_request_without_workflow(
-        inputs,
-        run_id=run_id,
-        attempt=attempt,
-        completed=completed,
-        deadline=deadline,
-        max_parallel=max_parallel,
-        fail_fast=fail_fast,
-        parent_run_id=parent_run_id,
-        parent_node_id=parent_node_id,
-        depth=depth,
-        result_only=result_only,
-        result_json=result_json,
-    )
-    request.workflow.CopyFrom(workflow_to_proto(workflow))
-    return request
-
-
-def run_request_without_workflow(
-    inputs: Inputs = None,
-    *,
-    run_id: str | None = None,
-    attempt: int = 1,
-    completed: Mapping[str, Mapping[str, Any]] | None = None,
-    deadline: float | None = None,
-    max_parallel: int | None = None,
-    fail_fast: bool | None = None,
-    parent_run_id: str = "",
-    parent_node_id: str = "",
-    depth: int = 0,
-    result_only: bool = False,
-    result_json: bool = False,
-) -> pb.RunRequest:
-    """:func:`build_run_request` without its ``workflow`` field: a caller that sends the
-    same workflow with many runs appends it encoded once (:func:`encoded_workflow_field`)
-    to each request's encoding (protobuf fields may come in any order)."""
+    text :func:`result_json_from_proto` would build). ``workflow=None`` leaves the workflow
+    out: a caller that sends the same workflow with many runs appends it, encoded once by
+    :func:`encoded_workflow_field`, to each request's encoding (protobuf fields may come in
+    any order)."""
     if run_id is None:
         run_id = uuid.uuid4().hex
     elif not isinstance(run_id, str) or not run_id:
@@ -479,6 +445,7 @@ def run_request_without_workflow(
     request = pb.RunRequest(
         run_id=run_id,
         attempt=attempt,
+        workflow=None if workflow is None else workflow_to_proto(workflow),
         inputs_json=encode_inputs(inputs),
         deadline_unix=_deadline_unix(deadline),
         parent_run_id=parent_run_id,
@@ -503,7 +470,7 @@ def run_request_without_workflow(
 
 def encoded_workflow_field(workflow: Workflow) -> bytes:
     """The ``workflow`` field of a ``RunRequest``, encoded: appended to the encoding of
-    :func:`run_request_without_workflow`, it makes the encoding of :func:`build_run_request`."""
+    ``build_run_request(None, ...)``, it makes that of ``build_run_request(workflow, ...)``."""
     return pb.RunRequest(workflow=workflow_to_proto(workflow)).SerializeToString()
 
 

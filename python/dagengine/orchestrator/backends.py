@@ -29,7 +29,6 @@ from dagengine.engine import (
     build_run_request,
     encoded_workflow_field,
     result_from_proto,
-    run_request_without_workflow,
 )
 from dagengine.exceptions import (
     DagEngineError,
@@ -65,6 +64,24 @@ class Job:
     parent_run_id: str = ""
     parent_node_id: str = ""
     deadline: float | None = None
+
+    def request(
+        self, workflow: pb.WorkflowSpec | None, *, result_json: bool = False
+    ) -> pb.RunRequest:
+        """This attempt's ``RunRequest``, with ``workflow`` (``None``: without one, see
+        :func:`~dagengine.engine.build_run_request`)."""
+        return build_run_request(
+            workflow,
+            self.inputs,
+            run_id=self.run_id,
+            attempt=self.attempt,
+            completed=self.completed or None,
+            deadline=self.deadline,
+            parent_run_id=self.parent_run_id,
+            parent_node_id=self.parent_node_id,
+            depth=self.depth,
+            result_json=result_json,
+        )
 
 
 class Backend(Protocol):
@@ -338,19 +355,9 @@ class RemoteBackend:
         cached = self._specs.get(key)
         if cached is None or cached[0] is not job.spec:
             cached = self._specs[key] = (job.spec, encoded_workflow_field(job.spec))
-        head = run_request_without_workflow(
-            job.inputs,
-            run_id=job.run_id,
-            attempt=job.attempt,
-            completed=job.completed or None,
-            deadline=job.deadline,
-            parent_run_id=job.parent_run_id,
-            parent_node_id=job.parent_node_id,
-            depth=job.depth,
-            # Recorded as it comes: the engine builds the result's JSON text, in Rust and
-            # off this process's GIL.
-            result_json=True,
-        )
+        # Recorded as it comes: the engine builds the result's JSON text, in Rust and off
+        # this process's GIL.
+        head = job.request(None, result_json=True)
         size = head.ByteSize() + len(cached[1])
         if size > self._max_message_bytes:
             raise MessageTooLarge(
@@ -484,18 +491,7 @@ class RemoteBackend:
                 f"{job.workflow_id}@{job.version} has no portable spec (Python closures); "
                 "only in-process engines can run it"
             )
-        request = build_run_request(
-            job.spec,
-            job.inputs,
-            run_id=job.run_id,
-            attempt=job.attempt,
-            completed=job.completed or None,
-            deadline=job.deadline,
-            parent_run_id=job.parent_run_id,
-            parent_node_id=job.parent_node_id,
-            depth=job.depth,
-        )
-        stream = self._client.stream_request(request)
+        stream = self._client.stream_request(job.request(job.spec))
         with self._lock:
             self._streams[job.run_id] = stream
         try:
