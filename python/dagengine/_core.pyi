@@ -210,19 +210,23 @@ class EngineServerRef:
 @final
 class EngineSession:
     """One ``Session`` stream to the engine at ``address`` (``host:port``), driven by tonic
-    on the core's runtime: the orchestrator's path to a remote engine. It connects in the
-    background; a failure to connect ends it like any later break.
+    on the core's ``dagengine-io`` thread (a current-thread runtime shared by every session
+    of the process): the orchestrator's path to a remote engine. It connects in the
+    background; a failure to connect (within ``connect_timeout`` seconds) ends it like any
+    later break.
 
     ``on_replies(messages)`` gets encoded ``SessionReplies`` messages as they came off the
     wire; ``on_end(code, message)`` is called once when the session is over (``code``: the
     gRPC status code, ``1`` CANCELLED after :meth:`close`; the message does not name the
-    engine). Both are called on one ``dagengine-io`` thread shared by every session of
-    the process, every ``on_replies`` of a session before its ``on_end``; an exception they
-    raise is reported as unraisable. ``tls`` turns on TLS, verified with ``ca_cert`` (PEM;
-    ``None``: the platform's roots), with ``client_cert``/``client_key`` for mutual TLS and
-    ``server_name`` to check instead of the address's host. ``keepalive`` is the seconds
-    between HTTP/2 pings (no answer within as long again breaks the session). Raises
-    ``EngineUnavailable`` for an address or TLS material it cannot use.
+    engine). Both are called on ``dagengine-io``, which hands over what every session
+    received in one round of I/O under one attach to the interpreter; no ``on_replies``
+    comes after ``on_end``. An exception they raise is reported as unraisable. ``tls`` turns
+    on TLS, verified with ``ca_cert`` (PEM; ``None``: the platform's roots), with
+    ``client_cert``/``client_key`` for mutual TLS and ``server_name`` to check instead of
+    the address's host. ``keepalive`` is the seconds between HTTP/2 pings (no answer within
+    as long again breaks the session). Raises ``EngineUnavailable`` for an address or TLS
+    material it cannot use, ``EngineRuntimeError`` in a child process forked from one that
+    used sessions (a session inherited that way is ended: it sends nothing).
     """
 
     def __new__(
@@ -233,6 +237,7 @@ class EngineSession:
         *,
         max_message_bytes: int,
         keepalive: float,
+        connect_timeout: float = 5.0,
         tls: bool = False,
         ca_cert: bytes | None = None,
         client_cert: bytes | None = None,
@@ -241,7 +246,9 @@ class EngineSession:
     ) -> EngineSession: ...
     def start(self, request: bytes) -> bool:
         """Send a run (an encoded ``RunRequest``); it goes out with the runs started before
-        the next write. ``False`` once the session has ended (the run was not sent)."""
+        the next write. ``False`` once the session has ended (the run was not sent).
+        Raises ``MessageTooLarge`` for a run that would not fit in a message with its
+        framing (sent, it would break the stream and every run on it)."""
 
     def cancel(self, run_id: str) -> bool:
         """Ask the engine to cancel a run of this session (after every start sent before);

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from dagengine.engine import build_run_request, workflow_to_proto
+from dagengine.engine import build_run_request, encoded_workflow_field, workflow_to_proto
 from dagengine.exceptions import EngineBusy, EngineUnavailable, MessageTooLarge
 from dagengine.orchestrator.backends import Job, LoopThread, RemoteBackend
 from dagengine.results import RunResult, RunStatus
@@ -270,3 +270,76 @@ def _active(backend: RemoteBackend) -> tuple[str, ...]:
         return (await backend._client.info()).active_run_ids
 
     return backend._loop.run(info(), timeout=10)
+
+
+def test_a_run_an_earlier_attempt_of_still_holds_is_busy_not_failed(
+    engine: EngineProcess, loop: LoopThread
+) -> None:
+    """An abandoned attempt may still run on its engine when the run comes back to it: the
+    engine refuses the run as ALREADY_EXISTS, which is the orchestrator's cue to wait and
+    retry (EngineBusy), not a failure of the run."""
+    first = RemoteBackend("e", engine.address, 64, loop)
+    second = RemoteBackend("e", engine.address, 64, loop)  # another session
+    ends = Ends()
+    spin = job(SPIN, {})
+    ends.launch(first, spin)
+    wait_for(lambda: spin.run_id in ends.bursts, "the spin to start")
+    again = job(SPIN, {}, run_id=spin.run_id, attempt=2)
+    Ends.launch(later := Ends(), second, again)
+    wait_for(lambda: later.ended(spin.run_id), "the refusal")
+    result, exc = later.end(spin.run_id)
+    assert result is None
+    assert isinstance(exc, EngineBusy)
+    assert "already active" in str(exc)
+    first.close()
+    second.close()
+
+
+def test_the_size_check_counts_the_framing(engine: EngineProcess, loop: LoopThread) -> None:
+    limit = 4096
+    backend = RemoteBackend("e", engine.address, 64, loop, max_message_bytes=limit)
+    spec_field = len(encoded_workflow_field(workflow_to_proto(GOOD)))
+
+    def sized(pad: int) -> tuple[Job, int]:
+        j = job(GOOD, {"x": 1, "pad": "p" * pad})
+        return j, j.request(None, result_json=True).ByteSize() + spec_field
+
+    # Inputs that make the bare request 2 bytes under the limit: with its key and length in
+    # the SessionRequest it is over, and sent it would break the whole stream.
+    j, size = sized(0)
+    pad = limit - 2 - size
+    j, size = sized(pad)
+    while size != limit - 2:
+        pad += 1 if size < limit - 2 else -1
+        j, size = sized(pad)
+    ends = Ends()
+    with pytest.raises(MessageTooLarge, match="framed"):
+        ends.launch(backend, j)
+    assert not ends.ended(j.run_id)
+    ok = job(GOOD, {"x": 1})
+    ends.launch(backend, ok)
+    wait_for(lambda: ends.ended(ok.run_id), "a run on the same session")
+    assert ends.end(ok.run_id)[1] is None
+    backend.close()
+
+
+def test_a_backend_dropped_without_close_is_collected_and_its_session_closed(
+    engine: EngineProcess, loop: LoopThread
+) -> None:
+    import gc
+    import weakref
+
+    backend = RemoteBackend("e", engine.address, 64, loop)
+    ends = Ends()
+    spin = job(SPIN, {})
+    ends.launch(backend, spin)
+    wait_for(lambda: spin.run_id in ends.bursts, "the spin to start")
+    assert backend._session is not None
+    gone = weakref.ref(backend)
+    del backend
+    gc.collect()
+    assert gone() is None  # the session's callbacks did not keep it alive
+    # Its session was closed with it: the engine cancels the spin.
+    probe = RemoteBackend("probe", engine.address, 64, loop)
+    wait_for(lambda: spin.run_id not in _active(probe), "the spin to be cancelled")
+    probe.close()

@@ -11,9 +11,12 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+import grpc
 
 from dagengine._core import EngineSession
 from dagengine.engine import (
@@ -32,6 +35,7 @@ from dagengine.engine import (
 )
 from dagengine.exceptions import (
     DagEngineError,
+    EngineBusy,
     EngineError,
     EngineUnavailable,
     InvalidRequest,
@@ -250,6 +254,11 @@ class LoopThread:
             self.loop.close()
 
 
+#: ``threading.get_ident()`` of the core's ``dagengine-io`` thread, once it has handed
+#: replies over.
+_io_thread: int | None = None
+
+
 @dataclass(slots=True)
 class _Launched:
     """A run started on a remote engine's session: where its events and its end go."""
@@ -284,6 +293,7 @@ class RemoteBackend:
         self.capacity = capacity
         self._loop = loop
         self._tls = tls
+        self._timeout = timeout
         self._max_message_bytes = max_message_bytes
         self._keepalive = keepalive
 
@@ -302,6 +312,8 @@ class RemoteBackend:
         # first use, again once it has ended.
         self._session: tuple[object, EngineSession] | None = None
         self._launched: dict[str, _Launched] = {}
+        self._handing_over = 0  # calls of _replies under way
+        self._handed_over = threading.Condition(self._lock)
         # Each workflow's spec, encoded once as a RunRequest field.
         self._specs: dict[tuple[str, str], tuple[pb.WorkflowSpec, bytes]] = {}
         # Runs of :meth:`execute` (a Run call each, on the loop).
@@ -338,9 +350,14 @@ class RemoteBackend:
                 )
             token, session = self._session_locked()
             self._launched[job.run_id] = launched = _Launched(token, on_wire, on_end)
+        try:
+            sent = session.start(request)
+        except BaseException:
+            self._take(job.run_id, launched)
+            raise
         # A session that ended meanwhile may have had its end handled before this run was
         # recorded: the run is failed here then (once: whoever takes it out).
-        if not session.start(request) and self._take(job.run_id, launched):
+        if not sent and self._take(job.run_id, launched):
             on_end(
                 None,
                 EngineUnavailable(
@@ -359,11 +376,13 @@ class RemoteBackend:
         # this process's GIL.
         head = job.request(None, result_json=True)
         size = head.ByteSize() + len(cached[1])
-        if size > self._max_message_bytes:
+        # On the wire it is a field of a SessionRequest: its key and its length come too.
+        framed = size + 1 + max(1, (size.bit_length() + 6) // 7)
+        if framed > self._max_message_bytes:
             raise MessageTooLarge(
-                f"engine {self.address}: run {job.run_id}: the request is {size} bytes, over "
-                f"the client's max_message_bytes of {self._max_message_bytes} (inputs are "
-                f"{len(head.inputs_json)} bytes)",
+                f"engine {self.address}: run {job.run_id}: the request is {size} bytes "
+                f"({framed} framed), over the client's max_message_bytes of "
+                f"{self._max_message_bytes} (inputs are {len(head.inputs_json)} bytes)",
                 address=self.address,
             )
         return head.SerializeToString() + cached[1]
@@ -373,9 +392,19 @@ class RemoteBackend:
         if self._session is not None and not self._session[1].ended:
             return self._session
         token = object()
+        # The session's callbacks hold this backend weakly: the session (in Rust, out of
+        # the garbage collector's sight) must not keep it alive.
+        ref = weakref.ref(self)
+
+        def replies(messages: list[bytes]) -> None:
+            backend = ref()
+            if backend is not None:
+                backend._replies(token, messages)
 
         def ended(code: int, message: str) -> None:
-            self._ended(token, code, message)
+            backend = ref()
+            if backend is not None:
+                backend._ended(token, code, message)
 
         tls = self._tls
 
@@ -384,10 +413,11 @@ class RemoteBackend:
 
         session = EngineSession(
             self.address,
-            self._replies,
+            replies,
             ended,
             max_message_bytes=self._max_message_bytes,
             keepalive=self._keepalive,
+            connect_timeout=self._timeout,
             tls=tls is not None,
             ca_cert=None if tls is None else pem(tls.ca_cert, "ca_cert"),
             client_cert=None if tls is None else pem(tls.client_cert, "client_cert"),
@@ -406,31 +436,40 @@ class RemoteBackend:
             del self._launched[run_id]
             return current
 
-    def _replies(self, messages: list[bytes]) -> None:
-        """``SessionReplies`` messages of this engine's session (the replies thread)."""
-        for raw in messages:
-            for msg in pb.SessionReplies.FromString(raw).runs:
-                launched = self._launched.get(msg.run_id)
-                if launched is None:  # abandoned, or of an earlier session
-                    continue
-                try:
-                    self._reply(msg, launched)
-                except Exception:  # one run's trouble must not cost the others theirs
-                    log.exception("run %s on %s: reply not handled", msg.run_id, self.engine_id)
+    def _replies(self, token: object, messages: list[bytes]) -> None:
+        """``SessionReplies`` messages of the session ``token`` names (on ``dagengine-io``)."""
+        global _io_thread
+        _io_thread = threading.get_ident()
+        with self._lock:
+            self._handing_over += 1
+        try:
+            for raw in messages:
+                for msg in pb.SessionReplies.FromString(raw).runs:
+                    launched = self._launched.get(msg.run_id)
+                    if launched is None or launched.session is not token:
+                        continue  # abandoned, or now running on a newer session
+                    try:
+                        self._reply(msg, launched)
+                    except Exception:  # one run's trouble must not cost the others theirs
+                        log.exception("run %s on %s: reply not handled", msg.run_id, self.engine_id)
+        finally:
+            with self._lock:
+                self._handing_over -= 1
+                if not self._handing_over:
+                    self._handed_over.notify_all()
 
     def _reply(self, msg: pb.SessionEvents, launched: _Launched) -> None:
         run_id = msg.run_id
         if msg.HasField("refused"):
+            code = _STATUS_BY_CODE.get(msg.refused.code)
+            error = _status_error(code, msg.refused.message, self.address, f"run {run_id}")
+            if code is grpc.StatusCode.ALREADY_EXISTS:
+                # An earlier attempt of the run, abandoned here (its engine was presumed
+                # dead), still runs on it: busy with it, for a moment (it is being
+                # cancelled), not a failure of the run.
+                error = EngineBusy(str(error), code=error.code, address=self.address)
             if self._take(run_id, launched):
-                launched.on_end(
-                    None,
-                    _status_error(
-                        _STATUS_BY_CODE.get(msg.refused.code),
-                        msg.refused.message,
-                        self.address,
-                        f"run {run_id}",
-                    ),
-                )
+                launched.on_end(None, error)
             return
         try:
             launched.on_wire(msg.events)
@@ -559,6 +598,12 @@ class RemoteBackend:
         :class:`EngineUnavailable`, and anything the engine sends of it later is ignored."""
         launched = self._take(run_id)
         if launched is not None:
+            with self._lock:
+                session = self._session
+            if session is not None and session[0] is launched.session:
+                # Should the engine answer again, this attempt must not be running there
+                # when the run comes back to it.
+                session[1].cancel(run_id)
             launched.on_end(None, self._stopped_answering(run_id))
             return
         with self._lock:
@@ -598,6 +643,12 @@ class RemoteBackend:
 
     def close(self) -> None:
         self.abandon_all()
+        # A hand-over in progress may still be recording replies of the runs just
+        # abandoned: the owner closes its store next.
+        with self._lock:
+            # (Not on that thread itself: it would wait for its own hand-over.)
+            if threading.get_ident() != _io_thread:
+                self._handed_over.wait_for(lambda: not self._handing_over, timeout=10)
         try:
             self._loop.run(self._client.close(), timeout=10)
         except Exception:

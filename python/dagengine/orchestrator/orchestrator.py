@@ -367,7 +367,8 @@ class Orchestrator:
         self._specs: dict[tuple[str, str], pb.WorkflowSpec] = {}
         # In-process runs block a thread for their duration (a parent waiting for its
         # sub-workflow too), so the pool is sized for waiting, not for CPUs; threads are
-        # started only as needed. Remote runs are coroutines on one loop thread.
+        # started only as needed. Remote runs take no thread: they are sent from the
+        # dispatching thread and followed on the core's dagengine-io thread.
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1024, thread_name_prefix="dagengine-run"
         )
@@ -467,6 +468,7 @@ class Orchestrator:
                 return
             self.balancer.remove(engine_id)
         self._lose(slot, reason="removed")
+        slot.backend.close()
         self.events.publish("engine.left", engine_id=engine_id)
 
     def mark_unhealthy(
@@ -681,7 +683,7 @@ class Orchestrator:
             self.cluster.stop()
         self._dispatcher.join(timeout=5)
         for slot in slots:
-            slot.backend.close()
+            slot.backend.close()  # (a remote one waits for a hand-over of its replies)
         # Workers see their runs end (cancelled or abandoned by close) and leave them in the
         # store as they are; wait for them before the store closes under them.
         self._pool.shutdown(wait=True)
@@ -1194,8 +1196,8 @@ class Orchestrator:
     ) -> None:
         """Record a run's end (fenced by ``attempt``) and then tell its waiters. The record is
         committed with the store's next group, so settling never waits for the disk on the
-        caller's thread (the event loop of remote runs). ``result_json``: ``result`` already
-        encoded."""
+        caller's thread (the core's I/O thread, for remote runs). ``result_json``:
+        ``result`` already encoded."""
         error = result.error.to_dict() if result.error is not None else None
 
         def recorded(stored: bool) -> None:

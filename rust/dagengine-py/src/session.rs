@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use dagengine_server::grpc::{ClientTls, SessionClient, SessionOptions, SessionSink};
+use dagengine_server::grpc::{ClientTls, SessionClient, SessionOptions, SessionSink, Started};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::sync::Notify;
@@ -46,6 +46,10 @@ struct Sessions {
 /// Set at interpreter exit (atexit): replies are dropped from then on, never handed to an
 /// interpreter that is finalizing.
 static EXITING: AtomicBool = AtomicBool::new(false);
+/// Held from the check of `EXITING` to the end of a hand-over, and by `exiting` to set it:
+/// a hand-over that has seen `false` has attached and let go before the flag is set, so
+/// this thread never waits for the GIL while the interpreter finalizes.
+static HANDING_OVER: Mutex<()> = Mutex::new(());
 
 fn sessions(py: Python<'_>) -> PyResult<&'static Arc<Sessions>> {
     static SESSIONS: OnceLock<Result<Arc<Sessions>, String>> = OnceLock::new();
@@ -109,8 +113,14 @@ fn start_sessions(py: Python<'_>) -> PyResult<Arc<Sessions>> {
 }
 
 #[pyfunction]
-fn exiting() {
-    EXITING.store(true, Ordering::Release);
+fn exiting(py: Python<'_>) {
+    // Without the GIL: a hand-over holding the lock may be waiting for it.
+    py.detach(|| {
+        let _handing_over = HANDING_OVER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        EXITING.store(true, Ordering::Release);
+    });
 }
 
 async fn hand_over_forever(sessions: &Sessions) {
@@ -125,7 +135,13 @@ async fn hand_over_forever(sessions: &Sessions) {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        if items.is_empty() || EXITING.load(Ordering::Acquire) {
+        if items.is_empty() {
+            continue;
+        }
+        let _handing_over = HANDING_OVER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if EXITING.load(Ordering::Acquire) {
             continue;
         }
         let _ = Python::try_attach(|py| deliver(py, items));
@@ -216,7 +232,7 @@ pub struct EngineSession {
 impl EngineSession {
     #[new]
     #[pyo3(signature = (
-        address, on_replies, on_end, *, max_message_bytes, keepalive,
+        address, on_replies, on_end, *, max_message_bytes, keepalive, connect_timeout=5.0,
         tls=false, ca_cert=None, client_cert=None, client_key=None, server_name=None
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -227,16 +243,22 @@ impl EngineSession {
         on_end: Py<PyAny>,
         max_message_bytes: usize,
         keepalive: f64,
+        connect_timeout: f64,
         tls: bool,
         ca_cert: Option<Vec<u8>>,
         client_cert: Option<Vec<u8>>,
         client_key: Option<Vec<u8>>,
         server_name: Option<String>,
     ) -> PyResult<Self> {
-        if !keepalive.is_finite() || keepalive <= 0.0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "keepalive must be a positive number of seconds, got {keepalive}"
-            )));
+        for (name, secs) in [
+            ("keepalive", keepalive),
+            ("connect_timeout", connect_timeout),
+        ] {
+            if !secs.is_finite() || secs <= 0.0 {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "{name} must be a positive number of seconds, got {secs}"
+                )));
+            }
         }
         let identity = match (client_cert, client_key) {
             (Some(cert), Some(key)) => Some((cert, key)),
@@ -256,6 +278,7 @@ impl EngineSession {
             }),
             max_message_bytes,
             keepalive: Duration::from_secs_f64(keepalive),
+            connect_timeout: Duration::from_secs_f64(connect_timeout),
         };
         let sessions: &'static Sessions = sessions(py)?;
         let sink = Arc::new(PySink {
@@ -268,8 +291,20 @@ impl EngineSession {
     }
 
     /// Send a run (an encoded `RunRequest`); `False` once the session has ended.
-    fn start(&self, request: &[u8]) -> bool {
-        self.client.start(Bytes::copy_from_slice(request))
+    fn start(&self, py: Python<'_>, request: &[u8]) -> PyResult<bool> {
+        match self.client.start(Bytes::copy_from_slice(request)) {
+            Started::Sent => Ok(true),
+            Started::Ended => Ok(false),
+            Started::TooLarge { size, limit } => Err(errors::raise(
+                py,
+                "MessageTooLarge",
+                &format!(
+                    "the request is {size} bytes on the wire, over the session's \
+                     max_message_bytes of {limit}; not sent"
+                ),
+                &[],
+            )),
+        }
     }
 
     /// Cancel a run of this session on the engine; `False` once the session has ended.

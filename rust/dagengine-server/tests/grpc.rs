@@ -7,7 +7,7 @@ use dagengine_server::grpc::pb::engine_service_client::EngineServiceClient;
 use dagengine_server::grpc::pb::{self, node_spec::Executor};
 use dagengine_server::grpc::{
     EngineConfig, EngineServer, HostError, HostNode, HostNodes, HostRef, RunContext, SessionClient,
-    SessionOptions, SessionSink,
+    SessionOptions, SessionSink, Started,
 };
 use dagengine_server::{ExternalCall, ExternalExecutor, NodeFailure, Plan};
 use serde_json::{json, Map, Value};
@@ -362,6 +362,7 @@ fn session_options(port: u16) -> SessionOptions {
         tls: None,
         max_message_bytes: 1 << 20,
         keepalive: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(5),
     }
 }
 
@@ -378,8 +379,20 @@ fn a_session_client_runs_many_runs_and_reports_its_end_once() {
             vec![node("a", &[], lua("return {x = inputs.n * 2}"))],
             &json!({"n": i}),
         );
-        assert!(session.start(prost::Message::encode_to_vec(&req).into()));
+        assert_eq!(
+            session.start(prost::Message::encode_to_vec(&req).into()),
+            Started::Sent
+        );
     }
+    // A run that would not fit in a message with its framing is not sent (it would break
+    // the stream, and every run on it).
+    assert_eq!(
+        session.start(vec![0u8; (1 << 20) - 3].into()),
+        Started::TooLarge {
+            size: (1 << 20) + 1,
+            limit: 1 << 20
+        }
+    );
     sink.wait("50 results", |s| s.results().len() == 50);
     for (run_id, result) in sink.results() {
         let n: i64 = run_id[1..].parse().unwrap();
@@ -396,7 +409,7 @@ fn a_session_client_runs_many_runs_and_reports_its_end_once() {
         sink.end.lock().unwrap().clone(),
         Some((Code::Cancelled, "the session was closed".to_owned()))
     );
-    assert!(!session.start(vec![].into()));
+    assert_eq!(session.start(vec![].into()), Started::Ended);
     session.close(); // once only: the sink would panic on a second end
 }
 

@@ -21,4 +21,6 @@ pub use convert::{HostNode, HostRef, InvalidField};
 pub use service::{
     EngineConfig, EngineServer, HostError, HostNodes, RunContext, StartError, TlsConfig,
 };
-pub use session_client::{ClientTls, SessionClient, SessionError, SessionOptions, SessionSink};
+pub use session_client::{
+    ClientTls, SessionClient, SessionError, SessionOptions, SessionSink, Started,
+};

@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,9 +35,10 @@ const SESSION_REQUEST_RUNS: u32 = 3;
 const RUN_BATCH_RUNS: u32 = 1;
 const CANCEL_REQUEST_RUN_ID: u32 = 1;
 
-/// Where a session's replies and its end go. Called on the session's runtime, in order:
-/// every `replies` of a session comes before its one `ended`. The `ended` message does not
-/// name the engine (the sink knows which it is).
+/// Where a session's replies and its end go: `replies` on the session's runtime, `ended`
+/// there or on the thread that closes the session. Never a `replies` after the `ended`
+/// (both are called under the session's end lock, so keep them short: a push onto a
+/// queue). The `ended` message does not name the engine (the sink knows which it is).
 pub trait SessionSink: Send + Sync + 'static {
     /// One `SessionReplies` message, encoded, as the engine sent it.
     fn replies(&self, message: Bytes);
@@ -65,6 +66,20 @@ pub struct SessionOptions {
     pub max_message_bytes: usize,
     /// HTTP/2 pings on the open connection; no answer within as long again breaks it.
     pub keepalive: Duration,
+    /// How long connecting may take before the session ends `UNAVAILABLE`.
+    pub connect_timeout: Duration,
+}
+
+/// What became of a run given to [`SessionClient::start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Queued for the next write.
+    Sent,
+    /// The session has ended: nothing was sent.
+    Ended,
+    /// The run with its framing is `size` bytes, over the session's `limit`: sending it
+    /// would break the whole stream, so it was not sent.
+    TooLarge { size: usize, limit: usize },
 }
 
 /// A session could not be opened: its address or TLS material cannot be used.
@@ -78,27 +93,55 @@ pub struct SessionError {
 enum Outbound {
     Run(Bytes),
     Cancel(String),
+    /// Ends the request stream (see `close`).
+    Close,
 }
 
 struct Shared {
     sink: Arc<dyn SessionSink>,
+    /// Set under `end_lock`; read without it where a stale `false` is harmless.
     ended: AtomicBool,
+    /// Orders replies and the end: no reply is handed over once the end has been.
+    end_lock: Mutex<()>,
 }
 
 impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.end_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Report the end, once.
     fn end(&self, code: Code, message: String) {
+        let _order = self.lock();
         if !self.ended.swap(true, Ordering::AcqRel) {
             self.sink.ended(code, message);
         }
     }
+
+    /// Hand a reply over, unless the session has ended. `false` once it has.
+    fn reply(&self, message: Bytes) -> bool {
+        let _order = self.lock();
+        if self.ended.load(Ordering::Acquire) {
+            return false;
+        }
+        self.sink.replies(message);
+        true
+    }
 }
 
 /// One open `Session` call. Dropping it closes it like [`SessionClient::close`].
+///
+/// Its runtime's threads do not survive `fork()`: in a child process a session inherited
+/// from the parent is ended (it sends nothing, and closing or dropping it touches nothing
+/// the parent's threads may have held).
 pub struct SessionClient {
+    pid: u32,
     tx: mpsc::UnboundedSender<Outbound>,
     shared: Arc<Shared>,
     task: tokio::task::AbortHandle,
+    limit: usize,
 }
 
 impl SessionClient {
@@ -115,6 +158,7 @@ impl SessionClient {
         let shared = Arc::new(Shared {
             sink,
             ended: AtomicBool::new(false),
+            end_lock: Mutex::new(()),
         });
         let limit = options.max_message_bytes;
         let task = runtime
@@ -129,18 +173,39 @@ impl SessionClient {
                 Arc::clone(&shared),
             ))
             .abort_handle();
-        Ok(Self { tx, shared, task })
+        Ok(Self {
+            pid: std::process::id(),
+            tx,
+            shared,
+            task,
+            limit,
+        })
     }
 
     /// Whether the session has ended (nothing more can run on it).
     pub fn ended(&self) -> bool {
-        self.shared.ended.load(Ordering::Acquire)
+        self.forked() || self.shared.ended.load(Ordering::Acquire)
+    }
+
+    fn forked(&self) -> bool {
+        self.pid != std::process::id()
     }
 
     /// Send a run: `request` is an encoded `RunRequest`. It goes out with the other runs
-    /// started before the next write. `false` when the session has ended.
-    pub fn start(&self, request: Bytes) -> bool {
-        !self.ended() && self.tx.send(Outbound::Run(request)).is_ok()
+    /// started before the next write.
+    pub fn start(&self, request: Bytes) -> Started {
+        let size = run_entry_len(request.len());
+        if size > self.limit {
+            return Started::TooLarge {
+                size,
+                limit: self.limit,
+            };
+        }
+        if !self.ended() && self.tx.send(Outbound::Run(request)).is_ok() {
+            Started::Sent
+        } else {
+            Started::Ended
+        }
     }
 
     /// Ask the engine to cancel a run of this session; it goes out after every start sent
@@ -152,9 +217,16 @@ impl SessionClient {
     /// End the session: the engine cancels the runs still on it. The sink hears `ended`
     /// (`CANCELLED`) now, if it has not heard it yet.
     pub fn close(&self) {
+        if self.forked() {
+            return;
+        }
         self.shared
             .end(Code::Cancelled, "the session was closed".to_owned());
         self.task.abort();
+        // The request stream ends too: the call is then over both ways and the engine
+        // sees it reset (with its requests still open, dropping the replies alone left
+        // the stream, and its runs, alive on the engine).
+        let _ = self.tx.send(Outbound::Close);
     }
 }
 
@@ -180,6 +252,7 @@ fn endpoint(options: &SessionOptions) -> Result<Endpoint, SessionError> {
         .http2_keep_alive_interval(keepalive)
         .keep_alive_timeout(keepalive)
         .keep_alive_while_idle(false)
+        .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true);
     if let Some(tls) = &options.tls {
         let mut tls_config = ClientTlsConfig::new();
@@ -249,10 +322,9 @@ async fn call(
     }
     let mut replies = response.into_inner();
     while let Some(message) = replies.message().await? {
-        if shared.ended.load(Ordering::Acquire) {
+        if !shared.reply(message) {
             break;
         }
-        shared.sink.replies(message);
     }
     Ok(())
 }
@@ -328,6 +400,7 @@ impl Stream for Batcher {
         };
         let first = match first {
             Outbound::Cancel(run_id) => return Poll::Ready(Some(Self::cancel_message(&run_id))),
+            Outbound::Close => return Poll::Ready(None),
             Outbound::Run(run) => run,
         };
         // Room for the batch's own key and length.
@@ -447,7 +520,9 @@ mod tests {
         }
         tx.send(Outbound::Cancel("c".into())).unwrap();
         tx.send(Outbound::Run(request("after"))).unwrap();
-        drop(tx);
+        // Close ends the stream: what comes after it is never sent.
+        tx.send(Outbound::Close).unwrap();
+        tx.send(Outbound::Run(request("never"))).unwrap();
         let mut batcher = Batcher {
             rx,
             carry: None,
@@ -474,7 +549,7 @@ mod tests {
                     });
                 }
                 Poll::Ready(None) => break,
-                Poll::Pending => panic!("pending with a closed channel"),
+                Poll::Pending => panic!("pending with a Close queued"),
             }
         }
         assert_eq!(kinds, ["batch 3", "batch 2", "cancel c", "run 5"]);
