@@ -202,7 +202,8 @@ class EngineServerRef:
         runs were cancelled. Releases the GIL."""
 
     def stop(self) -> None:
-        """Stop serving (cancelling any active run) and release the port. Idempotent."""
+        """Stop serving (cancelling any active run) and release the port; sessions and
+        watchers end too (their clients would never end them). Idempotent."""
 
     def wait_stopped(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the server to stop; True once it has."""

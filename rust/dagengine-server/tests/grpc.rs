@@ -428,3 +428,51 @@ fn a_session_client_reports_a_refused_connection() {
     assert_eq!(code, Code::Unavailable);
     assert!(message.contains("cannot connect"), "{message}");
 }
+
+#[test]
+fn stop_ends_sessions_and_watchers_that_only_a_client_would_end() {
+    let srv = server(4);
+    let runtime = dagengine_server::runtime().unwrap();
+    let sink = Arc::new(Collected::default());
+    let session =
+        SessionClient::open(session_options(srv.port()), sink.clone(), runtime.handle()).unwrap();
+    let spin = request(
+        "spin",
+        vec![node("s", &[], lua("while true do end"))],
+        &json!({}),
+    );
+    assert_eq!(
+        session.start(prost::Message::encode_to_vec(&spin).into()),
+        Started::Sent
+    );
+    sink.wait("the spin to start", |s| {
+        s.replies.lock().unwrap().iter().any(|r| {
+            r.events
+                .iter()
+                .any(|e| e.kind == pb::EventKind::NodeStarted as i32)
+        })
+    });
+    let rt = client_rt();
+    let mut watcher = rt.block_on(async {
+        let mut c = connect(srv.port()).await;
+        c.watch(pb::WatchRequest {}).await.unwrap().into_inner()
+    });
+    srv.stop();
+    // Well within the script's own 10 s limit and the server's 2 s grace.
+    let started = std::time::Instant::now();
+    sink.wait("the session's end", |s| s.end.lock().unwrap().is_some());
+    assert!(session.ended());
+    let result = &sink.results()["spin"];
+    assert_eq!(result.status, pb::RunStatus::Cancelled as i32);
+    rt.block_on(async {
+        while let Some(event) = watcher.next().await {
+            event.unwrap();
+        }
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(srv.wait_stopped(Duration::from_secs(10)));
+}

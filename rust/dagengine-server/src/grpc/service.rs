@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dagengine_core::RunOptions;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
@@ -109,6 +109,8 @@ struct Engine {
     /// Signalled whenever a run leaves `active`.
     left: Condvar,
     draining: AtomicBool,
+    /// Set by `stop`: the streams that only a client would end (sessions, watchers) end.
+    stopping: watch::Sender<bool>,
     watch: broadcast::Sender<pb::RunEvent>,
     host: Arc<dyn HostNodes>,
     health: HealthReporter,
@@ -702,6 +704,7 @@ impl EngineService for Service {
         // Runs being prepared on tasks of their own (Python nodes), not yet registered: a
         // cancel that comes meanwhile is kept here and applied once they are.
         let launching = Launching::default();
+        let mut stopping = self.engine.stopping.subscribe();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -709,6 +712,9 @@ impl EngineService for Service {
                     // The client stopped reading replies: its runs are cancelled by their
                     // forwarders; stop taking new ones.
                     () = tx.closed() => break,
+                    // The engine stops (its runs are cancelled): the replies end once the
+                    // last of them has, and the client learns the session is over.
+                    _ = stopping.wait_for(|stop| *stop) => break,
                 };
                 let Ok(Some(req)) = next else {
                     // Half-closed (runs go on) or broken (the replies are gone too, and the
@@ -775,6 +781,10 @@ impl EngineService for Service {
         _request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let rx = self.engine.watch.subscribe();
+        let mut stopping = self.engine.stopping.subscribe();
+        let stopped = Box::pin(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|item| match item {
             Ok(ev) => Ok(ev),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
@@ -784,7 +794,30 @@ impl EngineService for Service {
                 })
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(UntilStopped {
+            inner: stream,
+            stopped,
+        })))
+    }
+}
+
+/// A stream that ends when the engine stops (a watcher never would).
+struct UntilStopped<S> {
+    inner: S,
+    stopped: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl<S: Stream + Unpin> Stream for UntilStopped<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if self.stopped.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
@@ -856,6 +889,7 @@ impl EngineServer {
             active: Mutex::new(Active::default()),
             left: Condvar::new(),
             draining: AtomicBool::new(false),
+            stopping: watch::Sender::new(false),
             watch,
             host,
             health,
@@ -987,6 +1021,7 @@ impl EngineServer {
 
     /// Stop serving: cancel active runs and close the listener. Idempotent.
     pub fn stop(&self) {
+        self.engine.stopping.send_replace(true);
         let handles: Vec<RunHandle> = self.engine.active().runs.values().cloned().collect();
         for h in handles {
             h.cancel();
