@@ -72,6 +72,13 @@ class Ends:
 
         backend.launch(j, on_wire, on_end)
 
+    def spin(self, backend: RemoteBackend) -> Job:
+        """Launch a run that spins until it is stopped; return once it runs."""
+        spin = job(SPIN, {})
+        self.launch(backend, spin)
+        wait_for(lambda: spin.run_id in self.bursts, "the spin to start")
+        return spin
+
     def ended(self, run_id: str) -> bool:
         with self.lock:
             return run_id in self.ends
@@ -169,14 +176,7 @@ def test_a_run_the_engine_refuses_ends_with_its_refusal(loop: LoopThread) -> Non
     try:
         backend = RemoteBackend("tiny", engine.address, 1, loop)
         ends = Ends()
-        spin = job(SPIN, {})
-        ends.launch(backend, spin)
-        wait_for(
-            lambda: any(
-                e.kind == pb.NODE_STARTED for b in ends.bursts.get(spin.run_id, []) for e in b
-            ),
-            "the spin to start",
-        )
+        spin = ends.spin(backend)
         extra = job(GOOD, {"x": 1})
         ends.launch(backend, extra)
         wait_for(lambda: ends.ended(extra.run_id), "the refusal")
@@ -281,9 +281,7 @@ def test_a_run_an_earlier_attempt_of_still_holds_is_busy_not_failed(
     first = RemoteBackend("e", engine.address, 64, loop)
     second = RemoteBackend("e", engine.address, 64, loop)  # another session
     ends = Ends()
-    spin = job(SPIN, {})
-    ends.launch(first, spin)
-    wait_for(lambda: spin.run_id in ends.bursts, "the spin to start")
+    spin = ends.spin(first)
     again = job(SPIN, {}, run_id=spin.run_id, attempt=2)
     Ends.launch(later := Ends(), second, again)
     wait_for(lambda: later.ended(spin.run_id), "the refusal")
@@ -331,9 +329,7 @@ def test_a_backend_dropped_without_close_is_collected_and_its_session_closed(
 
     backend = RemoteBackend("e", engine.address, 64, loop)
     ends = Ends()
-    spin = job(SPIN, {})
-    ends.launch(backend, spin)
-    wait_for(lambda: spin.run_id in ends.bursts, "the spin to start")
+    spin = ends.spin(backend)
     assert backend._session is not None
     gone = weakref.ref(backend)
     del backend
