@@ -332,10 +332,10 @@ class RemoteBackend:
         engine's ``RunEvent`` messages, one call per burst (the last carries the result);
         then ``on_end`` is called exactly once: with the result, or with the error the run
         ended with (:class:`EngineUnavailable` when the engine was lost or abandoned, the
-        engine's refusal such as :class:`EngineBusy`). Both are called on the replies
-        thread, or on the caller's if the run fails here. Raises what the request cannot
-        be built for (``MessageTooLarge``, inputs that are not JSON), before anything is
-        sent."""
+        engine's refusal such as :class:`EngineBusy`). Both are called on the core's
+        ``dagengine-io`` thread, or on the caller's if the run fails here. Raises what the
+        request cannot be built for (``MessageTooLarge``, inputs that are not JSON), before
+        anything is sent."""
         if job.spec is None:
             raise DagEngineError(
                 f"{job.workflow_id}@{job.version} has no portable spec (Python closures); "
@@ -485,7 +485,8 @@ class RemoteBackend:
             launched.on_end(result, None)
 
     def _ended(self, token: object, code: int, message: str) -> None:
-        """A session ended (the replies thread): every run still on it is lost."""
+        """A session ended (on ``dagengine-io``, or on the closing thread): every run still
+        on it is lost."""
         with self._lock:
             if self._session is not None and self._session[0] is token:
                 self._session = None

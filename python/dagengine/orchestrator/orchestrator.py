@@ -946,7 +946,7 @@ class Orchestrator:
         )
         if isinstance(slot.backend, RemoteBackend):
             # Sent from this thread: a remote run needs no thread of its own, and its
-            # replies come on the core's replies thread.
+            # replies come on the core's dagengine-io thread.
             self._launch(run, slot, attempt)
         else:
             self._pool.submit(self._work, run, slot, attempt)
@@ -976,7 +976,7 @@ class Orchestrator:
             self._conclude(run, slot, attempt, result, None)
 
     def _launch(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
-        """Start one attempt on a remote engine; it is concluded from the replies thread."""
+        """Start one attempt on a remote engine; it is concluded on ``dagengine-io``."""
         backend = slot.backend
         assert isinstance(backend, RemoteBackend)
         job = self._prepare(run, slot, attempt)
