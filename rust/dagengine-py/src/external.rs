@@ -58,13 +58,18 @@ impl PyExternal {
 
 static EXITING: AtomicBool = AtomicBool::new(false);
 
-/// Registered with `atexit` by the module: from here on no worker enters the interpreter.
+/// Registered with `atexit` by the module: from here on no worker, and no session
+/// hand-over, enters the interpreter. Set without the GIL and under the sessions'
+/// hand-over lock: a hand-over that saw the flag unset may be waiting for the GIL.
 #[pyfunction]
-pub fn mark_exiting() {
-    EXITING.store(true, Ordering::SeqCst);
+pub fn mark_exiting(py: Python<'_>) {
+    py.detach(|| {
+        let _handing_over = crate::session::hand_over_lock();
+        EXITING.store(true, Ordering::SeqCst);
+    });
 }
 
-fn exiting() -> bool {
+pub(crate) fn exiting() -> bool {
     EXITING.load(Ordering::SeqCst)
 }
 

@@ -10,11 +10,11 @@
 //! beyond the one its start makes (as the asyncio loop this replaces did, without the
 //! loop's Python).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dagengine_server::grpc::{ClientTls, SessionClient, SessionOptions, SessionSink, Started};
+use dagengine_server::RuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::sync::Notify;
@@ -43,29 +43,29 @@ struct Sessions {
     ready: Notify,
 }
 
-/// Set at interpreter exit (atexit): replies are dropped from then on, never handed to an
-/// interpreter that is finalizing.
-static EXITING: AtomicBool = AtomicBool::new(false);
-/// Held from the check of `EXITING` to the end of a hand-over, and by `exiting` to set it:
-/// a hand-over that has seen `false` has attached and let go before the flag is set, so
-/// this thread never waits for the GIL while the interpreter finalizes.
+/// Held from the check of the exit flag (`external::exiting`, set at interpreter exit) to
+/// the end of a hand-over, and by `external::mark_exiting` to set it: a hand-over that has
+/// seen it unset has attached and let go before it is set, so this thread never waits for
+/// the GIL while the interpreter finalizes. From then on replies are dropped.
 static HANDING_OVER: Mutex<()> = Mutex::new(());
+
+pub(crate) fn hand_over_lock() -> std::sync::MutexGuard<'static, ()> {
+    HANDING_OVER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn sessions(py: Python<'_>) -> PyResult<&'static Arc<Sessions>> {
     static SESSIONS: OnceLock<Result<Arc<Sessions>, String>> = OnceLock::new();
     let entry = SESSIONS.get_or_init(|| start_sessions(py).map_err(|e| e.to_string()));
     match entry {
         Ok(s) if s.pid == std::process::id() => Ok(s),
-        Ok(s) => Err(errors::raise(
+        Ok(s) => Err(errors::runtime_error(
             py,
-            "EngineRuntimeError",
-            &format!(
-                "the dagengine sessions thread was started in process {} and cannot be used \
-                 after fork() (in process {}); start processes with subprocess/spawn instead",
-                s.pid,
-                std::process::id()
-            ),
-            &[],
+            &RuntimeError::Forked {
+                parent: s.pid,
+                child: std::process::id(),
+            },
         )),
         Err(message) => Err(errors::raise(py, "EngineRuntimeError", message, &[])),
     }
@@ -89,8 +89,6 @@ fn start_sessions(py: Python<'_>) -> PyResult<Arc<Sessions>> {
         inbox: Mutex::new(Vec::new()),
         ready: Notify::new(),
     });
-    let at_exit = wrap_pyfunction!(exiting, py)?;
-    py.import("atexit")?.call_method1("register", (at_exit,))?;
     let thread_shared = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("dagengine-io".into())
@@ -112,17 +110,6 @@ fn start_sessions(py: Python<'_>) -> PyResult<Arc<Sessions>> {
     Ok(shared)
 }
 
-#[pyfunction]
-fn exiting(py: Python<'_>) {
-    // Without the GIL: a hand-over holding the lock may be waiting for it.
-    py.detach(|| {
-        let _handing_over = HANDING_OVER
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        EXITING.store(true, Ordering::Release);
-    });
-}
-
 async fn hand_over_forever(sessions: &Sessions) {
     loop {
         sessions.ready.notified().await;
@@ -138,10 +125,8 @@ async fn hand_over_forever(sessions: &Sessions) {
         if items.is_empty() {
             continue;
         }
-        let _handing_over = HANDING_OVER
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if EXITING.load(Ordering::Acquire) {
+        let _handing_over = hand_over_lock();
+        if crate::external::exiting() {
             continue;
         }
         let _ = Python::try_attach(|py| deliver(py, items));

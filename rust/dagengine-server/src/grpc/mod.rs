@@ -5,6 +5,12 @@ pub mod convert;
 pub mod service;
 pub mod session_client;
 
+/// The session protocol the engine states and the client requires, in the `Session` call's
+/// initial metadata: 2 = runs may come batched (`SessionRequest.runs`) and replies leave
+/// coalesced (`SessionReplies`).
+pub const SESSION_PROTOCOL: &str = "2";
+pub const SESSION_PROTOCOL_HEADER: &str = "dagengine-session-protocol";
+
 /// Code generated from `protos/dagengine/v1/engine.proto`.
 #[allow(
     clippy::pedantic,

@@ -22,6 +22,7 @@ use tonic_health::ServingStatus;
 use super::convert::{self, HostNode, InvalidField, RunTag};
 use super::pb;
 use super::pb::engine_service_server::{EngineService, EngineServiceServer};
+use super::{SESSION_PROTOCOL, SESSION_PROTOCOL_HEADER};
 use crate::runner::{
     lock, start_run, start_run_inline, EventKind, ExternalExecutor, Plan, RunConfig, RunHandle,
 };
@@ -229,11 +230,6 @@ struct Service {
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvents, Status>> + Send>>;
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReplies, Status>> + Send>>;
-
-/// The session protocol: 2 = runs may come batched (`SessionRequest.runs`) and replies
-/// leave coalesced (`SessionReplies`).
-const SESSION_PROTOCOL_HEADER: &str = "dagengine-session-protocol";
-const SESSION_PROTOCOL: &str = "2";
 
 /// A session's runs still being prepared, by id, and whether a cancel came for them.
 type Launching = Arc<Mutex<HashMap<String, bool>>>;

@@ -23,9 +23,8 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
-/// The session protocol this client speaks (see `Session` in `engine.proto`).
-pub const SESSION_PROTOCOL: &str = "2";
-const SESSION_PROTOCOL_HEADER: &str = "dagengine-session-protocol";
+use super::{SESSION_PROTOCOL, SESSION_PROTOCOL_HEADER};
+
 const SESSION_PATH: &str = "/dagengine.v1.EngineService/Session";
 
 // Field numbers of `SessionRequest` and `RunBatch` (engine.proto).
