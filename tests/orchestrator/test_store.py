@@ -750,3 +750,68 @@ def test_claims_race_to_distinct_attempts(store: Store) -> None:
     for w in workers:
         w.join()
     assert sorted(got) == list(range(1, 11))
+
+
+# --- a row that cannot be written -------------------------------------------------------------
+
+
+def test_a_row_that_cannot_be_encoded_does_not_poison_the_writer(store: Store) -> None:
+    # A lone surrogate cannot be encoded as UTF-8: binding it failed the whole group commit,
+    # the group went back to the queue, and every later write and read failed behind it.
+    store.create_run_later(_run("good-1"))
+    store.create_run_later(_run("bad", inputs={"a": "\udcff", "k\udcfe": 1}))
+    store.append_event_later(None, "run.queued", run_id="bad", data={"why": "\udcff"})
+    store.create_run_later(_run("good-2"))
+    store.flush()
+    assert store.write_error is None
+    assert store.get_run("good-1") is not None
+    assert store.get_run("good-2") is not None
+    # The row is written with its JSON escaped: it reads back unchanged.
+    bad = store.get_run("bad")
+    assert bad is not None
+    assert bad.inputs == {"a": "\udcff", "k\udcfe": 1}
+    assert [e.data for e in store.events(run_id="bad")] == [{"why": "\udcff"}]
+    assert store.dropped_writes == 0
+    store.create_run(_run("after"))  # the writer goes on
+    assert store.get_run("after") is not None
+
+
+def test_a_row_that_cannot_be_written_at_all_is_dropped_alone(store: Store) -> None:
+    # An integer SQLite cannot hold (beyond 64 bits): that row alone is dropped, its run end
+    # reports "not recorded", everything queued around it is written.
+    told: list[tuple[str, bool]] = []
+    store.create_run_later(_run("r1"))
+    store.create_run_later(_run("r2"))
+    store.create_run_later(_run("huge", depth=2**70))
+    store.flush()
+    store.finish_run_later("r1", 0, "succeeded", {}, None, lambda ok: told.append(("r1", ok)))
+    store.claim_attempt_later("r2", "e1", 2**80)
+    store.finish_run_later("r2", 0, "failed", {}, None, lambda ok: told.append(("r2", ok)))
+    store.flush()
+    deadline = time.monotonic() + 10
+    while len(told) < 2:
+        assert time.monotonic() < deadline, told
+        time.sleep(0.01)
+    assert sorted(told) == [("r1", True), ("r2", True)]
+    assert store.get_run("huge") is None
+    assert store.dropped_writes == 2  # the huge run and the huge claim
+    r1 = store.get_run("r1")
+    assert r1 is not None
+    assert r1.status == "succeeded"
+    assert store.write_error is None
+
+
+def test_write_error_says_when_the_store_cannot_write(store: Store) -> None:
+    store.create_run(_run("before"))
+    with store._lock:
+        store._db.execute("PRAGMA query_only = ON")  # every write now fails (not the data)
+    store.create_run_later(_run("waiting"))
+    with pytest.raises(sqlite3.OperationalError):
+        store.flush()
+    assert store.write_error is not None
+    assert "readonly" in store.write_error or "read-only" in store.write_error
+    with store._lock:
+        store._db.execute("PRAGMA query_only = OFF")
+    store.flush()  # the group was kept: written now
+    assert store.write_error is None
+    assert store.get_run("waiting") is not None

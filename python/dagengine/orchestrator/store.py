@@ -262,6 +262,25 @@ def _dumps(value: Any) -> str:
         return _encode(value)  # raises "Circular reference detected" (or encodes deep data)
 
 
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether a failed write failed on its data (a value SQLite cannot bind or a constraint
+    it breaks) rather than on the database (busy, locked, full, unreadable): only the former
+    is about one row, and only it is isolated."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return False
+    return isinstance(exc, (sqlite3.Error, ValueError, TypeError, OverflowError))
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with text that UTF-8 can encode: lone surrogates become ``\\uXXXX``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -529,6 +548,10 @@ class Store:
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_wanted = False
         self._catch_up = False  # the writer finishes the checkpoint (under _lock)
+        # Failures of the group commit (see _commit_isolating and write_error).
+        self._write_error: str | None = None
+        self._write_error_dropped: str | None = None
+        self.dropped_writes = 0
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the
             # write lock up front, so a transaction never fails half-way on a lock upgrade).
@@ -815,8 +838,15 @@ class Store:
         if not pending and not events:
             return
         try:
-            finished = self._commit_group(pending, events)
-        except BaseException:
+            try:
+                finished = self._commit_group(pending, events)
+            except Exception as exc:
+                if not _is_data_error(exc):
+                    raise
+                # One row of the group cannot be written (text that is not UTF-8, an integer
+                # SQLite cannot hold): the rest of the group must not wait behind it forever.
+                finished = self._commit_isolating(pending, events)
+        except BaseException as exc:
             # Nothing of it was committed: back to the head of the queue, in order (a busy
             # database, a full disk: the writer tries again; the runs' waiters keep waiting).
             with self._pending_cv:
@@ -825,11 +855,100 @@ class Store:
                 self._since = min(self._since, time.monotonic())
                 if any(kind == "finish" for kind, _ in pending):
                     self._urgent = True
+            if isinstance(exc, Exception):
+                self._write_error = f"{type(exc).__name__}: {exc}"
             raise
+        self._write_error = None
         if finished:
             with self._pending_cv:
                 self._ready.extend(finished)
                 self._pending_cv.notify()  # the writer runs the callbacks
+
+    def _commit_isolating(
+        self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
+    ) -> list[tuple[Callable[[bool], None], bool]]:
+        """Commit a group that failed on its data, isolating the rows that cannot be written.
+
+        The group is halved until the failing rows stand alone (each half is its own commit,
+        in queue order, so a run's writes keep their order). A row that cannot be written
+        is written again with its text made encodable (a lone surrogate becomes the
+        characters ``\\udcff``: inside a JSON column that is the same JSON escape, so the value
+        reads back unchanged); if that fails too, the row is dropped and counted in
+        :attr:`dropped_writes`, and a dropped run end tells its waiter it was not recorded.
+        A failure that is not about the data (a busy or full disk) stops the isolation and
+        is raised, with what is left of the group back in the queue."""
+        finished: list[tuple[Callable[[bool], None], bool]] = []
+        # Work items: (pending rows, event rows); a stack, so halves are done in order.
+        work: list[tuple[list[tuple[str, tuple[Any, ...]]], list[tuple[Any, ...]]]] = [
+            (pending, events)
+        ]
+        while work:
+            rows, evs = work.pop()
+            try:
+                finished.extend(self._commit_group(rows, evs))
+                continue
+            except Exception as exc:
+                if not _is_data_error(exc):
+                    for later_rows, later_evs in reversed(work):
+                        rows = rows + later_rows
+                        evs = evs + later_evs
+                    with self._pending_cv:  # (the caller puts the group back: only the rest)
+                        self._ready.extend(finished)
+                    pending[:] = rows
+                    events[:] = evs
+                    raise
+                error = exc
+            if len(rows) + len(evs) > 1:
+                if len(rows) > 1 or (rows and evs):
+                    half = len(rows) // 2 if len(rows) > 1 else len(rows)
+                    work.append((rows[half:], evs))
+                    work.append((rows[:half], []))
+                else:
+                    half = len(evs) // 2
+                    work.append(([], evs[half:]))
+                    work.append((rows, evs[:half]))
+                continue
+            finished.extend(self._write_alone(rows, evs, error))
+        return finished
+
+    def _write_alone(
+        self,
+        rows: list[tuple[str, tuple[Any, ...]]],
+        evs: list[tuple[Any, ...]],
+        error: Exception,
+    ) -> list[tuple[Callable[[bool], None], bool]]:
+        """Write one row that failed on its data with its text made encodable, or drop it."""
+        kind = rows[0][0] if rows else "event"
+        row = rows[0][1] if rows else evs[0]
+        fixed = [_encodable(value) for value in row]
+        try:
+            if any(new is not old for new, old in zip(fixed, row)):
+                if rows:
+                    return self._commit_group([(kind, tuple(fixed))], [])
+                return self._commit_group([], [fixed])
+        except Exception as exc:
+            if not _is_data_error(exc):
+                raise
+            error = exc
+        self.dropped_writes += 1
+        self._write_error_dropped = f"{type(error).__name__}: {error}"
+        run_id = row[0] if rows else row[5]  # (an event: seq, time, type, rank, workflow, run)
+        _log.error(
+            "store %s: dropped a %s row of run %s that cannot be written: %s",
+            self.path,
+            kind,
+            run_id,
+            self._write_error_dropped,
+        )
+        if kind == "finish":
+            return [(row[-1], False)]
+        return []
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the last commit failed, while commits fail (``None`` when the last one
+        succeeded): the store cannot write, and the service is not ready."""
+        return self._write_error
 
     def _commit_group(
         self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
