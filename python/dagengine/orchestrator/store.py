@@ -922,10 +922,10 @@ class Store:
         row = rows[0][1] if rows else evs[0]
         fixed = [_encodable(value) for value in row]
         try:
-            if any(new is not old for new, old in zip(fixed, row)):
+            if any(new is not old for new, old in zip(fixed, row, strict=True)):
                 if rows:
                     return self._commit_group([(kind, tuple(fixed))], [])
-                return self._commit_group([], [fixed])
+                return self._commit_group([], [tuple(fixed)])
         except Exception as exc:
             if not _is_data_error(exc):
                 raise
