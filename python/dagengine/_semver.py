@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Version", "VersionRange"]
+__all__ = ["MAX_LENGTH", "Version", "VersionRange"]
 
 # Digits are ASCII only: Python's default (Unicode) ``\d`` and int() would read
 # "1.\u0661.0" (an Arabic-Indic one) as 1.1.0.
@@ -29,9 +29,12 @@ _PARTIAL = re.compile(
     rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?)?)?",
     re.ASCII,
 )
-_COMPARATOR = re.compile(r"(?P<op>\^|~|>=|<=|>|<|=)?\s*(?P<ver>\S+)")
+_COMPARATOR = re.compile(r"(?P<op>\^|~|>=|<=|>|<|=)?(?P<ver>[^ ,]+)")
 # npm's hyphen range "1.2.3 - 2.3.4" (spaces around the hyphen are required).
-_HYPHEN = re.compile(r"(?P<low>\S+)\s+-\s+(?P<high>\S+)")
+_HYPHEN = re.compile(r"(?P<low>[^ ,]+) +- +(?P<high>[^ ,]+)")
+#: Longest version text accepted (as the ``semver`` package and npm do): longer is refused,
+#: which also keeps int() off thousands of digits.
+MAX_LENGTH = 255
 
 
 @functools.total_ordering
@@ -47,8 +50,16 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version:
-        """Parse ``MAJOR.MINOR.PATCH[-pre][+build]``; ``ValueError`` naming the text if not."""
-        match = _VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+        """Parse ``MAJOR.MINOR.PATCH[-pre][+build]``; ``ValueError`` naming the text if not.
+
+        The whole text must be the version (semver.org's grammar): surrounding whitespace, a
+        ``v`` prefix, leading zeros in numeric identifiers and empty identifiers are refused.
+        """
+        if isinstance(text, str) and len(text) > MAX_LENGTH:
+            raise ValueError(
+                f"invalid version {text[:40]!r}...: longer than {MAX_LENGTH} characters"
+            )
+        match = _VERSION.fullmatch(text) if isinstance(text, str) else None
         if match is None:
             raise ValueError(
                 f"invalid version {text!r}: expected semver MAJOR.MINOR.PATCH[-pre][+build], "
@@ -69,8 +80,10 @@ class Version:
         return bool(self.prerelease)
 
     def _key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
-        # A release sorts after its pre-releases; numeric identifiers sort before alphanumeric.
-        pre = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.prerelease)
+        # A release sorts after its pre-releases; numeric identifiers sort before alphanumeric
+        # ones and compare by value (by length, then digits: they have no leading zeros);
+        # alphanumeric ones compare in ASCII order; a longer list wins when all else is equal.
+        pre = tuple((0, len(p), p) if p.isdigit() else (1, 0, p) for p in self.prerelease)
         return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
 
     def __lt__(self, other: object) -> bool:
@@ -105,6 +118,9 @@ class VersionRange:
     ``>=1.2,<2`` (comma or space means AND), ``1.2 - 1.4`` (inclusive hyphen range),
     ``^1 || ^2`` (OR). ``text`` keeps the original.
 
+    Comparators are separated by spaces (ASCII ``' '``, any number) or a comma; the text may
+    not begin or end with whitespace, nor hold tabs, newlines or other whitespace.
+
     As in npm, a pre-release version only matches a comparator set that names a pre-release
     of the same ``major.minor.patch``.
     """
@@ -117,13 +133,25 @@ class VersionRange:
         """Parse a range; ``ValueError`` naming the range and the bad part if invalid."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"invalid version range {text!r}: empty")
+        if text != text.strip():
+            raise ValueError(f"invalid version range {text!r}: leading or trailing whitespace")
+        if len(text) > 4 * MAX_LENGTH:
+            raise ValueError(
+                f"invalid version range {text[:40]!r}...: longer than {4 * MAX_LENGTH} characters"
+            )
+        odd = re.search(r"[^ \S]", text)
+        if odd is not None:
+            raise ValueError(
+                f"invalid version range {text!r}: {odd.group()!r} (comparators are separated "
+                "by spaces or commas)"
+            )
         alternatives = []
         for alt in text.split("||"):
-            hyphen = _HYPHEN.fullmatch(alt.strip())
+            hyphen = _HYPHEN.fullmatch(alt.strip(" "))
             if hyphen is not None:
                 alternatives.append(_parse_hyphen(hyphen["low"], hyphen["high"], text))
                 continue
-            parts = [p for p in re.split(r"[,\s]+", alt.strip()) if p]
+            parts = [p for p in re.split(r"[, ]+", alt.strip(" ")) if p]
             # Join "op version" written with a space (">= 1.2") back into one comparator.
             joined: list[str] = []
             for part in parts:
@@ -137,7 +165,7 @@ class VersionRange:
             for part in joined:
                 comparators.extend(_parse_comparator(part, text))
             alternatives.append(tuple(comparators))
-        return cls(text.strip(), tuple(alternatives))
+        return cls(text, tuple(alternatives))
 
     def matches(self, version: Version | str) -> bool:
         """True if ``version`` satisfies the range."""
