@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagengine import DAG, LuaExecutor, Node, NodeContext, PythonExecutor, RunResult, RunStatus
+from dagengine import (
+    DAG,
+    LuaExecutor,
+    Node,
+    NodeContext,
+    PythonExecutor,
+    RunResult,
+    RunStatus,
+    SubWorkflow,
+)
 from dagengine.exceptions import DagEngineError, QueueFull, VersionNotFound
 from dagengine.orchestrator import Config, Engine, Event, Monitor, Orchestrator, RunHandle
 from orch_tasks import ledger_counts
@@ -603,3 +612,96 @@ def test_monitor_sees_a_runs_events_filters_and_replays(orch: Orchestrator) -> N
         assert replay.get(timeout=0.05) is None  # nothing else for that run
     finally:
         monitor.close()
+
+
+def test_a_subworkflow_runs_the_version_its_parent_recorded(orch: Orchestrator) -> None:
+    # The parent records child@^1.0 -> 1.0.0 at its start; 1.1.0 registered while the parent
+    # runs must not be what runs (it did: the range was resolved again at the node's start).
+    gate = threading.Event()
+
+    def hold(ctx: NodeContext) -> dict[str, Any]:
+        assert gate.wait(WAIT)
+        return {}
+
+    orch.register_workflow("child", "1.0.0", lua("return {v = '1.0.0'}"))
+    parent = DAG("parent", "1.0.0")
+    parent.add_node(Node("first", [], PythonExecutor(hold)))
+    parent.add_node(Node("sub", ["first"], SubWorkflow("child", "^1.0")))
+    orch.register_workflow("parent", "1.0.0", parent)
+    h = handle(orch.execute_workflow("parent", wait=False))
+    wait_for(lambda: orch.get_run(h.run_id).status == "running", "the parent to start")
+    assert orch.get_run(h.run_id).resolved_versions == {"child@^1.0": "1.0.0"}
+    orch.register_workflow("child", "1.1.0", lua("return {v = '1.1.0'}"))
+    gate.set()
+    res = h.result(timeout=WAIT)
+    assert res.ok, res.error
+    assert res.outputs["sub"] == {"n": {"v": "1.0.0"}}
+    (child,) = orch.get_subworkflow_coordinator().children(h.run_id)
+    assert child.version == "1.0.0"
+    # A new run of the parent records (and runs) the newer one.
+    again = result(orch.execute_workflow("parent"))
+    assert again.outputs["sub"] == {"n": {"v": "1.1.0"}}
+
+
+def test_a_plain_orchestrator_reads_its_limits_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, make_orch: Callable[..., Orchestrator]
+) -> None:
+    monkeypatch.setenv("DAGENGINE_QUEUE_LIMIT", "7")
+    monkeypatch.setenv("DAGENGINE_MAX_SUBWORKFLOW_DEPTH", "3")
+    monkeypatch.setenv("DISCOVERY", "static")  # distributed settings do not apply here
+    orch = make_orch(store=":memory:")
+    assert orch.config.queue_limit == 7
+    assert orch.config.max_subworkflow_depth == 3
+    assert orch.get_subworkflow_coordinator().max_depth == 3
+    assert orch.config.discovery == "none"
+
+
+STUCK_SPEC = {
+    "nodes": [
+        {"id": "a", "python": "resume_later_tasks:one"},
+        {"id": "b", "deps": ["a"], "lua": "return {v = results.a.v + 1}"},
+    ]
+}
+
+
+def test_a_stored_run_whose_workflow_does_not_build_yet_waits_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run is stored while its python: node's module is importable; the next orchestrator
+    # opens the store while it is not (the folder is not on sys.path yet). The run must wait,
+    # be reported, and resume once the module can be imported, not fail at once.
+    import importlib
+    import sys
+
+    modules = tmp_path / "mods"
+    modules.mkdir()
+    (modules / "resume_later_tasks.py").write_text("def one(ctx):\n    return {'v': 1}\n")
+    store = str(tmp_path / "runs.db")
+    monkeypatch.syspath_prepend(str(modules))
+    first = Orchestrator(store=store, embedded_engine=False)
+    try:
+        first.register_workflow("later", "1.0.0", STUCK_SPEC)
+        waiting = handle(first.execute_workflow("later", wait=False)).run_id
+        to_cancel = handle(first.execute_workflow("later", wait=False)).run_id
+    finally:
+        first.stop()
+    sys.path.remove(str(modules))
+    sys.modules.pop("resume_later_tasks", None)
+    importlib.invalidate_caches()
+
+    second = Orchestrator(store=store)
+    try:
+        events = second.store.events(run_id=waiting, types=["run.resume_waiting"])
+        assert len(events) == 1
+        assert "resume_later_tasks" in events[0].data["problem"]
+        assert second.get_run(waiting).status == "queued"  # not failed
+        assert second.cancel_run(to_cancel) is True  # a waiting run can be cancelled
+        wait_for(lambda: second.get_run(to_cancel).status == "cancelled", "the cancel")
+        sys.path.insert(0, str(modules))  # the module becomes importable: tried again
+        wait_for(lambda: second.get_run(waiting).status == "succeeded", "the run to resume")
+        info = second.get_run(waiting)
+        assert info.result is not None
+        assert info.result.outputs["b"] == {"v": 2}
+        assert second.get_run(to_cancel).status == "cancelled"
+    finally:
+        second.stop()

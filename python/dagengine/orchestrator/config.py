@@ -89,6 +89,18 @@ class Config:
         return self.tls_ca is not None or self.tls_cert is not None
 
     @classmethod
+    def local_from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """The configuration of an embedded orchestrator (``Orchestrator()``): the variables
+        that apply to one process (``DAGENGINE_STORE``, ``DAGENGINE_QUEUE_LIMIT``,
+        ``DAGENGINE_MAX_SUBWORKFLOW_DEPTH``, ``LOAD_BALANCER_TYPE``, ...) are read from
+        ``environ`` (default: ``os.environ``); discovery is off whatever ``DISCOVERY`` and
+        ``ENGINES`` say (that is :meth:`from_env` with ``Orchestrator.from_config``)."""
+        env = dict(os.environ if environ is None else environ)
+        for name in ("DISCOVERY", "ENGINES"):
+            env.pop(name, None)
+        return cls.from_env(env)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Read the configuration from ``environ`` (default: ``os.environ``).
 

@@ -29,6 +29,9 @@ type                 severity why
 ``trigger.fired``    info
 ==================== ======== ==========================================================
 
+``run.resume_waiting`` (warning): a stored run cannot resume yet, its workflow version does
+not build (an import path does not resolve); it is tried again with backoff.
+
 ``critical`` is never a default: it is for the orchestrator to raise explicitly (e.g. no
 engine left at all).
 
@@ -94,6 +97,7 @@ class EventType(str, Enum):
     RUN_FAILED = "run.failed"
     RUN_CANCELLED = "run.cancelled"
     RUN_REDISPATCHED = "run.redispatched"
+    RUN_RESUME_WAITING = "run.resume_waiting"
     NODE_STARTED = "node.started"
     NODE_SUCCEEDED = "node.succeeded"
     NODE_FAILED = "node.failed"
@@ -116,6 +120,7 @@ DEFAULT_SEVERITY: dict[EventType, Severity] = {
     EventType.RUN_FAILED: Severity.ERROR,
     EventType.RUN_CANCELLED: Severity.WARNING,
     EventType.RUN_REDISPATCHED: Severity.WARNING,
+    EventType.RUN_RESUME_WAITING: Severity.WARNING,
     EventType.NODE_STARTED: Severity.INFO,
     EventType.NODE_SUCCEEDED: Severity.INFO,
     EventType.NODE_FAILED: Severity.ERROR,

@@ -71,6 +71,10 @@ log = logging.getLogger("dagengine.orchestrator")
 _FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 # How long an engine that refused a run as full is passed over before it is tried again.
 _BUSY_BACKOFF = 0.2
+#: A stored run whose workflow version cannot be built yet is tried again after this many
+#: seconds, doubling up to :data:`RESUME_RETRY_MAX` (see :meth:`Orchestrator.recover`).
+RESUME_RETRY_INITIAL = 0.5
+RESUME_RETRY_MAX = 30.0
 
 # The engine's node events the orchestrator publishes, by wire kind (as _on_event does).
 _WIRE_EVENT_TYPES: dict[int, str] = {
@@ -255,7 +259,7 @@ class SubWorkflowCoordinator:
         # than running the child twice.
         handle = self._existing_child(parent_run_id, parent_node_id)
         if handle is None:
-            version = self._orch.registry.resolve(workflow_id, version_range)
+            version = self._recorded_version(parent, workflow_id, version_range)
             handle = self._orch._submit(
                 version,
                 dict(inputs),
@@ -274,6 +278,18 @@ class SubWorkflowCoordinator:
                         raise DagEngineError("the orchestrator is stopping") from None
                     self._orch.cancel_run(handle.run_id)
                     return handle.result()
+
+    def _recorded_version(
+        self, parent: RunRecord | None, workflow_id: str, version_range: str
+    ) -> WorkflowVersion:
+        """The version a parent run recorded for ``workflow_id@version_range`` when it
+        started (a version registered since does not change what the run runs); the range's
+        best match for a parent that recorded none (a run of an older store)."""
+        reference = f"{workflow_id}@{version_range}"
+        pinned = parent.resolved_versions.get(reference) if parent is not None else None
+        if pinned is None:
+            return self._orch.registry.resolve(workflow_id, version_range)
+        return self._orch.registry.get(workflow_id, pinned)
 
     def _existing_child(self, parent_run_id: str, parent_node_id: str) -> RunHandle | None:
         """A handle on the child a parent node started already, if it succeeded or is still
@@ -344,8 +360,9 @@ class Orchestrator:
         config: Config | None = None,
         embedded_engine: bool = True,
         tls: TLSConfig | None = None,
+        recover: bool = True,
     ) -> None:
-        self.config = config if config is not None else Config.from_env({})
+        self.config = config if config is not None else Config.local_from_env()
         if isinstance(store, Store):
             self.store = store
             self._owns_store = False
@@ -381,7 +398,13 @@ class Orchestrator:
             target=self._dispatch_loop, name="dagengine-dispatch", daemon=True
         )
         self._dispatcher.start()
-        self._recover()
+        # Stored runs whose workflow version cannot be built yet (see recover()).
+        self._parked: dict[str, str] = {}  # run id -> why it waits
+        self._parked_wakeup = threading.Condition(self._lock)
+        self._resumer: threading.Thread | None = None
+        self._recovered = False
+        if recover:
+            self.recover()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -567,7 +590,11 @@ class Orchestrator:
         """Register ``workflow_id`` at ``version`` (semver). ``builder`` is a DAG, a spec dict,
         or a callable returning one (called once, here). See :class:`WorkflowRegistry` for the
         versioning rules."""
-        return self.registry.register(workflow_id, version, builder, metadata)
+        entry = self.registry.register(workflow_id, version, builder, metadata)
+        with self._lock:
+            if self._parked:
+                self._parked_wakeup.notify_all()  # a waiting run may be runnable now
+        return entry
 
     def list_workflows(self) -> list[Any]:
         """Registered workflows with their versions."""
@@ -678,6 +705,7 @@ class Orchestrator:
                 return
             self._stopping = True
             self._wakeup.notify_all()
+            self._parked_wakeup.notify_all()
             slots = list(self._engines.values())
         if self.cluster is not None:
             self.cluster.stop()
@@ -822,17 +850,40 @@ class Orchestrator:
             self.store.flush()
         return RunHandle(self, run_id, run.future)
 
+    def recover(self) -> None:
+        """Resume the runs a previous orchestrator on this store left queued or running.
+
+        The constructor calls it unless given ``recover=False``: a server whose workflows
+        import modules from folders it has still to put on ``sys.path`` (``dagengine serve
+        --workflows``) calls it once they are in place. A run whose workflow version cannot
+        be built (its import paths do not resolve) is not failed: it waits, reported by a
+        ``run.resume_waiting`` event and the log, and is tried again with backoff (from
+        :data:`RESUME_RETRY_INITIAL` to :data:`RESUME_RETRY_MAX` seconds) and whenever a
+        workflow is registered; it can be cancelled meanwhile. Only the first call does
+        anything."""
+        with self._lock:
+            if self._recovered:
+                return
+            self._recovered = True
+        self._recover()
+
     def _recover(self) -> None:
         """Re-queue the runs a previous orchestrator left queued or running. All are known
         (in ``_runs``) before any is dispatched, so a resumed parent finds its resumed
-        children instead of starting them again."""
+        children instead of starting them again (a waiting child too: it is known, and the
+        parent waits for it)."""
         recovered: list[tuple[_Run, RunRecord]] = []
+        waiting: list[tuple[_Run, RunRecord, str]] = []
         for rec in self.store.unfinished_runs():
+            problem: str | None = None
             try:
                 wv = self.registry.get(rec.workflow_id, rec.version)
                 if wv.dag is None:
-                    raise DagEngineError(wv.problem or f"{wv} is not runnable")
+                    wv = self.registry.reload(rec.workflow_id, rec.version)
+                if wv.dag is None:
+                    problem = wv.problem or f"{wv} is not runnable"
             except DagEngineError as exc:
+                # No such version at all: nothing to wait for.
                 self.store.finish_run(
                     rec.run_id,
                     rec.attempt,
@@ -852,7 +903,10 @@ class Orchestrator:
                 parent_node_id=rec.parent_node_id or "",
                 attempt=rec.attempt,
             )
-            recovered.append((run, rec))
+            if problem is None:
+                recovered.append((run, rec))
+            else:
+                waiting.append((run, rec, problem))
         for _, rec in recovered:
             self.events.publish(
                 "run.redispatched",
@@ -860,11 +914,86 @@ class Orchestrator:
                 run_id=rec.run_id,
                 data={"reason": "orchestrator restarted", "previous_attempt": rec.attempt},
             )
+        for _, rec, problem in waiting:
+            log.warning(
+                "run %s of %s@%s waits to resume: %s",
+                rec.run_id,
+                rec.workflow_id,
+                rec.version,
+                problem,
+            )
+            self.events.publish(
+                "run.resume_waiting",
+                workflow_id=rec.workflow_id,
+                run_id=rec.run_id,
+                data={"problem": problem, "previous_attempt": rec.attempt},
+            )
         with self._lock:
             for run, _ in recovered:
                 self._runs[run.run_id] = run
+            for run, _, problem in waiting:
+                self._runs[run.run_id] = run
+                self._parked[run.run_id] = problem
             self._front.extend(run.run_id for run, _ in recovered)
             self._wakeup.notify_all()
+            if self._parked and self._resumer is None:
+                self._resumer = threading.Thread(
+                    target=self._resume_waiting, name="dagengine-resume", daemon=True
+                )
+                self._resumer.start()
+
+    def _resume_waiting(self) -> None:
+        """Try the waiting runs' workflow versions again, with backoff, until every waiting
+        run is resumed or cancelled, or the orchestrator stops."""
+        delay = RESUME_RETRY_INITIAL
+        while True:
+            with self._lock:
+                self._parked_wakeup.wait(delay)
+                # Cancelled meanwhile (cancel_run settles them): no longer ours.
+                for run_id in [r for r in self._parked if r not in self._runs]:
+                    del self._parked[run_id]
+                if self._stopping or not self._parked:
+                    self._resumer = None
+                    return
+                runs = [self._runs[run_id] for run_id in self._parked]
+            resumed: list[_Run] = []
+            for run in runs:
+                try:
+                    wv = self.registry.reload(run.version.workflow_id, str(run.version.version))
+                except DagEngineError as exc:
+                    log.warning("run %s cannot resume yet: %s", run.run_id, exc)
+                    continue
+                if wv.dag is not None:
+                    run.version = wv
+                    resumed.append(run)
+            with self._lock:
+                resumed = [
+                    run
+                    for run in resumed
+                    if self._parked.pop(run.run_id, None) is not None
+                    and not run.cancel_requested
+                ]
+                self._front.extend(run.run_id for run in resumed)
+                self._wakeup.notify_all()
+                left = dict(self._parked)
+            for run in resumed:
+                self.events.publish(
+                    "run.redispatched",
+                    workflow_id=run.version.workflow_id,
+                    run_id=run.run_id,
+                    data={"reason": "orchestrator restarted", "previous_attempt": run.attempt},
+                )
+            if resumed:
+                delay = RESUME_RETRY_INITIAL
+            else:
+                delay = min(delay * 2, RESUME_RETRY_MAX)
+                for run_id, problem in left.items():
+                    log.warning(
+                        "run %s still waits to resume (next try in %.1f s): %s",
+                        run_id,
+                        delay,
+                        problem,
+                    )
 
     # -- internals: dispatch --------------------------------------------------------------
 

@@ -23,6 +23,7 @@ Rules (true semver, :mod:`dagengine._semver`: 1.10.0 > 1.9.0, pre-releases befor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -359,6 +360,30 @@ class WorkflowRegistry:
                     available=_listing(versions),
                 )
             return versions[wanted]
+
+    def reload(self, workflow_id: str, version: str) -> WorkflowVersion:
+        """Try again to build a stored version that could not be built when it was loaded
+        (its import paths did not resolve then: a module folder not yet on ``sys.path``).
+        Returns the entry, runnable if it now builds; :class:`VersionNotFound` if there is
+        no such version."""
+        entry = self.get(workflow_id, version)
+        if entry.dag is not None or entry.spec is None:
+            return entry
+        try:
+            dag = parse_workflow(entry.spec)
+        except DagEngineError as exc:
+            problem = f"its stored spec no longer loads: {exc}"
+            if problem == entry.problem:
+                return entry
+            entry = dataclasses.replace(entry, problem=problem)
+        else:
+            entry = dataclasses.replace(entry, dag=dag, problem=None)
+        with self._lock:
+            current = self._workflows[workflow_id][entry.version]
+            if current.dag is not None:
+                return current  # registered again meanwhile
+            self._workflows[workflow_id][entry.version] = entry
+        return entry
 
     def resolve(self, workflow_id: str, version_range: str) -> WorkflowVersion:
         """The highest version matching an npm-style range (``^1.4``, ``~1.4.2``,
