@@ -256,6 +256,113 @@ def test_bad_arguments_exit_2(
     assert_one_line_error(err, fragment)
 
 
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (
+            ["run", "{spec}", "--input", "a=\udcff"],
+            "bad --input 'a': inputs.a: string is not valid UTF-8 (lone surrogate \\udcff)",
+        ),
+        (
+            ["run", "{spec}", "--input", "\udcff=1"],
+            "is not valid UTF-8 (lone surrogate \\udcff)",
+        ),
+        (
+            ["run", "{spec}", "--inputs-json", '{"a": {"b": "\\udcff"}}'],
+            "--inputs-json: inputs.a.b: string is not valid UTF-8",
+        ),
+        (["run", "{spec}", "--inputs-json", '{"a": NaN}'], "NaN is not valid JSON"),
+        (["run", "{spec}", "--inputs-json", '{"a": [Infinity]}'], "Infinity is not valid JSON"),
+        (["run", "{spec}", "--inputs-json", '{"a": 1e999}'], "inputs.a: inf is not a JSON number"),
+        (
+            ["run", "{spec}", "--inputs-json", '{"a": [1, 9223372036854775808]}'],
+            "inputs.a[1]: integer 9223372036854775808 is out of range",
+        ),
+        (
+            ["run", "{spec}", "--input", "n=-9223372036854775809"],
+            "inputs.n: integer -9223372036854775809 is out of range",
+        ),
+        (["run", "{spec}", "--inputs-json", DEEP], "--inputs-json: nested deeper than 64 levels"),
+        (["run", "{spec}", "--inputs-json", "@{deep}"], "--inputs-json: nested deeper than 64"),
+        (["run", "{spec}", "--input", "a=" + DEEP], "bad --input 'a': nested deeper than 64"),
+        (
+            ["run", "{spec}", "--inputs-json", '{"a": ' + "[" * 64 + "]" * 64 + "}"],
+            "nested deeper than 64 levels",
+        ),
+        (["run", "{spec}", "--inputs-json", "@{latin1}"], "not UTF-8 text"),
+        (
+            ["submit", "wf", "--input", "a=\udcff", "--url", "http://127.0.0.1:9"],
+            "inputs.a: string is not valid UTF-8",
+        ),
+        (
+            ["submit", "wf", "--inputs-json", '{"a": NaN}', "--url", "http://127.0.0.1:9"],
+            "NaN is not valid JSON",
+        ),
+        (["run", "{spec}", "--max-parallel", str(10**30)], "out of range (1..4294967295)"),
+        (["run", "{spec}", "--timeout", "1e300"], "argument --timeout: 1e300 is out of range"),
+        (["runs", "--limit", str(2**64)], "argument --limit"),
+        (["validate", "{big_retries}"], "nodes[0].retries: 10000000000000000000000000000000"),
+        (["run", "{big_retries}"], "is out of range (0..4294967295)"),
+        (
+            ["validate", "{big_instructions}"],
+            "nodes[0].limits.instructions: 1000000000000000000000",
+        ),
+        (["validate", "{latin1_spec}"], "not UTF-8 text: byte 0xe9 at line 3"),
+        (["validate", "{deep_yaml}"], "nested deeper than 64 levels"),
+        (["graph", "{deep_json}"], "nested deeper than 64 levels"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
+    files = {
+        "{spec}": ("wf.yaml", "id: w\nnodes:\n  - id: a\n    noop: true\n"),
+        "{big_retries}": ("big.yaml", "id: w\nnodes:\n  - {id: a, noop: true, retries: 1e31}\n"),
+        "{big_instructions}": (
+            "instr.json",
+            json.dumps(
+                {"id": "w", "nodes": [{"id": "a", "lua": "x", "limits": {"instructions": 10**21}}]}
+            ),
+        ),
+        "{deep_yaml}": ("deep.yaml", "id: w\nnodes: " + DEEP),
+        "{deep_json}": ("deep.json", '{"id": "w", "nodes": ' + DEEP + "}"),
+        "{deep}": ("deep.json", '{"a": ' + DEEP + "}"),
+    }
+    places = {}
+    for marker, (name, text) in files.items():
+        path = tmp_path / name
+        path.write_text(text.replace("1e31", str(10**31)))
+        places[marker] = str(path)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"a": "caf\u00e9"}'.encode("latin-1"))
+    places["{latin1}"] = str(latin1)
+    latin1_spec = tmp_path / "latin1.yaml"
+    latin1_spec.write_bytes("id: w\nnodes:\n  - {id: caf\u00e9, noop: true}\n".encode("latin-1"))
+    places["{latin1_spec}"] = str(latin1_spec)
+    for marker, path_text in places.items():
+        argv = [a.replace(marker, path_text) for a in argv]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_line_error(err, fragment)
+
+
+def test_a_lone_surrogate_on_the_real_command_line_exits_2(tmp_path: Path) -> None:
+    # A byte that is not UTF-8 in argv reaches Python as a lone surrogate (surrogateescape).
+    spec = write_spec(tmp_path, {"id": "w", "nodes": [{"id": "a", "noop": True}]})
+    proc = subprocess.run(
+        [sys.executable, "-m", "dagengine", "run", spec.encode(), b"--input", b"a=\xff"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert_one_line_error(proc.stderr, "inputs.a: string is not valid UTF-8 (lone surrogate")
+
+
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

@@ -369,6 +369,73 @@ BAD_SPECS: list[tuple[str, Any, str, str | None]] = [
         "must be positive",
         "nodes[0].limits.instructions",
     ),
+    # numbers past what their field holds (the engine's wire types)
+    (
+        "retries-huge",
+        node_spec(noop=True, retries=10**30),
+        f"nodes[0].retries: {10**30} is out of range (0..4294967295)",
+        "nodes[0].retries",
+    ),
+    (
+        "retries-2**32",
+        node_spec(noop=True, retries=2**32),
+        "is out of range (0..4294967295)",
+        "nodes[0].retries",
+    ),
+    (
+        "instructions-huge",
+        node_spec(lua="return {}", limits={"instructions": 2**63}),
+        f"nodes[0].limits.instructions: {2**63} is out of range (1..{2**63 - 1})",
+        "nodes[0].limits.instructions",
+    ),
+    (
+        "memory-huge",
+        node_spec(lua="return {}", limits={"memory": 10**30}),
+        "is out of range",
+        "nodes[0].limits.memory",
+    ),
+    (
+        "memory-huge-str",
+        node_spec(lua="return {}", limits={"memory": "100000000000GiB"}),
+        "is out of range",
+        "nodes[0].limits.memory",
+    ),
+    (
+        "max-parallel-huge",
+        spec_with(max_parallel=2**32),
+        "max_parallel: 4294967296 is out of range (1..4294967295)",
+        "max_parallel",
+    ),
+    (
+        "timeout-huge-int",
+        spec_with(timeout=10**400),
+        "timeout: an integer of 1329 bits is out of range (at most 1e+09 seconds)",
+        "timeout",
+    ),
+    (
+        "node-timeout-huge",
+        node_spec(noop=True, timeout="9999999999h"),
+        "is out of range (at most 1e+09 seconds)",
+        "nodes[0].timeout",
+    ),
+    (
+        "backoff-max-huge",
+        node_spec(noop=True, retry_backoff={"max": 1e300}),
+        "1e+300 is out of range",
+        "nodes[0].retry_backoff.max",
+    ),
+    (
+        "backoff-factor-huge",
+        node_spec(noop=True, retry_backoff={"factor": 10**30}),
+        "is out of range (1..1000)",
+        "nodes[0].retry_backoff.factor",
+    ),
+    (
+        "backoff-factor-inf",
+        node_spec(noop=True, retry_backoff={"factor": float("inf")}),
+        "inf is out of range (1..1000)",
+        "nodes[0].retry_backoff.factor",
+    ),
 ]
 
 
@@ -519,3 +586,60 @@ def test_errors_from_files_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_workflow(path)
     assert str(info.value).startswith(f"{path}: nodes[0].retires: unknown key")
+
+
+def test_limits_at_the_edge_of_their_range_are_accepted() -> None:
+    spec = spec_with(max_parallel=2**32 - 1, timeout=1e9)
+    spec["nodes"] = [
+        {"id": "a", "noop": True, "retries": 2**32 - 1, "retry_backoff": {"factor": 1000}},
+        {"id": "b", "lua": "return {}", "limits": {"instructions": 2**63 - 1}},
+    ]
+    dag = parse_workflow(spec)
+    assert dag.nodes["a"].retries == 2**32 - 1
+    assert dag.max_parallel == 2**32 - 1
+
+
+def test_a_file_that_is_not_utf8_is_a_spec_error(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_bytes(b"id: x\nnodes:\n  - id: \xff\xfe\n    noop: true\n")
+    with pytest.raises(SpecError, match=r"wf.yaml: not UTF-8 text: byte 0xff at line 3"):
+        load_workflow(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.json", "[" * 100_000 + "]" * 100_000),
+        ("open.json", '{"id": ' + "[" * 100_000),
+        ("deep.yaml", "id: x\nnodes: " + "[" * 100_000 + "]" * 100_000),
+        ("flow.yaml", "id: " + "{a: " * 100_000 + "1" + "}" * 100_000),
+        # Block nesting (indentation) recurses in the parser too.
+        ("block.yaml", "".join(" " * i + "a:\n" for i in range(3000)) + " " * 3000 + "b: 1\n"),
+        # Past the limit, but far from the parsers' recursion limits.
+        ("65.json", '{"id": "x", "nodes": ' + "[" * 65 + "]" * 65 + "}"),
+    ],
+)
+def test_deep_nesting_is_a_spec_error_not_a_recursion_error(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SpecError, match=f"{name}: nested deeper than 64 levels"):
+        load_workflow(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("nan.json", '{"id": "x", "max_parallel": NaN, "nodes": []}', "NaN is not valid JSON"),
+        ("digits.json", '{"id": "x", "max_parallel": ' + "9" * 5000 + "}", "invalid JSON"),
+        ("digits.yaml", "id: x\nmax_parallel: " + "9" * 5000 + "\n", "invalid YAML"),
+    ],
+)
+def test_unreadable_numbers_are_spec_errors(
+    tmp_path: Path, name: str, text: str, fragment: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SpecError, match=fragment):
+        load_workflow(path)

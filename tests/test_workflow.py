@@ -30,6 +30,7 @@ from dagengine import (
     SpecError,
     SubWorkflow,
     UnknownDependencyError,
+    ValidationError,
 )
 
 # Generous upper bound for "this must happen"; tests wait on conditions, never on this.
@@ -736,3 +737,69 @@ def test_runs_of_one_dag_can_start_from_many_threads_at_once() -> None:
     for t in threads:
         t.join(timeout=60)
     assert failures == []
+
+
+# --- inputs must be JSON data ------------------------------------------------------------------
+
+
+def nested(levels: int) -> list[Any]:
+    """A list nested ``levels`` deep (``nested(1) == []``)."""
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+NOT_JSON_INPUTS: list[tuple[Any, str]] = [
+    ({"a": "\udcff"}, r"inputs\.a: string is not valid UTF-8 \(lone surrogate \\udcff\)"),
+    ({"\ud800x": 1}, r"inputs: key '\\ud800x' is not valid UTF-8 \(lone surrogate \\ud800\)"),
+    ({"a": {"b c": ["\udcff"]}}, r"inputs\.a\['b c'\]\[0\]: string is not valid UTF-8"),
+    ({"a": 2**63}, r"inputs\.a: integer 9223372036854775808 is out of range"),
+    ({"a": [-(2**63) - 1]}, r"inputs\.a\[0\]: integer -9223372036854775809 is out of range"),
+    ({"a": 10**1000}, r"inputs\.a: integer an integer of 3322 bits is out of range"),
+    ({"a": float("nan")}, r"inputs\.a: nan is not a JSON number"),
+    ({"a": {"b": float("-inf")}}, r"inputs\.a\.b: -inf is not a JSON number"),
+    ({"a": {1: "x"}}, r"inputs\.a: keys must be strings, got int 1"),
+    ({"a": {None: "x"}}, r"inputs\.a: keys must be strings, got NoneType None"),
+    ({"a": object()}, r"inputs\.a: object is not JSON data"),
+    ({"a": {1, 2}}, r"inputs\.a: set is not JSON data"),
+    ({"a": b"bytes"}, r"inputs\.a: bytes is not JSON data"),
+    # The inputs object is level 1: 64 levels in all are accepted, 65 are not.
+    ({"a": nested(64)}, r"inputs\.a(\[0\]){63}: nested deeper than 64 levels"),
+    ([("a", 1)], r"inputs: expected a mapping, got list"),
+]
+
+
+@pytest.mark.parametrize(("inputs", "pattern"), NOT_JSON_INPUTS)
+@pytest.mark.parametrize("how", ["run", "start", "run_async"])
+def test_inputs_that_are_not_json_data_raise_validation_error(
+    inputs: Any, pattern: str, how: str
+) -> None:
+    calls: list[str] = []
+    dag = DAG("w")
+    dag.add_node(Node("a", [], py(lambda ctx: calls.append(ctx.run_id))))
+    calls_by_how: dict[str, Any] = {
+        "run": lambda: dag.run(inputs),
+        "start": lambda: dag.start(inputs),
+        "run_async": lambda: asyncio.run(dag.run_async(inputs)),
+    }
+    with pytest.raises(ValidationError, match=pattern):
+        calls_by_how[how]()
+    assert calls == []
+
+
+def test_json_data_at_the_limits_runs() -> None:
+    seen: list[Any] = []
+    dag = DAG("w")
+    dag.add_node(Node("a", [], py(lambda ctx: seen.append(dict(ctx.inputs)))))
+    inputs = {
+        "max": 2**63 - 1,
+        "min": -(2**63),
+        "deep": nested(63),
+        "text": "ü€😀",
+        "ü": (1, 2.5, None, True),
+    }
+    assert dag.run(inputs).ok
+    assert seen[0]["max"] == 2**63 - 1
+    assert seen[0]["min"] == -(2**63)
+    assert seen[0]["ü"] == [1, 2.5, None, True]

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from dagengine._jsondata import MAX_DEPTH, check_json_data, escape
 from dagengine._units import parse_duration
-from dagengine.exceptions import DagEngineError
+from dagengine.exceptions import DagEngineError, ValidationError
 from dagengine.results import NodeEvent, NodeStatus, RunResult, RunStatus
-from dagengine.spec import load_workflow
+from dagengine.spec import MAX_SECONDS, load_workflow
 from dagengine.workflow import DAG, LocalRun
 
 __all__ = ["COMMANDS", "Command", "main"]
@@ -65,6 +66,11 @@ class Command:
 # --- argument types -----------------------------------------------------------------------------
 
 
+#: The largest count a flag takes (``--max-parallel``, ``--capacity``, ``--limit``): a 32-bit
+#: count, as the engine's wire format holds it.
+_MAX_COUNT = 2**32 - 1
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -72,6 +78,8 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value > _MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (1..{_MAX_COUNT})")
     return value
 
 
@@ -87,14 +95,41 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    if seconds > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range (at most {MAX_SECONDS:.0e} seconds)"
+        )
     return seconds
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(text: str) -> Any:
+    """JSON as the API reads it: ``NaN``/``Infinity`` refused (ValueError), nesting past the
+    limit refused before the parser recurses (BadInput)."""
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nesting(text) > MAX_DEPTH:
+        raise BadInput(f"nested deeper than {MAX_DEPTH} levels")
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
 
 
 def parse_input_value(text: str) -> Any:
     """A ``--input`` value: JSON when it parses as JSON (``3``, ``true``, ``[1, 2]``), else the
     string itself (``hello``)."""
     try:
-        return json.loads(text)
+        return _loads(text)
     except ValueError:
         return text
 
@@ -110,18 +145,32 @@ def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any
                 text = Path(text[1:]).read_text(encoding="utf-8")
             except OSError as exc:
                 raise BadInput(f"--inputs-json {inputs_json}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError as exc:
+                raise BadInput(f"--inputs-json {inputs_json}: not UTF-8 text: {exc}") from None
         try:
-            loaded = json.loads(text)
+            loaded = _loads(text)
+        except BadInput as exc:
+            raise BadInput(f"--inputs-json: {exc}") from None
         except ValueError as exc:
             raise BadInput(f"--inputs-json: invalid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise BadInput(f"--inputs-json: expected a JSON object, got {type(loaded).__name__}")
+        try:
+            check_json_data(loaded, "inputs")
+        except ValidationError as exc:
+            raise BadInput(f"--inputs-json: {exc}") from None
         inputs.update(loaded)
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise BadInput(f"bad --input {pair!r}: expected NAME=VALUE")
-        inputs[name.strip()] = parse_input_value(value)
+            raise BadInput(f"bad --input {escape(repr(pair))}: expected NAME=VALUE")
+        key = name.strip()
+        try:
+            parsed = parse_input_value(value)
+            check_json_data({key: parsed}, "inputs")
+        except (BadInput, ValidationError) as exc:
+            raise BadInput(f"bad --input {escape(repr(key))}: {exc}") from None
+        inputs[key] = parsed
     return inputs
 
 
@@ -264,7 +313,7 @@ def _escape(text: str) -> str:
 
 
 def _error(message: str) -> None:
-    print(f"{_PROG}: error: {_one_line(message)}", file=sys.stderr)
+    print(f"{_PROG}: error: {escape(_one_line(message))}", file=sys.stderr)
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -485,6 +534,23 @@ def _configure_engine(parser: argparse.ArgumentParser) -> None:
         "registers with it (env ORCHESTRATOR_ADDRESS)",
     )
     parser.add_argument(
+        "--orchestrator-tls-ca",
+        metavar="FILE",
+        help="PEM CA bundle verifying the orchestrator: call it over TLS "
+        "(env DAGENGINE_ORCHESTRATOR_TLS_CA; the token: env DAGENGINE_ORCHESTRATOR_TOKEN)",
+    )
+    parser.add_argument(
+        "--orchestrator-tls-cert",
+        metavar="FILE",
+        help="PEM client certificate for the orchestrator's mutual TLS "
+        "(env DAGENGINE_ORCHESTRATOR_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--orchestrator-tls-key",
+        metavar="FILE",
+        help="PEM key of --orchestrator-tls-cert (env DAGENGINE_ORCHESTRATOR_TLS_KEY)",
+    )
+    parser.add_argument(
         "--self-register",
         action="store_true",
         default=None,
@@ -547,6 +613,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     self_register = args.self_register or bool(_env_value("DAGENGINE_SELF_REGISTER", _boolean))
     if self_register and orchestrator is None:
         raise BadInput("--self-register needs --orchestrator HOST:PORT (or ORCHESTRATOR_ADDRESS)")
+    orchestrator_tls = _orchestrator_tls(args)
     return serve_engine(
         engine_id,
         args.host,
@@ -561,6 +628,26 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         orchestrator_address=orchestrator,
         self_register=self_register,
         advertise=advertise,
+        orchestrator_tls=orchestrator_tls,
+    )
+
+
+def _orchestrator_tls(args: argparse.Namespace) -> Any:
+    """The ``--orchestrator-tls-*`` flags as a ``TLSConfig``; ``None`` without them (the
+    engine then reads ``DAGENGINE_ORCHESTRATOR_TLS_*``)."""
+    from dagengine.engine import TLSConfig
+
+    ca, cert, key = args.orchestrator_tls_ca, args.orchestrator_tls_cert, args.orchestrator_tls_key
+    if ca is None and cert is None and key is None:
+        return None
+    if (cert is None) != (key is None):
+        raise BadInput("--orchestrator-tls-cert and --orchestrator-tls-key go together")
+    name = os.environ.get("DAGENGINE_ORCHESTRATOR_TLS_SERVER_NAME", "").strip() or None
+    return TLSConfig(
+        _read_file(ca, "--orchestrator-tls-ca"),
+        _read_file(cert, "--orchestrator-tls-cert"),
+        _read_file(key, "--orchestrator-tls-key"),
+        server_name=name,
     )
 
 

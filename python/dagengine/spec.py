@@ -44,13 +44,15 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
+from dagengine._jsondata import MAX_DEPTH, describe_int
 from dagengine._semver import Version, VersionRange
 from dagengine._units import format_duration, format_size, parse_duration, parse_size
 from dagengine.exceptions import DuplicateNodeError, ImportPathError, SpecError
@@ -65,7 +67,28 @@ from dagengine.workflow import (
     SubWorkflow,
 )
 
-__all__ = ["dag_to_spec", "dump_workflow", "load_workflow", "parse_workflow"]
+__all__ = [
+    "MAX_BACKOFF_FACTOR",
+    "MAX_INSTRUCTIONS",
+    "MAX_MEMORY",
+    "MAX_PARALLEL",
+    "MAX_RETRIES",
+    "MAX_SECONDS",
+    "dag_to_spec",
+    "dump_workflow",
+    "load_workflow",
+    "parse_workflow",
+]
+
+# The ranges of a spec's numbers: what the engine's wire format holds (retries and
+# max_parallel are 32-bit counts, Lua limits 64-bit), and durations up to about 31 years.
+#: The longest duration (a timeout, a retry delay) in seconds; also a run's longest timeout.
+MAX_SECONDS: Final = 1e9
+MAX_RETRIES: Final = 2**32 - 1
+MAX_PARALLEL: Final = 2**32 - 1
+MAX_INSTRUCTIONS: Final = 2**63 - 1
+MAX_MEMORY: Final = 2**63 - 1
+MAX_BACKOFF_FACTOR: Final = 1000
 
 _TOP_KEYS = ("id", "version", "description", "max_parallel", "fail_fast", "timeout", "nodes")
 _EXECUTOR_KEYS = ("lua", "python", "workflow", "noop")
@@ -123,20 +146,50 @@ def load_workflow(path: str | Path) -> DAG:
             "(use .yaml, .yml or .json)",
             path=None,
         )
-    text = file.read_text(encoding="utf-8")
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpecError(
+            f"{file}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} "
+            f"(offset {exc.start}) is {exc.reason}",
+            path=None,
+        ) from None
     data = _parse_text(text, fmt, str(file))
     return parse_workflow(data, source=str(file))
 
 
+def _too_deep(source: str) -> SpecError:
+    return SpecError(f"{source}: nested deeper than {MAX_DEPTH} levels", path=None)
+
+
 def _parse_text(text: str, fmt: str, source: str) -> Any:
+    """The document in ``text``; a :class:`SpecError` for anything unreadable, including
+    nesting past :data:`~dagengine._jsondata.MAX_DEPTH` and numbers the parsers cannot
+    represent. Deep nesting is refused before the parsers recurse (a bracket count), and a
+    RecursionError from them is caught anyway: it never escapes."""
+    if _nesting_exceeds(text, _PRECHECK_DEPTH):
+        raise _too_deep(source)
+    data = _parse_document(text, fmt, source)
+    if _depth(data) > MAX_DEPTH:
+        raise _too_deep(source)
+    return data
+
+
+def _parse_document(text: str, fmt: str, source: str) -> Any:
     if fmt == "json":
         try:
-            return json.loads(text)
+            return json.loads(text, parse_constant=_reject_constant)
         except json.JSONDecodeError as exc:
             raise SpecError(
                 f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
                 path=None,
             ) from None
+        except RecursionError:
+            raise _too_deep(source) from None
+        except ValueError as exc:  # NaN, or an integer of more than 4300 digits
+            raise SpecError(f"{source}: invalid JSON: {exc}", path=None) from None
     try:
         return yaml.load(
             text, Loader=_UniqueKeyLoader
@@ -148,6 +201,55 @@ def _parse_text(text: str, fmt: str, source: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{source}: invalid YAML{where}: {problem}", path=None) from None
+    except RecursionError:
+        raise _too_deep(source) from None
+    except (ValueError, OverflowError) as exc:  # an int of more than 4300 digits, a bad date
+        raise SpecError(f"{source}: invalid YAML: {exc}", path=None) from None
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and mappings nest in ``data`` (a scalar is 0, ``{}`` is 1)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+#: Bracket nesting refused before parsing (well past MAX_DEPTH: brackets inside strings and
+#: Lua code count too; well below the parsers' recursion limits).
+_PRECHECK_DEPTH: Final = 256
+
+
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets (``[``, ``{``) nest deeper than ``limit`` in ``text``: a cheap bound
+    taken before parsing, since JSON and YAML flow collections recurse once per level (quoted
+    brackets count too, so it may over-count, never under-count). YAML block nesting is
+    indentation; it recurses as well, and a RecursionError from it is caught."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in text:
+        if char == "[" or char == "{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char == "]" or char == "}":
+            depth = max(depth - 1, 0)
+    return False
 
 
 class _Ctx:
@@ -202,13 +304,24 @@ def _expect(ctx: _Ctx, value: object, types: tuple[type, ...], path: str, expect
         raise ctx.error(path, f"expected {expected}, got {_type_name(value)} {value!r}")
 
 
+def _at_most(ctx: _Ctx, value: int, path: str, low: int, high: int) -> int:
+    if value > high:
+        raise ctx.error(path, f"{describe_int(value)} is out of range ({low}..{high})")
+    return value
+
+
 def _duration(ctx: _Ctx, value: object, path: str, *, positive: bool) -> float:
     try:
         seconds = parse_duration(value, what="duration")
     except (TypeError, ValueError) as exc:
         raise ctx.error(path, str(exc)) from None
+    except OverflowError:  # an int too big for a float
+        seconds = math.inf
     if positive and seconds <= 0:
         raise ctx.error(path, f"must be a positive duration, got {value!r}")
+    if seconds > MAX_SECONDS:
+        shown = describe_int(value) if isinstance(value, int) else repr(value)
+        raise ctx.error(path, f"{shown} is out of range (at most {MAX_SECONDS:.0e} seconds)")
     return seconds
 
 
@@ -245,6 +358,7 @@ def parse_workflow(data: Mapping[str, Any], *, source: str | None = None) -> DAG
         _expect(ctx, max_parallel, (int,), "max_parallel", "a positive integer")
         if max_parallel <= 0:
             raise ctx.error("max_parallel", f"must be a positive integer, got {max_parallel}")
+        _at_most(ctx, max_parallel, "max_parallel", 1, MAX_PARALLEL)
     fail_fast = data.get("fail_fast", False)
     _expect(ctx, fail_fast, (bool,), "fail_fast", "true or false")
     timeout = data.get("timeout")
@@ -336,7 +450,8 @@ def _parse_node(ctx: _Ctx, raw: object, path: str) -> Node:
     retries = raw.get("retries", 0)
     _expect(ctx, retries, (int,), f"{path}.retries", "a non-negative integer")
     if retries < 0:
-        raise ctx.error(f"{path}.retries", f"must be >= 0, got {retries}")
+        raise ctx.error(f"{path}.retries", f"must be >= 0, got {describe_int(retries)}")
+    _at_most(ctx, retries, f"{path}.retries", 0, MAX_RETRIES)
     backoff = _parse_backoff(ctx, raw.get("retry_backoff"), f"{path}.retry_backoff")
     timeout = raw.get("timeout")
     node_timeout = (
@@ -357,7 +472,10 @@ def _parse_limits(ctx: _Ctx, limits: object, path: str) -> tuple[int | None, int
     if instructions is not None:
         _expect(ctx, instructions, (int,), f"{path}.instructions", "a positive integer")
         if instructions <= 0:
-            raise ctx.error(f"{path}.instructions", f"must be positive, got {instructions}")
+            raise ctx.error(
+                f"{path}.instructions", f"must be positive, got {describe_int(instructions)}"
+            )
+        _at_most(ctx, instructions, f"{path}.instructions", 1, MAX_INSTRUCTIONS)
     memory = limits.get("memory")
     memory_bytes = None
     if memory is not None:
@@ -365,6 +483,7 @@ def _parse_limits(ctx: _Ctx, limits: object, path: str) -> tuple[int | None, int
             memory_bytes = parse_size(memory, what="memory")
         except (TypeError, ValueError) as exc:
             raise ctx.error(f"{path}.memory", str(exc)) from None
+        _at_most(ctx, memory_bytes, f"{path}.memory", 1, MAX_MEMORY)
     return instructions, memory_bytes
 
 
@@ -386,6 +505,9 @@ def _parse_backoff(ctx: _Ctx, raw: object, path: str) -> RetryBackoff:
         _expect(ctx, factor, (int, float), f"{path}.factor", "a number >= 1")
         if not factor >= 1:
             raise ctx.error(f"{path}.factor", f"must be >= 1, got {factor!r}")
+        if not factor <= MAX_BACKOFF_FACTOR:
+            shown = describe_int(factor) if isinstance(factor, int) else repr(factor)
+            raise ctx.error(f"{path}.factor", f"{shown} is out of range (1..{MAX_BACKOFF_FACTOR})")
     return RetryBackoff(initial, float(factor), maximum)
 
 

@@ -28,9 +28,16 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from dagengine import _core
+from dagengine._jsondata import check_json_data
 from dagengine._semver import Version, VersionRange
 from dagengine._units import parse_duration
-from dagengine.exceptions import DuplicateNodeError, LuaSyntaxError, SpecError, SubWorkflowError
+from dagengine.exceptions import (
+    DuplicateNodeError,
+    LuaSyntaxError,
+    SpecError,
+    SubWorkflowError,
+    ValidationError,
+)
 from dagengine.results import NodeEvent, RunResult
 
 if TYPE_CHECKING:
@@ -964,14 +971,16 @@ def _add_native(ref: _core.DagRef, node: Node) -> None:
 
 
 def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's inputs as a dict, or :class:`ValidationError` naming what in them is not
+    JSON data (see :mod:`dagengine._jsondata`): a lone surrogate, an integer past 64 bits,
+    NaN, a non-str key, nesting past the limit, another type."""
     if inputs is None:
         return {}
     if not isinstance(inputs, Mapping):
-        raise TypeError(f"inputs must be a mapping, got {type(inputs).__name__}")
-    for key in inputs:
-        if not isinstance(key, str):
-            raise TypeError(f"input names must be str, got {type(key).__name__} {key!r}")
-    return dict(inputs)
+        raise ValidationError(f"inputs: expected a mapping, got {type(inputs).__name__}")
+    data = inputs if type(inputs) is dict else dict(inputs)
+    check_json_data(data, "inputs")
+    return data
 
 
 def _check_completed(

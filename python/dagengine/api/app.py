@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dagengine._jsondata import check_json_data, describe_int, escape
 from dagengine.api.metrics import CONTENT_TYPE, Metrics
 from dagengine.api.openapi import openapi_document
 from dagengine.exceptions import (
@@ -59,6 +60,7 @@ from dagengine.exceptions import (
     WorkflowNotFound,
 )
 from dagengine.orchestrator.store import RUN_STATUSES
+from dagengine.spec import MAX_SECONDS
 from dagengine.triggers.base import publish_trigger_event, trigger_inputs
 from dagengine.triggers.http import DEFAULT_MAX_BODY_BYTES, HTTPTrigger
 
@@ -74,6 +76,8 @@ SSE_KEEPALIVE: Final = 15.0
 #: Seconds ``POST /runs/{id}/cancel`` waits for the cancelled run to settle before answering.
 CANCEL_WAIT: Final = 2.0
 _ALL_METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+#: The keys of ``POST /workflows/{id}/runs``.
+_RUN_KEYS: Final = ("inputs", "version", "wait", "timeout", "key")
 
 
 class ApiError(Exception):
@@ -91,7 +95,9 @@ class ApiError(Exception):
 def _error_response(
     status: int, message: str, kind: str | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
+    # A message may quote what the client sent: lone surrogates are written as escapes (a
+    # JSON response must encode as UTF-8).
+    body: dict[str, Any] = {"error": escape(message)}
     if kind is not None:
         body["type"] = kind
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
@@ -166,12 +172,33 @@ def _json_type(value: object) -> str:
 
 
 def _field(data: Mapping[str, Any], name: str, types: tuple[type, ...], expected: str) -> Any:
-    value = data.get(name)
-    if value is None:
+    """``data[name]`` (``None`` if absent), a 400 if it is not of ``types`` (``null`` is not
+    accepted for a field that is present: the document declares no field nullable)."""
+    if name not in data:
         return None
+    value = data[name]
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         raise ApiError(400, f"{name!r} must be {expected}, got {_json_type(value)}")
     return value
+
+
+def _only(data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    """A 400 for a key of ``data`` not in ``allowed`` (the document sets
+    ``additionalProperties: false``): a misspelt ``timeout`` must not pass unnoticed."""
+    for key in data:
+        if key not in allowed:
+            raise ApiError(
+                400, f"unknown key {escape(repr(key))} (expected one of {', '.join(allowed)})"
+            )
+
+
+def _json_data(value: Any, path: str) -> None:
+    """A 400 naming the path of what in ``value`` is not JSON data (a lone surrogate, an
+    integer past 64 bits, nesting past the limit; see :mod:`dagengine._jsondata`)."""
+    try:
+        check_json_data(value, path)
+    except ValidationError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 # -- representations -----------------------------------------------------------------------
@@ -318,11 +345,11 @@ async def _fire(request: Request, api: Api, trigger: HTTPTrigger) -> Response:
     if not trigger.auth_before_body and not trigger.authorized(headers, body):
         raise ApiError(401, "missing or wrong X-Signature (sha256=<hex HMAC of the body>)")
     data = parse_json_object(body)
-    given = data.get("inputs", {})
+    # Other keys are ignored: a webhook sender's payload may carry anything beside inputs.
+    given = _field(data, "inputs", (dict,), "a JSON object")
     if given is None:
         given = {}
-    if not isinstance(given, dict):
-        raise ApiError(400, f"'inputs' must be a JSON object, got {_json_type(given)}")
+    _json_data(given, "inputs")
     now = time.time()
     inputs = trigger_inputs({**trigger.inputs, **given}, trigger.type, trigger.id, now)
     started = time.perf_counter_ns()
@@ -488,9 +515,10 @@ def _spec_from_body(request: Request, body: bytes) -> tuple[dict[str, Any], dict
             raise ApiError(
                 400, 'expected {"spec": {...}} (or a YAML body with a YAML content type)'
             )
-        metadata = data.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise ApiError(400, "'metadata' must be a JSON object")
+        _only(data, ("spec", "metadata"))
+        metadata = _field(data, "metadata", (dict,), "a JSON object") or {}
+        _json_data(metadata, "metadata")
+    _json_data(spec, "spec")
     return spec, metadata
 
 
@@ -536,13 +564,22 @@ async def start_run(request: Request) -> Response:
     workflow_id = request.path_params["workflow_id"]
     body = await read_body(request, api.max_body_bytes)
     data = parse_json_object(body) if body.strip() else {}
-    inputs = _field(data, "inputs", (dict,), "an object") or {}
+    _only(data, _RUN_KEYS)
+    inputs = _field(data, "inputs", (dict,), "an object")
+    if inputs is None:
+        inputs = {}
     version = _field(data, "version", (str,), "a string")
     wait = _field(data, "wait", (bool,), "a boolean") or False
     timeout = _field(data, "timeout", (int, float), "a number of seconds")
-    if timeout is not None and not 0 < timeout < 1e9:
-        raise ApiError(400, "'timeout' must be a positive number of seconds")
+    if timeout is not None and not 0 < timeout <= MAX_SECONDS:
+        shown = describe_int(timeout) if isinstance(timeout, int) else repr(timeout)
+        raise ApiError(
+            400, f"'timeout' must be a number of seconds in (0, {MAX_SECONDS:.0e}], got {shown}"
+        )
     key = _field(data, "key", (str,), "a string")
+    # Stored with the run: text that is not UTF-8 or numbers past 64 bits are refused here.
+    for name, value in (("inputs", inputs), ("version", version), ("key", key)):
+        _json_data(value, name)
     handle = await _call(
         api.orch.execute_workflow,
         workflow_id,

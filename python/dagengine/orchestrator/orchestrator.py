@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dagengine._jsondata import check_json_data
 from dagengine.engine import (
     TLSConfig,
     error_info_from_proto,
@@ -774,6 +775,9 @@ class Orchestrator:
         """Queue a run. With ``durable`` (the default) it is committed to the store before
         this returns; without, it is committed with the next group, which is enough for a
         caller that waits for the run's end (that end is only reported once committed)."""
+        # Inputs that are not JSON data (a lone surrogate, an integer past 64 bits, NaN...)
+        # could not be stored or sent to an engine: refuse them before anything is recorded.
+        check_json_data(inputs, "inputs")
         if self._stopping:
             raise DagEngineError("the orchestrator is stopped")
         if wv.dag is None:
