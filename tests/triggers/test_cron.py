@@ -4,6 +4,7 @@ days, overlap policies, catch-up after downtime, and restarts without double fir
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -39,9 +40,8 @@ def utc_iso(t: float) -> str:
 # -- expressions ------------------------------------------------------------------------------
 
 
-def test_six_fields_put_seconds_first_and_are_converted_for_croniter() -> None:
+def test_six_fields_put_seconds_first() -> None:
     sched = CronSchedule("*/10 * * * * *")
-    assert sched.croniter_expression == "* * * * * */10"
     start = ts(2024, 1, 1)
     assert sched.next_fire_times(3, start) == [start + 10, start + 20, start + 30]
     # 09:30:15 on Mondays: seconds 15, minute 30, hour 9, dow 1.
@@ -60,6 +60,111 @@ def test_five_fields_and_descriptors() -> None:
     assert utc_iso(CronSchedule("@weekly").next_after(start)) == "2024-05-12T00:00:00Z"
     assert utc_iso(CronSchedule("@monthly").next_after(start)) == "2024-06-01T00:00:00Z"
     assert utc_iso(CronSchedule("@yearly").next_after(start)) == "2025-01-01T00:00:00Z"
+
+
+def days(expression: str, start: tuple[int, int, int], n: int = 6) -> list[str]:
+    """The dates of the next ``n`` fires (UTC) from the start of ``start``."""
+    times = CronSchedule(expression).next_fire_times(n, ts(*start) - 1)
+    return [utc_iso(t)[:10] for t in times]
+
+
+def test_a_range_of_one_value_is_that_value() -> None:
+    # croniter read 2-2 as * (every hour).
+    assert [utc_iso(t) for t in CronSchedule("0 2-2 * * *").next_fire_times(2, ts(2024, 1, 1))] == [
+        "2024-01-01T02:00:00Z", "2024-01-02T02:00:00Z",
+    ]  # fmt: skip
+    assert (
+        utc_iso(CronSchedule("0 23-23 * * *").next_after(ts(2024, 1, 1))) == "2024-01-01T23:00:00Z"
+    )
+    assert (
+        utc_iso(CronSchedule("5-5 * * * *").next_after(ts(2024, 1, 1, 0, 6)))
+        == "2024-01-01T01:05:00Z"
+    )
+    assert days("0 0 15-15 * *", (2024, 1, 1), 2) == ["2024-01-15", "2024-02-15"]
+    assert days("0 0 * * 3-3", (2024, 1, 1), 2) == ["2024-01-03", "2024-01-10"]
+
+
+def test_star_slash_one_in_a_day_field_is_unrestricted() -> None:
+    # `*/1` is `*`: the other day field alone decides. croniter fired `0 0 */1 * 1` daily.
+    assert days("0 0 */1 * 1", (2024, 1, 1), 3) == ["2024-01-01", "2024-01-08", "2024-01-15"]
+    assert days("0 0 1 * */1", (2024, 1, 1), 3) == ["2024-01-01", "2024-02-01", "2024-03-01"]
+    assert days("0 0 ? * MON", (2024, 1, 1), 2) == ["2024-01-01", "2024-01-08"]
+    # Both restricted: a day matching either fires (the 1st, and every Monday).
+    assert days("0 0 1 * 1", (2024, 1, 1), 4) == [
+        "2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22",
+    ]  # fmt: skip
+    assert days("0 0 1 * 1", (2024, 1, 23), 2) == ["2024-01-29", "2024-02-01"]
+    # robfig/cron v3: `*/2` is a restriction too (odd days, or Mondays), unlike Vixie cron.
+    assert days("0 0 */2 * 1", (2024, 1, 1), 6) == [
+        "2024-01-01", "2024-01-03", "2024-01-05", "2024-01-07", "2024-01-08", "2024-01-09",
+    ]  # fmt: skip
+
+
+def test_names_sunday_as_7_and_open_steps() -> None:
+    assert days("0 0 * * 7", (2024, 1, 1), 2) == days("0 0 * * SUN", (2024, 1, 1), 2)
+    assert days("0 0 * * 5-7", (2024, 1, 1), 4) == [
+        "2024-01-05", "2024-01-06", "2024-01-07", "2024-01-12",
+    ]  # fmt: skip
+    assert days("0 0 1 jan-Mar,DEC *", (2024, 1, 2), 4) == [
+        "2024-02-01", "2024-03-01", "2024-12-01", "2025-01-01",
+    ]  # fmt: skip
+    # N/S runs to the end of the field; in day-of-week that is 6 (Saturday), not 7.
+    assert days("0 0 * * 1/2", (2024, 1, 1), 4) == [
+        "2024-01-01", "2024-01-03", "2024-01-05", "2024-01-08",
+    ]  # fmt: skip
+    times = CronSchedule("50/5 * * * *").next_fire_times(3, ts(2024, 1, 1))
+    assert [utc_iso(t)[11:16] for t in times] == ["00:50", "00:55", "01:50"]
+
+
+def test_last_day_last_weekday_and_nth_weekday() -> None:
+    assert days("0 0 L * *", (2024, 1, 1), 3) == ["2024-01-31", "2024-02-29", "2024-03-31"]
+    assert days("0 0 L 2 *", (2025, 1, 1), 2) == ["2025-02-28", "2026-02-28"]
+    assert days("0 0 * * 5L", (2024, 1, 1), 3) == ["2024-01-26", "2024-02-23", "2024-03-29"]
+    assert days("0 0 * * FRIL", (2024, 1, 1), 1) == ["2024-01-26"]
+    assert days("0 0 * * MON#2", (2024, 1, 1), 2) == ["2024-01-08", "2024-02-12"]
+    # 1#5: only months with five Mondays. croniter said "never fires" once the day of
+    # month was restricted too (then either matches: the 1st, or a fifth Monday).
+    assert days("0 0 * * 1#5", (2024, 1, 1), 3) == ["2024-01-29", "2024-04-29", "2024-07-29"]
+    assert days("0 0 1 * 1#5", (2024, 1, 2), 3) == ["2024-01-29", "2024-02-01", "2024-03-01"]
+    assert days("0 0 * 2 1#5", (2024, 1, 1), 1) == ["2044-02-29"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("61 * * * *", "minute field: '61': 61 is out of range 0-59"),
+        ("0 24 * * *", "hour field: '24': 24 is out of range 0-23"),
+        ("0 0 0 * *", "day-of-month field: '0': 0 is out of range 1-31"),
+        ("0 0 * 13 *", "month field: '13': 13 is out of range 1-12"),
+        ("0 0 * * 8", "day-of-week field: '8': 8 is out of range 0-7"),
+        ("0 5-2 * * *", "hour field: '5-2': the range runs backwards"),
+        ("*/0 * * * *", "minute field: '*/0': the step must be at least 1"),
+        ("0 0 1,,2 * *", "day-of-month field: '1,,2' has an empty list item"),
+        ("0 0 * foo *", "month field: 'foo': 'foo' is neither a number nor a name (jan-dec)"),
+        ("0 mon * * *", "hour field: 'mon': 'mon' is not a number"),
+        ("0 0 * * 1-2-3", "day-of-week field: '1-2-3': more than one '-'"),
+        ("0 0 * * 1/2/3", "day-of-week field: '1/2/3': more than one '/'"),
+        # W is refused (croniter read 15W as 15), and L and # outside their forms.
+        ("0 0 15W * *", "day-of-month field: '15W': 'W' (nearest weekday) is not supported"),
+        ("0 0 LW * *", "day-of-month field: 'LW': 'W' (nearest weekday) is not supported"),
+        ("0 0 L-3 * *", "day-of-month field: 'L-3': 'L' must stand alone"),
+        ("0 0 L/2 * *", "day-of-month field: 'L/2': 'L' must stand alone"),
+        ("0 0 1#2 * *", "day-of-month field: '1#2': '#' is only supported as day-of-week"),
+        ("0 0 * * L", "day-of-week field: 'L': 'L' alone is not supported in day-of-week"),
+        ("0 0 * * 1#6", "day-of-week field: '1#6': the week number must be 1-5"),
+        ("0 0 * * 1#2/2", "day-of-week field: '1#2/2': '#' is only supported as D#N"),
+        ("0 0 * * 5L-6", "day-of-week field: '5L-6': 'L' is only supported as DL"),
+        ("0 L * * *", "hour field: 'L': 'L' and 'W' are only supported in the day fields"),
+        ("0 0 * 1#2 *", "month field: '1#2': '#' is only supported as day-of-week"),
+        ("@every 5m", "@every is not supported"),
+        ("CRON_TZ=UTC 0 * * * *", "CRON_TZ= prefix is not supported"),
+        ("0 0 31 4,6,9,11 *", "never fires"),
+        ("0 0 30,31 2 *", "never fires"),
+    ],
+)
+def test_dialect_errors_name_the_field_and_the_item(expression: str, message: str) -> None:
+    with pytest.raises(TriggerError, match=re.escape(message)):
+        CronSchedule(expression)
 
 
 @pytest.mark.parametrize(
@@ -140,6 +245,49 @@ def test_every_hour_jobs_keep_their_rhythm_through_the_repeated_hour() -> None:
         "2024-03-10T03:00:00-04:00",
         "2024-03-10T03:20:00-04:00",
     ]
+
+
+@pytest.mark.parametrize("expression", ["0 * * * *", "@hourly", "0 0-23 * * *"])
+def test_every_hour_fires_in_both_passes_of_the_repeated_hour(expression: str) -> None:
+    # The README promises it; the old code fired 01:00 once (the second pass was missed
+    # when asked from 01:00 EDT exactly).
+    assert fires_on(expression, NY, (2024, 11, 3))[:5] == [
+        "2024-11-03T00:00:00-04:00",
+        "2024-11-03T01:00:00-04:00",
+        "2024-11-03T01:00:00-05:00",
+        "2024-11-03T02:00:00-05:00",
+        "2024-11-03T03:00:00-05:00",
+    ]
+    assert len(fires_on(expression, NY, (2024, 11, 3))) == 25
+    assert len(fires_on(expression, NY, (2024, 3, 10))) == 23
+
+
+def test_every_hour_jobs_have_no_fire_in_the_skipped_hour() -> None:
+    # Real time: 02:30 never happens on a spring-forward day, so `30 * * * *` does not fire
+    # at 03:00 as well as at 03:30 (the old code did: two fires 30 minutes apart).
+    sched = CronSchedule("30 * * * *", NY)
+    times = sched.fire_times(ts(2024, 3, 10, 1, 0, tz=NY), ts(2024, 3, 10, 4, 0, tz=NY))
+    assert [local(t, NY) for t in times] == [
+        "2024-03-10T01:30:00-05:00",
+        "2024-03-10T03:30:00-04:00",
+    ]
+
+
+def test_lord_howe_half_hour_shifts() -> None:
+    lh = "Australia/Lord_Howe"
+    # 2025-10-05: 02:00 +10:30 -> 02:30 +11:00. On real time 02:45 exists and fires ...
+    assert fires_on("45 * * * *", lh, (2025, 10, 5))[1:4] == [
+        "2025-10-05T01:45:00+10:30", "2025-10-05T02:45:00+11:00", "2025-10-05T03:45:00+11:00",
+    ]  # fmt: skip
+    # ... 02:15 does not; on wall-clock time it fires once, when the gap ends.
+    assert "02:15" not in " ".join(fires_on("15 * * * *", lh, (2025, 10, 5)))
+    assert fires_on("15 2 * * *", lh, (2025, 10, 5)) == ["2025-10-05T02:30:00+11:00"]
+    # 2025-04-06: 02:00 +11:00 -> 01:30 +10:30: 01:30-01:59 happen twice.
+    assert fires_on("37 * * * *", lh, (2025, 4, 6))[1:4] == [
+        "2025-04-06T01:37:00+11:00", "2025-04-06T01:37:00+10:30", "2025-04-06T02:37:00+10:30",
+    ]  # fmt: skip
+    assert fires_on("37 1 * * *", lh, (2025, 4, 6)) == ["2025-04-06T01:37:00+11:00"]
+    assert fires_on("17 1 * * *", lh, (2025, 4, 6)) == ["2025-04-06T01:17:00+11:00"]
 
 
 def test_next_fire_times_preview_in_the_trigger_time_zone() -> None:

@@ -1,18 +1,43 @@
 """Cron triggers: schedules in a time zone, overlap policies, catch-up after downtime.
 
-Expressions
+Expressions (the dialect: robfig/cron v3, the original system's, plus ``L`` and ``#``)
     5 fields (``min hour dom mon dow``), 6 fields with **seconds first** (``sec min hour dom
-    mon dow``, the original system's robfig/cron format; croniter wants seconds last, so the
-    field is moved), or a descriptor: ``@yearly`` (``@annually``), ``@monthly``, ``@weekly``,
-    ``@daily`` (``@midnight``), ``@hourly``.
+    mon dow``), or a descriptor: ``@yearly`` (``@annually``), ``@monthly``, ``@weekly``,
+    ``@daily`` (``@midnight``), ``@hourly``. Fields are separated by blanks; each is a
+    comma-separated list of items:
 
-Time zones and DST (the rule, evaluated on local wall-clock time in ``timezone``):
-    * A wall time that does not exist (spring forward: 02:30 in New York on the second Sunday
-      of March) fires once, at the first valid instant after the gap (03:00 local). Several
-      times inside one gap collapse into that one fire.
-    * A wall time that exists twice (fall back: 01:30 in New York on the first Sunday of
-      November) fires once, at its first occurrence — unless the hour field is ``*``: an
-      every-N-minutes job keeps its rhythm through the repeated hour, firing in both.
+    * ``*`` or ``?`` (every value), ``N``, ``A-B`` (``A <= B``; ``2-2`` is just 2),
+      ``*/S``, ``A-B/S`` and ``N/S`` (``N`` to the field's maximum, every ``S``; ``S >= 1``).
+    * Ranges: second and minute 0-59, hour 0-23, day-of-month 1-31, month 1-12 or
+      ``JAN``-``DEC``, day-of-week 0-6 or ``SUN``-``SAT`` (7 is also Sunday; ``*`` and ``N/S``
+      end at 6). Names are case-insensitive.
+    * Day-of-month ``L``: the last day of the month. Day-of-week ``DL`` (``5L``, ``FRIL``): the
+      last such weekday of the month; ``D#N`` (``1#2``, ``MON#2``, ``N`` 1-5): the N-th such
+      weekday of the month (``1#5`` fires only in months with five Mondays). These cannot
+      take a step or be part of a range.
+    * Refused at parse time, with the field and the item named: ``W`` (nearest weekday,
+      ``15W``, ``LW``), ``L`` or ``#`` anywhere else (``L-3``, ``L/2``, ``L`` alone in
+      day-of-week, ``#`` in day-of-month), names outside month and day-of-week, a value out of
+      range, a range that runs backwards, a step of 0, an empty item, ``@every`` and
+      ``CRON_TZ=``/``TZ=`` prefixes (use the ``timezone`` argument), and an expression that
+      can never fire (``0 0 30 2 *``).
+    * Day-of-month and day-of-week: a field is *unrestricted* when one of its items is ``*``,
+      ``?`` or ``*/1`` — as in robfig/cron v3, ``*/2`` is a restriction (Vixie cron would
+      call any field starting with ``*`` unrestricted). When either field is unrestricted a
+      day must match both; when both are restricted a day matching **either** fires
+      (``0 0 1 * MON``: the 1st and every Monday; ``0 0 */1 * 1``: Mondays only).
+
+Time zones and DST (evaluated in ``timezone``):
+    * An expression whose hour field allows all 24 hours (``0 * * * *``, ``@hourly``,
+      ``*/20 * * * *``, ``0 0-23 * * *``) runs on *real* time: it fires at every instant whose
+      local wall-clock reading matches. A reading that does not exist (inside a
+      spring-forward gap) never happens, so it has no fire; a reading that happens twice
+      (fall back) fires twice — ``@hourly`` fires at 01:00 EDT and at 01:00 EST in New York.
+    * Any other expression is on wall-clock time: a wall time that does not exist (02:30 in
+      New York on the second Sunday of March) fires once, at the first valid instant after
+      the gap (03:00 local); several times inside one gap collapse into that one fire. A wall
+      time that exists twice (01:30 on the first Sunday of November) fires once, at its
+      first occurrence.
 
 Overlap policies (``overlap``), when a fire comes while the previous run this trigger started
 is unfinished: ``skip`` (default; the fire is dropped), ``allow`` (start another),
@@ -31,14 +56,16 @@ occurrence after now rather than firing a burst.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
+import re
 import threading
+from bisect import bisect_left
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
 
 from dagengine._units import parse_duration
 from dagengine.exceptions import TriggerError
@@ -82,53 +109,328 @@ DESCRIPTORS: Final[Mapping[str, str]] = {
 LATE_TOLERANCE: Final = 1.0
 
 _UTC = timezone.utc
+_SECOND = timedelta(seconds=1)
+#: The Gregorian calendar repeats every 400 years: a day pattern with no match in 401 years
+#: from any date has none ever.
+_HORIZON_YEARS: Final = 401
+
+
+# -- the dialect ----------------------------------------------------------------------------
+
+
+class _CronSyntaxError(Exception):
+    """A field of an expression is invalid; the message names the field and the item."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    low: int
+    high: int  # the largest value an item may name
+    star_high: int  # where ``*`` and ``N/S`` end (day-of-week: 6, though 7 is Sunday too)
+    names: Mapping[str, int]
+
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_SECONDS = _Field("second", 0, 59, 59, {})
+_MINUTES = _Field("minute", 0, 59, 59, {})
+_HOURS = _Field("hour", 0, 23, 23, {})
+_DOM = _Field("day-of-month", 1, 31, 31, {})
+_MONTH = _Field("month", 1, 12, 12, {n: i for i, n in enumerate(_MONTHS, start=1)})
+_DOW = _Field("day-of-week", 0, 7, 6, {n: i for i, n in enumerate(_WEEKDAYS)})
+_DOW_SPECIAL = re.compile(r"^([0-9a-z]+)(?:(l)|#([0-9]+))$")
+
+
+def _value(field: _Field, text: str, item: str) -> int:
+    if text in field.names:
+        return field.names[text]
+    if not text.isdigit() or not text.isascii():
+        if field.names:
+            names = list(field.names)
+            known = f"{names[0]}-{names[-1]}"
+            raise _CronSyntaxError(
+                f"{field.name} field: {item!r}: {text!r} is neither a number nor a name ({known})"
+            )
+        raise _CronSyntaxError(f"{field.name} field: {item!r}: {text!r} is not a number")
+    value = int(text)
+    if not field.low <= value <= field.high:
+        raise _CronSyntaxError(
+            f"{field.name} field: {item!r}: {value} is out of range {field.low}-{field.high}"
+        )
+    return value
+
+
+def _step(field: _Field, text: str, item: str) -> int:
+    if not text.isdigit() or not text.isascii():
+        raise _CronSyntaxError(f"{field.name} field: {item!r}: step {text!r} is not a number")
+    step = int(text)
+    if step < 1:
+        raise _CronSyntaxError(f"{field.name} field: {item!r}: the step must be at least 1")
+    return step
+
+
+def _plain_item(field: _Field, item: str) -> tuple[set[int], bool]:
+    """``*``, ``?``, ``N``, ``A-B``, each with an optional ``/S``: the values it names and
+    whether it is unrestricted (``*``, ``?``, ``*/1``)."""
+    text = item.lower()
+    base, slash, step_text = text.partition("/")
+    if "/" in step_text:
+        raise _CronSyntaxError(f"{field.name} field: {item!r}: more than one '/'")
+    step = _step(field, step_text, item) if slash else 1
+    if base in ("*", "?"):
+        low, high = field.low, field.star_high
+        unrestricted = step == 1
+    elif "-" in base:
+        first, _, last = base.partition("-")
+        if "-" in last:
+            raise _CronSyntaxError(f"{field.name} field: {item!r}: more than one '-'")
+        low, high = _value(field, first, item), _value(field, last, item)
+        if low > high:
+            raise _CronSyntaxError(
+                f"{field.name} field: {item!r}: the range runs backwards "
+                f"(write {high}-{low}, or a list such as {low}-{field.high},{field.low}-{high})"
+            )
+        unrestricted = False
+    else:
+        low = _value(field, base, item)
+        high = max(field.star_high, low) if slash else low
+        unrestricted = False
+    values = set(range(low, high + 1, step))
+    if field is _DOW and 7 in values:
+        values = (values - {7}) | {0}
+    return values, unrestricted
+
+
+@dataclass(frozen=True)
+class _Days:
+    """The day-of-month and day-of-week fields, matched together."""
+
+    days: frozenset[int]
+    last_day: bool  # day-of-month ``L``
+    weekdays: frozenset[int]  # 0 = Sunday
+    last_weekdays: frozenset[int]  # ``5L``
+    nth_weekdays: frozenset[tuple[int, int]]  # ``5#2`` -> (5, 2)
+    dom_unrestricted: bool
+    dow_unrestricted: bool
+
+    def matches(self, day: date) -> bool:
+        month_end = 0
+        if self.last_day or self.last_weekdays:
+            month_end = calendar.monthrange(day.year, day.month)[1]
+        dom = day.day in self.days or (self.last_day and day.day == month_end)
+        weekday = day.isoweekday() % 7
+        dow = (
+            weekday in self.weekdays
+            or (weekday in self.last_weekdays and day.day + 7 > month_end)
+            or (weekday, (day.day + 6) // 7) in self.nth_weekdays
+        )
+        if self.dom_unrestricted or self.dow_unrestricted:
+            return dom and dow
+        return dom or dow
+
+
+def _field_items(field: _Field, text: str) -> list[str]:
+    items = text.split(",")
+    if any(not item for item in items):
+        raise _CronSyntaxError(f"{field.name} field: {text!r} has an empty list item")
+    return items
+
+
+def _refuse_specials(field: _Field, item: str) -> None:
+    """``L``, ``W`` and ``#`` outside the forms the day fields support."""
+    lower = item.lower()
+    if "#" in lower:
+        where = "day-of-week items such as 1#2" if field is not _DOW else "D#N, N 1-5"
+        raise _CronSyntaxError(f"{field.name} field: {item!r}: '#' is only supported as {where}")
+    if field is _DOM and "w" in lower:
+        raise _CronSyntaxError(
+            f"{field.name} field: {item!r}: 'W' (nearest weekday) is not supported"
+        )
+    if field in (_SECONDS, _MINUTES, _HOURS) and ("l" in lower or "w" in lower):
+        raise _CronSyntaxError(
+            f"{field.name} field: {item!r}: 'L' and 'W' are only supported in the day fields"
+        )
+    if field is _DOM and "l" in lower:
+        raise _CronSyntaxError(
+            f"{field.name} field: {item!r}: 'L' must stand alone in day-of-month (the last "
+            "day of the month); offsets and steps such as L-3 or L/2 are not supported"
+        )
+    if field is _DOW and lower == "l":
+        raise _CronSyntaxError(
+            f"{field.name} field: {item!r}: 'L' alone is not supported in day-of-week; write "
+            "DL for the last such weekday of the month (5L: the last Friday)"
+        )
+    if field is _DOW and "l" in lower:
+        raise _CronSyntaxError(
+            f"{field.name} field: {item!r}: 'L' is only supported as DL (5L: the last Friday "
+            "of the month), without a range or a step"
+        )
+
+
+def _parse_plain(field: _Field, text: str) -> tuple[tuple[int, ...], bool]:
+    values: set[int] = set()
+    unrestricted = False
+    for item in _field_items(field, text):
+        _refuse_specials(field, item)
+        named, star = _plain_item(field, item)
+        values |= named
+        unrestricted = unrestricted or star
+    return tuple(sorted(values)), unrestricted
+
+
+def _parse_days(dom_text: str, dow_text: str) -> _Days:
+    days: set[int] = set()
+    last_day = dom_unrestricted = False
+    for item in _field_items(_DOM, dom_text):
+        if item.lower() == "l":
+            last_day = True
+            continue
+        _refuse_specials(_DOM, item)
+        named, star = _plain_item(_DOM, item)
+        days |= named
+        dom_unrestricted = dom_unrestricted or star
+    weekdays: set[int] = set()
+    last_weekdays: set[int] = set()
+    nth: set[tuple[int, int]] = set()
+    dow_unrestricted = False
+    for item in _field_items(_DOW, dow_text):
+        special = _DOW_SPECIAL.match(item.lower())
+        if special is not None:
+            weekday = _value(_DOW, special.group(1), item) % 7
+            if special.group(2):
+                last_weekdays.add(weekday)
+            else:
+                n = int(special.group(3))
+                if not 1 <= n <= 5:
+                    raise _CronSyntaxError(
+                        f"day-of-week field: {item!r}: the week number must be 1-5"
+                    )
+                nth.add((weekday, n))
+            continue
+        _refuse_specials(_DOW, item)
+        named, star = _plain_item(_DOW, item)
+        weekdays |= named
+        dow_unrestricted = dow_unrestricted or star
+    return _Days(
+        frozenset(days), last_day, frozenset(weekdays), frozenset(last_weekdays),
+        frozenset(nth), dom_unrestricted, dow_unrestricted,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """A parsed expression: the matching values of each field."""
+
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    months: frozenset[int]
+    days: _Days
+
+    def time_from(self, hour: int, minute: int, second: int) -> tuple[int, int, int] | None:
+        """The first matching time of day at or after ``hour:minute:second``."""
+        hours, minutes, seconds = self.hours, self.minutes, self.seconds
+        i = bisect_left(hours, hour)
+        if i == len(hours):
+            return None
+        if hours[i] > hour:
+            return hours[i], minutes[0], seconds[0]
+        j = bisect_left(minutes, minute)
+        if j < len(minutes):
+            if minutes[j] > minute:
+                return hour, minutes[j], seconds[0]
+            k = bisect_left(seconds, second)
+            if k < len(seconds):
+                return hour, minute, seconds[k]
+            if j + 1 < len(minutes):
+                return hour, minutes[j + 1], seconds[0]
+        if i + 1 < len(hours):
+            return hours[i + 1], minutes[0], seconds[0]
+        return None
+
+    def next_wall(self, start: datetime) -> datetime | None:
+        """The first matching naive wall time at or after naive ``start`` (whole seconds),
+        or ``None`` if there is none within :data:`_HORIZON_YEARS`."""
+        day = start.date()
+        clock: tuple[int, int, int] | None = (start.hour, start.minute, start.second)
+        end = date(min(day.year + _HORIZON_YEARS, 9999), 1, 1)
+        first = (self.hours[0], self.minutes[0], self.seconds[0])
+        while day < end:
+            if day.month not in self.months:
+                day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+                clock = None
+                continue
+            if self.days.matches(day):
+                at = first if clock is None else self.time_from(*clock)
+                if at is not None:
+                    return datetime(day.year, day.month, day.day, *at)
+            day += timedelta(days=1)
+            clock = None
+        return None
+
+
+def _parse(expression: str) -> _Spec:
+    """Parse the text of an expression (no descriptor) into a :class:`_Spec`."""
+    fields = expression.split()
+    if fields and re.match(r"^(cron_)?tz=", fields[0], re.IGNORECASE):
+        raise _CronSyntaxError(
+            f"a {fields[0].partition('=')[0]}= prefix is not supported: pass the time zone "
+            "as the timezone argument"
+        )
+    if len(fields) == 5:
+        fields = ["0", *fields]
+    elif len(fields) != 6:
+        raise _CronSyntaxError(
+            f"{len(fields)} fields: use 5 (min hour dom mon dow), 6 with seconds first, or a "
+            "descriptor like @hourly"
+        )
+    seconds, _ = _parse_plain(_SECONDS, fields[0])
+    minutes, _ = _parse_plain(_MINUTES, fields[1])
+    hours, _ = _parse_plain(_HOURS, fields[2])
+    months, _ = _parse_plain(_MONTH, fields[4])
+    return _Spec(seconds, minutes, hours, frozenset(months), _parse_days(fields[3], fields[5]))
+
+
+# -- the schedule ---------------------------------------------------------------------------
 
 
 class CronSchedule:
     """A cron expression in a time zone: :meth:`next_after` gives fire times as unix
-    seconds, following the DST rule of the module docs. Raises :class:`TriggerError` for an
-    invalid expression, an unknown time zone, or an expression that never fires."""
+    seconds, following the dialect and DST rule of the module docs. Raises
+    :class:`TriggerError` for an invalid expression (naming the field and the item), an
+    unknown time zone, or an expression that never fires."""
 
     def __init__(self, expression: str, timezone: str = "UTC") -> None:
         if not isinstance(expression, str) or not expression.strip():
             raise TriggerError("empty cron expression")
         self.expression = expression.strip()
         text = DESCRIPTORS.get(self.expression.lower(), self.expression)
+        if text.lower().startswith("@every"):
+            raise TriggerError(
+                f"cron descriptor {self.expression!r}: @every is not supported (use a step, "
+                "such as */15 * * * * for every 15 minutes)"
+            )
         if text.startswith("@"):
             raise TriggerError(
                 f"unknown cron descriptor {self.expression!r} (use one of {', '.join(DESCRIPTORS)})"
             )
-        fields = text.split()
-        if len(fields) == 6:
-            # robfig/cron puts seconds first; croniter wants them last.
-            fields = [*fields[1:], fields[0]]
-        elif len(fields) != 5:
-            raise TriggerError(
-                f"cron expression {self.expression!r} has {len(fields)} fields: use 5 "
-                "(min hour dom mon dow), 6 with seconds first, or a descriptor like @hourly"
-            )
-        self._croniter_expr = " ".join(fields)
         try:
-            expanded = croniter(self._croniter_expr).expanded
-        except Exception as exc:  # croniter raises several unrelated classes
+            self._spec = _parse(text)
+        except _CronSyntaxError as exc:
             raise TriggerError(f"invalid cron expression {self.expression!r}: {exc}") from None
-        hours = expanded[1]
-        # A wildcard hour field fires in every real hour, the repeated one included.
-        self._every_hour = hours == ["*"] or len(set(hours)) == 24
+        if self._spec.next_wall(datetime(2000, 1, 1)) is None:
+            raise TriggerError(
+                f"cron expression {self.expression!r} never fires (no day matches its "
+                "day-of-month, month and day-of-week fields)"
+            )
+        #: Every hour allowed: the schedule runs on real time (see the module docs).
+        self.real_time = len(self._spec.hours) == 24
         try:
             self.tz = ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise TriggerError(f"unknown time zone {timezone!r} (use an IANA name)") from None
         self.timezone = timezone
-        try:
-            self.next_after(datetime.now(_UTC).timestamp())
-        except Exception:
-            raise TriggerError(f"cron expression {self.expression!r} never fires") from None
-
-    @property
-    def croniter_expression(self) -> str:
-        """The expression as croniter reads it (seconds last)."""
-        return self._croniter_expr
 
     # -- local time -----------------------------------------------------------------------
 
@@ -144,59 +446,68 @@ class CronSchedule:
                 high = mid
         return float(high)
 
-    def _instants(self, wall: datetime) -> list[float]:
-        """Unix times at which naive local ``wall`` fires, ascending (see the DST rule)."""
-        first = wall.replace(tzinfo=self.tz, fold=0)
-        second = wall.replace(tzinfo=self.tz, fold=1)
-        t0, t1 = first.timestamp(), second.timestamp()
-        if t0 == t1:
-            return [t0]
-        if t0 < t1:  # exists twice (fall back)
-            return [t0, t1] if self._every_hour else [t0]
-        # Does not exist (spring forward): the first instant after the gap.
-        return [self._transition(t1, t0)]
+    def _wall(self, instant: float) -> datetime:
+        """The naive local reading of ``instant``."""
+        return datetime.fromtimestamp(instant, self.tz).replace(tzinfo=None)
 
-    def _ambiguous_start(self, moment: datetime) -> datetime | None:
-        """If ``moment`` (aware, local) falls in the first pass of a repeated wall-clock
-        period, the naive wall time at which that period starts; else ``None``."""
-        naive = moment.replace(tzinfo=None)
-        t0 = naive.replace(tzinfo=self.tz, fold=0).timestamp()
-        t1 = naive.replace(tzinfo=self.tz, fold=1).timestamp()
-        if not t0 < t1 or moment.fold == 1:
-            return None
-        switch = self._transition(t0, t1)  # the instant the clock is set back
-        return datetime.fromtimestamp(switch, self.tz).replace(tzinfo=None)
+    def _readings(self, wall: datetime) -> tuple[float, float]:
+        """The instants of naive ``wall`` read with ``fold=0`` and ``fold=1``: equal for an
+        ordinary time, ascending for a repeated one, descending for one inside a gap."""
+        return (
+            wall.replace(tzinfo=self.tz, fold=0).timestamp(),
+            wall.replace(tzinfo=self.tz, fold=1).timestamp(),
+        )
+
+    def _next_wall(self, start: datetime) -> datetime:
+        wall = self._spec.next_wall(start)
+        if wall is None:  # cannot happen: the constructor checked a whole calendar cycle
+            raise TriggerError(f"cron expression {self.expression!r} never fires")
+        return wall
 
     def next_after(self, after: float) -> float:
         """The first fire time strictly after ``after`` (unix seconds)."""
         moment = datetime.fromtimestamp(after, self.tz)
         naive = moment.replace(tzinfo=None, microsecond=0)
-        best: float | None = None
-        # Walk wall times forward. Past ``naive`` the first wall time with an instant after
-        # ``after`` is the answer: instants grow with wall time outside a repeated period,
-        # and inside one (second pass) the second instants grow too.
-        it = croniter(self._croniter_expr, naive)
-        for _ in range(100_000):
-            wall = it.get_next(datetime)
-            later = [t for t in self._instants(wall) if t > after]
-            if later:
-                best = later[0]
-                break
-        if self._every_hour:
-            # In the first pass of a repeated hour, the second pass of wall times *before*
-            # now is still ahead of us (01:45 EDT is followed by 01:00 EST).
-            start = self._ambiguous_start(moment)
-            if start is not None:
-                wall = croniter(self._croniter_expr, start - timedelta(seconds=1)).get_next(
-                    datetime
-                )
-                if wall < naive:
-                    again = self._instants(wall)[-1]
-                    if again > after and (best is None or again < best):
-                        best = again
-        if best is None:
-            raise TriggerError(f"cron expression {self.expression!r} never fires")
-        return best
+        start = naive
+        second_pass: float | None = None
+        t0, t1 = self._readings(naive)
+        if t0 < t1:
+            # ``after`` lies in a repeated period [period_start, period_end) of wall times.
+            period_start = self._wall(self._transition(t0, t1))
+            period_end = period_start + timedelta(seconds=t1 - t0)
+            if moment.fold == 1:
+                # Second pass: the first occurrences of the rest of the period are past.
+                start = period_end
+            if self.real_time:
+                # The second pass of the period's wall times is (still) ahead.
+                wall = self._next_wall(naive if moment.fold == 1 else period_start)
+                if wall == naive and moment.fold == 1 and t1 <= after:
+                    wall = self._next_wall(wall + _SECOND)
+                if wall < period_end:
+                    second_pass = self._readings(wall)[1]
+        first_pass = self._first_occurrence_after(after, start)
+        if second_pass is not None and after < second_pass < first_pass:
+            return second_pass
+        return first_pass
+
+    def _first_occurrence_after(self, after: float, start: datetime) -> float:
+        """The first instant after ``after`` at which a matching wall time from naive
+        ``start`` on occurs for the first time (or, for a wall time inside a gap, the end of
+        the gap — on real time, none). These instants never decrease as the wall time grows,
+        so the first one after ``after`` is the answer."""
+        wall = self._next_wall(start)
+        while True:
+            t0, t1 = self._readings(wall)
+            if t0 <= t1:
+                if t0 > after:
+                    return t0
+                wall = self._next_wall(wall + _SECOND)
+                continue
+            # Inside a gap: every wall time in it maps to the gap's end.
+            gap_end = self._transition(t1, t0)
+            if not self.real_time and gap_end > after:
+                return gap_end
+            wall = self._next_wall(max(wall + _SECOND, self._wall(gap_end)))
 
     def fire_times(self, after: float, until: float, limit: int = 100_000) -> list[float]:
         """Fire times in ``(after, until]``, ascending (at most ``limit``)."""
