@@ -342,8 +342,9 @@ async def _fire(request: Request, api: Api, trigger: HTTPTrigger) -> Response:
     if trigger.auth_before_body and not trigger.authorized(headers, b""):
         raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
     body = await read_body(request, trigger.max_body_bytes)
-    if not trigger.auth_before_body and not trigger.authorized(headers, body):
-        raise ApiError(401, "missing or wrong X-Signature (sha256=<hex HMAC of the body>)")
+    problem = None if trigger.auth_before_body else trigger.auth_problem(headers, body)
+    if problem is not None:
+        raise ApiError(401, problem)
     data = parse_json_object(body)
     # Other keys are ignored: a webhook sender's payload may carry anything beside inputs.
     given = _field(data, "inputs", (dict,), "a JSON object")

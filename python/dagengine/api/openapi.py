@@ -442,19 +442,28 @@ def openapi_document(
         if trigger.auth == "bearer":
             auth = {"security": [{"bearer": []}]}
             extra["401"] = _error("missing or wrong bearer token")
-        elif trigger.auth == "hmac":
+        elif trigger.auth in ("hmac", "hmac-timestamp"):
+            timestamped = trigger.auth == "hmac-timestamp"
             auth = {
                 "parameters": [
                     {
-                        "name": "X-Signature",
+                        "name": "X-Dagengine-Signature" if timestamped else "X-Signature",
                         "in": "header",
                         "required": True,
                         "schema": {"type": "string"},
-                        "description": "sha256=<hex HMAC-SHA256 of the body>",
+                        "description": (
+                            "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>'>"
+                            if timestamped
+                            else "sha256=<hex HMAC-SHA256 of the body>"
+                        ),
                     }
                 ]
             }
-            extra["401"] = _error("missing or wrong signature")
+            extra["401"] = _error(
+                "missing, wrong, stale or replayed signature"
+                if timestamped
+                else "missing or wrong signature"
+            )
         paths[trigger.path] = {
             "post": {
                 "operationId": f"trigger_{trigger.id}",
