@@ -221,18 +221,141 @@ pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), 
     Ok((plan, host))
 }
 
-/// Parse a JSON object sent as bytes.
+/// The field holding a run's inputs: it obeys the input limits below.
+const INPUTS_FIELD: &str = "inputs_json";
+/// The deepest nesting of a run's inputs (the inputs object is level 1), as at the Python
+/// doors (`dagengine._jsondata.MAX_DEPTH`).
+pub const MAX_INPUT_DEPTH: usize = 64;
+
+/// Parse a JSON object sent as bytes. A run's inputs (`inputs_json`) must also be JSON data
+/// within the limits every door applies: integers in the signed 64-bit range (`serde_json`
+/// would read a bigger one as a float, silently) and nesting at most [`MAX_INPUT_DEPTH`]
+/// levels. `serde_json` itself refuses lone surrogate escapes, NaN and text not in UTF-8.
 pub fn json_object(field: &str, bytes: &[u8]) -> Result<Value, InvalidField> {
     if bytes.is_empty() {
         return Ok(Value::Object(Map::new()));
     }
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| InvalidField::new(field, format!("not valid JSON: {e}")))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(InvalidField::new(field, "must be a JSON object"))
+    if !value.is_object() {
+        return Err(InvalidField::new(field, "must be a JSON object"));
     }
+    if field == INPUTS_FIELD {
+        check_input_limits(bytes).map_err(|m| InvalidField::new(field, m))?;
+    }
+    Ok(value)
+}
+
+/// One level of the document being scanned.
+enum Level {
+    Object { key: Option<String>, at_key: bool },
+    Array { index: usize },
+}
+
+fn is_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `inputs.a[2]`: where the scan is, for messages.
+fn path_of(levels: &[Level]) -> String {
+    let mut path = String::from("inputs");
+    for level in levels {
+        match level {
+            Level::Object { key: Some(k), .. } if is_name(k) => {
+                path.push('.');
+                path.push_str(k);
+            }
+            Level::Object { key: Some(k), .. } => {
+                path.push('[');
+                path.push_str(&serde_json::to_string(k).unwrap_or_default());
+                path.push(']');
+            }
+            Level::Object { key: None, .. } => {}
+            Level::Array { index } => {
+                path.push('[');
+                path.push_str(&index.to_string());
+                path.push(']');
+            }
+        }
+    }
+    path
+}
+
+/// Scan valid JSON text for integers outside the signed 64-bit range and nesting deeper
+/// than [`MAX_INPUT_DEPTH`], naming the path of the first (`inputs.a[1]: ...`).
+fn check_input_limits(bytes: &[u8]) -> Result<(), String> {
+    let mut levels: Vec<Level> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => {
+                if levels.len() >= MAX_INPUT_DEPTH {
+                    return Err(format!(
+                        "{}: nested deeper than {MAX_INPUT_DEPTH} levels",
+                        path_of(&levels)
+                    ));
+                }
+                levels.push(if bytes[i] == b'{' {
+                    Level::Object {
+                        key: None,
+                        at_key: true,
+                    }
+                } else {
+                    Level::Array { index: 0 }
+                });
+            }
+            b'}' | b']' => {
+                levels.pop();
+            }
+            b',' => match levels.last_mut() {
+                Some(Level::Array { index }) => *index += 1,
+                Some(Level::Object { at_key, .. }) => *at_key = true,
+                None => {}
+            },
+            b':' => {
+                if let Some(Level::Object { at_key, .. }) = levels.last_mut() {
+                    *at_key = false;
+                }
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if let Some(Level::Object { key, at_key: true }) = levels.last_mut() {
+                    let end = (i + 1).min(bytes.len());
+                    *key = serde_json::from_slice(&bytes[start..end]).ok();
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                let token = &bytes[start..=i];
+                let integer = !token.iter().any(|b| matches!(b, b'.' | b'e' | b'E'));
+                if integer {
+                    let text = std::str::from_utf8(token).unwrap_or_default();
+                    if text.parse::<i64>().is_err() {
+                        return Err(format!(
+                            "{}: integer {text} is out of range (a signed 64-bit integer)",
+                            path_of(&levels)
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn to_json(value: &Value) -> Vec<u8> {
@@ -694,6 +817,46 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn inputs_within_the_limits_every_door_applies() {
+        let err = |text: &str| {
+            json_object("inputs_json", text.as_bytes())
+                .unwrap_err()
+                .message
+        };
+        // serde_json refuses these itself.
+        assert!(err(r#"{"a": "\udcff"}"#).starts_with("not valid JSON"));
+        assert!(err(r#"{"a": NaN}"#).starts_with("not valid JSON"));
+        assert!(err(r#"{"a": 1e400}"#).starts_with("not valid JSON"));
+        assert!(json_object("inputs_json", b"{\"a\": \"\xff\"}").is_err());
+        // Integers past 64 bits, which serde_json would read as floats.
+        assert_eq!(
+            err(r#"{"a": 9223372036854775808}"#),
+            "inputs.a: integer 9223372036854775808 is out of range (a signed 64-bit integer)"
+        );
+        assert_eq!(
+            err(r#"{"a": {"x y": [1, "]", -9223372036854775809]}}"#),
+            "inputs.a[\"x y\"][2]: integer -9223372036854775809 is out of range \
+             (a signed 64-bit integer)"
+        );
+        assert!(err(r#"{"k\"e,y": 100000000000000000000000000000}"#)
+            .starts_with("inputs[\"k\\\"e,y\"]: integer 1000"));
+        // Nesting: the inputs object is level 1; 64 levels pass, 65 do not.
+        let nested = |n: usize| format!(r#"{{"a": {}{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(json_object("inputs_json", nested(63).as_bytes()).is_ok());
+        assert_eq!(
+            err(&nested(64)),
+            format!("inputs.a{}: nested deeper than 64 levels", "[0]".repeat(63))
+        );
+        assert!(err(&nested(100_000)).starts_with("not valid JSON"));
+        // Within the limits: the edges, floats, brackets and digits inside strings.
+        let ok = r#"{"max": 9223372036854775807, "min": -9223372036854775808, "f": 1e300,
+                     "g": -2.5E-3, "s": "[[[[ 99999999999999999999999", "\"": [{"b": 0}]}"#;
+        assert!(json_object("inputs_json", ok.as_bytes()).is_ok());
+        // Completed outputs are node outputs, not inputs: not held to the input limits.
+        assert!(json_object("completed_json[\"a\"]", b"{\"a\": 18446744073709551615}").is_ok());
     }
 
     #[test]
