@@ -3,16 +3,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mlua::{
-    ffi, ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value as LuaValue,
-    VmState,
-};
+use mlua::{ffi, ChunkMode, Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value;
 
 use crate::convert::{
@@ -120,13 +118,51 @@ enum Trip {
 }
 
 impl Trip {
+    /// The error object a script sees (its handlers cannot keep it: see `must_abort`).
+    fn message(self) -> &'static CStr {
+        match self {
+            Trip::Instructions => c"instruction limit exceeded",
+            Trip::Timeout => c"wall-time limit exceeded",
+            Trip::Cancelled => c"execution cancelled",
+            Trip::Memory => c"memory limit exceeded",
+        }
+    }
+
     fn lua_error(self) -> mlua::Error {
-        mlua::Error::runtime(match self {
-            Trip::Instructions => "instruction limit exceeded",
-            Trip::Timeout => "wall-time limit exceeded",
-            Trip::Cancelled => "execution cancelled",
-            Trip::Memory => "memory limit exceeded",
-        })
+        mlua::Error::runtime(self.message().to_string_lossy())
+    }
+}
+
+/// The registry key (its address) of the light userdata pointing at a state's [`RunState`].
+static RUN_KEY: u8 = 0;
+
+fn run_key() -> *const std::os::raw::c_void {
+    std::ptr::from_ref(&RUN_KEY).cast()
+}
+
+/// The count hook: every [`HOOK_INTERVAL`] instructions, [`RunState::check`], and a Lua
+/// error if a limit is reached.
+///
+/// The hook is this crate's own rather than mlua's: to raise an error from a hook, mlua
+/// empties the stack of the interrupted function first (`lua_settop(L, 0)`), which runs
+/// that function's pending `__close` handlers right there, inside the hook, where Lua
+/// calls no hook: a `__close` that loops could then never be stopped. Here the error is
+/// raised as is: Lua closes those variables while it unwinds to the protected call, with
+/// hooks on again, and a `__close` that still runs is stopped at its next hook (see
+/// [`RunState::check`]).
+#[allow(unsafe_code)]
+unsafe extern "C-unwind" fn limit_hook(l: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
+    // SAFETY: Lua calls the hook on a running state, with `LUA_MINSTACK` free slots. The
+    // registry entry is set when the engine is built and points at its `RunState`, which
+    // outlives the state. Nothing with a destructor is alive when `lua_error` jumps out.
+    unsafe {
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, run_key());
+        let run = ffi::lua_touserdata(l, -1).cast::<RunState>().cast_const();
+        ffi::lua_pop(l, 1);
+        let Some(run) = run.as_ref() else { return };
+        let Err(trip) = run.check() else { return };
+        ffi::lua_pushstring(l, trip.message().as_ptr());
+        ffi::lua_error(l);
     }
 }
 
@@ -144,10 +180,8 @@ struct RunState {
     logs: RefCell<Vec<String>>,
     log_bytes: Cell<usize>,
     log_limit: Cell<usize>,
-    /// The state scripts run on and mlua's hook procedure (which calls
-    /// [`RunState::on_hook`]); the hook is set on the state only while a script runs.
+    /// The state scripts run on; [`limit_hook`] is set on it only while a script runs.
     main: Cell<*mut ffi::lua_State>,
-    hook: Cell<Option<ffi::lua_Hook>>,
 }
 
 impl RunState {
@@ -164,7 +198,6 @@ impl RunState {
             log_bytes: Cell::new(0),
             log_limit: Cell::new(usize::MAX),
             main: Cell::new(std::ptr::null_mut()),
-            hook: Cell::new(None),
         }
     }
 
@@ -174,12 +207,12 @@ impl RunState {
     #[allow(unsafe_code)]
     fn arm_hook(&self) {
         let main = self.main.get();
-        if let (false, Some(hook)) = (main.is_null(), self.hook.get()) {
+        if !main.is_null() {
             // SAFETY: `main` is this engine's live main state, on this thread; setting a
             // hook is allowed at any point.
             unsafe {
                 if ffi::lua_gethookmask(main) == 0 {
-                    ffi::lua_sethook(main, Some(hook), ffi::LUA_MASKCOUNT, HOOK_COUNT);
+                    ffi::lua_sethook(main, Some(limit_hook), ffi::LUA_MASKCOUNT, HOOK_COUNT);
                 }
             }
         }
@@ -198,7 +231,7 @@ impl RunState {
         let watched = if eager {
             None
         } else {
-            watchdog::enter(self.main.get(), self.hook.get())
+            watchdog::enter(self.main.get(), Some(limit_hook))
         };
         if watched.is_none() {
             self.arm_hook();
@@ -220,19 +253,21 @@ impl RunState {
         }
     }
 
-    fn trip(&self, t: Trip) -> mlua::Result<VmState> {
+    fn trip(&self, t: Trip) -> Result<(), Trip> {
         self.tripped.set(Some(t));
-        Err(t.lua_error())
+        Err(t)
     }
 
-    fn on_hook(&self) -> mlua::Result<VmState> {
+    /// The hook's check: charges the instructions and looks at the deadline and the
+    /// cancel flag; `Err` when the script must stop.
+    fn check(&self) -> Result<(), Trip> {
         if !self.active.get() {
-            return Ok(VmState::Continue);
+            return Ok(());
         }
-        // Once tripped, keep failing so code that swallowed the error anyway
-        // (an error handler, a `__close`) cannot keep running.
+        // Once tripped, keep failing so code that runs after the error anyway (a `__close`
+        // while the error unwinds the stack, say) cannot keep running.
         if let Some(t) = self.tripped.get() {
-            return Err(t.lua_error());
+            return Err(t);
         }
         let n = self.instructions.get() + u64::from(HOOK_INTERVAL);
         self.instructions.set(n);
@@ -247,14 +282,22 @@ impl RunState {
         if self.cancelled() {
             return self.trip(Trip::Cancelled);
         }
-        Ok(VmState::Continue)
+        Ok(())
+    }
+
+    /// For the sandbox's wrappers: the limit error if a limit was reached in this run.
+    fn abort_if_tripped(&self) -> mlua::Result<()> {
+        match self.tripped.get() {
+            Some(t) => Err(t.lua_error()),
+            None => Ok(()),
+        }
     }
 
     #[allow(unsafe_code)]
     fn cancelled(&self) -> bool {
         let flag = self.cancel.get();
         // SAFETY: non-null only while a `CancelGuard` borrowing the flag is alive (the
-        // guard clears it on drop, also when unwinding), and the hook, the only caller,
+        // guard clears it on drop, also when unwinding), and the hook's check, the caller,
         // runs only inside the execution that guard spans.
         !flag.is_null() && unsafe { (*flag).load(Ordering::Relaxed) }
     }
@@ -413,6 +456,11 @@ impl Engine {
                 Ok(())
             })?,
         )?;
+        let r = Rc::clone(&run);
+        host.raw_set(
+            "abort_if_tripped",
+            lua.create_function(move |_, ()| r.abort_if_tripped())?,
+        )?;
         let current = lua.create_table()?;
         host.raw_set("current", &current)?;
 
@@ -422,26 +470,21 @@ impl Engine {
             .set_mode(ChunkMode::Text)
             .call((lua.globals(), host))?;
 
-        let r = Rc::clone(&run);
-        lua.set_global_hook(
-            HookTriggers::new().every_nth_instruction(HOOK_INTERVAL),
-            move |_, _| r.on_hook(),
-        )?;
-        // Keep mlua's hook procedure (it finds `on_hook` in the state's extra data) but take
-        // it off the state: each execution sets it again, at its start or late.
-        let (mut main, mut hook) = (std::ptr::null_mut(), None);
+        // The hook finds the run's state in the registry; each execution sets the hook on
+        // the main state, at its start or late.
+        let mut main = std::ptr::null_mut();
         #[allow(unsafe_code)]
-        // SAFETY: reads and clears the hook of the state `exec_raw` runs on, the main state
-        // every execution runs on too.
+        // SAFETY: stores a pointer to `run` (kept alive by the engine, which drops `lua`
+        // first) in the registry of the state `exec_raw` runs on: the main state every
+        // execution runs on too.
         unsafe {
             lua.exec_raw::<()>((), |l| {
                 main = l;
-                hook = ffi::lua_gethook(l);
-                ffi::lua_sethook(l, None, 0, 0);
+                ffi::lua_pushlightuserdata(l, Rc::as_ptr(&run).cast_mut().cast());
+                ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, run_key());
             })?;
         }
         run.main.set(main);
-        run.hook.set(hook);
 
         let chunk_env = lua.create_table()?;
         let env = new_env(&lua, &env_mt, &current)?;

@@ -4,14 +4,14 @@
 -- ever see the frozen proxies and wrappers stored in `safe`.
 local G, host = ...
 
-local raw_error, raw_pcall, raw_xpcall = G.error, G.pcall, G.xpcall
+local raw_error, raw_pcall = G.error, G.pcall
 local raw_rawset, raw_setmetatable, raw_getmetatable = G.rawset, G.setmetatable, G.getmetatable
 local raw_load, rawget, type, select, tostring, next = G.load, G.rawget, G.type, G.select, G.tostring, G.next
 local concat = G.table.concat
 local coroutine = G.coroutine
-local raw_resume = coroutine.resume
+local raw_resume, raw_status, raw_close = coroutine.resume, coroutine.status, coroutine.close
 
-local check_abort, sink = host.check_abort, host.sink
+local check_abort, sink, abort_if_tripped = host.check_abort, host.sink, host.abort_if_tripped
 local raw_encode, raw_decode = host.json_encode, host.json_decode
 local ARRAY_MT, NULL = host.array_mt, host.null
 -- `current[1]` is the environment of the running node (set from Rust); the default env
@@ -56,7 +56,37 @@ local function pass(ok, ...)
 end
 
 local function pcall(f, ...) return pass(raw_pcall(f, ...)) end
-local function xpcall(f, h, ...) return pass(raw_xpcall(f, h, ...)) end
+
+-- `luaL_checktype`'s message for argument `i` of `name`, which must be a function.
+local function expect_function(name, i, n, v)
+  if type(v) == "function" then return end
+  local got = i > n and "no value" or v == NULL and "light userdata" or type(v)
+  raw_error("bad argument #" .. i .. " to '" .. name .. "' (function expected, got " .. got .. ")", 3)
+end
+
+-- Lua's own `xpcall` calls the message handler from inside the raise of the error. When
+-- the error comes from the limit hook, that is inside the hook, where Lua calls no hook:
+-- a handler that loops could never be stopped. This one calls the handler once `f` has
+-- unwound, as an ordinary call (so the limit hook reaches it), with the same results:
+-- `true, f's results`, or `false` and the handler's first result; a handler that fails
+-- gives `false` and its own error. (No handler can look at the failed stack anyway: the
+-- sandbox has no `debug` library.)
+local function handled(ok, ...)
+  if not ok and check_abort((...)) then raw_error((...), 0) end
+  return false, (...)
+end
+
+local function caught(h, ok, ...)
+  if ok then return ok, ... end
+  if check_abort((...)) then raw_error((...), 0) end
+  return handled(raw_pcall(h, (...)))
+end
+
+local function xpcall(...)
+  local f, h = ...
+  expect_function("xpcall", 2, select("#", ...), h)
+  return caught(h, raw_pcall(f, select(3, ...)))
+end
 
 local function rawset(t, k, v)
   if frozen[t] then readonly() end
@@ -105,9 +135,42 @@ for k, v in next, coroutine do co[k] = v end
 co.resume = function(c, ...) return pass(raw_resume(c, ...)) end
 -- A coroutine copies its creator's limit hook when it is created, and a script's hook may
 -- be set only once it has run for a while: set it now (the hook goes with the run).
-local arm_hook, raw_create, raw_wrap = host.arm_hook, coroutine.create, coroutine.wrap
+local arm_hook, raw_create = host.arm_hook, coroutine.create
 co.create = function(f) arm_hook() return raw_create(f) end
-co.wrap = function(f) arm_hook() return raw_wrap(f) end
+
+-- A coroutine that a limit error ended died inside the limit hook, and Lua leaves it with
+-- hooks off: closing it would run its `__close` handlers where the limit hook cannot stop
+-- them. Once a limit is reached no coroutine is closed (the limit error goes on instead).
+co.close = function(c)
+  abort_if_tripped()
+  return raw_close(c)
+end
+
+-- `coroutine.wrap` as lcorolib's, on top of the sandbox's `resume` and `close`: Lua's own
+-- closes a coroutine that failed at once, limit error or not (see `close`).
+local function wrapped(c, ok, ...)
+  if ok then return ... end
+  local e = (...)
+  if check_abort(e) then raw_error(e, 0) end
+  if raw_status(c) == "dead" then
+    -- If it died of an error (`close` fails), close its to-be-closed variables, which may
+    -- change the error, and say where it was resumed.
+    local closed, ce = raw_close(c)
+    if not closed then
+      if type(ce) == "string" and ce ~= "not enough memory" then raw_error(ce, 2) end
+      raw_error(ce, 0)
+    end
+  end
+  raw_error(e, 0)
+end
+
+co.wrap = function(...)
+  local f = ...
+  expect_function("wrap", 1, select("#", ...), f)
+  arm_hook()
+  local c = raw_create(f)
+  return function(...) return wrapped(c, raw_resume(c, ...)) end
+end
 
 local function load(chunk, name, _mode, env)
   if env == nil then env = current[1] end
