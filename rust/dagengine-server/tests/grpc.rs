@@ -476,3 +476,47 @@ fn stop_ends_sessions_and_watchers_that_only_a_client_would_end() {
     );
     assert!(srv.wait_stopped(Duration::from_secs(10)));
 }
+
+#[test]
+fn health_watch_of_an_unknown_service_streams_service_unknown_and_stays_open() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let srv = server(1);
+    let rt = client_rt();
+    rt.block_on(async {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", srv.port()))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let mut health = HealthClient::new(channel);
+        let asked = |service: &str| HealthCheckRequest {
+            service: service.into(),
+        };
+        let mut stream = health
+            .watch(asked("no.such.Service"))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+        // The stream stays open: nothing more arrives (no error, no end) while the status
+        // does not change.
+        let more = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+        assert!(more.is_err(), "the stream went on with {more:?}");
+        let code = health.check(asked("no.such.Service")).await.unwrap_err();
+        assert_eq!(code.code(), Code::NotFound);
+        let mut known = health
+            .watch(asked("dagengine.v1.EngineService"))
+            .await
+            .unwrap()
+            .into_inner();
+        let serving = known.next().await.unwrap().unwrap();
+        assert_eq!(serving.status, ServingStatus::Serving as i32);
+    });
+    srv.stop();
+    assert!(srv.wait_stopped(Duration::from_secs(10)));
+}

@@ -2,6 +2,7 @@
 //! conversions between them and the core, and the tonic server.
 
 pub mod convert;
+pub mod health;
 pub mod service;
 pub mod session_client;
 
@@ -21,6 +22,9 @@ pub const SESSION_PROTOCOL_HEADER: &str = "dagengine-session-protocol";
 )]
 pub mod pb {
     tonic::include_proto!("dagengine.v1");
+
+    /// The encoded `FileDescriptorSet` of `dagengine/v1/engine.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dagengine_v1");
 }
 
 pub use convert::{HostNode, HostRef, InvalidField};

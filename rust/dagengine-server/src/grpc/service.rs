@@ -1,5 +1,6 @@
-//! The engine's gRPC server: `dagengine.v1.EngineService` and `grpc.health.v1.Health`,
-//! served by tonic on the process runtime.
+//! The engine's gRPC server: `dagengine.v1.EngineService`, `grpc.health.v1.Health` and
+//! server reflection (`grpc.reflection.v1` and `v1alpha`), served by tonic on the process
+//! runtime.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,10 +17,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
 
 use super::convert::{self, HostNode, InvalidField, RunTag};
+use super::health::{HealthService, HealthStatuses, ServingStatus};
 use super::pb;
 use super::pb::engine_service_server::{EngineService, EngineServiceServer};
 use super::{SESSION_PROTOCOL, SESSION_PROTOCOL_HEADER};
@@ -92,6 +92,8 @@ pub enum StartError {
     Address(String),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("cannot build the gRPC reflection service: {0}")]
+    Reflection(String),
 }
 
 #[derive(Default)]
@@ -114,7 +116,7 @@ struct Engine {
     stopping: watch::Sender<bool>,
     watch: broadcast::Sender<pb::RunEvent>,
     host: Arc<dyn HostNodes>,
-    health: HealthReporter,
+    health: HealthStatuses,
     /// Validated plans by the encoded spec they came from: an orchestrator sends the same
     /// workflow again and again, and validating it (Lua compiles included) every time would
     /// cost more than running it.
@@ -798,9 +800,9 @@ impl EngineService for Service {
 }
 
 /// A stream that ends when the engine stops (a watcher never would).
-struct UntilStopped<S> {
-    inner: S,
-    stopped: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+pub(super) struct UntilStopped<S> {
+    pub(super) inner: S,
+    pub(super) stopped: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl<S: Stream + Unpin> Stream for UntilStopped<S> {
@@ -843,23 +845,51 @@ impl std::fmt::Debug for EngineServer {
 
 const SERVICE_NAME: &str = "dagengine.v1.EngineService";
 
+/// The services an engine serves, as reflection lists them (the `dagengine.v1` file also
+/// describes `OrchestratorService`, which engines do not serve).
+const REFLECTED: [&str; 4] = [
+    SERVICE_NAME,
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The address to listen on: `config.host` (an IP address or a name) and `config.port`.
+fn socket_addr(config: &EngineConfig) -> Result<SocketAddr, StartError> {
+    format!("{}:{}", config.host, config.port)
+        .parse()
+        .or_else(|_| {
+            use std::net::ToSocketAddrs;
+            (config.host.as_str(), config.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| StartError::Address(format!("{}:{}", config.host, config.port)))
+        })
+}
+
+/// Server reflection (build it with `build_v1` and `build_v1alpha`: grpcurl asks v1, older
+/// clients and grpcio's `ProtoReflectionDescriptorDatabase` v1alpha), describing
+/// `dagengine.v1`, the health service and reflection itself, so tools need no `.proto` files.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    REFLECTED.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(super::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+        |b, name| b.with_service_name(*name),
+    )
+}
+
+#[allow(clippy::needless_pass_by_value, reason = "used with map_err")]
+fn reflection_error(e: tonic_reflection::server::Error) -> StartError {
+    StartError::Reflection(e.to_string())
+}
+
 impl EngineServer {
     /// Bind and start serving.
     pub fn start(config: EngineConfig, host: Arc<dyn HostNodes>) -> Result<Self, StartError> {
         let rt = runtime()?;
-        let addr: SocketAddr =
-            format!("{}:{}", config.host, config.port)
-                .parse()
-                .or_else(|_| {
-                    use std::net::ToSocketAddrs;
-                    (config.host.as_str(), config.port)
-                        .to_socket_addrs()
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .ok_or_else(|| {
-                            StartError::Address(format!("{}:{}", config.host, config.port))
-                        })
-                })?;
+        let addr = socket_addr(&config)?;
         let mut builder = Server::builder()
             .tcp_nodelay(true)
             // A peer that stops answering pings is dropped, so a partitioned orchestrator
@@ -876,7 +906,11 @@ impl EngineServer {
                 .tls_config(tls_config)
                 .map_err(|e| StartError::Tls(e.to_string()))?;
         }
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = HealthStatuses::default();
+        health.set(SERVICE_NAME, ServingStatus::Serving);
+        health.set("", ServingStatus::Serving);
+        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
         let (watch, _) = broadcast::channel(WATCH_BUFFER);
         let max = config.max_message_bytes;
         let engine = Arc::new(Engine {
@@ -912,19 +946,16 @@ impl EngineServer {
                 source,
             })?
             .port();
-        let reporter = engine.health.clone();
-        rt.block_on(async move {
-            reporter
-                .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-                .await;
-            reporter
-                .set_service_status("", ServingStatus::Serving)
-                .await;
-        });
         let (tx, rx) = oneshot::channel::<()>();
         let stopped = Arc::new((Mutex::new(false), Condvar::new()));
         let done = stopped.clone();
-        let router = builder.add_service(health_service).add_service(service);
+        let health_service =
+            HealthService::server(engine.health.clone(), engine.stopping.subscribe());
+        let router = builder
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service);
         let serving = rt.spawn(async move {
             let _ = router
                 .serve_with_incoming_shutdown(incoming, async {
@@ -971,17 +1002,8 @@ impl EngineServer {
     pub fn drain(&self, grace: Duration) -> usize {
         let engine = &self.engine;
         if !engine.draining.swap(true, Ordering::SeqCst) {
-            if let Ok(rt) = runtime() {
-                let reporter = engine.health.clone();
-                rt.block_on(async move {
-                    reporter
-                        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-                        .await;
-                    reporter
-                        .set_service_status("", ServingStatus::NotServing)
-                        .await;
-                });
-            }
+            engine.health.set(SERVICE_NAME, ServingStatus::NotServing);
+            engine.health.set("", ServingStatus::NotServing);
         }
         let deadline = Instant::now().checked_add(grace);
         let mut active = engine.active();
