@@ -8,10 +8,16 @@ discovery, and health checks, wired to an :class:`~dagengine.orchestrator.Orches
   re-dispatched) and admitted again when it recovers.
 * ``RegisterEngine`` feeds self-registration; ``RunSubWorkflow`` runs a child workflow for a
   sub-workflow node running on a remote engine.
+* The gRPC server listens on ``Config.grpc_host`` (``DAGENGINE_GRPC_HOST``; ``dagengine serve``
+  defaults it to its ``--host``), serves TLS with ``DAGENGINE_GRPC_TLS_CERT``/``_KEY`` (mutual
+  TLS with ``DAGENGINE_GRPC_TLS_CLIENT_CA``), and with ``DAGENGINE_GRPC_TOKEN`` refuses every
+  call but health checks that lacks ``authorization: Bearer <token>`` (``UNAUTHENTICATED``).
+  It also serves ``grpc.health.v1.Health`` and server reflection (``grpc.reflection.v1alpha``).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
@@ -21,6 +27,8 @@ from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from dagengine.engine import REFUSAL_REASON_KEY
 from dagengine.exceptions import DagEngineError, DiscoveryError
@@ -38,11 +46,15 @@ from dagengine.results import RunStatus
 from dagengine.v1 import engine_pb2 as pb
 
 if TYPE_CHECKING:
+    from dagengine.orchestrator.config import Config
     from dagengine.orchestrator.orchestrator import Orchestrator
 
-__all__ = ["Cluster", "OrchestratorServicer"]
+__all__ = ["ORCHESTRATOR_SERVICE", "Cluster", "OrchestratorServicer", "TokenInterceptor"]
 
 log = logging.getLogger("dagengine.orchestrator")
+
+#: The full name of the orchestrator's gRPC service.
+ORCHESTRATOR_SERVICE = "dagengine.v1.OrchestratorService"
 
 _STATUS = {
     RunStatus.SUCCEEDED: pb.SUCCEEDED,
@@ -165,7 +177,7 @@ class _StatusClient:
 
 def _handlers(servicer: OrchestratorServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
-        "dagengine.v1.OrchestratorService",
+        ORCHESTRATOR_SERVICE,
         {
             "RegisterEngine": grpc.unary_unary_rpc_method_handler(
                 servicer.RegisterEngine,
@@ -181,12 +193,103 @@ def _handlers(servicer: OrchestratorServicer) -> grpc.GenericRpcHandler:
     )
 
 
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses, with ``UNAUTHENTICATED``, every call without the metadata
+    ``authorization: Bearer <token>`` -- except the health service's, which probes call
+    without credentials."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("TokenInterceptor: the token is empty")
+        self._expected = f"Bearer {token}".encode()
+
+    def _authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization":
+                given = value if isinstance(value, bytes) else value.encode()
+                return hmac.compare_digest(given, self._expected)
+        return False
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_HEALTH_PREFIX):
+            return handler
+        if self._authorized(handler_call_details.invocation_metadata):
+            return handler
+        return _refusal(
+            handler,
+            f"unauthenticated: {method} needs the metadata 'authorization: Bearer <token>' "
+            "with this orchestrator's token (DAGENGINE_GRPC_TOKEN); it is missing or wrong",
+        )
+
+
+def _refusal(
+    handler: grpc.RpcMethodHandler[Any, Any], message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape as ``handler`` that aborts with ``UNAUTHENTICATED``."""
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise DagEngineError(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def _server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """TLS of the orchestrator's gRPC server from the config (``None``: plaintext)."""
+    if config.grpc_tls_cert is None and config.grpc_tls_key is None:
+        if config.grpc_tls_client_ca is not None:
+            raise DagEngineError(
+                "DAGENGINE_GRPC_TLS_CLIENT_CA (mutual TLS) needs DAGENGINE_GRPC_TLS_CERT and "
+                "DAGENGINE_GRPC_TLS_KEY"
+            )
+        return None
+    if config.grpc_tls_cert is None or config.grpc_tls_key is None:
+        raise DagEngineError(
+            "the orchestrator's gRPC TLS needs both DAGENGINE_GRPC_TLS_CERT and "
+            "DAGENGINE_GRPC_TLS_KEY"
+        )
+    cert = _read(config.grpc_tls_cert, "DAGENGINE_GRPC_TLS_CERT")
+    key = _read(config.grpc_tls_key, "DAGENGINE_GRPC_TLS_KEY")
+    client_ca = (
+        None
+        if config.grpc_tls_client_ca is None
+        else _read(config.grpc_tls_client_ca, "DAGENGINE_GRPC_TLS_CLIENT_CA")
+    )
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 class Cluster:
     """Discovery, health checks and the gRPC server of a distributed orchestrator.
 
     ``discovery`` is ``"static"``, ``"self-registration"``, ``"kubernetes"`` or ``"none"``
     (default: the orchestrator's config). ``grpc_port`` 0 picks a free port (see
-    :attr:`port`); ``None`` serves no gRPC at all.
+    :attr:`port`); ``None`` serves no gRPC at all. ``grpc_host`` (default: the config's
+    ``grpc_host``, else ``0.0.0.0``) is the address the gRPC server listens on; TLS and the
+    bearer token come from the config (``grpc_tls_*``, ``grpc_token``).
     """
 
     def __init__(
@@ -194,7 +297,7 @@ class Cluster:
         orchestrator: Orchestrator,
         *,
         discovery: str | None = None,
-        grpc_host: str = "0.0.0.0",
+        grpc_host: str | None = None,
         grpc_port: int | None = None,
         kubernetes_api: Any = None,
     ) -> None:
@@ -234,19 +337,47 @@ class Cluster:
         self._known: dict[str, EngineEndpoint] = {}
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
+        self._health: health.HealthServicer | None = None
         self.port: int | None = None
         port = config.grpc_port if grpc_port is None else grpc_port
         if port is not None:
+            host = grpc_host or config.grpc_host or "0.0.0.0"
+            credentials = _server_credentials(config)
+            token = config.grpc_token
             self._server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="orchestrator-grpc"),
+                interceptors=[TokenInterceptor(token)] if token else None,
                 options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
             )
             self._server.add_generic_rpc_handlers(
                 (_handlers(OrchestratorServicer(orchestrator, self.registration)),)
             )
-            self.port = self._server.add_insecure_port(f"{grpc_host}:{port}")
+            self._health = health.HealthServicer(experimental_non_blocking=True)
+            self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+            self._health.set(ORCHESTRATOR_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+            reflection.enable_server_reflection(
+                (
+                    ORCHESTRATOR_SERVICE,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self._server,
+            )
+            # An IPv6 literal needs its brackets in the address grpc parses.
+            bound = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            address = f"{bound}:{port}"
+            try:
+                if credentials is None:
+                    self.port = self._server.add_insecure_port(address)
+                else:
+                    self.port = self._server.add_secure_port(address, credentials)
+            except RuntimeError as exc:
+                raise DagEngineError(
+                    f"cannot listen on {address} for OrchestratorService: {exc}"
+                ) from None
             if self.port == 0:
-                raise DagEngineError(f"cannot listen on {grpc_host}:{port} for OrchestratorService")
+                raise DagEngineError(f"cannot listen on {address} for OrchestratorService")
 
     def start(self) -> Cluster:
         """Start serving, discovering and checking engines."""
@@ -262,6 +393,9 @@ class Cluster:
         if self.discovery is not None:
             self.discovery.stop()
         self.health.stop()
+        if self._health is not None:
+            # Watchers see NOT_SERVING before their streams end with the server.
+            self._health.enter_graceful_shutdown()
         if self._server is not None:
             self._server.stop(grace=1.0).wait(5)
 
