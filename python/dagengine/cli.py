@@ -664,7 +664,11 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         help="load every workflow in DIR: *.yaml/*.yml/*.json specs and *.py modules with "
         "WORKFLOWS or register(orch) (repeatable; adds to the config file's)",
     )
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        help="address to listen on, for the HTTP API and, with discovery, OrchestratorService "
+        "unless DAGENGINE_GRPC_HOST says otherwise (default 127.0.0.1)",
+    )
     parser.add_argument(
         "--port", type=_port, help="HTTP port; 0 picks one (env DAGENGINE_HTTP_PORT, 8080)"
     )

@@ -82,6 +82,18 @@ class Config:
     #: The name engine certificates are checked against (``DAGENGINE_TLS_SERVER_NAME``):
     #: engines are dialled by pod IP, so their certificates name a service, not an address.
     tls_server_name: str | None = None
+    #: Where ``OrchestratorService`` listens (``DAGENGINE_GRPC_HOST``). ``None``: all
+    #: interfaces, except under ``dagengine serve``, which uses its ``--host``.
+    grpc_host: str | None = None
+    #: TLS of the orchestrator's own gRPC server: its certificate chain and key
+    #: (``DAGENGINE_GRPC_TLS_CERT``, ``DAGENGINE_GRPC_TLS_KEY``), and with
+    #: ``DAGENGINE_GRPC_TLS_CLIENT_CA`` callers must present a certificate that CA signed.
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_tls_client_ca: str | None = None
+    #: Bearer token every ``OrchestratorService`` call must carry (``DAGENGINE_GRPC_TOKEN``;
+    #: engines send theirs from ``DAGENGINE_ORCHESTRATOR_TOKEN``). ``None``: no token.
+    grpc_token: str | None = field(default=None, repr=False)
 
     @property
     def tls_enabled(self) -> bool:
@@ -128,6 +140,18 @@ class Config:
                 variable=missing,
                 value="",
             )
+        grpc_cert = env.path("DAGENGINE_GRPC_TLS_CERT")
+        grpc_key = env.path("DAGENGINE_GRPC_TLS_KEY")
+        grpc_client_ca = env.path("DAGENGINE_GRPC_TLS_CLIENT_CA")
+        if (grpc_cert is None) != (grpc_key is None) or (grpc_client_ca and not grpc_cert):
+            missing = "DAGENGINE_GRPC_TLS_CERT" if grpc_cert is None else "DAGENGINE_GRPC_TLS_KEY"
+            raise ConfigError(
+                f"{missing} is not set: the orchestrator's gRPC TLS needs both "
+                "DAGENGINE_GRPC_TLS_CERT and DAGENGINE_GRPC_TLS_KEY (and mutual TLS, "
+                "DAGENGINE_GRPC_TLS_CLIENT_CA, needs them too)",
+                variable=missing,
+                value="",
+            )
         store = env.raw("DAGENGINE_STORE") or DEFAULT_STORE_PATH
         return cls(
             k8s_namespace=env.text("K8S_NAMESPACE", "default"),
@@ -151,6 +175,11 @@ class Config:
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_server_name=env.raw("DAGENGINE_TLS_SERVER_NAME"),
+            grpc_host=env.raw("DAGENGINE_GRPC_HOST"),
+            grpc_tls_cert=grpc_cert,
+            grpc_tls_key=grpc_key,
+            grpc_tls_client_ca=grpc_client_ca,
+            grpc_token=env.raw("DAGENGINE_GRPC_TOKEN"),
         )
 
 
