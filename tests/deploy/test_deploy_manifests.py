@@ -254,7 +254,9 @@ def test_orchestrator_is_a_singleton_on_its_volume(rendered: list[Resource]) -> 
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     container = _container(deployment)
-    assert container["args"] == ["serve"]
+    # On the pod's IP (the default, 127.0.0.1, is unreachable for probes, the Service and the
+    # engines that call OrchestratorService).
+    assert container["args"] == ["serve", "--host", "0.0.0.0"]
     config = one(rendered, "ConfigMap", "dagengine-orchestrator-config")["data"]
     assert [e["configMapRef"]["name"] for e in container["envFrom"]] == [
         "dagengine-orchestrator-config"
