@@ -759,6 +759,8 @@ NOT_JSON_INPUTS: list[tuple[Any, str]] = [
     ({"a": 10**1000}, r"inputs\.a: integer an integer of 3322 bits is out of range"),
     ({"a": float("nan")}, r"inputs\.a: nan is not a JSON number"),
     ({"a": {"b": float("-inf")}}, r"inputs\.a\.b: -inf is not a JSON number"),
+    ({"a": 2.0**63}, r"inputs\.a: 9\.223372036854776e\+18 is out of range \(numbers must be"),
+    ({"a": -1e300}, r"inputs\.a: -1e\+300 is out of range"),
     ({"a": {1: "x"}}, r"inputs\.a: keys must be strings, got int 1"),
     ({"a": {None: "x"}}, r"inputs\.a: keys must be strings, got NoneType None"),
     ({"a": object()}, r"inputs\.a: object is not JSON data"),

@@ -2,10 +2,16 @@
 ``DAG.start``/``run``/``run_async``, the orchestrator's submit, the HTTP API, the CLI (the
 engine's gRPC service applies the same limits to ``inputs_json``, in Rust).
 
-JSON data is: ``None``, ``bool``, an ``int`` in the signed 64-bit range (:data:`INT_MIN` ..
-:data:`INT_MAX`), a finite ``float``, a ``str`` that encodes as UTF-8 (no lone surrogates), a
-``list`` or ``tuple`` of JSON data, a ``dict`` with ``str`` keys (UTF-8 too) and JSON data
-values, nested at most :data:`MAX_DEPTH` levels (the outermost object or array is level 1).
+JSON data is: ``None``, ``bool``, a number in the signed 64-bit range (an ``int`` in
+:data:`INT_MIN` .. :data:`INT_MAX`, a finite ``float`` in -2**63 <= x < 2**63), a ``str``
+that encodes as UTF-8 (no lone surrogates), a ``list`` or ``tuple`` of JSON data, a ``dict``
+with ``str`` keys (UTF-8 too) and JSON data values, nested at most :data:`MAX_DEPTH` levels
+(the outermost object or array is level 1).
+
+The number rule does not depend on spelling: JSON has one number type, and ``1e19`` is the
+same number as ``10000000000000000000`` (a float past 2**53 is a whole number), so both are
+refused; it is also what JSON Schema's ``integer`` with those bounds says, so the OpenAPI
+document can state the rule exactly.
 Anything else would be stored or sent in a form that cannot be read back the same (or not at
 all), so it is refused up front with a :class:`~dagengine.ValidationError` naming the path
 of the offending value: ``inputs.a: string is not valid UTF-8 (lone surrogate \\udcff)``.
@@ -35,6 +41,8 @@ MAX_DEPTH: Final = 64
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**63 - 1
 
+_FLOAT_MIN: Final = -(2.0**63)
+_FLOAT_END: Final = 2.0**63
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -102,8 +110,10 @@ def _problem(value: Any) -> str | None:
             return None
         return f"integer {describe_int(value)} is out of range (a signed 64-bit integer)"
     if kind is float:
-        if math.isfinite(value):
+        if _FLOAT_MIN <= value < _FLOAT_END:
             return None
+        if math.isfinite(value):
+            return f"{value!r} is out of range (numbers must be in the signed 64-bit range)"
         return f"{value} is not a JSON number (only finite numbers are)"
     if value is None or kind is bool:
         return None

@@ -58,6 +58,8 @@ BAD_INPUTS = [
     ('{"a": 9223372036854775808}', "inputs.a: integer 9223372036854775808 is out of range"),
     ('{"a": [-9223372036854775809]}', "inputs.a[0]: integer -9223372036854775809 is out of"),
     ('{"a": 1e400}', "inputs.a: inf is not a JSON number"),
+    # One rule whatever the spelling: 1e19 is the number 10000000000000000000.
+    ('{"a": [0.5, 1e19]}', "inputs.a[1]: 1e+19 is out of range (numbers must be in the signed"),
     ('{"a": NaN}', "NaN is not valid JSON"),
     ('{"a": -Infinity}', "-Infinity is not valid JSON"),
     ('{"a": ' + nested(MAX_DEPTH) + "}", f"nested deeper than {MAX_DEPTH} levels"),
@@ -281,3 +283,24 @@ def test_near_json_inputs_are_never_a_500_and_the_server_keeps_serving(
     r = served.client.post(path, content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code in (200, 202, 400), (r.status_code, r.text, body[:300])
     assert_still_serving(served)
+
+
+# -- events: the cursor is what the document says ---------------------------------------------
+
+
+@pytest.mark.parametrize("cursor", ["\u00b2", "1" * 19, "9" * 5000, "-1", " 1", "1.0", "\uff11"])
+def test_an_event_cursor_outside_its_pattern_is_400(served: Served, cursor: str) -> None:
+    run_id = served.client.post(RUNS, json={"wait": True}).json()["run_id"]
+    r = served.client.get(f"/runs/{run_id}/events", params={"after": cursor})
+    assert r.status_code == 400, r.text
+    assert "event sequence number (up to 18 digits)" in r.json()["error"]
+    r = served.client.get(f"/runs/{run_id}/events", params={"after": "1" * 18})
+    assert r.status_code == 200
+
+
+def test_an_offset_past_the_documented_maximum_is_400(served: Served) -> None:
+    doc = served.client.get("/openapi.json").json()
+    (offset,) = [p for p in doc["paths"]["/runs"]["get"]["parameters"] if p["name"] == "offset"]
+    top = offset["schema"]["maximum"]
+    assert served.client.get("/runs", params={"offset": top}).status_code == 200
+    assert served.client.get("/runs", params={"offset": top + 1}).status_code == 400

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -46,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dagengine._jsondata import check_json_data, describe_int, escape
 from dagengine.api.metrics import CONTENT_TYPE, Metrics
-from dagengine.api.openapi import openapi_document
+from dagengine.api.openapi import EVENT_SEQ_PATTERN, MAX_OFFSET, openapi_document
 from dagengine.exceptions import (
     DagEngineError,
     NoMatchingVersion,
@@ -623,7 +624,7 @@ async def list_runs(request: Request) -> Response:
         raise ApiError(400, f"status must be one of {', '.join(RUN_STATUSES)}")
     workflow_id = request.query_params.get("workflow_id")
     limit = _int_param(request, "limit", 100, 1, 1000)
-    offset = _int_param(request, "offset", 0, 0, 2**62)
+    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
     runs = await _call(
         api.orch.list_runs, workflow_id=workflow_id, status=status, limit=limit, offset=offset
     )
@@ -673,8 +674,10 @@ async def run_events(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     info = await _call(api.orch.get_run, run_id)
     cursor = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    if not cursor.strip().isdigit():
-        raise ApiError(400, "Last-Event-ID / after must be an event sequence number")
+    if not re.fullmatch(EVENT_SEQ_PATTERN, cursor):
+        raise ApiError(
+            400, "Last-Event-ID / after must be an event sequence number (up to 18 digits)"
+        )
     sub = api.monitor.subscribe(run_id=run_id, after=int(cursor))
     finished_at_start = info.status in _FINISHED
 

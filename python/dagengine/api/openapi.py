@@ -9,12 +9,26 @@ as operations of their own paths.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+
+from dagengine._jsondata import INT_MAX, INT_MIN, MAX_DEPTH
+from dagengine.spec import (
+    MAX_BACKOFF_FACTOR,
+    MAX_INSTRUCTIONS,
+    MAX_PARALLEL,
+    MAX_RETRIES,
+    MAX_SECONDS,
+)
 
 if TYPE_CHECKING:
     from dagengine.triggers.http import HTTPTrigger
 
-__all__ = ["openapi_document"]
+__all__ = ["EVENT_SEQ_PATTERN", "MAX_OFFSET", "openapi_document"]
+
+#: The largest ``offset`` of ``GET /runs``.
+MAX_OFFSET: Final = 2**62
+#: An event sequence number (``Last-Event-ID``, ``after``): up to 18 ASCII digits.
+EVENT_SEQ_PATTERN: Final = "^[0-9]{1,18}$"
 
 _JSON = "application/json"
 
@@ -105,22 +119,90 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "RegisterRequest": {
+    "JsonValue": {
+        "description": (
+            f"JSON data within the limits of every door: integers in [{INT_MIN}, {INT_MAX}], "
+            f"finite numbers, text without lone surrogates, at most {MAX_DEPTH} levels of "
+            "nesting in all"
+        ),
+        "anyOf": [
+            {"type": ["null", "boolean", "string"]},
+            {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": "array", "items": _ref("JsonValue")},
+            _ref("JsonObject"),
+        ],
+    },
+    "JsonObject": {"type": "object", "additionalProperties": _ref("JsonValue")},
+    "Duration": {
+        "description": "seconds, or a string like '500ms', '10s', '1m30s', '2h'",
+        "anyOf": [
+            {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
+            {"type": "string", "minLength": 1},
+        ],
+    },
+    "WorkflowSpec": {
         "type": "object",
-        "required": ["spec"],
+        "description": "a workflow spec (the YAML/JSON format; see the README)",
+        "additionalProperties": False,
+        "required": ["id", "version", "nodes"],
         "properties": {
-            "spec": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+            "version": {
+                "type": "string",
+                "pattern": "^(0|[1-9][0-9]*)[.](0|[1-9][0-9]*)[.](0|[1-9][0-9]*)([-+].*)?$",
+                "description": "semver: MAJOR.MINOR.PATCH[-pre][+build]",
+            },
+            "description": {"type": "string"},
+            "max_parallel": {"type": "integer", "minimum": 1, "maximum": MAX_PARALLEL},
+            "fail_fast": {"type": "boolean"},
+            "timeout": _ref("Duration"),
+            "nodes": {"type": "array", "minItems": 1, "items": _ref("NodeSpec")},
+        },
+    },
+    "NodeSpec": {
+        "type": "object",
+        "description": "a node: its id, deps and one executor (lua, python, workflow or noop)",
+        "additionalProperties": False,
+        "required": ["id"],
+        "oneOf": [{"required": [kind]} for kind in ("lua", "python", "workflow", "noop")],
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "deps": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "lua": {"type": "string"},
+            "python": {"type": "string"},
+            "workflow": {"type": "string"},
+            "noop": {"const": True},
+            "retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
+            "retry_backoff": {
                 "type": "object",
-                "description": "a workflow spec (the YAML/JSON format)",
-                "required": ["id", "version", "nodes"],
+                "additionalProperties": False,
                 "properties": {
-                    "id": {"type": "string"},
-                    "version": {"type": "string"},
-                    "nodes": {"type": "array", "items": {"type": "object"}},
+                    "initial": {"type": ["number", "string"]},
+                    "factor": {"type": "number", "minimum": 1, "maximum": MAX_BACKOFF_FACTOR},
+                    "max": {"type": ["number", "string"]},
                 },
             },
-            "metadata": {"type": "object"},
+            "timeout": _ref("Duration"),
+            "limits": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "instructions": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_INSTRUCTIONS,
+                    },
+                    "memory": {"type": ["integer", "string"]},
+                },
+            },
         },
+    },
+    "RegisterRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["spec"],
+        "properties": {"spec": _ref("WorkflowSpec"), "metadata": _ref("JsonObject")},
     },
     "Registered": {
         "type": "object",
@@ -129,11 +211,17 @@ _SCHEMAS: dict[str, Any] = {
     },
     "RunRequest": {
         "type": "object",
+        "additionalProperties": False,
         "properties": {
-            "inputs": {"type": "object"},
+            "inputs": _ref("JsonObject"),
             "version": {"type": "string", "description": "exact version; default latest"},
             "wait": {"type": "boolean", "description": "answer 200 with the result when done"},
-            "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e9},
+            "timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": MAX_SECONDS,
+                "description": "seconds",
+            },
             "key": {"type": "string", "description": "load-balancing key"},
         },
     },
@@ -205,7 +293,9 @@ _SCHEMAS: dict[str, Any] = {
     },
     "TriggerRequest": {
         "type": "object",
-        "properties": {"inputs": {"type": "object"}},
+        "description": "other keys are ignored (a webhook sender's payload may carry more)",
+        "additionalProperties": True,
+        "properties": {"inputs": _ref("JsonObject")},
     },
     "TriggerAccepted": {
         "type": "object",
@@ -301,7 +391,13 @@ def openapi_document(
                     "required": True,
                     "content": {
                         _JSON: {"schema": _ref("RegisterRequest")},
-                        "application/yaml": {"schema": {"type": "string"}},
+                        "application/yaml": {
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "description": "a workflow spec in YAML (a mapping)",
+                            }
+                        },
                     },
                 },
                 "responses": {
@@ -376,7 +472,12 @@ def openapi_document(
                     {
                         "name": "offset",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": MAX_OFFSET,
+                            "default": 0,
+                        },
                     },
                 ],
                 "responses": {"200": _ok("a page of runs", "RunList"), "400": bad, **unauthorized},
@@ -414,20 +515,33 @@ def openapi_document(
                     {
                         "name": "Last-Event-ID",
                         "in": "header",
-                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "schema": {"type": "string", "pattern": EVENT_SEQ_PATTERN},
                         "description": "resume after this event sequence number",
                     },
                     {
                         "name": "after",
                         "in": "query",
-                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "schema": {"type": "string", "pattern": EVENT_SEQ_PATTERN},
                         "description": "same as Last-Event-ID",
                     },
                 ],
                 "responses": {
                     "200": {
-                        "description": "id: <seq>, event: <type>, data: <event JSON>",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "description": (
+                            "a stream of server-sent events, not JSON: each event is the lines "
+                            "'id: <seq>', 'event: <type>', 'data: <the event as JSON>' and a "
+                            "blank line; ': keep-alive' comments in between"
+                        ),
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "example": (
+                                        'id: 1\nevent: run.started\ndata: {"seq":1,...}\n\n'
+                                    ),
+                                }
+                            }
+                        },
                     },
                     "400": bad,
                     **unauthorized,

@@ -228,8 +228,8 @@ const INPUTS_FIELD: &str = "inputs_json";
 pub const MAX_INPUT_DEPTH: usize = 64;
 
 /// Parse a JSON object sent as bytes. A run's inputs (`inputs_json`) must also be JSON data
-/// within the limits every door applies: integers in the signed 64-bit range (`serde_json`
-/// would read a bigger one as a float, silently) and nesting at most [`MAX_INPUT_DEPTH`]
+/// within the limits every door applies: numbers in the signed 64-bit range (`serde_json`
+/// would read a bigger integer as a float, silently) and nesting at most [`MAX_INPUT_DEPTH`]
 /// levels. `serde_json` itself refuses lone surrogate escapes, NaN and text not in UTF-8.
 pub fn json_object(field: &str, bytes: &[u8]) -> Result<Value, InvalidField> {
     if bytes.is_empty() {
@@ -285,8 +285,9 @@ fn path_of(levels: &[Level]) -> String {
     path
 }
 
-/// Scan valid JSON text for integers outside the signed 64-bit range and nesting deeper
-/// than [`MAX_INPUT_DEPTH`], naming the path of the first (`inputs.a[1]: ...`).
+/// Scan valid JSON text for numbers outside the signed 64-bit range (integers, and whole
+/// numbers written with an exponent: 1e19) and nesting deeper than [`MAX_INPUT_DEPTH`],
+/// naming the path of the first (`inputs.a[1]: ...`).
 fn check_input_limits(bytes: &[u8]) -> Result<(), String> {
     let mut levels: Vec<Level> = Vec::new();
     let mut i = 0;
@@ -340,15 +341,21 @@ fn check_input_limits(bytes: &[u8]) -> Result<(), String> {
                     i += 1;
                 }
                 let token = &bytes[start..=i];
+                let text = std::str::from_utf8(token).unwrap_or_default();
                 let integer = !token.iter().any(|b| matches!(b, b'.' | b'e' | b'E'));
-                if integer {
-                    let text = std::str::from_utf8(token).unwrap_or_default();
-                    if text.parse::<i64>().is_err() {
-                        return Err(format!(
-                            "{}: integer {text} is out of range (a signed 64-bit integer)",
-                            path_of(&levels)
-                        ));
-                    }
+                if integer && text.parse::<i64>().is_err() {
+                    return Err(format!(
+                        "{}: integer {text} is out of range (a signed 64-bit integer)",
+                        path_of(&levels)
+                    ));
+                }
+                // The same rule whatever the spelling: 1e19 is 10000000000000000000.
+                let in_range = |x: f64| (-(2f64.powi(63))..2f64.powi(63)).contains(&x);
+                if !integer && !text.parse::<f64>().is_ok_and(in_range) {
+                    return Err(format!(
+                        "{}: {text} is out of range (numbers must be in the signed 64-bit range)",
+                        path_of(&levels)
+                    ));
                 }
             }
             _ => {}
@@ -852,8 +859,13 @@ mod tests {
         );
         assert!(err(&nested(100_000)).starts_with("not valid JSON"));
         // Within the limits: the edges, floats, brackets and digits inside strings.
-        let ok = r#"{"max": 9223372036854775807, "min": -9223372036854775808, "f": 1e300,
-                     "g": -2.5E-3, "s": "[[[[ 99999999999999999999999", "\"": [{"b": 0}]}"#;
+        assert_eq!(
+            err(r#"{"a": [1.5, -1e19]}"#),
+            "inputs.a[1]: -1e19 is out of range (numbers must be in the signed 64-bit range)"
+        );
+        assert!(err(r#"{"a": 9.3e18}"#).starts_with("inputs.a: 9.3e18 is out of range"));
+        let ok = r#"{"max": 9223372036854775807, "min": -9223372036854775808, "f": 1e18,
+                     "g": -2.5E-3, "h": -9.2e18, "i": 1e-300, "s": "[[[[ 99999999999999999999999", "\"": [{"b": 0}]}"#;
         assert!(json_object("inputs_json", ok.as_bytes()).is_ok());
         // Completed outputs are node outputs, not inputs: not held to the input limits.
         assert!(json_object("completed_json[\"a\"]", b"{\"a\": 18446744073709551615}").is_ok());
