@@ -409,7 +409,7 @@ BAD_SPECS: list[tuple[str, Any, str, str | None]] = [
     (
         "timeout-huge-int",
         spec_with(timeout=10**400),
-        "timeout: an integer of 1329 bits is out of range (at most 1e+09 seconds)",
+        "timeout: a 1329-bit integer is out of range (at most 1e+09 seconds)",
         "timeout",
     ),
     (

@@ -30,7 +30,6 @@ __all__ = [
     "INT_MIN",
     "MAX_DEPTH",
     "check_json_data",
-    "check_json_object",
     "describe_int",
     "escape",
 ]
@@ -51,7 +50,7 @@ def describe_int(value: int) -> str:
     int of more than 4300 digits as text)."""
     if value.bit_length() <= 256:
         return str(value)
-    return f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"
+    return f"a {'negative ' if value < 0 else ''}{value.bit_length()}-bit integer"
 
 
 def escape(text: str) -> str:
@@ -108,7 +107,8 @@ def _problem(value: Any) -> str | None:
     if kind is int:
         if INT_MIN <= value <= INT_MAX:
             return None
-        return f"integer {describe_int(value)} is out of range (a signed 64-bit integer)"
+        shown = f"integer {value}" if value.bit_length() <= 256 else describe_int(value)
+        return f"{shown} is out of range (a signed 64-bit integer)"
     if kind is float:
         if _FLOAT_MIN <= value < _FLOAT_END:
             return None
@@ -178,11 +178,3 @@ def check_json_data(value: Any, path: str = "inputs") -> None:
         raise ValidationError(f"{_render(path, bad.where)}: {bad.problem}") from None
     if problem is not None:
         raise ValidationError(f"{path}: {problem}")
-
-
-def check_json_object(value: Any, path: str = "inputs") -> None:
-    """:func:`check_json_data`, and ``value`` must be an object (a mapping with str keys)."""
-    if not isinstance(value, dict):
-        kind = "null" if value is None else type(value).__name__
-        raise ValidationError(f"{path}: expected an object, got {kind}")
-    check_json_data(value, path)
