@@ -10,13 +10,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mlua::{ffi, ChunkMode, Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
+use mlua::{
+    ffi, ChunkMode, Function, IntoLuaMulti, Lua, LuaOptions, MultiValue, StdLib, Table,
+    Value as LuaValue,
+};
 use serde_json::Value;
 
 use crate::convert::{
     invoke, json_to_lua, lua_to_json, lua_type_name, release, Call, ConvFail, InvokeFail, Returned,
     Scope, REUSE_MAX_KEYS,
 };
+use crate::pattern;
 use crate::watchdog::{self, EAGER_WITHIN, HOOK_COUNT};
 use crate::{LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
 
@@ -176,6 +180,8 @@ struct RunState {
     /// [`CancelGuard`].
     cancel: Cell<*const AtomicBool>,
     memory_limited: Cell<bool>,
+    /// The state's memory limit while the script runs (`usize::MAX`: none).
+    memory_cap: Cell<usize>,
     tripped: Cell<Option<Trip>>,
     logs: RefCell<Vec<String>>,
     log_bytes: Cell<usize>,
@@ -193,6 +199,7 @@ impl RunState {
             deadline: Cell::new(None),
             cancel: Cell::new(std::ptr::null()),
             memory_limited: Cell::new(false),
+            memory_cap: Cell::new(usize::MAX),
             tripped: Cell::new(None),
             logs: RefCell::new(Vec::new()),
             log_bytes: Cell::new(0),
@@ -335,6 +342,177 @@ impl RunState {
     }
 }
 
+/// The host functions behind the sandbox's `string.find`, `match`, `gmatch` and `gsub`
+/// (see `pattern`; the argument checks and the loops calling Lua are in the prelude). Each
+/// returns `nil` for no match, `true` and the results for a match, or `false` and a message
+/// for an error: the prelude raises it as the script's (a Rust error would reach the script
+/// as a userdata), or the limit error if the run reached one meanwhile.
+fn add_pattern_functions(lua: &Lua, host: &Table, run: &Rc<RunState>) -> mlua::Result<()> {
+    add_find(lua, host, run)?;
+    add_search(lua, host, run)?;
+    add_gsub(lua, host, run)
+}
+
+/// A failed match's answer to the prelude: `false` and the message.
+fn fail(lua: &Lua, f: &pattern::Fail) -> mlua::Result<MultiValue> {
+    (false, lua.create_string(f.message())?).into_lua_multi(lua)
+}
+
+/// Appends `caps` (of the subject `s`) to `out` as Lua values.
+fn push_captures(
+    lua: &Lua,
+    s: &[u8],
+    caps: &[pattern::Capture],
+    out: &mut Vec<LuaValue>,
+) -> mlua::Result<()> {
+    for c in caps {
+        out.push(match *c {
+            pattern::Capture::Text(a, b) => LuaValue::String(lua.create_string(&s[a..b])?),
+            pattern::Capture::Position(n) => LuaValue::Integer(to_lua_int(n)),
+        });
+    }
+    Ok(())
+}
+
+fn add_find(lua: &Lua, host: &Table, run: &Rc<RunState>) -> mlua::Result<()> {
+    // find(s, p, init, plain, is_find): `string.find` or `string.match`.
+    let r = Rc::clone(run);
+    host.raw_set(
+        "find",
+        lua.create_function(
+            move |lua, (s, p, init, plain, is_find): (mlua::String, mlua::String, i64, bool, bool)| {
+                let (sb, pb) = (s.as_bytes(), p.as_bytes());
+                let tick = || r.check().map_err(drop);
+                match pattern::find(&sb, &pb, init, plain, is_find, tick) {
+                    Ok(None) => Ok(MultiValue::new()),
+                    Ok(Some(found)) => {
+                        let mut out = vec![LuaValue::Boolean(true)];
+                        match found {
+                            pattern::Found::At(a, b, caps) => {
+                                out.push(LuaValue::Integer(to_lua_int(a)));
+                                out.push(LuaValue::Integer(to_lua_int(b)));
+                                push_captures(lua, &sb, &caps, &mut out)?;
+                            }
+                            pattern::Found::Captures(caps) => {
+                                push_captures(lua, &sb, &caps, &mut out)?;
+                            }
+                        }
+                        Ok(MultiValue::from_vec(out))
+                    }
+                    Err(f) => fail(lua, &f),
+                }
+            },
+        )?,
+    )?;
+
+    Ok(())
+}
+
+fn add_search(lua: &Lua, host: &Table, run: &Rc<RunState>) -> mlua::Result<()> {
+    // search(s, p, from, last, strip_anchor, first): the next match at 0-based `from` or
+    // later whose end is not `last` (-1: none), for `gmatch` and `gsub`: true, its 0-based
+    // start and end, its captures (the whole match if none; only the first if `first`).
+    let r = Rc::clone(run);
+    host.raw_set(
+        "search",
+        lua.create_function(
+            move |lua,
+                  (s, p, from, last, strip, first): (
+                mlua::String,
+                mlua::String,
+                i64,
+                i64,
+                bool,
+                bool,
+            )| {
+                let (sb, pb) = (s.as_bytes(), p.as_bytes());
+                let (anchor, pat): (bool, &[u8]) = match pb.split_first() {
+                    Some((b'^', rest)) if strip => (true, rest),
+                    _ => (false, &pb),
+                };
+                let from = usize::try_from(from).unwrap_or(usize::MAX);
+                let last = usize::try_from(last).ok();
+                let mut m = pattern::Matcher::new(&sb, pat, || r.check().map_err(drop));
+                let found = m.search(from, anchor, last).and_then(|at| match at {
+                    Some((a, b)) if first => Ok(Some((a, b, vec![m.capture(0, a, b)?]))),
+                    Some((a, b)) => Ok(Some((a, b, m.captures(a, b, true)?))),
+                    None => Ok(None),
+                });
+                match found {
+                    Ok(None) => Ok(MultiValue::new()),
+                    Ok(Some((a, b, caps))) => {
+                        let mut out = vec![
+                            LuaValue::Boolean(true),
+                            LuaValue::Integer(to_lua_int(a)),
+                            LuaValue::Integer(to_lua_int(b)),
+                        ];
+                        push_captures(lua, &sb, &caps, &mut out)?;
+                        Ok(MultiValue::from_vec(out))
+                    }
+                    Err(f) => fail(lua, &f),
+                }
+            },
+        )?,
+    )?;
+
+    Ok(())
+}
+
+fn add_gsub(lua: &Lua, host: &Table, run: &Rc<RunState>) -> mlua::Result<()> {
+    // gsub(s, p, repl, max): `string.gsub` with a string replacement: true, the new string
+    // (nil: unchanged), the count.
+    let r = Rc::clone(run);
+    host.raw_set(
+        "gsub",
+        lua.create_function(
+            move |lua, (s, p, repl, max): (mlua::String, mlua::String, mlua::String, i64)| {
+                let (sb, pb, rb) = (s.as_bytes(), p.as_bytes(), repl.as_bytes());
+                // The new string is built outside Lua's allocator: hold it to what the
+                // script may still allocate.
+                let room = r.memory_cap.get().saturating_sub(lua.used_memory());
+                let tick = || r.check().map_err(drop);
+                match pattern::gsub_str(&sb, &pb, &rb, max, room, tick) {
+                    Ok((None, n)) => (true, LuaValue::Nil, n).into_lua_multi(lua),
+                    Ok((Some(out), n)) => (true, lua.create_string(out)?, n).into_lua_multi(lua),
+                    Err(Some(f)) => fail(lua, &f),
+                    Err(None) => {
+                        r.tripped.set(Some(Trip::Memory));
+                        fail(lua, &pattern::Fail::Stopped)
+                    }
+                }
+            },
+        )?,
+    )?;
+    Ok(())
+}
+
+/// `luaL_argerror`'s message for argument `arg` of the sandbox function running at stack
+/// `level` (`global` is its name when the caller gives none, as for a call from `pcall`):
+/// named as its caller named it, `self` not counted in a method call.
+fn arg_message(lua: &Lua, level: usize, global: &str, arg: i64, msg: &str) -> String {
+    let (name, what) = lua
+        .inspect_stack(level, |d| {
+            let n = d.names();
+            (n.name.map(std::borrow::Cow::into_owned), n.name_what)
+        })
+        .unwrap_or((None, None));
+    let mut arg = arg;
+    if what == Some("method") {
+        arg -= 1;
+        if arg == 0 {
+            let name = name.as_deref().unwrap_or("?");
+            return format!("calling '{name}' on bad self ({msg})");
+        }
+    }
+    let name = name.as_deref().unwrap_or(global);
+    format!("bad argument #{arg} to '{name}' ({msg})")
+}
+
+/// A position or length as a Lua integer.
+fn to_lua_int(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn is_memory_error(e: &mlua::Error) -> bool {
     match e {
         mlua::Error::MemoryError(_) => true,
@@ -463,6 +641,16 @@ impl Engine {
         )?;
         let current = lua.create_table()?;
         host.raw_set("current", &current)?;
+        add_pattern_functions(&lua, &host, &run)?;
+        host.raw_set(
+            "arg_message",
+            lua.create_function(
+                |lua, (level, global, arg, msg): (usize, mlua::String, i64, mlua::String)| {
+                    let (global, msg) = (global.to_string_lossy(), msg.to_string_lossy());
+                    Ok(arg_message(lua, level, &global, arg, &msg))
+                },
+            )?,
+        )?;
 
         let env_mt: Table = lua
             .load(include_str!("prelude.lua"))
@@ -591,11 +779,13 @@ impl Engine {
             if let Some(max) = limits.max_memory {
                 let limit = lua.used_memory().saturating_add(max).max(1);
                 armed = lua.set_memory_limit(limit).map(drop);
+                run.memory_cap.set(limit);
             }
             armed.is_ok()
         };
         let mut disarmed = None;
         let disarm = || {
+            run.memory_cap.set(usize::MAX);
             if limits.max_memory.is_some() {
                 disarmed = Some(lua.set_memory_limit(0).map(drop));
             }
@@ -622,6 +812,7 @@ impl Engine {
         drop(guard);
 
         run.active.set(false);
+        run.memory_cap.set(usize::MAX);
         match disarmed {
             Some(done) => done.map_err(|e| self.fail(&e))?,
             // The script raised (or never ran): the limit is still on.

@@ -115,6 +115,7 @@
 
 mod convert;
 mod engine;
+mod pattern;
 mod watchdog;
 
 use std::hash::{DefaultHasher, Hash, Hasher};

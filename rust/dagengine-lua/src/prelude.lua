@@ -57,11 +57,24 @@ end
 
 local function pcall(f, ...) return pass(raw_pcall(f, ...)) end
 
--- `luaL_checktype`'s message for argument `i` of `name`, which must be a function.
+-- The type an argument error names: argument `i` of `n` given.
+local function typename(v, i, n)
+  return i > n and "no value" or v == NULL and "light userdata" or type(v)
+end
+
+-- Raises `lauxlib`'s message for a bad argument `i` to the sandbox function `name` (its
+-- global name), at the position of that function's caller; the function is the caller
+-- of the caller of this one (`level` 4), or its caller (`level` 3).
+local arg_message = host.arg_message
+local function argerror(name, i, msg, level)
+  level = level or 4
+  raw_error(arg_message(level - 1, name, i, msg), level)
+end
+
+-- `luaL_checktype`'s check for argument `i` of `name`, which must be a function.
 local function expect_function(name, i, n, v)
   if type(v) == "function" then return end
-  local got = i > n and "no value" or v == NULL and "light userdata" or type(v)
-  raw_error("bad argument #" .. i .. " to '" .. name .. "' (function expected, got " .. got .. ")", 3)
+  argerror(name, i, "function expected, got " .. typename(v, i, n))
 end
 
 -- Lua's own `xpcall` calls the message handler from inside the raise of the error. When
@@ -166,7 +179,7 @@ end
 
 co.wrap = function(...)
   local f = ...
-  expect_function("wrap", 1, select("#", ...), f)
+  expect_function("coroutine.wrap", 1, select("#", ...), f)
   arm_hook()
   local c = raw_create(f)
   return function(...) return wrapped(c, raw_resume(c, ...)) end
@@ -176,6 +189,155 @@ local function load(chunk, name, _mode, env)
   if env == nil then env = current[1] end
   -- Text only: binary chunks bypass the verifier and can crash the VM.
   return raw_load(chunk, name, "t", env)
+end
+
+-- The pattern functions: `string.find`, `match`, `gmatch` and `gsub` (also reached as
+-- methods, through the string metatable) match in Rust, with a step budget and the run's
+-- limit checks (`pattern.rs`); these check the arguments as `lstrlib.c` does, raise the
+-- matcher's errors at the caller's position, and run the loops that call the script's
+-- replacement functions.
+local p_find, p_search, p_gsub = host.find, host.search, host.gsub
+local tointeger, tonumber, sub = G.math.tointeger, G.tonumber, G.string.sub
+
+-- `luaL_checklstring`: a string, or a number as `tostring` writes it.
+local function check_string(name, i, n, v)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "number" then return tostring(v) end
+  argerror(name, i, "string expected, got " .. typename(v, i, n))
+end
+
+-- `luaL_optinteger`.
+local function opt_integer(name, i, n, v, default)
+  if v == nil then return default end
+  local x = v
+  if type(x) == "string" then x = tonumber(x) end
+  if type(x) == "number" then
+    local k = tointeger(x)
+    if k then return k end
+    argerror(name, i, "number has no integer representation")
+  end
+  argerror(name, i, "number expected, got " .. typename(v, i, n))
+end
+
+-- The host's answer, as the caller's results; an error is raised at the caller's
+-- position (these are tail-called by the functions the script called).
+local function answer(ok, ...)
+  if ok then return ... end
+  if ok == nil then return nil end
+  abort_if_tripped()
+  raw_error((...), 2)
+end
+
+G.string.find = function(...)
+  local n = select("#", ...)
+  local s, p, init, plain = ...
+  s, p = check_string("string.find", 1, n, s), check_string("string.find", 2, n, p)
+  return answer(p_find(s, p, opt_integer("string.find", 3, n, init, 1), plain and true or false, true))
+end
+
+G.string.match = function(...)
+  local n = select("#", ...)
+  local s, p, init = ...
+  s, p = check_string("string.match", 1, n, s), check_string("string.match", 2, n, p)
+  return answer(p_find(s, p, opt_integer("string.match", 3, n, init, 1), false, false))
+end
+
+-- `posrelatI` minus one: a 1-based start position (negative from the end) as an offset.
+local function start_offset(pos, len)
+  if pos > 0 then return pos - 1 end
+  if pos == 0 or pos < -len then return 0 end
+  return len + pos
+end
+
+G.string.gmatch = function(...)
+  local n = select("#", ...)
+  local s, p, init = ...
+  s, p = check_string("string.gmatch", 1, n, s), check_string("string.gmatch", 2, n, p)
+  local len = #s
+  local pos, last = start_offset(opt_integer("string.gmatch", 3, n, init, 1), len), -1
+  local function step(ok, start, e, ...)
+    if ok then
+      pos, last = e, e
+      return ...
+    end
+    if ok == nil then
+      pos = len + 1
+      return nil
+    end
+    abort_if_tripped()
+    raw_error(start, 2)
+  end
+  return function()
+    if pos > len then return nil end
+    return step(p_search(s, p, pos, last, false, false))
+  end
+end
+
+-- One replacement of `gsub` with a table or a function (`add_value`): false at the end,
+-- nil and a message on an error.
+local function replace(st, ok, start, e, ...)
+  if not ok then
+    if ok == nil then return false end
+    abort_if_tripped()
+    return nil, start
+  end
+  local parts, s = st.parts, st.s
+  if start > st.pos then parts[#parts + 1] = sub(s, st.pos + 1, start) end
+  local v
+  if st.call then v = st.repl(...) else v = st.repl[(...)] end
+  if not v then
+    parts[#parts + 1] = sub(s, start + 1, e)
+  else
+    local t = type(v)
+    if t == "number" then
+      v = tostring(v)
+    elseif t ~= "string" then
+      return nil, "invalid replacement value (a " .. t .. ")"
+    end
+    parts[#parts + 1] = v
+  end
+  st.pos, st.last = e, e
+  return true
+end
+
+local function gsub_calling(s, p, repl, max, call)
+  local st = { parts = {}, s = s, repl = repl, call = call, pos = 0, last = -1 }
+  local anchor = sub(p, 1, 1) == "^"
+  local count = 0
+  while count < max do
+    local ok, msg = replace(st, p_search(s, p, st.pos, st.last, true, not call))
+    if not ok then
+      if ok == nil then raw_error(msg, 2) end
+      break
+    end
+    count = count + 1
+    if anchor then break end
+  end
+  if count == 0 then return s, 0 end
+  local parts = st.parts
+  parts[#parts + 1] = sub(s, st.pos + 1)
+  return concat(parts), count
+end
+
+local function gsubbed(s, ok, out, ...)
+  if ok then return out or s, ... end
+  abort_if_tripped()
+  raw_error(out, 2)
+end
+
+G.string.gsub = function(...)
+  local n = select("#", ...)
+  local s, p, repl, max = ...
+  s, p = check_string("string.gsub", 1, n, s), check_string("string.gsub", 2, n, p)
+  local t = type(repl)
+  max = opt_integer("string.gsub", 4, n, max, #s + 1)
+  if t == "string" or t == "number" then
+    return gsubbed(s, p_gsub(s, p, tostring(repl), max))
+  elseif t == "function" or t == "table" then
+    return gsub_calling(s, p, repl, max, t == "function")
+  end
+  argerror("string.gsub", 3, "string/function/table expected, got " .. typename(repl, 3, n), 3)
 end
 
 local safe = {
