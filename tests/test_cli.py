@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +412,44 @@ def test_python_m_dagengine_subprocess(in_repo_root: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1
     assert bad.stderr.startswith("dagengine: error: ")
+
+
+# --- the engine (`dagengine engine`): the gRPC door ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_client() -> Iterator[Any]:
+    from dagengine.engine import EngineClient
+    from processes import EngineProcess
+
+    engine = EngineProcess("--engine-id", "doors")
+    try:
+        with EngineClient(engine.address, timeout=30) as client:
+            yield client
+    finally:
+        engine.kill()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("inputs_json", "message"),
+    [
+        (b'{"a": 9223372036854775808}', "inputs_json: inputs.a: integer 9223372036854775808 is"),
+        (b'{"a": {"b": [1, 1e19]}}', "inputs_json: inputs.a.b[1]: 1e19 is out of range"),
+        (b'{"a": ' + b"[" * 64 + b"]" * 64 + b"}", "nested deeper than 64 levels"),
+        (b'{"a": "\\udcff"}', "inputs_json: not valid JSON"),
+        (b'{"a": NaN}', "inputs_json: not valid JSON"),
+    ],
+)
+def test_the_engine_refuses_inputs_past_the_limits_with_invalid_argument(
+    engine_client: Any, inputs_json: bytes, message: str
+) -> None:
+    from dagengine.exceptions import InvalidRequest
+
+    spec = {"id": "w", "nodes": [{"id": "a", "lua": "return {n = inputs.n}"}]}
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        engine_client.run(spec, inputs_json)
+    # At the limits: accepted, and the engine still serves.
+    result = engine_client.run(spec, b'{"n": 9223372036854775807, "f": -9.2e18}')
+    assert result.ok, result
+    assert result.outputs["a"] == {"n": 2**63 - 1}
