@@ -133,7 +133,7 @@ def _walk(value: Any, depth: int) -> None:
     """Check a dict, list or tuple (at nesting level ``depth``) and all it holds."""
     if depth > MAX_DEPTH:
         raise _Bad(f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, dict):
+    if type(value) is dict or isinstance(value, dict):
         for key in value:
             if type(key) is not str and not isinstance(key, str):
                 raise _Bad(f"keys must be strings, got {type(key).__name__} {key!r}")
@@ -170,7 +170,7 @@ def check_json_data(value: Any, path: str = "inputs") -> None:
     """Raise :class:`ValidationError` naming the path (``inputs.a[2]``) of the first part of
     ``value`` that is not JSON data (see the module docs); return ``None`` if all of it is."""
     try:
-        if isinstance(value, dict | list | tuple):
+        if type(value) is dict or isinstance(value, _CONTAINERS):
             _walk(value, 1)
             return
         problem = _problem(value)

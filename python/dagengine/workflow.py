@@ -974,11 +974,14 @@ def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
     """The run's inputs as a dict, or :class:`ValidationError` naming what in them is not
     JSON data (see :mod:`dagengine._jsondata`): a lone surrogate, an integer past 64 bits,
     NaN, a non-str key, nesting past the limit, another type."""
+    if type(inputs) is dict:  # the usual case, without the Mapping ABC's isinstance
+        check_json_data(inputs, "inputs")
+        return inputs
     if inputs is None:
         return {}
     if not isinstance(inputs, Mapping):
         raise ValidationError(f"inputs: expected a mapping, got {type(inputs).__name__}")
-    data = inputs if type(inputs) is dict else dict(inputs)
+    data = dict(inputs)
     check_json_data(data, "inputs")
     return data
 
