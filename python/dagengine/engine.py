@@ -97,6 +97,7 @@ __all__ = [
     "encode_inputs",
     "encoded_workflow_field",
     "event_from_proto",
+    "orchestrator_credentials_from_env",
     "result_from_proto",
     "serve_engine",
     "subworkflow_runner_from_env",
@@ -1651,8 +1652,11 @@ class OrchestratorSubWorkflowRunner:
     abandoned when the node is cancelled or times out (``ctx.cancelled``).
     """
 
-    def __init__(self, address: str, *, tls: TLSConfig | None = None) -> None:
+    def __init__(
+        self, address: str, *, tls: TLSConfig | None = None, token: str | None = None
+    ) -> None:
         self.address = address
+        self._metadata = _bearer(token)
         options = _channel_options(tls, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_KEEPALIVE_SECONDS)
         self._channel = (
             grpc.insecure_channel(address, options=options)
@@ -1674,7 +1678,7 @@ class OrchestratorSubWorkflowRunner:
             version_range=sub.version_range,
             inputs_json=_json_object(inputs, "sub-workflow inputs"),
         )
-        future = self._rpc.future(request)
+        future = self._rpc.future(request, metadata=self._metadata)
         try:
             while True:
                 try:
@@ -1708,12 +1712,59 @@ class OrchestratorSubWorkflowRunner:
 
 def subworkflow_runner_from_env(env: Mapping[str, str] | None = None) -> SubWorkflowRunner:
     """How this engine runs sub-workflow nodes: through the orchestrator at
-    ``ORCHESTRATOR_ADDRESS`` (``host:port``), or, without one, failing such nodes with a
+    ``ORCHESTRATOR_ADDRESS`` (``host:port``; TLS and token from
+    :func:`orchestrator_credentials_from_env`), or, without one, failing such nodes with a
     :class:`~dagengine.SubWorkflowError` that says so."""
     address = (os.environ if env is None else env).get("ORCHESTRATOR_ADDRESS", "").strip()
     if not address:
         return _no_orchestrator
-    return OrchestratorSubWorkflowRunner(address)
+    tls, token = orchestrator_credentials_from_env(env)
+    return OrchestratorSubWorkflowRunner(address, tls=tls, token=token)
+
+
+#: The environment variables an engine reads to call its orchestrator's gRPC service.
+ORCHESTRATOR_TOKEN_ENV = "DAGENGINE_ORCHESTRATOR_TOKEN"
+_ORCHESTRATOR_TLS_ENV = {
+    "ca_cert": "DAGENGINE_ORCHESTRATOR_TLS_CA",
+    "client_cert": "DAGENGINE_ORCHESTRATOR_TLS_CERT",
+    "client_key": "DAGENGINE_ORCHESTRATOR_TLS_KEY",
+    "server_name": "DAGENGINE_ORCHESTRATOR_TLS_SERVER_NAME",
+}
+
+
+def orchestrator_credentials_from_env(
+    env: Mapping[str, str] | None = None,
+) -> tuple[TLSConfig | None, str | None]:
+    """How an engine calls the orchestrator's ``OrchestratorService`` (self-registration,
+    sub-workflows), from ``env`` (default: ``os.environ``): TLS when
+    ``DAGENGINE_ORCHESTRATOR_TLS_CA`` (the CA that signed the orchestrator's certificate)
+    or ``DAGENGINE_ORCHESTRATOR_TLS_CERT`` + ``_KEY`` (a client certificate, for mutual TLS)
+    are set, with ``DAGENGINE_ORCHESTRATOR_TLS_SERVER_NAME`` overriding the name checked;
+    and the bearer token ``DAGENGINE_ORCHESTRATOR_TOKEN``. Empty variables count as unset.
+    Raises :class:`EngineStartError` naming the variable for a certificate without its key."""
+    environ = os.environ if env is None else env
+    values = {
+        key: environ.get(name, "").strip() or None for key, name in _ORCHESTRATOR_TLS_ENV.items()
+    }
+    token = environ.get(ORCHESTRATOR_TOKEN_ENV, "").strip() or None
+    if (values["client_cert"] is None) != (values["client_key"] is None):
+        given, missing = (
+            ("client_cert", "client_key")
+            if values["client_key"] is None
+            else ("client_key", "client_cert")
+        )
+        raise EngineStartError(
+            f"{_ORCHESTRATOR_TLS_ENV[given]} is set but {_ORCHESTRATOR_TLS_ENV[missing]} is "
+            "not: a client certificate needs its key"
+        )
+    if values["ca_cert"] is None and values["client_cert"] is None:
+        return None, token
+    return TLSConfig(**values), token
+
+
+def _bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The call metadata carrying ``token`` (``authorization: Bearer <token>``)."""
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 def split_address(text: str) -> tuple[str, int]:
@@ -1783,6 +1834,7 @@ class SelfRegistrar:
         version: str = "",
         *,
         tls: TLSConfig | None = None,
+        token: str | None = None,
         log: Callable[[str], None] | None = None,
         call_timeout: float = 5.0,
         backoff_initial: float = 0.2,
@@ -1793,6 +1845,7 @@ class SelfRegistrar:
             engine_id=engine_id, address=address, capacity=capacity, version=version
         )
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._metadata = _bearer(token)
         self._call_timeout = call_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -1843,7 +1896,9 @@ class SelfRegistrar:
         """One ``RegisterEngine`` call; returns the seconds to wait before the next one."""
         who = f"engine {self.request.engine_id} ({self.request.address})"
         try:
-            reply, call = self._rpc.with_call(self.request, timeout=self._call_timeout)
+            reply, call = self._rpc.with_call(
+                self.request, timeout=self._call_timeout, metadata=self._metadata
+            )
         except grpc.RpcError as err:
             self.registered = False
             code = _rpc_code(err)
@@ -1935,6 +1990,62 @@ def _import_modules(modules: Iterable[str]) -> None:
             ) from exc
 
 
+#: Set by ``dagengine serve`` for the engine processes it starts (to its own pid): such an
+#: engine drains and exits when that process is gone, even if it was killed with SIGKILL.
+PARENT_PID_ENV = "DAGENGINE_PARENT_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _parent_pid_from_env() -> int | None:
+    # Taken out of the environment: it is about this process, not the ones it starts.
+    text = os.environ.pop(PARENT_PID_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) <= 1:
+        raise EngineStartError(f"{PARENT_PID_ENV}={text!r}: expected the parent's process id")
+    return int(text)
+
+
+def _watch_parent(parent_pid: int, gone: Callable[[], None]) -> None:
+    """Call ``gone`` (from another thread, or at once) when process ``parent_pid`` -- this
+    process's parent -- is gone.
+
+    On Linux the kernel sends this process SIGTERM when the parent dies (``PR_SET_PDEATHSIG``,
+    set here in the child; strictly, when the parent's *thread* that started this process
+    ends -- ``dagengine serve`` starts its engines from its main thread). Then, and
+    everywhere: a daemon thread reads stdin until EOF when it is a pipe (the parent holds its
+    write end; the kernel closes it when the parent dies, however it dies), else polls
+    :func:`os.getppid`. A parent already gone before any of this was armed is seen by the
+    first ``getppid`` check (this process was re-parented).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        gone()
+        return
+    try:
+        import stat
+
+        stdin_is_pipe = stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:
+        stdin_is_pipe = False
+
+    def watch() -> None:
+        if stdin_is_pipe:
+            with contextlib.suppress(OSError):
+                while os.read(0, 4096):
+                    pass
+        else:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+        gone()
+
+    threading.Thread(target=watch, name="dagengine-parent-watch", daemon=True).start()
+
+
 def serve_engine(
     engine_id: str | None = None,
     host: str = "0.0.0.0",
@@ -1951,6 +2062,9 @@ def serve_engine(
     orchestrator_address: str | None = None,
     self_register: bool = False,
     advertise: str | None = None,
+    orchestrator_tls: TLSConfig | None = None,
+    orchestrator_token: str | None = None,
+    parent_pid: int | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
 ) -> int:
@@ -1967,7 +2081,13 @@ def serve_engine(
 
     With ``self_register`` the engine registers with that orchestrator right after it
     starts, as ``advertise`` (``host:port``; default: see :func:`advertise_address`), and
-    keeps heartbeating (:class:`SelfRegistrar`) until it drains.
+    keeps heartbeating (:class:`SelfRegistrar`) until it drains. Calls to the orchestrator
+    use ``orchestrator_tls`` and send ``orchestrator_token`` (each defaults to
+    :func:`orchestrator_credentials_from_env`).
+
+    With ``parent_pid`` (default: ``DAGENGINE_PARENT_PID`` from the environment, which
+    ``dagengine serve`` sets for the engines it starts) the engine also drains and exits when
+    that process, its parent, is gone -- even killed with SIGKILL (see :func:`_watch_parent`).
 
     Must run on the main thread (it installs signal handlers). Raises
     :class:`EngineStartError` if a module does not import or the server cannot start.
@@ -1975,6 +2095,8 @@ def serve_engine(
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
     engine_id = engine_id or os.environ.get("ENGINE_ID") or socket.gethostname()
+    if parent_pid is None:
+        parent_pid = _parent_pid_from_env()
     if orchestrator_address is None:
         orchestrator_address = os.environ.get("ORCHESTRATOR_ADDRESS", "").strip() or None
     if self_register and orchestrator_address is None:
@@ -1988,11 +2110,19 @@ def serve_engine(
                 split_address(value)
             except ValueError as exc:
                 raise EngineStartError(f"{what} address: {exc}") from None
+    if orchestrator_address is not None and (
+        orchestrator_tls is None or orchestrator_token is None
+    ):
+        env_tls, env_token = orchestrator_credentials_from_env()
+        orchestrator_tls = orchestrator_tls or env_tls
+        orchestrator_token = orchestrator_token or env_token
     _import_modules(imports)
     if subworkflow_runner is not None:
         runner = subworkflow_runner
     elif orchestrator_address is not None:
-        runner = OrchestratorSubWorkflowRunner(orchestrator_address)
+        runner = OrchestratorSubWorkflowRunner(
+            orchestrator_address, tls=orchestrator_tls, token=orchestrator_token
+        )
     else:
         runner = _no_orchestrator
     server = _core.EngineServerRef(
@@ -2015,6 +2145,13 @@ def serve_engine(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if parent_pid is not None:
+
+        def parent_gone() -> None:
+            received.append("parent exited")
+            stop.set()
+
+        _watch_parent(parent_pid, parent_gone)
     registrar: SelfRegistrar | None = None
     try:
         print(f"dagengine engine {engine_id} listening on {host}:{server.port}", file=out)
@@ -2028,6 +2165,8 @@ def serve_engine(
                 advertise or advertise_address(host, server.port, orchestrator_address),
                 capacity,
                 __version__,
+                tls=orchestrator_tls,
+                token=orchestrator_token,
                 log=lambda line: print(line, file=err, flush=True),
             ).start()
         # The wait releases the GIL in the core and returns often enough for the signal

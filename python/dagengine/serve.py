@@ -17,13 +17,16 @@ defaults. The file (every key optional)::
     discovery:                 # remote engines instead (type: static | kubernetes |
       type: static             #   self-registration; or the DISCOVERY/ENGINES variables)
       engines: [10.0.0.5:50051]
-    grpc_port: 50051           # OrchestratorService, with discovery
+    grpc_port: 50051           # OrchestratorService, with discovery; it listens on http.host
+                               # unless DAGENGINE_GRPC_HOST says (TLS, token: see README)
     triggers:
       - {type: cron, id: nightly, workflow_id: etl, schedule: "0 2 * * *",
          timezone: Europe/Berlin, overlap: skip, catchup: latest, catchup_window: 1h,
          inputs: {mode: full}}
       - {type: http, id: build-hook, path: /hooks/build, workflow_id: build, mode: async,
          auth: hmac, secret_env: HOOK_SECRET, max_body_bytes: 65536}
+      # auth: none | bearer | hmac | hmac-timestamp (signed time, replays refused;
+      # tolerance: 5m by default) -- see dagengine.triggers.http
 
 On SIGTERM or Ctrl-C: triggers stop, the HTTP server finishes the requests in flight (up to
 5 s), the orchestrator stops (queued and running runs stay in the store and resume at the
@@ -49,6 +52,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from dagengine.engine import PARENT_PID_ENV
 from dagengine.exceptions import ConfigError, DagEngineError, SpecError, TriggerError
 from dagengine.orchestrator.config import DISCOVERY_TYPES, Config
 from dagengine.triggers import CronTrigger, HTTPTrigger, Trigger
@@ -64,7 +68,8 @@ _HTTP_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "allow_pyt
 _CRON_KEYS = ("type", "id", "workflow_id", "version", "schedule", "timezone", "overlap",
               "catchup", "catchup_window", "inputs")  # fmt: skip
 _HTTP_TRIGGER_KEYS = ("type", "id", "workflow_id", "version", "path", "mode", "auth", "secret",
-                      "secret_env", "max_body_bytes", "sync_timeout", "inputs")  # fmt: skip
+                      "secret_env", "tolerance", "max_body_bytes", "sync_timeout",
+                      "inputs")  # fmt: skip
 _SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -213,6 +218,7 @@ def build_triggers(specs: Sequence[Mapping[str, Any]]) -> list[Trigger]:
                         mode=str(spec.get("mode", "sync")),
                         auth=str(spec.get("auth", "none")),
                         secret=_secret(where, spec, "secret"),
+                        tolerance=spec.get("tolerance"),
                         max_body_bytes=int(spec.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
                         sync_timeout=float(spec.get("sync_timeout", 300.0)),
                         inputs=inputs,
@@ -262,7 +268,7 @@ def load_workflows(orchestrator: Any, folder: str | Path) -> list[tuple[str, str
         )
     # Specs may name the folder's modules (``python: tasks:fn``, or ``pkg.tasks:fn`` when
     # the folder is a package): make them importable before the first spec is parsed.
-    root = str(base.resolve().parent if (base / "__init__.py").exists() else base.resolve())
+    root = _import_root(base)
     if root not in sys.path:
         sys.path.insert(0, root)
     registered: list[tuple[str, str]] = []
@@ -289,6 +295,12 @@ def load_workflows(orchestrator: Any, folder: str | Path) -> list[tuple[str, str
     return registered
 
 
+def _import_root(folder: Path) -> str:
+    """The ``sys.path`` entry that makes a workflows folder's modules importable by the names
+    its specs use: the folder itself, or its parent when the folder is a package."""
+    return str(folder.resolve().parent if (folder / "__init__.py").exists() else folder.resolve())
+
+
 def _is_workflow_spec(path: Path) -> bool:
     """Whether a YAML/JSON file in a workflows folder is a workflow spec: a mapping with a
     ``nodes`` key. Other files (a serve config kept beside the workflows) are skipped; a file
@@ -312,6 +324,10 @@ class _LocalEngines:
     def start(self, count: int, capacity: int, paths: Sequence[str]) -> list[tuple[str, str]]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([*paths, *sys.path[1:]])
+        # The engines exit with this process, however it ends (SIGKILL too): they watch
+        # their parent (Linux's parent-death signal) and their stdin pipe, whose write end
+        # only this process holds, for EOF.
+        env[PARENT_PID_ENV] = str(os.getpid())
         engines: list[tuple[str, str]] = []
         for index in range(1, count + 1):
             engine_id = f"engine-{index}"
@@ -332,6 +348,7 @@ class _LocalEngines:
                     "--drain-grace",
                     "2",
                 ],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
                 env=env,
@@ -363,8 +380,9 @@ class _LocalEngines:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
         self.procs.clear()
 
 
@@ -391,6 +409,9 @@ def _orchestrator_config(opts: ServeOptions, env: Mapping[str, str] | None) -> C
                 changes[key] = str(opts.discovery[key])
     if opts.grpc_port is not None:
         changes["grpc_port"] = opts.grpc_port
+    if config.grpc_host is None:
+        # OrchestratorService listens where the API does unless DAGENGINE_GRPC_HOST says.
+        changes["grpc_host"] = opts.host
     config = dataclasses.replace(config, **changes)
     if config.store_path != ":memory:":
         Path(config.store_path).parent.mkdir(parents=True, exist_ok=True)
@@ -418,25 +439,26 @@ def serve(
     app: Any = None
     started: list[Trigger] = []
     previous: dict[int, Any] = {}
+    # The workflows' modules are importable before anything reads a stored spec: the stored
+    # runs resume (recover(), below) once the folders are loaded, not when the orchestrator
+    # opens its store (their python: nodes did not resolve then, and every such run failed).
+    roots = [_import_root(Path(folder)) for folder in opts.workflows]
+    for root in reversed(roots):
+        if root not in sys.path:
+            sys.path.insert(0, root)
     try:
         if config.discovery != "none":
-            orch = Orchestrator.from_config(config, grpc_port=opts.grpc_port)
+            orch = Orchestrator.from_config(config, grpc_port=opts.grpc_port, recover=False)
         else:
-            orch = Orchestrator(config=config, embedded_engine=opts.engines == 0)
+            orch = Orchestrator(config=config, embedded_engine=opts.engines == 0, recover=False)
             # Engine processes import python nodes by the same paths the specs use.
-            paths = [
-                str(
-                    Path(f).resolve().parent
-                    if (Path(f) / "__init__.py").exists()
-                    else Path(f).resolve()
-                )
-                for f in opts.workflows
-            ] + [os.getcwd()]
+            paths = [*roots, os.getcwd()]
             for engine_id, address in engines.start(opts.engines, opts.engine_capacity, paths):
                 orch.register_engine(engine_id, address)
         for folder in opts.workflows:
             for workflow_id, version in load_workflows(orch, folder):
                 log.info("registered %s@%s", workflow_id, version)
+        orch.recover()
         app = create_app(
             orch,
             triggers=[t for t in triggers if isinstance(t, HTTPTrigger)],
