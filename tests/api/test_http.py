@@ -425,6 +425,27 @@ def test_healthz_metrics_openapi(api: Served) -> None:
     assert "/runs/{run_id}/events" in doc["paths"]
 
 
+def test_readyz_says_when_the_store_cannot_write(api: Served) -> None:
+    assert api.client.get("/readyz").json() == {"status": "ready"}
+    store = api.orch.store
+    with store._lock:
+        store._db.execute("PRAGMA query_only = ON")  # every commit fails now
+    try:
+        refused = api.client.post("/workflows/lua3/runs", json={"inputs": {"n": 1}})
+        assert refused.status_code >= 500
+        ready = api.client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "not ready"
+        assert "readonly" in ready.json()["store"]
+        assert api.client.get("/healthz").status_code == 200  # alive all the same
+    finally:
+        with store._lock:
+            store._db.execute("PRAGMA query_only = OFF")
+    done = api.client.post("/workflows/lua3/runs", json={"inputs": {"n": 1}, "wait": True})
+    assert done.status_code == 200, done.text
+    assert api.client.get("/readyz").json() == {"status": "ready"}
+
+
 def test_api_token_protects_the_rest_routes() -> None:
     served = serve(api_token="tok")
     try:
@@ -433,6 +454,7 @@ def test_api_token_protects_the_rest_routes() -> None:
         ok = served.client.get("/workflows", headers={"Authorization": "Bearer tok"})
         assert ok.status_code == 200
         assert served.client.get("/healthz").status_code == 200
+        assert served.client.get("/readyz").status_code == 200
     finally:
         shutdown(served)
 

@@ -268,9 +268,10 @@ def test_orchestrator_is_a_singleton_on_its_volume(rendered: list[Resource]) -> 
     assert one(rendered, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
     ports = _ports(container)
     assert ports == {"http": int(config["DAGENGINE_HTTP_PORT"]), "grpc": int(config["GRPC_PORT"])}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in paths.items():
         http = container[probe]["httpGet"]
-        assert http["path"] == "/healthz"
+        assert http["path"] == path
         assert _port_number(http["port"], container) == ports["http"]
 
 

@@ -16,6 +16,7 @@ Routes (the OpenAPI document at ``GET /openapi.json`` describes each; see
 ``POST /runs/{id}/cancel``          cancel a run
 ``GET /runs/{id}/events``           the run's events as server-sent events
 ``GET /healthz``, ``GET /metrics``  liveness, Prometheus metrics
+``GET /readyz``                     readiness: 503 while the store cannot write
 =================================== ===========================================================
 
 Errors are JSON ``{"error": message, "type": class}``: 400 bad body, 401 authentication, 404
@@ -438,6 +439,17 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "engines": len(engines)})
 
 
+async def readyz(request: Request) -> Response:
+    """Ready while the store can write: a commit that keeps failing (a full disk, the
+    database locked by another process, a read-only file) makes the service unready, so a
+    load balancer sends work elsewhere while ``/healthz`` (liveness) still answers."""
+    store = getattr(_api(request).orch, "store", None)
+    problem = getattr(store, "write_error", None)
+    if problem is not None:
+        return JSONResponse({"status": "not ready", "store": str(problem)}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
 async def metrics_endpoint(request: Request) -> Response:
     api = _api(request)
     if api.metrics is None:
@@ -769,10 +781,10 @@ def create_app(
 ) -> Starlette:
     """The ASGI app over ``orchestrator``: the REST API and ``triggers`` (HTTP triggers fire
     only while active: start them with the orchestrator as executor). ``api_token`` requires
-    ``Authorization: Bearer <token>`` on the REST routes (``/healthz``, ``/metrics`` and
-    ``/openapi.json`` stay open); ``allow_python_specs`` lets ``POST /workflows`` register
-    specs with ``python:`` nodes (which import modules in this process). ``metrics=True``
-    follows the orchestrator's events for ``/metrics``."""
+    ``Authorization: Bearer <token>`` on the REST routes (``/healthz``, ``/readyz``,
+    ``/metrics`` and ``/openapi.json`` stay open); ``allow_python_specs`` lets ``POST
+    /workflows`` register specs with ``python:`` nodes (which import modules in this
+    process). ``metrics=True`` follows the orchestrator's events for ``/metrics``."""
     collector: Metrics | None
     if metrics is True:
         collector = Metrics().attach(orchestrator) if hasattr(orchestrator, "events") else None
@@ -790,6 +802,7 @@ def create_app(
     )
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/workflows", list_workflows, methods=["GET"]),

@@ -71,6 +71,15 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["status", "engines"],
         "properties": {"status": {"type": "string"}, "engines": {"type": "integer"}},
     },
+    "Readiness": {
+        "type": "object",
+        "required": ["status"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "not ready"]},
+            "store": {"type": "string", "description": "why the store cannot write"},
+        },
+    },
     "WorkflowSummary": {
         "type": "object",
         "required": ["id", "versions", "latest", "metadata"],
@@ -361,6 +370,16 @@ def openapi_document(
                 "operationId": "healthz",
                 "summary": "liveness",
                 "responses": {"200": _ok("alive", "Health")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "readiness: the store can write",
+                "responses": {
+                    "200": _ok("ready", "Readiness"),
+                    "503": _ok("not ready: the store's commits fail", "Readiness"),
+                },
             }
         },
         "/metrics": {

@@ -57,7 +57,14 @@ DEFAULT_TOLERANCE: Final = 300.0
 _MAX_SEEN: Final = 10_000
 _TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
 #: Paths of the REST API; a trigger path may not be one of them or lie under one.
-RESERVED_PATHS: Final = ("/workflows", "/runs", "/healthz", "/metrics", "/openapi.json")
+RESERVED_PATHS: Final = (
+    "/workflows",
+    "/runs",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+)
 
 _PATH = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+/?$")
 
