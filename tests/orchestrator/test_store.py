@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from dagengine.exceptions import RunNotFound, StoreError
-from dagengine.orchestrator import store as store_module
 from dagengine.orchestrator.store import MIGRATIONS, RunRecord, Store
+from dagengine.orchestrator.store import sqlite as sqlite_module
+from dagengine.orchestrator.store import writer as writer_module
 
 
 @pytest.fixture
@@ -50,8 +51,8 @@ def test_file_store_is_wal_with_pragmas(tmp_path: Path) -> None:
 def test_the_log_is_checkpointed_and_stays_bounded_under_steady_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 8)
-    monkeypatch.setattr(store_module, "CHECKPOINT_CATCH_UP_FRAMES", 200)
+    monkeypatch.setattr(writer_module, "CHECKPOINT_EVERY", 8)
+    monkeypatch.setattr(writer_module, "CHECKPOINT_CATCH_UP_FRAMES", 200)
     path = tmp_path / "state.db"
     wal = tmp_path / "state.db-wal"
     with Store(path) as store:
@@ -78,8 +79,8 @@ def test_a_run_end_wakes_the_writer_while_the_checkpointer_waits(
     # could go to it, and the run's end then waited for the lazy timer (a run in a hundred
     # took 20 ms at 1,000 runs/s). This checks run ends are committed at once while the
     # checkpointer is busy and idle; it did not catch that race reliably.
-    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 1)
-    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 60.0)
+    monkeypatch.setattr(writer_module, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 60.0)
     with Store(tmp_path / "state.db") as store:
         for i in range(20):
             store.create_run(_run(f"r{i}", status="running", attempt=1))  # a checkpoint each
@@ -94,7 +95,7 @@ def test_a_run_end_wakes_the_writer_while_the_checkpointer_waits(
 def test_a_group_that_fails_to_commit_is_tried_again_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(sqlite_module, "_BUSY_TIMEOUT_MS", 100)
     path = tmp_path / "state.db"
     with Store(path) as store:
         other = sqlite3.connect(path, isolation_level=None)  # another process, in effect
@@ -136,12 +137,12 @@ def test_without_its_checkpointer_the_store_falls_back_to_sqlites_checkpoints(
 ) -> None:
     with Store(tmp_path / "state.db") as store:
         assert store._query("PRAGMA wal_autocheckpoint")[0][0] == 0
-        monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 1)
+        monkeypatch.setattr(writer_module, "CHECKPOINT_EVERY", 1)
 
         def no_more_files(*args: object, **kwargs: object) -> sqlite3.Connection:
             raise sqlite3.OperationalError("unable to open database file")
 
-        monkeypatch.setattr(store_module.sqlite3, "connect", no_more_files)
+        monkeypatch.setattr(sqlite3, "connect", no_more_files)
         store.create_run(_run("r"))  # a commit: the checkpointer starts, and cannot open
         deadline = time.monotonic() + 5
         while store._query("PRAGMA wal_autocheckpoint")[0][0] != 1000:
@@ -151,8 +152,8 @@ def test_without_its_checkpointer_the_store_falls_back_to_sqlites_checkpoints(
 
 def test_closing_starts_no_checkpointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(tmp_path / "state.db")
-    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 1)
-    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 60.0)
+    monkeypatch.setattr(writer_module, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 60.0)
     store.append_event_later(None, "run.queued", run_id="r")  # committed by close()
     store.close()
     assert not [t for t in threading.enumerate() if t.name == "dagengine-store-checkpoint"]
@@ -326,7 +327,7 @@ def _committed(path: Path, sql: str) -> int:
 def test_run_end_commits_at_once_with_the_writes_it_is_fenced_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 60.0)
+    monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 60.0)
     path = tmp_path / "state.db"
     with Store(path) as store:
         store.create_run_later(_run("r", status="running", attempt=1))
@@ -351,7 +352,7 @@ def test_run_end_commits_at_once_with_the_writes_it_is_fenced_on(
 def test_events_are_committed_when_due_while_run_ends_keep_coming(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 0.2)
+    monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 0.2)
     path = tmp_path / "state.db"
     with Store(path) as store:
         queued = time.monotonic()
@@ -406,7 +407,7 @@ def test_run_end_callbacks_run_on_the_writer_not_on_a_thread_that_commits(
 def test_writes_nobody_waits_for_are_committed_after_the_delay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "LAZY_COMMIT_DELAY", 0.2)
+    monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 0.2)
     path = tmp_path / "state.db"
     with Store(path) as store:
         queued = time.monotonic()

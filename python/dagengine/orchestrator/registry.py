@@ -41,7 +41,7 @@ from dagengine.exceptions import (
     VersionNotFound,
     WorkflowNotFound,
 )
-from dagengine.orchestrator.store import Store
+from dagengine.orchestrator.store import StoreBackend
 from dagengine.spec import _WORKFLOW_ID, parse_workflow
 from dagengine.workflow import DAG, SubWorkflow
 
@@ -119,17 +119,18 @@ def _listing(versions: Mapping[Version, WorkflowVersion]) -> list[str]:
 
 
 class WorkflowRegistry:
-    """The registered workflow versions, optionally persisted in a :class:`Store` (and loaded
-    from it on construction). Thread-safe."""
+    """The registered workflow versions, optionally persisted in a store (a
+    :class:`~dagengine.orchestrator.store.StoreBackend`, loaded from it on construction).
+    Thread-safe."""
 
-    def __init__(self, store: Store | None = None) -> None:
+    def __init__(self, store: StoreBackend | None = None) -> None:
         self._store = store
         self._lock = threading.RLock()
         self._workflows: dict[str, dict[Version, WorkflowVersion]] = {}
         if store is not None:
             self._load(store)
 
-    def _load(self, store: Store) -> None:
+    def _load(self, store: StoreBackend) -> None:
         for record in store.workflow_versions():
             version = Version.parse(record.version)
             dag: DAG | None = None
