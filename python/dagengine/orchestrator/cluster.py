@@ -24,13 +24,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dagengine.engine import REFUSAL_REASON_KEY
+from dagengine.engine import REFUSAL_REASON_KEY, TLSConfig
 from dagengine.exceptions import DagEngineError, DiscoveryError
 from dagengine.orchestrator.discovery import (
     Discovery,
@@ -49,7 +50,13 @@ if TYPE_CHECKING:
     from dagengine.orchestrator.config import Config
     from dagengine.orchestrator.orchestrator import Orchestrator
 
-__all__ = ["ORCHESTRATOR_SERVICE", "Cluster", "OrchestratorServicer", "TokenInterceptor"]
+__all__ = [
+    "ORCHESTRATOR_SERVICE",
+    "Cluster",
+    "OrchestratorServicer",
+    "TokenInterceptor",
+    "orchestrator_from_config",
+]
 
 log = logging.getLogger("dagengine.orchestrator")
 
@@ -280,6 +287,38 @@ def _server_credentials(config: Config) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+_O = TypeVar("_O", bound="Orchestrator")
+
+
+def orchestrator_from_config(
+    orchestrator_class: type[_O], config: Config, *, grpc_port: int | None = None, **kwargs: Any
+) -> _O:
+    """A distributed orchestrator of ``orchestrator_class`` (``Orchestrator.from_config``
+    calls this with its class): store, balancer and limits from ``config``; an embedded
+    engine only without discovery; engine TLS from ``config.tls_*``; its :class:`Cluster`
+    (discovery, health checks, ``OrchestratorService`` on ``grpc_port``, default
+    ``config.grpc_port``) started and set as ``orchestrator.cluster``. ``kwargs`` go to the
+    orchestrator's constructor. The orchestrator is stopped if its cluster cannot start.
+
+    It lives here, not on the orchestrator, so that the dependency runs one way: the
+    cluster knows the orchestrator, the orchestrator's module does not need the cluster's."""
+    kwargs.setdefault("embedded_engine", config.discovery == "none")
+    if config.tls_enabled and "tls" not in kwargs:
+        kwargs["tls"] = TLSConfig(
+            ca_cert=Path(config.tls_ca) if config.tls_ca else None,
+            client_cert=Path(config.tls_cert) if config.tls_cert else None,
+            client_key=Path(config.tls_key) if config.tls_key else None,
+            server_name=config.tls_server_name,
+        )
+    orch = orchestrator_class(config=config, **kwargs)
+    try:
+        orch.cluster = Cluster(orch, grpc_port=grpc_port).start()
+    except BaseException:
+        orch.stop()
+        raise
+    return orch
 
 
 class Cluster:

@@ -19,16 +19,13 @@ Life of a run::
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagengine._jsondata import check_json_data
@@ -43,7 +40,6 @@ from dagengine.exceptions import (
     EngineBusy,
     EngineUnavailable,
     RunNotFound,
-    SubWorkflowError,
 )
 from dagengine.orchestrator.backends import (
     Backend,
@@ -57,15 +53,19 @@ from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, 
 from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
+from dagengine.orchestrator.runs import RunHandle, RunInfo
 from dagengine.orchestrator.store import RunRecord, Store
+from dagengine.orchestrator.subworkflows import SubWorkflowCoordinator, child_output
 from dagengine.results import NodeEvent, RunResult, RunStatus
 from dagengine.v1 import engine_pb2 as pb
-from dagengine.workflow import DAG, NodeContext, SubWorkflow, subworkflow_inputs
+from dagengine.workflow import DAG
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.cluster import Cluster
 
-__all__ = ["Orchestrator", "RunHandle", "RunInfo", "SubWorkflowCoordinator"]
+# RunHandle, RunInfo (.runs), SubWorkflowCoordinator and child_output (.subworkflows) are
+# imported from here too, where they were defined before.
+__all__ = ["Orchestrator", "RunHandle", "RunInfo", "SubWorkflowCoordinator", "child_output"]
 
 log = logging.getLogger("dagengine.orchestrator")
 
@@ -85,85 +85,6 @@ _WIRE_EVENT_TYPES: dict[int, str] = {
     pb.NODE_RETRYING: "node.retrying",
     pb.NODE_SKIPPED: "node.skipped",
 }
-# How the core prefixes a run's error with the failing node ("node 'x' failed: ...").
-_NODE_FAILED = re.compile(r"^node '[^']*' failed: ")
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """What the orchestrator knows of a run (from its store)."""
-
-    run_id: str
-    workflow_id: str
-    version: str
-    status: str
-    attempt: int
-    engine_id: str | None
-    parent_run_id: str | None
-    parent_node_id: str | None
-    depth: int
-    resolved_versions: Mapping[str, str]
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    error: Mapping[str, Any] | None
-    result: RunResult | None
-
-    @classmethod
-    def from_record(cls, rec: RunRecord) -> RunInfo:
-        return cls(
-            run_id=rec.run_id,
-            workflow_id=rec.workflow_id,
-            version=rec.version,
-            status=rec.status,
-            attempt=rec.attempt,
-            engine_id=rec.engine_id,
-            parent_run_id=rec.parent_run_id or None,
-            parent_node_id=rec.parent_node_id or None,
-            depth=rec.depth,
-            resolved_versions=dict(rec.resolved_versions),
-            created_at=rec.created_at,
-            started_at=rec.started_at,
-            finished_at=rec.finished_at,
-            error=rec.error,
-            result=RunResult.from_dict(rec.result) if rec.result else None,
-        )
-
-
-class RunHandle:
-    """A run submitted with ``wait=False``: :meth:`result` waits for it, :meth:`cancel`
-    stops it, :attr:`status` says where it is."""
-
-    def __init__(
-        self, orchestrator: Orchestrator, run_id: str, future: concurrent.futures.Future[RunResult]
-    ) -> None:
-        self._orch = orchestrator
-        self.run_id = run_id
-        self._future = future
-
-    @property
-    def status(self) -> str:
-        """``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
-        return self._orch.get_run(self.run_id).status
-
-    @property
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self, timeout: float | None = None) -> RunResult:
-        """Wait for the run to end (``TimeoutError`` after ``timeout`` seconds)."""
-        return self._future.result(timeout)
-
-    async def result_async(self) -> RunResult:
-        """Await the run's end."""
-        return await asyncio.wrap_future(self._future)
-
-    def cancel(self) -> bool:
-        """Cancel the run (and its sub-workflows); False if it had already finished."""
-        return self._orch.cancel_run(self.run_id)
-
-    def __repr__(self) -> str:
-        return f"<RunHandle {self.run_id} {'done' if self.done else 'pending'}>"
 
 
 @dataclass
@@ -199,150 +120,6 @@ class _Run:
     cancel_requested: bool = False
     engine_id: str | None = None
     attempt: int = 0
-
-
-class SubWorkflowCoordinator:
-    """Runs sub-workflows for their parents and keeps their lineage.
-
-    ``status(execution_id)`` is a run's status; ``children(parent_execution_id)`` lists the
-    runs a run started as sub-workflows.
-    """
-
-    def __init__(self, orchestrator: Orchestrator, max_depth: int) -> None:
-        self._orch = orchestrator
-        self.max_depth = max_depth
-
-    def status(self, execution_id: str) -> str:
-        """The status of run ``execution_id``."""
-        return self._orch.get_run(execution_id).status
-
-    def children(self, parent_execution_id: str) -> list[RunInfo]:
-        """Runs started as sub-workflows by run ``parent_execution_id``, oldest first."""
-        records = self._orch.store.list_runs(parent_run_id=parent_execution_id, limit=10_000)
-        return sorted((RunInfo.from_record(r) for r in records), key=lambda r: r.created_at)
-
-    def lineage(self, run_id: str) -> list[str]:
-        """``workflow@version`` of the run and its ancestors, outermost first."""
-        chain: list[str] = []
-        current: str | None = run_id
-        while current:
-            rec = self._orch.store.get_run(current)
-            if rec is None:
-                break
-            chain.append(f"{rec.workflow_id}@{rec.version}")
-            current = rec.parent_run_id or None
-        return list(reversed(chain))
-
-    def run_child(
-        self,
-        workflow_id: str,
-        version_range: str,
-        inputs: Mapping[str, Any],
-        *,
-        parent_run_id: str,
-        parent_node_id: str,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> RunResult:
-        """Run a child workflow for a parent node and wait for it. The child's depth is its
-        parent's plus one; past ``max_depth`` it is refused with :class:`SubWorkflowError`
-        naming the chain. If the parent node is cancelled meanwhile, so is the child."""
-        parent = self._orch.store.get_run(parent_run_id)
-        depth = (parent.depth if parent is not None else 0) + 1
-        if depth > self.max_depth:
-            chain = " -> ".join([*self.lineage(parent_run_id), f"{workflow_id}@{version_range}"])
-            raise SubWorkflowError(
-                f"sub-workflow depth limit {self.max_depth} exceeded: {chain}",
-                node_id=parent_node_id,
-                reference=f"{workflow_id}@{version_range}",
-            )
-        # The node may be running again (its run was resumed or re-dispatched) while the
-        # child it started before still runs, or has succeeded: wait for that one rather
-        # than running the child twice.
-        handle = self._existing_child(parent_run_id, parent_node_id)
-        if handle is None:
-            version = self._recorded_version(parent, workflow_id, version_range)
-            handle = self._orch._submit(
-                version,
-                dict(inputs),
-                parent_run_id=parent_run_id,
-                parent_node_id=parent_node_id,
-                depth=depth,
-            )
-        while True:
-            try:
-                return handle.result(timeout=0.05)
-            except concurrent.futures.TimeoutError:
-                if cancelled():
-                    if self._orch._stopping:
-                        # The orchestrator is stopping, not the parent being cancelled: the
-                        # child stays in the store and is resumed with its parent.
-                        raise DagEngineError("the orchestrator is stopping") from None
-                    self._orch.cancel_run(handle.run_id)
-                    return handle.result()
-
-    def _recorded_version(
-        self, parent: RunRecord | None, workflow_id: str, version_range: str
-    ) -> WorkflowVersion:
-        """The version a parent run recorded for ``workflow_id@version_range`` when it
-        started (a version registered since does not change what the run runs); the range's
-        best match for a parent that recorded none (a run of an older store)."""
-        reference = f"{workflow_id}@{version_range}"
-        pinned = parent.resolved_versions.get(reference) if parent is not None else None
-        if pinned is None:
-            return self._orch.registry.resolve(workflow_id, version_range)
-        return self._orch.registry.get(workflow_id, pinned)
-
-    def _existing_child(self, parent_run_id: str, parent_node_id: str) -> RunHandle | None:
-        """A handle on the child a parent node started already, if it succeeded or is still
-        unfinished here."""
-        for rec in self._orch.store.list_runs(parent_run_id=parent_run_id, limit=10_000):
-            if rec.parent_node_id != parent_node_id:
-                continue
-            if rec.status == "succeeded" and rec.result:
-                future: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
-                future.set_result(RunResult.from_dict(rec.result))
-                return RunHandle(self._orch, rec.run_id, future)
-            if rec.status in ("queued", "running"):
-                with self._orch._lock:
-                    run = self._orch._runs.get(rec.run_id)
-                if run is not None:
-                    return RunHandle(self._orch, rec.run_id, run.future)
-        return None
-
-    def runner_for_local(
-        self, parent_run_id: str
-    ) -> Callable[[SubWorkflow, NodeContext], dict[str, Any]]:
-        """The sub-workflow runner handed to in-process engines for one parent run."""
-
-        def run(sub: SubWorkflow, ctx: NodeContext) -> dict[str, Any]:
-            result = self.run_child(
-                sub.workflow_id,
-                sub.version_range,
-                subworkflow_inputs(ctx),
-                parent_run_id=ctx.run_id or parent_run_id,
-                parent_node_id=ctx.node_id,
-                cancelled=lambda: ctx.cancelled,
-            )
-            return child_output(sub, result)
-
-        return run
-
-
-def child_output(sub: SubWorkflow, result: RunResult) -> dict[str, Any]:
-    """The parent node's output: the child's outputs (node id -> output); a child that did
-    not succeed fails the node with its error."""
-    if result.status is not RunStatus.SUCCEEDED:
-        error = result.error
-        if error is not None and error.type == "SubWorkflowError":
-            # A failure deeper down (a depth limit, a grandchild's failure): pass its own
-            # message up instead of wrapping it once per level.
-            raise SubWorkflowError(_NODE_FAILED.sub("", error.message), reference=sub.reference)
-        reason = f": {error}" if error is not None else ""
-        raise SubWorkflowError(
-            f"sub-workflow {sub.reference} (run {result.run_id}) {result.status.value}{reason}",
-            reference=sub.reference,
-        )
-    return {node_id: output for node_id, output in result.outputs.items()}
 
 
 class Orchestrator:
@@ -417,24 +194,13 @@ class Orchestrator:
         :meth:`Config.from_env`); engines come from its discovery (static ``ENGINES``,
         self-registration over ``OrchestratorService``, or Kubernetes), are health-checked
         every ``ENGINE_HEALTH_CHECK_INTERVAL`` seconds, and ``OrchestratorService`` is served
-        on ``GRPC_PORT`` (``grpc_port`` overrides it; 0 picks a free port)."""
-        from dagengine.orchestrator.cluster import Cluster
+        on ``GRPC_PORT`` (``grpc_port`` overrides it; 0 picks a free port).
 
-        kwargs.setdefault("embedded_engine", config.discovery == "none")
-        if config.tls_enabled and "tls" not in kwargs:
-            kwargs["tls"] = TLSConfig(
-                ca_cert=Path(config.tls_ca) if config.tls_ca else None,
-                client_cert=Path(config.tls_cert) if config.tls_cert else None,
-                client_key=Path(config.tls_key) if config.tls_key else None,
-                server_name=config.tls_server_name,
-            )
-        orch = cls(config=config, **kwargs)
-        try:
-            orch.cluster = Cluster(orch, grpc_port=grpc_port).start()
-        except BaseException:
-            orch.stop()
-            raise
-        return orch
+        The building is the cluster's (:func:`dagengine.orchestrator.cluster.
+        orchestrator_from_config`); this is its name on the class, kept for callers."""
+        from dagengine.orchestrator.cluster import orchestrator_from_config
+
+        return orchestrator_from_config(cls, config, grpc_port=grpc_port, **kwargs)
 
     # -- engines --------------------------------------------------------------------------
 
@@ -974,8 +740,7 @@ class Orchestrator:
                 resumed = [
                     run
                     for run in resumed
-                    if self._parked.pop(run.run_id, None) is not None
-                    and not run.cancel_requested
+                    if self._parked.pop(run.run_id, None) is not None and not run.cancel_requested
                 ]
                 self._front.extend(run.run_id for run in resumed)
                 self._wakeup.notify_all()

@@ -1,0 +1,95 @@
+"""What a caller holds of a run: :class:`RunInfo` (its stored record) and :class:`RunHandle`
+(a run submitted without waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dagengine.orchestrator.store import RunRecord
+from dagengine.results import RunResult
+
+if TYPE_CHECKING:
+    from dagengine.orchestrator.orchestrator import Orchestrator
+
+__all__ = ["RunHandle", "RunInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the orchestrator knows of a run (from its store)."""
+
+    run_id: str
+    workflow_id: str
+    version: str
+    status: str
+    attempt: int
+    engine_id: str | None
+    parent_run_id: str | None
+    parent_node_id: str | None
+    depth: int
+    resolved_versions: Mapping[str, str]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: Mapping[str, Any] | None
+    result: RunResult | None
+
+    @classmethod
+    def from_record(cls, rec: RunRecord) -> RunInfo:
+        return cls(
+            run_id=rec.run_id,
+            workflow_id=rec.workflow_id,
+            version=rec.version,
+            status=rec.status,
+            attempt=rec.attempt,
+            engine_id=rec.engine_id,
+            parent_run_id=rec.parent_run_id or None,
+            parent_node_id=rec.parent_node_id or None,
+            depth=rec.depth,
+            resolved_versions=dict(rec.resolved_versions),
+            created_at=rec.created_at,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+            error=rec.error,
+            result=RunResult.from_dict(rec.result) if rec.result else None,
+        )
+
+
+class RunHandle:
+    """A run submitted with ``wait=False``: :meth:`result` waits for it, :meth:`cancel`
+    stops it, :attr:`status` says where it is."""
+
+    def __init__(
+        self, orchestrator: Orchestrator, run_id: str, future: concurrent.futures.Future[RunResult]
+    ) -> None:
+        self._orch = orchestrator
+        self.run_id = run_id
+        self._future = future
+
+    @property
+    def status(self) -> str:
+        """``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
+        return self._orch.get_run(self.run_id).status
+
+    @property
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> RunResult:
+        """Wait for the run to end (``TimeoutError`` after ``timeout`` seconds)."""
+        return self._future.result(timeout)
+
+    async def result_async(self) -> RunResult:
+        """Await the run's end."""
+        return await asyncio.wrap_future(self._future)
+
+    def cancel(self) -> bool:
+        """Cancel the run (and its sub-workflows); False if it had already finished."""
+        return self._orch.cancel_run(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id} {'done' if self.done else 'pending'}>"
