@@ -5,15 +5,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::os::raw::c_int;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mlua::{
-    ffi, ChunkMode, Function, IntoLuaMulti, Lua, LuaOptions, MultiValue, StdLib, Table,
-    Value as LuaValue,
-};
+use mlua::{ffi, ChunkMode, Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value;
 
 use crate::convert::{
@@ -180,8 +178,6 @@ struct RunState {
     /// [`CancelGuard`].
     cancel: Cell<*const AtomicBool>,
     memory_limited: Cell<bool>,
-    /// The state's memory limit while the script runs (`usize::MAX`: none).
-    memory_cap: Cell<usize>,
     tripped: Cell<Option<Trip>>,
     logs: RefCell<Vec<String>>,
     log_bytes: Cell<usize>,
@@ -199,7 +195,6 @@ impl RunState {
             deadline: Cell::new(None),
             cancel: Cell::new(std::ptr::null()),
             memory_limited: Cell::new(false),
-            memory_cap: Cell::new(usize::MAX),
             tripped: Cell::new(None),
             logs: RefCell::new(Vec::new()),
             log_bytes: Cell::new(0),
@@ -343,147 +338,241 @@ impl RunState {
 }
 
 /// The host functions behind the sandbox's `string.find`, `match`, `gmatch` and `gsub`
-/// (see `pattern`; the argument checks and the loops calling Lua are in the prelude). Each
-/// returns `nil` for no match, `true` and the results for a match, or `false` and a message
-/// for an error: the prelude raises it as the script's (a Rust error would reach the script
-/// as a userdata), or the limit error if the run reached one meanwhile.
-fn add_pattern_functions(lua: &Lua, host: &Table, run: &Rc<RunState>) -> mlua::Result<()> {
-    add_find(lua, host, run)?;
-    add_search(lua, host, run)?;
-    add_gsub(lua, host, run)
-}
-
-/// A failed match's answer to the prelude: `false` and the message.
-fn fail(lua: &Lua, f: &pattern::Fail) -> mlua::Result<MultiValue> {
-    (false, lua.create_string(f.message())?).into_lua_multi(lua)
-}
-
-/// Appends `caps` (of the subject `s`) to `out` as Lua values.
-fn push_captures(
-    lua: &Lua,
-    s: &[u8],
-    caps: &[pattern::Capture],
-    out: &mut Vec<LuaValue>,
-) -> mlua::Result<()> {
-    for c in caps {
-        out.push(match *c {
-            pattern::Capture::Text(a, b) => LuaValue::String(lua.create_string(&s[a..b])?),
-            pattern::Capture::Position(n) => LuaValue::Integer(to_lua_int(n)),
-        });
+/// (see `pattern`; the argument checks and the loops calling Lua are in the prelude, which
+/// passes these only arguments of the right types). Each returns nothing (no match), `true`
+/// and the results (a match), or `false` and a message (an error: the prelude raises it as
+/// the script's, or the limit error if the run reached one meanwhile; an error raised here
+/// would name the prelude's frame). They are C functions on Lua's C API, as the conversions
+/// are: through mlua's safe API a call cost several times Lua's own `string.find`.
+///
+/// # Safety (of the functions)
+///
+/// Lua calls them with their arguments on the stack; the strings' bytes stay valid while the
+/// strings are there (they are never popped). The only Lua calls that can fail are pushes
+/// and buffer additions (memory errors): the frames such an error unwinds through hold
+/// borrows and plain values only (the messages of `pattern::Fail` are copied to the stack
+/// first).
+fn add_pattern_functions(lua: &Lua, host: &Table) -> mlua::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: see above.
+    unsafe {
+        host.raw_set("find", lua.create_c_function(host_find)?)?;
+        host.raw_set("search", lua.create_c_function(host_search)?)?;
+        host.raw_set("gsub", lua.create_c_function(host_gsub)?)?;
     }
     Ok(())
 }
 
-fn add_find(lua: &Lua, host: &Table, run: &Rc<RunState>) -> mlua::Result<()> {
-    // find(s, p, init, plain, is_find): `string.find` or `string.match`.
-    let r = Rc::clone(run);
-    host.raw_set(
-        "find",
-        lua.create_function(
-            move |lua, (s, p, init, plain, is_find): (mlua::String, mlua::String, i64, bool, bool)| {
-                let (sb, pb) = (s.as_bytes(), p.as_bytes());
-                let tick = || r.check().map_err(drop);
-                match pattern::find(&sb, &pb, init, plain, is_find, tick) {
-                    Ok(None) => Ok(MultiValue::new()),
-                    Ok(Some(found)) => {
-                        let mut out = vec![LuaValue::Boolean(true)];
-                        match found {
-                            pattern::Found::At(a, b, caps) => {
-                                out.push(LuaValue::Integer(to_lua_int(a)));
-                                out.push(LuaValue::Integer(to_lua_int(b)));
-                                push_captures(lua, &sb, &caps, &mut out)?;
-                            }
-                            pattern::Found::Captures(caps) => {
-                                push_captures(lua, &sb, &caps, &mut out)?;
-                            }
-                        }
-                        Ok(MultiValue::from_vec(out))
-                    }
-                    Err(f) => fail(lua, &f),
-                }
-            },
-        )?,
-    )?;
-
-    Ok(())
+/// The [`RunState`] of the state `l` runs on (see [`RUN_KEY`]).
+#[allow(unsafe_code)]
+unsafe fn run_of<'a>(l: *mut ffi::lua_State) -> Option<&'a RunState> {
+    // SAFETY: as in `limit_hook`.
+    unsafe {
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, run_key());
+        let run = ffi::lua_touserdata(l, -1).cast::<RunState>().cast_const();
+        ffi::lua_pop(l, 1);
+        run.as_ref()
+    }
 }
 
-fn add_search(lua: &Lua, host: &Table, run: &Rc<RunState>) -> mlua::Result<()> {
-    // search(s, p, from, last, strip_anchor, first): the next match at 0-based `from` or
-    // later whose end is not `last` (-1: none), for `gmatch` and `gsub`: true, its 0-based
-    // start and end, its captures (the whole match if none; only the first if `first`).
-    let r = Rc::clone(run);
-    host.raw_set(
-        "search",
-        lua.create_function(
-            move |lua,
-                  (s, p, from, last, strip, first): (
-                mlua::String,
-                mlua::String,
-                i64,
-                i64,
-                bool,
-                bool,
-            )| {
-                let (sb, pb) = (s.as_bytes(), p.as_bytes());
-                let (anchor, pat): (bool, &[u8]) = match pb.split_first() {
-                    Some((b'^', rest)) if strip => (true, rest),
-                    _ => (false, &pb),
-                };
-                let from = usize::try_from(from).unwrap_or(usize::MAX);
-                let last = usize::try_from(last).ok();
-                let mut m = pattern::Matcher::new(&sb, pat, || r.check().map_err(drop));
-                let found = m.search(from, anchor, last).and_then(|at| match at {
-                    Some((a, b)) if first => Ok(Some((a, b, vec![m.capture(0, a, b)?]))),
-                    Some((a, b)) => Ok(Some((a, b, m.captures(a, b, true)?))),
-                    None => Ok(None),
-                });
-                match found {
-                    Ok(None) => Ok(MultiValue::new()),
-                    Ok(Some((a, b, caps))) => {
-                        let mut out = vec![
-                            LuaValue::Boolean(true),
-                            LuaValue::Integer(to_lua_int(a)),
-                            LuaValue::Integer(to_lua_int(b)),
-                        ];
-                        push_captures(lua, &sb, &caps, &mut out)?;
-                        Ok(MultiValue::from_vec(out))
-                    }
-                    Err(f) => fail(lua, &f),
-                }
-            },
-        )?,
-    )?;
-
-    Ok(())
+/// The bytes of the string at `i` (empty if it is not one).
+#[allow(unsafe_code)]
+unsafe fn arg_bytes<'a>(l: *mut ffi::lua_State, i: c_int) -> &'a [u8] {
+    // SAFETY: a string's bytes live as long as the string, which stays on the stack.
+    unsafe {
+        if ffi::lua_type(l, i) != ffi::LUA_TSTRING {
+            return &[];
+        }
+        let mut len = 0;
+        let p = ffi::lua_tolstring(l, i, &raw mut len);
+        std::slice::from_raw_parts(p.cast::<u8>(), len)
+    }
 }
 
-fn add_gsub(lua: &Lua, host: &Table, run: &Rc<RunState>) -> mlua::Result<()> {
-    // gsub(s, p, repl, max): `string.gsub` with a string replacement: true, the new string
-    // (nil: unchanged), the count.
-    let r = Rc::clone(run);
-    host.raw_set(
-        "gsub",
-        lua.create_function(
-            move |lua, (s, p, repl, max): (mlua::String, mlua::String, mlua::String, i64)| {
-                let (sb, pb, rb) = (s.as_bytes(), p.as_bytes(), repl.as_bytes());
-                // The new string is built outside Lua's allocator: hold it to what the
-                // script may still allocate.
-                let room = r.memory_cap.get().saturating_sub(lua.used_memory());
-                let tick = || r.check().map_err(drop);
-                match pattern::gsub_str(&sb, &pb, &rb, max, room, tick) {
-                    Ok((None, n)) => (true, LuaValue::Nil, n).into_lua_multi(lua),
-                    Ok((Some(out), n)) => (true, lua.create_string(out)?, n).into_lua_multi(lua),
-                    Err(Some(f)) => fail(lua, &f),
-                    Err(None) => {
-                        r.tripped.set(Some(Trip::Memory));
-                        fail(lua, &pattern::Fail::Stopped)
-                    }
+/// Pushes `false` and the failure's message; returns their count.
+#[allow(unsafe_code)]
+unsafe fn push_fail(l: *mut ffi::lua_State, f: pattern::Fail) -> c_int {
+    let mut buf = [0u8; 128];
+    let msg = f.message();
+    let n = msg.len().min(buf.len());
+    buf[..n].copy_from_slice(&msg.as_bytes()[..n]);
+    drop((f, msg));
+    // SAFETY: nothing with a destructor is left if a push fails.
+    unsafe {
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_pushlstring(l, buf.as_ptr().cast(), n);
+    }
+    2
+}
+
+/// Pushes the captures of the match `start..end` of `matcher` over `subject`; their count.
+#[allow(unsafe_code)]
+unsafe fn push_captures<F: FnMut() -> Result<(), ()>>(
+    l: *mut ffi::lua_State,
+    matcher: &pattern::Matcher<'_, F>,
+    subject: &[u8],
+    (start, end): (usize, usize),
+    whole: bool,
+) -> Result<c_int, pattern::Fail> {
+    let n = matcher.capture_count(whole);
+    for i in 0..n {
+        let cap = matcher.capture(i, start, end)?;
+        // SAFETY: the stack has room (checked by the caller); `subject` is the subject.
+        unsafe {
+            match cap {
+                pattern::Capture::Text(a, b) => {
+                    ffi::lua_pushlstring(l, subject[a..b].as_ptr().cast(), b - a);
                 }
-            },
-        )?,
-    )?;
-    Ok(())
+                pattern::Capture::Position(at) => ffi::lua_pushinteger(l, to_lua_int(at)),
+            }
+        }
+    }
+    Ok(n as c_int)
+}
+
+/// Stack room for the most values a function here returns.
+const RESULTS_ROOM: c_int = 40;
+
+/// `find(subject, pat, init, plain, is_find)`: `string.find` (`true`, start, end, captures) or
+/// `string.match` (`true`, captures); `init` is the 1-based argument.
+#[allow(unsafe_code)]
+unsafe extern "C-unwind" fn host_find(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `add_pattern_functions`.
+    unsafe {
+        let (subject, pat) = (arg_bytes(l, 1), arg_bytes(l, 2));
+        let init = ffi::lua_tointeger(l, 3);
+        let plain = ffi::lua_toboolean(l, 4) != 0;
+        let is_find = ffi::lua_toboolean(l, 5) != 0;
+        let Some(run) = run_of(l) else { return 0 };
+        ffi::luaL_checkstack(l, RESULTS_ROOM, std::ptr::null());
+        let init = pattern::start_offset(init, subject.len());
+        if init > subject.len() {
+            return 0;
+        }
+        let tick = || run.check().map_err(drop);
+        if is_find && (plain || pattern::no_specials(pat)) {
+            let mut matcher = pattern::Matcher::new(subject, pat, tick);
+            return match matcher.find_plain(init) {
+                Ok(None) => 0,
+                Ok(Some(at)) => {
+                    ffi::lua_pushboolean(l, 1);
+                    ffi::lua_pushinteger(l, to_lua_int(at + 1));
+                    ffi::lua_pushinteger(l, to_lua_int(at + pat.len()));
+                    3
+                }
+                Err(f) => push_fail(l, f),
+            };
+        }
+        let (anchor, pat) = pattern::strip_anchor(pat);
+        let mut matcher = pattern::Matcher::new(subject, pat, tick);
+        let at = match matcher.search(init, anchor, None) {
+            Ok(None) => return 0,
+            Ok(Some(at)) => at,
+            Err(f) => return push_fail(l, f),
+        };
+        ffi::lua_pushboolean(l, 1);
+        if is_find {
+            ffi::lua_pushinteger(l, to_lua_int(at.0 + 1));
+            ffi::lua_pushinteger(l, to_lua_int(at.1));
+        }
+        match push_captures(l, &matcher, subject, at, !is_find) {
+            Ok(n) => n + if is_find { 3 } else { 1 },
+            Err(f) => push_fail(l, f),
+        }
+    }
+}
+
+/// `search(subject, pat, from, last, strip_anchor, first)`: the next match at 0-based `from` or
+/// later whose end is not `last` (-1: none), for `gmatch` and `gsub`: `true`, its 0-based
+/// start and end, its captures (the whole match if none; only the first if `first`).
+#[allow(unsafe_code)]
+unsafe extern "C-unwind" fn host_search(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `add_pattern_functions`.
+    unsafe {
+        let (subject, pat) = (arg_bytes(l, 1), arg_bytes(l, 2));
+        let from = usize::try_from(ffi::lua_tointeger(l, 3)).unwrap_or(usize::MAX);
+        let last = usize::try_from(ffi::lua_tointeger(l, 4)).ok();
+        let strip = ffi::lua_toboolean(l, 5) != 0;
+        let first = ffi::lua_toboolean(l, 6) != 0;
+        let Some(run) = run_of(l) else { return 0 };
+        ffi::luaL_checkstack(l, RESULTS_ROOM, std::ptr::null());
+        let (anchor, pat) = if strip {
+            pattern::strip_anchor(pat)
+        } else {
+            (false, pat)
+        };
+        let mut matcher = pattern::Matcher::new(subject, pat, || run.check().map_err(drop));
+        let at = match matcher.search(from, anchor, last) {
+            Ok(None) => return 0,
+            Ok(Some(at)) => at,
+            Err(f) => return push_fail(l, f),
+        };
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_pushinteger(l, to_lua_int(at.0));
+        ffi::lua_pushinteger(l, to_lua_int(at.1));
+        if first {
+            return match matcher.capture(0, at.0, at.1) {
+                Ok(pattern::Capture::Text(a, b)) => {
+                    ffi::lua_pushlstring(l, subject[a..b].as_ptr().cast(), b - a);
+                    4
+                }
+                Ok(pattern::Capture::Position(n)) => {
+                    ffi::lua_pushinteger(l, to_lua_int(n));
+                    4
+                }
+                Err(f) => push_fail(l, f),
+            };
+        }
+        match push_captures(l, &matcher, subject, at, true) {
+            Ok(n) => n + 3,
+            Err(f) => push_fail(l, f),
+        }
+    }
+}
+
+/// A `luaL_Buffer` as `gsub`'subject output: built with Lua'subject allocator, so under the script'subject
+/// memory limit.
+struct LuaBuffer(*mut ffi::luaL_Buffer);
+
+impl pattern::Sink for LuaBuffer {
+    #[allow(unsafe_code)]
+    fn add(&mut self, bytes: &[u8]) {
+        // SAFETY: the buffer is initialized and used by nothing else meanwhile.
+        unsafe { ffi::luaL_addlstring(self.0, bytes.as_ptr().cast(), bytes.len()) };
+    }
+}
+
+/// `gsub(subject, pat, repl, max)`: `string.gsub` with a string replacement: `true`, the new
+/// string, the count.
+#[allow(unsafe_code)]
+unsafe extern "C-unwind" fn host_gsub(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `add_pattern_functions`. The buffer is a local that does not move; the
+    // stack is left to it between its initialization and its result.
+    unsafe {
+        let (subject, pat, repl) = (arg_bytes(l, 1), arg_bytes(l, 2), arg_bytes(l, 3));
+        let max = ffi::lua_tointeger(l, 4);
+        let Some(run) = run_of(l) else { return 0 };
+        ffi::luaL_checkstack(l, RESULTS_ROOM, std::ptr::null());
+        ffi::lua_pushboolean(l, 1);
+        let mut b: ffi::luaL_Buffer = std::mem::zeroed();
+        ffi::luaL_buffinit(l, &raw mut b);
+        let mut out = LuaBuffer(&raw mut b);
+        let tick = || run.check().map_err(drop);
+        match pattern::gsub_str(subject, pat, repl, max, &mut out, tick) {
+            Ok(0) => {
+                ffi::lua_pop(l, 1);
+                ffi::lua_pushvalue(l, 1);
+                ffi::lua_pushinteger(l, 0);
+                3
+            }
+            Ok(n) => {
+                ffi::luaL_pushresult(&raw mut b);
+                ffi::lua_pushinteger(l, n);
+                3
+            }
+            Err(f) => push_fail(l, f),
+        }
+    }
 }
 
 /// `luaL_argerror`'s message for argument `arg` of the sandbox function running at stack
@@ -641,7 +730,7 @@ impl Engine {
         )?;
         let current = lua.create_table()?;
         host.raw_set("current", &current)?;
-        add_pattern_functions(&lua, &host, &run)?;
+        add_pattern_functions(&lua, &host)?;
         host.raw_set(
             "arg_message",
             lua.create_function(
@@ -779,13 +868,11 @@ impl Engine {
             if let Some(max) = limits.max_memory {
                 let limit = lua.used_memory().saturating_add(max).max(1);
                 armed = lua.set_memory_limit(limit).map(drop);
-                run.memory_cap.set(limit);
             }
             armed.is_ok()
         };
         let mut disarmed = None;
         let disarm = || {
-            run.memory_cap.set(usize::MAX);
             if limits.max_memory.is_some() {
                 disarmed = Some(lua.set_memory_limit(0).map(drop));
             }
@@ -812,7 +899,6 @@ impl Engine {
         drop(guard);
 
         run.active.set(false);
-        run.memory_cap.set(usize::MAX);
         match disarmed {
             Some(done) => done.map_err(|e| self.fail(&e))?,
             // The script raised (or never ran): the limit is still on.

@@ -105,9 +105,15 @@
 //! budget). Limit errors cannot be caught by the script: `pcall`, `xpcall` and
 //! `coroutine.resume` re-raise them. The hook is also active in coroutines.
 //!
-//! Time spent inside a single C library call (e.g. a pathological
-//! `string.find` pattern over a long string) is not interruptible; the
-//! timeout and cancel flag take effect when it returns.
+//! Limits reach everything a script runs: `xpcall` message handlers (the
+//! sandbox's `xpcall` calls the handler once the failed call has unwound, as
+//! an ordinary call; results as Lua's), `__close` handlers, coroutines inside
+//! those (a coroutine that a limit error ended is never closed afterwards: Lua
+//! leaves it with hooks off), and pattern matching: `string.find`, `match`,
+//! `gmatch` and `gsub` match in Rust with Lua's algorithm, a step budget per
+//! search (1,000,000 steps plus 100 per byte of the subject; past it, the Lua
+//! error `pattern too complex (more than N steps)`) and the limit checks
+//! every 1,000 steps (each step counts as an instruction).
 //!
 //! After any error, including limit errors, the thread's state stays usable;
 //! after a memory limit error a full garbage collection runs before the

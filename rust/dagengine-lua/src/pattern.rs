@@ -114,16 +114,60 @@ impl<'a, F: FnMut() -> Result<(), ()>> Matcher<'a, F> {
     }
 
     fn step(&mut self) -> Result<(), Fail> {
-        self.steps += 1;
+        self.charge(1)
+    }
+
+    /// Counts `n` steps against the budget, calling the limit check every [`TICK_STEPS`].
+    fn charge(&mut self, n: u64) -> Result<(), Fail> {
+        self.steps = self.steps.saturating_add(n);
         if self.steps > self.budget {
             return Err(Fail::Budget(self.budget));
         }
-        self.until_tick -= 1;
-        if self.until_tick == 0 {
+        let mut n = n;
+        while n >= u64::from(self.until_tick) {
+            n -= u64::from(self.until_tick);
             self.until_tick = TICK_STEPS;
             (self.tick)().map_err(|()| Fail::Stopped)?;
         }
+        self.until_tick -= n as u32;
         Ok(())
+    }
+
+    /// The first occurrence of the pattern's bytes, as plain text, at `from` or later
+    /// (`lmemfind`); a step per candidate position and per 64 bytes compared.
+    pub(crate) fn find_plain(&mut self, from: usize) -> Result<Option<usize>, Fail> {
+        self.reset();
+        let (src, needle) = (self.src, self.pat);
+        let Some((&first, rest)) = needle.split_first() else {
+            return Ok(Some(from));
+        };
+        if needle.len() > src.len().saturating_sub(from) {
+            return Ok(None);
+        }
+        let last = src.len() - needle.len();
+        let mut i = from;
+        while i <= last {
+            let Some(k) = src[i..=last].iter().position(|&c| c == first) else {
+                return Ok(None);
+            };
+            i += k;
+            self.charge(1 + (k + rest.len()) as u64 / 64)?;
+            if &src[i + 1..i + needle.len()] == rest {
+                return Ok(Some(i));
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    /// How many values the captures of a match are (see [`Matcher::capture`]): the whole
+    /// match if the pattern has no captures and `whole`.
+    pub(crate) fn capture_count(&self, whole: bool) -> usize {
+        if self.level == 0 && whole {
+            1
+        } else {
+            self.level
+        }
     }
 
     /// Starts a new search: no captures, a fresh budget.
@@ -421,14 +465,12 @@ impl<'a, F: FnMut() -> Result<(), ()>> Matcher<'a, F> {
         }
     }
 
-    /// The captures of the match `s..e`; the whole match if there are none and `whole`.
-    pub(crate) fn captures(&self, s: usize, e: usize, whole: bool) -> Result<Vec<Capture>, Fail> {
-        let n = if self.level == 0 && whole {
-            1
-        } else {
-            self.level
-        };
-        (0..n).map(|i| self.capture(i, s, e)).collect()
+    /// The captures of the match `s..e` (see [`Matcher::capture_count`]).
+    #[cfg(test)]
+    fn captures(&self, s: usize, e: usize, whole: bool) -> Result<Vec<Capture>, Fail> {
+        (0..self.capture_count(whole))
+            .map(|i| self.capture(i, s, e))
+            .collect()
     }
 
     /// The first match starting at `from` or later (only at `from` if `anchor`) whose end
@@ -487,7 +529,7 @@ fn class_matches(c: u8, cl: u8) -> bool {
 }
 
 /// Whether `p` has none of the pattern's special characters (a plain search will do).
-fn no_specials(p: &[u8]) -> bool {
+pub(crate) fn no_specials(p: &[u8]) -> bool {
     !p.iter().any(|c| SPECIALS.contains(c))
 }
 
@@ -505,7 +547,16 @@ pub(crate) fn start_offset(pos: i64, len: usize) -> usize {
     usize::try_from(one_based - 1).unwrap_or(usize::MAX)
 }
 
+/// The pattern without a leading `^`, and whether it had one.
+pub(crate) fn strip_anchor(p: &[u8]) -> (bool, &[u8]) {
+    match p.split_first() {
+        Some((b'^', rest)) => (true, rest),
+        _ => (false, p),
+    }
+}
+
 /// What `string.find` (`find`) or `string.match` found.
+#[cfg(test)]
 #[derive(Debug, PartialEq)]
 pub(crate) enum Found {
     /// `find`: the 1-based start and end, then the captures.
@@ -514,8 +565,8 @@ pub(crate) enum Found {
     Captures(Vec<Capture>),
 }
 
-/// `str_find_aux`: `string.find(s, p, init, plain)` if `find`, else `string.match(s, p,
-/// init)`; `init` is the 1-based argument.
+/// `str_find_aux` as the engine's `string.find` and `match` run it, with values for results.
+#[cfg(test)]
 pub(crate) fn find(
     s: &[u8],
     p: &[u8],
@@ -529,54 +580,45 @@ pub(crate) fn find(
         return Ok(None);
     }
     if find && (plain || no_specials(p)) {
-        let at = if p.is_empty() {
-            Some(init)
-        } else {
-            s[init..]
-                .windows(p.len())
-                .position(|w| w == p)
-                .map(|i| init + i)
-        };
+        let mut m = Matcher::new(s, p, tick);
+        let at = m.find_plain(init)?;
         return Ok(at.map(|i| Found::At(i + 1, i + p.len(), Vec::new())));
     }
-    let (anchor, p) = match p.split_first() {
-        Some((b'^', rest)) => (true, rest),
-        _ => (false, p),
-    };
+    let (anchor, p) = strip_anchor(p);
     let mut m = Matcher::new(s, p, tick);
-    let mut s1 = init;
-    loop {
-        if let Some(e) = m.match_at(s1)? {
-            return Ok(Some(if find {
-                Found::At(s1 + 1, e, m.captures(s1, e, false)?)
-            } else {
-                Found::Captures(m.captures(s1, e, true)?)
-            }));
-        }
-        s1 += 1;
-        if anchor || s1 > s.len() {
-            return Ok(None);
-        }
+    let Some((start, end)) = m.search(init, anchor, None)? else {
+        return Ok(None);
+    };
+    Ok(Some(if find {
+        Found::At(start + 1, end, m.captures(start, end, false)?)
+    } else {
+        Found::Captures(m.captures(start, end, true)?)
+    }))
+}
+
+/// Where `gsub` writes its new string.
+pub(crate) trait Sink {
+    fn add(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn add(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
 }
 
-/// `string.gsub(s, p, repl, max)` with a string replacement: the new string (`None`: no
-/// change) and the number of matches. `room` bounds the result's size (the script's
-/// memory); past it, `Err(None)`.
+/// `string.gsub(s, p, repl, max)` with a string replacement: writes the new string to
+/// `out` and returns the number of matches (0: `out` has nothing, the subject is unchanged).
 pub(crate) fn gsub_str(
     subject: &[u8],
     pattern: &[u8],
     repl: &[u8],
     max: i64,
-    room: usize,
+    out: &mut impl Sink,
     tick: impl FnMut() -> Result<(), ()>,
-) -> Result<(Option<Vec<u8>>, i64), Option<Fail>> {
-    let (anchor, pattern) = match pattern.split_first() {
-        Some((b'^', rest)) => (true, rest),
-        _ => (false, pattern),
-    };
+) -> Result<i64, Fail> {
+    let (anchor, pattern) = strip_anchor(pattern);
     let mut matcher = Matcher::new(subject, pattern, tick);
-    let mut out = Vec::new();
     let mut count = 0i64;
     let mut from = 0usize;
     let mut last = None;
@@ -584,12 +626,9 @@ pub(crate) fn gsub_str(
         let Some((start, end)) = matcher.search(from, anchor, last)? else {
             break;
         };
-        out.extend_from_slice(&subject[from..start]);
+        out.add(&subject[from..start]);
         count += 1;
-        expand(&mut out, &matcher, start, end, repl).map_err(Some)?;
-        if out.len() > room {
-            return Err(None);
-        }
+        expand(out, &matcher, start, end, repl)?;
         // The next search starts where this match ended, but skips an empty match there.
         from = end;
         last = Some(end);
@@ -597,20 +636,16 @@ pub(crate) fn gsub_str(
             break;
         }
     }
-    if count == 0 {
-        return Ok((None, 0));
+    if count > 0 {
+        out.add(&subject[from.min(subject.len())..]);
     }
-    out.extend_from_slice(&subject[from.min(subject.len())..]);
-    if out.len() > room {
-        return Err(None);
-    }
-    Ok((Some(out), count))
+    Ok(count)
 }
 
 /// Appends the replacement string `repl` for the match `start..end` (`add_s`): `%0` is
 /// the match, `%1`..`%9` its captures, `%%` a `%`.
 fn expand<F: FnMut() -> Result<(), ()>>(
-    out: &mut Vec<u8>,
+    out: &mut impl Sink,
     matcher: &Matcher<'_, F>,
     start: usize,
     end: usize,
@@ -622,19 +657,33 @@ fn expand<F: FnMut() -> Result<(), ()>>(
         let byte = repl[i];
         i += 1;
         if byte != ESC {
-            out.push(byte);
+            out.add(&[byte]);
             continue;
         }
         let escaped = repl.get(i).copied().unwrap_or(0);
         i += 1;
         if escaped == ESC {
-            out.push(ESC);
+            out.add(&[ESC]);
         } else if escaped == b'0' {
-            out.extend_from_slice(&subject[start..end]);
+            out.add(&subject[start..end]);
         } else if escaped.is_ascii_digit() {
             match matcher.capture(usize::from(escaped - b'1'), start, end)? {
-                Capture::Text(from, to) => out.extend_from_slice(&subject[from..to]),
-                Capture::Position(at) => out.extend_from_slice(at.to_string().as_bytes()),
+                Capture::Text(from, to) => out.add(&subject[from..to]),
+                Capture::Position(at) => {
+                    // A position as `tostring` writes it, without allocating.
+                    let mut digits = [0u8; 20];
+                    let mut k = digits.len();
+                    let mut v = at;
+                    loop {
+                        k -= 1;
+                        digits[k] = b'0' + (v % 10) as u8;
+                        v /= 10;
+                        if v == 0 {
+                            break;
+                        }
+                    }
+                    out.add(&digits[k..]);
+                }
             }
         } else {
             return error("invalid use of '%' in replacement string");
@@ -742,19 +791,15 @@ mod tests {
     #[test]
     fn gsub_with_a_string() {
         let g = |s: &str, p: &str, r: &str, max: i64| {
-            let (out, n) = gsub_str(
-                s.as_bytes(),
-                p.as_bytes(),
-                r.as_bytes(),
-                max,
-                usize::MAX,
-                go,
-            )
-            .map_err(|e| e.map(|e| e.message()))?;
-            Ok::<_, Option<String>>((
-                out.map_or_else(|| s.to_owned(), |o| String::from_utf8(o).unwrap()),
-                n,
-            ))
+            let mut out = Vec::new();
+            let n = gsub_str(s.as_bytes(), p.as_bytes(), r.as_bytes(), max, &mut out, go)
+                .map_err(|e| e.message())?;
+            let out = if n == 0 {
+                s.to_owned()
+            } else {
+                String::from_utf8(out).unwrap()
+            };
+            Ok::<_, String>((out, n))
         };
         assert_eq!(
             g("hello world", "o", "0", 99),
@@ -766,20 +811,16 @@ mod tests {
         );
         assert_eq!(g("abc", "", "-", 99), Ok(("-a-b-c-".into(), 4)));
         assert_eq!(g("abc", "()", "%1", 99), Ok(("1a2b3c4".into(), 4)));
+        assert_eq!(g("abc", "()", "%1", 2), Ok(("1a2bc".into(), 2)));
         assert_eq!(g("abc", "^a", "%0%0", 99), Ok(("aabc".into(), 1)));
         assert_eq!(g("abc", "x*", "-", 99), Ok(("-a-b-c-".into(), 4)));
         assert_eq!(
             g("abc", "b", "%2", 99),
-            Err(Some("invalid capture index %2".into()))
+            Err("invalid capture index %2".into())
         );
         assert_eq!(
             g("abc", "b", "%x", 99),
-            Err(Some("invalid use of '%' in replacement string".into()))
-        );
-        assert_eq!(
-            gsub_str(b"aaaa", b"a", b"xxxx", 99, 10, go),
-            Err(None),
-            "past the room"
+            Err("invalid use of '%' in replacement string".into())
         );
     }
 }

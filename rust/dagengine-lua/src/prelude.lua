@@ -193,31 +193,43 @@ end
 
 -- The pattern functions: `string.find`, `match`, `gmatch` and `gsub` (also reached as
 -- methods, through the string metatable) match in Rust, with a step budget and the run's
--- limit checks (`pattern.rs`); these check the arguments as `lstrlib.c` does, raise the
--- matcher's errors at the caller's position, and run the loops that call the script's
--- replacement functions.
+-- limit checks (`pattern.rs`, called through the C functions in `engine.rs`). These check
+-- the arguments as `lstrlib.c` does (the common case, strings and integers, in line; the
+-- rest, conversions and errors, in `*_args`), raise the matcher's errors at the caller's
+-- position, and run the loops that call the script's replacement functions.
 local p_find, p_search, p_gsub = host.find, host.search, host.gsub
-local tointeger, tonumber, sub = G.math.tointeger, G.tonumber, G.string.sub
+local tointeger, tonumber, sub, math_type = G.math.tointeger, G.tonumber, G.string.sub, G.math.type
+
+-- The functions below raise argument errors at this level: argerror, the check, `*_args`,
+-- the pattern function, its caller.
+local ARGS_LEVEL = 5
 
 -- `luaL_checklstring`: a string, or a number as `tostring` writes it.
 local function check_string(name, i, n, v)
   local t = type(v)
   if t == "string" then return v end
   if t == "number" then return tostring(v) end
-  argerror(name, i, "string expected, got " .. typename(v, i, n))
+  argerror(name, i, "string expected, got " .. typename(v, i, n), ARGS_LEVEL)
 end
 
 -- `luaL_optinteger`.
-local function opt_integer(name, i, n, v, default)
-  if v == nil then return default end
+local function opt_integer(name, i, n, v)
+  if v == nil then return nil end
   local x = v
   if type(x) == "string" then x = tonumber(x) end
   if type(x) == "number" then
     local k = tointeger(x)
     if k then return k end
-    argerror(name, i, "number has no integer representation")
+    argerror(name, i, "number has no integer representation", ARGS_LEVEL)
   end
-  argerror(name, i, "number expected, got " .. typename(v, i, n))
+  argerror(name, i, "number expected, got " .. typename(v, i, n), ARGS_LEVEL)
+end
+
+-- The arguments `(s, p, init)` of `name` checked and converted.
+local function pattern_args(name, ...)
+  local n = select("#", ...)
+  local s, p, init = ...
+  return check_string(name, 1, n, s), check_string(name, 2, n, p), opt_integer(name, 3, n, init)
 end
 
 -- The host's answer, as the caller's results; an error is raised at the caller's
@@ -230,17 +242,19 @@ local function answer(ok, ...)
 end
 
 G.string.find = function(...)
-  local n = select("#", ...)
   local s, p, init, plain = ...
-  s, p = check_string("string.find", 1, n, s), check_string("string.find", 2, n, p)
-  return answer(p_find(s, p, opt_integer("string.find", 3, n, init, 1), plain and true or false, true))
+  if type(s) ~= "string" or type(p) ~= "string" or init ~= nil and math_type(init) ~= "integer" then
+    s, p, init = pattern_args("string.find", ...)
+  end
+  return answer(p_find(s, p, init or 1, plain and true or false, true))
 end
 
 G.string.match = function(...)
-  local n = select("#", ...)
   local s, p, init = ...
-  s, p = check_string("string.match", 1, n, s), check_string("string.match", 2, n, p)
-  return answer(p_find(s, p, opt_integer("string.match", 3, n, init, 1), false, false))
+  if type(s) ~= "string" or type(p) ~= "string" or init ~= nil and math_type(init) ~= "integer" then
+    s, p, init = pattern_args("string.match", ...)
+  end
+  return answer(p_find(s, p, init or 1, false, false))
 end
 
 -- `posrelatI` minus one: a 1-based start position (negative from the end) as an offset.
@@ -251,11 +265,12 @@ local function start_offset(pos, len)
 end
 
 G.string.gmatch = function(...)
-  local n = select("#", ...)
   local s, p, init = ...
-  s, p = check_string("string.gmatch", 1, n, s), check_string("string.gmatch", 2, n, p)
+  if type(s) ~= "string" or type(p) ~= "string" or init ~= nil and math_type(init) ~= "integer" then
+    s, p, init = pattern_args("string.gmatch", ...)
+  end
   local len = #s
-  local pos, last = start_offset(opt_integer("string.gmatch", 3, n, init, 1), len), -1
+  local pos, last = start_offset(init or 1, len), -1
   local function step(ok, start, e, ...)
     if ok then
       pos, last = e, e
@@ -320,24 +335,38 @@ local function gsub_calling(s, p, repl, max, call)
   return concat(parts), count
 end
 
-local function gsubbed(s, ok, out, ...)
-  if ok then return out or s, ... end
+local function gsubbed(ok, out, ...)
+  if ok then return out, ... end
   abort_if_tripped()
   raw_error(out, 2)
 end
 
-G.string.gsub = function(...)
+-- The arguments of `gsub` checked and converted, in `str_gsub`'s order.
+local function gsub_args(...)
   local n = select("#", ...)
   local s, p, repl, max = ...
   s, p = check_string("string.gsub", 1, n, s), check_string("string.gsub", 2, n, p)
+  max = opt_integer("string.gsub", 4, n, max)
   local t = type(repl)
-  max = opt_integer("string.gsub", 4, n, max, #s + 1)
-  if t == "string" or t == "number" then
-    return gsubbed(s, p_gsub(s, p, tostring(repl), max))
-  elseif t == "function" or t == "table" then
-    return gsub_calling(s, p, repl, max, t == "function")
+  if t == "number" then
+    repl = tostring(repl)
+  elseif t ~= "string" and t ~= "function" and t ~= "table" then
+    argerror("string.gsub", 3, "string/function/table expected, got " .. typename(repl, 3, n), ARGS_LEVEL - 1)
   end
-  argerror("string.gsub", 3, "string/function/table expected, got " .. typename(repl, 3, n), 3)
+  return s, p, repl, max
+end
+
+G.string.gsub = function(...)
+  local s, p, repl, max = ...
+  local t = type(repl)
+  if type(s) ~= "string" or type(p) ~= "string" or max ~= nil and math_type(max) ~= "integer"
+      or t ~= "string" and t ~= "function" and t ~= "table" then
+    s, p, repl, max = gsub_args(...)
+    t = type(repl)
+  end
+  if max == nil then max = #s + 1 end
+  if t == "string" then return gsubbed(p_gsub(s, p, repl, max)) end
+  return gsub_calling(s, p, repl, max, t == "function")
 end
 
 local safe = {

@@ -233,6 +233,14 @@ fn errors_name_the_scripts_line() {
             "node:1: invalid replacement value (a table)",
         ),
         (
+            "local x = string.find(string.rep('a', 2e4), '.-.-.-b')",
+            "node:1: pattern too complex (more than 3000000 steps)",
+        ),
+        (
+            "for m in string.gmatch(string.rep('a', 2e4), '(.-)(.-)b') do end",
+            "node:1: pattern too complex (more than 3000000 steps)",
+        ),
+        (
             "local x = string.find(nil, 'a')",
             "node:1: bad argument #1 to 'find' (string expected, got nil)",
         ),

@@ -154,8 +154,14 @@ fn endless() -> Vec<(&'static str, String)> {
                 .into(),
         ),
     ];
-    // Every pattern function, in both call forms, on a subject and pattern that backtrack
-    // for ever (about n^5 steps).
+    forms.extend(pattern_forms());
+    forms
+}
+
+/// Every pattern function, in both call forms, on a subject and pattern that backtrack
+/// for ever (about n^5 steps), and a plain search with n x m compares.
+fn pattern_forms() -> Vec<(&'static str, String)> {
+    let mut forms = Vec::new();
     let subject = "string.rep('a', 1e5)";
     let pattern = "'.-.-.-.-.-b'";
     for call in [
@@ -167,9 +173,16 @@ fn endless() -> Vec<(&'static str, String)> {
         format!("for m in ({subject}):gmatch({pattern}) do end"),
         format!("string.gsub({subject}, {pattern}, 'x')"),
         format!("({subject}):gsub({pattern}, 'x')"),
+        format!("string.gsub({subject}, {pattern}, function() end)"),
+        format!("string.gsub({subject}, {pattern}, {{}})"),
     ] {
         forms.push(("pattern", call));
     }
+    // A plain search for a long needle that almost matches everywhere (n x m compares).
+    forms.push((
+        "plain find",
+        "string.find(string.rep('a', 1e7), string.rep('a', 1e5) .. 'b', 1, true)".into(),
+    ));
     forms
 }
 
@@ -187,6 +200,24 @@ fn every_form_stops_at_its_deadline() {
             );
             assert!(elapsed < HANG, "{what}: {src}: {elapsed:?}");
         }
+    }
+}
+
+#[test]
+fn a_pattern_with_no_limit_at_all_runs_out_of_steps() {
+    for (_, src) in endless().into_iter().filter(|(what, _)| *what == "pattern") {
+        let (r, elapsed) = run_bounded(&src, LuaLimits::UNLIMITED, None);
+        match r.unwrap_err() {
+            LuaError::Runtime { message, .. } => assert_eq!(
+                message, "node:1: pattern too complex (more than 11000000 steps)",
+                "{src}"
+            ),
+            other => panic!("{src}: {other:?}"),
+        }
+        assert!(elapsed < HANG * 5, "{src}: {elapsed:?}");
+        // A plain error: the script can catch it.
+        let caught = format!("local ok, e = pcall(function() {src} end) return {{ ok = ok }}");
+        assert_eq!(run(&caught), json!({ "ok": false }), "{src}");
     }
 }
 
@@ -222,6 +253,31 @@ fn every_form_stops_on_a_cancel() {
             "{what}: {src}: stopped {late:?} after the cancel"
         );
     }
+}
+
+#[test]
+fn gsub_output_counts_against_the_memory_limit() {
+    let limits = LuaLimits {
+        max_memory: Some(16 * 1024 * 1024),
+        ..LuaLimits::default()
+    };
+    for src in [
+        "local s = string.rep('x', 1e6):gsub('', string.rep('y', 100))",
+        "local ok = pcall(string.gsub, string.rep('x', 1e6), '', string.rep('y', 100))",
+    ] {
+        let (r, _) = run_bounded(src, limits, None);
+        assert_eq!(
+            r.unwrap_err(),
+            LuaError::MemoryLimit {
+                limit: 16 * 1024 * 1024
+            },
+            "{src}"
+        );
+    }
+    assert_eq!(
+        run("return { n = #(string.rep('x', 1e5):gsub('', 'yy')) }"),
+        json!({ "n": 300_002 })
+    );
 }
 
 #[test]
