@@ -219,3 +219,120 @@ def test_memory_limit_in_process_and_next_run() -> None:
     assert error is not None
     assert error.type == "LuaMemoryLimit"
     assert run_lua("return {ok = true}") == ({"ok": True}, None)
+
+
+# Code Lua runs where its hooks cannot reach, and matches that never return to the VM
+# (issue 17, point 3): each must stop at the node's deadline and on a cancel. The
+# subjects of the patterns are long enough that their step budget lasts for seconds.
+LOOP_CLOSE = "setmetatable({}, {__close = function() while true do end end})"
+UNSTOPPABLE = [
+    pytest.param(
+        "xpcall(function() error('x') end, function() while true do end end)",
+        id="message-handler",
+    ),
+    pytest.param(
+        "xpcall(function() while true do end end, function() while true do end end)",
+        id="message-handler-after-limit",
+    ),
+    pytest.param(
+        f"do local x <close> = {LOOP_CLOSE} while true do end end",
+        id="close-after-limit",
+    ),
+    pytest.param(
+        f"coroutine.wrap(function() local x <close> = {LOOP_CLOSE} while true do end end)()",
+        id="close-in-wrapped-coroutine",
+    ),
+    pytest.param(
+        "string.find(string.rep('a', 1e7), '.-.-.-.-.-b')",
+        id="string.find",
+    ),
+    pytest.param(
+        "local x = ('a'):rep(1e7):match('.-.-.-.-.-b')",
+        id="string.match",
+    ),
+    pytest.param(
+        "for m in string.gmatch(string.rep('a', 1e7), '.-.-.-.-.-b') do end",
+        id="string.gmatch",
+    ),
+    pytest.param(
+        "string.gsub(string.rep('a', 1e7), '.-.-.-.-.-b', 'x')",
+        id="string.gsub",
+    ),
+    pytest.param(
+        "string.gsub(string.rep('a', 1e7), '.-.-.-.-.-b', function() end)",
+        id="string.gsub-function",
+    ),
+]
+
+# "Never" is what failed; these bounds only tell a stop from a hang.
+HANG = 2.0
+
+
+def assert_no_script_keeps_running() -> None:
+    """The node's end must be its script's: a run can report a timeout or a cancel while the
+    script's thread spins on (a spinning thread uses about a core, an idle process ~0)."""
+    give_up = time.monotonic() + HANG
+    while True:
+        before = time.process_time()
+        time.sleep(0.2)
+        used = time.process_time() - before
+        if used < 0.04:
+            return
+        assert time.monotonic() < give_up, f"a thread still spins: {used:.2f} s of CPU in 0.2 s"
+
+
+@pytest.mark.parametrize("code", UNSTOPPABLE)
+def test_unstoppable_forms_stop_at_the_node_timeout(code: str) -> None:
+    limit = 0.2
+    dag = DAG("lua")
+    dag.add_node(Node("s", [], LuaExecutor(code), timeout=limit))
+    t0 = time.monotonic()
+    result = dag.run()
+    elapsed = time.monotonic() - t0
+    node = result.node_results["s"]
+    assert node.status is NodeStatus.FAILED
+    assert node.error is not None
+    assert node.error.type in ("LuaTimeout", "NodeTimeout"), node.error
+    assert elapsed < HANG
+    assert_no_script_keeps_running()
+    assert run_lua("return {ok = true}") == ({"ok": True}, None)
+
+
+@pytest.mark.parametrize("code", UNSTOPPABLE)
+def test_unstoppable_forms_stop_on_a_cancel(code: str) -> None:
+    dag = DAG("lua")
+    dag.add_node(Node("s", [], LuaExecutor(code)))
+    handle = dag.start()
+    cancelled_at = None
+    for event in handle.events():
+        if event.kind == "node_started":
+            time.sleep(0.05)  # into the loop
+            cancelled_at = time.monotonic()
+            handle.cancel()
+    result = handle.wait(timeout=PATIENCE)
+    assert cancelled_at is not None
+    assert time.monotonic() - cancelled_at < HANG
+    assert result.status is RunStatus.CANCELLED
+    assert result.node_results["s"].status is NodeStatus.CANCELLED
+    assert_no_script_keeps_running()
+    assert run_lua("return {ok = true}") == ({"ok": True}, None)
+
+
+def test_a_pattern_that_backtracks_too_long_is_a_lua_error() -> None:
+    # 20,000 bytes: a budget of 3,000,000 steps, far below the n^3 this pattern needs.
+    code = """
+    local ok, err = pcall(string.find, string.rep('a', 2e4), '.-.-.-b')
+    local found = ('key = value'):match('(%w+)%s*=%s*(%w+)')
+    return {ok = ok, err = err, found = found}
+    """
+    output, error = run_lua(code)
+    assert error is None
+    assert output == {
+        "ok": False,
+        "err": "pattern too complex (more than 3000000 steps)",
+        "found": "key",
+    }
+    _, error = run_lua("string.gsub(string.rep('a', 2e4), '.-.-.-b', 'x')")
+    assert error is not None
+    assert error.type == "LuaRuntimeError"
+    assert "s:1: pattern too complex (more than 3000000 steps)" in error.message
