@@ -231,7 +231,6 @@ for _row in TRANSITIONS:
     _ROWS[_k] = (*_ROWS.get(_k, ()), (_row.guard, _row.target, _row.actions))
 _FIRST_END: Final = int(min(ATTEMPT_ENDS))
 _LAST_END: Final = int(max(ATTEMPT_ENDS))
-_ON_ENGINE: Final = (State.DISPATCHED, State.RUNNING)
 assert {*range(_FIRST_END, _LAST_END + 1)} == {int(e) for e in ATTEMPT_ENDS}
 
 
@@ -259,30 +258,45 @@ class RunLifecycle:
         if _FIRST_END <= event <= _LAST_END and attempt != self.attempt:
             # Fencing: the end of an older attempt (its engine came back) is not this run's.
             return STALE if attempt else _NONE
-        if event == _E.CANCEL:
-            if self.state >= _S.FINISHED:
+        state = self.state
+        if event >= _CANCEL:  # CANCEL or STOP: a request, kept until the run is over
+            if state >= _FINISHED:
                 return _NONE
-            self.cancel_requested = True
-        elif event == _E.STOP:
-            if self.state >= _S.FINISHED:
-                return _NONE
-            self.stopping = True
-        rows = _ROWS.get(self.state * _KEY + event)
+            if event == _CANCEL:
+                self.cancel_requested = True
+            else:
+                self.stopping = True
+        rows = _ROWS.get(state * _KEY + event)
         if rows is None:
             return _NONE
         for guard, target, actions in rows:  # noqa: B007 (the row found is used below)
             if (
-                guard is _G.ANY
-                or (guard is _G.CANCELLED and self.cancel_requested)
-                or (guard is _G.STOPPING and self.stopping and not self.cancel_requested)
+                guard is _ANY
+                or (guard is _IF_CANCELLED and self.cancel_requested)
+                or (guard is _IF_STOPPING and self.stopping and not self.cancel_requested)
             ):
                 break
         else:  # no row's guard holds (the table ends each list with ANY: not reached)
             return _NONE
-        if event == _E.CHOSEN or event == _E.ADMITTED:
+        if event is _CHOSEN or event is _ADMITTED:
             self.attempt += 1
             self.engine_id = engine_id
-        elif target not in _ON_ENGINE:
+        elif target is not _DISPATCHED and target is not _RUNNING:
             self.engine_id = None
         self.state = target
         return actions
+
+
+# The members handle() compares with, as module globals (a class attribute look-up on an
+# enum costs more than the rest of a step).
+_CANCEL: Final = Event.CANCEL
+_CHOSEN: Final = Event.CHOSEN
+_ADMITTED: Final = Event.ADMITTED
+_FINISHED: Final = State.FINISHED
+_DISPATCHED: Final = State.DISPATCHED
+_RUNNING: Final = State.RUNNING
+_ANY: Final = Guard.ANY
+_IF_CANCELLED: Final = Guard.CANCELLED
+_IF_STOPPING: Final = Guard.STOPPING
+assert Event.STOP == _CANCEL + 1 == len(Event) - 1
+assert State.LEFT == _FINISHED + 1 == len(State) - 1

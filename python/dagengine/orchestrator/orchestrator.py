@@ -52,6 +52,7 @@ from dagengine.orchestrator.backends import (
 from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, make_balancer
 from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.events import EventBus
+from dagengine.orchestrator.lifecycle import Action, Event, RunLifecycle, State
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
 from dagengine.orchestrator.runs import RunHandle, RunInfo
 from dagengine.orchestrator.store import RunRecord, Store
@@ -104,9 +105,11 @@ class _EngineSlot:
         return self.backend.engine_id
 
 
-@dataclass
-class _Run:
-    """In-memory state of a run this orchestrator is responsible for."""
+@dataclass(kw_only=True)
+class _Run(RunLifecycle):
+    """In-memory state of a run this orchestrator is responsible for: what it runs, and its
+    lifecycle (state, attempt, engine; :mod:`.lifecycle`), which changes only by
+    ``handle`` under the orchestrator's lock."""
 
     run_id: str
     version: WorkflowVersion
@@ -117,9 +120,10 @@ class _Run:
     parent_run_id: str = ""
     parent_node_id: str = ""
     deadline: float | None = None
-    cancel_requested: bool = False
-    engine_id: str | None = None
-    attempt: int = 0
+
+
+# Runs the dispatcher may start (in the queue, not cancelled meanwhile).
+_DISPATCHABLE = (State.QUEUED, State.FAILING_OVER)
 
 
 class Orchestrator:
@@ -440,21 +444,14 @@ class Orchestrator:
             run = self._runs.get(run_id)
             if run is None:
                 return False
-            run.cancel_requested = True
-            engine_id = run.engine_id
-            queued = engine_id is None
-            if queued:
-                self._queue.remove(run_id)
-                if run_id in self._front:
-                    self._front.remove(run_id)
+            slot = self._engines.get(run.engine_id) if run.engine_id is not None else None
+            actions = run.handle(Event.CANCEL)
+            if actions[:1] == (Action.DEQUEUE,):  # in the same hold: never dispatched now
+                self._apply(run, actions[:1], slot, run.attempt)
+                actions = actions[1:]
         # The run first, then its children: a child cancelled first would end its parent's
         # node with a failure (and the parent as failed) before the parent hears of the cancel.
-        if queued:
-            self._settle_cancelled_in_queue(run)
-        else:
-            slot = self._engines.get(engine_id or "")
-            if slot is not None:
-                slot.backend.cancel(run_id)
+        self._apply(run, actions, slot, run.attempt)
         for child in self._coordinator.children(run_id):
             if child.status not in _FINISHED:
                 self.cancel_run(child.run_id)
@@ -471,6 +468,8 @@ class Orchestrator:
             if self._stopping:
                 return
             self._stopping = True
+            for run in self._runs.values():
+                run.handle(Event.STOP)  # (asks for nothing: it decides how they end)
             self._wakeup.notify_all()
             self._parked_wakeup.notify_all()
             slots = list(self._engines.values())
@@ -612,10 +611,12 @@ class Orchestrator:
             )
             if slot is not None:
                 self._reserve(run, slot)
+                actions = run.handle(Event.ADMITTED, engine_id=slot.engine_id)
             else:
+                run.handle(Event.SUBMITTED)
                 self._wakeup.notify_all()
         if slot is not None:
-            self._start(run, slot, claimed=True)
+            self._apply(run, actions, slot, run.attempt)
         if durable:
             self.store.flush()
         return RunHandle(self, run_id, run.future)
@@ -677,34 +678,16 @@ class Orchestrator:
                 recovered.append((run, rec))
             else:
                 waiting.append((run, rec, problem))
-        for _, rec in recovered:
-            self.events.publish(
-                "run.redispatched",
-                workflow_id=rec.workflow_id,
-                run_id=rec.run_id,
-                data={"reason": "orchestrator restarted", "previous_attempt": rec.attempt},
-            )
-        for _, rec, problem in waiting:
-            log.warning(
-                "run %s of %s@%s waits to resume: %s",
-                rec.run_id,
-                rec.workflow_id,
-                rec.version,
-                problem,
-            )
-            self.events.publish(
-                "run.resume_waiting",
-                workflow_id=rec.workflow_id,
-                run_id=rec.run_id,
-                data={"problem": problem, "previous_attempt": rec.attempt},
-            )
         with self._lock:
             for run, _ in recovered:
                 self._runs[run.run_id] = run
-            for run, _, problem in waiting:
+            for run, _, _ in waiting:
                 self._runs[run.run_id] = run
-                self._parked[run.run_id] = problem
-            self._front.extend(run.run_id for run, _ in recovered)
+            for run, _ in recovered:
+                actions = run.handle(Event.RECOVERED)
+                self._apply(run, actions, None, run.attempt, reason="orchestrator restarted")
+            for run, _, problem in waiting:
+                self._apply(run, run.handle(Event.PARKED), None, run.attempt, reason=problem)
             self._wakeup.notify_all()
             if self._parked and self._resumer is None:
                 self._resumer = threading.Thread(
@@ -737,22 +720,19 @@ class Orchestrator:
                     run.version = wv
                     resumed.append(run)
             with self._lock:
-                resumed = [
-                    run
-                    for run in resumed
-                    if self._parked.pop(run.run_id, None) is not None and not run.cancel_requested
-                ]
-                self._front.extend(run.run_id for run in resumed)
-                self._wakeup.notify_all()
+                redispatched: list[_Run] = []
+                for run in resumed:
+                    if self._parked.pop(run.run_id, None) is None:
+                        continue
+                    # (a run cancelled meanwhile is over: BUILT asks for nothing)
+                    actions = run.handle(Event.BUILT)
+                    if actions:
+                        redispatched.append(run)
+                        self._apply(
+                            run, actions, None, run.attempt, reason="orchestrator restarted"
+                        )
                 left = dict(self._parked)
-            for run in resumed:
-                self.events.publish(
-                    "run.redispatched",
-                    workflow_id=run.version.workflow_id,
-                    run_id=run.run_id,
-                    data={"reason": "orchestrator restarted", "previous_attempt": run.attempt},
-                )
-            if resumed:
+            if redispatched:
                 delay = RESUME_RETRY_INITIAL
             else:
                 delay = min(delay * 2, RESUME_RETRY_MAX)
@@ -793,14 +773,14 @@ class Orchestrator:
         engine_id = self.balancer.choose(run.key, loads)
         return self._engines.get(engine_id) if engine_id is not None else None
 
-    def _next_dispatch(self) -> tuple[_Run, _EngineSlot] | None:
-        """The run at the head of the queue and the engine to run it on, both reserved;
-        ``None`` once stopping. Waits while nothing is queued or every engine is full.
-        Called with the lock held."""
+    def _next_dispatch(self) -> tuple[_Run, _EngineSlot, tuple[Action, ...]] | None:
+        """The run at the head of the queue, the engine to run it on, both reserved, and
+        what its lifecycle asks for; ``None`` once stopping. Waits while nothing is queued or
+        every engine is full. Called with the lock held."""
         while not self._stopping:
             run_id = self._next_run_id()
             run = self._runs.get(run_id) if run_id is not None else None
-            if run_id is not None and run is None:
+            if run_id is not None and (run is None or run.state not in _DISPATCHABLE):
                 # Settled while queued (cancelled): drop it.
                 self._pop(run_id)
                 continue
@@ -808,7 +788,7 @@ class Orchestrator:
             if run is not None and slot is not None:
                 self._pop(run.run_id)
                 self._reserve(run, slot)
-                return run, slot
+                return run, slot, run.handle(Event.CHOSEN, engine_id=slot.engine_id)
             # Also wakes up to retry an engine that said it was full (see _BUSY_BACKOFF).
             self._wakeup.wait(timeout=_BUSY_BACKOFF)
         return None
@@ -817,7 +797,6 @@ class Orchestrator:
         """Count the run on the engine it goes to. Called with the lock held."""
         slot.active += 1
         slot.runs.add(run.run_id)
-        run.engine_id = slot.engine_id
 
     def _dispatch_loop(self) -> None:
         while True:
@@ -825,29 +804,8 @@ class Orchestrator:
                 chosen = self._next_dispatch()
             if chosen is None:
                 return
-            self._start(*chosen)
-
-    def _start(self, run: _Run, slot: _EngineSlot, *, claimed: bool = False) -> None:
-        """Start the next attempt of a run on the engine reserved for it (``claimed``: the
-        run was recorded as running this attempt already)."""
-        # This orchestrator owns the store and numbers the attempts: the claim is
-        # committed with the next group, ahead of the attempt's outputs and end, which
-        # are fenced on it.
-        attempt = run.attempt = run.attempt + 1
-        if not claimed:
-            self.store.claim_attempt_later(run.run_id, slot.engine_id, attempt)
-        self.events.publish_batch(
-            [("run.started", None, {"attempt": attempt})],
-            workflow_id=run.version.workflow_id,
-            run_id=run.run_id,
-            engine_id=slot.engine_id,
-        )
-        if isinstance(slot.backend, RemoteBackend):
-            # Sent from this thread: a remote run needs no thread of its own, and its
-            # replies come on the core's dagengine-io thread.
-            self._launch(run, slot, attempt)
-        else:
-            self._pool.submit(self._work, run, slot, attempt)
+            run, slot, actions = chosen
+            self._apply(run, actions, slot, run.attempt)
 
     def _pop(self, run_id: str) -> None:
         if self._front and self._front[0] == run_id:
@@ -902,25 +860,24 @@ class Orchestrator:
         with self._lock:
             slot.active -= 1
             slot.runs.discard(run.run_id)
-            run.engine_id = None
             if self._front or self._queue:  # the dispatcher only waits for room when runs wait
                 self._wakeup.notify_all()
 
     def _prepare(self, run: _Run, slot: _EngineSlot, attempt: int) -> Job | None:
         """The job of this attempt, or ``None`` when there is nothing to run (settled here)."""
+        with self._lock:
+            actions = run.handle(Event.LAUNCHING)
+            launched = run.state is State.RUNNING
+        if not launched:
+            # Cancelled (or the orchestrator stopped) between its dispatch and now.
+            self._apply(run, actions, slot, attempt)
+            return None
         wv = run.version
         if wv.dag is None:  # checked at submission and recovery; kept for the type checker
-            self._release(run, slot)
-            self._settle(
-                run, attempt, self._failed_result(run, DagEngineError(f"{wv} cannot run")), None
-            )
-            return None
-        if run.cancel_requested or self._stopping:
-            # Cancelled (or the orchestrator stopped) between its dispatch and now: the
-            # engine never heard of it, so its cancel went nowhere.
-            self._release(run, slot)
-            if run.cancel_requested:
-                self._settle(run, attempt, self._cancelled_result(run), None)
+            failed = self._failed_result(run, DagEngineError(f"{wv} cannot run"))
+            with self._lock:
+                actions = run.handle(Event.FAILED, attempt)
+            self._apply(run, actions, slot, attempt, result=failed)
             return None
         return Job(
             run_id=run.run_id,
@@ -947,52 +904,40 @@ class Orchestrator:
         exc: BaseException | None,
         result_json: str | None = None,
     ) -> None:
-        """Settle an attempt from what its backend returned or raised (``result_json``: the
+        """End an attempt with what its backend returned or raised (``result_json``: the
         result already encoded, when the backend had it so)."""
-        lost: str | None = None
+        reason = ""
         if exc is None:
             assert result is not None
-            if (
-                result.error is not None
-                and result.error.type == "EngineDraining"
-                and not run.cancel_requested
-            ):
-                lost = f"engine {slot.engine_id} drained"
-        elif isinstance(exc, EngineBusy):
-            # Full with runs we do not count (they predate its re-registration, or are being
-            # cancelled): not a failure of the run. Back to the front of the queue, and the
-            # engine counts as full for a moment.
-            with self._lock:
-                slot.full_until = time.monotonic() + _BUSY_BACKOFF
-            self._release(run, slot)
-            if run.cancel_requested:
-                self._settle(run, attempt, self._cancelled_result(run), None)
+            if result.error is not None and result.error.type == "EngineDraining":
+                event = Event.DRAINED
+                reason = f"engine {slot.engine_id} drained"
             else:
-                with self._lock:
-                    self._front.appendleft(run.run_id)
-                    self._wakeup.notify_all()
-            return
+                event = Event.SUCCEEDED if result.status is RunStatus.SUCCEEDED else Event.FAILED
+        elif isinstance(exc, EngineBusy):
+            # Full with runs we do not count: back to the head of the queue (see lifecycle).
+            event = Event.BUSY
         elif isinstance(exc, EngineUnavailable):
-            lost = str(exc)
-        elif isinstance(exc, DagEngineError):
-            result = self._failed_result(run, exc)
+            event = Event.LOST
+            reason = str(exc)
         else:  # a run must always settle
-            log.error("run %s on %s failed unexpectedly", run.run_id, slot.engine_id, exc_info=exc)
+            if not isinstance(exc, DagEngineError):
+                log.error(
+                    "run %s on %s failed unexpectedly", run.run_id, slot.engine_id, exc_info=exc
+                )
+            event = Event.FAILED
             result = self._failed_result(run, exc)
-        self._release(run, slot)
-        ended_by_stop = lost is not None or (
-            result is not None and result.status is not RunStatus.SUCCEEDED
+        with self._lock:
+            actions = run.handle(event, attempt)
+        self._apply(
+            run,
+            actions,
+            slot,
+            attempt,
+            result=result,
+            result_json=result_json if exc is None else None,
+            reason=reason,
         )
-        if self._stopping and not run.cancel_requested and ended_by_stop:
-            # Ended by stop() (closed engines: cancelled, or failed on the way, like a
-            # sub-workflow node whose wait was cut): it stays running in the store, with the
-            # outputs of its completed nodes, for the next orchestrator to resume.
-            return
-        if lost is not None:
-            self._redispatch(run, slot, attempt, lost)
-            return
-        assert result is not None
-        self._settle(run, attempt, result, slot.engine_id, result_json if exc is None else None)
 
     def _on_wire(
         self,
@@ -1053,11 +998,107 @@ class Orchestrator:
                 data=data,
             )
 
-    def _redispatch(self, run: _Run, slot: _EngineSlot, attempt: int, reason: str) -> None:
+    def _apply(
+        self,
+        run: _Run,
+        actions: tuple[Action, ...],
+        slot: _EngineSlot | None,
+        attempt: int,
+        *,
+        result: RunResult | None = None,
+        result_json: str | None = None,
+        reason: str = "",
+    ) -> None:
+        """Carry out, in order, what a run's lifecycle asked for. ``slot``: the engine of the
+        attempt ``attempt`` the event was about (``None`` for a run without one);
+        ``result``: the attempt's result; ``reason``: why it is re-dispatched or waits."""
+        lost_on: str | None = None  # the engine a cancelled run's end is published with
+        for action in actions:
+            if action is Action.LAUNCH:
+                assert slot is not None
+                if isinstance(slot.backend, RemoteBackend):
+                    # Sent from this thread: a remote run needs no thread of its own, and
+                    # its replies come on the core's dagengine-io thread.
+                    self._launch(run, slot, attempt)
+                else:
+                    self._pool.submit(self._work, run, slot, attempt)
+            elif action is Action.RELEASE:
+                assert slot is not None
+                self._release(run, slot)
+            elif action is Action.SETTLE:
+                assert slot is not None
+                assert result is not None
+                self._settle(run, attempt, result, slot.engine_id, result_json)
+            elif action is Action.CLAIM:
+                # This orchestrator owns the store and numbers the attempts: the claim is
+                # committed with the next group, ahead of the attempt's outputs and end,
+                # which are fenced on it.
+                assert slot is not None
+                self.store.claim_attempt_later(run.run_id, slot.engine_id, attempt)
+            elif action is Action.ANNOUNCE:
+                assert slot is not None
+                self.events.publish_batch(
+                    [("run.started", None, {"attempt": attempt})],
+                    workflow_id=run.version.workflow_id,
+                    run_id=run.run_id,
+                    engine_id=slot.engine_id,
+                )
+            elif action is Action.SETTLE_CANCELLED:
+                self._settle(run, attempt, self._cancelled_result(run), lost_on)
+            elif action is Action.CANCEL_ON_ENGINE:
+                if slot is not None:
+                    slot.backend.cancel(run.run_id)
+            elif action is Action.DEQUEUE:
+                with self._lock:
+                    self._queue.remove(run.run_id)
+                    if run.run_id in self._front:
+                        self._front.remove(run.run_id)
+            elif action is Action.MARK_FULL:
+                assert slot is not None
+                with self._lock:
+                    slot.full_until = time.monotonic() + _BUSY_BACKOFF
+            elif action is Action.REQUEUE:
+                with self._lock:
+                    self._front.appendleft(run.run_id)
+                    self._wakeup.notify_all()
+            elif action is Action.ENGINE_LOST:
+                assert slot is not None
+                lost_on = slot.engine_id
+                self._engine_lost(slot, reason)
+            elif action is Action.REDISPATCH:
+                self.events.publish(
+                    "run.redispatched",
+                    workflow_id=run.version.workflow_id,
+                    run_id=run.run_id,
+                    engine_id=slot.engine_id if slot is not None else None,
+                    data={"reason": reason, "previous_attempt": attempt},
+                )
+                with self._lock:
+                    self._front.append(run.run_id)
+                    self._wakeup.notify_all()
+            elif action is Action.PARK:
+                wv = run.version
+                log.warning(
+                    "run %s of %s@%s waits to resume: %s",
+                    run.run_id,
+                    wv.workflow_id,
+                    wv.version,
+                    reason,
+                )
+                self.events.publish(
+                    "run.resume_waiting",
+                    workflow_id=wv.workflow_id,
+                    run_id=run.run_id,
+                    data={"problem": reason, "previous_attempt": attempt},
+                )
+                with self._lock:
+                    self._parked[run.run_id] = reason
+
+    def _engine_lost(self, slot: _EngineSlot, reason: str) -> None:
+        """A remote engine lost a run: presumed dead until a health check says otherwise."""
         with self._lock:
             current = self._engines.get(slot.engine_id) is slot
         if current and isinstance(slot.backend, RemoteBackend) and "drained" not in reason:
-            # The engine is presumed dead until a health check says otherwise.
             with self._lock:
                 if slot.healthy:
                     slot.healthy = False
@@ -1070,19 +1111,6 @@ class Orchestrator:
                     "engine.unhealthy", engine_id=slot.engine_id, data={"reason": reason}
                 )
                 self._lose(slot, reason=reason)
-        if run.cancel_requested:
-            self._settle(run, attempt, self._cancelled_result(run), slot.engine_id)
-            return
-        self.events.publish(
-            "run.redispatched",
-            workflow_id=run.version.workflow_id,
-            run_id=run.run_id,
-            engine_id=slot.engine_id,
-            data={"reason": reason, "previous_attempt": attempt},
-        )
-        with self._lock:
-            self._front.append(run.run_id)
-            self._wakeup.notify_all()
 
     def _settle(
         self,
@@ -1133,9 +1161,6 @@ class Orchestrator:
             error,
             recorded,
         )
-
-    def _settle_cancelled_in_queue(self, run: _Run) -> None:
-        self._settle(run, run.attempt, self._cancelled_result(run), None)
 
     def _cancelled_result(self, run: _Run) -> RunResult:
         from dagengine.results import ErrorInfo
