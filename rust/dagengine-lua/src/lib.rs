@@ -114,6 +114,10 @@
 //! search (1,000,000 steps plus 100 per byte of the subject; past it, the Lua
 //! error `pattern too complex (more than N steps)`) and the limit checks
 //! every 1,000 steps (each step counts as an instruction).
+//! `load` feeds a long string chunk to the parser in 4 KiB pieces, so that
+//! the limits are checked while it parses. Other C library calls (a
+//! `table.sort` of a large table, say) still run to their end, bounded by the
+//! memory limit, before the limits are checked.
 //!
 //! After any error, including limit errors, the thread's state stays usable;
 //! after a memory limit error a full garbage collection runs before the

@@ -185,9 +185,24 @@ co.wrap = function(...)
   return function(...) return wrapped(c, raw_resume(c, ...)) end
 end
 
+-- Lua's parser never returns to the VM while it reads a string chunk: a long chunk is fed
+-- to it in pieces by a reader, a Lua function in which the limit hook runs.
+local LOAD_PIECE = 4096
+local load_sub = G.string.sub
+
 local function load(chunk, name, _mode, env)
   if env == nil then env = current[1] end
   -- Text only: binary chunks bypass the verifier and can crash the VM.
+  if type(chunk) == "string" and #chunk > LOAD_PIECE then
+    local at = 1
+    local function reader()
+      local piece = load_sub(chunk, at, at + LOAD_PIECE - 1)
+      at = at + LOAD_PIECE
+      return piece
+    end
+    -- A string chunk is named after its text by default.
+    return raw_load(reader, name or chunk, "t", env)
+  end
   return raw_load(chunk, name, "t", env)
 end
 

@@ -359,3 +359,30 @@ fn the_sandbox_coroutine_wrap_keeps_wraps_behaviour() {
         json!({ "ok": true, "n": 1, "status": "dead" })
     );
 }
+
+#[test]
+fn a_long_load_stops_at_its_deadline() {
+    // Lua's parser reads a string chunk without returning to the VM: with the whole 26 MB
+    // at once the script ran to its end, well past the deadline, and succeeded.
+    let limits = LuaLimits {
+        timeout: Some(Duration::from_millis(50)),
+        ..LuaLimits::default()
+    };
+    let src = "local f = load(string.rep('-- a comment\\n', 2e6))";
+    let (r, elapsed) = run_bounded(src, limits, None);
+    assert_eq!(
+        r.unwrap_err(),
+        LuaError::Timeout {
+            limit: Duration::from_millis(50)
+        }
+    );
+    assert!(elapsed < HANG, "{elapsed:?}");
+    // Loading still works, named as Lua names a string chunk.
+    assert_eq!(
+        run("local body = string.rep(' ', 10000) \
+             local f = assert(load(body .. 'return 1 + 1')) \
+             local g, e = load(body .. 'return +') \
+             return { r = f(), e = (e:gsub(' +', ' ')) }"),
+        json!({ "r": 2, "e": "[string \" ...\"]:1: unexpected symbol near '+'" })
+    );
+}
