@@ -19,6 +19,7 @@ thread, never concurrently with itself.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import logging
 import threading
@@ -29,7 +30,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dagengine.exceptions import DiscoveryError
+from dagengine.exceptions import ConfigError, DiscoveryError
 
 if TYPE_CHECKING:
     from kubernetes import client as k8s_client
@@ -437,6 +438,20 @@ class SelfRegistration(_Publisher):
 # --- Kubernetes -------------------------------------------------------------------------------
 
 
+def _require_kubernetes() -> None:
+    """The ``kubernetes`` client is an extra (``dagengine[kubernetes]``): raise
+    :class:`ConfigError` naming it when the client is not installed."""
+    try:
+        importlib.import_module("kubernetes")
+    except ImportError as err:
+        raise ConfigError(
+            "Kubernetes discovery needs the kubernetes package: "
+            "pip install 'dagengine[kubernetes]'",
+            variable="DISCOVERY",
+            value="kubernetes",
+        ) from err
+
+
 def _pod_ready(pod: Any) -> bool:
     conditions = getattr(pod.status, "conditions", None) or []
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
@@ -458,7 +473,8 @@ class KubernetesDiscovery(_Publisher):
 
     The client is configured in-cluster (the Pod's service account) when ``in_cluster``, else
     from the kubeconfig, unless ``api`` (a ``CoreV1Api``) is given. The API calls made are
-    exactly :data:`RBAC_RULES`.
+    exactly :data:`RBAC_RULES`. The client is the ``dagengine[kubernetes]`` extra; without it
+    the constructor raises :class:`ConfigError` naming the extra.
     """
 
     def __init__(
@@ -477,6 +493,7 @@ class KubernetesDiscovery(_Publisher):
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
     ) -> None:
+        _require_kubernetes()
         super().__init__()
         self.namespace = namespace
         self.label_selector = label_selector
