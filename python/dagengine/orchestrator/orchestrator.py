@@ -24,15 +24,13 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dagengine._jsondata import check_json_data
 from dagengine.engine import (
     TLSConfig,
-    error_info_from_proto,
-    result_json_from_proto,
     workflow_to_proto,
 )
 from dagengine.exceptions import (
@@ -42,22 +40,22 @@ from dagengine.exceptions import (
     RunNotFound,
 )
 from dagengine.orchestrator.backends import (
-    Backend,
     Engine,
     Job,
-    LocalBackend,
     LoopThread,
     RemoteBackend,
 )
 from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, make_balancer
 from dagengine.orchestrator.config import Config
+from dagengine.orchestrator.engines import EngineSet, EngineSlot
 from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.lifecycle import Action, Event, RunLifecycle, State
+from dagengine.orchestrator.recording import record_node_event, record_wire_events
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
-from dagengine.orchestrator.runs import RunHandle, RunInfo
+from dagengine.orchestrator.runs import RunHandle, RunInfo, cancelled_result, failed_result
 from dagengine.orchestrator.store import RunRecord, Store
 from dagengine.orchestrator.subworkflows import SubWorkflowCoordinator, child_output
-from dagengine.results import NodeEvent, RunResult, RunStatus
+from dagengine.results import RunResult, RunStatus
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG
 
@@ -77,32 +75,6 @@ _BUSY_BACKOFF = 0.2
 #: seconds, doubling up to :data:`RESUME_RETRY_MAX` (see :meth:`Orchestrator.recover`).
 RESUME_RETRY_INITIAL = 0.5
 RESUME_RETRY_MAX = 30.0
-
-# The engine's node events the orchestrator publishes, by wire kind (as _on_event does).
-_WIRE_EVENT_TYPES: dict[int, str] = {
-    pb.NODE_STARTED: "node.started",
-    pb.NODE_SUCCEEDED: "node.succeeded",
-    pb.NODE_FAILED: "node.failed",
-    pb.NODE_RETRYING: "node.retrying",
-    pb.NODE_SKIPPED: "node.skipped",
-}
-
-
-@dataclass
-class _EngineSlot:
-    backend: Backend
-    active: int = 0
-    healthy: bool = True
-    #: ``time.monotonic()`` when it was last found unhealthy.
-    unhealthy_at: float = 0.0
-    runs: set[str] = field(default_factory=set)
-    #: The engine refused a run as full although we counted room (runs we no longer track,
-    #: e.g. from before it re-registered): treated as full until then (``time.monotonic()``).
-    full_until: float = 0.0
-
-    @property
-    def engine_id(self) -> str:
-        return self.backend.engine_id
 
 
 @dataclass(kw_only=True)
@@ -151,13 +123,11 @@ class Orchestrator:
         else:
             self.store = Store(store if store is not None else self.config.store_path)
             self._owns_store = True
-        self._tls = tls
         self.registry = WorkflowRegistry(self.store)
         self.events = EventBus(self.store)
         self.balancer: LoadBalancer = make_balancer(self.config.load_balancer_type)
         self._queue: RunQueue[str] = RunQueue(self.config.queue_limit)
         self._front: collections.deque[str] = collections.deque()
-        self._engines: dict[str, _EngineSlot] = {}
         self._runs: dict[str, _Run] = {}
         self._lock = threading.RLock()
         self._wakeup = threading.Condition(self._lock)
@@ -172,6 +142,10 @@ class Orchestrator:
             max_workers=1024, thread_name_prefix="dagengine-run"
         )
         self._loop = LoopThread()
+        self._engine_set = EngineSet(
+            self._lock, self._wakeup, self.events, self.balancer, self._loop, tls
+        )
+        self._engines = self._engine_set.slots
         #: The distributed side (discovery, health checks, gRPC), set by :meth:`from_config`.
         self.cluster: Cluster | None = None
         if embedded_engine:
@@ -206,7 +180,7 @@ class Orchestrator:
 
         return orchestrator_from_config(cls, config, grpc_port=grpc_port, **kwargs)
 
-    # -- engines --------------------------------------------------------------------------
+    # -- engines ------------------------------------------------------------------------
 
     def register_engine(
         self, engine_id: str, engine: Engine | str, *, capacity: int | None = None
@@ -214,56 +188,11 @@ class Orchestrator:
         """Add an engine: an in-process :class:`Engine`, or the ``host:port`` of an engine
         process (``capacity`` defaults to what the engine reports). Registering an id again
         replaces its address/capacity (an engine that restarted)."""
-        if isinstance(engine, Engine):
-            backend: Backend = LocalBackend(engine_id, engine)
-        elif isinstance(engine, str):
-            if capacity is None:
-                from dagengine.engine import EngineClient
-
-                with EngineClient(engine, tls=self._tls, timeout=5.0) as client:
-                    capacity = client.info().capacity
-            backend = RemoteBackend(engine_id, engine, capacity, self._loop, tls=self._tls)
-        else:
-            raise TypeError(
-                f"engine must be an Engine or a 'host:port' str, got {type(engine).__name__}"
-            )
-        replaced: _EngineSlot | None = None
-        with self._lock:
-            old = self._engines.get(engine_id)
-            if (
-                old is not None
-                and isinstance(old.backend, RemoteBackend)
-                and isinstance(backend, RemoteBackend)
-                and old.backend.address == backend.address
-            ):
-                old.backend.capacity = backend.capacity
-                backend.close()
-                old.healthy = True
-            else:
-                # A fresh slot: the old one's runs keep their own slot (their workers
-                # release it), so its counts must not be carried over.
-                self._engines[engine_id] = _EngineSlot(backend)
-                self.balancer.add(engine_id)
-                replaced = old
-            self._wakeup.notify_all()
-        if replaced is not None and isinstance(replaced.backend, RemoteBackend):
-            # The engine moved (a new process): the runs on the old address are lost.
-            self._lose(replaced, reason=f"re-registered at {engine}")
-            replaced.backend.close()
-        self.events.publish(
-            "engine.joined", engine_id=engine_id, data={"capacity": backend.capacity}
-        )
+        self._engine_set.register(engine_id, engine, capacity=capacity)
 
     def unregister_engine(self, engine_id: str) -> None:
         """Remove an engine; its runs are re-dispatched."""
-        with self._lock:
-            slot = self._engines.pop(engine_id, None)
-            if slot is None:
-                return
-            self.balancer.remove(engine_id)
-        self._lose(slot, reason="removed")
-        slot.backend.close()
-        self.events.publish("engine.left", engine_id=engine_id)
+        self._engine_set.unregister(engine_id)
 
     def mark_unhealthy(
         self,
@@ -276,19 +205,7 @@ class Orchestrator:
         """Stop sending runs to an engine and re-dispatch the runs it has — unless it is
         ``draining``: it finishes its runs (or reports them drained, and they are
         re-dispatched then), it just takes no new ones."""
-        with self._lock:
-            slot = self._engines.get(engine_id)
-            if slot is None or not slot.healthy:
-                return
-            slot.healthy = False
-            slot.unhealthy_at = time.monotonic()
-        self.events.publish(
-            "engine.unhealthy",
-            engine_id=engine_id,
-            data={"reason": reason, "draining": draining, **(data or {})},
-        )
-        if not draining:
-            self._lose(slot, reason=reason)
+        self._engine_set.mark_unhealthy(engine_id, reason, data, draining=draining)
 
     def mark_healthy(
         self,
@@ -300,33 +217,16 @@ class Orchestrator:
         """Send runs to an engine again. ``checked_at`` (``time.monotonic()``) is when the
         check that found it healthy started: a check older than the engine's last failure
         says nothing."""
-        with self._lock:
-            slot = self._engines.get(engine_id)
-            if slot is None or slot.healthy:
-                return
-            if checked_at is not None and checked_at < slot.unhealthy_at:
-                return
-            slot.healthy = True
-            self._wakeup.notify_all()
-        self.events.publish("engine.recovered", engine_id=engine_id, data=dict(data or {}))
+        self._engine_set.mark_healthy(engine_id, data, checked_at=checked_at)
 
     def engines(self) -> dict[str, EngineLoad]:
         """Each engine's capacity and active runs (healthy engines only)."""
-        with self._lock:
-            return {
-                eid: EngineLoad(eid, slot.backend.capacity, slot.active)
-                for eid, slot in self._engines.items()
-                if slot.healthy
-            }
+        return self._engine_set.loads()
 
     def engine_address(self, engine_id: str) -> str | None:
         """The ``host:port`` of a registered remote engine (``None`` for unknown or in-process
         engines); :meth:`Monitor.attach_to_engine` follows it."""
-        with self._lock:
-            slot = self._engines.get(engine_id)
-        if slot is not None and isinstance(slot.backend, RemoteBackend):
-            return slot.backend.address
-        return None
+        return self._engine_set.address(engine_id)
 
     def workflow_of_run(self, run_id: str) -> str | None:
         """The workflow id of a run, or ``None`` for an unknown run."""
@@ -336,18 +236,6 @@ class Orchestrator:
             return run.version.workflow_id
         rec = self.store.get_run(run_id)
         return rec.workflow_id if rec is not None else None
-
-    def _lose(self, slot: _EngineSlot, *, reason: str) -> None:
-        # Hang up on the engine's runs: each worker then sees EngineUnavailable and
-        # re-dispatches its run.
-        with self._lock:
-            run_ids = list(slot.runs)
-        for run_id in run_ids:
-            slot.backend.abandon(run_id)
-        if run_ids:
-            log.warning(
-                "engine %s lost (%s); re-dispatching %d runs", slot.engine_id, reason, len(run_ids)
-            )
 
     # -- workflows ------------------------------------------------------------------------
 
@@ -751,29 +639,13 @@ class Orchestrator:
             return self._front[0]
         return self._queue.peek()
 
-    def _choose(self, run: _Run) -> _EngineSlot | None:
+    def _choose(self, run: _Run) -> EngineSlot | None:
         # A workflow without a portable spec (Python closures) runs in-process only.
-        local_only = run.version.spec is None
+        return self._engine_set.choose(
+            run.key, depth=run.depth, local_only=run.version.spec is None
+        )
 
-        # A sub-workflow run is admitted beyond capacity: its parent holds a slot while it
-        # waits, and a cluster full of waiting parents would otherwise deadlock. The depth
-        # limit bounds the overflow; engines admit such runs too (RunRequest.depth > 0).
-        now = time.monotonic()
-
-        def capacity(slot: _EngineSlot) -> int:
-            if run.depth > 0:
-                return slot.active + 1
-            return slot.active if slot.full_until > now else slot.backend.capacity
-
-        loads = {
-            eid: EngineLoad(eid, capacity(slot), slot.active)
-            for eid, slot in self._engines.items()
-            if slot.healthy and (not local_only or isinstance(slot.backend, LocalBackend))
-        }
-        engine_id = self.balancer.choose(run.key, loads)
-        return self._engines.get(engine_id) if engine_id is not None else None
-
-    def _next_dispatch(self) -> tuple[_Run, _EngineSlot, tuple[Action, ...]] | None:
+    def _next_dispatch(self) -> tuple[_Run, EngineSlot, tuple[Action, ...]] | None:
         """The run at the head of the queue, the engine to run it on, both reserved, and
         what its lifecycle asks for; ``None`` once stopping. Waits while nothing is queued or
         every engine is full. Called with the lock held."""
@@ -793,7 +665,7 @@ class Orchestrator:
             self._wakeup.wait(timeout=_BUSY_BACKOFF)
         return None
 
-    def _reserve(self, run: _Run, slot: _EngineSlot) -> None:
+    def _reserve(self, run: _Run, slot: EngineSlot) -> None:
         """Count the run on the engine it goes to. Called with the lock held."""
         slot.active += 1
         slot.runs.add(run.run_id)
@@ -815,15 +687,18 @@ class Orchestrator:
 
     # -- internals: running ---------------------------------------------------------------
 
-    def _work(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
+    def _work(self, run: _Run, slot: EngineSlot, attempt: int) -> None:
         """Run one attempt on an in-process engine (a pool thread)."""
         job = self._prepare(run, slot, attempt)
         if job is None:
             return
+        workflow_id, engine_id = job.workflow_id, slot.engine_id
         try:
             result = slot.backend.execute(
                 job,
-                lambda event: self._on_event(run, slot, attempt, event),
+                lambda event: record_node_event(
+                    self.store, self.events, run.run_id, workflow_id, engine_id, attempt, event
+                ),
                 self._coordinator.runner_for_local(run.run_id),
             )
         except BaseException as exc:
@@ -831,7 +706,7 @@ class Orchestrator:
         else:
             self._conclude(run, slot, attempt, result, None)
 
-    def _launch(self, run: _Run, slot: _EngineSlot, attempt: int) -> None:
+    def _launch(self, run: _Run, slot: EngineSlot, attempt: int) -> None:
         """Start one attempt on a remote engine; it is concluded on ``dagengine-io``."""
         backend = slot.backend
         assert isinstance(backend, RemoteBackend)
@@ -842,6 +717,7 @@ class Orchestrator:
         # JSON the engine sent): decoding them only to encode them again cost more than the
         # rest of a run's bookkeeping.
         result_json: list[str] = []
+        workflow_id, engine_id = job.workflow_id, slot.engine_id
 
         def on_end(result: RunResult | None, exc: BaseException | None) -> None:
             encoded = result_json[0] if result_json and exc is None else None
@@ -850,20 +726,29 @@ class Orchestrator:
         try:
             backend.launch(
                 job,
-                lambda batch: self._on_wire(run, slot, attempt, batch, result_json),
+                lambda batch: record_wire_events(
+                    self.store,
+                    self.events,
+                    run.run_id,
+                    workflow_id,
+                    engine_id,
+                    attempt,
+                    batch,
+                    result_json,
+                ),
                 on_end,
             )
         except BaseException as exc:
             self._conclude(run, slot, attempt, None, exc)
 
-    def _release(self, run: _Run, slot: _EngineSlot) -> None:
+    def _release(self, run: _Run, slot: EngineSlot) -> None:
         with self._lock:
             slot.active -= 1
             slot.runs.discard(run.run_id)
             if self._front or self._queue:  # the dispatcher only waits for room when runs wait
                 self._wakeup.notify_all()
 
-    def _prepare(self, run: _Run, slot: _EngineSlot, attempt: int) -> Job | None:
+    def _prepare(self, run: _Run, slot: EngineSlot, attempt: int) -> Job | None:
         """The job of this attempt, or ``None`` when there is nothing to run (settled here)."""
         with self._lock:
             actions = run.handle(Event.LAUNCHING)
@@ -874,7 +759,7 @@ class Orchestrator:
             return None
         wv = run.version
         if wv.dag is None:  # checked at submission and recovery; kept for the type checker
-            failed = self._failed_result(run, DagEngineError(f"{wv} cannot run"))
+            failed = failed_result(run.run_id, DagEngineError(f"{wv} cannot run"))
             with self._lock:
                 actions = run.handle(Event.FAILED, attempt)
             self._apply(run, actions, slot, attempt, result=failed)
@@ -898,7 +783,7 @@ class Orchestrator:
     def _conclude(
         self,
         run: _Run,
-        slot: _EngineSlot,
+        slot: EngineSlot,
         attempt: int,
         result: RunResult | None,
         exc: BaseException | None,
@@ -926,7 +811,7 @@ class Orchestrator:
                     "run %s on %s failed unexpectedly", run.run_id, slot.engine_id, exc_info=exc
                 )
             event = Event.FAILED
-            result = self._failed_result(run, exc)
+            result = failed_result(run.run_id, exc)
         with self._lock:
             actions = run.handle(event, attempt)
         self._apply(
@@ -939,70 +824,11 @@ class Orchestrator:
             reason=reason,
         )
 
-    def _on_wire(
-        self,
-        run: _Run,
-        slot: _EngineSlot,
-        attempt: int,
-        batch: Sequence[pb.RunEvent],
-        result_json: list[str],
-    ) -> None:
-        """Record a burst of a remote run's events: outputs of succeeded nodes (as the JSON
-        the engine sent), node events on the bus, and the result's JSON into ``result_json``.
-        The same records as :meth:`_on_event` makes from decoded events."""
-        published: list[tuple[str, str | None, dict[str, Any]]] = []
-        for msg in batch:
-            kind = msg.kind
-            if kind == pb.NODE_SUCCEEDED:
-                self.store.save_node_output_json_later(
-                    run.run_id, msg.node_id, attempt, msg.output_json.decode() or "{}"
-                )
-            event_type = _WIRE_EVENT_TYPES.get(kind)
-            if event_type is not None:
-                data: dict[str, Any] = {"attempt": attempt, "node_attempt": msg.node_attempt}
-                if msg.HasField("error"):
-                    data["error"] = error_info_from_proto(msg.error).to_dict()
-                published.append((event_type, msg.node_id or None, data))
-            if msg.HasField("result"):
-                result_json.append(result_json_from_proto(msg.result))
-        if published:
-            self.events.publish_batch(
-                published,
-                workflow_id=run.version.workflow_id,
-                run_id=run.run_id,
-                engine_id=slot.engine_id,
-            )
-
-    def _on_event(self, run: _Run, slot: _EngineSlot, attempt: int, event: NodeEvent) -> None:
-        kind = event.kind
-        if kind == "node_succeeded" and event.node_id is not None:
-            output = (event.detail or {}).get("output", {})
-            self.store.save_node_output_later(run.run_id, event.node_id, attempt, output)
-        if kind in (
-            "node_started",
-            "node_succeeded",
-            "node_failed",
-            "node_retrying",
-            "node_skipped",
-        ):
-            data: dict[str, Any] = {"attempt": attempt, "node_attempt": event.attempt}
-            err = event.error
-            if err is not None:
-                data["error"] = err.to_dict()
-            self.events.publish(
-                "node." + kind.removeprefix("node_"),
-                workflow_id=run.version.workflow_id,
-                run_id=run.run_id,
-                node_id=event.node_id,
-                engine_id=slot.engine_id,
-                data=data,
-            )
-
     def _apply(
         self,
         run: _Run,
         actions: tuple[Action, ...],
-        slot: _EngineSlot | None,
+        slot: EngineSlot | None,
         attempt: int,
         *,
         result: RunResult | None = None,
@@ -1044,7 +870,7 @@ class Orchestrator:
                     engine_id=slot.engine_id,
                 )
             elif action is Action.SETTLE_CANCELLED:
-                self._settle(run, attempt, self._cancelled_result(run), lost_on)
+                self._settle(run, attempt, cancelled_result(run.run_id), lost_on)
             elif action is Action.CANCEL_ON_ENGINE:
                 if slot is not None:
                     slot.backend.cancel(run.run_id)
@@ -1064,7 +890,7 @@ class Orchestrator:
             elif action is Action.ENGINE_LOST:
                 assert slot is not None
                 lost_on = slot.engine_id
-                self._engine_lost(slot, reason)
+                self._engine_set.engine_lost(slot, reason)
             elif action is Action.REDISPATCH:
                 self.events.publish(
                     "run.redispatched",
@@ -1093,24 +919,6 @@ class Orchestrator:
                 )
                 with self._lock:
                     self._parked[run.run_id] = reason
-
-    def _engine_lost(self, slot: _EngineSlot, reason: str) -> None:
-        """A remote engine lost a run: presumed dead until a health check says otherwise."""
-        with self._lock:
-            current = self._engines.get(slot.engine_id) is slot
-        if current and isinstance(slot.backend, RemoteBackend) and "drained" not in reason:
-            with self._lock:
-                if slot.healthy:
-                    slot.healthy = False
-                    slot.unhealthy_at = time.monotonic()
-                    unhealthy = True
-                else:
-                    unhealthy = False
-            if unhealthy:
-                self.events.publish(
-                    "engine.unhealthy", engine_id=slot.engine_id, data={"reason": reason}
-                )
-                self._lose(slot, reason=reason)
 
     def _settle(
         self,
@@ -1160,22 +968,4 @@ class Orchestrator:
             result_json if result_json is not None else result.to_dict(),
             error,
             recorded,
-        )
-
-    def _cancelled_result(self, run: _Run) -> RunResult:
-        from dagengine.results import ErrorInfo
-
-        return RunResult(
-            run_id=run.run_id,
-            status=RunStatus.CANCELLED,
-            error=ErrorInfo(type="RunCancelled", message="run cancelled"),
-        )
-
-    def _failed_result(self, run: _Run, exc: BaseException) -> RunResult:
-        from dagengine.results import ErrorInfo
-
-        return RunResult(
-            run_id=run.run_id,
-            status=RunStatus.FAILED,
-            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
         )

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dagengine.orchestrator.store import RunRecord
-from dagengine.results import RunResult
+from dagengine.results import ErrorInfo, RunResult, RunStatus
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
 
-__all__ = ["RunHandle", "RunInfo"]
+__all__ = ["RunHandle", "RunInfo", "cancelled_result", "failed_result"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +93,21 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id} {'done' if self.done else 'pending'}>"
+
+
+def cancelled_result(run_id: str) -> RunResult:
+    """The result of a run cancelled before its engine ended it."""
+    return RunResult(
+        run_id=run_id,
+        status=RunStatus.CANCELLED,
+        error=ErrorInfo(type="RunCancelled", message="run cancelled"),
+    )
+
+
+def failed_result(run_id: str, exc: BaseException) -> RunResult:
+    """The result of a run whose attempt raised ``exc``."""
+    return RunResult(
+        run_id=run_id,
+        status=RunStatus.FAILED,
+        error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
+    )
