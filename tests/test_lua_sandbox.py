@@ -336,3 +336,17 @@ def test_a_pattern_that_backtracks_too_long_is_a_lua_error() -> None:
     assert error is not None
     assert error.type == "LuaRuntimeError"
     assert "s:1: pattern too complex (more than 3000000 steps)" in error.message
+
+
+def test_a_long_load_stops_at_the_node_timeout() -> None:
+    # Lua's parser does not return to the VM while it reads a string chunk: given the
+    # whole 130 MB at once, this ran for its full parse, past the timeout, and succeeded.
+    code = "local f = load(string.rep('-- a comment\\n', 1e7))"
+    dag = DAG("lua")
+    dag.add_node(Node("s", [], LuaExecutor(code, max_memory=1024**3), timeout=0.05))
+    result = dag.run()
+    node = result.node_results["s"]
+    assert node.status is NodeStatus.FAILED
+    assert node.error is not None
+    assert node.error.type in ("LuaTimeout", "NodeTimeout"), node.error
+    assert_no_script_keeps_running()
