@@ -1,8 +1,10 @@
 """The orchestrator: it decides where and what runs, and never loses a run.
 
-* :class:`Orchestrator` — registry, dispatch, failover, sub-workflows (:mod:`.orchestrator`);
-  :class:`Engine` is an in-process engine (:mod:`.backends`); the distributed side —
-  ``OrchestratorService``, discovery, health checks — is :mod:`.cluster`.
+* :class:`Orchestrator` — registry, dispatch, failover, sub-workflows (:mod:`.orchestrator`,
+  the shell of a run's :mod:`.lifecycle`, a state machine without I/O; :mod:`.engines`,
+  :mod:`.runs`, :mod:`.subworkflows`, :mod:`.recording`); :class:`Engine` is an in-process
+  engine (:mod:`.backends`); the distributed side — ``OrchestratorService``, discovery,
+  health checks, ``orchestrator_from_config`` — is :mod:`.cluster`.
 * :mod:`.config` (the original system's environment variables), :mod:`.store` (durable state
   in SQLite), :mod:`.registry` (versioned workflows), :mod:`.balancer` (engine choice and the
   run queue), :mod:`.discovery` (static, self-registration, Kubernetes; health checks),

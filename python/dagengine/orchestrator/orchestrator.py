@@ -15,6 +15,11 @@ Life of a run::
   goes back to the front of the queue with its completed outputs and runs on another engine.
 * **Capacity**: engines at capacity are not chosen; when all are full runs wait in a bounded
   FIFO queue (:class:`~dagengine.exceptions.QueueFull` past the bound).
+
+Where a run is, and what follows each event, is decided by its :mod:`.lifecycle` (a state
+machine without I/O); :class:`Orchestrator` is its shell: it owns the threads, the store, the
+engines (:mod:`.engines`) and the event bus, feeds each run's events to the machine under its
+lock and carries out the actions it returns (:meth:`Orchestrator._apply`).
 """
 
 from __future__ import annotations
