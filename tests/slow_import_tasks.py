@@ -1,5 +1,5 @@
 """Node functions in a module that takes a second to import: an engine preparing a run that
-names one is busy that long before the run is registered (``tests/test_engine.py``)."""
+names one is busy that long before the run is registered (``tests/test_engine_session.py``)."""
 
 from __future__ import annotations
 

@@ -45,8 +45,10 @@ from dagengine.engine import (
     build_run_request,
     encode_inputs,
     event_from_proto,
+    refusal_error,
     result_from_proto,
     result_json_from_proto,
+    session_ended_error,
     workflow_to_proto,
 )
 from dagengine.v1 import engine_pb2 as pb
@@ -257,6 +259,50 @@ def test_events_convert_like_local_ones() -> None:
         pb.RunEvent(seq=5, kind=pb.RUN_FINISHED, result=pb.RunResult(status=pb.CANCELLED))
     )
     assert finished.detail == {"status": "cancelled"}
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "error", "text"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "workflow.nodes[0]: bad", InvalidRequest, "bad"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "at capacity (1)", EngineBusy, "capacity"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max", MessageTooLarge, "large"),
+        (grpc.StatusCode.UNAVAILABLE, "draining", EngineUnavailable, "unavailable: draining"),
+        (grpc.StatusCode.ALREADY_EXISTS, "run r is already active", EngineError, "ALREADY_EXISTS"),
+    ],
+)
+def test_session_refusals_map_to_the_errors_run_raises(
+    code: grpc.StatusCode, message: str, error: type[EngineError], text: str
+) -> None:
+    refused = pb.Refusal(code=code.value[0], message=message)
+    mapped = refusal_error(refused, "e:1", "r")
+    assert type(mapped) is error
+    assert mapped.code == code.name
+    assert mapped.address == "e:1"
+    assert str(mapped).startswith("engine e:1: run r: ")
+    assert text in str(mapped)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "cannot connect"),
+        (grpc.StatusCode.CANCELLED, "the session was closed"),
+        # grpc-core's report of a connection torn down mid-write.
+        (grpc.StatusCode.INTERNAL, "Internal error from Core"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "not a session"),
+    ],
+)
+def test_a_session_ended_with_any_status_leaves_its_runs_engine_unavailable(
+    code: grpc.StatusCode, message: str
+) -> None:
+    # The engine refuses runs in band: a status on the stream itself is the transport's.
+    error = session_ended_error(code.value[0], message, "e:1")
+    assert type(error) is EngineUnavailable
+    assert error.code == code.name
+    assert error.address == "e:1"
+    assert message in str(error)
+    assert "engine e:1: session: " in str(error)
 
 
 # --- a stand-in engine ------------------------------------------------------------------------

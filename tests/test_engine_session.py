@@ -1,9 +1,12 @@
-"""``_core.EngineSession``: the orchestrator's Session stream to an engine, driven from Rust,
-against real engine processes (and, for the protocol check, a grpcio stand-in of an engine
-of another dagengine version)."""
+"""The Session client (``dagengine.engine.open_session``, over ``_core.EngineSession``): the
+orchestrator's Session stream to an engine, driven from Rust, against real engine processes
+(and, for the protocol check, a grpcio stand-in of an engine of another dagengine version).
+It is the one client of the Session protocol; these tests also pin what the engine's side
+of it does (refusals in band, the result's JSON text, cancels right behind a start)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,9 +19,15 @@ from typing import Any
 
 import grpc
 import pytest
-from dagengine._core import EngineSession
-from dagengine.engine import build_run_request, result_from_proto
-from dagengine.exceptions import EngineUnavailable
+from dagengine.engine import (
+    EngineSession,
+    build_run_request,
+    open_session,
+    refusal_error,
+    result_from_proto,
+    result_json_from_proto,
+)
+from dagengine.exceptions import EngineBusy, EngineUnavailable, InvalidRequest
 from dagengine.results import RunStatus
 from dagengine.v1 import engine_pb2 as pb
 from processes import EngineProcess, wait_for
@@ -87,8 +96,8 @@ class Replies:
             )
 
 
-def open_session(address: str, replies: Replies, **kwargs: Any) -> EngineSession:
-    return EngineSession(
+def session_to(address: str, replies: Replies, **kwargs: Any) -> EngineSession:
+    return open_session(
         address,
         replies.on_replies,
         replies.on_end,
@@ -107,7 +116,7 @@ def unavailable_end(port: int) -> str:
     """Start a run on a session to ``port`` on this host; the session must end UNAVAILABLE.
     Returns the end's message."""
     replies = Replies()
-    session = open_session(f"127.0.0.1:{port}", replies)
+    session = session_to(f"127.0.0.1:{port}", replies)
     session.start(request(GOOD)[1])
     assert replies.ended.wait(10)
     assert replies.end is not None
@@ -128,7 +137,7 @@ def engine() -> Iterator[EngineProcess]:
 
 def test_many_runs_over_one_session_each_answered_once(engine: EngineProcess) -> None:
     replies = Replies()
-    session = open_session(engine.address, replies)
+    session = session_to(engine.address, replies)
     runs = [request(GOOD, {"x": i}) for i in range(200)]
     for _, encoded in runs:
         assert session.start(encoded)
@@ -165,13 +174,13 @@ def test_a_session_to_a_closed_port_ends_unavailable() -> None:
 def test_an_address_that_is_no_address_is_refused_at_once() -> None:
     replies = Replies()
     with pytest.raises(EngineUnavailable, match="not a host:port address"):
-        open_session("no address at all", replies)
+        session_to("no address at all", replies)
     assert not replies.ended.is_set()
 
 
 def test_cancel_goes_over_the_session_after_the_start(engine: EngineProcess) -> None:
     replies = Replies()
-    session = open_session(engine.address, replies)
+    session = session_to(engine.address, replies)
     run_id, encoded = request(SPIN)
     assert session.start(encoded)
     # Sent right behind the start: it must not overtake it (the engine would drop it).
@@ -183,7 +192,7 @@ def test_cancel_goes_over_the_session_after_the_start(engine: EngineProcess) -> 
 
 def test_closing_a_session_cancels_its_runs_on_the_engine(engine: EngineProcess) -> None:
     replies = Replies()
-    session = open_session(engine.address, replies)
+    session = session_to(engine.address, replies)
     run_id, encoded = request(SPIN)
     assert session.start(encoded)
     wait_for(lambda: replies.started(run_id, "s"), "the spin to start")
@@ -202,7 +211,7 @@ def test_closing_a_session_cancels_its_runs_on_the_engine(engine: EngineProcess)
 
 def test_a_refused_run_is_answered_in_band_and_the_session_goes_on(engine: EngineProcess) -> None:
     replies = Replies()
-    session = open_session(engine.address, replies)
+    session = session_to(engine.address, replies)
     run_id, _ = request(GOOD)
     bad = build_run_request(GOOD, {"x": 1}, run_id=run_id)
     bad.inputs_json = b"[1, 2]"  # not a JSON object
@@ -216,11 +225,119 @@ def test_a_refused_run_is_answered_in_band_and_the_session_goes_on(engine: Engin
     session.close()
 
 
+def test_runs_go_on_beside_long_ones_and_refusals_are_what_run_would_raise() -> None:
+    engine = EngineProcess("--engine-id", "sess", "--capacity", "2")
+    try:
+        replies = Replies()
+        session = session_to(engine.address, replies)
+        # A spinning run holds one slot while short runs come and go in the other.
+        spins = [request(SPIN)]
+        assert session.start(spins[0][1])
+        wait_for(lambda: replies.started(spins[0][0], "s"), "the spin to start")
+        for i in range(30):
+            run_id, encoded = request(GOOD, {"x": i})
+            assert session.start(encoded)
+            wait_for(lambda: replies.result(run_id) is not None, f"run {i}'s result")  # noqa: B023
+            result = result_from_proto(replies.result(run_id))  # type: ignore[arg-type]
+            assert result.outputs["b"] == {"w": (i + 1) * 2}
+            assert {e.run_id for e in replies.events[run_id]} == {run_id}
+        # Refusals come back per run, and map to the exceptions Run raises.
+        bad_id, encoded = request({"id": "x", "nodes": [{"id": "a", "lua": "return {"}]})
+        assert session.start(encoded)
+        wait_for(lambda: bad_id in replies.refused, "the bad run's refusal")
+        invalid = refusal_error(replies.refused[bad_id], engine.address, bad_id)
+        assert type(invalid) is InvalidRequest
+        assert invalid.code == "INVALID_ARGUMENT"
+        assert "workflow.nodes" in str(invalid)
+        assert f"engine {engine.address}: run {bad_id}: " in str(invalid)
+        # Past capacity: busy, not a failure of the run.
+        spins.append(request(SPIN))
+        assert session.start(spins[1][1])
+        wait_for(lambda: replies.started(spins[1][0], "s"), "the second spin to start")
+        busy_id, encoded = request(GOOD, {"x": 1})
+        assert session.start(encoded)
+        wait_for(lambda: busy_id in replies.refused, "the refusal at capacity")
+        busy = refusal_error(replies.refused[busy_id], engine.address, busy_id)
+        assert type(busy) is EngineBusy
+        assert busy.code == "RESOURCE_EXHAUSTED"
+        assert "capacity" in str(busy)
+        # Cancels through the session: the runs end cancelled; the session goes on.
+        for spin_id, _ in spins:
+            assert session.cancel(spin_id)
+        for spin_id, _ in spins:
+            wait_for(lambda: replies.result(spin_id) is not None, "a cancelled spin's end")  # noqa: B023
+            cancelled = result_from_proto(replies.result(spin_id))  # type: ignore[arg-type]
+            assert cancelled.status is RunStatus.CANCELLED
+        assert not session.ended
+        session.close()
+    finally:
+        engine.kill()
+
+
+def test_the_engine_sends_the_results_json_when_asked(engine: EngineProcess) -> None:
+    # The orchestrator stores this text as the run's result: it must read back exactly as
+    # the result's dict, for outputs, failures with tracebacks, skipped nodes alike.
+    spec = {
+        "id": "mixed",
+        "nodes": [
+            {"id": "a", "lua": 'return {v = inputs.x + 1, s = "\\u{fc}\\n", n = {1, 2.5}}'},
+            {"id": "b", "lua": 'error("boom")'},
+            {"id": "c", "deps": ["b"], "noop": True},
+            {"id": "d", "noop": True},
+        ],
+    }
+
+    def result(workflow: dict[str, Any] = spec, **kw: Any) -> pb.RunResult:
+        replies = Replies()
+        session = session_to(engine.address, replies)
+        run_id = uuid.uuid4().hex
+        sent = build_run_request(workflow, {"x": 1}, run_id=run_id, **kw)
+        assert session.start(sent.SerializeToString())
+        wait_for(lambda: replies.result(run_id) is not None, "the result")
+        session.close()
+        (last,) = [e for e in replies.events[run_id] if e.HasField("result")]
+        return last.result
+
+    sent = result(result_json=True)
+    decoded = result_from_proto(sent)
+    assert decoded.status is RunStatus.FAILED
+    assert json.loads(sent.result_json) == decoded.to_dict()
+    assert decoded.to_dict()["nodes"]["b"]["error"]["traceback"]
+    # Without it, the text is built here, and is the same.
+    assert json.loads(result_json_from_proto(sent)) == decoded.to_dict()
+    plain = result()
+    assert plain.result_json == b""
+    assert json.loads(result_json_from_proto(plain)) == result_from_proto(plain).to_dict()
+    # A large result is left to the caller: the text would carry its outputs twice.
+    big_spec = {"id": "big", "nodes": [{"id": "a", "lua": 'return {s = string.rep("x", 100000)}'}]}
+    big = result(big_spec, result_json=True)
+    assert big.result_json == b""
+    assert json.loads(result_json_from_proto(big))["outputs"]["a"]["s"] == "x" * 100000
+
+
+def test_a_cancel_sent_while_a_python_run_is_being_prepared_still_cancels_it() -> None:
+    """Runs with Python nodes are prepared off the session's intake (the import takes a
+    second here) and registered after; a cancel right behind the start must not be lost."""
+    engine = EngineProcess("--engine-id", "slow-import")
+    try:
+        replies = Replies()
+        session = session_to(engine.address, replies)
+        spec = {"id": "slow", "nodes": [{"id": "hold", "python": "slow_import_tasks:hold"}]}
+        run_id, encoded = request(spec)
+        assert session.start(encoded)
+        assert session.cancel(run_id)
+        wait_for(lambda: replies.result(run_id) is not None, "the cancelled run's end", timeout=15)
+        assert result_from_proto(replies.result(run_id)).status is RunStatus.CANCELLED  # type: ignore[arg-type]
+        session.close()
+    finally:
+        engine.kill()
+
+
 def test_a_killed_engine_ends_the_session() -> None:
     engine = EngineProcess("--engine-id", "doomed")
     try:
         replies = Replies()
-        session = open_session(engine.address, replies)
+        session = session_to(engine.address, replies)
         run_id, encoded = request(SPIN)
         assert session.start(encoded)
         wait_for(lambda: replies.started(run_id, "s"), "the spin to start")
@@ -247,7 +364,7 @@ def test_a_callback_that_raises_is_reported_and_later_replies_still_come(
             raise RuntimeError("a broken subscriber")
         replies.on_replies(messages)
 
-    session = EngineSession(
+    session = open_session(
         engine.address,
         on_replies,
         replies.on_end,
@@ -296,7 +413,7 @@ def test_an_engine_of_another_protocol_ends_the_session_saying_so() -> None:
 
 def test_a_forked_child_cannot_use_the_sessions_thread(engine: EngineProcess) -> None:
     replies = Replies()
-    inherited = open_session(engine.address, replies)  # the thread exists in this process
+    inherited = session_to(engine.address, replies)  # the thread exists in this process
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its sessions thread did not survive the fork
@@ -307,7 +424,7 @@ def test_a_forked_child_cannot_use_the_sessions_thread(engine: EngineProcess) ->
                 code = 3
             else:
                 inherited.close()  # touches nothing the parent's threads held
-                open_session(engine.address, Replies())
+                session_to(engine.address, Replies())
         except Exception as exc:
             code = 0 if "after fork()" in str(exc) else 2
         os.write(write, bytes([code]))

@@ -1,6 +1,7 @@
 """Type stubs for the native module ``dagengine._core`` (built from rust/dagengine-py).
 
-This is the private bridge: only ``dagengine.workflow`` and ``dagengine.engine`` use it.
+This is the private bridge: only ``dagengine.workflow`` and the ``dagengine.engine`` package
+(its ``process`` and ``session`` modules) use it; ``dagengine`` takes ``__version__`` from it.
 Errors raised here are instances of the classes in ``dagengine.exceptions`` (the Rust side
 imports that module and maps each Rust error variant to its own class).
 """

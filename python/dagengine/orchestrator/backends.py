@@ -18,20 +18,19 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from dagengine._core import EngineSession
 from dagengine.engine import (
-    _STATUS_BY_CODE,
     DEFAULT_KEEPALIVE_SECONDS,
     DEFAULT_MAX_MESSAGE_BYTES,
     AsyncEngineClient,
     AsyncRunStream,
-    PemSource,
+    EngineSession,
     TLSConfig,
-    _read_pem,
-    _status_error,
     build_run_request,
     encoded_workflow_field,
+    open_session,
+    refusal_error,
     result_from_proto,
+    session_ended_error,
 )
 from dagengine.exceptions import (
     DagEngineError,
@@ -271,7 +270,7 @@ class _Launched:
 class RemoteBackend:
     """Runs jobs on an engine process over gRPC. The orchestrator's runs (:meth:`launch`)
     share one ``Session`` stream per engine, driven from the Rust core
-    (:class:`dagengine._core.EngineSession`): starting a run is a push onto a channel, and
+    (:class:`dagengine.engine.EngineSession`): starting a run is a push onto a channel, and
     the replies of every engine reach Python on one thread, a burst at a time. Other
     calls (health, info, cancel without a session, :meth:`execute`) are coroutines on a
     shared :class:`LoopThread`."""
@@ -406,23 +405,14 @@ class RemoteBackend:
             if backend is not None:
                 backend._ended(token, code, message)
 
-        tls = self._tls
-
-        def pem(source: PemSource | None, what: str) -> bytes | None:
-            return None if source is None else _read_pem(source, what)
-
-        session = EngineSession(
+        session = open_session(
             self.address,
             replies,
             ended,
+            tls=self._tls,
             max_message_bytes=self._max_message_bytes,
             keepalive=self._keepalive,
             connect_timeout=self._timeout,
-            tls=tls is not None,
-            ca_cert=None if tls is None else pem(tls.ca_cert, "ca_cert"),
-            client_cert=None if tls is None else pem(tls.client_cert, "client_cert"),
-            client_key=None if tls is None else pem(tls.client_key, "client_key"),
-            server_name=None if tls is None else tls.server_name,
         )
         self._session = (token, session)
         return self._session
@@ -461,9 +451,8 @@ class RemoteBackend:
     def _reply(self, msg: pb.SessionEvents, launched: _Launched) -> None:
         run_id = msg.run_id
         if msg.HasField("refused"):
-            code = _STATUS_BY_CODE.get(msg.refused.code)
-            error = _status_error(code, msg.refused.message, self.address, f"run {run_id}")
-            if code is grpc.StatusCode.ALREADY_EXISTS:
+            error = refusal_error(msg.refused, self.address, run_id)
+            if error.code == grpc.StatusCode.ALREADY_EXISTS.name:
                 # An earlier attempt of the run, abandoned here (its engine was presumed
                 # dead), still runs on it: busy with it, for a moment (it is being
                 # cancelled), not a failure of the run.
@@ -495,11 +484,9 @@ class RemoteBackend:
                 del self._launched[rid]
         if not lost:
             return
-        error = _status_error(_STATUS_BY_CODE.get(code), message, self.address, "session")
-        if not isinstance(error, EngineUnavailable):
-            # The engine refuses runs in band: a status on the stream itself is the
-            # transport's, and the runs' fate is unknown.
-            error = EngineUnavailable(str(error), code=error.code, address=self.address)
+        # The engine refuses runs in band: a status on the stream itself is the transport's,
+        # and the runs' fate is unknown (EngineUnavailable, whatever the code).
+        error = session_ended_error(code, message, self.address)
         for rid, run in lost:
             try:
                 run.on_end(None, error)

@@ -20,7 +20,6 @@ thread, never concurrently with itself.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import logging
 import threading
 import time
@@ -30,6 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dagengine.engine.address import join_address, split_address
 from dagengine.exceptions import ConfigError, DiscoveryError
 
 if TYPE_CHECKING:
@@ -89,29 +89,13 @@ class Discovery(Protocol):
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6) into host and port; raises
-    :class:`DiscoveryError` when it is not one."""
-    raw = text.strip()
-    host, sep, port_text = raw.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        host = ""  # a bare IPv6 address needs brackets to carry a port
+    """Split an engine's ``host:port`` (``[v6]:port`` for IPv6) into host and port, as
+    :func:`dagengine.engine.split_address` does; raises :class:`DiscoveryError` when it is
+    not one."""
     try:
-        port = int(port_text)
+        return split_address(text)
     except ValueError:
-        port = -1
-    if not sep or not host or not 0 < port < 65536:
-        raise DiscoveryError(f"engine address {text!r} is not host:port")
-    return host, port
-
-
-def _join_address(host: str, port: int) -> str:
-    try:
-        is_v6 = ipaddress.ip_address(host).version == 6
-    except ValueError:
-        is_v6 = False
-    return f"[{host}]:{port}" if is_v6 else f"{host}:{port}"
+        raise DiscoveryError(f"engine address {text!r} is not host:port") from None
 
 
 def parse_engine_addresses(value: str | Sequence[str]) -> list[str]:
@@ -122,7 +106,7 @@ def parse_engine_addresses(value: str | Sequence[str]) -> list[str]:
     for item in items:
         if not item.strip():
             continue
-        address = _join_address(*parse_address(item))
+        address = join_address(*parse_address(item))
         if address not in out:
             out.append(address)
     return out
@@ -364,7 +348,7 @@ class SelfRegistration(_Publisher):
         if not engine_id or not engine_id.strip():
             raise DiscoveryError("engine_id must not be empty")
         try:
-            address = _join_address(*parse_address(address))
+            address = join_address(*parse_address(address))
         except DiscoveryError as err:
             raise DiscoveryError(str(err), engine_id=engine_id) from None
         if capacity < 1:
@@ -590,7 +574,7 @@ class KubernetesDiscovery(_Publisher):
             return None
         labels = pod.metadata.labels or {}
         engine_id = str(labels.get("engine-id") or "").strip() or pod.metadata.name
-        return EngineEndpoint(engine_id, _join_address(status.pod_ip, port), capacity)
+        return EngineEndpoint(engine_id, join_address(status.pod_ip, port), capacity)
 
     def _publish_pods(self) -> None:
         by_id: dict[str, EngineEndpoint] = {}

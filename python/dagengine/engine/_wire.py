@@ -1,0 +1,551 @@
+"""The wire forms (``dagengine.v1`` messages) of what the engine clients send and receive,
+both ways: workflows, run requests and inputs out; events, results and engine info in, as
+the same objects a local run produces (:class:`~dagengine.NodeEvent`,
+:class:`~dagengine.RunResult`).
+
+The spec-to-proto conversion checks a spec dict's shape on its own (it predates
+:mod:`dagengine.spec`'s parser and is kept as it is until the two are unified).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from dagengine._units import parse_duration, parse_size
+from dagengine.exceptions import EngineError, SpecError
+from dagengine.results import ErrorInfo, NodeEvent, NodeResult, NodeStatus, RunResult, RunStatus
+from dagengine.results import _Lazy as _LazyMapping
+from dagengine.v1 import engine_pb2 as pb
+from dagengine.workflow import _DEFAULT_BACKOFF, DAG
+
+__all__ = [
+    "RUN_STATUSES",
+    "EngineEvent",
+    "EngineInfo",
+    "Inputs",
+    "Workflow",
+    "build_run_request",
+    "decode_object",
+    "encode_inputs",
+    "encoded_workflow_field",
+    "engine_event_from_proto",
+    "error_info_from_proto",
+    "event_from_proto",
+    "json_object",
+    "result_from_proto",
+    "result_json_from_proto",
+    "workflow_to_proto",
+]
+
+#: What :meth:`EngineClient.run` accepts as the workflow.
+Workflow: TypeAlias = "DAG | Mapping[str, Any] | pb.WorkflowSpec"
+#: Run inputs: a mapping (JSON-encoded here), or bytes already holding a JSON object.
+Inputs: TypeAlias = "Mapping[str, Any] | bytes | None"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """Who an engine is and how busy: :meth:`EngineClient.info`."""
+
+    engine_id: str
+    version: str
+    capacity: int
+    active_runs: int
+    uptime_seconds: float
+    draining: bool
+    active_run_ids: tuple[str, ...] = ()
+
+    @property
+    def free(self) -> int:
+        """How many more runs the engine takes now (0 while draining)."""
+        return 0 if self.draining else max(self.capacity - self.active_runs, 0)
+
+    @classmethod
+    def from_proto(cls, msg: pb.EngineInfo) -> EngineInfo:
+        """Build from the wire message."""
+        return cls(
+            engine_id=msg.engine_id,
+            version=msg.version,
+            capacity=msg.capacity,
+            active_runs=msg.active_runs,
+            uptime_seconds=msg.uptime_seconds,
+            draining=msg.draining,
+            active_run_ids=tuple(msg.active_run_ids),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineInfo:
+        """Build from ``EngineServerRef.info()``."""
+        return cls(
+            engine_id=str(data["engine_id"]),
+            version=str(data["version"]),
+            capacity=int(data["capacity"]),
+            active_runs=int(data["active_runs"]),
+            uptime_seconds=float(data["uptime_seconds"]),
+            draining=bool(data["draining"]),
+            active_run_ids=tuple(data.get("active_run_ids", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """One event from :meth:`EngineClient.watch`: ``event`` happened in run ``run_id`` (run
+    attempt ``attempt``) on engine ``engine_id``. ``missed`` counts events this watcher lost
+    just before this one because it fell behind (an event of kind ``missed`` carries only
+    that count); ``result`` is set on a ``run_finished`` event."""
+
+    run_id: str
+    attempt: int
+    engine_id: str
+    event: NodeEvent
+    missed: int = 0
+    result: RunResult | None = None
+
+
+# --- conversions: Python -> wire --------------------------------------------------------------
+
+_TOP_KEYS = ("id", "version", "description", "max_parallel", "fail_fast", "timeout", "nodes")
+_EXECUTOR_KEYS = ("lua", "python", "workflow", "noop")
+_NODE_KEYS = ("id", "deps", *_EXECUTOR_KEYS, "retries", "retry_backoff", "timeout", "limits")
+
+
+def _spec_error(path: str, problem: str) -> SpecError:
+    return SpecError(f"{path}: {problem}" if path else problem, path=path or None)
+
+
+def _check_keys(raw: Mapping[Any, Any], allowed: Sequence[str], path: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise _spec_error(where, "unknown key")
+
+
+def _want(value: object, types: tuple[type, ...], path: str, expected: str) -> None:
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise _spec_error(path, f"expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def _seconds(value: object, path: str) -> float:
+    try:
+        return parse_duration(value, what=path)
+    except (TypeError, ValueError) as exc:
+        raise _spec_error(path, str(exc)) from None
+
+
+def _node_to_proto(raw: object, path: str) -> pb.NodeSpec:
+    _want(raw, (Mapping,), path, "a mapping")
+    assert isinstance(raw, Mapping)
+    _check_keys(raw, _NODE_KEYS, path)
+    node_id = raw.get("id")
+    _want(node_id, (str,), f"{path}.id", "a node id string")
+    deps = raw.get("deps", [])
+    _want(deps, (list, tuple), f"{path}.deps", "a list of node ids")
+    for i, dep in enumerate(deps):
+        _want(dep, (str,), f"{path}.deps[{i}]", "a node id string")
+    node = pb.NodeSpec(id=node_id, deps=deps)
+    kinds = [key for key in _EXECUTOR_KEYS if key in raw]
+    if len(kinds) != 1:
+        problem = "has no executor" if not kinds else f"has several executors ({', '.join(kinds)})"
+        raise _spec_error(
+            path, f"node {node_id!r} {problem}: use one of lua, python, workflow, noop"
+        )
+    kind = kinds[0]
+    value = raw[kind]
+    limits = raw.get("limits")
+    if limits is not None and kind != "lua":
+        raise _spec_error(f"{path}.limits", "limits apply to lua nodes only")
+    if kind == "lua":
+        _want(value, (str,), f"{path}.lua", "Lua source code")
+        node.lua.code = value
+        if limits is not None:
+            _want(limits, (Mapping,), f"{path}.limits", "a mapping")
+            _check_keys(limits, ("instructions", "memory"), f"{path}.limits")
+            if limits.get("instructions") is not None:
+                instructions = limits["instructions"]
+                _want(instructions, (int,), f"{path}.limits.instructions", "a positive integer")
+                node.lua.max_instructions = instructions
+            if limits.get("memory") is not None:
+                try:
+                    node.lua.max_memory_bytes = parse_size(limits["memory"], what="memory")
+                except (TypeError, ValueError) as exc:
+                    raise _spec_error(f"{path}.limits.memory", str(exc)) from None
+    elif kind == "python":
+        _want(value, (str,), f"{path}.python", "an import path 'module:function'")
+        node.python.import_path = value
+    elif kind == "workflow":
+        _want(value, (str,), f"{path}.workflow", "a workflow reference like 'child@^1.4'")
+        workflow_id, _, version_range = value.partition("@")
+        node.workflow.workflow_id = workflow_id.strip()
+        node.workflow.version_range = version_range.strip() or "*"
+    else:
+        if value is not True:
+            raise _spec_error(f"{path}.noop", f"must be true, got {value!r}")
+        node.noop.SetInParent()
+    retries = raw.get("retries", 0)
+    _want(retries, (int,), f"{path}.retries", "a non-negative integer")
+    backoff = raw.get("retry_backoff") or {}
+    _want(backoff, (Mapping,), f"{path}.retry_backoff", "a mapping")
+    _check_keys(backoff, ("initial", "factor", "max"), f"{path}.retry_backoff")
+    factor = backoff.get("factor", _DEFAULT_BACKOFF.factor)
+    _want(factor, (int, float), f"{path}.retry_backoff.factor", "a number >= 1")
+    node.retry.retries = retries
+    node.retry.backoff_initial_seconds = (
+        _seconds(backoff["initial"], f"{path}.retry_backoff.initial")
+        if "initial" in backoff
+        else _DEFAULT_BACKOFF.initial
+    )
+    node.retry.backoff_factor = float(factor)
+    node.retry.backoff_max_seconds = (
+        _seconds(backoff["max"], f"{path}.retry_backoff.max")
+        if "max" in backoff
+        else _DEFAULT_BACKOFF.max
+    )
+    if raw.get("timeout") is not None:
+        node.timeout_seconds = _seconds(raw["timeout"], f"{path}.timeout")
+    return node
+
+
+def _spec_to_proto(spec: Mapping[str, Any]) -> pb.WorkflowSpec:
+    _check_keys(spec, _TOP_KEYS, "")
+    wf_id = spec.get("id", "")
+    _want(wf_id, (str,), "id", "a workflow id string")
+    version = spec.get("version") or ""
+    _want(version, (str,), "version", "a semver string")
+    msg = pb.WorkflowSpec(id=wf_id, version=version)
+    if spec.get("max_parallel") is not None:
+        _want(spec["max_parallel"], (int,), "max_parallel", "a positive integer")
+        msg.max_parallel = spec["max_parallel"]
+    fail_fast = spec.get("fail_fast", False)
+    _want(fail_fast, (bool,), "fail_fast", "true or false")
+    msg.fail_fast = fail_fast
+    if spec.get("timeout") is not None:
+        msg.timeout_seconds = _seconds(spec["timeout"], "timeout")
+    nodes = spec.get("nodes")
+    _want(nodes, (list, tuple), "nodes", "a list of nodes")
+    assert isinstance(nodes, (list, tuple))
+    msg.nodes.extend(_node_to_proto(raw, f"nodes[{i}]") for i, raw in enumerate(nodes))
+    return msg
+
+
+def workflow_to_proto(workflow: Workflow) -> pb.WorkflowSpec:
+    """The wire form of a workflow: a :class:`DAG` (through :meth:`DAG.to_spec`, so Python
+    nodes need an import path), a spec dict as read from YAML/JSON, or a ``WorkflowSpec``
+    message (used as is).
+
+    Only the shape is checked here (:class:`SpecError` naming the field); the engine validates
+    the rest (graph, Lua syntax, import paths) and answers :class:`InvalidRequest`, so a spec
+    naming Python code that exists only on the engine can be sent from anywhere.
+    """
+    if isinstance(workflow, pb.WorkflowSpec):
+        return workflow
+    if isinstance(workflow, DAG):
+        return _spec_to_proto(workflow.to_spec())
+    if isinstance(workflow, Mapping):
+        return _spec_to_proto(workflow)
+    raise TypeError(
+        f"workflow must be a DAG, a spec dict or a WorkflowSpec, got {type(workflow).__name__}"
+    )
+
+
+def json_object(value: Mapping[str, Any], what: str) -> bytes:
+    """``value`` as compact JSON bytes; ``TypeError`` naming ``what`` if it is not a JSON
+    object (a mapping with str keys and JSON-serialisable values)."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a mapping (a JSON object), got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"{what}: keys must be str, got {type(key).__name__} {key!r}")
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} are not JSON-serialisable: {exc}") from None
+    return text.encode()
+
+
+def encode_inputs(inputs: Inputs) -> bytes:
+    """Run inputs as JSON bytes: a mapping is encoded (``TypeError`` naming the problem if it
+    is not JSON-serialisable), bytes are sent as they are (already JSON), ``None`` is ``{}``."""
+    if inputs is None:
+        return b"{}"
+    if isinstance(inputs, (bytes, bytearray, memoryview)):
+        return bytes(inputs)
+    return json_object(inputs, "inputs")
+
+
+def _deadline_unix(deadline: float | None) -> float:
+    if deadline is None:
+        return 0.0
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        raise TypeError(f"deadline must be a unix time in seconds, got {type(deadline).__name__}")
+    return float(deadline)
+
+
+def build_run_request(
+    workflow: Workflow | None,
+    inputs: Inputs = None,
+    *,
+    run_id: str | None = None,
+    attempt: int = 1,
+    completed: Mapping[str, Mapping[str, Any]] | None = None,
+    deadline: float | None = None,
+    max_parallel: int | None = None,
+    fail_fast: bool | None = None,
+    parent_run_id: str = "",
+    parent_node_id: str = "",
+    depth: int = 0,
+    result_only: bool = False,
+    result_json: bool = False,
+) -> pb.RunRequest:
+    """The ``RunRequest`` message :meth:`EngineClient.run` sends (see there).
+    ``result_only`` asks the engine to stream nothing but the final result event;
+    ``result_json`` to send the result also as JSON text (``RunResult.result_json``, the
+    text :func:`result_json_from_proto` would build). ``workflow=None`` leaves the workflow
+    out: a caller that sends the same workflow with many runs appends it, encoded once by
+    :func:`encoded_workflow_field`, to each request's encoding (protobuf fields may come in
+    any order)."""
+    if run_id is None:
+        run_id = uuid.uuid4().hex
+    elif not isinstance(run_id, str) or not run_id:
+        raise TypeError("run_id must be a non-empty str")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise TypeError(f"attempt must be an int >= 1, got {attempt!r}")
+    request = pb.RunRequest(
+        run_id=run_id,
+        attempt=attempt,
+        workflow=None if workflow is None else workflow_to_proto(workflow),
+        inputs_json=encode_inputs(inputs),
+        deadline_unix=_deadline_unix(deadline),
+        parent_run_id=parent_run_id,
+        parent_node_id=parent_node_id,
+        depth=depth,
+        result_only=result_only,
+        result_json=result_json,
+    )
+    if completed:
+        if not isinstance(completed, Mapping):
+            raise TypeError(f"completed must be a mapping, got {type(completed).__name__}")
+        for node_id, output in completed.items():
+            request.completed_json[node_id] = json_object(output, f"completed[{node_id!r}]")
+    if max_parallel is not None:
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            raise TypeError(f"max_parallel must be a positive int, got {max_parallel!r}")
+        request.max_parallel = max_parallel
+    if fail_fast is not None:
+        request.fail_fast = bool(fail_fast)
+    return request
+
+
+def encoded_workflow_field(workflow: Workflow) -> bytes:
+    """The ``workflow`` field of a ``RunRequest``, encoded: appended to the encoding of
+    ``build_run_request(None, ...)``, it makes that of ``build_run_request(workflow, ...)``."""
+    return pb.RunRequest(workflow=workflow_to_proto(workflow)).SerializeToString()
+
+
+# --- conversions: wire -> Python --------------------------------------------------------------
+
+_EVENT_KINDS: dict[int, str] = {
+    pb.RUN_STARTED: "run_started",
+    pb.NODE_STARTED: "node_started",
+    pb.NODE_SUCCEEDED: "node_succeeded",
+    pb.NODE_FAILED: "node_failed",
+    pb.NODE_RETRYING: "node_retrying",
+    pb.NODE_SKIPPED: "node_skipped",
+    pb.NODE_CANCELLED: "node_cancelled",
+    pb.NODE_LOG: "node_log",
+    pb.RUN_FINISHED: "run_finished",
+}
+#: The wire's run statuses (``pb.SUCCEEDED`` ...) as :class:`~dagengine.RunStatus`.
+RUN_STATUSES: dict[int, RunStatus] = {
+    pb.SUCCEEDED: RunStatus.SUCCEEDED,
+    pb.FAILED: RunStatus.FAILED,
+    pb.CANCELLED: RunStatus.CANCELLED,
+}
+_NODE_STATUS: dict[int, NodeStatus] = {
+    pb.NODE_STATUS_UNSPECIFIED: NodeStatus.PENDING,
+    pb.NODE_PENDING: NodeStatus.PENDING,
+    pb.NODE_RUNNING: NodeStatus.RUNNING,
+    pb.NODE_RETRYING_STATUS: NodeStatus.RETRYING,
+    pb.NODE_SUCCEEDED_STATUS: NodeStatus.SUCCEEDED,
+    pb.NODE_FAILED_STATUS: NodeStatus.FAILED,
+    pb.NODE_SKIPPED_STATUS: NodeStatus.SKIPPED,
+    pb.NODE_CANCELLED_STATUS: NodeStatus.CANCELLED,
+}
+
+
+def error_info_from_proto(msg: pb.ErrorInfo) -> ErrorInfo:
+    """A wire ``ErrorInfo`` as an :class:`~dagengine.ErrorInfo`."""
+    return ErrorInfo(
+        type=msg.type or "Error",
+        message=msg.message,
+        traceback=msg.traceback or None,
+        node_id=msg.node_id or None,
+    )
+
+
+def _error_dict(msg: pb.ErrorInfo) -> dict[str, Any]:
+    # The shape of the core's event details: type, message, traceback (None when absent).
+    out: dict[str, Any] = {
+        "type": msg.type or "Error",
+        "message": msg.message,
+        "traceback": msg.traceback or None,
+    }
+    if msg.node_id:
+        out["node_id"] = msg.node_id
+    return out
+
+
+def decode_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object the engine (or the orchestrator) sent; :class:`EngineError` naming
+    ``what`` if it is not one."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise EngineError(f"engine sent invalid JSON for {what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise EngineError(f"engine sent {type(value).__name__} for {what}, expected an object")
+    return value
+
+
+def _run_status(value: int) -> RunStatus:
+    try:
+        return RUN_STATUSES[value]
+    except KeyError:
+        raise EngineError(f"engine sent a run result with unknown status {value}") from None
+
+
+def event_from_proto(msg: pb.RunEvent) -> NodeEvent:
+    """A wire ``RunEvent`` as the :class:`~dagengine.NodeEvent` a local run would produce.
+
+    ``detail`` holds ``error`` (failures), ``delay`` (retries), ``message`` (logs), ``output``
+    (``node_succeeded``) and ``status`` (``run_finished``).
+    """
+    kind = _EVENT_KINDS.get(msg.kind, "unknown")
+    if msg.kind == pb.EVENT_KIND_UNSPECIFIED and msg.missed:
+        kind = "missed"  # Watch: only says how many events this watcher lost
+    detail: dict[str, Any] = {}
+    if msg.HasField("error"):
+        detail["error"] = _error_dict(msg.error)
+    if msg.kind == pb.NODE_RETRYING:
+        detail["delay"] = msg.retry_delay_seconds
+        detail.setdefault("error", None)
+    elif msg.kind == pb.NODE_LOG:
+        detail["message"] = msg.message
+    elif msg.kind == pb.NODE_SUCCEEDED and msg.output_json:
+        detail["output"] = decode_object(msg.output_json, f"node {msg.node_id!r}'s output")
+    elif msg.kind == pb.RUN_FINISHED and msg.HasField("result"):
+        detail["status"] = _run_status(msg.result.status).value
+    return NodeEvent(
+        seq=msg.seq,
+        kind=kind,
+        node_id=msg.node_id or None,
+        attempt=msg.node_attempt,
+        time=msg.time_unix,
+        detail=detail or None,
+    )
+
+
+def result_from_proto(msg: pb.RunResult) -> RunResult:
+    """A wire ``RunResult`` as a :class:`~dagengine.RunResult`. Outputs are decoded from JSON
+    on first access, so a large result costs nothing until it is read."""
+    by_id = {node.node_id: node for node in msg.nodes}
+
+    def node_result(node_id: str, node: pb.NodeResult) -> NodeResult:
+        what = f"node {node_id!r}'s output"
+        return NodeResult(
+            node_id=node_id,
+            status=_NODE_STATUS.get(node.status, NodeStatus.PENDING),
+            output=decode_object(node.output_json, what) if node.output_json else None,
+            error=error_info_from_proto(node.error) if node.HasField("error") else None,
+            attempts=node.attempts,
+            started_at=node.started_at or None,
+            finished_at=node.finished_at or None,
+        )
+
+    node_results = _LazyMapping(by_id, node_result)
+
+    def output(node_id: str, _: object) -> Any:
+        value = node_results[node_id].output
+        return value if value is not None else {}
+
+    succeeded = {
+        node_id: None for node_id, node in by_id.items() if node.status == pb.NODE_SUCCEEDED_STATUS
+    }
+    return RunResult(
+        run_id=msg.run_id,
+        status=_run_status(msg.status),
+        outputs=_LazyMapping(succeeded, output),
+        node_results=node_results,
+        error=error_info_from_proto(msg.error) if msg.HasField("error") else None,
+        duration=msg.duration_seconds,
+    )
+
+
+_json_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _error_json(msg: pb.ErrorInfo) -> str:
+    return _json_text(error_info_from_proto(msg).to_dict())
+
+
+def _json_str(text: str) -> str:
+    # Most ids need no escaping: skip the encoder for them (ensure_ascii is off, so only
+    # quotes, backslashes and control characters would change).
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return _json_text(text)
+
+
+def _json_float(value: float) -> str:
+    # JSON's float text is Python's repr; not-a-number and infinities go to the encoder.
+    return repr(value) if math.isfinite(value) else _json_text(value)
+
+
+def _json_time(value: float) -> str:
+    # The result's shape: an unset time (0 on the wire) is null.
+    return _json_float(value) if value else "null"
+
+
+def result_json_from_proto(msg: pb.RunResult) -> str:
+    """The JSON text of ``result_from_proto(msg).to_dict()``, built without decoding the node
+    outputs: they are spliced in as the engine sent them (JSON objects, encoded by the core).
+    The orchestrator records every run's result this way. When the engine sent that text
+    itself (the request's ``result_json``), it is used as it is."""
+    if msg.result_json:
+        return msg.result_json.decode()
+    outputs: list[str] = []
+    nodes: list[str] = []
+    for node in msg.nodes:
+        key = _json_str(node.node_id)
+        raw = node.output_json.decode() if node.output_json else None
+        status = _NODE_STATUS.get(node.status, NodeStatus.PENDING)
+        if node.status == pb.NODE_SUCCEEDED_STATUS:
+            outputs.append(f"{key}:{raw or '{}'}")
+        error = _error_json(node.error) if node.HasField("error") else "null"
+        nodes.append(
+            f'{key}:{{"status":"{status.value}","output":{raw or "null"},"error":{error},'
+            f'"attempts":{node.attempts},"started_at":{_json_time(node.started_at)},'
+            f'"finished_at":{_json_time(node.finished_at)}}}'
+        )
+    error = _error_json(msg.error) if msg.HasField("error") else "null"
+    return (
+        f'{{"run_id":{_json_str(msg.run_id)},"status":"{_run_status(msg.status).value}",'
+        f'"error":{error},"duration":{_json_float(msg.duration_seconds)},'
+        f'"outputs":{{{",".join(outputs)}}},"nodes":{{{",".join(nodes)}}}}}'
+    )
+
+
+def engine_event_from_proto(msg: pb.RunEvent) -> EngineEvent:
+    """A ``RunEvent`` of a ``Watch`` subscription as an :class:`EngineEvent`."""
+    return EngineEvent(
+        run_id=msg.run_id,
+        attempt=msg.attempt,
+        engine_id=msg.engine_id,
+        event=event_from_proto(msg),
+        missed=msg.missed,
+        result=result_from_proto(msg.result) if msg.HasField("result") else None,
+    )
