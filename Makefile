@@ -3,6 +3,8 @@
 #   make test   every test: cargo (core, lua, server) and pytest against the built package
 #   make lint   cargo fmt/clippy, ruff, mypy, stubtest
 #   make bench  side-by-side benchmarks (release build; never part of `make test`)
+#   make wheel-check  the release wheel: abi3, manylinux (auditwheel), and `dagengine run` of
+#               the example from a fresh venv with only the wheel's dependencies (CI runs it)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -17,8 +19,10 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # `make proto-check` regenerates the committed stubs and must produce byte-identical files.
 REQUIREMENTS := $(PY) .ci/requirements.py
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
+# `maturin build`'s default output folder.
+WHEEL_DIR := target/wheels
 
-.PHONY: demo build test test-rust test-python lint bench clean proto proto-check
+.PHONY: demo build test test-rust test-python lint bench clean proto proto-check wheel-check
 
 $(VENV)/.deps: pyproject.toml Makefile .ci/requirements.py
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +73,13 @@ bench: build
 	$(PY) benches/run.py
 	$(PY) benches/bench_engine.py
 	$(PY) benches/bench_http.py
+
+# The release wheel as users get it (CI runs this after `make test`). `maturin build` shares
+# `make build`'s cargo release cache (same profile and features): nothing is compiled again.
+wheel-check: $(VENV)/.deps
+	rm -f $(WHEEL_DIR)/dagengine-*.whl
+	maturin build --release --quiet --out $(WHEEL_DIR)
+	.ci/wheel-check $(WHEEL_DIR)/dagengine-*.whl
 
 clean:
 	rm -rf $(VENV) target python/dagengine/*.so
