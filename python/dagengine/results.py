@@ -16,7 +16,15 @@ from dagengine.exceptions import RunCancelled, RunFailed, RunTimeout
 
 _V = TypeVar("_V")
 
-__all__ = ["ErrorInfo", "NodeEvent", "NodeResult", "NodeStatus", "RunResult", "RunStatus"]
+__all__ = [
+    "ErrorInfo",
+    "LazyMapping",
+    "NodeEvent",
+    "NodeResult",
+    "NodeStatus",
+    "RunResult",
+    "RunStatus",
+]
 
 
 class NodeStatus(str, enum.Enum):
@@ -180,7 +188,7 @@ class RunResult:
         raw: Mapping[str, Mapping[str, Any]] = data.get("nodes", {})
         outputs: Mapping[str, Any]
         if "outputs" in data:
-            outputs = _Lazy(data["outputs"], _same)
+            outputs = LazyMapping(data["outputs"], _same)
         else:
             outputs = {
                 nid: entry["output"] if entry.get("output") is not None else {}
@@ -192,7 +200,7 @@ class RunResult:
             run_id=str(data["run_id"]),
             status=RunStatus(data["status"]),
             outputs=outputs,
-            node_results=_Lazy(raw, NodeResult.from_dict),
+            node_results=LazyMapping(raw, NodeResult.from_dict),
             error=ErrorInfo.from_dict(error) if error is not None else None,
             duration=float(data.get("duration", 0.0)),
         )
@@ -214,7 +222,7 @@ def _same(_key: str, value: Any) -> Any:
     return value
 
 
-class _Lazy(Mapping[str, _V]):
+class LazyMapping(Mapping[str, _V]):
     """A mapping whose values are built from the core's lazy mappings on first access and
     kept: a run of 10,000 nodes is usually read for a few outputs or results, and converting
     every one up front would cost more than the run."""

@@ -37,35 +37,38 @@ default omitted (empty ``deps``, ``retries: 0``, default ``retry_backoff`` entri
 ``fail_fast: false``), durations with the largest whole unit (``90s``, ``2m``, ``250ms``),
 memory in the largest whole binary unit (``64MiB``). A canonical spec reads back unchanged:
 ``parse_workflow(d).to_spec() == d``.
+
+Reading a spec is two steps, each one function used by every reader: :func:`parse`
+(:mod:`dagengine.spec_model`: shape and types only, pure) gives a :class:`WorkflowSpecModel`,
+and :func:`bind` (:mod:`dagengine.workflow`) makes that a runnable DAG; an engine client
+sends the same model as protobuf (:func:`dagengine.engine.workflow_to_proto`). This module
+adds the text: YAML/JSON files in, canonical files out.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import json
-import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
-from dagengine._jsondata import MAX_DEPTH, describe_int
-from dagengine._semver import Version, VersionRange
-from dagengine._units import format_duration, format_size, parse_duration, parse_size
-from dagengine.exceptions import DuplicateNodeError, ImportPathError, SpecError
-from dagengine.workflow import (
-    _DEFAULT_BACKOFF,
-    DAG,
-    LuaExecutor,
-    Node,
-    NoopExecutor,
-    PythonExecutor,
-    RetryBackoff,
-    SubWorkflow,
+from dagengine._jsondata import MAX_DEPTH
+from dagengine.exceptions import SpecError
+from dagengine.nodes import resolve_import_path
+from dagengine.spec_model import (
+    MAX_BACKOFF_FACTOR,
+    MAX_INSTRUCTIONS,
+    MAX_MEMORY,
+    MAX_PARALLEL,
+    MAX_RETRIES,
+    MAX_SECONDS,
+    WorkflowSpecModel,
+    parse,
+    to_dict,
 )
+from dagengine.workflow import DAG, bind, workflow_model
 
 __all__ = [
     "MAX_BACKOFF_FACTOR",
@@ -74,37 +77,16 @@ __all__ = [
     "MAX_PARALLEL",
     "MAX_RETRIES",
     "MAX_SECONDS",
+    "WorkflowSpecModel",
+    "bind",
     "dag_to_spec",
     "dump_workflow",
     "load_workflow",
+    "parse",
     "parse_workflow",
+    "resolve_import_path",
 ]
 
-# The ranges of a spec's numbers: what the engine's wire format holds (retries and
-# max_parallel are 32-bit counts, Lua limits 64-bit), and durations up to about 31 years.
-#: The longest duration (a timeout, a retry delay) in seconds; also a run's longest timeout.
-MAX_SECONDS: Final = 1e9
-MAX_RETRIES: Final = 2**32 - 1
-MAX_PARALLEL: Final = 2**32 - 1
-MAX_INSTRUCTIONS: Final = 2**63 - 1
-MAX_MEMORY: Final = 2**63 - 1
-MAX_BACKOFF_FACTOR: Final = 1000
-
-_TOP_KEYS = ("id", "version", "description", "max_parallel", "fail_fast", "timeout", "nodes")
-_EXECUTOR_KEYS = ("lua", "python", "workflow", "noop")
-_NODE_KEYS = (
-    "id",
-    "deps",
-    *_EXECUTOR_KEYS,
-    "retries",
-    "retry_backoff",
-    "timeout",
-    "limits",
-)
-_BACKOFF_KEYS = ("initial", "factor", "max")
-_LIMIT_KEYS = ("instructions", "memory")
-_WORKFLOW_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 
@@ -252,424 +234,23 @@ def _nesting_exceeds(text: str, limit: int) -> bool:
     return False
 
 
-class _Ctx:
-    """Where we are in the document, for error messages."""
-
-    def __init__(self, source: str | None) -> None:
-        self.source = source
-
-    def error(self, path: str | None, problem: str) -> SpecError:
-        where = f"{path}: " if path else ""
-        prefix = f"{self.source}: " if self.source else ""
-        return SpecError(f"{prefix}{where}{problem}", path=path)
-
-
-_TYPE_NAMES: dict[type, str] = {
-    bool: "bool",
-    int: "int",
-    float: "float",
-    str: "string",
-    list: "list",
-    dict: "mapping",
-}
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _check_keys(
-    ctx: _Ctx, mapping: Mapping[Any, Any], allowed: tuple[str, ...], path: str, extra_hint: str = ""
-) -> None:
-    for key in mapping:
-        if not isinstance(key, str):
-            raise ctx.error(path or None, f"keys must be strings, got {_type_name(key)} {key!r}")
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else extra_hint
-            raise ctx.error(_join(path, key), f"unknown key{hint}")
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _expect(ctx: _Ctx, value: object, types: tuple[type, ...], path: str, expected: str) -> None:
-    # bool is an int subclass, but `retries: true` is a mistake, not 1.
-    if isinstance(value, bool) and bool not in types:
-        raise ctx.error(path, f"expected {expected}, got bool")
-    if not isinstance(value, types):
-        raise ctx.error(path, f"expected {expected}, got {_type_name(value)} {value!r}")
-
-
-def _at_most(ctx: _Ctx, value: int, path: str, low: int, high: int) -> int:
-    if value > high:
-        raise ctx.error(path, f"{describe_int(value)} is out of range ({low}..{high})")
-    return value
-
-
-def _duration(ctx: _Ctx, value: object, path: str, *, positive: bool) -> float:
-    try:
-        seconds = parse_duration(value, what="duration")
-    except (TypeError, ValueError) as exc:
-        raise ctx.error(path, str(exc)) from None
-    except OverflowError:  # an int too big for a float
-        seconds = math.inf
-    if positive and seconds <= 0:
-        raise ctx.error(path, f"must be a positive duration, got {value!r}")
-    if seconds > MAX_SECONDS:
-        shown = describe_int(value) if isinstance(value, int) else repr(value)
-        raise ctx.error(path, f"{shown} is out of range (at most {MAX_SECONDS:.0e} seconds)")
-    return seconds
-
-
 def parse_workflow(data: Mapping[str, Any], *, source: str | None = None) -> DAG:
     """Build and validate a :class:`DAG` from a spec (a mapping as read from YAML/JSON).
 
-    ``source`` (a file name) prefixes error messages. Python import paths are imported now,
-    Lua is compiled now, and the graph is preprocessed, so the returned DAG is ready to run.
+    ``source`` (a file name) prefixes error messages. The spec's shape is checked first
+    (:func:`~dagengine.spec_model.parse`), then it is bound (:func:`~dagengine.workflow.bind`):
+    Python import paths are imported now, Lua is compiled now, and the graph is
+    preprocessed, so the returned DAG is ready to run.
     """
-    ctx = _Ctx(source)
-    if not isinstance(data, Mapping):
-        raise ctx.error(None, f"a workflow spec must be a mapping, got {_type_name(data)}")
-    _check_keys(ctx, data, _TOP_KEYS, "")
-    if "id" not in data:
-        raise ctx.error("id", "missing required key")
-    wf_id = data["id"]
-    _expect(ctx, wf_id, (str,), "id", "a string")
-    if not _WORKFLOW_ID.fullmatch(wf_id):
-        raise ctx.error(
-            "id", f"invalid workflow id {wf_id!r}: use letters, digits, '_', '-' and '.'"
-        )
-    version = data.get("version")
-    if version is not None:
-        _expect(ctx, version, (str,), "version", "a semver string like '1.2.0'")
-        try:
-            Version.parse(version)
-        except ValueError as exc:
-            raise ctx.error("version", str(exc)) from None
-    description = data.get("description")
-    if description is not None:
-        _expect(ctx, description, (str,), "description", "a string")
-    max_parallel = data.get("max_parallel")
-    if max_parallel is not None:
-        _expect(ctx, max_parallel, (int,), "max_parallel", "a positive integer")
-        if max_parallel <= 0:
-            raise ctx.error("max_parallel", f"must be a positive integer, got {max_parallel}")
-        _at_most(ctx, max_parallel, "max_parallel", 1, MAX_PARALLEL)
-    fail_fast = data.get("fail_fast", False)
-    _expect(ctx, fail_fast, (bool,), "fail_fast", "true or false")
-    timeout = data.get("timeout")
-    run_timeout = _duration(ctx, timeout, "timeout", positive=True) if timeout is not None else None
-    if "nodes" not in data:
-        raise ctx.error("nodes", "missing required key")
-    nodes = data["nodes"]
-    _expect(ctx, nodes, (list,), "nodes", "a list of nodes")
-    if not nodes:
-        raise ctx.error("nodes", "a workflow needs at least one node")
-
-    dag = DAG(
-        wf_id,
-        version,
-        description=description,
-        max_parallel=max_parallel,
-        fail_fast=fail_fast,
-        timeout=run_timeout,
-    )
-    seen: dict[str, int] = {}
-    for index, raw in enumerate(nodes):
-        node = _parse_node(ctx, raw, f"nodes[{index}]")
-        if node.id in seen:
-            prefix = f"{source}: " if source else ""
-            raise DuplicateNodeError(
-                f"{prefix}nodes[{index}].id: duplicate node id {node.id!r} "
-                f"(also nodes[{seen[node.id]}])",
-                node_id=node.id,
-            )
-        seen[node.id] = index
-        dag.add_node(node)
-    dag.preprocess()
-    return dag
-
-
-def _parse_node(ctx: _Ctx, raw: object, path: str) -> Node:
-    _expect(ctx, raw, (dict, Mapping), path, "a mapping with id, deps and an executor key")
-    assert isinstance(raw, Mapping)
-    present = [key for key in _EXECUTOR_KEYS if key in raw]
-    hint = "" if present else (f" (not an executor kind; use one of {', '.join(_EXECUTOR_KEYS)})")
-    _check_keys(ctx, raw, _NODE_KEYS, path, hint)
-    if "id" not in raw:
-        raise ctx.error(f"{path}.id", "missing required key")
-    node_id = raw["id"]
-    _expect(ctx, node_id, (str,), f"{path}.id", "a string")
-    if not node_id:
-        raise ctx.error(f"{path}.id", "must not be empty")
-
-    deps = raw.get("deps", [])
-    _expect(ctx, deps, (list,), f"{path}.deps", "a list of node ids")
-    for i, dep in enumerate(deps):
-        _expect(ctx, dep, (str,), f"{path}.deps[{i}]", "a node id string")
-    if len(set(deps)) != len(deps):
-        dup = next(d for d in deps if deps.count(d) > 1)
-        raise ctx.error(f"{path}.deps", f"lists {dup!r} more than once")
-
-    if not present:
-        raise ctx.error(
-            path, f"node {node_id!r} has no executor: add one of {', '.join(_EXECUTOR_KEYS)}"
-        )
-    if len(present) > 1:
-        raise ctx.error(
-            path, f"node {node_id!r} has several executors ({', '.join(present)}); keep one"
-        )
-    kind = present[0]
-    value = raw[kind]
-    executor_path = f"{path}.{kind}"
-
-    limits = raw.get("limits")
-    if limits is not None and kind != "lua":
-        raise ctx.error(f"{path}.limits", "limits apply to lua nodes only")
-
-    executor: Any
-    if kind == "lua":
-        _expect(ctx, value, (str,), executor_path, "Lua source code (a string)")
-        max_instructions, max_memory = _parse_limits(ctx, limits, f"{path}.limits")
-        executor = LuaExecutor(value, max_instructions=max_instructions, max_memory=max_memory)
-    elif kind == "python":
-        _expect(ctx, value, (str,), executor_path, "an import path 'module:function'")
-        executor = resolve_import_path(value, node_id=node_id)
-    elif kind == "workflow":
-        _expect(ctx, value, (str,), executor_path, "a workflow reference like 'child@^1.4'")
-        executor = _parse_workflow_ref(ctx, value, executor_path)
-    else:
-        if value is not True:
-            raise ctx.error(executor_path, f"must be true, got {value!r}")
-        executor = NoopExecutor()
-
-    retries = raw.get("retries", 0)
-    _expect(ctx, retries, (int,), f"{path}.retries", "a non-negative integer")
-    if retries < 0:
-        raise ctx.error(f"{path}.retries", f"must be >= 0, got {describe_int(retries)}")
-    _at_most(ctx, retries, f"{path}.retries", 0, MAX_RETRIES)
-    backoff = _parse_backoff(ctx, raw.get("retry_backoff"), f"{path}.retry_backoff")
-    timeout = raw.get("timeout")
-    node_timeout = (
-        _duration(ctx, timeout, f"{path}.timeout", positive=True) if timeout is not None else None
-    )
-    return Node(
-        node_id, deps, executor, retries=retries, retry_backoff=backoff, timeout=node_timeout
-    )
-
-
-def _parse_limits(ctx: _Ctx, limits: object, path: str) -> tuple[int | None, int | None]:
-    if limits is None:
-        return None, None
-    _expect(ctx, limits, (dict, Mapping), path, "a mapping with instructions and/or memory")
-    assert isinstance(limits, Mapping)
-    _check_keys(ctx, limits, _LIMIT_KEYS, path)
-    instructions = limits.get("instructions")
-    if instructions is not None:
-        _expect(ctx, instructions, (int,), f"{path}.instructions", "a positive integer")
-        if instructions <= 0:
-            raise ctx.error(
-                f"{path}.instructions", f"must be positive, got {describe_int(instructions)}"
-            )
-        _at_most(ctx, instructions, f"{path}.instructions", 1, MAX_INSTRUCTIONS)
-    memory = limits.get("memory")
-    memory_bytes = None
-    if memory is not None:
-        try:
-            memory_bytes = parse_size(memory, what="memory")
-        except (TypeError, ValueError) as exc:
-            raise ctx.error(f"{path}.memory", str(exc)) from None
-        _at_most(ctx, memory_bytes, f"{path}.memory", 1, MAX_MEMORY)
-    return instructions, memory_bytes
-
-
-def _parse_backoff(ctx: _Ctx, raw: object, path: str) -> RetryBackoff:
-    if raw is None:
-        return _DEFAULT_BACKOFF
-    _expect(ctx, raw, (dict, Mapping), path, "a mapping with initial, factor and/or max")
-    assert isinstance(raw, Mapping)
-    _check_keys(ctx, raw, _BACKOFF_KEYS, path)
-    initial = _DEFAULT_BACKOFF.initial
-    factor = _DEFAULT_BACKOFF.factor
-    maximum = _DEFAULT_BACKOFF.max
-    if "initial" in raw:
-        initial = _duration(ctx, raw["initial"], f"{path}.initial", positive=False)
-    if "max" in raw:
-        maximum = _duration(ctx, raw["max"], f"{path}.max", positive=False)
-    if "factor" in raw:
-        factor = raw["factor"]
-        _expect(ctx, factor, (int, float), f"{path}.factor", "a number >= 1")
-        if not factor >= 1:
-            raise ctx.error(f"{path}.factor", f"must be >= 1, got {factor!r}")
-        if not factor <= MAX_BACKOFF_FACTOR:
-            shown = describe_int(factor) if isinstance(factor, int) else repr(factor)
-            raise ctx.error(f"{path}.factor", f"{shown} is out of range (1..{MAX_BACKOFF_FACTOR})")
-    return RetryBackoff(initial, float(factor), maximum)
-
-
-def _parse_workflow_ref(ctx: _Ctx, ref: str, path: str) -> SubWorkflow:
-    wf_id, _, version_range = ref.partition("@")
-    wf_id = wf_id.strip()
-    if not _WORKFLOW_ID.fullmatch(wf_id):
-        raise ctx.error(
-            path,
-            f"invalid workflow reference {ref!r}: expected 'workflow-id' or 'workflow-id@range'",
-        )
-    if "@" in ref and not version_range.strip():
-        raise ctx.error(path, f"invalid workflow reference {ref!r}: empty version range after '@'")
-    version_range = version_range.strip() or "*"
-    try:
-        VersionRange.parse(version_range)
-    except ValueError as exc:
-        raise ctx.error(path, str(exc)) from None
-    return SubWorkflow(wf_id, version_range)
-
-
-def resolve_import_path(path: str, *, node_id: str | None = None) -> PythonExecutor:
-    """Import ``module:qualname`` and return an executor for it.
-
-    A function (sync or async) is called as ``fn(ctx)``; a class is instantiated with no
-    arguments and its ``execute(ctx)`` called; a module-level object with ``execute`` is used
-    as is. Raises :class:`ImportPathError` naming the node, the path and why it failed.
-    """
-    who = f"node {node_id!r}: " if node_id is not None else ""
-
-    def fail(reason: str) -> ImportPathError:
-        return ImportPathError(
-            f"{who}python import path {path!r} does not resolve: {reason}",
-            node_id=node_id,
-            path=path,
-        )
-
-    if not _IMPORT_PATH.fullmatch(path):
-        raise fail("expected 'package.module:function' (or 'package.module:Class')")
-    module_name, _, qualname = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # any error while importing user code means "does not resolve"
-        raise fail(f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    for part in qualname.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            owner = getattr(obj, "__name__", type(obj).__name__)
-            raise fail(f"{owner!r} has no attribute {part!r}") from None
-    if isinstance(obj, type):
-        if not callable(getattr(obj, "execute", None)):
-            raise fail(f"class {qualname} has no execute(ctx) method")
-        try:
-            instance = obj()
-        except Exception as exc:
-            raise fail(f"cannot instantiate {qualname}(): {type(exc).__name__}: {exc}") from exc
-        return PythonExecutor(instance.execute, import_path=path)
-    execute = getattr(obj, "execute", None)
-    if callable(execute) and not callable(obj):
-        return PythonExecutor(execute, import_path=path)
-    if not callable(obj):
-        raise fail(f"{qualname} is a {type(obj).__name__}, not a function or executor class")
-    return PythonExecutor(obj, import_path=path)
+    return bind(parse(data, source=source), source=source)
 
 
 # --- writing ----------------------------------------------------------------------------------
 
 
-def _derived_import_path(node_id: str, obj: Any, what: str, path: str) -> str:
-    """``module:qualname`` of a module-level function or class, or a SpecError saying why the
-    object cannot be named in a spec."""
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None)
-    if not module or not qualname or "<" in qualname or module == "__main__":
-        label = qualname or type(obj).__name__
-        why = "is defined in __main__" if module == "__main__" else "has no import path"
-        raise SpecError(
-            f"node {node_id!r}: {what} {label} {why}; lambdas, closures and __main__ functions "
-            "only work in-process (use a module-level function, or pass "
-            "PythonExecutor(fn, import_path='module:function'))",
-            path=path,
-        )
-    return f"{module}:{qualname}"
-
-
-def _python_path(node: Node, path: str) -> str:
-    executor = node.executor
-    if isinstance(executor, PythonExecutor):
-        if executor.import_path is not None:
-            return executor.import_path
-        fn: Callable[..., Any] = executor.fn
-        owner = getattr(fn, "__self__", None)
-        if owner is not None and getattr(fn, "__name__", None) == "execute":
-            # A bound execute method stands for its executor class.
-            return _derived_import_path(node.id, type(owner), "executor class", path)
-        return _derived_import_path(node.id, fn, "function", path)
-    return _derived_import_path(node.id, type(executor), "executor class", path)
-
-
 def dag_to_spec(dag: DAG) -> dict[str, Any]:
     """The canonical spec dict of ``dag`` (see the module docs); :meth:`DAG.to_spec`."""
-    if dag.id is None:
-        raise SpecError("a DAG needs an id to be written as a spec: DAG('my-workflow')", path="id")
-    if not dag.nodes:
-        raise SpecError(f"DAG {dag.id!r} has no nodes", path="nodes")
-    spec: dict[str, Any] = {"id": dag.id}
-    if dag.version is not None:
-        spec["version"] = dag.version
-    if dag.description is not None:
-        spec["description"] = dag.description
-    if dag.max_parallel is not None:
-        spec["max_parallel"] = dag.max_parallel
-    if dag.fail_fast:
-        spec["fail_fast"] = True
-    if dag.timeout is not None:
-        spec["timeout"] = format_duration(dag.timeout)
-    spec["nodes"] = [
-        _node_to_spec(node, f"nodes[{index}]") for index, node in enumerate(dag.nodes.values())
-    ]
-    return spec
-
-
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value
-
-
-def _node_to_spec(node: Node, path: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": node.id}
-    if node.deps:
-        out["deps"] = list(node.deps)
-    executor = node.executor
-    limits: dict[str, Any] = {}
-    if isinstance(executor, NoopExecutor):
-        out["noop"] = True
-    elif isinstance(executor, LuaExecutor):
-        out["lua"] = executor.code
-        if executor.max_instructions is not None:
-            limits["instructions"] = executor.max_instructions
-        if executor.max_memory is not None:
-            limits["memory"] = format_size(executor.max_memory)
-    elif isinstance(executor, SubWorkflow):
-        out["workflow"] = executor.reference
-    else:
-        out["python"] = _python_path(node, f"{path}.python")
-    if node.retries:
-        out["retries"] = node.retries
-    backoff = node.retry_backoff
-    if backoff != _DEFAULT_BACKOFF:
-        entry: dict[str, Any] = {}
-        if backoff.initial != _DEFAULT_BACKOFF.initial:
-            entry["initial"] = format_duration(backoff.initial)
-        if backoff.factor != _DEFAULT_BACKOFF.factor:
-            entry["factor"] = _number(backoff.factor)
-        if backoff.max != _DEFAULT_BACKOFF.max:
-            entry["max"] = format_duration(backoff.max)
-        out["retry_backoff"] = entry
-    if node.timeout is not None:
-        out["timeout"] = format_duration(node.timeout)
-    if limits:
-        out["limits"] = limits
-    return out
+    return to_dict(workflow_model(dag))
 
 
 class _SpecDumper(yaml.SafeDumper):

@@ -1,9 +1,14 @@
-"""The workflow model: :class:`DAG`, :class:`Node`, the executors, and running a DAG locally.
+"""The workflow: :class:`DAG`, running it locally, and :func:`bind` (a parsed spec to a DAG).
+
+The parts of a DAG (:class:`Node`, the executors, :class:`NodeContext`) are in
+:mod:`dagengine.nodes` and importable from here too; a spec's shape is checked by
+:func:`dagengine.spec_model.parse`, which :func:`bind` takes on from.
 
 This module is the only user of the native core for local runs (``dagengine._core``): a
 :class:`DAG` keeps one ``_core.DagRef``, rebuilt lazily after nodes change, and a run is a
 ``_core.RunRef`` wrapped in :class:`LocalRun`. Python nodes run on the core's worker threads
-through :func:`_invoke`, the trampoline that builds a :class:`NodeContext` and calls the node.
+through the trampoline :func:`make_invoke` returns, which builds a :class:`NodeContext` and
+calls the node.
 """
 
 from __future__ import annotations
@@ -11,26 +16,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import inspect
-import math
 import threading
 import time
 import uuid
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-)
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from dagengine import _core
 from dagengine._jsondata import check_json_data
-from dagengine._semver import Version, VersionRange
-from dagengine._units import parse_duration
+from dagengine._semver import Version
 from dagengine.exceptions import (
     DuplicateNodeError,
     LuaSyntaxError,
@@ -38,7 +33,23 @@ from dagengine.exceptions import (
     SubWorkflowError,
     ValidationError,
 )
+from dagengine.nodes import (
+    Executor,
+    LuaExecutor,
+    Node,
+    NodeContext,
+    NodeOutput,
+    NoopExecutor,
+    PythonExecutor,
+    SubWorkflow,
+    SubWorkflowRunner,
+    check_positive_int,
+    check_timeout,
+    node_from_model,
+    node_to_model,
+)
 from dagengine.results import NodeEvent, RunResult
+from dagengine.spec_model import RetryBackoff, WorkflowSpecModel, parse, to_dict
 
 if TYPE_CHECKING:
     from dagengine._core import CancelToken
@@ -56,345 +67,14 @@ __all__ = [
     "RetryBackoff",
     "SubWorkflow",
     "SubWorkflowRunner",
+    "bind",
+    "make_invoke",
+    "workflow_model",
 ]
-
-#: What a node returns: a dict of JSON-like values, or ``None`` (meaning ``{}``).
-NodeOutput: TypeAlias = "dict[str, Any] | None"
-
-#: Called by a sub-workflow node to run its child workflow and return the child's output.
-#: The orchestrator passes one to :meth:`DAG.run`; without it such nodes fail.
-SubWorkflowRunner: TypeAlias = "Callable[[SubWorkflow, NodeContext], dict[str, Any]]"
 
 # How long one wait on the core lasts before Python gets a chance to handle signals (Ctrl-C)
 # or deliver events; short enough to feel instant, long enough to cost nothing.
 _POLL_SECONDS = 0.05
-
-
-# --- node context -----------------------------------------------------------------------------
-
-
-class NodeContext:
-    """What a Python node receives: ``fn(ctx)``.
-
-    ``inputs`` are the run's inputs (read-only), ``results`` maps each parent's id to that
-    parent's output, ``node_id``/``run_id``/``attempt`` (1 for the first try) identify the call,
-    and :attr:`cancelled` turns true when the run is cancelled or the node times out, so
-    long-running code can stop early.
-    """
-
-    __slots__ = ("_cancel", "attempt", "inputs", "node_id", "results", "run_id")
-
-    def __init__(
-        self,
-        inputs: Mapping[str, Any],
-        results: dict[str, Any],
-        node_id: str,
-        run_id: str,
-        attempt: int,
-        cancel: CancelToken | None = None,
-    ) -> None:
-        # A view, not a copy: nodes must not change the run's inputs, and copying them for
-        # every node call would cost O(inputs) per node.
-        self.inputs: Mapping[str, Any] = (
-            inputs if type(inputs) is MappingProxyType else MappingProxyType(inputs)
-        )
-        self.results = results
-        self.node_id = node_id
-        self.run_id = run_id
-        self.attempt = attempt
-        self._cancel = cancel
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the run is cancelled or this attempt timed out (read live)."""
-        return self._cancel is not None and self._cancel.is_set
-
-    def __repr__(self) -> str:
-        return (
-            f"NodeContext(node_id={self.node_id!r}, run_id={self.run_id!r}, attempt={self.attempt})"
-        )
-
-
-# --- executors --------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class Executor(Protocol):
-    """A custom executor: any object with ``execute(ctx)``.
-
-    ``execute`` receives a :class:`NodeContext` and returns a dict of JSON-like values, ``None``,
-    or an awaitable of either (``async def execute``). Raising an exception fails the node; its
-    type, message and traceback are recorded. Pass the object as a node's executor::
-
-        class Double:
-            def execute(self, ctx):
-                return {"value": ctx.results["source"]["value"] * 2}
-
-        dag.add_node(Node("double", ["source"], Double()))
-    """
-
-    def execute(self, ctx: NodeContext) -> NodeOutput | Awaitable[NodeOutput]:
-        """Run the node."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class RetryBackoff:
-    """Delay before retry ``n`` (1-based) is ``min(initial * factor ** (n - 1), max)`` seconds."""
-
-    initial: float = 1.0
-    factor: float = 2.0
-    max: float = 60.0
-
-    def __post_init__(self) -> None:
-        for name in ("initial", "factor", "max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(
-                    f"retry_backoff.{name} must be a number, got {type(value).__name__}"
-                )
-            if not math.isfinite(value) or value < 0:
-                raise SpecError(
-                    f"retry_backoff.{name} must be a finite number >= 0, got {value!r}",
-                    path=f"retry_backoff.{name}",
-                )
-            object.__setattr__(self, name, float(value))
-        if self.factor < 1:
-            raise SpecError(
-                f"retry_backoff.factor must be >= 1, got {self.factor!r}",
-                path="retry_backoff.factor",
-            )
-
-    def delay(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
-        return min(self.initial * self.factor ** max(retry - 1, 0), self.max)
-
-
-# Frozen, so one instance serves every node that keeps the default (validating a new one per
-# node was most of the cost of building a large DAG).
-_DEFAULT_BACKOFF = RetryBackoff()
-
-
-@dataclass(frozen=True, slots=True)
-class NoopExecutor:
-    """Does nothing and returns ``{}``; runs entirely in the core (tests, benchmarks)."""
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class LuaExecutor:
-    """Runs a Lua 5.4 script in the core's sandbox.
-
-    The script sees globals ``inputs``, ``results`` and ``ctx`` (``node_id``, ``run_id``,
-    ``attempt``) and returns a table or nothing. ``max_instructions`` and ``max_memory`` (bytes)
-    bound the script; ``None`` uses the core's defaults: no instruction limit and 64 MiB. An
-    instruction limit is counted exactly, from the first instruction, at about a tenth of a
-    short script's time. The wall-time limit is the node's ``timeout``, or 10 s without one.
-    """
-
-    code: str
-    max_instructions: int | None = None
-    max_memory: int | None = None
-
-    def __init__(
-        self, code: str, *, max_instructions: int | None = None, max_memory: int | None = None
-    ) -> None:
-        if not isinstance(code, str):
-            raise TypeError(f"LuaExecutor code must be a str, got {type(code).__name__}")
-        for name, value in (("max_instructions", max_instructions), ("max_memory", max_memory)):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value <= 0:
-                raise SpecError(f"{name} must be positive, got {value}", path=f"limits.{name}")
-        object.__setattr__(self, "code", code)
-        object.__setattr__(self, "max_instructions", max_instructions)
-        object.__setattr__(self, "max_memory", max_memory)
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class PythonExecutor:
-    """Calls ``fn(ctx)`` with a :class:`NodeContext`; ``fn`` may be ``async def``.
-
-    ``fn`` returns a dict of JSON-like values or ``None``; an exception fails the node with its
-    type, message and traceback. ``import_path`` (``"module:qualname"``) is what
-    :meth:`DAG.to_spec` writes for this node; by default it is derived from ``fn``, which works
-    for module-level functions but not for lambdas or closures.
-    """
-
-    fn: Callable[[NodeContext], Any]
-    import_path: str | None = None
-
-    def __init__(self, fn: Callable[[NodeContext], Any], *, import_path: str | None = None) -> None:
-        if not callable(fn):
-            raise TypeError(f"PythonExecutor needs a callable, got {type(fn).__name__}")
-        if import_path is not None and not isinstance(import_path, str):
-            raise TypeError(f"import_path must be a str, got {type(import_path).__name__}")
-        object.__setattr__(self, "fn", fn)
-        object.__setattr__(self, "import_path", import_path)
-
-
-@dataclass(frozen=True, slots=True)
-class SubWorkflow:
-    """Runs another registered workflow as one node: ``SubWorkflow("reporting", "^1.4")``.
-
-    The child's inputs are this node's inputs and results; its output is the child's outputs.
-    The reference is resolved by the orchestrator at run start; a plain :meth:`DAG.run` without
-    an orchestrator fails such a node with a :class:`~dagengine.SubWorkflowError`.
-    """
-
-    workflow_id: str
-    version_range: str = "*"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.workflow_id, str) or not self.workflow_id:
-            raise TypeError("SubWorkflow workflow_id must be a non-empty str")
-        if "@" in self.workflow_id:
-            raise SpecError(
-                f"SubWorkflow workflow_id {self.workflow_id!r} contains '@'; pass the range "
-                "separately: SubWorkflow('child', '^1.4')",
-                path="workflow",
-            )
-        try:
-            VersionRange.parse(self.version_range)
-        except ValueError as exc:
-            raise SpecError(str(exc), path="workflow") from None
-
-    @property
-    def reference(self) -> str:
-        """``child@range``, or just ``child`` for any version."""
-        if self.version_range.strip() == "*":
-            return self.workflow_id
-        return f"{self.workflow_id}@{self.version_range}"
-
-
-def subworkflow_inputs(ctx: NodeContext) -> dict[str, Any]:
-    """The inputs a sub-workflow node gives its child: the parent run's inputs, with each of
-    the node's dependencies' outputs added under that dependency's id."""
-    return {**ctx.inputs, **ctx.results}
-
-
-#: What a node's ``executor`` may be.
-AnyExecutor: TypeAlias = "NoopExecutor | LuaExecutor | PythonExecutor | SubWorkflow | Executor"
-
-
-# --- nodes ------------------------------------------------------------------------------------
-
-
-def _check_timeout(value: object, field: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = parse_duration(value, what=field)
-    except ValueError as exc:
-        raise SpecError(str(exc), path=field) from None
-    if seconds <= 0:
-        raise SpecError(f"{field} must be positive, got {value!r}", path=field)
-    return seconds
-
-
-def _check_positive_int(value: object, field: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{field} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise SpecError(f"{field} must be positive, got {value}", path=field)
-    return value
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class Node:
-    """One step of a workflow: ``Node("load", ["transform"], PythonExecutor(save))``.
-
-    ``deps`` are the ids of the nodes whose outputs this node needs (its parents). A failing
-    node is tried ``retries`` more times, waiting as ``retry_backoff`` says; ``timeout`` (seconds
-    or a duration string like ``"10s"``) bounds each attempt.
-    """
-
-    id: str
-    deps: tuple[str, ...] = ()
-    executor: AnyExecutor = NoopExecutor()
-    retries: int = 0
-    retry_backoff: RetryBackoff = _DEFAULT_BACKOFF
-    timeout: float | None = None
-
-    def __init__(
-        self,
-        id: str,
-        deps: Iterable[str] = (),
-        executor: AnyExecutor | None = None,
-        *,
-        retries: int = 0,
-        retry_backoff: RetryBackoff | None = None,
-        timeout: float | str | None = None,
-    ) -> None:
-        if not isinstance(id, str):
-            raise TypeError(f"Node id must be a str, got {type(id).__name__}")
-        if not id:
-            raise SpecError("Node id must not be empty", path="id")
-        if isinstance(deps, (str, bytes)) or not isinstance(deps, Iterable):
-            # A bare string would silently become a list of one-character ids.
-            raise TypeError(
-                f"node {id!r}: deps must be a list of node ids, got {type(deps).__name__}"
-            )
-        dep_tuple = tuple(deps)
-        seen: set[str] = set()
-        for dep in dep_tuple:
-            if not isinstance(dep, str):
-                raise TypeError(f"node {id!r}: deps must be strs, got {type(dep).__name__}")
-            if dep in seen:
-                raise SpecError(f"node {id!r}: deps lists {dep!r} twice", path="deps")
-            seen.add(dep)
-        if executor is None:
-            executor = NoopExecutor()
-        elif not isinstance(
-            executor, (NoopExecutor, LuaExecutor, PythonExecutor, SubWorkflow)
-        ) and not callable(getattr(executor, "execute", None)):
-            hint = " (wrap a function in PythonExecutor(fn))" if callable(executor) else ""
-            raise TypeError(
-                f"node {id!r}: executor must be LuaExecutor, PythonExecutor, NoopExecutor, "
-                f"SubWorkflow or an object with execute(ctx), got {type(executor).__name__}{hint}"
-            )
-        if isinstance(retries, bool) or not isinstance(retries, int):
-            raise TypeError(f"node {id!r}: retries must be an int, got {type(retries).__name__}")
-        if retries < 0:
-            raise SpecError(f"node {id!r}: retries must be >= 0, got {retries}", path="retries")
-        if retry_backoff is None:
-            retry_backoff = _DEFAULT_BACKOFF
-        elif not isinstance(retry_backoff, RetryBackoff):
-            raise TypeError(
-                f"node {id!r}: retry_backoff must be a RetryBackoff, "
-                f"got {type(retry_backoff).__name__}"
-            )
-        try:
-            checked_timeout = _check_timeout(timeout, "timeout")
-        except (SpecError, TypeError) as exc:
-            raise type(exc)(f"node {id!r}: {exc}", **_spec_kwargs(exc)) from None
-        object.__setattr__(self, "id", id)
-        object.__setattr__(self, "deps", dep_tuple)
-        object.__setattr__(self, "executor", executor)
-        object.__setattr__(self, "retries", retries)
-        object.__setattr__(self, "retry_backoff", retry_backoff)
-        object.__setattr__(self, "timeout", checked_timeout)
-
-    @property
-    def kind(self) -> str:
-        """``noop``, ``lua``, ``python``, ``workflow`` or ``custom``."""
-        executor = self.executor
-        if isinstance(executor, NoopExecutor):
-            return "noop"
-        if isinstance(executor, LuaExecutor):
-            return "lua"
-        if isinstance(executor, PythonExecutor):
-            return "python"
-        if isinstance(executor, SubWorkflow):
-            return "workflow"
-        return "custom"
-
-
-def _spec_kwargs(exc: Exception) -> dict[str, Any]:
-    return {"path": exc.path} if isinstance(exc, SpecError) else {}
 
 
 # --- the invoke trampoline --------------------------------------------------------------------
@@ -473,7 +153,7 @@ _IN_FLIGHT = _InFlight()
 atexit.register(_IN_FLIGHT.wait_idle, 5.0)
 
 
-def _make_invoke(
+def make_invoke(
     loop: asyncio.AbstractEventLoop | None, runner: SubWorkflowRunner | None
 ) -> _core.Invoke:
     """The trampoline the core calls for every ``python`` node of one run.
@@ -682,9 +362,9 @@ class DAG:
         self.id = id
         self.version = version
         self.description = description
-        self.max_parallel = _check_positive_int(max_parallel, "max_parallel")
+        self.max_parallel = check_positive_int(max_parallel, "max_parallel")
         self.fail_fast = fail_fast
-        self.timeout = _check_timeout(timeout, "timeout")
+        self.timeout = check_timeout(timeout, "timeout")
         self._nodes: dict[str, Node] = {}
         self._ref: _core.DagRef | None = None
         self._validated = False
@@ -804,9 +484,9 @@ class DAG:
         if completed is not None:
             completed = _check_completed(completed, self._nodes)
         self.preprocess()
-        invoke = _make_invoke(_loop, subworkflow_runner)
-        max_parallel = _check_positive_int(max_parallel, "max_parallel") or self.max_parallel
-        run_timeout = self.timeout if timeout is None else _check_timeout(timeout, "timeout")
+        invoke = make_invoke(_loop, subworkflow_runner)
+        max_parallel = check_positive_int(max_parallel, "max_parallel") or self.max_parallel
+        run_timeout = self.timeout if timeout is None else check_timeout(timeout, "timeout")
         with self._native_lock:
             ref = self._native().start(
                 native_inputs,
@@ -915,21 +595,66 @@ class DAG:
         Raises :class:`SpecError` for what a spec cannot express (a Python node whose function
         has no import path, such as a lambda or closure: those only work in-process).
         """
-        from dagengine.spec import dag_to_spec
-
-        return dag_to_spec(self)
+        return to_dict(workflow_model(self))
 
     @classmethod
     def from_spec(cls, data: Mapping[str, Any]) -> DAG:
         """Build (and validate) a DAG from a spec dict; see :func:`dagengine.parse_workflow`."""
-        from dagengine.spec import parse_workflow
-
-        return parse_workflow(data)
+        return bind(parse(data))
 
     def __repr__(self) -> str:
         name = self.id or "<anonymous>"
         version = f"@{self.version}" if self.version else ""
         return f"<DAG {name}{version}: {len(self._nodes)} nodes>"
+
+
+# --- specs: model -> DAG and back ------------------------------------------------------------
+
+
+def bind(model: WorkflowSpecModel, *, source: str | None = None) -> DAG:
+    """The runnable DAG of a parsed spec: ``python:`` import paths are imported, Lua is
+    compiled and the graph validated (unknown dependencies, cycles), so it is ready to run.
+    ``source`` (a file name) prefixes the duplicate-node message, like :func:`parse`'s."""
+    dag = DAG(
+        model.id,
+        model.version,
+        description=model.description,
+        max_parallel=model.max_parallel,
+        fail_fast=model.fail_fast,
+        timeout=model.timeout,
+    )
+    seen: dict[str, int] = {}
+    for index, node in enumerate(model.nodes):
+        if node.id in seen:
+            prefix = f"{source}: " if source else ""
+            raise DuplicateNodeError(
+                f"{prefix}nodes[{index}].id: duplicate node id {node.id!r} "
+                f"(also nodes[{seen[node.id]}])",
+                node_id=node.id,
+            )
+        seen[node.id] = index
+        dag.add_node(node_from_model(node))
+    return dag.preprocess()
+
+
+def workflow_model(dag: DAG) -> WorkflowSpecModel:
+    """``dag`` as a parsed spec: a :class:`SpecError` for what a spec cannot express (no id,
+    no nodes, a Python node without an import path)."""
+    if dag.id is None:
+        raise SpecError("a DAG needs an id to be written as a spec: DAG('my-workflow')", path="id")
+    if not dag.nodes:
+        raise SpecError(f"DAG {dag.id!r} has no nodes", path="nodes")
+    return WorkflowSpecModel(
+        id=dag.id,
+        nodes=tuple(
+            node_to_model(node, f"nodes[{i}]") for i, node in enumerate(dag.nodes.values())
+        ),
+        version=dag.version,
+        description=dag.description,
+        max_parallel=dag.max_parallel,
+        fail_fast=dag.fail_fast,
+        timeout=dag.timeout,
+    )
 
 
 def _lua_check(node_id: str, code: str) -> None:

@@ -3,8 +3,9 @@ both ways: workflows, run requests and inputs out; events, results and engine in
 the same objects a local run produces (:class:`~dagengine.NodeEvent`,
 :class:`~dagengine.RunResult`).
 
-The spec-to-proto conversion checks a spec dict's shape on its own (it predates
-:mod:`dagengine.spec`'s parser and is kept as it is until the two are unified).
+A spec goes out as :func:`dagengine.spec_model.parse` reads it: the one check of a spec's
+shape, with the same messages as loading it locally; ``_model_to_proto`` writes the
+parsed model as the message.
 """
 
 from __future__ import annotations
@@ -12,16 +13,23 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from dagengine._units import parse_duration, parse_size
-from dagengine.exceptions import EngineError, SpecError
-from dagengine.results import ErrorInfo, NodeEvent, NodeResult, NodeStatus, RunResult, RunStatus
-from dagengine.results import _Lazy as _LazyMapping
+from dagengine.exceptions import EngineError
+from dagengine.results import (
+    ErrorInfo,
+    LazyMapping,
+    NodeEvent,
+    NodeResult,
+    NodeStatus,
+    RunResult,
+    RunStatus,
+)
+from dagengine.spec_model import LuaSpec, PythonSpec, WorkflowRef, WorkflowSpecModel, parse
 from dagengine.v1 import engine_pb2 as pb
-from dagengine.workflow import _DEFAULT_BACKOFF, DAG
+from dagengine.workflow import DAG
 
 __all__ = [
     "RUN_STATUSES",
@@ -109,126 +117,38 @@ class EngineEvent:
 
 # --- conversions: Python -> wire --------------------------------------------------------------
 
-_TOP_KEYS = ("id", "version", "description", "max_parallel", "fail_fast", "timeout", "nodes")
-_EXECUTOR_KEYS = ("lua", "python", "workflow", "noop")
-_NODE_KEYS = ("id", "deps", *_EXECUTOR_KEYS, "retries", "retry_backoff", "timeout", "limits")
 
-
-def _spec_error(path: str, problem: str) -> SpecError:
-    return SpecError(f"{path}: {problem}" if path else problem, path=path or None)
-
-
-def _check_keys(raw: Mapping[Any, Any], allowed: Sequence[str], path: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            raise _spec_error(where, "unknown key")
-
-
-def _want(value: object, types: tuple[type, ...], path: str, expected: str) -> None:
-    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        raise _spec_error(path, f"expected {expected}, got {type(value).__name__} {value!r}")
-
-
-def _seconds(value: object, path: str) -> float:
-    try:
-        return parse_duration(value, what=path)
-    except (TypeError, ValueError) as exc:
-        raise _spec_error(path, str(exc)) from None
-
-
-def _node_to_proto(raw: object, path: str) -> pb.NodeSpec:
-    _want(raw, (Mapping,), path, "a mapping")
-    assert isinstance(raw, Mapping)
-    _check_keys(raw, _NODE_KEYS, path)
-    node_id = raw.get("id")
-    _want(node_id, (str,), f"{path}.id", "a node id string")
-    deps = raw.get("deps", [])
-    _want(deps, (list, tuple), f"{path}.deps", "a list of node ids")
-    for i, dep in enumerate(deps):
-        _want(dep, (str,), f"{path}.deps[{i}]", "a node id string")
-    node = pb.NodeSpec(id=node_id, deps=deps)
-    kinds = [key for key in _EXECUTOR_KEYS if key in raw]
-    if len(kinds) != 1:
-        problem = "has no executor" if not kinds else f"has several executors ({', '.join(kinds)})"
-        raise _spec_error(
-            path, f"node {node_id!r} {problem}: use one of lua, python, workflow, noop"
-        )
-    kind = kinds[0]
-    value = raw[kind]
-    limits = raw.get("limits")
-    if limits is not None and kind != "lua":
-        raise _spec_error(f"{path}.limits", "limits apply to lua nodes only")
-    if kind == "lua":
-        _want(value, (str,), f"{path}.lua", "Lua source code")
-        node.lua.code = value
-        if limits is not None:
-            _want(limits, (Mapping,), f"{path}.limits", "a mapping")
-            _check_keys(limits, ("instructions", "memory"), f"{path}.limits")
-            if limits.get("instructions") is not None:
-                instructions = limits["instructions"]
-                _want(instructions, (int,), f"{path}.limits.instructions", "a positive integer")
-                node.lua.max_instructions = instructions
-            if limits.get("memory") is not None:
-                try:
-                    node.lua.max_memory_bytes = parse_size(limits["memory"], what="memory")
-                except (TypeError, ValueError) as exc:
-                    raise _spec_error(f"{path}.limits.memory", str(exc)) from None
-    elif kind == "python":
-        _want(value, (str,), f"{path}.python", "an import path 'module:function'")
-        node.python.import_path = value
-    elif kind == "workflow":
-        _want(value, (str,), f"{path}.workflow", "a workflow reference like 'child@^1.4'")
-        workflow_id, _, version_range = value.partition("@")
-        node.workflow.workflow_id = workflow_id.strip()
-        node.workflow.version_range = version_range.strip() or "*"
-    else:
-        if value is not True:
-            raise _spec_error(f"{path}.noop", f"must be true, got {value!r}")
-        node.noop.SetInParent()
-    retries = raw.get("retries", 0)
-    _want(retries, (int,), f"{path}.retries", "a non-negative integer")
-    backoff = raw.get("retry_backoff") or {}
-    _want(backoff, (Mapping,), f"{path}.retry_backoff", "a mapping")
-    _check_keys(backoff, ("initial", "factor", "max"), f"{path}.retry_backoff")
-    factor = backoff.get("factor", _DEFAULT_BACKOFF.factor)
-    _want(factor, (int, float), f"{path}.retry_backoff.factor", "a number >= 1")
-    node.retry.retries = retries
-    node.retry.backoff_initial_seconds = (
-        _seconds(backoff["initial"], f"{path}.retry_backoff.initial")
-        if "initial" in backoff
-        else _DEFAULT_BACKOFF.initial
-    )
-    node.retry.backoff_factor = float(factor)
-    node.retry.backoff_max_seconds = (
-        _seconds(backoff["max"], f"{path}.retry_backoff.max")
-        if "max" in backoff
-        else _DEFAULT_BACKOFF.max
-    )
-    if raw.get("timeout") is not None:
-        node.timeout_seconds = _seconds(raw["timeout"], f"{path}.timeout")
-    return node
-
-
-def _spec_to_proto(spec: Mapping[str, Any]) -> pb.WorkflowSpec:
-    _check_keys(spec, _TOP_KEYS, "")
-    wf_id = spec.get("id", "")
-    _want(wf_id, (str,), "id", "a workflow id string")
-    version = spec.get("version") or ""
-    _want(version, (str,), "version", "a semver string")
-    msg = pb.WorkflowSpec(id=wf_id, version=version)
-    if spec.get("max_parallel") is not None:
-        _want(spec["max_parallel"], (int,), "max_parallel", "a positive integer")
-        msg.max_parallel = spec["max_parallel"]
-    fail_fast = spec.get("fail_fast", False)
-    _want(fail_fast, (bool,), "fail_fast", "true or false")
-    msg.fail_fast = fail_fast
-    if spec.get("timeout") is not None:
-        msg.timeout_seconds = _seconds(spec["timeout"], "timeout")
-    nodes = spec.get("nodes")
-    _want(nodes, (list, tuple), "nodes", "a list of nodes")
-    assert isinstance(nodes, (list, tuple))
-    msg.nodes.extend(_node_to_proto(raw, f"nodes[{i}]") for i, raw in enumerate(nodes))
+def _model_to_proto(model: WorkflowSpecModel) -> pb.WorkflowSpec:
+    """The ``WorkflowSpec`` message of a parsed spec. Every retry setting is spelled out (the
+    engine never sees a zero backoff factor); a description stays behind."""
+    msg = pb.WorkflowSpec(id=model.id, version=model.version or "", fail_fast=model.fail_fast)
+    if model.max_parallel is not None:
+        msg.max_parallel = model.max_parallel
+    if model.timeout is not None:
+        msg.timeout_seconds = model.timeout
+    for node in model.nodes:
+        out = msg.nodes.add(id=node.id, deps=node.deps)
+        executor = node.executor
+        if isinstance(executor, LuaSpec):
+            out.lua.code = executor.code
+            if executor.max_instructions is not None:
+                out.lua.max_instructions = executor.max_instructions
+            if executor.max_memory is not None:
+                out.lua.max_memory_bytes = executor.max_memory
+        elif isinstance(executor, PythonSpec):
+            out.python.import_path = executor.import_path
+        elif isinstance(executor, WorkflowRef):
+            out.workflow.workflow_id = executor.workflow_id
+            out.workflow.version_range = executor.version_range
+        else:
+            out.noop.SetInParent()
+        backoff = node.retry_backoff
+        out.retry.retries = node.retries
+        out.retry.backoff_initial_seconds = backoff.initial
+        out.retry.backoff_factor = backoff.factor
+        out.retry.backoff_max_seconds = backoff.max
+        if node.timeout is not None:
+            out.timeout_seconds = node.timeout
     return msg
 
 
@@ -237,16 +157,17 @@ def workflow_to_proto(workflow: Workflow) -> pb.WorkflowSpec:
     nodes need an import path), a spec dict as read from YAML/JSON, or a ``WorkflowSpec``
     message (used as is).
 
-    Only the shape is checked here (:class:`SpecError` naming the field); the engine validates
-    the rest (graph, Lua syntax, import paths) and answers :class:`InvalidRequest`, so a spec
-    naming Python code that exists only on the engine can be sent from anywhere.
+    Only the shape is checked here (:func:`dagengine.spec_model.parse`: a :class:`SpecError`
+    naming the field, as loading the spec would); the engine validates the rest (graph, Lua
+    syntax, import paths) and answers :class:`InvalidRequest`, so a spec naming Python code
+    that exists only on the engine can be sent from anywhere.
     """
     if isinstance(workflow, pb.WorkflowSpec):
         return workflow
     if isinstance(workflow, DAG):
-        return _spec_to_proto(workflow.to_spec())
+        return _model_to_proto(parse(workflow.to_spec()))
     if isinstance(workflow, Mapping):
-        return _spec_to_proto(workflow)
+        return _model_to_proto(parse(workflow))
     raise TypeError(
         f"workflow must be a DAG, a spec dict or a WorkflowSpec, got {type(workflow).__name__}"
     )
@@ -466,7 +387,7 @@ def result_from_proto(msg: pb.RunResult) -> RunResult:
             finished_at=node.finished_at or None,
         )
 
-    node_results = _LazyMapping(by_id, node_result)
+    node_results = LazyMapping(by_id, node_result)
 
     def output(node_id: str, _: object) -> Any:
         value = node_results[node_id].output
@@ -478,7 +399,7 @@ def result_from_proto(msg: pb.RunResult) -> RunResult:
     return RunResult(
         run_id=msg.run_id,
         status=_run_status(msg.status),
-        outputs=_LazyMapping(succeeded, output),
+        outputs=LazyMapping(succeeded, output),
         node_results=node_results,
         error=error_info_from_proto(msg.error) if msg.HasField("error") else None,
         duration=msg.duration_seconds,

@@ -27,7 +27,9 @@ from dagengine.engine.registration import (
     orchestrator_credentials_from_env,
 )
 from dagengine.exceptions import EngineStartError, ImportPathError
-from dagengine.workflow import SubWorkflowRunner, _make_invoke
+from dagengine.nodes import SubWorkflow, SubWorkflowRunner, resolve_import_path
+from dagengine.spec_model import parse_workflow_ref
+from dagengine.workflow import make_invoke
 
 __all__ = ["PARENT_PID_ENV", "serve_engine"]
 
@@ -51,12 +53,11 @@ class _Resolver:
             return self._cache.setdefault(key, value)
 
     def _resolve(self, kind: str, reference: str) -> Any:
-        from dagengine.spec import _Ctx, _parse_workflow_ref, resolve_import_path
-
         if kind == "python":
             return resolve_import_path(reference).fn
         if kind == "workflow":
-            return _parse_workflow_ref(_Ctx(None), reference, "workflow")
+            ref = parse_workflow_ref(reference)
+            return SubWorkflow(ref.workflow_id, ref.version_range)
         raise ImportPathError(f"unknown node kind {kind!r} for reference {reference!r}")
 
 
@@ -209,7 +210,7 @@ def serve_engine(
         runner = no_orchestrator
     server = _core.EngineServerRef(
         engine_id,
-        _make_invoke(None, runner),
+        make_invoke(None, runner),
         _Resolver(),
         host=host,
         port=port,

@@ -31,9 +31,9 @@ from dagengine.engine._wire import (
 )
 from dagengine.engine.address import join_address, split_address
 from dagengine.exceptions import EngineStartError, SubWorkflowError
+from dagengine.nodes import NodeContext, SubWorkflow, SubWorkflowRunner, subworkflow_inputs
 from dagengine.results import RunStatus
 from dagengine.v1 import engine_pb2 as pb
-from dagengine.workflow import NodeContext, SubWorkflow, SubWorkflowRunner, subworkflow_inputs
 
 __all__ = [
     "ORCHESTRATOR_TOKEN_ENV",

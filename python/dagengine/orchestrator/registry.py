@@ -42,7 +42,8 @@ from dagengine.exceptions import (
     WorkflowNotFound,
 )
 from dagengine.orchestrator.store import StoreBackend
-from dagengine.spec import _WORKFLOW_ID, parse_workflow
+from dagengine.spec import parse_workflow
+from dagengine.spec_model import WORKFLOW_ID
 from dagengine.workflow import DAG, SubWorkflow
 
 __all__ = ["Dependent", "WorkflowBuilder", "WorkflowInfo", "WorkflowRegistry", "WorkflowVersion"]
@@ -176,7 +177,7 @@ class WorkflowRegistry:
         (``SpecError`` otherwise). Raises :class:`VersionConflict` or
         :class:`DependentsConflict` when a rule of the module docs refuses the version.
         """
-        if not isinstance(workflow_id, str) or not _WORKFLOW_ID.fullmatch(workflow_id):
+        if not isinstance(workflow_id, str) or not WORKFLOW_ID.fullmatch(workflow_id):
             raise SpecError(
                 f"invalid workflow id {workflow_id!r}: use letters, digits, '_', '-' and '.'",
                 path="id",

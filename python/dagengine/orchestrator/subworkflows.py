@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagengine.exceptions import DagEngineError, SubWorkflowError
+from dagengine.nodes import NodeContext, SubWorkflow, subworkflow_inputs
 from dagengine.orchestrator.registry import WorkflowVersion
 from dagengine.orchestrator.runs import RunHandle, RunInfo
 from dagengine.orchestrator.store import RunRecord
 from dagengine.results import RunResult, RunStatus
-from dagengine.workflow import NodeContext, SubWorkflow, subworkflow_inputs
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
