@@ -29,8 +29,11 @@ from dagengine import (
     dump_workflow,
     load_workflow,
     parse_workflow,
+    spec_model,
 )
+from dagengine.engine import workflow_to_proto
 from dagengine.spec import resolve_import_path
+from dagengine.workflow import bind, workflow_model
 
 FULL_SPEC: dict[str, Any] = {
     "id": "data-pipeline",
@@ -454,6 +457,47 @@ def test_bad_spec_raises_spec_error_naming_the_path(
     assert message.startswith("wf.yaml: ")
     assert info.value.path == path
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment", "path"),
+    [case[1:] for case in BAD_SPECS if isinstance(case[1], dict)],
+    ids=[case[0] for case in BAD_SPECS if isinstance(case[1], dict)],
+)
+def test_a_spec_sent_to_an_engine_fails_as_it_fails_to_load(
+    spec: dict[str, Any], fragment: str, path: str | None
+) -> None:
+    # One parser: the engine client refuses a bad spec with load_workflow's very message.
+    with pytest.raises(SpecError) as loading:
+        parse_workflow(spec)
+    with pytest.raises(SpecError) as sending:
+        workflow_to_proto(spec)
+    assert str(sending.value) == str(loading.value)
+    assert fragment in str(sending.value)
+    assert sending.value.path == path
+
+
+def test_parsing_imports_and_compiles_nothing_binding_does() -> None:
+    spec = {
+        "id": "w",
+        "nodes": [
+            {"id": "py", "python": "no_such_module_anywhere:f"},
+            {"id": "lua", "deps": ["ghost"], "lua": "return {"},
+        ],
+    }
+    model = spec_model.parse(spec)
+    assert model.nodes[0].executor == spec_model.PythonSpec("no_such_module_anywhere:f")
+    assert model.nodes[1].executor == spec_model.LuaSpec("return {")
+    assert model.nodes[1].deps == ("ghost",)
+    assert spec_model.to_dict(model) == spec
+    with pytest.raises(ImportPathError, match="no_such_module_anywhere"):
+        bind(model)
+
+
+def test_the_model_round_trips_the_canonical_spec() -> None:
+    model = spec_model.parse(FULL_SPEC)
+    assert spec_model.to_dict(model) == FULL_SPEC
+    assert workflow_model(bind(model)) == model
 
 
 def test_cycle_error_names_the_cycle() -> None:
