@@ -203,8 +203,10 @@ def test_port_taken_raises() -> None:
 
 
 def test_trigger_paths_are_checked() -> None:
-    with pytest.raises(TriggerError, match="REST API"):
-        HTTPTrigger("t", "/runs/x", "wf")
+    with Orchestrator(store=":memory:") as orch:
+        for path in ("/runs", "/runs/x", "/openapi.json/"):
+            with pytest.raises(TriggerError, match="taken by the REST API"):
+                create_app(orch, triggers=[HTTPTrigger("t", path, "wf")])
     with pytest.raises(TriggerError, match="invalid path"):
         HTTPTrigger("t", "no-slash", "wf")
     with pytest.raises(TriggerError, match="secret"):

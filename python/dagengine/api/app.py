@@ -34,8 +34,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, Final
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 from starlette.applications import Starlette
@@ -46,27 +46,40 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dagengine._jsondata import check_json_data, describe_int, escape
+from dagengine._jsondata import describe_int
+from dagengine.api.hooks import check_path, fire
 from dagengine.api.metrics import CONTENT_TYPE, Metrics
 from dagengine.api.openapi import EVENT_SEQ_PATTERN, MAX_OFFSET, openapi_document
-from dagengine.exceptions import (
-    DagEngineError,
-    NoMatchingVersion,
-    QueueFull,
-    RunNotFound,
-    SpecError,
-    TriggerError,
-    ValidationError,
-    VersionConflict,
-    VersionNotFound,
-    WorkflowNotFound,
+from dagengine.api.requests import (
+    ApiError,
+    _call,
+    _error_response,
+    _field,
+    _from_domain,
+    _json_data,
+    _json_type,
+    _only,
+    _result,
+    parse_json_object,
+    read_body,
 )
+from dagengine.exceptions import DagEngineError, SpecError, TriggerError
 from dagengine.orchestrator.store import RUN_STATUSES
 from dagengine.spec import MAX_SECONDS
-from dagengine.triggers.base import publish_trigger_event, trigger_inputs
-from dagengine.triggers.http import DEFAULT_MAX_BODY_BYTES, HTTPTrigger
 
-__all__ = ["Api", "ApiError", "create_app", "run_to_dict"]
+if TYPE_CHECKING:
+    from dagengine.api.server import ServerThread
+    from dagengine.triggers.base import Executor
+    from dagengine.triggers.http import HTTPTrigger
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "Api",
+    "ApiError",
+    "create_app",
+    "run_to_dict",
+    "serve_trigger",
+]
 
 log = logging.getLogger("dagengine.api")
 
@@ -80,127 +93,8 @@ CANCEL_WAIT: Final = 2.0
 _ALL_METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: The keys of ``POST /workflows/{id}/runs``.
 _RUN_KEYS: Final = ("inputs", "version", "wait", "timeout", "key")
-
-
-class ApiError(Exception):
-    """A client error with its HTTP status (rendered as ``{"error": message}``)."""
-
-    def __init__(
-        self, status: int, message: str, *, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
-
-
-def _error_response(
-    status: int, message: str, kind: str | None = None, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    # A message may quote what the client sent: lone surrogates are written as escapes (a
-    # JSON response must encode as UTF-8).
-    body: dict[str, Any] = {"error": escape(message)}
-    if kind is not None:
-        body["type"] = kind
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
-
-
-def _from_domain(exc: DagEngineError) -> ApiError:
-    """The HTTP status of a dagengine error raised while serving a request."""
-    if isinstance(exc, QueueFull):
-        return ApiError(429, str(exc), headers={"Retry-After": "1"})
-    if isinstance(exc, RunNotFound | WorkflowNotFound | VersionNotFound | NoMatchingVersion):
-        return ApiError(404, str(exc))
-    if isinstance(exc, VersionConflict):
-        return ApiError(409, str(exc))
-    if isinstance(exc, ValidationError | TriggerError):
-        return ApiError(400, str(exc))
-    if "stopped" in str(exc):
-        return ApiError(503, str(exc), headers={"Retry-After": "5"})
-    return ApiError(409, str(exc))
-
-
-# -- request bodies ------------------------------------------------------------------------
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 past ``limit`` bytes: by ``Content-Length`` before
-    reading, and by counting while reading (a chunked body has no length)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise ApiError(400, "invalid Content-Length")
-        if int(declared) > limit:
-            raise ApiError(413, f"request body over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json_object(body: bytes, what: str = "request body") -> dict[str, Any]:
-    """``body`` as a JSON object, or a 400 saying what is wrong with it."""
-    if not body.strip():
-        raise ApiError(400, f"empty {what}: expected a JSON object")
-    try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, f"{what} must be a JSON object, got {_json_type(data)}")
-    return data
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def _field(data: Mapping[str, Any], name: str, types: tuple[type, ...], expected: str) -> Any:
-    """``data[name]`` (``None`` if absent), a 400 if it is not of ``types`` (``null`` is not
-    accepted for a field that is present: the document declares no field nullable)."""
-    if name not in data:
-        return None
-    value = data[name]
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise ApiError(400, f"{name!r} must be {expected}, got {_json_type(value)}")
-    return value
-
-
-def _only(data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    """A 400 for a key of ``data`` not in ``allowed`` (the document sets
-    ``additionalProperties: false``): a misspelt ``timeout`` must not pass unnoticed."""
-    for key in data:
-        if key not in allowed:
-            raise ApiError(
-                400, f"unknown key {escape(repr(key))} (expected one of {', '.join(allowed)})"
-            )
-
-
-def _json_data(value: Any, path: str) -> None:
-    """A 400 naming the path of what in ``value`` is not JSON data (a lone surrogate, an
-    integer past 64 bits, nesting past the limit; see :mod:`dagengine._jsondata`)."""
-    try:
-        check_json_data(value, path)
-    except ValidationError as exc:
-        raise ApiError(400, str(exc)) from None
+#: Bytes a REST request body may have (an HTTP trigger's own limit has the same default).
+DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
 
 
 # -- representations -----------------------------------------------------------------------
@@ -277,7 +171,9 @@ class Api:
             self.add_trigger(trigger)
 
     def add_trigger(self, trigger: HTTPTrigger) -> None:
-        """Serve ``trigger`` at its path (:class:`TriggerError` if the path is taken)."""
+        """Serve ``trigger`` at its path (:class:`TriggerError` if the REST API or another
+        trigger takes the path)."""
+        check_path(trigger)
         other = self.triggers.get(trigger.path)
         if other is not None and other is not trigger:
             raise TriggerError(
@@ -325,91 +221,6 @@ def _api(request: Request) -> Api:
     return api
 
 
-async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call an orchestrator method off the event loop (it writes to SQLite), turning its
-    domain errors into HTTP errors."""
-    try:
-        return await run_in_threadpool(fn, *args, **kwargs)
-    except DagEngineError as exc:
-        raise _from_domain(exc) from None
-
-
-# -- triggers ------------------------------------------------------------------------------
-
-
-async def _fire(request: Request, api: Api, trigger: HTTPTrigger) -> Response:
-    if not trigger.is_active:
-        raise ApiError(404, f"trigger {trigger.id!r} is not active")
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    if trigger.auth_before_body and not trigger.authorized(headers, b""):
-        raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-    body = await read_body(request, trigger.max_body_bytes)
-    problem = None if trigger.auth_before_body else trigger.auth_problem(headers, body)
-    if problem is not None:
-        raise ApiError(401, problem)
-    data = parse_json_object(body)
-    # Other keys are ignored: a webhook sender's payload may carry anything beside inputs.
-    given = _field(data, "inputs", (dict,), "a JSON object")
-    if given is None:
-        given = {}
-    _json_data(given, "inputs")
-    now = time.time()
-    inputs = trigger_inputs({**trigger.inputs, **given}, trigger.type, trigger.id, now)
-    started = time.perf_counter_ns()
-    executor = trigger.executor or api.orch
-    try:
-        handle = await run_in_threadpool(
-            executor.execute_workflow,
-            trigger.workflow_id,
-            inputs,
-            version=trigger.version,
-            wait=False,
-        )
-    except DagEngineError as exc:
-        publish_trigger_event(
-            executor, trigger, trigger.workflow_id, outcome="error", scheduled=now,
-            error=f"{type(exc).__name__}: {exc}",
-        )  # fmt: skip
-        raise _from_domain(exc) from None
-    run_id = str(getattr(handle, "run_id", ""))
-    publish_trigger_event(
-        executor, trigger, trigger.workflow_id, outcome="fired", scheduled=now, run_id=run_id
-    )
-    accepted = {
-        "trigger_id": trigger.id,
-        "workflow_id": trigger.workflow_id,
-        "run_id": run_id,
-        "status": "queued",
-    }
-    location = {"Location": f"/runs/{run_id}"}
-    if trigger.mode == "async":
-        return JSONResponse(accepted, status_code=202, headers=location)
-    try:
-        result = await asyncio.wait_for(_result(handle), trigger.sync_timeout)
-    except TimeoutError:
-        return JSONResponse({**accepted, "status": "running"}, status_code=202, headers=location)
-    error = result.error
-    return JSONResponse(
-        {
-            "trigger_id": trigger.id,
-            "workflow_id": trigger.workflow_id,
-            "run_id": run_id,
-            "status": result.status.value,
-            "success": result.ok,
-            "duration_ns": time.perf_counter_ns() - started,
-            "outputs": dict(result.outputs),
-            "error": str(error) if error is not None else None,
-        }
-    )
-
-
-async def _result(handle: Any) -> Any:
-    waiter = getattr(handle, "result_async", None)
-    if waiter is not None:
-        return await waiter()
-    return await run_in_threadpool(handle.result)
-
-
 async def _fallback(request: Request) -> Response:
     """Every path the REST routes do not take: an HTTP trigger, or 404/405."""
     api = _api(request)
@@ -418,7 +229,7 @@ async def _fallback(request: Request) -> Response:
     if trigger is not None:
         if request.method != "POST":
             raise ApiError(405, "method not allowed", headers={"Allow": "POST"})
-        return await _fire(request, api, trigger)
+        return await fire(request, trigger, api.orch)
     allowed: set[str] = set()
     for route in request.app.routes:
         if isinstance(route, Route) and route.endpoint is not _fallback:
@@ -822,3 +633,21 @@ def create_app(
     app.state.api = api
     app.add_middleware(_CatchAll)
     return app
+
+
+def serve_trigger(trigger: HTTPTrigger, executor: Executor) -> ServerThread:
+    """Serve ``trigger`` alone on its own ``host:port`` (the original system's shape), firing
+    through ``executor``; :class:`TriggerError` if the port cannot be listened on."""
+    from dagengine.api.server import ServerThread
+
+    assert trigger.port is not None
+    app = create_app(executor, triggers=[trigger], metrics=False)
+    server = ServerThread(app, trigger.host, trigger.port)
+    try:
+        server.start()
+    except OSError as exc:
+        raise TriggerError(
+            f"http trigger {trigger.id!r}: cannot listen on {trigger.host}:{trigger.port}: {exc}",
+            trigger_id=trigger.id,
+        ) from None
+    return server

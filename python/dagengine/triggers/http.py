@@ -2,8 +2,8 @@
 
 The trigger holds the configuration and the authentication check; the requests themselves are
 served by the one ASGI app of :mod:`dagengine.api` (the REST API and every HTTP trigger share
-a port). For the original system's shape — a trigger with its own port — pass ``port=``:
-:meth:`HTTPTrigger.start` then serves an app with just this trigger on that port and raises
+a port; :mod:`dagengine.api.hooks` fires them and refuses a path the REST API takes). For the original system's shape — a trigger with its own port — pass ``port=``:
+:meth:`HTTPTrigger.start` then has the API serve just this trigger on that port and raises
 :class:`~dagengine.TriggerError` if the port is taken.
 
 Authentication (``auth``):
@@ -40,7 +40,6 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_TOLERANCE",
     "MODES",
-    "RESERVED_PATHS",
     "SIGNATURE_HEADER",
     "HTTPTrigger",
     "sign_timestamped",
@@ -56,16 +55,6 @@ DEFAULT_TOLERANCE: Final = 300.0
 #: oldest is forgotten first).
 _MAX_SEEN: Final = 10_000
 _TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
-#: Paths of the REST API; a trigger path may not be one of them or lie under one.
-RESERVED_PATHS: Final = (
-    "/workflows",
-    "/runs",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-)
-
 _PATH = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+/?$")
 
 Mode = Literal["sync", "async"]
@@ -120,12 +109,6 @@ class HTTPTrigger(Trigger):
                 trigger_id=id,
             )
         path = path.rstrip("/") or "/"
-        for reserved in RESERVED_PATHS:
-            if path == reserved or path.startswith(reserved + "/"):
-                raise TriggerError(
-                    f"http trigger {id!r}: path {path!r} is taken by the REST API ({reserved})",
-                    trigger_id=id,
-                )
         if mode not in MODES:
             raise TriggerError(f"http trigger {id!r}: mode must be sync or async", trigger_id=id)
         if auth not in AUTH_MODES:
@@ -172,19 +155,9 @@ class HTTPTrigger(Trigger):
     def _start(self, executor: Executor) -> None:
         if self.port is None:
             return  # served by the app it is added to
-        from dagengine.api.app import create_app
-        from dagengine.api.server import ServerThread
+        from dagengine.api.app import serve_trigger
 
-        app = create_app(executor, triggers=[self], metrics=False)
-        server = ServerThread(app, self.host, self.port)
-        try:
-            server.start()
-        except OSError as exc:
-            raise TriggerError(
-                f"http trigger {self.id!r}: cannot listen on {self.host}:{self.port}: {exc}",
-                trigger_id=self.id,
-            ) from None
-        self._server = server
+        self._server = serve_trigger(self, executor)
 
     def _stop(self) -> None:
         server, self._server = self._server, None
