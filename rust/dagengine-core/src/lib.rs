@@ -5,7 +5,7 @@ pub mod error;
 pub mod graph;
 pub mod scheduler;
 
-pub use error::GraphError;
+pub use error::{ErrorKind, GraphError};
 pub use graph::{Dag, NodeIdx};
 pub use scheduler::{
     Backoff, Event, Instruction, NodePolicy, NodeState, RunOptions, RunStatus, Scheduler,

@@ -133,6 +133,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dagengine_core::ErrorKind;
 use serde_json::{Map, Value};
 
 /// Resource limits for one execution.
@@ -341,17 +342,17 @@ pub enum LuaError {
 }
 
 impl LuaError {
-    /// Stable name of the error class, used to pick the Python exception.
-    pub fn kind(&self) -> &'static str {
+    /// The error's kind: the `type` of the node's error and the Python exception's class.
+    pub const fn kind(&self) -> ErrorKind {
         match self {
-            LuaError::Syntax { .. } => "LuaSyntaxError",
-            LuaError::Runtime { .. } => "LuaError",
-            LuaError::InstructionLimit { .. } => "LuaInstructionLimit",
-            LuaError::MemoryLimit { .. } => "LuaMemoryLimit",
-            LuaError::Timeout { .. } => "LuaTimeout",
-            LuaError::Cancelled => "Cancelled",
-            LuaError::BadReturn { .. } => "LuaBadReturn",
-            LuaError::Conversion { .. } => "LuaConversionError",
+            LuaError::Syntax { .. } => ErrorKind::LuaSyntaxError,
+            LuaError::Runtime { .. } => ErrorKind::LuaRuntimeError,
+            LuaError::InstructionLimit { .. } => ErrorKind::LuaInstructionLimit,
+            LuaError::MemoryLimit { .. } => ErrorKind::LuaMemoryLimit,
+            LuaError::Timeout { .. } => ErrorKind::LuaTimeout,
+            LuaError::Cancelled => ErrorKind::RunCancelled,
+            LuaError::BadReturn { .. } => ErrorKind::LuaBadReturn,
+            LuaError::Conversion { .. } => ErrorKind::LuaConversionError,
         }
     }
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dagengine_core::ErrorKind;
 use dagengine_lua::{
     compiled_chunks, execute, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo,
 };
@@ -261,7 +262,7 @@ fn syntax_error_reports_the_line() {
         err.to_string().starts_with("syntax error at line 3: "),
         "{err}"
     );
-    assert_eq!(err.kind(), "LuaSyntaxError");
+    assert_eq!(err.kind(), ErrorKind::LuaSyntaxError);
     assert!(LuaScript::new("return {}").check().is_ok());
     // execute reports the same error.
     let err = run("\n\nreturn {").unwrap_err();
@@ -287,7 +288,7 @@ fn runtime_error_includes_the_line() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(err.kind(), "LuaError");
+    assert_eq!(err.kind(), ErrorKind::LuaRuntimeError);
     let err = run("local t = nil\nreturn t.x").unwrap_err();
     assert!(
         err.to_string().starts_with("node:2: attempt to index"),
@@ -313,7 +314,7 @@ fn bad_return_names_the_type() {
                 message: format!("node returned a {ty}; expected a table or nothing")
             }
         );
-        assert_eq!(err.kind(), "LuaBadReturn");
+        assert_eq!(err.kind(), ErrorKind::LuaBadReturn);
     }
     assert!(matches!(
         run("return {1, 2}").unwrap_err(),
@@ -458,7 +459,7 @@ fn conversion_errors_name_the_path() {
     assert_eq!(path, "result.co");
     assert_eq!(
         run("return { x = print }").unwrap_err().kind(),
-        "LuaConversionError"
+        ErrorKind::LuaConversionError
     );
     // json.encode reports the same way, as a runtime error at the call site.
     let err = run("return { s = json.encode({ a = { f = print } }) }").unwrap_err();
@@ -602,7 +603,7 @@ fn instruction_limit() {
     };
     let err = run_with("while true do end", &json!({}), &limits).unwrap_err();
     assert_eq!(err, LuaError::InstructionLimit { limit: 100_000 });
-    assert_eq!(err.kind(), "LuaInstructionLimit");
+    assert_eq!(err.kind(), ErrorKind::LuaInstructionLimit);
     assert_eq!(err.to_string(), "exceeded the instruction limit of 100000");
     assert_next_run_works();
     // A script within budget is fine.
@@ -650,7 +651,7 @@ fn timeout_fires_within_twice_the_limit() {
             limit: Duration::from_millis(200)
         }
     );
-    assert_eq!(err.kind(), "LuaTimeout");
+    assert_eq!(err.kind(), ErrorKind::LuaTimeout);
     assert!(
         elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(400),
         "{elapsed:?}"
@@ -707,7 +708,7 @@ fn memory_bomb_hits_the_limit() {
             limit: 16 * 1024 * 1024
         }
     );
-    assert_eq!(err.kind(), "LuaMemoryLimit");
+    assert_eq!(err.kind(), ErrorKind::LuaMemoryLimit);
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_next_run_works();
     // One huge allocation, and one caught by pcall, behave the same.
@@ -777,7 +778,7 @@ fn cancel_flag() {
     .unwrap_err();
     t.join().unwrap();
     assert_eq!(err, LuaError::Cancelled);
-    assert_eq!(err.kind(), "Cancelled");
+    assert_eq!(err.kind(), ErrorKind::RunCancelled);
     assert!(start.elapsed() < Duration::from_secs(2));
     // Already-raised flag: nothing runs.
     assert_eq!(
@@ -889,7 +890,7 @@ fn stack_overflow_is_a_runtime_error_and_recovers() {
 #[test]
 fn non_string_errors_and_long_chunk_names() {
     let err = run("error({ code = 1 })").unwrap_err();
-    assert_eq!(err.kind(), "LuaError");
+    assert_eq!(err.kind(), ErrorKind::LuaRuntimeError);
     let long = "n".repeat(80);
     let info = NodeInfo {
         node_id: &long,

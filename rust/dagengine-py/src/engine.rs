@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use dagengine_core::ErrorKind;
 use dagengine_server::grpc::{
     EngineConfig, EngineServer, HostError, HostNode, HostNodes, HostRef, RunContext, TlsConfig,
 };
@@ -123,7 +124,7 @@ impl EngineServerRef {
         tls_client_ca: Option<Vec<u8>>,
         max_message_bytes: usize,
     ) -> PyResult<Self> {
-        let start_error = |msg: String| errors::raise(py, "EngineStartError", &msg, &[]);
+        let start_error = |msg: String| errors::raise(py, ErrorKind::EngineStartError, &msg, &[]);
         if capacity == 0 {
             return Err(start_error("capacity must be at least 1".to_owned()));
         }

@@ -1,29 +1,55 @@
 //! Rust errors -> the Python classes in `dagengine.exceptions`.
 //!
 //! The classes are defined in Python (so they have real constructors and attributes,
-//! and subclass `ValueError` where that is right); each Rust error variant maps to its
-//! own class, looked up by name and called as `Class(message, **attributes)`.
+//! and subclass `ValueError` where that is right); each Rust error maps to its own class,
+//! named by its [`ErrorKind`] and called as `Class(message, **attributes)`. The classes are
+//! resolved once, when `_core` is imported ([`load`]): a missing one fails the import, not
+//! the first raise.
 
-use dagengine_core::GraphError;
+use dagengine_core::{ErrorKind, GraphError};
 use dagengine_lua::LuaError;
-use dagengine_server::runner::lua_class;
 use dagengine_server::RuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 
-/// Build an instance of `dagengine.exceptions.<class>` as a `PyErr`.
-pub fn raise(py: Python<'_>, class: &str, message: &str, attrs: &[(&str, Py<PyAny>)]) -> PyErr {
+/// The exception class of each kind, indexed by `kind as usize` (`None` for the kinds
+/// without one).
+static CLASSES: PyOnceLock<Vec<Option<Py<PyType>>>> = PyOnceLock::new();
+
+/// Resolve every kind's class in `dagengine.exceptions`; called by the module's init.
+pub fn load(py: Python<'_>) -> PyResult<()> {
+    let module = py.import("dagengine.exceptions")?;
+    let classes = ErrorKind::ALL
+        .iter()
+        .map(|kind| {
+            if !kind.has_exception_class() {
+                return Ok(None);
+            }
+            let class = module.getattr(kind.as_str())?.cast_into::<PyType>()?;
+            Ok(Some(class.unbind()))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    // A second import of the module (after `del sys.modules[...]`) finds the table set.
+    let _ = CLASSES.set(py, classes);
+    Ok(())
+}
+
+/// Build an instance of the class of `kind` as a `PyErr`.
+pub fn raise(py: Python<'_>, kind: ErrorKind, message: &str, attrs: &[(&str, Py<PyAny>)]) -> PyErr {
+    let class = CLASSES
+        .get(py)
+        .and_then(|classes| classes[kind as usize].as_ref())
+        .unwrap_or_else(|| panic!("no exception class for {kind} (is `_core` initialised?)"));
     let build = || -> PyResult<PyErr> {
-        let module = py.import("dagengine.exceptions")?;
-        let cls = module.getattr(class)?;
         let kwargs = PyDict::new(py);
         for (k, v) in attrs {
             kwargs.set_item(k, v)?;
         }
-        let exc = cls.call((message,), Some(&kwargs))?;
+        let exc = class.bind(py).call((message,), Some(&kwargs))?;
         Ok(PyErr::from_value(exc))
     };
-    // If the exceptions module itself is broken, that error is the more useful one.
+    // If constructing the exception fails, that error is the more useful one.
     build().unwrap_or_else(|e| e)
 }
 
@@ -40,13 +66,13 @@ pub fn graph_error(py: Python<'_>, e: &GraphError) -> PyErr {
     match e {
         GraphError::DuplicateNode { node_id } => raise(
             py,
-            "DuplicateNodeError",
+            ErrorKind::DuplicateNodeError,
             &msg,
             &[("node_id", s(py, node_id))],
         ),
         GraphError::SelfDependency { node_id } => raise(
             py,
-            "SelfDependencyError",
+            ErrorKind::SelfDependencyError,
             &msg,
             &[("node_id", s(py, node_id))],
         ),
@@ -55,7 +81,7 @@ pub fn graph_error(py: Python<'_>, e: &GraphError) -> PyErr {
             dependency,
         } => raise(
             py,
-            "UnknownDependencyError",
+            ErrorKind::UnknownDependencyError,
             &msg,
             &[
                 ("node_id", s(py, node_id)),
@@ -69,9 +95,9 @@ pub fn graph_error(py: Python<'_>, e: &GraphError) -> PyErr {
                 .expect("list conversion")
                 .into_any()
                 .unbind();
-            raise(py, "CycleError", &msg, &[("cycle", cycle)])
+            raise(py, ErrorKind::CycleError, &msg, &[("cycle", cycle)])
         }
-        GraphError::InvalidInput(_) => raise(py, "ValidationError", &msg, &[]),
+        GraphError::InvalidInput(_) => raise(py, ErrorKind::ValidationError, &msg, &[]),
     }
 }
 
@@ -98,10 +124,10 @@ pub fn lua_error(py: Python<'_>, e: &LuaError, node_id: Option<&str>) -> PyErr {
                 .unbind(),
         ));
     }
-    raise(py, lua_class(e), &msg, &attrs)
+    raise(py, e.kind(), &msg, &attrs)
 }
 
 /// The runtime cannot run here (used after fork, failed to start).
 pub fn runtime_error(py: Python<'_>, e: &RuntimeError) -> PyErr {
-    raise(py, "EngineRuntimeError", &e.to_string(), &[])
+    raise(py, ErrorKind::EngineRuntimeError, &e.to_string(), &[])
 }

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use std::time::Duration;
 
+use dagengine_core::ErrorKind;
 use dagengine_server::{
     Context, ExternalCall, ExternalExecutor, Growth, Hooks, NodeFailure, Plan, WorkerPool,
 };
@@ -149,7 +150,7 @@ impl ExternalExecutor for PyExternal {
         let node_id = plan.dag().id(call.node);
         let Some(Some(payload)) = self.payloads.get(call.node as usize) else {
             return Err(NodeFailure {
-                kind: "DagEngineError".to_owned(),
+                kind: ErrorKind::DagEngineError.as_str().to_owned(),
                 message: format!("node '{node_id}' has no Python callable"),
                 traceback: None,
                 retryable: false,
@@ -157,7 +158,7 @@ impl ExternalExecutor for PyExternal {
         };
         if exiting() {
             return Err(NodeFailure {
-                kind: "DagEngineError".to_owned(),
+                kind: ErrorKind::DagEngineError.as_str().to_owned(),
                 message: format!("node '{node_id}' not run: the Python interpreter is exiting"),
                 traceback: None,
                 retryable: false,

@@ -650,6 +650,7 @@ fn lua_check(py: Python<'_>, source: &str, chunk_name: Option<&str>) -> PyResult
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::load(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<DagRef>()?;
     m.add_class::<RunRef>()?;

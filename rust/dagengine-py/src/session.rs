@@ -13,6 +13,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use dagengine_core::ErrorKind;
 use dagengine_server::grpc::{ClientTls, SessionClient, SessionOptions, SessionSink, Started};
 use dagengine_server::RuntimeError;
 use pyo3::prelude::*;
@@ -67,7 +68,12 @@ fn sessions(py: Python<'_>) -> PyResult<&'static Arc<Sessions>> {
                 child: std::process::id(),
             },
         )),
-        Err(message) => Err(errors::raise(py, "EngineRuntimeError", message, &[])),
+        Err(message) => Err(errors::raise(
+            py,
+            ErrorKind::EngineRuntimeError,
+            message,
+            &[],
+        )),
     }
 }
 
@@ -78,7 +84,7 @@ fn start_sessions(py: Python<'_>) -> PyResult<Arc<Sessions>> {
         .map_err(|e| {
             errors::raise(
                 py,
-                "EngineRuntimeError",
+                ErrorKind::EngineRuntimeError,
                 &format!("could not start the sessions runtime: {e}"),
                 &[],
             )
@@ -102,7 +108,7 @@ fn start_sessions(py: Python<'_>) -> PyResult<Arc<Sessions>> {
         .map_err(|e| {
             errors::raise(
                 py,
-                "EngineRuntimeError",
+                ErrorKind::EngineRuntimeError,
                 &format!("could not start the dagengine-io thread: {e}"),
                 &[],
             )
@@ -271,7 +277,7 @@ impl EngineSession {
             sessions,
         });
         let client = SessionClient::open(options, sink, &sessions.handle)
-            .map_err(|e| errors::raise(py, "EngineUnavailable", &e.to_string(), &[]))?;
+            .map_err(|e| errors::raise(py, ErrorKind::EngineUnavailable, &e.to_string(), &[]))?;
         Ok(Self { client })
     }
 
@@ -282,7 +288,7 @@ impl EngineSession {
             Started::Ended => Ok(false),
             Started::TooLarge { size, limit } => Err(errors::raise(
                 py,
-                "MessageTooLarge",
+                ErrorKind::MessageTooLarge,
                 &format!(
                     "the request is {size} bytes on the wire, over the session's \
                      max_message_bytes of {limit}; not sent"

@@ -31,8 +31,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dagengine_core::{
-    Dag, Event, Instruction, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus, Scheduler,
-    StopReason,
+    Dag, ErrorKind, Event, Instruction, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus,
+    Scheduler, StopReason,
 };
 use dagengine_lua::{LuaError, LuaLimits, LuaScript, NodeInfo};
 use serde_json::{Map, Value};
@@ -182,7 +182,7 @@ fn contained<T>(
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".to_owned());
         Err(NodeFailure::new(
-            "DagEngineError",
+            ErrorKind::DagEngineError.as_str(),
             format!("node '{node_id}': internal error: {what}"),
             false,
         ))
@@ -622,7 +622,7 @@ struct Waiting {
 /// started: it does not run at all.
 fn never_started(plan: &Plan, node: NodeIdx) -> NodeFailure {
     NodeFailure::new(
-        "RunCancelled",
+        ErrorKind::RunCancelled.as_str(),
         format!("node '{}' was cancelled", plan.dag.id(node)),
         false,
     )
@@ -929,7 +929,7 @@ impl Driver {
                         let timeout = self.plan.policies[self.policy_index(node)].timeout;
                         let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
                         let failure = NodeFailure::new(
-                            "NodeTimeout",
+                            ErrorKind::NodeTimeout.as_str(),
                             format!("node '{}' timed out after {secs}s", self.plan.dag.id(node)),
                             true,
                         );
@@ -1175,7 +1175,7 @@ impl Driver {
         let tx = self.tx.clone();
         let Some(external) = self.external.clone() else {
             let failure = NodeFailure::new(
-                "DagEngineError",
+                ErrorKind::DagEngineError.as_str(),
                 format!(
                     "node '{}' needs an external executor and this run has none",
                     self.plan.dag.id(node)
@@ -1323,7 +1323,7 @@ impl Driver {
         let error = match (status, sched.stop_reason()) {
             (RunStatus::Succeeded, _) => None,
             (_, Some(StopReason::TimedOut)) => Some(RunError {
-                kind: "RunTimeout".to_owned(),
+                kind: ErrorKind::RunTimeout.as_str().to_owned(),
                 message: format!(
                     "run timed out after {}s",
                     self.config.timeout.map_or(0.0, |t| t.as_secs_f64())
@@ -1346,7 +1346,7 @@ impl Driver {
                 }
             }),
             (RunStatus::Cancelled, _) => Some(RunError {
-                kind: "RunCancelled".to_owned(),
+                kind: ErrorKind::RunCancelled.as_str().to_owned(),
                 message: "run cancelled".to_owned(),
                 node_id: None,
             }),
@@ -1457,7 +1457,7 @@ impl LuaCall<'_> {
                 Err(NodeFailure::new(PREEMPTED, "inline budget spent", true))
             }
             Err(LuaError::Timeout { limit }) if binds == WallLimit::Node => Err(NodeFailure::new(
-                "NodeTimeout",
+                ErrorKind::NodeTimeout.as_str(),
                 format!("node '{node_id}' timed out after {}s", limit.as_secs_f64()),
                 true,
             )),
@@ -1502,24 +1502,14 @@ fn wall_limit(
     limit
 }
 
-/// The Python exception class (in `dagengine.exceptions`) of a Lua error.
-pub fn lua_class(e: &LuaError) -> &'static str {
-    match e {
-        LuaError::Syntax { .. } => "LuaSyntaxError",
-        LuaError::Runtime { .. } => "LuaRuntimeError",
-        LuaError::InstructionLimit { .. } => "LuaInstructionLimit",
-        LuaError::MemoryLimit { .. } => "LuaMemoryLimit",
-        LuaError::Timeout { .. } => "LuaTimeout",
-        LuaError::Cancelled => "RunCancelled",
-        LuaError::BadReturn { .. } => "LuaBadReturn",
-        LuaError::Conversion { .. } => "LuaConversionError",
-    }
-}
-
-/// Map a Lua error to a node failure; the class name is the Python exception's.
+/// Map a Lua error to a node failure of the error's kind.
 fn lua_failure(node_id: &str, e: &LuaError) -> NodeFailure {
     let retryable = matches!(e, LuaError::Runtime { .. } | LuaError::Timeout { .. });
-    let mut f = NodeFailure::new(lua_class(e), format!("node '{node_id}': {e}"), retryable);
+    let mut f = NodeFailure::new(
+        e.kind().as_str(),
+        format!("node '{node_id}': {e}"),
+        retryable,
+    );
     if let LuaError::Runtime {
         traceback: Some(tb),
         ..

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dagengine_core::RunOptions;
+use dagengine_core::{ErrorKind, RunOptions};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -617,7 +617,7 @@ impl Service {
                         let mut result = convert::result(&tag, &plan, o);
                         if engine.active().drained.contains(&*tag.run_id) {
                             result.error = Some(pb::ErrorInfo {
-                                r#type: "EngineDraining".into(),
+                                r#type: ErrorKind::EngineDraining.as_str().into(),
                                 message: format!(
                                     "engine {} was drained before run {} finished",
                                     tag.engine_id, tag.run_id
