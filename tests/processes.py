@@ -23,10 +23,12 @@ import pytest
 TESTS_DIR = Path(__file__).resolve().parent
 START_TIMEOUT = 60.0
 _LISTENING = re.compile(r"^dagengine engine (\S+) listening on (\S+):(\d+)")
+_CLUSTER_VARIABLES = ("ORCHESTRATOR_ADDRESS", "DAGENGINE_SELF_REGISTER", "ADVERTISE_ADDRESS")
 
 
 class EngineProcess:
-    """``python -m dagengine engine --host 127.0.0.1 --port 0 ARGS...`` in a subprocess."""
+    """``python -m dagengine engine --host 127.0.0.1 --port 0 ARGS...`` in a subprocess, with
+    this directory (then ``env``'s ``PYTHONPATH``) on its path; :meth:`kill` ends it."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self._stderr: IO[str] = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
@@ -40,8 +42,10 @@ class EngineProcess:
             )
             if p
         )
-        if env is None or "ORCHESTRATOR_ADDRESS" not in env:
-            full_env.pop("ORCHESTRATOR_ADDRESS", None)
+        # The engine joins an orchestrator only when the test says so.
+        for name in _CLUSTER_VARIABLES:
+            if env is None or name not in env:
+                full_env.pop(name, None)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -102,7 +106,7 @@ class EngineProcess:
         self._stderr.close()
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():

@@ -326,6 +326,19 @@ def test_queue_limit_zero_refuses_everything() -> None:
         RunQueue(-1)
 
 
+class _ObservedCondition(threading.Condition):
+    """A condition that tells (``waiting``) when a thread first waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        # Set while the lock is held: whoever takes the lock next finds the waiter waiting.
+        self.waiting.set()
+        return super().wait(timeout)
+
+
 def test_queue_get_waits_times_out_and_wakes_on_close() -> None:
     q: RunQueue[int] = RunQueue(10)
     start = time.monotonic()
@@ -342,9 +355,12 @@ def test_queue_get_waits_times_out_and_wakes_on_close() -> None:
         except queue.Empty as exc:
             got.append(exc)
 
+    # close() must wake a get() that is already waiting: see it wait on the queue's condition.
+    cond = _ObservedCondition()
+    q._cond = cond
     thread = threading.Thread(target=waiter)
     thread.start()
-    time.sleep(0.05)
+    assert cond.waiting.wait(5), "get() never waited"
     q.close()
     thread.join(timeout=5)
     assert not thread.is_alive()

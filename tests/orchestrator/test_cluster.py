@@ -8,40 +8,23 @@ tests wait on conditions, never on sleeps.
 
 from __future__ import annotations
 
-import os
-import queue
-import re
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 from dagengine import RunResult, RunStatus
 from dagengine.cli import main as cli_main
 from dagengine.engine import SelfRegistrar, advertise_address
 from dagengine.orchestrator import Config, Orchestrator, RunHandle
+from processes import EngineProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
 WAIT = 30.0
-_LISTENING = re.compile(r"^dagengine engine (\S+) listening on (\S+):(\d+)")
 SPIN = {"lua": "while true do end", "limits": {"instructions": 10**15}}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -50,60 +33,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class EngineProcess:
-    """``python -m dagengine engine --host 127.0.0.1 --port 0 ARGS...``."""
-
-    def __init__(self, *args: str) -> None:
-        self._stderr: IO[str] = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-        for name in ("ORCHESTRATOR_ADDRESS", "DAGENGINE_SELF_REGISTER", "ADVERTISE_ADDRESS"):
-            env.pop(name, None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dagengine", "engine", "--host", "127.0.0.1", "--port", "0",
-             *args],
-            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, text=True,
-            env=env,
-        )  # fmt: skip
-        try:
-            lines: queue.Queue[str] = queue.Queue()
-            out = self.proc.stdout
-            assert out is not None
-            threading.Thread(target=lambda: lines.put(out.readline()), daemon=True).start()
-            try:
-                line = lines.get(timeout=WAIT)
-            except queue.Empty:
-                pytest.fail(f"the engine did not start in {WAIT}s: {self.stderr()}")
-            match = _LISTENING.match(line)
-            if match is None:
-                pytest.fail(f"unexpected engine output {line!r}: {self.stderr()}")
-        except BaseException:
-            self.kill()
-            raise
-        self.engine_id = match[1]
-        self.address = f"{match[2]}:{match[3]}"
-
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def close(self) -> None:
-        self.kill()
-        self._stderr.close()
-
-
 @pytest.fixture
 def start_engine() -> Iterator[Callable[..., EngineProcess]]:
     started: list[EngineProcess] = []
 
     def start(*args: str) -> EngineProcess:
-        engine = EngineProcess(*args)
+        engine = EngineProcess(*args, env={"PYTHONPATH": str(HERE)})
         started.append(engine)
         return engine
 
@@ -111,7 +46,7 @@ def start_engine() -> Iterator[Callable[..., EngineProcess]]:
         yield start
     finally:
         for engine in started:
-            engine.close()
+            engine.kill()
 
 
 @pytest.fixture

@@ -6,19 +6,14 @@ protocol-faithful stand-in of the Kubernetes API server (not a cluster); their n
 
 from __future__ import annotations
 
-import os
 import queue
-import re
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from dagengine.exceptions import DiscoveryError, EngineUnavailable
@@ -38,18 +33,10 @@ from k8s_standin import KubeApiStandIn
 from kubernetes import client as k8s_client
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
+from processes import EngineProcess, wait_for
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 WAIT = 20.0  # generous bound for conditions on a busy 2-core CI machine
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Changes:
@@ -87,57 +74,11 @@ class Changes:
 
 # --- real engine processes ---------------------------------------------------------------------
 
-_LISTENING = re.compile(r"^dagengine engine (\S+) listening on (\S+):(\d+)")
-
-
-@dataclass
-class EngineProcess:
-    """A ``python -m dagengine engine`` subprocess on an ephemeral localhost port."""
-
-    proc: subprocess.Popen[str]
-    engine_id: str
-    address: str
-    stderr: IO[str]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.stderr.close()
-
 
 @contextmanager
 def engine_process(*args: str) -> Iterator[EngineProcess]:
     """Start an engine process, yield it, kill it at exit."""
-    stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])}
-    env.pop("ORCHESTRATOR_ADDRESS", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagengine", "engine", "--host", "127.0.0.1", "--port", "0",
-         *args],
-        stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    out = proc.stdout
-    threading.Thread(target=lambda: lines.put(out.readline()), daemon=True).start()
-    try:
-        try:
-            line = lines.get(timeout=60)
-        except queue.Empty:
-            pytest.fail("the engine process did not start in 60s")
-        match = _LISTENING.match(line)
-        if match is None:
-            stderr.seek(0)
-            pytest.fail(f"unexpected engine output {line!r}: {stderr.read()}")
-        engine = EngineProcess(proc, match[1], f"{match[2]}:{match[3]}", stderr)
-    except BaseException:
-        proc.kill()
-        proc.wait(timeout=30)
-        stderr.close()
-        raise
+    engine = EngineProcess(*args)
     try:
         yield engine
     finally:

@@ -29,18 +29,10 @@ from dagengine import (
 from dagengine.exceptions import DagEngineError, QueueFull, VersionNotFound
 from dagengine.orchestrator import Config, Engine, Event, Monitor, Orchestrator, RunHandle
 from orch_tasks import ledger_counts
+from processes import wait_for
 
 WAIT = 30.0
 SPIN = {"lua": "while true do end", "limits": {"instructions": 10**15}}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def handle(value: RunResult | RunHandle) -> RunHandle:

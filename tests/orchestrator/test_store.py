@@ -17,6 +17,7 @@ from dagengine.exceptions import RunNotFound, StoreError
 from dagengine.orchestrator.store import MIGRATIONS, RunRecord, Store
 from dagengine.orchestrator.store import sqlite as sqlite_module
 from dagengine.orchestrator.store import writer as writer_module
+from processes import wait_for
 
 
 @pytest.fixture
@@ -62,10 +63,7 @@ def test_the_log_is_checkpointed_and_stays_bounded_under_steady_commits(
             store.create_run(_run(f"r{i}", inputs={"blob": "x" * 4000}))
             largest = max(largest, wal.stat().st_size)
         # The checkpointer copied the log into the database file...
-        deadline = time.monotonic() + 5
-        while path.stat().st_size < first + (4 << 20):
-            assert time.monotonic() < deadline, "the log was never checkpointed"
-            time.sleep(0.01)
+        wait_for(lambda: path.stat().st_size >= first + (4 << 20), "the log's checkpoint")
         # ... and the log started over instead of growing with every commit (to ~70 MiB
         # without the writer's catch-up; a few MiB with it, depending on when the
         # checkpointer gets to run).
@@ -84,7 +82,9 @@ def test_a_run_end_wakes_the_writer_while_the_checkpointer_waits(
     with Store(tmp_path / "state.db") as store:
         for i in range(20):
             store.create_run(_run(f"r{i}", status="running", attempt=1))  # a checkpoint each
-            time.sleep(0.01)  # the checkpointer is back to waiting
+            # The checkpointer took this commit's request: it is checkpointing or back to
+            # waiting, the two states a run's end must not wait behind.
+            wait_for(lambda: not store._checkpoint_wanted, "the checkpointer to take its request")
             told = threading.Event()
             store.finish_run_later(
                 f"r{i}", 1, "succeeded", "{}", None, lambda _, told=told: told.set()
@@ -106,7 +106,7 @@ def test_a_group_that_fails_to_commit_is_tried_again_not_lost(
         store.finish_run_later(
             "r", 1, "succeeded", "{}", None, lambda stored: (told.append(stored), ended.set())
         )
-        time.sleep(0.5)  # the writer's first tries fail
+        wait_for(lambda: store.write_error is not None, "the writer's first try to fail")
         assert not ended.is_set()
         other.execute("COMMIT")
         other.close()
@@ -144,10 +144,10 @@ def test_without_its_checkpointer_the_store_falls_back_to_sqlites_checkpoints(
 
         monkeypatch.setattr(sqlite3, "connect", no_more_files)
         store.create_run(_run("r"))  # a commit: the checkpointer starts, and cannot open
-        deadline = time.monotonic() + 5
-        while store._query("PRAGMA wal_autocheckpoint")[0][0] != 1000:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(
+            lambda: store._query("PRAGMA wal_autocheckpoint")[0][0] == 1000,
+            "SQLite's automatic checkpoints to come back",
+        )
 
 
 def test_closing_starts_no_checkpointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -412,9 +412,7 @@ def test_writes_nobody_waits_for_are_committed_after_the_delay(
     with Store(path) as store:
         queued = time.monotonic()
         store.append_event_later(None, "run.queued", run_id="r")
-        while _committed(path, "SELECT COUNT(*) FROM events") == 0:
-            assert time.monotonic() - queued < 5, "the event was never committed"
-            time.sleep(0.01)
+        wait_for(lambda: _committed(path, "SELECT COUNT(*) FROM events") > 0, "the commit")
         assert time.monotonic() - queued >= 0.15  # it waited for company
 
 
@@ -789,10 +787,7 @@ def test_a_row_that_cannot_be_written_at_all_is_dropped_alone(store: Store) -> N
     store.claim_attempt_later("r2", "e1", 2**80)
     store.finish_run_later("r2", 0, "failed", {}, None, lambda ok: told.append(("r2", ok)))
     store.flush()
-    deadline = time.monotonic() + 10
-    while len(told) < 2:
-        assert time.monotonic() < deadline, told
-        time.sleep(0.01)
+    wait_for(lambda: len(told) >= 2, "both run ends")
     assert sorted(told) == [("r1", True), ("r2", True)]
     assert store.get_run("huge") is None
     assert store.dropped_writes == 2  # the huge run and the huge claim
