@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -253,15 +254,16 @@ def test_serve_with_local_engine_processes_and_a_config_file(folder: Path, tmp_p
         engines = httpx.get(server.url + "/healthz").json()["engines"]
         assert engines == 2
         # The cron trigger (every second) runs too, with its inputs and _trigger_* ones.
-        deadline = time.monotonic() + 15
         ticks: list[dict[str, object]] = []
-        while time.monotonic() < deadline and not ticks:
+
+        def ticked() -> bool:
             for summary in httpx.get(server.url + "/runs").json()["runs"]:
                 run = httpx.get(server.url + f"/runs/{summary['run_id']}").json()
                 if run["inputs"].get("_trigger_id") == "tick" and run["status"] == "succeeded":
                     ticks.append(run)
-            time.sleep(0.3)
-        assert ticks
+            return bool(ticks)
+
+        wait_for(ticked, "a succeeded run of the cron trigger")
         assert ticks[0]["inputs"]["_trigger_type"] == "cron"
         assert ticks[0]["outputs"]["b"] == {"v": 16}
     finally:

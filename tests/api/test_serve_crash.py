@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -117,10 +118,11 @@ def test_kill_9_with_runs_in_flight_then_restart_loses_and_repeats_nothing(
                 assert response.status_code == 202, response.text
                 acknowledged.append(response.json()["run_id"])
         # Some runs done, most in flight or queued: kill it without warning.
-        deadline = time.monotonic() + 60
-        while not log.exists() or len(log.read_text().splitlines()) < RUNS // 2:
-            assert time.monotonic() < deadline, "the runs did not get going"
-            time.sleep(0.01)
+        wait_for(
+            lambda: log.exists() and len(log.read_text().splitlines()) >= RUNS // 2,
+            "the runs to get going",
+            timeout=60,
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

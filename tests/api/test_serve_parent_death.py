@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from processes import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -67,10 +67,7 @@ def test_engines_exit_when_serve_is_killed(tmp_path: Path) -> None:
         proc.kill()  # SIGKILL: serve cannot stop its engines itself
         proc.wait(30)
         # Generous: the engines drain (serve gives them 2 s of grace) and stop.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_alive(pid) for pid in engines):
-            time.sleep(0.1)
-        assert not [pid for pid in engines if _alive(pid)], "engines outlived serve"
+        wait_for(lambda: not any(_alive(pid) for pid in engines), "serve's engines to stop")
     finally:
         if proc.poll() is None:
             proc.kill()

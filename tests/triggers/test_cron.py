@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,6 +14,7 @@ import pytest
 from dagengine.exceptions import TriggerError
 from dagengine.orchestrator.store import Store
 from dagengine.triggers import CronSchedule, CronTrigger, ManualClock, TriggerScheduler
+from processes import wait_for
 
 from .fakes import FakeExecutor
 
@@ -548,9 +548,7 @@ def test_scheduler_thread_follows_a_manual_clock() -> None:
     trig.start(executor)
     try:
         clock.advance(5)
-        deadline = time.monotonic() + 5
-        while not executor.calls and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for(lambda: bool(executor.calls), "the trigger to fire")
         assert executor.times() == ["2024-01-01T00:00:05Z"]
     finally:
         trig.stop()
