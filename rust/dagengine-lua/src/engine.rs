@@ -18,13 +18,10 @@ use crate::convert::{
     invoke, json_to_lua, lua_to_json, lua_type_name, release, Call, ConvFail, InvokeFail, Returned,
     Scope, REUSE_MAX_KEYS,
 };
+use crate::hook::{EAGER_WITHIN, HOOK_COUNT, HOOK_INTERVAL};
 use crate::pattern;
-use crate::watchdog::{self, EAGER_WITHIN, HOOK_COUNT};
+use crate::watchdog;
 use crate::{LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
-
-/// The hook runs every this many VM instructions: the granularity of the
-/// instruction budget, the deadline and the cancel flag.
-pub(crate) const HOOK_INTERVAL: u32 = 1000;
 
 /// Compiled chunks kept per state before the cache is flushed.
 const CACHE_CAP: usize = 1024;

@@ -125,6 +125,7 @@
 
 mod convert;
 mod engine;
+mod hook;
 mod pattern;
 mod watchdog;
 

@@ -25,8 +25,8 @@
 //!
 //! A script is thus stopped about two ticks (plus 1,000 instructions) later than with the
 //! hook from the start, if the watchdog thread gets a core in time. A deadline closer than
-//! [`EAGER_WITHIN`] gets the hook at once. Coroutines copy their creator's hook when
-//! created, not later: the sandbox's `coroutine.create`/`wrap` set the hook first (see
+//! [`EAGER_WITHIN`](crate::hook::EAGER_WITHIN) gets the hook at once. Coroutines copy
+//! their creator's hook when created, not later: the sandbox's `coroutine.create`/`wrap` set the hook first (see
 //! `RunState::arm_hook`), so only the scripts that use coroutines pay for it.
 //!
 //! Late hooks are off, and every script that needs the hook gets it at its start, in a
@@ -43,22 +43,10 @@ use std::ptr;
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
-use std::time::Duration;
 
 use mlua::ffi;
 
-use crate::engine::HOOK_INTERVAL;
-
-/// [`HOOK_INTERVAL`] as the C API takes it.
-#[allow(clippy::cast_possible_wrap)]
-pub(crate) const HOOK_COUNT: c_int = HOOK_INTERVAL as c_int;
-
-/// How often the watchdog looks at the running scripts.
-pub(crate) const TICK: Duration = Duration::from_millis(1);
-
-/// A run whose deadline is closer than this gets the hook from its start: a late hook
-/// could overshoot it by a few ticks.
-pub(crate) const EAGER_WITHIN: Duration = Duration::from_millis(20);
+use crate::hook::{HOOK_COUNT, TICK};
 
 /// Looks with no script running before the watchdog parks (about a second).
 const IDLE_TICKS: u32 = 1000;
@@ -203,7 +191,8 @@ fn slot(w: &Watchdog) -> Option<usize> {
 }
 
 /// A script is running on this thread until the returned guard drops: the watchdog will
-/// have `hook` set on `state` (every [`HOOK_INTERVAL`] instructions) if it runs for long.
+/// have `hook` set on `state` (every [`HOOK_INTERVAL`](crate::hook::HOOK_INTERVAL)
+/// instructions) if it runs for long.
 /// `None` when late hooks are off (see the module docs): the caller sets the hook itself.
 pub(crate) fn enter(state: *mut ffi::lua_State, hook: Option<ffi::lua_Hook>) -> Option<Entered> {
     let hook = hook?;

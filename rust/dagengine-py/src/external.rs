@@ -18,6 +18,8 @@ use pyo3::types::{PyDict, PyTuple};
 use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 
+use crate::exit::exiting;
+
 /// Live cancellation flag of one node attempt (`ctx.cancelled` reads it).
 #[pyclass(module = "dagengine._core", frozen)]
 pub struct CancelToken {
@@ -55,23 +57,6 @@ impl PyExternal {
             run_id,
         }
     }
-}
-
-static EXITING: AtomicBool = AtomicBool::new(false);
-
-/// Registered with `atexit` by the module: from here on no worker, and no session
-/// hand-over, enters the interpreter. Set without the GIL and under the sessions'
-/// hand-over lock: a hand-over that saw the flag unset may be waiting for the GIL.
-#[pyfunction]
-pub fn mark_exiting(py: Python<'_>) {
-    py.detach(|| {
-        let _handing_over = crate::session::hand_over_lock();
-        EXITING.store(true, Ordering::SeqCst);
-    });
-}
-
-pub(crate) fn exiting() -> bool {
-    EXITING.load(Ordering::SeqCst)
 }
 
 /// Threads for Python nodes: enough for I/O-bound nodes to overlap, grown only while

@@ -6,6 +6,7 @@
 
 mod engine;
 mod errors;
+mod exit;
 
 mod external;
 mod session;
@@ -665,6 +666,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // process when it unwinds through Rust frames.
     m.py()
         .import("atexit")?
-        .call_method1("register", (wrap_pyfunction!(external::mark_exiting, m)?,))?;
+        .call_method1("register", (wrap_pyfunction!(exit::mark_exiting, m)?,))?;
     Ok(())
 }

@@ -23,6 +23,7 @@ use tonic::codegen::Bytes;
 use tonic::Code;
 
 use crate::errors;
+use crate::exit::{exiting, hand_over_lock};
 
 struct Callbacks {
     on_replies: Py<PyAny>,
@@ -42,18 +43,6 @@ struct Sessions {
     handle: tokio::runtime::Handle,
     inbox: Mutex<Vec<Delivery>>,
     ready: Notify,
-}
-
-/// Held from the check of the exit flag (`external::exiting`, set at interpreter exit) to
-/// the end of a hand-over, and by `external::mark_exiting` to set it: a hand-over that has
-/// seen it unset has attached and let go before it is set, so this thread never waits for
-/// the GIL while the interpreter finalizes. From then on replies are dropped.
-static HANDING_OVER: Mutex<()> = Mutex::new(());
-
-pub(crate) fn hand_over_lock() -> std::sync::MutexGuard<'static, ()> {
-    HANDING_OVER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn sessions(py: Python<'_>) -> PyResult<&'static Arc<Sessions>> {
@@ -132,7 +121,7 @@ async fn hand_over_forever(sessions: &Sessions) {
             continue;
         }
         let _handing_over = hand_over_lock();
-        if crate::external::exiting() {
+        if exiting() {
             continue;
         }
         let _ = Python::try_attach(|py| deliver(py, items));
