@@ -2,7 +2,8 @@
 
 The trigger holds the configuration and the authentication check; the requests themselves are
 served by the one ASGI app of :mod:`dagengine.api` (the REST API and every HTTP trigger share
-a port; :mod:`dagengine.api.hooks` fires them and refuses a path the REST API takes). For the original system's shape — a trigger with its own port — pass ``port=``:
+a port; :mod:`dagengine.api.hooks` fires them and refuses a path the REST API takes). For the
+original system's shape — a trigger with its own port — pass ``port=``:
 :meth:`HTTPTrigger.start` then has the API serve just this trigger on that port and raises
 :class:`~dagengine.TriggerError` if the port is taken.
 
