@@ -52,6 +52,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from dagengine.api.hooks import check_path
 from dagengine.engine import PARENT_PID_ENV
 from dagengine.exceptions import ConfigError, DagEngineError, SpecError, TriggerError
 from dagengine.orchestrator.config import DISCOVERY_TYPES, Config
@@ -209,21 +210,36 @@ def build_triggers(specs: Sequence[Mapping[str, Any]]) -> list[Trigger]:
                 _check_keys(where, spec, _HTTP_TRIGGER_KEYS)
                 if not isinstance(spec.get("path"), str):
                     raise _bad(f"{where}.path", "required (a URL path like /hooks/build)")
-                out.append(
-                    HTTPTrigger(
-                        trigger_id,
-                        spec["path"],
-                        spec["workflow_id"],
-                        version=spec.get("version"),
-                        mode=str(spec.get("mode", "sync")),
-                        auth=str(spec.get("auth", "none")),
-                        secret=_secret(where, spec, "secret"),
-                        tolerance=spec.get("tolerance"),
-                        max_body_bytes=int(spec.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
-                        sync_timeout=float(spec.get("sync_timeout", 300.0)),
-                        inputs=inputs,
+                sync_timeout = spec.get("sync_timeout", 300.0)
+                if (
+                    isinstance(sync_timeout, bool)
+                    or not isinstance(sync_timeout, (int, float))
+                    or not 0 < sync_timeout <= 1e9
+                ):
+                    raise _bad(
+                        f"{where}.sync_timeout",
+                        f"expected seconds in (0, 1e9], got {sync_timeout!r}",
                     )
+                trigger = HTTPTrigger(
+                    trigger_id,
+                    spec["path"],
+                    spec["workflow_id"],
+                    version=spec.get("version"),
+                    mode=str(spec.get("mode", "sync")),
+                    auth=str(spec.get("auth", "none")),
+                    secret=_secret(where, spec, "secret"),
+                    tolerance=spec.get("tolerance"),
+                    max_body_bytes=_int(
+                        f"{where}.max_body_bytes",
+                        spec.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
+                        1,
+                        2**40,
+                    ),
+                    sync_timeout=float(sync_timeout),
+                    inputs=inputs,
                 )
+                check_path(trigger)  # (the API would refuse it later, without naming where)
+                out.append(trigger)
             else:
                 raise _bad(f"{where}.type", f"expected cron or http, got {kind!r}")
         except TriggerError as exc:

@@ -77,6 +77,7 @@ __all__ = [
     "MAX_PARALLEL",
     "MAX_RETRIES",
     "MAX_SECONDS",
+    "UniqueKeyLoader",
     "WorkflowSpecModel",
     "bind",
     "dag_to_spec",
@@ -93,7 +94,7 @@ _SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 # --- loading ----------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses repeated keys (plain YAML keeps the last one silently)."""
 
 
@@ -108,7 +109,7 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -
     return mapping
 
 
-_UniqueKeyLoader.add_constructor(
+UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
 )
 
@@ -174,7 +175,7 @@ def _parse_document(text: str, fmt: str, source: str) -> Any:
             raise SpecError(f"{source}: invalid JSON: {exc}", path=None) from None
     try:
         return yaml.load(
-            text, Loader=_UniqueKeyLoader
+            text, Loader=UniqueKeyLoader
         )  # a SafeLoader subclass: no arbitrary objects
     except SpecError as exc:
         raise SpecError(f"{source}: {exc.message}", path=None) from None

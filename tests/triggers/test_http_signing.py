@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from dagengine.api import ServerThread, create_app
-from dagengine.exceptions import TriggerError
+from dagengine.exceptions import ConfigError, TriggerError
 from dagengine.orchestrator import Orchestrator
 from dagengine.serve import build_triggers
 from dagengine.triggers import HTTPTrigger
@@ -224,3 +224,23 @@ def test_configuration() -> None:
         ("hmac-timestamp", 120.0),
         ("hmac", 300.0),
     ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"path": "/runs/x"}, r"triggers\[0\]: .*path '/runs/x' is taken by the REST API"),
+        ({"max_body_bytes": "big"}, r"triggers\[0\]\.max_body_bytes: expected an integer"),
+        ({"max_body_bytes": 10**30}, r"triggers\[0\]\.max_body_bytes: expected an integer"),
+        ({"sync_timeout": "soon"}, r"triggers\[0\]\.sync_timeout: expected seconds"),
+        ({"sync_timeout": 1e300}, r"triggers\[0\]\.sync_timeout: expected seconds"),
+    ],
+)
+def test_a_bad_http_trigger_in_the_serve_config_names_its_place(
+    extra: dict[str, object], message: str
+) -> None:
+    # A ConfigError naming triggers[i] (a one-line exit 2 from `dagengine serve`), never a
+    # ValueError or TypeError traceback.
+    spec = {"type": "http", "id": "h", "path": "/h", "workflow_id": "wf", **extra}
+    with pytest.raises(ConfigError, match=message):
+        build_triggers([spec])

@@ -325,10 +325,10 @@ def _spec_from_body(request: Request, body: bytes) -> tuple[dict[str, Any], dict
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     metadata: Any = {}
     if content_type in _YAML_TYPES:
-        from dagengine.spec import _UniqueKeyLoader
+        from dagengine.spec import UniqueKeyLoader
 
         try:
-            spec = yaml.load(body.decode("utf-8"), Loader=_UniqueKeyLoader)
+            spec = yaml.load(body.decode("utf-8"), Loader=UniqueKeyLoader)
         except (yaml.YAMLError, SpecError, UnicodeDecodeError, RecursionError) as exc:
             raise ApiError(400, f"invalid YAML: {exc}") from None
         if not isinstance(spec, dict):
