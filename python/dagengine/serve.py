@@ -18,7 +18,7 @@ defaults. The file (every key optional)::
       type: static             #   self-registration; or the DISCOVERY/ENGINES variables)
       engines: [10.0.0.5:50051]
     grpc_port: 50051           # OrchestratorService, with discovery; it listens on http.host
-                               # unless DAGENGINE_GRPC_HOST says (TLS, token: see README)
+                               # unless DAGENGINE_GRPC_HOST says (TLS, token: docs/orchestrator.md)
     triggers:
       - {type: cron, id: nightly, workflow_id: etl, schedule: "0 2 * * *",
          timezone: Europe/Berlin, overlap: skip, catchup: latest, catchup_window: 1h,

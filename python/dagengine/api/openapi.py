@@ -152,7 +152,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "WorkflowSpec": {
         "type": "object",
-        "description": "a workflow spec (the YAML/JSON format; see the README)",
+        "description": "a workflow spec (the YAML/JSON format; see docs/authoring.md)",
         "additionalProperties": False,
         "required": ["id", "version", "nodes"],
         "properties": {
