@@ -1,5 +1,15 @@
 use std::sync::atomic::AtomicUsize;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dagengine_core::{Dag, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus};
+use dagengine_lua::{LuaLimits, LuaScript};
+use serde_json::{Map, Value};
+
+use super::lua::{lua_pool, wall_limit, WallLimit};
+use super::model::REAP_MIN_NODES;
 use super::*;
 use dagengine_core::Backoff;
 

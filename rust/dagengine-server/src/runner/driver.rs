@@ -1,0 +1,744 @@
+//! The driver loop: steps the run's scheduler, carries out its instructions (no-op nodes in
+//! the loop, Lua nodes through `lua`, external ones on their executor's pool), keeps the
+//! timers, records the nodes and publishes events and the outcome (see the `runner` docs).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dagengine_core::{
+    ErrorKind, Event, Instruction, NodeIdx, NodeState, RunStatus, Scheduler, StopReason,
+};
+use serde_json::{Map, Value};
+
+use crate::drivers;
+use crate::runtime::{runtime, RuntimeError};
+
+use super::handle::{new_run, ExecOk, Msg, RunHandle, Shared};
+use super::lock;
+use super::lua::Backlog;
+use super::model::{
+    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure,
+    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+};
+
+pub(super) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub(super) fn empty_output() -> Arc<Value> {
+    static EMPTY: OnceLock<Arc<Value>> = OnceLock::new();
+    EMPTY
+        .get_or_init(|| Arc::new(Value::Object(Map::new())))
+        .clone()
+}
+
+/// Start a run of `plan` on the process runtime and return at once.
+pub fn start_run(
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+) -> Result<RunHandle, RuntimeError> {
+    // Not on the runtime's threads, but its check against use after fork() applies.
+    runtime()?;
+    let (handle, driver, rx) = new_run(plan, config, external);
+    drivers::spawn(Box::new(move || driver.run(&rx)));
+    Ok(handle)
+}
+
+/// Start a run on the caller's thread: it is driven here until it ends, until `budget` is
+/// spent, or until it would have to wait for work on other threads; then it goes on on a
+/// driver thread. For callers on an async worker: a short run of Lua and no-op nodes ends
+/// before this returns, with no thread hand-off at all (the gRPC service's common case), and
+/// a long one holds the caller for about `budget` at most. A Lua node still running when the
+/// budget runs out is interrupted and runs again on the pool: scripts have no side effects
+/// (the sandbox has no I/O), so nothing can tell, and its events are only sent once.
+pub fn start_run_inline(
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+    budget: Duration,
+) -> Result<RunHandle, RuntimeError> {
+    // On a runtime thread already (the gRPC service): its handle is a thread-local read,
+    // where `runtime()` checks the process id (a syscall) against fork().
+    if tokio::runtime::Handle::try_current().is_err() {
+        runtime()?;
+    }
+    let (handle, mut driver, rx) = new_run(plan, config, external);
+    let plan = driver.plan.clone();
+    let mut sched = Scheduler::new(&plan.dag, &plan.policies, driver.config.options);
+    let mut work = Work::default();
+    driver.begin(&mut sched, &mut work);
+    if let Some(status) = driver.drive(&mut sched, &mut work, &rx, Some(Instant::now() + budget)) {
+        driver.finish(&sched, status);
+        return Ok(handle);
+    }
+    let saved = sched.suspend();
+    drivers::spawn(Box::new(move || {
+        let plan = driver.plan.clone();
+        let mut sched = Scheduler::resume(&plan.dag, &plan.policies, saved);
+        let status = driver
+            .drive(&mut sched, &mut work, &rx, None)
+            .expect("without a budget the loop runs to the end");
+        driver.finish(&sched, status);
+    }));
+    Ok(handle)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Timer {
+    Retry { node: NodeIdx, attempt: u32 },
+    NodeDeadline { node: NodeIdx, attempt: u32 },
+}
+
+pub(super) struct Driver {
+    pub(super) plan: Arc<Plan>,
+    pub(super) config: RunConfig,
+    /// Shared with every Lua job instead of a `String` copy per node.
+    pub(super) run_id: Arc<str>,
+    pub(super) external: Option<Arc<dyn ExternalExecutor>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) tx: Sender<Msg>,
+    pub(super) records: Vec<NodeRecord>,
+    pub(super) tokens: Vec<Option<Arc<AtomicBool>>>,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    pub(super) deadline: Option<Instant>,
+    pub(super) started: Instant,
+    pub(super) seq: u64,
+    /// When the last attempt ended, until the instructions that followed it are carried
+    /// out (cleared before the loop can wait): the next node started in that step (in a
+    /// chain, the one that end made ready) takes that time as its start, one clock read
+    /// fewer per node.
+    pub(super) ended_at: Option<f64>,
+    pub(super) buffered: Vec<RunEvent>,
+    /// The failure that decided the run (first final node failure).
+    pub(super) first_failure: Option<NodeIdx>,
+    /// This run's Lua attempts handed to the pool and not yet picked up there.
+    pub(super) backlog: Backlog,
+}
+
+/// The driver loop's working state besides the scheduler: instructions to carry out and
+/// Lua attempts picked to run on the loop's thread. Owned, so it moves with the run.
+#[derive(Default)]
+pub(super) struct Work {
+    pub(super) out: Vec<Instruction>,
+    pub(super) todo: Vec<Instruction>,
+    pub(super) inline: Vec<(NodeIdx, u32)>,
+}
+
+pub(super) const PUBLISH_BATCH: usize = 512;
+
+/// How long the driver polls for a completion before it sleeps on the channel.
+pub(super) const SPIN: Duration = Duration::from_micros(50);
+
+impl Driver {
+    pub(super) fn new(
+        plan: Arc<Plan>,
+        config: RunConfig,
+        external: Option<Arc<dyn ExternalExecutor>>,
+        shared: Arc<Shared>,
+        tx: Sender<Msg>,
+    ) -> Self {
+        let n = plan.dag.len();
+        let started = Instant::now();
+        let record = NodeRecord {
+            status: NodeState::Pending,
+            output: None,
+            error: None,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+        };
+        Self {
+            deadline: config.timeout.map(|t| started + t),
+            run_id: config.run_id.as_str().into(),
+            plan,
+            config,
+            external,
+            shared,
+            tx,
+            records: vec![record; n],
+            tokens: vec![None; n],
+            timers: BinaryHeap::new(),
+            started,
+            seq: 0,
+            ended_at: None,
+            buffered: Vec::new(),
+            first_failure: None,
+            backlog: Arc::default(),
+        }
+    }
+
+    pub(super) fn emit(
+        &mut self,
+        kind: EventKind,
+        node: Option<NodeIdx>,
+        attempt: u32,
+        detail: EventDetail,
+    ) {
+        if self.config.events {
+            self.emit_at(unix_now(), kind, node, attempt, detail);
+        }
+    }
+
+    /// [`Driver::emit`] with the time already read (the node record's own timestamp).
+    pub(super) fn emit_at(
+        &mut self,
+        time: f64,
+        kind: EventKind,
+        node: Option<NodeIdx>,
+        attempt: u32,
+        detail: EventDetail,
+    ) {
+        if !self.config.events {
+            return;
+        }
+        self.seq += 1;
+        self.buffered.push(RunEvent {
+            seq: self.seq,
+            kind,
+            node,
+            attempt,
+            time,
+            detail,
+        });
+        if self.buffered.len() >= PUBLISH_BATCH {
+            self.publish();
+        }
+    }
+
+    pub(super) fn publish(&mut self) {
+        if self.buffered.is_empty() {
+            return;
+        }
+        self.shared.lock().events.extend(self.buffered.drain(..));
+        self.shared.notify();
+    }
+
+    pub(super) fn run(mut self, rx: &Receiver<Msg>) {
+        let plan = self.plan.clone();
+        let mut sched = Scheduler::new(&plan.dag, &plan.policies, self.config.options);
+        let mut work = Work::default();
+        self.begin(&mut sched, &mut work);
+        let status = self
+            .drive(&mut sched, &mut work, rx, None)
+            .expect("without a budget the loop runs to the end");
+        self.finish(&sched, status);
+    }
+
+    pub(super) fn begin(&mut self, sched: &mut Scheduler<'_>, work: &mut Work) {
+        for (node, output) in std::mem::take(&mut self.config.completed) {
+            if (node as usize) < self.records.len() {
+                self.records[node as usize].output = Some(Arc::new(output));
+                sched.mark_completed(node);
+            }
+        }
+        self.emit(EventKind::RunStarted, None, 0, EventDetail::None);
+        sched.start(&mut work.out);
+    }
+
+    /// Step the run until it ends (its status). With a `budget` (driven inline on a
+    /// caller's thread) it also stops, returning `None`, once the budget is spent or when
+    /// it would have to wait for work elsewhere; `work` then holds where it stopped, for
+    /// the loop to go on from on another thread.
+    pub(super) fn drive(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        work: &mut Work,
+        rx: &Receiver<Msg>,
+        budget: Option<Instant>,
+    ) -> Option<RunStatus> {
+        let Work { out, todo, inline } = work;
+        loop {
+            let applied = self.apply(sched, out, todo, inline, budget);
+            self.ended_at = None; // the loop may wait next: a later start reads the clock
+            if let Some(status) = applied {
+                return Some(status);
+            }
+            if budget.is_some_and(|b| Instant::now() >= b) {
+                self.publish();
+                return None; // a long chain of quick nodes: the rest elsewhere
+            }
+            // Work-first: hand all but one ready Lua node to the pool, run the last here.
+            if let Some((node, attempt)) = inline.pop() {
+                for (n, a) in inline.drain(..) {
+                    self.dispatch_lua(n, a);
+                }
+                self.publish();
+                let Some(result) = self.run_lua_inline(node, attempt, budget) else {
+                    // Out of budget: the attempt runs again wherever the loop goes on.
+                    inline.push((node, attempt));
+                    self.publish();
+                    return None;
+                };
+                self.fire_timers(sched, out);
+                self.finish_attempt(sched, out, node, attempt, result);
+                continue;
+            }
+            if !out.is_empty() {
+                continue;
+            }
+            // Nothing runnable here: take what came back, or wait for it.
+            self.fire_timers(sched, out);
+            if !out.is_empty() {
+                continue;
+            }
+            // From here the loop may wait or give the run back: a start after that reads
+            // the clock (an end that `fire_timers` recorded made nothing ready).
+            self.ended_at = None;
+            if budget.is_some() {
+                if let Ok(msg) = rx.try_recv() {
+                    self.on_msg(sched, out, msg);
+                    continue;
+                }
+                self.publish();
+                return None; // waiting is for a thread of our own, not the caller's
+            }
+            self.publish();
+            if let Ok(msg) = rx.try_recv() {
+                self.on_msg(sched, out, msg);
+                continue;
+            }
+            // This run's Lua attempts still waiting for a pool thread (a wide fan-out): run
+            // the next one here rather than wait for a thread to get to it.
+            let queued = {
+                let mut waiting = lock(&self.backlog);
+                match waiting.queue.front() {
+                    Some(q) if q.stealable => waiting.queue.pop_front(),
+                    _ => None,
+                }
+            };
+            if let Some(mut q) = queued {
+                if let Some(result) = self.run_queued(&mut q) {
+                    self.fire_timers(sched, out);
+                    self.finish_attempt(sched, out, q.job.node, q.job.attempt, result);
+                } else {
+                    // Long: a pool thread runs it from the start.
+                    q.stealable = false;
+                    self.enqueue(q, true);
+                }
+                continue;
+            }
+            // Work in flight usually answers within microseconds (a chain hands each node
+            // to a pool thread and back): poll briefly before paying for a sleep and wake.
+            let spin_until = Instant::now() + SPIN;
+            let mut polled = None;
+            while sched.running() > 0 && Instant::now() < spin_until {
+                if let Ok(msg) = rx.try_recv() {
+                    polled = Some(msg);
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            if let Some(msg) = polled {
+                self.on_msg(sched, out, msg);
+                continue;
+            }
+            let msg = match self.next_wakeup() {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(msg) => Some(msg),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => unreachable!("driver holds a sender"),
+                },
+                None => Some(rx.recv().expect("driver holds a sender")),
+            };
+            match msg {
+                Some(msg) => self.on_msg(sched, out, msg),
+                None => self.fire_timers(sched, out),
+            }
+            while let Ok(msg) = rx.try_recv() {
+                self.on_msg(sched, out, msg);
+            }
+        }
+    }
+
+    pub(super) fn next_wakeup(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (timer, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(super) fn on_msg(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        msg: Msg,
+    ) {
+        match msg {
+            Msg::Done {
+                node,
+                attempt,
+                result,
+            } => self.finish_attempt(sched, out, node, attempt, result),
+            Msg::Cancel => sched.handle(Event::Stop(StopReason::Cancelled), out),
+        }
+    }
+
+    pub(super) fn fire_timers(&mut self, sched: &mut Scheduler<'_>, out: &mut Vec<Instruction>) {
+        if self.deadline.is_none() && self.timers.is_empty() {
+            return; // nothing to fire: no clock read (a chain calls this once per node)
+        }
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| d <= now) && sched.stop_reason().is_none() {
+            self.deadline = None;
+            sched.handle(Event::Stop(StopReason::TimedOut), out);
+        }
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Retry { node, attempt } => {
+                    sched.handle(Event::RetryDue { node, attempt }, out);
+                }
+                Timer::NodeDeadline { node, attempt } => {
+                    if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
+                        let timeout = self.plan.policies[self.policy_index(node)].timeout;
+                        let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+                        let failure = NodeFailure::new(
+                            ErrorKind::NodeTimeout.as_str(),
+                            format!("node '{}' timed out after {secs}s", self.plan.dag.id(node)),
+                            true,
+                        );
+                        self.finish_attempt(sched, out, node, attempt, Err(failure));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn policy_index(&self, node: NodeIdx) -> usize {
+        if self.plan.policies.len() == 1 {
+            0
+        } else {
+            node as usize
+        }
+    }
+
+    /// Record the end of an attempt (if it is still the current one) and tell the scheduler.
+    pub(super) fn finish_attempt(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+        result: Result<ExecOk, NodeFailure>,
+    ) {
+        if sched.state(node) != NodeState::Running || sched.attempts(node) != attempt {
+            return;
+        }
+        // A cancel request may overtake its own message (the flag is set first): honour it
+        // before this result, so an attempt it interrupted counts as cancelled, not failed.
+        if self.shared.cancel.load(Ordering::SeqCst) && sched.stop_reason().is_none() {
+            sched.handle(Event::Stop(StopReason::Cancelled), out);
+            if sched.state(node) != NodeState::Running {
+                return;
+            }
+        }
+        if let Some(t) = self.tokens[node as usize].take() {
+            t.store(true, Ordering::Relaxed);
+        }
+        let now = unix_now();
+        self.ended_at = Some(now);
+        let rec = &mut self.records[node as usize];
+        rec.finished_at = Some(now);
+        match result {
+            Ok(ok) => {
+                for line in ok.logs {
+                    // At the end's time, like the events after it: times never go back.
+                    self.emit_at(
+                        now,
+                        EventKind::NodeLog,
+                        Some(node),
+                        attempt,
+                        EventDetail::Log(line),
+                    );
+                }
+                let rec = &mut self.records[node as usize];
+                rec.output = Some(if ok.output.is_empty() {
+                    empty_output()
+                } else {
+                    Arc::new(Value::Object(ok.output))
+                });
+                rec.error = None;
+                sched.handle(Event::NodeSucceeded { node, attempt }, out);
+                if sched.state(node) == NodeState::Succeeded {
+                    let detail = match &self.records[node as usize].output {
+                        Some(out) if self.config.event_outputs => EventDetail::Output(out.clone()),
+                        _ => EventDetail::None,
+                    };
+                    self.emit_at(now, EventKind::NodeSucceeded, Some(node), attempt, detail);
+                }
+            }
+            Err(failure) => {
+                let retryable = failure.retryable;
+                rec.error = Some(failure);
+                sched.handle(
+                    Event::NodeFailed {
+                        node,
+                        attempt,
+                        retryable,
+                    },
+                    out,
+                );
+                if sched.state(node) == NodeState::Failed {
+                    self.first_failure.get_or_insert(node);
+                    let detail = EventDetail::Error(
+                        self.records[node as usize].error.clone().expect("just set"),
+                    );
+                    self.emit_at(now, EventKind::NodeFailed, Some(node), attempt, detail);
+                }
+            }
+        }
+    }
+
+    /// Carry out the scheduler's instructions. Returns the run status once it finished.
+    /// With a `budget`, stops once it is spent and leaves what is left in `out` (no-op
+    /// nodes complete in here: a long chain or a wide fan-out of them is many waves).
+    pub(super) fn apply(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        todo: &mut Vec<Instruction>,
+        inline: &mut Vec<(NodeIdx, u32)>,
+        budget: Option<Instant>,
+    ) -> Option<RunStatus> {
+        while !out.is_empty() {
+            std::mem::swap(out, todo);
+            let mut done = 0;
+            while done < todo.len() {
+                if budget.is_some() && done % 64 == 0 && budget.is_some_and(|b| Instant::now() >= b)
+                {
+                    // Spent: the rest of this wave goes first, before what it produced.
+                    let rest: Vec<Instruction> = todo.drain(done..).collect();
+                    todo.clear();
+                    out.splice(0..0, rest);
+                    return None;
+                }
+                let ins = todo[done];
+                done += 1;
+                match ins {
+                    Instruction::Execute { node, attempt } => {
+                        let now = self.ended_at.take().unwrap_or_else(unix_now);
+                        let rec = &mut self.records[node as usize];
+                        rec.attempts = attempt;
+                        rec.started_at.get_or_insert(now);
+                        self.emit_at(
+                            now,
+                            EventKind::NodeStarted,
+                            Some(node),
+                            attempt,
+                            EventDetail::None,
+                        );
+                        match &self.plan.kinds[node as usize] {
+                            NodeKind::Noop => {
+                                let ok = ExecOk {
+                                    output: Map::new(),
+                                    logs: Vec::new(),
+                                };
+                                self.finish_attempt(sched, out, node, attempt, Ok(ok));
+                            }
+                            NodeKind::Lua { .. } => inline.push((node, attempt)),
+                            NodeKind::External => self.dispatch_external(node, attempt),
+                        }
+                    }
+                    Instruction::ScheduleRetry {
+                        node,
+                        attempt,
+                        delay,
+                    } => {
+                        self.timers.push(Reverse((
+                            Instant::now() + delay,
+                            Timer::Retry { node, attempt },
+                        )));
+                        let error = self.records[node as usize].error.clone();
+                        self.emit(
+                            EventKind::NodeRetrying,
+                            Some(node),
+                            attempt - 1,
+                            EventDetail::Retry { delay, error },
+                        );
+                    }
+                    Instruction::Abort { node } => {
+                        if let Some(t) = &self.tokens[node as usize] {
+                            t.store(true, Ordering::SeqCst);
+                        }
+                        let attempt = self.records[node as usize].attempts;
+                        let abandon = match self.plan.kinds[node as usize] {
+                            // Picked to run inline but not started: it never runs.
+                            NodeKind::Lua { .. } => {
+                                let before = inline.len();
+                                inline.retain(|&(n, _)| n != node);
+                                inline.len() != before
+                            }
+                            // Python cannot be interrupted; the run does not wait for it
+                            // (its thread finishes in the background, its result ignored).
+                            NodeKind::External => true,
+                            NodeKind::Noop => false,
+                        };
+                        if abandon {
+                            let failure = never_started(&self.plan, node);
+                            self.finish_attempt(sched, out, node, attempt, Err(failure));
+                        }
+                    }
+                    Instruction::Skipped { node } => {
+                        self.emit(EventKind::NodeSkipped, Some(node), 0, EventDetail::None);
+                    }
+                    Instruction::Cancelled { node } => {
+                        let attempt = self.records[node as usize].attempts;
+                        self.emit(
+                            EventKind::NodeCancelled,
+                            Some(node),
+                            attempt,
+                            EventDetail::None,
+                        );
+                    }
+                    Instruction::Finish { status } => {
+                        todo.clear();
+                        return Some(status);
+                    }
+                }
+            }
+            todo.clear();
+        }
+        None
+    }
+
+    pub(super) fn results_of(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
+        self.plan
+            .dag
+            .parents(node)
+            .iter()
+            .map(|&p| {
+                let out = self.records[p as usize]
+                    .output
+                    .clone()
+                    .unwrap_or_else(empty_output);
+                (p, out)
+            })
+            .collect()
+    }
+
+    pub(super) fn new_token(&mut self, node: NodeIdx) -> Arc<AtomicBool> {
+        let t = Arc::new(AtomicBool::new(self.shared.cancel.load(Ordering::SeqCst)));
+        self.tokens[node as usize] = Some(t.clone());
+        t
+    }
+
+    pub(super) fn dispatch_external(&mut self, node: NodeIdx, attempt: u32) {
+        let cancel = self.new_token(node);
+        let call = ExternalCall {
+            node,
+            attempt,
+            results: self.results_of(node),
+            cancel,
+        };
+        if let Some(timeout) = self.plan.policies[self.policy_index(node)].timeout {
+            self.timers.push(Reverse((
+                Instant::now() + timeout,
+                Timer::NodeDeadline { node, attempt },
+            )));
+        }
+        let tx = self.tx.clone();
+        let Some(external) = self.external.clone() else {
+            let failure = NodeFailure::new(
+                ErrorKind::DagEngineError.as_str(),
+                format!(
+                    "node '{}' needs an external executor and this run has none",
+                    self.plan.dag.id(node)
+                ),
+                false,
+            );
+            let _ = tx.send(Msg::Done {
+                node,
+                attempt,
+                result: Err(failure),
+            });
+            return;
+        };
+        let plan = self.plan.clone();
+        let pool = external.pool();
+        pool.submit(Box::new(move || {
+            let node_id = plan.dag.id(node);
+            let result =
+                contained(node_id, || external.execute(&plan, call)).map(|output| ExecOk {
+                    output,
+                    logs: Vec::new(),
+                });
+            let _ = tx.send(Msg::Done {
+                node,
+                attempt,
+                result,
+            });
+        }));
+    }
+
+    pub(super) fn finish(mut self, sched: &Scheduler<'_>, status: RunStatus) {
+        let n = self.plan.dag.len();
+        for i in 0..n {
+            let state = sched.state(i as NodeIdx);
+            let rec = &mut self.records[i];
+            rec.status = state;
+            if state != NodeState::Succeeded {
+                rec.output = None;
+            }
+        }
+        let error = match (status, sched.stop_reason()) {
+            (RunStatus::Succeeded, _) => None,
+            (_, Some(StopReason::TimedOut)) => Some(RunError {
+                kind: ErrorKind::RunTimeout.as_str().to_owned(),
+                message: format!(
+                    "run timed out after {}s",
+                    self.config.timeout.map_or(0.0, |t| t.as_secs_f64())
+                ),
+                node_id: None,
+            }),
+            (RunStatus::Failed, _) => self.first_failure.map(|node| {
+                let failure = self.records[node as usize]
+                    .error
+                    .clone()
+                    .expect("a failed node has an error");
+                RunError {
+                    message: format!(
+                        "node '{}' failed: {}",
+                        self.plan.dag.id(node),
+                        failure.message
+                    ),
+                    kind: failure.kind,
+                    node_id: Some(self.plan.dag.id(node).to_owned()),
+                }
+            }),
+            (RunStatus::Cancelled, _) => Some(RunError {
+                kind: ErrorKind::RunCancelled.as_str().to_owned(),
+                message: "run cancelled".to_owned(),
+                node_id: None,
+            }),
+        };
+        self.emit(
+            EventKind::RunFinished,
+            None,
+            0,
+            EventDetail::Finished(status),
+        );
+        let outcome = RunOutcome {
+            run_id: self.config.run_id.clone(),
+            status,
+            error,
+            duration: self.started.elapsed(),
+            nodes: std::mem::take(&mut self.records),
+        };
+        let mut published = self.shared.lock();
+        published.events.extend(self.buffered.drain(..));
+        published.outcome = Some(Arc::new(outcome));
+        drop(published);
+        self.shared.notify();
+    }
+}

@@ -1,0 +1,177 @@
+//! The handle of a started run, and the state it shares with the run's driver: published
+//! events and outcome, the cancel flag, and the channel into the driver loop.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dagengine_core::NodeIdx;
+use serde_json::{Map, Value};
+
+use super::driver::Driver;
+use super::model::{ExternalExecutor, NodeFailure, Plan, RunConfig, RunEvent, RunOutcome};
+
+pub(super) enum Msg {
+    Done {
+        node: NodeIdx,
+        attempt: u32,
+        result: Result<ExecOk, NodeFailure>,
+    },
+    Cancel,
+}
+
+pub(super) struct ExecOk {
+    pub(super) output: Map<String, Value>,
+    pub(super) logs: Vec<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Published {
+    pub(super) events: VecDeque<RunEvent>,
+    pub(super) outcome: Option<Arc<RunOutcome>>,
+}
+
+pub(super) struct Shared {
+    pub(super) run_id: String,
+    pub(super) cancel: AtomicBool,
+    pub(super) published: Mutex<Published>,
+    pub(super) changed: Condvar,
+    /// Threads waiting on `changed` (counted under `published`'s lock): a `notify_all` is a
+    /// syscall even with nobody to wake, and the gRPC path never waits there.
+    pub(super) sync_waiters: AtomicUsize,
+    /// The same wake-up as `changed`, for async waiters (the gRPC event stream).
+    pub(super) changed_async: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// Wake the waiters of `changed` and `changed_async`; call after releasing the lock.
+    pub(super) fn notify(&self) {
+        if self.sync_waiters.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_all();
+        }
+        self.changed_async.notify_waiters();
+    }
+
+    /// Wait on `changed` while `blocked` holds, up to `timeout`.
+    pub(super) fn wait_while<'a>(
+        &'a self,
+        guard: MutexGuard<'a, Published>,
+        timeout: Duration,
+        blocked: impl FnMut(&mut Published) -> bool,
+    ) -> MutexGuard<'a, Published> {
+        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, blocked)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Published> {
+        // A panic while holding this lock leaves plain data behind; keep serving it.
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A started run: wait for it, read its events, cancel it. Cheap to clone.
+#[derive(Clone)]
+pub struct RunHandle {
+    pub(super) shared: Arc<Shared>,
+    pub(super) tx: Sender<Msg>,
+}
+
+impl std::fmt::Debug for RunHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle")
+            .field("run_id", &self.shared.run_id)
+            .field("done", &self.is_done())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunHandle {
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// Ask the run to stop: pending nodes are cancelled, running ones interrupted.
+    pub fn cancel(&self) {
+        self.shared.cancel.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Msg::Cancel);
+    }
+
+    /// Whether the run has finished.
+    pub fn is_done(&self) -> bool {
+        self.shared.lock().outcome.is_some()
+    }
+
+    /// Wait up to `timeout` for the run to finish; true if it has.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let guard = self.shared.lock();
+        let guard = self
+            .shared
+            .wait_while(guard, timeout, |p| p.outcome.is_none());
+        guard.outcome.is_some()
+    }
+
+    /// Wait up to `timeout` for events (or the end of the run); take all pending events.
+    pub fn next_events(&self, timeout: Duration) -> Vec<RunEvent> {
+        let guard = self.shared.lock();
+        let mut guard = self.shared.wait_while(guard, timeout, |p| {
+            p.events.is_empty() && p.outcome.is_none()
+        });
+        guard.events.drain(..).collect()
+    }
+
+    /// Wait (asynchronously) for events or the end of the run; take all pending events.
+    /// Returns them with the outcome once the run has finished and every event is out.
+    pub async fn next_events_async(&self) -> (Vec<RunEvent>, Option<Arc<RunOutcome>>) {
+        loop {
+            let notified = self.shared.changed_async.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a publish between the look and the await is not
+            // missed.
+            notified.as_mut().enable();
+            {
+                let mut p = self.shared.lock();
+                if !p.events.is_empty() || p.outcome.is_some() {
+                    let events: Vec<RunEvent> = p.events.drain(..).collect();
+                    return (events, p.outcome.clone());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The outcome, once the run has finished.
+    pub fn outcome(&self) -> Option<Arc<RunOutcome>> {
+        self.shared.lock().outcome.clone()
+    }
+}
+
+pub(super) fn new_run(
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+) -> (RunHandle, Driver, Receiver<Msg>) {
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        run_id: config.run_id.clone(),
+        cancel: AtomicBool::new(false),
+        published: Mutex::new(Published::default()),
+        changed: Condvar::new(),
+        sync_waiters: AtomicUsize::new(0),
+        changed_async: tokio::sync::Notify::new(),
+    });
+    let handle = RunHandle {
+        shared: shared.clone(),
+        tx: tx.clone(),
+    };
+    (handle, Driver::new(plan, config, external, shared, tx), rx)
+}

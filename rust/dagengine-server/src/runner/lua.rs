@@ -1,0 +1,336 @@
+//! Lua dispatch: the pool Lua nodes run on, the run's backlog of Lua attempts that pool
+//! threads drain (and the driver steals from), and one attempt's execution under its wall
+//! limit (node timeout, run deadline or inline budget, whichever comes first).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use dagengine_core::{ErrorKind, NodeIdx};
+use dagengine_lua::{LuaError, NodeInfo};
+use serde_json::Value;
+
+use crate::pool::{Growth, Hooks, WorkerPool};
+
+use super::driver::Driver;
+use super::handle::{ExecOk, Msg};
+use super::lock;
+use super::model::{contained, never_started, NodeFailure, NodeKind, Plan};
+
+/// The pool Lua nodes run on when they do not run inline: Lua is pure CPU work, so one
+/// thread per core.
+pub(super) fn lua_pool() -> &'static WorkerPool {
+    static POOL: OnceLock<WorkerPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        WorkerPool::new("dagengine-lua", cores, 64, Growth::Eager, Hooks::default())
+    })
+}
+
+/// A Lua attempt handed to the pool, waiting for a thread (its node and attempt are the
+/// job's).
+pub(super) struct Queued {
+    pub(super) job: LuaJob,
+    pub(super) cancel: Arc<AtomicBool>,
+    /// The driver may take it: false once the driver gave it back unfinished (it is long;
+    /// a pool thread runs it).
+    pub(super) stealable: bool,
+}
+
+/// How long the driver runs a node it took from the backlog before it gives it back: it
+/// must return to the run's results, timers and cancellations.
+pub(super) const STEAL_BUDGET: Duration = Duration::from_millis(1);
+
+/// A run's Lua attempts waiting for a thread. Pool threads drain it: at most one pool job
+/// per pool thread takes attempts from the front until none is left (a fan-out of ten
+/// thousand nodes is a few pool jobs, not ten thousand); the driver takes from the front
+/// too when it would otherwise wait, so its thread runs Lua rather than polling for results.
+pub(super) type Backlog = Arc<Mutex<Waiting>>;
+
+#[derive(Default)]
+pub(super) struct Waiting {
+    pub(super) queue: VecDeque<Queued>,
+    /// Pool jobs draining `queue`, queued or running.
+    pub(super) drainers: usize,
+}
+
+/// A pool job: run the run's waiting Lua attempts until none is left.
+pub(super) fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
+    loop {
+        let q = {
+            let mut waiting = lock(backlog);
+            let Some(q) = waiting.queue.pop_front() else {
+                waiting.drainers -= 1;
+                return;
+            };
+            q
+        };
+        let (node, attempt) = (q.job.node, q.job.attempt);
+        let result = if q.cancel.load(Ordering::Relaxed) {
+            Err(never_started(plan, node))
+        } else {
+            contained(plan.dag.id(node), || q.job.execute(plan, &q.cancel))
+        };
+        let _ = tx.send(Msg::Done {
+            node,
+            attempt,
+            result,
+        });
+    }
+}
+
+impl Driver {
+    pub(super) fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {
+        let cancel = self.new_token(node);
+        let job = self.lua_job(node, attempt);
+        let q = Queued {
+            job,
+            cancel,
+            stealable: true,
+        };
+        self.enqueue(q, false);
+    }
+
+    /// Put an attempt in the backlog (at the front: one the driver gives back), and start a
+    /// pool job to drain it unless one per pool thread is at it already.
+    pub(super) fn enqueue(&self, q: Queued, front: bool) {
+        let pool = lua_pool();
+        {
+            let mut waiting = lock(&self.backlog);
+            if front {
+                waiting.queue.push_front(q);
+            } else {
+                waiting.queue.push_back(q);
+            }
+            if waiting.drainers >= pool.max_threads() {
+                return;
+            }
+            waiting.drainers += 1;
+        }
+        let (backlog, tx, plan) = (self.backlog.clone(), self.tx.clone(), self.plan.clone());
+        pool.submit(Box::new(move || drain(&backlog, &plan, &tx)));
+    }
+
+    /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
+    /// inline ([`Driver::run_here`]; if the attempt's own token is already set, it does not
+    /// run at all). It gets [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has
+    /// no effects: it can simply run again, on a pool thread).
+    pub(super) fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
+        if q.cancel.load(Ordering::Relaxed) {
+            return Some(Err(never_started(&self.plan, q.job.node)));
+        }
+        q.job.budget = Some(Instant::now() + STEAL_BUDGET);
+        let result = self.run_here(&q.job.call());
+        q.job.budget = None;
+        result
+    }
+
+    /// Execute a Lua attempt on the driver's thread under its budget: the run-level cancel
+    /// flag is the one that can change while the driver is busy here. `None` if the budget
+    /// ran out first.
+    pub(super) fn run_here(&self, call: &LuaCall<'_>) -> Option<Result<ExecOk, NodeFailure>> {
+        match contained(self.plan.dag.id(call.node), || {
+            call.execute(&self.plan, &self.shared.cancel)
+        }) {
+            Err(f) if f.kind == PREEMPTED => None,
+            result => Some(result),
+        }
+    }
+
+    /// Run a Lua attempt on this thread; `None` if `budget` ran out first (before it
+    /// started, or by interrupting it: it has no effects, so it can simply run again).
+    pub(super) fn run_lua_inline(
+        &mut self,
+        node: NodeIdx,
+        attempt: u32,
+        budget: Option<Instant>,
+    ) -> Option<Result<ExecOk, NodeFailure>> {
+        if budget.is_some_and(|b| Instant::now() >= b) {
+            return None;
+        }
+        let results = self.lua_results(node);
+        let policy = &self.plan.policies[self.policy_index(node)];
+        self.run_here(&LuaCall {
+            node,
+            attempt,
+            run_id: &self.run_id,
+            inputs: &self.config.inputs,
+            results: &results,
+            node_timeout: policy.timeout,
+            deadline: self.deadline,
+            budget,
+        })
+    }
+
+    /// The parents' outputs, if the node's script can read them.
+    pub(super) fn lua_results(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
+        match &self.plan.kinds[node as usize] {
+            NodeKind::Lua { script, .. } if script.reads_results() => self.results_of(node),
+            _ => Vec::new(),
+        }
+    }
+
+    pub(super) fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
+        let policy = &self.plan.policies[self.policy_index(node)];
+        LuaJob {
+            node,
+            attempt,
+            run_id: self.run_id.clone(),
+            inputs: self.config.inputs.clone(),
+            results: self.lua_results(node),
+            node_timeout: policy.timeout,
+            deadline: self.deadline,
+            budget: None,
+        }
+    }
+}
+
+/// Everything a Lua attempt needs, owned, so it can move to a pool thread.
+pub(super) struct LuaJob {
+    pub(super) node: NodeIdx,
+    pub(super) attempt: u32,
+    pub(super) run_id: Arc<str>,
+    pub(super) inputs: Arc<Value>,
+    pub(super) results: Vec<(NodeIdx, Arc<Value>)>,
+    pub(super) node_timeout: Option<Duration>,
+    pub(super) deadline: Option<Instant>,
+    /// Inline on a caller's thread: when to give the thread back ([`start_run_inline`](super::start_run_inline)).
+    pub(super) budget: Option<Instant>,
+}
+
+/// The failure kind of a Lua attempt interrupted because its inline budget ran out; never
+/// reported: the attempt runs again.
+pub(super) const PREEMPTED: &str = "dagengine.Preempted";
+
+impl LuaJob {
+    pub(super) fn execute(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ExecOk, NodeFailure> {
+        self.call().execute(plan, cancel)
+    }
+
+    pub(super) fn call(&self) -> LuaCall<'_> {
+        LuaCall {
+            node: self.node,
+            attempt: self.attempt,
+            run_id: &self.run_id,
+            inputs: &self.inputs,
+            results: &self.results,
+            node_timeout: self.node_timeout,
+            deadline: self.deadline,
+            budget: self.budget,
+        }
+    }
+}
+
+/// A Lua attempt with what it needs borrowed: from a [`LuaJob`] on a pool thread, or from
+/// the driver itself when it runs the attempt inline (the run's id and inputs are not
+/// cloned for it).
+pub(super) struct LuaCall<'a> {
+    pub(super) node: NodeIdx,
+    pub(super) attempt: u32,
+    pub(super) run_id: &'a str,
+    pub(super) inputs: &'a Value,
+    pub(super) results: &'a [(NodeIdx, Arc<Value>)],
+    pub(super) node_timeout: Option<Duration>,
+    pub(super) deadline: Option<Instant>,
+    pub(super) budget: Option<Instant>,
+}
+
+impl LuaCall<'_> {
+    pub(super) fn execute(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ExecOk, NodeFailure> {
+        let NodeKind::Lua { script, limits } = &plan.kinds[self.node as usize] else {
+            unreachable!("only Lua nodes become Lua jobs");
+        };
+        let node_id = plan.dag.id(self.node);
+        let mut limits = *limits;
+        let (timeout, binds) = wall_limit(
+            limits.timeout,
+            self.node_timeout,
+            self.deadline
+                .map(|d| d.saturating_duration_since(Instant::now())),
+            self.budget
+                .map(|b| b.saturating_duration_since(Instant::now())),
+        );
+        limits.timeout = timeout;
+        let results: Vec<(&str, &Value)> = self
+            .results
+            .iter()
+            .map(|(p, v)| (plan.dag.id(*p), v.as_ref()))
+            .collect();
+        let info = NodeInfo {
+            node_id,
+            run_id: self.run_id,
+            attempt: self.attempt,
+        };
+        match dagengine_lua::execute(script, self.inputs, &results, &info, &limits, Some(cancel)) {
+            Ok(out) => Ok(ExecOk {
+                output: out.output,
+                logs: out.logs,
+            }),
+            Err(LuaError::Timeout { .. }) if binds == WallLimit::Budget => {
+                Err(NodeFailure::new(PREEMPTED, "inline budget spent", true))
+            }
+            Err(LuaError::Timeout { limit }) if binds == WallLimit::Node => Err(NodeFailure::new(
+                ErrorKind::NodeTimeout.as_str(),
+                format!("node '{node_id}' timed out after {}s", limit.as_secs_f64()),
+                true,
+            )),
+            Err(e) => Err(lua_failure(node_id, &e)),
+        }
+    }
+}
+
+/// Which limit a Lua attempt's wall-time limit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WallLimit {
+    Script,
+    Node,
+    Deadline,
+    Budget,
+}
+
+/// A Lua attempt's wall-time limit: the node's timeout if it has one, else the script's
+/// own (by default [`dagengine_lua::DEFAULT_TIMEOUT`]; a node timeout replaces it, so a
+/// node may run longer), unless what is left of the run's deadline or of the inline budget
+/// is shorter.
+pub(super) fn wall_limit(
+    script: Option<Duration>,
+    node: Option<Duration>,
+    deadline_left: Option<Duration>,
+    budget_left: Option<Duration>,
+) -> (Option<Duration>, WallLimit) {
+    let mut limit = match node {
+        Some(t) => (Some(t), WallLimit::Node),
+        None => (script, WallLimit::Script),
+    };
+    for (left, binds) in [
+        (deadline_left, WallLimit::Deadline),
+        (budget_left, WallLimit::Budget),
+    ] {
+        if let Some(left) = left {
+            if limit.0.is_none_or(|l| left < l) {
+                limit = (Some(left), binds);
+            }
+        }
+    }
+    limit
+}
+
+/// Map a Lua error to a node failure of the error's kind.
+pub(super) fn lua_failure(node_id: &str, e: &LuaError) -> NodeFailure {
+    let retryable = matches!(e, LuaError::Runtime { .. } | LuaError::Timeout { .. });
+    let mut f = NodeFailure::new(
+        e.kind().as_str(),
+        format!("node '{node_id}': {e}"),
+        retryable,
+    );
+    if let LuaError::Runtime {
+        traceback: Some(tb),
+        ..
+    } = e
+    {
+        f.traceback = Some(tb.clone());
+    }
+    f
+}

@@ -1,0 +1,304 @@
+//! The run's model: the plan (nodes, their kinds and policies), what a run is given, and
+//! what it reports (events, node records, the outcome), with the node failure every
+//! executor returns.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dagengine_core::{Dag, ErrorKind, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus};
+use dagengine_lua::{LuaLimits, LuaScript};
+use serde_json::{Map, Value};
+
+use crate::pool::{Growth, Hooks, WorkerPool};
+
+/// How a node is executed.
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// Succeeds at once with an empty output (tests, benchmarks, joins).
+    Noop,
+    /// A sandboxed Lua script.
+    Lua {
+        script: LuaScript,
+        limits: LuaLimits,
+    },
+    /// Anything the host provides through [`ExternalExecutor`] (Python callables).
+    External,
+}
+
+/// One node of a [`Plan`].
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub kind: NodeKind,
+    pub policy: NodePolicy,
+}
+
+/// A validated graph with how to execute each node; shared by every run of it.
+#[derive(Debug)]
+pub struct Plan {
+    pub(super) dag: Dag,
+    pub(super) kinds: Vec<NodeKind>,
+    pub(super) policies: Vec<NodePolicy>,
+}
+
+impl Plan {
+    /// Build a plan. `dag` must be preprocessed; `nodes` has one entry per node, or is
+    /// empty (every node a no-op with the default policy).
+    pub fn new(dag: Dag, nodes: Vec<NodeSpec>) -> Result<Self, String> {
+        if !dag.is_preprocessed() {
+            return Err("the graph must be preprocessed before it is planned".to_owned());
+        }
+        if nodes.is_empty() {
+            return Ok(Self {
+                kinds: vec![NodeKind::Noop; dag.len()],
+                policies: vec![NodePolicy::default()],
+                dag,
+            });
+        }
+        if nodes.len() != dag.len() {
+            return Err(format!(
+                "{} node specs for a graph of {} nodes",
+                nodes.len(),
+                dag.len()
+            ));
+        }
+        let (kinds, policies) = nodes.into_iter().map(|n| (n.kind, n.policy)).unzip();
+        Ok(Self {
+            dag,
+            kinds,
+            policies,
+        })
+    }
+
+    /// The graph.
+    pub fn dag(&self) -> &Dag {
+        &self.dag
+    }
+}
+
+/// Why a node attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// Error class name (`LuaRuntimeError`, `NodeTimeout`, `ValueError`, ...).
+    pub kind: String,
+    pub message: String,
+    pub traceback: Option<String>,
+    /// False when another attempt cannot help (cancelled, limits, bad return value).
+    pub retryable: bool,
+}
+
+impl NodeFailure {
+    pub(super) fn new(kind: &str, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            message: message.into(),
+            traceback: None,
+            retryable,
+        }
+    }
+}
+
+/// One call into the host for an external node.
+#[derive(Debug)]
+pub struct ExternalCall {
+    pub node: NodeIdx,
+    pub attempt: u32,
+    /// Each parent's id and output.
+    pub results: Vec<(NodeIdx, Arc<Value>)>,
+    /// Set when the attempt should stop (cancel, timeout, fail-fast).
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Executes external nodes; called on a thread of [`ExternalExecutor::pool`].
+pub trait ExternalExecutor: Send + Sync {
+    /// Run one attempt; the output must be a JSON object.
+    fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure>;
+
+    /// The pool external nodes run on (the Python bridge brings one that enters the
+    /// interpreter once per batch).
+    fn pool(&self) -> WorkerPool {
+        static POOL: OnceLock<WorkerPool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            WorkerPool::new(
+                "dagengine-ext",
+                64,
+                1,
+                Growth::WhenStalled(Duration::from_millis(1)),
+                Hooks::default(),
+            )
+        })
+        .clone()
+    }
+}
+
+/// Run a node's work, turning a panic into a node failure so the run still hears back.
+pub(super) fn contained<T>(
+    node_id: &str,
+    f: impl FnOnce() -> Result<T, NodeFailure>,
+) -> Result<T, NodeFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(NodeFailure::new(
+            ErrorKind::DagEngineError.as_str(),
+            format!("node '{node_id}': internal error: {what}"),
+            false,
+        ))
+    })
+}
+
+/// Parameters of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunConfig {
+    pub run_id: String,
+    /// The run's inputs (a JSON object).
+    pub inputs: Arc<Value>,
+    pub options: RunOptions,
+    pub timeout: Option<Duration>,
+    /// Outputs of nodes that already succeeded (a resumed run does not run them again).
+    pub completed: Vec<(NodeIdx, Value)>,
+    /// Record events for [`RunHandle::next_events`](super::RunHandle::next_events).
+    pub events: bool,
+    /// Attach each node's output to its `NodeSucceeded` event (the engine streams them so
+    /// the orchestrator can store completed outputs as they happen).
+    pub event_outputs: bool,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    RunStarted,
+    NodeStarted,
+    NodeSucceeded,
+    NodeFailed,
+    NodeRetrying,
+    NodeSkipped,
+    NodeCancelled,
+    NodeLog,
+    RunFinished,
+}
+
+impl EventKind {
+    /// Snake-case name used on the wire and in Python.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RunStarted => "run_started",
+            Self::NodeStarted => "node_started",
+            Self::NodeSucceeded => "node_succeeded",
+            Self::NodeFailed => "node_failed",
+            Self::NodeRetrying => "node_retrying",
+            Self::NodeSkipped => "node_skipped",
+            Self::NodeCancelled => "node_cancelled",
+            Self::NodeLog => "node_log",
+            Self::RunFinished => "run_finished",
+        }
+    }
+}
+
+/// Extra data of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventDetail {
+    None,
+    Error(NodeFailure),
+    Retry {
+        delay: Duration,
+        error: Option<NodeFailure>,
+    },
+    Log(String),
+    /// A succeeded node's output (only with [`RunConfig::event_outputs`]).
+    Output(Arc<Value>),
+    Finished(RunStatus),
+}
+
+/// Something that happened during a run, numbered from 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEvent {
+    pub seq: u64,
+    pub kind: EventKind,
+    pub node: Option<NodeIdx>,
+    pub attempt: u32,
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    pub detail: EventDetail,
+}
+
+/// The final record of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub status: NodeState,
+    pub output: Option<Arc<Value>>,
+    pub error: Option<NodeFailure>,
+    pub attempts: u32,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+}
+
+/// Why the run as a whole did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunError {
+    pub kind: String,
+    pub message: String,
+    pub node_id: Option<String>,
+}
+
+/// A finished run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub error: Option<RunError>,
+    pub duration: Duration,
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// Runs with at least this many nodes free their records on the reaper thread.
+pub(super) const REAP_MIN_NODES: usize = 1024;
+
+/// Outcomes waiting for the reaper before the next one is freed where it is dropped.
+pub(super) const REAP_QUEUE: usize = 64;
+
+impl Drop for RunOutcome {
+    /// A large run's records are freed on a background thread: a few allocations per
+    /// node (outputs, errors), about 0.1 µs per node, which the thread that lets go of a
+    /// result (a caller reading the next result, a gRPC worker) need not wait for.
+    fn drop(&mut self) {
+        if self.nodes.len() >= REAP_MIN_NODES {
+            reap(std::mem::take(&mut self.nodes));
+        }
+    }
+}
+
+/// Hands `records` to the reaper thread (started on first use) to drop. They drop here
+/// instead when that thread cannot be started, when it is behind (the queue is bounded)
+/// and in a forked child, where the parent's thread does not exist.
+pub(super) fn reap(records: Vec<NodeRecord>) {
+    static REAPER: OnceLock<Option<(u32, SyncSender<Vec<NodeRecord>>)>> = OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<Vec<NodeRecord>>(REAP_QUEUE);
+        std::thread::Builder::new()
+            .name("dagengine-reaper".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| (std::process::id(), tx))
+    });
+    if let Some((pid, tx)) = reaper {
+        if *pid == std::process::id() {
+            // On failure (full, or the thread is gone) the records come back and drop here.
+            let _ = tx.try_send(records);
+        }
+    }
+}
+
+/// The failure of a waiting attempt whose run stopped (or that was aborted) before it
+/// started: it does not run at all.
+pub(super) fn never_started(plan: &Plan, node: NodeIdx) -> NodeFailure {
+    NodeFailure::new(
+        ErrorKind::RunCancelled.as_str(),
+        format!("node '{}' was cancelled", plan.dag.id(node)),
+        false,
+    )
+}
