@@ -1,7 +1,7 @@
 //! The run driver: steps a [`Scheduler`](dagengine_core::Scheduler) and turns its
 //! instructions into work.
 //!
-//! Each run is driven by one loop on a driver thread (see [`crate::drivers`]). The loop
+//! Each run is driven by one loop on a driver thread (see `crate::drivers`). The loop
 //! is CPU work (state-machine steps, bookkeeping), so it must not sit on an async worker
 //! that also serves gRPC for long; and owning a thread lets it run work inline:
 //!

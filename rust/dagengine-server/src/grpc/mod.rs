@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod health;
+pub mod server;
 pub mod service;
 pub mod session_client;
 
@@ -28,9 +29,8 @@ pub mod pb {
 }
 
 pub use convert::{HostNode, HostRef, InvalidField};
-pub use service::{
-    EngineConfig, EngineServer, HostError, HostNodes, RunContext, StartError, TlsConfig,
-};
+pub use server::EngineServer;
+pub use service::{EngineConfig, HostError, HostNodes, RunContext, StartError, TlsConfig};
 pub use session_client::{
     ClientTls, SessionClient, SessionError, SessionOptions, SessionSink, Started,
 };
