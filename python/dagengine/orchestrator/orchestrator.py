@@ -30,7 +30,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dagengine._jsondata import check_json_data
@@ -54,10 +53,17 @@ from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, 
 from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.engines import EngineSet, EngineSlot
 from dagengine.orchestrator.events import EventBus
-from dagengine.orchestrator.lifecycle import Action, Event, RunLifecycle, State
+from dagengine.orchestrator.lifecycle import Action, Event, State
 from dagengine.orchestrator.recording import record_node_event, record_wire_events
+from dagengine.orchestrator.recovery import Recovery
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
-from dagengine.orchestrator.runs import RunHandle, RunInfo, cancelled_result, failed_result
+from dagengine.orchestrator.runs import (
+    ActiveRun,
+    RunHandle,
+    RunInfo,
+    cancelled_result,
+    failed_result,
+)
 from dagengine.orchestrator.store import RunRecord, Store
 from dagengine.orchestrator.subworkflows import SubWorkflowCoordinator, child_output
 from dagengine.results import RunResult, RunStatus
@@ -76,28 +82,9 @@ log = logging.getLogger("dagengine.orchestrator")
 _FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 # How long an engine that refused a run as full is passed over before it is tried again.
 _BUSY_BACKOFF = 0.2
-#: A stored run whose workflow version cannot be built yet is tried again after this many
-#: seconds, doubling up to :data:`RESUME_RETRY_MAX` (see :meth:`Orchestrator.recover`).
-RESUME_RETRY_INITIAL = 0.5
-RESUME_RETRY_MAX = 30.0
 
 
-@dataclass(kw_only=True)
-class _Run(RunLifecycle):
-    """In-memory state of a run this orchestrator is responsible for: what it runs, and its
-    lifecycle (state, attempt, engine; :mod:`.lifecycle`), which changes only by
-    ``handle`` under the orchestrator's lock."""
-
-    run_id: str
-    version: WorkflowVersion
-    inputs: dict[str, Any]
-    key: str
-    future: concurrent.futures.Future[RunResult]
-    depth: int = 0
-    parent_run_id: str = ""
-    parent_node_id: str = ""
-    deadline: float | None = None
-
+_Run = ActiveRun
 
 # Runs the dispatcher may start (in the queue, not cancelled meanwhile).
 _DISPATCHABLE = (State.QUEUED, State.FAILING_OVER)
@@ -162,8 +149,7 @@ class Orchestrator:
         # Stored runs whose workflow version cannot be built yet (see recover()).
         self._parked: dict[str, str] = {}  # run id -> why it waits
         self._parked_wakeup = threading.Condition(self._lock)
-        self._resumer: threading.Thread | None = None
-        self._recovered = False
+        self._recovery = Recovery(self)
         if recover:
             self.recover()
 
@@ -522,120 +508,10 @@ class Orchestrator:
         --workflows``) calls it once they are in place. A run whose workflow version cannot
         be built (its import paths do not resolve) is not failed: it waits, reported by a
         ``run.resume_waiting`` event and the log, and is tried again with backoff (from
-        :data:`RESUME_RETRY_INITIAL` to :data:`RESUME_RETRY_MAX` seconds) and whenever a
-        workflow is registered; it can be cancelled meanwhile. Only the first call does
-        anything."""
-        with self._lock:
-            if self._recovered:
-                return
-            self._recovered = True
-        self._recover()
-
-    def _recover(self) -> None:
-        """Re-queue the runs a previous orchestrator left queued or running. All are known
-        (in ``_runs``) before any is dispatched, so a resumed parent finds its resumed
-        children instead of starting them again (a waiting child too: it is known, and the
-        parent waits for it)."""
-        recovered: list[tuple[_Run, RunRecord]] = []
-        waiting: list[tuple[_Run, RunRecord, str]] = []
-        for rec in self.store.unfinished_runs():
-            problem: str | None = None
-            try:
-                wv = self.registry.get(rec.workflow_id, rec.version)
-                if wv.dag is None:
-                    wv = self.registry.reload(rec.workflow_id, rec.version)
-                if wv.dag is None:
-                    problem = wv.problem or f"{wv} is not runnable"
-            except DagEngineError as exc:
-                # No such version at all: nothing to wait for.
-                self.store.finish_run(
-                    rec.run_id,
-                    rec.attempt,
-                    "failed",
-                    None,
-                    {"type": type(exc).__name__, "message": f"cannot resume: {exc}"},
-                )
-                continue
-            run = _Run(
-                run_id=rec.run_id,
-                version=wv,
-                inputs=dict(rec.inputs),
-                key=rec.key or rec.workflow_id,
-                future=concurrent.futures.Future(),
-                depth=rec.depth,
-                parent_run_id=rec.parent_run_id or "",
-                parent_node_id=rec.parent_node_id or "",
-                attempt=rec.attempt,
-            )
-            if problem is None:
-                recovered.append((run, rec))
-            else:
-                waiting.append((run, rec, problem))
-        with self._lock:
-            for run, _ in recovered:
-                self._runs[run.run_id] = run
-            for run, _, _ in waiting:
-                self._runs[run.run_id] = run
-            for run, _ in recovered:
-                actions = run.handle(Event.RECOVERED)
-                self._apply(run, actions, None, run.attempt, reason="orchestrator restarted")
-            for run, _, problem in waiting:
-                self._apply(run, run.handle(Event.PARKED), None, run.attempt, reason=problem)
-            self._wakeup.notify_all()
-            if self._parked and self._resumer is None:
-                self._resumer = threading.Thread(
-                    target=self._resume_waiting, name="dagengine-resume", daemon=True
-                )
-                self._resumer.start()
-
-    def _resume_waiting(self) -> None:
-        """Try the waiting runs' workflow versions again, with backoff, until every waiting
-        run is resumed or cancelled, or the orchestrator stops."""
-        delay = RESUME_RETRY_INITIAL
-        while True:
-            with self._lock:
-                self._parked_wakeup.wait(delay)
-                # Cancelled meanwhile (cancel_run settles them): no longer ours.
-                for run_id in [r for r in self._parked if r not in self._runs]:
-                    del self._parked[run_id]
-                if self._stopping or not self._parked:
-                    self._resumer = None
-                    return
-                runs = [self._runs[run_id] for run_id in self._parked]
-            resumed: list[_Run] = []
-            for run in runs:
-                try:
-                    wv = self.registry.reload(run.version.workflow_id, str(run.version.version))
-                except DagEngineError as exc:
-                    log.warning("run %s cannot resume yet: %s", run.run_id, exc)
-                    continue
-                if wv.dag is not None:
-                    run.version = wv
-                    resumed.append(run)
-            with self._lock:
-                redispatched: list[_Run] = []
-                for run in resumed:
-                    if self._parked.pop(run.run_id, None) is None:
-                        continue
-                    # (a run cancelled meanwhile is over: BUILT asks for nothing)
-                    actions = run.handle(Event.BUILT)
-                    if actions:
-                        redispatched.append(run)
-                        self._apply(
-                            run, actions, None, run.attempt, reason="orchestrator restarted"
-                        )
-                left = dict(self._parked)
-            if redispatched:
-                delay = RESUME_RETRY_INITIAL
-            else:
-                delay = min(delay * 2, RESUME_RETRY_MAX)
-                for run_id, problem in left.items():
-                    log.warning(
-                        "run %s still waits to resume (next try in %.1f s): %s",
-                        run_id,
-                        delay,
-                        problem,
-                    )
+        :data:`~.recovery.RESUME_RETRY_INITIAL` to :data:`~.recovery.RESUME_RETRY_MAX`
+        seconds) and whenever a workflow is registered; it can be cancelled meanwhile. Only
+        the first call does anything (:mod:`.recovery`)."""
+        self._recovery.recover()
 
     # -- internals: dispatch --------------------------------------------------------------
 

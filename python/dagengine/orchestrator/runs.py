@@ -9,13 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dagengine.orchestrator.lifecycle import RunLifecycle
 from dagengine.orchestrator.store import RunRecord
 from dagengine.results import ErrorInfo, RunResult, RunStatus
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
+    from dagengine.orchestrator.registry import WorkflowVersion
 
-__all__ = ["RunHandle", "RunInfo", "cancelled_result", "failed_result"]
+__all__ = ["ActiveRun", "RunHandle", "RunInfo", "cancelled_result", "failed_result"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +113,20 @@ def failed_result(run_id: str, exc: BaseException) -> RunResult:
         status=RunStatus.FAILED,
         error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
     )
+
+
+@dataclass(kw_only=True)
+class ActiveRun(RunLifecycle):
+    """In-memory state of a run this orchestrator is responsible for: what it runs, and its
+    lifecycle (state, attempt, engine; :mod:`.lifecycle`), which changes only by
+    ``handle`` under the orchestrator's lock."""
+
+    run_id: str
+    version: WorkflowVersion
+    inputs: dict[str, Any]
+    key: str
+    future: concurrent.futures.Future[RunResult]
+    depth: int = 0
+    parent_run_id: str = ""
+    parent_node_id: str = ""
+    deadline: float | None = None
