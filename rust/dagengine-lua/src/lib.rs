@@ -126,7 +126,9 @@
 mod convert;
 mod engine;
 mod hook;
+mod host;
 mod pattern;
+mod run_state;
 mod watchdog;
 
 use std::hash::{DefaultHasher, Hash, Hasher};

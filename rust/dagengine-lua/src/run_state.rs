@@ -1,0 +1,281 @@
+//! One execution's state as the hook and the host functions see it ([`RunState`]: limits,
+//! counters, the cancel flag, logs), the count hook that enforces the limits, and how a
+//! state finds its `RunState` (a registry entry).
+
+use std::cell::{Cell, RefCell};
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use mlua::{ffi, Value as LuaValue};
+
+use crate::hook::{EAGER_WITHIN, HOOK_COUNT, HOOK_INTERVAL};
+use crate::watchdog;
+use crate::LuaLimits;
+
+/// Lends an execution's cancel flag to the hook for as long as the guard lives. (A
+/// scoped userdata did the same without `unsafe`, at a cost of a quarter of a
+/// microsecond per execution.)
+pub(crate) struct CancelGuard<'a> {
+    run: &'a RunState,
+    _flag: std::marker::PhantomData<&'a AtomicBool>,
+}
+
+impl<'a> CancelGuard<'a> {
+    pub(crate) fn new(run: &'a RunState, flag: Option<&'a AtomicBool>) -> Self {
+        run.cancel
+            .set(flag.map_or(std::ptr::null(), std::ptr::from_ref));
+        CancelGuard {
+            run,
+            _flag: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        self.run.cancel.set(std::ptr::null());
+    }
+}
+
+/// Which limit stopped the script.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Trip {
+    Instructions,
+    Timeout,
+    Cancelled,
+    Memory,
+}
+
+impl Trip {
+    /// The error object a script sees (its handlers cannot keep it: see `must_abort`).
+    pub(crate) fn message(self) -> &'static CStr {
+        match self {
+            Trip::Instructions => c"instruction limit exceeded",
+            Trip::Timeout => c"wall-time limit exceeded",
+            Trip::Cancelled => c"execution cancelled",
+            Trip::Memory => c"memory limit exceeded",
+        }
+    }
+
+    pub(crate) fn lua_error(self) -> mlua::Error {
+        mlua::Error::runtime(self.message().to_string_lossy())
+    }
+}
+
+/// The registry key (its address) of the light userdata pointing at a state's [`RunState`].
+pub(crate) static RUN_KEY: u8 = 0;
+
+pub(crate) fn run_key() -> *const std::os::raw::c_void {
+    std::ptr::from_ref(&RUN_KEY).cast()
+}
+
+/// The count hook: every [`HOOK_INTERVAL`] instructions, [`RunState::check`], and a Lua
+/// error if a limit is reached.
+///
+/// The hook is this crate's own rather than mlua's: to raise an error from a hook, mlua
+/// empties the stack of the interrupted function first (`lua_settop(L, 0)`), which runs
+/// that function's pending `__close` handlers right there, inside the hook, where Lua
+/// calls no hook: a `__close` that loops could then never be stopped. Here the error is
+/// raised as is: Lua closes those variables while it unwinds to the protected call, with
+/// hooks on again, and a `__close` that still runs is stopped at its next hook (see
+/// [`RunState::check`]).
+#[allow(unsafe_code)]
+pub(crate) unsafe extern "C-unwind" fn limit_hook(l: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
+    // SAFETY: Lua calls the hook on a running state, with `LUA_MINSTACK` free slots. The
+    // registry entry is set when the engine is built and points at its `RunState`, which
+    // outlives the state. Nothing with a destructor is alive when `lua_error` jumps out.
+    unsafe {
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, run_key());
+        let run = ffi::lua_touserdata(l, -1).cast::<RunState>().cast_const();
+        ffi::lua_pop(l, 1);
+        let Some(run) = run.as_ref() else { return };
+        let Err(trip) = run.check() else { return };
+        ffi::lua_pushstring(l, trip.message().as_ptr());
+        ffi::lua_error(l);
+    }
+}
+
+/// Per-execution state shared with the hook and host functions.
+pub(crate) struct RunState {
+    pub(crate) active: Cell<bool>,
+    pub(crate) instructions: Cell<u64>,
+    pub(crate) max_instructions: Cell<u64>,
+    pub(crate) deadline: Cell<Option<Instant>>,
+    /// The caller's cancel flag while an execution with one runs (else null); see
+    /// [`CancelGuard`].
+    pub(crate) cancel: Cell<*const AtomicBool>,
+    pub(crate) memory_limited: Cell<bool>,
+    pub(crate) tripped: Cell<Option<Trip>>,
+    pub(crate) logs: RefCell<Vec<String>>,
+    pub(crate) log_bytes: Cell<usize>,
+    pub(crate) log_limit: Cell<usize>,
+    /// The state scripts run on; [`limit_hook`] is set on it only while a script runs.
+    pub(crate) main: Cell<*mut ffi::lua_State>,
+}
+
+impl RunState {
+    pub(crate) fn new() -> Self {
+        RunState {
+            active: Cell::new(false),
+            instructions: Cell::new(0),
+            max_instructions: Cell::new(u64::MAX),
+            deadline: Cell::new(None),
+            cancel: Cell::new(std::ptr::null()),
+            memory_limited: Cell::new(false),
+            tripped: Cell::new(None),
+            logs: RefCell::new(Vec::new()),
+            log_bytes: Cell::new(0),
+            log_limit: Cell::new(usize::MAX),
+            main: Cell::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// Sets the hook on the main state now if it is not set (the watchdog would set it
+    /// late). Coroutines copy their creator's hook when created, never later, so the
+    /// sandbox's `coroutine.create` and `coroutine.wrap` call this first.
+    #[allow(unsafe_code)]
+    pub(crate) fn arm_hook(&self) {
+        let main = self.main.get();
+        if !main.is_null() {
+            // SAFETY: `main` is this engine's live main state, on this thread; setting a
+            // hook is allowed at any point.
+            unsafe {
+                if ffi::lua_gethookmask(main) == 0 {
+                    ffi::lua_sethook(main, Some(limit_hook), ffi::LUA_MASKCOUNT, HOOK_COUNT);
+                }
+            }
+        }
+    }
+
+    /// Sets the hook for a run with these limits: at once where it must count every
+    /// instruction or the deadline is near; only if the script runs long where there is a
+    /// deadline or a cancel flag to check (the returned guard; see `watchdog`); not at all
+    /// where there is nothing to enforce.
+    pub(crate) fn start_hook(
+        &self,
+        limits: &LuaLimits,
+        cancellable: bool,
+    ) -> Option<watchdog::Entered> {
+        let eager =
+            limits.max_instructions.is_some() || limits.timeout.is_some_and(|t| t < EAGER_WITHIN);
+        if !eager && limits.timeout.is_none() && !cancellable {
+            return None;
+        }
+        let watched = if eager {
+            None
+        } else {
+            watchdog::enter(self.main.get(), Some(limit_hook))
+        };
+        if watched.is_none() {
+            self.arm_hook();
+        }
+        watched
+    }
+
+    /// Takes the hook off the main state (between scripts it has none).
+    #[allow(unsafe_code)]
+    pub(crate) fn disarm_hook(&self) {
+        let main = self.main.get();
+        if !main.is_null() {
+            // SAFETY: as in `arm_hook`.
+            unsafe {
+                if ffi::lua_gethookmask(main) != 0 {
+                    ffi::lua_sethook(main, None, 0, 0);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn trip(&self, t: Trip) -> Result<(), Trip> {
+        self.tripped.set(Some(t));
+        Err(t)
+    }
+
+    /// The hook's check: charges the instructions and looks at the deadline and the
+    /// cancel flag; `Err` when the script must stop.
+    pub(crate) fn check(&self) -> Result<(), Trip> {
+        if !self.active.get() {
+            return Ok(());
+        }
+        // Once tripped, keep failing so code that runs after the error anyway (a `__close`
+        // while the error unwinds the stack, say) cannot keep running.
+        if let Some(t) = self.tripped.get() {
+            return Err(t);
+        }
+        let n = self.instructions.get() + u64::from(HOOK_INTERVAL);
+        self.instructions.set(n);
+        if n > self.max_instructions.get() {
+            return self.trip(Trip::Instructions);
+        }
+        if let Some(deadline) = self.deadline.get() {
+            if Instant::now() >= deadline {
+                return self.trip(Trip::Timeout);
+            }
+        }
+        if self.cancelled() {
+            return self.trip(Trip::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// For the sandbox's wrappers: the limit error if a limit was reached in this run.
+    pub(crate) fn abort_if_tripped(&self) -> mlua::Result<()> {
+        match self.tripped.get() {
+            Some(t) => Err(t.lua_error()),
+            None => Ok(()),
+        }
+    }
+
+    #[allow(unsafe_code)]
+    pub(crate) fn cancelled(&self) -> bool {
+        let flag = self.cancel.get();
+        // SAFETY: non-null only while a `CancelGuard` borrowing the flag is alive (the
+        // guard clears it on drop, also when unwinding), and the hook's check, the caller,
+        // runs only inside the execution that guard spans.
+        !flag.is_null() && unsafe { (*flag).load(Ordering::Relaxed) }
+    }
+
+    /// Whether an error caught by `pcall`/`xpcall`/`coroutine.resume` must be
+    /// re-raised because it is a limit error.
+    pub(crate) fn must_abort(&self, err: &LuaValue) -> bool {
+        if self.tripped.get().is_some() {
+            return true;
+        }
+        let oom = match err {
+            LuaValue::Error(e) => is_memory_error(e),
+            LuaValue::String(s) => &*s.as_bytes() == b"not enough memory",
+            _ => false,
+        };
+        if oom && self.memory_limited.get() {
+            self.tripped.set(Some(Trip::Memory));
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn log(&self, line: &mlua::String) -> mlua::Result<()> {
+        let line = line.to_string_lossy();
+        // Logs live on the Rust heap, outside Lua's allocator; charge them
+        // against the memory limit so `log` cannot be used to exhaust memory.
+        let total = self.log_bytes.get().saturating_add(line.len());
+        if total > self.log_limit.get() {
+            self.tripped.set(Some(Trip::Memory));
+            return Err(Trip::Memory.lua_error());
+        }
+        self.log_bytes.set(total);
+        self.logs.borrow_mut().push(line);
+        Ok(())
+    }
+}
+
+/// Whether `e` is (or wraps) a memory error.
+pub(crate) fn is_memory_error(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            is_memory_error(cause)
+        }
+        _ => false,
+    }
+}
