@@ -18,7 +18,25 @@ pub use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use super::service::UntilStopped;
+/// A stream that ends when the engine stops (a watcher never would).
+pub(super) struct UntilStopped<S> {
+    pub(super) inner: S,
+    pub(super) stopped: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl<S: Stream + Unpin> Stream for UntilStopped<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if self.stopped.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
 
 /// Watched names of unknown services kept before the ones nobody watches any more are
 /// forgotten (a client can watch any name; the table must not grow without bound).

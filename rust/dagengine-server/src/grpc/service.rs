@@ -16,7 +16,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, HostNode, InvalidField, RunTag};
-use super::health::HealthStatuses;
+use super::health::{HealthStatuses, UntilStopped};
 use super::pb;
 use super::pb::engine_service_server::EngineService;
 use super::{SESSION_PROTOCOL, SESSION_PROTOCOL_HEADER};
@@ -792,26 +792,6 @@ impl EngineService for Service {
             inner: stream,
             stopped,
         })))
-    }
-}
-
-/// A stream that ends when the engine stops (a watcher never would).
-pub(super) struct UntilStopped<S> {
-    pub(super) inner: S,
-    pub(super) stopped: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-}
-
-impl<S: Stream + Unpin> Stream for UntilStopped<S> {
-    type Item = S::Item;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<S::Item>> {
-        if self.stopped.as_mut().poll(cx).is_ready() {
-            return std::task::Poll::Ready(None);
-        }
-        Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 

@@ -1,12 +1,13 @@
 //! The driver loop: steps the run's scheduler, carries out its instructions (no-op nodes in
-//! the loop, Lua nodes through `lua`, external ones on their executor's pool), keeps the
-//! timers, records the nodes and publishes events and the outcome (see the `runner` docs).
+//! the loop, Lua nodes inline or through the backlog of `lua`, external ones on their
+//! executor's pool), keeps the timers, records the nodes and publishes events and the
+//! outcome (see the `runner` docs).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dagengine_core::{
@@ -17,21 +18,21 @@ use serde_json::{Map, Value};
 use crate::drivers;
 use crate::runtime::{runtime, RuntimeError};
 
-use super::handle::{new_run, ExecOk, Msg, RunHandle, Shared};
+use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
 use super::lock;
-use super::lua::Backlog;
+use super::lua::{drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET};
 use super::model::{
     contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure,
     NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
-pub(super) fn unix_now() -> f64 {
+fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-pub(super) fn empty_output() -> Arc<Value> {
+fn empty_output() -> Arc<Value> {
     static EMPTY: OnceLock<Arc<Value>> = OnceLock::new();
     EMPTY
         .get_or_init(|| Arc::new(Value::Object(Map::new())))
@@ -90,54 +91,75 @@ pub fn start_run_inline(
     Ok(handle)
 }
 
+fn new_run(
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+) -> (RunHandle, Driver, Receiver<Msg>) {
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        run_id: config.run_id.clone(),
+        cancel: AtomicBool::new(false),
+        published: Mutex::new(Published::default()),
+        changed: Condvar::new(),
+        sync_waiters: AtomicUsize::new(0),
+        changed_async: tokio::sync::Notify::new(),
+    });
+    let handle = RunHandle {
+        shared: shared.clone(),
+        tx: tx.clone(),
+    };
+    (handle, Driver::new(plan, config, external, shared, tx), rx)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Timer {
+enum Timer {
     Retry { node: NodeIdx, attempt: u32 },
     NodeDeadline { node: NodeIdx, attempt: u32 },
 }
 
-pub(super) struct Driver {
-    pub(super) plan: Arc<Plan>,
-    pub(super) config: RunConfig,
+struct Driver {
+    plan: Arc<Plan>,
+    config: RunConfig,
     /// Shared with every Lua job instead of a `String` copy per node.
-    pub(super) run_id: Arc<str>,
-    pub(super) external: Option<Arc<dyn ExternalExecutor>>,
-    pub(super) shared: Arc<Shared>,
-    pub(super) tx: Sender<Msg>,
-    pub(super) records: Vec<NodeRecord>,
-    pub(super) tokens: Vec<Option<Arc<AtomicBool>>>,
-    pub(super) timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    pub(super) deadline: Option<Instant>,
-    pub(super) started: Instant,
-    pub(super) seq: u64,
+    run_id: Arc<str>,
+    external: Option<Arc<dyn ExternalExecutor>>,
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+    records: Vec<NodeRecord>,
+    tokens: Vec<Option<Arc<AtomicBool>>>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    deadline: Option<Instant>,
+    started: Instant,
+    seq: u64,
     /// When the last attempt ended, until the instructions that followed it are carried
     /// out (cleared before the loop can wait): the next node started in that step (in a
     /// chain, the one that end made ready) takes that time as its start, one clock read
     /// fewer per node.
-    pub(super) ended_at: Option<f64>,
-    pub(super) buffered: Vec<RunEvent>,
+    ended_at: Option<f64>,
+    buffered: Vec<RunEvent>,
     /// The failure that decided the run (first final node failure).
-    pub(super) first_failure: Option<NodeIdx>,
+    first_failure: Option<NodeIdx>,
     /// This run's Lua attempts handed to the pool and not yet picked up there.
-    pub(super) backlog: Backlog,
+    backlog: Backlog,
 }
 
 /// The driver loop's working state besides the scheduler: instructions to carry out and
 /// Lua attempts picked to run on the loop's thread. Owned, so it moves with the run.
 #[derive(Default)]
-pub(super) struct Work {
-    pub(super) out: Vec<Instruction>,
-    pub(super) todo: Vec<Instruction>,
-    pub(super) inline: Vec<(NodeIdx, u32)>,
+struct Work {
+    out: Vec<Instruction>,
+    todo: Vec<Instruction>,
+    inline: Vec<(NodeIdx, u32)>,
 }
 
-pub(super) const PUBLISH_BATCH: usize = 512;
+const PUBLISH_BATCH: usize = 512;
 
 /// How long the driver polls for a completion before it sleeps on the channel.
-pub(super) const SPIN: Duration = Duration::from_micros(50);
+const SPIN: Duration = Duration::from_micros(50);
 
 impl Driver {
-    pub(super) fn new(
+    fn new(
         plan: Arc<Plan>,
         config: RunConfig,
         external: Option<Arc<dyn ExternalExecutor>>,
@@ -174,20 +196,14 @@ impl Driver {
         }
     }
 
-    pub(super) fn emit(
-        &mut self,
-        kind: EventKind,
-        node: Option<NodeIdx>,
-        attempt: u32,
-        detail: EventDetail,
-    ) {
+    fn emit(&mut self, kind: EventKind, node: Option<NodeIdx>, attempt: u32, detail: EventDetail) {
         if self.config.events {
             self.emit_at(unix_now(), kind, node, attempt, detail);
         }
     }
 
     /// [`Driver::emit`] with the time already read (the node record's own timestamp).
-    pub(super) fn emit_at(
+    fn emit_at(
         &mut self,
         time: f64,
         kind: EventKind,
@@ -212,7 +228,7 @@ impl Driver {
         }
     }
 
-    pub(super) fn publish(&mut self) {
+    fn publish(&mut self) {
         if self.buffered.is_empty() {
             return;
         }
@@ -220,7 +236,7 @@ impl Driver {
         self.shared.notify();
     }
 
-    pub(super) fn run(mut self, rx: &Receiver<Msg>) {
+    fn run(mut self, rx: &Receiver<Msg>) {
         let plan = self.plan.clone();
         let mut sched = Scheduler::new(&plan.dag, &plan.policies, self.config.options);
         let mut work = Work::default();
@@ -231,7 +247,7 @@ impl Driver {
         self.finish(&sched, status);
     }
 
-    pub(super) fn begin(&mut self, sched: &mut Scheduler<'_>, work: &mut Work) {
+    fn begin(&mut self, sched: &mut Scheduler<'_>, work: &mut Work) {
         for (node, output) in std::mem::take(&mut self.config.completed) {
             if (node as usize) < self.records.len() {
                 self.records[node as usize].output = Some(Arc::new(output));
@@ -246,7 +262,7 @@ impl Driver {
     /// caller's thread) it also stops, returning `None`, once the budget is spent or when
     /// it would have to wait for work elsewhere; `work` then holds where it stopped, for
     /// the loop to go on from on another thread.
-    pub(super) fn drive(
+    fn drive(
         &mut self,
         sched: &mut Scheduler<'_>,
         work: &mut Work,
@@ -357,7 +373,7 @@ impl Driver {
         }
     }
 
-    pub(super) fn next_wakeup(&self) -> Option<Instant> {
+    fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
         match (timer, self.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -365,12 +381,7 @@ impl Driver {
         }
     }
 
-    pub(super) fn on_msg(
-        &mut self,
-        sched: &mut Scheduler<'_>,
-        out: &mut Vec<Instruction>,
-        msg: Msg,
-    ) {
+    fn on_msg(&mut self, sched: &mut Scheduler<'_>, out: &mut Vec<Instruction>, msg: Msg) {
         match msg {
             Msg::Done {
                 node,
@@ -381,7 +392,7 @@ impl Driver {
         }
     }
 
-    pub(super) fn fire_timers(&mut self, sched: &mut Scheduler<'_>, out: &mut Vec<Instruction>) {
+    fn fire_timers(&mut self, sched: &mut Scheduler<'_>, out: &mut Vec<Instruction>) {
         if self.deadline.is_none() && self.timers.is_empty() {
             return; // nothing to fire: no clock read (a chain calls this once per node)
         }
@@ -415,7 +426,7 @@ impl Driver {
         }
     }
 
-    pub(super) fn policy_index(&self, node: NodeIdx) -> usize {
+    fn policy_index(&self, node: NodeIdx) -> usize {
         if self.plan.policies.len() == 1 {
             0
         } else {
@@ -424,7 +435,7 @@ impl Driver {
     }
 
     /// Record the end of an attempt (if it is still the current one) and tell the scheduler.
-    pub(super) fn finish_attempt(
+    fn finish_attempt(
         &mut self,
         sched: &mut Scheduler<'_>,
         out: &mut Vec<Instruction>,
@@ -503,7 +514,7 @@ impl Driver {
     /// Carry out the scheduler's instructions. Returns the run status once it finished.
     /// With a `budget`, stops once it is spent and leaves what is left in `out` (no-op
     /// nodes complete in here: a long chain or a wide fan-out of them is many waves).
-    pub(super) fn apply(
+    fn apply(
         &mut self,
         sched: &mut Scheduler<'_>,
         out: &mut Vec<Instruction>,
@@ -612,7 +623,7 @@ impl Driver {
         None
     }
 
-    pub(super) fn results_of(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
+    fn results_of(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
         self.plan
             .dag
             .parents(node)
@@ -627,13 +638,13 @@ impl Driver {
             .collect()
     }
 
-    pub(super) fn new_token(&mut self, node: NodeIdx) -> Arc<AtomicBool> {
+    fn new_token(&mut self, node: NodeIdx) -> Arc<AtomicBool> {
         let t = Arc::new(AtomicBool::new(self.shared.cancel.load(Ordering::SeqCst)));
         self.tokens[node as usize] = Some(t.clone());
         t
     }
 
-    pub(super) fn dispatch_external(&mut self, node: NodeIdx, attempt: u32) {
+    fn dispatch_external(&mut self, node: NodeIdx, attempt: u32) {
         let cancel = self.new_token(node);
         let call = ExternalCall {
             node,
@@ -681,7 +692,7 @@ impl Driver {
         }));
     }
 
-    pub(super) fn finish(mut self, sched: &Scheduler<'_>, status: RunStatus) {
+    fn finish(mut self, sched: &Scheduler<'_>, status: RunStatus) {
         let n = self.plan.dag.len();
         for i in 0..n {
             let state = sched.state(i as NodeIdx);
@@ -740,5 +751,109 @@ impl Driver {
         published.outcome = Some(Arc::new(outcome));
         drop(published);
         self.shared.notify();
+    }
+
+    fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {
+        let cancel = self.new_token(node);
+        let job = self.lua_job(node, attempt);
+        let q = Queued {
+            job,
+            cancel,
+            stealable: true,
+        };
+        self.enqueue(q, false);
+    }
+
+    /// Put an attempt in the backlog (at the front: one the driver gives back), and start a
+    /// pool job to drain it unless one per pool thread is at it already.
+    fn enqueue(&self, q: Queued, front: bool) {
+        let pool = lua_pool();
+        {
+            let mut waiting = lock(&self.backlog);
+            if front {
+                waiting.queue.push_front(q);
+            } else {
+                waiting.queue.push_back(q);
+            }
+            if waiting.drainers >= pool.max_threads() {
+                return;
+            }
+            waiting.drainers += 1;
+        }
+        let (backlog, tx, plan) = (self.backlog.clone(), self.tx.clone(), self.plan.clone());
+        pool.submit(Box::new(move || drain(&backlog, &plan, &tx)));
+    }
+
+    /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
+    /// inline ([`Driver::run_here`]; if the attempt's own token is already set, it does not
+    /// run at all). It gets [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has
+    /// no effects: it can simply run again, on a pool thread).
+    fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
+        if q.cancel.load(Ordering::Relaxed) {
+            return Some(Err(never_started(&self.plan, q.job.node)));
+        }
+        q.job.budget = Some(Instant::now() + STEAL_BUDGET);
+        let result = self.run_here(&q.job.call());
+        q.job.budget = None;
+        result
+    }
+
+    /// Execute a Lua attempt on the driver's thread under its budget: the run-level cancel
+    /// flag is the one that can change while the driver is busy here. `None` if the budget
+    /// ran out first.
+    fn run_here(&self, call: &LuaCall<'_>) -> Option<Result<ExecOk, NodeFailure>> {
+        match contained(self.plan.dag.id(call.node), || {
+            call.execute(&self.plan, &self.shared.cancel)
+        }) {
+            Err(f) if f.kind == PREEMPTED => None,
+            result => Some(result),
+        }
+    }
+
+    /// Run a Lua attempt on this thread; `None` if `budget` ran out first (before it
+    /// started, or by interrupting it: it has no effects, so it can simply run again).
+    fn run_lua_inline(
+        &mut self,
+        node: NodeIdx,
+        attempt: u32,
+        budget: Option<Instant>,
+    ) -> Option<Result<ExecOk, NodeFailure>> {
+        if budget.is_some_and(|b| Instant::now() >= b) {
+            return None;
+        }
+        let results = self.lua_results(node);
+        let policy = &self.plan.policies[self.policy_index(node)];
+        self.run_here(&LuaCall {
+            node,
+            attempt,
+            run_id: &self.run_id,
+            inputs: &self.config.inputs,
+            results: &results,
+            node_timeout: policy.timeout,
+            deadline: self.deadline,
+            budget,
+        })
+    }
+
+    /// The parents' outputs, if the node's script can read them.
+    fn lua_results(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
+        match &self.plan.kinds[node as usize] {
+            NodeKind::Lua { script, .. } if script.reads_results() => self.results_of(node),
+            _ => Vec::new(),
+        }
+    }
+
+    fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
+        let policy = &self.plan.policies[self.policy_index(node)];
+        LuaJob {
+            node,
+            attempt,
+            run_id: self.run_id.clone(),
+            inputs: self.config.inputs.clone(),
+            results: self.lua_results(node),
+            node_timeout: policy.timeout,
+            deadline: self.deadline,
+            budget: None,
+        }
     }
 }

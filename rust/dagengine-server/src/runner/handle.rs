@@ -3,15 +3,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dagengine_core::NodeIdx;
 use serde_json::{Map, Value};
 
-use super::driver::Driver;
-use super::model::{ExternalExecutor, NodeFailure, Plan, RunConfig, RunEvent, RunOutcome};
+use super::model::{NodeFailure, RunEvent, RunOutcome};
 
 pub(super) enum Msg {
     Done {
@@ -153,25 +152,4 @@ impl RunHandle {
     pub fn outcome(&self) -> Option<Arc<RunOutcome>> {
         self.shared.lock().outcome.clone()
     }
-}
-
-pub(super) fn new_run(
-    plan: Arc<Plan>,
-    config: RunConfig,
-    external: Option<Arc<dyn ExternalExecutor>>,
-) -> (RunHandle, Driver, Receiver<Msg>) {
-    let (tx, rx) = mpsc::channel();
-    let shared = Arc::new(Shared {
-        run_id: config.run_id.clone(),
-        cancel: AtomicBool::new(false),
-        published: Mutex::new(Published::default()),
-        changed: Condvar::new(),
-        sync_waiters: AtomicUsize::new(0),
-        changed_async: tokio::sync::Notify::new(),
-    });
-    let handle = RunHandle {
-        shared: shared.clone(),
-        tx: tx.clone(),
-    };
-    (handle, Driver::new(plan, config, external, shared, tx), rx)
 }

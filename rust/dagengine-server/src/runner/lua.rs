@@ -1,6 +1,7 @@
 //! Lua dispatch: the pool Lua nodes run on, the run's backlog of Lua attempts that pool
 //! threads drain (and the driver steals from), and one attempt's execution under its wall
-//! limit (node timeout, run deadline or inline budget, whichever comes first).
+//! limit (node timeout, run deadline or inline budget, whichever comes first). The driver
+//! decides where an attempt runs; nothing here depends on it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,6 @@ use serde_json::Value;
 
 use crate::pool::{Growth, Hooks, WorkerPool};
 
-use super::driver::Driver;
 use super::handle::{ExecOk, Msg};
 use super::lock;
 use super::model::{contained, never_started, NodeFailure, NodeKind, Plan};
@@ -78,112 +78,6 @@ pub(super) fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
             attempt,
             result,
         });
-    }
-}
-
-impl Driver {
-    pub(super) fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {
-        let cancel = self.new_token(node);
-        let job = self.lua_job(node, attempt);
-        let q = Queued {
-            job,
-            cancel,
-            stealable: true,
-        };
-        self.enqueue(q, false);
-    }
-
-    /// Put an attempt in the backlog (at the front: one the driver gives back), and start a
-    /// pool job to drain it unless one per pool thread is at it already.
-    pub(super) fn enqueue(&self, q: Queued, front: bool) {
-        let pool = lua_pool();
-        {
-            let mut waiting = lock(&self.backlog);
-            if front {
-                waiting.queue.push_front(q);
-            } else {
-                waiting.queue.push_back(q);
-            }
-            if waiting.drainers >= pool.max_threads() {
-                return;
-            }
-            waiting.drainers += 1;
-        }
-        let (backlog, tx, plan) = (self.backlog.clone(), self.tx.clone(), self.plan.clone());
-        pool.submit(Box::new(move || drain(&backlog, &plan, &tx)));
-    }
-
-    /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
-    /// inline ([`Driver::run_here`]; if the attempt's own token is already set, it does not
-    /// run at all). It gets [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has
-    /// no effects: it can simply run again, on a pool thread).
-    pub(super) fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
-        if q.cancel.load(Ordering::Relaxed) {
-            return Some(Err(never_started(&self.plan, q.job.node)));
-        }
-        q.job.budget = Some(Instant::now() + STEAL_BUDGET);
-        let result = self.run_here(&q.job.call());
-        q.job.budget = None;
-        result
-    }
-
-    /// Execute a Lua attempt on the driver's thread under its budget: the run-level cancel
-    /// flag is the one that can change while the driver is busy here. `None` if the budget
-    /// ran out first.
-    pub(super) fn run_here(&self, call: &LuaCall<'_>) -> Option<Result<ExecOk, NodeFailure>> {
-        match contained(self.plan.dag.id(call.node), || {
-            call.execute(&self.plan, &self.shared.cancel)
-        }) {
-            Err(f) if f.kind == PREEMPTED => None,
-            result => Some(result),
-        }
-    }
-
-    /// Run a Lua attempt on this thread; `None` if `budget` ran out first (before it
-    /// started, or by interrupting it: it has no effects, so it can simply run again).
-    pub(super) fn run_lua_inline(
-        &mut self,
-        node: NodeIdx,
-        attempt: u32,
-        budget: Option<Instant>,
-    ) -> Option<Result<ExecOk, NodeFailure>> {
-        if budget.is_some_and(|b| Instant::now() >= b) {
-            return None;
-        }
-        let results = self.lua_results(node);
-        let policy = &self.plan.policies[self.policy_index(node)];
-        self.run_here(&LuaCall {
-            node,
-            attempt,
-            run_id: &self.run_id,
-            inputs: &self.config.inputs,
-            results: &results,
-            node_timeout: policy.timeout,
-            deadline: self.deadline,
-            budget,
-        })
-    }
-
-    /// The parents' outputs, if the node's script can read them.
-    pub(super) fn lua_results(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
-        match &self.plan.kinds[node as usize] {
-            NodeKind::Lua { script, .. } if script.reads_results() => self.results_of(node),
-            _ => Vec::new(),
-        }
-    }
-
-    pub(super) fn lua_job(&self, node: NodeIdx, attempt: u32) -> LuaJob {
-        let policy = &self.plan.policies[self.policy_index(node)];
-        LuaJob {
-            node,
-            attempt,
-            run_id: self.run_id.clone(),
-            inputs: self.config.inputs.clone(),
-            results: self.lua_results(node),
-            node_timeout: policy.timeout,
-            deadline: self.deadline,
-            budget: None,
-        }
     }
 }
 
