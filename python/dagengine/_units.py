@@ -18,7 +18,9 @@ _DURATION_UNITS: tuple[tuple[str, float], ...] = (
     ("s", 1.0),
     ("ms", 0.001),
 )
-_DURATION_TOKEN = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+#: Units a duration may be written in (``d`` is read, never written: a spec keeps ``24h``).
+_PARSE_UNITS: tuple[tuple[str, float], ...] = (("d", 86400.0), *_DURATION_UNITS)
+_DURATION_TOKEN = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
 _SIZE_UNITS: dict[str, int] = {
     "b": 1,
     "kb": 1000,
@@ -32,7 +34,8 @@ _SIZE = re.compile(r"(\d+)\s*([a-z]*)")
 
 
 def parse_duration(value: object, *, what: str = "duration") -> float:
-    """Seconds from a number (seconds) or a string like ``500ms``, ``10s``, ``1m30s``, ``2h``.
+    """Seconds from a number (seconds) or a string like ``500ms``, ``10s``, ``1m30s``, ``2h``,
+    ``30d``.
 
     Units must appear largest first and at most once each. Raises ``ValueError`` (message
     without location; callers add it) for anything else, and for negative or non-finite values.
@@ -55,14 +58,14 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
 def _parse_duration_str(text: str, what: str) -> float:
     bad = ValueError(
         f"invalid {what} {text!r}: expected a number of seconds or a string like "
-        "'500ms', '10s', '1m30s', '2h'"
+        "'500ms', '10s', '1m30s', '2h', '7d'"
     )
     if not text:
         raise bad
     pos = 0
     total = 0.0
     last_rank = -1
-    order = [unit for unit, _ in _DURATION_UNITS]
+    order = [unit for unit, _ in _PARSE_UNITS]
     while pos < len(text):
         match = _DURATION_TOKEN.match(text, pos)
         if match is None:
@@ -72,7 +75,7 @@ def _parse_duration_str(text: str, what: str) -> float:
         if rank <= last_rank:
             raise bad
         last_rank = rank
-        total += float(match.group(1)) * _DURATION_UNITS[rank][1]
+        total += float(match.group(1)) * _PARSE_UNITS[rank][1]
         pos = match.end()
     return total
 

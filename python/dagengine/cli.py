@@ -1,6 +1,7 @@
 """The ``dagengine`` command line: ``run``, ``validate`` and ``graph`` a workflow spec,
 ``engine`` to serve runs over gRPC, ``serve`` to run an orchestrator with its HTTP API, and
-``submit``/``runs``/``status``/``cancel``/``workflows``, clients of that API.
+``submit``/``runs``/``status``/``cancel``/``workflows``, clients of that API, and ``store``
+(``prune``, ``stats``: :mod:`dagengine.cli_store`).
 
 Exit codes: 0 success, 1 the run failed or was cancelled, 2 bad input (invalid spec, missing
 file, bad arguments) — reported as one line on stderr, ``dagengine: error: <message>``, never a
@@ -22,6 +23,7 @@ from typing import Any, NoReturn, TextIO
 
 from dagengine._jsondata import MAX_DEPTH, check_json_data, escape
 from dagengine._units import parse_duration
+from dagengine.cli_store import configure_store, run_store
 from dagengine.exceptions import DagEngineError, ValidationError
 from dagengine.results import NodeEvent, NodeStatus, RunResult, RunStatus
 from dagengine.spec import MAX_SECONDS, load_workflow
@@ -826,6 +828,7 @@ COMMANDS: dict[str, Command] = {
         Command("status", "show a run (exit 1 if it failed)", _configure_run_id, _cmd_status),
         Command("cancel", "cancel a run", _configure_run_id, _cmd_cancel),
         Command("workflows", "list a server's workflows", _configure_workflows, _cmd_workflows),
+        Command("store", "prune a store, or show its size (stats)", configure_store, run_store),
     )
 }
 

@@ -27,6 +27,11 @@ defaults. The file (every key optional)::
          auth: hmac, secret_env: HOOK_SECRET, max_body_bytes: 65536}
       # auth: none | bearer | hmac | hmac-timestamp (signed time, replays refused;
       # tolerance: 5m by default) -- see dagengine.triggers.http
+    retention:                 # finished runs kept (or: retention: 7d); docs/serve.md
+      max_age: 30d             # default DAGENGINE_RETENTION or 30d; off keeps them forever
+      keep_last: 100           # per workflow, the newest finished runs kept whatever their age
+      export_dir: ./archive    # JSON Lines of each run before it is deleted
+      interval: 10m            # between two passes of the background pruner
 
 On SIGTERM or Ctrl-C: triggers stop, the HTTP server finishes the requests in flight (up to
 5 s), the orchestrator stops (queued and running runs stay in the store and resume at the
@@ -52,6 +57,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from dagengine._units import parse_duration
 from dagengine.api.hooks import check_path
 from dagengine.engine import PARENT_PID_ENV
 from dagengine.exceptions import ConfigError, DagEngineError, SpecError, TriggerError
@@ -64,7 +70,8 @@ __all__ = ["ServeOptions", "build_triggers", "load_serve_config", "load_workflow
 log = logging.getLogger("dagengine.serve")
 
 _TOP_KEYS = ("http", "store", "workflows", "engines", "engine_capacity", "discovery",
-             "grpc_port", "triggers")  # fmt: skip
+             "grpc_port", "triggers", "retention")  # fmt: skip
+_RETENTION_KEYS = ("max_age", "keep_last", "export_dir", "interval")
 _HTTP_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "allow_python_specs")
 _CRON_KEYS = ("type", "id", "workflow_id", "version", "schedule", "timezone", "overlap",
               "catchup", "catchup_window", "inputs")  # fmt: skip
@@ -90,6 +97,9 @@ class ServeOptions:
     discovery: dict[str, Any] = field(default_factory=dict)
     grpc_port: int | None = None
     triggers: list[dict[str, Any]] = field(default_factory=list)
+    #: ``Config`` fields from ``retention:`` (``retention``, ``keep_last``, ``export_dir``,
+    #: ``prune_interval``).
+    retention: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
 
 
@@ -162,7 +172,40 @@ def load_serve_config(path: str | Path, options: ServeOptions | None = None) -> 
     if not isinstance(triggers, list) or not all(isinstance(t, dict) for t in triggers):
         raise _bad("triggers", "expected a list of mappings")
     opts.triggers = triggers
+    if data.get("retention") is not None:
+        opts.retention = _retention(data["retention"], opts.base_dir)
     return opts
+
+
+def _duration(where: str, value: Any, *, allow_off: bool = False) -> float | None:
+    if allow_off and (
+        value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none"))
+    ):
+        return None  # (YAML reads a bare off as false)
+    try:
+        seconds = parse_duration(value, what=where)
+    except (TypeError, ValueError) as exc:
+        raise _bad(where, str(exc)) from None
+    if seconds <= 0:
+        raise _bad(where, f"expected a positive duration such as 7d or 12h, got {value!r}")
+    return seconds
+
+
+def _retention(value: Any, base_dir: Path) -> dict[str, Any]:
+    """The ``Config`` fields of a ``retention:`` value (a duration, or a mapping)."""
+    if not isinstance(value, dict):
+        return {"retention": _duration("retention", value, allow_off=True)}
+    _check_keys("retention", value, _RETENTION_KEYS)
+    out: dict[str, Any] = {}
+    if "max_age" in value:
+        out["retention"] = _duration("retention.max_age", value["max_age"], allow_off=True)
+    if "keep_last" in value:
+        out["keep_last"] = _int("retention.keep_last", value["keep_last"], 0, 10**9)
+    if value.get("export_dir") is not None:
+        out["export_dir"] = str(base_dir / Path(str(value["export_dir"])).expanduser())
+    if "interval" in value:
+        out["prune_interval"] = _duration("retention.interval", value["interval"])
+    return out
 
 
 def _int(where: str, value: Any, low: int, high: int) -> int:
@@ -425,6 +468,7 @@ def _orchestrator_config(opts: ServeOptions, env: Mapping[str, str] | None) -> C
                 changes[key] = str(opts.discovery[key])
     if opts.grpc_port is not None:
         changes["grpc_port"] = opts.grpc_port
+    changes.update(opts.retention)
     if config.grpc_host is None:
         # OrchestratorService listens where the API does unless DAGENGINE_GRPC_HOST says.
         changes["grpc_host"] = opts.host

@@ -81,6 +81,12 @@ class Metrics:
             ["trigger_id", "outcome"],
             registry=self.registry,
         )
+        self.pruned = Counter(
+            "dagengine_pruned_rows",
+            "Rows deleted by the store's retention (store.pruned events), by table.",
+            ["table"],
+            registry=self.registry,
+        )
         for state in ("healthy", "unhealthy"):
             self.engines.labels(state)
         self._lock = threading.Lock()
@@ -164,6 +170,9 @@ class Metrics:
                 self._engine_state[event.engine_id or ""] = "unhealthy"
             elif kind == "engine.left":
                 self._engine_state.pop(event.engine_id or "", None)
+            elif kind == "store.pruned":
+                for table in ("runs", "node_outputs", "events"):
+                    self.pruned.labels(table).inc(int(event.data.get(table, 0)))
             elif kind == "trigger.fired":
                 data = event.data
                 self.trigger_fires.labels(

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dagengine._units import parse_duration
 from dagengine.exceptions import ConfigError
 
 __all__ = [
@@ -94,6 +95,15 @@ class Config:
     #: Bearer token every ``OrchestratorService`` call must carry (``DAGENGINE_GRPC_TOKEN``;
     #: engines send theirs from ``DAGENGINE_ORCHESTRATOR_TOKEN``). ``None``: no token.
     grpc_token: str | None = field(default=None, repr=False)
+    #: Seconds finished runs are kept (``DAGENGINE_RETENTION``: ``30d``, ``12h``, ``off``);
+    #: ``None`` keeps them forever. See :mod:`~dagengine.orchestrator.store.retention`.
+    retention: float | None = 30 * 86400.0
+    #: Seconds between two passes of the background pruner (``DAGENGINE_PRUNE_INTERVAL``).
+    prune_interval: float = 600.0
+    #: The newest finished runs of each workflow kept whatever their age.
+    keep_last: int = 0
+    #: A folder finished runs are written to (JSON Lines) before they are pruned.
+    export_dir: str | None = None
 
     @property
     def tls_enabled(self) -> bool:
@@ -180,6 +190,8 @@ class Config:
             grpc_tls_key=grpc_key,
             grpc_tls_client_ca=grpc_client_ca,
             grpc_token=env.raw("DAGENGINE_GRPC_TOKEN"),
+            retention=env.retention("DAGENGINE_RETENTION", 30 * 86400.0),
+            prune_interval=env.duration("DAGENGINE_PRUNE_INTERVAL", 600.0),
         )
 
 
@@ -247,6 +259,24 @@ class _Env:
         if not math.isfinite(number) or number <= 0:
             raise self._bad(name, value, "expected a positive number of seconds")
         return number
+
+    def duration(self, name: str, default: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            seconds = parse_duration(value, what=name)
+        except ValueError:
+            raise self._bad(name, value, "expected a duration such as 30d, 12h or 90s") from None
+        if seconds <= 0:
+            raise self._bad(name, value, "expected a positive duration")
+        return seconds
+
+    def retention(self, name: str, default: float) -> float | None:
+        value = self.raw(name)
+        if value is not None and value.lower() in ("off", "none", "forever"):
+            return None
+        return self.duration(name, default)
 
     def path(self, name: str) -> str | None:
         value = self.raw(name)

@@ -27,6 +27,7 @@ type                 severity why
 ``engine.unhealthy`` warning  evicted; its runs are re-dispatched
 ``engine.recovered`` info
 ``trigger.fired``    info
+``store.pruned``     info     finished runs past their retention were deleted (counts)
 ==================== ======== ==========================================================
 
 ``run.resume_waiting`` (warning): a stored run cannot resume yet, its workflow version does
@@ -110,6 +111,7 @@ class EventType(str, Enum):
     ENGINE_UNHEALTHY = "engine.unhealthy"
     ENGINE_RECOVERED = "engine.recovered"
     TRIGGER_FIRED = "trigger.fired"
+    STORE_PRUNED = "store.pruned"
 
 
 #: The severity an event type gets unless ``publish`` names another (see the module doc).
@@ -133,6 +135,7 @@ DEFAULT_SEVERITY: dict[EventType, Severity] = {
     EventType.ENGINE_UNHEALTHY: Severity.WARNING,
     EventType.ENGINE_RECOVERED: Severity.INFO,
     EventType.TRIGGER_FIRED: Severity.INFO,
+    EventType.STORE_PRUNED: Severity.INFO,
 }
 
 

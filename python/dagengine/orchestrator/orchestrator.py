@@ -42,6 +42,7 @@ from dagengine.exceptions import (
     EngineBusy,
     EngineUnavailable,
     RunNotFound,
+    SpecError,
 )
 from dagengine.orchestrator.backends import (
     Engine,
@@ -54,6 +55,7 @@ from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.engines import EngineSet, EngineSlot
 from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.lifecycle import Action, Event, State
+from dagengine.orchestrator.pruner import Pruner
 from dagengine.orchestrator.recording import record_node_event, record_wire_events
 from dagengine.orchestrator.recovery import Recovery
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
@@ -65,6 +67,11 @@ from dagengine.orchestrator.runs import (
     failed_result,
 )
 from dagengine.orchestrator.store import RunRecord, Store
+from dagengine.orchestrator.store.retention import (
+    RetentionPolicy,
+    WorkflowRetention,
+    retention_from_metadata,
+)
 from dagengine.orchestrator.subworkflows import SubWorkflowCoordinator, child_output
 from dagengine.results import RunResult, RunStatus
 from dagengine.v1 import engine_pb2 as pb
@@ -152,6 +159,10 @@ class Orchestrator:
         self._recovery = Recovery(self)
         if recover:
             self.recover()
+        self.pruner = Pruner(
+            self.store, self.events, self.retention_policy, interval=self.config.prune_interval
+        )
+        self.pruner.start()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -240,11 +251,31 @@ class Orchestrator:
         """Register ``workflow_id`` at ``version`` (semver). ``builder`` is a DAG, a spec dict,
         or a callable returning one (called once, here). See :class:`WorkflowRegistry` for the
         versioning rules."""
+        try:
+            retention_from_metadata(metadata or {})
+        except ValueError as exc:
+            raise SpecError(f"workflow {workflow_id!r}: {exc}", path="metadata") from None
         entry = self.registry.register(workflow_id, version, builder, metadata)
         with self._lock:
             if self._parked:
                 self._parked_wakeup.notify_all()  # a waiting run may be runnable now
         return entry
+
+    def retention_policy(self) -> RetentionPolicy:
+        """The retention of finished runs now: the configuration's (``Config.retention``,
+        ``keep_last``, ``export_dir``) and each workflow's own, given at registration
+        (``metadata={"retention": "7d", "keep_last": 10}``, latest version's)."""
+        workflows: dict[str, WorkflowRetention] = {}
+        for info in self.registry.list_workflows():
+            try:
+                own = retention_from_metadata(info.metadata)
+            except ValueError:  # stored by an older version without the check: default
+                own = None
+            if own is not None:
+                workflows[info.workflow_id] = own
+        return RetentionPolicy(
+            self.config.retention, self.config.keep_last, workflows, self.config.export_dir
+        )
 
     def list_workflows(self) -> list[Any]:
         """Registered workflows with their versions."""
@@ -354,6 +385,7 @@ class Orchestrator:
             slots = list(self._engines.values())
         if self.cluster is not None:
             self.cluster.stop()
+        self.pruner.stop()
         self._dispatcher.join(timeout=5)
         for slot in slots:
             slot.backend.close()  # (a remote one waits for a hand-over of its replies)

@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from dagengine.orchestrator.store.records import EventRecord, RunRecord, WorkflowVersionRecord
+from dagengine.orchestrator.store.retention import PruneReport, RetentionPolicy, StoreStats
 
 __all__ = ["StoreBackend"]
 
@@ -256,6 +257,36 @@ class StoreBackend(Protocol):
 
     def last_event_seq(self) -> int:
         """The sequence number of the newest event, queued ones included (0 if none)."""
+        ...
+
+    # -- retention --
+
+    def prune(
+        self,
+        policy: RetentionPolicy,
+        *,
+        now: float | None = None,
+        limit: int = 500,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Delete one batch, in one transaction: up to ``limit`` finished runs that
+        ``policy`` lets go, with their node outputs and events (exported first to
+        ``policy.export_dir`` if set; a failed export deletes nothing and raises
+        ``StoreError``), and a batch of events without a run older than the default
+        retention. Never a queued or running run, a finished child of an unfinished parent,
+        nor a run whose children are still stored (see
+        :mod:`~dagengine.orchestrator.store.retention`). Fewer than ``limit`` runs removed:
+        done for now. ``dry_run``: delete nothing, count what a full prune would remove."""
+        ...
+
+    def reclaim_space(self, max_pages: int = 2000) -> int:
+        """Give space freed by prunes back to the file system, a bounded step (SQLite:
+        ``PRAGMA incremental_vacuum``; a backend whose database does that itself, such as
+        PostgreSQL's autovacuum, returns 0). Returns the bytes given back."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Rows and bytes per table, runs per workflow and status, the database's size."""
         ...
 
     # -- trigger state --

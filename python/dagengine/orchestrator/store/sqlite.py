@@ -35,6 +35,15 @@ from dagengine.orchestrator.store.records import (
     _loads,
     _severity_rank,
 )
+from dagengine.orchestrator.store.retention import (
+    PRUNE_BATCH,
+    PruneReport,
+    RetentionPolicy,
+    StoreStats,
+    count_prunable,
+    prune_batch,
+    store_stats,
+)
 from dagengine.orchestrator.store.schema import (
     _INSERT_EVENT,
     _INSERT_OUTPUT,
@@ -84,6 +93,10 @@ class SQLiteStore(WriteBehind):
             raise StoreError(f"cannot open store {text!r}: {exc}") from exc
         try:
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            # A new database gives space freed by a prune back to the file system
+            # (reclaim_space). Only takes before the first page is written (so before WAL);
+            # an older store keeps its mode and reuses freed pages for new rows instead.
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -535,6 +548,50 @@ class SQLiteStore(WriteBehind):
         """The sequence number of the newest event (0 if there is none)."""
         with self._pending_cv:
             return self._next_seq - 1
+
+    # -- retention --
+
+    def prune(
+        self,
+        policy: RetentionPolicy,
+        *,
+        now: float | None = None,
+        limit: int = PRUNE_BATCH,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Delete one batch: up to ``limit`` finished runs that ``policy`` lets go (see
+        :mod:`~dagengine.orchestrator.store.retention`), with their node outputs and
+        events, in one transaction (written to ``policy.export_dir`` first, if set). Fewer
+        than ``limit`` runs removed: nothing more to do for now. ``dry_run``: delete
+        nothing, count everything a full prune would remove."""
+        if limit < 1:
+            raise ValueError(f"prune limit must be >= 1, got {limit!r}")
+        when = time.time() if now is None else now
+        self.flush()
+        if dry_run:
+            with self._lock:
+                return count_prunable(self._db, policy, when)
+        with self.transaction():
+            return prune_batch(self._db, policy, when, limit)
+
+    def reclaim_space(self, max_pages: int = 2000) -> int:
+        """Give up to ``max_pages`` free pages back to the file system (a store created
+        with incremental auto-vacuum; an older one reuses them for new rows instead);
+        returns the bytes given back."""
+        with self._lock:
+            if int(self._db.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+                return 0
+            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            before = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+            self._db.execute(f"PRAGMA incremental_vacuum({int(max_pages)})").fetchall()
+            after = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+            return (before - after) * page
+
+    def stats(self) -> StoreStats:
+        """Rows and bytes per table, runs per workflow, the file's size."""
+        self.flush()
+        with self._lock:
+            return store_stats(self._db, self.path)
 
     # -- trigger state --
 

@@ -1,0 +1,355 @@
+"""Retention: which finished runs a store lets go (:class:`RetentionPolicy`), what a prune
+removed (:class:`PruneReport`), what a store holds (:class:`StoreStats`), and the SQLite
+statements of both (used by :class:`~dagengine.orchestrator.store.sqlite.SQLiteStore`).
+
+A finished run (succeeded, failed or cancelled) goes once it finished longer ago than its
+workflow's retention, with its node outputs and events, unless it is among the
+``keep_last`` newest finished runs of its workflow. Never deleted:
+
+* queued or running runs, and their node outputs (what a resumed run starts from);
+* a finished sub-workflow run whose parent run is unfinished (the parent reads its children
+  back by ``parent_run_id`` when it resumes);
+* a run that still has sub-workflow runs in the store: its children go first, the parent
+  with a later batch (so the ``parent_run_id`` references stay valid).
+
+Events without a run (engines joining, triggers firing, prunes) go once they are older than
+the default retention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from dagengine._units import parse_duration
+from dagengine.exceptions import StoreError
+from dagengine.orchestrator.store.records import SEVERITIES
+from dagengine.orchestrator.store.schema import _RUN_SELECT, _run_from_row
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "EVENTS_PER_BATCH",
+    "PRUNE_BATCH",
+    "PruneReport",
+    "RetentionPolicy",
+    "StoreStats",
+    "WorkflowRetention",
+    "retention_from_metadata",
+]
+
+#: How long finished runs are kept unless ``DAGENGINE_RETENTION`` or the config says: 30 days.
+DEFAULT_RETENTION: Final = 30 * 86400.0
+#: Runs deleted by one transaction of a prune (a batch holds the store's lock: keep it short).
+PRUNE_BATCH: Final = 500
+#: Events without a run deleted by one batch.
+EVENTS_PER_BATCH: Final = 5000
+_FINISHED = "('succeeded', 'failed', 'cancelled')"
+_TABLES: Final = ("runs", "node_outputs", "events", "workflow_versions", "trigger_state")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRetention:
+    """A workflow's own retention: ``max_age`` seconds (``None``: the default's), and the
+    ``keep_last`` newest finished runs kept whatever their age (``None``: the default's)."""
+
+    max_age: float | None = None
+    keep_last: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long finished runs are kept: ``max_age`` seconds after they finished (``None``:
+    forever), the ``keep_last`` newest finished runs of each workflow whatever their age,
+    per-workflow overrides in ``workflows``, and ``export_dir``, a folder finished runs are
+    written to (JSON Lines) before they are deleted."""
+
+    max_age: float | None = DEFAULT_RETENTION
+    keep_last: int = 0
+    workflows: Mapping[str, WorkflowRetention] = field(default_factory=dict)
+    export_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_age is not None and self.max_age < 0:
+            raise ValueError(f"retention max_age must be >= 0 seconds, got {self.max_age!r}")
+        if self.keep_last < 0:
+            raise ValueError(f"retention keep_last must be >= 0, got {self.keep_last!r}")
+
+    def of(self, workflow_id: str) -> tuple[float | None, int]:
+        """``(max_age, keep_last)`` of a workflow."""
+        own = self.workflows.get(workflow_id)
+        if own is None:
+            return self.max_age, self.keep_last
+        return (
+            self.max_age if own.max_age is None else own.max_age,
+            self.keep_last if own.keep_last is None else own.keep_last,
+        )
+
+
+def retention_from_metadata(metadata: Mapping[str, Any]) -> WorkflowRetention | None:
+    """The retention a workflow was registered with: ``metadata={"retention": "7d",
+    "keep_last": 10}`` (either key; ``None`` if neither). ``ValueError`` naming the key for
+    a value it cannot use."""
+    if "retention" not in metadata and "keep_last" not in metadata:
+        return None
+    max_age: float | None = None
+    keep_last: int | None = None
+    if metadata.get("retention") is not None:
+        try:
+            max_age = parse_duration(metadata["retention"], what="metadata retention")
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+    if metadata.get("keep_last") is not None:
+        value = metadata["keep_last"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"metadata keep_last must be an integer >= 0, got {value!r}")
+        keep_last = value
+    return WorkflowRetention(max_age, keep_last)
+
+
+@dataclass(slots=True)
+class PruneReport:
+    """What a prune removed (or, dry, would remove): rows per table, runs written to the
+    export folder, the batches it took and the bytes given back to the file system."""
+
+    runs: int = 0
+    node_outputs: int = 0
+    events: int = 0
+    exported: int = 0
+    batches: int = 0
+    bytes_reclaimed: int = 0
+    dry_run: bool = False
+
+    def add(self, other: PruneReport) -> None:
+        """Add ``other``'s counts to these."""
+        self.runs += other.runs
+        self.node_outputs += other.node_outputs
+        self.events += other.events
+        self.exported += other.exported
+        self.batches += other.batches
+        self.bytes_reclaimed += other.bytes_reclaimed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as a JSON-ready dict (the data of a ``store.pruned`` event)."""
+        return {
+            "runs": self.runs,
+            "node_outputs": self.node_outputs,
+            "events": self.events,
+            "exported": self.exported,
+            "batches": self.batches,
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "dry_run": self.dry_run,
+        }
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """What a store holds: ``tables`` maps a table to ``(rows, bytes)`` (bytes exact with
+    SQLite's ``dbstat``, else estimated from the lengths of the values: ``bytes_exact``),
+    ``workflows`` a workflow to its runs by status, and the file's size."""
+
+    tables: dict[str, tuple[int, int]]
+    workflows: dict[str, dict[str, int]]
+    file_bytes: int
+    free_bytes: int
+    bytes_exact: bool
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+
+def _selection(
+    db: sqlite3.Connection, policy: RetentionPolicy, now: float, limit: int | None
+) -> list[tuple[str, str]]:
+    """``(run_id, workflow_id)`` of finished runs the policy lets go, oldest first, at most
+    ``limit`` (``None``: all)."""
+    chosen: list[tuple[str, str]] = []
+    workflows = [row[0] for row in db.execute("SELECT DISTINCT workflow_id FROM runs")]
+    for workflow_id in sorted(workflows):
+        max_age, keep_last = policy.of(workflow_id)
+        if max_age is None:
+            continue
+        room = None if limit is None else limit - len(chosen)
+        if room is not None and room <= 0:
+            break
+        cutoff = now - max_age
+        rows = db.execute(
+            f"""SELECT r.run_id FROM runs r
+            WHERE r.workflow_id = ? AND r.created_at < ? AND r.status IN {_FINISHED}
+                AND COALESCE(r.finished_at, r.created_at) < ?
+                AND r.run_id NOT IN (SELECT run_id FROM runs WHERE workflow_id = ?
+                    AND status IN {_FINISHED} ORDER BY created_at DESC, rowid DESC LIMIT ?)
+                AND NOT EXISTS (SELECT 1 FROM runs c WHERE c.parent_run_id = r.run_id)
+                AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.run_id = r.parent_run_id
+                    AND p.status IN ('queued', 'running'))
+            ORDER BY r.created_at, r.rowid LIMIT ?""",
+            (workflow_id, cutoff, cutoff, workflow_id, keep_last, -1 if room is None else room),
+        ).fetchall()
+        chosen.extend((row[0], workflow_id) for row in rows)
+    return chosen
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float) -> int:
+    """Append the runs (record, node outputs, events: one JSON object a line) to
+    ``<folder>/runs-<UTC date>.jsonl``; ``StoreError`` if the file cannot be written (the
+    batch is then not deleted)."""
+    marks = _placeholders(len(run_ids))
+    runs = {
+        row[0]: _run_from_row(row)
+        for row in db.execute(f"{_RUN_SELECT} WHERE run_id IN ({marks})", run_ids)
+    }
+    outputs: dict[str, dict[str, Any]] = {run_id: {} for run_id in run_ids}
+    for run_id, node_id, output in db.execute(
+        f"SELECT run_id, node_id, output FROM node_outputs WHERE run_id IN ({marks}) "
+        "ORDER BY rowid",
+        run_ids,
+    ):
+        outputs[run_id][node_id] = json.loads(output)
+    events: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
+    for seq, when, kind, rank, node_id, engine_id, run_id, data in db.execute(
+        "SELECT seq, time, type, severity, node_id, engine_id, run_id, data FROM events "
+        f"WHERE run_id IN ({marks}) ORDER BY seq",
+        run_ids,
+    ):
+        events[run_id].append(
+            {
+                "seq": seq,
+                "time": when,
+                "type": kind,
+                "severity": SEVERITIES[rank],
+                "node_id": node_id,
+                "engine_id": engine_id,
+                "data": json.loads(data),
+            }
+        )
+    lines = []
+    for run_id in run_ids:
+        record = runs[run_id]
+        lines.append(
+            json.dumps(
+                {
+                    "run": {name: getattr(record, name) for name in record.__dataclass_fields__},
+                    "node_outputs": outputs[run_id],
+                    "events": events[run_id],
+                },
+                separators=(",", ":"),
+            )
+        )
+    day = time.strftime("%Y-%m-%d", time.gmtime(now))
+    path = Path(folder).expanduser() / f"runs-{day}.jsonl"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as out:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        raise StoreError(f"cannot export pruned runs to {str(path)!r}: {exc}") from exc
+    return len(lines)
+
+
+def prune_batch(
+    db: sqlite3.Connection, policy: RetentionPolicy, now: float, limit: int
+) -> PruneReport:
+    """Delete (in the caller's transaction) up to ``limit`` runs the policy lets go, with
+    their node outputs and events, and up to a batch of old events without a run."""
+    report = PruneReport(batches=1)
+    chosen = [run_id for run_id, _ in _selection(db, policy, now, limit)]
+    if chosen:
+        if policy.export_dir is not None:
+            report.exported = _export(db, policy.export_dir, chosen, now)
+        marks = _placeholders(len(chosen))
+        report.node_outputs = db.execute(
+            f"DELETE FROM node_outputs WHERE run_id IN ({marks})", chosen
+        ).rowcount
+        report.events = db.execute(f"DELETE FROM events WHERE run_id IN ({marks})", chosen).rowcount
+        report.runs = db.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", chosen).rowcount
+    if policy.max_age is not None:
+        report.events += db.execute(
+            """DELETE FROM events WHERE seq IN (SELECT seq FROM events
+                WHERE run_id IS NULL AND time < ? ORDER BY seq LIMIT ?)""",
+            (now - policy.max_age, EVENTS_PER_BATCH),
+        ).rowcount
+    return report
+
+
+def count_prunable(db: sqlite3.Connection, policy: RetentionPolicy, now: float) -> PruneReport:
+    """What a prune would delete now (a dry run; runs whose children go first are counted
+    only once their children are gone)."""
+    report = PruneReport(dry_run=True)
+    chosen = [run_id for run_id, _ in _selection(db, policy, now, None)]
+    for start in range(0, len(chosen), PRUNE_BATCH):
+        part = chosen[start : start + PRUNE_BATCH]
+        marks = _placeholders(len(part))
+        report.runs += len(part)
+        report.node_outputs += db.execute(
+            f"SELECT COUNT(*) FROM node_outputs WHERE run_id IN ({marks})", part
+        ).fetchone()[0]
+        report.events += db.execute(
+            f"SELECT COUNT(*) FROM events WHERE run_id IN ({marks})", part
+        ).fetchone()[0]
+    if policy.max_age is not None:
+        report.events += db.execute(
+            "SELECT COUNT(*) FROM events WHERE run_id IS NULL AND time < ?",
+            (now - policy.max_age,),
+        ).fetchone()[0]
+    return report
+
+
+def store_stats(db: sqlite3.Connection, path: str) -> StoreStats:
+    """Rows and bytes per table (``dbstat`` when compiled in, else the summed lengths of
+    the values), runs per workflow and status, the file's size and its free pages."""
+    rows = {
+        table: int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) for table in _TABLES
+    }
+    sizes: dict[str, int] = {}
+    exact = True
+    try:
+        for name, size in db.execute(
+            "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"
+        ).fetchall():
+            sizes[name] = int(size)
+        by_table = {table: sizes.get(table, 0) for table in _TABLES}
+        # Indexes count with their table.
+        for name, table in db.execute(
+            "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"
+        ):
+            if table in by_table:
+                by_table[table] += sizes.get(name, 0)
+    except sqlite3.OperationalError:  # no dbstat in this SQLite
+        exact = False
+        by_table = {}
+        for table in _TABLES:
+            columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+            total = " + ".join(f"COALESCE(LENGTH({c}), 0)" for c in columns)
+            by_table[table] = int(
+                db.execute(f"SELECT COALESCE(SUM({total}), 0) FROM {table}").fetchone()[0]
+            )
+    workflows: dict[str, dict[str, int]] = {}
+    for workflow_id, status, count in db.execute(
+        "SELECT workflow_id, status, COUNT(*) FROM runs GROUP BY workflow_id, status"
+    ):
+        workflows.setdefault(workflow_id, {})[status] = int(count)
+    page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+    free = int(db.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
+    file_bytes = int(db.execute("PRAGMA page_count").fetchone()[0]) * page_size
+    if path != ":memory:":
+        with contextlib.suppress(OSError):  # the pages counted above, then
+            file_bytes = os.path.getsize(path)
+    return StoreStats(
+        {table: (rows[table], by_table[table]) for table in _TABLES},
+        workflows,
+        file_bytes,
+        free,
+        exact,
+    )
