@@ -366,7 +366,7 @@ def backdate(path: Path, workflow: str, count: int, age_days: float) -> None:
 def test_the_pruner_of_a_real_orchestrator_runs_while_runs_go_on(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     Store(path).close()  # the schema
-    backdate(path, "w", 3000, age_days=40)
+    backdate(path, "w", 1200, age_days=40)
     config = Config(store_path=str(path), retention=30 * DAY, prune_interval=3600)
     orch = Orchestrator(config=config)
     try:
@@ -381,21 +381,21 @@ def test_the_pruner_of_a_real_orchestrator_runs_while_runs_go_on(tmp_path: Path)
         worker = threading.Thread(target=keep_running)
         worker.start()
         deadline = time.time() + 60
-        while orch.pruner.total.runs < 3000 and time.time() < deadline:
+        while orch.pruner.total.runs < 1200 and time.time() < deadline:
             time.sleep(0.05)
         stop.set()
         worker.join()
-        assert orch.pruner.total.runs == 3000
-        assert orch.pruner.total.batches >= 6  # 500 a batch
+        assert orch.pruner.total.runs == 1200
+        assert orch.pruner.total.batches >= 3  # small batches
         assert results
         assert all(isinstance(r, RunResult) and r.ok for r in results)
         kept = {r.run_id for r in orch.store.list_runs(workflow_id="w", limit=100_000)}
         assert not any(run_id.startswith("old-") for run_id in kept)
         assert len(kept) == len(results)
         (event,) = orch.store.events(types=["store.pruned"])
-        assert event.data["runs"] == 3000
-        assert event.data["events"] == 3000
-        assert event.data["node_outputs"] == 3000
+        assert event.data["runs"] == 1200
+        assert event.data["events"] == 1200
+        assert event.data["node_outputs"] == 1200
     finally:
         orch.stop()
 
@@ -428,6 +428,25 @@ def test_the_pruner_stops_between_batches(store: Store) -> None:
     report = pruner.run_pass()
     assert len(calls) == 1
     assert report.runs == 10
+
+
+def test_batches_are_sized_to_their_time(store: Store) -> None:
+    pruner = Pruner(store, None, RetentionPolicy, batch=500, batch_time=0.002)
+    assert pruner._resize(100, 0.010, 500) == 50  # too long: halved
+    assert pruner._resize(100, 0.0005, 500) == 200  # quick: doubled
+    assert pruner._resize(400, 0.0005, 500) == 500  # up to the ceiling
+    assert pruner._resize(100, 0.0015, 500) == 100
+    assert pruner._resize(1, 1.0, 500) == 1
+
+
+def test_reclaim_gives_back_the_pages_asked_for(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        for index in range(200):
+            add_run(store, f"r{index:03}", age_days=40, outputs=3, events=5)
+        prune_all(store, RetentionPolicy(DAY))
+        assert store.reclaim_space(10) == 10 * 4096
+        with store.transaction(), pytest.raises(StoreError, match="inside a transaction"):
+            store.reclaim_space()
 
 
 def test_bad_pruner_settings_are_refused(store: Store) -> None:

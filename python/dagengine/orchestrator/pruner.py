@@ -1,6 +1,7 @@
 """The background pruner: every ``interval`` seconds, deletes the finished runs past their
-retention in small batches (one transaction of at most :data:`PRUNE_BATCH` runs each, a
-pause between two, so the store's lock is never held long and runs keep their latency),
+retention in small batches (one transaction of at most :data:`PRUNE_BATCH` runs each, sized
+to take about :data:`BATCH_TIME`, a pause between two, so the store's lock is never held
+long and runs keep their latency),
 gives the freed space back to the file system, and publishes a ``store.pruned`` event with
 the counts when it removed anything.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from dagengine.orchestrator.events import EventBus, EventType
@@ -29,8 +31,14 @@ __all__ = ["Pruner"]
 
 _log = logging.getLogger(__name__)
 
-#: Seconds between two batches of a pass: lets queued writes and readers in.
-BATCH_PAUSE = 0.05
+#: Least seconds between two batches of a pass: lets queued writes and readers in.
+BATCH_PAUSE = 0.01
+#: Seconds a batch should take (its size adapts): what a run's write may wait for it.
+BATCH_TIME = 0.002
+_FIRST_BATCH = 32
+#: Pages given back per step of a reclaim (it adapts the same way), at first and at most.
+_FIRST_PAGES = 64
+_MAX_PAGES = 4096
 
 
 class Pruner:
@@ -46,6 +54,7 @@ class Pruner:
         interval: float = 600.0,
         batch: int = PRUNE_BATCH,
         pause: float = BATCH_PAUSE,
+        batch_time: float = BATCH_TIME,
     ) -> None:
         if interval <= 0 or batch < 1 or pause < 0:
             raise ValueError(
@@ -58,6 +67,7 @@ class Pruner:
         self.interval = interval
         self.batch = batch
         self.pause = pause
+        self.batch_time = batch_time
         self.total = PruneReport()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,26 +92,48 @@ class Pruner:
             self._stop.wait(self.interval)
 
     def run_pass(self) -> PruneReport:
-        """Prune batch after batch until one removes fewer runs than a batch (or the pruner
-        is stopped), reclaim the space, publish ``store.pruned`` if anything went."""
+        """Prune batch after batch until one removes fewer runs than it was allowed (or the
+        pruner is stopped), reclaim the space, publish ``store.pruned`` if anything went.
+
+        A batch holds the store's lock while it runs, and every run's writes wait for that
+        lock: batches are sized to take about :attr:`batch_time` (halved when one takes
+        longer, doubled up to :attr:`batch` when one takes less than half), with a pause of
+        at least four times the batch's time after each, so the store is free 80% of the
+        time and no write waits for more than a few milliseconds."""
         policy = self.policy()
         report = PruneReport()
+        size = min(self.batch, _FIRST_BATCH)
         while not self._stop.is_set():
-            part = self.store.prune(policy, limit=self.batch)
+            began = time.perf_counter()
+            part = self.store.prune(policy, limit=size)
+            took = time.perf_counter() - began
             report.add(part)
-            if part.runs < self.batch and part.events < EVENTS_PER_BATCH:
+            if part.runs < size and part.events < EVENTS_PER_BATCH:
                 break  # nothing more past its retention (a parent whose children just
                 # went waits for the next pass)
-            self._stop.wait(self.pause)
+            size = self._resize(size, took, self.batch)
+            self._stop.wait(max(self.pause, 4 * took))
         if report.runs or report.events:
+            pages = _FIRST_PAGES
             while not self._stop.is_set():
-                freed = self.store.reclaim_space()
+                began = time.perf_counter()
+                freed = self.store.reclaim_space(pages)
+                took = time.perf_counter() - began
                 report.bytes_reclaimed += freed
                 if not freed:
                     break
-                self._stop.wait(self.pause)
+                pages = self._resize(pages, took, _MAX_PAGES)
+                self._stop.wait(max(self.pause, 4 * took))
             self.total.add(report)
             _log.info("pruned the store: %s", report.to_dict())
             if self.events is not None:
                 self.events.publish(EventType.STORE_PRUNED, data=report.to_dict())
         return report
+
+    def _resize(self, size: int, took: float, ceiling: int) -> int:
+        """The next batch's size after one of ``size`` took ``took`` seconds."""
+        if took > self.batch_time:
+            return max(1, size // 2)
+        if took < self.batch_time / 2:
+            return min(ceiling, size * 2)
+        return size

@@ -579,11 +579,14 @@ class SQLiteStore(WriteBehind):
         with incremental auto-vacuum; an older one reuses them for new rows instead);
         returns the bytes given back."""
         with self._lock:
+            if self._depth:
+                raise StoreError("reclaim_space cannot run inside a transaction")
             if int(self._db.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
                 return 0
             page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
             before = int(self._db.execute("PRAGMA page_count").fetchone()[0])
-            self._db.execute(f"PRAGMA incremental_vacuum({int(max_pages)})").fetchall()
+            # executescript steps the pragma to its end (execute() frees one page a call).
+            self._db.executescript(f"PRAGMA incremental_vacuum({int(max_pages)})")
             after = int(self._db.execute("PRAGMA page_count").fetchone()[0])
             return (before - after) * page
 
