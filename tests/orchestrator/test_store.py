@@ -64,10 +64,12 @@ def test_the_log_is_checkpointed_and_stays_bounded_under_steady_commits(
             largest = max(largest, wal.stat().st_size)
         # The checkpointer copied the log into the database file...
         wait_for(lambda: path.stat().st_size >= first + (4 << 20), "the log's checkpoint")
-        # ... and the log started over instead of growing with every commit (to ~70 MiB
-        # without the writer's catch-up; a few MiB with it, depending on when the
-        # checkpointer gets to run).
-        assert largest < 16 << 20, f"the log grew to {largest} bytes"
+        # ... and the log started over instead of growing with every commit: without the
+        # writer's catch-up it never does, and ends at ~74 MiB (every commit's frames). With
+        # it, a few MiB on a quiet machine; how far it gets first depends on when the
+        # checkpointer thread gets a CPU, and on a machine busy with other work that was up
+        # to ~49 MiB (a 16 MiB bound failed there now and then, on the old code too).
+        assert largest < 56 << 20, f"the log grew to {largest} bytes"
 
 
 def test_a_run_end_wakes_the_writer_while_the_checkpointer_waits(
