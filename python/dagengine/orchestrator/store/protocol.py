@@ -276,7 +276,9 @@ class StoreBackend(Protocol):
         retention. Never a queued or running run, a finished child of an unfinished parent,
         nor a run whose children are still stored (see
         :mod:`~dagengine.orchestrator.store.retention`). Fewer than ``limit`` runs removed:
-        done for now. ``dry_run``: delete nothing, count what a full prune would remove."""
+        done for now. ``dry_run``: delete nothing, count what a full prune would remove.
+        ``report.seconds`` is how long the batch held the database (waits excluded): the
+        background pruner sizes its batches by it."""
         ...
 
     def reclaim_space(self, max_pages: int = 2000) -> int:

@@ -125,6 +125,8 @@ class PruneReport:
     batches: int = 0
     bytes_reclaimed: int = 0
     dry_run: bool = False
+    #: Seconds the batches held the store (its lock and write transaction), waits excluded.
+    seconds: float = 0.0
 
     def add(self, other: PruneReport) -> None:
         """Add ``other``'s counts to these."""
@@ -134,6 +136,7 @@ class PruneReport:
         self.exported += other.exported
         self.batches += other.batches
         self.bytes_reclaimed += other.bytes_reclaimed
+        self.seconds += other.seconds
 
     def to_dict(self) -> dict[str, Any]:
         """The counts as a JSON-ready dict (the data of a ``store.pruned`` event)."""
@@ -145,6 +148,7 @@ class PruneReport:
             "batches": self.batches,
             "bytes_reclaimed": self.bytes_reclaimed,
             "dry_run": self.dry_run,
+            "seconds": round(self.seconds, 6),
         }
 
 

@@ -567,12 +567,16 @@ class SQLiteStore(WriteBehind):
         if limit < 1:
             raise ValueError(f"prune limit must be >= 1, got {limit!r}")
         when = time.time() if now is None else now
-        self.flush()
+        # No flush first: what is pending concerns unfinished runs, which stay anyway.
         if dry_run:
             with self._lock:
                 return count_prunable(self._db, policy, when)
-        with self.transaction():
-            return prune_batch(self._db, policy, when, limit)
+        with self._lock:
+            began = time.perf_counter()
+            with self.transaction():
+                report = prune_batch(self._db, policy, when, limit)
+            report.seconds = time.perf_counter() - began
+            return report
 
     def reclaim_space(self, max_pages: int = 2000) -> int:
         """Give up to ``max_pages`` free pages back to the file system (a store created
