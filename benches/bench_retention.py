@@ -1,0 +1,238 @@
+"""Retention benchmark (issue 23): the store's size under a month of load with a 7-day
+retention, and run latency through the orchestrator with and without a prune running.
+
+    python benches/bench_retention.py [--runs-per-day N] [--days N] [--backlog N] [--quick]
+
+* plateau: a month of load simulated on a virtual clock: every day ``--runs-per-day`` runs
+  of the 3-node Lua workflow are written with that day's timestamps (copies of the rows a
+  real run left: its run row, 3 node outputs, its events), then the store is pruned as the
+  background pruner does (7-day retention, batches of 500, incremental vacuum). Printed:
+  the store's runs and file size at the end of each day, and the bytes per run.
+* latency: an orchestrator with a file store holding ``--backlog`` finished runs back-dated
+  40 days (13 rows each: 1.3 million rows for 100,000 runs). Runs are offered at
+  ``--rate`` runs/s (open loop, 8 in flight, each timed from when it was due): first with
+  no prune (baseline), then while the pruner deletes the backlog. Printed: p50 and p99 of
+  both and the ratio of the p99s (target: within 20%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_service import Load, drive, workflow
+from dagengine.orchestrator import Config, Orchestrator
+from dagengine.orchestrator.pruner import Pruner
+from dagengine.orchestrator.store import Store
+from dagengine.orchestrator.store.retention import RetentionPolicy
+
+DAY = 86400.0
+RETENTION = 7 * DAY
+
+
+class Template:
+    """The rows one real run of the workflow left in the store, to be copied."""
+
+    def __init__(self, path: str, run_id: str) -> None:
+        db = sqlite3.connect(path)
+        try:
+            self.run = list(db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+            self.outputs = db.execute(
+                "SELECT node_id, attempt, output FROM node_outputs WHERE run_id = ?", (run_id,)
+            ).fetchall()
+            self.events = db.execute(
+                "SELECT type, severity, workflow_id, node_id, engine_id, data FROM events "
+                "WHERE run_id = ?",
+                (run_id,),
+            ).fetchall()
+            columns = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+        finally:
+            db.close()
+        self.id_col = columns.index("run_id")
+        self.times = [columns.index(c) for c in ("created_at", "started_at", "finished_at")]
+        self.width = len(columns)
+
+    def write(self, db: sqlite3.Connection, prefix: str, count: int, t0: float, t1: float) -> None:
+        """``count`` copies with ids ``prefix<n>``, their times spread over ``[t0, t1)``."""
+        runs: list[list[Any]] = []
+        outputs: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        for n in range(count):
+            run_id = f"{prefix}{n:08d}"
+            when = t0 + (t1 - t0) * n / count
+            row = list(self.run)
+            row[self.id_col] = run_id
+            for offset, col in enumerate(self.times):
+                row[col] = when + offset * 0.001
+            runs.append(row)
+            outputs.extend((run_id, *o) for o in self.outputs)
+            events.extend((when, e[0], e[1], e[2], run_id, *e[3:]) for e in self.events)
+        marks = ", ".join("?" * self.width)
+        db.executemany(f"INSERT INTO runs VALUES ({marks})", runs)
+        db.executemany("INSERT INTO node_outputs VALUES (?, ?, ?, ?)", outputs)
+        db.executemany(
+            "INSERT INTO events (time, type, severity, workflow_id, run_id, node_id, "
+            "engine_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            events,
+        )
+
+    @property
+    def rows(self) -> int:
+        return 1 + len(self.outputs) + len(self.events)
+
+
+def file_size(store: Store) -> int:
+    """The database file's size once the log is checkpointed into it."""
+    store.flush()
+    with store._lock:
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return os.path.getsize(store.path)
+
+
+def prune_fully(store: Store, policy: RetentionPolicy, now: float) -> tuple[int, int]:
+    """Prune as the background pruner does; returns (runs deleted, batches)."""
+    runs = batches = 0
+    while True:
+        part = store.prune(policy, now=now)
+        runs += part.runs
+        batches += 1
+        if part.runs < 500:
+            break
+    while store.reclaim_space():
+        continue
+    return runs, batches
+
+
+def plateau(template: Template, folder: Path, days: int, per_day: int) -> list[str]:
+    lines = [
+        f"plateau: {per_day:,} runs/day for {days} days, 7-day retention "
+        f"({template.rows} rows a run)",
+        f"{'day':>4} {'runs kept':>10} {'deleted':>9} {'file MB':>9} {'bytes/run':>10}",
+    ]
+    start = 1_000 * DAY  # the virtual clock
+    policy = RetentionPolicy(RETENTION)
+    sizes = []
+    with Store(folder / "plateau.db") as store:
+        for day in range(days):
+            t0 = start + day * DAY
+            with store.transaction():
+                template.write(store._db, f"d{day:03d}-", per_day, t0, t0 + DAY)
+            deleted, _ = prune_fully(store, policy, t0 + DAY)
+            kept = store.stats().tables["runs"][0]
+            size = file_size(store)
+            sizes.append(size)
+            lines.append(
+                f"{day + 1:>4} {kept:>10,} {deleted:>9,} {size / 1e6:>9.1f} {size / kept:>10,.0f}"
+            )
+    top = max(sizes[7:]) if len(sizes) > 7 else max(sizes)
+    lines.append(
+        f"plateau: {top / 1e6:.1f} MB from day 8 on (max of days 8-{days}); "
+        f"without retention: ~{sizes[6] / 7 * days / 1e6:.0f} MB"
+    )
+    return lines
+
+
+def latency(template: Template, folder: Path, backlog: int, rate: float, runs: int) -> list[str]:
+    path = folder / "latency.db"
+    t0 = time.time() - 40 * DAY
+    with Store(path) as store:  # the backlog goes in before the orchestrator numbers events
+        for start in range(0, backlog, 10_000):
+            count = min(10_000, backlog - start)
+            with store.transaction():
+                template.write(store._db, f"old{start:08d}-", count, t0, t0 + DAY)
+    config = Config(store_path=str(path), retention=None, prune_interval=3600)
+    orch = Orchestrator(config=config)
+    lines: list[str] = []
+    try:
+        orch.register_workflow("bench-3", "1.0.0", workflow())
+        size_before = file_size(orch.store)
+
+        def call(_: int) -> object:
+            return orch.execute_workflow("bench-3", inputs={"factor": 2})
+
+        drive("warm-up", call, 8, 500, rate=rate)
+        base = drive("no prune", call, 8, runs, rate=rate)
+        pruner = Pruner(orch.store, None, lambda: RetentionPolicy(RETENTION))
+        outcome: dict[str, Any] = {}
+
+        def prune() -> None:
+            began = time.perf_counter()
+            outcome["report"] = pruner.run_pass()
+            outcome["seconds"] = time.perf_counter() - began
+
+        thread = threading.Thread(target=prune)
+        thread.start()
+        during: list[Load] = []
+        while thread.is_alive() or not during:
+            during.append(drive("prune", call, 8, min(runs, int(rate * 2)), rate=rate))
+        thread.join()
+        merged = Load(
+            "during prune",
+            8,
+            sum(d.calls for d in during),
+            sum(d.seconds for d in during),
+            [x for d in during for x in d.latencies],
+        )
+        report = outcome["report"]
+        size_after = file_size(orch.store)
+        rows = backlog * template.rows
+        lines.append(
+            f"latency: {rate:.0f} runs/s offered, 8 in flight; backlog {backlog:,} runs "
+            f"({rows:,} rows) back-dated 40 days"
+        )
+        lines.append(f"{'':<14} {'runs':>7} {'p50 ms':>8} {'p99 ms':>8}")
+        for load in (base, merged):
+            lines.append(
+                f"{load.name:<14} {load.calls:>7,} {load.pct(0.5) * 1e3:>8.2f} "
+                f"{load.pct(0.99) * 1e3:>8.2f}"
+            )
+        ratio = merged.pct(0.99) / base.pct(0.99)
+        lines.append(
+            f"p99 during prune / without: {ratio:.2f} "
+            f"({'met' if ratio <= 1.2 else 'NOT MET'}: target <= 1.20)"
+        )
+        lines.append(
+            f"prune: {report.runs:,} runs, {report.node_outputs:,} outputs, "
+            f"{report.events:,} events in {report.batches} batches, {outcome['seconds']:.1f} s; "
+            f"file {size_before / 1e6:.1f} MB -> {size_after / 1e6:.1f} MB"
+        )
+    finally:
+        orch.stop()
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs-per-day", type=int, default=2000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--runs", type=int, default=3000, help="runs of the baseline")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs_per_day, args.days, args.backlog, args.runs = 500, 12, 10_000, 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        seed = folder / "seed.db"
+        with Orchestrator(store=str(seed), config=Config(store_path=str(seed))) as orch:
+            orch.register_workflow("bench-3", "1.0.0", workflow())
+            run = orch.execute_workflow("bench-3", inputs={"factor": 2})
+            orch.store.flush()
+            template = Template(str(seed), run.run_id)
+        for line in plateau(template, folder, args.days, args.runs_per_day):
+            print(line, flush=True)
+        print(flush=True)
+        for line in latency(template, folder, args.backlog, args.rate, args.runs):
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
