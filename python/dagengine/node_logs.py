@@ -1,0 +1,219 @@
+"""Capturing a Python node's ``logging`` records and ``print`` output to its attempt.
+
+A :class:`NodeLogBuffer` collects the lines of one node attempt. :func:`capture` makes a buffer
+current for the calling context (a :class:`contextvars.ContextVar`), so what is captured is
+decided per task, not per process: two nodes running at once on different threads, or as two
+asyncio tasks, each see their own buffer. Threads a node starts see its buffer when they run in
+a copy of its context (``contextvars.copy_context().run``, or
+:meth:`asyncio.loop.run_in_executor` / :func:`asyncio.to_thread`, which copy it); a plain
+:class:`threading.Thread` starts with an empty context and so writes where it always did.
+
+Two hooks, installed once by :func:`install` and free when no buffer is current:
+
+* ``logging``: the log record factory is wrapped, so every record a logger creates (one that
+  passed the logger's level; configure levels as usual) is also appended to the current buffer
+  with its level name. Handlers are untouched: records still reach them as before.
+* ``print``: ``sys.stdout`` and ``sys.stderr`` are replaced by proxies that send text written
+  under a current buffer to it (line by line; stdout as level ``INFO``, stderr as ``ERROR``) and
+  everything else to the original streams.
+
+A buffer is bounded (:data:`DEFAULT_LIMIT` bytes of message text, 1 MiB): the first line that
+would go past the bound is replaced by one ``WARNING`` line saying the log was truncated, and
+later lines are dropped.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any, Final, TypeVar
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "TRUNCATED_PREFIX",
+    "NodeLogBuffer",
+    "NodeLogLine",
+    "capture",
+    "captured",
+    "current_buffer",
+    "install",
+]
+
+DEFAULT_LIMIT: Final = 1024 * 1024
+"""The bound on one node attempt's captured log text, in bytes (UTF-8)."""
+
+TRUNCATED_PREFIX: Final = "[dagengine] log truncated"
+"""How the marker line that ends a truncated log begins."""
+
+_T = TypeVar("_T")
+
+_current: contextvars.ContextVar[NodeLogBuffer | None] = contextvars.ContextVar(
+    "dagengine_node_log", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLogLine:
+    """One captured line: ``level`` is a :mod:`logging` level name (``INFO`` for ``print`` to
+    stdout, ``ERROR`` for stderr), ``time`` seconds since the epoch, ``source`` ``"logging"``,
+    ``"stdout"`` or ``"stderr"``."""
+
+    level: str
+    message: str
+    time: float
+    source: str
+
+
+class NodeLogBuffer:
+    """The captured lines of one node attempt, bounded to ``limit`` bytes of message text.
+
+    Safe to write from several threads at once (a node's context-copying threads).
+    """
+
+    __slots__ = ("_lock", "_partial", "limit", "lines", "size", "truncated")
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        if limit < 0:
+            raise ValueError(f"node log limit must be >= 0 bytes, got {limit}")
+        self.limit = limit
+        self.lines: list[NodeLogLine] = []
+        self.size = 0
+        self.truncated = False
+        self._partial: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, level: str, message: str, source: str = "logging") -> None:
+        """Append one line (or, past the bound, the truncation marker once, then nothing)."""
+        with self._lock:
+            self._add(level, message, source)
+
+    def _add(self, level: str, message: str, source: str) -> None:
+        if self.truncated:
+            return
+        n = len(message.encode("utf-8", "replace"))
+        if self.size + n > self.limit:
+            self.truncated = True
+            self.lines.append(
+                NodeLogLine(
+                    "WARNING",
+                    f"{TRUNCATED_PREFIX}: this attempt's log passed {self.limit} bytes; "
+                    "later lines were dropped",
+                    time.time(),
+                    "dagengine",
+                )
+            )
+            return
+        self.size += n
+        self.lines.append(NodeLogLine(level, message, time.time(), source))
+
+    def write(self, source: str, text: str) -> None:
+        """Take ``text`` written to stream ``source`` (``stdout``/``stderr``): complete lines
+        become log lines; a trailing partial line waits for the rest (or :meth:`flush`)."""
+        level = "ERROR" if source == "stderr" else "INFO"
+        with self._lock:
+            pending = self._partial.pop(source, "") + text
+            *complete, rest = pending.split("\n")
+            for line in complete:
+                self._add(level, line, source)
+            if rest:
+                self._partial[source] = rest
+
+    def flush(self) -> None:
+        """Turn the partial lines left by :meth:`write` into lines."""
+        with self._lock:
+            partial, self._partial = self._partial, {}
+            for source, rest in partial.items():
+                self._add("ERROR" if source == "stderr" else "INFO", rest, source)
+
+
+def current_buffer() -> NodeLogBuffer | None:
+    """The buffer capturing in this context, if any."""
+    return _current.get()
+
+
+@contextmanager
+def capture(buffer: NodeLogBuffer) -> Iterator[NodeLogBuffer]:
+    """Make ``buffer`` current for this context until the block ends (then flush it)."""
+    install()
+    token = _current.set(buffer)
+    try:
+        yield buffer
+    finally:
+        _current.reset(token)
+        buffer.flush()
+
+
+async def captured(awaitable: Awaitable[_T], buffer: NodeLogBuffer) -> _T:
+    """Await ``awaitable`` with ``buffer`` current: for a coroutine run as a task of another
+    thread's loop, whose context is not the caller's."""
+    with capture(buffer):
+        return await awaitable
+
+
+class _StreamProxy:
+    """Stands for ``sys.stdout``/``sys.stderr``: text written under a current buffer goes to
+    it, other text to the original stream; every other attribute is the original's."""
+
+    def __init__(self, source: str, original: IO[str]) -> None:
+        self._source = source
+        self._original = original
+
+    def write(self, text: str) -> int:
+        buffer = _current.get()
+        if buffer is None:
+            return self._original.write(text)
+        buffer.write(self._source, text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self._original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+_install_lock = threading.Lock()
+_installed_factory: Callable[..., logging.LogRecord] | None = None
+
+
+def _format_record(record: logging.LogRecord) -> str:
+    try:
+        message = record.getMessage()
+    except Exception as exc:  # a bad format string must not fail the node that logged it
+        message = f"{record.msg!r} (unformattable with args {record.args!r}: {exc})"
+    if record.exc_info and record.exc_info[0] is not None:
+        message = f"{message}\n{logging.Formatter().formatException(record.exc_info)}"
+    return message
+
+
+def install() -> None:
+    """Install the ``logging`` and stream hooks (idempotent; :func:`capture` calls it).
+
+    If something later replaces ``sys.stdout``/``sys.stderr`` or the record factory, the hooks
+    are put back in front of the replacement on the next call.
+    """
+    global _installed_factory
+    with _install_lock:
+        for source in ("stdout", "stderr"):
+            stream = getattr(sys, source)
+            if not isinstance(stream, _StreamProxy):
+                setattr(sys, source, _StreamProxy(source, stream))
+        if logging.getLogRecordFactory() is not _installed_factory:
+            inner = logging.getLogRecordFactory()
+
+            def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+                record = inner(*args, **kwargs)
+                buffer = _current.get()
+                if buffer is not None:
+                    buffer.add(record.levelname, _format_record(record))
+                return record
+
+            _installed_factory = factory
+            logging.setLogRecordFactory(factory)

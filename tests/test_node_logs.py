@@ -1,0 +1,194 @@
+"""Capturing a node attempt's ``logging`` records and ``print`` output (dagengine.node_logs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from dagengine.node_logs import (
+    TRUNCATED_PREFIX,
+    NodeLogBuffer,
+    capture,
+    captured,
+    current_buffer,
+)
+
+log = logging.getLogger("tests.node_logs")
+
+
+@pytest.fixture(autouse=True)
+def _debug_level() -> None:
+    log.setLevel(logging.DEBUG)
+
+
+def _pairs(buffer: NodeLogBuffer) -> list[tuple[str, str]]:
+    return [(line.level, line.message) for line in buffer.lines]
+
+
+def test_sync_captures_print_and_logging_with_levels(capsys: pytest.CaptureFixture[str]) -> None:
+    buffer = NodeLogBuffer()
+    with capture(buffer):
+        print("hello", "world")
+        print("to stderr", file=sys.stderr)
+        log.debug("d %d", 1)
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        print("no newline", end="")
+    assert _pairs(buffer) == [
+        ("INFO", "hello world"),
+        ("ERROR", "to stderr"),
+        ("DEBUG", "d 1"),
+        ("INFO", "i"),
+        ("WARNING", "w"),
+        ("ERROR", "e"),
+        ("INFO", "no newline"),
+    ]
+    assert [line.source for line in buffer.lines][:2] == ["stdout", "stderr"]
+    # Captured print output does not also reach the process's stdout.
+    assert "hello world" not in capsys.readouterr().out
+    assert current_buffer() is None
+
+
+def test_outside_capture_nothing_changes(capsys: pytest.CaptureFixture[str]) -> None:
+    buffer = NodeLogBuffer()
+    with capture(buffer):
+        pass
+    print("after")
+    log.warning("after")
+    assert buffer.lines == []
+    assert capsys.readouterr().out == "after\n"
+
+
+def test_exception_text_is_kept() -> None:
+    buffer = NodeLogBuffer()
+    with capture(buffer):
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed")
+    [line] = buffer.lines
+    assert line.level == "ERROR"
+    assert line.message.startswith("failed\nTraceback")
+    assert "ValueError: boom" in line.message
+
+
+def test_async_tasks_each_capture_their_own() -> None:
+    async def node(name: str, buffer: NodeLogBuffer) -> None:
+        with capture(buffer):
+            for i in range(3):
+                print(f"{name} {i}")
+                log.info("%s log %d", name, i)
+                await asyncio.sleep(0)
+
+    async def main() -> tuple[NodeLogBuffer, NodeLogBuffer]:
+        a, b = NodeLogBuffer(), NodeLogBuffer()
+        await asyncio.gather(node("a", a), node("b", b))
+        return a, b
+
+    a, b = asyncio.run(main())
+    assert [m for _, m in _pairs(a)] == ["a 0", "a log 0", "a 1", "a log 1", "a 2", "a log 2"]
+    assert [m for _, m in _pairs(b)] == ["b 0", "b log 0", "b 1", "b log 1", "b 2", "b log 2"]
+
+
+def test_captured_runs_a_coroutine_on_another_loop_with_the_buffer() -> None:
+    buffer = NodeLogBuffer()
+
+    async def node() -> int:
+        log.warning("from the loop thread")
+        return 7
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        future = asyncio.run_coroutine_threadsafe(captured(node(), buffer), loop)
+        assert future.result(timeout=5) == 7
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    assert _pairs(buffer) == [("WARNING", "from the loop thread")]
+
+
+def test_threads_that_copy_the_context_are_captured(capsys: pytest.CaptureFixture[str]) -> None:
+    buffer = NodeLogBuffer()
+
+    def work(i: int) -> None:
+        print(f"worker {i}")
+
+    with capture(buffer):
+        ctx = contextvars.copy_context()
+        t = threading.Thread(target=ctx.run, args=(work, 1))
+        t.start()
+        t.join()
+        asyncio.run(asyncio.to_thread(work, 2))
+        # A plain thread starts with an empty context: its output is not the node's.
+        plain = threading.Thread(target=work, args=(3,))
+        plain.start()
+        plain.join()
+    assert [m for _, m in _pairs(buffer)] == ["worker 1", "worker 2"]
+    assert "worker 3" in capsys.readouterr().out
+
+
+def test_concurrent_nodes_on_threads_do_not_leak() -> None:
+    def node(name: str) -> NodeLogBuffer:
+        buffer = NodeLogBuffer()
+        with capture(buffer):
+            for i in range(200):
+                print(name, i)
+                log.info("%s %d", name, i)
+        return buffer
+
+    names = [f"n{i}" for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        buffers = list(pool.map(node, names))
+    for name, buffer in zip(names, buffers, strict=True):
+        assert len(buffer.lines) == 400
+        assert all(line.message.split(" ")[0] == name for line in buffer.lines)
+
+
+def test_bound_truncates_with_one_marker() -> None:
+    buffer = NodeLogBuffer(limit=10)
+    with capture(buffer):
+        print("12345")
+        print("67890")
+        print("x")
+        log.error("dropped")
+    assert [m for _, m in _pairs(buffer)][:2] == ["12345", "67890"]
+    assert len(buffer.lines) == 3
+    marker = buffer.lines[2]
+    assert marker.level == "WARNING"
+    assert marker.message.startswith(TRUNCATED_PREFIX)
+    assert "10 bytes" in marker.message
+    assert buffer.truncated
+    assert buffer.size == 10
+
+
+def test_bound_counts_utf8_bytes() -> None:
+    buffer = NodeLogBuffer(limit=4)
+    buffer.add("INFO", "éé")  # 4 bytes: fits
+    buffer.add("INFO", "é")
+    assert next(line.message for line in buffer.lines) == "éé"
+    assert buffer.lines[1].message.startswith(TRUNCATED_PREFIX)
+
+
+def test_negative_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="node log limit must be >= 0 bytes, got -1"):
+        NodeLogBuffer(limit=-1)
+
+
+def test_bad_log_format_does_not_fail_the_node() -> None:
+    buffer = NodeLogBuffer()
+    quiet = logging.getLogger("tests.node_logs.quiet")
+    quiet.propagate = False  # no handler formats it: only the capture does
+    quiet.setLevel(logging.INFO)
+    with capture(buffer):
+        quiet.info("%d items", "many")
+    assert buffer.lines[0].level == "INFO"
+    assert "unformattable" in buffer.lines[0].message
