@@ -1,4 +1,4 @@
-"""A small client of the HTTP API, behind ``dagengine submit/runs/status/cancel/workflows``.
+"""A small client of the HTTP API, behind ``dagengine submit/runs/status/cancel/workflows/logs``.
 
 Standard library only (``urllib``), so the CLI needs nothing the server does not. Every
 failure — cannot connect, an HTTP error status, a body that is not JSON — is an
@@ -14,6 +14,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from dagengine.exceptions import DagEngineError
@@ -116,3 +117,42 @@ class ApiClient:
     def workflows(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", "/workflows")
         return result
+
+    def logs(
+        self, run_id: str, *, node: str | None = None, after: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """A run's stored log lines (of ``node`` only, if given), oldest first, page by page."""
+        path = f"/runs/{urllib.parse.quote(run_id, safe='')}/logs"
+        while True:
+            page = self.request("GET", path, query={"node": node, "after": after})
+            yield from page["lines"]
+            after = page["next_after"]
+            if after is None:
+                return
+
+    def follow_logs(self, run_id: str, *, node: str | None = None) -> Iterator[dict[str, Any]]:
+        """A run's log lines as they come (server-sent events) until the run ends."""
+        query = {"follow": "true", **({"node": node} if node is not None else {})}
+        url = (
+            f"{self.url}/runs/{urllib.parse.quote(run_id, safe='')}/logs?"
+            + urllib.parse.urlencode(query)
+        )
+        headers = {"Accept": "text/event-stream"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url, method="GET", headers=headers)
+        try:
+            resp = urllib.request.urlopen(req, timeout=None)
+        except urllib.error.HTTPError as exc:
+            message = f"HTTP {exc.code}"
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                message += f": {json.loads(exc.read())['error']}"
+            raise ApiClientError(message, status=exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiClientError(f"cannot reach {self.url}: {reason}") from None
+        with resp:
+            for raw in resp:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("data: "):
+                    yield json.loads(line.removeprefix("data: "))

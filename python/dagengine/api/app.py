@@ -535,6 +535,99 @@ async def run_events(request: Request) -> Response:
     )
 
 
+def log_line(event: Any) -> dict[str, Any]:
+    """A stored ``node.log`` event as one line of ``GET /runs/{id}/logs``."""
+    data = event.data
+    return {
+        "seq": event.seq,
+        "time": event.time,
+        "node_id": event.node_id,
+        "attempt": data.get("attempt"),
+        "node_attempt": data.get("node_attempt"),
+        "level": data.get("level", "INFO"),
+        "message": data.get("message", ""),
+        "truncated": bool(data.get("truncated", False)),
+    }
+
+
+def _sse_log(event: Any) -> bytes:
+    data = json.dumps(log_line(event), separators=(",", ":"), default=str)
+    return f"id: {event.seq}\nevent: node.log\ndata: {data}\n\n".encode()
+
+
+async def run_logs(request: Request) -> Response:
+    api = _api(request)
+    api.check_token(request)
+    run_id = request.path_params["run_id"]
+    info = await _call(api.orch.get_run, run_id)
+    node = request.query_params.get("node") or None
+    follow_text = request.query_params.get("follow", "false")
+    if follow_text not in ("true", "false"):
+        raise ApiError(400, "query parameter 'follow' must be true or false")
+    cursor = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    if not re.fullmatch(EVENT_SEQ_PATTERN, cursor):
+        raise ApiError(
+            400, "Last-Event-ID / after must be an event sequence number (up to 18 digits)"
+        )
+    limit = _int_param(request, "limit", 1000, 1, 10_000)
+    if follow_text == "false":
+        lines: list[dict[str, Any]] = []
+        after = int(cursor)
+        while len(lines) < limit:
+            page = await _call(
+                api.monitor.history, after, run_id=run_id, types="node.log", limit=1000
+            )
+            lines.extend(log_line(e) for e in page if node is None or e.node_id == node)
+            if len(page) < 1000:
+                break
+            after = page[-1].seq
+        lines = lines[:limit]
+        more = len(lines) == limit
+        return JSONResponse(
+            {
+                "run_id": run_id,
+                "node": node,
+                "lines": lines,
+                "next_after": lines[-1]["seq"] if more else None,
+            }
+        )
+    sub = api.monitor.subscribe(
+        run_id=run_id, after=int(cursor), types=["node.log", *_TERMINAL_EVENTS]
+    )
+    finished_at_start = info.status in _FINISHED
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                # As run_events: a finished run's stored lines, then the end of the stream; a
+                # live run's lines until its terminal event.
+                wait = 0.5 if finished_at_start else SSE_KEEPALIVE
+                try:
+                    event = await asyncio.wait_for(sub.__anext__(), wait)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if finished_at_start:
+                        return
+                    status = (await _call(api.orch.get_run, run_id)).status
+                    if status in _FINISHED and not sub.lagging:
+                        return
+                    yield b": keep-alive\n\n"
+                    continue
+                if event.type in _TERMINAL_EVENTS:
+                    return
+                if node is None or event.node_id == node:
+                    yield _sse_log(event)
+        finally:
+            sub.close()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 # -- errors --------------------------------------------------------------------------------
 
 
@@ -624,6 +717,7 @@ def create_app(
         Route("/runs/{run_id}", get_run, methods=["GET"]),
         Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/runs/{run_id}/events", run_events, methods=["GET"]),
+        Route("/runs/{run_id}/logs", run_logs, methods=["GET"]),
         Route("/{path:path}", _fallback, methods=_ALL_METHODS),
     ]
     app = Starlette(

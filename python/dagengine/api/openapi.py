@@ -55,6 +55,30 @@ def _ok(description: str, schema: str | dict[str, Any]) -> dict[str, Any]:
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+_LOG_LINE: dict[str, Any] = {
+    "type": "object",
+    "required": ["seq", "time", "node_id", "level", "message", "truncated"],
+    "properties": {
+        "seq": {"type": "integer"},
+        "time": {"type": "number"},
+        "node_id": _NULLABLE_STR,
+        "attempt": {"type": ["integer", "null"]},
+        "node_attempt": {"type": ["integer", "null"]},
+        "level": {"type": "string"},
+        "message": {"type": "string"},
+        "truncated": {"type": "boolean"},
+    },
+}
+_LOG_PAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["run_id", "node", "lines", "next_after"],
+    "properties": {
+        "run_id": {"type": "string"},
+        "node": _NULLABLE_STR,
+        "lines": {"type": "array", "items": _LOG_LINE},
+        "next_after": {"type": ["integer", "null"]},
+    },
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -560,6 +584,68 @@ def openapi_document(
                                     ),
                                 }
                             }
+                        },
+                    },
+                    "400": bad,
+                    **unauthorized,
+                    "404": not_found,
+                },
+            }
+        },
+        "/runs/{run_id}/logs": {
+            "get": {
+                "operationId": "runLogs",
+                "summary": "the run's node log lines (Lua log/print, Python logging/print)",
+                **secured,
+                "parameters": [
+                    _path_param("run_id"),
+                    {
+                        "name": "node",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "only this node's lines",
+                    },
+                    {
+                        "name": "follow",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                        "description": (
+                            "true: server-sent events (event 'node.log'), ending with the run"
+                        ),
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string", "pattern": EVENT_SEQ_PATTERN},
+                        "description": "resume after this event sequence number",
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": EVENT_SEQ_PATTERN},
+                        "description": "lines after this sequence number (next_after pages on)",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        "description": "at most this many lines (default 1000; not with follow)",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": (
+                            "the lines, oldest first; with follow=true a stream of server-sent "
+                            "events whose data is one line"
+                        ),
+                        "content": {
+                            "application/json": {"schema": _LOG_PAGE},
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "example": ('id: 7\nevent: node.log\ndata: {"seq":7,...}\n\n'),
+                                }
+                            },
                         },
                     },
                     "400": bad,

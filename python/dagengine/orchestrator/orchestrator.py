@@ -56,7 +56,7 @@ from dagengine.orchestrator.engines import EngineSet, EngineSlot
 from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.lifecycle import Action, Event, State
 from dagengine.orchestrator.pruner import Pruner
-from dagengine.orchestrator.recording import record_node_event, record_wire_events
+from dagengine.orchestrator.recording import LogBudget, record_node_event, record_wire_events
 from dagengine.orchestrator.recovery import Recovery
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
 from dagengine.orchestrator.runs import (
@@ -605,12 +605,19 @@ class Orchestrator:
         job = self._prepare(run, slot, attempt)
         if job is None:
             return
-        workflow_id, engine_id = job.workflow_id, slot.engine_id
+        workflow_id, engine_id, logs = job.workflow_id, slot.engine_id, LogBudget()
         try:
             result = slot.backend.execute(
                 job,
                 lambda event: record_node_event(
-                    self.store, self.events, run.run_id, workflow_id, engine_id, attempt, event
+                    self.store,
+                    self.events,
+                    run.run_id,
+                    workflow_id,
+                    engine_id,
+                    attempt,
+                    event,
+                    logs,
                 ),
                 self._coordinator.runner_for_local(run.run_id),
             )
@@ -630,7 +637,7 @@ class Orchestrator:
         # JSON the engine sent): decoding them only to encode them again cost more than the
         # rest of a run's bookkeeping.
         result_json: list[str] = []
-        workflow_id, engine_id = job.workflow_id, slot.engine_id
+        workflow_id, engine_id, logs = job.workflow_id, slot.engine_id, LogBudget()
 
         def on_end(result: RunResult | None, exc: BaseException | None) -> None:
             encoded = result_json[0] if result_json and exc is None else None
@@ -648,6 +655,7 @@ class Orchestrator:
                     attempt,
                     batch,
                     result_json,
+                    logs,
                 ),
                 on_end,
             )

@@ -2,20 +2,65 @@
 in the store (fenced there by the attempt) and node events on the bus. Remote runs' events
 come as the engine sent them (:func:`record_wire_events`: outputs and the result keep the
 engine's JSON text), in-process runs' decoded (:func:`record_node_event`); both make the
-same records."""
+same records.
+
+Node log lines (``node_log``) become ``node.log`` bus events, stored like the others, with
+``level`` and ``message`` in their data; a :class:`LogBudget` bounds them per node attempt
+(:data:`~dagengine.node_logs.DEFAULT_LIMIT`, 1 MiB of message text): the line that would pass
+the bound is replaced by one ``WARNING`` marker line (``truncated: true``) and the rest of that
+attempt's lines are dropped."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from dagengine.engine import error_info_from_proto, result_json_from_proto
+from dagengine.node_logs import DEFAULT_LIMIT, TRUNCATED_PREFIX
 from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.store import Store
 from dagengine.results import NodeEvent
 from dagengine.v1 import engine_pb2 as pb
 
-__all__ = ["record_node_event", "record_wire_events"]
+__all__ = ["LogBudget", "record_node_event", "record_wire_events"]
+
+
+class LogBudget:
+    """What one run attempt's nodes may still log: ``limit`` bytes of message text (UTF-8)
+    per node attempt, then one truncation marker."""
+
+    __slots__ = ("_lock", "_used", "limit")
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        if limit < 0:
+            raise ValueError(f"node log limit must be >= 0 bytes, got {limit}")
+        self.limit = limit
+        self._used: dict[tuple[str, int], int] = {}  # (node, node attempt) -> bytes; -1: cut
+        self._lock = threading.Lock()
+
+    def admit(
+        self, node_id: str, node_attempt: int, level: str, message: str
+    ) -> dict[str, Any] | None:
+        """The data of the ``node.log`` event for this line (level and message, or the
+        truncation marker), or ``None`` once the attempt's log was cut."""
+        key = (node_id, node_attempt)
+        size = len(message.encode("utf-8", "replace"))
+        with self._lock:
+            used = self._used.get(key, 0)
+            if used < 0:
+                return None
+            if used + size > self.limit:
+                self._used[key] = -1
+                return {
+                    "level": "WARNING",
+                    "message": f"{TRUNCATED_PREFIX}: this attempt's log passed {self.limit} "
+                    "bytes; later lines were dropped",
+                    "truncated": True,
+                }
+            self._used[key] = used + size
+        return {"level": level, "message": message}
+
 
 # The engine's node events the orchestrator publishes, by wire kind (as record_node_event).
 _WIRE_EVENT_TYPES: dict[int, str] = {
@@ -37,6 +82,7 @@ def record_wire_events(
     attempt: int,
     batch: Sequence[pb.RunEvent],
     result_json: list[str],
+    logs: LogBudget,
 ) -> None:
     """Record a burst of a remote run's events: outputs of succeeded nodes (as the JSON the
     engine sent), node events on the bus, and the result's JSON into ``result_json``."""
@@ -47,6 +93,12 @@ def record_wire_events(
             store.save_node_output_json_later(
                 run_id, msg.node_id, attempt, msg.output_json.decode() or "{}"
             )
+        if kind == pb.NODE_LOG:
+            line = logs.admit(msg.node_id, msg.node_attempt, "INFO", msg.message)
+            if line is not None:
+                line.update(attempt=attempt, node_attempt=msg.node_attempt)
+                published.append(("node.log", msg.node_id or None, line))
+            continue
         event_type = _WIRE_EVENT_TYPES.get(kind)
         if event_type is not None:
             data: dict[str, Any] = {"attempt": attempt, "node_attempt": msg.node_attempt}
@@ -67,9 +119,29 @@ def record_node_event(
     engine_id: str,
     attempt: int,
     event: NodeEvent,
+    logs: LogBudget,
 ) -> None:
     """Record one event of an in-process run."""
     kind = event.kind
+    if kind == "node_log" and event.node_id is not None:
+        detail = event.detail or {}
+        line = logs.admit(
+            event.node_id,
+            event.attempt,
+            str(detail.get("level", "INFO")),
+            str(detail.get("message", "")),
+        )
+        if line is not None:
+            line.update(attempt=attempt, node_attempt=event.attempt)
+            events.publish(
+                "node.log",
+                workflow_id=workflow_id,
+                run_id=run_id,
+                node_id=event.node_id,
+                engine_id=engine_id,
+                data=line,
+            )
+        return
     if kind == "node_succeeded" and event.node_id is not None:
         output = (event.detail or {}).get("output", {})
         store.save_node_output_later(run_id, event.node_id, attempt, output)
