@@ -29,8 +29,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any, Final, TypeVar
 
@@ -126,6 +125,8 @@ class NodeLogBuffer:
 
     def flush(self) -> None:
         """Turn the partial lines left by :meth:`write` into lines."""
+        if not self._partial:
+            return
         with self._lock:
             partial, self._partial = self._partial, {}
             for source, rest in partial.items():
@@ -137,16 +138,30 @@ def current_buffer() -> NodeLogBuffer | None:
     return _current.get()
 
 
-@contextmanager
-def capture(buffer: NodeLogBuffer) -> Iterator[NodeLogBuffer]:
-    """Make ``buffer`` current for this context until the block ends (then flush it)."""
-    install()
-    token = _current.set(buffer)
-    try:
-        yield buffer
-    finally:
-        _current.reset(token)
-        buffer.flush()
+class capture:
+    """Make ``buffer`` current for this context until the block ends (then flush it).
+
+    A class rather than a generator context manager: it is entered once per node attempt,
+    and this costs a fraction of ``contextlib.contextmanager``'s overhead.
+    """
+
+    __slots__ = ("_buffer", "_token")
+
+    def __init__(self, buffer: NodeLogBuffer) -> None:
+        self._buffer = buffer
+        self._token: contextvars.Token[NodeLogBuffer | None] | None = None
+
+    def __enter__(self) -> NodeLogBuffer:
+        if not _hooks_in_place():
+            install()
+        self._token = _current.set(self._buffer)
+        return self._buffer
+
+    def __exit__(self, *exc: object) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            _current.reset(token)
+        self._buffer.flush()
 
 
 async def captured(awaitable: Awaitable[_T], buffer: NodeLogBuffer) -> _T:
@@ -191,6 +206,14 @@ def _format_record(record: logging.LogRecord) -> str:
     if record.exc_info and record.exc_info[0] is not None:
         message = f"{message}\n{logging.Formatter().formatException(record.exc_info)}"
     return message
+
+
+def _hooks_in_place() -> bool:
+    return (
+        type(sys.stdout) is _StreamProxy
+        and type(sys.stderr) is _StreamProxy
+        and logging.getLogRecordFactory() is _installed_factory
+    )
 
 
 def install() -> None:
