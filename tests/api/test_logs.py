@@ -61,6 +61,9 @@ def test_lines_of_a_run_and_of_one_node(api: Served) -> None:
 def test_bad_requests(api: Served) -> None:
     assert api.client.get("/runs/nope/logs").status_code == 404
     run_id = _run(api, "lua3")
+    r = api.client.get(f"/runs/{run_id}/logs", params={"node": "nope"})
+    assert r.status_code == 404
+    assert "has no node 'nope'" in r.text
     for params, word in (
         ({"follow": "yes"}, "follow"),
         ({"after": "x"}, "sequence"),

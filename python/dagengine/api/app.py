@@ -555,12 +555,29 @@ def _sse_log(event: Any) -> bytes:
     return f"id: {event.seq}\nevent: node.log\ndata: {data}\n\n".encode()
 
 
+def _has_node(api: Api, workflow_id: str, version: str, node_id: str) -> bool:
+    """Whether the run's workflow version has the node (true when the version is not known
+    here: its lines are served as stored)."""
+    try:
+        entry = api.orch.registry.get(workflow_id, version)
+    except DagEngineError:
+        return True
+    if entry.dag is not None:
+        return node_id in entry.dag
+    nodes = (entry.spec or {}).get("nodes")
+    if not isinstance(nodes, list):
+        return True
+    return any(isinstance(n, dict) and n.get("id") == node_id for n in nodes)
+
+
 async def run_logs(request: Request) -> Response:
     api = _api(request)
     api.check_token(request)
     run_id = request.path_params["run_id"]
     info = await _call(api.orch.get_run, run_id)
     node = request.query_params.get("node") or None
+    if node is not None and not await _call(_has_node, api, info.workflow_id, info.version, node):
+        raise ApiError(404, f"run {run_id!r} has no node {node!r}")
     follow_text = request.query_params.get("follow", "false")
     if follow_text not in ("true", "false"):
         raise ApiError(400, "query parameter 'follow' must be true or false")
