@@ -10,6 +10,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from dagengine import DAG, Node, NodeContext, NodeEvent, PythonExecutor, RetryBackoff
 from dagengine.node_logs import (
     TRUNCATED_PREFIX,
     NodeLogBuffer,
@@ -192,3 +193,100 @@ def test_bad_log_format_does_not_fail_the_node() -> None:
         quiet.info("%d items", "many")
     assert buffer.lines[0].level == "INFO"
     assert "unformattable" in buffer.lines[0].message
+
+
+# --- a run's Python nodes: captured lines become node_log events ---------------------------
+
+
+def _node_logs(events: list[NodeEvent]) -> list[tuple[str | None, int, str, str]]:
+    return [
+        (e.node_id, e.attempt, (e.detail or {})["level"], (e.detail or {})["message"])
+        for e in events
+        if e.kind == "node_log"
+    ]
+
+
+def _sync_node(ctx: NodeContext) -> dict[str, int]:
+    print("sync print")
+    log.warning("sync warning %s", ctx.node_id)
+    ctx2 = contextvars.copy_context()
+    t = threading.Thread(target=ctx2.run, args=(print, "from a thread"))
+    t.start()
+    t.join()
+    return {"v": 1}
+
+
+async def _async_node(ctx: NodeContext) -> dict[str, int]:
+    await asyncio.sleep(0)
+    log.info("async info")
+    await asyncio.to_thread(print, "to_thread print")
+    return {"v": 2}
+
+
+def test_python_nodes_lines_are_node_log_events_before_their_end() -> None:
+    dag = DAG()
+    dag.add_node(Node("s", executor=PythonExecutor(_sync_node)))
+    dag.add_node(Node("a", executor=PythonExecutor(_async_node), deps=("s",)))
+    events: list[NodeEvent] = []
+    result = dag.run(on_event=events.append)
+    assert result.ok
+    assert _node_logs(events) == [
+        ("s", 1, "INFO", "sync print"),
+        ("s", 1, "WARNING", "sync warning s"),
+        ("s", 1, "INFO", "from a thread"),
+        ("a", 1, "INFO", "async info"),
+        ("a", 1, "INFO", "to_thread print"),
+    ]
+    kinds = [(e.kind, e.node_id) for e in events]
+    assert kinds.index(("node_log", "s")) > kinds.index(("node_started", "s"))
+    last_s_line = max(i for i, k in enumerate(kinds) if k == ("node_log", "s"))
+    assert last_s_line < kinds.index(("node_succeeded", "s"))
+
+
+def test_run_async_nodes_on_the_callers_loop_are_captured() -> None:
+    dag = DAG()
+    dag.add_node(Node("a", executor=PythonExecutor(_async_node)))
+    events: list[NodeEvent] = []
+    result = asyncio.run(dag.run_async(on_event=events.append))
+    assert result.ok
+    assert [m for *_, m in _node_logs(events)] == ["async info", "to_thread print"]
+
+
+def test_each_attempt_keeps_its_lines_and_failures_keep_theirs() -> None:
+    def flaky(ctx: NodeContext) -> None:
+        print(f"attempt {ctx.attempt}")
+        if ctx.attempt == 1:
+            raise RuntimeError("first try fails")
+
+    dag = DAG()
+    dag.add_node(
+        Node(
+            "f", executor=PythonExecutor(flaky), retries=1, retry_backoff=RetryBackoff(initial=0.0)
+        )
+    )
+    events: list[NodeEvent] = []
+    assert dag.run(on_event=events.append).ok
+    assert _node_logs(events) == [("f", 1, "INFO", "attempt 1"), ("f", 2, "INFO", "attempt 2")]
+
+
+def test_parallel_nodes_do_not_see_each_others_lines() -> None:
+    def chatty(ctx: NodeContext) -> None:
+        for i in range(50):
+            print(ctx.node_id, i)
+            log.info("%s %d", ctx.node_id, i)
+
+    dag = DAG()
+    for i in range(16):
+        dag.add_node(Node(f"n{i}", executor=PythonExecutor(chatty)))
+    events: list[NodeEvent] = []
+    assert dag.run(on_event=events.append, max_parallel=16).ok
+    lines = _node_logs(events)
+    assert len(lines) == 16 * 100
+    assert all(message.split(" ")[0] == node for node, _, _, message in lines)
+
+
+def test_without_events_nothing_is_captured(capsys: pytest.CaptureFixture[str]) -> None:
+    dag = DAG()
+    dag.add_node(Node("p", executor=PythonExecutor(lambda ctx: print("plain"))))
+    assert dag.run().ok
+    assert "plain" in capsys.readouterr().out

@@ -38,6 +38,7 @@ __all__ = [
     "TRUNCATED_PREFIX",
     "NodeLogBuffer",
     "NodeLogLine",
+    "NodeLogQueue",
     "capture",
     "captured",
     "current_buffer",
@@ -240,3 +241,61 @@ def install() -> None:
 
             _installed_factory = factory
             logging.setLogRecordFactory(factory)
+
+
+#: Node event kinds that end an attempt: its captured lines are delivered just before them.
+_ATTEMPT_ENDS: Final = frozenset(
+    {"node_succeeded", "node_failed", "node_retrying", "node_cancelled"}
+)
+
+_RawEvent = tuple[int, str, str | None, int, float, Any]
+
+
+class NodeLogQueue:
+    """The captured lines of one local run's Python node attempts, waiting to be merged into
+    its event stream as ``node_log`` events (detail ``{"level", "message"}``; ``seq`` 0: they
+    are not the core's events).
+
+    :meth:`push` is called by the trampoline when an attempt returns, before the core hears of
+    its end; :meth:`merge` puts each attempt's lines right before the event that ends it.
+    """
+
+    __slots__ = ("_lock", "_waiting")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple[str, int], list[_RawEvent]] = {}
+
+    def push(self, node_id: str, attempt: int, lines: list[NodeLogLine]) -> None:
+        events: list[_RawEvent] = [
+            (
+                0,
+                "node_log",
+                node_id,
+                attempt,
+                line.time,
+                {"level": line.level, "message": line.message},
+            )
+            for line in lines
+        ]
+        with self._lock:
+            self._waiting.setdefault((node_id, attempt), []).extend(events)
+
+    def merge(self, batch: list[_RawEvent]) -> list[_RawEvent]:
+        """``batch`` with the waiting lines of every attempt it ends put before its end."""
+        if not self._waiting:
+            return batch
+        out: list[_RawEvent] = []
+        with self._lock:
+            for raw in batch:
+                if raw[1] in _ATTEMPT_ENDS and raw[2] is not None:
+                    out.extend(self._waiting.pop((raw[2], raw[3]), ()))
+                out.append(raw)
+        return out
+
+    def rest(self) -> list[_RawEvent]:
+        """Lines no end event claimed (an attempt that outlived its timeout), oldest first."""
+        with self._lock:
+            rest = [e for events in self._waiting.values() for e in events]
+            self._waiting.clear()
+        return sorted(rest, key=lambda e: e[4])

@@ -33,6 +33,7 @@ from dagengine.exceptions import (
     SubWorkflowError,
     ValidationError,
 )
+from dagengine.node_logs import NodeLogBuffer, NodeLogQueue, capture, captured
 from dagengine.nodes import (
     Executor,
     LuaExecutor,
@@ -154,14 +155,19 @@ atexit.register(_IN_FLIGHT.wait_idle, 5.0)
 
 
 def make_invoke(
-    loop: asyncio.AbstractEventLoop | None, runner: SubWorkflowRunner | None
+    loop: asyncio.AbstractEventLoop | None,
+    runner: SubWorkflowRunner | None,
+    logs: NodeLogQueue | None = None,
 ) -> _core.Invoke:
     """The trampoline the core calls for every ``python`` node of one run.
 
     ``loop`` is the caller's event loop for :meth:`DAG.run_async` (coroutines run there, so
     async nodes share the caller's loop and its resources); ``None`` runs each coroutine with
-    ``asyncio.run`` on the worker thread.
+    ``asyncio.run`` on the worker thread. With ``logs``, each attempt's ``logging`` records and
+    ``print`` output are captured (:mod:`dagengine.node_logs`) and pushed there.
     """
+    if logs is not None:
+        return _capturing_invoke(loop, runner, logs)
 
     def invoke(
         fn: Any,
@@ -191,6 +197,43 @@ def make_invoke(
     return invoke
 
 
+def _capturing_invoke(
+    loop: asyncio.AbstractEventLoop | None, runner: SubWorkflowRunner | None, logs: NodeLogQueue
+) -> _core.Invoke:
+    """:func:`make_invoke`'s trampoline, capturing each attempt's output into ``logs``."""
+
+    def invoke(
+        fn: Any,
+        node_id: str,
+        run_id: str,
+        attempt: int,
+        inputs: Mapping[str, Any],
+        results: dict[str, Any],
+        cancel: CancelToken,
+    ) -> NodeOutput:
+        _IN_FLIGHT.enter()
+        buffer = NodeLogBuffer()
+        try:
+            with capture(buffer):
+                ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel)
+                out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
+                if out is None or type(out) is dict:
+                    return _check_output(node_id, out)
+                if inspect.isawaitable(out):
+                    if loop is None:  # asyncio.run's task copies this context, buffer and all
+                        out = asyncio.run(_drive(out, cancel))
+                    else:  # the loop's task starts from the loop's context: carry the buffer
+                        coro = captured(_drive(out, cancel), buffer)
+                        out = asyncio.run_coroutine_threadsafe(coro, loop).result()
+                return _check_output(node_id, out)
+        finally:
+            if buffer.lines:
+                logs.push(node_id, attempt, buffer.lines)
+            _IN_FLIGHT.leave()
+
+    return invoke
+
+
 def _payload(executor: Any) -> Any:
     """The object the trampoline receives for a ``python`` node: a callable taking the context,
     or the :class:`SubWorkflow` itself (recognised by the trampoline)."""
@@ -213,9 +256,20 @@ class LocalRun:
     each event is delivered once, to whichever reader takes it first.
     """
 
-    def __init__(self, ref: _core.RunRef) -> None:
+    def __init__(self, ref: _core.RunRef, logs: NodeLogQueue | None = None) -> None:
         self._ref = ref
+        self._logs = logs
         self._result: RunResult | None = None
+
+    def _next(self, timeout: float, finished: bool) -> list[NodeEvent]:
+        """The core's pending events, with Python nodes' captured lines merged in (and, once
+        the run is over, the lines no end event claimed)."""
+        batch = self._ref.next_events(timeout)
+        if self._logs is not None:
+            batch = self._logs.merge(batch)
+            if finished and not batch:
+                batch = self._logs.rest()
+        return [NodeEvent.from_tuple(raw) for raw in batch]
 
     @property
     def run_id(self) -> str:
@@ -234,7 +288,7 @@ class LocalRun:
 
     def poll_events(self, timeout: float = 0.0) -> list[NodeEvent]:
         """Wait up to ``timeout`` seconds for events and return every pending one."""
-        return [NodeEvent.from_tuple(raw) for raw in self._ref.next_events(timeout)]
+        return self._next(timeout, self._ref.done())
 
     def events(self) -> Iterator[NodeEvent]:
         """Yield events as they happen until the run has finished and every event is out."""
@@ -242,10 +296,9 @@ class LocalRun:
             # Read done() before draining: events are queued before the run is marked done,
             # so an empty batch after a true done() means nothing more can come.
             finished = self._ref.done()
-            batch = self._ref.next_events(0.0 if finished else _POLL_SECONDS)
-            for raw in batch:
-                yield NodeEvent.from_tuple(raw)
-            if finished and not batch:
+            events = self._next(0.0 if finished else _POLL_SECONDS, finished)
+            yield from events
+            if finished and not events:
                 return
 
     async def _aevents(self) -> AsyncIterator[NodeEvent]:
@@ -253,14 +306,14 @@ class LocalRun:
         while True:
             finished = self._ref.done()
             if finished:
-                batch = self._ref.next_events(0.0)
+                events = self._next(0.0, True)
             else:
                 # The wait releases the GIL in the core; run it off the loop so the loop (and
                 # any async nodes of this run scheduled on it) keeps going.
-                batch = await loop.run_in_executor(None, self._ref.next_events, 0.1)
-            for raw in batch:
-                yield NodeEvent.from_tuple(raw)
-            if finished and not batch:
+                events = await loop.run_in_executor(None, self._next, 0.1, False)
+            for event in events:
+                yield event
+            if finished and not events:
                 return
 
     def __aiter__(self) -> AsyncIterator[NodeEvent]:
@@ -484,7 +537,9 @@ class DAG:
         if completed is not None:
             completed = _check_completed(completed, self._nodes)
         self.preprocess()
-        invoke = make_invoke(_loop, subworkflow_runner)
+        # Captured node output only matters to someone reading the events.
+        logs = NodeLogQueue() if events else None
+        invoke = make_invoke(_loop, subworkflow_runner, logs)
         max_parallel = check_positive_int(max_parallel, "max_parallel") or self.max_parallel
         run_timeout = self.timeout if timeout is None else check_timeout(timeout, "timeout")
         with self._native_lock:
@@ -499,7 +554,7 @@ class DAG:
                 events=events,
                 event_outputs=event_outputs,
             )
-        return LocalRun(ref)
+        return LocalRun(ref, logs)
 
     def run(
         self,

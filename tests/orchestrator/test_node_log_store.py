@@ -3,10 +3,12 @@ and from a remote engine, bounded per attempt with a truncation marker."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from dagengine import DAG, Node, NodeContext, PythonExecutor
 from dagengine.node_logs import TRUNCATED_PREFIX
 from dagengine.orchestrator import Engine, Event, Monitor, Orchestrator, RunHandle
 from dagengine.orchestrator.recording import LogBudget
@@ -107,3 +109,19 @@ def test_budget_is_per_node_attempt() -> None:
     assert budget.admit("m", 1, "INFO", "abcde") == {"level": "INFO", "message": "abcde"}
     with pytest.raises(ValueError, match="node log limit must be >= 0 bytes, got -1"):
         LogBudget(limit=-1)
+
+
+def _python_node(ctx: NodeContext) -> None:
+    print("printed")
+    logging.getLogger("tests.node_log_store").error("an error")
+
+
+def test_in_process_python_node_lines_keep_their_levels(orch: Orchestrator) -> None:
+    orch.register_engine("local", Engine())
+    dag = DAG()
+    dag.add_node(Node("p", executor=PythonExecutor(_python_node)))
+    orch.register_workflow("py", "1.0.0", dag)
+    handle = _started(orch, "py", wait=False)
+    assert handle.result(timeout=WAIT).ok
+    orch.store.flush()
+    assert _logs(orch, handle.run_id) == [("p", "INFO", "printed"), ("p", "ERROR", "an error")]
