@@ -15,18 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagengine._units import parse_duration
 from dagengine.exceptions import ConfigError, DagEngineError
-from dagengine.orchestrator.config import Config
-from dagengine.orchestrator.store import Store
-from dagengine.orchestrator.store.retention import (
-    PRUNE_BATCH,
-    PruneReport,
-    RetentionPolicy,
-    WorkflowRetention,
-    retention_from_metadata,
-)
+
+if TYPE_CHECKING:
+    # The orchestrator package (grpc and all) is imported only when a store command runs:
+    # every CLI invocation builds this parser, and each import here cost every command
+    # ~150 ms of start-up.
+    from dagengine.orchestrator.store import Store
+    from dagengine.orchestrator.store.retention import (
+        PruneReport,
+        RetentionPolicy,
+        WorkflowRetention,
+    )
 
 __all__ = ["configure_store", "run_store"]
 
@@ -80,6 +83,8 @@ def configure_store(parser: argparse.ArgumentParser) -> None:
 
 
 def _store_path(args: argparse.Namespace) -> str:
+    from dagengine.orchestrator.config import Config
+
     path = args.store or Config.local_from_env().store_path
     if not Path(path).expanduser().is_file():
         raise DagEngineError(f"no store at {path!r} (give --store PATH or DAGENGINE_STORE)")
@@ -87,6 +92,12 @@ def _store_path(args: argparse.Namespace) -> str:
 
 
 def _policy(store: Store, args: argparse.Namespace) -> RetentionPolicy:
+    from dagengine.orchestrator.config import Config
+    from dagengine.orchestrator.store.retention import (
+        RetentionPolicy,
+        retention_from_metadata,
+    )
+
     export = args.export_dir
     if args.older_than is not None:
         return RetentionPolicy(args.older_than, args.keep_last, {}, export)
@@ -118,6 +129,9 @@ def _describe(report: PruneReport) -> str:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    from dagengine.orchestrator.store import Store
+    from dagengine.orchestrator.store.retention import PRUNE_BATCH, PruneReport
+
     with Store(_store_path(args)) as store:
         policy = _policy(store, args)
         if args.dry_run:
@@ -136,6 +150,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from dagengine.orchestrator.store import Store
+
     with Store(_store_path(args)) as store:
         stats = store.stats()
     if args.json:
