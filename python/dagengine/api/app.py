@@ -34,7 +34,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final
 
 import yaml
@@ -491,6 +492,37 @@ async def cancel_run(request: Request) -> Response:
     return JSONResponse({"run_id": run_id, "cancelled": bool(cancelled), "status": info.status})
 
 
+_KEEP_ALIVE = b": keep-alive\n\n"
+
+
+async def _follow_run(
+    api: Api, run_id: str, sub: Any, finished_at_start: bool
+) -> AsyncGenerator[Any, None]:
+    """A run's events from a subscription, for a server-sent stream: a run that had already
+    ended only replays what the store has; a live one is followed up to and including its
+    terminal event, with ``None`` meanwhile for each keep-alive comment due. Closes ``sub``."""
+    try:
+        while True:
+            wait = 0.5 if finished_at_start else SSE_KEEPALIVE
+            try:
+                event = await asyncio.wait_for(sub.__anext__(), wait)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if finished_at_start:
+                    return
+                status = (await _call(api.orch.get_run, run_id)).status
+                if status in _FINISHED and not sub.lagging:
+                    return
+                yield None
+                continue
+            yield event
+            if event.type in _TERMINAL_EVENTS:
+                return
+    finally:
+        sub.close()
+
+
 async def run_events(request: Request) -> Response:
     api = _api(request)
     api.check_token(request)
@@ -505,28 +537,9 @@ async def run_events(request: Request) -> Response:
     finished_at_start = info.status in _FINISHED
 
     async def stream() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                # A run that had already ended only replays what the store has; a live one is
-                # followed until its terminal event, with keep-alive comments meanwhile.
-                wait = 0.5 if finished_at_start else SSE_KEEPALIVE
-                try:
-                    event = await asyncio.wait_for(sub.__anext__(), wait)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    if finished_at_start:
-                        return
-                    status = (await _call(api.orch.get_run, run_id)).status
-                    if status in _FINISHED and not sub.lagging:
-                        return
-                    yield b": keep-alive\n\n"
-                    continue
-                yield _sse(event)
-                if event.type in _TERMINAL_EVENTS:
-                    return
-        finally:
-            sub.close()
+        async with aclosing(_follow_run(api, run_id, sub, finished_at_start)) as events:
+            async for event in events:
+                yield _KEEP_ALIVE if event is None else _sse(event)
 
     return StreamingResponse(
         stream(),
@@ -614,29 +627,16 @@ async def run_logs(request: Request) -> Response:
     finished_at_start = info.status in _FINISHED
 
     async def stream() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                # As run_events: a finished run's stored lines, then the end of the stream; a
-                # live run's lines until its terminal event.
-                wait = 0.5 if finished_at_start else SSE_KEEPALIVE
-                try:
-                    event = await asyncio.wait_for(sub.__anext__(), wait)
-                except StopAsyncIteration:
+        # (aclosing: the subscription closes as soon as the stream ends, not when the
+        # abandoned generator is collected)
+        async with aclosing(_follow_run(api, run_id, sub, finished_at_start)) as events:
+            async for event in events:
+                if event is None:
+                    yield _KEEP_ALIVE
+                elif event.type in _TERMINAL_EVENTS:
                     return
-                except TimeoutError:
-                    if finished_at_start:
-                        return
-                    status = (await _call(api.orch.get_run, run_id)).status
-                    if status in _FINISHED and not sub.lagging:
-                        return
-                    yield b": keep-alive\n\n"
-                    continue
-                if event.type in _TERMINAL_EVENTS:
-                    return
-                if node is None or event.node_id == node:
+                elif node is None or event.node_id == node:
                     yield _sse_log(event)
-        finally:
-            sub.close()
 
     return StreamingResponse(
         stream(),
