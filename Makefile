@@ -14,8 +14,8 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # pyproject.toml is the one list of dependencies: the venv gets maturin (the build system's),
-# the package's dependencies and the test, dev and kubernetes extras' (.ci/requirements.py
-# prints them), and `make build` then builds the package once. grpcio-tools is pinned there:
+# the package's dependencies and the test, dev, kubernetes and postgres extras'
+# (.ci/requirements.py prints them), and `make build` then builds the package once. grpcio-tools is pinned there:
 # `make proto-check` regenerates the committed stubs and must produce byte-identical files.
 REQUIREMENTS := $(PY) .ci/requirements.py
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
@@ -26,7 +26,7 @@ WHEEL_DIR := target/wheels
 
 $(VENV)/.deps: pyproject.toml Makefile .ci/requirements.py
 	$(PYTHON) -m venv $(VENV)
-	$(REQUIREMENTS) --build test dev kubernetes > $(VENV)/requirements.txt
+	$(REQUIREMENTS) --build test dev kubernetes postgres > $(VENV)/requirements.txt
 	$(PIP_INSTALL) -r $(VENV)/requirements.txt
 	touch $@
 
