@@ -553,3 +553,56 @@ def test_scheduler_thread_follows_a_manual_clock() -> None:
     finally:
         trig.stop()
         scheduler.stop()
+
+
+class _LockedScheduled:
+    """A scheduled entry that stops the way `Trigger.stop` does: under its own lock, it
+    calls `scheduler.remove`; `is_active` takes the same lock."""
+
+    def __init__(self, scheduler: TriggerScheduler) -> None:
+        self.scheduler = scheduler
+        self.lock = threading.RLock()
+        self.active = True
+        self.asked = threading.Event()
+
+    @property
+    def is_active(self) -> bool:
+        self.asked.set()
+        with self.lock:
+            return self.active
+
+    def on_due(self, when: float) -> float | None:
+        return when + 1
+
+    def stop(self) -> None:
+        with self.lock:
+            self.active = False
+            self.scheduler.remove(self)
+
+
+def test_stop_while_the_timer_thread_reschedules_does_not_deadlock() -> None:
+    # The timer thread once asked `is_active` while holding the scheduler's condition, and
+    # `stop` holds the trigger's lock while it calls `remove`: a lock-order deadlock that hung
+    # CI. Here the stop holds its lock until the timer thread asks, then removes.
+    clock = ManualClock(ts(2024, 1, 1))
+    scheduler = TriggerScheduler(clock)
+    entry = _LockedScheduled(scheduler)
+    scheduler.add(entry, clock.now())  # type: ignore[arg-type]
+    stopped = threading.Event()
+
+    def stop_when_asked() -> None:
+        with entry.lock:
+            entry.asked.wait(10)
+            entry.stop()
+        stopped.set()
+
+    stopper = threading.Thread(target=stop_when_asked, daemon=True)
+    stopper.start()
+    firer = threading.Thread(target=scheduler.run_pending, daemon=True)
+    firer.start()
+    firer.join(10)
+    stopper.join(10)
+    assert stopped.is_set(), "stop and the timer thread deadlocked"
+    assert not firer.is_alive(), "stop and the timer thread deadlocked"
+    assert len(scheduler) == 0  # stopped: not rescheduled
+    assert scheduler.next_due() is None

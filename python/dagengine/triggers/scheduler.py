@@ -49,6 +49,10 @@ class TriggerScheduler:
         # The sequence number of each trigger's live entry; older entries are stale and
         # dropped when they surface (removing from the middle of a heap is O(n)).
         self._live: dict[int, int] = {}
+        # Triggers popped for a fire and not removed since: only these are rescheduled, so a
+        # trigger stopped during its own fire stays stopped without the timer thread taking
+        # the trigger's lock under ``_cond`` (``stop`` takes them in the other order).
+        self._firing: set[int] = set()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -83,6 +87,7 @@ class TriggerScheduler:
         """Unschedule ``trigger`` (a fire already in progress completes)."""
         with self._cond:
             self._live.pop(id(trigger), None)
+            self._firing.discard(id(trigger))
 
     def next_due(self) -> float | None:
         """The earliest scheduled time, or ``None``."""
@@ -105,6 +110,7 @@ class TriggerScheduler:
                 return None
             when, _, trigger = heapq.heappop(self._heap)
             del self._live[id(trigger)]
+            self._firing.add(id(trigger))
             return when, trigger
 
     # -- firing ---------------------------------------------------------------------------
@@ -121,14 +127,18 @@ class TriggerScheduler:
                 following = trigger.on_due(when)
             except Exception:  # one broken trigger must not stop the others
                 log.exception("trigger %r failed to fire", trigger)
-                continue
-            if following is not None:
-                with self._cond:
-                    # A trigger stopped during its own fire has no live entry: do not revive it.
-                    if getattr(trigger, "is_active", True):
-                        seq = next(self._seq)
-                        self._live[id(trigger)] = seq
-                        heapq.heappush(self._heap, (following, seq, trigger))
+                following = None
+            # Read outside ``_cond``: ``Trigger.stop`` holds its own lock while it calls
+            # ``remove``, which takes ``_cond``; taking them here in the other order deadlocks.
+            active = following is not None and getattr(trigger, "is_active", True)
+            with self._cond:
+                still_live = id(trigger) in self._firing
+                self._firing.discard(id(trigger))
+                # A trigger stopped (removed) during its own fire is not revived.
+                if active and still_live and following is not None:
+                    seq = next(self._seq)
+                    self._live[id(trigger)] = seq
+                    heapq.heappush(self._heap, (following, seq, trigger))
         return fired
 
     def _loop(self) -> None:
