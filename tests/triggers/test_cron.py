@@ -587,7 +587,7 @@ def test_stop_while_the_timer_thread_reschedules_does_not_deadlock() -> None:
     clock = ManualClock(ts(2024, 1, 1))
     scheduler = TriggerScheduler(clock)
     entry = _LockedScheduled(scheduler)
-    scheduler.add(entry, clock.now())  # type: ignore[arg-type]
+    scheduler.add(entry, clock.now())
     stopped = threading.Event()
 
     def stop_when_asked() -> None:
