@@ -18,6 +18,7 @@ DAGENGINE = {
     "ConfigError",
     "CycleError",
     "DagEngineError",
+    "DecoratedWorkflow",
     "DependentsConflict",
     "DiscoveryError",
     "DuplicateNodeError",
@@ -58,6 +59,7 @@ DAGENGINE = {
     "Orchestrator",
     "PythonExecutor",
     "QueueFull",
+    "Ref",
     "RetryBackoff",
     "RunCancelled",
     "RunFailed",
@@ -72,6 +74,7 @@ DAGENGINE = {
     "SubWorkflow",
     "SubWorkflowError",
     "TLSConfig",
+    "Task",
     "TriggerError",
     "UnknownDependencyError",
     "ValidationError",
@@ -82,6 +85,8 @@ DAGENGINE = {
     "dump_workflow",
     "load_workflow",
     "parse_workflow",
+    "task",
+    "workflow",
 }
 
 ENGINE = {

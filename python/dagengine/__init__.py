@@ -8,6 +8,7 @@ Run it on an engine process with :class:`EngineClient` (``dagengine engine`` ser
 from typing import TYPE_CHECKING, Any
 
 from dagengine._core import __version__
+from dagengine.authoring import DecoratedWorkflow, Ref, Task, task, workflow
 from dagengine.exceptions import (
     ERROR_TYPES,
     ConfigError,
@@ -111,6 +112,7 @@ __all__ = [
     "ConfigError",
     "CycleError",
     "DagEngineError",
+    "DecoratedWorkflow",
     "DependentsConflict",
     "DiscoveryError",
     "DuplicateNodeError",
@@ -151,6 +153,7 @@ __all__ = [
     "Orchestrator",
     "PythonExecutor",
     "QueueFull",
+    "Ref",
     "RetryBackoff",
     "RunCancelled",
     "RunFailed",
@@ -165,6 +168,7 @@ __all__ = [
     "SubWorkflow",
     "SubWorkflowError",
     "TLSConfig",
+    "Task",
     "TriggerError",
     "UnknownDependencyError",
     "ValidationError",
@@ -175,4 +179,6 @@ __all__ = [
     "dump_workflow",
     "load_workflow",
     "parse_workflow",
+    "task",
+    "workflow",
 ]

@@ -465,6 +465,60 @@ class DAG:
         """Add several nodes (see :meth:`add_node`); returns them as a list."""
         return [self.add_node(node) for node in nodes]
 
+    def task(
+        self,
+        fn: Callable[[NodeContext], Any] | None = None,
+        /,
+        *,
+        id: str | None = None,
+        deps: Iterable[str] = (),
+        retries: int = 0,
+        retry_backoff: RetryBackoff | None = None,
+        timeout: float | str | None = None,
+    ) -> Any:
+        """Decorator adding a Python node that runs the function with the node's context:
+        ``@dag.task(deps=["extract"])`` over ``def transform(ctx): ...`` (or bare
+        ``@dag.task``). The id is the function's name unless ``id`` is given; the other
+        arguments are :class:`Node`'s. Returns the function unchanged."""
+
+        def add(function: Callable[[NodeContext], Any]) -> Callable[[NodeContext], Any]:
+            node_id = id if id is not None else getattr(function, "__name__", None)
+            if not isinstance(node_id, str):
+                raise TypeError(f"dag.task: pass id=...; {function!r} has no __name__")
+            executor = PythonExecutor(function)
+            node = Node(
+                node_id,
+                deps,
+                executor,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                timeout=timeout,
+            )
+            self.add_node(node)
+            return function
+
+        return add if fn is None else add(fn)
+
+    def lua(
+        self,
+        id: str,
+        code: str,
+        deps: Iterable[str] = (),
+        *,
+        retries: int = 0,
+        retry_backoff: RetryBackoff | None = None,
+        timeout: float | str | None = None,
+        max_instructions: int | None = None,
+        max_memory: int | None = None,
+    ) -> Node:
+        """Add a Lua node and return it: ``dag.lua("double", "return {v = 2 * inputs.v}")``
+        (short for ``add_node(Node(id, deps, LuaExecutor(code, ...), ...))``)."""
+        executor = LuaExecutor(code, max_instructions=max_instructions, max_memory=max_memory)
+        node = Node(
+            id, deps, executor, retries=retries, retry_backoff=retry_backoff, timeout=timeout
+        )
+        return self.add_node(node)
+
     def _native(self) -> _core.DagRef:
         """The native graph, rebuilt after nodes changed."""
         with self._native_lock:

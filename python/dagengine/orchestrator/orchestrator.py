@@ -243,14 +243,25 @@ class Orchestrator:
 
     def register_workflow(
         self,
-        workflow_id: str,
-        version: str,
-        builder: DAG | Mapping[str, Any] | Callable[[], DAG | Mapping[str, Any]],
+        workflow_id: str | DAG,
+        version: str | None = None,
+        builder: DAG | Mapping[str, Any] | Callable[[], DAG | Mapping[str, Any]] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> WorkflowVersion:
         """Register ``workflow_id`` at ``version`` (semver). ``builder`` is a DAG, a spec dict,
         or a callable returning one (called once, here). See :class:`WorkflowRegistry` for the
-        versioning rules."""
+        versioning rules. ``register_workflow(dag)`` takes the id and version from the DAG
+        (a decorated workflow's, from its decorator)."""
+        if isinstance(workflow_id, DAG):
+            dag = workflow_id
+            if dag.id is None or dag.version is None or builder is not None:
+                raise TypeError(
+                    "register_workflow(dag) needs a DAG with an id and a version and no "
+                    "builder; otherwise pass register_workflow(id, version, builder)"
+                )
+            workflow_id, version, builder = dag.id, dag.version, dag
+        if version is None or builder is None:
+            raise TypeError("register_workflow(workflow_id, version, builder) needs all three")
         try:
             retention_from_metadata(metadata or {})
         except ValueError as exc:
