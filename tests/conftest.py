@@ -16,6 +16,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+# A real PostgreSQL for the PostgreSQL store's tests (see tests/pg.py).
+from pg import pg_url, postgres_url, store_target  # noqa: E402, F401
+
 
 @pytest.fixture
 def in_repo_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

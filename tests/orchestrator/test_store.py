@@ -1,9 +1,13 @@
-"""The SQLite store: records, fencing by attempt, events, trigger state, persistence across
-close/reopen and processes, concurrency, WAL and migrations. Real files in tmp_path."""
+"""The stores: records, fencing by attempt, events, trigger state, persistence across
+close/reopen and processes, concurrency and migrations, each against both backends (the
+``store_target`` fixture: a SQLite file in tmp_path, a schema of a real PostgreSQL, see
+tests/pg.py); then what is particular to each (SQLite's WAL and checkpoints, PostgreSQL's
+connections)."""
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -14,16 +18,36 @@ from pathlib import Path
 
 import pytest
 from dagengine.exceptions import RunNotFound, StoreError
-from dagengine.orchestrator.store import MIGRATIONS, RunRecord, Store
+from dagengine.orchestrator.store import (
+    MIGRATIONS,
+    PG_MIGRATIONS,
+    PostgresStore,
+    RunRecord,
+    Store,
+    open_store,
+)
 from dagengine.orchestrator.store import sqlite as sqlite_module
 from dagengine.orchestrator.store import writer as writer_module
+from pg import committed as committed_count
 from processes import wait_for
+
+AnyStore = Store | PostgresStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "state.db") as opened:
+def store(store_target: str) -> Iterator[AnyStore]:
+    with open_store(store_target) as opened:
         yield opened
+
+
+def _is_pg(target: str | AnyStore) -> bool:
+    return isinstance(target, PostgresStore) or str(target).startswith("postgresql://")
+
+
+def _execute(store: AnyStore, sql: str) -> None:
+    """Run a statement of the test's own on the store's connection (in a transaction)."""
+    with store.transaction():
+        store._db.execute(sql)
 
 
 def _run(run_id: str, created_at: float = 1000.0, **kw: object) -> RunRecord:
@@ -168,24 +192,31 @@ def test_memory_store_works() -> None:
         assert store.journal_mode == "memory"
 
 
-def test_migrations_are_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    Store(path).close()
+def test_migrations_are_idempotent(store_target: str) -> None:
+    open_store(store_target).close()
+    known = len(PG_MIGRATIONS if _is_pg(store_target) else MIGRATIONS)
+    listing = (
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        if _is_pg(store_target)
+        else "SELECT name FROM sqlite_master"
+    )
     for _ in range(3):
-        with Store(path) as store:
-            assert store.schema_version == len(MIGRATIONS)
-            tables = {row[0] for row in store._query("SELECT name FROM sqlite_master")}
+        with open_store(store_target) as store:
+            assert store.schema_version == known
+            tables = {row[0] for row in store._query(listing)}
             assert {"runs", "events", "node_outputs", "workflow_versions"} <= tables
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    Store(path).close()
-    db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    db.close()
-    with pytest.raises(StoreError, match="newer than this dagengine"):
-        Store(path)
+def test_newer_schema_is_refused(store_target: str) -> None:
+    with open_store(store_target) as store:
+        if isinstance(store, PostgresStore):
+            _execute(store, f"UPDATE dagengine_schema SET version = {len(PG_MIGRATIONS) + 1}")
+    if not _is_pg(store_target):
+        db = sqlite3.connect(store_target)
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+        db.close()
+    with pytest.raises(StoreError, match="newer than this dagengine understands"):
+        open_store(store_target)
 
 
 def test_garbage_file_is_a_store_error(tmp_path: Path) -> None:
@@ -198,7 +229,7 @@ def test_garbage_file_is_a_store_error(tmp_path: Path) -> None:
 # --- runs -------------------------------------------------------------------------------------
 
 
-def test_run_round_trip(store: Store) -> None:
+def test_run_round_trip(store: AnyStore) -> None:
     record = RunRecord(
         "r1",
         "wf",
@@ -216,7 +247,7 @@ def test_run_round_trip(store: Store) -> None:
         store.create_run(record)
 
 
-def test_child_runs_reference_their_parent(store: Store) -> None:
+def test_child_runs_reference_their_parent(store: AnyStore) -> None:
     store.create_run(_run("parent"))
     store.create_run(_run("child", parent_run_id="parent", parent_node_id="n", depth=1))
     assert [r.run_id for r in store.list_runs(parent_run_id="parent")] == ["child"]
@@ -224,7 +255,7 @@ def test_child_runs_reference_their_parent(store: Store) -> None:
         store.create_run(_run("orphan", parent_run_id="ghost"))
 
 
-def test_update_run(store: Store) -> None:
+def test_update_run(store: AnyStore) -> None:
     store.create_run(_run("r"))
     store.update_run("r", resolved_versions={"c": "2.0.0"}, key="other")
     rec = store.get_run("r")
@@ -239,7 +270,7 @@ def test_update_run(store: Store) -> None:
         store.update_run("ghost", key="x")
 
 
-def test_list_runs_filters_and_order(store: Store) -> None:
+def test_list_runs_filters_and_order(store: AnyStore) -> None:
     for i in range(5):
         store.create_run(_run(f"r{i}", created_at=100.0 + i))
     store.create_run(RunRecord("other", "wf2", "1.0.0", created_at=100.0))
@@ -255,7 +286,7 @@ def test_list_runs_filters_and_order(store: Store) -> None:
     assert "r0" not in [r.run_id for r in store.unfinished_runs()]
 
 
-def test_claim_attempt(store: Store) -> None:
+def test_claim_attempt(store: AnyStore) -> None:
     store.create_run(_run("r"))
     assert store.claim_attempt("r", "e1") == 1
     first = store.get_run("r")
@@ -273,8 +304,8 @@ def test_claim_attempt(store: Store) -> None:
         store.claim_attempt("ghost", "e3")
 
 
-def test_runs_and_claims_queued_for_the_group_commit(tmp_path: Path) -> None:
-    with Store(tmp_path / "state.db") as store:
+def test_runs_and_claims_queued_for_the_group_commit(store_target: str) -> None:
+    with open_store(store_target) as store:
         store.create_run_later(_run("r"))
         store.claim_attempt_later("r", "e1", 1)
         store.save_node_output_json_later("r", "a", 1, '{"v":1}')
@@ -313,50 +344,44 @@ def test_runs_and_claims_queued_for_the_group_commit(tmp_path: Path) -> None:
         assert [r.run_id for r in store.list_runs()] == ["s", "r"]
         with pytest.raises(StoreError, match="cannot create run"):
             store.create_run(_run("s"))
-    # Everything queued reached the file.
-    with Store(tmp_path / "state.db") as reopened:
+    # Everything queued reached the database.
+    with open_store(store_target) as reopened:
         rec = reopened.get_run("r")
         assert rec is not None
         assert rec.status == "succeeded"
 
 
-def _committed(path: Path, sql: str) -> int:
-    """A count read by another connection: what is committed, not what is pending."""
-    with sqlite3.connect(path) as other:
-        return int(other.execute(sql).fetchone()[0])
-
-
 def test_run_end_commits_at_once_with_the_writes_it_is_fenced_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 60.0)
-    path = tmp_path / "state.db"
-    with Store(path) as store:
+    path = store_target
+    with open_store(path) as store:
         store.create_run_later(_run("r", status="running", attempt=1))
         store.save_node_output_json_later("r", "a", 1, '{"v":1}')
         store.append_event_later(None, "node.succeeded", run_id="r", node_id="a")
         # Nobody waits for these: they wait for company (up to the delay, 60 s here).
         time.sleep(0.3)
-        assert _committed(path, "SELECT COUNT(*) FROM runs") == 0
+        assert committed_count(path, "SELECT COUNT(*) FROM runs") == 0
         # A run's end is waited for: committed now, with every write its rows are fenced on
         # (its creation, its outputs). Events are not fenced on anything: they keep waiting.
         ended = threading.Event()
         store.finish_run_later("r", 1, "succeeded", "{}", None, lambda stored: ended.set())
         assert ended.wait(5)
-        assert _committed(path, "SELECT COUNT(*) FROM runs WHERE status = 'succeeded'") == 1
-        assert _committed(path, "SELECT COUNT(*) FROM node_outputs") == 1
-        assert _committed(path, "SELECT COUNT(*) FROM events") == 0
+        assert committed_count(path, "SELECT COUNT(*) FROM runs WHERE status = 'succeeded'") == 1
+        assert committed_count(path, "SELECT COUNT(*) FROM node_outputs") == 1
+        assert committed_count(path, "SELECT COUNT(*) FROM events") == 0
         # A reader of this store commits them first.
         assert [e.type for e in store.events()] == ["node.succeeded"]
-        assert _committed(path, "SELECT COUNT(*) FROM events") == 1
+        assert committed_count(path, "SELECT COUNT(*) FROM events") == 1
 
 
 def test_events_are_committed_when_due_while_run_ends_keep_coming(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 0.2)
-    path = tmp_path / "state.db"
-    with Store(path) as store:
+    path = store_target
+    with open_store(path) as store:
         queued = time.monotonic()
         store.append_event_later(None, "run.queued", run_id="r0")
         ends: list[int] = []
@@ -368,7 +393,7 @@ def test_events_are_committed_when_due_while_run_ends_keep_coming(
             # waiting when it looks.
             if time.monotonic() - queued > 1:
                 # (Counted here, before the writer is idle and commits the event anyway.)
-                committed.append(_committed(path, "SELECT COUNT(*) FROM events"))
+                committed.append(committed_count(path, "SELECT COUNT(*) FROM events"))
                 stopped.set()
                 return
             ends.append(len(ends) + 1)
@@ -382,12 +407,12 @@ def test_events_are_committed_when_due_while_run_ends_keep_coming(
 
 
 def test_run_end_callbacks_run_on_the_writer_not_on_a_thread_that_commits(
-    tmp_path: Path,
+    store_target: str,
 ) -> None:
     # A thread that holds a lock of its own while it writes (the event bus does) and commits
     # the group (backpressure, or a reader) must not run a run end's callback: the callback
     # takes locks too (the orchestrator's, the bus's), and running it there deadlocked.
-    with Store(tmp_path / "state.db") as store:
+    with open_store(store_target) as store:
         store.create_run_later(_run("r", status="running", attempt=1))
         threads: list[str] = []
         told = threading.Event()
@@ -407,18 +432,18 @@ def test_run_end_callbacks_run_on_the_writer_not_on_a_thread_that_commits(
 
 
 def test_writes_nobody_waits_for_are_committed_after_the_delay(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 0.2)
-    path = tmp_path / "state.db"
-    with Store(path) as store:
+    path = store_target
+    with open_store(path) as store:
         queued = time.monotonic()
         store.append_event_later(None, "run.queued", run_id="r")
-        wait_for(lambda: _committed(path, "SELECT COUNT(*) FROM events") > 0, "the commit")
+        wait_for(lambda: committed_count(path, "SELECT COUNT(*) FROM events") > 0, "the commit")
         assert time.monotonic() - queued >= 0.15  # it waited for company
 
 
-def test_outputs_queued_together_are_each_fenced_on_their_own_run(store: Store) -> None:
+def test_outputs_queued_together_are_each_fenced_on_their_own_run(store: AnyStore) -> None:
     store.create_run(_run("a", status="running", attempt=2))
     store.create_run(_run("b", status="running", attempt=1))
     store.create_run(_run("c", status="succeeded", attempt=1))
@@ -433,7 +458,7 @@ def test_outputs_queued_together_are_each_fenced_on_their_own_run(store: Store) 
     assert store.node_outputs("c") == {}
 
 
-def test_run_ends_queued_together_are_each_fenced_and_told_in_order(store: Store) -> None:
+def test_run_ends_queued_together_are_each_fenced_and_told_in_order(store: AnyStore) -> None:
     store.create_run(_run("a", status="running", attempt=2))
     store.create_run(_run("b", status="running", attempt=1))
     store.create_run(_run("c", status="succeeded", attempt=1))
@@ -479,9 +504,10 @@ def test_run_ends_queued_together_are_each_fenced_and_told_in_order(store: Store
     }
 
 
-def test_a_group_of_many_runs_is_a_few_statements(store: Store) -> None:
+def test_a_group_of_many_runs_is_a_few_statements(tmp_path: Path) -> None:
     # Each statement lets go of the GIL: per-run statements cost the orchestrator a
-    # context switch each under load (see Store._commit_group).
+    # context switch each under load (see Store._commit_group). (SQLite only.)
+    store = Store(tmp_path / "state.db")
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
     ended = threading.Semaphore(0)
@@ -501,9 +527,10 @@ def test_a_group_of_many_runs_is_a_few_statements(store: Store) -> None:
     assert len(store.list_runs(status="succeeded", limit=100)) == 50
     assert len(store.events(limit=100)) == 50
     assert store.node_outputs("r49") == {"a": {"v": 1}}
+    store.close()
 
 
-def test_node_outputs_are_fenced_by_attempt(store: Store) -> None:
+def test_node_outputs_are_fenced_by_attempt(store: AnyStore) -> None:
     store.create_run(_run("r"))
     assert not store.save_node_output("r", "a", 0, {"v": 0})  # queued: nothing runs yet
     assert store.claim_attempt("r", "e1") == 1
@@ -515,7 +542,7 @@ def test_node_outputs_are_fenced_by_attempt(store: Store) -> None:
     assert not store.save_node_output("ghost", "a", 1, {})
 
 
-def test_finish_run_is_fenced(store: Store) -> None:
+def test_finish_run_is_fenced(store: AnyStore) -> None:
     store.create_run(_run("r"))
     store.claim_attempt("r", "e1")
     store.claim_attempt("r", "e2")
@@ -535,7 +562,7 @@ def test_finish_run_is_fenced(store: Store) -> None:
         store.finish_run("r", 2, "running")
 
 
-def test_cancel_whatever_the_attempt_and_release(store: Store) -> None:
+def test_cancel_whatever_the_attempt_and_release(store: AnyStore) -> None:
     store.create_run(_run("q"))
     assert store.finish_run("q", None, "cancelled")  # never dispatched
     store.create_run(_run("r"))
@@ -552,7 +579,7 @@ def test_cancel_whatever_the_attempt_and_release(store: Store) -> None:
 # --- workflows, events, triggers ---------------------------------------------------------------
 
 
-def test_workflow_versions_in_registration_order(store: Store) -> None:
+def test_workflow_versions_in_registration_order(store: AnyStore) -> None:
     store.save_workflow_version("b", "1.0.0", {"id": "b"}, None, [])
     store.save_workflow_version("a", "2.0.0", None, {"team": "x"}, [("b", "^1")])
     store.save_workflow_version("b", "1.0.0", {"id": "b", "v": 2}, {"m": 1}, [])  # replaces
@@ -564,9 +591,9 @@ def test_workflow_versions_in_registration_order(store: Store) -> None:
     assert records[1].dependencies == (("b", "^1"),)
 
 
-def test_events_filters_and_monotonic_seq(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with Store(path) as store:
+def test_events_filters_and_monotonic_seq(store_target: str) -> None:
+    path = store_target
+    with open_store(path) as store:
         seqs = [
             store.append_event(1.0, "run.queued", "info", "wf", "r1"),
             store.append_event(2.0, "node.failed", "error", "wf", "r1", "n", "e1", {"x": 1}),
@@ -602,21 +629,26 @@ def test_events_filters_and_monotonic_seq(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="invalid severity"):
             store.events(min_severity="loud")
         assert store.last_event_seq() == seqs[-1]
-    # AUTOINCREMENT: sequence numbers survive a restart and are never reused, even for the
-    # newest event being gone.
-    with Store(path) as store:
-        store._db.execute(f"DELETE FROM events WHERE seq = {seqs[-1]}")
+    # Sequence numbers survive a restart and are never reused, even for the newest event
+    # being gone.
+    with open_store(path) as store:
+        _execute(store, f"DELETE FROM events WHERE seq = {seqs[-1]}")
         assert store.append_event(None, "run.queued") == seqs[-1] + 1
+    if _is_pg(path):  # ... also across a restart (the events_seq high-water mark)
+        with open_store(path) as store:
+            _execute(store, f"DELETE FROM events WHERE seq = {seqs[-1] + 1}")
+        with open_store(path) as store:
+            assert store.append_event(None, "run.queued") == seqs[-1] + 2
 
 
-def test_trigger_state(store: Store) -> None:
+def test_trigger_state(store: AnyStore) -> None:
     assert store.get_trigger_state("cron-1") is None
     store.set_trigger_state("cron-1", {"last_fire": "2024-01-01T00:00:00Z"})
     store.set_trigger_state("cron-1", {"last_fire": "2024-01-02T00:00:00Z", "n": 2})
     assert store.get_trigger_state("cron-1") == {"last_fire": "2024-01-02T00:00:00Z", "n": 2}
 
 
-def test_transaction_is_atomic(store: Store) -> None:
+def test_transaction_is_atomic(store: AnyStore) -> None:
     def fail_half_way() -> None:
         with store.transaction():
             store.create_run(_run("a"))
@@ -639,7 +671,7 @@ def test_transaction_is_atomic(store: Store) -> None:
 # --- persistence and concurrency ---------------------------------------------------------------
 
 
-def _fill(store: Store) -> None:
+def _fill(store: AnyStore) -> None:
     store.save_workflow_version("wf", "1.0.0", {"id": "wf"}, {"owner": "me"}, [])
     store.create_run(_run("done", inputs={"n": 1}))
     store.claim_attempt("done", "e1")
@@ -650,11 +682,11 @@ def _fill(store: Store) -> None:
     store.set_trigger_state("t", {"k": "v"})
 
 
-def test_persistence_across_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with Store(path) as store:
+def test_persistence_across_close_and_reopen(store_target: str) -> None:
+    path = store_target
+    with open_store(path) as store:
         _fill(store)
-    with Store(path) as store:
+    with open_store(path) as store:
         done = store.get_run("done")
         assert done is not None
         assert done.status == "succeeded"
@@ -667,8 +699,8 @@ def test_persistence_across_close_and_reopen(tmp_path: Path) -> None:
 
 _READER = """
 import json, sys
-from dagengine.orchestrator.store import Store
-store = Store(sys.argv[1])
+from dagengine.orchestrator.store import open_store
+store = open_store(sys.argv[1])
 done = store.get_run("done")
 print(json.dumps({
     "status": done.status,
@@ -678,15 +710,15 @@ print(json.dumps({
     "trigger": store.get_trigger_state("t"),
 }))
 store.append_event(None, "from.child")
+store.close()
 """
 
 
-def test_another_process_reads_what_we_wrote(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    store = Store(path)
-    _fill(store)  # committed, store still open: the reader sees it through the WAL
+def test_another_process_reads_what_we_wrote(store_target: str) -> None:
+    store = open_store(store_target)
+    _fill(store)  # committed, store still open: the reader sees it (SQLite: through the WAL)
     out = subprocess.run(
-        [sys.executable, "-c", _READER, str(path)],
+        [sys.executable, "-c", _READER, store_target],
         capture_output=True,
         text=True,
         check=True,
@@ -705,7 +737,7 @@ def test_another_process_reads_what_we_wrote(tmp_path: Path) -> None:
     store.close()
 
 
-def test_concurrent_writers_from_threads(store: Store) -> None:
+def test_concurrent_writers_from_threads(store: AnyStore) -> None:
     threads, per_thread = 8, 50
     for t in range(threads):
         store.create_run(_run(f"r{t}"))
@@ -735,7 +767,7 @@ def test_concurrent_writers_from_threads(store: Store) -> None:
         assert len(store.node_outputs(f"r{t}")) == per_thread
 
 
-def test_claims_race_to_distinct_attempts(store: Store) -> None:
+def test_claims_race_to_distinct_attempts(store: AnyStore) -> None:
     store.create_run(_run("r"))
     got: list[int] = []
     lock = threading.Lock()
@@ -756,7 +788,7 @@ def test_claims_race_to_distinct_attempts(store: Store) -> None:
 # --- a row that cannot be written -------------------------------------------------------------
 
 
-def test_a_row_that_cannot_be_encoded_does_not_poison_the_writer(store: Store) -> None:
+def test_a_row_that_cannot_be_encoded_does_not_poison_the_writer(store: AnyStore) -> None:
     # A lone surrogate cannot be encoded as UTF-8: binding it failed the whole group commit,
     # the group went back to the queue, and every later write and read failed behind it.
     store.create_run_later(_run("good-1"))
@@ -777,7 +809,7 @@ def test_a_row_that_cannot_be_encoded_does_not_poison_the_writer(store: Store) -
     assert store.get_run("after") is not None
 
 
-def test_a_row_that_cannot_be_written_at_all_is_dropped_alone(store: Store) -> None:
+def test_a_row_that_cannot_be_written_at_all_is_dropped_alone(store: AnyStore) -> None:
     # An integer SQLite cannot hold (beyond 64 bits): that row alone is dropped, its run end
     # reports "not recorded", everything queued around it is written.
     told: list[tuple[str, bool]] = []
@@ -799,17 +831,123 @@ def test_a_row_that_cannot_be_written_at_all_is_dropped_alone(store: Store) -> N
     assert store.write_error is None
 
 
-def test_write_error_says_when_the_store_cannot_write(store: Store) -> None:
+def test_write_error_says_when_the_store_cannot_write(store: AnyStore) -> None:
     store.create_run(_run("before"))
-    with store._lock:
-        store._db.execute("PRAGMA query_only = ON")  # every write now fails (not the data)
+    pg = isinstance(store, PostgresStore)
+    with store._lock:  # every write now fails (not the data)
+        if pg:
+            store._db.execute("SET default_transaction_read_only = on")
+        else:
+            store._db.execute("PRAGMA query_only = ON")
     store.create_run_later(_run("waiting"))
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(Exception, match=r"read-?only") as raised:
         store.flush()
+    assert not isinstance(raised.value, ValueError)  # not taken for a row's bad data
     assert store.write_error is not None
-    assert "readonly" in store.write_error or "read-only" in store.write_error
+    assert re.search("read-?only", store.write_error)
     with store._lock:
-        store._db.execute("PRAGMA query_only = OFF")
+        if pg:
+            store._db.execute("SET default_transaction_read_only = off")
+        else:
+            store._db.execute("PRAGMA query_only = OFF")
     store.flush()  # the group was kept: written now
     assert store.write_error is None
     assert store.get_run("waiting") is not None
+
+
+# --- PostgreSQL: connections, errors, concurrent starts ------------------------------------------
+
+
+def test_postgres_writer_connects_again_after_losing_its_connection(pg_url: str) -> None:
+    import psycopg
+
+    with open_store(pg_url) as store:
+        assert isinstance(store, PostgresStore)
+        store.create_run(_run("r", status="running", attempt=1))
+        pid = store._db.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        told: list[bool] = []
+        ended = threading.Event()
+        store.finish_run_later(
+            "r", 1, "succeeded", "{}", None, lambda ok: (told.append(ok), ended.set())
+        )
+        assert ended.wait(30)
+        assert told == [True]
+        assert store._db.info.backend_pid != pid
+        assert store.write_error is None
+        rec = store.get_run("r")
+        assert rec is not None
+        assert rec.status == "succeeded"
+        # Readers whose pooled connections were killed try again on new ones.
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = '' AND pid <> pg_backend_pid() AND pid <> %s "
+                "AND datname = current_database() AND backend_type = 'client backend' "
+                "AND pid IN (SELECT pid FROM pg_stat_activity WHERE state = 'idle')",
+                (store._db.info.backend_pid,),
+            )
+        assert store.get_run("r") is not None
+
+
+def test_postgres_server_that_cannot_be_reached_is_a_store_error() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(StoreError, match=r"cannot open store postgresql://u:\*\*\*@127"):
+        open_store(f"postgresql://u:secret@127.0.0.1:{port}/db")
+
+
+def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagengine.exceptions import ConfigError
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ConfigError, match=r"pip install 'dagengine\[postgres\]'"):
+        open_store("postgresql://u@127.0.0.1:1/db")
+
+
+def test_postgres_stores_opening_a_new_database_at_once_migrate_it_once(pg_url: str) -> None:
+    stores: list[AnyStore] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def open_one() -> None:
+        try:
+            opened = open_store(pg_url)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            return
+        with lock:
+            stores.append(opened)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [s.schema_version for s in stores] == [len(PG_MIGRATIONS)] * 4
+    for opened in stores:
+        opened.close()
+
+
+def test_postgres_url_password_is_not_shown(pg_url: str) -> None:
+    from dagengine.orchestrator.store.postgres import redact
+
+    assert redact("postgresql://me:hunter2@db:5432/x?sslmode=require") == (
+        "postgresql://me:***@db:5432/x?sslmode=require"
+    )
+    with open_store(pg_url) as store:
+        assert "hunter2" not in repr(store)
+
+
+def test_a_closed_postgres_store_refuses_writes(pg_url: str) -> None:
+    store = open_store(pg_url)
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.create_run_later(_run("r"))
+    with pytest.raises(StoreError, match="closed"):
+        store.set_trigger_state("t", {})

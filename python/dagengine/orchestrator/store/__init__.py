@@ -12,20 +12,31 @@ are the contract a second backend implements); ``Store`` is the SQLite one
   cannot be written, checkpoints of the log) and its tuning constants, read when used: patch
   them there (``store.writer.LAZY_COMMIT_DELAY``), not here;
 * :mod:`.sqlite`: :class:`SQLiteStore`, imported as :data:`Store`;
+* :mod:`.postgres`: :class:`PostgresStore` (a ``postgresql://`` URL; the ``postgres``
+  extra), with its schema in :mod:`.postgres_schema` and its retention statements in
+  :mod:`.postgres_retention`;
 * :mod:`.protocol`: :class:`StoreBackend`.
+
+:func:`open_store` opens the backend a target names: a ``postgresql://`` (or
+``postgres://``) URL is PostgreSQL, anything else a SQLite file (or ``":memory:"``).
 
 Runs are fenced by their attempt number: every dispatch of a run to an engine starts a new
 attempt (:meth:`Store.claim_attempt`), and node outputs and the final result are only accepted
 from the current attempt, so a late answer from an engine that was given up on changes nothing.
 
-The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` lists the steps and a
-store is brought up to date when it is opened.
+The schema is versioned (SQLite: ``PRAGMA user_version``; PostgreSQL: the table
+``dagengine_schema``); :data:`MIGRATIONS` (:data:`PG_MIGRATIONS`) lists the steps, a store is
+brought up to date when it is opened, and a store refuses a database whose schema is newer than
+it knows.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
+from dagengine.orchestrator.store.postgres import PostgresStore, is_postgres_url
+from dagengine.orchestrator.store.postgres_schema import PG_MIGRATIONS
 from dagengine.orchestrator.store.protocol import StoreBackend
 from dagengine.orchestrator.store.records import (
     FINISHED_STATUSES,
@@ -53,9 +64,11 @@ __all__ = [
     "LAZY_COMMIT_DELAY",
     "MAX_PENDING",
     "MIGRATIONS",
+    "PG_MIGRATIONS",
     "RUN_STATUSES",
     "SEVERITIES",
     "EventRecord",
+    "PostgresStore",
     "RunRecord",
     "RunStatus",
     "SQLiteStore",
@@ -63,9 +76,24 @@ __all__ = [
     "Store",
     "StoreBackend",
     "WorkflowVersionRecord",
+    "is_postgres_url",
+    "open_store",
 ]
+
+
+def open_store(target: str | os.PathLike[str]) -> SQLiteStore | PostgresStore:
+    """The store ``target`` names: a ``postgresql://`` (or ``postgres://``) URL opens a
+    :class:`PostgresStore` (``ConfigError`` naming the ``postgres`` extra if psycopg is not
+    installed), anything else a :class:`SQLiteStore` (a file path, or ``":memory:"``)."""
+    if is_postgres_url(target):
+        return PostgresStore(str(target))
+    return SQLiteStore(target)
+
 
 if TYPE_CHECKING:
 
     def _implements_the_protocol(store: SQLiteStore) -> StoreBackend:
         return store  # mypy checks that SQLiteStore is a StoreBackend
+
+    def _postgres_implements_the_protocol(store: PostgresStore) -> StoreBackend:
+        return store  # ... and that PostgresStore is one

@@ -1,0 +1,205 @@
+"""The PostgreSQL schema (:data:`PG_MIGRATIONS`) and the statements the PostgreSQL store runs.
+
+The tables mirror the SQLite store's (:mod:`~dagengine.orchestrator.store.schema`), with
+PostgreSQL's types: JSON values stay ``TEXT`` (stored as they were encoded, an engine's output
+JSON as it came), times ``DOUBLE PRECISION`` (Unix seconds), counters ``BIGINT``. Where the
+SQLite store orders by ``rowid`` (runs created in the same instant, node outputs in completion
+order), these tables have an identity column ``ord``; an upsert keeps a row's ``ord``, as it
+keeps SQLite's ``rowid``.
+
+Migrations are versioned in ``dagengine_schema`` (one row): :func:`migrate` applies the missing
+ones at start, under an advisory lock (two processes starting at once apply each once), and
+refuses a database whose version is newer than :data:`PG_MIGRATIONS` knows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from dagengine.orchestrator.store.records import RunRecord, _loads
+from dagengine.orchestrator.store.schema import _RUN_COLUMNS, _RUN_JSON
+
+__all__ = ["PG_MIGRATIONS"]
+
+#: Schema migrations of a PostgreSQL store; ``dagengine_schema.version`` is the number
+#: applied. Append, never edit.
+PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE workflow_versions (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            spec TEXT,
+            metadata TEXT NOT NULL,
+            dependencies TEXT NOT NULL,
+            registered_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (workflow_id, version)
+        )""",
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            ord BIGINT GENERATED ALWAYS AS IDENTITY,
+            workflow_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+            inputs TEXT NOT NULL,
+            attempt BIGINT NOT NULL DEFAULT 0,
+            engine_id TEXT,
+            key TEXT,
+            parent_run_id TEXT REFERENCES runs (run_id),
+            parent_node_id TEXT,
+            depth BIGINT NOT NULL DEFAULT 0,
+            resolved_versions TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION,
+            finished_at DOUBLE PRECISION,
+            error TEXT,
+            result TEXT
+        )""",
+        "CREATE INDEX runs_by_created ON runs (created_at, ord)",
+        "CREATE INDEX runs_by_workflow ON runs (workflow_id, created_at)",
+        "CREATE INDEX runs_by_status ON runs (status, created_at)",
+        "CREATE INDEX runs_by_parent ON runs (parent_run_id)",
+        """CREATE TABLE node_outputs (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            node_id TEXT NOT NULL,
+            ord BIGINT GENERATED ALWAYS AS IDENTITY,
+            attempt BIGINT NOT NULL,
+            output TEXT NOT NULL,
+            PRIMARY KEY (run_id, node_id)
+        )""",
+        # seq is assigned by the store when an event is queued (see the store's module);
+        # events_seq keeps the highest number written, so numbers are never reused after
+        # the newest events were deleted (SQLite's AUTOINCREMENT does that there).
+        """CREATE TABLE events (
+            seq BIGINT PRIMARY KEY,
+            time DOUBLE PRECISION NOT NULL,
+            type TEXT NOT NULL,
+            severity SMALLINT NOT NULL,
+            workflow_id TEXT,
+            run_id TEXT,
+            node_id TEXT,
+            engine_id TEXT,
+            data TEXT NOT NULL
+        )""",
+        "CREATE SEQUENCE events_seq MINVALUE 0 START 0",
+        "CREATE INDEX events_by_run ON events (run_id, seq)",
+        "CREATE INDEX events_by_workflow ON events (workflow_id, seq)",
+        """CREATE TABLE trigger_state (
+            trigger_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+    ),
+)
+
+#: The advisory lock that serialises migrations (any number: the same in every process).
+MIGRATION_LOCK: Final = 0x6461_6765_6E67  # "dageng"
+
+_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS dagengine_schema (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+)"""
+
+_COLUMNS = ", ".join(_RUN_COLUMNS)
+RUN_SELECT: Final = f"SELECT {_COLUMNS} FROM runs"
+INSERT_RUN: Final = (
+    f"INSERT INTO runs ({_COLUMNS}) VALUES ({', '.join('%s' for _ in _RUN_COLUMNS)})"
+)
+#: A run created by the group commit: a taken id is skipped (callers check first), so it
+#: cannot fail the whole group.
+INSERT_RUN_LATER: Final = f"{INSERT_RUN} ON CONFLICT (run_id) DO NOTHING"
+
+# A claim decided by the orchestrator, fenced: never on a finished run, never back to an
+# older attempt (values: attempt, engine_id, started_at, run_id, attempt).
+CLAIM: Final = """UPDATE runs SET attempt = %s, status = 'running', engine_id = %s,
+        started_at = COALESCE(started_at, %s)
+    WHERE run_id = %s AND status IN ('queued', 'running') AND attempt < %s"""
+
+# A node output, stored only if its attempt is the run's current one and the run is running
+# (one statement: a new claim cannot come between the check and the write). Values:
+# run_id, node_id, attempt, output.
+INSERT_OUTPUT: Final = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
+    SELECT v.run_id, v.node_id, v.attempt, v.output
+    FROM (VALUES (%s::text, %s::text, %s::bigint, %s::text)) AS v (run_id, node_id, attempt, output)
+    WHERE EXISTS (SELECT 1 FROM runs
+        WHERE runs.run_id = v.run_id AND runs.attempt = v.attempt AND runs.status = 'running')
+    ON CONFLICT (run_id, node_id) DO UPDATE SET
+        attempt = excluded.attempt, output = excluded.output"""
+
+# The ends of several runs in one statement, each fenced like a single one; returns the runs
+# it ended. No run may appear twice (the group commit sends each run's last end only).
+FINISH_RUNS: Final = """UPDATE runs SET status = v.status, result = v.result, error = v.error,
+        finished_at = v.finished_at
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[])
+        AS v (run_id, status, result, error, finished_at, attempt)
+    WHERE runs.run_id = v.run_id AND runs.status IN ('queued', 'running')
+        AND (v.attempt IS NULL OR runs.attempt = v.attempt)
+    RETURNING runs.run_id"""
+
+INSERT_EVENT: Final = """INSERT INTO events
+    (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+COPY_EVENTS: Final = (
+    "COPY events (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data) "
+    "FROM STDIN"
+)
+# Raise the high-water mark of event numbers (never lower it).
+EVENTS_WRITTEN: Final = (
+    "SELECT setval('events_seq', GREATEST(%s, (SELECT last_value FROM events_seq)))"
+)
+NEXT_EVENT_SEQ: Final = """SELECT GREATEST(
+    (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT last_value FROM events_seq)) + 1"""
+
+
+def finish_sql(
+    run_id: str,
+    status: str,
+    result: str | None,
+    error: str | None,
+    finished_at: float,
+    attempt: int | None,
+) -> tuple[str, tuple[Any, ...]]:
+    """The UPDATE that ends one run (the values of ``_finish_values``): only an unfinished
+    run, and only its current attempt unless ``attempt`` is ``None``."""
+    sql = """UPDATE runs SET status = %s, result = %s, error = %s, finished_at = %s
+             WHERE run_id = %s AND status IN ('queued', 'running')"""
+    if attempt is None:
+        return sql, (status, result, error, finished_at, run_id)
+    return f"{sql} AND attempt = %s", (status, result, error, finished_at, run_id, attempt)
+
+
+def run_from_row(row: tuple[Any, ...]) -> RunRecord:
+    """A :class:`RunRecord` from the columns of :data:`RUN_SELECT`."""
+    values = {
+        name: _loads(value) if name in _RUN_JSON else value
+        for name, value in zip(_RUN_COLUMNS, row, strict=True)
+    }
+    return RunRecord(**values)
+
+
+def migrate(db: Any, where: str) -> int:
+    """Bring the database of connection ``db`` (in a transaction of the caller's) up to
+    date; returns the version it was at. ``StoreError`` for a newer schema than this
+    dagengine knows. ``where`` names the store in the error."""
+    from dagengine.exceptions import StoreError
+
+    db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    db.execute(_VERSION_TABLE)
+    row = db.execute("SELECT version FROM dagengine_schema WHERE id = 1").fetchone()
+    current = 0 if row is None else int(row[0])
+    if current > len(PG_MIGRATIONS):
+        raise StoreError(
+            f"store {where} has schema version {current}, newer than this dagengine "
+            f"understands ({len(PG_MIGRATIONS)}); upgrade dagengine"
+        )
+    for number in range(current, len(PG_MIGRATIONS)):
+        for statement in PG_MIGRATIONS[number]:
+            db.execute(statement)
+    if current != len(PG_MIGRATIONS):
+        db.execute(
+            """INSERT INTO dagengine_schema (id, version) VALUES (1, %s)
+               ON CONFLICT (id) DO UPDATE SET version = excluded.version""",
+            (len(PG_MIGRATIONS),),
+        )
+    return current
