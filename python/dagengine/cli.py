@@ -26,6 +26,7 @@ from dagengine._units import parse_duration
 from dagengine.cli_logs import configure_logs, run_logs
 from dagengine.cli_store import configure_store, run_store
 from dagengine.exceptions import DagEngineError, ValidationError
+from dagengine.logconfig import add_logging_arguments, configure_logging
 from dagengine.results import NodeEvent, NodeStatus, RunResult, RunStatus
 from dagengine.spec import MAX_SECONDS, load_workflow
 from dagengine.workflow import DAG, LocalRun
@@ -491,6 +492,7 @@ def _boolean(text: str) -> bool:
 
 
 def _configure_engine(parser: argparse.ArgumentParser) -> None:
+    add_logging_arguments(parser)
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     parser.add_argument(
         "--port", type=_port, help="port to listen on; 0 picks a free one (env PORT, 50051)"
@@ -596,9 +598,17 @@ def _read_file(path: str | None, what: str) -> bytes | None:
         raise BadInput(f"{what} {path}: {exc.strerror or exc}") from None
 
 
+def _configure_process_logging(args: argparse.Namespace) -> None:
+    try:
+        configure_logging(args.log_format, args.log_level)
+    except ValueError as exc:  # a bad DAGENGINE_LOG_FORMAT / DAGENGINE_LOG_LEVEL
+        raise BadInput(str(exc)) from None
+
+
 def _cmd_engine(args: argparse.Namespace) -> int:
     from dagengine.engine import serve_engine
 
+    _configure_process_logging(args)
     port = args.port if args.port is not None else _env_value("PORT", _port)
     capacity = args.capacity if args.capacity is not None else _env_value("CAPACITY", _positive_int)
     engine_id = args.engine_id or os.environ.get("ENGINE_ID", "").strip() or None
@@ -658,6 +668,7 @@ def _orchestrator_tls(args: argparse.Namespace) -> Any:
 
 
 def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    add_logging_arguments(parser)
     parser.add_argument("--config", metavar="FILE", help="serve configuration (YAML)")
     parser.add_argument(
         "--workflows",
@@ -687,6 +698,7 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dagengine.serve import ServeOptions, load_serve_config, serve
 
+    _configure_process_logging(args)
     opts = load_serve_config(args.config) if args.config else ServeOptions()
     opts.workflows += [str(Path(folder).resolve()) for folder in args.workflows]
     if args.host is not None:

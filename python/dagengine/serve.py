@@ -61,6 +61,7 @@ from dagengine._units import parse_duration
 from dagengine.api.hooks import check_path
 from dagengine.engine import PARENT_PID_ENV
 from dagengine.exceptions import ConfigError, DagEngineError, SpecError, TriggerError
+from dagengine.logconfig import EventLogger
 from dagengine.orchestrator.config import DISCOVERY_TYPES, Config
 from dagengine.triggers import CronTrigger, HTTPTrigger, Trigger
 from dagengine.triggers.http import DEFAULT_MAX_BODY_BYTES
@@ -494,6 +495,7 @@ def serve(
     config = _orchestrator_config(opts, env)
     triggers = build_triggers(opts.triggers)
     engines = _LocalEngines()
+    event_log = EventLogger()
     orch: Any = None
     server: ServerThread | None = None
     app: Any = None
@@ -519,6 +521,7 @@ def serve(
             for workflow_id, version in load_workflows(orch, folder):
                 log.info("registered %s@%s", workflow_id, version)
         orch.recover()
+        event_log.attach(orch)
         app = create_app(
             orch,
             triggers=[t for t in triggers if isinstance(t, HTTPTrigger)],
@@ -555,6 +558,7 @@ def serve(
             server.stop()
         if app is not None:
             app.state.api.close()
+        event_log.detach()
         if orch is not None:
             orch.stop()
         engines.stop()

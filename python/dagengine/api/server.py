@@ -15,6 +15,9 @@ import time
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+
+from dagengine.logconfig import is_configured
 
 __all__ = ["ServerThread"]
 
@@ -57,6 +60,9 @@ class ServerThread:
         config = uvicorn.Config(
             self.app,
             log_level=self._log_level,
+            # With the process's logging set up (--log-format), uvicorn's records go through
+            # it instead of uvicorn's own handlers.
+            log_config=None if is_configured() else LOGGING_CONFIG,
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=int(max(1, self._graceful)),
