@@ -24,6 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dagengine
+from bench_authoring import AuthoringResult, section_authoring
 from bench_common import Config, Table, available_cores, fmt_ratio, fmt_seconds, fmt_us
 from bench_dags import ShapeResult, section_noop, section_python
 from bench_lua import LuaResult, section_lua
@@ -36,6 +37,7 @@ SECTIONS: dict[str, Callable[[Config], list[Any]]] = {
     "lua": section_lua,
     "topo": section_topo,
     "memory": section_memory,
+    "authoring": section_authoring,
 }
 ALIASES = {str(i): name for i, name in enumerate(SECTIONS, start=1)}
 TARGET_TOPO_NODES = 1_000_000
@@ -57,7 +59,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--only",
         action="append",
         metavar="SECTION",
-        help=f"run only this section ({', '.join(SECTIONS)} or 1-5); repeatable",
+        help=f"run only this section ({', '.join(SECTIONS)} or 1-{len(SECTIONS)}); repeatable",
     )
     parser.add_argument("--nodes", type=int, help="nodes of the run shapes (default 10,000)")
     parser.add_argument("--topo-nodes", type=int, help="nodes of the topological-order graph")
@@ -305,12 +307,31 @@ def memory_checks(results: list[MemoryResult]) -> list[Check]:
     ]
 
 
+def authoring_checks(results: list[AuthoringResult]) -> list[Check]:
+    """A decorated 10,000-task workflow is defined in <= 50 ms (median)."""
+    checks = []
+    for r in results:
+        if r.what != "define":
+            continue
+        full = r.nodes == 10_000
+        size = "" if full else f" (at {r.nodes:,} tasks)"
+        checks.append(
+            Check(
+                "decorated 10,000-task workflow defined ≤ 50 ms",
+                f"{r.decorated:.1f} ms (min {r.decorated_min:.1f}){size}",
+                at_most(r.decorated, 50.0) if full else None,
+            )
+        )
+    return checks
+
+
 CHECKS: dict[str, Callable[[list[Any]], list[Check]]] = {
     "noop": noop_checks,
     "python": python_checks,
     "lua": lua_checks,
     "topo": topo_checks,
     "memory": memory_checks,
+    "authoring": authoring_checks,
 }
 
 

@@ -190,10 +190,11 @@ def _constant(value: Any) -> Callable[[NodeContext], Any]:
 
 class _Call:
     """One recorded task call, the node's callable: ``fn(*args, **kwargs)`` with the
-    reference-holding arguments (``slots``: position or keyword, and getter) filled from the
-    node's context."""
+    references filled from the node's context. ``refs`` are the positional arguments that
+    are plain references, as (position, node id or ``None`` for inputs, path), looked up
+    inline; ``getters`` are the rest (keyword arguments, containers holding references)."""
 
-    __slots__ = ("args", "fn", "kwargs", "slots", "task_id")
+    __slots__ = ("args", "fn", "getters", "kwargs", "refs", "task_id")
 
     def __init__(
         self,
@@ -201,30 +202,52 @@ class _Call:
         fn: Callable[..., Any],
         args: list[Any],
         kwargs: dict[str, Any],
-        slots: list[tuple[int | str, Callable[[NodeContext], Any]]],
+        refs: list[tuple[int, str | None, tuple[str | int, ...]]],
+        getters: list[tuple[int | str, Callable[[NodeContext], Any]]],
     ) -> None:
         self.task_id = task_id
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.slots = slots
+        self.refs = refs
+        self.getters = getters
 
     def __call__(self, ctx: NodeContext) -> Any:
-        if not self.slots:
-            return self.fn(*self.args, **self.kwargs)
-        args = self.args.copy()
-        kwargs = self.kwargs.copy()
+        args = self.args
+        kwargs = self.kwargs
         try:
-            for slot, get in self.slots:
-                if isinstance(slot, int):
-                    args[slot] = get(ctx)
-                else:
-                    kwargs[slot] = get(ctx)
-        except LookupError as exc:
-            # A missing input or output key: say which task wanted it (the message is the
-            # node's error; no traceback into this module is needed to understand it).
-            raise LookupError(f"task {self.task_id} (node {ctx.node_id!r}): {exc}") from None
+            if self.refs:
+                args = args.copy()
+                results = ctx.results
+                for index, node, path in self.refs:
+                    value: Any = ctx.inputs if node is None else results[node]
+                    for key in path:
+                        value = value[key]
+                    args[index] = value
+            if self.getters:
+                if args is self.args:
+                    args = args.copy()
+                kwargs = kwargs.copy()
+                for slot, get in self.getters:
+                    if isinstance(slot, int):
+                        args[slot] = get(ctx)
+                    else:
+                        kwargs[slot] = get(ctx)
+        except (KeyError, IndexError, TypeError, LookupError):
+            raise self._lookup_error(ctx) from None
         return self.fn(*args, **kwargs)
+
+    def _lookup_error(self, ctx: NodeContext) -> LookupError:
+        """The error of a missing input or output item, naming the task, the node and the
+        item (the message is the node's error; no traceback into this module is needed)."""
+        try:
+            for _, node, path in self.refs:
+                Ref(node, path)._value(ctx)
+            for _, get in self.getters:
+                get(ctx)
+        except LookupError as exc:
+            return LookupError(f"task {self.task_id} (node {ctx.node_id!r}): {exc}")
+        return LookupError(f"task {self.task_id} (node {ctx.node_id!r}): an argument failed")
 
 
 # --- tasks ------------------------------------------------------------------------------------
@@ -359,10 +382,10 @@ def task(
 class _Recorder:
     """Turns task calls into nodes of the workflow being defined."""
 
-    __slots__ = ("calls", "counts", "dag", "deps", "import_path")
+    __slots__ = ("calls", "counts", "deps", "import_path", "nodes")
 
-    def __init__(self, dag: DecoratedWorkflow, import_path: str | None) -> None:
-        self.dag = dag
+    def __init__(self, nodes: dict[str, Node], import_path: str | None) -> None:
+        self.nodes = nodes
         self.import_path = import_path
         self.calls: dict[str, _Call] = {}
         self.counts: dict[str, int] = {}
@@ -392,7 +415,8 @@ class _Recorder:
         task._binder.check(args, kwargs)
         deps: dict[str, None] = {}
         self.deps = deps
-        slots: list[tuple[int | str, Callable[[NodeContext], Any]]] = []
+        refs: list[tuple[int, str | None, tuple[str | int, ...]]] = []
+        getters: list[tuple[int | str, Callable[[NodeContext], Any]]] = []
         arg_list = list(args)
         calls = self.calls
         for index, value in enumerate(args):
@@ -403,25 +427,27 @@ class _Recorder:
                     if node not in calls:
                         self.depend(value)  # raises, naming the problem
                     deps[node] = None
-                slots.append((index, value._value))
+                refs.append((index, node, value._path))
                 arg_list[index] = None
             elif kind in _CONTAINERS:
                 get = _compile(value, self)
                 if get is not None:
-                    slots.append((index, get))
+                    getters.append((index, get))
                     arg_list[index] = None
         if kwargs:
             for key, value in kwargs.items():
                 get = _compile(value, self)
                 if get is not None:
-                    slots.append((key, get))
+                    getters.append((key, get))
                     kwargs[key] = None
         base = task.id
         node_id = base if base not in self.counts and base not in calls else self.node_id(base)
         self.counts.setdefault(base, 1)
-        call = _Call(base, task.fn, arg_list, kwargs, slots)
-        executor = PythonExecutor(call, import_path=self.import_path)
-        self.dag.add_node(_node_like(task.template, node_id, tuple(deps), executor))
+        call = _Call(base, task.fn, arg_list, kwargs, refs, getters)
+        executor = _executor(call, self.import_path)
+        # Ids are unique by construction (node_id()), and recording adds nodes to a DAG
+        # nobody else has touched yet: add_node's checks are for other callers.
+        self.nodes[node_id] = _node_like(task.template, node_id, tuple(deps), executor)
         calls[node_id] = call
         return Ref(node_id, ())
 
@@ -446,6 +472,15 @@ def _node_like(
     for name in _NODE_OPTIONS:
         put(node, name, getattr(template, name))
     return node
+
+
+def _executor(call: _Call, import_path: str | None) -> PythonExecutor:
+    """``PythonExecutor(call, import_path=...)`` without its argument checks (both are right
+    by construction), for the same reason as :func:`_node_like`."""
+    executor = object.__new__(PythonExecutor)
+    object.__setattr__(executor, "fn", call)
+    object.__setattr__(executor, "import_path", import_path)
+    return executor
 
 
 def _import_path(fn: Callable[..., Any]) -> tuple[str | None, str]:
@@ -511,7 +546,7 @@ class DecoratedWorkflow(DAG):
                 positional.append(ref)
             else:
                 keywords[param.name] = ref
-        recorder = _Recorder(self, self._import_path)
+        recorder = _Recorder(self._nodes, self._import_path)
         outer = _current()
         _recording.recorder = recorder
         # Recording allocates a few objects per call and frees none: without a pause, the
@@ -525,6 +560,8 @@ class DecoratedWorkflow(DAG):
             if collecting:
                 gc.enable()
         self._calls = recorder.calls
+        self._ref = None  # nodes were added behind add_node's back: see _Recorder.call
+        self._validated = False
         if not self._calls:
             raise SpecError(f"workflow {self.id}: its function called no task", path="nodes")
         if out is not None and type(out) is not Ref:
