@@ -12,6 +12,7 @@ metric                               type      from
 ``dagengine_schedule_to_start_seconds`` histogram run.queued -> first run.started
 ``dagengine_queue_depth``            gauge     runs queued or re-dispatched, not started
 ``dagengine_engines{state}``         gauge     engine.joined/left/unhealthy/recovered
+``dagengine_engine_active_runs{engine_id}`` gauge  run.started on an engine -> its end there
 ``dagengine_trigger_fires_total``    counter   trigger.fired, by trigger and outcome
 ==================================== ========= ==============================================
 """
@@ -45,6 +46,10 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 # Bound the per-run/per-node bookkeeping: events whose partner never comes (a run abandoned
 # by a stopped orchestrator) must not grow the maps forever.
 _MAX_TRACKED = 100_000
+# Engine ids label a gauge: past this many engines, the rest share the label "other" so a
+# churning fleet (pods with fresh names) cannot grow the exposition without bound.
+_MAX_ENGINE_LABELS = 256
+_OTHER = "other"
 
 
 class Metrics:
@@ -75,6 +80,12 @@ class Metrics:
         self.engines = Gauge(
             "dagengine_engines", "Engines by state.", ["state"], registry=self.registry
         )
+        self.engine_active = Gauge(
+            "dagengine_engine_active_runs",
+            "Runs running on each engine (its load).",
+            ["engine_id"],
+            registry=self.registry,
+        )
         self.trigger_fires = Counter(
             "dagengine_trigger_fires",
             "Trigger fires by outcome (fired, skipped, error).",
@@ -94,6 +105,8 @@ class Metrics:
         self._waiting: set[str] = set()
         self._node_started: dict[tuple[str, str], float] = {}
         self._engine_state: dict[str, str] = {}
+        self._run_engine: dict[str, str] = {}
+        self._engine_load: dict[str, int] = {}
         self._sub: Any = None
         self._thread: threading.Thread | None = None
 
@@ -147,13 +160,20 @@ class Metrics:
                 self._waiting.add(run_id)
             elif kind == "run.redispatched":
                 self._waiting.add(run_id)
+                self._leave_engine(run_id)
             elif kind == "run.started":
                 self._waiting.discard(run_id)
+                self._leave_engine(run_id)
+                if event.engine_id:
+                    label = self._engine_label(event.engine_id)
+                    self._remember(self._run_engine, run_id, label)
+                    self._engine_load[label] = self._engine_load.get(label, 0) + 1
                 queued = self._queued_at.pop(run_id, None)
                 if queued is not None:
                     self.schedule_to_start.observe(max(0.0, event.time - queued))
             elif kind in ("run.completed", "run.failed", "run.cancelled"):
                 self._waiting.discard(run_id)
+                self._leave_engine(run_id)
                 self._queued_at.pop(run_id, None)
             elif kind == "node.started":
                 self._remember(self._node_started, (run_id, event.node_id or ""), event.time)
@@ -170,6 +190,12 @@ class Metrics:
                 self._engine_state[event.engine_id or ""] = "unhealthy"
             elif kind == "engine.left":
                 self._engine_state.pop(event.engine_id or "", None)
+                label = event.engine_id or ""
+                if label in self._engine_load and label != _OTHER:
+                    # Its runs are re-dispatched (or lost); the series goes with the engine.
+                    del self._engine_load[label]
+                    self._run_engine = {r: e for r, e in self._run_engine.items() if e != label}
+                    self.engine_active.remove(label)
             elif kind == "store.pruned":
                 for table in ("runs", "node_outputs", "events"):
                     self.pruned.labels(table).inc(int(event.data.get(table, 0)))
@@ -181,12 +207,24 @@ class Metrics:
             self._update_gauges()
 
     @staticmethod
-    def _remember(table: dict[Any, float], key: Any, value: float) -> None:
+    def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
         if len(table) >= _MAX_TRACKED:
             table.pop(next(iter(table)))  # the oldest entry (dicts keep insertion order)
         table[key] = value
 
+    def _engine_label(self, engine_id: str) -> str:
+        if engine_id in self._engine_load or len(self._engine_load) < _MAX_ENGINE_LABELS:
+            return engine_id
+        return _OTHER
+
+    def _leave_engine(self, run_id: str) -> None:
+        label = self._run_engine.pop(run_id, None)
+        if label is not None and label in self._engine_load:
+            self._engine_load[label] = max(0, self._engine_load[label] - 1)
+
     def _update_gauges(self) -> None:
+        for label, load in self._engine_load.items():
+            self.engine_active.labels(label).set(load)
         self.queue_depth.set(len(self._waiting))
         states = list(self._engine_state.values())
         for state in ("healthy", "unhealthy"):
