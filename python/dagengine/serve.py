@@ -63,6 +63,7 @@ from dagengine.engine import PARENT_PID_ENV
 from dagengine.exceptions import ConfigError, DagEngineError, SpecError, TriggerError
 from dagengine.logconfig import EventLogger
 from dagengine.orchestrator.config import DISCOVERY_TYPES, Config
+from dagengine.tracing import attach_tracing
 from dagengine.triggers import CronTrigger, HTTPTrigger, Trigger
 from dagengine.triggers.http import DEFAULT_MAX_BODY_BYTES
 
@@ -496,6 +497,7 @@ def serve(
     triggers = build_triggers(opts.triggers)
     engines = _LocalEngines()
     event_log = EventLogger()
+    tracer = None
     orch: Any = None
     server: ServerThread | None = None
     app: Any = None
@@ -522,6 +524,7 @@ def serve(
                 log.info("registered %s@%s", workflow_id, version)
         orch.recover()
         event_log.attach(orch)
+        tracer = attach_tracing(orch)
         app = create_app(
             orch,
             triggers=[t for t in triggers if isinstance(t, HTTPTrigger)],
@@ -559,6 +562,8 @@ def serve(
         if app is not None:
             app.state.api.close()
         event_log.detach()
+        if tracer is not None:
+            tracer.detach()
         if orch is not None:
             orch.stop()
         engines.stop()

@@ -67,6 +67,7 @@ from dagengine.api.requests import (
 from dagengine.exceptions import DagEngineError, SpecError, TriggerError
 from dagengine.orchestrator.store import RUN_STATUSES
 from dagengine.spec import MAX_SECONDS
+from dagengine.tracing import with_trace_context
 
 if TYPE_CHECKING:
     from dagengine.api.server import ServerThread
@@ -407,7 +408,7 @@ async def start_run(request: Request) -> Response:
     for name, value in (("inputs", inputs), ("version", version), ("key", key)):
         _json_data(value, name)
     handle = await _call(
-        api.orch.execute_workflow,
+        with_trace_context(request.headers, api.orch.execute_workflow),
         workflow_id,
         inputs,
         version=version,

@@ -26,6 +26,7 @@ from dagengine.api.requests import (
     read_body,
 )
 from dagengine.exceptions import DagEngineError, TriggerError
+from dagengine.tracing import with_trace_context
 from dagengine.triggers.base import publish_trigger_event, trigger_inputs
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ async def fire(request: Request, trigger: HTTPTrigger, orchestrator: Any) -> Res
     executor = trigger.executor or orchestrator
     try:
         handle = await run_in_threadpool(
-            executor.execute_workflow,
+            with_trace_context(headers, executor.execute_workflow),
             trigger.workflow_id,
             inputs,
             version=trigger.version,

@@ -56,7 +56,12 @@ from dagengine.orchestrator.engines import EngineSet, EngineSlot
 from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.lifecycle import Action, Event, State
 from dagengine.orchestrator.pruner import Pruner
-from dagengine.orchestrator.recording import LogBudget, record_node_event, record_wire_events
+from dagengine.orchestrator.recording import (
+    LogBudget,
+    queued_data,
+    record_node_event,
+    record_wire_events,
+)
 from dagengine.orchestrator.recovery import Recovery
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
 from dagengine.orchestrator.runs import (
@@ -527,7 +532,7 @@ class Orchestrator:
             # run's own events go through publish_batch: without subscribers it builds no
             # Event object (publish returns one).
             self.events.publish_batch(
-                [("run.queued", None, {"version": str(wv.version)})],
+                [("run.queued", None, queued_data(wv, parent_run_id, parent_node_id))],
                 workflow_id=wv.workflow_id,
                 run_id=run_id,
             )

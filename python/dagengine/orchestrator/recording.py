@@ -21,6 +21,7 @@ from dagengine.node_logs import DEFAULT_LIMIT, TRUNCATED_PREFIX
 from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.store import Store
 from dagengine.results import NodeEvent
+from dagengine.tracing import current_trace_context
 from dagengine.v1 import engine_pb2 as pb
 
 __all__ = ["LogBudget", "record_node_event", "record_wire_events"]
@@ -60,6 +61,19 @@ class LogBudget:
                 }
             self._used[key] = used + size
         return {"level": level, "message": message}
+
+
+def queued_data(wv: Any, parent_run_id: str | None, parent_node_id: str | None) -> dict[str, Any]:
+    """The ``run.queued`` event's data: the version, a sub-workflow's parent run and node,
+    and the W3C trace context of the request that submitted the run (``trace``)."""
+    data: dict[str, Any] = {"version": str(wv.version)}
+    if parent_run_id:
+        data["parent_run_id"] = parent_run_id
+        data["parent_node_id"] = parent_node_id
+    trace = current_trace_context()
+    if trace is not None:
+        data["trace"] = trace
+    return data
 
 
 # The engine's node events the orchestrator publishes, by wire kind (as record_node_event).

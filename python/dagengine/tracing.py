@@ -1,0 +1,259 @@
+"""OpenTelemetry traces of runs (extra ``dagengine[otel]``): a span per run and one per node
+attempt, built from the orchestrator's event bus with the events' own timestamps.
+
+- ``run <workflow>``: from ``run.queued`` to the run's end; attributes ``dagengine.workflow``,
+  ``dagengine.version``, ``dagengine.run_id``, ``dagengine.engine`` (of its last start).
+- ``node <id>``: from ``node.started`` to that attempt's end (succeeded, failed, retrying,
+  cancelled), a child of its run's span; attributes ``dagengine.node``,
+  ``dagengine.attempt`` (the node's attempt), ``dagengine.run_attempt``, ``dagengine.engine``.
+- A run submitted with a W3C ``traceparent`` (the REST API and HTTP triggers read it from the
+  request, :func:`with_trace_context`; the orchestrator keeps it in the run's ``run.queued``
+  event as ``trace``) is a child of the caller's span; a sub-workflow's run is a child of the
+  span of the parent node that started it.
+
+Without the ``opentelemetry`` packages nothing here imports them and :func:`attach_tracing`
+returns ``None``: tracing is off and free. With them but no tracer provider set up, it is off
+too; with one, spans go to it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib.util
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+__all__ = [
+    "RunTracer",
+    "attach_tracing",
+    "available",
+    "current_trace_context",
+    "with_trace_context",
+]
+
+log = logging.getLogger("dagengine.tracing")
+
+T = TypeVar("T")
+# version 00, 32-hex trace id, 16-hex parent id, 2-hex flags (W3C Trace Context).
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+# Spans waiting for their end are bounded: a run abandoned by a stopped orchestrator must not
+# hold memory forever.
+_MAX_OPEN = 100_000
+_NODE_ENDS = {
+    "node.succeeded": "ok",
+    "node.failed": "error",
+    "node.retrying": "error",
+    "node.cancelled": "unset",
+}
+_RUN_ENDS = {"run.completed": "ok", "run.failed": "error", "run.cancelled": "unset"}
+
+# The W3C trace context of the request being served, set by the API and HTTP triggers around
+# their call into the orchestrator, which copies it into the run's ``run.queued`` event.
+_trace_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "dagengine_trace_context", default=None
+)
+
+
+def available() -> bool:
+    """Whether the OpenTelemetry API is installed."""
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except ImportError:
+        return False
+
+
+def current_trace_context() -> dict[str, str] | None:
+    """The ``traceparent``/``tracestate`` of the request being served, if it sent one."""
+    return _trace_context.get()
+
+
+def with_trace_context(headers: Mapping[str, str], func: Callable[..., T]) -> Callable[..., T]:
+    """``func`` wrapped to run with the request's W3C trace context (lower-case ``headers``)
+    as :func:`current_trace_context`, on whatever thread calls it; ``func`` itself when the
+    request sent no valid ``traceparent``."""
+    parent = headers.get("traceparent", "")
+    if not _TRACEPARENT.fullmatch(parent):
+        return func
+    carrier = {"traceparent": parent}
+    state = headers.get("tracestate")
+    if state and len(state) <= 512:
+        carrier["tracestate"] = state
+
+    def call(*args: Any, **kwargs: Any) -> T:
+        token = _trace_context.set(carrier)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _trace_context.reset(token)
+
+    return call
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
+
+
+class _Bounded(OrderedDict[Any, Any]):
+    def put(self, key: Any, value: Any) -> None:
+        if len(self) >= _MAX_OPEN:
+            self.popitem(last=False)
+        self[key] = value
+
+
+class RunTracer:
+    """Follows an orchestrator's events and turns them into spans (see the module)."""
+
+    def __init__(self, tracer_provider: Any = None) -> None:
+        from opentelemetry import trace
+
+        self._trace = trace
+        self._tracer = trace.get_tracer("dagengine", tracer_provider=tracer_provider)
+        self._runs = _Bounded()  # run_id -> span
+        self._nodes = _Bounded()  # (run_id, node_id) -> span
+        self._sub: Any = None
+        self._thread: threading.Thread | None = None
+
+    def attach(self, orchestrator: Any) -> RunTracer:
+        """Follow ``orchestrator.events`` from now on, on a thread of its own."""
+        self._sub = orchestrator.events.subscribe(buffer=10_000)
+        self._thread = threading.Thread(target=self._follow, name="dagengine-tracing", daemon=True)
+        self._thread.start()
+        return self
+
+    def detach(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _follow(self) -> None:
+        sub = self._sub
+        while True:
+            try:
+                event = sub.get()
+            except Exception:  # a store read failed: the next one may work
+                log.exception("tracing: reading events failed")
+                continue
+            if event is None:
+                return
+            try:
+                self.observe(event)
+            except Exception:
+                log.exception("tracing: event %s not traced", event.seq)
+
+    def observe(self, event: Any) -> None:
+        """Turn one event into a span's start, end or annotation."""
+        kind = event.type
+        run_id = event.run_id
+        if run_id is None:
+            return
+        data = event.data
+        if kind == "run.queued":
+            self._start_run(event, data)
+        elif kind == "run.started":
+            span = self._runs.get(run_id)
+            if span is not None and event.engine_id:
+                span.set_attribute("dagengine.engine", event.engine_id)
+                span.add_event(
+                    "started", {"dagengine.engine": event.engine_id}, timestamp=_ns(event.time)
+                )
+        elif kind == "run.redispatched":
+            span = self._runs.get(run_id)
+            if span is not None:
+                span.add_event("redispatched", timestamp=_ns(event.time))
+        elif kind in _RUN_ENDS:
+            span = self._runs.pop(run_id, None)
+            if span is not None:
+                self._end(span, _RUN_ENDS[kind], data, event.time)
+        elif kind == "node.started" and event.node_id:
+            self._start_node(event, data)
+        elif kind in _NODE_ENDS and event.node_id:
+            span = self._nodes.pop((run_id, event.node_id), None)
+            if span is not None:
+                self._end(span, _NODE_ENDS[kind], data, event.time)
+
+    def _start_run(self, event: Any, data: Mapping[str, Any]) -> None:
+        trace = self._trace
+        parent = None
+        carrier = data.get("trace")
+        if isinstance(carrier, Mapping):
+            from opentelemetry import propagate
+
+            parent = propagate.extract(dict(carrier))
+        parent_run, parent_node = data.get("parent_run_id"), data.get("parent_node_id")
+        if parent is None and parent_run and parent_node:
+            node_span = self._nodes.get((parent_run, parent_node))
+            run_span = self._runs.get(parent_run)
+            owner = node_span if node_span is not None else run_span
+            if owner is not None:
+                parent = trace.set_span_in_context(owner)
+        span = self._tracer.start_span(
+            f"run {event.workflow_id}",
+            context=parent,
+            kind=trace.SpanKind.INTERNAL,
+            start_time=_ns(event.time),
+            attributes={
+                "dagengine.workflow": event.workflow_id or "",
+                "dagengine.version": str(data.get("version", "")),
+                "dagengine.run_id": event.run_id,
+            },
+        )
+        self._runs.put(event.run_id, span)
+
+    def _start_node(self, event: Any, data: Mapping[str, Any]) -> None:
+        trace = self._trace
+        run_span = self._runs.get(event.run_id)
+        context = trace.set_span_in_context(run_span) if run_span is not None else None
+        attributes = {
+            "dagengine.workflow": event.workflow_id or "",
+            "dagengine.run_id": event.run_id,
+            "dagengine.node": event.node_id,
+            "dagengine.attempt": int(data.get("node_attempt", 1) or 1),
+            "dagengine.run_attempt": int(data.get("attempt", 1) or 1),
+        }
+        if event.engine_id:
+            attributes["dagengine.engine"] = event.engine_id
+        span = self._tracer.start_span(
+            f"node {event.node_id}",
+            context=context,
+            start_time=_ns(event.time),
+            attributes=attributes,
+        )
+        key = (event.run_id, event.node_id)
+        previous = self._nodes.pop(key, None)
+        if previous is not None:  # a start without an end (engine lost): close it first
+            previous.end(end_time=_ns(event.time))
+        self._nodes.put(key, span)
+
+    def _end(self, span: Any, outcome: str, data: Mapping[str, Any], when: float) -> None:
+        trace = self._trace
+        if outcome == "ok":
+            span.set_status(trace.Status(trace.StatusCode.OK))
+        elif outcome == "error":
+            error = data.get("error")
+            message = ""
+            if isinstance(error, Mapping):
+                message = f"{error.get('type', '')}: {error.get('message', '')}".strip(": ")
+            elif error:
+                message = str(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, message or None))
+        span.end(end_time=_ns(when))
+
+
+def attach_tracing(orchestrator: Any, tracer_provider: Any = None) -> RunTracer | None:
+    """Trace ``orchestrator``'s runs to ``tracer_provider`` (default: the global one). Returns
+    ``None``, and follows nothing, when OpenTelemetry is not installed or no provider is set
+    up (the global one is still the API's no-op proxy): tracing then costs nothing."""
+    if not available():
+        return None
+    from opentelemetry import trace
+
+    if tracer_provider is None:
+        tracer_provider = trace.get_tracer_provider()
+        if isinstance(tracer_provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+            return None
+    return RunTracer(tracer_provider).attach(orchestrator)
