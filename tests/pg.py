@@ -18,6 +18,7 @@ import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -101,17 +102,23 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
-def committed(target: str, sql: str) -> int:
-    """A count read by another connection than the store's: what is committed, not what is
-    pending (``sql``: a ``SELECT COUNT(*)``)."""
+def query(target: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows read by another connection than the store's (a SQLite file or a PostgreSQL URL):
+    what is committed, not what is pending."""
     if target.startswith("postgresql://"):
         import psycopg
 
         with psycopg.connect(target) as conn:
-            row = conn.execute(sql).fetchone()
-            assert row is not None
-            return int(row[0])
+            return list(conn.execute(sql).fetchall())
     import sqlite3
 
-    with sqlite3.connect(target) as other:
-        return int(other.execute(sql).fetchone()[0])
+    other = sqlite3.connect(target)
+    try:
+        return list(other.execute(sql).fetchall())
+    finally:
+        other.close()
+
+
+def committed(target: str, sql: str) -> int:
+    """A count (``sql``: a ``SELECT COUNT(*)``) read by another connection: see :func:`query`."""
+    return int(query(target, sql)[0][0])

@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TextIO
 from dagengine._jsondata import MAX_DEPTH, check_json_data, escape
 from dagengine._units import parse_duration
 from dagengine.cli_logs import configure_logs, run_logs
+from dagengine.cli_retry import configure_retry, run_retry
 from dagengine.cli_store import configure_store, run_store
 from dagengine.exceptions import DagEngineError, ValidationError
 from dagengine.logconfig import add_logging_arguments, configure_logging
@@ -840,6 +841,9 @@ COMMANDS: dict[str, Command] = {
         Command("runs", "list a server's runs", _configure_runs, _cmd_runs),
         Command("status", "show a run (exit 1 if it failed)", _configure_run_id, _cmd_status),
         Command("cancel", "cancel a run", _configure_run_id, _cmd_cancel),
+        Command(
+            "retry", "retry a failed run, reusing its completed nodes", configure_retry, run_retry
+        ),
         Command("logs", "print a run's node log lines (-f: follow)", configure_logs, run_logs),
         Command("workflows", "list a server's workflows", _configure_workflows, _cmd_workflows),
         Command("store", "prune a store, or show its size (stats)", configure_store, run_store),

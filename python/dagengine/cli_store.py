@@ -1,5 +1,6 @@
-"""``dagengine store``: ``prune`` and ``stats`` of an orchestrator's SQLite store, opened
-directly (the service may be running on it: SQLite serialises the writers).
+"""``dagengine store``: ``prune`` and ``stats`` of an orchestrator's store (a SQLite file or a
+``postgresql://`` URL), opened directly (the service may be running on it: SQLite serialises
+the writers; PostgreSQL's row locks keep a prune and the service apart).
 
 ``store prune`` deletes the finished runs past their retention in batches, as the
 orchestrator's background pruner does (see
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     # The orchestrator package (grpc and all) is imported only when a store command runs:
     # every CLI invocation builds this parser, and each import here cost every command
     # ~150 ms of start-up.
-    from dagengine.orchestrator.store import Store
+    from dagengine.orchestrator.store import StoreBackend
     from dagengine.orchestrator.store.retention import (
         PruneReport,
         RetentionPolicy,
@@ -79,19 +80,25 @@ def configure_store(parser: argparse.ArgumentParser) -> None:
     stats = sub.add_parser("stats", help="rows and bytes per table, runs per workflow")
     stats.add_argument("--json", action="store_true", help="print JSON")
     for child in (prune, stats):
-        child.add_argument("--store", metavar="PATH", help="SQLite store (env DAGENGINE_STORE)")
+        child.add_argument(
+            "--store",
+            metavar="PATH|URL",
+            help="SQLite file or postgresql:// URL (env DAGENGINE_STORE)",
+        )
 
 
 def _store_path(args: argparse.Namespace) -> str:
     from dagengine.orchestrator.config import Config
 
     path = args.store or Config.local_from_env().store_path
+    if path.startswith(("postgresql://", "postgres://")):
+        return str(path)
     if not Path(path).expanduser().is_file():
         raise DagEngineError(f"no store at {path!r} (give --store PATH or DAGENGINE_STORE)")
     return str(Path(path).expanduser())
 
 
-def _policy(store: Store, args: argparse.Namespace) -> RetentionPolicy:
+def _policy(store: StoreBackend, args: argparse.Namespace) -> RetentionPolicy:
     from dagengine.orchestrator.config import Config
     from dagengine.orchestrator.store.retention import (
         RetentionPolicy,
@@ -129,10 +136,10 @@ def _describe(report: PruneReport) -> str:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from dagengine.orchestrator.store import Store
+    from dagengine.orchestrator.store import open_store
     from dagengine.orchestrator.store.retention import PRUNE_BATCH, PruneReport
 
-    with Store(_store_path(args)) as store:
+    with open_store(_store_path(args)) as store:
         policy = _policy(store, args)
         if args.dry_run:
             print(_describe(store.prune(policy, dry_run=True)))
@@ -150,9 +157,9 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from dagengine.orchestrator.store import Store
+    from dagengine.orchestrator.store import open_store
 
-    with Store(_store_path(args)) as store:
+    with open_store(_store_path(args)) as store:
         stats = store.stats()
     if args.json:
         print(

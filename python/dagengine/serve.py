@@ -489,6 +489,7 @@ def serve(
 ) -> int:
     """Run the server until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code."""
     from dagengine.api import ServerThread, create_app
+    from dagengine.api.ui.routes import set_cron_triggers
     from dagengine.orchestrator import Orchestrator
 
     out = out if out is not None else sys.stdout
@@ -532,6 +533,7 @@ def serve(
             api_token=opts.api_token,
             allow_python_specs=opts.allow_python_specs,
         )
+        set_cron_triggers(app, [t for t in triggers if isinstance(t, CronTrigger)])
         port = opts.port if opts.port is not None else config.http_port
         server = ServerThread(app, opts.host, port)
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 from dagengine import EngineClient, Orchestrator, RunStatus
 from dagengine.orchestrator import Monitor
 from failover_tasks import SPEC
+from pg import query
 from processes import EngineProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -125,10 +125,12 @@ def test_sigkill_one_of_three_engines_during_300_runs(
 
 
 def test_orchestrator_killed_and_restarted_during_100_runs(
-    tmp_path: Path, ledger: Path, engines: Callable[[int], list[EngineProcess]]
+    store_target: str, ledger: Path, engines: Callable[[int], list[EngineProcess]]
 ) -> None:
+    # SIGKILL: what the orchestrator acknowledged survives in the store (SQLite's file and
+    # PostgreSQL alike), and a new orchestrator resumes the rest from it.
     procs = engines(2)
-    store = tmp_path / "store.db"
+    store = store_target
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
@@ -172,13 +174,13 @@ def test_orchestrator_killed_and_restarted_during_100_runs(
             first.kill()
             first.wait(timeout=10)
     # What the dead orchestrator had recorded: node outputs stored, runs finished.
-    with sqlite3.connect(store) as db:
-        recorded = set(db.execute("SELECT run_id, node_id FROM node_outputs").fetchall())
-        finished_before = dict(
-            db.execute(
-                "SELECT run_id, status FROM runs WHERE status IN ('succeeded','failed','cancelled')"
-            ).fetchall()
+    recorded = set(query(store, "SELECT run_id, node_id FROM node_outputs"))
+    finished_before = dict(
+        query(
+            store,
+            "SELECT run_id, status FROM runs WHERE status IN ('succeeded','failed','cancelled')",
         )
+    )
     assert finished_before, "some runs had finished before the kill"
     unfinished_before = 100 - len(finished_before)
     assert unfinished_before > 0, "the kill came before the end"
@@ -193,8 +195,7 @@ def test_orchestrator_killed_and_restarted_during_100_runs(
     for pump in pumps:
         pump.join(timeout=10)
     assert done(lines2) == 100
-    with sqlite3.connect(store) as db:
-        rows = db.execute("SELECT run_id, status, attempt FROM runs").fetchall()
+    rows = query(store, "SELECT run_id, status, attempt FROM runs")
     assert len(rows) == 100, "no run lost, none submitted twice"
     assert {status for _, status, _ in rows} == {"succeeded"}
     # Runs finished before the kill kept their result (not run again).

@@ -1,4 +1,5 @@
-"""The orchestrator API in-process: embedded engines, a real core, a real SQLite store.
+"""The orchestrator API in-process: embedded engines, a real core, a real SQLite store (and
+a real PostgreSQL for the tests where the store matters: ``store_target``, see tests/pg.py).
 
 Nothing sleeps hoping: runs that must stay busy wait on a gate (a ``threading.Event`` for
 in-process closures, a file for spec-based Python nodes, or a Lua loop that only a cancel
@@ -8,7 +9,6 @@ stops), and tests wait on conditions with generous bounds.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +29,7 @@ from dagengine import (
 from dagengine.exceptions import DagEngineError, QueueFull, VersionNotFound
 from dagengine.orchestrator import Config, Engine, Event, Monitor, Orchestrator, RunHandle
 from orch_tasks import ledger_counts
+from pg import committed
 from processes import wait_for
 
 WAIT = 30.0
@@ -101,21 +102,16 @@ def lua(source: str, **node: Any) -> dict[str, Any]:
 
 
 def test_a_run_handed_back_is_already_in_the_store_file(
-    make_orch: Callable[..., Orchestrator], tmp_path: Path
+    make_orch: Callable[..., Orchestrator], store_target: str
 ) -> None:
     # Runs are written with the store's group commit; one whose handle is returned (wait=False,
     # the HTTP API's submit) must be on disk before the caller hears of it.
-    path = tmp_path / "state.db"
-    o = make_orch(store=str(path))
+    o = make_orch(store=store_target)
     o.register_workflow("w", "1.0.0", lua("return {v = 1}"))
     for _ in range(20):
         h = handle(o.execute_workflow("w", wait=False))
-        other = sqlite3.connect(path)
-        try:
-            row = other.execute("SELECT workflow_id FROM runs WHERE run_id = ?", (h.run_id,))
-            assert row.fetchone() == ("w",)
-        finally:
-            other.close()
+        query = f"SELECT COUNT(*) FROM runs WHERE run_id = '{h.run_id}' AND workflow_id = 'w'"
+        assert committed(store_target, query) == 1
         assert h.result(timeout=WAIT).ok
     taken = handle(o.execute_workflow("w", wait=False)).run_id
     with pytest.raises(DagEngineError, match="already taken"):
@@ -428,8 +424,8 @@ def test_recursion_depth_limit_names_the_chain(make_orch: Callable[..., Orchestr
 # --- durability ---------------------------------------------------------------------------------
 
 
-def test_queued_runs_resume_on_a_new_orchestrator(tmp_path: Path) -> None:
-    store = str(tmp_path / "runs.db")
+def test_queued_runs_resume_on_a_new_orchestrator(store_target: str) -> None:
+    store = store_target
     first = Orchestrator(store=store, embedded_engine=False)
     try:
         first.register_workflow("w", "1.0.0", lua("return {v = inputs.i * 2}"))
@@ -465,8 +461,8 @@ def test_queued_runs_resume_on_a_new_orchestrator(tmp_path: Path) -> None:
         third.stop()
 
 
-def test_a_resumed_run_does_not_rerun_completed_nodes(tmp_path: Path) -> None:
-    store = str(tmp_path / "runs.db")
+def test_a_resumed_run_does_not_rerun_completed_nodes(tmp_path: Path, store_target: str) -> None:
+    store = store_target
     ledger = tmp_path / "ledger"
     gate = tmp_path / "gate"
     spec = {
@@ -503,9 +499,9 @@ def test_a_resumed_run_does_not_rerun_completed_nodes(tmp_path: Path) -> None:
 
 
 def test_a_resumed_parent_waits_for_its_resumed_child_instead_of_starting_another(
-    tmp_path: Path,
+    tmp_path: Path, store_target: str
 ) -> None:
-    store = str(tmp_path / "runs.db")
+    store = store_target
     ledger = tmp_path / "ledger"
     gate = tmp_path / "gate"
     inputs = {"ledger": str(ledger), "gate": str(gate)}

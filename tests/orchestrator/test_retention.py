@@ -1,5 +1,6 @@
 """Retention: what a prune deletes and what it must never delete, batches, export, the
-background pruner of a real orchestrator, configuration and the ``dagengine store`` CLI."""
+background pruner of a real orchestrator, configuration and the ``dagengine store`` CLI; the
+store's part against both backends (``store_target``: SQLite, a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dagengine._units import format_duration, parse_duration
 from dagengine.exceptions import ConfigError, SpecError, StoreError
 from dagengine.orchestrator import Config, Orchestrator
 from dagengine.orchestrator.pruner import Pruner
-from dagengine.orchestrator.store import RunRecord, Store
+from dagengine.orchestrator.store import PostgresStore, RunRecord, Store, open_store
 from dagengine.orchestrator.store.retention import (
     RetentionPolicy,
     WorkflowRetention,
@@ -29,9 +30,12 @@ DAY = 86400.0
 NOW = 10_000 * DAY
 
 
+AnyStore = Store | PostgresStore
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "state.db")
+def store(store_target: str) -> Iterator[AnyStore]:
+    s = open_store(store_target)
     try:
         yield s
     finally:
@@ -39,7 +43,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def add_run(
-    store: Store,
+    store: AnyStore,
     run_id: str,
     *,
     workflow: str = "wf",
@@ -66,11 +70,11 @@ def add_run(
         assert store.release_run(run_id, attempt)
 
 
-def run_ids(store: Store) -> set[str]:
+def run_ids(store: AnyStore) -> set[str]:
     return {r.run_id for r in store.list_runs(limit=10_000)}
 
 
-def prune_all(store: Store, policy: RetentionPolicy, limit: int = 500) -> int:
+def prune_all(store: AnyStore, policy: RetentionPolicy, limit: int = 500) -> int:
     removed = 0
     while True:
         part = store.prune(policy, now=NOW, limit=limit)
@@ -82,7 +86,7 @@ def prune_all(store: Store, policy: RetentionPolicy, limit: int = 500) -> int:
 # --- what goes and what stays -------------------------------------------------------------
 
 
-def test_old_finished_runs_go_with_their_outputs_and_events(store: Store) -> None:
+def test_old_finished_runs_go_with_their_outputs_and_events(store: AnyStore) -> None:
     add_run(store, "old-ok", age_days=40)
     add_run(store, "old-failed", status="failed", age_days=31)
     add_run(store, "old-cancelled", status="cancelled", age_days=35)
@@ -98,7 +102,7 @@ def test_old_finished_runs_go_with_their_outputs_and_events(store: Store) -> Non
     assert [e.engine_id for e in store.events(types=["engine.joined"])] == ["e2"]
 
 
-def test_queued_and_running_runs_and_their_outputs_are_never_deleted(store: Store) -> None:
+def test_queued_and_running_runs_and_their_outputs_are_never_deleted(store: AnyStore) -> None:
     add_run(store, "queued", status="queued", age_days=400)
     add_run(store, "running", status="running", age_days=400)
     report = store.prune(RetentionPolicy(1.0), now=NOW)
@@ -110,7 +114,7 @@ def test_queued_and_running_runs_and_their_outputs_are_never_deleted(store: Stor
     assert len(store.events(run_id="running")) == 3
 
 
-def test_a_finished_child_of_an_unfinished_parent_is_kept(store: Store) -> None:
+def test_a_finished_child_of_an_unfinished_parent_is_kept(store: AnyStore) -> None:
     add_run(store, "parent", status="running", age_days=100)
     add_run(store, "child", workflow="sub", age_days=90, parent="parent")
     prune_all(store, RetentionPolicy(1.0))
@@ -120,7 +124,7 @@ def test_a_finished_child_of_an_unfinished_parent_is_kept(store: Store) -> None:
     assert store.node_outputs("child") == {"n0": {"v": 0}, "n1": {"v": 1}}
 
 
-def test_a_finished_parent_goes_after_its_children(store: Store) -> None:
+def test_a_finished_parent_goes_after_its_children(store: AnyStore) -> None:
     add_run(store, "parent", age_days=100)
     add_run(store, "child", workflow="sub", age_days=100, parent="parent")
     first = store.prune(RetentionPolicy(DAY), now=NOW)
@@ -131,7 +135,7 @@ def test_a_finished_parent_goes_after_its_children(store: Store) -> None:
     assert run_ids(store) == set()
 
 
-def test_a_child_whose_workflow_keeps_it_longer_keeps_its_parent(store: Store) -> None:
+def test_a_child_whose_workflow_keeps_it_longer_keeps_its_parent(store: AnyStore) -> None:
     add_run(store, "parent", age_days=10)
     add_run(store, "child", workflow="sub", age_days=10, parent="parent")
     policy = RetentionPolicy(DAY, workflows={"sub": WorkflowRetention(max_age=100 * DAY)})
@@ -139,7 +143,7 @@ def test_a_child_whose_workflow_keeps_it_longer_keeps_its_parent(store: Store) -
     assert run_ids(store) == {"parent", "child"}
 
 
-def test_keep_last_keeps_the_newest_finished_runs_whatever_their_age(store: Store) -> None:
+def test_keep_last_keeps_the_newest_finished_runs_whatever_their_age(store: AnyStore) -> None:
     for index in range(6):
         add_run(store, f"r{index}", age_days=100 - index)
     add_run(store, "other", workflow="other", age_days=100)
@@ -148,7 +152,7 @@ def test_keep_last_keeps_the_newest_finished_runs_whatever_their_age(store: Stor
     assert run_ids(store) == {"r4", "r5", "other"}
 
 
-def test_a_workflow_can_keep_its_runs_longer_or_shorter(store: Store) -> None:
+def test_a_workflow_can_keep_its_runs_longer_or_shorter(store: AnyStore) -> None:
     add_run(store, "short-5d", workflow="short", age_days=5)
     add_run(store, "short-1d", workflow="short", age_days=1)
     add_run(store, "long-40d", workflow="long", age_days=40)
@@ -166,13 +170,13 @@ def test_a_workflow_can_keep_its_runs_longer_or_shorter(store: Store) -> None:
     assert run_ids(store) == {"short-1d", "long-40d", "forever"}
 
 
-def test_no_retention_keeps_everything(store: Store) -> None:
+def test_no_retention_keeps_everything(store: AnyStore) -> None:
     add_run(store, "ancient", age_days=10_000 - 1)
     assert store.prune(RetentionPolicy(None), now=NOW).runs == 0
     assert run_ids(store) == {"ancient"}
 
 
-def test_pruning_goes_in_batches_of_the_limit(store: Store) -> None:
+def test_pruning_goes_in_batches_of_the_limit(store: AnyStore) -> None:
     for index in range(25):
         add_run(store, f"r{index:02}", age_days=50 - index, outputs=1, events=1)
     sizes = []
@@ -185,14 +189,14 @@ def test_pruning_goes_in_batches_of_the_limit(store: Store) -> None:
     assert run_ids(store) == set()
 
 
-def test_oldest_runs_go_first(store: Store) -> None:
+def test_oldest_runs_go_first(store: AnyStore) -> None:
     for index in range(5):
         add_run(store, f"r{index}", age_days=10 + index)
     store.prune(RetentionPolicy(DAY), now=NOW, limit=2)
     assert run_ids(store) == {"r0", "r1", "r2"}
 
 
-def test_dry_run_counts_and_deletes_nothing(store: Store) -> None:
+def test_dry_run_counts_and_deletes_nothing(store: AnyStore) -> None:
     add_run(store, "a", age_days=40)
     add_run(store, "b", age_days=40)
     add_run(store, "young", age_days=1)
@@ -202,7 +206,7 @@ def test_dry_run_counts_and_deletes_nothing(store: Store) -> None:
     assert run_ids(store) == {"a", "b", "young"}
 
 
-def test_a_bad_limit_is_refused(store: Store) -> None:
+def test_a_bad_limit_is_refused(store: AnyStore) -> None:
     with pytest.raises(ValueError, match="limit must be >= 1, got 0"):
         store.prune(RetentionPolicy(), limit=0)
 
@@ -225,7 +229,7 @@ def test_new_stores_give_freed_space_back(tmp_path: Path) -> None:
 # --- export ---------------------------------------------------------------------------------
 
 
-def test_runs_are_exported_as_json_lines_before_they_go(store: Store, tmp_path: Path) -> None:
+def test_runs_are_exported_as_json_lines_before_they_go(store: AnyStore, tmp_path: Path) -> None:
     add_run(store, "a", age_days=40)
     add_run(store, "young", age_days=1)
     folder = tmp_path / "archive"
@@ -244,7 +248,7 @@ def test_runs_are_exported_as_json_lines_before_they_go(store: Store, tmp_path: 
     assert item["events"][0]["data"] == {"i": 0}
 
 
-def test_a_failed_export_deletes_nothing(store: Store, tmp_path: Path) -> None:
+def test_a_failed_export_deletes_nothing(store: AnyStore, tmp_path: Path) -> None:
     add_run(store, "a", age_days=40)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -340,10 +344,13 @@ def test_registration_checks_and_applies_the_workflows_retention() -> None:
 # --- the background pruner ----------------------------------------------------------------
 
 
-def backdate(path: Path, workflow: str, count: int, age_days: float) -> None:
-    """``count`` finished runs of ``workflow`` written straight into the file, as if they
+def backdate(path: Path | str, workflow: str, count: int, age_days: float) -> None:
+    """``count`` finished runs of ``workflow`` written straight into the database, as if they
     had run ``age_days`` ago."""
     when = time.time() - age_days * DAY
+    if str(path).startswith("postgresql://"):
+        _backdate_postgres(str(path), workflow, count, when)
+        return
     db = sqlite3.connect(path)
     with db:
         for index in range(count):
@@ -363,9 +370,34 @@ def backdate(path: Path, workflow: str, count: int, age_days: float) -> None:
     db.close()
 
 
-def test_the_pruner_of_a_real_orchestrator_runs_while_runs_go_on(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    Store(path).close()  # the schema
+def _backdate_postgres(url: str, workflow: str, count: int, when: float) -> None:
+    import psycopg
+
+    with psycopg.connect(url) as db, db.transaction():
+        for index in range(count):
+            run_id = f"old-{workflow}-{index:05}"
+            db.execute(
+                "INSERT INTO runs (run_id, workflow_id, version, status, inputs, attempt, "
+                "resolved_versions, created_at, finished_at, result) "
+                "VALUES (%s, %s, '1.0.0', 'succeeded', '{}', 1, '{}', %s, %s, '{}')",
+                (run_id, workflow, when, when + 1),
+            )
+            db.execute(
+                "INSERT INTO node_outputs (run_id, node_id, attempt, output) "
+                "VALUES (%s, 'n', 1, '{\"v\": 1}')",
+                (run_id,),
+            )
+            db.execute(
+                "INSERT INTO events (seq, time, type, severity, workflow_id, run_id, data) "
+                "VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM events), %s, 'run.completed', "
+                "0, %s, %s, '{}')",
+                (when, workflow, run_id),
+            )
+
+
+def test_the_pruner_of_a_real_orchestrator_runs_while_runs_go_on(store_target: str) -> None:
+    path = store_target
+    open_store(path).close()  # the schema
     backdate(path, "w", 1200, age_days=40)
     config = Config(store_path=str(path), retention=30 * DAY, prune_interval=3600)
     orch = Orchestrator(config=config)
@@ -412,7 +444,7 @@ def test_prunes_are_counted_in_the_metrics() -> None:
     assert 'dagengine_pruned_rows_total{table="events"} 27.0' in text
 
 
-def test_the_pruner_stops_between_batches(store: Store) -> None:
+def test_the_pruner_stops_between_batches(store: AnyStore) -> None:
     for index in range(30):
         add_run(store, f"r{index:02}", age_days=40, outputs=0, events=0)
     pruner = Pruner(store, None, lambda: RetentionPolicy(DAY), batch=10, pause=0)
@@ -430,13 +462,29 @@ def test_the_pruner_stops_between_batches(store: Store) -> None:
     assert report.runs == 10
 
 
-def test_batches_are_sized_to_their_time(store: Store) -> None:
+def test_batches_are_sized_to_their_time(store: AnyStore) -> None:
     pruner = Pruner(store, None, RetentionPolicy, batch=500, batch_time=0.002)
     assert pruner._resize(100, 0.010, 500) == 50  # too long: halved
     assert pruner._resize(100, 0.0005, 500) == 200  # quick: doubled
     assert pruner._resize(400, 0.0005, 500) == 500  # up to the ceiling
     assert pruner._resize(100, 0.0015, 500) == 100
     assert pruner._resize(1, 1.0, 500) == 1
+
+
+def test_postgres_reclaims_nothing_itself_and_sizes_come_from_the_catalog(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        for index in range(50):
+            add_run(store, f"r{index:03}", age_days=40, outputs=3, events=5)
+        stats = store.stats()
+        assert stats.bytes_exact
+        assert stats.tables["runs"][0] == 50
+        assert stats.tables["events"][0] == 250
+        assert all(size > 0 for _, size in stats.tables.values())
+        assert stats.file_bytes > sum(size for _, size in stats.tables.values())
+        assert stats.workflows == {"wf": {"succeeded": 50}}
+        prune_all(store, RetentionPolicy(DAY))
+        assert store.reclaim_space() == 0  # autovacuum's job
+        assert store.stats().tables["runs"][0] == 0
 
 
 def test_reclaim_gives_back_the_pages_asked_for(tmp_path: Path) -> None:
@@ -449,7 +497,7 @@ def test_reclaim_gives_back_the_pages_asked_for(tmp_path: Path) -> None:
             store.reclaim_space()
 
 
-def test_bad_pruner_settings_are_refused(store: Store) -> None:
+def test_bad_pruner_settings_are_refused(store: AnyStore) -> None:
     with pytest.raises(ValueError, match=r"batch >= 1 \(0\)"):
         Pruner(store, None, RetentionPolicy, batch=0)
 
@@ -458,10 +506,10 @@ def test_bad_pruner_settings_are_refused(store: Store) -> None:
 
 
 def test_store_prune_and_stats_on_the_command_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "state.db"
-    Store(path).close()
+    path = store_target
+    open_store(path).close()
     backdate(path, "w", 20, age_days=40)
     backdate(path, "young", 2, age_days=1)
     assert cli.main(["store", "stats", "--store", str(path)]) == 0
@@ -479,7 +527,7 @@ def test_store_prune_and_stats_on_the_command_line(
     assert cli.main(["store", "prune", "--older-than", "12h", "--keep-last", "1",
                      "--store", str(path)]) == 0  # fmt: skip
     assert capsys.readouterr().out.startswith("deleted 1 runs")
-    with Store(path) as store:
+    with open_store(path) as store:
         assert [r.workflow_id for r in store.list_runs()] == ["young"]
 
 

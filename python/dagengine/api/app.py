@@ -64,7 +64,9 @@ from dagengine.api.requests import (
     parse_json_object,
     read_body,
 )
+from dagengine.api.ui import routes as ui_routes
 from dagengine.exceptions import DagEngineError, SpecError, TriggerError
+from dagengine.orchestrator.runs import RunInfo
 from dagengine.orchestrator.store import RUN_STATUSES
 from dagengine.spec import MAX_SECONDS
 from dagengine.tracing import with_trace_context
@@ -319,6 +321,7 @@ async def get_workflow(request: Request) -> Response:
                 }
                 for wv in versions
             ],
+            **ui_routes.workflow_extras(api, workflow_id),
         }
     )
 
@@ -450,17 +453,56 @@ async def list_runs(request: Request) -> Response:
     workflow_id = request.query_params.get("workflow_id")
     limit = _int_param(request, "limit", 100, 1, 1000)
     offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
-    runs = await _call(
-        api.orch.list_runs, workflow_id=workflow_id, status=status, limit=limit, offset=offset
-    )
+    since, until = _time_param(request, "since"), _time_param(request, "until")
+    before = request.query_params.get("before") or None
+    if before is not None and offset:
+        raise ApiError(400, "page with 'before' (keyset) or 'offset', not both")
+    try:
+        records = await _call(
+            api.orch.store.list_runs,
+            workflow_id=workflow_id,
+            status=status,
+            limit=limit,
+            offset=offset,
+            since=since,
+            until=until,
+            before=before,
+        )
+    except ValueError as exc:  # an unknown 'before' run
+        raise ApiError(400, f"before: {exc}") from None
+    runs = [RunInfo.from_record(r) for r in records]
+    full = len(runs) == limit
     return JSONResponse(
         {
             "runs": [run_to_dict(info, detail=False) for info in runs],
             "limit": limit,
             "offset": offset,
-            "next_offset": offset + len(runs) if len(runs) == limit else None,
+            "next_offset": offset + len(runs) if full and before is None else None,
+            "next_before": runs[-1].run_id if full else None,
         }
     )
+
+
+def _time_param(request: Request, name: str) -> float | None:
+    """A time filter: Unix seconds or an ISO 8601 time (UTC unless it says)."""
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        from datetime import UTC, datetime
+
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise ApiError(
+                400, f"query parameter {name!r} must be Unix seconds or an ISO 8601 time"
+            ) from None
+        value = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if not 0 <= value < 1e11:
+        raise ApiError(400, f"query parameter {name!r} is out of range")
+    return value
 
 
 async def get_run(request: Request) -> Response:
@@ -736,6 +778,7 @@ def create_app(
         Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/runs/{run_id}/events", run_events, methods=["GET"]),
         Route("/runs/{run_id}/logs", run_logs, methods=["GET"]),
+        *ui_routes.routes(),
         Route("/{path:path}", _fallback, methods=_ALL_METHODS),
     ]
     app = Starlette(

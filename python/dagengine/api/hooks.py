@@ -42,6 +42,10 @@ RESERVED_PATHS: Final = (
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/ui",
+    "/events",
+    "/triggers",
+    "/engines",
 )
 
 

@@ -64,6 +64,7 @@ from dagengine.orchestrator.recording import (
 )
 from dagengine.orchestrator.recovery import Recovery
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
+from dagengine.orchestrator.retry import Reuse
 from dagengine.orchestrator.runs import (
     ActiveRun,
     RunHandle,
@@ -128,6 +129,7 @@ class Orchestrator:
             self.store = Store(store if store is not None else self.config.store_path)
             self._owns_store = True
         self.registry = WorkflowRegistry(self.store)
+        self._reuse = Reuse(self.store)
         self.events = EventBus(self.store)
         self.balancer: LoadBalancer = make_balancer(self.config.load_balancer_type)
         self._queue: RunQueue[str] = RunQueue(self.config.queue_limit)
@@ -710,7 +712,11 @@ class Orchestrator:
             spec=self._spec(wv),
             inputs=run.inputs,
             # Outputs are only ever stored for a running attempt: a first attempt has none.
-            completed=self.store.node_outputs(run.run_id) if attempt > 1 else {},
+            completed=(
+                self.store.node_outputs(run.run_id)
+                if attempt > 1
+                else self._reuse.take(run.run_id, attempt)  # a retry's reused outputs
+            ),
             depth=run.depth,
             parent_run_id=run.parent_run_id,
             parent_node_id=run.parent_node_id,

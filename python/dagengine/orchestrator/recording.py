@@ -19,7 +19,7 @@ from typing import Any
 from dagengine.engine import error_info_from_proto, result_json_from_proto
 from dagengine.node_logs import DEFAULT_LIMIT, TRUNCATED_PREFIX
 from dagengine.orchestrator.events import EventBus
-from dagengine.orchestrator.store import Store
+from dagengine.orchestrator.store import StoreBackend
 from dagengine.results import NodeEvent
 from dagengine.tracing import current_trace_context
 from dagengine.v1 import engine_pb2 as pb
@@ -88,7 +88,7 @@ _NODE_KINDS = ("node_started", "node_succeeded", "node_failed", "node_retrying",
 
 
 def record_wire_events(
-    store: Store,
+    store: StoreBackend,
     events: EventBus,
     run_id: str,
     workflow_id: str,
@@ -126,7 +126,7 @@ def record_wire_events(
 
 
 def record_node_event(
-    store: Store,
+    store: StoreBackend,
     events: EventBus,
     run_id: str,
     workflow_id: str,

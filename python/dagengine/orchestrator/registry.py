@@ -110,9 +110,22 @@ def _dependencies(dag: DAG) -> tuple[tuple[str, str], ...]:
     return tuple(seen)
 
 
-def _latest(versions: Mapping[Version, WorkflowVersion]) -> Version:
-    releases = [v for v in versions if not v.is_prerelease]
-    return max(releases or versions)
+def _latest(
+    versions: Mapping[Version, WorkflowVersion], yanked: frozenset[Version] = frozenset()
+) -> Version:
+    """The highest release (else pre-release) not in ``yanked`` (all yanked: of them all)."""
+    kept = [v for v in versions if v not in yanked] or list(versions)
+    releases = [v for v in kept if not v.is_prerelease]
+    return max(releases or kept)
+
+
+def _is_exact(rng: VersionRange, version: Version) -> bool:
+    """Whether ``rng`` names exactly ``version`` (``1.2.0`` or ``=1.2.0``)."""
+    return rng.text.strip().lstrip("=").strip() == str(version)
+
+
+#: The store's key-value entry (``set_trigger_state``) that persists yanked versions.
+YANKED_KEY = "dagengine.registry.yanked"
 
 
 def _listing(versions: Mapping[Version, WorkflowVersion]) -> list[str]:
@@ -128,8 +141,39 @@ class WorkflowRegistry:
         self._store = store
         self._lock = threading.RLock()
         self._workflows: dict[str, dict[Version, WorkflowVersion]] = {}
+        self._yanked: dict[str, set[Version]] = {}
         if store is not None:
             self._load(store)
+            state = store.get_trigger_state(YANKED_KEY) or {}
+            for workflow_id, texts in dict(state).items():
+                self._yanked[workflow_id] = {Version.parse(t) for t in texts}
+
+    def _yanked_of(self, workflow_id: str) -> frozenset[Version]:
+        return frozenset(self._yanked.get(workflow_id, ()))
+
+    def yanked(self, workflow_id: str) -> list[str]:
+        """The yanked versions of a workflow, ascending."""
+        with self._lock:
+            return [str(v) for v in sorted(self._yanked_of(workflow_id))]
+
+    def yank(self, workflow_id: str, version: str, yanked: bool = True) -> WorkflowVersion:
+        """Mark a version yanked (``yanked=False``: restore it). A yanked version is skipped
+        when a range is resolved and when the latest version is chosen (yanking the latest
+        rolls the latest back to the highest version left); asked for by its exact number it
+        still runs. Persisted in the store. :class:`VersionNotFound` for an unknown version."""
+        with self._lock:
+            entry = self.get(workflow_id, version)
+            marks = self._yanked.setdefault(workflow_id, set())
+            if yanked:
+                marks.add(entry.version)
+            else:
+                marks.discard(entry.version)
+            if self._store is not None:
+                self._store.set_trigger_state(
+                    YANKED_KEY,
+                    {wid: sorted(str(v) for v in vs) for wid, vs in self._yanked.items() if vs},
+                )
+            return entry
 
     def _load(self, store: StoreBackend) -> None:
         for record in store.workflow_versions():
@@ -348,7 +392,7 @@ class WorkflowRegistry:
         with self._lock:
             versions = self._versions_of(workflow_id)
             if version is None:
-                return versions[_latest(versions)]
+                return versions[_latest(versions, self._yanked_of(workflow_id))]
             try:
                 wanted = Version.parse(version)
             except ValueError:
@@ -396,7 +440,9 @@ class WorkflowRegistry:
             raise SpecError(f"workflow {workflow_id!r}: {exc}", path="workflow") from None
         with self._lock:
             versions = self._versions_of(workflow_id)
-            best = rng.best(versions)
+            yanked = self._yanked_of(workflow_id)
+            # A yanked version is skipped by ranges; named exactly ("1.2.0") it still runs.
+            best = rng.best(v for v in versions if v not in yanked or _is_exact(rng, v))
             if best is None:
                 raise NoMatchingVersion(
                     f"no version of workflow {workflow_id!r} matches {version_range!r} "
@@ -423,7 +469,7 @@ class WorkflowRegistry:
             infos = []
             for workflow_id in sorted(self._workflows):
                 versions = self._workflows[workflow_id]
-                latest = _latest(versions)
+                latest = _latest(versions, self._yanked_of(workflow_id))
                 infos.append(
                     WorkflowInfo(
                         workflow_id,

@@ -562,6 +562,10 @@ class _StoredRun:
         return bool(self._executor.cancel_run(self.run_id))
 
 
+#: Fires that started a run kept in a cron trigger's stored state (:meth:`CronTrigger.last_fires`).
+LAST_FIRES = 10
+
+
 class CronTrigger(Trigger):
     """Start ``workflow_id`` (at ``version``, default latest) on a cron ``schedule``.
 
@@ -634,6 +638,36 @@ class CronTrigger(Trigger):
         self.stats: dict[str, int] = dict.fromkeys(
             ("fired", "skipped", "buffered", "cancelled", "caught_up", "errors"), 0
         )
+        self._paused = False
+
+    # -- pause ----------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """Whether fires are paused: a paused trigger's fire times pass without a run (and
+        are not caught up on resume). Persisted in the store with the trigger's state."""
+        return self._paused
+
+    def last_fires(self) -> list[tuple[float, str]]:
+        """The last fires that started a run (up to :data:`LAST_FIRES`), oldest first:
+        ``(scheduled time, run id)``, from the store."""
+        fires = self._load_state().get("last_fires")
+        if not isinstance(fires, list):
+            return []
+        return [(float(f[0]), str(f[1])) for f in fires if isinstance(f, list) and len(f) == 2]
+
+    def pause(self) -> None:
+        """Pause the trigger's fires (until :meth:`resume`), also across restarts."""
+        with self._lock:
+            self._paused = True
+            self._pending = None
+            self._save_state(paused=True)
+
+    def resume(self) -> None:
+        """Resume a paused trigger from its next fire time on."""
+        with self._lock:
+            self._paused = False
+            self._save_state(paused=False, cursor=self._now())
 
     # -- preview --------------------------------------------------------------------------
 
@@ -664,6 +698,7 @@ class CronTrigger(Trigger):
         )
         state = self._load_state()
         now = self._scheduler.clock.now()
+        self._paused = state.get("paused") is True
         cursor = state.get("cursor")
         last_run = state.get("last_run_id")
         if isinstance(last_run, str) and last_run and hasattr(executor, "get_run"):
@@ -671,7 +706,7 @@ class CronTrigger(Trigger):
             if not stored.done:
                 self._runs.append(stored)  # the overlap policy sees a run still going
         if isinstance(cursor, int | float):
-            if self.catchup_window > 0:
+            if self.catchup_window > 0 and not self._paused:
                 since = max(float(cursor), now - self.catchup_window)
                 missed = self.schedule.fire_times(since, now)
                 if self.catchup == "latest":
@@ -714,7 +749,10 @@ class CronTrigger(Trigger):
         with self._lock:
             if not self._active:
                 return None
-            self._fire(scheduled, catchup=False)
+            if not self._paused:
+                self._fire(scheduled, catchup=False)
+            else:
+                self._save_state(cursor=scheduled)
             now = self._now()
             following = self.schedule.next_after(scheduled)
             if following < now - LATE_TOLERANCE:
@@ -792,7 +830,9 @@ class CronTrigger(Trigger):
         if isinstance(run, RunLike) or hasattr(run, "done"):
             self._runs.append(run)
         if isinstance(run_id, str):
-            self._save_state(last_run_id=run_id)
+            fires = self._load_state().get("last_fires")
+            fires = [*(fires if isinstance(fires, list) else []), [scheduled, run_id]]
+            self._save_state(last_run_id=run_id, last_fires=fires[-LAST_FIRES:])
         publish_trigger_event(
             executor, self, self.workflow_id, outcome="fired", scheduled=scheduled,
             run_id=run_id if isinstance(run_id, str) else None,

@@ -699,18 +699,20 @@ class PostgresStore(WriteBehind):
         dry_run: bool = False,
     ) -> PruneReport:
         """Delete one batch (see the protocol): plain deletes in one transaction of a
-        pooled connection, beside the writer. ``dry_run``: count, delete nothing."""
+        pooled connection, beside the writer. ``dry_run``: count, delete nothing.
+
+        ``report.seconds`` is 0: the batch holds nothing the store's writes wait for (it
+        deletes finished runs, which no write touches, on a connection of its own, under row
+        locks), and the background pruner sizes its batches and pauses by that wait. (On
+        SQLite a batch holds the one connection, and every write waits for it.)"""
         if limit < 1:
             raise ValueError(f"prune limit must be >= 1, got {limit!r}")
         when = time.time() if now is None else now
         with self._pool.connection() as conn:
             if dry_run:
                 return _retention.count_prunable(conn, policy, when)
-            began = time.perf_counter()
             with conn.transaction():
-                report = _retention.prune_batch(conn, policy, when, limit)
-            report.seconds = time.perf_counter() - began
-            return report
+                return _retention.prune_batch(conn, policy, when, limit)
 
     def reclaim_space(self, max_pages: int = 2000) -> int:
         """0: PostgreSQL's autovacuum makes space freed by prunes reusable by itself."""

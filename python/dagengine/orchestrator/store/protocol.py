@@ -131,9 +131,15 @@ class StoreBackend(Protocol):
         parent_run_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
         """Runs matching every filter given, newest first (by creation time, then by
-        insertion); ``ValueError`` for an invalid status."""
+        insertion); ``ValueError`` for an invalid status. ``since``/``until`` bound the
+        creation time (``since <= created_at < until``); ``before`` (a run id) pages by keyset:
+        only the runs listed after that run (``ValueError`` if the store has no such run)."""
         ...
 
     def unfinished_runs(self) -> list[RunRecord]:

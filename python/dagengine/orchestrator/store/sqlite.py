@@ -263,11 +263,28 @@ class SQLiteStore(WriteBehind):
         parent_run_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        before: str | None = None,
     ) -> list[RunRecord]:
-        """Runs matching every filter given, newest first."""
+        """Runs matching every filter given, newest first (see the protocol)."""
         self.flush()
         where: list[str] = []
         params: list[Any] = []
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(until)
+        if before is not None:
+            if not self._query("SELECT 1 FROM runs WHERE run_id = ?", (before,)):
+                raise ValueError(f"no run {before!r} to page on from")
+            where.append(
+                "(created_at, rowid) < (SELECT created_at, rowid FROM runs WHERE run_id = ?)"
+            )
+            params.append(before)
         if workflow_id is not None:
             where.append("workflow_id = ?")
             params.append(workflow_id)

@@ -1,0 +1,92 @@
+"""Retry from failed: a new run of a finished run's workflow version and inputs that reuses
+the outputs of the nodes the old run completed, so only what failed (or never ran) runs again.
+
+The mechanism is the one a run resumed on another engine uses: its job carries the completed
+nodes' outputs (``Job.completed``) and the engine seeds them instead of running those nodes.
+A retry's first attempt takes the old run's outputs from :class:`Reuse` (filled before the new
+run is submitted) and stores them as the new run's own outputs at that attempt, so a later
+attempt (its engine lost, the orchestrator restarted while it ran) finds them in the store
+like any checkpoint. A retry still queued when the orchestrator stops starts from scratch
+when it is resumed: the reuse is remembered in memory until the first attempt begins.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from dagengine.exceptions import DagEngineError, RunNotFound
+
+if TYPE_CHECKING:
+    from dagengine.orchestrator.runs import RunHandle
+
+__all__ = ["RETRYABLE", "Reuse", "retry_run"]
+
+#: The statuses a run can be retried from.
+RETRYABLE = ("failed", "cancelled")
+
+
+class Reuse:
+    """Outputs a retry's first attempt starts with, by new run id."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._outputs: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def put(self, run_id: str, outputs: Mapping[str, Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._outputs[run_id] = {k: dict(v) for k, v in outputs.items()}
+
+    def discard(self, run_id: str) -> None:
+        with self._lock:
+            self._outputs.pop(run_id, None)
+
+    def take(self, run_id: str, attempt: int) -> dict[str, dict[str, Any]]:
+        """The outputs attempt ``attempt`` (the first) of ``run_id`` starts with, stored as
+        that attempt's outputs (queued behind its claim); empty for a run that is no retry."""
+        with self._lock:
+            outputs = self._outputs.pop(run_id, None)
+        if not outputs:
+            return {}
+        for node_id, output in outputs.items():
+            self._store.save_node_output_later(run_id, node_id, attempt, output)
+        return outputs
+
+
+def retry_run(orch: Any, run_id: str) -> tuple[RunHandle, list[str]]:
+    """Start a retry of finished run ``run_id`` (failed or cancelled): the same workflow
+    version, inputs and key, reusing its completed nodes' outputs. Returns the new run's
+    handle and the ids of the reused nodes. :class:`RunNotFound` for an unknown run;
+    :class:`DagEngineError` for a run that is still going or that succeeded."""
+    record = orch.store.get_run(run_id)
+    if record is None:
+        raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+    if record.status not in RETRYABLE:
+        going = record.status in ("queued", "running")
+        raise DagEngineError(
+            f"run {run_id!r} is {record.status}: "
+            + ("cancel it or wait for its end to retry it" if going else "nothing to retry")
+        )
+    wv = orch.registry.get(record.workflow_id, record.version)
+    outputs = orch.store.node_outputs(run_id)
+    if wv.dag is not None:  # only nodes the version still has
+        outputs = {k: v for k, v in outputs.items() if k in wv.dag}
+    from dagengine.orchestrator.store import RunRecord
+
+    new_id = RunRecord.new_id()
+    orch._reuse.put(new_id, outputs)
+    try:
+        handle = orch.execute_workflow(
+            record.workflow_id,
+            record.inputs,
+            version=record.version,
+            wait=False,
+            key=record.key,
+            run_id=new_id,
+        )
+    except BaseException:
+        orch._reuse.discard(new_id)
+        raise
+    return handle, sorted(outputs)
