@@ -1,5 +1,6 @@
 """Cron semantics with a controllable clock: expressions (seconds first, descriptors), DST
-days, overlap policies, catch-up after downtime, and restarts without double firing."""
+days, overlap policies, catch-up after downtime, and restarts without double firing (the
+trigger's state in either store: ``store_target``, SQLite and a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import itertools
 import re
 import threading
 from datetime import datetime, timezone
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from dagengine.exceptions import TriggerError
-from dagengine.orchestrator.store import Store
+from dagengine.orchestrator.store import StoreBackend, open_store
 from dagengine.triggers import CronSchedule, CronTrigger, ManualClock, TriggerScheduler
 from processes import wait_for
 
@@ -306,7 +306,7 @@ def test_next_fire_times_preview_in_the_trigger_time_zone() -> None:
 class Rig:
     """A trigger on a manual clock, its scheduler driven by hand."""
 
-    def __init__(self, start: float, store: Store | None = None) -> None:
+    def __init__(self, start: float, store: StoreBackend | None = None) -> None:
         self.clock = ManualClock(start)
         self.scheduler = TriggerScheduler(self.clock)
         self.executor = FakeExecutor()
@@ -431,8 +431,8 @@ def test_a_failing_submission_does_not_stop_the_trigger() -> None:
 # -- persistence, catch-up and restarts --------------------------------------------------------
 
 
-def test_restart_without_downtime_never_fires_twice(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db")
+def test_restart_without_downtime_never_fires_twice(store_target: str) -> None:
+    store = open_store(store_target)
     rig = Rig(ts(2024, 1, 1), store)
     trig = rig.trigger(overlap="allow", catchup="all", catchup_window=3600)
     trig.start(rig.executor)
@@ -440,7 +440,7 @@ def test_restart_without_downtime_never_fires_twice(tmp_path: Path) -> None:
     trig.stop()
     store.close()
     # A new process: same store, same clock time (no downtime).
-    store2 = Store(tmp_path / "s.db")
+    store2 = open_store(store_target)
     rig2 = Rig(rig.clock.now(), store2)
     trig2 = rig2.trigger(overlap="allow", catchup="all", catchup_window=3600)
     trig2.start(rig2.executor)
@@ -452,8 +452,8 @@ def test_restart_without_downtime_never_fires_twice(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("policy", ["all", "latest"])
-def test_catch_up_after_downtime(tmp_path: Path, policy: str) -> None:
-    store = Store(tmp_path / "s.db")
+def test_catch_up_after_downtime(store_target: str, policy: str) -> None:
+    store = open_store(store_target)
     rig = Rig(ts(2024, 1, 1, 0, 0, 5), store)
     trig = rig.trigger("0 * * * * *", overlap="skip", catchup=policy, catchup_window="3m")
     trig.start(rig.executor)
@@ -481,8 +481,8 @@ def test_catch_up_after_downtime(tmp_path: Path, policy: str) -> None:
     store.close()
 
 
-def test_no_catch_up_without_a_window(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db")
+def test_no_catch_up_without_a_window(store_target: str) -> None:
+    store = open_store(store_target)
     rig = Rig(ts(2024, 1, 1), store)
     rig.trigger("0 * * * * *").start(rig.executor)
     rig2 = Rig(ts(2024, 1, 1, 1), store)
@@ -494,10 +494,10 @@ def test_no_catch_up_without_a_window(tmp_path: Path) -> None:
     store.close()
 
 
-def test_restart_sees_the_previous_run_still_going(tmp_path: Path) -> None:
+def test_restart_sees_the_previous_run_still_going(store_target: str) -> None:
     """After a restart, `skip` still skips while the run started before it is unfinished
     (the run id is in the trigger's state; its status comes from the executor)."""
-    store = Store(tmp_path / "s.db")
+    store = open_store(store_target)
     rig = Rig(ts(2024, 1, 1), store)
     rig.trigger().start(rig.executor)
     rig.advance(10)
