@@ -70,7 +70,7 @@ class Server:
         self.url = url
 
 
-def start_server(folder: Path, store: Path, extra: list[str] | None = None) -> Server:
+def start_server(folder: Path, store: Path | str, extra: list[str] | None = None) -> Server:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -151,9 +151,14 @@ def wait_status(server: Server, run_id: str, wanted: set[str], timeout: float = 
 
 
 def test_serve_with_cli_clients_then_sigterm_mid_run_and_restart(
-    folder: Path, tmp_path: Path
+    folder: Path, tmp_path: Path, store_target: str
 ) -> None:
-    store = tmp_path / "state" / "dagengine.db"
+    # `--store` a SQLite file (its folder made) or a postgresql:// URL: the same service.
+    store = (
+        store_target
+        if store_target.startswith("postgresql://")
+        else str(tmp_path / "state" / "dagengine.db")
+    )
     server = start_server(folder, store)
     try:
         listing = cli(server, "workflows")
