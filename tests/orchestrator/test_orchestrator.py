@@ -46,9 +46,12 @@ def result(value: RunResult | RunHandle) -> RunResult:
     return value
 
 
-@pytest.fixture
-def orch() -> Iterator[Orchestrator]:
-    o = Orchestrator(store=":memory:")
+@pytest.fixture(params=["sqlite", "postgres"])
+def orch(request: pytest.FixtureRequest) -> Iterator[Orchestrator]:
+    """An orchestrator on an in-memory SQLite store, and one on a real PostgreSQL (runs,
+    listings, lineage and event replay read the store)."""
+    store = ":memory:" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    o = Orchestrator(store=store)
     try:
         yield o
     finally:
