@@ -73,6 +73,7 @@ bench: build
 	$(PY) benches/run.py
 	$(PY) benches/bench_engine.py
 	$(PY) benches/bench_http.py
+	$(PY) benches/bench_peers.py
 
 # The release wheel as users get it (CI runs this after `make test`). `maturin build` shares
 # `make build`'s cargo release cache (same profile and features): nothing is compiled again.
