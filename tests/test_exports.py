@@ -34,6 +34,7 @@ DAGENGINE = {
     "ErrorInfo",
     "Executor",
     "ImportPathError",
+    "InputError",
     "InvalidRequest",
     "LocalRun",
     "LuaBadReturn",

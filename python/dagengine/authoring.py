@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from dagengine.exceptions import SpecError
+from dagengine.inputs import schema_from_signature
 from dagengine.nodes import Node, NodeContext, PythonExecutor
 from dagengine.results import RunResult
 from dagengine.spec_model import RetryBackoff
@@ -499,7 +500,9 @@ class DecoratedWorkflow(DAG):
     ``to_spec()``, registration, engines) whose nodes are the task calls its function made.
 
     ``output`` is the :class:`Ref` the function returned (``None`` if it returned nothing);
-    :meth:`output_of` reads its value from a run's result.
+    :meth:`output_of` reads its value from a run's result. ``inputs`` is the JSON Schema of
+    its parameters (:func:`dagengine.inputs.schema_from_signature`): runs are validated
+    against it and missing inputs take the parameters' defaults.
     """
 
     def __init__(
@@ -525,6 +528,7 @@ class DecoratedWorkflow(DAG):
             max_parallel=max_parallel,
             fail_fast=fail_fast,
             timeout=timeout,
+            inputs=schema_from_signature(fn, owner=str(workflow_id)),
         )
         self.fn = fn
         self.__wrapped__ = fn

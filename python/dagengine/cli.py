@@ -27,6 +27,7 @@ from dagengine.cli_logs import configure_logs, run_logs
 from dagengine.cli_retry import configure_retry, run_retry
 from dagengine.cli_store import configure_store, run_store
 from dagengine.exceptions import DagEngineError, ValidationError
+from dagengine.inputs import coerce_text
 from dagengine.logconfig import add_logging_arguments, configure_logging
 from dagengine.results import NodeEvent, NodeStatus, RunResult, RunStatus
 from dagengine.spec import MAX_SECONDS, load_workflow
@@ -139,9 +140,9 @@ def parse_input_value(text: str) -> Any:
         return text
 
 
-def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any]:
+def parse_inputs(pairs: Sequence[str], inputs_json: str | None, schema: Any = None) -> Any:
     """Build the run's inputs: ``--inputs-json`` (JSON object, or ``@file``) first, then each
-    ``--input NAME=VALUE`` on top."""
+    ``--input NAME=VALUE`` on top, VALUE read as the inputs ``schema`` (if any) wants."""
     inputs: dict[str, Any] = {}
     if inputs_json is not None:
         text = inputs_json
@@ -171,7 +172,7 @@ def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any
             raise BadInput(f"bad --input {escape(repr(pair))}: expected NAME=VALUE")
         key = name.strip()
         try:
-            parsed = parse_input_value(value)
+            parsed = coerce_text(schema, key, value, parse=parse_input_value)
             check_json_data({key: parsed}, "inputs")
         except (BadInput, ValidationError) as exc:
             raise BadInput(f"bad --input {escape(repr(key))}: {exc}") from None
@@ -356,8 +357,8 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    inputs = parse_inputs(args.input, args.inputs_json)
     dag = _load(args.file)
+    inputs = parse_inputs(args.input, args.inputs_json, dag.inputs)
     handle = dag.start(
         inputs,
         max_parallel=args.max_parallel,

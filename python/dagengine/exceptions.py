@@ -27,6 +27,7 @@ __all__ = [
     "EngineStartError",
     "EngineUnavailable",
     "ImportPathError",
+    "InputError",
     "InvalidRequest",
     "LuaBadReturn",
     "LuaConversionError",
@@ -122,6 +123,24 @@ class SpecError(ValidationError):
     def __init__(self, message: str = "", /, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class InputError(ValidationError):
+    """A run's inputs do not match the workflow's ``inputs:`` schema. ``problems`` lists
+    every problem as ``{"path": "inputs.factor", "message": "expected integer, got \"x\""}``;
+    the message joins them (``inputs.factor: expected integer, got "x"``)."""
+
+    def __init__(
+        self, message: str = "", /, *, problems: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else []
+
+    @classmethod
+    def from_problems(cls, problems: list[tuple[str, str]]) -> InputError:
+        """The error of these ``(path, message)`` problems."""
+        listed = [{"path": path, "message": message} for path, message in problems]
+        return cls("; ".join(f"{path}: {message}" for path, message in problems), problems=listed)
 
 
 class ImportPathError(ValidationError):

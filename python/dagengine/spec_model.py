@@ -16,6 +16,7 @@ Errors are :class:`~dagengine.SpecError` whose message starts with the path of t
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
@@ -27,6 +28,7 @@ from dagengine._jsondata import describe_int
 from dagengine._semver import Version, VersionRange
 from dagengine._units import format_duration, format_size, parse_duration, parse_size
 from dagengine.exceptions import SpecError
+from dagengine.inputs import check_schema
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -66,7 +68,16 @@ WORKFLOW_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: A node's executor keys, one of which each node has.
 EXECUTOR_KINDS: Final = ("lua", "python", "workflow", "noop")
 
-_TOP_KEYS = ("id", "version", "description", "max_parallel", "fail_fast", "timeout", "nodes")
+_TOP_KEYS = (
+    "id",
+    "version",
+    "description",
+    "inputs",
+    "max_parallel",
+    "fail_fast",
+    "timeout",
+    "nodes",
+)
 _NODE_KEYS = ("id", "deps", *EXECUTOR_KINDS, "retries", "retry_backoff", "timeout", "limits")
 _BACKOFF_KEYS = ("initial", "factor", "max")
 _LIMIT_KEYS = ("instructions", "memory")
@@ -175,6 +186,8 @@ class WorkflowSpecModel:
     max_parallel: int | None = None
     fail_fast: bool = False
     timeout: float | None = None
+    #: The JSON Schema of the run's inputs (checked by :func:`dagengine.inputs.check_schema`).
+    inputs: Mapping[str, Any] | None = None
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -291,6 +304,13 @@ def parse(data: Mapping[str, Any], *, source: str | None = None) -> WorkflowSpec
     _expect(at, fail_fast, (bool,), "fail_fast", "true or false")
     timeout = data.get("timeout")
     run_timeout = _duration(at, timeout, "timeout", positive=True) if timeout is not None else None
+    inputs = data.get("inputs")
+    if inputs is not None:
+        try:
+            inputs = check_schema(inputs, "inputs")
+        except SpecError as exc:
+            prefix = f"{source}: " if source else ""
+            raise SpecError(f"{prefix}{exc}", path=exc.path) from None
     if "nodes" not in data:
         raise at.error("nodes", "missing required key")
     nodes = data["nodes"]
@@ -305,6 +325,7 @@ def parse(data: Mapping[str, Any], *, source: str | None = None) -> WorkflowSpec
         max_parallel=max_parallel,
         fail_fast=fail_fast,
         timeout=run_timeout,
+        inputs=inputs,
     )
 
 
@@ -469,6 +490,8 @@ def to_dict(model: WorkflowSpecModel) -> dict[str, Any]:
         spec["version"] = model.version
     if model.description is not None:
         spec["description"] = model.description
+    if model.inputs is not None:
+        spec["inputs"] = copy.deepcopy(dict(model.inputs))
     if model.max_parallel is not None:
         spec["max_parallel"] = model.max_parallel
     if model.fail_fast:

@@ -33,6 +33,7 @@ from dagengine.exceptions import (
     SubWorkflowError,
     ValidationError,
 )
+from dagengine.inputs import check_schema, validate_inputs
 from dagengine.node_logs import NodeLogBuffer, NodeLogQueue, capture, captured
 from dagengine.nodes import (
     Executor,
@@ -386,7 +387,8 @@ class DAG:
     ``id`` and ``version`` (semver) name the workflow when it is registered or written as a
     spec; ``max_parallel`` bounds concurrently running nodes, ``fail_fast`` cancels the rest of
     a run at the first failure, ``timeout`` (seconds or ``"10m"``) bounds a whole run. Every run
-    setting can be overridden per run.
+    setting can be overridden per run. ``inputs`` is a JSON Schema of the run's inputs (see
+    :mod:`dagengine.inputs`): every run's inputs are validated against it, defaults filled in.
     """
 
     def __init__(
@@ -398,6 +400,7 @@ class DAG:
         max_parallel: int | None = None,
         fail_fast: bool = False,
         timeout: float | str | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         if id is not None and not isinstance(id, str):
             raise TypeError(f"DAG id must be a str, got {type(id).__name__}")
@@ -418,6 +421,8 @@ class DAG:
         self.max_parallel = check_positive_int(max_parallel, "max_parallel")
         self.fail_fast = fail_fast
         self.timeout = check_timeout(timeout, "timeout")
+        #: The JSON Schema of the run's inputs, or ``None`` (inputs are not checked).
+        self.inputs = check_schema(inputs) if inputs is not None else None
         self._nodes: dict[str, Node] = {}
         self._ref: _core.DagRef | None = None
         self._validated = False
@@ -584,6 +589,8 @@ class DAG:
         ``async def`` nodes run with ``asyncio.run`` on the worker thread.
         """
         native_inputs = _check_inputs(inputs)
+        if self.inputs is not None:
+            native_inputs = validate_inputs(self.inputs, native_inputs)
         if run_id is None:
             run_id = uuid.uuid4().hex
         elif not isinstance(run_id, str) or not run_id:
@@ -731,6 +738,7 @@ def bind(model: WorkflowSpecModel, *, source: str | None = None) -> DAG:
         max_parallel=model.max_parallel,
         fail_fast=model.fail_fast,
         timeout=model.timeout,
+        inputs=model.inputs,
     )
     seen: dict[str, int] = {}
     for index, node in enumerate(model.nodes):
@@ -763,6 +771,7 @@ def workflow_model(dag: DAG) -> WorkflowSpecModel:
         max_parallel=dag.max_parallel,
         fail_fast=dag.fail_fast,
         timeout=dag.timeout,
+        inputs=dag.inputs,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,17 +286,6 @@ def test_the_orchestrator_registers_it_by_its_own_id_and_version() -> None:
             orch.register_workflow(DAG("no-version"))
     finally:
         orch.stop()
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[str]:
-    from processes import EngineProcess
-
-    process = EngineProcess("--engine-id", "authoring", env={"PYTHONPATH": str(HERE)})
-    try:
-        yield process.address
-    finally:
-        process.kill()
 
 
 @pytest.mark.integration

@@ -8,7 +8,7 @@ Routes (the OpenAPI document at ``GET /openapi.json`` describes each; see
 ``GET /workflows``                  registered workflows
 ``POST /workflows``                 register a version from a spec (JSON ``{"spec": ...}`` or
                                     raw YAML with a YAML content type)
-``GET /workflows/{id}``             one workflow's versions
+``GET /workflows/{id}``             one workflow's versions and its inputs schema
 ``POST /workflows/{id}/runs``       start a run (``{"inputs", "version", "wait", "timeout"}``)
 ``GET /runs``                       runs, newest first (``workflow_id``, ``status``, ``limit``,
                                     ``offset``)
@@ -20,10 +20,11 @@ Routes (the OpenAPI document at ``GET /openapi.json`` describes each; see
 =================================== ===========================================================
 
 Errors are JSON ``{"error": message, "type": class}``: 400 bad body, 401 authentication, 404
-unknown workflow/run/path, 405 wrong method, 409 version conflict, 413 body too large, 429
-queue full (with ``Retry-After``), 503 shutting down. Anything unexpected is a 500 with
-``{"error": "internal error", "id": ...}`` — the traceback goes to the log under that id,
-never to the client.
+unknown workflow/run/path, 405 wrong method, 409 version conflict, 413 body too large, 422
+inputs that do not match the workflow's schema (with ``"problems"``, a list of ``{"path",
+"message"}``), 429 queue full (with ``Retry-After``), 503 shutting down. Anything
+unexpected is a 500 with ``{"error": "internal error", "id": ...}`` — the traceback goes to
+the log under that id, never to the client.
 """
 
 from __future__ import annotations
@@ -318,12 +319,21 @@ async def get_workflow(request: Request) -> Response:
                         {"workflow_id": dep, "version_range": rng} for dep, rng in wv.dependencies
                     ],
                     "spec": wv.spec,
+                    "inputs": _inputs_schema(wv),
                 }
                 for wv in versions
             ],
+            "inputs": _inputs_schema(versions[-1]),
             **ui_routes.workflow_extras(api, workflow_id),
         }
     )
+
+
+def _inputs_schema(wv: Any) -> dict[str, Any] | None:
+    """A version's ``inputs:`` JSON Schema (``None``: its inputs are not checked)."""
+    if wv.dag is not None:
+        return wv.dag.inputs  # type: ignore[no-any-return]
+    return (wv.spec or {}).get("inputs")
 
 
 def _spec_from_body(request: Request, body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -693,7 +703,7 @@ async def run_logs(request: Request) -> Response:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error_response(exc.status, exc.message, headers=exc.headers)
+    return _error_response(exc.status, exc.message, headers=exc.headers, problems=exc.problems)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -53,6 +53,10 @@ def _ok(description: str, schema: str | dict[str, Any]) -> dict[str, Any]:
 
 
 _NULLABLE_STR = {"type": ["string", "null"]}
+_INPUTS_SCHEMA = {
+    "type": ["object", "null"],
+    "description": "the JSON Schema run inputs are checked against (null: not checked)",
+}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
 _LOG_LINE: dict[str, Any] = {
@@ -88,6 +92,15 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"type": "string"},
             "type": {"type": "string"},
             "id": {"type": "string"},
+            "problems": {
+                "type": "array",
+                "description": "422: every input that does not match the workflow's schema",
+                "items": {
+                    "type": "object",
+                    "required": ["path", "message"],
+                    "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
         },
     },
     "Health": {
@@ -147,9 +160,11 @@ _SCHEMAS: dict[str, Any] = {
                             },
                         },
                         "spec": {"type": ["object", "null"]},
+                        "inputs": _INPUTS_SCHEMA,
                     },
                 },
             },
+            "inputs": _INPUTS_SCHEMA,
         },
     },
     "JsonValue": {
@@ -482,6 +497,7 @@ def openapi_document(
                     **unauthorized,
                     "404": not_found,
                     "409": conflict,
+                    "422": _error("the inputs do not match the workflow's inputs schema"),
                     "413": too_large,
                     "429": queue_full,
                     "503": stopping,
@@ -704,6 +720,7 @@ def openapi_document(
                     **extra,
                     "404": _error("the trigger's workflow or version is not registered"),
                     "409": conflict,
+                    "422": _error("the inputs do not match the workflow's inputs schema"),
                     "413": too_large,
                     "429": queue_full,
                     "503": stopping,

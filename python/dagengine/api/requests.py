@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from dagengine._jsondata import check_json_data, escape
 from dagengine.exceptions import (
     DagEngineError,
+    InputError,
     NoMatchingVersion,
     QueueFull,
     RunNotFound,
@@ -28,25 +29,40 @@ __all__ = ["ApiError", "parse_json_object", "read_body"]
 
 
 class ApiError(Exception):
-    """A client error with its HTTP status (rendered as ``{"error": message}``)."""
+    """A client error with its HTTP status (rendered as ``{"error": message}``, plus
+    ``"problems"``, ``[{"path", "message"}, ...]``, for inputs that do not match a schema)."""
 
     def __init__(
-        self, status: int, message: str, *, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        problems: list[dict[str, str]] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.problems = problems
 
 
 def _error_response(
-    status: int, message: str, kind: str | None = None, headers: Mapping[str, str] | None = None
+    status: int,
+    message: str,
+    kind: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    problems: list[dict[str, str]] | None = None,
 ) -> JSONResponse:
     # A message may quote what the client sent: lone surrogates are written as escapes (a
     # JSON response must encode as UTF-8).
     body: dict[str, Any] = {"error": escape(message)}
     if kind is not None:
         body["type"] = kind
+    if problems is not None:
+        body["problems"] = [
+            {"path": escape(p["path"]), "message": escape(p["message"])} for p in problems
+        ]
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
@@ -58,6 +74,8 @@ def _from_domain(exc: DagEngineError) -> ApiError:
         return ApiError(404, str(exc))
     if isinstance(exc, VersionConflict):
         return ApiError(409, str(exc))
+    if isinstance(exc, InputError):  # the request is well-formed; its inputs are not
+        return ApiError(422, str(exc), problems=exc.problems)
     if isinstance(exc, ValidationError | TriggerError):
         return ApiError(400, str(exc))
     if "stopped" in str(exc):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from dagengine.exceptions import EngineError
+from dagengine.inputs import check_schema, validate_inputs
 from dagengine.results import (
     ErrorInfo,
     LazyMapping,
@@ -198,6 +199,32 @@ def encode_inputs(inputs: Inputs) -> bytes:
     return json_object(inputs, "inputs")
 
 
+def _checked_inputs(workflow: Workflow | None, inputs: Inputs) -> Inputs:
+    """``inputs`` validated, defaults filled, against the workflow's ``inputs:`` schema (a
+    :class:`~dagengine.InputError` before anything is sent); as given without a schema.
+    The engine does not know the schema (the wire has no field for it), so this is the
+    engine door's check."""
+    schema: Any = None
+    if isinstance(workflow, DAG):
+        schema = workflow.inputs
+    elif isinstance(workflow, Mapping) and workflow.get("inputs") is not None:
+        schema = check_schema(workflow["inputs"])
+    if schema is None:
+        return inputs
+    if inputs is None:
+        data: Any = {}
+    elif isinstance(inputs, (bytes, bytearray, memoryview)):
+        try:
+            data = json.loads(bytes(inputs))
+        except ValueError as exc:
+            raise TypeError(f"inputs: not JSON: {exc}") from None
+    else:
+        data = inputs
+    if not isinstance(data, Mapping):
+        raise TypeError(f"inputs must be a JSON object, got {type(data).__name__}")
+    return validate_inputs(schema, data)
+
+
 def _deadline_unix(deadline: float | None) -> float:
     if deadline is None:
         return 0.0
@@ -239,7 +266,7 @@ def build_run_request(
         run_id=run_id,
         attempt=attempt,
         workflow=None if workflow is None else workflow_to_proto(workflow),
-        inputs_json=encode_inputs(inputs),
+        inputs_json=encode_inputs(_checked_inputs(workflow, inputs)),
         deadline_unix=_deadline_unix(deadline),
         parent_run_id=parent_run_id,
         parent_node_id=parent_node_id,

@@ -44,6 +44,7 @@ from dagengine.exceptions import (
     RunNotFound,
     SpecError,
 )
+from dagengine.inputs import validate_inputs
 from dagengine.orchestrator.backends import (
     Engine,
     Job,
@@ -478,6 +479,8 @@ class Orchestrator:
             raise DagEngineError(
                 f"{wv} cannot run: {wv.problem or 'its DAG is unavailable'}; register it again"
             )
+        if wv.dag.inputs is not None:  # the workflow's inputs: schema; InputError if off
+            inputs = validate_inputs(wv.dag.inputs, inputs)
         if run_id is None:
             run_id = RunRecord.new_id()
         elif not run_id or self.store.get_run(run_id) is not None:
