@@ -1,0 +1,279 @@
+"""The web UI in a real browser against a real ``dagengine serve``: the runs list (filters,
+keyset pages, live), a run's graph going live to its end, the node panel (traceback, logs),
+cancel, retry from failed, re-run, the run form, version yank/rollback, triggers, engines,
+and that nothing user-controlled is ever run as markup."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+from uiserver import Server, make_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+def start(server: Server, workflow: str, **inputs: Any) -> str:
+    with server.client() as client:
+        answer = client.post(f"/workflows/{workflow}/runs", json={"inputs": inputs})
+        assert answer.status_code == 202, answer.text
+        return str(answer.json()["run_id"])
+
+
+def run_now(server: Server, workflow: str, **inputs: Any) -> dict[str, Any]:
+    with server.client() as client:
+        answer = client.post(f"/workflows/{workflow}/runs", json={"inputs": inputs, "wait": True})
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+
+def node(page: Any, node_id: str) -> Any:
+    return page.locator(f'svg.dag g.node[data-node="{node_id}"]')
+
+
+def test_root_redirects_to_the_ui(page: Any, server: Server) -> None:
+    page.goto(server.url + "/")
+    assert page.url == server.url + "/ui/"
+    expect(page.locator("h1")).to_have_text("Runs")
+
+
+def test_runs_list_filters_pages_and_goes_live(page: Any, server: Server) -> None:
+    ok = [run_now(server, "quick", n=i)["run_id"] for i in range(3)]
+    failed = run_now(server, "failing")["run_id"]
+    page.goto(server.url + "/ui/#/runs")
+    rows = page.locator("#runs-body tr")
+    for run_id in [*ok, failed]:
+        expect(page.locator(f'#runs-body tr[data-run="{run_id}"]')).to_be_visible()
+    # Filter by status: only failed runs remain.
+    page.select_option("#f-status", "failed")
+    page.click("form.filters button[type=submit]")
+    expect(page.locator(f'#runs-body tr[data-run="{failed}"]')).to_be_visible()
+    expect(page.locator(f'#runs-body tr[data-run="{ok[0]}"]')).to_have_count(0)
+    for status in rows.evaluate_all("rs => rs.map(r => r.dataset.status)"):
+        assert status == "failed"
+    # By workflow, two a page: keyset pages walk back in time without repeats.
+    page.goto(server.url + "/ui/#/runs?workflow_id=quick&limit=2")
+    expect(rows).to_have_count(2)
+    first = rows.evaluate_all("rs => rs.map(r => r.dataset.run)")
+    assert first == [ok[2], ok[1]]
+    page.click("#older")
+    expect(page.locator(f'#runs-body tr[data-run="{ok[0]}"]')).to_be_visible()
+    assert "before=" in page.url
+    # A time window that ends before these runs: none.
+    page.goto(server.url + "/ui/#/runs?until=1000")
+    expect(page.locator("#runs-body td.empty")).to_be_visible()
+    # Live: a run started elsewhere shows up on the first page and changes status.
+    page.goto(server.url + "/ui/#/runs?workflow_id=gated")
+    expect(page.locator("#live")).to_have_text(re.compile("live"))
+    tag = uuid.uuid4().hex
+    run_id = start(server, "gated", gate=tag)
+    row = page.locator(f'#runs-body tr[data-run="{run_id}"]')
+    expect(row).to_have_attribute("data-status", "running")
+    server.open(tag)
+    expect(row).to_have_attribute("data-status", "succeeded")
+
+
+def test_run_graph_goes_live_to_the_end(page: Any, server: Server) -> None:
+    tag = uuid.uuid4().hex
+    run_id = start(server, "gated", gate=tag)
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    expect(node(page, "first")).to_have_attribute("data-state", "succeeded")
+    expect(node(page, "wait")).to_have_attribute("data-state", "running")
+    expect(node(page, "after")).not_to_have_attribute("data-state", re.compile("."))
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "running")
+    # The node panel, opened while the node runs, follows its logs: the in-process engine
+    # delivers a Python node's captured lines when its attempt ends, and they arrive live.
+    node(page, "wait").click()
+    expect(page.locator("#panel-title")).to_have_text("wait")
+    expect(page.locator("#node-logs")).not_to_have_attribute("data-ended", "true")
+    server.open(tag)
+    expect(page.locator("#node-logs")).to_contain_text(f"waiting for gate {tag}")
+    expect(node(page, "wait")).to_have_attribute("data-state", "succeeded")
+    expect(node(page, "after")).to_have_attribute("data-state", "succeeded")
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#node-logs")).to_contain_text(f"gate {tag} opened=True")
+    expect(page.locator("#node-logs")).to_have_attribute("data-ended", "true")
+    expect(page.locator("#panel-output")).to_contain_text('"opened": true')
+    expect(page.locator("#cancel")).to_be_disabled()
+
+
+def test_failed_node_panel_shows_traceback_and_logs(page: Any, server: Server) -> None:
+    run_id = run_now(server, "failing")["run_id"]
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    expect(node(page, "boom")).to_have_attribute("data-state", "failed")
+    expect(node(page, "never")).to_have_attribute("data-state", "skipped")
+    # Keyboard: focus the node and press Enter.
+    node(page, "boom").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#panel-title")).to_have_text("boom")
+    expect(page.locator("#panel-error")).to_contain_text("ValueError")
+    expect(page.locator("#panel-traceback")).to_contain_text("kaboom")
+    expect(page.locator("#node-logs")).to_contain_text("about to fail")
+    expect(page.locator("#node-logs")).to_have_attribute("data-ended", "true")
+    node(page, "fine").click()
+    expect(page.locator("#node-logs")).to_contain_text("hello from fine")
+    expect(page.locator("#node-logs")).to_contain_text("fine is done")
+    expect(page.locator("#panel-output")).to_contain_text('"n": 1')
+    page.click("#node-panel button.close")
+    expect(page.locator("#node-panel")).to_be_hidden()
+
+
+def test_cancel_a_long_run(page: Any, server: Server) -> None:
+    run_id = start(server, "gated", gate="never")
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    expect(node(page, "wait")).to_have_attribute("data-state", "running")
+    page.click("#cancel")
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("#retry")).to_be_enabled()
+    with server.client() as client:
+        assert client.get(f"/runs/{run_id}").json()["status"] == "cancelled"
+
+
+def test_retry_from_failed_reuses_completed_nodes(page: Any, server: Server) -> None:
+    tag = uuid.uuid4().hex
+    failed = run_now(server, "flaky", tag=tag)
+    assert failed["status"] == "failed"
+    page.goto(f"{server.url}/ui/#/runs/{failed['run_id']}")
+    expect(node(page, "gate")).to_have_attribute("data-state", "failed")
+    server.open(f"flaky-{tag}")
+    page.click("#retry")
+    page.wait_for_url(re.compile(r"#/runs/(?!" + failed["run_id"] + ")"))
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    expect(node(page, "once")).to_have_attribute("data-state", "succeeded")
+    expect(node(page, "once").locator("text.sub")).to_have_text("reused")
+    expect(node(page, "last")).to_have_attribute("data-state", "succeeded")
+    # The reused node did not run again.
+    assert (server.gates / f"count-{tag}").read_text() == "ran\n"
+
+
+def test_rerun_starts_the_same_inputs_again(page: Any, server: Server) -> None:
+    first = run_now(server, "quick", n=41)
+    page.goto(f"{server.url}/ui/#/runs/{first['run_id']}")
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    page.click("#rerun")
+    page.wait_for_url(re.compile(r"#/runs/(?!" + first["run_id"] + ")"))
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    new_id = page.url.rsplit("/", 1)[-1]
+    with server.client() as client:
+        assert client.get(f"/runs/{new_id}").json()["outputs"]["b"] == {"v": 84}
+
+
+def test_run_form_submits_and_the_run_goes_live(page: Any, server: Server) -> None:
+    page.goto(f"{server.url}/ui/#/workflows/quick")
+    expect(page.locator("svg.dag g.node")).to_have_count(2)
+    page.fill("#in-json", "{bad json")
+    page.click("#run-submit")
+    expect(page.locator("#run-form-error")).to_contain_text("inputs:")
+    page.fill("#in-json", '{"n": 4}')
+    page.click("#run-submit")
+    page.wait_for_url(re.compile(r"#/runs/"))
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    run_id = page.url.rsplit("/", 1)[-1]
+    with server.client() as client:
+        assert client.get(f"/runs/{run_id}").json()["outputs"]["b"] == {"v": 10}
+
+
+def test_yank_and_roll_back_versions(page: Any, server: Server) -> None:
+    page.goto(f"{server.url}/ui/#/workflows/versioned")
+    versions = page.locator("#versions tr")
+    expect(versions).to_have_count(2)
+    assert versions.evaluate_all("rs => rs.map(r => r.dataset.version)") == ["1.1.0", "1.0.0"]
+    expect(page.locator("#latest")).to_have_text("1.1.0")
+    page.click("#rollback")
+    expect(page.locator("#latest")).to_have_text("1.0.0")
+    expect(page.locator('#versions tr[data-version="1.1.0"]')).to_contain_text("yanked")
+    with server.client() as client:
+        assert run_now(server, "versioned")["version"] == "1.0.0"
+        exact = client.post("/workflows/versioned/runs", json={"version": "1.1.0", "wait": True})
+        assert exact.json()["version"] == "1.1.0"  # exact references still work
+    page.click('#versions tr[data-version="1.1.0"] button.unyank')
+    expect(page.locator("#latest")).to_have_text("1.1.0")
+    page.click('#versions tr[data-version="1.0.0"] button.yank')
+    expect(page.locator('#versions tr[data-version="1.0.0"]')).to_contain_text("yanked")
+    expect(page.locator("#latest")).to_have_text("1.1.0")
+    page.click('#versions tr[data-version="1.0.0"] button.unyank')
+    expect(page.locator('#versions tr[data-version="1.0.0"] button.yank')).to_be_visible()
+
+
+def test_triggers_and_engines(page: Any, server: Server) -> None:
+    page.goto(f"{server.url}/ui/#/triggers")
+    cron = page.locator('#cron-body tr[data-trigger="yearly"]')
+    expect(cron).to_contain_text("0 0 1 1 *")
+    expect(cron.locator("li").first).to_contain_text("-01-01T00:00:00")
+    expect(page.locator("#http-body")).to_contain_text(f"POST {server.url}/hooks/quick")
+    expect(page.locator("#http-body")).to_contain_text("bearer")
+    cron.locator("button.toggle").click()
+    expect(cron).to_contain_text("paused")
+    with server.client() as client:
+        assert client.get("/triggers").json()["cron"][0]["paused"] is True
+    cron.locator("button.toggle").click()
+    expect(cron.locator("button.toggle")).to_have_text("Pause")
+    page.goto(f"{server.url}/ui/#/engines")
+    local = page.locator('#engines-body tr[data-engine="local"]')
+    expect(local).to_contain_text("healthy")
+    expect(local).to_contain_text("in-process")
+
+
+def test_user_controlled_text_never_runs(page: Any, server: Server) -> None:
+    run_id = run_now(server, "evil")["run_id"]
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    img_id = "<img src=x onerror=window.__xss=1>"
+    script_id = "<script>window.__xss=4</script>"
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    page.locator("svg.dag g.node").nth(0).click()
+    expect(page.locator("#panel-title")).to_have_text(img_id)
+    expect(page.locator("#node-logs")).to_contain_text("<img src=y onerror=window.__xss=3>")
+    expect(page.locator("#panel-output")).to_contain_text("<script>window.__xss=2</script>")
+    page.locator("svg.dag g.node").nth(1).click()
+    expect(page.locator("#panel-title")).to_have_text(script_id)
+    expect(page.locator("#node-logs")).to_contain_text("<script>window.__xss=5</script>")
+    expect(page.locator("#panel-output")).to_contain_text("onerror=window.__xss=6")
+    page.goto(f"{server.url}/ui/#/workflows/evil")
+    expect(page.locator("svg.dag g.node")).to_have_count(2)
+    page.goto(f"{server.url}/ui/#/runs")
+    expect(page.locator(f'#runs-body tr[data-run="{run_id}"]')).to_be_visible()
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("main img").count() == 0
+    assert page.locator("main script").count() == 0
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    srv = make_server(tmp_path_factory.mktemp("ui-token"), "http: {token: t0ken-for-ui}\n")
+    yield srv
+    srv.stop()
+
+
+def test_token_prompt_and_header(page: Any, token_server: Server) -> None:
+    run_id = run_now_token(token_server)
+    sent: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: sent.append(r.headers.get("authorization")) if "/runs" in r.url else None,
+    )
+    page.goto(token_server.url + "/ui/#/runs")
+    dialog = page.locator("#token-dialog")
+    expect(dialog).to_be_visible()
+    page.fill("#token-input", "wrong")
+    page.click("#token-submit")
+    expect(page.locator("#token-error")).to_have_text("That token was refused.")
+    page.fill("#token-input", "t0ken-for-ui")
+    page.click("#token-submit")
+    expect(dialog).to_be_hidden()
+    expect(page.locator(f'#runs-body tr[data-run="{run_id}"]')).to_be_visible()
+    assert "Bearer t0ken-for-ui" in sent
+    assert "t0ken" not in page.url
+    # The token stays for this tab: a run page and its streams need no new prompt.
+    page.click(f'#runs-body tr[data-run="{run_id}"] a.mono')
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    expect(dialog).to_be_hidden()
+
+
+def run_now_token(server: Server) -> str:
+    with server.client("t0ken-for-ui") as client:
+        answer = client.post("/workflows/quick/runs", json={"wait": True})
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["run_id"])
