@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from dagengine import DAG, Node, NodeContext, PythonExecutor
+from dagengine.exceptions import ConfigError
 from dagengine.node_logs import TRUNCATED_PREFIX
-from dagengine.orchestrator import Engine, Event, Monitor, Orchestrator, RunHandle
+from dagengine.orchestrator import Config, Engine, Event, Monitor, Orchestrator, RunHandle
 from dagengine.orchestrator.recording import LogBudget
 from processes import EngineProcess
 
@@ -94,6 +95,24 @@ def test_lines_past_the_bound_end_in_one_marker(orch: Orchestrator) -> None:
     assert (node, level) == ("n", "WARNING")
     assert marker.startswith(TRUNCATED_PREFIX)
     assert all(message == "x" * 500 for _, _, message in lines[:-1])
+
+
+def test_the_bound_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGENGINE_NODE_LOG_LIMIT", "2048")
+    config = Config.from_env()
+    assert config.node_log_limit == 2048
+    with Orchestrator(store=":memory:", config=config) as small:
+        source = 'for i = 1, 100 do log(string.rep("y", 100)) end return {}'
+        small.register_workflow("chatty", "1.0.0", {"nodes": [{"id": "n", "lua": source}]})
+        handle = _started(small, "chatty", wait=False)
+        assert handle.result(timeout=WAIT).ok
+        small.store.flush()
+        lines = _logs(small, handle.run_id)
+    assert len(lines) == 2048 // 100 + 1
+    assert lines[-1][2].startswith(TRUNCATED_PREFIX)
+    monkeypatch.setenv("DAGENGINE_NODE_LOG_LIMIT", "10")
+    with pytest.raises(ConfigError, match="DAGENGINE_NODE_LOG_LIMIT"):
+        Config.from_env()
 
 
 def test_budget_is_per_node_attempt() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dagengine._units import parse_duration
 from dagengine.exceptions import ConfigError
+from dagengine.node_logs import DEFAULT_LIMIT as NODE_LOG_LIMIT
 
 __all__ = [
     "ANNOTATION_CAPACITY",
@@ -104,6 +105,9 @@ class Config:
     keep_last: int = 0
     #: A folder finished runs are written to (JSON Lines) before they are pruned.
     export_dir: str | None = None
+    #: Bytes of log text stored per node attempt (``DAGENGINE_NODE_LOG_LIMIT``); the line
+    #: past it is replaced by one truncation marker and the rest of the attempt's are dropped.
+    node_log_limit: int = NODE_LOG_LIMIT
 
     @property
     def tls_enabled(self) -> bool:
@@ -192,6 +196,9 @@ class Config:
             grpc_token=env.raw("DAGENGINE_GRPC_TOKEN"),
             retention=env.retention("DAGENGINE_RETENTION", 30 * 86400.0),
             prune_interval=env.duration("DAGENGINE_PRUNE_INTERVAL", 600.0),
+            node_log_limit=env.integer(
+                "DAGENGINE_NODE_LOG_LIMIT", NODE_LOG_LIMIT, minimum=1024, maximum=1 << 30
+            ),
         )
 
 

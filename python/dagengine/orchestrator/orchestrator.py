@@ -626,7 +626,8 @@ class Orchestrator:
         job = self._prepare(run, slot, attempt)
         if job is None:
             return
-        workflow_id, engine_id, logs = job.workflow_id, slot.engine_id, LogBudget()
+        workflow_id, engine_id = job.workflow_id, slot.engine_id
+        logs = LogBudget(self.config.node_log_limit)
         try:
             result = slot.backend.execute(
                 job,
@@ -658,7 +659,8 @@ class Orchestrator:
         # JSON the engine sent): decoding them only to encode them again cost more than the
         # rest of a run's bookkeeping.
         result_json: list[str] = []
-        workflow_id, engine_id, logs = job.workflow_id, slot.engine_id, LogBudget()
+        workflow_id, engine_id = job.workflow_id, slot.engine_id
+        logs = LogBudget(self.config.node_log_limit)
 
         def on_end(result: RunResult | None, exc: BaseException | None) -> None:
             encoded = result_json[0] if result_json and exc is None else None
