@@ -688,7 +688,11 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=_port, help="HTTP port; 0 picks one (env DAGENGINE_HTTP_PORT, 8080)"
     )
-    parser.add_argument("--store", metavar="PATH", help="SQLite store (env DAGENGINE_STORE)")
+    parser.add_argument(
+        "--store",
+        metavar="PATH|URL",
+        help="SQLite file, or a postgresql:// URL (env DAGENGINE_STORE)",
+    )
     parser.add_argument(
         "--engines",
         type=int,
@@ -708,7 +712,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         opts.port = args.port
     if args.store is not None:
-        opts.store = args.store if args.store == ":memory:" else str(Path(args.store).resolve())
+        keep = args.store == ":memory:" or args.store.startswith(("postgresql://", "postgres://"))
+        opts.store = args.store if keep else str(Path(args.store).resolve())
     if args.engines is not None:
         if args.engines < 0:
             raise BadInput("--engines must be >= 0")

@@ -10,7 +10,7 @@ defaults. The file (every key optional)::
       max_body_bytes: 1048576  # request bodies past this get 413
       token_env: API_TOKEN     # bearer token for the REST routes (or token: ...)
       allow_python_specs: false  # let POST /workflows register specs with python: nodes
-    store: ./dagengine.db      # SQLite file or :memory: (default DAGENGINE_STORE)
+    store: ./dagengine.db      # SQLite file, :memory: or postgresql://... (DAGENGINE_STORE)
     workflows: [examples]      # folders to load (see load_workflows)
     engines: 0                 # local engine processes; 0 = the embedded in-process engine
     engine_capacity: 10
@@ -63,6 +63,7 @@ from dagengine.engine import PARENT_PID_ENV
 from dagengine.exceptions import ConfigError, DagEngineError, SpecError, TriggerError
 from dagengine.logconfig import EventLogger
 from dagengine.orchestrator.config import DISCOVERY_TYPES, Config
+from dagengine.orchestrator.store.postgres import is_postgres_url
 from dagengine.tracing import attach_tracing
 from dagengine.triggers import CronTrigger, HTTPTrigger, Trigger
 from dagengine.triggers.http import DEFAULT_MAX_BODY_BYTES
@@ -153,7 +154,11 @@ def load_serve_config(path: str | Path, options: ServeOptions | None = None) -> 
     opts.allow_python_specs = bool(http.get("allow_python_specs", opts.allow_python_specs))
     if "store" in data:
         store = str(data["store"])
-        opts.store = store if store == ":memory:" else str(opts.base_dir / Path(store).expanduser())
+        opts.store = (
+            store
+            if store == ":memory:" or is_postgres_url(store)
+            else str(opts.base_dir / Path(store).expanduser())
+        )
     folders = data.get("workflows")
     if folders is not None:
         items = [folders] if isinstance(folders, str) else folders
@@ -475,7 +480,7 @@ def _orchestrator_config(opts: ServeOptions, env: Mapping[str, str] | None) -> C
         # OrchestratorService listens where the API does unless DAGENGINE_GRPC_HOST says.
         changes["grpc_host"] = opts.host
     config = dataclasses.replace(config, **changes)
-    if config.store_path != ":memory:":
+    if config.store_path != ":memory:" and not is_postgres_url(config.store_path):
         Path(config.store_path).parent.mkdir(parents=True, exist_ok=True)
     return config
 

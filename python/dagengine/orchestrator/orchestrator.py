@@ -73,7 +73,7 @@ from dagengine.orchestrator.runs import (
     cancelled_result,
     failed_result,
 )
-from dagengine.orchestrator.store import RunRecord, Store
+from dagengine.orchestrator.store import RunRecord, StoreTarget, store_from
 from dagengine.orchestrator.store.retention import (
     RetentionPolicy,
     WorkflowRetention,
@@ -108,7 +108,8 @@ class Orchestrator:
     """Registry, dispatch, failover and bookkeeping of workflow runs.
 
     ``Orchestrator()`` is the embedded default: an in-process engine (``local``) and a SQLite
-    store at the default path (``store=":memory:"`` keeps nothing). Register more engines with
+    store at the default path (``store=":memory:"`` keeps nothing; a ``postgresql://`` URL: see
+    :func:`~dagengine.orchestrator.store.store_from`). Register more engines with
     :meth:`register_engine`; :meth:`from_config` builds a distributed orchestrator (remote
     engines found by discovery).
     """
@@ -116,19 +117,14 @@ class Orchestrator:
     def __init__(
         self,
         *,
-        store: Store | str | None = None,
+        store: StoreTarget | None = None,
         config: Config | None = None,
         embedded_engine: bool = True,
         tls: TLSConfig | None = None,
         recover: bool = True,
     ) -> None:
         self.config = config if config is not None else Config.local_from_env()
-        if isinstance(store, Store):
-            self.store = store
-            self._owns_store = False
-        else:
-            self.store = Store(store if store is not None else self.config.store_path)
-            self._owns_store = True
+        self.store, self._owns_store = store_from(store or self.config.store_path)
         self.registry = WorkflowRegistry(self.store)
         self._reuse = Reuse(self.store)
         self.events = EventBus(self.store)
