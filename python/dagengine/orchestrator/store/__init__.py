@@ -33,7 +33,7 @@ it knows.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from dagengine.orchestrator.store.postgres import PostgresStore, is_postgres_url
 from dagengine.orchestrator.store.postgres_schema import PG_MIGRATIONS
@@ -75,10 +75,24 @@ __all__ = [
     "Severity",
     "Store",
     "StoreBackend",
+    "StoreTarget",
     "WorkflowVersionRecord",
     "is_postgres_url",
     "open_store",
+    "store_from",
 ]
+
+
+#: What names an orchestrator's store: a store, a SQLite path (or ``":memory:"``), a URL.
+StoreTarget: TypeAlias = "StoreBackend | str | os.PathLike[str]"
+
+
+def store_from(target: StoreTarget) -> tuple[StoreBackend, bool]:
+    """``target`` opened with :func:`open_store` and ``True`` (the caller owns the store and
+    closes it), or ``target`` itself and ``False`` if it is a store already."""
+    if isinstance(target, (str, os.PathLike)):
+        return open_store(target), True
+    return target, False
 
 
 def open_store(target: str | os.PathLike[str]) -> SQLiteStore | PostgresStore:
