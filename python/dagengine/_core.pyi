@@ -57,12 +57,20 @@ class DagRef:
         timeout: float | None = None,
         lua_max_instructions: int | None = None,
         lua_max_memory: int | None = None,
+        trigger_rule: str | None = None,
+        when: Any = None,
     ) -> None:
         """Add one node. ``kind`` is ``"noop"``, ``"lua"`` (payload: source str) or
         ``"python"`` (payload: any object handed back to ``invoke``).
 
+        ``trigger_rule`` is a rule's name (``None``: ``all_success``; an unknown name raises
+        ``ValueError`` listing the valid ones). ``when`` is a Lua boolean expression (str) or
+        an object handed to ``invoke`` before the first attempt, which must return
+        ``{"when": bool}``; false skips the node.
+
         Raises ``DuplicateNodeError`` at once for a repeated id; dependency errors are
-        reported by :meth:`preprocess`. A Lua syntax error raises ``LuaSyntaxError``.
+        reported by :meth:`preprocess`. A Lua syntax error (of the script or of ``when``)
+        raises ``LuaSyntaxError``.
         """
 
     def add_nodes_csr(self, ids: list[str], offsets: Sequence[int], parents: Sequence[int]) -> None:

@@ -28,6 +28,7 @@ from dagengine.spec_model import (
     PythonSpec,
     RetryBackoff,
     WorkflowRef,
+    check_trigger_rule,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "RetryBackoff",
     "SubWorkflow",
     "SubWorkflowRunner",
+    "When",
     "check_positive_int",
     "check_timeout",
     "node_from_model",
@@ -55,6 +57,10 @@ __all__ = [
 
 #: What a node returns: a dict of JSON-like values, or ``None`` (meaning ``{}``).
 NodeOutput: TypeAlias = "dict[str, Any] | None"
+
+#: A node's condition: a Lua boolean expression over ``inputs`` and ``results``, or a Python
+#: callable taking the node's :class:`NodeContext` and returning a bool.
+When: TypeAlias = "str | Callable[[NodeContext], bool]"
 
 #: Called by a sub-workflow node to run its child workflow and return the child's output.
 #: The orchestrator passes one to :meth:`DAG.run`; without it such nodes fail.
@@ -263,6 +269,13 @@ class Node:
     ``deps`` are the ids of the nodes whose outputs this node needs (its parents). A failing
     node is tried ``retries`` more times, waiting as ``retry_backoff`` says; ``timeout`` (seconds
     or a duration string like ``"10s"``) bounds each attempt.
+
+    ``when`` is a condition checked before the first attempt: a Lua boolean expression over
+    ``inputs`` and ``results`` (``"results.extract.rows > 0"``), or a callable of the node's
+    :class:`NodeContext` returning a bool (in-process runs only; a spec holds Lua). False skips
+    the node (``skip_reason`` ``condition``); anything but a bool fails it. ``trigger_rule``
+    (Airflow's names, see :data:`~dagengine.spec_model.TRIGGER_RULES`) says when the node runs
+    given how its parents ended; the default ``all_success`` runs it when all succeeded.
     """
 
     id: str
@@ -271,6 +284,8 @@ class Node:
     retries: int = 0
     retry_backoff: RetryBackoff = DEFAULT_BACKOFF
     timeout: float | None = None
+    when: When | None = None
+    trigger_rule: str = "all_success"
 
     def __init__(
         self,
@@ -281,6 +296,8 @@ class Node:
         retries: int = 0,
         retry_backoff: RetryBackoff | None = None,
         timeout: float | str | None = None,
+        when: When | None = None,
+        trigger_rule: str = "all_success",
     ) -> None:
         if not isinstance(id, str):
             raise TypeError(f"Node id must be a str, got {type(id).__name__}")
@@ -330,6 +347,8 @@ class Node:
         object.__setattr__(self, "retries", retries)
         object.__setattr__(self, "retry_backoff", retry_backoff)
         object.__setattr__(self, "timeout", checked_timeout)
+        object.__setattr__(self, "when", _check_when(id, when))
+        object.__setattr__(self, "trigger_rule", check_trigger_rule(id, trigger_rule))
 
     @property
     def kind(self) -> str:
@@ -344,6 +363,21 @@ class Node:
         if isinstance(executor, SubWorkflow):
             return "workflow"
         return "custom"
+
+
+def _check_when(node_id: str, when: object) -> When | None:
+    if when is None:
+        return None
+    if isinstance(when, str):
+        if not when.strip():
+            raise SpecError(f"node {node_id!r}: when must not be empty", path="when")
+        return when
+    if callable(when):
+        return when
+    raise TypeError(
+        f"node {node_id!r}: when must be a Lua expression (str) or a callable of ctx, "
+        f"got {type(when).__name__}"
+    )
 
 
 def _spec_kwargs(exc: Exception) -> dict[str, Any]:
@@ -422,6 +456,8 @@ def node_from_model(model: NodeSpecModel) -> Node:
         retries=model.retries,
         retry_backoff=model.retry_backoff,
         timeout=model.timeout,
+        when=model.when,
+        trigger_rule=model.trigger_rule,
     )
 
 
@@ -469,6 +505,12 @@ def node_to_model(node: Node, path: str) -> NodeSpecModel:
         spec = WorkflowRef(executor.workflow_id, executor.version_range)
     else:
         spec = PythonSpec(_python_path(node, f"{path}.python"))
+    if node.when is not None and not isinstance(node.when, str):
+        raise SpecError(
+            f"node {node.id!r}: a Python callable as when only works in-process; a spec's "
+            'when is a Lua expression (like "results.check.ok")',
+            path=f"{path}.when",
+        )
     return NodeSpecModel(
         node.id,
         spec,
@@ -476,4 +518,6 @@ def node_to_model(node: Node, path: str) -> NodeSpecModel:
         retries=node.retries,
         retry_backoff=node.retry_backoff,
         timeout=node.timeout,
+        when=node.when,
+        trigger_rule=node.trigger_rule,
     )

@@ -99,7 +99,10 @@ class ErrorInfo:
 @dataclass(frozen=True, slots=True)
 class NodeResult:
     """The outcome of one node: ``output`` is set when it succeeded, ``error`` when it failed
-    (or was cancelled with a reason); times are unix timestamps, ``None`` if it never ran."""
+    (or was cancelled with a reason); times are unix timestamps, ``None`` if it never ran.
+    ``skip_reason`` says why a skipped node was skipped: ``upstream_failed`` (its trigger
+    rule can no longer be met because of failures upstream), ``condition`` (its ``when`` was
+    false) or ``trigger_rule`` (its rule can no longer be met because of skips upstream)."""
 
     node_id: str
     status: NodeStatus
@@ -108,6 +111,7 @@ class NodeResult:
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
+    skip_reason: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -128,11 +132,13 @@ class NodeResult:
             attempts=int(data.get("attempts", 0)),
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),
+            skip_reason=data.get("skip_reason"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict in the core's shape (without ``node_id``, which is the key)."""
-        return {
+        """A JSON-ready dict in the core's shape (without ``node_id``, which is the key);
+        ``skip_reason`` only when set."""
+        out = {
             "status": self.status.value,
             "output": self.output,
             "error": self.error.to_dict() if self.error is not None else None,
@@ -140,6 +146,9 @@ class NodeResult:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
         }
+        if self.skip_reason is not None:
+            out["skip_reason"] = self.skip_reason
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +274,8 @@ class NodeEvent:
     ``kind`` is one of ``run_started``, ``node_started``, ``node_succeeded``, ``node_failed``,
     ``node_retrying``, ``node_skipped``, ``node_cancelled``, ``node_log``, ``run_finished``;
     ``node_id`` is ``None`` for run events; ``time`` is a unix timestamp; ``detail`` is ``None``
-    or a dict (``error`` for failures, ``delay`` for retries, ``message`` for logs, ``status``
+    or a dict (``error`` for failures, ``delay`` for retries, ``message`` for logs, ``reason``
+    for ``node_skipped``: ``upstream_failed``, ``condition`` or ``trigger_rule``, ``status``
     for ``run_finished``).
     """
 

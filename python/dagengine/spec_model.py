@@ -39,6 +39,7 @@ __all__ = [
     "MAX_PARALLEL",
     "MAX_RETRIES",
     "MAX_SECONDS",
+    "TRIGGER_RULES",
     "WORKFLOW_ID",
     "ExecutorSpec",
     "LuaSpec",
@@ -48,6 +49,7 @@ __all__ = [
     "RetryBackoff",
     "WorkflowRef",
     "WorkflowSpecModel",
+    "check_trigger_rule",
     "parse",
     "parse_workflow_ref",
     "to_dict",
@@ -78,7 +80,29 @@ _TOP_KEYS = (
     "timeout",
     "nodes",
 )
-_NODE_KEYS = ("id", "deps", *EXECUTOR_KINDS, "retries", "retry_backoff", "timeout", "limits")
+#: The trigger rules a node may name (Airflow's); ``all_success`` is the default.
+TRIGGER_RULES: Final = (
+    "all_success",
+    "all_done",
+    "all_failed",
+    "one_success",
+    "one_failed",
+    "none_failed",
+    "none_failed_min_one_success",
+    "none_skipped",
+)
+
+_NODE_KEYS = (
+    "id",
+    "deps",
+    *EXECUTOR_KINDS,
+    "retries",
+    "retry_backoff",
+    "timeout",
+    "limits",
+    "when",
+    "trigger_rule",
+)
 _BACKOFF_KEYS = ("initial", "factor", "max")
 _LIMIT_KEYS = ("instructions", "memory")
 
@@ -173,6 +197,24 @@ class NodeSpecModel:
     retries: int = 0
     retry_backoff: RetryBackoff = DEFAULT_BACKOFF
     timeout: float | None = None
+    #: A Lua boolean expression over ``inputs`` and ``results``; false skips the node.
+    when: str | None = None
+    #: One of :data:`TRIGGER_RULES`.
+    trigger_rule: str = "all_success"
+
+
+def check_trigger_rule(node_id: str, rule: object, path: str = "trigger_rule") -> str:
+    """``rule`` if it names a trigger rule, else a :class:`SpecError` naming the node and
+    the valid names."""
+    if not isinstance(rule, str) or rule not in TRIGGER_RULES:
+        close = difflib.get_close_matches(str(rule), TRIGGER_RULES, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(
+            f"node {node_id!r}: unknown trigger rule {rule!r}{hint}; "
+            f"expected one of {', '.join(TRIGGER_RULES)}",
+            path=path,
+        )
+    return rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +434,16 @@ def _parse_node(at: _Where, raw: object, path: str) -> NodeSpecModel:
     node_timeout = (
         _duration(at, timeout, f"{path}.timeout", positive=True) if timeout is not None else None
     )
+    when = raw.get("when")
+    if when is not None:
+        _expect(at, when, (str,), f"{path}.when", "a Lua boolean expression (a string)")
+        if not when.strip():
+            raise at.error(f"{path}.when", "must not be empty")
+    rule = raw.get("trigger_rule", "all_success")
+    try:
+        rule = check_trigger_rule(node_id, rule, f"{path}.trigger_rule")
+    except SpecError as exc:
+        raise at.error(f"{path}.trigger_rule", str(exc)) from None
     return NodeSpecModel(
         node_id,
         executor,
@@ -399,6 +451,8 @@ def _parse_node(at: _Where, raw: object, path: str) -> NodeSpecModel:
         retries=retries,
         retry_backoff=backoff,
         timeout=node_timeout,
+        when=when,
+        trigger_rule=rule,
     )
 
 
@@ -536,4 +590,8 @@ def _node_to_dict(node: NodeSpecModel) -> dict[str, Any]:
         out["timeout"] = format_duration(node.timeout)
     if limits:
         out["limits"] = limits
+    if node.when is not None:
+        out["when"] = node.when
+    if node.trigger_rule != "all_success":
+        out["trigger_rule"] = node.trigger_rule
     return out

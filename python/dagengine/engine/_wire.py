@@ -150,6 +150,10 @@ def _model_to_proto(model: WorkflowSpecModel) -> pb.WorkflowSpec:
         out.retry.backoff_max_seconds = backoff.max
         if node.timeout is not None:
             out.timeout_seconds = node.timeout
+        if node.when is not None:
+            out.when = node.when
+        if node.trigger_rule != "all_success":
+            out.trigger_rule = node.trigger_rule
     return msg
 
 
@@ -370,7 +374,7 @@ def event_from_proto(msg: pb.RunEvent) -> NodeEvent:
     """A wire ``RunEvent`` as the :class:`~dagengine.NodeEvent` a local run would produce.
 
     ``detail`` holds ``error`` (failures), ``delay`` (retries), ``message`` (logs), ``output``
-    (``node_succeeded``) and ``status`` (``run_finished``).
+    (``node_succeeded``), ``reason`` (``node_skipped``) and ``status`` (``run_finished``).
     """
     kind = _EVENT_KINDS.get(msg.kind, "unknown")
     if msg.kind == pb.EVENT_KIND_UNSPECIFIED and msg.missed:
@@ -385,6 +389,8 @@ def event_from_proto(msg: pb.RunEvent) -> NodeEvent:
         detail["message"] = msg.message
     elif msg.kind == pb.NODE_SUCCEEDED and msg.output_json:
         detail["output"] = decode_object(msg.output_json, f"node {msg.node_id!r}'s output")
+    elif msg.kind == pb.NODE_SKIPPED and msg.skip_reason:
+        detail["reason"] = msg.skip_reason
     elif msg.kind == pb.RUN_FINISHED and msg.HasField("result"):
         detail["status"] = _run_status(msg.result.status).value
     return NodeEvent(
@@ -412,6 +418,7 @@ def result_from_proto(msg: pb.RunResult) -> RunResult:
             attempts=node.attempts,
             started_at=node.started_at or None,
             finished_at=node.finished_at or None,
+            skip_reason=node.skip_reason or None,
         )
 
     node_results = LazyMapping(by_id, node_result)
@@ -474,10 +481,11 @@ def result_json_from_proto(msg: pb.RunResult) -> str:
         if node.status == pb.NODE_SUCCEEDED_STATUS:
             outputs.append(f"{key}:{raw or '{}'}")
         error = _error_json(node.error) if node.HasField("error") else "null"
+        reason = f',"skip_reason":{_json_str(node.skip_reason)}' if node.skip_reason else ""
         nodes.append(
             f'{key}:{{"status":"{status.value}","output":{raw or "null"},"error":{error},'
             f'"attempts":{node.attempts},"started_at":{_json_time(node.started_at)},'
-            f'"finished_at":{_json_time(node.finished_at)}}}'
+            f'"finished_at":{_json_time(node.finished_at)}{reason}}}'
         )
     error = _error_json(msg.error) if msg.HasField("error") else "null"
     return (

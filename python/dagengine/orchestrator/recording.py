@@ -118,6 +118,8 @@ def record_wire_events(
             data: dict[str, Any] = {"attempt": attempt, "node_attempt": msg.node_attempt}
             if msg.HasField("error"):
                 data["error"] = error_info_from_proto(msg.error).to_dict()
+            if msg.skip_reason:
+                data["reason"] = msg.skip_reason
             published.append((event_type, msg.node_id or None, data))
         if msg.HasField("result"):
             result_json.append(result_json_from_proto(msg.result))
@@ -164,6 +166,8 @@ def record_node_event(
         err = event.error
         if err is not None:
             data["error"] = err.to_dict()
+        if kind == "node_skipped" and event.detail and "reason" in event.detail:
+            data["reason"] = event.detail["reason"]
         events.publish(
             "node." + kind.removeprefix("node_"),
             workflow_id=workflow_id,

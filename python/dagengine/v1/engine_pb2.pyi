@@ -77,7 +77,7 @@ class WorkflowSpec(_message.Message):
     def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSpec, _Mapping]]] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class NodeSpec(_message.Message):
-    __slots__ = ("id", "deps", "lua", "python", "workflow", "noop", "retry", "timeout_seconds")
+    __slots__ = ("id", "deps", "lua", "python", "workflow", "noop", "retry", "timeout_seconds", "when", "trigger_rule")
     ID_FIELD_NUMBER: _ClassVar[int]
     DEPS_FIELD_NUMBER: _ClassVar[int]
     LUA_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,8 @@ class NodeSpec(_message.Message):
     NOOP_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WHEN_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_RULE_FIELD_NUMBER: _ClassVar[int]
     id: str
     deps: _containers.RepeatedScalarFieldContainer[str]
     lua: LuaExecutor
@@ -94,7 +96,9 @@ class NodeSpec(_message.Message):
     noop: NoopExecutor
     retry: RetryPolicy
     timeout_seconds: float
-    def __init__(self, id: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., lua: _Optional[_Union[LuaExecutor, _Mapping]] = ..., python: _Optional[_Union[PythonExecutor, _Mapping]] = ..., workflow: _Optional[_Union[SubWorkflowExecutor, _Mapping]] = ..., noop: _Optional[_Union[NoopExecutor, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    when: str
+    trigger_rule: str
+    def __init__(self, id: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., lua: _Optional[_Union[LuaExecutor, _Mapping]] = ..., python: _Optional[_Union[PythonExecutor, _Mapping]] = ..., workflow: _Optional[_Union[SubWorkflowExecutor, _Mapping]] = ..., noop: _Optional[_Union[NoopExecutor, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., when: _Optional[str] = ..., trigger_rule: _Optional[str] = ...) -> None: ...
 
 class LuaExecutor(_message.Message):
     __slots__ = ("code", "max_instructions", "max_memory_bytes")
@@ -186,7 +190,7 @@ class ErrorInfo(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "attempt", "seq", "engine_id", "kind", "time_unix", "node_id", "node_attempt", "error", "retry_delay_seconds", "message", "output_json", "result", "missed")
+    __slots__ = ("run_id", "attempt", "seq", "engine_id", "kind", "time_unix", "node_id", "node_attempt", "error", "retry_delay_seconds", "message", "output_json", "result", "missed", "skip_reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +205,7 @@ class RunEvent(_message.Message):
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     MISSED_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     seq: int
@@ -215,7 +220,8 @@ class RunEvent(_message.Message):
     output_json: bytes
     result: RunResult
     missed: int
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ...) -> None: ...
+    skip_reason: str
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ..., skip_reason: _Optional[str] = ...) -> None: ...
 
 class RunEvents(_message.Message):
     __slots__ = ("events",)
@@ -264,7 +270,7 @@ class Refusal(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class NodeResult(_message.Message):
-    __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at")
+    __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "skip_reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +278,7 @@ class NodeResult(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     status: NodeStatus
     output_json: bytes
@@ -279,7 +286,8 @@ class NodeResult(_message.Message):
     attempts: int
     started_at: float
     finished_at: float
-    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., output_json: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., attempts: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
+    skip_reason: str
+    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., output_json: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., attempts: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., skip_reason: _Optional[str] = ...) -> None: ...
 
 class RunResult(_message.Message):
     __slots__ = ("run_id", "attempt", "status", "error", "duration_seconds", "nodes", "engine_id", "result_json")

@@ -3,9 +3,17 @@
 //! happened. Nothing here blocks, sleeps or spawns, so it is driven the same way by the
 //! local runner and the engine server, and tested without either.
 //!
-//! Failure semantics: a node that fails after its retries marks every descendant
-//! `Skipped`; independent branches keep running and the run ends `Failed`. With
-//! `fail_fast` the first final failure cancels everything not yet finished.
+//! Failure semantics: a node runs when its [`TriggerRule`] is met by its parents' outcomes
+//! (Airflow's rules and names). With the default, `all_success`, a node that fails after
+//! its retries marks every descendant `Skipped` with [`SkipReason::UpstreamFailed`];
+//! independent branches keep running. A node whose rule can no longer be met because of
+//! failures is skipped with `UpstreamFailed` and counts as failed for its own children;
+//! one skipped by its condition ([`Event::ConditionFalse`]) or because its rule cannot be
+//! met through skips (`TriggerRule`) counts as skipped. Every rule is a function of the
+//! parents' final outcomes; a node is decided as soon as that function's value is certain,
+//! so the result does not depend on the order parents finish in. The run ends `Failed`
+//! when any node failed, even if rules absorbed the failure. With `fail_fast` the first
+//! final failure cancels everything not yet finished.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,7 +31,7 @@ pub enum NodeState {
     Retrying,
     Succeeded,
     Failed,
-    /// Not run because an ancestor failed.
+    /// Not run: see [`Scheduler::skip_reason`] for why.
     Skipped,
     /// Not run, or interrupted, because the run was cancelled (or `fail_fast`).
     Cancelled,
@@ -63,9 +71,153 @@ pub const TRANSITIONS: &[(NodeState, NodeState)] = &[
     (NodeState::Running, NodeState::Failed),
     (NodeState::Running, NodeState::Retrying),
     (NodeState::Running, NodeState::Cancelled),
+    (NodeState::Running, NodeState::Skipped), // its condition was false
     (NodeState::Retrying, NodeState::Running),
     (NodeState::Retrying, NodeState::Cancelled),
 ];
+
+/// When a node runs, given how its parents ended (Airflow's trigger rules). A node without
+/// parents always runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TriggerRule {
+    /// Every parent succeeded (the default).
+    #[default]
+    AllSuccess,
+    /// Every parent finished, however.
+    AllDone,
+    /// Every parent failed (or was skipped because of failures upstream).
+    AllFailed,
+    /// At least one parent succeeded (runs as soon as one does).
+    OneSuccess,
+    /// At least one parent failed (runs as soon as one does).
+    OneFailed,
+    /// No parent failed: each succeeded or was skipped.
+    NoneFailed,
+    /// No parent failed and at least one succeeded.
+    NoneFailedMinOneSuccess,
+    /// No parent was skipped.
+    NoneSkipped,
+}
+
+impl TriggerRule {
+    /// Every rule, in the order of [`TriggerRule::NAMES`].
+    pub const ALL: [TriggerRule; 8] = [
+        Self::AllSuccess,
+        Self::AllDone,
+        Self::AllFailed,
+        Self::OneSuccess,
+        Self::OneFailed,
+        Self::NoneFailed,
+        Self::NoneFailedMinOneSuccess,
+        Self::NoneSkipped,
+    ];
+
+    /// The names a spec uses, comma-separated (for error messages).
+    pub const NAMES: &'static str = "all_success, all_done, all_failed, one_success, \
+        one_failed, none_failed, none_failed_min_one_success, none_skipped";
+
+    /// The rule's name in specs, on the wire and in Python.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllSuccess => "all_success",
+            Self::AllDone => "all_done",
+            Self::AllFailed => "all_failed",
+            Self::OneSuccess => "one_success",
+            Self::OneFailed => "one_failed",
+            Self::NoneFailed => "none_failed",
+            Self::NoneFailedMinOneSuccess => "none_failed_min_one_success",
+            Self::NoneSkipped => "none_skipped",
+        }
+    }
+
+    /// The rule of this name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// What the rule says given the parents' outcomes so far: `ok` succeeded, `failed`
+    /// failed (or were skipped because of failures), `skipped` were skipped otherwise, and
+    /// `left` have not finished. `None` while the answer still depends on those `left`.
+    // Each rule's arms together read as its table: merging equal arms across rules would not.
+    #[allow(clippy::match_same_arms)]
+    pub fn decide(self, ok: u32, failed: u32, skipped: u32, left: u32) -> Option<Decision> {
+        use Decision::{Run, Skip};
+        use SkipReason::{TriggerRule as Rule, UpstreamFailed};
+        if ok + failed + skipped + left == 0 {
+            return Some(Run);
+        }
+        let done = left == 0;
+        let run_if_done = if done { Some(Run) } else { None };
+        match self {
+            Self::AllSuccess if failed > 0 => Some(Skip(UpstreamFailed)),
+            Self::AllSuccess if done && skipped > 0 => Some(Skip(Rule)),
+            Self::AllSuccess | Self::AllDone => run_if_done,
+            Self::AllFailed if ok > 0 || skipped > 0 => Some(Skip(Rule)),
+            Self::AllFailed => run_if_done,
+            Self::OneSuccess if ok > 0 => Some(Run),
+            Self::OneSuccess if !done => None,
+            Self::OneSuccess if failed > 0 => Some(Skip(UpstreamFailed)),
+            Self::OneSuccess => Some(Skip(Rule)),
+            Self::OneFailed if failed > 0 => Some(Run),
+            Self::OneFailed if !done => None,
+            Self::OneFailed => Some(Skip(Rule)),
+            Self::NoneFailed if failed > 0 => Some(Skip(UpstreamFailed)),
+            Self::NoneFailed => run_if_done,
+            Self::NoneFailedMinOneSuccess if failed > 0 => Some(Skip(UpstreamFailed)),
+            Self::NoneFailedMinOneSuccess if !done => None,
+            Self::NoneFailedMinOneSuccess if ok > 0 => Some(Run),
+            Self::NoneFailedMinOneSuccess => Some(Skip(Rule)),
+            Self::NoneSkipped if skipped > 0 => Some(Skip(Rule)),
+            Self::NoneSkipped => run_if_done,
+        }
+    }
+}
+
+/// Why a node was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Its trigger rule can no longer be met because of failures upstream; counts as
+    /// failed for its own children (Airflow's `upstream_failed`).
+    UpstreamFailed,
+    /// Its condition (`when`) was false.
+    Condition,
+    /// Its trigger rule can no longer be met because of skips upstream.
+    TriggerRule,
+}
+
+impl SkipReason {
+    /// Lower-case name used on the wire and in Python.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpstreamFailed => "upstream_failed",
+            Self::Condition => "condition",
+            Self::TriggerRule => "trigger_rule",
+        }
+    }
+
+    /// The reason of this name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::UpstreamFailed, Self::Condition, Self::TriggerRule]
+            .into_iter()
+            .find(|r| r.as_str() == name)
+    }
+}
+
+/// What a [`TriggerRule`] says about a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Run,
+    Skip(SkipReason),
+}
+
+/// How a finished node counts for its children's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    // The index of its count in a tally.
+    Success = 0,
+    Failure = 1,
+    Skip = 2,
+}
 
 /// Final state of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +286,8 @@ pub struct NodePolicy {
     pub backoff: Backoff,
     /// Wall time of one attempt; the driver enforces it and reports a failure.
     pub timeout: Option<Duration>,
+    /// When the node runs, given how its parents ended.
+    pub trigger_rule: TriggerRule,
 }
 
 /// Per-run options the state machine itself enforces.
@@ -158,6 +312,9 @@ pub enum Event {
     },
     /// The backoff delay announced by [`Instruction::ScheduleRetry`] has passed.
     RetryDue { node: NodeIdx, attempt: u32 },
+    /// The condition of `node`, checked by the driver when told to execute attempt
+    /// `attempt` (the first), was false: the node is skipped instead of run.
+    ConditionFalse { node: NodeIdx, attempt: u32 },
     /// Stop the run: cancel what has not started, interrupt what is running.
     Stop(StopReason),
 }
@@ -175,8 +332,8 @@ pub enum Instruction {
     },
     /// Interrupt the running attempt of `node` (it will still report back).
     Abort { node: NodeIdx },
-    /// `node` will not run because an ancestor failed.
-    Skipped { node: NodeIdx },
+    /// `node` will not run, for `reason`.
+    Skipped { node: NodeIdx, reason: SkipReason },
     /// `node` will not run (or its result no longer counts) because the run stopped.
     Cancelled { node: NodeIdx },
     /// Nothing is running or due any more; the run is over.
@@ -192,6 +349,15 @@ pub struct SuspendedScheduler {
     waiting_on: Vec<u32>,
     attempts: Vec<u32>,
     ready: VecDeque<NodeIdx>,
+    /// Why each skipped node was skipped (`None` for every other node).
+    skip_reason: Vec<Option<SkipReason>>,
+    /// Per node: [`QUEUED`] once its rule said run, [`SAW_SKIP`] once a parent was skipped.
+    flags: Vec<u8>,
+    /// Per node, parents that (succeeded, failed, were skipped); only kept when some node
+    /// has a rule other than `all_success`, which needs no counts.
+    tally: Vec<[u32; 3]>,
+    /// Nodes whose end their children have yet to hear of (reused, not per node).
+    settle: Vec<(NodeIdx, Outcome)>,
     running: usize,
     retrying: usize,
     unfinished: usize,
@@ -199,6 +365,9 @@ pub struct SuspendedScheduler {
     stopped: Option<StopReason>,
     finished: bool,
 }
+
+const QUEUED: u8 = 1;
+const SAW_SKIP: u8 = 2;
 
 /// The state machine of one run.
 #[derive(Debug)]
@@ -222,6 +391,9 @@ impl<'a> Scheduler<'a> {
         );
         let n = dag.len();
         let waiting_on = (0..n as u32).map(|i| dag.parents(i).len() as u32).collect();
+        let counted = policies
+            .iter()
+            .any(|p| p.trigger_rule != TriggerRule::AllSuccess);
         Self {
             dag,
             policies,
@@ -231,6 +403,10 @@ impl<'a> Scheduler<'a> {
                 waiting_on,
                 attempts: vec![0; n],
                 ready: VecDeque::new(),
+                skip_reason: vec![None; n],
+                flags: vec![0; n],
+                tally: if counted { vec![[0; 3]; n] } else { Vec::new() },
+                settle: Vec::new(),
                 running: 0,
                 retrying: 0,
                 unfinished: n,
@@ -276,6 +452,11 @@ impl<'a> Scheduler<'a> {
         self.run.state[node as usize]
     }
 
+    /// Why a skipped node was skipped (`None` for a node that is not skipped).
+    pub fn skip_reason(&self, node: NodeIdx) -> Option<SkipReason> {
+        self.run.skip_reason[node as usize]
+    }
+
     /// Attempts started so far for a node.
     pub fn attempts(&self, node: NodeIdx) -> u32 {
         self.run.attempts[node as usize]
@@ -318,6 +499,9 @@ impl<'a> Scheduler<'a> {
             self.set(node, NodeState::Succeeded);
             for &c in self.dag.children(node) {
                 self.run.waiting_on[c as usize] -= 1;
+                if let Some(t) = self.run.tally.get_mut(c as usize) {
+                    t[0] += 1;
+                }
             }
         }
     }
@@ -326,10 +510,22 @@ impl<'a> Scheduler<'a> {
     /// fully completed graph).
     pub fn start(&mut self, out: &mut Vec<Instruction>) {
         for &n in self.dag.topological_order() {
-            if self.run.state[n as usize] == NodeState::Pending
-                && self.run.waiting_on[n as usize] == 0
-            {
-                self.run.ready.push_back(n);
+            let i = n as usize;
+            if self.run.state[i] != NodeState::Pending || self.run.flags[i] & QUEUED != 0 {
+                continue;
+            }
+            // Only completed parents (a resumed run) have ended yet.
+            let decision = match self.run.tally.get(i) {
+                Some(&[ok, failed, skipped]) => {
+                    self.policy(n)
+                        .trigger_rule
+                        .decide(ok, failed, skipped, self.run.waiting_on[i])
+                }
+                None => (self.run.waiting_on[i] == 0).then_some(Decision::Run),
+            };
+            if let Some(d) = decision {
+                self.decided(n, d, out);
+                self.settle(out);
             }
         }
         self.dispatch(out);
@@ -349,20 +545,10 @@ impl<'a> Scheduler<'a> {
                 if !self.is_current(node, attempt) {
                     return;
                 }
-                if self.run.stopped.is_some() {
-                    // Finished after it was told to stop: the run no longer waits for it,
-                    // but its output is real, so keep it.
-                    self.set(node, NodeState::Succeeded);
-                } else {
-                    self.set(node, NodeState::Succeeded);
-                    for &c in self.dag.children(node) {
-                        let w = &mut self.run.waiting_on[c as usize];
-                        *w -= 1;
-                        if *w == 0 && self.run.state[c as usize] == NodeState::Pending {
-                            self.run.ready.push_back(c);
-                        }
-                    }
-                }
+                // Finished after it was told to stop: the run no longer waits for it, but
+                // its output is real, so keep it (and `ended` tells no child).
+                self.set(node, NodeState::Succeeded);
+                self.ended(node, Outcome::Success, out);
             }
             Event::NodeFailed {
                 node,
@@ -386,7 +572,7 @@ impl<'a> Scheduler<'a> {
                 } else {
                     self.set(node, NodeState::Failed);
                     self.run.failed = true;
-                    self.skip_descendants(node, out);
+                    self.ended(node, Outcome::Failure, out);
                     if self.run.options.fail_fast {
                         self.stop(StopReason::Cancelled, out);
                     }
@@ -409,6 +595,13 @@ impl<'a> Scheduler<'a> {
                 } else {
                     self.execute(node, out);
                 }
+            }
+            Event::ConditionFalse { node, attempt } => {
+                if !self.is_current(node, attempt) {
+                    return;
+                }
+                self.skip(node, SkipReason::Condition, out);
+                self.ended(node, Outcome::Skip, out);
             }
             Event::Stop(reason) => self.stop(reason, out),
         }
@@ -452,13 +645,79 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    fn skip_descendants(&mut self, node: NodeIdx, out: &mut Vec<Instruction>) {
-        let mut stack: Vec<NodeIdx> = self.dag.children(node).to_vec();
-        while let Some(c) = stack.pop() {
-            if self.run.state[c as usize] == NodeState::Pending {
-                self.set(c, NodeState::Skipped);
-                out.push(Instruction::Skipped { node: c });
-                stack.extend_from_slice(self.dag.children(c));
+    fn skip(&mut self, node: NodeIdx, reason: SkipReason, out: &mut Vec<Instruction>) {
+        self.set(node, NodeState::Skipped);
+        self.run.skip_reason[node as usize] = Some(reason);
+        out.push(Instruction::Skipped { node, reason });
+    }
+
+    /// `node` ended with `outcome`: its children hear of it (unless the run stopped).
+    fn ended(&mut self, node: NodeIdx, outcome: Outcome, out: &mut Vec<Instruction>) {
+        if self.run.stopped.is_some() {
+            return;
+        }
+        self.run.settle.push((node, outcome));
+        self.settle(out);
+    }
+
+    /// Tell the children of every node in `settle` how it ended, deciding each child whose
+    /// rule's answer is now certain; a child skipped that way ends too, so it goes on the
+    /// list in turn.
+    fn settle(&mut self, out: &mut Vec<Instruction>) {
+        while let Some((node, outcome)) = self.run.settle.pop() {
+            for &c in self.dag.children(node) {
+                let i = c as usize;
+                if self.run.state[i] != NodeState::Pending || self.run.flags[i] & QUEUED != 0 {
+                    continue; // decided already
+                }
+                self.run.waiting_on[i] -= 1;
+                let left = self.run.waiting_on[i];
+                let decision = if let Some(t) = self.run.tally.get_mut(i) {
+                    t[outcome as usize] += 1;
+                    let [ok, failed, skipped] = *t;
+                    self.policy(c)
+                        .trigger_rule
+                        .decide(ok, failed, skipped, left)
+                } else {
+                    // all_success without counts: a failure decides at once, a skip once
+                    // every parent has ended (a later failure would still win).
+                    match outcome {
+                        Outcome::Failure => Some(Decision::Skip(SkipReason::UpstreamFailed)),
+                        Outcome::Skip => {
+                            self.run.flags[i] |= SAW_SKIP;
+                            (left == 0).then_some(Decision::Skip(SkipReason::TriggerRule))
+                        }
+                        Outcome::Success if left == 0 => {
+                            if self.run.flags[i] & SAW_SKIP == 0 {
+                                Some(Decision::Run)
+                            } else {
+                                Some(Decision::Skip(SkipReason::TriggerRule))
+                            }
+                        }
+                        Outcome::Success => None,
+                    }
+                };
+                if let Some(d) = decision {
+                    self.decided(c, d, out);
+                }
+            }
+        }
+    }
+
+    fn decided(&mut self, node: NodeIdx, decision: Decision, out: &mut Vec<Instruction>) {
+        match decision {
+            Decision::Run => {
+                self.run.flags[node as usize] |= QUEUED;
+                self.run.ready.push_back(node);
+            }
+            Decision::Skip(reason) => {
+                self.skip(node, reason, out);
+                let outcome = if reason == SkipReason::UpstreamFailed {
+                    Outcome::Failure
+                } else {
+                    Outcome::Skip
+                };
+                self.run.settle.push((node, outcome));
             }
         }
     }

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use dagengine_core::{
     Backoff, Dag, Event, Instruction, NodePolicy, NodeState, RunOptions, RunStatus, Scheduler,
-    StopReason, TRANSITIONS,
+    SkipReason, StopReason, TriggerRule, TRANSITIONS,
 };
 use proptest::prelude::*;
 
@@ -40,6 +40,7 @@ const ONE: &[NodePolicy] = &[NodePolicy {
         max: Duration::from_millis(35),
     },
     timeout: None,
+    trigger_rule: TriggerRule::AllSuccess,
 }];
 
 #[test]
@@ -162,8 +163,16 @@ fn failure_skips_descendants_and_independent_branch_continues() {
         },
         &mut out,
     );
-    assert!(out.contains(&Instruction::Skipped { node: 1 }));
-    assert!(out.contains(&Instruction::Skipped { node: 2 }));
+    let upstream = SkipReason::UpstreamFailed;
+    assert!(out.contains(&Instruction::Skipped {
+        node: 1,
+        reason: upstream
+    }));
+    assert!(out.contains(&Instruction::Skipped {
+        node: 2,
+        reason: upstream
+    }));
+    assert_eq!(s.skip_reason(2), Some(upstream));
     assert_eq!(finish(&out), None);
     out.clear();
     s.handle(
@@ -535,6 +544,19 @@ fn every_transition_is_exercised() {
         s.handle(e, &mut out);
         observe(&b, &s);
     }
+    // Running->Skipped: a condition that was false.
+    let d = build(&[("w", &[])]);
+    let mut s = Scheduler::new(&d, ONE, RunOptions::default());
+    s.start(&mut out);
+    let b = snapshot(&s, 1);
+    s.handle(
+        Event::ConditionFalse {
+            node: 0,
+            attempt: 1,
+        },
+        &mut out,
+    );
+    observe(&b, &s);
     let want: HashSet<_> = TRANSITIONS.iter().copied().collect();
     assert_eq!(seen, want);
 }

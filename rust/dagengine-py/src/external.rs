@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use dagengine_core::ErrorKind;
 use dagengine_server::{
-    Context, ExternalCall, ExternalExecutor, Growth, Hooks, NodeFailure, Plan, WorkerPool,
+    condition_value, Context, ExternalCall, ExternalExecutor, Growth, Hooks, NodeFailure, Plan,
+    WorkerPool,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -38,6 +39,8 @@ impl CancelToken {
 pub struct PyExternal {
     invoke: Py<PyAny>,
     payloads: Arc<Vec<Option<Py<PyAny>>>>,
+    /// The Python callable of each node's `when`, if it has one.
+    conditions: Arc<Vec<Option<Py<PyAny>>>>,
     /// The run's inputs, converted once per run (a read-only mapping).
     inputs: Py<PyAny>,
     run_id: String,
@@ -53,9 +56,84 @@ impl PyExternal {
         Self {
             invoke,
             payloads,
+            conditions: Arc::default(),
             inputs,
             run_id,
         }
+    }
+
+    /// With the Python callables of the nodes' conditions (see [`dagengine_server::Condition::External`]).
+    #[must_use]
+    pub fn with_conditions(mut self, conditions: Arc<Vec<Option<Py<PyAny>>>>) -> Self {
+        self.conditions = conditions;
+        self
+    }
+
+    /// Call `payload` through the `invoke` trampoline for `call`'s node; the returned dict.
+    fn invoke(
+        &self,
+        plan: &Plan,
+        call: &ExternalCall,
+        payload: &Py<PyAny>,
+    ) -> Result<Map<String, Value>, NodeFailure> {
+        let node_id = plan.dag().id(call.node);
+        if exiting() {
+            return Err(NodeFailure {
+                kind: ErrorKind::DagEngineError.as_str().to_owned(),
+                message: format!("node '{node_id}' not run: the Python interpreter is exiting"),
+                traceback: None,
+                retryable: false,
+            });
+        }
+        Python::attach(|py| {
+            let invoke_call = || -> PyResult<Bound<'_, PyAny>> {
+                let results = PyDict::new(py);
+                for (p, v) in &call.results {
+                    results.set_item(plan.dag().id(*p), pythonize(py, v.as_ref())?)?;
+                }
+                let token = Bound::new(
+                    py,
+                    CancelToken {
+                        flag: call.cancel.clone(),
+                    },
+                )?;
+                let args = PyTuple::new(
+                    py,
+                    [
+                        payload.bind(py).clone(),
+                        node_id.into_pyobject(py)?.into_any(),
+                        self.run_id.as_str().into_pyobject(py)?.into_any(),
+                        call.attempt.into_pyobject(py)?.into_any(),
+                        self.inputs.bind(py).clone(),
+                        results.into_any(),
+                        token.into_any(),
+                    ],
+                )?;
+                self.invoke.bind(py).call1(args)
+            };
+            let returned = invoke_call().map_err(|e| failure_from(py, &e))?;
+            if returned.is_none() {
+                return Ok(Map::new());
+            }
+            let bad_return = |what: String| NodeFailure {
+                kind: "TypeError".to_owned(),
+                message: format!("node '{node_id}' returned {what}; expected a dict or None"),
+                traceback: None,
+                retryable: false,
+            };
+            if !returned.is_instance_of::<PyDict>() {
+                let ty = returned
+                    .get_type()
+                    .name()
+                    .map_or_else(|_| "an object".to_owned(), |n| format!("a {n}"));
+                return Err(bad_return(ty));
+            }
+            match depythonize::<Value>(&returned) {
+                Ok(Value::Object(map)) => Ok(map),
+                Ok(_) => Err(bad_return("a non-object".to_owned())),
+                Err(e) => Err(bad_return(format!("a dict that is not JSON-like ({e})"))),
+            }
+        })
     }
 }
 
@@ -132,71 +210,30 @@ impl ExternalExecutor for PyExternal {
     }
 
     fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
-        let node_id = plan.dag().id(call.node);
         let Some(Some(payload)) = self.payloads.get(call.node as usize) else {
             return Err(NodeFailure {
                 kind: ErrorKind::DagEngineError.as_str().to_owned(),
-                message: format!("node '{node_id}' has no Python callable"),
+                message: format!("node '{}' has no Python callable", plan.dag().id(call.node)),
                 traceback: None,
                 retryable: false,
             });
         };
-        if exiting() {
+        self.invoke(plan, &call, payload)
+    }
+
+    /// The payload (`dagengine.workflow`'s wrapper of the node's `when`) returns
+    /// `{"when": bool}`, or raises naming the node when the callable's value is not a bool.
+    fn condition(&self, plan: &Plan, call: &ExternalCall) -> Result<bool, NodeFailure> {
+        let node_id = plan.dag().id(call.node);
+        let Some(Some(payload)) = self.conditions.get(call.node as usize) else {
             return Err(NodeFailure {
                 kind: ErrorKind::DagEngineError.as_str().to_owned(),
-                message: format!("node '{node_id}' not run: the Python interpreter is exiting"),
+                message: format!("node '{node_id}' has no Python condition"),
                 traceback: None,
                 retryable: false,
             });
-        }
-        Python::attach(|py| {
-            let invoke_call = || -> PyResult<Bound<'_, PyAny>> {
-                let results = PyDict::new(py);
-                for (p, v) in &call.results {
-                    results.set_item(plan.dag().id(*p), pythonize(py, v.as_ref())?)?;
-                }
-                let token = Bound::new(
-                    py,
-                    CancelToken {
-                        flag: call.cancel.clone(),
-                    },
-                )?;
-                let args = PyTuple::new(
-                    py,
-                    [
-                        payload.bind(py).clone(),
-                        node_id.into_pyobject(py)?.into_any(),
-                        self.run_id.as_str().into_pyobject(py)?.into_any(),
-                        call.attempt.into_pyobject(py)?.into_any(),
-                        self.inputs.bind(py).clone(),
-                        results.into_any(),
-                        token.into_any(),
-                    ],
-                )?;
-                self.invoke.bind(py).call1(args)
-            };
-            let returned = invoke_call().map_err(|e| failure_from(py, &e))?;
-            if returned.is_none() {
-                return Ok(Map::new());
-            }
-            let bad_return = |what: String| NodeFailure {
-                kind: "TypeError".to_owned(),
-                message: format!("node '{node_id}' returned {what}; expected a dict or None"),
-                traceback: None,
-                retryable: false,
-            };
-            if !returned.is_instance_of::<PyDict>() {
-                let ty = returned
-                    .get_type()
-                    .name()
-                    .map_or_else(|_| "an object".to_owned(), |n| format!("a {n}"));
-                return Err(bad_return(ty));
-            }
-            match depythonize::<Value>(&returned) {
-                Ok(Value::Object(map)) => Ok(map),
-                Ok(_) => Err(bad_return("a non-object".to_owned())),
-                Err(e) => Err(bad_return(format!("a dict that is not JSON-like ({e})"))),
-            }
-        })
+        };
+        let out = self.invoke(plan, call, payload)?;
+        condition_value(node_id, out.get("when"))
     }
 }

@@ -20,10 +20,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dagengine_core::{Backoff, Dag, NodePolicy, RunOptions};
+use dagengine_core::{Backoff, Dag, NodePolicy, RunOptions, TriggerRule};
 use dagengine_lua::{LuaLimits, LuaScript};
 use dagengine_server::{
-    start_run, EventDetail, NodeKind, NodeSpec, Plan, RunConfig, RunEvent, RunHandle,
+    start_run, Condition, EventDetail, NodeKind, NodeSpec, Plan, RunConfig, RunEvent, RunHandle,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -51,8 +51,10 @@ pub struct DagRef {
     dag: Dag,
     specs: Vec<NodeSpec>,
     payloads: Vec<Option<Py<PyAny>>>,
+    /// The Python callable of each node's `when` (`None`: a Lua one, or none).
+    conditions: Vec<Option<Py<PyAny>>>,
     /// Built on the first run after a change; shared by all runs until the next change.
-    plan: Option<(Arc<Plan>, Payloads)>,
+    plan: Option<(Arc<Plan>, Payloads, Payloads)>,
 }
 
 impl DagRef {
@@ -67,9 +69,11 @@ impl DagRef {
         let spec = NodeSpec {
             kind: NodeKind::Noop,
             policy: NodePolicy::default(),
+            condition: None,
         };
         self.specs.resize(n, spec);
         self.payloads.resize_with(n, || None);
+        self.conditions.resize_with(n, || None);
     }
 
     fn preprocess_inner(&mut self, py: Python<'_>) -> PyResult<()> {
@@ -99,6 +103,7 @@ impl DagRef {
             dag: Dag::new(),
             specs: Vec::new(),
             payloads: Vec::new(),
+            conditions: Vec::new(),
             plan: None,
         }
     }
@@ -106,7 +111,7 @@ impl DagRef {
     #[pyo3(signature = (
         node_id, deps, kind, payload=None, *, retries=0, backoff_initial=1.0,
         backoff_factor=2.0, backoff_max=60.0, timeout=None, lua_max_instructions=None,
-        lua_max_memory=None
+        lua_max_memory=None, trigger_rule=None, when=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn add_node(
@@ -123,6 +128,8 @@ impl DagRef {
         timeout: Option<f64>,
         lua_max_instructions: Option<u64>,
         lua_max_memory: Option<usize>,
+        trigger_rule: Option<&str>,
+        when: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         if !(backoff_factor.is_finite() && backoff_factor >= 1.0) {
             return Err(PyValueError::new_err(format!(
@@ -137,6 +144,28 @@ impl DagRef {
                 max: duration("retry_backoff.max", backoff_max)?,
             },
             timeout: timeout.map(|t| duration("timeout", t)).transpose()?,
+            trigger_rule: match trigger_rule {
+                None => TriggerRule::AllSuccess,
+                Some(name) => TriggerRule::parse(name).ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "node '{node_id}': unknown trigger rule '{name}' (expected one of {})",
+                        TriggerRule::NAMES
+                    ))
+                })?,
+            },
+        };
+        // A str is a Lua expression; anything else a Python callable of the context.
+        let (condition, when_payload) = match when {
+            None => (None, None),
+            Some(w) => match w.cast::<PyString>() {
+                Ok(text) => {
+                    let c = Condition::lua(text.to_str()?);
+                    c.check()
+                        .map_err(|e| errors::lua_error(py, &e, Some(node_id)))?;
+                    (Some(c), None)
+                }
+                Err(_) => (Some(Condition::External), Some(w.unbind())),
+            },
         };
         let (kind, payload) = match kind {
             "noop" => (NodeKind::Noop, None),
@@ -172,8 +201,13 @@ impl DagRef {
         self.dag
             .add_node(node_id, deps.iter().map(String::as_str))
             .map_err(|e| errors::graph_error(py, &e))?;
-        self.specs.push(NodeSpec { kind, policy });
+        self.specs.push(NodeSpec {
+            kind,
+            policy,
+            condition,
+        });
         self.payloads.push(payload);
+        self.conditions.push(when_payload);
         self.changed();
         Ok(())
     }
@@ -292,9 +326,14 @@ impl DagRef {
                 .iter()
                 .map(|p| p.as_ref().map(|o| o.clone_ref(py)))
                 .collect();
-            self.plan = Some((Arc::new(plan), Arc::new(payloads)));
+            let conditions = self
+                .conditions
+                .iter()
+                .map(|p| p.as_ref().map(|o| o.clone_ref(py)))
+                .collect();
+            self.plan = Some((Arc::new(plan), Arc::new(payloads), Arc::new(conditions)));
         }
-        let (plan, payloads) = self.plan.clone().expect("just built");
+        let (plan, payloads, conditions) = self.plan.clone().expect("just built");
         let mut done = Vec::new();
         if let Some(completed) = completed {
             for (k, v) in completed.iter() {
@@ -332,18 +371,19 @@ impl DagRef {
             events,
             event_outputs,
         };
-        let external = PyExternal::new(invoke, payloads, inputs_py, run_id);
+        let external =
+            PyExternal::new(invoke, payloads, inputs_py, run_id).with_conditions(conditions);
         let handle = start_run(plan.clone(), config, Some(Arc::new(external)))
             .map_err(|e| errors::runtime_error(py, &e))?;
         Ok(RunRef { handle, plan })
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for p in self.payloads.iter().flatten() {
+        for p in self.payloads.iter().chain(&self.conditions).flatten() {
             visit.call(p)?;
         }
-        if let Some((_, payloads)) = &self.plan {
-            for p in payloads.iter().flatten() {
+        if let Some((_, payloads, conditions)) = &self.plan {
+            for p in payloads.iter().chain(conditions.iter()).flatten() {
                 visit.call(p)?;
             }
         }
@@ -352,6 +392,7 @@ impl DagRef {
 
     fn __clear__(&mut self) {
         self.payloads.iter_mut().for_each(|p| *p = None);
+        self.conditions.iter_mut().for_each(|p| *p = None);
         self.plan = None;
     }
 }
@@ -436,6 +477,11 @@ impl RunRef {
             EventDetail::Finished(status) => {
                 let d = PyDict::new(py);
                 d.set_item("status", status.as_str())?;
+                d.into_any().unbind()
+            }
+            EventDetail::Skipped(reason) => {
+                let d = PyDict::new(py);
+                d.set_item("reason", reason.as_str())?;
                 d.into_any().unbind()
             }
         };
@@ -592,6 +638,9 @@ impl NodeRecords {
         n.set_item("attempts", rec.attempts)?;
         n.set_item("started_at", rec.started_at)?;
         n.set_item("finished_at", rec.finished_at)?;
+        if let Some(reason) = rec.skip_reason {
+            n.set_item("skip_reason", reason.as_str())?;
+        }
         Ok(n)
     }
 

@@ -11,7 +11,8 @@ pub mod runtime;
 
 pub use pool::{Context, Growth, Hooks, Job, WorkerPool};
 pub use runner::{
-    start_run, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure, NodeKind,
-    NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunHandle, RunOutcome,
+    condition_value, start_run, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor,
+    NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunHandle,
+    RunOutcome,
 };
 pub use runtime::{runtime, RuntimeError};

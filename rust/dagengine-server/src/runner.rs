@@ -36,11 +36,11 @@ mod model;
 
 use std::sync::{Mutex, MutexGuard};
 
-pub use driver::{start_run, start_run_inline};
+pub use driver::{condition_value, start_run, start_run_inline};
 pub use handle::RunHandle;
 pub use model::{
-    EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure, NodeKind, NodeRecord,
-    NodeSpec, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure, NodeKind,
+    NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -50,3 +50,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod rule_tests;

@@ -5,13 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dagengine_core::{Backoff, Dag, GraphError, NodeIdx, NodePolicy, NodeState, RunStatus};
+use dagengine_core::{
+    Backoff, Dag, GraphError, NodeIdx, NodePolicy, NodeState, RunStatus, TriggerRule,
+};
 use dagengine_lua::{LuaLimits, LuaScript};
 use serde_json::{Map, Value};
 
 use super::pb;
 use crate::runner::{
-    EventDetail, EventKind, NodeFailure, NodeKind, NodeSpec, Plan, RunError, RunEvent, RunOutcome,
+    Condition, EventDetail, EventKind, NodeFailure, NodeKind, NodeSpec, Plan, RunError, RunEvent,
+    RunOutcome,
 };
 
 /// A request field that is wrong, and why.
@@ -97,7 +100,35 @@ fn policy(i: usize, node: &pb::NodeSpec) -> Result<NodePolicy, InvalidField> {
         }
         policy.timeout = Some(d);
     }
+    if !node.trigger_rule.is_empty() {
+        policy.trigger_rule = TriggerRule::parse(&node.trigger_rule).ok_or_else(|| {
+            InvalidField::new(
+                format!("workflow.nodes[{i}].trigger_rule"),
+                format!(
+                    "node '{}': unknown trigger rule '{}' (expected one of {})",
+                    node.id,
+                    node.trigger_rule,
+                    TriggerRule::NAMES
+                ),
+            )
+        })?;
+    }
     Ok(policy)
+}
+
+/// A node's `when`, compiled: a syntax error names the node and the line.
+fn condition(i: usize, node: &pb::NodeSpec) -> Result<Option<Condition>, InvalidField> {
+    if node.when.trim().is_empty() {
+        return Ok(None);
+    }
+    let condition = Condition::lua(&node.when);
+    condition.check().map_err(|e| {
+        InvalidField::new(
+            format!("workflow.nodes[{i}].when"),
+            format!("node '{}': when: {e}", node.id),
+        )
+    })?;
+    Ok(Some(condition))
 }
 
 fn executor(i: usize, node: &pb::NodeSpec) -> Result<(NodeKind, Option<HostRef>), InvalidField> {
@@ -201,7 +232,12 @@ pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), 
                 reference,
             });
         }
-        specs.push(NodeSpec { kind, policy });
+        let condition = condition(i, node)?;
+        specs.push(NodeSpec {
+            kind,
+            policy,
+            condition,
+        });
     }
     dag.preprocess().map_err(|e| {
         let field = match &e {
@@ -454,6 +490,7 @@ pub fn event(tag: &RunTag, plan: &Plan, e: &RunEvent) -> pb::RunEvent {
         }
         EventDetail::Log(line) => ev.message.clone_from(line),
         EventDetail::Output(v) => ev.output_json = to_json(v),
+        EventDetail::Skipped(reason) => reason.as_str().clone_into(&mut ev.skip_reason),
     }
     ev
 }
@@ -478,6 +515,10 @@ pub fn result(tag: &RunTag, plan: &Plan, o: &RunOutcome) -> pb::RunResult {
                 attempts: r.attempts,
                 started_at: r.started_at.unwrap_or_default(),
                 finished_at: r.finished_at.unwrap_or_default(),
+                skip_reason: r
+                    .skip_reason
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
             })
             .collect(),
         engine_id: tag.engine_id.to_string(),
@@ -621,6 +662,10 @@ pub fn result_json(r: &pb::RunResult) -> Vec<u8> {
             } else {
                 push_json_f64(&mut out, time);
             }
+        }
+        if !n.skip_reason.is_empty() {
+            out.push_str(",\"skip_reason\":");
+            push_json_str(&mut out, &n.skip_reason);
         }
         out.push('}');
     }

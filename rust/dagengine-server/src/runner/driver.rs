@@ -22,8 +22,8 @@ use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
 use super::lock;
 use super::lua::{drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET};
 use super::model::{
-    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure,
-    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    contained, never_started, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor,
+    NodeFailure, NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 fn unix_now() -> f64 {
@@ -173,6 +173,7 @@ impl Driver {
             output: None,
             error: None,
             attempts: 0,
+            skip_reason: None,
             started_at: None,
             finished_at: None,
         };
@@ -388,6 +389,28 @@ impl Driver {
                 attempt,
                 result,
             } => self.finish_attempt(sched, out, node, attempt, result),
+            Msg::ConditionPassed { node, attempt } => {
+                if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
+                    self.announce(node, attempt, unix_now());
+                    match self.plan.kinds[node as usize] {
+                        NodeKind::Noop => {
+                            let ok = ExecOk {
+                                output: Map::new(),
+                                logs: Vec::new(),
+                            };
+                            self.finish_attempt(sched, out, node, attempt, Ok(ok));
+                        }
+                        NodeKind::Lua { .. } => self.dispatch_lua(node, attempt),
+                        NodeKind::External => {} // its call goes on after the condition
+                    }
+                }
+            }
+            Msg::ConditionFalse { node, attempt } => {
+                if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
+                    self.tokens[node as usize] = None;
+                    sched.handle(Event::ConditionFalse { node, attempt }, out);
+                }
+            }
             Msg::Cancel => sched.handle(Event::Stop(StopReason::Cancelled), out),
         }
     }
@@ -538,27 +561,8 @@ impl Driver {
                 done += 1;
                 match ins {
                     Instruction::Execute { node, attempt } => {
-                        let now = self.ended_at.take().unwrap_or_else(unix_now);
-                        let rec = &mut self.records[node as usize];
-                        rec.attempts = attempt;
-                        rec.started_at.get_or_insert(now);
-                        self.emit_at(
-                            now,
-                            EventKind::NodeStarted,
-                            Some(node),
-                            attempt,
-                            EventDetail::None,
-                        );
-                        match &self.plan.kinds[node as usize] {
-                            NodeKind::Noop => {
-                                let ok = ExecOk {
-                                    output: Map::new(),
-                                    logs: Vec::new(),
-                                };
-                                self.finish_attempt(sched, out, node, attempt, Ok(ok));
-                            }
-                            NodeKind::Lua { .. } => inline.push((node, attempt)),
-                            NodeKind::External => self.dispatch_external(node, attempt),
+                        if self.execute(sched, out, node, attempt) {
+                            inline.push((node, attempt));
                         }
                     }
                     Instruction::ScheduleRetry {
@@ -600,8 +604,13 @@ impl Driver {
                             self.finish_attempt(sched, out, node, attempt, Err(failure));
                         }
                     }
-                    Instruction::Skipped { node } => {
-                        self.emit(EventKind::NodeSkipped, Some(node), 0, EventDetail::None);
+                    Instruction::Skipped { node, reason } => {
+                        let rec = &mut self.records[node as usize];
+                        rec.skip_reason = Some(reason);
+                        rec.started_at = None;
+                        rec.attempts = 0;
+                        let detail = EventDetail::Skipped(reason);
+                        self.emit(EventKind::NodeSkipped, Some(node), 0, detail);
                     }
                     Instruction::Cancelled { node } => {
                         let attempt = self.records[node as usize].attempts;
@@ -621,6 +630,137 @@ impl Driver {
             todo.clear();
         }
         None
+    }
+
+    /// Carry out `Execute`: check the node's condition before its first attempt (a Lua one
+    /// here, an external one on the executor's pool), then start it. True for a Lua attempt
+    /// to run on the loop's thread.
+    fn execute(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+    ) -> bool {
+        let now = self.ended_at.take().unwrap_or_else(unix_now);
+        let condition = if attempt == 1 {
+            self.plan.condition(node)
+        } else {
+            None
+        };
+        match condition {
+            None => {}
+            Some(Condition::Lua(script)) => match self.lua_condition(node, script) {
+                Ok(true) => {}
+                Ok(false) => {
+                    sched.handle(Event::ConditionFalse { node, attempt }, out);
+                    return false;
+                }
+                Err(failure) => {
+                    let rec = &mut self.records[node as usize];
+                    rec.attempts = attempt;
+                    rec.started_at = Some(now);
+                    self.finish_attempt(sched, out, node, attempt, Err(failure));
+                    return false;
+                }
+            },
+            Some(Condition::External) => {
+                // Started (and announced) once the condition held.
+                self.records[node as usize].attempts = attempt;
+                self.dispatch_external(node, attempt, true);
+                return false;
+            }
+        }
+        self.started(sched, out, node, attempt, now)
+    }
+
+    /// Start attempt `attempt` of `node` at `now`: record and announce it, then run it (a
+    /// no-op here, external on its pool). True for a Lua attempt, which the caller runs.
+    fn started(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+        now: f64,
+    ) -> bool {
+        self.announce(node, attempt, now);
+        match &self.plan.kinds[node as usize] {
+            NodeKind::Noop => {
+                let ok = ExecOk {
+                    output: Map::new(),
+                    logs: Vec::new(),
+                };
+                self.finish_attempt(sched, out, node, attempt, Ok(ok));
+                false
+            }
+            NodeKind::Lua { .. } => true,
+            NodeKind::External => {
+                self.dispatch_external(node, attempt, false);
+                false
+            }
+        }
+    }
+
+    /// Record and announce the start of an attempt.
+    fn announce(&mut self, node: NodeIdx, attempt: u32, now: f64) {
+        let rec = &mut self.records[node as usize];
+        rec.attempts = attempt;
+        rec.started_at.get_or_insert(now);
+        self.emit_at(
+            now,
+            EventKind::NodeStarted,
+            Some(node),
+            attempt,
+            EventDetail::None,
+        );
+    }
+
+    /// Evaluate the Lua condition of `node` here, on the driver: it is an expression, far
+    /// shorter than a thread hand-off. Anything but a boolean fails the node.
+    fn lua_condition(
+        &self,
+        node: NodeIdx,
+        script: &dagengine_lua::LuaScript,
+    ) -> Result<bool, NodeFailure> {
+        let node_id = self.plan.dag.id(node);
+        let results = if script.reads_results() {
+            self.results_of(node)
+        } else {
+            Vec::new()
+        };
+        let results: Vec<(&str, &Value)> = results
+            .iter()
+            .map(|(p, v)| (self.plan.dag.id(*p), v.as_ref()))
+            .collect();
+        let info = dagengine_lua::NodeInfo {
+            node_id,
+            run_id: &self.run_id,
+            attempt: 1,
+        };
+        let timeout = self.plan.policies[self.policy_index(node)].timeout;
+        let limits = dagengine_lua::LuaLimits {
+            timeout: timeout.or(Some(dagengine_lua::DEFAULT_TIMEOUT)),
+            ..dagengine_lua::LuaLimits::default()
+        };
+        let returned = contained(node_id, || {
+            dagengine_lua::execute(
+                script,
+                &self.config.inputs,
+                &results,
+                &info,
+                &limits,
+                Some(&self.shared.cancel),
+            )
+            .map_err(|e| {
+                NodeFailure::new(
+                    e.kind().as_str(),
+                    format!("node '{node_id}': when: {e}"),
+                    false,
+                )
+            })
+        })?;
+        condition_value(node_id, returned.output.get("when"))
     }
 
     fn results_of(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
@@ -644,7 +784,10 @@ impl Driver {
         t
     }
 
-    fn dispatch_external(&mut self, node: NodeIdx, attempt: u32) {
+    /// Run attempt `attempt` of `node` on the external executor's pool; with `check`, its
+    /// external condition first (and for a node that is not external, only that: it runs
+    /// here once [`Msg::ConditionPassed`] comes back).
+    fn dispatch_external(&mut self, node: NodeIdx, attempt: u32, check: bool) {
         let cancel = self.new_token(node);
         let call = ExternalCall {
             node,
@@ -679,6 +822,28 @@ impl Driver {
         let pool = external.pool();
         pool.submit(Box::new(move || {
             let node_id = plan.dag.id(node);
+            if check {
+                let held = contained(node_id, || external.condition(&plan, &call));
+                let msg = match held {
+                    Ok(true) => Msg::ConditionPassed { node, attempt },
+                    Ok(false) => Msg::ConditionFalse { node, attempt },
+                    Err(mut failure) => {
+                        // A retry would not check the condition again.
+                        failure.retryable = false;
+                        Msg::Done {
+                            node,
+                            attempt,
+                            result: Err(failure),
+                        }
+                    }
+                };
+                let go_on = matches!(msg, Msg::ConditionPassed { .. })
+                    && matches!(plan.kinds[node as usize], NodeKind::External);
+                let _ = tx.send(msg);
+                if !go_on {
+                    return;
+                }
+            }
             let result =
                 contained(node_id, || external.execute(&plan, call)).map(|output| ExecOk {
                     output,
@@ -854,6 +1019,28 @@ impl Driver {
             node_timeout: policy.timeout,
             deadline: self.deadline,
             budget: None,
+        }
+    }
+}
+
+/// A condition's value: a boolean, or a failure of the node saying what it was instead.
+pub fn condition_value(node_id: &str, value: Option<&Value>) -> Result<bool, NodeFailure> {
+    match value {
+        Some(Value::Bool(b)) => Ok(*b),
+        other => {
+            let what = match other {
+                None | Some(Value::Null) => "nil".to_owned(),
+                Some(Value::Number(n)) => format!("a number ({n})"),
+                Some(Value::String(s)) => format!("a string ({s:?})"),
+                Some(Value::Array(_)) => "an array".to_owned(),
+                Some(Value::Object(_)) => "a table".to_owned(),
+                Some(Value::Bool(_)) => unreachable!(),
+            };
+            Err(NodeFailure::new(
+                "TypeError",
+                format!("node '{node_id}': when must be a boolean, got {what}"),
+                false,
+            ))
         }
     }
 }

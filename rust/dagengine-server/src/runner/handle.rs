@@ -18,6 +18,16 @@ pub(super) enum Msg {
         attempt: u32,
         result: Result<ExecOk, NodeFailure>,
     },
+    /// The node's external condition held: the attempt goes on (its start is now).
+    ConditionPassed {
+        node: NodeIdx,
+        attempt: u32,
+    },
+    /// The node's external condition was false: it is skipped.
+    ConditionFalse {
+        node: NodeIdx,
+        attempt: u32,
+    },
     Cancel,
 }
 

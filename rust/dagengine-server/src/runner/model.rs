@@ -7,7 +7,9 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use dagengine_core::{Dag, ErrorKind, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus};
+use dagengine_core::{
+    Dag, ErrorKind, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus, SkipReason,
+};
 use dagengine_lua::{LuaLimits, LuaScript};
 use serde_json::{Map, Value};
 
@@ -27,11 +29,40 @@ pub enum NodeKind {
     External,
 }
 
+/// A node's condition (`when`): checked before its first attempt; false skips the node.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    /// A Lua boolean expression over `inputs` and `results`, evaluated on the driver.
+    Lua(LuaScript),
+    /// Asked of the run's [`ExternalExecutor::condition`] (a Python callable), on its pool.
+    External,
+}
+
+impl Condition {
+    /// The condition of a Lua boolean expression; `check` it to find syntax errors.
+    pub fn lua(expression: &str) -> Self {
+        // A line break before the closing brackets: a trailing `--` comment ends there.
+        Self::Lua(LuaScript::new(format!(
+            "return {{ [\"when\"] = ({expression}\n) }}"
+        )))
+    }
+
+    /// Compile a Lua condition (no-op for others): its syntax error, if it has one.
+    pub fn check(&self) -> Result<(), dagengine_lua::LuaError> {
+        match self {
+            Self::Lua(script) => script.check(),
+            Self::External => Ok(()),
+        }
+    }
+}
+
 /// One node of a [`Plan`].
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     pub kind: NodeKind,
     pub policy: NodePolicy,
+    /// Checked before the first attempt (`None`: the node just runs).
+    pub condition: Option<Condition>,
 }
 
 /// A validated graph with how to execute each node; shared by every run of it.
@@ -40,6 +71,8 @@ pub struct Plan {
     pub(super) dag: Dag,
     pub(super) kinds: Vec<NodeKind>,
     pub(super) policies: Vec<NodePolicy>,
+    /// One entry per node, or empty when no node has a condition.
+    pub(super) conditions: Vec<Option<Condition>>,
 }
 
 impl Plan {
@@ -53,6 +86,7 @@ impl Plan {
             return Ok(Self {
                 kinds: vec![NodeKind::Noop; dag.len()],
                 policies: vec![NodePolicy::default()],
+                conditions: Vec::new(),
                 dag,
             });
         }
@@ -63,12 +97,22 @@ impl Plan {
                 dag.len()
             ));
         }
+        let mut conditions = Vec::new();
+        if nodes.iter().any(|n| n.condition.is_some()) {
+            conditions = nodes.iter().map(|n| n.condition.clone()).collect();
+        }
         let (kinds, policies) = nodes.into_iter().map(|n| (n.kind, n.policy)).unzip();
         Ok(Self {
             dag,
             kinds,
             policies,
+            conditions,
         })
+    }
+
+    /// The condition of `node`, if it has one.
+    pub fn condition(&self, node: NodeIdx) -> Option<&Condition> {
+        self.conditions.get(node as usize).and_then(Option::as_ref)
     }
 
     /// The graph.
@@ -114,6 +158,20 @@ pub struct ExternalCall {
 pub trait ExternalExecutor: Send + Sync {
     /// Run one attempt; the output must be a JSON object.
     fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure>;
+
+    /// Check the [`Condition::External`] of `call.node`: whether it runs. Called on a thread
+    /// of [`ExternalExecutor::pool`] before the node's first attempt; an error fails the
+    /// node. The default has no conditions to check.
+    fn condition(&self, plan: &Plan, call: &ExternalCall) -> Result<bool, NodeFailure> {
+        Err(NodeFailure::new(
+            ErrorKind::DagEngineError.as_str(),
+            format!(
+                "node '{}' has a condition this run cannot evaluate",
+                plan.dag.id(call.node)
+            ),
+            false,
+        ))
+    }
 
     /// The pool external nodes run on (the Python bridge brings one that enters the
     /// interpreter once per batch).
@@ -209,6 +267,8 @@ pub enum EventDetail {
         error: Option<NodeFailure>,
     },
     Log(String),
+    /// Why a node was skipped.
+    Skipped(SkipReason),
     /// A succeeded node's output (only with [`RunConfig::event_outputs`]).
     Output(Arc<Value>),
     Finished(RunStatus),
@@ -233,6 +293,8 @@ pub struct NodeRecord {
     pub output: Option<Arc<Value>>,
     pub error: Option<NodeFailure>,
     pub attempts: u32,
+    /// Why the node was skipped, if it was.
+    pub skip_reason: Option<SkipReason>,
     pub started_at: Option<f64>,
     pub finished_at: Option<f64>,
 }

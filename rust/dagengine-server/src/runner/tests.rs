@@ -33,6 +33,7 @@ fn spec(kind: NodeKind) -> NodeSpec {
     NodeSpec {
         kind,
         policy: NodePolicy::default(),
+        condition: None,
     }
 }
 
@@ -156,13 +157,14 @@ fn external_nodes_retry_with_backoff_then_succeed() {
             factor: 2.0,
             max: Duration::from_secs(1),
         },
-        timeout: None,
+        ..NodePolicy::default()
     };
     let plan = Plan::new(
         d,
         vec![NodeSpec {
             kind: NodeKind::External,
             policy,
+            condition: None,
         }],
     )
     .unwrap();
@@ -195,6 +197,7 @@ fn external_node_timeout_fails_the_node_without_waiting_for_it() {
         vec![NodeSpec {
             kind: NodeKind::External,
             policy,
+            condition: None,
         }],
     )
     .unwrap();
@@ -216,6 +219,7 @@ fn lua_node_timeout_interrupts_an_endless_loop() {
         vec![NodeSpec {
             kind: lua("while true do end"),
             policy,
+            condition: None,
         }],
     )
     .unwrap();
@@ -624,6 +628,7 @@ fn finished_runs_free_their_records() {
                 output: Some(output),
                 error: None,
                 attempts: 1,
+                skip_reason: None,
                 started_at: None,
                 finished_at: None,
             })
@@ -683,11 +688,12 @@ fn event_times_follow_sequence_order_across_timeouts_and_retries() {
             factor: 1.0,
             max: Duration::from_secs(1),
         },
-        timeout: None,
+        ..NodePolicy::default()
     };
     let specs = [slow, flaky].map(|policy| NodeSpec {
         kind: NodeKind::External,
         policy,
+        condition: None,
     });
     let plan = Plan::new(d, specs.to_vec()).unwrap();
     let (o, events) = run(plan, RunConfig::default(), Some(Arc::new(ext)));

@@ -1,0 +1,279 @@
+//! Conditions (`when`) and trigger rules through the driver: Lua conditions on the driver,
+//! external ones on the executor's pool, skip reasons on records and events.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dagengine_core::{Dag, NodePolicy, NodeState, RunStatus, SkipReason, TriggerRule};
+use dagengine_lua::{LuaLimits, LuaScript};
+use serde_json::{json, Map, Value};
+
+use super::*;
+
+fn dag(edges: &[(&str, &[&str])]) -> Dag {
+    let mut d = Dag::new();
+    for (id, deps) in edges {
+        d.add_node(id, deps.iter().copied()).unwrap();
+    }
+    d.preprocess().unwrap();
+    d
+}
+
+fn node(kind: NodeKind, when: Option<&str>, rule: TriggerRule) -> NodeSpec {
+    NodeSpec {
+        kind,
+        policy: NodePolicy {
+            trigger_rule: rule,
+            ..NodePolicy::default()
+        },
+        condition: when.map(Condition::lua),
+    }
+}
+
+fn lua(src: &str) -> NodeKind {
+    NodeKind::Lua {
+        script: LuaScript::new(src),
+        limits: LuaLimits::default(),
+    }
+}
+
+fn run(
+    plan: Plan,
+    inputs: Value,
+    ext: Option<Arc<dyn ExternalExecutor>>,
+) -> (Arc<RunOutcome>, Vec<RunEvent>) {
+    let h = start_run(
+        Arc::new(plan),
+        RunConfig {
+            events: true,
+            inputs: Arc::new(inputs),
+            ..Default::default()
+        },
+        ext,
+    )
+    .unwrap();
+    assert!(h.wait(Duration::from_secs(30)), "run did not finish");
+    let events = h.next_events(Duration::ZERO);
+    (h.outcome().unwrap(), events)
+}
+
+fn skipped_events(plan_dag: &Dag, events: &[RunEvent]) -> Vec<(String, SkipReason)> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventKind::NodeSkipped)
+        .map(|e| {
+            let EventDetail::Skipped(r) = e.detail else {
+                panic!("a skip event without its reason: {e:?}")
+            };
+            (plan_dag.id(e.node.unwrap()).to_owned(), r)
+        })
+        .collect()
+}
+
+#[test]
+fn lua_conditions_skip_or_run_and_rules_follow() {
+    // gate reads inputs; check reads gate's output; after (none_failed) runs past a skip;
+    // strict (all_success) is skipped by its rule.
+    let d = dag(&[
+        ("gate", &[]),
+        ("check", &["gate"]),
+        ("off", &["gate"]),
+        ("after", &["check", "off"]),
+        ("strict", &["off"]),
+    ]);
+    let plan = Plan::new(
+        d.clone(),
+        vec![
+            node(
+                lua("return {n = inputs.n}"),
+                Some("inputs.n > 1"),
+                TriggerRule::AllSuccess,
+            ),
+            node(
+                lua("return {ok = true}"),
+                Some("results.gate.n == 3 -- note"),
+                TriggerRule::AllSuccess,
+            ),
+            node(
+                NodeKind::Noop,
+                Some("results.gate.n == 4"),
+                TriggerRule::AllSuccess,
+            ),
+            node(NodeKind::Noop, None, TriggerRule::NoneFailed),
+            node(NodeKind::Noop, None, TriggerRule::AllSuccess),
+        ],
+    )
+    .unwrap();
+    let (o, events) = run(plan, json!({"n": 3}), None);
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    let states: Vec<_> = o.nodes.iter().map(|r| (r.status, r.skip_reason)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (NodeState::Succeeded, None),
+            (NodeState::Succeeded, None),
+            (NodeState::Skipped, Some(SkipReason::Condition)),
+            (NodeState::Succeeded, None),
+            (NodeState::Skipped, Some(SkipReason::TriggerRule)),
+        ]
+    );
+    assert_eq!(o.nodes[2].attempts, 0);
+    assert_eq!(o.nodes[2].started_at, None);
+    assert_eq!(
+        skipped_events(&d, &events),
+        vec![
+            ("off".to_owned(), SkipReason::Condition),
+            ("strict".to_owned(), SkipReason::TriggerRule)
+        ]
+    );
+    // A node skipped by its condition is never announced as started.
+    assert!(!events
+        .iter()
+        .any(|e| e.kind == EventKind::NodeStarted && e.node == Some(2)));
+}
+
+#[test]
+fn a_condition_that_is_not_boolean_fails_its_node_naming_it() {
+    let d = dag(&[("a", &[]), ("b", &["a"])]);
+    for (expr, want) in [
+        ("inputs.n", "got a number (3)"),
+        ("nil", "got nil"),
+        ("'yes'", "got a string (\"yes\")"),
+        ("error('boom')", "boom"),
+    ] {
+        let plan = Plan::new(
+            d.clone(),
+            vec![
+                node(NodeKind::Noop, Some(expr), TriggerRule::AllSuccess),
+                node(NodeKind::Noop, None, TriggerRule::AllSuccess),
+            ],
+        )
+        .unwrap();
+        let (o, _) = run(plan, json!({"n": 3}), None);
+        assert_eq!(o.status, RunStatus::Failed);
+        let err = o.nodes[0].error.as_ref().unwrap();
+        assert!(err.message.contains("node 'a'"), "{err:?}");
+        assert!(err.message.contains(want), "{expr}: {err:?}");
+        assert_eq!(o.nodes[1].skip_reason, Some(SkipReason::UpstreamFailed));
+        assert_eq!(o.error.as_ref().unwrap().node_id.as_deref(), Some("a"));
+    }
+}
+
+/// Answers conditions from the node's id; counts node calls.
+struct Ext {
+    calls: AtomicUsize,
+    conditions: AtomicUsize,
+}
+
+impl ExternalExecutor for Ext {
+    fn execute(&self, _: &Plan, _: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Map::new())
+    }
+
+    fn condition(&self, plan: &Plan, call: &ExternalCall) -> Result<bool, NodeFailure> {
+        self.conditions.fetch_add(1, Ordering::SeqCst);
+        match plan.dag().id(call.node) {
+            id if id.starts_with("yes") => Ok(true),
+            id if id.starts_with("no") => Ok(false),
+            id => Err(NodeFailure::new(
+                "TypeError",
+                format!("node '{id}': bad"),
+                false,
+            )),
+        }
+    }
+}
+
+#[test]
+fn external_conditions_run_on_the_pool_before_the_node() {
+    let d = dag(&[
+        ("yes_ext", &[]),
+        ("no_ext", &[]),
+        ("yes_lua", &[]),
+        ("no_noop", &[]),
+        ("bad", &[]),
+    ]);
+    let ext_node = |kind| NodeSpec {
+        kind,
+        policy: NodePolicy::default(),
+        condition: Some(Condition::External),
+    };
+    let plan = Plan::new(
+        d,
+        vec![
+            ext_node(NodeKind::External),
+            ext_node(NodeKind::External),
+            ext_node(lua("return {x = 1}")),
+            ext_node(NodeKind::Noop),
+            ext_node(NodeKind::External),
+        ],
+    )
+    .unwrap();
+    let ext = Arc::new(Ext {
+        calls: AtomicUsize::new(0),
+        conditions: AtomicUsize::new(0),
+    });
+    let (o, events) = run(plan, json!({}), Some(ext.clone()));
+    let states: Vec<_> = o.nodes.iter().map(|r| (r.status, r.skip_reason)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (NodeState::Succeeded, None),
+            (NodeState::Skipped, Some(SkipReason::Condition)),
+            (NodeState::Succeeded, None),
+            (NodeState::Skipped, Some(SkipReason::Condition)),
+            (NodeState::Failed, None),
+        ]
+    );
+    assert_eq!(o.nodes[2].output.as_deref(), Some(&json!({"x": 1})));
+    assert_eq!(ext.conditions.load(Ordering::SeqCst), 5);
+    assert_eq!(ext.calls.load(Ordering::SeqCst), 1);
+    let started: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::NodeStarted)
+        .map(|e| e.node.unwrap())
+        .collect();
+    assert!(started.contains(&0) && started.contains(&2));
+    assert!(!started.contains(&1) && !started.contains(&3));
+    assert!(o.nodes[0].started_at.is_some());
+}
+
+struct Flaky(Arc<AtomicUsize>);
+impl ExternalExecutor for Flaky {
+    fn execute(&self, _: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
+        if call.attempt < 2 {
+            return Err(NodeFailure::new("ValueError", "not yet", true));
+        }
+        Ok(Map::new())
+    }
+    fn condition(&self, _: &Plan, _: &ExternalCall) -> Result<bool, NodeFailure> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
+    }
+}
+
+#[test]
+fn a_condition_is_checked_once_not_on_retries() {
+    let d = dag(&[("flaky", &[])]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut policy = NodePolicy {
+        retries: 1,
+        ..NodePolicy::default()
+    };
+    policy.backoff.initial = Duration::from_millis(1);
+    let plan = Plan::new(
+        d,
+        vec![NodeSpec {
+            kind: NodeKind::External,
+            policy,
+            condition: Some(Condition::External),
+        }],
+    )
+    .unwrap();
+    let (o, _) = run(plan, json!({}), Some(Arc::new(Flaky(calls.clone()))));
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(o.nodes[0].attempts, 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
