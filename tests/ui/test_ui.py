@@ -176,6 +176,42 @@ def test_run_form_submits_and_the_run_goes_live(page: Any, server: Server) -> No
         assert client.get(f"/runs/{run_id}").json()["outputs"]["b"] == {"v": 10}
 
 
+def test_run_form_from_the_input_schema(page: Any, server: Server) -> None:
+    page.goto(f"{server.url}/ui/#/workflows/typed")
+    expect(page.locator("#in-name")).to_be_visible()
+    expect(page.locator("#in-factor")).to_have_value("2")  # the schema's default
+    assert page.locator("#in-mode option").all_inner_texts() == ["—", "fast", "slow"]
+    # The browser holds the schema's bounds (min 1) ...
+    page.fill("#in-name", "ada")
+    page.fill("#in-factor", "0")
+    page.click("#run-submit")
+    assert page.evaluate("document.querySelector('#in-factor').validity.rangeUnderflow")
+    # ... and what it cannot check the server refuses, its problems listed by path.
+    page.fill("#in-factor", "3")
+    page.fill("#in-tags", '["x", 1]')
+    page.click("#run-submit")
+    expect(page.locator("#run-form-problems")).to_contain_text("inputs.tags[1]")
+    page.select_option("#in-mode", label="slow")
+    page.check("#in-loud")
+    page.fill("#in-tags", '["x", "y"]')
+    page.click("#run-submit")
+    page.wait_for_url(re.compile(r"#/runs/"))
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    run_id = page.url.rsplit("/", 1)[-1]
+    with server.client() as client:
+        output = client.get(f"/runs/{run_id}").json()["outputs"]["greet"]
+    assert output == {"text": "ada x3", "mode": "slow", "loud": True, "tags": ["x", "y"]}
+
+
+def test_condition_skipped_nodes_are_marked(page: Any, server: Server) -> None:
+    run_id = run_now(server, "cond")["run_id"]
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    expect(node(page, "big")).to_have_attribute("data-state", "skipped")
+    expect(node(page, "big").locator("text.sub")).to_have_text("skipped: condition")
+    expect(node(page, "small")).to_have_attribute("data-state", "succeeded")
+    expect(node(page, "big").locator("title")).to_contain_text("when: results.probe.x > 5")
+
+
 def test_yank_and_roll_back_versions(page: Any, server: Server) -> None:
     page.goto(f"{server.url}/ui/#/workflows/versioned")
     versions = page.locator("#versions tr")
@@ -277,3 +313,34 @@ def run_now_token(server: Server) -> str:
         answer = client.post("/workflows/quick/runs", json={"wait": True})
         assert answer.status_code == 200, answer.text
         return str(answer.json()["run_id"])
+
+
+def test_phone_width_and_keyboard(page: Any, server: Server) -> None:
+    run_id = run_now(server, "failing")["run_id"]
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    expect(node(page, "boom")).to_have_attribute("data-state", "failed")
+    node(page, "boom").click()
+    expect(page.locator("#panel-traceback")).to_contain_text("kaboom")
+    # Nothing wider than the screen: the graph and tables scroll inside their boxes, and the
+    # node panel goes under the graph.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    graph = page.locator(".graph-scroll").bounding_box()
+    panel = page.locator("#node-panel").bounding_box()
+    assert graph is not None
+    assert panel is not None
+    assert panel["y"] >= graph["y"] + graph["height"]
+    assert panel["width"] <= 390
+    page.goto(f"{server.url}/ui/#/runs")
+    page.reload()
+    expect(page.locator("#runs-body tr").first).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    # Keyboard only: the skip link first, then the sections; Enter follows a link.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Workflows"
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text("Workflows")

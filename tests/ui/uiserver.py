@@ -57,6 +57,32 @@ version: 1.1.0
 nodes:
   - {id: v11, lua: "return {v = 11}"}
 """,
+    "typed.yaml": """
+id: typed
+version: 1.0.0
+inputs:
+  type: object
+  required: [name]
+  properties:
+    name: {type: string, description: who to greet}
+    factor: {type: integer, minimum: 1, default: 2}
+    mode: {enum: [fast, slow]}
+    loud: {type: boolean}
+    tags: {type: array, items: {type: string}}
+nodes:
+  - id: greet
+    lua: |
+      return {text = inputs.name .. ' x' .. inputs.factor, mode = inputs.mode,
+              loud = inputs.loud, tags = inputs.tags}
+""",
+    "cond.yaml": """
+id: cond
+version: 1.0.0
+nodes:
+  - {id: probe, lua: "return {x = 1}"}
+  - {id: big, deps: [probe], when: "results.probe.x > 5", lua: "return {}"}
+  - {id: small, deps: [probe], when: "results.probe.x <= 5", lua: "return {}"}
+""",
     "uitasks.py": """
 import logging
 import os

@@ -99,7 +99,7 @@ export class Graph {
         const mid = (x1 + x2) / 2;
         edges.append(s("path", {d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`}));
       }
-      const title = s("title", {}, n.id);
+      const title = s("title", {}, n.when ? `${n.id}\nwhen: ${n.when}` : n.id);
       const name = s("text", {x: 10, y: 16, class: "name"}, label(n.id));
       const sub = s("text", {x: 10, y: 31, class: "sub"}, "pending");
       const g = s(

@@ -105,7 +105,8 @@ export async function runPage(main, runId, ctx) {
         m.text = "reused";
       } else if (FINISHED.has(run.status) || m.state === "pending") {
         m.state = info.status;
-        if (info.status !== "skipped" || !m.text) m.text = "";
+        if (info.status === "skipped" && info.skip_reason) m.text = `skipped: ${info.skip_reason}`;
+        else if (info.status !== "skipped" || !m.text) m.text = "";
       }
       if (info.error) m.error = info.error;
       dirty.add(id);

@@ -30,8 +30,9 @@ function fieldFor(name, prop, required) {
   const common = {id, name, "data-type": type || "json", required: required || undefined};
   let input;
   if (Array.isArray(prop.enum)) {
-    input = h("select", common, prop.enum.map((v) => h("option", {value: JSON.stringify(v),
-      selected: JSON.stringify(v) === JSON.stringify(prop.default)}, String(v))));
+    input = h("select", common, required ? null : h("option", {value: ""}, "—"),
+      prop.enum.map((v) => h("option", {value: JSON.stringify(v),
+        selected: JSON.stringify(v) === JSON.stringify(prop.default)}, String(v))));
     input.dataset.type = "enum";
   } else if (type === "boolean") {
     input = h("input", {...common, type: "checkbox", checked: prop.default === true, required: undefined});
@@ -99,7 +100,10 @@ export async function workflowPage(main, workflowId, query, ctx) {
     } catch (err) {
       formError.append(err.message);
       const problems = err.body && (err.body.problems || err.body.errors);
-      if (Array.isArray(problems)) formError.append(h("ul", {}, problems.map((p) => h("li", {}, typeof p === "string" ? p : JSON.stringify(p)))));
+      if (Array.isArray(problems)) {
+        formError.append(h("ul", {id: "run-form-problems"}, problems.map((p) => h("li", {},
+          p && typeof p === "object" && "path" in p ? `${p.path}: ${p.message}` : JSON.stringify(p)))));
+      }
     }
   }},
   props ? Object.entries(props).map(([name, prop]) => fieldFor(name, prop || {}, required.has(name)))
