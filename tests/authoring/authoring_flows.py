@@ -42,3 +42,23 @@ def count(rows: list[int]) -> dict[str, Any]:
 def missing_key(day: str) -> Any:
     e = extract(day)
     return count(e["rowz"])
+
+
+@de.task(retries=3)
+def flaky(attempts_to_fail: int) -> dict[str, Any]:
+    CALLS.append("flaky")
+    if len(CALLS) <= attempts_to_fail:
+        raise RuntimeError(f"flaky failure {len(CALLS)}")
+    return {"ok": True}
+
+
+@de.task
+def save(total: dict[str, Any]) -> dict[str, Any]:
+    raise RuntimeError("the real save must not run in tests")
+
+
+@de.workflow("pipeline", version="2.0.0")
+def pipeline(day: str) -> Any:
+    e = extract(day)
+    t = total([square(e["rows"][0]), square(e["rows"][2])])
+    return save(t)

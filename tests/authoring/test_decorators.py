@@ -282,7 +282,7 @@ def test_the_orchestrator_registers_it_by_its_own_id_and_version() -> None:
         result = orch.execute_workflow("numbers", {"day": "d", "factor": 2})
         assert isinstance(result, de.RunResult)
         assert flows.numbers.output_of(result) == {"sum": 28}
-        with pytest.raises(TypeError, match=r"needs a DAG with an id and a version"):
+        with pytest.raises(TypeError, match=r"needs \(id, version, builder\) or a versioned DAG"):
             orch.register_workflow(DAG("no-version"))
     finally:
         orch.stop()

@@ -256,16 +256,11 @@ class Orchestrator:
         or a callable returning one (called once, here). See :class:`WorkflowRegistry` for the
         versioning rules. ``register_workflow(dag)`` takes the id and version from the DAG
         (a decorated workflow's, from its decorator)."""
-        if isinstance(workflow_id, DAG):
+        if isinstance(workflow_id, DAG) and builder is None:  # its own id and version
             dag = workflow_id
-            if dag.id is None or dag.version is None or builder is not None:
-                raise TypeError(
-                    "register_workflow(dag) needs a DAG with an id and a version and no "
-                    "builder; otherwise pass register_workflow(id, version, builder)"
-                )
-            workflow_id, version, builder = dag.id, dag.version, dag
-        if version is None or builder is None:
-            raise TypeError("register_workflow(workflow_id, version, builder) needs all three")
+            workflow_id, version, builder = dag.id or "", dag.version, dag
+        if not isinstance(workflow_id, str) or version is None or builder is None:
+            raise TypeError("register_workflow needs (id, version, builder) or a versioned DAG")
         try:
             retention_from_metadata(metadata or {})
         except ValueError as exc:
