@@ -847,9 +847,7 @@ COMMANDS: dict[str, Command] = {
         Command("runs", "list a server's runs", _configure_runs, _cmd_runs),
         Command("status", "show a run (exit 1 if it failed)", _configure_run_id, _cmd_status),
         Command("cancel", "cancel a run", _configure_run_id, _cmd_cancel),
-        Command(
-            "retry", "retry a failed run, reusing its completed nodes", configure_retry, run_retry
-        ),
+        Command("retry", "retry a failed run from where it failed", configure_retry, run_retry),
         Command("logs", "print a run's node log lines (-f: follow)", configure_logs, run_logs),
         Command("workflows", "list a server's workflows", _configure_workflows, _cmd_workflows),
         Command("store", "prune a store, or show its size (stats)", configure_store, run_store),

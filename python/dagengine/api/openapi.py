@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from dagengine._jsondata import INT_MAX, INT_MIN, MAX_DEPTH
+from dagengine.api.ui import schema as ui_schema
 from dagengine.spec import (
     MAX_BACKOFF_FACTOR,
     MAX_INSTRUCTIONS,
@@ -165,6 +166,18 @@ _SCHEMAS: dict[str, Any] = {
                 },
             },
             "inputs": _INPUTS_SCHEMA,
+            "yanked": {"type": "array", "items": {"type": "string"}},
+            "dependents": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "workflow_id": {"type": "string"},
+                        "version": {"type": "string"},
+                        "version_range": {"type": "string"},
+                    },
+                },
+            },
         },
     },
     "JsonValue": {
@@ -328,6 +341,7 @@ _SCHEMAS: dict[str, Any] = {
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
             "next_offset": {"type": ["integer", "null"]},
+            "next_before": _NULLABLE_STR,
         },
     },
     "Cancelled": {
@@ -538,8 +552,14 @@ def openapi_document(
                             "default": 0,
                         },
                     },
+                    *ui_schema.RUNS_QUERY,
                 ],
-                "responses": {"200": _ok("a page of runs", "RunList"), "400": bad, **unauthorized},
+                "responses": {
+                    "200": _ok("a page of runs", "RunList"),
+                    "400": bad,
+                    **unauthorized,
+                    "404": _error("no run 'before' names"),
+                },
             }
         },
         "/runs/{run_id}": {
@@ -727,6 +747,7 @@ def openapi_document(
                 },
             }
         }
+    paths.update(ui_schema.openapi_paths(secured, unauthorized, bad, not_found))
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {

@@ -707,12 +707,8 @@ class Orchestrator:
             dag=wv.dag,
             spec=self._spec(wv),
             inputs=run.inputs,
-            # Outputs are only ever stored for a running attempt: a first attempt has none.
-            completed=(
-                self.store.node_outputs(run.run_id)
-                if attempt > 1
-                else self._reuse.take(run.run_id, attempt)  # a retry's reused outputs
-            ),
+            # Stored outputs are a running attempt's; a first has none but a retry's reused ones.
+            completed=self._reuse.completed(run.run_id, attempt),
             depth=run.depth,
             parent_run_id=run.parent_run_id,
             parent_node_id=run.parent_node_id,

@@ -43,6 +43,13 @@ class Reuse:
         with self._lock:
             self._outputs.pop(run_id, None)
 
+    def completed(self, run_id: str, attempt: int) -> dict[str, dict[str, Any]]:
+        """The completed nodes' outputs attempt ``attempt`` of a run starts with: the stored
+        ones after the first attempt, else a retry's reused ones (:meth:`take`)."""
+        if attempt > 1:
+            return self._store.node_outputs(run_id)  # type: ignore[no-any-return]
+        return self.take(run_id, attempt)
+
     def take(self, run_id: str, attempt: int) -> dict[str, dict[str, Any]]:
         """The outputs attempt ``attempt`` (the first) of ``run_id`` starts with, stored as
         that attempt's outputs (queued behind its claim); empty for a run that is no retry."""
