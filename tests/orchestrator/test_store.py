@@ -453,6 +453,7 @@ def test_outputs_queued_together_are_each_fenced_on_their_own_run(store: AnyStor
     store.save_node_output_json_later("b", "x", 1, '{"v":2}')
     store.save_node_output_json_later("c", "x", 1, '{"late":true}')  # run already ended
     store.save_node_output_json_later("b", "x", 1, '{"v":3}')  # again: the later one wins
+    store.save_node_output_json_later("b", "x", 0, '{"stale":true}')  # ... if it is fenced in
     assert store.node_outputs("a") == {"x": {"v": 1}}
     assert store.node_outputs("b") == {"x": {"v": 3}}
     assert store.node_outputs("c") == {}

@@ -37,16 +37,20 @@ from dagengine.orchestrator.store import postgres_retention as _retention
 from dagengine.orchestrator.store import writer as _writer
 from dagengine.orchestrator.store.postgres_schema import (
     CLAIM,
-    COPY_EVENTS,
+    CLAIM_RUNS,
+    CREATE_RUNS,
     EVENTS_WRITTEN,
     FINISH_RUNS,
     INSERT_EVENT,
+    INSERT_EVENTS,
     INSERT_OUTPUT,
+    INSERT_OUTPUTS,
     INSERT_RUN,
     INSERT_RUN_LATER,
     NEXT_EVENT_SEQ,
     PG_MIGRATIONS,
     RUN_SELECT,
+    RUN_TIMES,
     finish_sql,
     migrate,
     run_from_row,
@@ -138,6 +142,7 @@ class PostgresStore(WriteBehind):
         self._tx_thread: int | None = None
         self._db: Any = None
         self._shut = False  # closed by close(): no new connection
+        self._committed_in_pipeline = False  # the transaction's COMMIT was pipelined
         try:
             self._db = self._connect()
             with self.transaction():
@@ -169,9 +174,11 @@ class PostgresStore(WriteBehind):
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, begin: bool = True) -> Iterator[None]:
         """Group writes into one atomic commit on the writer's connection; nests (only the
-        outermost commits). Other threads' writes wait until it ends."""
+        outermost commits). Other threads' writes wait until it ends. (``begin=False``: the
+        caller sends BEGIN and COMMIT itself, in a pipeline; this connects, rolls back on an
+        error and keeps the nesting.)"""
         with self._lock:
             if self._depth == 0:
                 if self._db is None or self._db.closed or self._db.broken:
@@ -182,7 +189,9 @@ class PostgresStore(WriteBehind):
                         self._db.close()
                     self._db = None
                     self._db = self._connect()
-                self._db.execute("BEGIN")
+                if begin:
+                    self._db.execute("BEGIN")
+                self._committed_in_pipeline = False
                 self._tx_thread = threading.get_ident()
             self._depth += 1
             try:
@@ -200,7 +209,8 @@ class PostgresStore(WriteBehind):
             self._depth -= 1
             if self._depth == 0:
                 self._tx_thread = None
-                self._db.execute("COMMIT")
+                if not self._committed_in_pipeline:
+                    self._db.execute("COMMIT")
 
     def _committed(self) -> None:
         """No log to checkpoint: PostgreSQL does its own."""
@@ -625,15 +635,99 @@ class PostgresStore(WriteBehind):
         """Write a group in one transaction (see the SQLite store's: the same order), its
         statements pipelined: the runs' creations, then claims, outputs and the ends of
         runs with writes queued after their end in queue order, then the other ends in one
-        statement, then the events (COPY)."""
+        statement, then the events in one statement."""
         try:
             return self._write_group(pending, events)
         except (self._psycopg.DataError, self._psycopg.IntegrityError) as exc:
             raise _RowError(str(exc)) from exc
 
+    @contextmanager
+    def _pipelined_transaction(self) -> Iterator[Any]:
+        """A transaction whose statements (BEGIN and COMMIT too) go to the server in one
+        pipeline, one round trip; yields a cursor. Inside a :meth:`transaction` of the
+        caller's: just the pipeline (the outer one commits)."""
+        with self._lock:
+            if self._depth:
+                with self._db.pipeline():
+                    yield self._db.cursor()
+                return
+            with self.transaction(begin=False), self._db.pipeline():
+                cursor = self._db.cursor()
+                cursor.execute("BEGIN")
+                yield cursor
+                cursor.execute("COMMIT")
+                self._committed_in_pipeline = True
+
     def _write_group(
         self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
     ) -> list[tuple[Callable[[bool], None], bool]]:
+        """The common group (each run's writes in the order claim, outputs, end: at most
+        one of each but the outputs) as one statement per kind of write
+        (:meth:`_write_sets`); any other as a statement per write, in queue order
+        (:meth:`_write_rows`). Both in one pipelined transaction."""
+        seen: dict[str, int] = {}  # run id -> the last kind written (1 claim, 2 output, 3 end)
+        for kind, row in pending:
+            if kind == "create":
+                continue
+            step = _STEPS[kind]
+            before = seen.get(row[0], 0)
+            if before > step or before == step != 2:
+                return self._write_rows(pending, events)
+            seen[row[0]] = step
+        return self._write_sets(pending, events)
+
+    def _write_sets(
+        self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
+    ) -> list[tuple[Callable[[bool], None], bool]]:
+        """A group whose runs' writes can go kind by kind: the creations, then the claims,
+        then the outputs, then the ends, then the events, one statement each (what the
+        statements check sees what a write queued before it did)."""
+        creates: list[tuple[Any, ...]] = []
+        claims: list[tuple[Any, ...]] = []
+        outputs: list[tuple[Any, ...]] = []
+        ends: list[tuple[Any, ...]] = []
+        finished: list[list[Any]] = []
+        for kind, row in pending:
+            if kind == "create":
+                creates.append(
+                    tuple(
+                        float(value) if i in RUN_TIMES and value is not None else value
+                        for i, value in enumerate(row)
+                    )
+                )
+            elif kind == "claim":
+                claims.append(row[:4])
+            elif kind == "output":
+                outputs.append(row)
+            else:
+                ends.append(row[:-1])
+                finished.append([row[-1], False])
+        ended: Any = None
+        with self._pipelined_transaction() as cursor:
+            if creates:
+                cursor.execute(CREATE_RUNS, _columns(creates))
+            if claims:
+                cursor.execute(CLAIM_RUNS, _columns(claims))
+            if outputs:
+                cursor.execute(INSERT_OUTPUTS, _columns(outputs))
+            if ends:
+                ended = self._db.cursor()
+                ended.execute(FINISH_RUNS, _columns(ends))
+            if events:
+                cursor.execute(INSERT_EVENTS, _columns(events))
+                cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
+        if ended is not None:
+            done = {r[0] for r in ended.fetchall()}
+            for entry, row in zip(finished, ends, strict=True):
+                entry[1] = row[0] in done
+        return [(callback, recorded) for callback, recorded in finished]
+
+    def _write_rows(
+        self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
+    ) -> list[tuple[Callable[[bool], None], bool]]:
+        """Any group: the creations, then a statement per claim, output and end of a run
+        with writes queued after its end, in queue order, then the other ends and the
+        events in one statement each."""
         creates: list[tuple[Any, ...]] = []
         last: dict[str, int] = {}  # run id -> index of its last write (but its creation)
         for index, (kind, row) in enumerate(pending):
@@ -643,50 +737,47 @@ class PostgresStore(WriteBehind):
                 last[row[0]] = index
         finished: list[list[Any]] = []  # [callback, recorded], in queue order
         deferred: list[tuple[list[Any], tuple[Any, ...]]] = []
-        outputs: list[tuple[Any, ...]] = []
-        with self.transaction():
-            cursor = self._db.cursor()
-
-            def write_outputs() -> None:
-                cursor.executemany(INSERT_OUTPUT, outputs)
-                outputs.clear()
-
+        counted: list[tuple[list[Any], Any]] = []  # a run end and the cursor that ran it
+        ended: Any = None
+        # One pipeline, the transaction's BEGIN and COMMIT included: the statements go out
+        # without waiting for each other's answers (a round trip each cost the writer more
+        # than the statement), in order, and the first error fails the transaction.
+        with self._pipelined_transaction() as cursor:
             if creates:
                 cursor.executemany(INSERT_RUN_LATER, creates)
             for index, (kind, row) in enumerate(pending):
                 if kind == "create":
                     continue
                 if kind == "output":
-                    outputs.append(row)
-                    continue
-                if kind == "finish":
+                    cursor.execute(INSERT_OUTPUT, row)
+                elif kind == "claim":
+                    cursor.execute(CLAIM, row[1:])
+                else:
                     entry = [row[-1], False]
                     finished.append(entry)
                     if last[row[0]] == index:
                         deferred.append((entry, row))
-                        continue
-                if outputs:  # before anything queued after them (their run's end)
-                    write_outputs()
-                if kind == "claim":
-                    cursor.execute(CLAIM, row[1:])
-                else:
-                    entry[1] = cursor.execute(*finish_sql(*row[:-1])).rowcount == 1
-            if outputs:
-                write_outputs()
+                    else:  # something of its run is queued after it: in its place
+                        own = self._db.cursor()
+                        own.execute(*finish_sql(*row[:-1]))
+                        counted.append((entry, own))
             if deferred:
                 columns: list[list[Any]] = [[] for _ in range(6)]
                 for _, row in deferred:
                     for column, value in zip(columns, row[:-1], strict=True):
                         column.append(value)
-                ended = {r[0] for r in cursor.execute(FINISH_RUNS, columns).fetchall()}
-                for entry, row in deferred:
-                    entry[1] = row[0] in ended
+                ended = self._db.cursor()
+                ended.execute(FINISH_RUNS, columns)
             if events:
-                with cursor.copy(COPY_EVENTS) as copy:
-                    for event in events:
-                        copy.write_row(event)
+                cursor.execute(INSERT_EVENTS, _columns(events))
                 cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
-        return [(done, recorded) for done, recorded in finished]
+        for entry, own in counted:
+            entry[1] = own.rowcount == 1
+        if ended is not None:
+            done = {r[0] for r in ended.fetchall()}
+            for entry, row in deferred:
+                entry[1] = row[0] in done
+        return [(callback, recorded) for callback, recorded in finished]
 
     # -- retention --
 
@@ -741,6 +832,15 @@ class PostgresStore(WriteBehind):
                        state = excluded.state, updated_at = excluded.updated_at""",
                 (trigger_id, _dumps(dict(state)), time.time()),
             )
+
+
+#: The order a run's writes take in a group that :meth:`PostgresStore._write_sets` writes.
+_STEPS = {"claim": 1, "output": 2, "finish": 3}
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows of one width as a list per column (the parameters of an ``unnest``)."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _event_row(

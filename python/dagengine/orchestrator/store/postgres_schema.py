@@ -127,6 +127,45 @@ INSERT_OUTPUT: Final = """INSERT INTO node_outputs (run_id, node_id, attempt, ou
     ON CONFLICT (run_id, node_id) DO UPDATE SET
         attempt = excluded.attempt, output = excluded.output"""
 
+# The statements of a group commit's set path (one statement per kind of write, a list per
+# column; see PostgresStore._write_sets): runs created in queue order, a taken id skipped;
+# one claim per run, fenced as CLAIM; node outputs fenced as INSERT_OUTPUT, the last one
+# that passes its fence kept for a node written twice, stored in queue order.
+_RUN_TYPES = {
+    "attempt": "bigint",
+    "depth": "bigint",
+    "created_at": "float8",
+    "started_at": "float8",
+    "finished_at": "float8",
+}
+_CASTS = ", ".join(f"%s::{_RUN_TYPES.get(name, 'text')}[]" for name in _RUN_COLUMNS)
+CREATE_RUNS: Final = f"""INSERT INTO runs ({_COLUMNS})
+    SELECT {_COLUMNS} FROM unnest({_CASTS}) WITH ORDINALITY AS v ({_COLUMNS}, n)
+    ORDER BY n
+    ON CONFLICT (run_id) DO NOTHING"""
+#: Indexes of the run columns that are times (floats: an int among them would not dump).
+RUN_TIMES: Final = tuple(
+    index for index, name in enumerate(_RUN_COLUMNS) if _RUN_TYPES.get(name) == "float8"
+)
+CLAIM_RUNS: Final = """UPDATE runs SET attempt = v.attempt, status = 'running',
+        engine_id = v.engine_id, started_at = COALESCE(runs.started_at, v.started_at)
+    FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::float8[])
+        AS v (run_id, attempt, engine_id, started_at)
+    WHERE runs.run_id = v.run_id AND runs.status IN ('queued', 'running')
+        AND runs.attempt < v.attempt"""
+INSERT_OUTPUTS: Final = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
+    SELECT run_id, node_id, attempt, output FROM (
+        SELECT DISTINCT ON (v.run_id, v.node_id) v.run_id, v.node_id, v.attempt, v.output, v.n
+        FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY
+            AS v (run_id, node_id, attempt, output, n)
+        JOIN runs ON runs.run_id = v.run_id AND runs.attempt = v.attempt
+            AND runs.status = 'running'
+        ORDER BY v.run_id, v.node_id, v.n DESC
+    ) AS kept
+    ORDER BY n
+    ON CONFLICT (run_id, node_id) DO UPDATE SET
+        attempt = excluded.attempt, output = excluded.output"""
+
 # The ends of several runs in one statement, each fenced like a single one; returns the runs
 # it ended. No run may appear twice (the group commit sends each run's last end only).
 FINISH_RUNS: Final = """UPDATE runs SET status = v.status, result = v.result, error = v.error,
@@ -140,10 +179,11 @@ FINISH_RUNS: Final = """UPDATE runs SET status = v.status, result = v.result, er
 INSERT_EVENT: Final = """INSERT INTO events
     (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"""
-COPY_EVENTS: Final = (
-    "COPY events (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data) "
-    "FROM STDIN"
-)
+# Several events in one statement (a list per column, each in seq order).
+INSERT_EVENTS: Final = """INSERT INTO events
+    (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
+    SELECT * FROM unnest(%s::bigint[], %s::float8[], %s::text[], %s::smallint[], %s::text[],
+        %s::text[], %s::text[], %s::text[], %s::text[])"""
 # Raise the high-water mark of event numbers (never lower it).
 EVENTS_WRITTEN: Final = (
     "SELECT setval('events_seq', GREATEST(%s, (SELECT last_value FROM events_seq)))"
