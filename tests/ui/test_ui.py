@@ -97,6 +97,7 @@ def test_run_graph_goes_live_to_the_end(page: Any, server: Server) -> None:
     expect(page.locator("#node-logs")).to_contain_text(f"gate {tag} opened=True")
     expect(page.locator("#node-logs")).to_have_attribute("data-ended", "true")
     expect(page.locator("#panel-output")).to_contain_text('"opened": true')
+    assert "null" not in page.locator("#node-panel").inner_text()  # no stray text nodes
     expect(page.locator("#cancel")).to_be_disabled()
 
 

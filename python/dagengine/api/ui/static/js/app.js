@@ -1,7 +1,7 @@
 // The UI's router: #/runs, #/runs/ID, #/workflows, #/workflows/ID, #/triggers, #/engines.
 // Each page gets a context whose signal aborts its requests and streams when it is left.
 
-import {clear, h, toast} from "./dom.js";
+import {fill, h, toast} from "./dom.js";
 import {enginesPage, triggersPage} from "./ops.js";
 import {runPage} from "./run.js";
 import {runsPage} from "./runs.js";
@@ -36,7 +36,7 @@ function route() {
     else a.removeAttribute("aria-current");
   }
   delete main.dataset.loaded;
-  clear(main).append(h("p", {class: "muted"}, "Loading…"));
+  fill(main, h("p", {class: "muted"}, "Loading…"));
   let page;
   if (parts[0] === "runs" && parts[1]) page = runPage(main, parts[1], ctx);
   else if (parts[0] === "workflows" && parts[1]) page = workflowPage(main, parts[1], query, ctx);
@@ -46,7 +46,7 @@ function route() {
   else page = runsPage(main, query, ctx);
   page.then(() => { main.dataset.page = parts[0] || "runs"; }).catch((err) => {
     if (controller.signal.aborted || err.name === "AbortError") return;
-    clear(main).append(h("h1", {}, "Error"), h("p", {class: "error", id: "page-error"}, err.message || String(err)));
+    fill(main, h("h1", {}, "Error"), h("p", {class: "error", id: "page-error"}, err.message || String(err)));
   });
 }
 

@@ -36,6 +36,11 @@ export function clear(el) {
   return el;
 }
 
+/** Replace an element's children (null, undefined and false children are left out). */
+export function fill(el, ...children) {
+  return build(clear(el), {}, children);
+}
+
 export function fmtTime(seconds) {
   if (seconds === null || seconds === undefined) return "—";
   const d = new Date(seconds * 1000);

@@ -2,7 +2,7 @@
 // engines (address, capacity, active runs, health), refreshed every few seconds.
 
 import {api} from "./api.js";
-import {badge, clear, fmtTime, h, seg, toast} from "./dom.js";
+import {badge, clear, fill, fmtTime, h, seg, toast} from "./dom.js";
 
 const REFRESH_MS = 3000;
 
@@ -14,7 +14,7 @@ function every(ctx, fn) {
 export async function triggersPage(main, ctx) {
   const cronBody = h("tbody", {id: "cron-body"});
   const httpBody = h("tbody", {id: "http-body"});
-  clear(main).append(
+  fill(main, 
     h("h1", {}, "Triggers"),
     h("h2", {}, "Cron"),
     h("div", {class: "scroll"}, h("table", {"aria-label": "Cron triggers"}, h("thead", {}, h("tr", {},
@@ -60,7 +60,7 @@ export async function triggersPage(main, ctx) {
 
 export async function enginesPage(main, ctx) {
   const body = h("tbody", {id: "engines-body"});
-  clear(main).append(h("h1", {}, "Engines"), h("div", {class: "scroll"}, h("table", {"aria-label": "Engines"},
+  fill(main, h("h1", {}, "Engines"), h("div", {class: "scroll"}, h("table", {"aria-label": "Engines"},
     h("thead", {}, h("tr", {}, ["Engine", "Address", "Capacity", "Active runs", "Health"].map((t) => h("th", {scope: "col"}, t)))), body)));
   async function load() {
     const data = await api("/engines", {signal: ctx.signal});

@@ -4,7 +4,7 @@
 // cancel, re-run and retry from failed.
 
 import {api, stream} from "./api.js";
-import {badge, clear, fmtDuration, fmtTime, h, jsonBlock, seg, toast} from "./dom.js";
+import {badge, clear, fill, fmtDuration, fmtTime, h, jsonBlock, seg, toast} from "./dom.js";
 import {Graph, specNodes} from "./graph.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
@@ -44,7 +44,7 @@ export async function runPage(main, runId, ctx) {
   const graphBox = h("div", {class: "graph", id: "graph"});
   const panel = h("aside", {class: "panel", id: "node-panel", "aria-label": "Node", hidden: true});
   const errorBox = h("div", {id: "run-error"});
-  clear(main).append(
+  fill(main, 
     h("h1", {}, "Run ", h("span", {class: "mono"}, run.run_id)),
     h("p", {class: "subtitle"},
       h("a", {href: `#/workflows/${seg(run.workflow_id)}`}, run.workflow_id), ` @ ${run.version} `, status, " ", counter),
@@ -54,12 +54,12 @@ export async function runPage(main, runId, ctx) {
   );
 
   function renderHeader() {
-    clear(status).append(badge(run.status));
+    fill(status, badge(run.status));
     status.dataset.status = run.status;
     const done = FINISHED.has(run.status);
     cancelBtn.disabled = done;
     retryBtn.disabled = !(run.status === "failed" || run.status === "cancelled");
-    clear(times).append(
+    fill(times, 
       h("dt", {}, "Created"), h("dd", {}, fmtTime(run.created_at)),
       h("dt", {}, "Started"), h("dd", {}, fmtTime(run.started_at)),
       h("dt", {}, "Finished"), h("dd", {}, fmtTime(run.finished_at)),
@@ -209,7 +209,7 @@ export async function runPage(main, runId, ctx) {
     const attemptRows = m.attempts.map((a) => h("tr", {},
       h("td", {}, String(a.n ?? "?")), h("td", {}, fmtTime(a.started)), h("td", {}, fmtTime(a.ended)),
       h("td", {}, a.ended ? fmtDuration(a.ended - a.started) : "—"), h("td", {}, a.outcome)));
-    clear(panel).append(
+    fill(panel,
       h("div", {class: "panel-head"},
         h("h2", {id: "panel-title"}, h("span", {class: "mono"}, id)),
         h("button", {type: "button", class: "close", "aria-label": "Close node panel",

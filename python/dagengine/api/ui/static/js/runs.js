@@ -2,7 +2,7 @@
 // ?before= the last run of the page), kept live by the stream of every run's events.
 
 import {api, stream} from "./api.js";
-import {badge, clear, fmtDuration, fmtTime, h, seg} from "./dom.js";
+import {badge, clear, fill, fmtDuration, fmtTime, h, seg} from "./dom.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const PAGE = 50;
@@ -61,7 +61,7 @@ export async function runsPage(main, query, ctx) {
       ["Run", "Workflow", "Version", "Status", "Created", "Duration"].map((t) => h("th", {scope: "col"}, t)))),
     tbody);
   const pager = h("nav", {class: "pager", "aria-label": "Pages"});
-  clear(main).append(h("h1", {}, "Runs"), form, h("div", {class: "scroll"}, table), pager);
+  fill(main, h("h1", {}, "Runs"), form, h("div", {class: "scroll"}, table), pager);
 
   api("/workflows", {signal: ctx.signal}).then((data) => {
     for (const wf of data.workflows) {

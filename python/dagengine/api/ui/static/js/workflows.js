@@ -3,7 +3,7 @@
 // version's input schema (a JSON object editor when it has none).
 
 import {api} from "./api.js";
-import {badge, clear, fmtTime, h, jsonBlock, seg, toast} from "./dom.js";
+import {badge, clear, fill, fmtTime, h, jsonBlock, seg, toast} from "./dom.js";
 import {Graph, specNodes} from "./graph.js";
 
 export async function workflowsPage(main, ctx) {
@@ -13,7 +13,7 @@ export async function workflowsPage(main, ctx) {
     h("td", {}, wf.latest),
     h("td", {}, String(wf.versions.length)))));
   if (!data.workflows.length) tbody.append(h("tr", {}, h("td", {colspan: 3, class: "empty"}, "No workflows.")));
-  clear(main).append(h("h1", {}, "Workflows"), h("div", {class: "scroll"}, h("table", {"aria-label": "Workflows"},
+  fill(main, h("h1", {}, "Workflows"), h("div", {class: "scroll"}, h("table", {"aria-label": "Workflows"},
     h("thead", {}, h("tr", {}, ["Workflow", "Latest", "Versions"].map((t) => h("th", {scope: "col"}, t)))), tbody)));
 }
 
@@ -113,7 +113,7 @@ export async function workflowPage(main, workflowId, query, ctx) {
   h("button", {type: "submit", id: "run-submit"}, `Run ${chosen.version}`));
 
   const graphBox = h("div", {class: "graph"});
-  clear(main).append(
+  fill(main, 
     h("h1", {}, "Workflow ", h("span", {class: "mono"}, workflowId)),
     h("p", {class: "subtitle"}, "latest ", h("strong", {id: "latest"}, wf.latest), " ",
       h("a", {href: `#/runs?workflow_id=${encodeURIComponent(workflowId)}`}, "runs"), " ",
