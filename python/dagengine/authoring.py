@@ -305,6 +305,7 @@ class Task(Generic[P, R]):
         # The options are a Node's keyword arguments, passed through as given: checked now,
         # with Node's own messages, and kept as a template each call's node is cloned from.
         self.template = Node(name, (), None, **options)
+        self.option_setters = _option_setters(self.template)
         self.fn = fn
         self.id = name
         self.options: Mapping[str, Any] = dict(options)
@@ -448,39 +449,55 @@ class _Recorder:
         executor = _executor(call, self.import_path)
         # Ids are unique by construction (node_id()), and recording adds nodes to a DAG
         # nobody else has touched yet: add_node's checks are for other callers.
-        self.nodes[node_id] = _node_like(task.template, node_id, tuple(deps), executor)
+        self.nodes[node_id] = _node_like(task.option_setters, node_id, tuple(deps), executor)
         calls[node_id] = call
         return Ref(node_id, ())
 
 
-# Node's fields other than the three each call sets, whatever options Node grows.
+# Node's and PythonExecutor's slots, set directly (their classes are frozen). Node's fields
+# other than the three each call sets are copied from a task's template, whatever options
+# Node grows (the "rules" ones included).
 _NODE_OPTIONS = tuple(
     f.name for f in dataclasses.fields(Node) if f.name not in ("id", "deps", "executor")
 )
+_SET_ID = Node.__dict__["id"].__set__
+_SET_DEPS = Node.__dict__["deps"].__set__
+_SET_EXECUTOR = Node.__dict__["executor"].__set__
+_SET_FN = PythonExecutor.__dict__["fn"].__set__
+_SET_IMPORT_PATH = PythonExecutor.__dict__["import_path"].__set__
+_new = object.__new__
+
+
+def _option_setters(template: Node) -> list[tuple[Callable[[Node, Any], None], Any]]:
+    """How :func:`_node_like` copies ``template``'s options: (slot setter, value) pairs."""
+    return [(Node.__dict__[name].__set__, getattr(template, name)) for name in _NODE_OPTIONS]
 
 
 def _node_like(
-    template: Node, node_id: str, deps: tuple[str, ...], executor: PythonExecutor
+    options: list[tuple[Callable[[Node, Any], None], Any]],
+    node_id: str,
+    deps: tuple[str, ...],
+    executor: PythonExecutor,
 ) -> Node:
-    """``template`` with another id, deps and executor. Node's checks ran on the template; the
-    id (a task id, maybe numbered) and deps (recorded node ids, once each) are valid by
-    construction. A 10,000-call workflow is defined in half the time of calling Node()."""
-    node = object.__new__(Node)
-    put = object.__setattr__
-    put(node, "id", node_id)
-    put(node, "deps", deps)
-    put(node, "executor", executor)
-    for name in _NODE_OPTIONS:
-        put(node, name, getattr(template, name))
+    """A task's template node (its ``options``, from :func:`_option_setters`) with this id,
+    deps and executor. Node's checks ran on the template; the id (a task id, maybe
+    numbered) and deps (recorded node ids, once each) are valid by construction. A
+    10,000-call workflow is defined in half the time of calling Node()."""
+    node: Node = _new(Node)
+    _SET_ID(node, node_id)
+    _SET_DEPS(node, deps)
+    _SET_EXECUTOR(node, executor)
+    for put, value in options:
+        put(node, value)
     return node
 
 
 def _executor(call: _Call, import_path: str | None) -> PythonExecutor:
     """``PythonExecutor(call, import_path=...)`` without its argument checks (both are right
     by construction), for the same reason as :func:`_node_like`."""
-    executor = object.__new__(PythonExecutor)
-    object.__setattr__(executor, "fn", call)
-    object.__setattr__(executor, "import_path", import_path)
+    executor: PythonExecutor = _new(PythonExecutor)
+    _SET_FN(executor, call)
+    _SET_IMPORT_PATH(executor, import_path)
     return executor
 
 
