@@ -345,3 +345,24 @@ def test_phone_width_and_keyboard(page: Any, server: Server) -> None:
     assert page.evaluate("document.activeElement.textContent") == "Workflows"
     page.keyboard.press("Enter")
     expect(page.locator("h1")).to_have_text("Workflows")
+
+
+def test_a_dropped_event_stream_is_resumed(page: Any, server: Server) -> None:
+    tag = uuid.uuid4().hex
+    run_id = start(server, "gated", gate=tag)
+    dropped: list[str] = []
+
+    def drop_first(route: Any) -> None:
+        if not dropped:
+            dropped.append(route.request.url)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/runs/[0-9a-f]+/events$"), drop_first)
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    expect(node(page, "wait")).to_have_attribute("data-state", "running")
+    server.open(tag)
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
+    expect(node(page, "after")).to_have_attribute("data-state", "succeeded")
+    assert len(dropped) == 1

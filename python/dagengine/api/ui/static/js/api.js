@@ -82,9 +82,10 @@ export async function api(path, {method = "GET", body, signal} = {}) {
 /**
  * Follow a server-sent event stream: onEvent({id, event, data}) for each event (data parsed
  * as JSON). Resolves when the server ends the stream; rejects on an error status. With
- * reconnect, a dropped connection is resumed from the last id (Last-Event-ID).
+ * resume, a dropped connection is resumed from the last id (Last-Event-ID); with reconnect,
+ * so is a stream the server ended (one that should never end).
  */
-export async function stream(path, onEvent, {signal, reconnect = false} = {}) {
+export async function stream(path, onEvent, {signal, reconnect = false, resume = false} = {}) {
   let lastId = null;
   for (;;) {
     let ended = false;
@@ -118,7 +119,7 @@ export async function stream(path, onEvent, {signal, reconnect = false} = {}) {
       ended = true;
     } catch (err) {
       if (signal && signal.aborted) return;
-      if (!reconnect || err instanceof ApiError) throw err;
+      if (!(reconnect || resume) || err instanceof ApiError) throw err;
     }
     if (ended && !reconnect) return;
     if (signal && signal.aborted) return;

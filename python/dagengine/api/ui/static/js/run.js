@@ -186,7 +186,7 @@ export async function runPage(main, runId, ctx) {
       const text = line.truncated ? "[… truncated]" :
         `${fmtTime(line.time)} [${line.node_attempt ?? "?"}] ${line.level} ${line.message}`;
       logBox.append(h("span", {class: `log lv-${String(line.level).toLowerCase()}`}, text), "\n");
-    }, {signal}).then(() => {
+    }, {signal, resume: true}).then(() => {
       if (!signal.aborted) logBox.dataset.ended = "true";
     }).catch((err) => { if (!signal.aborted) toast(err.message, true); });
     try {
@@ -246,7 +246,7 @@ export async function runPage(main, runId, ctx) {
       }).catch(ctx.fail);
     }
     schedule();
-  }, {signal: ctx.signal}).catch(ctx.fail).finally(() => {
+  }, {signal: ctx.signal, resume: true}).catch(ctx.fail).finally(() => {
     ctx.live(false);
     main.dataset.streamEnded = "true";
   });
