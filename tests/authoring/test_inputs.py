@@ -16,6 +16,7 @@ from dagengine import DAG, EngineClient, InputError, Orchestrator, SpecError, Va
 from dagengine.api import ServerThread, create_app
 from dagengine.cli import main
 from dagengine.inputs import check_schema, coerce_text, schema_from_signature, validate_inputs
+from dagengine.triggers import HTTPTrigger
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -269,12 +270,15 @@ def served() -> Any:
     orch = Orchestrator(store=":memory:")
     orch.register_workflow(flows.numbers)
     orch.register_workflow("typed", "1.0.0", SPEC)
-    server = ServerThread(create_app(orch)).start()
+    hook = HTTPTrigger("numbers-hook", "/hooks/numbers", "numbers", mode="sync")
+    server = ServerThread(create_app(orch, triggers=[hook])).start()
+    hook.start(orch)
     client = httpx.Client(base_url=server.url, timeout=30)
     try:
         yield orch, client
     finally:
         client.close()
+        hook.stop()
         server.stop()
         orch.stop()
 
@@ -308,6 +312,16 @@ def test_rest_answers_422_with_the_problems_and_shows_the_schema(served: Any) ->
     assert workflow["inputs"] == flows.numbers.inputs
     assert workflow["versions"][0]["inputs"] == flows.numbers.inputs
     assert client.get("/workflows/typed").json()["inputs"] == SPEC["inputs"]
+
+
+def test_an_http_trigger_answers_422_too(served: Any) -> None:
+    _, client = served
+    response = client.post("/hooks/numbers", json={"inputs": {"day": 3}})
+    assert response.status_code == 422
+    assert response.json()["problems"] == [
+        {"path": "inputs.day", "message": "expected string, got 3"}
+    ]
+    assert client.post("/hooks/numbers", json={"inputs": {"day": "d"}}).status_code == 200
 
 
 def test_the_cli_coerces_by_the_schema_and_exits_2_on_bad_inputs(
