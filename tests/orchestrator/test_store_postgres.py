@@ -68,3 +68,54 @@ def test_open_store_picks_the_backend_by_the_target(tmp_path: Path, pg_url: str)
     alias = "postgres://" + pg_url.removeprefix("postgresql://")
     with open_store(alias) as pg_store:
         assert isinstance(pg_store, PostgresStore)
+
+
+# --- one orchestrator per store: the writer's lock ----------------------------------------------
+
+
+def test_a_second_orchestrator_on_the_same_store_is_refused(pg_url: str) -> None:
+    from dagengine.exceptions import StoreError
+
+    first = Orchestrator(store=pg_url)
+    try:
+        with pytest.raises(StoreError, match=r"is in use by dagengine pid \d+ on "):
+            Orchestrator(store=pg_url)
+        with open_store(pg_url) as tool:  # tools (dagengine store) open it beside
+            assert tool.schema_version >= 1
+    finally:
+        first.stop()
+    Orchestrator(store=pg_url).stop()  # free again once the first stopped
+
+
+def test_a_fenced_off_store_refuses_its_late_writes_then_rejoins(pg_url: str) -> None:
+    import threading
+
+    import psycopg
+    from dagengine.orchestrator.store import RunRecord
+    from processes import wait_for
+
+    first = open_store(pg_url, exclusive=True)
+    assert isinstance(first, PostgresStore)
+    first.create_run(RunRecord("r", "wf", "1.0.0", status="running", attempt=1))
+    # Its connection is lost (a network cut, say), and another orchestrator takes over.
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (first._db.info.backend_pid,))
+    second = open_store(pg_url, exclusive=True)
+    told: list[bool] = []
+    ended = threading.Event()
+    first.finish_run_later(
+        "r", 1, "failed", None, {"late": True}, lambda ok: (told.append(ok), ended.set())
+    )
+    # (Its first try fails on the dead connection; the next ones on the lock.)
+    wait_for(lambda: "taken over" in (first.write_error or ""), "the write to be fenced off")
+    assert not ended.is_set()
+    with open_store(pg_url) as reader:
+        rec = reader.get_run("r")
+        assert rec is not None
+        assert rec.status == "running"  # the late end was refused
+    # The other one lets go: the first gets the lock back and writes what it kept.
+    second.close()
+    assert ended.wait(30)
+    assert told == [True]
+    assert first.write_error is None
+    first.close()

@@ -124,7 +124,7 @@ class Orchestrator:
         recover: bool = True,
     ) -> None:
         self.config = config if config is not None else Config.local_from_env()
-        self.store, self._owns_store = store_from(store or self.config.store_path)
+        self.store, self._owns_store = store_from(store or self.config.store_path, exclusive=True)
         self.registry = WorkflowRegistry(self.store)
         self._reuse = Reuse(self.store)
         self.events = EventBus(self.store)

@@ -87,20 +87,24 @@ __all__ = [
 StoreTarget: TypeAlias = "StoreBackend | str | os.PathLike[str]"
 
 
-def store_from(target: StoreTarget) -> tuple[StoreBackend, bool]:
+def store_from(target: StoreTarget, *, exclusive: bool = False) -> tuple[StoreBackend, bool]:
     """``target`` opened with :func:`open_store` and ``True`` (the caller owns the store and
     closes it), or ``target`` itself and ``False`` if it is a store already."""
     if isinstance(target, (str, os.PathLike)):
-        return open_store(target), True
+        return open_store(target, exclusive=exclusive), True
     return target, False
 
 
-def open_store(target: str | os.PathLike[str]) -> SQLiteStore | PostgresStore:
+def open_store(
+    target: str | os.PathLike[str], *, exclusive: bool = False
+) -> SQLiteStore | PostgresStore:
     """The store ``target`` names: a ``postgresql://`` (or ``postgres://``) URL opens a
     :class:`PostgresStore` (``ConfigError`` naming the ``postgres`` extra if psycopg is not
-    installed), anything else a :class:`SQLiteStore` (a file path, or ``":memory:"``)."""
+    installed), anything else a :class:`SQLiteStore` (a file path, or ``":memory:"``).
+    ``exclusive``: an orchestrator's store, which no other orchestrator may use meanwhile
+    (PostgreSQL: an advisory lock, see :class:`PostgresStore`; SQLite: ignored)."""
     if is_postgres_url(target):
-        return PostgresStore(str(target))
+        return PostgresStore(str(target), exclusive=exclusive)
     return SQLiteStore(target)
 
 

@@ -25,8 +25,11 @@ Event sequence numbers are assigned when an event is queued, from a counter of t
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -78,6 +81,9 @@ __all__ = ["PostgresStore", "is_postgres_url"]
 
 #: Connections of the readers' pool (the writer has one more of its own).
 POOL_SIZE = 8
+#: The advisory lock an orchestrator's store holds on its schema (``exclusive``): the first
+#: key; the second is the schema's name, hashed.
+OWNER_LOCK = 0x64616765
 #: Seconds to wait for a connection when the store opens, and for one of the pool.
 CONNECT_TIMEOUT = 10.0
 
@@ -129,15 +135,24 @@ class PostgresStore(WriteBehind):
 
     Thread-safe; the same methods as the SQLite store (and :meth:`transaction` to group
     writes into one commit). The schema is created or migrated when the store opens.
+
+    ``exclusive`` (an orchestrator's store): the writer's connection holds an advisory lock
+    on the schema for as long as it lives, so a second orchestrator on the same store is
+    refused at start (``StoreError`` naming the holder), and one that lost its connection
+    writes again only if it gets the lock back: if another took the store over meanwhile,
+    its writes are refused (:attr:`write_error` says so; its runs are the other's now).
+    Tools (``dagengine store``) open the store without it, beside a running orchestrator.
     """
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, exclusive: bool = False) -> None:
         if not is_postgres_url(url):
             raise StoreError(f"not a PostgreSQL URL: {url!r} (postgresql://user@host/db)")
         self._psycopg, pool_module = _require_psycopg()
         self.url = url
+        self.exclusive = exclusive
         #: The URL without its password: how the store names itself (logs, errors).
         self.path = redact(url)
+        self._name = f"dagengine pid {os.getpid()} on {socket.gethostname()}"
         self._init_write_behind()
         self._tx_thread: int | None = None
         self._db: Any = None
@@ -160,7 +175,7 @@ class PostgresStore(WriteBehind):
             url,
             min_size=1,
             max_size=max(1, pool_size),
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "application_name": self._name},
             timeout=CONNECT_TIMEOUT,
             name="dagengine-store",
             open=True,
@@ -168,9 +183,46 @@ class PostgresStore(WriteBehind):
 
     # -- plumbing --
 
-    def _connect(self) -> Any:
-        return self._psycopg.connect(
-            self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
+    def _connect(self, *, again: bool = False) -> Any:
+        """The writer's connection; with ``exclusive``, holding the store's lock
+        (``StoreError`` if another process holds it: ``again``, after a lost connection,
+        says this one was fenced off)."""
+        conn = self._psycopg.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=int(CONNECT_TIMEOUT),
+            application_name=self._name,
+        )
+        if not self.exclusive:
+            return conn
+        try:
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            key = zlib.crc32(str(schema).encode()) & 0x7FFFFFFF
+            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (OWNER_LOCK, key)).fetchone()[
+                0
+            ]
+            if got:
+                return conn
+            holder = conn.execute(
+                """SELECT a.application_name, host(a.client_addr), a.backend_start
+                   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                   WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
+                       AND l.objsubid = 2 AND l.granted""",
+                (OWNER_LOCK, key),
+            ).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        conn.close()
+        who = "another process" if holder is None else f"{holder[0] or 'a process'} ({holder[1]})"
+        if again:
+            raise StoreError(
+                f"store {self.path} was taken over by {who} while this orchestrator's "
+                "connection was lost: its writes are refused (fenced off); restart it"
+            )
+        raise StoreError(
+            f"store {self.path} (schema {schema}) is in use by {who}: one orchestrator per "
+            "store (replicas on one database are not supported yet)"
         )
 
     @contextmanager
@@ -185,10 +237,11 @@ class PostgresStore(WriteBehind):
                     if self._shut:
                         raise StoreError(f"store {self.path} is closed")
                     # The connection was lost (a restarted server): a new one, then.
+                    again = self._db is not None
                     if self._db is not None:
                         self._db.close()
                     self._db = None
-                    self._db = self._connect()
+                    self._db = self._connect(again=again)
                 if begin:
                     self._db.execute("BEGIN")
                 self._committed_in_pipeline = False
