@@ -191,6 +191,21 @@ def test_retry_reuses_the_completed_nodes(rig: Rig) -> None:
     assert run["inputs"] == {"tag": "r1"}
 
 
+def test_a_retry_cancelled_while_queued_is_forgotten(rig: Rig) -> None:
+    failed = rig.run("flaky", tag="q")
+    reuse = rig.orch._reuse
+    # What a retry cancelled while queued leaves: reused outputs for a run that ended without
+    # a first attempt. The next retry's put drops it; that retry's own goes at its start.
+    ended = rig.run("quick")["run_id"]
+    reuse.put(ended, {"a": {"x": 1}})
+    assert len(reuse) == 1
+    retry_tasks.CLOSED["closed"] = False
+    answer = rig.client.post(f"/runs/{failed['run_id']}/retry")
+    assert answer.status_code == 202
+    wait_for(lambda: rig.orch.get_run(answer.json()["run_id"]).status == "succeeded", "the retry")
+    assert len(reuse) == 0
+
+
 def test_retry_refusals(rig: Rig) -> None:
     done = rig.run("quick")
     answer = rig.client.post(f"/runs/{done['run_id']}/retry")

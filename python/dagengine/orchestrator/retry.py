@@ -25,6 +25,7 @@ __all__ = ["RETRYABLE", "Reuse", "retry_run"]
 
 #: The statuses a run can be retried from.
 RETRYABLE = ("failed", "cancelled")
+_ENDED = ("succeeded", "failed", "cancelled")
 
 
 class Reuse:
@@ -36,8 +37,19 @@ class Reuse:
         self._outputs: dict[str, dict[str, dict[str, Any]]] = {}
 
     def put(self, run_id: str, outputs: Mapping[str, Mapping[str, Any]]) -> None:
+        """Remember a new retry's outputs; forget those of retries that ended without a first
+        attempt (cancelled while queued), so the map holds only retries still waiting."""
         with self._lock:
+            waiting = list(self._outputs)
+        ended = [r for r in waiting if (rec := self._store.get_run(r)) and rec.status in _ENDED]
+        with self._lock:
+            for other in ended:
+                self._outputs.pop(other, None)
             self._outputs[run_id] = {k: dict(v) for k, v in outputs.items()}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._outputs)
 
     def discard(self, run_id: str) -> None:
         with self._lock:
