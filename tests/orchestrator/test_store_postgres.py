@@ -119,3 +119,14 @@ def test_a_fenced_off_store_refuses_its_late_writes_then_rejoins(pg_url: str) ->
     assert told == [True]
     assert first.write_error is None
     first.close()
+
+
+def test_connections_use_tcp_keepalives_unless_the_url_says(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        assert isinstance(store, PostgresStore)
+        assert "keepalives_idle=10" in store._db.info.dsn
+        with store._pool.connection() as conn:
+            assert "keepalives_idle=10" in conn.info.dsn
+    with open_store(f"{pg_url}&keepalives_idle=7") as store:
+        assert isinstance(store, PostgresStore)
+        assert "keepalives_idle=7" in store._db.info.dsn
