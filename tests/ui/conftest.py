@@ -9,6 +9,7 @@ temporary folder, printed at the end of the session).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,12 +19,18 @@ from typing import Any
 import pytest
 from uiserver import Server, make_server
 
-CHROMIUM = "/usr/bin/chromium"
+#: Debian's chromium (``DAGENGINE_CHROMIUM`` points elsewhere: the skip test uses a missing one).
+CHROMIUM = os.environ.get("DAGENGINE_CHROMIUM", "/usr/bin/chromium")
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 REQUIRE = "DAGENGINE_REQUIRE_BROWSER"
-SCREENSHOTS = Path(
-    os.environ.get("DAGENGINE_UI_SCREENSHOTS") or tempfile.mkdtemp(prefix="dagengine-ui-")
-)
+
+
+@functools.cache
+def screenshots() -> Path:
+    """The screenshot folder (made on first use: skipped runs leave no empty folder)."""
+    return Path(
+        os.environ.get("DAGENGINE_UI_SCREENSHOTS") or tempfile.mkdtemp(prefix="dagengine-ui-")
+    )
 
 
 def browser_problem() -> str | None:
@@ -52,7 +59,7 @@ def browser() -> Iterator[Any]:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
         yield chromium
         chromium.close()
-    print(f"\nUI screenshots: {SCREENSHOTS}")
+    print(f"\nUI screenshots: {screenshots()}")
 
 
 @pytest.fixture
@@ -75,9 +82,10 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     try:
         yield pg
     finally:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        folder = screenshots()
+        folder.mkdir(parents=True, exist_ok=True)
         try:
-            pg.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
+            pg.screenshot(path=str(folder / f"{request.node.name}.png"), full_page=True)
         finally:
             context.close()
     assert not errors, f"page errors: {errors}"
