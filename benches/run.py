@@ -309,20 +309,18 @@ def memory_checks(results: list[MemoryResult]) -> list[Check]:
 
 def authoring_checks(results: list[AuthoringResult]) -> list[Check]:
     """A decorated 10,000-task workflow is defined in <= 50 ms (median)."""
-    checks = []
-    for r in results:
-        if r.what != "define":
-            continue
-        full = r.nodes == 10_000
-        size = "" if full else f" (at {r.nodes:,} tasks)"
-        checks.append(
-            Check(
-                "decorated 10,000-task workflow defined ≤ 50 ms",
-                f"{r.decorated:.1f} ms (min {r.decorated_min:.1f}){size}",
-                at_most(r.decorated, 50.0) if full else None,
-            )
+    wall = next(r for r in results if r.what == "define")
+    cpu = next(r for r in results if r.what == "define, CPU")
+    full = wall.nodes == 10_000
+    size = "" if full else f" (at {wall.nodes:,} tasks)"
+    return [
+        Check(
+            "decorated 10,000-task workflow defined ≤ 50 ms",
+            f"{wall.decorated:.1f} ms (min {wall.decorated_min:.1f}, "
+            f"CPU {cpu.decorated:.1f}){size}",
+            at_most(wall.decorated, 50.0) if full else None,
         )
-    return checks
+    ]
 
 
 CHECKS: dict[str, Callable[[list[Any]], list[Check]]] = {
