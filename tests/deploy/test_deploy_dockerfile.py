@@ -1,4 +1,9 @@
-"""deploy/Dockerfile: hadolint, and a parse of its stages checked against what the image must be."""
+"""deploy/Dockerfile: hadolint, and a parse of its stages checked against what the image must be.
+
+Two targets end in the same runtime: ``runtime`` (the default: the wheel built from the
+sources by ``builder``, BuildKit, with a registry) and ``prebuilt`` (the wheel and its
+dependencies from deploy/images/wheelhouse/ on a base image given as ``BASE_IMAGE``; the
+legacy builder, no registry: deploy/images/build.sh). test_images.py builds and runs it."""
 
 from __future__ import annotations
 
@@ -52,7 +57,23 @@ def stages(instructions: list[Instruction]) -> tuple[dict[str, str], list[list[I
 
 
 def expand(text: str, args: dict[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], text)
+    """``text`` with ``${NAME}``/``$NAME`` replaced by the global ARG defaults (which may name
+    each other)."""
+    for _ in range(5):
+        text = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], text)
+    return text
+
+
+def by_name(found: list[list[Instruction]]) -> dict[str, list[Instruction]]:
+    """Each stage's instructions by its name (``FROM image AS name``)."""
+    return {stage[0][1].split()[-1]: stage for stage in found}
+
+
+def effective(name: str, named: dict[str, list[Instruction]]) -> list[Instruction]:
+    """A stage's instructions after those of the stages it is built FROM."""
+    stage = named[name]
+    parent = stage[0][1].split()[0]
+    return (effective(parent, named) if parent in named else []) + stage
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +104,21 @@ def test_parser_sees_continuations() -> None:
     assert parse("# c\nRUN a \\\n    && b\nUSER 1\n") == [("RUN", "a && b"), ("USER", "1")]
 
 
-def test_two_stages_on_pinned_bases(parsed: tuple[dict[str, str], list[list[Instruction]]]) -> None:
+def test_stages_in_legacy_builder_order_on_pinned_bases(
+    parsed: tuple[dict[str, str], list[list[Instruction]]],
+) -> None:
     args, found = parsed
-    froms = [expand(stage[0][1], args).split() for stage in found]
-    assert [f[-1] for f in froms] == ["builder", "runtime"]
-    images = [f[0] for f in froms]
-    assert images[0].startswith("rust:")
-    assert images[1].startswith("python:3.11-slim")
-    for image in images:
+    froms = {stage[0][1].split()[-1]: expand(stage[0][1], args).split()[0] for stage in found}
+    # The legacy builder builds every stage before its target: `prebuilt` must not come
+    # after `builder`, whose image cannot be pulled where there is no registry.
+    assert list(froms) == ["runtime-base", "prebuilt-install", "prebuilt", "builder", "runtime"]
+    assert froms["prebuilt-install"] == froms["prebuilt"] == froms["runtime"] == "runtime-base"
+    assert froms["builder"].startswith("rust:")
+    # The base is a build argument; users get the public Python image by default.
+    [base_from] = [s[0][1] for s in found if s[0][1].split()[-1] == "runtime-base"]
+    assert base_from.split()[0] == "${BASE_IMAGE}"
+    assert froms["runtime-base"].startswith("python:3.11-slim")
+    for image in (froms["builder"], froms["runtime-base"]):
         tag = image.split(":", 1)[1]
         assert re.match(r"\d+\.\d+", tag), f"{image}: pin a version, not latest"
     # The toolchain is new enough for the workspace.
@@ -101,11 +129,23 @@ def test_two_stages_on_pinned_bases(parsed: tuple[dict[str, str], list[list[Inst
     assert tuple(int(x) for x in args["RUST_VERSION"].split(".")) >= needed
 
 
+def test_prebuilt_needs_no_buildkit(parsed: tuple[dict[str, str], list[list[Instruction]]]) -> None:
+    """Up to `prebuilt`, nothing the legacy builder refuses (`RUN --mount`, `COPY --chmod`,
+    heredocs): Docker clients without buildx build it."""
+    _, found = parsed
+    names = [stage[0][1].split()[-1] for stage in found]
+    for stage in found[: names.index("prebuilt") + 1]:
+        for word, text in stage:
+            assert "--mount=" not in text, (word, text)
+            assert "--chmod" not in text, (word, text)
+            assert "<<" not in text, (word, text)
+
+
 def test_builder_builds_the_wheel_with_caches(
     parsed: tuple[dict[str, str], list[list[Instruction]]],
 ) -> None:
     args, found = parsed
-    builder = found[0]
+    builder = by_name(found)["builder"]
     runs = [text for word, text in builder if word == "RUN"]
     [build] = [r for r in runs if "maturin build" in r]
     for flag in ("--release", "--locked", "--out /wheels"):
@@ -121,15 +161,19 @@ def test_builder_builds_the_wheel_with_caches(
     assert any('"maturin==${MATURIN_VERSION}"' in r for r in runs)
 
 
-def test_runtime_stage(parsed: tuple[dict[str, str], list[list[Instruction]]]) -> None:
+@pytest.mark.parametrize("target", ["runtime", "prebuilt"])
+def test_runtime_stage(parsed: tuple[dict[str, str], list[list[Instruction]]], target: str) -> None:
     _, found = parsed
-    runtime = found[-1]
-    words = [word for word, _ in runtime]
+    named = by_name(found)
+    own = named[target]
+    runtime = effective(target, named)
     last = {word: text for word, text in runtime}  # the last of each instruction counts
     user = last["USER"].split(":")[0]
     assert user.isdigit(), "a numeric USER (runAsNonRoot verifies it without /etc/passwd)"
     assert int(user) != 0, "a non-root USER"
-    assert words.index("USER") > max(i for i, w in enumerate(words) if w == "RUN")
+    words = [word for word, _ in own]
+    assert "USER" in words
+    assert words.index("USER") > max(i for i, w in enumerate(words) if w in ("RUN", "COPY"))
     assert last["WORKDIR"] == "/app"
     assert last["ENTRYPOINT"] == '["dagengine"]'
     assert last["CMD"] == '["engine"]'
@@ -138,10 +182,36 @@ def test_runtime_stage(parsed: tuple[dict[str, str], list[list[Instruction]]]) -
     labels = " ".join(text for word, text in runtime if word == "LABEL")
     for label in ("title", "description", "licenses", "version"):
         assert f"org.opencontainers.image.{label}=" in labels
-    [install] = [text for word, text in runtime if word == "RUN" and "pip install" in text]
+    [useradd] = [text for word, text in runtime if word == "RUN" and "useradd" in text]
+    assert f"--uid {user}" in useradd
+
+
+def test_runtime_installs_the_wheel_from_builder(
+    parsed: tuple[dict[str, str], list[list[Instruction]]],
+) -> None:
+    _, found = parsed
+    [install] = [t for w, t in by_name(found)["runtime"] if w == "RUN" and "pip install" in t]
     assert "from=builder" in install
     assert "/wheels/dagengine-" in install
-    assert f"--uid {user}" in install
+    assert "[${EXTRAS}]" in install
+
+
+def test_prebuilt_installs_from_the_wheelhouse_only(
+    parsed: tuple[dict[str, str], list[list[Instruction]]],
+) -> None:
+    _, found = parsed
+    named = by_name(found)
+    install_stage = named["prebuilt-install"]
+    [copy] = [t for w, t in install_stage if w == "COPY"]
+    assert copy.split() == ["deploy/images/wheelhouse/", "/wheels/"]
+    [install] = [t for w, t in install_stage if w == "RUN" and "pip install" in t]
+    for flag in ("--no-index", "--find-links /wheels", "--root /install", "/wheels/dagengine-"):
+        assert flag in install
+    # Only what pip installed reaches `prebuilt`: no layer keeps the wheels.
+    copies = [t for w, t in named["prebuilt"] if w == "COPY"]
+    assert copies == ["--from=prebuilt-install /install/ /"]
+    # build.sh writes the wheelhouse; git ignores it.
+    assert "wheelhouse/" in (DEPLOY / "images" / ".gitignore").read_text().split()
 
 
 def test_no_remote_add_and_sources_in_context(
@@ -160,6 +230,8 @@ def test_no_remote_add_and_sources_in_context(
                 continue
             sources = [s for s in text.split()[:-1] if not s.startswith("--")]
             for source in sources:
+                if source.startswith("deploy/images/wheelhouse"):
+                    continue  # written by deploy/images/build.sh (checked above)
                 assert "://" not in source
                 assert (REPO_ROOT / source).exists(), source
                 assert source.rstrip("/") not in ignored, f"{source} is in .dockerignore"
@@ -174,9 +246,11 @@ def test_healthcheck_script_is_what_the_image_runs(
     parsed: tuple[dict[str, str], list[list[Instruction]]],
 ) -> None:
     _, found = parsed
-    runtime = found[-1]
-    [copy] = [text for word, text in runtime if word == "COPY" and "healthcheck" in text]
+    base = by_name(found)["runtime-base"]
+    [copy] = [text for word, text in base if word == "COPY" and "healthcheck" in text]
     assert copy.split()[-2:] == ["deploy/healthcheck.py", "/usr/local/bin/dagengine-healthcheck"]
-    assert "--chmod=0755" in copy
+    # Executable whatever mode the checkout gave the file (COPY --chmod needs BuildKit).
+    runs = [text for word, text in base if word == "RUN"]
+    assert any("chmod 0755 /usr/local/bin/dagengine-healthcheck" in r for r in runs)
     assert (DEPLOY / "healthcheck.py").read_text().startswith("#!/usr/bin/env python3\n")
-    assert dict(runtime)["HEALTHCHECK"].endswith('CMD ["dagengine-healthcheck"]')
+    assert dict(base)["HEALTHCHECK"].endswith('CMD ["dagengine-healthcheck"]')
