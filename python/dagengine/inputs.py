@@ -262,7 +262,13 @@ def _validate(
 
 
 def _same(a: object, b: object) -> bool:
-    # JSON equality: true is not 1, 1 is 1.0.
+    """JSON equality, deep: ``true`` is not ``1``, ``1`` is ``1.0``."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple, Mapping)) or isinstance(b, (list, tuple, Mapping)):
+        return False
     return isinstance(a, bool) is isinstance(b, bool) and a == b
 
 
