@@ -29,6 +29,7 @@ from bench_common import Config, Table, available_cores, fmt_ratio, fmt_seconds,
 from bench_dags import ShapeResult, section_noop, section_python
 from bench_lua import LuaResult, section_lua
 from bench_memory import GROWTH_TOLERANCE_KIB, MemoryResult, section_memory
+from bench_rules import RulesResult, section_rules
 from bench_topo import TopoResult, section_topo
 
 SECTIONS: dict[str, Callable[[Config], list[Any]]] = {
@@ -38,6 +39,7 @@ SECTIONS: dict[str, Callable[[Config], list[Any]]] = {
     "topo": section_topo,
     "memory": section_memory,
     "authoring": section_authoring,
+    "rules": section_rules,
 }
 ALIASES = {str(i): name for i, name in enumerate(SECTIONS, start=1)}
 TARGET_TOPO_NODES = 1_000_000
@@ -323,6 +325,19 @@ def authoring_checks(results: list[AuthoringResult]) -> list[Check]:
     ]
 
 
+def rules_checks(results: list[RulesResult]) -> list[Check]:
+    """A Lua ``when`` costs <= 1 µs per node (over the same nodes without one)."""
+    return [
+        Check(
+            f"when, {r.shape}: ≤ 1 µs/node ({r.variant})",
+            f"{r.extra_us:+.3f} µs",
+            at_most(r.extra_us, 1.0),
+        )
+        for r in results
+        if r.extra_us is not None and "when=" in r.variant and r.variant.startswith("no-op")
+    ]
+
+
 CHECKS: dict[str, Callable[[list[Any]], list[Check]]] = {
     "noop": noop_checks,
     "python": python_checks,
@@ -330,6 +345,7 @@ CHECKS: dict[str, Callable[[list[Any]], list[Check]]] = {
     "topo": topo_checks,
     "memory": memory_checks,
     "authoring": authoring_checks,
+    "rules": rules_checks,
 }
 
 

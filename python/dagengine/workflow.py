@@ -809,7 +809,7 @@ def _when_check(node_id: str, expression: str) -> None:
     """A :class:`LuaSyntaxError` naming the node if its ``when`` does not compile (as the core
     compiles it: one expression, on the lines it was written on)."""
     try:
-        _core.lua_check(f'return {{ ["when"] = ({expression}\n) }}', node_id)
+        _core.lua_check(f"return ({expression}\n)", node_id)
     except LuaSyntaxError as exc:
         detail = exc.message.removeprefix(f"node {node_id!r}: ")
         raise LuaSyntaxError(

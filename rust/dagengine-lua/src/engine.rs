@@ -330,6 +330,52 @@ impl Engine {
         limits: &LuaLimits,
         cancel: Option<&AtomicBool>,
     ) -> Result<LuaOutput, LuaError> {
+        let (output, logs) =
+            self.run(script, inputs, results, info, limits, cancel, Self::output)?;
+        Ok(LuaOutput { output, logs })
+    }
+
+    /// Like [`Engine::execute`], for a condition: the script's value is a boolean, or the
+    /// description of what it was instead (`a number (3)`); its log lines are dropped.
+    pub(crate) fn evaluate_bool(
+        &mut self,
+        script: &LuaScript,
+        inputs: &Value,
+        results: &[(&str, &Value)],
+        info: &NodeInfo<'_>,
+        limits: &LuaLimits,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Result<bool, String>, LuaError> {
+        let describe = |_: &Self, returned: Returned| {
+            Ok(match returned {
+                Returned::Lua(LuaValue::Boolean(b)) => Ok(b),
+                Returned::Lua(LuaValue::Nil) => Err("nil".to_owned()),
+                Returned::Lua(LuaValue::Integer(n)) => Err(format!("a number ({n})")),
+                Returned::Lua(LuaValue::Number(n)) => Err(format!("a number ({n})")),
+                Returned::Lua(LuaValue::String(text)) => {
+                    Err(format!("a string ({:?})", text.to_string_lossy()))
+                }
+                Returned::Lua(other) => Err(format!("a {}", lua_type_name(&other))),
+                Returned::Json(_) => Err("a table".to_owned()),
+            })
+        };
+        Ok(self
+            .run(script, inputs, results, info, limits, cancel, describe)?
+            .0)
+    }
+
+    /// Run `script` once under `limits`; `finish` turns what it returned into the result.
+    #[allow(clippy::too_many_arguments)]
+    fn run<T>(
+        &mut self,
+        script: &LuaScript,
+        inputs: &Value,
+        results: &[(&str, &Value)],
+        info: &NodeInfo<'_>,
+        limits: &LuaLimits,
+        cancel: Option<&AtomicBool>,
+        finish: impl FnOnce(&Self, Returned) -> Result<T, LuaError>,
+    ) -> Result<(T, Vec<String>), LuaError> {
         let func = self.function(script)?;
 
         let run = &self.run;
@@ -423,10 +469,7 @@ impl Engine {
             Ok(value) => match tripped {
                 // The script caught the limit error and still returned.
                 Some(t) => Err(self.limit_error(t, limits)),
-                None => Ok(LuaOutput {
-                    output: self.output(value)?,
-                    logs,
-                }),
+                None => Ok((finish(self, value)?, logs)),
             },
         }
     }

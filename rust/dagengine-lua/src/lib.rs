@@ -379,6 +379,23 @@ pub fn execute(
     engine::with_engine(|e| e.execute(script, inputs, results, info, limits, cancel))
 }
 
+/// Runs `script` like [`execute`] and reads its value as a condition: `Ok(Ok(b))` for a
+/// boolean, `Ok(Err(what))` for anything else (`what` describes it: `nil`, `a number (3)`,
+/// `a string ("yes")`, `a table`), `Err` when the script failed.
+pub fn evaluate_bool(
+    script: &LuaScript,
+    inputs: &Value,
+    results: &[(&str, &Value)],
+    info: &NodeInfo<'_>,
+    limits: &LuaLimits,
+    cancel: Option<&AtomicBool>,
+) -> Result<Result<bool, String>, LuaError> {
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(LuaError::Cancelled);
+    }
+    engine::with_engine(|e| e.evaluate_bool(script, inputs, results, info, limits, cancel))
+}
+
 /// Number of chunks compiled on the calling thread so far (compile-cache
 /// misses, including [`LuaScript::check`]); for tests and metrics.
 pub fn compiled_chunks() -> u64 {

@@ -738,13 +738,16 @@ impl Driver {
             run_id: &self.run_id,
             attempt: 1,
         };
-        let timeout = self.plan.policies[self.policy_index(node)].timeout;
+        // An instruction budget, not a wall-clock one, bounds an expression that loops: a
+        // clock deadline costs the watchdog's bookkeeping (a third of a short condition's
+        // time), the budget a hook every thousand instructions. A node timeout still applies.
         let limits = dagengine_lua::LuaLimits {
-            timeout: timeout.or(Some(dagengine_lua::DEFAULT_TIMEOUT)),
+            max_instructions: Some(CONDITION_INSTRUCTIONS),
+            timeout: self.plan.policies[self.policy_index(node)].timeout,
             ..dagengine_lua::LuaLimits::default()
         };
-        let returned = contained(node_id, || {
-            dagengine_lua::execute(
+        let value = contained(node_id, || {
+            dagengine_lua::evaluate_bool(
                 script,
                 &self.config.inputs,
                 &results,
@@ -760,7 +763,13 @@ impl Driver {
                 )
             })
         })?;
-        condition_value(node_id, returned.output.get("when"))
+        value.map_err(|what| {
+            NodeFailure::new(
+                "TypeError",
+                format!("node '{node_id}': when must be a boolean, got {what}"),
+                false,
+            )
+        })
     }
 
     fn results_of(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
@@ -1022,6 +1031,9 @@ impl Driver {
         }
     }
 }
+
+/// The most Lua instructions a `when` expression may take (tens of milliseconds).
+pub const CONDITION_INSTRUCTIONS: u64 = 10_000_000;
 
 /// A condition's value: a boolean, or a failure of the node saying what it was instead.
 pub fn condition_value(node_id: &str, value: Option<&Value>) -> Result<bool, NodeFailure> {

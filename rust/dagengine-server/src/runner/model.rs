@@ -42,9 +42,7 @@ impl Condition {
     /// The condition of a Lua boolean expression; `check` it to find syntax errors.
     pub fn lua(expression: &str) -> Self {
         // A line break before the closing brackets: a trailing `--` comment ends there.
-        Self::Lua(LuaScript::new(format!(
-            "return {{ [\"when\"] = ({expression}\n) }}"
-        )))
+        Self::Lua(LuaScript::new(format!("return ({expression}\n)")))
     }
 
     /// Compile a Lua condition (no-op for others): its syntax error, if it has one.

@@ -141,6 +141,7 @@ fn a_condition_that_is_not_boolean_fails_its_node_naming_it() {
         ("nil", "got nil"),
         ("'yes'", "got a string (\"yes\")"),
         ("error('boom')", "boom"),
+        ("(function() while true do end end)()", "instruction limit"),
     ] {
         let plan = Plan::new(
             d.clone(),
