@@ -21,29 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from dagengine._jsondata import MAX_DEPTH, check_json_data, escape
+from dagengine._jsondata import escape
 from dagengine._units import parse_duration
+from dagengine.cli_inputs import BadInput, parse_input_value, parse_inputs, remote_schema
 from dagengine.cli_logs import configure_logs, run_logs
 from dagengine.cli_retry import configure_retry, run_retry
 from dagengine.cli_store import configure_store, run_store
-from dagengine.exceptions import DagEngineError, ValidationError
-from dagengine.inputs import coerce_text
+from dagengine.exceptions import DagEngineError
 from dagengine.logconfig import add_logging_arguments, configure_logging
 from dagengine.results import NodeEvent, NodeStatus, RunResult, RunStatus
 from dagengine.spec import MAX_SECONDS, load_workflow
 from dagengine.workflow import DAG, LocalRun
 
-__all__ = ["COMMANDS", "Command", "main"]
+__all__ = ["COMMANDS", "BadInput", "Command", "main", "parse_input_value"]
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 _PROG = "dagengine"
-
-
-class BadInput(Exception):
-    """A user error found by the CLI itself (bad ``--input``, unreadable ``@file``)."""
 
 
 class _UsageError(Exception):
@@ -106,78 +102,6 @@ def _duration(text: str) -> float:
             f"{text} is out of range (at most {MAX_SECONDS:.0e} seconds)"
         )
     return seconds
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _loads(text: str) -> Any:
-    """JSON as the API reads it: ``NaN``/``Infinity`` refused (ValueError), nesting past the
-    limit refused before the parser recurses (BadInput)."""
-    if text.count("[") + text.count("{") > MAX_DEPTH and _nesting(text) > MAX_DEPTH:
-        raise BadInput(f"nested deeper than {MAX_DEPTH} levels")
-    return json.loads(text, parse_constant=_reject_constant)
-
-
-def _nesting(text: str) -> int:
-    depth = deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth = max(depth - 1, 0)
-    return deepest
-
-
-def parse_input_value(text: str) -> Any:
-    """A ``--input`` value: JSON when it parses as JSON (``3``, ``true``, ``[1, 2]``), else the
-    string itself (``hello``)."""
-    try:
-        return _loads(text)
-    except ValueError:
-        return text
-
-
-def parse_inputs(pairs: Sequence[str], inputs_json: str | None, schema: Any = None) -> Any:
-    """Build the run's inputs: ``--inputs-json`` (JSON object, or ``@file``) first, then each
-    ``--input NAME=VALUE`` on top, VALUE read as the inputs ``schema`` (if any) wants."""
-    inputs: dict[str, Any] = {}
-    if inputs_json is not None:
-        text = inputs_json
-        if text.startswith("@"):
-            try:
-                text = Path(text[1:]).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise BadInput(f"--inputs-json {inputs_json}: {exc.strerror or exc}") from None
-            except UnicodeDecodeError as exc:
-                raise BadInput(f"--inputs-json {inputs_json}: not UTF-8 text: {exc}") from None
-        try:
-            loaded = _loads(text)
-        except BadInput as exc:
-            raise BadInput(f"--inputs-json: {exc}") from None
-        except ValueError as exc:
-            raise BadInput(f"--inputs-json: invalid JSON: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise BadInput(f"--inputs-json: expected a JSON object, got {type(loaded).__name__}")
-        try:
-            check_json_data(loaded, "inputs")
-        except ValidationError as exc:
-            raise BadInput(f"--inputs-json: {exc}") from None
-        inputs.update(loaded)
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise BadInput(f"bad --input {escape(repr(pair))}: expected NAME=VALUE")
-        key = name.strip()
-        try:
-            parsed = coerce_text(schema, key, value, parse=parse_input_value)
-            check_json_data({key: parsed}, "inputs")
-        except (BadInput, ValidationError) as exc:
-            raise BadInput(f"bad --input {escape(repr(key))}: {exc}") from None
-        inputs[key] = parsed
-    return inputs
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -755,8 +679,10 @@ def _run_failed(run: dict[str, Any]) -> bool:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    inputs = parse_inputs(args.input, args.inputs_json)
-    run = _client(args).submit(args.workflow, inputs, version=args.workflow_version, wait=args.wait)
+    client = _client(args)
+    schema = remote_schema(client, args.workflow, args.workflow_version) if args.input else None
+    inputs = parse_inputs(args.input, args.inputs_json, schema)
+    run = client.submit(args.workflow, inputs, version=args.workflow_version, wait=args.wait)
     if not args.wait:
         print(run["run_id"])
         return EXIT_OK

@@ -338,6 +338,25 @@ def test_the_cli_coerces_by_the_schema_and_exits_2_on_bad_inputs(
     assert 'inputs.factor: expected integer, got "x"' in capsys.readouterr().err
 
 
+def test_cli_submit_reads_inputs_by_the_servers_schema(
+    served: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    _, client = served
+    url = str(client.base_url)
+    # day=2026 would be the number 2026 without the schema (then a 422): it is the string.
+    argv = ["submit", "numbers", "-i", "day=2026", "-i", "factor=3", "--wait", "--url", url]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"]["total"] == {"sum": 42}
+    bad = ["submit", "numbers", "-i", "day=d", "-i", "factor=x", "--url", url]
+    assert main(bad) == 2
+    assert 'HTTP 422: inputs.factor: expected integer, got "x"' in capsys.readouterr().err
+    # An unknown workflow: no schema to read by; the submit itself says what is wrong.
+    assert main(["submit", "nope", "-i", "a=1", "--url", url]) == 2
+    assert "HTTP 404" in capsys.readouterr().err
+
+
 def test_coerce_text() -> None:
     schema = check_schema(
         {
