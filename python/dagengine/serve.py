@@ -564,6 +564,8 @@ def serve(
     finally:
         for trigger in reversed(started):
             trigger.stop()
+        if app is not None:
+            app.state.api.end_streams()  # open UI pages' streams end now, not at the timeout
         if server is not None:
             server.stop()
         if app is not None:

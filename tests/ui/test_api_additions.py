@@ -393,3 +393,38 @@ def test_ui_files_are_open_and_the_api_is_not(tmp_path: Path) -> None:
         bare.close()
     finally:
         rig.close()
+
+
+def test_serve_ends_event_streams_when_it_stops(tmp_path: Path) -> None:
+    """An open UI page's streams end cleanly when ``dagengine serve`` stops, instead of being
+    cut when the server's graceful timeout runs out."""
+    from uiserver import make_server
+
+    server = make_server(tmp_path)
+    outcome: list[str] = []
+    connected = [threading.Event(), threading.Event()]
+
+    def follow(path: str, seen: threading.Event) -> None:
+        try:
+            with server.client() as client, client.stream("GET", path) as resp:
+                for _ in resp.iter_lines():
+                    seen.set()
+            outcome.append("ended")
+        except httpx.HTTPError as exc:
+            outcome.append(type(exc).__name__)
+
+    with server.client() as client:
+        answer = client.post("/workflows/gated/runs", json={"inputs": {"gate": "never"}})
+    paths = ("/events", f"/runs/{answer.json()['run_id']}/events")
+    readers = [
+        threading.Thread(target=follow, args=(path, seen), daemon=True)
+        for path, seen in zip(paths, connected, strict=True)
+    ]
+    for reader in readers:
+        reader.start()
+    for seen in connected:
+        assert seen.wait(30)
+    server.stop()
+    for reader in readers:
+        reader.join(30)
+    assert outcome == ["ended", "ended"]

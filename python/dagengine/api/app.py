@@ -200,6 +200,12 @@ class Api:
             self._monitor = Monitor(self.orch)
         return self._monitor
 
+    def end_streams(self) -> None:
+        """End every server-sent event stream (their subscriptions close), so a server that
+        stops does not wait out its graceful timeout for streams that would outlive it."""
+        if self._monitor is not None:
+            self._monitor.close()
+
     def close(self) -> None:
         """Stop the metrics subscriber and the monitor's subscriptions."""
         if self.metrics is not None:
