@@ -289,6 +289,21 @@ def test_the_orchestrator_registers_it_by_its_own_id_and_version() -> None:
 
 
 @pytest.mark.integration
+def test_an_orchestrator_runs_it_on_an_engine_process(engine: str) -> None:
+    orch = Orchestrator(store=":memory:", embedded_engine=False)
+    try:
+        orch.register_engine("remote", engine)
+        orch.register_workflow(flows.numbers)
+        result = orch.execute_workflow("numbers", {"day": "d", "factor": 3})
+        assert isinstance(result, de.RunResult)
+        result.raise_for_status()
+        assert orch.get_run(result.run_id).engine_id == "remote"
+        assert flows.numbers.output_of(result) == {"sum": 42}
+    finally:
+        orch.stop()
+
+
+@pytest.mark.integration
 def test_an_engine_process_runs_it_from_its_spec(engine: str) -> None:
     with EngineClient(engine, timeout=30) as client:
         result = client.run(flows.numbers, {"day": "d", "factor": 5})
