@@ -42,6 +42,13 @@ def test_a_run_delivers_referenced_values_and_the_output() -> None:
     assert flows.numbers.output_of(result) == {"sum": 28}
 
 
+def test_a_resumed_run_feeds_completed_outputs_to_the_references() -> None:
+    # What a failover does: nodes already done are not run again, their outputs delivered.
+    result = flows.numbers.run({"day": "d"}, completed={"extract": {"rows": [4, 5, 6]}})
+    assert result.node_results["extract"].attempts == 0
+    assert flows.numbers.output_of(result) == {"sum": 77}
+
+
 def test_run_async_runs_it_too() -> None:
     result = asyncio.run(flows.numbers.run_async({"day": "d", "factor": 1}))
     assert flows.numbers.output_of(result) == {"sum": 14}
