@@ -366,3 +366,40 @@ def test_a_dropped_event_stream_is_resumed(page: Any, server: Server) -> None:
     expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded")
     expect(node(page, "after")).to_have_attribute("data-state", "succeeded")
     assert len(dropped) == 1
+
+
+LAYOUT_CHECK = """async () => {
+  const {layout} = await import('/ui/js/graph.js');
+  const diamond = [
+    {id: 'a', deps: []}, {id: 'b', deps: ['a']}, {id: 'c', deps: ['a']},
+    {id: 'd', deps: ['b', 'c']}, {id: 'e', deps: ['a', 'd']},
+  ];
+  const small = layout(diamond).place;
+  // A random DAG: every edge must go to a later layer, no two nodes may share a place.
+  let seed = 7;
+  const rand = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const nodes = [];
+  for (let i = 0; i < 300; i++) {
+    const deps = [];
+    for (let j = 0; j < 3 && i > 0; j++) deps.push(`n${Math.floor(rand() * i)}`);
+    nodes.push({id: `n${i}`, deps: [...new Set(deps)]});
+  }
+  const big = layout(nodes).place;
+  const forward = nodes.every((n) => n.deps.every((d) => big.get(d).layer < big.get(n.id).layer));
+  const longest = nodes.every((n) => big.get(n.id).layer ===
+    (n.deps.length ? Math.max(...n.deps.map((d) => big.get(d).layer)) + 1 : 0));
+  const places = new Set(nodes.map((n) => `${big.get(n.id).layer}:${big.get(n.id).row}`));
+  return {
+    small: Object.fromEntries([...small].map(([id, p]) => [id, p.layer])),
+    forward, longest, distinct: places.size === nodes.length,
+  };
+}"""
+
+
+def test_layered_layout(page: Any, server: Server) -> None:
+    page.goto(server.url + "/ui/")
+    result = page.evaluate(LAYOUT_CHECK)
+    assert result["small"] == {"a": 0, "b": 1, "c": 1, "d": 2, "e": 3}
+    assert result["forward"]
+    assert result["longest"]
+    assert result["distinct"]
