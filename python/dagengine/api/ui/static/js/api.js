@@ -104,11 +104,10 @@ export async function stream(path, onEvent, {signal, reconnect = false, resume =
       for (;;) {
         const {value, done} = await reader.read();
         if (done) break;
-        buffer += value;
-        let cut;
-        while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
-          const block = buffer.slice(0, cut);
-          buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+        // Split once per chunk (a chunk holds many events when a stream replays).
+        const blocks = (buffer + value).split(/\r?\n\r?\n/);
+        buffer = blocks.pop();
+        for (const block of blocks) {
           const message = parseBlock(block);
           if (message) {
             if (message.id) lastId = message.id;
