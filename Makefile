@@ -3,6 +3,8 @@
 #   make test   every test: cargo (core, lua, server) and pytest against the built package
 #   make lint   cargo fmt/clippy, ruff, mypy, stubtest
 #   make bench  side-by-side benchmarks (release build; never part of `make test`)
+#   make images  the container image without a registry (deploy/images/build.sh: the wheel, a
+#               wheelhouse, a debootstrapped Debian base, deploy/Dockerfile's target prebuilt)
 #   make wheel-check  the release wheel: abi3, manylinux (auditwheel), and `dagengine run` of
 #               the example from a fresh venv with only the wheel's dependencies (CI runs it)
 SHELL := /bin/bash
@@ -22,7 +24,7 @@ PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 # `maturin build`'s default output folder.
 WHEEL_DIR := target/wheels
 
-.PHONY: demo build test test-rust test-python lint bench clean proto proto-check wheel-check
+.PHONY: demo build test test-rust test-python lint bench clean proto proto-check wheel-check images
 
 $(VENV)/.deps: pyproject.toml Makefile .ci/requirements.py
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +83,10 @@ wheel-check: $(VENV)/.deps
 	rm -f $(WHEEL_DIR)/dagengine-*.whl
 	maturin build --release --quiet --out $(WHEEL_DIR)
 	.ci/wheel-check $(WHEEL_DIR)/dagengine-*.whl
+
+# dagengine:local (DAGENGINE_IMAGE); needs root, debootstrap and a Docker engine.
+images: $(VENV)/.deps
+	deploy/images/build.sh
 
 clean:
 	rm -rf $(VENV) target python/dagengine/*.so

@@ -20,9 +20,10 @@
 # (build-base.sh's), PYTHON (the interpreter running pip: .venv/bin/python, else python3).
 set -euo pipefail
 
-log() { echo "build.sh: $*" >&2; }
+log() { echo "build.sh: [$(( $(date +%s) - start ))s] $*" >&2; }
 die() { log "$*"; exit 1; }
 
+start=$(date +%s)
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 cd "$REPO"
@@ -35,7 +36,6 @@ if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3
   [ -x "$REPO/.venv/bin/python" ] && PYTHON="$REPO/.venv/bin/python"
 fi
-start=$(date +%s)
 
 # 1. The wheel.
 if [ -n "${DAGENGINE_WHEEL:-}" ]; then
@@ -89,4 +89,4 @@ DOCKER_BUILDKIT=$builder docker build -f deploy/Dockerfile --target prebuilt \
   >"$buildlog" 2>&1 || { tail -n 40 "$buildlog" >&2; rm -f "$buildlog"; die "docker build failed"; }
 rm -f "$buildlog"
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
-log "$IMAGE: $((size / 1000000)) MB, built in $(( $(date +%s) - start ))s"
+log "$IMAGE: $((size / 1000000)) MB"
