@@ -88,5 +88,8 @@ DOCKER_BUILDKIT=$builder docker build -f deploy/Dockerfile --target prebuilt \
   --build-arg BASE_IMAGE="$BASE" --build-arg EXTRAS="$EXTRAS" -t "$IMAGE" "$context" \
   >"$buildlog" 2>&1 || { tail -n 40 "$buildlog" >&2; rm -f "$buildlog"; die "docker build failed"; }
 rm -f "$buildlog"
+# The legacy builder leaves the `prebuilt-install` stage behind as an untagged image (the
+# wheels' layer): only those of this Dockerfile (its label) are removed.
+docker image prune -f --filter label=org.opencontainers.image.title=dagengine >/dev/null
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 log "$IMAGE: $((size / 1000000)) MB"
