@@ -1,11 +1,12 @@
 """What the orchestrator needs of a store: :class:`StoreBackend`, the contract that the SQLite
-store (:class:`~dagengine.orchestrator.store.sqlite.SQLiteStore`) implements and that another
-backend (PostgreSQL) must implement as well.
+store (:class:`~dagengine.orchestrator.store.sqlite.SQLiteStore`) and the PostgreSQL store
+(:class:`~dagengine.orchestrator.store.postgres.PostgresStore`) implement.
 
 It lists exactly what the orchestrator, the workflow registry, the event bus and its
-subscriptions (replay), the monitor, the cron triggers and the HTTP API call on a store; the
-SQLite store has more (synchronous twins such as ``create_run`` and ``claim_attempt``,
-``transaction()``, ``release_run``, ``update_run``), used by tests and tools.
+subscriptions (replay), the monitor, the cron triggers and the HTTP API call on a store; both
+stores have more (synchronous twins such as ``create_run`` and ``claim_attempt``,
+``transaction()``, ``release_run``, ``update_run``), used by tests and tools, and the store
+tests run every case on both (``tests/orchestrator/test_store.py``).
 
 The contract, beyond the signatures:
 
