@@ -98,6 +98,8 @@ async def all_events(request: Request) -> Response:
     api.check_token(request)
     text = request.query_params.get("types", "run.*")
     types = [t.strip() for t in text.split(",") if t.strip()]
+    if not types:
+        raise ApiError(400, "types: give at least one event type or 'prefix.*' pattern")
     for name in types:
         if not _TYPE_PATTERN.match(name):
             raise ApiError(400, f"types: {name!r} is not an event type or a 'prefix.*' pattern")
