@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
+from dagengine import _core
 from dagengine._semver import VersionRange
 from dagengine._units import parse_duration
-from dagengine.exceptions import ImportPathError, SpecError
+from dagengine.exceptions import ImportPathError, LuaSyntaxError, SpecError
 from dagengine.spec_model import (
     DEFAULT_BACKOFF,
     ExecutorSpec,
@@ -49,10 +50,12 @@ __all__ = [
     "When",
     "check_positive_int",
     "check_timeout",
+    "check_when_syntax",
     "node_from_model",
     "node_to_model",
     "resolve_import_path",
     "subworkflow_inputs",
+    "when_payload",
 ]
 
 #: What a node returns: a dict of JSON-like values, or ``None`` (meaning ``{}``).
@@ -378,6 +381,33 @@ def _check_when(node_id: str, when: object) -> When | None:
         f"node {node_id!r}: when must be a Lua expression (str) or a callable of ctx, "
         f"got {type(when).__name__}"
     )
+
+
+def when_payload(node_id: str, when: Callable[[NodeContext], object]) -> Any:
+    """What the core calls (through the trampoline) for a node whose ``when`` is a Python
+    callable: ``{"when": bool}``, or a ``TypeError`` naming the node for anything else."""
+
+    def check(ctx: NodeContext) -> dict[str, bool]:
+        value = when(ctx)
+        if type(value) is not bool:
+            raise TypeError(
+                f"node {node_id!r}: when must return a bool, got {type(value).__name__} {value!r}"
+            )
+        return {"when": value}
+
+    return check
+
+
+def check_when_syntax(node_id: str, expression: str) -> None:
+    """A :class:`LuaSyntaxError` naming the node if its ``when`` does not compile (as the core
+    compiles it: one expression, on the lines it was written on)."""
+    try:
+        _core.lua_check(f"return ({expression}\n)", node_id)
+    except LuaSyntaxError as exc:
+        detail = exc.message.removeprefix(f"node {node_id!r}: ")
+        raise LuaSyntaxError(
+            f"node {node_id!r}: when: {detail}", line=exc.line, node_id=node_id
+        ) from None
 
 
 def _spec_kwargs(exc: Exception) -> dict[str, Any]:

@@ -47,8 +47,10 @@ from dagengine.nodes import (
     SubWorkflowRunner,
     check_positive_int,
     check_timeout,
+    check_when_syntax,
     node_from_model,
     node_to_model,
+    when_payload,
 )
 from dagengine.results import NodeEvent, RunResult
 from dagengine.spec_model import RetryBackoff, WorkflowSpecModel, parse, to_dict
@@ -462,7 +464,7 @@ class DAG:
         if isinstance(node.executor, LuaExecutor):
             _lua_check(node.id, node.executor.code)
         if isinstance(node.when, str):
-            _when_check(node.id, node.when)
+            check_when_syntax(node.id, node.when)
         self._nodes[node.id] = node
         self._ref = None
         self._validated = False
@@ -790,33 +792,6 @@ def _lua_check(node_id: str, code: str) -> None:
         ) from None
 
 
-def _when_payload(node_id: str, when: Callable[[NodeContext], object]) -> Any:
-    """What the core calls (through the trampoline) for a node whose ``when`` is a Python
-    callable: ``{"when": bool}``, or a ``TypeError`` naming the node for anything else."""
-
-    def check(ctx: NodeContext) -> dict[str, bool]:
-        value = when(ctx)
-        if type(value) is not bool:
-            raise TypeError(
-                f"node {node_id!r}: when must return a bool, got {type(value).__name__} {value!r}"
-            )
-        return {"when": value}
-
-    return check
-
-
-def _when_check(node_id: str, expression: str) -> None:
-    """A :class:`LuaSyntaxError` naming the node if its ``when`` does not compile (as the core
-    compiles it: one expression, on the lines it was written on)."""
-    try:
-        _core.lua_check(f"return ({expression}\n)", node_id)
-    except LuaSyntaxError as exc:
-        detail = exc.message.removeprefix(f"node {node_id!r}: ")
-        raise LuaSyntaxError(
-            f"node {node_id!r}: when: {detail}", line=exc.line, node_id=node_id
-        ) from None
-
-
 def _add_native(ref: _core.DagRef, node: Node) -> None:
     executor = node.executor
     common: dict[str, Any] = {
@@ -831,7 +806,7 @@ def _add_native(ref: _core.DagRef, node: Node) -> None:
     if isinstance(node.when, str):
         common["when"] = node.when
     elif node.when is not None:
-        common["when"] = _when_payload(node.id, node.when)
+        common["when"] = when_payload(node.id, node.when)
     if isinstance(executor, NoopExecutor):
         ref.add_node(node.id, node.deps, "noop", None, **common)
     elif isinstance(executor, LuaExecutor):

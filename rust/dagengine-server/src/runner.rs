@@ -29,6 +29,7 @@
 //! (the loop, [`start_run`], [`start_run_inline`]) and `lua` (the Lua pool, the run's
 //! backlog of Lua attempts and one attempt's execution).
 
+mod condition;
 mod driver;
 mod handle;
 mod lua;
@@ -36,7 +37,8 @@ mod model;
 
 use std::sync::{Mutex, MutexGuard};
 
-pub use driver::{condition_value, start_run, start_run_inline};
+pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
+pub use driver::{start_run, start_run_inline};
 pub use handle::RunHandle;
 pub use model::{
     Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure, NodeKind,

@@ -22,8 +22,8 @@ use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
 use super::lock;
 use super::lua::{drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET};
 use super::model::{
-    contained, never_started, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor,
-    NodeFailure, NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure,
+    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 fn unix_now() -> f64 {
@@ -111,6 +111,8 @@ fn new_run(
     };
     (handle, Driver::new(plan, config, external, shared, tx), rx)
 }
+
+mod start;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -390,20 +392,7 @@ impl Driver {
                 result,
             } => self.finish_attempt(sched, out, node, attempt, result),
             Msg::ConditionPassed { node, attempt } => {
-                if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
-                    self.announce(node, attempt, unix_now());
-                    match self.plan.kinds[node as usize] {
-                        NodeKind::Noop => {
-                            let ok = ExecOk {
-                                output: Map::new(),
-                                logs: Vec::new(),
-                            };
-                            self.finish_attempt(sched, out, node, attempt, Ok(ok));
-                        }
-                        NodeKind::Lua { .. } => self.dispatch_lua(node, attempt),
-                        NodeKind::External => {} // its call goes on after the condition
-                    }
-                }
+                self.condition_passed(sched, out, node, attempt);
             }
             Msg::ConditionFalse { node, attempt } => {
                 if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
@@ -630,146 +619,6 @@ impl Driver {
             todo.clear();
         }
         None
-    }
-
-    /// Carry out `Execute`: check the node's condition before its first attempt (a Lua one
-    /// here, an external one on the executor's pool), then start it. True for a Lua attempt
-    /// to run on the loop's thread.
-    fn execute(
-        &mut self,
-        sched: &mut Scheduler<'_>,
-        out: &mut Vec<Instruction>,
-        node: NodeIdx,
-        attempt: u32,
-    ) -> bool {
-        let now = self.ended_at.take().unwrap_or_else(unix_now);
-        let condition = if attempt == 1 {
-            self.plan.condition(node)
-        } else {
-            None
-        };
-        match condition {
-            None => {}
-            Some(Condition::Lua(script)) => match self.lua_condition(node, script) {
-                Ok(true) => {}
-                Ok(false) => {
-                    sched.handle(Event::ConditionFalse { node, attempt }, out);
-                    return false;
-                }
-                Err(failure) => {
-                    let rec = &mut self.records[node as usize];
-                    rec.attempts = attempt;
-                    rec.started_at = Some(now);
-                    self.finish_attempt(sched, out, node, attempt, Err(failure));
-                    return false;
-                }
-            },
-            Some(Condition::External) => {
-                // Started (and announced) once the condition held.
-                self.records[node as usize].attempts = attempt;
-                self.dispatch_external(node, attempt, true);
-                return false;
-            }
-        }
-        self.started(sched, out, node, attempt, now)
-    }
-
-    /// Start attempt `attempt` of `node` at `now`: record and announce it, then run it (a
-    /// no-op here, external on its pool). True for a Lua attempt, which the caller runs.
-    fn started(
-        &mut self,
-        sched: &mut Scheduler<'_>,
-        out: &mut Vec<Instruction>,
-        node: NodeIdx,
-        attempt: u32,
-        now: f64,
-    ) -> bool {
-        self.announce(node, attempt, now);
-        match &self.plan.kinds[node as usize] {
-            NodeKind::Noop => {
-                let ok = ExecOk {
-                    output: Map::new(),
-                    logs: Vec::new(),
-                };
-                self.finish_attempt(sched, out, node, attempt, Ok(ok));
-                false
-            }
-            NodeKind::Lua { .. } => true,
-            NodeKind::External => {
-                self.dispatch_external(node, attempt, false);
-                false
-            }
-        }
-    }
-
-    /// Record and announce the start of an attempt.
-    fn announce(&mut self, node: NodeIdx, attempt: u32, now: f64) {
-        let rec = &mut self.records[node as usize];
-        rec.attempts = attempt;
-        rec.started_at.get_or_insert(now);
-        self.emit_at(
-            now,
-            EventKind::NodeStarted,
-            Some(node),
-            attempt,
-            EventDetail::None,
-        );
-    }
-
-    /// Evaluate the Lua condition of `node` here, on the driver: it is an expression, far
-    /// shorter than a thread hand-off. Anything but a boolean fails the node.
-    fn lua_condition(
-        &self,
-        node: NodeIdx,
-        script: &dagengine_lua::LuaScript,
-    ) -> Result<bool, NodeFailure> {
-        let node_id = self.plan.dag.id(node);
-        let results = if script.reads_results() {
-            self.results_of(node)
-        } else {
-            Vec::new()
-        };
-        let results: Vec<(&str, &Value)> = results
-            .iter()
-            .map(|(p, v)| (self.plan.dag.id(*p), v.as_ref()))
-            .collect();
-        let info = dagengine_lua::NodeInfo {
-            node_id,
-            run_id: &self.run_id,
-            attempt: 1,
-        };
-        // An instruction budget, not a wall-clock one, bounds an expression that loops: a
-        // clock deadline costs the watchdog's bookkeeping (a third of a short condition's
-        // time), the budget a hook every thousand instructions. A node timeout still applies.
-        let limits = dagengine_lua::LuaLimits {
-            max_instructions: Some(CONDITION_INSTRUCTIONS),
-            timeout: self.plan.policies[self.policy_index(node)].timeout,
-            ..dagengine_lua::LuaLimits::default()
-        };
-        let value = contained(node_id, || {
-            dagengine_lua::evaluate_bool(
-                script,
-                &self.config.inputs,
-                &results,
-                &info,
-                &limits,
-                Some(&self.shared.cancel),
-            )
-            .map_err(|e| {
-                NodeFailure::new(
-                    e.kind().as_str(),
-                    format!("node '{node_id}': when: {e}"),
-                    false,
-                )
-            })
-        })?;
-        value.map_err(|what| {
-            NodeFailure::new(
-                "TypeError",
-                format!("node '{node_id}': when must be a boolean, got {what}"),
-                false,
-            )
-        })
     }
 
     fn results_of(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
@@ -1028,31 +877,6 @@ impl Driver {
             node_timeout: policy.timeout,
             deadline: self.deadline,
             budget: None,
-        }
-    }
-}
-
-/// The most Lua instructions a `when` expression may take (tens of milliseconds).
-pub const CONDITION_INSTRUCTIONS: u64 = 10_000_000;
-
-/// A condition's value: a boolean, or a failure of the node saying what it was instead.
-pub fn condition_value(node_id: &str, value: Option<&Value>) -> Result<bool, NodeFailure> {
-    match value {
-        Some(Value::Bool(b)) => Ok(*b),
-        other => {
-            let what = match other {
-                None | Some(Value::Null) => "nil".to_owned(),
-                Some(Value::Number(n)) => format!("a number ({n})"),
-                Some(Value::String(s)) => format!("a string ({s:?})"),
-                Some(Value::Array(_)) => "an array".to_owned(),
-                Some(Value::Object(_)) => "a table".to_owned(),
-                Some(Value::Bool(_)) => unreachable!(),
-            };
-            Err(NodeFailure::new(
-                "TypeError",
-                format!("node '{node_id}': when must be a boolean, got {what}"),
-                false,
-            ))
         }
     }
 }

@@ -1,0 +1,145 @@
+//! Starting a node's attempt: its condition first (before the first attempt: a Lua one on
+//! the loop's thread, an external one on the executor's pool), then the announcement and the
+//! hand-off to where its kind runs.
+
+use dagengine_core::{Event, Instruction, NodeIdx, NodeState, Scheduler};
+use serde_json::Map;
+
+use super::super::condition::LuaCondition;
+use super::super::handle::ExecOk;
+use super::super::model::{Condition, EventDetail, EventKind, NodeFailure, NodeKind};
+use super::{unix_now, Driver};
+
+impl Driver {
+    /// Carry out `Execute`: check the node's condition before its first attempt (a Lua one
+    /// here, an external one on the executor's pool), then start it. True for a Lua attempt
+    /// to run on the loop's thread.
+    pub(super) fn execute(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+    ) -> bool {
+        let now = self.ended_at.take().unwrap_or_else(unix_now);
+        let condition = if attempt == 1 {
+            self.plan.condition(node)
+        } else {
+            None
+        };
+        match condition {
+            None => {}
+            Some(Condition::Lua(script)) => match self.lua_condition(node, script) {
+                Ok(true) => {}
+                Ok(false) => {
+                    sched.handle(Event::ConditionFalse { node, attempt }, out);
+                    return false;
+                }
+                Err(failure) => {
+                    let rec = &mut self.records[node as usize];
+                    rec.attempts = attempt;
+                    rec.started_at = Some(now);
+                    self.finish_attempt(sched, out, node, attempt, Err(failure));
+                    return false;
+                }
+            },
+            Some(Condition::External) => {
+                // Started (and announced) once the condition held.
+                self.records[node as usize].attempts = attempt;
+                self.dispatch_external(node, attempt, true);
+                return false;
+            }
+        }
+        self.started(sched, out, node, attempt, now)
+    }
+
+    /// Start attempt `attempt` of `node` at `now`: record and announce it, then run it (a
+    /// no-op here, external on its pool). True for a Lua attempt, which the caller runs.
+    pub(super) fn started(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+        now: f64,
+    ) -> bool {
+        self.announce(node, attempt, now);
+        match &self.plan.kinds[node as usize] {
+            NodeKind::Noop => {
+                let ok = ExecOk {
+                    output: Map::new(),
+                    logs: Vec::new(),
+                };
+                self.finish_attempt(sched, out, node, attempt, Ok(ok));
+                false
+            }
+            NodeKind::Lua { .. } => true,
+            NodeKind::External => {
+                self.dispatch_external(node, attempt, false);
+                false
+            }
+        }
+    }
+
+    /// Record and announce the start of an attempt.
+    fn announce(&mut self, node: NodeIdx, attempt: u32, now: f64) {
+        let rec = &mut self.records[node as usize];
+        rec.attempts = attempt;
+        rec.started_at.get_or_insert(now);
+        self.emit_at(
+            now,
+            EventKind::NodeStarted,
+            Some(node),
+            attempt,
+            EventDetail::None,
+        );
+    }
+
+    /// Evaluate the Lua condition of `node` here, on the driver: it is an expression, far
+    /// shorter than a thread hand-off.
+    fn lua_condition(
+        &self,
+        node: NodeIdx,
+        script: &dagengine_lua::LuaScript,
+    ) -> Result<bool, NodeFailure> {
+        let results = if script.reads_results() {
+            self.results_of(node)
+        } else {
+            Vec::new()
+        };
+        let call = LuaCondition {
+            node,
+            run_id: &self.run_id,
+            inputs: &self.config.inputs,
+            results: &results,
+            node_timeout: self.plan.policies[self.policy_index(node)].timeout,
+        };
+        call.evaluate(&self.plan, script, &self.shared.cancel)
+    }
+
+    /// An external condition held: announce the attempt and run the node (an external one
+    /// is already running, its call follows the condition on the same pool job).
+    pub(super) fn condition_passed(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+    ) {
+        if sched.state(node) != NodeState::Running || sched.attempts(node) != attempt {
+            return;
+        }
+        self.announce(node, attempt, unix_now());
+        match self.plan.kinds[node as usize] {
+            NodeKind::Noop => {
+                let ok = ExecOk {
+                    output: Map::new(),
+                    logs: Vec::new(),
+                };
+                self.finish_attempt(sched, out, node, attempt, Ok(ok));
+            }
+            NodeKind::Lua { .. } => self.dispatch_lua(node, attempt),
+            NodeKind::External => {}
+        }
+    }
+}
