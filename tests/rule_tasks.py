@@ -41,3 +41,13 @@ def hold(ctx: NodeContext) -> dict[str, Any]:
 def go(ctx: NodeContext) -> bool:
     """A Python condition: the run's ``go`` input."""
     return bool(ctx.inputs["go"])
+
+
+def ok(ctx: NodeContext) -> dict[str, Any]:
+    """A Python node that succeeds."""
+    return {"node": ctx.node_id}
+
+
+def fail(ctx: NodeContext) -> dict[str, Any]:
+    """A Python node that fails."""
+    raise RuntimeError(f"{ctx.node_id} fails")

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from dagengine import DAG, EngineClient, InvalidRequest, NodeEvent, Orchestrator, RunStatus
 from dagengine.engine import workflow_to_proto
+from hypothesis import HealthCheck, given, settings
 from processes import EngineProcess, wait_for
+from test_trigger_rules import reference, rule_cases
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +113,44 @@ def test_an_engine_resumes_with_rules_decided_by_completed_parents(client: Engin
     assert states(result)["off"] == ("succeeded", None)
     assert states(result)["strict"] == ("succeeded", None)
     assert states(result)["join"] == ("succeeded", None)
+
+
+def case_spec(
+    deps: list[list[int]], rules: list[str], acts: list[str], kinds: list[str]
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    """A random case of ``test_trigger_rules`` as a spec (conditions in Lua, Python nodes by
+    import path) and its inputs."""
+    nodes: list[dict[str, Any]] = []
+    inputs: dict[str, bool] = {}
+    for i, (parents, rule, act, kind) in enumerate(zip(deps, rules, acts, kinds, strict=True)):
+        node: dict[str, Any] = {"id": f"n{i}", "deps": [f"n{p}" for p in parents]}
+        if kind == "python":
+            node["python"] = "rule_tasks:fail" if act == "fail" else "rule_tasks:ok"
+        elif kind == "lua" or act == "fail":
+            node["lua"] = "error('no')" if act == "fail" else "return {ok = true}"
+        else:
+            node["noop"] = True
+        if act == "false" or i % 2:
+            inputs[f"go_{i}"] = act != "false"
+            node["when"] = f"inputs.go_{i}"
+        if rule != "all_success":
+            node["trigger_rule"] = rule
+        nodes.append(node)
+    return {"id": "property", "nodes": nodes}, inputs
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(case=rule_cases())
+def test_random_dags_on_an_engine_match_the_reference_model(
+    client: EngineClient, case: tuple[list[list[int]], list[str], list[str], list[str]]
+) -> None:
+    deps, rules, acts, kinds = case
+    spec, inputs = case_spec(deps, rules, acts, kinds)
+    result = client.run(spec, inputs)
+    want = reference(deps, rules, acts)
+    assert [states(result)[f"n{i}"] for i in range(len(deps))] == want
+    failed = any(status == "failed" for status, _ in want)
+    assert result.status is (RunStatus.FAILED if failed else RunStatus.SUCCEEDED)
 
 
 # --- the orchestrator -------------------------------------------------------------------------
