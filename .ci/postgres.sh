@@ -3,6 +3,7 @@
 #
 #   eval "$(.ci/postgres.sh start)"   # prints the exports below; progress goes to stderr
 #   .ci/postgres.sh stop              # stops the cluster of $DAGENGINE_TEST_POSTGRES_DIR
+#   .ci/postgres.sh restart [DIR]     # a fast restart, same port (reconnection tests)
 #
 # `start` installs Debian's postgresql if its binaries are missing (as root; not with
 # --no-install, which the tests' fixture passes), runs initdb on a temporary folder as a
@@ -100,6 +101,20 @@ start() {
   echo "export DAGENGINE_TEST_POSTGRES_DIR=$dir"
 }
 
+restart() {
+  # Stop the server fast (its sessions are cut, as a crash would) and start it again on the
+  # same port: for tests of reconnection.
+  local dir="${1:-${DAGENGINE_TEST_POSTGRES_DIR:-}}"
+  if [ -z "$dir" ] || [ ! -d "$dir/data" ]; then
+    log "no cluster to restart (give its folder or set DAGENGINE_TEST_POSTGRES_DIR)"
+    exit 1
+  fi
+  local bin
+  bin=$(bindir)
+  OWNER=$(stat -c %U "$dir/data")
+  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null
+}
+
 stop() {
   local dir="${1:-${DAGENGINE_TEST_POSTGRES_DIR:-}}"
   if [ -z "$dir" ] || [ ! -d "$dir/data" ]; then
@@ -116,8 +131,9 @@ stop() {
 case "${1:-}" in
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
+  restart) shift; restart "$@" ;;
   *)
-    echo "usage: $0 start [--no-install] | stop [DIR]" >&2
+    echo "usage: $0 start [--no-install] | stop [DIR] | restart [DIR]" >&2
     exit 2
     ;;
 esac

@@ -40,17 +40,14 @@ def with_schema(url: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL database for the session's tests (see the module's docstring)."""
+def start_cluster() -> tuple[str, str]:
+    """A throwaway cluster of this test's own (``.ci/postgres.sh start --no-install``): its
+    URL and folder (for :func:`restart_cluster` and :func:`stop_cluster`); skips or fails
+    (``DAGENGINE_REQUIRE_POSTGRES=1``) where none can start."""
     try:
         import psycopg
     except ImportError:
         _unavailable("psycopg is not installed (pip install 'dagengine[postgres]')")
-    given = os.environ.get("DAGENGINE_TEST_POSTGRES_URL")
-    if given:
-        yield given
-        return
     started = subprocess.run(
         ["bash", str(SCRIPT), "start", "--no-install"],
         capture_output=True,
@@ -70,11 +67,41 @@ def postgres_url() -> Iterator[str]:
     try:
         with psycopg.connect(url, connect_timeout=10):
             pass
+    except BaseException:
+        stop_cluster(folder)
+        raise
+    return url, folder
+
+
+def restart_cluster(folder: str) -> None:
+    """A fast restart of a cluster of :func:`start_cluster` (its sessions are cut)."""
+    subprocess.run(
+        ["bash", str(SCRIPT), "restart", folder], capture_output=True, timeout=120, check=True
+    )
+
+
+def stop_cluster(folder: str) -> None:
+    subprocess.run(
+        ["bash", str(SCRIPT), "stop", folder], capture_output=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database for the session's tests (see the module's docstring)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install 'dagengine[postgres]')")
+    given = os.environ.get("DAGENGINE_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    url, folder = start_cluster()
+    try:
         yield url
     finally:
-        subprocess.run(
-            ["bash", str(SCRIPT), "stop", folder], capture_output=True, timeout=60, check=False
-        )
+        stop_cluster(folder)
 
 
 @pytest.fixture

@@ -298,6 +298,9 @@ class PostgresStore(WriteBehind):
             except self._psycopg.OperationalError:
                 if tries == 2:
                     raise
+                # The server went away (restarted?): its other idle connections are dead
+                # too. Drop them before the second try.
+                self._pool.check()
         raise AssertionError("unreachable")
 
     @property
