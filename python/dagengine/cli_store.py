@@ -159,7 +159,8 @@ def _prune(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from dagengine.orchestrator.store import open_store
 
-    with open_store(_store_path(args)) as store:
+    target = _store_path(args)
+    with open_store(target) as store:
         stats = store.stats()
     if args.json:
         print(
@@ -182,7 +183,10 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"{'table':<20} {'rows':>12} {kind:>14}")
     for name, (rows, size) in stats.tables.items():
         print(f"{name:<20} {rows:>12} {size:>14}")
-    print(f"file {stats.file_bytes} bytes, {stats.free_bytes} free")
+    if target.startswith(("postgresql://", "postgres://")):
+        print(f"database {stats.file_bytes} bytes")  # (its free space is autovacuum's)
+    else:
+        print(f"file {stats.file_bytes} bytes, {stats.free_bytes} free")
     if stats.workflows:
         print(f"\n{'workflow':<30} {'runs':>10}  by status")
         for workflow_id, counts in sorted(stats.workflows.items()):

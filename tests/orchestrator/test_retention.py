@@ -515,6 +515,8 @@ def test_store_prune_and_stats_on_the_command_line(
     assert cli.main(["store", "stats", "--store", str(path)]) == 0
     out = capsys.readouterr().out
     assert "runs" in out
+    # A file has its size and free pages; a PostgreSQL database its size (from the catalog).
+    assert ("database " if path.startswith("postgresql://") else "file ") in out
     assert "w" in out
     assert "succeeded 20" in out
     assert cli.main(["store", "prune", "--dry-run", "--store", str(path)]) == 0
