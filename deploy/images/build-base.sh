@@ -17,6 +17,8 @@
 #                          ~/.cache/dagengine/images); a rerun imports it without debootstrap
 #   DEBIAN_MIRROR          the mirror (default http://deb.debian.org/debian)
 #   DEBIAN_RELEASE         the suite (default bookworm)
+#   DAGENGINE_BASE_PACKAGES more Debian packages, comma-separated (tests/deploy/test_images.py
+#                          makes its PostgreSQL server image so: postgresql-15)
 #
 # Idempotent: nothing is done when the image exists (--force, or DAGENGINE_FORCE_BASE=1,
 # builds it again), and the tarball is reused while the package list is unchanged.
@@ -36,10 +38,11 @@ IMAGE="${DAGENGINE_BASE_IMAGE:-dagengine-base:bookworm}"
 CACHE="${DAGENGINE_IMAGE_CACHE:-$HOME/.cache/dagengine/images}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 RELEASE="${DEBIAN_RELEASE:-bookworm}"
-PACKAGES="python3,python3-venv,ca-certificates"
-# The script's own text is part of the cache key: a change to the stripping rebuilds.
-KEY=$(cat "$0" | sha256sum | cut -c1-12)
-TARBALL="$CACHE/rootfs-$RELEASE-$KEY.tar"
+PACKAGES="python3,python3-venv,ca-certificates${DAGENGINE_BASE_PACKAGES:+,$DAGENGINE_BASE_PACKAGES}"
+# The script's text and the package list make the cache key: a change to either rebuilds.
+KEY=$( (cat "$0"; echo "$PACKAGES") | sha256sum | cut -c1-12)
+NAME="${IMAGE//[^A-Za-z0-9._-]/_}"
+TARBALL="$CACHE/rootfs-$NAME-$KEY.tar"
 
 command -v docker >/dev/null || die "docker is not installed"
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer (docker info failed)"
@@ -96,7 +99,7 @@ CFG
   tar --numeric-owner --xattrs -C "$root" -cf "$TARBALL.part" .
   mv "$TARBALL.part" "$TARBALL"
   # Older tarballs of other keys are stale.
-  find "$CACHE" -maxdepth 1 -name "rootfs-$RELEASE-*.tar" ! -name "${TARBALL##*/}" -delete
+  find "$CACHE" -maxdepth 1 -name "rootfs-$NAME-*.tar" ! -name "${TARBALL##*/}" -delete
 else
   log "reusing $TARBALL"
 fi

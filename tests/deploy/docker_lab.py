@@ -239,12 +239,36 @@ class Lab:
             "DAGENGINE_TEST_LEDGER=/work/shared/ledger.txt",
         ]
 
-    def run(self, name: str, *args: str, options: tuple[str, ...] = ()) -> Container:
-        """``docker run -d`` the image as ``name`` on the network; the image's own
-        HEALTHCHECK command, probed every second (its 30 s interval is for production)."""
+    def run(
+        self,
+        name: str,
+        *args: str,
+        options: tuple[str, ...] = (),
+        image: str | None = None,
+        alias: str | None = None,
+        dagengine: bool = True,
+    ) -> Container:
+        """``docker run -d`` an image (default: the lab's) as ``name`` on the network, known
+        there as ``alias`` (default ``name``). A ``dagengine`` container runs as deploy/'s
+        pods do (read-only root filesystem, no capabilities) with the image's own HEALTHCHECK
+        command probed every second (its 30 s interval is for production)."""
         full = f"dgt-{self.tag}-{name}"
         container = Container(name, full, time.monotonic())
         self.containers[name] = container  # removed by close() even if the run fails
+        hardening = [
+            "--health-interval",
+            "1s",
+            "--health-start-period",
+            "60s",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            *self._mounts(),
+        ]
         docker(
             "run",
             "-d",
@@ -255,29 +279,21 @@ class Lab:
             "--network",
             self.network,
             "--network-alias",
-            name,
+            alias or name,
             "--label",
             LABEL,
-            "--health-interval",
-            "1s",
-            "--health-start-period",
-            "60s",
-            # As deploy/'s pods run: read-only root filesystem, no capabilities.
-            "--read-only",
-            "--tmpfs",
-            "/tmp",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            *self._mounts(),
+            *(hardening if dagengine else []),
             *options,
-            self.image,
+            image or self.image,
             *args,
         )
         return container
 
-    def start_orchestrator(self, name: str = "orch") -> Container:
+    def start_orchestrator(
+        self, name: str = "orch", *, store: str | None = None, alias: str = "orch"
+    ) -> Container:
+        """``dagengine serve`` with self-registration, on ``store`` (default: SQLite in
+        ``state/``, a bind mount)."""
         return self.run(
             name,
             "serve",
@@ -287,6 +303,7 @@ class Lab:
             "/work/examples",
             "--workflows",
             "/work/shared",
+            alias=alias,
             options=(
                 "-v",
                 f"{self.state}:/var/lib/dagengine",
@@ -295,8 +312,30 @@ class Lab:
                 "-e",
                 "ENGINE_HEALTH_CHECK_INTERVAL=1",
                 "-e",
-                "DAGENGINE_STORE=/var/lib/dagengine/dagengine.db",
+                f"DAGENGINE_STORE={store or '/var/lib/dagengine/dagengine.db'}",
             ),
+        )
+
+    def start_postgres(self, image: str, name: str = "pg") -> Container:
+        """Debian's PostgreSQL 15 server in ``image`` (build-base.sh with postgresql-15): a
+        throwaway cluster (initdb at start, trust authentication on the lab's network, fsync
+        off), database ``postgres``, port 5432."""
+        script = (
+            "set -e; bin=/usr/lib/postgresql/15/bin; "
+            "$bin/initdb -D /tmp/data -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync "
+            ">/tmp/initdb.log; "
+            "echo 'host all all 0.0.0.0/0 trust' >> /tmp/data/pg_hba.conf; "
+            "exec $bin/postgres -D /tmp/data -k /tmp -c listen_addresses='*' -c fsync=off "
+            "-c full_page_writes=off -c max_connections=200"
+        )
+        return self.run(
+            name,
+            "sh",
+            "-c",
+            script,
+            image=image,
+            dagengine=False,
+            options=("--user", "postgres", "--tmpfs", "/tmp:mode=1777"),
         )
 
     def start_engine(self, name: str, orchestrator: str = "orch") -> Container:

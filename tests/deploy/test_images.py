@@ -47,7 +47,9 @@ from docker_lab import (
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(1200)]
 
 BUILD_SCRIPT = REPO_ROOT / "deploy" / "images" / "build.sh"
+BASE_SCRIPT = REPO_ROOT / "deploy" / "images" / "build-base.sh"
 IMAGE = "dagengine:test"
+POSTGRES_IMAGE = "dagengine-postgres:bookworm"
 ENGINES = ("e1", "e2", "e3")
 #: Engines registered through self-registration expire after 3 health intervals (1 s here).
 HEALTH_INTERVAL = 1.0
@@ -84,6 +86,30 @@ def image() -> str:
         "build", image=IMAGE, size_mb=round(size / 1e6), build_s=round(time.monotonic() - started)
     )
     return IMAGE
+
+
+@pytest.fixture(scope="module")
+def postgres_image(image: str) -> str:
+    """Debian's PostgreSQL 15 on the same debootstrapped base (build-base.sh with
+    ``DAGENGINE_BASE_PACKAGES=postgresql-15``; nothing is pulled)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(BASE_SCRIPT)],
+        env={
+            **os.environ,
+            "DAGENGINE_BASE_IMAGE": POSTGRES_IMAGE,
+            "DAGENGINE_BASE_PACKAGES": "postgresql-15",
+        },
+        capture_output=True,
+        text=True,
+        timeout=1100,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"{BASE_SCRIPT} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", POSTGRES_IMAGE))
+    figures("postgres-image", size_mb=round(size / 1e6), build_s=round(time.monotonic() - started))
+    return POSTGRES_IMAGE
 
 
 @dataclass
@@ -370,3 +396,102 @@ def test_killed_engine_runs_complete_elsewhere(cluster: Cluster) -> None:
         recorded_not_repeated=len(recorded),
         duplicated=sum(1 for (run, _), n in counts.items() if run in set(runs) and n > 1),
     )
+
+
+def _pg_query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=2) as conn:
+        return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
+
+
+def _pg_ready(url: str) -> bool:
+    try:
+        _pg_query(url, "SELECT 1")
+    except Exception:  # any failure to connect means "not yet"
+        return False
+    return True
+
+
+def _wait_api(lab: Lab, orch: Container) -> str:
+    api = f"http://{orch.ip}:{HTTP_PORT}"
+
+    def ready() -> bool:
+        with contextlib.suppress(OSError):
+            return http("GET", f"{api}/readyz", timeout=1)[0] == 200
+        if orch.state() != "running":
+            pytest.fail(f"{orch.name} exited:\n{lab.diagnostics()}")
+        return False
+
+    wait_until(ready, f"{orch.name}'s /readyz", 60)
+    return api
+
+
+def test_orchestrator_killed_on_postgres_resumes_runs(
+    image: str, postgres_image: str, tmp_path: Path
+) -> None:
+    """The orchestrator on the PostgreSQL store, in a container beside a PostgreSQL
+    container: ``docker kill`` it mid-run and start another on the same database (the engines
+    register again with it by the network alias): every run succeeds, each finishes once, no
+    node whose output was committed runs again."""
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+    lab = Lab(image, tmp_path)
+    try:
+        pg = lab.start_postgres(postgres_image)
+        host_url = f"postgresql://postgres@{pg.ip}:5432/postgres"
+        pg_ready = wait_until(lambda: _pg_ready(host_url), "PostgreSQL to accept connections")
+        store = "postgresql://postgres@pg:5432/postgres"
+        first = lab.start_orchestrator("orch1", store=store)
+        api = _wait_api(lab, first)
+        engines = {name: lab.start_engine(name) for name in ("e1", "e2")}
+        cluster = Cluster(lab, first, api, EventLog(f"{api}/events"), engines)
+        wait_until(lambda: set(cluster.registered()) == set(engines), "both engines registered")
+        runs = cluster.submit_many(30, seconds=0.3)
+        quoted = ",".join(f"'{r}'" for r in runs)
+
+        def some_recorded() -> bool:
+            done = _pg_query(
+                host_url,
+                f"SELECT count(*) FROM runs WHERE run_id IN ({quoted}) "
+                "AND status IN ('succeeded', 'failed', 'cancelled')",
+            )[0][0]
+            outputs = _pg_query(
+                host_url, f"SELECT count(*) FROM node_outputs WHERE run_id IN ({quoted})"
+            )[0][0]
+            return bool(outputs >= 10 and done < len(runs))
+
+        wait_until(some_recorded, "nodes recorded while runs are still going")
+        killed_at = first.kill()
+        recorded = set(
+            _pg_query(
+                host_url, f"SELECT run_id, node_id FROM node_outputs WHERE run_id IN ({quoted})"
+            )
+        )
+        second = lab.start_orchestrator("orch2", store=store)
+        cluster.api = _wait_api(lab, second)
+        restarted_at = time.time()
+        finished = cluster.wait_finished(runs, timeout=120)
+        assert {b["status"] for b in finished.values()} == {"succeeded"}, lab.diagnostics()
+        assert all(b["outputs"]["c"] == {"sum": 3} for b in finished.values())
+        completions = _pg_query(
+            host_url,
+            "SELECT run_id, count(*) FROM events WHERE type = 'run.completed' "
+            f"AND run_id IN ({quoted}) GROUP BY run_id",
+        )
+        counts = ledger_counts(lab.ledger)
+        assert recorded, "some nodes were recorded before the kill"
+        assert [k for k in recorded if counts[k] != 1] == [], "a recorded node ran again"
+        assert sorted(r for r, _ in completions) == sorted(runs)
+        assert {n for _, n in completions} == {1}, "a run finished more than once"
+        figures(
+            "kill-orchestrator-postgres",
+            runs=len(runs),
+            recorded_not_repeated=len(recorded),
+            postgres_ready_ms=round((pg_ready - pg.started) * 1e3),
+            restart_ms=round((restarted_at - killed_at) * 1e3),
+            all_done_ms=round((time.time() - killed_at) * 1e3),
+            duplicated=sum(1 for (run, _), n in counts.items() if run in set(runs) and n > 1),
+        )
+    finally:
+        lab.close()
+    assert lab.leftovers() == []
