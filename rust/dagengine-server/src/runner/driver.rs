@@ -22,8 +22,8 @@ use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
 use super::lock;
 use super::lua::{drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET};
 use super::model::{
-    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure,
-    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    contained, never_started, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor,
+    NodeFailure, NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 fn unix_now() -> f64 {
@@ -426,16 +426,34 @@ impl Driver {
                     if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
                         let timeout = self.plan.policies[self.policy_index(node)].timeout;
                         let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+                        // Still in its condition: a retry would not check it again.
+                        let (what, retryable) = if self.condition_pending(node, attempt) {
+                            ("'s when", false)
+                        } else {
+                            ("", true)
+                        };
                         let failure = NodeFailure::new(
                             ErrorKind::NodeTimeout.as_str(),
-                            format!("node '{}' timed out after {secs}s", self.plan.dag.id(node)),
-                            true,
+                            format!(
+                                "node '{}'{what} timed out after {secs}s",
+                                self.plan.dag.id(node)
+                            ),
+                            retryable,
                         );
                         self.finish_attempt(sched, out, node, attempt, Err(failure));
                     }
                 }
             }
         }
+    }
+
+    /// Whether attempt `attempt` of `node` is still waiting for its external condition (its
+    /// pool job has not answered; the node is not announced yet): the run need not wait for
+    /// it on a stop, and a timeout then is the condition's.
+    fn condition_pending(&self, node: NodeIdx, attempt: u32) -> bool {
+        attempt == 1
+            && matches!(self.plan.condition(node), Some(Condition::External))
+            && self.records[node as usize].started_at.is_none()
     }
 
     fn policy_index(&self, node: NodeIdx) -> usize {
@@ -587,7 +605,7 @@ impl Driver {
                             // (its thread finishes in the background, its result ignored).
                             NodeKind::External => true,
                             NodeKind::Noop => false,
-                        };
+                        } || self.condition_pending(node, attempt);
                         if abandon {
                             let failure = never_started(&self.plan, node);
                             self.finish_attempt(sched, out, node, attempt, Err(failure));

@@ -278,3 +278,79 @@ fn a_condition_is_checked_once_not_on_retries() {
     assert_eq!(o.nodes[0].attempts, 2);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// Blocks in its condition until the attempt is cancelled.
+struct SlowCondition;
+
+impl ExternalExecutor for SlowCondition {
+    fn execute(&self, _: &Plan, _: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
+        Ok(Map::new())
+    }
+
+    fn condition(&self, _: &Plan, call: &ExternalCall) -> Result<bool, NodeFailure> {
+        while !call.cancel.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(true)
+    }
+}
+
+#[test]
+fn a_slow_external_condition_times_out_for_good_and_a_stop_does_not_wait_for_it() {
+    // A timeout while the condition runs fails the node without a retry (which would not
+    // check the condition again).
+    let d = dag(&[("slow", &[])]);
+    let mut policy = NodePolicy {
+        retries: 3,
+        timeout: Some(Duration::from_millis(30)),
+        ..NodePolicy::default()
+    };
+    policy.backoff.initial = Duration::from_millis(1);
+    let plan = Plan::new(
+        d,
+        vec![NodeSpec {
+            kind: NodeKind::Noop,
+            policy,
+            condition: Some(Condition::External),
+        }],
+    )
+    .unwrap();
+    let (o, _) = run(plan, json!({}), Some(Arc::new(SlowCondition)));
+    assert_eq!(o.status, RunStatus::Failed);
+    let err = o.nodes[0].error.as_ref().unwrap();
+    assert_eq!(err.kind, "NodeTimeout");
+    assert!(
+        err.message.contains("node 'slow''s when timed out"),
+        "{err:?}"
+    );
+    assert_eq!(o.nodes[0].attempts, 1);
+
+    // A cancelled run does not wait for a no-op node's pending condition.
+    let d = dag(&[("waits", &[])]);
+    let plan = Plan::new(
+        d,
+        vec![NodeSpec {
+            kind: NodeKind::Noop,
+            policy: NodePolicy::default(),
+            condition: Some(Condition::External),
+        }],
+    )
+    .unwrap();
+    let h = start_run(
+        Arc::new(plan),
+        RunConfig {
+            events: true,
+            ..Default::default()
+        },
+        Some(Arc::new(SlowCondition)),
+    )
+    .unwrap();
+    h.cancel();
+    assert!(
+        h.wait(Duration::from_secs(30)),
+        "the run waited for the condition"
+    );
+    let o = h.outcome().unwrap();
+    assert_eq!(o.status, RunStatus::Cancelled);
+    assert_eq!(o.nodes[0].status, NodeState::Cancelled);
+}
