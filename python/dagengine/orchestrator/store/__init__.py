@@ -13,7 +13,8 @@ are the contract a second backend implements); ``Store`` is the SQLite one
   them there (``store.writer.LAZY_COMMIT_DELAY``), not here;
 * :mod:`.sqlite`: :class:`SQLiteStore`, imported as :data:`Store`;
 * :mod:`.postgres`: :class:`PostgresStore` (a ``postgresql://`` URL; the ``postgres``
-  extra), with its schema in :mod:`.postgres_schema` and its retention statements in
+  extra), with its writer (connection, lock, group commit) in :mod:`.postgres_writer`, its
+  schema in :mod:`.postgres_schema` and its retention statements in
   :mod:`.postgres_retention`;
 * :mod:`.protocol`: :class:`StoreBackend`.
 

@@ -29,9 +29,7 @@ import os
 import socket
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,24 +37,22 @@ from dagengine.exceptions import ConfigError, RunNotFound, StoreError
 from dagengine.orchestrator.store import postgres_retention as _retention
 from dagengine.orchestrator.store import writer as _writer
 from dagengine.orchestrator.store.postgres_schema import (
-    CLAIM,
-    CLAIM_RUNS,
-    CREATE_RUNS,
     EVENTS_WRITTEN,
-    FINISH_RUNS,
     INSERT_EVENT,
-    INSERT_EVENTS,
     INSERT_OUTPUT,
-    INSERT_OUTPUTS,
     INSERT_RUN,
-    INSERT_RUN_LATER,
     NEXT_EVENT_SEQ,
     PG_MIGRATIONS,
     RUN_SELECT,
-    RUN_TIMES,
     finish_sql,
     migrate,
     run_from_row,
+)
+from dagengine.orchestrator.store.postgres_writer import (
+    CONNECT_TIMEOUT,
+    CONNECTION_DEFAULTS,
+    PostgresWriter,
+    _RowError,
 )
 from dagengine.orchestrator.store.records import (
     SEVERITIES,
@@ -75,25 +71,11 @@ from dagengine.orchestrator.store.retention import (
     StoreStats,
 )
 from dagengine.orchestrator.store.schema import _RUN_COLUMNS, _RUN_JSON, _finish_values, _run_values
-from dagengine.orchestrator.store.writer import WriteBehind
 
 __all__ = ["PostgresStore", "is_postgres_url"]
 
 #: Connections of the readers' pool (the writer has one more of its own).
 POOL_SIZE = 8
-#: The advisory lock an orchestrator's store holds on its schema (``exclusive``): the first
-#: key; the second is the schema's name, hashed.
-OWNER_LOCK = 0x64616765
-#: Seconds to wait for a connection when the store opens, and for one of the pool.
-CONNECT_TIMEOUT = 10.0
-#: libpq options of the store's connections unless the URL sets them: TCP keepalives, so a
-#: connection to a server that went silent (a cut link) fails within ~20 s instead of hours.
-CONNECTION_DEFAULTS: dict[str, str] = {
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "3",
-    "keepalives_count": "3",
-}
 
 
 def is_postgres_url(target: object) -> bool:
@@ -131,13 +113,7 @@ def _require_psycopg() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
-class _RowError(ValueError):
-    """A write that failed on its data (a value PostgreSQL refuses, a broken constraint):
-    raised as a ValueError so the write-behind isolates the row instead of retrying the
-    group forever (see :func:`~dagengine.orchestrator.store.writer._is_data_error`)."""
-
-
-class PostgresStore(WriteBehind):
+class PostgresStore(PostgresWriter):
     """Durable orchestrator state in a PostgreSQL database (``url``: a libpq URL,
     ``postgresql://user:password@host:port/database?options=...``).
 
@@ -196,93 +172,6 @@ class PostgresStore(WriteBehind):
         )
 
     # -- plumbing --
-
-    def _connect(self, *, again: bool = False) -> Any:
-        """The writer's connection; with ``exclusive``, holding the store's lock
-        (``StoreError`` if another process holds it: ``again``, after a lost connection,
-        says this one was fenced off)."""
-        conn = self._psycopg.connect(self.url, **self._options)
-        if not self.exclusive:
-            return conn
-        try:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
-            key = zlib.crc32(str(schema).encode()) & 0x7FFFFFFF
-            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (OWNER_LOCK, key)).fetchone()[
-                0
-            ]
-            if got:
-                return conn
-            holder = conn.execute(
-                """SELECT a.application_name, host(a.client_addr), a.backend_start
-                   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                   WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
-                       AND l.objsubid = 2 AND l.granted""",
-                (OWNER_LOCK, key),
-            ).fetchone()
-        except BaseException:
-            conn.close()
-            raise
-        conn.close()
-        who = "another process" if holder is None else f"{holder[0] or 'a process'} ({holder[1]})"
-        if again:
-            raise StoreError(
-                f"store {self.path} was taken over by {who} while this orchestrator's "
-                "connection was lost: its writes are refused (fenced off); restart it"
-            )
-        raise StoreError(
-            f"store {self.path} (schema {schema}) is in use by {who}: one orchestrator per "
-            "store (replicas on one database are not supported yet)"
-        )
-
-    @contextmanager
-    def transaction(self, *, begin: bool = True) -> Iterator[None]:
-        """Group writes into one atomic commit on the writer's connection; nests (only the
-        outermost commits). Other threads' writes wait until it ends. (``begin=False``: the
-        caller sends BEGIN and COMMIT itself, in a pipeline; this connects, rolls back on an
-        error and keeps the nesting.)"""
-        with self._lock:
-            if self._depth == 0:
-                if self._db is None or self._db.closed or self._db.broken:
-                    if self._shut:
-                        raise StoreError(f"store {self.path} is closed")
-                    # The connection was lost (a restarted server): a new one, then.
-                    again = self._db is not None
-                    if self._db is not None:
-                        self._db.close()
-                    self._db = None
-                    self._db = self._connect(again=again)
-                if begin:
-                    self._db.execute("BEGIN")
-                self._committed_in_pipeline = False
-                self._tx_thread = threading.get_ident()
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._tx_thread = None
-                    try:
-                        if not self._db.broken:
-                            self._db.execute("ROLLBACK")
-                    except self._psycopg.Error:
-                        self._db.close()  # in an unknown state: the next one connects again
-                raise
-            self._depth -= 1
-            if self._depth == 0:
-                self._tx_thread = None
-                if not self._committed_in_pipeline:
-                    self._db.execute("COMMIT")
-
-    def _committed(self) -> None:
-        """No log to checkpoint: PostgreSQL does its own."""
-
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        """Run a statement on the writer's connection (in the caller's transaction)."""
-        try:
-            return self._db.execute(sql, tuple(params))
-        except (self._psycopg.DataError, self._psycopg.IntegrityError) as exc:
-            raise _RowError(str(exc)) from exc
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a query: on the writer's connection inside this thread's transaction (it
@@ -692,158 +581,6 @@ class PostgresStore(WriteBehind):
         with self._pending_cv:
             return self._next_seq - 1
 
-    # -- the group commit --
-
-    def _commit_group(
-        self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
-    ) -> list[tuple[Callable[[bool], None], bool]]:
-        """Write a group in one transaction (see the SQLite store's: the same order), its
-        statements pipelined: the runs' creations, then claims, outputs and the ends of
-        runs with writes queued after their end in queue order, then the other ends in one
-        statement, then the events in one statement."""
-        try:
-            return self._write_group(pending, events)
-        except (self._psycopg.DataError, self._psycopg.IntegrityError) as exc:
-            raise _RowError(str(exc)) from exc
-
-    @contextmanager
-    def _pipelined_transaction(self) -> Iterator[Any]:
-        """A transaction whose statements (BEGIN and COMMIT too) go to the server in one
-        pipeline, one round trip; yields a cursor. Inside a :meth:`transaction` of the
-        caller's: just the pipeline (the outer one commits)."""
-        with self._lock:
-            if self._depth:
-                with self._db.pipeline():
-                    yield self._db.cursor()
-                return
-            with self.transaction(begin=False), self._db.pipeline():
-                cursor = self._db.cursor()
-                cursor.execute("BEGIN")
-                yield cursor
-                cursor.execute("COMMIT")
-                self._committed_in_pipeline = True
-
-    def _write_group(
-        self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
-    ) -> list[tuple[Callable[[bool], None], bool]]:
-        """The common group (each run's writes in the order claim, outputs, end: at most
-        one of each but the outputs) as one statement per kind of write
-        (:meth:`_write_sets`); any other as a statement per write, in queue order
-        (:meth:`_write_rows`). Both in one pipelined transaction."""
-        seen: dict[str, int] = {}  # run id -> the last kind written (1 claim, 2 output, 3 end)
-        for kind, row in pending:
-            if kind == "create":
-                continue
-            step = _STEPS[kind]
-            before = seen.get(row[0], 0)
-            if before > step or before == step != 2:
-                return self._write_rows(pending, events)
-            seen[row[0]] = step
-        return self._write_sets(pending, events)
-
-    def _write_sets(
-        self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
-    ) -> list[tuple[Callable[[bool], None], bool]]:
-        """A group whose runs' writes can go kind by kind: the creations, then the claims,
-        then the outputs, then the ends, then the events, one statement each (what the
-        statements check sees what a write queued before it did)."""
-        creates: list[tuple[Any, ...]] = []
-        claims: list[tuple[Any, ...]] = []
-        outputs: list[tuple[Any, ...]] = []
-        ends: list[tuple[Any, ...]] = []
-        finished: list[list[Any]] = []
-        for kind, row in pending:
-            if kind == "create":
-                creates.append(
-                    tuple(
-                        float(value) if i in RUN_TIMES and value is not None else value
-                        for i, value in enumerate(row)
-                    )
-                )
-            elif kind == "claim":
-                claims.append(row[:4])
-            elif kind == "output":
-                outputs.append(row)
-            else:
-                ends.append(row[:-1])
-                finished.append([row[-1], False])
-        ended: Any = None
-        with self._pipelined_transaction() as cursor:
-            if creates:
-                cursor.execute(CREATE_RUNS, _columns(creates))
-            if claims:
-                cursor.execute(CLAIM_RUNS, _columns(claims))
-            if outputs:
-                cursor.execute(INSERT_OUTPUTS, _columns(outputs))
-            if ends:
-                ended = self._db.cursor()
-                ended.execute(FINISH_RUNS, _columns(ends))
-            if events:
-                cursor.execute(INSERT_EVENTS, _columns(events))
-                cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
-        if ended is not None:
-            done = {r[0] for r in ended.fetchall()}
-            for entry, row in zip(finished, ends, strict=True):
-                entry[1] = row[0] in done
-        return [(callback, recorded) for callback, recorded in finished]
-
-    def _write_rows(
-        self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
-    ) -> list[tuple[Callable[[bool], None], bool]]:
-        """Any group: the creations, then a statement per claim, output and end of a run
-        with writes queued after its end, in queue order, then the other ends and the
-        events in one statement each."""
-        creates: list[tuple[Any, ...]] = []
-        last: dict[str, int] = {}  # run id -> index of its last write (but its creation)
-        for index, (kind, row) in enumerate(pending):
-            if kind == "create":
-                creates.append(row)
-            else:
-                last[row[0]] = index
-        finished: list[list[Any]] = []  # [callback, recorded], in queue order
-        deferred: list[tuple[list[Any], tuple[Any, ...]]] = []
-        counted: list[tuple[list[Any], Any]] = []  # a run end and the cursor that ran it
-        ended: Any = None
-        # One pipeline, the transaction's BEGIN and COMMIT included: the statements go out
-        # without waiting for each other's answers (a round trip each cost the writer more
-        # than the statement), in order, and the first error fails the transaction.
-        with self._pipelined_transaction() as cursor:
-            if creates:
-                cursor.executemany(INSERT_RUN_LATER, creates)
-            for index, (kind, row) in enumerate(pending):
-                if kind == "create":
-                    continue
-                if kind == "output":
-                    cursor.execute(INSERT_OUTPUT, row)
-                elif kind == "claim":
-                    cursor.execute(CLAIM, row[1:])
-                else:
-                    entry = [row[-1], False]
-                    finished.append(entry)
-                    if last[row[0]] == index:
-                        deferred.append((entry, row))
-                    else:  # something of its run is queued after it: in its place
-                        own = self._db.cursor()
-                        own.execute(*finish_sql(*row[:-1]))
-                        counted.append((entry, own))
-            if deferred:
-                columns: list[list[Any]] = [[] for _ in range(6)]
-                for _, row in deferred:
-                    for column, value in zip(columns, row[:-1], strict=True):
-                        column.append(value)
-                ended = self._db.cursor()
-                ended.execute(FINISH_RUNS, columns)
-            if events:
-                cursor.execute(INSERT_EVENTS, _columns(events))
-                cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
-        for entry, own in counted:
-            entry[1] = own.rowcount == 1
-        if ended is not None:
-            done = {r[0] for r in ended.fetchall()}
-            for entry, row in deferred:
-                entry[1] = row[0] in done
-        return [(callback, recorded) for callback, recorded in finished]
-
     # -- retention --
 
     def prune(
@@ -897,15 +634,6 @@ class PostgresStore(WriteBehind):
                        state = excluded.state, updated_at = excluded.updated_at""",
                 (trigger_id, _dumps(dict(state)), time.time()),
             )
-
-
-#: The order a run's writes take in a group that :meth:`PostgresStore._write_sets` writes.
-_STEPS = {"claim": 1, "output": 2, "finish": 3}
-
-
-def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows of one width as a list per column (the parameters of an ``unnest``)."""
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _event_row(
