@@ -402,6 +402,74 @@ def test_killed_engine_runs_complete_elsewhere(cluster: Cluster) -> None:
     )
 
 
+def sqlite_rows(store: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query of the orchestrator's SQLite store (a bind mount)."""
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        return list(db.execute(sql, params).fetchall())
+
+
+def test_orchestrator_cut_off_from_the_network(cluster: Cluster) -> None:
+    """``docker network disconnect`` the orchestrator mid-run: its health checks of the
+    engines fail and it evicts them; reconnected, the engines register again and every run
+    succeeds, each finishing once, no node whose output was committed running again."""
+    lab, orch = cluster.lab, cluster.orch
+    alive = {n for n, c in cluster.engines.items() if c.state() == "running"}
+    runs = cluster.submit_many(20, seconds=0.3)
+    wait_until(
+        lambda: len([k for k in recorded_outputs(lab.store) if k[0] in set(runs)]) >= 6,
+        "nodes of the runs to be recorded",
+    )
+    cut_at, cut_mono = time.time(), time.monotonic()
+    docker("network", "disconnect", lab.network, orch.full_name)
+    try:
+        recorded = {k for k in recorded_outputs(lab.store) if k[0] in set(runs)}
+
+        def evicted() -> set[str]:
+            rows = sqlite_rows(
+                lab.store,
+                "SELECT engine_id FROM events WHERE type = 'engine.unhealthy' AND time >= ?",
+                cut_at,
+            )
+            return {r[0] for r in rows}
+
+        evicted_at = wait_until(
+            lambda: evicted() >= alive, "the cut-off orchestrator to evict the engines"
+        )
+    finally:
+        docker("network", "connect", "--alias", "orch", lab.network, orch.full_name)
+    up_at = time.monotonic()
+    cluster.api = f"http://{orch.ip}:{HTTP_PORT}"
+    finished = cluster.wait_finished(runs, timeout=90)
+    done_at = time.monotonic()
+    assert {b["status"] for b in finished.values()} == {"succeeded"}, lab.diagnostics()
+    quoted = ",".join("?" * len(runs))
+    completions = sqlite_rows(
+        lab.store,
+        "SELECT run_id, count(*) FROM events WHERE type = 'run.completed' "
+        f"AND run_id IN ({quoted}) GROUP BY run_id",
+        *runs,
+    )
+    assert sorted(r for r, _ in completions) == sorted(runs)
+    assert {n for _, n in completions} == {1}, "a run finished more than once"
+    counts = ledger_counts(lab.ledger)
+    assert [k for k in recorded if k[1] in LEDGER_NODES and counts[k] != 1] == [], (
+        "a recorded node ran again"
+    )
+    wait_until(
+        lambda: {n for n, e in cluster.registered().items() if e["healthy"]} >= alive,
+        "the engines to be registered and healthy again",
+    )
+    figures(
+        "disconnect-orchestrator",
+        runs=len(runs),
+        evict_ms=round((evicted_at - cut_mono) * 1e3),
+        partition_ms=round((up_at - cut_mono) * 1e3),
+        recover_ms=round((done_at - up_at) * 1e3),
+        recorded_not_repeated=sum(1 for k in recorded if k[1] in LEDGER_NODES),
+        duplicated=sum(1 for (run, _), n in counts.items() if run in set(runs) and n > 1),
+    )
+
+
 def _pg_query(url: str, sql: str) -> list[tuple[Any, ...]]:
     import psycopg
 
