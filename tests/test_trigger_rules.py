@@ -403,3 +403,13 @@ def test_random_dags_match_the_reference_model(
     assert [states(result)[f"n{i}"] for i in range(len(deps))] == want
     failed = any(status == "failed" for status, _ in want)
     assert result.status is (RunStatus.FAILED if failed else RunStatus.SUCCEEDED)
+
+
+def test_fail_fast_cancels_handlers_too() -> None:
+    dag = DAG("fast", fail_fast=True)
+    dag.add_node(Node("f", [], LuaExecutor("error('no')")))
+    dag.add_node(Node("handler", ["f"], trigger_rule="one_failed"))
+    result = dag.run()
+    assert result.status is RunStatus.FAILED
+    assert states(result)["handler"] == ("cancelled", None)
+    assert states(dag.run(fail_fast=False))["handler"] == ("succeeded", None)

@@ -22,8 +22,8 @@ use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
 use super::lock;
 use super::lua::{drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET};
 use super::model::{
-    contained, never_started, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor,
-    NodeFailure, NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure,
+    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 fn unix_now() -> f64 {
@@ -445,15 +445,6 @@ impl Driver {
                 }
             }
         }
-    }
-
-    /// Whether attempt `attempt` of `node` is still waiting for its external condition (its
-    /// pool job has not answered; the node is not announced yet): the run need not wait for
-    /// it on a stop, and a timeout then is the condition's.
-    fn condition_pending(&self, node: NodeIdx, attempt: u32) -> bool {
-        attempt == 1
-            && matches!(self.plan.condition(node), Some(Condition::External))
-            && self.records[node as usize].started_at.is_none()
     }
 
     fn policy_index(&self, node: NodeIdx) -> usize {

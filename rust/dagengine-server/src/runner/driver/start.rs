@@ -142,4 +142,12 @@ impl Driver {
             NodeKind::External => {}
         }
     }
+    /// Whether attempt `attempt` of `node` is still waiting for its external condition (its
+    /// pool job has not answered; the node is not announced yet): the run need not wait for
+    /// it on a stop, and a timeout then is the condition's.
+    pub(super) fn condition_pending(&self, node: NodeIdx, attempt: u32) -> bool {
+        attempt == 1
+            && matches!(self.plan.condition(node), Some(Condition::External))
+            && self.records[node as usize].started_at.is_none()
+    }
 }
