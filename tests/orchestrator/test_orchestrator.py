@@ -105,8 +105,9 @@ def lua(source: str, **node: Any) -> dict[str, Any]:
 
 
 def test_a_run_handed_back_is_already_in_the_store_file(
-    make_orch: Callable[..., Orchestrator], store_target: str
+    store_target: str, make_orch: Callable[..., Orchestrator]
 ) -> None:
+    # (store_target first: its schema is dropped after make_orch's orchestrators stopped.)
     # Runs are written with the store's group commit; one whose handle is returned (wait=False,
     # the HTTP API's submit) must be on disk before the caller hears of it.
     o = make_orch(store=store_target)

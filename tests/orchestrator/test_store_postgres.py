@@ -173,3 +173,27 @@ def test_postgres_restarted_mid_load_loses_no_run() -> None:
             orch.stop()
     finally:
         stop_cluster(folder)
+
+
+def test_closing_a_store_that_cannot_commit_still_lets_go_of_its_connections(
+    pg_url: str,
+) -> None:
+    import psycopg
+    from dagengine.exceptions import StoreError
+    from dagengine.orchestrator.store import RunRecord
+
+    first = open_store(pg_url, exclusive=True)
+    assert isinstance(first, PostgresStore)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (first._db.info.backend_pid,))
+    second = open_store(pg_url, exclusive=True)  # first cannot get its lock back
+    try:
+        first.create_run_later(RunRecord("r", "wf", "1.0.0"))
+        # What it could not commit is reported (here: its connection was found dead), not
+        # hidden; and nothing is left open.
+        with pytest.raises((StoreError, psycopg.OperationalError)):
+            first.close()
+        assert first._db is None or first._db.closed
+        assert first._pool.closed
+    finally:
+        second.close()

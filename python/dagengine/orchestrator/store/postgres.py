@@ -202,7 +202,10 @@ class PostgresStore(PostgresWriter):
         try:
             super().close()
         finally:
+            # Also when the last commit failed (the database gone): no connection left open.
             self._shut = True
+            if self._db is not None and not self._db.closed:
+                self._db.close()
             self._pool.close()
 
     def __enter__(self) -> PostgresStore:
