@@ -1,21 +1,37 @@
-"""HTTP front door benchmark: HTTP-triggered runs of a 3-node Lua workflow through
-``dagengine serve`` (embedded engine, SQLite store on disk, sync trigger: each request waits
-for its run's result), beside a bare Starlette/uvicorn endpoint returning a constant — both
-servers in their own processes on this machine, loaded in the same run by the same client
-(64 concurrent keep-alive connections over loopback, a minimal asyncio HTTP/1.1 client).
+"""HTTP front door benchmark (issue 20): HTTP-started runs of a 3-node Lua workflow through
+``dagengine serve`` (embedded engine, SQLite store on disk) beside a bare Starlette/uvicorn
+endpoint returning a constant — both servers in their own processes on this machine, loaded
+by the same client (64 concurrent keep-alive connections over loopback, a minimal asyncio
+HTTP/1.1 client), one after the other, ``--rounds`` times (alternating, for a noisy machine).
 
-    python benches/bench_http.py [--requests N] [--concurrency C] [--engines N]
+    python benches/bench_http.py [--requests N] [--concurrency C] [--rounds R] [--engines N]
+                                 [--baseline PYTHONPATH]
 
-Prints requests/s and p50/p99 latency of each, and the ratios (serve / bare). The bare
-endpoint is the ceiling of uvicorn + Starlette + the client on this machine; the difference
-is what the trigger, the orchestrator (queue, dispatch, SQLite writes of the run, its node
-outputs and its events) and the engine add.
+Three ways in, each against the bare endpoint of the same round:
+
+* **sync trigger** — ``POST /hooks/sync``: the request waits for its run's result (200);
+* **async trigger** — ``POST /hooks/async``: answered once the run is committed (202);
+* **POST /workflows/{id}/runs** — the REST API, answered once the run is committed (202).
+
+Prints, per row, the median over the rounds of requests/s and p50/p99 latency, the median of
+the per-round ratios to bare, and the issue's targets (sync >= 0.5x, async and POST >= 0.6x,
+p99 <= 3x bare) as met / NOT MET. The bare endpoint is the ceiling of uvicorn + Starlette +
+the client on this machine; the difference is what the trigger or the REST route, the
+orchestrator (queue, dispatch, SQLite writes of the run, its node outputs and its events) and
+the engine add. After each row that leaves runs behind (async, POST), the next row waits for
+them to end, so that it is not loaded by their execution.
+
+``--baseline PATH`` starts a second ``dagengine serve`` with ``PYTHONPATH=PATH`` (another
+checkout's ``python`` folder, with the built ``_core`` extension copied in) and loads it in
+turn with this one: an A/B of a change, with the new/old ratios of each row.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +55,8 @@ http: {host: 127.0.0.1, port: 0}
 store: state/bench.db
 engines: 0
 triggers:
-  - {type: http, id: bench, path: /hooks/bench, workflow_id: lua3, mode: sync}
+  - {type: http, id: sync, path: /hooks/sync, workflow_id: lua3, mode: sync}
+  - {type: http, id: async, path: /hooks/async, workflow_id: lua3, mode: async}
 """
 BARE = """
 import socket
@@ -66,8 +83,19 @@ SERVE = [sys.executable, "-m", "dagengine", "serve", "--config", "serve.yaml"]
 SERVE += ["--workflows", "workflows"]
 
 
-def start(cmd: list[str], cwd: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, text=True)
+#: (row, path, target throughput ratio to bare); every row's p99 target is 3x bare's.
+ROWS = (
+    ("sync trigger", "/hooks/sync", 0.5),
+    ("async trigger", "/hooks/async", 0.6),
+    ("POST /workflows/{id}/runs", "/workflows/lua3/runs", 0.6),
+)
+P99_TARGET = 3.0
+
+
+def start(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     holder: list[str] = []
     reader = threading.Thread(target=lambda: holder.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
@@ -116,7 +144,7 @@ async def load(url: str, total: int, concurrency: int) -> tuple[float, list[floa
             t0 = time.perf_counter()
             status, answer = await _post(reader, writer, request)
             latencies.append(time.perf_counter() - t0)
-            if status != 200:
+            if status not in (200, 202):
                 raise SystemExit(f"{url}: HTTP {status} {answer[:200]!r}")
             if b'"success":false' in answer:
                 failed += 1
@@ -134,14 +162,42 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def drain(url: str) -> None:
+    """Wait until the server has no queued or running run left."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if not any(
+                client.get("/runs", params={"status": status, "limit": 1}).json()["runs"]
+                for status in ("queued", "running")
+            ):
+                return
+            time.sleep(0.05)
+    raise SystemExit(f"{url}: runs still queued or running after 120 s")
+
+
+def measure(url: str, path: str, args: argparse.Namespace) -> tuple[float, float, float]:
+    """(req/s, p50 s, p99 s) of one load of ``url + path``."""
+    elapsed, lat, failed = asyncio.run(load(url + path, args.requests, args.concurrency))
+    if failed:
+        print(f"warning: {failed} of {len(lat)} runs failed ({url}{path})")
+    return len(lat) / elapsed, pct(lat, 0.5), pct(lat, 0.99)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--engines", type=int, default=0, help="local engine processes (0: the embedded engine)"
     )
+    parser.add_argument(
+        "--baseline", metavar="PYTHONPATH", help="also load a serve run with this PYTHONPATH"
+    )
     args = parser.parse_args()
+    # name -> row -> per-round (req/s, p50, p99)
+    seen: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "workflows").mkdir()
@@ -150,35 +206,76 @@ def main() -> None:
         (root / "bare.py").write_text(textwrap.dedent(BARE))
         procs: list[subprocess.Popen[str]] = []
         try:
-            serve, serve_url = start(
-                [*SERVE, "--engines", str(args.engines)],
-                root,
-            )
-            procs.append(serve)
+            servers: dict[str, str] = {}
+            variants = [("serve", None)]
+            if args.baseline:
+                (root / "old").mkdir()  # (a store of its own: paths are the config's)
+                (root / "old" / "workflows").symlink_to(root / "workflows")
+                (root / "old" / "serve.yaml").write_text(CONFIG)
+                env = {**os.environ, "PYTHONPATH": args.baseline}
+                variants.append(("baseline", env))
+            for name, env in variants:
+                cwd = root / "old" if env is not None else root
+                proc, url = start([*SERVE, "--engines", str(args.engines)], cwd, env)
+                procs.append(proc)
+                servers[name] = url
             bare, bare_url = start([sys.executable, "bare.py"], root)
             procs.append(bare)
-            rows = {}
-            for name, url in (
-                ("bare starlette/uvicorn constant", bare_url + "/const"),
-                ("dagengine serve, HTTP trigger, 3-node Lua run", serve_url + "/hooks/bench"),
-            ):
-                elapsed, lat, failed = asyncio.run(load(url, args.requests, args.concurrency))
-                rows[name] = (len(lat) / elapsed, pct(lat, 0.5), pct(lat, 0.99))
-                if failed:
-                    print(f"warning: {failed} of {len(lat)} runs failed ({name})")
+            for _ in range(args.rounds):
+                seen.setdefault("bare", {}).setdefault("", []).append(
+                    measure(bare_url, "/const", args)
+                )
+                for row, path, _target in ROWS:
+                    for name, url in servers.items():
+                        seen.setdefault(name, {}).setdefault(row, []).append(
+                            measure(url, path, args)
+                        )
+                        drain(url)
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(30)
-    print(f"{args.requests} requests, {args.concurrency} concurrent clients, loopback, one run")
-    print(f"{'':48} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, (rate, p50, p99) in rows.items():
-        print(f"{name:48} {rate:9.0f} {p50 * 1e3:8.2f} {p99 * 1e3:8.2f}")
-    (b_rate, b50, b99), (s_rate, s50, s99) = rows.values()
+    report(seen, args)
+
+
+def report(
+    seen: dict[str, dict[str, list[tuple[float, float, float]]]], args: argparse.Namespace
+) -> None:
+    bare = seen["bare"][""]
     print(
-        f"ratio serve/bare: throughput {s_rate / b_rate:.2f}x, "
-        f"p50 {s50 / b50:.1f}x, p99 {s99 / b99:.1f}x"
+        f"{args.requests} requests per row, {args.concurrency} concurrent clients, loopback, "
+        f"{args.rounds} rounds (medians; ratios: median of the per-round ratios to bare)"
     )
+    head = f"{'':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x bare':>7} {'p99 x':>6}"
+    print(f"{head}  target")
+    med = statistics.median
+    print(
+        f"{'bare starlette/uvicorn constant':36} {med(r for r, _, _ in bare):8.0f} "
+        f"{med(p for _, p, _ in bare) * 1e3:8.2f} {med(p for _, _, p in bare) * 1e3:8.2f}"
+    )
+    for name, rows in seen.items():
+        if name == "bare":
+            continue
+        for row, _path, target in ROWS:
+            got = rows[row]
+            ratio = med(g[0] / b[0] for g, b in zip(got, bare, strict=True))
+            p99 = med(g[2] / b[2] for g, b in zip(got, bare, strict=True))
+            met = ratio >= target and p99 <= P99_TARGET
+            label = row if name == "serve" else f"{row} (baseline)"
+            print(
+                f"{label:36} {med(g[0] for g in got):8.0f} {med(g[1] for g in got) * 1e3:8.2f} "
+                f"{med(g[2] for g in got) * 1e3:8.2f} {ratio:7.2f} {p99:6.1f}  "
+                f">= {target:.1f}x, p99 <= {P99_TARGET:.0f}x: {'met' if met else 'NOT MET'}"
+            )
+    if "baseline" in seen:
+        for row, _, _ in ROWS:
+            new, old = seen["serve"][row], seen["baseline"][row]
+            ratios = [n[0] / o[0] for n, o in zip(new, old, strict=True)]
+            p99s = [n[2] / o[2] for n, o in zip(new, old, strict=True)]
+            print(
+                f"new/baseline {row}: throughput {med(ratios):.2f}x "
+                f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}), p99 {med(p99s):.2f}x"
+            )
 
 
 if __name__ == "__main__":

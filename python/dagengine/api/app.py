@@ -69,8 +69,8 @@ from dagengine.api.ui import routes as ui_routes
 from dagengine.exceptions import DagEngineError, SpecError, TriggerError
 from dagengine.orchestrator.runs import RunInfo
 from dagengine.orchestrator.store import RUN_STATUSES
+from dagengine.orchestrator.submit import submit
 from dagengine.spec import MAX_SECONDS
-from dagengine.tracing import with_trace_context
 
 if TYPE_CHECKING:
     from dagengine.api.server import ServerThread
@@ -426,15 +426,19 @@ async def start_run(request: Request) -> Response:
     # Stored with the run: text that is not UTF-8 or numbers past 64 bits are refused here.
     for name, value in (("inputs", inputs), ("version", version), ("key", key)):
         _json_data(value, name)
-    handle = await _call(
-        with_trace_context(request.headers, api.orch.execute_workflow),
-        workflow_id,
-        inputs,
-        version=version,
-        wait=False,
-        key=key,
-        timeout=float(timeout) if timeout is not None else None,
-    )
+    try:  # (with wait, answered with the run's end: committed after the run's creation)
+        handle = await submit(
+            api.orch,
+            workflow_id,
+            inputs,
+            headers=request.headers,
+            durable=not wait,
+            version=version,
+            key=key,
+            timeout=float(timeout) if timeout is not None else None,
+        )
+    except DagEngineError as exc:
+        raise _from_domain(exc) from None
     if not wait:
         info = await _call(api.orch.get_run, handle.run_id)
         return JSONResponse(

@@ -12,7 +12,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -26,7 +25,7 @@ from dagengine.api.requests import (
     read_body,
 )
 from dagengine.exceptions import DagEngineError, TriggerError
-from dagengine.tracing import with_trace_context
+from dagengine.orchestrator.submit import committed, submit
 from dagengine.triggers.base import publish_trigger_event, trigger_inputs
 
 if TYPE_CHECKING:
@@ -84,12 +83,15 @@ async def fire(request: Request, trigger: HTTPTrigger, orchestrator: Any) -> Res
     started = time.perf_counter_ns()
     executor = trigger.executor or orchestrator
     try:
-        handle = await run_in_threadpool(
-            with_trace_context(headers, executor.execute_workflow),
+        # A sync trigger answers with the run's end, which is reported only once committed
+        # (after the run's creation): it need not wait for the creation's commit first.
+        handle = await submit(
+            executor,
             trigger.workflow_id,
             inputs,
+            headers=headers,
+            durable=trigger.mode != "sync",
             version=trigger.version,
-            wait=False,
         )
     except DagEngineError as exc:
         publish_trigger_event(
@@ -113,6 +115,7 @@ async def fire(request: Request, trigger: HTTPTrigger, orchestrator: Any) -> Res
     try:
         result = await asyncio.wait_for(_result(handle), trigger.sync_timeout)
     except TimeoutError:
+        await committed(executor)  # acknowledged: committed, as an async trigger's run is
         return JSONResponse({**accepted, "status": "running"}, status_code=202, headers=location)
     error = result.error
     return JSONResponse(

@@ -18,6 +18,7 @@ from dagengine.exceptions import (
     NoMatchingVersion,
     QueueFull,
     RunNotFound,
+    StoreError,
     TriggerError,
     ValidationError,
     VersionConflict,
@@ -78,7 +79,7 @@ def _from_domain(exc: DagEngineError) -> ApiError:
         return ApiError(422, str(exc), problems=exc.problems)
     if isinstance(exc, ValidationError | TriggerError):
         return ApiError(400, str(exc))
-    if "stopped" in str(exc):
+    if "stopped" in str(exc) or isinstance(exc, StoreError):  # (a store that cannot write)
         return ApiError(503, str(exc), headers={"Retry-After": "5"})
     return ApiError(409, str(exc))
 

@@ -9,8 +9,9 @@ constants below are read when they are used, so a test can patch them here
 
 Queue rows are ``(kind, values)``: ``create`` (a run's columns), ``claim`` (the values of
 ``_CLAIM`` after the run id), ``output`` (``run_id, node_id, attempt, output``) and
-``finish`` (the values of ``_finish_runs`` and the ``done`` callback); events wait in a
-queue of their own (the values of ``_insert_events``, ``seq`` first).
+``finish`` (the values of ``_finish_runs`` and the ``done`` callback) and ``fence`` (a
+``done`` callback alone: :meth:`WriteBehind.when_committed`); events wait in a queue of their
+own (the values of ``_insert_events``, ``seq`` first).
 """
 
 from __future__ import annotations
@@ -244,6 +245,18 @@ class WriteBehind:
         if backlog >= MAX_PENDING:
             self.flush()  # backpressure: a writer faster than the disk waits for it
 
+    def when_committed(self, done: Callable[[bool], None]) -> None:
+        """Call ``done(True)`` once everything queued so far (but events) is committed: the
+        durability of a ``*_later`` write without a blocking :meth:`flush` on the caller's
+        thread (``POST /workflows/{id}/runs`` acknowledges a run from the event loop this
+        way). The writer commits at once, as for a run's end: fences that arrive during a
+        commit share the next one (a group commit of acceptances). ``done`` runs on the
+        writer thread, like a run end's callback, and must not block; it gets ``False``
+        when the commit fails (the writes stay queued and are tried again: the caller should
+        not report them as committed)."""
+        with self._pending_cv:
+            self._enqueue_locked("fence", (done,))
+
     def _check_writer_locked(self) -> None:
         """Refuse writes to a closed store; start the writer thread on the first one."""
         if self._closing:
@@ -264,7 +277,7 @@ class WriteBehind:
         backlog = len(pending) + len(self._pending_events)
         if backlog == 1:
             self._since = time.monotonic()
-        if kind == "finish":
+        if kind == "finish" or kind == "fence":
             if not self._urgent:
                 self._urgent = True
                 self._pending_cv.notify()
@@ -355,7 +368,14 @@ class WriteBehind:
             events: list[tuple[Any, ...]] = []
             if with_events:
                 events, self._pending_events = self._pending_events, []
+        # Fences are no rows: told once the rest of their group is committed (so each
+        # backend's _commit_group only ever sees rows).
+        fences = [row[0] for kind, row in pending if kind == "fence"]
+        if fences:
+            pending = [entry for entry in pending if entry[0] != "fence"]
         if not pending and not events:
+            if fences:
+                self._tell(fences, True)
             return
         try:
             try:
@@ -377,12 +397,22 @@ class WriteBehind:
                     self._urgent = True
             if isinstance(exc, Exception):
                 self._write_error = f"{type(exc).__name__}: {exc}"
+            if fences:  # (told of the failure; the rows they fenced stay queued)
+                self._tell(fences, False)
             raise
         self._write_error = None
+        if fences:
+            finished = [*finished, *((done, True) for done in fences)]
         if finished:
             with self._pending_cv:
                 self._ready.extend(finished)
                 self._pending_cv.notify()  # the writer runs the callbacks
+
+    def _tell(self, fences: list[Callable[[bool], None]], committed: bool) -> None:
+        """Have the writer tell ``fences`` whether their group was committed."""
+        with self._pending_cv:
+            self._ready.extend((done, committed) for done in fences)
+            self._pending_cv.notify()
 
     def _commit_isolating(
         self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
