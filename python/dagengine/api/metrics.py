@@ -2,7 +2,11 @@
 
 One subscriber thread reads every event (the bus never blocks on it: a slow reader catches up
 from the store) and updates a private :class:`prometheus_client.CollectorRegistry`, so two
-orchestrators in one process (tests) never share counters.
+orchestrators in one process (tests) never share counters. It counts in bulk: what arrived
+within :data:`BATCH_INTERVAL` is taken under one hold of the lock, the gauges set once; a
+scrape (:meth:`Metrics.render`) counts what is pending first. (Woken per event, it took
+about 10% of the serving process's GIL time at ~700 HTTP-started runs/s, nine events each:
+the wake-ups, the labels looked up and the gauges set per event; 5.8% in bulk.)
 
 ==================================== ========= ==============================================
 metric                               type      from
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dagengine.orchestrator.events import Event
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["BATCH_INTERVAL", "CONTENT_TYPE", "Metrics"]
 
 log = logging.getLogger("dagengine.api")
 
@@ -50,6 +55,11 @@ _MAX_TRACKED = 100_000
 # churning fleet (pods with fresh names) cannot grow the exposition without bound.
 _MAX_ENGINE_LABELS = 256
 _OTHER = "other"
+#: Seconds the subscriber lets events gather before it counts them (the metrics lag the events
+#: by at most about this much; a scrape every few seconds never sees it).
+BATCH_INTERVAL = 0.05
+#: The longest the subscriber sleeps when no event came (the bus buffers 10,000 for it).
+IDLE_INTERVAL = 0.25
 
 
 class Metrics:
@@ -100,7 +110,13 @@ class Metrics:
         )
         for state in ("healthy", "unhealthy"):
             self.engines.labels(state)
+        # The labelled children looked up once (labels() takes a lock and builds a key).
+        self._run_counters = {status: self.runs.labels(status) for status in _RUN_STATUS.values()}
+        self._node_durations = {
+            outcome: self.node_duration.labels(outcome) for outcome in ("succeeded", "failed")
+        }
         self._lock = threading.Lock()
+        self._draining = threading.Lock()
         self._queued_at: dict[str, float] = {}
         self._waiting: set[str] = set()
         self._node_started: dict[tuple[str, str], float] = {}
@@ -134,77 +150,99 @@ class Metrics:
     def _follow(self) -> None:
         sub = self._sub
         assert sub is not None
-        while True:
+        pause = BATCH_INTERVAL
+        while not sub.closed:
+            counted = self._drain(sub)
+            # Let the next batch gather (no wake-up per event); a quiet server is looked at
+            # less and less often, up to IDLE_INTERVAL (a scrape drains what is pending).
+            pause = BATCH_INTERVAL if counted else min(IDLE_INTERVAL, pause * 2)
+            time.sleep(pause)
+
+    def _drain(self, sub: Any) -> int:
+        """Count what ``sub`` holds now, in order; returns how many events that was."""
+        with self._draining:  # (one drainer at a time: events are counted in order)
+            batch: list[Event] = []
             try:
-                event = sub.get()
+                event = sub.get(0)
+                while event is not None:
+                    batch.append(event)
+                    event = sub.get(0) if len(batch) < 10_000 else None
             except Exception:  # a store read failed: keep going, the next one may work
                 log.exception("metrics: reading events failed")
-                continue
-            if event is None:
-                return
-            try:
-                self.observe(event)
-            except Exception:
-                log.exception("metrics: event %s not counted", event.seq)
+            if batch:
+                self.observe_all(batch)
+            return len(batch)
 
     def observe(self, event: Event) -> None:
         """Account for one event."""
-        kind = event.type
+        self.observe_all([event])
+
+    def observe_all(self, events: list[Event]) -> None:
+        """Account for events, in order (the gauges are set once, after the last)."""
         with self._lock:
-            status = _RUN_STATUS.get(kind)
-            run_id = event.run_id or ""
-            if status is not None:
-                self.runs.labels(status).inc()
-            if kind == "run.queued":
-                self._remember(self._queued_at, run_id, event.time)
-                self._waiting.add(run_id)
-            elif kind == "run.redispatched":
-                self._waiting.add(run_id)
-                self._leave_engine(run_id)
-            elif kind == "run.started":
-                self._waiting.discard(run_id)
-                self._leave_engine(run_id)
-                if event.engine_id:
-                    label = self._engine_label(event.engine_id)
-                    self._remember(self._run_engine, run_id, label)
-                    self._engine_load[label] = self._engine_load.get(label, 0) + 1
-                queued = self._queued_at.pop(run_id, None)
-                if queued is not None:
-                    self.schedule_to_start.observe(max(0.0, event.time - queued))
-            elif kind in ("run.completed", "run.failed", "run.cancelled"):
-                self._waiting.discard(run_id)
-                self._leave_engine(run_id)
-                self._queued_at.pop(run_id, None)
-            elif kind == "node.started":
-                self._remember(self._node_started, (run_id, event.node_id or ""), event.time)
-            elif kind in ("node.succeeded", "node.failed"):
-                started = self._node_started.pop((run_id, event.node_id or ""), None)
-                if started is not None:
-                    outcome = "succeeded" if kind == "node.succeeded" else "failed"
-                    self.node_duration.labels(outcome).observe(max(0.0, event.time - started))
-            elif kind in ("node.retrying", "node.skipped", "node.cancelled"):
-                self._node_started.pop((run_id, event.node_id or ""), None)
-            elif kind in ("engine.joined", "engine.recovered"):
-                self._engine_state[event.engine_id or ""] = "healthy"
-            elif kind == "engine.unhealthy":
-                self._engine_state[event.engine_id or ""] = "unhealthy"
-            elif kind == "engine.left":
-                self._engine_state.pop(event.engine_id or "", None)
-                label = event.engine_id or ""
-                if label in self._engine_load and label != _OTHER:
-                    # Its runs are re-dispatched (or lost); the series goes with the engine.
-                    del self._engine_load[label]
-                    self._run_engine = {r: e for r, e in self._run_engine.items() if e != label}
-                    self.engine_active.remove(label)
-            elif kind == "store.pruned":
-                for table in ("runs", "node_outputs", "events"):
-                    self.pruned.labels(table).inc(int(event.data.get(table, 0)))
-            elif kind == "trigger.fired":
-                data = event.data
-                self.trigger_fires.labels(
-                    str(data.get("trigger_id", "")), str(data.get("outcome", ""))
-                ).inc()
+            for event in events:
+                try:
+                    self._account(event)
+                except Exception:
+                    log.exception("metrics: event %s not counted", event.seq)
             self._update_gauges()
+
+    def _account(self, event: Event) -> None:
+        """Under the lock: one event (but the gauges)."""
+        kind = event.type
+        status = _RUN_STATUS.get(kind)
+        run_id = event.run_id or ""
+        if status is not None:
+            self._run_counters[status].inc()
+        if kind == "run.queued":
+            self._remember(self._queued_at, run_id, event.time)
+            self._waiting.add(run_id)
+        elif kind == "run.redispatched":
+            self._waiting.add(run_id)
+            self._leave_engine(run_id)
+        elif kind == "run.started":
+            self._waiting.discard(run_id)
+            self._leave_engine(run_id)
+            if event.engine_id:
+                label = self._engine_label(event.engine_id)
+                self._remember(self._run_engine, run_id, label)
+                self._engine_load[label] = self._engine_load.get(label, 0) + 1
+            queued = self._queued_at.pop(run_id, None)
+            if queued is not None:
+                self.schedule_to_start.observe(max(0.0, event.time - queued))
+        elif kind in ("run.completed", "run.failed", "run.cancelled"):
+            self._waiting.discard(run_id)
+            self._leave_engine(run_id)
+            self._queued_at.pop(run_id, None)
+        elif kind == "node.started":
+            self._remember(self._node_started, (run_id, event.node_id or ""), event.time)
+        elif kind in ("node.succeeded", "node.failed"):
+            started = self._node_started.pop((run_id, event.node_id or ""), None)
+            if started is not None:
+                outcome = "succeeded" if kind == "node.succeeded" else "failed"
+                self._node_durations[outcome].observe(max(0.0, event.time - started))
+        elif kind in ("node.retrying", "node.skipped", "node.cancelled"):
+            self._node_started.pop((run_id, event.node_id or ""), None)
+        elif kind in ("engine.joined", "engine.recovered"):
+            self._engine_state[event.engine_id or ""] = "healthy"
+        elif kind == "engine.unhealthy":
+            self._engine_state[event.engine_id or ""] = "unhealthy"
+        elif kind == "engine.left":
+            self._engine_state.pop(event.engine_id or "", None)
+            label = event.engine_id or ""
+            if label in self._engine_load and label != _OTHER:
+                # Its runs are re-dispatched (or lost); the series goes with the engine.
+                del self._engine_load[label]
+                self._run_engine = {r: e for r, e in self._run_engine.items() if e != label}
+                self.engine_active.remove(label)
+        elif kind == "store.pruned":
+            for table in ("runs", "node_outputs", "events"):
+                self.pruned.labels(table).inc(int(event.data.get(table, 0)))
+        elif kind == "trigger.fired":
+            data = event.data
+            self.trigger_fires.labels(
+                str(data.get("trigger_id", "")), str(data.get("outcome", ""))
+            ).inc()
 
     @staticmethod
     def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
@@ -233,7 +271,11 @@ class Metrics:
     # -- output ---------------------------------------------------------------------------
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
+        """The Prometheus text exposition of every metric, the events published so far
+        counted."""
+        sub = self._sub
+        if sub is not None:
+            self._drain(sub)
         return generate_latest(self.registry)
 
     def close(self) -> None:
