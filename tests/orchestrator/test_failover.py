@@ -211,6 +211,99 @@ def test_orchestrator_killed_and_restarted_during_100_runs(
     )
 
 
+def test_a_standby_orchestrator_takes_over_the_runs_of_a_killed_one(
+    pg_url: str,
+    ledger: Path,
+    engines: Callable[..., list[EngineProcess]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two orchestrators on one PostgreSQL store: the active one (a process) holds the
+    store's lock; the standby (here, DAGENGINE_STORE_STANDBY=1) waits in its constructor.
+    SIGKILL the active one mid-load: its session ends, the standby takes the store over and
+    resumes the runs from their stored outputs; none lost, none run twice."""
+    procs = engines(2, 8, 0.1)  # slow enough nodes that the kill comes mid-load
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    args = [sys.executable, str(HERE / "orchestrator_proc.py"), pg_url, str(ledger), "100"]
+    active = subprocess.Popen(
+        [*args, *(p.address for p in procs)], stdout=subprocess.PIPE, text=True, env=env, cwd=HERE
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert active.stdout is not None
+        with active.stdout:
+            for line in active.stdout:
+                lines.append(line.strip())
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    standby: list[Orchestrator] = []
+    failed: list[BaseException] = []
+
+    def stand_by() -> None:
+        try:
+            standby.append(Orchestrator(store=pg_url, embedded_engine=False))
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    monkeypatch.setenv("DAGENGINE_STORE_STANDBY", "1")
+    waiter = threading.Thread(target=stand_by)
+    try:
+        wait_for(lambda: "submitted" in lines, "the active orchestrator's runs", timeout=60)
+        waiter.start()
+        wait_for(
+            lambda: any(line.startswith("done ") and int(line.split()[1]) >= 25 for line in lines),
+            "a quarter of the runs to finish",
+            timeout=60,
+        )
+        assert waiter.is_alive(), "the standby must wait while the active one holds the store"
+        killed = time.monotonic()
+        active.send_signal(signal.SIGKILL)
+        active.wait(timeout=10)
+    finally:
+        if active.poll() is None:
+            active.kill()
+            active.wait(timeout=10)
+    reader.join(timeout=10)
+    recorded = set(query(pg_url, "SELECT run_id, node_id FROM node_outputs"))
+    finished_before = {
+        row[0]
+        for row in query(
+            pg_url, "SELECT run_id FROM runs WHERE status IN ('succeeded','failed','cancelled')"
+        )
+    }
+    assert 0 < len(finished_before) < 100, "the kill came mid-load"
+    waiter.join(timeout=60)
+    took_over = time.monotonic() - killed  # (its lock taken, the store opened, runs resumed)
+    assert failed == []
+    (orch,) = standby
+    try:
+        for i, proc in enumerate(procs):
+            orch.register_engine(f"engine-{i}", proc.address)
+        wait_for(
+            lambda: len(orch.store.list_runs(status="succeeded", limit=200)) == 100,
+            "the standby to finish every run",
+            timeout=120,
+        )
+        rows = query(pg_url, "SELECT run_id, status FROM runs")
+        assert len(rows) == 100
+        assert {status for _, status in rows} == {"succeeded"}
+        counts = ledger_counts(ledger)
+        assert [k for k in recorded if k[1] in ("a", "b") and counts[k] != 1] == []
+        assert all(counts[(run_id, "b")] == 1 for run_id in finished_before)
+        print(
+            f"\n100 runs: {len(finished_before)} finished before the active orchestrator was "
+            f"killed, {100 - len(finished_before)} taken over by the standby, all succeeded; "
+            f"{len(recorded)} recorded node outputs not re-run; the standby took over "
+            f"{took_over * 1e3:.0f} ms after the kill"
+        )
+    finally:
+        orch.stop()
+
+
 def test_an_engine_full_of_runs_we_do_not_count_delays_a_run_instead_of_failing_it(
     tmp_path: Path, engines: Callable[..., list[EngineProcess]]
 ) -> None:

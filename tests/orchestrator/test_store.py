@@ -867,7 +867,7 @@ def test_postgres_writer_connects_again_after_losing_its_connection(pg_url: str)
         store.create_run(_run("r", status="running", attempt=1))
         pid = store._db.info.backend_pid
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))  # waits for it
         told: list[bool] = []
         ended = threading.Event()
         store.finish_run_later(

@@ -99,7 +99,7 @@ def test_a_fenced_off_store_refuses_its_late_writes_then_rejoins(pg_url: str) ->
     first.create_run(RunRecord("r", "wf", "1.0.0", status="running", attempt=1))
     # Its connection is lost (a network cut, say), and another orchestrator takes over.
     with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (first._db.info.backend_pid,))
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", (first._db.info.backend_pid,))
     second = open_store(pg_url, exclusive=True)
     told: list[bool] = []
     ended = threading.Event()
@@ -185,7 +185,7 @@ def test_closing_a_store_that_cannot_commit_still_lets_go_of_its_connections(
     first = open_store(pg_url, exclusive=True)
     assert isinstance(first, PostgresStore)
     with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (first._db.info.backend_pid,))
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", (first._db.info.backend_pid,))
     second = open_store(pg_url, exclusive=True)  # first cannot get its lock back
     try:
         first.create_run_later(RunRecord("r", "wf", "1.0.0"))
@@ -197,3 +197,17 @@ def test_closing_a_store_that_cannot_commit_still_lets_go_of_its_connections(
         assert first._pool.closed
     finally:
         second.close()
+
+
+def test_dagengine_store_standby_must_be_0_or_1(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagengine.exceptions import ConfigError
+
+    monkeypatch.setenv("DAGENGINE_STORE_STANDBY", "yes please")
+    with pytest.raises(ConfigError, match="DAGENGINE_STORE_STANDBY must be 0 or 1"):
+        open_store(pg_url, exclusive=True)
+    monkeypatch.setenv("DAGENGINE_STORE_STANDBY", "1")
+    with open_store(pg_url) as tool:  # only an orchestrator's (exclusive) store stands by
+        assert isinstance(tool, PostgresStore)
+        assert not tool.standby

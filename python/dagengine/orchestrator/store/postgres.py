@@ -98,6 +98,18 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def _standby_from_env() -> bool:
+    """``DAGENGINE_STORE_STANDBY``: ``1`` waits for a store another orchestrator holds."""
+    raw = os.environ.get("DAGENGINE_STORE_STANDBY", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ConfigError(
+            f"DAGENGINE_STORE_STANDBY must be 0 or 1, got {raw!r}",
+            variable="DAGENGINE_STORE_STANDBY",
+            value=raw,
+        )
+    return raw == "1"
+
+
 def _require_psycopg() -> tuple[Any, Any]:
     """psycopg and psycopg_pool, or :class:`ConfigError` naming the extra."""
     try:
@@ -126,14 +138,27 @@ class PostgresStore(PostgresWriter):
     writes again only if it gets the lock back: if another took the store over meanwhile,
     its writes are refused (:attr:`write_error` says so; its runs are the other's now).
     Tools (``dagengine store``) open the store without it, beside a running orchestrator.
+
+    ``standby`` (default: ``DAGENGINE_STORE_STANDBY=1``), with ``exclusive``: where another
+    orchestrator holds the store, wait until it is gone (its session ends: it stopped, died,
+    or the server dropped its cut-off connection) instead of refusing, then take the store
+    over; the orchestrator then resumes the runs the other left, from their stored outputs.
     """
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, exclusive: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        exclusive: bool = False,
+        standby: bool | None = None,
+    ) -> None:
         if not is_postgres_url(url):
             raise StoreError(f"not a PostgreSQL URL: {url!r} (postgresql://user@host/db)")
         self._psycopg, pool_module = _require_psycopg()
         self.url = url
         self.exclusive = exclusive
+        self.standby = exclusive and (_standby_from_env() if standby is None else standby)
         #: The URL without its password: how the store names itself (logs, errors).
         self.path = redact(url)
         given = self._psycopg.conninfo.conninfo_to_dict(url)

@@ -10,7 +10,9 @@ and ``_psycopg`` before it connects.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -49,6 +51,19 @@ CONNECTION_DEFAULTS: dict[str, str] = {
 }
 
 
+#: Seconds between two tries of a standby store to take the lock.
+STANDBY_POLL = 0.5
+
+_log = logging.getLogger("dagengine.orchestrator.store")
+
+
+def _try_lock(conn: Any, key: int) -> bool:
+    """Take the store's lock on ``conn`` if it is free (held until the session ends)."""
+    return bool(
+        conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (OWNER_LOCK, key)).fetchone()[0]
+    )
+
+
 class _RowError(ValueError):
     """A write that failed on its data (a value PostgreSQL refuses, a broken constraint):
     raised as a ValueError so the write-behind isolates the row instead of retrying the
@@ -61,6 +76,7 @@ class PostgresWriter(WriteBehind):
 
     url: str
     exclusive: bool
+    standby: bool
     _options: dict[str, Any]
     _psycopg: Any
     _db: Any
@@ -78,10 +94,7 @@ class PostgresWriter(WriteBehind):
         try:
             schema = conn.execute("SELECT current_schema()").fetchone()[0]
             key = zlib.crc32(str(schema).encode()) & 0x7FFFFFFF
-            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (OWNER_LOCK, key)).fetchone()[
-                0
-            ]
-            if got:
+            if _try_lock(conn, key):
                 return conn
             holder = conn.execute(
                 """SELECT a.application_name, host(a.client_addr), a.backend_start
@@ -90,11 +103,23 @@ class PostgresWriter(WriteBehind):
                        AND l.objsubid = 2 AND l.granted""",
                 (OWNER_LOCK, key),
             ).fetchone()
+            who = (
+                "another process" if holder is None else f"{holder[0] or 'a process'} ({holder[1]})"
+            )
+            if self.standby and not again:
+                # A standby: wait for the holder to go (its session ends when it dies), then
+                # take the store over; the orchestrator resumes its runs from the store.
+                _log.warning(
+                    "store %s is in use by %s: standing by until it is free", self.path, who
+                )
+                while not _try_lock(conn, key):
+                    time.sleep(STANDBY_POLL)
+                _log.warning("store %s is free: taking it over", self.path)
+                return conn
         except BaseException:
             conn.close()
             raise
         conn.close()
-        who = "another process" if holder is None else f"{holder[0] or 'a process'} ({holder[1]})"
         if again:
             raise StoreError(
                 f"store {self.path} was taken over by {who} while this orchestrator's "
