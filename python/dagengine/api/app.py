@@ -712,10 +712,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 class _CatchAll:
     """The last line: an exception no handler took becomes a 500 JSON with an id; the
     traceback is logged under that id. (Starlette's own error middleware would re-raise into
-    the server, which logs it again and, in debug, may show it.)"""
+    the server, which logs it again and, in debug, may show it.)
 
-    def __init__(self, app: ASGIApp) -> None:
+    It also fires HTTP triggers itself (``POST`` on a trigger's path), ahead of the router:
+    the exception middleware and matching every REST route first (a trigger is the router's
+    last, catch-all route) were ~9% of the event loop's time per fire."""
+
+    def __init__(self, app: ASGIApp, api: Api | None = None) -> None:
         self.app = app
+        self.api = api
+
+    async def _fire(self, scope: Scope, receive: Receive, send: Send, trigger: Any) -> None:
+        assert self.api is not None
+        request = Request(scope, receive)
+        try:
+            response = await fire(request, trigger, self.api.orch)
+        except ApiError as exc:
+            response = await _api_error(request, exc)
+        await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -730,7 +744,13 @@ class _CatchAll:
             await send(message)
 
         try:
-            await self.app(scope, receive, tracking_send)
+            trigger = None
+            if self.api is not None and scope["method"] == "POST" and not scope.get("root_path"):
+                trigger = self.api.triggers.get(scope["path"].rstrip("/") or "/")
+            if trigger is not None:
+                await self._fire(scope, receive, tracking_send, trigger)
+            else:
+                await self.app(scope, receive, tracking_send)
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception(
@@ -794,7 +814,7 @@ def create_app(
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
     app.state.api = api
-    app.add_middleware(_CatchAll)
+    app.add_middleware(_CatchAll, api=api)
     return app
 
 
