@@ -349,12 +349,12 @@ pub struct SuspendedScheduler {
     waiting_on: Vec<u32>,
     attempts: Vec<u32>,
     ready: VecDeque<NodeIdx>,
-    /// Why each skipped node was skipped (`None` for every other node).
+    /// Why each skipped node was skipped. While an `all_success` node without a tally is
+    /// pending, `Some(TriggerRule)` remembers that a parent was skipped.
     skip_reason: Vec<Option<SkipReason>>,
-    /// Per node: [`QUEUED`] once its rule said run, [`SAW_SKIP`] once a parent was skipped.
-    flags: Vec<u8>,
-    /// Per node, parents that (succeeded, failed, were skipped); only kept when some node
-    /// has a rule other than `all_success`, which needs no counts.
+    /// Per node, parents that (succeeded, failed, were skipped), or [`QUEUED`] once its
+    /// rule said run; only kept when some node has a rule other than `all_success`, which
+    /// needs no counts (its node is queued when its last parent ends: nothing comes after).
     tally: Vec<[u32; 3]>,
     /// Nodes whose end their children have yet to hear of (reused, not per node).
     settle: Vec<(NodeIdx, Outcome)>,
@@ -366,8 +366,8 @@ pub struct SuspendedScheduler {
     finished: bool,
 }
 
-const QUEUED: u8 = 1;
-const SAW_SKIP: u8 = 2;
+/// The tally of a node its rule queued to run before all of its parents ended.
+const QUEUED: [u32; 3] = [u32::MAX; 3];
 
 /// The state machine of one run.
 #[derive(Debug)]
@@ -404,7 +404,6 @@ impl<'a> Scheduler<'a> {
                 attempts: vec![0; n],
                 ready: VecDeque::new(),
                 skip_reason: vec![None; n],
-                flags: vec![0; n],
                 tally: if counted { vec![[0; 3]; n] } else { Vec::new() },
                 settle: Vec::new(),
                 running: 0,
@@ -454,7 +453,11 @@ impl<'a> Scheduler<'a> {
 
     /// Why a skipped node was skipped (`None` for a node that is not skipped).
     pub fn skip_reason(&self, node: NodeIdx) -> Option<SkipReason> {
-        self.run.skip_reason[node as usize]
+        if self.run.state[node as usize] == NodeState::Skipped {
+            self.run.skip_reason[node as usize]
+        } else {
+            None
+        }
     }
 
     /// Attempts started so far for a node.
@@ -511,7 +514,7 @@ impl<'a> Scheduler<'a> {
     pub fn start(&mut self, out: &mut Vec<Instruction>) {
         for &n in self.dag.topological_order() {
             let i = n as usize;
-            if self.run.state[i] != NodeState::Pending || self.run.flags[i] & QUEUED != 0 {
+            if self.run.state[i] != NodeState::Pending || self.run.tally.get(i) == Some(&QUEUED) {
                 continue;
             }
             // Only completed parents (a resumed run) have ended yet.
@@ -656,50 +659,57 @@ impl<'a> Scheduler<'a> {
         if self.run.stopped.is_some() {
             return;
         }
-        self.run.settle.push((node, outcome));
+        self.tell_children(node, outcome, out);
         self.settle(out);
     }
 
-    /// Tell the children of every node in `settle` how it ended, deciding each child whose
-    /// rule's answer is now certain; a child skipped that way ends too, so it goes on the
-    /// list in turn.
+    /// Tell the children of every node in `settle` how it ended (see
+    /// [`Scheduler::tell_children`]); a child skipped goes on the list in turn.
     fn settle(&mut self, out: &mut Vec<Instruction>) {
         while let Some((node, outcome)) = self.run.settle.pop() {
-            for &c in self.dag.children(node) {
-                let i = c as usize;
-                if self.run.state[i] != NodeState::Pending || self.run.flags[i] & QUEUED != 0 {
+            self.tell_children(node, outcome, out);
+        }
+    }
+
+    /// Tell the children of `node` that it ended with `outcome`, deciding each child whose
+    /// rule's answer is now certain.
+    fn tell_children(&mut self, node: NodeIdx, outcome: Outcome, out: &mut Vec<Instruction>) {
+        for &c in self.dag.children(node) {
+            let i = c as usize;
+            if self.run.state[i] != NodeState::Pending {
+                continue; // decided already
+            }
+            let decision = if let Some(t) = self.run.tally.get_mut(i) {
+                if *t == QUEUED {
                     continue; // decided already
                 }
                 self.run.waiting_on[i] -= 1;
                 let left = self.run.waiting_on[i];
-                let decision = if let Some(t) = self.run.tally.get_mut(i) {
-                    t[outcome as usize] += 1;
-                    let [ok, failed, skipped] = *t;
-                    self.policy(c)
-                        .trigger_rule
-                        .decide(ok, failed, skipped, left)
-                } else {
-                    // all_success without counts: a failure decides at once, a skip once
-                    // every parent has ended (a later failure would still win).
-                    match outcome {
-                        Outcome::Failure => Some(Decision::Skip(SkipReason::UpstreamFailed)),
-                        Outcome::Skip => {
-                            self.run.flags[i] |= SAW_SKIP;
-                            (left == 0).then_some(Decision::Skip(SkipReason::TriggerRule))
-                        }
-                        Outcome::Success if left == 0 => {
-                            if self.run.flags[i] & SAW_SKIP == 0 {
-                                Some(Decision::Run)
-                            } else {
-                                Some(Decision::Skip(SkipReason::TriggerRule))
-                            }
-                        }
-                        Outcome::Success => None,
+                t[outcome as usize] += 1;
+                let [ok, failed, skipped] = *t;
+                self.policy(c)
+                    .trigger_rule
+                    .decide(ok, failed, skipped, left)
+            } else {
+                self.run.waiting_on[i] -= 1;
+                let left = self.run.waiting_on[i];
+                // all_success without counts: a failure decides at once, a skip once every
+                // parent has ended (a later failure would still win).
+                match outcome {
+                    Outcome::Success if left > 0 => None,
+                    Outcome::Success => Some(match self.run.skip_reason[i] {
+                        None => Decision::Run,
+                        Some(_) => Decision::Skip(SkipReason::TriggerRule),
+                    }),
+                    Outcome::Failure => Some(Decision::Skip(SkipReason::UpstreamFailed)),
+                    Outcome::Skip => {
+                        self.run.skip_reason[i] = Some(SkipReason::TriggerRule);
+                        (left == 0).then_some(Decision::Skip(SkipReason::TriggerRule))
                     }
-                };
-                if let Some(d) = decision {
-                    self.decided(c, d, out);
                 }
+            };
+            if let Some(d) = decision {
+                self.decided(c, d, out);
             }
         }
     }
@@ -707,7 +717,9 @@ impl<'a> Scheduler<'a> {
     fn decided(&mut self, node: NodeIdx, decision: Decision, out: &mut Vec<Instruction>) {
         match decision {
             Decision::Run => {
-                self.run.flags[node as usize] |= QUEUED;
+                if let Some(t) = self.run.tally.get_mut(node as usize) {
+                    *t = QUEUED;
+                }
                 self.run.ready.push_back(node);
             }
             Decision::Skip(reason) => {
