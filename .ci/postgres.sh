@@ -5,6 +5,9 @@
 #   .ci/postgres.sh stop              # stops the cluster of $DAGENGINE_TEST_POSTGRES_DIR
 #   .ci/postgres.sh restart [DIR]     # a fast restart, same port (reconnection tests)
 #
+# `start --watch PID` also stops the cluster once process PID is gone (the tests' fixture
+# passes its own pid: a killed test session leaves no server behind).
+#
 # `start` installs Debian's postgresql if its binaries are missing (as root; not with
 # --no-install, which the tests' fixture passes), runs initdb on a temporary folder as a
 # non-root user (root: the `postgres` user of the package, or a system user made for it;
@@ -43,10 +46,15 @@ as_owner() {
 }
 
 start() {
-  local install=1
-  if [ "${1:-}" = "--no-install" ]; then
-    install=0
-  fi
+  local install=1 watch=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --no-install) install=0 ;;
+      --watch) watch="$2"; shift ;;
+      *) log "unknown option $1"; exit 2 ;;
+    esac
+    shift
+  done
   local bin
   if ! bin=$(bindir); then
     if [ "$install" -eq 0 ]; then
@@ -97,8 +105,23 @@ start() {
   as_owner "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -q \
     -c "CREATE DATABASE dagengine_test" >/dev/null
   log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port, data in $dir/data"
+  if [ -n "$watch" ]; then
+    # The cluster goes with process $watch (a test session), even one killed before its
+    # clean-up ran: a detached watcher stops it once that process is gone.
+    setsid bash "$0" watch "$watch" "$dir" </dev/null >/dev/null 2>&1 &
+  fi
   echo "export DAGENGINE_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:$port/dagengine_test"
   echo "export DAGENGINE_TEST_POSTGRES_DIR=$dir"
+}
+
+watch() {
+  local pid="$1" dir="$2"
+  while kill -0 "$pid" 2>/dev/null && [ -d "$dir/data" ]; do
+    sleep 2
+  done
+  if [ -d "$dir/data" ]; then
+    stop "$dir"
+  fi
 }
 
 restart() {
@@ -132,8 +155,9 @@ case "${1:-}" in
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
   restart) shift; restart "$@" ;;
+  watch) shift; watch "$@" ;;
   *)
-    echo "usage: $0 start [--no-install] | stop [DIR] | restart [DIR]" >&2
+    echo "usage: $0 start [--no-install] [--watch PID] | stop [DIR] | restart [DIR]" >&2
     exit 2
     ;;
 esac

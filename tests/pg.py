@@ -49,7 +49,7 @@ def start_cluster() -> tuple[str, str]:
     except ImportError:
         _unavailable("psycopg is not installed (pip install 'dagengine[postgres]')")
     started = subprocess.run(
-        ["bash", str(SCRIPT), "start", "--no-install"],
+        ["bash", str(SCRIPT), "start", "--no-install", "--watch", str(os.getpid())],
         capture_output=True,
         text=True,
         timeout=120,
