@@ -9,7 +9,8 @@
 # 2. the wheelhouse, deploy/images/wheelhouse/: that wheel and the wheels of its dependencies
 #    and of EXTRAS for CPython 3.11 on manylinux x86_64, downloaded on this host (containers
 #    never reach an index);
-# 3. the base image (deploy/images/build-base.sh: debootstrap + docker import; skipped when it
+# 3. the base image (deploy/images/build-base.sh, started in the background at once, beside
+#    steps 1 and 2: debootstrap mostly downloads and unpacks; skipped when it
 #    exists);
 # 4. deploy/Dockerfile's target `prebuilt` on that base, with the legacy builder or BuildKit,
 #    from a context holding only the wheelhouse and the health check.
@@ -37,13 +38,26 @@ if [ -z "${PYTHON:-}" ]; then
   [ -x "$REPO/.venv/bin/python" ] && PYTHON="$REPO/.venv/bin/python"
 fi
 
+# Everything this script made goes at exit; a base build still running is waited for, never
+# killed (debootstrap mounts /proc in its chroot).
+out="" context="" basepid=""
+baselog=$(mktemp /tmp/dagengine-base.XXXXXX)
+cleanup() {
+  [ -n "$basepid" ] && wait "$basepid" 2>/dev/null
+  rm -rf "$baselog" ${out:+"$out"} ${context:+"$context" "$context.log"}
+}
+trap cleanup EXIT
+
+# 3. (started now) The base image.
+DAGENGINE_BASE_IMAGE="$BASE" "$HERE/build-base.sh" >"$baselog" 2>&1 &
+basepid=$!
+
 # 1. The wheel.
 if [ -n "${DAGENGINE_WHEEL:-}" ]; then
   [ -f "$DAGENGINE_WHEEL" ] || die "DAGENGINE_WHEEL=$DAGENGINE_WHEEL: no such file"
   wheel="$DAGENGINE_WHEEL"
 else
   out=$(mktemp -d /tmp/dagengine-wheel.XXXXXX)
-  trap 'rm -rf "$out"' EXIT
   maturin=maturin
   [ -x "$REPO/.venv/bin/maturin" ] && maturin="$REPO/.venv/bin/maturin"
   command -v "$maturin" >/dev/null || die "maturin is not installed (make build installs it in .venv)"
@@ -70,12 +84,16 @@ log "pip download of the dependencies (extras: ${EXTRAS:-none}) into ${WHEELHOUS
   --dest "$WHEELHOUSE" "$WHEELHOUSE/${wheel##*/}[$EXTRAS]" >&2 \
   || die "pip download failed (the host needs the package index)"
 
-# 3. The base image.
-DAGENGINE_BASE_IMAGE="$BASE" "$HERE/build-base.sh"
+# 3. The base image, done.
+log "waiting for build-base.sh"
+status=0
+wait "$basepid" || status=$?
+basepid=""
+sed 's/^/  /' "$baselog" >&2
+[ "$status" -eq 0 ] || die "build-base.sh failed (exit $status)"
 
 # 4. The image, from a context of just what the target `prebuilt` copies.
 context=$(mktemp -d /tmp/dagengine-context.XXXXXX)
-trap 'rm -rf "$context" ${out:+"$out"}' EXIT
 mkdir -p "$context/deploy/images"
 cp deploy/healthcheck.py "$context/deploy/"
 cp -r "$WHEELHOUSE" "$context/deploy/images/"
@@ -90,6 +108,8 @@ DOCKER_BUILDKIT=$builder docker build -f deploy/Dockerfile --target prebuilt \
 rm -f "$buildlog"
 # The legacy builder leaves the `prebuilt-install` stage behind as an untagged image (the
 # wheels' layer): only those of this Dockerfile (its label) are removed.
-docker image prune -f --filter label=org.opencontainers.image.title=dagengine >/dev/null
+# Best effort: the daemon runs one prune at a time, and another may be running.
+docker image prune -f --filter label=org.opencontainers.image.title=dagengine >/dev/null 2>&1 \
+  || log "docker image prune failed (another prune running?): untagged stage images stay"
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 log "$IMAGE: $((size / 1000000)) MB"

@@ -4,10 +4,12 @@ then an orchestrator and three engines run as containers on a private Docker net
 read-only root filesystem and no capabilities, as deploy/'s pods run.
 
 The example workflow runs through the HTTP API; then an engine is paused (the orchestrator
-marks it unhealthy, runs go to the others) and another is killed mid-run (its runs complete
-elsewhere, no node the orchestrator had recorded runs again). The image's HEALTHCHECK and
-the probes of deploy/base's manifests are asked for real. Figures (image size, time from
-``docker run`` to ready) are printed, never asserted.
+marks it unhealthy, runs go to the others), another is killed mid-run (its runs complete
+elsewhere, no node the orchestrator had recorded runs again), and the orchestrator is cut off
+the network and reconnected. Last, an orchestrator on PostgreSQL (a server container made from
+the same debootstrapped base) is killed mid-run and replaced. The image's HEALTHCHECK and the
+probes of deploy/base's manifests are asked for real. Figures (image size, time from ``docker
+run`` to ready, times to detect and recover) are printed, never asserted.
 
 Skipped, with the reason, where Docker is not usable; failed instead when
 ``DAGENGINE_REQUIRE_DOCKER=1`` (CI sets it, so these tests cannot vanish silently).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -61,14 +64,64 @@ def figures(name: str, **values: Any) -> None:
     print(f"\n[images {name}] " + " ".join(f"{k}={v}" for k, v in values.items()))
 
 
+def base_problem() -> str | None:
+    """Why the debootstrapped base images cannot be built here, or ``None`` (they can, or
+    they exist already)."""
+    missing = [
+        tag
+        for tag in ("dagengine-base:bookworm", POSTGRES_IMAGE)
+        if subprocess.run(
+            ["docker", "image", "inspect", tag], capture_output=True, check=False
+        ).returncode
+        != 0
+    ]
+    if not missing:
+        return None
+    if shutil.which("debootstrap") is None:
+        return f"debootstrap is not installed (apt-get install debootstrap) to build {missing}"
+    if os.geteuid() != 0:
+        return f"building {missing} with debootstrap needs root"
+    return None
+
+
 @pytest.fixture(scope="module")
-def image() -> str:
-    """The image tag, built once per session by deploy/images/build.sh (or given)."""
-    problem = docker_problem()
+def usable() -> None:
+    """Skip (or fail, with ``DAGENGINE_REQUIRE_DOCKER=1``) where the images cannot be made."""
+    problem = docker_problem() or base_problem()
     if problem is not None:
         if os.environ.get("DAGENGINE_REQUIRE_DOCKER") == "1":
             pytest.fail(f"DAGENGINE_REQUIRE_DOCKER=1 but {problem}")
         pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def postgres_build(
+    usable: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, float]]:
+    """build-base.sh making the PostgreSQL server image, started in the background beside
+    build.sh (it mostly downloads and unpacks, the wheel mostly compiles). Waited for, never
+    killed, at the end: debootstrap mounts /proc in its chroot."""
+    log = tmp_path_factory.mktemp("postgres-image") / "build.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BASE_SCRIPT)],
+            env={
+                **os.environ,
+                "DAGENGINE_BASE_IMAGE": POSTGRES_IMAGE,
+                "DAGENGINE_BASE_PACKAGES": "postgresql-15",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc, log, time.monotonic()
+    finally:
+        proc.wait(timeout=1100)
+
+
+@pytest.fixture(scope="module")
+def image(usable: None, postgres_build: object) -> str:
+    """The image tag, built once by deploy/images/build.sh (or given)."""
     given = os.environ.get("DAGENGINE_TEST_IMAGE")
     if given:
         return given
@@ -91,26 +144,20 @@ def image() -> str:
 
 
 @pytest.fixture(scope="module")
-def postgres_image(image: str) -> str:
+def postgres_image(postgres_build: tuple[subprocess.Popen[bytes], Path, float]) -> str:
     """Debian's PostgreSQL 15 on the same debootstrapped base (build-base.sh with
     ``DAGENGINE_BASE_PACKAGES=postgresql-15``; nothing is pulled)."""
-    started = time.monotonic()
-    done = subprocess.run(
-        [str(BASE_SCRIPT)],
-        env={
-            **os.environ,
-            "DAGENGINE_BASE_IMAGE": POSTGRES_IMAGE,
-            "DAGENGINE_BASE_PACKAGES": "postgresql-15",
-        },
-        capture_output=True,
-        text=True,
-        timeout=1100,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"{BASE_SCRIPT} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    proc, log, started = postgres_build
+    code = proc.wait(timeout=1100)
+    if code != 0:
+        pytest.fail(f"{BASE_SCRIPT} failed (exit {code}):\n{log.read_text()[-4000:]}")
     size = int(docker("image", "inspect", "--format", "{{.Size}}", POSTGRES_IMAGE))
-    figures("postgres-image", size_mb=round(size / 1e6), build_s=round(time.monotonic() - started))
+    figures(
+        "postgres-image",
+        size_mb=round(size / 1e6),
+        # From the module's start: the build runs beside build.sh and the first tests.
+        waited_s=round(time.monotonic() - started),
+    )
     return POSTGRES_IMAGE
 
 
