@@ -674,6 +674,23 @@ impl<'a> Scheduler<'a> {
     /// Tell the children of `node` that it ended with `outcome`, deciding each child whose
     /// rule's answer is now certain.
     fn tell_children(&mut self, node: NodeIdx, outcome: Outcome, out: &mut Vec<Instruction>) {
+        if outcome == Outcome::Success && self.run.tally.is_empty() {
+            // The common case, kept as lean as it was before rules: all_success children
+            // of a success; one that was waiting for this parent alone is decided.
+            for &c in self.dag.children(node) {
+                let i = c as usize;
+                let w = &mut self.run.waiting_on[i];
+                *w -= 1;
+                if *w == 0 && self.run.state[i] == NodeState::Pending {
+                    let decision = match self.run.skip_reason[i] {
+                        None => Decision::Run,
+                        Some(_) => Decision::Skip(SkipReason::TriggerRule),
+                    };
+                    self.decided(c, decision, out);
+                }
+            }
+            return;
+        }
         for &c in self.dag.children(node) {
             let i = c as usize;
             if self.run.state[i] != NodeState::Pending {
