@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dagengine import DAG, Node, NodeContext, PythonExecutor
 from dagengine.logconfig import (
     EventLogger,
     JsonFormatter,
@@ -187,3 +188,23 @@ def test_engine_refuses_a_bad_log_level() -> None:
     )
     assert proc.returncode == 2
     assert "DAGENGINE_LOG_LEVEL 'chatty'" in proc.stderr
+
+
+def _chatty(ctx: NodeContext) -> dict[str, int]:
+    logging.getLogger("tests.chatty").warning("from the node")
+    return {"v": 1}
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_a_node_s_records_are_its_log_not_the_process_s() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    dag = DAG()
+    dag.add_node(Node("n", [], PythonExecutor(_chatty)))
+    handle = dag.start()
+    lines = [e for e in handle.events() if e.kind == "node_log"]
+    assert handle.wait().ok
+    logging.getLogger("tests.chatty").warning("from the process")
+    assert [e.detail["message"] for e in lines if e.detail] == ["from the node"]
+    written = [json.loads(line)["msg"] for line in out.getvalue().splitlines()]
+    assert written == ["from the process"]

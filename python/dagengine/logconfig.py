@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
+from dagengine.node_logs import current_buffer
+
 __all__ = [
     "CONTEXT_KEYS",
     "LOG_FORMATS",
@@ -121,6 +123,17 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _ProcessHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The process's log handler. Records logged by a node during its attempt are that
+    node's log (captured by :mod:`dagengine.node_logs` and stored with the run), so they are
+    not written here a second time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if current_buffer() is not None:
+            return
+        super().emit(record)
+
+
 def _choice(value: str | None, env: str, choices: tuple[str, ...], default: str) -> str:
     text = value if value is not None else os.environ.get(env, "").strip() or default
     text = text.lower()
@@ -139,7 +152,10 @@ def configure_logging(
     Raises ``ValueError`` naming a bad format or level."""
     fmt = _choice(log_format, "DAGENGINE_LOG_FORMAT", LOG_FORMATS, "text")
     lvl = _choice(level, "DAGENGINE_LOG_LEVEL", LOG_LEVELS, "info")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    # The process's real stderr, not whatever object sys.stderr is now: node_logs puts a proxy
+    # there, and a test harness a capture that is closed when its test ends.
+    target = stream if stream is not None else (sys.__stderr__ or sys.stderr)
+    handler = _ProcessHandler(target)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     with _lock:
