@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagengine import DAG, LuaExecutor, Node
@@ -78,18 +79,23 @@ def test_submit_returns_with_the_run_committed_and_its_end_to_come(
     with Orchestrator(store=path) as orch:
         orch.register_workflow("lua1", "1.0.0", _lua_dag())
 
-        async def main() -> tuple[str, int, bool]:
+        async def main() -> tuple[Any, int, bool]:
             handle = await submit(orch, "lua1", {"n": 4}, headers={})
             seen = committed_count(
                 path, f"SELECT COUNT(*) FROM runs WHERE run_id = '{handle.run_id}'"
             )
             result = await handle.result_async()
-            return handle.run_id, seen, result.ok
+            return handle, seen, result.ok
 
-        run_id, seen, ok = asyncio.run(main())
+        handle, seen, ok = asyncio.run(main())
         assert seen == 1  # acknowledged: committed, without waiting the 60 s delay
         assert ok
-        assert orch.get_run(run_id).status == "succeeded"
+        info = orch.get_run(handle.run_id)
+        assert info.status == "succeeded"
+        # The handle carries the run as created (what POST /workflows/{id}/runs answers).
+        assert handle.record.run_id == handle.run_id
+        assert handle.record.created_at == info.created_at
+        assert handle.record.status in ("queued", "running")
 
 
 def test_submit_raises_domain_errors_and_committed_raises_when_the_store_cannot_write(

@@ -440,7 +440,13 @@ async def start_run(request: Request) -> Response:
     except DagEngineError as exc:
         raise _from_domain(exc) from None
     if not wait:
-        info = await _call(api.orch.get_run, handle.run_id)
+        # The run as acknowledged (committed: see submit), without reading it back (a
+        # worker-thread hop and a commit of what is pending: half the route's cost).
+        record = getattr(handle, "record", None)
+        if record is not None:
+            info = RunInfo.from_record(record)
+        else:
+            info = await _call(api.orch.get_run, handle.run_id)
         return JSONResponse(
             run_to_dict(info, detail=False),
             status_code=202,

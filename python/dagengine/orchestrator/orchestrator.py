@@ -542,7 +542,7 @@ class Orchestrator:
             self._apply(run, actions, slot, run.attempt)
         if durable:
             self.store.flush()
-        return RunHandle(self, run_id, run.future)
+        return RunHandle(self, run_id, run.future, record)
 
     def recover(self) -> None:
         """Resume the runs a previous orchestrator on this store left queued or running.

@@ -63,14 +63,20 @@ class RunInfo:
 
 class RunHandle:
     """A run submitted with ``wait=False``: :meth:`result` waits for it, :meth:`cancel`
-    stops it, :attr:`status` says where it is."""
+    stops it, :attr:`status` says where it is. :attr:`record` is the run as it was created
+    (the record the store got) when this handle comes from its submission, else ``None``."""
 
     def __init__(
-        self, orchestrator: Orchestrator, run_id: str, future: concurrent.futures.Future[RunResult]
+        self,
+        orchestrator: Orchestrator,
+        run_id: str,
+        future: concurrent.futures.Future[RunResult],
+        record: RunRecord | None = None,
     ) -> None:
         self._orch = orchestrator
         self.run_id = run_id
         self._future = future
+        self.record = record
 
     @property
     def status(self) -> str:
