@@ -290,10 +290,15 @@ class Lab:
         return container
 
     def start_orchestrator(
-        self, name: str = "orch", *, store: str | None = None, alias: str = "orch"
+        self,
+        name: str = "orch",
+        *,
+        store: str | None = None,
+        alias: str = "orch",
+        env: tuple[str, ...] = (),
     ) -> Container:
         """``dagengine serve`` with self-registration, on ``store`` (default: SQLite in
-        ``state/``, a bind mount)."""
+        ``state/``, a bind mount); ``env``: more ``NAME=value`` variables."""
         return self.run(
             name,
             "serve",
@@ -313,6 +318,7 @@ class Lab:
                 "ENGINE_HEALTH_CHECK_INTERVAL=1",
                 "-e",
                 f"DAGENGINE_STORE={store or '/var/lib/dagengine/dagengine.db'}",
+                *(arg for pair in env for arg in ("-e", pair)),
             ),
         )
 

@@ -25,6 +25,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
+import urllib.error
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -546,13 +547,14 @@ def _wait_api(lab: Lab, orch: Container) -> str:
     return api
 
 
-def test_orchestrator_killed_on_postgres_resumes_runs(
+def test_killed_orchestrator_on_postgres_is_replaced_by_its_standby(
     image: str, postgres_image: str, tmp_path: Path
 ) -> None:
-    """The orchestrator on the PostgreSQL store, in a container beside a PostgreSQL
-    container: ``docker kill`` it mid-run and start another on the same database (the engines
-    register again with it by the network alias): every run succeeds, each finishes once, no
-    node whose output was committed runs again."""
+    """Two orchestrators on one PostgreSQL database (a server container): the active one and a
+    standby (``DAGENGINE_STORE_STANDBY=1``) waiting for its store, both known as ``orch`` on
+    the network. ``docker kill`` the active one mid-run: the standby takes the store over and
+    the engines register with it; every run succeeds, each finishes once, no node whose output
+    was committed runs again."""
     pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
     lab = Lab(image, tmp_path)
     try:
@@ -562,6 +564,7 @@ def test_orchestrator_killed_on_postgres_resumes_runs(
         store = "postgresql://postgres@pg:5432/postgres"
         first = lab.start_orchestrator("orch1", store=store)
         api = _wait_api(lab, first)
+        standby = lab.start_orchestrator("orch2", store=store, env=("DAGENGINE_STORE_STANDBY=1",))
         engines = {name: lab.start_engine(name) for name in ("e1", "e2")}
         cluster = Cluster(lab, first, api, EventLog(f"{api}/events"), engines)
         wait_until(lambda: set(cluster.registered()) == set(engines), "both engines registered")
@@ -580,15 +583,18 @@ def test_orchestrator_killed_on_postgres_resumes_runs(
             return bool(outputs >= 10 and done < len(runs))
 
         wait_until(some_recorded, "nodes recorded while runs are still going")
+        # The standby is up and waiting: it serves no HTTP until it holds the store.
+        assert standby.state() == "running", lab.diagnostics()
+        with pytest.raises(urllib.error.URLError, match="Connection refused"):
+            http("GET", f"http://{standby.ip}:{HTTP_PORT}/readyz", timeout=1)
         killed_at = first.kill()
         recorded = set(
             _pg_query(
                 host_url, f"SELECT run_id, node_id FROM node_outputs WHERE run_id IN ({quoted})"
             )
         )
-        second = lab.start_orchestrator("orch2", store=store)
-        cluster.api = _wait_api(lab, second)
-        restarted_at = time.time()
+        cluster.api = _wait_api(lab, standby)
+        took_over_at = time.time()
         finished = cluster.wait_finished(runs, timeout=120)
         assert {b["status"] for b in finished.values()} == {"succeeded"}, lab.diagnostics()
         assert all(b["outputs"]["c"] == {"sum": 3} for b in finished.values())
@@ -605,11 +611,11 @@ def test_orchestrator_killed_on_postgres_resumes_runs(
         assert sorted(r for r, _ in completions) == sorted(runs)
         assert {n for _, n in completions} == {1}, "a run finished more than once"
         figures(
-            "kill-orchestrator-postgres",
+            "kill-orchestrator-standby-postgres",
             runs=len(runs),
             recorded_not_repeated=sum(1 for k in recorded if k[1] in LEDGER_NODES),
             postgres_ready_ms=round((pg_ready - pg.started) * 1e3),
-            restart_ms=round((restarted_at - killed_at) * 1e3),
+            takeover_ms=round((took_over_at - killed_at) * 1e3),
             all_done_ms=round((time.time() - killed_at) * 1e3),
             duplicated=sum(1 for (run, _), n in counts.items() if run in set(runs) and n > 1),
         )
