@@ -10,8 +10,13 @@ from typing import Any
 import httpx
 import pytest
 from dagengine.api import ServerThread, create_app
-from dagengine.orchestrator import Orchestrator
-from dagengine.tracing import attach_tracing, current_trace_context, with_trace_context
+from dagengine.orchestrator import Event, Orchestrator
+from dagengine.tracing import (
+    RunTracer,
+    attach_tracing,
+    current_trace_context,
+    with_trace_context,
+)
 from dagengine.triggers import HTTPTrigger
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -166,3 +171,34 @@ def test_trace_context_is_bound_only_for_the_wrapped_call() -> None:
     assert seen == {"traceparent": TRACEPARENT, "tracestate": "k=v"}
     assert current_trace_context() is None
     assert with_trace_context({"traceparent": "garbage"}, current_trace_context)() is None
+
+
+def test_a_child_queued_before_its_parent_node_s_start_still_hangs_under_it() -> None:
+    # Node events come from engines in bursts: the child's run.queued can come first.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = RunTracer(provider)
+    feed: list[tuple[str, str, str | None, dict[str, Any]]] = [
+        ("run.queued", "p", None, {"version": "1.0.0"}),
+        (
+            "run.queued",
+            "c",
+            None,
+            {"version": "1.0.0", "parent_run_id": "p", "parent_node_id": "sub"},
+        ),
+        ("node.started", "p", "sub", {"attempt": 1, "node_attempt": 1}),
+        ("run.completed", "c", None, {}),
+        ("node.succeeded", "p", "sub", {"attempt": 1, "node_attempt": 1}),
+        ("run.completed", "p", None, {}),
+    ]
+    for seq, (kind, run_id, node_id, data) in enumerate(feed, 1):
+        wf = "child" if run_id == "c" else "parent"
+        tracer.observe(Event(seq, 1000.0 + seq, kind, "info", wf, run_id, node_id, "e1", data))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"run parent", "run child", "node sub"}
+    sub, child = spans["node sub"], spans["run child"]
+    assert child.parent is not None
+    assert child.parent.span_id == sub.context.span_id
+    assert _attrs(sub)["dagengine.attempt"] == 1
+    assert _attrs(sub)["dagengine.engine"] == "e1"

@@ -114,6 +114,7 @@ class RunTracer:
         self._tracer = trace.get_tracer("dagengine", tracer_provider=tracer_provider)
         self._runs = _Bounded()  # run_id -> span
         self._nodes = _Bounded()  # (run_id, node_id) -> span
+        self._early: set[tuple[str, str]] = set()  # node spans opened before their start
         self._sub: Any = None
         self._thread: threading.Thread | None = None
 
@@ -172,6 +173,7 @@ class RunTracer:
         elif kind == "node.started" and event.node_id:
             self._start_node(event, data)
         elif kind in _NODE_ENDS and event.node_id:
+            self._early.discard((run_id, event.node_id))
             span = self._nodes.pop((run_id, event.node_id), None)
             if span is not None:
                 self._end(span, _NODE_ENDS[kind], data, event.time)
@@ -186,9 +188,13 @@ class RunTracer:
             parent = propagate.extract(dict(carrier))
         parent_run, parent_node = data.get("parent_run_id"), data.get("parent_node_id")
         if parent is None and parent_run and parent_node:
-            node_span = self._nodes.get((parent_run, parent_node))
-            run_span = self._runs.get(parent_run)
-            owner = node_span if node_span is not None else run_span
+            owner = self._nodes.get((parent_run, parent_node))
+            if owner is None and parent_run in self._runs:
+                # The parent node's events come from its engine in bursts: its start can
+                # arrive after the child it started is queued. Its span is opened here and
+                # taken over by that start (its start time is then the child's queueing).
+                owner = self._open_node(parent_run, parent_node, event.workflow_id, event.time)
+                self._early.add((parent_run, parent_node))
             if owner is not None:
                 parent = trace.set_span_in_context(owner)
         span = self._tracer.start_span(
@@ -204,30 +210,39 @@ class RunTracer:
         )
         self._runs.put(event.run_id, span)
 
-    def _start_node(self, event: Any, data: Mapping[str, Any]) -> None:
+    def _open_node(self, run_id: str, node_id: str, workflow_id: str | None, when: float) -> Any:
         trace = self._trace
-        run_span = self._runs.get(event.run_id)
+        run_span = self._runs.get(run_id)
         context = trace.set_span_in_context(run_span) if run_span is not None else None
-        attributes = {
-            "dagengine.workflow": event.workflow_id or "",
-            "dagengine.run_id": event.run_id,
-            "dagengine.node": event.node_id,
-            "dagengine.attempt": int(data.get("node_attempt", 1) or 1),
-            "dagengine.run_attempt": int(data.get("attempt", 1) or 1),
-        }
-        if event.engine_id:
-            attributes["dagengine.engine"] = event.engine_id
         span = self._tracer.start_span(
-            f"node {event.node_id}",
+            f"node {node_id}",
             context=context,
-            start_time=_ns(event.time),
-            attributes=attributes,
+            start_time=_ns(when),
+            attributes={
+                "dagengine.workflow": workflow_id or "",
+                "dagengine.run_id": run_id,
+                "dagengine.node": node_id,
+            },
         )
+        self._nodes.put((run_id, node_id), span)
+        return span
+
+    def _start_node(self, event: Any, data: Mapping[str, Any]) -> None:
         key = (event.run_id, event.node_id)
-        previous = self._nodes.pop(key, None)
-        if previous is not None:  # a start without an end (engine lost): close it first
-            previous.end(end_time=_ns(event.time))
-        self._nodes.put(key, span)
+        if key in self._early:  # opened by a sub-workflow it started: this is its start
+            self._early.discard(key)
+            span = self._nodes.get(key)
+        else:
+            previous = self._nodes.pop(key, None)
+            if previous is not None:  # a start without an end (engine lost): close it first
+                previous.end(end_time=_ns(event.time))
+            span = None
+        if span is None:
+            span = self._open_node(event.run_id, event.node_id, event.workflow_id, event.time)
+        span.set_attribute("dagengine.attempt", int(data.get("node_attempt", 1) or 1))
+        span.set_attribute("dagengine.run_attempt", int(data.get("attempt", 1) or 1))
+        if event.engine_id:
+            span.set_attribute("dagengine.engine", event.engine_id)
 
     def _end(self, span: Any, outcome: str, data: Mapping[str, Any], when: float) -> None:
         trace = self._trace
