@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from dagengine.orchestrator.store.retention import (
         PruneReport,
         RetentionPolicy,
-        WorkflowRetention,
     )
 
 __all__ = ["configure_store", "run_store"]
@@ -100,10 +99,7 @@ def _store_path(args: argparse.Namespace) -> str:
 
 def _policy(store: StoreBackend, args: argparse.Namespace) -> RetentionPolicy:
     from dagengine.orchestrator.config import Config
-    from dagengine.orchestrator.store.retention import (
-        RetentionPolicy,
-        retention_from_metadata,
-    )
+    from dagengine.orchestrator.store.retention import RetentionPolicy, workflow_retentions
 
     export = args.export_dir
     if args.older_than is not None:
@@ -112,16 +108,9 @@ def _policy(store: StoreBackend, args: argparse.Namespace) -> RetentionPolicy:
         default = Config.local_from_env().retention
     except ConfigError as exc:
         raise DagEngineError(str(exc)) from None
-    workflows: dict[str, WorkflowRetention] = {}
-    for version in store.workflow_versions():  # registration order: the latest wins
-        try:
-            own = retention_from_metadata(version.metadata)
-        except ValueError:
-            own = None
-        if own is not None:
-            workflows[version.workflow_id] = own
-        else:
-            workflows.pop(version.workflow_id, None)
+    # Registration order: the latest version of each workflow says.
+    versions = store.workflow_versions()
+    workflows = workflow_retentions((v.workflow_id, v.metadata) for v in versions)
     return RetentionPolicy(default, args.keep_last, workflows, export)
 
 

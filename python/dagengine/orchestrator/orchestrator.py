@@ -76,8 +76,8 @@ from dagengine.orchestrator.runs import (
 from dagengine.orchestrator.store import RunRecord, StoreTarget, store_from
 from dagengine.orchestrator.store.retention import (
     RetentionPolicy,
-    WorkflowRetention,
     retention_from_metadata,
+    workflow_retentions,
 )
 from dagengine.orchestrator.subworkflows import SubWorkflowCoordinator, child_output
 from dagengine.results import RunResult, RunStatus
@@ -275,14 +275,9 @@ class Orchestrator:
         """The retention of finished runs now: the configuration's (``Config.retention``,
         ``keep_last``, ``export_dir``) and each workflow's own, given at registration
         (``metadata={"retention": "7d", "keep_last": 10}``, latest version's)."""
-        workflows: dict[str, WorkflowRetention] = {}
-        for info in self.registry.list_workflows():
-            try:
-                own = retention_from_metadata(info.metadata)
-            except ValueError:  # stored by an older version without the check: default
-                own = None
-            if own is not None:
-                workflows[info.workflow_id] = own
+        workflows = workflow_retentions(
+            (info.workflow_id, info.metadata) for info in self.registry.list_workflows()
+        )
         return RetentionPolicy(
             self.config.retention, self.config.keep_last, workflows, self.config.export_dir
         )
@@ -426,14 +421,6 @@ class Orchestrator:
 
     # -- internals: submission ------------------------------------------------------------
 
-    def _resolve_children(self, wv: WorkflowVersion) -> dict[str, str]:
-        """Resolve the workflow's sub-workflow ranges now (recorded on the run)."""
-        resolved: dict[str, str] = {}
-        for child_id, version_range in wv.dependencies:
-            ref = f"{child_id}@{version_range}"
-            resolved[ref] = str(self.registry.resolve(child_id, version_range).version)
-        return resolved
-
     def _spec(self, wv: WorkflowVersion) -> pb.WorkflowSpec | None:
         """The wire form of a workflow version; ``None`` when it has none (a DAG with Python
         closures, which only in-process engines can run)."""
@@ -476,7 +463,7 @@ class Orchestrator:
             run_id = RunRecord.new_id()
         elif not run_id or self.store.get_run(run_id) is not None:
             raise DagEngineError(f"run id {run_id!r} is empty or already taken")
-        resolved = self._resolve_children(wv)
+        resolved = self.registry.resolve_children(wv)
         now = time.time()
         run = _Run(
             run_id=run_id,

@@ -453,6 +453,14 @@ class WorkflowRegistry:
                 )
             return versions[best]
 
+    def resolve_children(self, wv: WorkflowVersion) -> dict[str, str]:
+        """The versions ``wv``'s sub-workflow ranges resolve to now (recorded on a run):
+        ``{"child@^1.0": "1.2.0"}``."""
+        return {
+            f"{child_id}@{version_range}": str(self.resolve(child_id, version_range).version)
+            for child_id, version_range in wv.dependencies
+        }
+
     def versions(self, workflow_id: str) -> list[WorkflowVersion]:
         """Every version of a workflow, ascending."""
         with self._lock:

@@ -23,7 +23,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -111,6 +111,25 @@ def retention_from_metadata(metadata: Mapping[str, Any]) -> WorkflowRetention | 
             raise ValueError(f"metadata keep_last must be an integer >= 0, got {value!r}")
         keep_last = value
     return WorkflowRetention(max_age, keep_last)
+
+
+def workflow_retentions(
+    registrations: Iterable[tuple[str, Mapping[str, Any]]],
+) -> dict[str, WorkflowRetention]:
+    """Each workflow's own retention, from ``(workflow_id, metadata)`` in registration order:
+    the latest registration of a workflow says (one without retention removes it), and
+    metadata stored before the check existed that it refuses counts as none."""
+    workflows: dict[str, WorkflowRetention] = {}
+    for workflow_id, metadata in registrations:
+        try:
+            own = retention_from_metadata(metadata)
+        except ValueError:
+            own = None
+        if own is not None:
+            workflows[workflow_id] = own
+        else:
+            workflows.pop(workflow_id, None)
+    return workflows
 
 
 @dataclass(slots=True)
