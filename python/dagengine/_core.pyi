@@ -8,7 +8,7 @@ imports that module and maps each Rust error variant to its own class).
 
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeAlias, final
+from typing import Any, Protocol, TypeAlias, final
 
 __all__ = [
     "CancelToken",
@@ -170,6 +170,13 @@ def lua_check(source: str, chunk_name: str | None = None) -> None:
 #: the request then fails with ``INVALID_ARGUMENT`` naming the node and the reference.
 Resolve: TypeAlias = Callable[[str, str], Any]
 
+class NodeLogStore(Protocol):
+    """Where an engine's trampoline leaves Python nodes' captured lines: the core takes an
+    attempt's ``(level, message)`` pairs once the attempt returned, to send them as
+    ``NODE_LOG`` events before its end."""
+
+    def take(self, run_id: str, node_id: str, attempt: int) -> list[tuple[str, str]]: ...
+
 @final
 class EngineServerRef:
     """The engine's gRPC server (``dagengine.v1.EngineService`` + ``grpc.health.v1``),
@@ -177,8 +184,9 @@ class EngineServerRef:
 
     ``tls_cert``/``tls_key`` (PEM) turn on TLS; ``tls_client_ca`` (PEM) also requires client
     certificates signed by that CA (mutual TLS). ``max_message_bytes`` bounds decoded and
-    encoded messages. Raises ``EngineStartError`` if the address cannot be bound or the TLS
-    material is invalid.
+    encoded messages. With ``logs``, each Python node attempt's lines are taken from it
+    (:class:`NodeLogStore`) and sent before the attempt's end. Raises ``EngineStartError``
+    if the address cannot be bound or the TLS material is invalid.
     """
 
     def __new__(
@@ -194,6 +202,7 @@ class EngineServerRef:
         tls_key: bytes | None = None,
         tls_client_ca: bytes | None = None,
         max_message_bytes: int = 16777216,
+        logs: NodeLogStore | None = None,
     ) -> EngineServerRef: ...
     @property
     def engine_id(self) -> str: ...

@@ -108,7 +108,7 @@ def record_wire_events(
                 run_id, msg.node_id, attempt, msg.output_json.decode() or "{}"
             )
         if kind == pb.NODE_LOG:
-            line = logs.admit(msg.node_id, msg.node_attempt, "INFO", msg.message)
+            line = logs.admit(msg.node_id, msg.node_attempt, msg.level or "INFO", msg.message)
             if line is not None:
                 line.update(attempt=attempt, node_attempt=msg.node_attempt)
                 published.append(("node.log", msg.node_id or None, line))

@@ -190,7 +190,7 @@ class ErrorInfo(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "attempt", "seq", "engine_id", "kind", "time_unix", "node_id", "node_attempt", "error", "retry_delay_seconds", "message", "output_json", "result", "missed", "skip_reason")
+    __slots__ = ("run_id", "attempt", "seq", "engine_id", "kind", "time_unix", "node_id", "node_attempt", "error", "retry_delay_seconds", "message", "output_json", "result", "missed", "skip_reason", "level")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class RunEvent(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     MISSED_FIELD_NUMBER: _ClassVar[int]
     SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     seq: int
@@ -221,7 +222,8 @@ class RunEvent(_message.Message):
     result: RunResult
     missed: int
     skip_reason: str
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ..., skip_reason: _Optional[str] = ...) -> None: ...
+    level: str
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ..., skip_reason: _Optional[str] = ..., level: _Optional[str] = ...) -> None: ...
 
 class RunEvents(_message.Message):
     __slots__ = ("events",)

@@ -43,6 +43,20 @@ pub(crate) fn compiled_chunks() -> u64 {
     COMPILED.with(Cell::get)
 }
 
+thread_local! {
+    /// The log lines of this thread's last execution that failed (see [`take_failed_logs`]).
+    static FAILED_LOGS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The `log`/`print` lines of the calling thread's last failed execution (then empty).
+pub(crate) fn take_failed_logs() -> Vec<String> {
+    FAILED_LOGS.with(|l| std::mem::take(&mut *l.borrow_mut()))
+}
+
+fn keep_failed_logs(logs: Vec<String>) {
+    FAILED_LOGS.with(|l| *l.borrow_mut() = logs);
+}
+
 /// Drops the calling thread's Lua state (it is recreated on next use).
 pub(crate) fn reset_thread_state() {
     ENGINE.with(|e| {
@@ -454,7 +468,7 @@ impl Engine {
         if outgrown {
             self.renew_scope().map_err(|e| self.fail(&e))?;
         }
-        match outcome {
+        let result = match outcome {
             Err(InvokeFail::Args(e, root)) => Err(self.conv_failure(e, &root)),
             Err(InvokeFail::NotArmed) => {
                 let e = armed
@@ -469,8 +483,15 @@ impl Engine {
             Ok(value) => match tripped {
                 // The script caught the limit error and still returned.
                 Some(t) => Err(self.limit_error(t, limits)),
-                None => Ok((finish(self, value)?, logs)),
+                None => finish(self, value),
             },
+        };
+        match result {
+            Ok(value) => Ok((value, logs)),
+            Err(e) => {
+                keep_failed_logs(logs);
+                Err(e)
+            }
         }
     }
 

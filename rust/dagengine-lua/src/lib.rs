@@ -373,10 +373,18 @@ pub fn execute(
     limits: &LuaLimits,
     cancel: Option<&AtomicBool>,
 ) -> Result<LuaOutput, LuaError> {
+    engine::take_failed_logs();
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
         return Err(LuaError::Cancelled);
     }
     engine::with_engine(|e| e.execute(script, inputs, results, info, limits, cancel))
+}
+
+/// The `log`/`print` lines the calling thread's last [`execute`] wrote before it failed
+/// (a script error, a limit, a timeout, a cancel), in order; empty after a success, and
+/// emptied by the call. [`LuaOutput::logs`] carries a successful execution's lines.
+pub fn take_failed_logs() -> Vec<String> {
+    engine::take_failed_logs()
 }
 
 /// Runs `script` like [`execute`] and reads its value as a condition: `Ok(Ok(b))` for a

@@ -20,6 +20,8 @@ use crate::external::PyExternal;
 struct PyHostNodes {
     resolve: Py<PyAny>,
     invoke: Py<PyAny>,
+    /// Where the trampoline leaves Python nodes' captured lines (`take(run, node, attempt)`).
+    logs: Option<Py<PyAny>>,
     cache: Mutex<HashMap<(bool, String), Py<PyAny>>>,
 }
 
@@ -81,7 +83,8 @@ impl HostNodes for PyHostNodes {
                 Arc::new(payloads),
                 inputs,
                 run.run_id.clone(),
-            );
+            )
+            .with_logs(self.logs.as_ref().map(|l| l.clone_ref(py)));
             Ok(Arc::new(external) as Arc<dyn ExternalExecutor>)
         })
     }
@@ -108,7 +111,8 @@ impl EngineServerRef {
     #[new]
     #[pyo3(signature = (
         engine_id, invoke, resolve, *, host = "127.0.0.1", port = 50051, capacity = 10,
-        tls_cert = None, tls_key = None, tls_client_ca = None, max_message_bytes = 16_777_216
+        tls_cert = None, tls_key = None, tls_client_ca = None, max_message_bytes = 16_777_216,
+        logs = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -123,6 +127,7 @@ impl EngineServerRef {
         tls_key: Option<Vec<u8>>,
         tls_client_ca: Option<Vec<u8>>,
         max_message_bytes: usize,
+        logs: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let start_error = |msg: String| errors::raise(py, ErrorKind::EngineStartError, &msg, &[]);
         if capacity == 0 {
@@ -154,6 +159,7 @@ impl EngineServerRef {
         let host_nodes = Arc::new(PyHostNodes {
             resolve,
             invoke,
+            logs,
             cache: Mutex::new(HashMap::new()),
         });
         let server = py

@@ -9,10 +9,10 @@ use std::sync::OnceLock;
 
 use std::time::Duration;
 
-use dagengine_core::ErrorKind;
+use dagengine_core::{ErrorKind, NodeIdx};
 use dagengine_server::{
-    condition_value, Context, ExternalCall, ExternalExecutor, Growth, Hooks, NodeFailure, Plan,
-    WorkerPool,
+    condition_value, Context, ExternalCall, ExternalExecutor, Growth, Hooks, LogLine, NodeFailure,
+    Plan, WorkerPool,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -44,6 +44,9 @@ pub struct PyExternal {
     /// The run's inputs, converted once per run (a read-only mapping).
     inputs: Py<PyAny>,
     run_id: String,
+    /// The trampoline's store of captured lines: `take(run_id, node_id, attempt)` returns
+    /// an attempt's `(level, message)` pairs (see [`ExternalExecutor::take_logs`]).
+    logs: Option<Py<PyAny>>,
 }
 
 impl PyExternal {
@@ -59,7 +62,15 @@ impl PyExternal {
             conditions: Arc::default(),
             inputs,
             run_id,
+            logs: None,
         }
+    }
+
+    /// With the store the trampoline pushes captured lines to (an engine process's).
+    #[must_use]
+    pub fn with_logs(mut self, logs: Option<Py<PyAny>>) -> Self {
+        self.logs = logs;
+        self
     }
 
     /// With the Python callables of the nodes' conditions (see [`dagengine_server::Condition::External`]).
@@ -219,6 +230,29 @@ impl ExternalExecutor for PyExternal {
             });
         };
         self.invoke(plan, &call, payload)
+    }
+
+    fn take_logs(&self, plan: &Plan, node: NodeIdx, attempt: u32) -> Vec<LogLine> {
+        let Some(logs) = &self.logs else {
+            return Vec::new();
+        };
+        if exiting() {
+            return Vec::new();
+        }
+        let node_id = plan.dag().id(node);
+        Python::attach(|py| {
+            logs.bind(py)
+                .call_method1("take", (self.run_id.as_str(), node_id, attempt))
+                .and_then(|lines| lines.extract::<Vec<(String, String)>>())
+                .map(|lines| {
+                    lines
+                        .into_iter()
+                        .map(|(level, message)| LogLine { level, message })
+                        .collect()
+                })
+                // The store is ours and returns a list of pairs: nothing to report to a node.
+                .unwrap_or_default()
+        })
     }
 
     /// The payload (`dagengine.workflow`'s wrapper of the node's `when`) returns

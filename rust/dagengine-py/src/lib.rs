@@ -466,7 +466,8 @@ impl RunRef {
             }
             EventDetail::Log(line) => {
                 let d = PyDict::new(py);
-                d.set_item("message", line)?;
+                d.set_item("level", &line.level)?;
+                d.set_item("message", &line.message)?;
                 d.into_any().unbind()
             }
             EventDetail::Output(v) => {

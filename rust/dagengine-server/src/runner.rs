@@ -41,8 +41,8 @@ pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
 pub use driver::{start_run, start_run_inline};
 pub use handle::RunHandle;
 pub use model::{
-    Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure, NodeKind,
-    NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, LogLine, NodeFailure,
+    NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,3 +55,6 @@ mod tests;
 
 #[cfg(test)]
 mod rule_tests;
+
+#[cfg(test)]
+mod log_tests;

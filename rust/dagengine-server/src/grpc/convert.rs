@@ -488,7 +488,10 @@ pub fn event(tag: &RunTag, plan: &Plan, e: &RunEvent) -> pb::RunEvent {
             ev.retry_delay_seconds = delay.as_secs_f64();
             ev.error = error.as_ref().map(error_info);
         }
-        EventDetail::Log(line) => ev.message.clone_from(line),
+        EventDetail::Log(line) => {
+            ev.message.clone_from(&line.message);
+            ev.level.clone_from(&line.level);
+        }
         EventDetail::Output(v) => ev.output_json = to_json(v),
         EventDetail::Skipped(reason) => reason.as_str().clone_into(&mut ev.skip_reason),
     }

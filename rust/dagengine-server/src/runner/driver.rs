@@ -20,10 +20,12 @@ use crate::runtime::{runtime, RuntimeError};
 
 use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
 use super::lock;
-use super::lua::{drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET};
+use super::lua::{
+    attempt_logs, drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET,
+};
 use super::model::{
-    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure,
-    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, LogLine,
+    NodeFailure, NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 fn unix_now() -> f64 {
@@ -289,14 +291,15 @@ impl Driver {
                     self.dispatch_lua(n, a);
                 }
                 self.publish();
-                let Some(result) = self.run_lua_inline(node, attempt, budget) else {
+                let Some(mut result) = self.run_lua_inline(node, attempt, budget) else {
                     // Out of budget: the attempt runs again wherever the loop goes on.
                     inline.push((node, attempt));
                     self.publish();
                     return None;
                 };
+                let logs = attempt_logs(&mut result);
                 self.fire_timers(sched, out);
-                self.finish_attempt(sched, out, node, attempt, result);
+                self.finish_attempt(sched, out, node, attempt, result, logs);
                 continue;
             }
             if !out.is_empty() {
@@ -333,9 +336,10 @@ impl Driver {
                 }
             };
             if let Some(mut q) = queued {
-                if let Some(result) = self.run_queued(&mut q) {
+                if let Some(mut result) = self.run_queued(&mut q) {
+                    let logs = attempt_logs(&mut result);
                     self.fire_timers(sched, out);
-                    self.finish_attempt(sched, out, q.job.node, q.job.attempt, result);
+                    self.finish_attempt(sched, out, q.job.node, q.job.attempt, result, logs);
                 } else {
                     // Long: a pool thread runs it from the start.
                     q.stealable = false;
@@ -390,7 +394,8 @@ impl Driver {
                 node,
                 attempt,
                 result,
-            } => self.finish_attempt(sched, out, node, attempt, result),
+                logs,
+            } => self.finish_attempt(sched, out, node, attempt, result, logs),
             Msg::ConditionPassed { node, attempt } => {
                 self.condition_passed(sched, out, node, attempt);
             }
@@ -440,7 +445,7 @@ impl Driver {
                             ),
                             retryable,
                         );
-                        self.finish_attempt(sched, out, node, attempt, Err(failure));
+                        self.finish_attempt(sched, out, node, attempt, Err(failure), Vec::new());
                     }
                 }
             }
@@ -456,14 +461,29 @@ impl Driver {
     }
 
     /// Record the end of an attempt (if it is still the current one) and tell the scheduler.
-    fn finish_attempt(
+    /// The attempt's `logs` come first, whatever its result (after its end only when it
+    /// already ended: it outlived its timeout).
+    pub(super) fn finish_attempt(
         &mut self,
         sched: &mut Scheduler<'_>,
         out: &mut Vec<Instruction>,
         node: NodeIdx,
         attempt: u32,
         result: Result<ExecOk, NodeFailure>,
+        logs: Vec<LogLine>,
     ) {
+        if !logs.is_empty() {
+            let now = unix_now();
+            for line in logs {
+                self.emit_at(
+                    now,
+                    EventKind::NodeLog,
+                    Some(node),
+                    attempt,
+                    EventDetail::Log(line),
+                );
+            }
+        }
         if sched.state(node) != NodeState::Running || sched.attempts(node) != attempt {
             return;
         }
@@ -484,16 +504,6 @@ impl Driver {
         rec.finished_at = Some(now);
         match result {
             Ok(ok) => {
-                for line in ok.logs {
-                    // At the end's time, like the events after it: times never go back.
-                    self.emit_at(
-                        now,
-                        EventKind::NodeLog,
-                        Some(node),
-                        attempt,
-                        EventDetail::Log(line),
-                    );
-                }
                 let rec = &mut self.records[node as usize];
                 rec.output = Some(if ok.output.is_empty() {
                     empty_output()
@@ -599,7 +609,14 @@ impl Driver {
                         } || self.condition_pending(node, attempt);
                         if abandon {
                             let failure = never_started(&self.plan, node);
-                            self.finish_attempt(sched, out, node, attempt, Err(failure));
+                            self.finish_attempt(
+                                sched,
+                                out,
+                                node,
+                                attempt,
+                                Err(failure),
+                                Vec::new(),
+                            );
                         }
                     }
                     Instruction::Skipped { node, reason } => {
@@ -682,6 +699,7 @@ impl Driver {
                 node,
                 attempt,
                 result: Err(failure),
+                logs: Vec::new(),
             });
             return;
         };
@@ -691,6 +709,8 @@ impl Driver {
             let node_id = plan.dag.id(node);
             if check {
                 let held = contained(node_id, || external.condition(&plan, &call));
+                // A condition's lines are dropped (as a Lua condition's), unless it failed.
+                let logs = external.take_logs(&plan, node, attempt);
                 let msg = match held {
                     Ok(true) => Msg::ConditionPassed { node, attempt },
                     Ok(false) => Msg::ConditionFalse { node, attempt },
@@ -701,6 +721,7 @@ impl Driver {
                             node,
                             attempt,
                             result: Err(failure),
+                            logs,
                         }
                     }
                 };
@@ -716,10 +737,12 @@ impl Driver {
                     output,
                     logs: Vec::new(),
                 });
+            let logs = external.take_logs(&plan, node, attempt);
             let _ = tx.send(Msg::Done {
                 node,
                 attempt,
                 result,
+                logs,
             });
         }));
     }

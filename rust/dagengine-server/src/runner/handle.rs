@@ -10,13 +10,15 @@ use std::time::Duration;
 use dagengine_core::NodeIdx;
 use serde_json::{Map, Value};
 
-use super::model::{NodeFailure, RunEvent, RunOutcome};
+use super::model::{LogLine, NodeFailure, RunEvent, RunOutcome};
 
 pub(super) enum Msg {
     Done {
         node: NodeIdx,
         attempt: u32,
         result: Result<ExecOk, NodeFailure>,
+        /// What the attempt logged (on success too: emitted before its end).
+        logs: Vec<LogLine>,
     },
     /// The node's external condition held: the attempt goes on (its start is now).
     ConditionPassed {
@@ -33,7 +35,8 @@ pub(super) enum Msg {
 
 pub(super) struct ExecOk {
     pub(super) output: Map<String, Value>,
-    pub(super) logs: Vec<String>,
+    /// A Lua attempt's lines, until [`attempt_logs`](super::lua::attempt_logs) takes them.
+    pub(super) logs: Vec<LogLine>,
 }
 
 #[derive(Default)]

@@ -17,7 +17,7 @@ use crate::pool::{Growth, Hooks, WorkerPool};
 
 use super::handle::{ExecOk, Msg};
 use super::lock;
-use super::model::{contained, never_started, NodeFailure, NodeKind, Plan};
+use super::model::{contained, never_started, LogLine, NodeFailure, NodeKind, Plan};
 
 /// The pool Lua nodes run on when they do not run inline: Lua is pure CPU work, so one
 /// thread per core.
@@ -68,16 +68,31 @@ pub(super) fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
             q
         };
         let (node, attempt) = (q.job.node, q.job.attempt);
-        let result = if q.cancel.load(Ordering::Relaxed) {
+        let mut result = if q.cancel.load(Ordering::Relaxed) {
             Err(never_started(plan, node))
         } else {
             contained(plan.dag.id(node), || q.job.execute(plan, &q.cancel))
         };
+        let logs = attempt_logs(&mut result);
         let _ = tx.send(Msg::Done {
             node,
             attempt,
             result,
+            logs,
         });
+    }
+}
+
+/// The lines of the Lua attempt that just ran on this thread, whatever its result: a
+/// success's from its output, a failure's (script error, limit, timeout, cancel) from the
+/// Lua engine.
+pub(super) fn attempt_logs(result: &mut Result<ExecOk, NodeFailure>) -> Vec<LogLine> {
+    match result {
+        Ok(ok) => std::mem::take(&mut ok.logs),
+        Err(_) => dagengine_lua::take_failed_logs()
+            .into_iter()
+            .map(LogLine::info)
+            .collect(),
     }
 }
 
@@ -160,7 +175,7 @@ impl LuaCall<'_> {
         match dagengine_lua::execute(script, self.inputs, &results, &info, &limits, Some(cancel)) {
             Ok(out) => Ok(ExecOk {
                 output: out.output,
-                logs: out.logs,
+                logs: out.logs.into_iter().map(LogLine::info).collect(),
             }),
             Err(LuaError::Timeout { .. }) if binds == WallLimit::Budget => {
                 Err(NodeFailure::new(PREEMPTED, "inline budget spent", true))

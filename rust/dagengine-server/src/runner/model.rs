@@ -157,6 +157,14 @@ pub trait ExternalExecutor: Send + Sync {
     /// Run one attempt; the output must be a JSON object.
     fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure>;
 
+    /// The lines attempt `attempt` of `node` logged, taken once [`ExternalExecutor::execute`]
+    /// returned for it (succeeded or failed), on the same thread; they become `NodeLog`
+    /// events right before the attempt's end. The default logs nothing.
+    fn take_logs(&self, plan: &Plan, node: NodeIdx, attempt: u32) -> Vec<LogLine> {
+        let _ = (plan, node, attempt);
+        Vec::new()
+    }
+
     /// Check the [`Condition::External`] of `call.node`: whether it runs. Called on a thread
     /// of [`ExternalExecutor::pool`] before the node's first attempt; an error fails the
     /// node. The default has no conditions to check.
@@ -255,6 +263,24 @@ impl EventKind {
     }
 }
 
+/// One line a node attempt logged: Lua `log()`/`print` (level `INFO`), or a Python node's
+/// captured `logging` record or `print` output (its level name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+}
+
+impl LogLine {
+    /// A Lua `log()` line.
+    pub fn info(message: String) -> Self {
+        Self {
+            level: "INFO".to_owned(),
+            message,
+        }
+    }
+}
+
 /// Extra data of an event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventDetail {
@@ -264,7 +290,7 @@ pub enum EventDetail {
         delay: Duration,
         error: Option<NodeFailure>,
     },
-    Log(String),
+    Log(LogLine),
     /// Why a node was skipped.
     Skipped(SkipReason),
     /// A succeeded node's output (only with [`RunConfig::event_outputs`]).

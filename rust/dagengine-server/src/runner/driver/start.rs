@@ -39,7 +39,7 @@ impl Driver {
                     let rec = &mut self.records[node as usize];
                     rec.attempts = attempt;
                     rec.started_at = Some(now);
-                    self.finish_attempt(sched, out, node, attempt, Err(failure));
+                    self.finish_attempt(sched, out, node, attempt, Err(failure), Vec::new());
                     return false;
                 }
             },
@@ -70,7 +70,7 @@ impl Driver {
                     output: Map::new(),
                     logs: Vec::new(),
                 };
-                self.finish_attempt(sched, out, node, attempt, Ok(ok));
+                self.finish_attempt(sched, out, node, attempt, Ok(ok), Vec::new());
                 false
             }
             NodeKind::Lua { .. } => true,
@@ -136,7 +136,7 @@ impl Driver {
                     output: Map::new(),
                     logs: Vec::new(),
                 };
-                self.finish_attempt(sched, out, node, attempt, Ok(ok));
+                self.finish_attempt(sched, out, node, attempt, Ok(ok), Vec::new());
             }
             NodeKind::Lua { .. } => self.dispatch_lua(node, attempt),
             NodeKind::External => {}
