@@ -18,6 +18,7 @@ from dagengine.node_logs import (
     captured,
     current_buffer,
 )
+from processes import wait_for
 
 log = logging.getLogger("tests.node_logs")
 
@@ -290,3 +291,39 @@ def test_without_events_nothing_is_captured(capsys: pytest.CaptureFixture[str]) 
     dag.add_node(Node("p", executor=PythonExecutor(lambda ctx: print("plain"))))
     assert dag.run().ok
     assert "plain" in capsys.readouterr().out
+
+
+def test_a_running_nodes_lines_arrive_while_it_runs() -> None:
+    gate = threading.Event()
+
+    def waits(ctx: NodeContext) -> None:
+        print("before the gate")
+        log.warning("still before")
+        # Bounded, so a broken delivery fails the test instead of hanging it.
+        gate.wait(60)
+        print("after the gate")
+
+    dag = DAG()
+    dag.add_node(Node("w", executor=PythonExecutor(waits)))
+    handle = dag.start()
+    seen: list[NodeEvent] = []
+
+    def both_lines_seen() -> bool:
+        seen.extend(handle.poll_events(0.05))
+        return len(_node_logs(seen)) == 2
+
+    try:
+        wait_for(both_lines_seen, "the lines of a node still running")
+        assert not handle.done
+        assert not gate.is_set()
+    finally:
+        gate.set()
+    seen.extend(handle.events())
+    assert handle.wait().ok
+    assert _node_logs(seen) == [
+        ("w", 1, "INFO", "before the gate"),
+        ("w", 1, "WARNING", "still before"),
+        ("w", 1, "INFO", "after the gate"),
+    ]
+    kinds = [e.kind for e in seen if e.node_id == "w"]
+    assert kinds == ["node_started", "node_log", "node_log", "node_log", "node_succeeded"]

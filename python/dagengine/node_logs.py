@@ -39,6 +39,7 @@ __all__ = [
     "NodeLogBuffer",
     "NodeLogLine",
     "NodeLogQueue",
+    "NodeLogStore",
     "capture",
     "captured",
     "current_buffer",
@@ -76,7 +77,7 @@ class NodeLogBuffer:
     Safe to write from several threads at once (a node's context-copying threads).
     """
 
-    __slots__ = ("_lock", "_partial", "limit", "lines", "size", "truncated")
+    __slots__ = ("_lock", "_partial", "_sent", "limit", "lines", "size", "truncated")
 
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         if limit < 0:
@@ -86,7 +87,15 @@ class NodeLogBuffer:
         self.size = 0
         self.truncated = False
         self._partial: dict[str, str] = {}
+        self._sent = 0
         self._lock = threading.Lock()
+
+    def take_new(self) -> list[NodeLogLine]:
+        """The lines added since the last call (all of them the first time)."""
+        with self._lock:
+            new = self.lines[self._sent :]
+            self._sent = len(self.lines)
+        return new
 
     def add(self, level: str, message: str, source: str = "logging") -> None:
         """Append one line (or, past the bound, the truncation marker once, then nothing)."""
@@ -251,23 +260,70 @@ _ATTEMPT_ENDS: Final = frozenset(
 _RawEvent = tuple[int, str, str | None, int, float, Any]
 
 
+class _LiveBuffer(NodeLogBuffer):
+    """A buffer of a :class:`NodeLogQueue`'s attempt: on its first line it tells the queue,
+    which from then on takes its new lines each time it merges (so a running node's lines
+    are seen while it runs; an attempt that logs nothing costs the queue nothing)."""
+
+    __slots__ = ("_attempt", "_node_id", "_queue")
+
+    def __init__(self, queue: NodeLogQueue, node_id: str, attempt: int) -> None:
+        super().__init__()
+        self._queue = queue
+        self._node_id = node_id
+        self._attempt = attempt
+
+    def _add(self, level: str, message: str, source: str) -> None:
+        if not self.lines:
+            self._queue._watch(self._node_id, self._attempt, self)
+        super()._add(level, message, source)
+
+
 class NodeLogQueue:
     """The captured lines of one local run's Python node attempts, waiting to be merged into
     its event stream as ``node_log`` events (detail ``{"level", "message"}``; ``seq`` 0: they
     are not the core's events).
 
-    :meth:`push` is called by the trampoline when an attempt returns, before the core hears of
-    its end; :meth:`merge` puts each attempt's lines right before the event that ends it.
+    The trampoline makes each attempt's buffer with :meth:`new_buffer` and hands it back with
+    :meth:`done` when the attempt returns, before the core hears of its end. :meth:`merge`
+    puts a finished attempt's lines right before the event that ends it, and a running
+    attempt's new lines after the batch: a reader polling the run sees them live.
     """
 
-    __slots__ = ("_lock", "_waiting")
+    __slots__ = ("_live", "_lock", "_waiting")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[tuple[str, int], list[_RawEvent]] = {}
+        self._live: dict[tuple[str, int], NodeLogBuffer] = {}
+
+    def new_buffer(self, node_id: str, attempt: int) -> NodeLogBuffer:
+        """The buffer to capture attempt ``attempt`` of ``node_id`` into."""
+        return _LiveBuffer(self, node_id, attempt)
+
+    def _watch(self, node_id: str, attempt: int, buffer: NodeLogBuffer) -> None:
+        with self._lock:
+            self._live[(node_id, attempt)] = buffer
+
+    def done(self, buffer: NodeLogBuffer, run_id: str, node_id: str, attempt: int) -> None:
+        """The attempt returned: its lines not merged yet wait for its end event."""
+        # The buffer's lock is never taken under the queue's by a thread that may hold it:
+        # a buffer takes the queue's lock (under its own) only for its first line.
+        lines = buffer.take_new()
+        with self._lock:
+            self._live.pop((node_id, attempt), None)
+            self._add((node_id, attempt), lines)
 
     def push(self, node_id: str, attempt: int, lines: list[NodeLogLine]) -> None:
-        events: list[_RawEvent] = [
+        """Add ``lines`` of an attempt that returned."""
+        with self._lock:
+            self._add((node_id, attempt), lines)
+
+    def _add(self, key: tuple[str, int], lines: list[NodeLogLine]) -> None:
+        if not lines:
+            return
+        node_id, attempt = key
+        self._waiting.setdefault(key, []).extend(
             (
                 0,
                 "node_log",
@@ -277,13 +333,12 @@ class NodeLogQueue:
                 {"level": line.level, "message": line.message},
             )
             for line in lines
-        ]
-        with self._lock:
-            self._waiting.setdefault((node_id, attempt), []).extend(events)
+        )
 
     def merge(self, batch: list[_RawEvent]) -> list[_RawEvent]:
-        """``batch`` with the waiting lines of every attempt it ends put before its end."""
-        if not self._waiting:
+        """``batch`` with the waiting lines of every attempt it ends put before its end, then
+        the new lines of attempts still running."""
+        if not self._waiting and not self._live:
             return batch
         out: list[_RawEvent] = []
         with self._lock:
@@ -291,11 +346,47 @@ class NodeLogQueue:
                 if raw[1] in _ATTEMPT_ENDS and raw[2] is not None:
                     out.extend(self._waiting.pop((raw[2], raw[3]), ()))
                 out.append(raw)
+            for key, buffer in self._live.items():
+                self._add(key, buffer.take_new())
+                out.extend(self._waiting.pop(key, ()))
         return out
 
     def rest(self) -> list[_RawEvent]:
         """Lines no end event claimed (an attempt that outlived its timeout), oldest first."""
         with self._lock:
+            for key, buffer in self._live.items():
+                self._add(key, buffer.take_new())
             rest = [e for events in self._waiting.values() for e in events]
             self._waiting.clear()
         return sorted(rest, key=lambda e: e[4])
+
+
+class NodeLogStore:
+    """The captured lines of an engine process's Python node attempts, by run, node and
+    attempt, until the core takes them (:meth:`take`, called once the attempt returned) to
+    send them as ``NODE_LOG`` events before the attempt's end."""
+
+    __slots__ = ("_lock", "_waiting")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple[str, str, int], list[NodeLogLine]] = {}
+
+    def new_buffer(self, node_id: str, attempt: int) -> NodeLogBuffer:
+        """The buffer to capture an attempt into."""
+        return NodeLogBuffer()
+
+    def done(self, buffer: NodeLogBuffer, run_id: str, node_id: str, attempt: int) -> None:
+        """The attempt returned: keep its lines for :meth:`take`."""
+        lines = buffer.take_new()
+        if lines:
+            with self._lock:
+                self._waiting.setdefault((run_id, node_id, attempt), []).extend(lines)
+
+    def take(self, run_id: str, node_id: str, attempt: int) -> list[tuple[str, str]]:
+        """The attempt's ``(level, message)`` pairs, removed from the store."""
+        if not self._waiting:
+            return []
+        with self._lock:
+            lines = self._waiting.pop((run_id, node_id, attempt), ())
+        return [(line.level, line.message) for line in lines]

@@ -34,7 +34,7 @@ from dagengine.exceptions import (
     ValidationError,
 )
 from dagengine.inputs import check_schema, validate_inputs
-from dagengine.node_logs import NodeLogBuffer, NodeLogQueue, capture, captured
+from dagengine.node_logs import NodeLogQueue, NodeLogStore, capture, captured
 from dagengine.nodes import (
     Executor,
     LuaExecutor,
@@ -160,14 +160,16 @@ atexit.register(_IN_FLIGHT.wait_idle, 5.0)
 def make_invoke(
     loop: asyncio.AbstractEventLoop | None,
     runner: SubWorkflowRunner | None,
-    logs: NodeLogQueue | None = None,
+    logs: NodeLogQueue | NodeLogStore | None = None,
 ) -> _core.Invoke:
     """The trampoline the core calls for every ``python`` node of one run.
 
     ``loop`` is the caller's event loop for :meth:`DAG.run_async` (coroutines run there, so
     async nodes share the caller's loop and its resources); ``None`` runs each coroutine with
     ``asyncio.run`` on the worker thread. With ``logs``, each attempt's ``logging`` records and
-    ``print`` output are captured (:mod:`dagengine.node_logs`) and pushed there.
+    ``print`` output are captured (:mod:`dagengine.node_logs`) into a buffer ``logs`` makes
+    and handed back to it when the attempt returns (a local run's queue also takes a running
+    attempt's lines as it goes; an engine process's store keeps them for the core).
     """
     if logs is not None:
         return _capturing_invoke(loop, runner, logs)
@@ -201,9 +203,12 @@ def make_invoke(
 
 
 def _capturing_invoke(
-    loop: asyncio.AbstractEventLoop | None, runner: SubWorkflowRunner | None, logs: NodeLogQueue
+    loop: asyncio.AbstractEventLoop | None,
+    runner: SubWorkflowRunner | None,
+    logs: NodeLogQueue | NodeLogStore,
 ) -> _core.Invoke:
     """:func:`make_invoke`'s trampoline, capturing each attempt's output into ``logs``."""
+    new_buffer, done = logs.new_buffer, logs.done
 
     def invoke(
         fn: Any,
@@ -215,7 +220,7 @@ def _capturing_invoke(
         cancel: CancelToken,
     ) -> NodeOutput:
         _IN_FLIGHT.enter()
-        buffer = NodeLogBuffer()
+        buffer = new_buffer(node_id, attempt)
         try:
             with capture(buffer):
                 ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel)
@@ -231,7 +236,7 @@ def _capturing_invoke(
                 return _check_output(node_id, out)
         finally:
             if buffer.lines:
-                logs.push(node_id, attempt, buffer.lines)
+                done(buffer, run_id, node_id, attempt)
             _IN_FLIGHT.leave()
 
     return invoke

@@ -144,3 +144,55 @@ def test_in_process_python_node_lines_keep_their_levels(orch: Orchestrator) -> N
     assert handle.result(timeout=WAIT).ok
     orch.store.flush()
     assert _logs(orch, handle.run_id) == [("p", "INFO", "printed"), ("p", "ERROR", "an error")]
+
+
+PY_SPEC: dict[str, Any] = {
+    "nodes": [
+        {"id": "p", "python": "log_tasks:chatty"},
+        {
+            "id": "f",
+            "python": "log_tasks:flaky",
+            "retries": 1,
+            "retry_backoff": {"initial": 0.01, "factor": 1, "max": 0.01},
+        },
+    ]
+}
+
+
+def test_remote_engine_python_lines_are_carried_with_levels_for_every_attempt(
+    orch: Orchestrator,
+) -> None:
+    proc = EngineProcess("--engine-id", "py-logs-engine", "--capacity", "4")
+    try:
+        orch.register_engine(proc.engine_id, proc.address)
+        orch.register_workflow("py", "1.0.0", PY_SPEC)
+        handle = _started(orch, "py", wait=False)
+        assert handle.result(timeout=WAIT).ok
+        orch.store.flush()
+        history = Monitor(orch.events).history(run_id=handle.run_id, limit=10_000)
+    finally:
+        proc.kill()
+    lines = [
+        (e.node_id, e.data["level"], e.data["message"]) for e in history if e.type == "node.log"
+    ]
+    assert [line for line in lines if line[0] == "p"] == [
+        ("p", "INFO", "printed 1"),
+        ("p", "WARNING", "a warning"),
+        ("p", "ERROR", "an error"),
+    ]
+    assert [line for line in lines if line[0] == "f"] == [
+        ("f", "INFO", "try 1"),
+        ("f", "ERROR", "failing attempt 1"),
+        ("f", "INFO", "try 2"),
+    ]
+    # Each attempt's lines come before the event that ends it.
+    f_events = [(e.type, e.data.get("node_attempt")) for e in history if e.node_id == "f"]
+    assert f_events == [
+        ("node.started", 1),
+        ("node.log", 1),
+        ("node.log", 1),
+        ("node.retrying", 1),
+        ("node.started", 2),
+        ("node.log", 2),
+        ("node.succeeded", 2),
+    ]

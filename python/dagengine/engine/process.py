@@ -27,6 +27,7 @@ from dagengine.engine.registration import (
     orchestrator_credentials_from_env,
 )
 from dagengine.exceptions import EngineStartError, ImportPathError
+from dagengine.node_logs import NodeLogStore
 from dagengine.nodes import SubWorkflow, SubWorkflowRunner, resolve_import_path
 from dagengine.spec_model import parse_workflow_ref
 from dagengine.workflow import make_invoke
@@ -208,9 +209,12 @@ def serve_engine(
         )
     else:
         runner = no_orchestrator
+    # Python nodes' logging/print lines: the core takes each attempt's and sends them as
+    # NODE_LOG events before the attempt's end.
+    logs = NodeLogStore()
     server = _core.EngineServerRef(
         engine_id,
-        make_invoke(None, runner),
+        make_invoke(None, runner, logs),
         _Resolver(),
         host=host,
         port=port,
@@ -219,6 +223,7 @@ def serve_engine(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         max_message_bytes=max_message_bytes,
+        logs=logs,
     )
     stop = threading.Event()
     received: list[str] = []
