@@ -40,7 +40,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from dagengine.exceptions import SpecError
 from dagengine.inputs import schema_from_signature
-from dagengine.nodes import Node, NodeContext, PythonExecutor
+from dagengine.nodes import Node, NodeContext, PythonExecutor, When
 from dagengine.results import RunResult
 from dagengine.spec_model import RetryBackoff
 from dagengine.workflow import DAG
@@ -319,11 +319,19 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         timeout: float | str | None = None,
         retry_backoff: RetryBackoff | None = None,
+        when: When | None = None,
+        trigger_rule: str | None = None,
     ) -> Task[P, R]:
         """A copy of this task with another node id or other node options:
-        ``square.with_options(id="sq", retries=3)(x)``."""
+        ``square.with_options(id="sq", retries=3)(x)``; options not given stay as they were."""
         options = dict(self.options)
-        given = {"retries": retries, "timeout": timeout, "retry_backoff": retry_backoff}
+        given = {
+            "retries": retries,
+            "timeout": timeout,
+            "retry_backoff": retry_backoff,
+            "when": when,
+            "trigger_rule": trigger_rule,
+        }
         options.update({key: value for key, value in given.items() if value is not None})
         return Task(self.fn, id if id is not None else self.id, options)
 
@@ -348,6 +356,8 @@ def task(
     retries: int = 0,
     timeout: float | str | None = None,
     retry_backoff: RetryBackoff | None = None,
+    when: When | None = None,
+    trigger_rule: str = "all_success",
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -359,16 +369,23 @@ def task(
     retries: int = 0,
     timeout: float | str | None = None,
     retry_backoff: RetryBackoff | None = None,
+    when: When | None = None,
+    trigger_rule: str = "all_success",
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make ``fn`` a task: ``@task`` or ``@task(retries=2, timeout="10s")``.
 
     ``id`` is the node id its calls get (default: the function's name; a second call in the
-    same workflow gets ``name_2``, and so on); ``retries``, ``timeout`` and ``retry_backoff``
-    are the node's, as for :class:`Node`.
+    same workflow gets ``name_2``, and so on); ``retries``, ``timeout``, ``retry_backoff``,
+    ``when`` and ``trigger_rule`` are the node's, as for :class:`Node` (a Lua ``when`` names
+    other nodes by their ids, which are the task ids).
     """
     options: dict[str, Any] = {"retries": retries, "timeout": timeout}
     if retry_backoff is not None:
         options["retry_backoff"] = retry_backoff
+    if when is not None:
+        options["when"] = when
+    if trigger_rule != "all_success":
+        options["trigger_rule"] = trigger_rule
 
     def decorate(function: Callable[P, R]) -> Task[P, R]:
         return Task(function, id, options)

@@ -340,3 +340,40 @@ def test_dag_task_and_dag_lua_add_nodes() -> None:
     assert dag.run().outputs["scale"] == {"v": 30}
     with pytest.raises(de.LuaSyntaxError, match=r"node 'broken'"):
         dag.lua("broken", "return {")
+
+
+def test_tasks_take_when_and_trigger_rule_like_nodes() -> None:
+    @de.task
+    def broken() -> dict[str, Any]:
+        raise ValueError("broken on purpose")
+
+    @de.task(trigger_rule="all_failed")
+    def on_failure(_: Any) -> None:
+        return None
+
+    @de.task(when=lambda ctx: False)
+    def never() -> None:
+        return None
+
+    @de.workflow
+    def flow() -> None:
+        on_failure(broken())
+        never()
+        never.with_options(id="lua_true", when="true")()
+        never.with_options(id="all_done", trigger_rule="all_done")()
+
+    nodes = flow.nodes
+    assert nodes["on_failure"].trigger_rule == "all_failed"
+    assert callable(nodes["never"].when)
+    assert nodes["lua_true"].when == "true"
+    assert nodes["all_done"].trigger_rule == "all_done"
+    # Options not given to with_options stay as the task had them.
+    assert callable(nodes["all_done"].when)
+    result = flow.run()
+    status = {node: r.status for node, r in result.node_results.items()}
+    assert status["broken"] is NodeStatus.FAILED
+    assert status["never"] is NodeStatus.SKIPPED
+    assert status["lua_true"] is NodeStatus.SUCCEEDED
+    assert status["all_done"] is NodeStatus.SKIPPED  # its when is still false
+    with pytest.raises(SpecError, match="unknown trigger rule 'sometimes'"):
+        de.task(trigger_rule="sometimes")(never.fn)
