@@ -127,6 +127,9 @@ def _model_to_proto(model: WorkflowSpecModel) -> pb.WorkflowSpec:
         msg.max_parallel = model.max_parallel
     if model.timeout is not None:
         msg.timeout_seconds = model.timeout
+    if model.inputs is not None:
+        # The engine checks a run's inputs against it too (a raw gRPC caller skips ours).
+        msg.inputs_schema_json = json.dumps(model.inputs).encode()
     for node in model.nodes:
         out = msg.nodes.add(id=node.id, deps=node.deps)
         executor = node.executor

@@ -61,20 +61,22 @@ NODE_SKIPPED_STATUS: NodeStatus
 NODE_CANCELLED_STATUS: NodeStatus
 
 class WorkflowSpec(_message.Message):
-    __slots__ = ("id", "version", "nodes", "max_parallel", "fail_fast", "timeout_seconds")
+    __slots__ = ("id", "version", "nodes", "max_parallel", "fail_fast", "timeout_seconds", "inputs_schema_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     FAIL_FAST_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeSpec]
     max_parallel: int
     fail_fast: bool
     timeout_seconds: float
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSpec, _Mapping]]] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    inputs_schema_json: bytes
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSpec, _Mapping]]] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., inputs_schema_json: _Optional[bytes] = ...) -> None: ...
 
 class NodeSpec(_message.Message):
     __slots__ = ("id", "deps", "lua", "python", "workflow", "noop", "retry", "timeout_seconds", "when", "trigger_rule")

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod health;
+pub mod inputs;
 pub mod server;
 pub mod service;
 pub mod session_client;
