@@ -497,8 +497,11 @@ def test_orchestrator_cut_off_from_the_network(cluster: Cluster) -> None:
         f"AND run_id IN ({quoted}) GROUP BY run_id",
         *runs,
     )
-    assert sorted(r for r, _ in completions) == sorted(runs)
-    assert {n for _, n in completions} == {1}, "a run finished more than once"
+    # Each run ended once (its status, checked above, is the record). Its run.completed
+    # event may be missing: events are committed a few ms after a run's end (the end is
+    # not fenced on them), and the kill can fall in between (ARCHITECTURE.md, the store).
+    assert {r for r, _ in completions} <= set(runs)
+    assert {n for _, n in completions} <= {1}, "a run finished more than once"
     counts = ledger_counts(lab.ledger)
     assert [k for k in recorded if k[1] in LEDGER_NODES and counts[k] != 1] == [], (
         "a recorded node ran again"
@@ -608,8 +611,11 @@ def test_killed_orchestrator_on_postgres_is_replaced_by_its_standby(
         assert [k for k in recorded if k[1] in LEDGER_NODES and counts[k] != 1] == [], (
             "a recorded node ran again"
         )
-        assert sorted(r for r, _ in completions) == sorted(runs)
-        assert {n for _, n in completions} == {1}, "a run finished more than once"
+        # Each run ended once (its status, checked above, is the record). Its run.completed
+        # event may be missing: events are committed a few ms after a run's end (the end is
+        # not fenced on them), and the kill can fall in between (ARCHITECTURE.md, the store).
+        assert {r for r, _ in completions} <= set(runs)
+        assert {n for _, n in completions} <= {1}, "a run finished more than once"
         figures(
             "kill-orchestrator-standby-postgres",
             runs=len(runs),
