@@ -20,6 +20,11 @@ Two hooks, installed once by :func:`install` and free when no buffer is current:
 A buffer is bounded (:data:`DEFAULT_LIMIT` bytes of message text, 1 MiB): the first line that
 would go past the bound is replaced by one ``WARNING`` line saying the log was truncated, and
 later lines are dropped.
+
+Where the lines go: a local run's :class:`NodeLogQueue` merges them into the run's events
+(a running attempt's as it goes, each attempt's before its end); an engine process's
+:class:`NodeLogStore` keeps each attempt's until the core takes them for its ``NODE_LOG``
+events.
 """
 
 from __future__ import annotations
@@ -312,11 +317,6 @@ class NodeLogQueue:
         lines = buffer.take_new()
         with self._lock:
             self._live.pop((node_id, attempt), None)
-            self._add((node_id, attempt), lines)
-
-    def push(self, node_id: str, attempt: int, lines: list[NodeLogLine]) -> None:
-        """Add ``lines`` of an attempt that returned."""
-        with self._lock:
             self._add((node_id, attempt), lines)
 
     def _add(self, key: tuple[str, int], lines: list[NodeLogLine]) -> None:
