@@ -85,7 +85,9 @@ export async function api(path, {method = "GET", body, signal} = {}) {
  * resume, a dropped connection is resumed from the last id (Last-Event-ID); with reconnect,
  * so is a stream the server ended (one that should never end).
  */
-export async function stream(path, onEvent, {signal, reconnect = false, resume = false} = {}) {
+// onOpen: called once the server answered (it subscribes before answering, so nothing
+// published after onOpen is missed).
+export async function stream(path, onEvent, {signal, reconnect = false, resume = false, onOpen = null} = {}) {
   let lastId = null;
   for (;;) {
     let ended = false;
@@ -99,6 +101,7 @@ export async function stream(path, onEvent, {signal, reconnect = false, resume =
         try { body = await resp.json(); } catch { body = null; }
         throw new ApiError(resp.status, body);
       }
+      if (onOpen) onOpen();
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {

@@ -110,10 +110,11 @@ export async function runsPage(main, query, ctx) {
   };
   const q = new URLSearchParams({types: "run.*"});
   if (filters.workflow_id) q.set("workflow_id", filters.workflow_id);
-  ctx.live(true);
+  // "live" once the server holds the subscription: a run started after that is seen.
   stream(`/events?${q}`, (msg) => {
     const ev = msg.data;
     if (!before) refresh(); // the first page: new runs appear, statuses change
     else if (rows.has(ev.run_id)) refresh();
-  }, {signal: ctx.signal, reconnect: true}).catch(ctx.fail).finally(() => ctx.live(false));
+  }, {signal: ctx.signal, reconnect: true, onOpen: () => ctx.live(true)})
+    .catch(ctx.fail).finally(() => ctx.live(false));
 }
