@@ -163,6 +163,7 @@ def _stats(args: argparse.Namespace) -> int:
                     "file_bytes": stats.file_bytes,
                     "free_bytes": stats.free_bytes,
                     "workflows": stats.workflows,
+                    "workflow_bytes": stats.workflow_bytes,
                 },
                 indent=2,
             )
@@ -177,10 +178,11 @@ def _stats(args: argparse.Namespace) -> int:
     else:
         print(f"file {stats.file_bytes} bytes, {stats.free_bytes} free")
     if stats.workflows:
-        print(f"\n{'workflow':<30} {'runs':>10}  by status")
+        print(f"\n{'workflow':<30} {'runs':>10} {'bytes (est.)':>14}  by status")
         for workflow_id, counts in sorted(stats.workflows.items()):
             detail = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
-            print(f"{workflow_id:<30} {sum(counts.values()):>10}  {detail}")
+            size = stats.workflow_bytes.get(workflow_id, 0)
+            print(f"{workflow_id:<30} {sum(counts.values()):>10} {size:>14}  {detail}")
     return 0
 
 

@@ -502,6 +502,58 @@ def test_bad_pruner_settings_are_refused(store: AnyStore) -> None:
         Pruner(store, None, RetentionPolicy, batch=0)
 
 
+def test_stats_give_bytes_per_workflow(store: AnyStore) -> None:
+    for index in range(10):
+        add_run(store, f"big{index}", workflow="big", outputs=6, events=9)
+    add_run(store, "small0", workflow="small", outputs=1, events=1)
+    stats = store.stats()
+    assert set(stats.workflow_bytes) == {"big", "small"}
+    # Each run stores its inputs ("{}"), its result ('{"ok": true}' or the like), its node
+    # outputs ('{"v": n}') and its events' data ('{"i": n}'): 10 heavy runs against 1 light.
+    assert stats.workflow_bytes["big"] > 10 * stats.workflow_bytes["small"]
+    one_output = len('{"v":0}')
+    assert stats.workflow_bytes["small"] >= one_output + len('{"i":0}')
+    assert stats.workflow_bytes["big"] >= 10 * (6 * one_output + 9 * len('{"i":0}'))
+
+
+class _NoDbstat:
+    """A connection of an SQLite built without the dbstat table (Debian's has it)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if "dbstat" in sql:
+            raise sqlite3.OperationalError("no such table: dbstat")
+        return self._db.execute(sql, *args)
+
+
+def test_stats_estimate_bytes_without_dbstat(tmp_path: Path) -> None:
+    from dagengine.orchestrator.store.retention import store_stats
+
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        for index in range(20):
+            add_run(store, f"r{index:02}", outputs=3, events=4)
+        exact = store.stats()
+    db = sqlite3.connect(path)
+    try:
+        estimated = store_stats(_NoDbstat(db), str(path))  # type: ignore[arg-type]
+    finally:
+        db.close()
+    assert exact.bytes_exact
+    assert not estimated.bytes_exact
+    assert {t: rows for t, (rows, _) in estimated.tables.items()} == {
+        t: rows for t, (rows, _) in exact.tables.items()
+    }
+    # The values' lengths: below the pages dbstat counts, and never nothing for a full table.
+    for table, (rows, size) in estimated.tables.items():
+        assert (size > 0) == (rows > 0), table
+        assert size <= exact.tables[table][1], table
+    assert estimated.workflow_bytes == exact.workflow_bytes
+    assert estimated.workflows == {"wf": {"succeeded": 20}}
+
+
 # --- the CLI ----------------------------------------------------------------------------------
 
 
@@ -524,6 +576,7 @@ def test_store_prune_and_stats_on_the_command_line(
     assert cli.main(["store", "stats", "--json", "--store", str(path)]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["tables"]["runs"]["rows"] == 22
+    assert set(stats["workflow_bytes"]) == {"w", "young"}
     assert cli.main(["store", "prune", "--older-than", "2d", "--store", str(path)]) == 0
     assert capsys.readouterr().out.startswith("deleted 20 runs, 20 node outputs, 20 events")
     assert cli.main(["store", "prune", "--older-than", "12h", "--keep-last", "1",

@@ -23,6 +23,7 @@ from dagengine.orchestrator.store.retention import (
     _TABLES,
     EVENTS_PER_BATCH,
     PRUNE_BATCH,
+    WORKFLOW_BYTES_SQL,
     PruneReport,
     RetentionPolicy,
     StoreStats,
@@ -189,5 +190,11 @@ def store_stats(db: Any) -> StoreStats:
         "SELECT workflow_id, status, COUNT(*) FROM runs GROUP BY workflow_id, status"
     ).fetchall():
         workflows.setdefault(workflow_id, {})[status] = int(count)
+    per_workflow = {
+        workflow_id: int(size or 0)
+        for workflow_id, size in db.execute(
+            WORKFLOW_BYTES_SQL.format(length="octet_length")
+        ).fetchall()
+    }
     database = int(db.execute("SELECT pg_database_size(current_database())").fetchone()[0])
-    return StoreStats(tables, workflows, database, 0, True)
+    return StoreStats(tables, workflows, database, 0, True, per_workflow)

@@ -182,6 +182,26 @@ class StoreStats:
     file_bytes: int
     free_bytes: int
     bytes_exact: bool
+    #: Bytes of stored values per workflow (its runs' inputs, results and errors, its node
+    #: outputs and its events' data): an estimate from the values' lengths, for finding the
+    #: workflow that fills the store (indexes and page overhead are not split by workflow).
+    workflow_bytes: dict[str, int] = field(default_factory=dict)
+
+
+#: Per workflow, the summed lengths of what its runs store (the same query on both backends,
+#: with the backend's length function).
+WORKFLOW_BYTES_SQL: Final = """
+    SELECT workflow_id, SUM(size) FROM (
+        SELECT workflow_id,
+               {length}(inputs) + COALESCE({length}(result), 0) + COALESCE({length}(error), 0)
+               AS size
+          FROM runs
+        UNION ALL
+        SELECT r.workflow_id, {length}(o.output)
+          FROM node_outputs o JOIN runs r ON r.run_id = o.run_id
+        UNION ALL
+        SELECT workflow_id, {length}(data) FROM events WHERE workflow_id IS NOT NULL
+    ) AS sizes GROUP BY workflow_id"""
 
 
 # -- SQLite ---------------------------------------------------------------------------------
@@ -373,6 +393,10 @@ def store_stats(db: sqlite3.Connection, path: str) -> StoreStats:
         "SELECT workflow_id, status, COUNT(*) FROM runs GROUP BY workflow_id, status"
     ):
         workflows.setdefault(workflow_id, {})[status] = int(count)
+    per_workflow = {
+        workflow_id: int(size or 0)
+        for workflow_id, size in db.execute(WORKFLOW_BYTES_SQL.format(length="LENGTH"))
+    }
     page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
     free = int(db.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
     file_bytes = int(db.execute("PRAGMA page_count").fetchone()[0]) * page_size
@@ -385,4 +409,5 @@ def store_stats(db: sqlite3.Connection, path: str) -> StoreStats:
         file_bytes,
         free,
         exact,
+        per_workflow,
     )
