@@ -10,23 +10,19 @@ PostgreSQL's autovacuum, not by the store. Sizes come from the catalog
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from pathlib import Path
 from typing import Any
 
-from dagengine.exceptions import StoreError
 from dagengine.orchestrator.store.postgres_schema import RUN_SELECT, run_from_row
-from dagengine.orchestrator.store.records import SEVERITIES
 from dagengine.orchestrator.store.retention import (
     _TABLES,
     EVENTS_PER_BATCH,
+    EXPORT_EVENT_COLUMNS,
     PRUNE_BATCH,
     WORKFLOW_BYTES_SQL,
     PruneReport,
     RetentionPolicy,
     StoreStats,
+    write_export,
 )
 
 __all__ = ["count_prunable", "prune_batch", "store_stats"]
@@ -75,60 +71,21 @@ def _selection(
 
 
 def _export(db: Any, folder: str, run_ids: list[str], now: float) -> int:
-    """Append the runs (record, node outputs, events: one JSON object a line) to
-    ``<folder>/runs-<UTC date>.jsonl``, as the SQLite store does; ``StoreError`` if the
-    file cannot be written (the batch is then not deleted)."""
+    """:func:`~.retention.write_export` of the runs, read from this PostgreSQL database (the
+    same JSON Lines the SQLite store writes)."""
     runs = {
         row[0]: run_from_row(row)
         for row in db.execute(f"{RUN_SELECT} WHERE run_id = ANY(%s)", (run_ids,)).fetchall()
     }
-    outputs: dict[str, dict[str, Any]] = {run_id: {} for run_id in run_ids}
-    for run_id, node_id, output in db.execute(
+    outputs = db.execute(
         "SELECT run_id, node_id, output FROM node_outputs WHERE run_id = ANY(%s) ORDER BY ord",
         (run_ids,),
-    ).fetchall():
-        outputs[run_id][node_id] = json.loads(output)
-    events: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
-    for seq, when, kind, rank, node_id, engine_id, run_id, data in db.execute(
-        "SELECT seq, time, type, severity, node_id, engine_id, run_id, data FROM events "
-        "WHERE run_id = ANY(%s) ORDER BY seq",
+    ).fetchall()
+    events = db.execute(
+        f"SELECT {EXPORT_EVENT_COLUMNS} FROM events WHERE run_id = ANY(%s) ORDER BY seq",
         (run_ids,),
-    ).fetchall():
-        events[run_id].append(
-            {
-                "seq": seq,
-                "time": when,
-                "type": kind,
-                "severity": SEVERITIES[rank],
-                "node_id": node_id,
-                "engine_id": engine_id,
-                "data": json.loads(data),
-            }
-        )
-    lines = []
-    for run_id in run_ids:
-        record = runs[run_id]
-        lines.append(
-            json.dumps(
-                {
-                    "run": {name: getattr(record, name) for name in record.__dataclass_fields__},
-                    "node_outputs": outputs[run_id],
-                    "events": events[run_id],
-                },
-                separators=(",", ":"),
-            )
-        )
-    day = time.strftime("%Y-%m-%d", time.gmtime(now))
-    path = Path(folder).expanduser() / f"runs-{day}.jsonl"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as out:
-            out.write("\n".join(lines) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as exc:
-        raise StoreError(f"cannot export pruned runs to {str(path)!r}: {exc}") from exc
-    return len(lines)
+    ).fetchall()
+    return write_export(folder, now, run_ids, runs, outputs, events)
 
 
 def prune_batch(db: Any, policy: RetentionPolicy, now: float, limit: int) -> PruneReport:

@@ -252,28 +252,24 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float) -> int:
+def write_export(
+    folder: str,
+    now: float,
+    run_ids: list[str],
+    runs: Mapping[str, Any],
+    output_rows: Iterable[tuple[str, str, str]],
+    event_rows: Iterable[tuple[Any, ...]],
+) -> int:
     """Append the runs (record, node outputs, events: one JSON object a line) to
-    ``<folder>/runs-<UTC date>.jsonl``; ``StoreError`` if the file cannot be written (the
-    batch is then not deleted)."""
-    marks = _placeholders(len(run_ids))
-    runs = {
-        row[0]: _run_from_row(row)
-        for row in db.execute(f"{_RUN_SELECT} WHERE run_id IN ({marks})", run_ids)
-    }
+    ``<folder>/runs-<UTC date>.jsonl``, from what a backend read: the records by run id,
+    ``(run_id, node_id, output JSON)`` rows in write order and ``(seq, time, type, severity
+    rank, node_id, engine_id, run_id, data JSON)`` rows in ``seq`` order; ``StoreError`` if the
+    file cannot be written (the batch is then not deleted)."""
     outputs: dict[str, dict[str, Any]] = {run_id: {} for run_id in run_ids}
-    for run_id, node_id, output in db.execute(
-        f"SELECT run_id, node_id, output FROM node_outputs WHERE run_id IN ({marks}) "
-        "ORDER BY rowid",
-        run_ids,
-    ):
+    for run_id, node_id, output in output_rows:
         outputs[run_id][node_id] = json.loads(output)
     events: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
-    for seq, when, kind, rank, node_id, engine_id, run_id, data in db.execute(
-        "SELECT seq, time, type, severity, node_id, engine_id, run_id, data FROM events "
-        f"WHERE run_id IN ({marks}) ORDER BY seq",
-        run_ids,
-    ):
+    for seq, when, kind, rank, node_id, engine_id, run_id, data in event_rows:
         events[run_id].append(
             {
                 "seq": seq,
@@ -309,6 +305,29 @@ def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float)
     except OSError as exc:
         raise StoreError(f"cannot export pruned runs to {str(path)!r}: {exc}") from exc
     return len(lines)
+
+
+#: The columns :func:`write_export` reads an event row as.
+EXPORT_EVENT_COLUMNS: Final = "seq, time, type, severity, node_id, engine_id, run_id, data"
+
+
+def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float) -> int:
+    """:func:`write_export` of the runs, read from this SQLite database."""
+    marks = _placeholders(len(run_ids))
+    runs = {
+        row[0]: _run_from_row(row)
+        for row in db.execute(f"{_RUN_SELECT} WHERE run_id IN ({marks})", run_ids)
+    }
+    outputs = db.execute(
+        f"SELECT run_id, node_id, output FROM node_outputs WHERE run_id IN ({marks}) "
+        "ORDER BY rowid",
+        run_ids,
+    )
+    events = db.execute(
+        f"SELECT {EXPORT_EVENT_COLUMNS} FROM events WHERE run_id IN ({marks}) ORDER BY seq",
+        run_ids,
+    )
+    return write_export(folder, now, run_ids, runs, outputs, events)
 
 
 def prune_batch(
