@@ -189,30 +189,15 @@ class EventLogger:
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("dagengine.events")
-        self._sub: Any = None
-        self._thread: threading.Thread | None = None
+        self._follower: Any = None
 
     def attach(self, orchestrator: Any) -> bool:
         """Follow ``orchestrator.events`` on a thread; ``False`` (and nothing started) when
         the logger would drop DEBUG records anyway."""
         if not self.log.isEnabledFor(logging.DEBUG):
             return False
-        self._sub = orchestrator.events.subscribe(buffer=10_000)
-        self._thread = threading.Thread(target=self._follow, name="dagengine-eventlog", daemon=True)
-        self._thread.start()
+        self._follower = orchestrator.events.follow(self.emit, name="dagengine-eventlog")
         return True
-
-    def _follow(self) -> None:
-        sub = self._sub
-        while True:
-            try:
-                event = sub.get()
-            except Exception:  # a store read failed: the next one may work
-                self.log.exception("event log: reading events failed")
-                continue
-            if event is None:
-                return
-            self.emit(event)
 
     def emit(self, event: Any) -> None:
         """Log one event."""
@@ -234,8 +219,8 @@ class EventLogger:
 
     def detach(self) -> None:
         """Stop following (the subscription ends; the thread exits)."""
-        if self._sub is not None:
-            self._sub.close()
+        if self._follower is not None:
+            self._follower.close()
 
 
 def add_logging_arguments(parser: Any) -> None:

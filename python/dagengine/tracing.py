@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib.util
-import logging
 import re
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -34,8 +32,6 @@ __all__ = [
     "current_trace_context",
     "with_trace_context",
 ]
-
-log = logging.getLogger("dagengine.tracing")
 
 T = TypeVar("T")
 # version 00, 32-hex trace id, 16-hex parent id, 2-hex flags (W3C Trace Context).
@@ -115,36 +111,16 @@ class RunTracer:
         self._runs = _Bounded()  # run_id -> span
         self._nodes = _Bounded()  # (run_id, node_id) -> span
         self._early: set[tuple[str, str]] = set()  # node spans opened before their start
-        self._sub: Any = None
-        self._thread: threading.Thread | None = None
+        self._follower: Any = None
 
     def attach(self, orchestrator: Any) -> RunTracer:
         """Follow ``orchestrator.events`` from now on, on a thread of its own."""
-        self._sub = orchestrator.events.subscribe(buffer=10_000)
-        self._thread = threading.Thread(target=self._follow, name="dagengine-tracing", daemon=True)
-        self._thread.start()
+        self._follower = orchestrator.events.follow(self.observe, name="dagengine-tracing")
         return self
 
     def detach(self) -> None:
-        if self._sub is not None:
-            self._sub.close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _follow(self) -> None:
-        sub = self._sub
-        while True:
-            try:
-                event = sub.get()
-            except Exception:  # a store read failed: the next one may work
-                log.exception("tracing: reading events failed")
-                continue
-            if event is None:
-                return
-            try:
-                self.observe(event)
-            except Exception:
-                log.exception("tracing: event %s not traced", event.seq)
+        if self._follower is not None:
+            self._follower.close()
 
     def observe(self, event: Any) -> None:
         """Turn one event into a span's start, end or annotation."""

@@ -585,3 +585,24 @@ def test_attach_to_a_real_engine_process(bus: EventBus) -> None:
         finally:
             monitor.close()
         assert monitor.attached() == {}
+
+
+def test_a_follower_hands_over_every_event_in_order_past_a_failing_one(bus: EventBus) -> None:
+    seen: list[str] = []
+    done = threading.Event()
+
+    def handle(event: Any) -> None:
+        if event.type == "run.failed":
+            raise RuntimeError("a handler that breaks on one event")
+        seen.append(event.type)
+        if event.type == "run.cancelled":
+            done.set()
+
+    follower = bus.follow(handle, name="test-follower")
+    for kind in ("run.queued", "run.failed", "run.started", "run.cancelled"):
+        bus.publish(kind)
+    assert done.wait(WAIT)
+    follower.close()
+    assert seen == ["run.queued", "run.started", "run.cancelled"]
+    bus.publish("run.queued")  # closed: no longer handed over
+    assert seen == ["run.queued", "run.started", "run.cancelled"]

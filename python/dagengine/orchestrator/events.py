@@ -51,7 +51,7 @@ import logging
 import threading
 import time as _time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -64,6 +64,7 @@ __all__ = [
     "EventFilter",
     "EventStore",
     "EventType",
+    "Follower",
     "Severity",
     "Subscription",
 ]
@@ -701,6 +702,13 @@ class EventBus:
             self._subs = (*self._subs, sub)
         return sub
 
+    def follow(self, handle: Callable[[Event], object], *, name: str) -> Follower:
+        """Call ``handle`` with every event from now on, in order, on a daemon thread named
+        ``name`` (the bus never waits for it: the subscription catches up from the store).
+        A failed store read or a ``handle`` that raises is logged and the next event taken;
+        :meth:`Follower.close` ends it."""
+        return Follower(self.subscribe(buffer=10_000), handle, name)
+
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
@@ -713,3 +721,34 @@ class EventBus:
             subs = self._subs
         for sub in subs:
             sub.close()
+
+
+class Follower:
+    """A thread handing each event of a subscription to a callable (:meth:`EventBus.follow`)."""
+
+    def __init__(self, sub: Subscription, handle: Callable[[Event], object], name: str) -> None:
+        self._sub = sub
+        self._handle = handle
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        name = self._thread.name
+        while True:
+            try:
+                event = self._sub.get()
+            except Exception:  # a store read failed: the next one may work
+                _log.exception("%s: reading events failed", name)
+                continue
+            if event is None:  # closed
+                return
+            try:
+                self._handle(event)
+            except Exception:
+                _log.exception("%s: event %d not handled", name, event.seq)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the subscription and wait (up to ``timeout`` seconds) for the thread."""
+        self._sub.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
