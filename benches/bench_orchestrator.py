@@ -25,49 +25,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench_service import Load, drive, workflow
+from bench_service import Load, drive, start_engine, wait_for_engines, workflow
 from dagengine.engine import EngineClient
 from dagengine.orchestrator import Config, Monitor, Orchestrator, RunHandle
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_engine(engine_id: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dagengine",
-            "engine",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--capacity",
-            "64",
-            "--engine-id",
-            engine_id,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    match = re.search(r"listening on (\S+)", proc.stdout.readline())
-    if match is None:
-        proc.kill()
-        raise SystemExit(f"engine {engine_id} did not start")
-    return proc, match.group(1)
 
 
 def median_round(rounds: list[Load]) -> Load:
@@ -108,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_health_check_interval=args.health_interval,
         )
         orch = running = Orchestrator.from_config(config, grpc_port=None)
-        deadline = time.monotonic() + 30
-        while len(orch.engines()) < 3:
-            if time.monotonic() > deadline:
-                raise SystemExit("static discovery did not find the 3 engines")
-            time.sleep(0.05)
+        wait_for_engines(orch, 3)
         orch.register_workflow("bench-3", "1.0.0", spec)
         for i in range(200):
             orch.execute_workflow("bench-3", {"factor": 3}, key=f"w{i}")

@@ -21,14 +21,13 @@ throughput and <= 1/10 of its p50 latency, printed as met / NOT MET.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_service import start_engine, wait_for_engines
 
 TASKS = """
 def a(ctx):
@@ -54,24 +53,6 @@ def inc(x: int) -> int:
     return x + 1
 
 
-def start_engine(engine_id: str, folder: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagengine", "engine", "--host", "127.0.0.1", "--port", "0",
-         "--capacity", "64", "--engine-id", engine_id],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=folder, env=env,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    match = re.search(r"listening on (\S+)", proc.stdout.readline())
-    if match is None:
-        proc.kill()
-        raise SystemExit(f"engine {engine_id} did not start")
-    return proc, match.group(1)
-
-
 def p50(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -89,11 +70,7 @@ def bench_dagengine(runs: int, solo: int, folder: Path) -> tuple[float, float]:
             engines=tuple(addr for _, addr in engines),
         )
         orch = Orchestrator.from_config(config, grpc_port=None)
-        deadline = time.monotonic() + 30
-        while len(orch.engines()) < 2:
-            if time.monotonic() > deadline:
-                raise SystemExit("static discovery did not find the 2 engines")
-            time.sleep(0.05)
+        wait_for_engines(orch, 2)
         orch.register_workflow("peer-chain", "1.0.0", SPEC)
         for i in range(100):  # warm-up: imports on the engines, connections, caches
             orch.execute_workflow("peer-chain", {"n": i}, key=f"w{i}")

@@ -3,13 +3,52 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from dagengine import DAG, LuaExecutor, Node
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_engine(engine_id: str, folder: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``dagengine engine`` (capacity 64) on a free loopback port: the process and its
+    address. With ``folder``, the engine runs there with it on its ``PYTHONPATH`` (so it
+    imports the benchmark's ``python:`` nodes); else in the repository's root."""
+    env = None
+    if folder is not None:
+        path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagengine", "engine", "--host", "127.0.0.1", "--port", "0",
+         "--capacity", "64", "--engine-id", engine_id],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=folder or ROOT, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    match = re.search(r"listening on (\S+)", proc.stdout.readline())
+    if match is None:
+        proc.kill()
+        raise SystemExit(f"engine {engine_id} did not start")
+    return proc, match.group(1)
+
+
+def wait_for_engines(orch: Any, count: int, timeout: float = 30.0) -> None:
+    """Wait until static discovery has found ``count`` engines."""
+    deadline = time.monotonic() + timeout
+    while len(orch.engines()) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"static discovery did not find the {count} engines")
+        time.sleep(0.05)
 
 
 def workflow() -> DAG:

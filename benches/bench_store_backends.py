@@ -21,12 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import quote
 
-from bench_orchestrator import start_engine
-from bench_service import Load, drive, workflow
+from bench_service import Load, drive, start_engine, wait_for_engines, workflow
 from dagengine.orchestrator import Config, Orchestrator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 prune_interval=3600,
             )
             orch = Orchestrator.from_config(config, grpc_port=None)
-            deadline = time.monotonic() + 30
-            while len(orch.engines()) < 3:
-                if time.monotonic() > deadline:
-                    raise SystemExit("static discovery did not find the 3 engines")
-                time.sleep(0.05)
+            wait_for_engines(orch, 3)
             orch.register_workflow("bench-3", "1.0.0", spec)
             for i in range(200):
                 orch.execute_workflow("bench-3", {"factor": 3}, key=f"w{i}")
