@@ -25,6 +25,7 @@ Event sequence numbers are assigned when an event is queued, from a counter of t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -230,6 +231,14 @@ class PostgresStore(PostgresWriter):
             # Also when the last commit failed (the database gone): no connection left open.
             self._shut = True
             if self._db is not None and not self._db.closed:
+                if self.exclusive:
+                    # Free the store's lock before closing: the server ends a closed
+                    # session's backend (and only then its locks) a moment later, and a
+                    # successor starting right after this close must find the store free.
+                    with contextlib.suppress(Exception):
+                        self._db.rollback()
+                        self._db.execute("SELECT pg_advisory_unlock_all()")
+                        self._db.commit()
                 self._db.close()
             self._pool.close()
 
