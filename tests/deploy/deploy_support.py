@@ -29,6 +29,16 @@ BUILDS = {
     "base": DEPLOY / "base",
     "example": DEPLOY / "overlays" / "example",
     "example-tls": DEPLOY / "overlays" / "example-tls",
+    "example-postgres": DEPLOY / "overlays" / "example-postgres",
+}
+# The builds whose orchestrators are active replicas on PostgreSQL (components/replicas); the
+# others run one orchestrator on its SQLite volume.
+REPLICA_BUILDS = frozenset({"example-postgres"})
+
+# Custom resources deploy/ uses, by (apiVersion, kind): the JSON schema (a strict subset of the
+# operator's CRD) they are validated against, as kubernetes-validate has only built-in kinds.
+CUSTOM_SCHEMAS = {
+    ("postgresql.cnpg.io/v1", "Cluster"): DEPLOY_TESTS / "schemas" / "cnpg-cluster-v1.json",
 }
 
 Resource = dict[str, Any]

@@ -14,7 +14,8 @@ kind and name), ``namespace``, ``labels`` (``pairs``, ``includeSelectors``, ``in
 Strategic merge follows the Kubernetes rules for the fields deploy/ patches: maps merge
 recursively, ``null`` deletes a key, lists of containers/env/volumes/volumeMounts/ports merge
 by their merge key (patch elements first, then the rest, as kustomize's kyaml does), any other
-list is replaced.
+list is replaced. The directive ``$patch: delete`` removes the patch's target: a whole resource
+(at the top of the patch) or one element of a merge-keyed list.
 """
 
 from __future__ import annotations
@@ -151,6 +152,12 @@ def apply_patch(resources: list[Resource], patch: Resource) -> None:
     ]
     if len(targets) != 1:
         raise ValueError(f"patch for {patch['kind']}/{patch['metadata']['name']}: no single target")
+    directive = patch.get("$patch")
+    if directive == "delete":
+        resources.remove(targets[0])
+        return
+    if directive is not None:
+        raise Unsupported(f"$patch: {directive} (only delete is implemented)")
     merged = strategic_merge(targets[0], patch)
     targets[0].clear()
     targets[0].update(merged)
@@ -173,16 +180,27 @@ def strategic_merge(original: Any, patch: Any, field: str | None = None) -> Any:
         if not all(isinstance(i, dict) and merge_key in i for i in original + patch):
             raise Unsupported(f"strategic merge of {field}: items without {merge_key!r}")
         by_key = {item[merge_key]: item for item in original}
+        deleted = {item[merge_key] for item in patch if _delete_directive(item, field)}
         merged = [
             strategic_merge(by_key[item[merge_key]], item)
             if item[merge_key] in by_key
             else copy.deepcopy(item)
             for item in patch
+            if item[merge_key] not in deleted
         ]
         patched = {item[merge_key] for item in patch}
         merged.extend(copy.deepcopy(i) for i in original if i[merge_key] not in patched)
         return merged
     return copy.deepcopy(patch)
+
+
+def _delete_directive(item: dict[str, Any], field: str | None) -> bool:
+    directive = item.get("$patch")
+    if directive is None:
+        return False
+    if directive != "delete":
+        raise Unsupported(f"$patch: {directive} in {field} (only delete is implemented)")
+    return True
 
 
 def set_namespace(resources: list[Resource], namespace: str) -> None:

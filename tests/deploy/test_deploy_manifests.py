@@ -3,14 +3,27 @@ and consistent with what the processes actually do (ports, probes, drain, discov
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import BUILDS, DEPLOY, K8S_VERSION, Resource, by_kind, one
+from deploy_support import (
+    BUILDS,
+    CUSTOM_SCHEMAS,
+    DEPLOY,
+    K8S_VERSION,
+    REPLICA_BUILDS,
+    Resource,
+    by_kind,
+    one,
+    render,
+)
 from kustomize import KUSTOMIZATION_FILES, load_documents
 
 ENGINE = "workflow-engine"
@@ -50,6 +63,14 @@ def _manifest_files() -> list[Path]:
 
 def _validate(resource: Resource, where: str) -> None:
     name = f"{where}: {resource['kind']}/{resource.get('metadata', {}).get('name')}"
+    schema_file = CUSTOM_SCHEMAS.get((resource["apiVersion"], resource["kind"]))
+    if schema_file is not None:
+        try:
+            jsonschema.validate(resource, json.loads(schema_file.read_text()))
+        except jsonschema.ValidationError as exc:
+            path = "/".join(str(p) for p in exc.absolute_path)
+            pytest.fail(f"{name} does not match {schema_file.name} at {path}: {exc.message}")
+        return
     try:
         kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
     except kubernetes_validate.ValidationError as exc:
@@ -69,9 +90,24 @@ def test_strict_validation_rejects_unknown_fields() -> None:
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
 
 
+def test_strict_custom_schema_rejects_unknown_fields() -> None:
+    bad = load_documents(DEPLOY / "overlays" / "example-postgres" / "database.yaml")[0]
+    schema = json.loads(CUSTOM_SCHEMAS[("postgresql.cnpg.io/v1", "Cluster")].read_text())
+    jsonschema.validate(bad, schema)
+    bad["spec"]["storage"]["sise"] = "1Gi"
+    with pytest.raises(jsonschema.ValidationError, match="sise"):
+        jsonschema.validate(bad, schema)
+
+
 def test_manifest_files_are_found() -> None:
     names = {p.name for p in _manifest_files()}
-    assert {"engine-deployment.yaml", "orchestrator-rbac.yaml", "engine-hpa.yaml"} <= names
+    assert {
+        "engine-deployment.yaml",
+        "orchestrator-rbac.yaml",
+        "engine-hpa.yaml",
+        "orchestrator-pdb.yaml",
+        "database.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -249,7 +285,11 @@ def test_services_select_their_pods(rendered: list[Resource]) -> None:
             assert _port_number(port["targetPort"], container) in _ports(container).values()
 
 
-def test_orchestrator_is_a_singleton_on_its_volume(rendered: list[Resource]) -> None:
+@pytest.mark.parametrize("name", sorted(set(BUILDS) - REPLICA_BUILDS))
+def test_orchestrator_is_a_singleton_on_its_volume(
+    name: str, builds: dict[str, list[Resource]]
+) -> None:
+    rendered = builds[name]
     deployment = one(rendered, "Deployment", ORCHESTRATOR)
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -266,6 +306,13 @@ def test_orchestrator_is_a_singleton_on_its_volume(rendered: list[Resource]) -> 
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     claim = volumes[mounts[store_dir]]["persistentVolumeClaim"]["claimName"]
     assert one(rendered, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    _check_orchestrator_ports_and_probes(rendered, container)
+
+
+def _check_orchestrator_ports_and_probes(
+    rendered: list[Resource], container: dict[str, Any]
+) -> None:
+    config = one(rendered, "ConfigMap", "dagengine-orchestrator-config")["data"]
     ports = _ports(container)
     assert ports == {"http": int(config["DAGENGINE_HTTP_PORT"]), "grpc": int(config["GRPC_PORT"])}
     paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
@@ -275,11 +322,84 @@ def test_orchestrator_is_a_singleton_on_its_volume(rendered: list[Resource]) -> 
         assert _port_number(http["port"], container) == ports["http"]
 
 
+@pytest.mark.parametrize("name", sorted(REPLICA_BUILDS))
+def test_orchestrator_replicas_share_a_database(
+    name: str, builds: dict[str, list[Resource]]
+) -> None:
+    rendered = builds[name]
+    deployment = one(rendered, "Deployment", ORCHESTRATOR)
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    # Old and new pods run side by side during an update; never fewer than the count serve.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    labels = spec["template"]["metadata"]["labels"]
+    pdb = one(rendered, "PodDisruptionBudget", ORCHESTRATOR)
+    assert _matches(pdb["spec"]["selector"]["matchLabels"], labels)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # Spread over nodes (and zones): one node's loss takes at most one replica where possible.
+    terms = spec["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    by_topology = {t["podAffinityTerm"]["topologyKey"]: t for t in terms}
+    assert set(by_topology) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for term in terms:
+        assert _matches(term["podAffinityTerm"]["labelSelector"]["matchLabels"], labels)
+    assert by_topology["kubernetes.io/hostname"]["weight"] == 100
+    # The database URL (it holds a password) comes from a Secret, never from the ConfigMap.
+    container = _container(deployment)
+    env = _env(container)
+    config = one(rendered, "ConfigMap", "dagengine-orchestrator-config")["data"]
+    assert "DAGENGINE_STORE" not in config
+    secret = env["DAGENGINE_STORE"]["valueFrom"]["secretKeyRef"]
+    assert env["DAGENGINE_REPLICA"]["value"] == "1"
+    # No SQLite volume left behind.
+    assert not by_kind(rendered, "PersistentVolumeClaim")
+    volumes = spec["template"]["spec"]["volumes"]
+    assert all("persistentVolumeClaim" not in v for v in volumes)
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    assert container["args"] == ["serve", "--host", "0.0.0.0"]
+    _check_orchestrator_ports_and_probes(rendered, container)
+    # CloudNativePG writes the Secret `<cluster>-app` with the application user's `uri`.
+    [cluster] = [r for r in rendered if r["kind"] == "Cluster"]
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    assert secret == {"name": cluster["metadata"]["name"] + "-app", "key": "uri"}
+    assert cluster["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert cluster["spec"]["instances"] >= 3
+    assert cluster["spec"]["bootstrap"]["initdb"]["database"] == "dagengine"
+
+
+def test_replicas_component_reads_a_generic_secret(tmp_path: Path) -> None:
+    """Without the CloudNativePG overlay, the component names the Secret users create."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                # Relative: kustomize refuses an absolute root.
+                "resources": [os.path.relpath(DEPLOY / "base", tmp_path)],
+                "components": [os.path.relpath(DEPLOY / "components" / "replicas", tmp_path)],
+            }
+        )
+    )
+    rendered = render(tmp_path)
+    for resource in rendered:
+        _validate(resource, "base + components/replicas")
+    env = _env(_container(one(rendered, "Deployment", ORCHESTRATOR)))
+    assert env["DAGENGINE_STORE"]["valueFrom"]["secretKeyRef"] == {
+        "name": "dagengine-database",
+        "key": "uri",
+    }
+
+
 def test_orchestrator_configuration(rendered: list[Resource]) -> None:
     config = one(rendered, "ConfigMap", "dagengine-orchestrator-config")["data"]
     for name, default in ORIGINAL_ORCHESTRATOR_ENV.items():
         assert config[name] == default, name
     assert config["DISCOVERY"] == "kubernetes"
+    assert ("DAGENGINE_STORE" in config) == (
+        one(rendered, "Deployment", ORCHESTRATOR)["spec"]["replicas"] == 1
+    )
     env = _env(_container(one(rendered, "Deployment", ORCHESTRATOR)))
     # Its own namespace, whatever the overlay picks.
     assert env["K8S_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
