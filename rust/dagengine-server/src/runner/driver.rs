@@ -106,6 +106,8 @@ fn new_run(
         changed: Condvar::new(),
         sync_waiters: AtomicUsize::new(0),
         changed_async: tokio::sync::Notify::new(),
+        #[cfg(test)]
+        stolen: AtomicUsize::new(0),
     });
     let handle = RunHandle {
         shared: shared.clone(),
@@ -337,6 +339,8 @@ impl Driver {
                 }
             };
             if let Some(mut q) = queued {
+                #[cfg(test)]
+                self.shared.stolen.fetch_add(1, Ordering::SeqCst);
                 if let Some(mut result) = self.run_queued(&mut q) {
                     let logs = attempt_logs(&mut result);
                     self.fire_timers(sched, out);

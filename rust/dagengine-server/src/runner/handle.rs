@@ -55,6 +55,9 @@ pub(super) struct Shared {
     pub(super) sync_waiters: AtomicUsize,
     /// The same wake-up as `changed`, for async waiters (the gRPC event stream).
     pub(super) changed_async: tokio::sync::Notify,
+    /// Lua attempts the driver took from the backlog to run itself (tests wait on it).
+    #[cfg(test)]
+    pub(super) stolen: AtomicUsize,
 }
 
 impl Shared {

@@ -398,8 +398,11 @@ fn cancel_reaches_fan_out_nodes_run_by_the_driver_and_by_the_pool() {
             .iter()
             .any(|e| e.kind == EventKind::NodeSucceeded && e.node == Some(width as NodeIdx));
     }
-    // Let the driver take a waiting endless node.
-    std::thread::sleep(Duration::from_millis(200));
+    // Once the quick node is done the driver takes a waiting endless node to run itself.
+    while h.shared.stolen.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the driver took no waiting node");
+        std::thread::sleep(Duration::from_millis(1)); // polling the condition
+    }
     let asked = Instant::now();
     h.cancel();
     assert!(
