@@ -158,6 +158,8 @@ pub(crate) struct Call<'a> {
     pub(crate) node_id: &'a str,
     pub(crate) run_id: &'a str,
     pub(crate) attempt: u32,
+    /// A mapped node's item: its index and value.
+    pub(crate) item: Option<(u32, &'a Value)>,
 }
 
 /// What the runner returned: a table, already converted (or the fault that kept it from
@@ -247,6 +249,22 @@ pub(crate) fn invoke(
                     ffi::lua_rawset(l, -3);
                 }
                 ffi::lua_setfield(l, 3, c"results".as_ptr());
+            }
+            if let (true, Some((index, item))) = (names.item, call.item) {
+                if let Err(e) = push_json(l, 1, item, 0) {
+                    failed = Some((e, "item".to_owned()));
+                    ffi::lua_settop(l, 0);
+                    return;
+                }
+                if names.ctx {
+                    ffi::lua_pushvalue(l, -1);
+                    ffi::lua_setfield(l, 4, c"item".as_ptr());
+                    ffi::lua_pushinteger(l, i64::from(index));
+                    ffi::lua_setfield(l, 4, c"index".as_ptr());
+                }
+                ffi::lua_setfield(l, 3, c"item".as_ptr());
+                ffi::lua_pushinteger(l, i64::from(index));
+                ffi::lua_setfield(l, 3, c"index".as_ptr());
             }
             if names.ctx {
                 push_str(l, call.node_id);

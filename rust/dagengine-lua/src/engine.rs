@@ -167,6 +167,36 @@ pub(crate) struct Engine {
     poisoned: Cell<bool>,
 }
 
+/// What a script is given besides its identity: the run's inputs, its parents' results
+/// and, for an item of a mapped node, the item's index and value.
+pub(crate) struct Given<'a> {
+    pub(crate) inputs: &'a Value,
+    pub(crate) results: &'a [(&'a str, &'a Value)],
+    pub(crate) item: Option<(u32, &'a Value)>,
+}
+
+impl<'a> Given<'a> {
+    fn of(inputs: &'a Value, results: &'a [(&'a str, &'a Value)]) -> Self {
+        Self {
+            inputs,
+            results,
+            item: None,
+        }
+    }
+}
+
+/// What a value that is not a table is, for messages (`nil`, `a number (3)`, `a string
+/// ("yes")`, `a function`).
+fn describe(value: &LuaValue) -> String {
+    match value {
+        LuaValue::Nil => "nil".to_owned(),
+        LuaValue::Integer(n) => format!("a number ({n})"),
+        LuaValue::Number(n) => format!("a number ({n})"),
+        LuaValue::String(text) => format!("a string ({:?})", text.to_string_lossy()),
+        other => format!("a {}", lua_type_name(other)),
+    }
+}
+
 fn internal(e: &mlua::Error) -> LuaError {
     LuaError::Runtime {
         message: format!("internal Lua error: {e}"),
@@ -338,15 +368,40 @@ impl Engine {
     pub(crate) fn execute(
         &mut self,
         script: &LuaScript,
+        given: &Given<'_>,
+        info: &NodeInfo<'_>,
+        limits: &LuaLimits,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<LuaOutput, LuaError> {
+        let (output, logs) = self.run(script, given, info, limits, cancel, Self::output)?;
+        Ok(LuaOutput { output, logs })
+    }
+
+    /// Like [`Engine::execute`], for a map expression: a table's JSON, or the description
+    /// of what the script returned instead; its log lines are dropped.
+    pub(crate) fn evaluate_json(
+        &mut self,
+        script: &LuaScript,
         inputs: &Value,
         results: &[(&str, &Value)],
         info: &NodeInfo<'_>,
         limits: &LuaLimits,
         cancel: Option<&AtomicBool>,
-    ) -> Result<LuaOutput, LuaError> {
-        let (output, logs) =
-            self.run(script, inputs, results, info, limits, cancel, Self::output)?;
-        Ok(LuaOutput { output, logs })
+    ) -> Result<Result<Value, String>, LuaError> {
+        let read = |e: &Self, returned: Returned| match returned {
+            Returned::Json(json) => json.map(Ok).map_err(|f| e.conv_failure(f, "result")),
+            Returned::Lua(other) => Ok(Err(describe(&other))),
+        };
+        Ok(self
+            .run(
+                script,
+                &Given::of(inputs, results),
+                info,
+                limits,
+                cancel,
+                read,
+            )?
+            .0)
     }
 
     /// Like [`Engine::execute`], for a condition: the script's value is a boolean, or the
@@ -360,31 +415,31 @@ impl Engine {
         limits: &LuaLimits,
         cancel: Option<&AtomicBool>,
     ) -> Result<Result<bool, String>, LuaError> {
-        let describe = |_: &Self, returned: Returned| {
+        let read = |_: &Self, returned: Returned| {
             Ok(match returned {
                 Returned::Lua(LuaValue::Boolean(b)) => Ok(b),
-                Returned::Lua(LuaValue::Nil) => Err("nil".to_owned()),
-                Returned::Lua(LuaValue::Integer(n)) => Err(format!("a number ({n})")),
-                Returned::Lua(LuaValue::Number(n)) => Err(format!("a number ({n})")),
-                Returned::Lua(LuaValue::String(text)) => {
-                    Err(format!("a string ({:?})", text.to_string_lossy()))
-                }
-                Returned::Lua(other) => Err(format!("a {}", lua_type_name(&other))),
+                Returned::Lua(other) => Err(describe(&other)),
                 Returned::Json(_) => Err("a table".to_owned()),
             })
         };
         Ok(self
-            .run(script, inputs, results, info, limits, cancel, describe)?
+            .run(
+                script,
+                &Given::of(inputs, results),
+                info,
+                limits,
+                cancel,
+                read,
+            )?
             .0)
     }
 
-    /// Run `script` once under `limits`; `finish` turns what it returned into the result.
-    #[allow(clippy::too_many_arguments)]
+    /// Run `script` once under `limits` with its `inputs`, `results` and mapped item;
+    /// `finish` turns what it returned into the result.
     fn run<T>(
         &mut self,
         script: &LuaScript,
-        inputs: &Value,
-        results: &[(&str, &Value)],
+        given: &Given<'_>,
         info: &NodeInfo<'_>,
         limits: &LuaLimits,
         cancel: Option<&AtomicBool>,
@@ -405,11 +460,12 @@ impl Engine {
 
         let call = Call {
             names: script.names,
-            inputs,
-            results,
+            inputs: given.inputs,
+            results: given.results,
             node_id: info.node_id,
             run_id: info.run_id,
             attempt: info.attempt,
+            item: given.item,
         };
         let lua = &self.lua;
         // Inputs are converted before the memory limit is armed: they come from the host.

@@ -192,11 +192,15 @@ pub struct LuaScript {
 /// contain a global's name anywhere (not even in a comment or a string), cannot read that
 /// global, so the host does not convert and set it: a script that only sums its inputs
 /// does not pay for its parents' results.
+// One flag per global, read where each is set: a bit set would say the same less plainly.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Names {
     pub(crate) inputs: bool,
     pub(crate) results: bool,
     pub(crate) ctx: bool,
+    /// `item` and `index` (a mapped node's item; also `ctx.item`, `ctx.index`).
+    pub(crate) item: bool,
 }
 
 impl Names {
@@ -207,6 +211,7 @@ impl Names {
             inputs: named("inputs"),
             results: named("results"),
             ctx: named("ctx"),
+            item: named("item") || named("index"),
         }
     }
 }
@@ -377,7 +382,31 @@ pub fn execute(
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
         return Err(LuaError::Cancelled);
     }
-    engine::with_engine(|e| e.execute(script, inputs, results, info, limits, cancel))
+    execute_item(script, inputs, results, info, None, limits, cancel)
+}
+
+/// Runs `script` like [`execute`] for one item of a mapped node: `item` is its index
+/// (from 0) and value, the globals `index` and `item` and the fields `ctx.index` and
+/// `ctx.item`. With `None` it is [`execute`].
+pub fn execute_item(
+    script: &LuaScript,
+    inputs: &Value,
+    results: &[(&str, &Value)],
+    info: &NodeInfo<'_>,
+    item: Option<(u32, &Value)>,
+    limits: &LuaLimits,
+    cancel: Option<&AtomicBool>,
+) -> Result<LuaOutput, LuaError> {
+    engine::take_failed_logs();
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(LuaError::Cancelled);
+    }
+    let given = engine::Given {
+        inputs,
+        results,
+        item,
+    };
+    engine::with_engine(|e| e.execute(script, &given, info, limits, cancel))
 }
 
 /// The `log`/`print` lines the calling thread's last [`execute`] wrote before it failed
@@ -402,6 +431,24 @@ pub fn evaluate_bool(
         return Err(LuaError::Cancelled);
     }
     engine::with_engine(|e| e.evaluate_bool(script, inputs, results, info, limits, cancel))
+}
+
+/// Runs `script` like [`execute`] and reads its value as JSON (a map expression's list):
+/// `Ok(Ok(value))` for a table (an array, or an object: `{}` converts to one) converted to
+/// JSON, `Ok(Err(what))` for anything else (described as by [`evaluate_bool`]), `Err` when
+/// the script failed.
+pub fn evaluate_json(
+    script: &LuaScript,
+    inputs: &Value,
+    results: &[(&str, &Value)],
+    info: &NodeInfo<'_>,
+    limits: &LuaLimits,
+    cancel: Option<&AtomicBool>,
+) -> Result<Result<Value, String>, LuaError> {
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(LuaError::Cancelled);
+    }
+    engine::with_engine(|e| e.evaluate_json(script, inputs, results, info, limits, cancel))
 }
 
 /// Number of chunks compiled on the calling thread so far (compile-cache
