@@ -33,10 +33,14 @@ Invoke: TypeAlias = Callable[
 
 @final
 class CancelToken:
-    """Live cancellation flag of one node attempt (``ctx.cancelled`` reads it)."""
+    """Live cancellation flag of one node attempt (``ctx.cancelled`` reads it), and where the
+    attempt's log lines go while it runs."""
 
     @property
     def is_set(self) -> bool: ...
+    def send_logs(self, lines: list[tuple[str, str]]) -> bool:
+        """Send ``(level, message)`` lines of this attempt to its run now, as ``NODE_LOG``
+        events (before the attempt's end); false once the run has ended."""
 
 @final
 class DagRef:

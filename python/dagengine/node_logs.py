@@ -23,8 +23,8 @@ later lines are dropped.
 
 Where the lines go: a local run's :class:`NodeLogQueue` merges them into the run's events
 (a running attempt's as it goes, each attempt's before its end); an engine process's
-:class:`NodeLogStore` keeps each attempt's until the core takes them for its ``NODE_LOG``
-events.
+:class:`NodeLogStore` sends a running attempt's lines to the core in batches (``NODE_LOG``
+events, live), and keeps the rest until the core takes them before the attempt's end.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, Final, Protocol, TypeVar
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "SEND_INTERVAL",
+    "SEND_LINES",
     "TRUNCATED_PREFIX",
     "NodeLogBuffer",
     "NodeLogLine",
@@ -56,6 +58,12 @@ DEFAULT_LIMIT: Final = 1024 * 1024
 
 TRUNCATED_PREFIX: Final = "[dagengine] log truncated"
 """How the marker line that ends a truncated log begins."""
+
+SEND_INTERVAL: Final = 0.1
+"""How often, in seconds, an engine process sends its running attempts' new lines."""
+
+SEND_LINES: Final = 256
+"""New lines of one running attempt that make an engine process send them at once."""
 
 _T = TypeVar("_T")
 
@@ -302,8 +310,9 @@ class NodeLogQueue:
         self._waiting: dict[tuple[str, int], list[_RawEvent]] = {}
         self._live: dict[tuple[str, int], NodeLogBuffer] = {}
 
-    def new_buffer(self, node_id: str, attempt: int) -> NodeLogBuffer:
-        """The buffer to capture attempt ``attempt`` of ``node_id`` into."""
+    def new_buffer(self, node_id: str, attempt: int, sink: object = None) -> NodeLogBuffer:
+        """The buffer to capture attempt ``attempt`` of ``node_id`` into (``sink`` is for an
+        engine's :class:`NodeLogStore`: a local run's reader pulls the lines itself)."""
         return _LiveBuffer(self, node_id, attempt)
 
     def _watch(self, node_id: str, attempt: int, buffer: NodeLogBuffer) -> None:
@@ -361,30 +370,113 @@ class NodeLogQueue:
         return sorted(rest, key=lambda e: e[4])
 
 
-class NodeLogStore:
-    """The captured lines of an engine process's Python node attempts, by run, node and
-    attempt, until the core takes them (:meth:`take`, called once the attempt returned) to
-    send them as ``NODE_LOG`` events before the attempt's end."""
+class _Sink(Protocol):
+    """Where an engine attempt's lines go while it runs (the core's ``CancelToken``)."""
 
-    __slots__ = ("_lock", "_waiting")
+    def send_logs(self, lines: list[tuple[str, str]]) -> bool: ...
+
+
+class _StreamedBuffer(NodeLogBuffer):
+    """A buffer of a :class:`NodeLogStore`'s attempt: on its first line it registers with the
+    store, whose sender thread then hands its new lines to the attempt's sink in batches, so
+    the orchestrator sees a running node's lines."""
+
+    __slots__ = ("_closed", "_send_lock", "_sink", "_store")
+
+    def __init__(self, store: NodeLogStore, sink: _Sink | None) -> None:
+        super().__init__()
+        self._store = store
+        self._sink = sink
+        self._closed = False
+        # Held while lines are taken and sent, and by done(): no batch is sent after the
+        # attempt's remaining lines were handed over, so every line precedes the attempt's end.
+        self._send_lock = threading.Lock()
+
+    def _add(self, level: str, message: str, source: str) -> None:
+        first = not self.lines
+        super()._add(level, message, source)
+        if self._sink is None:
+            return
+        if first:
+            self._store._watch(self)
+        elif len(self.lines) - self._sent >= SEND_LINES:
+            self._store._wake.set()
+
+    def send(self) -> None:
+        """Send the lines added since the last batch (none once the attempt returned)."""
+        with self._send_lock:
+            if self._closed or self._sink is None:
+                return
+            lines = self.take_new()
+            if lines:
+                self._sink.send_logs([(line.level, line.message) for line in lines])
+
+    def close(self) -> list[NodeLogLine]:
+        """The attempt returned: the lines no batch took; no batch is sent after this."""
+        with self._send_lock:
+            self._closed = True
+            return self.take_new()
+
+
+class NodeLogStore:
+    """The captured lines of an engine process's Python node attempts.
+
+    While an attempt runs, a sender thread hands its new lines to the attempt's sink (the
+    core's ``CancelToken.send_logs``: ``NODE_LOG`` events at once) every
+    :data:`SEND_INTERVAL` seconds, or sooner once :data:`SEND_LINES` are waiting. When the
+    attempt returns, the lines not sent yet wait, by run, node and attempt, until the core
+    takes them (:meth:`take`) to send them before the attempt's end.
+    """
+
+    __slots__ = ("_live", "_lock", "_sender", "_waiting", "_wake")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[tuple[str, str, int], list[NodeLogLine]] = {}
+        self._live: set[_StreamedBuffer] = set()
+        self._wake = threading.Event()
+        self._sender: threading.Thread | None = None
 
-    def new_buffer(self, node_id: str, attempt: int) -> NodeLogBuffer:
-        """The buffer to capture an attempt into."""
-        return NodeLogBuffer()
+    def new_buffer(self, node_id: str, attempt: int, sink: _Sink | None = None) -> NodeLogBuffer:
+        """The buffer to capture an attempt into; with ``sink``, its lines are sent while it
+        runs."""
+        return _StreamedBuffer(self, sink)
+
+    def _watch(self, buffer: _StreamedBuffer) -> None:
+        with self._lock:
+            self._live.add(buffer)
+            if self._sender is None:
+                self._sender = threading.Thread(
+                    target=self._send_loop, name="dagengine-node-logs", daemon=True
+                )
+                self._sender.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            self._wake.wait(SEND_INTERVAL)
+            self._wake.clear()
+            with self._lock:
+                live = list(self._live)
+                if not live:
+                    self._sender = None
+                    return
+            for buffer in live:
+                buffer.send()
 
     def done(self, buffer: NodeLogBuffer, run_id: str, node_id: str, attempt: int) -> None:
-        """The attempt returned: keep its lines for :meth:`take`."""
-        lines = buffer.take_new()
+        """The attempt returned: keep its lines not sent yet for :meth:`take`."""
+        if isinstance(buffer, _StreamedBuffer):
+            lines = buffer.close()
+            with self._lock:
+                self._live.discard(buffer)
+        else:
+            lines = buffer.take_new()
         if lines:
             with self._lock:
                 self._waiting.setdefault((run_id, node_id, attempt), []).extend(lines)
 
     def take(self, run_id: str, node_id: str, attempt: int) -> list[tuple[str, str]]:
-        """The attempt's ``(level, message)`` pairs, removed from the store."""
+        """The attempt's ``(level, message)`` pairs not sent yet, removed from the store."""
         if not self._waiting:
             return []
         with self._lock:

@@ -220,7 +220,7 @@ def _capturing_invoke(
         cancel: CancelToken,
     ) -> NodeOutput:
         _IN_FLIGHT.enter()
-        buffer = new_buffer(node_id, attempt)
+        buffer = new_buffer(node_id, attempt, cancel)
         try:
             with capture(buffer):
                 ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel)

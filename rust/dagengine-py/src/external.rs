@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use dagengine_core::{ErrorKind, NodeIdx};
 use dagengine_server::{
-    condition_value, Context, ExternalCall, ExternalExecutor, Growth, Hooks, LogLine, NodeFailure,
-    Plan, WorkerPool,
+    condition_value, Context, ExternalCall, ExternalExecutor, Growth, Hooks, LogLine, LogSink,
+    NodeFailure, Plan, WorkerPool,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -21,10 +21,12 @@ use serde_json::{Map, Value};
 
 use crate::exit::exiting;
 
-/// Live cancellation flag of one node attempt (`ctx.cancelled` reads it).
+/// Live cancellation flag of one node attempt (`ctx.cancelled` reads it), and where the
+/// attempt's log lines go while it runs (an engine process's `NodeLogStore` sends them).
 #[pyclass(module = "dagengine._core", frozen)]
 pub struct CancelToken {
     flag: Arc<AtomicBool>,
+    logs: LogSink,
 }
 
 #[pymethods]
@@ -32,6 +34,17 @@ impl CancelToken {
     #[getter]
     fn is_set(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Send `(level, message)` lines of this attempt to its run now, as `NODE_LOG` events
+    /// (before the attempt's end); false once the run has ended.
+    fn send_logs(&self, lines: Vec<(String, String)>) -> bool {
+        self.logs.send(
+            lines
+                .into_iter()
+                .map(|(level, message)| LogLine { level, message })
+                .collect(),
+        )
     }
 }
 
@@ -106,6 +119,7 @@ impl PyExternal {
                     py,
                     CancelToken {
                         flag: call.cancel.clone(),
+                        logs: call.logs.clone(),
                     },
                 )?;
                 let args = PyTuple::new(

@@ -12,7 +12,7 @@ pub mod runtime;
 pub use pool::{Context, Growth, Hooks, Job, WorkerPool};
 pub use runner::{
     condition_value, start_run, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor,
-    LogLine, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent,
-    RunHandle, RunOutcome,
+    LogLine, LogSink, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError,
+    RunEvent, RunHandle, RunOutcome,
 };
 pub use runtime::{runtime, RuntimeError};

@@ -39,7 +39,7 @@ use std::sync::{Mutex, MutexGuard};
 
 pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
 pub use driver::{start_run, start_run_inline};
-pub use handle::RunHandle;
+pub use handle::{LogSink, RunHandle};
 pub use model::{
     Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, LogLine, NodeFailure,
     NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunOutcome,

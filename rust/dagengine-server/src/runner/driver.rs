@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::drivers;
 use crate::runtime::{runtime, RuntimeError};
 
-use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
+use super::handle::{ExecOk, LogSink, Msg, Published, RunHandle, Shared};
 use super::lock;
 use super::lua::{
     attempt_logs, drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET,
@@ -410,6 +410,22 @@ impl Driver {
                     sched.handle(Event::ConditionFalse { node, attempt }, out);
                 }
             }
+            Msg::Log {
+                node,
+                attempt,
+                lines,
+            } => {
+                let now = unix_now();
+                for line in lines {
+                    self.emit_at(
+                        now,
+                        EventKind::NodeLog,
+                        Some(node),
+                        attempt,
+                        EventDetail::Log(line),
+                    );
+                }
+            }
             Msg::Cancel => sched.handle(Event::Stop(StopReason::Cancelled), out),
         }
     }
@@ -601,6 +617,7 @@ impl Driver {
             attempt,
             results: self.results_of(node),
             cancel,
+            logs: LogSink::new(self.tx.clone(), node, attempt),
         };
         if let Some(timeout) = self.plan.policies[self.policy_index(node)].timeout {
             self.timers.push(Reverse((

@@ -30,7 +30,54 @@ pub(super) enum Msg {
         node: NodeIdx,
         attempt: u32,
     },
+    /// Lines a running attempt logged so far: `NodeLog` events now (see [`LogSink`]).
+    Log {
+        node: NodeIdx,
+        attempt: u32,
+        lines: Vec<LogLine>,
+    },
     Cancel,
+}
+
+/// Where a running external attempt sends the lines it logged while it runs: each
+/// [`LogSink::send`] becomes that many `NodeLog` events of the attempt at once, so a long
+/// node's lines are seen before it ends. Lines sent before the attempt returns come before
+/// its end event; what [`ExternalExecutor::take_logs`](super::ExternalExecutor::take_logs)
+/// returns comes after them.
+#[derive(Clone)]
+pub struct LogSink {
+    tx: Sender<Msg>,
+    node: NodeIdx,
+    attempt: u32,
+}
+
+impl LogSink {
+    pub(super) fn new(tx: Sender<Msg>, node: NodeIdx, attempt: u32) -> Self {
+        Self { tx, node, attempt }
+    }
+
+    /// Hand `lines` to the run; false once the run has ended (they are dropped).
+    pub fn send(&self, lines: Vec<LogLine>) -> bool {
+        if lines.is_empty() {
+            return true;
+        }
+        self.tx
+            .send(Msg::Log {
+                node: self.node,
+                attempt: self.attempt,
+                lines,
+            })
+            .is_ok()
+    }
+}
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSink")
+            .field("node", &self.node)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(super) struct ExecOk {

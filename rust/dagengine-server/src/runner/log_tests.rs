@@ -221,3 +221,63 @@ fn an_external_nodes_lines_keep_their_level_and_come_before_each_attempts_end() 
         ]
     );
 }
+
+/// Sends a line through its attempt's sink, then waits for the test to have seen it as an
+/// event before it returns, logging one more line at its end.
+struct Live {
+    seen: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl ExternalExecutor for Live {
+    fn execute(&self, _: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
+        assert!(call
+            .logs
+            .send(vec![LogLine::info("while running".to_owned())]));
+        let (lock, cond) = &*self.seen;
+        let seen = cond
+            .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(30), |s| !*s)
+            .unwrap()
+            .0;
+        assert!(*seen, "the test never saw the live line");
+        Ok(Map::new())
+    }
+
+    fn take_logs(&self, _: &Plan, _: NodeIdx, _: u32) -> Vec<LogLine> {
+        vec![LogLine::info("at the end".to_owned())]
+    }
+}
+
+#[test]
+fn an_external_nodes_live_lines_are_published_while_it_runs() {
+    use EventKind::{NodeLog, NodeStarted, NodeSucceeded};
+    let seen = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let plan = one_node(NodeKind::External, NodePolicy::default());
+    let cfg = RunConfig {
+        events: true,
+        ..Default::default()
+    };
+    let ext = Live { seen: seen.clone() };
+    let h = start_run(Arc::new(plan), cfg, Some(Arc::new(ext))).unwrap();
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e: &RunEvent| e.kind == NodeLog && e.node == Some(0))
+    {
+        assert!(!h.is_done(), "the run ended before its live line was seen");
+        events.extend(h.next_events(Duration::from_secs(5)));
+    }
+    // Seen while the node still runs: let it finish.
+    *seen.0.lock().unwrap() = true;
+    seen.1.notify_all();
+    assert!(h.wait(Duration::from_secs(30)), "run did not finish");
+    events.extend(h.next_events(Duration::ZERO));
+    assert_eq!(
+        node_events(&events),
+        vec![
+            (NodeStarted, 1, None),
+            (NodeLog, 1, info("while running")),
+            (NodeLog, 1, info("at the end")),
+            (NodeSucceeded, 1, None),
+        ]
+    );
+}

@@ -13,6 +13,7 @@ use dagengine_core::{
 use dagengine_lua::{LuaLimits, LuaScript};
 use serde_json::{Map, Value};
 
+use super::handle::LogSink;
 use crate::pool::{Growth, Hooks, WorkerPool};
 
 /// How a node is executed.
@@ -150,6 +151,9 @@ pub struct ExternalCall {
     pub results: Vec<(NodeIdx, Arc<Value>)>,
     /// Set when the attempt should stop (cancel, timeout, fail-fast).
     pub cancel: Arc<AtomicBool>,
+    /// Where the attempt's lines go while it runs (those left go through
+    /// [`ExternalExecutor::take_logs`]).
+    pub logs: LogSink,
 }
 
 /// Executes external nodes; called on a thread of [`ExternalExecutor::pool`].
