@@ -19,6 +19,7 @@ from typing import Any
 from dagengine.engine import error_info_from_proto, result_json_from_proto
 from dagengine.node_logs import DEFAULT_LIMIT, TRUNCATED_PREFIX
 from dagengine.orchestrator.events import EventBus
+from dagengine.orchestrator.retry import retry_origin
 from dagengine.orchestrator.store import StoreBackend
 from dagengine.results import NodeEvent
 from dagengine.tracing import current_trace_context
@@ -65,7 +66,9 @@ class LogBudget:
 
 def queued_data(wv: Any, parent_run_id: str | None, parent_node_id: str | None) -> dict[str, Any]:
     """The ``run.queued`` event's data: the version, a sub-workflow's parent run and node,
-    and the W3C trace context of the request that submitted the run (``trace``)."""
+    the W3C trace context of the request that submitted the run (``trace``), and for a retry
+    the run it retries and the nodes it reuses (``retry_of``, ``reused``: see
+    :mod:`~dagengine.orchestrator.retry`)."""
     data: dict[str, Any] = {"version": str(wv.version)}
     if parent_run_id:
         data["parent_run_id"] = parent_run_id
@@ -73,6 +76,9 @@ def queued_data(wv: Any, parent_run_id: str | None, parent_node_id: str | None) 
     trace = current_trace_context()
     if trace is not None:
         data["trace"] = trace
+    origin = retry_origin()
+    if origin is not None:
+        data.update(origin)
     return data
 
 

@@ -6,13 +6,21 @@ nodes' outputs (``Job.completed``) and the engine seeds them instead of running 
 A retry's first attempt takes the old run's outputs from :class:`Reuse` (filled before the new
 run is submitted) and stores them as the new run's own outputs at that attempt, so a later
 attempt (its engine lost, the orchestrator restarted while it ran) finds them in the store
-like any checkpoint. A retry still queued when the orchestrator stops starts from scratch
-when it is resumed: the reuse is remembered in memory until the first attempt begins.
+like any checkpoint.
+
+A retry still queued when the orchestrator stops keeps its reuse too: its ``run.queued`` event
+(stored with the run, in the same commit) names the old run and the reused nodes
+(``retry_of``, ``reused``). A run queued before this orchestrator started (its id's time says
+so, see :meth:`RunRecord.new_id`) is resumed; its first attempt reads that event and takes the
+old run's stored outputs of those nodes (any the old run no longer has, pruned meanwhile, run
+again).
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +29,32 @@ from dagengine.exceptions import DagEngineError, RunNotFound
 if TYPE_CHECKING:
     from dagengine.orchestrator.runs import RunHandle
 
-__all__ = ["RETRYABLE", "Reuse", "retry_run"]
+__all__ = ["RETRYABLE", "Reuse", "retry_origin", "retry_run"]
 
 #: The statuses a run can be retried from.
 RETRYABLE = ("failed", "cancelled")
 _ENDED = ("succeeded", "failed", "cancelled")
+
+# The retry being submitted on this thread: ``run.queued``'s ``retry_of`` and ``reused``.
+_origin: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "dagengine_retry_origin", default=None
+)
+
+
+def retry_origin() -> dict[str, Any] | None:
+    """While :func:`retry_run` submits a retry: ``{"retry_of": old run id, "reused": node
+    ids}``, for the new run's ``run.queued`` event (else ``None``)."""
+    return _origin.get()
+
+
+def _created_ms(run_id: str) -> int | None:
+    """When a run id of :meth:`RunRecord.new_id` was made (ms); ``None`` for another id."""
+    if len(run_id) != 32:
+        return None
+    try:
+        return int(run_id[:12], 16)
+    except ValueError:
+        return None
 
 
 class Reuse:
@@ -35,6 +64,9 @@ class Reuse:
         self._store = store
         self._lock = threading.Lock()
         self._outputs: dict[str, dict[str, dict[str, Any]]] = {}
+        # Runs made before this (a previous orchestrator's, resumed) may be retries whose
+        # reuse is only in their run.queued event.
+        self._since_ms = time.time_ns() // 1_000_000
 
     def put(self, run_id: str, outputs: Mapping[str, Mapping[str, Any]]) -> None:
         """Remember a new retry's outputs; forget those of retries that ended without a first
@@ -67,11 +99,26 @@ class Reuse:
         that attempt's outputs (queued behind its claim); empty for a run that is no retry."""
         with self._lock:
             outputs = self._outputs.pop(run_id, None)
+        if outputs is None:
+            created = _created_ms(run_id)
+            if created is None or created < self._since_ms:
+                outputs = self._stored(run_id)
         if not outputs:
             return {}
         for node_id, output in outputs.items():
             self._store.save_node_output_later(run_id, node_id, attempt, output)
         return outputs
+
+    def _stored(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """A resumed retry's reused outputs, from its ``run.queued`` event and the old run's
+        stored outputs (empty for a run that is no retry)."""
+        queued = self._store.events(run_id=run_id, types=["run.queued"], limit=1)
+        origin = queued[0].data if queued else {}
+        old = origin.get("retry_of")
+        if not isinstance(old, str):
+            return {}
+        stored = self._store.node_outputs(old)
+        return {n: stored[n] for n in origin.get("reused", ()) if n in stored}
 
 
 def retry_run(orch: Any, run_id: str) -> tuple[RunHandle, list[str]]:
@@ -96,6 +143,7 @@ def retry_run(orch: Any, run_id: str) -> tuple[RunHandle, list[str]]:
 
     new_id = RunRecord.new_id()
     orch._reuse.put(new_id, outputs)
+    token = _origin.set({"retry_of": run_id, "reused": sorted(outputs)})
     try:
         handle = orch.execute_workflow(
             record.workflow_id,
@@ -108,4 +156,6 @@ def retry_run(orch: Any, run_id: str) -> tuple[RunHandle, list[str]]:
     except BaseException:
         orch._reuse.discard(new_id)
         raise
+    finally:
+        _origin.reset(token)
     return handle, sorted(outputs)
