@@ -623,6 +623,13 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="local engine processes to start; 0 (default) runs the embedded engine",
     )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        default=None,
+        help="one of several active orchestrators on one PostgreSQL store: runs are leased, "
+        "a lost replica's runs taken over by the others (env DAGENGINE_REPLICA=1)",
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -642,6 +649,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.engines < 0:
             raise BadInput("--engines must be >= 0")
         opts.engines = args.engines
+    if args.replica:
+        opts.replica = True
     return serve(opts)
 
 

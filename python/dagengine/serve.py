@@ -11,6 +11,8 @@ defaults. The file (every key optional)::
       token_env: API_TOKEN     # bearer token for the REST routes (or token: ...)
       allow_python_specs: false  # let POST /workflows register specs with python: nodes
     store: ./dagengine.db      # SQLite file, :memory: or postgresql://... (DAGENGINE_STORE)
+    replica: false             # one of several active orchestrators on one PostgreSQL store
+                               # (DAGENGINE_REPLICA=1, --replica; docs/orchestrator.md)
     workflows: [examples]      # folders to load (see load_workflows)
     engines: 0                 # local engine processes; 0 = the embedded in-process engine
     engine_capacity: 10
@@ -72,8 +74,8 @@ __all__ = ["ServeOptions", "build_triggers", "load_serve_config", "load_workflow
 
 log = logging.getLogger("dagengine.serve")
 
-_TOP_KEYS = ("http", "store", "workflows", "engines", "engine_capacity", "discovery",
-             "grpc_port", "triggers", "retention")  # fmt: skip
+_TOP_KEYS = ("http", "store", "replica", "workflows", "engines", "engine_capacity",
+             "discovery", "grpc_port", "triggers", "retention")  # fmt: skip
 _RETENTION_KEYS = ("max_age", "keep_last", "export_dir", "interval")
 _HTTP_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "allow_python_specs")
 _CRON_KEYS = ("type", "id", "workflow_id", "version", "schedule", "timezone", "overlap",
@@ -94,6 +96,9 @@ class ServeOptions:
     api_token: str | None = None
     allow_python_specs: bool = False
     store: str | None = None
+    #: One of several active orchestrators on one PostgreSQL store (``None``: as
+    #: ``DAGENGINE_REPLICA`` says).
+    replica: bool | None = None
     workflows: list[str] = field(default_factory=list)
     engines: int = 0
     engine_capacity: int = 10
@@ -159,6 +164,10 @@ def load_serve_config(path: str | Path, options: ServeOptions | None = None) -> 
             if store == ":memory:" or is_postgres_url(store)
             else str(opts.base_dir / Path(store).expanduser())
         )
+    if "replica" in data:
+        if not isinstance(data["replica"], bool):
+            raise _bad("replica", f"expected true or false, got {data['replica']!r}")
+        opts.replica = data["replica"]
     folders = data.get("workflows")
     if folders is not None:
         items = [folders] if isinstance(folders, str) else folders
@@ -460,6 +469,8 @@ def _orchestrator_config(opts: ServeOptions, env: Mapping[str, str] | None) -> C
     changes: dict[str, Any] = {}
     if opts.store is not None:
         changes["store_path"] = opts.store
+    if opts.replica is not None:
+        changes["replica"] = opts.replica
     if opts.port is not None:
         changes["http_port"] = opts.port
     if opts.discovery:

@@ -108,6 +108,13 @@ class Config:
     #: Bytes of log text stored per node attempt (``DAGENGINE_NODE_LOG_LIMIT``); the line
     #: past it is replaced by one truncation marker and the rest of the attempt's are dropped.
     node_log_limit: int = NODE_LOG_LIMIT
+    #: One of several active orchestrators (replicas) on one PostgreSQL store
+    #: (``DAGENGINE_REPLICA=1``, ``dagengine serve --replica``): see
+    #: :mod:`~dagengine.orchestrator.replicas`.
+    replica: bool = False
+    #: Seconds a replica's lease on a run lasts without renewal (``DAGENGINE_LEASE_TTL``);
+    #: renewed every third of it. A lost replica's runs move to the others within about 1.3x.
+    lease_ttl: float = 10.0
 
     @property
     def tls_enabled(self) -> bool:
@@ -199,6 +206,8 @@ class Config:
             node_log_limit=env.integer(
                 "DAGENGINE_NODE_LOG_LIMIT", NODE_LOG_LIMIT, minimum=1024, maximum=1 << 30
             ),
+            replica=env.boolean("DAGENGINE_REPLICA", False),
+            lease_ttl=env.seconds("DAGENGINE_LEASE_TTL", 10.0),
         )
 
 

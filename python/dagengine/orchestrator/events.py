@@ -594,6 +594,12 @@ class EventBus:
     Thread-safe. :meth:`publish` holds one lock across the store append and the fan-out so
     subscribers receive events in ``seq`` order; the fan-out itself only appends to bounded
     buffers, so a slow subscriber never slows a publisher down.
+
+    On a store that numbers events when it commits them (a replica's, whose ``replica_id``
+    is set: several orchestrators write events to one database), :meth:`publish` only
+    records: the events of every replica reach the subscribers through
+    :meth:`deliver_committed`, from a follower of the store (:mod:`..replicas`), in the
+    store's order.
     """
 
     def __init__(self, store: EventStore) -> None:
@@ -604,6 +610,8 @@ class EventBus:
         last = getattr(store, "last_event_seq", None)
         self._last_seq = int(last()) if callable(last) else 0
         self._closed = False
+        #: Whether the store numbers events when it commits them (see the class doc).
+        self.numbered_at_commit = getattr(store, "replica_id", None) is not None
 
     @property
     def last_seq(self) -> int:
@@ -644,7 +652,8 @@ class EventBus:
             event = Event(
                 int(seq), when, kind, level, workflow_id, run_id, node_id, engine_id, payload
             )
-            self._deliver_locked(event)
+            if not self.numbered_at_commit:
+                self._deliver_locked(event)
         return event
 
     def publish_batch(
@@ -672,11 +681,21 @@ class EventBus:
                 seqs: Iterable[int] = range(first, first + len(events))
             else:
                 seqs = [int(self.store.append_event(*event)) for event in events]
+            if self.numbered_at_commit:
+                return  # (delivered once committed: deliver_committed)
             if not self._subs:  # nobody listens: no Event objects to build
                 self._last_seq = max(seqs, default=self._last_seq)
                 return
             for seq, event in zip(seqs, events, strict=True):
                 self._deliver_locked(Event(seq, *event))
+
+    def deliver_committed(self, events: Iterable[Event]) -> None:
+        """Hand events read back from the store (in ``seq`` order) to the subscribers: the
+        ones after the last delivered (a store that numbers events when it commits them)."""
+        with self._lock:
+            for event in events:
+                if event.seq > self._last_seq:
+                    self._deliver_locked(event)
 
     def _deliver_locked(self, event: Event) -> None:
         self._last_seq = event.seq

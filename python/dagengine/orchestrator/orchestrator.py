@@ -65,6 +65,7 @@ from dagengine.orchestrator.recording import (
 )
 from dagengine.orchestrator.recovery import Recovery
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
+from dagengine.orchestrator.replicas import new_replica_id, replica_coordinator
 from dagengine.orchestrator.retry import Reuse
 from dagengine.orchestrator.runs import (
     ActiveRun,
@@ -72,6 +73,7 @@ from dagengine.orchestrator.runs import (
     RunInfo,
     cancelled_result,
     failed_result,
+    settle_run,
 )
 from dagengine.orchestrator.store import RunRecord, StoreTarget, store_from
 from dagengine.orchestrator.store.retention import (
@@ -109,7 +111,9 @@ class Orchestrator:
 
     ``Orchestrator()`` is the embedded default: an in-process engine (``local``) and a SQLite
     store at the default path (``store=":memory:"`` keeps nothing; a ``postgresql://`` URL: see
-    :func:`~dagengine.orchestrator.store.store_from`). Register more engines with
+    :func:`~dagengine.orchestrator.store.store_from`). ``replica=True`` (default:
+    ``Config.replica``, ``DAGENGINE_REPLICA``) makes it one of several active orchestrators
+    on one PostgreSQL store (:mod:`~dagengine.orchestrator.replicas`). Register more engines with
     :meth:`register_engine`; :meth:`from_config` builds a distributed orchestrator (remote
     engines found by discovery).
     """
@@ -122,10 +126,21 @@ class Orchestrator:
         embedded_engine: bool = True,
         tls: TLSConfig | None = None,
         recover: bool = True,
+        replica: bool | None = None,
     ) -> None:
         self.config = config if config is not None else Config.local_from_env()
-        self.store, self._owns_store = store_from(store or self.config.store_path, exclusive=True)
+        replicated = self.config.replica if replica is None else replica
+        self.store, self._owns_store = store_from(
+            store or self.config.store_path,
+            exclusive=not replicated,
+            replica=new_replica_id() if replicated else None,
+            lease_ttl=self.config.lease_ttl,
+        )
+        #: The replica side (leases, take-overs, the shared event stream) when this is one of
+        #: several orchestrators on one PostgreSQL store (``replica=True``), else ``None``.
+        self.replicas = replica_coordinator(self, replicated)
         self.registry = WorkflowRegistry(self.store)
+        self.registry.shared = self.replicas is not None
         self._reuse = Reuse(self.store)
         self.events = EventBus(self.store)
         self.balancer: LoadBalancer = make_balancer(self.config.load_balancer_type)
@@ -390,6 +405,8 @@ class Orchestrator:
             slots = list(self._engines.values())
         if self.cluster is not None:
             self.cluster.stop()
+        if self.replicas is not None:
+            self.replicas.stop()
         self.pruner.stop()
         self._dispatcher.join(timeout=5)
         for slot in slots:
@@ -542,7 +559,10 @@ class Orchestrator:
         :data:`~.recovery.RESUME_RETRY_INITIAL` to :data:`~.recovery.RESUME_RETRY_MAX`
         seconds) and whenever a workflow is registered; it can be cancelled meanwhile. Only
         the first call does anything (:mod:`.recovery`)."""
-        self._recovery.recover()
+        if self.replicas is not None:  # the runs whose lease ran out, and from then on
+            self.replicas.start()
+        else:
+            self._recovery.recover()
 
     # -- internals: dispatch --------------------------------------------------------------
 
@@ -850,44 +870,6 @@ class Orchestrator:
         engine_id: str | None,
         result_json: str | None = None,
     ) -> None:
-        """Record a run's end (fenced by ``attempt``) and then tell its waiters. The record is
-        committed with the store's next group, so settling never waits for the disk on the
-        caller's thread (the core's I/O thread, for remote runs). ``result_json``:
-        ``result`` already encoded."""
-        error = result.error.to_dict() if result.error is not None else None
-
-        def recorded(stored: bool) -> None:
-            if not stored:
-                # A newer attempt owns the run: this result is stale.
-                return
-            with self._lock:
-                self._runs.pop(run.run_id, None)
-            ended = {
-                "succeeded": "run.completed",
-                "failed": "run.failed",
-                "cancelled": "run.cancelled",
-            }[result.status.value]
-            data = {
-                "attempt": attempt,
-                "duration": result.duration,
-                **({"error": error} if error else {}),
-            }
-            try:
-                self.events.publish_batch(
-                    [(ended, None, data)],
-                    workflow_id=run.version.workflow_id,
-                    run_id=run.run_id,
-                    engine_id=engine_id,
-                )
-            finally:  # (its waiters are told even if the event could not be)
-                if not run.future.done():
-                    run.future.set_result(result)
-
-        self.store.finish_run_later(
-            run.run_id,
-            attempt,
-            result.status.value,
-            result_json if result_json is not None else result.to_dict(),
-            error,
-            recorded,
-        )
+        """Record a run's end, fenced by ``attempt``, then tell its waiters (:func:`.runs.
+        settle_run`)."""
+        settle_run(self, run, attempt, result, engine_id, result_json)

@@ -51,14 +51,19 @@ class Recovery:
         self._recover()
 
     def _recover(self) -> None:
-        """Re-queue the runs a previous orchestrator left queued or running. All are known
-        (in ``_runs``) before any is dispatched, so a resumed parent finds its resumed
-        children instead of starting them again (a waiting child too: it is known, and the
-        parent waits for it)."""
+        """Re-queue the runs a previous orchestrator left queued or running."""
+        self.adopt(self._orch.store.unfinished_runs())
+
+    def adopt(self, records: list[RunRecord], reason: str = "orchestrator restarted") -> None:
+        """Resume ``records`` (unfinished runs this orchestrator now owns: left by a
+        previous one, or taken over from a replica that died) from their stored outputs.
+        All are known (in ``_runs``) before any is dispatched, so a resumed parent finds its
+        resumed children instead of starting them again (a waiting child too: it is known,
+        and the parent waits for it). ``reason``: what the redispatch events say."""
         orch = self._orch
         recovered: list[tuple[ActiveRun, RunRecord]] = []
         waiting: list[tuple[ActiveRun, RunRecord, str]] = []
-        for rec in orch.store.unfinished_runs():
+        for rec in records:
             problem: str | None = None
             try:
                 wv = orch.registry.get(rec.workflow_id, rec.version)
@@ -98,7 +103,7 @@ class Recovery:
                 orch._runs[run.run_id] = run
             for run, _ in recovered:
                 actions = run.handle(Event.RECOVERED)
-                orch._apply(run, actions, None, run.attempt, reason="orchestrator restarted")
+                orch._apply(run, actions, None, run.attempt, reason=reason)
             for run, _, problem in waiting:
                 orch._apply(run, run.handle(Event.PARKED), None, run.attempt, reason=problem)
             orch._wakeup.notify_all()

@@ -139,6 +139,8 @@ class WorkflowRegistry:
 
     def __init__(self, store: StoreBackend | None = None) -> None:
         self._store = store
+        #: Other orchestrators register versions in the same store (replicas): see :meth:`get`.
+        self.shared = False
         self._lock = threading.RLock()
         self._workflows: dict[str, dict[Version, WorkflowVersion]] = {}
         self._yanked: dict[str, set[Version]] = {}
@@ -175,9 +177,21 @@ class WorkflowRegistry:
                 )
             return entry
 
-    def _load(self, store: StoreBackend) -> None:
+    def refresh(self) -> int:
+        """Load the versions the store has and this registry does not (registered by
+        another orchestrator on the same store: a replica); returns how many."""
+        if self._store is None:
+            return 0
+        with self._lock:
+            before = sum(len(v) for v in self._workflows.values())
+            self._load(self._store, only_new=True)
+            return sum(len(v) for v in self._workflows.values()) - before
+
+    def _load(self, store: StoreBackend, *, only_new: bool = False) -> None:
         for record in store.workflow_versions():
             version = Version.parse(record.version)
+            if only_new and version in self._workflows.get(record.workflow_id, {}):
+                continue
             dag: DAG | None = None
             problem: str | None = None
             if record.spec is None:
@@ -388,7 +402,17 @@ class WorkflowRegistry:
         return versions
 
     def get(self, workflow_id: str, version: str | None = None) -> WorkflowVersion:
-        """A version by its exact number, or the latest when ``version`` is ``None``."""
+        """A version by its exact number, or the latest when ``version`` is ``None``. With
+        :attr:`shared` (replicas on one store), a version this registry does not know is
+        looked for in the store before it is refused."""
+        try:
+            return self._get(workflow_id, version)
+        except (WorkflowNotFound, VersionNotFound):
+            if not self.shared or not self.refresh():
+                raise
+        return self._get(workflow_id, version)
+
+    def _get(self, workflow_id: str, version: str | None) -> WorkflowVersion:
         with self._lock:
             versions = self._versions_of(workflow_id)
             if version is None:

@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
     from dagengine.orchestrator.registry import WorkflowVersion
 
-__all__ = ["ActiveRun", "RunHandle", "RunInfo", "cancelled_result", "failed_result"]
+__all__ = [
+    "ActiveRun",
+    "RunHandle",
+    "RunInfo",
+    "cancelled_result",
+    "failed_result",
+    "settle_run",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +143,54 @@ class ActiveRun(RunLifecycle):
     parent_run_id: str = ""
     parent_node_id: str = ""
     deadline: float | None = None
+
+
+def settle_run(
+    orch: Orchestrator,
+    run: ActiveRun,
+    attempt: int,
+    result: RunResult,
+    engine_id: str | None,
+    result_json: str | None = None,
+) -> None:
+    """Record a run's end (fenced by ``attempt``) and then tell its waiters. The record is
+    committed with the store's next group, so settling never waits for the disk on the
+    caller's thread (the core's I/O thread, for remote runs). ``result_json``:
+    ``result`` already encoded."""
+    error = result.error.to_dict() if result.error is not None else None
+
+    def recorded(stored: bool) -> None:
+        if not stored:
+            # A newer attempt (or another replica) owns the run: this result is stale.
+            return
+        with orch._lock:
+            orch._runs.pop(run.run_id, None)
+        ended = {
+            "succeeded": "run.completed",
+            "failed": "run.failed",
+            "cancelled": "run.cancelled",
+        }[result.status.value]
+        data = {
+            "attempt": attempt,
+            "duration": result.duration,
+            **({"error": error} if error else {}),
+        }
+        try:
+            orch.events.publish_batch(
+                [(ended, None, data)],
+                workflow_id=run.version.workflow_id,
+                run_id=run.run_id,
+                engine_id=engine_id,
+            )
+        finally:  # (its waiters are told even if the event could not be)
+            if not run.future.done():
+                run.future.set_result(result)
+
+    orch.store.finish_run_later(
+        run.run_id,
+        attempt,
+        result.status.value,
+        result_json if result_json is not None else result.to_dict(),
+        error,
+        recorded,
+    )

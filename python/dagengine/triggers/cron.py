@@ -46,12 +46,14 @@ fires meanwhile are dropped), ``cancel_previous`` (cancel the running one, start
 
 Catch-up (``catchup_window`` seconds, default 0 = none): the trigger persists the time of the
 last occurrence it processed (``store.set_trigger_state``) *before* it submits the run, so
-after a restart nothing fires twice. Occurrences missed while it was down that lie inside the
-window before now are fired at start — each once (``catchup="all"``, submitted together
-regardless of the overlap policy: you asked for every one) or only the latest
-(``catchup="latest"``) — with ``_trigger_time`` set to the time each was due. A timer fire
-that comes more than :data:`LATE_TOLERANCE` late (a suspended process) resumes at the next
-occurrence after now rather than firing a burst.
+after a restart nothing fires twice. Orchestrator replicas on one PostgreSQL store all run the
+trigger; each fire time is claimed in the store (``claim_fire``), and only the replica that
+claims it fires, so each fire time starts one run across them. Occurrences missed while it
+was down that lie inside the window before now are fired at start — each once
+(``catchup="all"``, submitted together regardless of the overlap policy: you asked for every
+one) or only the latest (``catchup="latest"``) — with ``_trigger_time`` set to the time each
+was due. A timer fire that comes more than :data:`LATE_TOLERANCE` late (a suspended process)
+resumes at the next occurrence after now rather than firing a burst.
 """
 
 from __future__ import annotations
@@ -634,9 +636,19 @@ class CronTrigger(Trigger):
         self._pending: float | None = None  # buffer_one: the fire waiting for its turn
         self._waiter: threading.Thread | None = None
         #: Counters of what fires did, for tests and the monitor: fired, skipped, buffered,
-        #: cancelled (previous runs), caught_up, errors.
+        #: cancelled (previous runs), caught_up, errors, claimed_elsewhere (fire times another
+        #: orchestrator replica fired).
         self.stats: dict[str, int] = dict.fromkeys(
-            ("fired", "skipped", "buffered", "cancelled", "caught_up", "errors"), 0
+            (
+                "fired",
+                "skipped",
+                "buffered",
+                "cancelled",
+                "caught_up",
+                "errors",
+                "claimed_elsewhere",
+            ),
+            0,
         )
         self._paused = False
 
@@ -773,6 +785,11 @@ class CronTrigger(Trigger):
         assert executor is not None
         # Persist first: a crash after this loses at most this fire, never repeats it.
         self._save_state(cursor=scheduled)
+        # Orchestrator replicas all run the trigger: the first to claim the fire time fires.
+        claim = getattr(self._store, "claim_fire", None)
+        if claim is not None and not claim(self.id, scheduled):
+            self.stats["claimed_elsewhere"] += 1
+            return
         running = self._unfinished()
         if running and not catchup:
             if self.overlap == "skip":

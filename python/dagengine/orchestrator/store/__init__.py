@@ -36,7 +36,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, TypeAlias
 
+from dagengine.exceptions import ConfigError
 from dagengine.orchestrator.store.postgres import PostgresStore, is_postgres_url
+from dagengine.orchestrator.store.postgres_replicas import DEFAULT_LEASE_TTL
 from dagengine.orchestrator.store.postgres_schema import PG_MIGRATIONS
 from dagengine.orchestrator.store.protocol import StoreBackend
 from dagengine.orchestrator.store.records import (
@@ -88,24 +90,45 @@ __all__ = [
 StoreTarget: TypeAlias = "StoreBackend | str | os.PathLike[str]"
 
 
-def store_from(target: StoreTarget, *, exclusive: bool = False) -> tuple[StoreBackend, bool]:
+def store_from(
+    target: StoreTarget,
+    *,
+    exclusive: bool = False,
+    replica: str | None = None,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
+) -> tuple[StoreBackend, bool]:
     """``target`` opened with :func:`open_store` and ``True`` (the caller owns the store and
     closes it), or ``target`` itself and ``False`` if it is a store already."""
     if isinstance(target, (str, os.PathLike)):
-        return open_store(target, exclusive=exclusive), True
+        return open_store(target, exclusive=exclusive, replica=replica, lease_ttl=lease_ttl), True
     return target, False
 
 
 def open_store(
-    target: str | os.PathLike[str], *, exclusive: bool = False
+    target: str | os.PathLike[str],
+    *,
+    exclusive: bool = False,
+    replica: str | None = None,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> SQLiteStore | PostgresStore:
     """The store ``target`` names: a ``postgresql://`` (or ``postgres://``) URL opens a
     :class:`PostgresStore` (``ConfigError`` naming the ``postgres`` extra if psycopg is not
     installed), anything else a :class:`SQLiteStore` (a file path, or ``":memory:"``).
     ``exclusive``: an orchestrator's store, which no other orchestrator may use meanwhile
-    (PostgreSQL: an advisory lock, see :class:`PostgresStore`; SQLite: ignored)."""
+    (PostgreSQL: an advisory lock, see :class:`PostgresStore`; SQLite: ignored).
+    ``replica``: the store of one of several active orchestrators (PostgreSQL only:
+    ``ConfigError`` for another target), with leases of ``lease_ttl`` seconds."""
     if is_postgres_url(target):
+        if replica is not None:
+            return PostgresStore(str(target), replica=replica, lease_ttl=lease_ttl)
         return PostgresStore(str(target), exclusive=exclusive)
+    if replica is not None:
+        raise ConfigError(
+            f"orchestrator replicas share a PostgreSQL store, not {str(target)!r}: give a "
+            "postgresql:// URL (DAGENGINE_STORE) or leave replica mode off",
+            variable="DAGENGINE_STORE",
+            value=str(target),
+        )
     return SQLiteStore(target)
 
 

@@ -20,7 +20,10 @@ one.
 
 Event sequence numbers are assigned when an event is queued, from a counter of this store
 (one orchestrator per database), and the highest one written is kept in the sequence
-``events_seq`` so that a restarted store never reuses a number.
+``events_seq`` so that a restarted store never reuses a number. A replica's store
+(``replica=ID``: several active orchestrators on the database, see
+:mod:`~dagengine.orchestrator.store.postgres_replicas`) numbers them when they are committed
+instead, in commit order across the replicas: its ``append_event_later`` returns 0.
 """
 
 from __future__ import annotations
@@ -37,9 +40,8 @@ from urllib.parse import urlsplit, urlunsplit
 from dagengine.exceptions import ConfigError, RunNotFound, StoreError
 from dagengine.orchestrator.store import postgres_retention as _retention
 from dagengine.orchestrator.store import writer as _writer
+from dagengine.orchestrator.store.postgres_replicas import DEFAULT_LEASE_TTL, ReplicaStore
 from dagengine.orchestrator.store.postgres_schema import (
-    EVENTS_WRITTEN,
-    INSERT_EVENT,
     INSERT_OUTPUT,
     INSERT_RUN,
     NEXT_EVENT_SEQ,
@@ -126,7 +128,7 @@ def _require_psycopg() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
-class PostgresStore(PostgresWriter):
+class PostgresStore(ReplicaStore, PostgresWriter):
     """Durable orchestrator state in a PostgreSQL database (``url``: a libpq URL,
     ``postgresql://user:password@host:port/database?options=...``).
 
@@ -144,6 +146,12 @@ class PostgresStore(PostgresWriter):
     orchestrator holds the store, wait until it is gone (its session ends: it stopped, died,
     or the server dropped its cut-off connection) instead of refusing, then take the store
     over; the orchestrator then resumes the runs the other left, from their stored outputs.
+
+    ``replica`` (an id unique among the replicas, e.g. host and process): the store of one of
+    several active orchestrators on the database (see
+    :mod:`~dagengine.orchestrator.store.postgres_replicas`); they hold the store's lock
+    shared, so no single (``exclusive``) orchestrator runs beside them. ``lease_ttl``: seconds
+    its leases on runs last without renewal.
     """
 
     def __init__(
@@ -153,9 +161,17 @@ class PostgresStore(PostgresWriter):
         pool_size: int = POOL_SIZE,
         exclusive: bool = False,
         standby: bool | None = None,
+        replica: str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
         if not is_postgres_url(url):
             raise StoreError(f"not a PostgreSQL URL: {url!r} (postgresql://user@host/db)")
+        if replica is not None and (not replica or exclusive):
+            raise StoreError("a replica's store needs a non-empty id and is never exclusive")
+        if not lease_ttl > 0:
+            raise StoreError(f"lease_ttl must be > 0 seconds, got {lease_ttl!r}")
+        self.replica_id = replica
+        self.lease_ttl = float(lease_ttl)
         self._psycopg, pool_module = _require_psycopg()
         self.url = url
         self.exclusive = exclusive
@@ -521,12 +537,15 @@ class PostgresStore(PostgresWriter):
         row = _event_row(time, type, severity, workflow_id, run_id, node_id, engine_id, data)
         with self._lock:
             self._flush_locked()
-            with self._pending_cv:
-                row[0] = seq = self._next_seq
-                self._next_seq += 1
+            if self.replica_id is None:
+                with self._pending_cv:
+                    row[0] = seq = self._next_seq
+                    self._next_seq += 1
             with self.transaction():
-                self._write(INSERT_EVENT, row)
-                self._write(EVENTS_WRITTEN, (seq,))
+                cursor = self._db.cursor()
+                self._write_events(cursor, [tuple(row)])
+                if self.replica_id is not None:  # numbered at the insert
+                    seq = int(cursor.fetchone()[0])
         return seq
 
     def append_event_later(
@@ -544,8 +563,11 @@ class PostgresStore(PostgresWriter):
         assigned (and returned) now."""
         row = _event_row(time, type, severity, workflow_id, run_id, node_id, engine_id, data)
         with self._pending_cv:
-            row[0] = seq = self._next_seq
-            self._next_seq += 1
+            if self.replica_id is None:
+                row[0] = seq = self._next_seq
+                self._next_seq += 1
+            else:
+                seq = 0  # numbered when committed
             backlog = self._enqueue_events_locked([tuple(row)])
         if backlog >= _writer.MAX_PENDING:
             self.flush()
@@ -564,13 +586,14 @@ class PostgresStore(PostgresWriter):
             for when, kind, level, wf, run, node, engine, data in events
         ]
         with self._pending_cv:
-            first = self._next_seq
+            first = self._next_seq if self.replica_id is None else 0
             if not encoded:
                 return first
             backlog = self._enqueue_events_locked(
-                [(first + offset, *row) for offset, row in enumerate(encoded)]
+                [(first and first + offset, *row) for offset, row in enumerate(encoded)]
             )
-            self._next_seq = first + len(encoded)
+            if self.replica_id is None:
+                self._next_seq = first + len(encoded)
         if backlog >= _writer.MAX_PENDING:
             self.flush()
         return first
@@ -614,7 +637,10 @@ class PostgresStore(PostgresWriter):
         ]
 
     def last_event_seq(self) -> int:
-        """The sequence number of the newest event, queued ones included (0 if none)."""
+        """The sequence number of the newest event, queued ones included (0 if none); a
+        replica's store: of the newest committed one (its queued ones have none yet)."""
+        if self.replica_id is not None:
+            return self.committed_event_seq()
         with self._pending_cv:
             return self._next_seq - 1
 

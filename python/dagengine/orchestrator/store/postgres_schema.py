@@ -21,6 +21,16 @@ from dagengine.orchestrator.store.schema import _RUN_COLUMNS, _RUN_JSON
 
 __all__ = ["PG_MIGRATIONS"]
 
+#: This session's replica id (``set_config('dagengine.replica', ...)`` on a replica's
+#: connections; NULL on any other).
+_REPLICA: Final = "NULLIF(current_setting('dagengine.replica', true), '')"
+#: Now in the database's clock (Unix seconds): leases never compare two machines' clocks.
+_DB_NOW: Final = "extract(epoch FROM clock_timestamp())::float8"
+#: A write of this session may touch the run: any session but a replica's (one orchestrator
+#: numbers the attempts), a replica's only on the runs it owns (a run taken over by another
+#: replica refuses the late writes of the one it was taken from).
+MINE: Final = f"({_REPLICA} IS NULL OR runs.owner = {_REPLICA})"
+
 #: Schema migrations of a PostgreSQL store; ``dagengine_schema.version`` is the number
 #: applied. Append, never edit.
 PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -91,6 +101,26 @@ PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at DOUBLE PRECISION NOT NULL
         )""",
     ),
+    # Replicas (several active orchestrators on one database, see postgres_replicas): the
+    # replica that owns a run and until when (its lease, in the database's clock, renewed
+    # by the owner). A run created by a replica's connection is its own from the start: the
+    # defaults read the session's settings (NULL, no owner, on a single orchestrator's).
+    # trigger_fires: one row per cron fire time that started a run, whoever fired it.
+    (
+        f"""ALTER TABLE runs
+            ADD COLUMN owner TEXT DEFAULT {_REPLICA},
+            ADD COLUMN lease_until DOUBLE PRECISION DEFAULT CASE WHEN {_REPLICA} IS NULL
+                THEN NULL ELSE {_DB_NOW} + current_setting('dagengine.lease_ttl')::float8 END""",
+        "CREATE INDEX runs_by_lease ON runs (lease_until) WHERE status IN ('queued', 'running')",
+        "CREATE INDEX runs_by_owner ON runs (owner) WHERE status IN ('queued', 'running')",
+        """CREATE TABLE trigger_fires (
+            trigger_id TEXT NOT NULL,
+            fire_time DOUBLE PRECISION NOT NULL,
+            owner TEXT,
+            claimed_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (trigger_id, fire_time)
+        )""",
+    ),
 )
 
 #: The advisory lock that serialises migrations (any number: the same in every process).
@@ -112,18 +142,22 @@ INSERT_RUN_LATER: Final = f"{INSERT_RUN} ON CONFLICT (run_id) DO NOTHING"
 
 # A claim decided by the orchestrator, fenced: never on a finished run, never back to an
 # older attempt (values: attempt, engine_id, started_at, run_id, attempt).
-CLAIM: Final = """UPDATE runs SET attempt = %s, status = 'running', engine_id = %s,
+CLAIM: Final = (
+    """UPDATE runs SET attempt = %s, status = 'running', engine_id = %s,
         started_at = COALESCE(started_at, %s)
-    WHERE run_id = %s AND status IN ('queued', 'running') AND attempt < %s"""
+    WHERE run_id = %s AND status IN ('queued', 'running') AND attempt < %s AND """
+    + MINE
+)
 
 # A node output, stored only if its attempt is the run's current one and the run is running
 # (one statement: a new claim cannot come between the check and the write). Values:
 # run_id, node_id, attempt, output.
-INSERT_OUTPUT: Final = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
+INSERT_OUTPUT: Final = f"""INSERT INTO node_outputs (run_id, node_id, attempt, output)
     SELECT v.run_id, v.node_id, v.attempt, v.output
     FROM (VALUES (%s::text, %s::text, %s::bigint, %s::text)) AS v (run_id, node_id, attempt, output)
     WHERE EXISTS (SELECT 1 FROM runs
-        WHERE runs.run_id = v.run_id AND runs.attempt = v.attempt AND runs.status = 'running')
+        WHERE runs.run_id = v.run_id AND runs.attempt = v.attempt AND runs.status = 'running'
+            AND {MINE})
     ON CONFLICT (run_id, node_id) DO UPDATE SET
         attempt = excluded.attempt, output = excluded.output"""
 
@@ -147,19 +181,22 @@ CREATE_RUNS: Final = f"""INSERT INTO runs ({_COLUMNS})
 RUN_TIMES: Final = tuple(
     index for index, name in enumerate(_RUN_COLUMNS) if _RUN_TYPES.get(name) == "float8"
 )
-CLAIM_RUNS: Final = """UPDATE runs SET attempt = v.attempt, status = 'running',
+CLAIM_RUNS: Final = (
+    """UPDATE runs SET attempt = v.attempt, status = 'running',
         engine_id = v.engine_id, started_at = COALESCE(runs.started_at, v.started_at)
     FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::float8[])
         AS v (run_id, attempt, engine_id, started_at)
     WHERE runs.run_id = v.run_id AND runs.status IN ('queued', 'running')
-        AND runs.attempt < v.attempt"""
-INSERT_OUTPUTS: Final = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
+        AND runs.attempt < v.attempt AND """
+    + MINE
+)
+INSERT_OUTPUTS: Final = f"""INSERT INTO node_outputs (run_id, node_id, attempt, output)
     SELECT run_id, node_id, attempt, output FROM (
         SELECT DISTINCT ON (v.run_id, v.node_id) v.run_id, v.node_id, v.attempt, v.output, v.n
         FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY
             AS v (run_id, node_id, attempt, output, n)
         JOIN runs ON runs.run_id = v.run_id AND runs.attempt = v.attempt
-            AND runs.status = 'running'
+            AND runs.status = 'running' AND {MINE}
         ORDER BY v.run_id, v.node_id, v.n DESC
     ) AS kept
     ORDER BY n
@@ -168,12 +205,12 @@ INSERT_OUTPUTS: Final = """INSERT INTO node_outputs (run_id, node_id, attempt, o
 
 # The ends of several runs in one statement, each fenced like a single one; returns the runs
 # it ended. No run may appear twice (the group commit sends each run's last end only).
-FINISH_RUNS: Final = """UPDATE runs SET status = v.status, result = v.result, error = v.error,
+FINISH_RUNS: Final = f"""UPDATE runs SET status = v.status, result = v.result, error = v.error,
         finished_at = v.finished_at
     FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[])
         AS v (run_id, status, result, error, finished_at, attempt)
     WHERE runs.run_id = v.run_id AND runs.status IN ('queued', 'running')
-        AND (v.attempt IS NULL OR runs.attempt = v.attempt)
+        AND (v.attempt IS NULL OR runs.attempt = v.attempt) AND {MINE}
     RETURNING runs.run_id"""
 
 INSERT_EVENT: Final = """INSERT INTO events
@@ -188,6 +225,24 @@ INSERT_EVENTS: Final = """INSERT INTO events
 EVENTS_WRITTEN: Final = (
     "SELECT setval('events_seq', GREATEST(%s, (SELECT last_value FROM events_seq)))"
 )
+#: The lock a replica's transaction takes before it numbers its events (and holds until it
+#: commits): events are numbered in the order they are committed, across replicas, so a
+#: reader following ``seq > cursor`` never misses one committed later with a lower number.
+EVENTS_LOCK: Final = 0x6461_6765_7673  # "dagevs"
+#: A replica's events: numbered now from ``events_seq`` (under :data:`EVENTS_LOCK`), in the
+#: order given (the ``seq`` column of the rows is ignored); the followers are notified at
+#: the commit.
+INSERT_EVENTS_NUMBERED: Final = """INSERT INTO events
+    (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
+    SELECT nextval('events_seq'), time, type, severity, workflow_id, run_id, node_id,
+        engine_id, data
+    FROM (SELECT * FROM unnest(%s::bigint[], %s::float8[], %s::text[], %s::smallint[],
+            %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY
+            AS v (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data, n)
+        ORDER BY n) AS ordered
+    RETURNING seq"""
+#: The channel a replica notifies when it commits events (the payload is empty).
+EVENTS_CHANNEL: Final = "dagengine_events"
 NEXT_EVENT_SEQ: Final = """SELECT GREATEST(
     (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT last_value FROM events_seq)) + 1"""
 
@@ -202,8 +257,8 @@ def finish_sql(
 ) -> tuple[str, tuple[Any, ...]]:
     """The UPDATE that ends one run (the values of ``_finish_values``): only an unfinished
     run, and only its current attempt unless ``attempt`` is ``None``."""
-    sql = """UPDATE runs SET status = %s, result = %s, error = %s, finished_at = %s
-             WHERE run_id = %s AND status IN ('queued', 'running')"""
+    sql = f"""UPDATE runs SET status = %s, result = %s, error = %s, finished_at = %s
+             WHERE run_id = %s AND status IN ('queued', 'running') AND {MINE}"""
     if attempt is None:
         return sql, (status, result, error, finished_at, run_id)
     return f"{sql} AND attempt = %s", (status, result, error, finished_at, run_id, attempt)

@@ -23,9 +23,12 @@ from dagengine.orchestrator.store.postgres_schema import (
     CLAIM,
     CLAIM_RUNS,
     CREATE_RUNS,
+    EVENTS_CHANNEL,
+    EVENTS_LOCK,
     EVENTS_WRITTEN,
     FINISH_RUNS,
     INSERT_EVENTS,
+    INSERT_EVENTS_NUMBERED,
     INSERT_OUTPUT,
     INSERT_OUTPUTS,
     INSERT_RUN_LATER,
@@ -70,6 +73,14 @@ class _RowError(ValueError):
     group forever (see :func:`~dagengine.orchestrator.store.writer._is_data_error`)."""
 
 
+def _try_shared_lock(conn: Any, key: int) -> bool:
+    """Take the store's lock shared (replicas: many at once, but never beside a single
+    orchestrator, which takes it alone)."""
+    return bool(
+        conn.execute("SELECT pg_try_advisory_lock_shared(%s, %s)", (OWNER_LOCK, key)).fetchone()[0]
+    )
+
+
 class PostgresWriter(WriteBehind):
     """The writer's connection, transactions and group commit of a PostgreSQL store (see
     the module's docstring)."""
@@ -77,6 +88,9 @@ class PostgresWriter(WriteBehind):
     url: str
     exclusive: bool
     standby: bool
+    replica_id: str | None
+    #: Makes a connection act for the replica (:class:`~.postgres_replicas.ReplicaStore`'s).
+    _replica_session: Callable[[Any], None]
     _options: dict[str, Any]
     _psycopg: Any
     _db: Any
@@ -89,6 +103,8 @@ class PostgresWriter(WriteBehind):
         (``StoreError`` if another process holds it: ``again``, after a lost connection,
         says this one was fenced off)."""
         conn = self._psycopg.connect(self.url, **self._options)
+        if self.replica_id is not None:
+            return self._connect_replica(conn)
         if not self.exclusive:
             return conn
         try:
@@ -127,8 +143,36 @@ class PostgresWriter(WriteBehind):
             )
         raise StoreError(
             f"store {self.path} (schema {schema}) is in use by {who}: one orchestrator per "
-            "store (replicas on one database are not supported yet)"
+            "store, unless they all are replicas (dagengine serve --replica)"
         )
+
+    def _connect_replica(self, conn: Any) -> Any:
+        """``conn`` as a replica's writer connection: the store's lock held shared (refused
+        while a single orchestrator holds it), the session acting for this replica."""
+        try:
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            key = zlib.crc32(str(schema).encode()) & 0x7FFFFFFF
+            if not _try_shared_lock(conn, key):
+                raise StoreError(
+                    f"store {self.path} (schema {schema}) is in use by a single orchestrator "
+                    "(not a replica): stop it before starting replicas on this store"
+                )
+            self._replica_session(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _write_events(self, cursor: Any, events: list[tuple[Any, ...]]) -> None:
+        """Insert a group's events: numbered as queued (one orchestrator), or, a replica's,
+        numbered at the commit in commit order, and the other replicas notified."""
+        if self.replica_id is None:
+            cursor.execute(INSERT_EVENTS, _columns(events))
+            cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
+            return
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+        self._db.execute(f"NOTIFY {EVENTS_CHANNEL}")  # (sent when the transaction commits)
+        cursor.execute(INSERT_EVENTS_NUMBERED, _columns(events))  # returns their numbers
 
     @contextmanager
     def transaction(self, *, begin: bool = True) -> Iterator[None]:
@@ -267,8 +311,7 @@ class PostgresWriter(WriteBehind):
                 ended = self._db.cursor()
                 ended.execute(FINISH_RUNS, _columns(ends))
             if events:
-                cursor.execute(INSERT_EVENTS, _columns(events))
-                cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
+                self._write_events(cursor, events)
         if ended is not None:
             done = {r[0] for r in ended.fetchall()}
             for entry, row in zip(finished, ends, strict=True):
@@ -322,8 +365,7 @@ class PostgresWriter(WriteBehind):
                 ended = self._db.cursor()
                 ended.execute(FINISH_RUNS, columns)
             if events:
-                cursor.execute(INSERT_EVENTS, _columns(events))
-                cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
+                self._write_events(cursor, events)
         for entry, own in counted:
             entry[1] = own.rowcount == 1
         if ended is not None:

@@ -1,0 +1,207 @@
+"""Several active orchestrators (replicas) on one PostgreSQL database:
+:class:`ReplicaCoordinator`, the part of an :class:`~dagengine.orchestrator.Orchestrator`
+started with ``replica=True`` (``dagengine serve --replica``, ``DAGENGINE_REPLICA=1``).
+
+Every replica answers the API, the UI and the HTTP triggers: what they read (runs, node
+outputs, events, workflow versions) is in the database. A run belongs to the replica that
+created it, through a lease in the database (see
+:mod:`~dagengine.orchestrator.store.postgres_replicas`); this module keeps the replica's side:
+
+* ``dagengine-leases``: every third of the lease's time to live, renew this replica's leases
+  (one statement), give up the runs another replica took over meanwhile (this one was cut off
+  from the database for longer than a lease: its engines are told to cancel them, its writes
+  to them are refused anyway), and take over the runs whose lease ran out (a replica died or
+  lost the database), resuming them from their stored node outputs as a restarted
+  orchestrator does (:meth:`~dagengine.orchestrator.recovery.Recovery.adopt`).
+* ``dagengine-events``: the events of every replica, numbered by the database when they
+  were committed, read by a cursor and handed to this replica's subscribers (SSE, the
+  monitor, the UI) in the store's order; woken by ``LISTEN``/``NOTIFY``, and polling every
+  :data:`EVENT_POLL` seconds should a notification be lost.
+
+Engines are shared: each replica discovers them itself and counts only its own runs, so an
+engine may refuse a run as full (runs of other replicas); the run then goes back to the head
+of the queue and is tried again (elsewhere if another engine has room), never failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from dagengine.exceptions import ConfigError, DagEngineError
+from dagengine.orchestrator.events import Event
+
+if TYPE_CHECKING:
+    from dagengine.orchestrator.orchestrator import Orchestrator
+    from dagengine.orchestrator.store.postgres import PostgresStore
+
+__all__ = [
+    "EVENT_POLL",
+    "TAKE_OVER_BATCH",
+    "ReplicaCoordinator",
+    "new_replica_id",
+    "replica_coordinator",
+]
+
+log = logging.getLogger("dagengine.orchestrator.replicas")
+
+#: Seconds between two reads of the events when no notification comes.
+EVENT_POLL = 0.5
+#: Runs taken over in one go (the next ones at the next round, or by another replica).
+TAKE_OVER_BATCH = 200
+_EVENT_PAGE = 1000
+
+
+def new_replica_id() -> str:
+    """A replica id unique across hosts and restarts: host, process, a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def replica_coordinator(orchestrator: Orchestrator, replica: bool) -> ReplicaCoordinator | None:
+    """The coordinator of an orchestrator whose store was opened for a replica (``None``
+    when ``replica`` is false)."""
+    if not replica:
+        return None
+    from dagengine.orchestrator.store.postgres import PostgresStore
+
+    store = orchestrator.store
+    if not isinstance(store, PostgresStore) or store.replica_id is None:
+        raise ConfigError(
+            "replica=True needs the orchestrator to open its PostgreSQL store itself "
+            "(store= a postgresql:// URL, not a store object)",
+            variable="DAGENGINE_REPLICA",
+            value="1",
+        )
+    return ReplicaCoordinator(orchestrator, store)
+
+
+class ReplicaCoordinator:
+    """Leases, take-overs and the shared event stream of one replica (see the module)."""
+
+    def __init__(self, orchestrator: Orchestrator, store: PostgresStore) -> None:
+        self._orch = orchestrator
+        self.store = store
+        assert store.replica_id is not None
+        self.replica_id: str = store.replica_id
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self._lock = threading.Lock()
+        self._cursor = store.committed_event_seq()
+        #: Runs taken over from other replicas since the start, and given up to them.
+        self.taken_over = 0
+        self.given_up = 0
+        #: When this replica's leases were last renewed (``time.monotonic()``).
+        self.renewed_at: float | None = None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two lease rounds: a third of the lease's time to live."""
+        return self.store.lease_ttl / 3
+
+    def start(self) -> None:
+        """Take over the runs whose lease ran out, then start the threads (once)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self._round()
+        for target, name in (
+            (self._lease_loop, "dagengine-leases"),
+            (self._event_loop, "dagengine-events"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop the threads. The leases are left to expire: this replica's unfinished runs
+        go to the others once they do (as they would after a restart)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _lease_loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._round()
+            except Exception as exc:  # the database is away: try again next round
+                log.warning("replica %s: lease round failed: %s", self.replica_id, exc)
+
+    def _round(self) -> None:
+        """Renew, give up what was taken over, take over what is free."""
+        self.store.renew_leases()
+        self.renewed_at = time.monotonic()
+        with self._orch._lock:
+            mine = list(self._orch._runs)
+        for run_id in self.store.lost_runs(mine):
+            self._give_up(run_id)
+        if self._orch._stopping:
+            return
+        taken = self.store.take_over(TAKE_OVER_BATCH)
+        if taken:
+            self.taken_over += len(taken)
+            log.warning(
+                "replica %s: took over %d run(s) whose lease ran out", self.replica_id, len(taken)
+            )
+            self._orch._recovery.adopt(taken, reason="taken over from a replica that was lost")
+
+    def _give_up(self, run_id: str) -> None:
+        """Forget a run another replica owns now: its engine is told to cancel it, its
+        waiters hear that it moved (its writes from here would be refused anyway)."""
+        orch = self._orch
+        with orch._lock:
+            run = orch._runs.pop(run_id, None)
+            if run is None:
+                return
+            orch._parked.pop(run_id, None)
+            slot = orch._engines.get(run.engine_id) if run.engine_id is not None else None
+        self.given_up += 1
+        log.warning("replica %s: run %s was taken over by another replica", self.replica_id, run_id)
+        if slot is not None:
+            slot.backend.cancel(run_id)
+        if not run.future.done():
+            run.future.set_exception(
+                DagEngineError(
+                    f"run {run_id} was taken over by another replica (this one lost the "
+                    "database for longer than its lease); its result is in the store"
+                )
+            )
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _event_loop(self) -> None:
+        conn: Any = None
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = self.store.listen_events()
+                self._deliver_new()
+                # Woken by a replica's commit, or after EVENT_POLL seconds anyway.
+                for _ in conn.notifies(timeout=EVENT_POLL, stop_after=1):
+                    pass
+            except Exception as exc:
+                log.warning("replica %s: following events failed: %s", self.replica_id, exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._stop.wait(EVENT_POLL)
+        if conn is not None:
+            conn.close()
+
+    def _deliver_new(self) -> None:
+        while True:
+            records = self.store.events_committed(self._cursor, _EVENT_PAGE)
+            if not records:
+                return
+            self._orch.events.deliver_committed(Event.from_record(r) for r in records)
+            self._cursor = records[-1].seq
+            if len(records) < _EVENT_PAGE:
+                return

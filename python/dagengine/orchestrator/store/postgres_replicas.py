@@ -1,0 +1,173 @@
+"""What several active orchestrators (replicas) on one PostgreSQL database need of its store:
+:class:`ReplicaStore`, a base of :class:`~dagengine.orchestrator.store.postgres.PostgresStore`
+whose methods do something only on a store opened with ``replica=ID``.
+
+* **Ownership.** Each unfinished run has an ``owner`` (a replica id) and a lease
+  (``lease_until``, in the database's clock). A replica's writer connection carries its id
+  (``dagengine.replica``): the runs it creates are its own from their first row, and its
+  writes to a run (claims, node outputs, its end) apply only while it owns the run
+  (:data:`~dagengine.orchestrator.store.postgres_schema.MINE`), on top of the attempt
+  fencing of one orchestrator. The attempt is the lease's fencing token: a take-over raises
+  it, so the late writes of the replica the run was taken from are refused twice over.
+* **Leases** are renewed by their owner (:meth:`ReplicaStore.renew_leases`, one statement for
+  all of them); a replica that dies or cannot reach the database stops renewing, and once
+  its leases expire the others take its runs over (:meth:`ReplicaStore.take_over`:
+  ``SELECT ... FOR UPDATE SKIP LOCKED``, so two replicas never take the same run) and resume
+  them from their stored node outputs.
+* **Events** are numbered when they are committed, under a lock (see
+  :data:`~dagengine.orchestrator.store.postgres_schema.EVENTS_LOCK`), so every replica can
+  follow them all by a cursor (:meth:`ReplicaStore.events_committed`), woken by
+  ``LISTEN``/``NOTIFY``.
+* **Cron fires** are claimed once per ``(trigger, fire time)`` (:meth:`ReplicaStore.claim_fire`).
+
+A replica store and a single orchestrator's (``exclusive``) exclude each other: replicas hold
+the store's advisory lock shared, a single orchestrator holds it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from dagengine.orchestrator.store.postgres_schema import (
+    EVENTS_CHANNEL,
+    RUN_SELECT,
+    run_from_row,
+)
+from dagengine.orchestrator.store.records import SEVERITIES, EventRecord, RunRecord, _loads
+
+__all__ = ["DEFAULT_LEASE_TTL", "ReplicaStore"]
+
+#: Seconds a replica's lease on a run lasts without renewal (``DAGENGINE_LEASE_TTL``).
+DEFAULT_LEASE_TTL = 10.0
+
+_DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
+
+_RENEW = f"""UPDATE runs SET lease_until = {_DB_NOW} + %s
+    WHERE owner = %s AND status IN ('queued', 'running')"""
+
+# Runs whose owner's lease ran out (or that never had one: created by a tool), oldest first,
+# locked so that no other replica takes the same one; each taken gets a new owner, lease
+# and attempt (the fencing token). Never this replica's own: it still works on them (cut off
+# from the database for a while, it renews them when it is back, if nobody took them).
+_TAKE_OVER = f"""WITH free AS (
+        SELECT run_id FROM runs
+        WHERE status IN ('queued', 'running')
+            AND (owner IS NULL OR (lease_until < {_DB_NOW} AND owner <> %s))
+        ORDER BY created_at, ord
+        LIMIT %s
+        FOR UPDATE SKIP LOCKED)
+    UPDATE runs SET owner = %s, lease_until = {_DB_NOW} + %s, attempt = runs.attempt + 1
+    FROM free WHERE runs.run_id = free.run_id
+    RETURNING runs.run_id, runs.owner"""
+
+_CLAIM_FIRE = f"""INSERT INTO trigger_fires (trigger_id, fire_time, owner, claimed_at)
+    VALUES (%s, %s, %s, {_DB_NOW})
+    ON CONFLICT (trigger_id, fire_time) DO NOTHING
+    RETURNING fire_time"""
+
+
+class ReplicaStore:
+    """The replica side of a PostgreSQL store (see the module's docstring). Its methods
+    are no-ops (or ``True``) on a store that is not a replica's."""
+
+    #: The replica this store belongs to (``None``: not a replica's store).
+    replica_id: str | None
+    #: Seconds a lease lasts without renewal.
+    lease_ttl: float
+    url: str
+    _pool: Any
+    _psycopg: Any
+    _options: dict[str, Any]
+
+    def _replica_session(self, conn: Any) -> None:
+        """Make ``conn`` (the writer's) act for this replica: the runs it creates are this
+        replica's, its writes only touch the runs it owns."""
+        conn.execute(
+            "SELECT set_config('dagengine.replica', %s, false), "
+            "set_config('dagengine.lease_ttl', %s, false)",
+            (self.replica_id, repr(float(self.lease_ttl))),
+        )
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as conn:
+            return list(conn.execute(sql, tuple(params)).fetchall())
+
+    def renew_leases(self) -> int:
+        """Extend the lease on every unfinished run this replica owns; returns how many."""
+        if self.replica_id is None:
+            return 0
+        with self._pool.connection() as conn:
+            return int(conn.execute(_RENEW, (self.lease_ttl, self.replica_id)).rowcount)
+
+    def take_over(self, limit: int) -> list[RunRecord]:
+        """Take up to ``limit`` unfinished runs whose lease ran out (their replica died or
+        lost the database), oldest first; returns them as they are now (owned by this
+        replica, their attempt raised)."""
+        if self.replica_id is None or limit < 1:
+            return []
+        with self._pool.connection() as conn, conn.transaction():
+            taken = [
+                row[0]
+                for row in conn.execute(
+                    _TAKE_OVER, (self.replica_id, limit, self.replica_id, self.lease_ttl)
+                ).fetchall()
+            ]
+            if not taken:
+                return []
+            rows = conn.execute(
+                f"{RUN_SELECT} WHERE run_id = ANY(%s) ORDER BY created_at, ord", (taken,)
+            ).fetchall()
+        return [run_from_row(row) for row in rows]
+
+    def lost_runs(self, run_ids: Iterable[str]) -> list[str]:
+        """Which of ``run_ids`` (runs this replica works on) another replica owns now."""
+        wanted = list(run_ids)
+        if self.replica_id is None or not wanted:
+            return []
+        rows = self._read(
+            "SELECT run_id FROM runs WHERE run_id = ANY(%s) AND owner IS DISTINCT FROM %s "
+            "AND owner IS NOT NULL",
+            (wanted, self.replica_id),
+        )
+        return [row[0] for row in rows]
+
+    def leases(self) -> dict[str, int]:
+        """Unfinished runs per owning replica (``""``: no owner), for operators and tests."""
+        rows = self._read(
+            "SELECT COALESCE(owner, ''), count(*) FROM runs "
+            "WHERE status IN ('queued', 'running') GROUP BY 1"
+        )
+        return {owner: int(count) for owner, count in rows}
+
+    def claim_fire(self, trigger_id: str, fire_time: float) -> bool:
+        """Whether this replica is the one to fire ``trigger_id`` at ``fire_time`` (the
+        first to ask is; ``True`` on a store that is not a replica's)."""
+        if self.replica_id is None:
+            return True
+        rows = self._read(_CLAIM_FIRE, (trigger_id, float(fire_time), self.replica_id))
+        return bool(rows)
+
+    def events_committed(self, after: int, limit: int = 1000) -> list[EventRecord]:
+        """Committed events with ``seq > after``, oldest first, without committing this
+        store's pending writes first (a follower's read; see the module's docstring)."""
+        rows = self._read(
+            "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data "
+            "FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after, limit),
+        )
+        return [
+            EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, _loads(data))
+            for seq, when, kind, rank, wf, run, node, engine, data in rows
+        ]
+
+    def committed_event_seq(self) -> int:
+        """The highest sequence number of a committed event (0 if none)."""
+        return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0])
+
+    def listen_events(self) -> Any:
+        """A new connection listening on the events channel (the caller closes it):
+        ``conn.notifies(timeout=...)`` wakes up when a replica commits events."""
+        conn = self._psycopg.connect(self.url, **self._options)
+        conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+        return conn

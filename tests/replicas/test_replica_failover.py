@@ -1,0 +1,201 @@
+"""Three orchestrator replicas on one PostgreSQL database, as processes, sharing two engine
+processes: SIGKILL the replica holding the most leases mid-load; the other two take its runs
+over from their stored outputs. None lost, none finished twice, no completed node run again."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pg import query
+from processes import EngineProcess, wait_for
+
+HERE = Path(__file__).resolve().parent
+ORCHESTRATOR_TESTS = HERE.parent / "orchestrator"  # failover_tasks: the ledger workflow
+LEASE_TTL = 2.0
+RUNS_PER_REPLICA = 100
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.txt"
+    path.touch()
+    return path
+
+
+@pytest.fixture
+def engines(ledger: Path) -> Iterator[Callable[..., list[EngineProcess]]]:
+    started: list[EngineProcess] = []
+
+    def start(count: int, capacity: int, node_seconds: float) -> list[EngineProcess]:
+        env = {
+            "DAGENGINE_TEST_LEDGER": str(ledger),
+            "DAGENGINE_TEST_NODE_SECONDS": str(node_seconds),
+            "PYTHONPATH": str(ORCHESTRATOR_TESTS),
+        }
+        for i in range(count):
+            started.append(
+                EngineProcess("--engine-id", f"engine-{i}", "--capacity", str(capacity), env=env)
+            )
+        return started[-count:]
+
+    try:
+        yield start
+    finally:
+        for engine in started:
+            engine.kill()
+
+
+class Replica:
+    """``replica_proc.py`` in a subprocess; its stdout lines are collected in :attr:`lines`."""
+
+    def __init__(self, url: str, prefix: str, count: int, engines: list[str]) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(HERE), str(ORCHESTRATOR_TESTS), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "replica_proc.py"), url, prefix, str(count),
+             str(LEASE_TTL), *engines],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=HERE,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self.lines.append(line.strip())
+
+    @property
+    def replica_id(self) -> str | None:
+        found = [line.split()[1] for line in self.lines if line.startswith("replica ")]
+        return found[0] if found else None
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # (a killed one's pipe is broken)
+            self.proc.stdin.close()
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+
+
+def ledger_counts(ledger: Path) -> collections.Counter[tuple[str, str]]:
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for line in ledger.read_text().splitlines():
+        run_id, node_id = line.split()
+        counts[(run_id, node_id)] += 1
+    return counts
+
+
+def _leases(url: str) -> dict[str, int]:
+    return dict(
+        query(
+            url,
+            "SELECT owner, count(*) FROM runs WHERE status IN ('queued', 'running') "
+            "AND owner IS NOT NULL GROUP BY owner",
+        )
+    )
+
+
+def test_sigkill_the_replica_with_most_leases_mid_load(
+    pg_url: str, ledger: Path, engines: Callable[..., list[EngineProcess]]
+) -> None:
+    total = 3 * RUNS_PER_REPLICA
+    addresses = [p.address for p in engines(2, 8, 0.05)]
+    replicas = [Replica(pg_url, f"r{i}", RUNS_PER_REPLICA, addresses) for i in range(3)]
+    try:
+        wait_for(
+            lambda: all("submitted" in r.lines for r in replicas),
+            "every replica to submit its runs",
+            timeout=120,
+        )
+        wait_for(
+            lambda: (
+                query(pg_url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")[0][0]
+                >= total // 4
+            ),
+            "a quarter of the runs to finish",
+            timeout=120,
+        )
+        leases = _leases(pg_url)
+        by_id = {r.replica_id: r for r in replicas}
+        victim_id = max(leases, key=lambda owner: leases[owner])
+        victim = by_id[victim_id]
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(timeout=10)
+        killed = time.monotonic()
+        # What the killed replica had committed is all it will ever have: its outputs are
+        # the completed nodes that must not run again.
+        recorded = set(query(pg_url, "SELECT run_id, node_id FROM node_outputs"))
+        finished_before = {
+            row[0] for row in query(pg_url, "SELECT run_id FROM runs WHERE status = 'succeeded'")
+        }
+        orphaned = leases[victim_id]
+        assert 0 < len(finished_before) < total, "the kill came mid-load"
+        wait_for(
+            lambda: victim_id not in _leases(pg_url),
+            "the other replicas to take the killed one's runs over",
+            timeout=60,
+        )
+        took_over = time.monotonic() - killed
+        wait_for(
+            lambda: (
+                query(pg_url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")[0][0] == total
+            ),
+            "every run to succeed",
+            timeout=240,
+        )
+        rows = query(pg_url, "SELECT run_id, status, owner FROM runs")
+        assert len(rows) == total  # 0 runs lost
+        assert {status for _, status, _ in rows} == {"succeeded"}
+        # The killed replica still owns only the runs it had finished.
+        assert {run_id for run_id, _, owner in rows if owner == victim_id} <= finished_before
+        # 0 finished twice: one end event per run at most (the killed replica's pending
+        # events may be lost, never doubled).
+        ends = collections.Counter(
+            run_id
+            for (run_id,) in query(pg_url, "SELECT run_id FROM events WHERE type = 'run.completed'")
+        )
+        assert [run_id for run_id, n in ends.items() if n > 1] == []
+        # No completed (stored) node ran again; the runs finished before the kill kept theirs.
+        counts = ledger_counts(ledger)
+        assert [k for k in recorded if k[1] in ("a", "b") and counts[k] != 1] == []
+        assert all(counts[(run_id, "b")] == 1 for run_id in finished_before)
+        moved = query(
+            pg_url,
+            "SELECT count(*) FROM events WHERE type = 'run.redispatched' "
+            "AND data LIKE '%taken over%'",
+        )[0][0]
+        print(
+            f"\n{total} runs on 3 replicas: killed the one holding {orphaned} leases after "
+            f"{len(finished_before)} runs finished; its runs were taken over "
+            f"{took_over * 1e3:.0f} ms after the kill (lease TTL {LEASE_TTL * 1e3:.0f} ms, "
+            f"{moved} runs redispatched); all {total} succeeded, {len(recorded)} stored node "
+            "outputs not run again"
+        )
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -1,0 +1,158 @@
+"""Orchestrator replicas on one PostgreSQL database, in one process: events of every replica
+reach every replica's subscribers in the store's order, a run taken over from a replica
+refuses that replica's late writes, a cron fire time is claimed once, and replicas and a
+single orchestrator exclude each other."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagengine import Orchestrator
+from dagengine.exceptions import ConfigError, StoreError
+from dagengine.orchestrator.config import Config
+from dagengine.orchestrator.store import PostgresStore
+from pg import query
+from processes import wait_for
+
+SPEC = {
+    "id": "w",
+    "version": "1.0.0",
+    "nodes": [
+        {"id": "x", "lua": "return {v = inputs.i}"},
+        {"id": "y", "deps": ["x"], "lua": "return {v = results.x.v + 1}"},
+    ],
+}
+
+
+def _config(ttl: float = 1.5) -> Config:
+    return dataclasses.replace(Config.local_from_env(), replica=True, lease_ttl=ttl)
+
+
+@pytest.fixture
+def replicas(pg_url: str) -> Iterator[list[Orchestrator]]:
+    started = [Orchestrator(store=pg_url, config=_config()) for _ in range(2)]
+    try:
+        started[0].register_workflow("w", "1.0.0", SPEC)
+        yield started
+    finally:
+        for orch in started:
+            orch.stop()
+
+
+def test_any_replica_sees_the_events_of_all_in_one_order(replicas: list[Orchestrator]) -> None:
+    a, b = replicas
+    subs = [orch.events.subscribe() for orch in replicas]
+    # b runs a workflow registered on a (it finds the version in the store).
+    ran = [a.execute_workflow("w", {"i": 1}), b.execute_workflow("w", {"i": 2})]
+    assert [r.status.value for r in ran] == ["succeeded", "succeeded"]
+    seen: list[list[tuple[int, str, str | None]]] = [[], []]
+    for sub, got in zip(subs, seen, strict=True):
+        wait_for(
+            lambda sub=sub, got=got: _drain(sub, got) >= 2,
+            "both runs' ends on every replica",
+        )
+    # The same events, in the same order, numbered without gaps, on both replicas.
+    assert seen[0] == seen[1]
+    seqs = [seq for seq, _, _ in seen[0]]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    for result in ran:
+        types = [kind for _, kind, run in seen[0] if run == result.run_id]
+        assert types[0] == "run.queued"
+        assert types[-1] == "run.completed"
+        assert types.count("node.succeeded") == 2
+
+
+def _drain(sub: object, got: list[tuple[int, str, str | None]]) -> int:
+    while (event := sub.get(timeout=0.05)) is not None:  # type: ignore[attr-defined]
+        got.append((event.seq, event.type, event.run_id))
+    return sum(1 for _, kind, _ in got if kind == "run.completed")
+
+
+def test_a_run_taken_over_refuses_the_late_writes_of_its_old_owner(pg_url: str) -> None:
+    a = Orchestrator(store=pg_url, config=_config(), embedded_engine=False)
+    b: Orchestrator | None = None
+    try:
+        a.register_workflow("w", "1.0.0", SPEC)
+        handle = a.execute_workflow("w", {"i": 3}, wait=False)  # no engine: stays queued
+        assert a.replicas is not None
+        a.replicas.stop()  # a stops renewing: as if it had lost the database
+        b = Orchestrator(store=pg_url, config=_config())
+        assert b.replicas is not None
+        wait_for(
+            lambda: b.get_run(handle.run_id).status == "succeeded",
+            "the other replica to take the run over and run it",
+        )
+        info = b.get_run(handle.run_id)
+        assert info.attempt >= 2  # the take-over raised the fencing token
+        assert b.replicas.taken_over == 1
+        owner = query(pg_url, f"SELECT owner FROM runs WHERE run_id = '{handle.run_id}'")
+        assert owner == [(b.replicas.replica_id,)]
+        # a's late writes, even with the current attempt, are refused: b owns the run.
+        assert isinstance(a.store, PostgresStore)
+        assert not a.store.finish_run(handle.run_id, None, "failed")
+        assert not a.store.save_node_output(handle.run_id, "x", info.attempt, {"v": 0})
+        assert b.get_run(handle.run_id).status == "succeeded"
+        assert b.store.node_outputs(handle.run_id)["x"] == {"v": 3}
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
+def test_a_replica_gives_up_a_run_another_one_took_over(pg_url: str) -> None:
+    a = Orchestrator(store=pg_url, config=_config(), embedded_engine=False)
+    try:
+        a.register_workflow("w", "1.0.0", SPEC)
+        handle = a.execute_workflow("w", {"i": 3}, wait=False)  # no engine: stays queued
+        assert a.replicas is not None
+        # Another replica takes it, as if a's lease had run out while it was cut off.
+        other = PostgresStore(pg_url, replica="other", lease_ttl=60)
+        try:
+            with other.transaction():
+                other._write("UPDATE runs SET lease_until = 0")
+            assert [r.run_id for r in other.take_over(10)] == [handle.run_id]
+        finally:
+            other.close()
+        wait_for(lambda: a.replicas.given_up == 1, "a to give the run up")  # type: ignore[union-attr]
+        with pytest.raises(Exception, match="taken over by another replica"):
+            handle.result(timeout=5)
+    finally:
+        a.stop()
+
+
+def test_each_cron_fire_time_is_claimed_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url, replica=f"r{i}") for i in range(3)]
+    try:
+        claims = [[s.claim_fire("nightly", t) for s in stores] for t in (1.0, 2.0, 3.0)]
+        assert [sum(c) for c in claims] == [1, 1, 1]
+        assert [s.claim_fire("other", 1.0) for s in stores] == [True, False, False]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_replicas_and_a_single_orchestrator_exclude_each_other(pg_url: str) -> None:
+    replica = Orchestrator(store=pg_url, config=_config(), embedded_engine=False)
+    try:
+        with pytest.raises(StoreError, match="in use"):
+            Orchestrator(store=pg_url, embedded_engine=False)
+    finally:
+        replica.stop()
+    single = Orchestrator(store=pg_url, embedded_engine=False)
+    try:
+        with pytest.raises(StoreError, match="single orchestrator"):
+            Orchestrator(store=pg_url, config=_config(), embedded_engine=False)
+    finally:
+        single.stop()
+
+
+def test_replicas_need_a_postgresql_store(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="share a PostgreSQL store"):
+        Orchestrator(store=str(tmp_path / "state.db"), config=_config())
+    config = Config.from_env({"DAGENGINE_REPLICA": "1", "DAGENGINE_LEASE_TTL": "4"})
+    assert (config.replica, config.lease_ttl) == (True, 4.0)
+    with pytest.raises(ConfigError, match="DAGENGINE_LEASE_TTL"):
+        Config.from_env({"DAGENGINE_LEASE_TTL": "0"})
