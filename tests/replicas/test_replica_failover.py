@@ -19,6 +19,8 @@ import pytest
 from pg import query
 from processes import EngineProcess, wait_for
 
+pytestmark = pytest.mark.integration
+
 HERE = Path(__file__).resolve().parent
 ORCHESTRATOR_TESTS = HERE.parent / "orchestrator"  # failover_tasks: the ledger workflow
 LEASE_TTL = 2.0
