@@ -104,3 +104,31 @@ def test_follow_a_live_run_until_it_ends(api: Served) -> None:
         rest = list(lines)  # the stream ends with the run
     assert not any(line.startswith("data: ") for line in rest)
     assert time.monotonic() - started < 20
+
+
+def test_a_mapped_nodes_lines_include_its_items(api: Served) -> None:
+    api.orch.register_workflow("logging", "1.0.0", LOGGING)
+    run_id = _run(api, "logging")
+    # What a mapped node b's items log (ids b[0], b[1]), published as the engine's would be.
+    api.orch.events.publish_batch(
+        [
+            ("node.log", "b[0]", {"level": "INFO", "message": "item zero"}),
+            ("node.log", "b[1]", {"level": "WARNING", "message": "item one"}),
+            ("node.log", "bb[0]", {"level": "INFO", "message": "another node's item"}),
+        ],
+        workflow_id="logging",
+        run_id=run_id,
+    )
+    api.orch.store.flush()
+    of_b = api.client.get(f"/runs/{run_id}/logs", params={"node": "b"}).json()
+    assert [(x["node_id"], x["message"]) for x in of_b["lines"]] == [
+        ("b", "b one"),
+        ("b[0]", "item zero"),
+        ("b[1]", "item one"),
+    ]
+    one = api.client.get(f"/runs/{run_id}/logs", params={"node": "b[1]"}).json()
+    assert [x["message"] for x in one["lines"]] == ["item one"]
+    for unknown in ("zz[0]", "b[x]", "b[]"):
+        r = api.client.get(f"/runs/{run_id}/logs", params={"node": unknown})
+        assert r.status_code == 404, unknown
+        assert "has no node" in r.text

@@ -403,3 +403,65 @@ def test_layered_layout(page: Any, server: Server) -> None:
     assert result["forward"]
     assert result["longest"]
     assert result["distinct"]
+
+
+def _sse(run_id: str, events: list[tuple[str, str, dict[str, Any]]]) -> str:
+    """A run's event stream as the API sends it: ``(type, node_id, data)`` each."""
+    import json
+
+    blocks = []
+    for seq, (kind, node_id, data) in enumerate(events, start=1):
+        event = {
+            "seq": seq,
+            "time": 1_700_000_000.0 + seq,
+            "type": kind,
+            "severity": "error" if kind == "node.failed" else "info",
+            "workflow_id": "quick",
+            "run_id": run_id,
+            "node_id": node_id,
+            "engine_id": None,
+            "data": data,
+        }
+        blocks.append(f"id: {seq}\nevent: {kind}\ndata: {json.dumps(event)}\n\n")
+    return "".join(blocks)
+
+
+def test_a_mapped_node_is_drawn_once_with_its_item_counts(page: Any, server: Server) -> None:
+    # Synthetic events of a mapped node: b expands to four items b[0]..b[3] (node.mapped),
+    # each with node events of its own: one succeeds, one fails, one runs, one waits.
+    run_id = run_now(server, "quick")["run_id"]
+    error = {"type": "ValueError", "message": "item 1 broke"}
+    events = [
+        ("node.started", "a", {"node_attempt": 1}),
+        ("node.succeeded", "a", {"node_attempt": 1}),
+        ("node.mapped", "b", {"count": 4}),
+        ("node.started", "b[0]", {"node_attempt": 1}),
+        ("node.started", "b[1]", {"node_attempt": 1}),
+        ("node.started", "b[2]", {"node_attempt": 1}),
+        ("node.succeeded", "b[0]", {"node_attempt": 1}),
+        ("node.failed", "b[1]", {"node_attempt": 1, "error": error}),
+    ]
+    body = _sse(run_id, events)
+    page.route(
+        re.compile(rf".*/runs/{run_id}/events$"),
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=body
+        ),
+    )
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    expect(page.locator("main")).to_have_attribute("data-stream-ended", "true")
+    b = node(page, "b")
+    expect(b).to_have_attribute("data-items", "1/1/1/4")
+    expect(b.locator("text.sub")).to_have_text("1/4 · 1 failed · 1 running")
+    expect(b).to_have_attribute("aria-label", "node b: 1/4 · 1 failed · 1 running")
+    # One graph node for the mapped node, none per item.
+    expect(page.locator("svg.dag g.node")).to_have_count(2)
+    b.click()
+    expect(page.locator("#panel-item-counts")).to_have_text("4 items: 1 done, 1 failed, 1 running")
+    rows = page.locator("#panel-items tbody tr")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_have_attribute("data-state", "succeeded")
+    expect(rows.nth(1)).to_have_attribute("data-state", "failed")
+    expect(rows.nth(1)).to_contain_text("b[1]")
+    expect(rows.nth(1)).to_contain_text("ValueError: item 1 broke")
+    expect(rows.nth(2)).to_have_attribute("data-state", "running")

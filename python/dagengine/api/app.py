@@ -625,9 +625,26 @@ def _sse_log(event: Any) -> bytes:
     return f"id: {event.seq}\nevent: node.log\ndata: {data}\n\n".encode()
 
 
+# An item of a mapped node: ``sq[3]`` is item 3 of node ``sq``.
+_ITEM = re.compile(r"(.+)\[(\d+)\]")
+
+
+def _of_node(event_node_id: str | None, node: str) -> bool:
+    """Whether an event of ``event_node_id`` belongs to ``node``: the node itself or, for a
+    mapped node, one of its items."""
+    if event_node_id == node:
+        return True
+    item = _ITEM.fullmatch(event_node_id or "")
+    return item is not None and item.group(1) == node
+
+
 def _has_node(api: Api, workflow_id: str, version: str, node_id: str) -> bool:
-    """Whether the run's workflow version has the node (true when the version is not known
-    here: its lines are served as stored)."""
+    """Whether the run's workflow version has the node, or the node an item id (``sq[3]``)
+    is an item of (true when the version is not known here: its lines are served as
+    stored)."""
+    item = _ITEM.fullmatch(node_id)
+    if item is not None and _has_node(api, workflow_id, version, item.group(1)):
+        return True
     try:
         entry = api.orch.registry.get(workflow_id, version)
     except DagEngineError:
@@ -664,7 +681,7 @@ async def run_logs(request: Request) -> Response:
             page = await _call(
                 api.monitor.history, after, run_id=run_id, types="node.log", limit=1000
             )
-            lines.extend(log_line(e) for e in page if node is None or e.node_id == node)
+            lines.extend(log_line(e) for e in page if node is None or _of_node(e.node_id, node))
             if len(page) < 1000:
                 break
             after = page[-1].seq
@@ -692,7 +709,7 @@ async def run_logs(request: Request) -> Response:
                     yield _KEEP_ALIVE
                 elif event.type in _TERMINAL_EVENTS:
                     return
-                elif node is None or event.node_id == node:
+                elif node is None or _of_node(event.node_id, node):
                     yield _sse_log(event)
 
     return StreamingResponse(

@@ -639,7 +639,10 @@ def openapi_document(
                         "name": "node",
                         "in": "query",
                         "schema": {"type": "string"},
-                        "description": "only this node's lines",
+                        "description": (
+                            "only this node's lines (a mapped node's: its items' too; an "
+                            "item id such as sq[3]: that item's)"
+                        ),
                     },
                     {
                         "name": "follow",

@@ -21,6 +21,7 @@ export function specNodes(spec) {
     deps: (Array.isArray(n.deps) ? n.deps : []).map(String).filter((d) => ids.has(d)),
     kind: ["lua", "python", "workflow", "noop"].find((k) => k in n) || "node",
     when: typeof n.when === "string" ? n.when : null,
+    map: typeof n.map === "string" ? n.map : null,
   }));
 }
 
@@ -99,7 +100,8 @@ export class Graph {
         const mid = (x1 + x2) / 2;
         edges.append(s("path", {d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`}));
       }
-      const title = s("title", {}, n.when ? `${n.id}\nwhen: ${n.when}` : n.id);
+      const notes = [n.when ? `when: ${n.when}` : "", n.map ? `map: ${n.map}` : ""].filter(Boolean);
+      const title = s("title", {}, [n.id, ...notes].join("\n"));
       const name = s("text", {x: 10, y: 16, class: "name"}, label(n.id));
       const sub = s("text", {x: 10, y: 31, class: "sub"}, "pending");
       const g = s(
@@ -158,6 +160,25 @@ export class Graph {
       node.g.setAttribute("aria-label", `node ${id}: ${shown}`);
       node.text = shown;
     }
+  }
+
+  /** Show a mapped node's item counts ({done, failed, running, total}) as a bar. */
+  setItems(id, {done, failed, running, total}) {
+    const node = this.nodes.get(id);
+    if (!node) return;
+    if (!node.bar) {
+      node.bar = {
+        done: s("rect", {class: "bar-done", x: 0, y: H - 4, height: 4, width: 0}),
+        failed: s("rect", {class: "bar-failed", x: 0, y: H - 4, height: 4, width: 0}),
+      };
+      node.g.append(node.bar.done, node.bar.failed);
+      node.g.classList.add("mapped");
+    }
+    const part = (n) => (total > 0 ? (W * Math.min(n, total)) / total : 0);
+    node.bar.done.setAttribute("width", String(part(done)));
+    node.bar.failed.setAttribute("x", String(part(done)));
+    node.bar.failed.setAttribute("width", String(part(failed)));
+    node.g.dataset.items = `${done}/${failed}/${running}/${total}`;
   }
 
   select(id) {

@@ -1,7 +1,8 @@
 // One run: its DAG drawn from the workflow version's spec and kept live from the run's event
 // stream (events are queued and applied once per animation frame, none dropped); a node
 // panel with attempts, timings, inputs and output, error and traceback, and live logs;
-// cancel, re-run and retry from failed.
+// cancel, re-run and retry from failed. A mapped node (`sq`, expanded at run time into items
+// `sq[0]`, `sq[1]`, ...) is drawn once, with its items' counts; its panel lists the items.
 
 import {api, stream} from "./api.js";
 import {badge, clear, fill, fmtDuration, fmtTime, h, jsonBlock, seg, toast} from "./dom.js";
@@ -9,6 +10,9 @@ import {Graph, specNodes} from "./graph.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const TERMINAL = new Set(["run.completed", "run.failed", "run.cancelled"]);
+const ITEM = /^(.+)\[(\d+)\]$/;
+const ITEMS_SHOWN = 500;
+const ITEM_FINAL = new Set(["succeeded", "failed", "skipped", "cancelled"]);
 const NODE_STATES = {
   "node.started": "running",
   "node.succeeded": "succeeded",
@@ -30,7 +34,7 @@ export async function runPage(main, runId, ctx) {
   }
   const nodes = spec ? specNodes(spec) : Object.keys(run.nodes || {}).map((id) => ({id, deps: []}));
   const byId = new Map(nodes.map((n) => [n.id, n]));
-  const model = new Map(nodes.map((n) => [n.id, {state: "pending", text: "", attempts: [], error: null}]));
+  const model = new Map(nodes.map((n) => [n.id, {state: "pending", text: "", attempts: [], error: null, items: null}]));
   let eventCount = 0;
 
   // -- header and actions --
@@ -96,10 +100,68 @@ export async function runPage(main, runId, ctx) {
   let panelNode = null;
   let logAbort = null;
 
+  // The mapped node and index an item id names (`sq[3]`), or null.
+  function itemOf(id) {
+    const match = ITEM.exec(id || "");
+    return match && model.has(match[1]) ? {base: match[1], index: Number(match[2])} : null;
+  }
+
+  function itemsOf(m) {
+    if (!m.items) m.items = {total: 0, all: new Map()};
+    return m.items;
+  }
+
+  function item(m, index) {
+    const items = itemsOf(m);
+    let it = items.all.get(index);
+    if (!it) {
+      it = {state: "pending", attempts: 0, error: null};
+      items.all.set(index, it);
+      if (index >= items.total) items.total = index + 1;
+    }
+    return it;
+  }
+
+  // The counts a mapped node shows: done, failed and running of its items' total.
+  function counts(m) {
+    const c = {done: 0, failed: 0, running: 0, total: m.items.total};
+    for (const it of m.items.all.values()) {
+      if (it.state === "succeeded" || it.state === "skipped") c.done += 1;
+      else if (it.state === "failed" || it.state === "cancelled") c.failed += 1;
+      else if (it.state === "running" || it.state === "retrying") c.running += 1;
+    }
+    return c;
+  }
+
+  function summarize(id, m) {
+    if (!m.items) return;
+    const c = counts(m);
+    let text = `${c.done}/${c.total}`;
+    if (c.failed) text += ` · ${c.failed} failed`;
+    if (c.running) text += ` · ${c.running} running`;
+    m.text = text;
+    graph.setItems(id, c);
+  }
+
+  function applyItemDetail(id, info) {
+    const at = itemOf(id);
+    if (!at) return false;
+    const m = model.get(at.base);
+    const it = item(m, at.index);
+    if (FINISHED.has(run.status) || !ITEM_FINAL.has(it.state)) it.state = info.status;
+    it.attempts = Math.max(it.attempts, info.attempts || 0);
+    if (info.error) it.error = info.error;
+    dirty.add(at.base);
+    return true;
+  }
+
   function applyDetail() {
     for (const [id, info] of Object.entries(run.nodes || {})) {
       const m = model.get(id);
-      if (!m) continue;
+      if (!m) {
+        applyItemDetail(id, info);
+        continue;
+      }
       if (info.status === "succeeded" && info.attempts === 0 && !m.attempts.length) {
         m.state = "succeeded";
         m.text = "reused";
@@ -113,10 +175,30 @@ export async function runPage(main, runId, ctx) {
     }
   }
 
+  function applyItemEvent(ev, next, at) {
+    const m = model.get(at.base);
+    const it = item(m, at.index);
+    it.state = next;
+    if (ev.type === "node.started") it.attempts += 1;
+    if (ev.data && ev.data.error) it.error = ev.data.error;
+    if (m.state === "pending" || m.state === "retrying") m.state = "running";
+    dirty.add(at.base);
+  }
+
   function applyEvent(ev) {
     eventCount += 1;
     const next = NODE_STATES[ev.type];
-    if (next && model.has(ev.node_id)) {
+    if (ev.type === "node.mapped" && model.has(ev.node_id)) {
+      const m = model.get(ev.node_id);
+      const data = ev.data || {};
+      const total = Number(data.count ?? data.items ?? 0);
+      const items = itemsOf(m);
+      if (Number.isFinite(total) && total >= items.total) items.total = total;
+      if (m.state === "pending") m.state = "running";
+      dirty.add(ev.node_id);
+    } else if (next && !model.has(ev.node_id) && itemOf(ev.node_id)) {
+      applyItemEvent(ev, next, itemOf(ev.node_id));
+    } else if (next && model.has(ev.node_id)) {
       const m = model.get(ev.node_id);
       const data = ev.data || {};
       m.state = next;
@@ -154,6 +236,7 @@ export async function runPage(main, runId, ctx) {
     for (const ev of batch) applyEvent(ev);
     for (const id of dirty) {
       const m = model.get(id);
+      summarize(id, m);
       graph.setState(id, m.state, m.text || m.state);
     }
     const panelDirty = panelNode && dirty.has(panelNode);
@@ -183,8 +266,9 @@ export async function runPage(main, runId, ctx) {
     const signal = logAbort.signal;
     stream(`/runs/${seg(runId)}/logs?node=${encodeURIComponent(id)}&follow=true`, (msg) => {
       const line = msg.data;
+      const who = line.node_id && line.node_id !== id ? `${line.node_id} ` : "";
       const text = line.truncated ? "[… truncated]" :
-        `${fmtTime(line.time)} [${line.node_attempt ?? "?"}] ${line.level} ${line.message}`;
+        `${fmtTime(line.time)} ${who}[${line.node_attempt ?? "?"}] ${line.level} ${line.message}`;
       logBox.append(h("span", {class: `log lv-${String(line.level).toLowerCase()}`}, text), "\n");
     }, {signal, resume: true}).then(() => {
       if (!signal.aborted) logBox.dataset.ended = "true";
@@ -223,6 +307,7 @@ export async function runPage(main, runId, ctx) {
       m.attempts.length ? h("table", {class: "attempts", "aria-label": "Attempts"},
         h("thead", {}, h("tr", {}, ["#", "Started", "Ended", "Took", "Outcome"].map((t) => h("th", {scope: "col"}, t)))),
         h("tbody", {}, attemptRows)) : null,
+      m.items ? itemsTable(m) : null,
       h("h3", {}, "Inputs (outputs of its dependencies)"), jsonBlock(inputs, "Node inputs"),
       h("h3", {}, "Output"), h("div", {id: "panel-output"}, jsonBlock(info.output ?? null, "Node output")),
       error ? h("div", {id: "panel-error"},
@@ -231,6 +316,24 @@ export async function runPage(main, runId, ctx) {
         error.traceback ? h("pre", {class: "traceback", id: "panel-traceback", tabindex: "0"}, error.traceback) : null) : null,
       h("h3", {}, "Logs"), logBox,
     );
+  }
+
+  function itemsTable(m) {
+    const c = counts(m);
+    const rows = [...m.items.all.entries()].sort((a, b) => a[0] - b[0]).slice(0, ITEMS_SHOWN)
+      .map(([index, it]) => h("tr", {"data-item": String(index), "data-state": it.state},
+        h("td", {class: "mono"}, `${panelNode}[${index}]`), h("td", {}, badge(it.state)),
+        h("td", {}, String(it.attempts)),
+        h("td", {}, it.error ? `${it.error.type || "error"}: ${it.error.message || ""}` : "")));
+    const hidden = m.items.all.size - rows.length;
+    return h("div", {id: "panel-items"},
+      h("h3", {}, "Items"),
+      h("p", {id: "panel-item-counts"},
+        `${c.total} items: ${c.done} done, ${c.failed} failed, ${c.running} running`),
+      h("table", {class: "attempts items", "aria-label": "Items"},
+        h("thead", {}, h("tr", {}, ["Item", "State", "Attempts", "Error"].map((t) => h("th", {scope: "col"}, t)))),
+        h("tbody", {}, rows)),
+      hidden > 0 ? h("p", {class: "muted"}, `… and ${hidden} more`) : null);
   }
 
   // -- live --
