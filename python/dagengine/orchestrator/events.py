@@ -614,6 +614,12 @@ class EventBus:
         self.numbered_at_commit = getattr(store, "replica_id", None) is not None
 
     @property
+    def subscribed(self) -> bool:
+        """Whether any subscription is open (a follower of the store reads events only
+        then)."""
+        return bool(self._subs)
+
+    @property
     def last_seq(self) -> int:
         """``seq`` of the last event published through this bus (0 before the first)."""
         with self._lock:

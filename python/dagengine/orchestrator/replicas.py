@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from dagengine.orchestrator.store.postgres import PostgresStore
 
 __all__ = [
+    "EVENT_BATCH",
     "EVENT_POLL",
     "TAKE_OVER_BATCH",
     "ReplicaCoordinator",
@@ -52,6 +53,9 @@ log = logging.getLogger("dagengine.orchestrator.replicas")
 
 #: Seconds between two reads of the events when no notification comes.
 EVENT_POLL = 0.5
+#: Seconds at least between two reads: under load every commit of every replica notifies,
+#: and one read per this interval takes them all.
+EVENT_BATCH = 0.02
 #: Runs taken over in one go (the next ones at the next round, or by another replica).
 TAKE_OVER_BATCH = 200
 _EVENT_PAGE = 1000
@@ -187,6 +191,7 @@ class ReplicaCoordinator:
                 # Woken by a replica's commit, or after EVENT_POLL seconds anyway.
                 for _ in conn.notifies(timeout=EVENT_POLL, stop_after=1):
                     pass
+                self._stop.wait(EVENT_BATCH)
             except Exception as exc:
                 log.warning("replica %s: following events failed: %s", self.replica_id, exc)
                 if conn is not None:
@@ -197,6 +202,11 @@ class ReplicaCoordinator:
             conn.close()
 
     def _deliver_new(self) -> None:
+        if not self._orch.events.subscribed:
+            # Nobody listens: only keep up with the head (a subscriber that comes later is
+            # live from about then, and reads anything older from the store by its cursor).
+            self._cursor = self.store.committed_event_seq()
+            return
         while True:
             records = self.store.events_committed(self._cursor, _EVENT_PAGE)
             if not records:

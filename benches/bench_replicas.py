@@ -1,0 +1,210 @@
+"""Orchestrator replicas on one PostgreSQL database, side by side with one orchestrator: the
+3-node Lua workflow (``bench_service.workflow``) on three shared engine processes, each
+orchestrator in a process of its own that drives its own load (as three ``dagengine serve
+--replica`` behind a load balancer would get it).
+
+    python benches/bench_replicas.py [--runs N] [--quick]
+
+Rows, each a fresh schema (or SQLite file):
+
+* ``sqlite``: one orchestrator on SQLite (the embedded default), the baseline;
+* ``postgres``: one orchestrator on PostgreSQL (the single writer, ``exclusive``);
+* ``1 replica``: one orchestrator with ``replica=True`` (leases, events numbered at commit);
+* ``3 replicas``: three, driven at once (runs/s is their sum over the longest one's time).
+
+Columns: runs/s at 64 runs in flight per orchestrator (closed loop), p50/p99 of a run's latency
+there, and p50 of a lone run (1 in flight). Ratios printed against the issue's targets (issue
+22): PostgreSQL >= 50% of SQLite's throughput; 3 replicas >= 2x one replica's; a replica's
+added latency per run <= 2 ms p50 (a lone run, against the single PostgreSQL orchestrator).
+Every process shares the machine's cores: on a 2-core machine three replicas and three
+engines compete for them, so read the replica scaling with that in mind.
+
+PostgreSQL as in ``bench_store_backends.py`` (``DAGENGINE_TEST_POSTGRES_URL`` or a throwaway
+cluster with ``fsync=off``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_service import Load, drive, start_engine, wait_for_engines, workflow
+from bench_store_backends import fresh_schema, postgres_url
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = Path(__file__).resolve().parent
+IN_FLIGHT = 64
+
+
+def worker(store: str, replica: bool, runs: int, lone: int, engines: list[str]) -> int:
+    """One orchestrator process: warm up, say ``ready``, wait for ``go`` on stdin, drive
+    ``runs`` runs at 64 in flight then ``lone`` one at a time, print the figures as JSON."""
+    from dagengine.orchestrator import Config, Orchestrator
+
+    config = Config(
+        store_path=store,
+        discovery="static",
+        engines=tuple(engines),
+        prune_interval=3600,
+        replica=replica,
+    )
+    orch = Orchestrator.from_config(config, grpc_port=None)
+    try:
+        wait_for_engines(orch, len(engines))
+        orch.register_workflow("bench-3", "1.0.0", workflow().to_spec())
+        for i in range(100):
+            orch.execute_workflow("bench-3", {"factor": 3}, key=f"w{i}")
+        print("ready", flush=True)
+        sys.stdin.readline()
+        tag = f"{time.time_ns()}"
+
+        def call(i: int) -> object:
+            return orch.execute_workflow("bench-3", {"factor": 3}, key=f"{tag}-{i}")
+
+        load = drive("load", call, IN_FLIGHT, runs)
+        alone = drive("lone", lambda i: orch.execute_workflow("bench-3", {"factor": 3}), 1, lone)
+        print(
+            json.dumps(
+                {
+                    "calls": load.calls,
+                    "seconds": load.seconds,
+                    "latencies": load.latencies,
+                    "lone": alone.latencies,
+                }
+            ),
+            flush=True,
+        )
+        return 0
+    finally:
+        orch.stop()
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    load: Load
+    lone: Load
+
+
+def measure(name: str, store: str, replica: bool, count: int, runs: int, lone: int,
+            engines: list[str]) -> Row:  # fmt: skip
+    """``count`` worker processes on ``store``, started together; their figures merged."""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                store,
+                "1" if replica else "0",
+                str(runs),
+                str(lone),
+                *engines,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=BENCHES,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"{name}: a worker did not start")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results: list[dict[str, Any]] = []
+        for proc in procs:
+            assert proc.stdout is not None
+            results.append(json.loads(proc.stdout.readline()))
+            proc.wait(timeout=120)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    latencies = [x for r in results for x in r["latencies"]]
+    lone_latencies = [x for r in results for x in r["lone"]]
+    seconds = max(r["seconds"] for r in results)
+    calls = sum(r["calls"] for r in results)
+    return Row(
+        name,
+        Load(name, IN_FLIGHT * count, calls, seconds, latencies),
+        Load(name, 1, len(lone_latencies), 1.0, lone_latencies),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--worker"]:
+        store, replica, runs, lone, *engines = args[1:]
+        return worker(store, replica == "1", int(runs), int(lone), engines)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2000, help="runs per orchestrator")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
+    parser.add_argument("--quick", action="store_true", help="400 runs per orchestrator, 1 round")
+    options = parser.parse_args(args)
+    runs, lone = (400, 100) if options.quick else (options.runs, 300)
+    rounds = 1 if options.quick else options.rounds
+    url, cluster = postgres_url()
+    tmp = tempfile.TemporaryDirectory()
+    started = [start_engine(f"engine-{i}") for i in range(3)]
+    engines = [address for _, address in started]
+    try:
+        setups = [
+            ("sqlite", False, 1),
+            ("postgres", False, 1),
+            ("1 replica", True, 1),
+            ("3 replicas", True, 3),
+        ]
+        measured: dict[str, list[Row]] = {name: [] for name, _, _ in setups}
+        for r in range(rounds):  # alternating, each on a fresh store: noise spreads evenly
+            for n, (name, replica, count) in enumerate(setups):
+                store = (
+                    str(Path(tmp.name) / f"store-{r}.db")
+                    if name == "sqlite"
+                    else fresh_schema(url, f"bench_replicas_{r}_{n}")
+                )
+                measured[name].append(measure(name, store, replica, count, runs, lone, engines))
+        rows = [
+            sorted(found, key=lambda row: row.load.per_second)[len(found) // 2]
+            for found in measured.values()
+        ]
+        print(f"{'':<11} {'runs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lone p50 ms':>12}")
+        for row in rows:
+            print(
+                f"{row.name:<11} {row.load.per_second:>8.0f} {row.load.pct(0.5) * 1e3:>8.2f} "
+                f"{row.load.pct(0.99) * 1e3:>8.2f} {row.lone.pct(0.5) * 1e3:>12.2f}"
+            )
+        by = {row.name: row for row in rows}
+        pg_ratio = by["postgres"].load.per_second / by["sqlite"].load.per_second
+        scale = by["3 replicas"].load.per_second / by["1 replica"].load.per_second
+        added = (by["1 replica"].lone.pct(0.5) - by["postgres"].lone.pct(0.5)) * 1e3
+        print(f"postgres / sqlite throughput: {pg_ratio:.0%} (target >= 50%)")
+        print(f"3 replicas / 1 replica throughput: {scale:.2f}x (target >= 2x)")
+        print(f"a replica's added latency per lone run, p50: {added:+.2f} ms (target <= 2 ms)")
+        return 0
+    finally:
+        for proc, _ in started:
+            proc.terminate()
+            proc.wait(timeout=30)
+        tmp.cleanup()
+        if cluster is not None:
+            subprocess.run(
+                ["bash", str(ROOT / ".ci" / "postgres.sh"), "stop", cluster], check=False
+            )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
