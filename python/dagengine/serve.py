@@ -12,7 +12,7 @@ defaults. The file (every key optional)::
       allow_python_specs: false  # let POST /workflows register specs with python: nodes
     store: ./dagengine.db      # SQLite file, :memory: or postgresql://... (DAGENGINE_STORE)
     replica: false             # one of several active orchestrators on one PostgreSQL store
-                               # (DAGENGINE_REPLICA=1, --replica; docs/orchestrator.md)
+                               # (DAGENGINE_REPLICA=1, --replica; docs/deploy.md)
     workflows: [examples]      # folders to load (see load_workflows)
     engines: 0                 # local engine processes; 0 = the embedded in-process engine
     engine_capacity: 10

@@ -6,11 +6,12 @@ single orchestrator exclude each other."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagengine import Orchestrator
+from dagengine import DAG, Node, NodeContext, Orchestrator, PythonExecutor
 from dagengine.exceptions import ConfigError, StoreError
 from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.store import PostgresStore
@@ -44,7 +45,9 @@ def replicas(pg_url: str) -> Iterator[list[Orchestrator]]:
 
 def test_any_replica_sees_the_events_of_all_in_one_order(replicas: list[Orchestrator]) -> None:
     a, b = replicas
-    subs = [orch.events.subscribe() for orch in replicas]
+    # From one cursor: a live subscription starts "about now" on each replica.
+    start = a.store.last_event_seq()
+    subs = [orch.events.subscribe(after=start) for orch in replicas]
     # b runs a workflow registered on a (it finds the version in the store).
     ran = [a.execute_workflow("w", {"i": 1}), b.execute_workflow("w", {"i": 2})]
     assert [r.status.value for r in ran] == ["succeeded", "succeeded"]
@@ -156,3 +159,24 @@ def test_replicas_need_a_postgresql_store(tmp_path: Path) -> None:
     assert (config.replica, config.lease_ttl) == (True, 4.0)
     with pytest.raises(ConfigError, match="DAGENGINE_LEASE_TTL"):
         Config.from_env({"DAGENGINE_LEASE_TTL": "0"})
+
+
+def _until_cancelled(ctx: NodeContext) -> dict[str, object]:
+    while not ctx.cancelled:
+        time.sleep(0.01)
+    return {}
+
+
+def test_a_run_is_cancelled_through_a_replica_that_does_not_own_it(
+    replicas: list[Orchestrator],
+) -> None:
+    a, b = replicas
+    slow = DAG("slow", "1.0.0")
+    slow.add_node(Node("wait", [], PythonExecutor(_until_cancelled)))
+    a.register_workflow(slow)
+    handle = a.execute_workflow("slow", {}, wait=False)
+    wait_for(lambda: a.get_run(handle.run_id).status == "running", "the run to start")
+    assert b.cancel_run(handle.run_id)  # b does not run it: a is asked to
+    wait_for(lambda: b.get_run(handle.run_id).status == "cancelled", "the owner to cancel it")
+    assert not b.cancel_run(handle.run_id)  # finished: nothing to cancel
+    assert not b.cancel_run("no-such-run")

@@ -369,11 +369,15 @@ class Orchestrator:
         ]
 
     def cancel_run(self, run_id: str) -> bool:
-        """Cancel a run and its sub-workflows. False if it had already finished."""
+        """Cancel a run and its sub-workflows. False if it had already finished. (A replica
+        asks the replica that owns the run, if another one does.)"""
         with self._lock:
             run = self._runs.get(run_id)
-            if run is None:
-                return False
+        if run is None:
+            return self.replicas is not None and self.replicas.request_cancel(run_id)
+        with self._lock:
+            if self._runs.get(run_id) is not run:
+                return False  # settled meanwhile
             slot = self._engines.get(run.engine_id) if run.engine_id is not None else None
             actions = run.handle(Event.CANCEL)
             if actions[:1] == (Action.DEQUEUE,):  # in the same hold: never dispatched now
@@ -720,6 +724,7 @@ class Orchestrator:
             parent_run_id=run.parent_run_id,
             parent_node_id=run.parent_node_id,
             deadline=run.deadline,
+            trace_context=run.trace,
         )
 
     def _conclude(

@@ -13,6 +13,8 @@ created it, through a lease in the database (see
   to them are refused anyway), and take over the runs whose lease ran out (a replica died or
   lost the database), resuming them from their stored node outputs as a restarted
   orchestrator does (:meth:`~dagengine.orchestrator.recovery.Recovery.adopt`).
+* cancellations asked of another replica are handed over in the store: the owner cancels
+  the run (woken by ``NOTIFY``, or at its next lease round).
 * ``dagengine-events``: the events of every replica, numbered by the database when they
   were committed, read by a cursor and handed to this replica's subscribers (SSE, the
   monitor, the UI) in the store's order; woken by ``LISTEN``/``NOTIFY``, and polling every
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagengine.exceptions import ConfigError, DagEngineError
 from dagengine.orchestrator.events import Event
+from dagengine.orchestrator.store.postgres_schema import CANCEL_CHANNEL
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
@@ -147,6 +150,7 @@ class ReplicaCoordinator:
             mine = list(self._orch._runs)
         for run_id in self.store.lost_runs(mine):
             self._give_up(run_id)
+        self._cancel_requested()
         if self._orch._stopping:
             return
         taken = self.store.take_over(TAKE_OVER_BATCH)
@@ -156,6 +160,16 @@ class ReplicaCoordinator:
                 "replica %s: took over %d run(s) whose lease ran out", self.replica_id, len(taken)
             )
             self._orch._recovery.adopt(taken, reason="taken over from a replica that was lost")
+
+    def request_cancel(self, run_id: str) -> bool:
+        """Cancel a run another replica owns (:meth:`Orchestrator.cancel_run` of a run this
+        one does not run): its owner is asked to. Whether the run was unfinished."""
+        return self.store.request_cancel(run_id)
+
+    def _cancel_requested(self) -> None:
+        """Cancel the runs of this replica that were asked to be cancelled elsewhere."""
+        for run_id in self.store.cancel_requests():
+            self._orch.cancel_run(run_id)
 
     def _give_up(self, run_id: str) -> None:
         """Forget a run another replica owns now: its engine is told to cancel it, its
@@ -188,9 +202,11 @@ class ReplicaCoordinator:
                 if conn is None or conn.closed:
                     conn = self.store.listen_events()
                 self._deliver_new()
-                # Woken by a replica's commit, or after EVENT_POLL seconds anyway.
-                for _ in conn.notifies(timeout=EVENT_POLL, stop_after=1):
-                    pass
+                # Woken by a replica's commit (or a cancellation asked), or after
+                # EVENT_POLL seconds anyway.
+                for notify in conn.notifies(timeout=EVENT_POLL, stop_after=1):
+                    if notify.channel == CANCEL_CHANNEL:
+                        self._cancel_requested()
                 self._stop.wait(EVENT_BATCH)
             except Exception as exc:
                 log.warning("replica %s: following events failed: %s", self.replica_id, exc)

@@ -19,6 +19,8 @@ whose methods do something only on a store opened with ``replica=ID``.
   follow them all by a cursor (:meth:`ReplicaStore.events_committed`), woken by
   ``LISTEN``/``NOTIFY``.
 * **Cron fires** are claimed once per ``(trigger, fire time)`` (:meth:`ReplicaStore.claim_fire`).
+* **Cancellations** asked of a replica that does not own the run are handed to its owner
+  (:meth:`ReplicaStore.request_cancel`, :meth:`ReplicaStore.cancel_requests`).
 
 A replica store and a single orchestrator's (``exclusive``) exclude each other: replicas hold
 the store's advisory lock shared, a single orchestrator holds it alone.
@@ -30,6 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dagengine.orchestrator.store.postgres_schema import (
+    CANCEL_CHANNEL,
     EVENTS_CHANNEL,
     RUN_SELECT,
     run_from_row,
@@ -140,6 +143,33 @@ class ReplicaStore:
         )
         return {owner: int(count) for owner, count in rows}
 
+    def request_cancel(self, run_id: str) -> bool:
+        """Ask the replica that owns an unfinished run to cancel it (it is notified, and
+        looks at its requests every lease round anyway); whether the run was unfinished."""
+        if self.replica_id is None:
+            return False
+        with self._pool.connection() as conn, conn.transaction():
+            asked = conn.execute(
+                "UPDATE runs SET cancel_requested = true "
+                "WHERE run_id = %s AND status IN ('queued', 'running') RETURNING run_id",
+                (run_id,),
+            ).fetchall()
+            if asked:
+                conn.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, run_id))
+        return bool(asked)
+
+    def cancel_requests(self) -> list[str]:
+        """The runs this replica owns that someone asked to cancel (each returned once)."""
+        if self.replica_id is None:
+            return []
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "UPDATE runs SET cancel_requested = false "
+                "WHERE owner = %s AND cancel_requested RETURNING run_id",
+                (self.replica_id,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def claim_fire(self, trigger_id: str, fire_time: float) -> bool:
         """Whether this replica is the one to fire ``trigger_id`` at ``fire_time`` (the
         first to ask is; ``True`` on a store that is not a replica's)."""
@@ -166,8 +196,10 @@ class ReplicaStore:
         return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0])
 
     def listen_events(self) -> Any:
-        """A new connection listening on the events channel (the caller closes it):
-        ``conn.notifies(timeout=...)`` wakes up when a replica commits events."""
+        """A new connection listening on the events and cancellations channels (the caller
+        closes it): ``conn.notifies(timeout=...)`` wakes up when a replica commits events
+        or asks for a cancellation (``notify.channel`` says which)."""
         conn = self._psycopg.connect(self.url, **self._options)
         conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+        conn.execute(f"LISTEN {CANCEL_CHANNEL}")
         return conn

@@ -121,6 +121,8 @@ PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (trigger_id, fire_time)
         )""",
     ),
+    # A cancellation asked of a replica that does not own the run: its owner cancels it.
+    ("ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",),
 )
 
 #: The advisory lock that serialises migrations (any number: the same in every process).
@@ -243,6 +245,8 @@ INSERT_EVENTS_NUMBERED: Final = """INSERT INTO events
     RETURNING seq"""
 #: The channel a replica notifies when it commits events (the payload is empty).
 EVENTS_CHANNEL: Final = "dagengine_events"
+#: The channel notified when a cancellation is asked of a run's owner (payload: the run id).
+CANCEL_CHANNEL: Final = "dagengine_cancels"
 NEXT_EVENT_SEQ: Final = """SELECT GREATEST(
     (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT last_value FROM events_seq)) + 1"""
 
