@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
 ORCHESTRATOR_TESTS = HERE.parent / "orchestrator"  # failover_tasks: the ledger workflow
 LEASE_TTL = 2.0
-RUNS_PER_REPLICA = 100
+# Runs each replica submits (issue 22 asks 1,000 in all: DAGENGINE_TEST_REPLICA_RUNS=334).
+RUNS_PER_REPLICA = int(os.environ.get("DAGENGINE_TEST_REPLICA_RUNS", "100"))
 
 
 @pytest.fixture
