@@ -19,6 +19,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_CANCELLED: _ClassVar[EventKind]
     NODE_LOG: _ClassVar[EventKind]
     RUN_FINISHED: _ClassVar[EventKind]
+    NODE_MAPPED: _ClassVar[EventKind]
 
 class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +48,7 @@ NODE_SKIPPED: EventKind
 NODE_CANCELLED: EventKind
 NODE_LOG: EventKind
 RUN_FINISHED: EventKind
+NODE_MAPPED: EventKind
 RUN_STATUS_UNSPECIFIED: RunStatus
 SUCCEEDED: RunStatus
 FAILED: RunStatus
@@ -79,7 +81,7 @@ class WorkflowSpec(_message.Message):
     def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSpec, _Mapping]]] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., inputs_schema_json: _Optional[bytes] = ...) -> None: ...
 
 class NodeSpec(_message.Message):
-    __slots__ = ("id", "deps", "lua", "python", "workflow", "noop", "retry", "timeout_seconds", "when", "trigger_rule")
+    __slots__ = ("id", "deps", "lua", "python", "workflow", "noop", "retry", "timeout_seconds", "when", "trigger_rule", "map", "map_max_parallel", "allow_partial", "max_items")
     ID_FIELD_NUMBER: _ClassVar[int]
     DEPS_FIELD_NUMBER: _ClassVar[int]
     LUA_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,10 @@ class NodeSpec(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     WHEN_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_RULE_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    MAP_MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
     id: str
     deps: _containers.RepeatedScalarFieldContainer[str]
     lua: LuaExecutor
@@ -100,7 +106,11 @@ class NodeSpec(_message.Message):
     timeout_seconds: float
     when: str
     trigger_rule: str
-    def __init__(self, id: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., lua: _Optional[_Union[LuaExecutor, _Mapping]] = ..., python: _Optional[_Union[PythonExecutor, _Mapping]] = ..., workflow: _Optional[_Union[SubWorkflowExecutor, _Mapping]] = ..., noop: _Optional[_Union[NoopExecutor, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., when: _Optional[str] = ..., trigger_rule: _Optional[str] = ...) -> None: ...
+    map: str
+    map_max_parallel: int
+    allow_partial: bool
+    max_items: int
+    def __init__(self, id: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., lua: _Optional[_Union[LuaExecutor, _Mapping]] = ..., python: _Optional[_Union[PythonExecutor, _Mapping]] = ..., workflow: _Optional[_Union[SubWorkflowExecutor, _Mapping]] = ..., noop: _Optional[_Union[NoopExecutor, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., when: _Optional[str] = ..., trigger_rule: _Optional[str] = ..., map: _Optional[str] = ..., map_max_parallel: _Optional[int] = ..., allow_partial: _Optional[bool] = ..., max_items: _Optional[int] = ...) -> None: ...
 
 class LuaExecutor(_message.Message):
     __slots__ = ("code", "max_instructions", "max_memory_bytes")
@@ -192,7 +202,7 @@ class ErrorInfo(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "attempt", "seq", "engine_id", "kind", "time_unix", "node_id", "node_attempt", "error", "retry_delay_seconds", "message", "output_json", "result", "missed", "skip_reason", "level")
+    __slots__ = ("run_id", "attempt", "seq", "engine_id", "kind", "time_unix", "node_id", "node_attempt", "error", "retry_delay_seconds", "message", "output_json", "result", "missed", "skip_reason", "level", "item_count")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +219,7 @@ class RunEvent(_message.Message):
     MISSED_FIELD_NUMBER: _ClassVar[int]
     SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     seq: int
@@ -225,7 +236,8 @@ class RunEvent(_message.Message):
     missed: int
     skip_reason: str
     level: str
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ..., skip_reason: _Optional[str] = ..., level: _Optional[str] = ...) -> None: ...
+    item_count: int
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ..., skip_reason: _Optional[str] = ..., level: _Optional[str] = ..., item_count: _Optional[int] = ...) -> None: ...
 
 class RunEvents(_message.Message):
     __slots__ = ("events",)

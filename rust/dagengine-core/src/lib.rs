@@ -8,6 +8,6 @@ pub mod scheduler;
 pub use error::{ErrorKind, GraphError};
 pub use graph::{Dag, NodeIdx};
 pub use scheduler::{
-    Backoff, Decision, Event, Instruction, NodePolicy, NodeState, RunOptions, RunStatus, Scheduler,
-    SkipReason, StopReason, SuspendedScheduler, TriggerRule, TRANSITIONS,
+    Backoff, Decision, Event, Instruction, MapOptions, NodePolicy, NodeState, RunOptions,
+    RunStatus, Scheduler, SkipReason, StopReason, SuspendedScheduler, TriggerRule, TRANSITIONS,
 };

@@ -14,11 +14,23 @@
 //! so the result does not depend on the order parents finish in. The run ends `Failed`
 //! when any node failed, even if rules absorbed the failure. With `fail_fast` the first
 //! final failure cancels everything not yet finished.
+//!
+//! Dynamic fan-out (`map`): a mapped node, told to execute, is expanded by the driver
+//! ([`Scheduler::expand`]) into items, scheduled like nodes with indices after the graph's
+//! (see [`Scheduler::item`]) under the node's policy, at most [`MapOptions::max_parallel`]
+//! at once. The node ends when its items have: [`Instruction::MapFinished`], `Succeeded`
+//! unless an item failed for good without [`MapOptions::allow_partial`] (the first such
+//! failure stops releasing items and cancels those not started).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::graph::{Dag, NodeIdx};
+
+mod map;
+
+use map::Map;
+pub use map::MapOptions;
 
 /// State of one node within one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -336,6 +348,10 @@ pub enum Instruction {
     Skipped { node: NodeIdx, reason: SkipReason },
     /// `node` will not run (or its result no longer counts) because the run stopped.
     Cancelled { node: NodeIdx },
+    /// Every item of the mapped `node` has ended: it `failed` (an item failed for good and
+    /// partial results are not allowed; its children hear of it next), or it succeeded and
+    /// its output is the list of its items' outputs.
+    MapFinished { node: NodeIdx, failed: bool },
     /// Nothing is running or due any more; the run is over.
     Finish { status: RunStatus },
 }
@@ -364,6 +380,13 @@ pub struct SuspendedScheduler {
     failed: bool,
     stopped: Option<StopReason>,
     finished: bool,
+    /// Nodes of the graph; indices from here on are items of mapped nodes.
+    nodes: usize,
+    /// Expanded mapped nodes, in the order of their items' indices.
+    maps: Vec<Map>,
+    /// Mapped nodes still running their items (not counted in `running`, so that their
+    /// items can use the slots).
+    expanded: usize,
 }
 
 /// The tally of a node its rule queued to run before all of its parents ended.
@@ -412,6 +435,9 @@ impl<'a> Scheduler<'a> {
                 failed: false,
                 stopped: None,
                 finished: false,
+                nodes: n,
+                maps: Vec::new(),
+                expanded: 0,
             },
         }
     }
@@ -430,7 +456,7 @@ impl<'a> Scheduler<'a> {
     /// If the graph has a different number of nodes than the one the run was suspended
     /// on, or `policies` has the wrong length.
     pub fn resume(dag: &'a Dag, policies: &'a [NodePolicy], run: SuspendedScheduler) -> Self {
-        assert_eq!(dag.len(), run.state.len(), "resumed on a different graph");
+        assert_eq!(dag.len(), run.nodes, "resumed on a different graph");
         assert!(
             policies.len() == dag.len() || policies.len() == 1,
             "one policy per node, or one for all"
@@ -441,8 +467,11 @@ impl<'a> Scheduler<'a> {
     fn policy(&self, node: NodeIdx) -> &NodePolicy {
         if self.policies.len() == 1 {
             &self.policies[0]
-        } else {
+        } else if (node as usize) < self.run.nodes {
             &self.policies[node as usize]
+        } else {
+            // An item runs under its mapped node's policy.
+            &self.policies[self.run.maps[self.map_of(node)].node as usize]
         }
     }
 
@@ -572,6 +601,10 @@ impl<'a> Scheduler<'a> {
                         attempt: attempt + 1,
                         delay,
                     });
+                } else if (node as usize) >= self.run.nodes {
+                    // An item: its mapped node decides what the failure means.
+                    self.set(node, NodeState::Failed);
+                    self.ended(node, Outcome::Failure, out);
                 } else {
                     self.set(node, NodeState::Failed);
                     self.run.failed = true;
@@ -657,6 +690,10 @@ impl<'a> Scheduler<'a> {
     /// `node` ended with `outcome`: its children hear of it (unless the run stopped).
     fn ended(&mut self, node: NodeIdx, outcome: Outcome, out: &mut Vec<Instruction>) {
         if self.run.stopped.is_some() {
+            return;
+        }
+        if (node as usize) >= self.run.nodes {
+            self.item_ended(node, outcome, out);
             return;
         }
         self.tell_children(node, outcome, out);
@@ -763,7 +800,24 @@ impl<'a> Scheduler<'a> {
                     self.set(n, NodeState::Cancelled);
                     out.push(Instruction::Cancelled { node: n });
                 }
+                NodeState::Running if self.items(n).is_some() => {
+                    // Expanded: its items are stopped below, and it ends now.
+                    self.run.expanded -= 1;
+                    self.run.running += 1;
+                    self.set(n, NodeState::Cancelled);
+                    out.push(Instruction::Cancelled { node: n });
+                }
                 NodeState::Running => out.push(Instruction::Abort { node: n }),
+                _ => {}
+            }
+        }
+        for item in self.run.nodes as NodeIdx..self.run.state.len() as NodeIdx {
+            match self.run.state[item as usize] {
+                NodeState::Pending | NodeState::Retrying => {
+                    self.set(item, NodeState::Cancelled);
+                    out.push(Instruction::Cancelled { node: item });
+                }
+                NodeState::Running => out.push(Instruction::Abort { node: item }),
                 _ => {}
             }
         }
@@ -773,6 +827,7 @@ impl<'a> Scheduler<'a> {
         if self.run.finished
             || self.run.running > 0
             || self.run.retrying > 0
+            || self.run.expanded > 0
             || !self.run.ready.is_empty()
         {
             return;

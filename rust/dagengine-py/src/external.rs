@@ -100,7 +100,7 @@ impl PyExternal {
         call: &ExternalCall,
         payload: &Py<PyAny>,
     ) -> Result<Map<String, Value>, NodeFailure> {
-        let node_id = plan.dag().id(call.node);
+        let node_id = item_id(plan, call.node, call.item.as_ref().map(|(i, _)| *i));
         if exiting() {
             return Err(NodeFailure {
                 kind: ErrorKind::DagEngineError.as_str().to_owned(),
@@ -122,18 +122,21 @@ impl PyExternal {
                         logs: call.logs.clone(),
                     },
                 )?;
-                let args = PyTuple::new(
-                    py,
-                    [
-                        payload.bind(py).clone(),
-                        node_id.into_pyobject(py)?.into_any(),
-                        self.run_id.as_str().into_pyobject(py)?.into_any(),
-                        call.attempt.into_pyobject(py)?.into_any(),
-                        self.inputs.bind(py).clone(),
-                        results.into_any(),
-                        token.into_any(),
-                    ],
-                )?;
+                let mut args = vec![
+                    payload.bind(py).clone(),
+                    node_id.as_ref().into_pyobject(py)?.into_any(),
+                    self.run_id.as_str().into_pyobject(py)?.into_any(),
+                    call.attempt.into_pyobject(py)?.into_any(),
+                    self.inputs.bind(py).clone(),
+                    results.into_any(),
+                    token.into_any(),
+                ];
+                // An item of a mapped node: `(index, item)` after the others.
+                if let Some((index, item)) = &call.item {
+                    let pair = (*index, pythonize(py, item.as_ref())?);
+                    args.push(pair.into_pyobject(py)?.into_any());
+                }
+                let args = PyTuple::new(py, args)?;
                 self.invoke.bind(py).call1(args)
             };
             let returned = invoke_call().map_err(|e| failure_from(py, &e))?;
@@ -246,17 +249,23 @@ impl ExternalExecutor for PyExternal {
         self.invoke(plan, &call, payload)
     }
 
-    fn take_logs(&self, plan: &Plan, node: NodeIdx, attempt: u32) -> Vec<LogLine> {
+    fn take_logs(
+        &self,
+        plan: &Plan,
+        node: NodeIdx,
+        item: Option<u32>,
+        attempt: u32,
+    ) -> Vec<LogLine> {
         let Some(logs) = &self.logs else {
             return Vec::new();
         };
         if exiting() {
             return Vec::new();
         }
-        let node_id = plan.dag().id(node);
+        let node_id = item_id(plan, node, item);
         Python::attach(|py| {
             logs.bind(py)
-                .call_method1("take", (self.run_id.as_str(), node_id, attempt))
+                .call_method1("take", (self.run_id.as_str(), node_id.as_ref(), attempt))
                 .and_then(|lines| lines.extract::<Vec<(String, String)>>())
                 .map(|lines| {
                     lines
@@ -283,5 +292,14 @@ impl ExternalExecutor for PyExternal {
         };
         let out = self.invoke(plan, call, payload)?;
         condition_value(node_id, out.get("when"))
+    }
+}
+
+/// The id of `node`, or of its item `item` (`square[3]`).
+fn item_id(plan: &Plan, node: NodeIdx, item: Option<u32>) -> std::borrow::Cow<'_, str> {
+    let id = plan.dag().id(node);
+    match item {
+        Some(i) => std::borrow::Cow::Owned(format!("{id}[{i}]")),
+        None => std::borrow::Cow::Borrowed(id),
     }
 }

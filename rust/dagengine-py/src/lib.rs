@@ -20,10 +20,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dagengine_core::{Backoff, Dag, NodePolicy, RunOptions, TriggerRule};
+use dagengine_core::{Backoff, Dag, MapOptions, NodeIdx, NodePolicy, RunOptions, TriggerRule};
 use dagengine_lua::{LuaLimits, LuaScript};
 use dagengine_server::{
-    start_run, Condition, EventDetail, NodeKind, NodeSpec, Plan, RunConfig, RunEvent, RunHandle,
+    start_run, Condition, EventDetail, MapSpec, NodeKind, NodeSpec, Plan, RunConfig, RunEvent,
+    RunHandle, DEFAULT_MAX_ITEMS,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -53,6 +54,8 @@ pub struct DagRef {
     payloads: Vec<Option<Py<PyAny>>>,
     /// The Python callable of each node's `when` (`None`: a Lua one, or none).
     conditions: Vec<Option<Py<PyAny>>>,
+    /// The mapped nodes and how each fans out.
+    maps: Vec<(NodeIdx, MapSpec)>,
     /// Built on the first run after a change; shared by all runs until the next change.
     plan: Option<(Arc<Plan>, Payloads, Payloads)>,
 }
@@ -104,6 +107,7 @@ impl DagRef {
             specs: Vec::new(),
             payloads: Vec::new(),
             conditions: Vec::new(),
+            maps: Vec::new(),
             plan: None,
         }
     }
@@ -111,7 +115,8 @@ impl DagRef {
     #[pyo3(signature = (
         node_id, deps, kind, payload=None, *, retries=0, backoff_initial=1.0,
         backoff_factor=2.0, backoff_max=60.0, timeout=None, lua_max_instructions=None,
-        lua_max_memory=None, trigger_rule=None, when=None
+        lua_max_memory=None, trigger_rule=None, when=None, map=None, map_max_parallel=None,
+        allow_partial=false, max_items=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn add_node(
@@ -130,7 +135,29 @@ impl DagRef {
         lua_max_memory: Option<usize>,
         trigger_rule: Option<&str>,
         when: Option<Bound<'_, PyAny>>,
+        map: Option<&str>,
+        map_max_parallel: Option<u32>,
+        allow_partial: bool,
+        max_items: Option<u32>,
     ) -> PyResult<()> {
+        if map_max_parallel == Some(0) || max_items == Some(0) {
+            return Err(PyValueError::new_err(format!(
+                "node '{node_id}': max_parallel and max_items must be at least 1"
+            )));
+        }
+        let map = map
+            .map(|expression| {
+                let options = MapOptions {
+                    max_parallel: map_max_parallel,
+                    allow_partial,
+                };
+                let spec =
+                    MapSpec::new(expression, options, max_items.unwrap_or(DEFAULT_MAX_ITEMS));
+                spec.check()
+                    .map_err(|e| errors::lua_error(py, &e, Some(node_id)))?;
+                Ok::<_, PyErr>(spec)
+            })
+            .transpose()?;
         if !(backoff_factor.is_finite() && backoff_factor >= 1.0) {
             return Err(PyValueError::new_err(format!(
                 "node '{node_id}': retry_backoff.factor must be a number >= 1, got {backoff_factor}"
@@ -208,6 +235,9 @@ impl DagRef {
         });
         self.payloads.push(payload);
         self.conditions.push(when_payload);
+        if let Some(map) = map {
+            self.maps.push(((self.dag.len() - 1) as NodeIdx, map));
+        }
         self.changed();
         Ok(())
     }
@@ -320,7 +350,10 @@ impl DagRef {
                 self.pad_specs();
             }
             let specs = self.specs.clone();
-            let plan = Plan::new(self.dag.clone(), specs).map_err(PyRuntimeError::new_err)?;
+            let mut plan = Plan::new(self.dag.clone(), specs).map_err(PyRuntimeError::new_err)?;
+            for (node, map) in &self.maps {
+                plan.set_map(*node, map.clone());
+            }
             let payloads = self
                 .payloads
                 .iter()
@@ -335,10 +368,12 @@ impl DagRef {
         }
         let (plan, payloads, conditions) = self.plan.clone().expect("just built");
         let mut done = Vec::new();
+        let mut done_items = Vec::new();
         if let Some(completed) = completed {
             for (k, v) in completed.iter() {
                 let id: String = k.extract()?;
-                let idx = self.dag.index_of(&id).ok_or_else(|| {
+                // A node's id, or an item's (`square[3]`) of a mapped node.
+                let (idx, item) = plan.resolve(&id).ok_or_else(|| {
                     PyValueError::new_err(format!("completed names unknown node '{id}'"))
                 })?;
                 let out: Value = depythonize(&v).map_err(|e| {
@@ -346,12 +381,17 @@ impl DagRef {
                         "completed output of node '{id}' is not JSON-like: {e}"
                     ))
                 })?;
-                if !out.is_object() {
+                // A mapped node's output is the list of its items' outputs.
+                let mapped_list = item.is_none() && plan.map(idx).is_some() && out.is_array();
+                if !out.is_object() && !mapped_list {
                     return Err(PyTypeError::new_err(format!(
                         "completed output of node '{id}' must be a dict"
                     )));
                 }
-                done.push((idx, out));
+                match item {
+                    Some(i) => done_items.push((idx, i, out)),
+                    None => done.push((idx, out)),
+                }
             }
         }
         let inputs_py = py
@@ -368,6 +408,7 @@ impl DagRef {
             },
             timeout: timeout.map(|t| duration("timeout", t)).transpose()?,
             completed: done,
+            completed_items: done_items,
             events,
             event_outputs,
         };
@@ -447,7 +488,7 @@ fn failure_dict<'py>(
 
 impl RunRef {
     fn event_tuple<'py>(&self, py: Python<'py>, e: &RunEvent) -> PyResult<Bound<'py, PyTuple>> {
-        let node = e.node.map(|n| self.plan.dag().id(n));
+        let node = e.node_id(&self.plan);
         let detail: Py<PyAny> = match &e.detail {
             EventDetail::None => py.None(),
             EventDetail::Error(f) => {
@@ -483,6 +524,11 @@ impl RunRef {
             EventDetail::Skipped(reason) => {
                 let d = PyDict::new(py);
                 d.set_item("reason", reason.as_str())?;
+                d.into_any().unbind()
+            }
+            EventDetail::Mapped(count) => {
+                let d = PyDict::new(py);
+                d.set_item("count", count)?;
                 d.into_any().unbind()
             }
         };

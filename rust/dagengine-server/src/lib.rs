@@ -12,7 +12,7 @@ pub mod runtime;
 pub use pool::{Context, Growth, Hooks, Job, WorkerPool};
 pub use runner::{
     condition_value, start_run, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor,
-    LogLine, LogSink, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError,
-    RunEvent, RunHandle, RunOutcome,
+    LogLine, LogSink, MapSpec, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig,
+    RunError, RunEvent, RunHandle, RunOutcome, DEFAULT_MAX_ITEMS,
 };
 pub use runtime::{runtime, RuntimeError};

@@ -41,8 +41,9 @@ pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
 pub use driver::{start_run, start_run_inline};
 pub use handle::{LogSink, RunHandle};
 pub use model::{
-    Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, LogLine, NodeFailure,
-    NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, LogLine, MapSpec,
+    NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    DEFAULT_MAX_ITEMS,
 };
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -58,3 +59,6 @@ mod rule_tests;
 
 #[cfg(test)]
 mod log_tests;
+
+#[cfg(test)]
+mod map_tests;

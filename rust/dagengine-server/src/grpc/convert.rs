@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dagengine_core::{
-    Backoff, Dag, GraphError, NodeIdx, NodePolicy, NodeState, RunStatus, TriggerRule,
+    Backoff, Dag, GraphError, MapOptions, NodeIdx, NodePolicy, NodeState, RunStatus, TriggerRule,
 };
 use dagengine_lua::{LuaLimits, LuaScript};
 use serde_json::{Map, Value};
 
 use super::pb;
 use crate::runner::{
-    Condition, EventDetail, EventKind, NodeFailure, NodeKind, NodeSpec, Plan, RunError, RunEvent,
-    RunOutcome,
+    Condition, EventDetail, EventKind, MapSpec, NodeFailure, NodeKind, NodeSpec, Plan, RunError,
+    RunEvent, RunOutcome, DEFAULT_MAX_ITEMS,
 };
 
 /// A request field that is wrong, and why.
@@ -116,6 +116,30 @@ fn policy(i: usize, node: &pb::NodeSpec) -> Result<NodePolicy, InvalidField> {
     Ok(policy)
 }
 
+/// A node's `map`, compiled: a syntax error names the node and the line.
+fn map_spec(i: usize, node: &pb::NodeSpec) -> Result<Option<MapSpec>, InvalidField> {
+    if node.map.trim().is_empty() {
+        return Ok(None);
+    }
+    let options = MapOptions {
+        max_parallel: (node.map_max_parallel > 0).then_some(node.map_max_parallel),
+        allow_partial: node.allow_partial,
+    };
+    let max_items = if node.max_items == 0 {
+        DEFAULT_MAX_ITEMS
+    } else {
+        node.max_items
+    };
+    let map = MapSpec::new(&node.map, options, max_items);
+    map.check().map_err(|e| {
+        InvalidField::new(
+            format!("workflow.nodes[{i}].map"),
+            format!("node '{}': map: {e}", node.id),
+        )
+    })?;
+    Ok(Some(map))
+}
+
 /// A node's `when`, compiled: a syntax error names the node and the line.
 fn condition(i: usize, node: &pb::NodeSpec) -> Result<Option<Condition>, InvalidField> {
     if node.when.trim().is_empty() {
@@ -208,6 +232,7 @@ pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), 
     let mut dag = Dag::with_capacity(spec.nodes.len(), spec.nodes.len() * 2);
     let mut specs = Vec::with_capacity(spec.nodes.len());
     let mut host = Vec::new();
+    let mut maps = Vec::new();
     for (i, node) in spec.nodes.iter().enumerate() {
         if node.id.is_empty() {
             return Err(InvalidField::new(
@@ -233,6 +258,9 @@ pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), 
             });
         }
         let condition = condition(i, node)?;
+        if let Some(map) = map_spec(i, node)? {
+            maps.push((idx, map));
+        }
         specs.push(NodeSpec {
             kind,
             policy,
@@ -253,7 +281,10 @@ pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), 
         };
         InvalidField::new(field, e.to_string())
     })?;
-    let plan = Plan::new(dag, specs).map_err(|e| InvalidField::new("workflow", e))?;
+    let mut plan = Plan::new(dag, specs).map_err(|e| InvalidField::new("workflow", e))?;
+    for (idx, map) in maps {
+        plan.set_map(idx, map);
+    }
     Ok((plan, host))
 }
 
@@ -271,8 +302,7 @@ pub fn json_object(field: &str, bytes: &[u8]) -> Result<Value, InvalidField> {
     if bytes.is_empty() {
         return Ok(Value::Object(Map::new()));
     }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| InvalidField::new(field, format!("not valid JSON: {e}")))?;
+    let value = json_value(field, bytes)?;
     if !value.is_object() {
         return Err(InvalidField::new(field, "must be a JSON object"));
     }
@@ -280,6 +310,12 @@ pub fn json_object(field: &str, bytes: &[u8]) -> Result<Value, InvalidField> {
         check_input_limits(bytes).map_err(|m| InvalidField::new(field, m))?;
     }
     Ok(value)
+}
+
+/// Any JSON value (a mapped node's output is a list).
+pub fn json_value(field: &str, bytes: &[u8]) -> Result<Value, InvalidField> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| InvalidField::new(field, format!("not valid JSON: {e}")))
 }
 
 /// One level of the document being scanned.
@@ -433,6 +469,7 @@ fn event_kind(k: EventKind) -> pb::EventKind {
         EventKind::NodeSkipped => pb::EventKind::NodeSkipped,
         EventKind::NodeCancelled => pb::EventKind::NodeCancelled,
         EventKind::NodeLog => pb::EventKind::NodeLog,
+        EventKind::NodeMapped => pb::EventKind::NodeMapped,
         EventKind::RunFinished => pb::EventKind::RunFinished,
     }
 }
@@ -474,10 +511,7 @@ pub fn event(tag: &RunTag, plan: &Plan, e: &RunEvent) -> pb::RunEvent {
         engine_id: tag.engine_id.to_string(),
         kind: event_kind(e.kind) as i32,
         time_unix: e.time,
-        node_id: e
-            .node
-            .map(|n| plan.dag().id(n).to_owned())
-            .unwrap_or_default(),
+        node_id: e.node_id(plan).unwrap_or_default(),
         node_attempt: e.attempt,
         ..Default::default()
     };
@@ -494,6 +528,7 @@ pub fn event(tag: &RunTag, plan: &Plan, e: &RunEvent) -> pb::RunEvent {
         }
         EventDetail::Output(v) => ev.output_json = to_json(v),
         EventDetail::Skipped(reason) => reason.as_str().clone_into(&mut ev.skip_reason),
+        EventDetail::Mapped(count) => ev.item_count = *count,
     }
     ev
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dagengine_core::{ErrorKind, RunOptions};
+use dagengine_core::{ErrorKind, NodeIdx, RunOptions};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -405,20 +405,7 @@ impl Service {
             .ok_or_else(|| invalid(&InvalidField::new("workflow", "missing")))?;
         let (plan, host_nodes) = engine.plan(spec).map_err(|e| invalid(&e))?;
         let inputs = checked_inputs(spec, &req.inputs_json)?;
-        let mut completed = Vec::new();
-        for (id, bytes) in &req.completed_json {
-            let field = format!("completed_json[{id:?}]");
-            let idx = plan.dag().index_of(id).ok_or_else(|| {
-                invalid(&InvalidField::new(
-                    &field,
-                    format!("'{id}' is not a node of the workflow"),
-                ))
-            })?;
-            completed.push((
-                idx,
-                convert::json_object(&field, bytes).map_err(|e| invalid(&e))?,
-            ));
-        }
+        let (completed, completed_items) = completed_outputs(&plan, req)?;
         let mut timeout = spec
             .timeout_seconds
             .map(|t| {
@@ -478,6 +465,7 @@ impl Service {
             },
             timeout,
             completed,
+            completed_items,
             events: true,
             event_outputs: true,
         };
@@ -818,6 +806,41 @@ impl EngineService for Service {
             stopped,
         })))
     }
+}
+
+/// A resumed run's completed outputs (`completed_json`): those of nodes, and those of items
+/// of mapped nodes (`square[3]`) that the node's expansion does not run again.
+type Completed = (Vec<(NodeIdx, Value)>, Vec<(NodeIdx, u32, Value)>);
+
+fn completed_outputs(plan: &Plan, req: &pb::RunRequest) -> Result<Completed, Status> {
+    let mut completed = Vec::new();
+    let mut completed_items = Vec::new();
+    for (id, bytes) in &req.completed_json {
+        let field = format!("completed_json[{id:?}]");
+        let (idx, item) = plan.resolve(id).ok_or_else(|| {
+            invalid(&InvalidField::new(
+                &field,
+                format!("'{id}' is not a node of the workflow"),
+            ))
+        })?;
+        match item {
+            Some(i) => completed_items.push((
+                idx,
+                i,
+                convert::json_object(&field, bytes).map_err(|e| invalid(&e))?,
+            )),
+            // A mapped node's output is the list of its items'.
+            None if plan.map(idx).is_some() => completed.push((
+                idx,
+                convert::json_value(&field, bytes).map_err(|e| invalid(&e))?,
+            )),
+            None => completed.push((
+                idx,
+                convert::json_object(&field, bytes).map_err(|e| invalid(&e))?,
+            )),
+        }
+    }
+    Ok((completed, completed_items))
 }
 
 #[cfg(test)]

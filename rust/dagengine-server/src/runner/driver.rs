@@ -117,6 +117,7 @@ fn new_run(
 }
 
 mod finish;
+mod map;
 mod start;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -149,6 +150,8 @@ struct Driver {
     first_failure: Option<NodeIdx>,
     /// This run's Lua attempts handed to the pool and not yet picked up there.
     backlog: Backlog,
+    /// Mapped nodes expanded so far, in the order of their items' indices.
+    expanded: Vec<map::Expanded>,
 }
 
 /// The driver loop's working state besides the scheduler: instructions to carry out and
@@ -201,6 +204,7 @@ impl Driver {
             buffered: Vec::new(),
             first_failure: None,
             backlog: Arc::default(),
+            expanded: Vec::new(),
         }
     }
 
@@ -223,10 +227,19 @@ impl Driver {
             return;
         }
         self.seq += 1;
+        // An item's events name its mapped node and its index.
+        let (node, item) = match node {
+            Some(n) if n as usize >= self.plan.dag.len() => match self.item_of(n) {
+                Some((e, i)) => (Some(e.node), Some(i)),
+                None => (Some(n), None),
+            },
+            n => (n, None),
+        };
         self.buffered.push(RunEvent {
             seq: self.seq,
             kind,
             node,
+            item,
             attempt,
             time,
             detail,
@@ -462,7 +475,7 @@ impl Driver {
                             ErrorKind::NodeTimeout.as_str(),
                             format!(
                                 "node '{}'{what} timed out after {secs}s",
-                                self.plan.dag.id(node)
+                                self.node_id(node)
                             ),
                             retryable,
                         );
@@ -477,7 +490,7 @@ impl Driver {
         if self.plan.policies.len() == 1 {
             0
         } else {
-            node as usize
+            self.owner(node) as usize
         }
     }
 
@@ -534,7 +547,7 @@ impl Driver {
                             t.store(true, Ordering::SeqCst);
                         }
                         let attempt = self.records[node as usize].attempts;
-                        let abandon = match self.plan.kinds[node as usize] {
+                        let abandon = match self.plan.kinds[self.owner(node) as usize] {
                             // Picked to run inline but not started: it never runs.
                             NodeKind::Lua { .. } => {
                                 let before = inline.len();
@@ -547,7 +560,7 @@ impl Driver {
                             NodeKind::Noop => false,
                         } || self.condition_pending(node, attempt);
                         if abandon {
-                            let failure = never_started(&self.plan, node);
+                            let failure = never_started(&self.plan, self.owner(node));
                             self.finish_attempt(
                                 sched,
                                 out,
@@ -575,6 +588,9 @@ impl Driver {
                             EventDetail::None,
                         );
                     }
+                    Instruction::MapFinished { node, failed } => {
+                        self.map_finished(sched, node, failed);
+                    }
                     Instruction::Finish { status } => {
                         todo.clear();
                         return Some(status);
@@ -589,7 +605,7 @@ impl Driver {
     fn results_of(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
         self.plan
             .dag
-            .parents(node)
+            .parents(self.owner(node))
             .iter()
             .map(|&p| {
                 let out = self.records[p as usize]
@@ -612,11 +628,15 @@ impl Driver {
     /// here once [`Msg::ConditionPassed`] comes back).
     fn dispatch_external(&mut self, node: NodeIdx, attempt: u32, check: bool) {
         let cancel = self.new_token(node);
+        // An item calls its mapped node's callable, with the item.
+        let owner = self.owner(node);
+        let item = self.item_of(node).map(|(_, i)| i);
         let call = ExternalCall {
-            node,
+            node: owner,
             attempt,
             results: self.results_of(node),
             cancel,
+            item: self.item_call(node),
             logs: LogSink::new(self.tx.clone(), node, attempt),
         };
         if let Some(timeout) = self.plan.policies[self.policy_index(node)].timeout {
@@ -631,7 +651,7 @@ impl Driver {
                 ErrorKind::DagEngineError.as_str(),
                 format!(
                     "node '{}' needs an external executor and this run has none",
-                    self.plan.dag.id(node)
+                    self.node_id(node)
                 ),
                 false,
             );
@@ -646,11 +666,11 @@ impl Driver {
         let plan = self.plan.clone();
         let pool = external.pool();
         pool.submit(Box::new(move || {
-            let node_id = plan.dag.id(node);
+            let node_id = plan.dag.id(owner);
             if check {
                 let held = contained(node_id, || external.condition(&plan, &call));
                 // A condition's lines are dropped (as a Lua condition's), unless it failed.
-                let logs = external.take_logs(&plan, node, attempt);
+                let logs = external.take_logs(&plan, node, None, attempt);
                 let msg = match held {
                     Ok(true) => Msg::ConditionPassed { node, attempt },
                     Ok(false) => Msg::ConditionFalse { node, attempt },
@@ -666,7 +686,8 @@ impl Driver {
                     }
                 };
                 let go_on = matches!(msg, Msg::ConditionPassed { .. })
-                    && matches!(plan.kinds[node as usize], NodeKind::External);
+                    && matches!(plan.kinds[node as usize], NodeKind::External)
+                    && plan.map(node).is_none();
                 let _ = tx.send(msg);
                 if !go_on {
                     return;
@@ -677,7 +698,7 @@ impl Driver {
                     output,
                     logs: Vec::new(),
                 });
-            let logs = external.take_logs(&plan, node, attempt);
+            let logs = external.take_logs(&plan, owner, item, attempt);
             let _ = tx.send(Msg::Done {
                 node,
                 attempt,
@@ -689,6 +710,8 @@ impl Driver {
 
     fn finish(mut self, sched: &Scheduler<'_>, status: RunStatus) {
         let n = self.plan.dag.len();
+        // Items live on in their mapped nodes' outputs only.
+        self.records.truncate(n);
         for i in 0..n {
             let state = sched.state(i as NodeIdx);
             let rec = &mut self.records[i];
@@ -785,7 +808,7 @@ impl Driver {
     /// no effects: it can simply run again, on a pool thread).
     fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
         if q.cancel.load(Ordering::Relaxed) {
-            return Some(Err(never_started(&self.plan, q.job.node)));
+            return Some(Err(never_started(&self.plan, q.job.owner)));
         }
         q.job.budget = Some(Instant::now() + STEAL_BUDGET);
         let result = self.run_here(&q.job.call());
@@ -797,7 +820,7 @@ impl Driver {
     /// flag is the one that can change while the driver is busy here. `None` if the budget
     /// ran out first.
     fn run_here(&self, call: &LuaCall<'_>) -> Option<Result<ExecOk, NodeFailure>> {
-        match contained(self.plan.dag.id(call.node), || {
+        match contained(self.plan.dag.id(call.owner), || {
             call.execute(&self.plan, &self.shared.cancel)
         }) {
             Err(f) if f.kind == PREEMPTED => None,
@@ -818,9 +841,14 @@ impl Driver {
         }
         let results = self.lua_results(node);
         let policy = &self.plan.policies[self.policy_index(node)];
+        let owner = self.owner(node);
+        let item = self
+            .item_of(node)
+            .map(|(e, i)| (i, e.items[i as usize].as_ref()));
         self.run_here(&LuaCall {
-            node,
             attempt,
+            owner,
+            item,
             run_id: &self.run_id,
             inputs: &self.config.inputs,
             results: &results,
@@ -832,7 +860,7 @@ impl Driver {
 
     /// The parents' outputs, if the node's script can read them.
     fn lua_results(&self, node: NodeIdx) -> Vec<(NodeIdx, Arc<Value>)> {
-        match &self.plan.kinds[node as usize] {
+        match &self.plan.kinds[self.owner(node) as usize] {
             NodeKind::Lua { script, .. } if script.reads_results() => self.results_of(node),
             _ => Vec::new(),
         }
@@ -843,6 +871,8 @@ impl Driver {
         LuaJob {
             node,
             attempt,
+            owner: self.owner(node),
+            item: self.item_call(node),
             run_id: self.run_id.clone(),
             inputs: self.config.inputs.clone(),
             results: self.lua_results(node),

@@ -182,7 +182,7 @@ impl ExternalExecutor for Logging {
         }
     }
 
-    fn take_logs(&self, _: &Plan, _: NodeIdx, attempt: u32) -> Vec<LogLine> {
+    fn take_logs(&self, _: &Plan, _: NodeIdx, _: Option<u32>, attempt: u32) -> Vec<LogLine> {
         if !self.logged.swap(false, Ordering::SeqCst) {
             return Vec::new();
         }
@@ -242,7 +242,7 @@ impl ExternalExecutor for Live {
         Ok(Map::new())
     }
 
-    fn take_logs(&self, _: &Plan, _: NodeIdx, _: u32) -> Vec<LogLine> {
+    fn take_logs(&self, _: &Plan, _: NodeIdx, _: Option<u32>, _: u32) -> Vec<LogLine> {
         vec![LogLine::info("at the end".to_owned())]
     }
 }

@@ -67,11 +67,11 @@ pub(super) fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
             };
             q
         };
-        let (node, attempt) = (q.job.node, q.job.attempt);
+        let (node, attempt, owner) = (q.job.node, q.job.attempt, q.job.owner);
         let mut result = if q.cancel.load(Ordering::Relaxed) {
-            Err(never_started(plan, node))
+            Err(never_started(plan, owner))
         } else {
-            contained(plan.dag.id(node), || q.job.execute(plan, &q.cancel))
+            contained(plan.dag.id(owner), || q.job.execute(plan, &q.cancel))
         };
         let logs = attempt_logs(&mut result);
         let _ = tx.send(Msg::Done {
@@ -98,8 +98,13 @@ pub(super) fn attempt_logs(result: &mut Result<ExecOk, NodeFailure>) -> Vec<LogL
 
 /// Everything a Lua attempt needs, owned, so it can move to a pool thread.
 pub(super) struct LuaJob {
+    /// The node, or an item of a mapped node (`owner`).
     pub(super) node: NodeIdx,
     pub(super) attempt: u32,
+    /// The node of the graph whose script runs (`node` itself, or the item's mapped node).
+    pub(super) owner: NodeIdx,
+    /// An item's index and value.
+    pub(super) item: Option<(u32, Arc<Value>)>,
     pub(super) run_id: Arc<str>,
     pub(super) inputs: Arc<Value>,
     pub(super) results: Vec<(NodeIdx, Arc<Value>)>,
@@ -120,8 +125,9 @@ impl LuaJob {
 
     pub(super) fn call(&self) -> LuaCall<'_> {
         LuaCall {
-            node: self.node,
             attempt: self.attempt,
+            owner: self.owner,
+            item: self.item.as_ref().map(|(i, v)| (*i, v.as_ref())),
             run_id: &self.run_id,
             inputs: &self.inputs,
             results: &self.results,
@@ -136,8 +142,10 @@ impl LuaJob {
 /// the driver itself when it runs the attempt inline (the run's id and inputs are not
 /// cloned for it).
 pub(super) struct LuaCall<'a> {
-    pub(super) node: NodeIdx,
     pub(super) attempt: u32,
+    /// The node whose script runs (for an item, its mapped node).
+    pub(super) owner: NodeIdx,
+    pub(super) item: Option<(u32, &'a Value)>,
     pub(super) run_id: &'a str,
     pub(super) inputs: &'a Value,
     pub(super) results: &'a [(NodeIdx, Arc<Value>)],
@@ -148,10 +156,17 @@ pub(super) struct LuaCall<'a> {
 
 impl LuaCall<'_> {
     pub(super) fn execute(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ExecOk, NodeFailure> {
-        let NodeKind::Lua { script, limits } = &plan.kinds[self.node as usize] else {
+        let NodeKind::Lua { script, limits } = &plan.kinds[self.owner as usize] else {
             unreachable!("only Lua nodes become Lua jobs");
         };
-        let node_id = plan.dag.id(self.node);
+        let item_id;
+        let node_id = match self.item {
+            Some((index, _)) => {
+                item_id = format!("{}[{index}]", plan.dag.id(self.owner));
+                &item_id
+            }
+            None => plan.dag.id(self.owner),
+        };
         let mut limits = *limits;
         let (timeout, binds) = wall_limit(
             limits.timeout,
@@ -172,7 +187,15 @@ impl LuaCall<'_> {
             run_id: self.run_id,
             attempt: self.attempt,
         };
-        match dagengine_lua::execute(script, self.inputs, &results, &info, &limits, Some(cancel)) {
+        match dagengine_lua::execute_item(
+            script,
+            self.inputs,
+            &results,
+            &info,
+            self.item,
+            &limits,
+            Some(cancel),
+        ) {
             Ok(out) => Ok(ExecOk {
                 output: out.output,
                 logs: out.logs.into_iter().map(LogLine::info).collect(),

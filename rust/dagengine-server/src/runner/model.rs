@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dagengine_core::{
-    Dag, ErrorKind, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus, SkipReason,
+    Dag, ErrorKind, MapOptions, NodeIdx, NodePolicy, NodeState, RunOptions, RunStatus, SkipReason,
 };
 use dagengine_lua::{LuaLimits, LuaScript};
 use serde_json::{Map, Value};
@@ -55,6 +55,41 @@ impl Condition {
     }
 }
 
+/// How a mapped node fans out (`map`): one item per element of the list its expression
+/// gives, evaluated once when the node is about to run (after its `when`).
+#[derive(Debug, Clone)]
+pub struct MapSpec {
+    /// A Lua expression over `inputs` and `results` giving an array.
+    pub expression: String,
+    /// The expression, compiled as a chunk returning it.
+    pub(super) script: LuaScript,
+    pub options: MapOptions,
+    /// More items than this fail the node.
+    pub max_items: u32,
+}
+
+/// The default limit on a mapped node's items.
+pub const DEFAULT_MAX_ITEMS: u32 = 100_000;
+
+impl MapSpec {
+    /// The map over `expression` (`results.extract.rows`, `inputs.items`, any Lua expression
+    /// giving an array); `check` it to find syntax errors.
+    pub fn new(expression: &str, options: MapOptions, max_items: u32) -> Self {
+        Self {
+            expression: expression.to_owned(),
+            // A line break before the closing bracket: a trailing `--` comment ends there.
+            script: LuaScript::new(format!("return ({expression}\n)")),
+            options,
+            max_items,
+        }
+    }
+
+    /// Compile the expression: its syntax error, if it has one.
+    pub fn check(&self) -> Result<(), dagengine_lua::LuaError> {
+        self.script.check()
+    }
+}
+
 /// One node of a [`Plan`].
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -72,6 +107,8 @@ pub struct Plan {
     pub(super) policies: Vec<NodePolicy>,
     /// One entry per node, or empty when no node has a condition.
     pub(super) conditions: Vec<Option<Condition>>,
+    /// One entry per node, or empty when no node is mapped.
+    pub(super) maps: Vec<Option<MapSpec>>,
 }
 
 impl Plan {
@@ -86,6 +123,7 @@ impl Plan {
                 kinds: vec![NodeKind::Noop; dag.len()],
                 policies: vec![NodePolicy::default()],
                 conditions: Vec::new(),
+                maps: Vec::new(),
                 dag,
             });
         }
@@ -106,7 +144,34 @@ impl Plan {
             kinds,
             policies,
             conditions,
+            maps: Vec::new(),
         })
+    }
+
+    /// Make `node` a mapped node (before any run of the plan).
+    pub fn set_map(&mut self, node: NodeIdx, map: MapSpec) {
+        if self.maps.is_empty() {
+            self.maps = vec![None; self.dag.len()];
+        }
+        self.maps[node as usize] = Some(map);
+    }
+
+    /// How `node` fans out, if it is mapped.
+    pub fn map(&self, node: NodeIdx) -> Option<&MapSpec> {
+        self.maps.get(node as usize).and_then(Option::as_ref)
+    }
+
+    /// The node (and, for an item of a mapped node such as `square[3]`, the item's index)
+    /// an id names: how a resumed run's completed outputs are found.
+    pub fn resolve(&self, id: &str) -> Option<(NodeIdx, Option<u32>)> {
+        if let Some(node) = self.dag.index_of(id) {
+            return Some((node, None));
+        }
+        let (name, rest) = id.strip_suffix(']')?.rsplit_once('[')?;
+        let node = self.dag.index_of(name)?;
+        let index = rest.parse::<u32>().ok()?;
+        // `square[03]` is not an item's id: ids are written one way.
+        (self.map(node).is_some() && index.to_string() == rest).then_some((node, Some(index)))
     }
 
     /// The condition of `node`, if it has one.
@@ -151,6 +216,8 @@ pub struct ExternalCall {
     pub results: Vec<(NodeIdx, Arc<Value>)>,
     /// Set when the attempt should stop (cancel, timeout, fail-fast).
     pub cancel: Arc<AtomicBool>,
+    /// For an item of a mapped node (`node`), its index and value.
+    pub item: Option<(u32, Arc<Value>)>,
     /// Where the attempt's lines go while it runs (those left go through
     /// [`ExternalExecutor::take_logs`]).
     pub logs: LogSink,
@@ -161,11 +228,18 @@ pub trait ExternalExecutor: Send + Sync {
     /// Run one attempt; the output must be a JSON object.
     fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure>;
 
-    /// The lines attempt `attempt` of `node` logged, taken once [`ExternalExecutor::execute`]
-    /// returned for it (succeeded or failed), on the same thread; they become `NodeLog`
-    /// events right before the attempt's end. The default logs nothing.
-    fn take_logs(&self, plan: &Plan, node: NodeIdx, attempt: u32) -> Vec<LogLine> {
-        let _ = (plan, node, attempt);
+    /// The lines attempt `attempt` of `node` (or of its item `item`, for a mapped node)
+    /// logged, taken once [`ExternalExecutor::execute`] returned for it (succeeded or
+    /// failed), on the same thread; they become `NodeLog` events right before the attempt's
+    /// end. The default logs nothing.
+    fn take_logs(
+        &self,
+        plan: &Plan,
+        node: NodeIdx,
+        item: Option<u32>,
+        attempt: u32,
+    ) -> Vec<LogLine> {
+        let _ = (plan, node, item, attempt);
         Vec::new()
     }
 
@@ -229,6 +303,9 @@ pub struct RunConfig {
     pub timeout: Option<Duration>,
     /// Outputs of nodes that already succeeded (a resumed run does not run them again).
     pub completed: Vec<(NodeIdx, Value)>,
+    /// Outputs of items of mapped nodes that already succeeded (node, item index, output):
+    /// the node's expansion does not run them again.
+    pub completed_items: Vec<(NodeIdx, u32, Value)>,
     /// Record events for [`RunHandle::next_events`](super::RunHandle::next_events).
     pub events: bool,
     /// Attach each node's output to its `NodeSucceeded` event (the engine streams them so
@@ -247,6 +324,8 @@ pub enum EventKind {
     NodeSkipped,
     NodeCancelled,
     NodeLog,
+    /// A mapped node was expanded ([`EventDetail::Mapped`] says into how many items).
+    NodeMapped,
     RunFinished,
 }
 
@@ -262,6 +341,7 @@ impl EventKind {
             Self::NodeSkipped => "node_skipped",
             Self::NodeCancelled => "node_cancelled",
             Self::NodeLog => "node_log",
+            Self::NodeMapped => "node_mapped",
             Self::RunFinished => "run_finished",
         }
     }
@@ -299,6 +379,8 @@ pub enum EventDetail {
     Skipped(SkipReason),
     /// A succeeded node's output (only with [`RunConfig::event_outputs`]).
     Output(Arc<Value>),
+    /// How many items a mapped node was expanded into.
+    Mapped(u32),
     Finished(RunStatus),
 }
 
@@ -308,10 +390,24 @@ pub struct RunEvent {
     pub seq: u64,
     pub kind: EventKind,
     pub node: Option<NodeIdx>,
+    /// For an event of an item of a mapped node (`node`), the item's index: its id is
+    /// `node[item]` ([`RunEvent::node_id`]).
+    pub item: Option<u32>,
     pub attempt: u32,
     /// Seconds since the Unix epoch.
     pub time: f64,
     pub detail: EventDetail,
+}
+
+impl RunEvent {
+    /// The id of the node (or item: `square[3]`) the event is about.
+    pub fn node_id(&self, plan: &Plan) -> Option<String> {
+        let id = plan.dag.id(self.node?);
+        Some(match self.item {
+            Some(i) => format!("{id}[{i}]"),
+            None => id.to_owned(),
+        })
+    }
 }
 
 /// The final record of one node.

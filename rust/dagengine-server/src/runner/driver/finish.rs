@@ -83,7 +83,10 @@ impl Driver {
                     out,
                 );
                 if sched.state(node) == NodeState::Failed {
-                    self.first_failure.get_or_insert(node);
+                    if (node as usize) < self.plan.dag.len() {
+                        // An item's failure is its mapped node's to report.
+                        self.first_failure.get_or_insert(node);
+                    }
                     let detail = EventDetail::Error(
                         self.records[node as usize].error.clone().expect("just set"),
                     );

@@ -63,8 +63,12 @@ impl Driver {
         attempt: u32,
         now: f64,
     ) -> bool {
+        if self.plan.map(node).is_some() {
+            self.expand(sched, out, node, attempt, now);
+            return false;
+        }
         self.announce(node, attempt, now);
-        match &self.plan.kinds[node as usize] {
+        match &self.plan.kinds[self.owner(node) as usize] {
             NodeKind::Noop => {
                 let ok = ExecOk {
                     output: Map::new(),
@@ -82,7 +86,7 @@ impl Driver {
     }
 
     /// Record and announce the start of an attempt.
-    fn announce(&mut self, node: NodeIdx, attempt: u32, now: f64) {
+    pub(super) fn announce(&mut self, node: NodeIdx, attempt: u32, now: f64) {
         let rec = &mut self.records[node as usize];
         rec.attempts = attempt;
         rec.started_at.get_or_insert(now);
@@ -127,6 +131,10 @@ impl Driver {
         attempt: u32,
     ) {
         if sched.state(node) != NodeState::Running || sched.attempts(node) != attempt {
+            return;
+        }
+        if self.plan.map(node).is_some() {
+            self.expand(sched, out, node, attempt, unix_now());
             return;
         }
         self.announce(node, attempt, unix_now());
