@@ -223,3 +223,13 @@ def test_postgres_restarted_under_two_replicas_loses_no_run() -> None:
                 orch.stop()
     finally:
         stop_cluster(folder)
+
+
+def test_a_version_registered_on_one_replica_becomes_the_latest_on_all(
+    replicas: list[Orchestrator],
+) -> None:
+    a, b = replicas
+    assert b.registry.get("w").version.major == 1  # (found in the store on first ask)
+    a.register_workflow("w", "1.1.0", {**SPEC, "version": "1.1.0"})
+    wait_for(lambda: str(b.registry.get("w").version) == "1.1.0", "b to see the new latest")
+    assert b.execute_workflow("w", {"i": 1}).outputs["y"] == {"v": 2}

@@ -8,9 +8,10 @@ created it, through a lease in the database (see
 :mod:`~dagengine.orchestrator.store.postgres_replicas`); this module keeps the replica's side:
 
 * ``dagengine-leases``: every third of the lease's time to live, renew this replica's leases
-  (one statement), give up the runs another replica took over meanwhile (this one was cut off
-  from the database for longer than a lease: its engines are told to cancel them, its writes
-  to them are refused anyway), and take over the runs whose lease ran out (a replica died or
+  (one statement), load the workflow versions registered through other replicas, give up
+  the runs another replica took over meanwhile (this one was cut off from the database for
+  longer than a lease: its engines are told to cancel them, its writes to them are refused
+  anyway), and take over the runs whose lease ran out (a replica died or
   lost the database), resuming them from their stored node outputs as a restarted
   orchestrator does (:meth:`~dagengine.orchestrator.recovery.Recovery.adopt`).
 * cancellations asked of another replica are handed over in the store: the owner cancels
@@ -100,6 +101,7 @@ class ReplicaCoordinator:
         self._started = False
         self._lock = threading.Lock()
         self._cursor = store.committed_event_seq()
+        self._versions = -1  # workflow versions in the store at the last round
         #: Runs taken over from other replicas since the start, and given up to them.
         self.taken_over = 0
         self.given_up = 0
@@ -151,6 +153,10 @@ class ReplicaCoordinator:
         for run_id in self.store.lost_runs(mine):
             self._give_up(run_id)
         self._cancel_requested()
+        versions = self.store.workflow_version_count()
+        if versions != self._versions:  # registered through another replica: the latest
+            self._orch.registry.refresh()  # version of a workflow may have changed
+            self._versions = versions
         if self._orch._stopping:
             return
         taken = self.store.take_over(TAKE_OVER_BATCH)

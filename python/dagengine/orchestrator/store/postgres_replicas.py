@@ -170,6 +170,11 @@ class ReplicaStore:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def workflow_version_count(self) -> int:
+        """How many workflow versions the store has (a replica refreshes its registry when
+        this changes: versions registered through the other replicas)."""
+        return int(self._read("SELECT count(*) FROM workflow_versions")[0][0])
+
     def claim_fire(self, trigger_id: str, fire_time: float) -> bool:
         """Whether this replica is the one to fire ``trigger_id`` at ``fire_time`` (the
         first to ask is; ``True`` on a store that is not a replica's)."""
