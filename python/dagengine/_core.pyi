@@ -25,8 +25,10 @@ __all__ = [
 __version__: str
 
 #: Signature of the Python trampoline the core calls for every ``python`` node:
-#: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``.
-#: It runs on a core worker thread with the GIL held; an exception fails the node.
+#: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``; for an
+#: item of a mapped node (``node_id`` like ``square[3]``) with an eighth argument, the item's
+#: ``(index, item)``. It runs on a core worker thread with the GIL held; an exception fails
+#: the node.
 Invoke: TypeAlias = Callable[
     [Any, str, str, int, Mapping[str, Any], dict[str, Any], CancelToken], Any
 ]
@@ -63,6 +65,10 @@ class DagRef:
         lua_max_memory: int | None = None,
         trigger_rule: str | None = None,
         when: Any = None,
+        map: str | None = None,
+        map_max_parallel: int | None = None,
+        allow_partial: bool = False,
+        max_items: int | None = None,
     ) -> None:
         """Add one node. ``kind`` is ``"noop"``, ``"lua"`` (payload: source str) or
         ``"python"`` (payload: any object handed back to ``invoke``).
@@ -70,7 +76,10 @@ class DagRef:
         ``trigger_rule`` is a rule's name (``None``: ``all_success``; an unknown name raises
         ``ValueError`` listing the valid ones). ``when`` is a Lua boolean expression (str) or
         an object handed to ``invoke`` before the first attempt, which must return
-        ``{"when": bool}``; false skips the node.
+        ``{"when": bool}``; false skips the node. ``map`` (a Lua expression giving a list)
+        fans the node out into one item per element, at most ``map_max_parallel`` running at
+        once and at most ``max_items`` of them (default 100,000); ``allow_partial`` keeps a
+        failed item from failing the node (its output is ``None``).
 
         Raises ``DuplicateNodeError`` at once for a repeated id; dependency errors are
         reported by :meth:`preprocess`. A Lua syntax error (of the script or of ``when``)

@@ -33,6 +33,8 @@ import dataclasses
 import functools
 import gc
 import inspect
+import json
+import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -304,7 +306,12 @@ class Task(Generic[P, R]):
             raise TypeError(f"task id must be a non-empty str, got {name!r}")
         # The options are a Node's keyword arguments, passed through as given: checked now,
         # with Node's own messages, and kept as a template each call's node is cloned from.
-        self.template = Node(name, (), None, **options)
+        # The fan-out ones apply to mapped calls only (see map()).
+        self.map_options = {key: options[key] for key in _MAP_OPTIONS if key in options}
+        node_options = {key: value for key, value in options.items() if key not in _MAP_OPTIONS}
+        self.template = Node(name, (), None, **node_options)
+        if self.map_options:
+            Node(name, ("_",), None, map="{}", **self.map_options)
         self.option_setters = _option_setters(self.template)
         self.fn = fn
         self.id = name
@@ -321,6 +328,9 @@ class Task(Generic[P, R]):
         retry_backoff: RetryBackoff | None = None,
         when: When | None = None,
         trigger_rule: str | None = None,
+        max_parallel: int | None = None,
+        allow_partial: bool | None = None,
+        max_items: int | None = None,
     ) -> Task[P, R]:
         """A copy of this task with another node id or other node options:
         ``square.with_options(id="sq", retries=3)(x)``; options not given stay as they were."""
@@ -331,6 +341,9 @@ class Task(Generic[P, R]):
             "retry_backoff": retry_backoff,
             "when": when,
             "trigger_rule": trigger_rule,
+            "max_parallel": max_parallel,
+            "allow_partial": allow_partial,
+            "max_items": max_items,
         }
         options.update({key: value for key, value in given.items() if value is not None})
         return Task(self.fn, id if id is not None else self.id, options)
@@ -340,6 +353,22 @@ class Task(Generic[P, R]):
         if recorder is None:
             return self.fn(*args, **kwargs)
         return recorder.call(self, args, kwargs)  # type: ignore[return-value]
+
+    def map(self, items: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Fan out over ``items``: one node instance per item, at run time.
+
+        Inside a :func:`workflow` function ``items`` is a :class:`Ref` to a list (``e["rows"]``,
+        or a workflow parameter) or a constant list; each instance calls the function with its
+        item as the first argument (the other arguments as for a plain call), and the node's
+        output, what later tasks receive, is the list of the calls' results in item order.
+        Options for the fan-out (``max_parallel``, ``allow_partial``, ``max_items``) come from
+        :func:`task` or :meth:`with_options`. Outside a workflow it just calls the function on
+        each item and returns the list.
+        """
+        recorder = _current()
+        if recorder is None:
+            return [self.fn(item, *args, **kwargs) for item in items]
+        return recorder.map(self, items, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<Task {self.id}>"
@@ -358,6 +387,9 @@ def task(
     retry_backoff: RetryBackoff | None = None,
     when: When | None = None,
     trigger_rule: str = "all_success",
+    max_parallel: int | None = None,
+    allow_partial: bool = False,
+    max_items: int | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -371,13 +403,17 @@ def task(
     retry_backoff: RetryBackoff | None = None,
     when: When | None = None,
     trigger_rule: str = "all_success",
+    max_parallel: int | None = None,
+    allow_partial: bool = False,
+    max_items: int | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make ``fn`` a task: ``@task`` or ``@task(retries=2, timeout="10s")``.
 
     ``id`` is the node id its calls get (default: the function's name; a second call in the
     same workflow gets ``name_2``, and so on); ``retries``, ``timeout``, ``retry_backoff``,
     ``when`` and ``trigger_rule`` are the node's, as for :class:`Node` (a Lua ``when`` names
-    other nodes by their ids, which are the task ids).
+    other nodes by their ids, which are the task ids); ``max_parallel``, ``allow_partial``
+    and ``max_items`` apply when the task is mapped (:meth:`Task.map`).
     """
     options: dict[str, Any] = {"retries": retries, "timeout": timeout}
     if retry_backoff is not None:
@@ -386,6 +422,12 @@ def task(
         options["when"] = when
     if trigger_rule != "all_success":
         options["trigger_rule"] = trigger_rule
+    if max_parallel is not None:
+        options["max_parallel"] = max_parallel
+    if allow_partial:
+        options["allow_partial"] = allow_partial
+    if max_items is not None:
+        options["max_items"] = max_items
 
     def decorate(function: Callable[P, R]) -> Task[P, R]:
         return Task(function, id, options)
@@ -448,6 +490,9 @@ class _Recorder:
                     deps[node] = None
                 refs.append((index, node, value._path))
                 arg_list[index] = None
+            elif value is _ITEM:  # a mapped call's item
+                getters.append((index, _item))
+                arg_list[index] = None
             elif kind in _CONTAINERS:
                 get = _compile(value, self)
                 if get is not None:
@@ -469,6 +514,81 @@ class _Recorder:
         self.nodes[node_id] = _node_like(task.option_setters, node_id, tuple(deps), executor)
         calls[node_id] = call
         return Ref(node_id, ())
+
+    def map(
+        self, task: Task[..., Any], items: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Ref:
+        """A mapped call of ``task``: its node fans out over ``items`` at run time."""
+        expression, parent = _map_expression(items, task.id)
+        if parent is not None and parent not in self.calls:
+            self.depend(items)  # raises, naming the problem
+        ref = self.call(task, (_ITEM, *args), kwargs)
+        node_id = ref.node_id
+        assert node_id is not None
+        node = self.nodes[node_id]
+        deps = node.deps if parent is None or parent in node.deps else (*node.deps, parent)
+        self.nodes[node_id] = dataclasses.replace(
+            node, deps=deps, map=expression, **task.map_options
+        )
+        return ref
+
+
+# The fan-out options of a task: a mapped call's node gets them (see Task.map).
+_MAP_OPTIONS = ("max_parallel", "allow_partial", "max_items")
+
+
+class _Item:
+    """Stands, in a mapped call's recorded arguments, for the item of each instance."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<item>"
+
+
+_ITEM = _Item()
+
+
+def _item(ctx: NodeContext) -> Any:
+    return ctx.item
+
+
+_LUA_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _map_expression(items: Any, task_id: str) -> tuple[str, str | None]:
+    """The Lua expression a mapped call's node fans out over, and the node it reads (``None``
+    for an input or a constant): ``results.extract.rows`` for ``e["rows"]``,
+    ``inputs.items`` for a parameter, a JSON literal for a constant list."""
+    if type(items) is Ref:
+        node = items.node_id
+        if node is None:
+            head, path = f"inputs.{items.path[0]}", items.path[1:]
+        else:
+            head, path = f"results.{node}", items.path
+        parts = [head]
+        for key in path:
+            if isinstance(key, int):
+                parts.append(f"[{key + 1}]")  # Lua lists count from 1
+            elif _LUA_NAME.fullmatch(key):
+                parts.append(f".{key}")
+            else:
+                parts.append(f"[{json.dumps(key, ensure_ascii=False)}]")
+        return "".join(parts), node
+    if isinstance(items, (list, tuple)):
+        try:
+            text = json.dumps(list(items), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"task {task_id}: map over a list that is not JSON data: {exc}"
+            ) from None
+        # A long bracket no `]=...` of the text can close early.
+        level = "=" * (max((len(m) for m in re.findall(r"\](=*)", text)), default=-1) + 1)
+        return f"json.decode([{level}[{text}]{level}])", None
+    raise TypeError(
+        f"task {task_id}: map takes a reference to a list (a task's output or an item of one, "
+        f"or a workflow parameter) or a list, got {type(items).__name__}"
+    )
 
 
 # Node's and PythonExecutor's slots, set directly (their classes are frozen). Node's fields
@@ -616,8 +736,10 @@ class DecoratedWorkflow(DAG):
 
     def call_node(self, ctx: NodeContext) -> Any:
         """Run the task call recorded as node ``ctx.node_id`` (what a spec's Python nodes of
-        this workflow name, so an engine importing the workflow can run them)."""
-        call = self._calls.get(ctx.node_id)
+        this workflow name, so an engine importing the workflow can run them); an item of a
+        mapped node (``square[3]``) runs its node's call."""
+        node_id = ctx.node_id if ctx.index is None else ctx.node_id.rpartition("[")[0]
+        call = self._calls.get(node_id)
         if call is None:
             raise LookupError(
                 f"workflow {self.id} has no task node {ctx.node_id!r} (was the module "

@@ -29,6 +29,7 @@ from dagengine.spec_model import (
     PythonSpec,
     RetryBackoff,
     WorkflowRef,
+    check_map_options,
     check_trigger_rule,
 )
 
@@ -78,10 +79,12 @@ class NodeContext:
     ``inputs`` are the run's inputs (read-only), ``results`` maps each parent's id to that
     parent's output, ``node_id``/``run_id``/``attempt`` (1 for the first try) identify the call,
     and :attr:`cancelled` turns true when the run is cancelled or the node times out, so
-    long-running code can stop early.
+    long-running code can stop early. In an item of a mapped node (``node_id`` like
+    ``square[3]``), ``item`` is the item and ``index`` its position (from 0); elsewhere both
+    are ``None``.
     """
 
-    __slots__ = ("_cancel", "attempt", "inputs", "node_id", "results", "run_id")
+    __slots__ = ("_cancel", "attempt", "index", "inputs", "item", "node_id", "results", "run_id")
 
     def __init__(
         self,
@@ -91,6 +94,7 @@ class NodeContext:
         run_id: str,
         attempt: int,
         cancel: CancelToken | None = None,
+        item: tuple[int, Any] | None = None,
     ) -> None:
         # A view, not a copy: nodes must not change the run's inputs, and copying them for
         # every node call would cost O(inputs) per node.
@@ -102,6 +106,9 @@ class NodeContext:
         self.run_id = run_id
         self.attempt = attempt
         self._cancel = cancel
+        self.index: int | None
+        self.item: Any
+        self.index, self.item = (None, None) if item is None else item
 
     @property
     def cancelled(self) -> bool:
@@ -279,6 +286,14 @@ class Node:
     the node (``skip_reason`` ``condition``); anything but a bool fails it. ``trigger_rule``
     (Airflow's names, see :data:`~dagengine.spec_model.TRIGGER_RULES`) says when the node runs
     given how its parents ended; the default ``all_success`` runs it when all succeeded.
+
+    ``map`` fans the node out at run time: a Lua expression over ``inputs`` and ``results``
+    giving a list (``"results.extract.rows"``, ``"inputs.items"``); the node runs once per
+    item (ids ``square[0]``, ``square[1]``, ...; the item is ``ctx.item``, its index
+    ``ctx.index``, in Lua ``item`` and ``index``) and its output is the list of the items'
+    outputs, in order. ``max_parallel`` bounds its items running at once; with
+    ``allow_partial`` a failed item is ``None`` in that list instead of failing the node;
+    more than ``max_items`` items (default 100,000) fail it.
     """
 
     id: str
@@ -289,6 +304,10 @@ class Node:
     timeout: float | None = None
     when: When | None = None
     trigger_rule: str = "all_success"
+    map: str | None = None
+    max_parallel: int | None = None
+    allow_partial: bool = False
+    max_items: int | None = None
 
     def __init__(
         self,
@@ -301,6 +320,10 @@ class Node:
         timeout: float | str | None = None,
         when: When | None = None,
         trigger_rule: str = "all_success",
+        map: str | None = None,
+        max_parallel: int | None = None,
+        allow_partial: bool = False,
+        max_items: int | None = None,
     ) -> None:
         if not isinstance(id, str):
             raise TypeError(f"Node id must be a str, got {type(id).__name__}")
@@ -352,6 +375,11 @@ class Node:
         object.__setattr__(self, "timeout", checked_timeout)
         object.__setattr__(self, "when", _check_when(id, when))
         object.__setattr__(self, "trigger_rule", check_trigger_rule(id, trigger_rule))
+        check_map_options(id, dep_tuple, map, max_parallel, allow_partial, max_items)
+        object.__setattr__(self, "map", map)
+        object.__setattr__(self, "max_parallel", max_parallel)
+        object.__setattr__(self, "allow_partial", allow_partial)
+        object.__setattr__(self, "max_items", max_items)
 
     @property
     def kind(self) -> str:
@@ -398,15 +426,16 @@ def when_payload(node_id: str, when: Callable[[NodeContext], object]) -> Any:
     return check
 
 
-def check_when_syntax(node_id: str, expression: str) -> None:
-    """A :class:`LuaSyntaxError` naming the node if its ``when`` does not compile (as the core
-    compiles it: one expression, on the lines it was written on)."""
+def check_when_syntax(node_id: str, expression: str, key: str = "when") -> None:
+    """A :class:`LuaSyntaxError` naming the node if its ``when`` (or its ``map``: ``key``)
+    does not compile (as the core compiles it: one expression, on the lines it was written
+    on)."""
     try:
         _core.lua_check(f"return ({expression}\n)", node_id)
     except LuaSyntaxError as exc:
         detail = exc.message.removeprefix(f"node {node_id!r}: ")
         raise LuaSyntaxError(
-            f"node {node_id!r}: when: {detail}", line=exc.line, node_id=node_id
+            f"node {node_id!r}: {key}: {detail}", line=exc.line, node_id=node_id
         ) from None
 
 
@@ -488,6 +517,10 @@ def node_from_model(model: NodeSpecModel) -> Node:
         timeout=model.timeout,
         when=model.when,
         trigger_rule=model.trigger_rule,
+        map=model.map,
+        max_parallel=model.max_parallel,
+        allow_partial=model.allow_partial,
+        max_items=model.max_items,
     )
 
 
@@ -550,4 +583,8 @@ def node_to_model(node: Node, path: str) -> NodeSpecModel:
         timeout=node.timeout,
         when=node.when,
         trigger_rule=node.trigger_rule,
+        map=node.map,
+        max_parallel=node.max_parallel,
+        allow_partial=node.allow_partial,
+        max_items=node.max_items,
     )

@@ -102,11 +102,12 @@ class NodeResult:
     (or was cancelled with a reason); times are unix timestamps, ``None`` if it never ran.
     ``skip_reason`` says why a skipped node was skipped: ``upstream_failed`` (its trigger
     rule can no longer be met because of failures upstream), ``condition`` (its ``when`` was
-    false) or ``trigger_rule`` (its rule can no longer be met because of skips upstream)."""
+    false) or ``trigger_rule`` (its rule can no longer be met because of skips upstream).
+    A mapped node's ``output`` is the list of its items' outputs."""
 
     node_id: str
     status: NodeStatus
-    output: dict[str, Any] | None = None
+    output: dict[str, Any] | list[Any] | None = None
     error: ErrorInfo | None = None
     attempts: int = 0
     started_at: float | None = None

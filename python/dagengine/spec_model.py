@@ -32,6 +32,7 @@ from dagengine.inputs import check_schema
 
 __all__ = [
     "DEFAULT_BACKOFF",
+    "DEFAULT_MAX_ITEMS",
     "EXECUTOR_KINDS",
     "MAX_BACKOFF_FACTOR",
     "MAX_INSTRUCTIONS",
@@ -49,7 +50,9 @@ __all__ = [
     "RetryBackoff",
     "WorkflowRef",
     "WorkflowSpecModel",
+    "check_map_options",
     "check_trigger_rule",
+    "map_parent",
     "parse",
     "parse_workflow_ref",
     "to_dict",
@@ -102,6 +105,10 @@ _NODE_KEYS = (
     "limits",
     "when",
     "trigger_rule",
+    "map",
+    "max_parallel",
+    "allow_partial",
+    "max_items",
 )
 _BACKOFF_KEYS = ("initial", "factor", "max")
 _LIMIT_KEYS = ("instructions", "memory")
@@ -201,6 +208,74 @@ class NodeSpecModel:
     when: str | None = None
     #: One of :data:`TRIGGER_RULES`.
     trigger_rule: str = "all_success"
+    #: Dynamic fan-out: a Lua expression giving the list the node runs once per item of.
+    map: str | None = None
+    #: A mapped node's items running at once (``None``: no limit of its own).
+    max_parallel: int | None = None
+    #: A mapped node whose item fails still succeeds (that item's output is ``null``).
+    allow_partial: bool = False
+    #: The most items a mapped node may have (``None``: :data:`DEFAULT_MAX_ITEMS`).
+    max_items: int | None = None
+
+
+#: How many items a mapped node may have unless its ``max_items`` says otherwise.
+DEFAULT_MAX_ITEMS = 100_000
+
+_MAP_RESULTS = re.compile(r"""\s*results\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(["'])([^"']*)\2\s*\])""")
+
+
+def map_parent(expression: str) -> str | None:
+    """The node a map expression reads first, when it starts with ``results.<id>`` (or
+    ``results["<id>"]``): the mapped node must depend on it. ``None`` for other expressions
+    (``inputs.items``, any other Lua), which can only be checked when they run."""
+    match = _MAP_RESULTS.match(expression)
+    if match is None:
+        return None
+    return match.group(1) if match.group(1) is not None else match.group(3)
+
+
+def check_map_options(
+    node_id: str,
+    deps: tuple[str, ...],
+    map: object,
+    max_parallel: object,
+    allow_partial: object,
+    max_items: object,
+) -> None:
+    """A :class:`SpecError` (path ``map``, ``max_parallel``, ...) naming the node if its
+    fan-out options are wrong: ``map`` must be a non-empty Lua expression reading a node
+    among ``deps`` (when it names one); the others need a ``map`` and must be positive
+    integers (``allow_partial`` a bool)."""
+    who = f"node {node_id!r}"
+    if map is None:
+        for key, value, unset in (
+            ("max_parallel", max_parallel, None),
+            ("allow_partial", allow_partial, False),
+            ("max_items", max_items, None),
+        ):
+            if value is not unset:
+                raise SpecError(f"{who}: {key} is for a mapped node; add map: too", path=key)
+        return
+    if not isinstance(map, str):
+        raise TypeError(f"{who}: map must be a Lua expression (a str), got {type(map).__name__}")
+    if not map.strip():
+        raise SpecError(f"{who}: map must not be empty", path="map")
+    parent = map_parent(map)
+    if parent is not None and parent not in deps:
+        raise SpecError(
+            f"{who}: map reads results.{parent}, which is not one of its deps "
+            f"({', '.join(deps) or 'none'}); add {parent!r} to deps",
+            path="map",
+        )
+    for key, value in (("max_parallel", max_parallel), ("max_items", max_items)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{who}: {key} must be an int, got {type(value).__name__}")
+        if not 1 <= value <= 0xFFFF_FFFF:
+            raise SpecError(f"{who}: {key} must be a positive integer, got {value}", path=key)
+    if not isinstance(allow_partial, bool):
+        raise TypeError(f"{who}: allow_partial must be a bool, got {type(allow_partial).__name__}")
 
 
 def check_trigger_rule(node_id: str, rule: object, path: str = "trigger_rule") -> str:
@@ -444,6 +519,13 @@ def _parse_node(at: _Where, raw: object, path: str) -> NodeSpecModel:
         rule = check_trigger_rule(node_id, rule, f"{path}.trigger_rule")
     except SpecError as exc:
         raise at.error(f"{path}.trigger_rule", str(exc)) from None
+    fan_out = {key: raw.get(key) for key in ("map", "max_parallel", "max_items")}
+    allow_partial = raw.get("allow_partial", False)
+    try:
+        check_map_options(node_id, tuple(deps), allow_partial=allow_partial, **fan_out)
+    except (SpecError, TypeError) as exc:
+        key = exc.path if isinstance(exc, SpecError) and exc.path else "map"
+        raise at.error(f"{path}.{key}", str(exc)) from None
     return NodeSpecModel(
         node_id,
         executor,
@@ -453,6 +535,8 @@ def _parse_node(at: _Where, raw: object, path: str) -> NodeSpecModel:
         timeout=node_timeout,
         when=when,
         trigger_rule=rule,
+        allow_partial=allow_partial,
+        **fan_out,
     )
 
 
@@ -594,4 +678,12 @@ def _node_to_dict(node: NodeSpecModel) -> dict[str, Any]:
         out["when"] = node.when
     if node.trigger_rule != "all_success":
         out["trigger_rule"] = node.trigger_rule
+    if node.map is not None:
+        out["map"] = node.map
+        if node.max_parallel is not None:
+            out["max_parallel"] = node.max_parallel
+        if node.allow_partial:
+            out["allow_partial"] = True
+        if node.max_items is not None:
+            out["max_items"] = node.max_items
     return out

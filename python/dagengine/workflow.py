@@ -182,10 +182,11 @@ def make_invoke(
         inputs: Mapping[str, Any],
         results: dict[str, Any],
         cancel: CancelToken,
+        item: tuple[int, Any] | None = None,
     ) -> NodeOutput:
         _IN_FLIGHT.enter()
         try:
-            ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel)
+            ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
             out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
             if out is None or type(out) is dict:
                 return _check_output(node_id, out)
@@ -218,12 +219,13 @@ def _capturing_invoke(
         inputs: Mapping[str, Any],
         results: dict[str, Any],
         cancel: CancelToken,
+        item: tuple[int, Any] | None = None,
     ) -> NodeOutput:
         _IN_FLIGHT.enter()
         buffer = new_buffer(node_id, attempt, cancel)
         try:
             with capture(buffer):
-                ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel)
+                ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
                 out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
                 if out is None or type(out) is dict:
                     return _check_output(node_id, out)
@@ -470,6 +472,8 @@ class DAG:
             _lua_check(node.id, node.executor.code)
         if isinstance(node.when, str):
             check_when_syntax(node.id, node.when)
+        if node.map is not None:
+            check_when_syntax(node.id, node.map, "map")
         self._nodes[node.id] = node
         self._ref = None
         self._validated = False
@@ -489,11 +493,16 @@ class DAG:
         retries: int = 0,
         retry_backoff: RetryBackoff | None = None,
         timeout: float | str | None = None,
+        map: str | None = None,
+        max_parallel: int | None = None,
+        allow_partial: bool = False,
+        max_items: int | None = None,
     ) -> Any:
         """Decorator adding a Python node that runs the function with the node's context:
         ``@dag.task(deps=["extract"])`` over ``def transform(ctx): ...`` (or bare
         ``@dag.task``). The id is the function's name unless ``id`` is given; the other
-        arguments are :class:`Node`'s. Returns the function unchanged."""
+        arguments are :class:`Node`'s (``map="results.extract.rows"`` runs the function once
+        per item, ``ctx.item``). Returns the function unchanged."""
 
         def add(function: Callable[[NodeContext], Any]) -> Callable[[NodeContext], Any]:
             node_id = id if id is not None else getattr(function, "__name__", None)
@@ -507,6 +516,10 @@ class DAG:
                 retries=retries,
                 retry_backoff=retry_backoff,
                 timeout=timeout,
+                map=map,
+                max_parallel=max_parallel,
+                allow_partial=allow_partial,
+                max_items=max_items,
             )
             self.add_node(node)
             return function
@@ -524,12 +537,26 @@ class DAG:
         timeout: float | str | None = None,
         max_instructions: int | None = None,
         max_memory: int | None = None,
+        map: str | None = None,
+        max_parallel: int | None = None,
+        allow_partial: bool = False,
+        max_items: int | None = None,
     ) -> Node:
         """Add a Lua node and return it: ``dag.lua("double", "return {v = 2 * inputs.v}")``
-        (short for ``add_node(Node(id, deps, LuaExecutor(code, ...), ...))``)."""
+        (short for ``add_node(Node(id, deps, LuaExecutor(code, ...), ...))``; with ``map``,
+        the script runs once per item, ``item`` and ``index``)."""
         executor = LuaExecutor(code, max_instructions=max_instructions, max_memory=max_memory)
         node = Node(
-            id, deps, executor, retries=retries, retry_backoff=retry_backoff, timeout=timeout
+            id,
+            deps,
+            executor,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            timeout=timeout,
+            map=map,
+            max_parallel=max_parallel,
+            allow_partial=allow_partial,
+            max_items=max_items,
         )
         return self.add_node(node)
 
@@ -812,6 +839,11 @@ def _add_native(ref: _core.DagRef, node: Node) -> None:
         common["when"] = node.when
     elif node.when is not None:
         common["when"] = when_payload(node.id, node.when)
+    if node.map is not None:
+        common["map"] = node.map
+        common["map_max_parallel"] = node.max_parallel
+        common["allow_partial"] = node.allow_partial
+        common["max_items"] = node.max_items
     if isinstance(executor, NoopExecutor):
         ref.add_node(node.id, node.deps, "noop", None, **common)
     elif isinstance(executor, LuaExecutor):
@@ -850,11 +882,24 @@ def _check_completed(
     if not isinstance(completed, Mapping):
         raise TypeError(f"completed must be a mapping, got {type(completed).__name__}")
     for node_id, output in completed.items():
-        if node_id not in nodes:
-            raise SpecError(
-                f"completed names {node_id!r}, which is not a node of this DAG",
-                path="completed",
-            )
+        node = nodes.get(node_id)
+        if node is None:
+            # An item of a mapped node (`square[3]`): its expansion does not run it again.
+            name, _, index = node_id.removesuffix("]").rpartition("[")
+            mapped = nodes.get(name)
+            if (
+                mapped is None
+                or mapped.map is None
+                or not node_id.endswith("]")
+                or not index.isdigit()
+                or str(int(index)) != index
+            ):
+                raise SpecError(
+                    f"completed names {node_id!r}, which is not a node of this DAG",
+                    path="completed",
+                )
+        elif node.map is not None and isinstance(output, list):
+            continue  # a mapped node's output is the list of its items'
         if not isinstance(output, Mapping):
             raise TypeError(
                 f"completed[{node_id!r}] must be the node's output dict, "

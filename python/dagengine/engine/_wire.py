@@ -157,6 +157,11 @@ def _model_to_proto(model: WorkflowSpecModel) -> pb.WorkflowSpec:
             out.when = node.when
         if node.trigger_rule != "all_success":
             out.trigger_rule = node.trigger_rule
+        if node.map is not None:
+            out.map = node.map
+            out.map_max_parallel = node.max_parallel or 0
+            out.allow_partial = node.allow_partial
+            out.max_items = node.max_items or 0
     return msg
 
 
@@ -312,6 +317,7 @@ _EVENT_KINDS: dict[int, str] = {
     pb.NODE_SKIPPED: "node_skipped",
     pb.NODE_CANCELLED: "node_cancelled",
     pb.NODE_LOG: "node_log",
+    pb.NODE_MAPPED: "node_mapped",
     pb.RUN_FINISHED: "run_finished",
 }
 #: The wire's run statuses (``pb.SUCCEEDED`` ...) as :class:`~dagengine.RunStatus`.
@@ -366,6 +372,17 @@ def decode_object(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def decode_output(data: bytes, what: str) -> Any:
+    """A node's output the engine sent: a JSON object, or a mapped node's list."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise EngineError(f"engine sent invalid JSON for {what}: {exc}") from None
+    if not isinstance(value, (dict, list)):
+        raise EngineError(f"engine sent {type(value).__name__} for {what}, expected an object")
+    return value
+
+
 def _run_status(value: int) -> RunStatus:
     try:
         return RUN_STATUSES[value]
@@ -391,7 +408,9 @@ def event_from_proto(msg: pb.RunEvent) -> NodeEvent:
     elif msg.kind == pb.NODE_LOG:
         detail["message"] = msg.message
     elif msg.kind == pb.NODE_SUCCEEDED and msg.output_json:
-        detail["output"] = decode_object(msg.output_json, f"node {msg.node_id!r}'s output")
+        detail["output"] = decode_output(msg.output_json, f"node {msg.node_id!r}'s output")
+    elif msg.kind == pb.NODE_MAPPED:
+        detail["count"] = msg.item_count
     elif msg.kind == pb.NODE_SKIPPED and msg.skip_reason:
         detail["reason"] = msg.skip_reason
     elif msg.kind == pb.RUN_FINISHED and msg.HasField("result"):
@@ -416,7 +435,7 @@ def result_from_proto(msg: pb.RunResult) -> RunResult:
         return NodeResult(
             node_id=node_id,
             status=_NODE_STATUS.get(node.status, NodeStatus.PENDING),
-            output=decode_object(node.output_json, what) if node.output_json else None,
+            output=decode_output(node.output_json, what) if node.output_json else None,
             error=error_info_from_proto(node.error) if node.HasField("error") else None,
             attempts=node.attempts,
             started_at=node.started_at or None,
