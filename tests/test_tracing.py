@@ -15,6 +15,9 @@ from dagengine.tracing import (
     RunTracer,
     attach_tracing,
     current_trace_context,
+    inherited_trace_context,
+    node_span,
+    run_trace_context,
     with_trace_context,
 )
 from dagengine.triggers import HTTPTrigger
@@ -202,3 +205,49 @@ def test_a_child_queued_before_its_parent_node_s_start_still_hangs_under_it() ->
     assert child.parent.span_id == sub.context.span_id
     assert _attrs(sub)["dagengine.attempt"] == 1
     assert _attrs(sub)["dagengine.engine"] == "e1"
+
+
+def test_an_engine_runs_a_node_attempt_in_a_child_span_of_the_runs_trace_context() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    from opentelemetry import trace
+
+    carrier = {"traceparent": TRACEPARENT, "tracestate": "k=v"}
+    with node_span(carrier, "r1", "n", 2, tracer_provider=provider) as span:
+        inside = trace.get_current_span()
+        assert inside is span
+    assert trace.get_current_span().get_span_context().is_valid is False  # detached after
+    (done,) = exporter.get_finished_spans()
+    assert done.name == "execute n"
+    assert done.parent is not None
+    assert f"{done.parent.span_id:016x}" == PARENT_SPAN
+    assert f"{done.context.trace_id:032x}" == TRACE_ID
+    assert done.context.trace_state.get("k") == "v"
+    assert _attrs(done) == {"dagengine.run_id": "r1", "dagengine.node": "n", "dagengine.attempt": 2}
+
+
+def test_an_engine_without_a_tracer_provider_runs_the_node_in_the_callers_context() -> None:
+    from opentelemetry import trace
+
+    # The global provider is the API's proxy here: no span, but the caller's context is current.
+    with node_span({"traceparent": TRACEPARENT}, "r1", "n", 1):
+        context = trace.get_current_span().get_span_context()
+        assert (f"{context.trace_id:032x}", f"{context.span_id:016x}") == (TRACE_ID, PARENT_SPAN)
+    for carrier in (None, {}, {"traceparent": "00-bad"}):
+        with node_span(carrier, "r1", "n", 1):
+            assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_sub_workflow_inherits_its_parent_runs_trace_context() -> None:
+    parent = {"traceparent": TRACEPARENT}
+    assert run_trace_context() is None
+    with inherited_trace_context(parent):
+        assert run_trace_context() == parent
+        # A request's own context comes first; it alone goes into run.queued.
+        other = f"00-{'1' * 32}-{'2' * 16}-01"
+        assert with_trace_context({"traceparent": other}, run_trace_context)() == {
+            "traceparent": other
+        }
+        assert current_trace_context() is None
+    assert run_trace_context() is None

@@ -40,6 +40,10 @@ class CancelToken:
 
     @property
     def is_set(self) -> bool: ...
+    @property
+    def trace_context(self) -> Mapping[str, str] | None:
+        """The W3C trace context (``traceparent``, ``tracestate``) the run came with,
+        read-only; ``None`` when it came without one."""
     def send_logs(self, lines: list[tuple[str, str]]) -> bool:
         """Send ``(level, message)`` lines of this attempt to its run now, as ``NODE_LOG``
         events (before the attempt's end); false once the run has ended."""

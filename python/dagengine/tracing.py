@@ -11,6 +11,13 @@ attempt, built from the orchestrator's event bus with the events' own timestamps
   event as ``trace``) is a child of the caller's span; a sub-workflow's run is a child of the
   span of the parent node that started it.
 
+- On an engine, each Python node attempt of a run that came with a trace context (the
+  orchestrator sends the run's: the caller's, or for a sub-workflow its parent run's; the
+  ``trace_context`` of the ``RunRequest``, or ``traceparent`` gRPC metadata on a ``Run``
+  call) runs inside ``execute <node>`` (:func:`node_span`), a child of that context, so the
+  node's own spans and the calls it makes are part of the caller's trace. With no tracer
+  provider set up in the engine process, the node still runs in the caller's context.
+
 Without the ``opentelemetry`` packages nothing here imports them and :func:`attach_tracing`
 returns ``None``: tracing is off and free. With them but no tracer provider set up, it is off
 too; with one, spans go to it.
@@ -18,11 +25,13 @@ too; with one, spans go to it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import importlib.util
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 __all__ = [
@@ -30,6 +39,10 @@ __all__ = [
     "attach_tracing",
     "available",
     "current_trace_context",
+    "inherited_trace_context",
+    "node_span",
+    "run_trace_context",
+    "valid_trace_context",
     "with_trace_context",
 ]
 
@@ -52,8 +65,13 @@ _RUN_ENDS = {"run.completed": "ok", "run.failed": "error", "run.cancelled": "uns
 _trace_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "dagengine_trace_context", default=None
 )
+# The trace context a sub-workflow's run inherits from its parent run (engines only).
+_inherited: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "dagengine_inherited_trace_context", default=None
+)
 
 
+@functools.cache
 def available() -> bool:
     """Whether the OpenTelemetry API is installed."""
     try:
@@ -67,17 +85,32 @@ def current_trace_context() -> dict[str, str] | None:
     return _trace_context.get()
 
 
+def run_trace_context() -> dict[str, str] | None:
+    """The trace context a run submitted now goes to engines with: the request's
+    (:func:`current_trace_context`), else the one a sub-workflow inherits from its parent
+    run (:func:`inherited_trace_context`)."""
+    return _trace_context.get() or _inherited.get()
+
+
+@contextlib.contextmanager
+def inherited_trace_context(carrier: Mapping[str, str] | None) -> Iterator[None]:
+    """Within the block, runs submitted go to engines with ``carrier`` (a sub-workflow's
+    parent run's trace context) unless a request's own is current. Unlike a request's, it
+    is not put in ``run.queued``: the child's run span hangs under its parent node's."""
+    token = _inherited.set(dict(carrier) if carrier else None)
+    try:
+        yield
+    finally:
+        _inherited.reset(token)
+
+
 def with_trace_context(headers: Mapping[str, str], func: Callable[..., T]) -> Callable[..., T]:
     """``func`` wrapped to run with the request's W3C trace context (lower-case ``headers``)
     as :func:`current_trace_context`, on whatever thread calls it; ``func`` itself when the
     request sent no valid ``traceparent``."""
-    parent = headers.get("traceparent", "")
-    if not _TRACEPARENT.fullmatch(parent):
+    carrier = valid_trace_context(headers)
+    if carrier is None:
         return func
-    carrier = {"traceparent": parent}
-    state = headers.get("tracestate")
-    if state and len(state) <= 512:
-        carrier["tracestate"] = state
 
     def call(*args: Any, **kwargs: Any) -> T:
         token = _trace_context.set(carrier)
@@ -87,6 +120,68 @@ def with_trace_context(headers: Mapping[str, str], func: Callable[..., T]) -> Ca
             _trace_context.reset(token)
 
     return call
+
+
+def valid_trace_context(carrier: Mapping[str, str] | None) -> dict[str, str] | None:
+    """``carrier``'s ``traceparent`` (and ``tracestate``, when short enough) if it holds a
+    valid W3C ``traceparent``, else ``None``."""
+    if not carrier:
+        return None
+    parent = carrier.get("traceparent", "")
+    if not _TRACEPARENT.fullmatch(parent):
+        return None
+    valid = {"traceparent": parent}
+    state = carrier.get("tracestate")
+    if state and len(state) <= 512:
+        valid["tracestate"] = state
+    return valid
+
+
+_NO_SPAN = contextlib.nullcontext()
+
+
+def node_span(
+    carrier: Mapping[str, str] | None,
+    run_id: str,
+    node_id: str,
+    attempt: int,
+    tracer_provider: Any = None,
+) -> contextlib.AbstractContextManager[object]:
+    """What an engine runs a node attempt in: ``execute <node_id>``, a span whose parent is
+    the run's W3C trace context ``carrier``, current for the attempt (a no-op when there is
+    no valid carrier or no OpenTelemetry). Without a tracer provider set up (``None``: the
+    global one) no span is recorded, but the carrier's context is still current."""
+    valid = valid_trace_context(carrier)
+    if valid is None or not available():
+        return _NO_SPAN
+    return _node_span(valid, run_id, node_id, attempt, tracer_provider)
+
+
+@contextlib.contextmanager
+def _node_span(
+    carrier: dict[str, str], run_id: str, node_id: str, attempt: int, tracer_provider: Any
+) -> Iterator[object]:
+    from opentelemetry import context, propagate, trace
+
+    parent = propagate.extract(carrier)
+    provider = tracer_provider or trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        token = context.attach(parent)  # no spans here: the caller's context, unchanged
+        try:
+            yield trace.get_current_span(parent)
+        finally:
+            context.detach(token)
+        return
+    tracer = trace.get_tracer("dagengine.engine", tracer_provider=provider)
+    attributes: dict[str, str | int] = {
+        "dagengine.run_id": run_id,
+        "dagengine.node": node_id,
+        "dagengine.attempt": attempt,
+    }
+    with tracer.start_as_current_span(
+        f"execute {node_id}", context=parent, attributes=attributes
+    ) as span:
+        yield span
 
 
 def _ns(seconds: float) -> int:

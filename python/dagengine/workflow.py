@@ -54,6 +54,7 @@ from dagengine.nodes import (
 )
 from dagengine.results import NodeEvent, RunResult
 from dagengine.spec_model import RetryBackoff, WorkflowSpecModel, parse, to_dict
+from dagengine.tracing import node_span
 
 if TYPE_CHECKING:
     from dagengine._core import CancelToken
@@ -224,7 +225,7 @@ def _capturing_invoke(
         _IN_FLIGHT.enter()
         buffer = new_buffer(node_id, attempt, cancel)
         try:
-            with capture(buffer):
+            with capture(buffer), node_span(cancel.trace_context, run_id, node_id, attempt):
                 ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
                 out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
                 if out is None or type(out) is dict:

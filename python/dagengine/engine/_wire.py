@@ -29,6 +29,7 @@ from dagengine.results import (
     RunStatus,
 )
 from dagengine.spec_model import LuaSpec, PythonSpec, WorkflowRef, WorkflowSpecModel, parse
+from dagengine.tracing import valid_trace_context
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG
 
@@ -260,8 +261,12 @@ def build_run_request(
     depth: int = 0,
     result_only: bool = False,
     result_json: bool = False,
+    trace_context: Mapping[str, str] | None = None,
 ) -> pb.RunRequest:
     """The ``RunRequest`` message :meth:`EngineClient.run` sends (see there).
+    ``trace_context``: the W3C trace context (``traceparent``, ``tracestate``) the engine
+    runs the run's Python nodes in (see :mod:`dagengine.tracing`); one without a valid
+    ``traceparent`` is left out.
     ``result_only`` asks the engine to stream nothing but the final result event;
     ``result_json`` to send the result also as JSON text (``RunResult.result_json``, the
     text :func:`result_json_from_proto` would build). ``workflow=None`` leaves the workflow
@@ -297,6 +302,10 @@ def build_run_request(
         request.max_parallel = max_parallel
     if fail_fast is not None:
         request.fail_fast = bool(fail_fast)
+    if trace_context:
+        valid = valid_trace_context(trace_context)
+        if valid is not None:
+            request.trace_context.update(valid)
     return request
 
 

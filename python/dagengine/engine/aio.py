@@ -185,6 +185,7 @@ class AsyncEngineClient:
         deadline: float | None = None,
         max_parallel: int | None = None,
         fail_fast: bool | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> AsyncRunStream:
         """Start a run: an :class:`AsyncRunStream` (see :meth:`EngineClient.stream`)."""
         request = build_run_request(
@@ -196,6 +197,7 @@ class AsyncEngineClient:
             deadline=deadline,
             max_parallel=max_parallel,
             fail_fast=fail_fast,
+            trace_context=trace_context,
         )
         return self.stream_request(request)
 
@@ -215,6 +217,7 @@ class AsyncEngineClient:
         deadline: float | None = None,
         max_parallel: int | None = None,
         fail_fast: bool | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run ``workflow`` on the engine (see :meth:`EngineClient.run`). Cancelling the
         awaiting task cancels the run on the engine (best effort)."""
@@ -228,6 +231,7 @@ class AsyncEngineClient:
             deadline=deadline,
             max_parallel=max_parallel,
             fail_fast=fail_fast,
+            trace_context=trace_context,
             result_only=True,
         )
         check_size(request, self.max_message_bytes, self.address)

@@ -195,6 +195,7 @@ class EngineClient:
         deadline: float | None = None,
         max_parallel: int | None = None,
         fail_fast: bool | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> RunStream:
         """Start a run and follow it: a :class:`RunStream` yielding the run's events, then its
         :class:`~dagengine.RunResult` as the last item. Arguments as for :meth:`run`."""
@@ -207,6 +208,7 @@ class EngineClient:
             deadline=deadline,
             max_parallel=max_parallel,
             fail_fast=fail_fast,
+            trace_context=trace_context,
         )
         return self.stream_request(request)
 
@@ -226,6 +228,7 @@ class EngineClient:
         deadline: float | None = None,
         max_parallel: int | None = None,
         fail_fast: bool | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run ``workflow`` on the engine and return its :class:`~dagengine.RunResult`.
 
@@ -233,7 +236,9 @@ class EngineClient:
         ``inputs`` a mapping (or JSON bytes). ``run_id`` defaults to a fresh one;
         ``attempt`` is the fencing number of a re-dispatched run; ``completed`` maps node ids
         to outputs of nodes already done (not run again); ``deadline`` is a unix time by
-        which the run must end; ``max_parallel``/``fail_fast`` override the workflow's.
+        which the run must end; ``max_parallel``/``fail_fast`` override the workflow's;
+        ``trace_context`` is a W3C trace context (``traceparent``, ``tracestate``) the
+        engine runs the Python nodes in (see :mod:`dagengine.tracing`).
 
         A failed run is returned, not raised. Raises :class:`InvalidRequest`,
         :class:`EngineBusy`, :class:`EngineUnavailable` (also when the engine dies mid-run),
@@ -250,6 +255,7 @@ class EngineClient:
             deadline=deadline,
             max_parallel=max_parallel,
             fail_fast=fail_fast,
+            trace_context=trace_context,
             result_only=True,
         )
         check_size(request, self.max_message_bytes, self.address)

@@ -67,6 +67,8 @@ class Job:
     parent_run_id: str = ""
     parent_node_id: str = ""
     deadline: float | None = None
+    #: The W3C trace context the engine runs it in (see :mod:`dagengine.tracing`).
+    trace_context: Mapping[str, str] | None = None
 
     def request(
         self, workflow: pb.WorkflowSpec | None, *, result_json: bool = False
@@ -84,6 +86,7 @@ class Job:
             parent_node_id=self.parent_node_id,
             depth=self.depth,
             result_json=result_json,
+            trace_context=self.trace_context,
         )
 
 

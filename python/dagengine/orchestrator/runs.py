@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dagengine.orchestrator.lifecycle import RunLifecycle
 from dagengine.orchestrator.store import RunRecord
 from dagengine.results import ErrorInfo, RunResult, RunStatus
+from dagengine.tracing import run_trace_context
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
@@ -143,6 +144,9 @@ class ActiveRun(RunLifecycle):
     parent_run_id: str = ""
     parent_node_id: str = ""
     deadline: float | None = None
+    #: The W3C trace context its engines run it in (the submitting request's, or its
+    #: parent run's): :func:`~dagengine.tracing.run_trace_context` where it is made.
+    trace: dict[str, str] | None = field(default_factory=run_trace_context)
 
 
 def settle_run(

@@ -16,6 +16,7 @@ from dagengine.orchestrator.registry import WorkflowVersion
 from dagengine.orchestrator.runs import RunHandle, RunInfo
 from dagengine.orchestrator.store import RunRecord
 from dagengine.results import RunResult, RunStatus
+from dagengine.tracing import inherited_trace_context
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
@@ -86,13 +87,16 @@ class SubWorkflowCoordinator:
         handle = self._existing_child(parent_run_id, parent_node_id)
         if handle is None:
             version = self._recorded_version(parent, workflow_id, version_range)
-            handle = self._orch._submit(
-                version,
-                dict(inputs),
-                parent_run_id=parent_run_id,
-                parent_node_id=parent_node_id,
-                depth=depth,
-            )
+            owner = self._orch._runs.get(parent_run_id)
+            # The child's engines run it in its parent run's trace context.
+            with inherited_trace_context(owner.trace if owner is not None else None):
+                handle = self._orch._submit(
+                    version,
+                    dict(inputs),
+                    parent_run_id=parent_run_id,
+                    parent_node_id=parent_node_id,
+                    depth=depth,
+                )
         while True:
             try:
                 return handle.result(timeout=0.05)

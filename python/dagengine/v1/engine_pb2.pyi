@@ -153,7 +153,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, retries: _Optional[int] = ..., backoff_initial_seconds: _Optional[float] = ..., backoff_factor: _Optional[float] = ..., backoff_max_seconds: _Optional[float] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("run_id", "attempt", "workflow", "inputs_json", "completed_json", "deadline_unix", "max_parallel", "fail_fast", "parent_run_id", "parent_node_id", "depth", "result_only", "result_json")
+    __slots__ = ("run_id", "attempt", "workflow", "inputs_json", "completed_json", "deadline_unix", "max_parallel", "fail_fast", "parent_run_id", "parent_node_id", "depth", "result_only", "result_json", "trace_context")
     class CompletedJsonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +161,13 @@ class RunRequest(_message.Message):
         key: str
         value: bytes
         def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +181,7 @@ class RunRequest(_message.Message):
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     RESULT_ONLY_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     workflow: WorkflowSpec
@@ -187,7 +195,8 @@ class RunRequest(_message.Message):
     depth: int
     result_only: bool
     result_json: bool
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[_Union[WorkflowSpec, _Mapping]] = ..., inputs_json: _Optional[bytes] = ..., completed_json: _Optional[_Mapping[str, bytes]] = ..., deadline_unix: _Optional[float] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ..., depth: _Optional[int] = ..., result_only: _Optional[bool] = ..., result_json: _Optional[bool] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[_Union[WorkflowSpec, _Mapping]] = ..., inputs_json: _Optional[bytes] = ..., completed_json: _Optional[_Mapping[str, bytes]] = ..., deadline_unix: _Optional[float] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ..., depth: _Optional[int] = ..., result_only: _Optional[bool] = ..., result_json: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ErrorInfo(_message.Message):
     __slots__ = ("type", "message", "traceback", "node_id")

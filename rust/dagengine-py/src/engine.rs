@@ -78,16 +78,38 @@ impl HostNodes for PyHostNodes {
                 node: nodes.first().map_or(0, |h| h.node),
                 message: describe(py, &e),
             })?;
+            let trace = if run.trace_context.is_empty() {
+                None
+            } else {
+                Some(read_only(py, &run.trace_context).map_err(|e| HostError {
+                    node: nodes.first().map_or(0, |h| h.node),
+                    message: describe(py, &e),
+                })?)
+            };
             let external = PyExternal::new(
                 self.invoke.clone_ref(py),
                 Arc::new(payloads),
                 inputs,
                 run.run_id.clone(),
             )
-            .with_logs(self.logs.as_ref().map(|l| l.clone_ref(py)));
+            .with_logs(self.logs.as_ref().map(|l| l.clone_ref(py)))
+            .with_trace(trace);
             Ok(Arc::new(external) as Arc<dyn ExternalExecutor>)
         })
     }
+}
+
+/// `map` as a read-only Python mapping (`types.MappingProxyType` over a dict).
+fn read_only(py: Python<'_>, map: &HashMap<String, String>) -> PyResult<Py<PyAny>> {
+    let dict = PyDict::new(py);
+    for (key, value) in map {
+        dict.set_item(key, value)?;
+    }
+    Ok(py
+        .import("types")?
+        .getattr("MappingProxyType")?
+        .call1((dict,))?
+        .unbind())
 }
 
 /// `Type: message` of a Python exception.

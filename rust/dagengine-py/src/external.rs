@@ -21,12 +21,14 @@ use serde_json::{Map, Value};
 
 use crate::exit::exiting;
 
-/// Live cancellation flag of one node attempt (`ctx.cancelled` reads it), and where the
-/// attempt's log lines go while it runs (an engine process's `NodeLogStore` sends them).
+/// Live cancellation flag of one node attempt (`ctx.cancelled` reads it), where the
+/// attempt's log lines go while it runs (an engine process's `NodeLogStore` sends them),
+/// and the run's trace context.
 #[pyclass(module = "dagengine._core", frozen)]
 pub struct CancelToken {
     flag: Arc<AtomicBool>,
     logs: LogSink,
+    trace: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -34,6 +36,13 @@ impl CancelToken {
     #[getter]
     fn is_set(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
+    }
+
+    /// The W3C trace context (`traceparent`, `tracestate`) the run came with, read-only;
+    /// `None` when it came without one.
+    #[getter]
+    fn trace_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.trace.as_ref().map(|t| t.clone_ref(py))
     }
 
     /// Send `(level, message)` lines of this attempt to its run now, as `NODE_LOG` events
@@ -60,6 +69,8 @@ pub struct PyExternal {
     /// The trampoline's store of captured lines: `take(run_id, node_id, attempt)` returns
     /// an attempt's `(level, message)` pairs (see [`ExternalExecutor::take_logs`]).
     logs: Option<Py<PyAny>>,
+    /// The run's W3C trace context (a read-only mapping), if it came with one.
+    trace: Option<Py<PyAny>>,
 }
 
 impl PyExternal {
@@ -76,7 +87,15 @@ impl PyExternal {
             inputs,
             run_id,
             logs: None,
+            trace: None,
         }
+    }
+
+    /// With the run's W3C trace context (a read-only mapping), handed to each attempt.
+    #[must_use]
+    pub fn with_trace(mut self, trace: Option<Py<PyAny>>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// With the store the trampoline pushes captured lines to (an engine process's).
@@ -120,6 +139,7 @@ impl PyExternal {
                     CancelToken {
                         flag: call.cancel.clone(),
                         logs: call.logs.clone(),
+                        trace: self.trace.as_ref().map(|t| t.clone_ref(py)),
                     },
                 )?;
                 let mut args = vec![

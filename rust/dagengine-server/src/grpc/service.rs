@@ -54,6 +54,9 @@ pub struct RunContext {
     pub parent_run_id: String,
     pub parent_node_id: String,
     pub depth: u32,
+    /// The W3C trace context (`traceparent`, `tracestate`) the run's nodes run in; empty
+    /// for none.
+    pub trace_context: HashMap<String, String>,
 }
 
 /// A host node the embedding process cannot resolve.
@@ -438,6 +441,7 @@ impl Service {
                 parent_run_id: req.parent_run_id.clone(),
                 parent_node_id: req.parent_node_id.clone(),
                 depth: req.depth,
+                trace_context: req.trace_context.clone(),
             };
             let ext = engine.host.prepare(&plan, &host_nodes, &run).map_err(|e| {
                 let i = e.node as usize;
@@ -667,6 +671,27 @@ impl Service {
     }
 }
 
+/// The request, with the caller's W3C trace context from its gRPC metadata (`traceparent`,
+/// `tracestate`, as OpenTelemetry's gRPC clients send it) when the message has none.
+fn with_metadata_trace(request: Request<pb::RunRequest>) -> pb::RunRequest {
+    let from_metadata: HashMap<String, String> = if request.get_ref().trace_context.is_empty() {
+        ["traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|key| {
+                let value = request.metadata().get(key)?.to_str().ok()?;
+                Some((key.to_owned(), value.to_owned()))
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let mut req = request.into_inner();
+    if from_metadata.contains_key("traceparent") {
+        req.trace_context = from_metadata;
+    }
+    req
+}
+
 #[tonic::async_trait]
 impl EngineService for Service {
     type RunStream = BatchStream;
@@ -677,7 +702,8 @@ impl EngineService for Service {
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.launch(request.into_inner(), tx, run_events).await?;
+        self.launch(with_metadata_trace(request), tx, run_events)
+            .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -685,7 +711,7 @@ impl EngineService for Service {
         &self,
         request: Request<pb::RunRequest>,
     ) -> Result<Response<pb::RunResult>, Status> {
-        let mut req = request.into_inner();
+        let mut req = with_metadata_trace(request);
         req.result_only = true;
         // Dropped with this call's future when the caller hangs up: the run's forwarder
         // sees it and cancels the run.
