@@ -465,3 +465,19 @@ def test_a_mapped_node_is_drawn_once_with_its_item_counts(page: Any, server: Ser
     expect(rows.nth(1)).to_contain_text("b[1]")
     expect(rows.nth(1)).to_contain_text("ValueError: item 1 broke")
     expect(rows.nth(2)).to_have_attribute("data-state", "running")
+
+
+def test_a_real_mapped_run_shows_its_items(page: Any, server: Server) -> None:
+    run_id = run_now(server, "mapped")["run_id"]
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    sq = node(page, "sq")
+    expect(sq).to_have_attribute("data-items", "3/1/0/4")
+    expect(sq.locator("text.sub")).to_have_text("3/4 · 1 failed")
+    expect(page.locator("svg.dag g.node")).to_have_count(3)
+    expect(sq.locator("title")).to_contain_text("map: results.src.items")
+    sq.click()
+    rows = page.locator("#panel-items tbody tr")
+    expect(rows).to_have_count(4)
+    expect(rows.nth(2)).to_have_attribute("data-state", "failed")
+    expect(rows.nth(2)).to_contain_text("ValueError: three is bad")
+    expect(page.locator("#panel-output")).to_contain_text('"v": 16')

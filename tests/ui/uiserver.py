@@ -83,6 +83,14 @@ nodes:
   - {id: big, deps: [probe], when: "results.probe.x > 5", lua: "return {}"}
   - {id: small, deps: [probe], when: "results.probe.x <= 5", lua: "return {}"}
 """,
+    "mapped.yaml": """
+id: mapped
+version: 1.0.0
+nodes:
+  - {id: src, lua: "return {items = {1, 2, 3, 4}}"}
+  - {id: sq, deps: [src], map: results.src.items, allow_partial: true, python: "uitasks:square"}
+  - {id: after, deps: [sq], lua: "return {}"}
+""",
     "uitasks.py": """
 import logging
 import os
@@ -112,6 +120,12 @@ def chatty(ctx):
     print("hello from fine")
     log.info("fine is done")
     return {"n": 1}
+
+
+def square(ctx):
+    if ctx.item == 3:
+        raise ValueError("three is bad")
+    return {"v": ctx.item * ctx.item}
 
 
 def boom(ctx):

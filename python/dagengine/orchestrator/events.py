@@ -20,6 +20,7 @@ type                 severity why
 ``node.failed``      error    a node failed for good
 ``node.retrying``    warning  a node failed but will be retried
 ``node.skipped``     info     consequence of another node's failure, reported there
+``node.mapped``      info     a mapped node was expanded into ``count`` items (``id[i]``)
 ``node.cancelled``   info     consequence of a cancellation, reported on the run
 ``node.log``         info     a node's log line
 ``engine.joined``    info
@@ -105,6 +106,7 @@ class EventType(str, Enum):
     NODE_FAILED = "node.failed"
     NODE_RETRYING = "node.retrying"
     NODE_SKIPPED = "node.skipped"
+    NODE_MAPPED = "node.mapped"
     NODE_CANCELLED = "node.cancelled"
     NODE_LOG = "node.log"
     ENGINE_JOINED = "engine.joined"
@@ -129,6 +131,7 @@ DEFAULT_SEVERITY: dict[EventType, Severity] = {
     EventType.NODE_FAILED: Severity.ERROR,
     EventType.NODE_RETRYING: Severity.WARNING,
     EventType.NODE_SKIPPED: Severity.INFO,
+    EventType.NODE_MAPPED: Severity.INFO,
     EventType.NODE_CANCELLED: Severity.INFO,
     EventType.NODE_LOG: Severity.INFO,
     EventType.ENGINE_JOINED: Severity.INFO,

@@ -12,6 +12,7 @@ attempt's lines are dropped."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -89,8 +90,16 @@ _WIRE_EVENT_TYPES: dict[int, str] = {
     pb.NODE_FAILED: "node.failed",
     pb.NODE_RETRYING: "node.retrying",
     pb.NODE_SKIPPED: "node.skipped",
+    pb.NODE_MAPPED: "node.mapped",
 }
-_NODE_KINDS = ("node_started", "node_succeeded", "node_failed", "node_retrying", "node_skipped")
+_NODE_KINDS = (
+    "node_started",
+    "node_succeeded",
+    "node_failed",
+    "node_retrying",
+    "node_skipped",
+    "node_mapped",
+)
 
 
 def record_wire_events(
@@ -126,6 +135,8 @@ def record_wire_events(
                 data["error"] = error_info_from_proto(msg.error).to_dict()
             if msg.skip_reason:
                 data["reason"] = msg.skip_reason
+            if kind == pb.NODE_MAPPED:
+                data["count"] = msg.item_count
             published.append((event_type, msg.node_id or None, data))
         if msg.HasField("result"):
             result_json.append(result_json_from_proto(msg.result))
@@ -166,7 +177,12 @@ def record_node_event(
         return
     if kind == "node_succeeded" and event.node_id is not None:
         output = (event.detail or {}).get("output", {})
-        store.save_node_output_later(run_id, event.node_id, attempt, output)
+        if isinstance(output, list):  # a mapped node's: its items' outputs
+            store.save_node_output_json_later(
+                run_id, event.node_id, attempt, json.dumps(output, separators=(",", ":"))
+            )
+        else:
+            store.save_node_output_later(run_id, event.node_id, attempt, output)
     if kind in _NODE_KINDS:
         data: dict[str, Any] = {"attempt": attempt, "node_attempt": event.attempt}
         err = event.error
@@ -174,6 +190,8 @@ def record_node_event(
             data["error"] = err.to_dict()
         if kind == "node_skipped" and event.detail and "reason" in event.detail:
             data["reason"] = event.detail["reason"]
+        if kind == "node_mapped" and event.detail and "count" in event.detail:
+            data["count"] = event.detail["count"]
         events.publish(
             "node." + kind.removeprefix("node_"),
             workflow_id=workflow_id,

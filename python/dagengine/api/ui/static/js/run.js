@@ -191,7 +191,7 @@ export async function runPage(main, runId, ctx) {
     if (ev.type === "node.mapped" && model.has(ev.node_id)) {
       const m = model.get(ev.node_id);
       const data = ev.data || {};
-      const total = Number(data.count ?? data.items ?? 0);
+      const total = Number(data.item_count ?? data.count ?? data.items ?? 0);
       const items = itemsOf(m);
       if (Number.isFinite(total) && total >= items.total) items.total = total;
       if (m.state === "pending") m.state = "running";
