@@ -23,3 +23,9 @@ def held(ctx: NodeContext) -> dict[str, str]:
         time.sleep(0.005)
     print("released")
     return {"done": "yes"}
+
+
+def item_says(ctx: NodeContext) -> dict[str, int]:
+    """An item of a mapped node: print which one it is."""
+    print(f"item {ctx.index} says {ctx.item}")
+    return {"i": int(ctx.index or 0)}

@@ -65,3 +65,33 @@ def test_from_an_engine_process(orch: Orchestrator) -> None:
         _check(orch, _run(orch))
     finally:
         proc.kill()
+
+
+def test_an_engines_mapped_python_items_log_under_their_item_ids(orch: Orchestrator) -> None:
+    spec = {
+        "nodes": [
+            {"id": "src", "lua": "return {items = {'a', 'b', 'c'}}"},
+            {
+                "id": "say",
+                "deps": ["src"],
+                "map": "results.src.items",
+                "python": "live_log_tasks:item_says",
+            },
+        ]
+    }
+    proc = EngineProcess("--engine-id", "mapped-logs", "--capacity", "2")
+    try:
+        orch.register_engine(proc.engine_id, proc.address)
+        orch.register_workflow("says", "1.0.0", spec)
+        handle = orch.execute_workflow("says", wait=False)
+        assert isinstance(handle, RunHandle)
+        assert handle.result(timeout=30).ok
+        orch.store.flush()
+        lines = Monitor(orch.events).history(run_id=handle.run_id, types="node.log", limit=100)
+    finally:
+        proc.kill()
+    assert sorted((e.node_id, e.data["message"]) for e in lines) == [
+        ("say[0]", "item 0 says a"),
+        ("say[1]", "item 1 says b"),
+        ("say[2]", "item 2 says c"),
+    ]
