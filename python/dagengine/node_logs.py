@@ -35,7 +35,9 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import IO, Any, Final, Protocol, TypeVar
 
 __all__ = [
@@ -162,29 +164,46 @@ def current_buffer() -> NodeLogBuffer | None:
 
 
 class capture:
-    """Make ``buffer`` current for this context until the block ends (then flush it).
+    """Make ``buffer`` current for this context until the block ends (then flush it); with
+    ``span`` (a context manager: the attempt's trace span, :func:`dagengine.tracing.node_span`),
+    enter that too, inside the capture.
 
     A class rather than a generator context manager: it is entered once per node attempt,
-    and this costs a fraction of ``contextlib.contextmanager``'s overhead.
+    and this costs a fraction of ``contextlib.contextmanager``'s overhead (and a span costs
+    nothing when there is none).
     """
 
-    __slots__ = ("_buffer", "_token")
+    __slots__ = ("_buffer", "_span", "_token")
 
-    def __init__(self, buffer: NodeLogBuffer) -> None:
+    def __init__(
+        self, buffer: NodeLogBuffer, span: AbstractContextManager[object] | None = None
+    ) -> None:
         self._buffer = buffer
+        self._span = span
         self._token: contextvars.Token[NodeLogBuffer | None] | None = None
 
     def __enter__(self) -> NodeLogBuffer:
         if not _hooks_in_place():
             install()
         self._token = _current.set(self._buffer)
+        if self._span is not None:
+            self._span.__enter__()
         return self._buffer
 
-    def __exit__(self, *exc: object) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            _current.reset(token)
-        self._buffer.flush()
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._span is not None:
+                self._span.__exit__(kind, value, traceback)
+        finally:
+            token, self._token = self._token, None
+            if token is not None:
+                _current.reset(token)
+            self._buffer.flush()
 
 
 async def captured(awaitable: Awaitable[_T], buffer: NodeLogBuffer) -> _T:

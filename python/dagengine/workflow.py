@@ -225,7 +225,9 @@ def _capturing_invoke(
         _IN_FLIGHT.enter()
         buffer = new_buffer(node_id, attempt, cancel)
         try:
-            with capture(buffer), node_span(cancel.trace_context, run_id, node_id, attempt):
+            trace = cancel.trace_context
+            span = None if trace is None else node_span(trace, run_id, node_id, attempt)
+            with capture(buffer, span):
                 ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
                 out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
                 if out is None or type(out) is dict:
