@@ -4,7 +4,9 @@ replica_proc.py URL PREFIX N LEASE_TTL ENGINE_ADDRESS...``.
 Opens the PostgreSQL store as a replica (``Orchestrator(replica=True)``), registers the
 engines and the ledger workflow, submits runs ``PREFIX-0`` .. ``PREFIX-N-1``, prints
 ``replica ID`` and then ``submitted``, and keeps working (its runs, and runs it takes over
-from other replicas) until its stdin closes; then it stops.
+from other replicas) until its stdin closes; then it stops. A line ``submit PREFIX N`` on
+stdin submits N more runs and waits for them (``PREFIX-0``..), printing ``finished PREFIX
+STATUS...`` (their statuses).
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ def main() -> None:
     for i in range(int(count)):
         orch.execute_workflow("ledger", {}, wait=False, run_id=f"{prefix}-{i}")
     print("submitted", flush=True)
-    sys.stdin.read()  # until the test closes it
+    for line in sys.stdin:  # until the test closes it
+        command, prefix, more = line.split()
+        assert command == "submit", line
+        handles = [
+            orch.execute_workflow("ledger", {}, wait=False, run_id=f"{prefix}-{i}")
+            for i in range(int(more))
+        ]
+        statuses = {h.result(timeout=120).status.value for h in handles}  # type: ignore[union-attr]
+        print(f"finished {prefix} {' '.join(sorted(statuses))}", flush=True)
     orch.stop()
 
 

@@ -10,12 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cable import Cable
 from pg import query
 from processes import EngineProcess, wait_for
 
@@ -68,11 +70,13 @@ class Replica:
                 [str(HERE), str(ORCHESTRATOR_TESTS), os.environ.get("PYTHONPATH", "")]
             ),
         }
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "replica_proc.py"), url, prefix, str(count),
              str(LEASE_TTL), *engines],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
             env=env,
             cwd=HERE,
@@ -86,6 +90,15 @@ class Replica:
         with self.proc.stdout:
             for line in self.proc.stdout:
                 self.lines.append(line.strip())
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
 
     @property
     def replica_id(self) -> str | None:
@@ -103,6 +116,7 @@ class Replica:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._reader.join(timeout=10)
+        self._stderr.close()
 
 
 def ledger_counts(ledger: Path) -> collections.Counter[tuple[str, str]]:
@@ -202,3 +216,92 @@ def test_sigkill_the_replica_with_most_leases_mid_load(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def _unfinished_of(url: str, owner: str) -> set[str]:
+    rows = query(
+        url,
+        f"SELECT run_id FROM runs WHERE status IN ('queued', 'running') AND owner = '{owner}'",
+    )
+    return {row[0] for row in rows}
+
+
+def _succeeded(url: str) -> int:
+    return int(query(url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")[0][0])
+
+
+def test_a_replica_cut_off_from_the_database_loses_its_runs_and_rejoins(
+    pg_url: str, ledger: Path, engines: Callable[..., list[EngineProcess]]
+) -> None:
+    """One replica reaches PostgreSQL through a cable that is pulled mid-load (its
+    connections hang, nothing is closed): its leases run out, the other replica takes its
+    runs over and finishes them; when the cable is plugged back in, the cut replica's late
+    writes are refused (no run ends twice, its results do not replace the others'), it gives
+    its runs up, and it works on as a replica (new runs through it succeed)."""
+    # Slow nodes on small engines: the cut replica still has runs when the other is up.
+    addresses = [p.address for p in engines(2, 4, 0.3)]
+    cable = Cable(pg_url)
+    cut = Replica(cable.url, "cut", RUNS_PER_REPLICA, addresses)
+    other = Replica(pg_url, "other", RUNS_PER_REPLICA, addresses)
+    total = 2 * RUNS_PER_REPLICA
+    try:
+        wait_for(
+            lambda: "submitted" in cut.lines and "submitted" in other.lines,
+            "both replicas to submit their runs",
+            timeout=120,
+        )
+        wait_for(lambda: _succeeded(pg_url) >= 10, "the first runs", timeout=120)
+        cut_id = cut.replica_id
+        assert cut_id is not None
+        cable.pull()
+        pulled = time.monotonic()
+        stranded = _unfinished_of(pg_url, cut_id)
+        recorded = set(query(pg_url, "SELECT run_id, node_id FROM node_outputs"))
+        attempts = dict(query(pg_url, "SELECT run_id, attempt FROM runs"))
+        assert len(stranded) >= 10, "the cut came while the replica had runs"
+        wait_for(
+            lambda: not _unfinished_of(pg_url, cut_id),
+            "the other replica to take the cut one's runs over",
+            timeout=60,
+        )
+        moved = time.monotonic() - pulled
+        wait_for(lambda: _succeeded(pg_url) == total, "every run to succeed", timeout=240)
+        before_heal = query(pg_url, "SELECT run_id, owner, attempt, result FROM runs")
+        cable.plug()
+        # Back on the network, it gives the runs up and keeps working as a replica.
+        cut.send("submit after 10")
+        wait_for(lambda: any(line.startswith("finished after") for line in cut.lines),
+                 "new runs through the rejoined replica", timeout=120)  # fmt: skip
+        assert "finished after succeeded" in cut.lines
+        wait_for(lambda: "taken over by another replica" in cut.stderr(),
+                 "the cut replica to give its runs up", timeout=30)  # fmt: skip
+        after = {
+            row[0]: row for row in query(pg_url, "SELECT run_id, owner, attempt, result FROM runs")
+        }
+        # Its late writes changed nothing: the runs the other finished are as they were.
+        assert [row for row in before_heal if after[row[0]] != row] == []
+        # (A commit the cut replica had sent just before the cable was pulled may still have
+        # ended one of them: that run is its own, finished, not taken over.)
+        moved_runs = {run_id for run_id in stranded if after[run_id][1] != cut_id}
+        assert len(moved_runs) >= len(stranded) - 2
+        assert {after[run_id][1] for run_id in moved_runs} == {other.replica_id}
+        assert all(after[run_id][2] > attempts[run_id] for run_id in moved_runs)
+        ends = collections.Counter(
+            run_id
+            for (run_id,) in query(pg_url, "SELECT run_id FROM events WHERE type = 'run.completed'")
+        )
+        assert [run_id for run_id, n in ends.items() if n > 1] == []
+        counts = ledger_counts(ledger)
+        assert [k for k in recorded if k[1] in ("a", "b") and counts[k] != 1] == []
+        print(
+            f"\n{total} runs on 2 replicas; one cut off from PostgreSQL with "
+            f"{len(stranded)} unfinished runs, {len(moved_runs)} of them taken over "
+            f"{moved * 1e3:.0f} ms after the cut (lease TTL {LEASE_TTL * 1e3:.0f} ms), all "
+            f"{total} succeeded; its late writes refused, it gave the runs up and ran 10 new "
+            "ones after the cable was back"
+        )
+    finally:
+        cable.plug()
+        for replica in (cut, other):
+            replica.stop()
+        cable.close()

@@ -233,3 +233,15 @@ def test_a_version_registered_on_one_replica_becomes_the_latest_on_all(
     a.register_workflow("w", "1.1.0", {**SPEC, "version": "1.1.0"})
     wait_for(lambda: str(b.registry.get("w").version) == "1.1.0", "b to see the new latest")
     assert b.execute_workflow("w", {"i": 1}).outputs["y"] == {"v": 2}
+
+
+def test_a_stopped_replica_hands_its_runs_over_at_once(pg_url: str) -> None:
+    a = Orchestrator(store=pg_url, config=_config(ttl=600), embedded_engine=False)
+    a.register_workflow("w", "1.0.0", SPEC)
+    handle = a.execute_workflow("w", {"i": 5}, wait=False)  # no engine: stays queued
+    a.stop()  # (a lease of 600 s: only its release lets another replica have the run)
+    b = Orchestrator(store=pg_url, config=_config(ttl=600))
+    try:
+        wait_for(lambda: b.get_run(handle.run_id).status == "succeeded", "b to run it")
+    finally:
+        b.stop()

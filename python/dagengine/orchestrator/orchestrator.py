@@ -431,6 +431,8 @@ class Orchestrator:
                         "next orchestrator on the same store resumes it"
                     )
                 )
+        if self.replicas is not None:  # its runs go to the others now, not in a lease
+            self.replicas.release()
         if self._owns_store:
             self.store.close()
 

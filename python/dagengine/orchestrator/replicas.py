@@ -129,11 +129,22 @@ class ReplicaCoordinator:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop the threads. The leases are left to expire: this replica's unfinished runs
-        go to the others once they do (as they would after a restart)."""
+        """Stop the threads (the leases are kept until :meth:`release`, or they expire)."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+
+    def release(self) -> None:
+        """Let the other replicas take this one's unfinished runs at once (a stopping
+        replica's, after its last writes): their leases end now. A failure is logged (the
+        leases then expire by themselves)."""
+        try:
+            released = self.store.release_leases()
+        except Exception as exc:
+            log.warning("replica %s: could not release its leases: %s", self.replica_id, exc)
+            return
+        if released:
+            log.info("replica %s: released %d run(s) to the others", self.replica_id, released)
 
     # -- leases ---------------------------------------------------------------------------
 

@@ -103,6 +103,20 @@ class ReplicaStore:
         with self._pool.connection() as conn:
             return int(conn.execute(_RENEW, (self.lease_ttl, self.replica_id)).rowcount)
 
+    def release_leases(self) -> int:
+        """End this replica's leases now (it stops): the others take its unfinished runs
+        at their next round. Returns how many."""
+        if self.replica_id is None:
+            return 0
+        with self._pool.connection() as conn:
+            return int(
+                conn.execute(
+                    "UPDATE runs SET lease_until = 0 "
+                    "WHERE owner = %s AND status IN ('queued', 'running')",
+                    (self.replica_id,),
+                ).rowcount
+            )
+
     def take_over(self, limit: int) -> list[RunRecord]:
         """Take up to ``limit`` unfinished runs whose lease ran out (their replica died or
         lost the database), oldest first; returns them as they are now (owned by this
