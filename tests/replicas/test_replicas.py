@@ -245,3 +245,27 @@ def test_a_stopped_replica_hands_its_runs_over_at_once(pg_url: str) -> None:
         wait_for(lambda: b.get_run(handle.run_id).status == "succeeded", "b to run it")
     finally:
         b.stop()
+
+
+def test_the_serve_file_and_flag_select_replica_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagengine import cli
+    from dagengine.serve import ServeOptions, _orchestrator_config, load_serve_config
+
+    path = tmp_path / "serve.yaml"
+    path.write_text("replica: true\nstore: postgresql://db/x\n")
+    opts = load_serve_config(path)
+    assert opts.replica is True
+    assert _orchestrator_config(opts, {}).replica is True
+    # Unset, the environment decides.
+    assert _orchestrator_config(ServeOptions(), {"DAGENGINE_REPLICA": "1"}).replica is True
+    assert _orchestrator_config(ServeOptions(), {}).replica is False
+    path.write_text("replica: yes please\n")
+    with pytest.raises(ConfigError, match="replica"):
+        load_serve_config(path)
+    seen: list[ServeOptions] = []
+    monkeypatch.setattr("dagengine.serve.serve", lambda opts, **_: seen.append(opts) or 0)
+    assert cli.main(["serve", "--replica", "--store", "postgresql://db/x", "--port", "0"]) == 0
+    assert cli.main(["serve", "--store", "postgresql://db/x", "--port", "0"]) == 0
+    assert [opts.replica for opts in seen] == [True, None]
