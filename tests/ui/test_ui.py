@@ -481,3 +481,29 @@ def test_a_real_mapped_run_shows_its_items(page: Any, server: Server) -> None:
     expect(rows.nth(2)).to_have_attribute("data-state", "failed")
     expect(rows.nth(2)).to_contain_text("ValueError: three is bad")
     expect(page.locator("#panel-output")).to_contain_text('"v": 16')
+
+
+def test_a_mapped_node_with_thousands_of_items(page: Any, server: Server) -> None:
+    run_id = run_now(server, "quick")["run_id"]
+    n = 5000
+    events: list[tuple[str, str, dict[str, Any]]] = [("node.mapped", "b", {"count": n})]
+    for i in range(n):
+        events.append(("node.started", f"b[{i}]", {"node_attempt": 1}))
+    for i in range(n):
+        events.append(("node.succeeded" if i % 100 else "node.failed", f"b[{i}]", {}))
+    body = _sse(run_id, events)
+    page.route(
+        re.compile(rf".*/runs/{run_id}/events$"),
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=body
+        ),
+    )
+    page.goto(f"{server.url}/ui/#/runs/{run_id}")
+    expect(page.locator("#event-count")).to_have_text(f"{len(events)} events")
+    expect(node(page, "b")).to_have_attribute("data-items", f"{n - 50}/50/0/{n}")
+    node(page, "b").click()
+    expect(page.locator("#panel-items tbody tr")).to_have_count(500)
+    expect(page.locator("#panel-items")).to_contain_text(f"… and {n - 500} more")
+    expect(page.locator('#panel-items tr[data-item="100"]')).to_have_attribute(
+        "data-state", "failed"
+    )

@@ -107,8 +107,24 @@ export async function runPage(main, runId, ctx) {
   }
 
   function itemsOf(m) {
-    if (!m.items) m.items = {total: 0, all: new Map()};
+    if (!m.items) m.items = {total: 0, all: new Map(), done: 0, failed: 0, running: 0};
     return m.items;
+  }
+
+  // Which count an item state adds to (kept as items change, not recounted per frame).
+  function bucket(state) {
+    if (state === "succeeded" || state === "skipped") return "done";
+    if (state === "failed" || state === "cancelled") return "failed";
+    if (state === "running" || state === "retrying") return "running";
+    return null;
+  }
+
+  function setItemState(items, it, state) {
+    const from = bucket(it.state);
+    const to = bucket(state);
+    if (from) items[from] -= 1;
+    if (to) items[to] += 1;
+    it.state = state;
   }
 
   function item(m, index) {
@@ -124,13 +140,8 @@ export async function runPage(main, runId, ctx) {
 
   // The counts a mapped node shows: done, failed and running of its items' total.
   function counts(m) {
-    const c = {done: 0, failed: 0, running: 0, total: m.items.total};
-    for (const it of m.items.all.values()) {
-      if (it.state === "succeeded" || it.state === "skipped") c.done += 1;
-      else if (it.state === "failed" || it.state === "cancelled") c.failed += 1;
-      else if (it.state === "running" || it.state === "retrying") c.running += 1;
-    }
-    return c;
+    const {done, failed, running, total} = m.items;
+    return {done, failed, running, total};
   }
 
   function summarize(id, m) {
@@ -148,7 +159,7 @@ export async function runPage(main, runId, ctx) {
     if (!at) return false;
     const m = model.get(at.base);
     const it = item(m, at.index);
-    if (FINISHED.has(run.status) || !ITEM_FINAL.has(it.state)) it.state = info.status;
+    if (FINISHED.has(run.status) || !ITEM_FINAL.has(it.state)) setItemState(m.items, it, info.status);
     it.attempts = Math.max(it.attempts, info.attempts || 0);
     if (info.error) it.error = info.error;
     dirty.add(at.base);
@@ -178,7 +189,7 @@ export async function runPage(main, runId, ctx) {
   function applyItemEvent(ev, next, at) {
     const m = model.get(at.base);
     const it = item(m, at.index);
-    it.state = next;
+    setItemState(m.items, it, next);
     if (ev.type === "node.started") it.attempts += 1;
     if (ev.data && ev.data.error) it.error = ev.data.error;
     if (m.state === "pending" || m.state === "retrying") m.state = "running";
@@ -320,7 +331,13 @@ export async function runPage(main, runId, ctx) {
 
   function itemsTable(m) {
     const c = counts(m);
-    const rows = [...m.items.all.entries()].sort((a, b) => a[0] - b[0]).slice(0, ITEMS_SHOWN)
+    // The first items by index, without sorting them all (a map may have 100,000).
+    const first = [];
+    for (let index = 0; index < m.items.total && first.length < ITEMS_SHOWN; index++) {
+      const it = m.items.all.get(index);
+      if (it) first.push([index, it]);
+    }
+    const rows = first
       .map(([index, it]) => h("tr", {"data-item": String(index), "data-state": it.state},
         h("td", {class: "mono"}, `${panelNode}[${index}]`), h("td", {}, badge(it.state)),
         h("td", {}, String(it.attempts)),
