@@ -6,6 +6,7 @@ single orchestrator exclude each other."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,3 +270,32 @@ def test_the_serve_file_and_flag_select_replica_mode(
     assert cli.main(["serve", "--replica", "--store", "postgresql://db/x", "--port", "0"]) == 0
     assert cli.main(["serve", "--store", "postgresql://db/x", "--port", "0"]) == 0
     assert [opts.replica for opts in seen] == [True, None]
+
+
+_release_child = threading.Event()
+
+
+def _blocked(ctx: NodeContext) -> dict[str, object]:
+    _release_child.wait(30)
+    return {"done": True}
+
+
+def test_a_child_run_on_another_replica_is_waited_for_not_started_again(
+    replicas: list[Orchestrator],
+) -> None:
+    """A parent taken over by one replica finds the sub-workflow run its node started on
+    another replica (still running there) and waits for it instead of starting another."""
+    a, b = replicas
+    parent = a.execute_workflow("w", {"i": 1})
+    child = DAG("child", "1.0.0")
+    child.add_node(Node("blocked", [], PythonExecutor(_blocked)))
+    version = a.register_workflow(child)
+    _release_child.clear()
+    started = a._submit(version, {}, parent_run_id=parent.run_id, parent_node_id="sub")
+    found = b.get_subworkflow_coordinator()._existing_child(parent.run_id, "sub")
+    assert found is not None
+    assert found.run_id == started.run_id
+    assert not found.done
+    _release_child.set()
+    assert found.result(timeout=30).outputs["blocked"] == {"done": True}
+    assert len(b.store.list_runs(parent_run_id=parent.run_id)) == 1

@@ -28,6 +28,7 @@ of the queue and is tried again (elsewhere if another engine has room), never fa
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import socket
@@ -39,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 from dagengine.exceptions import ConfigError, DagEngineError
 from dagengine.orchestrator.events import Event
 from dagengine.orchestrator.store.postgres_schema import CANCEL_CHANNEL
+from dagengine.orchestrator.store.records import FINISHED_STATUSES
+from dagengine.results import RunResult
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EVENT_BATCH",
     "EVENT_POLL",
+    "FOLLOW_POLL",
     "TAKE_OVER_BATCH",
     "ReplicaCoordinator",
     "new_replica_id",
@@ -60,6 +64,8 @@ EVENT_POLL = 0.5
 #: Seconds at least between two reads: under load every commit of every replica notifies,
 #: and one read per this interval takes them all.
 EVENT_BATCH = 0.02
+#: Seconds between two reads of a run another replica runs (:meth:`ReplicaCoordinator.follow`).
+FOLLOW_POLL = 0.1
 #: Runs taken over in one go (the next ones at the next round, or by another replica).
 TAKE_OVER_BATCH = 200
 _EVENT_PAGE = 1000
@@ -177,6 +183,28 @@ class ReplicaCoordinator:
                 "replica %s: took over %d run(s) whose lease ran out", self.replica_id, len(taken)
             )
             self._orch._recovery.adopt(taken, reason="taken over from a replica that was lost")
+
+    def follow(self, run_id: str) -> concurrent.futures.Future[RunResult]:
+        """The result of a run another replica runs (a sub-workflow run whose parent this
+        replica took over), read from the store once the run has finished."""
+        future: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
+
+        def poll() -> None:
+            while not self._stop.wait(FOLLOW_POLL):
+                try:
+                    rec = self.store.get_run(run_id)
+                except Exception:  # the database is away: try again
+                    continue
+                if rec is None or rec.status in FINISHED_STATUSES:
+                    if rec is not None and rec.result:
+                        future.set_result(RunResult.from_dict(rec.result))
+                    else:
+                        future.set_exception(DagEngineError(f"run {run_id} ended without a result"))
+                    return
+            future.set_exception(DagEngineError("the orchestrator is stopping"))
+
+        threading.Thread(target=poll, name=f"dagengine-follow-{run_id}", daemon=True).start()
+        return future
 
     def request_cancel(self, run_id: str) -> bool:
         """Cancel a run another replica owns (:meth:`Orchestrator.cancel_run` of a run this

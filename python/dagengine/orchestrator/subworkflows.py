@@ -123,7 +123,7 @@ class SubWorkflowCoordinator:
 
     def _existing_child(self, parent_run_id: str, parent_node_id: str) -> RunHandle | None:
         """A handle on the child a parent node started already, if it succeeded or is still
-        unfinished here."""
+        unfinished here (or, a replica's, on another replica)."""
         for rec in self._orch.store.list_runs(parent_run_id=parent_run_id, limit=10_000):
             if rec.parent_node_id != parent_node_id:
                 continue
@@ -136,6 +136,8 @@ class SubWorkflowCoordinator:
                     run = self._orch._runs.get(rec.run_id)
                 if run is not None:
                     return RunHandle(self._orch, rec.run_id, run.future)
+                if self._orch.replicas is not None:  # another replica runs it: follow it
+                    return RunHandle(self._orch, rec.run_id, self._orch.replicas.follow(rec.run_id))
         return None
 
     def runner_for_local(
