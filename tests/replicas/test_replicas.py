@@ -299,3 +299,11 @@ def test_a_child_run_on_another_replica_is_waited_for_not_started_again(
     _release_child.set()
     assert found.result(timeout=30).outputs["blocked"] == {"done": True}
     assert len(b.store.list_runs(parent_run_id=parent.run_id)) == 1
+
+
+def test_a_version_yanked_on_one_replica_is_skipped_on_all(replicas: list[Orchestrator]) -> None:
+    a, b = replicas
+    a.register_workflow("w", "1.2.0", {**SPEC, "version": "1.2.0"})
+    wait_for(lambda: str(b.registry.get("w").version) == "1.2.0", "b to see 1.2.0")
+    a.registry.yank("w", "1.2.0")
+    wait_for(lambda: str(b.registry.get("w").version) == "1.0.0", "b to skip the yanked one")

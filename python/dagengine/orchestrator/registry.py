@@ -146,9 +146,17 @@ class WorkflowRegistry:
         self._yanked: dict[str, set[Version]] = {}
         if store is not None:
             self._load(store)
-            state = store.get_trigger_state(YANKED_KEY) or {}
-            for workflow_id, texts in dict(state).items():
-                self._yanked[workflow_id] = {Version.parse(t) for t in texts}
+            self.refresh_yanked()
+
+    def refresh_yanked(self) -> None:
+        """Read the yanked marks from the store again (replicas: another one may have
+        changed them)."""
+        if self._store is None:
+            return
+        state = self._store.get_trigger_state(YANKED_KEY) or {}
+        marks = {wid: {Version.parse(t) for t in texts} for wid, texts in dict(state).items()}
+        with self._lock:
+            self._yanked = marks
 
     def _yanked_of(self, workflow_id: str) -> frozenset[Version]:
         return frozenset(self._yanked.get(workflow_id, ()))

@@ -8,10 +8,10 @@ created it, through a lease in the database (see
 :mod:`~dagengine.orchestrator.store.postgres_replicas`); this module keeps the replica's side:
 
 * ``dagengine-leases``: every third of the lease's time to live, renew this replica's leases
-  (one statement), load the workflow versions registered through other replicas, give up
-  the runs another replica took over meanwhile (this one was cut off from the database for
-  longer than a lease: its engines are told to cancel them, its writes to them are refused
-  anyway), and take over the runs whose lease ran out (a replica died or
+  (one statement), load the workflow versions (and yanked marks) changed through other
+  replicas, give up the runs another replica took over meanwhile (this one was cut off from
+  the database for longer than a lease: its engines are told to cancel them, its writes to
+  them are refused anyway), and take over the runs whose lease ran out (a replica died or
   lost the database), resuming them from their stored node outputs as a restarted
   orchestrator does (:meth:`~dagengine.orchestrator.recovery.Recovery.adopt`).
 * cancellations asked of another replica are handed over in the store: the owner cancels
@@ -174,6 +174,7 @@ class ReplicaCoordinator:
         if versions != self._versions:  # registered through another replica: the latest
             self._orch.registry.refresh()  # version of a workflow may have changed
             self._versions = versions
+        self._orch.registry.refresh_yanked()
         if self._orch._stopping:
             return
         taken = self.store.take_over(TAKE_OVER_BATCH)
