@@ -73,6 +73,7 @@ class DagRef:
         map_max_parallel: int | None = None,
         allow_partial: bool = False,
         max_items: int | None = None,
+        cache: tuple[str | None, float | None, str | None] | None = None,
     ) -> None:
         """Add one node. ``kind`` is ``"noop"``, ``"lua"`` (payload: source str) or
         ``"python"`` (payload: any object handed back to ``invoke``).
@@ -83,7 +84,11 @@ class DagRef:
         ``{"when": bool}``; false skips the node. ``map`` (a Lua expression giving a list)
         fans the node out into one item per element, at most ``map_max_parallel`` running at
         once and at most ``max_items`` of them (default 100,000); ``allow_partial`` keeps a
-        failed item from failing the node (its output is ``None``).
+        failed item from failing the node (its output is ``None``). ``cache`` (``(key,
+        ttl, code)``) caches the node (see ``dagengine.cache``): under a hash of ``code`` (its
+        code identity; a Lua node's default is its source) and either the run's inputs and
+        parents' outputs or the value of the Lua expression ``key``; entries live ``ttl``
+        seconds (``None``: until evicted).
 
         Raises ``DuplicateNodeError`` at once for a repeated id; dependency errors are
         reported by :meth:`preprocess`. A Lua syntax error (of the script or of ``when``)
@@ -122,10 +127,13 @@ class DagRef:
         completed: Mapping[str, Mapping[str, Any]] | None = None,
         events: bool = True,
         event_outputs: bool = False,
+        cache: Any = None,
     ) -> RunRef:
         """Start a run on the core's runtime and return at once (preprocesses if needed).
         ``completed`` holds outputs of nodes already done (a resumed run skips them);
-        ``event_outputs`` puts each node's output in its ``node_succeeded`` event detail."""
+        ``event_outputs`` puts each node's output in its ``node_succeeded`` event detail;
+        ``cache`` (an object with ``get(node_id, key)`` and ``put(node_id, key, output,
+        run_id, ttl)``) is where cached nodes are looked up and stored."""
 
 @final
 class RunRef:

@@ -44,7 +44,7 @@ from dagengine.exceptions import SpecError
 from dagengine.inputs import schema_from_signature
 from dagengine.nodes import Node, NodeContext, PythonExecutor, When
 from dagengine.results import RunResult
-from dagengine.spec_model import RetryBackoff
+from dagengine.spec_model import CachePolicy, RetryBackoff
 from dagengine.workflow import DAG
 
 __all__ = ["DecoratedWorkflow", "Ref", "Task", "task", "workflow"]
@@ -331,6 +331,7 @@ class Task(Generic[P, R]):
         max_parallel: int | None = None,
         allow_partial: bool | None = None,
         max_items: int | None = None,
+        cache: bool | Mapping[str, Any] | CachePolicy | None = None,
     ) -> Task[P, R]:
         """A copy of this task with another node id or other node options:
         ``square.with_options(id="sq", retries=3)(x)``; options not given stay as they were."""
@@ -344,6 +345,7 @@ class Task(Generic[P, R]):
             "max_parallel": max_parallel,
             "allow_partial": allow_partial,
             "max_items": max_items,
+            "cache": cache,
         }
         options.update({key: value for key, value in given.items() if value is not None})
         return Task(self.fn, id if id is not None else self.id, options)
@@ -390,6 +392,7 @@ def task(
     max_parallel: int | None = None,
     allow_partial: bool = False,
     max_items: int | None = None,
+    cache: bool | Mapping[str, Any] | CachePolicy | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -406,6 +409,7 @@ def task(
     max_parallel: int | None = None,
     allow_partial: bool = False,
     max_items: int | None = None,
+    cache: bool | Mapping[str, Any] | CachePolicy | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make ``fn`` a task: ``@task`` or ``@task(retries=2, timeout="10s")``.
 
@@ -413,7 +417,9 @@ def task(
     same workflow gets ``name_2``, and so on); ``retries``, ``timeout``, ``retry_backoff``,
     ``when`` and ``trigger_rule`` are the node's, as for :class:`Node` (a Lua ``when`` names
     other nodes by their ids, which are the task ids); ``max_parallel``, ``allow_partial``
-    and ``max_items`` apply when the task is mapped (:meth:`Task.map`).
+    and ``max_items`` apply when the task is mapped (:meth:`Task.map`). ``cache`` caches its
+    calls' outputs, as :class:`Node`'s: the default key hashes the function's qualified name
+    and source, the call's constant arguments, the run's inputs and the parents' outputs.
     """
     options: dict[str, Any] = {"retries": retries, "timeout": timeout}
     if retry_backoff is not None:
@@ -428,6 +434,8 @@ def task(
         options["allow_partial"] = allow_partial
     if max_items is not None:
         options["max_items"] = max_items
+    if cache is not None and cache is not False:
+        options["cache"] = cache
 
     def decorate(function: Callable[P, R]) -> Task[P, R]:
         return Task(function, id, options)

@@ -22,6 +22,7 @@ from dagengine._units import parse_duration
 from dagengine.exceptions import ImportPathError, LuaSyntaxError, SpecError
 from dagengine.spec_model import (
     DEFAULT_BACKOFF,
+    CachePolicy,
     ExecutorSpec,
     LuaSpec,
     NodeSpecModel,
@@ -29,6 +30,7 @@ from dagengine.spec_model import (
     PythonSpec,
     RetryBackoff,
     WorkflowRef,
+    check_cache,
     check_map_options,
     check_trigger_rule,
 )
@@ -294,6 +296,13 @@ class Node:
     outputs, in order. ``max_parallel`` bounds its items running at once; with
     ``allow_partial`` a failed item is ``None`` in that list instead of failing the node;
     more than ``max_items`` items (default 100,000) fail it.
+
+    ``cache`` caches the node's output: ``True`` (the key hashes the node's code, the run's
+    inputs and the parents' outputs), or ``{"key": <Lua expression over inputs and results
+    giving a string or a number>, "ttl": "1h"}`` (or a
+    :class:`~dagengine.spec_model.CachePolicy`). A run that finds the key does not execute
+    the node: it succeeds with the stored output (``NodeResult.cached_from`` names the run
+    that computed it). See :mod:`dagengine.cache`.
     """
 
     id: str
@@ -308,6 +317,7 @@ class Node:
     max_parallel: int | None = None
     allow_partial: bool = False
     max_items: int | None = None
+    cache: CachePolicy | None = None
 
     def __init__(
         self,
@@ -324,6 +334,7 @@ class Node:
         max_parallel: int | None = None,
         allow_partial: bool = False,
         max_items: int | None = None,
+        cache: bool | Mapping[str, Any] | CachePolicy | None = None,
     ) -> None:
         if not isinstance(id, str):
             raise TypeError(f"Node id must be a str, got {type(id).__name__}")
@@ -380,6 +391,10 @@ class Node:
         object.__setattr__(self, "max_parallel", max_parallel)
         object.__setattr__(self, "allow_partial", allow_partial)
         object.__setattr__(self, "max_items", max_items)
+        policy = check_cache(id, cache, mapped=map is not None)
+        if policy is not None and policy.key is not None:
+            check_when_syntax(id, policy.key, "cache.key")
+        object.__setattr__(self, "cache", policy)
 
     @property
     def kind(self) -> str:
@@ -521,6 +536,7 @@ def node_from_model(model: NodeSpecModel) -> Node:
         max_parallel=model.max_parallel,
         allow_partial=model.allow_partial,
         max_items=model.max_items,
+        cache=model.cache,
     )
 
 
@@ -587,4 +603,5 @@ def node_to_model(node: Node, path: str) -> NodeSpecModel:
         max_parallel=node.max_parallel,
         allow_partial=node.allow_partial,
         max_items=node.max_items,
+        cache=node.cache,
     )

@@ -103,7 +103,9 @@ class NodeResult:
     ``skip_reason`` says why a skipped node was skipped: ``upstream_failed`` (its trigger
     rule can no longer be met because of failures upstream), ``condition`` (its ``when`` was
     false) or ``trigger_rule`` (its rule can no longer be met because of skips upstream).
-    A mapped node's ``output`` is the list of its items' outputs."""
+    A mapped node's ``output`` is the list of its items' outputs. ``cached_from`` is set
+    for a cached node found in the cache (it was not executed, ``attempts`` is 0): the id of
+    the run whose output it took."""
 
     node_id: str
     status: NodeStatus
@@ -113,6 +115,7 @@ class NodeResult:
     started_at: float | None = None
     finished_at: float | None = None
     skip_reason: str | None = None
+    cached_from: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -134,11 +137,12 @@ class NodeResult:
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),
             skip_reason=data.get("skip_reason"),
+            cached_from=data.get("cached_from"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict in the core's shape (without ``node_id``, which is the key);
-        ``skip_reason`` only when set."""
+        ``skip_reason`` and ``cached_from`` only when set."""
         out = {
             "status": self.status.value,
             "output": self.output,
@@ -149,6 +153,8 @@ class NodeResult:
         }
         if self.skip_reason is not None:
             out["skip_reason"] = self.skip_reason
+        if self.cached_from is not None:
+            out["cached_from"] = self.cached_from
         return out
 
 
@@ -273,11 +279,13 @@ class NodeEvent:
     """Something that happened during a run, in order of ``seq``.
 
     ``kind`` is one of ``run_started``, ``node_started``, ``node_succeeded``, ``node_failed``,
-    ``node_retrying``, ``node_skipped``, ``node_cancelled``, ``node_log``, ``run_finished``;
+    ``node_retrying``, ``node_skipped``, ``node_cancelled``, ``node_log``, ``node_mapped``,
+    ``node_cached``, ``run_finished``;
     ``node_id`` is ``None`` for run events; ``time`` is a unix timestamp; ``detail`` is ``None``
     or a dict (``error`` for failures, ``delay`` for retries, ``message`` for logs, ``reason``
-    for ``node_skipped``: ``upstream_failed``, ``condition`` or ``trigger_rule``, ``status``
-    for ``run_finished``).
+    for ``node_skipped``: ``upstream_failed``, ``condition`` or ``trigger_rule``, ``count``
+    for ``node_mapped``, ``run_id`` (the run whose output it takes) and ``key`` for
+    ``node_cached``, ``status`` for ``run_finished``).
     """
 
     seq: int

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_SECONDS",
     "TRIGGER_RULES",
     "WORKFLOW_ID",
+    "CachePolicy",
     "ExecutorSpec",
     "LuaSpec",
     "NodeSpecModel",
@@ -50,6 +51,7 @@ __all__ = [
     "RetryBackoff",
     "WorkflowRef",
     "WorkflowSpecModel",
+    "check_cache",
     "check_map_options",
     "check_trigger_rule",
     "map_parent",
@@ -109,7 +111,9 @@ _NODE_KEYS = (
     "max_parallel",
     "allow_partial",
     "max_items",
+    "cache",
 )
+_CACHE_KEYS = ("key", "ttl")
 _BACKOFF_KEYS = ("initial", "factor", "max")
 _LIMIT_KEYS = ("instructions", "memory")
 
@@ -216,10 +220,70 @@ class NodeSpecModel:
     allow_partial: bool = False
     #: The most items a mapped node may have (``None``: :data:`DEFAULT_MAX_ITEMS`).
     max_items: int | None = None
+    #: How the node is cached (``None``: not cached).
+    cache: CachePolicy | None = None
 
 
 #: How many items a mapped node may have unless its ``max_items`` says otherwise.
 DEFAULT_MAX_ITEMS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """How a node is cached (``cache: true`` is ``CachePolicy()``).
+
+    The key is a hash of the node's code with, by default, the run's inputs and the
+    parents' outputs; or with ``key``'s value, a Lua expression over ``inputs`` and
+    ``results`` giving a string or a number. ``ttl`` (seconds) is how long an entry may
+    be used (``None``: until the cache evicts it).
+    """
+
+    key: str | None = None
+    ttl: float | None = None
+
+
+def check_cache(node_id: str, value: object, *, mapped: bool = False) -> CachePolicy | None:
+    """A node's ``cache`` (``True``, ``False``/``None``, a mapping with ``key`` and/or
+    ``ttl``, or a :class:`CachePolicy`) as a policy; a :class:`SpecError` (path ``cache`` or
+    ``cache.<field>``) naming the node for an unknown field, a bad ttl or key, and for a
+    mapped node (which cannot be cached)."""
+    who = f"node {node_id!r}"
+    if value is None or value is False:
+        return None
+    if mapped:
+        raise SpecError(f"{who}: a mapped node cannot be cached", path="cache")
+    if value is True:
+        return CachePolicy()
+    if isinstance(value, CachePolicy):
+        return value
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            f"{who}: cache must be true or a mapping with key and/or ttl, "
+            f"got {type(value).__name__}",
+            path="cache",
+        )
+    for field in value:
+        if field not in _CACHE_KEYS:
+            raise SpecError(
+                f"{who}: cache.{field}: unknown key (expected key or ttl)", path=f"cache.{field}"
+            )
+    key = value.get("key")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise SpecError(
+            f"{who}: cache.key must be a non-empty Lua expression (a string), got {key!r}",
+            path="cache.key",
+        )
+    ttl = value.get("ttl")
+    seconds = None
+    if ttl is not None:
+        try:
+            seconds = parse_duration(ttl, what="cache.ttl")
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{who}: {exc}", path="cache.ttl") from None
+        if seconds <= 0:
+            raise SpecError(f"{who}: cache.ttl must be positive, got {ttl!r}", path="cache.ttl")
+    return CachePolicy(key, seconds)
+
 
 _MAP_RESULTS = re.compile(r"""\s*results\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(["'])([^"']*)\2\s*\])""")
 
@@ -526,6 +590,10 @@ def _parse_node(at: _Where, raw: object, path: str) -> NodeSpecModel:
     except (SpecError, TypeError) as exc:
         key = exc.path if isinstance(exc, SpecError) and exc.path else "map"
         raise at.error(f"{path}.{key}", str(exc)) from None
+    try:
+        cache = check_cache(node_id, raw.get("cache"), mapped=fan_out["map"] is not None)
+    except SpecError as exc:
+        raise at.error(f"{path}.{exc.path}", str(exc)) from None
     return NodeSpecModel(
         node_id,
         executor,
@@ -536,6 +604,7 @@ def _parse_node(at: _Where, raw: object, path: str) -> NodeSpecModel:
         when=when,
         trigger_rule=rule,
         allow_partial=allow_partial,
+        cache=cache,
         **fan_out,
     )
 
@@ -686,4 +755,17 @@ def _node_to_dict(node: NodeSpecModel) -> dict[str, Any]:
             out["allow_partial"] = True
         if node.max_items is not None:
             out["max_items"] = node.max_items
+    if node.cache is not None:
+        out["cache"] = _cache_to_dict(node.cache)
     return out
+
+
+def _cache_to_dict(cache: CachePolicy) -> bool | dict[str, Any]:
+    if cache == CachePolicy():
+        return True
+    entry: dict[str, Any] = {}
+    if cache.key is not None:
+        entry["key"] = cache.key
+    if cache.ttl is not None:
+        entry["ttl"] = format_duration(cache.ttl)
+    return entry

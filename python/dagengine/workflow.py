@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dagengine import _core
 from dagengine._jsondata import check_json_data
 from dagengine._semver import Version
+from dagengine.cache import Cache, native_cache_options, run_cache
 from dagengine.exceptions import (
     DuplicateNodeError,
     LuaSyntaxError,
@@ -500,6 +501,7 @@ class DAG:
         max_parallel: int | None = None,
         allow_partial: bool = False,
         max_items: int | None = None,
+        cache: bool | Mapping[str, Any] | None = None,
     ) -> Any:
         """Decorator adding a Python node that runs the function with the node's context:
         ``@dag.task(deps=["extract"])`` over ``def transform(ctx): ...`` (or bare
@@ -523,6 +525,7 @@ class DAG:
                 max_parallel=max_parallel,
                 allow_partial=allow_partial,
                 max_items=max_items,
+                cache=cache,
             )
             self.add_node(node)
             return function
@@ -544,6 +547,7 @@ class DAG:
         max_parallel: int | None = None,
         allow_partial: bool = False,
         max_items: int | None = None,
+        cache: bool | Mapping[str, Any] | None = None,
     ) -> Node:
         """Add a Lua node and return it: ``dag.lua("double", "return {v = 2 * inputs.v}")``
         (short for ``add_node(Node(id, deps, LuaExecutor(code, ...), ...))``; with ``map``,
@@ -560,6 +564,7 @@ class DAG:
             max_parallel=max_parallel,
             allow_partial=allow_partial,
             max_items=max_items,
+            cache=cache,
         )
         return self.add_node(node)
 
@@ -616,6 +621,7 @@ class DAG:
         subworkflow_runner: SubWorkflowRunner | None = None,
         events: bool = True,
         event_outputs: bool = False,
+        cache: Cache | bool | None = True,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> LocalRun:
         """Start a run in the background and return its :class:`LocalRun` handle at once.
@@ -625,7 +631,8 @@ class DAG:
         ``events=False`` skips recording events (slightly cheaper when nobody reads them);
         ``event_outputs=True`` puts each node's output in its ``node_succeeded`` event (as
         ``event.detail["output"]``), for callers that persist outputs as they come.
-        ``async def`` nodes run with ``asyncio.run`` on the worker thread.
+        ``async def`` nodes run with ``asyncio.run`` on the worker thread. ``cache`` is
+        where cached nodes are looked up (see :mod:`dagengine.cache`; ``None``: nowhere).
         """
         native_inputs = _check_inputs(inputs)
         if self.inputs is not None:
@@ -653,6 +660,7 @@ class DAG:
                 completed=completed,
                 events=events,
                 event_outputs=event_outputs,
+                cache=run_cache(cache),
             )
         return LocalRun(ref, logs)
 
@@ -667,6 +675,7 @@ class DAG:
         on_event: Callable[[NodeEvent], object] | None = None,
         completed: Mapping[str, Mapping[str, Any]] | None = None,
         subworkflow_runner: SubWorkflowRunner | None = None,
+        cache: Cache | bool | None = True,
     ) -> RunResult:
         """Run the workflow to the end and return its :class:`~dagengine.RunResult`.
 
@@ -683,6 +692,7 @@ class DAG:
             timeout=timeout,
             completed=completed,
             subworkflow_runner=subworkflow_runner,
+            cache=cache,
             events=on_event is not None,
         )
         if on_event is None:
@@ -707,6 +717,7 @@ class DAG:
         on_event: Callable[[NodeEvent], object] | None = None,
         completed: Mapping[str, Mapping[str, Any]] | None = None,
         subworkflow_runner: SubWorkflowRunner | None = None,
+        cache: Cache | bool | None = True,
     ) -> RunResult:
         """Like :meth:`run`, awaitable. ``async def`` nodes run on the caller's event loop;
         cancelling the awaiting task cancels the run."""
@@ -719,6 +730,7 @@ class DAG:
             timeout=timeout,
             completed=completed,
             subworkflow_runner=subworkflow_runner,
+            cache=cache,
             events=on_event is not None,
             _loop=loop,
         )
@@ -847,6 +859,7 @@ def _add_native(ref: _core.DagRef, node: Node) -> None:
         common["map_max_parallel"] = node.max_parallel
         common["allow_partial"] = node.allow_partial
         common["max_items"] = node.max_items
+    common.update(native_cache_options(node))
     if isinstance(executor, NoopExecutor):
         ref.add_node(node.id, node.deps, "noop", None, **common)
     elif isinstance(executor, LuaExecutor):

@@ -20,6 +20,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_LOG: _ClassVar[EventKind]
     RUN_FINISHED: _ClassVar[EventKind]
     NODE_MAPPED: _ClassVar[EventKind]
+    NODE_CACHED: _ClassVar[EventKind]
 
 class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,6 +50,7 @@ NODE_CANCELLED: EventKind
 NODE_LOG: EventKind
 RUN_FINISHED: EventKind
 NODE_MAPPED: EventKind
+NODE_CACHED: EventKind
 RUN_STATUS_UNSPECIFIED: RunStatus
 SUCCEEDED: RunStatus
 FAILED: RunStatus
@@ -211,7 +213,7 @@ class ErrorInfo(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "attempt", "seq", "engine_id", "kind", "time_unix", "node_id", "node_attempt", "error", "retry_delay_seconds", "message", "output_json", "result", "missed", "skip_reason", "level", "item_count")
+    __slots__ = ("run_id", "attempt", "seq", "engine_id", "kind", "time_unix", "node_id", "node_attempt", "error", "retry_delay_seconds", "message", "output_json", "result", "missed", "skip_reason", "level", "item_count", "cached_from", "cache_key")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +231,8 @@ class RunEvent(_message.Message):
     SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FROM_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     seq: int
@@ -246,7 +250,9 @@ class RunEvent(_message.Message):
     skip_reason: str
     level: str
     item_count: int
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ..., skip_reason: _Optional[str] = ..., level: _Optional[str] = ..., item_count: _Optional[int] = ...) -> None: ...
+    cached_from: str
+    cache_key: str
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., seq: _Optional[int] = ..., engine_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., node_id: _Optional[str] = ..., node_attempt: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., retry_delay_seconds: _Optional[float] = ..., message: _Optional[str] = ..., output_json: _Optional[bytes] = ..., result: _Optional[_Union[RunResult, _Mapping]] = ..., missed: _Optional[int] = ..., skip_reason: _Optional[str] = ..., level: _Optional[str] = ..., item_count: _Optional[int] = ..., cached_from: _Optional[str] = ..., cache_key: _Optional[str] = ...) -> None: ...
 
 class RunEvents(_message.Message):
     __slots__ = ("events",)
@@ -295,7 +301,7 @@ class Refusal(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class NodeResult(_message.Message):
-    __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "skip_reason")
+    __slots__ = ("node_id", "status", "output_json", "error", "attempts", "started_at", "finished_at", "skip_reason", "cached_from", "cache_key")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +310,8 @@ class NodeResult(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FROM_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     status: NodeStatus
     output_json: bytes
@@ -312,7 +320,9 @@ class NodeResult(_message.Message):
     started_at: float
     finished_at: float
     skip_reason: str
-    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., output_json: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., attempts: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., skip_reason: _Optional[str] = ...) -> None: ...
+    cached_from: str
+    cache_key: str
+    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., output_json: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., attempts: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., skip_reason: _Optional[str] = ..., cached_from: _Optional[str] = ..., cache_key: _Optional[str] = ...) -> None: ...
 
 class RunResult(_message.Message):
     __slots__ = ("run_id", "attempt", "status", "error", "duration_seconds", "nodes", "engine_id", "result_json")

@@ -4,6 +4,7 @@
 //! and node outputs are converted to `serde_json::Value` on the way in and back to Python
 //! objects only when a Python node or the caller needs them.
 
+mod cache;
 mod engine;
 mod errors;
 mod exit;
@@ -56,6 +57,8 @@ pub struct DagRef {
     conditions: Vec<Option<Py<PyAny>>>,
     /// The mapped nodes and how each fans out.
     maps: Vec<(NodeIdx, MapSpec)>,
+    /// The cached nodes and how each is cached.
+    caches: Vec<(NodeIdx, dagengine_server::CacheSpec)>,
     /// Built on the first run after a change; shared by all runs until the next change.
     plan: Option<(Arc<Plan>, Payloads, Payloads)>,
 }
@@ -108,6 +111,7 @@ impl DagRef {
             payloads: Vec::new(),
             conditions: Vec::new(),
             maps: Vec::new(),
+            caches: Vec::new(),
             plan: None,
         }
     }
@@ -116,9 +120,10 @@ impl DagRef {
         node_id, deps, kind, payload=None, *, retries=0, backoff_initial=1.0,
         backoff_factor=2.0, backoff_max=60.0, timeout=None, lua_max_instructions=None,
         lua_max_memory=None, trigger_rule=None, when=None, map=None, map_max_parallel=None,
-        allow_partial=false, max_items=None
+        allow_partial=false, max_items=None, cache=None
     ))]
-    #[allow(clippy::too_many_arguments)]
+    // One argument, and a few lines of checks, per option of a node.
+    #[allow(clippy::too_many_arguments, clippy::too_many_lines)]
     fn add_node(
         &mut self,
         py: Python<'_>,
@@ -139,6 +144,7 @@ impl DagRef {
         map_max_parallel: Option<u32>,
         allow_partial: bool,
         max_items: Option<u32>,
+        cache: Option<cache::CacheOptions>,
     ) -> PyResult<()> {
         if map_max_parallel == Some(0) || max_items == Some(0) {
             return Err(PyValueError::new_err(format!(
@@ -194,6 +200,9 @@ impl DagRef {
                 Err(_) => (Some(Condition::External), Some(w.unbind())),
             },
         };
+        let cache = cache
+            .map(|c| c.spec(py, node_id, kind, payload.as_ref(), map.is_some()))
+            .transpose()?;
         let (kind, payload) = match kind {
             "noop" => (NodeKind::Noop, None),
             "lua" => {
@@ -237,6 +246,9 @@ impl DagRef {
         self.conditions.push(when_payload);
         if let Some(map) = map {
             self.maps.push(((self.dag.len() - 1) as NodeIdx, map));
+        }
+        if let Some(cache) = cache {
+            self.caches.push(((self.dag.len() - 1) as NodeIdx, cache));
         }
         self.changed();
         Ok(())
@@ -317,7 +329,7 @@ impl DagRef {
 
     #[pyo3(signature = (
         inputs, run_id, invoke, *, max_parallel=None, fail_fast=false, timeout=None,
-        completed=None, events=true, event_outputs=false
+        completed=None, events=true, event_outputs=false, cache=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -332,6 +344,7 @@ impl DagRef {
         completed: Option<&Bound<'_, PyDict>>,
         events: bool,
         event_outputs: bool,
+        cache: Option<Py<PyAny>>,
     ) -> PyResult<RunRef> {
         if max_parallel == Some(0) {
             return Err(PyValueError::new_err("max_parallel must be at least 1"));
@@ -353,6 +366,10 @@ impl DagRef {
             let mut plan = Plan::new(self.dag.clone(), specs).map_err(PyRuntimeError::new_err)?;
             for (node, map) in &self.maps {
                 plan.set_map(*node, map.clone());
+            }
+            for (node, spec) in &self.caches {
+                plan.set_cache(*node, spec.clone())
+                    .map_err(PyValueError::new_err)?;
             }
             let payloads = self
                 .payloads
@@ -411,6 +428,8 @@ impl DagRef {
             completed_items: done_items,
             events,
             event_outputs,
+            cache: cache
+                .map(|c| Arc::new(cache::PyCache::new(c)) as Arc<dyn dagengine_server::NodeCache>),
         };
         let external =
             PyExternal::new(invoke, payloads, inputs_py, run_id).with_conditions(conditions);
@@ -529,6 +548,12 @@ impl RunRef {
             EventDetail::Mapped(count) => {
                 let d = PyDict::new(py);
                 d.set_item("count", count)?;
+                d.into_any().unbind()
+            }
+            EventDetail::Cached { run_id, key } => {
+                let d = PyDict::new(py);
+                d.set_item("run_id", run_id)?;
+                d.set_item("key", key)?;
                 d.into_any().unbind()
             }
         };
@@ -687,6 +712,9 @@ impl NodeRecords {
         n.set_item("finished_at", rec.finished_at)?;
         if let Some(reason) = rec.skip_reason {
             n.set_item("skip_reason", reason.as_str())?;
+        }
+        if let Some(run_id) = &rec.cached_from {
+            n.set_item("cached_from", run_id)?;
         }
         Ok(n)
     }

@@ -29,6 +29,7 @@
 //! (the loop, [`start_run`], [`start_run_inline`]) and `lua` (the Lua pool, the run's
 //! backlog of Lua attempts and one attempt's execution).
 
+mod cache;
 mod condition;
 mod driver;
 mod handle;
@@ -37,6 +38,7 @@ mod model;
 
 use std::sync::{Mutex, MutexGuard};
 
+pub use cache::{canonical, CacheHit, CacheSpec, NodeCache};
 pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
 pub use driver::{start_run, start_run_inline};
 pub use handle::{LogSink, RunHandle};
@@ -62,3 +64,6 @@ mod log_tests;
 
 #[cfg(test)]
 mod map_tests;
+
+#[cfg(test)]
+mod cache_tests;

@@ -470,6 +470,7 @@ fn event_kind(k: EventKind) -> pb::EventKind {
         EventKind::NodeCancelled => pb::EventKind::NodeCancelled,
         EventKind::NodeLog => pb::EventKind::NodeLog,
         EventKind::NodeMapped => pb::EventKind::NodeMapped,
+        EventKind::NodeCached => pb::EventKind::NodeCached,
         EventKind::RunFinished => pb::EventKind::RunFinished,
     }
 }
@@ -529,6 +530,10 @@ pub fn event(tag: &RunTag, plan: &Plan, e: &RunEvent) -> pb::RunEvent {
         EventDetail::Output(v) => ev.output_json = to_json(v),
         EventDetail::Skipped(reason) => reason.as_str().clone_into(&mut ev.skip_reason),
         EventDetail::Mapped(count) => ev.item_count = *count,
+        EventDetail::Cached { run_id, key } => {
+            ev.cached_from.clone_from(run_id);
+            ev.cache_key.clone_from(key);
+        }
     }
     ev
 }
@@ -557,6 +562,8 @@ pub fn result(tag: &RunTag, plan: &Plan, o: &RunOutcome) -> pb::RunResult {
                     .skip_reason
                     .map(|s| s.as_str().to_owned())
                     .unwrap_or_default(),
+                cached_from: r.cached_from.clone().unwrap_or_default(),
+                cache_key: r.cache_key.clone().unwrap_or_default(),
             })
             .collect(),
         engine_id: tag.engine_id.to_string(),

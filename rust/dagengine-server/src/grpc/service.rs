@@ -472,6 +472,7 @@ impl Service {
             completed_items,
             events: true,
             event_outputs: true,
+            cache: None,
         };
         let handle = if inline {
             start_run_inline(plan.clone(), config, external, INLINE_BUDGET)

@@ -184,6 +184,8 @@ impl Driver {
             error: None,
             attempts: 0,
             skip_reason: None,
+            cached_from: None,
+            cache_key: None,
             started_at: None,
             finished_at: None,
         };
@@ -665,6 +667,8 @@ impl Driver {
         };
         let plan = self.plan.clone();
         let pool = external.pool();
+        // A cached node is looked up between its condition and its call.
+        let cached = self.config.cache.is_some() && self.plan.cache(owner).is_some();
         pool.submit(Box::new(move || {
             let node_id = plan.dag.id(owner);
             if check {
@@ -687,7 +691,8 @@ impl Driver {
                 };
                 let go_on = matches!(msg, Msg::ConditionPassed { .. })
                     && matches!(plan.kinds[node as usize], NodeKind::External)
-                    && plan.map(node).is_none();
+                    && plan.map(node).is_none()
+                    && !cached;
                 let _ = tx.send(msg);
                 if !go_on {
                     return;

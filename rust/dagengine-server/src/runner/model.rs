@@ -13,6 +13,7 @@ use dagengine_core::{
 use dagengine_lua::{LuaLimits, LuaScript};
 use serde_json::{Map, Value};
 
+use super::cache::{CacheSpec, NodeCache};
 use super::handle::LogSink;
 use crate::pool::{Growth, Hooks, WorkerPool};
 
@@ -109,6 +110,8 @@ pub struct Plan {
     pub(super) conditions: Vec<Option<Condition>>,
     /// One entry per node, or empty when no node is mapped.
     pub(super) maps: Vec<Option<MapSpec>>,
+    /// One entry per node, or empty when no node is cached.
+    pub(super) caches: Vec<Option<CacheSpec>>,
 }
 
 impl Plan {
@@ -124,6 +127,7 @@ impl Plan {
                 policies: vec![NodePolicy::default()],
                 conditions: Vec::new(),
                 maps: Vec::new(),
+                caches: Vec::new(),
                 dag,
             });
         }
@@ -145,6 +149,7 @@ impl Plan {
             policies,
             conditions,
             maps: Vec::new(),
+            caches: Vec::new(),
         })
     }
 
@@ -154,6 +159,27 @@ impl Plan {
             self.maps = vec![None; self.dag.len()];
         }
         self.maps[node as usize] = Some(map);
+    }
+
+    /// Cache `node` (before any run of the plan). A mapped node cannot be cached.
+    pub fn set_cache(&mut self, node: NodeIdx, cache: CacheSpec) -> Result<(), String> {
+        if self.map(node).is_some() {
+            return Err(format!(
+                "node '{}': a mapped node cannot be cached (cache its items' work in a \
+                 node it calls instead)",
+                self.dag.id(node)
+            ));
+        }
+        if self.caches.is_empty() {
+            self.caches = vec![None; self.dag.len()];
+        }
+        self.caches[node as usize] = Some(cache);
+        Ok(())
+    }
+
+    /// How `node` is cached, if it is.
+    pub fn cache(&self, node: NodeIdx) -> Option<&CacheSpec> {
+        self.caches.get(node as usize).and_then(Option::as_ref)
     }
 
     /// How `node` fans out, if it is mapped.
@@ -311,6 +337,9 @@ pub struct RunConfig {
     /// Attach each node's output to its `NodeSucceeded` event (the engine streams them so
     /// the orchestrator can store completed outputs as they happen).
     pub event_outputs: bool,
+    /// Where cached nodes look their keys up and store their outputs (`None`: they run
+    /// as if they were not cached).
+    pub cache: Option<Arc<dyn NodeCache>>,
 }
 
 /// What an event is about.
@@ -326,6 +355,9 @@ pub enum EventKind {
     NodeLog,
     /// A mapped node was expanded ([`EventDetail::Mapped`] says into how many items).
     NodeMapped,
+    /// A cached node's key was found ([`EventDetail::Cached`] names the run whose output it
+    /// takes); it was not executed, a `NodeSucceeded` follows.
+    NodeCached,
     RunFinished,
 }
 
@@ -342,6 +374,7 @@ impl EventKind {
             Self::NodeCancelled => "node_cancelled",
             Self::NodeLog => "node_log",
             Self::NodeMapped => "node_mapped",
+            Self::NodeCached => "node_cached",
             Self::RunFinished => "run_finished",
         }
     }
@@ -381,6 +414,11 @@ pub enum EventDetail {
     Output(Arc<Value>),
     /// How many items a mapped node was expanded into.
     Mapped(u32),
+    /// The run a cached node's output comes from, and the key it was found under.
+    Cached {
+        run_id: String,
+        key: String,
+    },
     Finished(RunStatus),
 }
 
@@ -419,6 +457,11 @@ pub struct NodeRecord {
     pub attempts: u32,
     /// Why the node was skipped, if it was.
     pub skip_reason: Option<SkipReason>,
+    /// For a node found in the cache (not executed), the run its output comes from.
+    pub cached_from: Option<String>,
+    /// For a cached node, the key it was looked up under (with no `cached_from`, its
+    /// output was stored there when it succeeded).
+    pub cache_key: Option<String>,
     pub started_at: Option<f64>,
     pub finished_at: Option<f64>,
 }

@@ -632,6 +632,8 @@ fn finished_runs_free_their_records() {
                 error: None,
                 attempts: 1,
                 skip_reason: None,
+                cached_from: None,
+                cache_key: None,
                 started_at: None,
                 finished_at: None,
             })

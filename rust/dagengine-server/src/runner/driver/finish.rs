@@ -64,6 +64,7 @@ impl Driver {
                 rec.error = None;
                 sched.handle(Event::NodeSucceeded { node, attempt }, out);
                 if sched.state(node) == NodeState::Succeeded {
+                    self.store_cached(node);
                     let detail = match &self.records[node as usize].output {
                         Some(out) if self.config.event_outputs => EventDetail::Output(out.clone()),
                         _ => EventDetail::None,
@@ -94,5 +95,22 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+impl Driver {
+    /// A cached node that ran and succeeded: store its output under its key.
+    fn store_cached(&self, node: NodeIdx) {
+        let rec = &self.records[node as usize];
+        let (Some(cache), Some(key), None, Some(output)) = (
+            &self.config.cache,
+            &rec.cache_key,
+            &rec.cached_from,
+            &rec.output,
+        ) else {
+            return;
+        };
+        let ttl = self.plan.cache(node).and_then(|spec| spec.ttl);
+        cache.put(self.plan.dag.id(node), key, output, &self.run_id, ttl);
     }
 }

@@ -80,6 +80,8 @@ impl Driver {
             error: None,
             attempts: 0,
             skip_reason: None,
+            cached_from: None,
+            cache_key: None,
             started_at: None,
             finished_at: None,
         };

@@ -5,10 +5,12 @@
 use dagengine_core::{Event, Instruction, NodeIdx, NodeState, Scheduler};
 use serde_json::Map;
 
+use super::super::cache::KeyCall;
 use super::super::condition::LuaCondition;
 use super::super::handle::ExecOk;
 use super::super::model::{Condition, EventDetail, EventKind, NodeFailure, NodeKind};
 use super::{unix_now, Driver};
+use serde_json::Value;
 
 impl Driver {
     /// Carry out `Execute`: check the node's condition before its first attempt (a Lua one
@@ -50,7 +52,70 @@ impl Driver {
                 return false;
             }
         }
+        if attempt == 1 && self.looked_up(sched, out, node, attempt, now) {
+            return false;
+        }
         self.started(sched, out, node, attempt, now)
+    }
+
+    /// Before the first attempt of a cached node (its condition held): compute its key and
+    /// look it up. True when that ended the node: a hit (it succeeds with the stored output,
+    /// not executed) or a key that failed; false when it runs (a miss, or no cache).
+    pub(super) fn looked_up(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+        now: f64,
+    ) -> bool {
+        let (Some(cache), Some(spec)) = (self.config.cache.clone(), self.plan.cache(node)) else {
+            return false;
+        };
+        let results = if spec.reads_results() {
+            self.results_of(node)
+        } else {
+            Vec::new()
+        };
+        let call = KeyCall {
+            node,
+            run_id: &self.run_id,
+            inputs: &self.config.inputs,
+            results: &results,
+        };
+        let key = match call.key(&self.plan, spec, &self.shared.cancel) {
+            Ok(key) => key,
+            Err(failure) => {
+                let rec = &mut self.records[node as usize];
+                rec.attempts = attempt;
+                rec.started_at = Some(now);
+                self.finish_attempt(sched, out, node, attempt, Err(failure), Vec::new());
+                return true;
+            }
+        };
+        let hit = cache.get(self.plan.dag.id(node), &key);
+        let rec = &mut self.records[node as usize];
+        rec.cache_key = Some(key.clone());
+        // Only an object is a node's output: anything else stored there is a miss.
+        let Some(hit) = hit.filter(|h| h.output.is_object()) else {
+            return false;
+        };
+        rec.cached_from = Some(hit.run_id.clone());
+        rec.started_at = Some(now);
+        let detail = EventDetail::Cached {
+            run_id: hit.run_id,
+            key,
+        };
+        self.emit_at(now, EventKind::NodeCached, Some(node), 0, detail);
+        let Value::Object(output) = hit.output else {
+            unreachable!("filtered above")
+        };
+        let ok = ExecOk {
+            output,
+            logs: Vec::new(),
+        };
+        self.finish_attempt(sched, out, node, attempt, Ok(ok), Vec::new());
+        true
     }
 
     /// Start attempt `attempt` of `node` at `now`: record and announce it, then run it (a
@@ -137,7 +202,13 @@ impl Driver {
             self.expand(sched, out, node, attempt, unix_now());
             return;
         }
-        self.announce(node, attempt, unix_now());
+        let now = unix_now();
+        // A cached node's pool job stopped after its condition: it runs on a miss.
+        let cached = self.config.cache.is_some() && self.plan.cache(node).is_some();
+        if cached && self.looked_up(sched, out, node, attempt, now) {
+            return;
+        }
+        self.announce(node, attempt, now);
         match self.plan.kinds[node as usize] {
             NodeKind::Noop => {
                 let ok = ExecOk {
@@ -147,6 +218,7 @@ impl Driver {
                 self.finish_attempt(sched, out, node, attempt, Ok(ok), Vec::new());
             }
             NodeKind::Lua { .. } => self.dispatch_lua(node, attempt),
+            NodeKind::External if cached => self.dispatch_external(node, attempt, false),
             NodeKind::External => {}
         }
     }

@@ -1,0 +1,232 @@
+//! Caching (`cache`): a cached node's key, computed on the driver's thread before its first
+//! attempt (after its `when`), and the [`NodeCache`] the run looks it up in. A hit is not
+//! executed: the node succeeds with the stored output. The output of a node that ran and
+//! succeeded is stored under its key. Where entries live is the host's: a local run's
+//! process-wide memory, an engine's entries sent with the run, the orchestrator's store.
+//!
+//! The key is a SHA-256 (hex) of the node's code identity with either its custom key's value
+//! (a Lua expression over `inputs` and `results` giving a string or a number), or the run's
+//! inputs and the parents' outputs as canonical JSON (object keys sorted). The code is in the
+//! key either way, so a change of code misses, and two nodes of the same id in different
+//! workflows do not share entries unless their code is the same.
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dagengine_core::NodeIdx;
+use dagengine_lua::{LuaLimits, LuaScript, NodeInfo};
+use serde_json::Value;
+
+use super::condition::CONDITION_INSTRUCTIONS;
+use super::model::{contained, NodeFailure, Plan};
+
+/// A stored output found for a node's key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheHit {
+    /// The output (a JSON object).
+    pub output: Value,
+    /// The run that computed it.
+    pub run_id: String,
+}
+
+/// Where a run looks cached nodes' keys up and stores their outputs. Called on the run's
+/// driver thread: keep both calls short (a lookup in memory, not a network round trip).
+pub trait NodeCache: Send + Sync + std::fmt::Debug {
+    /// The unexpired entry of `node_id` under `key`, if there is one.
+    fn get(&self, node_id: &str, key: &str) -> Option<CacheHit>;
+
+    /// Store `output`, computed by run `run_id`, for `node_id` under `key`; `ttl` (from now)
+    /// is how long it may be used (`None`: until it is evicted).
+    fn put(&self, node_id: &str, key: &str, output: &Value, run_id: &str, ttl: Option<Duration>);
+}
+
+/// How a node is cached.
+#[derive(Debug, Clone)]
+pub struct CacheSpec {
+    /// The node's code identity: a Lua script's text, a Python function's qualified name
+    /// and source, a sub-workflow's id and version (the host computes it).
+    pub code: String,
+    /// The custom key expression (`None`: the default key).
+    pub key: Option<String>,
+    /// The key expression, compiled as a chunk returning it in a one-element table.
+    script: Option<LuaScript>,
+    /// How long an entry may be used (`None`: until evicted).
+    pub ttl: Option<Duration>,
+}
+
+impl CacheSpec {
+    /// Cache a node of code identity `code`, under the default key or the Lua expression
+    /// `key`; `check` it to find the expression's syntax errors.
+    pub fn new(code: impl Into<String>, key: Option<&str>, ttl: Option<Duration>) -> Self {
+        Self {
+            code: code.into(),
+            key: key.map(str::to_owned),
+            // A table around it: its value converts to JSON whatever it is (nil: `{}`). A
+            // line break before the brackets close: a trailing `--` comment ends there.
+            script: key.map(|k| LuaScript::new(format!("return {{({k}\n)}}"))),
+            ttl,
+        }
+    }
+
+    /// Compile the key expression (no-op for the default key): its syntax error, if any.
+    pub fn check(&self) -> Result<(), dagengine_lua::LuaError> {
+        self.script.as_ref().map_or(Ok(()), LuaScript::check)
+    }
+
+    /// Whether the key reads the parents' outputs (the default key always does).
+    pub(super) fn reads_results(&self) -> bool {
+        self.script.as_ref().is_none_or(LuaScript::reads_results)
+    }
+}
+
+/// One computation of a node's key, with what it reads borrowed from the run.
+pub(super) struct KeyCall<'a> {
+    pub(super) node: NodeIdx,
+    pub(super) run_id: &'a str,
+    pub(super) inputs: &'a Value,
+    pub(super) results: &'a [(NodeIdx, Arc<Value>)],
+}
+
+impl KeyCall<'_> {
+    /// The key of the node under `spec`; a key expression that fails or gives neither a
+    /// string nor a number fails the node (not retryably: a retry would not compute it
+    /// again).
+    pub(super) fn key(
+        &self,
+        plan: &Plan,
+        spec: &CacheSpec,
+        cancel: &AtomicBool,
+    ) -> Result<String, NodeFailure> {
+        let mut text = String::with_capacity(256);
+        canonical(&Value::String(spec.code.clone()), &mut text);
+        text.push('\n');
+        match &spec.script {
+            None => {
+                canonical(self.inputs, &mut text);
+                text.push('\n');
+                let mut parents: Vec<(&str, &Value)> = self
+                    .results
+                    .iter()
+                    .map(|(p, v)| (plan.dag.id(*p), v.as_ref()))
+                    .collect();
+                parents.sort_unstable_by_key(|(id, _)| *id);
+                text.push('{');
+                for (i, (id, value)) in parents.iter().enumerate() {
+                    if i > 0 {
+                        text.push(',');
+                    }
+                    canonical(&Value::String((*id).to_owned()), &mut text);
+                    text.push(':');
+                    canonical(value, &mut text);
+                }
+                text.push('}');
+            }
+            Some(script) => {
+                let value = self.custom(plan, script, cancel)?;
+                text.push_str("key:");
+                canonical(&value, &mut text);
+            }
+        }
+        Ok(sha256_hex(text.as_bytes()))
+    }
+
+    /// The value of the custom key expression: a string or a number.
+    fn custom(
+        &self,
+        plan: &Plan,
+        script: &LuaScript,
+        cancel: &AtomicBool,
+    ) -> Result<Value, NodeFailure> {
+        let node_id = plan.dag.id(self.node);
+        let results: Vec<(&str, &Value)> = self
+            .results
+            .iter()
+            .map(|(p, v)| (plan.dag.id(*p), v.as_ref()))
+            .collect();
+        let info = NodeInfo {
+            node_id,
+            run_id: self.run_id,
+            attempt: 1,
+        };
+        let limits = LuaLimits {
+            max_instructions: Some(CONDITION_INSTRUCTIONS),
+            ..LuaLimits::default()
+        };
+        let value = contained(node_id, || {
+            dagengine_lua::evaluate_json(
+                script,
+                self.inputs,
+                &results,
+                &info,
+                &limits,
+                Some(cancel),
+            )
+            .map_err(|e| {
+                NodeFailure::new(
+                    e.kind().as_str(),
+                    format!("node '{node_id}': cache key: {e}"),
+                    false,
+                )
+            })
+        })?;
+        let what = match value {
+            Ok(Value::Array(mut one)) if one.len() == 1 => match one.pop() {
+                Some(v @ (Value::String(_) | Value::Number(_))) => return Ok(v),
+                Some(Value::Bool(b)) => format!("a boolean ({b})"),
+                Some(Value::Array(_) | Value::Object(_)) => "a table".to_owned(),
+                _ => "nil".to_owned(),
+            },
+            // `{nil}` is an empty table.
+            Ok(_) => "nil".to_owned(),
+            Err(what) => what,
+        };
+        Err(NodeFailure::new(
+            "TypeError",
+            format!("node '{node_id}': cache key must be a string or a number, got {what}"),
+            false,
+        ))
+    }
+}
+
+/// `value` as canonical JSON: object keys sorted, no spaces, numbers and strings as
+/// `serde_json` writes them.
+pub fn canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by_key(|(k, _)| k.as_str());
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest.as_ref() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
