@@ -6,6 +6,7 @@ single orchestrator exclude each other."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -307,3 +308,38 @@ def test_a_version_yanked_on_one_replica_is_skipped_on_all(replicas: list[Orches
     wait_for(lambda: str(b.registry.get("w").version) == "1.2.0", "b to see 1.2.0")
     a.registry.yank("w", "1.2.0")
     wait_for(lambda: str(b.registry.get("w").version) == "1.0.0", "b to skip the yanked one")
+
+
+def test_replicas_pruning_together_export_each_run_once(pg_url: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dagengine.orchestrator.store import RunRecord
+    from dagengine.orchestrator.store.retention import RetentionPolicy
+
+    day = 86400.0
+    now = 10_000 * day
+    stores = [PostgresStore(pg_url, replica=f"r{i}") for i in range(3)]
+    try:
+        for i in range(60):
+            stores[0].create_run(RunRecord(f"old-{i}", "wf", "1.0.0", created_at=now - 40 * day))
+            assert stores[0].finish_run(f"old-{i}", None, "succeeded", {"ok": True})
+            stores[0].update_run(f"old-{i}", finished_at=now - 39 * day)
+        folder = tmp_path / "archive"
+        policy = RetentionPolicy(day, export_dir=str(folder))
+
+        def prune_all(store: PostgresStore) -> int:
+            removed = 0
+            while (part := store.prune(policy, now=now, limit=7)).runs:
+                removed += part.runs
+            return removed
+
+        with ThreadPoolExecutor(3) as pool:
+            removed = list(pool.map(prune_all, stores))
+        assert sum(removed) == 60
+        lines = [line for file in folder.iterdir() for line in file.read_text().splitlines()]
+        assert sorted(json.loads(line)["run"]["run_id"] for line in lines) == sorted(
+            f"old-{i}" for i in range(60)
+        )
+    finally:
+        for store in stores:
+            store.close()

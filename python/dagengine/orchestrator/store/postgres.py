@@ -79,6 +79,8 @@ __all__ = ["PostgresStore", "is_postgres_url"]
 
 #: Connections of the readers' pool (the writer has one more of its own).
 POOL_SIZE = 8
+#: The advisory lock a prune batch holds (any number: the same in every process).
+PRUNE_LOCK = 0x6461_6765_7072  # "dagepr"
 
 
 def is_postgres_url(target: object) -> bool:
@@ -668,6 +670,10 @@ class PostgresStore(ReplicaStore, PostgresWriter):
             if dry_run:
                 return _retention.count_prunable(conn, policy, when)
             with conn.transaction():
+                # One batch at a time across processes (replicas' pruners, a `dagengine store
+                # prune` beside them): the next picks its runs after this one's are gone, so
+                # none is exported twice.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (PRUNE_LOCK,))
                 return _retention.prune_batch(conn, policy, when, limit)
 
     def reclaim_space(self, max_pages: int = 2000) -> int:
