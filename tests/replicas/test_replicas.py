@@ -343,3 +343,34 @@ def test_replicas_pruning_together_export_each_run_once(pg_url: str, tmp_path: P
     finally:
         for store in stores:
             store.close()
+
+
+def test_runs_of_a_store_from_before_replicas_are_taken_by_the_first_replica(
+    pg_url: str,
+) -> None:
+    """A store at schema version 1 with a queued run, opened by a replica: the migration
+    leaves the run without an owner (not the migrating replica's), so it is taken over and
+    run."""
+    import psycopg
+    from dagengine.orchestrator.store.postgres_schema import PG_MIGRATIONS
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE dagengine_schema (id INTEGER PRIMARY KEY, version INTEGER)")
+        for statement in PG_MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO dagengine_schema VALUES (1, 1)")
+        conn.execute(
+            "INSERT INTO workflow_versions (workflow_id, version, spec, metadata, dependencies,"
+            " registered_at) VALUES ('w', '1.0.0', %s, '{}', '[]', 0)",
+            (json.dumps(SPEC),),
+        )
+        conn.execute(
+            "INSERT INTO runs (run_id, workflow_id, version, status, inputs, resolved_versions,"
+            " created_at) VALUES ('old', 'w', '1.0.0', 'queued', '{\"i\": 4}', '{}', 0)"
+        )
+    orch = Orchestrator(store=pg_url, config=_config())
+    try:
+        wait_for(lambda: orch.get_run("old").status == "succeeded", "the old run to be run")
+        assert orch.store.node_outputs("old")["y"] == {"v": 5}
+    finally:
+        orch.stop()

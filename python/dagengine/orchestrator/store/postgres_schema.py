@@ -106,10 +106,13 @@ PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # by the owner). A run created by a replica's connection is its own from the start: the
     # defaults read the session's settings (NULL, no owner, on a single orchestrator's).
     # trigger_fires: one row per cron fire time that started a run, whoever fired it.
+    # (The columns first, without defaults: the runs already there keep no owner, so any
+    # replica may take them, and the table is not rewritten; then the defaults, for new rows.)
     (
+        "ALTER TABLE runs ADD COLUMN owner TEXT, ADD COLUMN lease_until DOUBLE PRECISION",
         f"""ALTER TABLE runs
-            ADD COLUMN owner TEXT DEFAULT {_REPLICA},
-            ADD COLUMN lease_until DOUBLE PRECISION DEFAULT CASE WHEN {_REPLICA} IS NULL
+            ALTER COLUMN owner SET DEFAULT {_REPLICA},
+            ALTER COLUMN lease_until SET DEFAULT CASE WHEN {_REPLICA} IS NULL
                 THEN NULL ELSE {_DB_NOW} + current_setting('dagengine.lease_ttl')::float8 END""",
         "CREATE INDEX runs_by_lease ON runs (lease_until) WHERE status IN ('queued', 'running')",
         "CREATE INDEX runs_by_owner ON runs (owner) WHERE status IN ('queued', 'running')",
