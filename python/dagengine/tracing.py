@@ -39,6 +39,7 @@ __all__ = [
     "attach_tracing",
     "available",
     "current_trace_context",
+    "inherited_context",
     "inherited_trace_context",
     "node_span",
     "run_trace_context",
@@ -83,6 +84,11 @@ def available() -> bool:
 def current_trace_context() -> dict[str, str] | None:
     """The ``traceparent``/``tracestate`` of the request being served, if it sent one."""
     return _trace_context.get()
+
+
+def inherited_context() -> dict[str, str] | None:
+    """The trace context bound by :func:`inherited_trace_context`, if any."""
+    return _inherited.get()
 
 
 def run_trace_context() -> dict[str, str] | None:

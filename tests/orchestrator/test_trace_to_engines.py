@@ -121,3 +121,26 @@ def test_an_engine_takes_traceparent_metadata_on_a_run_call(cluster: Orchestrato
         request = build_run_request(WHO, {})
         reply = stub.RunToEnd(request, metadata=[("traceparent", TRACEPARENT)], timeout=30)
     assert result_from_proto(reply).outputs == SEEN
+
+
+def test_a_queued_run_keeps_its_trace_context_across_a_restart(tmp_path: Path) -> None:
+    store = str(tmp_path / "state.db")
+    first = Orchestrator(store=store, embedded_engine=False)
+    try:
+        first.register_workflow("who", "1.0.0", WHO)
+        execute = with_trace_context({"traceparent": TRACEPARENT}, first.execute_workflow)
+        queued = execute("who", {}, wait=False)
+        assert queued.status == "queued"  # no engine yet
+    finally:
+        first.stop()
+    engine = EngineProcess("--engine-id", "later", env={"PYTHONPATH": str(HERE)})
+    second = Orchestrator(store=store, embedded_engine=False)
+    try:
+        second.register_engine(engine.engine_id, engine.address)
+        wait_for(lambda: second.get_run(queued.run_id).status == "succeeded", "the resumed run")
+        info = second.get_run(queued.run_id)
+        assert info.result is not None
+        assert info.result.outputs == SEEN
+    finally:
+        second.stop()
+        engine.kill()

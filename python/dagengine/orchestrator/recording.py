@@ -23,10 +23,15 @@ from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.retry import retry_origin
 from dagengine.orchestrator.store import StoreBackend
 from dagengine.results import NodeEvent
-from dagengine.tracing import current_trace_context
+from dagengine.tracing import (
+    available,
+    current_trace_context,
+    inherited_context,
+    valid_trace_context,
+)
 from dagengine.v1 import engine_pb2 as pb
 
-__all__ = ["LogBudget", "record_node_event", "record_wire_events"]
+__all__ = ["LogBudget", "queued_trace", "record_node_event", "record_wire_events"]
 
 
 class LogBudget:
@@ -67,7 +72,8 @@ class LogBudget:
 
 def queued_data(wv: Any, parent_run_id: str | None, parent_node_id: str | None) -> dict[str, Any]:
     """The ``run.queued`` event's data: the version, a sub-workflow's parent run and node,
-    the W3C trace context of the request that submitted the run (``trace``), and for a retry
+    the W3C trace context of the request that submitted the run (``trace``; or the one a
+    sub-workflow inherits from its parent run, ``inherited_trace``), and for a retry
     the run it retries and the nodes it reuses (``retry_of``, ``reused``: see
     :mod:`~dagengine.orchestrator.retry`)."""
     data: dict[str, Any] = {"version": str(wv.version)}
@@ -77,10 +83,28 @@ def queued_data(wv: Any, parent_run_id: str | None, parent_node_id: str | None) 
     trace = current_trace_context()
     if trace is not None:
         data["trace"] = trace
+    else:
+        inherited = inherited_context()
+        if inherited is not None:  # (not "trace": the run span hangs under its parent node)
+            data["inherited_trace"] = inherited
     origin = retry_origin()
     if origin is not None:
         data.update(origin)
     return data
+
+
+def queued_trace(store: StoreBackend, run_id: str) -> dict[str, str] | None:
+    """The trace context a stored run's engines run it in, from its ``run.queued`` event
+    (``trace``, else ``inherited_trace``), for a run resumed by another orchestrator;
+    ``None`` without OpenTelemetry (no store read then)."""
+    if not available():
+        return None
+    queued = store.events(run_id=run_id, types=["run.queued"], limit=1)
+    if not queued:
+        return None
+    data = queued[0].data
+    carrier = data.get("trace") or data.get("inherited_trace")
+    return valid_trace_context(carrier) if isinstance(carrier, dict) else None
 
 
 # The engine's node events the orchestrator publishes, by wire kind (as record_node_event).

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from dagengine.exceptions import DagEngineError
 from dagengine.orchestrator.lifecycle import Event
+from dagengine.orchestrator.recording import queued_trace
 from dagengine.orchestrator.runs import ActiveRun
 from dagengine.orchestrator.store import RunRecord
 
@@ -91,6 +92,8 @@ class Recovery:
                 parent_run_id=rec.parent_run_id or "",
                 parent_node_id=rec.parent_node_id or "",
                 attempt=rec.attempt,
+                # (read from its run.queued event only with OpenTelemetry installed)
+                trace=queued_trace(orch.store, rec.run_id),
             )
             if problem is None:
                 recovered.append((run, rec))
