@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dagengine.api import ServerThread, create_app
 from dagengine.cli import main
 from dagengine.cli_logs import format_log_line
 from dagengine.orchestrator import Orchestrator
+from processes import EngineProcess, wait_for
 
 SPEC = {
     "nodes": [
@@ -75,14 +77,64 @@ def test_follow_prints_until_the_run_ends(
         target=lambda: codes.append(main(["logs", run_id, "-f", "--url", url]))
     )
     follower.start()
-    orch.store.flush()
-    deadline = threading.Event()
-    deadline.wait(1.0)
+    out = _Output(capsys)
+    wait_for(lambda: "before the spin" in out.read(), "the followed line")
     orch.cancel_run(run_id)
     follower.join(timeout=20)
     assert not follower.is_alive()
     assert codes == [0]
-    assert _messages(capsys.readouterr().out) == [("a#1", "INFO", "before the spin")]
+    assert _messages(out.read()) == [("a#1", "INFO", "before the spin")]
+
+
+class _Output:
+    """What the command printed so far (capsys hands each part over once)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+        self._text = ""
+
+    def read(self) -> str:
+        self._text += self._capsys.readouterr().out
+        return self._text
+
+
+def test_follow_shows_a_running_remote_python_nodes_lines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    held = {"nodes": [{"id": "held", "python": "live_log_tasks:held"}]}
+    engine = EngineProcess("--engine-id", "cli-logs")
+    orch = Orchestrator(store=":memory:", embedded_engine=False)
+    app = create_app(orch)
+    server = ServerThread(app).start()
+    try:
+        orch.register_engine(engine.engine_id, engine.address)
+        orch.register_workflow("held", "1.0.0", held)
+        run_id = orch.execute_workflow("held", {"release": str(release)}, wait=False).run_id
+        codes: list[int] = []
+        follower = threading.Thread(
+            target=lambda: codes.append(main(["logs", run_id, "-f", "--url", server.url]))
+        )
+        follower.start()
+        out = _Output(capsys)
+        # Printed while the node still waits on the engine for the file made only below.
+        wait_for(lambda: "still waiting" in out.read(), "the running node's lines")
+        assert orch.get_run(run_id).status == "running"
+        release.touch()
+        follower.join(timeout=30)
+        assert not follower.is_alive()
+        assert codes == [0]
+        assert _messages(out.read()) == [
+            ("held#1", "INFO", "waiting for release"),
+            ("held#1", "WARNING", "still waiting"),
+            ("held#1", "INFO", "released"),
+        ]
+    finally:
+        release.touch()
+        server.stop()
+        app.state.api.close()
+        orch.stop()
+        engine.kill()
 
 
 def test_an_unknown_run_is_an_error(
