@@ -418,7 +418,7 @@ class _StreamedBuffer(NodeLogBuffer):
             return
         if first:
             self._store._watch(self)
-        elif len(self.lines) - self._sent >= SEND_LINES:
+        elif len(self.lines) - self._sent == SEND_LINES:  # (once per batch: Event.set locks)
             self._store._wake.set()
 
     def send(self) -> None:
