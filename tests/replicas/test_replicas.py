@@ -374,3 +374,29 @@ def test_runs_of_a_store_from_before_replicas_are_taken_by_the_first_replica(
         assert orch.store.node_outputs("old")["y"] == {"v": 5}
     finally:
         orch.stop()
+
+
+def test_a_replicas_followers_see_its_own_events_and_its_monitor_all(
+    replicas: list[Orchestrator],
+) -> None:
+    """Logs, traces and metrics follow a replica's own events (each replica's count its own
+    runs once); SSE, the monitor and the UI see every replica's."""
+    a, b = replicas
+    own: list[str | None] = []
+    follower = b.events.follow(
+        lambda event: own.append(event.run_id) if event.type == "run.completed" else None,
+        name="test-follower",
+    )
+    start = b.store.last_event_seq()
+    everything = b.events.subscribe(after=start)
+    try:
+        on_a = a.execute_workflow("w", {"i": 1})
+        on_b = b.execute_workflow("w", {"i": 2})
+        seen: list[tuple[int, str, str | None]] = []
+        wait_for(lambda: _drain(everything, seen) >= 2, "both runs' ends on b's subscription")
+        wait_for(lambda: on_b.run_id in own, "b's own run on its follower")
+        assert on_a.run_id not in own
+        assert own == [on_b.run_id]
+    finally:
+        follower.close()
+        everything.close()

@@ -131,7 +131,8 @@ class Metrics:
     def attach(self, orchestrator: Any) -> Metrics:
         """Follow ``orchestrator.events`` from now on, after seeding the gauges from its
         current state (engines, unfinished runs)."""
-        self._sub = orchestrator.events.subscribe(buffer=10_000)
+        # (With replicas, each one's /metrics counts its own runs: scrape them all.)
+        self._sub = orchestrator.events.subscribe(buffer=10_000, own_only=True)
         with self._lock:
             for engine_id in orchestrator.engines():
                 self._engine_state[engine_id] = "healthy"

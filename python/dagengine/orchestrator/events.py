@@ -366,6 +366,8 @@ class Subscription(Iterator[Event], AsyncIterator[Event]):
         self._store_busy = False  # one store read at a time
         self._closed = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        #: Only this orchestrator's events (see :meth:`EventBus.subscribe`).
+        self.own_only = False
 
     # --- state ---------------------------------------------------------------------------
 
@@ -698,17 +700,21 @@ class EventBus:
             for seq, event in zip(seqs, events, strict=True):
                 self._deliver_locked(Event(seq, *event))
 
-    def deliver_committed(self, events: Iterable[Event]) -> None:
+    def deliver_committed(self, events: Iterable[tuple[Event, bool]]) -> None:
         """Hand events read back from the store (in ``seq`` order) to the subscribers: the
-        ones after the last delivered (a store that numbers events when it commits them)."""
+        ones after the last delivered (a store that numbers events when it commits them),
+        each with whether this orchestrator published it (``own_only`` subscriptions get
+        only those)."""
         with self._lock:
-            for event in events:
+            for event, own in events:
                 if event.seq > self._last_seq:
-                    self._deliver_locked(event)
+                    self._deliver_locked(event, own)
 
-    def _deliver_locked(self, event: Event) -> None:
+    def _deliver_locked(self, event: Event, own: bool = True) -> None:
         self._last_seq = event.seq
         for sub in self._subs:
+            if sub.own_only and not own:
+                continue
             try:
                 sub._offer(event)
             except Exception:  # a broken subscriber must not break publishing
@@ -720,10 +726,16 @@ class EventBus:
         *,
         after: int | None = None,
         buffer: int = 1000,
+        own_only: bool = False,
     ) -> Subscription:
         """A new :class:`Subscription`. It is registered for live events *before* it reads
-        anything from the store, so replay and live overlap instead of leaving a gap."""
+        anything from the store, so replay and live overlap instead of leaving a gap.
+        ``own_only``: with replicas, only the events this orchestrator published live (its
+        own runs', engines', triggers'), not the other replicas' (for its logs, traces and
+        metrics; what such a subscription reads back from the store after falling behind
+        its buffer is every replica's)."""
         sub = Subscription(self, filter or EventFilter(), after=after, buffer=buffer)
+        sub.own_only = own_only
         with self._lock:
             if self._closed:
                 raise RuntimeError("the event bus is closed")
@@ -731,11 +743,12 @@ class EventBus:
         return sub
 
     def follow(self, handle: Callable[[Event], object], *, name: str) -> Follower:
-        """Call ``handle`` with every event from now on, in order, on a daemon thread named
-        ``name`` (the bus never waits for it: the subscription catches up from the store).
-        A failed store read or a ``handle`` that raises is logged and the next event taken;
+        """Call ``handle`` with every event this orchestrator publishes from now on (with
+        replicas: not the other replicas'), in order, on a daemon thread named ``name`` (the
+        bus never waits for it: the subscription catches up from the store). A failed store
+        read or a ``handle`` that raises is logged and the next event taken;
         :meth:`Follower.close` ends it."""
-        return Follower(self.subscribe(buffer=10_000), handle, name)
+        return Follower(self.subscribe(buffer=10_000, own_only=True), handle, name)
 
     def _remove(self, sub: Subscription) -> None:
         with self._lock:

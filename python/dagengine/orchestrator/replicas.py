@@ -273,7 +273,9 @@ class ReplicaCoordinator:
             records = self.store.events_committed(self._cursor, _EVENT_PAGE)
             if not records:
                 return
-            self._orch.events.deliver_committed(Event.from_record(r) for r in records)
-            self._cursor = records[-1].seq
+            self._orch.events.deliver_committed(
+                (Event.from_record(record), own) for record, own in records
+            )
+            self._cursor = records[-1][0].seq
             if len(records) < _EVENT_PAGE:
                 return

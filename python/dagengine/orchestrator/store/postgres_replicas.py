@@ -197,17 +197,21 @@ class ReplicaStore:
         rows = self._read(_CLAIM_FIRE, (trigger_id, float(fire_time), self.replica_id))
         return bool(rows)
 
-    def events_committed(self, after: int, limit: int = 1000) -> list[EventRecord]:
-        """Committed events with ``seq > after``, oldest first, without committing this
-        store's pending writes first (a follower's read; see the module's docstring)."""
+    def events_committed(self, after: int, limit: int = 1000) -> list[tuple[EventRecord, bool]]:
+        """Committed events with ``seq > after``, oldest first, each with whether this
+        replica published it, without committing this store's pending writes first (a
+        follower's read; see the module's docstring)."""
         rows = self._read(
-            "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data "
-            "FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+            "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data, "
+            "origin FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
             (after, limit),
         )
         return [
-            EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, _loads(data))
-            for seq, when, kind, rank, wf, run, node, engine, data in rows
+            (
+                EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, _loads(data)),
+                origin == self.replica_id,
+            )
+            for seq, when, kind, rank, wf, run, node, engine, data, origin in rows
         ]
 
     def committed_event_seq(self) -> int:

@@ -126,6 +126,11 @@ PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # A cancellation asked of a replica that does not own the run: its owner cancels it.
     ("ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",),
+    # The replica that published an event (its logs, traces and metrics count its own).
+    (
+        "ALTER TABLE events ADD COLUMN origin TEXT",
+        f"ALTER TABLE events ALTER COLUMN origin SET DEFAULT {_REPLICA}",
+    ),
 )
 
 #: The advisory lock that serialises migrations (any number: the same in every process).
