@@ -62,6 +62,8 @@ class Recovery:
         resumed children instead of starting them again (a waiting child too: it is known,
         and the parent waits for it). ``reason``: what the redispatch events say."""
         orch = self._orch
+        # A retry among those not started yet finds its reused outputs through the store.
+        orch._reuse.adopted(rec.run_id for rec in records if rec.attempt == 0)
         recovered: list[tuple[ActiveRun, RunRecord]] = []
         waiting: list[tuple[ActiveRun, RunRecord, str]] = []
         for rec in records:

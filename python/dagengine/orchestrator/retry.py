@@ -10,18 +10,17 @@ like any checkpoint.
 
 A retry still queued when the orchestrator stops keeps its reuse too: its ``run.queued`` event
 (stored with the run, in the same commit) names the old run and the reused nodes
-(``retry_of``, ``reused``). A run queued before this orchestrator started (its id's time says
-so, see :meth:`RunRecord.new_id`) is resumed; its first attempt reads that event and takes the
-old run's stored outputs of those nodes (any the old run no longer has, pruned meanwhile, run
-again).
+(``retry_of``, ``reused``). A run this orchestrator adopts before its first attempt (left
+queued by a previous one, or taken over from a replica that was lost: :meth:`Reuse.adopted`)
+reads that event at its first attempt and takes the old run's stored outputs of those nodes
+(any the old run no longer has, pruned meanwhile, run again).
 """
 
 from __future__ import annotations
 
 import contextvars
 import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagengine.exceptions import DagEngineError, RunNotFound
@@ -47,16 +46,6 @@ def retry_origin() -> dict[str, Any] | None:
     return _origin.get()
 
 
-def _created_ms(run_id: str) -> int | None:
-    """When a run id of :meth:`RunRecord.new_id` was made (ms); ``None`` for another id."""
-    if len(run_id) != 32:
-        return None
-    try:
-        return int(run_id[:12], 16)
-    except ValueError:
-        return None
-
-
 class Reuse:
     """Outputs a retry's first attempt starts with, by new run id."""
 
@@ -64,9 +53,15 @@ class Reuse:
         self._store = store
         self._lock = threading.Lock()
         self._outputs: dict[str, dict[str, dict[str, Any]]] = {}
-        # Runs made before this (a previous orchestrator's, resumed) may be retries whose
-        # reuse is only in their run.queued event.
-        self._since_ms = time.time_ns() // 1_000_000
+        # Adopted runs not started yet: retries among them have their reuse only in their
+        # run.queued event.
+        self._adopted: set[str] = set()
+
+    def adopted(self, run_ids: Iterable[str]) -> None:
+        """Runs this orchestrator adopted before their first attempt (resumed or taken over):
+        their first attempt looks for a retry's reuse in the store."""
+        with self._lock:
+            self._adopted.update(run_ids)
 
     def put(self, run_id: str, outputs: Mapping[str, Mapping[str, Any]]) -> None:
         """Remember a new retry's outputs; forget those of retries that ended without a first
@@ -86,6 +81,7 @@ class Reuse:
     def discard(self, run_id: str) -> None:
         with self._lock:
             self._outputs.pop(run_id, None)
+            self._adopted.discard(run_id)
 
     def completed(self, run_id: str, attempt: int) -> dict[str, dict[str, Any]]:
         """The completed nodes' outputs attempt ``attempt`` of a run starts with: the stored
@@ -99,10 +95,11 @@ class Reuse:
         that attempt's outputs (queued behind its claim); empty for a run that is no retry."""
         with self._lock:
             outputs = self._outputs.pop(run_id, None)
-        if outputs is None:
-            created = _created_ms(run_id)
-            if created is None or created < self._since_ms:
-                outputs = self._stored(run_id)
+            adopted = bool(self._adopted) and run_id in self._adopted
+            if adopted:
+                self._adopted.discard(run_id)
+        if outputs is None and adopted:
+            outputs = self._stored(run_id)
         if not outputs:
             return {}
         for node_id, output in outputs.items():
