@@ -287,3 +287,18 @@ def test_mapped_workflows_run_on_an_engine(engine: str) -> None:
         error = bad.node_results["m"].error
         assert error is not None
         assert "node 'm': map must give an array, got a number (1)" in error.message
+
+
+def test_items_get_their_own_results_dict_over_shared_outputs() -> None:
+    seen: list[tuple[int | None, bool, int]] = []
+
+    def work(ctx: NodeContext) -> dict[str, Any]:
+        seen.append((ctx.index, "mine" in ctx.results, len(ctx.results["rows"]["rows"])))
+        ctx.results["mine"] = True  # an item's own dict: the next item does not see it
+        return {}
+
+    dag = DAG("results")
+    dag.lua("rows", "local t = {} for i = 1, 500 do t[i] = i end return {rows = t}")
+    dag.add_node(Node("m", ["rows"], PythonExecutor(work), map="results.rows.rows", max_parallel=1))
+    assert dag.run().status is RunStatus.SUCCEEDED
+    assert seen == [(i, False, 500) for i in range(500)]

@@ -3,7 +3,7 @@
 //! (defined in `dagengine.workflow`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use std::sync::OnceLock;
 
@@ -71,6 +71,9 @@ pub struct PyExternal {
     logs: Option<Py<PyAny>>,
     /// The run's W3C trace context (a read-only mapping), if it came with one.
     trace: Option<Py<PyAny>>,
+    /// The parents' outputs of each mapped node, converted for its first item: its other
+    /// items get a copy of the dict (its values shared), not a conversion each.
+    item_results: Mutex<Vec<(NodeIdx, Py<PyDict>)>>,
 }
 
 impl PyExternal {
@@ -88,6 +91,7 @@ impl PyExternal {
             run_id,
             logs: None,
             trace: None,
+            item_results: Mutex::default(),
         }
     }
 
@@ -130,10 +134,10 @@ impl PyExternal {
         }
         Python::attach(|py| {
             let invoke_call = || -> PyResult<Bound<'_, PyAny>> {
-                let results = PyDict::new(py);
-                for (p, v) in &call.results {
-                    results.set_item(plan.dag().id(*p), pythonize(py, v.as_ref())?)?;
-                }
+                let results = match call.item {
+                    Some(_) => self.item_results(py, plan, call)?,
+                    None => results_dict(py, plan, call)?,
+                };
                 let token = Bound::new(
                     py,
                     CancelToken {
@@ -312,6 +316,49 @@ impl ExternalExecutor for PyExternal {
         };
         let out = self.invoke(plan, call, payload)?;
         condition_value(node_id, out.get("when"))
+    }
+}
+
+/// Each parent's id and output, converted.
+fn results_dict<'py>(
+    py: Python<'py>,
+    plan: &Plan,
+    call: &ExternalCall,
+) -> PyResult<Bound<'py, PyDict>> {
+    let results = PyDict::new(py);
+    for (p, v) in &call.results {
+        results.set_item(plan.dag().id(*p), pythonize(py, v.as_ref())?)?;
+    }
+    Ok(results)
+}
+
+impl PyExternal {
+    /// An item's `results`: a copy of its mapped node's parents' outputs, converted once
+    /// per node (a list of 100,000 rows is not converted again for each of its items).
+    fn item_results<'py>(
+        &self,
+        py: Python<'py>,
+        plan: &Plan,
+        call: &ExternalCall,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let cached = self
+            .item_results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(n, _)| *n == call.node)
+            .map(|(_, d)| d.clone_ref(py));
+        let dict = if let Some(d) = cached {
+            d.into_bound(py)
+        } else {
+            let d = results_dict(py, plan, call)?;
+            self.item_results
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((call.node, d.clone().unbind()));
+            d
+        };
+        dict.copy()
     }
 }
 
