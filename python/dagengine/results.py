@@ -116,6 +116,8 @@ class NodeResult:
     finished_at: float | None = None
     skip_reason: str | None = None
     cached_from: str | None = None
+    #: A cached node's key (set when the run had a cache to look it up in).
+    cache_key: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -138,6 +140,7 @@ class NodeResult:
             finished_at=data.get("finished_at"),
             skip_reason=data.get("skip_reason"),
             cached_from=data.get("cached_from"),
+            cache_key=data.get("cache_key"),
         )
 
     def to_dict(self) -> dict[str, Any]:

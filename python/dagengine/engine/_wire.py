@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from dagengine.cache import code_identity
 from dagengine.exceptions import EngineError
 from dagengine.inputs import check_schema, validate_inputs
 from dagengine.results import (
@@ -163,6 +164,10 @@ def _model_to_proto(model: WorkflowSpecModel) -> pb.WorkflowSpec:
             out.map_max_parallel = node.max_parallel or 0
             out.allow_partial = node.allow_partial
             out.max_items = node.max_items or 0
+        if node.cache is not None:
+            out.cache.SetInParent()
+            out.cache.key = node.cache.key or ""
+            out.cache.ttl_seconds = node.cache.ttl or 0.0
     return msg
 
 
@@ -179,7 +184,13 @@ def workflow_to_proto(workflow: Workflow) -> pb.WorkflowSpec:
     if isinstance(workflow, pb.WorkflowSpec):
         return workflow
     if isinstance(workflow, DAG):
-        return _model_to_proto(parse(workflow.to_spec()))
+        msg = _model_to_proto(parse(workflow.to_spec()))
+        # The code identity is computed here, where the functions are (an engine given
+        # only a spec uses a Python node's import path).
+        for out, node in zip(msg.nodes, workflow.nodes.values(), strict=True):
+            if node.cache is not None:
+                out.cache.code = code_identity(node)
+        return msg
     if isinstance(workflow, Mapping):
         return _model_to_proto(parse(workflow))
     raise TypeError(
@@ -262,12 +273,15 @@ def build_run_request(
     result_only: bool = False,
     result_json: bool = False,
     trace_context: Mapping[str, str] | None = None,
+    cache_entries: Iterable[tuple[str, str, bytes, str]] = (),
 ) -> pb.RunRequest:
     """The ``RunRequest`` message :meth:`EngineClient.run` sends (see there).
     ``trace_context``: the W3C trace context (``traceparent``, ``tracestate``) the engine
     runs the run's Python nodes in (see :mod:`dagengine.tracing`); one without a valid
     ``traceparent`` is left out.
     ``result_only`` asks the engine to stream nothing but the final result event;
+    ``cache_entries`` are ``(node_id, key, output JSON, run_id)`` entries of the workflow's
+    cached nodes the run may use.
     ``result_json`` to send the result also as JSON text (``RunResult.result_json``, the
     text :func:`result_json_from_proto` would build). ``workflow=None`` leaves the workflow
     out: a caller that sends the same workflow with many runs appends it, encoded once by
@@ -306,6 +320,10 @@ def build_run_request(
         valid = valid_trace_context(trace_context)
         if valid is not None:
             request.trace_context.update(valid)
+    for node_id, key, output_json, from_run in cache_entries:
+        request.cache_entries.add(
+            node_id=node_id, key=key, output_json=output_json, run_id=from_run
+        )
     return request
 
 
@@ -327,6 +345,7 @@ _EVENT_KINDS: dict[int, str] = {
     pb.NODE_CANCELLED: "node_cancelled",
     pb.NODE_LOG: "node_log",
     pb.NODE_MAPPED: "node_mapped",
+    pb.NODE_CACHED: "node_cached",
     pb.RUN_FINISHED: "run_finished",
 }
 #: The wire's run statuses (``pb.SUCCEEDED`` ...) as :class:`~dagengine.RunStatus`.
@@ -420,6 +439,9 @@ def event_from_proto(msg: pb.RunEvent) -> NodeEvent:
         detail["output"] = decode_output(msg.output_json, f"node {msg.node_id!r}'s output")
     elif msg.kind == pb.NODE_MAPPED:
         detail["count"] = msg.item_count
+    elif msg.kind == pb.NODE_CACHED:
+        detail["run_id"] = msg.cached_from
+        detail["key"] = msg.cache_key
     elif msg.kind == pb.NODE_SKIPPED and msg.skip_reason:
         detail["reason"] = msg.skip_reason
     elif msg.kind == pb.RUN_FINISHED and msg.HasField("result"):
@@ -450,6 +472,8 @@ def result_from_proto(msg: pb.RunResult) -> RunResult:
             started_at=node.started_at or None,
             finished_at=node.finished_at or None,
             skip_reason=node.skip_reason or None,
+            cached_from=node.cached_from or None,
+            cache_key=node.cache_key or None,
         )
 
     node_results = LazyMapping(by_id, node_result)
@@ -513,6 +537,8 @@ def result_json_from_proto(msg: pb.RunResult) -> str:
             outputs.append(f"{key}:{raw or '{}'}")
         error = _error_json(node.error) if node.HasField("error") else "null"
         reason = f',"skip_reason":{_json_str(node.skip_reason)}' if node.skip_reason else ""
+        if node.cached_from:
+            reason += f',"cached_from":{_json_str(node.cached_from)}'
         nodes.append(
             f'{key}:{{"status":"{status.value}","output":{raw or "null"},"error":{error},'
             f'"attempts":{node.attempts},"started_at":{_json_time(node.started_at)},'

@@ -40,6 +40,7 @@ from dagengine.exceptions import (
     InvalidRequest,
     MessageTooLarge,
 )
+from dagengine.orchestrator.cache import EntriesCache
 from dagengine.results import NodeEvent, RunResult
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG, LocalRun, SubWorkflowRunner
@@ -69,6 +70,8 @@ class Job:
     deadline: float | None = None
     #: The W3C trace context the engine runs it in (see :mod:`dagengine.tracing`).
     trace_context: Mapping[str, str] | None = None
+    #: Entries of the workflow's cached nodes (see :mod:`dagengine.orchestrator.cache`).
+    cache_entries: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def request(
         self, workflow: pb.WorkflowSpec | None, *, result_json: bool = False
@@ -87,6 +90,7 @@ class Job:
             depth=self.depth,
             result_json=result_json,
             trace_context=self.trace_context,
+            cache_entries=[(n, k, o.encode(), r) for n, k, o, r in self.cache_entries],
         )
 
 
@@ -157,6 +161,7 @@ class LocalBackend:
             timeout=timeout,
             events=True,
             event_outputs=True,
+            cache=EntriesCache(job.cache_entries),
         )
         with self._lock:
             self._runs[job.run_id] = run

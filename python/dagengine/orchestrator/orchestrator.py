@@ -52,6 +52,7 @@ from dagengine.orchestrator.backends import (
     RemoteBackend,
 )
 from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, make_balancer
+from dagengine.orchestrator.cache import cache_entries_for, store_cache_entries
 from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.engines import EngineSet, EngineSlot
 from dagengine.orchestrator.events import EventBus
@@ -727,6 +728,7 @@ class Orchestrator:
             parent_node_id=run.parent_node_id,
             deadline=run.deadline,
             trace_context=run.trace,
+            cache_entries=cache_entries_for(self.store, wv.workflow_id, wv.dag),
         )
 
     def _conclude(
@@ -743,6 +745,10 @@ class Orchestrator:
         reason = ""
         if exc is None:
             assert result is not None
+            if run.version.dag is not None:
+                store_cache_entries(
+                    self.store, run.version.workflow_id, run.version.dag, run.run_id, result
+                )
             if result.error is not None and result.error.type == "EngineDraining":
                 event = Event.DRAINED
                 reason = f"engine {slot.engine_id} drained"

@@ -83,7 +83,7 @@ class WorkflowSpec(_message.Message):
     def __init__(self, id: _Optional[str] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSpec, _Mapping]]] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., inputs_schema_json: _Optional[bytes] = ...) -> None: ...
 
 class NodeSpec(_message.Message):
-    __slots__ = ("id", "deps", "lua", "python", "workflow", "noop", "retry", "timeout_seconds", "when", "trigger_rule", "map", "map_max_parallel", "allow_partial", "max_items")
+    __slots__ = ("id", "deps", "lua", "python", "workflow", "noop", "retry", "timeout_seconds", "when", "trigger_rule", "map", "map_max_parallel", "allow_partial", "max_items", "cache")
     ID_FIELD_NUMBER: _ClassVar[int]
     DEPS_FIELD_NUMBER: _ClassVar[int]
     LUA_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class NodeSpec(_message.Message):
     MAP_MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     id: str
     deps: _containers.RepeatedScalarFieldContainer[str]
     lua: LuaExecutor
@@ -112,7 +113,30 @@ class NodeSpec(_message.Message):
     map_max_parallel: int
     allow_partial: bool
     max_items: int
-    def __init__(self, id: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., lua: _Optional[_Union[LuaExecutor, _Mapping]] = ..., python: _Optional[_Union[PythonExecutor, _Mapping]] = ..., workflow: _Optional[_Union[SubWorkflowExecutor, _Mapping]] = ..., noop: _Optional[_Union[NoopExecutor, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., when: _Optional[str] = ..., trigger_rule: _Optional[str] = ..., map: _Optional[str] = ..., map_max_parallel: _Optional[int] = ..., allow_partial: _Optional[bool] = ..., max_items: _Optional[int] = ...) -> None: ...
+    cache: CachePolicy
+    def __init__(self, id: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., lua: _Optional[_Union[LuaExecutor, _Mapping]] = ..., python: _Optional[_Union[PythonExecutor, _Mapping]] = ..., workflow: _Optional[_Union[SubWorkflowExecutor, _Mapping]] = ..., noop: _Optional[_Union[NoopExecutor, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., when: _Optional[str] = ..., trigger_rule: _Optional[str] = ..., map: _Optional[str] = ..., map_max_parallel: _Optional[int] = ..., allow_partial: _Optional[bool] = ..., max_items: _Optional[int] = ..., cache: _Optional[_Union[CachePolicy, _Mapping]] = ...) -> None: ...
+
+class CachePolicy(_message.Message):
+    __slots__ = ("key", "ttl_seconds", "code")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    ttl_seconds: float
+    code: str
+    def __init__(self, key: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., code: _Optional[str] = ...) -> None: ...
+
+class CacheEntry(_message.Message):
+    __slots__ = ("node_id", "key", "output_json", "run_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    key: str
+    output_json: bytes
+    run_id: str
+    def __init__(self, node_id: _Optional[str] = ..., key: _Optional[str] = ..., output_json: _Optional[bytes] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class LuaExecutor(_message.Message):
     __slots__ = ("code", "max_instructions", "max_memory_bytes")
@@ -155,7 +179,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, retries: _Optional[int] = ..., backoff_initial_seconds: _Optional[float] = ..., backoff_factor: _Optional[float] = ..., backoff_max_seconds: _Optional[float] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("run_id", "attempt", "workflow", "inputs_json", "completed_json", "deadline_unix", "max_parallel", "fail_fast", "parent_run_id", "parent_node_id", "depth", "result_only", "result_json", "trace_context")
+    __slots__ = ("run_id", "attempt", "workflow", "inputs_json", "completed_json", "deadline_unix", "max_parallel", "fail_fast", "parent_run_id", "parent_node_id", "depth", "result_only", "result_json", "trace_context", "cache_entries")
     class CompletedJsonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +208,7 @@ class RunRequest(_message.Message):
     RESULT_ONLY_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     workflow: WorkflowSpec
@@ -198,7 +223,8 @@ class RunRequest(_message.Message):
     result_only: bool
     result_json: bool
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[_Union[WorkflowSpec, _Mapping]] = ..., inputs_json: _Optional[bytes] = ..., completed_json: _Optional[_Mapping[str, bytes]] = ..., deadline_unix: _Optional[float] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ..., depth: _Optional[int] = ..., result_only: _Optional[bool] = ..., result_json: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    cache_entries: _containers.RepeatedCompositeFieldContainer[CacheEntry]
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[_Union[WorkflowSpec, _Mapping]] = ..., inputs_json: _Optional[bytes] = ..., completed_json: _Optional[_Mapping[str, bytes]] = ..., deadline_unix: _Optional[float] = ..., max_parallel: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ..., depth: _Optional[int] = ..., result_only: _Optional[bool] = ..., result_json: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., cache_entries: _Optional[_Iterable[_Union[CacheEntry, _Mapping]]] = ...) -> None: ...
 
 class ErrorInfo(_message.Message):
     __slots__ = ("type", "message", "traceback", "node_id")

@@ -716,6 +716,9 @@ impl NodeRecords {
         if let Some(run_id) = &rec.cached_from {
             n.set_item("cached_from", run_id)?;
         }
+        if let Some(key) = &rec.cache_key {
+            n.set_item("cache_key", key)?;
+        }
         Ok(n)
     }
 

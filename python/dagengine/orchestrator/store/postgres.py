@@ -33,7 +33,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -702,6 +702,53 @@ class PostgresStore(ReplicaStore, PostgresWriter):
                    ON CONFLICT (trigger_id) DO UPDATE SET
                        state = excluded.state, updated_at = excluded.updated_at""",
                 (trigger_id, _dumps(dict(state)), time.time()),
+            )
+
+    def cache_entries(
+        self, workflow_id: str, node_ids: Sequence[str], limit: int
+    ) -> list[tuple[str, str, str, str]]:
+        """Unexpired entries of these nodes of the workflow as ``(node_id, key, output
+        JSON, run_id)``, the newest first, at most ``limit``."""
+        if not node_ids:
+            return []
+        marks = ", ".join(["%s"] * len(node_ids))
+        rows = self._query(
+            f"""SELECT node_id, key, output, run_id FROM cache_entries
+                WHERE workflow_id = %s AND node_id IN ({marks})
+                    AND (expires_at IS NULL OR expires_at > %s)
+                ORDER BY created_at DESC LIMIT %s""",
+            (workflow_id, *node_ids, time.time(), limit),
+        )
+        return [(str(n), str(k), str(o), str(r)) for n, k, o, r in rows]
+
+    def save_cache_entries(
+        self, workflow_id: str, entries: Sequence[tuple[str, str, str, str, float | None]]
+    ) -> None:
+        """Store (replace) ``(node_id, key, output JSON, run_id, ttl)`` entries of the
+        workflow and drop its expired ones."""
+        now = time.time()
+        with self.transaction():
+            for node_id, key, output, run_id, ttl in entries:
+                self._write(
+                    """INSERT INTO cache_entries
+                        (workflow_id, node_id, key, output, run_id, created_at, expires_at)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (workflow_id, node_id, key) DO UPDATE SET
+                           output = excluded.output, run_id = excluded.run_id,
+                           created_at = excluded.created_at, expires_at = excluded.expires_at""",
+                    (
+                        workflow_id,
+                        node_id,
+                        key,
+                        output,
+                        run_id,
+                        now,
+                        None if ttl is None else now + ttl,
+                    ),
+                )
+            self._write(
+                "DELETE FROM cache_entries WHERE workflow_id = %s AND expires_at <= %s",
+                (workflow_id, now),
             )
 
 

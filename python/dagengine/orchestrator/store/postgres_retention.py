@@ -100,6 +100,7 @@ def prune_batch(db: Any, policy: RetentionPolicy, now: float, limit: int) -> Pru
             "DELETE FROM node_outputs WHERE run_id = ANY(%s)", (chosen,)
         ).rowcount
         report.events = db.execute("DELETE FROM events WHERE run_id = ANY(%s)", (chosen,)).rowcount
+        db.execute("DELETE FROM cache_entries WHERE run_id = ANY(%s)", (chosen,))
         report.runs = db.execute("DELETE FROM runs WHERE run_id = ANY(%s)", (chosen,)).rowcount
     if policy.max_age is not None:
         report.events += db.execute(

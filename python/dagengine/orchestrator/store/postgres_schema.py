@@ -131,6 +131,21 @@ PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE events ADD COLUMN origin TEXT",
         f"ALTER TABLE events ALTER COLUMN origin SET DEFAULT {_REPLICA}",
     ),
+    # Cached nodes' outputs, as in the SQLite schema (see there).
+    (
+        """CREATE TABLE cache_entries (
+            workflow_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            output TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION,
+            PRIMARY KEY (workflow_id, node_id, key)
+        )""",
+        "CREATE INDEX cache_entries_by_run ON cache_entries (run_id)",
+        "CREATE INDEX cache_entries_by_age ON cache_entries (workflow_id, created_at)",
+    ),
 )
 
 #: The advisory lock that serialises migrations (any number: the same in every process).

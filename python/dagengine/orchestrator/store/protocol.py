@@ -57,7 +57,7 @@ The contract, beyond the signatures:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from dagengine.orchestrator.store.records import EventRecord, RunRecord, WorkflowVersionRecord
@@ -306,4 +306,20 @@ class StoreBackend(Protocol):
 
     def set_trigger_state(self, trigger_id: str, state: Mapping[str, Any]) -> None:
         """Save (replace) a trigger's state, committed before it returns."""
+        ...
+
+    # -- cached nodes' outputs --
+
+    def cache_entries(
+        self, workflow_id: str, node_ids: Sequence[str], limit: int
+    ) -> list[tuple[str, str, str, str]]:
+        """Unexpired entries of these nodes of the workflow as ``(node_id, key, output
+        JSON, run_id)``, the newest first, at most ``limit``."""
+        ...
+
+    def save_cache_entries(
+        self, workflow_id: str, entries: Sequence[tuple[str, str, str, str, float | None]]
+    ) -> None:
+        """Store (replace) ``(node_id, key, output JSON, run_id, ttl)`` entries of the
+        workflow, committed before it returns, and drop its expired ones."""
         ...

@@ -345,6 +345,7 @@ def prune_batch(
             f"DELETE FROM node_outputs WHERE run_id IN ({marks})", chosen
         ).rowcount
         report.events = db.execute(f"DELETE FROM events WHERE run_id IN ({marks})", chosen).rowcount
+        db.execute(f"DELETE FROM cache_entries WHERE run_id IN ({marks})", chosen)
         report.runs = db.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", chosen).rowcount
     if policy.max_age is not None:
         report.events += db.execute(

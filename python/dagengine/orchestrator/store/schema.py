@@ -83,6 +83,23 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at REAL NOT NULL
         )""",
     ),
+    # Cached nodes' outputs (see dagengine.cache): no foreign key to runs (an entry may be
+    # stored while its run's row still waits in the write-behind queue); retention deletes
+    # the entries of the runs it prunes, and storing entries drops the expired ones.
+    (
+        """CREATE TABLE cache_entries (
+            workflow_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            output TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            PRIMARY KEY (workflow_id, node_id, key)
+        )""",
+        "CREATE INDEX cache_entries_by_run ON cache_entries (run_id)",
+        "CREATE INDEX cache_entries_by_age ON cache_entries (workflow_id, created_at)",
+    ),
 )
 
 _INSERT_EVENT = """INSERT INTO events

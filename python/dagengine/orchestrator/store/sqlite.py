@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -632,6 +632,53 @@ class SQLiteStore(WriteBehind):
                    ON CONFLICT (trigger_id) DO UPDATE SET
                        state = excluded.state, updated_at = excluded.updated_at""",
                 (trigger_id, _dumps(dict(state)), _now()),
+            )
+
+    def cache_entries(
+        self, workflow_id: str, node_ids: Sequence[str], limit: int
+    ) -> list[tuple[str, str, str, str]]:
+        """Unexpired entries of these nodes of the workflow as ``(node_id, key, output
+        JSON, run_id)``, the newest first, at most ``limit``."""
+        if not node_ids:
+            return []
+        marks = ", ".join(["?"] * len(node_ids))
+        rows = self._query(
+            f"""SELECT node_id, key, output, run_id FROM cache_entries
+                WHERE workflow_id = ? AND node_id IN ({marks})
+                    AND (expires_at IS NULL OR expires_at > ?)
+                ORDER BY created_at DESC LIMIT ?""",
+            (workflow_id, *node_ids, time.time(), limit),
+        )
+        return [(str(n), str(k), str(o), str(r)) for n, k, o, r in rows]
+
+    def save_cache_entries(
+        self, workflow_id: str, entries: Sequence[tuple[str, str, str, str, float | None]]
+    ) -> None:
+        """Store (replace) ``(node_id, key, output JSON, run_id, ttl)`` entries of the
+        workflow and drop its expired ones."""
+        now = time.time()
+        with self.transaction():
+            for node_id, key, output, run_id, ttl in entries:
+                self._db.execute(
+                    """INSERT INTO cache_entries
+                        (workflow_id, node_id, key, output, run_id, created_at, expires_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (workflow_id, node_id, key) DO UPDATE SET
+                           output = excluded.output, run_id = excluded.run_id,
+                           created_at = excluded.created_at, expires_at = excluded.expires_at""",
+                    (
+                        workflow_id,
+                        node_id,
+                        key,
+                        output,
+                        run_id,
+                        now,
+                        None if ttl is None else now + ttl,
+                    ),
+                )
+            self._db.execute(
+                "DELETE FROM cache_entries WHERE workflow_id = ? AND expires_at <= ?",
+                (workflow_id, now),
             )
 
 

@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 
 use super::pb;
 use crate::runner::{
-    Condition, EventDetail, EventKind, MapSpec, NodeFailure, NodeKind, NodeSpec, Plan, RunError,
-    RunEvent, RunOutcome, DEFAULT_MAX_ITEMS,
+    CacheSpec, Condition, EventDetail, EventKind, MapSpec, NodeFailure, NodeKind, NodeSpec, Plan,
+    RunError, RunEvent, RunOutcome, DEFAULT_MAX_ITEMS,
 };
 
 /// A request field that is wrong, and why.
@@ -140,6 +140,49 @@ fn map_spec(i: usize, node: &pb::NodeSpec) -> Result<Option<MapSpec>, InvalidFie
     Ok(Some(map))
 }
 
+/// A node's `cache`, its key compiled: a syntax error names the node and the line. The
+/// code identity is the sender's, or the engine's own (as `dagengine.cache.code_identity`
+/// writes it: `lua\n<script>`, `python\n<import path>`, `workflow\n<id>@<range>`).
+fn cache_spec(i: usize, node: &pb::NodeSpec) -> Result<Option<CacheSpec>, InvalidField> {
+    use pb::node_spec::Executor;
+    let Some(cache) = &node.cache else {
+        return Ok(None);
+    };
+    let field = |name: &str| format!("workflow.nodes[{i}].cache{name}");
+    if !node.map.trim().is_empty() {
+        return Err(InvalidField::new(
+            field(""),
+            format!("node '{}': a mapped node cannot be cached", node.id),
+        ));
+    }
+    let ttl = match cache.ttl_seconds {
+        0.0 => None,
+        t => Some(Duration::try_from_secs_f64(t).map_err(|_| {
+            InvalidField::new(field(".ttl_seconds"), "must be a finite number >= 0")
+        })?),
+    };
+    let code = if cache.code.is_empty() {
+        match &node.executor {
+            Some(Executor::Lua(lua)) => format!("lua\n{}", lua.code),
+            Some(Executor::Python(py)) => format!("python\n{}", py.import_path.trim()),
+            Some(Executor::Workflow(w)) => {
+                let range = w.version_range.trim();
+                let range = if range.is_empty() { "*" } else { range };
+                format!("workflow\n{}@{range}", w.workflow_id)
+            }
+            Some(Executor::Noop(_)) | None => "noop".to_owned(),
+        }
+    } else {
+        cache.code.clone()
+    };
+    let key = (!cache.key.trim().is_empty()).then_some(cache.key.as_str());
+    let spec = CacheSpec::new(code, key, ttl);
+    spec.check().map_err(|e| {
+        InvalidField::new(field(".key"), format!("node '{}': cache.key: {e}", node.id))
+    })?;
+    Ok(Some(spec))
+}
+
 /// A node's `when`, compiled: a syntax error names the node and the line.
 fn condition(i: usize, node: &pb::NodeSpec) -> Result<Option<Condition>, InvalidField> {
     if node.when.trim().is_empty() {
@@ -233,6 +276,7 @@ pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), 
     let mut specs = Vec::with_capacity(spec.nodes.len());
     let mut host = Vec::new();
     let mut maps = Vec::new();
+    let mut caches = Vec::new();
     for (i, node) in spec.nodes.iter().enumerate() {
         if node.id.is_empty() {
             return Err(InvalidField::new(
@@ -261,6 +305,9 @@ pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), 
         if let Some(map) = map_spec(i, node)? {
             maps.push((idx, map));
         }
+        if let Some(cache) = cache_spec(i, node)? {
+            caches.push((idx, cache));
+        }
         specs.push(NodeSpec {
             kind,
             policy,
@@ -284,6 +331,10 @@ pub fn plan_from_spec(spec: &pb::WorkflowSpec) -> Result<(Plan, Vec<HostNode>), 
     let mut plan = Plan::new(dag, specs).map_err(|e| InvalidField::new("workflow", e))?;
     for (idx, map) in maps {
         plan.set_map(idx, map);
+    }
+    for (idx, cache) in caches {
+        plan.set_cache(idx, cache)
+            .map_err(|e| InvalidField::new("workflow.nodes", e))?;
     }
     Ok((plan, host))
 }
@@ -711,6 +762,10 @@ pub fn result_json(r: &pb::RunResult) -> Vec<u8> {
         if !n.skip_reason.is_empty() {
             out.push_str(",\"skip_reason\":");
             push_json_str(&mut out, &n.skip_reason);
+        }
+        if !n.cached_from.is_empty() {
+            out.push_str(",\"cached_from\":");
+            push_json_str(&mut out, &n.cached_from);
         }
         out.push('}');
     }

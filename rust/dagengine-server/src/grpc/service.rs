@@ -472,7 +472,7 @@ impl Service {
             completed_items,
             events: true,
             event_outputs: true,
-            cache: None,
+            cache: run_cache(&plan, req)?,
         };
         let handle = if inline {
             start_run_inline(plan.clone(), config, external, INLINE_BUDGET)
@@ -868,6 +868,28 @@ fn completed_outputs(plan: &Plan, req: &pb::RunRequest) -> Result<Completed, Sta
         }
     }
     Ok((completed, completed_items))
+}
+
+/// The cache of a run whose workflow has cached nodes: the entries sent with it (see
+/// [`crate::runner::EntriesCache`]). An entry that is not a JSON object is refused.
+fn run_cache(
+    plan: &Plan,
+    req: &pb::RunRequest,
+) -> Result<Option<Arc<dyn crate::runner::NodeCache>>, Status> {
+    if !plan.has_caches() {
+        return Ok(None);
+    }
+    let mut entries = Vec::with_capacity(req.cache_entries.len());
+    for (i, e) in req.cache_entries.iter().enumerate() {
+        let field = format!("cache_entries[{i}].output_json");
+        let output = convert::json_object(&field, &e.output_json).map_err(|e| invalid(&e))?;
+        let hit = crate::runner::CacheHit {
+            output,
+            run_id: e.run_id.clone(),
+        };
+        entries.push((e.node_id.clone(), e.key.clone(), hit));
+    }
+    Ok(Some(Arc::new(crate::runner::EntriesCache::new(entries))))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! key either way, so a change of code misses, and two nodes of the same id in different
 //! workflows do not share entries unless their code is the same.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -40,6 +41,36 @@ pub trait NodeCache: Send + Sync + std::fmt::Debug {
     /// Store `output`, computed by run `run_id`, for `node_id` under `key`; `ttl` (from now)
     /// is how long it may be used (`None`: until it is evicted).
     fn put(&self, node_id: &str, key: &str, output: &Value, run_id: &str, ttl: Option<Duration>);
+}
+
+/// The cache of a run whose entries were given with it (an engine's run: the orchestrator
+/// sends the entries it keeps). It stores nothing: a node that ran reports its key in its
+/// record, for the sender to store its output under.
+#[derive(Debug, Default)]
+pub struct EntriesCache {
+    entries: HashMap<(String, String), CacheHit>,
+}
+
+impl EntriesCache {
+    /// A cache of `(node id, key, hit)` entries.
+    pub fn new(entries: impl IntoIterator<Item = (String, String, CacheHit)>) -> Self {
+        Self {
+            entries: entries
+                .into_iter()
+                .map(|(node, key, hit)| ((node, key), hit))
+                .collect(),
+        }
+    }
+}
+
+impl NodeCache for EntriesCache {
+    fn get(&self, node_id: &str, key: &str) -> Option<CacheHit> {
+        self.entries
+            .get(&(node_id.to_owned(), key.to_owned()))
+            .cloned()
+    }
+
+    fn put(&self, _: &str, _: &str, _: &Value, _: &str, _: Option<Duration>) {}
 }
 
 /// How a node is cached.

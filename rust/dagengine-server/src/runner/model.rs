@@ -177,6 +177,11 @@ impl Plan {
         Ok(())
     }
 
+    /// Whether any node is cached.
+    pub fn has_caches(&self) -> bool {
+        !self.caches.is_empty()
+    }
+
     /// How `node` is cached, if it is.
     pub fn cache(&self, node: NodeIdx) -> Option<&CacheSpec> {
         self.caches.get(node as usize).and_then(Option::as_ref)

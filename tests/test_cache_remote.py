@@ -1,0 +1,182 @@
+"""Caching beyond a local run: an engine takes hits from the entries sent with a run and
+reports the keys of the cached nodes that ran; the orchestrator keeps the entries in its
+store (SQLite and PostgreSQL), across a restart, for in-process and remote engines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagengine import NodeEvent, RunResult
+from dagengine.engine import EngineClient, build_run_request
+from dagengine.orchestrator import Orchestrator
+from dagengine.orchestrator.store import RunRecord, Store, open_store
+from dagengine.orchestrator.store.retention import RetentionPolicy
+from processes import EngineProcess, wait_for
+
+TESTS = Path(__file__).parent
+
+SPEC: dict[str, Any] = {
+    "id": "cached",
+    "version": "1.0.0",
+    "nodes": [
+        {"id": "load", "lua": "return {value = inputs.n}"},
+        {"id": "work", "deps": ["load"], "python": "engine_tasks:double", "cache": True},
+        {
+            "id": "label",
+            "deps": ["work"],
+            "lua": "return {text = 'v' .. results.work.value}",
+            "cache": {"key": "inputs.n", "ttl": "1h"},
+        },
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EngineProcess]:
+    process = EngineProcess("--engine-id", "cache-engine", env={"PYTHONPATH": str(TESTS)})
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+def _stream(client: EngineClient, **request: Any) -> tuple[list[NodeEvent], RunResult]:
+    events: list[NodeEvent] = []
+    result = None
+    for item in client.stream_request(build_run_request(SPEC, **request)):
+        if isinstance(item, RunResult):
+            result = item
+        else:
+            events.append(item)
+    assert result is not None
+    return events, result
+
+
+def test_an_engine_takes_hits_from_the_request_and_reports_keys(engine: EngineProcess) -> None:
+    with EngineClient(engine.address, timeout=30) as client:
+        events, first = _stream(client, inputs={"n": 2}, run_id="e1")
+        assert first.ok, first.error
+        work, label = first.node_results["work"], first.node_results["label"]
+        assert work.cached_from is None
+        assert work.cache_key is not None
+        assert label.cache_key is not None
+        assert "node_cached" not in [e.kind for e in events]
+
+        # The entry's output is not what the node would compute: the hit is not executed.
+        entries = [("work", work.cache_key, b'{"value":99}', "e0")]
+        events, second = _stream(client, inputs={"n": 2}, run_id="e2", cache_entries=entries)
+        assert second.ok, second.error
+        assert second.node_results["work"].cached_from == "e0"
+        assert second.node_results["work"].attempts == 0
+        assert second.outputs["work"] == {"value": 99}
+        assert second.outputs["label"] == {"text": "v99"}  # not cached: another key
+        cached = [e for e in events if e.kind == "node_cached"]
+        assert [e.node_id for e in cached] == ["work"]
+        assert cached[0].detail == {"run_id": "e0", "key": work.cache_key}
+        # The result's JSON (as the orchestrator records it) says so too.
+        assert second.to_dict()["nodes"]["work"]["cached_from"] == "e0"
+
+
+def _counts(result: RunResult) -> dict[str, str | None]:
+    return {n: result.node_results[n].cached_from for n in ("work", "label")}
+
+
+def test_the_orchestrator_store_keeps_entries_across_a_restart(store_target: str) -> None:
+    first = Orchestrator(store=store_target)
+    try:
+        first.register_workflow("cached", "1.0.0", SPEC)
+        one = first.execute_workflow("cached", {"n": 3})
+        assert isinstance(one, RunResult)
+        assert one.ok, one.error
+        assert _counts(one) == {"work": None, "label": None}
+        two = first.execute_workflow("cached", {"n": 3})
+        assert isinstance(two, RunResult)
+        assert _counts(two) == {"work": one.run_id, "label": one.run_id}
+        assert two.outputs["label"] == {"text": "v6"}
+    finally:
+        first.stop()
+    second = Orchestrator(store=store_target)
+    try:
+        three = second.execute_workflow("cached", {"n": 3})
+        assert isinstance(three, RunResult)
+        assert _counts(three) == {"work": one.run_id, "label": one.run_id}
+        other = second.execute_workflow("cached", {"n": 4})
+        assert isinstance(other, RunResult)
+        assert _counts(other) == {"work": None, "label": None}
+        assert other.outputs["label"] == {"text": "v8"}
+    finally:
+        second.stop()
+
+
+def test_store_entries_are_scoped_and_expire(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "state.db"))
+    try:
+        store.save_cache_entries(
+            "wf",
+            [
+                ("a", "k1", '{"v":1}', "r1", None),
+                ("a", "k2", '{"v":2}', "r2", 3600.0),
+                ("b", "k1", '{"v":3}', "r1", None),
+            ],
+        )
+        entries = store.cache_entries("wf", ["a"], 10)
+        assert sorted(entries) == [("a", "k1", '{"v":1}', "r1"), ("a", "k2", '{"v":2}', "r2")]
+        assert store.cache_entries("wf", ["a", "b"], 1) != []
+        assert store.cache_entries("other", ["a"], 10) == []
+        # Expired (its time has come): not returned, and dropped by the next store.
+        with store.transaction():
+            store._db.execute("UPDATE cache_entries SET expires_at = 1 WHERE key = 'k2'")
+        assert store.cache_entries("wf", ["a"], 10) == [("a", "k1", '{"v":1}', "r1")]
+        store.save_cache_entries("wf", [("b", "k9", "{}", "r3", None)])
+        rows = store._query("SELECT key FROM cache_entries WHERE node_id = 'a'")
+        assert rows == [("k1",)]
+    finally:
+        store.close()
+
+
+def test_a_remote_engine_run_stores_and_takes_entries(
+    engine: EngineProcess, tmp_path: Path
+) -> None:
+    orch = Orchestrator(store=str(tmp_path / "state.db"), embedded_engine=False)
+    try:
+        orch.register_engine(engine.engine_id, engine.address)
+        wait_for(lambda: engine.engine_id in orch.engines(), "the engine to register")
+        orch.register_workflow("cached", "1.0.0", SPEC)
+        one = orch.execute_workflow("cached", {"n": 5})
+        assert isinstance(one, RunResult)
+        assert one.ok, one.error
+        assert orch.get_run(one.run_id).engine_id == engine.engine_id
+        two = orch.execute_workflow("cached", {"n": 5})
+        assert isinstance(two, RunResult)
+        assert _counts(two) == {"work": one.run_id, "label": one.run_id}
+        assert two.outputs["work"]["pid"] == one.outputs["work"]["pid"]
+        # The result the orchestrator recorded (the engine's JSON) says so too.
+        stored = orch.get_run(two.run_id).result
+        assert isinstance(stored, RunResult)
+        assert stored.node_results["work"].cached_from == one.run_id
+    finally:
+        orch.stop()
+
+
+def test_retention_deletes_the_entries_of_the_runs_it_prunes(store_target: str) -> None:
+    store = open_store(store_target)
+    day = 86_400.0
+    now = 10_000 * day
+    try:
+        for run_id, age in (("old", 40), ("young", 1)):
+            when = now - age * day
+            store.create_run(RunRecord(run_id, "wf", "1.0.0", created_at=when))
+            attempt = store.claim_attempt(run_id, "local")
+            assert store.finish_run(run_id, attempt, "succeeded", {"ok": True})
+            store.update_run(run_id, finished_at=when + 1)
+        store.save_cache_entries(
+            "wf", [("a", "k-old", "{}", "old", None), ("a", "k-young", "{}", "young", None)]
+        )
+        report = store.prune(RetentionPolicy(30 * day), now=now)
+        assert report.runs == 1
+        assert store.cache_entries("wf", ["a"], 10) == [("a", "k-young", "{}", "young")]
+    finally:
+        store.close()
