@@ -91,7 +91,9 @@ def test_a_run_taken_over_refuses_the_late_writes_of_its_old_owner(pg_url: str) 
             "the other replica to take the run over and run it",
         )
         info = b.get_run(handle.run_id)
-        assert info.attempt >= 2  # the take-over raised the fencing token
+        # Never started on a: taken over at attempt 0 (nothing to fence but a's writes,
+        # which ownership refuses), its first attempt is b's.
+        assert info.attempt == 1
         assert b.replicas.taken_over == 1
         owner = query(pg_url, f"SELECT owner FROM runs WHERE run_id = '{handle.run_id}'")
         assert owner == [(b.replicas.replica_id,)]
@@ -400,3 +402,25 @@ def test_a_replicas_followers_see_its_own_events_and_its_monitor_all(
     finally:
         follower.close()
         everything.close()
+
+
+def test_a_take_over_raises_the_attempt_of_a_started_run_only(pg_url: str) -> None:
+    from dagengine.orchestrator.store import RunRecord
+
+    old, new = (PostgresStore(pg_url, replica=name) for name in ("old", "new"))
+    try:
+        old.create_run(RunRecord("started", "wf", "1.0.0"))
+        old.create_run(RunRecord("queued", "wf", "1.0.0"))
+        assert old.claim_attempt("started", "e1") == 1
+        assert new.take_over(10) == []  # their leases still run
+        with old.transaction():
+            old._write("UPDATE runs SET lease_until = 0")
+        taken = {rec.run_id: rec.attempt for rec in new.take_over(10)}
+        assert taken == {"started": 2, "queued": 0}
+        # The old owner's writes to them are refused, whatever their attempt.
+        assert not old.save_node_output("started", "n", 2, {"v": 1})
+        assert not old.finish_run("queued", None, "cancelled")
+        assert new.finish_run("queued", None, "cancelled")
+    finally:
+        old.close()
+        new.close()

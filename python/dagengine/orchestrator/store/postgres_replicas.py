@@ -51,7 +51,9 @@ _RENEW = f"""UPDATE runs SET lease_until = {_DB_NOW} + %s
 
 # Runs whose owner's lease ran out (or that never had one: created by a tool), oldest first,
 # locked so that no other replica takes the same one; each taken gets a new owner, lease
-# and attempt (the fencing token). Never this replica's own: it still works on them (cut off
+# and attempt (the fencing token) -- but a run that never started (attempt 0): it has no
+# attempt to fence, and keeps looking like one not started yet (a retry's reused outputs
+# are taken at its first attempt). Never this replica's own: it still works on them (cut off
 # from the database for a while, it renews them when it is back, if nobody took them).
 _TAKE_OVER = f"""WITH free AS (
         SELECT run_id FROM runs
@@ -60,7 +62,8 @@ _TAKE_OVER = f"""WITH free AS (
         ORDER BY created_at, ord
         LIMIT %s
         FOR UPDATE SKIP LOCKED)
-    UPDATE runs SET owner = %s, lease_until = {_DB_NOW} + %s, attempt = runs.attempt + 1
+    UPDATE runs SET owner = %s, lease_until = {_DB_NOW} + %s,
+        attempt = CASE WHEN runs.attempt = 0 THEN 0 ELSE runs.attempt + 1 END
     FROM free WHERE runs.run_id = free.run_id
     RETURNING runs.run_id, runs.owner"""
 
