@@ -8,7 +8,7 @@ whose methods do something only on a store opened with ``replica=ID``.
   writes to a run (claims, node outputs, its end) apply only while it owns the run
   (:data:`~dagengine.orchestrator.store.postgres_schema.MINE`), on top of the attempt
   fencing of one orchestrator. The attempt is the lease's fencing token: a take-over raises
-  it, so the late writes of the replica the run was taken from are refused twice over.
+  a started run's, so the late writes of the replica it was taken from are refused twice over.
 * **Leases** are renewed by their owner (:meth:`ReplicaStore.renew_leases`, one statement for
   all of them); a replica that dies or cannot reach the database stops renewing, and once
   its leases expire the others take its runs over (:meth:`ReplicaStore.take_over`:
