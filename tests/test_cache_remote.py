@@ -180,3 +180,18 @@ def test_retention_deletes_the_entries_of_the_runs_it_prunes(store_target: str) 
         assert store.cache_entries("wf", ["a"], 10) == [("a", "k-young", "{}", "young")]
     finally:
         store.close()
+
+
+def test_a_dag_sent_to_an_engine_carries_its_code_identity() -> None:
+    import dagengine
+    from dagengine.engine import workflow_to_proto
+
+    by_spec = workflow_to_proto(SPEC)
+    assert by_spec.nodes[1].cache.code == ""  # the engine uses the import path
+    assert by_spec.nodes[2].cache.key == "inputs.n"
+    assert by_spec.nodes[2].cache.ttl_seconds == 3600.0
+    by_dag = workflow_to_proto(dagengine.parse_workflow(SPEC))
+    code = by_dag.nodes[1].cache.code
+    assert code.startswith("python\nengine_tasks:double\ndef double(ctx")
+    assert by_dag.nodes[2].cache.code == "lua\nreturn {text = 'v' .. results.work.value}"
+    assert not by_dag.nodes[0].HasField("cache")

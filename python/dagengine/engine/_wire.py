@@ -171,6 +171,17 @@ def _model_to_proto(model: WorkflowSpecModel) -> pb.WorkflowSpec:
     return msg
 
 
+def with_code_identities(msg: pb.WorkflowSpec, dag: DAG) -> pb.WorkflowSpec:
+    """``msg`` (the wire form of ``dag``) with the code identity of each cached node
+    (:func:`dagengine.cache.code_identity`), computed here, where the functions are: an
+    engine given only a spec identifies a Python node's code by its import path."""
+    for out in msg.nodes:
+        node = dag.nodes.get(out.id)
+        if node is not None and node.cache is not None and out.HasField("cache"):
+            out.cache.code = code_identity(node)
+    return msg
+
+
 def workflow_to_proto(workflow: Workflow) -> pb.WorkflowSpec:
     """The wire form of a workflow: a :class:`DAG` (through :meth:`DAG.to_spec`, so Python
     nodes need an import path), a spec dict as read from YAML/JSON, or a ``WorkflowSpec``
@@ -184,13 +195,7 @@ def workflow_to_proto(workflow: Workflow) -> pb.WorkflowSpec:
     if isinstance(workflow, pb.WorkflowSpec):
         return workflow
     if isinstance(workflow, DAG):
-        msg = _model_to_proto(parse(workflow.to_spec()))
-        # The code identity is computed here, where the functions are (an engine given
-        # only a spec uses a Python node's import path).
-        for out, node in zip(msg.nodes, workflow.nodes.values(), strict=True):
-            if node.cache is not None:
-                out.cache.code = code_identity(node)
-        return msg
+        return with_code_identities(_model_to_proto(parse(workflow.to_spec())), workflow)
     if isinstance(workflow, Mapping):
         return _model_to_proto(parse(workflow))
     raise TypeError(

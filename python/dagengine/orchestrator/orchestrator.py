@@ -37,6 +37,7 @@ from dagengine.engine import (
     TLSConfig,
     workflow_to_proto,
 )
+from dagengine.engine._wire import with_code_identities
 from dagengine.exceptions import (
     DagEngineError,
     EngineBusy,
@@ -453,7 +454,10 @@ class Orchestrator:
         key = (wv.workflow_id, str(wv.version))
         spec = self._specs.get(key)
         if spec is None:
-            spec = self._specs[key] = workflow_to_proto(wv.spec)
+            spec = workflow_to_proto(wv.spec)
+            if wv.dag is not None:  # its functions imported here: their source is the code
+                spec = with_code_identities(spec, wv.dag)
+            self._specs[key] = spec
         return spec
 
     def _submit(

@@ -69,7 +69,11 @@ impl Driver {
         attempt: u32,
         now: f64,
     ) -> bool {
-        let (Some(cache), Some(spec)) = (self.config.cache.clone(), self.plan.cache(node)) else {
+        // The plan first: most nodes are not cached, and that look-up costs no atomic.
+        let Some(spec) = self.plan.cache(node) else {
+            return false;
+        };
+        let Some(cache) = self.config.cache.clone() else {
             return false;
         };
         let results = if spec.reads_results() {
