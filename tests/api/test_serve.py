@@ -39,13 +39,21 @@ nodes:
   - {id: after, deps: [nap], lua: "return {done = true}"}
 """,
     "servetasks.py": """
+import os
 import time
 
 def double(ctx):
     return {"v": ctx.results["a"]["v"] * 2}
 
 def nap(ctx):
-    time.sleep(float(ctx.inputs.get("seconds", 1.5)))
+    # Until `gate` exists (the test opens it when it wants the run to finish), at most
+    # `seconds`; cancelled (the service stopping) also ends the wait.
+    gate = ctx.inputs.get("gate")
+    deadline = time.monotonic() + float(ctx.inputs.get("seconds", 1.5))
+    while time.monotonic() < deadline and not ctx.cancelled:
+        if gate and os.path.exists(gate):
+            break
+        time.sleep(0.02)
     return {"slept": True}
 """,
     "pyflows.py": """
@@ -202,18 +210,24 @@ def test_serve_with_cli_clients_then_sigterm_mid_run_and_restart(
         assert wait_status(server, to_cancel, {"cancelled"}) == "cancelled"
         assert cli(server, "status", to_cancel).returncode == 1
 
-        # In flight at SIGTERM: these must finish after the restart. Long enough to be seen
-        # running by CLI calls that each start a Python process (1.5 s was not, now and then,
-        # on a loaded machine: the first run had finished before the third was submitted).
+        # In flight at SIGTERM: these must finish after the restart. They wait for a gate
+        # the test opens only after the restart (a fixed nap was, now and then on a loaded
+        # machine, over before the CLI calls that each start a Python process got to stop).
+        gate = tmp_path / "gate"
         in_flight = [
-            cli(server, "submit", "slow", "--input", "seconds=5").stdout.strip() for _ in range(3)
+            cli(
+                server, "submit", "slow", "--input", "seconds=120", "--input", f"gate={gate}"
+            ).stdout.strip()
+            for _ in range(3)
         ]
-        wait_status(server, in_flight[-1], {"running"})
+        for run_id in in_flight:
+            wait_status(server, run_id, {"running"})
     finally:
         code = stop_server(server)
     assert code == 0
 
     server = start_server(folder, store)
+    gate.touch()
     try:
         for run_id in in_flight:
             assert wait_status(server, run_id, {"succeeded", "failed", "cancelled"}) == "succeeded"
