@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from dagengine.orchestrator.store.compact import expand_result
 from dagengine.orchestrator.store.records import RunRecord, _loads
 from dagengine.orchestrator.store.schema import _RUN_COLUMNS, _RUN_JSON
 
@@ -297,6 +298,7 @@ def run_from_row(row: tuple[Any, ...]) -> RunRecord:
         name: _loads(value) if name in _RUN_JSON else value
         for name, value in zip(_RUN_COLUMNS, row, strict=True)
     }
+    values["result"] = expand_result(row[0], row[3], values["result"])
     return RunRecord(**values)
 
 

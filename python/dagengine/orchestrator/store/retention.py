@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from dagengine._units import parse_duration
 from dagengine.exceptions import StoreError
+from dagengine.orchestrator.store.compact import FOLDED, expand
 from dagengine.orchestrator.store.records import SEVERITIES
 from dagengine.orchestrator.store.schema import _RUN_SELECT, _run_from_row
 
@@ -269,18 +270,20 @@ def write_export(
     for run_id, node_id, output in output_rows:
         outputs[run_id][node_id] = json.loads(output)
     events: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
-    for seq, when, kind, rank, node_id, engine_id, run_id, data in event_rows:
-        events[run_id].append(
-            {
-                "seq": seq,
-                "time": when,
-                "type": kind,
-                "severity": SEVERITIES[rank],
-                "node_id": node_id,
-                "engine_id": engine_id,
-                "data": json.loads(data),
-            }
-        )
+    for row_seq, row_time, row_type, rank, node_id, engine_id, run_id, stored in event_rows:
+        for seq, when, kind, data in expand(row_seq, row_time, row_type, stored):
+            events[run_id].append(
+                {
+                    "seq": seq,
+                    "time": when,
+                    "type": kind,
+                    "severity": SEVERITIES[rank],
+                    "node_id": node_id,
+                    "engine_id": engine_id,
+                    "data": data,
+                }
+            )
+        events[run_id].sort(key=lambda event: event["seq"])
     lines = []
     for run_id in run_ids:
         record = runs[run_id]
@@ -330,6 +333,16 @@ def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float)
     return write_export(folder, now, run_ids, runs, outputs, events)
 
 
+def _folded(db: sqlite3.Connection, marks: str, run_ids: list[str]) -> int:
+    """The folded rows among the runs' events (each holds two events)."""
+    return int(
+        db.execute(
+            f"SELECT COUNT(*) FROM events WHERE run_id IN ({marks}) AND type = ?",
+            [*run_ids, FOLDED],
+        ).fetchone()[0]
+    )
+
+
 def prune_batch(
     db: sqlite3.Connection, policy: RetentionPolicy, now: float, limit: int
 ) -> PruneReport:
@@ -344,7 +357,10 @@ def prune_batch(
         report.node_outputs = db.execute(
             f"DELETE FROM node_outputs WHERE run_id IN ({marks})", chosen
         ).rowcount
-        report.events = db.execute(f"DELETE FROM events WHERE run_id IN ({marks})", chosen).rowcount
+        report.events = _folded(db, marks, chosen)  # two events a row
+        report.events += db.execute(
+            f"DELETE FROM events WHERE run_id IN ({marks})", chosen
+        ).rowcount
         db.execute(f"DELETE FROM cache_entries WHERE run_id IN ({marks})", chosen)
         report.runs = db.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", chosen).rowcount
     if policy.max_age is not None:
@@ -368,9 +384,12 @@ def count_prunable(db: sqlite3.Connection, policy: RetentionPolicy, now: float) 
         report.node_outputs += db.execute(
             f"SELECT COUNT(*) FROM node_outputs WHERE run_id IN ({marks})", part
         ).fetchone()[0]
-        report.events += db.execute(
-            f"SELECT COUNT(*) FROM events WHERE run_id IN ({marks})", part
-        ).fetchone()[0]
+        report.events += (
+            _folded(db, marks, part)
+            + db.execute(f"SELECT COUNT(*) FROM events WHERE run_id IN ({marks})", part).fetchone()[
+                0
+            ]
+        )
     if policy.max_age is not None:
         report.events += db.execute(
             "SELECT COUNT(*) FROM events WHERE run_id IS NULL AND time < ?",

@@ -6,10 +6,12 @@ conversions between :class:`~dagengine.orchestrator.store.records.RunRecord` and
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
+from dagengine.orchestrator.store.compact import compact_result, expand_result
 from dagengine.orchestrator.store.records import (
     FINISHED_STATUSES,
     RunRecord,
@@ -256,6 +258,7 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         name: _loads(value) if name in _RUN_JSON else value
         for name, value in zip(_RUN_COLUMNS, row, strict=True)
     }
+    values["result"] = expand_result(row[0], row[3], values["result"])
     return RunRecord(**values)
 
 
@@ -278,10 +281,15 @@ def _finish_values(
     """A run's end as the values of :func:`_finish_runs`: ``run_id, status, result, error,
     finished_at, attempt`` (JSON fields encoded; ``result`` may come encoded)."""
     _check_status(status, FINISHED_STATUSES)
+    stored: str | None = None
+    if result is not None:
+        # Stored without what the reader rebuilds from the row (compact.compact_result).
+        value = json.loads(result) if isinstance(result, str) else dict(result)
+        stored = _dumps(compact_result(run_id, status, value) if isinstance(value, dict) else value)
     return (
         run_id,
         status,
-        None if result is None else result if isinstance(result, str) else _dumps(dict(result)),
+        stored,
         None if error is None else _dumps(dict(error)),
         time.time(),
         attempt,

@@ -25,6 +25,7 @@ from typing import Any
 
 from dagengine.exceptions import RunNotFound, StoreError
 from dagengine.orchestrator.store import writer as _writer
+from dagengine.orchestrator.store.compact import FOLD_SPAN, FOLDED, expand, stored_types
 from dagengine.orchestrator.store.records import (
     SEVERITIES,
     EventRecord,
@@ -532,34 +533,56 @@ class SQLiteStore(WriteBehind):
         min_severity: str | None = None,
         limit: int = 1000,
     ) -> list[EventRecord]:
-        """Events with ``seq > after`` that match every filter given, oldest first."""
+        """Events with ``seq > after`` that match every filter given, oldest first (folded
+        rows read back as their two events: see :mod:`~dagengine.orchestrator.store.compact`)."""
         self.flush()
-        where = ["seq > ?"]
-        params: list[Any] = [after]
+        where: list[str] = []
+        params: list[Any] = []
         if workflow_id is not None:
             where.append("workflow_id = ?")
             params.append(workflow_id)
         if run_id is not None:
             where.append("run_id = ?")
             params.append(run_id)
+        wanted: set[str] | None = None
+        stored: list[str] = []
         if types is not None:
-            wanted = list(types)
+            wanted = set(types)
             if not wanted:
                 return []
-            where.append(f"type IN ({', '.join('?' for _ in wanted)})")
-            params.extend(wanted)
+            stored = stored_types(wanted)
+            where.append(f"type IN ({', '.join('?' for _ in stored)})")
+            params.extend(stored)
         if min_severity is not None:
             where.append("severity >= ?")
             params.append(_severity_rank(min_severity))
-        rows = self._query(
+        select = (
             "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data "
-            f"FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-            [*params, limit],
+            "FROM events WHERE "
         )
-        return [
-            EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, _loads(data))
-            for seq, when, kind, rank, wf, run, node, engine, data in rows
+        rest = "".join(f" AND {w}" for w in where)
+        with self._lock:
+            rows = self._db.execute(
+                f"{select}seq > ?{rest} ORDER BY seq LIMIT ?", [after, *params, limit]
+            ).fetchall()
+            # A full page ends at ``bound``: the starts folded into rows just past it
+            # (at most FOLD_SPAN numbers later) belong to this page.
+            bound = rows[-1][0] if len(rows) >= limit else None
+            if bound is not None and (wanted is None or FOLDED in stored):
+                rows += self._db.execute(
+                    f"{select}seq > ? AND seq <= ? AND type = ?{rest} ORDER BY seq",
+                    [bound, bound + FOLD_SPAN, FOLDED, *params],
+                ).fetchall()
+        records = [
+            EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, data)
+            for row_seq, row_time, row_type, rank, wf, run, node, engine, payload in rows
+            for seq, when, kind, data in expand(row_seq, row_time, row_type, payload)
+            if seq > after
+            and (bound is None or seq <= bound)
+            and (wanted is None or kind in wanted)
         ]
+        records.sort(key=lambda record: record.seq)
+        return records[:limit]
 
     def last_event_seq(self) -> int:
         """The sequence number of the newest event (0 if there is none)."""

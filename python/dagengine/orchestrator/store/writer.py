@@ -27,6 +27,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from dagengine.exceptions import StoreError
+from dagengine.orchestrator.store.compact import fold_events
 from dagengine.orchestrator.store.records import _encodable
 from dagengine.orchestrator.store.schema import (
     _CLAIM,
@@ -565,6 +566,6 @@ class WriteBehind:
                     self._db.execute(finish, values)
                 for entry, row in chunk:
                     entry[1] = row[0] in ended
-            for chunk in _chunks(events, _EVENTS_PER_INSERT):
+            for chunk in _chunks(fold_events(events), _EVENTS_PER_INSERT):
                 self._db.execute(*_multi_row(_insert_events, chunk))
         return [(done, recorded) for done, recorded in finished]
