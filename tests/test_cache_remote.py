@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from dagengine import NodeEvent, RunResult
 from dagengine.engine import EngineClient, build_run_request
+from dagengine.exceptions import StoreError
 from dagengine.orchestrator import Orchestrator
 from dagengine.orchestrator.store import RunRecord, Store, open_store
 from dagengine.orchestrator.store.retention import RetentionPolicy
@@ -84,6 +85,24 @@ def _counts(result: RunResult) -> dict[str, str | None]:
     return {n: result.node_results[n].cached_from for n in ("work", "label")}
 
 
+def _reopen(store: str) -> Orchestrator:
+    """An orchestrator on ``store`` once the stopped one's hold on it is gone: on PostgreSQL
+    that hold (a session lock) is sometimes still seen for a moment after ``stop()``."""
+    opened: list[Orchestrator] = []
+
+    def attempt() -> bool:
+        try:
+            opened.append(Orchestrator(store=store))
+        except StoreError as exc:
+            if "is in use by" not in str(exc):
+                raise
+            return False
+        return True
+
+    wait_for(attempt, "the stopped orchestrator to let go of its store")
+    return opened[0]
+
+
 def test_the_orchestrator_store_keeps_entries_across_a_restart(store_target: str) -> None:
     first = Orchestrator(store=store_target)
     try:
@@ -98,7 +117,7 @@ def test_the_orchestrator_store_keeps_entries_across_a_restart(store_target: str
         assert two.outputs["label"] == {"text": "v6"}
     finally:
         first.stop()
-    second = Orchestrator(store=store_target)
+    second = _reopen(store_target)
     try:
         three = second.execute_workflow("cached", {"n": 3})
         assert isinstance(three, RunResult)

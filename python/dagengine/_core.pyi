@@ -15,6 +15,7 @@ __all__ = [
     "DagRef",
     "EngineServerRef",
     "EngineSession",
+    "MemoryCacheRef",
     "NodeRecords",
     "Outputs",
     "RunRef",
@@ -134,6 +135,31 @@ class DagRef:
         ``event_outputs`` puts each node's output in its ``node_succeeded`` event detail;
         ``cache`` (an object with ``get(node_id, key)`` and ``put(node_id, key, output,
         run_id, ttl)``) is where cached nodes are looked up and stored."""
+
+@final
+class MemoryCacheRef:
+    """The core's bounded in-memory cache of node outputs (least recently used evicted
+    first, wall-clock expiry): a run given it as ``cache`` looks up without Python."""
+
+    def __new__(cls, max_entries: int) -> MemoryCacheRef: ...
+    def get(self, node_id: str, key: str) -> tuple[dict[str, Any], str] | None:
+        """The unexpired ``(output, run_id)`` of ``node_id`` under ``key``, or ``None``."""
+
+    def put(
+        self,
+        node_id: str,
+        key: str,
+        output: dict[str, Any],
+        run_id: str,
+        ttl: float | None = None,
+    ) -> None:
+        """Store ``output`` of run ``run_id`` for ``node_id`` under ``key`` for ``ttl``
+        seconds (``None``: until evicted)."""
+
+    def clear(self) -> None:
+        """Drop every entry."""
+
+    def __len__(self) -> int: ...
 
 @final
 class RunRef:

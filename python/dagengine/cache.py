@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from dagengine import _core
 from dagengine.nodes import LuaExecutor, Node, NoopExecutor, PythonExecutor, SubWorkflow
 
 __all__ = [
@@ -63,7 +64,9 @@ class MemoryCache:
 
     ``clock`` is what tells the time for expiry: an object with ``now()`` in seconds (a
     :class:`~dagengine.testing.VirtualClock`, so a test can step past a ttl at once);
-    wall-clock time by default. Thread-safe.
+    wall-clock time by default, and then the entries live in the core, which a run looks
+    up without entering the interpreter (with a clock, each lookup and store of a run calls
+    into Python). Thread-safe.
     """
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, *, clock: Any = None) -> None:
@@ -72,6 +75,7 @@ class MemoryCache:
         if clock is not None and not callable(getattr(clock, "now", None)):
             raise TypeError(f"clock must have a now() method, got {type(clock).__name__}")
         self.max_entries = max_entries
+        self._native = _core.MemoryCacheRef(max_entries) if clock is None else None
         self._now: Callable[[], float] = time.time if clock is None else clock.now
         self._entries: OrderedDict[tuple[str, str], tuple[dict[str, Any], str, float | None]]
         self._entries = OrderedDict()
@@ -79,6 +83,8 @@ class MemoryCache:
 
     def get(self, node_id: str, key: str) -> tuple[dict[str, Any], str] | None:
         """See :meth:`Cache.get`."""
+        if self._native is not None:
+            return self._native.get(node_id, key)
         with self._lock:
             entry = self._entries.get((node_id, key))
             if entry is None:
@@ -94,6 +100,9 @@ class MemoryCache:
         self, node_id: str, key: str, output: dict[str, Any], run_id: str, ttl: float | None
     ) -> None:
         """See :meth:`Cache.put`."""
+        if self._native is not None:
+            self._native.put(node_id, key, output, run_id, ttl)
+            return
         expires = None if ttl is None else self._now() + ttl
         with self._lock:
             self._entries[(node_id, key)] = (output, run_id, expires)
@@ -103,10 +112,14 @@ class MemoryCache:
 
     def clear(self) -> None:
         """Drop every entry."""
+        if self._native is not None:
+            self._native.clear()
         with self._lock:
             self._entries.clear()
 
     def __len__(self) -> int:
+        if self._native is not None:
+            return len(self._native)
         with self._lock:
             return len(self._entries)
 
@@ -173,14 +186,17 @@ def native_cache_options(node: Node) -> dict[str, Any]:
     return {"cache": (policy.key, policy.ttl, code_identity(node))}
 
 
-def run_cache(cache: Cache | bool | None) -> Cache | None:
-    """The cache a local run uses, given its ``cache`` argument: ``True`` (the default)
-    is :func:`default_cache`, ``None`` or ``False`` none (cached nodes just run), anything
-    else must follow :class:`Cache`."""
+def run_cache(cache: Cache | bool | None) -> Any:
+    """What the core is given as a local run's cache, for its ``cache`` argument: ``True``
+    (the default) is :func:`default_cache`, ``None`` or ``False`` none (cached nodes just
+    run), anything else must follow :class:`Cache`; a wall-clock :class:`MemoryCache` is
+    handed over as the core's own."""
     if cache is True:
-        return default_cache()
+        cache = default_cache()
     if cache is None or cache is False:
         return None
+    if isinstance(cache, MemoryCache) and cache._native is not None:
+        return cache._native
     if not isinstance(cache, Cache):
         raise TypeError(
             f"cache must be a Cache (get and put), True or None, got {type(cache).__name__}"

@@ -3,9 +3,10 @@
 //! on its own thread, attaching to the interpreter for the call: a cached node pays one
 //! attach for its lookup, and one for its store when it ran.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use dagengine_server::{CacheHit, CacheSpec, NodeCache};
+use dagengine_server::{CacheHit, CacheSpec, MemoryCache, NodeCache};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pythonize::{depythonize, pythonize};
@@ -117,4 +118,76 @@ impl NodeCache for PyCache {
             }
         });
     }
+}
+
+/// The bounded in-memory cache of the core (`dagengine.cache.MemoryCache` on the wall
+/// clock): a run given it looks its cached nodes up without entering the interpreter.
+#[pyclass(module = "dagengine._core", frozen)]
+pub struct MemoryCacheRef {
+    inner: Arc<MemoryCache>,
+}
+
+#[pymethods]
+impl MemoryCacheRef {
+    #[new]
+    fn new(max_entries: usize) -> PyResult<Self> {
+        if max_entries == 0 {
+            return Err(PyValueError::new_err("max_entries must be at least 1"));
+        }
+        Ok(Self {
+            inner: Arc::new(MemoryCache::new(max_entries)),
+        })
+    }
+
+    /// The unexpired `(output, run_id)` of `node_id` under `key`, or `None`.
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        node_id: &str,
+        key: &str,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, String)>> {
+        let Some(hit) = self.inner.get(node_id, key) else {
+            return Ok(None);
+        };
+        Ok(Some((pythonize(py, &hit.output)?, hit.run_id)))
+    }
+
+    /// Store `output` (a dict) of run `run_id` for `node_id` under `key`, for `ttl` seconds.
+    #[pyo3(signature = (node_id, key, output, run_id, ttl=None))]
+    fn put(
+        &self,
+        node_id: &str,
+        key: &str,
+        output: &Bound<'_, PyAny>,
+        run_id: &str,
+        ttl: Option<f64>,
+    ) -> PyResult<()> {
+        let output: Value = depythonize(output)?;
+        let ttl = ttl
+            .map(|t| {
+                Duration::try_from_secs_f64(t).map_err(|_| {
+                    PyValueError::new_err(format!("ttl must be a number of seconds >= 0, got {t}"))
+                })
+            })
+            .transpose()?;
+        self.inner.put(node_id, key, &output, run_id, ttl);
+        Ok(())
+    }
+
+    /// Drop every entry.
+    fn clear(&self) {
+        self.inner.clear();
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// The run's cache: the core's own for a `MemoryCacheRef`, a [`PyCache`] for anything else.
+pub fn node_cache(cache: Py<PyAny>, py: Python<'_>) -> Arc<dyn NodeCache> {
+    if let Ok(native) = cache.bind(py).cast::<MemoryCacheRef>() {
+        return native.get().inner.clone();
+    }
+    Arc::new(PyCache::new(cache))
 }

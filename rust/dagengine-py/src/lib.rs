@@ -428,8 +428,7 @@ impl DagRef {
             completed_items: done_items,
             events,
             event_outputs,
-            cache: cache
-                .map(|c| Arc::new(cache::PyCache::new(c)) as Arc<dyn dagengine_server::NodeCache>),
+            cache: cache.map(|c| cache::node_cache(c, py)),
         };
         let external =
             PyExternal::new(invoke, payloads, inputs_py, run_id).with_conditions(conditions);
@@ -785,6 +784,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CancelToken>()?;
     m.add_class::<NodeRecords>()?;
     m.add_class::<Outputs>()?;
+    m.add_class::<cache::MemoryCacheRef>()?;
     m.add_class::<engine::EngineServerRef>()?;
     m.add_class::<session::EngineSession>()?;
     m.add_function(wrap_pyfunction!(lua_check, m)?)?;

@@ -38,7 +38,7 @@ mod model;
 
 use std::sync::{Mutex, MutexGuard};
 
-pub use cache::{canonical, CacheHit, CacheSpec, EntriesCache, NodeCache};
+pub use cache::{canonical, CacheHit, CacheSpec, EntriesCache, MemoryCache, NodeCache};
 pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
 pub use driver::{start_run, start_run_inline};
 pub use handle::{LogSink, RunHandle};

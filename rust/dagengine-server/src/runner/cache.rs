@@ -73,6 +73,131 @@ impl NodeCache for EntriesCache {
     fn put(&self, _: &str, _: &str, _: &Value, _: &str, _: Option<Duration>) {}
 }
 
+/// A bounded in-memory cache: at most `capacity` entries, the least recently used evicted
+/// first; an expired entry is a miss (and dropped when seen). `now` tells the time in
+/// seconds (wall-clock time by default; a test's clock otherwise). Calls take one lock.
+pub struct MemoryCache {
+    capacity: usize,
+    now: Box<dyn Fn() -> f64 + Send + Sync>,
+    state: std::sync::Mutex<Lru>,
+}
+
+/// Entries by (node id, key) with their last use, and the uses in order.
+#[derive(Default)]
+struct Lru {
+    entries: HashMap<(String, String), Stored>,
+    order: std::collections::BTreeMap<u64, (String, String)>,
+    tick: u64,
+}
+
+struct Stored {
+    output: Value,
+    run_id: String,
+    expires: Option<f64>,
+    used: u64,
+}
+
+impl MemoryCache {
+    /// A cache of at most `capacity` (at least 1) entries on the wall clock.
+    pub fn new(capacity: usize) -> Self {
+        Self::with_clock(capacity, || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        })
+    }
+
+    /// A cache of at most `capacity` (at least 1) entries on the clock `now` (seconds).
+    pub fn with_clock(capacity: usize, now: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            now: Box::new(now),
+            state: std::sync::Mutex::new(Lru::default()),
+        }
+    }
+
+    /// How many entries it holds (expired ones not yet seen included).
+    pub fn len(&self) -> usize {
+        super::lock(&self.state).entries.len()
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drop every entry.
+    pub fn clear(&self) {
+        let mut state = super::lock(&self.state);
+        state.entries.clear();
+        state.order.clear();
+    }
+}
+
+impl std::fmt::Debug for MemoryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeCache for MemoryCache {
+    fn get(&self, node_id: &str, key: &str) -> Option<CacheHit> {
+        let id = (node_id.to_owned(), key.to_owned());
+        let now = (self.now)();
+        let mut state = super::lock(&self.state);
+        let Lru {
+            entries,
+            order,
+            tick,
+        } = &mut *state;
+        let stored = entries.get_mut(&id)?;
+        if stored.expires.is_some_and(|at| now >= at) {
+            order.remove(&stored.used);
+            entries.remove(&id);
+            return None;
+        }
+        *tick += 1;
+        order.remove(&stored.used);
+        stored.used = *tick;
+        order.insert(*tick, id);
+        Some(CacheHit {
+            output: stored.output.clone(),
+            run_id: stored.run_id.clone(),
+        })
+    }
+
+    fn put(&self, node_id: &str, key: &str, output: &Value, run_id: &str, ttl: Option<Duration>) {
+        let id = (node_id.to_owned(), key.to_owned());
+        let expires = ttl.map(|t| (self.now)() + t.as_secs_f64());
+        let mut state = super::lock(&self.state);
+        let Lru {
+            entries,
+            order,
+            tick,
+        } = &mut *state;
+        *tick += 1;
+        let stored = Stored {
+            output: output.clone(),
+            run_id: run_id.to_owned(),
+            expires,
+            used: *tick,
+        };
+        if let Some(old) = entries.insert(id.clone(), stored) {
+            order.remove(&old.used);
+        }
+        order.insert(*tick, id);
+        while entries.len() > self.capacity {
+            let Some((_, oldest)) = order.pop_first() else {
+                break;
+            };
+            entries.remove(&oldest);
+        }
+    }
+}
+
 /// How a node is cached.
 #[derive(Debug, Clone)]
 pub struct CacheSpec {

@@ -348,3 +348,39 @@ fn canonical_json_sorts_keys_at_every_depth() {
     canonical(&json!({"b": [1, {"z": 1, "a": "é"}], "a": null}), &mut text);
     assert_eq!(text, r#"{"a":null,"b":[1,{"a":"é","z":1}]}"#);
 }
+
+#[test]
+fn the_memory_cache_is_a_bounded_lru_with_expiry() {
+    use std::sync::atomic::AtomicU64;
+    let clock = Arc::new(AtomicU64::new(1_000));
+    let now = clock.clone();
+    let cache = MemoryCache::with_clock(2, move || now.load(Ordering::SeqCst) as f64);
+    let hit = |c: &MemoryCache, node: &str| c.get(node, "k").map(|h| (h.output, h.run_id));
+    cache.put("a", "k", &json!({"v": 1}), "r1", None);
+    cache.put(
+        "b",
+        "k",
+        &json!({"v": 2}),
+        "r1",
+        Some(Duration::from_secs(10)),
+    );
+    assert_eq!(hit(&cache, "a"), Some((json!({"v": 1}), "r1".to_owned())));
+    // `a` was used last: `b` goes when `c` comes.
+    cache.put("c", "k", &json!({"v": 3}), "r2", None);
+    assert_eq!(cache.len(), 2);
+    assert_eq!(hit(&cache, "b"), None);
+    assert!(hit(&cache, "a").is_some());
+    // A ttl runs out on the cache's clock.
+    cache.put("d", "k", &json!({}), "r3", Some(Duration::from_secs(10)));
+    clock.store(1_009, Ordering::SeqCst);
+    assert!(hit(&cache, "d").is_some());
+    clock.store(1_010, Ordering::SeqCst);
+    assert_eq!(hit(&cache, "d"), None);
+    // Replacing an entry keeps one of it.
+    cache.put("a", "k", &json!({"v": 9}), "r4", None);
+    cache.put("a", "k", &json!({"v": 10}), "r5", None);
+    assert_eq!(hit(&cache, "a"), Some((json!({"v": 10}), "r5".to_owned())));
+    assert!(cache.len() <= 2);
+    cache.clear();
+    assert!(cache.is_empty());
+}
