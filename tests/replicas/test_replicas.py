@@ -424,3 +424,32 @@ def test_a_take_over_raises_the_attempt_of_a_started_run_only(pg_url: str) -> No
     finally:
         old.close()
         new.close()
+
+
+def test_with_only_own_followers_a_new_live_subscription_starts_at_the_head(
+    replicas: list[Orchestrator],
+) -> None:
+    """While only own-only followers listen, a replica reads only its own events; a live
+    subscription opened then starts from about now, not from the last own event."""
+    a, b = replicas
+    own: list[str | None] = []
+    follower = b.events.follow(
+        lambda event: own.append(event.run_id) if event.type == "run.completed" else None,
+        name="test-own-follower",
+    )
+    try:
+        mine = b.execute_workflow("w", {"i": 1})
+        wait_for(lambda: mine.run_id in own, "b's follower to see its run")
+        for i in range(3):
+            a.execute_workflow("w", {"i": i})  # others' events, not read by b meanwhile
+        a.store.flush()  # (a run's events may be committed after its end)
+        head = a.store.last_event_seq()
+        wait_for(lambda: b.replicas is not None and b.replicas._cursor >= head, "b's cursor")
+        with b.events.subscribe() as live:
+            later = a.execute_workflow("w", {"i": 9})
+            first = live.get(timeout=10)
+            assert first is not None
+            assert (first.type, first.run_id) == ("run.queued", later.run_id)
+        assert own == [mine.run_id]
+    finally:
+        follower.close()

@@ -625,6 +625,12 @@ class EventBus:
         return bool(self._subs)
 
     @property
+    def wants_others(self) -> bool:
+        """Whether an open subscription takes other replicas' events (not ``own_only``): a
+        follower of the store reads only this orchestrator's own events otherwise."""
+        return any(not sub.own_only for sub in self._subs)
+
+    @property
     def last_seq(self) -> int:
         """``seq`` of the last event published through this bus (0 before the first)."""
         with self._lock:

@@ -264,18 +264,20 @@ class ReplicaCoordinator:
             conn.close()
 
     def _deliver_new(self) -> None:
-        if not self._orch.events.subscribed:
+        bus = self._orch.events
+        if not bus.subscribed:
             # Nobody listens: only keep up with the head (a subscriber that comes later is
             # live from about then, and reads anything older from the store by its cursor).
             self._cursor = self.store.committed_event_seq()
             return
+        # Only own-only subscribers (the event log, traces, metrics): only own rows are read.
+        own_only = not bus.wants_others
         while True:
-            records = self.store.events_committed(self._cursor, _EVENT_PAGE)
-            if not records:
-                return
-            self._orch.events.deliver_committed(
-                (Event.from_record(record), own) for record, own in records
+            records, cursor = self.store.events_committed(
+                self._cursor, _EVENT_PAGE, own_only=own_only
             )
-            self._cursor = records[-1][0].seq
+            if records:
+                bus.deliver_committed((Event.from_record(record), own) for record, own in records)
+            self._cursor = cursor
             if len(records) < _EVENT_PAGE:
                 return

@@ -200,22 +200,35 @@ class ReplicaStore:
         rows = self._read(_CLAIM_FIRE, (trigger_id, float(fire_time), self.replica_id))
         return bool(rows)
 
-    def events_committed(self, after: int, limit: int = 1000) -> list[tuple[EventRecord, bool]]:
-        """Committed events with ``seq > after``, oldest first, each with whether this
-        replica published it, without committing this store's pending writes first (a
+    def events_committed(
+        self, after: int, limit: int = 1000, *, own_only: bool = False
+    ) -> tuple[list[tuple[EventRecord, bool]], int]:
+        """Committed events with ``seq > after`` (``own_only``: this replica's only), oldest
+        first, each with whether this replica published it, and the cursor to read on from:
+        the last one's ``seq`` if the page is full, else the highest committed ``seq`` of
+        any replica as the same statement saw it (one snapshot: nothing at or below it can
+        be committed later). Does not commit this store's pending writes first (a
         follower's read; see the module's docstring)."""
+        mine = "AND origin = %s " if own_only else ""
         rows = self._read(
+            "WITH head AS (SELECT COALESCE(MAX(seq), 0) AS head FROM events) "
+            "SELECT head.head, e.* FROM head LEFT JOIN LATERAL ("
             "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data, "
-            "origin FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
-            (after, limit),
+            f"origin FROM events WHERE seq > %s {mine}ORDER BY seq LIMIT %s) AS e ON true",
+            (after, *((self.replica_id,) if own_only else ()), limit),
         )
-        return [
+        head = int(rows[0][0])
+        found = [
             (
                 EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, _loads(data)),
                 origin == self.replica_id,
             )
-            for seq, when, kind, rank, wf, run, node, engine, data, origin in rows
+            for _, seq, when, kind, rank, wf, run, node, engine, data, origin in rows
+            if seq is not None
         ]
+        if len(found) == limit:
+            return found, found[-1][0].seq
+        return found, max(after, head)
 
     def committed_event_seq(self) -> int:
         """The highest sequence number of a committed event (0 if none)."""
