@@ -75,7 +75,10 @@ class Template:
             events.extend((when, e[0], e[1], e[2], run_id, *e[3:]) for e in self.events)
         marks = ", ".join("?" * self.width)
         db.executemany(f"INSERT INTO runs VALUES ({marks})", runs)
-        db.executemany("INSERT INTO node_outputs VALUES (?, ?, ?, ?)", outputs)
+        db.executemany(
+            "INSERT INTO node_outputs (run_id, node_id, attempt, output) VALUES (?, ?, ?, ?)",
+            outputs,
+        )
         db.executemany(
             "INSERT INTO events (time, type, severity, workflow_id, run_id, node_id, "
             "engine_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -107,6 +110,47 @@ def prune_fully(store: Store, policy: RetentionPolicy, now: float) -> tuple[int,
     while store.reclaim_space():
         continue
     return runs, batches
+
+
+#: The tables and indexes :func:`bytes_per_run` breaks the bytes down by.
+_PARTS = (
+    "runs",
+    "sqlite_autoindex_runs_1",
+    "runs_by_created",
+    "runs_by_workflow",
+    "runs_by_status",
+    "runs_by_parent",
+    "node_outputs",
+    "sqlite_autoindex_node_outputs_1",
+    "events",
+    "events_by_run",
+    "events_by_workflow",
+)
+
+
+def bytes_per_run(folder: Path, runs: int) -> list[str]:
+    """``runs`` real runs of the workflow (8 in flight) through an orchestrator on a file
+    store, then the file's bytes per run after a VACUUM, by table and index (dbstat)."""
+    path = folder / "bytes.db"
+    with Orchestrator(store=str(path), config=Config(store_path=str(path))) as orch:
+        orch.register_workflow("bench-3", "1.0.0", workflow())
+        drive("bytes", lambda _: orch.execute_workflow("bench-3", inputs={"factor": 2}), 8, runs)
+        orch.store.flush()
+    db = sqlite3.connect(path)
+    try:
+        db.execute("VACUUM")
+        count = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        rows = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        parts = dict(db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
+    finally:
+        db.close()
+    size = os.path.getsize(path)
+    lines = [
+        f"bytes: {count:,} runs through the orchestrator, file after VACUUM: "
+        f"{size / count:,.0f} bytes a run ({rows / count:.1f} event rows a run)"
+    ]
+    lines += [f"  {name:<32} {parts[name] / count:>7,.0f}" for name in _PARTS if name in parts]
+    return lines
 
 
 def plateau(template: Template, folder: Path, days: int, per_day: int) -> list[str]:
@@ -214,10 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--runs", type=int, default=3000, help="runs of the baseline")
+    parser.add_argument("--bytes-runs", type=int, default=10_000, help="runs measured for bytes")
+    parser.add_argument("--only", choices=["bytes", "plateau", "latency"], default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs_per_day, args.days, args.backlog, args.runs = 500, 12, 10_000, 1000
+        args.bytes_runs = 2000
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         seed = folder / "seed.db"
@@ -226,11 +273,16 @@ def main(argv: list[str] | None = None) -> int:
             run = orch.execute_workflow("bench-3", inputs={"factor": 2})
             orch.store.flush()
             template = Template(str(seed), run.run_id)
-        for line in plateau(template, folder, args.days, args.runs_per_day):
-            print(line, flush=True)
-        print(flush=True)
-        for line in latency(template, folder, args.backlog, args.rate, args.runs):
-            print(line, flush=True)
+        parts = {
+            "bytes": lambda: bytes_per_run(folder, args.bytes_runs),
+            "plateau": lambda: plateau(template, folder, args.days, args.runs_per_day),
+            "latency": lambda: latency(template, folder, args.backlog, args.rate, args.runs),
+        }
+        for name, part in parts.items():
+            if args.only in (None, name):
+                for line in part():
+                    print(line, flush=True)
+                print(flush=True)
     return 0
 
 

@@ -361,7 +361,11 @@ def backdate(path: Path | str, workflow: str, count: int, age_days: float) -> No
                 "VALUES (?, ?, '1.0.0', 'succeeded', '{}', 1, '{}', ?, ?, '{}')",
                 (run_id, workflow, when, when + 1),
             )
-            db.execute("INSERT INTO node_outputs VALUES (?, 'n', 1, '{\"v\": 1}')", (run_id,))
+            db.execute(
+                "INSERT INTO node_outputs (run_id, node_id, attempt, output) "
+                "VALUES (?, 'n', 1, '{\"v\": 1}')",
+                (run_id,),
+            )
             db.execute(
                 "INSERT INTO events (time, type, severity, workflow_id, run_id, data) "
                 "VALUES (?, 'run.completed', 0, ?, ?, '{}')",

@@ -15,6 +15,7 @@ import pytest
 from dagengine.orchestrator.store import RunRecord, Store
 from dagengine.orchestrator.store.compact import FOLD_SPAN, FOLDED, PAYLOADS
 from dagengine.orchestrator.store.retention import RetentionPolicy
+from dagengine.orchestrator.store.schema import MIGRATIONS
 
 Event = tuple[float, str, str, str | None, str | None, str | None, str | None, Any]
 
@@ -246,3 +247,42 @@ def test_common_payloads_are_never_renumbered() -> None:
     # Stored rows refer to PAYLOADS by position: append only.
     assert PAYLOADS[:3] == ("{}", '{"attempt":1}', '{"attempt":1,"node_attempt":1}')
     assert all(text == json.dumps(json.loads(text), separators=(",", ":")) for text in PAYLOADS)
+
+
+def test_migration_3_clusters_node_outputs_and_keeps_their_order(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    for statement in [s for migration in MIGRATIONS[:2] for s in migration]:
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 2")
+    db.execute(
+        "INSERT INTO runs (run_id, workflow_id, version, status, inputs, attempt, "
+        "resolved_versions, created_at) VALUES ('r1', 'wf', '1', 'running', '{}', 1, '{}', 1.0)"
+    )
+    for node in ("z", "a", "m"):  # completion order, not name order
+        db.execute(
+            "INSERT INTO node_outputs VALUES ('r1', ?, 1, ?)", (node, json.dumps({"n": node}))
+        )
+    db.commit()
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version == len(MIGRATIONS)
+        assert list(store.node_outputs("r1")) == ["z", "a", "m"]
+        # New outputs of the running run come after the converted ones; a replaced output
+        # keeps its place.
+        assert store.save_node_output("r1", "b", 1, {"n": "b"})
+        assert store.save_node_output("r1", "z", 1, {"n": "z2"})
+        store.save_node_output_later("r1", "c", 1, {"n": "c"})
+        store.save_node_output_json_later("r1", "d", 1, '{"n":"d"}')
+        outputs = store.node_outputs("r1")
+        assert list(outputs) == ["z", "a", "m", "b", "c", "d"]
+        assert outputs["z"] == {"n": "z2"}
+        with store._lock:
+            (sql,) = store._db.execute(
+                "SELECT sql FROM sqlite_schema WHERE name = 'node_outputs'"
+            ).fetchone()
+            indexes = store._db.execute(
+                "SELECT name FROM sqlite_schema WHERE tbl_name = 'node_outputs' AND type = 'index'"
+            ).fetchall()
+        assert "WITHOUT ROWID" in sql
+        assert indexes == []

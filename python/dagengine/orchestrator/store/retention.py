@@ -323,7 +323,7 @@ def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float)
     }
     outputs = db.execute(
         f"SELECT run_id, node_id, output FROM node_outputs WHERE run_id IN ({marks}) "
-        "ORDER BY rowid",
+        "ORDER BY position, node_id",
         run_ids,
     )
     events = db.execute(

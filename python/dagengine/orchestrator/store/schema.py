@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
@@ -102,6 +103,24 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX cache_entries_by_run ON cache_entries (run_id)",
         "CREATE INDEX cache_entries_by_age ON cache_entries (workflow_id, created_at)",
     ),
+    # Node outputs clustered on their primary key (WITHOUT ROWID): the rowid table kept a
+    # second copy of every (run_id, node_id) in its key's index, ~40% of the outputs'
+    # bytes. ``position`` keeps the completion order the rowid gave (a rising number; the
+    # old rowids for the rows converted here).
+    (
+        """CREATE TABLE node_outputs_clustered (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            node_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            output TEXT NOT NULL,
+            position INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (run_id, node_id)
+        ) WITHOUT ROWID""",
+        """INSERT INTO node_outputs_clustered (run_id, node_id, attempt, output, position)
+            SELECT run_id, node_id, attempt, output, rowid FROM node_outputs""",
+        "DROP TABLE node_outputs",
+        "ALTER TABLE node_outputs_clustered RENAME TO node_outputs",
+    ),
 )
 
 _INSERT_EVENT = """INSERT INTO events
@@ -160,10 +179,10 @@ def _insert_events(rows: int) -> str:
 @functools.lru_cache(maxsize=16)
 def _insert_outputs(rows: int) -> str:
     """:data:`_INSERT_OUTPUT` for ``rows`` outputs in one statement (``run_id, node_id,
-    attempt, output`` each), each fenced on its own run like the single one (rows of
-    NULLs match no run: see :func:`_padded`)."""
-    return f"""INSERT INTO node_outputs (run_id, node_id, attempt, output)
-    SELECT column1, column2, column3, column4 FROM (VALUES {_values(rows, 4)}) AS v
+    attempt, output, position`` each), each fenced on its own run like the single one (rows
+    of NULLs match no run: see :func:`_padded`)."""
+    return f"""INSERT INTO node_outputs (run_id, node_id, attempt, output, position)
+    SELECT column1, column2, column3, column4, column5 FROM (VALUES {_values(rows, 5)}) AS v
     WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = v.column1 AND attempt = v.column3
         AND status = 'running')
     ON CONFLICT (run_id, node_id) DO UPDATE SET
@@ -175,11 +194,28 @@ _OUTPUTS_PER_INSERT: Final = 256
 
 # Stores a node's output only if the attempt is the run's current one and the run is running
 # (fencing): one statement, so the check and the write cannot be separated by a new claim.
-_INSERT_OUTPUT = """INSERT INTO node_outputs (run_id, node_id, attempt, output)
-    SELECT ?, ?, ?, ? WHERE EXISTS (
+# A stored node keeps its position (its first completion) when a later attempt replaces it.
+_INSERT_OUTPUT = """INSERT INTO node_outputs (run_id, node_id, attempt, output, position)
+    SELECT ?, ?, ?, ?, ? WHERE EXISTS (
         SELECT 1 FROM runs WHERE run_id = ? AND attempt = ? AND status = 'running')
     ON CONFLICT (run_id, node_id) DO UPDATE SET
         attempt = excluded.attempt, output = excluded.output"""
+
+
+class Positions:
+    """The completion order of node outputs: a rising number, near the time in
+    microseconds (so it keeps rising across a restart, above the rowids of converted
+    rows), one more than the last when outputs come faster than that. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        now = time.time_ns() // 1000
+        with self._lock:
+            self._last = max(self._last + 1, now)
+            return self._last
 
 
 _RUN_COLUMNS = (

@@ -53,6 +53,7 @@ from dagengine.orchestrator.store.schema import (
     _RUN_JSON,
     _RUN_SELECT,
     MIGRATIONS,
+    Positions,
     _finish_sql,
     _finish_values,
     _run_from_row,
@@ -83,6 +84,7 @@ class SQLiteStore(WriteBehind):
                 raise StoreError(f"cannot create the directory of store {text!r}: {exc}") from exc
             text = str(resolved)
         self.path = text
+        self._positions = Positions()
         self._init_write_behind()
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the
@@ -403,7 +405,15 @@ class SQLiteStore(WriteBehind):
             with self.transaction():
                 cursor = self._db.execute(
                     _INSERT_OUTPUT,
-                    (run_id, node_id, attempt, _dumps(dict(output)), run_id, attempt),
+                    (
+                        run_id,
+                        node_id,
+                        attempt,
+                        _dumps(dict(output)),
+                        self._positions.next(),
+                        run_id,
+                        attempt,
+                    ),
                 )
                 stored = cursor.rowcount == 1
         return stored
@@ -414,20 +424,22 @@ class SQLiteStore(WriteBehind):
         """Like :meth:`save_node_output`, committed with the next group (within a few
         milliseconds, or at once when something reads outputs, claims an attempt or finishes
         the run); the attempt check happens at commit time."""
-        self._later("output", (run_id, node_id, attempt, _dumps(dict(output))))
+        row = (run_id, node_id, attempt, _dumps(dict(output)), self._positions.next())
+        self._later("output", row)
 
     def save_node_output_json_later(
         self, run_id: str, node_id: str, attempt: int, output_json: str
     ) -> None:
         """:meth:`save_node_output_later` for an output that is already JSON text (a JSON
         object, as an engine sends it): stored as it is, without decoding it first."""
-        self._later("output", (run_id, node_id, attempt, output_json))
+        self._later("output", (run_id, node_id, attempt, output_json, self._positions.next()))
 
     def node_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The stored output of each completed node of the run, in completion order."""
         self.flush()
         rows = self._query(
-            "SELECT node_id, output FROM node_outputs WHERE run_id = ? ORDER BY rowid", (run_id,)
+            "SELECT node_id, output FROM node_outputs WHERE run_id = ? ORDER BY position, node_id",
+            (run_id,),
         )
         return {node_id: _loads(output) for node_id, output in rows}
 
