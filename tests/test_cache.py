@@ -282,3 +282,36 @@ def test_spec_cache_round_trips_and_bad_values_fail_the_spec() -> None:
     broken["nodes"][1]["cache"] = {"key": "inputs.("}
     with pytest.raises(de.LuaSyntaxError, match=r"node 'a': cache\.key"):
         de.parse_workflow(broken)
+
+
+def test_the_test_harness_runs_without_the_cache() -> None:
+    from dagengine import testing
+
+    # The harness wraps each node's function: with a cache, two workflows' nodes of one id
+    # would share a code identity (the wrapper's) and the second would get the first's output.
+    first = testing.run(build(double), {"n": 2})
+    second = testing.run(build(triple), {"n": 2})
+    assert first.result.outputs["work"] == {"v": 4}
+    assert second.result.outputs["work"] == {"v": 6}
+    assert second.result.node_results["work"].cached_from is None
+    # Nor does a double's output stand in for a real run's, or the other way round.
+    testing.run(build(double), {"n": 3}, replace={"work": {"v": -1}})
+    real = build(double).run({"n": 3})
+    assert real.outputs["work"] == {"v": 6}
+    assert testing.run(build(double), {"n": 3}).result.outputs["work"] == {"v": 6}
+
+
+def make_scaler(k: int) -> Any:
+    def scale(ctx: Any) -> dict[str, Any]:
+        return {"v": ctx.results["load"]["n"] * k}
+
+    return scale
+
+
+def test_closures_of_one_source_are_different_code() -> None:
+    assert build(make_scaler(2)).run({"n": 5}).outputs["work"] == {"v": 10}
+    other = build(make_scaler(3)).run({"n": 5})
+    assert other.outputs["work"] == {"v": 15}
+    assert other.node_results["work"].cached_from is None
+    same = build(make_scaler(3)).run({"n": 5})
+    assert same.node_results["work"].cached_from == other.run_id

@@ -175,7 +175,26 @@ def code_identity(node: Node) -> str:
     else:
         fn = type(executor)
     name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-    return f"python\n{name}\n{_source(fn)}{call}"
+    return f"python\n{name}\n{_source(fn)}{call}{_bound(fn)}"
+
+
+def _bound(fn: Any) -> str:
+    """What a function closes over and its defaults: two closures of one source (a
+    wrapper made per node, a function made by a factory) are different code. Values whose
+    ``repr`` names an address make every run miss, never a wrong hit."""
+    parts = []
+    cells = getattr(fn, "__closure__", None) or ()
+    for cell in cells:
+        try:
+            parts.append(repr(cell.cell_contents))
+        except ValueError:  # an empty cell
+            parts.append("<empty>")
+    defaults = getattr(fn, "__defaults__", None)
+    if defaults:
+        parts.append(repr(defaults))
+    if not parts and not callable(getattr(fn, "__code__", None)) and hasattr(fn, "func"):
+        parts.append(repr(fn))  # a functools.partial: its function and arguments
+    return "".join(f"\n{part}" for part in parts)
 
 
 def native_cache_options(node: Node) -> dict[str, Any]:

@@ -293,7 +293,9 @@ def run(
         raise TypeError(f"clock must be a VirtualClock, got {type(clock).__name__}")
     state = _RunState(clock, workflow.timeout)
     dag = _harness_dag(workflow, replace or {}, state, clock)
-    handle = dag.start(inputs, events=False)
+    # No cache: a double's output must not be stored for real runs, nor a real run's
+    # output stand in for the code under test.
+    handle = dag.start(inputs, events=False, cache=None)
     with state.lock:
         state.handle = handle
         timed_out = state.timed_out
