@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 from dagengine.exceptions import ConfigError, DagEngineError
 from dagengine.orchestrator.events import Event
+from dagengine.orchestrator.store.postgres import PostgresStore
 from dagengine.orchestrator.store.postgres_schema import CANCEL_CHANNEL
 from dagengine.orchestrator.store.records import FINISHED_STATUSES
 from dagengine.results import RunResult
 
 if TYPE_CHECKING:
     from dagengine.orchestrator.orchestrator import Orchestrator
-    from dagengine.orchestrator.store.postgres import PostgresStore
 
 __all__ = [
     "EVENT_BATCH",
@@ -81,8 +81,6 @@ def replica_coordinator(orchestrator: Orchestrator, replica: bool) -> ReplicaCoo
     when ``replica`` is false)."""
     if not replica:
         return None
-    from dagengine.orchestrator.store.postgres import PostgresStore
-
     store = orchestrator.store
     if not isinstance(store, PostgresStore) or store.replica_id is None:
         raise ConfigError(
