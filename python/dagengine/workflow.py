@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from dagengine import _core
-from dagengine._jsondata import check_json_data
+from dagengine._run_args import check_completed, check_inputs
 from dagengine._semver import Version
 from dagengine.cache import Cache, native_cache_options, run_cache
 from dagengine.exceptions import (
@@ -33,7 +33,6 @@ from dagengine.exceptions import (
     LuaSyntaxError,
     SpecError,
     SubWorkflowError,
-    ValidationError,
 )
 from dagengine.inputs import check_schema, validate_inputs
 from dagengine.node_logs import NodeLogQueue, NodeLogStore, capture, captured
@@ -645,7 +644,7 @@ class DAG:
         ``async def`` nodes run with ``asyncio.run`` on the worker thread. ``cache`` is
         where cached nodes are looked up (see :mod:`dagengine.cache`; ``None``: nowhere).
         """
-        native_inputs = _check_inputs(inputs)
+        native_inputs = check_inputs(inputs)
         if self.inputs is not None:
             native_inputs = validate_inputs(self.inputs, native_inputs)
         if run_id is None:
@@ -653,7 +652,7 @@ class DAG:
         elif not isinstance(run_id, str) or not run_id:
             raise TypeError("run_id must be a non-empty str")
         if completed is not None:
-            completed = _check_completed(completed, self._nodes)
+            completed = check_completed(completed, self._nodes)
         self.preprocess()
         # Captured node output only matters to someone reading the events.
         logs = NodeLogQueue() if events else None
@@ -885,51 +884,3 @@ def _add_native(ref: _core.DagRef, node: Node) -> None:
         )
     else:
         ref.add_node(node.id, node.deps, "python", _payload(executor), **common)
-
-
-def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The run's inputs as a dict, or :class:`ValidationError` naming what in them is not
-    JSON data (see :mod:`dagengine._jsondata`): a lone surrogate, an integer past 64 bits,
-    NaN, a non-str key, nesting past the limit, another type."""
-    if type(inputs) is dict:  # the usual case, without the Mapping ABC's isinstance
-        check_json_data(inputs, "inputs")
-        return inputs
-    if inputs is None:
-        return {}
-    if not isinstance(inputs, Mapping):
-        raise ValidationError(f"inputs: expected a mapping, got {type(inputs).__name__}")
-    data = dict(inputs)
-    check_json_data(data, "inputs")
-    return data
-
-
-def _check_completed(
-    completed: Mapping[str, Mapping[str, Any]], nodes: Mapping[str, Node]
-) -> dict[str, Mapping[str, Any]]:
-    if not isinstance(completed, Mapping):
-        raise TypeError(f"completed must be a mapping, got {type(completed).__name__}")
-    for node_id, output in completed.items():
-        node = nodes.get(node_id)
-        if node is None:
-            # An item of a mapped node (`square[3]`): its expansion does not run it again.
-            name, _, index = node_id.removesuffix("]").rpartition("[")
-            mapped = nodes.get(name)
-            if (
-                mapped is None
-                or mapped.map is None
-                or not node_id.endswith("]")
-                or not index.isdigit()
-                or str(int(index)) != index
-            ):
-                raise SpecError(
-                    f"completed names {node_id!r}, which is not a node of this DAG",
-                    path="completed",
-                )
-        elif node.map is not None and isinstance(output, list):
-            continue  # a mapped node's output is the list of its items'
-        if not isinstance(output, Mapping):
-            raise TypeError(
-                f"completed[{node_id!r}] must be the node's output dict, "
-                f"got {type(output).__name__}"
-            )
-    return dict(completed)
