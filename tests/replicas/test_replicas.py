@@ -5,6 +5,7 @@ single orchestrator exclude each other."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import threading
@@ -453,3 +454,44 @@ def test_with_only_own_followers_a_new_live_subscription_starts_at_the_head(
         assert own == [mine.run_id]
     finally:
         follower.close()
+
+
+@pytest.mark.integration
+def test_an_engine_full_with_another_replicas_runs_delays_a_run_never_fails_it(
+    pg_url: str,
+) -> None:
+    """Two replicas share one engine process of capacity 1, each counting only its own
+    runs: the engine refuses a run as full (the other replica's is on it), the run goes back
+    to the queue and is tried again; every run of both succeeds."""
+    from processes import EngineProcess
+
+    engine = EngineProcess("--capacity", "1")
+    started = [
+        Orchestrator(store=pg_url, config=_config(), embedded_engine=False) for _ in range(2)
+    ]
+    try:
+        slow = {
+            "id": "slow",
+            "version": "1.0.0",
+            "nodes": [{"id": "n", "lua": "local i = 0 while i < 3000000 do i = i + 1 end"}],
+        }
+        started[0].register_workflow("slow", "1.0.0", slow)
+        for orch in started:
+            orch.register_engine("shared", engine.address, capacity=1)
+        handles = [
+            orch.execute_workflow("slow", {}, wait=False) for _ in range(5) for orch in started
+        ]
+        results = [h.result(timeout=120) for h in handles]  # type: ignore[union-attr]
+        assert {r.status.value for r in results} == {"succeeded"}
+        # The engine did refuse some (a refused attempt was announced, then tried again).
+        for orch in started:
+            orch.store.flush()  # (a run's events may be committed after its end)
+        starts = collections.Counter(
+            run_id
+            for (run_id,) in query(pg_url, "SELECT run_id FROM events WHERE type = 'run.started'")
+        )
+        assert max(starts.values()) > 1
+    finally:
+        for orch in started:
+            orch.stop()
+        engine.kill()
