@@ -85,6 +85,16 @@ def _counts(result: RunResult) -> dict[str, str | None]:
     return {n: result.node_results[n].cached_from for n in ("work", "label")}
 
 
+def _assert_cached_events(orch: Orchestrator, run_id: str, from_run: str) -> None:
+    """Run ``run_id``'s ``node.cached`` events name ``from_run`` for both cached nodes."""
+    orch.store.flush()
+    events = orch.store.events(run_id=run_id, types=["node.cached"])
+    assert sorted((e.node_id, e.data["from_run"]) for e in events) == [
+        ("label", from_run),
+        ("work", from_run),
+    ]
+
+
 def _reopen(store: str) -> Orchestrator:
     """An orchestrator on ``store`` once the stopped one's hold on it is gone: on PostgreSQL
     that hold (a session lock) is sometimes still seen for a moment after ``stop()``."""
@@ -115,6 +125,7 @@ def test_the_orchestrator_store_keeps_entries_across_a_restart(store_target: str
         assert isinstance(two, RunResult)
         assert _counts(two) == {"work": one.run_id, "label": one.run_id}
         assert two.outputs["label"] == {"text": "v6"}
+        _assert_cached_events(first, two.run_id, one.run_id)
     finally:
         first.stop()
     second = _reopen(store_target)
@@ -172,6 +183,7 @@ def test_a_remote_engine_run_stores_and_takes_entries(
         assert isinstance(two, RunResult)
         assert _counts(two) == {"work": one.run_id, "label": one.run_id}
         assert two.outputs["work"]["pid"] == one.outputs["work"]["pid"]
+        _assert_cached_events(orch, two.run_id, one.run_id)
         # The result the orchestrator recorded (the engine's JSON) says so too.
         stored = orch.get_run(two.run_id).result
         assert isinstance(stored, RunResult)

@@ -21,6 +21,7 @@ type                 severity why
 ``node.retrying``    warning  a node failed but will be retried
 ``node.skipped``     info     consequence of another node's failure, reported there
 ``node.mapped``      info     a mapped node was expanded into ``count`` items (``id[i]``)
+``node.cached``      info     a cached node took run ``from_run``'s output, not executed
 ``node.cancelled``   info     consequence of a cancellation, reported on the run
 ``node.log``         info     a node's log line
 ``engine.joined``    info
@@ -107,6 +108,7 @@ class EventType(str, Enum):
     NODE_RETRYING = "node.retrying"
     NODE_SKIPPED = "node.skipped"
     NODE_MAPPED = "node.mapped"
+    NODE_CACHED = "node.cached"
     NODE_CANCELLED = "node.cancelled"
     NODE_LOG = "node.log"
     ENGINE_JOINED = "engine.joined"
@@ -132,6 +134,7 @@ DEFAULT_SEVERITY: dict[EventType, Severity] = {
     EventType.NODE_RETRYING: Severity.WARNING,
     EventType.NODE_SKIPPED: Severity.INFO,
     EventType.NODE_MAPPED: Severity.INFO,
+    EventType.NODE_CACHED: Severity.INFO,
     EventType.NODE_CANCELLED: Severity.INFO,
     EventType.NODE_LOG: Severity.INFO,
     EventType.ENGINE_JOINED: Severity.INFO,

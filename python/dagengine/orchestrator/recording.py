@@ -115,6 +115,7 @@ _WIRE_EVENT_TYPES: dict[int, str] = {
     pb.NODE_RETRYING: "node.retrying",
     pb.NODE_SKIPPED: "node.skipped",
     pb.NODE_MAPPED: "node.mapped",
+    pb.NODE_CACHED: "node.cached",
 }
 _NODE_KINDS = (
     "node_started",
@@ -123,6 +124,7 @@ _NODE_KINDS = (
     "node_retrying",
     "node_skipped",
     "node_mapped",
+    "node_cached",
 )
 
 
@@ -161,6 +163,8 @@ def record_wire_events(
                 data["reason"] = msg.skip_reason
             if kind == pb.NODE_MAPPED:
                 data["count"] = msg.item_count
+            if kind == pb.NODE_CACHED:
+                data["from_run"] = msg.cached_from
             published.append((event_type, msg.node_id or None, data))
         if msg.HasField("result"):
             result_json.append(result_json_from_proto(msg.result))
@@ -216,6 +220,8 @@ def record_node_event(
             data["reason"] = event.detail["reason"]
         if kind == "node_mapped" and event.detail and "count" in event.detail:
             data["count"] = event.detail["count"]
+        if kind == "node_cached" and event.detail and "run_id" in event.detail:
+            data["from_run"] = event.detail["run_id"]
         events.publish(
             "node." + kind.removeprefix("node_"),
             workflow_id=workflow_id,
