@@ -175,7 +175,7 @@ export async function runPage(main, runId, ctx) {
       }
       if (info.status === "succeeded" && info.attempts === 0 && !m.attempts.length) {
         m.state = "succeeded";
-        m.text = "reused";
+        m.text = info.cached_from ? `cached from ${info.cached_from}` : "reused";
       } else if (FINISHED.has(run.status) || m.state === "pending") {
         m.state = info.status;
         if (info.status === "skipped" && info.skip_reason) m.text = `skipped: ${info.skip_reason}`;
