@@ -226,3 +226,27 @@ def test_a_dag_sent_to_an_engine_carries_its_code_identity() -> None:
     assert code.startswith("python\nengine_tasks:double\ndef double(ctx")
     assert by_dag.nodes[2].cache.code == "lua\nreturn {text = 'v' .. results.work.value}"
     assert not by_dag.nodes[0].HasField("cache")
+
+
+def test_a_cached_sub_workflow_node_does_not_start_its_child_again(tmp_path: Path) -> None:
+    orch = Orchestrator(store=str(tmp_path / "state.db"))
+    try:
+        orch.register_workflow("child", "1.0.0", {"nodes": [{"id": "c", "lua": "return {x = 1}"}]})
+        parent = {
+            "nodes": [
+                {"id": "pre", "lua": "return {}"},
+                {"id": "sub", "deps": ["pre"], "workflow": "child@^1", "cache": True},
+            ]
+        }
+        orch.register_workflow("parent", "1.0.0", parent)
+        one = orch.execute_workflow("parent", {"day": "mon"})
+        assert isinstance(one, RunResult)
+        assert one.ok, one.error
+        two = orch.execute_workflow("parent", {"day": "mon"})
+        assert isinstance(two, RunResult)
+        assert two.node_results["sub"].cached_from == one.run_id
+        assert two.outputs["sub"] == one.outputs["sub"]
+        children = [r for r in orch.list_runs(limit=100) if r.workflow_id == "child"]
+        assert len(children) == 1, "the hit started no child run"
+    finally:
+        orch.stop()
