@@ -250,3 +250,23 @@ def test_a_cached_sub_workflow_node_does_not_start_its_child_again(tmp_path: Pat
         assert len(children) == 1, "the hit started no child run"
     finally:
         orch.stop()
+
+
+def test_the_entries_sent_with_a_run_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagengine import parse_workflow
+    from dagengine.orchestrator import cache
+
+    store = Store(str(tmp_path / "state.db"))
+    try:
+        big = '{"v":"' + "x" * 1000 + '"}'
+        store.save_cache_entries("wf", [("work", f"k{i}", big, "r", None) for i in range(10)])
+        dag = parse_workflow(SPEC)
+        assert len(cache.cache_entries_for(store, "wf", dag)) == 10
+        monkeypatch.setattr(cache, "MAX_ENTRY_BYTES_PER_RUN", 3500)
+        assert len(cache.cache_entries_for(store, "wf", dag)) == 3
+        monkeypatch.setattr(cache, "MAX_ENTRIES_PER_RUN", 2)
+        assert len(cache.cache_entries_for(store, "wf", dag)) == 2
+    finally:
+        store.close()

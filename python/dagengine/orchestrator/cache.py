@@ -2,8 +2,9 @@
 store, table ``cache_entries``.
 
 Engines keep no cache of their own. A run of a workflow with cached nodes is sent with
-the unexpired entries of those nodes (the newest :data:`MAX_ENTRIES_PER_RUN`; a key not
-among them is a miss, and the node runs); the engine computes each cached node's key,
+the unexpired entries of those nodes (the newest :data:`MAX_ENTRIES_PER_RUN`, at most
+:data:`MAX_ENTRY_BYTES_PER_RUN` of outputs; a key not among them is a miss, and the node
+runs); the engine computes each cached node's key,
 takes a hit from those entries (``node_cached``), and reports the key of every cached node
 in its result (``NodeResult.cache_key``). When the attempt ends, the outputs of the cached
 nodes that ran and succeeded are stored under their keys with their ``ttl``. An in-process
@@ -23,10 +24,19 @@ from dagengine.orchestrator.store.protocol import StoreBackend
 from dagengine.results import NodeStatus, RunResult
 from dagengine.workflow import DAG
 
-__all__ = ["MAX_ENTRIES_PER_RUN", "EntriesCache", "cache_entries_for", "store_cache_entries"]
+__all__ = [
+    "MAX_ENTRIES_PER_RUN",
+    "MAX_ENTRY_BYTES_PER_RUN",
+    "EntriesCache",
+    "cache_entries_for",
+    "store_cache_entries",
+]
 
-#: The most entries sent with one run (they travel in its request).
+#: The most entries sent with one run (they travel in its request)...
 MAX_ENTRIES_PER_RUN = 1000
+#: ... and the most bytes of their outputs: a request must stay well under the engines'
+#: message limit (4 MiB by default), whatever the cached nodes return.
+MAX_ENTRY_BYTES_PER_RUN = 1 << 20
 
 #: An entry as the store and the wire hold it: node id, key, output JSON, run id.
 Entry = tuple[str, str, str, str]
@@ -50,7 +60,15 @@ def cache_entries_for(store: StoreBackend, workflow_id: str, dag: DAG) -> list[E
     nodes = _cached_nodes(dag)
     if not nodes:
         return []
-    return store.cache_entries(workflow_id, nodes, MAX_ENTRIES_PER_RUN)
+    entries = store.cache_entries(workflow_id, nodes, MAX_ENTRIES_PER_RUN)
+    kept: list[Entry] = []
+    size = 0
+    for entry in entries:  # the newest first
+        size += len(entry[2]) + len(entry[1]) + len(entry[0])
+        if size > MAX_ENTRY_BYTES_PER_RUN:
+            break
+        kept.append(entry)
+    return kept
 
 
 def store_cache_entries(
