@@ -197,7 +197,7 @@ class _Call:
     are plain references, as (position, node id or ``None`` for inputs, path), looked up
     inline; ``getters`` are the rest (keyword arguments, containers holding references)."""
 
-    __slots__ = ("args", "fn", "getters", "kwargs", "refs", "task_id")
+    __slots__ = ("args", "fn", "getters", "item_args", "kwargs", "refs", "task_id")
 
     def __init__(
         self,
@@ -214,8 +214,16 @@ class _Call:
         self.kwargs = kwargs
         self.refs = refs
         self.getters = getters
+        # A mapped call whose other arguments are constants (the common case): the item and
+        # those, without copying and filling the argument list per item.
+        self.item_args: tuple[Any, ...] | None = None
+        if not refs and not kwargs and len(getters) == 1 and getters[0] == (0, _item):
+            self.item_args = tuple(args[1:])
 
     def __call__(self, ctx: NodeContext) -> Any:
+        item_args = self.item_args
+        if item_args is not None:
+            return self.fn(ctx.item, *item_args)
         args = self.args
         kwargs = self.kwargs
         try:
