@@ -241,8 +241,13 @@ class SubWorkflow:
 
 def subworkflow_inputs(ctx: NodeContext) -> dict[str, Any]:
     """The inputs a sub-workflow node gives its child: the parent run's inputs, with each of
-    the node's dependencies' outputs added under that dependency's id."""
-    return {**ctx.inputs, **ctx.results}
+    the node's dependencies' outputs added under that dependency's id; for an item of a
+    mapped sub-workflow node, also ``item`` and ``index``."""
+    inputs = {**ctx.inputs, **ctx.results}
+    if ctx.index is not None:
+        inputs["item"] = ctx.item
+        inputs["index"] = ctx.index
+    return inputs
 
 
 #: What a node's ``executor`` may be.

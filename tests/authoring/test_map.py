@@ -4,6 +4,7 @@ run's completed items, and the same workflows on an engine process."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dagengine as de
@@ -16,9 +17,11 @@ from dagengine import (
     Node,
     NodeContext,
     NodeEvent,
+    Orchestrator,
     PythonExecutor,
     RunStatus,
     SpecError,
+    SubWorkflow,
 )
 
 
@@ -302,3 +305,22 @@ def test_items_get_their_own_results_dict_over_shared_outputs() -> None:
     dag.add_node(Node("m", ["rows"], PythonExecutor(work), map="results.rows.rows", max_parallel=1))
     assert dag.run().status is RunStatus.SUCCEEDED
     assert seen == [(i, False, 500) for i in range(500)]
+
+
+def test_a_mapped_sub_workflow_runs_one_child_per_item(tmp_path: Path) -> None:
+    orch = Orchestrator(store=str(tmp_path / "store.db"))
+    try:
+        child = DAG("double", "1.0.0")
+        child.lua("twice", "return {v = inputs.item * 2, i = inputs.index}")
+        orch.register_workflow("double", "1.0.0", child)
+        parent = DAG("parent", "1.0.0")
+        parent.add_node(Node("each", executor=SubWorkflow("double"), map="inputs.xs"))
+        orch.register_workflow("parent", "1.0.0", parent)
+        result = orch.execute_workflow("parent", {"xs": [5, 7]})
+        assert result.status is RunStatus.SUCCEEDED, result.error
+        assert result.outputs["each"] == [
+            {"twice": {"v": 10, "i": 0}},
+            {"twice": {"v": 14, "i": 1}},
+        ]
+    finally:
+        orch.stop()
