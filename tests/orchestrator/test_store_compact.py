@@ -29,7 +29,7 @@ def node_events(run: str, node: str, t: float, *, attempt: int = 1) -> list[Even
 
 
 def mixed_events() -> list[Event]:
-    """Two runs' events interleaved, with starts folded and starts that cannot be."""
+    """Two runs' events interleaved, with starts folded and a start that cannot be."""
     events: list[Event] = [
         (1.0, "run.queued", "info", "wf", "r1", None, None, {"version": "1.0.0"}),
         (1.5, "run.started", "info", "wf", "r1", None, "local", {"attempt": 1}),
@@ -50,7 +50,7 @@ def mixed_events() -> list[Event]:
             {"attempt": 1, "node_attempt": 1, "error": {"type": "E", "message": "m"}},
         )
     )
-    # A start whose end carries another payload stays a row of its own.
+    # A start whose end carries another payload folds, both payloads kept.
     events.append((5.0, "node.started", "info", "wf", "r1", "d", "local", {"attempt": 1}))
     events.append((5.5, "node.succeeded", "info", "wf", "r1", "d", "local", {"attempt": 2}))
     events.append((6.0, "engine.joined", "info", None, None, None, "e1", {"address": "x"}))
@@ -80,11 +80,16 @@ def test_node_starts_fold_into_their_ends_and_read_back_as_two_events() -> None:
         first = store.append_events_later(events)
         store.flush()
         rows = stored_rows(store)
-        assert [t for _, t, _ in rows].count(FOLDED) == 3  # a, b and x
-        assert len(rows) == len(events) - 3
+        kinds = [t for _, t, _ in rows]
+        assert kinds.count(FOLDED) == 4  # a, b, x and d (not c: a failure is an error)
+        assert kinds.count("run.queued+started") == 1
+        assert len(rows) == len(events) - 5
         payloads = [d for _, _, d in rows]
-        assert "1" in payloads  # {"attempt":1}
-        assert "[1,2.0,2]" in payloads  # a's pair
+        assert "[1,2.0,2]" in payloads  # a's pair: {"attempt":1,"node_attempt":1}
+        # The run's pair: the start's own payload and engine follow the end's payload.
+        assert '[1,1.0,1,{"version":"1.0.0"},null]' in payloads
+        assert "[1,5.0,3,1]" in payloads  # d's pair: {"attempt":2} then {"attempt":1}
+        assert "1" in payloads  # {"attempt":1} of c's start, which did not fold
         assert as_tuples(store.events()) == expected(first, events)
 
 
@@ -195,13 +200,29 @@ def test_a_result_is_stored_without_repeats_and_read_back_whole() -> None:
         "a": {"status": "succeeded", "output": {"x": 1}, "error": None, "attempts": 1},
         "b": {"status": "succeeded", "output": None, "error": None, "attempts": 1},
         "c": {"status": "skipped", "output": None, "error": None, "attempts": 0},
+        "d": {
+            "status": "failed",
+            "output": None,
+            "error": {"type": "E", "message": "m"},
+            "attempts": 2,
+            "started_at": 1.5,
+            "finished_at": 2.5,
+        },
+        "e": {
+            "status": "succeeded",
+            "output": {"y": [1, None]},
+            "error": None,
+            "attempts": 1,
+            "started_at": 1796579136.3755713,
+            "finished_at": None,
+        },
     }
     result = {
         "run_id": "r1",
         "status": "succeeded",
         "error": None,
         "duration": 0.25,
-        "outputs": {"a": {"x": 1}, "b": {}},
+        "outputs": {"a": {"x": 1}, "b": {}, "e": {"y": [1, None]}},
         "nodes": nodes,
     }
     with Store() as store:
@@ -213,6 +234,9 @@ def test_a_result_is_stored_without_repeats_and_read_back_whole() -> None:
                 store._db.execute("SELECT result FROM runs WHERE run_id = 'r1'").fetchone()[0]
             )
         assert not {"outputs", "run_id", "status", "error"} & set(stored)
+        assert stored["nodes"]["d"] == ["failed", 2, 1.5, 2.5, None, {"type": "E", "message": "m"}]
+        assert stored["nodes"]["e"] == ["succeeded", 1, 1796579136.3755713, None, {"y": [1, None]}]
+        assert isinstance(stored["nodes"]["a"], dict)  # not the usual keys: kept as it is
         # Anything that is not exactly what the reader rebuilds is kept as it was.
         odd = {**result, "run_id": "r2", "outputs": {"a": {"x": 2}}}
         assert finished_run(store, "r2", odd, "succeeded").result == odd

@@ -19,8 +19,9 @@ columns), node outputs 194 + their primary key 145. Three cuts, each lossless:
   it can never be mistaken for a JSON object).
 * **Results without repeats** (:func:`compact_result` / :func:`expand_result`): a run's
   result is stored without ``run_id`` and ``status`` (the row's columns), without
-  ``outputs`` (rebuilt from ``nodes``) and without a ``null`` ``error``: each only when it
-  is exactly what the reader rebuilds.
+  ``outputs`` (rebuilt from ``nodes``) and without a ``null`` ``error``, each only when it
+  is exactly what the reader rebuilds; a node's entry with the usual keys is a list of its
+  values (no key names, no trailing ``null``).
 
 Old rows (written before these cuts) have none of these forms and read as they are: there
 is nothing to migrate.
@@ -33,12 +34,31 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-__all__ = ["FOLDED", "FOLD_SPAN", "PAYLOADS", "compact_result", "expand", "fold_events"]
+__all__ = [
+    "FOLDED",
+    "FOLDED_TYPES",
+    "FOLDS",
+    "FOLD_SPAN",
+    "PAYLOADS",
+    "compact_result",
+    "expand",
+    "fold_events",
+]
 
-#: The stored type of a folded ``node.started`` + ``node.succeeded`` pair.
-FOLDED: Final = "node.started+succeeded"
-_STARTED: Final = "node.started"
-_SUCCEEDED: Final = "node.succeeded"
+#: Event pairs stored as one row: the end's type -> (the start's type, the row's type).
+FOLDS: Final[dict[str, tuple[str, str]]] = {
+    "node.succeeded": ("node.started", "node.started+succeeded"),
+    "run.started": ("run.queued", "run.queued+started"),
+}
+#: The stored types of folded rows -> (the start's type, the end's type).
+_UNFOLD: Final[dict[str, tuple[str, str]]] = {
+    folded: (first, end) for end, (first, folded) in FOLDS.items()
+}
+_STARTS: Final = frozenset(first for first, _ in FOLDS.values())
+#: The stored type of a folded node start and end (the most frequent pair).
+FOLDED: Final = FOLDS["node.succeeded"][1]
+#: The stored types of folded rows.
+FOLDED_TYPES: Final[tuple[str, ...]] = tuple(_UNFOLD)
 #: A start is folded only into an end at most this many sequence numbers after it.
 FOLD_SPAN: Final = 4096
 
@@ -71,60 +91,78 @@ def _decode(stored: str) -> Any:
     return json.loads(stored)
 
 
+def _fold(start: tuple[Any, ...], end: tuple[Any, ...], folded: str) -> tuple[Any, ...] | None:
+    """The row of ``start`` and ``end`` folded (``None`` if they cannot be): the end's
+    columns, and as payload ``[seq offset, start time, end payload]``, then the start's
+    payload if it differs, then the start's engine if it differs too."""
+    if (
+        start[3] != end[3]  # severity: filtered in SQL, one for both
+        or start[4] != end[4]
+        or not 0 < end[0] - start[0] <= FOLD_SPAN
+        or not isinstance(start[1], float)
+    ):
+        return None
+    parts = [str(end[0] - start[0]), repr(start[1]), _encode(end[8])]
+    if start[7] != end[7]:
+        parts += [_encode(start[8]), json.dumps(start[7])]
+    elif start[8] != end[8]:
+        parts.append(_encode(start[8]))
+    return (*end[:2], folded, *end[3:8], f"[{','.join(parts)}]")
+
+
 def fold_events(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """A group's event rows (``seq, time, type, severity rank, workflow_id, run_id,
-    node_id, engine_id, data``, in ``seq`` order) as stored: pairs folded, common payloads
-    by number."""
+    node_id, engine_id, data``, in ``seq`` order) as stored: pairs of :data:`FOLDS`
+    folded, common payloads by number."""
     out: list[tuple[Any, ...] | None] = []
-    starts: dict[tuple[Any, Any], int] = {}  # (run, node) -> index in out of its start
+    starts: dict[tuple[Any, Any, Any], int] = {}  # (type, run, node) -> index in out
     for row in rows:
         kind = row[2]
-        if kind == _STARTED and row[5] is not None and row[6] is not None:
-            starts[(row[5], row[6])] = len(out)
+        if kind in _STARTS and row[5] is not None:
+            starts[(kind, row[5], row[6])] = len(out)
             out.append(row)
             continue
-        if kind == _SUCCEEDED:
-            index = starts.pop((row[5], row[6]), None)
-            if index is not None:
-                start = out[index]
-                if (
-                    start is not None
-                    and start[8] == row[8]
-                    and start[3] == row[3]
-                    and start[4] == row[4]
-                    and start[7] == row[7]
-                    and 0 < row[0] - start[0] <= FOLD_SPAN
-                    and isinstance(start[1], float)
-                ):
-                    out[index] = None
-                    payload = f"[{row[0] - start[0]},{start[1]!r},{_encode(row[8])}]"
-                    out.append((*row[:2], FOLDED, *row[3:8], payload))
-                    continue
+        pair = FOLDS.get(kind)
+        if pair is not None:
+            index = starts.pop((pair[0], row[5], row[6]), None)
+            start = None if index is None else out[index]
+            folded = None if start is None else _fold(start, row, pair[1])
+            if folded is not None:
+                out[index] = None  # type: ignore[index]
+                out.append(folded)
+                continue
         out.append(row)
     return [
-        row if row[2] == FOLDED else (*row[:8], _encode(row[8])) for row in out if row is not None
+        row if row[2] in _UNFOLD else (*row[:8], _encode(row[8])) for row in out if row is not None
     ]
 
 
+def _payload(value: Any) -> Any:
+    return json.loads(PAYLOADS[value]) if isinstance(value, int) else value
+
+
 def expand(
-    seq: int, when: float, kind: str, stored: str
-) -> list[tuple[int, float, str, dict[str, Any]]]:
-    """The events ``(seq, time, type, data)`` of one stored row (two for a folded pair)."""
-    if kind != FOLDED:
-        return [(seq, when, kind, _decode(stored))]
-    offset, started, payload = json.loads(stored)
-    data = json.loads(PAYLOADS[payload]) if isinstance(payload, int) else payload
+    seq: int, when: float, kind: str, engine_id: str | None, stored: str
+) -> list[tuple[int, float, str, str | None, dict[str, Any]]]:
+    """The events ``(seq, time, type, engine_id, data)`` of one stored row (two for a
+    folded pair)."""
+    pair = _UNFOLD.get(kind)
+    if pair is None:
+        return [(seq, when, kind, engine_id, _decode(stored))]
+    offset, started, end_payload, *rest = json.loads(stored)
+    data = _payload(end_payload)
+    first = copy.deepcopy(data) if not rest else _payload(rest[0])
+    first_engine = rest[1] if len(rest) > 1 else engine_id
     return [
-        (seq - offset, started, _STARTED, copy.deepcopy(data)),
-        (seq, when, _SUCCEEDED, data),
+        (seq - offset, started, pair[0], first_engine, first),
+        (seq, when, pair[1], engine_id, data),
     ]
 
 
 def stored_types(types: Iterable[str]) -> list[str]:
     """The stored types to select for events of ``types``."""
     wanted = list(types)
-    if _STARTED in wanted or _SUCCEEDED in wanted:
-        wanted.append(FOLDED)
+    wanted += [folded for folded, pair in _UNFOLD.items() if set(pair) & set(wanted)]
     return wanted
 
 
@@ -139,6 +177,32 @@ def _outputs_of(nodes: Mapping[str, Any]) -> dict[str, Any]:
 
 #: The key that marks a compacted result.
 _MARK: Final = "~"
+
+
+#: The keys of a node's entry in a result (``NodeResult.to_dict``), in their order; an
+#: entry with exactly these is stored as a list in :data:`_NODE_LIST` order, its trailing
+#: ``null`` values left out.
+_NODE_KEYS: Final = ("status", "output", "error", "attempts", "started_at", "finished_at")
+_NODE_LIST: Final = ("status", "attempts", "started_at", "finished_at", "output", "error")
+_NODE_KEY_SET: Final = frozenset(_NODE_KEYS)
+
+
+def _node_list(entry: Any) -> Any:
+    """A node's entry as a list, if it has exactly the usual keys (else as it is)."""
+    if not isinstance(entry, dict) or entry.keys() != _NODE_KEY_SET:
+        return entry
+    values = [entry[key] for key in _NODE_LIST]
+    while values and values[-1] is None:
+        values.pop()
+    return values
+
+
+def _node_entry(stored: Any) -> Any:
+    """A node's entry as it was given (see :func:`_node_list`)."""
+    if not isinstance(stored, list):
+        return stored
+    values = dict(zip(_NODE_LIST, stored + [None] * (len(_NODE_LIST) - len(stored)), strict=True))
+    return {key: values[key] for key in _NODE_KEYS}
 
 
 def compact_result(run_id: str, status: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +222,8 @@ def compact_result(run_id: str, status: str, result: dict[str, Any]) -> dict[str
         if key == "outputs" and value == _outputs_of(nodes):
             out[_MARK] = 2  # outputs dropped
             continue
+        if key == "nodes":
+            value = {node: _node_list(entry) for node, entry in nodes.items()}
         out[key] = value
     return out
 
@@ -170,7 +236,10 @@ def expand_result(run_id: str, status: str, stored: Any) -> Any:
     out: dict[str, Any] = {"run_id": run_id, "status": status, "error": stored.pop("error", None)}
     if "duration" in stored:
         out["duration"] = stored.pop("duration")
+    nodes = stored.get("nodes")
+    if isinstance(nodes, dict):
+        stored["nodes"] = nodes = {node: _node_entry(entry) for node, entry in nodes.items()}
     if mark == 2:
-        out["outputs"] = _outputs_of(stored.get("nodes", {}))
+        out["outputs"] = _outputs_of(nodes or {})
     out.update(stored)
     return out

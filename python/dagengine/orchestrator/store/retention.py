@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from dagengine._units import parse_duration
 from dagengine.exceptions import StoreError
-from dagengine.orchestrator.store.compact import FOLDED, expand
+from dagengine.orchestrator.store.compact import FOLDED_TYPES, expand
 from dagengine.orchestrator.store.records import SEVERITIES
 from dagengine.orchestrator.store.schema import _RUN_SELECT, _run_from_row
 
@@ -270,8 +270,10 @@ def write_export(
     for run_id, node_id, output in output_rows:
         outputs[run_id][node_id] = json.loads(output)
     events: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
-    for row_seq, row_time, row_type, rank, node_id, engine_id, run_id, stored in event_rows:
-        for seq, when, kind, data in expand(row_seq, row_time, row_type, stored):
+    for row_seq, row_time, row_type, rank, node_id, row_engine, run_id, stored in event_rows:
+        for seq, when, kind, engine_id, data in expand(
+            row_seq, row_time, row_type, row_engine, stored
+        ):
             events[run_id].append(
                 {
                     "seq": seq,
@@ -337,8 +339,9 @@ def _folded(db: sqlite3.Connection, marks: str, run_ids: list[str]) -> int:
     """The folded rows among the runs' events (each holds two events)."""
     return int(
         db.execute(
-            f"SELECT COUNT(*) FROM events WHERE run_id IN ({marks}) AND type = ?",
-            [*run_ids, FOLDED],
+            f"SELECT COUNT(*) FROM events WHERE run_id IN ({marks}) "
+            f"AND type IN ({_placeholders(len(FOLDED_TYPES))})",
+            [*run_ids, *FOLDED_TYPES],
         ).fetchone()[0]
     )
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from dagengine.exceptions import RunNotFound, StoreError
 from dagengine.orchestrator.store import writer as _writer
-from dagengine.orchestrator.store.compact import FOLD_SPAN, FOLDED, expand, stored_types
+from dagengine.orchestrator.store.compact import FOLD_SPAN, FOLDED_TYPES, expand, stored_types
 from dagengine.orchestrator.store.records import (
     SEVERITIES,
     EventRecord,
@@ -580,15 +580,19 @@ class SQLiteStore(WriteBehind):
             # A full page ends at ``bound``: the starts folded into rows just past it
             # (at most FOLD_SPAN numbers later) belong to this page.
             bound = rows[-1][0] if len(rows) >= limit else None
-            if bound is not None and (wanted is None or FOLDED in stored):
+            folded = [t for t in FOLDED_TYPES if wanted is None or t in stored]
+            if bound is not None and folded:
+                marks = ", ".join("?" * len(folded))
                 rows += self._db.execute(
-                    f"{select}seq > ? AND seq <= ? AND type = ?{rest} ORDER BY seq",
-                    [bound, bound + FOLD_SPAN, FOLDED, *params],
+                    f"{select}seq > ? AND seq <= ? AND type IN ({marks}){rest} ORDER BY seq",
+                    [bound, bound + FOLD_SPAN, *folded, *params],
                 ).fetchall()
         records = [
             EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, data)
-            for row_seq, row_time, row_type, rank, wf, run, node, engine, payload in rows
-            for seq, when, kind, data in expand(row_seq, row_time, row_type, payload)
+            for row_seq, row_time, row_type, rank, wf, run, node, row_engine, payload in rows
+            for seq, when, kind, engine, data in expand(
+                row_seq, row_time, row_type, row_engine, payload
+            )
             if seq > after
             and (bound is None or seq <= bound)
             and (wanted is None or kind in wanted)
