@@ -435,12 +435,14 @@ class HarnessRun:
             )
         return result
 
-    def assert_output(self, node_id: str, expected: Mapping[str, Any]) -> HarnessRun:
-        """Assert node ``node_id`` succeeded with output ``expected``."""
+    def assert_output(self, node_id: str, expected: Mapping[str, Any] | list[Any]) -> HarnessRun:
+        """Assert node ``node_id`` succeeded with output ``expected`` (a mapped node's is the
+        list of its items' outputs)."""
         self.assert_status(node_id, NodeStatus.SUCCEEDED)
         got = self.outputs[node_id]
-        if dict(got) != dict(expected):
-            raise AssertionError(f"node {node_id!r} output {got!r}, expected {dict(expected)!r}")
+        want = list(expected) if isinstance(expected, list) else dict(expected)
+        if (list(got) if isinstance(got, list) else dict(got)) != want:
+            raise AssertionError(f"node {node_id!r} output {got!r}, expected {want!r}")
         return self
 
     def assert_attempts(self, node_id: str, attempts: int) -> HarnessRun:

@@ -324,3 +324,16 @@ def test_a_mapped_sub_workflow_runs_one_child_per_item(tmp_path: Path) -> None:
         ]
     finally:
         orch.stop()
+
+
+def test_the_harness_replaces_a_mapped_node_per_item() -> None:
+    from dagengine import testing
+
+    run = testing.run(
+        map_flows.numbers, {"day": "d"}, replace={"square": lambda ctx: {"sq": ctx.item + 10}}
+    )
+    run.assert_succeeded()
+    run.assert_output("square", [{"sq": 11}, {"sq": 12}, {"sq": 13}])
+    run.assert_output("total", {"sum": 36})
+    constant = testing.run(map_flows.numbers, {"day": "d"}, replace={"square": {"sq": 1}})
+    constant.assert_output("total", {"sum": 3})
