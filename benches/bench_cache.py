@@ -47,6 +47,30 @@ def chain(kind: str, n: int, cached: bool) -> DAG:
     return dag.preprocess()
 
 
+def _row(kind: str, n: int, repeats: int, warmup: int) -> list[str]:
+    """The table's cells for chains of ``kind`` nodes."""
+    plain = chain(kind, n, cached=False)
+    cached = chain(kind, n, cached=True)
+    base = measure(lambda: plain.run({"n": 1}), repeats, warmup).per_item_us(n)
+    off = measure(lambda: cached.run({"n": 1}, cache=None), repeats, warmup).per_item_us(n)
+    miss = measure(lambda: cached.run({"n": 1}, cache=MemoryCache()), repeats, warmup)
+    warm = MemoryCache()
+    first = cached.run({"n": 1}, cache=warm)
+    assert first.ok, first.error
+    again = cached.run({"n": 1}, cache=warm)
+    assert again.node_results[f"n{n - 1}"].cached_from == first.run_id
+    hit = measure(lambda: cached.run({"n": 1}, cache=warm), repeats, warmup).per_item_us(n)
+    miss_us = miss.per_item_us(n)
+    return [
+        fmt_us(base),
+        fmt_us(off),
+        fmt_us(miss_us),
+        fmt_us(hit),
+        fmt_ratio(base / miss_us),
+        fmt_ratio(base / hit),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer nodes and repeats")
@@ -59,28 +83,7 @@ def main() -> int:
         ["work", "not cached", "cache=None", "all miss", "all hit", "miss/base", "hit/base"],
     )
     for kind in ("Lua", "Python"):
-        plain = chain(kind, n, cached=False)
-        cached = chain(kind, n, cached=True)
-        base = measure(lambda: plain.run({"n": 1}), repeats, warmup).per_item_us(n)
-        off = measure(lambda: cached.run({"n": 1}, cache=None), repeats, warmup).per_item_us(n)
-        miss = measure(
-            lambda: cached.run({"n": 1}, cache=MemoryCache()), repeats, warmup
-        ).per_item_us(n)
-        warm = MemoryCache()
-        first = cached.run({"n": 1}, cache=warm)
-        assert first.ok, first.error
-        hit_run = cached.run({"n": 1}, cache=warm)
-        assert hit_run.node_results[f"n{n - 1}"].cached_from == first.run_id
-        hit = measure(lambda: cached.run({"n": 1}, cache=warm), repeats, warmup).per_item_us(n)
-        table.add(
-            kind,
-            fmt_us(base),
-            fmt_us(off),
-            fmt_us(miss),
-            fmt_us(hit),
-            fmt_ratio(base / miss),
-            fmt_ratio(base / hit),
-        )
+        table.add(kind, *_row(kind, n, repeats, warmup))
     table.notes.append("ratios: not cached / cached (above 1: the cached run is faster)")
     table.print()
     return 0
