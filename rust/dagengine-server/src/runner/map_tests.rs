@@ -459,3 +459,41 @@ fn a_cancel_stops_a_mapped_node_and_its_items() {
     assert_eq!(o.nodes[1].status, NodeState::Cancelled);
     assert_eq!(o.nodes[2].status, NodeState::Cancelled);
 }
+
+#[test]
+fn an_item_times_out_under_the_nodes_timeout_and_fails_the_node() {
+    let slow = "if index == 1 then while true do end end return {sq = item}";
+    let mut p = plan(
+        rows("{1, 2, 3}"),
+        lua(slow),
+        map("results.extract.rows"),
+        None,
+    );
+    p.policies = vec![
+        NodePolicy::default(),
+        NodePolicy {
+            timeout: Some(Duration::from_millis(50)),
+            ..NodePolicy::default()
+        },
+        NodePolicy::default(),
+    ];
+    let config = RunConfig {
+        options: dagengine_core::RunOptions {
+            fail_fast: true,
+            max_parallel: None,
+        },
+        ..Default::default()
+    };
+    let (o, _) = run_with(p, config, None);
+    assert_eq!(o.status, RunStatus::Failed);
+    assert_eq!(o.nodes[1].status, NodeState::Failed);
+    // As for any failed node: its children hear of it before fail_fast stops the rest.
+    assert_eq!(o.nodes[2].skip_reason, Some(SkipReason::UpstreamFailed));
+    let f = o.nodes[1].error.as_ref().unwrap();
+    assert_eq!(f.kind, "NodeTimeout");
+    assert!(
+        f.message.contains("item 1 failed") && f.message.contains("square[1]"),
+        "{}",
+        f.message
+    );
+}
