@@ -78,6 +78,8 @@ def test_a_mapped_node_resumed_on_another_engine_keeps_its_completed_items(
             timeout=30,
         )
         assert done <= set(orch.store.node_outputs(handle.run_id))
+        (mapped,) = orch.store.events(run_id=handle.run_id, types=["node.mapped"])
+        assert (mapped.node_id, mapped.data["count"]) == ("work", 4)
         victim = next(p for p in engines if orch.engines()[p.engine_id].active > 0)
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(timeout=10)
