@@ -136,35 +136,47 @@ fn a_timed_out_lua_node_delivers_its_lines_before_its_end() {
 
 #[test]
 fn a_cancelled_lua_node_delivers_its_lines_before_its_end() {
-    let h = start_run(
-        Arc::new(one_node(
-            lua("log('started') while true do end"),
-            NodePolicy::default(),
-        )),
-        RunConfig {
-            events: true,
-            ..Default::default()
-        },
-        None,
-    )
-    .unwrap();
-    let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|e: &RunEvent| e.kind == EventKind::NodeStarted)
-    {
-        seen.extend(h.next_events(Duration::from_secs(5)));
+    // The cancel goes out when the node is reported started; a cancel that comes before
+    // its script got the CPU stops the attempt before it runs (no line to deliver). Such
+    // a run proves nothing, so try again: one where the script logged is what is checked.
+    for _ in 0..50 {
+        let h = start_run(
+            Arc::new(one_node(
+                lua("log('started') while true do end"),
+                NodePolicy::default(),
+            )),
+            RunConfig {
+                events: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        while !seen
+            .iter()
+            .any(|e: &RunEvent| e.kind == EventKind::NodeStarted)
+        {
+            seen.extend(h.next_events(Duration::from_secs(5)));
+        }
+        h.cancel();
+        assert!(h.wait(Duration::from_secs(30)), "run did not finish");
+        seen.extend(h.next_events(Duration::ZERO));
+        let kinds = node_events(&seen);
+        if !kinds.iter().any(|k| k.0 == EventKind::NodeLog) {
+            // Cancelled before the script ran: it ended without a line, as it should.
+            assert_eq!(kinds.len(), 2, "{kinds:?}");
+            continue;
+        }
+        assert_eq!(kinds[1], (EventKind::NodeLog, 1, info("started")));
+        assert!(
+            matches!(kinds[2].0, EventKind::NodeFailed | EventKind::NodeCancelled),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        return;
     }
-    h.cancel();
-    assert!(h.wait(Duration::from_secs(30)), "run did not finish");
-    seen.extend(h.next_events(Duration::ZERO));
-    let kinds = node_events(&seen);
-    assert_eq!(kinds[1], (EventKind::NodeLog, 1, info("started")));
-    assert!(
-        matches!(kinds[2].0, EventKind::NodeFailed | EventKind::NodeCancelled),
-        "{kinds:?}"
-    );
-    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    panic!("in 50 runs the cancel always came before the script ran");
 }
 
 /// Fails its first attempt and succeeds the next, logging at a level each time.
