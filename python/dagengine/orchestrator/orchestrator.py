@@ -19,7 +19,8 @@ Life of a run::
 Where a run is, and what follows each event, is decided by its :mod:`.lifecycle` (a state
 machine without I/O); :class:`Orchestrator` is its shell: it owns the threads, the store, the
 engines (:mod:`.engines`) and the event bus, feeds each run's events to the machine under its
-lock and carries out the actions it returns (:meth:`Orchestrator._apply`).
+lock and carries out the actions it returns (:meth:`Orchestrator._apply`); each attempt on an
+engine is built, run and concluded by :mod:`.attempts`.
 """
 
 from __future__ import annotations
@@ -40,30 +41,24 @@ from dagengine.engine import (
 from dagengine.engine._wire import with_code_identities
 from dagengine.exceptions import (
     DagEngineError,
-    EngineBusy,
-    EngineUnavailable,
     RunNotFound,
     SpecError,
 )
 from dagengine.inputs import validate_inputs
+from dagengine.orchestrator.attempts import launch_remote, run_in_process
 from dagengine.orchestrator.backends import (
     Engine,
-    Job,
     LoopThread,
     RemoteBackend,
 )
 from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, make_balancer
-from dagengine.orchestrator.cache import cache_entries_for, store_cache_entries
 from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.engines import EngineSet, EngineSlot
 from dagengine.orchestrator.events import EventBus
 from dagengine.orchestrator.lifecycle import Action, Event, State
 from dagengine.orchestrator.pruner import Pruner
 from dagengine.orchestrator.recording import (
-    LogBudget,
     queued_data,
-    record_node_event,
-    record_wire_events,
 )
 from dagengine.orchestrator.recovery import Recovery
 from dagengine.orchestrator.registry import WorkflowRegistry, WorkflowVersion
@@ -74,7 +69,6 @@ from dagengine.orchestrator.runs import (
     RunHandle,
     RunInfo,
     cancelled_result,
-    failed_result,
     settle_run,
 )
 from dagengine.orchestrator.store import RunRecord, StoreTarget, store_from
@@ -84,7 +78,7 @@ from dagengine.orchestrator.store.retention import (
     workflow_retentions,
 )
 from dagengine.orchestrator.subworkflows import SubWorkflowCoordinator, child_output
-from dagengine.results import RunResult, RunStatus
+from dagengine.results import RunResult
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG
 
@@ -630,158 +624,12 @@ class Orchestrator:
 
     # -- internals: running ---------------------------------------------------------------
 
-    def _work(self, run: _Run, slot: EngineSlot, attempt: int) -> None:
-        """Run one attempt on an in-process engine (a pool thread)."""
-        job = self._prepare(run, slot, attempt)
-        if job is None:
-            return
-        workflow_id, engine_id = job.workflow_id, slot.engine_id
-        logs = LogBudget(self.config.node_log_limit)
-        try:
-            result = slot.backend.execute(
-                job,
-                lambda event: record_node_event(
-                    self.store,
-                    self.events,
-                    run.run_id,
-                    workflow_id,
-                    engine_id,
-                    attempt,
-                    event,
-                    logs,
-                ),
-                self._coordinator.runner_for_local(run.run_id),
-            )
-        except BaseException as exc:
-            self._conclude(run, slot, attempt, None, exc)
-        else:
-            self._conclude(run, slot, attempt, result, None)
-
-    def _launch(self, run: _Run, slot: EngineSlot, attempt: int) -> None:
-        """Start one attempt on a remote engine; it is concluded on ``dagengine-io``."""
-        backend = slot.backend
-        assert isinstance(backend, RemoteBackend)
-        job = self._prepare(run, slot, attempt)
-        if job is None:
-            return
-        # The engine's messages are recorded as they came (outputs and the result stay the
-        # JSON the engine sent): decoding them only to encode them again cost more than the
-        # rest of a run's bookkeeping.
-        result_json: list[str] = []
-        workflow_id, engine_id = job.workflow_id, slot.engine_id
-        logs = LogBudget(self.config.node_log_limit)
-
-        def on_end(result: RunResult | None, exc: BaseException | None) -> None:
-            encoded = result_json[0] if result_json and exc is None else None
-            self._conclude(run, slot, attempt, result, exc, encoded)
-
-        try:
-            backend.launch(
-                job,
-                lambda batch: record_wire_events(
-                    self.store,
-                    self.events,
-                    run.run_id,
-                    workflow_id,
-                    engine_id,
-                    attempt,
-                    batch,
-                    result_json,
-                    logs,
-                ),
-                on_end,
-            )
-        except BaseException as exc:
-            self._conclude(run, slot, attempt, None, exc)
-
     def _release(self, run: _Run, slot: EngineSlot) -> None:
         with self._lock:
             slot.active -= 1
             slot.runs.discard(run.run_id)
             if self._front or self._queue:  # the dispatcher only waits for room when runs wait
                 self._wakeup.notify_all()
-
-    def _prepare(self, run: _Run, slot: EngineSlot, attempt: int) -> Job | None:
-        """The job of this attempt, or ``None`` when there is nothing to run (settled here)."""
-        with self._lock:
-            actions = run.handle(Event.LAUNCHING)
-            launched = run.state is State.RUNNING
-        if not launched:
-            # Cancelled (or the orchestrator stopped) between its dispatch and now.
-            self._apply(run, actions, slot, attempt)
-            return None
-        wv = run.version
-        if wv.dag is None:  # checked at submission and recovery; kept for the type checker
-            failed = failed_result(run.run_id, DagEngineError(f"{wv} cannot run"))
-            with self._lock:
-                actions = run.handle(Event.FAILED, attempt)
-            self._apply(run, actions, slot, attempt, result=failed)
-            return None
-        return Job(
-            run_id=run.run_id,
-            attempt=attempt,
-            workflow_id=wv.workflow_id,
-            version=str(wv.version),
-            dag=wv.dag,
-            spec=self._spec(wv),
-            inputs=run.inputs,
-            # Stored outputs are a running attempt's; a first has none but a retry's reused ones.
-            completed=self._reuse.completed(run.run_id, attempt),
-            depth=run.depth,
-            parent_run_id=run.parent_run_id,
-            parent_node_id=run.parent_node_id,
-            deadline=run.deadline,
-            trace_context=run.trace,
-            cache_entries=cache_entries_for(self.store, wv.workflow_id, wv.dag),
-        )
-
-    def _conclude(
-        self,
-        run: _Run,
-        slot: EngineSlot,
-        attempt: int,
-        result: RunResult | None,
-        exc: BaseException | None,
-        result_json: str | None = None,
-    ) -> None:
-        """End an attempt with what its backend returned or raised (``result_json``: the
-        result already encoded, when the backend had it so)."""
-        reason = ""
-        if exc is None:
-            assert result is not None
-            if run.version.dag is not None:
-                store_cache_entries(
-                    self.store, run.version.workflow_id, run.version.dag, run.run_id, result
-                )
-            if result.error is not None and result.error.type == "EngineDraining":
-                event = Event.DRAINED
-                reason = f"engine {slot.engine_id} drained"
-            else:
-                event = Event.SUCCEEDED if result.status is RunStatus.SUCCEEDED else Event.FAILED
-        elif isinstance(exc, EngineBusy):
-            # Full with runs we do not count: back to the head of the queue (see lifecycle).
-            event = Event.BUSY
-        elif isinstance(exc, EngineUnavailable):
-            event = Event.LOST
-            reason = str(exc)
-        else:  # a run must always settle
-            if not isinstance(exc, DagEngineError):
-                log.error(
-                    "run %s on %s failed unexpectedly", run.run_id, slot.engine_id, exc_info=exc
-                )
-            event = Event.FAILED
-            result = failed_result(run.run_id, exc)
-        with self._lock:
-            actions = run.handle(event, attempt)
-        self._apply(
-            run,
-            actions,
-            slot,
-            attempt,
-            result=result,
-            result_json=result_json if exc is None else None,
-            reason=reason,
-        )
 
     def _apply(
         self,
@@ -804,9 +652,9 @@ class Orchestrator:
                 if isinstance(slot.backend, RemoteBackend):
                     # Sent from this thread: a remote run needs no thread of its own, and
                     # its replies come on the core's dagengine-io thread.
-                    self._launch(run, slot, attempt)
+                    launch_remote(self, run, slot, attempt)
                 else:
-                    self._pool.submit(self._work, run, slot, attempt)
+                    self._pool.submit(run_in_process, self, run, slot, attempt)
             elif action is Action.RELEASE:
                 assert slot is not None
                 self._release(run, slot)
