@@ -7,24 +7,22 @@ The parts of a DAG (:class:`Node`, the executors, :class:`NodeContext`) are in
 This module is the only user of the native core for local runs (``dagengine._core``): a
 :class:`DAG` keeps one ``_core.DagRef``, rebuilt lazily after nodes change, and a run is a
 ``_core.RunRef`` wrapped in :class:`LocalRun`. Python nodes run on the core's worker threads
-through the trampoline :func:`make_invoke` returns, which builds a :class:`NodeContext` and
-calls the node.
+through the trampoline :func:`make_invoke` returns (:mod:`dagengine._invoke`), which builds a
+:class:`NodeContext` and calls the node.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import collections
-import inspect
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dagengine import _core
+from dagengine._invoke import POLL_SECONDS, make_invoke
 from dagengine._run_args import check_completed, check_inputs
 from dagengine._semver import Version
 from dagengine.cache import Cache, native_cache_options, run_cache
@@ -32,10 +30,9 @@ from dagengine.exceptions import (
     DuplicateNodeError,
     LuaSyntaxError,
     SpecError,
-    SubWorkflowError,
 )
 from dagengine.inputs import check_schema, validate_inputs
-from dagengine.node_logs import NodeLogQueue, NodeLogStore, capture, captured
+from dagengine.node_logs import NodeLogQueue
 from dagengine.nodes import (
     Executor,
     LuaExecutor,
@@ -55,10 +52,6 @@ from dagengine.nodes import (
 )
 from dagengine.results import NodeEvent, RunResult
 from dagengine.spec_model import RetryBackoff, WorkflowSpecModel, parse, to_dict
-from dagengine.tracing import node_span
-
-if TYPE_CHECKING:
-    from dagengine._core import CancelToken
 
 __all__ = [
     "DAG",
@@ -78,184 +71,8 @@ __all__ = [
     "workflow_model",
 ]
 
-# How long one wait on the core lasts before Python gets a chance to handle signals (Ctrl-C)
-# or deliver events; short enough to feel instant, long enough to cost nothing.
-_POLL_SECONDS = 0.05
-
 
 # --- the invoke trampoline --------------------------------------------------------------------
-
-
-def _describe(value: object) -> str:
-    return type(value).__name__
-
-
-def _check_output(node_id: str, out: object) -> NodeOutput:
-    if out is None:
-        return None
-    if type(out) is dict or isinstance(out, dict):
-        for key in out:
-            if type(key) is not str:
-                raise TypeError(
-                    f"node {node_id} returned a dict with a {_describe(key)} key {key!r}; "
-                    "output keys must be str"
-                )
-        return out
-    raise TypeError(f"node {node_id} returned {_describe(out)}; expected a dict or None")
-
-
-async def _drive(awaitable: Awaitable[Any], cancel: CancelToken | None) -> Any:
-    """Await ``awaitable``, cancelling it when the node's cancel token is set (run cancelled or
-    node timed out), so an ``async def`` node stops instead of running on unobserved."""
-    task = asyncio.ensure_future(awaitable)
-    while not task.done():
-        await asyncio.wait({task}, timeout=_POLL_SECONDS)
-        if cancel is not None and cancel.is_set and not task.done():
-            task.cancel()
-    return task.result()
-
-
-def _run_subworkflow(
-    sub: SubWorkflow, ctx: NodeContext, runner: SubWorkflowRunner | None
-) -> NodeOutput:
-    if runner is None:
-        raise SubWorkflowError(
-            f"sub-workflow node {ctx.node_id} needs an orchestrator to resolve {sub.reference}",
-            node_id=ctx.node_id,
-            reference=sub.reference,
-        )
-    return runner(sub, ctx)
-
-
-class _InFlight:
-    """Counts Python node calls in progress on core worker threads.
-
-    A run can end (timeout, cancellation) while an abandoned attempt is still inside Python;
-    if the interpreter finalizes under it, the process aborts. At exit we give such attempts a
-    bounded grace period to notice ``ctx.cancelled`` and return.
-
-    Every Python node call enters and leaves, so neither takes a lock: a deque's ``append``
-    and ``pop`` are atomic, and its length is the count (a lock and condition round trip was
-    1.5 µs per call). Only a waiter, at exit, is woken through the condition.
-    """
-
-    def __init__(self) -> None:
-        self._calls: collections.deque[None] = collections.deque()
-        self._waiting = False
-        self._idle = threading.Condition(threading.Lock())
-
-    def enter(self) -> None:
-        self._calls.append(None)
-
-    def leave(self) -> None:
-        self._calls.pop()
-        if self._waiting and not self._calls:
-            with self._idle:
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            # Set under the lock before the first check: a leave() that empties the count
-            # after it takes the lock to notify, so it cannot be missed.
-            self._waiting = True
-            try:
-                return self._idle.wait_for(lambda: not self._calls, timeout)
-            finally:
-                self._waiting = False
-
-
-_IN_FLIGHT = _InFlight()
-# Longer than any sane reaction to ctx.cancelled, short enough not to hang an exiting process.
-atexit.register(_IN_FLIGHT.wait_idle, 5.0)
-
-
-def make_invoke(
-    loop: asyncio.AbstractEventLoop | None,
-    runner: SubWorkflowRunner | None,
-    logs: NodeLogQueue | NodeLogStore | None = None,
-) -> _core.Invoke:
-    """The trampoline the core calls for every ``python`` node of one run.
-
-    ``loop`` is the caller's event loop for :meth:`DAG.run_async` (coroutines run there, so
-    async nodes share the caller's loop and its resources); ``None`` runs each coroutine with
-    ``asyncio.run`` on the worker thread. With ``logs``, each attempt's ``logging`` records and
-    ``print`` output are captured (:mod:`dagengine.node_logs`) into a buffer ``logs`` makes
-    and handed back to it when the attempt returns (a local run's queue also takes a running
-    attempt's lines as it goes; an engine process's store keeps them for the core).
-    """
-    if logs is not None:
-        return _capturing_invoke(loop, runner, logs)
-
-    def invoke(
-        fn: Any,
-        node_id: str,
-        run_id: str,
-        attempt: int,
-        inputs: Mapping[str, Any],
-        results: dict[str, Any],
-        cancel: CancelToken,
-        item: tuple[int, Any] | None = None,
-    ) -> NodeOutput:
-        _IN_FLIGHT.enter()
-        try:
-            ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
-            out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
-            if out is None or type(out) is dict:
-                return _check_output(node_id, out)
-            if inspect.isawaitable(out):
-                if loop is None:
-                    out = asyncio.run(_drive(out, cancel))
-                else:
-                    future = asyncio.run_coroutine_threadsafe(_drive(out, cancel), loop)
-                    out = future.result()
-            return _check_output(node_id, out)
-        finally:
-            _IN_FLIGHT.leave()
-
-    return invoke
-
-
-def _capturing_invoke(
-    loop: asyncio.AbstractEventLoop | None,
-    runner: SubWorkflowRunner | None,
-    logs: NodeLogQueue | NodeLogStore,
-) -> _core.Invoke:
-    """:func:`make_invoke`'s trampoline, capturing each attempt's output into ``logs``."""
-    new_buffer, done = logs.new_buffer, logs.done
-
-    def invoke(
-        fn: Any,
-        node_id: str,
-        run_id: str,
-        attempt: int,
-        inputs: Mapping[str, Any],
-        results: dict[str, Any],
-        cancel: CancelToken,
-        item: tuple[int, Any] | None = None,
-    ) -> NodeOutput:
-        _IN_FLIGHT.enter()
-        buffer = new_buffer(node_id, attempt, cancel)
-        try:
-            trace = cancel.trace_context
-            span = None if trace is None else node_span(trace, run_id, node_id, attempt)
-            with capture(buffer, span):
-                ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
-                out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
-                if out is None or type(out) is dict:
-                    return _check_output(node_id, out)
-                if inspect.isawaitable(out):
-                    if loop is None:  # asyncio.run's task copies this context, buffer and all
-                        out = asyncio.run(_drive(out, cancel))
-                    else:  # the loop's task starts from the loop's context: carry the buffer
-                        coro = captured(_drive(out, cancel), buffer)
-                        out = asyncio.run_coroutine_threadsafe(coro, loop).result()
-                return _check_output(node_id, out)
-        finally:
-            if buffer.lines:
-                done(buffer, run_id, node_id, attempt)
-            _IN_FLIGHT.leave()
-
-    return invoke
 
 
 def _payload(executor: Any) -> Any:
@@ -320,7 +137,7 @@ class LocalRun:
             # Read done() before draining: events are queued before the run is marked done,
             # so an empty batch after a true done() means nothing more can come.
             finished = self._ref.done()
-            events = self._next(0.0 if finished else _POLL_SECONDS, finished)
+            events = self._next(0.0 if finished else POLL_SECONDS, finished)
             yield from events
             if finished and not events:
                 return
@@ -354,7 +171,7 @@ class LocalRun:
         deadline = None if timeout is None else _now() + timeout
         try:
             while True:
-                slice_ = _POLL_SECONDS
+                slice_ = POLL_SECONDS
                 if deadline is not None:
                     slice_ = min(slice_, max(deadline - _now(), 0.0))
                 if self._ref.wait(slice_):
@@ -389,7 +206,7 @@ class LocalRun:
 
     def _cancel_and_wait(self) -> None:
         self._ref.cancel()
-        while not self._ref.wait(_POLL_SECONDS):
+        while not self._ref.wait(POLL_SECONDS):
             pass
 
     def __repr__(self) -> str:
