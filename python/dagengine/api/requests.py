@@ -1,11 +1,12 @@
 """What every route of the API shares: client errors (:class:`ApiError`) and the HTTP status
-of a dagengine error, bounded request bodies, JSON objects and their fields."""
+of a dagengine error, bounded request bodies, JSON objects and their fields, integer query
+parameters, and the request's :class:`~dagengine.api.app.Api`."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -25,6 +26,9 @@ from dagengine.exceptions import (
     VersionNotFound,
     WorkflowNotFound,
 )
+
+if TYPE_CHECKING:
+    from dagengine.api.app import Api
 
 __all__ = ["ApiError", "parse_json_object", "read_body"]
 
@@ -181,3 +185,21 @@ async def _result(handle: Any) -> Any:
     if waiter is not None:
         return await waiter()
     return await run_in_threadpool(handle.result)
+
+
+def _api(request: Request) -> Api:
+    api: Api = request.app.state.api
+    return api
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query parameter {name!r} must be between {low} and {high}")
+    return value
