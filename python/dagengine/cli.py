@@ -1,7 +1,8 @@
 """The ``dagengine`` command line: ``run``, ``validate`` and ``graph`` a workflow spec,
-``engine`` to serve runs over gRPC, ``serve`` to run an orchestrator with its HTTP API, and
-``submit``/``runs``/``status``/``cancel``/``workflows``, clients of that API, and ``store``
-(``prune``, ``stats``: :mod:`dagengine.cli_store`).
+``engine`` to serve runs over gRPC (:mod:`dagengine.cli_engine`), ``serve`` to run an
+orchestrator with its HTTP API, and ``submit``/``runs``/``status``/``cancel``/``workflows``,
+clients of that API, and ``store`` (``prune``, ``stats``: :mod:`dagengine.cli_store`).
+Argument types the subcommands share are in :mod:`dagengine.cli_args`.
 
 Exit codes: 0 success, 1 the run failed or was cancelled, 2 bad input (invalid spec, missing
 file, bad arguments) — reported as one line on stderr, ``dagengine: error: <message>``, never a
@@ -22,15 +23,16 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from dagengine._jsondata import escape
-from dagengine._units import parse_duration
+from dagengine.cli_args import configure_process_logging, duration, port_number, positive_int
+from dagengine.cli_engine import configure_engine, run_engine
 from dagengine.cli_inputs import BadInput, parse_input_value, parse_inputs, remote_schema
 from dagengine.cli_logs import configure_logs, run_logs
 from dagengine.cli_retry import configure_retry, run_retry
 from dagengine.cli_store import configure_store, run_store
 from dagengine.exceptions import DagEngineError
-from dagengine.logconfig import add_logging_arguments, configure_logging
+from dagengine.logconfig import add_logging_arguments
 from dagengine.results import NodeEvent, NodeStatus, RunResult, RunStatus
-from dagengine.spec import MAX_SECONDS, load_workflow
+from dagengine.spec import load_workflow
 from dagengine.workflow import DAG, LocalRun
 
 __all__ = ["COMMANDS", "BadInput", "Command", "main", "parse_input_value"]
@@ -63,45 +65,6 @@ class Command:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     handler: Callable[[argparse.Namespace], int]
-
-
-# --- argument types -----------------------------------------------------------------------------
-
-
-#: The largest count a flag takes (``--max-parallel``, ``--capacity``, ``--limit``): a 32-bit
-#: count, as the engine's wire format holds it.
-_MAX_COUNT = 2**32 - 1
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value > _MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"{text} is out of range (1..{_MAX_COUNT})")
-    return value
-
-
-def _duration(text: str) -> float:
-    try:
-        # A bare number on the command line means seconds, as in specs.
-        value: object = float(text)
-    except ValueError:
-        value = text
-    try:
-        seconds = parse_duration(value)
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
-    if seconds > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"{text} is out of range (at most {MAX_SECONDS:.0e} seconds)"
-        )
-    return seconds
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -270,13 +233,13 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print only the result as JSON")
     parser.add_argument(
-        "--max-parallel", type=_positive_int, metavar="N", help="run at most N nodes at once"
+        "--max-parallel", type=positive_int, metavar="N", help="run at most N nodes at once"
     )
     parser.add_argument(
         "--fail-fast", action="store_true", help="cancel the rest of the run at the first failure"
     )
     parser.add_argument(
-        "--timeout", type=_duration, metavar="DUR", help="run timeout: 30, 500ms, 10s, 1m30s, 2h"
+        "--timeout", type=duration, metavar="DUR", help="run timeout: 30, 500ms, 10s, 1m30s, 2h"
     )
 
 
@@ -368,228 +331,6 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- engine ------------------------------------------------------------------------------------
-
-# The original system's environment variables (flags override them).
-_ENGINE_ENV = {"engine_id": "ENGINE_ID", "port": "PORT", "capacity": "CAPACITY"}
-_TLS_ENV = {
-    "tls_cert": "DAGENGINE_TLS_CERT",
-    "tls_key": "DAGENGINE_TLS_KEY",
-    "tls_client_ca": "DAGENGINE_TLS_CLIENT_CA",
-}
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
-    return value
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _address(text: str) -> str:
-    from dagengine.engine import split_address
-
-    try:
-        split_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text.strip()
-
-
-def _boolean(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes", "on"):
-        return True
-    if text.lower() in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _configure_engine(parser: argparse.ArgumentParser) -> None:
-    add_logging_arguments(parser)
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
-    parser.add_argument(
-        "--port", type=_port, help="port to listen on; 0 picks a free one (env PORT, 50051)"
-    )
-    parser.add_argument(
-        "--capacity",
-        type=_positive_int,
-        metavar="N",
-        help="runs at once; more are refused with RESOURCE_EXHAUSTED (env CAPACITY, 10)",
-    )
-    parser.add_argument(
-        "--engine-id", metavar="ID", help="this engine's id (env ENGINE_ID, the host name)"
-    )
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE at start (repeatable, or comma-separated); python nodes resolve "
-        "their import paths on demand anyway",
-    )
-    parser.add_argument(
-        "--tls-cert", metavar="FILE", help="PEM server certificate chain: serve TLS"
-    )
-    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    parser.add_argument(
-        "--tls-client-ca",
-        metavar="FILE",
-        help="PEM CA bundle: require client certificates it signed (mutual TLS)",
-    )
-    parser.add_argument(
-        "--max-message-mb",
-        type=_positive_number,
-        default=16.0,
-        metavar="N",
-        help="largest gRPC message either way, in MiB (default: 16)",
-    )
-    parser.add_argument(
-        "--orchestrator",
-        type=_address,
-        metavar="HOST:PORT",
-        help="the orchestrator: sub-workflow nodes run through it, and --self-register "
-        "registers with it (env ORCHESTRATOR_ADDRESS)",
-    )
-    parser.add_argument(
-        "--orchestrator-tls-ca",
-        metavar="FILE",
-        help="PEM CA bundle verifying the orchestrator: call it over TLS "
-        "(env DAGENGINE_ORCHESTRATOR_TLS_CA; the token: env DAGENGINE_ORCHESTRATOR_TOKEN)",
-    )
-    parser.add_argument(
-        "--orchestrator-tls-cert",
-        metavar="FILE",
-        help="PEM client certificate for the orchestrator's mutual TLS "
-        "(env DAGENGINE_ORCHESTRATOR_TLS_CERT)",
-    )
-    parser.add_argument(
-        "--orchestrator-tls-key",
-        metavar="FILE",
-        help="PEM key of --orchestrator-tls-cert (env DAGENGINE_ORCHESTRATOR_TLS_KEY)",
-    )
-    parser.add_argument(
-        "--self-register",
-        action="store_true",
-        default=None,
-        help="register with the orchestrator at start and keep heartbeating "
-        "(env DAGENGINE_SELF_REGISTER=true)",
-    )
-    parser.add_argument(
-        "--advertise-address",
-        type=_address,
-        metavar="HOST:PORT",
-        help="the address the orchestrator should dial (env ADVERTISE_ADDRESS; default: "
-        "--host if it is a concrete address, else this machine's IP, with the bound port)",
-    )
-    parser.add_argument(
-        "--drain-grace",
-        type=_duration,
-        default=25.0,
-        metavar="DUR",
-        help="on SIGTERM, how long running runs get to finish before they are cancelled "
-        "(default: 25s, under Kubernetes' 30s termination grace)",
-    )
-
-
-def _env_value(name: str, parse: Callable[[str], Any]) -> Any:
-    text = os.environ.get(name)
-    if text is None or not text.strip():
-        return None
-    try:
-        return parse(text.strip())
-    except argparse.ArgumentTypeError as exc:
-        raise BadInput(f"environment variable {name}: {exc}") from None
-
-
-def _read_file(path: str | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise BadInput(f"{what} {path}: {exc.strerror or exc}") from None
-
-
-def _configure_process_logging(args: argparse.Namespace) -> None:
-    try:
-        configure_logging(args.log_format, args.log_level)
-    except ValueError as exc:  # a bad DAGENGINE_LOG_FORMAT / DAGENGINE_LOG_LEVEL
-        raise BadInput(str(exc)) from None
-
-
-def _cmd_engine(args: argparse.Namespace) -> int:
-    from dagengine.engine import serve_engine
-
-    _configure_process_logging(args)
-    port = args.port if args.port is not None else _env_value("PORT", _port)
-    capacity = args.capacity if args.capacity is not None else _env_value("CAPACITY", _positive_int)
-    engine_id = args.engine_id or os.environ.get("ENGINE_ID", "").strip() or None
-    tls = {
-        key: getattr(args, key) or os.environ.get(env, "").strip() or None
-        for key, env in _TLS_ENV.items()
-    }
-    if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
-        raise BadInput("--tls-cert and --tls-key go together")
-    if tls["tls_client_ca"] is not None and tls["tls_cert"] is None:
-        raise BadInput("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-    imports = [name.strip() for item in args.imports for name in item.split(",") if name.strip()]
-    orchestrator = args.orchestrator or _env_value("ORCHESTRATOR_ADDRESS", _address)
-    advertise = args.advertise_address or _env_value("ADVERTISE_ADDRESS", _address)
-    self_register = args.self_register or bool(_env_value("DAGENGINE_SELF_REGISTER", _boolean))
-    if self_register and orchestrator is None:
-        raise BadInput("--self-register needs --orchestrator HOST:PORT (or ORCHESTRATOR_ADDRESS)")
-    orchestrator_tls = _orchestrator_tls(args)
-    return serve_engine(
-        engine_id,
-        args.host,
-        50051 if port is None else port,
-        10 if capacity is None else capacity,
-        imports,
-        tls_cert=_read_file(tls["tls_cert"], "--tls-cert"),
-        tls_key=_read_file(tls["tls_key"], "--tls-key"),
-        tls_client_ca=_read_file(tls["tls_client_ca"], "--tls-client-ca"),
-        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-        drain_grace=args.drain_grace,
-        orchestrator_address=orchestrator,
-        self_register=self_register,
-        advertise=advertise,
-        orchestrator_tls=orchestrator_tls,
-    )
-
-
-def _orchestrator_tls(args: argparse.Namespace) -> Any:
-    """The ``--orchestrator-tls-*`` flags as a ``TLSConfig``; ``None`` without them (the
-    engine then reads ``DAGENGINE_ORCHESTRATOR_TLS_*``)."""
-    from dagengine.engine import TLSConfig
-
-    ca, cert, key = args.orchestrator_tls_ca, args.orchestrator_tls_cert, args.orchestrator_tls_key
-    if ca is None and cert is None and key is None:
-        return None
-    if (cert is None) != (key is None):
-        raise BadInput("--orchestrator-tls-cert and --orchestrator-tls-key go together")
-    name = os.environ.get("DAGENGINE_ORCHESTRATOR_TLS_SERVER_NAME", "").strip() or None
-    return TLSConfig(
-        _read_file(ca, "--orchestrator-tls-ca"),
-        _read_file(cert, "--orchestrator-tls-cert"),
-        _read_file(key, "--orchestrator-tls-key"),
-        server_name=name,
-    )
-
-
 # --- serve and the API clients -------------------------------------------------------------
 
 
@@ -610,7 +351,7 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         "unless DAGENGINE_GRPC_HOST says otherwise (default 127.0.0.1)",
     )
     parser.add_argument(
-        "--port", type=_port, help="HTTP port; 0 picks one (env DAGENGINE_HTTP_PORT, 8080)"
+        "--port", type=port_number, help="HTTP port; 0 picks one (env DAGENGINE_HTTP_PORT, 8080)"
     )
     parser.add_argument(
         "--store",
@@ -635,7 +376,7 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dagengine.serve import ServeOptions, load_serve_config, serve
 
-    _configure_process_logging(args)
+    configure_process_logging(args)
     opts = load_serve_config(args.config) if args.config else ServeOptions()
     opts.workflows += [str(Path(folder).resolve()) for folder in args.workflows]
     if args.host is not None:
@@ -711,7 +452,7 @@ def _configure_runs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status", choices=("queued", "running", "succeeded", "failed", "cancelled")
     )
-    parser.add_argument("--limit", type=_positive_int, default=50)
+    parser.add_argument("--limit", type=positive_int, default=50)
     parser.add_argument("--json", action="store_true", help="print the API's JSON")
     _add_url(parser)
 
@@ -769,9 +510,7 @@ COMMANDS: dict[str, Command] = {
         Command("run", "run a workflow and show its progress and result", _configure_run, _cmd_run),
         Command("validate", "check a workflow spec", _configure_validate, _cmd_validate),
         Command("graph", "show a workflow's levels, or DOT", _configure_graph, _cmd_graph),
-        Command(
-            "engine", "serve runs over gRPC (an engine process)", _configure_engine, _cmd_engine
-        ),
+        Command("engine", "serve runs over gRPC (an engine process)", configure_engine, run_engine),
         Command(
             "serve",
             "run an orchestrator: engines, workflows, triggers and the HTTP API",
