@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dagengine_core::NodeIdx;
-use dagengine_lua::{LuaLimits, LuaScript, NodeInfo};
+use dagengine_lua::LuaScript;
 use serde_json::Value;
 
-use super::condition::CONDITION_INSTRUCTIONS;
-use super::model::{contained, NodeFailure, Plan};
+use super::condition::DriverExpression;
+use super::model::{NodeFailure, Plan};
 
 /// A stored output found for a node's key.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,36 +296,15 @@ impl KeyCall<'_> {
         cancel: &AtomicBool,
     ) -> Result<Value, NodeFailure> {
         let node_id = plan.dag.id(self.node);
-        let results: Vec<(&str, &Value)> = self
-            .results
-            .iter()
-            .map(|(p, v)| (plan.dag.id(*p), v.as_ref()))
-            .collect();
-        let info = NodeInfo {
-            node_id,
+        let call = DriverExpression {
+            node: self.node,
             run_id: self.run_id,
-            attempt: 1,
+            inputs: self.inputs,
+            results: self.results,
+            node_timeout: None,
         };
-        let limits = LuaLimits {
-            max_instructions: Some(CONDITION_INSTRUCTIONS),
-            ..LuaLimits::default()
-        };
-        let value = contained(node_id, || {
-            dagengine_lua::evaluate_json(
-                script,
-                self.inputs,
-                &results,
-                &info,
-                &limits,
-                Some(cancel),
-            )
-            .map_err(|e| {
-                NodeFailure::new(
-                    e.kind().as_str(),
-                    format!("node '{node_id}': cache key: {e}"),
-                    false,
-                )
-            })
+        let value = call.run(plan, "cache key", |inputs, results, info, limits| {
+            dagengine_lua::evaluate_json(script, inputs, results, info, limits, Some(cancel))
         })?;
         let what = match value {
             Ok(Value::Array(mut one)) if one.len() == 1 => match one.pop() {

@@ -15,25 +15,33 @@ use super::model::{contained, NodeFailure, Plan};
 /// The most Lua instructions a `when` expression may take (tens of milliseconds).
 pub const CONDITION_INSTRUCTIONS: u64 = 10_000_000;
 
-/// One evaluation of a node's Lua condition, with what it reads borrowed from the run.
-pub(super) struct LuaCondition<'a> {
+/// A Lua expression the driver evaluates itself, on its own thread (a `when`, a `map`, a
+/// cache `key`), with what it reads borrowed from the run.
+pub(super) struct DriverExpression<'a> {
     pub(super) node: NodeIdx,
     pub(super) run_id: &'a str,
     pub(super) inputs: &'a Value,
     /// The parents' outputs, if the expression can read them.
     pub(super) results: &'a [(NodeIdx, Arc<Value>)],
+    /// The node's timeout, where it bounds the expression too.
     pub(super) node_timeout: Option<Duration>,
 }
 
-impl LuaCondition<'_> {
-    /// The condition's value; anything but a boolean, or an error, fails the node (not
-    /// retryably: a retry would not check the condition again).
-    pub(super) fn evaluate(
+impl DriverExpression<'_> {
+    /// Run `evaluate` (one of `dagengine_lua`'s evaluators, given the run's inputs, the
+    /// parents' results by id, the node and the limits) once; an error fails the node (not
+    /// retryably: a retry would not evaluate it again), named with `what` it was.
+    pub(super) fn run<T>(
         &self,
         plan: &Plan,
-        script: &LuaScript,
-        cancel: &AtomicBool,
-    ) -> Result<bool, NodeFailure> {
+        what: &str,
+        evaluate: impl FnOnce(
+            &Value,
+            &[(&str, &Value)],
+            &NodeInfo<'_>,
+            &LuaLimits,
+        ) -> Result<T, dagengine_lua::LuaError>,
+    ) -> Result<T, NodeFailure> {
         let node_id = plan.dag.id(self.node);
         let results: Vec<(&str, &Value)> = self
             .results
@@ -53,24 +61,29 @@ impl LuaCondition<'_> {
             timeout: self.node_timeout,
             ..LuaLimits::default()
         };
-        let value = contained(node_id, || {
-            dagengine_lua::evaluate_bool(
-                script,
-                self.inputs,
-                &results,
-                &info,
-                &limits,
-                Some(cancel),
-            )
-            .map_err(|e| {
+        contained(node_id, || {
+            evaluate(self.inputs, &results, &info, &limits).map_err(|e| {
                 NodeFailure::new(
                     e.kind().as_str(),
-                    format!("node '{node_id}': when: {e}"),
+                    format!("node '{node_id}': {what}: {e}"),
                     false,
                 )
             })
+        })
+    }
+
+    /// The value of the node's Lua condition; anything but a boolean, or an error, fails
+    /// the node.
+    pub(super) fn condition(
+        &self,
+        plan: &Plan,
+        script: &LuaScript,
+        cancel: &AtomicBool,
+    ) -> Result<bool, NodeFailure> {
+        let value = self.run(plan, "when", |inputs, results, info, limits| {
+            dagengine_lua::evaluate_bool(script, inputs, results, info, limits, Some(cancel))
         })?;
-        value.map_err(|what| not_boolean(node_id, &what))
+        value.map_err(|what| not_boolean(plan.dag.id(self.node), &what))
     }
 }
 

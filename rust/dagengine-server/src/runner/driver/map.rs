@@ -8,8 +8,8 @@ use std::sync::Arc;
 use dagengine_core::{Instruction, NodeIdx, NodeState, Scheduler};
 use serde_json::Value;
 
-use super::super::condition::CONDITION_INSTRUCTIONS;
-use super::super::model::{contained, EventDetail, EventKind, MapSpec, NodeFailure, NodeRecord};
+use super::super::condition::DriverExpression;
+use super::super::model::{EventDetail, EventKind, MapSpec, NodeFailure, NodeRecord};
 use super::{unix_now, Driver};
 
 /// The items of one expanded node: indices `first..first + items.len()`.
@@ -188,42 +188,27 @@ impl Driver {
         node: NodeIdx,
         map: &MapSpec,
     ) -> Result<Result<Value, String>, NodeFailure> {
-        let node_id = self.plan.dag.id(node);
-        let parents = if map.script.reads_results() {
+        let results = if map.script.reads_results() {
             self.results_of(node)
         } else {
             Vec::new()
         };
-        let results: Vec<(&str, &Value)> = parents
-            .iter()
-            .map(|(p, v)| (self.plan.dag.id(*p), v.as_ref()))
-            .collect();
-        let info = dagengine_lua::NodeInfo {
-            node_id,
+        let call = DriverExpression {
+            node,
             run_id: &self.run_id,
-            attempt: 1,
+            inputs: &self.config.inputs,
+            results: &results,
+            node_timeout: self.plan.policies[self.policy_index(node)].timeout,
         };
-        let limits = dagengine_lua::LuaLimits {
-            max_instructions: Some(CONDITION_INSTRUCTIONS),
-            timeout: self.plan.policies[self.policy_index(node)].timeout,
-            ..dagengine_lua::LuaLimits::default()
-        };
-        contained(node_id, || {
+        call.run(&self.plan, "map", |inputs, results, info, limits| {
             dagengine_lua::evaluate_json(
                 &map.script,
-                &self.config.inputs,
-                &results,
-                &info,
-                &limits,
+                inputs,
+                results,
+                info,
+                limits,
                 Some(&self.shared.cancel),
             )
-            .map_err(|e| {
-                NodeFailure::new(
-                    e.kind().as_str(),
-                    format!("node '{node_id}': map: {e}"),
-                    false,
-                )
-            })
         })
     }
 

@@ -6,7 +6,7 @@ use dagengine_core::{Event, Instruction, NodeIdx, NodeState, Scheduler};
 use serde_json::Map;
 
 use super::super::cache::KeyCall;
-use super::super::condition::LuaCondition;
+use super::super::condition::DriverExpression;
 use super::super::handle::ExecOk;
 use super::super::model::{Condition, EventDetail, EventKind, NodeFailure, NodeKind};
 use super::{unix_now, Driver};
@@ -180,14 +180,14 @@ impl Driver {
         } else {
             Vec::new()
         };
-        let call = LuaCondition {
+        let call = DriverExpression {
             node,
             run_id: &self.run_id,
             inputs: &self.config.inputs,
             results: &results,
             node_timeout: self.plan.policies[self.policy_index(node)].timeout,
         };
-        call.evaluate(&self.plan, script, &self.shared.cancel)
+        call.condition(&self.plan, script, &self.shared.cancel)
     }
 
     /// An external condition held: announce the attempt and run the node (an external one
