@@ -33,13 +33,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dagengine.exceptions import ConfigError, RunNotFound, StoreError
 from dagengine.orchestrator.store import postgres_retention as _retention
 from dagengine.orchestrator.store import writer as _writer
+from dagengine.orchestrator.store.cache_entries import CacheEntryTable
 from dagengine.orchestrator.store.postgres_replicas import DEFAULT_LEASE_TTL, ReplicaStore
 from dagengine.orchestrator.store.postgres_schema import (
     INSERT_OUTPUT,
@@ -130,7 +131,7 @@ def _require_psycopg() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
-class PostgresStore(ReplicaStore, PostgresWriter):
+class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
     """Durable orchestrator state in a PostgreSQL database (``url``: a libpq URL,
     ``postgresql://user:password@host:port/database?options=...``).
 
@@ -155,6 +156,8 @@ class PostgresStore(ReplicaStore, PostgresWriter):
     shared, so no single (``exclusive``) orchestrator runs beside them. ``lease_ttl``: seconds
     its leases on runs last without renewal.
     """
+
+    _MARK = "%s"
 
     def __init__(
         self,
@@ -702,53 +705,6 @@ class PostgresStore(ReplicaStore, PostgresWriter):
                    ON CONFLICT (trigger_id) DO UPDATE SET
                        state = excluded.state, updated_at = excluded.updated_at""",
                 (trigger_id, _dumps(dict(state)), time.time()),
-            )
-
-    def cache_entries(
-        self, workflow_id: str, node_ids: Sequence[str], limit: int
-    ) -> list[tuple[str, str, str, str]]:
-        """Unexpired entries of these nodes of the workflow as ``(node_id, key, output
-        JSON, run_id)``, the newest first, at most ``limit``."""
-        if not node_ids:
-            return []
-        marks = ", ".join(["%s"] * len(node_ids))
-        rows = self._query(
-            f"""SELECT node_id, key, output, run_id FROM cache_entries
-                WHERE workflow_id = %s AND node_id IN ({marks})
-                    AND (expires_at IS NULL OR expires_at > %s)
-                ORDER BY created_at DESC LIMIT %s""",
-            (workflow_id, *node_ids, time.time(), limit),
-        )
-        return [(str(n), str(k), str(o), str(r)) for n, k, o, r in rows]
-
-    def save_cache_entries(
-        self, workflow_id: str, entries: Sequence[tuple[str, str, str, str, float | None]]
-    ) -> None:
-        """Store (replace) ``(node_id, key, output JSON, run_id, ttl)`` entries of the
-        workflow and drop its expired ones."""
-        now = time.time()
-        with self.transaction():
-            for node_id, key, output, run_id, ttl in entries:
-                self._write(
-                    """INSERT INTO cache_entries
-                        (workflow_id, node_id, key, output, run_id, created_at, expires_at)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s)
-                       ON CONFLICT (workflow_id, node_id, key) DO UPDATE SET
-                           output = excluded.output, run_id = excluded.run_id,
-                           created_at = excluded.created_at, expires_at = excluded.expires_at""",
-                    (
-                        workflow_id,
-                        node_id,
-                        key,
-                        output,
-                        run_id,
-                        now,
-                        None if ttl is None else now + ttl,
-                    ),
-                )
-            self._write(
-                "DELETE FROM cache_entries WHERE workflow_id = %s AND expires_at <= %s",
-                (workflow_id, now),
             )
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from dagengine.exceptions import RunNotFound, StoreError
 from dagengine.orchestrator.store import writer as _writer
+from dagengine.orchestrator.store.cache_entries import CacheEntryTable
 from dagengine.orchestrator.store.compact import FOLD_SPAN, FOLDED_TYPES, expand, stored_types
 from dagengine.orchestrator.store.records import (
     SEVERITIES,
@@ -67,12 +68,14 @@ __all__ = ["SQLiteStore", "Store"]
 _BUSY_TIMEOUT_MS = 10_000
 
 
-class SQLiteStore(WriteBehind):
+class SQLiteStore(CacheEntryTable, WriteBehind):
     """Durable orchestrator state in one SQLite database (a file path, or ``":memory:"``).
 
     Thread-safe. Use :meth:`transaction` to group several writes into one commit (atomic and
     cheaper); every method also works on its own.
     """
+
+    _MARK = "?"
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:") -> None:
         text = os.fspath(path)
@@ -146,6 +149,10 @@ class SQLiteStore(WriteBehind):
         """SQLite's journal mode: ``wal`` for a file, ``memory`` for ``:memory:``."""
         with self._lock:
             return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """Run a statement on the writer's connection (in the caller's transaction)."""
+        return self._db.execute(sql, tuple(params))
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -671,53 +678,6 @@ class SQLiteStore(WriteBehind):
                    ON CONFLICT (trigger_id) DO UPDATE SET
                        state = excluded.state, updated_at = excluded.updated_at""",
                 (trigger_id, _dumps(dict(state)), _now()),
-            )
-
-    def cache_entries(
-        self, workflow_id: str, node_ids: Sequence[str], limit: int
-    ) -> list[tuple[str, str, str, str]]:
-        """Unexpired entries of these nodes of the workflow as ``(node_id, key, output
-        JSON, run_id)``, the newest first, at most ``limit``."""
-        if not node_ids:
-            return []
-        marks = ", ".join(["?"] * len(node_ids))
-        rows = self._query(
-            f"""SELECT node_id, key, output, run_id FROM cache_entries
-                WHERE workflow_id = ? AND node_id IN ({marks})
-                    AND (expires_at IS NULL OR expires_at > ?)
-                ORDER BY created_at DESC LIMIT ?""",
-            (workflow_id, *node_ids, time.time(), limit),
-        )
-        return [(str(n), str(k), str(o), str(r)) for n, k, o, r in rows]
-
-    def save_cache_entries(
-        self, workflow_id: str, entries: Sequence[tuple[str, str, str, str, float | None]]
-    ) -> None:
-        """Store (replace) ``(node_id, key, output JSON, run_id, ttl)`` entries of the
-        workflow and drop its expired ones."""
-        now = time.time()
-        with self.transaction():
-            for node_id, key, output, run_id, ttl in entries:
-                self._db.execute(
-                    """INSERT INTO cache_entries
-                        (workflow_id, node_id, key, output, run_id, created_at, expires_at)
-                        VALUES (?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT (workflow_id, node_id, key) DO UPDATE SET
-                           output = excluded.output, run_id = excluded.run_id,
-                           created_at = excluded.created_at, expires_at = excluded.expires_at""",
-                    (
-                        workflow_id,
-                        node_id,
-                        key,
-                        output,
-                        run_id,
-                        now,
-                        None if ttl is None else now + ttl,
-                    ),
-                )
-            self._db.execute(
-                "DELETE FROM cache_entries WHERE workflow_id = ? AND expires_at <= ?",
-                (workflow_id, now),
             )
 
 
