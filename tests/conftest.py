@@ -17,6 +17,9 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 # A real PostgreSQL for the PostgreSQL store's tests (see tests/pg.py).
+# The ledger workflow's file and engine processes (see tests/ledger.py); a module may
+# define its own `ledger`/`engines` instead.
+from ledger import engines, ledger  # noqa: E402, F401
 from pg import pg_url, postgres_url, store_target  # noqa: E402, F401
 
 

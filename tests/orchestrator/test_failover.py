@@ -9,64 +9,26 @@ died may run again: execution is at-least-once per node, exactly-once per record
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from dagengine import EngineClient, Orchestrator, RunStatus
 from dagengine.orchestrator import Monitor
 from failover_tasks import SPEC
+from ledger import ledger_counts
 from pg import query
 from processes import EngineProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Path:
-    path = tmp_path / "ledger.txt"
-    path.touch()
-    return path
-
-
-@pytest.fixture
-def engines(ledger: Path) -> Iterator[Callable[..., list[EngineProcess]]]:
-    started: list[EngineProcess] = []
-
-    def start(count: int, capacity: int = 8, node_seconds: float = 0.02) -> list[EngineProcess]:
-        env = {
-            "DAGENGINE_TEST_LEDGER": str(ledger),
-            "DAGENGINE_TEST_NODE_SECONDS": str(node_seconds),
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-        }
-        for i in range(count):
-            started.append(
-                EngineProcess("--engine-id", f"engine-{i}", "--capacity", str(capacity), env=env)
-            )
-        return started[-count:]
-
-    try:
-        yield start
-    finally:
-        for engine in started:
-            engine.kill()
-
-
-def ledger_counts(ledger: Path) -> collections.Counter[tuple[str, str]]:
-    counts: collections.Counter[tuple[str, str]] = collections.Counter()
-    for line in ledger.read_text().splitlines():
-        run_id, node_id = line.split()
-        counts[(run_id, node_id)] += 1
-    return counts
 
 
 def test_sigkill_one_of_three_engines_during_300_runs(

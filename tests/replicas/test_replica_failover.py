@@ -13,51 +13,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cable import Cable
+from ledger import ORCHESTRATOR_TESTS, ledger_counts
 from pg import query
 from processes import EngineProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
-ORCHESTRATOR_TESTS = HERE.parent / "orchestrator"  # failover_tasks: the ledger workflow
 LEASE_TTL = 2.0
 # Runs each replica submits (issue 22 asks 1,000 in all: DAGENGINE_TEST_REPLICA_RUNS=334).
 RUNS_PER_REPLICA = int(os.environ.get("DAGENGINE_TEST_REPLICA_RUNS", "100"))
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Path:
-    path = tmp_path / "ledger.txt"
-    path.touch()
-    return path
-
-
-@pytest.fixture
-def engines(ledger: Path) -> Iterator[Callable[..., list[EngineProcess]]]:
-    started: list[EngineProcess] = []
-
-    def start(count: int, capacity: int, node_seconds: float) -> list[EngineProcess]:
-        env = {
-            "DAGENGINE_TEST_LEDGER": str(ledger),
-            "DAGENGINE_TEST_NODE_SECONDS": str(node_seconds),
-            "PYTHONPATH": str(ORCHESTRATOR_TESTS),
-        }
-        for i in range(count):
-            started.append(
-                EngineProcess("--engine-id", f"engine-{i}", "--capacity", str(capacity), env=env)
-            )
-        return started[-count:]
-
-    try:
-        yield start
-    finally:
-        for engine in started:
-            engine.kill()
 
 
 class Replica:
@@ -117,14 +87,6 @@ class Replica:
                 self.proc.wait(timeout=10)
         self._reader.join(timeout=10)
         self._stderr.close()
-
-
-def ledger_counts(ledger: Path) -> collections.Counter[tuple[str, str]]:
-    counts: collections.Counter[tuple[str, str]] = collections.Counter()
-    for line in ledger.read_text().splitlines():
-        run_id, node_id = line.split()
-        counts[(run_id, node_id)] += 1
-    return counts
 
 
 def _leases(url: str) -> dict[str, int]:
