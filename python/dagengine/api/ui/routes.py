@@ -33,7 +33,15 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dagengine.api.openapi import EVENT_SEQ_PATTERN
-from dagengine.api.requests import ApiError, _call, _field, _only, parse_json_object, read_body
+from dagengine.api.requests import (
+    ApiError,
+    _api,
+    _call,
+    _field,
+    _only,
+    parse_json_object,
+    read_body,
+)
 
 if TYPE_CHECKING:
     from dagengine.api.app import Api
@@ -47,11 +55,6 @@ KEEPALIVE: Final = 15.0
 _TYPE_PATTERN: Final = re.compile(r"^[a-z]+\.(\*|[a-z_]+)$")
 #: Next fire times shown per cron trigger.
 NEXT_FIRES: Final = 5
-
-
-def _api(request: Request) -> Api:
-    api: Api = request.app.state.api
-    return api
 
 
 def set_cron_triggers(app: Any, triggers: list[CronTrigger]) -> None:
