@@ -48,8 +48,10 @@ Catch-up (``catchup_window`` seconds, default 0 = none): the trigger persists th
 last occurrence it processed (``store.set_trigger_state``) *before* it submits the run, so
 after a restart nothing fires twice. Orchestrator replicas on one PostgreSQL store all run the
 trigger; each fire time is claimed in the store (``claim_fire``), and only the replica that
-claims it fires, so each fire time starts one run across them. Occurrences missed while it
-was down that lie inside the window before now are fired at start — each once
+claims it fires, so each fire time starts one run across them; its overlap policy sees the
+runs the trigger started on every replica (``unfinished_trigger_runs``), so ``skip`` skips
+while another replica's run is going and ``cancel_previous`` cancels it. Occurrences missed
+while it was down that lie inside the window before now are fired at start — each once
 (``catchup="all"``, submitted together regardless of the overlap policy: you asked for every
 one) or only the latest (``catchup="latest"``) — with ``_trigger_time`` set to the time each
 was due. A timer fire that comes more than :data:`LATE_TOLERANCE` late (a suspended process)
@@ -507,6 +509,8 @@ class CronTrigger(Trigger):
         if claim is not None and not claim(self.id, scheduled):
             self.stats["claimed_elsewhere"] += 1
             return
+        if claim is not None:
+            self._add_runs_of_other_replicas()
         running = self._unfinished()
         if running and not catchup:
             if self.overlap == "skip":
@@ -532,6 +536,22 @@ class CronTrigger(Trigger):
                     except Exception:
                         log.exception("cron trigger %s: could not cancel %s", self.id, run)
         self._submit(scheduled, catchup=catchup)
+
+    def _add_runs_of_other_replicas(self) -> None:
+        """Replicas: the unfinished runs this trigger started on the others, known by id
+        (their state comes from the store), so that the overlap policy sees them too."""
+        others = getattr(self._store, "unfinished_trigger_runs", None)
+        if others is None:
+            return
+        try:
+            found = others(self.id, self.workflow_id)
+        except Exception:
+            log.exception("cron trigger %s: could not read the runs of other replicas", self.id)
+            return
+        known = {getattr(run, "run_id", None) for run in self._runs}
+        self._runs.extend(
+            _StoredRun(self._executor, run_id) for run_id in found if run_id not in known
+        )
 
     def _submit(self, scheduled: float, *, catchup: bool) -> None:
         executor = self._executor

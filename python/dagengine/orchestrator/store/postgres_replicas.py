@@ -18,7 +18,9 @@ whose methods do something only on a store opened with ``replica=ID``.
   :data:`~dagengine.orchestrator.store.postgres_schema.EVENTS_LOCK`), so every replica can
   follow them all by a cursor (:meth:`ReplicaStore.events_committed`), woken by
   ``LISTEN``/``NOTIFY``.
-* **Cron fires** are claimed once per ``(trigger, fire time)`` (:meth:`ReplicaStore.claim_fire`).
+* **Cron fires** are claimed once per ``(trigger, fire time)`` (:meth:`ReplicaStore.claim_fire`),
+  and the replica that fires applies the trigger's overlap policy to the unfinished runs the
+  trigger started on every replica (:meth:`ReplicaStore.unfinished_trigger_runs`).
 * **Cancellations** asked of a replica that does not own the run are handed to its owner
   (:meth:`ReplicaStore.request_cancel`, :meth:`ReplicaStore.cancel_requests`).
 
@@ -28,6 +30,7 @@ the store's advisory lock shared, a single orchestrator holds it alone.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -199,6 +202,29 @@ class ReplicaStore:
             return True
         rows = self._read(_CLAIM_FIRE, (trigger_id, float(fire_time), self.replica_id))
         return bool(rows)
+
+    def unfinished_trigger_runs(self, trigger_id: str, workflow_id: str) -> list[str]:
+        """The queued or running runs of ``workflow_id`` that trigger ``trigger_id`` started,
+        on any replica, oldest first (their ``_trigger_id`` input; empty on a store that is
+        not a replica's: one orchestrator knows its own runs)."""
+        if self.replica_id is None:
+            return []
+        # strpos narrows the unfinished runs (few) to those with the id, as JSON encodes it,
+        # in their inputs; the decoded inputs decide (it could be another input's value).
+        rows = self._read(
+            "SELECT run_id, inputs FROM runs WHERE status IN ('queued', 'running') "
+            "AND workflow_id = %s AND strpos(inputs, %s) > 0 ORDER BY created_at, ord",
+            (workflow_id, json.dumps(trigger_id, ensure_ascii=False)),
+        )
+        found = []
+        for run_id, inputs in rows:
+            try:
+                decoded = json.loads(inputs)
+            except ValueError:
+                continue
+            if isinstance(decoded, dict) and decoded.get("_trigger_id") == trigger_id:
+                found.append(run_id)
+        return found
 
     def events_committed(
         self, after: int, limit: int = 1000, *, own_only: bool = False
