@@ -2,24 +2,26 @@
 ``dagengine serve`` (embedded engine, SQLite store on disk) beside a bare Starlette/uvicorn
 endpoint returning a constant — both servers in their own processes on this machine, loaded
 by the same client (64 concurrent keep-alive connections over loopback, a minimal asyncio
-HTTP/1.1 client), one after the other, ``--rounds`` times (alternating, for a noisy machine).
+HTTP/1.1 client). Each row's load is paired with a load of the bare endpoint right before or
+after it (the order alternating from round to round), ``--rounds`` times: on a shared machine
+whose load drifts, a row is only compared with the bare endpoint under the same load.
 
     python benches/bench_http.py [--requests N] [--concurrency C] [--rounds R] [--engines N]
                                  [--baseline PYTHONPATH]
 
-Three ways in, each against the bare endpoint of the same round:
+Three ways in, each against the bare endpoint of its pair:
 
 * **sync trigger** — ``POST /hooks/sync``: the request waits for its run's result (200);
 * **async trigger** — ``POST /hooks/async``: answered once the run is committed (202);
 * **POST /workflows/{id}/runs** — the REST API, answered once the run is committed (202).
 
 Prints, per row, the median over the rounds of requests/s and p50/p99 latency, the median of
-the per-round ratios to bare, and the issue's targets (sync >= 0.5x, async and POST >= 0.6x,
-p99 <= 3x bare) as met / NOT MET. The bare endpoint is the ceiling of uvicorn + Starlette +
-the client on this machine; the difference is what the trigger or the REST route, the
-orchestrator (queue, dispatch, SQLite writes of the run, its node outputs and its events) and
-the engine add. After each row that leaves runs behind (async, POST), the next row waits for
-them to end, so that it is not loaded by their execution.
+the pair ratios to bare (and their range), the load average seen, and the issue's targets (sync
+>= 0.5x, async and POST >= 0.6x, p99 <= 3x bare) as met / NOT MET. The bare endpoint is the
+ceiling of uvicorn + Starlette + the client on this machine; the difference is what the trigger
+or the REST route, the orchestrator (queue, dispatch, SQLite writes of the run, its node
+outputs and its events) and the engine add. After each row that leaves runs behind (async,
+POST), the next row waits for them to end, so that it is not loaded by their execution.
 
 ``--baseline PATH`` starts a second ``dagengine serve`` with ``PYTHONPATH=PATH`` (another
 checkout's ``python`` folder, with the built ``_core`` extension copied in) and loads it in
@@ -186,9 +188,9 @@ def measure(url: str, path: str, args: argparse.Namespace) -> tuple[float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument(
         "--engines", type=int, default=0, help="local engine processes (0: the embedded engine)"
     )
@@ -221,51 +223,65 @@ def main() -> None:
                 servers[name] = url
             bare, bare_url = start([sys.executable, "bare.py"], root)
             procs.append(bare)
-            for _ in range(args.rounds):
-                seen.setdefault("bare", {}).setdefault("", []).append(
-                    measure(bare_url, "/const", args)
-                )
+            loads = [os.getloadavg()[0]]
+            for round_no in range(args.rounds):
                 for row, path, _target in ROWS:
                     for name, url in servers.items():
-                        seen.setdefault(name, {}).setdefault(row, []).append(
-                            measure(url, path, args)
-                        )
-                        drain(url)
+                        # A pair: this row and the bare endpoint back to back, which one goes
+                        # first alternating, so that both see the same load of the machine.
+                        pair = [("bare", bare_url, "/const"), (name, url, path)]
+                        if round_no % 2:
+                            pair.reverse()
+                        for who, where, what in pair:
+                            got = measure(where, what, args)
+                            if who == "bare":
+                                seen.setdefault("bare", {}).setdefault(f"{name} {row}", [])
+                                seen["bare"][f"{name} {row}"].append(got)
+                            else:
+                                seen.setdefault(who, {}).setdefault(row, []).append(got)
+                                drain(where)
+                        loads.append(os.getloadavg()[0])
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(30)
-    report(seen, args)
+    report(seen, args, loads)
 
 
 def report(
-    seen: dict[str, dict[str, list[tuple[float, float, float]]]], args: argparse.Namespace
+    seen: dict[str, dict[str, list[tuple[float, float, float]]]],
+    args: argparse.Namespace,
+    loads: list[float],
 ) -> None:
-    bare = seen["bare"][""]
+    med = statistics.median
+    bare_all = [got for pairs in seen["bare"].values() for got in pairs]
     print(
-        f"{args.requests} requests per row, {args.concurrency} concurrent clients, loopback, "
-        f"{args.rounds} rounds (medians; ratios: median of the per-round ratios to bare)"
+        f"{args.requests} requests per load, {args.concurrency} concurrent clients, loopback, "
+        f"{args.rounds} rounds; each row paired with a bare load next to it (order "
+        f"alternating): medians, ratios = median of the pair ratios; load average "
+        f"{min(loads):.1f}-{max(loads):.1f}"
     )
     head = f"{'':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x bare':>7} {'p99 x':>6}"
     print(f"{head}  target")
-    med = statistics.median
     print(
-        f"{'bare starlette/uvicorn constant':36} {med(r for r, _, _ in bare):8.0f} "
-        f"{med(p for _, p, _ in bare) * 1e3:8.2f} {med(p for _, _, p in bare) * 1e3:8.2f}"
+        f"{'bare starlette/uvicorn constant':36} {med(r for r, _, _ in bare_all):8.0f} "
+        f"{med(p for _, p, _ in bare_all) * 1e3:8.2f} {med(p for _, _, p in bare_all) * 1e3:8.2f}"
     )
     for name, rows in seen.items():
         if name == "bare":
             continue
         for row, _path, target in ROWS:
-            got = rows[row]
-            ratio = med(g[0] / b[0] for g, b in zip(got, bare, strict=True))
+            got, bare = rows[row], seen["bare"][f"{name} {row}"]
+            ratios = [g[0] / b[0] for g, b in zip(got, bare, strict=True)]
+            ratio = med(ratios)
             p99 = med(g[2] / b[2] for g, b in zip(got, bare, strict=True))
             met = ratio >= target and p99 <= P99_TARGET
             label = row if name == "serve" else f"{row} (baseline)"
             print(
                 f"{label:36} {med(g[0] for g in got):8.0f} {med(g[1] for g in got) * 1e3:8.2f} "
                 f"{med(g[2] for g in got) * 1e3:8.2f} {ratio:7.2f} {p99:6.1f}  "
-                f">= {target:.1f}x, p99 <= {P99_TARGET:.0f}x: {'met' if met else 'NOT MET'}"
+                f">= {target:.1f}x, p99 <= {P99_TARGET:.0f}x: {'met' if met else 'NOT MET'} "
+                f"(pairs {min(ratios):.2f}-{max(ratios):.2f})"
             )
     if "baseline" in seen:
         for row, _, _ in ROWS:
