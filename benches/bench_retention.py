@@ -43,7 +43,13 @@ class Template:
     def __init__(self, path: str, run_id: str) -> None:
         db = sqlite3.connect(path)
         try:
-            self.run = list(db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+            # (Not the run's number: each copy gets its own.)
+            self.columns = [r[1] for r in db.execute("PRAGMA table_info(runs)") if r[1] != "id"]
+            self.run = list(
+                db.execute(
+                    f"SELECT {', '.join(self.columns)} FROM runs WHERE run_id = ?", (run_id,)
+                ).fetchone()
+            )
             self.outputs = db.execute(
                 "SELECT node_id, attempt, output FROM node_outputs WHERE run_id = ?", (run_id,)
             ).fetchall()
@@ -52,7 +58,7 @@ class Template:
                 "WHERE run_id = ? ORDER BY seq",
                 (run_id,),
             ).fetchall()
-            columns = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+            columns = self.columns
         finally:
             db.close()
         # Sequence numbers relative to the run's first: a folded row refers to its start's
@@ -66,7 +72,7 @@ class Template:
 
     def write(self, db: sqlite3.Connection, prefix: str, count: int, t0: float, t1: float) -> None:
         """``count`` copies with ids ``prefix<n>``, their times spread over ``[t0, t1)``."""
-        base = int(db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events").fetchone()[0])
+        base = int(db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM event_rows").fetchone()[0])
         runs: list[list[Any]] = []
         outputs: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
@@ -84,14 +90,15 @@ class Template:
             )
             base += self.seqs
         marks = ", ".join("?" * self.width)
-        db.executemany(f"INSERT INTO runs VALUES ({marks})", runs)
+        db.executemany(f"INSERT INTO runs ({', '.join(self.columns)}) VALUES ({marks})", runs)
         db.executemany(
             "INSERT INTO node_outputs (run_id, node_id, attempt, output) VALUES (?, ?, ?, ?)",
             outputs,
         )
-        db.executemany(
-            "INSERT INTO events (seq, time, type, severity, workflow_id, run_id, node_id, "
-            "engine_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        db.executemany(  # (as the store writes them: by the run's number)
+            "INSERT INTO event_rows (seq, time, type, severity, workflow_id, run_key, node_id, "
+            "engine_id, data) VALUES (?, ?, ?, ?, ?, (SELECT id FROM runs WHERE run_id = ?), "
+            "?, ?, ?)",
             events,
         )
 
@@ -132,9 +139,10 @@ _PARTS = (
     "runs_by_parent",
     "node_outputs",
     "sqlite_autoindex_node_outputs_1",
-    "events",
-    "events_by_run",
-    "events_by_workflow",
+    "event_rows",
+    "event_rows_by_run",
+    "event_rows_by_run_id",
+    "event_rows_by_workflow",
 )
 
 
@@ -150,7 +158,7 @@ def bytes_per_run(folder: Path, runs: int) -> list[str]:
     try:
         db.execute("VACUUM")
         count = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-        rows = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        rows = db.execute("SELECT COUNT(*) FROM event_rows").fetchone()[0]
         parts = dict(db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
     finally:
         db.close()

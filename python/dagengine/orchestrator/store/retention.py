@@ -53,6 +53,9 @@ PRUNE_BATCH: Final = 500
 EVENTS_PER_BATCH: Final = 5000
 _FINISHED = "('succeeded', 'failed', 'cancelled')"
 _TABLES: Final = ("runs", "node_outputs", "events", "workflow_versions", "trigger_state")
+#: The SQLite table that holds the rows of each of :data:`_TABLES` (``events`` is a view of
+#: ``event_rows`` since migration 4).
+_STORED: Final = {"events": "event_rows"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,21 +332,50 @@ def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float)
         run_ids,
     )
     events = db.execute(
-        f"SELECT {EXPORT_EVENT_COLUMNS} FROM events WHERE run_id IN ({marks}) ORDER BY seq",
-        run_ids,
+        "SELECT e.seq, e.time, e.type, e.severity, e.node_id, e.engine_id, "
+        "COALESCE(r.run_id, e.run_id), e.data FROM event_rows e "
+        f"LEFT JOIN runs r ON r.id = e.run_key WHERE {_RUN_EVENTS.format(marks=marks)} "
+        "ORDER BY e.seq",
+        [*run_ids, *run_ids],
     )
     return write_export(folder, now, run_ids, runs, outputs, events)
+
+
+#: The events of some runs (``run_ids`` twice as parameters): by their number, or by their
+#: id for an event written while its run had no row.
+_RUN_EVENTS: Final = (
+    "(e.run_key IN (SELECT id FROM runs WHERE run_id IN ({marks})) OR e.run_id IN ({marks}))"
+)
 
 
 def _folded(db: sqlite3.Connection, marks: str, run_ids: list[str]) -> int:
     """The folded rows among the runs' events (each holds two events)."""
     return int(
         db.execute(
-            f"SELECT COUNT(*) FROM events WHERE run_id IN ({marks}) "
-            f"AND type IN ({_placeholders(len(FOLDED_TYPES))})",
-            [*run_ids, *FOLDED_TYPES],
+            f"SELECT COUNT(*) FROM event_rows e WHERE {_RUN_EVENTS.format(marks=marks)} "
+            f"AND e.type IN ({_placeholders(len(FOLDED_TYPES))})",
+            [*run_ids, *run_ids, *FOLDED_TYPES],
         ).fetchone()[0]
     )
+
+
+def _run_event_count(db: sqlite3.Connection, marks: str, run_ids: list[str]) -> int:
+    """The event rows of the runs."""
+    return int(
+        db.execute(
+            f"SELECT COUNT(*) FROM event_rows e WHERE {_RUN_EVENTS.format(marks=marks)}",
+            [*run_ids, *run_ids],
+        ).fetchone()[0]
+    )
+
+
+#: Old events that belong to no run that is still stored (a run's own go with it): at
+#: most a batch, oldest first.
+_RUNLESS_EVENTS: Final = """SELECT seq FROM event_rows
+    WHERE run_key IS NULL AND time < ?
+        AND (run_id IS NULL
+            OR NOT EXISTS (SELECT 1 FROM runs WHERE runs.run_id = event_rows.run_id))
+    ORDER BY seq"""
 
 
 def prune_batch(
@@ -362,14 +394,14 @@ def prune_batch(
         ).rowcount
         report.events = _folded(db, marks, chosen)  # two events a row
         report.events += db.execute(
-            f"DELETE FROM events WHERE run_id IN ({marks})", chosen
+            f"DELETE FROM event_rows AS e WHERE {_RUN_EVENTS.format(marks=marks)}",
+            [*chosen, *chosen],
         ).rowcount
         db.execute(f"DELETE FROM cache_entries WHERE run_id IN ({marks})", chosen)
         report.runs = db.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", chosen).rowcount
     if policy.max_age is not None:
         report.events += db.execute(
-            """DELETE FROM events WHERE seq IN (SELECT seq FROM events
-                WHERE run_id IS NULL AND time < ? ORDER BY seq LIMIT ?)""",
+            f"DELETE FROM event_rows WHERE seq IN ({_RUNLESS_EVENTS} LIMIT ?)",
             (now - policy.max_age, EVENTS_PER_BATCH),
         ).rowcount
     return report
@@ -387,16 +419,10 @@ def count_prunable(db: sqlite3.Connection, policy: RetentionPolicy, now: float) 
         report.node_outputs += db.execute(
             f"SELECT COUNT(*) FROM node_outputs WHERE run_id IN ({marks})", part
         ).fetchone()[0]
-        report.events += (
-            _folded(db, marks, part)
-            + db.execute(f"SELECT COUNT(*) FROM events WHERE run_id IN ({marks})", part).fetchone()[
-                0
-            ]
-        )
+        report.events += _folded(db, marks, part) + _run_event_count(db, marks, part)
     if policy.max_age is not None:
         report.events += db.execute(
-            "SELECT COUNT(*) FROM events WHERE run_id IS NULL AND time < ?",
-            (now - policy.max_age,),
+            f"SELECT COUNT(*) FROM ({_RUNLESS_EVENTS})", (now - policy.max_age,)
         ).fetchone()[0]
     return report
 
@@ -404,8 +430,10 @@ def count_prunable(db: sqlite3.Connection, policy: RetentionPolicy, now: float) 
 def store_stats(db: sqlite3.Connection, path: str) -> StoreStats:
     """Rows and bytes per table (``dbstat`` when compiled in, else the summed lengths of
     the values), runs per workflow and status, the file's size and its free pages."""
+    stored = {table: _STORED.get(table, table) for table in _TABLES}
     rows = {
-        table: int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) for table in _TABLES
+        table: int(db.execute(f"SELECT COUNT(*) FROM {stored[table]}").fetchone()[0])
+        for table in _TABLES
     }
     sizes: dict[str, int] = {}
     exact = True
@@ -414,21 +442,22 @@ def store_stats(db: sqlite3.Connection, path: str) -> StoreStats:
             "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"
         ).fetchall():
             sizes[name] = int(size)
-        by_table = {table: sizes.get(table, 0) for table in _TABLES}
+        by_table = {table: sizes.get(stored[table], 0) for table in _TABLES}
+        logical = {name: table for table, name in stored.items()}
         # Indexes count with their table.
         for name, table in db.execute(
             "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"
         ):
-            if table in by_table:
-                by_table[table] += sizes.get(name, 0)
+            if logical.get(table) in by_table:
+                by_table[logical[table]] += sizes.get(name, 0)
     except sqlite3.OperationalError:  # no dbstat in this SQLite
         exact = False
         by_table = {}
         for table in _TABLES:
-            columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+            columns = [row[1] for row in db.execute(f"PRAGMA table_info({stored[table]})")]
             total = " + ".join(f"COALESCE(LENGTH({c}), 0)" for c in columns)
             by_table[table] = int(
-                db.execute(f"SELECT COALESCE(SUM({total}), 0) FROM {table}").fetchone()[0]
+                db.execute(f"SELECT COALESCE(SUM({total}), 0) FROM {stored[table]}").fetchone()[0]
             )
     workflows: dict[str, dict[str, int]] = {}
     for workflow_id, status, count in db.execute(
@@ -437,7 +466,9 @@ def store_stats(db: sqlite3.Connection, path: str) -> StoreStats:
         workflows.setdefault(workflow_id, {})[status] = int(count)
     per_workflow = {
         workflow_id: int(size or 0)
-        for workflow_id, size in db.execute(WORKFLOW_BYTES_SQL.format(length="LENGTH"))
+        for workflow_id, size in db.execute(
+            WORKFLOW_BYTES_SQL.format(length="LENGTH").replace("FROM events", "FROM event_rows")
+        )
     }
     page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
     free = int(db.execute("PRAGMA freelist_count").fetchone()[0]) * page_size

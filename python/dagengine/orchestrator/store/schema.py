@@ -23,6 +23,31 @@ from dagengine.orchestrator.store.records import (
 
 __all__ = ["MIGRATIONS"]
 
+_RUN_COLUMNS = (
+    "run_id",
+    "workflow_id",
+    "version",
+    "status",
+    "inputs",
+    "attempt",
+    "engine_id",
+    "key",
+    "parent_run_id",
+    "parent_node_id",
+    "depth",
+    "resolved_versions",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "result",
+)
+
+#: The events as they were before migration 4: the run's id joined back from its number.
+_EVENTS_VIEW: Final = """SELECT e.seq, e.time, e.type, e.severity, e.workflow_id,
+        COALESCE(r.run_id, e.run_id) AS run_id, e.node_id, e.engine_id, e.data
+    FROM event_rows e LEFT JOIN runs r ON r.id = e.run_key"""
+
 #: Schema migrations; ``PRAGMA user_version`` is the number applied. Append, never edit.
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
@@ -121,11 +146,83 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "DROP TABLE node_outputs",
         "ALTER TABLE node_outputs_clustered RENAME TO node_outputs",
     ),
+    # Events keyed by their run's number, not its 32-character id (issue 23: the id was
+    # stored in every event row and again in its index, ~300 bytes a run). ``runs`` gets an
+    # explicit ``id`` (VACUUM renumbers an implicit rowid; AUTOINCREMENT: a pruned run's
+    # number is never given to another); the events move to ``event_rows``, whose
+    # ``run_key`` is that number (``run_id`` holds the id only for an event whose run has no
+    # row). ``events`` becomes a view with the old columns (and INSTEAD OF triggers), so SQL
+    # written against the old table still reads and writes the same events. Applied with
+    # foreign keys off (see SQLiteStore._migrate): dropping the old ``runs`` must not
+    # cascade to the node outputs.
+    (
+        """CREATE TABLE runs_keyed (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL UNIQUE,
+            workflow_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+            inputs TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            engine_id TEXT,
+            key TEXT,
+            parent_run_id TEXT REFERENCES runs (run_id),
+            parent_node_id TEXT,
+            depth INTEGER NOT NULL DEFAULT 0,
+            resolved_versions TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            error TEXT,
+            result TEXT
+        )""",
+        f"""INSERT INTO runs_keyed (id, {", ".join(_RUN_COLUMNS)})
+            SELECT rowid, {", ".join(_RUN_COLUMNS)} FROM runs ORDER BY rowid""",
+        """CREATE TABLE event_rows (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            time REAL NOT NULL,
+            type TEXT NOT NULL,
+            severity INTEGER NOT NULL,
+            workflow_id TEXT,
+            run_key INTEGER,
+            run_id TEXT,
+            node_id TEXT,
+            engine_id TEXT,
+            data TEXT NOT NULL
+        )""",
+        """INSERT INTO event_rows
+            SELECT e.seq, e.time, e.type, e.severity, e.workflow_id, r.id,
+                CASE WHEN r.id IS NULL THEN e.run_id END, e.node_id, e.engine_id, e.data
+            FROM events e LEFT JOIN runs_keyed r ON r.run_id = e.run_id ORDER BY e.seq""",
+        "DROP TABLE events",
+        "DROP TABLE runs",
+        "ALTER TABLE runs_keyed RENAME TO runs",
+        "CREATE INDEX runs_by_created ON runs (created_at)",
+        "CREATE INDEX runs_by_workflow ON runs (workflow_id, created_at)",
+        "CREATE INDEX runs_by_status ON runs (status, created_at)",
+        # Only sub-workflows have a parent.
+        "CREATE INDEX runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL",
+        "CREATE INDEX event_rows_by_run ON event_rows (run_key, seq)",
+        "CREATE INDEX event_rows_by_run_id ON event_rows (run_id, seq) WHERE run_id IS NOT NULL",
+        "CREATE INDEX event_rows_by_workflow ON event_rows (workflow_id, seq)",
+        f"CREATE VIEW events AS {_EVENTS_VIEW}",
+        """CREATE TRIGGER events_insert INSTEAD OF INSERT ON events BEGIN
+            INSERT INTO event_rows
+                (seq, time, type, severity, workflow_id, run_key, run_id, node_id, engine_id,
+                data)
+            VALUES (NEW.seq, NEW.time, NEW.type, NEW.severity, NEW.workflow_id,
+                (SELECT id FROM runs WHERE run_id = NEW.run_id),
+                CASE WHEN NOT EXISTS (SELECT 1 FROM runs WHERE run_id = NEW.run_id)
+                    THEN NEW.run_id END,
+                NEW.node_id, NEW.engine_id, NEW.data);
+        END""",
+        """CREATE TRIGGER events_delete INSTEAD OF DELETE ON events BEGIN
+            DELETE FROM event_rows WHERE seq = OLD.seq;
+        END""",
+    ),
 )
 
-_INSERT_EVENT = """INSERT INTO events
-    (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 #: Events written by one INSERT statement. sqlite3 lets go of the GIL around every step of
 #: a statement, and each of those hand-offs cost more than the row when threads contend for
@@ -167,13 +264,20 @@ def _multi_row(
 
 @functools.lru_cache(maxsize=16)
 def _insert_events(rows: int) -> str:
-    """An INSERT of ``rows`` events (9 values each; SQLite allows 32,766 per statement;
-    rows of NULLs are skipped: see :func:`_padded`)."""
-    return (
-        "INSERT INTO events (seq, time, type, severity, workflow_id, run_id, node_id, "
-        "engine_id, data) SELECT column1, column2, column3, column4, column5, column6, "
-        f"column7, column8, column9 FROM (VALUES {_values(rows, 9)}) WHERE column1 IS NOT NULL"
-    )
+    """An INSERT of ``rows`` events (``seq, time, type, severity, workflow_id, run_id,
+    node_id, engine_id, data`` each; SQLite allows 32,766 values per statement; rows of
+    NULLs are skipped: see :func:`_padded`). The run is stored by its number
+    (``run_key``); its id only when it has no row."""
+    return f"""INSERT INTO event_rows (seq, time, type, severity, workflow_id, run_key, run_id,
+        node_id, engine_id, data)
+    SELECT v.column1, v.column2, v.column3, v.column4, v.column5, r.id,
+        CASE WHEN r.id IS NULL THEN v.column6 END, v.column7, v.column8, v.column9
+    FROM (VALUES {_values(rows, 9)}) AS v LEFT JOIN runs r ON r.run_id = v.column6
+    WHERE v.column1 IS NOT NULL"""
+
+
+#: One event (the values of :func:`_insert_events`).
+_INSERT_EVENT: Final = _insert_events(1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -218,24 +322,10 @@ class Positions:
             return self._last
 
 
-_RUN_COLUMNS = (
-    "run_id",
-    "workflow_id",
-    "version",
-    "status",
-    "inputs",
-    "attempt",
-    "engine_id",
-    "key",
-    "parent_run_id",
-    "parent_node_id",
-    "depth",
-    "resolved_versions",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "error",
-    "result",
+#: The columns an event is read as, its run's id joined back from its number (alias ``e``).
+_EVENT_SELECT: Final = (
+    "SELECT e.seq, e.time, e.type, e.severity, e.workflow_id, COALESCE(r.run_id, e.run_id), "
+    "e.node_id, e.engine_id, e.data FROM event_rows e LEFT JOIN runs r ON r.id = e.run_key"
 )
 _RUN_JSON = frozenset({"inputs", "resolved_versions", "error", "result"})
 _RUN_SELECT = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"

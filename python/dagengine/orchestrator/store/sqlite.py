@@ -47,6 +47,7 @@ from dagengine.orchestrator.store.retention import (
     store_stats,
 )
 from dagengine.orchestrator.store.schema import (
+    _EVENT_SELECT,
     _INSERT_EVENT,
     _INSERT_OUTPUT,
     _INSERT_RUN,
@@ -105,13 +106,17 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
             if text != ":memory:":
                 self._db.execute("PRAGMA wal_autocheckpoint = 0")  # ours: _checkpoints
                 self._db.execute(f"PRAGMA journal_size_limit = {64 << 20}")
+            # Foreign keys on only after the migrations: one rebuilds ``runs``, and dropping
+            # the old table must not cascade to the rows that refer to it (the pragma is
+            # ignored inside a transaction, so it cannot be switched off for one migration).
             self._migrate()
+            self._db.execute("PRAGMA foreign_keys = ON")
             self._next_seq = (
-                int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]) + 1
+                int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM event_rows").fetchone()[0])
+                + 1
             )
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -558,11 +563,12 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         where: list[str] = []
         params: list[Any] = []
         if workflow_id is not None:
-            where.append("workflow_id = ?")
+            where.append("e.workflow_id = ?")
             params.append(workflow_id)
         if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
+            # By the run's number (an event whose run had no row keeps the id itself).
+            where.append("(e.run_key = (SELECT id FROM runs WHERE run_id = ?) OR e.run_id = ?)")
+            params += [run_id, run_id]
         wanted: set[str] | None = None
         stored: list[str] = []
         if types is not None:
@@ -570,19 +576,16 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             if not wanted:
                 return []
             stored = stored_types(wanted)
-            where.append(f"type IN ({', '.join('?' for _ in stored)})")
+            where.append(f"e.type IN ({', '.join('?' for _ in stored)})")
             params.extend(stored)
         if min_severity is not None:
-            where.append("severity >= ?")
+            where.append("e.severity >= ?")
             params.append(_severity_rank(min_severity))
-        select = (
-            "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data "
-            "FROM events WHERE "
-        )
+        select = f"{_EVENT_SELECT} WHERE "
         rest = "".join(f" AND {w}" for w in where)
         with self._lock:
             rows = self._db.execute(
-                f"{select}seq > ?{rest} ORDER BY seq LIMIT ?", [after, *params, limit]
+                f"{select}e.seq > ?{rest} ORDER BY e.seq LIMIT ?", [after, *params, limit]
             ).fetchall()
             # A full page ends at ``bound``: the starts folded into rows just past it
             # (at most FOLD_SPAN numbers later) belong to this page.
@@ -591,7 +594,8 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             if bound is not None and folded:
                 marks = ", ".join("?" * len(folded))
                 rows += self._db.execute(
-                    f"{select}seq > ? AND seq <= ? AND type IN ({marks}){rest} ORDER BY seq",
+                    f"{select}e.seq > ? AND e.seq <= ? AND e.type IN ({marks}){rest} "
+                    "ORDER BY e.seq",
                     [bound, bound + FOLD_SPAN, *folded, *params],
                 ).fetchall()
         records = [
