@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dagengine.orchestrator.store import RunRecord, Store
 from dagengine.orchestrator.store.retention import RetentionPolicy
 from dagengine.orchestrator.store.schema import MIGRATIONS
@@ -168,3 +169,142 @@ def test_old_events_of_runs_that_have_no_row_are_pruned() -> None:
         assert store.prune(policy, now=100.0, dry_run=True).events == 1
         assert store.prune(policy, now=100.0).events == 1
         assert events_of(store) == [(2, "x", "alive", None)]
+
+
+# -- a succeeded run's node outputs kept once, in its result -----------------------------------
+
+
+def node(output: Any) -> dict[str, Any]:
+    return {
+        "status": "succeeded",
+        "output": output,
+        "error": None,
+        "attempts": 1,
+        "started_at": 1.0,
+        "finished_at": 2.0,
+    }
+
+
+def result_of(run_id: str, outputs: dict[str, Any], status: str = "succeeded") -> dict[str, Any]:
+    nodes = {nid: node(out) for nid, out in outputs.items()}
+    return {
+        "run_id": run_id,
+        "status": status,
+        "error": None,
+        "duration": 0.5,
+        "outputs": {nid: out or {} for nid, out in outputs.items()},
+        "nodes": nodes,
+    }
+
+
+def end_run(
+    store: Store,
+    run_id: str,
+    stored: list[tuple[str, str]],
+    result: dict[str, Any],
+    status: str = "succeeded",
+) -> list[bool]:
+    """A run whose nodes stored ``stored`` (node, output JSON) in that order, ended later
+    with ``result``; returns what the end's callback was told."""
+    store.create_run(RunRecord(run_id, "wf", "1", "queued", {}, created_at=1.0))
+    attempt = store.claim_attempt(run_id, "local")
+    for node_id, output in stored:
+        store.save_node_output_json_later(run_id, node_id, attempt, output)
+    store.flush()  # (the outputs come in an earlier group than the end, as they usually do)
+    told: list[bool] = []
+    store.finish_run_later(run_id, attempt, status, json.dumps(result), None, told.append)
+    store.flush()
+    store._run_ready()
+    return told
+
+
+def output_rows(store: Store, run_id: str) -> int:
+    with store._lock:
+        return int(
+            store._db.execute(
+                "SELECT COUNT(*) FROM node_outputs WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+        )
+
+
+def test_a_succeeded_runs_outputs_are_kept_once_in_its_result() -> None:
+    with Store() as store:
+        stored = [("b", '{"x": 1}'), ("a", '{"y":[1,2]}'), ("c", "{}")]
+        result = result_of("r1", {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": None})
+        assert end_run(store, "r1", stored, result) == [True]
+        assert output_rows(store, "r1") == 0
+        outputs = store.node_outputs("r1")
+        assert outputs == {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": {}}
+        assert list(outputs) == ["b", "a", "c"]
+        record = store.get_run("r1")
+        assert record is not None
+        assert record.result == result
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        [("a", '{"x": 2}'), ("b", "{}")],  # another value
+        [("a", '{"x": 1.0}'), ("b", "{}")],  # reads back as another value
+        [("b", "{}"), ("a", '{"x": 1}')],  # another order
+        [("a", '{"x": 1}')],  # one missing
+        [("a", '{"x": 1}'), ("b", "{}"), ("z", "{}")],  # one more
+        [],  # none stored
+    ],
+)
+def test_outputs_that_are_not_exactly_the_results_stay(stored: list[tuple[str, str]]) -> None:
+    with Store() as store:
+        result = result_of("r1", {"a": {"x": 1}, "b": None})
+        end_run(store, "r1", stored, result)
+        assert output_rows(store, "r1") == len(stored)
+        expected = {node_id: json.loads(output) for node_id, output in stored}
+        assert store.node_outputs("r1") == expected
+        assert list(store.node_outputs("r1")) == list(expected)
+        record = store.get_run("r1")
+        assert record is not None
+        assert record.result == result
+
+
+def test_a_failed_runs_outputs_stay_for_its_retry() -> None:
+    with Store() as store:
+        result = result_of("r1", {"a": {"x": 1}}, status="failed")
+        end_run(store, "r1", [("a", '{"x":1}')], result, status="failed")
+        assert output_rows(store, "r1") == 1
+        assert store.node_outputs("r1") == {"a": {"x": 1}}
+
+
+def test_an_export_holds_the_outputs_kept_in_the_result(tmp_path: Path) -> None:
+    with Store() as store:
+        result = result_of("r1", {"a": {"x": 1}})
+        end_run(store, "r1", [("a", '{"x":1}')], result)
+        assert output_rows(store, "r1") == 0
+        report = store.prune(RetentionPolicy(1.0, export_dir=str(tmp_path)), now=time.time() + 9)
+        assert report.runs == 1
+        (exported,) = tmp_path.glob("runs-*.jsonl")
+        assert json.loads(exported.read_text())["node_outputs"] == {"a": {"x": 1}}
+
+
+def test_runs_through_the_orchestrator_read_the_same_outputs(tmp_path: Path) -> None:
+    from dagengine import DAG, LuaExecutor, Node
+    from dagengine.orchestrator import Config, Orchestrator
+
+    dag = DAG("w", "1.0.0")
+    dag.add_node(Node("a", [], LuaExecutor("return {rows = {1, 2}}")))
+    for name in ("b", "c", "d"):  # in parallel
+        dag.add_node(Node(name, ["a"], LuaExecutor(f"return {{n = '{name}'}}")))
+    dag.add_node(Node("e", ["b", "c", "d"], LuaExecutor("return {}")))
+    path = str(tmp_path / "s.db")
+    with Orchestrator(store=path, config=Config(store_path=path)) as orch:
+        orch.register_workflow("w", "1.0.0", dag)
+        results = [orch.execute_workflow("w", inputs={}) for _ in range(5)]
+        for result in results:
+            assert result.ok
+            outputs = orch.store.node_outputs(result.run_id)
+            assert outputs == result.outputs
+            assert outputs["a"] == {"rows": [1, 2]}
+            assert outputs["e"] == {}
+            order = list(outputs)
+            assert (order[0], order[-1]) == ("a", "e")
+        with orch.store._lock:
+            rows = orch.store._db.execute("SELECT COUNT(*) FROM node_outputs").fetchone()[0]
+        assert rows == 0  # each kept once, in its run's result

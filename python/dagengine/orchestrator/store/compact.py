@@ -34,6 +34,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from dagengine.orchestrator.store.records import _dumps
+
 __all__ = [
     "FOLDED",
     "FOLDED_TYPES",
@@ -239,7 +241,73 @@ def expand_result(run_id: str, status: str, stored: Any) -> Any:
     nodes = stored.get("nodes")
     if isinstance(nodes, dict):
         stored["nodes"] = nodes = {node: _node_entry(entry) for node, entry in nodes.items()}
-    if mark == 2:
+    if mark in (2, _OUTPUTS_HERE):
         out["outputs"] = _outputs_of(nodes or {})
     out.update(stored)
     return out
+
+
+#: The mark of a result (``outputs`` dropped, as mark 2) whose run's ``node_outputs`` rows
+#: were dropped too: they were exactly the result's, and are read back from it
+#: (:func:`result_outputs`).
+_OUTPUTS_HERE: Final = 3
+_REBUILT_PREFIX: Final = '{"~":2,'
+_OUTPUTS_HERE_PREFIX: Final = '{"~":3,'
+
+
+def outputs_to_drop(stored: str) -> list[tuple[str, str]] | None:
+    """The ``(node_id, output JSON)`` of each succeeded node of a stored result, in the
+    result's order: what the run's ``node_outputs`` rows must be (in their order) for
+    :func:`with_outputs_here` to replace them; ``None`` for a result that cannot (not
+    compacted with its ``outputs`` rebuilt)."""
+    if not stored.startswith(_REBUILT_PREFIX):
+        return None
+    nodes = json.loads(stored).get("nodes")
+    if not isinstance(nodes, dict):
+        return None
+    return [(nid, _dumps(output)) for nid, output in _completed(nodes).items()]
+
+
+def with_outputs_here(stored: str) -> str:
+    """A stored result of :func:`outputs_to_drop` marked as holding its run's node outputs."""
+    return _OUTPUTS_HERE_PREFIX + stored[len(_REBUILT_PREFIX) :]
+
+
+def result_outputs(stored: str | None) -> dict[str, Any] | None:
+    """The node outputs a stored result holds for its run (:func:`with_outputs_here`), in
+    completion order; ``None`` if its run's are in ``node_outputs``."""
+    if stored is None or not stored.startswith(_OUTPUTS_HERE_PREFIX):
+        return None
+    nodes = json.loads(stored).get("nodes")
+    return _completed(nodes if isinstance(nodes, dict) else {})
+
+
+def _completed(nodes: dict[str, Any]) -> dict[str, Any]:
+    """The outputs of a stored result's succeeded nodes in the order they finished (by
+    ``finished_at``; the result's order for equal or missing times): the order their
+    ``node_outputs`` rows had (:func:`with_outputs_here` is used only when it is)."""
+    expanded = [(node, _node_entry(entry)) for node, entry in nodes.items()]
+    outputs = _outputs_of(dict(expanded))
+    finished = {
+        node: entry.get("finished_at") if isinstance(entry, dict) else None
+        for node, entry in expanded
+    }
+
+    def when(node: str) -> float:
+        value = finished[node]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return float("inf")
+
+    return {node: outputs[node] for node in sorted(outputs, key=when)}
+
+
+def same_output(stored: str, expected: str) -> bool:
+    """Whether a stored output's JSON reads back as ``expected`` (the same text once
+    re-encoded: ``1.0`` and ``1`` differ)."""
+    if stored == expected:
+        return True
+    try:
+        return _dumps(json.loads(stored)) == expected
+    except ValueError:
+        return False

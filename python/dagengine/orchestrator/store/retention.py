@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from dagengine._units import parse_duration
 from dagengine.exceptions import StoreError
-from dagengine.orchestrator.store.compact import FOLDED_TYPES, expand
+from dagengine.orchestrator.store.compact import FOLDED_TYPES, expand, result_outputs
 from dagengine.orchestrator.store.records import SEVERITIES
 from dagengine.orchestrator.store.schema import _RUN_SELECT, _run_from_row
 
@@ -326,11 +326,18 @@ def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float)
         row[0]: _run_from_row(row)
         for row in db.execute(f"{_RUN_SELECT} WHERE run_id IN ({marks})", run_ids)
     }
-    outputs = db.execute(
+    outputs: list[tuple[str, str, str]] = db.execute(
         f"SELECT run_id, node_id, output FROM node_outputs WHERE run_id IN ({marks}) "
         "ORDER BY position, node_id",
         run_ids,
-    )
+    ).fetchall()
+    # A succeeded run's outputs may be kept in its result only (compact.result_outputs).
+    have = {row[0] for row in outputs}
+    for run_id, result in db.execute(
+        f"SELECT run_id, result FROM runs WHERE run_id IN ({marks})", run_ids
+    ):
+        kept = None if run_id in have else result_outputs(result)
+        outputs += [(run_id, node, json.dumps(value)) for node, value in (kept or {}).items()]
     events = db.execute(
         "SELECT e.seq, e.time, e.type, e.severity, e.node_id, e.engine_id, "
         "COALESCE(r.run_id, e.run_id), e.data FROM event_rows e "

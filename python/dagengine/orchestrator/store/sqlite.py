@@ -26,7 +26,13 @@ from typing import Any
 from dagengine.exceptions import RunNotFound, StoreError
 from dagengine.orchestrator.store import writer as _writer
 from dagengine.orchestrator.store.cache_entries import CacheEntryTable
-from dagengine.orchestrator.store.compact import FOLD_SPAN, FOLDED_TYPES, expand, stored_types
+from dagengine.orchestrator.store.compact import (
+    FOLD_SPAN,
+    FOLDED_TYPES,
+    expand,
+    result_outputs,
+    stored_types,
+)
 from dagengine.orchestrator.store.records import (
     SEVERITIES,
     EventRecord,
@@ -453,6 +459,11 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             "SELECT node_id, output FROM node_outputs WHERE run_id = ? ORDER BY position, node_id",
             (run_id,),
         )
+        if not rows:  # a succeeded run's may be kept in its result only (compact)
+            stored = self._query("SELECT result FROM runs WHERE run_id = ?", (run_id,))
+            kept = result_outputs(stored[0][0]) if stored else None
+            if kept is not None:
+                return kept
         return {node_id: _loads(output) for node_id, output in rows}
 
     # -- events --

@@ -27,7 +27,12 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from dagengine.exceptions import StoreError
-from dagengine.orchestrator.store.compact import fold_events
+from dagengine.orchestrator.store.compact import (
+    fold_events,
+    outputs_to_drop,
+    same_output,
+    with_outputs_here,
+)
 from dagengine.orchestrator.store.records import _encodable
 from dagengine.orchestrator.store.schema import (
     _CLAIM,
@@ -46,6 +51,14 @@ from dagengine.orchestrator.store.schema import (
 )
 
 _log = logging.getLogger("dagengine.orchestrator.store")
+
+#: The node outputs of some runs (a JSON array of ids), in their order, as one JSON array
+#: of ``[run_id, node_id, output]`` (one row: one step of the statement).
+_STORED_OUTPUTS: Final = """SELECT json_group_array(json_array(run_id, node_id, output)) FROM (
+    SELECT run_id, node_id, output FROM node_outputs
+    WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, position, node_id)"""
+#: Delete the node outputs of some runs (a JSON array of ids).
+_DROP_OUTPUTS: Final = "DELETE FROM node_outputs WHERE run_id IN (SELECT value FROM json_each(?))"
 
 __all__ = [
     "CHECKPOINT_CATCH_UP_FRAMES",
@@ -501,6 +514,38 @@ class WriteBehind:
         succeeded): the store cannot write, and the service is not ready."""
         return self._write_error
 
+    def _outputs_in_results(self, rows: list[tuple[Any, ...]], ended: set[str]) -> list[str]:
+        """Of the runs ``rows`` end (``_finish_runs`` values) that succeed with a result
+        holding exactly their stored node outputs, in the same order (issue 23: the
+        outputs were stored twice): mark the result in ``rows`` as holding them
+        (:func:`~dagengine.orchestrator.store.compact.with_outputs_here`) and return their
+        ids, whose ``node_outputs`` rows the caller then deletes."""
+        wanted: dict[str, list[tuple[str, str]]] = {}
+        for run_id, status, result, *_ in rows:
+            if run_id in ended and status == "succeeded" and result is not None:
+                outputs = outputs_to_drop(result)
+                if outputs:
+                    wanted[run_id] = outputs
+        if not wanted:
+            return []
+        stored: dict[str, list[tuple[str, str]]] = {run_id: [] for run_id in wanted}
+        found = self._db.execute(_STORED_OUTPUTS, (json.dumps(list(wanted)),)).fetchone()[0]
+        for run_id, node_id, output in json.loads(found or "[]"):
+            stored[run_id].append((node_id, output))
+        dropped = []
+        for index, row in enumerate(rows):
+            run_id = row[0]
+            expected, have = wanted.get(run_id), stored.get(run_id)
+            if (
+                expected is not None
+                and have is not None
+                and [n for n, _ in have] == [n for n, _ in expected]
+                and all(same_output(o, e) for (_, o), (_, e) in zip(have, expected, strict=True))
+            ):
+                rows[index] = (run_id, row[1], with_outputs_here(row[2]), *row[3:])
+                dropped.append(run_id)
+        return dropped
+
     def _commit_group(
         self, pending: list[tuple[str, tuple[Any, ...]]], events: list[tuple[Any, ...]]
     ) -> list[tuple[Callable[[bool], None], bool]]:
@@ -559,11 +604,17 @@ class WriteBehind:
             if outputs:
                 write_outputs()
             for chunk in _chunks(deferred, _RUNS_PER_STATEMENT):
-                finish, values = _multi_row(_finish_runs, [row[:-1] for _, row in chunk])
+                rows = [row[:-1] for _, row in chunk]
+                finish, values = _multi_row(_finish_runs, rows)
                 finishable = _finishable_runs(_padded(len(chunk)))
                 ended = set(json.loads(self._db.execute(finishable, values).fetchone()[0]))
                 if ended:
+                    dropped = self._outputs_in_results(rows, ended)
+                    if dropped:
+                        finish, values = _multi_row(_finish_runs, rows)
                     self._db.execute(finish, values)
+                    if dropped:
+                        self._db.execute(_DROP_OUTPUTS, (json.dumps(dropped),))
                 for entry, row in chunk:
                     entry[1] = row[0] in ended
             for chunk in _chunks(fold_events(events), _EVENTS_PER_INSERT):
