@@ -57,7 +57,12 @@ class Ref:
         return self._path
 
     def __getitem__(self, key: str | int) -> Ref:
-        if isinstance(key, bool) or not isinstance(key, (str, int)):
+        kind = type(key)
+        if (
+            kind is not str
+            and kind is not int
+            and (kind is bool or not isinstance(key, (str, int)))
+        ):
             raise TypeError(
                 f"{self!r}[{key!r}]: an item of a reference is a str key or an int index, "
                 f"got {type(key).__name__}"

@@ -53,12 +53,19 @@ __all__ = ["DecoratedWorkflow", "Ref", "Task", "task", "workflow"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# The workflow being recorded on this thread (None outside a workflow function).
-_recording = threading.local()
+
+class _Recording(threading.local):
+    """The workflow being recorded on this thread (``None`` outside a workflow function): a
+    class default, so a task call reads it with one attribute lookup."""
+
+    recorder: _Recorder | None = None
+
+
+_recording = _Recording()
 
 
 def _current() -> _Recorder | None:
-    return getattr(_recording, "recorder", None)
+    return _recording.recorder
 
 
 # --- tasks ------------------------------------------------------------------------------------
@@ -70,7 +77,7 @@ class _Binder:
     for plain parameters (whose required ones come first, as Python wants), and
     :meth:`inspect.Signature.bind` for the rest and for every error message."""
 
-    __slots__ = ("name", "names", "params", "required", "sig", "simple")
+    __slots__ = ("most", "name", "names", "params", "required", "sig", "simple")
 
     def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.name = name
@@ -80,6 +87,9 @@ class _Binder:
         self.params = [p.name for p in params]
         self.names = {p.name: i for i, p in enumerate(params)}
         self.required = sum(1 for p in params if p.default is p.empty)
+        # The most positional arguments a call without keywords may pass and need no other
+        # check (-1: always check): what the recorder compares inline.
+        self.most = len(params) if self.simple else -1
 
     def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         given = len(args)
@@ -120,7 +130,7 @@ class Task(Generic[P, R]):
         self.template = Node(name, (), None, **node_options)
         if self.map_options:
             Node(name, ("_",), None, map="{}", **self.map_options)
-        self.option_setters = _option_setters(self.template)
+        self.node_fields = vars(self.template)
         self.fn = fn
         self.id = name
         self.options: Mapping[str, Any] = dict(options)
@@ -159,7 +169,7 @@ class Task(Generic[P, R]):
         return Task(self.fn, id if id is not None else self.id, options)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        recorder = _current()
+        recorder = _recording.recorder
         if recorder is None:
             return self.fn(*args, **kwargs)
         return recorder.call(self, args, kwargs)  # type: ignore[return-value]
@@ -289,7 +299,9 @@ class _Recorder:
         return node_id
 
     def call(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Ref:
-        task._binder.check(args, kwargs)
+        binder = task._binder
+        if kwargs or not binder.required <= len(args) <= binder.most:
+            binder.check(args, kwargs)
         deps: dict[str, None] = {}
         self.deps = deps
         refs: list[tuple[int, str | None, tuple[str | int, ...]]] = []
@@ -321,13 +333,38 @@ class _Recorder:
                     getters.append((key, get))
                     kwargs[key] = None
         base = task.id
-        node_id = base if base not in self.counts and base not in calls else self.node_id(base)
-        self.counts.setdefault(base, 1)
+        counts = self.counts
+        count = counts.get(base)
+        # node_id()'s common cases inline: a task's first call, and a next number not taken.
+        if count is None:
+            if base in calls:
+                node_id = self.node_id(base)
+            else:
+                node_id = base
+                counts[base] = 1
+        else:
+            count += 1
+            node_id = f"{base}_{count}"
+            if node_id in calls:
+                node_id = self.node_id(base)
+            else:
+                counts[base] = count
         call = Call(base, task.fn, arg_list, kwargs, refs, getters)
-        executor = _executor(call, self.import_path)
-        # Ids are unique by construction (node_id()), and recording adds nodes to a DAG
-        # nobody else has touched yet: add_node's checks are for other callers.
-        self.nodes[node_id] = _node_like(task.option_setters, node_id, tuple(deps), executor)
+        # PythonExecutor(call, import_path=...) and a Node like the task's template, without
+        # their argument checks (they ran on the template, and the id and deps are valid by
+        # construction): a 10,000-call workflow is defined in half the time of calling them.
+        # Ids are unique (node_id()), and recording adds nodes to a DAG nobody else has
+        # touched yet: add_node's checks are for other callers.
+        executor: PythonExecutor = _new(PythonExecutor)
+        _SET_FN(executor, call)
+        _SET_IMPORT_PATH(executor, self.import_path)
+        fields = task.node_fields.copy()
+        fields["id"] = node_id
+        fields["deps"] = tuple(deps)
+        fields["executor"] = executor
+        made: Node = _new(Node)
+        _SET_NODE_FIELDS(made, fields)
+        self.nodes[node_id] = made
         calls[node_id] = call
         return Ref(node_id, ())
 
@@ -391,51 +428,13 @@ def _map_expression(items: Any, task_id: str) -> tuple[str, str | None]:
     )
 
 
-# Node's and PythonExecutor's slots, set directly (their classes are frozen). Node's fields
-# other than the three each call sets are copied from a task's template, whatever options
-# Node grows (the "rules" ones included).
-_NODE_OPTIONS = tuple(
-    f.name for f in dataclasses.fields(Node) if f.name not in ("id", "deps", "executor")
-)
-_SET_ID = Node.__dict__["id"].__set__
-_SET_DEPS = Node.__dict__["deps"].__set__
-_SET_EXECUTOR = Node.__dict__["executor"].__set__
+# PythonExecutor's slots, and a Node's fields, set directly (their classes are frozen). A call's
+# node takes a copy of its task's template node's fields (whatever options Node grows, the
+# "rules" ones included) with its own id, deps and executor.
+_SET_NODE_FIELDS = Node.__dict__["__dict__"].__set__
 _SET_FN = PythonExecutor.__dict__["fn"].__set__
 _SET_IMPORT_PATH = PythonExecutor.__dict__["import_path"].__set__
 _new = object.__new__
-
-
-def _option_setters(template: Node) -> list[tuple[Callable[[Node, Any], None], Any]]:
-    """How :func:`_node_like` copies ``template``'s options: (slot setter, value) pairs."""
-    return [(Node.__dict__[name].__set__, getattr(template, name)) for name in _NODE_OPTIONS]
-
-
-def _node_like(
-    options: list[tuple[Callable[[Node, Any], None], Any]],
-    node_id: str,
-    deps: tuple[str, ...],
-    executor: PythonExecutor,
-) -> Node:
-    """A task's template node (its ``options``, from :func:`_option_setters`) with this id,
-    deps and executor. Node's checks ran on the template; the id (a task id, maybe
-    numbered) and deps (recorded node ids, once each) are valid by construction. A
-    10,000-call workflow is defined in half the time of calling Node()."""
-    node: Node = _new(Node)
-    _SET_ID(node, node_id)
-    _SET_DEPS(node, deps)
-    _SET_EXECUTOR(node, executor)
-    for put, value in options:
-        put(node, value)
-    return node
-
-
-def _executor(call: Call, import_path: str | None) -> PythonExecutor:
-    """``PythonExecutor(call, import_path=...)`` without its argument checks (both are right
-    by construction), for the same reason as :func:`_node_like`."""
-    executor: PythonExecutor = _new(PythonExecutor)
-    _SET_FN(executor, call)
-    _SET_IMPORT_PATH(executor, import_path)
-    return executor
 
 
 def _import_path(fn: Callable[..., Any]) -> tuple[str | None, str]:

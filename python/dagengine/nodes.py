@@ -279,7 +279,9 @@ def check_positive_int(value: object, field: str) -> int | None:
     return value
 
 
-@dataclass(frozen=True, slots=True, init=False)
+# Not slotted: a decorated workflow's task calls make their nodes as a copy of the task's
+# template node's __dict__ (dagengine.authoring), a third of the work of setting 13 slots.
+@dataclass(frozen=True, init=False)
 class Node:
     """One step of a workflow: ``Node("load", ["transform"], PythonExecutor(save))``.
 

@@ -124,6 +124,33 @@ def test_node_ids_count_up_and_can_be_chosen() -> None:
     assert ids.nodes["chosen"].retries == 4
 
 
+def test_a_calls_node_is_the_node_the_constructor_makes() -> None:
+    # Recording copies each call's node from its task's template instead of calling Node():
+    # every field must still be what Node() with the task's options gives.
+    options: dict[str, Any] = {
+        "retries": 3,
+        "timeout": "10s",
+        "retry_backoff": de.RetryBackoff(initial=0.5, factor=3.0, max=9.0),
+        "when": "inputs.go",
+        "trigger_rule": "all_done",
+        "cache": {"ttl": "1h"},
+    }
+    tuned = de.task(**options)(flows.square.fn)
+
+    @de.workflow
+    def copies(go: bool = True) -> None:
+        tuned(tuned(tuned(2)["sq"])["sq"])
+
+    nodes = copies.nodes
+    assert list(nodes) == ["square", "square_2", "square_3"]
+    for node_id, deps in (("square", ()), ("square_2", ("square",)), ("square_3", ("square_2",))):
+        node = nodes[node_id]
+        assert node == de.Node(node_id, deps, node.executor, **options)
+    assert vars(nodes["square"]) is not vars(nodes["square_2"])
+    assert nodes["square_3"].executor.import_path is None  # defined in a function
+    assert copies.run({"go": True}).outputs["square_3"] == {"sq": 256}
+
+
 def test_async_tasks_run() -> None:
     @de.task
     async def slow(x: int) -> dict[str, Any]:
