@@ -251,9 +251,13 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready while the store can write: a commit that keeps failing (a full disk, the
     database locked by another process, a read-only file) makes the service unready, so a
-    load balancer sends work elsewhere while ``/healthz`` (liveness) still answers."""
-    store = getattr(_api(request).orch, "store", None)
-    problem = getattr(store, "write_error", None)
+    load balancer sends work elsewhere while ``/healthz`` (liveness) still answers. So does
+    a replica cut off from the database for a lease's time (its runs move to the others)."""
+    orch = _api(request).orch
+    problem = getattr(getattr(orch, "store", None), "write_error", None)
+    replicas = getattr(orch, "replicas", None)
+    if problem is None and replicas is not None:
+        problem = replicas.unready_reason()
     if problem is not None:
         return JSONResponse({"status": "not ready", "store": str(problem)}, status_code=503)
     return JSONResponse({"status": "ready"})

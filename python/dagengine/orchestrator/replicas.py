@@ -132,6 +132,21 @@ class ReplicaCoordinator:
             thread.start()
             self._threads.append(thread)
 
+    def unready_reason(self) -> str | None:
+        """Why this replica should get no work (``GET /readyz`` answers 503): its leases
+        were last renewed longer than a lease's time to live ago (the database is out of
+        reach, its runs are being taken over). ``None`` when it is fine."""
+        renewed = self.renewed_at
+        if renewed is None:
+            return None  # (not started: nothing was ever leased)
+        late = time.monotonic() - renewed
+        if late <= self.store.lease_ttl:
+            return None
+        return (
+            f"replica {self.replica_id}: leases last renewed {late:.1f}s ago (lease TTL "
+            f"{self.store.lease_ttl:g}s): the database is out of reach"
+        )
+
     def stop(self) -> None:
         """Stop the threads (the leases are kept until :meth:`release`, or they expire)."""
         self._stop.set()
