@@ -15,7 +15,7 @@ defaults. The file (every key optional)::
                                # (DAGENGINE_REPLICA=1, --replica; docs/deploy.md)
     workflows: [examples]      # folders to load (see load_workflows)
     engines: 0                 # local engine processes; 0 = the embedded in-process engine
-    engine_capacity: 10
+    engine_capacity: 10        # runs at once on each of them (or on the embedded engine)
     discovery:                 # remote engines instead (type: static | kubernetes |
       type: static             #   self-registration; or the DISCOVERY/ENGINES variables)
       engines: [10.0.0.5:50051]
@@ -506,7 +506,7 @@ def serve(
     """Run the server until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code."""
     from dagengine.api import ServerThread, create_app
     from dagengine.api.ui.routes import set_cron_triggers
-    from dagengine.orchestrator import Orchestrator
+    from dagengine.orchestrator import Engine, Orchestrator
 
     out = out if out is not None else sys.stdout
     stop = stop if stop is not None else threading.Event()
@@ -531,7 +531,9 @@ def serve(
         if config.discovery != "none":
             orch = Orchestrator.from_config(config, grpc_port=opts.grpc_port, recover=False)
         else:
-            orch = Orchestrator(config=config, embedded_engine=opts.engines == 0, recover=False)
+            orch = Orchestrator(config=config, embedded_engine=False, recover=False)
+            if opts.engines == 0:  # the embedded engine, as many runs at once as configured
+                orch.register_engine("local", Engine(capacity=opts.engine_capacity))
             # Engine processes import python nodes by the same paths the specs use.
             paths = [*roots, os.getcwd()]
             for engine_id, address in engines.start(opts.engines, opts.engine_capacity, paths):

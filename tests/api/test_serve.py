@@ -3,6 +3,7 @@ in flight and a restart on the same store: nothing is lost."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,7 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from dagengine.serve import ServeOptions, serve
 from processes import wait_for
 
 pytestmark = pytest.mark.integration
@@ -319,3 +322,25 @@ def test_serve_refuses_a_taken_port_and_a_bad_config(folder: Path, tmp_path: Pat
     )
     assert out.returncode == 2
     assert "triggers[0]" in out.stderr
+
+
+def test_engine_capacity_sets_the_embedded_engines(tmp_path: Path) -> None:
+    """``engine_capacity`` is the embedded engine's too (it was left at 10 whatever the
+    configuration said, and queued every run past the tenth)."""
+    opts = ServeOptions(host="127.0.0.1", port=0, store=":memory:", engine_capacity=3)
+    out, stop = io.StringIO(), threading.Event()
+    codes: list[int] = []
+    thread = threading.Thread(
+        target=lambda: codes.append(serve(opts, env={}, out=out, stop=stop)), daemon=True
+    )
+    thread.start()
+    try:
+        wait_for(lambda: "listening on" in out.getvalue() or not thread.is_alive(), "serve")
+        assert thread.is_alive(), out.getvalue()
+        url = out.getvalue().split("listening on", 1)[1].split()[0]
+        engines = httpx.get(f"{url}/engines", timeout=10).json()["engines"]
+    finally:
+        stop.set()
+        thread.join(30)
+    assert [(e["engine_id"], e["capacity"]) for e in engines] == [("local", 3)], engines
+    assert codes == [0]
