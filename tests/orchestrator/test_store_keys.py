@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagengine.orchestrator.store import RunRecord, Store
+from dagengine.orchestrator.store import PostgresStore, RunRecord, Store, open_store
 from dagengine.orchestrator.store.retention import RetentionPolicy
 from dagengine.orchestrator.store.schema import MIGRATIONS
+from pg import query
+
+AnyStore = Store | PostgresStore
 
 
 def old_store(path: Path) -> None:
@@ -198,7 +202,7 @@ def result_of(run_id: str, outputs: dict[str, Any], status: str = "succeeded") -
 
 
 def end_run(
-    store: Store,
+    store: AnyStore,
     run_id: str,
     stored: list[tuple[str, str]],
     result: dict[str, Any],
@@ -218,73 +222,92 @@ def end_run(
     return told
 
 
-def output_rows(store: Store, run_id: str) -> int:
-    with store._lock:
-        return int(
-            store._db.execute(
-                "SELECT COUNT(*) FROM node_outputs WHERE run_id = ?", (run_id,)
-            ).fetchone()[0]
-        )
+def output_rows(target: str, run_id: str) -> int:
+    return int(query(target, f"SELECT COUNT(*) FROM node_outputs WHERE run_id = '{run_id}'")[0][0])
 
 
-def test_a_succeeded_runs_outputs_are_kept_once_in_its_result() -> None:
-    with Store() as store:
-        stored = [("b", '{"x": 1}'), ("a", '{"y":[1,2]}'), ("c", "{}")]
-        result = result_of("r1", {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": None})
-        assert end_run(store, "r1", stored, result) == [True]
-        assert output_rows(store, "r1") == 0
-        outputs = store.node_outputs("r1")
-        assert outputs == {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": {}}
-        assert list(outputs) == ["b", "a", "c"]
-        record = store.get_run("r1")
-        assert record is not None
-        assert record.result == result
+@pytest.fixture
+def store(store_target: str) -> Iterator[AnyStore]:
+    s = open_store(store_target)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_a_succeeded_runs_outputs_are_kept_once_in_its_result(
+    store: AnyStore, store_target: str
+) -> None:
+    stored = [("b", '{"x":1}'), ("a", '{"y":[1,2]}'), ("c", "{}")]
+    result = result_of("r1", {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": None})
+    assert end_run(store, "r1", stored, result) == [True]
+    assert output_rows(store_target, "r1") == 0
+    outputs = store.node_outputs("r1")
+    assert outputs == {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": {}}
+    assert list(outputs) == ["b", "a", "c"]
+    record = store.get_run("r1")
+    assert record is not None
+    assert record.result == result
 
 
 @pytest.mark.parametrize(
     "stored",
     [
-        [("a", '{"x": 2}'), ("b", "{}")],  # another value
-        [("a", '{"x": 1.0}'), ("b", "{}")],  # reads back as another value
-        [("b", "{}"), ("a", '{"x": 1}')],  # another order
-        [("a", '{"x": 1}')],  # one missing
-        [("a", '{"x": 1}'), ("b", "{}"), ("z", "{}")],  # one more
+        [("a", '{"x":2}'), ("b", "{}")],  # another value
+        [("a", '{"x":1.0}'), ("b", "{}")],  # reads back as another value
+        [("b", "{}"), ("a", '{"x":1}')],  # another order
+        [("a", '{"x":1}')],  # one missing
+        [("a", '{"x":1}'), ("b", "{}"), ("z", "{}")],  # one more
         [],  # none stored
     ],
 )
-def test_outputs_that_are_not_exactly_the_results_stay(stored: list[tuple[str, str]]) -> None:
-    with Store() as store:
-        result = result_of("r1", {"a": {"x": 1}, "b": None})
-        end_run(store, "r1", stored, result)
-        assert output_rows(store, "r1") == len(stored)
-        expected = {node_id: json.loads(output) for node_id, output in stored}
-        assert store.node_outputs("r1") == expected
-        assert list(store.node_outputs("r1")) == list(expected)
-        record = store.get_run("r1")
-        assert record is not None
-        assert record.result == result
+def test_outputs_that_are_not_exactly_the_results_stay(
+    store: AnyStore, store_target: str, stored: list[tuple[str, str]]
+) -> None:
+    result = result_of("r1", {"a": {"x": 1}, "b": None})
+    end_run(store, "r1", stored, result)
+    assert output_rows(store_target, "r1") == len(stored)
+    expected = {node_id: json.loads(output) for node_id, output in stored}
+    assert store.node_outputs("r1") == expected
+    assert list(store.node_outputs("r1")) == list(expected)
+    record = store.get_run("r1")
+    assert record is not None
+    assert record.result == result
 
 
-def test_a_failed_runs_outputs_stay_for_its_retry() -> None:
-    with Store() as store:
-        result = result_of("r1", {"a": {"x": 1}}, status="failed")
-        end_run(store, "r1", [("a", '{"x":1}')], result, status="failed")
-        assert output_rows(store, "r1") == 1
-        assert store.node_outputs("r1") == {"a": {"x": 1}}
+def test_a_failed_runs_outputs_stay_for_its_retry(store: AnyStore, store_target: str) -> None:
+    result = result_of("r1", {"a": {"x": 1}}, status="failed")
+    end_run(store, "r1", [("a", '{"x":1}')], result, status="failed")
+    assert output_rows(store_target, "r1") == 1
+    assert store.node_outputs("r1") == {"a": {"x": 1}}
 
 
-def test_an_export_holds_the_outputs_kept_in_the_result(tmp_path: Path) -> None:
-    with Store() as store:
-        result = result_of("r1", {"a": {"x": 1}})
-        end_run(store, "r1", [("a", '{"x":1}')], result)
-        assert output_rows(store, "r1") == 0
-        report = store.prune(RetentionPolicy(1.0, export_dir=str(tmp_path)), now=time.time() + 9)
-        assert report.runs == 1
-        (exported,) = tmp_path.glob("runs-*.jsonl")
-        assert json.loads(exported.read_text())["node_outputs"] == {"a": {"x": 1}}
+def test_a_refused_end_marks_nothing(store: AnyStore, store_target: str) -> None:
+    first = result_of("r1", {"a": {"x": 2}})  # not the stored output: the rows stay
+    assert end_run(store, "r1", [("a", '{"x":1}')], first) == [True]
+    late = result_of("r1", {"a": {"x": 1}})  # the stored output, but refused (finished)
+    told: list[bool] = []
+    store.finish_run_later("r1", 1, "succeeded", json.dumps(late), None, told.append)
+    store.flush()
+    store._run_ready()
+    assert told == [False]
+    assert output_rows(store_target, "r1") == 1
+    assert store.node_outputs("r1") == {"a": {"x": 1}}
+    record = store.get_run("r1")
+    assert record is not None
+    assert record.result == first
 
 
-def test_runs_through_the_orchestrator_read_the_same_outputs(tmp_path: Path) -> None:
+def test_an_export_holds_the_outputs_kept_in_the_result(store: AnyStore, tmp_path: Path) -> None:
+    result = result_of("r1", {"a": {"x": 1}})
+    end_run(store, "r1", [("a", '{"x":1}')], result)
+    report = store.prune(RetentionPolicy(1.0, export_dir=str(tmp_path)), now=time.time() + 9)
+    assert report.runs == 1
+    (exported,) = tmp_path.glob("runs-*.jsonl")
+    assert json.loads(exported.read_text())["node_outputs"] == {"a": {"x": 1}}
+
+
+def test_runs_through_the_orchestrator_read_the_same_outputs(store_target: str) -> None:
     from dagengine import DAG, LuaExecutor, Node
     from dagengine.orchestrator import Config, Orchestrator
 
@@ -293,8 +316,8 @@ def test_runs_through_the_orchestrator_read_the_same_outputs(tmp_path: Path) -> 
     for name in ("b", "c", "d"):  # in parallel
         dag.add_node(Node(name, ["a"], LuaExecutor(f"return {{n = '{name}'}}")))
     dag.add_node(Node("e", ["b", "c", "d"], LuaExecutor("return {}")))
-    path = str(tmp_path / "s.db")
-    with Orchestrator(store=path, config=Config(store_path=path)) as orch:
+    path = store_target
+    with Orchestrator(config=Config(store_path=path)) as orch:
         orch.register_workflow("w", "1.0.0", dag)
         results = [orch.execute_workflow("w", inputs={}) for _ in range(5)]
         for result in results:
@@ -305,6 +328,6 @@ def test_runs_through_the_orchestrator_read_the_same_outputs(tmp_path: Path) -> 
             assert outputs["e"] == {}
             order = list(outputs)
             assert (order[0], order[-1]) == ("a", "e")
-        with orch.store._lock:
-            rows = orch.store._db.execute("SELECT COUNT(*) FROM node_outputs").fetchone()[0]
+        orch.store.flush()
+        rows = query(path, "SELECT COUNT(*) FROM node_outputs")[0][0]
         assert rows == 0  # each kept once, in its run's result

@@ -41,6 +41,7 @@ from dagengine.exceptions import ConfigError, RunNotFound, StoreError
 from dagengine.orchestrator.store import postgres_retention as _retention
 from dagengine.orchestrator.store import writer as _writer
 from dagengine.orchestrator.store.cache_entries import CacheEntryTable
+from dagengine.orchestrator.store.compact import result_outputs
 from dagengine.orchestrator.store.postgres_replicas import DEFAULT_LEASE_TTL, ReplicaStore
 from dagengine.orchestrator.store.postgres_schema import (
     INSERT_OUTPUT,
@@ -523,6 +524,11 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
         rows = self._query(
             "SELECT node_id, output FROM node_outputs WHERE run_id = %s ORDER BY ord", (run_id,)
         )
+        if not rows:  # a succeeded run's may be kept in its result only (compact)
+            stored = self._query("SELECT result FROM runs WHERE run_id = %s", (run_id,))
+            kept = result_outputs(stored[0][0]) if stored else None
+            if kept is not None:
+                return kept
         return {node_id: _loads(output) for node_id, output in rows}
 
     # -- events --

@@ -239,6 +239,34 @@ FINISH_RUNS: Final = f"""UPDATE runs SET status = v.status, result = v.result, e
         AND (v.attempt IS NULL OR runs.attempt = v.attempt) AND {MINE}
     RETURNING runs.run_id"""
 
+#: After :data:`FINISH_RUNS` (issue 23): a run that succeeded with a result whose succeeded
+#: nodes' outputs are exactly its stored ``node_outputs`` rows, in their order, keeps them in
+#: its result only (marked as :func:`~dagengine.orchestrator.store.compact.
+#: with_outputs_here` does; its rows deleted). Values: the expected ``(run_id, node_id,
+#: output)`` (:func:`~dagengine.orchestrator.store.compact.outputs_to_drop`) as three
+#: arrays, then the runs' ids and the results they were given (only the result the run
+#: ended with is marked).
+KEEP_OUTPUTS_IN_RESULTS: Final = """WITH expected AS (
+        SELECT run_id, array_agg(node_id ORDER BY n) AS nodes,
+            array_agg(output ORDER BY n) AS outputs
+        FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY
+            AS v (run_id, node_id, output, n)
+        GROUP BY run_id),
+    stored AS (
+        SELECT o.run_id, array_agg(o.node_id ORDER BY o.ord) AS nodes,
+            array_agg(o.output ORDER BY o.ord) AS outputs
+        FROM node_outputs o WHERE o.run_id IN (SELECT run_id FROM expected)
+        GROUP BY o.run_id),
+    kept AS (
+        UPDATE runs SET result = '{"~":3,' || substr(runs.result, 8)
+        FROM expected e JOIN stored s USING (run_id),
+            unnest(%s::text[], %s::text[]) AS given (run_id, result)
+        WHERE runs.run_id = e.run_id AND given.run_id = e.run_id
+            AND runs.result = given.result AND runs.status = 'succeeded'
+            AND e.nodes = s.nodes AND e.outputs = s.outputs
+        RETURNING runs.run_id)
+    DELETE FROM node_outputs WHERE run_id IN (SELECT run_id FROM kept)"""
+
 INSERT_EVENT: Final = """INSERT INTO events
     (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"""

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dagengine.exceptions import StoreError
+from dagengine.orchestrator.store.compact import outputs_to_drop
 from dagengine.orchestrator.store.postgres_schema import (
     CLAIM,
     CLAIM_RUNS,
@@ -32,6 +33,7 @@ from dagengine.orchestrator.store.postgres_schema import (
     INSERT_OUTPUT,
     INSERT_OUTPUTS,
     INSERT_RUN_LATER,
+    KEEP_OUTPUTS_IN_RESULTS,
     RUN_TIMES,
     finish_sql,
 )
@@ -310,6 +312,7 @@ class PostgresWriter(WriteBehind):
             if ends:
                 ended = self._db.cursor()
                 ended.execute(FINISH_RUNS, _columns(ends))
+                _keep_outputs_in_results(cursor, ends)
             if events:
                 self._write_events(cursor, events)
         if ended is not None:
@@ -364,6 +367,7 @@ class PostgresWriter(WriteBehind):
                         column.append(value)
                 ended = self._db.cursor()
                 ended.execute(FINISH_RUNS, columns)
+                _keep_outputs_in_results(cursor, [row[:-1] for _, row in deferred])
             if events:
                 self._write_events(cursor, events)
         for entry, own in counted:
@@ -377,6 +381,22 @@ class PostgresWriter(WriteBehind):
 
 #: The order a run's writes take in a group that :meth:`PostgresStore._write_sets` writes.
 _STEPS = {"claim": 1, "output": 2, "finish": 3}
+
+
+def _keep_outputs_in_results(cursor: Any, ends: list[tuple[Any, ...]]) -> None:
+    """Queue :data:`KEEP_OUTPUTS_IN_RESULTS` for the runs of ``ends`` (the values of
+    ``FINISH_RUNS``) that succeed with a result holding their node outputs."""
+    expected: list[tuple[str, str, str]] = []
+    given: list[tuple[str, str]] = []
+    for run_id, status, result, *_ in ends:
+        if status != "succeeded" or result is None:
+            continue
+        outputs = outputs_to_drop(result)
+        if outputs:
+            expected += [(run_id, node_id, output) for node_id, output in outputs]
+            given.append((run_id, result))
+    if given:
+        cursor.execute(KEEP_OUTPUTS_IN_RESULTS, [*_columns(expected), *_columns(given)])
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:

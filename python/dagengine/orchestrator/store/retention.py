@@ -315,6 +315,20 @@ def write_export(
     return len(lines)
 
 
+def outputs_kept_in_results(
+    rows: list[tuple[str, str, str]], results: Iterable[tuple[str, str | None]]
+) -> list[tuple[str, str, str]]:
+    """The ``(run_id, node_id, output JSON)`` of the runs whose node outputs are kept in
+    their result only (:func:`~dagengine.orchestrator.store.compact.result_outputs`), given
+    the rows read from ``node_outputs`` and ``(run_id, stored result)`` of the runs."""
+    have = {row[0] for row in rows}
+    extra: list[tuple[str, str, str]] = []
+    for run_id, result in results:
+        kept = None if run_id in have else result_outputs(result)
+        extra += [(run_id, node, json.dumps(value)) for node, value in (kept or {}).items()]
+    return extra
+
+
 #: The columns :func:`write_export` reads an event row as.
 EXPORT_EVENT_COLUMNS: Final = "seq, time, type, severity, node_id, engine_id, run_id, data"
 
@@ -331,13 +345,8 @@ def _export(db: sqlite3.Connection, folder: str, run_ids: list[str], now: float)
         "ORDER BY position, node_id",
         run_ids,
     ).fetchall()
-    # A succeeded run's outputs may be kept in its result only (compact.result_outputs).
-    have = {row[0] for row in outputs}
-    for run_id, result in db.execute(
-        f"SELECT run_id, result FROM runs WHERE run_id IN ({marks})", run_ids
-    ):
-        kept = None if run_id in have else result_outputs(result)
-        outputs += [(run_id, node, json.dumps(value)) for node, value in (kept or {}).items()]
+    results = db.execute(f"SELECT run_id, result FROM runs WHERE run_id IN ({marks})", run_ids)
+    outputs += outputs_kept_in_results(outputs, results)
     events = db.execute(
         "SELECT e.seq, e.time, e.type, e.severity, e.node_id, e.engine_id, "
         "COALESCE(r.run_id, e.run_id), e.data FROM event_rows e "
