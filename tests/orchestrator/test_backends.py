@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from dagengine.engine import build_run_request, encoded_workflow_field, workflow_to_proto
 from dagengine.exceptions import EngineBusy, EngineUnavailable, MessageTooLarge
-from dagengine.orchestrator.backends import Job, LoopThread, RemoteBackend
+from dagengine.orchestrator.backends import Engine, Job, LocalBackend, LoopThread, RemoteBackend
+from dagengine.orchestrator.cache import EntriesCache
 from dagengine.results import RunResult, RunStatus
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG
@@ -339,3 +340,32 @@ def test_a_backend_dropped_without_close_is_collected_and_its_session_closed(
     probe = RemoteBackend("probe", engine.address, 64, loop)
     wait_for(lambda: spin.run_id not in _active(probe), "the spin to be cancelled")
     probe.close()
+
+
+def test_an_in_process_run_gets_a_cache_only_when_its_dag_has_cached_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checking a cache against the Cache protocol cost more than the rest of starting a
+    short run: a DAG without cached nodes starts with none (its nodes just run)."""
+    given: list[object] = []
+    start = DAG.start
+
+    def spy(self: DAG, *args: Any, **kwargs: Any) -> Any:
+        given.append(kwargs.get("cache"))
+        return start(self, *args, **kwargs)
+
+    monkeypatch.setattr(DAG, "start", spy)
+    cached = {
+        "id": "cached",
+        "version": "1.0.0",
+        "nodes": [{"id": "a", "lua": "return {v = inputs.x}", "cache": True}],
+    }
+    backend = LocalBackend("local", Engine())
+    entry = ("a", "k", '{"v": 1}', "r0")
+    for spec, entries in ((GOOD, []), (cached, [entry])):
+        result = backend.execute(
+            job(spec, {"x": 1}, cache_entries=entries), lambda _: None, lambda sub, ctx: {}
+        )
+        assert result.ok, result.error
+    assert given[0] is None
+    assert isinstance(given[1], EntriesCache)

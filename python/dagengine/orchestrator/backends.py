@@ -40,7 +40,7 @@ from dagengine.exceptions import (
     InvalidRequest,
     MessageTooLarge,
 )
-from dagengine.orchestrator.cache import EntriesCache
+from dagengine.orchestrator.cache import EntriesCache, _cached_nodes
 from dagengine.results import NodeEvent, RunResult
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG, LocalRun, SubWorkflowRunner
@@ -161,7 +161,9 @@ class LocalBackend:
             timeout=timeout,
             events=True,
             event_outputs=True,
-            cache=EntriesCache(job.cache_entries),
+            # Without cached nodes, no cache: checking one against the Cache protocol costs
+            # more than the rest of starting a short run.
+            cache=EntriesCache(job.cache_entries) if _cached_nodes(job.dag) else None,
         )
         with self._lock:
             self._runs[job.run_id] = run
