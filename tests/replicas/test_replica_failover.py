@@ -5,88 +5,24 @@ over from their stored outputs. None lost, none finished twice, no completed nod
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cable import Cable
-from ledger import ORCHESTRATOR_TESTS, ledger_counts
+from ledger import ledger_counts
 from pg import query
 from processes import EngineProcess, wait_for
+from replica_host import Replica
 
 pytestmark = pytest.mark.integration
 
-HERE = Path(__file__).resolve().parent
 LEASE_TTL = 2.0
 # Runs each replica submits (issue 22 asks 1,000 in all: DAGENGINE_TEST_REPLICA_RUNS=334).
 RUNS_PER_REPLICA = int(os.environ.get("DAGENGINE_TEST_REPLICA_RUNS", "100"))
-
-
-class Replica:
-    """``replica_proc.py`` in a subprocess; its stdout lines are collected in :attr:`lines`."""
-
-    def __init__(self, url: str, prefix: str, count: int, engines: list[str]) -> None:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                [str(HERE), str(ORCHESTRATOR_TESTS), os.environ.get("PYTHONPATH", "")]
-            ),
-        }
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "replica_proc.py"), url, prefix, str(count),
-             str(LEASE_TTL), *engines],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            env=env,
-            cwd=HERE,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        with self.proc.stdout:
-            for line in self.proc.stdout:
-                self.lines.append(line.strip())
-
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    @property
-    def replica_id(self) -> str | None:
-        found = [line.split()[1] for line in self.lines if line.startswith("replica ")]
-        return found[0] if found else None
-
-    def stop(self) -> None:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # (a killed one's pipe is broken)
-            self.proc.stdin.close()
-        if self.proc.poll() is None:
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._reader.join(timeout=10)
-        self._stderr.close()
 
 
 def _leases(url: str) -> dict[str, int]:
@@ -104,7 +40,7 @@ def test_sigkill_the_replica_with_most_leases_mid_load(
 ) -> None:
     total = 3 * RUNS_PER_REPLICA
     addresses = [p.address for p in engines(2, 8, 0.05)]
-    replicas = [Replica(pg_url, f"r{i}", RUNS_PER_REPLICA, addresses) for i in range(3)]
+    replicas = [Replica(pg_url, f"r{i}", RUNS_PER_REPLICA, addresses, LEASE_TTL) for i in range(3)]
     try:
         wait_for(
             lambda: all("submitted" in r.lines for r in replicas),
@@ -203,8 +139,8 @@ def test_a_replica_cut_off_from_the_database_loses_its_runs_and_rejoins(
     # Slow nodes on small engines: the cut replica still has runs when the other is up.
     addresses = [p.address for p in engines(2, 4, 0.3)]
     cable = Cable(pg_url)
-    cut = Replica(cable.url, "cut", RUNS_PER_REPLICA, addresses)
-    other = Replica(pg_url, "other", RUNS_PER_REPLICA, addresses)
+    cut = Replica(cable.url, "cut", RUNS_PER_REPLICA, addresses, LEASE_TTL)
+    other = Replica(pg_url, "other", RUNS_PER_REPLICA, addresses, LEASE_TTL)
     total = 2 * RUNS_PER_REPLICA
     try:
         wait_for(
