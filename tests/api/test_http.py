@@ -7,15 +7,18 @@ import hashlib
 import hmac
 import json
 import socket
+import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from dagengine import DAG, Node, PythonExecutor
 from dagengine.api import ServerThread, create_app
 from dagengine.exceptions import TriggerError
 from dagengine.orchestrator import Orchestrator
 from dagengine.orchestrator.config import Config
 from dagengine.triggers import HTTPTrigger
+from processes import wait_for
 
 from .conftest import LUA3, SECRET, Served, serve, shutdown
 
@@ -476,3 +479,31 @@ def test_internal_errors_are_500_json_without_traceback(
     assert "Traceback" not in r.text
     assert "ZeroDivision" not in r.text
     assert any(body["id"] in rec.getMessage() for rec in caplog.records)
+
+
+def test_sync_trigger_past_its_timeout_answers_202_and_the_run_goes_on() -> None:
+    gate = threading.Event()
+
+    def held(ctx: object) -> dict[str, int]:
+        gate.wait(30)
+        return {"v": 1}
+
+    dag = DAG()
+    dag.add_node(Node("held", [], PythonExecutor(held)))
+    with Orchestrator(store=":memory:") as orch:
+        orch.register_workflow("held", "1.0.0", dag)
+        trig = HTTPTrigger("slow", "/hooks/slow", "held", mode="sync", sync_timeout=0.05)
+        app = create_app(orch, triggers=[trig], metrics=False)
+        trig.start(orch)
+        with ServerThread(app) as server:
+            r = httpx.post(server.url + "/hooks/slow", json={}, timeout=30)
+            assert r.status_code == 202
+            body = r.json()
+            assert body["status"] == "running"
+            assert r.headers["location"] == f"/runs/{body['run_id']}"
+            # Acknowledged: stored before the answer, as an async trigger's run is.
+            assert orch.store.get_run(body["run_id"]) is not None
+            gate.set()
+            wait_for(lambda: orch.get_run(body["run_id"]).status == "succeeded", "the run")
+        trig.stop()
+        app.state.api.close()

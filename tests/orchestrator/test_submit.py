@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagengine import DAG, LuaExecutor, Node
+from dagengine import DAG, LuaExecutor, Node, PythonExecutor
 from dagengine.exceptions import StoreError, WorkflowNotFound
-from dagengine.orchestrator import Orchestrator
+from dagengine.orchestrator import Orchestrator, RunHandle
 from dagengine.orchestrator.store import RunRecord, open_store
 from dagengine.orchestrator.store import sqlite as sqlite_module
 from dagengine.orchestrator.store import writer as writer_module
@@ -116,3 +116,38 @@ def test_submit_raises_domain_errors_and_committed_raises_when_the_store_cannot_
             other.execute("COMMIT")
             other.close()
         asyncio.run(committed(orch))  # the store writes again: the run above is committed
+
+
+def test_result_async_times_out_and_leaves_the_run_to_its_other_waiters() -> None:
+    """A timed-out (or cancelled) ``result_async`` must not touch the run: with
+    ``asyncio.wrap_future`` the run's future was cancelled, and every other waiter got
+    ``CancelledError`` instead of the run's result."""
+    gate = threading.Event()
+
+    def held(ctx: Any) -> dict[str, Any]:
+        gate.wait(30)
+        return {"v": 1}
+
+    dag = DAG()
+    dag.add_node(Node("held", [], PythonExecutor(held)))
+    with Orchestrator(store=":memory:") as orch:
+        orch.register_workflow("held", "1.0.0", dag)
+        handle = orch.execute_workflow("held", wait=False)
+        assert isinstance(handle, RunHandle)
+
+        async def main() -> tuple[bool, bool]:
+            with pytest.raises(TimeoutError, match=r"still running after 0\.05s"):
+                await handle.result_async(0.05)
+            waiting = asyncio.ensure_future(handle.result_async())
+            abandoned = asyncio.ensure_future(handle.result_async())
+            await asyncio.sleep(0.01)
+            abandoned.cancel()
+            gate.set()
+            result = await waiting
+            return result.ok, abandoned.cancelled()
+
+        ok, abandoned = asyncio.run(main())
+        assert ok
+        assert abandoned
+        assert handle.result(10).ok
+        assert orch.get_run(handle.run_id).status == "succeeded"

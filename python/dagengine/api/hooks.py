@@ -8,7 +8,6 @@ the routes, the reserved paths and the serving are the API's.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -113,7 +112,7 @@ async def fire(request: Request, trigger: HTTPTrigger, orchestrator: Any) -> Res
     if trigger.mode == "async":
         return JSONResponse(accepted, status_code=202, headers=location)
     try:
-        result = await asyncio.wait_for(_result(handle), trigger.sync_timeout)
+        result = await _result(handle, trigger.sync_timeout)
     except TimeoutError:
         await committed(executor)  # acknowledged: committed, as an async trigger's run is
         return JSONResponse({**accepted, "status": "running"}, status_code=202, headers=location)

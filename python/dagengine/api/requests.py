@@ -180,11 +180,12 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise _from_domain(exc) from None
 
 
-async def _result(handle: Any) -> Any:
+async def _result(handle: Any, timeout: float | None = None) -> Any:
+    """The run's result (``TimeoutError`` after ``timeout`` seconds; the run goes on)."""
     waiter = getattr(handle, "result_async", None)
     if waiter is not None:
-        return await waiter()
-    return await run_in_threadpool(handle.result)
+        return await waiter(timeout)
+    return await run_in_threadpool(handle.result, timeout)
 
 
 def _api(request: Request) -> Api:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -99,9 +100,43 @@ class RunHandle:
         """Wait for the run to end (``TimeoutError`` after ``timeout`` seconds)."""
         return self._future.result(timeout)
 
-    async def result_async(self) -> RunResult:
-        """Await the run's end."""
-        return await asyncio.wrap_future(self._future)
+    async def result_async(self, timeout: float | None = None) -> RunResult:
+        """Await the run's end (``TimeoutError`` after ``timeout`` seconds). Neither a
+        timeout nor cancelling the awaiting task touches the run: it goes on, and other
+        waiters still get its result (``asyncio.wrap_future`` would have cancelled the
+        run's future, which the run's end then no longer set)."""
+        future = self._future
+        if future.done():
+            return future.result()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[RunResult] = loop.create_future()
+
+        def copy(done: concurrent.futures.Future[RunResult]) -> None:
+            if waiter.done():  # timed out or cancelled meanwhile
+                return
+            if done.cancelled():
+                waiter.cancel()
+                return
+            error = done.exception()
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(done.result())
+
+        def settled(done: concurrent.futures.Future[RunResult]) -> None:
+            # On whichever thread ended the run: one hop to the loop, no task.
+            with contextlib.suppress(RuntimeError):  # (the loop is closed: nobody waits)
+                loop.call_soon_threadsafe(copy, done)
+
+        future.add_done_callback(settled)
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, _time_out, waiter, self.run_id, timeout)
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def cancel(self) -> bool:
         """Cancel the run (and its sub-workflows); False if it had already finished."""
@@ -109,6 +144,11 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id} {'done' if self.done else 'pending'}>"
+
+
+def _time_out(waiter: asyncio.Future[RunResult], run_id: str, timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"run {run_id} still running after {timeout}s"))
 
 
 def cancelled_result(run_id: str) -> RunResult:
