@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import dagengine.inputs
 import pytest
 from dagengine import InputError
 from dagengine.inputs import check_schema, validate_inputs
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -104,3 +105,62 @@ def test_validation_agrees_with_jsonschema(schema: dict[str, Any], inputs: dict[
         assert ref.is_valid(inputs), (schema, inputs, list(ref.iter_errors(inputs)))
         assert ref.is_valid(out)
     event("valid" if problems is None else "invalid")
+
+
+BOUNDS = st.sampled_from([None, None, None, -3, 0, 3, -1.5, 0.5])
+QUICK_ITEMS = st.builds(
+    lambda kinds, low, high: {
+        **({"type": kinds[0] if len(kinds) == 1 else kinds} if kinds else {}),
+        **({"minimum": low} if low is not None else {}),
+        **({"maximum": high} if high is not None else {}),
+    },
+    st.lists(st.sampled_from(SIMPLE), max_size=2, unique=True),
+    BOUNDS,
+    BOUNDS,
+)
+
+
+# Lists of numbers (with a bool or an integral float now and then: the near misses of a quick
+# pass) as well as of any scalars.
+NUMBERS = st.one_of(st.integers(-5, 5), st.sampled_from([0.0, 2.0, -1.5, 3.25]), st.booleans())
+LISTS = st.one_of(
+    st.lists(st.integers(-5, 5), max_size=12),
+    st.lists(NUMBERS, max_size=12),
+    st.lists(SCALARS, max_size=12),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(QUICK_ITEMS, QUICK_ITEMS, SCHEMAS), LISTS, st.booleans())
+@example({"type": "integer"}, [1, True], False)
+@example({"type": "integer"}, [1, -1.5], False)
+@example({"type": "integer"}, [1, 2.0], True)
+@example({"type": "number", "minimum": 0}, [1, -0.5], False)
+@example({"type": "number", "maximum": 0.5}, [0, 0.5, 1], False)
+@example({"type": ["integer", "null"], "maximum": 3}, [None, 4], False)
+@example({"type": "boolean", "minimum": 1}, [True, False], False)
+@example({"minimum": 0}, ["x", -1], False)
+@example({"type": "string", "format": "date"}, ["2026-02-30"], False)
+def test_a_list_checked_in_one_pass_gets_the_walks_verdict(
+    items: dict[str, Any], values: list[Any], as_tuple: bool
+) -> None:
+    # A list whose items schema is a type of scalars is checked by its items' types in one
+    # pass; the verdict (output or problems) must be the item by item walk's.
+    schema = check_schema({"properties": {"xs": {"type": "array", "items": items}}})
+    inputs = {"xs": tuple(values) if as_tuple else values}
+
+    def outcome() -> Any:
+        try:
+            return validate_inputs(schema, inputs)
+        except InputError as exc:
+            return exc.problems
+
+    quick = outcome()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dagengine.inputs, "_all_pass", lambda items, values: False)
+        walked = outcome()
+    assert quick == walked
+    assert type(quick) is type(walked)
+    if isinstance(quick, dict):
+        assert type(quick["xs"]) is list
+    event("valid" if isinstance(quick, dict) else "invalid")
