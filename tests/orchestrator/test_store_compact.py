@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagengine.orchestrator.store import RunRecord, Store
+from dagengine.orchestrator.store import PostgresStore, RunRecord, Store, open_store
 from dagengine.orchestrator.store.compact import FOLD_SPAN, FOLDED, PAYLOADS
 from dagengine.orchestrator.store.retention import RetentionPolicy
 from dagengine.orchestrator.store.schema import MIGRATIONS
+from pg import query
 
 Event = tuple[float, str, str, str | None, str | None, str | None, str | None, Any]
 
@@ -69,84 +71,95 @@ def expected(first: int, events: list[Event]) -> list[tuple[Any, ...]]:
     return [(first + i, *event) for i, event in enumerate(events)]
 
 
-def stored_rows(store: Store) -> list[tuple[Any, ...]]:
-    with store._lock:
-        return store._db.execute("SELECT seq, type, data FROM events ORDER BY seq").fetchall()
+def stored_rows(target: str) -> list[tuple[Any, ...]]:
+    return query(target, "SELECT seq, type, data FROM events ORDER BY seq")
 
 
-def test_node_starts_fold_into_their_ends_and_read_back_as_two_events() -> None:
-    with Store() as store:
-        events = mixed_events()
-        first = store.append_events_later(events)
-        store.flush()
-        rows = stored_rows(store)
-        kinds = [t for _, t, _ in rows]
-        assert kinds.count(FOLDED) == 4  # a, b, x and d (not c: a failure is an error)
-        assert kinds.count("run.queued+started") == 1
-        assert len(rows) == len(events) - 5
-        payloads = [d for _, _, d in rows]
-        assert "[1,2.0,2]" in payloads  # a's pair: {"attempt":1,"node_attempt":1}
-        # The run's pair: the start's own payload and engine follow the end's payload.
-        assert '[1,1.0,1,{"version":"1.0.0"},null]' in payloads
-        assert "[1,5.0,3,1]" in payloads  # d's pair: {"attempt":2} then {"attempt":1}
-        assert "1" in payloads  # {"attempt":1} of c's start, which did not fold
-        assert as_tuples(store.events()) == expected(first, events)
+@pytest.fixture
+def store(store_target: str) -> Iterator[Store | PostgresStore]:
+    """A store of each backend (PostgreSQL folds too, unless it is a replica's)."""
+    s = open_store(store_target)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_node_starts_fold_into_their_ends_and_read_back_as_two_events(
+    store: Store | PostgresStore, store_target: str
+) -> None:
+    events = mixed_events()
+    first = store.append_events_later(events)
+    store.flush()
+    rows = stored_rows(store_target)
+    kinds = [t for _, t, _ in rows]
+    assert kinds.count(FOLDED) == 4  # a, b, x and d (not c: a failure is an error)
+    assert kinds.count("run.queued+started") == 1
+    assert len(rows) == len(events) - 5
+    payloads = [d for _, _, d in rows]
+    assert "[1,2.0,2]" in payloads  # a's pair: {"attempt":1,"node_attempt":1}
+    # The run's pair: the start's own payload and engine follow the end's payload.
+    assert '[1,1.0,1,{"version":"1.0.0"},null]' in payloads
+    assert "[1,5.0,3,1]" in payloads  # d's pair: {"attempt":2} then {"attempt":1}
+    assert "1" in payloads  # {"attempt":1} of c's start, which did not fold
+    assert as_tuples(store.events()) == expected(first, events)
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 5, 7, 100])
-def test_pages_of_any_size_read_every_event_once_in_order(limit: int) -> None:
-    with Store() as store:
-        events = mixed_events()
-        first = store.append_events_later(events)
-        got: list[Any] = []
-        after = 0
-        while True:
-            page = store.events(after=after, limit=limit)
-            assert len(page) <= limit
-            if not page:
-                break
-            got += page
-            after = page[-1].seq
-        assert as_tuples(got) == expected(first, events)
+def test_pages_of_any_size_read_every_event_once_in_order(
+    store: Store | PostgresStore, limit: int
+) -> None:
+    events = mixed_events()
+    first = store.append_events_later(events)
+    got: list[Any] = []
+    after = 0
+    while True:
+        page = store.events(after=after, limit=limit)
+        assert len(page) <= limit
+        if not page:
+            break
+        got += page
+        after = page[-1].seq
+    assert as_tuples(got) == expected(first, events)
 
 
-def test_filters_apply_to_each_event_of_a_folded_row() -> None:
-    with Store() as store:
-        events = mixed_events()
-        first = store.append_events_later(events)
-        everything = expected(first, events)
+def test_filters_apply_to_each_event_of_a_folded_row(
+    store: Store | PostgresStore, store_target: str
+) -> None:
+    events = mixed_events()
+    first = store.append_events_later(events)
+    everything = expected(first, events)
 
-        def want(keep: Any) -> list[tuple[Any, ...]]:
-            return [e for e in everything if keep(e)]
+    def want(keep: Any) -> list[tuple[Any, ...]]:
+        return [e for e in everything if keep(e)]
 
-        assert as_tuples(store.events(types=["node.started"])) == want(
-            lambda e: e[2] == "node.started"
-        )
-        assert as_tuples(store.events(types=["node.succeeded", "run.queued"])) == want(
-            lambda e: e[2] in ("node.succeeded", "run.queued")
-        )
-        assert as_tuples(store.events(run_id="r2")) == want(lambda e: e[5] == "r2")
-        assert as_tuples(store.events(workflow_id="wf", after=first + 3)) == want(
-            lambda e: e[4] == "wf" and e[0] > first + 3
-        )
-        assert as_tuples(store.events(min_severity="error")) == want(lambda e: e[3] == "error")
-        # A page cut after a start, before its end: the start comes in this page, the end next.
-        start_b = first + 4
-        page = store.events(types=["node.started", "run.started"], limit=3)
-        assert [r.seq for r in page] == [first + 1, first + 2, start_b]
+    assert as_tuples(store.events(types=["node.started"])) == want(lambda e: e[2] == "node.started")
+    assert as_tuples(store.events(types=["node.succeeded", "run.queued"])) == want(
+        lambda e: e[2] in ("node.succeeded", "run.queued")
+    )
+    assert as_tuples(store.events(run_id="r2")) == want(lambda e: e[5] == "r2")
+    assert as_tuples(store.events(workflow_id="wf", after=first + 3)) == want(
+        lambda e: e[4] == "wf" and e[0] > first + 3
+    )
+    assert as_tuples(store.events(min_severity="error")) == want(lambda e: e[3] == "error")
+    # A page cut after a start, before its end: the start comes in this page, the end next.
+    start_b = first + 4
+    page = store.events(types=["node.started", "run.started"], limit=3)
+    assert [r.seq for r in page] == [first + 1, first + 2, start_b]
 
 
-def test_a_start_far_from_its_end_is_not_folded() -> None:
-    with Store() as store:
-        start, end = node_events("r1", "a", 1.0)
-        filler = [(2.0, "engine.joined", "info", None, None, None, "e", {})] * FOLD_SPAN
-        first = store.append_events_later([start, *filler, end])
-        store.flush()
-        assert FOLDED not in {t for _, t, _ in stored_rows(store)}
-        assert as_tuples(store.events(run_id="r1")) == [
-            (first, *start),
-            (first + FOLD_SPAN + 1, *end),
-        ]
+def test_a_start_far_from_its_end_is_not_folded(
+    store: Store | PostgresStore, store_target: str
+) -> None:
+    start, end = node_events("r1", "a", 1.0)
+    filler = [(2.0, "engine.joined", "info", None, None, None, "e", {})] * FOLD_SPAN
+    first = store.append_events_later([start, *filler, end])
+    store.flush()
+    assert FOLDED not in {t for _, t, _ in stored_rows(store_target)}
+    assert as_tuples(store.events(run_id="r1")) == [
+        (first, *start),
+        (first + FOLD_SPAN + 1, *end),
+    ]
 
 
 def test_rows_written_before_the_compaction_still_read(tmp_path: Path) -> None:

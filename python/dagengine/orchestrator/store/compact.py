@@ -34,7 +34,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from dagengine.orchestrator.store.records import _dumps
+from dagengine.orchestrator.store.records import SEVERITIES, EventRecord, _dumps
 
 __all__ = [
     "FOLDED",
@@ -159,6 +159,36 @@ def expand(
         (seq - offset, started, pair[0], first_engine, first),
         (seq, when, pair[1], engine_id, data),
     ]
+
+
+def page_bound(rows: list[tuple[Any, ...]], limit: int) -> int | None:
+    """The last ``seq`` of a full page of stored rows (``None``: not full). The starts folded
+    into rows just past it (at most :data:`FOLD_SPAN` numbers later) belong to the page:
+    a store reads the folded rows up to ``bound + FOLD_SPAN`` too (:func:`expand_page`)."""
+    return rows[-1][0] if len(rows) >= limit else None
+
+
+def expand_page(
+    rows: list[tuple[Any, ...]],
+    after: int,
+    bound: int | None,
+    wanted: set[str] | None,
+    limit: int,
+) -> list[EventRecord]:
+    """The events of a page of stored rows (``seq, time, type, severity rank, workflow_id,
+    run_id, node_id, engine_id, data``; the page's rows, then the folded rows up to
+    ``bound + FOLD_SPAN``): those with ``after < seq <= bound`` of the ``wanted`` types, in
+    ``seq`` order, at most ``limit``."""
+    records = [
+        EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, data)
+        for row_seq, row_time, row_type, rank, wf, run, node, row_engine, payload in rows
+        for seq, when, kind, engine, data in expand(
+            row_seq, row_time, row_type, row_engine, payload
+        )
+        if seq > after and (bound is None or seq <= bound) and (wanted is None or kind in wanted)
+    ]
+    records.sort(key=lambda record: record.seq)
+    return records[:limit]
 
 
 def stored_types(types: Iterable[str]) -> list[str]:

@@ -41,7 +41,14 @@ from dagengine.exceptions import ConfigError, RunNotFound, StoreError
 from dagengine.orchestrator.store import postgres_retention as _retention
 from dagengine.orchestrator.store import writer as _writer
 from dagengine.orchestrator.store.cache_entries import CacheEntryTable
-from dagengine.orchestrator.store.compact import result_outputs
+from dagengine.orchestrator.store.compact import (
+    FOLD_SPAN,
+    FOLDED_TYPES,
+    expand_page,
+    page_bound,
+    result_outputs,
+    stored_types,
+)
 from dagengine.orchestrator.store.postgres_replicas import DEFAULT_LEASE_TTL, ReplicaStore
 from dagengine.orchestrator.store.postgres_schema import (
     INSERT_OUTPUT,
@@ -60,7 +67,6 @@ from dagengine.orchestrator.store.postgres_writer import (
     _RowError,
 )
 from dagengine.orchestrator.store.records import (
-    SEVERITIES,
     EventRecord,
     RunRecord,
     WorkflowVersionRecord,
@@ -628,24 +634,34 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
         if run_id is not None:
             where.append("run_id = %s")
             params.append(run_id)
+        wanted: set[str] | None = None
+        stored: list[str] = []
         if types is not None:
-            wanted = list(types)
+            wanted = set(types)
             if not wanted:
                 return []
+            stored = stored_types(wanted)
             where.append("type = ANY(%s)")
-            params.append(wanted)
+            params.append(stored)
         if min_severity is not None:
             where.append("severity >= %s")
             params.append(_severity_rank(min_severity))
-        rows = self._query(
+        select = (
             "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data "
-            f"FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s",
-            [*params, limit],
+            "FROM events WHERE "
         )
-        return [
-            EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, _loads(data))
-            for seq, when, kind, rank, wf, run, node, engine, data in rows
-        ]
+        rows = self._query(f"{select}{' AND '.join(where)} ORDER BY seq LIMIT %s", [*params, limit])
+        # Folded rows (see compact.fold_events) read back as their two events; a full
+        # page takes the starts folded into rows just past its end.
+        bound = page_bound(rows, limit)
+        folded = [t for t in FOLDED_TYPES if wanted is None or t in stored]
+        if bound is not None and folded:
+            more = [*where[1:], "seq > %s", "seq <= %s", "type = ANY(%s)"]
+            rows += self._query(
+                f"{select}{' AND '.join(more)} ORDER BY seq",
+                [*params[1:], bound, bound + FOLD_SPAN, folded],
+            )
+        return expand_page(rows, after, bound, wanted, limit)
 
     def last_event_seq(self) -> int:
         """The sequence number of the newest event, queued ones included (0 if none); a

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dagengine.orchestrator.store.compact import FOLDED_TYPES
 from dagengine.orchestrator.store.postgres_schema import RUN_SELECT, run_from_row
 from dagengine.orchestrator.store.retention import (
     _TABLES,
@@ -102,7 +103,14 @@ def prune_batch(db: Any, policy: RetentionPolicy, now: float, limit: int) -> Pru
         report.node_outputs = db.execute(
             "DELETE FROM node_outputs WHERE run_id = ANY(%s)", (chosen,)
         ).rowcount
-        report.events = db.execute("DELETE FROM events WHERE run_id = ANY(%s)", (chosen,)).rowcount
+        # (A folded row holds two events: see compact.fold_events.)
+        report.events = sum(
+            2 if folded else 1
+            for (folded,) in db.execute(
+                "DELETE FROM events WHERE run_id = ANY(%s) RETURNING type = ANY(%s)",
+                (chosen, list(FOLDED_TYPES)),
+            ).fetchall()
+        )
         db.execute("DELETE FROM cache_entries WHERE run_id = ANY(%s)", (chosen,))
         report.runs = db.execute("DELETE FROM runs WHERE run_id = ANY(%s)", (chosen,)).rowcount
     if policy.max_age is not None:
@@ -126,7 +134,9 @@ def count_prunable(db: Any, policy: RetentionPolicy, now: float) -> PruneReport:
             "SELECT COUNT(*) FROM node_outputs WHERE run_id = ANY(%s)", (part,)
         ).fetchone()[0]
         report.events += db.execute(
-            "SELECT COUNT(*) FROM events WHERE run_id = ANY(%s)", (part,)
+            "SELECT COUNT(*) + COUNT(*) FILTER (WHERE type = ANY(%s)) FROM events "
+            "WHERE run_id = ANY(%s)",
+            (list(FOLDED_TYPES), part),
         ).fetchone()[0]
     if policy.max_age is not None:
         report.events += db.execute(

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dagengine.exceptions import StoreError
-from dagengine.orchestrator.store.compact import outputs_to_drop
+from dagengine.orchestrator.store.compact import fold_events, outputs_to_drop
 from dagengine.orchestrator.store.postgres_schema import (
     CLAIM,
     CLAIM_RUNS,
@@ -169,7 +169,10 @@ class PostgresWriter(WriteBehind):
         """Insert a group's events: numbered as queued (one orchestrator), or, a replica's,
         numbered at the commit in commit order, and the other replicas notified."""
         if self.replica_id is None:
-            cursor.execute(INSERT_EVENTS, _columns(events))
+            # Numbered when queued, as on SQLite: stored compact (node starts folded into
+            # their ends, common payloads by number; see compact.fold_events). A replica's
+            # are numbered at the commit, one number a row: stored as they are.
+            cursor.execute(INSERT_EVENTS, _columns(fold_events(events)))
             cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
             return
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))

@@ -29,12 +29,12 @@ from dagengine.orchestrator.store.cache_entries import CacheEntryTable
 from dagengine.orchestrator.store.compact import (
     FOLD_SPAN,
     FOLDED_TYPES,
-    expand,
+    expand_page,
+    page_bound,
     result_outputs,
     stored_types,
 )
 from dagengine.orchestrator.store.records import (
-    SEVERITIES,
     EventRecord,
     RunRecord,
     WorkflowVersionRecord,
@@ -598,9 +598,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             rows = self._db.execute(
                 f"{select}e.seq > ?{rest} ORDER BY e.seq LIMIT ?", [after, *params, limit]
             ).fetchall()
-            # A full page ends at ``bound``: the starts folded into rows just past it
-            # (at most FOLD_SPAN numbers later) belong to this page.
-            bound = rows[-1][0] if len(rows) >= limit else None
+            bound = page_bound(rows, limit)
             folded = [t for t in FOLDED_TYPES if wanted is None or t in stored]
             if bound is not None and folded:
                 marks = ", ".join("?" * len(folded))
@@ -609,18 +607,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
                     "ORDER BY e.seq",
                     [bound, bound + FOLD_SPAN, *folded, *params],
                 ).fetchall()
-        records = [
-            EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, data)
-            for row_seq, row_time, row_type, rank, wf, run, node, row_engine, payload in rows
-            for seq, when, kind, engine, data in expand(
-                row_seq, row_time, row_type, row_engine, payload
-            )
-            if seq > after
-            and (bound is None or seq <= bound)
-            and (wanted is None or kind in wanted)
-        ]
-        records.sort(key=lambda record: record.seq)
-        return records[:limit]
+        return expand_page(rows, after, bound, wanted, limit)
 
     def last_event_seq(self) -> int:
         """The sequence number of the newest event (0 if there is none)."""
