@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TextIO
 
 from dagengine._jsondata import escape
 from dagengine.cli_args import configure_process_logging, duration, port_number, positive_int
+from dagengine.cli_cache import configure_cache, run_cache
 from dagengine.cli_engine import configure_engine, run_engine
 from dagengine.cli_inputs import BadInput, parse_input_value, parse_inputs, remote_schema
 from dagengine.cli_logs import configure_logs, run_logs
@@ -525,6 +526,7 @@ COMMANDS: dict[str, Command] = {
         Command("logs", "print a run's node log lines (-f: follow)", configure_logs, run_logs),
         Command("workflows", "list a server's workflows", _configure_workflows, _cmd_workflows),
         Command("store", "prune a store, or show its size (stats)", configure_store, run_store),
+        Command("cache", "clear a server's cached node outputs", configure_cache, run_cache),
     )
 }
 

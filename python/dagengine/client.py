@@ -118,6 +118,12 @@ class ApiClient:
         result: dict[str, Any] = self.request("GET", "/workflows")
         return result
 
+    def clear_cache(self, workflow_id: str, *, node: str | None = None) -> int:
+        """Delete a workflow's cached node outputs (``node``: only that node's); how many."""
+        path = f"/workflows/{urllib.parse.quote(workflow_id, safe='')}/cache"
+        result: dict[str, Any] = self.request("DELETE", path, query={"node": node})
+        return int(result["deleted"])
+
     def logs(
         self, run_id: str, *, node: str | None = None, after: int | None = None
     ) -> Iterator[dict[str, Any]]:

@@ -47,6 +47,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dagengine._jsondata import describe_int
+from dagengine.api import cache_routes
 from dagengine.api._streams import FINISHED, run_events, run_logs
 from dagengine.api.hooks import check_path, fire
 from dagengine.api.metrics import CONTENT_TYPE, Metrics
@@ -637,6 +638,7 @@ def create_app(
         Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/runs/{run_id}/events", run_events, methods=["GET"]),
         Route("/runs/{run_id}/logs", run_logs, methods=["GET"]),
+        *cache_routes.routes(),
         *ui_routes.routes(),
         Route("/{path:path}", _fallback, methods=_ALL_METHODS),
     ]

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from dagengine._jsondata import INT_MAX, INT_MIN, MAX_DEPTH
+from dagengine.api import cache_routes
 from dagengine.api.ui import schema as ui_schema
 from dagengine.spec import (
     MAX_BACKOFF_FACTOR,
@@ -750,6 +751,7 @@ def openapi_document(
                 },
             }
         }
+    paths.update(cache_routes.openapi_paths(secured, unauthorized, not_found))
     paths.update(ui_schema.openapi_paths(secured, unauthorized, bad, not_found))
     doc: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -1,5 +1,5 @@
 """The ``cache_entries`` table (cached nodes' outputs, see :mod:`dagengine.orchestrator.cache`):
-its two statements written once for both stores, in each one's placeholder style."""
+its statements written once for both stores, in each one's placeholder style."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _sql(store: _Store, text: str) -> str:
 
 
 class CacheEntryTable:
-    """``cache_entries`` and ``save_cache_entries`` of a store (a mixin, listed before the
+    """``cache_entries``, ``save_cache_entries`` and ``clear_cache_entries`` of a store (a
+    mixin, listed before the
     store's base): ``_MARK`` is the driver's placeholder (SQLite's ``?``, psycopg's ``%s``),
     ``_write`` runs a statement inside the store's open ``transaction``."""
 
@@ -78,3 +79,21 @@ class CacheEntryTable:
                 _sql(self, "DELETE FROM cache_entries WHERE workflow_id = ? AND expires_at <= ?"),
                 (workflow_id, now),
             )
+
+    def clear_cache_entries(
+        self: _Store, workflow_id: str | None = None, node_id: str | None = None
+    ) -> int:
+        """Delete cached outputs: every entry, a workflow's (``workflow_id``), or one node's
+        of a workflow (and ``node_id``); how many were deleted. The next run of such a node
+        misses and runs it."""
+        if node_id is not None and workflow_id is None:
+            raise ValueError("clearing a node's cache entries needs its workflow_id")
+        sql = "DELETE FROM cache_entries"
+        params: tuple[str, ...] = ()
+        if workflow_id is not None:
+            sql, params = f"{sql} WHERE workflow_id = ?", (workflow_id,)
+            if node_id is not None:
+                sql, params = f"{sql} AND node_id = ?", (workflow_id, node_id)
+        with self.transaction():
+            cursor = self._write(_sql(self, sql), params)
+        return max(int(cursor.rowcount), 0)

@@ -323,3 +323,10 @@ class StoreBackend(Protocol):
         """Store (replace) ``(node_id, key, output JSON, run_id, ttl)`` entries of the
         workflow, committed before it returns, and drop its expired ones."""
         ...
+
+    def clear_cache_entries(
+        self, workflow_id: str | None = None, node_id: str | None = None
+    ) -> int:
+        """Delete every entry, a workflow's, or one node's of a workflow (``node_id`` needs
+        ``workflow_id``: else a ``ValueError``), committed before it returns; how many."""
+        ...
