@@ -28,12 +28,12 @@ from dagengine.orchestrator.store.postgres_schema import (
     EVENTS_LOCK,
     EVENTS_WRITTEN,
     FINISH_RUNS,
+    FINISH_RUNS_KEEPING_OUTPUTS,
     INSERT_EVENTS,
     INSERT_EVENTS_NUMBERED,
     INSERT_OUTPUT,
     INSERT_OUTPUTS,
     INSERT_RUN_LATER,
-    KEEP_OUTPUTS_IN_RESULTS,
     RUN_TIMES,
     finish_sql,
 )
@@ -314,8 +314,7 @@ class PostgresWriter(WriteBehind):
                 cursor.execute(INSERT_OUTPUTS, _columns(outputs))
             if ends:
                 ended = self._db.cursor()
-                ended.execute(FINISH_RUNS, _columns(ends))
-                _keep_outputs_in_results(cursor, ends)
+                ended.execute(*_finish_runs(ends))
             if events:
                 self._write_events(cursor, events)
         if ended is not None:
@@ -364,13 +363,8 @@ class PostgresWriter(WriteBehind):
                         own.execute(*finish_sql(*row[:-1]))
                         counted.append((entry, own))
             if deferred:
-                columns: list[list[Any]] = [[] for _ in range(6)]
-                for _, row in deferred:
-                    for column, value in zip(columns, row[:-1], strict=True):
-                        column.append(value)
                 ended = self._db.cursor()
-                ended.execute(FINISH_RUNS, columns)
-                _keep_outputs_in_results(cursor, [row[:-1] for _, row in deferred])
+                ended.execute(*_finish_runs([row[:-1] for _, row in deferred]))
             if events:
                 self._write_events(cursor, events)
         for entry, own in counted:
@@ -386,20 +380,18 @@ class PostgresWriter(WriteBehind):
 _STEPS = {"claim": 1, "output": 2, "finish": 3}
 
 
-def _keep_outputs_in_results(cursor: Any, ends: list[tuple[Any, ...]]) -> None:
-    """Queue :data:`KEEP_OUTPUTS_IN_RESULTS` for the runs of ``ends`` (the values of
-    ``FINISH_RUNS``) that succeed with a result holding their node outputs."""
+def _finish_runs(ends: list[tuple[Any, ...]]) -> tuple[str, list[list[Any]]]:
+    """The statement that ends the runs of ``ends`` (the values of ``FINISH_RUNS``) and its
+    parameters: :data:`FINISH_RUNS_KEEPING_OUTPUTS` when some succeed with a result that
+    may hold their node outputs, else the plain ``FINISH_RUNS``."""
     expected: list[tuple[str, str, str]] = []
-    given: list[tuple[str, str]] = []
     for run_id, status, result, *_ in ends:
-        if status != "succeeded" or result is None:
-            continue
-        outputs = outputs_to_drop(result)
-        if outputs:
-            expected += [(run_id, node_id, output) for node_id, output in outputs]
-            given.append((run_id, result))
-    if given:
-        cursor.execute(KEEP_OUTPUTS_IN_RESULTS, [*_columns(expected), *_columns(given)])
+        if status == "succeeded" and result is not None:
+            outputs = outputs_to_drop(result)
+            expected += [(run_id, node_id, output) for node_id, output in outputs or ()]
+    if not expected:
+        return FINISH_RUNS, _columns(ends)
+    return FINISH_RUNS_KEEPING_OUTPUTS, [*_columns(ends), *_columns(expected)]
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
