@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -12,7 +13,14 @@ from typing import Any
 import pytest
 from dagengine.engine import build_run_request, encoded_workflow_field, workflow_to_proto
 from dagengine.exceptions import EngineBusy, EngineUnavailable, MessageTooLarge
-from dagengine.orchestrator.backends import Engine, Job, LocalBackend, LoopThread, RemoteBackend
+from dagengine.orchestrator.backends import (
+    Engine,
+    Job,
+    LocalBackend,
+    LoopThread,
+    RemoteBackend,
+    RunThreads,
+)
 from dagengine.orchestrator.cache import EntriesCache
 from dagengine.results import RunResult, RunStatus
 from dagengine.v1 import engine_pb2 as pb
@@ -369,3 +377,39 @@ def test_an_in_process_run_gets_a_cache_only_when_its_dag_has_cached_nodes(
         assert result.ok, result.error
     assert given[0] is None
     assert isinstance(given[1], EntriesCache)
+
+
+def test_run_threads_grow_while_runs_block_then_are_reused_and_shut_down() -> None:
+    pool = RunThreads("test-run", max_threads=3)
+    gate = threading.Event()
+    started: list[int] = []
+    names: set[str] = set()
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        with lock:
+            started.append(i)
+            names.add(threading.current_thread().name)
+        gate.wait(30)
+
+    for i in range(4):  # the fourth waits for a thread: at most three
+        pool.submit(run, i)
+    wait_for(lambda: len(started) == 3, "three runs on three threads")
+    assert names == {"test-run_0", "test-run_1", "test-run_2"}
+    gate.set()
+    wait_for(lambda: len(started) == 4, "the fourth run")
+    done = threading.Event()
+    pool.submit(done.set)  # an idle thread takes it: no fourth thread
+    assert done.wait(10)
+    assert len(pool._threads) == 3
+    # A failing job is logged, and its thread goes on.
+    pool.submit(lambda: 1 / 0)
+    again = threading.Event()
+    pool.submit(again.set)
+    assert again.wait(10)
+    slow = threading.Event()
+    pool.submit(lambda: (time.sleep(0.2), slow.set()))
+    pool.shutdown(wait=True)  # waits for the run in flight
+    assert slow.is_set()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(done.set)

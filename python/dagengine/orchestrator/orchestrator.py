@@ -50,6 +50,7 @@ from dagengine.orchestrator.backends import (
     Engine,
     LoopThread,
     RemoteBackend,
+    RunThreads,
 )
 from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, make_balancer
 from dagengine.orchestrator.config import Config
@@ -152,9 +153,7 @@ class Orchestrator:
         # sub-workflow too), so the pool is sized for waiting, not for CPUs; threads are
         # started only as needed. Remote runs take no thread: they are sent from the
         # dispatching thread and followed on the core's dagengine-io thread.
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1024, thread_name_prefix="dagengine-run"
-        )
+        self._pool = RunThreads("dagengine-run", max_threads=1024)
         self._loop = LoopThread()
         self._engine_set = EngineSet(
             self._lock, self._wakeup, self.events, self.balancer, self._loop, tls
