@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from deploy_support import BUILDS, Resource, render
 
+# The container images, built once per session for every test_images*.py module.
+from image_support import image, postgres_build, postgres_image, usable  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def builds() -> dict[str, list[Resource]]:

@@ -296,9 +296,16 @@ class Lab:
         store: str | None = None,
         alias: str = "orch",
         env: tuple[str, ...] = (),
+        engines: tuple[str, ...] = (),
     ) -> Container:
-        """``dagengine serve`` with self-registration, on ``store`` (default: SQLite in
-        ``state/``, a bind mount); ``env``: more ``NAME=value`` variables."""
+        """``dagengine serve`` on ``store`` (default: SQLite in ``state/``, a bind mount),
+        finding the engines by self-registration, or at the addresses ``engines`` (static
+        discovery, asked every second); ``env``: more ``NAME=value`` variables."""
+        discovery = (
+            ("DISCOVERY=static", f"ENGINES={','.join(engines)}", "ENGINE_DISCOVERY_INTERVAL=1")
+            if engines
+            else ("DISCOVERY=self-registration",)
+        )
         return self.run(
             name,
             "serve",
@@ -312,8 +319,7 @@ class Lab:
             options=(
                 "-v",
                 f"{self.state}:/var/lib/dagengine",
-                "-e",
-                "DISCOVERY=self-registration",
+                *(arg for pair in discovery for arg in ("-e", pair)),
                 "-e",
                 "ENGINE_HEALTH_CHECK_INTERVAL=1",
                 "-e",
@@ -344,15 +350,13 @@ class Lab:
             options=("--user", "postgres", "--tmpfs", "/tmp:mode=1777"),
         )
 
-    def start_engine(self, name: str, orchestrator: str = "orch") -> Container:
-        return self.run(
-            name,
-            "engine",
-            "--self-register",
-            "--orchestrator",
-            f"{orchestrator}:{ENGINE_PORT}",
-            options=("-e", f"ENGINE_ID={name}"),
-        )
+    def start_engine(self, name: str, orchestrator: str | None = "orch") -> Container:
+        """An engine registering itself with ``orchestrator`` (``None``: found by the
+        orchestrators' static discovery at ``name:50051``)."""
+        register = () if orchestrator is None else (
+            "--self-register", "--orchestrator", f"{orchestrator}:{ENGINE_PORT}"
+        )  # fmt: skip
+        return self.run(name, "engine", *register, options=("-e", f"ENGINE_ID={name}"))
 
     def diagnostics(self) -> str:
         """Every container's state and the end of its log (for a failure message)."""

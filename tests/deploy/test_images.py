@@ -18,19 +18,11 @@ Skipped, with the reason, where Docker is not usable; failed instead when
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import os
-import shutil
-import sqlite3
-import subprocess
 import time
 import urllib.error
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -38,201 +30,28 @@ from docker_lab import (
     ENGINE_PORT,
     HTTP_PORT,
     REPO_ROOT,
-    Container,
     EventLog,
     Lab,
     docker,
-    docker_problem,
     grpc_health,
     http,
     wait_until,
 )
+from image_support import (
+    ENGINES,
+    LEDGER_NODES,
+    Cluster,
+    figures,
+    ledger_counts,
+    ledger_engines,
+    pg_query,
+    pg_ready,
+    recorded_outputs,
+    sqlite_rows,
+    wait_api,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(1200)]
-
-BUILD_SCRIPT = REPO_ROOT / "deploy" / "images" / "build.sh"
-BASE_SCRIPT = REPO_ROOT / "deploy" / "images" / "build-base.sh"
-IMAGE = "dagengine:test"
-POSTGRES_IMAGE = "dagengine-postgres:bookworm"
-#: The workflow's Python nodes, which write the ledger (``c`` is Lua).
-LEDGER_NODES = ("a", "b")
-ENGINES = ("e1", "e2", "e3")
-#: Engines registered through self-registration expire after 3 health intervals (1 s here).
-HEALTH_INTERVAL = 1.0
-
-
-def figures(name: str, **values: Any) -> None:
-    print(f"\n[images {name}] " + " ".join(f"{k}={v}" for k, v in values.items()))
-
-
-def base_problem() -> str | None:
-    """Why the debootstrapped base images cannot be built here, or ``None`` (they can, or
-    they exist already)."""
-    missing = [
-        tag
-        for tag in ("dagengine-base:bookworm", POSTGRES_IMAGE)
-        if subprocess.run(
-            ["docker", "image", "inspect", tag], capture_output=True, check=False
-        ).returncode
-        != 0
-    ]
-    if not missing:
-        return None
-    if shutil.which("debootstrap") is None:
-        return f"debootstrap is not installed (apt-get install debootstrap) to build {missing}"
-    if os.geteuid() != 0:
-        return f"building {missing} with debootstrap needs root"
-    return None
-
-
-@pytest.fixture(scope="module")
-def usable() -> None:
-    """Skip (or fail, with ``DAGENGINE_REQUIRE_DOCKER=1``) where the images cannot be made."""
-    problem = docker_problem() or base_problem()
-    if problem is not None:
-        if os.environ.get("DAGENGINE_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"DAGENGINE_REQUIRE_DOCKER=1 but {problem}")
-        pytest.skip(problem)
-
-
-@pytest.fixture(scope="module")
-def postgres_build(
-    usable: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[subprocess.Popen[bytes], Path, float]]:
-    """build-base.sh making the PostgreSQL server image, started in the background beside
-    build.sh (it mostly downloads and unpacks, the wheel mostly compiles). Waited for, never
-    killed, at the end: debootstrap mounts /proc in its chroot."""
-    log = tmp_path_factory.mktemp("postgres-image") / "build.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(BASE_SCRIPT)],
-            env={
-                **os.environ,
-                "DAGENGINE_BASE_IMAGE": POSTGRES_IMAGE,
-                "DAGENGINE_BASE_PACKAGES": "postgresql-15",
-            },
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc, log, time.monotonic()
-    finally:
-        proc.wait(timeout=1100)
-
-
-@pytest.fixture(scope="module")
-def image(usable: None, postgres_build: object) -> str:
-    """The image tag, built once by deploy/images/build.sh (or given)."""
-    given = os.environ.get("DAGENGINE_TEST_IMAGE")
-    if given:
-        return given
-    started = time.monotonic()
-    done = subprocess.run(
-        [str(BUILD_SCRIPT)],
-        env={**os.environ, "DAGENGINE_IMAGE": IMAGE},
-        capture_output=True,
-        text=True,
-        timeout=1100,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"{BUILD_SCRIPT} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    size = int(docker("image", "inspect", "--format", "{{.Size}}", IMAGE))
-    figures(
-        "build", image=IMAGE, size_mb=round(size / 1e6), build_s=round(time.monotonic() - started)
-    )
-    return IMAGE
-
-
-@pytest.fixture(scope="module")
-def postgres_image(postgres_build: tuple[subprocess.Popen[bytes], Path, float]) -> str:
-    """Debian's PostgreSQL 15 on the same debootstrapped base (build-base.sh with
-    ``DAGENGINE_BASE_PACKAGES=postgresql-15``; nothing is pulled)."""
-    proc, log, started = postgres_build
-    code = proc.wait(timeout=1100)
-    if code != 0:
-        pytest.fail(f"{BASE_SCRIPT} failed (exit {code}):\n{log.read_text()[-4000:]}")
-    size = int(docker("image", "inspect", "--format", "{{.Size}}", POSTGRES_IMAGE))
-    figures(
-        "postgres-image",
-        size_mb=round(size / 1e6),
-        # From the module's start: the build runs beside build.sh and the first tests.
-        waited_s=round(time.monotonic() - started),
-    )
-    return POSTGRES_IMAGE
-
-
-@dataclass
-class Cluster:
-    lab: Lab
-    orch: Container
-    api: str
-    events: EventLog
-    engines: dict[str, Container]
-
-    def submit(self, workflow_id: str, inputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        status, body = http(
-            "POST", f"{self.api}/workflows/{workflow_id}/runs", {"inputs": inputs, **extra}
-        )
-        assert status in (200, 201, 202), (status, body)
-        assert isinstance(body, dict)
-        return body
-
-    def submit_many(self, count: int, seconds: float) -> list[str]:
-        with ThreadPoolExecutor(8) as pool:
-            bodies = list(
-                pool.map(lambda _: self.submit("image-ledger", {"seconds": seconds}), range(count))
-            )
-        return [b["run_id"] for b in bodies]
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        status, body = http("GET", f"{self.api}/runs/{run_id}")
-        assert status == 200, (status, body)
-        assert isinstance(body, dict)
-        return body
-
-    def wait_finished(self, run_ids: list[str], timeout: float = 60.0) -> dict[str, Any]:
-        """Each run's final state, once every one has finished."""
-        finished: dict[str, Any] = {}
-
-        def done() -> bool:
-            for run_id in run_ids:
-                if run_id not in finished:
-                    body = self.run(run_id)
-                    if body["status"] in ("succeeded", "failed", "cancelled"):
-                        finished[run_id] = body
-            return len(finished) == len(run_ids)
-
-        try:
-            wait_until(done, f"{len(run_ids)} runs to finish", timeout)
-        except BaseException:
-            print(self.lab.diagnostics())
-            raise
-        return finished
-
-    def registered(self) -> dict[str, dict[str, Any]]:
-        status, body = http("GET", f"{self.api}/engines")
-        assert status == 200, (status, body)
-        return {e["engine_id"]: e for e in body["engines"]}
-
-
-def ledger_counts(path: Path) -> collections.Counter[tuple[str, str]]:
-    return collections.Counter(
-        (line.split()[0], line.split()[1]) for line in path.read_text().splitlines()
-    )
-
-
-def ledger_engines(path: Path, run_ids: set[str]) -> collections.Counter[str]:
-    """How many node executions of ``run_ids`` each engine completed."""
-    return collections.Counter(
-        line.split()[2] for line in path.read_text().splitlines() if line.split()[0] in run_ids
-    )
-
-
-def recorded_outputs(store: Path) -> set[tuple[str, str]]:
-    """(run, node) pairs whose output the orchestrator has committed to its store."""
-    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
-        return set(db.execute("SELECT run_id, node_id FROM node_outputs").fetchall())
 
 
 @pytest.fixture(scope="module")
@@ -450,12 +269,6 @@ def test_killed_engine_runs_complete_elsewhere(cluster: Cluster) -> None:
     )
 
 
-def sqlite_rows(store: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows of a read-only query of the orchestrator's SQLite store (a bind mount)."""
-    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
-        return list(db.execute(sql, params).fetchall())
-
-
 def test_orchestrator_cut_off_from_the_network(cluster: Cluster) -> None:
     """``docker network disconnect`` the orchestrator mid-run: its health checks of the
     engines fail and it evicts them; reconnected, the engines register again and every run
@@ -521,35 +334,6 @@ def test_orchestrator_cut_off_from_the_network(cluster: Cluster) -> None:
     )
 
 
-def _pg_query(url: str, sql: str) -> list[tuple[Any, ...]]:
-    import psycopg
-
-    with psycopg.connect(url, connect_timeout=2) as conn:
-        return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
-
-
-def _pg_ready(url: str) -> bool:
-    try:
-        _pg_query(url, "SELECT 1")
-    except Exception:  # any failure to connect means "not yet"
-        return False
-    return True
-
-
-def _wait_api(lab: Lab, orch: Container) -> str:
-    api = f"http://{orch.ip}:{HTTP_PORT}"
-
-    def ready() -> bool:
-        with contextlib.suppress(OSError):
-            return http("GET", f"{api}/readyz", timeout=1)[0] == 200
-        if orch.state() != "running":
-            pytest.fail(f"{orch.name} exited:\n{lab.diagnostics()}")
-        return False
-
-    wait_until(ready, f"{orch.name}'s /readyz", 60)
-    return api
-
-
 def test_killed_orchestrator_on_postgres_is_replaced_by_its_standby(
     image: str, postgres_image: str, tmp_path: Path
 ) -> None:
@@ -563,10 +347,10 @@ def test_killed_orchestrator_on_postgres_is_replaced_by_its_standby(
     try:
         pg = lab.start_postgres(postgres_image)
         host_url = f"postgresql://postgres@{pg.ip}:5432/postgres"
-        pg_ready = wait_until(lambda: _pg_ready(host_url), "PostgreSQL to accept connections")
+        pg_ready_at = wait_until(lambda: pg_ready(host_url), "PostgreSQL to accept connections")
         store = "postgresql://postgres@pg:5432/postgres"
         first = lab.start_orchestrator("orch1", store=store)
-        api = _wait_api(lab, first)
+        api = wait_api(lab, first)
         standby = lab.start_orchestrator("orch2", store=store, env=("DAGENGINE_STORE_STANDBY=1",))
         engines = {name: lab.start_engine(name) for name in ("e1", "e2")}
         cluster = Cluster(lab, first, api, EventLog(f"{api}/events"), engines)
@@ -575,12 +359,12 @@ def test_killed_orchestrator_on_postgres_is_replaced_by_its_standby(
         quoted = ",".join(f"'{r}'" for r in runs)
 
         def some_recorded() -> bool:
-            done = _pg_query(
+            done = pg_query(
                 host_url,
                 f"SELECT count(*) FROM runs WHERE run_id IN ({quoted}) "
                 "AND status IN ('succeeded', 'failed', 'cancelled')",
             )[0][0]
-            outputs = _pg_query(
+            outputs = pg_query(
                 host_url, f"SELECT count(*) FROM node_outputs WHERE run_id IN ({quoted})"
             )[0][0]
             return bool(outputs >= 10 and done < len(runs))
@@ -592,16 +376,16 @@ def test_killed_orchestrator_on_postgres_is_replaced_by_its_standby(
             http("GET", f"http://{standby.ip}:{HTTP_PORT}/readyz", timeout=1)
         killed_at = first.kill()
         recorded = set(
-            _pg_query(
+            pg_query(
                 host_url, f"SELECT run_id, node_id FROM node_outputs WHERE run_id IN ({quoted})"
             )
         )
-        cluster.api = _wait_api(lab, standby)
+        cluster.api = wait_api(lab, standby)
         took_over_at = time.time()
         finished = cluster.wait_finished(runs, timeout=120)
         assert {b["status"] for b in finished.values()} == {"succeeded"}, lab.diagnostics()
         assert all(b["outputs"]["c"] == {"sum": 3} for b in finished.values())
-        completions = _pg_query(
+        completions = pg_query(
             host_url,
             "SELECT run_id, count(*) FROM events WHERE type = 'run.completed' "
             f"AND run_id IN ({quoted}) GROUP BY run_id",
@@ -620,7 +404,7 @@ def test_killed_orchestrator_on_postgres_is_replaced_by_its_standby(
             "kill-orchestrator-standby-postgres",
             runs=len(runs),
             recorded_not_repeated=sum(1 for k in recorded if k[1] in LEDGER_NODES),
-            postgres_ready_ms=round((pg_ready - pg.started) * 1e3),
+            postgres_ready_ms=round((pg_ready_at - pg.started) * 1e3),
             takeover_ms=round((took_over_at - killed_at) * 1e3),
             all_done_ms=round((time.time() - killed_at) * 1e3),
             duplicated=sum(1 for (run, _), n in counts.items() if run in set(runs) and n > 1),
