@@ -241,7 +241,9 @@ def test_a_succeeded_runs_outputs_are_kept_once_in_its_result(
     stored = [("b", '{"x":1}'), ("a", '{"y":[1,2]}'), ("c", "{}")]
     result = result_of("r1", {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": None})
     assert end_run(store, "r1", stored, result) == [True]
-    assert output_rows(store_target, "r1") == 0
+    # (PostgreSQL keeps the rows: comparing them in the statement that ends the run cost
+    # its server more than the rows did.)
+    assert output_rows(store_target, "r1") == (3 if isinstance(store, PostgresStore) else 0)
     outputs = store.node_outputs("r1")
     assert outputs == {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": {}}
     assert list(outputs) == ["b", "a", "c"]
@@ -330,4 +332,5 @@ def test_runs_through_the_orchestrator_read_the_same_outputs(store_target: str) 
             assert (order[0], order[-1]) == ("a", "e")
         orch.store.flush()
         rows = query(path, "SELECT COUNT(*) FROM node_outputs")[0][0]
-        assert rows == 0  # each kept once, in its run's result
+        # Each kept once, in its run's result (SQLite; PostgreSQL keeps the rows).
+        assert rows == (25 if isinstance(orch.store, PostgresStore) else 0)

@@ -46,7 +46,6 @@ from dagengine.orchestrator.store.compact import (
     FOLDED_TYPES,
     expand_page,
     page_bound,
-    result_outputs,
     stored_types,
 )
 from dagengine.orchestrator.store.postgres_replicas import DEFAULT_LEASE_TTL, ReplicaStore
@@ -530,11 +529,6 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
         rows = self._query(
             "SELECT node_id, output FROM node_outputs WHERE run_id = %s ORDER BY ord", (run_id,)
         )
-        if not rows:  # a succeeded run's may be kept in its result only (compact)
-            stored = self._query("SELECT result FROM runs WHERE run_id = %s", (run_id,))
-            kept = result_outputs(stored[0][0]) if stored else None
-            if kept is not None:
-                return kept
         return {node_id: _loads(output) for node_id, output in rows}
 
     # -- events --

@@ -23,7 +23,6 @@ from dagengine.orchestrator.store.retention import (
     PruneReport,
     RetentionPolicy,
     StoreStats,
-    outputs_kept_in_results,
     write_export,
 )
 
@@ -83,8 +82,6 @@ def _export(db: Any, folder: str, run_ids: list[str], now: float) -> int:
         "SELECT run_id, node_id, output FROM node_outputs WHERE run_id = ANY(%s) ORDER BY ord",
         (run_ids,),
     ).fetchall()
-    results = db.execute("SELECT run_id, result FROM runs WHERE run_id = ANY(%s)", (run_ids,))
-    outputs += outputs_kept_in_results(outputs, results.fetchall())
     events = db.execute(
         f"SELECT {EXPORT_EVENT_COLUMNS} FROM events WHERE run_id = ANY(%s) ORDER BY seq",
         (run_ids,),

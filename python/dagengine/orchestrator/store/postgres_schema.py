@@ -239,42 +239,6 @@ FINISH_RUNS: Final = f"""UPDATE runs SET status = v.status, result = v.result, e
         AND (v.attempt IS NULL OR runs.attempt = v.attempt) AND {MINE}
     RETURNING runs.run_id"""
 
-#: :data:`FINISH_RUNS` for ends among which some runs succeed with a result that may hold
-#: their node outputs (issue 23): a run whose result's succeeded nodes' outputs are exactly
-#: its stored ``node_outputs`` rows, in their order, keeps them in its result only (marked
-#: as :func:`~dagengine.orchestrator.store.compact.with_outputs_here` does; its rows
-#: deleted), in the same UPDATE that ends it (a run it does not end keeps its rows).
-#: Values: those of FINISH_RUNS, then the expected ``(run_id, node_id, output)``
-#: (:func:`~dagengine.orchestrator.store.compact.outputs_to_drop`) as three arrays.
-FINISH_RUNS_KEEPING_OUTPUTS: Final = f"""WITH v AS (
-        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[],
-            %s::bigint[]) AS v (run_id, status, result, error, finished_at, attempt)),
-    expected AS (
-        SELECT run_id, array_agg(node_id ORDER BY n) AS nodes,
-            array_agg(output ORDER BY n) AS outputs
-        FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY
-            AS e (run_id, node_id, output, n)
-        GROUP BY run_id),
-    stored AS (
-        SELECT o.run_id, array_agg(o.node_id ORDER BY o.ord) AS nodes,
-            array_agg(o.output ORDER BY o.ord) AS outputs
-        FROM node_outputs o WHERE o.run_id IN (SELECT run_id FROM expected)
-        GROUP BY o.run_id),
-    kept AS (
-        SELECT e.run_id FROM expected e JOIN stored s USING (run_id)
-        WHERE e.nodes = s.nodes AND e.outputs = s.outputs),
-    ended AS (
-        UPDATE runs SET status = v.status, error = v.error, finished_at = v.finished_at,
-            result = CASE WHEN k.run_id IS NULL THEN v.result
-                ELSE '{{"~":3,' || substr(v.result, 8) END
-        FROM v LEFT JOIN kept k ON k.run_id = v.run_id AND v.status = 'succeeded'
-        WHERE runs.run_id = v.run_id AND runs.status IN ('queued', 'running')
-            AND (v.attempt IS NULL OR runs.attempt = v.attempt) AND {MINE}
-        RETURNING runs.run_id, k.run_id IS NOT NULL AS kept),
-    dropped AS (
-        DELETE FROM node_outputs WHERE run_id IN (SELECT run_id FROM ended WHERE kept))
-    SELECT run_id FROM ended"""
-
 INSERT_EVENT: Final = """INSERT INTO events
     (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"""

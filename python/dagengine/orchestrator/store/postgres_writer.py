@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dagengine.exceptions import StoreError
-from dagengine.orchestrator.store.compact import fold_events, outputs_to_drop
+from dagengine.orchestrator.store.compact import fold_events
 from dagengine.orchestrator.store.postgres_schema import (
     CLAIM,
     CLAIM_RUNS,
@@ -28,7 +28,6 @@ from dagengine.orchestrator.store.postgres_schema import (
     EVENTS_LOCK,
     EVENTS_WRITTEN,
     FINISH_RUNS,
-    FINISH_RUNS_KEEPING_OUTPUTS,
     INSERT_EVENTS,
     INSERT_EVENTS_NUMBERED,
     INSERT_OUTPUT,
@@ -314,7 +313,7 @@ class PostgresWriter(WriteBehind):
                 cursor.execute(INSERT_OUTPUTS, _columns(outputs))
             if ends:
                 ended = self._db.cursor()
-                ended.execute(*_finish_runs(ends))
+                ended.execute(FINISH_RUNS, _columns(ends))
             if events:
                 self._write_events(cursor, events)
         if ended is not None:
@@ -364,7 +363,7 @@ class PostgresWriter(WriteBehind):
                         counted.append((entry, own))
             if deferred:
                 ended = self._db.cursor()
-                ended.execute(*_finish_runs([row[:-1] for _, row in deferred]))
+                ended.execute(FINISH_RUNS, _columns([row[:-1] for _, row in deferred]))
             if events:
                 self._write_events(cursor, events)
         for entry, own in counted:
@@ -378,20 +377,6 @@ class PostgresWriter(WriteBehind):
 
 #: The order a run's writes take in a group that :meth:`PostgresStore._write_sets` writes.
 _STEPS = {"claim": 1, "output": 2, "finish": 3}
-
-
-def _finish_runs(ends: list[tuple[Any, ...]]) -> tuple[str, list[list[Any]]]:
-    """The statement that ends the runs of ``ends`` (the values of ``FINISH_RUNS``) and its
-    parameters: :data:`FINISH_RUNS_KEEPING_OUTPUTS` when some succeed with a result that
-    may hold their node outputs, else the plain ``FINISH_RUNS``."""
-    expected: list[tuple[str, str, str]] = []
-    for run_id, status, result, *_ in ends:
-        if status == "succeeded" and result is not None:
-            outputs = outputs_to_drop(result)
-            expected += [(run_id, node_id, output) for node_id, output in outputs or ()]
-    if not expected:
-        return FINISH_RUNS, _columns(ends)
-    return FINISH_RUNS_KEEPING_OUTPUTS, [*_columns(ends), *_columns(expected)]
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
