@@ -34,9 +34,11 @@ Two more cuts came later (1,694 -> 1,173 file bytes a run of the workflow above)
   is marked and the rows deleted in the group commit that ends the run; readers rebuild
   them from the result. Failed and cancelled runs keep their rows (a retry reads them).
 
-The PostgreSQL store applies the same cuts but the keys: folding and payload numbers only
-on a store that numbers events when queued (not a replica's, which numbers them at the
-commit), and the outputs in the UPDATE that ends the run.
+The PostgreSQL store folds events and numbers payloads too, on a store that numbers events
+when queued (not a replica's, which numbers them at the commit). It keeps its events keyed
+by the run's id and its node output rows: comparing the outputs in the statement that ends
+a run cost its server more than the rows (the dead tuples of the deleted rows were scanned
+by every group).
 
 Old rows (written before these cuts) have none of these forms and read as they are.
 """
