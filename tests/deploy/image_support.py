@@ -212,6 +212,19 @@ def ledger_engines(path: Path, run_ids: set[str]) -> collections.Counter[str]:
     )
 
 
+def ran_again(ledger: Path, recorded: set[tuple[str, str]], after: float) -> list[tuple[str, str]]:
+    """The executions of recorded ``(run, node)`` pairs (of the Python nodes) that started
+    after ``after`` (``time.time()`` once they were seen recorded): a completed node run
+    again. One that started before is an abandoned attempt's straggler (its engine thought
+    lost under load and not stopped in time; delivery is at least once, its late output is
+    refused), not a re-run."""
+    return [
+        (run, node)
+        for run, node, _, _, started in map(str.split, ledger.read_text().splitlines())
+        if node in LEDGER_NODES and (run, node) in recorded and float(started) > after
+    ]
+
+
 def recorded_outputs(store: Path) -> set[tuple[str, str]]:
     """(run, node) pairs whose output the orchestrator has committed to its store."""
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
