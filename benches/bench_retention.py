@@ -171,6 +171,56 @@ def bytes_per_run(folder: Path, runs: int) -> list[str]:
     return lines
 
 
+def pg_bytes_per_run(url: str, runs: int) -> list[str]:
+    """``runs`` real runs of the workflow (8 in flight) through an orchestrator on a fresh
+    PostgreSQL schema, then ``pg_total_relation_size`` of each table (indexes and TOAST
+    included) after ``VACUUM FULL``, per run."""
+    from urllib.parse import quote
+
+    import psycopg
+
+    schema = "bench_retention_bytes"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+    target = f"{url}{'&' if '?' in url else '?'}options={quote(f'-c search_path={schema}')}"
+    with Orchestrator(config=Config(store_path=target)) as orch:
+        orch.register_workflow("bench-3", "1.0.0", workflow())
+        drive("bytes", lambda _: orch.execute_workflow("bench-3", inputs={"factor": 2}), 8, runs)
+        orch.store.flush()
+    with psycopg.connect(target, autocommit=True) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,)
+            )
+        ]
+        for table in tables:
+            conn.execute(f"VACUUM FULL {table}")
+        count = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        sizes = {
+            table: conn.execute("SELECT pg_total_relation_size(%s)", (table,)).fetchone()[0]
+            for table in tables
+        }
+        rows = {
+            table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("events", "node_outputs")
+        }
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    total = sum(sizes[t] for t in ("runs", "node_outputs", "events"))
+    lines = [
+        f"postgres bytes: {count:,} runs through the orchestrator, runs + node_outputs + "
+        f"events after VACUUM FULL: {total / count:,.0f} bytes a run "
+        f"({rows['events'] / count:.1f} event rows, {rows['node_outputs'] / count:.1f} "
+        "output rows a run)"
+    ]
+    lines += [
+        f"  {table:<32} {sizes[table] / count:>7,.0f}"
+        for table in ("runs", "node_outputs", "events")
+    ]
+    return lines
+
+
 def plateau(template: Template, folder: Path, days: int, per_day: int) -> list[str]:
     lines = [
         f"plateau: {per_day:,} runs/day for {days} days, 7-day retention "
@@ -331,12 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--window", type=float, default=2.0, help="seconds of each window")
     parser.add_argument("--bytes-runs", type=int, default=10_000, help="runs measured for bytes")
-    parser.add_argument("--only", choices=["bytes", "plateau", "latency"], default=None)
+    parser.add_argument("--only", choices=["bytes", "pg-bytes", "plateau", "latency"], default=None)
+    parser.add_argument("--pg-bytes-runs", type=int, default=5000, help="runs measured on PG")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs_per_day, args.days, args.backlog = 500, 12, 10_000
-        args.bytes_runs = 2000
+        args.bytes_runs = args.pg_bytes_runs = 2000
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         seed = folder / "seed.db"
@@ -345,8 +396,14 @@ def main(argv: list[str] | None = None) -> int:
             run = orch.execute_workflow("bench-3", inputs={"factor": 2})
             orch.store.flush()
             template = Template(str(seed), run.run_id)
+        pg_url = os.environ.get("DAGENGINE_TEST_POSTGRES_URL")
         parts = {
             "bytes": lambda: bytes_per_run(folder, args.bytes_runs),
+            "pg-bytes": lambda: (
+                pg_bytes_per_run(pg_url, args.pg_bytes_runs)
+                if pg_url
+                else ["postgres bytes: skipped (no DAGENGINE_TEST_POSTGRES_URL)"]
+            ),
             "plateau": lambda: plateau(template, folder, args.days, args.runs_per_day),
             "latency": lambda: latency(template, folder, args.backlog, args.rate, args.window),
         }
