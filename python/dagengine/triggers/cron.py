@@ -509,7 +509,7 @@ class CronTrigger(Trigger):
         if claim is not None and not claim(self.id, scheduled):
             self.stats["claimed_elsewhere"] += 1
             return
-        if claim is not None:
+        if claim is not None and self.overlap != "allow":
             self._add_runs_of_other_replicas()
         running = self._unfinished()
         if running and not catchup:
