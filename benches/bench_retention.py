@@ -274,6 +274,32 @@ def gated(store: Store, gate: threading.Event) -> dict[str, list[float]]:
     return held
 
 
+class _CatchUps:
+    """Counts the checkpoints a commit finished itself (``WriteBehind._catch_up``: the log
+    passed ``CHECKPOINT_CATCH_UP_FRAMES``), by the kind of window they fell in: such a
+    checkpoint runs in the commit of whatever write came next, under the store's lock."""
+
+    def __init__(self, store: Store) -> None:
+        self.window = "paused"
+        self.counts = {"paused": 0, "running": 0}
+        counter = self
+
+        class Counting(type(store)):  # type: ignore[misc]
+            @property
+            def _catch_up(self) -> bool:
+                return bool(self.__dict__.get("_catch_up_flag", False))
+
+            @_catch_up.setter
+            def _catch_up(self, value: bool) -> None:
+                if self.__dict__.get("_catch_up_flag") and not value:
+                    counter.counts[counter.window] += 1
+                self.__dict__["_catch_up_flag"] = value
+
+        flag = store.__dict__.pop("_catch_up", False)
+        store.__class__ = Counting
+        store.__dict__["_catch_up_flag"] = flag
+
+
 def _merged(name: str, loads: list[Load]) -> Load:
     return Load(
         name,
@@ -307,6 +333,7 @@ def latency(
         drive("warm-up", call, 8, 500, rate=rate)
         gate = threading.Event()
         held = gated(orch.store, gate)
+        catch_ups = _CatchUps(orch.store)
         pruner = Pruner(orch.store, None, lambda: RetentionPolicy(RETENTION))
         outcome: dict[str, Any] = {}
 
@@ -324,8 +351,10 @@ def latency(
         during: list[Load] = []
         loads: list[float] = []
         while thread.is_alive() or not during:
+            catch_ups.window = "paused"
             without.append(drive("no prune", call, 8, calls, rate=rate))
             gate.set()
+            catch_ups.window = "running"
             during.append(drive("prune", call, 8, calls, rate=rate))
             gate.clear()
             loads.append(os.getloadavg()[0])
@@ -355,6 +384,11 @@ def latency(
         lines.append(
             f"per pair of windows, p99 with / without: median {pairs[len(pairs) // 2]:.2f}, "
             f"quartiles {pairs[len(pairs) // 4]:.2f}-{pairs[3 * len(pairs) // 4]:.2f}"
+        )
+        lines.append(
+            "checkpoints finished by a commit (the log past its catch-up mark): "
+            f"{catch_ups.counts['paused']} in paused windows, "
+            f"{catch_ups.counts['running']} in running ones"
         )
         for step, times in held.items():
             ordered = sorted(times) or [0.0]
