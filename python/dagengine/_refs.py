@@ -177,7 +177,7 @@ class Call:
         fn: Callable[..., Any],
         args: list[Any],
         kwargs: dict[str, Any],
-        refs: list[tuple[int, str | None, tuple[str | int, ...]]],
+        refs: tuple[tuple[int, str | None, tuple[str | int, ...]], ...],
         getters: list[tuple[int | str, Callable[[NodeContext], Any]]],
     ) -> None:
         self.task_id = task_id

@@ -349,7 +349,11 @@ class _Recorder:
                 node_id = self.node_id(base)
             else:
                 counts[base] = count
-        call = Call(base, task.fn, arg_list, kwargs, refs, getters)
+        # A call without keywords or getters (the common case) shares one empty dict and
+        # list (never changed: Call copies before filling): a workflow keeps every call.
+        call = Call(
+            base, task.fn, arg_list, kwargs or _NO_KWARGS, tuple(refs), getters or _NO_GETTERS
+        )
         # PythonExecutor(call, import_path=...) and a Node like the task's template, without
         # their argument checks (they ran on the template, and the id and deps are valid by
         # construction): a 10,000-call workflow is defined in half the time of calling them.
@@ -435,6 +439,8 @@ _SET_NODE_FIELDS = Node.__dict__["__dict__"].__set__
 _SET_FN = PythonExecutor.__dict__["fn"].__set__
 _SET_IMPORT_PATH = PythonExecutor.__dict__["import_path"].__set__
 _new = object.__new__
+_NO_KWARGS: dict[str, Any] = {}
+_NO_GETTERS: list[tuple[int | str, Callable[[NodeContext], Any]]] = []
 
 
 def _import_path(fn: Callable[..., Any]) -> tuple[str | None, str]:
