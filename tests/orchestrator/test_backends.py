@@ -4,10 +4,14 @@ launched over its Rust-driven session (real engine processes)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -413,3 +417,36 @@ def test_run_threads_grow_while_runs_block_then_are_reused_and_shut_down() -> No
     assert slow.is_set()
     with pytest.raises(RuntimeError, match="after shutdown"):
         pool.submit(done.set)
+
+
+def test_in_process_runs_in_flight_are_waited_for_at_the_interpreters_exit(
+    tmp_path: Path,
+) -> None:
+    """As with the ThreadPoolExecutor the run threads replaced: a script that never stops
+    its orchestrator still has its in-process runs carried to their end."""
+    marker = tmp_path / "ended"
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import time
+            from pathlib import Path
+            from dagengine import DAG, Node, PythonExecutor
+            from dagengine.orchestrator import Orchestrator
+
+            def nap(ctx):
+                time.sleep(0.3)
+                Path({str(marker)!r}).write_text("yes")
+                return {{}}
+
+            dag = DAG()
+            dag.add_node(Node("nap", [], PythonExecutor(nap)))
+            orch = Orchestrator(store=":memory:")
+            orch.register_workflow("w", "1.0.0", dag)
+            orch.execute_workflow("w", wait=False)
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert marker.read_text() == "yes"

@@ -6,6 +6,7 @@ dispatch, failover and bookkeeping do not care which one runs a run.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import queue
@@ -206,12 +207,29 @@ class LocalBackend:
             run.cancel()
 
 
+#: Every live :class:`RunThreads`: at the interpreter's exit their runs are waited for, as
+#: ``ThreadPoolExecutor``'s were (a script that never stopped its orchestrator still gets its
+#: in-process runs to their end).
+_LIVE_RUN_THREADS: weakref.WeakSet[RunThreads] = weakref.WeakSet()
+
+
+def _finish_run_threads() -> None:
+    for threads in list(_LIVE_RUN_THREADS):
+        threads.shutdown(wait=True)
+
+
+# Before non-daemon threads are joined, like concurrent.futures (after them, atexit's would
+# be too late: the runs' threads are daemons).
+getattr(threading, "_register_atexit", atexit.register)(_finish_run_threads)
+
+
 class RunThreads:
     """The threads in-process runs block while they run: started as needed (when none is
     idle), up to ``max_threads``, then kept for the next runs. A run reports its end through
     its own future, so a submission creates none: ``ThreadPoolExecutor`` made a future (with
     its condition and lock) per run and went through a semaphore's condition twice per run,
-    ~2% of a serving process's GIL time at a thousand runs a second."""
+    ~2% of a serving process's GIL time at a thousand runs a second. At the interpreter's exit
+    the runs in flight and queued are waited for, as the executor's were."""
 
     def __init__(self, name: str, max_threads: int = 1024) -> None:
         self._name = name
@@ -222,6 +240,7 @@ class RunThreads:
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads that are waiting or about to wait for a job
         self._closed = False
+        _LIVE_RUN_THREADS.add(self)
 
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn(*args)`` on one of the threads (``RuntimeError`` once shut down)."""
@@ -259,8 +278,8 @@ class RunThreads:
         """Refuse new runs; the threads finish the runs they have, then end (waited for with
         ``wait``)."""
         with self._lock:
+            threads = [] if self._closed else list(self._threads)
             self._closed = True
-            threads = list(self._threads)
         for _ in threads:
             self._jobs.put(None)
         if wait:
