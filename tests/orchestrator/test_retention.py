@@ -226,6 +226,27 @@ def test_new_stores_give_freed_space_back(tmp_path: Path) -> None:
     assert (tmp_path / "s.db").stat().st_size < before
 
 
+def test_prunes_and_reclaims_wake_the_checkpointer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pages a batch wrote are copied on the checkpointer's connection, not left to grow
+    # the log until a run's commit has to finish a checkpoint under the store's lock.
+    with Store(tmp_path / "s.db") as store:
+        for index in range(50):
+            add_run(store, f"r{index:03}", age_days=40 if index < 40 else 1)
+        woken: list[str] = []
+        monkeypatch.setattr(store, "_want_checkpoint", lambda: woken.append("asked"))
+        policy = RetentionPolicy(10 * DAY)
+        assert store.prune(policy, now=NOW, limit=30).runs == 30
+        assert woken == ["asked"]
+        assert store.prune(policy, now=NOW, dry_run=True).runs == 10
+        assert store.prune(policy, now=NOW, limit=30).runs == 10
+        assert store.prune(policy, now=NOW, limit=30).runs == 0  # nothing gone: not woken
+        assert woken == ["asked"] * 2
+        assert store.reclaim_space() > 0
+        assert woken == ["asked"] * 3
+
+
 # --- export ---------------------------------------------------------------------------------
 
 

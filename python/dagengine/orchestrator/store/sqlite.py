@@ -641,7 +641,9 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             with self.transaction():
                 report = prune_batch(self._db, policy, when, limit)
             report.seconds = time.perf_counter() - began
-            return report
+        if report.runs or report.events:
+            self._want_checkpoint()  # (its pages, off the writers' path)
+        return report
 
     def reclaim_space(self, max_pages: int = 2000) -> int:
         """Give up to ``max_pages`` free pages back to the file system (a store created
@@ -657,7 +659,9 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             # executescript steps the pragma to its end (execute() frees one page a call).
             self._db.executescript(f"PRAGMA incremental_vacuum({int(max_pages)})")
             after = int(self._db.execute("PRAGMA page_count").fetchone()[0])
-            return (before - after) * page
+        if after < before:
+            self._want_checkpoint()
+        return (before - after) * page
 
     def stats(self) -> StoreStats:
         """Rows and bytes per table, runs per workflow, the file's size."""

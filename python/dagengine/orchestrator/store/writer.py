@@ -181,8 +181,21 @@ class WriteBehind:
             return
         with self._checkpoint_cv:
             self._commits += 1
-            if self._commits % CHECKPOINT_EVERY or self._closing:
+            if self._commits % CHECKPOINT_EVERY:
                 return
+            self._want_checkpoint_locked()
+
+    def _want_checkpoint(self) -> None:
+        """Wake the checkpointer now (a prune batch wrote many pages: copied on the
+        checkpointer's connection, they do not grow the log until a commit has to finish a
+        checkpoint itself, under the store's lock, in whatever write comes next)."""
+        if self.path == ":memory:":
+            return
+        with self._checkpoint_cv:
+            self._want_checkpoint_locked()
+
+    def _want_checkpoint_locked(self) -> None:
+        if not self._closing:
             if self._checkpointer is None:
                 checkpointer = threading.Thread(
                     target=self._checkpoints, name="dagengine-store-checkpoint", daemon=True
