@@ -300,7 +300,8 @@ class _Recorder:
 
     def call(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Ref:
         binder = task._binder
-        if kwargs or not binder.required <= len(args) <= binder.most:
+        given = len(args)
+        if kwargs or not binder.required <= given <= binder.most:
             binder.check(args, kwargs)
         deps: dict[str, None] = {}
         self.deps = deps
@@ -350,7 +351,10 @@ class _Recorder:
             else:
                 counts[base] = count
         # A call without keywords or getters (the common case) shares one empty dict and
-        # list (never changed: Call copies before filling): a workflow keeps every call.
+        # list, and one list of Nones for arguments that are all references (never changed:
+        # Call copies before filling): a workflow keeps every call.
+        if len(refs) == given:  # every positional argument a reference: all None
+            arg_list = _NONES.setdefault(given, arg_list)
         call = Call(
             base, task.fn, arg_list, kwargs or _NO_KWARGS, tuple(refs), getters or _NO_GETTERS
         )
@@ -441,6 +445,7 @@ _SET_IMPORT_PATH = PythonExecutor.__dict__["import_path"].__set__
 _new = object.__new__
 _NO_KWARGS: dict[str, Any] = {}
 _NO_GETTERS: list[tuple[int | str, Callable[[NodeContext], Any]]] = []
+_NONES: dict[int, list[Any]] = {}
 
 
 def _import_path(fn: Callable[..., Any]) -> tuple[str | None, str]:
