@@ -30,6 +30,7 @@ from dagengine.orchestrator.store.compact import (
     FOLD_SPAN,
     FOLDED_TYPES,
     expand_page,
+    outputs_to_drop,
     page_bound,
     result_outputs,
     stored_types,
@@ -408,7 +409,11 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         lock, on the store's writer thread. ``result`` may be given already encoded (the
         JSON text of a :meth:`~dagengine.RunResult.to_dict`)."""
         row = _finish_values(run_id, attempt, status, result, error)
-        self._later("finish", (*row, done))
+        # The outputs its result holds, worked out here rather than by the writer, under
+        # the store's lock (see WriteBehind._outputs_in_results).
+        stored = row[2]
+        expected = outputs_to_drop(stored) if status == "succeeded" and stored else None
+        self._later("finish", (*row, expected, done))
 
     # -- node outputs --
 

@@ -9,7 +9,8 @@ constants below are read when they are used, so a test can patch them here
 
 Queue rows are ``(kind, values)``: ``create`` (a run's columns), ``claim`` (the values of
 ``_CLAIM`` after the run id), ``output`` (``run_id, node_id, attempt, output``) and
-``finish`` (the values of ``_finish_runs`` and the ``done`` callback) and ``fence`` (a
+``finish`` (the values of ``_finish_runs``, the outputs its result holds: see
+``compact.outputs_to_drop``, and the ``done`` callback) and ``fence`` (a
 ``done`` callback alone: :meth:`WriteBehind.when_committed`); events wait in a queue of their
 own (the values of ``_insert_events``, ``seq`` first).
 """
@@ -27,12 +28,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from dagengine.exceptions import StoreError
-from dagengine.orchestrator.store.compact import (
-    fold_events,
-    outputs_to_drop,
-    same_output,
-    with_outputs_here,
-)
+from dagengine.orchestrator.store.compact import fold_events, same_output, with_outputs_here
 from dagengine.orchestrator.store.records import _encodable
 from dagengine.orchestrator.store.schema import (
     _CLAIM,
@@ -527,18 +523,22 @@ class WriteBehind:
         succeeded): the store cannot write, and the service is not ready."""
         return self._write_error
 
-    def _outputs_in_results(self, rows: list[tuple[Any, ...]], ended: set[str]) -> list[str]:
+    def _outputs_in_results(
+        self,
+        rows: list[tuple[Any, ...]],
+        expected: list[list[tuple[str, str]] | None],
+        ended: set[str],
+    ) -> list[str]:
         """Of the runs ``rows`` end (``_finish_runs`` values) that succeed with a result
-        holding exactly their stored node outputs, in the same order (issue 23: the
-        outputs were stored twice): mark the result in ``rows`` as holding them
-        (:func:`~dagengine.orchestrator.store.compact.with_outputs_here`) and return their
-        ids, whose ``node_outputs`` rows the caller then deletes."""
+        holding exactly their stored node outputs (``expected``, each run's: see
+        :func:`~dagengine.orchestrator.store.compact.outputs_to_drop`), in the same order
+        (issue 23: the outputs were stored twice): mark the result in ``rows`` as holding
+        them (:func:`~dagengine.orchestrator.store.compact.with_outputs_here`) and return
+        their ids, whose ``node_outputs`` rows the caller then deletes."""
         wanted: dict[str, list[tuple[str, str]]] = {}
-        for run_id, status, result, *_ in rows:
-            if run_id in ended and status == "succeeded" and result is not None:
-                outputs = outputs_to_drop(result)
-                if outputs:
-                    wanted[run_id] = outputs
+        for (run_id, status, *_), outputs in zip(rows, expected, strict=True):
+            if run_id in ended and status == "succeeded" and outputs:
+                wanted[run_id] = outputs
         if not wanted:
             return []
         stored: dict[str, list[tuple[str, str]]] = {run_id: [] for run_id in wanted}
@@ -548,12 +548,12 @@ class WriteBehind:
         dropped = []
         for index, row in enumerate(rows):
             run_id = row[0]
-            expected, have = wanted.get(run_id), stored.get(run_id)
+            want, have = wanted.get(run_id), stored.get(run_id)
             if (
-                expected is not None
+                want is not None
                 and have is not None
-                and [n for n, _ in have] == [n for n, _ in expected]
-                and all(same_output(o, e) for (_, o), (_, e) in zip(have, expected, strict=True))
+                and [n for n, _ in have] == [n for n, _ in want]
+                and all(same_output(o, e) for (_, o), (_, e) in zip(have, want, strict=True))
             ):
                 rows[index] = (run_id, row[1], with_outputs_here(row[2]), *row[3:])
                 dropped.append(run_id)
@@ -613,16 +613,17 @@ class WriteBehind:
                 if kind == "claim":
                     self._db.execute(_CLAIM, row[1:])
                 else:
-                    entry[1] = self._db.execute(*_finish_sql(*row[:-1])).rowcount == 1
+                    entry[1] = self._db.execute(*_finish_sql(*row[:6])).rowcount == 1
             if outputs:
                 write_outputs()
             for chunk in _chunks(deferred, _RUNS_PER_STATEMENT):
-                rows = [row[:-1] for _, row in chunk]
+                rows = [row[:6] for _, row in chunk]
                 finish, values = _multi_row(_finish_runs, rows)
                 finishable = _finishable_runs(_padded(len(chunk)))
                 ended = set(json.loads(self._db.execute(finishable, values).fetchone()[0]))
                 if ended:
-                    dropped = self._outputs_in_results(rows, ended)
+                    expected = [row[6] for _, row in chunk]
+                    dropped = self._outputs_in_results(rows, expected, ended)
                     if dropped:
                         finish, values = _multi_row(_finish_runs, rows)
                     self._db.execute(finish, values)
