@@ -270,3 +270,44 @@ def test_the_entries_sent_with_a_run_are_bounded(
         assert len(cache.cache_entries_for(store, "wf", dag)) == 2
     finally:
         store.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 19 part 5: an engine sent a spec without code identities keys a Python "
+    "node by its import path; the identity must come from the engine's own code (a Rust "
+    "change: the host's prepare returns it), see docs/caching.md",
+)
+def test_a_function_changed_behind_the_same_import_path_misses(tmp_path: Path) -> None:
+    spec = {
+        "id": "changing",
+        "version": "1.0.0",
+        "nodes": [{"id": "work", "python": "changing_code:work", "cache": True}],
+    }
+    results: list[RunResult] = []
+    entries: list[tuple[str, str, bytes, str]] = []
+    for version in (1, 2):
+        # The same import path, another function behind it (a redeployed engine).
+        code_dir = tmp_path / f"v{version}"
+        code_dir.mkdir()
+        (code_dir / "changing_code.py").write_text(
+            f"def work(ctx):\n    return {{'version': {version}}}\n"
+        )
+        process = EngineProcess("--engine-id", f"v{version}", env={"PYTHONPATH": str(code_dir)})
+        try:
+            with EngineClient(process.address, timeout=30) as client:
+                request = build_run_request(
+                    spec, inputs={}, run_id=f"v{version}", cache_entries=entries
+                )
+                result = client.stream_request(request)
+                *_, last = result
+                assert isinstance(last, RunResult)
+                assert last.ok, last.error
+                results.append(last)
+        finally:
+            process.kill()
+        work = last.node_results["work"]
+        assert work.cache_key is not None
+        entries = [("work", work.cache_key, b'{"version":1}', f"v{version}")]
+    assert results[1].node_results["work"].cached_from is None
+    assert results[1].outputs["work"] == {"version": 2}
