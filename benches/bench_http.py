@@ -15,23 +15,27 @@ Three ways in, each against the bare endpoint of its pair:
 * **async trigger** — ``POST /hooks/async``: answered once the run is committed (202);
 * **POST /workflows/{id}/runs** — the REST API, answered once the run is committed (202).
 
-Prints, per row, the median over the rounds of requests/s and p50/p99 latency, the median of
-the pair ratios to bare (and their range), the load average seen, and the issue's targets (sync
->= 0.5x, async and POST >= 0.6x, p99 <= 3x bare) as met / NOT MET. The bare endpoint is the
-ceiling of uvicorn + Starlette + the client on this machine; the difference is what the trigger
-or the REST route, the orchestrator (queue, dispatch, SQLite writes of the run, its node
-outputs and its events) and the engine add. After each row that leaves runs behind (async,
-POST), the next row waits for them to end, so that it is not loaded by their execution.
+Prints, per row, the median over the rounds of requests/s, p50/p99 latency and the server
+process's CPU time a request (a row's counted until its runs have ended: a loaded machine moves
+it much less than requests/s), the median of the pair ratios to bare (and their range), the
+load average seen, and the issue's targets (sync >= 0.5x, async and POST >= 0.6x, p99 <= 3x
+bare) as met / NOT MET. The bare endpoint is the ceiling of uvicorn + Starlette + the client on
+this machine; the difference is what the trigger or the REST route, the orchestrator (queue,
+dispatch, SQLite writes of the run, its node outputs and its events) and the engine add. After
+each row that leaves runs behind (async, POST), the next row waits for them to end, so that it
+is not loaded by their execution.
 
 ``--baseline PATH`` starts a second ``dagengine serve`` with ``PYTHONPATH=PATH`` (another
 checkout's ``python`` folder, with the built ``_core`` extension copied in) and loads it in
-turn with this one: an A/B of a change, with the new/old ratios of each row.
+turn with this one: an A/B of a change, with the new/old ratios of each row (throughput, p99
+and CPU a request).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import subprocess
@@ -159,6 +163,17 @@ async def load(url: str, total: int, concurrency: int) -> tuple[float, list[floa
     return elapsed, latencies, failed
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process ``pid`` has used so far; NaN where ``/proc``
+    cannot tell (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -198,8 +213,8 @@ def main() -> None:
         "--baseline", metavar="PYTHONPATH", help="also load a serve run with this PYTHONPATH"
     )
     args = parser.parse_args()
-    # name -> row -> per-round (req/s, p50, p99)
-    seen: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    # name -> row -> per-round (req/s, p50, p99, server CPU seconds a request)
+    seen: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "workflows").mkdir()
@@ -208,7 +223,7 @@ def main() -> None:
         (root / "bare.py").write_text(textwrap.dedent(BARE))
         procs: list[subprocess.Popen[str]] = []
         try:
-            servers: dict[str, str] = {}
+            servers: dict[str, tuple[str, int]] = {}
             variants = [("serve", None)]
             if args.baseline:
                 (root / "old").mkdir()  # (a store of its own: paths are the config's)
@@ -220,26 +235,29 @@ def main() -> None:
                 cwd = root / "old" if env is not None else root
                 proc, url = start([*SERVE, "--engines", str(args.engines)], cwd, env)
                 procs.append(proc)
-                servers[name] = url
+                servers[name] = (url, proc.pid)
             bare, bare_url = start([sys.executable, "bare.py"], root)
             procs.append(bare)
             loads = [os.getloadavg()[0]]
             for round_no in range(args.rounds):
                 for row, path, _target in ROWS:
-                    for name, url in servers.items():
+                    for name, (url, pid) in servers.items():
                         # A pair: this row and the bare endpoint back to back, which one goes
                         # first alternating, so that both see the same load of the machine.
-                        pair = [("bare", bare_url, "/const"), (name, url, path)]
+                        pair = [("bare", bare_url, "/const", bare.pid), (name, url, path, pid)]
                         if round_no % 2:
                             pair.reverse()
-                        for who, where, what in pair:
+                        for who, where, what, server in pair:
+                            before = cpu_seconds(server)
                             got = measure(where, what, args)
-                            if who == "bare":
-                                seen.setdefault("bare", {}).setdefault(f"{name} {row}", [])
-                                seen["bare"][f"{name} {row}"].append(got)
-                            else:
-                                seen.setdefault(who, {}).setdefault(row, []).append(got)
-                                drain(where)
+                            if who != "bare":
+                                drain(where)  # (the runs' own work counts too)
+                            # (the load's warm-up sends one request a connection too)
+                            served = args.requests + args.concurrency
+                            used = (cpu_seconds(server) - before) / served
+                            sample = (*got, used)
+                            key = f"{name} {row}" if who == "bare" else row
+                            seen.setdefault(who, {}).setdefault(key, []).append(sample)
                         loads.append(os.getloadavg()[0])
         finally:
             for proc in procs:
@@ -249,7 +267,7 @@ def main() -> None:
 
 
 def report(
-    seen: dict[str, dict[str, list[tuple[float, float, float]]]],
+    seen: dict[str, dict[str, list[tuple[float, float, float, float]]]],
     args: argparse.Namespace,
     loads: list[float],
 ) -> None:
@@ -259,13 +277,17 @@ def report(
         f"{args.requests} requests per load, {args.concurrency} concurrent clients, loopback, "
         f"{args.rounds} rounds; each row paired with a bare load next to it (order "
         f"alternating): medians, ratios = median of the pair ratios; load average "
-        f"{min(loads):.1f}-{max(loads):.1f}"
+        f"{min(loads):.1f}-{max(loads):.1f}; cpu = the server process's CPU a request (a row's "
+        "with its runs' work), which a loaded machine moves less than req/s"
     )
-    head = f"{'':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x bare':>7} {'p99 x':>6}"
+    head = (
+        f"{'':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} {'x bare':>7} {'p99 x':>6}"
+    )
     print(f"{head}  target")
     print(
-        f"{'bare starlette/uvicorn constant':36} {med(r for r, _, _ in bare_all):8.0f} "
-        f"{med(p for _, p, _ in bare_all) * 1e3:8.2f} {med(p for _, _, p in bare_all) * 1e3:8.2f}"
+        f"{'bare starlette/uvicorn constant':36} {med(g[0] for g in bare_all):8.0f} "
+        f"{med(g[1] for g in bare_all) * 1e3:8.2f} {med(g[2] for g in bare_all) * 1e3:8.2f} "
+        f"{med(g[3] for g in bare_all) * 1e6:7.0f}"
     )
     for name, rows in seen.items():
         if name == "bare":
@@ -279,7 +301,8 @@ def report(
             label = row if name == "serve" else f"{row} (baseline)"
             print(
                 f"{label:36} {med(g[0] for g in got):8.0f} {med(g[1] for g in got) * 1e3:8.2f} "
-                f"{med(g[2] for g in got) * 1e3:8.2f} {ratio:7.2f} {p99:6.1f}  "
+                f"{med(g[2] for g in got) * 1e3:8.2f} {med(g[3] for g in got) * 1e6:7.0f} "
+                f"{ratio:7.2f} {p99:6.1f}  "
                 f">= {target:.1f}x, p99 <= {P99_TARGET:.0f}x: {'met' if met else 'NOT MET'} "
                 f"(pairs {min(ratios):.2f}-{max(ratios):.2f})"
             )
@@ -288,9 +311,11 @@ def report(
             new, old = seen["serve"][row], seen["baseline"][row]
             ratios = [n[0] / o[0] for n, o in zip(new, old, strict=True)]
             p99s = [n[2] / o[2] for n, o in zip(new, old, strict=True)]
+            cpus = [n[3] / o[3] for n, o in zip(new, old, strict=True)]
             print(
                 f"new/baseline {row}: throughput {med(ratios):.2f}x "
-                f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}), p99 {med(p99s):.2f}x"
+                f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}), p99 {med(p99s):.2f}x, "
+                f"cpu a request {med(cpus):.2f}x (rounds {', '.join(f'{c:.2f}' for c in cpus)})"
             )
 
 
