@@ -87,6 +87,36 @@ def test_a_second_orchestrator_on_the_same_store_is_refused(pg_url: str) -> None
     Orchestrator(store=pg_url).stop()  # free again once the first stopped
 
 
+def test_a_store_opened_right_after_a_close_waits_for_the_closed_session(pg_url: str) -> None:
+    """The server ends a closed session's backend, and only then frees its lock, a moment
+    after the client closes it: a store this process opens meanwhile waits for that end
+    instead of refusing the store as in use (a flaky restart in the tests before)."""
+    import threading
+
+    from dagengine.orchestrator.store.postgres_writer import note_closed_owner
+
+    first = open_store(pg_url, exclusive=True)
+    assert isinstance(first, PostgresStore)
+    # As close() does, with the backend's end held back for 0.3 s.
+    note_closed_owner(first._db)
+    later = threading.Timer(0.3, first.close)
+    later.start()
+    try:
+        second = open_store(pg_url, exclusive=True)
+        second.close()
+    finally:
+        later.join()
+    # A store still open is refused at once, as before.
+    third = open_store(pg_url, exclusive=True)
+    try:
+        from dagengine.exceptions import StoreError
+
+        with pytest.raises(StoreError, match="is in use by"):
+            open_store(pg_url, exclusive=True)
+    finally:
+        third.close()
+
+
 def test_a_fenced_off_store_refuses_its_late_writes_then_rejoins(pg_url: str) -> None:
     import threading
 

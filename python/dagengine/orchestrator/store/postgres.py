@@ -64,6 +64,7 @@ from dagengine.orchestrator.store.postgres_writer import (
     CONNECTION_DEFAULTS,
     PostgresWriter,
     _RowError,
+    note_closed_owner,
 )
 from dagengine.orchestrator.store.records import (
     EventRecord,
@@ -259,6 +260,7 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
             self._shut = True
             if self._db is not None and not self._db.closed:
                 if self.exclusive:
+                    note_closed_owner(self._db)
                     # Free the store's lock before closing: the server ends a closed
                     # session's backend (and only then its locks) a moment later, and a
                     # successor starting right after this close must find the store free.

@@ -10,6 +10,7 @@ and ``_psycopg`` before it connects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -38,7 +39,13 @@ from dagengine.orchestrator.store.postgres_schema import (
 )
 from dagengine.orchestrator.store.writer import WriteBehind
 
-__all__ = ["CONNECTION_DEFAULTS", "CONNECT_TIMEOUT", "OWNER_LOCK", "PostgresWriter"]
+__all__ = [
+    "CONNECTION_DEFAULTS",
+    "CONNECT_TIMEOUT",
+    "OWNER_LOCK",
+    "PostgresWriter",
+    "note_closed_owner",
+]
 
 #: The advisory lock an orchestrator's store holds on its schema (``exclusive``): the first
 #: key; the second is the schema's name, hashed.
@@ -57,6 +64,11 @@ CONNECTION_DEFAULTS: dict[str, str] = {
 
 #: Seconds between two tries of a standby store to take the lock.
 STANDBY_POLL = 0.5
+#: Seconds a store waits for the lock held by a session this process closed: the server ends
+#: a closed session's backend, and only then frees its locks, a moment after the close.
+CLOSE_GRACE = 5.0
+#: Backend pids of the lock-holding sessions this process's stores closed.
+_closed_owners: set[int] = set()
 
 _log = logging.getLogger("dagengine.orchestrator.store")
 
@@ -72,6 +84,27 @@ class _RowError(ValueError):
     """A write that failed on its data (a value PostgreSQL refuses, a broken constraint):
     raised as a ValueError so the write-behind isolates the row instead of retrying the
     group forever (see :func:`~dagengine.orchestrator.store.writer._is_data_error`)."""
+
+
+def note_closed_owner(conn: Any) -> None:
+    """Remember that ``conn``, a session holding a store's lock, is being closed by this
+    process: a store opened right after waits for its backend to end (:data:`CLOSE_GRACE`)
+    instead of refusing the store as in use."""
+    with contextlib.suppress(Exception):
+        _closed_owners.add(int(conn.info.backend_pid))
+
+
+def _wait_for_closed_owner(conn: Any, key: int, holder_pid: int | None) -> bool:
+    """Take the lock once ``holder_pid``, a session this process closed, has ended."""
+    if holder_pid is None or holder_pid not in _closed_owners:
+        return False
+    deadline = time.monotonic() + CLOSE_GRACE
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if _try_lock(conn, key):
+            _closed_owners.discard(holder_pid)
+            return True
+    return False
 
 
 def _try_shared_lock(conn: Any, key: int) -> bool:
@@ -114,12 +147,14 @@ class PostgresWriter(WriteBehind):
             if _try_lock(conn, key):
                 return conn
             holder = conn.execute(
-                """SELECT a.application_name, host(a.client_addr), a.backend_start
+                """SELECT a.application_name, host(a.client_addr), a.backend_start, a.pid
                    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                    WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
                        AND l.objsubid = 2 AND l.granted""",
                 (OWNER_LOCK, key),
             ).fetchone()
+            if _wait_for_closed_owner(conn, key, None if holder is None else holder[3]):
+                return conn
             who = (
                 "another process" if holder is None else f"{holder[0] or 'a process'} ({holder[1]})"
             )
