@@ -149,6 +149,12 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
                     self._db.execute(statement)
             if current != len(MIGRATIONS):
                 self._db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        if 0 < current < len(MIGRATIONS) and self.path != ":memory:":
+            # A migration that rebuilt tables (4: runs and events) left the old ones'
+            # pages free: a store with incremental auto-vacuum gives them back now rather
+            # than at its first prune (the file had doubled: 157 -> 249 -> 134 MB for
+            # 100,000 runs).
+            self._db.executescript("PRAGMA incremental_vacuum")
 
     @property
     def schema_version(self) -> int:
