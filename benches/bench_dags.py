@@ -18,6 +18,7 @@ same in both sections; it is measured once per shape and reused.
 from __future__ import annotations
 
 import gc
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -62,13 +63,25 @@ def trivial_dask(*_parents: object) -> None:
 # --- shapes -----------------------------------------------------------------------------------
 
 
+def narrow(n: int, *, k: int = 3, window: int = 200, seed: int) -> Shape:
+    """A random narrow DAG: every node after the first picks ``k`` distinct parents among the
+    ``window`` nodes before it (fixed ``seed``), so only a few nodes are ready at a time."""
+    rng = random.Random(seed)
+    parents: list[tuple[int, ...]] = [()]
+    for i in range(1, n):
+        low = max(0, i - window)
+        parents.append(tuple(sorted(rng.sample(range(low, i), min(k, i - low)))))
+    return Shape(f"random narrow {n:,} ({k} of the {window} before)", parents)
+
+
 def run_shapes(cfg: Config) -> list[Shape]:
-    """The three shapes of sections 1 and 2, sized by ``cfg.nodes``."""
+    """The four shapes of sections 1 and 2, sized by ``cfg.nodes``."""
     width = max(cfg.nodes // 100, 1)
     return [
         chain(cfg.nodes),
         fan(cfg.nodes),
         layered(cfg.nodes, width=width, k=3, seed=cfg.seed),
+        narrow(cfg.nodes, seed=cfg.seed),
     ]
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "MemoryCacheRef",
     "NodeRecords",
     "Outputs",
+    "PendingRun",
     "RunRef",
     "__version__",
     "lua_check",
@@ -28,8 +29,8 @@ __version__: str
 #: Signature of the Python trampoline the core calls for every ``python`` node:
 #: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``; for an
 #: item of a mapped node (``node_id`` like ``square[3]``) with an eighth argument, the item's
-#: ``(index, item)``. It runs on a core worker thread with the GIL held; an exception fails
-#: the node.
+#: ``(index, item)``. It runs with the GIL held, on a core worker thread or (``DAG.run``) on
+#: the thread driving the run; an exception fails the node.
 Invoke: TypeAlias = Callable[
     [Any, str, str, int, Mapping[str, Any], dict[str, Any], CancelToken], Any
 ]
@@ -135,6 +136,34 @@ class DagRef:
         ``event_outputs`` puts each node's output in its ``node_succeeded`` event detail;
         ``cache`` (an object with ``get(node_id, key)`` and ``put(node_id, key, output,
         run_id, ttl)``) is where cached nodes are looked up and stored."""
+
+    def prepare_run(
+        self,
+        inputs: Mapping[str, Any],
+        run_id: str,
+        invoke: Invoke,
+        *,
+        max_parallel: int | None = None,
+        fail_fast: bool = False,
+        timeout: float | None = None,
+        completed: Mapping[str, Mapping[str, Any]] | None = None,
+        events: bool = True,
+        event_outputs: bool = False,
+        cache: Any = None,
+    ) -> PendingRun:
+        """Like :meth:`start`, but the run starts only with :meth:`PendingRun.run`, on the
+        caller's thread; nothing of this graph stays borrowed meanwhile."""
+
+@final
+class PendingRun:
+    """A run prepared by :meth:`DagRef.prepare_run`, not started."""
+
+    def run(self) -> RunRef:
+        """Drive the run to its end on this thread, which keeps the GIL while it calls
+        synchronous Python nodes itself and releases it while it waits for other threads or
+        runs Lua; returns the finished run. On Ctrl-C (or a ``KeyboardInterrupt`` out of a
+        node called here) the run is cancelled, driven to its end, and the interrupt raised.
+        A second call raises ``RuntimeError``."""
 
 @final
 class MemoryCacheRef:

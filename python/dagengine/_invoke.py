@@ -129,6 +129,11 @@ def make_invoke(
     """
     if logs is not None:
         return _capturing_invoke(loop, runner, logs)
+    # Every node goes through here: the in-flight count's steps are bound once, and the
+    # context is filled in directly (the core hands read-only inputs already, which is all
+    # ``NodeContext.__init__`` adds; a class call with seven arguments costs more than a
+    # trivial node's own call).
+    enter, leave, new = _IN_FLIGHT.enter, _IN_FLIGHT.leave, object.__new__
 
     def invoke(
         fn: Any,
@@ -140,11 +145,23 @@ def make_invoke(
         cancel: CancelToken,
         item: tuple[int, Any] | None = None,
     ) -> NodeOutput:
-        _IN_FLIGHT.enter()
+        enter()
         try:
-            ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
+            ctx = new(NodeContext)
+            ctx.inputs = inputs
+            ctx.results = results
+            ctx.node_id = node_id
+            ctx.run_id = run_id
+            ctx.attempt = attempt
+            ctx._cancel = cancel
+            if item is None:
+                ctx.index = ctx.item = None
+            else:
+                ctx.index, ctx.item = item
             out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
-            if out is None or type(out) is dict:
+            if out is None:
+                return None
+            if type(out) is dict:
                 return _check_output(node_id, out)
             if inspect.isawaitable(out):
                 if loop is None:
@@ -154,7 +171,7 @@ def make_invoke(
                     out = future.result()
             return _check_output(node_id, out)
         finally:
-            _IN_FLIGHT.leave()
+            leave()
 
     return invoke
 
@@ -200,3 +217,11 @@ def _capturing_invoke(
             _IN_FLIGHT.leave()
 
     return invoke
+
+
+def inline_ok(fn: object) -> bool:
+    """Whether a node's callable (or its condition's) may be called on the thread that drives
+    a run (``DAG.run``): a synchronous one may; an ``async def`` one (it needs an event loop
+    of its own there) or a sub-workflow (it may wait long on an orchestrator) goes to the
+    core's Python threads."""
+    return type(fn) is not SubWorkflow and not inspect.iscoroutinefunction(fn)

@@ -450,6 +450,7 @@ class DAG:
         event_outputs: bool = False,
         cache: Cache | bool | None = True,
         _loop: asyncio.AbstractEventLoop | None = None,
+        _here: bool = False,
     ) -> LocalRun:
         """Start a run in the background and return its :class:`LocalRun` handle at once.
 
@@ -477,7 +478,9 @@ class DAG:
         max_parallel = check_positive_int(max_parallel, "max_parallel") or self.max_parallel
         run_timeout = self.timeout if timeout is None else check_timeout(timeout, "timeout")
         with self._native_lock:
-            ref = self._native().start(
+            native = self._native()
+            # ``_here``: driven to its end on this thread, below (see ``DAG.run``).
+            ref = (native.prepare_run if _here else native.start)(
                 native_inputs,
                 run_id,
                 invoke,
@@ -489,6 +492,8 @@ class DAG:
                 event_outputs=event_outputs,
                 cache=run_cache(cache),
             )
+        if isinstance(ref, _core.PendingRun):
+            ref = ref.run()
         return LocalRun(ref, logs)
 
     def run(
@@ -510,6 +515,11 @@ class DAG:
         ``result.raise_for_status()``. ``on_event`` is called on this thread with every
         :class:`~dagengine.NodeEvent` while the run goes on. Validation errors raise before
         anything runs. On Ctrl-C the run is cancelled, waited for, and the interrupt re-raised.
+
+        Without ``on_event`` the run is driven on this thread, which calls synchronous Python
+        nodes itself, one after the other, as long as each returns quickly; nodes that are
+        ``async``, have a timeout (or the run has one), and nodes left waiting while another
+        blocks run on the core's threads, so branches still run concurrently.
         """
         handle = self.start(
             inputs,
@@ -521,6 +531,7 @@ class DAG:
             subworkflow_runner=subworkflow_runner,
             cache=cache,
             events=on_event is not None,
+            _here=on_event is None,
         )
         if on_event is None:
             return handle.wait()

@@ -6,16 +6,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use std::sync::OnceLock;
+use std::thread::ThreadId;
 
 use std::time::Duration;
 
 use dagengine_core::{ErrorKind, NodeIdx};
 use dagengine_server::{
-    condition_value, Context, ExternalCall, ExternalExecutor, Growth, Hooks, LogLine, LogSink,
-    NodeFailure, Plan, WorkerPool,
+    condition_value, Context, ExternalCall, ExternalExecutor, Growth, Hooks, InlineHost, LogLine,
+    LogSink, NodeFailure, Plan, WorkerPool,
 };
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 
@@ -66,6 +68,8 @@ pub struct PyExternal {
     /// The run's inputs, converted once per run (a read-only mapping).
     inputs: Py<PyAny>,
     run_id: String,
+    /// The run id as a Python string, made on the first call.
+    run_id_py: OnceLock<Py<PyString>>,
     /// The trampoline's store of captured lines: `take(run_id, node_id, attempt)` returns
     /// an attempt's `(level, message)` pairs (see [`ExternalExecutor::take_logs`]).
     logs: Option<Py<PyAny>>,
@@ -74,7 +78,15 @@ pub struct PyExternal {
     /// The parents' outputs of each mapped node, converted for its first item: its other
     /// items get a copy of the dict (its values shared), not a conversion each.
     item_results: Mutex<Vec<(NodeIdx, Py<PyDict>)>>,
+    /// Which nodes may be called on the thread driving the run, and their ids.
+    nodes: Arc<PyNodes>,
+    /// For a run driven on its caller's thread (`DagRef.run`): that thread, and where a
+    /// `KeyboardInterrupt` a node raised there is kept for [`Host`] to raise.
+    caller: Option<(ThreadId, Interrupt)>,
 }
+
+/// A pending interrupt of the thread driving a run.
+type Interrupt = Arc<Mutex<Option<PyErr>>>;
 
 impl PyExternal {
     pub fn new(
@@ -89,10 +101,28 @@ impl PyExternal {
             conditions: Arc::default(),
             inputs,
             run_id,
+            run_id_py: OnceLock::new(),
             logs: None,
             trace: None,
             item_results: Mutex::default(),
+            nodes: Arc::default(),
+            caller: None,
         }
+    }
+
+    /// With which nodes may be called on the thread driving the run, and their ids.
+    #[must_use]
+    pub fn with_inline(mut self, nodes: Arc<PyNodes>) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// For a run driven on this thread: a `KeyboardInterrupt` out of a node called here is
+    /// the caller's Ctrl-C, kept for [`Host`] (the run is cancelled, then it is raised).
+    #[must_use]
+    pub fn on_this_thread(mut self) -> Self {
+        self.caller = Some((std::thread::current().id(), Arc::default()));
+        self
     }
 
     /// With the run's W3C trace context (a read-only mapping), handed to each attempt.
@@ -136,7 +166,7 @@ impl PyExternal {
             let invoke_call = || -> PyResult<Bound<'_, PyAny>> {
                 let results = match call.item {
                     Some(_) => self.item_results(py, plan, call)?,
-                    None => results_dict(py, plan, call)?,
+                    None => self.results_dict(py, plan, call)?,
                 };
                 let token = Bound::new(
                     py,
@@ -146,10 +176,18 @@ impl PyExternal {
                         trace: self.trace.as_ref().map(|t| t.clone_ref(py)),
                     },
                 )?;
+                let id = match call.item {
+                    Some(_) => PyString::new(py, &node_id),
+                    None => self.nodes.id(py, plan, call.node),
+                };
                 let mut args = vec![
                     payload.bind(py).clone(),
-                    node_id.as_ref().into_pyobject(py)?.into_any(),
-                    self.run_id.as_str().into_pyobject(py)?.into_any(),
+                    id.into_any(),
+                    self.run_id_py
+                        .get_or_init(|| PyString::new(py, &self.run_id).unbind())
+                        .bind(py)
+                        .clone()
+                        .into_any(),
                     call.attempt.into_pyobject(py)?.into_any(),
                     self.inputs.bind(py).clone(),
                     results.into_any(),
@@ -163,7 +201,17 @@ impl PyExternal {
                 let args = PyTuple::new(py, args)?;
                 self.invoke.bind(py).call1(args)
             };
-            let returned = invoke_call().map_err(|e| failure_from(py, &e))?;
+            let returned = invoke_call().map_err(|e| {
+                let failure = failure_from(py, &e);
+                if let Some((thread, interrupt)) = &self.caller {
+                    if e.is_instance_of::<PyKeyboardInterrupt>(py)
+                        && std::thread::current().id() == *thread
+                    {
+                        *interrupt.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    }
+                }
+                failure
+            })?;
             if returned.is_none() {
                 return Ok(Map::new());
             }
@@ -261,6 +309,14 @@ impl ExternalExecutor for PyExternal {
         python_pool().clone()
     }
 
+    fn inline(&self, node: NodeIdx) -> bool {
+        self.nodes
+            .inline
+            .get(node as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+
     fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
         let Some(Some(payload)) = self.payloads.get(call.node as usize) else {
             return Err(NodeFailure {
@@ -319,20 +375,26 @@ impl ExternalExecutor for PyExternal {
     }
 }
 
-/// Each parent's id and output, converted.
-fn results_dict<'py>(
-    py: Python<'py>,
-    plan: &Plan,
-    call: &ExternalCall,
-) -> PyResult<Bound<'py, PyDict>> {
-    let results = PyDict::new(py);
-    for (p, v) in &call.results {
-        results.set_item(plan.dag().id(*p), pythonize(py, v.as_ref())?)?;
-    }
-    Ok(results)
-}
-
 impl PyExternal {
+    /// Each parent's id and output, converted.
+    fn results_dict<'py>(
+        &self,
+        py: Python<'py>,
+        plan: &Plan,
+        call: &ExternalCall,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let results = PyDict::new(py);
+        for (p, v) in &call.results {
+            let value = match v.as_ref() {
+                // A parent that returned nothing (the common trivial case).
+                Value::Object(m) if m.is_empty() => PyDict::new(py).into_any(),
+                v => pythonize(py, v)?,
+            };
+            results.set_item(self.nodes.id(py, plan, *p), value)?;
+        }
+        Ok(results)
+    }
+
     /// An item's `results`: a copy of its mapped node's parents' outputs, converted once
     /// per node (a list of 100,000 rows is not converted again for each of its items).
     fn item_results<'py>(
@@ -351,7 +413,7 @@ impl PyExternal {
         let dict = if let Some(d) = cached {
             d.into_bound(py)
         } else {
-            let d = results_dict(py, plan, call)?;
+            let d = self.results_dict(py, plan, call)?;
             self.item_results
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -368,5 +430,111 @@ fn item_id(plan: &Plan, node: NodeIdx, item: Option<u32>) -> std::borrow::Cow<'_
     match item {
         Some(i) => std::borrow::Cow::Owned(format!("{id}[{i}]")),
         None => std::borrow::Cow::Borrowed(id),
+    }
+}
+
+/// What Python calls need of a plan's nodes, made once per plan.
+#[derive(Default)]
+pub struct PyNodes {
+    /// Which nodes may run on the thread that drives a run (`PendingRun.run`): each node's
+    /// callable and its condition's, if any, must be synchronous
+    /// (`dagengine._invoke.inline_ok`): an `async def` node or a sub-workflow goes to the
+    /// pool.
+    inline: Vec<bool>,
+    /// Each node's id as a Python string (results keys, the trampoline's `node_id`), for
+    /// a plan with Python nodes (empty for one without: a million no-op nodes need none).
+    ids: Vec<Py<PyString>>,
+}
+
+impl PyNodes {
+    pub fn new(
+        py: Python<'_>,
+        plan: &Plan,
+        payloads: &[Option<Py<PyAny>>],
+        conditions: &[Option<Py<PyAny>>],
+    ) -> PyResult<Self> {
+        if payloads.iter().chain(conditions).all(Option::is_none) {
+            return Ok(Self::default());
+        }
+        let ok = py.import("dagengine._invoke")?.getattr("inline_ok")?;
+        let check = |p: Option<&Py<PyAny>>| -> PyResult<bool> {
+            match p {
+                Some(p) => ok.call1((p.bind(py),))?.extract(),
+                None => Ok(true),
+            }
+        };
+        let inline = (0..payloads.len().max(conditions.len()))
+            .map(|i| {
+                Ok(check(payloads.get(i).and_then(Option::as_ref))?
+                    && check(conditions.get(i).and_then(Option::as_ref))?)
+            })
+            .collect::<PyResult<_>>()?;
+        let dag = plan.dag();
+        let ids = (0..dag.len() as NodeIdx)
+            .map(|i| PyString::new(py, dag.id(i)).unbind())
+            .collect();
+        Ok(Self { inline, ids })
+    }
+
+    /// The id of `node` as a Python string.
+    fn id<'py>(&self, py: Python<'py>, plan: &Plan, node: NodeIdx) -> Bound<'py, PyString> {
+        match self.ids.get(node as usize) {
+            Some(id) => id.bind(py).clone(),
+            None => PyString::new(py, plan.dag().id(node)),
+        }
+    }
+}
+
+/// The thread driving a run (`DagRef.run`), holding the GIL: it is released while the run
+/// waits or runs Lua, and Ctrl-C (a signal, or a `KeyboardInterrupt` out of a node called
+/// here) cancels the run and is raised once it ended.
+pub struct Host<'py> {
+    py: Python<'py>,
+    interrupt: Interrupt,
+}
+
+impl<'py> Host<'py> {
+    pub fn new(py: Python<'py>, external: &PyExternal) -> Self {
+        let interrupt = external
+            .caller
+            .as_ref()
+            .map_or_else(Arc::default, |(_, i)| i.clone());
+        Self { py, interrupt }
+    }
+
+    /// Raise the interrupt, if there was one.
+    pub fn raise(&self) -> PyResult<()> {
+        match self
+            .interrupt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl InlineHost for Host<'_> {
+    fn blocking(&self, f: &mut (dyn FnMut() + Send)) {
+        self.py.detach(f);
+    }
+
+    fn interrupted(&self) -> bool {
+        let mut slot = self
+            .interrupt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return true;
+        }
+        match self.py.check_signals() {
+            Ok(()) => false,
+            Err(e) => {
+                *slot = Some(e);
+                true
+            }
+        }
     }
 }

@@ -18,14 +18,14 @@ mod session;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dagengine_core::{Backoff, Dag, MapOptions, NodeIdx, NodePolicy, RunOptions, TriggerRule};
 use dagengine_lua::{LuaLimits, LuaScript};
 use dagengine_server::{
-    start_run, Condition, EventDetail, MapSpec, NodeKind, NodeSpec, Plan, RunConfig, RunEvent,
-    RunHandle, DEFAULT_MAX_ITEMS,
+    run_inline, start_run, Condition, EventDetail, MapSpec, NodeKind, NodeSpec, Plan, RunConfig,
+    RunEvent, RunHandle, DEFAULT_MAX_ITEMS,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -60,8 +60,12 @@ pub struct DagRef {
     /// The cached nodes and how each is cached.
     caches: Vec<(NodeIdx, dagengine_server::CacheSpec)>,
     /// Built on the first run after a change; shared by all runs until the next change.
-    plan: Option<(Arc<Plan>, Payloads, Payloads)>,
+    plan: Option<BuiltPlan>,
 }
+
+/// A plan with its nodes' Python callables, their conditions' callables, and which nodes
+/// may be called on the thread that drives a run (see `DagRef.run`).
+type BuiltPlan = (Arc<Plan>, Payloads, Payloads, Arc<external::PyNodes>);
 
 impl DagRef {
     fn changed(&mut self) {
@@ -91,6 +95,116 @@ impl DagRef {
         let dag = &mut self.dag;
         py.detach(|| dag.preprocess())
             .map_err(|e| errors::graph_error(py, &e))
+    }
+
+    /// What `start` and `run` share: check the arguments, build the plan on the first run
+    /// after a change, and make the run's configuration and its Python nodes' executor.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &mut self,
+        py: Python<'_>,
+        inputs: &Bound<'_, PyAny>,
+        run_id: String,
+        invoke: Py<PyAny>,
+        (max_parallel, fail_fast, timeout): (Option<usize>, bool, Option<f64>),
+        completed: Option<&Bound<'_, PyDict>>,
+        (events, event_outputs): (bool, bool),
+        cache: Option<Py<PyAny>>,
+    ) -> PyResult<(Arc<Plan>, RunConfig, PyExternal)> {
+        if max_parallel == Some(0) {
+            return Err(PyValueError::new_err("max_parallel must be at least 1"));
+        }
+        let inputs_value: Value = depythonize(inputs)
+            .map_err(|e| PyTypeError::new_err(format!("inputs are not JSON-like: {e}")))?;
+        if !inputs_value.is_object() {
+            return Err(PyTypeError::new_err(format!(
+                "inputs must be a dict, got {}",
+                inputs.get_type().name()?
+            )));
+        }
+        self.preprocess_inner(py)?;
+        if self.plan.is_none() {
+            if !self.specs.is_empty() {
+                self.pad_specs();
+            }
+            let specs = self.specs.clone();
+            let mut plan = Plan::new(self.dag.clone(), specs).map_err(PyRuntimeError::new_err)?;
+            for (node, map) in &self.maps {
+                plan.set_map(*node, map.clone());
+            }
+            for (node, spec) in &self.caches {
+                plan.set_cache(*node, spec.clone())
+                    .map_err(PyValueError::new_err)?;
+            }
+            let payloads: Vec<_> = self
+                .payloads
+                .iter()
+                .map(|p| p.as_ref().map(|o| o.clone_ref(py)))
+                .collect();
+            let conditions: Vec<_> = self
+                .conditions
+                .iter()
+                .map(|p| p.as_ref().map(|o| o.clone_ref(py)))
+                .collect();
+            let inline = external::PyNodes::new(py, &plan, &payloads, &conditions)?;
+            self.plan = Some((
+                Arc::new(plan),
+                Arc::new(payloads),
+                Arc::new(conditions),
+                Arc::new(inline),
+            ));
+        }
+        let (plan, payloads, conditions, inline) = self.plan.clone().expect("just built");
+        let mut done = Vec::new();
+        let mut done_items = Vec::new();
+        if let Some(completed) = completed {
+            for (k, v) in completed.iter() {
+                let id: String = k.extract()?;
+                // A node's id, or an item's (`square[3]`) of a mapped node.
+                let (idx, item) = plan.resolve(&id).ok_or_else(|| {
+                    PyValueError::new_err(format!("completed names unknown node '{id}'"))
+                })?;
+                let out: Value = depythonize(&v).map_err(|e| {
+                    PyTypeError::new_err(format!(
+                        "completed output of node '{id}' is not JSON-like: {e}"
+                    ))
+                })?;
+                // A mapped node's output is the list of its items' outputs.
+                let mapped_list = item.is_none() && plan.map(idx).is_some() && out.is_array();
+                if !out.is_object() && !mapped_list {
+                    return Err(PyTypeError::new_err(format!(
+                        "completed output of node '{id}' must be a dict"
+                    )));
+                }
+                match item {
+                    Some(i) => done_items.push((idx, i, out)),
+                    None => done.push((idx, out)),
+                }
+            }
+        }
+        let inputs_py = py
+            .import("types")?
+            .getattr("MappingProxyType")?
+            .call1((pythonize(py, &inputs_value)?,))?
+            .unbind();
+        let config = RunConfig {
+            run_id: run_id.clone(),
+            inputs: Arc::new(inputs_value),
+            options: RunOptions {
+                max_parallel,
+                fail_fast,
+            },
+            timeout: timeout.map(|t| duration("timeout", t)).transpose()?,
+            completed: done,
+            completed_items: done_items,
+            events,
+            event_outputs,
+            cache: cache.map(|c| cache::node_cache(c, py)),
+        };
+        let external = PyExternal::new(invoke, payloads, inputs_py, run_id)
+            .with_conditions(conditions)
+            .with_inline(inline);
+        Ok((plan, config, external))
     }
 
     fn ids(&self, idx: &[u32]) -> Vec<String> {
@@ -346,102 +460,61 @@ impl DagRef {
         event_outputs: bool,
         cache: Option<Py<PyAny>>,
     ) -> PyResult<RunRef> {
-        if max_parallel == Some(0) {
-            return Err(PyValueError::new_err("max_parallel must be at least 1"));
-        }
-        let inputs_value: Value = depythonize(inputs)
-            .map_err(|e| PyTypeError::new_err(format!("inputs are not JSON-like: {e}")))?;
-        if !inputs_value.is_object() {
-            return Err(PyTypeError::new_err(format!(
-                "inputs must be a dict, got {}",
-                inputs.get_type().name()?
-            )));
-        }
-        self.preprocess_inner(py)?;
-        if self.plan.is_none() {
-            if !self.specs.is_empty() {
-                self.pad_specs();
-            }
-            let specs = self.specs.clone();
-            let mut plan = Plan::new(self.dag.clone(), specs).map_err(PyRuntimeError::new_err)?;
-            for (node, map) in &self.maps {
-                plan.set_map(*node, map.clone());
-            }
-            for (node, spec) in &self.caches {
-                plan.set_cache(*node, spec.clone())
-                    .map_err(PyValueError::new_err)?;
-            }
-            let payloads = self
-                .payloads
-                .iter()
-                .map(|p| p.as_ref().map(|o| o.clone_ref(py)))
-                .collect();
-            let conditions = self
-                .conditions
-                .iter()
-                .map(|p| p.as_ref().map(|o| o.clone_ref(py)))
-                .collect();
-            self.plan = Some((Arc::new(plan), Arc::new(payloads), Arc::new(conditions)));
-        }
-        let (plan, payloads, conditions) = self.plan.clone().expect("just built");
-        let mut done = Vec::new();
-        let mut done_items = Vec::new();
-        if let Some(completed) = completed {
-            for (k, v) in completed.iter() {
-                let id: String = k.extract()?;
-                // A node's id, or an item's (`square[3]`) of a mapped node.
-                let (idx, item) = plan.resolve(&id).ok_or_else(|| {
-                    PyValueError::new_err(format!("completed names unknown node '{id}'"))
-                })?;
-                let out: Value = depythonize(&v).map_err(|e| {
-                    PyTypeError::new_err(format!(
-                        "completed output of node '{id}' is not JSON-like: {e}"
-                    ))
-                })?;
-                // A mapped node's output is the list of its items' outputs.
-                let mapped_list = item.is_none() && plan.map(idx).is_some() && out.is_array();
-                if !out.is_object() && !mapped_list {
-                    return Err(PyTypeError::new_err(format!(
-                        "completed output of node '{id}' must be a dict"
-                    )));
-                }
-                match item {
-                    Some(i) => done_items.push((idx, i, out)),
-                    None => done.push((idx, out)),
-                }
-            }
-        }
-        let inputs_py = py
-            .import("types")?
-            .getattr("MappingProxyType")?
-            .call1((pythonize(py, &inputs_value)?,))?
-            .unbind();
-        let config = RunConfig {
-            run_id: run_id.clone(),
-            inputs: Arc::new(inputs_value),
-            options: RunOptions {
-                max_parallel,
-                fail_fast,
-            },
-            timeout: timeout.map(|t| duration("timeout", t)).transpose()?,
-            completed: done,
-            completed_items: done_items,
-            events,
-            event_outputs,
-            cache: cache.map(|c| cache::node_cache(c, py)),
-        };
-        let external =
-            PyExternal::new(invoke, payloads, inputs_py, run_id).with_conditions(conditions);
+        let (plan, config, external) = self.prepare(
+            py,
+            inputs,
+            run_id,
+            invoke,
+            (max_parallel, fail_fast, timeout),
+            completed,
+            (events, event_outputs),
+            cache,
+        )?;
         let handle = start_run(plan.clone(), config, Some(Arc::new(external)))
             .map_err(|e| errors::runtime_error(py, &e))?;
         Ok(RunRef { handle, plan })
     }
 
+    /// Like `start`, but the run only starts with `PendingRun.run`, which drives it on
+    /// its caller's thread (and borrows nothing of this graph meanwhile).
+    #[pyo3(signature = (
+        inputs, run_id, invoke, *, max_parallel=None, fail_fast=false, timeout=None,
+        completed=None, events=true, event_outputs=false, cache=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_run(
+        &mut self,
+        py: Python<'_>,
+        inputs: &Bound<'_, PyAny>,
+        run_id: String,
+        invoke: Py<PyAny>,
+        max_parallel: Option<usize>,
+        fail_fast: bool,
+        timeout: Option<f64>,
+        completed: Option<&Bound<'_, PyDict>>,
+        events: bool,
+        event_outputs: bool,
+        cache: Option<Py<PyAny>>,
+    ) -> PyResult<PendingRun> {
+        let (plan, config, external) = self.prepare(
+            py,
+            inputs,
+            run_id,
+            invoke,
+            (max_parallel, fail_fast, timeout),
+            completed,
+            (events, event_outputs),
+            cache,
+        )?;
+        Ok(PendingRun {
+            run: Mutex::new(Some((plan, config, external))),
+        })
+    }
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         for p in self.payloads.iter().chain(&self.conditions).flatten() {
             visit.call(p)?;
         }
-        if let Some((_, payloads, conditions)) = &self.plan {
+        if let Some((_, payloads, conditions, _)) = &self.plan {
             for p in payloads.iter().chain(conditions.iter()).flatten() {
                 visit.call(p)?;
             }
@@ -453,6 +526,37 @@ impl DagRef {
         self.payloads.iter_mut().for_each(|p| *p = None);
         self.conditions.iter_mut().for_each(|p| *p = None);
         self.plan = None;
+    }
+}
+
+/// A run prepared by `DagRef.prepare_run`, not started.
+#[pyclass(module = "dagengine._core", frozen)]
+pub struct PendingRun {
+    run: Mutex<Option<(Arc<Plan>, RunConfig, PyExternal)>>,
+}
+
+#[pymethods]
+impl PendingRun {
+    /// Drive the run to its end on this thread, which keeps the GIL while it calls
+    /// synchronous Python nodes itself (no thread hand-off per node) and releases it while
+    /// it waits for other threads or runs Lua. On Ctrl-C (or a `KeyboardInterrupt` out of
+    /// a node called here) the run is cancelled, driven to its end, and the interrupt
+    /// raised. A second call is a `RuntimeError`.
+    fn run(&self, py: Python<'_>) -> PyResult<RunRef> {
+        let taken = self
+            .run
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some((plan, config, external)) = taken else {
+            return Err(PyRuntimeError::new_err("this run was already run"));
+        };
+        let external = external.on_this_thread();
+        let host = external::Host::new(py, &external);
+        let handle = run_inline(plan.clone(), config, Some(Arc::new(external)), &host)
+            .map_err(|e| errors::runtime_error(py, &e))?;
+        host.raise()?;
+        Ok(RunRef { handle, plan })
     }
 }
 
@@ -781,6 +885,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<DagRef>()?;
     m.add_class::<RunRef>()?;
+    m.add_class::<PendingRun>()?;
     m.add_class::<CancelToken>()?;
     m.add_class::<NodeRecords>()?;
     m.add_class::<Outputs>()?;

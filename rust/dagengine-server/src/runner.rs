@@ -12,8 +12,11 @@
 //!   takes the next waiting node itself whenever it would otherwise wait, so a wide
 //!   fan-out keeps every core on Lua. Inline Lua cannot stall the run: the interpreter's
 //!   hook enforces the node timeout, the run deadline and cancellation;
-//! * external (Python) nodes always go to the pool: they may block or ignore their
-//!   cancellation flag, and the loop must stay free to time them out.
+//! * external (Python) nodes go to the pool: they may block or ignore their cancellation
+//!   flag, and the loop must stay free to time them out. A run driven on its caller's
+//!   thread ([`run_inline`], `DAG.run`) calls synchronous ones itself while nothing else of
+//!   the run runs elsewhere and neither the run nor the node has a timeout; what waits
+//!   while such a call blocks moves to the pool.
 //!
 //! Completions come back over a channel; retry delays and node deadlines live in a timer
 //! heap the loop waits on. Events are buffered and published in batches.
@@ -40,12 +43,12 @@ use std::sync::{Mutex, MutexGuard};
 
 pub use cache::{canonical, CacheHit, CacheSpec, EntriesCache, MemoryCache, NodeCache};
 pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
-pub use driver::{start_run, start_run_inline};
+pub use driver::{run_inline, start_run, start_run_inline};
 pub use handle::{LogSink, RunHandle};
 pub use model::{
-    Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, LogLine, MapSpec,
-    NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent, RunOutcome,
-    DEFAULT_MAX_ITEMS,
+    Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost, LogLine,
+    MapSpec, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent,
+    RunOutcome, DEFAULT_MAX_ITEMS,
 };
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,3 +70,6 @@ mod map_tests;
 
 #[cfg(test)]
 mod cache_tests;
+
+#[cfg(test)]
+mod inline_tests;

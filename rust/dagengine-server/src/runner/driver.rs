@@ -5,8 +5,9 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,8 +25,8 @@ use super::lua::{
     attempt_logs, drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET,
 };
 use super::model::{
-    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, NodeFailure,
-    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost,
+    NodeFailure, NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 fn unix_now() -> f64 {
@@ -50,7 +51,10 @@ pub fn start_run(
     // Not on the runtime's threads, but its check against use after fork() applies.
     runtime()?;
     let (handle, driver, rx) = new_run(plan, config, external);
-    drivers::spawn(Box::new(move || driver.run(&rx)));
+    drivers::spawn(Box::new(move || {
+        let mut rx = rx;
+        driver.run(&mut rx);
+    }));
     Ok(handle)
 }
 
@@ -72,12 +76,13 @@ pub fn start_run_inline(
     if tokio::runtime::Handle::try_current().is_err() {
         runtime()?;
     }
-    let (handle, mut driver, rx) = new_run(plan, config, external);
+    let (handle, mut driver, mut rx) = new_run(plan, config, external);
     let plan = driver.plan.clone();
     let mut sched = Scheduler::new(&plan.dag, &plan.policies, driver.config.options);
     let mut work = Work::default();
     driver.begin(&mut sched, &mut work);
-    if let Some(status) = driver.drive(&mut sched, &mut work, &rx, Some(Instant::now() + budget)) {
+    let budget = Some(Instant::now() + budget);
+    if let Some(status) = driver.drive(&mut sched, &mut work, &mut rx, budget, None) {
         driver.finish(&sched, status);
         return Ok(handle);
     }
@@ -86,10 +91,37 @@ pub fn start_run_inline(
         let plan = driver.plan.clone();
         let mut sched = Scheduler::resume(&plan.dag, &plan.policies, saved);
         let status = driver
-            .drive(&mut sched, &mut work, &rx, None)
+            .drive(&mut sched, &mut work, &mut rx, None, None)
             .expect("without a budget the loop runs to the end");
         driver.finish(&sched, status);
     }));
+    Ok(handle)
+}
+
+/// Run `plan` to its end on the caller's thread and return its (finished) handle: the
+/// Python API's `DAG.run`, whose thread holds the GIL. External nodes the executor allows
+/// ([`ExternalExecutor::inline`]) are called right here, one after the other, unless the
+/// run or the node has a timeout; the others go to the pool as usual, and whatever is left
+/// waiting while a call here blocks is moved to the pool (see `driver::python`). The loop
+/// releases the host's lock ([`InlineHost::blocking`]) while it waits or runs Lua, and
+/// cancels the run when the host reports an interrupt.
+pub fn run_inline(
+    plan: Arc<Plan>,
+    config: RunConfig,
+    external: Option<Arc<dyn ExternalExecutor>>,
+    host: &dyn InlineHost,
+) -> Result<RunHandle, RuntimeError> {
+    runtime()?;
+    let (handle, mut driver, mut rx) = new_run(plan, config, external);
+    driver.inline_host = true;
+    let plan = driver.plan.clone();
+    let mut sched = Scheduler::new(&plan.dag, &plan.policies, driver.config.options);
+    let mut work = Work::default();
+    driver.begin(&mut sched, &mut work);
+    let status = driver
+        .drive(&mut sched, &mut work, &mut rx, None, Some(host))
+        .expect("without a budget the loop runs to the end");
+    driver.finish(&sched, status);
     Ok(handle)
 }
 
@@ -118,6 +150,7 @@ fn new_run(
 
 mod finish;
 mod map;
+mod python;
 mod start;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -152,6 +185,12 @@ struct Driver {
     backlog: Backlog,
     /// Mapped nodes expanded so far, in the order of their items' indices.
     expanded: Vec<map::Expanded>,
+    /// Driven by [`run_inline`]: external nodes may run on the loop's thread.
+    inline_host: bool,
+    /// External attempts made ready to run here by the current instructions.
+    ready_here: VecDeque<python::Waiting>,
+    /// External attempts waiting to run here, which the watcher can move to the pool.
+    handoff: Option<Arc<python::Handoff>>,
 }
 
 /// The driver loop's working state besides the scheduler: instructions to carry out and
@@ -167,6 +206,9 @@ const PUBLISH_BATCH: usize = 512;
 
 /// How long the driver polls for a completion before it sleeps on the channel.
 const SPIN: Duration = Duration::from_micros(50);
+
+/// How long a run driven by [`run_inline`] waits before it looks for an interrupt again.
+const HOST_POLL: Duration = Duration::from_millis(50);
 
 impl Driver {
     fn new(
@@ -207,6 +249,9 @@ impl Driver {
             first_failure: None,
             backlog: Arc::default(),
             expanded: Vec::new(),
+            inline_host: false,
+            ready_here: VecDeque::new(),
+            handoff: None,
         }
     }
 
@@ -259,13 +304,13 @@ impl Driver {
         self.shared.notify();
     }
 
-    fn run(mut self, rx: &Receiver<Msg>) {
+    fn run(mut self, rx: &mut Receiver<Msg>) {
         let plan = self.plan.clone();
         let mut sched = Scheduler::new(&plan.dag, &plan.policies, self.config.options);
         let mut work = Work::default();
         self.begin(&mut sched, &mut work);
         let status = self
-            .drive(&mut sched, &mut work, rx, None)
+            .drive(&mut sched, &mut work, rx, None, None)
             .expect("without a budget the loop runs to the end");
         self.finish(&sched, status);
     }
@@ -284,16 +329,24 @@ impl Driver {
     /// Step the run until it ends (its status). With a `budget` (driven inline on a
     /// caller's thread) it also stops, returning `None`, once the budget is spent or when
     /// it would have to wait for work elsewhere; `work` then holds where it stopped, for
-    /// the loop to go on from on another thread.
+    /// the loop to go on from on another thread. With a `host` (driven by [`run_inline`])
+    /// external nodes run here too, and waits release the host's lock.
     fn drive(
         &mut self,
         sched: &mut Scheduler<'_>,
         work: &mut Work,
-        rx: &Receiver<Msg>,
+        rx: &mut Receiver<Msg>,
         budget: Option<Instant>,
+        host: Option<&dyn InlineHost>,
     ) -> Option<RunStatus> {
         let Work { out, todo, inline } = work;
+        let mut steps: u32 = 0;
         loop {
+            steps = steps.wrapping_add(1);
+            // A run of quick Lua or no-op nodes checks for Ctrl-C now and then.
+            if steps.is_multiple_of(64) && host.is_some_and(InlineHost::interrupted) {
+                self.interrupt(sched, out);
+            }
             let applied = self.apply(sched, out, todo, inline, budget);
             self.ended_at = None; // the loop may wait next: a later start reads the clock
             if let Some(status) = applied {
@@ -309,7 +362,15 @@ impl Driver {
                     self.dispatch_lua(n, a);
                 }
                 self.publish();
-                let Some(mut result) = self.run_lua_inline(node, attempt, budget) else {
+                let mut ran = None;
+                match host {
+                    // Lua needs no GIL: other Python threads go on meanwhile.
+                    Some(host) => host.blocking(&mut || {
+                        ran = self.run_lua_inline(node, attempt, budget);
+                    }),
+                    None => ran = self.run_lua_inline(node, attempt, budget),
+                }
+                let Some(mut result) = ran else {
                     // Out of budget: the attempt runs again wherever the loop goes on.
                     inline.push((node, attempt));
                     self.publish();
@@ -321,6 +382,10 @@ impl Driver {
                 continue;
             }
             if !out.is_empty() {
+                continue;
+            }
+            // An external node to call here (driven by `run_inline`).
+            if self.run_external_here(sched, out, host) {
                 continue;
             }
             // Nothing runnable here: take what came back, or wait for it.
@@ -369,26 +434,11 @@ impl Driver {
             }
             // Work in flight usually answers within microseconds (a chain hands each node
             // to a pool thread and back): poll briefly before paying for a sleep and wake.
-            let spin_until = Instant::now() + SPIN;
-            let mut polled = None;
-            while sched.running() > 0 && Instant::now() < spin_until {
-                if let Ok(msg) = rx.try_recv() {
-                    polled = Some(msg);
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            if let Some(msg) = polled {
-                self.on_msg(sched, out, msg);
-                continue;
-            }
-            let msg = match self.next_wakeup() {
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => unreachable!("driver holds a sender"),
-                },
-                None => Some(rx.recv().expect("driver holds a sender")),
+            // A host's lock is released meanwhile, and its interrupts looked at as often as
+            // `LocalRun.wait` would.
+            let msg = match host {
+                Some(host) => self.wait_here(sched, out, rx, host),
+                None => python::wait_msg(rx, sched.running() > 0, self.next_wakeup(), None),
             };
             match msg {
                 Some(msg) => self.on_msg(sched, out, msg),

@@ -288,6 +288,14 @@ pub trait ExternalExecutor: Send + Sync {
         ))
     }
 
+    /// Whether `node` may run on the thread that drives a run started by
+    /// [`run_inline`](super::run_inline) (a synchronous Python callable may; a coroutine
+    /// function or a sub-workflow goes to [`ExternalExecutor::pool`]). The default: none.
+    fn inline(&self, node: NodeIdx) -> bool {
+        let _ = node;
+        false
+    }
+
     /// The pool external nodes run on (the Python bridge brings one that enters the
     /// interpreter once per batch).
     fn pool(&self) -> WorkerPool {
@@ -303,6 +311,19 @@ pub trait ExternalExecutor: Send + Sync {
         })
         .clone()
     }
+}
+
+/// The caller of [`run_inline`](super::run_inline): the run is driven on its thread,
+/// which holds a lock the host knows of (the Python bridge: the GIL) while the loop steps
+/// the scheduler and calls external nodes.
+pub trait InlineHost {
+    /// Run `f` with that lock released (the loop waits for other threads, or runs Lua).
+    fn blocking(&self, f: &mut (dyn FnMut() + Send));
+
+    /// Whether the caller was interrupted (Ctrl-C): the run is then cancelled, driven to
+    /// its end, and the host raises the interrupt once [`run_inline`](super::run_inline)
+    /// returns.
+    fn interrupted(&self) -> bool;
 }
 
 /// Run a node's work, turning a panic into a node failure so the run still hears back.

@@ -8,7 +8,7 @@ use serde_json::Map;
 use super::super::cache::KeyCall;
 use super::super::condition::DriverExpression;
 use super::super::handle::ExecOk;
-use super::super::model::{Condition, EventDetail, EventKind, NodeFailure, NodeKind};
+use super::super::model::{contained, Condition, EventDetail, EventKind, NodeFailure, NodeKind};
 use super::{unix_now, Driver};
 use serde_json::Value;
 
@@ -45,6 +45,12 @@ impl Driver {
                     return false;
                 }
             },
+            Some(Condition::External) if self.external_here(node) => {
+                let held = self.external_condition_here(sched, out, node, attempt);
+                if !held {
+                    return false;
+                }
+            }
             Some(Condition::External) => {
                 // Started (and announced) once the condition held.
                 self.records[node as usize].attempts = attempt;
@@ -147,8 +153,49 @@ impl Driver {
                 false
             }
             NodeKind::Lua { .. } => true,
+            NodeKind::External if self.external_here(node) => {
+                self.queue_here(node, attempt);
+                false
+            }
             NodeKind::External => {
                 self.dispatch_external(node, attempt, false);
+                false
+            }
+        }
+    }
+
+    /// Check the external condition of `node` here (driven by `run_inline`), as the pool
+    /// job would: true if it held and the node goes on to start; else it was skipped or
+    /// failed.
+    fn external_condition_here(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        node: NodeIdx,
+        attempt: u32,
+    ) -> bool {
+        self.records[node as usize].attempts = attempt;
+        let call = self.external_call(node, attempt);
+        let external = self
+            .external
+            .clone()
+            .expect("external nodes have an executor");
+        let held = contained(self.plan.dag.id(node), || {
+            external.condition(&self.plan, &call)
+        });
+        // A condition's lines are dropped (as a Lua condition's), unless it failed.
+        let logs = external.take_logs(&self.plan, node, None, attempt);
+        match held {
+            Ok(true) => true,
+            Ok(false) => {
+                self.tokens[node as usize] = None;
+                sched.handle(Event::ConditionFalse { node, attempt }, out);
+                false
+            }
+            Err(mut failure) => {
+                // A retry would not check the condition again.
+                failure.retryable = false;
+                self.finish_attempt(sched, out, node, attempt, Err(failure), logs);
                 false
             }
         }
