@@ -93,7 +93,12 @@ class _InFlight:
 
     def leave(self) -> None:
         self._calls.pop()
-        if self._waiting and not self._calls:
+        if self._waiting:
+            self.wake_if_idle()
+
+    def wake_if_idle(self) -> None:
+        """Wake the waiter at exit once no call is left."""
+        if not self._calls:
             with self._idle:
                 self._idle.notify_all()
 
@@ -133,7 +138,8 @@ def make_invoke(
     # context is filled in directly (the core hands read-only inputs already, which is all
     # ``NodeContext.__init__`` adds; a class call with seven arguments costs more than a
     # trivial node's own call).
-    enter, leave, new = _IN_FLIGHT.enter, _IN_FLIGHT.leave, object.__new__
+    flight, new = _IN_FLIGHT, object.__new__
+    enter, pop = flight._calls.append, flight._calls.pop
 
     def invoke(
         fn: Any,
@@ -145,7 +151,7 @@ def make_invoke(
         cancel: CancelToken,
         item: tuple[int, Any] | None = None,
     ) -> NodeOutput:
-        enter()
+        enter(None)
         try:
             ctx = new(NodeContext)
             ctx.inputs = inputs
@@ -171,7 +177,9 @@ def make_invoke(
                     out = future.result()
             return _check_output(node_id, out)
         finally:
-            leave()
+            pop()  # _InFlight.leave, inline
+            if flight._waiting:
+                flight.wake_if_idle()
 
     return invoke
 
