@@ -314,12 +314,6 @@ def test_a_function_changed_behind_the_same_import_path_misses(tmp_path: Path) -
     assert results[1].outputs["work"] == {"version": 2}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19 part 5: entries are stored from an attempt's result only, and a resumed "
-    "run does not compute the keys of the cached nodes it reuses (a Rust change in the "
-    "driver's begin), so a cached node completed on a lost engine gets no entry",
-)
 def test_a_cached_node_completed_on_a_lost_engine_is_stored(tmp_path: Path) -> None:
     spec: dict[str, Any] = {
         "id": "lost-cached",

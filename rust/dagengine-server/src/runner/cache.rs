@@ -21,7 +21,7 @@ use dagengine_lua::LuaScript;
 use serde_json::Value;
 
 use super::condition::DriverExpression;
-use super::model::{NodeFailure, Plan};
+use super::model::{NodeFailure, NodeRecord, Plan};
 
 /// A stored output found for a node's key.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,6 +226,16 @@ impl CacheSpec {
         }
     }
 
+    /// The same caching of code identity `code` instead (the engine's own, for one the
+    /// sender computed on its copy).
+    #[must_use]
+    pub fn with_code(&self, code: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            ..self.clone()
+        }
+    }
+
     /// Compile the key expression (no-op for the default key): its syntax error, if any.
     pub fn check(&self) -> Result<(), dagengine_lua::LuaError> {
         self.script.as_ref().map_or(Ok(()), LuaScript::check)
@@ -322,6 +332,58 @@ impl KeyCall<'_> {
             format!("node '{node_id}': cache key must be a string or a number, got {what}"),
             false,
         ))
+    }
+}
+
+/// Key the cached nodes among `completed` (a resumed run's checkpoint: they do not run
+/// again, and their parents are completed too) as if they had run here: the output of one
+/// that ran on an engine lost before its attempt's result came back would otherwise never
+/// be stored. One whose key is already in `cache` keeps no key (that entry stands, its run
+/// and expiry untouched: the lost attempt may have taken it from there); the others get
+/// `cache_key` (the sender stores the output under it, as for a node that ran) and are
+/// `put`. A key expression that fails leaves the node unkeyed: it did not fail.
+pub(super) fn key_completed(
+    plan: &Plan,
+    cache: &dyn NodeCache,
+    run_id: &str,
+    inputs: &Value,
+    completed: &[NodeIdx],
+    records: &mut [NodeRecord],
+    cancel: &AtomicBool,
+) {
+    for &node in completed {
+        let Some(spec) = plan.cache(node) else {
+            continue;
+        };
+        let Some(output) = records[node as usize].output.clone() else {
+            continue;
+        };
+        let results: Vec<(NodeIdx, Arc<Value>)> = if spec.reads_results() {
+            let parents = plan.dag.parents(node).iter();
+            parents
+                .filter_map(|&p| records[p as usize].output.clone().map(|v| (p, v)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let call = KeyCall {
+            node,
+            run_id,
+            inputs,
+            results: &results,
+        };
+        let Ok(key) = call.key(plan, spec, cancel) else {
+            continue;
+        };
+        let id = plan.dag.id(node);
+        if cache
+            .get(id, &key)
+            .is_some_and(|hit| hit.output.is_object())
+        {
+            continue;
+        }
+        cache.put(id, &key, &output, run_id, spec.ttl);
+        records[node as usize].cache_key = Some(key);
     }
 }
 

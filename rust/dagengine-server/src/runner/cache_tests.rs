@@ -384,3 +384,60 @@ fn the_memory_cache_is_a_bounded_lru_with_expiry() {
     cache.clear();
     assert!(cache.is_empty());
 }
+
+/// A run resumed with `work` (and `load`) completed, as after a lost engine.
+fn resumed(plan: &Arc<Plan>, run_id: &str, cache: &Arc<TestCache>) -> Arc<RunOutcome> {
+    let h = start_run(
+        plan.clone(),
+        RunConfig {
+            run_id: run_id.to_owned(),
+            inputs: Arc::new(json!({"n": 4})),
+            completed: vec![(0, json!({"n": 4})), (1, json!({"double": 8}))],
+            cache: Some(cache.clone() as Arc<dyn NodeCache>),
+            ..RunConfig::default()
+        },
+        None,
+    )
+    .unwrap();
+    assert!(h.wait(Duration::from_secs(30)), "run did not finish");
+    h.outcome().unwrap()
+}
+
+#[test]
+fn a_completed_cached_node_is_keyed_and_stored_unless_its_entry_is_there() {
+    let p = Arc::new(plan(WORK, default_key(WORK)));
+    // The key it would have had, had it run here.
+    let fresh = Arc::new(TestCache::default());
+    let (o, _) = run(&p, "r0", json!({"n": 4}), &fresh, None);
+    let key = o.nodes[1].cache_key.clone().unwrap();
+
+    let cache = Arc::new(TestCache::default());
+    let o = resumed(&p, "r1", &cache);
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(
+        o.nodes[1].attempts, 0,
+        "a completed node does not run again"
+    );
+    assert_eq!(o.nodes[1].cache_key.as_deref(), Some(key.as_str()));
+    assert_eq!(o.nodes[1].cached_from, None);
+    assert_eq!(o.nodes[0].cache_key, None, "load is not cached");
+    {
+        let entries = cache.entries.lock().unwrap();
+        let (output, run_id, ttl) = &entries[&("work".to_owned(), key.clone())];
+        assert_eq!((output, run_id.as_str()), (&json!({"double": 8}), "r1"));
+        assert_eq!(*ttl, Some(Duration::from_mins(1)));
+    }
+
+    // Its entry there already (the lost attempt may have taken it): left as it is.
+    let o = resumed(&p, "r2", &cache);
+    assert_eq!(o.nodes[1].cache_key, None, "nothing to store");
+    let entries = cache.entries.lock().unwrap();
+    assert_eq!(entries[&("work".to_owned(), key)].1, "r1");
+
+    // A key expression that fails leaves the node unkeyed, not failed.
+    let bad = Arc::new(plan(WORK, CacheSpec::new(WORK, Some("error('no')"), None)));
+    let o = resumed(&bad, "r3", &Arc::new(TestCache::default()));
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(o.nodes[1].status, NodeState::Succeeded);
+    assert_eq!(o.nodes[1].cache_key, None);
+}

@@ -316,11 +316,28 @@ impl Driver {
     }
 
     fn begin(&mut self, sched: &mut Scheduler<'_>, work: &mut Work) {
-        for (node, output) in std::mem::take(&mut self.config.completed) {
+        let completed = std::mem::take(&mut self.config.completed);
+        let mut nodes = Vec::with_capacity(completed.len());
+        for (node, output) in completed {
             if (node as usize) < self.records.len() {
                 self.records[node as usize].output = Some(Arc::new(output));
                 sched.mark_completed(node);
+                nodes.push(node);
             }
+        }
+        if let Some(cache) = self.config.cache.clone().filter(|_| !nodes.is_empty()) {
+            let (plan, inputs) = (&self.plan, &self.config.inputs);
+            let cancel = &self.shared.cancel;
+            let records = &mut self.records;
+            super::cache::key_completed(
+                plan,
+                &*cache,
+                &self.run_id,
+                inputs,
+                &nodes,
+                records,
+                cancel,
+            );
         }
         self.emit(EventKind::RunStarted, None, 0, EventDetail::None);
         sched.start(&mut work.out);
