@@ -273,12 +273,6 @@ def test_the_entries_sent_with_a_run_are_bounded(
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19 part 5: an engine sent a spec without code identities keys a Python "
-    "node by its import path; the identity must come from the engine's own code (a Rust "
-    "change: the host's prepare returns it), see docs/caching.md",
-)
 def test_a_function_changed_behind_the_same_import_path_misses(tmp_path: Path) -> None:
     spec = {
         "id": "changing",
@@ -312,6 +306,41 @@ def test_a_function_changed_behind_the_same_import_path_misses(tmp_path: Path) -
         entries = [("work", work.cache_key, b'{"version":1}', f"v{version}")]
     assert results[1].node_results["work"].cached_from is None
     assert results[1].outputs["work"] == {"version": 2}
+
+
+def _run_changing(code_dir: Path, request: Any) -> RunResult:
+    """``request`` run by an engine importing ``changing_code`` from ``code_dir``."""
+    process = EngineProcess("--engine-id", code_dir.name, env={"PYTHONPATH": str(code_dir)})
+    try:
+        with EngineClient(process.address, timeout=30) as client:
+            *_, last = client.stream_request(request)
+    finally:
+        process.kill()
+    assert isinstance(last, RunResult)
+    assert last.ok, last.error
+    return last
+
+
+def test_an_engine_keys_by_its_own_code_not_the_senders(tmp_path: Path) -> None:
+    spec = {
+        "id": "changing",
+        "version": "1.0.0",
+        "nodes": [{"id": "work", "python": "changing_code:work", "cache": True}],
+    }
+    for name in ("a", "b"):  # two engines deployed with the same code
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "changing_code.py").write_text("def work(ctx):\n    return {'v': 1}\n")
+    first = _run_changing(tmp_path / "a", build_run_request(spec, run_id="r1"))
+    key = first.node_results["work"].cache_key
+    assert key is not None
+    # The same source on another engine: the same key, a hit, even though the sender
+    # claims other code (its own, stale copy): the engine's identity wins.
+    request = build_run_request(spec, run_id="r2", cache_entries=[("work", key, b'{"v":99}', "r1")])
+    request.workflow.nodes[0].cache.code = "python\nchanging_code:work\nan older source"
+    second = _run_changing(tmp_path / "b", request)
+    assert second.node_results["work"].cache_key == key
+    assert second.node_results["work"].cached_from == "r1"
+    assert second.outputs["work"] == {"v": 99}
 
 
 def test_a_cached_node_completed_on_a_lost_engine_is_stored(tmp_path: Path) -> None:

@@ -265,8 +265,11 @@ class EngineServerRef:
     ``tls_cert``/``tls_key`` (PEM) turn on TLS; ``tls_client_ca`` (PEM) also requires client
     certificates signed by that CA (mutual TLS). ``max_message_bytes`` bounds decoded and
     encoded messages. With ``logs``, each Python node attempt's lines are taken from it
-    (:class:`NodeLogStore`) and sent before the attempt's end. Raises ``EngineStartError``
-    if the address cannot be bound or the TLS material is invalid.
+    (:class:`NodeLogStore`) and sent before the attempt's end. With ``code_identity``
+    (``(import_path, node_id) -> str``), a cached Python node's code identity is the one
+    it returns, computed on this process's code, instead of the sender's (once per
+    workflow spec). Raises ``EngineStartError`` if the address cannot be bound or the TLS
+    material is invalid.
     """
 
     def __new__(
@@ -283,6 +286,7 @@ class EngineServerRef:
         tls_client_ca: bytes | None = None,
         max_message_bytes: int = 16777216,
         logs: NodeLogStore | None = None,
+        code_identity: Callable[[str, str], str] | None = None,
     ) -> EngineServerRef: ...
     @property
     def engine_id(self) -> str: ...

@@ -19,7 +19,7 @@ import inspect
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from dagengine import _core
@@ -32,6 +32,7 @@ __all__ = [
     "code_identity",
     "default_cache",
     "native_cache_options",
+    "python_code_identity",
     "run_cache",
 ]
 
@@ -160,22 +161,48 @@ def code_identity(node: Node) -> str:
         return f"lua\n{executor.code}"
     if isinstance(executor, SubWorkflow):
         return f"workflow\n{executor.workflow_id}@{executor.version_range}"
-    call = ""
     if isinstance(executor, PythonExecutor):
-        fn: Any = executor.fn
-        if hasattr(fn, "task_id") and hasattr(fn, "args"):
-            # A task's recorded call (dagengine.authoring): its function, with the call's
-            # constant arguments (references stand in by their paths).
-            call = f"\n{fn.args!r} {sorted(fn.kwargs.items())!r}"
-            fn = fn.fn
-        fn = inspect.unwrap(fn)
-        owner = getattr(fn, "__self__", None)
-        if owner is not None and getattr(fn, "__name__", None) == "execute":
-            fn = type(owner)  # a bound execute method stands for its class
-    else:
-        fn = type(executor)
+        return python_code_identity(executor.fn, node.id)
+    return _python_identity(type(executor), "")
+
+
+def python_code_identity(fn: Any, node_id: str) -> str:
+    """The code identity (see :func:`code_identity`) of Python node ``node_id`` calling
+    ``fn``: what an engine computes on the function an import path resolves to there. A
+    decorated workflow's ``call_node`` (which every node of its spec names) stands for the
+    task call recorded as ``node_id``."""
+    recorded = _recorded_call(fn, node_id)
+    if recorded is not None:
+        fn = recorded
+    call = ""
+    if hasattr(fn, "task_id") and hasattr(fn, "args"):
+        # A task's recorded call (dagengine.authoring): its function, with the call's
+        # constant arguments (references stand in by their paths).
+        call = f"\n{fn.args!r} {sorted(fn.kwargs.items())!r}"
+        fn = fn.fn
+    fn = inspect.unwrap(fn)
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and getattr(fn, "__name__", None) == "execute":
+        fn = type(owner)  # a bound execute method stands for its class
+    return _python_identity(fn, call)
+
+
+def _python_identity(fn: Any, call: str) -> str:
     name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
     return f"python\n{name}\n{_source(fn)}{call}{_bound(fn)}"
+
+
+def _recorded_call(fn: Any, node_id: str) -> Any:
+    """The task call a decorated workflow recorded as ``node_id``, when ``fn`` is that
+    workflow's bound ``call_node``; else ``None``."""
+    if getattr(fn, "__name__", None) != "call_node":
+        return None
+    nodes = getattr(getattr(fn, "__self__", None), "nodes", None)
+    node = nodes.get(node_id) if isinstance(nodes, Mapping) else None
+    executor = getattr(node, "executor", None)
+    if isinstance(executor, PythonExecutor) and executor.fn is not fn:
+        return executor.fn
+    return None
 
 
 def _bound(fn: Any) -> str:

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import IO, Any
 
 from dagengine import _core
+from dagengine.cache import python_code_identity
 from dagengine.engine._channel import DEFAULT_MAX_MESSAGE_BYTES
 from dagengine.engine._tls import TLSConfig
 from dagengine.engine.address import split_address
@@ -52,6 +53,12 @@ class _Resolver:
         value = self._resolve(kind, reference)
         with self._lock:
             return self._cache.setdefault(key, value)
+
+    def code_identity(self, reference: str, node_id: str) -> str:
+        """The code identity of cached Python node ``node_id`` calling ``reference`` here
+        (:func:`dagengine.cache.python_code_identity` of what it resolves to): the
+        engine's, which wins over the one a run's sender computed on its own copy."""
+        return python_code_identity(self("python", reference), node_id)
 
     def _resolve(self, kind: str, reference: str) -> Any:
         if kind == "python":
@@ -212,10 +219,11 @@ def serve_engine(
     # Python nodes' logging/print lines: the core takes each attempt's and sends them as
     # NODE_LOG events before the attempt's end.
     logs = NodeLogStore()
+    resolver = _Resolver()
     server = _core.EngineServerRef(
         engine_id,
         make_invoke(None, runner, logs),
-        _Resolver(),
+        resolver,
         host=host,
         port=port,
         capacity=capacity,
@@ -224,6 +232,7 @@ def serve_engine(
         tls_client_ca=tls_client_ca,
         max_message_bytes=max_message_bytes,
         logs=logs,
+        code_identity=resolver.code_identity,
     )
     stop = threading.Event()
     received: list[str] = []

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use dagengine_core::ErrorKind;
+use dagengine_core::{ErrorKind, NodeIdx};
 use dagengine_server::grpc::{
     EngineConfig, EngineServer, HostError, HostNode, HostNodes, HostRef, RunContext, TlsConfig,
 };
@@ -22,6 +22,8 @@ struct PyHostNodes {
     invoke: Py<PyAny>,
     /// Where the trampoline leaves Python nodes' captured lines (`take(run, node, attempt)`).
     logs: Option<Py<PyAny>>,
+    /// `code_identity(import_path, node_id) -> str` of cached Python nodes, if given.
+    code_identity: Option<Py<PyAny>>,
     cache: Mutex<HashMap<(bool, String), Py<PyAny>>>,
 }
 
@@ -50,6 +52,34 @@ impl PyHostNodes {
 }
 
 impl HostNodes for PyHostNodes {
+    fn code_identities(
+        &self,
+        plan: &Plan,
+        nodes: &[HostNode],
+    ) -> Result<Vec<(NodeIdx, String)>, HostError> {
+        let Some(identify) = &self.code_identity else {
+            return Ok(Vec::new());
+        };
+        Python::attach(|py| {
+            let mut codes = Vec::with_capacity(nodes.len());
+            for h in nodes {
+                let HostRef::Python(path) = &h.reference else {
+                    continue;
+                };
+                let code = identify
+                    .bind(py)
+                    .call1((path.as_str(), plan.dag().id(h.node)))
+                    .and_then(|v| v.extract::<String>())
+                    .map_err(|e| HostError {
+                        node: h.node,
+                        message: describe(py, &e),
+                    })?;
+                codes.push((h.node, code));
+            }
+            Ok(codes)
+        })
+    }
+
     fn prepare(
         &self,
         plan: &Plan,
@@ -134,7 +164,7 @@ impl EngineServerRef {
     #[pyo3(signature = (
         engine_id, invoke, resolve, *, host = "127.0.0.1", port = 50051, capacity = 10,
         tls_cert = None, tls_key = None, tls_client_ca = None, max_message_bytes = 16_777_216,
-        logs = None
+        logs = None, code_identity = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -150,6 +180,7 @@ impl EngineServerRef {
         tls_client_ca: Option<Vec<u8>>,
         max_message_bytes: usize,
         logs: Option<Py<PyAny>>,
+        code_identity: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let start_error = |msg: String| errors::raise(py, ErrorKind::EngineStartError, &msg, &[]);
         if capacity == 0 {
@@ -182,6 +213,7 @@ impl EngineServerRef {
             resolve,
             invoke,
             logs,
+            code_identity,
             cache: Mutex::new(HashMap::new()),
         });
         let server = py

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, HostNode, InvalidField, RunTag};
+use super::convert::{self, HostNode, HostRef, InvalidField, RunTag};
 use super::health::{HealthStatuses, UntilStopped};
 use super::pb;
 use super::pb::engine_service_server::EngineService;
@@ -75,6 +75,20 @@ pub trait HostNodes: Send + Sync {
         nodes: &[HostNode],
         run: &RunContext,
     ) -> Result<Arc<dyn ExternalExecutor>, HostError>;
+
+    /// The code identity of each cached Python node in `nodes`, computed on the function
+    /// its import path resolves to in this process (as `dagengine.cache.code_identity`
+    /// writes it); it replaces the sender's, which is its own copy's (or, without one, the
+    /// import path): a function changed behind the same import path misses. Called once
+    /// per validated spec, on a blocking thread. By default none: the sender's stands.
+    fn code_identities(
+        &self,
+        plan: &Plan,
+        nodes: &[HostNode],
+    ) -> Result<Vec<(NodeIdx, String)>, HostError> {
+        let _ = (plan, nodes);
+        Ok(Vec::new())
+    }
 }
 
 /// The engine cannot start.
@@ -139,7 +153,8 @@ impl Engine {
             return Ok(found.clone());
         }
         drop(plans);
-        let (plan, host) = convert::plan_from_spec(spec)?;
+        let (mut plan, host) = convert::plan_from_spec(spec)?;
+        self.identify(&mut plan, &host)?;
         let entry: CachedPlan = (Arc::new(plan), host.into());
         plans = self
             .plans
@@ -150,6 +165,32 @@ impl Engine {
         }
         plans.insert(key, entry.clone());
         Ok(entry)
+    }
+
+    /// Give the cached Python nodes of `plan` the host's code identity (see
+    /// [`HostNodes::code_identities`]); a reference the host cannot resolve is refused as
+    /// preparing the run would refuse it.
+    fn identify(&self, plan: &mut Plan, host: &[HostNode]) -> Result<(), InvalidField> {
+        let cached: Vec<HostNode> = host
+            .iter()
+            .filter(|h| matches!(h.reference, HostRef::Python(_)) && plan.cache(h.node).is_some())
+            .cloned()
+            .collect();
+        if cached.is_empty() {
+            return Ok(());
+        }
+        let codes = self
+            .host
+            .code_identities(plan, &cached)
+            .map_err(|e| host_field(plan, &cached, &e))?;
+        for (node, code) in codes {
+            let Some(spec) = plan.cache(node).map(|s| s.with_code(code)) else {
+                continue;
+            };
+            plan.set_cache(node, spec)
+                .map_err(|e| InvalidField::new(format!("workflow.nodes[{node}].cache"), e))?;
+        }
+        Ok(())
     }
 
     /// Cancel the run `run_id` if it is active here; whether it was.
@@ -332,6 +373,22 @@ impl Forwarding {
 
 /// Whether a run has Python or sub-workflow nodes: the embedding process prepares them,
 /// holding the GIL, so not on an async worker.
+/// The field of the host node `e` names, and why the host refused it.
+fn host_field(plan: &Plan, nodes: &[HostNode], e: &HostError) -> InvalidField {
+    let kind = match nodes
+        .iter()
+        .find(|h| h.node == e.node)
+        .map(|h| &h.reference)
+    {
+        Some(HostRef::Workflow(_)) => "workflow",
+        _ => "python.import_path",
+    };
+    InvalidField::new(
+        format!("workflow.nodes[{}].{kind}", e.node),
+        format!("node '{}': {}", plan.dag().id(e.node), e.message),
+    )
+}
+
 fn needs_host(req: &pb::RunRequest) -> bool {
     req.workflow.as_ref().is_some_and(|w| {
         w.nodes.iter().any(|n| {
@@ -443,21 +500,10 @@ impl Service {
                 depth: req.depth,
                 trace_context: req.trace_context.clone(),
             };
-            let ext = engine.host.prepare(&plan, &host_nodes, &run).map_err(|e| {
-                let i = e.node as usize;
-                let kind = match &host_nodes
-                    .iter()
-                    .find(|h| h.node == e.node)
-                    .map(|h| &h.reference)
-                {
-                    Some(convert::HostRef::Workflow(_)) => "workflow",
-                    _ => "python.import_path",
-                };
-                invalid(&InvalidField::new(
-                    format!("workflow.nodes[{i}].{kind}"),
-                    format!("node '{}': {}", plan.dag().id(e.node), e.message),
-                ))
-            })?;
+            let ext = engine
+                .host
+                .prepare(&plan, &host_nodes, &run)
+                .map_err(|e| invalid(&host_field(&plan, &host_nodes, &e)))?;
             Some(ext)
         };
         let config = RunConfig {
