@@ -117,6 +117,11 @@ impl PyExternal {
         self
     }
 
+    /// Whether the plan has Python nodes or Python conditions.
+    pub fn has_python(&self) -> bool {
+        !self.nodes.ids.is_empty()
+    }
+
     /// For a run driven on this thread: a `KeyboardInterrupt` out of a node called here is
     /// the caller's Ctrl-C, kept for [`Host`] (the run is cancelled, then it is raised).
     #[must_use]

@@ -541,7 +541,8 @@ impl PendingRun {
     /// synchronous Python nodes itself (no thread hand-off per node) and releases it while
     /// it waits for other threads or runs Lua. On Ctrl-C (or a `KeyboardInterrupt` out of
     /// a node called here) the run is cancelled, driven to its end, and the interrupt
-    /// raised. A second call is a `RuntimeError`.
+    /// raised. A run without Python nodes is only started, as by `start`: its Lua and
+    /// no-op nodes need no GIL. A second call is a `RuntimeError`.
     fn run(&self, py: Python<'_>) -> PyResult<RunRef> {
         let taken = self
             .run
@@ -551,6 +552,12 @@ impl PendingRun {
         let Some((plan, config, external)) = taken else {
             return Err(PyRuntimeError::new_err("this run was already run"));
         };
+        if !external.has_python() {
+            // Lua and no-op nodes need no GIL: started as `start` does, the caller waits.
+            let handle = start_run(plan.clone(), config, Some(Arc::new(external)))
+                .map_err(|e| errors::runtime_error(py, &e))?;
+            return Ok(RunRef { handle, plan });
+        }
         let external = external.on_this_thread();
         let host = external::Host::new(py, &external);
         let handle = run_inline(plan.clone(), config, Some(Arc::new(external)), &host)
