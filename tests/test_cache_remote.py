@@ -343,6 +343,31 @@ def test_an_engine_keys_by_its_own_code_not_the_senders(tmp_path: Path) -> None:
     assert second.outputs["work"] == {"v": 99}
 
 
+def test_an_engine_keys_by_the_code_it_loaded_not_a_newer_file(tmp_path: Path) -> None:
+    module = tmp_path / "changing_code.py"
+    module.write_text("def work(ctx):\n    return {'v': 1}\n")
+    process = EngineProcess("--engine-id", "loaded", env={"PYTHONPATH": str(tmp_path)})
+    try:
+        with EngineClient(process.address, timeout=30) as client:
+            results = []
+            for workflow_id in ("one", "two"):  # two specs: each is validated (keyed) anew
+                spec = {
+                    "id": workflow_id,
+                    "version": "1.0.0",
+                    "nodes": [{"id": "work", "python": "changing_code:work", "cache": True}],
+                }
+                *_, last = client.stream_request(build_run_request(spec, run_id=workflow_id))
+                assert isinstance(last, RunResult)
+                assert last.ok, last.error
+                results.append(last)
+                # The file changes under the running engine, which keeps its loaded code.
+                module.write_text("def work(ctx):\n    return {'v': 2, 'new': True}\n")
+    finally:
+        process.kill()
+    assert results[1].outputs["work"] == {"v": 1}
+    assert results[1].node_results["work"].cache_key == results[0].node_results["work"].cache_key
+
+
 def test_a_cached_node_completed_on_a_lost_engine_is_stored(tmp_path: Path) -> None:
     spec: dict[str, Any] = {
         "id": "lost-cached",

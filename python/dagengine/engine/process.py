@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
 from typing import IO, Any
 
@@ -42,6 +42,9 @@ class _Resolver:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str], Any] = {}
+        #: Code identities by import path, then node id ("": any node), taken when the
+        #: path was resolved (see :meth:`code_identity`).
+        self._codes: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, kind: str, reference: str) -> Any:
@@ -51,14 +54,22 @@ class _Resolver:
         if found is not None:
             return found
         value = self._resolve(kind, reference)
+        codes = _identities(value) if kind == "python" else {}
         with self._lock:
+            self._codes.setdefault(reference, codes)
             return self._cache.setdefault(key, value)
 
     def code_identity(self, reference: str, node_id: str) -> str:
         """The code identity of cached Python node ``node_id`` calling ``reference`` here
         (:func:`dagengine.cache.python_code_identity` of what it resolves to): the
-        engine's, which wins over the one a run's sender computed on its own copy."""
-        return python_code_identity(self("python", reference), node_id)
+        engine's, which wins over the one a run's sender computed on its own copy. It is
+        the one taken when the path was first resolved: the source read from the file
+        later (for another workflow naming it) could be newer than the code that runs."""
+        fn = self("python", reference)
+        with self._lock:
+            codes = self._codes.get(reference, {})
+        found = codes.get(node_id, codes.get(""))
+        return found if found is not None else python_code_identity(fn, node_id)
 
     def _resolve(self, kind: str, reference: str) -> Any:
         if kind == "python":
@@ -67,6 +78,24 @@ class _Resolver:
             ref = parse_workflow_ref(reference)
             return SubWorkflow(ref.workflow_id, ref.version_range)
         raise ImportPathError(f"unknown node kind {kind!r} for reference {reference!r}")
+
+
+def _identities(fn: Any) -> dict[str, str]:
+    """The code identities of ``fn`` by node id (``""``: any node; a decorated workflow's
+    ``call_node``: each of its cached task calls'), computed now; none if that fails (the
+    error is then raised for a cached node, not for every node calling ``fn``)."""
+    owner = getattr(fn, "__self__", None)
+    nodes = getattr(owner, "nodes", None) if getattr(fn, "__name__", "") == "call_node" else None
+    try:
+        if isinstance(nodes, Mapping):
+            return {
+                node_id: python_code_identity(fn, node_id)
+                for node_id, node in nodes.items()
+                if getattr(node, "cache", None) is not None
+            }
+        return {"": python_code_identity(fn, "")}
+    except Exception:  # user code's repr() of a closure's values, a source unreadable...
+        return {}
 
 
 def _import_modules(modules: Iterable[str]) -> None:
