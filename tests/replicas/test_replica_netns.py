@@ -163,8 +163,15 @@ def _engine(net: netns.Network, host: str, ledger: Path) -> subprocess.Popen[str
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
-    first = Lines(proc.stdout).queue.get(timeout=30)
-    assert "listening on" in first, first
+    try:
+        first = Lines(proc.stdout).queue.get(timeout=30)
+    except queue.Empty:
+        first = ""
+    if "listening on" not in first:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        pytest.fail(f"engine {host} did not start: {first!r}")
     return proc
 
 

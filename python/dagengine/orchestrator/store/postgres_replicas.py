@@ -91,11 +91,20 @@ class ReplicaStore:
 
     def _replica_session(self, conn: Any) -> None:
         """Make ``conn`` (the writer's) act for this replica: the runs it creates are this
-        replica's, its writes only touch the runs it owns."""
+        replica's, its writes only touch the runs it owns. A transaction it leaves open for
+        a lease's time to live is aborted by the server: cut off mid-commit (no FIN reaches
+        the server, whose keepalives take hours by default), it would hold its runs' rows,
+        which the others could not take over, and the lock events are numbered under,
+        which every replica's commits wait for."""
         conn.execute(
             "SELECT set_config('dagengine.replica', %s, false), "
-            "set_config('dagengine.lease_ttl', %s, false)",
-            (self.replica_id, repr(float(self.lease_ttl))),
+            "set_config('dagengine.lease_ttl', %s, false), "
+            "set_config('idle_in_transaction_session_timeout', %s, false)",
+            (
+                self.replica_id,
+                repr(float(self.lease_ttl)),
+                f"{max(1, round(self.lease_ttl * 1000))}ms",
+            ),
         )
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
