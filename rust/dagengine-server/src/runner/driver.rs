@@ -325,13 +325,13 @@ impl Driver {
                 nodes.push(node);
             }
         }
-        if let Some(cache) = self.config.cache.clone().filter(|_| !nodes.is_empty()) {
+        if let (false, Some(cache)) = (nodes.is_empty(), &self.config.cache) {
             let (plan, inputs) = (&self.plan, &self.config.inputs);
             let cancel = &self.shared.cancel;
             let records = &mut self.records;
             super::cache::key_completed(
                 plan,
-                &*cache,
+                &**cache,
                 &self.run_id,
                 inputs,
                 &nodes,
