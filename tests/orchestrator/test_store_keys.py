@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from dagengine.orchestrator.store import PostgresStore, RunRecord, Store, open_store
 from dagengine.orchestrator.store.retention import RetentionPolicy
 from dagengine.orchestrator.store.schema import MIGRATIONS
+from dagengine.orchestrator.store.sqlite import SQLiteStore
 from pg import query
 
 AnyStore = Store | PostgresStore
@@ -210,11 +211,19 @@ def end_run(
     stored: list[tuple[str, str]],
     result: dict[str, Any],
     status: str = "succeeded",
+    followed: bool = False,
 ) -> list[bool]:
     """A run whose nodes stored ``stored`` (node, output JSON) in that order, ended later
-    with ``result``; returns what the end's callback was told."""
-    store.create_run(RunRecord(run_id, "wf", "1", "queued", {}, created_at=1.0))
-    attempt = store.claim_attempt(run_id, "local")
+    with ``result``; returns what the end's callback was told. ``followed``: created and
+    claimed later, as the orchestrator does (its end knows the outputs it queued)."""
+    record = RunRecord(run_id, "wf", "1", "queued", {}, created_at=1.0)
+    if followed:
+        store.create_run_later(record)
+        attempt = 1
+        store.claim_attempt_later(run_id, "local", attempt)
+    else:
+        store.create_run(record)
+        attempt = store.claim_attempt(run_id, "local")
     for node_id, output in stored:
         store.save_node_output_json_later(run_id, node_id, attempt, output)
     store.flush()  # (the outputs come in an earlier group than the end, as they usually do)
@@ -238,12 +247,13 @@ def store(store_target: str) -> Iterator[AnyStore]:
         s.close()
 
 
+@pytest.mark.parametrize("followed", [False, True])
 def test_a_succeeded_runs_outputs_are_kept_once_in_its_result(
-    store: AnyStore, store_target: str
+    store: AnyStore, store_target: str, followed: bool
 ) -> None:
     stored = [("b", '{"x":1}'), ("a", '{"y":[1,2]}'), ("c", "{}")]
     result = result_of("r1", {"b": {"x": 1}, "a": {"y": [1, 2]}, "c": None})
-    assert end_run(store, "r1", stored, result) == [True]
+    assert end_run(store, "r1", stored, result, followed=followed) == [True]
     # (PostgreSQL keeps the rows: comparing them in the statement that ends the run cost
     # its server more than the rows did.)
     assert output_rows(store_target, "r1") == (3 if isinstance(store, PostgresStore) else 0)
@@ -266,11 +276,12 @@ def test_a_succeeded_runs_outputs_are_kept_once_in_its_result(
         [],  # none stored
     ],
 )
+@pytest.mark.parametrize("followed", [False, True])
 def test_outputs_that_are_not_exactly_the_results_stay(
-    store: AnyStore, store_target: str, stored: list[tuple[str, str]]
+    store: AnyStore, store_target: str, stored: list[tuple[str, str]], followed: bool
 ) -> None:
     result = result_of("r1", {"a": {"x": 1}, "b": None})
-    end_run(store, "r1", stored, result)
+    end_run(store, "r1", stored, result, followed=followed)
     assert output_rows(store_target, "r1") == len(stored)
     expected = {node_id: json.loads(output) for node_id, output in stored}
     assert store.node_outputs("r1") == expected
@@ -278,6 +289,68 @@ def test_outputs_that_are_not_exactly_the_results_stay(
     record = store.get_run("r1")
     assert record is not None
     assert record.result == result
+
+
+def statements_of(store: SQLiteStore, action: Callable[[], object]) -> list[str]:
+    """The SQL statements the store ran during ``action``."""
+    seen: list[str] = []
+    store._db.set_trace_callback(seen.append)
+    try:
+        action()
+    finally:
+        store._db.set_trace_callback(None)
+    return seen
+
+
+def reads_rows_back(statements: list[str]) -> bool:
+    return any("json_group_array(json_array(run_id" in sql for sql in statements)
+
+
+def test_a_followed_runs_end_drops_its_rows_without_reading_them_back(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        result = result_of("r1", {"a": {"x": 1}, "b": None})
+        stored = [("a", '{"x": 1}'), ("b", "{}")]  # (other text, the same values)
+        seen = statements_of(store, lambda: end_run(store, "r1", stored, result, followed=True))
+        assert not reads_rows_back(seen)
+        assert any(sql.startswith("DELETE FROM node_outputs") for sql in seen)
+        assert output_rows(store.path, "r1") == 0
+        assert store.node_outputs("r1") == {"a": {"x": 1}, "b": {}}
+        # A run this store did not follow from its creation is compared with its rows.
+        other = result_of("r2", {"a": {"x": 1}, "b": None})
+        seen = statements_of(store, lambda: end_run(store, "r2", stored, other))
+        assert reads_rows_back(seen)
+        assert output_rows(store.path, "r2") == 0
+    finally:
+        store.close()
+
+
+def test_a_retried_attempt_is_compared_with_its_rows(tmp_path: Path) -> None:
+    """A second attempt may find rows of the first, which the store did not queue."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.create_run_later(RunRecord("r1", "wf", "1", "queued", {}, created_at=1.0))
+        store.claim_attempt_later("r1", "local", 1)
+        store.save_node_output_json_later("r1", "a", 1, '{"x":1}')
+        store.release_run("r1", 1)
+        attempt = store.claim_attempt("r1", "local")
+        store.save_node_output_json_later("r1", "b", attempt, "{}")
+        result = result_of("r1", {"b": None})  # (a result without the first attempt's node)
+        told: list[bool] = []
+
+        def end() -> None:
+            store.finish_run_later(
+                "r1", attempt, "succeeded", json.dumps(result), None, told.append
+            )
+            store.flush()
+            store._run_ready()
+
+        assert reads_rows_back(statements_of(store, end))
+        assert told == [True]
+        assert output_rows(store.path, "r1") == 2
+        assert store.node_outputs("r1") == {"a": {"x": 1}, "b": {}}
+    finally:
+        store.close()
 
 
 def test_a_failed_runs_outputs_stay_for_its_retry(store: AnyStore, store_target: str) -> None:

@@ -33,6 +33,10 @@ Two more cuts came later (1,694 -> 1,173 file bytes a run of the workflow above)
   its stored ``node_outputs`` rows, in their order (the nodes' ``finished_at``), the result
   is marked and the rows deleted in the group commit that ends the run; readers rebuild
   them from the result. Failed and cancelled runs keep their rows (a retry reads them).
+  Whether the rows are the result's is decided on the caller's thread from the outputs
+  this process queued for the run (:class:`OutputsSeen`), so the writer, which serialises
+  the store, only marks and deletes; a run not followed from its creation (a restart, a
+  retry) is compared with its stored rows by the writer instead.
 
 The PostgreSQL store folds events and numbers payloads too, on a store that numbers events
 when queued (not a replica's, which numbers them at the commit). It keeps its events keyed
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -357,3 +362,72 @@ def same_output(stored: str, expected: str) -> bool:
         return _dumps(json.loads(stored)) == expected
     except ValueError:
         return False
+
+
+class OutputsSeen:
+    """The node outputs this process queued for the runs it created, kept until each run's
+    end (issue 23): with them a run's end decides on the caller's thread, in O(1) store
+    work, whether its ``node_outputs`` rows are exactly its result's outputs, instead of the
+    store's writer reading the rows back under its lock.
+
+    Only a run followed from its creation through its first attempt is known: its rows are
+    then exactly the outputs queued here, in that order (a stored node keeps its first
+    position when a later output of the same attempt replaces it, as a ``dict`` key does).
+    Any other claim, a release, or an output of another attempt forgets the run, and its end
+    falls back to comparing the stored rows. At most ``limit`` runs are kept (the oldest are
+    forgotten first). Thread-safe."""
+
+    def __init__(self, limit: int = 65_536) -> None:
+        self._runs: dict[str, dict[str, str]] = {}
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def created(self, run_id: str) -> None:
+        """A run this process creates (with no rows yet)."""
+        with self._lock:
+            self._runs.pop(run_id, None)
+            if len(self._runs) >= self._limit:
+                del self._runs[next(iter(self._runs))]
+            self._runs[run_id] = {}
+
+    def claimed(self, run_id: str, attempt: int) -> None:
+        """A claim of ``attempt``: only the first attempt keeps a created run known."""
+        if attempt != 1:
+            self.forget(run_id)
+
+    def output(self, run_id: str, node_id: str, attempt: int, output_json: str) -> None:
+        """An output queued for ``run_id`` (fenced on ``attempt`` when written)."""
+        with self._lock:
+            outputs = self._runs.get(run_id)
+            if outputs is None:
+                return
+            if attempt != 1:
+                del self._runs[run_id]
+            else:
+                outputs[node_id] = output_json
+
+    def forget(self, run_id: str) -> None:
+        """The run is no longer followed (its end compares the stored rows)."""
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def ended(
+        self, run_id: str, attempt: int | None, expected: list[tuple[str, str]] | None
+    ) -> list[tuple[str, str]] | bool | None:
+        """What a run's end queues for the writer (``WriteBehind._outputs_in_results``):
+        ``True`` if its rows are known to be exactly ``expected`` (see
+        :func:`outputs_to_drop`; drop them, nothing to read back), ``None`` if they are
+        known not to be, or there is nothing to drop, and ``expected`` itself when the run
+        is not known (the writer compares the stored rows)."""
+        with self._lock:
+            outputs = self._runs.pop(run_id, None)
+        if not expected:
+            return None
+        if outputs is None or attempt != 1:
+            return expected
+        if list(outputs) != [node for node, _ in expected]:
+            return None
+        stored = outputs.values()
+        if all(same_output(o, e) for o, (_, e) in zip(stored, expected, strict=True)):
+            return True
+        return None

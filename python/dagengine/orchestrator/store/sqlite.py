@@ -29,6 +29,7 @@ from dagengine.orchestrator.store.cache_entries import CacheEntryTable
 from dagengine.orchestrator.store.compact import (
     FOLD_SPAN,
     FOLDED_TYPES,
+    OutputsSeen,
     expand_page,
     outputs_to_drop,
     page_bound,
@@ -96,6 +97,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             text = str(resolved)
         self.path = text
         self._positions = Positions()
+        self._outputs_seen = OutputsSeen()
         self._init_write_behind()
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the
@@ -251,6 +253,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         after it, such as the run's claim). An id the store already has is left as it was:
         check for it first (:meth:`get_run` commits pending writes before it reads)."""
         _check_status(record.status)
+        self._outputs_seen.created(record.run_id)
         self._later("create", tuple(_run_values(record)))
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -346,6 +349,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
 
         ``RunNotFound`` for an unknown run, ``StoreError`` for a finished one.
         """
+        self._outputs_seen.forget(run_id)
         self.flush()  # pending outputs of the current attempt go in first
         with self.transaction():
             row = self._db.execute(
@@ -364,6 +368,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         orchestrator that owns this store and knows each run's last attempt), committed with
         the next group: after the run's creation and outputs queued before it, before the
         outputs and the end of the new attempt, which are fenced on it."""
+        self._outputs_seen.claimed(run_id, attempt)
         self._later("claim", (run_id, attempt, engine_id, time.time(), run_id, attempt))
 
     def _raise_not_unfinished(self, run_id: str, action: str) -> None:
@@ -375,6 +380,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
     def release_run(self, run_id: str, attempt: int) -> bool:
         """Put a running run back in the queue (its engine went away), if ``attempt`` is
         still its current attempt; returns whether it was released."""
+        self._outputs_seen.forget(run_id)
         self.flush()  # pending outputs of the current attempt go in first
         with self.transaction():
             cursor = self._db.execute(
@@ -396,6 +402,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         (``None``: whatever the attempt, for a cancellation decided by the orchestrator).
         Returns whether it was recorded; a late result from an old attempt returns ``False``
         and changes nothing."""
+        self._outputs_seen.forget(run_id)
         self.flush()  # pending outputs of the current attempt go in first
         row = _finish_values(run_id, attempt, status, result, error)
         with self.transaction():
@@ -415,11 +422,13 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         lock, on the store's writer thread. ``result`` may be given already encoded (the
         JSON text of a :meth:`~dagengine.RunResult.to_dict`)."""
         row = _finish_values(run_id, attempt, status, result, error)
-        # The outputs its result holds, worked out here rather than by the writer, under
-        # the store's lock (see WriteBehind._outputs_in_results).
+        # The outputs its result holds, and whether they are its node_outputs rows, worked
+        # out here rather than by the writer, under the store's lock (see
+        # WriteBehind._outputs_in_results and OutputsSeen).
         stored = row[2]
         expected = outputs_to_drop(stored) if status == "succeeded" and stored else None
-        self._later("finish", (*row, expected, done))
+        drop = self._outputs_seen.ended(run_id, attempt, expected)
+        self._later("finish", (*row, drop, done))
 
     # -- node outputs --
 
@@ -429,6 +438,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         """Record a completed node's output if ``attempt`` is the run's current attempt and
         the run is running; returns whether it was stored. One statement, so the check and the
         write cannot be separated by a new claim."""
+        self._outputs_seen.forget(run_id)
         with self._lock:
             self._flush_locked()
             with self.transaction():
@@ -454,6 +464,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         milliseconds, or at once when something reads outputs, claims an attempt or finishes
         the run); the attempt check happens at commit time."""
         row = (run_id, node_id, attempt, _dumps(dict(output)), self._positions.next())
+        self._outputs_seen.output(run_id, node_id, attempt, row[3])
         self._later("output", row)
 
     def save_node_output_json_later(
@@ -461,6 +472,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
     ) -> None:
         """:meth:`save_node_output_later` for an output that is already JSON text (a JSON
         object, as an engine sends it): stored as it is, without decoding it first."""
+        self._outputs_seen.output(run_id, node_id, attempt, output_json)
         self._later("output", (run_id, node_id, attempt, output_json, self._positions.next()))
 
     def node_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:

@@ -526,7 +526,7 @@ class WriteBehind:
     def _outputs_in_results(
         self,
         rows: list[tuple[Any, ...]],
-        expected: list[list[tuple[str, str]] | None],
+        expected: list[Any],
         ended: set[str],
     ) -> list[str]:
         """Of the runs ``rows`` end (``_finish_runs`` values) that succeed with a result
@@ -534,18 +534,28 @@ class WriteBehind:
         :func:`~dagengine.orchestrator.store.compact.outputs_to_drop`), in the same order
         (issue 23: the outputs were stored twice): mark the result in ``rows`` as holding
         them (:func:`~dagengine.orchestrator.store.compact.with_outputs_here`) and return
-        their ids, whose ``node_outputs`` rows the caller then deletes."""
+        their ids, whose ``node_outputs`` rows the caller then deletes.
+
+        A run whose ``expected`` is ``True`` is known to hold them (its end decided it from
+        the outputs the store queued for it: ``compact.OutputsSeen``): nothing is read back,
+        so a run's end costs the writer no more than the delete of its rows."""
         wanted: dict[str, list[tuple[str, str]]] = {}
-        for (run_id, status, *_), outputs in zip(rows, expected, strict=True):
-            if run_id in ended and status == "succeeded" and outputs:
+        dropped = []
+        for index, ((run_id, status, *_), outputs) in enumerate(zip(rows, expected, strict=True)):
+            if run_id not in ended or status != "succeeded" or not outputs:
+                continue
+            if outputs is True:
+                row = rows[index]
+                rows[index] = (run_id, row[1], with_outputs_here(row[2]), *row[3:])
+                dropped.append(run_id)
+            else:
                 wanted[run_id] = outputs
         if not wanted:
-            return []
+            return dropped
         stored: dict[str, list[tuple[str, str]]] = {run_id: [] for run_id in wanted}
         found = self._db.execute(_STORED_OUTPUTS, (json.dumps(list(wanted)),)).fetchone()[0]
         for run_id, node_id, output in json.loads(found or "[]"):
             stored[run_id].append((node_id, output))
-        dropped = []
         for index, row in enumerate(rows):
             run_id = row[0]
             want, have = wanted.get(run_id), stored.get(run_id)
