@@ -323,3 +323,35 @@ def test_migration_3_clusters_node_outputs_and_keeps_their_order(tmp_path: Path)
             ).fetchall()
         assert "WITHOUT ROWID" in sql
         assert indexes == []
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 1000])
+def test_a_replica_follower_reads_history_a_single_orchestrator_folded(
+    pg_url: str, limit: int
+) -> None:
+    """A database first used by one orchestrator (folded rows, numbered payloads), then by
+    replicas: a follower reads those rows back as the events they hold, each once."""
+    single = open_store(pg_url)
+    try:
+        events = mixed_events()
+        first = single.append_events_later(events)
+        single.flush()
+    finally:
+        single.close()
+    assert FOLDED in [kind for _, kind, _ in stored_rows(pg_url)]
+    replica = open_store(pg_url, replica="replica-a")
+    try:
+        assert isinstance(replica, PostgresStore)
+        got: list[Any] = []
+        after = 0
+        for _ in range(len(events) + 1):
+            page, cursor = replica.events_committed(after, limit)
+            assert [r.seq for r, _ in page] == sorted(r.seq for r, _ in page)
+            assert not any(mine for _, mine in page)
+            got += [record for record, _ in page]
+            if cursor == after:
+                break
+            after = cursor
+        assert sorted(as_tuples(got)) == expected(first, events)
+    finally:
+        replica.close()

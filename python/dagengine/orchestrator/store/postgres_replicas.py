@@ -34,13 +34,14 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from dagengine.orchestrator.store.compact import expand
 from dagengine.orchestrator.store.postgres_schema import (
     CANCEL_CHANNEL,
     EVENTS_CHANNEL,
     RUN_SELECT,
     run_from_row,
 )
-from dagengine.orchestrator.store.records import SEVERITIES, EventRecord, RunRecord, _loads
+from dagengine.orchestrator.store.records import SEVERITIES, EventRecord, RunRecord
 
 __all__ = ["DEFAULT_LEASE_TTL", "ReplicaStore"]
 
@@ -253,16 +254,24 @@ class ReplicaStore:
             (after, *((self.replica_id,) if own_only else ()), limit),
         )
         head = int(rows[0][0])
-        found = [
-            (
-                EventRecord(seq, when, kind, SEVERITIES[rank], wf, run, node, engine, _loads(data)),
-                origin == self.replica_id,
+        stored = [row[1:] for row in rows if row[1] is not None]
+        # Rows a single orchestrator wrote before replicas shared the database may be folded
+        # pairs or numbered payloads (compact.fold_events): read back as their events, the
+        # start of a pair with the row (its seq may be at or below ``after``: it was never
+        # read on its own).
+        found: list[tuple[EventRecord, bool]] = []
+        for seq, when, kind, rank, wf, run, node, engine, payload, origin in stored:
+            events = expand(seq, when, kind, engine, payload)  # (data is NOT NULL)
+            found.extend(
+                (
+                    EventRecord(at, t, kind_, SEVERITIES[rank], wf, run, node, engine_, data),
+                    origin == self.replica_id,
+                )
+                for at, t, kind_, engine_, data in events
             )
-            for _, seq, when, kind, rank, wf, run, node, engine, data, origin in rows
-            if seq is not None
-        ]
-        if len(found) == limit:
-            return found, found[-1][0].seq
+        found.sort(key=lambda item: item[0].seq)
+        if len(stored) == limit:
+            return found, stored[-1][0]
         return found, max(after, head)
 
     def committed_event_seq(self) -> int:
