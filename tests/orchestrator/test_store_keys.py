@@ -410,3 +410,29 @@ def test_runs_through_the_orchestrator_read_the_same_outputs(store_target: str) 
         rows = query(path, "SELECT COUNT(*) FROM node_outputs")[0][0]
         # Each kept once, in its run's result (SQLite; PostgreSQL keeps the rows).
         assert rows == (25 if isinstance(orch.store, PostgresStore) else 0)
+
+
+def test_the_outputs_a_store_follows_are_bounded() -> None:
+    from dagengine.orchestrator.store.compact import OutputsSeen
+
+    expected = [("a", '{"x":1}')]
+    seen = OutputsSeen(limit=2, budget=20)
+    seen.created("r1")
+    seen.output("r1", "a", 1, '{"x":1}')
+    assert seen.ended("r1", 1, expected) is True
+    assert seen.ended("r1", 1, expected) == expected  # (no longer followed: compared)
+    for run in ("r1", "r2", "r3"):  # the oldest is forgotten past the limit
+        seen.created(run)
+        seen.output(run, "a", 1, '{"x":1}')
+    assert seen.ended("r1", 1, expected) == expected
+    assert seen.ended("r2", 1, expected) is True
+    seen.created("big")
+    seen.output("big", "a", 1, '{"x":"' + "y" * 20 + '"}')  # past the budget: forgotten
+    assert seen.ended("big", 1, expected) == expected
+    assert seen._held == len('{"x":1}')  # r3's only
+    seen.output("r3", "b", 2, "{}")  # another attempt's output: forgotten
+    assert seen.ended("r3", 1, expected) == expected
+    assert seen._held == 0
+    seen.created("r4")
+    seen.output("r4", "a", 1, '{"x":2}')
+    assert seen.ended("r4", 1, expected) is None  # known not to be the result's

@@ -375,19 +375,28 @@ class OutputsSeen:
     position when a later output of the same attempt replaces it, as a ``dict`` key does).
     Any other claim, a release, or an output of another attempt forgets the run, and its end
     falls back to comparing the stored rows. At most ``limit`` runs are kept (the oldest are
-    forgotten first). Thread-safe."""
+    forgotten first), holding at most ``budget`` characters of outputs (a run whose output
+    does not fit is forgotten). Thread-safe."""
 
-    def __init__(self, limit: int = 65_536) -> None:
+    def __init__(self, limit: int = 65_536, budget: int = 32 << 20) -> None:
         self._runs: dict[str, dict[str, str]] = {}
         self._limit = limit
+        self._budget = budget
+        self._held = 0  # characters of the outputs kept
         self._lock = threading.Lock()
+
+    def _drop(self, run_id: str) -> dict[str, str] | None:
+        outputs = self._runs.pop(run_id, None)
+        if outputs:
+            self._held -= sum(map(len, outputs.values()))
+        return outputs
 
     def created(self, run_id: str) -> None:
         """A run this process creates (with no rows yet)."""
         with self._lock:
-            self._runs.pop(run_id, None)
+            self._drop(run_id)
             if len(self._runs) >= self._limit:
-                del self._runs[next(iter(self._runs))]
+                self._drop(next(iter(self._runs)))
             self._runs[run_id] = {}
 
     def claimed(self, run_id: str, attempt: int) -> None:
@@ -401,15 +410,17 @@ class OutputsSeen:
             outputs = self._runs.get(run_id)
             if outputs is None:
                 return
-            if attempt != 1:
-                del self._runs[run_id]
+            replaced = len(outputs.get(node_id, ""))
+            if attempt != 1 or self._held - replaced + len(output_json) > self._budget:
+                self._drop(run_id)
             else:
                 outputs[node_id] = output_json
+                self._held += len(output_json) - replaced
 
     def forget(self, run_id: str) -> None:
         """The run is no longer followed (its end compares the stored rows)."""
         with self._lock:
-            self._runs.pop(run_id, None)
+            self._drop(run_id)
 
     def ended(
         self, run_id: str, attempt: int | None, expected: list[tuple[str, str]] | None
@@ -420,7 +431,7 @@ class OutputsSeen:
         known not to be, or there is nothing to drop, and ``expected`` itself when the run
         is not known (the writer compares the stored rows)."""
         with self._lock:
-            outputs = self._runs.pop(run_id, None)
+            outputs = self._drop(run_id)
         if not expected:
             return None
         if outputs is None or attempt != 1:
