@@ -10,6 +10,7 @@ mod errors;
 mod exit;
 
 mod external;
+mod pending;
 mod session;
 
 /// The engine's hot path allocates small blocks from many threads (tokio workers, Lua pool
@@ -24,8 +25,8 @@ use std::time::Duration;
 use dagengine_core::{Backoff, Dag, MapOptions, NodeIdx, NodePolicy, RunOptions, TriggerRule};
 use dagengine_lua::{LuaLimits, LuaScript};
 use dagengine_server::{
-    run_inline, start_run, Condition, EventDetail, MapSpec, NodeKind, NodeSpec, Plan, RunConfig,
-    RunEvent, RunHandle, DEFAULT_MAX_ITEMS,
+    start_run, Condition, EventDetail, MapSpec, NodeKind, NodeSpec, Plan, RunConfig, RunEvent,
+    RunHandle, DEFAULT_MAX_ITEMS,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -35,6 +36,7 @@ use pythonize::{depythonize, pythonize};
 use serde_json::Value;
 
 use crate::external::{CancelToken, PyExternal};
+use crate::pending::PendingRun;
 
 fn duration(field: &str, secs: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(secs).map_err(|_| {
@@ -526,44 +528,6 @@ impl DagRef {
         self.payloads.iter_mut().for_each(|p| *p = None);
         self.conditions.iter_mut().for_each(|p| *p = None);
         self.plan = None;
-    }
-}
-
-/// A run prepared by `DagRef.prepare_run`, not started.
-#[pyclass(module = "dagengine._core", frozen)]
-pub struct PendingRun {
-    run: Mutex<Option<(Arc<Plan>, RunConfig, PyExternal)>>,
-}
-
-#[pymethods]
-impl PendingRun {
-    /// Drive the run to its end on this thread, which keeps the GIL while it calls
-    /// synchronous Python nodes itself (no thread hand-off per node) and releases it while
-    /// it waits for other threads or runs Lua. On Ctrl-C (or a `KeyboardInterrupt` out of
-    /// a node called here) the run is cancelled, driven to its end, and the interrupt
-    /// raised. A run without Python nodes is only started, as by `start`: its Lua and
-    /// no-op nodes need no GIL. A second call is a `RuntimeError`.
-    fn run(&self, py: Python<'_>) -> PyResult<RunRef> {
-        let taken = self
-            .run
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some((plan, config, external)) = taken else {
-            return Err(PyRuntimeError::new_err("this run was already run"));
-        };
-        if !external.has_python() {
-            // Lua and no-op nodes need no GIL: started as `start` does, the caller waits.
-            let handle = start_run(plan.clone(), config, Some(Arc::new(external)))
-                .map_err(|e| errors::runtime_error(py, &e))?;
-            return Ok(RunRef { handle, plan });
-        }
-        let external = external.on_this_thread();
-        let host = external::Host::new(py, &external);
-        let handle = run_inline(plan.clone(), config, Some(Arc::new(external)), &host)
-            .map_err(|e| errors::runtime_error(py, &e))?;
-        host.raise()?;
-        Ok(RunRef { handle, plan })
     }
 }
 

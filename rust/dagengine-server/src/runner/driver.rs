@@ -19,14 +19,14 @@ use serde_json::{Map, Value};
 use crate::drivers;
 use crate::runtime::{runtime, RuntimeError};
 
-use super::handle::{ExecOk, LogSink, Msg, Published, RunHandle, Shared};
+use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
 use super::lock;
 use super::lua::{
     attempt_logs, drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET,
 };
 use super::model::{
-    contained, never_started, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost,
-    NodeFailure, NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    contained, never_started, EventDetail, EventKind, ExternalExecutor, InlineHost, NodeFailure,
+    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
 };
 
 fn unix_now() -> f64 {
@@ -690,94 +690,6 @@ impl Driver {
         let t = Arc::new(AtomicBool::new(self.shared.cancel.load(Ordering::SeqCst)));
         self.tokens[node as usize] = Some(t.clone());
         t
-    }
-
-    /// Run attempt `attempt` of `node` on the external executor's pool; with `check`, its
-    /// external condition first (and for a node that is not external, only that: it runs
-    /// here once [`Msg::ConditionPassed`] comes back).
-    fn dispatch_external(&mut self, node: NodeIdx, attempt: u32, check: bool) {
-        let cancel = self.new_token(node);
-        // An item calls its mapped node's callable, with the item.
-        let owner = self.owner(node);
-        let item = self.item_of(node).map(|(_, i)| i);
-        let call = ExternalCall {
-            node: owner,
-            attempt,
-            results: self.results_of(node),
-            cancel,
-            item: self.item_call(node),
-            logs: LogSink::new(self.tx.clone(), node, attempt),
-        };
-        if let Some(timeout) = self.plan.policies[self.policy_index(node)].timeout {
-            self.timers.push(Reverse((
-                Instant::now() + timeout,
-                Timer::NodeDeadline { node, attempt },
-            )));
-        }
-        let tx = self.tx.clone();
-        let Some(external) = self.external.clone() else {
-            let failure = NodeFailure::new(
-                ErrorKind::DagEngineError.as_str(),
-                format!(
-                    "node '{}' needs an external executor and this run has none",
-                    self.node_id(node)
-                ),
-                false,
-            );
-            let _ = tx.send(Msg::Done {
-                node,
-                attempt,
-                result: Err(failure),
-                logs: Vec::new(),
-            });
-            return;
-        };
-        let plan = self.plan.clone();
-        let pool = external.pool();
-        // A cached node is looked up between its condition and its call.
-        let cached = self.config.cache.is_some() && self.plan.cache(owner).is_some();
-        pool.submit(Box::new(move || {
-            let node_id = plan.dag.id(owner);
-            if check {
-                let held = contained(node_id, || external.condition(&plan, &call));
-                // A condition's lines are dropped (as a Lua condition's), unless it failed.
-                let logs = external.take_logs(&plan, node, None, attempt);
-                let msg = match held {
-                    Ok(true) => Msg::ConditionPassed { node, attempt },
-                    Ok(false) => Msg::ConditionFalse { node, attempt },
-                    Err(mut failure) => {
-                        // A retry would not check the condition again.
-                        failure.retryable = false;
-                        Msg::Done {
-                            node,
-                            attempt,
-                            result: Err(failure),
-                            logs,
-                        }
-                    }
-                };
-                let go_on = matches!(msg, Msg::ConditionPassed { .. })
-                    && matches!(plan.kinds[node as usize], NodeKind::External)
-                    && plan.map(node).is_none()
-                    && !cached;
-                let _ = tx.send(msg);
-                if !go_on {
-                    return;
-                }
-            }
-            let result =
-                contained(node_id, || external.execute(&plan, call)).map(|output| ExecOk {
-                    output,
-                    logs: Vec::new(),
-                });
-            let logs = external.take_logs(&plan, owner, item, attempt);
-            let _ = tx.send(Msg::Done {
-                node,
-                attempt,
-                result,
-                logs,
-            });
-        }));
     }
 
     fn finish(mut self, sched: &Scheduler<'_>, status: RunStatus) {

@@ -10,6 +10,9 @@
 //! row while nodes wait gets them moved to the pool, where they run as any external node
 //! does. Nodes made ready later start on the loop again.
 //!
+//! Also here: handing an external attempt to the pool (`dispatch_external`), the path of
+//! every other run.
+//!
 //! [`run_inline`]: super::run_inline
 
 use std::collections::VecDeque;
@@ -18,15 +21,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use dagengine_core::{Event, Instruction, NodeIdx, Scheduler, StopReason};
+use std::cmp::Reverse;
+
+use dagengine_core::{ErrorKind, Event, Instruction, NodeIdx, Scheduler, StopReason};
 
 use super::super::handle::{ExecOk, LogSink, Msg};
 use super::super::lock;
 use super::super::model::{
     contained, never_started, ExternalCall, ExternalExecutor, InlineHost, LogLine, NodeFailure,
-    Plan,
+    NodeKind, Plan,
 };
-use super::{Driver, HOST_POLL, SPIN};
+use super::{Driver, Timer, HOST_POLL, SPIN};
 
 /// An external attempt waiting for the loop's thread.
 pub(super) struct Waiting {
@@ -150,6 +155,94 @@ fn watch() {
 }
 
 impl Driver {
+    /// Run attempt `attempt` of `node` on the external executor's pool; with `check`, its
+    /// external condition first (and for a node that is not external, only that: it runs
+    /// here once [`Msg::ConditionPassed`] comes back).
+    pub(super) fn dispatch_external(&mut self, node: NodeIdx, attempt: u32, check: bool) {
+        let cancel = self.new_token(node);
+        // An item calls its mapped node's callable, with the item.
+        let owner = self.owner(node);
+        let item = self.item_of(node).map(|(_, i)| i);
+        let call = ExternalCall {
+            node: owner,
+            attempt,
+            results: self.results_of(node),
+            cancel,
+            item: self.item_call(node),
+            logs: LogSink::new(self.tx.clone(), node, attempt),
+        };
+        if let Some(timeout) = self.plan.policies[self.policy_index(node)].timeout {
+            self.timers.push(Reverse((
+                Instant::now() + timeout,
+                Timer::NodeDeadline { node, attempt },
+            )));
+        }
+        let tx = self.tx.clone();
+        let Some(external) = self.external.clone() else {
+            let failure = NodeFailure::new(
+                ErrorKind::DagEngineError.as_str(),
+                format!(
+                    "node '{}' needs an external executor and this run has none",
+                    self.node_id(node)
+                ),
+                false,
+            );
+            let _ = tx.send(Msg::Done {
+                node,
+                attempt,
+                result: Err(failure),
+                logs: Vec::new(),
+            });
+            return;
+        };
+        let plan = self.plan.clone();
+        let pool = external.pool();
+        // A cached node is looked up between its condition and its call.
+        let cached = self.config.cache.is_some() && self.plan.cache(owner).is_some();
+        pool.submit(Box::new(move || {
+            let node_id = plan.dag.id(owner);
+            if check {
+                let held = contained(node_id, || external.condition(&plan, &call));
+                // A condition's lines are dropped (as a Lua condition's), unless it failed.
+                let logs = external.take_logs(&plan, node, None, attempt);
+                let msg = match held {
+                    Ok(true) => Msg::ConditionPassed { node, attempt },
+                    Ok(false) => Msg::ConditionFalse { node, attempt },
+                    Err(mut failure) => {
+                        // A retry would not check the condition again.
+                        failure.retryable = false;
+                        Msg::Done {
+                            node,
+                            attempt,
+                            result: Err(failure),
+                            logs,
+                        }
+                    }
+                };
+                let go_on = matches!(msg, Msg::ConditionPassed { .. })
+                    && matches!(plan.kinds[node as usize], NodeKind::External)
+                    && plan.map(node).is_none()
+                    && !cached;
+                let _ = tx.send(msg);
+                if !go_on {
+                    return;
+                }
+            }
+            let result =
+                contained(node_id, || external.execute(&plan, call)).map(|output| ExecOk {
+                    output,
+                    logs: Vec::new(),
+                });
+            let logs = external.take_logs(&plan, owner, item, attempt);
+            let _ = tx.send(Msg::Done {
+                node,
+                attempt,
+                result,
+                logs,
+            });
+        }));
+    }
+
     /// Whether attempt `node` (a node or an item) runs on the loop's thread: only in a run
     /// driven by [`super::run_inline`], without a run timeout or a node timeout (a call
     /// here cannot be abandoned when it runs out), and if its executor allows it.
