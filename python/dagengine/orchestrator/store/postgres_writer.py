@@ -95,8 +95,11 @@ def note_closed_owner(conn: Any) -> None:
 
 
 def _wait_for_closed_owner(conn: Any, key: int, holder_pid: int | None) -> bool:
-    """Take the lock once ``holder_pid``, a session this process closed, has ended."""
-    if holder_pid is None or holder_pid not in _closed_owners:
+    """Take the lock once ``holder_pid``, a session this process closed, has ended (no
+    holder: the lock went between the try and the look, so try again)."""
+    if holder_pid is None:
+        return _try_lock(conn, key)
+    if holder_pid not in _closed_owners:
         return False
     deadline = time.monotonic() + CLOSE_GRACE
     while time.monotonic() < deadline:
