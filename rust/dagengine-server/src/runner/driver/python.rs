@@ -65,10 +65,11 @@ impl Handoff {
     fn submit(&self, w: Waiting) {
         let (plan, external, tx) = (self.plan.clone(), self.external.clone(), self.tx.clone());
         self.external.pool().submit(Box::new(move || {
-            let (result, logs) = call_external(&plan, external.as_ref(), &w);
+            let (node, attempt) = (w.node, w.attempt);
+            let (result, logs) = call_external(&plan, external.as_ref(), w);
             let _ = tx.send(Msg::Done {
-                node: w.node,
-                attempt: w.attempt,
+                node,
+                attempt,
                 result,
                 logs,
             });
@@ -81,26 +82,18 @@ impl Handoff {
 fn call_external(
     plan: &Plan,
     external: &dyn ExternalExecutor,
-    w: &Waiting,
+    w: Waiting,
 ) -> (Result<ExecOk, NodeFailure>, Vec<LogLine>) {
     let owner = w.call.node;
     if w.call.cancel.load(Ordering::Relaxed) {
         return (Err(never_started(plan, owner)), Vec::new());
     }
-    let call = ExternalCall {
-        node: owner,
-        attempt: w.call.attempt,
-        results: w.call.results.clone(),
-        cancel: w.call.cancel.clone(),
-        item: w.call.item.clone(),
-        logs: w.call.logs.clone(),
-    };
+    let item = w.call.item.as_ref().map(|(i, _)| *i);
     let result =
-        contained(plan.dag.id(owner), || external.execute(plan, call)).map(|output| ExecOk {
+        contained(plan.dag.id(owner), || external.execute(plan, w.call)).map(|output| ExecOk {
             output,
             logs: Vec::new(),
         });
-    let item = w.call.item.as_ref().map(|(i, _)| *i);
     let logs = external.take_logs(plan, owner, item, w.attempt);
     (result, logs)
 }
@@ -348,7 +341,8 @@ impl Driver {
             h.calls.fetch_add(1, Ordering::AcqRel);
             h.in_call.store(true, Ordering::Release);
         }
-        let (result, logs) = call_external(&self.plan, external.as_ref(), &w);
+        let (node, attempt) = (w.node, w.attempt);
+        let (result, logs) = call_external(&self.plan, external.as_ref(), w);
         if let Some(h) = &self.handoff {
             h.in_call.store(false, Ordering::Release);
         }
@@ -358,7 +352,7 @@ impl Driver {
             return true;
         }
         self.fire_timers(sched, out);
-        self.finish_attempt(sched, out, w.node, w.attempt, result, logs);
+        self.finish_attempt(sched, out, node, attempt, result, logs);
         true
     }
 
