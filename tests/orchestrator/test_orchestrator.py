@@ -9,6 +9,7 @@ stops), and tests wait on conditions with generous bounds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -535,6 +536,35 @@ def test_a_resumed_parent_waits_for_its_resumed_child_instead_of_starting_anothe
     finally:
         second.stop()
     assert ledger_counts(ledger) == {"slow": 1}
+
+
+def test_a_child_that_ended_between_the_read_and_the_look_is_not_started_again(
+    store_target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent node looking for the child it started reads the store, then the runs in
+    flight: a child whose end was committed between the two (its record read as running,
+    then gone from the runs in flight) is read again, not taken for a lost one and started
+    a second time (a flaky resume test on PostgreSQL before)."""
+    orch = Orchestrator(store=store_target)
+    try:
+        orch.register_workflow("child", "1.0.0", lua("return {v = 1}"))
+        orch.register_workflow("parent", "1.0.0", {"nodes": [{"id": "sub", "workflow": "child"}]})
+        parent = handle(orch.execute_workflow("parent", {}, wait=False))
+        assert parent.result(timeout=WAIT).ok
+        coordinator = orch.get_subworkflow_coordinator()
+        (child,) = coordinator.children(parent.run_id)
+        listed = orch.store.list_runs
+
+        def stale(**query: Any) -> Any:  # the read taken just before the child's end
+            return [dataclasses.replace(rec, status="running") for rec in listed(**query)]
+
+        monkeypatch.setattr(orch.store, "list_runs", stale)
+        found = coordinator._existing_child(parent.run_id, "sub")
+        assert found is not None
+        assert found.run_id == child.run_id
+        assert found.result(timeout=WAIT).outputs["n"] == {"v": 1}
+    finally:
+        orch.stop()
 
 
 # --- monitor ------------------------------------------------------------------------------------

@@ -127,6 +127,13 @@ class SubWorkflowCoordinator:
         for rec in self._orch.store.list_runs(parent_run_id=parent_run_id, limit=10_000):
             if rec.parent_node_id != parent_node_id:
                 continue
+            if rec.status in ("queued", "running"):
+                with self._orch._lock:
+                    known = rec.run_id in self._orch._runs
+                if not known:
+                    # It may have ended between the read and this look (a run leaves
+                    # ``_runs`` only once its end is committed): read it again.
+                    rec = self._orch.store.get_run(rec.run_id) or rec
             if rec.status == "succeeded" and rec.result:
                 future: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
                 future.set_result(RunResult.from_dict(rec.result))
