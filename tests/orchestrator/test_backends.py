@@ -419,6 +419,31 @@ def test_run_threads_grow_while_runs_block_then_are_reused_and_shut_down() -> No
         pool.submit(done.set)
 
 
+def test_run_threads_shut_down_while_a_thread_is_being_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shutdown racing a submit that starts a thread joins only started threads (it
+    raised "cannot join thread before it is started" in an orchestrator's stop)."""
+    pool = RunThreads("test-race", max_threads=2)
+    starting = threading.Event()
+    start = threading.Thread.start
+
+    def slow_start(thread: threading.Thread) -> None:
+        if thread.name.startswith("test-race"):
+            starting.set()
+            time.sleep(0.3)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    ran = threading.Event()
+    submitter = threading.Thread(target=pool.submit, args=(ran.set,))
+    submitter.start()
+    assert starting.wait(10)
+    pool.shutdown(wait=True)  # while the pool's thread is being started
+    submitter.join(10)
+    assert ran.is_set()
+
+
 def test_in_process_runs_in_flight_are_waited_for_at_the_interpreters_exit(
     tmp_path: Path,
 ) -> None:

@@ -256,8 +256,9 @@ class RunThreads:
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
             )
+            # Started under the lock: a shutdown on another thread joins only started ones.
+            thread.start()
             self._threads.append(thread)
-        thread.start()
 
     def _work(self) -> None:
         jobs = self._jobs
