@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ledger import ORCHESTRATOR_TESTS
+from pg import query
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,3 +86,17 @@ class Replica:
                 self.proc.wait(timeout=10)
         self._reader.join(timeout=10)
         self._stderr.close()
+
+
+def unfinished_of(url: str, owner: str) -> set[str]:
+    """The ids of the queued and running runs ``owner`` (a replica's id) holds."""
+    rows = query(
+        url,
+        f"SELECT run_id FROM runs WHERE status IN ('queued', 'running') AND owner = '{owner}'",
+    )
+    return {row[0] for row in rows}
+
+
+def succeeded_runs(url: str) -> int:
+    """How many runs of the store at ``url`` succeeded."""
+    return int(query(url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")[0][0])

@@ -16,7 +16,7 @@ from cable import Cable
 from ledger import ledger_counts
 from pg import query
 from processes import EngineProcess, wait_for
-from replica_host import Replica
+from replica_host import Replica, succeeded_runs, unfinished_of
 
 pytestmark = pytest.mark.integration
 
@@ -116,18 +116,6 @@ def test_sigkill_the_replica_with_most_leases_mid_load(
             replica.stop()
 
 
-def _unfinished_of(url: str, owner: str) -> set[str]:
-    rows = query(
-        url,
-        f"SELECT run_id FROM runs WHERE status IN ('queued', 'running') AND owner = '{owner}'",
-    )
-    return {row[0] for row in rows}
-
-
-def _succeeded(url: str) -> int:
-    return int(query(url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")[0][0])
-
-
 def test_a_replica_cut_off_from_the_database_loses_its_runs_and_rejoins(
     pg_url: str, ledger: Path, engines: Callable[..., list[EngineProcess]]
 ) -> None:
@@ -148,22 +136,22 @@ def test_a_replica_cut_off_from_the_database_loses_its_runs_and_rejoins(
             "both replicas to submit their runs",
             timeout=120,
         )
-        wait_for(lambda: _succeeded(pg_url) >= 10, "the first runs", timeout=120)
+        wait_for(lambda: succeeded_runs(pg_url) >= 10, "the first runs", timeout=120)
         cut_id = cut.replica_id
         assert cut_id is not None
         cable.pull()
         pulled = time.monotonic()
-        stranded = _unfinished_of(pg_url, cut_id)
+        stranded = unfinished_of(pg_url, cut_id)
         recorded = set(query(pg_url, "SELECT run_id, node_id FROM node_outputs"))
         attempts = dict(query(pg_url, "SELECT run_id, attempt FROM runs"))
         assert len(stranded) >= 10, "the cut came while the replica had runs"
         wait_for(
-            lambda: not _unfinished_of(pg_url, cut_id),
+            lambda: not unfinished_of(pg_url, cut_id),
             "the other replica to take the cut one's runs over",
             timeout=60,
         )
         moved = time.monotonic() - pulled
-        wait_for(lambda: _succeeded(pg_url) == total, "every run to succeed", timeout=240)
+        wait_for(lambda: succeeded_runs(pg_url) == total, "every run to succeed", timeout=240)
         before_heal = query(pg_url, "SELECT run_id, owner, attempt, result FROM runs")
         cable.plug()
         # Back on the network, it gives the runs up and keeps working as a replica.

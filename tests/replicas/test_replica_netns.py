@@ -34,7 +34,7 @@ import pytest
 from ledger import ORCHESTRATOR_TESTS, ledger_counts
 from pg import query
 from processes import wait_for
-from replica_host import Replica
+from replica_host import Replica, succeeded_runs, unfinished_of
 
 MULTIHOST = Path(__file__).resolve().parent.parent / "multihost"
 sys.path.insert(0, str(MULTIHOST))
@@ -175,18 +175,6 @@ def _engine(net: netns.Network, host: str, ledger: Path) -> subprocess.Popen[str
     return proc
 
 
-def _unfinished_of(url: str, owner: str) -> set[str]:
-    rows = query(
-        url,
-        f"SELECT run_id FROM runs WHERE status IN ('queued', 'running') AND owner = '{owner}'",
-    )
-    return {row[0] for row in rows}
-
-
-def _succeeded(url: str) -> int:
-    return int(query(url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")[0][0])
-
-
 def test_a_replica_cut_off_by_its_network_loses_its_runs_and_rejoins(
     net: netns.Network, database: tuple[str, str], ledger: Path
 ) -> None:
@@ -204,22 +192,22 @@ def test_a_replica_cut_off_by_its_network_loses_its_runs_and_rejoins(
             "both replicas to submit their runs",
             timeout=120,
         )
-        wait_for(lambda: _succeeded(local) >= 10, "the first runs", timeout=120)
+        wait_for(lambda: succeeded_runs(local) >= 10, "the first runs", timeout=120)
         cut_id = cut.replica_id
         assert cut_id is not None
         net.link_down("cut")
         pulled = time.monotonic()
-        stranded = _unfinished_of(local, cut_id)
+        stranded = unfinished_of(local, cut_id)
         recorded = set(query(local, "SELECT run_id, node_id FROM node_outputs"))
         attempts = dict(query(local, "SELECT run_id, attempt FROM runs"))
         assert len(stranded) >= 5, "the cut came while the replica had runs"
         wait_for(
-            lambda: not _unfinished_of(local, cut_id),
+            lambda: not unfinished_of(local, cut_id),
             "the other replica to take the cut one's runs over",
             timeout=60,
         )
         moved = time.monotonic() - pulled
-        wait_for(lambda: _succeeded(local) == total, "every run to succeed", timeout=240)
+        wait_for(lambda: succeeded_runs(local) == total, "every run to succeed", timeout=240)
         before_heal = query(local, "SELECT run_id, owner, attempt, result FROM runs")
         net.link_up("cut")
         healed = time.monotonic()
