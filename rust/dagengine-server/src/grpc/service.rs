@@ -23,6 +23,9 @@ use super::{SESSION_PROTOCOL, SESSION_PROTOCOL_HEADER};
 use crate::runner::{
     lock, start_run, start_run_inline, EventKind, ExternalExecutor, Plan, RunConfig, RunHandle,
 };
+use coalesce::Coalesced;
+#[cfg(test)]
+use coalesce::SESSION_COALESCE_BYTES;
 
 /// TLS material (PEM). With `client_ca`, clients must present a certificate it signed.
 #[derive(Debug, Clone)]
@@ -302,59 +305,6 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReplies, Status
 /// A session's runs still being prepared, by id, and whether a cancel came for them.
 type Launching = Arc<Mutex<HashMap<String, bool>>>;
 
-/// Most replies of a session that leave as one message.
-const SESSION_COALESCE: usize = 64;
-
-/// Most bytes of replies coalesced into one message (a reply larger than this still goes
-/// out, alone): well under the 4 MiB a gRPC client accepts by default.
-const SESSION_COALESCE_BYTES: usize = 1 << 20;
-
-/// A session's replies as they leave: whatever is ready when the stream is polled goes out
-/// as one message (a client reading many runs' results pays per message, not per byte).
-struct Coalesced {
-    rx: mpsc::Receiver<Result<pb::SessionEvents, Status>>,
-    held: std::collections::VecDeque<Result<pb::SessionEvents, Status>>,
-}
-
-impl Stream for Coalesced {
-    type Item = Result<pb::SessionReplies, Status>;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        if this.held.is_empty() {
-            let mut ready = Vec::new();
-            match this.rx.poll_recv_many(cx, &mut ready, SESSION_COALESCE) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(0) => return Poll::Ready(None),
-                Poll::Ready(_) => this.held.extend(ready),
-            }
-        }
-        let mut runs = Vec::new();
-        let mut bytes = 0;
-        while let Some(Ok(next)) = this.held.front() {
-            let size = prost::Message::encoded_len(next) + 8; // + its tag and length
-            if !runs.is_empty() && bytes + size > SESSION_COALESCE_BYTES {
-                break; // the rest go out in the next message
-            }
-            bytes += size;
-            if let Some(Ok(events)) = this.held.pop_front() {
-                runs.push(events);
-            }
-        }
-        if runs.is_empty() {
-            // An error is next: it goes out on its own, after the replies before it.
-            if let Some(Err(status)) = this.held.pop_front() {
-                return Poll::Ready(Some(Err(status)));
-            }
-        }
-        Poll::Ready(Some(Ok(pb::SessionReplies { runs })))
-    }
-}
-
 /// What a run's caller asked to be sent (see `RunRequest.result_only` and `result_json`).
 #[derive(Debug, Clone, Copy)]
 struct Forwarding {
@@ -371,8 +321,6 @@ impl Forwarding {
     }
 }
 
-/// Whether a run has Python or sub-workflow nodes: the embedding process prepares them,
-/// holding the GIL, so not on an async worker.
 /// The field of the host node `e` names, and why the host refused it.
 fn host_field(plan: &Plan, nodes: &[HostNode], e: &HostError) -> InvalidField {
     let kind = match nodes
@@ -389,6 +337,8 @@ fn host_field(plan: &Plan, nodes: &[HostNode], e: &HostError) -> InvalidField {
     )
 }
 
+/// Whether a run has Python or sub-workflow nodes: the embedding process prepares them,
+/// holding the GIL, so not on an async worker.
 fn needs_host(req: &pb::RunRequest) -> bool {
     req.workflow.as_ref().is_some_and(|w| {
         w.nodes.iter().any(|n| {
@@ -938,5 +888,6 @@ fn run_cache(
     Ok(Some(Arc::new(crate::runner::EntriesCache::new(entries))))
 }
 
+mod coalesce;
 #[cfg(test)]
 mod tests;
