@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dagengine.orchestrator.store.retention import outputs_kept_in_results
 from processes import wait_for
 
 pytestmark = pytest.mark.integration
@@ -132,9 +133,12 @@ def test_kill_9_with_runs_in_flight_then_restart_loses_and_repeats_nothing(
 
     # What the store holds as done at the crash: these nodes must never run again.
     with sqlite3.connect(store) as db:
+        # (A succeeded run's outputs may be kept in its result only: read both forms.)
+        rows = db.execute("SELECT run_id, node_id, output FROM node_outputs").fetchall()
+        results = db.execute("SELECT run_id, result FROM runs WHERE result IS NOT NULL")
         stored = {
             (run_id, node_id)
-            for run_id, node_id in db.execute("SELECT run_id, node_id FROM node_outputs")
+            for run_id, node_id, _ in rows + outputs_kept_in_results(rows, results)
         }
         resumed = {
             run_id
