@@ -237,14 +237,19 @@ def test_prunes_and_reclaims_wake_the_checkpointer(
         woken: list[str] = []
         monkeypatch.setattr(store, "_want_checkpoint", lambda: woken.append("asked"))
         policy = RetentionPolicy(10 * DAY)
+        # (Woken after each batch, and every few slices of one while it runs.)
         assert store.prune(policy, now=NOW, limit=30).runs == 30
-        assert woken == ["asked"]
+        first = len(woken)
+        assert first >= 1
         assert store.prune(policy, now=NOW, dry_run=True).runs == 10
+        assert len(woken) == first
         assert store.prune(policy, now=NOW, limit=30).runs == 10
+        second = len(woken)
+        assert second > first
         assert store.prune(policy, now=NOW, limit=30).runs == 0  # nothing gone: not woken
-        assert woken == ["asked"] * 2
+        assert len(woken) == second
         assert store.reclaim_space() > 0
-        assert woken == ["asked"] * 3
+        assert len(woken) == second + 1
 
 
 # --- export ---------------------------------------------------------------------------------

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from dagengine.exceptions import RunNotFound, StoreError
 from dagengine.orchestrator.store import writer as _writer
@@ -36,6 +38,7 @@ from dagengine.orchestrator.store.compact import (
     result_outputs,
     stored_types,
 )
+from dagengine.orchestrator.store.prune_slices import PruneJob
 from dagengine.orchestrator.store.records import (
     EventRecord,
     RunRecord,
@@ -51,6 +54,7 @@ from dagengine.orchestrator.store.retention import (
     RetentionPolicy,
     StoreStats,
     count_prunable,
+    prunable_runs,
     prune_batch,
     store_stats,
 )
@@ -99,6 +103,9 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         self._positions = Positions()
         self._outputs_seen = OutputsSeen()
         self._init_write_behind()
+        # The pruner's connection, to choose runs without the store's lock (_prunable).
+        self._reader: sqlite3.Connection | None = None
+        self._prune_lock = threading.Lock()
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the
             # write lock up front, so a transaction never fails half-way on a lock upgrade).
@@ -177,6 +184,16 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, tuple(params)).fetchall()
+
+    def close(self) -> None:
+        """Write what is pending and close the database; the store cannot be used
+        afterwards."""
+        # The pruner's reader first: the last connection to close checkpoints the log into
+        # the file (and a read-only one cannot).
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+        super().close()
 
     def __enter__(self) -> SQLiteStore:
         return self
@@ -659,14 +676,57 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         if dry_run:
             with self._lock:
                 return count_prunable(self._db, policy, when)
-        with self._lock:
-            began = time.perf_counter()
-            with self.transaction():
-                report = prune_batch(self._db, policy, when, limit)
-            report.seconds = time.perf_counter() - began
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            # Inside a transaction of this thread (or on the writer thread): the writer
+            # cannot take the batch, so it is one transaction here.
+            with self._lock:
+                began = time.perf_counter()
+                with self.transaction():
+                    report = prune_batch(self._db, policy, when, limit)
+                report.seconds = time.perf_counter() - began
+        else:
+            report = self._prune_in_slices(policy, when, limit)
         if report.runs or report.events:
             self._want_checkpoint()  # (its pages, off the writers' path)
         return report
+
+    def _prune_in_slices(self, policy: RetentionPolicy, when: float, limit: int) -> PruneReport:
+        """Choose the batch's runs outside the store's lock, then have the writer delete
+        them a slice at a time inside its commits (:mod:`.prune_slices`); ``seconds`` of the
+        report is the longest slice (what a write may have waited for)."""
+        with self._prune_lock:  # (one batch at a time: the writer takes one job)
+            run_ids = self._prunable(policy, when, limit)
+            if not run_ids and policy.max_age is None:
+                return PruneReport()
+            job = PruneJob(policy, when, run_ids)
+            with self._pending_cv:
+                self._check_writer_locked()
+                self._prune_job = job
+                self._pending_cv.notify()
+            job.done.wait()
+        if job.error is not None:
+            if isinstance(job.error, StoreError):
+                raise job.error
+            raise StoreError(f"pruning {self.path!r} failed: {job.error}") from job.error
+        return job.report
+
+    def _prunable(self, policy: RetentionPolicy, when: float, limit: int) -> list[str]:
+        """The ids of up to ``limit`` runs the policy lets go, read on the pruner's own
+        connection (a file store's: a reader in WAL mode waits for no writer)."""
+        if self.path == ":memory:":
+            with self._lock:
+                return prunable_runs(self._db, policy, when, limit)
+        if self._closing:
+            raise StoreError(f"store {self.path!r} is closed")
+        if self._reader is None:
+            self._reader = sqlite3.connect(
+                f"file:{quote(self.path)}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+            )
+        return prunable_runs(self._reader, policy, when, limit)
 
     def reclaim_space(self, max_pages: int = 2000) -> int:
         """Give up to ``max_pages`` free pages back to the file system (a store created

@@ -24,12 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from dagengine.exceptions import StoreError
 from dagengine.orchestrator.store.compact import fold_events, same_output, with_outputs_here
 from dagengine.orchestrator.store.records import _encodable
+
+if TYPE_CHECKING:
+    from dagengine.orchestrator.store.prune_slices import PruneJob
 from dagengine.orchestrator.store.schema import (
     _CLAIM,
     _EVENTS_PER_INSERT,
@@ -76,6 +79,9 @@ CHECKPOINT_EVERY: Final = 64
 #: the writer's part is short.
 CHECKPOINT_CATCH_UP_FRAMES: Final = 4000
 
+#: Prune slices between two wake-ups of the checkpointer (about every 40 ms while a
+#: prune runs).
+_SLICES_PER_CHECKPOINT: Final = 4
 #: Pending rows past which a writer commits the group itself instead of leaving it to the
 #: background writer: memory stays bounded when writes outpace the disk.
 MAX_PENDING: Final = 2000
@@ -141,6 +147,10 @@ class WriteBehind:
         self._write_error: str | None = None
         self._write_error_dropped: str | None = None
         self.dropped_writes = 0
+        # A prune batch the writer deletes a slice at a time inside its commits
+        # (prune_slices), and the slice the commit in progress takes along.
+        self._prune_job: PruneJob | None = None
+        self._slice: PruneJob | None = None
 
     # -- transactions and checkpoints --
 
@@ -250,6 +260,8 @@ class WriteBehind:
         with self._pending_cv:
             self._closing = True
             self._pending_cv.notify_all()
+            if self._prune_job is not None:
+                self._prune_job.fail(StoreError(f"store {self.path!r} was closed"))
         with self._checkpoint_cv:
             self._checkpoint_cv.notify_all()
         for thread in (self._writer, self._checkpointer):
@@ -334,18 +346,27 @@ class WriteBehind:
             with self._pending_cv:
                 commit = events = False
                 while not self._closing:
+                    now = time.monotonic()
                     due = bool(self._pending or self._pending_events) and (
-                        time.monotonic() - self._since >= LAZY_COMMIT_DELAY
+                        now - self._since >= LAZY_COMMIT_DELAY
                     )
-                    if self._urgent or due:
-                        commit, events = True, due
+                    job = self._prune_job
+                    if job is not None and job.done.is_set():
+                        self._prune_job = job = None
+                    # A prune slice that is due commits what is pending with it.
+                    sliced = job is not None and job.due(now)
+                    if self._urgent or due or sliced:
+                        commit, events = True, due or sliced
                         break
                     if self._ready:
                         break
-                    if not self._pending and not self._pending_events:
-                        self._pending_cv.wait()
-                    else:
-                        self._pending_cv.wait(self._since + LAZY_COMMIT_DELAY - time.monotonic())
+                    timeout = None
+                    if self._pending or self._pending_events:
+                        timeout = self._since + LAZY_COMMIT_DELAY - now
+                    if job is not None:
+                        wait = job.wait_for(now)
+                        timeout = wait if timeout is None else min(timeout, wait)
+                    self._pending_cv.wait(timeout)
                 if self._closing:
                     return
             try:
@@ -396,10 +417,16 @@ class WriteBehind:
         fences = [row[0] for kind, row in pending if kind == "fence"]
         if fences:
             pending = [entry for entry in pending if entry[0] != "fence"]
+        job = self._prune_job
+        if job is not None and not job.due(time.monotonic()):
+            job = None
         if not pending and not events:
             if fences:
                 self._tell(fences, True)
+            if job is not None:
+                self._slice_alone(job)
             return
+        self._slice = job  # (taken along by the group's commit)
         try:
             try:
                 finished = self._commit_group(pending, events)
@@ -423,6 +450,8 @@ class WriteBehind:
             if fences:  # (told of the failure; the rows they fenced stay queued)
                 self._tell(fences, False)
             raise
+        finally:
+            self._slice = None
         self._write_error = None
         if fences:
             finished = [*finished, *((done, True) for done in fences)]
@@ -430,6 +459,26 @@ class WriteBehind:
             with self._pending_cv:
                 self._ready.extend(finished)
                 self._pending_cv.notify()  # the writer runs the callbacks
+
+    def _slice_alone(self, job: PruneJob) -> None:
+        """Commit a slice of the prune in progress by itself (nothing else is pending); a
+        failure is logged, and the slice is done again later."""
+        try:
+            with self.transaction():
+                job.step(self._db)
+        except Exception:
+            job.settle(False)
+            _log.exception("pruning %s: a slice failed to commit; trying again", self.path)
+            return
+        self._settled(job)
+
+    def _settled(self, job: PruneJob) -> None:
+        """A slice was committed: count it, and every few slices wake the checkpointer (the
+        pages a prune frees grow the log; left to a commit's catch-up, its checkpoint ran
+        under the store's lock, in a run's end)."""
+        job.settle(True)
+        if job.slices % _SLICES_PER_CHECKPOINT == 0:
+            self._want_checkpoint()
 
     def _tell(self, fences: list[Callable[[bool], None]], committed: bool) -> None:
         """Have the writer tell ``fences`` whether their group was committed."""
@@ -585,7 +634,8 @@ class WriteBehind:
         * then claims, node outputs (consecutive ones as one statement) and the ends of
           runs that have something queued after their end, in the order queued;
         * then the other run ends, in one statement;
-        * then the events (no other table depends on them).
+        * then the events (no other table depends on them);
+        * then a slice of the prune in progress, if one is due (prune_slices).
         """
         creates: list[tuple[Any, ...]] = []
         last: dict[str, int] = {}  # run id -> index of its last write (but its creation)
@@ -603,44 +653,54 @@ class WriteBehind:
                 self._db.execute(*_multi_row(_insert_outputs, chunk))
             outputs.clear()
 
-        with self.transaction():
-            for chunk in _chunks(creates, _RUNS_PER_STATEMENT):
-                self._db.execute(*_multi_row(_insert_runs, chunk))
-            for index, (kind, row) in enumerate(pending):
-                if kind == "create":
-                    continue
-                if kind == "output":
-                    outputs.append(row)
-                    continue
-                if kind == "finish":
-                    entry = [row[-1], False]
-                    finished.append(entry)
-                    if last[row[0]] == index:
-                        deferred.append((entry, row))
+        job, self._slice = self._slice, None
+        try:
+            with self.transaction():
+                for chunk in _chunks(creates, _RUNS_PER_STATEMENT):
+                    self._db.execute(*_multi_row(_insert_runs, chunk))
+                for index, (kind, row) in enumerate(pending):
+                    if kind == "create":
                         continue
-                if outputs:  # before anything queued after them (their run's end)
+                    if kind == "output":
+                        outputs.append(row)
+                        continue
+                    if kind == "finish":
+                        entry = [row[-1], False]
+                        finished.append(entry)
+                        if last[row[0]] == index:
+                            deferred.append((entry, row))
+                            continue
+                    if outputs:  # before anything queued after them (their run's end)
+                        write_outputs()
+                    if kind == "claim":
+                        self._db.execute(_CLAIM, row[1:])
+                    else:
+                        entry[1] = self._db.execute(*_finish_sql(*row[:6])).rowcount == 1
+                if outputs:
                     write_outputs()
-                if kind == "claim":
-                    self._db.execute(_CLAIM, row[1:])
-                else:
-                    entry[1] = self._db.execute(*_finish_sql(*row[:6])).rowcount == 1
-            if outputs:
-                write_outputs()
-            for chunk in _chunks(deferred, _RUNS_PER_STATEMENT):
-                rows = [row[:6] for _, row in chunk]
-                finish, values = _multi_row(_finish_runs, rows)
-                finishable = _finishable_runs(_padded(len(chunk)))
-                ended = set(json.loads(self._db.execute(finishable, values).fetchone()[0]))
-                if ended:
-                    expected = [row[6] for _, row in chunk]
-                    dropped = self._outputs_in_results(rows, expected, ended)
-                    if dropped:
-                        finish, values = _multi_row(_finish_runs, rows)
-                    self._db.execute(finish, values)
-                    if dropped:
-                        self._db.execute(_DROP_OUTPUTS, (json.dumps(dropped),))
-                for entry, row in chunk:
-                    entry[1] = row[0] in ended
-            for chunk in _chunks(fold_events(events), _EVENTS_PER_INSERT):
-                self._db.execute(*_multi_row(_insert_events, chunk))
+                for chunk in _chunks(deferred, _RUNS_PER_STATEMENT):
+                    rows = [row[:6] for _, row in chunk]
+                    finish, values = _multi_row(_finish_runs, rows)
+                    finishable = _finishable_runs(_padded(len(chunk)))
+                    ended = set(json.loads(self._db.execute(finishable, values).fetchone()[0]))
+                    if ended:
+                        expected = [row[6] for _, row in chunk]
+                        dropped = self._outputs_in_results(rows, expected, ended)
+                        if dropped:
+                            finish, values = _multi_row(_finish_runs, rows)
+                        self._db.execute(finish, values)
+                        if dropped:
+                            self._db.execute(_DROP_OUTPUTS, (json.dumps(dropped),))
+                    for entry, row in chunk:
+                        entry[1] = row[0] in ended
+                for chunk in _chunks(fold_events(events), _EVENTS_PER_INSERT):
+                    self._db.execute(*_multi_row(_insert_events, chunk))
+                if job is not None:
+                    job.step(self._db)  # (under a savepoint: fails alone)
+        except BaseException:
+            if job is not None:
+                job.settle(False)  # (undone with the group: done again later)
+            raise
+        if job is not None:
+            self._settled(job)
         return [(done, recorded) for done, recorded in finished]
