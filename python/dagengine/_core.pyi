@@ -29,8 +29,12 @@ __version__: str
 #: Signature of the Python trampoline the core calls for every ``python`` node:
 #: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``; for an
 #: item of a mapped node (``node_id`` like ``square[3]``) with an eighth argument, the item's
-#: ``(index, item)``. It runs with the GIL held, on a core worker thread or (``DAG.run``) on
-#: the thread driving the run; an exception fails the node.
+#: ``(index, item)``. For a node's Python ``when``, the condition's callable comes ninth (the
+#: eighth ``None``): the trampoline calls it on the node's context and returns ``False`` when
+#: it is false; then, with ``fn`` ``None`` it returns ``True`` (a non-bool, or the condition's
+#: exception, is raised), else it calls ``fn`` on the same context (the condition's exception
+#: is returned, not raised). It runs with the GIL held, on a core worker thread or
+#: (``DAG.run``) on the thread driving the run; an exception fails the node.
 Invoke: TypeAlias = Callable[
     [Any, str, str, int, Mapping[str, Any], dict[str, Any], CancelToken], Any
 ]

@@ -48,6 +48,25 @@ def _check_output(node_id: str, out: object) -> NodeOutput:
     raise TypeError(f"node {node_id} returned {_describe(out)}; expected a dict or None")
 
 
+def _bad_when(node_id: str, value: object) -> TypeError:
+    return TypeError(f"node {node_id!r}: when must return a bool, got {_describe(value)} {value!r}")
+
+
+def _check_when(fn: Any, when: Any, ctx: NodeContext) -> bool | BaseException:
+    """A node's condition on its context: whether it held; with ``fn`` (the node's call
+    follows), its exception is returned instead of raised (the core fails the node without
+    a retry), without ``fn`` it is raised."""
+    try:
+        held = when(ctx)
+        if held is not True and held is not False:
+            raise _bad_when(ctx.node_id, held)
+    except BaseException as exc:
+        if fn is None:
+            raise
+        return exc
+    return held
+
+
 async def _drive(awaitable: Awaitable[Any], cancel: CancelToken | None) -> Any:
     """Await ``awaitable``, cancelling it when the node's cancel token is set (run cancelled or
     node timed out), so an ``async def`` node stops instead of running on unobserved."""
@@ -150,7 +169,8 @@ def make_invoke(
         results: dict[str, Any],
         cancel: CancelToken,
         item: tuple[int, Any] | None = None,
-    ) -> NodeOutput:
+        when: Any = None,
+    ) -> NodeOutput | bool | BaseException:
         enter(None)
         try:
             ctx = new(NodeContext)
@@ -164,6 +184,19 @@ def make_invoke(
                 ctx.index = ctx.item = None
             else:
                 ctx.index, ctx.item = item
+            if when is not None:
+                # The node's condition, on the context the node gets if it holds
+                # (_check_when, inline).
+                try:
+                    held = when(ctx)
+                    if held is not True and held is not False:
+                        raise _bad_when(node_id, held)
+                except BaseException as exc:
+                    if fn is None:
+                        raise
+                    return exc
+                if held is False or fn is None:
+                    return held
             out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
             if out is None:
                 return None
@@ -201,7 +234,8 @@ def _capturing_invoke(
         results: dict[str, Any],
         cancel: CancelToken,
         item: tuple[int, Any] | None = None,
-    ) -> NodeOutput:
+        when: Any = None,
+    ) -> NodeOutput | bool | BaseException:
         _IN_FLIGHT.enter()
         buffer = new_buffer(node_id, attempt, cancel)
         try:
@@ -209,6 +243,11 @@ def _capturing_invoke(
             span = None if trace is None else node_span(trace, run_id, node_id, attempt)
             with capture(buffer, span):
                 ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
+                if when is not None:
+                    # Its lines and the node's are the attempt's.
+                    held = _check_when(fn, when, ctx)
+                    if held is not True or fn is None:
+                        return held
                 out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
                 if out is None or type(out) is dict:
                     return _check_output(node_id, out)

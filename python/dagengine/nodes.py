@@ -58,7 +58,6 @@ __all__ = [
     "node_to_model",
     "resolve_import_path",
     "subworkflow_inputs",
-    "when_payload",
 ]
 
 #: What a node returns: a dict of JSON-like values, or ``None`` (meaning ``{}``).
@@ -431,21 +430,6 @@ def _check_when(node_id: str, when: object) -> When | None:
         f"node {node_id!r}: when must be a Lua expression (str) or a callable of ctx, "
         f"got {type(when).__name__}"
     )
-
-
-def when_payload(node_id: str, when: Callable[[NodeContext], object]) -> Any:
-    """What the core calls (through the trampoline) for a node whose ``when`` is a Python
-    callable: ``{"when": bool}``, or a ``TypeError`` naming the node for anything else."""
-
-    def check(ctx: NodeContext) -> dict[str, bool]:
-        value = when(ctx)
-        if type(value) is not bool:
-            raise TypeError(
-                f"node {node_id!r}: when must return a bool, got {type(value).__name__} {value!r}"
-            )
-        return {"when": value}
-
-    return check
 
 
 def check_when_syntax(node_id: str, expression: str, key: str = "when") -> None:

@@ -48,7 +48,6 @@ from dagengine.nodes import (
     check_when_syntax,
     node_from_model,
     node_to_model,
-    when_payload,
 )
 from dagengine.results import NodeEvent, RunResult
 from dagengine.spec_model import RetryBackoff, WorkflowSpecModel, parse, to_dict
@@ -691,7 +690,8 @@ def _add_native(ref: _core.DagRef, node: Node) -> None:
     if isinstance(node.when, str):
         common["when"] = node.when
     elif node.when is not None:
-        common["when"] = when_payload(node.id, node.when)
+        # The trampoline calls it and checks it returned a bool (see dagengine._invoke).
+        common["when"] = node.when
     if node.map is not None:
         common["map"] = node.map
         common["map_max_parallel"] = node.max_parallel

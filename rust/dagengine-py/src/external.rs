@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use dagengine_core::{ErrorKind, NodeIdx};
 use dagengine_server::{
-    condition_value, Context, ExternalCall, ExternalExecutor, Growth, Hooks, InlineHost, LogLine,
-    LogSink, NodeFailure, Plan, WorkerPool,
+    Checked, Context, ExternalCall, ExternalExecutor, Growth, Hooks, InlineHost, LogLine, LogSink,
+    NodeFailure, Plan, WorkerPool,
 };
-use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::exceptions::{PyBaseException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
 use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 
@@ -159,6 +159,26 @@ impl PyExternal {
         payload: &Py<PyAny>,
     ) -> Result<Map<String, Value>, NodeFailure> {
         let node_id = item_id(plan, call.node, call.item.as_ref().map(|(i, _)| *i));
+        Python::attach(|py| {
+            let returned = self.call(py, plan, call, &node_id, Some(payload), None)?;
+            output(&node_id, &returned)
+        })
+    }
+
+    /// Call the `invoke` trampoline for `call`'s node: with `payload` (the node's callable;
+    /// `None` for its condition only) and with `when` (its condition's callable), the
+    /// trampoline checks the condition first, on the context the node then gets: it
+    /// returns `False` when the condition is false, and the condition's exception (not
+    /// raised) when it failed; `True` when it held and there is no `payload`.
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        plan: &Plan,
+        call: &ExternalCall,
+        node_id: &str,
+        payload: Option<&Py<PyAny>>,
+        when: Option<&Py<PyAny>>,
+    ) -> Result<Bound<'py, PyAny>, NodeFailure> {
         if exiting() {
             return Err(NodeFailure {
                 kind: ErrorKind::DagEngineError.as_str().to_owned(),
@@ -167,78 +187,102 @@ impl PyExternal {
                 retryable: false,
             });
         }
-        Python::attach(|py| {
-            let invoke_call = || -> PyResult<Bound<'_, PyAny>> {
-                let results = match call.item {
-                    Some(_) => self.item_results(py, plan, call)?,
-                    None => self.results_dict(py, plan, call)?,
-                };
-                let token = Bound::new(
-                    py,
-                    CancelToken {
-                        flag: call.cancel.clone(),
-                        logs: call.logs.clone(),
-                        trace: self.trace.as_ref().map(|t| t.clone_ref(py)),
-                    },
-                )?;
-                let id = match call.item {
-                    Some(_) => PyString::new(py, &node_id),
-                    None => self.nodes.id(py, plan, call.node),
-                };
-                let mut args = vec![
-                    payload.bind(py).clone(),
-                    id.into_any(),
-                    self.run_id_py
-                        .get_or_init(|| PyString::new(py, &self.run_id).unbind())
-                        .bind(py)
-                        .clone()
-                        .into_any(),
-                    call.attempt.into_pyobject(py)?.into_any(),
-                    self.inputs.bind(py).clone(),
-                    results.into_any(),
-                    token.into_any(),
-                ];
-                // An item of a mapped node: `(index, item)` after the others.
-                if let Some((index, item)) = &call.item {
-                    let pair = (*index, pythonize(py, item.as_ref())?);
-                    args.push(pair.into_pyobject(py)?.into_any());
-                }
-                let args = PyTuple::new(py, args)?;
-                self.invoke.bind(py).call1(args)
+        let invoke_call = || -> PyResult<Bound<'py, PyAny>> {
+            let results = match call.item {
+                Some(_) => self.item_results(py, plan, call)?,
+                None => self.results_dict(py, plan, call)?,
             };
-            let returned = invoke_call().map_err(|e| {
-                let failure = failure_from(py, &e);
-                if let Some((thread, interrupt)) = &self.caller {
-                    if e.is_instance_of::<PyKeyboardInterrupt>(py)
-                        && std::thread::current().id() == *thread
-                    {
-                        *interrupt.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
-                    }
-                }
-                failure
-            })?;
-            if returned.is_none() {
-                return Ok(Map::new());
+            let token = Bound::new(
+                py,
+                CancelToken {
+                    flag: call.cancel.clone(),
+                    logs: call.logs.clone(),
+                    trace: self.trace.as_ref().map(|t| t.clone_ref(py)),
+                },
+            )?;
+            let id = match call.item {
+                Some(_) => PyString::new(py, node_id),
+                None => self.nodes.id(py, plan, call.node),
+            };
+            let mut args = vec![
+                payload.map_or_else(|| py.None().into_bound(py), |p| p.bind(py).clone()),
+                id.into_any(),
+                self.run_id_py
+                    .get_or_init(|| PyString::new(py, &self.run_id).unbind())
+                    .bind(py)
+                    .clone()
+                    .into_any(),
+                call.attempt.into_pyobject(py)?.into_any(),
+                self.inputs.bind(py).clone(),
+                results.into_any(),
+                token.into_any(),
+            ];
+            // An item of a mapped node: `(index, item)` after the others.
+            if let Some((index, item)) = &call.item {
+                let pair = (*index, pythonize(py, item.as_ref())?);
+                args.push(pair.into_pyobject(py)?.into_any());
+            } else if when.is_some() {
+                args.push(py.None().into_bound(py));
             }
-            let bad_return = |what: String| NodeFailure {
-                kind: "TypeError".to_owned(),
-                message: format!("node '{node_id}' returned {what}; expected a dict or None"),
+            if let Some(when) = when {
+                args.push(when.bind(py).clone());
+            }
+            let args = PyTuple::new(py, args)?;
+            self.invoke.bind(py).call1(args)
+        };
+        invoke_call().map_err(|e| self.failure(py, &e))
+    }
+
+    /// The failure of a node whose call raised `err` (a `KeyboardInterrupt` on the thread
+    /// driving the run is kept for [`Host`] too).
+    fn failure(&self, py: Python<'_>, err: &PyErr) -> NodeFailure {
+        let failure = failure_from(py, err);
+        if let Some((thread, interrupt)) = &self.caller {
+            if err.is_instance_of::<PyKeyboardInterrupt>(py)
+                && std::thread::current().id() == *thread
+            {
+                *interrupt.lock().unwrap_or_else(PoisonError::into_inner) = Some(err.clone_ref(py));
+            }
+        }
+        failure
+    }
+
+    /// The Python callable of `node`'s condition.
+    fn condition_payload(&self, plan: &Plan, node: NodeIdx) -> Result<&Py<PyAny>, NodeFailure> {
+        match self.conditions.get(node as usize) {
+            Some(Some(payload)) => Ok(payload),
+            _ => Err(NodeFailure {
+                kind: ErrorKind::DagEngineError.as_str().to_owned(),
+                message: format!("node '{}' has no Python condition", plan.dag().id(node)),
                 traceback: None,
                 retryable: false,
-            };
-            if !returned.is_instance_of::<PyDict>() {
-                let ty = returned
-                    .get_type()
-                    .name()
-                    .map_or_else(|_| "an object".to_owned(), |n| format!("a {n}"));
-                return Err(bad_return(ty));
-            }
-            match depythonize::<Value>(&returned) {
-                Ok(Value::Object(map)) => Ok(map),
-                Ok(_) => Err(bad_return("a non-object".to_owned())),
-                Err(e) => Err(bad_return(format!("a dict that is not JSON-like ({e})"))),
-            }
-        })
+            }),
+        }
+    }
+}
+
+/// A node's returned value as its output: a dict (JSON-like) or `None`.
+fn output(node_id: &str, returned: &Bound<'_, PyAny>) -> Result<Map<String, Value>, NodeFailure> {
+    if returned.is_none() {
+        return Ok(Map::new());
+    }
+    let bad_return = |what: String| NodeFailure {
+        kind: "TypeError".to_owned(),
+        message: format!("node '{node_id}' returned {what}; expected a dict or None"),
+        traceback: None,
+        retryable: false,
+    };
+    if !returned.is_instance_of::<PyDict>() {
+        let ty = returned
+            .get_type()
+            .name()
+            .map_or_else(|_| "an object".to_owned(), |n| format!("a {n}"));
+        return Err(bad_return(ty));
+    }
+    match depythonize::<Value>(returned) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(bad_return("a non-object".to_owned())),
+        Err(e) => Err(bad_return(format!("a dict that is not JSON-like ({e})"))),
     }
 }
 
@@ -363,20 +407,48 @@ impl ExternalExecutor for PyExternal {
         })
     }
 
-    /// The payload (`dagengine.workflow`'s wrapper of the node's `when`) returns
-    /// `{"when": bool}`, or raises naming the node when the callable's value is not a bool.
+    /// The trampoline calls the node's `when` and returns its value, or raises naming the
+    /// node when it is not a bool.
     fn condition(&self, plan: &Plan, call: &ExternalCall) -> Result<bool, NodeFailure> {
         let node_id = plan.dag().id(call.node);
-        let Some(Some(payload)) = self.conditions.get(call.node as usize) else {
-            return Err(NodeFailure {
-                kind: ErrorKind::DagEngineError.as_str().to_owned(),
-                message: format!("node '{node_id}' has no Python condition"),
-                traceback: None,
-                retryable: false,
-            });
+        let when = self.condition_payload(plan, call.node)?;
+        Python::attach(|py| {
+            let held = self.call(py, plan, call, node_id, None, Some(when))?;
+            held.extract::<bool>().map_err(|e| failure_from(py, &e))
+        })
+    }
+
+    /// One trampoline call: the condition on the node's context, then (if it held) the
+    /// node on the same context.
+    fn checked(&self, plan: &Plan, call: ExternalCall) -> Checked {
+        let node_id = plan.dag().id(call.node);
+        let (when, payload) = match (
+            self.condition_payload(plan, call.node),
+            self.payloads.get(call.node as usize),
+        ) {
+            (Ok(when), Some(Some(payload))) => (when, payload),
+            (Err(failure), _) => return Checked::ConditionFailed(failure),
+            (Ok(_), _) => return Checked::Ran(self.execute(plan, call)),
         };
-        let out = self.invoke(plan, call, payload)?;
-        condition_value(node_id, out.get("when"))
+        Python::attach(|py| {
+            let returned = match self.call(py, plan, &call, node_id, Some(payload), Some(when)) {
+                Ok(returned) => returned,
+                Err(failure) => return Checked::Ran(Err(failure)),
+            };
+            if let Ok(held) = returned.cast::<PyBool>() {
+                // Only `False` comes back as a bool (a node's own `False` is a TypeError).
+                return if held.is_true() {
+                    Checked::Ran(output(node_id, &returned))
+                } else {
+                    Checked::Skipped
+                };
+            }
+            if returned.is_instance_of::<PyBaseException>() {
+                let err = PyErr::from_value(returned);
+                return Checked::ConditionFailed(self.failure(py, &err));
+            }
+            Checked::Ran(output(node_id, &returned))
+        })
     }
 }
 

@@ -11,7 +11,7 @@ pub mod runtime;
 
 pub use pool::{Context, Growth, Hooks, Job, WorkerPool};
 pub use runner::{
-    condition_value, run_inline, start_run, CacheHit, CacheSpec, Condition, EntriesCache,
+    condition_value, run_inline, start_run, CacheHit, CacheSpec, Checked, Condition, EntriesCache,
     EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost, LogLine, LogSink, MapSpec,
     MemoryCache, NodeCache, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError,
     RunEvent, RunHandle, RunOutcome, DEFAULT_MAX_ITEMS,

@@ -46,9 +46,9 @@ pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
 pub use driver::{run_inline, start_run, start_run_inline};
 pub use handle::{LogSink, RunHandle};
 pub use model::{
-    Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost, LogLine,
-    MapSpec, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError, RunEvent,
-    RunOutcome, DEFAULT_MAX_ITEMS,
+    Checked, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost,
+    LogLine, MapSpec, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError,
+    RunEvent, RunOutcome, DEFAULT_MAX_ITEMS,
 };
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

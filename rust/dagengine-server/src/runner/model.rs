@@ -254,6 +254,15 @@ pub struct ExternalCall {
     pub logs: LogSink,
 }
 
+/// What [`ExternalExecutor::checked`] did: the condition was false, it failed (the node
+/// fails, without a retry), or it held and the attempt ran.
+#[derive(Debug)]
+pub enum Checked {
+    Skipped,
+    ConditionFailed(NodeFailure),
+    Ran(Result<Map<String, Value>, NodeFailure>),
+}
+
 /// Executes external nodes; called on a thread of [`ExternalExecutor::pool`].
 pub trait ExternalExecutor: Send + Sync {
     /// Run one attempt; the output must be a JSON object.
@@ -286,6 +295,20 @@ pub trait ExternalExecutor: Send + Sync {
             ),
             false,
         ))
+    }
+
+    /// Check the [`Condition::External`] of `call.node` and, if it held, run the attempt:
+    /// both in one call, on the thread driving a run started by
+    /// [`run_inline`](super::run_inline) (only for a node that is neither mapped nor
+    /// cached). The default is [`ExternalExecutor::condition`] then
+    /// [`ExternalExecutor::execute`]; the Python bridge builds the node's context once for
+    /// both.
+    fn checked(&self, plan: &Plan, call: ExternalCall) -> Checked {
+        match self.condition(plan, &call) {
+            Ok(true) => Checked::Ran(self.execute(plan, call)),
+            Ok(false) => Checked::Skipped,
+            Err(failure) => Checked::ConditionFailed(failure),
+        }
     }
 
     /// Whether `node` may run on the thread that drives a run started by

@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use std::cmp::Reverse;
 
-use dagengine_core::{ErrorKind, Event, Instruction, NodeIdx, Scheduler, StopReason};
+use dagengine_core::{ErrorKind, Event, Instruction, NodeIdx, NodeState, Scheduler, StopReason};
 
 use super::super::handle::{ExecOk, LogSink, Msg};
 use super::super::lock;
 use super::super::model::{
-    contained, never_started, ExternalCall, ExternalExecutor, InlineHost, LogLine, NodeFailure,
-    NodeKind, Plan,
+    contained, never_started, Checked, ExternalCall, ExternalExecutor, InlineHost, LogLine,
+    NodeFailure, NodeKind, Plan,
 };
 use super::{Driver, Timer, HOST_POLL, SPIN};
 
@@ -38,6 +38,9 @@ pub(super) struct Waiting {
     node: NodeIdx,
     attempt: u32,
     call: ExternalCall,
+    /// For a first attempt whose external condition is checked in the same call: when it
+    /// was made ready (its start, if the condition holds; it is announced after the call).
+    check: Option<f64>,
 }
 
 /// A run's external attempts waiting to run on the loop's thread, and what the watcher
@@ -61,11 +64,35 @@ impl Handoff {
         }
     }
 
-    /// Run `w` on the pool, as any external attempt.
+    /// Run `w` on the pool, as any external attempt (its condition first, if it has one to
+    /// check: then as [`Driver::dispatch_external`] does).
     fn submit(&self, w: Waiting) {
         let (plan, external, tx) = (self.plan.clone(), self.external.clone(), self.tx.clone());
         self.external.pool().submit(Box::new(move || {
             let (node, attempt) = (w.node, w.attempt);
+            if w.check.is_some() && !w.call.cancel.load(Ordering::Relaxed) {
+                let held = contained(plan.dag.id(node), || external.condition(&plan, &w.call));
+                // A condition's lines are dropped (as a Lua condition's), unless it failed.
+                let logs = external.take_logs(&plan, node, None, attempt);
+                let msg = match held {
+                    Ok(true) => Msg::ConditionPassed { node, attempt },
+                    Ok(false) => Msg::ConditionFalse { node, attempt },
+                    Err(mut failure) => {
+                        failure.retryable = false;
+                        Msg::Done {
+                            node,
+                            attempt,
+                            result: Err(failure),
+                            logs,
+                        }
+                    }
+                };
+                let held = matches!(msg, Msg::ConditionPassed { .. });
+                let _ = tx.send(msg);
+                if !held {
+                    return;
+                }
+            }
             let (result, logs) = call_external(&plan, external.as_ref(), w);
             let _ = tx.send(Msg::Done {
                 node,
@@ -96,6 +123,32 @@ fn call_external(
         });
     let logs = external.take_logs(plan, owner, item, w.attempt);
     (result, logs)
+}
+
+/// An external attempt whose condition is checked in the same call, here: not at all if
+/// it was cancelled while it waited, else the call and then its captured lines (a
+/// condition's lines are dropped, as a Lua condition's, unless it failed).
+fn checked_external(
+    plan: &Plan,
+    external: &dyn ExternalExecutor,
+    w: Waiting,
+) -> (Checked, Vec<LogLine>) {
+    let owner = w.call.node;
+    if w.call.cancel.load(Ordering::Relaxed) {
+        return (
+            Checked::ConditionFailed(never_started(plan, owner)),
+            Vec::new(),
+        );
+    }
+    let attempt = w.attempt;
+    let checked = contained(plan.dag.id(owner), || Ok(external.checked(plan, w.call)))
+        .unwrap_or_else(Checked::ConditionFailed);
+    let logs = external.take_logs(plan, owner, None, attempt);
+    let logs = match checked {
+        Checked::Skipped => Vec::new(),
+        _ => logs,
+    };
+    (checked, logs)
 }
 
 /// The runs whose loops the watcher looks at, with the call count it saw last.
@@ -271,6 +324,21 @@ impl Driver {
             node,
             attempt,
             call,
+            check: None,
+        });
+    }
+
+    /// Queue the first attempt of `node` (made ready at `now`, not announced yet) for the
+    /// loop's thread, its external condition to be checked in the same call: one call
+    /// builds the context both see (see [`ExternalExecutor::checked`]).
+    pub(super) fn queue_checked_here(&mut self, node: NodeIdx, attempt: u32, now: f64) {
+        self.records[node as usize].attempts = attempt;
+        let call = self.external_call(node, attempt);
+        self.ready_here.push_back(Waiting {
+            node,
+            attempt,
+            call,
+            check: Some(now),
         });
     }
 
@@ -341,8 +409,14 @@ impl Driver {
             h.calls.fetch_add(1, Ordering::AcqRel);
             h.in_call.store(true, Ordering::Release);
         }
-        let (node, attempt) = (w.node, w.attempt);
-        let (result, logs) = call_external(&self.plan, external.as_ref(), w);
+        let (node, attempt, check) = (w.node, w.attempt, w.check);
+        let (result, logs) = match check {
+            None => {
+                let (result, logs) = call_external(&self.plan, external.as_ref(), w);
+                (Checked::Ran(result.map(|ok| ok.output)), logs)
+            }
+            Some(_) => checked_external(&self.plan, external.as_ref(), w),
+        };
         if let Some(h) = &self.handoff {
             h.in_call.store(false, Ordering::Release);
         }
@@ -352,6 +426,32 @@ impl Driver {
             return true;
         }
         self.fire_timers(sched, out);
+        let result = match result {
+            Checked::Ran(result) => {
+                let current =
+                    sched.state(node) == NodeState::Running && sched.attempts(node) == attempt;
+                if let (Some(at), true) = (check, current) {
+                    // The condition held: the attempt started when it was made ready.
+                    self.announce(node, attempt, at);
+                }
+                result.map(|output| ExecOk {
+                    output,
+                    logs: Vec::new(),
+                })
+            }
+            Checked::Skipped => {
+                if sched.state(node) == NodeState::Running && sched.attempts(node) == attempt {
+                    self.tokens[node as usize] = None;
+                    sched.handle(Event::ConditionFalse { node, attempt }, out);
+                }
+                return true;
+            }
+            Checked::ConditionFailed(mut failure) => {
+                // A retry would not check the condition again.
+                failure.retryable = false;
+                Err(failure)
+            }
+        };
         self.finish_attempt(sched, out, node, attempt, result, logs);
         true
     }

@@ -45,6 +45,11 @@ impl Driver {
                     return false;
                 }
             },
+            Some(Condition::External) if self.external_here(node) && self.checked_here(node) => {
+                // Checked in the node's own call, on the loop's thread (announced after it).
+                self.queue_checked_here(node, attempt, now);
+                return false;
+            }
             Some(Condition::External) if self.external_here(node) => {
                 let held = self.external_condition_here(sched, out, node, attempt);
                 if !held {
@@ -162,6 +167,15 @@ impl Driver {
                 false
             }
         }
+    }
+
+    /// Whether the external condition of `node` (to run here) is checked in the same call as
+    /// the node: an external node that is neither mapped nor cached (those have steps of
+    /// their own between the condition and the call).
+    fn checked_here(&self, node: NodeIdx) -> bool {
+        matches!(self.plan.kinds[node as usize], NodeKind::External)
+            && self.plan.map(node).is_none()
+            && !(self.config.cache.is_some() && self.plan.cache(node).is_some())
     }
 
     /// Check the external condition of `node` here (driven by `run_inline`), as the pool
