@@ -126,3 +126,24 @@ def test_closing_the_store_ends_a_prune_that_waits(
     assert len(errors) == 1
     assert isinstance(errors[0], StoreError)
     assert "closed" in str(errors[0])
+
+
+def test_a_slice_that_fails_in_a_group_commit_leaves_the_group_committed(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        for index in range(4):
+            add_run(store, f"old{index:03}", age_days=40)
+        store.flush()
+        with store._lock:
+            store._db.execute(
+                "CREATE TEMP TRIGGER refuse BEFORE DELETE ON runs WHEN OLD.run_id = 'old002' "
+                "BEGIN SELECT RAISE(ABORT, 'old002 may not go'); END"
+            )
+        job = prune_slices.PruneJob(POLICY, NOW, [f"old{index:03}" for index in range(4)])
+        with store._pending_cv:  # (the writer is not told: the event below wakes it)
+            store._prune_job = job
+        store.append_event_later(NOW, "run.queued", workflow_id="wf", run_id="old000", data={})
+        assert job.done.wait(timeout=30)
+        assert "old002 may not go" in str(job.error)
+        assert run_ids(store) == {f"old{index:03}" for index in range(4)}  # (the slice: undone)
+        events = store.events(run_id="old000")
+        assert [event.type for event in events][-1] == "run.queued"  # (its group: committed)

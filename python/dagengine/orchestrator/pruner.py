@@ -1,7 +1,8 @@
 """The background pruner: every ``interval`` seconds, deletes the finished runs past their
-retention in small batches (one transaction of at most :data:`PRUNE_BATCH` runs each, sized
-to take about :data:`BATCH_TIME`, a pause between two, so the store's lock is never held
-long and runs keep their latency),
+retention in small batches (at most :data:`PRUNE_BATCH` runs each, sized by the time the
+store reports it held its lock for them, a pause between two, so the store's lock is never
+held long and runs keep their latency: a SQLite store's writer deletes a batch in slices of
+its own inside its commits, see :mod:`~dagengine.orchestrator.store.prune_slices`),
 gives the freed space back to the file system, and publishes a ``store.pruned`` event with
 the counts when it removed anything.
 

@@ -81,12 +81,15 @@ class PruneJob:
         """Seconds from ``now`` until a slice may run."""
         return max(0.0, self._last_end + SLICE_GAP - now)
 
-    def step(self, db: sqlite3.Connection) -> None:
-        """Delete one slice in the caller's transaction, under a savepoint. A slice that
-        fails is undone alone and ends the job with its error."""
+    def step(self, db: sqlite3.Connection, *, alone: bool = False) -> None:
+        """Delete one slice in the caller's transaction. In a group's commit it runs under
+        a savepoint: a slice that fails is undone alone and ends the job with its error.
+        ``alone`` (the transaction is the slice's own): the error is raised as well, and
+        the caller's rollback undoes the slice."""
         began = time.perf_counter()
         self._slice_start = self._next
-        db.execute("SAVEPOINT prune_slice")
+        if not alone:
+            db.execute("SAVEPOINT prune_slice")
         try:
             if self._next < len(self.run_ids):
                 ids = self.run_ids[self._next : self._next + self._size]
@@ -94,12 +97,15 @@ class PruneJob:
                 self._next += len(ids)
             else:
                 part = self._runless_events(db)
-            db.execute("RELEASE prune_slice")
+            if not alone:
+                db.execute("RELEASE prune_slice")
         except BaseException as exc:
-            db.execute("ROLLBACK TO prune_slice")
-            db.execute("RELEASE prune_slice")
             self._tentative = None
             self.error = exc
+            if alone:
+                raise
+            db.execute("ROLLBACK TO prune_slice")
+            db.execute("RELEASE prune_slice")
             return
         part.seconds = time.perf_counter() - began
         self._tentative = part

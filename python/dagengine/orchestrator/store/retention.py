@@ -419,39 +419,58 @@ def prune_batch(
     return report
 
 
+#: Of some runs (``run_ids`` as parameters), those that may still go (see
+#: :func:`delete_runs`).
+_STILL_PRUNABLE: Final = f"""r.run_id IN ({{marks}}) AND +r.status IN {_FINISHED}
+    AND NOT EXISTS (SELECT 1 FROM runs c WHERE c.parent_run_id = r.run_id)
+    AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.run_id = r.parent_run_id
+        AND p.status IN ('queued', 'running'))"""
+
+
 def delete_runs(
     db: sqlite3.Connection, policy: RetentionPolicy, now: float, run_ids: list[str]
 ) -> PruneReport:
     """Delete (in the caller's transaction) those of ``run_ids`` that may still go, with
     their node outputs, events and cache entries; ``run_ids`` were chosen by the policy
     a moment ago, so only what can change since is checked again: the run is finished, has
-    no sub-workflow run, and its parent is not queued or running. (``+r.status``: from 16
-    ids on, SQLite's planner read every finished run through ``runs_by_status`` instead of
-    looking the ids up, ~5 ms instead of ~50 µs.)"""
+    no sub-workflow run, and its parent is not queued or running.
+
+    Three statements (a pruning slice runs in the writer's commit, and each statement lets
+    go of the GIL and waits to take it back from the orchestrator's threads): the runs
+    first, their node outputs with them (``ON DELETE CASCADE``, counted from the
+    connection's change count), then their events (a folded row holds two: counted from
+    what ``RETURNING`` gives back), then their cache entries. ``+r.status``: from 16 ids
+    on, SQLite's planner read every finished run through ``runs_by_status`` instead of
+    looking the ids up (~5 ms instead of ~50 µs)."""
     report = PruneReport()
     if not run_ids:
         return report
-    marks = _placeholders(len(run_ids))
+    if policy.export_dir is not None:  # (written before anything goes)
+        run_ids = [
+            row[0]
+            for row in db.execute(
+                "SELECT r.run_id FROM runs r WHERE "
+                + _STILL_PRUNABLE.format(marks=_placeholders(len(run_ids))),
+                run_ids,
+            )
+        ]
+        if not run_ids:
+            return report
+        report.exported = _export(db, policy.export_dir, run_ids, now)
+    before = db.total_changes
     rows = db.execute(
-        f"""SELECT r.id, r.run_id FROM runs r
-        WHERE r.run_id IN ({marks}) AND +r.status IN {_FINISHED}
-            AND NOT EXISTS (SELECT 1 FROM runs c WHERE c.parent_run_id = r.run_id)
-            AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.run_id = r.parent_run_id
-                AND p.status IN ('queued', 'running'))""",
+        "DELETE FROM runs AS r WHERE "
+        + _STILL_PRUNABLE.format(marks=_placeholders(len(run_ids)))
+        + " RETURNING id, run_id",
         run_ids,
     ).fetchall()
     if not rows:
         return report
+    report.runs = len(rows)
+    report.node_outputs = db.total_changes - before - len(rows)
     keys = [row[0] for row in rows]
     chosen = [row[1] for row in rows]
     marks = _placeholders(len(chosen))
-    if policy.export_dir is not None:
-        report.exported = _export(db, policy.export_dir, chosen, now)
-    report.node_outputs = db.execute(
-        f"DELETE FROM node_outputs WHERE run_id IN ({marks})", chosen
-    ).rowcount
-    # A folded row holds two events (a node's start and end): counted from what is deleted,
-    # not by a count of its own beforehand.
     # (Events written while their run had no row name it by id.)
     types = db.execute(
         f"DELETE FROM event_rows WHERE run_key IN ({marks}) OR run_id IN ({marks}) RETURNING type",
@@ -459,7 +478,6 @@ def delete_runs(
     ).fetchall()
     report.events = len(types) + sum(1 for (kind,) in types if kind in _FOLDED_SET)
     db.execute(f"DELETE FROM cache_entries WHERE run_id IN ({marks})", chosen)
-    report.runs = db.execute(f"DELETE FROM runs WHERE id IN ({marks})", keys).rowcount
     return report
 
 

@@ -461,14 +461,16 @@ class WriteBehind:
                 self._pending_cv.notify()  # the writer runs the callbacks
 
     def _slice_alone(self, job: PruneJob) -> None:
-        """Commit a slice of the prune in progress by itself (nothing else is pending); a
-        failure is logged, and the slice is done again later."""
+        """Commit a slice of the prune in progress by itself (nothing else is pending). A
+        slice that fails ends the prune with its error; one that fails to commit is done
+        again later."""
         try:
             with self.transaction():
-                job.step(self._db)
+                job.step(self._db, alone=True)
         except Exception:
             job.settle(False)
-            _log.exception("pruning %s: a slice failed to commit; trying again", self.path)
+            if job.error is None:
+                _log.exception("pruning %s: a slice failed to commit; trying again", self.path)
             return
         self._settled(job)
 
