@@ -18,6 +18,7 @@ __all__ = [
     "MemoryCacheRef",
     "NodeRecords",
     "Outputs",
+    "ParentOutputs",
     "PendingRun",
     "RunRef",
     "__version__",
@@ -27,7 +28,8 @@ __all__ = [
 __version__: str
 
 #: Signature of the Python trampoline the core calls for every ``python`` node:
-#: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``; for an
+#: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``
+#: (``results``: the parents' outputs, a :class:`ParentOutputs`); for an
 #: item of a mapped node (``node_id`` like ``square[3]``) with an eighth argument, the item's
 #: ``(index, item)``. For a node's Python ``when``, the condition's callable comes ninth (the
 #: eighth ``None``): the trampoline calls it on the node's context and returns ``False`` when
@@ -36,8 +38,17 @@ __version__: str
 #: is returned, not raised). It runs with the GIL held, on a core worker thread or
 #: (``DAG.run``) on the thread driving the run; an exception fails the node.
 Invoke: TypeAlias = Callable[
-    [Any, str, str, int, Mapping[str, Any], dict[str, Any], CancelToken], Any
+    [Any, str, str, int, Mapping[str, Any], ParentOutputs, CancelToken], Any
 ]
+
+@final
+class ParentOutputs:
+    """A node's parents' outputs as the core hands them to the trampoline; ``NodeContext.results``
+    converts them with :meth:`dict` when the node first reads it."""
+
+    def dict(self) -> dict[str, Any]:
+        """Each parent's id and output, converted: a new dict on every call."""
+    def __len__(self) -> int: ...
 
 @final
 class CancelToken:

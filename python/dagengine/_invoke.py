@@ -21,7 +21,7 @@ from dagengine.tracing import node_span
 
 if TYPE_CHECKING:
     from dagengine import _core
-    from dagengine._core import CancelToken
+    from dagengine._core import CancelToken, ParentOutputs
 
 __all__ = ["POLL_SECONDS", "make_invoke"]
 
@@ -166,7 +166,7 @@ def make_invoke(
         run_id: str,
         attempt: int,
         inputs: Mapping[str, Any],
-        results: dict[str, Any],
+        results: ParentOutputs,
         cancel: CancelToken,
         item: tuple[int, Any] | None = None,
         when: Any = None,
@@ -175,7 +175,7 @@ def make_invoke(
         try:
             ctx = new(NodeContext)
             ctx.inputs = inputs
-            ctx.results = results
+            ctx._results = results  # NodeContext.results converts it when read
             ctx.node_id = node_id
             ctx.run_id = run_id
             ctx.attempt = attempt
@@ -231,7 +231,7 @@ def _capturing_invoke(
         run_id: str,
         attempt: int,
         inputs: Mapping[str, Any],
-        results: dict[str, Any],
+        results: ParentOutputs,
         cancel: CancelToken,
         item: tuple[int, Any] | None = None,
         when: Any = None,

@@ -73,6 +73,9 @@ SubWorkflowRunner: TypeAlias = "Callable[[SubWorkflow, NodeContext], dict[str, A
 
 # --- node context -----------------------------------------------------------------------------
 
+# What the core hands a node as its parents' outputs (NodeContext.results reads it once).
+_PARENT_OUTPUTS = _core.ParentOutputs
+
 
 class NodeContext:
     """What a Python node receives: ``fn(ctx)``.
@@ -85,12 +88,12 @@ class NodeContext:
     are ``None``.
     """
 
-    __slots__ = ("_cancel", "attempt", "index", "inputs", "item", "node_id", "results", "run_id")
+    __slots__ = ("_cancel", "_results", "attempt", "index", "inputs", "item", "node_id", "run_id")
 
     def __init__(
         self,
         inputs: Mapping[str, Any],
-        results: dict[str, Any],
+        results: dict[str, Any] | _core.ParentOutputs,
         node_id: str,
         run_id: str,
         attempt: int,
@@ -102,7 +105,7 @@ class NodeContext:
         self.inputs: Mapping[str, Any] = (
             inputs if type(inputs) is MappingProxyType else MappingProxyType(inputs)
         )
-        self.results = results
+        self._results = results
         self.node_id = node_id
         self.run_id = run_id
         self.attempt = attempt
@@ -110,6 +113,21 @@ class NodeContext:
         self.index: int | None
         self.item: Any
         self.index, self.item = (None, None) if item is None else item
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Each parent's id and its output: a dict of this call's own (changing it, or an
+        output in it, changes nothing another node sees). The core hands the parents'
+        outputs over as they are; they become this dict when it is first read (a node that
+        never reads it costs nothing per parent)."""
+        results = self._results
+        if type(results) is _PARENT_OUTPUTS:
+            results = self._results = results.dict()
+        return results  # type: ignore[return-value]
+
+    @results.setter
+    def results(self, value: dict[str, Any]) -> None:
+        self._results = value
 
     @property
     def cancelled(self) -> bool:

@@ -59,6 +59,48 @@ impl CancelToken {
     }
 }
 
+/// A node's parents' outputs (`ctx.results`), converted to a dict only when the node reads
+/// them (`NodeContext.results` calls [`ParentOutputs::dict`] once): a node that does not read
+/// them (a trivial one) costs no dict per parent. Each call gets its own, converted from the
+/// parents' outputs for it alone, so what one node changes in it no other node sees.
+#[pyclass(module = "dagengine._core", frozen)]
+pub struct ParentOutputs {
+    parents: Vec<(NodeIdx, Arc<Value>)>,
+    nodes: Arc<PyNodes>,
+    /// For an item of a mapped node: its node's parents' outputs, converted for its first
+    /// item; each item gets a copy (the values shared), not a conversion each.
+    base: Option<Py<PyDict>>,
+}
+
+#[pymethods]
+impl ParentOutputs {
+    /// Each parent's id and output, converted: a new dict on every call.
+    fn dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        if let Some(base) = &self.base {
+            return base.bind(py).copy();
+        }
+        let results = PyDict::new(py);
+        for (p, v) in &self.parents {
+            let id = self.nodes.ids[*p as usize].bind(py);
+            results.set_item(id, convert(py, v)?)?;
+        }
+        Ok(results)
+    }
+
+    fn __len__(&self) -> usize {
+        self.parents.len()
+    }
+}
+
+/// A parent's output as a new Python dict.
+fn convert<'py>(py: Python<'py>, output: &Value) -> PyResult<Bound<'py, PyAny>> {
+    match output {
+        // A parent that returned nothing (the common trivial case).
+        Value::Object(m) if m.is_empty() => Ok(PyDict::new(py).into_any()),
+        v => pythonize(py, v).map_err(PyErr::from),
+    }
+}
+
 /// Calls Python for the `python` nodes of one run.
 pub struct PyExternal {
     invoke: Py<PyAny>,
@@ -155,12 +197,13 @@ impl PyExternal {
     fn invoke(
         &self,
         plan: &Plan,
-        call: &ExternalCall,
+        mut call: ExternalCall,
         payload: &Py<PyAny>,
     ) -> Result<Map<String, Value>, NodeFailure> {
         let node_id = item_id(plan, call.node, call.item.as_ref().map(|(i, _)| *i));
+        let parents = take_parents(&mut call);
         Python::attach(|py| {
-            let returned = self.call(py, plan, call, &node_id, Some(payload), None)?;
+            let returned = self.call(py, plan, &call, parents, &node_id, Some(payload), None)?;
             output(&node_id, &returned)
         })
     }
@@ -169,12 +212,15 @@ impl PyExternal {
     /// `None` for its condition only) and with `when` (its condition's callable), the
     /// trampoline checks the condition first, on the context the node then gets: it
     /// returns `False` when the condition is false, and the condition's exception (not
-    /// raised) when it failed; `True` when it held and there is no `payload`.
+    /// raised) when it failed; `True` when it held and there is no `payload`. `parents` are
+    /// the call's parents' outputs (see [`take_parents`]).
+    #[allow(clippy::too_many_arguments)]
     fn call<'py>(
         &self,
         py: Python<'py>,
         plan: &Plan,
         call: &ExternalCall,
+        parents: Vec<(NodeIdx, Arc<Value>)>,
         node_id: &str,
         payload: Option<&Py<PyAny>>,
         when: Option<&Py<PyAny>>,
@@ -189,8 +235,26 @@ impl PyExternal {
         }
         let invoke_call = || -> PyResult<Bound<'py, PyAny>> {
             let results = match call.item {
-                Some(_) => self.item_results(py, plan, call)?,
-                None => self.results_dict(py, plan, call)?,
+                Some(_) => Bound::new(
+                    py,
+                    ParentOutputs {
+                        parents: Vec::new(),
+                        nodes: self.nodes.clone(),
+                        base: Some(self.item_results(py, plan, call)?),
+                    },
+                )?
+                .into_any(),
+                // Ids as Python strings are made for a plan with Python nodes: this one.
+                None if self.nodes.ids.len() == plan.dag().len() => Bound::new(
+                    py,
+                    ParentOutputs {
+                        parents,
+                        nodes: self.nodes.clone(),
+                        base: None,
+                    },
+                )?
+                .into_any(),
+                None => self.results_dict(py, plan, &parents)?.into_any(),
             };
             let token = Bound::new(
                 py,
@@ -375,7 +439,7 @@ impl ExternalExecutor for PyExternal {
                 retryable: false,
             });
         };
-        self.invoke(plan, &call, payload)
+        self.invoke(plan, call, payload)
     }
 
     fn take_logs(
@@ -413,14 +477,15 @@ impl ExternalExecutor for PyExternal {
         let node_id = plan.dag().id(call.node);
         let when = self.condition_payload(plan, call.node)?;
         Python::attach(|py| {
-            let held = self.call(py, plan, call, node_id, None, Some(when))?;
+            let parents = call.results.clone();
+            let held = self.call(py, plan, call, parents, node_id, None, Some(when))?;
             held.extract::<bool>().map_err(|e| failure_from(py, &e))
         })
     }
 
     /// One trampoline call: the condition on the node's context, then (if it held) the
     /// node on the same context.
-    fn checked(&self, plan: &Plan, call: ExternalCall) -> Checked {
+    fn checked(&self, plan: &Plan, mut call: ExternalCall) -> Checked {
         let node_id = plan.dag().id(call.node);
         let (when, payload) = match (
             self.condition_payload(plan, call.node),
@@ -430,11 +495,13 @@ impl ExternalExecutor for PyExternal {
             (Err(failure), _) => return Checked::ConditionFailed(failure),
             (Ok(_), _) => return Checked::Ran(self.execute(plan, call)),
         };
+        let parents = take_parents(&mut call);
         Python::attach(|py| {
-            let returned = match self.call(py, plan, &call, node_id, Some(payload), Some(when)) {
-                Ok(returned) => returned,
-                Err(failure) => return Checked::Ran(Err(failure)),
-            };
+            let returned =
+                match self.call(py, plan, &call, parents, node_id, Some(payload), Some(when)) {
+                    Ok(returned) => returned,
+                    Err(failure) => return Checked::Ran(Err(failure)),
+                };
             if let Ok(held) = returned.cast::<PyBool>() {
                 // Only `False` comes back as a bool (a node's own `False` is a TypeError).
                 return if held.is_true() {
@@ -458,28 +525,24 @@ impl PyExternal {
         &self,
         py: Python<'py>,
         plan: &Plan,
-        call: &ExternalCall,
+        parents: &[(NodeIdx, Arc<Value>)],
     ) -> PyResult<Bound<'py, PyDict>> {
         let results = PyDict::new(py);
-        for (p, v) in &call.results {
-            let value = match v.as_ref() {
-                // A parent that returned nothing (the common trivial case).
-                Value::Object(m) if m.is_empty() => PyDict::new(py).into_any(),
-                v => pythonize(py, v)?,
-            };
-            results.set_item(self.nodes.id(py, plan, *p), value)?;
+        for (p, v) in parents {
+            results.set_item(self.nodes.id(py, plan, *p), convert(py, v)?)?;
         }
         Ok(results)
     }
 
-    /// An item's `results`: a copy of its mapped node's parents' outputs, converted once
-    /// per node (a list of 100,000 rows is not converted again for each of its items).
-    fn item_results<'py>(
+    /// An item's mapped node's parents' outputs, converted once per node (a list of
+    /// 100,000 rows is not converted again for each of its items): each item's
+    /// [`ParentOutputs`] copies it.
+    fn item_results(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         plan: &Plan,
         call: &ExternalCall,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Py<PyDict>> {
         let cached = self
             .item_results
             .lock()
@@ -490,14 +553,23 @@ impl PyExternal {
         let dict = if let Some(d) = cached {
             d.into_bound(py)
         } else {
-            let d = self.results_dict(py, plan, call)?;
+            let d = self.results_dict(py, plan, &call.results)?;
             self.item_results
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((call.node, d.clone().unbind()));
             d
         };
-        dict.copy()
+        Ok(dict.unbind())
+    }
+}
+
+/// The parents' outputs of `call`, taken out of it: an item's stay (the first of its node's
+/// items converts them for all, see `item_results`).
+fn take_parents(call: &mut ExternalCall) -> Vec<(NodeIdx, Arc<Value>)> {
+    match call.item {
+        Some(_) => Vec::new(),
+        None => std::mem::take(&mut call.results),
     }
 }
 

@@ -35,7 +35,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use pythonize::{depythonize, pythonize};
 use serde_json::Value;
 
-use crate::external::{CancelToken, PyExternal};
+use crate::external::{CancelToken, ParentOutputs, PyExternal};
 use crate::pending::PendingRun;
 
 fn duration(field: &str, secs: f64) -> PyResult<Duration> {
@@ -858,6 +858,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RunRef>()?;
     m.add_class::<PendingRun>()?;
     m.add_class::<CancelToken>()?;
+    m.add_class::<ParentOutputs>()?;
     m.add_class::<NodeRecords>()?;
     m.add_class::<Outputs>()?;
     m.add_class::<cache::MemoryCacheRef>()?;
