@@ -22,6 +22,7 @@ __all__ = [
     "PendingRun",
     "RunRef",
     "__version__",
+    "calls_in_flight",
     "lua_check",
 ]
 
@@ -259,6 +260,9 @@ class NodeRecords:
 
 def lua_check(source: str, chunk_name: str | None = None) -> None:
     """Compile ``source`` in text mode; raise ``LuaSyntaxError`` (with ``line``) if invalid."""
+
+def calls_in_flight() -> int:
+    """How many calls into ``invoke`` trampolines are in progress, on any thread."""
 
 #: Resolves a host node reference for the engine server: ``resolve(kind, reference)`` with
 #: ``kind`` ``"python"`` (reference ``"pkg.module:function"``; return the callable) or

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import inspect
-import threading
+import time
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from dagengine import _core
 from dagengine.exceptions import SubWorkflowError
 from dagengine.node_logs import NodeLogQueue, NodeLogStore, capture, captured
 from dagengine.nodes import NodeContext, NodeOutput, SubWorkflow, SubWorkflowRunner
 from dagengine.tracing import node_span
 
 if TYPE_CHECKING:
-    from dagengine import _core
     from dagengine._core import CancelToken, ParentOutputs
 
 __all__ = ["POLL_SECONDS", "make_invoke"]
@@ -90,51 +89,26 @@ def _run_subworkflow(
     return runner(sub, ctx)
 
 
-class _InFlight:
-    """Counts Python node calls in progress on core worker threads.
+def _wait_idle(timeout: float) -> bool:
+    """At exit: wait (at most ``timeout`` seconds) until no Python node call is in progress.
 
-    A run can end (timeout, cancellation) while an abandoned attempt is still inside Python;
-    if the interpreter finalizes under it, the process aborts. At exit we give such attempts a
-    bounded grace period to notice ``ctx.cancelled`` and return.
-
-    Every Python node call enters and leaves, so neither takes a lock: a deque's ``append``
-    and ``pop`` are atomic, and its length is the count (a lock and condition round trip was
-    1.5 µs per call). Only a waiter, at exit, is woken through the condition.
-    """
-
-    def __init__(self) -> None:
-        self._calls: collections.deque[None] = collections.deque()
-        self._waiting = False
-        self._idle = threading.Condition(threading.Lock())
-
-    def enter(self) -> None:
-        self._calls.append(None)
-
-    def leave(self) -> None:
-        self._calls.pop()
-        if self._waiting:
-            self.wake_if_idle()
-
-    def wake_if_idle(self) -> None:
-        """Wake the waiter at exit once no call is left."""
-        if not self._calls:
-            with self._idle:
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            # Set under the lock before the first check: a leave() that empties the count
-            # after it takes the lock to notify, so it cannot be missed.
-            self._waiting = True
-            try:
-                return self._idle.wait_for(lambda: not self._calls, timeout)
-            finally:
-                self._waiting = False
+    A run can end (timeout, cancellation) while an abandoned attempt is still inside Python
+    on a core worker thread; if the interpreter finalizes under it, the process aborts. So
+    such attempts get a bounded grace period to notice ``ctx.cancelled`` and return. The
+    core counts the calls (``_core.calls_in_flight``: an atomic around each call into the
+    trampoline; counting here, in Python, cost more than a trivial node's own call)."""
+    deadline = time.monotonic() + timeout
+    while _core.calls_in_flight():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_EXIT_POLL)
+    return True
 
 
-_IN_FLIGHT = _InFlight()
+# How often the wait at exit looks at the count.
+_EXIT_POLL = 0.002
 # Longer than any sane reaction to ctx.cancelled, short enough not to hang an exiting process.
-atexit.register(_IN_FLIGHT.wait_idle, 5.0)
+atexit.register(_wait_idle, 5.0)
 
 
 def make_invoke(
@@ -153,12 +127,10 @@ def make_invoke(
     """
     if logs is not None:
         return _capturing_invoke(loop, runner, logs)
-    # Every node goes through here: the in-flight count's steps are bound once, and the
-    # context is filled in directly (the core hands read-only inputs already, which is all
-    # ``NodeContext.__init__`` adds; a class call with seven arguments costs more than a
-    # trivial node's own call).
-    flight, new = _IN_FLIGHT, object.__new__
-    enter, pop = flight._calls.append, flight._calls.pop
+    # Every node goes through here: the context is filled in directly (the core hands
+    # read-only inputs already, which is all ``NodeContext.__init__`` adds; a class call
+    # with seven arguments costs more than a trivial node's own call).
+    new = object.__new__
 
     def invoke(
         fn: Any,
@@ -171,48 +143,42 @@ def make_invoke(
         item: tuple[int, Any] | None = None,
         when: Any = None,
     ) -> NodeOutput | bool | BaseException:
-        enter(None)
-        try:
-            ctx = new(NodeContext)
-            ctx.inputs = inputs
-            ctx._results = results  # NodeContext.results converts it when read
-            ctx.node_id = node_id
-            ctx.run_id = run_id
-            ctx.attempt = attempt
-            ctx._cancel = cancel
-            if item is None:
-                ctx.index = ctx.item = None
-            else:
-                ctx.index, ctx.item = item
-            if when is not None:
-                # The node's condition, on the context the node gets if it holds
-                # (_check_when, inline).
-                try:
-                    held = when(ctx)
-                    if held is not True and held is not False:
-                        raise _bad_when(node_id, held)
-                except BaseException as exc:
-                    if fn is None:
-                        raise
-                    return exc
-                if held is False or fn is None:
-                    return held
-            out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
-            if out is None:
-                return None
-            if type(out) is dict:
-                return _check_output(node_id, out)
-            if inspect.isawaitable(out):
-                if loop is None:
-                    out = asyncio.run(_drive(out, cancel))
-                else:
-                    future = asyncio.run_coroutine_threadsafe(_drive(out, cancel), loop)
-                    out = future.result()
+        ctx = new(NodeContext)
+        ctx.inputs = inputs
+        ctx._results = results  # NodeContext.results converts it when read
+        ctx.node_id = node_id
+        ctx.run_id = run_id
+        ctx.attempt = attempt
+        ctx._cancel = cancel
+        if item is None:
+            ctx.index = ctx.item = None
+        else:
+            ctx.index, ctx.item = item
+        if when is not None:
+            # The node's condition, on the context the node gets if it holds
+            # (_check_when, inline).
+            try:
+                held = when(ctx)
+                if held is not True and held is not False:
+                    raise _bad_when(node_id, held)
+            except BaseException as exc:
+                if fn is None:
+                    raise
+                return exc
+            if held is False or fn is None:
+                return held
+        out = _run_subworkflow(fn, ctx, runner) if type(fn) is SubWorkflow else fn(ctx)
+        if out is None:
+            return None
+        if type(out) is dict:
             return _check_output(node_id, out)
-        finally:
-            pop()  # _InFlight.leave, inline
-            if flight._waiting:
-                flight.wake_if_idle()
+        if inspect.isawaitable(out):
+            if loop is None:
+                out = asyncio.run(_drive(out, cancel))
+            else:
+                future = asyncio.run_coroutine_threadsafe(_drive(out, cancel), loop)
+                out = future.result()
+        return _check_output(node_id, out)
 
     return invoke
 
@@ -236,7 +202,6 @@ def _capturing_invoke(
         item: tuple[int, Any] | None = None,
         when: Any = None,
     ) -> NodeOutput | bool | BaseException:
-        _IN_FLIGHT.enter()
         buffer = new_buffer(node_id, attempt, cancel)
         try:
             trace = cancel.trace_context
@@ -261,7 +226,6 @@ def _capturing_invoke(
         finally:
             if buffer.lines:
                 done(buffer, run_id, node_id, attempt)
-            _IN_FLIGHT.leave()
 
     return invoke
 

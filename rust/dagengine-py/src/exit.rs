@@ -7,7 +7,7 @@
 //! attaching, and the sessions' thread (`session`) drops replies instead of handing them
 //! over.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pyo3::prelude::*;
@@ -39,4 +39,33 @@ pub(crate) fn exiting() -> bool {
 /// Take the hand-over lock (see [`HANDING_OVER`]).
 pub(crate) fn hand_over_lock() -> MutexGuard<'static, ()> {
     HANDING_OVER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Calls into the `invoke` trampoline in progress, on any thread.
+static IN_CALL: AtomicUsize = AtomicUsize::new(0);
+
+/// One call into the trampoline, counted while it lasts: a run can end (a timeout, a
+/// cancellation) while an abandoned attempt is still inside Python, and if the interpreter
+/// finalized under it the process would abort; at exit, `dagengine._invoke` gives such
+/// calls a bounded grace period ([`calls_in_flight`]). An atomic here, not a Python
+/// counter in the trampoline: that cost more than a trivial node's own call.
+pub(crate) struct InCall;
+
+impl InCall {
+    pub(crate) fn enter() -> Self {
+        IN_CALL.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        IN_CALL.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How many calls into the trampoline are in progress (see [`InCall`]).
+#[pyfunction]
+pub fn calls_in_flight() -> usize {
+    IN_CALL.load(Ordering::SeqCst)
 }

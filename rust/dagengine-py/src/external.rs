@@ -21,7 +21,7 @@ use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
 use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 
-use crate::exit::exiting;
+use crate::exit::{exiting, InCall};
 
 /// Live cancellation flag of one node attempt (`ctx.cancelled` reads it), where the
 /// attempt's log lines go while it runs (an engine process's `NodeLogStore` sends them),
@@ -292,6 +292,7 @@ impl PyExternal {
                 args.push(when.bind(py).clone());
             }
             let args = PyTuple::new(py, args)?;
+            let _in_call = InCall::enter();
             self.invoke.bind(py).call1(args)
         };
         invoke_call().map_err(|e| self.failure(py, &e))

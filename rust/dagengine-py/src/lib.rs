@@ -865,6 +865,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::EngineServerRef>()?;
     m.add_class::<session::EngineSession>()?;
     m.add_function(wrap_pyfunction!(lua_check, m)?)?;
+    m.add_function(wrap_pyfunction!(exit::calls_in_flight, m)?)?;
     // After this runs, worker threads stop entering the interpreter: a thread that takes
     // the GIL while Python finalizes is terminated with pthread_exit, which aborts the
     // process when it unwinds through Rust frames.
