@@ -262,6 +262,11 @@ UNSTOPPABLE = [
         "string.gsub(string.rep('a', 1e7), '.-.-.-.-.-b', function() end)",
         id="string.gsub-function",
     ),
+    # Lua's string.rep copied once per repetition without returning to the VM: 10^18 empty
+    # copies ran for ever, a 30 MB result took about 0.7 s, and the count hook came only
+    # every 1,000 instructions of such a loop.
+    pytest.param("while true do local s = string.rep('', 1e18) end", id="string.rep-empty"),
+    pytest.param("while true do local s = ('a'):rep(3e7) end", id="string.rep-long"),
 ]
 
 # "Never" is what failed; these bounds only tell a stop from a hang.

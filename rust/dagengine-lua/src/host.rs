@@ -30,6 +30,7 @@ pub(crate) fn add_pattern_functions(lua: &Lua, host: &Table) -> mlua::Result<()>
         host.raw_set("find", lua.create_c_function(host_find)?)?;
         host.raw_set("search", lua.create_c_function(host_search)?)?;
         host.raw_set("gsub", lua.create_c_function(host_gsub)?)?;
+        host.raw_set("rep", lua.create_c_function(host_rep)?)?;
     }
     Ok(())
 }
@@ -246,7 +247,156 @@ pub(crate) unsafe extern "C-unwind" fn host_gsub(l: *mut ffi::lua_State) -> c_in
     }
 }
 
+/// Bytes of the piece `rep` builds (whole repetitions of `s` and `sep`) when they are short.
+const REP_PIECE_BYTES: usize = 1 << 20;
+
+/// `MAXSIZE` of `lstrlib.c` on a 64-bit build: `string.rep` refuses longer results.
+const REP_MAX: usize = i32::MAX as usize;
+
+/// `rep(s, n, sep)`: `string.rep` (`true` and the string, or `false` and a message), with
+/// `lstrlib.c`'s results and errors. Lua's `str_rep` copies `s` and `sep` once per
+/// repetition without returning to the VM: a long result of short strings ignored the
+/// deadline and a cancel for seconds (`string.rep('a', 1e9)`: 17 s), and
+/// `string.rep('', 1e18)` (10^18 empty copies) for ever. This one returns "" at once for a
+/// result of no bytes, else builds a piece of whole repetitions of about
+/// [`REP_PIECE_BYTES`] (or, for long strings, uses `s` and `sep` themselves) and has Lua
+/// concatenate the copies of it: a few thousand values at most, copied once into the new
+/// string. Its one long step is that copy of the result, which the memory limit bounds
+/// (and it needs the result's size once, where Lua's needed it twice: a buffer, then the
+/// string).
+#[allow(unsafe_code)]
+pub(crate) unsafe extern "C-unwind" fn host_rep(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `add_pattern_functions`; the pieces are pushed before anything can fail
+    // past their copy onto the stack.
+    unsafe {
+        let (s, sep) = (arg_bytes(l, 1), arg_bytes(l, 3));
+        let n = ffi::lua_tointeger(l, 2);
+        ffi::luaL_checkstack(l, RESULTS_ROOM, std::ptr::null());
+        if n <= 0 {
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_pushlstring(l, s.as_ptr().cast(), 0);
+            return 2;
+        }
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        let unit = s.len().saturating_add(sep.len());
+        if unit > REP_MAX / n {
+            let f = pattern::Fail::Error("resulting string too large".to_owned());
+            return push_fail(l, f);
+        }
+        if unit == 0 {
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_pushlstring(l, s.as_ptr().cast(), 0);
+            return 2;
+        }
+        // A long result is one long step: the run's limits are checked before it, so that
+        // a loop of them stops at the next call (the count hook runs every 1,000
+        // instructions, which may be as many calls).
+        let total = n * s.len() + (n - 1) * sep.len();
+        if total >= REP_PIECE_BYTES {
+            let Some(run) = run_of(l) else { return 0 };
+            if run.check().is_err() {
+                return push_fail(l, pattern::Fail::Stopped);
+            }
+        }
+        ffi::lua_pushboolean(l, 1);
+        // The result: (s .. sep) n - 1 times, then s.
+        let per_piece = (REP_PIECE_BYTES / unit).max(1);
+        let (full, rest) = ((n - 1) / per_piece, (n - 1) % per_piece);
+        // At most REP_MAX / REP_PIECE_BYTES pieces of two values, and the tail.
+        let values = if per_piece == 1 {
+            2 * full + 1
+        } else {
+            full + 1
+        };
+        let room = c_int::try_from(values + 1).unwrap_or(c_int::MAX);
+        ffi::luaL_checkstack(l, room, c"string.rep".as_ptr());
+        if full > 0 {
+            if per_piece == 1 {
+                for _ in 0..full {
+                    ffi::lua_pushvalue(l, 1);
+                    ffi::lua_pushvalue(l, 3);
+                }
+            } else {
+                let piece = repeated(s, sep, per_piece, b"");
+                ffi::lua_pushlstring(l, piece.as_ptr().cast(), piece.len());
+                drop(piece);
+                for _ in 1..full {
+                    ffi::lua_pushvalue(l, -1);
+                }
+            }
+        }
+        if rest == 0 {
+            ffi::lua_pushvalue(l, 1);
+        } else {
+            let tail = repeated(s, sep, rest, s);
+            ffi::lua_pushlstring(l, tail.as_ptr().cast(), tail.len());
+        }
+        ffi::lua_concat(l, room - 1);
+        2
+    }
+}
+
+/// `s .. sep` `times` times, then `last`: one copy, then copies of what is written (about
+/// doubling each time).
+pub(crate) fn repeated(s: &[u8], sep: &[u8], times: usize, last: &[u8]) -> Vec<u8> {
+    let body = (s.len() + sep.len()) * times;
+    let mut v = Vec::with_capacity(body + last.len());
+    if times > 0 {
+        v.extend_from_slice(s);
+        v.extend_from_slice(sep);
+    }
+    // v holds whole repetitions: its start is what follows it.
+    while v.len() < body {
+        let k = v.len().min(body - v.len());
+        v.extend_from_within(..k);
+    }
+    v.extend_from_slice(last);
+    v
+}
+
 /// A position or length as a Lua integer.
 pub(crate) fn to_lua_int(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeated;
+
+    fn naive(s: &[u8], sep: &[u8], times: usize, last: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for _ in 0..times {
+            v.extend_from_slice(s);
+            v.extend_from_slice(sep);
+        }
+        v.extend_from_slice(last);
+        v
+    }
+
+    #[test]
+    fn repeated_writes_whole_repetitions_then_the_last() {
+        let long = vec![b'x'; 3000];
+        let cases: [(&[u8], &[u8]); 7] = [
+            (b"a", b""),
+            (b"ab", b","),
+            (b"", b"-"),
+            (b"abc", b"<>"),
+            (b"\0z", b"\0"),
+            (&long, b"|"),
+            (b"q", &long),
+        ];
+        for (s, sep) in cases {
+            for times in [0, 1, 2, 3, 7, 64, 1000, 4097] {
+                for last in [&b""[..], s] {
+                    let got = repeated(s, sep, times, last);
+                    assert!(
+                        got == naive(s, sep, times, last),
+                        "{} {} {times}",
+                        s.len(),
+                        sep.len()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -384,6 +384,31 @@ G.string.gsub = function(...)
   return gsub_calling(s, p, repl, max, t == "function")
 end
 
+-- `string.rep` is `host_rep`: Lua's copies once per repetition without returning to the
+-- VM, so a long result of short strings (or `string.rep('', 1e18)`, for ever) ignored the
+-- deadline and a cancel. The arguments are checked as `str_rep` does.
+local p_rep = host.rep
+
+local function rep_args(...)
+  local n = select("#", ...)
+  local s, count, sep = ...
+  s = check_string("string.rep", 1, n, s)
+  if count == nil then
+    argerror("string.rep", 2, "number expected, got " .. typename(count, 2, n), ARGS_LEVEL - 1)
+  end
+  count = opt_integer("string.rep", 2, n, count)
+  if sep ~= nil then sep = check_string("string.rep", 3, n, sep) end
+  return s, count, sep
+end
+
+G.string.rep = function(...)
+  local s, n, sep = ...
+  if type(s) ~= "string" or math_type(n) ~= "integer" or sep ~= nil and type(sep) ~= "string" then
+    s, n, sep = rep_args(...)
+  end
+  return answer(p_rep(s, n, sep or ""))
+end
+
 local safe = {
   assert = G.assert, error = G.error, ipairs = G.ipairs, next = G.next, pairs = G.pairs,
   pcall = pcall, xpcall = xpcall, select = select, tonumber = G.tonumber, tostring = tostring,
