@@ -138,7 +138,7 @@ def test_a_slice_that_fails_in_a_group_commit_leaves_the_group_committed(tmp_pat
                 "CREATE TEMP TRIGGER refuse BEFORE DELETE ON runs WHEN OLD.run_id = 'old002' "
                 "BEGIN SELECT RAISE(ABORT, 'old002 may not go'); END"
             )
-        job = prune_slices.PruneJob(POLICY, NOW, [f"old{index:03}" for index in range(4)])
+        job = prune_slices.PruneJob(POLICY, NOW, {f"old{index:03}": (2, 3) for index in range(4)})
         with store._pending_cv:  # (the writer is not told: the event below wakes it)
             store._prune_job = job
         store.append_event_later(NOW, "run.queued", workflow_id="wf", run_id="old000", data={})

@@ -11,8 +11,9 @@ a :class:`PruneJob`. The writer deletes a *slice* of them (a few runs, sized to 
 A run's end then waits at most one slice, and the slice shares the group's commit instead
 of paying one of its own.
 
-A slice runs under a savepoint: if it fails, only it is undone and the job ends with that
-error (the group it rode with is committed as usual). Its counts join the job's report
+A slice is one statement (``retention.RUN_CASCADE`` deletes a run's events and cache
+entries with it): if it fails, SQLite undoes it alone and the job ends with that error (the
+group it rode with is committed as usual). Its counts join the job's report
 only once its transaction has committed (:meth:`PruneJob.settle`); a group that fails
 takes the slice's deletes with it, and the slice is done again in a later commit.
 """
@@ -56,10 +57,13 @@ class PruneJob:
     :data:`~dagengine.orchestrator.store.retention.EVENTS_PER_BATCH` old events that belong
     to no run. :attr:`done` is set when it is finished or has failed (:attr:`error`)."""
 
-    def __init__(self, policy: RetentionPolicy, now: float, run_ids: list[str]) -> None:
+    def __init__(
+        self, policy: RetentionPolicy, now: float, runs: dict[str, tuple[int, int]]
+    ) -> None:
         self.policy = policy
         self.now = now
-        self.run_ids = run_ids
+        self.runs = runs  # (see retention.prunable_runs)
+        self.run_ids = list(runs)
         self.report = PruneReport(batches=1)
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -82,30 +86,23 @@ class PruneJob:
         return max(0.0, self._last_end + SLICE_GAP - now)
 
     def step(self, db: sqlite3.Connection, *, alone: bool = False) -> None:
-        """Delete one slice in the caller's transaction. In a group's commit it runs under
-        a savepoint: a slice that fails is undone alone and ends the job with its error.
-        ``alone`` (the transaction is the slice's own): the error is raised as well, and
-        the caller's rollback undoes the slice."""
+        """Delete one slice in the caller's transaction: one statement, which SQLite undoes
+        by itself if it fails; the job then ends with its error. ``alone`` (the transaction
+        is the slice's own): the error is raised as well."""
         began = time.perf_counter()
         self._slice_start = self._next
-        if not alone:
-            db.execute("SAVEPOINT prune_slice")
         try:
             if self._next < len(self.run_ids):
                 ids = self.run_ids[self._next : self._next + self._size]
-                part = delete_runs(db, self.policy, self.now, ids)
+                part = delete_runs(db, {run_id: self.runs[run_id] for run_id in ids}, self.policy)
                 self._next += len(ids)
             else:
                 part = self._runless_events(db)
-            if not alone:
-                db.execute("RELEASE prune_slice")
         except BaseException as exc:
             self._tentative = None
             self.error = exc
             if alone:
                 raise
-            db.execute("ROLLBACK TO prune_slice")
-            db.execute("RELEASE prune_slice")
             return
         part.seconds = time.perf_counter() - began
         self._tentative = part

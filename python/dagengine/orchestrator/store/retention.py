@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_RETENTION",
     "EVENTS_PER_BATCH",
     "PRUNE_BATCH",
+    "RUN_CASCADE",
     "PruneReport",
     "RetentionPolicy",
     "StoreStats",
@@ -54,7 +55,6 @@ PRUNE_BATCH: Final = 500
 #: Events without a run deleted by one batch.
 EVENTS_PER_BATCH: Final = 5000
 _FINISHED = "('succeeded', 'failed', 'cancelled')"
-_FOLDED_SET: Final = frozenset(FOLDED_TYPES)
 _TABLES: Final = ("runs", "node_outputs", "events", "workflow_versions", "trigger_state")
 #: The SQLite table that holds the rows of each of :data:`_TABLES` (``events`` is a view of
 #: ``event_rows`` since migration 4).
@@ -257,9 +257,34 @@ def _selection(
 
 def prunable_runs(
     db: sqlite3.Connection, policy: RetentionPolicy, now: float, limit: int
-) -> list[str]:
-    """The ids of up to ``limit`` finished runs ``policy`` lets go, oldest first."""
-    return [run_id for run_id, _ in _selection(db, policy, now, limit)]
+) -> dict[str, tuple[int, int]]:
+    """Up to ``limit`` finished runs ``policy`` lets go, oldest first: each one's id to the
+    node outputs and events it holds (a folded row counts as its two events), which is what
+    deleting it removes (:func:`delete_runs`). Runs written to ``policy.export_dir`` first,
+    if set. Reads only: a SQLite store runs it on a connection of the pruner's own, outside
+    the store's lock."""
+    run_ids = [run_id for run_id, _ in _selection(db, policy, now, limit)]
+    if not run_ids:
+        return {}
+    marks = _placeholders(len(run_ids))
+    folded = (
+        f"COUNT(*) + COUNT(CASE WHEN e.type IN ({_placeholders(len(FOLDED_TYPES))}) THEN 1 END)"
+    )
+    counts = {
+        run_id: (outputs, keyed + named)
+        for run_id, outputs, keyed, named in db.execute(
+            f"""SELECT r.run_id,
+                (SELECT COUNT(*) FROM node_outputs o WHERE o.run_id = r.run_id),
+                (SELECT {folded} FROM event_rows e WHERE e.run_key = r.id),
+                (SELECT {folded} FROM event_rows e WHERE e.run_id = r.run_id)
+            FROM runs r WHERE r.run_id IN ({marks})""",
+            [*FOLDED_TYPES, *FOLDED_TYPES, *run_ids],
+        )
+    }
+    chosen = {run_id: counts[run_id] for run_id in run_ids if run_id in counts}
+    if chosen and policy.export_dir is not None:
+        _export(db, policy.export_dir, list(chosen), now)
+    return chosen
 
 
 def _placeholders(count: int) -> str:
@@ -409,7 +434,7 @@ def prune_batch(
 ) -> PruneReport:
     """Delete (in the caller's transaction) up to ``limit`` runs the policy lets go, with
     their node outputs and events, and up to a batch of old events without a run."""
-    report = delete_runs(db, policy, now, prunable_runs(db, policy, now, limit))
+    report = delete_runs(db, prunable_runs(db, policy, now, limit), policy)
     report.batches = 1
     if policy.max_age is not None:
         report.events += db.execute(
@@ -427,57 +452,47 @@ _STILL_PRUNABLE: Final = f"""r.run_id IN ({{marks}}) AND +r.status IN {_FINISHED
         AND p.status IN ('queued', 'running'))"""
 
 
+#: A run's events and cache entries go with it (its node outputs by ``ON DELETE CASCADE``):
+#: created on the store's connection when it opens, so that deleting runs is one statement
+#: (see :func:`delete_runs`). Only a prune deletes runs.
+RUN_CASCADE: Final = """CREATE TEMP TRIGGER IF NOT EXISTS run_deleted AFTER DELETE ON main.runs
+BEGIN
+    DELETE FROM event_rows WHERE run_key = OLD.id;
+    DELETE FROM event_rows WHERE run_id = OLD.run_id;
+    DELETE FROM cache_entries WHERE run_id = OLD.run_id;
+END"""
+
+
 def delete_runs(
-    db: sqlite3.Connection, policy: RetentionPolicy, now: float, run_ids: list[str]
+    db: sqlite3.Connection, runs: Mapping[str, tuple[int, int]], policy: RetentionPolicy
 ) -> PruneReport:
-    """Delete (in the caller's transaction) those of ``run_ids`` that may still go, with
-    their node outputs, events and cache entries; ``run_ids`` were chosen by the policy
+    """Delete (in the caller's transaction) those of ``runs`` (from :func:`prunable_runs`)
+    that may still go, with their node outputs, events and cache entries. They were chosen
     a moment ago, so only what can change since is checked again: the run is finished, has
     no sub-workflow run, and its parent is not queued or running.
 
-    Three statements (a pruning slice runs in the writer's commit, and each statement lets
-    go of the GIL and waits to take it back from the orchestrator's threads): the runs
-    first, their node outputs with them (``ON DELETE CASCADE``, counted from the
-    connection's change count), then their events (a folded row holds two: counted from
-    what ``RETURNING`` gives back), then their cache entries. ``+r.status``: from 16 ids
-    on, SQLite's planner read every finished run through ``runs_by_status`` instead of
-    looking the ids up (~5 ms instead of ~50 µs)."""
+    One statement (:data:`RUN_CASCADE` deletes the rest): a pruning slice runs in the
+    writer's commit, and each statement lets go of the GIL and then waits to take it back
+    from the orchestrator's threads while the store is held. A statement that fails is
+    undone by itself, the transaction around it stays. ``+r.status``: from 16 ids on,
+    SQLite's planner read every finished run through ``runs_by_status`` instead of looking
+    the ids up (~5 ms instead of ~50 µs)."""
     report = PruneReport()
-    if not run_ids:
+    if not runs:
         return report
-    if policy.export_dir is not None:  # (written before anything goes)
-        run_ids = [
-            row[0]
-            for row in db.execute(
-                "SELECT r.run_id FROM runs r WHERE "
-                + _STILL_PRUNABLE.format(marks=_placeholders(len(run_ids))),
-                run_ids,
-            )
-        ]
-        if not run_ids:
-            return report
-        report.exported = _export(db, policy.export_dir, run_ids, now)
-    before = db.total_changes
-    rows = db.execute(
+    deleted = db.execute(
         "DELETE FROM runs AS r WHERE "
-        + _STILL_PRUNABLE.format(marks=_placeholders(len(run_ids)))
-        + " RETURNING id, run_id",
-        run_ids,
+        + _STILL_PRUNABLE.format(marks=_placeholders(len(runs)))
+        + " RETURNING run_id",
+        list(runs),
     ).fetchall()
-    if not rows:
-        return report
-    report.runs = len(rows)
-    report.node_outputs = db.total_changes - before - len(rows)
-    keys = [row[0] for row in rows]
-    chosen = [row[1] for row in rows]
-    marks = _placeholders(len(chosen))
-    # (Events written while their run had no row name it by id.)
-    types = db.execute(
-        f"DELETE FROM event_rows WHERE run_key IN ({marks}) OR run_id IN ({marks}) RETURNING type",
-        [*keys, *chosen],
-    ).fetchall()
-    report.events = len(types) + sum(1 for (kind,) in types if kind in _FOLDED_SET)
-    db.execute(f"DELETE FROM cache_entries WHERE run_id IN ({marks})", chosen)
+    report.runs = len(deleted)
+    for (run_id,) in deleted:
+        outputs, events = runs[run_id]
+        report.node_outputs += outputs
+        report.events += events
+    if policy.export_dir is not None:
+        report.exported = report.runs
     return report
 
 

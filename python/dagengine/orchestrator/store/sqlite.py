@@ -50,6 +50,7 @@ from dagengine.orchestrator.store.records import (
 )
 from dagengine.orchestrator.store.retention import (
     PRUNE_BATCH,
+    RUN_CASCADE,
     PruneReport,
     RetentionPolicy,
     StoreStats,
@@ -130,6 +131,7 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             # ignored inside a transaction, so it cannot be switched off for one migration).
             self._migrate()
             self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute(RUN_CASCADE)
             self._next_seq = (
                 int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM event_rows").fetchone()[0])
                 + 1
@@ -695,10 +697,10 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         them a slice at a time inside its commits (:mod:`.prune_slices`); ``seconds`` of the
         report is the longest slice (what a write may have waited for)."""
         with self._prune_lock:  # (one batch at a time: the writer takes one job)
-            run_ids = self._prunable(policy, when, limit)
-            if not run_ids and policy.max_age is None:
+            runs = self._prunable(policy, when, limit)
+            if not runs and policy.max_age is None:
                 return PruneReport()
-            job = PruneJob(policy, when, run_ids)
+            job = PruneJob(policy, when, runs)
             with self._pending_cv:
                 self._check_writer_locked()
                 self._prune_job = job
@@ -710,9 +712,12 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
             raise StoreError(f"pruning {self.path!r} failed: {job.error}") from job.error
         return job.report
 
-    def _prunable(self, policy: RetentionPolicy, when: float, limit: int) -> list[str]:
-        """The ids of up to ``limit`` runs the policy lets go, read on the pruner's own
-        connection (a file store's: a reader in WAL mode waits for no writer)."""
+    def _prunable(
+        self, policy: RetentionPolicy, when: float, limit: int
+    ) -> dict[str, tuple[int, int]]:
+        """Up to ``limit`` runs the policy lets go with what each holds (exported first if
+        the policy says so), read on the pruner's own connection (a file store's: a reader
+        in WAL mode waits for no writer)."""
         if self.path == ":memory:":
             with self._lock:
                 return prunable_runs(self._db, policy, when, limit)
