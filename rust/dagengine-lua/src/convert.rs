@@ -27,6 +27,7 @@ use std::ptr;
 use mlua::{ffi, Function, Lua, Table, Value as LuaValue};
 use serde_json::{Map, Number, Value};
 
+use crate::view::{push_backing, push_view};
 use crate::Names;
 
 /// Deepest nesting accepted in either direction. Bounds Rust recursion and
@@ -34,7 +35,7 @@ use crate::Names;
 pub(crate) const MAX_DEPTH: usize = 128;
 
 /// One step of the path to a value that failed to convert.
-enum Segment {
+pub(crate) enum Segment {
     Key(String),
     Index(i64),
 }
@@ -59,7 +60,7 @@ impl ConvError {
         }
     }
 
-    fn no_stack() -> Self {
+    pub(crate) fn no_stack() -> Self {
         ConvError {
             no_stack: true,
             ..ConvError::new("not enough memory for the Lua stack")
@@ -67,7 +68,7 @@ impl ConvError {
     }
 
     /// As the failure of a conversion: a memory error if the stack could not grow.
-    fn into_fail(self) -> ConvFail {
+    pub(crate) fn into_fail(self) -> ConvFail {
         if self.no_stack {
             ConvFail::Lua(mlua::Error::MemoryError(self.message))
         } else {
@@ -75,7 +76,7 @@ impl ConvError {
         }
     }
 
-    fn at(mut self, seg: Segment) -> Self {
+    pub(crate) fn at(mut self, seg: Segment) -> Self {
         self.segments.push(seg);
         self
     }
@@ -153,13 +154,22 @@ pub(crate) fn json_to_lua(lua: &Lua, array_mt: &Table, v: &Value) -> Result<LuaV
 pub(crate) struct Call<'a> {
     /// The globals the script can read; the others are not set.
     pub(crate) names: Names,
-    pub(crate) inputs: &'a Value,
+    pub(crate) inputs: CallInputs<'a>,
     pub(crate) results: &'a [(&'a str, &'a Value)],
     pub(crate) node_id: &'a str,
     pub(crate) run_id: &'a str,
     pub(crate) attempt: u32,
     /// A mapped node's item: its index and value.
     pub(crate) item: Option<(u32, &'a Value)>,
+}
+
+/// The run's inputs as one execution sets them.
+#[derive(Clone, Copy)]
+pub(crate) enum CallInputs<'a> {
+    /// Already a view (see `view`), kept by the engine for the run's executions.
+    View(&'a LuaValue),
+    /// To be converted into a view for this execution alone.
+    Json(&'a Value),
 }
 
 /// What the runner returned: a table, already converted (or the fault that kept it from
@@ -207,6 +217,7 @@ pub(crate) const REUSE_MAX_KEYS: usize = 32;
 pub(crate) fn invoke(
     lua: &Lua,
     array_mt: &Table,
+    newindex: &Function,
     func: &Function,
     scope: &Scope<'_>,
     call: &Call<'_>,
@@ -219,91 +230,99 @@ pub(crate) fn invoke(
     let mut called = false;
     let mut converted = None;
     let marker = array_mt.to_pointer();
-    // SAFETY: see the module docs. Arguments 1..=4 of the protected call are the marker
-    // table, the script, the environment and `ctx`. When `lua_callk` runs, this frame owns
+    let (view, json) = match call.inputs {
+        CallInputs::View(v) => (Some(v), None),
+        CallInputs::Json(v) => (None, Some(v)),
+    };
+    // SAFETY: see the module docs. Arguments 1..=6 of the protected call are the marker
+    // table, the script, the environment, `ctx`, the views' `__newindex` and the inputs'
+    // view (or nil: the inputs are converted here). When `lua_callk` runs, this frame owns
     // nothing with a destructor (`failed` is `None`, `arm` has been consumed), so an error
     // raised by the script may unwind through it.
     let value = unsafe {
-        lua.exec_raw::<LuaValue>((array_mt, func, scope.env, scope.ctx), |l| {
-            let names = call.names;
-            let ctx = names.ctx.then_some(4);
-            let mut keys = empty_scope(l, 3, ctx);
-            if names.inputs {
-                if let Err(e) = push_json(l, 1, call.inputs, 0) {
-                    failed = Some((e, "inputs".to_owned()));
-                    ffi::lua_settop(l, 0);
-                    return;
-                }
-                ffi::lua_setfield(l, 3, c"inputs".as_ptr());
-            }
-            if names.results {
-                let n = call.results.len().min(c_int::MAX as usize) as c_int;
-                ffi::lua_createtable(l, 0, n);
-                for (id, v) in call.results {
-                    push_str(l, id);
-                    if let Err(e) = push_json(l, 1, v, 0) {
-                        failed = Some((e, format!("results[{id:?}]")));
+        lua.exec_raw::<LuaValue>(
+            (array_mt, func, scope.env, scope.ctx, newindex, view),
+            |l| {
+                let names = call.names;
+                let ctx = names.ctx.then_some(4);
+                let mut keys = empty_scope(l, 3, ctx);
+                if names.inputs {
+                    if let Err(e) = push_inputs(l, json) {
+                        failed = Some((e, "inputs".to_owned()));
                         ffi::lua_settop(l, 0);
                         return;
                     }
-                    ffi::lua_rawset(l, -3);
+                    ffi::lua_setfield(l, 3, c"inputs".as_ptr());
                 }
-                ffi::lua_setfield(l, 3, c"results".as_ptr());
-            }
-            if let (true, Some((index, item))) = (names.item, call.item) {
-                if let Err(e) = push_json(l, 1, item, 0) {
-                    failed = Some((e, "item".to_owned()));
+                if names.results {
+                    let n = call.results.len().min(c_int::MAX as usize) as c_int;
+                    ffi::lua_createtable(l, 0, n);
+                    for (id, v) in call.results {
+                        push_str(l, id);
+                        if let Err(e) = push_json(l, 1, v, 0) {
+                            failed = Some((e, format!("results[{id:?}]")));
+                            ffi::lua_settop(l, 0);
+                            return;
+                        }
+                        ffi::lua_rawset(l, -3);
+                    }
+                    ffi::lua_setfield(l, 3, c"results".as_ptr());
+                }
+                if let (true, Some((index, item))) = (names.item, call.item) {
+                    if let Err(e) = push_json(l, 1, item, 0) {
+                        failed = Some((e, "item".to_owned()));
+                        ffi::lua_settop(l, 0);
+                        return;
+                    }
+                    if names.ctx {
+                        ffi::lua_pushvalue(l, -1);
+                        ffi::lua_setfield(l, 4, c"item".as_ptr());
+                        ffi::lua_pushinteger(l, i64::from(index));
+                        ffi::lua_setfield(l, 4, c"index".as_ptr());
+                    }
+                    ffi::lua_setfield(l, 3, c"item".as_ptr());
+                    ffi::lua_pushinteger(l, i64::from(index));
+                    ffi::lua_setfield(l, 3, c"index".as_ptr());
+                }
+                if names.ctx {
+                    push_str(l, call.node_id);
+                    ffi::lua_setfield(l, 4, c"node_id".as_ptr());
+                    push_str(l, call.run_id);
+                    ffi::lua_setfield(l, 4, c"run_id".as_ptr());
+                    ffi::lua_pushinteger(l, i64::from(call.attempt));
+                    ffi::lua_setfield(l, 4, c"attempt".as_ptr());
+                    ffi::lua_pushvalue(l, 4);
+                    ffi::lua_setfield(l, 3, c"ctx".as_ptr());
+                }
+                if !arm() {
+                    armed = false;
                     ffi::lua_settop(l, 0);
                     return;
                 }
-                if names.ctx {
-                    ffi::lua_pushvalue(l, -1);
-                    ffi::lua_setfield(l, 4, c"item".as_ptr());
-                    ffi::lua_pushinteger(l, i64::from(index));
-                    ffi::lua_setfield(l, 4, c"index".as_ptr());
+                called = true;
+                ffi::lua_pushvalue(l, 2);
+                ffi::lua_pushvalue(l, 3);
+                ffi::lua_callk(l, 1, 1, 0, None);
+                // The script is done: its memory limit must not apply to reading its result
+                // (naming a fault pushes string keys again; the stack may have to grow). Past
+                // this point nothing raises a Lua error short of the process running out of
+                // memory, where Rust's own allocations abort it anyway.
+                disarm();
+                // The scope is emptied again once the result is read (the result may be one of
+                // its tables), so nothing of this run stays alive until the next one. (A run
+                // that does not get here is emptied by `release`.)
+                if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
+                    converted = Some(ToJson::new(marker).value(l, ffi::lua_gettop(l)));
+                    keys = keys.max(empty_scope(l, 3, ctx));
+                    ffi::lua_settop(l, 0);
+                } else {
+                    keys = keys.max(empty_scope(l, 3, ctx));
+                    ffi::lua_replace(l, 1);
+                    ffi::lua_settop(l, 1);
                 }
-                ffi::lua_setfield(l, 3, c"item".as_ptr());
-                ffi::lua_pushinteger(l, i64::from(index));
-                ffi::lua_setfield(l, 3, c"index".as_ptr());
-            }
-            if names.ctx {
-                push_str(l, call.node_id);
-                ffi::lua_setfield(l, 4, c"node_id".as_ptr());
-                push_str(l, call.run_id);
-                ffi::lua_setfield(l, 4, c"run_id".as_ptr());
-                ffi::lua_pushinteger(l, i64::from(call.attempt));
-                ffi::lua_setfield(l, 4, c"attempt".as_ptr());
-                ffi::lua_pushvalue(l, 4);
-                ffi::lua_setfield(l, 3, c"ctx".as_ptr());
-            }
-            if !arm() {
-                armed = false;
-                ffi::lua_settop(l, 0);
-                return;
-            }
-            called = true;
-            ffi::lua_pushvalue(l, 2);
-            ffi::lua_pushvalue(l, 3);
-            ffi::lua_callk(l, 1, 1, 0, None);
-            // The script is done: its memory limit must not apply to reading its result
-            // (naming a fault pushes string keys again; the stack may have to grow). Past
-            // this point nothing raises a Lua error short of the process running out of
-            // memory, where Rust's own allocations abort it anyway.
-            disarm();
-            // The scope is emptied again once the result is read (the result may be one of
-            // its tables), so nothing of this run stays alive until the next one. (A run
-            // that does not get here is emptied by `release`.)
-            if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
-                converted = Some(ToJson::new(marker).value(l, ffi::lua_gettop(l)));
-                keys = keys.max(empty_scope(l, 3, ctx));
-                ffi::lua_settop(l, 0);
-            } else {
-                keys = keys.max(empty_scope(l, 3, ctx));
-                ffi::lua_replace(l, 1);
-                ffi::lua_settop(l, 1);
-            }
-            *outgrown = keys > REUSE_MAX_KEYS;
-        })
+                *outgrown = keys > REUSE_MAX_KEYS;
+            },
+        )
     };
     match (value, failed) {
         (Err(e), _) if called => Err(InvokeFail::Call(e)),
@@ -314,6 +333,18 @@ pub(crate) fn invoke(
             Some(json) => Returned::Json(json.map_err(ConvError::into_fail)),
             None => Returned::Lua(value),
         }),
+    }
+}
+
+/// Pushes the inputs in [`invoke`]'s protected call: their view given as argument 6, or
+/// `json` converted into one.
+unsafe fn push_inputs(l: *mut ffi::lua_State, json: Option<&Value>) -> Result<(), ConvError> {
+    match json {
+        None => {
+            ffi::lua_pushvalue(l, 6);
+            Ok(())
+        }
+        Some(inputs) => push_view(l, 1, 5, inputs, 0),
     }
 }
 
@@ -363,13 +394,13 @@ unsafe fn clear(l: *mut ffi::lua_State, idx: c_int) -> usize {
     n
 }
 
-unsafe fn push_str(l: *mut ffi::lua_State, s: &str) {
+pub(crate) unsafe fn push_str(l: *mut ffi::lua_State, s: &str) {
     ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
 }
 
 /// Pushes `v`; containers are built with their final sizes and filled with raw sets.
 /// On a conversion error the stack is left as it is (the caller resets it).
-unsafe fn push_json(
+pub(crate) unsafe fn push_json(
     l: *mut ffi::lua_State,
     array_mt: c_int,
     v: &Value,
@@ -411,7 +442,7 @@ unsafe fn push_json(
 
 /// Checks the nesting depth and reserves the stack slots a container needs (itself, a
 /// key, a value).
-unsafe fn enter(l: *mut ffi::lua_State, depth: usize) -> Result<(), ConvError> {
+pub(crate) unsafe fn enter(l: *mut ffi::lua_State, depth: usize) -> Result<(), ConvError> {
     if depth >= MAX_DEPTH {
         return fail(format!("nesting is deeper than {MAX_DEPTH} levels"));
     }
@@ -540,7 +571,21 @@ impl ToJson {
     }
 
     /// The table at absolute index `idx`; `Value::Array` or `Value::Object`.
+    /// A view of the inputs (see `view`) converts as the table it shows: its backing
+    /// table takes its place at `idx`.
     unsafe fn table(&mut self, l: *mut ffi::lua_State, idx: c_int) -> Result<Value, ConvError> {
+        if ffi::lua_checkstack(l, 4) == 0 {
+            return Err(ConvError::no_stack());
+        }
+        let marked = ffi::lua_getmetatable(l, idx) != 0 && {
+            let m = ffi::lua_topointer(l, -1) == self.array_mt;
+            ffi::lua_pop(l, 1);
+            if !m && push_backing(l, idx) {
+                ffi::lua_replace(l, idx);
+                return self.table(l, idx);
+            }
+            m
+        };
         let ptr = ffi::lua_topointer(l, idx);
         if self.stack.contains(&ptr) {
             return fail("table contains a reference cycle");
@@ -548,14 +593,6 @@ impl ToJson {
         if self.stack.len() >= MAX_DEPTH {
             return fail(format!("nesting is deeper than {MAX_DEPTH} levels"));
         }
-        if ffi::lua_checkstack(l, 4) == 0 {
-            return Err(ConvError::no_stack());
-        }
-        let marked = ffi::lua_getmetatable(l, idx) != 0 && {
-            let m = ffi::lua_topointer(l, -1) == self.array_mt;
-            ffi::lua_pop(l, 1);
-            m
-        };
         let top = ffi::lua_gettop(l);
         self.stack.push(ptr);
         let result = if self.careful {

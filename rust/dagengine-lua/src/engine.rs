@@ -7,19 +7,20 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use mlua::{ffi, ChunkMode, Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value;
 
 use crate::convert::{
-    invoke, json_to_lua, lua_to_json, lua_type_name, release, Call, ConvFail, InvokeFail, Returned,
-    Scope, REUSE_MAX_KEYS,
+    invoke, json_to_lua, lua_to_json, lua_type_name, release, Call, CallInputs, ConvFail,
+    InvokeFail, Returned, Scope, REUSE_MAX_KEYS,
 };
 use crate::host::add_pattern_functions;
 use crate::run_state::{is_memory_error, run_key, CancelGuard, RunState, Trip};
-use crate::{LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
+use crate::view::{is_view, json_to_view, view_ipairs, view_next, view_rawget, view_rawlen};
+use crate::{Inputs, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
 
 /// Compiled chunks kept per state before the cache is flushed.
 const CACHE_CAP: usize = 1024;
@@ -94,6 +95,19 @@ pub(crate) fn with_engine<R>(
     })
 }
 
+/// Sets the run's state for an execution under `limits`, and marks it active.
+fn start_run(run: &RunState, limits: &LuaLimits) {
+    run.instructions.set(0);
+    run.max_instructions
+        .set(limits.max_instructions.unwrap_or(u64::MAX));
+    run.deadline.set(limits.timeout.map(|t| Instant::now() + t));
+    run.tripped.set(None);
+    run.log_bytes.set(0);
+    run.log_limit.set(limits.max_memory.unwrap_or(usize::MAX));
+    run.memory_limited.set(limits.max_memory.is_some());
+    run.active.set(true);
+}
+
 /// `luaL_argerror`'s message for argument `arg` of the sandbox function running at stack
 /// `level` (`global` is its name when the caller gives none, as for a call from `pcall`):
 /// named as its caller named it, `self` not counted in a method call.
@@ -162,6 +176,12 @@ pub(crate) struct Engine {
     chunk_env: Table,
     cache: HashMap<u64, Vec<CacheEntry>, BuildHasherDefault<IdHasher>>,
     cache_len: usize,
+    /// `__newindex` of the inputs' views (see `view`): raises `inputs is read-only`.
+    view_newindex: Function,
+    /// The view of the last shared inputs (see [`Inputs::Shared`]) converted here, with
+    /// their allocation: a weak reference keeps the address from being reused, so an
+    /// `Arc` at that address is the same value.
+    inputs_view: Option<(Weak<Value>, LuaValue)>,
     busy: bool,
     /// Set on unexpected mlua failures; `with_engine` then drops the state.
     poisoned: Cell<bool>,
@@ -170,13 +190,13 @@ pub(crate) struct Engine {
 /// What a script is given besides its identity: the run's inputs, its parents' results
 /// and, for an item of a mapped node, the item's index and value.
 pub(crate) struct Given<'a> {
-    pub(crate) inputs: &'a Value,
+    pub(crate) inputs: Inputs<'a>,
     pub(crate) results: &'a [(&'a str, &'a Value)],
     pub(crate) item: Option<(u32, &'a Value)>,
 }
 
 impl<'a> Given<'a> {
-    fn of(inputs: &'a Value, results: &'a [(&'a str, &'a Value)]) -> Self {
+    fn of(inputs: Inputs<'a>, results: &'a [(&'a str, &'a Value)]) -> Self {
         Self {
             inputs,
             results,
@@ -265,6 +285,15 @@ impl Engine {
         let current = lua.create_table()?;
         host.raw_set("current", &current)?;
         add_pattern_functions(&lua, &host)?;
+        #[allow(unsafe_code)]
+        // SAFETY: see `view`.
+        unsafe {
+            host.raw_set("view_next", lua.create_c_function(view_next)?)?;
+            host.raw_set("view_ipairs", lua.create_c_function(view_ipairs)?)?;
+            host.raw_set("view_rawget", lua.create_c_function(view_rawget)?)?;
+            host.raw_set("view_rawlen", lua.create_c_function(view_rawlen)?)?;
+            host.raw_set("is_view", lua.create_c_function(is_view)?)?;
+        }
         host.raw_set(
             "arg_message",
             lua.create_function(
@@ -279,7 +308,8 @@ impl Engine {
             .load(include_str!("prelude.lua"))
             .set_name(format!("={PRELUDE}"))
             .set_mode(ChunkMode::Text)
-            .call((lua.globals(), host))?;
+            .call((lua.globals(), &host))?;
+        let view_newindex: Function = host.raw_get("view_newindex")?;
 
         // The hook finds the run's state in the registry; each execution sets the hook on
         // the main state, at its start or late.
@@ -311,6 +341,8 @@ impl Engine {
             chunk_env,
             cache: HashMap::default(),
             cache_len: 0,
+            view_newindex,
+            inputs_view: None,
             busy: false,
             poisoned: Cell::new(false),
         })
@@ -382,7 +414,7 @@ impl Engine {
     pub(crate) fn evaluate_json(
         &mut self,
         script: &LuaScript,
-        inputs: &Value,
+        inputs: Inputs<'_>,
         results: &[(&str, &Value)],
         info: &NodeInfo<'_>,
         limits: &LuaLimits,
@@ -409,7 +441,7 @@ impl Engine {
     pub(crate) fn evaluate_bool(
         &mut self,
         script: &LuaScript,
-        inputs: &Value,
+        inputs: Inputs<'_>,
         results: &[(&str, &Value)],
         info: &NodeInfo<'_>,
         limits: &LuaLimits,
@@ -446,21 +478,23 @@ impl Engine {
         finish: impl FnOnce(&Self, Returned) -> Result<T, LuaError>,
     ) -> Result<(T, Vec<String>), LuaError> {
         let func = self.function(script)?;
+        // Shared inputs are converted (once) before the run's state is set: a conversion
+        // fault fails the execution as it would inside `invoke`.
+        let inputs = match given.inputs {
+            Inputs::Shared(inputs) if script.names.inputs => {
+                self.keep_view(inputs)?;
+                let (_, view) = self.inputs_view.as_ref().expect("the view was just kept");
+                CallInputs::View(view)
+            }
+            other => CallInputs::Json(other.value()),
+        };
 
         let run = &self.run;
-        run.instructions.set(0);
-        run.max_instructions
-            .set(limits.max_instructions.unwrap_or(u64::MAX));
-        run.deadline.set(limits.timeout.map(|t| Instant::now() + t));
-        run.tripped.set(None);
-        run.log_bytes.set(0);
-        run.log_limit.set(limits.max_memory.unwrap_or(usize::MAX));
-        run.memory_limited.set(limits.max_memory.is_some());
-        run.active.set(true);
+        start_run(run, limits);
 
         let call = Call {
             names: script.names,
-            inputs: given.inputs,
+            inputs,
             results: given.results,
             node_id: info.node_id,
             run_id: info.run_id,
@@ -493,6 +527,7 @@ impl Engine {
         let outcome = invoke(
             lua,
             &self.array_mt,
+            &self.view_newindex,
             &func,
             &scope,
             &call,
@@ -549,6 +584,23 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Keeps the view of the run's shared `inputs` on this state in `inputs_view`: the one
+    /// converted for an earlier execution of the run, or a new one (which replaces it).
+    fn keep_view(&mut self, inputs: &Arc<Value>) -> Result<(), LuaError> {
+        let seen = self
+            .inputs_view
+            .as_ref()
+            .is_some_and(|(seen, _)| std::ptr::eq(seen.as_ptr(), Arc::as_ptr(inputs)));
+        if !seen {
+            // The previous run's view is garbage from here on.
+            self.inputs_view = None;
+            let view = json_to_view(&self.lua, &self.array_mt, &self.view_newindex, inputs)
+                .map_err(|e| self.conv_failure(e, "inputs"))?;
+            self.inputs_view = Some((Arc::downgrade(inputs), view));
+        }
+        Ok(())
     }
 
     /// Fresh environment and `ctx` tables, for when a script left too many keys in them.

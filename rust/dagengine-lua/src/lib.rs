@@ -7,7 +7,14 @@
 //!
 //! # What a script sees
 //!
-//! * `inputs` — the run inputs (converted from JSON, see below);
+//! * `inputs` — the run inputs (converted from JSON, see below), read-only: assigning to
+//!   it or to any table in it (`inputs.x = 1`, `table.insert(inputs.list, 2)`,
+//!   `rawset(inputs, "x", 1)`) raises `inputs is read-only (cannot set 'x')`. Its tables
+//!   are views (`view`) over tables shared by the run's executions on the thread's state
+//!   ([`Inputs::Shared`]): indexing, `#`, `ipairs`, `pairs`, `next`, `rawget`, `rawlen`,
+//!   the table library's reading functions and `json.encode` see their values;
+//!   `getmetatable` gives `"json.array"` for an array, `false` for an object; returned
+//!   (whole or in part) they convert to the values they show;
 //! * `results` — a table mapping each parent node id to that parent's output;
 //! * `ctx` — `{ node_id = ..., run_id = ..., attempt = ... }`;
 //!
@@ -129,6 +136,7 @@ mod hook;
 mod host;
 mod pattern;
 mod run_state;
+mod view;
 mod watchdog;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -272,6 +280,40 @@ impl PartialEq for LuaScript {
 
 impl Eq for LuaScript {}
 
+/// The run's inputs as an execution is given them (`&Value` and `&Arc<Value>` convert into
+/// this). Either way the script's `inputs` is read-only (see the crate docs).
+#[derive(Debug, Clone, Copy)]
+pub enum Inputs<'a> {
+    /// Converted for this execution alone.
+    Once(&'a Value),
+    /// The inputs of a run whose nodes all get this `Arc`: converted once per thread's Lua
+    /// state, and the same tables handed to every later execution given the same `Arc`
+    /// (until one is given other inputs).
+    Shared(&'a Arc<Value>),
+}
+
+impl<'a> Inputs<'a> {
+    /// The inputs' value.
+    pub fn value(self) -> &'a Value {
+        match self {
+            Inputs::Once(v) => v,
+            Inputs::Shared(v) => v,
+        }
+    }
+}
+
+impl<'a> From<&'a Value> for Inputs<'a> {
+    fn from(v: &'a Value) -> Self {
+        Inputs::Once(v)
+    }
+}
+
+impl<'a> From<&'a Arc<Value>> for Inputs<'a> {
+    fn from(v: &'a Arc<Value>) -> Self {
+        Inputs::Shared(v)
+    }
+}
+
 /// Identity of the node being executed, exposed to the script as `ctx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeInfo<'a> {
@@ -370,9 +412,9 @@ impl LuaError {
 /// `inputs` becomes the global `inputs`, `results` the global `results`
 /// (parent id -> output), `info` the global `ctx`. Raising `cancel` stops the
 /// script at the next hook check with [`LuaError::Cancelled`].
-pub fn execute(
+pub fn execute<'a>(
     script: &LuaScript,
-    inputs: &Value,
+    inputs: impl Into<Inputs<'a>>,
     results: &[(&str, &Value)],
     info: &NodeInfo<'_>,
     limits: &LuaLimits,
@@ -382,15 +424,15 @@ pub fn execute(
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
         return Err(LuaError::Cancelled);
     }
-    execute_item(script, inputs, results, info, None, limits, cancel)
+    execute_item(script, inputs.into(), results, info, None, limits, cancel)
 }
 
 /// Runs `script` like [`execute`] for one item of a mapped node: `item` is its index
 /// (from 0) and value, the globals `index` and `item` and the fields `ctx.index` and
 /// `ctx.item`. With `None` it is [`execute`].
-pub fn execute_item(
+pub fn execute_item<'a>(
     script: &LuaScript,
-    inputs: &Value,
+    inputs: impl Into<Inputs<'a>>,
     results: &[(&str, &Value)],
     info: &NodeInfo<'_>,
     item: Option<(u32, &Value)>,
@@ -402,7 +444,7 @@ pub fn execute_item(
         return Err(LuaError::Cancelled);
     }
     let given = engine::Given {
-        inputs,
+        inputs: inputs.into(),
         results,
         item,
     };
@@ -419,9 +461,9 @@ pub fn take_failed_logs() -> Vec<String> {
 /// Runs `script` like [`execute`] and reads its value as a condition: `Ok(Ok(b))` for a
 /// boolean, `Ok(Err(what))` for anything else (`what` describes it: `nil`, `a number (3)`,
 /// `a string ("yes")`, `a table`), `Err` when the script failed.
-pub fn evaluate_bool(
+pub fn evaluate_bool<'a>(
     script: &LuaScript,
-    inputs: &Value,
+    inputs: impl Into<Inputs<'a>>,
     results: &[(&str, &Value)],
     info: &NodeInfo<'_>,
     limits: &LuaLimits,
@@ -430,6 +472,7 @@ pub fn evaluate_bool(
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
         return Err(LuaError::Cancelled);
     }
+    let inputs = inputs.into();
     engine::with_engine(|e| e.evaluate_bool(script, inputs, results, info, limits, cancel))
 }
 
@@ -437,9 +480,9 @@ pub fn evaluate_bool(
 /// `Ok(Ok(value))` for a table (an array, or an object: `{}` converts to one) converted to
 /// JSON, `Ok(Err(what))` for anything else (described as by [`evaluate_bool`]), `Err` when
 /// the script failed.
-pub fn evaluate_json(
+pub fn evaluate_json<'a>(
     script: &LuaScript,
-    inputs: &Value,
+    inputs: impl Into<Inputs<'a>>,
     results: &[(&str, &Value)],
     info: &NodeInfo<'_>,
     limits: &LuaLimits,
@@ -448,6 +491,7 @@ pub fn evaluate_json(
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
         return Err(LuaError::Cancelled);
     }
+    let inputs = inputs.into();
     engine::with_engine(|e| e.evaluate_json(script, inputs, results, info, limits, cancel))
 }
 

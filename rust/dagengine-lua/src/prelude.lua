@@ -101,8 +101,20 @@ local function xpcall(...)
   return caught(h, raw_pcall(f, select(3, ...)))
 end
 
+-- The run's `inputs` are read-only views (`view.rs`): assigning to one of their tables
+-- raises this (at the assignment, from `__newindex`; at the call, from `rawset`).
+local is_view = host.is_view
+
+local function view_error(k, level)
+  local key = type(k) == "string" and ("'" .. k .. "'") or ("[" .. tostring(k) .. "]")
+  raw_error("inputs is read-only (cannot set " .. key .. ")", level)
+end
+
+host.view_newindex = function(_, k) view_error(k, 3) end
+
 local function rawset(t, k, v)
   if frozen[t] then readonly() end
+  if is_view(t) then view_error(k, 3) end
   return raw_rawset(t, k, v)
 end
 
@@ -410,15 +422,21 @@ G.string.rep = function(...)
 end
 
 local safe = {
-  assert = G.assert, error = G.error, ipairs = G.ipairs, next = G.next, pairs = G.pairs,
+  assert = G.assert, error = G.error, ipairs = host.view_ipairs, next = host.view_next, pairs = G.pairs,
   pcall = pcall, xpcall = xpcall, select = select, tonumber = G.tonumber, tostring = tostring,
-  type = type, rawequal = G.rawequal, rawget = rawget, rawset = rawset, rawlen = G.rawlen,
+  type = type, rawequal = G.rawequal, rawget = host.view_rawget, rawset = rawset,
+  rawlen = host.view_rawlen,
   setmetatable = setmetatable, getmetatable = raw_getmetatable, unpack = G.table.unpack,
   _VERSION = G._VERSION,
   string = freeze(G.string), table = freeze(G.table), math = freeze(G.math),
   utf8 = freeze(G.utf8), coroutine = freeze(co), json = freeze(json),
   log = log, print = log, load = load,
 }
+
+-- The sandbox's own `ipairs`, `next`, `rawget` and `rawlen` (`view.rs`) replace Lua's in
+-- the real globals too, where Lua looks up the name of a C function that an argument error
+-- names when its caller gives none (as `pcall(next, 1)` does not).
+G.ipairs, G.next, G.rawget, G.rawlen = safe.ipairs, safe.next, safe.rawget, safe.rawlen
 
 -- Defence in depth: nothing should reach the real globals, but strip them anyway.
 for _, name in next, { "dofile", "loadfile", "load", "collectgarbage", "print", "require", "package",

@@ -147,7 +147,8 @@ pub(super) struct LuaCall<'a> {
     pub(super) owner: NodeIdx,
     pub(super) item: Option<(u32, &'a Value)>,
     pub(super) run_id: &'a str,
-    pub(super) inputs: &'a Value,
+    /// The run's inputs: shared, so each Lua state converts them once per run.
+    pub(super) inputs: &'a Arc<Value>,
     pub(super) results: &'a [(NodeIdx, Arc<Value>)],
     pub(super) node_timeout: Option<Duration>,
     pub(super) deadline: Option<Instant>,
