@@ -406,7 +406,15 @@ fn failure_from(py: Python<'_>, err: &PyErr) -> NodeFailure {
         .map_or_else(|_| "<unprintable exception>".to_owned(), |s| s.to_string());
     let traceback = py
         .import("traceback")
-        .and_then(|tb| tb.getattr("format_exception")?.call1((err.value(py),)))
+        // The traceback as the error carries it: on Python 3.11 an exception that left the
+        // trampoline without passing an except or finally clause has no __traceback__ yet.
+        .and_then(|tb| {
+            tb.getattr("format_exception")?.call1((
+                err.get_type(py),
+                err.value(py),
+                err.traceback(py),
+            ))
+        })
         .and_then(|lines| lines.extract::<Vec<String>>())
         .ok()
         .map(|lines| lines.concat());
