@@ -8,8 +8,9 @@ its own: a WAL reader takes no lock a writer needs) and hands them to the writer
 a :class:`PruneJob`. The writer deletes a *slice* of them (a few runs, sized to take about
 :data:`SLICE_TIME`) inside the next group commit it makes, at most one slice every
 :data:`SLICE_GAP`; while nothing else is written, it commits a slice alone at that pace.
-A run's end then waits at most one slice, and the slice shares the group's commit instead
-of paying one of its own.
+A slice does not ride in a commit that a run's end or a fence waits for (unless it has been
+due for :data:`OVERDUE`): it goes in the next commit of rows nobody waits for, or alone
+right after. A run's end then waits for a slice only when it comes while one is running.
 
 A slice is one statement (``retention.RUN_CASCADE`` deletes a run's events and cache
 entries with it): if it fails, SQLite undoes it alone and the job ends with that error (the
@@ -45,6 +46,8 @@ SLICE_TIME: Final = 0.5e-3
 #: a commit finish the checkpoint under the store's lock (with 0.25 ms slices 1 ms apart,
 #: 4x as many commits did, and p99 run latency during a prune doubled).
 SLICE_GAP: Final = 9.5e-3
+#: Seconds past due after which a slice rides in a commit somebody waits for.
+OVERDUE: Final = 0.05
 _FIRST_SLICE: Final = 8
 _MAX_SLICE: Final = 128
 #: Events without a run deleted by one slice, per run a slice may delete.
@@ -80,6 +83,11 @@ class PruneJob:
     def due(self, now: float) -> bool:
         """Whether a slice may run at ``now`` (``time.monotonic()``)."""
         return not self.done.is_set() and now - self._last_end >= SLICE_GAP
+
+    def overdue(self, now: float) -> bool:
+        """Whether a slice has been due for :data:`OVERDUE` seconds (it then rides in a
+        commit that a run's end waits for, rather than never)."""
+        return now - self._last_end >= SLICE_GAP + OVERDUE
 
     def wait_for(self, now: float) -> float:
         """Seconds from ``now`` until a slice may run."""

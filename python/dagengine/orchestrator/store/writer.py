@@ -418,7 +418,14 @@ class WriteBehind:
         if fences:
             pending = [entry for entry in pending if entry[0] != "fence"]
         job = self._prune_job
-        if job is not None and not job.due(time.monotonic()):
+        now = time.monotonic()
+        if job is not None and (
+            not job.due(now)
+            or ((fences or any(kind == "finish" for kind, _ in pending)) and not job.overdue(now))
+        ):
+            # (Not with a run's end or a fence: somebody waits for those. A slice rides in
+            # a commit of rows nobody waits for, or is committed alone right after; only
+            # under a stream of run ends that leaves no such commit does it ride along.)
             job = None
         if not pending and not events:
             if fences:
