@@ -416,3 +416,37 @@ def test_a_cached_node_completed_on_a_lost_engine_is_stored(tmp_path: Path) -> N
         orch.stop()
         for proc in engines:
             proc.kill()
+
+
+def test_an_imported_module_rewritten_before_the_first_cached_spec_keeps_its_loaded_identity(
+    tmp_path: Path,
+) -> None:
+    spec = {
+        "id": "changing",
+        "version": "1.0.0",
+        "nodes": [{"id": "work", "python": "changing_code:work", "cache": True}],
+    }
+    for name in ("loaded", "fresh"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "changing_code.py").write_text("def work(ctx):\n    return {'v': 1}\n")
+    # The key of the code as loaded: an engine that imports the same file unchanged.
+    fresh = _run_changing(tmp_path / "fresh", build_run_request(spec, run_id="fresh"))
+    module = tmp_path / "loaded" / "changing_code.py"
+    process = EngineProcess(
+        "--engine-id",
+        "loaded",
+        "--import",
+        "changing_code",
+        env={"PYTHONPATH": str(tmp_path / "loaded")},
+    )
+    try:
+        with EngineClient(process.address, timeout=30) as client:
+            # Rewritten after the engine imported it, before any cached spec arrives.
+            module.write_text("def work(ctx):\n    return {'v': 2, 'new': True}\n")
+            *_, last = client.stream_request(build_run_request(spec, run_id="loaded"))
+    finally:
+        process.kill()
+    assert isinstance(last, RunResult)
+    assert last.ok, last.error
+    assert last.outputs["work"] == {"v": 1}
+    assert last.node_results["work"].cache_key == fresh.node_results["work"].cache_key

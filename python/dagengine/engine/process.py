@@ -5,6 +5,7 @@ when the process that started it is gone."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import socket
@@ -103,11 +104,34 @@ def _import_modules(modules: Iterable[str]) -> None:
 
     for name in modules:
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except Exception as exc:
             raise EngineStartError(
                 f"--import {name}: cannot import: {type(exc).__name__}: {exc}"
             ) from exc
+        _pin_source(module)
+
+
+def _pin_source(module: Any) -> None:
+    """Keep the source text ``module`` was imported from as the one :mod:`inspect` (and
+    so a cached node's code identity, and tracebacks) reads for its file: without it, a
+    file rewritten between ``--import`` and the first cached spec gave the loaded code the
+    new file's identity. An entry without a modification time is one ``linecache`` never
+    reads again (as for a module from a zip file)."""
+    import linecache
+
+    try:
+        path = inspect.getsourcefile(module)
+        if path is None:
+            return
+        with open(path, encoding="utf-8") as source:
+            text = source.read()
+    except (OSError, TypeError, UnicodeDecodeError):
+        return  # (no source to pin: the identity falls back as before)
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    linecache.cache[path] = (len(text), None, lines, path)
 
 
 #: Set by ``dagengine serve`` for the engine processes it starts (to its own pid): such an
