@@ -21,6 +21,7 @@ from dagengine.spec import (
     MAX_RETRIES,
     MAX_SECONDS,
 )
+from dagengine.spec_model import TRIGGER_RULES
 
 if TYPE_CHECKING:
     from dagengine.triggers.http import HTTPTrigger
@@ -37,6 +38,18 @@ _JSON = "application/json"
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or ``null``: a spec key the parser reads as not given when null (as YAML
+    writes an empty value)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+#: A Lua expression (``when``, ``map``, ``cache.key``): a string with more than blanks.
+_LUA_EXPRESSION: Final = {"type": "string", "pattern": "\\S"}
+#: A node's count option (``max_parallel`` and ``max_items`` of a mapped node).
+_COUNT: Final = {"type": "integer", "minimum": 1, "maximum": 0xFFFF_FFFF}
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -215,10 +228,14 @@ _SCHEMAS: dict[str, Any] = {
                 "pattern": "^(0|[1-9][0-9]*)[.](0|[1-9][0-9]*)[.](0|[1-9][0-9]*)([-+].*)?$",
                 "description": "semver: MAJOR.MINOR.PATCH[-pre][+build]",
             },
-            "description": {"type": "string"},
-            "max_parallel": {"type": "integer", "minimum": 1, "maximum": MAX_PARALLEL},
+            "description": _or_null({"type": "string"}),
+            "inputs": {
+                "type": ["object", "null"],
+                "description": "the workflow's inputs: a schema (see docs/authoring.md)",
+            },
+            "max_parallel": _or_null({"type": "integer", "minimum": 1, "maximum": MAX_PARALLEL}),
             "fail_fast": {"type": "boolean"},
-            "timeout": _ref("Duration"),
+            "timeout": _or_null(_ref("Duration")),
             "nodes": {"type": "array", "minItems": 1, "items": _ref("NodeSpec")},
         },
     },
@@ -237,7 +254,7 @@ _SCHEMAS: dict[str, Any] = {
             "noop": {"const": True},
             "retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
             "retry_backoff": {
-                "type": "object",
+                "type": ["object", "null"],
                 "additionalProperties": False,
                 "properties": {
                     "initial": {"type": ["number", "string"]},
@@ -245,18 +262,35 @@ _SCHEMAS: dict[str, Any] = {
                     "max": {"type": ["number", "string"]},
                 },
             },
-            "timeout": _ref("Duration"),
+            "timeout": _or_null(_ref("Duration")),
             "limits": {
-                "type": "object",
+                "type": ["object", "null"],
                 "additionalProperties": False,
                 "properties": {
-                    "instructions": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": MAX_INSTRUCTIONS,
-                    },
-                    "memory": {"type": ["integer", "string"]},
+                    "instructions": _or_null(
+                        {"type": "integer", "minimum": 1, "maximum": MAX_INSTRUCTIONS}
+                    ),
+                    "memory": {"type": ["integer", "string", "null"]},
                 },
+            },
+            "when": _or_null(_LUA_EXPRESSION),
+            "trigger_rule": {"enum": list(TRIGGER_RULES)},
+            "map": _or_null(_LUA_EXPRESSION),
+            "max_parallel": _or_null(_COUNT),
+            "max_items": _or_null(_COUNT),
+            "allow_partial": {"type": "boolean"},
+            "cache": {
+                "anyOf": [
+                    {"type": ["boolean", "null"]},
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "key": _or_null(_LUA_EXPRESSION),
+                            "ttl": _or_null(_ref("Duration")),
+                        },
+                    },
+                ]
             },
         },
     },
