@@ -5,6 +5,8 @@ alone, and a prune never waits on itself or on a closed store."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,23 @@ from dagengine.orchestrator.store.retention import PruneReport, RetentionPolicy
 from test_retention import DAY, NOW, add_run, run_ids
 
 POLICY = RetentionPolicy(10 * DAY)
+
+
+@contextmanager
+def old_runs(tmp_path: Path, count: int, *, refusing: str) -> Iterator[Store]:
+    """A store with ``count`` runs past the retention, ``old000``..., whose connection
+    refuses to delete run ``refusing`` (a statement that fails in a prune's slice)."""
+    with Store(tmp_path / "s.db") as store:
+        for index in range(count):
+            add_run(store, f"old{index:03}", age_days=40)
+        store.flush()
+        with store._lock:
+            store._db.execute(
+                "CREATE TEMP TRIGGER refuse BEFORE DELETE ON runs "
+                f"WHEN OLD.run_id = '{refusing}' "
+                f"BEGIN SELECT RAISE(ABORT, '{refusing} may not go'); END"
+            )
+        yield store
 
 
 def prune_all(store: Store, limit: int = 64) -> PruneReport:
@@ -55,15 +74,7 @@ def test_a_prune_beside_running_writes_deletes_exactly_the_old_runs(tmp_path: Pa
 
 
 def test_a_slice_that_fails_is_undone_alone(tmp_path: Path) -> None:
-    with Store(tmp_path / "s.db") as store:
-        for index in range(40):
-            add_run(store, f"old{index:03}", age_days=40)
-        store.flush()
-        with store._lock:
-            store._db.execute(
-                "CREATE TEMP TRIGGER refuse BEFORE DELETE ON runs WHEN OLD.run_id = 'old030' "
-                "BEGIN SELECT RAISE(ABORT, 'old030 may not go'); END"
-            )
+    with old_runs(tmp_path, 40, refusing="old030") as store:
         with pytest.raises(StoreError, match="old030 may not go"):
             prune_all(store)
         left = run_ids(store)
@@ -129,15 +140,7 @@ def test_closing_the_store_ends_a_prune_that_waits(
 
 
 def test_a_slice_that_fails_in_a_group_commit_leaves_the_group_committed(tmp_path: Path) -> None:
-    with Store(tmp_path / "s.db") as store:
-        for index in range(4):
-            add_run(store, f"old{index:03}", age_days=40)
-        store.flush()
-        with store._lock:
-            store._db.execute(
-                "CREATE TEMP TRIGGER refuse BEFORE DELETE ON runs WHEN OLD.run_id = 'old002' "
-                "BEGIN SELECT RAISE(ABORT, 'old002 may not go'); END"
-            )
+    with old_runs(tmp_path, 4, refusing="old002") as store:
         job = prune_slices.PruneJob(POLICY, NOW, {f"old{index:03}": (2, 3) for index in range(4)})
         with store._pending_cv:  # (the writer is not told: the event below wakes it)
             store._prune_job = job
