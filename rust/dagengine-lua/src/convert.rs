@@ -230,15 +230,16 @@ pub(crate) fn invoke(
     let mut called = false;
     let mut converted = None;
     let marker = array_mt.to_pointer();
-    let (view, json) = match call.inputs {
-        CallInputs::View(v) => (Some(v), None),
-        CallInputs::Json(v) => (None, Some(v)),
+    // `__newindex` is needed only to convert the inputs here.
+    let (view, json, newindex) = match call.inputs {
+        CallInputs::View(v) => (Some(v), None, None),
+        CallInputs::Json(v) => (None, Some(v), Some(newindex)),
     };
     // SAFETY: see the module docs. Arguments 1..=6 of the protected call are the marker
-    // table, the script, the environment, `ctx`, the views' `__newindex` and the inputs'
-    // view (or nil: the inputs are converted here). When `lua_callk` runs, this frame owns
-    // nothing with a destructor (`failed` is `None`, `arm` has been consumed), so an error
-    // raised by the script may unwind through it.
+    // table, the script, the environment, `ctx`, the views' `__newindex` (or nil) and the
+    // inputs' view (or nil: the inputs are converted here, with that `__newindex`). When
+    // `lua_callk` runs, this frame owns nothing with a destructor (`failed` is `None`, `arm`
+    // has been consumed), so an error raised by the script may unwind through it.
     let value = unsafe {
         lua.exec_raw::<LuaValue>(
             (array_mt, func, scope.env, scope.ctx, newindex, view),

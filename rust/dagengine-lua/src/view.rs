@@ -40,6 +40,13 @@ pub(crate) fn view_key() -> *const c_void {
     std::ptr::addr_of!(VIEW_KEY).cast()
 }
 
+/// As [`VIEW_KEY`], for the view's `ipairs` iterator (see [`view_ipairs`]).
+static IPAIRS_KEY: u8 = 0;
+
+fn ipairs_key() -> *const c_void {
+    std::ptr::addr_of!(IPAIRS_KEY).cast()
+}
+
 /// If the value at `idx` is a view, pushes its backing table and returns true; else
 /// pushes nothing. Needs two free stack slots.
 pub(crate) unsafe fn push_backing(l: *mut ffi::lua_State, idx: c_int) -> bool {
@@ -128,11 +135,16 @@ unsafe fn wrap(l: *mut ffi::lua_State, newindex: c_int, array: bool) -> Result<(
         return Err(ConvError::no_stack());
     }
     ffi::lua_createtable(l, 0, 0);
-    ffi::lua_createtable(l, 0, 6);
+    ffi::lua_createtable(l, 0, 7);
     ffi::lua_pushvalue(l, -3);
     ffi::lua_setfield(l, -2, c"__index".as_ptr());
     ffi::lua_pushvalue(l, -3);
     ffi::lua_rawsetp(l, -2, view_key());
+    if array {
+        ffi::lua_pushvalue(l, -3);
+        ffi::lua_pushcclosure(l, view_ipairs_step, 1);
+        ffi::lua_rawsetp(l, -2, ipairs_key());
+    }
     ffi::lua_pushvalue(l, newindex);
     ffi::lua_setfield(l, -2, c"__newindex".as_ptr());
     ffi::lua_pushcfunction(l, view_len);
@@ -186,13 +198,21 @@ pub(crate) unsafe extern "C-unwind" fn view_next(l: *mut ffi::lua_State) -> c_in
 }
 
 /// The sandbox's `ipairs`: Lua's (`ipairs_step` is Lua's `ipairsaux`), except that over a
-/// view it steps through the backing table directly (the view's `__index` would cost a
-/// metamethod lookup per element), by a closure holding it.
+/// view of an array it steps through the backing table directly (the view's `__index`
+/// would cost a metamethod lookup per element), by a closure holding it that the view's
+/// metatable keeps.
 pub(crate) unsafe extern "C-unwind" fn view_ipairs(l: *mut ffi::lua_State) -> c_int {
     ffi::luaL_checkany(l, 1);
-    if push_backing(l, 1) {
-        ffi::lua_pushcclosure(l, view_ipairs_step, 1);
-    } else {
+    let stepper = ffi::lua_type(l, 1) == ffi::LUA_TTABLE
+        && ffi::lua_getmetatable(l, 1) != 0
+        && if ffi::lua_rawgetp(l, -1, ipairs_key()) == ffi::LUA_TFUNCTION {
+            ffi::lua_remove(l, -2);
+            true
+        } else {
+            ffi::lua_pop(l, 2);
+            false
+        };
+    if !stepper {
         ffi::lua_pushcfunction(l, ipairs_step);
     }
     ffi::lua_pushvalue(l, 1);
