@@ -1,7 +1,7 @@
 """How fast the Lua sandbox stops scripts that run where no hook reaches or never return to the
 VM (issue 17, point 3): an ``xpcall`` message handler, a ``__close`` handler, coroutines inside
 them, backtracking pattern matches with every ``string`` pattern function, ``string.rep``, and
-(a form the sandbox does not split) a loop of long C steps.
+loops of long C steps (``upper``, ``lower``, ``table.concat``, ``table.sort``).
 
 The issue's bounds: stopped within 2x the node's deadline, and within 100 ms of a cancel. The
 tests (``tests/test_lua_sandbox.py``, ``rust/dagengine-lua/tests/unstoppable.rs``) only tell a
@@ -61,8 +61,23 @@ FORMS: list[tuple[str, str]] = [
     ("plain find", f"string.find({SUBJECT}, string.rep('a', 1e5) .. 'b', 1, true)"),
     ("string.rep of nothing, looped", "while true do local s = string.rep('', 1e18) end"),
     ("string.rep of 30 MB, looped", "while true do local s = ('a'):rep(3e7) end"),
-    # Not split by the sandbox: a loop of long C steps between two hooks (1,000 instructions).
+    # A loop of long C steps: the hook ran every 1,000 instructions (seconds of such steps);
+    # now the watchdog has it run at the next instruction once the deadline or a cancel is due.
     ("upper of 10 MB, looped", f"{BIG} while true do local s = big:upper() end"),
+    (
+        "lower of 10 MB, looped, coroutine",
+        f"coroutine.wrap(function() {BIG} while true do local s = big:lower() end end)()",
+    ),
+    (
+        "table.concat, looped",
+        "local t = {} for i = 1, 2e5 do t[i] = 'abcdefghijklmnopqrstuvwxyz0123456789' end "
+        "while true do local c = table.concat(t) end",
+    ),
+    (
+        "table.sort, looped",
+        "local t = {} for i = 1, 3e5 do t[i] = (i * 7919) % 300007 end "
+        "while true do table.sort(t) end",
+    ),
 ]
 
 

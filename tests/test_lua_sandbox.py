@@ -224,6 +224,7 @@ def test_memory_limit_in_process_and_next_run() -> None:
 # Code Lua runs where its hooks cannot reach, and matches that never return to the VM
 # (issue 17, point 3): each must stop at the node's deadline and on a cancel. The
 # subjects of the patterns are long enough that their step budget lasts for seconds.
+BIG = "local s = string.rep('a', 10 * 1024 * 1024)"
 LOOP_CLOSE = "setmetatable({}, {__close = function() while true do end end})"
 UNSTOPPABLE = [
     pytest.param(
@@ -267,6 +268,23 @@ UNSTOPPABLE = [
     # every 1,000 instructions of such a loop.
     pytest.param("while true do local s = string.rep('', 1e18) end", id="string.rep-empty"),
     pytest.param("while true do local s = ('a'):rep(3e7) end", id="string.rep-long"),
+    # A loop of long C steps: the hook ran every 1,000 instructions, each a 10 MB copy
+    # (seconds in all); once the deadline has passed or a cancel came it runs at the next.
+    pytest.param(f"{BIG} while true do local u = s:upper() end", id="upper-looped"),
+    pytest.param(
+        f"coroutine.wrap(function() {BIG} while true do local u = s:lower() end end)()",
+        id="lower-looped-in-coroutine",
+    ),
+    pytest.param(
+        "local t = {} for i = 1, 2e5 do t[i] = 'abcdefghijklmnopqrstuvwxyz0123456789' end "
+        "while true do local c = table.concat(t) end",
+        id="table.concat-looped",
+    ),
+    pytest.param(
+        "local t = {} for i = 1, 3e5 do t[i] = (i * 7919) % 300007 end "
+        "while true do table.sort(t) end",
+        id="table.sort-looped",
+    ),
 ]
 
 # "Never" is what failed; these bounds only tell a stop from a hang.

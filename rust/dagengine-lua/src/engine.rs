@@ -18,7 +18,7 @@ use crate::convert::{
     InvokeFail, Returned, Scope, REUSE_MAX_KEYS,
 };
 use crate::host::add_pattern_functions;
-use crate::run_state::{is_memory_error, run_key, CancelGuard, RunState, Trip};
+use crate::run_state::{host_resume, is_memory_error, run_key, CancelGuard, RunState, Trip};
 use crate::view::{is_view, json_to_view, view_ipairs, view_next, view_rawget, view_rawlen};
 use crate::{Inputs, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
 
@@ -100,7 +100,10 @@ fn start_run(run: &RunState, limits: &LuaLimits) {
     run.instructions.set(0);
     run.max_instructions
         .set(limits.max_instructions.unwrap_or(u64::MAX));
-    run.deadline.set(limits.timeout.map(|t| Instant::now() + t));
+    let now = Instant::now();
+    run.deadline.set(limits.timeout.map(|t| now + t));
+    run.last_hook.set(now);
+    run.soon.set(false);
     run.tripped.set(None);
     run.log_bytes.set(0);
     run.log_limit.set(limits.max_memory.unwrap_or(usize::MAX));
@@ -293,6 +296,7 @@ impl Engine {
             host.raw_set("view_rawget", lua.create_c_function(view_rawget)?)?;
             host.raw_set("view_rawlen", lua.create_c_function(view_rawlen)?)?;
             host.raw_set("is_view", lua.create_c_function(is_view)?)?;
+            host.raw_set("resume", lua.create_c_function(host_resume)?)?;
         }
         host.raw_set(
             "arg_message",
@@ -523,7 +527,7 @@ impl Engine {
         };
         let mut outgrown = false;
         let guard = CancelGuard::new(run, cancel);
-        let watched = run.start_hook(limits, cancel.is_some());
+        let watched = run.start_hook(limits, cancel);
         let outcome = invoke(
             lua,
             &self.array_mt,

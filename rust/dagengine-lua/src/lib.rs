@@ -104,6 +104,15 @@
 //! * a run with no deadline, no cancel flag and no instruction limit has no
 //!   hook at all.
 //!
+//! The hook runs every 1,000 instructions, and one instruction can be a long C
+//! call (`s:upper()` on 10 MB). So the watchdog also watches each run's
+//! deadline and cancel flag (with the hook set early or late): once either is
+//! due it signals the script's thread, whose handler sets the hook to run at
+//! the next instruction, on the coroutine running then if any (the sandbox's
+//! `coroutine.resume` tells it which). Without the watchdog, the hook itself
+//! runs at every instruction once the deadline is nearer than its last
+//! interval took.
+//!
 //! The default limits ([`LuaLimits::default`]) are 64 MiB of memory and
 //! [`DEFAULT_TIMEOUT`] of wall time, with no instruction limit. Memory is
 //! limited through Lua's allocator: the script may allocate

@@ -157,7 +157,12 @@ local json = {
 
 local co = {}
 for k, v in next, coroutine do co[k] = v end
-co.resume = function(c, ...) return pass(raw_resume(c, ...)) end
+-- `host.resume` is Lua's `resume` that tells the watchdog which state runs (run_state.rs).
+local resume = host.resume
+co.resume = function(c, ...)
+  if type(c) ~= "thread" then return pass(raw_resume(c, ...)) end
+  return pass(resume(c, ...))
+end
 -- A coroutine copies its creator's limit hook when it is created, and a script's hook may
 -- be set only once it has run for a while: set it now (the hook goes with the run).
 local arm_hook, raw_create = host.arm_hook, coroutine.create
@@ -194,7 +199,7 @@ co.wrap = function(...)
   expect_function("coroutine.wrap", 1, select("#", ...), f)
   arm_hook()
   local c = raw_create(f)
-  return function(...) return wrapped(c, raw_resume(c, ...)) end
+  return function(...) return wrapped(c, resume(c, ...)) end
 end
 
 -- Lua's parser never returns to the VM while it reads a string chunk: a long chunk is fed

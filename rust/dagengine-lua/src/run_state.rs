@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
+use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -90,9 +91,61 @@ pub(crate) unsafe extern "C-unwind" fn limit_hook(l: *mut ffi::lua_State, _: *mu
         let run = ffi::lua_touserdata(l, -1).cast::<RunState>().cast_const();
         ffi::lua_pop(l, 1);
         let Some(run) = run.as_ref() else { return };
-        let Err(trip) = run.check() else { return };
-        ffi::lua_pushstring(l, trip.message().as_ptr());
-        ffi::lua_error(l);
+        let count = ffi::lua_gethookcount(l);
+        match run.check_hook(count) {
+            Ok(soon) => {
+                // Every instruction once the deadline is near (see `check_hook`), else
+                // every `HOOK_INTERVAL` (also after a watchdog's urgent signal for a
+                // script that turned out not to be due).
+                let want = if soon { 1 } else { HOOK_COUNT };
+                if count != want {
+                    ffi::lua_sethook(l, Some(limit_hook), ffi::LUA_MASKCOUNT, want);
+                }
+            }
+            Err(trip) => {
+                ffi::lua_pushstring(l, trip.message().as_ptr());
+                ffi::lua_error(l);
+            }
+        }
+    }
+}
+
+/// The sandbox's `coroutine.resume` of a coroutine (argument 1, a thread: the caller
+/// checks), as Lua's (`luaB_coresume`): `true` and what it yielded or returned, or `false`
+/// and its error. While it runs, the watchdog knows it as the running state: a due script
+/// gets the hook there at the next instruction (see `watchdog::resuming`).
+#[allow(unsafe_code)]
+pub(crate) unsafe extern "C-unwind" fn host_resume(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: Lua calls this with argument 1 a thread (the sandbox's `coroutine.resume`
+    // and `coroutine.wrap` check it). Nothing between `resuming` and `resumed` can raise.
+    unsafe {
+        let co = ffi::lua_tothread(l, 1);
+        let narg = ffi::lua_gettop(l) - 1;
+        if co.is_null() || ffi::lua_checkstack(co, narg) == 0 {
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_pushstring(l, c"too many arguments to resume".as_ptr());
+            return 2;
+        }
+        ffi::lua_xmove(l, co, narg);
+        let was = watchdog::resuming(co);
+        let mut nres: c_int = 0;
+        let status = ffi::lua_resume(co, l, narg, &raw mut nres);
+        watchdog::resumed(was);
+        if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+            if ffi::lua_checkstack(l, nres + 1) == 0 {
+                ffi::lua_pop(co, nres);
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_pushstring(l, c"too many results to resume".as_ptr());
+                return 2;
+            }
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_xmove(co, l, nres);
+            nres + 1
+        } else {
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_xmove(co, l, 1);
+            2
+        }
     }
 }
 
@@ -102,6 +155,10 @@ pub(crate) struct RunState {
     pub(crate) instructions: Cell<u64>,
     pub(crate) max_instructions: Cell<u64>,
     pub(crate) deadline: Cell<Option<Instant>>,
+    /// When the hook last ran (or the run started), and whether the deadline is nearer
+    /// than the hook's last interval: then the hook runs at every instruction.
+    pub(crate) last_hook: Cell<Instant>,
+    pub(crate) soon: Cell<bool>,
     /// The caller's cancel flag while an execution with one runs (else null); see
     /// [`CancelGuard`].
     pub(crate) cancel: Cell<*const AtomicBool>,
@@ -121,6 +178,8 @@ impl RunState {
             instructions: Cell::new(0),
             max_instructions: Cell::new(u64::MAX),
             deadline: Cell::new(None),
+            last_hook: Cell::new(Instant::now()),
+            soon: Cell::new(false),
             cancel: Cell::new(std::ptr::null()),
             memory_limited: Cell::new(false),
             tripped: Cell::new(None),
@@ -152,21 +211,31 @@ impl RunState {
     /// instruction or the deadline is near; only if the script runs long where there is a
     /// deadline or a cancel flag to check (the returned guard; see `watchdog`); not at all
     /// where there is nothing to enforce.
+    /// The watchdog also watches the deadline and the cancel flag (`cancel`, which must
+    /// outlive the guard) of a script that has the hook from its start: a due script gets
+    /// the hook at its next instruction.
     pub(crate) fn start_hook(
         &self,
         limits: &LuaLimits,
-        cancellable: bool,
+        cancel: Option<&AtomicBool>,
     ) -> Option<watchdog::Entered> {
         let eager =
             limits.max_instructions.is_some() || limits.timeout.is_some_and(|t| t < EAGER_WITHIN);
-        if !eager && limits.timeout.is_none() && !cancellable {
+        if !eager && limits.timeout.is_none() && cancel.is_none() {
             return None;
         }
-        let watched = if eager {
-            None
-        } else {
-            watchdog::enter(self.main.get(), Some(limit_hook))
+        if eager {
+            self.arm_hook();
+        }
+        if limits.timeout.is_none() && cancel.is_none() {
+            return None;
+        }
+        let watch = watchdog::Watch {
+            late: !eager,
+            deadline: self.deadline.get(),
+            cancel: cancel.map_or(std::ptr::null(), std::ptr::from_ref),
         };
+        let watched = watchdog::enter(self.main.get(), Some(limit_hook), &watch);
         if watched.is_none() {
             self.arm_hook();
         }
@@ -187,36 +256,61 @@ impl RunState {
         }
     }
 
-    pub(crate) fn trip(&self, t: Trip) -> Result<(), Trip> {
+    /// Records that `t` stopped the run.
+    fn trip(&self, t: Trip) -> Trip {
         self.tripped.set(Some(t));
-        Err(t)
+        t
+    }
+
+    /// The hook's check after `count` instructions: [`check`](Self::check), and whether
+    /// the deadline is nearer than the time since the last hook (then the hook is to run
+    /// at every instruction: each may be a long C call).
+    pub(crate) fn check_hook(&self, count: c_int) -> Result<bool, Trip> {
+        let charge = u64::try_from(count).unwrap_or(0);
+        let looked = self.check_after(charge)?;
+        if let (Some(now), Some(deadline), false) = (looked, self.deadline.get(), self.soon.get()) {
+            let last = self.last_hook.replace(now);
+            if deadline.saturating_duration_since(now) <= now.saturating_duration_since(last) {
+                self.soon.set(true);
+            }
+        }
+        Ok(self.soon.get())
     }
 
     /// The hook's check: charges the instructions and looks at the deadline and the
     /// cancel flag; `Err` when the script must stop.
     pub(crate) fn check(&self) -> Result<(), Trip> {
+        self.check_after(u64::from(HOOK_INTERVAL)).map(drop)
+    }
+
+    /// [`check`](Self::check) charging `charge` instructions; the time it compared with
+    /// the deadline, if it did.
+    fn check_after(&self, charge: u64) -> Result<Option<Instant>, Trip> {
         if !self.active.get() {
-            return Ok(());
+            return Ok(None);
         }
         // Once tripped, keep failing so code that runs after the error anyway (a `__close`
         // while the error unwinds the stack, say) cannot keep running.
         if let Some(t) = self.tripped.get() {
             return Err(t);
         }
-        let n = self.instructions.get() + u64::from(HOOK_INTERVAL);
+        let n = self.instructions.get() + charge;
         self.instructions.set(n);
         if n > self.max_instructions.get() {
-            return self.trip(Trip::Instructions);
+            return Err(self.trip(Trip::Instructions));
         }
+        let mut looked = None;
         if let Some(deadline) = self.deadline.get() {
-            if Instant::now() >= deadline {
-                return self.trip(Trip::Timeout);
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.trip(Trip::Timeout));
             }
+            looked = Some(now);
         }
         if self.cancelled() {
-            return self.trip(Trip::Cancelled);
+            return Err(self.trip(Trip::Cancelled));
         }
-        Ok(())
+        Ok(looked)
     }
 
     /// For the sandbox's wrappers: the limit error if a limit was reached in this run.

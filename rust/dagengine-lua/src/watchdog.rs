@@ -24,7 +24,16 @@
 //! and unblocks the signal then.
 //!
 //! A script is thus stopped about two ticks (plus 1,000 instructions) later than with the
-//! hook from the start, if the watchdog thread gets a core in time. A deadline closer than
+//! hook from the start, if the watchdog thread gets a core in time.
+//!
+//! One instruction can be a long C call (`s:upper()` on 10 MB, `table.concat`, `..`), so
+//! 1,000 of them can take seconds. The watchdog therefore also knows each script's deadline
+//! and cancel flag, also for scripts that had the hook from their start: once the deadline
+//! has passed or the flag is up, it sends the signal marked [`URGENT`], and the handler sets
+//! the hook with a count of 1 on the state running then (the main state, or the coroutine
+//! the sandbox's `coroutine.resume` entered, see [`resuming`]): the hook runs at the next
+//! instruction and stops the script. It sends it again every [`URGE_TICKS`] while the
+//! script runs (a signal that came while the thread was setting a hook itself may be lost). A deadline closer than
 //! [`EAGER_WITHIN`](crate::hook::EAGER_WITHIN) gets the hook at once. Coroutines copy
 //! their creator's hook when created, not later: the sandbox's `coroutine.create`/`wrap` set the hook first (see
 //! `RunState::arm_hook`), so only the scripts that use coroutines pay for it.
@@ -43,6 +52,7 @@ use std::ptr;
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
+use std::time::Instant;
 
 use mlua::ffi;
 
@@ -58,6 +68,16 @@ const ACK_TICKS: u32 = 1000;
 /// Threads that can run late-hooked scripts at once.
 pub(crate) const MAX_SLOTS: usize = 1024;
 
+/// Marks a signal's slot index: the script is due (deadline passed or cancelled), run the
+/// hook at the next instruction.
+const URGENT: usize = 1 << 16;
+
+/// Looks between two urgent signals to the same script.
+const URGE_TICKS: u64 = 5;
+
+/// No deadline (in [`Slot::deadline`]).
+const NO_DEADLINE: u64 = u64::MAX;
+
 /// One thread that runs scripts.
 struct Slot {
     /// Taken by a live thread.
@@ -69,6 +89,14 @@ struct Slot {
     /// The state running the script (null between scripts) and the hook to set on it.
     state: AtomicPtr<ffi::lua_State>,
     hook: AtomicPtr<()>,
+    /// Whether the script's hook is to be set late (else it has it from its start).
+    late: AtomicBool,
+    /// The script's deadline, in nanoseconds from [`epoch`] ([`NO_DEADLINE`] if none).
+    deadline: AtomicU64,
+    /// The script's cancel flag (null if none), and whether the watchdog is reading it:
+    /// [`Entered`]'s drop waits until it is not (the flag lives as long as the script).
+    cancel: AtomicPtr<AtomicBool>,
+    reading: AtomicBool,
     /// The generation the handler last ran for.
     acked: AtomicU64,
     /// The watchdog's own: the generation seen on its last look, the last one signalled
@@ -76,6 +104,9 @@ struct Slot {
     seen: AtomicU64,
     signalled: AtomicU64,
     waited: AtomicU64,
+    /// The generation last sent an urgent signal, and the looks since.
+    urged: AtomicU64,
+    urge_wait: AtomicU64,
 }
 
 impl Slot {
@@ -86,10 +117,16 @@ impl Slot {
             generation: AtomicU64::new(0),
             state: AtomicPtr::new(ptr::null_mut()),
             hook: AtomicPtr::new(ptr::null_mut()),
+            late: AtomicBool::new(false),
+            deadline: AtomicU64::new(NO_DEADLINE),
+            cancel: AtomicPtr::new(ptr::null_mut()),
+            reading: AtomicBool::new(false),
             acked: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             signalled: AtomicU64::new(0),
             waited: AtomicU64::new(0),
+            urged: AtomicU64::new(0),
+            urge_wait: AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +156,18 @@ struct Watchdog {
 }
 
 static WATCHDOG: OnceLock<Option<Watchdog>> = OnceLock::new();
+
+/// The instant deadlines are counted from (set with the watchdog).
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `at` in nanoseconds from [`epoch`].
+fn nanos(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(NO_DEADLINE - 1)
+}
 
 fn registry() -> MutexGuard<'static, ()> {
     REGISTRY
@@ -190,11 +239,25 @@ fn slot(w: &Watchdog) -> Option<usize> {
     Some(i)
 }
 
+/// What the watchdog is to know of a script (see [`enter`]).
+pub(crate) struct Watch {
+    /// Whether the hook is to be set late; else the caller set it.
+    pub(crate) late: bool,
+    pub(crate) deadline: Option<Instant>,
+    /// The script's cancel flag: it must outlive the returned [`Entered`].
+    pub(crate) cancel: *const AtomicBool,
+}
+
 /// A script is running on this thread until the returned guard drops: the watchdog will
 /// have `hook` set on `state` (every [`HOOK_INTERVAL`](crate::hook::HOOK_INTERVAL)
-/// instructions) if it runs for long.
+/// instructions) if it runs for long and `watch.late`, and at the next instruction once
+/// its deadline has passed or its cancel flag is up.
 /// `None` when late hooks are off (see the module docs): the caller sets the hook itself.
-pub(crate) fn enter(state: *mut ffi::lua_State, hook: Option<ffi::lua_Hook>) -> Option<Entered> {
+pub(crate) fn enter(
+    state: *mut ffi::lua_State,
+    hook: Option<ffi::lua_Hook>,
+    watch: &Watch,
+) -> Option<Entered> {
     let hook = hook?;
     let w = watchdog()?;
     ensure_thread(w);
@@ -202,6 +265,10 @@ pub(crate) fn enter(state: *mut ffi::lua_State, hook: Option<ffi::lua_Hook>) -> 
     let s = &SLOTS[i];
     s.hook.store(hook as *mut (), Ordering::Relaxed);
     s.state.store(state, Ordering::Relaxed);
+    s.late.store(watch.late, Ordering::Relaxed);
+    s.deadline
+        .store(watch.deadline.map_or(NO_DEADLINE, nanos), Ordering::Relaxed);
+    s.cancel.store(watch.cancel.cast_mut(), Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
     let g = s.generation.load(Ordering::Relaxed);
     s.generation.store(g | 1, Ordering::SeqCst);
@@ -226,6 +293,40 @@ impl Drop for Entered {
         compiler_fence(Ordering::SeqCst);
         let g = s.generation.load(Ordering::Relaxed);
         s.generation.store(g + 1, Ordering::Release);
+        // The cancel flag may go once the watchdog no longer reads it: either it loads the
+        // pointer after this store (null), or it said it was reading before, and this
+        // waits for it (a few loads, on the watchdog thread).
+        s.cancel.store(ptr::null_mut(), Ordering::SeqCst);
+        while s.reading.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The sandbox's `coroutine.resume` is resuming `co` on this thread (until it returns):
+/// an urgent signal sets the hook there. Returns the state to give back to
+/// [`resumed`]; null (and nothing changes) when no script is watched on this thread.
+pub(crate) fn resuming(co: *mut ffi::lua_State) -> *mut ffi::lua_State {
+    let Some(i) = SLOT.with_borrow(|s| s.as_ref().map(|r| r.0)) else {
+        return ptr::null_mut();
+    };
+    let s = &SLOTS[i];
+    let was = s.state.load(Ordering::Relaxed);
+    if !was.is_null() {
+        s.state.store(co, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+    }
+    was
+}
+
+/// The resume that [`resuming`] announced has returned: `was` runs again.
+pub(crate) fn resumed(was: *mut ffi::lua_State) {
+    if was.is_null() {
+        return;
+    }
+    if let Some(i) = SLOT.with_borrow(|s| s.as_ref().map(|r| r.0)) {
+        compiler_fence(Ordering::SeqCst);
+        SLOTS[i].state.store(was, Ordering::Relaxed);
     }
 }
 
@@ -239,8 +340,11 @@ extern "C" fn on_signal(_: c_int, info: *mut libc::siginfo_t, _: *mut c_void) {
         if info.si_code != libc::SI_QUEUE || info.si_pid() != libc::getpid() {
             return;
         }
-        let i = info.si_value().sival_ptr as usize;
-        let Some(s) = SLOTS.get(i) else { return };
+        let value = info.si_value().sival_ptr as usize;
+        let urgent = value & URGENT != 0;
+        let Some(s) = SLOTS.get(value & !URGENT) else {
+            return;
+        };
         if s.thread.load(Ordering::Relaxed) != libc::pthread_self() as usize {
             return;
         }
@@ -256,7 +360,11 @@ extern "C" fn on_signal(_: c_int, info: *mut libc::siginfo_t, _: *mut c_void) {
         // interrupt that state: it only stores the hook fields and marks the running Lua
         // frames to call it.
         let hook = std::mem::transmute::<*mut (), ffi::lua_Hook>(hook);
-        if ffi::lua_gethookmask(state) == 0 {
+        if urgent {
+            // The script is due: the hook at the next instruction (the hook sets its
+            // count back if nothing is due after all).
+            ffi::lua_sethook(state, Some(hook), ffi::LUA_MASKCOUNT, 1);
+        } else if ffi::lua_gethookmask(state) == 0 {
             ffi::lua_sethook(state, Some(hook), ffi::LUA_MASKCOUNT, HOOK_COUNT);
         }
     }
@@ -270,6 +378,7 @@ fn start() -> Option<Watchdog> {
         return None;
     }
     let signal = install_handler()?;
+    epoch();
     let w = Watchdog {
         signal,
         parked: AtomicBool::new(false),
@@ -359,6 +468,47 @@ fn give_up(why: &str) {
     }
 }
 
+/// Whether the script of generation `g` in `s` is due: its deadline has passed or its
+/// cancel flag is up.
+fn due(s: &Slot, g: u64, now: u64) -> bool {
+    let deadline = s.deadline.load(Ordering::Relaxed);
+    if deadline != NO_DEADLINE && now >= deadline {
+        // The deadline was stored before the generation that `g` was read from.
+        return true;
+    }
+    s.reading.store(true, Ordering::SeqCst);
+    let flag = s.cancel.load(Ordering::SeqCst);
+    // SAFETY: `flag` stays alive while `reading` is set (see `Entered`'s drop). It may be
+    // the next script's flag: an urgent signal for nothing makes the hook run once.
+    let up = !flag.is_null()
+        && s.generation.load(Ordering::SeqCst) == g
+        && unsafe { (*flag).load(Ordering::Relaxed) };
+    s.reading.store(false, Ordering::SeqCst);
+    up
+}
+
+/// Queues the watchdog's signal with `value` (a slot index, maybe [`URGENT`]) for the
+/// thread of slot `s`; false if the signal is no longer the watchdog's.
+fn send(w: &Watchdog, value: usize, s: &Slot) -> bool {
+    if !still_ours(w.signal) {
+        give_up("another handler took over the watchdog's signal");
+        return false;
+    }
+    let value = libc::sigval {
+        sival_ptr: value as *mut c_void,
+    };
+    // SAFETY: the slot's thread is alive: it gives its slot back (under the registry lock,
+    // held by the caller) before it exits.
+    unsafe {
+        libc::pthread_sigqueue(
+            s.thread.load(Ordering::SeqCst) as libc::pthread_t,
+            w.signal,
+            value,
+        );
+    }
+    true
+}
+
 /// The watchdog thread's loop.
 fn watch(w: &Watchdog) {
     let mut idle = 0u32;
@@ -368,6 +518,7 @@ fn watch(w: &Watchdog) {
         {
             let _registry = registry();
             let high = HIGH.load(Ordering::SeqCst);
+            let now = nanos(Instant::now());
             for (i, s) in SLOTS[..high].iter().enumerate() {
                 if !s.taken.load(Ordering::SeqCst) {
                     continue;
@@ -377,7 +528,16 @@ fn watch(w: &Watchdog) {
                     continue;
                 }
                 running = true;
-                if s.seen.swap(g, Ordering::Relaxed) != g {
+                let again = s.seen.swap(g, Ordering::Relaxed) == g;
+                if due(s, g, now) {
+                    let first = s.urged.swap(g, Ordering::Relaxed) != g;
+                    if first || s.urge_wait.fetch_add(1, Ordering::Relaxed) + 1 >= URGE_TICKS {
+                        s.urge_wait.store(0, Ordering::Relaxed);
+                        send(w, i | URGENT, s);
+                    }
+                    continue;
+                }
+                if !again || !s.late.load(Ordering::Relaxed) {
                     continue;
                 }
                 if s.signalled.load(Ordering::Relaxed) == g {
@@ -388,25 +548,11 @@ fn watch(w: &Watchdog) {
                     }
                     continue;
                 }
-                if !still_ours(w.signal) {
-                    give_up("another handler took over the watchdog's signal");
-                    continue;
-                }
                 s.signalled.store(g, Ordering::Relaxed);
                 s.waited.store(0, Ordering::Relaxed);
-                let value = libc::sigval {
-                    sival_ptr: i as *mut c_void,
-                };
-                // SAFETY: the slot's thread is alive: it gives its slot back (under the
-                // registry lock, held here) before it exits.
-                unsafe {
-                    libc::pthread_sigqueue(
-                        s.thread.load(Ordering::SeqCst) as libc::pthread_t,
-                        w.signal,
-                        value,
-                    );
+                if send(w, i, s) {
+                    SIGNALS.fetch_add(1, Ordering::Relaxed);
                 }
-                SIGNALS.fetch_add(1, Ordering::Relaxed);
             }
         }
         idle = if running { 0 } else { idle + 1 };
@@ -456,7 +602,12 @@ mod tests {
         // SAFETY: `l` is `lua`'s main state, alive and used on this thread only.
         let mask = || unsafe { ffi::lua_gethookmask(l) };
 
-        let entered = enter(l, Some(hook)).expect("late hooks are on");
+        let watch = Watch {
+            late: true,
+            deadline: None,
+            cancel: ptr::null(),
+        };
+        let entered = enter(l, Some(hook), &watch).expect("late hooks are on");
         let mine = entered.slot;
         // Another slot's index: not this thread's, nothing happens.
         queue((mine + 1) % MAX_SLOTS);

@@ -1,0 +1,165 @@
+//! Loops of long C steps (issue 17, point 3: "whatever a script does"). The count hook runs
+//! every 1,000 instructions, and one instruction can be a C call of tens of milliseconds
+//! (`s:upper()` on 10 MB, `table.concat`, `..`, `table.sort`): 1,000 of them are seconds.
+//! Once the deadline has passed or the cancel flag is up, the hook must run at the next
+//! instruction, in the main state and in a coroutine, with the hook set late or from the
+//! start.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dagengine_lua::{execute, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
+use serde_json::json;
+
+const INFO: NodeInfo<'static> = NodeInfo {
+    node_id: "node",
+    run_id: "run-1",
+    attempt: 1,
+};
+
+const LIMIT: Duration = Duration::from_millis(200);
+
+/// Far beyond any of these runs when stopped, far below "never" (before the fix they took
+/// 1,000 steps: many seconds).
+const HANG: Duration = Duration::from_secs(2);
+
+const MEMORY: usize = 256 * 1024 * 1024;
+
+/// Runs `src` on a thread of its own and waits at most a minute.
+fn run_bounded(
+    src: &str,
+    limits: LuaLimits,
+    cancel: Option<Arc<AtomicBool>>,
+) -> (Result<LuaOutput, LuaError>, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let shown = src.to_owned();
+    let src = src.to_owned();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let r = execute(
+            &LuaScript::new(src.as_str()),
+            &json!({}),
+            &[],
+            &INFO,
+            &limits,
+            cancel.as_deref(),
+        );
+        let _ = tx.send((r, start.elapsed()));
+    });
+    rx.recv_timeout(Duration::from_mins(1))
+        .unwrap_or_else(|_| panic!("never stopped: {shown}"))
+}
+
+/// Loops whose every step is one long C call.
+fn loops() -> Vec<(&'static str, String)> {
+    let big = "local s = string.rep('a', 10 * 1024 * 1024)";
+    let body = [
+        ("upper", format!("{big} while true do s:upper() end")),
+        ("lower", format!("{big} while true do s:lower() end")),
+        (
+            "table.concat",
+            "local t = {} for i = 1, 2e5 do t[i] = 'abcdefghijklmnopqrstuvwxyz0123456789' end \
+             while true do local c = table.concat(t) end"
+                .to_owned(),
+        ),
+        ("..", format!("{big} while true do local c = s .. s end")),
+        (
+            "table.sort",
+            "local t = {} for i = 1, 3e5 do t[i] = (i * 7919) % 300007 end \
+             while true do table.sort(t) end"
+                .to_owned(),
+        ),
+    ];
+    let mut forms = Vec::new();
+    for (what, src) in body {
+        forms.push((what, src.clone()));
+        // The same loop in a coroutine: its state has a hook of its own.
+        forms.push((what, format!("coroutine.wrap(function() {src} end)()")));
+    }
+    forms
+}
+
+/// A wall-time limit alone (the hook is set late, by the watchdog).
+fn timed() -> LuaLimits {
+    LuaLimits {
+        timeout: Some(LIMIT),
+        max_memory: Some(MEMORY),
+        ..LuaLimits::default()
+    }
+}
+
+/// With an instruction budget: the hook from the first instruction.
+fn counted() -> LuaLimits {
+    LuaLimits {
+        max_instructions: Some(u64::MAX / 2),
+        ..timed()
+    }
+}
+
+#[test]
+fn a_loop_of_long_c_steps_stops_at_its_deadline() {
+    for limits in [timed(), counted()] {
+        for (what, src) in loops() {
+            let (r, elapsed) = run_bounded(&src, limits, None);
+            assert_eq!(
+                r.unwrap_err(),
+                LuaError::Timeout { limit: LIMIT },
+                "{what}: {src}"
+            );
+            assert!(elapsed < HANG, "{what}: {src}: {elapsed:?}");
+        }
+    }
+}
+
+#[test]
+fn a_loop_of_long_c_steps_stops_on_a_cancel() {
+    for instructions in [None, Some(u64::MAX / 2)] {
+        for (what, src) in loops() {
+            let cancel = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&cancel);
+            let raised = Arc::new(std::sync::Mutex::new(None));
+            let at = Arc::clone(&raised);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                *at.lock().unwrap() = Some(Instant::now());
+                flag.store(true, Ordering::Relaxed);
+            });
+            let limits = LuaLimits {
+                timeout: None,
+                max_instructions: instructions,
+                max_memory: Some(MEMORY),
+            };
+            let (r, _) = run_bounded(&src, limits, Some(cancel));
+            let stopped = Instant::now();
+            assert_eq!(r.unwrap_err(), LuaError::Cancelled, "{what}: {src}");
+            let raised = raised.lock().unwrap().expect("the flag was raised");
+            let late = stopped.duration_since(raised);
+            assert!(
+                late < HANG,
+                "{what}: {src}: stopped {late:?} after the cancel"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_loop_that_ends_before_its_deadline_still_succeeds() {
+    // The hook's check every instruction near the deadline must not trip early, nor
+    // charge 1,000 instructions per instruction.
+    let limits = LuaLimits {
+        max_instructions: Some(2_000_000),
+        timeout: Some(Duration::from_secs(30)),
+        ..LuaLimits::default()
+    };
+    let (r, _) = run_bounded(
+        "local n = 0 for i = 1, 200000 do n = n + i end return { n = n }",
+        limits,
+        None,
+    );
+    assert_eq!(
+        serde_json::Value::Object(r.unwrap().output),
+        json!({ "n": 20_000_100_000_u64 })
+    );
+}
