@@ -131,7 +131,10 @@ pub(crate) unsafe fn push_view(
 
 /// Replaces the backing table on top of the stack by its view.
 unsafe fn wrap(l: *mut ffi::lua_State, newindex: c_int, array: bool) -> Result<(), ConvError> {
-    if ffi::lua_checkstack(l, 3) == 0 {
+    // Three slots (the view, its metatable, a value) and one more: `lua_setfield` pushes
+    // the key while it sets a field the table does not have yet (a debug build of Lua
+    // asserts on it: `auxsetstr`, "stack overflow").
+    if ffi::lua_checkstack(l, 4) == 0 {
         return Err(ConvError::no_stack());
     }
     ffi::lua_createtable(l, 0, 0);
