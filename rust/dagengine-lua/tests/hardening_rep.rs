@@ -6,17 +6,17 @@
 //! large").
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dagengine_lua::{execute, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
+use dagengine_lua::{execute, LuaError, LuaLimits, LuaScript};
 use serde_json::{json, Value};
 
-const INFO: NodeInfo<'static> = NodeInfo {
-    node_id: "node",
-    run_id: "run-1",
-    attempt: 1,
-};
+mod common;
+use common::{run_bounded, INFO};
+
+/// How long a test waits for a script that should stop long before.
+const WAIT: Duration = Duration::from_secs(30);
 
 const LIMIT: Duration = Duration::from_millis(200);
 
@@ -25,32 +25,6 @@ const HANG: Duration = Duration::from_secs(2);
 
 /// Room for results of half a gigabyte (a buffer, then the string).
 const BIG_MEMORY: usize = 2 << 30;
-
-/// Runs `src` on a thread of its own and waits at most 30 s, so a script that is never
-/// stopped fails the test instead of hanging it (the thread is left spinning).
-fn run_bounded(
-    src: &str,
-    limits: LuaLimits,
-    cancel: Option<Arc<AtomicBool>>,
-) -> (Result<LuaOutput, LuaError>, Duration) {
-    let (tx, rx) = mpsc::channel();
-    let shown = src.to_owned();
-    let src = src.to_owned();
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        let r = execute(
-            &LuaScript::new(src.as_str()),
-            &json!({}),
-            &[],
-            &INFO,
-            &limits,
-            cancel.as_deref(),
-        );
-        let _ = tx.send((r, start.elapsed()));
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("never stopped: {shown}"))
-}
 
 /// Loops whose calls each ran for seconds (or for ever) in Lua's `str_rep` without
 /// returning to the VM (but the last, whose copies were long already).
@@ -100,7 +74,7 @@ fn string_rep_stops_at_its_deadline() {
                 ..limits
             },
         ] {
-            let (r, elapsed) = run_bounded(src, limits, None);
+            let (r, elapsed) = run_bounded(src, limits, None, WAIT);
             assert_eq!(r.unwrap_err(), LuaError::Timeout { limit: LIMIT }, "{src}");
             assert!(elapsed < HANG, "{src}: {elapsed:?}");
         }
@@ -123,7 +97,7 @@ fn string_rep_stops_on_a_cancel() {
             timeout: None,
             ..limits
         };
-        let (r, _) = run_bounded(src, limits, Some(cancel));
+        let (r, _) = run_bounded(src, limits, Some(cancel), WAIT);
         let stopped = Instant::now();
         assert_eq!(r.unwrap_err(), LuaError::Cancelled, "{src}");
         let raised = raised.lock().unwrap().expect("the flag was raised");
@@ -145,7 +119,7 @@ fn a_result_needs_its_size_once() {
         "local s = ('ab'):rep(3 * 1024 * 1024, ',') return { n = #s }",
         "local s = string.rep(string.rep('y', 3 * 1024 * 1024), 3, '-') return { n = #s }",
     ] {
-        let (r, _) = run_bounded(src, limits, None);
+        let (r, _) = run_bounded(src, limits, None, WAIT);
         let n = r.unwrap_or_else(|e| panic!("{src}: {e:?}")).output["n"].clone();
         assert!(n.as_u64().unwrap() > 8 << 20, "{src}: {n}");
     }
@@ -161,7 +135,7 @@ fn a_result_past_the_memory_limit_is_the_memory_error() {
         "local s = string.rep('a', 1e8)",
         "local ok = pcall(string.rep, 'ab', 1e7, ',')",
     ] {
-        let (r, _) = run_bounded(src, limits, None);
+        let (r, _) = run_bounded(src, limits, None, WAIT);
         assert_eq!(
             r.unwrap_err(),
             LuaError::MemoryLimit { limit: 16 << 20 },
@@ -287,7 +261,7 @@ fn string_rep_errors_name_the_scripts_line() {
             "node:1: bad argument #2 to 'rep' (number expected, got no value)",
         ),
     ] {
-        let (r, _) = run_bounded(src, LuaLimits::default(), None);
+        let (r, _) = run_bounded(src, LuaLimits::default(), None, WAIT);
         match r.unwrap_err() {
             LuaError::Runtime { message, .. } => assert_eq!(message, expected, "{src}"),
             other => panic!("{src}: {other:?}"),

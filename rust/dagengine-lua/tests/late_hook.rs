@@ -2,20 +2,16 @@
 //! that run long. These are the ways such a script must still stop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dagengine_lua::{
-    execute, late_hooks, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo, DEFAULT_TIMEOUT,
-};
-use serde_json::json;
+use dagengine_lua::{late_hooks, LuaError, LuaLimits, DEFAULT_TIMEOUT};
 
-const INFO: NodeInfo<'static> = NodeInfo {
-    node_id: "node",
-    run_id: "run-1",
-    attempt: 1,
-};
+mod common;
+use common::{run_bounded, run_bounded_after};
+
+/// How long a test waits for a script that should stop long before.
+const WAIT: Duration = Duration::from_secs(10);
 
 const LIMIT: Duration = Duration::from_millis(100);
 
@@ -25,42 +21,6 @@ fn timed() -> LuaLimits {
         timeout: Some(LIMIT),
         ..LuaLimits::default()
     }
-}
-
-/// Runs `src` on a thread of its own and waits at most 10 s, so a script that is never
-/// stopped fails the test instead of hanging it.
-fn run_bounded(
-    src: &str,
-    limits: LuaLimits,
-    cancel: Option<Arc<AtomicBool>>,
-) -> (Result<LuaOutput, LuaError>, Duration) {
-    run_bounded_after(|| (), src, limits, cancel)
-}
-
-/// [`run_bounded`], with `setup` run first on the script's thread.
-fn run_bounded_after(
-    setup: impl FnOnce() + Send + 'static,
-    src: &str,
-    limits: LuaLimits,
-    cancel: Option<Arc<AtomicBool>>,
-) -> (Result<LuaOutput, LuaError>, Duration) {
-    let (tx, rx) = mpsc::channel();
-    let src = src.to_owned();
-    std::thread::spawn(move || {
-        setup();
-        let start = Instant::now();
-        let r = execute(
-            &LuaScript::new(src.as_str()),
-            &json!({}),
-            &[],
-            &INFO,
-            &limits,
-            cancel.as_deref(),
-        );
-        let _ = tx.send((r, start.elapsed()));
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("the script was never stopped")
 }
 
 #[test]
@@ -86,7 +46,7 @@ fn endless_loops_stop_at_their_deadline_in_every_form() {
          coroutine.resume(co) coroutine.resume(co)",
     ] {
         let before = late_hooks();
-        let (r, elapsed) = run_bounded(src, timed(), None);
+        let (r, elapsed) = run_bounded(src, timed(), None, WAIT);
         assert_eq!(r.unwrap_err(), LuaError::Timeout { limit: LIMIT }, "{src}");
         assert!(
             elapsed >= LIMIT && elapsed < 2 * LIMIT,
@@ -114,7 +74,7 @@ fn a_thread_that_blocks_signals_still_has_its_script_stopped() {
             libc::pthread_sigmask(libc::SIG_BLOCK, &raw const all, std::ptr::null_mut());
         }
     };
-    let (r, elapsed) = run_bounded_after(block_all, "while true do end", timed(), None);
+    let (r, elapsed) = run_bounded_after(block_all, "while true do end", timed(), None, WAIT);
     assert_eq!(r.unwrap_err(), LuaError::Timeout { limit: LIMIT });
     assert!(elapsed < 2 * LIMIT, "{elapsed:?}");
 }
@@ -127,7 +87,12 @@ fn cancel_stops_a_script_with_no_limits_at_all() {
         std::thread::sleep(Duration::from_millis(50));
         flag.store(true, Ordering::Relaxed);
     });
-    let (r, elapsed) = run_bounded("while true do end", LuaLimits::UNLIMITED, Some(cancel));
+    let (r, elapsed) = run_bounded(
+        "while true do end",
+        LuaLimits::UNLIMITED,
+        Some(cancel),
+        WAIT,
+    );
     assert_eq!(r.unwrap_err(), LuaError::Cancelled);
     assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
 }
@@ -141,6 +106,6 @@ fn an_instruction_limit_still_counts_from_the_first_instruction() {
         ..LuaLimits::default()
     };
     let src = "local s = 0 for i = 1, 1000 do s = s + i end return { s = s }";
-    let (r, _) = run_bounded(src, limits, None);
+    let (r, _) = run_bounded(src, limits, None, WAIT);
     assert_eq!(r.unwrap_err(), LuaError::InstructionLimit { limit: 1_000 });
 }

@@ -6,18 +6,17 @@
 //! start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dagengine_lua::{execute, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
+use dagengine_lua::{LuaError, LuaLimits};
 use serde_json::json;
 
-const INFO: NodeInfo<'static> = NodeInfo {
-    node_id: "node",
-    run_id: "run-1",
-    attempt: 1,
-};
+mod common;
+use common::run_bounded;
+
+/// How long a test waits for a script that should stop long before.
+const WAIT: Duration = Duration::from_mins(1);
 
 const LIMIT: Duration = Duration::from_millis(200);
 
@@ -26,31 +25,6 @@ const LIMIT: Duration = Duration::from_millis(200);
 const HANG: Duration = Duration::from_secs(2);
 
 const MEMORY: usize = 256 * 1024 * 1024;
-
-/// Runs `src` on a thread of its own and waits at most a minute.
-fn run_bounded(
-    src: &str,
-    limits: LuaLimits,
-    cancel: Option<Arc<AtomicBool>>,
-) -> (Result<LuaOutput, LuaError>, Duration) {
-    let (tx, rx) = mpsc::channel();
-    let shown = src.to_owned();
-    let src = src.to_owned();
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        let r = execute(
-            &LuaScript::new(src.as_str()),
-            &json!({}),
-            &[],
-            &INFO,
-            &limits,
-            cancel.as_deref(),
-        );
-        let _ = tx.send((r, start.elapsed()));
-    });
-    rx.recv_timeout(Duration::from_mins(1))
-        .unwrap_or_else(|_| panic!("never stopped: {shown}"))
-}
 
 /// Loops whose every step is one long C call.
 fn loops() -> Vec<(&'static str, String)> {
@@ -102,7 +76,7 @@ fn counted() -> LuaLimits {
 fn a_loop_of_long_c_steps_stops_at_its_deadline() {
     for limits in [timed(), counted()] {
         for (what, src) in loops() {
-            let (r, elapsed) = run_bounded(&src, limits, None);
+            let (r, elapsed) = run_bounded(&src, limits, None, WAIT);
             assert_eq!(
                 r.unwrap_err(),
                 LuaError::Timeout { limit: LIMIT },
@@ -131,7 +105,7 @@ fn a_loop_of_long_c_steps_stops_on_a_cancel() {
                 max_instructions: instructions,
                 max_memory: Some(MEMORY),
             };
-            let (r, _) = run_bounded(&src, limits, Some(cancel));
+            let (r, _) = run_bounded(&src, limits, Some(cancel), WAIT);
             let stopped = Instant::now();
             assert_eq!(r.unwrap_err(), LuaError::Cancelled, "{what}: {src}");
             let raised = raised.lock().unwrap().expect("the flag was raised");
@@ -157,6 +131,7 @@ fn a_loop_that_ends_before_its_deadline_still_succeeds() {
         "local n = 0 for i = 1, 200000 do n = n + i end return { n = n }",
         limits,
         None,
+        WAIT,
     );
     assert_eq!(
         serde_json::Value::Object(r.unwrap().output),

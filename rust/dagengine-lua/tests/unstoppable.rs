@@ -3,52 +3,25 @@
 //! and the pattern matcher. Each form must stop at its deadline and on a cancel.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dagengine_lua::{execute, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
+use dagengine_lua::{LuaError, LuaLimits};
 use serde_json::{json, Value};
 
-const INFO: NodeInfo<'static> = NodeInfo {
-    node_id: "node",
-    run_id: "run-1",
-    attempt: 1,
-};
+mod common;
+use common::run_bounded;
+
+/// How long a test waits for a script that should stop long before.
+const WAIT: Duration = Duration::from_secs(10);
 
 const LIMIT: Duration = Duration::from_millis(200);
 
 /// Far beyond any of these runs when stopped, far below "never".
 const HANG: Duration = Duration::from_secs(2);
 
-/// Runs `src` on a thread of its own and waits at most 10 s, so a script that is never
-/// stopped fails the test instead of hanging it (the thread is left spinning).
-fn run_bounded(
-    src: &str,
-    limits: LuaLimits,
-    cancel: Option<Arc<AtomicBool>>,
-) -> (Result<LuaOutput, LuaError>, Duration) {
-    let (tx, rx) = mpsc::channel();
-    let shown = src.to_owned();
-    let src = src.to_owned();
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        let r = execute(
-            &LuaScript::new(src.as_str()),
-            &json!({}),
-            &[],
-            &INFO,
-            &limits,
-            cancel.as_deref(),
-        );
-        let _ = tx.send((r, start.elapsed()));
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("never stopped: {shown}"))
-}
-
 fn run(src: &str) -> Value {
-    let (r, _) = run_bounded(src, LuaLimits::default(), None);
+    let (r, _) = run_bounded(src, LuaLimits::default(), None, WAIT);
     Value::Object(r.unwrap_or_else(|e| panic!("{src}: {e:?}")).output)
 }
 
@@ -190,7 +163,7 @@ fn pattern_forms() -> Vec<(&'static str, String)> {
 fn every_form_stops_at_its_deadline() {
     for limits in [timed(), counted()] {
         for (what, src) in endless() {
-            let (r, elapsed) = run_bounded(&src, limits, None);
+            let (r, elapsed) = run_bounded(&src, limits, None, WAIT);
             let err = r.unwrap_err();
             assert!(
                 err == LuaError::Timeout { limit: LIMIT }
@@ -206,7 +179,7 @@ fn every_form_stops_at_its_deadline() {
 #[test]
 fn a_pattern_with_no_limit_at_all_runs_out_of_steps() {
     for (_, src) in endless().into_iter().filter(|(what, _)| *what == "pattern") {
-        let (r, elapsed) = run_bounded(&src, LuaLimits::UNLIMITED, None);
+        let (r, elapsed) = run_bounded(&src, LuaLimits::UNLIMITED, None, WAIT);
         match r.unwrap_err() {
             LuaError::Runtime { message, .. } => assert_eq!(
                 message, "node:1: pattern too complex (more than 11000000 steps)",
@@ -237,7 +210,7 @@ fn every_form_stops_on_a_cancel() {
             timeout: None,
             ..LuaLimits::default()
         };
-        let (r, _) = run_bounded(&src, limits, Some(cancel));
+        let (r, _) = run_bounded(&src, limits, Some(cancel), WAIT);
         let stopped = Instant::now();
         let err = r.unwrap_err();
         if let LuaError::Runtime { message, .. } = &err {
@@ -265,7 +238,7 @@ fn gsub_output_counts_against_the_memory_limit() {
         "local s = string.rep('x', 1e6):gsub('', string.rep('y', 100))",
         "local ok = pcall(string.gsub, string.rep('x', 1e6), '', string.rep('y', 100))",
     ] {
-        let (r, _) = run_bounded(src, limits, None);
+        let (r, _) = run_bounded(src, limits, None, WAIT);
         assert_eq!(
             r.unwrap_err(),
             LuaError::MemoryLimit {
@@ -369,7 +342,7 @@ fn a_long_load_stops_at_its_deadline() {
         ..LuaLimits::default()
     };
     let src = "local f = load(string.rep('-- a comment\\n', 2e6))";
-    let (r, elapsed) = run_bounded(src, limits, None);
+    let (r, elapsed) = run_bounded(src, limits, None, WAIT);
     assert_eq!(
         r.unwrap_err(),
         LuaError::Timeout {

@@ -1,6 +1,10 @@
 //! Helpers shared by the sandbox's test files.
 #![allow(dead_code)] // each test file uses some of them
 
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
 use dagengine_lua::{execute, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
 use serde_json::{json, Value};
 
@@ -24,4 +28,44 @@ pub fn out(src: &str) -> Value {
 
 pub fn assert_next_run_works() {
     assert_eq!(out("return { ok = true }"), json!({ "ok": true }));
+}
+
+/// Runs `src` on a thread of its own after `setup` (on that thread) and waits at most
+/// `wait`, so a script that is never stopped fails the test instead of hanging it (the
+/// thread is left spinning). Returns the result and the time the script took.
+pub fn run_bounded_after(
+    setup: impl FnOnce() + Send + 'static,
+    src: &str,
+    limits: LuaLimits,
+    cancel: Option<Arc<AtomicBool>>,
+    wait: Duration,
+) -> (Result<LuaOutput, LuaError>, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let shown = src.to_owned();
+    let src = src.to_owned();
+    std::thread::spawn(move || {
+        setup();
+        let start = Instant::now();
+        let r = execute(
+            &LuaScript::new(src.as_str()),
+            &json!({}),
+            &[],
+            &INFO,
+            &limits,
+            cancel.as_deref(),
+        );
+        let _ = tx.send((r, start.elapsed()));
+    });
+    rx.recv_timeout(wait)
+        .unwrap_or_else(|_| panic!("never stopped: {shown}"))
+}
+
+/// [`run_bounded_after`] with nothing to set up.
+pub fn run_bounded(
+    src: &str,
+    limits: LuaLimits,
+    cancel: Option<Arc<AtomicBool>>,
+    wait: Duration,
+) -> (Result<LuaOutput, LuaError>, Duration) {
+    run_bounded_after(|| (), src, limits, cancel, wait)
 }
