@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -33,6 +33,17 @@ const ENV_PREFIX: &str = "local _ENV = ...; ";
 
 /// Lua's `LUA_IDSIZE` minus the NUL: longest chunk id shown in messages.
 const LUA_IDSIZE: usize = 59;
+
+/// Conversions of a run's inputs into Lua tables, on every thread (see
+/// [`inputs_conversions`]).
+static INPUTS_CONVERSIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the inputs of an execution were converted into Lua tables so far, in
+/// this process: once per execution given them as [`Inputs::Once`], once per run and
+/// thread given them as [`Inputs::Shared`]. For tests.
+pub(crate) fn inputs_conversions() -> u64 {
+    INPUTS_CONVERSIONS.load(Ordering::Relaxed)
+}
 
 thread_local! {
     static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
@@ -490,7 +501,12 @@ impl Engine {
                 let (_, view) = self.inputs_view.as_ref().expect("the view was just kept");
                 CallInputs::View(view)
             }
-            other => CallInputs::Json(other.value()),
+            other => {
+                if script.names.inputs {
+                    INPUTS_CONVERSIONS.fetch_add(1, Ordering::Relaxed);
+                }
+                CallInputs::Json(other.value())
+            }
         };
 
         let run = &self.run;
@@ -600,6 +616,7 @@ impl Engine {
         if !seen {
             // The previous run's view is garbage from here on.
             self.inputs_view = None;
+            INPUTS_CONVERSIONS.fetch_add(1, Ordering::Relaxed);
             let view = json_to_view(&self.lua, &self.array_mt, &self.view_newindex, inputs)
                 .map_err(|e| self.conv_failure(e, "inputs"))?;
             self.inputs_view = Some((Arc::downgrade(inputs), view));

@@ -504,6 +504,13 @@ pub fn evaluate_json<'a>(
     engine::with_engine(|e| e.evaluate_json(script, inputs, results, info, limits, cancel))
 }
 
+/// How many times the inputs of an execution were converted into Lua tables so far, in
+/// this process: once per execution given them as [`Inputs::Once`], once per run and
+/// thread given them as [`Inputs::Shared`]; for tests.
+pub fn inputs_conversions() -> u64 {
+    engine::inputs_conversions()
+}
+
 /// Number of chunks compiled on the calling thread so far (compile-cache
 /// misses, including [`LuaScript::check`]); for tests and metrics.
 pub fn compiled_chunks() -> u64 {

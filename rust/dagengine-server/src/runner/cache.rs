@@ -251,7 +251,7 @@ impl CacheSpec {
 pub(super) struct KeyCall<'a> {
     pub(super) node: NodeIdx,
     pub(super) run_id: &'a str,
-    pub(super) inputs: &'a Value,
+    pub(super) inputs: &'a Arc<Value>,
     pub(super) results: &'a [(NodeIdx, Arc<Value>)],
 }
 
@@ -346,7 +346,7 @@ pub(super) fn key_completed(
     plan: &Plan,
     cache: &dyn NodeCache,
     run_id: &str,
-    inputs: &Value,
+    inputs: &Arc<Value>,
     completed: &[NodeIdx],
     records: &mut [NodeRecord],
     cancel: &AtomicBool,
