@@ -502,9 +502,7 @@ impl Engine {
                 CallInputs::View(view)
             }
             other => {
-                if script.names.inputs {
-                    INPUTS_CONVERSIONS.fetch_add(1, Ordering::Relaxed);
-                }
+                INPUTS_CONVERSIONS.fetch_add(u64::from(script.names.inputs), Ordering::Relaxed);
                 CallInputs::Json(other.value())
             }
         };

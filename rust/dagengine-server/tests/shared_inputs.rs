@@ -15,7 +15,11 @@ fn conditions_reading_the_inputs_share_one_conversion_per_run() {
     let mut dag = Dag::new();
     for i in 0..nodes {
         let parent = format!("n{}", i.max(1) - 1);
-        let deps: Vec<&str> = if i == 0 { vec![] } else { vec![parent.as_str()] };
+        let deps: Vec<&str> = if i == 0 {
+            vec![]
+        } else {
+            vec![parent.as_str()]
+        };
         dag.add_node(&format!("n{i}"), deps).unwrap();
     }
     dag.preprocess().unwrap();
@@ -43,5 +47,8 @@ fn conditions_reading_the_inputs_share_one_conversion_per_run() {
     let conversions = dagengine_lua::inputs_conversions() - before;
     // One per Lua state the run's expressions ran on (the driver's thread): before, one per
     // condition (200).
-    assert!(conversions <= 2, "{conversions} conversions for {nodes} conditions");
+    assert!(
+        conversions <= 2,
+        "{conversions} conversions for {nodes} conditions"
+    );
 }
