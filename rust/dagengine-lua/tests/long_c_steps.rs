@@ -5,15 +5,13 @@
 //! instruction, in the main state and in a coroutine, with the hook set late or from the
 //! start.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dagengine_lua::{LuaError, LuaLimits};
 use serde_json::json;
 
 mod common;
-use common::run_bounded;
+use common::{cancel_after, run_bounded};
 
 /// How long a test waits for a script that should stop long before.
 const WAIT: Duration = Duration::from_mins(1);
@@ -91,15 +89,7 @@ fn a_loop_of_long_c_steps_stops_at_its_deadline() {
 fn a_loop_of_long_c_steps_stops_on_a_cancel() {
     for instructions in [None, Some(u64::MAX / 2)] {
         for (what, src) in loops() {
-            let cancel = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&cancel);
-            let raised = Arc::new(std::sync::Mutex::new(None));
-            let at = Arc::clone(&raised);
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(300));
-                *at.lock().unwrap() = Some(Instant::now());
-                flag.store(true, Ordering::Relaxed);
-            });
+            let (cancel, raised) = cancel_after(Duration::from_millis(300));
             let limits = LuaLimits {
                 timeout: None,
                 max_instructions: instructions,

@@ -2,15 +2,13 @@
 //! 17, point 3): message handlers, `__close` handlers, coroutines inside those, finalizers
 //! and the pattern matcher. Each form must stop at its deadline and on a cancel.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dagengine_lua::{LuaError, LuaLimits};
 use serde_json::{json, Value};
 
 mod common;
-use common::run_bounded;
+use common::{cancel_after, run_bounded};
 
 /// How long a test waits for a script that should stop long before.
 const WAIT: Duration = Duration::from_secs(10);
@@ -197,15 +195,7 @@ fn a_pattern_with_no_limit_at_all_runs_out_of_steps() {
 #[test]
 fn every_form_stops_on_a_cancel() {
     for (what, src) in endless() {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&cancel);
-        let raised = Arc::new(std::sync::Mutex::new(None));
-        let at = Arc::clone(&raised);
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            *at.lock().unwrap() = Some(Instant::now());
-            flag.store(true, Ordering::Relaxed);
-        });
+        let (cancel, raised) = cancel_after(Duration::from_millis(50));
         let limits = LuaLimits {
             timeout: None,
             ..LuaLimits::default()

@@ -1,8 +1,8 @@
 //! Helpers shared by the sandbox's test files.
 #![allow(dead_code)] // each test file uses some of them
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dagengine_lua::{execute, LuaError, LuaLimits, LuaOutput, LuaScript, NodeInfo};
@@ -68,4 +68,19 @@ pub fn run_bounded(
     wait: Duration,
 ) -> (Result<LuaOutput, LuaError>, Duration) {
     run_bounded_after(|| (), src, limits, cancel, wait)
+}
+
+/// A cancel flag raised by a thread of its own after `delay`, and when it was raised (for
+/// the time from the cancel to the script's end).
+pub fn cancel_after(delay: Duration) -> (Arc<AtomicBool>, Arc<Mutex<Option<Instant>>>) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let raised = Arc::new(Mutex::new(None));
+    let at = Arc::clone(&raised);
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        *at.lock().unwrap() = Some(Instant::now());
+        flag.store(true, Ordering::Relaxed);
+    });
+    (cancel, raised)
 }
