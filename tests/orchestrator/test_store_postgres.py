@@ -241,3 +241,51 @@ def test_dagengine_store_standby_must_be_0_or_1(
     with open_store(pg_url) as tool:  # only an orchestrator's (exclusive) store stands by
         assert isinstance(tool, PostgresStore)
         assert not tool.standby
+
+
+def test_a_group_whose_commit_answer_was_lost_is_written_again(pg_url: str) -> None:
+    # A server restarted between committing a group and answering: the writer only sees
+    # the connection go, puts the group back and writes it again. Its events were stored
+    # already (a duplicate key for ever, before) and its run's end too (not recorded).
+    import threading
+
+    import psycopg
+    from dagengine.orchestrator.store import RunRecord
+
+    store = open_store(pg_url, exclusive=True)
+    assert isinstance(store, PostgresStore)
+    real = store._write_group
+    lost: list[str] = []  # what the groups whose answer was lost held
+
+    def answer_lost(pending: list, events: list) -> list:  # type: ignore[type-arg]
+        written = real(pending, events)
+        held = "events" if events else "end" if any(k == "finish" for k, _ in pending) else ""
+        if held and held not in lost:
+            lost.append(held)
+            raise psycopg.OperationalError("the server closed the connection unexpectedly")
+        return written
+
+    store._write_group = answer_lost  # type: ignore[method-assign]
+    try:
+        store.create_run(RunRecord("lost-answer", "wf", "1.0.0"))
+        attempt = store.claim_attempt("lost-answer", "local")
+        ended = threading.Event()
+        recorded: list[bool] = []
+        store.append_event_later(None, "node.started", workflow_id="wf", run_id="lost-answer")
+        store.finish_run_later(
+            "lost-answer",
+            attempt,
+            "succeeded",
+            {"ok": True},
+            None,
+            lambda ok: (recorded.append(ok), ended.set()),
+        )
+        assert ended.wait(30), "the run's end was never told"
+        store.flush()
+        assert sorted(lost) == ["end", "events"], lost
+        assert recorded == [True]
+        assert store.get_run("lost-answer").status == "succeeded"
+        assert [e.type for e in store.events(run_id="lost-answer")] == ["node.started"]
+        assert store.write_error is None
+    finally:
+        store.close()

@@ -230,23 +230,32 @@ INSERT_OUTPUTS: Final = f"""INSERT INTO node_outputs (run_id, node_id, attempt, 
         attempt = excluded.attempt, output = excluded.output"""
 
 # The ends of several runs in one statement, each fenced like a single one; returns the runs
-# it ended. No run may appear twice (the group commit sends each run's last end only).
+# it ended. No run may appear twice (the group commit sends each run's last end only). An
+# end stored already, to the time (a commit whose answer was lost with the connection, its
+# group written again), counts as ended.
 FINISH_RUNS: Final = f"""UPDATE runs SET status = v.status, result = v.result, error = v.error,
         finished_at = v.finished_at
     FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[])
         AS v (run_id, status, result, error, finished_at, attempt)
-    WHERE runs.run_id = v.run_id AND runs.status IN ('queued', 'running')
-        AND (v.attempt IS NULL OR runs.attempt = v.attempt) AND {MINE}
+    WHERE runs.run_id = v.run_id AND (
+        (runs.status IN ('queued', 'running')
+            AND (v.attempt IS NULL OR runs.attempt = v.attempt) AND {MINE})
+        OR (runs.status = v.status AND runs.finished_at = v.finished_at))
     RETURNING runs.run_id"""
 
+# An event whose number is stored already is this store's own, written by a commit whose
+# answer was lost with the connection (a restarted server): the group is written again, and
+# the events it holds are skipped, not a duplicate key for ever.
 INSERT_EVENT: Final = """INSERT INTO events
     (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (seq) DO NOTHING"""
 # Several events in one statement (a list per column, each in seq order).
 INSERT_EVENTS: Final = """INSERT INTO events
     (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
     SELECT * FROM unnest(%s::bigint[], %s::float8[], %s::text[], %s::smallint[], %s::text[],
-        %s::text[], %s::text[], %s::text[], %s::text[])"""
+        %s::text[], %s::text[], %s::text[], %s::text[])
+    ON CONFLICT (seq) DO NOTHING"""
 # Raise the high-water mark of event numbers (never lower it).
 EVENTS_WRITTEN: Final = (
     "SELECT setval('events_seq', GREATEST(%s, (SELECT last_value FROM events_seq)))"
