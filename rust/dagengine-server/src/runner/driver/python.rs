@@ -71,22 +71,7 @@ impl Handoff {
         self.external.pool().submit(Box::new(move || {
             let (node, attempt) = (w.node, w.attempt);
             if w.check.is_some() && !w.call.cancel.load(Ordering::Relaxed) {
-                let held = contained(plan.dag.id(node), || external.condition(&plan, &w.call));
-                // A condition's lines are dropped (as a Lua condition's), unless it failed.
-                let logs = external.take_logs(&plan, node, None, attempt);
-                let msg = match held {
-                    Ok(true) => Msg::ConditionPassed { node, attempt },
-                    Ok(false) => Msg::ConditionFalse { node, attempt },
-                    Err(mut failure) => {
-                        failure.retryable = false;
-                        Msg::Done {
-                            node,
-                            attempt,
-                            result: Err(failure),
-                            logs,
-                        }
-                    }
-                };
+                let msg = condition_msg(&plan, external.as_ref(), &w.call, node, node, attempt);
                 let held = matches!(msg, Msg::ConditionPassed { .. });
                 let _ = tx.send(msg);
                 if !held {
@@ -101,6 +86,35 @@ impl Handoff {
                 logs,
             });
         }));
+    }
+}
+
+/// Checks `call`'s condition (on the pool) and says how it went: held, not held, or the
+/// node's failure (not retryable: a retry would not check the condition again). The
+/// condition's lines are dropped (as a Lua condition's), unless it failed. `owner` names
+/// the node in a failure.
+fn condition_msg(
+    plan: &Plan,
+    external: &dyn ExternalExecutor,
+    call: &ExternalCall,
+    owner: NodeIdx,
+    node: NodeIdx,
+    attempt: u32,
+) -> Msg {
+    let held = contained(plan.dag.id(owner), || external.condition(plan, call));
+    let logs = external.take_logs(plan, node, None, attempt);
+    match held {
+        Ok(true) => Msg::ConditionPassed { node, attempt },
+        Ok(false) => Msg::ConditionFalse { node, attempt },
+        Err(mut failure) => {
+            failure.retryable = false;
+            Msg::Done {
+                node,
+                attempt,
+                result: Err(failure),
+                logs,
+            }
+        }
     }
 }
 
@@ -248,23 +262,7 @@ impl Driver {
         pool.submit(Box::new(move || {
             let node_id = plan.dag.id(owner);
             if check {
-                let held = contained(node_id, || external.condition(&plan, &call));
-                // A condition's lines are dropped (as a Lua condition's), unless it failed.
-                let logs = external.take_logs(&plan, node, None, attempt);
-                let msg = match held {
-                    Ok(true) => Msg::ConditionPassed { node, attempt },
-                    Ok(false) => Msg::ConditionFalse { node, attempt },
-                    Err(mut failure) => {
-                        // A retry would not check the condition again.
-                        failure.retryable = false;
-                        Msg::Done {
-                            node,
-                            attempt,
-                            result: Err(failure),
-                            logs,
-                        }
-                    }
-                };
+                let msg = condition_msg(&plan, external.as_ref(), &call, owner, node, attempt);
                 let go_on = matches!(msg, Msg::ConditionPassed { .. })
                     && matches!(plan.kinds[node as usize], NodeKind::External)
                     && plan.map(node).is_none()
