@@ -22,6 +22,9 @@ if str(TESTS_DIR) not in sys.path:
 from ledger import engines, ledger  # noqa: E402, F401
 from pg import pg_url, postgres_url, store_target  # noqa: E402, F401
 
+# Engine processes for one test (see tests/processes.py).
+from processes import start_engine  # noqa: E402, F401
+
 
 @pytest.fixture
 def in_repo_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -113,3 +114,28 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for servers that need one before start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def start_engine() -> Iterator[Callable[..., EngineProcess]]:
+    """``start_engine(*args, env=None)`` starts an :class:`EngineProcess` for one test; every
+    engine it started is killed at teardown."""
+    started: list[EngineProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> EngineProcess:
+        engine = EngineProcess(*args, env=env)
+        started.append(engine)
+        return engine
+
+    try:
+        yield start
+    finally:
+        for engine in started:
+            engine.kill()

@@ -58,23 +58,6 @@ TESTS_DIR = Path(__file__).resolve().parent
 SPIN = {"lua": "while true do end", "limits": {"instructions": 10**15}}
 
 
-@pytest.fixture
-def start_engine() -> Iterator[Callable[..., EngineProcess]]:
-    """Start engines for one test; all are killed at teardown."""
-    started: list[EngineProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> EngineProcess:
-        engine = EngineProcess(*args, env=env)
-        started.append(engine)
-        return engine
-
-    try:
-        yield start
-    finally:
-        for engine in started:
-            engine.kill()
-
-
 @pytest.fixture(scope="module")
 def shared_engine() -> Iterator[EngineProcess]:
     engine = EngineProcess("--engine-id", "shared", "--capacity", "8", "--max-message-mb", "1")

@@ -9,16 +9,16 @@ tests wait on conditions, never on sleeps.
 from __future__ import annotations
 
 import signal
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from dagengine import RunResult, RunStatus
+from dagengine import RunStatus
 from dagengine.cli import main as cli_main
 from dagengine.engine import SelfRegistrar, advertise_address
-from dagengine.orchestrator import Config, Orchestrator, RunHandle
-from processes import EngineProcess, wait_for
+from dagengine.orchestrator import Config, Orchestrator
+from outcomes import handle, result
+from processes import EngineProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,26 +27,10 @@ WAIT = 30.0
 SPIN = {"lua": "while true do end", "limits": {"instructions": 10**15}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def start_engine() -> Iterator[Callable[..., EngineProcess]]:
-    started: list[EngineProcess] = []
-
-    def start(*args: str) -> EngineProcess:
-        engine = EngineProcess(*args, env={"PYTHONPATH": str(HERE)})
-        started.append(engine)
-        return engine
-
-    try:
-        yield start
-    finally:
-        for engine in started:
-            engine.kill()
+def start_engine(start_engine: Callable[..., EngineProcess]) -> Callable[..., EngineProcess]:
+    """The shared fixture, with this folder's task modules on the engines' path."""
+    return lambda *args: start_engine(*args, env={"PYTHONPATH": str(HERE)})
 
 
 @pytest.fixture
@@ -69,16 +53,6 @@ def self_registration(interval: float) -> Config:
     return Config(
         discovery="self-registration", engine_health_check_interval=interval, store_path=":memory:"
     )
-
-
-def handle(value: RunResult | RunHandle) -> RunHandle:
-    assert isinstance(value, RunHandle), value
-    return value
-
-
-def result(value: RunResult | RunHandle) -> RunResult:
-    assert isinstance(value, RunResult), value
-    return value
 
 
 # --- self-registration --------------------------------------------------------------------------

@@ -18,27 +18,21 @@ from typing import Any
 
 import grpc
 import pytest
-from dagengine import RunResult
 from dagengine.engine import orchestrator_credentials_from_env
 from dagengine.exceptions import ConfigError, EngineStartError
-from dagengine.orchestrator import Config, Orchestrator, RunHandle
+from dagengine.orchestrator import Config, Orchestrator
 from dagengine.serve import ServeOptions, serve
 from dagengine.v1 import engine_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from processes import EngineProcess, wait_for
+from outcomes import result as done
+from processes import EngineProcess, free_port, wait_for
 from test_engine import Certs
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "orchestrator-s3cret"
 WAIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -103,27 +97,6 @@ def make_orch() -> Iterator[Callable[..., Orchestrator]]:
     finally:
         for orch in made:
             orch.stop()
-
-
-@pytest.fixture
-def start_engine() -> Iterator[Callable[..., EngineProcess]]:
-    started: list[EngineProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> EngineProcess:
-        engine = EngineProcess(*args, env=env)
-        started.append(engine)
-        return engine
-
-    try:
-        yield start
-    finally:
-        for engine in started:
-            engine.kill()
-
-
-def done(value: RunResult | RunHandle) -> RunResult:
-    assert isinstance(value, RunResult), value
-    return value
 
 
 def address(orch: Orchestrator) -> str:

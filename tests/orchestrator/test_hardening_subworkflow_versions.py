@@ -11,36 +11,19 @@ gate file, then opens the gate.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagengine import RunResult
-from dagengine.orchestrator import Config, Orchestrator, RunHandle
-from processes import EngineProcess, wait_for
+from dagengine.orchestrator import Config, Orchestrator
+from outcomes import handle, result
+from processes import EngineProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
 WAIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def handle(value: RunResult | RunHandle) -> RunHandle:
-    assert isinstance(value, RunHandle), value
-    return value
-
-
-def result(value: RunResult | RunHandle) -> RunResult:
-    assert isinstance(value, RunResult), value
-    return value
 
 
 def child(version: str) -> dict[str, Any]:

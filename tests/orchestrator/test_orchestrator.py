@@ -28,23 +28,14 @@ from dagengine import (
     SubWorkflow,
 )
 from dagengine.exceptions import DagEngineError, QueueFull, VersionNotFound
-from dagengine.orchestrator import Config, Engine, Event, Monitor, Orchestrator, RunHandle
+from dagengine.orchestrator import Config, Engine, Event, Monitor, Orchestrator
 from orch_tasks import ledger_counts
+from outcomes import handle, result
 from pg import committed
 from processes import wait_for
 
 WAIT = 30.0
 SPIN = {"lua": "while true do end", "limits": {"instructions": 10**15}}
-
-
-def handle(value: RunResult | RunHandle) -> RunHandle:
-    assert isinstance(value, RunHandle), value
-    return value
-
-
-def result(value: RunResult | RunHandle) -> RunResult:
-    assert isinstance(value, RunResult), value
-    return value
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
