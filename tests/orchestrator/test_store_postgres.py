@@ -165,13 +165,13 @@ def test_connections_use_tcp_keepalives_unless_the_url_says(pg_url: str) -> None
 # --- the server restarted under load ------------------------------------------------------------
 
 
+@pytest.mark.timeout(300)  # (its own waits are bounded below it: see bounded.py)
 def test_postgres_restarted_mid_load_loses_no_run() -> None:
     """A fast restart of PostgreSQL (every session cut) while runs go through an orchestrator:
     the store connects again, every run finishes and is recorded once, and reads work. (The
     runs are waited for, not handed back: a handle is only handed back once its run is
     committed, and that fails while the server is down.)"""
-    from concurrent.futures import ThreadPoolExecutor
-
+    from bounded import Calls, results, within
     from pg import restart_cluster, start_cluster, stop_cluster
     from processes import wait_for
 
@@ -181,16 +181,17 @@ def test_postgres_restarted_mid_load_loses_no_run() -> None:
         orch = Orchestrator(store=url)
         try:
             orch.register_workflow("w", "1.0.0", {"nodes": [{"id": "n", "lua": "return {v = 1}"}]})
-            with ThreadPoolExecutor(16) as pool:
-                futures = [pool.submit(orch.execute_workflow, "w") for _ in range(runs)]
+            with Calls(16) as calls:
+                futures = [calls.submit(orch.execute_workflow, "w") for _ in range(runs)]
                 wait_for(lambda: sum(f.done() for f in futures) >= 50, "the first runs")
                 restart_cluster(folder)
                 # (Counted after the restart: runs waiting for their end's commit could not
                 # finish while the server was down.)
                 finished_then = sum(f.done() for f in futures)
-                results = [f.result(timeout=120) for f in futures]
+                # A run lost (its waiter never told) fails here, naming it, not a hang.
+                ended = results(futures, "runs", name=lambda i: f"run #{i}")
             assert finished_then < runs, "the restart came after the last run"
-            assert all(r.ok for r in results)  # type: ignore[union-attr]
+            assert all(r.ok for r in ended)  # type: ignore[union-attr]
             stored = orch.store.list_runs(workflow_id="w", limit=1000)  # reads work again
             assert len(stored) == runs
             assert {r.status for r in stored} == {"succeeded"}
@@ -200,7 +201,7 @@ def test_postgres_restarted_mid_load_loses_no_run() -> None:
                 f"restart, all {runs} succeeded and recorded once"
             )
         finally:
-            orch.stop()
+            within(orch.stop, "the orchestrator's stop")
     finally:
         stop_cluster(folder)
 

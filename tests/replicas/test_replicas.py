@@ -187,12 +187,12 @@ def test_a_run_is_cancelled_through_a_replica_that_does_not_own_it(
     assert not b.cancel_run("no-such-run")
 
 
+@pytest.mark.timeout(300)  # (its own waits are bounded below it: see bounded.py)
 def test_postgres_restarted_under_two_replicas_loses_no_run() -> None:
     """A fast restart of PostgreSQL (every session cut, the replicas' writers, lease and
     event connections too) while two replicas run 500 runs each: they connect again, every
     run finishes and is recorded once, owned by the replica that started it."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    from bounded import Calls, each_within, results
     from pg import restart_cluster, start_cluster, stop_cluster
 
     runs = 500
@@ -201,18 +201,21 @@ def test_postgres_restarted_under_two_replicas_loses_no_run() -> None:
         started = [Orchestrator(store=url, config=_config(ttl=10)) for _ in range(2)]
         try:
             started[0].register_workflow("w", "1.0.0", SPEC)
-            with ThreadPoolExecutor(16) as pool:
+            with Calls(16) as calls:
                 futures = [
-                    pool.submit(orch.execute_workflow, "w", {"i": i})
+                    calls.submit(orch.execute_workflow, "w", {"i": i})
                     for i in range(runs)
                     for orch in started
                 ]
                 wait_for(lambda: sum(f.done() for f in futures) >= 50, "the first runs")
                 restart_cluster(folder)
                 finished_then = sum(f.done() for f in futures)
-                results = [f.result(timeout=120) for f in futures]
+                # A run lost (its waiter never told) fails here, naming it, not a hang.
+                ended = results(
+                    futures, "runs", name=lambda n: f"run i={n // 2} on replica {n % 2}"
+                )
             assert finished_then < 2 * runs, "the restart came after the last run"
-            assert all(r.ok for r in results)  # type: ignore[union-attr]
+            assert all(r.ok for r in ended)  # type: ignore[union-attr]
             rows = query(url, "SELECT status, owner FROM runs")
             assert len(rows) == 2 * runs
             assert {status for status, _ in rows} == {"succeeded"}
@@ -224,8 +227,7 @@ def test_postgres_restarted_under_two_replicas_loses_no_run() -> None:
                 "was back from its restart; all succeeded, recorded once, none moved"
             )
         finally:
-            for orch in started:
-                orch.stop()
+            each_within([orch.stop for orch in started], "the replicas' stops")
     finally:
         stop_cluster(folder)
 
@@ -314,8 +316,7 @@ def test_a_version_yanked_on_one_replica_is_skipped_on_all(replicas: list[Orches
 
 
 def test_replicas_pruning_together_export_each_run_once(pg_url: str, tmp_path: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
+    from bounded import Calls, results
     from dagengine.orchestrator.store import RunRecord
     from dagengine.orchestrator.store.retention import RetentionPolicy
 
@@ -336,8 +337,8 @@ def test_replicas_pruning_together_export_each_run_once(pg_url: str, tmp_path: P
                 removed += part.runs
             return removed
 
-        with ThreadPoolExecutor(3) as pool:
-            removed = list(pool.map(prune_all, stores))
+        with Calls(3) as calls:
+            removed = results([calls.submit(prune_all, s) for s in stores], "prunes")
         assert sum(removed) == 60
         lines = [line for file in folder.iterdir() for line in file.read_text().splitlines()]
         assert sorted(json.loads(line)["run"]["run_id"] for line in lines) == sorted(
