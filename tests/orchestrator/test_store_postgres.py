@@ -290,3 +290,42 @@ def test_a_group_whose_commit_answer_was_lost_is_written_again(pg_url: str) -> N
         assert store.write_error is None
     finally:
         store.close()
+
+
+# --- the writer's prepared statements -----------------------------------------------------------
+
+
+def test_isolating_a_row_keeps_the_writers_prepared_statements(pg_url: str) -> None:
+    """A group that fails on one row's data is rolled back and halved until the row stands
+    alone. psycopg deallocates every prepared statement of a session that runs ROLLBACK (in
+    case the transaction dropped what they name), so each isolation cost the writer all of
+    them: parsed again and prepared again only after ``prepare_threshold`` (5) more uses
+    each. The writer's transactions change no schema; its rollbacks keep them."""
+    from dagengine.orchestrator.store import RunRecord
+
+    def prepared(store: PostgresStore) -> set[str]:
+        with store._lock:  # (the writer's connection: its own session's statements)
+            rows = store._db.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        return {statement for (statement,) in rows}
+
+    store = open_store(pg_url, exclusive=True)
+    assert isinstance(store, PostgresStore)
+    try:
+        pid = store._db.info.backend_pid
+        for i in range(8):  # past psycopg's prepare_threshold: the group's statements
+            store.create_run_later(RunRecord(f"r{i}", "wf", "1.0.0"))
+            store.append_event_later(None, "run.queued", workflow_id="wf", run_id=f"r{i}")
+            store.flush()
+        before = prepared(store)
+        assert len(before) >= 2, before  # the runs' and the events' inserts, at least
+        store.create_run_later(RunRecord("good", "wf", "1.0.0"))
+        store.create_run_later(RunRecord("bad", "wf", "1.0.0", inputs={"a": "\udcff"}))
+        store.append_event_later(None, "run.queued", workflow_id="wf", run_id="bad")
+        store.flush()
+        assert store.write_error is None
+        assert store.get_run("bad") is not None  # isolated, written escaped
+        assert store._db.info.backend_pid == pid  # the same connection
+        after = prepared(store)
+        assert before <= after, f"lost: {sorted(before - after)}"
+    finally:
+        store.close()

@@ -80,6 +80,22 @@ def _try_lock(conn: Any, key: int) -> bool:
     )
 
 
+def _rollback(conn: Any, psycopg: Any) -> None:
+    """Roll back the writer's transaction, keeping the session's prepared statements.
+
+    (psycopg deallocates every prepared statement of a session that runs ROLLBACK, in case
+    the transaction dropped or altered what they name: each group that failed on a row's data
+    cost the writer all of them, each parsed again and prepared again only after
+    ``prepare_threshold`` more uses. The writer's transactions change no schema (migrations
+    run when the store opens, before any statement is prepared), so the statements stay
+    valid: the ROLLBACK goes to libpq directly, past psycopg's cache.)"""
+    with conn.lock:
+        result = conn.pgconn.exec_(b"ROLLBACK")
+    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        message = result.error_message.decode(errors="replace").strip()
+        raise psycopg.OperationalError(f"ROLLBACK failed: {message or 'no answer'}")
+
+
 class _RowError(ValueError):
     """A write that failed on its data (a value PostgreSQL refuses, a broken constraint):
     raised as a ValueError so the write-behind isolates the row instead of retrying the
@@ -246,7 +262,7 @@ class PostgresWriter(WriteBehind):
                     self._tx_thread = None
                     try:
                         if not self._db.broken:
-                            self._db.execute("ROLLBACK")
+                            _rollback(self._db, self._psycopg)
                     except self._psycopg.Error:
                         self._db.close()  # in an unknown state: the next one connects again
                 raise
