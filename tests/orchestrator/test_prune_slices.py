@@ -118,7 +118,8 @@ def test_closing_the_store_ends_a_prune_that_waits(
     for index in range(10):
         add_run(store, f"old{index:03}", age_days=40)
     store.flush()
-    monkeypatch.setattr(prune_slices, "SLICE_GAP", 1e6)  # no slice ever comes due
+    # No slice ever comes due.
+    monkeypatch.setattr(prune_slices, "pace", lambda duty: (prune_slices.SLICE_TIME, 1e6))
     errors: list[BaseException] = []
 
     def prune() -> None:

@@ -6,6 +6,14 @@ its own inside its commits, see :mod:`~dagengine.orchestrator.store.prune_slices
 gives the freed space back to the file system, and publishes a ``store.pruned`` event with
 the counts when it removed anything.
 
+By default a prune takes 5% of the store's time (``PRUNE_DUTY``): run latency does not move,
+and ~600 runs a second are pruned on a quiet 2-core machine (fewer under load). A service
+that finishes more runs than that a second would outgrow it, and so would the first pass
+over a large backlog: a pass that is still going after :data:`CATCH_UP_AFTER` of the
+interval is *behind*, and from then on its share doubles every :data:`CATCH_UP_STEP` of the
+interval, up to ``MAX_PRUNE_DUTY`` (50%); the next pass starts gentle again. Disk space
+that stays bounded is worth a slower p99 while it catches up (benches/README.md).
+
 Each pass builds its :class:`~dagengine.orchestrator.store.retention.RetentionPolicy` from
 the orchestrator's (``Config.retention``, ``serve`` config ``retention:``) and the
 retention each workflow was registered with (``metadata={"retention": "7d",
@@ -14,6 +22,7 @@ retention each workflow was registered with (``metadata={"retention": "7d",
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +32,9 @@ from dagengine.orchestrator.events import EventBus, EventType
 from dagengine.orchestrator.store.protocol import StoreBackend
 from dagengine.orchestrator.store.retention import (
     EVENTS_PER_BATCH,
+    MAX_PRUNE_DUTY,
     PRUNE_BATCH,
+    PRUNE_DUTY,
     PruneReport,
     RetentionPolicy,
 )
@@ -36,11 +47,15 @@ _log = logging.getLogger(__name__)
 BATCH_PAUSE = 0.01
 #: Seconds a batch should take (its size adapts): what a run's write may wait for it.
 BATCH_TIME = 0.002
-#: The pause after a batch, in multiples of the time it held the store: the store is free
-#: 95% of the time. With 4 (free 80%), the slowest 1% of runs met a batch and p99 run
-#: latency during a prune was 1.5-2.7x that without; with 19, 0.6-1.4x (benches/README.md).
-#: The price: a prune takes 2-4x as long (150-300 runs/s pruned instead of 600-900).
-PAUSE_FACTOR = 19
+#: The pause after a batch is the time it held the store times ``1 / duty - 1``: 19 at the
+#: default duty (the store is free 95% of the time). With 4 (free 80%), the slowest 1% of
+#: runs met a batch and p99 run latency during a prune was 1.5-2.7x that without; with 19,
+#: 0.6-1.4x (benches/README.md). The price: a prune takes 2-4x as long.
+PAUSE_FACTOR = 1 / PRUNE_DUTY - 1
+#: The share of the interval after which a pass still going is behind (see the module).
+CATCH_UP_AFTER = 0.25
+#: The share of the interval after which a pass that is behind doubles its duty again.
+CATCH_UP_STEP = 0.125
 _FIRST_BATCH = 32
 #: Pages given back per step of a reclaim (it adapts the same way), at first and at most.
 _FIRST_PAGES = 64
@@ -109,15 +124,28 @@ class Pruner:
         policy = self.policy()
         report = PruneReport()
         size = min(self.batch, _FIRST_BATCH)
+        began = time.monotonic()
+        duty = PRUNE_DUTY
         while not self._stop.is_set():
-            part = self.store.prune(policy, limit=size)
+            part = self.store.prune(dataclasses.replace(policy, duty=duty), limit=size)
             took = part.seconds  # the time it held the store, not the wait for it
             report.add(part)
             if part.runs < size and part.events < EVENTS_PER_BATCH:
                 break  # nothing more past its retention (a parent whose children just
                 # went waits for the next pass)
             size = self._resize(size, took, self.batch)
-            self._stop.wait(max(self.pause, PAUSE_FACTOR * took))
+            behind = self.duty(time.monotonic() - began)
+            if behind > duty:
+                _log.warning(
+                    "the pruner is behind (%.1f s into its pass, %d runs pruned): it may "
+                    "now take %.0f%% of the store's time",
+                    time.monotonic() - began,
+                    report.runs,
+                    100 * behind,
+                )
+                duty = behind
+            self._stop.wait(max(self.pause, took * (1 / duty - 1)))
+        report.duty = duty
         if report.runs or report.events:
             pages = _FIRST_PAGES
             while not self._stop.is_set():
@@ -128,12 +156,21 @@ class Pruner:
                 if not freed:
                     break
                 pages = self._resize(pages, took, _MAX_PAGES)
-                self._stop.wait(max(self.pause, PAUSE_FACTOR * took))
+                self._stop.wait(max(self.pause, took * (1 / duty - 1)))
             self.total.add(report)
             _log.info("pruned the store: %s", report.to_dict())
             if self.events is not None:
                 self.events.publish(EventType.STORE_PRUNED, data=report.to_dict())
         return report
+
+    def duty(self, elapsed: float) -> float:
+        """The share of the store's time a pass may take ``elapsed`` seconds after it began:
+        ``PRUNE_DUTY`` until :data:`CATCH_UP_AFTER` of the interval, then doubled every
+        :data:`CATCH_UP_STEP` of it, up to ``MAX_PRUNE_DUTY``."""
+        late = elapsed / self.interval - CATCH_UP_AFTER
+        if late < 0:
+            return PRUNE_DUTY
+        return min(MAX_PRUNE_DUTY, PRUNE_DUTY * 2.0 ** (1 + int(late / CATCH_UP_STEP)))
 
     def _resize(self, size: int, took: float, ceiling: int) -> int:
         """The next batch's size after one of ``size`` took ``took`` seconds."""

@@ -8,6 +8,9 @@ its own: a WAL reader takes no lock a writer needs) and hands them to the writer
 a :class:`PruneJob`. The writer deletes a *slice* of them (a few runs, sized to take about
 :data:`SLICE_TIME`) inside the next group commit it makes, at most one slice every
 :data:`SLICE_GAP`; while nothing else is written, it commits a slice alone at that pace.
+That is the default pace (:data:`~dagengine.orchestrator.store.retention.PRUNE_DUTY`, 5% of
+the store's time); a policy with a larger ``duty`` (the pruner's, while it falls behind) gets
+longer slices (up to :data:`MAX_SLICE_TIME`) closer together (:func:`pace`).
 A slice does not ride in a commit that a run's end or a fence waits for (unless it has been
 due for :data:`OVERDUE`): it goes in the next commit of rows nobody waits for, or alone
 right after. A run's end then waits for a slice only when it comes while one is running.
@@ -29,12 +32,13 @@ from typing import Final
 from dagengine.orchestrator.store.retention import (
     _RUNLESS_EVENTS,
     EVENTS_PER_BATCH,
+    PRUNE_DUTY,
     PruneReport,
     RetentionPolicy,
     delete_runs,
 )
 
-__all__ = ["SLICE_GAP", "SLICE_TIME", "PruneJob"]
+__all__ = ["MAX_SLICE_TIME", "SLICE_GAP", "SLICE_TIME", "PruneJob", "pace"]
 
 #: Seconds one slice should hold the store (the slice's size adapts to it): what a run's end
 #: may wait for a prune.
@@ -46,12 +50,24 @@ SLICE_TIME: Final = 0.5e-3
 #: a commit finish the checkpoint under the store's lock (with 0.25 ms slices 1 ms apart,
 #: 4x as many commits did, and p99 run latency during a prune doubled).
 SLICE_GAP: Final = 9.5e-3
+#: The longest a slice may hold the store, at a larger duty than the default: fewer, larger
+#: slices cost less than more, closer ones (see :data:`SLICE_GAP`).
+MAX_SLICE_TIME: Final = 4 * SLICE_TIME
 #: Seconds past due after which a slice rides in a commit somebody waits for.
 OVERDUE: Final = 0.05
 _FIRST_SLICE: Final = 8
 _MAX_SLICE: Final = 128
 #: Events without a run deleted by one slice, per run a slice may delete.
 _EVENTS_PER_RUN: Final = 16
+
+
+def pace(duty: float) -> tuple[float, float]:
+    """``(slice time, least gap after a slice)`` in seconds for a prune that may take
+    ``duty`` of the store's time: :data:`SLICE_TIME` and :data:`SLICE_GAP` at the default
+    duty; above it the slices grow with the duty up to :data:`MAX_SLICE_TIME`, and the gaps
+    shrink to keep the share."""
+    slice_time = min(MAX_SLICE_TIME, SLICE_TIME * max(1.0, duty / PRUNE_DUTY))
+    return slice_time, slice_time * (1.0 / duty - 1.0)
 
 
 class PruneJob:
@@ -73,6 +89,7 @@ class PruneJob:
         self._next = 0
         self._events_done = policy.max_age is None
         self._size = _FIRST_SLICE
+        self.slice_time, self.gap = pace(policy.duty)
         self._last_end = 0.0  # (time.monotonic() when the last slice was settled)
         self._tentative: PruneReport | None = None
         self._slice_start = 0
@@ -82,16 +99,16 @@ class PruneJob:
 
     def due(self, now: float) -> bool:
         """Whether a slice may run at ``now`` (``time.monotonic()``)."""
-        return not self.done.is_set() and now - self._last_end >= SLICE_GAP
+        return not self.done.is_set() and now - self._last_end >= self.gap
 
     def overdue(self, now: float) -> bool:
         """Whether a slice has been due for :data:`OVERDUE` seconds (it then rides in a
         commit that a run's end waits for, rather than never)."""
-        return now - self._last_end >= SLICE_GAP + OVERDUE
+        return now - self._last_end >= self.gap + OVERDUE
 
     def wait_for(self, now: float) -> float:
         """Seconds from ``now`` until a slice may run."""
-        return max(0.0, self._last_end + SLICE_GAP - now)
+        return max(0.0, self._last_end + self.gap - now)
 
     def step(self, db: sqlite3.Connection, *, alone: bool = False) -> None:
         """Delete one slice in the caller's transaction: one statement, which SQLite undoes
@@ -150,9 +167,9 @@ class PruneJob:
             self._runless += deleted
             if deleted < limit or self._runless >= EVENTS_PER_BATCH:
                 self._events_done = True
-        if part.seconds > SLICE_TIME:
+        if part.seconds > self.slice_time:
             self._size = max(1, self._size // 2)
-        elif part.seconds < SLICE_TIME / 2:
+        elif part.seconds < self.slice_time / 2:
             self._size = min(_MAX_SLICE, self._size * 2)
         if self._next >= len(self.run_ids) and self._events_done:
             self.done.set()

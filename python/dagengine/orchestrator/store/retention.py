@@ -37,7 +37,9 @@ from dagengine.orchestrator.store.schema import _RUN_SELECT, _run_from_row
 __all__ = [
     "DEFAULT_RETENTION",
     "EVENTS_PER_BATCH",
+    "MAX_PRUNE_DUTY",
     "PRUNE_BATCH",
+    "PRUNE_DUTY",
     "RUN_CASCADE",
     "PruneReport",
     "RetentionPolicy",
@@ -61,6 +63,13 @@ _TABLES: Final = ("runs", "node_outputs", "events", "workflow_versions", "trigge
 _STORED: Final = {"events": "event_rows"}
 
 
+#: The share of the store's time a prune takes by default: the store is free 95% of the time,
+#: and p99 run latency during a prune stays within the noise (benches/README.md).
+PRUNE_DUTY: Final = 0.05
+#: The most a prune may take, when the pruner falls behind (see ``Pruner``).
+MAX_PRUNE_DUTY: Final = 0.5
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowRetention:
     """A workflow's own retention: ``max_age`` seconds (``None``: the default's), and the
@@ -75,14 +84,24 @@ class RetentionPolicy:
     """How long finished runs are kept: ``max_age`` seconds after they finished (``None``:
     forever), the ``keep_last`` newest finished runs of each workflow whatever their age,
     per-workflow overrides in ``workflows``, and ``export_dir``, a folder finished runs are
-    written to (JSON Lines) before they are deleted."""
+    written to (JSON Lines) before they are deleted.
+
+    ``duty`` is how fast, not what: the share of the store's time a prune may take (a
+    SQLite store's writer paces its slices by it, see
+    :mod:`~dagengine.orchestrator.store.prune_slices`). The background pruner raises it
+    from :data:`PRUNE_DUTY` while it falls behind."""
 
     max_age: float | None = DEFAULT_RETENTION
     keep_last: int = 0
     workflows: Mapping[str, WorkflowRetention] = field(default_factory=dict)
     export_dir: str | None = None
+    duty: float = PRUNE_DUTY
 
     def __post_init__(self) -> None:
+        if not 0 < self.duty <= MAX_PRUNE_DUTY:
+            raise ValueError(
+                f"retention duty must be > 0 and <= {MAX_PRUNE_DUTY}, got {self.duty!r}"
+            )
         if self.max_age is not None and self.max_age < 0:
             raise ValueError(f"retention max_age must be >= 0 seconds, got {self.max_age!r}")
         if self.keep_last < 0:
@@ -153,6 +172,9 @@ class PruneReport:
     dry_run: bool = False
     #: Seconds the batches held the store (its lock and write transaction), waits excluded.
     seconds: float = 0.0
+    #: The largest share of the store's time the prune was allowed (``RetentionPolicy.duty``;
+    #: above ``PRUNE_DUTY`` when the background pruner fell behind).
+    duty: float = PRUNE_DUTY
 
     def add(self, other: PruneReport) -> None:
         """Add ``other``'s counts to these."""
@@ -163,6 +185,7 @@ class PruneReport:
         self.batches += other.batches
         self.bytes_reclaimed += other.bytes_reclaimed
         self.seconds += other.seconds
+        self.duty = max(self.duty, other.duty)
 
     def to_dict(self) -> dict[str, Any]:
         """The counts as a JSON-ready dict (the data of a ``store.pruned`` event)."""
@@ -175,6 +198,7 @@ class PruneReport:
             "bytes_reclaimed": self.bytes_reclaimed,
             "dry_run": self.dry_run,
             "seconds": round(self.seconds, 6),
+            "duty": self.duty,
         }
 
 
