@@ -329,3 +329,123 @@ def test_isolating_a_row_keeps_the_writers_prepared_statements(pg_url: str) -> N
         assert before <= after, f"lost: {sorted(before - after)}"
     finally:
         store.close()
+
+
+# --- compact event history (issue 23): events keyed by their run's number ---------------------
+
+
+def _store_at_version_5(url: str) -> None:
+    """A store as dagengine left it before migration 6: a finished run with its events (one
+    folded, one with a common payload by number), a run-less engine event and an event of a
+    run that has no row, written in the old ``events`` table."""
+    import psycopg
+    from dagengine.orchestrator.store.compact import fold_events
+    from dagengine.orchestrator.store.postgres_schema import PG_MIGRATIONS
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE dagengine_schema (id INTEGER PRIMARY KEY, version INTEGER)")
+        for migration in PG_MIGRATIONS[:5]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute("INSERT INTO dagengine_schema VALUES (1, 5)")
+        conn.execute(
+            "INSERT INTO runs (run_id, workflow_id, version, status, inputs, resolved_versions,"
+            " created_at, finished_at) VALUES ('old-run', 'wf', '1.0.0', 'succeeded', '{}',"
+            " '{}', 1, 2)"
+        )
+        node = '{"attempt":1,"node_attempt":1}'
+        rows = fold_events(
+            [
+                (1, 1.0, "run.queued", 1, "wf", "old-run", None, None, '{"n":1}'),
+                (2, 1.2, "node.started", 1, "wf", "old-run", "n", "e1", node),
+                (3, 1.5, "node.succeeded", 1, "wf", "old-run", "n", "e1", node),
+                (4, 1.6, "engine.healthy", 1, None, None, None, "e1", "{}"),
+                (5, 1.7, "run.queued", 1, "wf", "no-row", None, None, "{}"),
+                (6, 2.0, "run.completed", 1, "wf", "old-run", None, None, '{"ok":true}'),
+            ]
+        )
+        assert [row[0] for row in rows] == [1, 3, 4, 5, 6]  # (one folded row, as stored)
+        for row in rows:
+            conn.execute(
+                "INSERT INTO events (seq, time, type, severity, workflow_id, run_id, node_id,"
+                " engine_id, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                row,
+            )
+        conn.execute("SELECT setval('events_seq', 6)")
+
+
+def test_events_move_to_rows_keyed_by_their_runs_number_and_read_the_same(pg_url: str) -> None:
+    from dagengine.orchestrator.store import RunRecord
+    from pg import query
+
+    _store_at_version_5(pg_url)
+
+    def read(store: PostgresStore, **filters: object) -> list[tuple[object, ...]]:
+        return [(e.seq, e.type, e.run_id, e.node_id, e.data) for e in store.events(**filters)]
+
+    expected = [
+        (1, "run.queued", "old-run", None, {"n": 1}),
+        (2, "node.started", "old-run", "n", {"attempt": 1, "node_attempt": 1}),
+        (3, "node.succeeded", "old-run", "n", {"attempt": 1, "node_attempt": 1}),
+        (4, "engine.healthy", None, None, {}),
+        (5, "run.queued", "no-row", None, {}),
+        (6, "run.completed", "old-run", None, {"ok": True}),
+    ]
+    with open_store(pg_url) as store:
+        assert isinstance(store, PostgresStore)
+        assert store.schema_version == 6
+        assert read(store) == expected
+        assert read(store, run_id="old-run") == [e for e in expected if e[2] == "old-run"]
+        assert read(store, run_id="no-row") == [expected[4]]
+        assert read(store, workflow_id="wf", types=["node.started"]) == [expected[1]]
+        # Stored: the run's number, not its id (kept only where the run has no row).
+        (key,) = query(pg_url, "SELECT ord FROM runs WHERE run_id = 'old-run'")[0]
+        assert query(pg_url, "SELECT seq, run_key, run_id FROM event_rows ORDER BY seq") == [
+            (1, key, None),
+            (3, key, None),
+            (4, None, None),
+            (5, None, "no-row"),
+            (6, key, None),
+        ]
+        # SQL written against the old table reads the same columns through the view.
+        assert query(pg_url, "SELECT seq, run_id FROM events WHERE type = 'run.queued'") == [
+            (1, "old-run"),
+            (5, "no-row"),
+        ]
+        # New events are keyed as they are written, also through the view.
+        store.create_run(RunRecord("new-run", "wf", "1.0.0"))
+        seq = store.append_event(None, "run.queued", workflow_id="wf", run_id="new-run")
+        store.append_event_later(None, "run.started", workflow_id="wf", run_id="new-run")
+        store.flush()
+        (new_key,) = query(pg_url, "SELECT ord FROM runs WHERE run_id = 'new-run'")[0]
+        assert query(pg_url, f"SELECT run_key, run_id FROM event_rows WHERE seq >= {seq}") == [
+            (new_key, None),
+            (new_key, None),
+        ]
+        assert [e.type for e in store.events(run_id="new-run")] == ["run.queued", "run.started"]
+    with open_store(pg_url) as again:  # opened again: nothing left to migrate
+        assert again.schema_version == 6
+        assert read(again, run_id="old-run") == [e for e in expected if e[2] == "old-run"]
+
+
+def test_sql_against_the_old_events_table_still_writes_the_same_events(pg_url: str) -> None:
+    from dagengine.orchestrator.store import RunRecord
+    from pg import query
+
+    with open_store(pg_url) as store:
+        assert isinstance(store, PostgresStore)
+        store.create_run(RunRecord("r", "wf", "1.0.0"))
+        with store.transaction():
+            store._write(
+                "INSERT INTO events (seq, time, type, severity, workflow_id, run_id, data) "
+                "VALUES (100, 1.0, 'run.queued', 1, 'wf', 'r', '{}'), "
+                "(101, 1.0, 'run.queued', 1, 'wf', 'gone', '{}')"
+            )
+        assert [(e.seq, e.run_id) for e in store.events(after=99)] == [(100, "r"), (101, "gone")]
+        assert query(pg_url, "SELECT run_id IS NULL, run_key IS NULL FROM event_rows") == [
+            (True, False),
+            (False, True),
+        ]
+        with store.transaction():
+            store._write("DELETE FROM events WHERE run_id = 'r'")
+        assert [e.seq for e in store.events(after=99)] == [101]

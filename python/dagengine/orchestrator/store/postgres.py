@@ -622,14 +622,15 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
     ) -> list[EventRecord]:
         """Events with ``seq > after`` that match every filter given, oldest first."""
         self.flush()
-        where = ["seq > %s"]
+        where = ["e.seq > %s"]
         params: list[Any] = [after]
         if workflow_id is not None:
-            where.append("workflow_id = %s")
+            where.append("e.workflow_id = %s")
             params.append(workflow_id)
         if run_id is not None:
-            where.append("run_id = %s")
-            params.append(run_id)
+            # Keyed by the run's number; by its id only where the run has no row.
+            where.append("(e.run_key = (SELECT ord FROM runs WHERE run_id = %s) OR e.run_id = %s)")
+            params += [run_id, run_id]
         wanted: set[str] | None = None
         stored: list[str] = []
         if types is not None:
@@ -637,24 +638,27 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
             if not wanted:
                 return []
             stored = stored_types(wanted)
-            where.append("type = ANY(%s)")
+            where.append("e.type = ANY(%s)")
             params.append(stored)
         if min_severity is not None:
-            where.append("severity >= %s")
+            where.append("e.severity >= %s")
             params.append(_severity_rank(min_severity))
         select = (
-            "SELECT seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data "
-            "FROM events WHERE "
+            "SELECT e.seq, e.time, e.type, e.severity, e.workflow_id, "
+            "COALESCE(r.run_id, e.run_id), e.node_id, e.engine_id, e.data "
+            "FROM event_rows e LEFT JOIN runs r ON r.ord = e.run_key WHERE "
         )
-        rows = self._query(f"{select}{' AND '.join(where)} ORDER BY seq LIMIT %s", [*params, limit])
+        rows = self._query(
+            f"{select}{' AND '.join(where)} ORDER BY e.seq LIMIT %s", [*params, limit]
+        )
         # Folded rows (see compact.fold_events) read back as their two events; a full
         # page takes the starts folded into rows just past its end.
         bound = page_bound(rows, limit)
         folded = [t for t in FOLDED_TYPES if wanted is None or t in stored]
         if bound is not None and folded:
-            more = [*where[1:], "seq > %s", "seq <= %s", "type = ANY(%s)"]
+            more = [*where[1:], "e.seq > %s", "e.seq <= %s", "e.type = ANY(%s)"]
             rows += self._query(
-                f"{select}{' AND '.join(more)} ORDER BY seq",
+                f"{select}{' AND '.join(more)} ORDER BY e.seq",
                 [*params[1:], bound, bound + FOLD_SPAN, folded],
             )
         return expand_page(rows, after, bound, wanted, limit)

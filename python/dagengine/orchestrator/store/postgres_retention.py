@@ -15,6 +15,7 @@ from typing import Any
 from dagengine.orchestrator.store.compact import FOLDED_TYPES
 from dagengine.orchestrator.store.postgres_schema import RUN_SELECT, run_from_row
 from dagengine.orchestrator.store.retention import (
+    _STORED,
     _TABLES,
     EVENTS_PER_BATCH,
     EXPORT_EVENT_COLUMNS,
@@ -29,6 +30,11 @@ from dagengine.orchestrator.store.retention import (
 __all__ = ["count_prunable", "prune_batch", "store_stats"]
 
 _FINISHED = "('succeeded', 'failed', 'cancelled')"
+#: The event rows of the runs ``%s`` (an array of ids, given twice): keyed by the runs'
+#: numbers, or holding the id of a run that has no row (see migration 6).
+_OF_RUNS = "(run_key IN (SELECT ord FROM runs WHERE run_id = ANY(%s)) OR run_id = ANY(%s))"
+#: Event rows of no run.
+_NO_RUN = "run_key IS NULL AND run_id IS NULL"
 
 
 def _selection(
@@ -83,8 +89,9 @@ def _export(db: Any, folder: str, run_ids: list[str], now: float) -> int:
         (run_ids,),
     ).fetchall()
     events = db.execute(
-        f"SELECT {EXPORT_EVENT_COLUMNS} FROM events WHERE run_id = ANY(%s) ORDER BY seq",
-        (run_ids,),
+        f"SELECT {EXPORT_EVENT_COLUMNS} FROM events WHERE seq IN "
+        f"(SELECT seq FROM event_rows WHERE {_OF_RUNS}) ORDER BY seq",
+        (run_ids, run_ids),
     ).fetchall()
     return write_export(folder, now, run_ids, runs, outputs, events)
 
@@ -104,16 +111,16 @@ def prune_batch(db: Any, policy: RetentionPolicy, now: float, limit: int) -> Pru
         report.events = sum(
             2 if folded else 1
             for (folded,) in db.execute(
-                "DELETE FROM events WHERE run_id = ANY(%s) RETURNING type = ANY(%s)",
-                (chosen, list(FOLDED_TYPES)),
+                f"DELETE FROM event_rows WHERE {_OF_RUNS} RETURNING type = ANY(%s)",
+                (chosen, chosen, list(FOLDED_TYPES)),
             ).fetchall()
         )
         db.execute("DELETE FROM cache_entries WHERE run_id = ANY(%s)", (chosen,))
         report.runs = db.execute("DELETE FROM runs WHERE run_id = ANY(%s)", (chosen,)).rowcount
     if policy.max_age is not None:
         report.events += db.execute(
-            """DELETE FROM events WHERE seq IN (SELECT seq FROM events
-                WHERE run_id IS NULL AND time < %s ORDER BY seq LIMIT %s)""",
+            f"""DELETE FROM event_rows WHERE seq IN (SELECT seq FROM event_rows
+                WHERE {_NO_RUN} AND time < %s ORDER BY seq LIMIT %s)""",
             (now - policy.max_age, EVENTS_PER_BATCH),
         ).rowcount
     return report
@@ -131,13 +138,13 @@ def count_prunable(db: Any, policy: RetentionPolicy, now: float) -> PruneReport:
             "SELECT COUNT(*) FROM node_outputs WHERE run_id = ANY(%s)", (part,)
         ).fetchone()[0]
         report.events += db.execute(
-            "SELECT COUNT(*) + COUNT(*) FILTER (WHERE type = ANY(%s)) FROM events "
-            "WHERE run_id = ANY(%s)",
-            (list(FOLDED_TYPES), part),
+            "SELECT COUNT(*) + COUNT(*) FILTER (WHERE type = ANY(%s)) FROM event_rows "
+            f"WHERE {_OF_RUNS}",
+            (list(FOLDED_TYPES), part, part),
         ).fetchone()[0]
     if policy.max_age is not None:
         report.events += db.execute(
-            "SELECT COUNT(*) FROM events WHERE run_id IS NULL AND time < %s",
+            f"SELECT COUNT(*) FROM event_rows WHERE {_NO_RUN} AND time < %s",
             (now - policy.max_age,),
         ).fetchone()[0]
     return report
@@ -150,8 +157,9 @@ def store_stats(db: Any) -> StoreStats:
     is reused by PostgreSQL (autovacuum), not given back by the store."""
     tables: dict[str, tuple[int, int]] = {}
     for table in _TABLES:
-        rows = int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-        size = db.execute("SELECT pg_total_relation_size(to_regclass(%s))", (table,)).fetchone()[0]
+        stored = _STORED.get(table, table)  # (events: a view of event_rows)
+        rows = int(db.execute(f"SELECT COUNT(*) FROM {stored}").fetchone()[0])
+        size = db.execute("SELECT pg_total_relation_size(to_regclass(%s))", (stored,)).fetchone()[0]
         tables[table] = (rows, int(size or 0))
     workflows: dict[str, dict[str, int]] = {}
     for workflow_id, status, count in db.execute(

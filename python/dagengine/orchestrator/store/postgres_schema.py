@@ -147,6 +147,66 @@ PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX cache_entries_by_run ON cache_entries (run_id)",
         "CREATE INDEX cache_entries_by_age ON cache_entries (workflow_id, created_at)",
     ),
+    # Events keyed by their run's number (issue 23, as SQLite's migration 4): the run's
+    # 32-character id was stored in every event row and again in its index. The rows move to
+    # ``event_rows``, whose ``run_key`` is ``runs.ord`` (``run_id`` holds the id only for an
+    # event whose run has no row); ``events`` becomes a view with the old columns (and
+    # INSTEAD OF triggers), so SQL written against the old table still reads and writes the
+    # same events. ``runs.ord`` gets the unique index the view joins on (and that lets a
+    # query of the view that reads no run column skip the join).
+    (
+        "CREATE UNIQUE INDEX runs_by_ord ON runs (ord)",
+        f"""CREATE TABLE event_rows (
+            seq BIGINT PRIMARY KEY,
+            time DOUBLE PRECISION NOT NULL,
+            run_key BIGINT,
+            severity SMALLINT NOT NULL,
+            type TEXT NOT NULL,
+            workflow_id TEXT,
+            run_id TEXT,
+            node_id TEXT,
+            engine_id TEXT,
+            data TEXT NOT NULL,
+            origin TEXT DEFAULT {_REPLICA}
+        )""",
+        """INSERT INTO event_rows
+            (seq, time, run_key, severity, type, workflow_id, run_id, node_id, engine_id,
+                data, origin)
+            SELECT e.seq, e.time, r.ord, e.severity, e.type, e.workflow_id,
+                CASE WHEN r.ord IS NULL THEN e.run_id END, e.node_id, e.engine_id, e.data,
+                e.origin
+            FROM events e LEFT JOIN runs r ON r.run_id = e.run_id ORDER BY e.seq""",
+        "DROP TABLE events",
+        "CREATE INDEX event_rows_by_run ON event_rows (run_key, seq) WHERE run_key IS NOT NULL",
+        "CREATE INDEX event_rows_by_run_id ON event_rows (run_id, seq) WHERE run_id IS NOT NULL",
+        "CREATE INDEX event_rows_by_workflow ON event_rows (workflow_id, seq)",
+        """CREATE VIEW events AS SELECT e.seq, e.time, e.type, e.severity, e.workflow_id,
+                COALESCE(r.run_id, e.run_id) AS run_id, e.node_id, e.engine_id, e.data,
+                e.origin
+            FROM event_rows e LEFT JOIN runs r ON r.ord = e.run_key""",
+        f"ALTER VIEW events ALTER COLUMN origin SET DEFAULT {_REPLICA}",
+        """CREATE FUNCTION events_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+            DECLARE
+                key BIGINT;
+            BEGIN
+                SELECT ord INTO key FROM runs WHERE run_id = NEW.run_id;
+                INSERT INTO event_rows (seq, time, run_key, severity, type, workflow_id,
+                        run_id, node_id, engine_id, data, origin)
+                    VALUES (NEW.seq, NEW.time, key, NEW.severity, NEW.type, NEW.workflow_id,
+                        CASE WHEN key IS NULL THEN NEW.run_id END, NEW.node_id,
+                        NEW.engine_id, NEW.data, NEW.origin);
+                RETURN NEW;
+            END $$""",
+        """CREATE FUNCTION events_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                DELETE FROM event_rows WHERE seq = OLD.seq;
+                RETURN OLD;
+            END $$""",
+        """CREATE TRIGGER events_insert INSTEAD OF INSERT ON events
+            FOR EACH ROW EXECUTE FUNCTION events_insert()""",
+        """CREATE TRIGGER events_delete INSTEAD OF DELETE ON events
+            FOR EACH ROW EXECUTE FUNCTION events_delete()""",
+    ),
 )
 
 #: The advisory lock that serialises migrations (any number: the same in every process).
@@ -243,18 +303,22 @@ FINISH_RUNS: Final = f"""UPDATE runs SET status = v.status, result = v.result, e
         OR (runs.status = v.status AND runs.finished_at = v.finished_at))
     RETURNING runs.run_id"""
 
+# Several events in one statement (a list per column, each in seq order), keyed by their
+# run's number (``run_id`` kept only for an event whose run has no row: see migration 6).
 # An event whose number is stored already is this store's own, written by a commit whose
 # answer was lost with the connection (a restarted server): the group is written again, and
 # the events it holds are skipped, not a duplicate key for ever.
-INSERT_EVENT: Final = """INSERT INTO events
-    (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (seq) DO NOTHING"""
-# Several events in one statement (a list per column, each in seq order).
-INSERT_EVENTS: Final = """INSERT INTO events
-    (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
-    SELECT * FROM unnest(%s::bigint[], %s::float8[], %s::text[], %s::smallint[], %s::text[],
-        %s::text[], %s::text[], %s::text[], %s::text[])
+_EVENT_ARRAYS: Final = """unnest(%s::bigint[], %s::float8[], %s::text[], %s::smallint[],
+        %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY
+        AS v (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data, n)
+    LEFT JOIN runs r ON r.run_id = v.run_id"""
+_EVENT_ROW_COLUMNS: Final = (
+    "seq, time, run_key, severity, type, workflow_id, run_id, node_id, engine_id, data"
+)
+_KEYED: Final = """r.ord, v.severity, v.type, v.workflow_id,
+        CASE WHEN r.ord IS NULL THEN v.run_id END, v.node_id, v.engine_id, v.data"""
+INSERT_EVENTS: Final = f"""INSERT INTO event_rows ({_EVENT_ROW_COLUMNS})
+    SELECT v.seq, v.time, {_KEYED} FROM {_EVENT_ARRAYS}
     ON CONFLICT (seq) DO NOTHING"""
 # Raise the high-water mark of event numbers (never lower it).
 EVENTS_WRITTEN: Final = (
@@ -267,14 +331,12 @@ EVENTS_LOCK: Final = 0x6461_6765_7673  # "dagevs"
 #: A replica's events: numbered now from ``events_seq`` (under :data:`EVENTS_LOCK`), in the
 #: order given (the ``seq`` column of the rows is ignored); the followers are notified at
 #: the commit.
-INSERT_EVENTS_NUMBERED: Final = """INSERT INTO events
-    (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data)
-    SELECT nextval('events_seq'), time, type, severity, workflow_id, run_id, node_id,
-        engine_id, data
-    FROM (SELECT * FROM unnest(%s::bigint[], %s::float8[], %s::text[], %s::smallint[],
-            %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY
-            AS v (seq, time, type, severity, workflow_id, run_id, node_id, engine_id, data, n)
-        ORDER BY n) AS ordered
+INSERT_EVENTS_NUMBERED: Final = f"""INSERT INTO event_rows ({_EVENT_ROW_COLUMNS})
+    SELECT nextval('events_seq'), time, run_key, severity, type, workflow_id, run_id,
+        node_id, engine_id, data
+    FROM (SELECT v.n, v.time, {_KEYED} FROM {_EVENT_ARRAYS} ORDER BY v.n)
+        AS ordered (n, time, run_key, severity, type, workflow_id, run_id, node_id,
+            engine_id, data)
     RETURNING seq"""
 #: The channel a replica notifies when it commits events (the payload is empty).
 EVENTS_CHANNEL: Final = "dagengine_events"
