@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from dagengine.orchestrator.pruner import CATCH_UP_AFTER, CATCH_UP_STEP, Pruner
-from dagengine.orchestrator.store import PostgresStore, Store, open_store
+from dagengine.orchestrator.store import PostgresStore, Store, open_store, prune_slices
 from dagengine.orchestrator.store.prune_slices import (
     MAX_SLICE_TIME,
     SLICE_GAP,
@@ -130,3 +130,26 @@ def test_a_long_pass_catches_up_and_the_next_starts_gentle(store: AnyStore) -> N
     add_run(store, "old-again", age_days=40, outputs=0, events=0)
     assert pruner.run_pass().runs == 1
     assert duties == [PRUNE_DUTY]
+
+
+def test_a_slice_is_sized_by_its_cpu_time_not_by_its_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slice's statement that waits (for the GIL, under load) but costs little CPU does not
+    shrink the next slice: sized by wall time, slices fell to a run each."""
+    sizes: list[int] = []
+
+    def waits(db: object, runs: dict[str, Any], policy: RetentionPolicy) -> PruneReport:
+        sizes.append(len(runs))
+        time.sleep(4 * SLICE_TIME)  # (a wait: no CPU)
+        return PruneReport(runs=len(runs))
+
+    monkeypatch.setattr(prune_slices, "delete_runs", waits)
+    runs = {f"r{index}": (0, 0) for index in range(200)}
+    job = PruneJob(RetentionPolicy(None), 0.0, runs)
+    while not job.done.is_set():
+        job.step(None)  # type: ignore[arg-type]
+        job.settle(committed=True)
+    assert sizes[:3] == [8, 16, 32]
+    assert sum(sizes) == 200
+    assert job.report.runs == 200

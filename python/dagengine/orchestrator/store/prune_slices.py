@@ -40,8 +40,11 @@ from dagengine.orchestrator.store.retention import (
 
 __all__ = ["MAX_SLICE_TIME", "SLICE_GAP", "SLICE_TIME", "PruneJob", "pace"]
 
-#: Seconds one slice should hold the store (the slice's size adapts to it): what a run's end
-#: may wait for a prune.
+#: Seconds one slice should hold the store: what a run's end may wait for a prune. The
+#: slice's size adapts to the CPU time its statement takes on the writer thread, not to its
+#: wall time: a statement also waits to take the GIL back from the orchestrator's threads,
+#: whatever its size, and slices sized by that wait shrank to a run each under load
+#: (~175 runs pruned a second at 300 new runs/s).
 SLICE_TIME: Final = 0.5e-3
 #: Least seconds from the end of one slice to the start of the next: the store is free 95%
 #: of the time while a prune runs. Slices much smaller or closer than this cost more than
@@ -89,6 +92,7 @@ class PruneJob:
         self._next = 0
         self._events_done = policy.max_age is None
         self._size = _FIRST_SLICE
+        self._cpu = 0.0  # (CPU seconds of the last slice's statement on the writer thread)
         self.slice_time, self.gap = pace(policy.duty)
         self._last_end = 0.0  # (time.monotonic() when the last slice was settled)
         self._tentative: PruneReport | None = None
@@ -115,6 +119,7 @@ class PruneJob:
         by itself if it fails; the job then ends with its error. ``alone`` (the transaction
         is the slice's own): the error is raised as well."""
         began = time.perf_counter()
+        cpu = time.thread_time()
         self._slice_start = self._next
         try:
             if self._next < len(self.run_ids):
@@ -130,6 +135,7 @@ class PruneJob:
                 raise
             return
         part.seconds = time.perf_counter() - began
+        self._cpu = time.thread_time() - cpu
         self._tentative = part
 
     def _runless_events(self, db: sqlite3.Connection) -> PruneReport:
@@ -167,9 +173,9 @@ class PruneJob:
             self._runless += deleted
             if deleted < limit or self._runless >= EVENTS_PER_BATCH:
                 self._events_done = True
-        if part.seconds > self.slice_time:
+        if self._cpu > self.slice_time:
             self._size = max(1, self._size // 2)
-        elif part.seconds < self.slice_time / 2:
+        elif self._cpu < self.slice_time / 2:
             self._size = min(_MAX_SLICE, self._size * 2)
         if self._next >= len(self.run_ids) and self._events_done:
             self.done.set()
