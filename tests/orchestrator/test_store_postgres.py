@@ -449,3 +449,107 @@ def test_sql_against_the_old_events_table_still_writes_the_same_events(pg_url: s
         with store.transaction():
             store._write("DELETE FROM events WHERE run_id = 'r'")
         assert [e.seq for e in store.events(after=99)] == [101]
+
+
+# --- a run whose whole life is in one group ----------------------------------------------------
+
+
+def _updated_runs(store: PostgresStore) -> int:
+    """Rows of ``runs`` the store's writer has updated (its session's statistics, flushed)."""
+    with store._lock:
+        store._db.execute("SELECT pg_stat_force_next_flush()")
+    with store._pool.connection() as conn:  # (another session: the writer's stats flushed)
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = to_regclass('runs')"
+        ).fetchone()
+    return int(row[0])
+
+
+def test_a_run_created_and_ended_in_one_group_is_inserted_as_it_ended(pg_url: str) -> None:
+    """Created running, its outputs and its end in one group: one row inserted as it ended
+    (no second version of the row), its outputs stored in completion order, its end told
+    as recorded; the same rows as the writes one after the other."""
+    import threading
+
+    from dagengine.orchestrator.store import RunRecord
+
+    store = open_store(pg_url, exclusive=True)
+    assert isinstance(store, PostgresStore)
+    try:
+        store.create_run(RunRecord("before", "wf", "1.0.0"))  # (stats exist for runs)
+        updated = _updated_runs(store)
+        told: list[tuple[str, bool]] = []
+        ended = threading.Event()
+
+        def tell(run_id: str) -> object:
+            return lambda ok: (told.append((run_id, ok)), len(told) == 3 and ended.set())
+
+        for name, parent in (("whole", None), ("child", "whole"), ("other", None)):
+            store.create_run_later(
+                RunRecord(
+                    name, "wf", "1.0.0", status="running", attempt=1, engine_id="e1",
+                    parent_run_id=parent,
+                )
+            )  # fmt: skip
+        store.save_node_output_later("whole", "b", 1, {"v": 2})
+        store.save_node_output_later("whole", "a", 1, {"v": 1})
+        store.save_node_output_later("whole", "a", 1, {"v": 3})  # a node written twice
+        store.save_node_output_later("other", "x", 2, {"late": True})  # not its attempt
+        for name in ("whole", "child", "other"):
+            store.finish_run_later(name, 1, "succeeded", {"ok": True}, None, tell(name))
+        assert ended.wait(30)
+        assert sorted(told) == [("child", True), ("other", True), ("whole", True)]
+        for name in ("whole", "child", "other"):
+            rec = store.get_run(name)
+            assert rec is not None
+            assert (rec.status, rec.attempt, rec.result) == ("succeeded", 1, {"ok": True})
+            assert rec.finished_at is not None
+        assert list(store.node_outputs("whole").items()) == [("b", {"v": 2}), ("a", {"v": 3})]
+        assert store.node_outputs("other") == {}  # refused: not the run's attempt
+        # "child" was inserted as it ended; "whole" (a parent created in the group) and
+        # "other" (an output of another attempt) were inserted, then updated.
+        assert _updated_runs(store) - updated == 2
+    finally:
+        store.close()
+
+
+def test_a_whole_run_whose_commit_answer_was_lost_is_recorded_once(pg_url: str) -> None:
+    import threading
+
+    import psycopg
+    from dagengine.orchestrator.store import RunRecord
+
+    store = open_store(pg_url, exclusive=True)
+    assert isinstance(store, PostgresStore)
+    real = store._write_group
+    lost: list[bool] = []
+
+    def answer_lost(pending: list, events: list) -> list:  # type: ignore[type-arg]
+        written = real(pending, events)
+        if not lost:
+            lost.append(True)
+            raise psycopg.OperationalError("the server closed the connection unexpectedly")
+        return written
+
+    store._write_group = answer_lost  # type: ignore[method-assign]
+    try:
+        ended = threading.Event()
+        recorded: list[bool] = []
+        store.create_run_later(
+            RunRecord("whole", "wf", "1.0.0", status="running", attempt=1, engine_id="e1")
+        )
+        store.save_node_output_later("whole", "a", 1, {"v": 1})
+        store.finish_run_later(
+            "whole", 1, "failed", None, {"why": "x"}, lambda ok: (recorded.append(ok), ended.set())
+        )
+        assert ended.wait(30), "the run's end was never told"
+        assert lost == [True]
+        assert recorded == [True]  # stored by the first commit, found by the second
+        rec = store.get_run("whole")
+        assert rec is not None
+        assert (rec.status, rec.error) == ("failed", {"why": "x"})
+        assert store.node_outputs("whole") == {"a": {"v": 1}}
+        assert store.write_error is None
+    finally:
+        store.close()

@@ -263,6 +263,38 @@ CREATE_RUNS: Final = f"""INSERT INTO runs ({_COLUMNS})
     SELECT {_COLUMNS} FROM unnest({_CASTS}) WITH ORDINALITY AS v ({_COLUMNS}, n)
     ORDER BY n
     ON CONFLICT (run_id) DO NOTHING"""
+# Runs whose whole life is in one group (created running, their outputs, their end; no
+# claim): inserted as they end, not inserted and then updated (an UPDATE of the status is
+# never HOT: a second version of the row and an entry in every index of ``runs``, and the
+# partial indexes of unfinished runs touched twice). Their outputs are stored if the run was
+# inserted here (the fences of INSERT_OUTPUTS and FINISH_RUNS would pass on the row just
+# inserted: it is running, at that attempt, this session's), the last one of a node written
+# twice kept. Returns the runs inserted, and those whose end was stored already, to the time
+# (a group written again after its commit's answer was lost, as FINISH_RUNS counts them).
+# Values: the runs' columns (as CREATE_RUNS), the outputs' (as INSERT_OUTPUTS), then the
+# runs' ids, statuses and end times.
+FOLD_RUNS: Final = f"""WITH created AS (
+        {CREATE_RUNS}
+        RETURNING run_id),
+    stored AS (
+        INSERT INTO node_outputs (run_id, node_id, attempt, output)
+        SELECT run_id, node_id, attempt, output FROM (
+            SELECT DISTINCT ON (o.run_id, o.node_id) o.run_id, o.node_id, o.attempt, o.output,
+                o.n
+            FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY
+                AS o (run_id, node_id, attempt, output, n)
+            WHERE o.run_id IN (SELECT run_id FROM created)
+            ORDER BY o.run_id, o.node_id, o.n DESC
+        ) AS kept
+        ORDER BY n
+        ON CONFLICT (run_id, node_id) DO UPDATE SET
+            attempt = excluded.attempt, output = excluded.output)
+    SELECT run_id FROM created
+    UNION ALL
+    SELECT runs.run_id FROM runs
+        JOIN unnest(%s::text[], %s::text[], %s::float8[]) AS e (run_id, status, finished_at)
+        ON runs.run_id = e.run_id AND runs.status = e.status
+            AND runs.finished_at = e.finished_at"""
 #: Indexes of the run columns that are times (floats: an int among them would not dump).
 RUN_TIMES: Final = tuple(
     index for index, name in enumerate(_RUN_COLUMNS) if _RUN_TYPES.get(name) == "float8"

@@ -29,6 +29,7 @@ from dagengine.orchestrator.store.postgres_schema import (
     EVENTS_LOCK,
     EVENTS_WRITTEN,
     FINISH_RUNS,
+    FOLD_RUNS,
     INSERT_EVENTS,
     INSERT_EVENTS_NUMBERED,
     INSERT_OUTPUT,
@@ -336,7 +337,9 @@ class PostgresWriter(WriteBehind):
     ) -> list[tuple[Callable[[bool], None], bool]]:
         """A group whose runs' writes can go kind by kind: the creations, then the claims,
         then the outputs, then the ends, then the events, one statement each (what the
-        statements check sees what a write queued before it did)."""
+        statements check sees what a write queued before it did). A run whose whole life is
+        in the group is inserted as it ended, with its outputs, in one more statement
+        (:func:`_foldable`, ``FOLD_RUNS``)."""
         creates: list[tuple[Any, ...]] = []
         claims: list[tuple[Any, ...]] = []
         outputs: list[tuple[Any, ...]] = []
@@ -357,23 +360,37 @@ class PostgresWriter(WriteBehind):
             else:
                 ends.append(row[:-1])
                 finished.append([row[-1], False])
+        folded = _foldable(creates, claims, outputs, ends)
+        fold: list[list[Any]] = []
+        if folded:
+            fold = _fold_values(folded, creates, outputs, ends)
+            creates = [row for row in creates if row[0] not in folded]
+            outputs = [row for row in outputs if row[0] not in folded]
+        kept = list(zip(finished, ends, strict=True))
+        fenced = [row for _, row in kept if row[0] not in folded]
         ended: Any = None
+        whole: Any = None
         with self._pipelined_transaction() as cursor:
             if creates:
                 cursor.execute(CREATE_RUNS, _columns(creates))
+            if fold:
+                whole = self._db.cursor()
+                whole.execute(FOLD_RUNS, fold)
             if claims:
                 cursor.execute(CLAIM_RUNS, _columns(claims))
             if outputs:
                 cursor.execute(INSERT_OUTPUTS, _columns(outputs))
-            if ends:
+            if fenced:
                 ended = self._db.cursor()
-                ended.execute(FINISH_RUNS, _columns(ends))
+                ended.execute(FINISH_RUNS, _columns(fenced))
             if events:
                 self._write_events(cursor, events)
-        if ended is not None:
-            done = {r[0] for r in ended.fetchall()}
-            for entry, row in zip(finished, ends, strict=True):
-                entry[1] = row[0] in done
+        done: set[str] = set()
+        for results in (ended, whole):
+            if results is not None:
+                done.update(r[0] for r in results.fetchall())
+        for entry, row in kept:
+            entry[1] = row[0] in done
         return [(callback, recorded) for callback, recorded in finished]
 
     def _write_rows(
@@ -436,3 +453,71 @@ _STEPS = {"claim": 1, "output": 2, "finish": 3}
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows of one width as a list per column (the parameters of an ``unnest``)."""
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+#: Columns of a run's creation (``_RUN_COLUMNS`` order) that its end sets, and the index of
+#: each in a run end's values (``run_id, status, result, error, finished_at, attempt``).
+_STATUS, _ATTEMPT, _PARENT, _FINISHED_AT, _ERROR, _RESULT = 3, 5, 8, 14, 15, 16
+_END_VALUES = ((_STATUS, 1), (_RESULT, 2), (_ERROR, 3), (_FINISHED_AT, 4))
+
+
+def _foldable(
+    creates: list[tuple[Any, ...]],
+    claims: list[tuple[Any, ...]],
+    outputs: list[tuple[Any, ...]],
+    ends: list[tuple[Any, ...]],
+) -> set[str]:
+    """The runs of a group (of :meth:`PostgresWriter._write_sets`) whose whole life is in it
+    and can be inserted as they end: created once, running, no claim, outputs and end of the
+    attempt they were created with, and no run of the group created as their child (created
+    before them). Writing them apart gives the same rows as the writes one after the other:
+    on the row just inserted every fence passes."""
+    if not ends or not creates:
+        return set()
+    born: dict[str, tuple[Any, ...] | None] = {}
+    for row in creates:
+        born[row[0]] = None if row[0] in born else row  # (created twice: not folded)
+    parents = {row[_PARENT] for row in creates}
+    claimed = {row[0] for row in claims}
+    folded = {
+        row[0]
+        for row in ends
+        if (create := born.get(row[0])) is not None
+        and create[_STATUS] == "running"
+        and row[5] is not None
+        and row[5] == create[_ATTEMPT]
+        and row[0] not in claimed
+        and row[0] not in parents
+    }
+    for row in outputs:
+        create = born.get(row[0])
+        if row[0] in folded and create is not None and row[2] != create[_ATTEMPT]:
+            folded.discard(row[0])
+    return folded
+
+
+def _fold_values(
+    folded: set[str],
+    creates: list[tuple[Any, ...]],
+    outputs: list[tuple[Any, ...]],
+    ends: list[tuple[Any, ...]],
+) -> list[list[Any]]:
+    """The parameters of ``FOLD_RUNS`` for the ``folded`` runs: their creations with their
+    ends' values, their outputs, and their ends' ids, statuses and times."""
+    end_of = {row[0]: row for row in ends if row[0] in folded}
+    rows = []
+    for create in creates:
+        if create[0] in folded:
+            row = list(create)
+            for column, index in _END_VALUES:
+                row[column] = end_of[create[0]][index]
+            rows.append(tuple(row))
+    mine = [row for row in outputs if row[0] in folded]
+    own_ends = [end_of[row[0]] for row in rows]
+    return [
+        *_columns(rows),
+        *(_columns(mine) if mine else [[], [], [], []]),
+        [row[0] for row in own_ends],
+        [row[1] for row in own_ends],
+        [float(row[4]) for row in own_ends],
+    ]
