@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:<10} {load.per_second:>8.0f} {load.pct(0.5) * 1e3:>8.2f} "
                 f"{load.pct(0.99) * 1e3:>8.2f} {alone[name].pct(0.5) * 1e3:>12.2f}"
             )
+        pairs = [
+            pg.per_second / lite.per_second
+            for pg, lite in zip(loads["postgres"], loads["sqlite"], strict=True)
+        ]
+        print("postgres / sqlite per round: " + ", ".join(f"{r:.0%}" for r in pairs))
         ratio = best["postgres"].per_second / best["sqlite"].per_second
         added = (alone["postgres"].pct(0.5) - alone["sqlite"].pct(0.5)) * 1e3
         verdict = "met" if ratio >= 0.5 else "NOT met"
