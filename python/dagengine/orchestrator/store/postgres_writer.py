@@ -226,12 +226,12 @@ class PostgresWriter(WriteBehind):
             # Numbered when queued, as on SQLite: stored compact (node starts folded into
             # their ends, common payloads by number; see compact.fold_events). A replica's
             # are numbered at the commit, one number a row: stored as they are.
-            cursor.execute(INSERT_EVENTS, _columns(fold_events(events)))
+            cursor.execute(INSERT_EVENTS, _event_columns(fold_events(events)))
             cursor.execute(EVENTS_WRITTEN, (max(event[0] for event in events),))
             return
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
         self._db.execute(f"NOTIFY {EVENTS_CHANNEL}")  # (sent when the transaction commits)
-        cursor.execute(INSERT_EVENTS_NUMBERED, _columns(events))  # returns their numbers
+        cursor.execute(INSERT_EVENTS_NUMBERED, _event_columns(events))  # returns their numbers
 
     @contextmanager
     def transaction(self, *, begin: bool = True) -> Iterator[None]:
@@ -448,6 +448,14 @@ class PostgresWriter(WriteBehind):
 
 #: The order a run's writes take in a group that :meth:`PostgresStore._write_sets` writes.
 _STEPS = {"claim": 1, "output": 2, "finish": 3}
+
+
+def _event_columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Event rows as a list per column, the times floats (a binary list holds one type; a
+    caller may give an event's time as an int)."""
+    columns = _columns(rows)
+    columns[1] = [float(value) for value in columns[1]]
+    return columns
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
