@@ -146,12 +146,20 @@ class DagRef:
         events: bool = True,
         event_outputs: bool = False,
         cache: Any = None,
+        inline_budget: float | None = None,
     ) -> RunRef:
         """Start a run on the core's runtime and return at once (preprocesses if needed).
         ``completed`` holds outputs of nodes already done (a resumed run skips them);
         ``event_outputs`` puts each node's output in its ``node_succeeded`` event detail;
         ``cache`` (an object with ``get(node_id, key)`` and ``put(node_id, key, output,
-        run_id, ttl)``) is where cached nodes are looked up and stored."""
+        run_id, ttl)``) is where cached nodes are looked up and stored. ``inline_budget``
+        (seconds): drive the run on this thread, keeping the GIL, until it ends, the budget
+        is spent or it would have to wait for other threads, and only then go on on the
+        runtime: a short run of Lua and no-op nodes has ended when this returns, with no
+        thread hand-off (a Lua node still running when the budget runs out is interrupted and
+        runs again on the pool, which nothing can tell: scripts have no side effects). For
+        graphs whose nodes need no Python (Lua, no-op, Lua ``when``, no cache object): the
+        GIL is not let go meanwhile."""
 
     def prepare_run(
         self,

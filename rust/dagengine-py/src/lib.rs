@@ -25,8 +25,8 @@ use std::time::Duration;
 use dagengine_core::{Backoff, Dag, MapOptions, NodeIdx, NodePolicy, RunOptions, TriggerRule};
 use dagengine_lua::{LuaLimits, LuaScript};
 use dagengine_server::{
-    start_run, Condition, EventDetail, MapSpec, NodeKind, NodeSpec, Plan, RunConfig, RunEvent,
-    RunHandle, DEFAULT_MAX_ITEMS,
+    start_run, start_run_inline, Condition, EventDetail, MapSpec, NodeKind, NodeSpec, Plan,
+    RunConfig, RunEvent, RunHandle, DEFAULT_MAX_ITEMS,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -445,7 +445,7 @@ impl DagRef {
 
     #[pyo3(signature = (
         inputs, run_id, invoke, *, max_parallel=None, fail_fast=false, timeout=None,
-        completed=None, events=true, event_outputs=false, cache=None
+        completed=None, events=true, event_outputs=false, cache=None, inline_budget=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -461,6 +461,7 @@ impl DagRef {
         events: bool,
         event_outputs: bool,
         cache: Option<Py<PyAny>>,
+        inline_budget: Option<f64>,
     ) -> PyResult<RunRef> {
         let (plan, config, external) = self.prepare(
             py,
@@ -472,8 +473,18 @@ impl DagRef {
             (events, event_outputs),
             cache,
         )?;
-        let handle = start_run(plan.clone(), config, Some(Arc::new(external)))
-            .map_err(|e| errors::runtime_error(py, &e))?;
+        let external: Arc<dyn dagengine_server::ExternalExecutor> = Arc::new(external);
+        let handle = match inline_budget {
+            // Driven on this thread until it ends or the budget is spent, keeping the GIL: a
+            // short run (tens of microseconds) that let go of it waited far longer to take it
+            // back from the threads that took it meanwhile.
+            Some(budget) => {
+                let budget = duration("inline_budget", budget)?;
+                start_run_inline(plan.clone(), config, Some(external), budget)
+            }
+            None => start_run(plan.clone(), config, Some(external)),
+        }
+        .map_err(|e| errors::runtime_error(py, &e))?;
         Ok(RunRef { handle, plan })
     }
 
