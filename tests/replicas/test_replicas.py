@@ -496,3 +496,35 @@ def test_an_engine_full_with_another_replicas_runs_delays_a_run_never_fails_it(
         for orch in started:
             orch.stop()
         engine.kill()
+
+
+def test_following_the_events_reads_the_head_by_index_not_by_scan(pg_url: str) -> None:
+    """The followers read the highest event number every round (and a store reads it when
+    it opens): through the ``events`` view (a join since migration 6) MAX(seq) scanned every
+    event row; each statement they run must be able to use an index."""
+    from typing import Any
+
+    import psycopg
+    from dagengine.orchestrator.store.postgres_schema import NEXT_EVENT_SEQ
+
+    store = PostgresStore(pg_url, replica="r1")
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+    real = store._read
+
+    def read(sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        seen.append((sql, tuple(params)))
+        return real(sql, params)
+
+    store._read = read  # type: ignore[method-assign]
+    try:
+        store.committed_event_seq()
+        store.events_committed(0, 10)
+        store.events_committed(0, 10, own_only=True)
+    finally:
+        store.close()
+    assert len(seen) == 3
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")  # (what an index can do, it does now)
+        for sql, params in [*seen, (NEXT_EVENT_SEQ, ())]:
+            plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))
+            assert "Seq Scan on event_rows" not in plan, (sql, plan)

@@ -378,8 +378,9 @@ INSERT_EVENTS_NUMBERED: Final = f"""INSERT INTO event_rows ({_EVENT_ROW_COLUMNS}
 EVENTS_CHANNEL: Final = "dagengine_events"
 #: The channel notified when a cancellation is asked of a run's owner (payload: the run id).
 CANCEL_CHANNEL: Final = "dagengine_cancels"
+# (MAX(seq) of event_rows, not of the events view: through the view it scans every row.)
 NEXT_EVENT_SEQ: Final = """SELECT GREATEST(
-    (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT last_value FROM events_seq)) + 1"""
+    (SELECT COALESCE(MAX(seq), 0) FROM event_rows), (SELECT last_value FROM events_seq)) + 1"""
 
 
 def finish_sql(
