@@ -16,6 +16,7 @@ __all__ = [
     "EngineServerRef",
     "EngineSession",
     "MemoryCacheRef",
+    "NodeContext",
     "NodeRecords",
     "Outputs",
     "ParentOutputs",
@@ -50,6 +51,44 @@ class ParentOutputs:
     def dict(self) -> dict[str, Any]:
         """Each parent's id and output, converted: a new dict on every call."""
     def __len__(self) -> int: ...
+
+@final
+class NodeContext:
+    """What a Python node receives: ``fn(ctx)`` (``dagengine.NodeContext``).
+
+    ``inputs`` are the run's inputs (read-only), ``results`` maps each parent's id to that
+    parent's output, ``node_id``/``run_id``/``attempt`` (1 for the first try) identify the
+    call, and :attr:`cancelled` turns true when the run is cancelled or the node times out,
+    so long-running code can stop early. In an item of a mapped node (``node_id`` like
+    ``square[3]``), ``item`` is the item and ``index`` its position (from 0); elsewhere both
+    are ``None``.
+    """
+
+    inputs: Mapping[str, Any]
+    node_id: str
+    run_id: str
+    attempt: int
+    index: int | None
+    item: Any
+    def __new__(
+        cls,
+        inputs: Mapping[str, Any],
+        results: dict[str, Any] | ParentOutputs,
+        node_id: str,
+        run_id: str,
+        attempt: int,
+        cancel: CancelToken | None = None,
+        item: tuple[int, Any] | None = None,
+    ) -> NodeContext: ...
+    @property
+    def results(self) -> dict[str, Any]:
+        """Each parent's id and its output: a dict of this call's own (changing it, or an
+        output in it, changes nothing another node sees), converted when first read."""
+    @results.setter
+    def results(self, value: dict[str, Any]) -> None: ...
+    @property
+    def cancelled(self) -> bool:
+        """True once the run is cancelled or this attempt timed out (read live)."""
 
 @final
 class CancelToken:

@@ -124,13 +124,11 @@ def make_invoke(
     ``print`` output are captured (:mod:`dagengine.node_logs`) into a buffer ``logs`` makes
     and handed back to it when the attempt returns (a local run's queue also takes a running
     attempt's lines as it goes; an engine process's store keeps them for the core).
+    Without ``logs`` the trampoline has a ``finish`` (see there): the core then calls the
+    nodes without a condition itself.
     """
     if logs is not None:
         return _capturing_invoke(loop, runner, logs)
-    # Every node goes through here: the context is filled in directly (the core hands
-    # read-only inputs already, which is all ``NodeContext.__init__`` adds; a class call
-    # with seven arguments costs more than a trivial node's own call).
-    new = object.__new__
 
     def invoke(
         fn: Any,
@@ -143,17 +141,7 @@ def make_invoke(
         item: tuple[int, Any] | None = None,
         when: Any = None,
     ) -> NodeOutput | bool | BaseException:
-        ctx = new(NodeContext)
-        ctx.inputs = inputs
-        ctx._results = results  # NodeContext.results converts it when read
-        ctx.node_id = node_id
-        ctx.run_id = run_id
-        ctx.attempt = attempt
-        ctx._cancel = cancel
-        if item is None:
-            ctx.index = ctx.item = None
-        else:
-            ctx.index, ctx.item = item
+        ctx = NodeContext(inputs, results, node_id, run_id, attempt, cancel, item)
         if when is not None:
             # The node's condition, on the context the node gets if it holds
             # (_check_when, inline).
@@ -172,6 +160,14 @@ def make_invoke(
             return None
         if type(out) is dict:
             return _check_output(node_id, out)
+        return finish(node_id, out, cancel)
+
+    def finish(node_id: str, out: object, cancel: CancelToken) -> NodeOutput:
+        """What a node returned when it is neither ``None`` nor a dict with str keys: an
+        awaitable is awaited (cancelled with the node), then the output is checked. The
+        core calls a node without a condition itself (``fn(ctx)``, the context built
+        natively: the trampoline's frame cost more than a trivial node's own call), and
+        hands such a value here."""
         if inspect.isawaitable(out):
             if loop is None:
                 out = asyncio.run(_drive(out, cancel))
@@ -180,6 +176,7 @@ def make_invoke(
                 out = future.result()
         return _check_output(node_id, out)
 
+    invoke.finish = finish  # type: ignore[attr-defined]
     return invoke
 
 

@@ -13,8 +13,7 @@ import importlib
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from dagengine import _core
 from dagengine._semver import VersionRange
@@ -34,9 +33,6 @@ from dagengine.spec_model import (
     check_map_options,
     check_trigger_rule,
 )
-
-if TYPE_CHECKING:
-    from dagengine._core import CancelToken
 
 __all__ = [
     "AnyExecutor",
@@ -73,71 +69,16 @@ SubWorkflowRunner: TypeAlias = "Callable[[SubWorkflow, NodeContext], dict[str, A
 
 # --- node context -----------------------------------------------------------------------------
 
-# What the core hands a node as its parents' outputs (NodeContext.results reads it once).
-_PARENT_OUTPUTS = _core.ParentOutputs
-
-
-class NodeContext:
-    """What a Python node receives: ``fn(ctx)``.
-
-    ``inputs`` are the run's inputs (read-only), ``results`` maps each parent's id to that
-    parent's output, ``node_id``/``run_id``/``attempt`` (1 for the first try) identify the call,
-    and :attr:`cancelled` turns true when the run is cancelled or the node times out, so
-    long-running code can stop early. In an item of a mapped node (``node_id`` like
-    ``square[3]``), ``item`` is the item and ``index`` its position (from 0); elsewhere both
-    are ``None``.
-    """
-
-    __slots__ = ("_cancel", "_results", "attempt", "index", "inputs", "item", "node_id", "run_id")
-
-    def __init__(
-        self,
-        inputs: Mapping[str, Any],
-        results: dict[str, Any] | _core.ParentOutputs,
-        node_id: str,
-        run_id: str,
-        attempt: int,
-        cancel: CancelToken | None = None,
-        item: tuple[int, Any] | None = None,
-    ) -> None:
-        # A view, not a copy: nodes must not change the run's inputs, and copying them for
-        # every node call would cost O(inputs) per node.
-        self.inputs: Mapping[str, Any] = (
-            inputs if type(inputs) is MappingProxyType else MappingProxyType(inputs)
-        )
-        self._results = results
-        self.node_id = node_id
-        self.run_id = run_id
-        self.attempt = attempt
-        self._cancel = cancel
-        self.index: int | None
-        self.item: Any
-        self.index, self.item = (None, None) if item is None else item
-
-    @property
-    def results(self) -> dict[str, Any]:
-        """Each parent's id and its output: a dict of this call's own (changing it, or an
-        output in it, changes nothing another node sees). The core hands the parents'
-        outputs over as they are; they become this dict when it is first read (a node that
-        never reads it costs nothing per parent)."""
-        results = self._results
-        if type(results) is _PARENT_OUTPUTS:
-            results = self._results = results.dict()
-        return results  # type: ignore[return-value]
-
-    @results.setter
-    def results(self, value: dict[str, Any]) -> None:
-        self._results = value
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the run is cancelled or this attempt timed out (read live)."""
-        return self._cancel is not None and self._cancel.is_set
-
-    def __repr__(self) -> str:
-        return (
-            f"NodeContext(node_id={self.node_id!r}, run_id={self.run_id!r}, attempt={self.attempt})"
-        )
+#: What a Python node receives: ``fn(ctx)``. ``inputs`` are the run's inputs (read-only),
+#: ``results`` maps each parent's id to that parent's output (a dict of the call's own,
+#: converted when first read), ``node_id``/``run_id``/``attempt`` (1 for the first try)
+#: identify the call, and ``cancelled`` turns true when the run is cancelled or the node
+#: times out, so long-running code can stop early. In an item of a mapped node (``node_id``
+#: like ``square[3]``), ``item`` is the item and ``index`` its position (from 0); elsewhere
+#: both are ``None``. A native class: the core builds one per call and calls the node with
+#: it directly (``NodeContext(inputs, results, node_id, run_id, attempt, cancel=None,
+#: item=None)`` makes one by hand, e.g. in a test).
+NodeContext = _core.NodeContext
 
 
 # --- executors --------------------------------------------------------------------------------

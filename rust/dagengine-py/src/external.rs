@@ -18,9 +18,11 @@ use dagengine_server::{
 use pyo3::exceptions::{PyBaseException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 
+use crate::context::{direct_call, DirectCall};
 use crate::exit::{exiting, InCall};
 
 /// Live cancellation flag of one node attempt (`ctx.cancelled` reads it), where the
@@ -72,10 +74,21 @@ pub struct ParentOutputs {
     base: Option<Py<PyDict>>,
 }
 
+impl ParentOutputs {
+    /// What the garbage collector needs to see of it (a [`crate::context::NodeContext`]
+    /// holds one).
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match &self.base {
+            Some(base) => visit.call(base),
+            None => Ok(()),
+        }
+    }
+}
+
 #[pymethods]
 impl ParentOutputs {
     /// Each parent's id and output, converted: a new dict on every call.
-    fn dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    pub(crate) fn dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         if let Some(base) = &self.base {
             return base.bind(py).copy();
         }
@@ -112,6 +125,9 @@ pub struct PyExternal {
     run_id: String,
     /// The run id as a Python string, made on the first call.
     run_id_py: OnceLock<Py<PyString>>,
+    /// The trampoline's `finish`, if it has one: nodes are then called directly
+    /// ([`direct_call`]), without the trampoline, when they have no Python condition.
+    finish: OnceLock<Option<Py<PyAny>>>,
     /// The trampoline's store of captured lines: `take(run_id, node_id, attempt)` returns
     /// an attempt's `(level, message)` pairs (see [`ExternalExecutor::take_logs`]).
     logs: Option<Py<PyAny>>,
@@ -144,6 +160,7 @@ impl PyExternal {
             inputs,
             run_id,
             run_id_py: OnceLock::new(),
+            finish: OnceLock::new(),
             logs: None,
             trace: None,
             item_results: Mutex::default(),
@@ -233,6 +250,13 @@ impl PyExternal {
                 retryable: false,
             });
         }
+        if let (Some(payload), None, true) = (payload, when, self.nodes.direct(call.node)) {
+            if let Some(finish) = self.finish(py) {
+                return self
+                    .call_direct(py, plan, call, parents, node_id, payload.bind(py), finish)
+                    .map_err(|e| self.failure(py, &e));
+            }
+        }
         let invoke_call = || -> PyResult<Bound<'py, PyAny>> {
             let results = match call.item {
                 Some(_) => Bound::new(
@@ -271,11 +295,7 @@ impl PyExternal {
             let mut args = vec![
                 payload.map_or_else(|| py.None().into_bound(py), |p| p.bind(py).clone()),
                 id.into_any(),
-                self.run_id_py
-                    .get_or_init(|| PyString::new(py, &self.run_id).unbind())
-                    .bind(py)
-                    .clone()
-                    .into_any(),
+                self.run_id_py(py).into_any(),
                 call.attempt.into_pyobject(py)?.into_any(),
                 self.inputs.bind(py).clone(),
                 results.into_any(),
@@ -296,6 +316,91 @@ impl PyExternal {
             self.invoke.bind(py).call1(args)
         };
         invoke_call().map_err(|e| self.failure(py, &e))
+    }
+
+    /// The run id as a Python string.
+    fn run_id_py<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        self.run_id_py
+            .get_or_init(|| PyString::new(py, &self.run_id).unbind())
+            .bind(py)
+            .clone()
+    }
+
+    /// The trampoline's `finish` (see [`direct_call`]), if it has one.
+    fn finish<'py>(&self, py: Python<'py>) -> Option<&Bound<'py, PyAny>> {
+        self.finish
+            .get_or_init(|| {
+                self.invoke
+                    .bind(py)
+                    .getattr("finish")
+                    .ok()
+                    .map(Bound::unbind)
+            })
+            .as_ref()
+            .map(|f| f.bind(py))
+    }
+
+    /// [`PyExternal::call`] of a node without a Python condition, made here: the context
+    /// built natively and the node called with it, no trampoline frame in between.
+    #[allow(clippy::too_many_arguments)]
+    fn call_direct<'py>(
+        &self,
+        py: Python<'py>,
+        plan: &Plan,
+        call: &ExternalCall,
+        parents: Vec<(NodeIdx, Arc<Value>)>,
+        node_id: &str,
+        payload: &Bound<'py, PyAny>,
+        finish: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (parents, item, id) = if let Some((index, item)) = &call.item {
+            let base = Some(self.item_results(py, plan, call)?);
+            let item = (
+                index.into_pyobject(py)?.into_any(),
+                pythonize(py, item.as_ref())?,
+            );
+            let parents = ParentOutputs {
+                parents: Vec::new(),
+                nodes: self.nodes.clone(),
+                base,
+            };
+            (parents, Some(item), PyString::new(py, node_id))
+        } else {
+            // Ids as Python strings are made for a plan with Python nodes: this one.
+            let base = if self.nodes.ids.len() == plan.dag().len() {
+                None
+            } else {
+                Some(self.results_dict(py, plan, &parents)?.unbind())
+            };
+            let parents = ParentOutputs {
+                parents: if base.is_none() { parents } else { Vec::new() },
+                nodes: self.nodes.clone(),
+                base,
+            };
+            (parents, None, self.nodes.id(py, plan, call.node))
+        };
+        let direct = DirectCall {
+            payload,
+            node_id: id,
+            run_id: self.run_id_py(py),
+            attempt: call.attempt,
+            inputs: &self.inputs,
+            parents,
+            item,
+            cancel: &call.cancel,
+        };
+        let token = || {
+            Bound::new(
+                py,
+                CancelToken {
+                    flag: call.cancel.clone(),
+                    logs: call.logs.clone(),
+                    trace: self.trace.as_ref().map(|t| t.clone_ref(py)),
+                },
+            )
+            .map(Bound::into_any)
+        };
+        direct_call(py, direct, finish, token)
     }
 
     /// The failure of a node whose call raised `err` (a `KeyboardInterrupt` on the thread
@@ -599,6 +704,9 @@ pub struct PyNodes {
     /// (`dagengine._invoke.inline_ok`): an `async def` node or a sub-workflow goes to the
     /// pool.
     inline: Vec<bool>,
+    /// Which nodes' callables the core may call itself ([`crate::context::direct_call`]):
+    /// all but sub-workflows (the trampoline hands those to the orchestrator's runner).
+    direct: Vec<bool>,
     /// Each node's id as a Python string (results keys, the trampoline's `node_id`), for
     /// a plan with Python nodes (empty for one without: a million no-op nodes need none).
     ids: Vec<Py<PyString>>,
@@ -627,11 +735,25 @@ impl PyNodes {
                     && check(conditions.get(i).and_then(Option::as_ref))?)
             })
             .collect::<PyResult<_>>()?;
+        let sub = py.import("dagengine.nodes")?.getattr("SubWorkflow")?;
+        let direct = payloads
+            .iter()
+            .map(|p| p.as_ref().is_some_and(|p| !p.bind(py).get_type().is(&sub)))
+            .collect();
         let dag = plan.dag();
         let ids = (0..dag.len() as NodeIdx)
             .map(|i| PyString::new(py, dag.id(i)).unbind())
             .collect();
-        Ok(Self { inline, ids })
+        Ok(Self {
+            inline,
+            direct,
+            ids,
+        })
+    }
+
+    /// Whether `node`'s callable may be called without the trampoline.
+    fn direct(&self, node: NodeIdx) -> bool {
+        self.direct.get(node as usize).copied().unwrap_or(false)
     }
 
     /// The id of `node` as a Python string.

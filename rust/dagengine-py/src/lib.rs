@@ -5,6 +5,7 @@
 //! objects only when a Python node or the caller needs them.
 
 mod cache;
+mod context;
 mod engine;
 mod errors;
 mod exit;
@@ -870,6 +871,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PendingRun>()?;
     m.add_class::<CancelToken>()?;
     m.add_class::<ParentOutputs>()?;
+    m.add_class::<context::NodeContext>()?;
     m.add_class::<NodeRecords>()?;
     m.add_class::<Outputs>()?;
     m.add_class::<cache::MemoryCacheRef>()?;

@@ -1,0 +1,237 @@
+//! `NodeContext`, what a Python node receives (`fn(ctx)`), as a native class: the core makes
+//! one per call and calls the node with it directly ([`direct_call`]), where building it in
+//! the Python trampoline (a frame, an object and eight attribute stores) cost more than a
+//! trivial node's own call. The trampoline remains for what needs Python around the call:
+//! a condition, a sub-workflow, captured log lines; and an awaitable a node returns, or an
+//! output that is neither `None` nor a dict with str keys, goes to its `finish`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::exit::InCall;
+use crate::external::ParentOutputs;
+
+/// A context's `results`: as the core handed them (converted on the first read), or a
+/// value (the converted dict, one assigned, or what the constructor was given).
+enum Results {
+    Lazy(ParentOutputs),
+    Value(Py<PyAny>),
+}
+
+/// What `cancelled` reads: the attempt's flag, a token object (`is_set`), or nothing.
+enum Cancel {
+    None,
+    Flag(Arc<AtomicBool>),
+    Token(Py<PyAny>),
+}
+
+/// What a Python node receives: ``fn(ctx)``.
+///
+/// ``inputs`` are the run's inputs (read-only), ``results`` maps each parent's id to that
+/// parent's output, ``node_id``/``run_id``/``attempt`` (1 for the first try) identify the
+/// call, and ``cancelled`` turns true when the run is cancelled or the node times out, so
+/// long-running code can stop early. In an item of a mapped node (``node_id`` like
+/// ``square[3]``), ``item`` is the item and ``index`` its position (from 0); elsewhere both
+/// are ``None``.
+#[pyclass(module = "dagengine._core")]
+pub struct NodeContext {
+    /// The run's inputs, a read-only mapping.
+    #[pyo3(get, set)]
+    inputs: Py<PyAny>,
+    /// The node's id (an item's: ``square[3]``).
+    #[pyo3(get, set)]
+    node_id: Py<PyAny>,
+    #[pyo3(get, set)]
+    run_id: Py<PyAny>,
+    /// 1 for the first try.
+    #[pyo3(get, set)]
+    attempt: Py<PyAny>,
+    /// An item's position in its mapped node's list (from 0); ``None`` elsewhere.
+    #[pyo3(get, set)]
+    index: Py<PyAny>,
+    /// An item of a mapped node; ``None`` elsewhere.
+    #[pyo3(get, set)]
+    item: Py<PyAny>,
+    results: Results,
+    cancel: Cancel,
+}
+
+/// `types.MappingProxyType`.
+fn mapping_proxy(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static PROXY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    PROXY.import(py, "types", "MappingProxyType")
+}
+
+// pyo3 hands `__traverse__` its visitor by value, and the constructor takes one argument
+// per field of the Python signature it keeps.
+#[allow(clippy::needless_pass_by_value, clippy::too_many_arguments)]
+#[pymethods]
+impl NodeContext {
+    #[new]
+    #[pyo3(signature = (inputs, results, node_id, run_id, attempt, cancel=None, item=None))]
+    fn new(
+        py: Python<'_>,
+        inputs: Bound<'_, PyAny>,
+        results: Py<PyAny>,
+        node_id: Py<PyAny>,
+        run_id: Py<PyAny>,
+        attempt: Py<PyAny>,
+        cancel: Option<Py<PyAny>>,
+        item: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let proxy = mapping_proxy(py)?;
+        // A view, not a copy: nodes must not change the run's inputs, and copying them for
+        // every node call would cost O(inputs) per node.
+        let inputs = if inputs.get_type().is(proxy) {
+            inputs.unbind()
+        } else {
+            proxy.call1((inputs,))?.unbind()
+        };
+        let (index, item) = match item {
+            None => (py.None(), py.None()),
+            Some(pair) => pair.extract::<(Py<PyAny>, Py<PyAny>)>()?,
+        };
+        Ok(Self {
+            inputs,
+            node_id,
+            run_id,
+            attempt,
+            index,
+            item,
+            results: Results::Value(results),
+            cancel: cancel.map_or(Cancel::None, Cancel::Token),
+        })
+    }
+
+    /// Each parent's id and its output: a dict of this call's own (changing it, or an
+    /// output in it, changes nothing another node sees). The core hands the parents'
+    /// outputs over as they are; they become this dict when it is first read (a node that
+    /// never reads it costs nothing per parent).
+    #[getter]
+    fn results(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let converted = match &self.results {
+            Results::Lazy(parents) => parents.dict(py)?.into_any().unbind(),
+            Results::Value(v) => match v.bind(py).cast::<ParentOutputs>() {
+                Ok(parents) => parents.get().dict(py)?.into_any().unbind(),
+                Err(_) => return Ok(v.clone_ref(py)),
+            },
+        };
+        self.results = Results::Value(converted.clone_ref(py));
+        Ok(converted)
+    }
+
+    #[setter]
+    fn set_results(&mut self, value: Py<PyAny>) {
+        self.results = Results::Value(value);
+    }
+
+    /// True once the run is cancelled or this attempt timed out (read live).
+    #[getter]
+    fn cancelled(&self, py: Python<'_>) -> PyResult<bool> {
+        match &self.cancel {
+            Cancel::None => Ok(false),
+            Cancel::Flag(flag) => Ok(flag.load(Ordering::Relaxed)),
+            Cancel::Token(token) => token.bind(py).getattr("is_set")?.is_truthy(),
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "NodeContext(node_id={}, run_id={}, attempt={})",
+            self.node_id.bind(py).repr()?,
+            self.run_id.bind(py).repr()?,
+            self.attempt.bind(py).str()?,
+        ))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for obj in [
+            &self.inputs,
+            &self.node_id,
+            &self.run_id,
+            &self.attempt,
+            &self.index,
+            &self.item,
+        ] {
+            visit.call(obj)?;
+        }
+        match &self.results {
+            Results::Lazy(parents) => parents.traverse(&visit)?,
+            Results::Value(v) => visit.call(v)?,
+        }
+        if let Cancel::Token(t) = &self.cancel {
+            visit.call(t)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self, py: Python<'_>) {
+        self.results = Results::Value(py.None());
+        self.cancel = Cancel::None;
+        self.item = py.None();
+        self.inputs = py.None();
+    }
+}
+
+/// One call of a node's callable, made by the core without the trampoline.
+pub(crate) struct DirectCall<'a, 'py> {
+    pub(crate) payload: &'a Bound<'py, PyAny>,
+    pub(crate) node_id: Bound<'py, PyString>,
+    pub(crate) run_id: Bound<'py, PyString>,
+    pub(crate) attempt: u32,
+    pub(crate) inputs: &'a Py<PyAny>,
+    pub(crate) parents: ParentOutputs,
+    pub(crate) item: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    pub(crate) cancel: &'a Arc<AtomicBool>,
+}
+
+/// Call the node: `payload(ctx)`. What it returned if that is `None` or a dict whose keys
+/// are all `str`; anything else goes through `finish(node_id, returned, token())` (the
+/// trampoline's: it awaits an awaitable, cancelled with the node, and checks the output),
+/// whose answer (or exception) is the call's.
+pub(crate) fn direct_call<'py>(
+    py: Python<'py>,
+    call: DirectCall<'_, 'py>,
+    finish: &Bound<'py, PyAny>,
+    token: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (index, item) = match call.item {
+        Some((i, v)) => (i.unbind(), v.unbind()),
+        None => (py.None(), py.None()),
+    };
+    let ctx = Bound::new(
+        py,
+        NodeContext {
+            inputs: call.inputs.clone_ref(py),
+            node_id: call.node_id.clone().into_any().unbind(),
+            run_id: call.run_id.into_any().unbind(),
+            attempt: call.attempt.into_pyobject(py)?.into_any().unbind(),
+            index,
+            item,
+            results: Results::Lazy(call.parents),
+            cancel: Cancel::Flag(call.cancel.clone()),
+        },
+    )?;
+    let _in_call = InCall::enter();
+    let returned = call.payload.call1((ctx,))?;
+    if returned.is_none() {
+        return Ok(returned);
+    }
+    if let Ok(dict) = returned.cast_exact::<PyDict>() {
+        if dict
+            .iter()
+            .all(|(k, _)| k.is_exact_instance_of::<PyString>())
+        {
+            return Ok(returned);
+        }
+    }
+    finish.call1(PyTuple::new(
+        py,
+        [call.node_id.into_any(), returned, token()?],
+    )?)
+}
