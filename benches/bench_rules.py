@@ -12,12 +12,19 @@ and, on Python nodes, a Python callable as ``when`` beside the same nodes withou
 cost of a condition is the difference to the plain run, per node (the issue's target: a
 ``when`` costs <= 1 µs per node). Run alone with ``python benches/bench_rules.py [--quick]``;
 ``run.py`` runs it as the ``rules`` section. Timings are medians; nothing is asserted.
+
+A variant and its base are timed in alternation (base, variant, base, variant, ...), and
+its cost is the median of the per-pair differences: on a shared machine the load drifts
+between two separate series of runs by more than a condition costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,6 +91,28 @@ class RulesResult:
         return asdict(self)
 
 
+def paired(
+    base: Callable[[], None], variant: Callable[[], None], cfg: Config, n: int
+) -> tuple[float, float]:
+    """µs per node of ``variant`` (median) and the median of its per-pair differences to
+    ``base``, the two timed in alternation (``cfg.repeats`` pairs after the warm-up)."""
+    for _ in range(cfg.warmup):
+        base()
+        variant()
+    ours: list[float] = []
+    diffs: list[float] = []
+    for _ in range(cfg.repeats):
+        pair = []
+        for fn in (base, variant):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            pair.append(time.perf_counter() - start)
+        ours.append(pair[1])
+        diffs.append(pair[1] - pair[0])
+    return statistics.median(ours) / n * 1e6, statistics.median(diffs) / n * 1e6
+
+
 def section_rules(cfg: Config) -> list[RulesResult]:
     """Time every variant on every shape; print the table."""
     results: list[RulesResult] = []
@@ -93,24 +122,33 @@ def section_rules(cfg: Config) -> list[RulesResult]:
     )
     inputs = {"go": True}
     for shape in run_shapes(cfg):
-        per_variant: dict[str, float] = {}
-        for variant in VARIANTS:
-            dag = build(shape, variant)
+        dags = {variant: build(shape, variant) for variant in VARIANTS}
 
-            def run(dag: DAG = dag) -> None:
+        def run(variant: str, dags: dict[str, DAG] = dags) -> Callable[[], None]:
+            dag = dags[variant]
+
+            def once() -> None:
                 dag.run(inputs).raise_for_status()
 
-            us = measure(run, cfg.repeats, cfg.warmup).per_item_us(shape.n)
-            per_variant[variant] = us
+            return once
+
+        for variant in VARIANTS:
             base = BASE.get(variant)
-            extra = us - per_variant[base] if base is not None else None
+            if base is None:
+                us = measure(run(variant), cfg.repeats, cfg.warmup).per_item_us(shape.n)
+                extra = None
+            else:
+                us, extra = paired(run(base), run(variant), cfg, shape.n)
             results.append(RulesResult(shape.name, variant, shape.n, us, extra))
             table.add(
                 f"{shape.name} / {variant}",
                 fmt_us(us),
                 "" if extra is None else f"{extra:+.3f}",
             )
-    table.notes.append("cost = µs/node of the variant minus µs/node of the same nodes without")
+    table.notes.append(
+        "cost = µs/node of the variant minus µs/node of the same nodes without: the median of"
+        " the differences of runs timed in alternation"
+    )
     table.notes.append("target: a when costs <= 1 µs per node")
     table.print()
     return results
