@@ -132,12 +132,18 @@ class LocalRun:
 
     def events(self) -> Iterator[NodeEvent]:
         """Yield events as they happen until the run has finished and every event is out."""
+        for batch in self.event_batches():
+            yield from batch
+
+    def event_batches(self) -> Iterator[list[NodeEvent]]:
+        """:meth:`events`, a list at a time: every event out by then (never an empty one)."""
         while True:
             # Read done() before draining: events are queued before the run is marked done,
             # so an empty batch after a true done() means nothing more can come.
             finished = self._ref.done()
             events = self._next(0.0 if finished else POLL_SECONDS, finished)
-            yield from events
+            if events:
+                yield events
             if finished and not events:
                 return
 
@@ -450,6 +456,7 @@ class DAG:
         cache: Cache | bool | None = True,
         _loop: asyncio.AbstractEventLoop | None = None,
         _here: bool = False,
+        _inline_budget: float | None = None,
     ) -> LocalRun:
         """Start a run in the background and return its :class:`LocalRun` handle at once.
 
@@ -476,6 +483,10 @@ class DAG:
         invoke = make_invoke(_loop, subworkflow_runner, logs)
         max_parallel = check_positive_int(max_parallel, "max_parallel") or self.max_parallel
         run_timeout = self.timeout if timeout is None else check_timeout(timeout, "timeout")
+        # ``_inline_budget`` (seconds): driven on this thread, without the GIL, until it ends
+        # or the budget is spent, then on the core's threads (for runs of Lua and no-op
+        # nodes: see ``orchestrator.backends.LocalBackend.launch``).
+        extra = {} if _inline_budget is None else {"inline_budget": _inline_budget}
         with self._native_lock:
             native = self._native()
             # ``_here``: driven to its end on this thread, below (see ``DAG.run``).
@@ -490,6 +501,7 @@ class DAG:
                 events=events,
                 event_outputs=event_outputs,
                 cache=run_cache(cache),
+                **extra,
             )
         if isinstance(ref, _core.PendingRun):
             ref = ref.run()

@@ -1,8 +1,9 @@
 """One attempt of a run on an engine: its :class:`~.backends.Job` built, run on an
-in-process engine (a pool thread) or launched on a remote one (concluded on
-``dagengine-io``), and what the backend returned or raised turned into the run's lifecycle
-event. The :class:`~.orchestrator.Orchestrator` starts attempts when its lifecycle asks
-(``Action.LAUNCH``) and carries out what each conclusion asks for."""
+in-process engine (a pool thread; a run the core runs without Python is launched there
+instead and concluded where it ends, see :func:`launch_local`) or launched on a remote one
+(concluded on ``dagengine-io``), and what the backend returned or raised turned into the
+run's lifecycle event. The :class:`~.orchestrator.Orchestrator` starts attempts when its
+lifecycle asks (``Action.LAUNCH``) and carries out what each conclusion asks for."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from dagengine.exceptions import DagEngineError, EngineBusy, EngineUnavailable
-from dagengine.orchestrator.backends import Job, RemoteBackend
+from dagengine.orchestrator.backends import Job, LocalBackend, RemoteBackend
 from dagengine.orchestrator.cache import cache_entries_for, store_cache_entries
 from dagengine.orchestrator.lifecycle import Event, State
-from dagengine.orchestrator.recording import LogBudget, record_node_event, record_wire_events
+from dagengine.orchestrator.recording import (
+    LogBudget,
+    record_node_event,
+    record_node_events,
+    record_wire_events,
+)
 from dagengine.orchestrator.runs import ActiveRun, failed_result
 from dagengine.results import RunResult, RunStatus
 
@@ -21,7 +27,13 @@ if TYPE_CHECKING:
     from dagengine.orchestrator.engines import EngineSlot
     from dagengine.orchestrator.orchestrator import Orchestrator
 
-__all__ = ["conclude_attempt", "launch_remote", "prepare_job", "run_in_process"]
+__all__ = [
+    "conclude_attempt",
+    "launch_local",
+    "launch_remote",
+    "prepare_job",
+    "run_in_process",
+]
 
 # The orchestrator's logger: these lines were always its.
 log = logging.getLogger("dagengine.orchestrator")
@@ -53,6 +65,37 @@ def run_in_process(orch: Orchestrator, run: ActiveRun, slot: EngineSlot, attempt
         conclude_attempt(orch, run, slot, attempt, None, exc)
     else:
         conclude_attempt(orch, run, slot, attempt, result, None)
+
+
+def launch_local(orch: Orchestrator, run: ActiveRun, slot: EngineSlot, attempt: int) -> None:
+    """Start one attempt of a run the core runs without Python on an in-process engine
+    (:meth:`LocalBackend.launch`): a short one ends and is concluded on this thread, a
+    longer one on a pool thread that follows it."""
+    backend = slot.backend
+    assert isinstance(backend, LocalBackend)
+    job = prepare_job(orch, run, slot, attempt)
+    if job is None:
+        return
+    workflow_id, engine_id = job.workflow_id, slot.engine_id
+    logs = LogBudget(orch.config.node_log_limit)
+    try:
+        backend.launch(
+            job,
+            lambda batch: record_node_events(
+                orch.store,
+                orch.events,
+                run.run_id,
+                workflow_id,
+                engine_id,
+                attempt,
+                batch,
+                logs,
+            ),
+            lambda result, exc: conclude_attempt(orch, run, slot, attempt, result, exc),
+            orch._pool.submit,
+        )
+    except BaseException as exc:
+        conclude_attempt(orch, run, slot, attempt, None, exc)
 
 
 def launch_remote(orch: Orchestrator, run: ActiveRun, slot: EngineSlot, attempt: int) -> None:

@@ -42,6 +42,7 @@ from dagengine.exceptions import (
     InvalidRequest,
     MessageTooLarge,
 )
+from dagengine.nodes import LuaExecutor, NoopExecutor
 from dagengine.orchestrator.cache import EntriesCache, _cached_nodes
 from dagengine.results import NodeEvent, RunResult
 from dagengine.v1 import engine_pb2 as pb
@@ -55,10 +56,33 @@ __all__ = [
     "LoopThread",
     "RemoteBackend",
     "RunThreads",
+    "native_only",
 ]
 
 log = logging.getLogger("dagengine.orchestrator")
 T = TypeVar("T")
+
+#: How long (seconds) :meth:`LocalBackend.launch` drives a run on its caller's thread before
+#: the run goes on elsewhere: a 3-node Lua run takes ~15 µs (the gRPC service's budget too).
+INLINE_BUDGET = 0.0001
+
+
+def native_only(dag: DAG) -> bool:
+    """Whether the core runs ``dag`` without calling Python: only Lua and no-op nodes, no
+    Python ``when``, no cached node (its cache is looked up in Python). Such a run needs no
+    thread of the orchestrator's while a short one runs (:meth:`LocalBackend.launch`)."""
+    known = _NATIVE.get(dag)
+    if known is None:
+        known = _NATIVE[dag] = all(
+            isinstance(node.executor, (LuaExecutor, NoopExecutor))
+            and (node.when is None or isinstance(node.when, str))
+            and node.cache is None
+            for node in dag.nodes.values()
+        )
+    return known
+
+
+_NATIVE: weakref.WeakKeyDictionary[DAG, bool] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -186,6 +210,65 @@ class LocalBackend:
         finally:
             with self._lock:
                 self._runs.pop(job.run_id, None)
+
+    def launch(
+        self,
+        job: Job,
+        on_events: Callable[[list[NodeEvent]], None],
+        on_end: Callable[[RunResult | None, BaseException | None], None],
+        spawn: Callable[[Callable[[], None]], object],
+    ) -> None:
+        """Start a run of a DAG the core runs without Python (:func:`native_only`) on this
+        thread, for up to :data:`INLINE_BUDGET`, then report its events (``on_events``, in
+        batches) and its end (``on_end``: its result or what failed). A short run (a few Lua
+        nodes) has ended within the budget: both are called here, before this returns, with
+        no thread hand-off at all. A longer one goes on on the core's threads, and
+        ``spawn(follow)`` is to call ``follow()`` on a thread that may block: it reports
+        the events as they come (``node.started`` of a long node is seen while it runs),
+        then the end."""
+        timeout = None
+        if job.deadline is not None:
+            timeout = max(job.deadline - time.time(), 0.001)
+        run = job.dag.start(
+            job.inputs,
+            run_id=job.run_id,
+            completed=job.completed or None,
+            timeout=timeout,
+            events=True,
+            event_outputs=True,
+            cache=None,
+            _inline_budget=INLINE_BUDGET,
+        )
+        if run.done:
+            self._follow(run, on_events, on_end)
+            return
+        with self._lock:
+            self._runs[job.run_id] = run
+
+        def follow() -> None:
+            try:
+                self._follow(run, on_events, on_end)
+            finally:
+                with self._lock:
+                    self._runs.pop(job.run_id, None)
+
+        spawn(follow)
+
+    @staticmethod
+    def _follow(
+        run: LocalRun,
+        on_events: Callable[[list[NodeEvent]], None],
+        on_end: Callable[[RunResult | None, BaseException | None], None],
+    ) -> None:
+        """Report ``run``'s events as they come, then its end."""
+        try:
+            for batch in run.event_batches():
+                on_events(batch)
+            result = run.result() if run.done else run.wait()
+        except BaseException as exc:  # (a run must always settle)
+            on_end(None, exc)
+            return
+        on_end(result, None)
 
     def cancel(self, run_id: str) -> None:
         with self._lock:

@@ -45,12 +45,13 @@ from dagengine.exceptions import (
     SpecError,
 )
 from dagengine.inputs import validate_inputs
-from dagengine.orchestrator.attempts import launch_remote, run_in_process
+from dagengine.orchestrator.attempts import launch_local, launch_remote, run_in_process
 from dagengine.orchestrator.backends import (
     Engine,
     LoopThread,
     RemoteBackend,
     RunThreads,
+    native_only,
 )
 from dagengine.orchestrator.balancer import EngineLoad, LoadBalancer, RunQueue, make_balancer
 from dagengine.orchestrator.config import Config
@@ -652,6 +653,10 @@ class Orchestrator:
                     # Sent from this thread: a remote run needs no thread of its own, and
                     # its replies come on the core's dagengine-io thread.
                     launch_remote(self, run, slot, attempt)
+                elif run.version.dag is not None and native_only(run.version.dag):
+                    # Lua and no-op nodes only: started here, where a short run also ends
+                    # (no thread hand-off at all); a longer one needs no thread either.
+                    launch_local(self, run, slot, attempt)
                 else:
                     self._pool.submit(run_in_process, self, run, slot, attempt)
             elif action is Action.RELEASE:

@@ -31,7 +31,13 @@ from dagengine.tracing import (
 )
 from dagengine.v1 import engine_pb2 as pb
 
-__all__ = ["LogBudget", "queued_trace", "record_node_event", "record_wire_events"]
+__all__ = [
+    "LogBudget",
+    "queued_trace",
+    "record_node_event",
+    "record_node_events",
+    "record_wire_events",
+]
 
 
 class LogBudget:
@@ -172,6 +178,72 @@ def record_wire_events(
         events.publish_batch(published, workflow_id=workflow_id, run_id=run_id, engine_id=engine_id)
 
 
+def record_node_events(
+    store: StoreBackend,
+    events: EventBus,
+    run_id: str,
+    workflow_id: str,
+    engine_id: str,
+    attempt: int,
+    batch: Sequence[NodeEvent],
+    logs: LogBudget,
+) -> None:
+    """Record the events of an in-process run that ended before they were read: the same
+    records as :func:`record_node_event` for each, the bus's in one :meth:`~EventBus.
+    publish_batch` (one lock round, as a remote run's bursts)."""
+    published: list[tuple[str, str | None, dict[str, Any]]] = []
+    for event in batch:
+        kind, node_id = event.kind, event.node_id
+        if kind == "node_log" and node_id is not None:
+            detail = event.detail or {}
+            line = logs.admit(
+                node_id,
+                event.attempt,
+                str(detail.get("level", "INFO")),
+                str(detail.get("message", "")),
+            )
+            if line is not None:
+                line.update(attempt=attempt, node_attempt=event.attempt)
+                published.append(("node.log", node_id, line))
+            continue
+        if kind == "node_succeeded" and node_id is not None:
+            _save_output(store, run_id, node_id, attempt, event)
+        if kind in _NODE_KINDS:
+            published.append(("node." + kind[5:], node_id, _node_data(attempt, event)))
+    if published:
+        events.publish_batch(published, workflow_id=workflow_id, run_id=run_id, engine_id=engine_id)
+
+
+def _save_output(
+    store: StoreBackend, run_id: str, node_id: str, attempt: int, event: NodeEvent
+) -> None:
+    output = (event.detail or {}).get("output", {})
+    if isinstance(output, list):  # a mapped node's: its items' outputs
+        store.save_node_output_json_later(
+            run_id, node_id, attempt, json.dumps(output, separators=(",", ":"))
+        )
+    else:
+        store.save_node_output_later(run_id, node_id, attempt, output)
+
+
+def _node_data(attempt: int, event: NodeEvent) -> dict[str, Any]:
+    """The data of a node event on the bus."""
+    kind = event.kind
+    data: dict[str, Any] = {"attempt": attempt, "node_attempt": event.attempt}
+    err = event.error
+    if err is not None:
+        data["error"] = err.to_dict()
+    detail = event.detail
+    if detail:
+        if kind == "node_skipped" and "reason" in detail:
+            data["reason"] = detail["reason"]
+        if kind == "node_mapped" and "count" in detail:
+            data["count"] = detail["count"]
+        if kind == "node_cached" and "run_id" in detail:
+            data["from_run"] = detail["run_id"]
+    return data
+
+
 def record_node_event(
     store: StoreBackend,
     events: EventBus,
@@ -204,29 +276,13 @@ def record_node_event(
             )
         return
     if kind == "node_succeeded" and event.node_id is not None:
-        output = (event.detail or {}).get("output", {})
-        if isinstance(output, list):  # a mapped node's: its items' outputs
-            store.save_node_output_json_later(
-                run_id, event.node_id, attempt, json.dumps(output, separators=(",", ":"))
-            )
-        else:
-            store.save_node_output_later(run_id, event.node_id, attempt, output)
+        _save_output(store, run_id, event.node_id, attempt, event)
     if kind in _NODE_KINDS:
-        data: dict[str, Any] = {"attempt": attempt, "node_attempt": event.attempt}
-        err = event.error
-        if err is not None:
-            data["error"] = err.to_dict()
-        if kind == "node_skipped" and event.detail and "reason" in event.detail:
-            data["reason"] = event.detail["reason"]
-        if kind == "node_mapped" and event.detail and "count" in event.detail:
-            data["count"] = event.detail["count"]
-        if kind == "node_cached" and event.detail and "run_id" in event.detail:
-            data["from_run"] = event.detail["run_id"]
         events.publish(
             "node." + kind.removeprefix("node_"),
             workflow_id=workflow_id,
             run_id=run_id,
             node_id=event.node_id,
             engine_id=engine_id,
-            data=data,
+            data=_node_data(attempt, event),
         )
