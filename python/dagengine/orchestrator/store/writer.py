@@ -64,6 +64,7 @@ __all__ = [
     "CHECKPOINT_EVERY",
     "LAZY_COMMIT_DELAY",
     "MAX_PENDING",
+    "URGENT_PACE",
     "WriteBehind",
 ]
 
@@ -93,6 +94,12 @@ MAX_PENDING: Final = 2000
 #: bounds is what a killed orchestrator can lose (events and outputs of nodes that then run
 #: again: never a run's end).
 LAZY_COMMIT_DELAY: Final = 0.02
+#: Under a stream of run ends (the last group held more than one run end or fence), how long
+#: after the previous commit ended the next one that somebody waits for is held back to
+#: gather company. Run ends that come one at a time from one thread (runs ended where they
+#: were submitted) made groups of two or three, each commit costing the writer about as much
+#: as the group's rows; a lone run end (the last group had no company) is never held back.
+URGENT_PACE: Final = 0.002
 
 
 def _is_data_error(exc: BaseException) -> bool:
@@ -135,6 +142,10 @@ class WriteBehind:
         # A run end is pending (commit now), and when the oldest pending write was queued.
         self._urgent = False
         self._since = 0.0
+        # Whether the last group had company (more than one run end or fence) and when it
+        # was committed (see URGENT_PACE).
+        self._company = False
+        self._last_commit = 0.0
         # The checkpoints of a file store's log (see CHECKPOINT_EVERY). A condition of their
         # own: the writer must be the only thread waiting on _pending_cv, or a notify meant
         # for it can wake the checkpointer instead (a run's end then waited for the timer).
@@ -356,6 +367,10 @@ class WriteBehind:
                     # A prune slice that is due commits what is pending with it.
                     sliced = job is not None and job.due(now)
                     if self._urgent or due or sliced:
+                        held = self._last_commit + URGENT_PACE - now
+                        if self._company and held > 0 and not (due or sliced):
+                            self._pending_cv.wait(held)  # (for company: see URGENT_PACE)
+                            continue
                         commit, events = True, due or sliced
                         break
                     if self._ready:
@@ -460,6 +475,8 @@ class WriteBehind:
         finally:
             self._slice = None
         self._write_error = None
+        self._company = len(finished) + len(fences) > 1
+        self._last_commit = time.monotonic()
         if fences:
             finished = [*finished, *((done, True) for done in fences)]
         if finished:
@@ -653,6 +670,22 @@ class WriteBehind:
                 creates.append(row)
             else:
                 last[row[0]] = index
+        # Runs whose node outputs this group would write only for their end, in the same
+        # group, to delete again: a succeeded end (its last write) whose result holds exactly
+        # the outputs queued for its attempt (``True``: see _outputs_in_results). Their
+        # outputs are not written: an output is fenced on its run running at its attempt,
+        # so it is written only where that end is recorded too, and the end deletes the
+        # run's outputs (any of an earlier group as well) either way.
+        held: dict[str, int] = {}  # run id -> the attempt whose outputs its end holds
+        for index, (kind, row) in enumerate(pending):
+            if (
+                kind == "finish"
+                and row[6] is True
+                and row[1] == "succeeded"
+                and row[5] is not None
+                and last[row[0]] == index
+            ):
+                held[row[0]] = row[5]
         finished: list[list[Any]] = []  # [callback, recorded], in queue order
         deferred: list[tuple[list[Any], tuple[Any, ...]]] = []
         outputs: list[tuple[Any, ...]] = []  # consecutive outputs, written as one statement
@@ -671,7 +704,8 @@ class WriteBehind:
                     if kind == "create":
                         continue
                     if kind == "output":
-                        outputs.append(row)
+                        if held.get(row[0]) != row[2]:
+                            outputs.append(row)
                         continue
                     if kind == "finish":
                         entry = [row[-1], False]
