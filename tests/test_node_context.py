@@ -45,7 +45,8 @@ def test_a_node_sees_the_same_context_on_both_paths(how: str) -> None:
     dag = two_nodes(node)
     result = dag.run({"k": 1}) if how == "run" else dag.start({"k": 1}).wait(PATIENCE)
     assert result.ok, result.error
-    assert seen["is_ctx"] and seen["same_dict"]
+    assert seen["is_ctx"]
+    assert seen["same_dict"]
     assert (seen["node_id"], seen["attempt"], seen["index"], seen["item"]) == ("b", 1, None, None)
     assert (seen["inputs_type"], seen["inputs"]) == (MappingProxyType, {"k": 1})
     assert seen["cancelled"] is False
@@ -98,7 +99,8 @@ def test_an_exception_carries_its_type_message_and_traceback() -> None:
     error = result.node_results["b"].error
     assert error is not None
     assert (error.type, error.message) == ("ValueError", "bad b")
-    assert error.traceback is not None and "explode" in error.traceback
+    assert error.traceback is not None
+    assert "explode" in error.traceback
 
 
 def test_mapped_items_see_their_item_and_index() -> None:
@@ -129,11 +131,13 @@ def test_mapped_items_see_their_item_and_index() -> None:
 def test_a_context_made_by_hand() -> None:
     inputs = {"k": 1}
     ctx = NodeContext(inputs, {"p": {"v": 2}}, "n", "r", 2, None, (4, "it"))
-    assert type(ctx.inputs) is MappingProxyType and dict(ctx.inputs) == inputs
+    assert type(ctx.inputs) is MappingProxyType
+    assert dict(ctx.inputs) == inputs
     with pytest.raises(TypeError):
         ctx.inputs["k"] = 2  # type: ignore[index]
     assert (ctx.node_id, ctx.run_id, ctx.attempt, ctx.index, ctx.item) == ("n", "r", 2, 4, "it")
-    assert ctx.results == {"p": {"v": 2}} and ctx.cancelled is False
+    assert ctx.results == {"p": {"v": 2}}
+    assert ctx.cancelled is False
     ctx.results = {"q": {}}
     assert ctx.results == {"q": {}}
     proxy = MappingProxyType({"a": 1})
@@ -141,3 +145,46 @@ def test_a_context_made_by_hand() -> None:
     assert NodeContext(proxy, {}, "n", "r", 1).index is None
     with pytest.raises(TypeError):
         NodeContext({}, {}, "n")  # type: ignore[call-arg]
+
+
+class _Sub(dict[str, Any]):
+    """A dict subclass: its output goes through the general conversion."""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        0,
+        -(2**63),
+        2**64 - 1,
+        1.5,
+        float("nan"),
+        float("inf"),
+        "text",
+        "\u00e9\U0001f600",
+        [1, [2, (3, 4)], {"k": None}],
+        (1, "a"),
+        {"nested": {"deeper": [{"x": 1.0}]}},
+        _Sub(s=1),
+        {1: "int key"},
+        2**70,
+        {"s": {1, 2}},
+    ],
+    ids=repr,
+)
+def test_an_output_converts_as_the_general_conversion_does(value: object) -> None:
+    """Exact dicts of plain values are read by the core's own reader; the same value under a
+    dict subclass goes the general way: both must give the same output, or the same error."""
+    dag = DAG("outs")
+    dag.add_node(Node("plain", [], PythonExecutor(lambda ctx: {"v": value})))
+    dag.add_node(Node("general", [], PythonExecutor(lambda ctx: _Sub(v=value))))
+    result = dag.run()
+    plain, general = result.node_results["plain"], result.node_results["general"]
+    assert plain.status is general.status
+    if general.error is not None:
+        assert plain.error is not None
+        assert plain.error.message == general.error.message.replace("general", "plain")
+    else:
+        assert plain.output == general.output

@@ -442,6 +442,11 @@ fn output(node_id: &str, returned: &Bound<'_, PyAny>) -> Result<Map<String, Valu
         traceback: None,
         retryable: false,
     };
+    if let Ok(dict) = returned.cast_exact::<PyDict>() {
+        if let Some(map) = crate::json::dict_to_map(dict) {
+            return Ok(map);
+        }
+    }
     if !returned.is_instance_of::<PyDict>() {
         let ty = returned
             .get_type()
@@ -691,8 +696,33 @@ fn take_parents(call: &mut ExternalCall) -> Vec<(NodeIdx, Arc<Value>)> {
 fn item_id(plan: &Plan, node: NodeIdx, item: Option<u32>) -> std::borrow::Cow<'_, str> {
     let id = plan.dag().id(node);
     match item {
-        Some(i) => std::borrow::Cow::Owned(format!("{id}[{i}]")),
+        // Not `format!`: its machinery cost more than a trivial item's call.
+        Some(i) => {
+            let mut s = String::with_capacity(id.len() + 12);
+            s.push_str(id);
+            s.push('[');
+            push_decimal(&mut s, i);
+            s.push(']');
+            std::borrow::Cow::Owned(s)
+        }
         None => std::borrow::Cow::Borrowed(id),
+    }
+}
+
+/// Append `n` in decimal.
+fn push_decimal(s: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(char::from(d));
     }
 }
 

@@ -11,6 +11,7 @@ mod errors;
 mod exit;
 
 mod external;
+mod json;
 mod pending;
 mod session;
 
