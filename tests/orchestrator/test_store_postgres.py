@@ -553,3 +553,65 @@ def test_a_whole_run_whose_commit_answer_was_lost_is_recorded_once(pg_url: str) 
         assert store.write_error is None
     finally:
         store.close()
+
+
+def test_a_run_created_by_a_commit_whose_answer_was_lost_ends_when_its_group_comes(
+    pg_url: str,
+) -> None:
+    """The run's creation is committed but its answer lost (a restarted server); the writer
+    puts it back, and its outputs and end queue behind it: the group written again holds
+    the run's whole life, and its row exists already. Its outputs and end apply to that
+    row as they would have (a run lost for ever before: its end was never recorded)."""
+    import threading
+
+    import psycopg
+    from dagengine.orchestrator.store import RunRecord
+
+    store = open_store(pg_url, exclusive=True)
+    assert isinstance(store, PostgresStore)
+    real = store._write_group
+    lost: list[bool] = []
+    queued = threading.Event()
+
+    def answer_lost(pending: list, events: list) -> list:  # type: ignore[type-arg]
+        written = real(pending, events)
+        if not lost and [kind for kind, _ in pending] == ["create"]:
+            lost.append(True)
+            assert queued.wait(10)  # (what comes next queues behind the group)
+            raise psycopg.OperationalError("the server closed the connection unexpectedly")
+        return written
+
+    store._write_group = answer_lost  # type: ignore[method-assign]
+    try:
+        store.create_run_later(
+            RunRecord("r", "wf", "1.0.0", status="running", attempt=1, engine_id="e1")
+        )
+        failed: list[BaseException] = []
+
+        def flush() -> None:
+            try:
+                store.flush()
+            except psycopg.OperationalError as exc:  # (the lost answer, as the writer sees it)
+                failed.append(exc)
+
+        flushing = threading.Thread(target=flush)
+        flushing.start()
+        while not lost:
+            threading.Event().wait(0.01)
+        ended = threading.Event()
+        recorded: list[bool] = []
+        store.save_node_output_later("r", "a", 1, {"v": 1})
+        store.finish_run_later(
+            "r", 1, "succeeded", {"ok": True}, None, lambda ok: (recorded.append(ok), ended.set())
+        )
+        queued.set()
+        flushing.join(30)
+        assert len(failed) == 1
+        assert ended.wait(30), "the run's end was never told"
+        assert recorded == [True]
+        rec = store.get_run("r")
+        assert rec is not None
+        assert (rec.status, rec.result) == ("succeeded", {"ok": True})
+        assert store.node_outputs("r") == {"a": {"v": 1}}
+    finally:
+        store.close()

@@ -273,8 +273,9 @@ CREATE_RUNS: Final = f"""INSERT INTO runs ({_COLUMNS})
 # partial indexes of unfinished runs touched twice). Their outputs are stored if the run was
 # inserted here (the fences of INSERT_OUTPUTS and FINISH_RUNS would pass on the row just
 # inserted: it is running, at that attempt, this session's), the last one of a node written
-# twice kept. Returns the runs inserted, and those whose end was stored already, to the time
-# (a group written again after its commit's answer was lost, as FINISH_RUNS counts them).
+# twice kept. Sent after INSERT_OUTPUTS and FINISH_RUNS of the same rows, which apply where
+# the run's row exists already (created by a commit whose answer was lost: the insert is
+# skipped here). Returns the runs inserted, and those whose end is stored, to the time.
 # Values: the runs' columns (as CREATE_RUNS), the outputs' (as INSERT_OUTPUTS), then the
 # runs' ids, statuses and end times.
 FOLD_RUNS: Final = f"""WITH created AS (

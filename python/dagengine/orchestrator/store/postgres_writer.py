@@ -365,31 +365,31 @@ class PostgresWriter(WriteBehind):
         if folded:
             fold = _fold_values(folded, creates, outputs, ends)
             creates = [row for row in creates if row[0] not in folded]
-            outputs = [row for row in outputs if row[0] not in folded]
-        kept = list(zip(finished, ends, strict=True))
-        fenced = [row for _, row in kept if row[0] not in folded]
         ended: Any = None
         whole: Any = None
         with self._pipelined_transaction() as cursor:
             if creates:
                 cursor.execute(CREATE_RUNS, _columns(creates))
+            if claims:
+                cursor.execute(CLAIM_RUNS, _columns(claims))
+            # A folded run's outputs and end too, fenced as any: they find no row (it is
+            # inserted after them) unless a commit whose answer was lost created it
+            # already; then they apply to it as they would have, and its insert is skipped.
+            if outputs:
+                cursor.execute(INSERT_OUTPUTS, _columns(outputs))
+            if ends:
+                ended = self._db.cursor()
+                ended.execute(FINISH_RUNS, _columns(ends))
             if fold:
                 whole = self._db.cursor()
                 whole.execute(FOLD_RUNS, fold)
-            if claims:
-                cursor.execute(CLAIM_RUNS, _columns(claims))
-            if outputs:
-                cursor.execute(INSERT_OUTPUTS, _columns(outputs))
-            if fenced:
-                ended = self._db.cursor()
-                ended.execute(FINISH_RUNS, _columns(fenced))
             if events:
                 self._write_events(cursor, events)
         done: set[str] = set()
         for results in (ended, whole):
             if results is not None:
                 done.update(r[0] for r in results.fetchall())
-        for entry, row in kept:
+        for entry, row in zip(finished, ends, strict=True):
             entry[1] = row[0] in done
         return [(callback, recorded) for callback, recorded in finished]
 
@@ -478,8 +478,9 @@ def _foldable(
     """The runs of a group (of :meth:`PostgresWriter._write_sets`) whose whole life is in it
     and can be inserted as they end: created once, running, no claim, outputs and end of the
     attempt they were created with, and no run of the group created as their child (created
-    before them). Writing them apart gives the same rows as the writes one after the other:
-    on the row just inserted every fence passes."""
+    before them). Inserting them as they end gives the same rows as the writes one after the
+    other: on the row just inserted every fence passes. (Where the row exists already, from
+    a commit whose answer was lost, the fenced writes the group sends too apply to it.)"""
     if not ends or not creates:
         return set()
     born: dict[str, tuple[Any, ...] | None] = {}
