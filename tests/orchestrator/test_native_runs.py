@@ -5,6 +5,7 @@ with no thread hand-off, a longer one followed by a pool thread; the same record
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -97,6 +98,23 @@ def test_a_short_lua_run_ends_where_it_is_launched_with_its_records(
         types = [e.type for e in orch.events.store.events(run_id=handle.run_id)]
         assert types.index("run.started") < types.index("node.started")
         assert types[-1] == "run.completed"
+
+
+def test_a_lua_run_submitted_from_an_event_loop_runs_on_a_pool_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop serves every request: a run's bookkeeping stays off it."""
+    monkeypatch.setattr(backends, "INLINE_BUDGET", 30.0)
+    with Orchestrator(store=":memory:") as orch:
+        orch.register_workflow("lua3", "1.0.0", lua3())
+
+        async def submit() -> RunHandle:
+            return start(orch, "lua3", {"n": 2})
+
+        handle = asyncio.run(submit())
+        assert dict(handle.result(timeout=30).outputs["c"]) == {"z": 5}
+        assert orch._pool._threads
+        assert dict(start(orch, "lua3", {"n": 3}).result(timeout=30).outputs["c"]) == {"z": 7}
 
 
 @pytest.mark.parametrize("budget", [0.0, backends.INLINE_BUDGET])
