@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from dagengine import DAG
-from dagengine.orchestrator import Orchestrator, RunHandle
+from dagengine.orchestrator import Orchestrator, RunHandle, backends
 from dagengine.orchestrator.store import RunRecord, SQLiteStore, open_store
 from dagengine.orchestrator.store import writer as writer_module
 from dagengine.results import RunStatus
@@ -27,8 +27,10 @@ def lua_dag(last: str = "return {z = results.b.y}") -> DAG:
 def test_outputs_a_succeeded_end_in_the_same_group_holds_are_not_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Nothing commits by itself: a run's outputs and its end share one group.
+    # Nothing commits by itself, and the runs end where they are launched (before the
+    # submission's own flush): a run's outputs and its end share one group.
     monkeypatch.setattr(writer_module, "LAZY_COMMIT_DELAY", 60.0)
+    monkeypatch.setattr(backends, "INLINE_BUDGET", 30.0)
     with Orchestrator(store=str(tmp_path / "state.db")) as orch:
         statements: list[str] = []
         assert isinstance(orch.store, SQLiteStore)
