@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-from dagengine import DAG, Node, NodeContext, PythonExecutor, RunStatus
+from dagengine import DAG, Node, NodeContext, NodeStatus, PythonExecutor, RunStatus
 
 PATIENCE = 10.0
 
@@ -188,3 +188,29 @@ def test_an_output_converts_as_the_general_conversion_does(value: object) -> Non
         assert plain.error.message == general.error.message.replace("general", "plain")
     else:
         assert plain.output == general.output
+
+
+def test_a_python_condition_and_its_node_share_one_context() -> None:
+    seen: list[NodeContext] = []
+
+    def cond(ctx: NodeContext) -> bool:
+        seen.append(ctx)
+        return ctx.node_id != "skip"
+
+    def node(ctx: NodeContext) -> dict[str, Any]:
+        seen.append(ctx)
+        return {"same": seen[-2] is ctx}
+
+    dag = DAG("when")
+    dag.add_node(Node("run", [], PythonExecutor(node), when=cond))
+    dag.add_node(Node("skip", [], PythonExecutor(node), when=cond))
+    dag.add_node(Node("bad", [], PythonExecutor(node), when=lambda ctx: "yes"))
+    result = dag.run()
+    assert result.outputs["run"] == {"same": True}
+    assert result.node_results["skip"].status is NodeStatus.SKIPPED
+    error = result.node_results["bad"].error
+    assert error is not None
+    assert (error.type, error.message) == (
+        "TypeError",
+        "node 'bad': when must return a bool, got str 'yes'",
+    )

@@ -125,7 +125,7 @@ def make_invoke(
     and handed back to it when the attempt returns (a local run's queue also takes a running
     attempt's lines as it goes; an engine process's store keeps them for the core).
     Without ``logs`` the trampoline has a ``finish`` (see there): the core then calls the
-    nodes without a condition itself.
+    nodes (and their conditions, checked first on the same context) itself.
     """
     if logs is not None:
         return _capturing_invoke(loop, runner, logs)
@@ -165,7 +165,7 @@ def make_invoke(
     def finish(node_id: str, out: object, cancel: CancelToken) -> NodeOutput:
         """What a node returned when it is neither ``None`` nor a dict with str keys: an
         awaitable is awaited (cancelled with the node), then the output is checked. The
-        core calls a node without a condition itself (``fn(ctx)``, the context built
+        core calls a node and its condition itself (``fn(ctx)``, the context built
         natively: the trampoline's frame cost more than a trivial node's own call), and
         hands such a value here."""
         if inspect.isawaitable(out):

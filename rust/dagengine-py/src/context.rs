@@ -8,9 +8,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::exit::InCall;
@@ -181,6 +182,8 @@ impl NodeContext {
 /// One call of a node's callable, made by the core without the trampoline.
 pub(crate) struct DirectCall<'a, 'py> {
     pub(crate) payload: &'a Bound<'py, PyAny>,
+    /// The node's Python condition, checked first on the same context.
+    pub(crate) when: Option<&'a Bound<'py, PyAny>>,
     pub(crate) node_id: Bound<'py, PyString>,
     pub(crate) run_id: Bound<'py, PyString>,
     pub(crate) attempt: u32,
@@ -193,7 +196,9 @@ pub(crate) struct DirectCall<'a, 'py> {
 /// Call the node: `payload(ctx)`. What it returned if that is `None` or a dict whose keys
 /// are all `str`; anything else goes through `finish(node_id, returned, token())` (the
 /// trampoline's: it awaits an awaitable, cancelled with the node, and checks the output),
-/// whose answer (or exception) is the call's.
+/// whose answer (or exception) is the call's. With a `when`, as the trampoline does: the
+/// condition is called on the same context first; `False` is returned when it is false,
+/// and its exception (or a `TypeError` when it is not a bool) is returned, not raised.
 pub(crate) fn direct_call<'py>(
     py: Python<'py>,
     call: DirectCall<'_, 'py>,
@@ -218,6 +223,26 @@ pub(crate) fn direct_call<'py>(
         },
     )?;
     let _in_call = InCall::enter();
+    if let Some(when) = call.when {
+        let held = match when.call1((&ctx,)) {
+            Ok(held) => held,
+            Err(e) => return Ok(e.into_value(py).into_bound(py).into_any()),
+        };
+        match held.cast_exact::<PyBool>() {
+            Ok(b) if b.is_true() => {}
+            Ok(_) => return Ok(held),
+            Err(_) => {
+                let msg = format!(
+                    "node {}: when must return a bool, got {} {}",
+                    call.node_id.repr()?,
+                    held.get_type().name()?,
+                    held.repr()?,
+                );
+                let err = PyTypeError::new_err(msg);
+                return Ok(err.into_value(py).into_bound(py).into_any());
+            }
+        }
+    }
     let returned = call.payload.call1((ctx,))?;
     if returned.is_none() {
         return Ok(returned);

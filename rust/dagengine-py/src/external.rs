@@ -126,7 +126,7 @@ pub struct PyExternal {
     /// The run id as a Python string, made on the first call.
     run_id_py: OnceLock<Py<PyString>>,
     /// The trampoline's `finish`, if it has one: nodes are then called directly
-    /// ([`direct_call`]), without the trampoline, when they have no Python condition.
+    /// ([`direct_call`], a Python condition too), without the trampoline.
     finish: OnceLock<Option<Py<PyAny>>>,
     /// The trampoline's store of captured lines: `take(run_id, node_id, attempt)` returns
     /// an attempt's `(level, message)` pairs (see [`ExternalExecutor::take_logs`]).
@@ -250,10 +250,11 @@ impl PyExternal {
                 retryable: false,
             });
         }
-        if let (Some(payload), None, true) = (payload, when, self.nodes.direct(call.node)) {
+        if let (Some(payload), true) = (payload, self.nodes.direct(call.node)) {
             if let Some(finish) = self.finish(py) {
+                let payload = (payload.bind(py), when.map(|w| w.bind(py)));
                 return self
-                    .call_direct(py, plan, call, parents, node_id, payload.bind(py), finish)
+                    .call_direct(py, plan, call, parents, node_id, payload, finish)
                     .map_err(|e| self.failure(py, &e));
             }
         }
@@ -340,8 +341,9 @@ impl PyExternal {
             .map(|f| f.bind(py))
     }
 
-    /// [`PyExternal::call`] of a node without a Python condition, made here: the context
-    /// built natively and the node called with it, no trampoline frame in between.
+    /// [`PyExternal::call`] of a node (and of its Python condition, if it has one), made
+    /// here: the context built natively and the node called with it, no trampoline frame
+    /// in between.
     #[allow(clippy::too_many_arguments)]
     fn call_direct<'py>(
         &self,
@@ -350,7 +352,7 @@ impl PyExternal {
         call: &ExternalCall,
         parents: Vec<(NodeIdx, Arc<Value>)>,
         node_id: &str,
-        payload: &Bound<'py, PyAny>,
+        (payload, when): (&Bound<'py, PyAny>, Option<&Bound<'py, PyAny>>),
         finish: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (parents, item, id) = if let Some((index, item)) = &call.item {
@@ -381,6 +383,7 @@ impl PyExternal {
         };
         let direct = DirectCall {
             payload,
+            when,
             node_id: id,
             run_id: self.run_id_py(py),
             attempt: call.attempt,
