@@ -39,10 +39,11 @@ Two more cuts came later (1,694 -> 1,173 file bytes a run of the workflow above)
   retry) is compared with its stored rows by the writer instead.
 
 The PostgreSQL store folds events and numbers payloads too, on a store that numbers events
-when queued (not a replica's, which numbers them at the commit). It keeps its events keyed
-by the run's id and its node output rows: comparing the outputs in the statement that ends
-a run cost its server more than the rows (the dead tuples of the deleted rows were scanned
-by every group).
+when queued (not a replica's, which numbers them at the commit), and keys its events by the
+run's number as SQLite does (its migration 6: ``event_rows.run_key`` is ``runs.ord``;
+``events`` a view with the old columns). It keeps its node output rows: comparing the
+outputs in the statement that ends a run cost its server more than the rows (the dead
+tuples of the deleted rows were scanned by every group).
 
 Old rows (written before these cuts) have none of these forms and read as they are.
 """
