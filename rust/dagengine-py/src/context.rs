@@ -3,7 +3,8 @@
 //! the Python trampoline (a frame, an object and eight attribute stores) cost more than a
 //! trivial node's own call. The trampoline remains for what needs Python around the call:
 //! a condition, a sub-workflow, captured log lines; and an awaitable a node returns, or an
-//! output that is neither `None` nor a dict with str keys, goes to its `finish`.
+//! output that is neither `None` nor a dict with str keys, goes to its `finish`. Also
+//! here: [`ParentOutputs`], the parents' outputs a context converts when first read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,8 +15,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
+use dagengine_core::NodeIdx;
+use pythonize::pythonize;
+use serde_json::Value;
+
 use crate::exit::InCall;
-use crate::external::ParentOutputs;
+use crate::external::PyNodes;
 
 /// A context's `results`: as the core handed them (converted on the first read), or a
 /// value (the converted dict, one assigned, or what the constructor was given).
@@ -259,4 +264,57 @@ pub(crate) fn direct_call<'py>(
         py,
         [call.node_id.into_any(), returned, token()?],
     )?)
+}
+
+/// A node's parents' outputs (`ctx.results`), converted to a dict only when the node reads
+/// them (`NodeContext.results` calls [`ParentOutputs::dict`] once): a node that does not read
+/// them (a trivial one) costs no dict per parent. Each call gets its own, converted from the
+/// parents' outputs for it alone, so what one node changes in it no other node sees.
+#[pyclass(module = "dagengine._core", frozen)]
+pub struct ParentOutputs {
+    pub(crate) parents: Vec<(NodeIdx, Arc<Value>)>,
+    pub(crate) nodes: Arc<PyNodes>,
+    /// For an item of a mapped node: its node's parents' outputs, converted for its first
+    /// item; each item gets a copy (the values shared), not a conversion each.
+    pub(crate) base: Option<Py<PyDict>>,
+}
+
+impl ParentOutputs {
+    /// What the garbage collector needs to see of it (a [`crate::context::NodeContext`]
+    /// holds one).
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match &self.base {
+            Some(base) => visit.call(base),
+            None => Ok(()),
+        }
+    }
+}
+
+#[pymethods]
+impl ParentOutputs {
+    /// Each parent's id and output, converted: a new dict on every call.
+    pub(crate) fn dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        if let Some(base) = &self.base {
+            return base.bind(py).copy();
+        }
+        let results = PyDict::new(py);
+        for (p, v) in &self.parents {
+            let id = self.nodes.ids[*p as usize].bind(py);
+            results.set_item(id, convert(py, v)?)?;
+        }
+        Ok(results)
+    }
+
+    fn __len__(&self) -> usize {
+        self.parents.len()
+    }
+}
+
+/// A parent's output as a new Python dict.
+pub(crate) fn convert<'py>(py: Python<'py>, output: &Value) -> PyResult<Bound<'py, PyAny>> {
+    match output {
+        // A parent that returned nothing (the common trivial case).
+        Value::Object(m) if m.is_empty() => Ok(PyDict::new(py).into_any()),
+        v => pythonize(py, v).map_err(PyErr::from),
+    }
 }

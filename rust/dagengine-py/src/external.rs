@@ -18,11 +18,10 @@ use dagengine_server::{
 use pyo3::exceptions::{PyBaseException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
 use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 
-use crate::context::{direct_call, DirectCall};
+use crate::context::{convert, direct_call, DirectCall, ParentOutputs};
 use crate::exit::{exiting, InCall};
 
 /// Live cancellation flag of one node attempt (`ctx.cancelled` reads it), where the
@@ -58,59 +57,6 @@ impl CancelToken {
                 .map(|(level, message)| LogLine { level, message })
                 .collect(),
         )
-    }
-}
-
-/// A node's parents' outputs (`ctx.results`), converted to a dict only when the node reads
-/// them (`NodeContext.results` calls [`ParentOutputs::dict`] once): a node that does not read
-/// them (a trivial one) costs no dict per parent. Each call gets its own, converted from the
-/// parents' outputs for it alone, so what one node changes in it no other node sees.
-#[pyclass(module = "dagengine._core", frozen)]
-pub struct ParentOutputs {
-    parents: Vec<(NodeIdx, Arc<Value>)>,
-    nodes: Arc<PyNodes>,
-    /// For an item of a mapped node: its node's parents' outputs, converted for its first
-    /// item; each item gets a copy (the values shared), not a conversion each.
-    base: Option<Py<PyDict>>,
-}
-
-impl ParentOutputs {
-    /// What the garbage collector needs to see of it (a [`crate::context::NodeContext`]
-    /// holds one).
-    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        match &self.base {
-            Some(base) => visit.call(base),
-            None => Ok(()),
-        }
-    }
-}
-
-#[pymethods]
-impl ParentOutputs {
-    /// Each parent's id and output, converted: a new dict on every call.
-    pub(crate) fn dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        if let Some(base) = &self.base {
-            return base.bind(py).copy();
-        }
-        let results = PyDict::new(py);
-        for (p, v) in &self.parents {
-            let id = self.nodes.ids[*p as usize].bind(py);
-            results.set_item(id, convert(py, v)?)?;
-        }
-        Ok(results)
-    }
-
-    fn __len__(&self) -> usize {
-        self.parents.len()
-    }
-}
-
-/// A parent's output as a new Python dict.
-fn convert<'py>(py: Python<'py>, output: &Value) -> PyResult<Bound<'py, PyAny>> {
-    match output {
-        // A parent that returned nothing (the common trivial case).
-        Value::Object(m) if m.is_empty() => Ok(PyDict::new(py).into_any()),
-        v => pythonize(py, v).map_err(PyErr::from),
     }
 }
 
@@ -742,7 +688,7 @@ pub struct PyNodes {
     direct: Vec<bool>,
     /// Each node's id as a Python string (results keys, the trampoline's `node_id`), for
     /// a plan with Python nodes (empty for one without: a million no-op nodes need none).
-    ids: Vec<Py<PyString>>,
+    pub(crate) ids: Vec<Py<PyString>>,
 }
 
 impl PyNodes {

@@ -37,7 +37,8 @@ use pyo3::{PyTraverseError, PyVisit};
 use pythonize::{depythonize, pythonize};
 use serde_json::Value;
 
-use crate::external::{CancelToken, ParentOutputs, PyExternal};
+use crate::context::ParentOutputs;
+use crate::external::{CancelToken, PyExternal};
 use crate::pending::PendingRun;
 
 fn duration(field: &str, secs: f64) -> PyResult<Duration> {
