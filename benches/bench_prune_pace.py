@@ -55,12 +55,7 @@ class _Pinned(Pruner):
 
 def build(folder: Path, backlog: int) -> Path:
     """A store file with ``backlog`` back-dated runs, checkpointed."""
-    seed = folder / "seed.db"
-    with Orchestrator(store=str(seed), config=Config(store_path=str(seed))) as orch:
-        orch.register_workflow("bench-3", "1.0.0", workflow())
-        run = orch.execute_workflow("bench-3", inputs={"factor": 2})
-        orch.store.flush()
-        template = Template(str(seed), run.run_id)
+    template = Template.of_a_real_run(folder)
     path = folder / "backlog.db"
     t0 = time.time() - 40 * DAY
     with Store(path) as store:

@@ -70,6 +70,17 @@ class Template:
         self.times = [columns.index(c) for c in ("created_at", "started_at", "finished_at")]
         self.width = len(columns)
 
+    @classmethod
+    def of_a_real_run(cls, folder: Path) -> Template:
+        """The rows of one run of the 3-node workflow through an orchestrator on a file store
+        in ``folder`` (``seed.db``)."""
+        seed = folder / "seed.db"
+        with Orchestrator(store=str(seed), config=Config(store_path=str(seed))) as orch:
+            orch.register_workflow("bench-3", "1.0.0", workflow())
+            run = orch.execute_workflow("bench-3", inputs={"factor": 2})
+            orch.store.flush()
+            return cls(str(seed), run.run_id)
+
     def write(self, db: sqlite3.Connection, prefix: str, count: int, t0: float, t1: float) -> None:
         """``count`` copies with ids ``prefix<n>``, their times spread over ``[t0, t1)``."""
         base = int(db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM event_rows").fetchone()[0])
@@ -427,12 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bytes_runs = args.pg_bytes_runs = 2000
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        seed = folder / "seed.db"
-        with Orchestrator(store=str(seed), config=Config(store_path=str(seed))) as orch:
-            orch.register_workflow("bench-3", "1.0.0", workflow())
-            run = orch.execute_workflow("bench-3", inputs={"factor": 2})
-            orch.store.flush()
-            template = Template(str(seed), run.run_id)
+        template = Template.of_a_real_run(folder)
         pg_url = os.environ.get("DAGENGINE_TEST_POSTGRES_URL")
         parts = {
             "bytes": lambda: bytes_per_run(folder, args.bytes_runs),
