@@ -169,6 +169,11 @@ class Engine:
         return f"Engine(capacity={self.capacity})"
 
 
+def _time_left(job: Job) -> float | None:
+    """Seconds left before the job's deadline (at least 1 ms), or ``None`` without one."""
+    return None if job.deadline is None else max(job.deadline - time.time(), 0.001)
+
+
 class LocalBackend:
     """Runs jobs on an in-process :class:`Engine`."""
 
@@ -184,15 +189,12 @@ class LocalBackend:
         on_event: Callable[[NodeEvent], None],
         subworkflows: SubWorkflowRunner,
     ) -> RunResult:
-        timeout = None
-        if job.deadline is not None:
-            timeout = max(job.deadline - time.time(), 0.001)
         run = job.dag.start(
             job.inputs,
             run_id=job.run_id,
             completed=job.completed or None,
             subworkflow_runner=subworkflows,
-            timeout=timeout,
+            timeout=_time_left(job),
             events=True,
             event_outputs=True,
             # Without cached nodes, no cache: checking one against the Cache protocol costs
@@ -226,14 +228,11 @@ class LocalBackend:
         ``spawn(follow)`` is to call ``follow()`` on a thread that may block: it reports
         the events as they come (``node.started`` of a long node is seen while it runs),
         then the end."""
-        timeout = None
-        if job.deadline is not None:
-            timeout = max(job.deadline - time.time(), 0.001)
         run = job.dag.start(
             job.inputs,
             run_id=job.run_id,
             completed=job.completed or None,
-            timeout=timeout,
+            timeout=_time_left(job),
             events=True,
             event_outputs=True,
             cache=None,

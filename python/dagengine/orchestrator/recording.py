@@ -193,25 +193,36 @@ def record_node_events(
     publish_batch` (one lock round, as a remote run's bursts)."""
     published: list[tuple[str, str | None, dict[str, Any]]] = []
     for event in batch:
-        kind, node_id = event.kind, event.node_id
-        if kind == "node_log" and node_id is not None:
-            detail = event.detail or {}
-            line = logs.admit(
-                node_id,
-                event.attempt,
-                str(detail.get("level", "INFO")),
-                str(detail.get("message", "")),
-            )
-            if line is not None:
-                line.update(attempt=attempt, node_attempt=event.attempt)
-                published.append(("node.log", node_id, line))
-            continue
-        if kind == "node_succeeded" and node_id is not None:
-            _save_output(store, run_id, node_id, attempt, event)
-        if kind in _NODE_KINDS:
-            published.append(("node." + kind[5:], node_id, _node_data(attempt, event)))
+        record = _record(store, run_id, attempt, event, logs)
+        if record is not None:
+            published.append(record)
     if published:
         events.publish_batch(published, workflow_id=workflow_id, run_id=run_id, engine_id=engine_id)
+
+
+def _record(
+    store: StoreBackend, run_id: str, attempt: int, event: NodeEvent, logs: LogBudget
+) -> tuple[str, str | None, dict[str, Any]] | None:
+    """Store what one event of an in-process run stores (a succeeded node's output) and
+    return what it publishes on the bus (type, node, data), if anything."""
+    kind, node_id = event.kind, event.node_id
+    if kind == "node_log" and node_id is not None:
+        detail = event.detail or {}
+        line = logs.admit(
+            node_id,
+            event.attempt,
+            str(detail.get("level", "INFO")),
+            str(detail.get("message", "")),
+        )
+        if line is None:
+            return None
+        line.update(attempt=attempt, node_attempt=event.attempt)
+        return ("node.log", node_id, line)
+    if kind == "node_succeeded" and node_id is not None:
+        _save_output(store, run_id, node_id, attempt, event)
+    if kind in _NODE_KINDS:
+        return ("node." + kind[5:], node_id, _node_data(attempt, event))
+    return None
 
 
 def _save_output(
@@ -254,35 +265,15 @@ def record_node_event(
     event: NodeEvent,
     logs: LogBudget,
 ) -> None:
-    """Record one event of an in-process run."""
-    kind = event.kind
-    if kind == "node_log" and event.node_id is not None:
-        detail = event.detail or {}
-        line = logs.admit(
-            event.node_id,
-            event.attempt,
-            str(detail.get("level", "INFO")),
-            str(detail.get("message", "")),
-        )
-        if line is not None:
-            line.update(attempt=attempt, node_attempt=event.attempt)
-            events.publish(
-                "node.log",
-                workflow_id=workflow_id,
-                run_id=run_id,
-                node_id=event.node_id,
-                engine_id=engine_id,
-                data=line,
-            )
-        return
-    if kind == "node_succeeded" and event.node_id is not None:
-        _save_output(store, run_id, event.node_id, attempt, event)
-    if kind in _NODE_KINDS:
+    """Record one event of an in-process run (see :func:`record_node_events`)."""
+    record = _record(store, run_id, attempt, event, logs)
+    if record is not None:
+        event_type, node_id, data = record
         events.publish(
-            "node." + kind.removeprefix("node_"),
+            event_type,
             workflow_id=workflow_id,
             run_id=run_id,
-            node_id=event.node_id,
+            node_id=node_id,
             engine_id=engine_id,
-            data=_node_data(attempt, event),
+            data=data,
         )
