@@ -47,11 +47,6 @@ _log = logging.getLogger(__name__)
 BATCH_PAUSE = 0.01
 #: Seconds a batch should take (its size adapts): what a run's write may wait for it.
 BATCH_TIME = 0.002
-#: The pause after a batch is the time it held the store times ``1 / duty - 1``: 19 at the
-#: default duty (the store is free 95% of the time). With 4 (free 80%), the slowest 1% of
-#: runs met a batch and p99 run latency during a prune was 1.5-2.7x that without; with 19,
-#: 0.6-1.4x (benches/README.md). The price: a prune takes 2-4x as long.
-PAUSE_FACTOR = 1 / PRUNE_DUTY - 1
 #: The share of the interval after which a pass still going is behind (see the module).
 CATCH_UP_AFTER = 0.25
 #: The share of the interval after which a pass that is behind doubles its duty again.
@@ -118,9 +113,9 @@ class Pruner:
 
         A batch holds the store's lock while it runs, and every run's writes wait for that
         lock: batches are sized to take about :attr:`batch_time` (halved when one takes
-        longer, doubled up to :attr:`batch` when one takes less than half), with a pause of
-        at least :data:`PAUSE_FACTOR` times the batch's time after each, so the store is
-        free 95% of the time and few writes meet a batch at all."""
+        longer, doubled up to :attr:`batch` when one takes less than half), with a pause
+        after each (:meth:`_pause_after`) that leaves the store free 95% of the time at the
+        default duty, so few writes meet a batch at all."""
         policy = self.policy()
         report = PruneReport()
         size = min(self.batch, _FIRST_BATCH)
@@ -144,7 +139,7 @@ class Pruner:
                     100 * behind,
                 )
                 duty = behind
-            self._stop.wait(max(self.pause, took * (1 / duty - 1)))
+            self._stop.wait(self._pause_after(took, duty))
         report.duty = duty
         if report.runs or report.events:
             pages = _FIRST_PAGES
@@ -156,12 +151,20 @@ class Pruner:
                 if not freed:
                     break
                 pages = self._resize(pages, took, _MAX_PAGES)
-                self._stop.wait(max(self.pause, took * (1 / duty - 1)))
+                self._stop.wait(self._pause_after(took, duty))
             self.total.add(report)
             _log.info("pruned the store: %s", report.to_dict())
             if self.events is not None:
                 self.events.publish(EventType.STORE_PRUNED, data=report.to_dict())
         return report
+
+    def _pause_after(self, took: float, duty: float) -> float:
+        """Seconds to wait after a step that held the store ``took`` seconds, so that steps
+        take ``duty`` of its time (at least :attr:`pause`): 19x the step at the default
+        duty. With 4x (free 80%), the slowest 1% of runs met a batch and p99 run latency
+        during a prune was 1.5-2.7x that without; with 19x, 0.6-1.4x (benches/README.md).
+        The price: a prune takes 2-4x as long, hence the larger duty when behind."""
+        return max(self.pause, took * (1 / duty - 1))
 
     def duty(self, elapsed: float) -> float:
         """The share of the store's time a pass may take ``elapsed`` seconds after it began:
