@@ -27,7 +27,7 @@ from dagengine import (
     RunStatus,
     SubWorkflow,
 )
-from dagengine.exceptions import DagEngineError, QueueFull, VersionNotFound
+from dagengine.exceptions import DagEngineError, QueueFull, StoreError, VersionNotFound
 from dagengine.orchestrator import Config, Engine, Event, Monitor, Orchestrator
 from orch_tasks import ledger_counts
 from outcomes import handle, result
@@ -212,6 +212,32 @@ def test_get_run_list_runs_and_filters(orch: Orchestrator) -> None:
 
 
 # --- cancellation -------------------------------------------------------------------------------
+
+
+def test_a_run_whose_attempt_cannot_be_prepared_fails_and_the_next_ones_run(
+    make_orch: Callable[..., Orchestrator],
+) -> None:
+    # What an attempt starts with (a retry's outputs, cache entries) is read from the store
+    # when it is launched. When that read fails, the run fails naming the error and the
+    # dispatcher goes on: it died of it, and every run queued after waited forever.
+    o = make_orch()
+    o.register_workflow("w", "1.0.0", lua("return {v = inputs.x}"))
+    completed = o._reuse.completed
+    calls: list[str] = []
+
+    def failing_once(run_id: str, attempt: int) -> dict[str, dict[str, Any]]:
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise StoreError("the database is unreachable (injected by the test)")
+        return completed(run_id, attempt)
+
+    o._reuse.completed = failing_once  # type: ignore[method-assign]
+    first = handle(o.execute_workflow("w", {"x": 1}, wait=False)).result(timeout=WAIT)
+    assert first.status is RunStatus.FAILED
+    assert first.error is not None
+    assert "database is unreachable" in first.error.message
+    assert result(o.execute_workflow("w", {"x": 2})).outputs["n"] == {"v": 2}
+    assert len(calls) == 2
 
 
 def test_cancel_a_queued_run(make_orch: Callable[..., Orchestrator]) -> None:

@@ -152,6 +152,21 @@ def prepare_job(orch: Orchestrator, run: ActiveRun, slot: EngineSlot, attempt: i
             actions = run.handle(Event.FAILED, attempt)
         orch._apply(run, actions, slot, attempt, result=failed)
         return None
+    try:
+        return _job(orch, run, attempt)
+    except Exception as exc:
+        # Its stored outputs or cache entries could not be read (the store is unreachable):
+        # the attempt ends here, failed with the store's error, rather than leave the run
+        # running with nothing started and its slot taken (or the dispatcher dead).
+        log.warning("run %s: preparing attempt %d failed: %s", run.run_id, attempt, exc)
+        conclude_attempt(orch, run, slot, attempt, None, exc)
+        return None
+
+
+def _job(orch: Orchestrator, run: ActiveRun, attempt: int) -> Job:
+    """The job of this attempt, its stored outputs and cache entries read now."""
+    wv = run.version
+    assert wv.dag is not None
     return Job(
         run_id=run.run_id,
         attempt=attempt,

@@ -624,7 +624,12 @@ class Orchestrator:
             if chosen is None:
                 return
             run, slot, actions = chosen
-            self._apply(run, actions, slot, run.attempt)
+            try:
+                self._apply(run, actions, slot, run.attempt)
+            except Exception:
+                # Whatever one run's dispatch raised, the dispatcher goes on: were it to die,
+                # every run queued after it would wait forever, with nothing logged.
+                log.exception("dispatching run %s to %s failed", run.run_id, slot.engine_id)
 
     def _pop(self, run_id: str) -> None:
         if self._front and self._front[0] == run_id:

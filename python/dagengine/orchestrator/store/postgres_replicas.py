@@ -50,8 +50,17 @@ DEFAULT_LEASE_TTL = 10.0
 
 _DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
 
+# Renewed (and released) only on the rows nobody has locked: the writer's commits lock the
+# rows of the runs they end, in an order of their own, so a renewal that waited for them
+# deadlocked with one (the server then rolled one of the two back). A run skipped is one
+# being written: renewed at the next round.
+_MINE_UNLOCKED = """SELECT run_id FROM runs WHERE owner = %s AND status IN ('queued', 'running')
+        FOR UPDATE SKIP LOCKED"""
+
 _RENEW = f"""UPDATE runs SET lease_until = {_DB_NOW} + %s
-    WHERE owner = %s AND status IN ('queued', 'running')"""
+    WHERE run_id IN ({_MINE_UNLOCKED})"""
+
+_RELEASE = f"""UPDATE runs SET lease_until = 0 WHERE run_id IN ({_MINE_UNLOCKED})"""
 
 # Runs whose owner's lease ran out (or that never had one: created by a tool), oldest first,
 # locked so that no other replica takes the same one; each taken gets a new owner, lease
@@ -125,13 +134,7 @@ class ReplicaStore:
         if self.replica_id is None:
             return 0
         with self._pool.connection() as conn:
-            return int(
-                conn.execute(
-                    "UPDATE runs SET lease_until = 0 "
-                    "WHERE owner = %s AND status IN ('queued', 'running')",
-                    (self.replica_id,),
-                ).rowcount
-            )
+            return int(conn.execute(_RELEASE, (self.replica_id,)).rowcount)
 
     def take_over(self, limit: int) -> list[RunRecord]:
         """Take up to ``limit`` unfinished runs whose lease ran out (their replica died or

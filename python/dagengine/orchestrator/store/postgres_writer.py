@@ -292,10 +292,22 @@ class PostgresWriter(WriteBehind):
         statements pipelined: the runs' creations, then claims, outputs and the ends of
         runs with writes queued after their end in queue order, then the other ends in one
         statement, then the events in one statement."""
-        try:
-            return self._write_group(pending, events)
-        except (self._psycopg.DataError, self._psycopg.IntegrityError) as exc:
-            raise _RowError(str(exc)) from exc
+        for tries in range(1, _ROLLBACK_TRIES + 1):
+            try:
+                return self._write_group(pending, events)
+            except (self._psycopg.DataError, self._psycopg.IntegrityError) as exc:
+                raise _RowError(str(exc)) from exc
+            except (
+                self._psycopg.errors.DeadlockDetected,
+                self._psycopg.errors.SerializationFailure,
+            ) as exc:
+                # A deadlock (or serialization failure) the server ended by rolling this
+                # transaction back: done again, it is expected to go through. Raised from a
+                # reader's flush, it had failed the run that reader was preparing.
+                if self._depth or tries == _ROLLBACK_TRIES:
+                    raise
+                _log.info("group commit rolled back by the server (%s); trying again", exc)
+        raise AssertionError("unreachable")  # (the loop returns or raises)
 
     @contextmanager
     def _pipelined_transaction(self) -> Iterator[Any]:
@@ -445,6 +457,9 @@ class PostgresWriter(WriteBehind):
                 entry[1] = row[0] in done
         return [(callback, recorded) for callback, recorded in finished]
 
+
+#: Times a group is written when the server rolls it back (a deadlock): then it fails.
+_ROLLBACK_TRIES = 3
 
 #: The order a run's writes take in a group that :meth:`PostgresStore._write_sets` writes.
 _STEPS = {"claim": 1, "output": 2, "finish": 3}
