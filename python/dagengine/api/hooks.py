@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from dagengine.api.raw import RawRequest
 from dagengine.api.requests import (
     ApiError,
     _field,
@@ -30,7 +31,7 @@ from dagengine.triggers.base import publish_trigger_event, trigger_inputs
 if TYPE_CHECKING:
     from dagengine.triggers.http import HTTPTrigger
 
-__all__ = ["RESERVED_PATHS", "check_path", "fire"]
+__all__ = ["RESERVED_PATHS", "check_path", "fire", "fire_parts"]
 
 #: Paths of the REST API; a trigger path may not be one of them or lie under one.
 RESERVED_PATHS: Final = (
@@ -59,12 +60,25 @@ def check_path(trigger: HTTPTrigger) -> None:
 
 
 async def fire(request: Request, trigger: HTTPTrigger, orchestrator: Any) -> Response:
+    """Serve ``POST <trigger path>`` (see :func:`fire_parts`) as a ``JSONResponse``."""
+    status, payload, headers = await fire_parts(
+        request, {k.lower(): v for k, v in request.headers.items()}, trigger, orchestrator
+    )
+    return JSONResponse(payload, status_code=status, headers=headers)
+
+
+async def fire_parts(
+    request: Request | RawRequest,
+    headers: dict[str, str],
+    trigger: HTTPTrigger,
+    orchestrator: Any,
+) -> tuple[int, dict[str, Any], dict[str, str] | None]:
     """Serve ``POST <trigger path>``: authenticate, read ``{"inputs": {...}}``, start the run
     through the trigger's executor (``orchestrator`` if it has none) and answer its result
-    (``sync``) or its id (``async``)."""
+    (``sync``) or its id (``async``): (status, JSON body, headers). ``headers``: the
+    request's, lower-case; a client error is raised as :class:`ApiError`."""
     if not trigger.is_active:
         raise ApiError(404, f"trigger {trigger.id!r} is not active")
-    headers = {k.lower(): v for k, v in request.headers.items()}
     if trigger.auth_before_body and not trigger.authorized(headers, b""):
         raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
     body = await read_body(request, trigger.max_body_bytes)
@@ -110,14 +124,15 @@ async def fire(request: Request, trigger: HTTPTrigger, orchestrator: Any) -> Res
     }
     location = {"Location": f"/runs/{run_id}"}
     if trigger.mode == "async":
-        return JSONResponse(accepted, status_code=202, headers=location)
+        return 202, accepted, location
     try:
         result = await _result(handle, trigger.sync_timeout)
     except TimeoutError:
         await committed(executor)  # acknowledged: committed, as an async trigger's run is
-        return JSONResponse({**accepted, "status": "running"}, status_code=202, headers=location)
+        return 202, {**accepted, "status": "running"}, location
     error = result.error
-    return JSONResponse(
+    return (
+        200,
         {
             "trigger_id": trigger.id,
             "workflow_id": trigger.workflow_id,
@@ -127,5 +142,6 @@ async def fire(request: Request, trigger: HTTPTrigger, orchestrator: Any) -> Res
             "duration_ns": time.perf_counter_ns() - started,
             "outputs": dict(result.outputs),
             "error": str(error) if error is not None else None,
-        }
+        },
+        None,
     )

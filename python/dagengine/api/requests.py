@@ -29,6 +29,7 @@ from dagengine.exceptions import (
 
 if TYPE_CHECKING:
     from dagengine.api.app import Api
+    from dagengine.api.raw import RawRequest
 
 __all__ = ["ApiError", "parse_json_object", "read_body"]
 
@@ -91,7 +92,7 @@ def _from_domain(exc: DagEngineError) -> ApiError:
 # -- request bodies ------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request | RawRequest, limit: int) -> bytes:
     """The raw body, refused with 413 past ``limit`` bytes: by ``Content-Length`` before
     reading, and by counting while reading (a chunked body has no length)."""
     declared = request.headers.get("content-length")
