@@ -104,3 +104,30 @@ def test_the_dashboard_queries_only_exported_metrics() -> None:
     wanted = _dashboard_metrics()
     assert len(wanted) >= 8
     assert wanted <= exposed, sorted(wanted - exposed)
+
+
+def test_a_drain_takes_every_event_in_order_even_those_read_back_from_the_store() -> None:
+    """The metrics drain what a subscription holds at once (``get_many``): events dropped
+    from a full buffer are read back from the store, in order, with the live ones."""
+    orch = Orchestrator(store=":memory:")
+    try:
+        sub = orch.events.subscribe(buffer=3)
+        for n in range(10):
+            orch.events.publish("trigger.fired", data={"trigger_id": "t", "outcome": str(n)})
+        got = sub.get_many(100)
+        assert [e.data["outcome"] for e in got] == [str(n) for n in range(10)]
+        assert sub.missed > 0  # (some did come from the store)
+        assert sub.get_many(100) == []
+        orch.events.publish("trigger.fired", data={"trigger_id": "t", "outcome": "late"})
+        assert [e.data["outcome"] for e in sub.get_many(1)] == ["late"]
+        sub.close()
+        assert sub.get_many(100) == []
+        metrics = Metrics().attach(orch)
+        for outcome in ("fired", "fired", "error"):
+            orch.events.publish("trigger.fired", data={"trigger_id": "hook", "outcome": outcome})
+        text = metrics.render().decode()
+        assert 'dagengine_trigger_fires_total{outcome="fired",trigger_id="hook"} 2.0' in text
+        assert 'dagengine_trigger_fires_total{outcome="error",trigger_id="hook"} 1.0' in text
+        metrics.close()
+    finally:
+        orch.stop()

@@ -115,6 +115,7 @@ class Metrics:
         self._node_durations = {
             outcome: self.node_duration.labels(outcome) for outcome in ("succeeded", "failed")
         }
+        self._trigger_children: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._draining = threading.Lock()
         self._queued_at: dict[str, float] = {}
@@ -164,10 +165,7 @@ class Metrics:
         with self._draining:  # (one drainer at a time: events are counted in order)
             batch: list[Event] = []
             try:
-                event = sub.get(0)
-                while event is not None:
-                    batch.append(event)
-                    event = sub.get(0) if len(batch) < 10_000 else None
+                batch = sub.get_many(10_000)
             except Exception:  # a store read failed: keep going, the next one may work
                 log.exception("metrics: reading events failed")
             if batch:
@@ -241,9 +239,11 @@ class Metrics:
                 self.pruned.labels(table).inc(int(event.data.get(table, 0)))
         elif kind == "trigger.fired":
             data = event.data
-            self.trigger_fires.labels(
-                str(data.get("trigger_id", "")), str(data.get("outcome", ""))
-            ).inc()
+            key = (str(data.get("trigger_id", "")), str(data.get("outcome", "")))
+            child = self._trigger_children.get(key)
+            if child is None:
+                child = self._trigger_children[key] = self.trigger_fires.labels(*key)
+            child.inc()
 
     @staticmethod
     def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
