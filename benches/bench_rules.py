@@ -5,7 +5,9 @@ On the three run shapes of section 1 (chain, fan, layered; ``cfg.nodes`` nodes),
 
 * nothing (the section-1 figure, measured again here so the differences are of one run);
 * ``when="true"``: a Lua condition evaluated on the run's driver before each node;
-* ``when="inputs.go"``: one that reads the run's inputs;
+* ``when="inputs.go"``: one that reads the run's inputs (these two are answered without Lua:
+  a constant or a boolean field, see ``dagengine_lua::evaluate_bool``);
+* ``when="inputs.n > 0"``: one that runs in Lua (a comparison);
 * ``trigger_rule="all_done"``: a rule other than the default, which keeps per-node tallies;
 
 and, on Python nodes, a Python callable as ``when`` beside the same nodes without one. The
@@ -52,6 +54,7 @@ VARIANTS: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {
     "no-op": (NoopExecutor, {}),
     'no-op, when="true"': (NoopExecutor, {"when": "true"}),
     'no-op, when="inputs.go"': (NoopExecutor, {"when": "inputs.go"}),
+    'no-op, when="inputs.n > 0"': (NoopExecutor, {"when": "inputs.n > 0"}),
     'no-op, trigger_rule="all_done"': (NoopExecutor, {"trigger_rule": "all_done"}),
     "Python": (lambda: PythonExecutor(trivial), {}),
     "Python, when=callable": (lambda: PythonExecutor(trivial), {"when": go}),
@@ -61,6 +64,7 @@ VARIANTS: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {
 BASE = {
     'no-op, when="true"': "no-op",
     'no-op, when="inputs.go"': "no-op",
+    'no-op, when="inputs.n > 0"': "no-op",
     'no-op, trigger_rule="all_done"': "no-op",
     "Python, when=callable": "Python",
 }
@@ -120,7 +124,7 @@ def section_rules(cfg: Config) -> list[RulesResult]:
         "rules. conditions and trigger rules (µs/node)",
         ["shape / variant", "µs/node", "cost of when / rule"],
     )
-    inputs = {"go": True}
+    inputs = {"go": True, "n": 1}
     for shape in run_shapes(cfg):
         dags = {variant: build(shape, variant) for variant in VARIANTS}
 

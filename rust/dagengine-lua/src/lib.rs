@@ -145,6 +145,7 @@ mod hook;
 mod host;
 mod pattern;
 mod run_state;
+mod simple;
 mod view;
 mod watchdog;
 
@@ -198,6 +199,8 @@ pub struct LuaScript {
     source: Arc<str>,
     hash: u64,
     names: Names,
+    /// Set when the script is a condition [`evaluate_bool`] may answer without Lua.
+    simple: Option<Arc<simple::Simple>>,
 }
 
 /// Which of the globals the host sets (`inputs`, `results`, `ctx`) a script can read.
@@ -242,6 +245,7 @@ impl LuaScript {
         LuaScript {
             hash: h.finish(),
             names: Names::of(&source),
+            simple: simple::Simple::of(&source).map(Arc::new),
             source,
         }
     }
@@ -277,6 +281,7 @@ impl std::fmt::Debug for LuaScript {
             .field("hash", &format_args!("{:016x}", self.hash))
             .field("len", &self.source.len())
             .field("names", &self.names)
+            .field("simple", &self.simple)
             .finish()
     }
 }
@@ -470,6 +475,10 @@ pub fn take_failed_logs() -> Vec<String> {
 /// Runs `script` like [`execute`] and reads its value as a condition: `Ok(Ok(b))` for a
 /// boolean, `Ok(Err(what))` for anything else (`what` describes it: `nil`, `a number (3)`,
 /// `a string ("yes")`, `a table`), `Err` when the script failed.
+///
+/// A script that only returns `true`, `false` or a field of `inputs` or of a parent's
+/// output (`return (inputs.go)`, `return results.a.ok`) is answered without Lua when
+/// that field holds a boolean: what Lua would return, at a fraction of the cost.
 pub fn evaluate_bool<'a>(
     script: &LuaScript,
     inputs: impl Into<Inputs<'a>>,
@@ -482,6 +491,13 @@ pub fn evaluate_bool<'a>(
         return Err(LuaError::Cancelled);
     }
     let inputs = inputs.into();
+    if let Some(b) = script
+        .simple
+        .as_ref()
+        .and_then(|s| s.value(inputs.value(), results))
+    {
+        return Ok(Ok(b));
+    }
     engine::with_engine(|e| e.evaluate_bool(script, inputs, results, info, limits, cancel))
 }
 

@@ -35,3 +35,44 @@ fn small_script_throughput() {
         println!("{label}: {per:?} per execution");
     }
 }
+
+/// A condition as the runner evaluates one (`when`): an instruction budget, the default
+/// memory limit, no deadline, a cancel flag, the run's shared inputs. `DAGENGINE_PERF_N`
+/// sets the number of evaluations (for callgrind: instructions per evaluation).
+#[test]
+#[ignore = "timing; meaningful only in release builds"]
+fn condition_throughput() {
+    use dagengine_lua::evaluate_bool;
+    use std::sync::Arc;
+
+    let n: u32 = std::env::var("DAGENGINE_PERF_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let inputs = Arc::new(json!({ "go": true, "n": 1 }));
+    let info = NodeInfo {
+        node_id: "n",
+        run_id: "run",
+        attempt: 1,
+    };
+    let limits = LuaLimits {
+        max_instructions: Some(10_000_000),
+        timeout: None,
+        ..LuaLimits::default()
+    };
+    let flag = AtomicBool::new(false);
+    for expression in ["true", "inputs.go", "inputs.n > 0"] {
+        let script = LuaScript::new(format!("return ({expression}\n)"));
+        for _ in 0..1000 {
+            let v = evaluate_bool(&script, &inputs, &[], &info, &limits, Some(&flag)).unwrap();
+            assert_eq!(v, Ok(true));
+        }
+        let start = Instant::now();
+        for _ in 0..n {
+            let v = evaluate_bool(&script, &inputs, &[], &info, &limits, Some(&flag)).unwrap();
+            assert_eq!(v, Ok(true));
+        }
+        let per = start.elapsed() / n;
+        println!("when={expression:?}: {per:?} per evaluation");
+    }
+}
