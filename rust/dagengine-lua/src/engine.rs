@@ -13,6 +13,7 @@ use std::time::Instant;
 use mlua::{ffi, ChunkMode, Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value;
 
+use crate::bounded::is_bounded;
 use crate::convert::{
     invoke, json_to_lua, lua_to_json, lua_type_name, release, Call, CallInputs, ConvFail,
     InvokeFail, Returned, Scope, REUSE_MAX_KEYS,
@@ -165,6 +166,8 @@ impl Hasher for IdHasher {
 struct CacheEntry {
     source: Arc<str>,
     func: Function,
+    /// Short straight code the instruction budget's hook need not count (see `bounded`).
+    bounded: bool,
 }
 
 /// Chunk name every script is compiled under, so one compiled function serves every node
@@ -390,14 +393,20 @@ impl Engine {
 
     /// The compiled function for `script`, from the cache when possible.
     pub(crate) fn function(&mut self, script: &LuaScript) -> Result<Function, LuaError> {
+        self.compiled(script).map(|(func, _)| func)
+    }
+
+    /// [`Engine::function`], and whether the chunk is bounded (see `bounded`).
+    fn compiled(&mut self, script: &LuaScript) -> Result<(Function, bool), LuaError> {
         if let Some(entries) = self.cache.get(&script.hash) {
             for e in entries {
                 if Arc::ptr_eq(&e.source, &script.source) || *e.source == *script.source {
-                    return Ok(e.func.clone());
+                    return Ok((e.func.clone(), e.bounded));
                 }
             }
         }
         let func = self.compile(&script.source, CHUNK)?;
+        let bounded = is_bounded(&func);
         if self.cache_len >= CACHE_CAP {
             // Scripts are few in practice; a full flush is simpler than LRU
             // and bounds the memory held by stale chunks.
@@ -407,9 +416,10 @@ impl Engine {
         self.cache.entry(script.hash).or_default().push(CacheEntry {
             source: Arc::clone(&script.source),
             func: func.clone(),
+            bounded,
         });
         self.cache_len += 1;
-        Ok(func)
+        Ok((func, bounded))
     }
 
     pub(crate) fn execute(
@@ -492,7 +502,7 @@ impl Engine {
         cancel: Option<&AtomicBool>,
         finish: impl FnOnce(&Self, Returned) -> Result<T, LuaError>,
     ) -> Result<(T, Vec<String>), LuaError> {
-        let func = self.function(script)?;
+        let (func, bounded) = self.compiled(script)?;
         // Shared inputs are converted (once) before the run's state is set: a conversion
         // fault fails the execution as it would inside `invoke`.
         let inputs = match given.inputs {
@@ -541,7 +551,7 @@ impl Engine {
         };
         let mut outgrown = false;
         let guard = CancelGuard::new(run, cancel);
-        let watched = run.start_hook(limits, cancel);
+        let watched = run.start_hook(limits, cancel, bounded);
         let outcome = invoke(
             lua,
             &self.array_mt,

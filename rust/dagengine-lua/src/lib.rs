@@ -139,6 +139,7 @@
 //! after a memory limit error a full garbage collection runs before the
 //! next execution. States are rebuilt after unexpected internal errors.
 
+mod bounded;
 mod convert;
 mod engine;
 mod hook;

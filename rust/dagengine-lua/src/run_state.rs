@@ -218,10 +218,14 @@ impl RunState {
         &self,
         limits: &LuaLimits,
         cancel: Option<&AtomicBool>,
+        bounded: bool,
     ) -> Option<watchdog::Entered> {
-        let eager =
-            limits.max_instructions.is_some() || limits.timeout.is_some_and(|t| t < EAGER_WITHIN);
-        if !eager && limits.timeout.is_none() && cancel.is_none() {
+        // A bounded chunk (see `bounded`) runs fewer instructions than the hook's interval:
+        // the budget could not stop it, nor the cancel flag (checked before it starts) be
+        // raised in time to matter; a deadline is still watched.
+        let eager = (limits.max_instructions.is_some() && !bounded)
+            || limits.timeout.is_some_and(|t| t < EAGER_WITHIN);
+        if !eager && limits.timeout.is_none() && (cancel.is_none() || bounded) {
             return None;
         }
         if eager {
