@@ -307,14 +307,15 @@ _REBUILT_PREFIX: Final = '{"~":2,'
 _OUTPUTS_HERE_PREFIX: Final = '{"~":3,'
 
 
-def outputs_to_drop(stored: str) -> list[tuple[str, str]] | None:
+def outputs_to_drop(stored: str, value: Any = None) -> list[tuple[str, str]] | None:
     """The ``(node_id, output JSON)`` of each succeeded node of a stored result, in the
     result's order: what the run's ``node_outputs`` rows must be (in their order) for
     :func:`with_outputs_here` to replace them; ``None`` for a result that cannot (not
-    compacted with its ``outputs`` rebuilt)."""
+    compacted with its ``outputs`` rebuilt). ``value``: what ``stored`` encodes, when the
+    caller has it (not parsed again)."""
     if not stored.startswith(_REBUILT_PREFIX):
         return None
-    nodes = json.loads(stored).get("nodes")
+    nodes = (value if isinstance(value, dict) else json.loads(stored)).get("nodes")
     if not isinstance(nodes, dict):
         return None
     return [(nid, _dumps(output)) for nid, output in _completed(nodes).items()]
@@ -338,12 +339,20 @@ def _completed(nodes: dict[str, Any]) -> dict[str, Any]:
     """The outputs of a stored result's succeeded nodes in the order they finished (by
     ``finished_at``; the result's order for equal or missing times): the order their
     ``node_outputs`` rows had (:func:`with_outputs_here` is used only when it is)."""
-    expanded = [(node, _node_entry(entry)) for node, entry in nodes.items()]
-    outputs = _outputs_of(dict(expanded))
-    finished = {
-        node: entry.get("finished_at") if isinstance(entry, dict) else None
-        for node, entry in expanded
-    }
+    outputs: dict[str, Any] = {}
+    finished: dict[str, Any] = {}
+    for node, entry in nodes.items():
+        if isinstance(entry, list):  # (_NODE_LIST's order, trailing nulls left out)
+            if not entry or entry[0] != "succeeded":
+                continue
+            output = entry[4] if len(entry) > 4 else None
+            finished[node] = entry[3] if len(entry) > 3 else None
+        elif isinstance(entry, Mapping) and entry.get("status") == "succeeded":
+            output = entry.get("output")
+            finished[node] = entry.get("finished_at")
+        else:
+            continue
+        outputs[node] = output if output is not None else {}
 
     def when(node: str) -> float:
         value = finished[node]

@@ -403,15 +403,22 @@ def _finish_values(
     status: str,
     result: Mapping[str, Any] | str | None,
     error: Mapping[str, Any] | None,
+    compacted: list[Any] | None = None,
 ) -> tuple[Any, ...]:
     """A run's end as the values of :func:`_finish_runs`: ``run_id, status, result, error,
-    finished_at, attempt`` (JSON fields encoded; ``result`` may come encoded)."""
+    finished_at, attempt`` (JSON fields encoded; ``result`` may come encoded). The result as
+    stored, before it was encoded, is appended to ``compacted`` (when given and there is
+    one)."""
     _check_status(status, FINISHED_STATUSES)
     stored: str | None = None
     if result is not None:
         # Stored without what the reader rebuilds from the row (compact.compact_result).
         value = json.loads(result) if isinstance(result, str) else dict(result)
-        stored = _dumps(compact_result(run_id, status, value) if isinstance(value, dict) else value)
+        if isinstance(value, dict):
+            value = compact_result(run_id, status, value)
+        stored = _dumps(value)
+        if compacted is not None:
+            compacted.append(value)
     return (
         run_id,
         status,

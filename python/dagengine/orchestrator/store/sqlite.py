@@ -440,12 +440,18 @@ class SQLiteStore(CacheEntryTable, WriteBehind):
         before it); ``done(recorded)`` is called once it is committed, outside the store's
         lock, on the store's writer thread. ``result`` may be given already encoded (the
         JSON text of a :meth:`~dagengine.RunResult.to_dict`)."""
-        row = _finish_values(run_id, attempt, status, result, error)
+        compacted: list[Any] = []
+        row = _finish_values(run_id, attempt, status, result, error, compacted)
         # The outputs its result holds, and whether they are its node_outputs rows, worked
         # out here rather than by the writer, under the store's lock (see
-        # WriteBehind._outputs_in_results and OutputsSeen).
+        # WriteBehind._outputs_in_results and OutputsSeen); from the result as it was
+        # encoded, not parsed back from its JSON.
         stored = row[2]
-        expected = outputs_to_drop(stored) if status == "succeeded" and stored else None
+        expected = (
+            outputs_to_drop(stored, compacted[0] if compacted else None)
+            if status == "succeeded" and stored
+            else None
+        )
         drop = self._outputs_seen.ended(run_id, attempt, expected)
         self._later("finish", (*row, drop, done))
 
