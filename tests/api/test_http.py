@@ -19,6 +19,7 @@ from dagengine.orchestrator import Orchestrator
 from dagengine.orchestrator.config import Config
 from dagengine.triggers import HTTPTrigger
 from processes import wait_for
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .conftest import LUA3, SECRET, Served, serve, shutdown
 
@@ -133,6 +134,34 @@ def test_trigger_whose_workflow_is_missing_is_404() -> None:
             r = httpx.post(server.url + "/hooks/t", json={})
         assert r.status_code == 404
         assert "absent" in r.json()["error"]
+
+
+def test_a_middleware_the_user_adds_sees_the_trigger_and_run_routes_too() -> None:
+    # The busiest routes are served ahead of Starlette's stack; not once a user wrapped the
+    # app in a middleware of their own (an auth or rate limit): it must see every request.
+    seen: list[str] = []
+
+    class Refuse:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            seen.append(scope["path"])
+            await send({"type": "http.response.start", "status": 403, "headers": []})
+            await send({"type": "http.response.body", "body": b"refused"})
+
+    with Orchestrator(store=":memory:") as orch:
+        orch.register_workflow("lua3", "1.0.0", LUA3)
+        trig = HTTPTrigger("t", "/hooks/t", "lua3", mode="async")
+        app = create_app(orch, triggers=[trig], metrics=False)
+        app.add_middleware(Refuse)
+        trig.start(orch)
+        with ServerThread(app) as server:
+            for path in ("/hooks/t", "/workflows/lua3/runs"):
+                assert httpx.post(server.url + path, json={}).status_code == 403
+        app.state.api.close()
+        assert orch.list_runs() == []
+    assert seen == ["/hooks/t", "/workflows/lua3/runs"]
 
 
 def test_wrong_method_is_405(api: Served) -> None:

@@ -595,7 +595,14 @@ class _App(Starlette):
     event loop's time per request."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            # Only while the stack is our own (_CatchAll): a middleware the user added (their
+            # auth, CORS, rate limits) must see these routes too.
+            and len(self.user_middleware) == 1
+        ):
             api: Api = self.state.api
             path = scope["path"]
             trigger = api.triggers.get(path.rstrip("/") or "/")
