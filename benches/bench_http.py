@@ -266,6 +266,19 @@ def main() -> None:
     report(seen, args, loads)
 
 
+def server_stack() -> str:
+    """The HTTP stack both servers run (the same interpreter and packages, uvicorn's
+    defaults: ``loop="auto"`` takes uvloop when installed, ``http="auto"`` httptools when
+    installed, else h11), so that the comparison is like for like."""
+    import importlib.util
+
+    import uvicorn
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"uvicorn {uvicorn.__version__} ({loop}, {parser}) for both servers"
+
+
 def report(
     seen: dict[str, dict[str, list[tuple[float, float, float, float]]]],
     args: argparse.Namespace,
@@ -278,7 +291,7 @@ def report(
         f"{args.rounds} rounds; each row paired with a bare load next to it (order "
         f"alternating): medians, ratios = median of the pair ratios; load average "
         f"{min(loads):.1f}-{max(loads):.1f}; cpu = the server process's CPU a request (a row's "
-        "with its runs' work), which a loaded machine moves less than req/s"
+        f"with its runs' work), which a loaded machine moves less than req/s; {server_stack()}"
     )
     head = (
         f"{'':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} {'x bare':>7} {'p99 x':>6}"
