@@ -111,6 +111,9 @@ fn every_run_starts_with_a_clean_environment_and_ctx() {
         "load('planted = true')() return {}",
         // A run that fails after changing things.
         "leaked = 1 ctx.extra = 2 error('boom')",
+        // One whose result does not convert, and one that returns a global's table.
+        "leaked = 1 ctx.extra = 2 return { f = print }",
+        "leaked = {} return leaked",
     ] {
         let _ = run(dirty);
         assert_eq!(out(clean), expected, "after {dirty:?}");
