@@ -30,6 +30,13 @@ const OP_TFORPREP: u32 = 75;
 const OP_TFORCALL: u32 = 76;
 const OP_TFORLOOP: u32 = 77;
 const OP_CLOSURE: u32 = 79;
+// The opcodes that write into a table or an upvalue.
+const OP_SETUPVAL: u32 = 10;
+const OP_SETTABUP: u32 = 15;
+const OP_SETTABLE: u32 = 16;
+const OP_SETI: u32 = 17;
+const OP_SETFIELD: u32 = 18;
+const OP_SETLIST: u32 = 78;
 /// `sJ`'s excess-K offset (`OFFSET_sJ`: 25 bits).
 const OFFSET_SJ: i64 = ((1 << 25) - 1) >> 1;
 
@@ -63,6 +70,41 @@ pub(crate) fn code_is_bounded(code: &[u32]) -> bool {
         })
 }
 
+/// Whether `code` writes into no table and no upvalue (its environment included).
+pub(crate) fn code_writes_nothing(code: &[u32]) -> bool {
+    code.iter().all(|&i| {
+        !matches!(
+            i & 0x7f,
+            OP_SETUPVAL | OP_SETTABUP | OP_SETTABLE | OP_SETI | OP_SETFIELD | OP_SETLIST
+        )
+    })
+}
+
+/// What the compiled chunk's code allows the engine to skip.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// Bounded (see the module docs): the instruction budget's hook need not be set.
+    pub(crate) bounded: bool,
+    /// Bounded, and writes into no table: it cannot change its environment (or anything
+    /// else), so an environment holding only the run's `inputs` can serve every call of it
+    /// in the run as it is, neither set up nor emptied per call.
+    pub(crate) pure: bool,
+}
+
+/// The [`Shape`] of the compiled chunk `func`.
+pub(crate) fn shape(func: &Function) -> Shape {
+    if !cfg!(target_endian = "little") {
+        return Shape::default();
+    }
+    match main_code(&func.dump(true)) {
+        Some(code) if code_is_bounded(&code) => Shape {
+            bounded: true,
+            pure: code_writes_nothing(&code),
+        },
+        _ => Shape::default(),
+    }
+}
+
 /// The instructions of the main function of a stripped dump of a Lua 5.4 chunk.
 fn main_code(dump: &[u8]) -> Option<Vec<u32>> {
     if dump.get(..HEADER.len())? != HEADER {
@@ -89,12 +131,6 @@ fn main_code(dump: &[u8]) -> Option<Vec<u32>> {
     )
 }
 
-/// Whether the compiled chunk `func` is bounded (see the module docs).
-pub(crate) fn is_bounded(func: &Function) -> bool {
-    cfg!(target_endian = "little")
-        && main_code(&func.dump(true)).is_some_and(|c| code_is_bounded(&c))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,7 +142,39 @@ mod tests {
             .load(format!("local _ENV = ...; {src}"))
             .into_function()
             .unwrap();
-        is_bounded(&f)
+        shape(&f).bounded
+    }
+
+    fn pure(src: &str) -> bool {
+        let lua = Lua::new();
+        let f = lua
+            .load(format!("local _ENV = ...; {src}"))
+            .into_function()
+            .unwrap();
+        shape(&f).pure
+    }
+
+    #[test]
+    fn pure_chunks_write_nowhere() {
+        for src in [
+            "return (inputs.n > 0\n)",
+            "return (inputs.a == 'x' and not inputs.b or #inputs.list > 2\n)",
+            "local x = inputs.n return x",
+        ] {
+            assert!(pure(src), "{src}");
+        }
+        for src in [
+            "x = 1 return true",
+            "inputs.x = 1 return true",
+            "return ({1, 2})[1] == 1",
+            "local t = {} t.a = 1 return t.a == 1",
+            "local t = {} t[1] = 1 return true",
+            "return ({a = 1}).a == 1",
+            "return (f(1)\n)",
+            "while true do end",
+        ] {
+            assert!(!pure(src), "{src}");
+        }
     }
 
     #[test]

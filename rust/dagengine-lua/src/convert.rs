@@ -195,6 +195,9 @@ pub(crate) enum InvokeFail {
 pub(crate) struct Scope<'a> {
     pub(crate) env: &'a Table,
     pub(crate) ctx: &'a Table,
+    /// `env` is the run's environment of pure chunks (see `Engine::run`): it already holds
+    /// the inputs, and is neither set up nor emptied.
+    pub(crate) fixed: bool,
 }
 
 /// Keys a reused table may have held before it is replaced by a fresh one: emptying a
@@ -246,8 +249,8 @@ pub(crate) fn invoke(
             |l| {
                 let names = call.names;
                 let ctx = names.ctx.then_some(4);
-                let mut keys = empty_scope(l, 3, ctx);
-                if names.inputs {
+                let mut keys = clear_scope(l, scope, ctx);
+                if names.inputs && !scope.fixed {
                     if let Err(e) = push_inputs(l, json) {
                         failed = Some((e, "inputs".to_owned()));
                         ffi::lua_settop(l, 0);
@@ -314,10 +317,11 @@ pub(crate) fn invoke(
                 // that does not get here is emptied by `release`.)
                 if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
                     converted = Some(ToJson::new(marker).value(l, ffi::lua_gettop(l)));
-                    keys = keys.max(empty_scope(l, 3, ctx));
+                }
+                keys = keys.max(clear_scope(l, scope, ctx));
+                if converted.is_some() {
                     ffi::lua_settop(l, 0);
                 } else {
-                    keys = keys.max(empty_scope(l, 3, ctx));
                     ffi::lua_replace(l, 1);
                     ffi::lua_settop(l, 1);
                 }
@@ -363,6 +367,16 @@ pub(crate) fn release(lua: &Lua, scope: &Scope<'_>) -> mlua::Result<usize> {
         })
     }?;
     Ok(keys)
+}
+
+/// [`empty_scope`] of [`invoke`]'s scope (the environment at index 3, `ctx` at `ctx`),
+/// unless it is fixed: that one is neither set up nor emptied (see [`Scope::fixed`]).
+unsafe fn clear_scope(l: *mut ffi::lua_State, scope: &Scope<'_>, ctx: Option<c_int>) -> usize {
+    if scope.fixed {
+        0
+    } else {
+        empty_scope(l, 3, ctx)
+    }
 }
 
 /// Empties the environment at absolute index `env` and, if given, the `ctx` table at `ctx`

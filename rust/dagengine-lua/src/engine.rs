@@ -13,7 +13,7 @@ use std::time::Instant;
 use mlua::{ffi, ChunkMode, Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value;
 
-use crate::bounded::is_bounded;
+use crate::bounded::{shape, Shape};
 use crate::convert::{
     invoke, json_to_lua, lua_to_json, lua_type_name, release, Call, CallInputs, ConvFail,
     InvokeFail, Returned, Scope, REUSE_MAX_KEYS,
@@ -166,8 +166,8 @@ impl Hasher for IdHasher {
 struct CacheEntry {
     source: Arc<str>,
     func: Function,
-    /// Short straight code the instruction budget's hook need not count (see `bounded`).
-    bounded: bool,
+    /// What its code lets the engine skip (see `bounded`).
+    shape: Shape,
 }
 
 /// Chunk name every script is compiled under, so one compiled function serves every node
@@ -199,6 +199,9 @@ pub(crate) struct Engine {
     /// their allocation: a weak reference keeps the address from being reused, so an
     /// `Arc` at that address is the same value.
     inputs_view: Option<(Weak<Value>, LuaValue)>,
+    /// The environment of pure chunks reading the inputs of `inputs_view` (see `run`):
+    /// `inputs` and nothing else, never emptied; replaced with the view.
+    inputs_env: Option<Table>,
     busy: bool,
     /// Set on unexpected mlua failures; `with_engine` then drops the state.
     poisoned: Cell<bool>,
@@ -361,6 +364,7 @@ impl Engine {
             cache_len: 0,
             view_newindex,
             inputs_view: None,
+            inputs_env: None,
             busy: false,
             poisoned: Cell::new(false),
         })
@@ -396,17 +400,17 @@ impl Engine {
         self.compiled(script).map(|(func, _)| func)
     }
 
-    /// [`Engine::function`], and whether the chunk is bounded (see `bounded`).
-    fn compiled(&mut self, script: &LuaScript) -> Result<(Function, bool), LuaError> {
+    /// [`Engine::function`], and what its code lets the engine skip (see `bounded`).
+    fn compiled(&mut self, script: &LuaScript) -> Result<(Function, Shape), LuaError> {
         if let Some(entries) = self.cache.get(&script.hash) {
             for e in entries {
                 if Arc::ptr_eq(&e.source, &script.source) || *e.source == *script.source {
-                    return Ok((e.func.clone(), e.bounded));
+                    return Ok((e.func.clone(), e.shape));
                 }
             }
         }
         let func = self.compile(&script.source, CHUNK)?;
-        let bounded = is_bounded(&func);
+        let shape = shape(&func);
         if self.cache_len >= CACHE_CAP {
             // Scripts are few in practice; a full flush is simpler than LRU
             // and bounds the memory held by stale chunks.
@@ -416,10 +420,10 @@ impl Engine {
         self.cache.entry(script.hash).or_default().push(CacheEntry {
             source: Arc::clone(&script.source),
             func: func.clone(),
-            bounded,
+            shape,
         });
         self.cache_len += 1;
-        Ok((func, bounded))
+        Ok((func, shape))
     }
 
     pub(crate) fn execute(
@@ -502,7 +506,8 @@ impl Engine {
         cancel: Option<&AtomicBool>,
         finish: impl FnOnce(&Self, Returned) -> Result<T, LuaError>,
     ) -> Result<(T, Vec<String>), LuaError> {
-        let (func, bounded) = self.compiled(script)?;
+        let (func, shape) = self.compiled(script)?;
+        let fixed = self.fixed_scope(script, shape, given.inputs)?;
         // Shared inputs are converted (once) before the run's state is set: a conversion
         // fault fails the execution as it would inside `invoke`.
         let inputs = match given.inputs {
@@ -545,13 +550,12 @@ impl Engine {
                 disarmed = Some(lua.set_memory_limit(0).map(drop));
             }
         };
-        let scope = Scope {
-            env: &self.env,
-            ctx: &self.ctx,
-        };
+        let env = self.inputs_env.as_ref().filter(|_| fixed);
+        let (env, ctx) = (env.unwrap_or(&self.env), &self.ctx);
+        let scope = Scope { env, ctx, fixed };
         let mut outgrown = false;
         let guard = CancelGuard::new(run, cancel);
-        let watched = run.start_hook(limits, cancel, bounded);
+        let watched = run.start_hook(limits, cancel, shape.bounded);
         let outcome = invoke(
             lua,
             &self.array_mt,
@@ -578,7 +582,7 @@ impl Engine {
         }
         let logs = std::mem::take(&mut *run.logs.borrow_mut());
         let tripped = run.tripped.take();
-        if outcome.is_err() {
+        if outcome.is_err() && !fixed {
             // Before any collection after a limit error: what the run left in its scope
             // must be garbage by then.
             let keys = release(&self.lua, &scope).map_err(|e| self.fail(&e))?;
@@ -624,10 +628,46 @@ impl Engine {
         if !seen {
             // The previous run's view is garbage from here on.
             self.inputs_view = None;
+            self.inputs_env = None;
             INPUTS_CONVERSIONS.fetch_add(1, Ordering::Relaxed);
             let view = json_to_view(&self.lua, &self.array_mt, &self.view_newindex, inputs)
                 .map_err(|e| self.conv_failure(e, "inputs"))?;
             self.inputs_view = Some((Arc::downgrade(inputs), view));
+        }
+        Ok(())
+    }
+
+    /// Whether `script`, of `shape`, runs in the environment kept for the run's shared
+    /// inputs (which it makes ready): a pure chunk (see `bounded`) that reads only them
+    /// cannot change it, so it is used as it is.
+    fn fixed_scope(
+        &mut self,
+        script: &LuaScript,
+        shape: Shape,
+        inputs: Inputs<'_>,
+    ) -> Result<bool, LuaError> {
+        let names = script.names;
+        match inputs {
+            Inputs::Shared(inputs)
+                if shape.pure && names.inputs && !names.results && !names.ctx && !names.item =>
+            {
+                self.keep_view(inputs)?;
+                self.keep_inputs_env().map_err(|e| self.fail(&e))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Keeps in `inputs_env` an environment holding only the inputs' view kept (by
+    /// [`Engine::keep_view`]) for the run, for the pure chunks that read them.
+    fn keep_inputs_env(&mut self) -> mlua::Result<()> {
+        if self.inputs_env.is_none() {
+            let (_, view) = self.inputs_view.as_ref().expect("the view was just kept");
+            let env = self.lua.create_table()?;
+            env.set_metatable(Some(self.env_mt.clone()))?;
+            env.raw_set("inputs", view)?;
+            self.inputs_env = Some(env);
         }
         Ok(())
     }
