@@ -235,19 +235,25 @@ pub(crate) fn invoke(
     let marker = array_mt.to_pointer();
     // `__newindex` is needed only to convert the inputs here.
     let (view, json, newindex) = match call.inputs {
-        CallInputs::View(v) => (Some(v), None, None),
+        CallInputs::View(v) => (Some(v).filter(|_| !scope.fixed), None, None),
         CallInputs::Json(v) => (None, Some(v), Some(newindex)),
     };
+    // What the call does not use is passed as nil (a reference costs a push from mlua's
+    // reference thread): the marker where nothing is converted, `ctx` where the script
+    // cannot read it, the view where the scope is fixed (it holds it already).
+    let names = call.names;
+    let converts = names.results || names.item || (names.inputs && json.is_some());
+    let (marker_table, ctx_table) = (converts.then_some(array_mt), names.ctx.then_some(scope.ctx));
     // SAFETY: see the module docs. Arguments 1..=6 of the protected call are the marker
-    // table, the script, the environment, `ctx`, the views' `__newindex` (or nil) and the
-    // inputs' view (or nil: the inputs are converted here, with that `__newindex`). When
-    // `lua_callk` runs, this frame owns nothing with a destructor (`failed` is `None`, `arm`
-    // has been consumed), so an error raised by the script may unwind through it.
+    // table (or nil), the script, the environment, `ctx` (or nil), the views' `__newindex`
+    // (or nil) and the inputs' view (or nil: the inputs are converted here, with that
+    // `__newindex`, or are in the fixed scope already). When `lua_callk` runs, this frame
+    // owns nothing with a destructor (`failed` is `None`, `arm` has been consumed), so an
+    // error raised by the script may unwind through it.
     let value = unsafe {
         lua.exec_raw::<LuaValue>(
-            (array_mt, func, scope.env, scope.ctx, newindex, view),
+            (marker_table, func, scope.env, ctx_table, newindex, view),
             |l| {
-                let names = call.names;
                 let ctx = names.ctx.then_some(4);
                 let mut keys = clear_scope(l, scope, ctx);
                 if names.inputs && !scope.fixed {
