@@ -507,7 +507,7 @@ impl Engine {
         finish: impl FnOnce(&Self, Returned) -> Result<T, LuaError>,
     ) -> Result<(T, Vec<String>), LuaError> {
         let (func, shape) = self.compiled(script)?;
-        let fixed = self.fixed_scope(script, shape, given.inputs)?;
+        let fixed = shape.pure && self.fixed_scope(script, given.inputs)?;
         // Shared inputs are converted (once) before the run's state is set: a conversion
         // fault fails the execution as it would inside `invoke`.
         let inputs = match given.inputs {
@@ -637,19 +637,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether `script`, of `shape`, runs in the environment kept for the run's shared
-    /// inputs (which it makes ready): a pure chunk (see `bounded`) that reads only them
-    /// cannot change it, so it is used as it is.
-    fn fixed_scope(
-        &mut self,
-        script: &LuaScript,
-        shape: Shape,
-        inputs: Inputs<'_>,
-    ) -> Result<bool, LuaError> {
+    /// Whether `script`, a pure chunk (see `bounded`), runs in the environment kept for the
+    /// run's shared inputs (which it makes ready): one that reads only them cannot change
+    /// it, so it is used as it is.
+    fn fixed_scope(&mut self, script: &LuaScript, inputs: Inputs<'_>) -> Result<bool, LuaError> {
         let names = script.names;
         match inputs {
             Inputs::Shared(inputs)
-                if shape.pure && names.inputs && !names.results && !names.ctx && !names.item =>
+                if names.inputs && !names.results && !names.ctx && !names.item =>
             {
                 self.keep_view(inputs)?;
                 self.keep_inputs_env().map_err(|e| self.fail(&e))?;

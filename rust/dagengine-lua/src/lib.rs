@@ -102,7 +102,14 @@
 //!   hook when they create one (a coroutine copies its creator's hook then,
 //!   never later);
 //! * a run with no deadline, no cancel flag and no instruction limit has no
-//!   hook at all.
+//!   hook at all;
+//! * nor has a *bounded* chunk (a main function of at most 100 instructions
+//!   with no call, loop, backward jump, closure or to-be-closed variable, read
+//!   from its bytecode when it is compiled: a condition like `inputs.n > 0`)
+//!   without a deadline: it runs fewer instructions than the hook's interval,
+//!   so the hook would never fire. A bounded chunk that also writes into no
+//!   table and reads only the run's shared inputs runs in an environment kept
+//!   for the run (holding only `inputs`), not set up and emptied per call.
 //!
 //! The hook runs every 1,000 instructions, and one instruction can be a long C
 //! call (`s:upper()` on 10 MB). So the watchdog also watches each run's
