@@ -502,6 +502,20 @@ def test_internal_errors_are_500_json_without_traceback(
         r = api.client.get("/workflows")
     finally:
         api.orch.list_workflows = original  # type: ignore[method-assign]
+    _assert_internal_error(r, caplog)
+    # The routes served ahead of the stack (a run's start, a trigger's) answer the same.
+    state = api.app.state.api
+    trigger = state.triggers["/hooks/async"]
+    state.check_token = lambda request: 1 / 0
+    trigger.auth_problem = lambda headers, body: 1 / 0
+    try:
+        for path in ("/workflows/lua3/runs", "/hooks/async"):
+            _assert_internal_error(api.client.post(path, json={}), caplog)
+    finally:
+        del state.check_token, trigger.auth_problem
+
+
+def _assert_internal_error(r: httpx.Response, caplog: pytest.LogCaptureFixture) -> None:
     assert r.status_code == 500
     body = r.json()
     assert body["error"] == "internal error"

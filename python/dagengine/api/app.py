@@ -35,6 +35,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import yaml
@@ -565,21 +566,27 @@ class _CatchAll:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        await _caught(self.app, scope, receive, send)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
 
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:
-            response = _internal_error(scope)
-            if started:
-                raise  # the response is half sent: only the server can end it
-            await response(scope, receive, send)
+async def _caught(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve ``app``; an exception it raises before its answer started becomes a 500 JSON
+    with an id (:func:`_internal_error`)."""
+    started = False
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+        await send(message)
+
+    try:
+        await app(scope, receive, tracking_send)
+    except Exception:
+        response = _internal_error(scope)
+        if started:
+            raise  # the response is half sent: only the server can end it
+        await response(scope, receive, send)
 
 
 #: ``POST /workflows/{id}/runs`` as the router matches it (an id is one path segment).
@@ -607,54 +614,43 @@ class _App(Starlette):
             path = scope["path"]
             trigger = api.triggers.get(path.rstrip("/") or "/")
             if trigger is not None:
-                await self._serve(scope, receive, send, api, trigger, None)
+                await _caught(partial(self._serve, api, trigger, None), scope, receive, send)
                 return
             runs = _RUNS_PATH.fullmatch(path)
             if runs is not None:
-                await self._serve(scope, receive, send, api, None, runs.group(1))
+                served = partial(self._serve, api, None, runs.group(1))
+                await _caught(served, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
     @staticmethod
     async def _serve(
-        scope: Scope,
-        receive: Receive,
-        send: Send,
         api: Api,
         trigger: HTTPTrigger | None,
         workflow_id: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        """Answer a trigger's POST (``trigger``) or ``POST /workflows/{id}/runs``
+        (``workflow_id``); run under :func:`_caught`, as the stack's routes are."""
         try:
-            try:
-                if trigger is not None:
-                    # (fire's headers were a dict of Starlette's items: the last of a name
-                    # sent twice; RawRequest's keeps the first, as Headers.get does)
-                    request = RawRequest(scope, receive)
-                    answer = await fire_parts(request, request.headers, trigger, api.orch)
-                else:
-                    assert workflow_id is not None
-                    request = RawRequest(scope, receive, {"workflow_id": workflow_id})
-                    answer = await _start_run(api, request, workflow_id)
-            except ApiError as exc:
-                response = _error_response(
-                    exc.status, exc.message, headers=exc.headers, problems=exc.problems
-                )
-                await response(scope, receive, tracking_send)
-                return
-            await send_json(tracking_send, *answer)
-        except Exception:
-            response = _internal_error(scope)
-            if started:
-                raise
+            if trigger is not None:
+                # (fire's headers were a dict of Starlette's items: the last of a name sent
+                # twice; RawRequest's keeps the first, as Headers.get does)
+                request = RawRequest(scope, receive)
+                answer = await fire_parts(request, request.headers, trigger, api.orch)
+            else:
+                assert workflow_id is not None
+                request = RawRequest(scope, receive, {"workflow_id": workflow_id})
+                answer = await _start_run(api, request, workflow_id)
+        except ApiError as exc:
+            response = _error_response(
+                exc.status, exc.message, headers=exc.headers, problems=exc.problems
+            )
             await response(scope, receive, send)
+            return
+        await send_json(send, *answer)
 
 
 def create_app(
