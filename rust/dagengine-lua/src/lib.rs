@@ -208,7 +208,7 @@ pub struct LuaScript {
     hash: u64,
     names: Names,
     /// Set when the script is a condition [`evaluate_bool`] may answer without Lua.
-    simple: Option<Arc<simple::Simple>>,
+    simple: Option<simple::Simple>,
 }
 
 /// Which of the globals the host sets (`inputs`, `results`, `ctx`) a script can read.
@@ -253,7 +253,7 @@ impl LuaScript {
         LuaScript {
             hash: h.finish(),
             names: Names::of(&source),
-            simple: simple::Simple::of(&source).map(Arc::new),
+            simple: simple::Simple::of(&source),
             source,
         }
     }
@@ -501,8 +501,7 @@ pub fn evaluate_bool<'a>(
     let inputs = inputs.into();
     if let Some(b) = script
         .simple
-        .as_ref()
-        .and_then(|s| s.value(inputs.value(), results))
+        .and_then(|s| s.value(&script.source, inputs.value(), results))
     {
         return Ok(Ok(b));
     }

@@ -7,21 +7,43 @@
 //! can stop it and no error can come from it when the field is a boolean.
 //!
 //! The recogniser accepts a strict subset of Lua's grammar: `return`, any number of
-//! balanced parentheses around `true`, `false`, or `inputs`/`results` followed by at least
-//! one `.name`, with whitespace anywhere between tokens; no comments, no `;`, ASCII names
+//! balanced parentheses around `true`, `false`, or `inputs`/`results` followed by one to four
+//! `.name`s, with whitespace anywhere between tokens; no comments, no `;`, ASCII names
 //! that are not keywords. Everything else goes to Lua.
 
 use serde_json::Value;
 
-/// What a simple condition is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a simple condition is. Kept inline in its [`LuaScript`](crate::LuaScript), with its
+/// names as ranges of the script's source: a DAG's conditions are read one per node in the
+/// order the nodes run, and each pointer more to follow is a cache miss more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Simple {
     /// `true` or `false`.
     Const(bool),
     /// `inputs.k1.k2...`: the fields of the run's inputs, in order.
-    Inputs(Box<[Box<str>]>),
+    Inputs(Path),
     /// `results.parent.k1...`: the parent's id, then the fields of its output.
-    Results(Box<[Box<str>]>),
+    Results(Path),
+}
+
+/// The most names a field path may have (more: left to Lua).
+const MAX_KEYS: usize = 4;
+
+/// The names of a field path, as byte ranges of the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Path {
+    len: u8,
+    keys: [(u16, u16); MAX_KEYS],
+}
+
+impl Path {
+    /// The path's names in `source` (the one it was read from).
+    fn keys(self, source: &str) -> impl Iterator<Item = Option<&str>> {
+        self.keys
+            .into_iter()
+            .take(usize::from(self.len))
+            .map(move |(a, b)| source.get(usize::from(a)..usize::from(b)))
+    }
 }
 
 const KEYWORDS: [&str; 22] = [
@@ -100,8 +122,13 @@ impl Simple {
         match body {
             [Token::Name("true")] => Some(Simple::Const(true)),
             [Token::Name("false")] => Some(Simple::Const(false)),
-            [Token::Name(root), fields @ ..] if !fields.is_empty() && fields.len() % 2 == 0 => {
-                let mut keys = Vec::with_capacity(fields.len() / 2);
+            [Token::Name(root), fields @ ..]
+                if !fields.is_empty() && fields.len() % 2 == 0 && fields.len() / 2 <= MAX_KEYS =>
+            {
+                let mut path = Path {
+                    len: 0,
+                    keys: [(0, 0); MAX_KEYS],
+                };
                 for pair in fields.chunks(2) {
                     let [Token::Dot, Token::Name(key)] = pair else {
                         return None;
@@ -109,12 +136,18 @@ impl Simple {
                     if KEYWORDS.contains(key) {
                         return None;
                     }
-                    keys.push(Box::from(*key));
+                    // `key` is a slice of `source`.
+                    let start = key.as_ptr() as usize - source.as_ptr() as usize;
+                    let range = (
+                        u16::try_from(start).ok()?,
+                        u16::try_from(start + key.len()).ok()?,
+                    );
+                    path.keys[usize::from(path.len)] = range;
+                    path.len += 1;
                 }
-                let keys = keys.into_boxed_slice();
                 match *root {
-                    "inputs" => Some(Simple::Inputs(keys)),
-                    "results" => Some(Simple::Results(keys)),
+                    "inputs" => Some(Simple::Inputs(path)),
+                    "results" => Some(Simple::Results(path)),
                     _ => None,
                 }
             }
@@ -123,21 +156,26 @@ impl Simple {
     }
 
     /// The condition's value where Lua's is certainly this boolean; `None` where the
-    /// chunk has to run in Lua to say what it is.
-    pub(crate) fn value(&self, inputs: &Value, results: &[(&str, &Value)]) -> Option<bool> {
-        let (root, fields) = match self {
+    /// chunk has to run in Lua to say what it is. `source` is the one it was read from.
+    pub(crate) fn value(
+        &self,
+        source: &str,
+        inputs: &Value,
+        results: &[(&str, &Value)],
+    ) -> Option<bool> {
+        let (mut value, mut keys) = match self {
             Simple::Const(b) => return Some(*b),
-            Simple::Inputs(fields) => (inputs, &fields[..]),
-            Simple::Results(fields) => {
-                let (parent, fields) = fields.split_first()?;
+            Simple::Inputs(path) => (inputs, path.keys(source)),
+            Simple::Results(path) => {
+                let mut keys = path.keys(source);
+                let parent = keys.next()??;
                 // The last entry of a repeated id is the one Lua's table keeps.
-                let (_, output) = results.iter().rev().find(|(id, _)| *id == &**parent)?;
-                (*output, fields)
+                let (_, output) = results.iter().rev().find(|(id, _)| *id == parent)?;
+                (*output, keys)
             }
         };
-        let mut value = root;
-        for key in fields {
-            value = value.as_object()?.get(&**key)?;
+        for key in &mut keys {
+            value = value.as_object()?.get(key?)?;
         }
         value.as_bool()
     }
@@ -148,22 +186,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn keys(k: &[&str]) -> Box<[Box<str>]> {
-        k.iter().map(|s| Box::from(*s)).collect()
+    /// What `Simple::of(src)` read, as text: the kind and the path's names.
+    fn read(src: &str) -> Option<(&'static str, Vec<&str>)> {
+        Some(match Simple::of(src)? {
+            Simple::Const(true) => ("true", vec![]),
+            Simple::Const(false) => ("false", vec![]),
+            Simple::Inputs(p) => ("inputs", p.keys(src).map(Option::unwrap).collect()),
+            Simple::Results(p) => ("results", p.keys(src).map(Option::unwrap).collect()),
+        })
     }
 
     #[test]
     fn recognises_constants_and_field_reads() {
-        assert_eq!(Simple::of("return (true\n)"), Some(Simple::Const(true)));
-        assert_eq!(Simple::of("return false"), Some(Simple::Const(false)));
-        assert_eq!(Simple::of("return((false))"), Some(Simple::Const(false)));
+        assert_eq!(read("return (true\n)"), Some(("true", vec![])));
+        assert_eq!(read("return false"), Some(("false", vec![])));
+        assert_eq!(read("return((false))"), Some(("false", vec![])));
+        assert_eq!(read("return (inputs.go\n)"), Some(("inputs", vec!["go"])));
         assert_eq!(
-            Simple::of("return (inputs.go\n)"),
-            Some(Simple::Inputs(keys(&["go"])))
+            read(" return ( results . a .ok_2 ) "),
+            Some(("results", vec!["a", "ok_2"]))
         );
         assert_eq!(
-            Simple::of(" return ( results . a .ok_2 ) "),
-            Some(Simple::Results(keys(&["a", "ok_2"])))
+            read("return inputs.a.b.c.d"),
+            Some(("inputs", vec!["a", "b", "c", "d"]))
         );
     }
 
@@ -191,6 +236,7 @@ mod tests {
             "returninputs.go",
             "return (true) (false)",
             "return (true\n) or (false)",
+            "return inputs.a.b.c.d.e",
             "return",
             "",
         ] {
@@ -204,7 +250,7 @@ mod tests {
         let a = json!({"ok": true});
         let b = json!([true]);
         let results: [(&str, &Value); 2] = [("a", &a), ("b", &b)];
-        let of = |src: &str| Simple::of(src).unwrap().value(&inputs, &results);
+        let of = |src: &str| Simple::of(src).unwrap().value(src, &inputs, &results);
         assert_eq!(of("return inputs.go"), Some(true));
         assert_eq!(of("return inputs.no"), Some(false));
         assert_eq!(of("return inputs.o.deep"), Some(false));
@@ -292,9 +338,8 @@ mod tests {
                 fast += usize::from(
                     script
                         .simple
-                        .as_ref()
                         .unwrap()
-                        .value(&inputs, &results)
+                        .value(&script.source, &inputs, &results)
                         .is_some(),
                 );
             }
