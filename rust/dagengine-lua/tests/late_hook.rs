@@ -15,6 +15,11 @@ const WAIT: Duration = Duration::from_secs(10);
 
 const LIMIT: Duration = Duration::from_millis(100);
 
+/// How late past its limit a script may stop here: only gross lateness (a watchdog that never
+/// fired, a hook never set) is a bug these tests catch; how late a script really stops is
+/// measured in benches/bench_lua_stop.py (a loaded CI machine made 2x the limit flaky).
+const SLACK: Duration = Duration::from_secs(2);
+
 fn timed() -> LuaLimits {
     LuaLimits {
         max_instructions: None,
@@ -49,7 +54,7 @@ fn endless_loops_stop_at_their_deadline_in_every_form() {
         let (r, elapsed) = run_bounded(src, timed(), None, WAIT);
         assert_eq!(r.unwrap_err(), LuaError::Timeout { limit: LIMIT }, "{src}");
         assert!(
-            elapsed >= LIMIT && elapsed < 2 * LIMIT,
+            elapsed >= LIMIT && elapsed < LIMIT + SLACK,
             "{src}: {elapsed:?}"
         );
         if !src.contains("coroutine") {
@@ -76,7 +81,7 @@ fn a_thread_that_blocks_signals_still_has_its_script_stopped() {
     };
     let (r, elapsed) = run_bounded_after(block_all, "while true do end", timed(), None, WAIT);
     assert_eq!(r.unwrap_err(), LuaError::Timeout { limit: LIMIT });
-    assert!(elapsed < 2 * LIMIT, "{elapsed:?}");
+    assert!(elapsed < LIMIT + SLACK, "{elapsed:?}");
 }
 
 #[test]
@@ -94,7 +99,7 @@ fn cancel_stops_a_script_with_no_limits_at_all() {
         WAIT,
     );
     assert_eq!(r.unwrap_err(), LuaError::Cancelled);
-    assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
+    assert!(elapsed < SLACK, "{elapsed:?}");
 }
 
 #[test]
