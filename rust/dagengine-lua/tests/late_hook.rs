@@ -17,7 +17,7 @@ const LIMIT: Duration = Duration::from_millis(100);
 
 /// How late past its limit a script may stop here: only gross lateness (a watchdog that never
 /// fired, a hook never set) is a bug these tests catch; how late a script really stops is
-/// measured in benches/bench_lua_stop.py (a loaded CI machine made 2x the limit flaky).
+/// measured in `benches/bench_lua_stop.py` (a loaded CI machine made 2x the limit flaky).
 const SLACK: Duration = Duration::from_secs(2);
 
 fn timed() -> LuaLimits {
