@@ -5,12 +5,11 @@ rolls back for a deadlock is written again instead of failing whoever flushed it
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
+from bounded import within
 from dagengine import Orchestrator
 from dagengine.orchestrator.config import Config
 from dagengine.orchestrator.store import PostgresStore
@@ -32,15 +31,6 @@ def replica(pg_url: str) -> Iterator[Orchestrator]:
         orch.stop()
 
 
-def _in_thread(call: Any, timeout: float) -> list[Any]:
-    """``call()``'s result in a list, empty when it had not returned after ``timeout``."""
-    got: list[Any] = []
-    worker = threading.Thread(target=lambda: got.append(call()), daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return got
-
-
 def test_a_lease_renewal_skips_a_run_whose_row_is_locked(
     pg_url: str, replica: Orchestrator
 ) -> None:
@@ -53,8 +43,7 @@ def test_a_lease_renewal_skips_a_run_whose_row_is_locked(
         holder.execute("SELECT 1 FROM runs WHERE run_id = %s FOR UPDATE", (runs[0],))
         # Before, the renewal waited for that lock (and deadlocked with the writer's ends
         # when the writer waited for a row the renewal had locked).
-        renewed = _in_thread(store.renew_leases, timeout=10)
-        assert renewed == [1], "the renewal waited for a locked row"
+        assert within(store.renew_leases, "the renewal beside a locked row", 10) == 1
         lease = query(pg_url, f"SELECT lease_until FROM runs WHERE run_id = '{runs[0]}'")
         holder.rollback()
     assert store.renew_leases() == 2

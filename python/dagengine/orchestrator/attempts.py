@@ -153,7 +153,24 @@ def prepare_job(orch: Orchestrator, run: ActiveRun, slot: EngineSlot, attempt: i
         orch._apply(run, actions, slot, attempt, result=failed)
         return None
     try:
-        return _job(orch, run, attempt)
+        return Job(
+            run_id=run.run_id,
+            attempt=attempt,
+            workflow_id=wv.workflow_id,
+            version=str(wv.version),
+            dag=wv.dag,
+            spec=orch._spec(wv),
+            inputs=run.inputs,
+            # Stored outputs are a running attempt's; a first has none but a retry's reused
+            # ones.
+            completed=orch._reuse.completed(run.run_id, attempt),
+            depth=run.depth,
+            parent_run_id=run.parent_run_id,
+            parent_node_id=run.parent_node_id,
+            deadline=run.deadline,
+            trace_context=run.trace,
+            cache_entries=cache_entries_for(orch.store, wv.workflow_id, wv.dag),
+        )
     except Exception as exc:
         # Its stored outputs or cache entries could not be read (the store is unreachable):
         # the attempt ends here, failed with the store's error, rather than leave the run
@@ -161,29 +178,6 @@ def prepare_job(orch: Orchestrator, run: ActiveRun, slot: EngineSlot, attempt: i
         log.warning("run %s: preparing attempt %d failed: %s", run.run_id, attempt, exc)
         conclude_attempt(orch, run, slot, attempt, None, exc)
         return None
-
-
-def _job(orch: Orchestrator, run: ActiveRun, attempt: int) -> Job:
-    """The job of this attempt, its stored outputs and cache entries read now."""
-    wv = run.version
-    assert wv.dag is not None
-    return Job(
-        run_id=run.run_id,
-        attempt=attempt,
-        workflow_id=wv.workflow_id,
-        version=str(wv.version),
-        dag=wv.dag,
-        spec=orch._spec(wv),
-        inputs=run.inputs,
-        # Stored outputs are a running attempt's; a first has none but a retry's reused ones.
-        completed=orch._reuse.completed(run.run_id, attempt),
-        depth=run.depth,
-        parent_run_id=run.parent_run_id,
-        parent_node_id=run.parent_node_id,
-        deadline=run.deadline,
-        trace_context=run.trace,
-        cache_entries=cache_entries_for(orch.store, wv.workflow_id, wv.dag),
-    )
 
 
 def conclude_attempt(

@@ -292,7 +292,8 @@ class PostgresWriter(WriteBehind):
         statements pipelined: the runs' creations, then claims, outputs and the ends of
         runs with writes queued after their end in queue order, then the other ends in one
         statement, then the events in one statement."""
-        for tries in range(1, _ROLLBACK_TRIES + 1):
+        tries = 0
+        while True:
             try:
                 return self._write_group(pending, events)
             except (self._psycopg.DataError, self._psycopg.IntegrityError) as exc:
@@ -304,10 +305,10 @@ class PostgresWriter(WriteBehind):
                 # A deadlock (or serialization failure) the server ended by rolling this
                 # transaction back: done again, it is expected to go through. Raised from a
                 # reader's flush, it had failed the run that reader was preparing.
+                tries += 1
                 if self._depth or tries == _ROLLBACK_TRIES:
                     raise
                 _log.info("group commit rolled back by the server (%s); trying again", exc)
-        raise AssertionError("unreachable")  # (the loop returns or raises)
 
     @contextmanager
     def _pipelined_transaction(self) -> Iterator[Any]:
