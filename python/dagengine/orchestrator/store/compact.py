@@ -238,6 +238,10 @@ _MARK: Final = "~"
 #: ``null`` values left out.
 _NODE_KEYS: Final = ("status", "output", "error", "attempts", "started_at", "finished_at")
 _NODE_LIST: Final = ("status", "attempts", "started_at", "finished_at", "output", "error")
+#: Where :func:`_completed` reads a listed entry's status, finish time and output.
+_STATUS_AT, _FINISHED_AT, _OUTPUT_AT = (
+    _NODE_LIST.index(k) for k in ("status", "finished_at", "output")
+)
 _NODE_KEY_SET: Final = frozenset(_NODE_KEYS)
 
 
@@ -343,10 +347,10 @@ def _completed(nodes: dict[str, Any]) -> dict[str, Any]:
     finished: dict[str, Any] = {}
     for node, entry in nodes.items():
         if isinstance(entry, list):  # (_NODE_LIST's order, trailing nulls left out)
-            if not entry or entry[0] != "succeeded":
+            if not entry or entry[_STATUS_AT] != "succeeded":
                 continue
-            output = entry[4] if len(entry) > 4 else None
-            finished[node] = entry[3] if len(entry) > 3 else None
+            output = entry[_OUTPUT_AT] if len(entry) > _OUTPUT_AT else None
+            finished[node] = entry[_FINISHED_AT] if len(entry) > _FINISHED_AT else None
         elif isinstance(entry, Mapping) and entry.get("status") == "succeeded":
             output = entry.get("output")
             finished[node] = entry.get("finished_at")
