@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from dagengine import NodeEvent, RunResult
 from dagengine.engine import EngineClient, build_run_request
-from dagengine.exceptions import StoreError
 from dagengine.orchestrator import Orchestrator
 from dagengine.orchestrator.store import RunRecord, Store, open_store
 from dagengine.orchestrator.store.retention import RetentionPolicy
@@ -96,24 +95,6 @@ def _assert_cached_events(orch: Orchestrator, run_id: str, from_run: str) -> Non
     ]
 
 
-def _reopen(store: str) -> Orchestrator:
-    """An orchestrator on ``store`` once the stopped one's hold on it is gone: on PostgreSQL
-    that hold (a session lock) is sometimes still seen for a moment after ``stop()``."""
-    opened: list[Orchestrator] = []
-
-    def attempt() -> bool:
-        try:
-            opened.append(Orchestrator(store=store))
-        except StoreError as exc:
-            if "is in use by" not in str(exc):
-                raise
-            return False
-        return True
-
-    wait_for(attempt, "the stopped orchestrator to let go of its store")
-    return opened[0]
-
-
 def test_the_orchestrator_store_keeps_entries_across_a_restart(store_target: str) -> None:
     first = Orchestrator(store=store_target)
     try:
@@ -129,7 +110,7 @@ def test_the_orchestrator_store_keeps_entries_across_a_restart(store_target: str
         _assert_cached_events(first, two.run_id, one.run_id)
     finally:
         first.stop()
-    second = _reopen(store_target)
+    second = Orchestrator(store=store_target)
     try:
         three = second.execute_workflow("cached", {"n": 3})
         assert isinstance(three, RunResult)

@@ -87,17 +87,63 @@ def test_a_second_orchestrator_on_the_same_store_is_refused(pg_url: str) -> None
     Orchestrator(store=pg_url).stop()  # free again once the first stopped
 
 
+@pytest.mark.parametrize("kind", ["exclusive", "replica"])
+def test_a_closed_store_has_let_its_lock_go_before_its_connection_closes(
+    pg_url: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server frees a closed session's locks only when its backend ends, a moment after
+    the client closed it: an orchestrator started on the store right after another stopped
+    was refused now and then, the store "in use by" the one that had stopped (a replica's
+    shared hold refuses a single orchestrator the same way). close() releases the lock in
+    the session first: when its connection closes (however late the backend then ends),
+    the session holds no lock any more."""
+    import psycopg
+    from dagengine.orchestrator.store.postgres_writer import OWNER_LOCK
+
+    if kind == "exclusive":
+        store = open_store(pg_url, exclusive=True)
+    else:
+        store = PostgresStore(pg_url, replica="r1")
+    assert isinstance(store, PostgresStore)
+    writer = store._db
+    pid = writer.info.backend_pid
+
+    def locks_held() -> int:
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            row = other.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = %s AND pid = %s",
+                (OWNER_LOCK, pid),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    assert locks_held() == 1
+    at_close: list[int] = []
+    real_close = type(writer).close
+
+    def close(conn: psycopg.Connection[object]) -> None:
+        if conn is writer:
+            at_close.append(locks_held())
+        real_close(conn)
+
+    monkeypatch.setattr(type(writer), "close", close)
+    store.close()
+    assert at_close == [0]
+
+
 def test_a_store_opened_right_after_a_close_waits_for_the_closed_session(pg_url: str) -> None:
-    """The server ends a closed session's backend, and only then frees its lock, a moment
-    after the client closes it: a store this process opens meanwhile waits for that end
-    instead of refusing the store as in use (a flaky restart in the tests before)."""
+    """A store whose session could not release its lock (the statement failed) notes it
+    when it closes: a store this process opens before the server has ended that session's
+    backend (and freed its lock) waits for that end instead of refusing the store as in
+    use."""
     import threading
 
     from dagengine.orchestrator.store.postgres_writer import note_closed_owner
 
     first = open_store(pg_url, exclusive=True)
     assert isinstance(first, PostgresStore)
-    # As close() does, with the backend's end held back for 0.3 s.
+    # As close() does when the release fails, with the lock held 0.3 s longer.
     note_closed_owner(first._db)
     later = threading.Timer(0.3, first.close)
     later.start()

@@ -28,7 +28,6 @@ instead, in commit order across the replicas: its ``append_event_later`` returns
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
@@ -64,7 +63,6 @@ from dagengine.orchestrator.store.postgres_writer import (
     CONNECTION_DEFAULTS,
     PostgresWriter,
     _RowError,
-    note_closed_owner,
 )
 from dagengine.orchestrator.store.records import (
     EventRecord,
@@ -254,21 +252,11 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
     def close(self) -> None:
         """Commit what is pending, run the callbacks still due, close the connections."""
         try:
-            super().close()
+            super().close()  # (its lock released before its connection closes: _close_db)
         finally:
             # Also when the last commit failed (the database gone): no connection left open.
             self._shut = True
-            if self._db is not None and not self._db.closed:
-                if self.exclusive:
-                    note_closed_owner(self._db)
-                    # Free the store's lock before closing: the server ends a closed
-                    # session's backend (and only then its locks) a moment later, and a
-                    # successor starting right after this close must find the store free.
-                    with contextlib.suppress(Exception):
-                        self._db.rollback()
-                        self._db.execute("SELECT pg_advisory_unlock_all()")
-                        self._db.commit()
-                self._db.close()
+            self._close_db()
             self._pool.close()
 
     def __enter__(self) -> PostgresStore:

@@ -65,10 +65,11 @@ CONNECTION_DEFAULTS: dict[str, str] = {
 
 #: Seconds between two tries of a standby store to take the lock.
 STANDBY_POLL = 0.5
-#: Seconds a store waits for the lock held by a session this process closed: the server ends
-#: a closed session's backend, and only then frees its locks, a moment after the close.
+#: Seconds a store waits for the lock held by a session this process closed without
+#: releasing it (see :meth:`PostgresWriter._close_db`): the server ends a closed session's
+#: backend, and only then frees its locks, a moment after the close.
 CLOSE_GRACE = 5.0
-#: Backend pids of the lock-holding sessions this process's stores closed.
+#: Backend pids of the lock-holding sessions this process's stores closed unreleased.
 _closed_owners: set[int] = set()
 
 _log = logging.getLogger("dagengine.orchestrator.store")
@@ -104,9 +105,9 @@ class _RowError(ValueError):
 
 
 def note_closed_owner(conn: Any) -> None:
-    """Remember that ``conn``, a session holding a store's lock, is being closed by this
-    process: a store opened right after waits for its backend to end (:data:`CLOSE_GRACE`)
-    instead of refusing the store as in use."""
+    """Remember that ``conn``, a session holding a store's lock that could not release it,
+    is being closed by this process: a store opened right after waits for its backend to
+    end (:data:`CLOSE_GRACE`) instead of refusing the store as in use."""
     with contextlib.suppress(Exception):
         _closed_owners.add(int(conn.info.backend_pid))
 
@@ -218,6 +219,25 @@ class PostgresWriter(WriteBehind):
             conn.close()
             raise
         return conn
+
+    def _close_db(self) -> None:
+        """Close the writer's connection, the store's lock released in its session first
+        (held alone or, a replica's, shared): the server frees a closed session's locks
+        only when its backend ends, a moment after the client closed it, and a store opened
+        right after (an orchestrator restarted on the store) found the lock still held ("is
+        in use by"). Released here, the lock is free when this returns. Where the release
+        fails (a broken connection), the session is noted (:func:`note_closed_owner`)."""
+        db = self._db
+        if db is None or db.closed:
+            return
+        if self.exclusive or self.replica_id is not None:
+            try:
+                if db.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+                    db.rollback()  # (an aborted transaction would refuse the statement)
+                db.execute("SELECT pg_advisory_unlock_all()")
+            except Exception:
+                note_closed_owner(db)
+        db.close()
 
     def _write_events(self, cursor: Any, events: list[tuple[Any, ...]]) -> None:
         """Insert a group's events: numbered as queued (one orchestrator), or, a replica's,

@@ -280,8 +280,13 @@ class WriteBehind:
                 thread.join(timeout=10)
         with self._lock:
             self._flush_locked()
-            self._db.close()  # (the last connection to close checkpoints the log)
+            self._close_db()
         self._run_ready()
+
+    def _close_db(self) -> None:
+        """Close the writer's connection (the last connection to close checkpoints the
+        log); a store whose connection holds more than its data overrides it."""
+        self._db.close()
 
     # -- group commit --
 
