@@ -142,10 +142,21 @@ class Container:
         docker("kill", self.full_name)
         return when
 
-    def pause(self) -> float:
-        when = time.time()
-        docker("pause", self.full_name)
-        return when
+    def pause(self, tries: int = 5) -> float:
+        """``docker pause``; the time of the attempt that froze it. The cgroup v1 freezer
+        gives up ("unable to freeze") when a task is busy in the kernel at that moment (here
+        often I/O through fuse-overlayfs); runc thaws the container again and leaves the retry
+        to its caller, as its maintainers advise (opencontainers/runc#4388)."""
+        command = ["docker", "pause", self.full_name]
+        while True:
+            tries -= 1
+            when = time.time()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                return when
+            if tries == 0 or "unable to freeze" not in done.stderr:
+                pytest.fail(f"{' '.join(command)}: exit {done.returncode}: {done.stderr.strip()}")
+            time.sleep(0.2)
 
     def unpause(self) -> float:
         when = time.time()
