@@ -63,11 +63,18 @@ def test_sigkill_the_replica_with_most_leases_mid_load(
         victim.proc.wait(timeout=10)
         killed = time.monotonic()
         # What the killed replica had committed is all it will ever have: its outputs are
-        # the completed nodes that must not run again.
-        recorded = set(query(pg_url, "SELECT run_id, node_id FROM node_outputs"))
-        finished_before = {
-            row[0] for row in query(pg_url, "SELECT run_id FROM runs WHERE status = 'succeeded'")
-        }
+        # the completed nodes that must not run again. Read in one snapshot, of the runs
+        # still with the replica that created them: however late this reads, what another
+        # replica stored of a run it took over is its own attempt's (see the cut-off test).
+        creators = {f"r{i}": r.replica_id for i, r in enumerate(replicas)}
+        snapshot = query(
+            pg_url,
+            "SELECT r.run_id, r.owner, r.status, o.node_id "
+            "FROM runs r LEFT JOIN node_outputs o ON o.run_id = r.run_id",
+        )
+        own = [row for row in snapshot if row[1] == creators[row[0].split("-")[0]]]
+        recorded = {(run_id, node_id) for run_id, _, _, node_id in own if node_id is not None}
+        finished_before = {run_id for run_id, _, status, _ in own if status == "succeeded"}
         orphaned = leases[victim_id]
         assert 0 < len(finished_before) < total, "the kill came mid-load"
         wait_for(
@@ -141,9 +148,37 @@ def test_a_replica_cut_off_from_the_database_loses_its_runs_and_rejoins(
         assert cut_id is not None
         cable.pull()
         pulled = time.monotonic()
-        stranded = unfinished_of(pg_url, cut_id)
-        recorded = set(query(pg_url, "SELECT run_id, node_id FROM node_outputs"))
-        attempts = dict(query(pg_url, "SELECT run_id, attempt FROM runs"))
+        pulled_at = time.time()  # (the clock of the runs' finished_at: the same host's)
+        # What the replicas had at the cut, in one snapshot (one statement), however late it
+        # reads: the other replica may have taken runs over meanwhile. The cut one's runs
+        # then: those it still holds unfinished, and those the other took (a run taken over
+        # was unfinished). The node outputs stored then of the runs still with the replica
+        # that created them (what the other stored of a run it took over is its own
+        # attempt's, whose nodes the cut replica, which goes on launching its queued runs on
+        # the engines while cut off, may have run too), and how often each node had run.
+        snapshot = query(
+            pg_url,
+            "SELECT r.run_id, r.owner, r.status, r.attempt, o.node_id "
+            "FROM runs r LEFT JOIN node_outputs o ON o.run_id = r.run_id",
+        )
+        ran_at_cut = ledger_counts(ledger)
+        creators = {"cut": cut_id, "other": other.replica_id}
+        taken_early = {
+            run_id
+            for run_id, owner, _, _, _ in snapshot
+            if run_id.startswith("cut-") and owner == other.replica_id
+        }
+        stranded = taken_early | {
+            run_id
+            for run_id, owner, status, _, _ in snapshot
+            if owner == cut_id and status in ("queued", "running")
+        }
+        recorded = {
+            (run_id, node_id)
+            for run_id, owner, _, _, node_id in snapshot
+            if node_id is not None and owner == creators[run_id.split("-")[0]]
+        }
+        attempts = {run_id: attempt for run_id, _, _, attempt, _ in snapshot}
         assert len(stranded) >= 10, "the cut came while the replica had runs"
         wait_for(
             lambda: not unfinished_of(pg_url, cut_id),
@@ -152,7 +187,7 @@ def test_a_replica_cut_off_from_the_database_loses_its_runs_and_rejoins(
         )
         moved = time.monotonic() - pulled
         wait_for(lambda: succeeded_runs(pg_url) == total, "every run to succeed", timeout=240)
-        before_heal = query(pg_url, "SELECT run_id, owner, attempt, result FROM runs")
+        before_heal = query(pg_url, "SELECT run_id, owner, attempt, finished_at, result FROM runs")
         cable.plug()
         # Back on the network, it gives the runs up and keeps working as a replica.
         cut.send("submit after 10")
@@ -162,29 +197,40 @@ def test_a_replica_cut_off_from_the_database_loses_its_runs_and_rejoins(
         wait_for(lambda: "taken over by another replica" in cut.stderr(),
                  "the cut replica to give its runs up", timeout=30)  # fmt: skip
         after = {
-            row[0]: row for row in query(pg_url, "SELECT run_id, owner, attempt, result FROM runs")
+            row[0]: row
+            for row in query(pg_url, "SELECT run_id, owner, attempt, finished_at, result FROM runs")
         }
         # Its late writes changed nothing: the runs the other finished are as they were.
         assert [row for row in before_heal if after[row[0]] != row] == []
-        # (A commit the cut replica had sent just before the cable was pulled may still have
-        # ended one of them: that run is its own, finished, not taken over.)
+        # The commit the cut replica had sent just before the cable was pulled may still
+        # have ended some of them after the reads above (the server had it; under load one
+        # group ends several runs): those are its own, ended once, never taken over, and
+        # ended before the cut (a run's end is stamped when it is queued). Every end it
+        # queued after the cut was refused: the others were all taken over.
         moved_runs = {run_id for run_id in stranded if after[run_id][1] != cut_id}
-        assert len(moved_runs) >= len(stranded) - 2
+        ended_in_flight = stranded - moved_runs
+        assert [r for r in ended_in_flight if not after[r][3] < pulled_at] == []
+        assert moved_runs
         assert {after[run_id][1] for run_id in moved_runs} == {other.replica_id}
-        assert all(after[run_id][2] > attempts[run_id] for run_id in moved_runs)
+        assert all(after[run_id][2] > attempts[run_id] for run_id in moved_runs - taken_early)
         ends = collections.Counter(
             run_id
             for (run_id,) in query(pg_url, "SELECT run_id FROM events WHERE type = 'run.completed'")
         )
         assert [run_id for run_id, n in ends.items() if n > 1] == []
+        # No node stored at the cut ran again (the Python ones, which keep the ledger: each
+        # had run by then, its output came from that).
         counts = ledger_counts(ledger)
-        assert [k for k in recorded if k[1] in ("a", "b") and counts[k] != 1] == []
+        ledgered = [k for k in recorded if k[1] in ("a", "b")]
+        assert all(ran_at_cut[k] >= 1 for k in ledgered)
+        assert [k for k in ledgered if counts[k] != ran_at_cut[k]] == []
         print(
             f"\n{total} runs on 2 replicas; one cut off from PostgreSQL with "
             f"{len(stranded)} unfinished runs, {len(moved_runs)} of them taken over "
-            f"{moved * 1e3:.0f} ms after the cut (lease TTL {LEASE_TTL * 1e3:.0f} ms), all "
-            f"{total} succeeded; its late writes refused, it gave the runs up and ran 10 new "
-            "ones after the cable was back"
+            f"{moved * 1e3:.0f} ms after the cut (lease TTL {LEASE_TTL * 1e3:.0f} ms) and "
+            f"{len(ended_in_flight)} ended by the commit it had in flight; all {total} "
+            "succeeded; its late writes refused, it gave the runs up and ran 10 new ones after "
+            "the cable was back"
         )
     finally:
         cable.plug()
