@@ -254,6 +254,24 @@ def test_a_stopped_replica_hands_its_runs_over_at_once(pg_url: str) -> None:
         b.stop()
 
 
+def test_a_replica_that_could_not_renew_its_leases_starts_no_attempt(pg_url: str) -> None:
+    """A replica whose leases were last renewed longer than their time to live ago (cut off
+    from the database) may have lost its runs to the others: it starts no attempt (one would
+    run nodes beside the new owner's, for nothing) until a lease round goes through again.
+    (Before, a cut-off replica went on launching its queued runs on the shared engines.)"""
+    orch = Orchestrator(store=pg_url, config=_config(ttl=3600))  # (no lease round meanwhile)
+    try:
+        orch.register_workflow("w", "1.0.0", SPEC)
+        assert orch.replicas is not None
+        orch.replicas.renewed_at = time.monotonic() - 3601  # not renewed for a lease's TTL
+        handle = orch.execute_workflow("w", {"i": 1}, wait=False)  # (durable: committed)
+        assert orch.get_run(handle.run_id).status == "queued"  # not started at once
+        orch.replicas._round()  # the database answers again
+        assert handle.result(timeout=30).ok  # type: ignore[union-attr]
+    finally:
+        orch.stop()
+
+
 def test_the_serve_file_and_flag_select_replica_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -514,7 +514,12 @@ class Orchestrator:
             # Nothing waiting and an engine with room: the run starts from here, without
             # waking the dispatcher (a thread hand-off per run); else it joins the queue.
             slot = None
-            if not self._front and not self._queue and not self._stopping:
+            if (
+                not self._front
+                and not self._queue
+                and not self._stopping
+                and (self.replicas is None or self.replicas.holds_leases())
+            ):
                 slot = self._choose(run)
             if slot is None:
                 self._queue.put(run_id)  # raises QueueFull before anything is recorded
@@ -603,7 +608,10 @@ class Orchestrator:
                 # Settled while queued (cancelled): drop it.
                 self._pop(run_id)
                 continue
-            slot = self._choose(run) if run is not None else None
+            # (A replica that could not renew its leases starts nothing: see holds_leases.)
+            slot = None
+            if run is not None and (self.replicas is None or self.replicas.holds_leases()):
+                slot = self._choose(run)
             if run is not None and slot is not None:
                 self._pop(run.run_id)
                 self._reserve(run, slot)

@@ -132,6 +132,16 @@ class ReplicaCoordinator:
             thread.start()
             self._threads.append(thread)
 
+    def holds_leases(self) -> bool:
+        """Whether this replica may start attempts of its runs: its leases were renewed
+        within a lease's time to live (or never were: not started). Past that (cut off from
+        the database) the others may have taken its runs over already: an attempt started
+        then would run nodes beside the new owner's attempt, for nothing (its writes are
+        refused), and take the shared engines' room. The orchestrator starts none until a
+        lease round goes through again."""
+        renewed = self.renewed_at
+        return renewed is None or time.monotonic() - renewed <= self.store.lease_ttl
+
     def unready_reason(self) -> str | None:
         """Why this replica should get no work (``GET /readyz`` answers 503): its leases
         were last renewed longer than a lease's time to live ago (the database is out of
