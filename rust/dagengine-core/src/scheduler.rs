@@ -147,6 +147,13 @@ impl TriggerRule {
         Self::ALL.into_iter().find(|r| r.as_str() == name)
     }
 
+    /// Whether the rule can run a node before every one of its parents finished
+    /// (`one_success`, `one_failed`): [`TriggerRule::decide`] says [`Decision::Run`] with
+    /// parents `left` for these rules only.
+    pub fn runs_early(self) -> bool {
+        matches!(self, Self::OneSuccess | Self::OneFailed)
+    }
+
     /// What the rule says given the parents' outcomes so far: `ok` succeeded, `failed`
     /// failed (or were skipped because of failures), `skipped` were skipped otherwise, and
     /// `left` have not finished. `None` while the answer still depends on those `left`.

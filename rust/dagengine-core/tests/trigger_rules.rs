@@ -234,6 +234,20 @@ fn each_rule_matches_its_table() {
     }
 }
 
+/// `runs_early` names exactly the rules whose table has a run while parents are left.
+#[test]
+fn runs_early_is_a_run_with_parents_left() {
+    for rule in TriggerRule::ALL {
+        let mut early = false;
+        for (ok, failed, skipped) in
+            (0..3).flat_map(|a| (0..3).flat_map(move |b| (0..3).map(move |c| (a, b, c))))
+        {
+            early |= rule.decide(ok, failed, skipped, 1) == Some(Decision::Run);
+        }
+        assert_eq!(rule.runs_early(), early, "{}", rule.as_str());
+    }
+}
+
 #[test]
 fn names_round_trip_and_unknown_is_none() {
     for rule in TriggerRule::ALL {

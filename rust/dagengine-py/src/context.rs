@@ -15,7 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use dagengine_core::NodeIdx;
+use dagengine_server::Parents;
 use pythonize::pythonize;
 use serde_json::Value;
 
@@ -272,7 +272,7 @@ pub(crate) fn direct_call<'py>(
 /// parents' outputs for it alone, so what one node changes in it no other node sees.
 #[pyclass(module = "dagengine._core", frozen)]
 pub struct ParentOutputs {
-    pub(crate) parents: Vec<(NodeIdx, Arc<Value>)>,
+    pub(crate) parents: Parents,
     pub(crate) nodes: Arc<PyNodes>,
     /// For an item of a mapped node: its node's parents' outputs, converted for its first
     /// item; each item gets a copy (the values shared), not a conversion each.
@@ -298,10 +298,10 @@ impl ParentOutputs {
             return base.bind(py).copy();
         }
         let results = PyDict::new(py);
-        for (p, v) in &self.parents {
-            let id = self.nodes.ids[*p as usize].bind(py);
-            results.set_item(id, convert(py, v)?)?;
-        }
+        self.parents.try_for_each(|p, v| {
+            let id = self.nodes.ids[p as usize].bind(py);
+            results.set_item(id, convert(py, v)?)
+        })?;
         Ok(results)
     }
 

@@ -2,6 +2,7 @@
 //! which attaches to the interpreter only for the call into the `invoke` trampoline
 //! (defined in `dagengine.workflow`).
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use dagengine_core::{ErrorKind, NodeIdx};
 use dagengine_server::{
     Checked, Context, ExternalCall, ExternalExecutor, Growth, Hooks, InlineHost, LogLine, LogSink,
-    NodeFailure, Plan, WorkerPool,
+    NodeFailure, Parents, Plan, WorkerPool,
 };
 use pyo3::exceptions::{PyBaseException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
@@ -163,11 +164,10 @@ impl PyExternal {
         mut call: ExternalCall,
         payload: &Py<PyAny>,
     ) -> Result<Map<String, Value>, NodeFailure> {
-        let node_id = item_id(plan, call.node, call.item.as_ref().map(|(i, _)| *i));
         let parents = take_parents(&mut call);
         Python::attach(|py| {
-            let returned = self.call(py, plan, &call, parents, &node_id, Some(payload), None)?;
-            output(&node_id, &returned)
+            let returned = self.call(py, plan, &call, parents, Some(payload), None)?;
+            output(|| call_id(plan, &call), &returned)
         })
     }
 
@@ -183,15 +183,17 @@ impl PyExternal {
         py: Python<'py>,
         plan: &Plan,
         call: &ExternalCall,
-        parents: Vec<(NodeIdx, Arc<Value>)>,
-        node_id: &str,
+        parents: Parents,
         payload: Option<&Py<PyAny>>,
         when: Option<&Py<PyAny>>,
     ) -> Result<Bound<'py, PyAny>, NodeFailure> {
         if exiting() {
             return Err(NodeFailure {
                 kind: ErrorKind::DagEngineError.as_str().to_owned(),
-                message: format!("node '{node_id}' not run: the Python interpreter is exiting"),
+                message: format!(
+                    "node '{}' not run: the Python interpreter is exiting",
+                    call_id(plan, call)
+                ),
                 traceback: None,
                 retryable: false,
             });
@@ -200,7 +202,7 @@ impl PyExternal {
             if let Some(finish) = self.finish(py) {
                 let payload = (payload.bind(py), when.map(|w| w.bind(py)));
                 return self
-                    .call_direct(py, plan, call, parents, node_id, payload, finish)
+                    .call_direct(py, plan, call, parents, payload, finish)
                     .map_err(|e| self.failure(py, &e));
             }
         }
@@ -209,7 +211,7 @@ impl PyExternal {
                 Some(_) => Bound::new(
                     py,
                     ParentOutputs {
-                        parents: Vec::new(),
+                        parents: Parents::default(),
                         nodes: self.nodes.clone(),
                         base: Some(self.item_results(py, plan, call)?),
                     },
@@ -236,7 +238,7 @@ impl PyExternal {
                 },
             )?;
             let id = match call.item {
-                Some(_) => PyString::new(py, node_id),
+                Some(_) => PyString::new(py, &call_id(plan, call)),
                 None => self.nodes.id(py, plan, call.node),
             };
             let mut args = vec![
@@ -296,8 +298,7 @@ impl PyExternal {
         py: Python<'py>,
         plan: &Plan,
         call: &ExternalCall,
-        parents: Vec<(NodeIdx, Arc<Value>)>,
-        node_id: &str,
+        parents: Parents,
         (payload, when): (&Bound<'py, PyAny>, Option<&Bound<'py, PyAny>>),
         finish: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -308,11 +309,11 @@ impl PyExternal {
                 pythonize(py, item.as_ref())?,
             );
             let parents = ParentOutputs {
-                parents: Vec::new(),
+                parents: Parents::default(),
                 nodes: self.nodes.clone(),
                 base,
             };
-            (parents, Some(item), PyString::new(py, node_id))
+            (parents, Some(item), PyString::new(py, &call_id(plan, call)))
         } else {
             // Ids as Python strings are made for a plan with Python nodes: this one.
             let base = if self.nodes.ids.len() == plan.dag().len() {
@@ -321,7 +322,11 @@ impl PyExternal {
                 Some(self.results_dict(py, plan, &parents)?.unbind())
             };
             let parents = ParentOutputs {
-                parents: if base.is_none() { parents } else { Vec::new() },
+                parents: if base.is_none() {
+                    parents
+                } else {
+                    Parents::default()
+                },
                 nodes: self.nodes.clone(),
                 base,
             };
@@ -381,13 +386,20 @@ impl PyExternal {
 }
 
 /// A node's returned value as its output: a dict (JSON-like) or `None`.
-fn output(node_id: &str, returned: &Bound<'_, PyAny>) -> Result<Map<String, Value>, NodeFailure> {
+/// `node_id` names the node in a failure (asked for then only).
+fn output<'a>(
+    node_id: impl FnOnce() -> Cow<'a, str>,
+    returned: &Bound<'_, PyAny>,
+) -> Result<Map<String, Value>, NodeFailure> {
     if returned.is_none() {
         return Ok(Map::new());
     }
     let bad_return = |what: String| NodeFailure {
         kind: "TypeError".to_owned(),
-        message: format!("node '{node_id}' returned {what}; expected a dict or None"),
+        message: format!(
+            "node '{}' returned {what}; expected a dict or None",
+            node_id()
+        ),
         traceback: None,
         retryable: false,
     };
@@ -542,11 +554,10 @@ impl ExternalExecutor for PyExternal {
     /// The trampoline calls the node's `when` and returns its value, or raises naming the
     /// node when it is not a bool.
     fn condition(&self, plan: &Plan, call: &ExternalCall) -> Result<bool, NodeFailure> {
-        let node_id = plan.dag().id(call.node);
         let when = self.condition_payload(plan, call.node)?;
         Python::attach(|py| {
             let parents = call.results.clone();
-            let held = self.call(py, plan, call, parents, node_id, None, Some(when))?;
+            let held = self.call(py, plan, call, parents, None, Some(when))?;
             held.extract::<bool>().map_err(|e| failure_from(py, &e))
         })
     }
@@ -554,7 +565,8 @@ impl ExternalExecutor for PyExternal {
     /// One trampoline call: the condition on the node's context, then (if it held) the
     /// node on the same context.
     fn checked(&self, plan: &Plan, mut call: ExternalCall) -> Checked {
-        let node_id = plan.dag().id(call.node);
+        let owner = call.node;
+        let node_id = || Cow::Borrowed(plan.dag().id(owner));
         let (when, payload) = match (
             self.condition_payload(plan, call.node),
             self.payloads.get(call.node as usize),
@@ -565,11 +577,10 @@ impl ExternalExecutor for PyExternal {
         };
         let parents = take_parents(&mut call);
         Python::attach(|py| {
-            let returned =
-                match self.call(py, plan, &call, parents, node_id, Some(payload), Some(when)) {
-                    Ok(returned) => returned,
-                    Err(failure) => return Checked::Ran(Err(failure)),
-                };
+            let returned = match self.call(py, plan, &call, parents, Some(payload), Some(when)) {
+                Ok(returned) => returned,
+                Err(failure) => return Checked::Ran(Err(failure)),
+            };
             if let Ok(held) = returned.cast::<PyBool>() {
                 // Only `False` comes back as a bool (a node's own `False` is a TypeError).
                 return if held.is_true() {
@@ -593,12 +604,11 @@ impl PyExternal {
         &self,
         py: Python<'py>,
         plan: &Plan,
-        parents: &[(NodeIdx, Arc<Value>)],
+        parents: &Parents,
     ) -> PyResult<Bound<'py, PyDict>> {
         let results = PyDict::new(py);
-        for (p, v) in parents {
-            results.set_item(self.nodes.id(py, plan, *p), convert(py, v)?)?;
-        }
+        parents
+            .try_for_each(|p, v| results.set_item(self.nodes.id(py, plan, p), convert(py, v)?))?;
         Ok(results)
     }
 
@@ -634,15 +644,20 @@ impl PyExternal {
 
 /// The parents' outputs of `call`, taken out of it: an item's stay (the first of its node's
 /// items converts them for all, see `item_results`).
-fn take_parents(call: &mut ExternalCall) -> Vec<(NodeIdx, Arc<Value>)> {
+fn take_parents(call: &mut ExternalCall) -> Parents {
     match call.item {
-        Some(_) => Vec::new(),
+        Some(_) => Parents::default(),
         None => std::mem::take(&mut call.results),
     }
 }
 
+/// The id of `call`'s node, or of its item (`square[3]`).
+fn call_id<'a>(plan: &'a Plan, call: &ExternalCall) -> Cow<'a, str> {
+    item_id(plan, call.node, call.item.as_ref().map(|(i, _)| *i))
+}
+
 /// The id of `node`, or of its item `item` (`square[3]`).
-fn item_id(plan: &Plan, node: NodeIdx, item: Option<u32>) -> std::borrow::Cow<'_, str> {
+fn item_id(plan: &Plan, node: NodeIdx, item: Option<u32>) -> Cow<'_, str> {
     let id = plan.dag().id(node);
     match item {
         // Not `format!`: its machinery cost more than a trivial item's call.
@@ -652,9 +667,9 @@ fn item_id(plan: &Plan, node: NodeIdx, item: Option<u32>) -> std::borrow::Cow<'_
             s.push('[');
             push_decimal(&mut s, i);
             s.push(']');
-            std::borrow::Cow::Owned(s)
+            Cow::Owned(s)
         }
-        None => std::borrow::Cow::Borrowed(id),
+        None => Cow::Borrowed(id),
     }
 }
 

@@ -14,6 +14,7 @@ pub use runner::{
     condition_value, run_inline, start_run, start_run_inline, CacheHit, CacheSpec, Checked,
     Condition, EntriesCache, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost,
     LogLine, LogSink, MapSpec, MemoryCache, NodeCache, NodeFailure, NodeKind, NodeRecord, NodeSpec,
-    Plan, RunConfig, RunError, RunEvent, RunHandle, RunOutcome, DEFAULT_MAX_ITEMS,
+    Parents, Plan, RunConfig, RunError, RunEvent, RunHandle, RunOutcome, RunOutputs,
+    DEFAULT_MAX_ITEMS,
 };
 pub use runtime::{runtime, RuntimeError};

@@ -47,8 +47,8 @@ pub use driver::{run_inline, start_run, start_run_inline};
 pub use handle::{LogSink, RunHandle};
 pub use model::{
     Checked, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost,
-    LogLine, MapSpec, NodeFailure, NodeKind, NodeRecord, NodeSpec, Plan, RunConfig, RunError,
-    RunEvent, RunOutcome, DEFAULT_MAX_ITEMS,
+    LogLine, MapSpec, NodeFailure, NodeKind, NodeRecord, NodeSpec, Parents, Plan, RunConfig,
+    RunError, RunEvent, RunOutcome, RunOutputs, DEFAULT_MAX_ITEMS,
 };
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

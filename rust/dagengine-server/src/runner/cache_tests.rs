@@ -286,7 +286,7 @@ struct Counting {
 impl ExternalExecutor for Counting {
     fn execute(&self, _plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let n = call.results[0].1["n"].as_i64().unwrap_or(0);
+        let n = call.results.to_vec()[0].1["n"].as_i64().unwrap_or(0);
         let mut out = Map::new();
         out.insert("plus".into(), json!(n + 1));
         Ok(out)

@@ -64,15 +64,18 @@ impl DriverExpression<'_> {
             timeout: self.node_timeout,
             ..LuaLimits::default()
         };
-        contained(node_id, || {
-            evaluate(self.inputs, &results, &info, &limits).map_err(|e| {
-                NodeFailure::new(
-                    e.kind().as_str(),
-                    format!("node '{node_id}': {what}: {e}"),
-                    false,
-                )
-            })
-        })
+        contained(
+            || node_id,
+            || {
+                evaluate(self.inputs, &results, &info, &limits).map_err(|e| {
+                    NodeFailure::new(
+                        e.kind().as_str(),
+                        format!("node '{node_id}': {what}: {e}"),
+                        false,
+                    )
+                })
+            },
+        )
     }
 
     /// The value of the node's Lua condition; anything but a boolean, or an error, fails

@@ -8,13 +8,13 @@ use std::collections::BinaryHeap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dagengine_core::{
     ErrorKind, Event, Instruction, NodeIdx, NodeState, RunStatus, Scheduler, StopReason,
 };
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::drivers;
 use crate::runtime::{runtime, RuntimeError};
@@ -25,21 +25,15 @@ use super::lua::{
     attempt_logs, drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET,
 };
 use super::model::{
-    contained, never_started, EventDetail, EventKind, ExternalExecutor, InlineHost, NodeFailure,
-    NodeKind, NodeRecord, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    contained, empty_output, never_started, EventDetail, EventKind, ExternalExecutor, InlineHost,
+    NodeFailure, NodeKind, NodeRecord, Parents, Plan, RunConfig, RunError, RunEvent, RunOutcome,
+    RunOutputs,
 };
 
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn empty_output() -> Arc<Value> {
-    static EMPTY: OnceLock<Arc<Value>> = OnceLock::new();
-    EMPTY
-        .get_or_init(|| Arc::new(Value::Object(Map::new())))
-        .clone()
 }
 
 /// Start a run of `plan` on the process runtime and return at once.
@@ -168,6 +162,9 @@ struct Driver {
     shared: Arc<Shared>,
     tx: Sender<Msg>,
     records: Vec<NodeRecord>,
+    /// The graph nodes' outputs, for the external calls that read their parents' (made
+    /// on the first such call: a run without one needs none).
+    outputs: Option<Arc<RunOutputs>>,
     tokens: Vec<Option<Arc<AtomicBool>>>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     deadline: Option<Instant>,
@@ -240,6 +237,7 @@ impl Driver {
             shared,
             tx,
             records: vec![record; n],
+            outputs: None,
             tokens: vec![None; n],
             timers: BinaryHeap::new(),
             started,
@@ -686,6 +684,31 @@ impl Driver {
             .collect()
     }
 
+    /// The parents' outputs of an external call of `node`: read when the call reads them,
+    /// from the run's outputs, unless its trigger rule may run it before all its parents
+    /// finished (then as they are now).
+    fn parents(&mut self, node: NodeIdx) -> Parents {
+        if self.plan.policies[self.policy_index(node)]
+            .trigger_rule
+            .runs_early()
+        {
+            return Parents::Given(self.results_of(node));
+        }
+        let (plan, records) = (&self.plan, &self.records);
+        let outputs = self
+            .outputs
+            .get_or_insert_with(|| Arc::new(RunOutputs::new(plan.clone(), records)));
+        Parents::Finished(outputs.clone(), self.owner(node))
+    }
+
+    /// Record the output of `node`, now in its record, where external calls read it.
+    fn output_set(&self, node: NodeIdx) {
+        if let (Some(outputs), Some(output)) = (&self.outputs, &self.records[node as usize].output)
+        {
+            outputs.set(node, output);
+        }
+    }
+
     fn new_token(&mut self, node: NodeIdx) -> Arc<AtomicBool> {
         let t = Arc::new(AtomicBool::new(self.shared.cancel.load(Ordering::SeqCst)));
         self.tokens[node as usize] = Some(t.clone());
@@ -804,9 +827,10 @@ impl Driver {
     /// flag is the one that can change while the driver is busy here. `None` if the budget
     /// ran out first.
     fn run_here(&self, call: &LuaCall<'_>) -> Option<Result<ExecOk, NodeFailure>> {
-        match contained(self.plan.dag.id(call.owner), || {
-            call.execute(&self.plan, &self.shared.cancel)
-        }) {
+        match contained(
+            || self.plan.dag.id(call.owner),
+            || call.execute(&self.plan, &self.shared.cancel),
+        ) {
             Err(f) if f.kind == PREEMPTED => None,
             result => Some(result),
         }

@@ -71,7 +71,7 @@ pub(super) fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
         let mut result = if q.cancel.load(Ordering::Relaxed) {
             Err(never_started(plan, owner))
         } else {
-            contained(plan.dag.id(owner), || q.job.execute(plan, &q.cancel))
+            contained(|| plan.dag.id(owner), || q.job.execute(plan, &q.cancel))
         };
         let logs = attempt_logs(&mut result);
         let _ = tx.send(Msg::Done {

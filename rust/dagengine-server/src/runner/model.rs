@@ -4,7 +4,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dagengine_core::{
@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::cache::{CacheSpec, NodeCache};
 use super::handle::LogSink;
+use super::lock;
 use crate::pool::{Growth, Hooks, WorkerPool};
 
 /// How a node is executed.
@@ -238,13 +239,127 @@ impl NodeFailure {
     }
 }
 
+/// The empty output (`{}`): a node that returned nothing, or a parent without an output.
+pub(super) fn empty_output() -> Arc<Value> {
+    static EMPTY: OnceLock<Arc<Value>> = OnceLock::new();
+    EMPTY
+        .get_or_init(|| Arc::new(Value::Object(Map::new())))
+        .clone()
+}
+
+/// The parents' outputs of an external call ([`ExternalCall::results`]), in the order of
+/// the node's parents, `{}` for a parent without one. Read when the call reads them: a
+/// node that never does costs nothing per parent.
+#[derive(Debug, Clone)]
+pub enum Parents {
+    /// As they were when the attempt started: for a node whose trigger rule runs it before
+    /// all its parents finished ([`TriggerRule::runs_early`]), which must not see the
+    /// outputs of those that finish later.
+    ///
+    /// [`TriggerRule::runs_early`]: dagengine_core::TriggerRule::runs_early
+    Given(Vec<(NodeIdx, Arc<Value>)>),
+    /// The parents of the node of the plan, read from the run's outputs: each of them had
+    /// finished when the attempt started, and a finished node's output never changes.
+    Finished(Arc<RunOutputs>, NodeIdx),
+}
+
+impl Default for Parents {
+    fn default() -> Self {
+        Self::Given(Vec::new())
+    }
+}
+
+impl Parents {
+    /// How many parents.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Given(v) => v.len(),
+            Self::Finished(outputs, node) => outputs.plan.dag.parents(*node).len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Call `f` with each parent and its output, in order, until it fails (the run's
+    /// outputs are not locked meanwhile: `f` may take as long as it needs).
+    pub fn try_for_each<E>(
+        &self,
+        mut f: impl FnMut(NodeIdx, &Value) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self {
+            Self::Given(v) => v.iter().try_for_each(|(p, out)| f(*p, out)),
+            Self::Finished(..) => self.to_vec().iter().try_for_each(|(p, out)| f(*p, out)),
+        }
+    }
+
+    /// Each parent and its output, in order.
+    pub fn to_vec(&self) -> Vec<(NodeIdx, Arc<Value>)> {
+        match self {
+            Self::Given(v) => v.clone(),
+            Self::Finished(outputs, node) => {
+                let parents = outputs.plan.dag.parents(*node);
+                let set = lock(&outputs.outputs);
+                parents
+                    .iter()
+                    .map(|&p| {
+                        let out = set[p as usize].clone();
+                        (p, out.unwrap_or_else(empty_output))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The outputs of a run's nodes so far, shared with the external calls that read their
+/// parents' ([`Parents::Finished`]): each one set once, when its node succeeds (or was
+/// given as completed). One lock for all: the driver's store is a node's only cost. A
+/// call (or a Python context a node kept) holds all of them, not its parents' alone.
+pub struct RunOutputs {
+    plan: Arc<Plan>,
+    outputs: Mutex<Vec<Option<Arc<Value>>>>,
+}
+
+impl RunOutputs {
+    /// For a run of `plan` whose node records are `records` so far (the graph's nodes
+    /// first: an item is none of them).
+    pub(super) fn new(plan: Arc<Plan>, records: &[NodeRecord]) -> Self {
+        let outputs = records[..plan.dag.len()]
+            .iter()
+            .map(|rec| rec.output.clone())
+            .collect();
+        Self {
+            plan,
+            outputs: Mutex::new(outputs),
+        }
+    }
+
+    /// Record the output of `node` (a node of the graph: an item has none here).
+    pub(super) fn set(&self, node: NodeIdx, output: &Arc<Value>) {
+        if let Some(slot @ None) = lock(&self.outputs).get_mut(node as usize) {
+            *slot = Some(output.clone());
+        }
+    }
+}
+
+impl std::fmt::Debug for RunOutputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOutputs")
+            .field("nodes", &self.plan.dag.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One call into the host for an external node.
 #[derive(Debug)]
 pub struct ExternalCall {
     pub node: NodeIdx,
     pub attempt: u32,
-    /// Each parent's id and output.
-    pub results: Vec<(NodeIdx, Arc<Value>)>,
+    /// Each parent's id and output, read when the call reads them.
+    pub results: Parents,
     /// Set when the attempt should stop (cancel, timeout, fail-fast).
     pub cancel: Arc<AtomicBool>,
     /// For an item of a mapped node (`node`), its index and value.
@@ -349,9 +464,10 @@ pub trait InlineHost {
     fn interrupted(&self) -> bool;
 }
 
-/// Run a node's work, turning a panic into a node failure so the run still hears back.
-pub(super) fn contained<T>(
-    node_id: &str,
+/// Run a node's work, turning a panic into a node failure so the run still hears back
+/// (the failure names the node: `node_id` is asked for then only).
+pub(super) fn contained<'a, T>(
+    node_id: impl FnOnce() -> &'a str,
     f: impl FnOnce() -> Result<T, NodeFailure>,
 ) -> Result<T, NodeFailure> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
@@ -362,7 +478,7 @@ pub(super) fn contained<T>(
             .unwrap_or_else(|| "unknown panic".to_owned());
         Err(NodeFailure::new(
             ErrorKind::DagEngineError.as_str(),
-            format!("node '{node_id}': internal error: {what}"),
+            format!("node '{}': internal error: {what}", node_id()),
             false,
         ))
     })

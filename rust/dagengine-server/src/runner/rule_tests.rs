@@ -354,3 +354,91 @@ fn a_slow_external_condition_times_out_for_good_and_a_stop_does_not_wait_for_it(
     assert_eq!(o.status, RunStatus::Cancelled);
     assert_eq!(o.nodes[0].status, NodeState::Cancelled);
 }
+
+/// Keeps each call's parents' outputs, to read once the run ended; "slow" returns once
+/// "child" ran.
+#[derive(Default)]
+struct Keeper {
+    kept: std::sync::Mutex<Vec<(String, Parents)>>,
+    released: (std::sync::Mutex<bool>, std::sync::Condvar),
+}
+
+impl ExternalExecutor for Keeper {
+    fn execute(&self, plan: &Plan, call: ExternalCall) -> Result<Map<String, Value>, NodeFailure> {
+        let id = plan.dag().id(call.node);
+        let (released, changed) = &self.released;
+        match id {
+            "slow" => {
+                let mut done = released.lock().unwrap();
+                while !*done {
+                    done = changed.wait(done).unwrap();
+                }
+            }
+            "child" => {
+                *released.lock().unwrap() = true;
+                changed.notify_all();
+            }
+            _ => {}
+        }
+        self.kept
+            .lock()
+            .unwrap()
+            .push((id.to_owned(), call.results));
+        let mut out = Map::new();
+        out.insert("from".into(), json!(id));
+        Ok(out)
+    }
+}
+
+#[test]
+fn parents_outputs_are_those_of_the_attempts_start() {
+    // child (one_success) starts once fast succeeded, while slow still runs: slow's output
+    // is not its, read when it may (after the run here). after (all_success) reads both.
+    let d = dag(&[
+        ("fast", &[]),
+        ("slow", &[]),
+        ("child", &["fast", "slow"]),
+        ("after", &["fast", "slow"]),
+    ]);
+    let ext = |rule| node(NodeKind::External, None, rule);
+    let plan = Plan::new(
+        d,
+        vec![
+            ext(TriggerRule::AllSuccess),
+            ext(TriggerRule::AllSuccess),
+            ext(TriggerRule::OneSuccess),
+            ext(TriggerRule::AllSuccess),
+        ],
+    )
+    .unwrap();
+    let keeper = Arc::new(Keeper::default());
+    let (o, _) = run(plan, json!({}), Some(keeper.clone()));
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    let kept = keeper.kept.lock().unwrap();
+    let parents = |id: &str| {
+        let (_, p) = kept.iter().find(|(n, _)| n == id).expect("the node ran");
+        let mut each = Vec::new();
+        p.try_for_each(|n, v| {
+            each.push((n, v.clone()));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        let listed: Vec<_> = p
+            .to_vec()
+            .into_iter()
+            .map(|(n, v)| (n, (*v).clone()))
+            .collect();
+        assert_eq!(each, listed);
+        assert_eq!(p.len(), listed.len());
+        listed
+    };
+    assert_eq!(parents("fast"), vec![]);
+    assert_eq!(
+        parents("child"),
+        vec![(0, json!({"from": "fast"})), (1, json!({}))]
+    );
+    assert_eq!(
+        parents("after"),
+        vec![(0, json!({"from": "fast"})), (1, json!({"from": "slow"}))]
+    );
+}

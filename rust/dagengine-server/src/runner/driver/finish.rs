@@ -7,8 +7,9 @@ use dagengine_core::{Event, Instruction, NodeIdx, NodeState, Scheduler, StopReas
 use serde_json::Value;
 
 use super::super::handle::ExecOk;
+use super::super::model::empty_output;
 use super::super::model::{EventDetail, EventKind, LogLine, NodeFailure};
-use super::{empty_output, unix_now, Driver};
+use super::{unix_now, Driver};
 
 impl Driver {
     /// Record the end of an attempt (if it is still the current one) and tell the scheduler.
@@ -62,6 +63,7 @@ impl Driver {
                     Arc::new(Value::Object(ok.output))
                 });
                 rec.error = None;
+                self.output_set(node);
                 sched.handle(Event::NodeSucceeded { node, attempt }, out);
                 if sched.state(node) == NodeState::Succeeded {
                     self.store_cached(node);

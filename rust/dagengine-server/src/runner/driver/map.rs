@@ -255,6 +255,7 @@ impl Driver {
             .collect();
         let output = Arc::new(Value::Array(outputs));
         self.records[node as usize].output = Some(output.clone());
+        self.output_set(node);
         let detail = if self.config.event_outputs {
             EventDetail::Output(output)
         } else {

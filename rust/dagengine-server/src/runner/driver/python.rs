@@ -101,7 +101,7 @@ fn condition_msg(
     node: NodeIdx,
     attempt: u32,
 ) -> Msg {
-    let held = contained(plan.dag.id(owner), || external.condition(plan, call));
+    let held = contained(|| plan.dag.id(owner), || external.condition(plan, call));
     let logs = external.take_logs(plan, node, None, attempt);
     match held {
         Ok(true) => Msg::ConditionPassed { node, attempt },
@@ -131,7 +131,7 @@ fn call_external(
     }
     let item = w.call.item.as_ref().map(|(i, _)| *i);
     let result =
-        contained(plan.dag.id(owner), || external.execute(plan, w.call)).map(|output| ExecOk {
+        contained(|| plan.dag.id(owner), || external.execute(plan, w.call)).map(|output| ExecOk {
             output,
             logs: Vec::new(),
         });
@@ -155,7 +155,7 @@ fn checked_external(
         );
     }
     let attempt = w.attempt;
-    let checked = contained(plan.dag.id(owner), || Ok(external.checked(plan, w.call)))
+    let checked = contained(|| plan.dag.id(owner), || Ok(external.checked(plan, w.call)))
         .unwrap_or_else(Checked::ConditionFailed);
     let logs = external.take_logs(plan, owner, None, attempt);
     let logs = match checked {
@@ -226,7 +226,7 @@ impl Driver {
         let call = ExternalCall {
             node: owner,
             attempt,
-            results: self.results_of(node),
+            results: self.parents(node),
             cancel,
             item: self.item_call(node),
             logs: LogSink::new(self.tx.clone(), node, attempt),
@@ -260,7 +260,6 @@ impl Driver {
         // A cached node is looked up between its condition and its call.
         let cached = self.config.cache.is_some() && self.plan.cache(owner).is_some();
         pool.submit(Box::new(move || {
-            let node_id = plan.dag.id(owner);
             if check {
                 let msg = condition_msg(&plan, external.as_ref(), &call, owner, node, attempt);
                 let go_on = matches!(msg, Msg::ConditionPassed { .. })
@@ -273,9 +272,11 @@ impl Driver {
                 }
             }
             let result =
-                contained(node_id, || external.execute(&plan, call)).map(|output| ExecOk {
-                    output,
-                    logs: Vec::new(),
+                contained(|| plan.dag.id(owner), || external.execute(&plan, call)).map(|output| {
+                    ExecOk {
+                        output,
+                        logs: Vec::new(),
+                    }
                 });
             let logs = external.take_logs(&plan, owner, item, attempt);
             let _ = tx.send(Msg::Done {
@@ -308,7 +309,7 @@ impl Driver {
         ExternalCall {
             node: self.owner(node),
             attempt,
-            results: self.results_of(node),
+            results: self.parents(node),
             cancel,
             item: self.item_call(node),
             logs: LogSink::new(self.tx.clone(), node, attempt),

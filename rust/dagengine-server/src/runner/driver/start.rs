@@ -194,9 +194,10 @@ impl Driver {
             .external
             .clone()
             .expect("external nodes have an executor");
-        let held = contained(self.plan.dag.id(node), || {
-            external.condition(&self.plan, &call)
-        });
+        let held = contained(
+            || self.plan.dag.id(node),
+            || external.condition(&self.plan, &call),
+        );
         // A condition's lines are dropped (as a Lua condition's), unless it failed.
         let logs = external.take_logs(&self.plan, node, None, attempt);
         match held {
