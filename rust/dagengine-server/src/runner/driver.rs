@@ -806,7 +806,10 @@ impl Driver {
             waiting.drainers += 1;
         }
         let (backlog, tx, plan) = (self.backlog.clone(), self.tx.clone(), self.plan.clone());
-        pool.submit(Box::new(move || drain(&backlog, &plan, &tx)));
+        let (run_id, inputs) = (self.run_id.clone(), self.config.inputs.clone());
+        pool.submit(Box::new(move || {
+            drain(&backlog, &plan, (&run_id, &inputs), &tx);
+        }));
     }
 
     /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
@@ -818,7 +821,7 @@ impl Driver {
             return Some(Err(never_started(&self.plan, q.job.owner)));
         }
         q.job.budget = Some(Instant::now() + STEAL_BUDGET);
-        let result = self.run_here(&q.job.call());
+        let result = self.run_here(&q.job.call(&self.run_id, &self.config.inputs));
         q.job.budget = None;
         result
     }
@@ -881,8 +884,6 @@ impl Driver {
             attempt,
             owner: self.owner(node),
             item: self.item_call(node),
-            run_id: self.run_id.clone(),
-            inputs: self.config.inputs.clone(),
             results: self.lua_results(node),
             node_timeout: policy.timeout,
             deadline: self.deadline,

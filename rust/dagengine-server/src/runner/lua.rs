@@ -56,8 +56,15 @@ pub(super) struct Waiting {
     pub(super) drainers: usize,
 }
 
-/// A pool job: run the run's waiting Lua attempts until none is left.
-pub(super) fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
+/// A pool job: run the run's waiting Lua attempts until none is left. The run's id and
+/// inputs are the job's, not each attempt's: a reference count the driver's and a pool
+/// thread's cores would pass back and forth for every node.
+pub(super) fn drain(
+    backlog: &Backlog,
+    plan: &Plan,
+    (run_id, inputs): (&str, &Arc<Value>),
+    tx: &Sender<Msg>,
+) {
     loop {
         let q = {
             let mut waiting = lock(backlog);
@@ -71,7 +78,10 @@ pub(super) fn drain(backlog: &Backlog, plan: &Plan, tx: &Sender<Msg>) {
         let mut result = if q.cancel.load(Ordering::Relaxed) {
             Err(never_started(plan, owner))
         } else {
-            contained(|| plan.dag.id(owner), || q.job.execute(plan, &q.cancel))
+            contained(
+                || plan.dag.id(owner),
+                || q.job.call(run_id, inputs).execute(plan, &q.cancel),
+            )
         };
         let logs = attempt_logs(&mut result);
         let _ = tx.send(Msg::Done {
@@ -96,7 +106,8 @@ pub(super) fn attempt_logs(result: &mut Result<ExecOk, NodeFailure>) -> Vec<LogL
     }
 }
 
-/// Everything a Lua attempt needs, owned, so it can move to a pool thread.
+/// What a Lua attempt needs besides the run's id and inputs, owned, so it can move to a
+/// pool thread.
 pub(super) struct LuaJob {
     /// The node, or an item of a mapped node (`owner`).
     pub(super) node: NodeIdx,
@@ -105,8 +116,6 @@ pub(super) struct LuaJob {
     pub(super) owner: NodeIdx,
     /// An item's index and value.
     pub(super) item: Option<(u32, Arc<Value>)>,
-    pub(super) run_id: Arc<str>,
-    pub(super) inputs: Arc<Value>,
     pub(super) results: Vec<(NodeIdx, Arc<Value>)>,
     pub(super) node_timeout: Option<Duration>,
     pub(super) deadline: Option<Instant>,
@@ -119,17 +128,14 @@ pub(super) struct LuaJob {
 pub(super) const PREEMPTED: &str = "dagengine.Preempted";
 
 impl LuaJob {
-    pub(super) fn execute(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ExecOk, NodeFailure> {
-        self.call().execute(plan, cancel)
-    }
-
-    pub(super) fn call(&self) -> LuaCall<'_> {
+    /// The attempt, in run `run_id` with `inputs`.
+    pub(super) fn call<'a>(&'a self, run_id: &'a str, inputs: &'a Arc<Value>) -> LuaCall<'a> {
         LuaCall {
             attempt: self.attempt,
             owner: self.owner,
             item: self.item.as_ref().map(|(i, v)| (*i, v.as_ref())),
-            run_id: &self.run_id,
-            inputs: &self.inputs,
+            run_id,
+            inputs,
             results: &self.results,
             node_timeout: self.node_timeout,
             deadline: self.deadline,
