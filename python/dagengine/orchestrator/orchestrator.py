@@ -514,12 +514,7 @@ class Orchestrator:
             # Nothing waiting and an engine with room: the run starts from here, without
             # waking the dispatcher (a thread hand-off per run); else it joins the queue.
             slot = None
-            if (
-                not self._front
-                and not self._queue
-                and not self._stopping
-                and (self.replicas is None or self.replicas.holds_leases())
-            ):
+            if not self._front and not self._queue and not self._stopping:
                 slot = self._choose(run)
             if slot is None:
                 self._queue.put(run_id)  # raises QueueFull before anything is recorded
@@ -592,6 +587,10 @@ class Orchestrator:
         return self._queue.peek()
 
     def _choose(self, run: _Run) -> EngineSlot | None:
+        """The engine to start ``run`` on, or ``None`` (the run waits). A replica that
+        could not renew its leases starts nothing (:meth:`ReplicaCoordinator.holds_leases`)."""
+        if self.replicas is not None and not self.replicas.holds_leases():
+            return None
         # A workflow without a portable spec (Python closures) runs in-process only.
         return self._engine_set.choose(
             run.key, depth=run.depth, local_only=run.version.spec is None
@@ -608,10 +607,7 @@ class Orchestrator:
                 # Settled while queued (cancelled): drop it.
                 self._pop(run_id)
                 continue
-            # (A replica that could not renew its leases starts nothing: see holds_leases.)
-            slot = None
-            if run is not None and (self.replicas is None or self.replicas.holds_leases()):
-                slot = self._choose(run)
+            slot = self._choose(run) if run is not None else None
             if run is not None and slot is not None:
                 self._pop(run.run_id)
                 self._reserve(run, slot)

@@ -147,11 +147,9 @@ class ReplicaCoordinator:
         were last renewed longer than a lease's time to live ago (the database is out of
         reach, its runs are being taken over). ``None`` when it is fine."""
         renewed = self.renewed_at
-        if renewed is None:
-            return None  # (not started: nothing was ever leased)
+        if renewed is None or self.holds_leases():
+            return None  # (renewed in time, or not started: nothing was ever leased)
         late = time.monotonic() - renewed
-        if late <= self.store.lease_ttl:
-            return None
         return (
             f"replica {self.replica_id}: leases last renewed {late:.1f}s ago (lease TTL "
             f"{self.store.lease_ttl:g}s): the database is out of reach"
