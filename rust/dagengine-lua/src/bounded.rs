@@ -136,22 +136,22 @@ mod tests {
     use super::*;
     use mlua::Lua;
 
-    fn bounded(src: &str) -> bool {
+    /// The shape of chunk `src`, compiled as the sandbox compiles a script.
+    fn shape_of(src: &str) -> Shape {
         let lua = Lua::new();
         let f = lua
             .load(format!("local _ENV = ...; {src}"))
             .into_function()
             .unwrap();
-        shape(&f).bounded
+        shape(&f)
+    }
+
+    fn bounded(src: &str) -> bool {
+        shape_of(src).bounded
     }
 
     fn pure(src: &str) -> bool {
-        let lua = Lua::new();
-        let f = lua
-            .load(format!("local _ENV = ...; {src}"))
-            .into_function()
-            .unwrap();
-        shape(&f).pure
+        shape_of(src).pure
     }
 
     #[test]
