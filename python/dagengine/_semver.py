@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["MAX_LENGTH", "Version", "VersionRange"]
 
@@ -47,6 +47,14 @@ class Version:
     patch: int
     prerelease: tuple[str, ...] = ()
     build: str = ""
+    #: The precedence key (:meth:`_sort_key`), computed once: a version is hashed and
+    #: compared on every run's start (the registry's latest, the store's index).
+    _key: tuple[int, int, int, int, tuple[tuple[int, int, str], ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", self._sort_key())
 
     @classmethod
     def parse(cls, text: str) -> Version:
@@ -79,7 +87,7 @@ class Version:
         """True for versions like ``1.0.0-rc.1``."""
         return bool(self.prerelease)
 
-    def _key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
+    def _sort_key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
         # A release sorts after its pre-releases; numeric identifiers sort before alphanumeric
         # ones and compare by value (by length, then digits: they have no leading zeros);
         # alphanumeric ones compare in ASCII order; a longer list wins when all else is equal.
@@ -89,15 +97,15 @@ class Version:
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
-        return self._key() < other._key()
+        return self._key < other._key
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
-        return self._key() == other._key()
+        return self._key == other._key
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash(self._key)
 
     def __str__(self) -> str:
         text = f"{self.major}.{self.minor}.{self.patch}"

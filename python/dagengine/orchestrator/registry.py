@@ -114,7 +114,7 @@ def _latest(
     versions: Mapping[Version, WorkflowVersion], yanked: frozenset[Version] = frozenset()
 ) -> Version:
     """The highest release (else pre-release) not in ``yanked`` (all yanked: of them all)."""
-    kept = [v for v in versions if v not in yanked] or list(versions)
+    kept = ([v for v in versions if v not in yanked] if yanked else None) or list(versions)
     releases = [v for v in kept if not v.is_prerelease]
     return max(releases or kept)
 
