@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from dagengine._jsondata import compact_json
 from dagengine.cache import code_identity
 from dagengine.exceptions import EngineError
 from dagengine.inputs import check_schema, validate_inputs
@@ -212,7 +213,7 @@ def json_object(value: Mapping[str, Any], what: str) -> bytes:
         if not isinstance(key, str):
             raise TypeError(f"{what}: keys must be str, got {type(key).__name__} {key!r}")
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = compact_json(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} are not JSON-serialisable: {exc}") from None
     return text.encode()

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
+
+from dagengine._jsondata import compact_json
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -33,36 +35,9 @@ SEVERITIES: Final[tuple[Severity, ...]] = ("info", "warning", "error", "critical
 _SEVERITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 
-#: One encoder for every write: ``json.dumps`` with options builds a new encoder per call.
-_encode: Final[Callable[[Any], str]] = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False
-).encode
-
-
-def _not_serializable(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-# The C encoder behind ``_encode``, made once: ``encode`` builds one per call, which costs more
-# than encoding a node event's few fields. Without a circular-reference check (its state
-# would be shared between threads): a cycle ends in RecursionError, and ``_dumps`` then lets
-# ``_encode`` report it properly.
-_c_encode = (
-    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-        None, _not_serializable, json.encoder.encode_basestring, None, ":", ",", False, False, True
-    )
-    if getattr(json.encoder, "c_make_encoder", None) is not None
-    else None
-)
-
-
 def _dumps(value: Any) -> str:
-    if _c_encode is None:
-        return _encode(value)
-    try:
-        return "".join(_c_encode(value, 0))
-    except RecursionError:
-        return _encode(value)  # raises "Circular reference detected" (or encodes deep data)
+    """Every write's JSON encoding: compact, non-ASCII kept, NaN allowed."""
+    return compact_json(value)
 
 
 def _encodable(value: Any) -> Any:
