@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from dagengine.exceptions import RunCancelled, RunFailed, RunTimeout
 
@@ -232,9 +232,52 @@ class RunResult:
             "status": self.status.value,
             "error": self.error.to_dict() if self.error is not None else None,
             "duration": self.duration,
-            "outputs": dict(self.outputs),
-            "nodes": {nid: res.to_dict() for nid, res in self.node_results.items()},
+            "outputs": _plain(self.outputs),
+            "nodes": _node_dicts(self.node_results),
         }
+
+
+def _plain(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``dict(outputs)``; of a lazy mapping that keeps the core's values as they are, its
+    entries at once (the same objects) rather than key by key."""
+    if isinstance(outputs, LazyMapping) and outputs._convert is _same:
+        return dict(outputs._raw)
+    return dict(outputs)
+
+
+#: The node statuses' values, for :func:`_node_dicts`' check of the core's entries.
+_NODE_STATUSES: Final = frozenset(status.value for status in NodeStatus)
+
+
+def _node_dicts(results: Mapping[str, NodeResult]) -> dict[str, dict[str, Any]]:
+    """``{id: result.to_dict()}`` of every node. Nodes not read yet from a run's lazy
+    results (:class:`LazyMapping` over the core's entries) are taken from the entries as
+    they are, the same dicts without building a :class:`NodeResult` only to turn it back:
+    settling a small run spent more on that than on the rest of its bookkeeping. An entry
+    with an error (normalised by :class:`ErrorInfo`) or an unknown status is built."""
+    if not isinstance(results, LazyMapping) or results._convert is not NodeResult.from_dict:
+        return {nid: res.to_dict() for nid, res in results.items()}
+    built = results._built
+    out: dict[str, dict[str, Any]] = {}
+    for nid, entry in results._raw.items():
+        done = built.get(nid)
+        if done is None and entry.get("error") is None and entry["status"] in _NODE_STATUSES:
+            node = {
+                "status": entry["status"],
+                "output": entry.get("output"),
+                "error": None,
+                "attempts": int(entry.get("attempts", 0)),
+                "started_at": entry.get("started_at"),
+                "finished_at": entry.get("finished_at"),
+            }
+            if entry.get("skip_reason") is not None:
+                node["skip_reason"] = entry["skip_reason"]
+            if entry.get("cached_from") is not None:
+                node["cached_from"] = entry["cached_from"]
+            out[nid] = node
+        else:
+            out[nid] = (done if done is not None else results[nid]).to_dict()
+    return out
 
 
 def _same(_key: str, value: Any) -> Any:
