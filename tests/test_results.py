@@ -54,6 +54,26 @@ def test_to_dict_is_json_and_reads_back() -> None:
     assert data["outputs"] == {"a": {"x": 1}}
 
 
+@pytest.mark.parametrize("read_first", [(), ("a",), ("b", "c"), ("a", "b", "c")])
+def test_to_dict_of_unread_entries_is_the_per_node_to_dict(read_first: tuple[str, ...]) -> None:
+    # to_dict takes entries nobody has read from the core's dicts as they are; whichever
+    # were read (built as NodeResult) or not, the dict is the per-node to_dict's.
+    core = {**CORE_RESULT, "nodes": {**CORE_RESULT["nodes"]}}  # type: ignore[dict-item]
+    core["nodes"]["d"] = {"status": "skipped", "output": None, "error": None, "attempts": 0,
+                          "started_at": None, "finished_at": None,
+                          "skip_reason": "condition"}  # fmt: skip
+    core["nodes"]["e"] = {"status": "succeeded", "output": {"y": 2}, "error": None,
+                          "attempts": 0, "started_at": 11.0, "finished_at": 11.0,
+                          "cached_from": "r0", "cache_key": "k"}  # fmt: skip
+    result = RunResult.from_dict(core)
+    for node_id in read_first:
+        assert result.node_results[node_id].node_id == node_id
+    expected = RunResult.from_dict(core).node_results
+    assert result.to_dict()["nodes"] == {nid: res.to_dict() for nid, res in expected.items()}
+    assert result.to_dict()["nodes"]["d"]["skip_reason"] == "condition"
+    assert "cache_key" not in result.to_dict()["nodes"]["e"]
+
+
 def test_raise_for_status() -> None:
     with pytest.raises(RunFailed, match="node 'b'") as info:
         RunResult.from_dict(CORE_RESULT).raise_for_status()
