@@ -15,6 +15,10 @@ Three ways in, each against the bare endpoint of its pair:
 * **async trigger** — ``POST /hooks/async``: answered once the run is committed (202);
 * **POST /workflows/{id}/runs** — the REST API, answered once the run is committed (202).
 
+And one row of information, the floor under them: the same workflow run by ``dag.run`` in a
+handler of the bare server (in-process, nothing stored, no events), paired with the bare
+constant the same way. The rows' cost beyond it is what the orchestrator and the store add.
+
 Prints, per row, the median over the rounds of requests/s, p50/p99 latency and the server
 process's CPU time a request (a row's counted until its runs have ended: a loaded machine moves
 it much less than requests/s), the median of the pair ratios to bare (and their range), the
@@ -75,7 +79,18 @@ async def const(request):
     await request.body()
     return JSONResponse({"ok": True})
 
-app = Starlette(routes=[Route("/const", const, methods=["POST"])])
+# The floor row: the workflow run in the handler (dag.run, in-process), nothing stored.
+import json
+import dagengine
+dag = dagengine.load_workflow("workflows/lua3.yaml")
+
+async def run(request):
+    result = dag.run(json.loads(await request.body())["inputs"])
+    return JSONResponse({"success": result.ok, "outputs": dict(result.outputs)})
+
+app = Starlette(
+    routes=[Route("/const", const, methods=["POST"]), Route("/run", run, methods=["POST"])]
+)
 sock = socket.socket()
 sock.bind(("127.0.0.1", 0))
 sock.listen(2048)
@@ -96,6 +111,11 @@ ROWS = (
     ("POST /workflows/{id}/runs", "/workflows/lua3/runs", 0.6),
 )
 P99_TARGET = 3.0
+#: Information, not a way in: the same run started by ``dag.run`` in the bare server's
+#: handler, with no store, no events and no orchestrator, paired with the bare constant like
+#: the rows above. What it costs beyond the constant is the run alone; what the rows above
+#: cost beyond it is the orchestrator and the store (durability, events, history).
+FLOOR = ("dag.run in a bare handler (no store)", "/run")
 
 
 def start(
@@ -259,6 +279,13 @@ def main() -> None:
                             key = f"{name} {row}" if who == "bare" else row
                             seen.setdefault(who, {}).setdefault(key, []).append(sample)
                         loads.append(os.getloadavg()[0])
+                pair = [("bare", "/const"), ("floor", FLOOR[1])]
+                for who, what in pair if round_no % 2 == 0 else pair[::-1]:
+                    before = cpu_seconds(bare.pid)
+                    got = measure(bare_url, what, args)
+                    used = (cpu_seconds(bare.pid) - before) / (args.requests + args.concurrency)
+                    key = "floor" if who == "bare" else FLOOR[0]
+                    seen.setdefault(who, {}).setdefault(key, []).append((*got, used))
         finally:
             for proc in procs:
                 proc.terminate()
@@ -303,7 +330,7 @@ def report(
         f"{med(g[3] for g in bare_all) * 1e6:7.0f}"
     )
     for name, rows in seen.items():
-        if name == "bare":
+        if name in ("bare", "floor"):
             continue
         for row, _path, target in ROWS:
             got, bare = rows[row], seen["bare"][f"{name} {row}"]
@@ -319,6 +346,16 @@ def report(
                 f">= {target:.1f}x, p99 <= {P99_TARGET:.0f}x: {'met' if met else 'NOT MET'} "
                 f"(pairs {min(ratios):.2f}-{max(ratios):.2f})"
             )
+    if "floor" in seen:
+        got, bare = seen["floor"][FLOOR[0]], seen["bare"]["floor"]
+        ratios = [g[0] / b[0] for g, b in zip(got, bare, strict=True)]
+        p99 = med(g[2] / b[2] for g, b in zip(got, bare, strict=True))
+        print(
+            f"{FLOOR[0]:36} {med(g[0] for g in got):8.0f} {med(g[1] for g in got) * 1e3:8.2f} "
+            f"{med(g[2] for g in got) * 1e3:8.2f} {med(g[3] for g in got) * 1e6:7.0f} "
+            f"{med(ratios):7.2f} {p99:6.1f}  information: the run alone, nothing recorded "
+            f"(pairs {min(ratios):.2f}-{max(ratios):.2f})"
+        )
     if "baseline" in seen:
         for row, _, _ in ROWS:
             new, old = seen["serve"][row], seen["baseline"][row]
