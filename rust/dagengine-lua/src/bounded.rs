@@ -10,13 +10,23 @@
 //! the hook, set, would never fire: a condition like `inputs.n > 0` does not pay for it
 //! (Lua stops at every instruction to count once a count hook is set).
 //!
+//! The same code tells whether a chunk can change its environment at all ([`Shape::keeps_env`]):
+//! the sandbox compiles every script behind `local _ENV = ...;`, so the environment is the
+//! main function's register 0, and a script that names neither `_ENV` nor `...` (nor `load`:
+//! see `Names`) never holds it as a value, so it can write into it only through an
+//! instruction that sets a field of register 0, or from a nested function (through its
+//! `_ENV` upvalue).
+//!
 //! The main function's code is read from its stripped binary dump (Lua 5.4's format,
-//! `ldump.c`); anything unexpected in it answers "not bounded".
+//! `ldump.c`); anything unexpected in it answers "not bounded" and "may change it".
 
 use mlua::Function;
 
 /// The longest main function (in VM instructions) counted as bounded.
 pub(crate) const MAX_CODE: usize = 100;
+
+/// The longest main function read for [`Shape::keeps_env`] (a larger dump is not read).
+const MAX_READ: usize = 1 << 20;
 
 // Lua 5.4's opcodes (`lopcodes.h`) that call, loop, create closures or close variables.
 const OP_CLOSE: u32 = 54;
@@ -70,13 +80,14 @@ pub(crate) fn code_is_bounded(code: &[u32]) -> bool {
         })
 }
 
-/// Whether `code` writes into no table and no upvalue (its environment included).
-pub(crate) fn code_writes_nothing(code: &[u32]) -> bool {
-    code.iter().all(|&i| {
-        !matches!(
-            i & 0x7f,
-            OP_SETUPVAL | OP_SETTABUP | OP_SETTABLE | OP_SETI | OP_SETFIELD | OP_SETLIST
-        )
+/// Whether `code` (a main function's instructions, compiled behind `local _ENV = ...;`)
+/// sets no field of its register 0 (the environment), no upvalue and no field of one, and
+/// creates no closure (a nested function reaches the environment as an upvalue).
+pub(crate) fn code_keeps_env(code: &[u32]) -> bool {
+    code.iter().all(|&i| match i & 0x7f {
+        OP_SETUPVAL | OP_SETTABUP | OP_CLOSURE => false,
+        OP_SETTABLE | OP_SETI | OP_SETFIELD | OP_SETLIST => (i >> 7) & 0xff != 0,
+        _ => true,
     })
 }
 
@@ -85,10 +96,11 @@ pub(crate) fn code_writes_nothing(code: &[u32]) -> bool {
 pub(crate) struct Shape {
     /// Bounded (see the module docs): the instruction budget's hook need not be set.
     pub(crate) bounded: bool,
-    /// Bounded, and writes into no table: it cannot change its environment (or anything
-    /// else), so an environment holding only the run's `inputs` can serve every call of it
-    /// in the run as it is, neither set up nor emptied per call.
-    pub(crate) pure: bool,
+    /// Cannot change its environment (see the module docs): for a script that reads no
+    /// global but `inputs` (and cannot reach its environment, see `Names`), an environment
+    /// holding only the run's `inputs` can serve every call of it in the run as it is,
+    /// neither set up nor emptied per call.
+    pub(crate) keeps_env: bool,
 }
 
 /// The [`Shape`] of the compiled chunk `func`.
@@ -96,17 +108,18 @@ pub(crate) fn shape(func: &Function) -> Shape {
     if !cfg!(target_endian = "little") {
         return Shape::default();
     }
-    match main_code(&func.dump(true)) {
-        Some(code) if code_is_bounded(&code) => Shape {
-            bounded: true,
-            pure: code_writes_nothing(&code),
+    match main_code(&func.dump(true), MAX_READ) {
+        Some(code) => Shape {
+            bounded: code_is_bounded(&code),
+            keeps_env: code_keeps_env(&code),
         },
-        _ => Shape::default(),
+        None => Shape::default(),
     }
 }
 
-/// The instructions of the main function of a stripped dump of a Lua 5.4 chunk.
-fn main_code(dump: &[u8]) -> Option<Vec<u32>> {
+/// The instructions of the main function of a stripped dump of a Lua 5.4 chunk, if there
+/// are at most `max`.
+fn main_code(dump: &[u8], max: usize) -> Option<Vec<u32>> {
     if dump.get(..HEADER.len())? != HEADER {
         return None;
     }
@@ -119,7 +132,7 @@ fn main_code(dump: &[u8]) -> Option<Vec<u32>> {
     size(dump, &mut at)?; // lastlinedefined
     at += 3; // numparams, is_vararg, maxstacksize
     let n = size(dump, &mut at)?;
-    if n > MAX_CODE {
+    if n > max {
         return None;
     }
     let bytes = dump.get(at..at + n * 4)?;
@@ -150,30 +163,42 @@ mod tests {
         shape_of(src).bounded
     }
 
-    fn pure(src: &str) -> bool {
-        shape_of(src).pure
+    fn keeps_env(src: &str) -> bool {
+        shape_of(src).keeps_env
     }
 
     #[test]
-    fn pure_chunks_write_nowhere() {
+    fn chunks_that_set_no_global_keep_their_env() {
+        let long = format!("local x = 0 {} return x", "x = x + inputs.n ".repeat(200));
         for src in [
             "return (inputs.n > 0\n)",
             "return (inputs.a == 'x' and not inputs.b or #inputs.list > 2\n)",
             "local x = inputs.n return x",
-        ] {
-            assert!(pure(src), "{src}");
-        }
-        for src in [
-            "x = 1 return true",
+            // Writes into tables other than the environment (an input's raises).
             "inputs.x = 1 return true",
             "return ({1, 2})[1] == 1",
             "local t = {} t.a = 1 return t.a == 1",
-            "local t = {} t[1] = 1 return true",
+            "local t = {} t[1] = 1 t[inputs.k] = 2 return true",
             "return ({a = 1}).a == 1",
+            "local t = {inputs.a, inputs.b, n = 2} return t",
             "return (f(1)\n)",
             "while true do end",
+            "local s = 0 for _, v in ipairs(inputs.values) do s = s + v end return {sum = s}",
+            long.as_str(),
         ] {
-            assert!(!pure(src), "{src}");
+            assert!(keeps_env(src), "{src}");
+        }
+        let long = format!("{} x = 1", "local y = inputs.n ".repeat(150));
+        for src in [
+            "x = 1 return true",
+            "x, y = 1, 2",
+            "for i = 1, 3 do n = i end",
+            "local function f() end return true",
+            "return function() return x end",
+            "local t = {} return function() t = 1 end",
+            long.as_str(),
+        ] {
+            assert!(!keeps_env(src), "{src}");
         }
     }
 
@@ -214,11 +239,11 @@ mod tests {
 
     #[test]
     fn a_dump_not_as_expected_is_not_bounded() {
-        assert_eq!(main_code(b""), None);
-        assert_eq!(main_code(b"\x1bLua\x53"), None);
+        assert_eq!(main_code(b"", MAX_READ), None);
+        assert_eq!(main_code(b"\x1bLua\x53", MAX_READ), None);
         let mut dump = HEADER.to_vec();
         dump.extend([0; 16]);
-        assert_eq!(main_code(&dump), None);
+        assert_eq!(main_code(&dump, MAX_READ), None);
     }
 
     /// The budget still stops a condition that loops or calls, and a bounded one still

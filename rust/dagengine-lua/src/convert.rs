@@ -195,8 +195,8 @@ pub(crate) enum InvokeFail {
 pub(crate) struct Scope<'a> {
     pub(crate) env: &'a Table,
     pub(crate) ctx: &'a Table,
-    /// `env` is the run's environment of pure chunks (see `Engine::run`): it already holds
-    /// the inputs, and is neither set up nor emptied.
+    /// `env` is the run's environment of chunks that keep it (see `Engine::run`): it
+    /// already holds the inputs, and is neither set up nor emptied.
     pub(crate) fixed: bool,
 }
 

@@ -107,13 +107,18 @@ pub(crate) fn with_engine<R>(
     })
 }
 
-/// Sets the run's state for an execution under `limits`, and marks it active.
-fn start_run(run: &RunState, limits: &LuaLimits) {
+/// Sets the run's state for an execution under `limits` (and stopped at `preempt` too, if
+/// sooner), and marks it active.
+fn start_run(run: &RunState, limits: &LuaLimits, preempt: Option<Instant>) {
     run.instructions.set(0);
     run.max_instructions
         .set(limits.max_instructions.unwrap_or(u64::MAX));
     let now = Instant::now();
-    run.deadline.set(limits.timeout.map(|t| now + t));
+    let deadline = limits.timeout.map(|t| now + t);
+    run.deadline.set(match (deadline, preempt) {
+        (Some(d), Some(p)) => Some(d.min(p)),
+        (d, p) => d.or(p),
+    });
     run.last_hook.set(now);
     run.soon.set(false);
     run.tripped.set(None);
@@ -199,8 +204,9 @@ pub(crate) struct Engine {
     /// their allocation: a weak reference keeps the address from being reused, so an
     /// `Arc` at that address is the same value.
     inputs_view: Option<(Weak<Value>, LuaValue)>,
-    /// The environment of pure chunks reading the inputs of `inputs_view` (see `run`):
-    /// `inputs` and nothing else, never emptied; replaced with the view.
+    /// The environment of chunks that keep their environment and read only the inputs of
+    /// `inputs_view` (see `run`): `inputs` and nothing else, never emptied; replaced with
+    /// the view.
     inputs_env: Option<Table>,
     busy: bool,
     /// Set on unexpected mlua failures; `with_engine` then drops the state.
@@ -402,9 +408,15 @@ impl Engine {
 
     /// [`Engine::function`], and what its code lets the engine skip (see `bounded`).
     fn compiled(&mut self, script: &LuaScript) -> Result<(Function, Shape), LuaError> {
-        if let Some(entries) = self.cache.get(&script.hash) {
+        if let Some(entries) = self.cache.get_mut(&script.hash) {
             for e in entries {
-                if Arc::ptr_eq(&e.source, &script.source) || *e.source == *script.source {
+                if Arc::ptr_eq(&e.source, &script.source) {
+                    return Ok((e.func.clone(), e.shape));
+                }
+                if *e.source == *script.source {
+                    // Another script of the same source (another DAG's): its next call
+                    // compares pointers, not texts.
+                    e.source = Arc::clone(&script.source);
                     return Ok((e.func.clone(), e.shape));
                 }
             }
@@ -426,6 +438,8 @@ impl Engine {
         Ok((func, shape))
     }
 
+    /// Runs `script` for a node; past `preempt` it stops as at its wall-time limit, noticed
+    /// late (see [`crate::execute_item_preemptible`]).
     pub(crate) fn execute(
         &mut self,
         script: &LuaScript,
@@ -433,8 +447,10 @@ impl Engine {
         info: &NodeInfo<'_>,
         limits: &LuaLimits,
         cancel: Option<&AtomicBool>,
+        preempt: Option<Instant>,
     ) -> Result<LuaOutput, LuaError> {
-        let (output, logs) = self.run(script, given, info, limits, cancel, Self::output)?;
+        let (output, logs) =
+            self.run(script, given, info, (limits, preempt), cancel, Self::output)?;
         Ok(LuaOutput { output, logs })
     }
 
@@ -458,7 +474,7 @@ impl Engine {
                 script,
                 &Given::of(inputs, results),
                 info,
-                limits,
+                (limits, None),
                 cancel,
                 read,
             )?
@@ -488,26 +504,26 @@ impl Engine {
                 script,
                 &Given::of(inputs, results),
                 info,
-                limits,
+                (limits, None),
                 cancel,
                 read,
             )?
             .0)
     }
 
-    /// Run `script` once under `limits` with its `inputs`, `results` and mapped item;
-    /// `finish` turns what it returned into the result.
+    /// Run `script` once under `limits` (and until `preempt`, if any) with its `inputs`,
+    /// `results` and mapped item; `finish` turns what it returned into the result.
     fn run<T>(
         &mut self,
         script: &LuaScript,
         given: &Given<'_>,
         info: &NodeInfo<'_>,
-        limits: &LuaLimits,
+        (limits, preempt): (&LuaLimits, Option<Instant>),
         cancel: Option<&AtomicBool>,
         finish: impl FnOnce(&Self, Returned) -> Result<T, LuaError>,
     ) -> Result<(T, Vec<String>), LuaError> {
         let (func, shape) = self.compiled(script)?;
-        let fixed = shape.pure && self.fixed_scope(script, given.inputs)?;
+        let fixed = shape.keeps_env && self.fixed_scope(script, given.inputs)?;
         // Shared inputs are converted (once) before the run's state is set: a conversion
         // fault fails the execution as it would inside `invoke`.
         let inputs = match given.inputs {
@@ -523,7 +539,7 @@ impl Engine {
         };
 
         let run = &self.run;
-        start_run(run, limits);
+        start_run(run, limits, preempt);
 
         let call = Call {
             names: script.names,
@@ -637,9 +653,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether `script`, a pure chunk (see `bounded`), runs in the environment kept for the
-    /// run's shared inputs (which it makes ready): one that reads only them cannot change
-    /// it, so it is used as it is.
+    /// Whether `script`, a chunk that cannot change its environment (see `bounded`), runs in
+    /// the environment kept for the run's shared inputs (which it makes ready): one that
+    /// reads no other global the host sets finds all it can read there, as it is.
     fn fixed_scope(&mut self, script: &LuaScript, inputs: Inputs<'_>) -> Result<bool, LuaError> {
         let names = script.names;
         match inputs {
@@ -655,7 +671,8 @@ impl Engine {
     }
 
     /// Keeps in `inputs_env` an environment holding only the inputs' view kept (by
-    /// [`Engine::keep_view`]) for the run, for the pure chunks that read them.
+    /// [`Engine::keep_view`]) for the run, for the chunks that read only them and keep their
+    /// environment.
     fn keep_inputs_env(&mut self) -> mlua::Result<()> {
         if self.inputs_env.is_none() {
             let (_, view) = self.inputs_view.as_ref().expect("the view was just kept");

@@ -107,9 +107,12 @@
 //!   with no call, loop, backward jump, closure or to-be-closed variable, read
 //!   from its bytecode when it is compiled: a condition like `inputs.n > 0`)
 //!   without a deadline: it runs fewer instructions than the hook's interval,
-//!   so the hook would never fire. A bounded chunk that also writes into no
-//!   table and reads only the run's shared inputs runs in an environment kept
-//!   for the run (holding only `inputs`), not set up and emptied per call.
+//!   so the hook would never fire.
+//!
+//! A chunk that sets no global and creates no closure (also read from its
+//! bytecode), and reads no global the host sets but the run's shared inputs,
+//! cannot change its environment: it runs in an environment kept for the run
+//! (holding only `inputs`), not set up and emptied per call.
 //!
 //! The hook runs every 1,000 instructions, and one instruction can be a long C
 //! call (`s:upper()` on 10 MB). So the watchdog also watches each run's
@@ -160,7 +163,7 @@ mod watchdog;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dagengine_core::ErrorKind;
 use serde_json::{Map, Value};
@@ -470,7 +473,37 @@ pub fn execute_item<'a>(
         results,
         item,
     };
-    engine::with_engine(|e| e.execute(script, &given, info, limits, cancel))
+    engine::with_engine(|e| e.execute(script, &given, info, limits, cancel, None))
+}
+
+/// Runs `script` like [`execute_item`], and stops it at `preempt_at` if it is still
+/// running then, with [`LuaError::Timeout`] as at its wall-time limit (whose `limit` it
+/// reports). Unlike a timeout under 20 ms, `preempt_at` does not have the hook set from
+/// the script's first instruction, which costs a short script about a tenth of its time:
+/// it is watched like a distant deadline, by the watchdog (see the crate docs), so the
+/// script stops about 2 ms after it. For a host that wants the thread back soon and can
+/// run the script again elsewhere (a script has no effects).
+#[allow(clippy::too_many_arguments)]
+pub fn execute_item_preemptible<'a>(
+    script: &LuaScript,
+    inputs: impl Into<Inputs<'a>>,
+    results: &[(&str, &Value)],
+    info: &NodeInfo<'_>,
+    item: Option<(u32, &Value)>,
+    limits: &LuaLimits,
+    cancel: Option<&AtomicBool>,
+    preempt_at: Instant,
+) -> Result<LuaOutput, LuaError> {
+    engine::take_failed_logs();
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(LuaError::Cancelled);
+    }
+    let given = engine::Given {
+        inputs: inputs.into(),
+        results,
+        item,
+    };
+    engine::with_engine(|e| e.execute(script, &given, info, limits, cancel, Some(preempt_at)))
 }
 
 /// The `log`/`print` lines the calling thread's last [`execute`] wrote before it failed

@@ -223,20 +223,23 @@ impl RunState {
         // A bounded chunk (see `bounded`) runs fewer instructions than the hook's interval:
         // the budget could not stop it, nor the cancel flag (checked before it starts) be
         // raised in time to matter; a deadline is still watched.
+        // The deadline is the timeout's or a preemption's (see `execute_item_preemptible`),
+        // which is watched late however close it is.
         let eager = (limits.max_instructions.is_some() && !bounded)
             || limits.timeout.is_some_and(|t| t < EAGER_WITHIN);
-        if !eager && limits.timeout.is_none() && (cancel.is_none() || bounded) {
+        let deadline = self.deadline.get();
+        if !eager && deadline.is_none() && (cancel.is_none() || bounded) {
             return None;
         }
         if eager {
             self.arm_hook();
         }
-        if limits.timeout.is_none() && cancel.is_none() {
+        if deadline.is_none() && cancel.is_none() {
             return None;
         }
         let watch = watchdog::Watch {
             late: !eager,
-            deadline: self.deadline.get(),
+            deadline,
             cancel: cancel.map_or(std::ptr::null(), std::ptr::from_ref),
         };
         let watched = watchdog::enter(self.main.get(), Some(limit_hook), &watch);

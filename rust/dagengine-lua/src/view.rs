@@ -234,9 +234,17 @@ unsafe extern "C-unwind" fn ipairs_step(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// `ipairs_step` over a view: reads its backing table, the closure's upvalue.
+/// `ipairs_step` over a view: reads its backing table, the closure's upvalue. (The loop's
+/// own control variable is an integer: `luaL_checkinteger` only for its error.)
 unsafe extern "C-unwind" fn view_ipairs_step(l: *mut ffi::lua_State) -> c_int {
-    let i = ffi::luaL_checkinteger(l, 2).wrapping_add(1);
+    let mut isnum = 0;
+    let i = ffi::lua_tointegerx(l, 2, &raw mut isnum);
+    let i = if isnum != 0 {
+        i
+    } else {
+        ffi::luaL_checkinteger(l, 2)
+    }
+    .wrapping_add(1);
     ffi::lua_pushinteger(l, i);
     if ffi::lua_rawgeti(l, ffi::lua_upvalueindex(1), i) == ffi::LUA_TNIL {
         1

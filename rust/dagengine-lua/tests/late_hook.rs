@@ -114,3 +114,33 @@ fn an_instruction_limit_still_counts_from_the_first_instruction() {
     let (r, _) = run_bounded(src, limits, None, WAIT);
     assert_eq!(r.unwrap_err(), LuaError::InstructionLimit { limit: 1_000 });
 }
+
+/// A script past its preemption time stops with the wall-time error, like at its deadline.
+#[test]
+fn a_preempted_script_stops_with_the_wall_time_error() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let r = dagengine_lua::execute_item_preemptible(
+            &dagengine_lua::LuaScript::new("local n = 0 while true do n = n + 1 end"),
+            &serde_json::json!({}),
+            &[],
+            &common::INFO,
+            None,
+            &LuaLimits::default(),
+            None,
+            start + Duration::from_millis(5),
+        );
+        let _ = tx.send((r, start.elapsed()));
+    });
+    let (r, took) = rx.recv_timeout(WAIT).expect("never stopped");
+    assert_eq!(
+        r,
+        Err(LuaError::Timeout {
+            limit: DEFAULT_TIMEOUT
+        })
+    );
+    assert!(took >= Duration::from_millis(5), "{took:?}");
+    assert!(took < Duration::from_millis(5) + SLACK, "{took:?}");
+    common::assert_next_run_works();
+}

@@ -86,3 +86,28 @@ fn writes_still_raise() {
         Ok(Ok(true))
     );
 }
+
+/// Chunks that loop, call and build tables but set no global share the kept environment
+/// too: they answer as in a fresh one, a global another script set is not there, and one
+/// that failed half-way left nothing.
+#[test]
+fn longer_chunks_that_set_no_global_keep_it_too() {
+    let inputs = Arc::new(json!({"values": [1, 2, 3]}));
+    let sum = LuaScript::new(
+        "local s = 0 for _, v in ipairs(inputs.values) do s = s + v end \
+         return {sum = s, seen = leak}",
+    );
+    let leaky = LuaScript::new("for i = 1, 2 do leak = i end return {}");
+    let failing = LuaScript::new(
+        "local t = {} for i, v in ipairs(inputs.values) do t[i] = v if v == 2 then \
+         error('boom') end end",
+    );
+    for _ in 0..3 {
+        let out = execute(&sum, &inputs, &[], &INFO, &LIMITS, None).unwrap();
+        assert_eq!(Value::Object(out.output), json!({"sum": 6}));
+        execute(&leaky, &inputs, &[], &INFO, &LIMITS, None).unwrap();
+        assert!(execute(&failing, &inputs, &[], &INFO, &LIMITS, None).is_err());
+    }
+    let once = execute(&sum, Inputs::Once(&inputs), &[], &INFO, &LIMITS, None).unwrap();
+    assert_eq!(Value::Object(once.output), json!({"sum": 6}));
+}

@@ -1,6 +1,7 @@
 //! Unit tests of `engine.rs`.
 
 use super::*;
+use std::time::Duration;
 
 /// The hook on this thread's main state (0: none).
 #[allow(unsafe_code)]
@@ -110,4 +111,39 @@ fn splits_tracebacks() {
             traceback: Some("stack traceback:\n\t[C]: in ?".into())
         }
     );
+}
+
+/// A preemption is watched late however close it is; a timeout that close sets the hook at
+/// the start.
+#[test]
+fn a_close_preemption_does_not_set_the_hook_at_the_start() {
+    let hooked_at_start = |limits: LuaLimits, preempt: Option<Instant>| {
+        with_engine(|e| {
+            start_run(&e.run, &limits, preempt);
+            let watched = e.run.start_hook(&limits, None, false);
+            // SAFETY: the engine's main state, alive and on this thread.
+            #[allow(unsafe_code)]
+            let mask = unsafe { ffi::lua_gethookmask(e.run.main.get()) };
+            let deadline = e.run.deadline.get();
+            drop(watched);
+            e.run.disarm_hook();
+            e.run.active.set(false);
+            Ok((mask != 0, deadline))
+        })
+        .unwrap()
+    };
+    let soon = Instant::now() + Duration::from_millis(1);
+    let (hooked, deadline) = hooked_at_start(LuaLimits::default(), Some(soon));
+    assert!(!hooked);
+    assert_eq!(
+        deadline,
+        Some(soon),
+        "the sooner of the timeout and the preemption"
+    );
+    let close = LuaLimits {
+        timeout: Some(Duration::from_millis(1)),
+        ..LuaLimits::default()
+    };
+    assert!(hooked_at_start(close, None).0);
+    assert_eq!(hook_mask(), 0);
 }
