@@ -22,7 +22,8 @@ use crate::runtime::{runtime, RuntimeError};
 use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
 use super::lock;
 use super::lua::{
-    attempt_logs, drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, PREEMPTED, STEAL_BUDGET,
+    attempt_logs, drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, Waiting, PREEMPTED,
+    STEAL_BUDGET,
 };
 use super::model::{
     contained, empty_output, never_started, EventDetail, EventKind, ExternalExecutor, InlineHost,
@@ -373,9 +374,7 @@ impl Driver {
             }
             // Work-first: hand all but one ready Lua node to the pool, run the last here.
             if let Some((node, attempt)) = inline.pop() {
-                for (n, a) in inline.drain(..) {
-                    self.dispatch_lua(n, a);
-                }
+                self.dispatch_all_lua(inline);
                 self.publish();
                 let mut ran = None;
                 match host {
@@ -779,37 +778,81 @@ impl Driver {
     }
 
     fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {
-        let cancel = self.new_token(node);
-        let job = self.lua_job(node, attempt);
-        let q = Queued {
-            job,
-            cancel,
-            stealable: true,
-        };
+        let q = self.queued(node, attempt);
         self.enqueue(q, false);
+    }
+
+    /// [`Driver::dispatch_lua`] for every attempt of `ready` (emptied), a batch at a time:
+    /// the backlog's lock is taken once per batch, not once per node (the pool threads
+    /// take from it meanwhile).
+    fn dispatch_all_lua(&mut self, ready: &mut Vec<(NodeIdx, u32)>) {
+        const BATCH: usize = 256;
+        let mut batch = Vec::with_capacity(ready.len().min(BATCH));
+        for chunk in ready.chunks(BATCH) {
+            batch.extend(chunk.iter().map(|&(n, a)| self.queued(n, a)));
+            self.enqueue_all(&mut batch);
+        }
+        ready.clear();
+    }
+
+    fn queued(&mut self, node: NodeIdx, attempt: u32) -> Queued {
+        Queued {
+            cancel: self.new_token(node),
+            job: self.lua_job(node, attempt),
+            stealable: true,
+        }
     }
 
     /// Put an attempt in the backlog (at the front: one the driver gives back), and start a
     /// pool job to drain it unless one per pool thread is at it already.
     fn enqueue(&self, q: Queued, front: bool) {
-        let pool = lua_pool();
-        {
+        let start = {
             let mut waiting = lock(&self.backlog);
             if front {
                 waiting.queue.push_front(q);
             } else {
                 waiting.queue.push_back(q);
             }
-            if waiting.drainers >= pool.max_threads() {
-                return;
-            }
-            waiting.drainers += 1;
+            Self::drainers_to_start(&mut waiting)
+        };
+        self.start_drainers(start);
+    }
+
+    /// [`Driver::enqueue`] of every attempt of `batch` (emptied) at the back, in order.
+    fn enqueue_all(&self, batch: &mut Vec<Queued>) {
+        let start = {
+            let mut waiting = lock(&self.backlog);
+            waiting.queue.extend(batch.drain(..));
+            Self::drainers_to_start(&mut waiting)
+        };
+        self.start_drainers(start);
+    }
+
+    /// How many pool jobs to start for the backlog, counted as draining: one per waiting
+    /// attempt at most, and one per core but the driver's own, which takes from the backlog
+    /// too (one more would have three threads share two cores, taking turns on the
+    /// backlog's lock), but at least one: a long attempt the driver gave back runs on the
+    /// pool only.
+    fn drainers_to_start(waiting: &mut Waiting) -> usize {
+        let start = lua_pool()
+            .max_threads()
+            .saturating_sub(1)
+            .max(1)
+            .saturating_sub(waiting.drainers)
+            .min(waiting.queue.len());
+        waiting.drainers += start;
+        start
+    }
+
+    /// Start `n` pool jobs draining the backlog.
+    fn start_drainers(&self, n: usize) {
+        for _ in 0..n {
+            let (backlog, tx, plan) = (self.backlog.clone(), self.tx.clone(), self.plan.clone());
+            let (run_id, inputs) = (self.run_id.clone(), self.config.inputs.clone());
+            lua_pool().submit(Box::new(move || {
+                drain(&backlog, &plan, (&run_id, &inputs), &tx);
+            }));
         }
-        let (backlog, tx, plan) = (self.backlog.clone(), self.tx.clone(), self.plan.clone());
-        let (run_id, inputs) = (self.run_id.clone(), self.config.inputs.clone());
-        pool.submit(Box::new(move || {
-            drain(&backlog, &plan, (&run_id, &inputs), &tx);
-        }));
     }
 
     /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
@@ -866,6 +909,7 @@ impl Driver {
             node_timeout: policy.timeout,
             deadline: self.deadline,
             budget,
+            late_budget: false,
         })
     }
 

@@ -140,6 +140,8 @@ impl LuaJob {
             node_timeout: self.node_timeout,
             deadline: self.deadline,
             budget: self.budget,
+            // Only the driver gives a job a budget: it took the job from the backlog.
+            late_budget: true,
         }
     }
 }
@@ -159,6 +161,11 @@ pub(super) struct LuaCall<'a> {
     pub(super) node_timeout: Option<Duration>,
     pub(super) deadline: Option<Instant>,
     pub(super) budget: Option<Instant>,
+    /// The budget may be noticed late (about 2 ms, by the Lua watchdog), as for a node the
+    /// driver took from the backlog, rather than with the limit hook set from the first
+    /// instruction, as for a caller's thread that wants it back on time
+    /// ([`dagengine_lua::execute_item_preemptible`]).
+    pub(super) late_budget: bool,
 }
 
 impl LuaCall<'_> {
@@ -175,15 +182,23 @@ impl LuaCall<'_> {
             None => plan.dag.id(self.owner),
         };
         let mut limits = *limits;
+        let now = (self.deadline.is_some() || self.budget.is_some()).then(Instant::now);
+        let left = |at: Option<Instant>| Some(at?.saturating_duration_since(now?));
+        let (deadline_left, budget_left) = (left(self.deadline), left(self.budget));
         let (timeout, binds) = wall_limit(
             limits.timeout,
             self.node_timeout,
-            self.deadline
-                .map(|d| d.saturating_duration_since(Instant::now())),
-            self.budget
-                .map(|b| b.saturating_duration_since(Instant::now())),
+            deadline_left,
+            budget_left,
         );
-        limits.timeout = timeout;
+        // A late budget that binds preempts the script; its wall limit is the others'.
+        let preempt = self
+            .budget
+            .filter(|_| self.late_budget && binds == WallLimit::Budget);
+        limits.timeout = match preempt {
+            Some(_) => wall_limit(limits.timeout, self.node_timeout, deadline_left, None).0,
+            None => timeout,
+        };
         let results: Vec<(&str, &Value)> = self
             .results
             .iter()
@@ -194,15 +209,28 @@ impl LuaCall<'_> {
             run_id: self.run_id,
             attempt: self.attempt,
         };
-        match dagengine_lua::execute_item(
-            script,
-            self.inputs,
-            &results,
-            &info,
-            self.item,
-            &limits,
-            Some(cancel),
-        ) {
+        let executed = match preempt {
+            Some(at) => dagengine_lua::execute_item_preemptible(
+                script,
+                self.inputs,
+                &results,
+                &info,
+                self.item,
+                &limits,
+                Some(cancel),
+                at,
+            ),
+            None => dagengine_lua::execute_item(
+                script,
+                self.inputs,
+                &results,
+                &info,
+                self.item,
+                &limits,
+                Some(cancel),
+            ),
+        };
+        match executed {
             Ok(out) => Ok(ExecOk {
                 output: out.output,
                 logs: out.logs.into_iter().map(LogLine::info).collect(),

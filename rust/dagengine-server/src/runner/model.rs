@@ -2,6 +2,7 @@
 //! what it reports (events, node records, the outcome), with the node failure every
 //! executor returns.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -115,6 +116,22 @@ pub struct Plan {
     pub(super) caches: Vec<Option<CacheSpec>>,
 }
 
+/// Has the Lua nodes of one source share one script (and its text): a Lua state finds a
+/// script's compiled chunk by its hash and then by the text, which for the same `Arc` is a
+/// pointer comparison rather than a read of each node's own copy.
+fn share_scripts(kinds: &mut [NodeKind]) {
+    let mut seen: HashMap<u64, Vec<LuaScript>> = HashMap::new();
+    for kind in kinds {
+        if let NodeKind::Lua { script, .. } = kind {
+            let same = seen.entry(script.content_hash()).or_default();
+            match same.iter().find(|s| *s == script) {
+                Some(first) => *script = first.clone(),
+                None => same.push(script.clone()),
+            }
+        }
+    }
+}
+
 impl Plan {
     /// Build a plan. `dag` must be preprocessed; `nodes` has one entry per node, or is
     /// empty (every node a no-op with the default policy).
@@ -143,7 +160,9 @@ impl Plan {
         if nodes.iter().any(|n| n.condition.is_some()) {
             conditions = nodes.iter().map(|n| n.condition.clone()).collect();
         }
-        let (kinds, policies) = nodes.into_iter().map(|n| (n.kind, n.policy)).unzip();
+        let (mut kinds, policies): (Vec<NodeKind>, _) =
+            nodes.into_iter().map(|n| (n.kind, n.policy)).unzip();
+        share_scripts(&mut kinds);
         Ok(Self {
             dag,
             kinds,

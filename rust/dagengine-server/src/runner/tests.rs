@@ -114,6 +114,23 @@ fn lua_pipeline_passes_results_and_inputs() {
 }
 
 #[test]
+fn lua_nodes_of_one_source_share_its_script() {
+    let d = dag(&[("a", &[]), ("b", &["a"]), ("c", &["a"])]);
+    let src = "return {n = 1}";
+    let plan = Plan::new(
+        d,
+        vec![spec(lua(src)), spec(lua(src)), spec(lua("return {}"))],
+    )
+    .unwrap();
+    let text = |i: usize| match &plan.kinds[i] {
+        NodeKind::Lua { script, .. } => script.source().as_ptr(),
+        _ => unreachable!("all Lua"),
+    };
+    assert_eq!(text(0), text(1));
+    assert_ne!(text(0), text(2));
+}
+
+#[test]
 fn failure_skips_descendants_and_reports_first_failure() {
     let d = dag(&[("bad", &[]), ("child", &["bad"]), ("free", &[])]);
     let plan = Plan::new(
