@@ -804,7 +804,8 @@ impl Driver {
     }
 
     /// Put an attempt in the backlog (at the front: one the driver gives back), and start a
-    /// pool job to drain it unless one per pool thread is at it already.
+    /// pool job to drain it unless enough are at it already (see
+    /// [`Driver::drainers_to_start`]).
     fn enqueue(&self, q: Queued, front: bool) {
         let start = {
             let mut waiting = lock(&self.backlog);
@@ -813,7 +814,7 @@ impl Driver {
             } else {
                 waiting.queue.push_back(q);
             }
-            Self::drainers_to_start(&mut waiting)
+            Self::drainers_to_start(&mut waiting, front)
         };
         self.start_drainers(start);
     }
@@ -823,7 +824,7 @@ impl Driver {
         let start = {
             let mut waiting = lock(&self.backlog);
             waiting.queue.extend(batch.drain(..));
-            Self::drainers_to_start(&mut waiting)
+            Self::drainers_to_start(&mut waiting, false)
         };
         self.start_drainers(start);
     }
@@ -832,12 +833,16 @@ impl Driver {
     /// attempt at most, and one per core but the driver's own, which takes from the backlog
     /// too (one more would have three threads share two cores, taking turns on the
     /// backlog's lock), but at least one: a long attempt the driver gave back runs on the
-    /// pool only.
-    fn drainers_to_start(waiting: &mut Waiting) -> usize {
-        let start = lua_pool()
-            .max_threads()
-            .saturating_sub(1)
-            .max(1)
+    /// pool only. Once the driver gave one back (`gave_back`) one per core: the driver
+    /// takes no more while that attempt waits at the front, so it would leave a core idle.
+    fn drainers_to_start(waiting: &mut Waiting, gave_back: bool) -> usize {
+        let cores = lua_pool().max_threads();
+        let most = if gave_back {
+            cores
+        } else {
+            cores.saturating_sub(1).max(1)
+        };
+        let start = most
             .saturating_sub(waiting.drainers)
             .min(waiting.queue.len());
         waiting.drainers += start;
