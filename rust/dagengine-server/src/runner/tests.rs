@@ -315,6 +315,11 @@ fn completed_nodes_are_not_run_again_and_feed_their_children() {
 
 /// A chain of `n` no-op nodes `n0 -> n1 -> ...`.
 fn noop_chain(n: usize) -> Plan {
+    chain_of(n, Vec::new())
+}
+
+/// A chain of `n` nodes `n0 -> n1 -> ...` running `specs` (none: no-op nodes).
+fn chain_of(n: usize, specs: Vec<NodeSpec>) -> Plan {
     let mut d = Dag::new();
     let ids: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
@@ -326,7 +331,7 @@ fn noop_chain(n: usize) -> Plan {
         d.add_node(id, deps).unwrap();
     }
     d.preprocess().unwrap();
-    Plan::new(d, Vec::new()).unwrap()
+    Plan::new(d, specs).unwrap()
 }
 
 #[test]
@@ -593,7 +598,14 @@ fn a_lua_node_past_the_budget_moves_to_the_pool_and_runs_once_as_far_as_anyone_s
 
 #[test]
 fn a_long_chain_of_quick_nodes_goes_on_elsewhere_and_ends() {
-    let h = start_inline(noop_chain(20_000), Duration::ZERO);
+    // The chain's head spins far past the budget (moved to the pool, as above), so that the
+    // check that the call returned before the run ended does not race the pool: 20,000
+    // no-op nodes alone could end there before a loaded machine ran the check.
+    let mut specs = vec![spec(lua(
+        "local n = 0 for i = 1, 3000000 do n = n + i end return {n = n}",
+    ))];
+    specs.extend((1..20_000).map(|_| spec(NodeKind::Noop)));
+    let h = start_inline(chain_of(20_000, specs), Duration::ZERO);
     assert!(
         !h.is_done(),
         "a zero budget leaves everything but the start to the pool"
