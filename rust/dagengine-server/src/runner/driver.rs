@@ -370,11 +370,14 @@ impl Driver {
             }
             if budget.is_some_and(|b| Instant::now() >= b) {
                 self.publish();
+                self.start_waiting_drainers();
                 return None; // a long chain of quick nodes: the rest elsewhere
             }
             // Work-first: hand all but one ready Lua node to the pool, run the last here.
+            // Inline on a caller's thread, the backlog waits for this thread (below) and
+            // pool jobs start only when the run leaves it: a small fan-out wakes no thread.
             if let Some((node, attempt)) = inline.pop() {
-                self.dispatch_all_lua(inline);
+                self.dispatch_all_lua(inline, budget.is_none());
                 self.publish();
                 let mut ran = None;
                 match host {
@@ -388,6 +391,7 @@ impl Driver {
                     // Out of budget: the attempt runs again wherever the loop goes on.
                     inline.push((node, attempt));
                     self.publish();
+                    self.start_waiting_drainers();
                     return None;
                 };
                 let logs = attempt_logs(&mut result);
@@ -410,12 +414,24 @@ impl Driver {
             // From here the loop may wait or give the run back: a start after that reads
             // the clock (an end that `fire_timers` recorded made nothing ready).
             self.ended_at = None;
-            if budget.is_some() {
+            if let Some(b) = budget {
                 if let Ok(msg) = rx.try_recv() {
                     self.on_msg(sched, out, msg);
                     continue;
                 }
+                // The run's waiting Lua attempts, here, within the budget.
+                if let Some(mut q) = self.take_waiting() {
+                    if let Some(mut result) = self.run_queued(&mut q, Some(b)) {
+                        let logs = attempt_logs(&mut result);
+                        self.fire_timers(sched, out);
+                        self.finish_attempt(sched, out, q.job.node, q.job.attempt, result, logs);
+                        continue;
+                    }
+                    // Out of budget: it runs again from its start wherever it is taken.
+                    lock(&self.backlog).queue.push_front(q);
+                }
                 self.publish();
+                self.start_waiting_drainers();
                 return None; // waiting is for a thread of our own, not the caller's
             }
             self.publish();
@@ -425,17 +441,10 @@ impl Driver {
             }
             // This run's Lua attempts still waiting for a pool thread (a wide fan-out): run
             // the next one here rather than wait for a thread to get to it.
-            let queued = {
-                let mut waiting = lock(&self.backlog);
-                match waiting.queue.front() {
-                    Some(q) if q.stealable => waiting.queue.pop_front(),
-                    _ => None,
-                }
-            };
-            if let Some(mut q) = queued {
+            if let Some(mut q) = self.take_waiting() {
                 #[cfg(test)]
                 self.shared.stolen.fetch_add(1, Ordering::SeqCst);
-                if let Some(mut result) = self.run_queued(&mut q) {
+                if let Some(mut result) = self.run_queued(&mut q, None) {
                     let logs = attempt_logs(&mut result);
                     self.fire_timers(sched, out);
                     self.finish_attempt(sched, out, q.job.node, q.job.attempt, result, logs);
@@ -784,15 +793,34 @@ impl Driver {
 
     /// [`Driver::dispatch_lua`] for every attempt of `ready` (emptied), a batch at a time:
     /// the backlog's lock is taken once per batch, not once per node (the pool threads
-    /// take from it meanwhile).
-    fn dispatch_all_lua(&mut self, ready: &mut Vec<(NodeIdx, u32)>) {
+    /// take from it meanwhile). Without `start`, no pool job is started for them (yet: see
+    /// [`Driver::start_waiting_drainers`]).
+    fn dispatch_all_lua(&mut self, ready: &mut Vec<(NodeIdx, u32)>, start: bool) {
         const BATCH: usize = 256;
         let mut batch = Vec::with_capacity(ready.len().min(BATCH));
         for chunk in ready.chunks(BATCH) {
             batch.extend(chunk.iter().map(|&(n, a)| self.queued(n, a)));
-            self.enqueue_all(&mut batch);
+            self.enqueue_all(&mut batch, start);
         }
         ready.clear();
+    }
+
+    /// Start pool jobs for the attempts waiting in the backlog (as [`Driver::enqueue`]
+    /// would have): a run inline on a caller's thread left them for that thread, and is
+    /// leaving it.
+    fn start_waiting_drainers(&self) {
+        let start = Self::drainers_to_start(&mut lock(&self.backlog), false);
+        self.start_drainers(start);
+    }
+
+    /// The next attempt waiting in the backlog, unless it is one the driver gave back
+    /// (long: a pool thread runs it).
+    fn take_waiting(&self) -> Option<Queued> {
+        let mut waiting = lock(&self.backlog);
+        match waiting.queue.front() {
+            Some(q) if q.stealable => waiting.queue.pop_front(),
+            _ => None,
+        }
     }
 
     fn queued(&mut self, node: NodeIdx, attempt: u32) -> Queued {
@@ -819,12 +847,17 @@ impl Driver {
         self.start_drainers(start);
     }
 
-    /// [`Driver::enqueue`] of every attempt of `batch` (emptied) at the back, in order.
-    fn enqueue_all(&self, batch: &mut Vec<Queued>) {
+    /// [`Driver::enqueue`] of every attempt of `batch` (emptied) at the back, in order;
+    /// without `start`, no pool job is started for them.
+    fn enqueue_all(&self, batch: &mut Vec<Queued>, start: bool) {
         let start = {
             let mut waiting = lock(&self.backlog);
             waiting.queue.extend(batch.drain(..));
-            Self::drainers_to_start(&mut waiting, false)
+            if start {
+                Self::drainers_to_start(&mut waiting, false)
+            } else {
+                0
+            }
         };
         self.start_drainers(start);
     }
@@ -862,14 +895,24 @@ impl Driver {
 
     /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
     /// inline ([`Driver::run_here`]; if the attempt's own token is already set, it does not
-    /// run at all). It gets [`STEAL_BUDGET`]; `None` if that ran out first (the attempt has
-    /// no effects: it can simply run again, on a pool thread).
-    fn run_queued(&self, q: &mut Queued) -> Option<Result<ExecOk, NodeFailure>> {
+    /// run at all). It gets [`STEAL_BUDGET`], watched late, or the caller's `budget` (inline
+    /// on a caller's thread), watched on time; `None` if that ran out first (the attempt
+    /// has no effects: it can simply run again, on a pool thread).
+    fn run_queued(
+        &self,
+        q: &mut Queued,
+        budget: Option<Instant>,
+    ) -> Option<Result<ExecOk, NodeFailure>> {
         if q.cancel.load(Ordering::Relaxed) {
             return Some(Err(never_started(&self.plan, q.job.owner)));
         }
-        q.job.budget = Some(Instant::now() + STEAL_BUDGET);
-        let result = self.run_here(&q.job.call(&self.run_id, &self.config.inputs));
+        if budget.is_some_and(|b| Instant::now() >= b) {
+            return None;
+        }
+        q.job.budget = Some(budget.unwrap_or_else(|| Instant::now() + STEAL_BUDGET));
+        let mut call = q.job.call(&self.run_id, &self.config.inputs);
+        call.late_budget = budget.is_none();
+        let result = self.run_here(&call);
         q.job.budget = None;
         result
     }

@@ -621,9 +621,9 @@ fn a_long_chain_of_quick_nodes_goes_on_elsewhere_and_ends() {
 }
 
 #[test]
-fn an_inline_start_waits_for_pool_work_on_its_own_thread() {
-    // Two ready Lua nodes: one goes to the pool, one runs here; the join waits for both,
-    // which is not for the caller's thread to do.
+fn a_small_fan_out_ends_on_the_callers_thread() {
+    // Two ready Lua nodes: one waits in the backlog, which no pool job drains while the
+    // run is inline; the caller's thread runs both, then the join.
     let d = dag(&[("a", &[]), ("b", &[]), ("join", &["a", "b"])]);
     let plan = Plan::new(
         d,
@@ -635,13 +635,46 @@ fn an_inline_start_waits_for_pool_work_on_its_own_thread() {
     )
     .unwrap();
     let h = start_inline(plan, Duration::from_mins(1));
-    assert!(h.wait(Duration::from_secs(30)));
+    assert!(h.is_done(), "a 3-node run cannot spend a minute");
     let o = h.outcome().unwrap();
     assert_eq!(o.status, RunStatus::Succeeded);
     assert_eq!(
         **o.nodes[2].output.as_ref().unwrap(),
         serde_json::json!({"v": 3})
     );
+}
+
+#[test]
+fn a_waiting_node_past_the_budget_is_left_and_runs_once_as_far_as_anyone_sees() {
+    // The long sibling is first in the backlog: the caller's thread takes it, spends the
+    // budget in it and leaves it to the pool (started only then) and the driver; it runs
+    // once as far as its events and record tell, and so do its quick siblings.
+    let d = dag(&[("long", &[]), ("q1", &[]), ("q2", &[]), ("q3", &[])]);
+    let plan = Plan::new(
+        d,
+        vec![
+            spec(lua(
+                "local n = 0 for i = 1, 3000000 do n = n + i end return {n = n}",
+            )),
+            spec(lua("return {v = 1}")),
+            spec(lua("return {v = 2}")),
+            spec(lua("return {v = 3}")),
+        ],
+    )
+    .unwrap();
+    let h = start_inline(plan, Duration::from_micros(200));
+    assert!(h.wait(Duration::from_secs(30)));
+    let o = h.outcome().unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(o.nodes[0].attempts, 1);
+    let events = h.next_events(Duration::ZERO);
+    assert_eq!(
+        node_events(&events, 0),
+        vec![EventKind::NodeStarted, EventKind::NodeSucceeded]
+    );
+    for q in 1..4 {
+        assert_eq!(o.nodes[q].status, NodeState::Succeeded);
+    }
 }
 
 /// A run's records are freed when its outcome goes: a small run's on the spot, a large
