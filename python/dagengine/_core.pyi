@@ -226,9 +226,10 @@ class PendingRun:
         synchronous Python nodes itself and releases it while it waits for other threads or
         runs Lua; returns the finished run. On Ctrl-C (or a ``KeyboardInterrupt`` out of a
         node called here) the run is cancelled, driven to its end, and the interrupt raised.
-        A run without Python nodes is only started, as by :meth:`DagRef.start` (its Lua and
-        no-op nodes need no GIL): wait on the returned handle. A second call raises
-        ``RuntimeError``."""
+        A run without Python nodes is started inline, as by :meth:`DagRef.start` with an
+        ``inline_budget`` of 100 µs (driven here, the GIL held: a short run has ended when
+        this returns), then goes on on a driver thread (its Lua and no-op nodes need no GIL):
+        wait on the returned handle. A second call raises ``RuntimeError``."""
 
 @final
 class MemoryCacheRef:
