@@ -464,21 +464,12 @@ pub fn execute_item<'a>(
     limits: &LuaLimits,
     cancel: Option<&AtomicBool>,
 ) -> Result<LuaOutput, LuaError> {
-    engine::take_failed_logs();
-    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-        return Err(LuaError::Cancelled);
-    }
-    let given = engine::Given {
-        inputs: inputs.into(),
-        results,
-        item,
-    };
-    engine::with_engine(|e| e.execute(script, &given, info, limits, cancel, None))
+    execute_item_preemptible(script, inputs, results, info, item, limits, cancel, None)
 }
 
-/// Runs `script` like [`execute_item`], and stops it at `preempt_at` if it is still
-/// running then, with [`LuaError::Timeout`] as at its wall-time limit (whose `limit` it
-/// reports). Unlike a timeout under 20 ms, `preempt_at` does not have the hook set from
+/// Runs `script` like [`execute_item`], and stops it at `preempt_at` (when given) if it is
+/// still running then, with [`LuaError::Timeout`] as at its wall-time limit (whose `limit`
+/// it reports). Unlike a timeout under 20 ms, `preempt_at` does not have the hook set from
 /// the script's first instruction, which costs a short script about a tenth of its time:
 /// it is watched like a distant deadline, by the watchdog (see the crate docs), so the
 /// script stops about 2 ms after it. For a host that wants the thread back soon and can
@@ -492,7 +483,7 @@ pub fn execute_item_preemptible<'a>(
     item: Option<(u32, &Value)>,
     limits: &LuaLimits,
     cancel: Option<&AtomicBool>,
-    preempt_at: Instant,
+    preempt_at: Option<Instant>,
 ) -> Result<LuaOutput, LuaError> {
     engine::take_failed_logs();
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
@@ -503,7 +494,7 @@ pub fn execute_item_preemptible<'a>(
         results,
         item,
     };
-    engine::with_engine(|e| e.execute(script, &given, info, limits, cancel, Some(preempt_at)))
+    engine::with_engine(|e| e.execute(script, &given, info, limits, cancel, preempt_at))
 }
 
 /// The `log`/`print` lines the calling thread's last [`execute`] wrote before it failed

@@ -129,7 +129,7 @@ fn a_preempted_script_stops_with_the_wall_time_error() {
             None,
             &LuaLimits::default(),
             None,
-            start + Duration::from_millis(5),
+            Some(start + Duration::from_millis(5)),
         );
         let _ = tx.send((r, start.elapsed()));
     });

@@ -209,27 +209,16 @@ impl LuaCall<'_> {
             run_id: self.run_id,
             attempt: self.attempt,
         };
-        let executed = match preempt {
-            Some(at) => dagengine_lua::execute_item_preemptible(
-                script,
-                self.inputs,
-                &results,
-                &info,
-                self.item,
-                &limits,
-                Some(cancel),
-                at,
-            ),
-            None => dagengine_lua::execute_item(
-                script,
-                self.inputs,
-                &results,
-                &info,
-                self.item,
-                &limits,
-                Some(cancel),
-            ),
-        };
+        let executed = dagengine_lua::execute_item_preemptible(
+            script,
+            self.inputs,
+            &results,
+            &info,
+            self.item,
+            &limits,
+            Some(cancel),
+            preempt,
+        );
         match executed {
             Ok(out) => Ok(ExecOk {
                 output: out.output,
