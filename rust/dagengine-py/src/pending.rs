@@ -2,21 +2,13 @@
 //! (`DAG.run`).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use dagengine_server::{run_inline, start_run_inline, Plan, RunConfig};
+use dagengine_server::{run_inline, start_run_inline, Plan, RunConfig, INLINE_BUDGET};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use crate::external::{self, PyExternal};
 use crate::{errors, RunRef};
-
-/// How long `PendingRun.run` drives a run without Python nodes on its caller's thread (GIL
-/// held) before the run goes on on a driver thread: a 3-node Lua run ends here in ~13 µs,
-/// where handing it to a driver thread and waiting for its end cost ~50 µs more (the two
-/// threads' wake-ups). Also the gRPC service's budget; a node still running when it is spent
-/// runs again from its start, so it is kept short.
-const HERE_BUDGET: Duration = Duration::from_micros(100);
 
 /// A run prepared by `DagRef.prepare_run`, not started.
 #[pyclass(module = "dagengine._core", frozen)]
@@ -45,9 +37,13 @@ impl PendingRun {
         if !external.has_python() {
             // Lua and no-op nodes need no GIL: a short run ends here, within the budget, with
             // no thread hand-off; a longer one goes on on a driver thread, the caller waits.
-            let handle =
-                start_run_inline(plan.clone(), config, Some(Arc::new(external)), HERE_BUDGET)
-                    .map_err(|e| errors::runtime_error(py, &e))?;
+            let handle = start_run_inline(
+                plan.clone(),
+                config,
+                Some(Arc::new(external)),
+                INLINE_BUDGET,
+            )
+            .map_err(|e| errors::runtime_error(py, &e))?;
             return Ok(RunRef { handle, plan });
         }
         let external = external.on_this_thread();

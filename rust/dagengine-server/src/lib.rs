@@ -15,6 +15,6 @@ pub use runner::{
     Condition, EntriesCache, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost,
     LogLine, LogSink, MapSpec, MemoryCache, NodeCache, NodeFailure, NodeKind, NodeRecord, NodeSpec,
     Parents, Plan, RunConfig, RunError, RunEvent, RunHandle, RunOutcome, RunOutputs,
-    DEFAULT_MAX_ITEMS,
+    DEFAULT_MAX_ITEMS, INLINE_BUDGET,
 };
 pub use runtime::{runtime, RuntimeError};

@@ -43,7 +43,7 @@ use std::sync::{Mutex, MutexGuard};
 
 pub use cache::{canonical, CacheHit, CacheSpec, EntriesCache, MemoryCache, NodeCache};
 pub use condition::{condition_value, CONDITION_INSTRUCTIONS};
-pub use driver::{run_inline, start_run, start_run_inline};
+pub use driver::{run_inline, start_run, start_run_inline, INLINE_BUDGET};
 pub use handle::{LogSink, RunHandle};
 pub use model::{
     Checked, Condition, EventDetail, EventKind, ExternalCall, ExternalExecutor, InlineHost,

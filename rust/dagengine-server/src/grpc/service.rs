@@ -22,6 +22,7 @@ use super::pb::engine_service_server::EngineService;
 use super::{SESSION_PROTOCOL, SESSION_PROTOCOL_HEADER};
 use crate::runner::{
     lock, start_run, start_run_inline, EventKind, ExternalExecutor, Plan, RunConfig, RunHandle,
+    INLINE_BUDGET,
 };
 use coalesce::Coalesced;
 #[cfg(test)]
@@ -365,12 +366,6 @@ fn session_events(tag: &RunTag, events: Vec<pb::RunEvent>) -> pb::SessionEvents 
 /// Events buffered per Run stream before the engine stops reading the run (the client is
 /// slow): the run goes on, its events wait in the core.
 const STREAM_BUFFER: usize = 256;
-
-/// How long a run of Lua and no-op nodes may hold the async worker that received it before
-/// it moves to a thread of its own. A 3-node Lua run takes ~15 µs: it ends here, and its
-/// result goes out without any thread hand-off; longer runs cost the worker this much once.
-/// (tokio's guidance is 10-100 µs between yields.)
-const INLINE_BUDGET: Duration = Duration::from_micros(100);
 
 impl Service {
     fn reserve(&self, run_id: &str, depth: u32) -> Result<Reservation<'_>, Status> {

@@ -53,6 +53,14 @@ pub fn start_run(
     Ok(handle)
 }
 
+/// The budget the core's own callers give [`start_run_inline`] (the gRPC service for a run of
+/// Lua and no-op nodes, `DAG.run` for a run without Python nodes). A 3-node Lua run takes
+/// ~13 µs: it ends within it, with no thread hand-off (where handing it to a driver thread and
+/// waiting for its end cost ~50 µs more, the two threads' wake-ups); a longer run holds the
+/// caller this much once (tokio's guidance is 10-100 µs between yields), and a node still
+/// running when it is spent runs again from its start, so it is kept short.
+pub const INLINE_BUDGET: Duration = Duration::from_micros(100);
+
 /// Start a run on the caller's thread: it is driven here until it ends, until `budget` is
 /// spent, or until it would have to wait for work on other threads; then it goes on on a
 /// driver thread. For callers on an async worker: a short run of Lua and no-op nodes ends
@@ -420,13 +428,10 @@ impl Driver {
                     continue;
                 }
                 // The run's waiting Lua attempts, here, within the budget.
-                if let Some(mut q) = self.take_waiting() {
-                    if let Some(mut result) = self.run_queued(&mut q, Some(b)) {
-                        let logs = attempt_logs(&mut result);
-                        self.fire_timers(sched, out);
-                        self.finish_attempt(sched, out, q.job.node, q.job.attempt, result, logs);
+                if let Some(q) = self.take_waiting() {
+                    let Some(q) = self.run_taken(sched, out, q, Some(b)) else {
                         continue;
-                    }
+                    };
                     // Out of budget: it runs again from its start wherever it is taken.
                     lock(&self.backlog).queue.push_front(q);
                 }
@@ -441,14 +446,10 @@ impl Driver {
             }
             // This run's Lua attempts still waiting for a pool thread (a wide fan-out): run
             // the next one here rather than wait for a thread to get to it.
-            if let Some(mut q) = self.take_waiting() {
+            if let Some(q) = self.take_waiting() {
                 #[cfg(test)]
                 self.shared.stolen.fetch_add(1, Ordering::SeqCst);
-                if let Some(mut result) = self.run_queued(&mut q, None) {
-                    let logs = attempt_logs(&mut result);
-                    self.fire_timers(sched, out);
-                    self.finish_attempt(sched, out, q.job.node, q.job.attempt, result, logs);
-                } else {
+                if let Some(mut q) = self.run_taken(sched, out, q, None) {
                     // Long: a pool thread runs it from the start.
                     q.stealable = false;
                     self.enqueue(q, true);
@@ -891,6 +892,24 @@ impl Driver {
                 drain(&backlog, &plan, (&run_id, &inputs), &tx);
             }));
         }
+    }
+
+    /// Run an attempt taken from the backlog here ([`Driver::run_queued`]) and record its
+    /// end; the attempt back if its budget ran out first.
+    fn run_taken(
+        &mut self,
+        sched: &mut Scheduler<'_>,
+        out: &mut Vec<Instruction>,
+        mut q: Queued,
+        budget: Option<Instant>,
+    ) -> Option<Queued> {
+        let Some(mut result) = self.run_queued(&mut q, budget) else {
+            return Some(q);
+        };
+        let logs = attempt_logs(&mut result);
+        self.fire_timers(sched, out);
+        self.finish_attempt(sched, out, q.job.node, q.job.attempt, result, logs);
+        None
     }
 
     /// Run a queued Lua attempt on the driver's thread, as if it had been picked to run
