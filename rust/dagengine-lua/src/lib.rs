@@ -445,11 +445,7 @@ pub fn execute<'a>(
     limits: &LuaLimits,
     cancel: Option<&AtomicBool>,
 ) -> Result<LuaOutput, LuaError> {
-    engine::take_failed_logs();
-    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-        return Err(LuaError::Cancelled);
-    }
-    execute_item(script, inputs.into(), results, info, None, limits, cancel)
+    execute_item(script, inputs, results, info, None, limits, cancel)
 }
 
 /// Runs `script` like [`execute`] for one item of a mapped node: `item` is its index
