@@ -146,19 +146,42 @@ class NodeResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict in the core's shape (without ``node_id``, which is the key);
         ``skip_reason`` and ``cached_from`` only when set."""
-        out = {
-            "status": self.status.value,
-            "output": self.output,
-            "error": self.error.to_dict() if self.error is not None else None,
-            "attempts": self.attempts,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
-        if self.skip_reason is not None:
-            out["skip_reason"] = self.skip_reason
-        if self.cached_from is not None:
-            out["cached_from"] = self.cached_from
-        return out
+        return _node_dict(
+            self.status.value,
+            self.output,
+            self.error.to_dict() if self.error is not None else None,
+            self.attempts,
+            self.started_at,
+            self.finished_at,
+            self.skip_reason,
+            self.cached_from,
+        )
+
+
+def _node_dict(
+    status: str,
+    output: Any,
+    error: dict[str, Any] | None,
+    attempts: int,
+    started_at: float | None,
+    finished_at: float | None,
+    skip_reason: str | None,
+    cached_from: str | None,
+) -> dict[str, Any]:
+    """:meth:`NodeResult.to_dict` of these fields (also built from the core's entries)."""
+    out = {
+        "status": status,
+        "output": output,
+        "error": error,
+        "attempts": attempts,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+    if skip_reason is not None:
+        out["skip_reason"] = skip_reason
+    if cached_from is not None:
+        out["cached_from"] = cached_from
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,19 +285,16 @@ def _node_dicts(results: Mapping[str, NodeResult]) -> dict[str, dict[str, Any]]:
     for nid, entry in results._raw.items():
         done = built.get(nid)
         if done is None and entry.get("error") is None and entry["status"] in _NODE_STATUSES:
-            node = {
-                "status": entry["status"],
-                "output": entry.get("output"),
-                "error": None,
-                "attempts": int(entry.get("attempts", 0)),
-                "started_at": entry.get("started_at"),
-                "finished_at": entry.get("finished_at"),
-            }
-            if entry.get("skip_reason") is not None:
-                node["skip_reason"] = entry["skip_reason"]
-            if entry.get("cached_from") is not None:
-                node["cached_from"] = entry["cached_from"]
-            out[nid] = node
+            out[nid] = _node_dict(
+                entry["status"],
+                entry.get("output"),
+                None,
+                int(entry.get("attempts", 0)),
+                entry.get("started_at"),
+                entry.get("finished_at"),
+                entry.get("skip_reason"),
+                entry.get("cached_from"),
+            )
         else:
             out[nid] = (done if done is not None else results[nid]).to_dict()
     return out

@@ -35,9 +35,8 @@ SEVERITIES: Final[tuple[Severity, ...]] = ("info", "warning", "error", "critical
 _SEVERITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 
-def _dumps(value: Any) -> str:
-    """Every write's JSON encoding: compact, non-ASCII kept, NaN allowed."""
-    return compact_json(value)
+#: Every write's JSON encoding: compact, non-ASCII kept, NaN allowed.
+_dumps: Final = compact_json
 
 
 def _encodable(value: Any) -> Any:
