@@ -259,33 +259,28 @@ def main() -> None:
             bare, bare_url = start([sys.executable, "bare.py"], root)
             procs.append(bare)
             loads = [os.getloadavg()[0]]
+            # Pairs: each row and the bare endpoint back to back, which one goes first
+            # alternating, so that both see the same load of the machine. (who, where, what,
+            # the server's pid, the key its sample is kept under)
+            constant = ("bare", bare_url, "/const", bare.pid)
+            pairs = [
+                ((*constant, f"{name} {row}"), (name, url, path, pid, row))
+                for row, path, _target in ROWS
+                for name, (url, pid) in servers.items()
+            ]
+            pairs.append(((*constant, "floor"), ("floor", bare_url, FLOOR[1], bare.pid, FLOOR[0])))
             for round_no in range(args.rounds):
-                for row, path, _target in ROWS:
-                    for name, (url, pid) in servers.items():
-                        # A pair: this row and the bare endpoint back to back, which one goes
-                        # first alternating, so that both see the same load of the machine.
-                        pair = [("bare", bare_url, "/const", bare.pid), (name, url, path, pid)]
-                        if round_no % 2:
-                            pair.reverse()
-                        for who, where, what, server in pair:
-                            before = cpu_seconds(server)
-                            got = measure(where, what, args)
-                            if who != "bare":
-                                drain(where)  # (the runs' own work counts too)
-                            # (the load's warm-up sends one request a connection too)
-                            served = args.requests + args.concurrency
-                            used = (cpu_seconds(server) - before) / served
-                            sample = (*got, used)
-                            key = f"{name} {row}" if who == "bare" else row
-                            seen.setdefault(who, {}).setdefault(key, []).append(sample)
-                        loads.append(os.getloadavg()[0])
-                pair = [("bare", "/const"), ("floor", FLOOR[1])]
-                for who, what in pair if round_no % 2 == 0 else pair[::-1]:
-                    before = cpu_seconds(bare.pid)
-                    got = measure(bare_url, what, args)
-                    used = (cpu_seconds(bare.pid) - before) / (args.requests + args.concurrency)
-                    key = "floor" if who == "bare" else FLOOR[0]
-                    seen.setdefault(who, {}).setdefault(key, []).append((*got, used))
+                for pair in pairs:
+                    for who, where, what, server, key in pair[::-1] if round_no % 2 else pair:
+                        before = cpu_seconds(server)
+                        got = measure(where, what, args)
+                        if who not in ("bare", "floor"):
+                            drain(where)  # (the runs' own work counts too)
+                        # (the load's warm-up sends one request a connection too)
+                        served = args.requests + args.concurrency
+                        used = (cpu_seconds(server) - before) / served
+                        seen.setdefault(who, {}).setdefault(key, []).append((*got, used))
+                    loads.append(os.getloadavg()[0])
         finally:
             for proc in procs:
                 proc.terminate()
@@ -304,6 +299,31 @@ def server_stack() -> str:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return f"uvicorn {uvicorn.__version__} ({loop}, {parser}) for both servers"
+
+
+def print_row(
+    label: str,
+    got: list[tuple[float, float, float, float]],
+    bare: list[tuple[float, float, float, float]],
+    target: float | None,
+) -> None:
+    """Print one row against the bare loads of its pairs: medians of its samples, the median
+    of the pair ratios of req/s and of p99, and the verdict on ``target`` (the throughput
+    ratio; p99 <= 3x bare too), or that the row is information when it has none."""
+    med = statistics.median
+    ratios = [g[0] / b[0] for g, b in zip(got, bare, strict=True)]
+    ratio = med(ratios)
+    p99 = med(g[2] / b[2] for g, b in zip(got, bare, strict=True))
+    if target is None:
+        verdict = "information: the run alone, nothing recorded"
+    else:
+        met = ratio >= target and p99 <= P99_TARGET
+        verdict = f">= {target:.1f}x, p99 <= {P99_TARGET:.0f}x: {'met' if met else 'NOT MET'}"
+    print(
+        f"{label:36} {med(g[0] for g in got):8.0f} {med(g[1] for g in got) * 1e3:8.2f} "
+        f"{med(g[2] for g in got) * 1e3:8.2f} {med(g[3] for g in got) * 1e6:7.0f} "
+        f"{ratio:7.2f} {p99:6.1f}  {verdict} (pairs {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 def report(
@@ -333,28 +353,14 @@ def report(
         if name in ("bare", "floor"):
             continue
         for row, _path, target in ROWS:
-            got, bare = rows[row], seen["bare"][f"{name} {row}"]
-            ratios = [g[0] / b[0] for g, b in zip(got, bare, strict=True)]
-            ratio = med(ratios)
-            p99 = med(g[2] / b[2] for g, b in zip(got, bare, strict=True))
-            met = ratio >= target and p99 <= P99_TARGET
             label = row if name == "serve" else f"{row} (baseline)"
-            print(
-                f"{label:36} {med(g[0] for g in got):8.0f} {med(g[1] for g in got) * 1e3:8.2f} "
-                f"{med(g[2] for g in got) * 1e3:8.2f} {med(g[3] for g in got) * 1e6:7.0f} "
-                f"{ratio:7.2f} {p99:6.1f}  "
-                f">= {target:.1f}x, p99 <= {P99_TARGET:.0f}x: {'met' if met else 'NOT MET'} "
-                f"(pairs {min(ratios):.2f}-{max(ratios):.2f})"
-            )
+            print_row(label, rows[row], seen["bare"][f"{name} {row}"], target)
     if "floor" in seen:
-        got, bare = seen["floor"][FLOOR[0]], seen["bare"]["floor"]
-        ratios = [g[0] / b[0] for g, b in zip(got, bare, strict=True)]
-        p99 = med(g[2] / b[2] for g, b in zip(got, bare, strict=True))
-        print(
-            f"{FLOOR[0]:36} {med(g[0] for g in got):8.0f} {med(g[1] for g in got) * 1e3:8.2f} "
-            f"{med(g[2] for g in got) * 1e3:8.2f} {med(g[3] for g in got) * 1e6:7.0f} "
-            f"{med(ratios):7.2f} {p99:6.1f}  information: the run alone, nothing recorded "
-            f"(pairs {min(ratios):.2f}-{max(ratios):.2f})"
+        print_row(
+            FLOOR[0],
+            seen["floor"][FLOOR[0]],
+            seen["bare"]["floor"],
+            None,
         )
     if "baseline" in seen:
         for row, _, _ in ROWS:
