@@ -21,6 +21,33 @@ mod session;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc's `mi_option_t` (the same index in its v2 and v3).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+/// How long freed memory stays committed before mimalloc gives it back to the OS. Its
+/// default, 10 ms, is shorter than a run of 10,000 Lua nodes (~13 ms): pages the run's first
+/// nodes freed went back to the OS while it went on, and were faulted in again (zeroed by the
+/// kernel) for the next nodes and the next run. 150 such runs in one process, whole-process
+/// times paired 8 times: chain 0.86x the wall time (system time 0.24 -> 0.06 s), fan-out
+/// 0.84x. A second keeps a busy process's memory for reuse and still returns it once idle.
+const PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+#[allow(unsafe_code)]
+extern "C" {
+    // mimalloc's C API, in the static library `mimalloc`'s sys crate links (its Rust
+    // declaration is behind a feature that pulls in another crate).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Lengthen mimalloc's purge delay ([`PURGE_DELAY_MS`]) unless `MIMALLOC_PURGE_DELAY` sets
+/// it (mimalloc reads its own environment variables).
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: a plain setter of an option mimalloc reads on its own threads.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -866,6 +893,7 @@ fn lua_check(py: Python<'_>, source: &str, chunk_name: Option<&str>) -> PyResult
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    tune_allocator();
     errors::load(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<DagRef>()?;
