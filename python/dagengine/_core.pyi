@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias, final
 
 __all__ = [
+    "INLINE_BUDGET",
     "CancelToken",
     "DagRef",
     "EngineServerRef",
@@ -28,6 +29,10 @@ __all__ = [
 ]
 
 __version__: str
+#: Seconds the core drives a short run on its caller's thread before it goes on elsewhere
+#: (``PendingRun.run`` and the engine service use it; ``DagRef.start(inline_budget=)`` is
+#: given it by the orchestrator's in-process engine).
+INLINE_BUDGET: float
 
 #: Signature of the Python trampoline the core calls for every ``python`` node:
 #: ``invoke(fn, node_id, run_id, attempt, inputs, results, cancel) -> dict | None``

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from dagengine import _core
 from dagengine._invoke import POLL_SECONDS, make_invoke
@@ -51,6 +51,11 @@ from dagengine.nodes import (
 )
 from dagengine.results import NodeEvent, RunResult
 from dagengine.spec_model import RetryBackoff, WorkflowSpecModel, parse, to_dict
+
+#: Seconds the core drives a short run on its caller's thread before it goes on elsewhere: one
+#: figure, the core's, for ``dag.run``, the engine service and the orchestrator's in-process
+#: engine (``DAG.start(_inline_budget=)``).
+INLINE_BUDGET: Final[float] = _core.INLINE_BUDGET
 
 __all__ = [
     "DAG",

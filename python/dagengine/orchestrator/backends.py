@@ -45,6 +45,7 @@ from dagengine.orchestrator.threads import LoopThread, RunThreads
 from dagengine.results import NodeEvent, RunResult
 from dagengine.v1 import engine_pb2 as pb
 from dagengine.workflow import DAG, LocalRun, SubWorkflowRunner
+from dagengine.workflow import INLINE_BUDGET as CORE_INLINE_BUDGET
 
 __all__ = [
     "Backend",
@@ -61,8 +62,9 @@ log = logging.getLogger("dagengine.orchestrator")
 T = TypeVar("T")
 
 #: How long (seconds) :meth:`LocalBackend.launch` drives a run on its caller's thread before
-#: the run goes on elsewhere: a 3-node Lua run takes ~15 µs (the gRPC service's budget too).
-INLINE_BUDGET = 0.0001
+#: the run goes on elsewhere: the core's own budget (a 3-node Lua run takes ~15 µs), the one
+#: ``dag.run`` and the gRPC service use.
+INLINE_BUDGET = CORE_INLINE_BUDGET
 
 
 def native_only(dag: DAG) -> bool:

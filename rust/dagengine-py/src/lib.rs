@@ -55,7 +55,7 @@ use dagengine_core::{Backoff, Dag, MapOptions, NodeIdx, NodePolicy, RunOptions, 
 use dagengine_lua::{LuaLimits, LuaScript};
 use dagengine_server::{
     start_run, start_run_inline, Condition, EventDetail, MapSpec, NodeKind, NodeSpec, Plan,
-    RunConfig, RunEvent, RunHandle, DEFAULT_MAX_ITEMS,
+    RunConfig, RunEvent, RunHandle, DEFAULT_MAX_ITEMS, INLINE_BUDGET,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -896,6 +896,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tune_allocator();
     errors::load(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("INLINE_BUDGET", INLINE_BUDGET.as_secs_f64())?;
     m.add_class::<DagRef>()?;
     m.add_class::<RunRef>()?;
     m.add_class::<PendingRun>()?;
