@@ -33,7 +33,7 @@ class Config:
     #: Untimed runs before the timed ones (imports, thread pools, caches, Lua chunk cache).
     warmup: int = 1
     #: Runs of the same DAG in the memory-growth section.
-    memory_runs: int = 1_000
+    memory_runs: int = 1_900
     seed: int = 20240531
 
 
