@@ -377,8 +377,7 @@ impl Driver {
                 return Some(status);
             }
             if budget.is_some_and(|b| Instant::now() >= b) {
-                self.publish();
-                self.start_waiting_drainers();
+                self.leave_caller();
                 return None; // a long chain of quick nodes: the rest elsewhere
             }
             // Work-first: hand all but one ready Lua node to the pool, run the last here.
@@ -398,8 +397,7 @@ impl Driver {
                 let Some(mut result) = ran else {
                     // Out of budget: the attempt runs again wherever the loop goes on.
                     inline.push((node, attempt));
-                    self.publish();
-                    self.start_waiting_drainers();
+                    self.leave_caller();
                     return None;
                 };
                 let logs = attempt_logs(&mut result);
@@ -435,8 +433,7 @@ impl Driver {
                     // Out of budget: it runs again from its start wherever it is taken.
                     lock(&self.backlog).queue.push_front(q);
                 }
-                self.publish();
-                self.start_waiting_drainers();
+                self.leave_caller();
                 return None; // waiting is for a thread of our own, not the caller's
             }
             self.publish();
@@ -795,7 +792,7 @@ impl Driver {
     /// [`Driver::dispatch_lua`] for every attempt of `ready` (emptied), a batch at a time:
     /// the backlog's lock is taken once per batch, not once per node (the pool threads
     /// take from it meanwhile). Without `start`, no pool job is started for them (yet: see
-    /// [`Driver::start_waiting_drainers`]).
+    /// [`Driver::leave_caller`]).
     fn dispatch_all_lua(&mut self, ready: &mut Vec<(NodeIdx, u32)>, start: bool) {
         const BATCH: usize = 256;
         let mut batch = Vec::with_capacity(ready.len().min(BATCH));
@@ -806,10 +803,11 @@ impl Driver {
         ready.clear();
     }
 
-    /// Start pool jobs for the attempts waiting in the backlog (as [`Driver::enqueue`]
-    /// would have): a run inline on a caller's thread left them for that thread, and is
-    /// leaving it.
-    fn start_waiting_drainers(&self) {
+    /// A run driven inline leaves its caller's thread (its budget is spent, or it would
+    /// wait): publish what it buffered, and start pool jobs for the attempts waiting in the
+    /// backlog (as [`Driver::enqueue`] would have), which it had left for that thread.
+    fn leave_caller(&mut self) {
+        self.publish();
         let start = Self::drainers_to_start(&mut lock(&self.backlog), false);
         self.start_drainers(start);
     }
