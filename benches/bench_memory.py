@@ -42,11 +42,6 @@ class MemoryResult:
     rss_end_kib: int
 
     @property
-    def mid_run(self) -> int:
-        """The run after which the middle reading is taken."""
-        return mid_run(self.runs)
-
-    @property
     def growth_kib(self) -> int:
         """RSS growth of the half that grew less (a leak grows both)."""
         return min(self.rss_mid_kib - self.rss_warm_kib, self.rss_end_kib - self.rss_mid_kib)
