@@ -257,3 +257,72 @@ def test_a_replica_cut_off_by_its_network_loses_its_runs_and_rejoins(
 
 def _wrap(net: netns.Network, host: str) -> list[str]:
     return ["ip", "netns", "exec", net.namespace(host)]
+
+
+# A replica's writer in a transaction holding a lock (as its commits hold EVENTS_LOCK and
+# their runs' rows), reading a result the server is still sending when the link goes down.
+_BLOCKED_WRITER = """
+import sys
+from dagengine.orchestrator.store.postgres import PostgresStore
+store = PostgresStore(sys.argv[1], replica="cut-writer", lease_ttl=float(sys.argv[2]))
+db = store._db
+db.execute("BEGIN")
+db.execute("SELECT pg_advisory_xact_lock(%s)", (int(sys.argv[3]),))
+print("holding", db.execute("SHOW tcp_user_timeout").fetchone()[0], flush=True)
+for _ in db.cursor().stream("SELECT generate_series(1, 1000000000), repeat('x', 200)"):
+    pass
+"""
+
+
+def test_a_cut_replicas_session_blocked_sending_frees_its_locks_within_the_lease(
+    net: netns.Network, database: tuple[str, str]
+) -> None:
+    """The server side of a cut: a replica's backend sending it a result when its link goes
+    down is blocked writing, neither idle (``idle_in_transaction_session_timeout`` does not
+    apply) nor told (TCP retransmits for ~15 minutes). The replica's sessions carry
+    ``tcp_user_timeout`` = the lease's time to live, so the server drops it and frees its
+    locks within about a lease, instead of stalling every replica's commits (a CI run of
+    tests/deploy saw the survivor's commits wait on such a backend for over a minute)."""
+    url, local = database
+    net.add_host("cut")
+    key = 0x5EED
+    proc = net.run_in(
+        "cut", [sys.executable, "-c", _BLOCKED_WRITER, url, str(LEASE_TTL), str(key)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = Lines(proc.stdout)
+        try:
+            first = lines.queue.get(timeout=60)
+        except queue.Empty:
+            first = ""
+        # (its sessions carry the timeout: the lease's time to live, in ms)
+        assert first.split() == ["holding", str(round(LEASE_TTL * 1000))], (first, proc.poll())
+        holder = (
+            "SELECT a.state, a.wait_event FROM pg_locks l JOIN pg_stat_activity a "
+            f"ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.objid = {key} AND l.granted"
+        )
+        wait_for(
+            lambda: query(local, holder) == [("active", "ClientWrite")],
+            "the holder's backend to wait on sending its result",
+            timeout=30,
+        )
+        net.link_down("cut")
+        cut = time.monotonic()
+        try:
+            wait_for(lambda: not query(local, holder), "the server to drop the cut session",
+                     timeout=6 * LEASE_TTL)  # fmt: skip
+        except BaseException:
+            print(query(local, "SELECT pid, state, wait_event, client_addr FROM pg_stat_activity"))
+            raise
+        print(
+            f"\ncut replica's backend blocked sending: dropped {(time.monotonic() - cut) * 1e3:.0f}"
+            f" ms after the cut (lease TTL {LEASE_TTL * 1e3:.0f} ms)"
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

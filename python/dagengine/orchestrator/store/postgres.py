@@ -47,7 +47,11 @@ from dagengine.orchestrator.store.compact import (
     page_bound,
     stored_types,
 )
-from dagengine.orchestrator.store.postgres_replicas import DEFAULT_LEASE_TTL, ReplicaStore
+from dagengine.orchestrator.store.postgres_replicas import (
+    DEFAULT_LEASE_TTL,
+    ReplicaStore,
+    replica_server_options,
+)
 from dagengine.orchestrator.store.postgres_schema import (
     INSERT_OUTPUT,
     INSERT_RUN,
@@ -195,6 +199,8 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
             "application_name": f"dagengine pid {os.getpid()} on {socket.gethostname()}",
             **{k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given},
         }
+        if replica is not None:  # (the writer's connection and the pool's)
+            self._options["options"] = replica_server_options(given.get("options"), lease_ttl)
         self._init_write_behind()
         self._tx_thread: int | None = None
         self._db: Any = None
