@@ -109,6 +109,10 @@ class LuaResult:
     lupa_us: float
     #: The median over pairs of (lupa batch / dagengine run), timed back to back.
     vs_lupa: float
+    #: ``dag.start(inputs).wait()`` (events recorded, as ``start`` does by default), µs/node.
+    events_us: float
+    #: The median over pairs of (events recorded / ``dag.run``), timed back to back.
+    events_cost: float
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -127,6 +131,14 @@ def measure_lua_shape(shape: Shape, cfg: Config) -> LuaResult:
         lambda: run_dag(dag, inputs), lupa_batch(shape.n), max(cfg.repeats, 9), cfg.warmup
     )
     core, convert = time_phases(dag, inputs, cfg.repeats)
+    # What recording the events costs a caller who only waits for the end (the driver
+    # publishes them once per node it runs inline; such a waiter must not wake for them).
+    plain_s, events_s = paired(
+        lambda: run_dag(dag, inputs),
+        lambda: dag.start(inputs).wait().raise_for_status(),
+        max(cfg.repeats, 9),
+        cfg.warmup,
+    )
     return LuaResult(
         shape=shape.name,
         nodes=shape.n,
@@ -136,6 +148,8 @@ def measure_lua_shape(shape: Shape, cfg: Config) -> LuaResult:
         build_us=build.per_item_us(shape.n),
         lupa_us=statistics.median(lupa_s) / shape.n * 1e6,
         vs_lupa=statistics.median(t / o for o, t in zip(ours_s, lupa_s, strict=True)),
+        events_us=statistics.median(events_s) / shape.n * 1e6,
+        events_cost=statistics.median(e / o for o, e in zip(plain_s, events_s, strict=True)),
     )
 
 
@@ -152,6 +166,7 @@ def section_lua(cfg: Config) -> list[LuaResult]:
             "lupa full call",
             "vs lupa",
             "build+preprocess",
+            "events on",
         ],
     )
     for r in results:
@@ -163,6 +178,7 @@ def section_lua(cfg: Config) -> list[LuaResult]:
             fmt_us(r.lupa_us),
             fmt_ratio(r.vs_lupa),
             fmt_us(r.build_us),
+            f"{fmt_us(r.events_us)} ({r.events_cost:.2f}x)",
         )
     table.notes.append(
         "dagengine = dag.run({'values': [1..10]}) per node (conversions, scheduling, "
@@ -171,6 +187,10 @@ def section_lua(cfg: Config) -> list[LuaResult]:
     table.notes.append(
         "lupa = as many back-to-back calls as the shape has nodes: table_from(dict, "
         "recursive=True) → compiled function → dict(result.items()); Lua 5.4, one thread"
+    )
+    table.notes.append(
+        "events on = dag.start(inputs).wait(): the events recorded (start's default), the "
+        "caller waiting for the end only; in brackets, x the time of dag.run (paired)"
     )
     table.print()
     return results

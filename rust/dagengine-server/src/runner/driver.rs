@@ -6,9 +6,9 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dagengine_core::{
@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::drivers;
 use crate::runtime::{runtime, RuntimeError};
 
-use super::handle::{ExecOk, Msg, Published, RunHandle, Shared};
+use super::handle::{ExecOk, Msg, Published, RunHandle, Shared, Waiters};
 use super::lock;
 use super::lua::{
     attempt_logs, drain, lua_pool, Backlog, LuaCall, LuaJob, Queued, Waiting, PREEMPTED,
@@ -138,11 +138,11 @@ fn new_run(
         run_id: config.run_id.clone(),
         cancel: AtomicBool::new(false),
         published: Mutex::new(Published::default()),
-        changed: Condvar::new(),
-        sync_waiters: AtomicUsize::new(0),
+        events_waiters: Waiters::default(),
+        end_waiters: Waiters::default(),
         changed_async: tokio::sync::Notify::new(),
         #[cfg(test)]
-        stolen: AtomicUsize::new(0),
+        stolen: std::sync::atomic::AtomicUsize::new(0),
     });
     let handle = RunHandle {
         shared: shared.clone(),
@@ -308,7 +308,7 @@ impl Driver {
             return;
         }
         self.shared.lock().events.extend(self.buffered.drain(..));
-        self.shared.notify();
+        self.shared.notify_events();
     }
 
     fn run(mut self, rx: &mut Receiver<Msg>) {
@@ -781,7 +781,7 @@ impl Driver {
         published.events.extend(self.buffered.drain(..));
         published.outcome = Some(Arc::new(outcome));
         drop(published);
-        self.shared.notify();
+        self.shared.notify_end();
     }
 
     fn dispatch_lua(&mut self, node: NodeIdx, attempt: u32) {

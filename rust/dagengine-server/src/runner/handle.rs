@@ -96,40 +96,72 @@ pub(super) struct Shared {
     pub(super) run_id: String,
     pub(super) cancel: AtomicBool,
     pub(super) published: Mutex<Published>,
-    pub(super) changed: Condvar,
-    /// Threads waiting on `changed` (counted under `published`'s lock): a `notify_all` is a
-    /// syscall even with nobody to wake, and the gRPC path never waits there.
-    pub(super) sync_waiters: AtomicUsize,
-    /// The same wake-up as `changed`, for async waiters (the gRPC event stream).
+    /// Threads waiting for events or the end ([`RunHandle::next_events`]).
+    pub(super) events_waiters: Waiters,
+    /// Threads waiting for the end only ([`RunHandle::wait`]): not woken by events, which
+    /// a driver running nodes inline publishes once per node (a fan-out of 10,000 Lua
+    /// nodes woke `dag.start(...).wait()` thousands of times: ~7 ms of its CPU, taken
+    /// from the run's own threads on a two-core machine).
+    pub(super) end_waiters: Waiters,
+    /// The same wake-up as `events_waiters`, for async waiters (the gRPC event stream).
     pub(super) changed_async: tokio::sync::Notify,
     /// Lua attempts the driver took from the backlog to run itself (tests wait on it).
     #[cfg(test)]
     pub(super) stolen: AtomicUsize,
 }
 
-impl Shared {
-    /// Wake the waiters of `changed` and `changed_async`; call after releasing the lock.
-    pub(super) fn notify(&self) {
-        if self.sync_waiters.load(Ordering::SeqCst) > 0 {
-            self.changed.notify_all();
-        }
-        self.changed_async.notify_waiters();
-    }
+/// A condition variable on [`Shared::published`] and how many threads wait on it (counted
+/// under the lock): a `notify_all` is a syscall even with nobody to wake, and the gRPC
+/// path never waits there.
+#[derive(Default)]
+pub(super) struct Waiters {
+    changed: Condvar,
+    count: AtomicUsize,
+    /// How many times a waiter looked at the published state (tests count the wake-ups).
+    #[cfg(test)]
+    pub(super) looks: AtomicUsize,
+}
 
-    /// Wait on `changed` while `blocked` holds, up to `timeout`.
+impl Waiters {
+    /// Wait on these while `blocked` holds, up to `timeout`.
     pub(super) fn wait_while<'a>(
-        &'a self,
+        &self,
         guard: MutexGuard<'a, Published>,
         timeout: Duration,
         blocked: impl FnMut(&mut Published) -> bool,
     ) -> MutexGuard<'a, Published> {
-        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let mut blocked = blocked;
         let (guard, _) = self
             .changed
-            .wait_timeout_while(guard, timeout, blocked)
+            .wait_timeout_while(guard, timeout, |p| {
+                #[cfg(test)]
+                self.looks.fetch_add(1, Ordering::SeqCst);
+                blocked(p)
+            })
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
+        self.count.fetch_sub(1, Ordering::SeqCst);
         guard
+    }
+
+    fn notify(&self) {
+        if self.count.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_all();
+        }
+    }
+}
+
+impl Shared {
+    /// Wake the waiters for events (sync and async); call after releasing the lock.
+    pub(super) fn notify_events(&self) {
+        self.events_waiters.notify();
+        self.changed_async.notify_waiters();
+    }
+
+    /// Wake every waiter: the outcome was set. Call after releasing the lock.
+    pub(super) fn notify_end(&self) {
+        self.notify_events();
+        self.end_waiters.notify();
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Published> {
@@ -175,19 +207,21 @@ impl RunHandle {
 
     /// Wait up to `timeout` for the run to finish; true if it has.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let guard = self.shared.lock();
-        let guard = self
-            .shared
-            .wait_while(guard, timeout, |p| p.outcome.is_none());
+        let shared = &self.shared;
+        let guard = shared
+            .end_waiters
+            .wait_while(shared.lock(), timeout, |p| p.outcome.is_none());
         guard.outcome.is_some()
     }
 
     /// Wait up to `timeout` for events (or the end of the run); take all pending events.
     pub fn next_events(&self, timeout: Duration) -> Vec<RunEvent> {
-        let guard = self.shared.lock();
-        let mut guard = self.shared.wait_while(guard, timeout, |p| {
-            p.events.is_empty() && p.outcome.is_none()
-        });
+        let shared = &self.shared;
+        let mut guard = shared
+            .events_waiters
+            .wait_while(shared.lock(), timeout, |p| {
+                p.events.is_empty() && p.outcome.is_none()
+            });
         guard.events.drain(..).collect()
     }
 
