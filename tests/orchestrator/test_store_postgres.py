@@ -5,6 +5,8 @@ is: no folder made, no path resolved). A real PostgreSQL (tests/pg.py)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
 from dagengine.orchestrator import Config, Orchestrator
@@ -206,6 +208,43 @@ def test_connections_use_tcp_keepalives_unless_the_url_says(pg_url: str) -> None
     with open_store(f"{pg_url}&keepalives_idle=7") as store:
         assert isinstance(store, PostgresStore)
         assert "keepalives_idle=7" in store._db.info.dsn
+
+
+_SERVER_SETTINGS = (
+    "tcp_keepalives_idle",
+    "tcp_keepalives_interval",
+    "tcp_keepalives_count",
+    "tcp_user_timeout",
+)
+
+
+def _server_settings(conn: Any) -> tuple[str, ...]:
+    return tuple(conn.execute(f"SHOW {name}").fetchone()[0] for name in _SERVER_SETTINGS)
+
+
+def test_the_servers_side_of_the_sessions_drops_a_silent_client_unless_the_url_says(
+    pg_url: str,
+) -> None:
+    """The server's keepalives and tcp_user_timeout are set on every session of the store
+    (its own defaults are the OS's: hours), a replica's tcp_user_timeout to its lease; the
+    URL's ``options`` win."""
+    with open_store(pg_url) as store:
+        assert isinstance(store, PostgresStore)
+        assert _server_settings(store._db) == ("10", "3", "3", "20000")
+        with store._pool.connection() as conn:
+            assert _server_settings(conn) == ("10", "3", "3", "20000")
+    replica = PostgresStore(pg_url, replica="r-settings", lease_ttl=2.5)
+    try:
+        assert _server_settings(replica._db) == ("10", "3", "3", "2500")
+    finally:
+        replica.close()
+    parts = urlsplit(pg_url)
+    query = dict(parse_qsl(parts.query))  # (its options set the test's schema)
+    query["options"] += " -c tcp_keepalives_idle=42 -c tcp_user_timeout=0"
+    url = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    with open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        assert _server_settings(store._db) == ("42", "3", "3", "0")
 
 
 # --- the server restarted under load ------------------------------------------------------------

@@ -6,6 +6,10 @@ takes its runs over once their leases expire and finishes them; when the port co
 the cut replica's late writes are refused (fencing: the runs the other finished stay as they
 were), it gives the runs up and works on as a replica (new runs through it succeed).
 
+The server's side of such a cut, on its own: a replica's backend blocked sending to the cut
+host, and a single orchestrator's idle session holding the store's lock, are dropped (their
+locks freed) within a lease and about 20 s.
+
 The database server (Debian's PostgreSQL, initdb in a temporary folder as its non-root
 owner) listens on its host's address and on a Unix socket in its folder, through which the
 test reads what is committed (a Unix socket crosses network namespaces). Needs root and
@@ -319,6 +323,59 @@ def test_a_cut_replicas_session_blocked_sending_frees_its_locks_within_the_lease
         print(
             f"\ncut replica's backend blocked sending: dropped {(time.monotonic() - cut) * 1e3:.0f}"
             f" ms after the cut (lease TTL {LEASE_TTL * 1e3:.0f} ms)"
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+# A single orchestrator's store (not a replica's), idle: its writer session holds the
+# store's lock, which a standby waits for.
+_IDLE_OWNER = """
+import sys, time
+from dagengine.orchestrator.store.postgres import PostgresStore
+store = PostgresStore(sys.argv[1], exclusive=True)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_cut_orchestrators_idle_session_frees_the_store_lock_within_20_s(
+    net: netns.Network, database: tuple[str, str]
+) -> None:
+    """An orchestrator cut off while idle: the server's own keepalives (which the store's
+    sessions set: the default is the OS's two hours) drop its session in about 20 s, and
+    with it the store's lock, so a standby takes the store over."""
+    from dagengine.orchestrator.store.postgres_writer import OWNER_LOCK
+
+    url, local = database
+    net.add_host("cut")
+    proc = net.run_in(
+        "cut", [sys.executable, "-c", _IDLE_OWNER, url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        try:
+            first = Lines(proc.stdout).queue.get(timeout=60)
+        except queue.Empty:
+            first = ""
+        assert first.strip() == "holding", (first, proc.poll())
+        holder = (
+            "SELECT a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            f"WHERE l.locktype = 'advisory' AND l.classid = {OWNER_LOCK} AND l.granted"
+        )
+        assert query(local, holder) == [("idle",)]
+        net.link_down("cut")
+        cut = time.monotonic()
+        wait_for(lambda: not query(local, holder), "the server to drop the cut session",
+                 timeout=45)  # fmt: skip
+        print(
+            f"\ncut orchestrator's idle session: dropped {time.monotonic() - cut:.1f} s after "
+            "the cut (keepalives 10 s + 3 x 3 s)"
         )
     finally:
         proc.kill()

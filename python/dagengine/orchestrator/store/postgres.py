@@ -50,7 +50,7 @@ from dagengine.orchestrator.store.compact import (
 from dagengine.orchestrator.store.postgres_replicas import (
     DEFAULT_LEASE_TTL,
     ReplicaStore,
-    replica_server_options,
+    replica_server_settings,
 )
 from dagengine.orchestrator.store.postgres_schema import (
     INSERT_OUTPUT,
@@ -65,8 +65,10 @@ from dagengine.orchestrator.store.postgres_schema import (
 from dagengine.orchestrator.store.postgres_writer import (
     CONNECT_TIMEOUT,
     CONNECTION_DEFAULTS,
+    SERVER_DEFAULTS,
     PostgresWriter,
     _RowError,
+    server_options,
 )
 from dagengine.orchestrator.store.records import (
     EventRecord,
@@ -199,8 +201,11 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
             "application_name": f"dagengine pid {os.getpid()} on {socket.gethostname()}",
             **{k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given},
         }
-        if replica is not None:  # (the writer's connection and the pool's)
-            self._options["options"] = replica_server_options(given.get("options"), lease_ttl)
+        settings = dict(SERVER_DEFAULTS)
+        if replica is not None:
+            settings.update(replica_server_settings(lease_ttl))
+        # (the writer's connection and the pool's)
+        self._options["options"] = server_options(given.get("options"), settings)
         self._init_write_behind()
         self._tx_thread: int | None = None
         self._db: Any = None

@@ -43,7 +43,7 @@ from dagengine.orchestrator.store.postgres_schema import (
 )
 from dagengine.orchestrator.store.records import SEVERITIES, EventRecord, RunRecord
 
-__all__ = ["DEFAULT_LEASE_TTL", "ReplicaStore", "replica_server_options"]
+__all__ = ["DEFAULT_LEASE_TTL", "ReplicaStore", "replica_server_settings"]
 
 #: Seconds a replica's lease on a run lasts without renewal (``DAGENGINE_LEASE_TTL``).
 DEFAULT_LEASE_TTL = 10.0
@@ -51,23 +51,19 @@ DEFAULT_LEASE_TTL = 10.0
 _DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
 
 
-def replica_server_options(given: str | None, lease_ttl: float) -> str:
-    """The ``options`` connection parameter of a replica's connections: ``given`` (the
-    URL's) with the server's ``tcp_user_timeout`` set to the lease's time to live, unless
-    ``given`` sets it.
+def replica_server_settings(lease_ttl: float) -> dict[str, str]:
+    """What a replica's sessions change of the store's server settings
+    (:data:`~dagengine.orchestrator.store.postgres_writer.SERVER_DEFAULTS`): data it sends
+    may go unacknowledged for a lease's time to live, not 20 s.
 
     A replica cut off from the network mid-statement leaves a backend that is sending it
     results: blocked writing to the socket, not idle, so ``idle_in_transaction_session_timeout``
-    never fires, and TCP retransmits for ~15 minutes before giving up. All that time the
-    backend holds what its transaction locked: its runs' rows (which the other replicas
-    skip when they take runs over) and the lock events are numbered under (which every
-    other replica's commit waits for: all of them stall). With the timeout the server drops
-    the connection once its data goes unacknowledged for a lease's time to live, and the
-    locks go with it."""
-    if given and "tcp_user_timeout" in given:
-        return given
-    ours = f"-c tcp_user_timeout={max(1, round(lease_ttl * 1000))}"
-    return f"{given} {ours}" if given else ours
+    never fires. All that time the backend holds what its transaction locked: its runs' rows
+    (which the other replicas skip when they take runs over) and the lock events are
+    numbered under (which every other replica's commit waits for: all of them stall). The
+    others take the runs over once a lease has run out: the server drops the connection by
+    then, and the locks go with it."""
+    return {"tcp_user_timeout": str(max(1, round(lease_ttl * 1000)))}
 
 
 # Renewed (and released) only on the rows nobody has locked: the writer's commits lock the

@@ -44,8 +44,10 @@ __all__ = [
     "CONNECTION_DEFAULTS",
     "CONNECT_TIMEOUT",
     "OWNER_LOCK",
+    "SERVER_DEFAULTS",
     "PostgresWriter",
     "note_closed_owner",
+    "server_options",
 ]
 
 #: The advisory lock an orchestrator's store holds on its schema (``exclusive``): the first
@@ -61,6 +63,29 @@ CONNECTION_DEFAULTS: dict[str, str] = {
     "keepalives_interval": "3",
     "keepalives_count": "3",
 }
+#: The server's settings of the store's sessions unless the URL's ``options`` set them (see
+#: :func:`server_options`): the same keepalives on the server's side, whose default is the
+#: operating system's (two hours), and how long data it sends may go unacknowledged.
+SERVER_DEFAULTS: dict[str, str] = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "3",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "20000",
+}
+
+
+def server_options(given: str | None, settings: dict[str, str]) -> str:
+    """The ``options`` connection parameter of the store's connections: ``given`` (the
+    URL's) and ``-c NAME=VALUE`` for each of ``settings`` it does not name.
+
+    They end the server's side of a session whose client was cut off (a pulled cable, a
+    partition: no FIN reaches the server) within about 20 s, and with it what the session
+    holds: an orchestrator's store lock (which a standby waits for), its transaction's row
+    locks. Idle, the session is dropped by the server's keepalives; sending (a result the
+    client no longer reads), by ``tcp_user_timeout`` (TCP would retransmit for ~15 minutes,
+    and the backend, blocked writing, is not idle: no idle timeout applies)."""
+    ours = [f"-c {name}={value}" for name, value in settings.items() if name not in (given or "")]
+    return " ".join([given, *ours] if given else ours)
 
 
 #: Seconds between two tries of a standby store to take the lock.
