@@ -216,6 +216,8 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
             with self.transaction():
                 migrate(self._db, self.path)
             self._next_seq = int(self._db.execute(NEXT_EVENT_SEQ).fetchone()[0])
+            #: A replica's own number of its next event (its id is new with each process).
+            self._next_token = 1
         except self._psycopg.Error as exc:
             if self._db is not None:
                 self._db.close()
@@ -549,10 +551,13 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
         row = _event_row(time, type, severity, workflow_id, run_id, node_id, engine_id, data)
         with self._lock:
             self._flush_locked()
-            if self.replica_id is None:
-                with self._pending_cv:
+            with self._pending_cv:
+                if self.replica_id is None:
                     row[0] = seq = self._next_seq
                     self._next_seq += 1
+                else:  # (its own number: see append_event_later)
+                    row[0] = self._next_token
+                    self._next_token += 1
             with self.transaction():
                 cursor = self._db.cursor()
                 self._write_events(cursor, [tuple(row)])
@@ -579,7 +584,9 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
                 row[0] = seq = self._next_seq
                 self._next_seq += 1
             else:
-                seq = 0  # numbered when committed
+                seq = 0  # numbered when committed; the row carries the replica's own number
+                row[0] = self._next_token
+                self._next_token += 1
             backlog = self._enqueue_events_locked([tuple(row)])
         if backlog >= _writer.MAX_PENDING:
             self.flush()
@@ -598,13 +605,18 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
             for when, kind, level, wf, run, node, engine, data in events
         ]
         with self._pending_cv:
-            first = self._next_seq if self.replica_id is None else 0
+            replica = self.replica_id is not None
+            first = 0 if replica else self._next_seq
             if not encoded:
                 return first
+            # (a replica's rows carry its own numbers: see INSERT_EVENTS_NUMBERED)
+            number = self._next_token if replica else first
             backlog = self._enqueue_events_locked(
-                [(first and first + offset, *row) for offset, row in enumerate(encoded)]
+                [(number + offset, *row) for offset, row in enumerate(encoded)]
             )
-            if self.replica_id is None:
+            if replica:
+                self._next_token = number + len(encoded)
+            else:
                 self._next_seq = first + len(encoded)
         if backlog >= _writer.MAX_PENDING:
             self.flush()

@@ -207,6 +207,19 @@ PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """CREATE TRIGGER events_delete INSTEAD OF DELETE ON events
             FOR EACH ROW EXECUTE FUNCTION events_delete()""",
     ),
+    # A replica's events carry a number of its own (``token``, counted by its store), unique
+    # with their ``origin``: a group written again after a commit whose answer was lost (the
+    # connection cut after the server committed) skips the events it holds, as a single
+    # orchestrator's skips them by their ``seq`` (a replica's are numbered at the commit, so
+    # the second commit numbered them anew: duplicates, a run with two ``run.completed``).
+    # And ``events_seq`` is marked used if it never was: its first ``nextval`` (a replica's
+    # first event on a new database) gave 0, a number no reader ever returns (``seq > 0``).
+    (
+        "ALTER TABLE event_rows ADD COLUMN token BIGINT",
+        """CREATE UNIQUE INDEX event_rows_by_token ON event_rows (origin, token)
+            WHERE token IS NOT NULL""",
+        "SELECT setval('events_seq', last_value, true) FROM events_seq WHERE NOT is_called",
+    ),
 )
 
 #: The advisory lock that serialises migrations (any number: the same in every process).
@@ -366,14 +379,16 @@ EVENTS_WRITTEN: Final = (
 #: reader following ``seq > cursor`` never misses one committed later with a lower number.
 EVENTS_LOCK: Final = 0x6461_6765_7673  # "dagevs"
 #: A replica's events: numbered now from ``events_seq`` (under :data:`EVENTS_LOCK`), in the
-#: order given (the ``seq`` column of the rows is ignored); the followers are notified at
-#: the commit.
-INSERT_EVENTS_NUMBERED: Final = f"""INSERT INTO event_rows ({_EVENT_ROW_COLUMNS})
+#: order given; the ``seq`` column of the rows is the replica's own number of the event
+#: (``token``): one it wrote already (its group written again after a lost answer) is
+#: skipped. The followers are notified at the commit.
+INSERT_EVENTS_NUMBERED: Final = f"""INSERT INTO event_rows ({_EVENT_ROW_COLUMNS}, token)
     SELECT nextval('events_seq'), time, run_key, severity, type, workflow_id, run_id,
-        node_id, engine_id, data
-    FROM (SELECT v.n, v.time, {_KEYED} FROM {_EVENT_ARRAYS} ORDER BY v.n)
+        node_id, engine_id, data, token
+    FROM (SELECT v.n, v.time, {_KEYED}, v.seq FROM {_EVENT_ARRAYS} ORDER BY v.n)
         AS ordered (n, time, run_key, severity, type, workflow_id, run_id, node_id,
-            engine_id, data)
+            engine_id, data, token)
+    ON CONFLICT (origin, token) WHERE token IS NOT NULL DO NOTHING
     RETURNING seq"""
 #: The channel a replica notifies when it commits events (the payload is empty).
 EVENTS_CHANNEL: Final = "dagengine_events"

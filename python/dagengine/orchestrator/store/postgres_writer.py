@@ -276,7 +276,7 @@ class PostgresWriter(WriteBehind):
             return
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
         self._db.execute(f"NOTIFY {EVENTS_CHANNEL}")  # (sent when the transaction commits)
-        cursor.execute(INSERT_EVENTS_NUMBERED, _event_columns(events))  # returns their numbers
+        cursor.execute(INSERT_EVENTS_NUMBERED, _event_columns(events))
 
     @contextmanager
     def transaction(self, *, begin: bool = True) -> Iterator[None]:
