@@ -263,6 +263,29 @@ def _wrap(net: netns.Network, host: str) -> list[str]:
     return ["ip", "netns", "exec", net.namespace(host)]
 
 
+@contextlib.contextmanager
+def _script_on(net: netns.Network, host: str, script: str, *args: str) -> Iterator[str]:
+    """``python -c script args`` on a new ``host`` of ``net``, for as long as the block
+    lasts (killed after it); yields the first line it printed."""
+    net.add_host(host)
+    proc = net.run_in(
+        host, [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        try:
+            first = Lines(proc.stdout).queue.get(timeout=60)
+        except queue.Empty:
+            first = ""
+        yield first
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 # A replica's writer in a transaction holding a lock (as its commits hold EVENTS_LOCK and
 # their runs' rows), reading a result the server is still sending when the link goes down.
 _BLOCKED_WRITER = """
@@ -288,21 +311,10 @@ def test_a_cut_replicas_session_blocked_sending_frees_its_locks_within_the_lease
     locks within about a lease, instead of stalling every replica's commits (a CI run of
     tests/deploy saw the survivor's commits wait on such a backend for over a minute)."""
     url, local = database
-    net.add_host("cut")
     key = 0x5EED
-    proc = net.run_in(
-        "cut", [sys.executable, "-c", _BLOCKED_WRITER, url, str(LEASE_TTL), str(key)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        lines = Lines(proc.stdout)
-        try:
-            first = lines.queue.get(timeout=60)
-        except queue.Empty:
-            first = ""
+    with _script_on(net, "cut", _BLOCKED_WRITER, url, str(LEASE_TTL), str(key)) as first:
         # (its sessions carry the timeout: the lease's time to live, in ms)
-        assert first.split() == ["holding", str(round(LEASE_TTL * 1000))], (first, proc.poll())
+        assert first.split() == ["holding", str(round(LEASE_TTL * 1000))], first
         holder = (
             "SELECT a.state, a.wait_event FROM pg_locks l JOIN pg_stat_activity a "
             f"ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.objid = {key} AND l.granted"
@@ -324,12 +336,6 @@ def test_a_cut_replicas_session_blocked_sending_frees_its_locks_within_the_lease
             f"\ncut replica's backend blocked sending: dropped {(time.monotonic() - cut) * 1e3:.0f}"
             f" ms after the cut (lease TTL {LEASE_TTL * 1e3:.0f} ms)"
         )
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 # A single orchestrator's store (not a replica's), idle: its writer session holds the
@@ -352,18 +358,8 @@ def test_a_cut_orchestrators_idle_session_frees_the_store_lock_within_20_s(
     from dagengine.orchestrator.store.postgres_writer import OWNER_LOCK
 
     url, local = database
-    net.add_host("cut")
-    proc = net.run_in(
-        "cut", [sys.executable, "-c", _IDLE_OWNER, url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        try:
-            first = Lines(proc.stdout).queue.get(timeout=60)
-        except queue.Empty:
-            first = ""
-        assert first.strip() == "holding", (first, proc.poll())
+    with _script_on(net, "cut", _IDLE_OWNER, url) as first:
+        assert first.strip() == "holding", first
         holder = (
             "SELECT a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             f"WHERE l.locktype = 'advisory' AND l.classid = {OWNER_LOCK} AND l.granted"
@@ -377,9 +373,3 @@ def test_a_cut_orchestrators_idle_session_frees_the_store_lock_within_20_s(
             f"\ncut orchestrator's idle session: dropped {time.monotonic() - cut:.1f} s after "
             "the cut (keepalives 10 s + 3 x 3 s)"
         )
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
