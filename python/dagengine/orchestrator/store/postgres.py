@@ -536,6 +536,20 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
 
     # -- events --
 
+    def _take_numbers_locked(self, count: int) -> tuple[int, int]:
+        """Numbers for ``count`` events about to be written (under ``_pending_cv``): the
+        first sequence number to hand back, and the first number their rows carry. One
+        orchestrator's are the same, its sequence numbers. A replica's events are numbered
+        when committed (0 is handed back), and their rows carry the replica's own numbers,
+        by which a group written again skips them (see INSERT_EVENTS_NUMBERED)."""
+        if self.replica_id is None:
+            first = self._next_seq
+            self._next_seq += count
+            return first, first
+        first = self._next_token
+        self._next_token += count
+        return 0, first
+
     def append_event(
         self,
         time: float | None,
@@ -552,12 +566,7 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
         with self._lock:
             self._flush_locked()
             with self._pending_cv:
-                if self.replica_id is None:
-                    row[0] = seq = self._next_seq
-                    self._next_seq += 1
-                else:  # (its own number: see append_event_later)
-                    row[0] = self._next_token
-                    self._next_token += 1
+                seq, row[0] = self._take_numbers_locked(1)
             with self.transaction():
                 cursor = self._db.cursor()
                 self._write_events(cursor, [tuple(row)])
@@ -580,13 +589,7 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
         assigned (and returned) now."""
         row = _event_row(time, type, severity, workflow_id, run_id, node_id, engine_id, data)
         with self._pending_cv:
-            if self.replica_id is None:
-                row[0] = seq = self._next_seq
-                self._next_seq += 1
-            else:
-                seq = 0  # numbered when committed; the row carries the replica's own number
-                row[0] = self._next_token
-                self._next_token += 1
+            seq, row[0] = self._take_numbers_locked(1)
             backlog = self._enqueue_events_locked([tuple(row)])
         if backlog >= _writer.MAX_PENDING:
             self.flush()
@@ -605,19 +608,12 @@ class PostgresStore(CacheEntryTable, ReplicaStore, PostgresWriter):
             for when, kind, level, wf, run, node, engine, data in events
         ]
         with self._pending_cv:
-            replica = self.replica_id is not None
-            first = 0 if replica else self._next_seq
+            first, number = self._take_numbers_locked(len(encoded))
             if not encoded:
                 return first
-            # (a replica's rows carry its own numbers: see INSERT_EVENTS_NUMBERED)
-            number = self._next_token if replica else first
             backlog = self._enqueue_events_locked(
                 [(number + offset, *row) for offset, row in enumerate(encoded)]
             )
-            if replica:
-                self._next_token = number + len(encoded)
-            else:
-                self._next_seq = first + len(encoded)
         if backlog >= _writer.MAX_PENDING:
             self.flush()
         return first
