@@ -74,6 +74,29 @@ def test_a_bad_output_fails_the_node_with_the_trampolines_message(
     assert (error.type, error.message) == ("TypeError", message)
 
 
+def test_the_id_is_the_nodes_after_the_run_and_until_it_is_assigned() -> None:
+    # The core hands a context its node's id only when it is read: a context kept past
+    # its run still reads it, and one the node assigned reads the new value, while the
+    # run's own messages keep naming the node.
+    kept: list[NodeContext] = []
+
+    def node(ctx: NodeContext) -> list[int]:
+        kept.append(ctx)
+        ctx.node_id = "renamed"
+        return [1]
+
+    dag = two_nodes(lambda ctx: kept.append(ctx))
+    assert dag.run().ok
+    del dag
+    assert kept.pop().node_id == "b"
+    result = two_nodes(node).run()
+    error = result.node_results["b"].error
+    assert error is not None
+    assert error.message == "node b returned list; expected a dict or None"
+    assert kept[0].node_id == "renamed"
+    assert repr(kept[0]).startswith("NodeContext(node_id='renamed', ")
+
+
 def test_a_dict_subclass_and_an_awaitable_from_a_sync_function_are_outputs() -> None:
     class Out(dict[str, Any]):
         pass

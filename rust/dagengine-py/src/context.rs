@@ -15,6 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
+use dagengine_core::NodeIdx;
 use dagengine_server::Parents;
 use pythonize::pythonize;
 use serde_json::Value;
@@ -27,6 +28,47 @@ use crate::external::PyNodes;
 enum Results {
     Lazy(ParentOutputs),
     Value(Py<PyAny>),
+}
+
+/// A context's `node_id`: a value (an item's id, one assigned, or what the constructor was
+/// given), or a node of the plan, its id string looked up when first read. A run of
+/// 10,000 trivial nodes spent ~10% of its time taking a reference to each node's id
+/// string (a cache miss a node) that the node never read.
+enum NodeId {
+    Value(Py<PyAny>),
+    Node(Arc<PyNodes>, NodeIdx),
+}
+
+impl NodeId {
+    fn get(&self, py: Python<'_>) -> Py<PyAny> {
+        match self {
+            NodeId::Value(v) => v.clone_ref(py),
+            NodeId::Node(nodes, node) => nodes.ids[*node as usize].clone_ref(py).into_any(),
+        }
+    }
+}
+
+/// The id a [`DirectCall`] gives its context: made for the call (an item's), or its
+/// node's, looked up only if read.
+pub(crate) enum CallId<'a, 'py> {
+    Made(Bound<'py, PyString>),
+    Node(&'a Arc<PyNodes>, NodeIdx),
+}
+
+impl<'py> CallId<'_, 'py> {
+    fn node_id(&self) -> NodeId {
+        match self {
+            CallId::Made(id) => NodeId::Value(id.clone().into_any().unbind()),
+            CallId::Node(nodes, node) => NodeId::Node(Arc::clone(nodes), *node),
+        }
+    }
+
+    fn get(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        match self {
+            CallId::Made(id) => id.clone(),
+            CallId::Node(nodes, node) => nodes.ids[*node as usize].bind(py).clone(),
+        }
+    }
 }
 
 /// What `cancelled` reads: the attempt's flag, a token object (`is_set`), or nothing.
@@ -50,8 +92,7 @@ pub struct NodeContext {
     #[pyo3(get, set)]
     inputs: Py<PyAny>,
     /// The node's id (an item's: ``square[3]``).
-    #[pyo3(get, set)]
-    node_id: Py<PyAny>,
+    node_id: NodeId,
     #[pyo3(get, set)]
     run_id: Py<PyAny>,
     /// 1 for the first try.
@@ -104,7 +145,7 @@ impl NodeContext {
         };
         Ok(Self {
             inputs,
-            node_id,
+            node_id: NodeId::Value(node_id),
             run_id,
             attempt,
             index,
@@ -136,6 +177,17 @@ impl NodeContext {
         self.results = Results::Value(value);
     }
 
+    /// The node's id (an item's: ``square[3]``).
+    #[getter]
+    fn node_id(&self, py: Python<'_>) -> Py<PyAny> {
+        self.node_id.get(py)
+    }
+
+    #[setter]
+    fn set_node_id(&mut self, value: Py<PyAny>) {
+        self.node_id = NodeId::Value(value);
+    }
+
     /// True once the run is cancelled or this attempt timed out (read live).
     #[getter]
     fn cancelled(&self, py: Python<'_>) -> PyResult<bool> {
@@ -149,16 +201,18 @@ impl NodeContext {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "NodeContext(node_id={}, run_id={}, attempt={})",
-            self.node_id.bind(py).repr()?,
+            self.node_id.get(py).bind(py).repr()?,
             self.run_id.bind(py).repr()?,
             self.attempt.bind(py).str()?,
         ))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let NodeId::Value(v) = &self.node_id {
+            visit.call(v)?;
+        }
         for obj in [
             &self.inputs,
-            &self.node_id,
             &self.run_id,
             &self.attempt,
             &self.index,
@@ -189,7 +243,7 @@ pub(crate) struct DirectCall<'a, 'py> {
     pub(crate) payload: &'a Bound<'py, PyAny>,
     /// The node's Python condition, checked first on the same context.
     pub(crate) when: Option<&'a Bound<'py, PyAny>>,
-    pub(crate) node_id: Bound<'py, PyString>,
+    pub(crate) node_id: CallId<'a, 'py>,
     pub(crate) run_id: Bound<'py, PyString>,
     pub(crate) attempt: u32,
     pub(crate) inputs: &'a Py<PyAny>,
@@ -218,7 +272,7 @@ pub(crate) fn direct_call<'py>(
         py,
         NodeContext {
             inputs: call.inputs.clone_ref(py),
-            node_id: call.node_id.clone().into_any().unbind(),
+            node_id: call.node_id.node_id(),
             run_id: call.run_id.into_any().unbind(),
             attempt: call.attempt.into_pyobject(py)?.into_any().unbind(),
             index,
@@ -239,7 +293,7 @@ pub(crate) fn direct_call<'py>(
             Err(_) => {
                 let msg = format!(
                     "node {}: when must return a bool, got {} {}",
-                    call.node_id.repr()?,
+                    call.node_id.get(py).repr()?,
                     held.get_type().name()?,
                     held.repr()?,
                 );
@@ -262,7 +316,7 @@ pub(crate) fn direct_call<'py>(
     }
     finish.call1(PyTuple::new(
         py,
-        [call.node_id.into_any(), returned, token()?],
+        [call.node_id.get(py).into_any(), returned, token()?],
     )?)
 }
 

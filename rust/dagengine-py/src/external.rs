@@ -22,7 +22,7 @@ use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
 use pythonize::{depythonize, pythonize};
 use serde_json::{Map, Value};
 
-use crate::context::{convert, direct_call, DirectCall, ParentOutputs};
+use crate::context::{convert, direct_call, CallId, DirectCall, ParentOutputs};
 use crate::exit::{exiting, InCall};
 
 /// Live cancellation flag of one node attempt (`ctx.cancelled` reads it), where the
@@ -313,7 +313,8 @@ impl PyExternal {
                 nodes: self.nodes.clone(),
                 base,
             };
-            (parents, Some(item), PyString::new(py, &call_id(plan, call)))
+            let id = CallId::Made(PyString::new(py, &call_id(plan, call)));
+            (parents, Some(item), id)
         } else {
             // Ids as Python strings are made for a plan with Python nodes: this one.
             let base = if self.nodes.ids.len() == plan.dag().len() {
@@ -330,7 +331,12 @@ impl PyExternal {
                 nodes: self.nodes.clone(),
                 base,
             };
-            (parents, None, self.nodes.id(py, plan, call.node))
+            let id = if (call.node as usize) < self.nodes.ids.len() {
+                CallId::Node(&self.nodes, call.node)
+            } else {
+                CallId::Made(self.nodes.id(py, plan, call.node))
+            };
+            (parents, None, id)
         };
         let direct = DirectCall {
             payload,

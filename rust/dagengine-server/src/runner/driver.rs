@@ -27,8 +27,8 @@ use super::lua::{
 };
 use super::model::{
     contained, empty_output, never_started, EventDetail, EventKind, ExternalExecutor, InlineHost,
-    NodeFailure, NodeKind, NodeRecord, Parents, Plan, RunConfig, RunError, RunEvent, RunOutcome,
-    RunOutputs,
+    Kind, NodeFailure, NodeKind, NodeRecord, Parents, Plan, RunConfig, RunError, RunEvent,
+    RunOutcome, RunOutputs,
 };
 
 fn unix_now() -> f64 {
@@ -620,17 +620,17 @@ impl Driver {
                             t.store(true, Ordering::SeqCst);
                         }
                         let attempt = self.records[node as usize].attempts;
-                        let abandon = match self.plan.kinds[self.owner(node) as usize] {
+                        let abandon = match self.plan.kind(self.owner(node)) {
                             // Picked to run inline but not started: it never runs.
-                            NodeKind::Lua { .. } => {
+                            Kind::Lua => {
                                 let before = inline.len();
                                 inline.retain(|&(n, _)| n != node);
                                 inline.len() != before
                             }
                             // Python cannot be interrupted; the run does not wait for it
                             // (its thread finishes in the background, its result ignored).
-                            NodeKind::External => true,
-                            NodeKind::Noop => false,
+                            Kind::External => true,
+                            Kind::Noop => false,
                         } || self.condition_pending(node, attempt);
                         if abandon {
                             let failure = never_started(&self.plan, self.owner(node));

@@ -387,7 +387,7 @@ fn items_retry_under_the_nodes_policy() {
         map("results.extract.rows"),
         None,
     );
-    p.policies = vec![
+    p.set_policies(vec![
         NodePolicy::default(),
         NodePolicy {
             retries: 1,
@@ -399,7 +399,7 @@ fn items_retry_under_the_nodes_policy() {
             ..NodePolicy::default()
         },
         NodePolicy::default(),
-    ];
+    ]);
     let (o, events) = run(p);
     assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
     assert_eq!(
@@ -469,14 +469,14 @@ fn an_item_times_out_under_the_nodes_timeout_and_fails_the_node() {
         map("results.extract.rows"),
         None,
     );
-    p.policies = vec![
+    p.set_policies(vec![
         NodePolicy::default(),
         NodePolicy {
             timeout: Some(Duration::from_millis(50)),
             ..NodePolicy::default()
         },
         NodePolicy::default(),
-    ];
+    ]);
     let config = RunConfig {
         options: dagengine_core::RunOptions {
             fail_fast: true,

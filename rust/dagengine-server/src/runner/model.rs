@@ -33,6 +33,26 @@ pub enum NodeKind {
     External,
 }
 
+/// What a [`NodeKind`] is, without its contents: one byte a node, so the driver's look at
+/// every node it starts stays in cache (a `NodeKind` is 96 bytes; on a 10,000-node run of
+/// Python nodes, loading each node's `NodeKind` to find it is not Lua was ~10% of the run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Noop,
+    Lua,
+    External,
+}
+
+impl NodeKind {
+    fn kind(&self) -> Kind {
+        match self {
+            NodeKind::Noop => Kind::Noop,
+            NodeKind::Lua { .. } => Kind::Lua,
+            NodeKind::External => Kind::External,
+        }
+    }
+}
+
 /// A node's condition (`when`): checked before its first attempt; false skips the node.
 #[derive(Debug, Clone)]
 pub enum Condition {
@@ -107,13 +127,27 @@ pub struct NodeSpec {
 pub struct Plan {
     pub(super) dag: Dag,
     pub(super) kinds: Vec<NodeKind>,
+    /// Each node's [`Kind`] (`kinds` without their contents).
+    tags: Vec<Kind>,
     pub(super) policies: Vec<NodePolicy>,
+    /// Whether each node's policy has a timeout, with one policy a node (else empty: the
+    /// one policy says), looked at for every Python node the driver calls (a policy is
+    /// 64 bytes; reading each node's from memory was ~6% of a run of trivial nodes).
+    timed: Vec<bool>,
     /// One entry per node, or empty when no node has a condition.
     pub(super) conditions: Vec<Option<Condition>>,
     /// One entry per node, or empty when no node is mapped.
     pub(super) maps: Vec<Option<MapSpec>>,
     /// One entry per node, or empty when no node is cached.
     pub(super) caches: Vec<Option<CacheSpec>>,
+}
+
+/// [`Plan::timed`] of `policies`.
+fn timed(policies: &[NodePolicy]) -> Vec<bool> {
+    if policies.len() == 1 {
+        return Vec::new();
+    }
+    policies.iter().map(|p| p.timeout.is_some()).collect()
 }
 
 /// Has the Lua nodes of one source share one script (and its text): a Lua state finds a
@@ -142,7 +176,9 @@ impl Plan {
         if nodes.is_empty() {
             return Ok(Self {
                 kinds: vec![NodeKind::Noop; dag.len()],
+                tags: vec![Kind::Noop; dag.len()],
                 policies: vec![NodePolicy::default()],
+                timed: Vec::new(),
                 conditions: Vec::new(),
                 maps: Vec::new(),
                 caches: Vec::new(),
@@ -160,12 +196,14 @@ impl Plan {
         if nodes.iter().any(|n| n.condition.is_some()) {
             conditions = nodes.iter().map(|n| n.condition.clone()).collect();
         }
-        let (mut kinds, policies): (Vec<NodeKind>, _) =
+        let (mut kinds, policies): (Vec<NodeKind>, Vec<NodePolicy>) =
             nodes.into_iter().map(|n| (n.kind, n.policy)).unzip();
         share_scripts(&mut kinds);
         Ok(Self {
             dag,
+            tags: kinds.iter().map(NodeKind::kind).collect(),
             kinds,
+            timed: timed(&policies),
             policies,
             conditions,
             maps: Vec::new(),
@@ -223,6 +261,26 @@ impl Plan {
         let index = rest.parse::<u32>().ok()?;
         // `square[03]` is not an item's id: ids are written one way.
         (self.map(node).is_some() && index.to_string() == rest).then_some((node, Some(index)))
+    }
+
+    /// Whether `node` (a node, not an item) has a timeout.
+    pub(super) fn has_timeout(&self, node: NodeIdx) -> bool {
+        match self.timed.get(node as usize) {
+            Some(&timed) => timed,
+            None => self.policies[0].timeout.is_some(),
+        }
+    }
+
+    /// Replace the nodes' policies (one a node, or one for all; tests).
+    #[cfg(test)]
+    pub(super) fn set_policies(&mut self, policies: Vec<NodePolicy>) {
+        self.timed = timed(&policies);
+        self.policies = policies;
+    }
+
+    /// What kind of node `node` is.
+    pub(super) fn kind(&self, node: NodeIdx) -> Kind {
+        self.tags[node as usize]
     }
 
     /// The condition of `node`, if it has one.

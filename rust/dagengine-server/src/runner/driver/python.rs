@@ -28,8 +28,8 @@ use dagengine_core::{ErrorKind, Event, Instruction, NodeIdx, NodeState, Schedule
 use super::super::handle::{ExecOk, LogSink, Msg};
 use super::super::lock;
 use super::super::model::{
-    contained, never_started, Checked, ExternalCall, ExternalExecutor, InlineHost, LogLine,
-    NodeFailure, NodeKind, Plan,
+    contained, never_started, Checked, ExternalCall, ExternalExecutor, InlineHost, Kind, LogLine,
+    NodeFailure, Plan,
 };
 use super::{Driver, Timer, HOST_POLL, SPIN};
 
@@ -263,7 +263,7 @@ impl Driver {
             if check {
                 let msg = condition_msg(&plan, external.as_ref(), &call, owner, node, attempt);
                 let go_on = matches!(msg, Msg::ConditionPassed { .. })
-                    && matches!(plan.kinds[node as usize], NodeKind::External)
+                    && plan.kind(node) == Kind::External
                     && plan.map(node).is_none()
                     && !cached;
                 let _ = tx.send(msg);
@@ -294,9 +294,7 @@ impl Driver {
     pub(super) fn external_here(&self, node: NodeIdx) -> bool {
         self.inline_host
             && self.deadline.is_none()
-            && self.plan.policies[self.policy_index(node)]
-                .timeout
-                .is_none()
+            && !self.plan.has_timeout(self.owner(node))
             && self
                 .external
                 .as_ref()

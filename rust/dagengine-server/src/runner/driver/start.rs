@@ -8,7 +8,7 @@ use serde_json::Map;
 use super::super::cache::KeyCall;
 use super::super::condition::DriverExpression;
 use super::super::handle::ExecOk;
-use super::super::model::{contained, Condition, EventDetail, EventKind, NodeFailure, NodeKind};
+use super::super::model::{contained, Condition, EventDetail, EventKind, Kind, NodeFailure};
 use super::{unix_now, Driver};
 use serde_json::Value;
 
@@ -148,8 +148,8 @@ impl Driver {
             return false;
         }
         self.announce(node, attempt, now);
-        match &self.plan.kinds[self.owner(node) as usize] {
-            NodeKind::Noop => {
+        match self.plan.kind(self.owner(node)) {
+            Kind::Noop => {
                 let ok = ExecOk {
                     output: Map::new(),
                     logs: Vec::new(),
@@ -157,12 +157,12 @@ impl Driver {
                 self.finish_attempt(sched, out, node, attempt, Ok(ok), Vec::new());
                 false
             }
-            NodeKind::Lua { .. } => true,
-            NodeKind::External if self.external_here(node) => {
+            Kind::Lua => true,
+            Kind::External if self.external_here(node) => {
                 self.queue_here(node, attempt);
                 false
             }
-            NodeKind::External => {
+            Kind::External => {
                 self.dispatch_external(node, attempt, false);
                 false
             }
@@ -173,7 +173,7 @@ impl Driver {
     /// the node: an external node that is neither mapped nor cached (those have steps of
     /// their own between the condition and the call).
     fn checked_here(&self, node: NodeIdx) -> bool {
-        matches!(self.plan.kinds[node as usize], NodeKind::External)
+        self.plan.kind(node) == Kind::External
             && self.plan.map(node).is_none()
             && !(self.config.cache.is_some() && self.plan.cache(node).is_some())
     }
@@ -275,17 +275,17 @@ impl Driver {
             return;
         }
         self.announce(node, attempt, now);
-        match self.plan.kinds[node as usize] {
-            NodeKind::Noop => {
+        match self.plan.kind(node) {
+            Kind::Noop => {
                 let ok = ExecOk {
                     output: Map::new(),
                     logs: Vec::new(),
                 };
                 self.finish_attempt(sched, out, node, attempt, Ok(ok), Vec::new());
             }
-            NodeKind::Lua { .. } => self.dispatch_lua(node, attempt),
-            NodeKind::External if cached => self.dispatch_external(node, attempt, false),
-            NodeKind::External => {}
+            Kind::Lua => self.dispatch_lua(node, attempt),
+            Kind::External if cached => self.dispatch_external(node, attempt, false),
+            Kind::External => {}
         }
     }
     /// Whether attempt `attempt` of `node` is still waiting for its external condition (its
