@@ -828,10 +828,10 @@ impl NodeRecords {
         if let Some(reason) = rec.skip_reason {
             n.set_item("skip_reason", reason.as_str())?;
         }
-        if let Some(run_id) = &rec.cached_from {
+        if let Some(run_id) = rec.cached_from() {
             n.set_item("cached_from", run_id)?;
         }
-        if let Some(key) = &rec.cache_key {
+        if let Some(key) = rec.cache_key() {
             n.set_item("cache_key", key)?;
         }
         Ok(n)

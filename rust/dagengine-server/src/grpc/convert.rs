@@ -605,7 +605,7 @@ pub fn result(tag: &RunTag, plan: &Plan, o: &RunOutcome) -> pb::RunResult {
                 node_id: plan.dag().id(i as NodeIdx).to_owned(),
                 status: node_status(r.status) as i32,
                 output_json: r.output.as_deref().map(to_json).unwrap_or_default(),
-                error: r.error.as_ref().map(error_info),
+                error: r.error.as_deref().map(error_info),
                 attempts: r.attempts,
                 started_at: r.started_at.unwrap_or_default(),
                 finished_at: r.finished_at.unwrap_or_default(),
@@ -613,8 +613,8 @@ pub fn result(tag: &RunTag, plan: &Plan, o: &RunOutcome) -> pb::RunResult {
                     .skip_reason
                     .map(|s| s.as_str().to_owned())
                     .unwrap_or_default(),
-                cached_from: r.cached_from.clone().unwrap_or_default(),
-                cache_key: r.cache_key.clone().unwrap_or_default(),
+                cached_from: r.cached_from().unwrap_or_default().to_owned(),
+                cache_key: r.cache_key().unwrap_or_default().to_owned(),
             })
             .collect(),
         engine_id: tag.engine_id.to_string(),

@@ -383,7 +383,7 @@ pub(super) fn key_completed(
             continue;
         }
         cache.put(id, &key, &output, run_id, spec.ttl);
-        records[node as usize].cache_key = Some(key);
+        records[node as usize].cache_note().cache_key = Some(key);
     }
 }
 

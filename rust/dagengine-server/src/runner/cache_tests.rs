@@ -113,11 +113,11 @@ fn a_miss_runs_and_stores_and_a_hit_is_not_executed() {
     let (o, events) = run(&p, "r1", json!({"n": 4}), &cache, None);
     assert_eq!(o.status, RunStatus::Succeeded);
     assert_eq!(o.nodes[1].output.as_deref(), Some(&json!({"double": 8})));
-    assert_eq!(o.nodes[1].cached_from, None);
+    assert_eq!(o.nodes[1].cached_from(), None);
     assert_eq!(o.nodes[1].attempts, 1);
     let key = o.nodes[1]
-        .cache_key
-        .clone()
+        .cache_key()
+        .map(str::to_owned)
         .expect("a cached node has a key");
     assert_eq!(key.len(), 64, "a SHA-256 in hex: {key}");
     assert_eq!(
@@ -138,7 +138,7 @@ fn a_miss_runs_and_stores_and_a_hit_is_not_executed() {
     assert_eq!(o.status, RunStatus::Succeeded);
     assert_eq!(o.nodes[1].status, NodeState::Succeeded);
     assert_eq!(o.nodes[1].output.as_deref(), Some(&json!({"double": 8})));
-    assert_eq!(o.nodes[1].cached_from.as_deref(), Some("r1"));
+    assert_eq!(o.nodes[1].cached_from(), Some("r1"));
     assert_eq!(o.nodes[1].attempts, 0, "a hit is not executed");
     assert_eq!(
         kinds(&events, 1),
@@ -167,19 +167,19 @@ fn other_inputs_parents_outputs_or_code_miss() {
     let (first, _) = run(&p, "r1", json!({"n": 4}), &cache, None);
     // Other inputs (the parent's output changes with them).
     let (o, _) = run(&p, "r2", json!({"n": 5}), &cache, None);
-    assert_eq!(o.nodes[1].cached_from, None);
-    assert_ne!(o.nodes[1].cache_key, first.nodes[1].cache_key);
+    assert_eq!(o.nodes[1].cached_from(), None);
+    assert_ne!(o.nodes[1].cache_key(), first.nodes[1].cache_key());
     // An input the node does not read still counts: the run's inputs are in the key.
     let (o, _) = run(&p, "r3", json!({"n": 4, "other": 1}), &cache, None);
-    assert_eq!(o.nodes[1].cached_from, None);
+    assert_eq!(o.nodes[1].cached_from(), None);
     // The same inputs with their keys in another order: a hit (canonical JSON).
     let (o, _) = run(&p, "r4", json!({"other": 1, "n": 4}), &cache, None);
-    assert_eq!(o.nodes[1].cached_from.as_deref(), Some("r3"));
+    assert_eq!(o.nodes[1].cached_from(), Some("r3"));
     // A change of code misses.
     let changed = "return {double = results.load.n + results.load.n}";
     let p2 = Arc::new(plan(changed, default_key(changed)));
     let (o, _) = run(&p2, "r5", json!({"n": 4}), &cache, None);
-    assert_eq!(o.nodes[1].cached_from, None);
+    assert_eq!(o.nodes[1].cached_from(), None);
     assert_eq!(o.nodes[1].attempts, 1);
 }
 
@@ -195,7 +195,7 @@ fn a_custom_key_reads_inputs_and_results() {
         &cache,
         None,
     );
-    assert_eq!(o.nodes[1].cached_from, None);
+    assert_eq!(o.nodes[1].cached_from(), None);
     // Another input the key does not read: still a hit.
     let (o, _) = run(
         &p,
@@ -204,15 +204,15 @@ fn a_custom_key_reads_inputs_and_results() {
         &cache,
         None,
     );
-    assert_eq!(o.nodes[1].cached_from.as_deref(), Some("r1"));
+    assert_eq!(o.nodes[1].cached_from(), Some("r1"));
     let (o, _) = run(&p, "r3", json!({"n": 2, "day": "tue"}), &cache, None);
-    assert_eq!(o.nodes[1].cached_from, None);
+    assert_eq!(o.nodes[1].cached_from(), None);
     // A number is a key too.
     let spec = CacheSpec::new(WORK, Some("inputs.n * 10"), None);
     let p = Arc::new(plan(WORK, spec));
     run(&p, "r4", json!({"n": 3}), &cache, None);
     let (o, _) = run(&p, "r5", json!({"n": 3, "y": 0}), &cache, None);
-    assert_eq!(o.nodes[1].cached_from.as_deref(), Some("r4"));
+    assert_eq!(o.nodes[1].cached_from(), Some("r4"));
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn without_a_cache_a_cached_node_just_runs() {
     assert!(h.wait(Duration::from_secs(30)));
     let o = h.outcome().unwrap();
     assert_eq!(o.status, RunStatus::Succeeded);
-    assert_eq!(o.nodes[1].cache_key, None);
+    assert_eq!(o.nodes[1].cache_key(), None);
     assert_eq!(o.nodes[1].attempts, 1);
 }
 
@@ -329,7 +329,7 @@ fn external_nodes_hit_also_behind_an_external_condition() {
         let (o, events) = run(&p, "r2", json!({"n": 1}), &cache, Some(ext.clone()));
         assert_eq!(o.status, RunStatus::Succeeded, "{condition:?}");
         assert_eq!(o.nodes[1].output.as_deref(), Some(&json!({"plus": 2})));
-        assert_eq!(o.nodes[1].cached_from.as_deref(), Some("r1"));
+        assert_eq!(o.nodes[1].cached_from(), Some("r1"));
         assert_eq!(
             ext.calls.load(Ordering::SeqCst),
             1,
@@ -409,7 +409,7 @@ fn a_completed_cached_node_is_keyed_and_stored_unless_its_entry_is_there() {
     // The key it would have had, had it run here.
     let fresh = Arc::new(TestCache::default());
     let (o, _) = run(&p, "r0", json!({"n": 4}), &fresh, None);
-    let key = o.nodes[1].cache_key.clone().unwrap();
+    let key = o.nodes[1].cache_key().unwrap().to_owned();
 
     let cache = Arc::new(TestCache::default());
     let o = resumed(&p, "r1", &cache);
@@ -418,9 +418,9 @@ fn a_completed_cached_node_is_keyed_and_stored_unless_its_entry_is_there() {
         o.nodes[1].attempts, 0,
         "a completed node does not run again"
     );
-    assert_eq!(o.nodes[1].cache_key.as_deref(), Some(key.as_str()));
-    assert_eq!(o.nodes[1].cached_from, None);
-    assert_eq!(o.nodes[0].cache_key, None, "load is not cached");
+    assert_eq!(o.nodes[1].cache_key(), Some(key.as_str()));
+    assert_eq!(o.nodes[1].cached_from(), None);
+    assert_eq!(o.nodes[0].cache_key(), None, "load is not cached");
     {
         let entries = cache.entries.lock().unwrap();
         let (output, run_id, ttl) = &entries[&("work".to_owned(), key.clone())];
@@ -430,7 +430,7 @@ fn a_completed_cached_node_is_keyed_and_stored_unless_its_entry_is_there() {
 
     // Its entry there already (the lost attempt may have taken it): left as it is.
     let o = resumed(&p, "r2", &cache);
-    assert_eq!(o.nodes[1].cache_key, None, "nothing to store");
+    assert_eq!(o.nodes[1].cache_key(), None, "nothing to store");
     let entries = cache.entries.lock().unwrap();
     assert_eq!(entries[&("work".to_owned(), key)].1, "r1");
 
@@ -439,5 +439,5 @@ fn a_completed_cached_node_is_keyed_and_stored_unless_its_entry_is_there() {
     let o = resumed(&bad, "r3", &Arc::new(TestCache::default()));
     assert_eq!(o.status, RunStatus::Succeeded);
     assert_eq!(o.nodes[1].status, NodeState::Succeeded);
-    assert_eq!(o.nodes[1].cache_key, None);
+    assert_eq!(o.nodes[1].cache_key(), None);
 }

@@ -232,8 +232,7 @@ impl Driver {
             error: None,
             attempts: 0,
             skip_reason: None,
-            cached_from: None,
-            cache_key: None,
+            cache: None,
             started_at: None,
             finished_at: None,
         };
@@ -607,7 +606,7 @@ impl Driver {
                             Instant::now() + delay,
                             Timer::Retry { node, attempt },
                         )));
-                        let error = self.records[node as usize].error.clone();
+                        let error = self.records[node as usize].error.as_deref().cloned();
                         self.emit(
                             EventKind::NodeRetrying,
                             Some(node),

@@ -710,8 +710,7 @@ fn finished_runs_free_their_records() {
                 error: None,
                 attempts: 1,
                 skip_reason: None,
-                cached_from: None,
-                cache_key: None,
+                cache: None,
                 started_at: None,
                 finished_at: None,
             })

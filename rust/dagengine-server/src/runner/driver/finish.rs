@@ -76,7 +76,7 @@ impl Driver {
             }
             Err(failure) => {
                 let retryable = failure.retryable;
-                rec.error = Some(failure);
+                rec.error = Some(Box::new(failure));
                 sched.handle(
                     Event::NodeFailed {
                         node,
@@ -91,7 +91,11 @@ impl Driver {
                         self.first_failure.get_or_insert(node);
                     }
                     let detail = EventDetail::Error(
-                        self.records[node as usize].error.clone().expect("just set"),
+                        (**self.records[node as usize]
+                            .error
+                            .as_ref()
+                            .expect("just set"))
+                        .clone(),
                     );
                     self.emit_at(now, EventKind::NodeFailed, Some(node), attempt, detail);
                 }
@@ -106,8 +110,8 @@ impl Driver {
         let rec = &self.records[node as usize];
         let (Some(cache), Some(key), None, Some(output)) = (
             &self.config.cache,
-            &rec.cache_key,
-            &rec.cached_from,
+            rec.cache_key(),
+            rec.cached_from(),
             &rec.output,
         ) else {
             return;

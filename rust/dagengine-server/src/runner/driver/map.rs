@@ -80,8 +80,7 @@ impl Driver {
             error: None,
             attempts: 0,
             skip_reason: None,
-            cached_from: None,
-            cache_key: None,
+            cache: None,
             started_at: None,
             finished_at: None,
         };
@@ -227,14 +226,14 @@ impl Driver {
             let failure = (first..first + count)
                 .find(|&i| sched.state(i) == NodeState::Failed)
                 .and_then(|i| {
-                    let f = self.records[i as usize].error.as_ref()?;
+                    let f = self.records[i as usize].error.as_deref()?;
                     let mut f = f.clone();
                     f.message = format!("item {} failed: {}", i - first, f.message);
                     f.retryable = false;
                     Some(f)
                 })
                 .unwrap_or_else(|| NodeFailure::new("DagEngineError", "an item failed", false));
-            self.records[node as usize].error = Some(failure.clone());
+            self.records[node as usize].error = Some(Box::new(failure.clone()));
             self.first_failure.get_or_insert(node);
             self.emit_at(
                 now,

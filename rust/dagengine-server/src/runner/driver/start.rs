@@ -110,12 +110,12 @@ impl Driver {
         };
         let hit = cache.get(self.plan.dag.id(node), &key);
         let rec = &mut self.records[node as usize];
-        rec.cache_key = Some(key.clone());
+        rec.cache_note().cache_key = Some(key.clone());
         // Only an object is a node's output: anything else stored there is a miss.
         let Some(hit) = hit.filter(|h| h.output.is_object()) else {
             return false;
         };
-        rec.cached_from = Some(hit.run_id.clone());
+        rec.cache_note().cached_from = Some(hit.run_id.clone());
         rec.started_at = Some(now);
         let detail = EventDetail::Cached {
             run_id: hit.run_id,
