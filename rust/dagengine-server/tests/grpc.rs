@@ -520,3 +520,60 @@ fn health_watch_of_an_unknown_service_streams_service_unknown_and_stays_open() {
     srv.stop();
     assert!(srv.wait_stopped(Duration::from_secs(10)));
 }
+
+/// The messages of one run's stream, each with when it came (since the request).
+async fn messages(
+    client: &mut EngineServiceClient<tonic::transport::Channel>,
+    req: pb::RunRequest,
+) -> Vec<(std::time::Duration, Vec<pb::RunEvent>)> {
+    let started = std::time::Instant::now();
+    let mut stream = client.run(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        out.push((started.elapsed(), batch.unwrap().events));
+    }
+    out
+}
+
+#[test]
+fn a_short_runs_events_leave_together_and_a_long_nodes_start_is_seen_while_it_runs() {
+    let srv = server(4);
+    client_rt().block_on(async {
+        let mut c = connect(srv.port()).await;
+        // A chain of 3 nodes of some tens of microseconds each ends well within the
+        // gathering: its events leave in one message with the result (the median over
+        // runs: a loaded machine may stall one).
+        let work = "local x = 0 for i = 1, 5000 do x = x + i end return {x = x}";
+        let mut counts = Vec::new();
+        for i in 0..21 {
+            let nodes = vec![
+                node("a", &[], lua(work)),
+                node("b", &["a"], lua(work)),
+                node("c", &["b"], lua(work)),
+            ];
+            let got = messages(&mut c, request(&format!("short-{i}"), nodes, &json!({}))).await;
+            let last = &got.last().unwrap().1;
+            assert_eq!(last.last().unwrap().kind, pb::EventKind::RunFinished as i32);
+            counts.push(got.len());
+        }
+        counts.sort_unstable();
+        assert_eq!(counts[counts.len() / 2], 1, "messages a run: {counts:?}");
+        // A long node's start is not held until its end.
+        let busy = "local x = 0 for i = 1, 30000000 do x = x + i end return {x = x}";
+        let nodes = vec![node("slow", &[], lua(busy))];
+        let got = messages(&mut c, request("long", nodes, &json!({}))).await;
+        let (first_at, first) = &got[0];
+        assert!(
+            first
+                .iter()
+                .any(|e| e.kind == pb::EventKind::NodeStarted as i32 && e.node_id == "slow"),
+            "{first:?}"
+        );
+        let (last_at, _) = got.last().unwrap();
+        assert!(got.len() >= 2, "one message for a long run");
+        assert!(
+            *last_at > *first_at + std::time::Duration::from_millis(20),
+            "start seen at {first_at:?}, end at {last_at:?}"
+        );
+    });
+}

@@ -367,6 +367,10 @@ fn session_events(tag: &RunTag, events: Vec<pb::RunEvent>) -> pb::SessionEvents 
 /// slow): the run goes on, its events wait in the core.
 const STREAM_BUFFER: usize = 256;
 
+/// How long a run's events wait for the ones that follow before they go out (see
+/// `forward`): a node's start is seen at most this much later; a run's end is not delayed.
+const EVENTS_GATHER: Duration = Duration::from_millis(1);
+
 impl Service {
     fn reserve(&self, run_id: &str, depth: u32) -> Result<Reservation<'_>, Status> {
         let engine = &*self.engine;
@@ -593,7 +597,7 @@ impl Service {
     ) {
         let mut client_gone = false;
         loop {
-            let (events, outcome) = if client_gone {
+            let (mut events, mut outcome) = if client_gone {
                 handle.next_events_async().await
             } else {
                 tokio::select! {
@@ -608,6 +612,17 @@ impl Service {
                     }
                 }
             };
+            // A short run's other events, and its end, usually follow within microseconds:
+            // wait for them a moment (never past the run's end), so that such a run is one
+            // reply rather than one per node start and end (a caller handles each reply:
+            // an orchestrator stores and publishes each one's events as a batch).
+            if outcome.is_none() {
+                let (more, end) = handle
+                    .events_until(tokio::time::Instant::now() + EVENTS_GATHER)
+                    .await;
+                events.extend(more);
+                outcome = end;
+            }
             // Everything that happened since the last message goes out as one message: a
             // 3-node run is one or two messages instead of eight.
             let mut batch = Vec::with_capacity(events.len());

@@ -245,6 +245,28 @@ impl RunHandle {
         }
     }
 
+    /// Wait (asynchronously) until the run has finished or `deadline` has passed; take all
+    /// pending events, with the outcome if the run has finished.
+    pub async fn events_until(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> (Vec<RunEvent>, Option<Arc<RunOutcome>>) {
+        loop {
+            let notified = self.shared.changed_async.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut p = self.shared.lock();
+                if p.outcome.is_some() || tokio::time::Instant::now() >= deadline {
+                    let events: Vec<RunEvent> = p.events.drain(..).collect();
+                    return (events, p.outcome.clone());
+                }
+            }
+            // (past the deadline: looked at once more above, then returned)
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
     /// The outcome, once the run has finished.
     pub fn outcome(&self) -> Option<Arc<RunOutcome>> {
         self.shared.lock().outcome.clone()
