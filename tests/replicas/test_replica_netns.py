@@ -247,6 +247,12 @@ def test_a_replica_cut_off_by_its_network_loses_its_runs_and_rejoins(
             f"succeeded; its late writes refused; it gave the runs up {gave_up * 1e3:.0f} ms "
             "after the link came back and ran 10 new ones"
         )
+    except BaseException:
+        # (a failure, or pytest-timeout's: what each replica said, for the report)
+        for name, replica in (("cut", cut), ("other", other)):
+            print(f"--- replica {name}: last lines {replica.lines[-5:]}; its log's end:")
+            print(replica.stderr()[-4000:])
+        raise
     finally:
         with contextlib.suppress(RuntimeError):
             net.link_up("cut")
