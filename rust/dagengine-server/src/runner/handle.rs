@@ -228,21 +228,8 @@ impl RunHandle {
     /// Wait (asynchronously) for events or the end of the run; take all pending events.
     /// Returns them with the outcome once the run has finished and every event is out.
     pub async fn next_events_async(&self) -> (Vec<RunEvent>, Option<Arc<RunOutcome>>) {
-        loop {
-            let notified = self.shared.changed_async.notified();
-            tokio::pin!(notified);
-            // Register before looking, so a publish between the look and the await is not
-            // missed.
-            notified.as_mut().enable();
-            {
-                let mut p = self.shared.lock();
-                if !p.events.is_empty() || p.outcome.is_some() {
-                    let events: Vec<RunEvent> = p.events.drain(..).collect();
-                    return (events, p.outcome.clone());
-                }
-            }
-            notified.await;
-        }
+        self.take_events_when(|p| !p.events.is_empty() || p.outcome.is_some(), None)
+            .await
     }
 
     /// Wait (asynchronously) until the run has finished or `deadline` has passed; take all
@@ -251,19 +238,38 @@ impl RunHandle {
         &self,
         deadline: tokio::time::Instant,
     ) -> (Vec<RunEvent>, Option<Arc<RunOutcome>>) {
+        self.take_events_when(|p| p.outcome.is_some(), Some(deadline))
+            .await
+    }
+
+    /// Wait (asynchronously) until `ready` holds of what the run published, or `deadline`
+    /// (if any) has passed; take all pending events, with the outcome if the run has
+    /// finished.
+    async fn take_events_when(
+        &self,
+        ready: impl Fn(&Published) -> bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> (Vec<RunEvent>, Option<Arc<RunOutcome>>) {
         loop {
             let notified = self.shared.changed_async.notified();
             tokio::pin!(notified);
+            // Register before looking, so a publish between the look and the await is not
+            // missed.
             notified.as_mut().enable();
             {
                 let mut p = self.shared.lock();
-                if p.outcome.is_some() || tokio::time::Instant::now() >= deadline {
+                if ready(&p) || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     let events: Vec<RunEvent> = p.events.drain(..).collect();
                     return (events, p.outcome.clone());
                 }
             }
-            // (past the deadline: looked at once more above, then returned)
-            let _ = tokio::time::timeout_at(deadline, notified).await;
+            match deadline {
+                // (past the deadline: looked at once more above, then returned)
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d, notified).await;
+                }
+                None => notified.await,
+            }
         }
     }
 

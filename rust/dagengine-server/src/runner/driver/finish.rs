@@ -91,11 +91,11 @@ impl Driver {
                         self.first_failure.get_or_insert(node);
                     }
                     let detail = EventDetail::Error(
-                        (**self.records[node as usize]
+                        self.records[node as usize]
                             .error
-                            .as_ref()
-                            .expect("just set"))
-                        .clone(),
+                            .as_deref()
+                            .cloned()
+                            .expect("just set"),
                     );
                     self.emit_at(now, EventKind::NodeFailed, Some(node), attempt, detail);
                 }
