@@ -19,6 +19,11 @@ function route() {
   const query = new URLSearchParams(queryText || "");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const live = document.getElementById("live");
+  // Not live until this page's own stream is open: the page left cannot clear it (its
+  // ctx.live is off once aborted), and a stale "live" told a user (and the browser tests)
+  // that runs started now would be seen before this page was listening.
+  live.textContent = "";
+  live.classList.remove("on");
   const ctx = {
     signal: controller.signal,
     live(on) {
