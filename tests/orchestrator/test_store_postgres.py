@@ -291,6 +291,43 @@ def test_postgres_restarted_mid_load_loses_no_run() -> None:
         stop_cluster(folder)
 
 
+@pytest.mark.parametrize("kind", ["single", "replica"])
+def test_a_write_after_the_server_dropped_the_idle_connection_goes_through(
+    pg_url: str, kind: str
+) -> None:
+    # The server ended the session while it sat idle (a client cut off past the sessions'
+    # tcp_user_timeout, a restarted server): the next commit finds out on its first
+    # statement. It is written again on a new connection instead of failing the caller
+    # (a replica rejoining after a cut raised psycopg's error out of execute_workflow).
+    import psycopg
+    from dagengine.orchestrator.store import RunRecord
+
+    if kind == "replica":
+        store = PostgresStore(pg_url, replica="dropped-idle-replica")
+    else:
+        store = open_store(pg_url, exclusive=True)
+    assert isinstance(store, PostgresStore)
+    try:
+        store.create_run(RunRecord("before-drop", "wf", "1.0.0"))
+        pid = store._db.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        store.create_run(RunRecord("after-drop", "wf", "1.0.0"))  # its own transaction
+        assert store._db.info.backend_pid != pid
+        assert store.get_run("after-drop") is not None
+        # The same for a group of queued writes committed by a caller's flush (what
+        # execute_workflow(wait=False) does): pipelined, its BEGIN goes with the rest.
+        pid = store._db.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        store.create_run_later(RunRecord("queued-after-drop", "wf", "1.0.0"))
+        store.flush()
+        assert store._db.info.backend_pid != pid
+        assert store.get_run("queued-after-drop") is not None
+    finally:
+        store.close()
+
+
 def test_closing_a_store_that_cannot_commit_still_lets_go_of_its_connections(
     pg_url: str,
 ) -> None:

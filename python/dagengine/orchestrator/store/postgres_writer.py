@@ -287,16 +287,17 @@ class PostgresWriter(WriteBehind):
         with self._lock:
             if self._depth == 0:
                 if self._db is None or self._db.closed or self._db.broken:
-                    if self._shut:
-                        raise StoreError(f"store {self.path} is closed")
-                    # The connection was lost (a restarted server): a new one, then.
-                    again = self._db is not None
-                    if self._db is not None:
-                        self._db.close()
-                    self._db = None
-                    self._db = self._connect(again=again)
+                    self._reconnect_locked()
                 if begin:
-                    self._db.execute("BEGIN")
+                    try:
+                        self._db.execute("BEGIN")
+                    except self._psycopg.OperationalError:
+                        if not self._db.broken:
+                            raise
+                        # The server had dropped it while it sat idle (see _commit_group):
+                        # nothing of this transaction was sent yet; a new one, then.
+                        self._reconnect_locked()
+                        self._db.execute("BEGIN")
                 self._committed_in_pipeline = False
                 self._tx_thread = threading.get_ident()
             self._depth += 1
@@ -318,6 +319,17 @@ class PostgresWriter(WriteBehind):
                 if not self._committed_in_pipeline:
                     self._db.execute("COMMIT")
 
+    def _reconnect_locked(self) -> None:
+        """A new writer's connection in place of a lost one (a restarted server, a session
+        the server ended), under the writer's lock; :class:`StoreError` once closed."""
+        if self._shut:
+            raise StoreError(f"store {self.path} is closed")
+        again = self._db is not None
+        if self._db is not None:
+            self._db.close()
+        self._db = None
+        self._db = self._connect(again=again)
+
     def _committed(self) -> None:
         """No log to checkpoint: PostgreSQL does its own."""
 
@@ -338,6 +350,7 @@ class PostgresWriter(WriteBehind):
         runs with writes queued after their end in queue order, then the other ends in one
         statement, then the events in one statement."""
         tries = 0
+        reconnected = False
         while True:
             try:
                 return self._write_group(pending, events)
@@ -354,6 +367,17 @@ class PostgresWriter(WriteBehind):
                 if self._depth or tries == _ROLLBACK_TRIES:
                     raise
                 _log.info("group commit rolled back by the server (%s); trying again", exc)
+            except self._psycopg.OperationalError as exc:
+                # The server had dropped the connection while it sat idle (a client cut off
+                # for longer than the sessions' tcp_user_timeout or keepalives, a restarted
+                # server): the first statement finds out. Written again once on a new one
+                # (transaction() connects), as the writer thread would later; raised from a
+                # caller's flush, it had failed the run that caller was starting.
+                lost = self._db is None or self._db.closed or self._db.broken
+                if self._depth or reconnected or not lost:
+                    raise
+                reconnected = True
+                _log.info("store connection lost (%s); writing the group again", exc)
 
     @contextmanager
     def _pipelined_transaction(self) -> Iterator[Any]:
